@@ -1,0 +1,66 @@
+"""IP address helpers shared by attribution, auth and rate limiting.
+
+Every comparison goes through `normalize_ip` so that `::ffff:1.2.3.4` and `1.2.3.4`
+are one client (attack corpus G4) and CIDR checks see the same form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """Parse an IP literal, folding IPv4-mapped IPv6 to IPv4; None when it is not one."""
+    candidate = text.strip()
+    if candidate.startswith("[") and candidate.endswith("]"):
+        candidate = candidate[1:-1]
+    if "%" in candidate:  # zone index: never a client identity worth keeping apart
+        candidate = candidate.split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(candidate)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def normalize_ip(text: str | None) -> str | None:
+    """Canonical text form of an IP literal (mapped IPv6 folded), or None."""
+    if text is None:
+        return None
+    address = parse_ip(text)
+    return None if address is None else str(address)
+
+
+def is_loopback(text: str | None) -> bool:
+    address = parse_ip(text) if text else None
+    return address is not None and address.is_loopback
+
+
+def parse_network(entry: str) -> IPNetwork:
+    """An IP or CIDR from config; a bare IP is a single-address network. Raises ValueError."""
+    text = entry.strip()
+    if "/" in text:
+        base, prefix = text.split("/", 1)
+        address = parse_ip(base)
+        if address is None:
+            raise ValueError(f"not an IP or CIDR: {entry!r}")
+        mapped = ipaddress.ip_address(base.strip()).version == 6 and address.version == 4
+        bits = int(prefix) - 96 if mapped else int(prefix)
+        return ipaddress.ip_network(f"{address}/{bits}", strict=False)
+    address = parse_ip(text)
+    if address is None:
+        raise ValueError(f"not an IP or CIDR: {entry!r}")
+    return ipaddress.ip_network(address)
+
+
+def in_networks(text: str | None, networks: Iterable[IPNetwork]) -> bool:
+    address = parse_ip(text) if text else None
+    if address is None:
+        return False
+    return any(address.version == net.version and address in net for net in networks)

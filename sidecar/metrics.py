@@ -1,0 +1,36 @@
+"""Prometheus metrics, in a registry of our own so tests and several sidecars in one
+process never collide with the global default registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+DECISIONS = Counter(
+    "openclaw_sidecar_decisions_total",
+    "Requests decided by the sidecar, by route class, outcome and reason code.",
+    ["route", "outcome", "reason"],
+    registry=REGISTRY,
+)
+RATELIMIT_STORAGE_FALLBACKS = Counter(
+    "openclaw_sidecar_ratelimit_storage_fallbacks_total",
+    "Times the shared rate-limit storage failed and a replica fell back to local memory.",
+    registry=REGISTRY,
+)
+RATELIMIT_STORAGE_ERRORS = Counter(
+    "openclaw_sidecar_ratelimit_storage_errors_total",
+    "Rate-limit storage operations that failed (each one, not each outage).",
+    registry=REGISTRY,
+)
+INTERNAL_ERRORS = Counter(
+    "openclaw_sidecar_internal_errors_total",
+    "Requests refused with a sanitised 500 because the sidecar itself failed.",
+    registry=REGISTRY,
+)
+DECISION_SECONDS = Histogram(
+    "openclaw_sidecar_decision_seconds",
+    "Time spent deciding a request inside the sidecar (excluding upstream).",
+    registry=REGISTRY,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0),
+)

@@ -1,0 +1,190 @@
+"""Authentication (§2): one authenticator per mode, chosen once from config.
+
+Each returns an `AuthOutcome`; the pipeline wraps shared-secret checks with the failure limiter.
+Reason codes are upstream's, so the sidecar's log reads like the gateway's.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from .attribution import Attribution
+from .config import Config
+from .ipaddrs import IPNetwork, in_networks, is_loopback, parse_ip, parse_network
+from .view import RequestView
+
+
+@dataclass(frozen=True)
+class AuthOutcome:
+    ok: bool
+    method: str  # "token" | "password" | "none" | "trusted-proxy"
+    reason: str = "ok"
+    user: str | None = None
+    presented: bool = False  # a Bearer credential was offered (only mismatches are counted)
+    shared_secret: bool = False  # token/password semantics: declared scopes ignored, owner
+
+    @property
+    def counts_as_failure(self) -> bool:
+        return self.shared_secret and self.presented and not self.ok
+
+
+def bearer_credential(view: RequestView) -> str | None:
+    """`Authorization: Bearer x`: header trimmed, scheme case-insensitive, value trimmed."""
+    header = view.first("authorization")
+    if header is None:
+        return None
+    header = header.strip()
+    if not header.lower().startswith("bearer "):
+        return None
+    credential = header[7:].strip()
+    return credential or None
+
+
+def safe_equal(presented: str, expected: str) -> bool:
+    """safeEqualSecret: pad to the longer length, compare in constant time, then compare lengths."""
+    a, b = presented.encode(), expected.encode()
+    width = max(len(a), len(b))
+    same = hmac.compare_digest(a.ljust(width, b"\0"), b.ljust(width, b"\0"))
+    return same and len(a) == len(b)
+
+
+def decode_identity(value: str | None) -> str | None:
+    """Identity header value: RFC 2047 decoded (Tailscale), trimmed; empty is no identity (D5)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if "=?" in text:
+        try:
+            text = str(make_header(decode_header(text))).strip()
+        except (ValueError, LookupError, UnicodeDecodeError):
+            return None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):  # decoding can smuggle CR/LF (D6)
+        return None
+    return text or None
+
+
+class OriginPolicy:
+    """Browser-origin check for `none` and `trusted-proxy` (§2.3 step 8, §2.5)."""
+
+    def __init__(self, allowed: Sequence[str]) -> None:
+        self.allowed = {o.rstrip("/").lower() for o in allowed}
+
+    def permits(self, view: RequestView, attribution: Attribution) -> bool:
+        origin = view.first("origin")
+        if origin is None:
+            return True
+        normalized = origin.strip().rstrip("/").lower()
+        if "*" in self.allowed or normalized in self.allowed:
+            return True
+        parts = urlsplit(normalized)
+        host = parts.hostname
+        if host is None:
+            return False
+        origin_ip = parse_ip(host)
+        local_origin = host == "localhost" or (origin_ip is not None and origin_ip.is_loopback)
+        if local_origin and is_loopback(attribution.client_ip):
+            return True
+        same_host = (view.first("host") or "").strip().lower() == parts.netloc
+        private = local_origin or (origin_ip is not None and origin_ip.is_private)
+        return same_host and private
+
+
+class Authenticator(Protocol):
+    def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome: ...
+
+
+@dataclass(frozen=True)
+class SharedSecretAuth:
+    """Token or password mode: one secret, compared in constant time."""
+
+    method: str
+    secret: str | None
+
+    def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
+        credential = bearer_credential(view)
+        if credential is None:
+            return AuthOutcome(False, self.method, "credential_missing", shared_secret=True)
+        if self.secret is None:
+            return AuthOutcome(False, self.method, f"{self.method}_not_configured", presented=True, shared_secret=True)
+        ok = safe_equal(credential, self.secret)
+        return AuthOutcome(ok, self.method, "ok" if ok else f"{self.method}_mismatch", presented=True, shared_secret=True)
+
+
+@dataclass(frozen=True)
+class NoneAuth:
+    origins: OriginPolicy
+
+    def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
+        if not self.origins.permits(view, attribution):
+            return AuthOutcome(False, "none", "origin_not_allowed")
+        return AuthOutcome(True, "none")
+
+
+@dataclass(frozen=True)
+class TrustedProxyAuth:
+    trusted: tuple[IPNetwork, ...]
+    user_header: str | None
+    required_headers: tuple[str, ...]
+    allow_users: frozenset[str]
+    allow_loopback: bool
+    origins: OriginPolicy
+    fallback_password: str | None  # local-direct password fallback (L)
+
+    def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
+        outcome = self._check(view, attribution)
+        if outcome.ok or self.fallback_password is None:
+            return outcome
+        if attribution.kind == "direct-local" and bearer_credential(view) is not None:
+            return SharedSecretAuth("password", self.fallback_password).authenticate(view, attribution)
+        return outcome
+
+    def _check(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
+        def fail(reason: str) -> AuthOutcome:
+            return AuthOutcome(False, "trusted-proxy", reason)
+
+        if not self.user_header or not self.trusted:
+            return fail("trusted_proxy_not_configured")
+        peer = attribution.peer_ip
+        if not in_networks(peer, self.trusted):
+            return fail("trusted_proxy_untrusted_source")
+        if is_loopback(peer) and not self.allow_loopback:
+            return fail("trusted_proxy_loopback_source")
+        for name in self.required_headers:
+            if not (view.first(name) or "").strip():
+                return fail(f"trusted_proxy_missing_header_{name}")
+        user = decode_identity(view.first(self.user_header))
+        if user is None:
+            return fail("trusted_proxy_user_missing")
+        if self.allow_users and user not in self.allow_users:
+            return fail("trusted_proxy_user_not_allowed")
+        if attribution.kind != "trusted-proxy":
+            return fail("trusted_proxy_attribution_required")
+        if not self.origins.permits(view, attribution):
+            return fail("trusted_proxy_origin_not_allowed")
+        return AuthOutcome(True, "trusted-proxy", user=user)
+
+
+def build_authenticator(config: Config) -> Authenticator:
+    secrets = config.secrets
+    gateway = config.rules.gateway
+    origins = OriginPolicy(gateway.control_ui.allowed_origins)
+    if secrets.mode == "none":
+        return NoneAuth(origins)
+    if secrets.mode == "trusted-proxy":
+        tp = gateway.auth.trusted_proxy
+        return TrustedProxyAuth(
+            trusted=tuple(parse_network(e) for e in gateway.trusted_proxies),
+            user_header=tp.user_header.lower() if tp.user_header else None,
+            required_headers=tp.required_headers,
+            allow_users=frozenset(tp.allow_users),
+            allow_loopback=tp.allow_loopback,
+            origins=origins,
+            fallback_password=secrets.password,
+        )
+    secret = secrets.token if secrets.mode == "token" else secrets.password
+    return SharedSecretAuth(secrets.mode, secret)

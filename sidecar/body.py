@@ -1,0 +1,77 @@
+"""Request-body rules for /tools/invoke (§1): size, JSON, tool name, and the body we forward."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .toolpolicy import ToolName, normalize_tool_name
+
+MAX_BODY_BYTES = 2 * 1024 * 1024  # DEFAULT_BODY_BYTES; exactly this many is accepted
+
+
+class BodyError(Exception):
+    """The body is unusable; `kind` says which upstream answer applies."""
+
+    def __init__(self, kind: str, message: str = "") -> None:
+        super().__init__(message or kind)
+        self.kind = kind  # "invalid_json" | "missing_name"
+        self.message = message
+
+
+def _reject_constant(token: str) -> Any:
+    # JSON.parse has no NaN/Infinity; accepting them here would let the two parsers disagree.
+    raise ValueError(f"Unexpected token {token} in JSON")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Decode as Node does (UTF-8 with replacement, whatever Content-Type says) and parse."""
+    text = raw.decode("utf-8", errors="replace")
+    if not text.strip():
+        return {}
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BodyError("invalid_json", str(exc).split("\n", 1)[0] or "Invalid JSON") from exc
+
+
+@dataclass(frozen=True)
+class InvokeBody:
+    tool: ToolName
+    forward_bytes: bytes
+
+
+def _requested_name(payload: dict[str, Any]) -> str | None:
+    """`name ?? tool`, trimmed; a non-string or blank value counts as missing (L)."""
+    value = payload.get("name")
+    if value is None:
+        value = payload.get("tool")
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip()
+
+
+def read_invoke_body(raw: bytes) -> InvokeBody:
+    """Validate the body and decide the exact bytes to forward.
+
+    The original bytes go upstream whenever the gateway would read the same tool name from them;
+    otherwise a compact rewrite carries the normalised name in both `name` and `tool`, so 2026.4
+    (`tool` only) and 2026.9 (`name ?? tool`) gateways act on the name we checked. Re-serialising
+    needlessly could push a legal 2 MiB body over the gateway's own limit (reference (f) 8).
+    """
+    payload = parse_json_body(raw)
+    if not isinstance(payload, dict):
+        raise BodyError("missing_name")
+    requested = _requested_name(payload)
+    if requested is None:
+        raise BodyError("missing_name")
+    tool = normalize_tool_name(requested)
+    name_field = payload.get("name")
+    read_by_2026_9 = name_field if name_field is not None else payload.get("tool")
+    # A 2026.4 gateway reads only `tool`: `{"name":"agents_list","tool":"exec"}` must not pass as-is.
+    untouched = read_by_2026_9 == tool.name and payload.get("tool", tool.name) == tool.name
+    if untouched:
+        return InvokeBody(tool, raw)
+    rewritten = {**payload, "name": tool.name, "tool": tool.name}
+    return InvokeBody(tool, json.dumps(rewritten, separators=(",", ":"), ensure_ascii=False).encode())

@@ -1,0 +1,461 @@
+"""Configuration: one file (YAML or JSON5), environment and flags, validated once at start-up.
+
+Precedence for the sidecar's own settings is written in one place (`SidecarSettings`):
+flags > environment (`OPENCLAW_SIDECAR_*`, nested with `__`) > file > defaults. The rules use
+OpenClaw's own key shape at the top level; `sidecar.openclawConfig` reads them from the
+gateway's JSON5 file, and rules in the sidecar file override it key by key.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import json5
+import limits
+import yaml
+from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+from .ipaddrs import parse_network
+
+# Keys are camelCase in files (OpenClaw's style); snake_case is accepted too, e.g. in env names.
+_ALIASES = AliasGenerator(validation_alias=lambda name: AliasChoices(to_camel(name), name))
+_STRICT = ConfigDict(extra="forbid", frozen=True, alias_generator=_ALIASES)
+_LENIENT = ConfigDict(extra="ignore", frozen=True, alias_generator=_ALIASES)
+
+DEFAULT_CONTEXT_HEADERS = (
+    "x-openclaw-message-channel", "x-openclaw-account-id", "x-openclaw-message-to", "x-openclaw-thread-id",
+)
+
+
+def _default_runtime_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"openclaw-sidecar-{os.getuid()}"
+
+
+def _lower_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n.strip().lower() for n in names)
+
+
+# ---- the sidecar's own settings (strict: a typo is a start-up error) -------------------------
+
+
+class Timeouts(BaseModel):
+    model_config = _STRICT
+    body_read_seconds: float = Field(30.0, gt=0)
+    upstream_connect_seconds: float = Field(10.0, gt=0)
+    upstream_read_seconds: float = Field(300.0, gt=0)
+
+
+class RequestRateLimit(BaseModel):
+    model_config = _STRICT
+    limit: str
+    per: Literal["identity", "ip"] = "identity"
+    per_tool: bool = False
+
+    @field_validator("limit")
+    @classmethod
+    def _parse(cls, value: str) -> str:
+        try:
+            limits.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate like '120/minute': {exc}") from None
+        return value
+
+
+class RateLimitSettings(BaseModel):
+    model_config = _STRICT
+    storage: str = "memory://"
+    fail_closed: bool = False
+    max_entries: int = Field(10_000, ge=1)
+    loopback_delay_base_ms: int = Field(250, ge=0)
+    loopback_delay_max_ms: int = Field(5_000, ge=0)
+    requests: RequestRateLimit | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        schemes = ("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
+        if not value.startswith(schemes):
+            raise ValueError(f"unsupported storage URI {value.split('://')[0]!r}; use one of {', '.join(schemes)}")
+        return value
+
+
+class ContextHeaders(BaseModel):
+    """Which `x-openclaw-*` context headers reach the gateway, and per-identity pinned values."""
+
+    model_config = _STRICT
+    allow: tuple[str, ...] = DEFAULT_CONTEXT_HEADERS
+    pinned: dict[str, dict[str, str]] = {}
+
+    _lower = field_validator("allow")(lambda cls, v: _lower_names(v))
+
+
+class ScopeCeilingSettings(BaseModel):
+    model_config = _STRICT
+    default: tuple[str, ...] | None = None
+    identities: dict[str, tuple[str, ...]] = {}
+
+
+class RouteSettings(BaseModel):
+    model_config = _STRICT
+    # Exact canonical paths that skip authentication (attribution and header hygiene still apply).
+    unauthenticated: tuple[str, ...] = ("/healthz", "/readyz")
+    # Canonical path prefixes refused outright with 404 before anything reaches the gateway.
+    deny: tuple[str, ...] = ()
+
+
+class UpstreamAuth(BaseModel):
+    """The credential the sidecar presents to the gateway (default: the shared secret itself)."""
+
+    model_config = _STRICT
+    token: str | None = None
+    token_file: Path | None = None
+    # Header carrying a trusted-proxy identity to the gateway; default trustedProxy.userHeader.
+    user_header: str | None = None
+
+
+class _FileSection(PydanticBaseSettingsSource):
+    """The `sidecar:` section of the config file, as the lowest-priority settings source."""
+
+    current: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("sidecar_file_section", default={})
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ hands over the whole section at once
+
+    def __call__(self) -> dict[str, Any]:
+        # Top-level settings carry no alias (an alias would make pydantic-settings read the
+        # environment without our prefix), so the file's camelCase keys are mapped here, at
+        # every depth, so that a file key and its environment override merge as one key.
+        return _snake_keys(self.settings_cls, self.current.get())
+
+
+def _snake_keys(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
+    fields = model.model_fields
+    by_camel = {to_camel(name): name for name in fields}
+    converted: dict[str, Any] = {}
+    for key, value in data.items():
+        name = by_camel.get(key, key)
+        annotation = fields[name].annotation if name in fields else None
+        nested = next((t for t in (annotation, *getattr(annotation, "__args__", ())) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        converted[name] = _snake_keys(nested, value) if nested and isinstance(value, Mapping) else value
+    return converted
+
+
+class SidecarSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OPENCLAW_SIDECAR_", env_nested_delimiter="__", extra="forbid", frozen=True,
+        case_sensitive=False,
+    )
+
+    listen: str = "127.0.0.1:18790"
+    upstream: str = "http://127.0.0.1:18789"
+    runtime_dir: Path = Field(default_factory=_default_runtime_dir)
+    openclaw_config: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    timeouts: Timeouts = Timeouts()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    context_headers: ContextHeaders = ContextHeaders()
+    scope_ceilings: ScopeCeilingSettings = ScopeCeilingSettings()
+    routes: RouteSettings = RouteSettings()
+    upstream_auth: UpstreamAuth = UpstreamAuth()
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: flags (passed as init kwargs) > environment > the config file > defaults.
+        return init_settings, env_settings, _FileSection(settings_cls)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    names = set(model.model_fields)
+    for field in model.model_fields.values():
+        for t in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                names |= _field_names(t)
+    return names
+
+
+_SETTING_NAMES = _field_names(SidecarSettings)
+
+
+# ---- the rules, in OpenClaw's key shape (lenient: unknown OpenClaw keys are ignored) ---------
+
+
+class TrustedProxyConfig(BaseModel):
+    model_config = _LENIENT
+    user_header: str | None = None
+    required_headers: tuple[str, ...] = ()
+    allow_users: tuple[str, ...] = ()
+    allow_loopback: bool = False
+
+    _lower = field_validator("required_headers")(lambda cls, v: _lower_names(v))
+
+
+class AuthRateLimitConfig(BaseModel):
+    model_config = _LENIENT
+    max_attempts: int = Field(10, ge=1)
+    window_ms: int = Field(60_000, ge=1)
+    lockout_ms: int = Field(300_000, ge=1)
+    exempt_loopback: bool = True
+
+
+class GatewayAuthConfig(BaseModel):
+    model_config = _LENIENT
+    mode: Literal["none", "token", "password", "trusted-proxy"] | None = None
+    token: str | None = None
+    password: str | None = None
+    token_file: Path | None = None
+    password_file: Path | None = None
+    trusted_proxy: TrustedProxyConfig = TrustedProxyConfig()
+    rate_limit: AuthRateLimitConfig = AuthRateLimitConfig()
+
+
+class GatewayToolsConfig(BaseModel):
+    model_config = _LENIENT
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+class ControlUiConfig(BaseModel):
+    model_config = _LENIENT
+    allowed_origins: tuple[str, ...] = ()
+
+
+class GatewayConfig(BaseModel):
+    model_config = _LENIENT
+    auth: GatewayAuthConfig = GatewayAuthConfig()
+    trusted_proxies: tuple[str, ...] = ()
+    allow_real_ip_fallback: bool = False
+    tools: GatewayToolsConfig = GatewayToolsConfig()
+    control_ui: ControlUiConfig = ControlUiConfig()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parse_network(entry)  # ValueError names the entry
+        return value
+
+
+class OpenClawRules(BaseModel):
+    model_config = _LENIENT
+    gateway: GatewayConfig = GatewayConfig()
+    # Kept whole for the later policy-chain work; only validated as objects here.
+    tools: dict[str, Any] = {}
+    agents: dict[str, Any] = {}
+    session: dict[str, Any] = {}
+
+
+# ---- secrets --------------------------------------------------------------------------------
+
+_MISSING_LITERALS = {"", "undefined", "null"}
+
+
+def _present(value: str | None) -> str | None:
+    """Blank, `undefined` and `null` count as missing, as upstream does."""
+    if value is None or value.strip().lower() in _MISSING_LITERALS:
+        return None
+    return value
+
+
+def _read_secret_file(path: Path, key: str) -> str | None:
+    try:
+        return _present(path.read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ConfigError([(key, f"cannot read secret file {str(path)!r}: {exc.strerror}")]) from None
+
+
+@dataclass(frozen=True)
+class AuthSecrets:
+    """The resolved auth mode and secrets; `problems` says why every request will be refused."""
+
+    mode: str
+    token: str | None
+    password: str | None
+    upstream_credential: str | None
+    problems: tuple[str, ...]
+
+
+def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Mapping[str, str]) -> AuthSecrets:
+    auth = rules.gateway.auth
+    token = _present(auth.token)
+    if token is None and auth.token_file is not None:
+        token = _read_secret_file(auth.token_file, "gateway.auth.tokenFile")
+    token = token or _present(environ.get("OPENCLAW_GATEWAY_TOKEN"))
+    password = _present(auth.password)
+    if password is None and auth.password_file is not None:
+        password = _read_secret_file(auth.password_file, "gateway.auth.passwordFile")
+    password = password or _present(environ.get("OPENCLAW_GATEWAY_PASSWORD"))
+    mode = auth.mode or ("password" if password else "token")
+
+    problems: list[str] = []
+    if mode == "token" and token is None:
+        problems.append("gateway.auth.mode is token but no token resolved (gateway.auth.token, tokenFile or OPENCLAW_GATEWAY_TOKEN)")
+    if mode == "password" and password is None:
+        problems.append("gateway.auth.mode is password but no password resolved (gateway.auth.password, passwordFile or OPENCLAW_GATEWAY_PASSWORD)")
+    if mode == "trusted-proxy":
+        if token is not None:
+            raise ConfigError([("gateway.auth.token", "trusted-proxy mode and a token are mutually exclusive")])
+        if not auth.trusted_proxy.user_header:
+            problems.append("gateway.auth.trustedProxy.userHeader is required in trusted-proxy mode")
+        if not rules.gateway.trusted_proxies:
+            problems.append("gateway.trustedProxies is empty: trusted-proxy mode trusts no one")
+
+    upstream = _present(sidecar.upstream_auth.token)
+    if upstream is None and sidecar.upstream_auth.token_file is not None:
+        upstream = _read_secret_file(sidecar.upstream_auth.token_file, "sidecar.upstreamAuth.tokenFile")
+    if upstream is None:
+        upstream = token if mode == "token" else password if mode == "password" else None
+    return AuthSecrets(mode, token, password, upstream, tuple(problems))
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    sidecar: SidecarSettings
+    rules: OpenClawRules
+    secrets: AuthSecrets
+
+
+def read_structured_file(path: Path, key: str) -> dict[str, Any]:
+    """YAML or JSON5 by extension (JSON is both); anything else is tried as JSON5 then YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([(key, f"cannot read {str(path)!r}: {exc.strerror}")]) from None
+    suffix = path.suffix.lower()
+    parsers = [yaml.safe_load] if suffix in (".yaml", ".yml") else [json5.loads]
+    if suffix not in (".yaml", ".yml", ".json", ".json5"):
+        parsers.append(yaml.safe_load)
+    errors = []
+    for parse in parsers:
+        try:
+            data = parse(text)
+        except Exception as exc:  # yaml and json5 raise their own types; both mean "not parseable"
+            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            continue
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError([(key, f"{str(path)!r} must hold a mapping at the top level")])
+        return data
+    raise ConfigError([(key, f"cannot parse {str(path)!r}: {errors[-1]}")])
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validation_problems(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        loc = [to_camel(p) if p in _SETTING_NAMES else p for p in loc]  # as spelled in the file
+        path = ".".join(loc)
+        problems.append((f"{prefix}{path}" if path else prefix.rstrip("."), err["msg"]))
+    return problems
+
+
+def load_config(
+    path: Path | None, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read, merge and validate everything; raise ConfigError naming each bad key."""
+    environ = os.environ if environ is None else environ
+    document = read_structured_file(path, "config") if path is not None else {}
+    section = document.get("sidecar") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError([("sidecar", "must be a mapping")])
+
+    token = _FileSection.current.set(section)
+    try:
+        sidecar = SidecarSettings(**dict(overrides or {}))
+    except ValidationError as exc:
+        problems = _validation_problems(exc, "sidecar.")
+        try:
+            OpenClawRules.model_validate({k: document[k] for k in ("gateway", "tools", "agents", "session") if k in document})
+        except ValidationError as rules_exc:
+            problems += _validation_problems(rules_exc, "")
+        raise ConfigError(problems) from None
+    finally:
+        _FileSection.current.reset(token)
+
+    rule_keys = ("gateway", "tools", "agents", "session")
+    own_rules = {k: document[k] for k in rule_keys if k in document}
+    if sidecar.openclaw_config is not None:
+        base_dir = path.parent if path is not None else Path.cwd()
+        openclaw_path = sidecar.openclaw_config if sidecar.openclaw_config.is_absolute() else base_dir / sidecar.openclaw_config
+        gateway_doc = read_structured_file(openclaw_path, "sidecar.openclawConfig")
+        own_rules = deep_merge({k: gateway_doc[k] for k in rule_keys if k in gateway_doc}, own_rules)
+    try:
+        rules = OpenClawRules.model_validate(own_rules)
+    except ValidationError as exc:
+        raise ConfigError(_validation_problems(exc, "")) from None
+    return Config(sidecar, rules, resolve_secrets(rules, sidecar, environ))
+
+
+def redacted_view(config: Config) -> dict[str, Any]:
+    """The effective configuration for `check-config`, with every secret replaced."""
+    rules = config.rules.model_dump(mode="json", by_alias=False)
+    auth = rules["gateway"]["auth"]
+    for key in ("token", "password"):
+        if auth.get(key) is not None:
+            auth[key] = "<redacted>"
+    sidecar = config.sidecar.model_dump(mode="json")
+    if sidecar["upstream_auth"]["token"] is not None:
+        sidecar["upstream_auth"]["token"] = "<redacted>"
+    storage = sidecar["rate_limit"]["storage"]
+    if "@" in storage:  # redis://user:password@host
+        scheme, rest = storage.split("://", 1)
+        sidecar["rate_limit"]["storage"] = f"{scheme}://<redacted>@{rest.rsplit('@', 1)[1]}"
+    secrets = config.secrets
+    return {
+        "sidecar": sidecar,
+        **rules,
+        "effective": {
+            "authMode": secrets.mode,
+            "tokenConfigured": secrets.token is not None,
+            "passwordConfigured": secrets.password is not None,
+            "upstreamCredentialConfigured": secrets.upstream_credential is not None,
+            "problems": list(secrets.problems),
+        },
+    }

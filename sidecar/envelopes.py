@@ -1,0 +1,136 @@
+"""The exact response bodies and headers the OpenClaw Gateway (2026.9.6) uses for each refusal.
+
+Every refusal the sidecar makes must be indistinguishable from the gateway's own, so clients and
+tests see one contract whichever layer said no. Shapes are from the reference §8.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+# §0.1: the gateway stamps these on every response; our own refusals carry them too.
+SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Permissions-Policy", "camera=(), microphone=(self), geolocation=()"),
+)
+
+KNOWN_ATTRIBUTION_MESSAGE = (
+    "Proxy client attribution is required. Configure gateway.trustedProxies narrowly and make "
+    "the proxy overwrite or safely rebuild forwarded client headers."
+)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A complete answer: status, body bytes and the headers that belong to it."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+
+
+def _json(status: int, payload: Any, *extra: tuple[str, str]) -> Envelope:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = (("Content-Type", JSON_CONTENT_TYPE), *SECURITY_HEADERS, *extra)
+    return Envelope(status, body, headers)
+
+
+def _openai_style(status: int, message: str, error_type: str, *extra: tuple[str, str]) -> Envelope:
+    return _json(status, {"error": {"message": message, "type": error_type}}, *extra)
+
+
+def _ok_false(status: int, error_type: str, message: str, **more: Any) -> Envelope:
+    return _json(status, {"ok": False, "error": {"type": error_type, "message": message, **more}})
+
+
+def method_not_allowed() -> Envelope:
+    headers = (("Content-Type", "text/plain; charset=utf-8"), *SECURITY_HEADERS, ("Allow", "POST"))
+    return Envelope(405, b"Method Not Allowed", headers)
+
+
+def invalid_request_url() -> Envelope:
+    return _json(400, {"error": "bad_request", "message": "Invalid request URL"})
+
+
+def bad_request(message: str) -> Envelope:
+    """Malformed request head (duplicate or aliased protected headers, control bytes, trailers).
+
+    Node answers these with a bare 400 before any route runs; we add a JSON reason so a
+    security engineer sees which rule fired.
+    """
+    return _openai_style(400, message, "invalid_request_error", ("Connection", "close"))
+
+
+def unauthorized() -> Envelope:
+    return _openai_style(401, "Unauthorized", "unauthorized")
+
+
+def proxy_attribution_required() -> Envelope:
+    return _openai_style(403, KNOWN_ATTRIBUTION_MESSAGE, "proxy_attribution_required")
+
+
+def missing_scope(scope: str = "operator.write") -> Envelope:
+    details = {"code": "MISSING_SCOPE", "missingScope": scope, "requiredScopes": [scope]}
+    return _ok_false(403, "forbidden", f"missing scope: {scope}", details=details)
+
+
+def rate_limited(retry_after_s: int) -> Envelope:
+    extra = (("Retry-After", str(retry_after_s)),) if retry_after_s > 0 else ()
+    message = "Too many failed authentication attempts. Please try again later."
+    return _openai_style(429, message, "rate_limited", *extra)
+
+
+def request_rate_limited(retry_after_s: int) -> Envelope:
+    """The sidecar's own per-identity request budget (not an upstream answer)."""
+    extra = (("Retry-After", str(retry_after_s)),) if retry_after_s > 0 else ()
+    return _openai_style(429, "Too many requests. Please try again later.", "rate_limited", *extra)
+
+
+def limiter_unavailable() -> Envelope:
+    return _openai_style(503, "Authentication rate limiter is unavailable; retry shortly.", "unavailable")
+
+
+def payload_too_large() -> Envelope:
+    return _openai_style(413, "Payload too large", "invalid_request_error", ("Connection", "close"))
+
+
+def body_timeout() -> Envelope:
+    return _openai_style(408, "Request body timeout", "invalid_request_error", ("Connection", "close"))
+
+
+def invalid_json(message: str) -> Envelope:
+    return _openai_style(400, message, "invalid_request_error")
+
+
+def missing_tool_name() -> Envelope:
+    return _ok_false(400, "invalid_request", "tools.invoke requires name")
+
+
+def tool_not_available(name: str) -> Envelope:
+    return _ok_false(404, "not_found", f"Tool not available: {name}")
+
+
+def route_not_found() -> Envelope:
+    return _json(404, {"error": {"message": "Not Found", "type": "not_found"}})
+
+
+def tool_execution_failed() -> Envelope:
+    """The gateway's sanitised 500: the real error text never reaches the client."""
+    return _ok_false(500, "tool_error", "tool execution failed")
+
+
+def internal_error() -> Envelope:
+    return _openai_style(500, "Internal Server Error", "internal_error")
+
+
+def upstream_unreachable() -> Envelope:
+    return _openai_style(502, "Upstream gateway is unreachable", "bad_gateway")
+
+
+def upstream_timeout() -> Envelope:
+    return _openai_style(504, "Upstream gateway timed out", "gateway_timeout")

@@ -1,0 +1,37 @@
+"""What the pipeline sees of a request: plain data, no proxy library types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """A request head as received: raw target, header lines in order with duplicates, peer."""
+
+    method: str
+    target: str
+    headers: tuple[tuple[bytes, bytes], ...]
+    peer_ip: str
+    _index: dict[str, list[bytes]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[bytes]] = {}
+        for name, value in self.headers:
+            index.setdefault(name.decode("latin-1").lower(), []).append(value)
+        object.__setattr__(self, "_index", index)
+
+    def values(self, name: str) -> list[bytes]:
+        return self._index.get(name.lower(), [])
+
+    def has(self, name: str) -> bool:
+        return name.lower() in self._index
+
+    def first(self, name: str) -> str | None:
+        """The first value as text (latin-1, as Node reads header bytes); None when absent."""
+        values = self._index.get(name.lower())
+        return None if not values else values[0].decode("latin-1")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._index)

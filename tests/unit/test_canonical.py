@@ -1,0 +1,287 @@
+"""Tests for sidecar.canonical: table cases plus a differential check vs Node.
+
+The gateway routes on ``new URL(req.url, "http://" + Host).pathname``; the
+differential tests run the real Node parser over odd targets and require the
+sidecar's canonicaliser to agree byte for byte (or to throw when Node throws).
+Node is a hard requirement on test machines: the tests fail, not skip,
+without it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sidecar.canonical import (
+    CanonicalTarget,
+    InvalidTarget,
+    UnsupportedTarget,
+    canonicalize_target,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "odd_targets.json"
+TOOLS = "/tools/invoke"
+
+# Node side of the differential tests: [[target, baseHost], ...] on stdin.
+NODE_SCRIPT = r"""
+const cases = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const out = cases.map(([t, baseHost]) => {
+  try {
+    const u = new URL(t, "http://" + baseHost);
+    return { pathname: u.pathname, search: u.search, host: u.host };
+  } catch (e) {
+    return { error: true };
+  }
+});
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def node_resolve(cases: list[tuple[str, str]]) -> list[dict]:
+    """Resolve all (target, base_host) pairs in ONE node subprocess."""
+    node = shutil.which("node") or ("/usr/bin/node" if Path("/usr/bin/node").exists() else None)
+    if node is None:
+        pytest.fail(
+            "Node.js is required for the differential URL tests (the gateway's parser "
+            "is Node's WHATWG URL); install node >= 20 on this machine.",
+            pytrace=False,
+        )
+    proc = subprocess.run(
+        [node, "-e", NODE_SCRIPT],
+        input=json.dumps([list(c) for c in cases]).encode("utf-8"),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    result = json.loads(proc.stdout)
+    assert len(result) == len(cases)
+    return result
+
+
+def diff_against_node(cases: list[tuple[str, str]]) -> tuple[list[str], int]:
+    """Return (mismatch descriptions, number of deliberately unsupported cases)."""
+    mismatches, unsupported = [], 0
+    for (target, base_host), expected in zip(cases, node_resolve(cases), strict=True):
+        try:
+            got = canonicalize_target(target, base_host)
+        except UnsupportedTarget:
+            unsupported += 1  # deliberate refusal: allowed whatever Node does
+            continue
+        except InvalidTarget as exc:
+            if not expected.get("error"):
+                mismatches.append(f"{target!r} @ {base_host!r}: we raised ({exc}), node gave {expected}")
+            continue
+        if expected.get("error"):
+            mismatches.append(f"{target!r} @ {base_host!r}: node throws, we gave {got}")
+            continue
+        # host is None when inherited from the base; Node reports the base host then.
+        ours = {
+            "pathname": got.path,
+            "search": got.query,
+            "host": got.host if got.host is not None else expected_base_host(base_host),
+        }
+        if ours != expected:
+            mismatches.append(f"{target!r} @ {base_host!r}: ours {ours} != node {expected}")
+    return mismatches, unsupported
+
+
+def expected_base_host(base_host: str) -> str:
+    return canonicalize_target("http://" + base_host).host or ""
+
+
+# ---------------------------------------------------------------------------
+# 1. Table-driven unit tests
+# ---------------------------------------------------------------------------
+
+# (raw target, path, query, host)
+CASES = [
+    # Spellings that the gateway folds into /tools/invoke.
+    ("/tools/invoke", TOOLS, "", None),
+    ("/tools/./invoke", TOOLS, "", None),
+    ("/tools/%2e/invoke", TOOLS, "", None),
+    ("/tools/%2E/invoke", TOOLS, "", None),
+    ("/tools/%2E%2E/tools/invoke", TOOLS, "", None),
+    ("/x/../tools/invoke", TOOLS, "", None),
+    ("/x/.%2e/tools/invoke", TOOLS, "", None),
+    ("/x/%2e./tools/invoke", TOOLS, "", None),
+    ("/tools/invoke/%2e%2e/invoke", TOOLS, "", None),
+    ("/tools\\invoke", TOOLS, "", None),
+    ("/tools/invoke#frag", TOOLS, "", None),
+    ("/tools/invoke?x=1", TOOLS, "?x=1", None),
+    ("/tools/invoke?x=/health", TOOLS, "?x=/health", None),
+    ("/.//tools/invoke", "//tools/invoke", "", None),
+    ("/tools/in\tvo\nke\r", TOOLS, "", None),
+    ("  /tools/invoke\x00 ", TOOLS, "", None),
+    ("http://evil/tools/invoke", TOOLS, "", "evil"),
+    ("HTTP://EVIL/tools/invoke", TOOLS, "", "evil"),
+    ("https://h/tools/invoke", TOOLS, "", "h"),
+    ("http:/tools/invoke", TOOLS, "", None),
+    ("http:tools/invoke", TOOLS, "", None),
+    ("tools/invoke", TOOLS, "", None),
+    ("\\\\evil\\tools\\invoke", TOOLS, "", "evil"),
+    # Near misses: these do NOT reach the tools route.
+    ("//tools/invoke", "/invoke", "", "tools"),
+    ("/tools/invoke/", "/tools/invoke/", "", None),
+    ("/TOOLS/invoke", "/TOOLS/invoke", "", None),
+    ("/tools//invoke", "/tools//invoke", "", None),
+    ("/tools%2finvoke", "/tools%2finvoke", "", None),
+    ("/tools/invoke;a=b", "/tools/invoke;a=b", "", None),
+    ("/%74ools/invoke", "/%74ools/invoke", "", None),
+    ("/tools/;/invoke", "/tools/;/invoke", "", None),
+    # Misc edge cases.
+    ("", "/", "", None),
+    ("*", "/*", "", None),
+    ("?a#b", "/", "?a", None),
+    ("/a b?c d", "/a%20b", "?c%20d", None),
+    ("/q?'\"<>`{}", "/q", "?%27%22%3C%3E`{}", None),
+    ("/\"<>`{}^|", "/%22%3C%3E%60%7B%7D^|", "", None),
+    ("/\u00e9/\u2603", "/%C3%A9/%E2%98%83", "", None),
+    ("/%zz", "/%zz", "", None),
+    ("/a/b/../../..", "/", "", None),
+    ("/..", "/", "", None),
+    ("/a/.", "/a/", "", None),
+    ("/a/..", "/", "", None),
+    ("/x?", "/x", "", None),
+    ("http://evil:80/x", "/x", "", "evil"),
+    ("http://evil:8080/x", "/x", "", "evil:8080"),
+    ("https://evil:443/x", "/x", "", "evil"),
+    ("http://u:p@Evil.Example:0080", "/", "", "evil.example"),
+    ("http://0x7f.1/", "/", "", "127.0.0.1"),
+    ("http://[0:0:0:0:0:ffff:1.2.3.4]/", "/", "", "[::ffff:102:304]"),
+    ("http://ev%69l/", "/", "", "evil"),
+]
+
+
+@pytest.mark.parametrize(("raw", "path", "query", "host"), CASES)
+def test_table(raw: str, path: str, query: str, host: str | None) -> None:
+    got = canonicalize_target(raw)
+    assert (got.path, got.query, got.host) == (path, query, host)
+    assert got.origin_form == path + query
+    assert got.raw_is_canonical == (raw == path + query)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "http://",
+        "http://:80/x",
+        "http://user@/x",
+        "http://evil:65536/x",
+        "http://evil:8a/x",
+        "http://1.2.3.4.5/",
+        "http://foo.1/",
+        "http://256.0.0.1/",
+        "http://[::1/",
+        "http://[1::2::3]/",
+        "http://ev%2fil/",
+        "http://a^b/",
+        "http://a%zzb/",
+    ],
+)
+def test_invalid_like_node(raw: str) -> None:
+    with pytest.raises(InvalidTarget) as info:
+        canonicalize_target(raw)
+    assert not isinstance(info.value, UnsupportedTarget)
+
+
+@pytest.mark.parametrize(
+    "raw", ["a:b", "file:///tools/invoke", "javascript:alert(1)", "http://\u00e9vil/", "http://xn--abc/"]
+)
+def test_deliberately_unsupported(raw: str) -> None:
+    with pytest.raises(UnsupportedTarget):
+        canonicalize_target(raw)
+
+
+def test_raw_is_canonical_and_frozen() -> None:
+    plain = canonicalize_target("/tools/invoke?a=b")
+    assert plain.raw_is_canonical and plain.origin_form == "/tools/invoke?a=b"
+    assert not canonicalize_target("/tools/./invoke").raw_is_canonical
+    assert not canonicalize_target("http://localhost/tools/invoke").raw_is_canonical
+    with pytest.raises(AttributeError):
+        plain.path = "/x"  # type: ignore[misc]
+    assert isinstance(plain, CanonicalTarget)
+
+
+def test_base_host_is_concatenated_like_the_gateway() -> None:
+    # A Host header carrying a path changes what relative targets resolve to.
+    assert canonicalize_target("*", "x/tools/").path == "/tools/*"
+    assert canonicalize_target("http:invoke", "x/tools/").path == TOOLS
+    assert canonicalize_target("", "x/tools/invoke").path == TOOLS
+    assert canonicalize_target("/a", "x/tools/").path == "/a"
+    with pytest.raises(InvalidTarget):
+        canonicalize_target("/a", "")
+
+
+# ---------------------------------------------------------------------------
+# 2. Differential test against Node over the odd-target corpus
+# ---------------------------------------------------------------------------
+
+
+def test_odd_targets_match_node() -> None:
+    corpus = json.loads(DATA.read_text(encoding="utf-8"))
+    assert len(corpus) >= 80 and all(item["source"] for item in corpus)
+    # A few Host-header quirks ride along in the same node call.
+    quirks = [
+        ("*", "x/tools/"),
+        ("http:invoke", "x/tools/"),
+        ("", "x/tools/invoke"),
+        ("/a", "x/tools/"),
+        ("/a", "x:8080"),
+        ("?q", "[::1]:80"),
+        ("x", "EX.com."),
+    ]
+    cases = [(item["target"], "localhost") for item in corpus] + quirks
+    mismatches, unsupported = diff_against_node(cases)
+    assert not mismatches, "\n".join(mismatches)
+    assert unsupported <= 8, f"too many deliberately unsupported targets: {unsupported}"
+
+
+# ---------------------------------------------------------------------------
+# 3. Property-style test: random targets from a hostile alphabet, vs Node
+# ---------------------------------------------------------------------------
+
+ALPHABET = ["/", ".", "%2e", "%2E", "\\", "tools", "invoke", "?", "#", "a", "%2f", ";", " ",
+            "..", "//", "\t", ":", "@", "http:", "%"]
+SEGMENTS = ["tools", "invoke", ".", "..", "%2e", "%2E", ".%2e", "%2E.", "%2e%2e",
+            "a", "", "%2f", ";", " ", "\t"]
+
+
+def random_targets(rng: random.Random, count: int) -> list[str]:
+    """Free-form strings over ALPHABET, random segment paths, and paths aimed at the route."""
+    targets = {"/tools/invoke"}
+    while len(targets) < count:
+        prefix = rng.choice(["/", "/", "/", "\\", "//", "http://h/", ""])
+        roll = rng.random()
+        if roll < 0.4:
+            body = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 10)))
+        else:
+            segs = [rng.choice(SEGMENTS) for _ in range(rng.randint(1, 6))]
+            if roll < 0.7:  # aim at the route: junk, tools, no-op segments, invoke
+                noop = [".", "%2e", "%2E", "a/..", "b/%2e%2e", "c/.%2E"]
+                segs = segs[:2] + ["tools"] + rng.sample(noop, rng.randint(0, 2)) + ["invoke"]
+            body = "".join(seg + rng.choice(["/", "/", "/", "\\"]) for seg in segs[:-1]) + segs[-1]
+            body += rng.choice(["", "", "?x=1", "#f", "?a#b", "/"])
+        targets.add(prefix + body)
+    return sorted(targets)
+
+
+def test_random_targets_match_node() -> None:
+    cases = [(t, "localhost") for t in random_targets(random.Random(20240611), 400)]
+    mismatches, _ = diff_against_node(cases)
+    assert not mismatches, "\n".join(mismatches[:50])
+    # Sanity: the generator really produced route-reaching non-canonical spellings.
+    sneaky = [t for t, _ in cases if canonicalize_target_or_none(t) == TOOLS and t != TOOLS]
+    assert len(sneaky) >= 5, sneaky
+
+
+def canonicalize_target_or_none(raw: str) -> str | None:
+    try:
+        return canonicalize_target(raw).path
+    except InvalidTarget:
+        return None

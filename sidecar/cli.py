@@ -1,2 +1,150 @@
-def main():
-    pass
+"""Command line: the only reader of argv.
+
+`run` and `demo` need the proxy engine; it is imported lazily from `addons.embedded`, so
+importing any `sidecar` module never imports mitmproxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import sys
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config, redacted_view
+from .errors import ConfigError
+
+log = logging.getLogger("sidecar")
+
+
+def _version() -> str:
+    try:
+        return version("openclaw-sidecar")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openclaw-sidecar",
+        description="Enforcing reverse proxy for the OpenClaw Gateway's POST /tools/invoke.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the sidecar in front of a gateway")
+    run.add_argument("--config", required=True, type=Path, help="YAML or JSON5 config file")
+    run.add_argument("--listen", help="HOST:PORT to listen on (overrides config and env)")
+    run.add_argument("--upstream", help="gateway URL, e.g. http://127.0.0.1:18789")
+
+    demo = commands.add_parser("demo", help="demo backend plus sidecar with a fresh token")
+    demo.add_argument("--listen", default="127.0.0.1:18790", help="sidecar HOST:PORT (default %(default)s)")
+
+    backend = commands.add_parser("demo-backend", help="run only the demo tool backend")
+    backend.add_argument("--listen", default="127.0.0.1:18789", help="HOST:PORT (default %(default)s)")
+    backend.add_argument("--token", help="require this bearer token (default: none)")
+
+    check = commands.add_parser("check-config", help="validate a config file and print it, secrets redacted")
+    check.add_argument("file", type=Path)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k in ("listen", "upstream") if (v := getattr(args, k, None)) is not None}
+
+
+def _report_config_error(exc: ConfigError) -> int:
+    print("configuration error:", file=sys.stderr)
+    for key, why in exc.problems:
+        print(f"  {key}: {why}", file=sys.stderr)
+    return 1
+
+
+def _serve(config: Config, on_ready: Any = None) -> int:
+    from addons.embedded import serve  # the engine; see the module docstring
+
+    for problem in config.secrets.problems:
+        log.error("auth misconfigured, every authenticated request will get 401: %s", problem)
+    tp = config.rules.gateway.auth.trusted_proxy
+    if config.secrets.mode == "trusted-proxy" and not (tp.allow_users or tp.required_headers):
+        log.warning(
+            "TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a "
+            "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
+        )
+    return serve(config, on_ready=on_ready)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, _overrides(args))
+    except ConfigError as exc:
+        return _report_config_error(exc)
+    _setup_logging(config.sidecar.log_level)
+    return _serve(config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        return _report_config_error(exc)
+    print(json.dumps(redacted_view(config), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_demo_backend(args: argparse.Namespace) -> int:
+    from .config import split_host_port
+    from .demo_backend import serve_forever
+
+    host, port = split_host_port(args.listen)
+    serve_forever(host, port, args.token)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo_backend import DemoBackend
+
+    _setup_logging("WARNING")
+    token = secrets.token_urlsafe(24)
+    with DemoBackend(token=token) as backend, tempfile.TemporaryDirectory(prefix="openclaw-sidecar-demo-") as tmp:
+        config_file = Path(tmp) / "demo.yaml"
+        config_file.write_text(json.dumps({
+            "sidecar": {"listen": args.listen, "upstream": backend.url, "runtimeDir": str(Path(tmp) / "run")},
+            "gateway": {"auth": {"mode": "token", "token": token}},
+        }))
+        try:
+            config = load_config(config_file, environ={})
+        except ConfigError as exc:
+            return _report_config_error(exc)
+
+        def announce(url: str) -> None:
+            print(f"openclaw-sidecar demo: sidecar {url} -> demo backend {backend.url}", flush=True)
+            print(f"token: {token}", flush=True)
+            print("try:", flush=True)
+            print(
+                f"  curl -sS -X POST {url}/tools/invoke -H 'Authorization: Bearer {token}' "
+                "-H 'Content-Type: application/json' -d '{\"tool\":\"agents_list\"}'",
+                flush=True,
+            )
+            print("press Ctrl-C to stop", flush=True)
+
+        return _serve(config, on_ready=announce)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run, "demo": cmd_demo, "demo-backend": cmd_demo_backend, "check-config": cmd_check_config}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -161,6 +161,8 @@ class SidecarSettings(BaseSettings):
     runtime_dir: Path = Field(default_factory=_default_runtime_dir)
     openclaw_config: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Prometheus metrics on a port of their own, never on the proxied port (corpus G6).
+    metrics_listen: str | None = None
     timeouts: Timeouts = Timeouts()
     rate_limit: RateLimitSettings = RateLimitSettings()
     context_headers: ContextHeaders = ContextHeaders()
@@ -177,10 +179,11 @@ class SidecarSettings(BaseSettings):
         # First wins: flags (passed as init kwargs) > environment > the config file > defaults.
         return init_settings, env_settings, _FileSection(settings_cls)
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        split_host_port(value)
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
         return value
 
     @field_validator("upstream")

@@ -53,6 +53,11 @@ def method_not_allowed() -> Envelope:
     return Envelope(405, b"Method Not Allowed", headers)
 
 
+def expectation_failed() -> Envelope:
+    """§0.2: an Expect other than 100-continue gets 417 with an empty body."""
+    return Envelope(417, b"", SECURITY_HEADERS)
+
+
 def invalid_request_url() -> Envelope:
     return _json(400, {"error": "bad_request", "message": "Invalid request URL"})
 

@@ -31,7 +31,9 @@ OWNED_NAMES = frozenset({
 })
 OWNED_PREFIXES = ("x-forwarded-", "tailscale-", "x-clawdbot-", "x-openclaw-")
 # Hop-by-hop headers (RFC 9110 §7.6.1) that must not be relayed; `connection` is rewritten instead.
-HOP_BY_HOP = frozenset({"keep-alive", "proxy-connection", "te", "trailer", "upgrade"})
+# `expect` too: the proxy answers `100-continue` itself, so relaying it makes the upstream send a
+# second interim response the client never asked for.
+HOP_BY_HOP = frozenset({"keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect"})
 CONNECTION_TOKENS_KEPT = ("close", "keep-alive", "upgrade")
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")

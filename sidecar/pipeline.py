@@ -47,7 +47,7 @@ class LimitVerdictLike(Protocol):
 
 
 class RequestLimiter(Protocol):
-    async def hit(self, identity: str, tool: str | None) -> "LimitVerdictLike": ...
+    async def hit(self, identity: str | None, tool: str | None = None, *, client_ip: str | None = None) -> "LimitVerdictLike": ...
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,9 @@ class Pipeline:
         problem = head_problem(view, self.extra_protected)
         if problem is not None:
             return Refuse(envelopes.bad_request(problem), "malformed_head")
+        expect = view.first("expect")
+        if expect is not None and expect.strip().lower() != "100-continue":
+            return Refuse(envelopes.expectation_failed(), "expectation_failed")
         host_header = (view.first("host") or "").strip().lower()
         if host_header and not _PLAIN_HOST.fullmatch(host_header):
             # The gateway builds `new URL(target, "http://" + Host)`: a Host with a path would
@@ -222,8 +225,9 @@ class Pipeline:
         if self.gate.blocks(invoke.tool, owner=owner):
             return Refuse(envelopes.tool_not_available(invoke.tool.name), "tool_denied")
         if self.request_limiter is not None:
-            identity = admitted.auth.user or admitted.client_ip or "unknown"
-            verdict = await self.request_limiter.hit(identity, invoke.tool.name)
+            per_identity = self.config.sidecar.rate_limit.requests is None or self.config.sidecar.rate_limit.requests.per == "identity"
+            identity = admitted.auth.user if per_identity else None
+            verdict = await self.request_limiter.hit(identity, invoke.tool.name, client_ip=admitted.client_ip)
             if verdict.unavailable:
                 return Refuse(envelopes.limiter_unavailable(), "limiter_unavailable")
             if not verdict.allowed:

@@ -1,0 +1,273 @@
+"""The mitmproxy adapter: flow → RequestView → pipeline decision → flow.
+
+No policy lives here. Each hook guards, translates, asks the pipeline and applies the answer,
+and fails closed itself: mitmproxy only logs an exception raised in a hook and then sends the
+request upstream anyway.
+
+Also usable on its own: `mitmdump -s addons/tools_invoke.py --mode reverse:URL
+--set sidecar_config=FILE --set keep_host_header=true --set connection_strategy=lazy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
+
+try:  # loaded by mitmdump -s, the repository root may not be on sys.path
+    import sidecar  # noqa: F401
+except ImportError:  # pragma: no cover - depends on how mitmdump was started
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sidecar import audit, envelopes
+from sidecar.config import load_config
+from sidecar.envelopes import Envelope
+from sidecar.errors import ConfigError
+from sidecar.metrics import DECISION_SECONDS, INTERNAL_ERRORS
+from sidecar.pipeline import Admitted, Forward, Refuse
+from sidecar.runtime import Runtime, build_runtime
+from sidecar.view import RequestView
+
+log = logging.getLogger("sidecar.adapter")
+
+ADMITTED = "openclaw_sidecar.admitted"
+ANSWERED = "openclaw_sidecar.answered"
+# Small pending bodies are read before a head refusal is sent, which keeps the connection
+# usable; anything larger (or chunked) is answered at once and the connection closed, so an
+# unauthenticated client can never make us buffer a large body.
+KEEP_ALIVE_REFUSAL_MAX_BODY = 64 * 1024
+LINGER_SECONDS = 1.0
+
+
+def view_of(flow: http.HTTPFlow) -> RequestView:
+    request = flow.request
+    return RequestView(
+        method=request.method,
+        target=request.data.path.decode("latin-1"),
+        headers=tuple(request.headers.fields),
+        peer_ip=flow.client_conn.peername[0],
+    )
+
+
+def response_of(envelope: Envelope) -> http.Response:
+    return http.Response.make(envelope.status, envelope.body, [(k.encode(), v.encode()) for k, v in envelope.headers])
+
+
+def _body_pending(flow: http.HTTPFlow) -> int | None:
+    """Bytes still to come after the head: the declared length, or None for chunked/unknown."""
+    headers = flow.request.headers
+    if "transfer-encoding" in headers:
+        return None
+    try:
+        return int(headers.get("content-length", "0"))
+    except ValueError:
+        return None
+
+
+def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
+    """Write a complete answer to the client socket now, outside the normal hook sequence, and
+    close the connection after a short linger.
+
+    Used where mitmproxy would otherwise read a whole body first, or send its own HTML error
+    (oversize, stalled body, upstream failures). Clearing CAN_WRITE makes mitmproxy's own
+    error page a no-op. HTTP/1 only, which is all the sidecar listens for.
+    """
+    if flow.metadata.get(ANSWERED):
+        return True
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    transport = handler.transports.get(handler.client) if handler else None
+    writer = transport.writer if transport else None
+    if writer is None or writer.is_closing() or not (flow.client_conn.state & ConnectionState.CAN_WRITE):
+        return False
+    response = response_of(envelope)
+    response.headers["Connection"] = "close"
+    writer.write(http1.assemble_response(response))
+    writer.write_eof()
+    flow.client_conn.state &= ~ConnectionState.CAN_WRITE
+    flow.metadata[ANSWERED] = envelope.status
+    asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
+    return True
+
+
+class ToolsInvokeGuard:
+    """Enforces the /tools/invoke contract (and hygiene on every other route) in front of a gateway."""
+
+    name = "openclaw_sidecar"
+
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    # ---- options (only for `mitmdump -s`; the embedded runner passes a runtime) -----------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("sidecar_config", str | None, None, "Path to the openclaw-sidecar YAML/JSON5 config file.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "sidecar_config" not in updated or not ctx.options.sidecar_config:
+            return
+        try:
+            config = load_config(Path(ctx.options.sidecar_config))
+        except ConfigError as exc:
+            raise exceptions.OptionsError(f"sidecar_config: {exc}") from None
+        self.runtime = build_runtime(config)
+
+    # ---- hooks ----------------------------------------------------------------------------
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        started = time.perf_counter()
+        try:
+            if self.runtime is None:
+                raise RuntimeError("no sidecar configuration loaded (set sidecar_config)")
+            view = view_of(flow)
+            decision = await self.runtime.pipeline.on_head(view)
+            if isinstance(decision, Refuse):
+                await self._refuse(flow, decision, early=_body_pending(flow) is None or (_body_pending(flow) or 0) > KEEP_ALIVE_REFUSAL_MAX_BODY)
+            else:
+                flow.metadata[ADMITTED] = decision
+                if decision.route == "tools-invoke" and _body_pending(flow) != 0:
+                    self._start_body_timer(flow)
+        except Exception:
+            self._fail_closed(flow, "requestheaders")
+        finally:
+            DECISION_SECONDS.observe(time.perf_counter() - started)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        self._cancel_timer(flow)
+        if flow.metadata.get(ANSWERED):
+            flow.kill()  # already answered directly; nothing may go upstream
+            return
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            admitted = flow.metadata.get(ADMITTED)
+            if not isinstance(admitted, Admitted):
+                raise RuntimeError("request reached the body stage without a head decision")
+            body = flow.request.raw_content or b""
+            decision = await self.runtime.pipeline.on_body(admitted, body, bool(flow.request.trailers))
+            if isinstance(decision, Refuse):
+                await self._refuse(flow, decision, early=False)
+            else:
+                self._forward(flow, decision)
+        except Exception:
+            self._fail_closed(flow, "request")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        admitted = flow.metadata.get(ADMITTED)
+        if not isinstance(admitted, Admitted) or flow.response is None:
+            return
+        try:
+            replacement = self.runtime.pipeline.review_response(admitted, flow.response.status_code)
+            if replacement is not None:
+                log.warning("upstream answered %s on %s; body replaced", flow.response.status_code, admitted.route)
+                flow.response = response_of(replacement)
+        except Exception:
+            self._fail_closed(flow, "response")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy is about to send its own HTML error page; send the gateway-style one instead."""
+        self._cancel_timer(flow)
+        if flow.metadata.get(ANSWERED) or flow.error is None:
+            return
+        message = flow.error.msg.lower()
+        admitted = flow.metadata.get(ADMITTED)
+        if "request body exceeds" in message:
+            envelope, reason = envelopes.payload_too_large(), "payload_too_large"
+        elif admitted is not None and flow.response is None and flow.request.timestamp_end:
+            timed_out = "timeout" in message or "timed out" in message
+            envelope = envelopes.upstream_timeout() if timed_out else envelopes.upstream_unreachable()
+            reason = "upstream_timeout" if timed_out else "upstream_unreachable"
+            log.warning("upstream failure: %s", flow.error.msg)
+        else:
+            return
+        if answer_directly(flow, envelope):
+            self._audit(flow, "refused", reason, envelope.status, admitted)
+
+    def done(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    async def _refuse(self, flow: http.HTTPFlow, decision: Refuse, *, early: bool) -> None:
+        if decision.delay_s > 0:
+            await asyncio.sleep(decision.delay_s)
+        admitted = flow.metadata.get(ADMITTED)
+        self._audit(flow, "refused", decision.reason, decision.envelope.status, admitted)
+        if early and answer_directly(flow, decision.envelope):
+            return
+        flow.response = response_of(decision.envelope)
+
+    def _forward(self, flow: http.HTTPFlow, decision: Forward) -> None:
+        admitted = decision.admitted
+        request = flow.request
+        request.authority = ""
+        request.path = admitted.target
+        request.headers = http.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in admitted.headers])
+        if decision.body is not None:
+            request.raw_content = decision.body
+            if "transfer-encoding" not in request.headers:
+                request.headers["content-length"] = str(len(decision.body))
+        self._audit(flow, "forwarded", decision.reason, None, admitted, decision.tool)
+        self._start_upstream_timer(flow)
+
+    def _audit(self, flow: http.HTTPFlow, outcome: str, reason: str, status: int | None,
+               admitted: Admitted | None, tool: str | None = None) -> None:
+        audit.record(
+            route=admitted.route if admitted else "head", outcome=outcome, reason=reason, status=status,
+            method=flow.request.method, target=flow.request.data.path.decode("latin-1"),
+            client_ip=admitted.client_ip if admitted else None, peer_ip=flow.client_conn.peername[0],
+            user=admitted.auth.user if admitted else None, tool=tool,
+        )
+
+    def _fail_closed(self, flow: http.HTTPFlow, hook: str) -> None:
+        INTERNAL_ERRORS.inc()
+        log.exception("internal error in %s; request refused with 500", hook)
+        envelope = envelopes.internal_error()
+        if not answer_directly(flow, envelope):
+            flow.response = response_of(envelope)
+
+    def _start_body_timer(self, flow: http.HTTPFlow) -> None:
+        seconds = self.runtime.config.sidecar.timeouts.body_read_seconds
+        self._schedule(flow, seconds, lambda: answer_directly(flow, envelopes.body_timeout()), "body_timeout")
+
+    def _start_upstream_timer(self, flow: http.HTTPFlow) -> None:
+        seconds = self.runtime.config.sidecar.timeouts.upstream_read_seconds
+
+        def expire() -> None:
+            if flow.response is None and flow.live:
+                log.warning("upstream did not answer within %ss", seconds)
+                answer_directly(flow, envelopes.upstream_timeout())
+
+        self._schedule(flow, seconds, expire, "upstream_timeout")
+
+    def _schedule(self, flow: http.HTTPFlow, seconds: float, action: Any, reason: str) -> None:
+        def fire() -> None:
+            self._timers.pop(flow.id, None)
+            if action():
+                self._audit(flow, "refused", reason, flow.metadata.get(ANSWERED), flow.metadata.get(ADMITTED))
+
+        self._cancel_timer(flow)
+        self._timers[flow.id] = asyncio.get_running_loop().call_later(seconds, fire)
+
+    def _cancel_timer(self, flow: http.HTTPFlow) -> None:
+        timer = self._timers.pop(flow.id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._cancel_timer(flow)
+
+
+addons = [ToolsInvokeGuard()]

@@ -1,0 +1,859 @@
+"""Rate limiting: the upstream auth-failure limiter, reproduced, plus an optional request limiter.
+
+Why the sidecar needs its own auth-failure limiter
+--------------------------------------------------
+Behind the sidecar every request reaches the OpenClaw Gateway from loopback, and the
+gateway exempts loopback from its auth-failure limiter, so the sidecar must enforce what
+OpenClaw 2026.9.6 enforces per real client (`AuthFailureLimiter`):
+
+* key ``"shared-secret:<normalized ip>"`` (``::ffff:1.2.3.4`` is ``1.2.3.4``; a missing or
+  unparseable address is ``"unknown"``);
+* ``check()`` runs *before* the credential comparison; a locked key is refused (429 with
+  ``retry_after_s = ceil(remaining lockout)``) whatever credential it carries; when a
+  lockout has expired the key's failure history is cleared;
+* ``record_failure()`` (mismatched credential only) keeps a sliding window of failure
+  times: failures at or before ``now - window`` are dropped, ``now`` is added, and when
+  the count reaches ``max_attempts`` the key is locked until ``now + lockout``.  That
+  request still gets its 401, the next one the 429.  Failures during a lockout are not
+  recorded and never extend it;
+* ``reset()`` (successful auth) clears the key;
+* loopback clients (with ``exempt_loopback``) are never locked; each failure instead
+  returns a delay for the 401: ``min(base * 2**(n-1), cap)`` with ``n`` the recent
+  failures (history capped at 6): 0.25, 0.5, 1, 2, 4, 5, 5 ... seconds by default.
+
+How it is stored (and why not a `limits` strategy)
+--------------------------------------------------
+State lives in a `limits` async storage (``memory://`` or Redis via
+``storage_from_string("async+...", wrap_exceptions=True)``), so a Redis shared by
+several replicas gives each client ONE budget.  But `limits`' strategies read the wall
+clock inside the storage (``time.time()`` in ``MemoryStorage`` and in the Redis bridge),
+they cannot lock out, and the upstream window is an exact log, not an approximation.  So
+the algorithm is built on the storage's atomic primitives (``incr``/``get``/``clear``),
+with every *decision* taken on values computed from the injected ``clock``:
+
+* ``authfail/{<key>}/seq``   - failure sequence number (``incr`` is atomic across replicas);
+* ``authfail/{<key>}/t/<n>`` - the time (ms, from our clock) of failure ``n``; written by
+  ``incr`` on a fresh key, i.e. an atomic set; only the last ``ring`` are kept;
+* ``authfail/{<key>}/lock``  - ``lockedUntil`` in ms from our clock.
+
+"Count in window >= max_attempts" is equivalent to "failure ``seq - max_attempts + 1``
+happened after ``now - window``", so recording a failure reads one timestamp, not a list.
+Storage TTLs (wall clock, set by `limits` on key creation) are only garbage collection:
+they are always longer than the window/lockout they back, so with ``clock=time.time`` they
+never fire before our own comparison would have, and in tests - where the injected clock
+jumps minutes ahead in microseconds - they never fire at all.
+
+Memory bounds
+-------------
+For ``memory://`` (and for the per-replica fallback and the loopback history) at most
+``max_entries`` clients are tracked: a new failing client first evicts the least recently
+failing *unlocked* client; locked clients are never evicted; when every slot holds a live
+lockout a global overflow lock is set for ``lockout``, during which ``check()`` refuses
+any client that is not already tracked (tracked clients behave normally).  For Redis
+``max_entries`` does not apply: every key carries a TTL, so Redis holds only clients that
+failed within about one window/lockout, and its own ``maxmemory`` policy is the bound.
+
+Loopback failure history is always kept per replica in memory: a loopback client is a
+process on the same host as that replica, so sharing "127.0.0.1" across hosts would mix
+unrelated clients (and it costs no Redis round trip).  With ``exempt_loopback=False``
+loopback is an ordinary key in the shared storage.
+
+Storage outages
+---------------
+Storage errors never escape ``check``/``record_failure``/``reset``/``hit``.  On a
+``StorageError`` the limiter logs ONE warning per outage (logger ``sidecar.ratelimit``),
+increments ``RATELIMIT_STORAGE_FALLBACKS`` once per outage and ``RATELIMIT_STORAGE_ERRORS``
+for every failed operation, and serves from a fresh per-replica in-memory limiter with the
+same semantics; or, with ``fail_closed=True``, answers ``LimitVerdict.unavailable`` (the
+caller sends 503).  While degraded the shared storage is probed with ``storage.check()``
+at most every ``probe_interval_s`` (on the injected clock); on success the limiter logs the
+recovery once and goes back to the shared storage (the fallback state is dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar, cast
+
+import limits
+from limits.aio.storage import MemoryStorage, Storage
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+
+from sidecar.ipaddrs import is_loopback, normalize_ip
+from sidecar.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_FALLBACKS
+
+__all__ = [
+    "SUPPORTED_STORAGE_SCHEMES",
+    "AuthFailureLimiter",
+    "LimitVerdict",
+    "RequestRateLimiter",
+    "async_storage_uri",
+    "auth_key",
+    "redact_uri",
+]
+
+log = logging.getLogger("sidecar.ratelimit")
+
+Clock = Callable[[], float]
+
+SUPPORTED_STORAGE_SCHEMES: Final = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster")
+REDIS_KEY_PREFIX: Final = "openclaw-sidecar"
+AUTH_SCOPE: Final = "shared-secret"
+LOOPBACK_HISTORY_CAP: Final = 6
+DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
+DEFAULT_PROBE_INTERVAL_S: Final = 1.0
+_SEQ_TTL_MIN_S: Final = 86_400
+_MEMORY_SWEEP_INTERVAL_S: Final = 10.0
+
+
+@dataclass(frozen=True)
+class LimitVerdict:
+    """Outcome of `AuthFailureLimiter.check` / `RequestRateLimiter.hit`.
+
+    ``allowed`` False with ``unavailable`` False: 429 with ``Retry-After: retry_after_s``.
+    ``unavailable`` True: the shared storage is down and the limiter is fail-closed (503).
+    """
+
+    allowed: bool
+    retry_after_s: int = 0
+    unavailable: bool = False
+
+
+ALLOWED: Final = LimitVerdict(True)
+UNAVAILABLE: Final = LimitVerdict(False, unavailable=True)
+
+
+# --------------------------------------------------------------------------- storage URIs
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced, fit for logs and error messages."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if "@" not in parts.netloc:
+        return uri
+    userinfo, hosts = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"***@{hosts}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def async_storage_uri(uri: str) -> str:
+    """Map a configured storage URI (``memory://``, ``redis://`` ...) to its `limits` async form.
+
+    Raises ValueError naming the scheme when it is not one the sidecar supports.
+    """
+    if not isinstance(uri, str) or "://" not in uri:
+        raise ValueError(f"rate-limit storage URI must look like scheme://..., got {uri!r}")
+    scheme, rest = uri.split("://", 1)
+    scheme = scheme.strip().lower()
+    if scheme not in SUPPORTED_STORAGE_SCHEMES:
+        raise ValueError(
+            f"unsupported rate-limit storage scheme {scheme!r} in {redact_uri(uri)!r}; "
+            f"use one of: {', '.join(s + '://' for s in SUPPORTED_STORAGE_SCHEMES)}"
+        )
+    return f"async+{scheme}://{rest}"
+
+
+def _make_storage(uri: str, timeout_s: float, options: Mapping[str, Any] | None) -> tuple[Storage, bool]:
+    """Build the `limits` storage for ``uri``; returns (storage, is_shared). ValueError if invalid."""
+    async_uri = async_storage_uri(uri)
+    if async_uri.startswith("async+memory://"):
+        return _memory_storage(), False
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    # redis-py's default retry (3 tries with exponential backoff up to 10 s) would stall
+    # every request during an outage; one immediate retry still replaces a stale
+    # pooled connection after a Redis restart.
+    opts: dict[str, Any] = {
+        "implementation": "redispy",
+        "key_prefix": REDIS_KEY_PREFIX,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), 1),
+    }
+    opts.update(options or {})
+    try:
+        storage = storage_from_string(async_uri, wrap_exceptions=True, **opts)
+    except Exception as exc:  # ConfigurationError, bad host/port, missing service name ...
+        detail = str(exc)
+        for variant in (async_uri, async_uri.removeprefix("async+"), uri):
+            detail = detail.replace(variant, redact_uri(variant))
+        # `from None`: the original exception's text may carry the password
+        raise ValueError(f"invalid rate-limit storage URI {redact_uri(uri)!r}: {detail}") from None
+    if not isinstance(storage, Storage):  # pragma: no cover - async+ schemes give async storages
+        raise ValueError(f"rate-limit storage URI {redact_uri(uri)!r} did not give an async storage")
+    return storage, True
+
+
+class _MemoryStorage(MemoryStorage):
+    """`limits`' async MemoryStorage with its expiry sweep throttled.
+
+    Upstream schedules a task scanning *every* key after each ``incr``: with 10 000
+    tracked clients that is milliseconds of event-loop CPU per failed login, which a
+    spray of addresses turns into a denial of service.  Here keys still expire lazily
+    when read (upstream ``get``), and the full sweep runs at most every 10 s (wall clock:
+    it is garbage collection only, never a limiting decision).
+    """
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: str) -> None:
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self._next_sweep = time.time() + _MEMORY_SWEEP_INTERVAL_S
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        await self.get(key)  # drops the key when it has expired
+        self._maybe_sweep()
+        async with self.locks[key]:
+            self.storage[key] += amount
+            if self.storage[key] == amount:
+                self.expirations[key] = time.time() + expiry
+        return self.storage.get(key, amount)
+
+    def _maybe_sweep(self) -> None:
+        now = time.time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _MEMORY_SWEEP_INTERVAL_S
+        for key, expires in list(self.expirations.items()):
+            if expires <= now:
+                self.storage.pop(key, None)
+                self.expirations.pop(key, None)
+                self.locks.pop(key, None)
+
+
+def _memory_storage() -> Storage:
+    return _MemoryStorage(wrap_exceptions=True)
+
+
+async def _close_storage(storage: Storage) -> None:
+    """Release a storage's connections (Redis) or its expiry task (memory); never raises."""
+    try:
+        bridge = getattr(storage, "bridge", None)
+        seen: set[int] = set()
+        for attr in ("storage", "storage_replica"):
+            client = getattr(bridge, attr, None) if bridge is not None else None
+            if client is not None and id(client) not in seen and hasattr(client, "aclose"):
+                seen.add(id(client))
+                await client.aclose()
+        timer = getattr(storage, "timer", None)
+        if isinstance(timer, asyncio.Task) and not timer.done():
+            timer.cancel()
+    except Exception:  # pragma: no cover - best effort at shutdown
+        log.debug("error while closing rate-limit storage", exc_info=True)
+
+
+def auth_key(ip: str | None) -> str:
+    """The limiter key of a client address: ``shared-secret:<normalized ip or 'unknown'>``."""
+    return f"{AUTH_SCOPE}:{normalize_ip(ip) or 'unknown'}"
+
+
+def _ceil_s(ms: int) -> int:
+    return max(1, math.ceil(ms / 1000))
+
+
+# --------------------------------------------------------------------------- failure log
+
+
+class _FailureLog:
+    """Exact sliding log of failure times plus a lock, per client key, on one storage.
+
+    ``max_entries`` (memory storages only) bounds the number of tracked clients; the index
+    mirrors which clients have state and which are locked, for eviction decisions.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        max_attempts: int,
+        window_ms: int,
+        lockout_ms: int,
+        ring: int,
+        max_entries: int | None,
+    ) -> None:
+        self.storage = storage
+        self.max_attempts = max_attempts
+        self.window_ms = window_ms
+        self.lockout_ms = lockout_ms
+        self.ring = max(1, ring)
+        self.max_entries = max_entries
+        self._t_ttl = math.ceil(window_ms / 1000) + 2
+        self._lock_ttl = math.ceil((lockout_ms + window_ms) / 1000) + 2
+        self._seq_ttl = max(_SEQ_TTL_MIN_S, 2 * self._lock_ttl)
+        # index (bounded mode only): unlocked clients in least-recently-failed order, locked ones apart
+        self._open: OrderedDict[str, None] = OrderedDict()
+        self._locked: dict[str, int] = {}
+        self.overflow_until = 0
+
+    # keys: the {...} hash tag keeps one client's keys on one Redis Cluster slot
+    @staticmethod
+    def _seq(key: str) -> str:
+        return f"authfail/{{{key}}}/seq"
+
+    @staticmethod
+    def _lock(key: str) -> str:
+        return f"authfail/{{{key}}}/lock"
+
+    @staticmethod
+    def _t(key: str, n: int) -> str:
+        return f"authfail/{{{key}}}/t/{n}"
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_entries is not None
+
+    def tracked(self, key: str) -> bool:
+        return key in self._open or key in self._locked
+
+    def __len__(self) -> int:
+        return len(self._open) + len(self._locked)
+
+    # -- queries -------------------------------------------------------------------------
+
+    async def blocked_for(self, key: str, now: int) -> int:
+        """Milliseconds the key is still refused (0 = allowed); clears an expired lockout."""
+        until = await self.storage.get(self._lock(key))
+        if until:
+            if now < until:
+                return until - now
+            await self.clear(key, keep_tracked=True)  # lockout over: the history goes with it
+        if self.bounded and now < self.overflow_until and not self.tracked(key):
+            return self.overflow_until - now
+        return 0
+
+    # -- updates -------------------------------------------------------------------------
+
+    async def record_locking(self, key: str, now: int) -> None:
+        """One failure for a lockable key; locks it when the window holds max_attempts."""
+        until = await self.storage.get(self._lock(key))
+        if until:
+            if now < until:
+                return  # failures during a lockout are not recorded and never extend it
+            await self.clear(key, keep_tracked=True)
+        seq = await self._append(key, now)
+        if seq is None:
+            return
+        oldest = seq - self.max_attempts + 1
+        if oldest < 1:
+            return
+        if oldest < seq:
+            stamp = await self.storage.get(self._t(key, oldest))
+            if not stamp or stamp - 1 <= now - self.window_ms:
+                return
+        if self.lockout_ms > 0:
+            await self._set_lock(key, now + self.lockout_ms, now)
+
+    async def record_counting(self, key: str, now: int) -> int:
+        """One failure for a never-locked key; returns the failures in the window (<= ring)."""
+        seq = await self._append(key, now)
+        if seq is None:
+            return 0
+        older = range(max(1, seq - self.ring + 1), seq)
+        stamps = await asyncio.gather(*(self.storage.get(self._t(key, n)) for n in older))
+        cutoff = now - self.window_ms
+        return 1 + sum(1 for stamp in stamps if stamp and stamp - 1 > cutoff)
+
+    async def reset(self, key: str) -> None:
+        seq = await self.storage.get(self._seq(key))
+        if seq:
+            await self.clear(key, seq)
+        else:
+            self._forget(key)
+
+    async def clear(self, key: str, seq: int | None = None, *, keep_tracked: bool = False) -> None:
+        """Drop the key's failure history and lock.
+
+        ``keep_tracked``: an expired lockout keeps the client in the table as an unlocked,
+        empty entry (upstream keeps the map entry), so an overflow lock does not treat it
+        as a new client.
+        """
+        if seq is None:
+            seq = await self.storage.get(self._seq(key))
+        stale = [self._t(key, n) for n in range(max(1, seq - self.ring + 1), seq + 1)]
+        await asyncio.gather(*(self.storage.clear(k) for k in (self._lock(key), self._seq(key), *stale)))
+        was_tracked = self.tracked(key)
+        self._forget(key)
+        if keep_tracked and was_tracked:
+            self._open[key] = None
+
+    async def _append(self, key: str, now: int) -> int | None:
+        """Store failure time ``now``; returns its sequence number, None if refused (overflow)."""
+        if self.bounded and not await self._admit(key, now):
+            return None
+        seq = await self.storage.incr(self._seq(key), self._seq_ttl)
+        stamp = now + 1  # +1 so that 0 (a missing key) never looks like a failure time
+        slot = self._t(key, seq)
+        if await self.storage.incr(slot, self._t_ttl, amount=stamp) != stamp:
+            # a leftover from a sequence that expired or was cleared concurrently: overwrite
+            await self.storage.clear(slot)
+            await self.storage.incr(slot, self._t_ttl, amount=stamp)
+        if seq > self.ring:
+            await self.storage.clear(self._t(key, seq - self.ring))
+        return seq
+
+    async def _set_lock(self, key: str, until: int, now: int) -> None:
+        value = await self.storage.incr(self._lock(key), self._lock_ttl, amount=until)
+        if value != until:
+            # another replica locked it a moment ago: undo our add, its lockout stands
+            await self.storage.incr(self._lock(key), self._lock_ttl, amount=-until)
+            if value - until <= now:  # ... unless that was a stale, expired lock
+                await self.storage.clear(self._lock(key))
+                await self.storage.incr(self._lock(key), self._lock_ttl, amount=until)
+            else:
+                until = value - until
+        if self.bounded:
+            self._open.pop(key, None)
+            self._locked[key] = until
+
+    # -- bounded index -------------------------------------------------------------------
+
+    def _forget(self, key: str) -> None:
+        self._open.pop(key, None)
+        self._locked.pop(key, None)
+
+    async def _admit(self, key: str, now: int) -> bool:
+        """Make room for ``key`` in the index; False (and overflow lock) when none can be made."""
+        assert self.max_entries is not None
+        if key in self._open:
+            self._open.move_to_end(key)
+            return True
+        if key in self._locked:  # lock expired and cleared concurrently; treat as tracked
+            del self._locked[key]
+            self._open[key] = None
+            return True
+        while len(self) >= self.max_entries:
+            if self._open:
+                victim = next(iter(self._open))
+            else:
+                victim = next((k for k, until in self._locked.items() if until <= now), None)
+                if victim is None:
+                    if now >= self.overflow_until:
+                        self.overflow_until = now + self.lockout_ms
+                        log.warning(
+                            "auth-failure limiter full: %d clients locked out; refusing new clients for %d s",
+                            len(self),
+                            _ceil_s(self.lockout_ms),
+                        )
+                    return False
+            await self.clear(victim)
+        self._open[key] = None
+        return True
+
+
+# --------------------------------------------------------------------------- outage guard
+
+_C = TypeVar("_C")
+_T = TypeVar("_T")
+
+
+class _Failed:
+    """Neither the storage nor a fallback produced an answer."""
+
+
+_FAILED: Final = _Failed()
+
+
+class _Guard(Generic[_C]):
+    """Runs an operation on the primary (shared) core, or on a per-replica fallback while the
+    primary storage is out; see the module docstring for the policy."""
+
+    def __init__(
+        self,
+        *,
+        what: str,
+        uri: str,
+        primary: _C,
+        primary_storage: Storage,
+        shared: bool,
+        make_fallback: Callable[[], tuple[_C, Storage]],
+        fail_closed: bool,
+        clock: Clock,
+        probe_interval_s: float,
+        probe_timeout_s: float,
+    ) -> None:
+        self._what = what
+        self._uri = redact_uri(uri)
+        self._primary = primary
+        self._primary_storage = primary_storage
+        self._shared = shared
+        self._make_fallback = make_fallback
+        self._fail_closed = fail_closed
+        self._clock = clock
+        self._probe_interval_s = probe_interval_s
+        self._probe_timeout_s = probe_timeout_s
+        self._fallback: tuple[_C, Storage] | None = None
+        self._degraded = False
+        self._last_probe = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
+
+    @property
+    def primary(self) -> _C:
+        return self._primary
+
+    async def run(self, op: Callable[[_C], Awaitable[_T]]) -> _T | _Failed:
+        if self._degraded:
+            now = self._clock()
+            if now - self._last_probe >= self._probe_interval_s or now < self._last_probe:
+                self._last_probe = now
+                await self._probe()
+        if not self._degraded:
+            try:
+                return await op(self._primary)
+            except Exception as exc:
+                RATELIMIT_STORAGE_ERRORS.inc()
+                if not self._shared:  # memory storage does not fail: this is a bug, not an outage
+                    log.exception("%s failed on in-memory storage", self._what)
+                    return _FAILED
+                self._enter_outage(exc)
+        if self._fail_closed:
+            return _FAILED
+        if self._fallback is None:
+            self._fallback = self._make_fallback()
+        try:
+            return await op(self._fallback[0])
+        except Exception:
+            log.exception("%s failed on its in-memory fallback", self._what)
+            return _FAILED
+
+    def _enter_outage(self, exc: Exception) -> None:
+        if self._degraded:
+            return
+        self._degraded = True
+        self._last_probe = self._clock()
+        RATELIMIT_STORAGE_FALLBACKS.inc()
+        cause = exc.storage_error if isinstance(exc, StorageError) else exc
+        policy = (
+            "answering 503 (fail_closed)"
+            if self._fail_closed
+            else "enforcing per-replica in-memory limits"
+        )
+        log.warning(
+            "%s: rate-limit storage %s failed (%s: %s); %s until it recovers",
+            self._what,
+            self._uri,
+            type(cause).__name__,
+            cause,
+            policy,
+            exc_info=not isinstance(exc, StorageError),  # not a storage error: maybe a bug, keep the trace
+        )
+
+    async def _probe(self) -> None:
+        try:
+            healthy = await asyncio.wait_for(self._primary_storage.check(), self._probe_timeout_s)
+        except Exception:
+            healthy = False
+        if not healthy:
+            return
+        self._degraded = False
+        fallback, self._fallback = self._fallback, None
+        if fallback is not None:
+            await _close_storage(fallback[1])
+        log.warning("%s: rate-limit storage %s recovered; back on shared limits", self._what, self._uri)
+
+    async def aclose(self) -> None:
+        await _close_storage(self._primary_storage)
+        if self._fallback is not None:
+            await _close_storage(self._fallback[1])
+            self._fallback = None
+
+
+# --------------------------------------------------------------------------- auth failures
+
+
+class AuthFailureLimiter:
+    """Upstream OpenClaw's auth-failure limiter (see the module docstring).
+
+    ``storage_uri``: ``memory://`` (default), ``redis://``, ``rediss://``,
+    ``redis+sentinel://``, ``redis+cluster://``; validated here (ValueError).
+    ``storage_options`` are passed to the Redis client (e.g. ``ssl_ca_certs``).
+    ``clock`` returns seconds (``time.time`` semantics) and drives every time decision.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int = 10,
+        window_ms: int = 60_000,
+        lockout_ms: int = 300_000,
+        exempt_loopback: bool = True,
+        max_entries: int = 10_000,
+        loopback_delay_base_ms: int = 250,
+        loopback_delay_max_ms: int = 5_000,
+        storage_uri: str = "memory://",
+        fail_closed: bool = False,
+        clock: Clock = time.time,
+        probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
+        storage_timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if window_ms < 1:
+            raise ValueError("window_ms must be >= 1")
+        if lockout_ms < 0:
+            raise ValueError("lockout_ms must be >= 0")
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        if loopback_delay_base_ms < 0 or loopback_delay_max_ms < 0:
+            raise ValueError("loopback delays must be >= 0")
+        self.max_attempts = max_attempts
+        self.window_ms = window_ms
+        self.lockout_ms = lockout_ms
+        self.exempt_loopback = exempt_loopback
+        self.max_entries = max_entries
+        self.loopback_delay_base_ms = loopback_delay_base_ms
+        self.loopback_delay_max_ms = loopback_delay_max_ms
+        self.fail_closed = fail_closed
+        self._clock = clock
+
+        storage, shared = _make_storage(storage_uri, storage_timeout_s, storage_options)
+        self.shared = shared
+        # Redis: max_entries does not apply (every key expires); memory: bounded index
+        primary = self._failure_log(storage, bounded=not shared)
+        self._guard: _Guard[_FailureLog] = _Guard(
+            what="auth-failure limiter",
+            uri=storage_uri,
+            primary=primary,
+            primary_storage=storage,
+            shared=shared,
+            make_fallback=self._make_fallback,
+            fail_closed=fail_closed,
+            clock=clock,
+            probe_interval_s=probe_interval_s,
+            probe_timeout_s=max(storage_timeout_s, 0.05),
+        )
+        self._loopback = _FailureLog(
+            _memory_storage(),
+            max_attempts=max_attempts,
+            window_ms=window_ms,
+            lockout_ms=lockout_ms,
+            ring=LOOPBACK_HISTORY_CAP,
+            max_entries=max_entries,
+        )
+
+    def _failure_log(self, storage: Storage, *, bounded: bool) -> _FailureLog:
+        return _FailureLog(
+            storage,
+            max_attempts=self.max_attempts,
+            window_ms=self.window_ms,
+            lockout_ms=self.lockout_ms,
+            ring=self.max_attempts,
+            max_entries=self.max_entries if bounded else None,
+        )
+
+    def _make_fallback(self) -> tuple[_FailureLog, Storage]:
+        storage = _memory_storage()
+        return self._failure_log(storage, bounded=True), storage
+
+    @property
+    def degraded(self) -> bool:
+        """True while the shared storage is out and the per-replica fallback (or 503) applies."""
+        return self._guard.degraded
+
+    @property
+    def tracked_clients(self) -> int | None:
+        """Clients in the in-memory table (bounded by max_entries); None on Redis."""
+        primary = self._guard.primary
+        return len(primary) if primary.bounded else None
+
+    def _now_ms(self) -> int:
+        return round(self._clock() * 1000)
+
+    def _exempt(self, ip: str | None) -> bool:
+        return self.exempt_loopback and is_loopback(ip)
+
+    async def check(self, ip: str | None) -> LimitVerdict:
+        """Before comparing credentials: is this client locked out? Never raises."""
+        if self._exempt(ip):
+            return ALLOWED
+        key, now = auth_key(ip), self._now_ms()
+
+        async def op(log_: _FailureLog) -> int:
+            return await log_.blocked_for(key, now)
+
+        blocked_ms = await self._guard.run(op)
+        if isinstance(blocked_ms, _Failed):
+            return UNAVAILABLE if self.fail_closed else ALLOWED
+        return LimitVerdict(False, retry_after_s=_ceil_s(blocked_ms)) if blocked_ms > 0 else ALLOWED
+
+    async def record_failure(self, ip: str | None) -> float:
+        """A mismatched credential: returns seconds to wait before the 401 (loopback), else 0."""
+        key, now = auth_key(ip), self._now_ms()
+        if self._exempt(ip):
+            try:
+                recent = await self._loopback.record_counting(key, now)
+            except Exception:  # pragma: no cover - memory storage
+                log.exception("loopback failure history failed")
+                return 0.0
+            return self.loopback_delay_s(recent)
+
+        async def op(log_: _FailureLog) -> None:
+            await log_.record_locking(key, now)
+
+        await self._guard.run(op)
+        return 0.0
+
+    async def reset(self, ip: str | None) -> None:
+        """Successful authentication: forget the client's failures. Never raises."""
+        key = auth_key(ip)
+        if self._exempt(ip):
+            try:
+                await self._loopback.reset(key)
+            except Exception:  # pragma: no cover - memory storage
+                log.exception("loopback failure history reset failed")
+            return
+
+        async def op(log_: _FailureLog) -> None:
+            await log_.reset(key)
+
+        await self._guard.run(op)
+
+    def loopback_delay_s(self, recent_failures: int) -> float:
+        """``min(base * 2**(n-1), cap)`` seconds for ``n`` recent failures (n capped at 6)."""
+        n = min(recent_failures, LOOPBACK_HISTORY_CAP)
+        if n < 1 or self.loopback_delay_base_ms <= 0:
+            return 0.0
+        return min(self.loopback_delay_base_ms * 2 ** (n - 1), self.loopback_delay_max_ms) / 1000
+
+    async def aclose(self) -> None:
+        await self._guard.aclose()
+        await _close_storage(self._loopback.storage)
+
+
+# --------------------------------------------------------------------------- allowed calls
+
+
+class _RequestWindow:
+    """Sliding-window counter (the `limits` SlidingWindowCounter algorithm: the previous
+    fixed window weighted by its remaining overlap plus the current one) with window
+    boundaries taken from our clock; rejected hits are given back so they do not count."""
+
+    def __init__(self, storage: Storage, item: limits.RateLimitItem) -> None:
+        self.storage = storage
+        self.item = item
+        self.period = item.get_expiry()
+
+    async def hit(self, base: str, now: float) -> float:
+        """Consume one hit; returns 0 when allowed, else seconds until one would be."""
+        period, limit = self.period, self.item.amount
+        window = math.floor(now / period)
+        current_key, previous_key = f"{base}/{window}", f"{base}/{window - 1}"
+        current, previous = await asyncio.gather(
+            self.storage.incr(current_key, 2 * period + 1), self.storage.get(previous_key)
+        )
+        elapsed = (now - window * period) / period
+        if math.floor(previous * (1 - elapsed)) + current <= limit:
+            return 0.0
+        await self.storage.incr(current_key, 2 * period + 1, amount=-1)
+        before = current - 1  # hits this window without this one
+        window_end = (window + 1) * period
+        if before + 1 <= limit and previous > 0:
+            # wait until the previous window's weight has decayed enough
+            free_at = window * period + period * (1 - (limit - before) / previous)
+        else:
+            # wait for the next window, where this window becomes the weighted previous one
+            free_at = window_end + (period * (1 - limit / before) if before > limit else 0.0)
+        return max(free_at - now, 0.001)
+
+
+class RequestRateLimiter:
+    """The sidecar's own limit on ALLOWED calls (off unless configured): ``limit`` such as
+    ``"120/minute"`` (`limits.parse`), per identity and, with ``per_tool``, per tool.
+
+    Same storage URIs, validation, clock and outage policy as `AuthFailureLimiter`.
+    ``limit=None`` disables it (every hit is allowed, no storage is touched).
+    """
+
+    def __init__(
+        self,
+        limit: str | None,
+        *,
+        per_tool: bool = False,
+        storage_uri: str = "memory://",
+        fail_closed: bool = False,
+        clock: Clock = time.time,
+        probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
+        storage_timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.item: limits.RateLimitItem | None = None
+        if limit is not None:
+            try:
+                self.item = limits.parse(limit)
+            except ValueError as exc:
+                raise ValueError(f"invalid request rate limit {limit!r}: {exc}") from exc
+        self.per_tool = per_tool
+        self.fail_closed = fail_closed
+        self._clock = clock
+        storage, shared = _make_storage(storage_uri, storage_timeout_s, storage_options)
+        self.shared = shared
+        self._storage = storage
+        self._guard: _Guard[_RequestWindow] | None = None
+        if self.item is not None:
+            item = self.item
+            self._guard = _Guard(
+                what="request rate limiter",
+                uri=storage_uri,
+                primary=_RequestWindow(storage, item),
+                primary_storage=storage,
+                shared=shared,
+                make_fallback=lambda: self._make_fallback(item),
+                fail_closed=fail_closed,
+                clock=clock,
+                probe_interval_s=probe_interval_s,
+                probe_timeout_s=max(storage_timeout_s, 0.05),
+            )
+
+    @staticmethod
+    def _make_fallback(item: limits.RateLimitItem) -> tuple[_RequestWindow, Storage]:
+        storage = _memory_storage()
+        return _RequestWindow(storage, item), storage
+
+    @property
+    def enabled(self) -> bool:
+        return self.item is not None
+
+    @property
+    def degraded(self) -> bool:
+        return self._guard is not None and self._guard.degraded
+
+    def key_for(self, identity: str | None, tool: str | None = None, *, client_ip: str | None = None) -> str:
+        """Storage key: the identity, else ``ip:<normalized client ip>``; plus the tool if per_tool."""
+        who = f"id:{identity}" if identity else f"ip:{normalize_ip(client_ip) or 'unknown'}"
+        parts = [who, f"tool:{tool or ''}"] if self.per_tool else [who]
+        assert self.item is not None
+        return "req/" + self.item.key_for(*parts)
+
+    async def hit(self, identity: str | None, tool: str | None = None, *, client_ip: str | None = None) -> LimitVerdict:
+        """Count one allowed call; a refusal carries ``retry_after_s``. Never raises."""
+        if self._guard is None:
+            return ALLOWED
+        base, now = self.key_for(identity, tool, client_ip=client_ip), self._clock()
+
+        async def op(window: _RequestWindow) -> float:
+            return await window.hit(base, now)
+
+        wait = await self._guard.run(op)
+        if isinstance(wait, _Failed):
+            return UNAVAILABLE if self.fail_closed else ALLOWED
+        return ALLOWED if wait <= 0 else LimitVerdict(False, retry_after_s=max(1, math.ceil(wait)))
+
+    async def aclose(self) -> None:
+        if self._guard is not None:
+            await self._guard.aclose()
+        else:
+            await _close_storage(self._storage)

@@ -1,0 +1,45 @@
+"""Everything built once from a Config: limiters and the pipeline. Engine-agnostic."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import Config
+from .pipeline import Pipeline
+from .ratelimit import AuthFailureLimiter, RequestRateLimiter
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    pipeline: Pipeline
+    failure_limiter: AuthFailureLimiter
+    request_limiter: RequestRateLimiter | None
+
+    async def aclose(self) -> None:
+        await self.failure_limiter.aclose()
+        if self.request_limiter is not None:
+            await self.request_limiter.aclose()
+
+
+def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Runtime:
+    """Build limiters from their storage URI (a bad pairing fails here, at start-up)."""
+    limit_rules = config.rules.gateway.auth.rate_limit
+    settings = config.sidecar.rate_limit
+    failure_limiter = AuthFailureLimiter(
+        max_attempts=limit_rules.max_attempts, window_ms=limit_rules.window_ms,
+        lockout_ms=limit_rules.lockout_ms, exempt_loopback=limit_rules.exempt_loopback,
+        max_entries=settings.max_entries, loopback_delay_base_ms=settings.loopback_delay_base_ms,
+        loopback_delay_max_ms=settings.loopback_delay_max_ms, storage_uri=settings.storage,
+        fail_closed=settings.fail_closed, clock=clock,
+    )
+    request_limiter = None
+    if settings.requests is not None:
+        request_limiter = RequestRateLimiter(
+            settings.requests.limit, per_tool=settings.requests.per_tool, storage_uri=settings.storage,
+            fail_closed=settings.fail_closed, clock=clock,
+        )
+    pipeline = Pipeline(config, failure_limiter, request_limiter, clock)
+    return Runtime(config, pipeline, failure_limiter, request_limiter)

@@ -1,0 +1,245 @@
+"""End-to-end plumbing: the sidecar as a real process, raw HTTP over real sockets, and test
+hosts with real non-loopback addresses in a network namespace of our own.
+
+Everything here talks only to loopback or to the TEST-NET addresses inside the namespace the
+tests create (203.0.113.0/24 for clients, 198.51.100.0/24 for proxies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+LISTENING_PREFIX = "openclaw-sidecar listening on "
+
+
+class SidecarProcess:
+    """`openclaw-sidecar run --config FILE` as a child process; stderr (logs) is collected."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        sidecar = config.setdefault("sidecar", {})
+        sidecar.setdefault("listen", "127.0.0.1:0")
+        sidecar.setdefault("runtimeDir", str(workdir / "run"))
+        self.config_path = workdir / f"sidecar-{id(self)}.yaml"
+        self.config_path.write_text(json.dumps(config))
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENCLAW_", "CLAWDBOT_"))}
+        base_env.update(env or {})
+        base_env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "run", "--config", str(self.config_path), *extra_args],
+            cwd=REPO, env=base_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self._stderr: list[str] = []
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self.url = self._await_listening()
+        host_port = self.url.removeprefix("http://")
+        host, port = host_port.rsplit(":", 1)
+        self.host, self.port = host.strip("[]"), int(port)
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    def _await_listening(self, timeout: float = 20.0) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        found: list[str] = []
+
+        def read() -> None:
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                if line.startswith(LISTENING_PREFIX):
+                    found.append(line[len(LISTENING_PREFIX):].strip())
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(max(0.0, deadline - time.monotonic()))
+        if not found:
+            self.stop()
+            raise RuntimeError(f"sidecar did not start; stderr:\n{self.logs()}")
+        threading.Thread(target=lambda: self.proc.stdout.read(), daemon=True).start()  # type: ignore[union-attr]
+        return found[0]
+
+    def logs(self) -> str:
+        return "".join(self._stderr)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+@dataclass
+class RawResponse:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return values[0] if values else None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> RawResponse:
+    """Read one HTTP/1.1 response (Content-Length, chunked or close-delimited), skipping 1xx."""
+    sock.settimeout(timeout)
+    buf = b""
+
+    def fill() -> bool:
+        nonlocal buf
+        data = sock.recv(65536)
+        buf += data
+        return bool(data)
+
+    while True:
+        while b"\r\n\r\n" not in buf:
+            if not fill():
+                raise ConnectionError(f"connection closed before a response head; got {buf!r}")
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        _, status, *reason = lines[0].split(" ", 2)
+        headers = [(k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:])]
+        if not 100 <= int(status) < 200:
+            break
+    response = RawResponse(int(status), reason[0] if reason else "", headers, b"")
+    length = response.header("content-length")
+    if length is not None:
+        while len(buf) < int(length):
+            if not fill():
+                break
+        response.body = buf[: int(length)]
+    elif (response.header("transfer-encoding") or "").lower() == "chunked":
+        body = b""
+        while True:
+            while b"\r\n" not in buf:
+                fill()
+            size_line, buf = buf.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(buf) < size + 2:
+                fill()
+            body, buf = body + buf[:size], buf[size + 2:]
+            if size == 0:
+                break
+        response.body = body
+    elif int(status) not in (204, 304):
+        try:
+            while fill():
+                pass
+        except (TimeoutError, ConnectionResetError):
+            pass
+        response.body = buf
+    return response
+
+
+def raw_exchange(address: tuple[str, int], data: bytes, sock: socket.socket | None = None,
+                 timeout: float = 10.0) -> RawResponse:
+    """Send raw bytes (any malformation httpx would refuse to write) and read one response."""
+    conn = sock or socket.create_connection(address, timeout=timeout)
+    try:
+        if sock is not None:
+            conn.settimeout(timeout)
+            conn.connect(address)
+        conn.sendall(data)
+        return read_response(conn, timeout)
+    finally:
+        conn.close()
+
+
+def http_request(method: str, target: str, headers: list[tuple[str, str]] | None = None,
+                 body: bytes = b"", host: str = "sidecar.test") -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in (headers or [])]
+    if body or method in ("POST", "PUT"):
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class TestNet:
+    """A network namespace with real addresses, joined to the host by a veth pair.
+
+    Sockets created for a source address are made inside the namespace (os.setns in a
+    short-lived thread), so the sidecar sees a genuine non-loopback peer.
+    """
+
+    HOST_ADDRESSES = ("203.0.113.1/24", "198.51.100.1/24")
+    CLIENT_ADDRESSES = ("203.0.113.7", "203.0.113.8", "198.51.100.5", "198.51.100.6", "198.51.100.7")
+    HOST_IP = "203.0.113.1"
+
+    def __init__(self) -> None:
+        suffix = f"{os.getpid() % 100000}"
+        self.name = f"ocsc{suffix}"
+        self.host_if, self.ns_if = f"ocs{suffix}a", f"ocs{suffix}b"
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+    def __enter__(self) -> "TestNet":
+        self._ip("netns", "add", self.name)
+        try:
+            self._ip("netns", "exec", self.name, "ip", "link", "set", "lo", "up")
+            self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+            self._ip("link", "set", self.ns_if, "netns", self.name)
+            for address in self.HOST_ADDRESSES:
+                self._ip("addr", "add", address, "dev", self.host_if)
+            self._ip("link", "set", self.host_if, "up")
+            for address in self.CLIENT_ADDRESSES:
+                self._ip("netns", "exec", self.name, "ip", "addr", "add", f"{address}/24", "dev", self.ns_if)
+            self._ip("netns", "exec", self.name, "ip", "link", "set", self.ns_if, "up")
+        except Exception:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+    def socket_from(self, source_ip: str) -> socket.socket:
+        made: dict[str, Any] = {}
+
+        def inside() -> None:
+            try:
+                fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
+                try:
+                    os.setns(fd, os.CLONE_NEWNET)
+                finally:
+                    os.close(fd)
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind((source_ip, 0))
+                made["sock"] = sock
+            except Exception as exc:  # reported in the caller's thread
+                made["error"] = exc
+
+        thread = threading.Thread(target=inside)
+        thread.start()
+        thread.join()
+        if "error" in made:
+            raise made["error"]
+        return made["sock"]
+
+    def exchange(self, source_ip: str, address: tuple[str, int], data: bytes, timeout: float = 10.0) -> RawResponse:
+        return raw_exchange(address, data, sock=self.socket_from(source_ip), timeout=timeout)

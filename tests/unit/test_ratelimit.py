@@ -1,0 +1,605 @@
+"""sidecar.ratelimit: upstream auth-failure limiter conformance, storage and outage policy.
+
+Every behavioural test runs on ``memory://`` and on a real redis-server (tests/redis_server.py,
+one per session, flushed per test).  Time comes from an injected clock: no test sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from sidecar.metrics import REGISTRY
+from sidecar.ratelimit import (
+    AuthFailureLimiter,
+    LimitVerdict,
+    RequestRateLimiter,
+    async_storage_uri,
+    auth_key,
+    redact_uri,
+)
+
+try:
+    from tests.redis_server import RedisServer, free_port
+except ImportError:  # tests/ itself on sys.path
+    from redis_server import RedisServer, free_port  # type: ignore[no-redef]
+
+IP = "203.0.113.7"
+OTHER = "198.51.100.23"
+START = 1_700_000_040.0  # a whole minute, so fixed windows start here
+
+
+class FakeClock:
+    def __init__(self, start: float = START) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def storage_uri(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+async def make_limiter(storage_uri: str, clock: FakeClock) -> AsyncIterator[Callable[..., AuthFailureLimiter]]:
+    made: list[AuthFailureLimiter] = []
+
+    def factory(**kwargs: Any) -> AuthFailureLimiter:
+        kwargs.setdefault("storage_uri", storage_uri)
+        kwargs.setdefault("clock", clock)
+        limiter = AuthFailureLimiter(**kwargs)
+        made.append(limiter)
+        return limiter
+
+    yield factory
+    for limiter in made:
+        await limiter.aclose()
+
+
+@pytest.fixture
+async def make_request_limiter(
+    storage_uri: str, clock: FakeClock
+) -> AsyncIterator[Callable[..., RequestRateLimiter]]:
+    made: list[RequestRateLimiter] = []
+
+    def factory(limit: str | None, **kwargs: Any) -> RequestRateLimiter:
+        kwargs.setdefault("storage_uri", storage_uri)
+        kwargs.setdefault("clock", clock)
+        limiter = RequestRateLimiter(limit, **kwargs)
+        made.append(limiter)
+        return limiter
+
+    yield factory
+    for limiter in made:
+        await limiter.aclose()
+
+
+async def attempt(limiter: AuthFailureLimiter, ip: str | None, *, good: bool) -> int:
+    """What the sidecar answers: the limiter is consulted before the credential comparison."""
+    verdict = await limiter.check(ip)
+    if verdict.unavailable:
+        return 503
+    if not verdict.allowed:
+        return 429
+    if good:
+        await limiter.reset(ip)
+        return 200
+    await limiter.record_failure(ip)
+    return 401
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+FALLBACKS = "openclaw_sidecar_ratelimit_storage_fallbacks_total"
+ERRORS = "openclaw_sidecar_ratelimit_storage_errors_total"
+
+
+# --------------------------------------------------------------------------- conformance
+
+
+async def test_case15_lockout_after_max_attempts_even_with_good_credential(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    limiter = make_limiter()
+    statuses = [await attempt(limiter, IP, good=False) for _ in range(10)]
+    assert statuses == [401] * 10  # the 10th failure is itself still a 401
+    verdict = await limiter.check(IP)
+    assert verdict == LimitVerdict(False, retry_after_s=300)
+    assert await attempt(limiter, IP, good=True) == 429  # right credential: still locked
+    assert await attempt(limiter, IP, good=False) == 429
+    assert await attempt(limiter, OTHER, good=True) == 200  # other clients unaffected
+
+
+async def test_case16_success_resets_the_budget(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    limiter = make_limiter(max_attempts=3)
+    assert [await attempt(limiter, IP, good=False) for _ in range(2)] == [401, 401]
+    assert await attempt(limiter, IP, good=True) == 200
+    assert [await attempt(limiter, IP, good=False) for _ in range(2)] == [401, 401]
+    assert (await limiter.check(IP)).allowed
+    assert await attempt(limiter, IP, good=False) == 401  # 3rd since the reset: now locked
+    assert await attempt(limiter, IP, good=True) == 429
+
+
+async def test_case18_clients_have_independent_budgets(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    limiter = make_limiter(max_attempts=2)
+    await limiter.record_failure(IP)
+    await limiter.record_failure(OTHER)
+    assert (await limiter.check(IP)).allowed and (await limiter.check(OTHER)).allowed
+    await limiter.record_failure(IP)
+    assert not (await limiter.check(IP)).allowed
+    assert (await limiter.check(OTHER)).allowed
+    # no or unparseable address: one shared "unknown" bucket
+    assert auth_key(None) == auth_key("not-an-ip") == "shared-secret:unknown"
+    await limiter.record_failure(None)
+    await limiter.record_failure("not-an-ip")
+    assert (await limiter.check(None)).retry_after_s == 300
+
+
+async def test_case19_loopback_never_blocked_but_delayed(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    limiter = make_limiter()
+    delays = [await limiter.record_failure("127.0.0.1") for _ in range(9)]
+    assert delays == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]
+    for ip in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"):
+        assert await limiter.check(ip) == LimitVerdict(True)
+    assert await attempt(limiter, "127.0.0.1", good=True) == 200
+    assert await limiter.record_failure("127.0.0.1") == 0.25  # success cleared the history
+    assert await limiter.record_failure("::1") == 0.25  # a different loopback client
+    # the mapped form is the same client as 127.0.0.1
+    assert await limiter.record_failure("::ffff:127.0.0.1") == 0.5
+
+
+async def test_case19_loopback_delay_history_slides_and_is_configurable(
+    make_limiter: Callable[..., AuthFailureLimiter], clock: FakeClock
+) -> None:
+    limiter = make_limiter(loopback_delay_base_ms=100, loopback_delay_max_ms=300)
+    assert [await limiter.record_failure("::1") for _ in range(4)] == [0.1, 0.2, 0.3, 0.3]
+    clock.advance(61)  # all of them left the window
+    assert await limiter.record_failure("::1") == 0.1
+    disabled = make_limiter(loopback_delay_base_ms=0)
+    assert [await disabled.record_failure("127.0.0.1") for _ in range(12)] == [0.0] * 12
+    assert (await disabled.check("127.0.0.1")).allowed
+
+
+async def test_case20_loopback_limited_when_not_exempt(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    limiter = make_limiter(exempt_loopback=False, max_attempts=3)
+    assert [await limiter.record_failure("127.0.0.1") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert await limiter.check("127.0.0.1") == LimitVerdict(False, retry_after_s=300)
+    assert not (await limiter.check("::ffff:127.0.0.1")).allowed
+
+
+async def test_case21_ipv4_mapped_ipv6_shares_the_bucket(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    limiter = make_limiter(max_attempts=4)
+    for ip in ("1.2.3.4", "::ffff:1.2.3.4", "[::ffff:1.2.3.4]", " 1.2.3.4 "):
+        assert await attempt(limiter, ip, good=False) == 401
+    assert not (await limiter.check("1.2.3.4")).allowed
+    assert not (await limiter.check("::ffff:1.2.3.4")).allowed
+    assert auth_key("::ffff:1.2.3.4") == "shared-secret:1.2.3.4"
+
+
+async def test_case22_failures_leave_the_sliding_window(
+    make_limiter: Callable[..., AuthFailureLimiter], clock: FakeClock
+) -> None:
+    limiter = make_limiter(max_attempts=3, window_ms=60_000)
+    await limiter.record_failure(IP)  # t = 0
+    clock.advance(30)
+    await limiter.record_failure(IP)  # t = 30
+    clock.advance(29.999)
+    await limiter.record_failure(IP)  # t = 59.999: the first is still inside the window
+    assert not (await limiter.check(IP)).allowed
+
+    other = make_limiter(max_attempts=3, window_ms=60_000)
+    await other.record_failure(OTHER)  # t0
+    clock.advance(30)
+    await other.record_failure(OTHER)  # t0 + 30
+    clock.advance(30)
+    await other.record_failure(OTHER)  # t0 + 60: the first failure has just dropped out
+    assert (await other.check(OTHER)).allowed
+    clock.advance(29.999)
+    await other.record_failure(OTHER)  # t0 + 89.999: failures at +30, +60, +89.999
+    assert await other.check(OTHER) == LimitVerdict(False, retry_after_s=300)
+
+
+async def test_case22_window_expiry_with_defaults(make_limiter: Callable[..., AuthFailureLimiter], clock: FakeClock) -> None:
+    limiter = make_limiter()
+    for _ in range(9):
+        await limiter.record_failure(IP)
+    clock.advance(60)
+    for _ in range(9):
+        await limiter.record_failure(IP)
+    assert (await limiter.check(IP)).allowed
+    await limiter.record_failure(IP)
+    assert not (await limiter.check(IP)).allowed
+
+
+async def test_case23_lockout_expires_then_evaluated_normally(
+    make_limiter: Callable[..., AuthFailureLimiter], clock: FakeClock
+) -> None:
+    limiter = make_limiter(max_attempts=3, lockout_ms=300_000)
+    for _ in range(3):
+        await limiter.record_failure(IP)
+    clock.advance(299.5)
+    assert await limiter.check(IP) == LimitVerdict(False, retry_after_s=1)
+    clock.advance(0.5)
+    assert await limiter.check(IP) == LimitVerdict(True)
+    # history was cleared with the lockout: a full budget again
+    assert [await attempt(limiter, IP, good=False) for _ in range(3)] == [401, 401, 401]
+    assert await limiter.check(IP) == LimitVerdict(False, retry_after_s=300)
+
+
+async def test_failures_during_lockout_do_not_extend_it(
+    make_limiter: Callable[..., AuthFailureLimiter], clock: FakeClock
+) -> None:
+    limiter = make_limiter(max_attempts=2, lockout_ms=100_000)
+    await limiter.record_failure(IP)
+    await limiter.record_failure(IP)
+    clock.advance(50)
+    for _ in range(5):
+        assert await limiter.record_failure(IP) == 0.0
+    assert (await limiter.check(IP)).retry_after_s == 50
+    clock.advance(50)
+    assert (await limiter.check(IP)).allowed
+    await limiter.record_failure(IP)  # one failure after the lockout: not locked again
+    assert (await limiter.check(IP)).allowed
+
+
+async def test_reset_while_locked_clears_the_lock(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    limiter = make_limiter(max_attempts=1)
+    await limiter.record_failure(IP)
+    assert not (await limiter.check(IP)).allowed
+    await limiter.reset(IP)  # e.g. an operator unlocking the client
+    assert (await limiter.check(IP)).allowed
+
+
+async def test_zero_lockout_never_locks(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    limiter = make_limiter(max_attempts=1, lockout_ms=0)
+    for _ in range(3):
+        await limiter.record_failure(IP)
+    assert (await limiter.check(IP)).allowed
+
+
+# --------------------------------------------------------------------------- memory bounds
+
+
+async def test_max_entries_evicts_least_recent_unlocked_client(clock: FakeClock) -> None:
+    limiter = AuthFailureLimiter(max_attempts=2, max_entries=3, clock=clock)
+    try:
+        await limiter.record_failure("10.0.0.1")
+        await limiter.record_failure("10.0.0.2")
+        await limiter.record_failure("10.0.0.3")
+        await limiter.record_failure("10.0.0.1")  # locks 10.0.0.1: it is never evicted
+        assert not (await limiter.check("10.0.0.1")).allowed
+        await limiter.record_failure("10.0.0.4")  # evicts 10.0.0.2 (least recent, unlocked)
+        await limiter.record_failure("10.0.0.2")  # back with a fresh history: 1 failure, not 2
+        assert (await limiter.check("10.0.0.2")).allowed
+        assert limiter.tracked_clients == 3
+        assert not (await limiter.check("10.0.0.1")).allowed
+        # the table stays bounded under a spray of addresses
+        for n in range(50):
+            await limiter.record_failure(f"192.0.2.{n}")
+        assert limiter.tracked_clients == 3
+        assert not (await limiter.check("10.0.0.1")).allowed
+    finally:
+        await limiter.aclose()
+
+
+async def test_table_full_of_lockouts_sets_overflow_lock(clock: FakeClock) -> None:
+    limiter = AuthFailureLimiter(max_attempts=1, max_entries=2, lockout_ms=300_000, clock=clock)
+    try:
+        await limiter.record_failure("10.0.0.1")
+        await limiter.record_failure("10.0.0.2")
+        assert (await limiter.check("10.0.0.3")).allowed  # not full of *new* failures yet
+        clock.advance(10)
+        await limiter.record_failure("10.0.0.3")  # nothing can be evicted: overflow lock
+        assert await limiter.check("10.0.0.3") == LimitVerdict(False, retry_after_s=300)
+        assert await limiter.check("10.0.0.99") == LimitVerdict(False, retry_after_s=300)
+        # existing keys behave normally: their own lockouts, and their expiry
+        assert await limiter.check("10.0.0.1") == LimitVerdict(False, retry_after_s=290)
+        clock.advance(291)
+        assert (await limiter.check("10.0.0.1")).allowed
+        assert await limiter.check("10.0.0.99") == LimitVerdict(False, retry_after_s=9)
+        clock.advance(9)
+        assert (await limiter.check("10.0.0.99")).allowed
+        assert await attempt(limiter, "10.0.0.99", good=False) == 401
+        assert not (await limiter.check("10.0.0.99")).allowed
+    finally:
+        await limiter.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_has_no_entry_table(redis_url: str, clock: FakeClock) -> None:
+    limiter = AuthFailureLimiter(max_attempts=1, max_entries=1, storage_uri=redis_url, clock=clock)
+    try:
+        assert limiter.tracked_clients is None
+        for n in range(5):  # max_entries does not apply: keys expire in Redis
+            await limiter.record_failure(f"10.0.0.{n}")
+        for n in range(5):
+            assert not (await limiter.check(f"10.0.0.{n}")).allowed
+        assert (await limiter.check("10.9.9.9")).allowed
+    finally:
+        await limiter.aclose()
+
+
+# --------------------------------------------------------------------------- shared Redis
+
+
+@pytest.mark.redis
+async def test_replicas_on_one_redis_share_one_budget(redis_url: str, clock: FakeClock) -> None:
+    a = AuthFailureLimiter(storage_uri=redis_url, clock=clock)
+    b = AuthFailureLimiter(storage_uri=redis_url, clock=clock)
+    try:
+        for n in range(10):
+            assert await attempt(a if n % 2 else b, IP, good=False) == 401
+        assert await a.check(IP) == LimitVerdict(False, retry_after_s=300)
+        assert await b.check(IP) == LimitVerdict(False, retry_after_s=300)
+        assert await attempt(b, IP, good=True) == 429
+        # a success on one replica resets the client for both
+        await attempt(a, OTHER, good=False)
+        await attempt(b, OTHER, good=True)
+        for n in range(9):
+            await attempt(b if n % 2 else a, OTHER, good=False)
+        assert (await a.check(OTHER)).allowed
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.redis
+async def test_concurrent_failures_across_replicas(redis_url: str, clock: FakeClock) -> None:
+    a = AuthFailureLimiter(storage_uri=redis_url, clock=clock)
+    b = AuthFailureLimiter(storage_uri=redis_url, clock=clock)
+    try:
+        await asyncio.gather(*((a if n % 2 else b).record_failure(IP) for n in range(25)))
+        for limiter in (a, b):
+            assert await limiter.check(IP) == LimitVerdict(False, retry_after_s=300)
+        await asyncio.gather(*((a if n % 2 else b).record_failure(OTHER) for n in range(9)))
+        assert (await a.check(OTHER)).allowed and (await b.check(OTHER)).allowed
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_keys_are_prefixed_and_expire(redis_server: RedisServer, redis_url: str, clock: FakeClock) -> None:
+    limiter = AuthFailureLimiter(max_attempts=2, storage_uri=redis_url, clock=clock)
+    try:
+        await limiter.record_failure(IP)
+        await limiter.record_failure(IP)
+        keys = redis_server.command("KEYS", "*")
+        lock = f"openclaw-sidecar:authfail/{{shared-secret:{IP}}}/lock"
+        assert lock.encode() in keys
+        for key in (lock, f"openclaw-sidecar:authfail/{{shared-secret:{IP}}}/t/1"):
+            ttl = int(redis_server.command("TTL", key).strip().lstrip(b":"))
+            assert 0 < ttl <= 400  # garbage collection only: lockout + window (+slack)
+        await limiter.reset(IP)
+        assert b"authfail" not in redis_server.command("KEYS", "*")
+    finally:
+        await limiter.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_outage_falls_back_then_recovers(
+    redis_server: RedisServer, redis_url: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.ratelimit")
+    a = AuthFailureLimiter(max_attempts=3, storage_uri=redis_url, clock=clock)
+    b = AuthFailureLimiter(max_attempts=3, storage_uri=redis_url, clock=clock)
+    fallbacks, errors = metric(FALLBACKS), metric(ERRORS)
+    try:
+        await a.record_failure(IP)
+        assert not a.degraded
+
+        redis_server.stop()
+        # still limiting, now on this replica's own memory (a fresh history)
+        assert [await attempt(a, IP, good=False) for _ in range(4)] == [401, 401, 401, 429]
+        assert await attempt(a, OTHER, good=True) == 200
+        assert a.degraded
+        assert metric(FALLBACKS) - fallbacks == 1  # once per outage ...
+        assert metric(ERRORS) - errors >= 1  # ... errors per failed operation
+        outage_logs = [r for r in caplog.records if r.name == "sidecar.ratelimit" and "failed" in r.getMessage()]
+        assert len(outage_logs) == 1 and outage_logs[0].levelno == logging.WARNING
+        assert "redis://127.0.0.1" in outage_logs[0].getMessage()
+
+        redis_server.start()  # same port, empty data set
+        assert not (await a.check(IP)).allowed  # no probe before the interval: still on memory
+        assert a.degraded
+        clock.advance(1.0)
+        assert (await a.check(IP)).allowed  # probed, recovered: Redis has no lock for IP
+        assert not a.degraded
+        recovery_logs = [r for r in caplog.records if "recovered" in r.getMessage()]
+        assert len(recovery_logs) == 1
+        assert metric(FALLBACKS) - fallbacks == 1
+
+        # back to ONE shared budget; b never saw the outage (its stale connection is replaced)
+        for n in range(3):
+            await (a if n % 2 else b).record_failure(OTHER)
+        assert not (await a.check(OTHER)).allowed
+        assert not (await b.check(OTHER)).allowed
+    finally:
+        redis_server.start()
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.redis
+async def test_fail_closed_answers_unavailable(redis_server: RedisServer, redis_url: str, clock: FakeClock) -> None:
+    limiter = AuthFailureLimiter(storage_uri=redis_url, fail_closed=True, clock=clock)
+    requests = RequestRateLimiter("5/minute", storage_uri=redis_url, fail_closed=True, clock=clock)
+    fallbacks = metric(FALLBACKS)
+    try:
+        assert (await limiter.check(IP)).allowed
+        redis_server.stop()
+        assert await limiter.check(IP) == LimitVerdict(False, unavailable=True)
+        assert await attempt(limiter, IP, good=True) == 503
+        assert await limiter.record_failure(IP) == 0.0  # never raises
+        await limiter.reset(IP)
+        assert (await limiter.check("127.0.0.1")).allowed  # loopback needs no shared storage
+        assert await requests.hit("alice") == LimitVerdict(False, unavailable=True)
+        assert metric(FALLBACKS) - fallbacks == 2  # one outage seen by each limiter
+        redis_server.start()
+        clock.advance(1.5)
+        assert (await limiter.check(IP)).allowed
+        assert (await requests.hit("alice")).allowed
+    finally:
+        redis_server.start()
+        await limiter.aclose()
+        await requests.aclose()
+
+
+async def test_redis_down_at_start_up_still_limits(clock: FakeClock) -> None:
+    """Construction does not connect; the first operation falls back to memory."""
+    limiter = AuthFailureLimiter(max_attempts=2, storage_uri=f"redis://127.0.0.1:{free_port()}/0", clock=clock)
+    try:
+        assert await limiter.check(IP) == LimitVerdict(True)
+        assert limiter.degraded
+        await limiter.record_failure(IP)
+        await limiter.record_failure(IP)
+        assert await limiter.check(IP) == LimitVerdict(False, retry_after_s=300)
+    finally:
+        await limiter.aclose()
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("memory://", "async+memory://"),
+        ("redis://h:6379/0", "async+redis://h:6379/0"),
+        ("rediss://u:p@h:6380", "async+rediss://u:p@h:6380"),
+        ("redis+sentinel://h:26379/main", "async+redis+sentinel://h:26379/main"),
+        ("redis+cluster://h:7000,h:7001", "async+redis+cluster://h:7000,h:7001"),
+        ("REDIS://h:6379", "async+redis://h:6379"),
+    ],
+)
+def test_storage_uri_mapping(uri: str, expected: str) -> None:
+    assert async_storage_uri(uri) == expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "named"),
+    [
+        ("memcached://h:11211", "memcached"),
+        ("mongodb://h", "mongodb"),
+        ("async+redis://h:6379", "async+redis"),
+        ("valkey://h:6379", "valkey"),
+        ("localhost:6379", "localhost"),
+        ("nonsense", "nonsense"),
+        ("redis+sentinel://h:26379", "service_name"),
+        ("redis://h:notaport", "notaport"),
+    ],
+)
+def test_bad_storage_uri_fails_at_construction(uri: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        AuthFailureLimiter(storage_uri=uri)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        RequestRateLimiter("10/minute", storage_uri=uri)
+
+
+def test_errors_and_logs_do_not_carry_the_password() -> None:
+    assert redact_uri("redis://user:s3cret@h:6379/0") == "redis://user:***@h:6379/0"
+    assert redact_uri("redis://:s3cret@h:6379") == "redis://:***@h:6379"
+    with pytest.raises(ValueError) as info:
+        AuthFailureLimiter(storage_uri="redis://user:s3cret@h:bad")
+    assert "s3cret" not in str(info.value) and info.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_attempts": 0}, {"window_ms": 0}, {"lockout_ms": -1}, {"max_entries": 0}, {"loopback_delay_base_ms": -1}],
+)
+def test_invalid_parameters(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        AuthFailureLimiter(**kwargs)
+
+
+# --------------------------------------------------------------------------- allowed calls
+
+
+async def test_request_limiter_basics(make_request_limiter: Callable[..., RequestRateLimiter], clock: FakeClock) -> None:
+    limiter = make_request_limiter("3/minute")
+    assert [(await limiter.hit("alice", "exec")).allowed for _ in range(3)] == [True] * 3
+    refused = await limiter.hit("alice", "read")  # not per tool: one budget for alice
+    assert not refused.allowed and not refused.unavailable and 1 <= refused.retry_after_s <= 60
+    for _ in range(5):  # refused calls do not consume the budget
+        assert not (await limiter.hit("alice")).allowed
+    assert (await limiter.hit("bob")).allowed
+    assert (await limiter.hit(None, client_ip="::ffff:10.1.2.3")).allowed  # no identity: by client IP
+    clock.advance(120)
+    assert [(await limiter.hit("alice")).allowed for _ in range(3)] == [True] * 3
+
+
+async def test_request_limiter_sliding_window(make_request_limiter: Callable[..., RequestRateLimiter], clock: FakeClock) -> None:
+    limiter = make_request_limiter("4/minute")
+    for _ in range(4):
+        assert (await limiter.hit("alice")).allowed
+    assert await limiter.hit("alice") == LimitVerdict(False, retry_after_s=60)
+    clock.advance(90)  # half of the previous window still weighs: 4 * 0.5 = 2 used
+    assert [(await limiter.hit("alice")).allowed for _ in range(3)] == [True, True, False]
+
+
+async def test_request_limiter_per_tool(make_request_limiter: Callable[..., RequestRateLimiter]) -> None:
+    limiter = make_request_limiter("2/minute", per_tool=True)
+    assert (await limiter.hit("alice", "exec")).allowed
+    assert (await limiter.hit("alice", "exec")).allowed
+    assert not (await limiter.hit("alice", "exec")).allowed
+    assert (await limiter.hit("alice", "read")).allowed
+
+
+async def test_request_limiter_disabled_and_invalid() -> None:
+    limiter = RequestRateLimiter(None)
+    assert not limiter.enabled
+    assert all([(await limiter.hit("alice")).allowed for _ in range(1000)])
+    await limiter.aclose()
+    with pytest.raises(ValueError, match="often"):
+        RequestRateLimiter("often")
+
+
+@pytest.mark.redis
+async def test_request_limiter_shared_and_outage(redis_server: RedisServer, redis_url: str, clock: FakeClock) -> None:
+    a = RequestRateLimiter("4/minute", storage_uri=redis_url, clock=clock)
+    b = RequestRateLimiter("4/minute", storage_uri=redis_url, clock=clock)
+    try:
+        for n in range(4):
+            assert (await (a if n % 2 else b).hit("alice")).allowed
+        assert not (await a.hit("alice")).allowed
+        assert not (await b.hit("alice")).allowed
+        redis_server.stop()
+        assert (await a.hit("carol")).allowed  # fallback memory keeps limiting
+        assert a.degraded
+        assert [(await a.hit("carol")).allowed for _ in range(4)] == [True, True, True, False]
+    finally:
+        redis_server.start()
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_memory_storage_sweeps_expired_keys_without_a_task_per_write() -> None:
+    from sidecar.ratelimit import _memory_storage
+
+    storage = _memory_storage()
+    for n in range(100):
+        await storage.incr(f"old/{n}", 1)
+    storage.expirations.update({k: time.time() - 1 for k in storage.expirations})  # type: ignore[attr-defined]
+    assert storage.timer is None  # type: ignore[attr-defined]  # no sweep task per incr
+    storage._next_sweep = 0.0  # type: ignore[attr-defined]  # next write sweeps (GC, wall clock)
+    await storage.incr("new", 60)
+    assert list(storage.storage) == ["new"]  # type: ignore[attr-defined]

@@ -1,0 +1,600 @@
+"""End to end: the auth-failure limiter (reference §3, conformance cases 15-24), its shared Redis
+storage and outage policy, and the sidecar's own request rate limit.
+
+Real `openclaw-sidecar run` processes in front of the demo backend; storage is `memory://` or a
+real redis-server (tests/redis_server.py). Non-loopback clients are either real addresses in the
+test network namespace (`testnet`) or clients named in `X-Forwarded-For` by a trusted 127.0.0.1.
+Times are shortened through config (windowMs / lockoutMs / loopback delays); no timing upper
+bounds are asserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sidecar.demo_backend import DemoBackend
+
+from .conftest import UPSTREAM_TOKEN
+from .harness import SidecarProcess
+from .harness import TestNet as NetNamespace  # (a `Test*` name here would be collected)
+from .ratelimit_helpers import (
+    JSON_CT,
+    LIMITER_UNAVAILABLE_BODY,
+    RATE_LIMITED_BODY,
+    REQUEST_LIMITED_BODY,
+    TOKEN,
+    UNAUTHORIZED_BODY,
+    WRONG,
+    ConfigBuilder,
+    LoopbackCaller,
+    MetricsSidecarProcess,
+    Reply,
+    TestnetCaller,
+    avoid_minute_boundary,
+    count_matches,
+    scrape_metric,
+    wait_until,
+)
+
+CLIENT = "203.0.113.7"
+OTHER_CLIENT = "203.0.113.8"
+FALLBACK_WARNING = r"WARNING sidecar\.ratelimit auth-failure limiter: rate-limit storage \S+ failed \("
+RECOVERED_LOG = "auth-failure limiter: rate-limit storage"
+RECOVERED_TAIL = "recovered; back on shared limits"
+FALLBACKS_METRIC = "openclaw_sidecar_ratelimit_storage_fallbacks_total"
+
+
+# --------------------------------------------------------------------------- fixtures / helpers
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage(request: pytest.FixtureRequest) -> str:
+    """The limiter storage URI: per-process memory, or the real (flushed) redis-server."""
+    if request.param == "memory":
+        return "memory://"
+    return request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def start_metrics_sidecar(tmp_path: Path) -> Iterator[Callable[..., MetricsSidecarProcess]]:
+    started: list[MetricsSidecarProcess] = []
+
+    def start(config: dict[str, Any]) -> MetricsSidecarProcess:
+        process = MetricsSidecarProcess(config, tmp_path / f"metrics-sidecar{len(started)}")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def cfg(backend: DemoBackend, storage: str = "memory://", **kw: Any) -> ConfigBuilder:
+    return ConfigBuilder(upstream=backend.url, upstream_token=UPSTREAM_TOKEN, storage=storage, **kw)
+
+
+def assert_ok(reply: Reply) -> None:
+    assert reply.status == 200, reply
+    assert reply.json()["ok"] is True, reply
+
+
+def assert_unauthorized(reply: Reply) -> None:
+    assert reply.status == 401, reply
+    assert reply.json() == UNAUTHORIZED_BODY
+    assert reply.header("content-type") == JSON_CT
+    assert reply.header("retry-after") is None
+
+
+def assert_locked(reply: Reply, retry_after: Callable[[int], bool] = lambda s: s > 0) -> int:
+    """429 with upstream's exact body and a positive Retry-After; returns the Retry-After seconds."""
+    assert reply.status == 429, reply
+    assert reply.json() == RATE_LIMITED_BODY
+    assert reply.header("content-type") == JSON_CT
+    value = reply.header("retry-after")
+    assert value is not None and value.isdigit(), reply.headers
+    assert retry_after(int(value)), f"Retry-After {value}"
+    return int(value)
+
+
+def assert_backend_saw_nothing(backend: DemoBackend) -> None:
+    assert backend.requests() == []
+
+
+def tools_calls(backend: DemoBackend) -> list[dict]:
+    return [r for r in backend.requests() if r["path"] == "/tools/invoke"]
+
+
+# --------------------------------------------------------------------------- case 15
+
+
+@pytest.mark.parametrize("client_kind", ["testnet", "trusted-xff"])
+def test_case15_ten_failures_lock_even_the_good_token(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
+    testnet: NetNamespace, storage: str, client_kind: str,
+) -> None:
+    """Case 15: 10 bad tokens from 203.0.113.7 → 401 each; the 11th with the GOOD token → 429
+    rate_limited, Retry-After 299-300; neither the 401s nor the 429 reach the backend."""
+    if client_kind == "testnet":
+        sc = start_sidecar(cfg(backend, storage, sidecar={"listen": "203.0.113.1:0"}).build())
+        caller: Any = TestnetCaller(testnet, CLIENT, sc)
+        other: Any = TestnetCaller(testnet, OTHER_CLIENT, sc)
+    else:
+        sc = start_sidecar(cfg(backend, storage, trusted_proxies=["127.0.0.1"]).build())
+        caller = LoopbackCaller(client, sc, xff=CLIENT)
+        other = LoopbackCaller(client, sc, xff=OTHER_CLIENT)
+
+    for _ in range(10):
+        assert_unauthorized(caller.invoke(WRONG))
+    assert_backend_saw_nothing(backend)
+
+    locked = caller.invoke(TOKEN)
+    assert_locked(locked, lambda s: s in (299, 300))
+    assert b"agents" not in locked.body
+    assert_backend_saw_nothing(backend)
+
+    # the lock is the client's, not the sidecar's: another client still gets through
+    assert_ok(other.invoke(TOKEN))
+    assert len(tools_calls(backend)) == 1
+
+
+# --------------------------------------------------------------------------- cases 16-18
+
+
+def test_case16_success_resets_the_failure_count(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, storage: str,
+) -> None:
+    """Case 16: maxAttempts 3: 2 bad, 1 good, 2 bad → no 429 (the success reset the count);
+    a 3rd failure since the reset then does lock."""
+    sc = start_sidecar(cfg(backend, storage, rate_limit={"maxAttempts": 3}, trusted_proxies=["127.0.0.1"]).build())
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+
+    assert_unauthorized(caller.invoke(WRONG))
+    assert_unauthorized(caller.invoke(WRONG))
+    assert_ok(caller.invoke(TOKEN))
+    assert_unauthorized(caller.invoke(WRONG))
+    assert_unauthorized(caller.invoke(WRONG))
+    assert_ok(caller.invoke(TOKEN))  # 4 failures in the window, but never 3 since a success
+
+    for _ in range(3):
+        assert_unauthorized(caller.invoke(WRONG))
+    backend.clear_requests()
+    assert_locked(caller.invoke(TOKEN))
+    assert_backend_saw_nothing(backend)
+
+
+def test_case17_missing_authorization_is_never_counted(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, storage: str,
+) -> None:
+    """Case 17: requests with NO Authorization get 401 and are not counted: 10 of them with
+    maxAttempts 3 never produce a 429, and the good token still works afterwards."""
+    sc = start_sidecar(cfg(backend, storage, rate_limit={"maxAttempts": 3}, trusted_proxies=["127.0.0.1"]).build())
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+
+    for _ in range(10):
+        assert_unauthorized(caller.invoke(None))
+    # "Bearer" with no credential and a non-Bearer scheme are "missing" too
+    for value in ("Basic dDpU", "Bearer"):
+        assert_unauthorized(caller.request("POST", "/tools/invoke", json_body={"tool": "agents_list"},
+                                           headers=[("Authorization", value)]))
+    assert_backend_saw_nothing(backend)
+    assert_ok(caller.invoke(TOKEN))
+
+
+def test_case18_locked_client_without_authorization_gets_429(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], testnet: NetNamespace, storage: str,
+) -> None:
+    """Case 18: the lock check runs before credentials are looked at: a locked client sending no
+    Authorization at all gets 429, not 401."""
+    sc = start_sidecar(cfg(backend, storage, rate_limit={"maxAttempts": 3},
+                           sidecar={"listen": "203.0.113.1:0"}).build())
+    caller = TestnetCaller(testnet, CLIENT, sc)
+    for _ in range(3):
+        assert_unauthorized(caller.invoke(WRONG))
+    assert_locked(caller.invoke(None), lambda s: s in (299, 300))
+    assert_backend_saw_nothing(backend)
+
+
+# --------------------------------------------------------------------------- cases 19-20 (loopback)
+
+
+def test_case19_loopback_is_never_locked_but_failures_are_delayed_increasingly(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, storage: str,
+) -> None:
+    """Case 19: a direct 127.0.0.1 client (default exemptLoopback) is never locked; instead each
+    401 is delayed min(base·2^(n-1), max): with base 10 ms / max 80 ms: 10, 20, 40, 80, 80 ... ms
+    (only lower bounds are checked)."""
+    sc = start_sidecar(cfg(backend, storage, rate_limit={"maxAttempts": 3},
+                           sidecar_rate_limit={"loopbackDelayBaseMs": 10, "loopbackDelayMaxMs": 80}).build())
+    caller = LoopbackCaller(client, sc)  # no forwarded headers: direct-local
+
+    replies = [caller.invoke(WRONG) for _ in range(8)]
+    for reply in replies:
+        assert_unauthorized(reply)
+    expected_s = [min(10 * 2 ** n, 80) / 1000 for n in range(8)]
+    latencies = [r.elapsed for r in replies]
+    for latency, floor in zip(latencies, expected_s):
+        assert latency >= floor - 0.002, (latencies, expected_s)
+    # the delay grows: the later 401s all waited at least the cap
+    assert min(latencies[3:]) >= 0.078, latencies
+    assert_backend_saw_nothing(backend)
+
+    assert_ok(caller.invoke(TOKEN))  # 8 failures with maxAttempts 3, still not locked
+
+
+def test_case20_loopback_is_locked_when_exemption_is_off(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, storage: str,
+) -> None:
+    """Case 20: exemptLoopback false → 127.0.0.1 is locked after maxAttempts like anyone else."""
+    sc = start_sidecar(cfg(backend, storage, rate_limit={"maxAttempts": 3, "exemptLoopback": False}).build())
+    caller = LoopbackCaller(client, sc)
+    for _ in range(3):
+        assert_unauthorized(caller.invoke(WRONG))
+    assert_locked(caller.invoke(TOKEN), lambda s: s in (299, 300))
+    assert_backend_saw_nothing(backend)
+
+
+# --------------------------------------------------------------------------- case 21
+
+
+def test_case21_ipv4_and_mapped_ipv6_share_one_bucket(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, storage: str,
+) -> None:
+    """Case 21: maxAttempts 2: 2 failures as 1.2.3.4 lock ::ffff:1.2.3.4 too (and vice versa);
+    a neighbouring address is unaffected."""
+    sc = start_sidecar(cfg(backend, storage, rate_limit={"maxAttempts": 2}, trusted_proxies=["127.0.0.1"]).build())
+    v4 = LoopbackCaller(client, sc, xff="1.2.3.4")
+    mapped = LoopbackCaller(client, sc, xff="::ffff:1.2.3.4")
+
+    assert_unauthorized(v4.invoke(WRONG))
+    assert_unauthorized(v4.invoke(WRONG))
+    assert_locked(mapped.invoke(TOKEN))
+    assert_locked(v4.invoke(TOKEN))
+    assert_backend_saw_nothing(backend)
+
+    # the other direction: failures as the mapped form lock the plain IPv4 form
+    mapped5 = LoopbackCaller(client, sc, xff="::ffff:5.6.7.8")
+    v45 = LoopbackCaller(client, sc, xff="5.6.7.8")
+    assert_unauthorized(mapped5.invoke(WRONG))
+    assert_unauthorized(v45.invoke(WRONG))  # one failure each form = 2 on one key
+    assert_locked(v45.invoke(TOKEN))
+    assert_backend_saw_nothing(backend)
+
+    assert_ok(LoopbackCaller(client, sc, xff="1.2.3.5").invoke(TOKEN))
+
+
+# --------------------------------------------------------------------------- cases 22-23 (time)
+
+
+def test_case22_failures_older_than_the_window_do_not_count(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, storage: str,
+) -> None:
+    """Case 22 (scaled: windowMs 1000 instead of 10000): maxAttempts 3: 2 failures, wait past the
+    window, 2 failures → not locked (the 5th failure is still a 401); a 3rd failure inside the
+    window then does lock."""
+    import time
+
+    sc = start_sidecar(cfg(backend, storage, rate_limit={"maxAttempts": 3, "windowMs": 1000},
+                           trusted_proxies=["127.0.0.1"]).build())
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+
+    assert_unauthorized(caller.invoke(WRONG))
+    assert_unauthorized(caller.invoke(WRONG))
+    time.sleep(1.1)
+    assert_unauthorized(caller.invoke(WRONG))
+    assert_unauthorized(caller.invoke(WRONG))  # 4 failures, only 2 in the window: no lock
+    assert_unauthorized(caller.invoke(WRONG))  # would be 429 had the old ones counted
+    assert_locked(caller.invoke(TOKEN))  # now 3 in the window: locked
+    assert_backend_saw_nothing(backend)
+
+
+def test_case23_lockout_expires_and_clears_the_history(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, storage: str,
+) -> None:
+    """Case 23 (scaled: lockoutMs 1000): after the lockout the next request is evaluated
+    normally; the failures that caused the lock are forgotten (one new failure does not relock,
+    although the 60 s window would still hold them)."""
+    import time
+
+    sc = start_sidecar(cfg(backend, storage, rate_limit={"maxAttempts": 2, "lockoutMs": 1000},
+                           trusted_proxies=["127.0.0.1"]).build())
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+
+    assert_unauthorized(caller.invoke(WRONG))
+    assert_unauthorized(caller.invoke(WRONG))
+    assert_locked(caller.invoke(TOKEN), lambda s: s == 1)
+    assert_backend_saw_nothing(backend)
+    time.sleep(1.1)
+    assert_unauthorized(caller.invoke(WRONG))  # evaluated normally: 401, not 429
+    assert_ok(caller.invoke(TOKEN))  # one failure since the lockout: not locked
+
+
+# --------------------------------------------------------------------------- case 24
+
+
+def test_case24_mode_none_never_rate_limits(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
+    testnet: NetNamespace, storage: str,
+) -> None:
+    """Case 24: mode none authenticates everyone and never touches the limiter: any
+    Authorization, any number of times → 200, never 429."""
+    sc = start_sidecar(cfg(backend, storage, mode="none", rate_limit={"maxAttempts": 2},
+                           sidecar={"listen": "203.0.113.1:0"}).build())
+    caller = TestnetCaller(testnet, CLIENT, sc)
+    for auth in (WRONG, WRONG, WRONG, None, "x", WRONG):
+        assert_ok(caller.invoke(auth))
+    assert len(tools_calls(backend)) == 6
+
+
+# --------------------------------------------------------------------------- other routes
+
+
+def test_lockout_applies_to_every_authenticated_route(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, storage: str,
+) -> None:
+    """One limiter for the client, whatever route: a client locked on /tools/invoke gets 429 on
+    GET /v1/models even with the good token, and failures on /v1/models count towards the lock
+    on /tools/invoke."""
+    sc = start_sidecar(cfg(backend, storage, rate_limit={"maxAttempts": 3}, trusted_proxies=["127.0.0.1"]).build())
+    locked_via_tools = LoopbackCaller(client, sc, xff=CLIENT)
+    for _ in range(3):
+        assert_unauthorized(locked_via_tools.invoke(WRONG))
+    assert_locked(locked_via_tools.request("GET", "/v1/models", token=TOKEN))
+    assert_locked(locked_via_tools.invoke(TOKEN))
+    assert_backend_saw_nothing(backend)
+
+    locked_via_models = LoopbackCaller(client, sc, xff=OTHER_CLIENT)
+    for _ in range(3):
+        assert_unauthorized(locked_via_models.request("GET", "/v1/models", token=WRONG))
+    assert_locked(locked_via_models.invoke(TOKEN))
+    assert_locked(locked_via_models.request("GET", "/v1/models", token=TOKEN))
+    assert_backend_saw_nothing(backend)
+
+    ok = LoopbackCaller(client, sc, xff="198.51.100.20").request("GET", "/v1/models", token=TOKEN)
+    assert ok.status == 200 and ok.json()["path"] == "/v1/models", ok
+
+
+# --------------------------------------------------------------------------- Redis: shared budget
+
+
+def test_two_sidecars_sharing_redis_share_one_failure_budget(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], testnet: NetNamespace, redis_url: str,
+) -> None:
+    """Two replicas on one Redis: maxAttempts 4, 2 failures on each → the client is locked on
+    BOTH replicas (one budget per client, not per replica)."""
+    config = cfg(backend, redis_url, rate_limit={"maxAttempts": 4}, sidecar={"listen": "203.0.113.1:0"})
+    a = start_sidecar(config.build())
+    b = start_sidecar(config.build())
+    on_a, on_b = TestnetCaller(testnet, CLIENT, a), TestnetCaller(testnet, CLIENT, b)
+
+    assert_unauthorized(on_a.invoke(WRONG))
+    assert_unauthorized(on_a.invoke(WRONG))
+    assert_unauthorized(on_b.invoke(WRONG))
+    assert_unauthorized(on_b.invoke(WRONG))
+    assert_locked(on_a.invoke(TOKEN), lambda s: s in (299, 300))
+    assert_locked(on_b.invoke(TOKEN), lambda s: s in (299, 300))
+    assert_backend_saw_nothing(backend)
+
+    assert_ok(TestnetCaller(testnet, OTHER_CLIENT, b).invoke(TOKEN))
+
+
+# --------------------------------------------------------------------------- Redis outage
+
+
+def _wait_recovered(sc: SidecarProcess, nudge: Callable[[], Any]) -> None:
+    """Nudge the replica with harmless requests until it logs the storage recovery (probe ≈1 s)."""
+    recovered = wait_until(lambda: RECOVERED_TAIL in sc.logs(), timeout=4.0, nudge=nudge, interval=0.15)
+    assert recovered, f"no recovery logged; logs:\n{sc.logs()}"
+
+
+def test_redis_outage_falls_back_per_replica_then_recovers_to_one_budget(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
+    redis_server: Any, redis_url: str,
+) -> None:
+    """Redis stops mid-test: both replicas keep serving (200 / 401, never 500) from a
+    per-replica in-memory fallback that still locks after maxAttempts, and each logs ONE
+    warning. Redis back: after the recovery probe they share one budget again."""
+    config = cfg(backend, redis_url, rate_limit={"maxAttempts": 4}, trusted_proxies=["127.0.0.1"])
+    a = start_sidecar(config.build())
+    b = start_sidecar(config.build())
+    assert_ok(LoopbackCaller(client, a, xff=CLIENT).invoke(TOKEN))
+    assert_ok(LoopbackCaller(client, b, xff=CLIENT).invoke(TOKEN))
+
+    redis_server.stop()
+    try:
+        x_on_a = LoopbackCaller(client, a, xff="198.51.100.31")
+        x_on_b = LoopbackCaller(client, b, xff="198.51.100.31")
+        assert_ok(x_on_a.invoke(TOKEN))
+        for _ in range(4):
+            assert_unauthorized(x_on_a.invoke(WRONG))
+        backend.clear_requests()
+        assert_locked(x_on_a.invoke(TOKEN), lambda s: s in (299, 300))  # the fallback still locks
+        assert_backend_saw_nothing(backend)
+        # per replica: b's fallback has not seen those failures
+        assert_ok(x_on_b.invoke(TOKEN))
+        assert_unauthorized(x_on_b.invoke(WRONG))
+        assert_unauthorized(x_on_b.invoke(None))
+        other_on_a = LoopbackCaller(client, a, xff="198.51.100.32")
+        assert_ok(other_on_a.invoke(TOKEN))
+        assert_unauthorized(other_on_a.invoke(WRONG))
+        for sc in (a, b):
+            logs = sc.logs()
+            assert count_matches(FALLBACK_WARNING, logs) == 1, logs
+            assert "Traceback" not in logs, logs
+    finally:
+        redis_server.start()
+
+    _wait_recovered(a, lambda: LoopbackCaller(client, a, xff="198.51.100.40").invoke(TOKEN))
+    _wait_recovered(b, lambda: LoopbackCaller(client, b, xff="198.51.100.40").invoke(TOKEN))
+
+    y_on_a = LoopbackCaller(client, a, xff="198.51.100.33")
+    y_on_b = LoopbackCaller(client, b, xff="198.51.100.33")
+    assert_unauthorized(y_on_a.invoke(WRONG))
+    assert_unauthorized(y_on_a.invoke(WRONG))
+    assert_unauthorized(y_on_b.invoke(WRONG))
+    assert_unauthorized(y_on_b.invoke(WRONG))
+    backend.clear_requests()
+    assert_locked(y_on_a.invoke(TOKEN))
+    assert_locked(y_on_b.invoke(TOKEN))
+    assert_backend_saw_nothing(backend)
+    for sc in (a, b):
+        assert count_matches(FALLBACK_WARNING, sc.logs()) == 1, sc.logs()
+        assert sc.logs().count(RECOVERED_TAIL) == 1, sc.logs()
+
+
+def test_redis_outage_fail_closed_answers_503(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
+    redis_server: Any, redis_url: str,
+) -> None:
+    """failClosed: true: while Redis is down every limited request gets 503 `unavailable`
+    (good token, bad token, no token) and nothing reaches the backend; back to normal after
+    Redis returns."""
+    config = cfg(backend, redis_url, trusted_proxies=["127.0.0.1"], sidecar_rate_limit={"failClosed": True})
+    sc = start_sidecar(config.build())
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+    assert_ok(caller.invoke(TOKEN))
+
+    redis_server.stop()
+    try:
+        backend.clear_requests()
+        for auth in (TOKEN, WRONG, None):
+            reply = caller.invoke(auth)
+            assert reply.status == 503, reply
+            assert reply.json() == LIMITER_UNAVAILABLE_BODY
+            assert reply.header("content-type") == JSON_CT
+        reply = caller.request("GET", "/v1/models", token=TOKEN)
+        assert reply.status == 503 and reply.json() == LIMITER_UNAVAILABLE_BODY, reply
+        assert_backend_saw_nothing(backend)
+        assert count_matches(FALLBACK_WARNING, sc.logs()) == 1, sc.logs()
+        assert "answering 503 (fail_closed)" in sc.logs()
+    finally:
+        redis_server.start()
+
+    _wait_recovered(sc, lambda: caller.invoke(TOKEN))
+    assert_ok(caller.invoke(TOKEN))
+
+
+def test_storage_fallbacks_metric_counts_outages(
+    backend: DemoBackend, start_metrics_sidecar: Callable[..., MetricsSidecarProcess], client: httpx.Client,
+    redis_server: Any, redis_url: str,
+) -> None:
+    """openclaw_sidecar_ratelimit_storage_fallbacks_total on sidecar.metricsListen: +1 per
+    outage (not per failed operation): 0 → 1 after an outage with many requests → 2 after a
+    second outage."""
+    config = cfg(backend, redis_url, trusted_proxies=["127.0.0.1"], sidecar={"metricsListen": "127.0.0.1:0"})
+    sc = start_metrics_sidecar(config.build())
+    url = sc.metrics_url()
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+    assert_ok(caller.invoke(TOKEN))
+    assert scrape_metric(url, FALLBACKS_METRIC) == 0
+
+    redis_server.stop()
+    try:
+        for auth in (TOKEN, WRONG, WRONG, TOKEN, None):
+            assert caller.invoke(auth).status in (200, 401)
+        assert scrape_metric(url, FALLBACKS_METRIC) == 1
+    finally:
+        redis_server.start()
+    _wait_recovered(sc, lambda: caller.invoke(TOKEN))
+    assert scrape_metric(url, FALLBACKS_METRIC) == 1
+
+    redis_server.stop()
+    try:
+        for auth in (TOKEN, WRONG, TOKEN):
+            assert caller.invoke(auth).status in (200, 401)
+        assert scrape_metric(url, FALLBACKS_METRIC) == 2
+    finally:
+        redis_server.start()
+    assert count_matches(FALLBACK_WARNING, sc.logs()) == 2, sc.logs()
+
+
+# --------------------------------------------------------------------------- request rate limit
+
+
+def assert_request_limited(reply: Reply) -> None:
+    assert reply.status == 429, reply
+    assert reply.json() == REQUEST_LIMITED_BODY
+    assert reply.json()["error"]["type"] == "rate_limited"
+    assert reply.header("content-type") == JSON_CT
+    value = reply.header("retry-after")
+    assert value is not None and value.isdigit() and int(value) > 0, reply.headers
+
+
+@pytest.mark.parametrize("per_tool", [False, True], ids=["one-budget", "per-tool"])
+def test_request_limit_refuses_the_call_over_the_limit(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
+    storage: str, per_tool: bool,
+) -> None:
+    """sidecar.rateLimit.requests {limit 3/minute}: 3 allowed calls pass, the 4th gets 429
+    rate_limited with Retry-After > 0 and never reaches the backend. perTool: another tool
+    still passes; without perTool the budget covers every tool."""
+    limit = {"limit": "3/minute", "per": "ip", "perTool": per_tool}
+    sc = start_sidecar(cfg(backend, storage, trusted_proxies=["127.0.0.1"],
+                           sidecar_rate_limit={"requests": limit}).build())
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+    avoid_minute_boundary()
+    for _ in range(3):
+        assert_ok(caller.invoke(TOKEN))
+    assert len(tools_calls(backend)) == 3
+    backend.clear_requests()
+    assert_request_limited(caller.invoke(TOKEN))
+    assert_backend_saw_nothing(backend)
+
+    other_tool = caller.invoke(TOKEN, tool="session_status")
+    if per_tool:
+        assert_ok(other_tool)
+        assert [r["path"] for r in backend.requests()] == ["/tools/invoke"]
+    else:
+        assert_request_limited(other_tool)
+        assert_backend_saw_nothing(backend)
+
+    # an allowed-call limit is not an auth lockout: a different client is unaffected
+    assert_ok(LoopbackCaller(client, sc, xff=OTHER_CLIENT).invoke(TOKEN))
+
+
+@pytest.mark.parametrize("per", ["identity", "ip"])
+def test_request_limit_keys_by_identity_or_ip(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
+    storage: str, per: str,
+) -> None:
+    """requests.per identity: one budget per trusted-proxy user across client IPs; per ip: one
+    budget per client IP across users."""
+    config = cfg(
+        backend, storage, mode="trusted-proxy", trusted_proxies=["127.0.0.1"],
+        auth_extra={"trustedProxy": {"userHeader": "x-forwarded-user", "allowUsers": ["alice", "bob"],
+                                     "allowLoopback": True}},
+        sidecar_rate_limit={"requests": {"limit": "3/minute", "per": per}},
+    )
+    sc = start_sidecar(config.build())
+
+    def as_user(user: str, ip: str) -> LoopbackCaller:
+        return LoopbackCaller(client, sc, xff=ip,
+                              extra_headers=[("x-forwarded-user", user), ("x-openclaw-scopes", "operator.write")])
+
+    avoid_minute_boundary()
+    for _ in range(3):
+        assert_ok(as_user("alice", CLIENT).invoke(None))
+    alice_elsewhere = as_user("alice", OTHER_CLIENT).invoke(None)
+    bob_same_ip = as_user("bob", CLIENT).invoke(None)
+    if per == "identity":
+        assert_request_limited(alice_elsewhere)
+        assert_ok(bob_same_ip)
+    else:
+        assert_ok(alice_elsewhere)
+        assert_request_limited(bob_same_ip)
+    assert len(tools_calls(backend)) == 4
+
+
+def test_request_limit_is_off_by_default(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, storage: str,
+) -> None:
+    """Without sidecar.rateLimit.requests allowed calls are never limited."""
+    sc = start_sidecar(cfg(backend, storage, trusted_proxies=["127.0.0.1"]).build())
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+    for _ in range(25):
+        assert_ok(caller.invoke(TOKEN))
+    assert len(tools_calls(backend)) == 25

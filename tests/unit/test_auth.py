@@ -1,0 +1,323 @@
+"""sidecar.auth: bearer parsing (cases 5-9, 11), safe_equal (§2.2), identity decoding (D5, D6),
+origin policy (§2.3 step 8, §2.5, case 44), trusted-proxy checks in order (§2.3, cases 33-38)
+and the local-direct password fallback (case 45)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.attribution import Attribution, attribute
+from sidecar.auth import (
+    AuthOutcome,
+    NoneAuth,
+    OriginPolicy,
+    SharedSecretAuth,
+    TrustedProxyAuth,
+    bearer_credential,
+    build_authenticator,
+    decode_identity,
+    safe_equal,
+)
+from sidecar.config import load_config
+from sidecar.ipaddrs import parse_network
+from sidecar.view import RequestView
+
+PROXY = "198.51.100.5"
+CLIENT = "198.51.100.9"
+
+
+def view(*headers: tuple[str, str | bytes], peer: str = "203.0.113.7") -> RequestView:
+    return RequestView(
+        "POST", "/tools/invoke",
+        tuple((n.encode(), v if isinstance(v, bytes) else v.encode("utf-8")) for n, v in headers), peer,
+    )
+
+
+# ---- bearer parsing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        (None, None),  # case 5
+        ("Bearer wrong", "wrong"),  # case 6 (parsed; comparison fails later)
+        ("bearer T", "T"),  # case 7
+        ("BEARER T", "T"),
+        ("BeArEr T", "T"),
+        ("Basic dDpU", None),  # case 8
+        ("   Bearer    T   ", "T"),  # case 9
+        ("Bearer\tT", None),  # the scheme must be followed by a space
+        ("BearerT", None),
+        ("Bearer ", None),
+        ("Bearer      ", None),
+        ("", None),
+        ("Token T", None),
+        ("Bearer a b", "a b"),  # everything after the scheme, trimmed
+        ("Bearer T, Bearer U", "T, Bearer U"),  # a joined duplicate never equals the token
+    ],
+)
+def test_bearer_credential(header: str | None, expected: str | None) -> None:
+    v = view() if header is None else view(("Authorization", header))
+    assert bearer_credential(v) == expected
+
+
+@pytest.mark.parametrize(
+    "presented, expected, equal",
+    [
+        ("T", "T", True), ("T", "U", False), ("T", "TT", False), ("TT", "T", False), ("", "", True),
+        ("T", "T\0", False),  # zero padding must not make a prefix equal
+        ("T\0", "T", False), ("", "T", False), ("sécret", "sécret", True), ("secret", "sécret", False),
+        ("a" * 1000, "a" * 1000, True), ("a" * 1000, "a" * 999 + "b", False),
+    ],
+)
+def test_safe_equal(presented: str, expected: str, equal: bool) -> None:
+    assert safe_equal(presented, expected) is equal
+
+
+@pytest.mark.parametrize(
+    "method, secret, header, ok, reason, presented",
+    [
+        ("token", "T", None, False, "credential_missing", False),  # case 5
+        ("token", "T", "Bearer wrong", False, "token_mismatch", True),  # case 6
+        ("token", "T", "bearer T", True, "ok", True),  # case 7
+        ("token", "T", "Basic dDpU", False, "credential_missing", False),  # case 8: not counted
+        ("token", "T", "  Bearer   T  ", True, "ok", True),  # case 9
+        ("password", "P", "Bearer P", True, "ok", True),  # case 11
+        ("password", "P", "Bearer T", False, "password_mismatch", True),  # case 11
+        ("token", None, "Bearer anything", False, "token_not_configured", True),  # case 14
+        ("token", None, "Bearer undefined", False, "token_not_configured", True),
+    ],
+)
+def test_shared_secret_auth(method: str, secret: str | None, header: str | None, ok: bool, reason: str, presented: bool) -> None:
+    v = view() if header is None else view(("Authorization", header))
+    attribution = Attribution("direct-remote", "203.0.113.7", "203.0.113.7")
+    outcome = SharedSecretAuth(method, secret).authenticate(v, attribution)
+    assert outcome == AuthOutcome(ok, method, reason, presented=presented, shared_secret=True)
+    # only a presented, mismatched credential counts towards the lockout (cases 17, 6)
+    assert outcome.counts_as_failure is (presented and not ok)
+
+
+# ---- identity decoding (D5, D6) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (None, None),
+        ("", None),  # Tailscale sends "" for invalid UTF-8: no identity, never user ""
+        ("   ", None),
+        ("alice", "alice"),
+        ("  alice  ", "alice"),
+        ("=?utf-8?q?J=C3=B6rg?=", "Jörg"),
+        ("=?UTF-8?B?SsO2cmc=?=", "Jörg"),
+        ("=?utf-8?q?alice?=", "alice"),
+        ("=?utf-8?q?=20?=", None),  # decodes to blank
+        ("=?utf-8?q??=", None),  # decodes to empty
+        ("=?utf-8?q?alice=0D=0Ax-openclaw-scopes:_operator.admin?=", None),  # CRLF smuggled by encoding
+        ("=?utf-8?q?alice=00?=", None),  # NUL smuggled by encoding
+        ("=?utf-8?b?YWxpY2UKYm9i?=", None),  # base64 LF
+        ("=?bogus-charset?q?alice?=", None),
+        ("=?utf-8?b?!!!?=", None),  # undecodable base64
+    ],
+)
+def test_decode_identity(raw: str | None, expected: str | None) -> None:
+    assert decode_identity(raw) == expected
+
+
+# ---- origin policy ----------------------------------------------------------------------------
+
+REMOTE = Attribution("direct-remote", "203.0.113.7", "203.0.113.7")
+LOCAL = Attribution("direct-local", "127.0.0.1", "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "allowed, headers, attribution, permits",
+    [
+        ((), [], REMOTE, True),  # no Origin: nothing to check
+        ((), [("Origin", "https://evil.example")], REMOTE, False),  # case 44
+        (("https://ui.example",), [("Origin", "https://ui.example")], REMOTE, True),
+        (("https://ui.example/",), [("Origin", "HTTPS://UI.EXAMPLE")], REMOTE, True),
+        (("https://ui.example",), [("Origin", "https://ui.example.evil")], REMOTE, False),
+        (("https://ui.example",), [("Origin", "http://ui.example")], REMOTE, False),
+        (("*",), [("Origin", "https://anything.example")], REMOTE, True),
+        ((), [("Origin", "null")], REMOTE, False),
+        ((), [("Origin", "http://localhost:3000")], LOCAL, True),  # loopback origin from a local client
+        ((), [("Origin", "http://127.0.0.1:3000")], LOCAL, True),
+        ((), [("Origin", "http://[::1]:3000")], LOCAL, True),
+        ((), [("Origin", "http://localhost:3000")], REMOTE, False),  # ... but not from a remote one
+        ((), [("Origin", "http://10.0.0.2:18789"), ("Host", "10.0.0.2:18789")], REMOTE, True),  # same-origin private
+        ((), [("Origin", "http://10.0.0.2:18789"), ("Host", "10.0.0.3:18789")], REMOTE, False),
+        ((), [("Origin", "https://gw.example"), ("Host", "gw.example")], REMOTE, False),  # same host, public name
+        ((), [("Origin", "http://93.184.216.34"), ("Host", "93.184.216.34")], REMOTE, False),  # same host, public IP
+    ],
+)
+def test_origin_policy(allowed: tuple[str, ...], headers: list[tuple[str, str]], attribution: Attribution, permits: bool) -> None:
+    assert OriginPolicy(allowed).permits(view(*headers), attribution) is permits
+
+
+@pytest.mark.parametrize("origin, ok", [(None, True), ("https://evil.example", False), ("https://ui.example", True)])
+def test_none_auth_checks_origin(origin: str | None, ok: bool) -> None:
+    v = view() if origin is None else view(("Origin", origin))
+    outcome = NoneAuth(OriginPolicy(("https://ui.example",))).authenticate(v, REMOTE)
+    assert (outcome.ok, outcome.method, outcome.reason) == (ok, "none", "ok" if ok else "origin_not_allowed")
+    assert not outcome.counts_as_failure  # case 24: none mode never touches the limiter
+
+
+def test_token_mode_ignores_origin() -> None:
+    """Open question 8: Origin is checked only in none and trusted-proxy modes."""
+    v = view(("Authorization", "Bearer T"), ("Origin", "https://evil.example"))
+    assert SharedSecretAuth("token", "T").authenticate(v, REMOTE).ok
+
+
+# ---- trusted-proxy (§2.3) --------------------------------------------------------------------
+
+
+def tp_auth(**overrides) -> TrustedProxyAuth:
+    base = dict(
+        trusted=(parse_network(PROXY),), user_header="x-forwarded-user", required_headers=(),
+        allow_users=frozenset(), allow_loopback=False, origins=OriginPolicy(()), fallback_password=None,
+    )
+    base.update(overrides)
+    return TrustedProxyAuth(**base)
+
+
+def tp_check(auth: TrustedProxyAuth, peer: str, *headers: tuple[str, str | bytes], fallback: bool = False) -> AuthOutcome:
+    v = view(*headers, peer=peer)
+    attribution = attribute(v, auth.trusted, fallback)
+    return auth.authenticate(v, attribution)
+
+
+XFF = ("X-Forwarded-For", CLIENT)
+USER = ("X-Forwarded-User", "alice")
+
+TP_CASES = [
+    # (id, auth overrides, peer, headers, expected reason or user)
+    ("33-ok-owner", {}, PROXY, [XFF, USER], "user:alice"),
+    ("34-untrusted-source", {}, "10.0.0.9", [], "trusted_proxy_untrusted_source"),
+    ("untrusted-source-with-headers", {}, "203.0.113.7", [XFF, USER], "trusted_proxy_untrusted_source"),
+    ("not-configured-no-header", {"user_header": None}, PROXY, [XFF, USER], "trusted_proxy_not_configured"),
+    ("not-configured-no-proxies", {"trusted": ()}, PROXY, [XFF, USER], "trusted_proxy_not_configured"),
+    ("38-loopback-refused", {"trusted": (parse_network("127.0.0.1/32"),)}, "127.0.0.1", [XFF, USER], "trusted_proxy_loopback_source"),
+    ("38-loopback-allowed", {"trusted": (parse_network("127.0.0.1/32"),), "allow_loopback": True}, "127.0.0.1", [XFF, USER], "user:alice"),
+    ("36-required-header-missing", {"required_headers": ("x-forwarded-proto",)}, PROXY, [XFF, USER], "trusted_proxy_missing_header_x-forwarded-proto"),
+    ("36-required-header-blank", {"required_headers": ("x-forwarded-proto",)}, PROXY, [XFF, USER, ("X-Forwarded-Proto", "  ")], "trusted_proxy_missing_header_x-forwarded-proto"),
+    ("36-required-header-present", {"required_headers": ("x-forwarded-proto",)}, PROXY, [XFF, USER, ("X-Forwarded-Proto", "https")], "user:alice"),
+    ("35-user-missing", {}, PROXY, [XFF], "trusted_proxy_user_missing"),
+    ("user-empty", {}, PROXY, [XFF, ("X-Forwarded-User", "")], "trusted_proxy_user_missing"),
+    ("user-blank", {}, PROXY, [XFF, ("X-Forwarded-User", "   ")], "trusted_proxy_user_missing"),
+    ("user-trimmed", {}, PROXY, [XFF, ("X-Forwarded-User", "  alice ")], "user:alice"),
+    ("user-rfc2047", {}, PROXY, [XFF, ("X-Forwarded-User", "=?utf-8?q?J=C3=B6rg?=")], "user:Jörg"),
+    ("user-rfc2047-crlf", {}, PROXY, [XFF, ("X-Forwarded-User", "=?utf-8?q?a=0D=0Ab?=")], "trusted_proxy_user_missing"),
+    ("37-user-not-allowed", {"allow_users": frozenset({"alice"})}, PROXY, [XFF, ("X-Forwarded-User", "bob")], "trusted_proxy_user_not_allowed"),
+    ("37-user-case-sensitive", {"allow_users": frozenset({"alice"})}, PROXY, [XFF, ("X-Forwarded-User", "Alice")], "trusted_proxy_user_not_allowed"),
+    ("37-user-allowed", {"allow_users": frozenset({"alice"})}, PROXY, [XFF, USER], "user:alice"),
+    ("allow-users-decoded", {"allow_users": frozenset({"Jörg"})}, PROXY, [XFF, ("X-Forwarded-User", "=?utf-8?q?J=C3=B6rg?=")], "user:Jörg"),
+    ("attribution-required-no-xff", {}, PROXY, [USER], "trusted_proxy_attribution_required"),
+    ("attribution-required-loopback-xff", {}, PROXY, [USER, ("X-Forwarded-For", "127.0.0.1")], "trusted_proxy_attribution_required"),
+    ("origin-not-allowed", {}, PROXY, [XFF, USER, ("Origin", "https://evil.example")], "trusted_proxy_origin_not_allowed"),
+    ("origin-allowed", {"origins": OriginPolicy(("https://ui.example",))}, PROXY, [XFF, USER, ("Origin", "https://ui.example")], "user:alice"),
+    ("custom-user-header", {"user_header": "x-auth-user"}, PROXY, [XFF, ("X-Auth-User", "carol"), USER], "user:carol"),
+    # order: each earlier failure masks the later ones
+    ("order-source-before-user", {}, "10.0.0.9", [XFF], "trusted_proxy_untrusted_source"),
+    ("order-required-before-user", {"required_headers": ("x-proto",)}, PROXY, [XFF], "trusted_proxy_missing_header_x-proto"),
+    ("order-user-before-allow", {"allow_users": frozenset({"alice"})}, PROXY, [XFF], "trusted_proxy_user_missing"),
+    ("order-allow-before-attribution", {"allow_users": frozenset({"alice"})}, PROXY, [("X-Forwarded-User", "bob")], "trusted_proxy_user_not_allowed"),
+    ("order-attribution-before-origin", {}, PROXY, [USER, ("Origin", "https://evil.example")], "trusted_proxy_attribution_required"),
+    ("order-loopback-before-required", {"trusted": (parse_network("127.0.0.1/32"),), "required_headers": ("x-proto",)}, "127.0.0.1", [XFF], "trusted_proxy_loopback_source"),
+]
+
+
+@pytest.mark.parametrize("overrides, peer, headers, expected", [c[1:] for c in TP_CASES], ids=[c[0] for c in TP_CASES])
+def test_trusted_proxy_checks_in_order(overrides: dict, peer: str, headers: list, expected: str) -> None:
+    outcome = tp_check(tp_auth(**overrides), peer, *headers)
+    assert outcome.method == "trusted-proxy"
+    assert not outcome.shared_secret and not outcome.counts_as_failure  # never touches the limiter
+    if expected.startswith("user:"):
+        assert (outcome.ok, outcome.user, outcome.reason) == (True, expected[5:], "ok")
+    else:
+        assert (outcome.ok, outcome.user, outcome.reason) == (False, None, expected)
+
+
+# ---- local-direct password fallback (case 45) ---------------------------------------------------
+
+FALLBACK_CASES = [
+    # (id, peer, headers, expected (ok, method, reason))
+    ("45-loopback-password", "127.0.0.1", [("Authorization", "Bearer P")], (True, "password", "ok")),
+    ("45-loopback-v6", "::1", [("Authorization", "Bearer P")], (True, "password", "ok")),
+    ("loopback-wrong-password", "127.0.0.1", [("Authorization", "Bearer nope")], (False, "password", "password_mismatch")),
+    ("loopback-no-bearer", "127.0.0.1", [], (False, "trusted-proxy", "trusted_proxy_untrusted_source")),
+    ("loopback-basic", "127.0.0.1", [("Authorization", "Basic UA==")], (False, "trusted-proxy", "trusted_proxy_untrusted_source")),
+    ("loopback-with-forwarded-headers", "127.0.0.1", [("Authorization", "Bearer P"), ("X-Forwarded-Proto", "https")], (False, "trusted-proxy", "trusted_proxy_untrusted_source")),
+    ("remote-never-falls-back", "203.0.113.7", [("Authorization", "Bearer P")], (False, "trusted-proxy", "trusted_proxy_untrusted_source")),
+    ("proxy-ok-wins-over-fallback", PROXY, [XFF, USER, ("Authorization", "Bearer P")], (True, "trusted-proxy", "ok")),
+    ("proxy-failure-no-fallback", PROXY, [XFF, ("Authorization", "Bearer P")], (False, "trusted-proxy", "trusted_proxy_user_missing")),
+]
+
+
+@pytest.mark.parametrize("peer, headers, expected", [c[1:] for c in FALLBACK_CASES], ids=[c[0] for c in FALLBACK_CASES])
+def test_local_direct_password_fallback(peer: str, headers: list, expected: tuple[bool, str, str]) -> None:
+    outcome = tp_check(tp_auth(fallback_password="P"), peer, *headers)
+    assert (outcome.ok, outcome.method, outcome.reason) == expected
+    if outcome.method == "password":
+        assert outcome.shared_secret  # owner semantics, counted by the limiter
+        assert outcome.user is None
+
+
+def test_no_fallback_without_password() -> None:
+    outcome = tp_check(tp_auth(), "127.0.0.1", ("Authorization", "Bearer P"))
+    assert (outcome.ok, outcome.reason) == (False, "trusted_proxy_untrusted_source")
+
+
+# ---- build_authenticator ------------------------------------------------------------------------
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "auth_yaml, kind, method",
+    [
+        ("{token: T}", SharedSecretAuth, "token"),
+        ("{password: P}", SharedSecretAuth, "password"),
+        ("{mode: password, token: T, password: P}", SharedSecretAuth, "password"),
+        ("{mode: none}", NoneAuth, None),
+        ("{mode: trusted-proxy, trustedProxy: {userHeader: X-Auth-User, requiredHeaders: [X-Proto]}}", TrustedProxyAuth, None),
+    ],
+)
+def test_build_authenticator(tmp_path: Path, auth_yaml: str, kind: type, method: str | None) -> None:
+    text = f"gateway:\n  auth: {auth_yaml}\n  trustedProxies: [{PROXY}]\n"
+    authenticator = build_authenticator(load_config(write_config(tmp_path, text), environ={}))
+    assert isinstance(authenticator, kind)
+    if method is not None:
+        assert authenticator.method == method
+    if isinstance(authenticator, TrustedProxyAuth):
+        assert authenticator.user_header == "x-auth-user"
+        assert authenticator.required_headers == ("x-proto",)
+        assert authenticator.fallback_password is None
+
+
+def test_build_authenticator_password_mode_secret(tmp_path: Path) -> None:
+    """Case 11: password mode compares with the password, never the token."""
+    config = load_config(write_config(tmp_path, "gateway:\n  auth: {mode: password, token: T, password: P}\n"), environ={})
+    authenticator = build_authenticator(config)
+    assert authenticator.authenticate(view(("Authorization", "Bearer P")), REMOTE).ok
+    assert not authenticator.authenticate(view(("Authorization", "Bearer T")), REMOTE).ok
+
+
+def test_build_authenticator_literal_undefined_token(tmp_path: Path) -> None:
+    """Case 14: `token: "undefined"` is missing config; even `Bearer undefined` is refused."""
+    config = load_config(write_config(tmp_path, "gateway:\n  auth: {token: undefined}\n"), environ={})
+    outcome = build_authenticator(config).authenticate(view(("Authorization", "Bearer undefined")), REMOTE)
+    assert (outcome.ok, outcome.reason) == (False, "token_not_configured")
+
+
+def test_build_authenticator_trusted_proxy_fallback_password(tmp_path: Path) -> None:
+    text = f"gateway:\n  auth: {{mode: trusted-proxy, password: P, trustedProxy: {{userHeader: x-user}}}}\n  trustedProxies: [{PROXY}]\n"
+    authenticator = build_authenticator(load_config(write_config(tmp_path, text), environ={}))
+    assert isinstance(authenticator, TrustedProxyAuth)
+    assert authenticator.fallback_password == "P"

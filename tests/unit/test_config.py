@@ -1,0 +1,549 @@
+"""sidecar.config: file formats, strict sidecar keys, lenient OpenClaw keys, precedence, secrets.
+
+Reference §2.1 (mode resolution and secrets) and the briefing's config map. Every test passes
+an explicit `environ` for the OPENCLAW_GATEWAY_* secrets and clears OPENCLAW_SIDECAR_* from the
+process environment (SidecarSettings reads os.environ through pydantic-settings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import ConfigError, load_config, redacted_view
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith(("OPENCLAW_SIDECAR_", "OPENCLAW_GATEWAY_")):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(exc: pytest.ExceptionInfo[ConfigError]) -> dict[str, str]:
+    return dict(exc.value.problems)
+
+
+# ---- file formats ---------------------------------------------------------------------------
+
+YAML_DOC = """\
+sidecar:
+  listen: 127.0.0.1:28790
+  upstream: http://127.0.0.1:28789/
+  timeouts:
+    bodyReadSeconds: 5
+  rateLimit:
+    requests: {limit: 10/minute, perTool: true}
+  contextHeaders:
+    allow: [X-OpenClaw-Message-To]
+gateway:
+  auth:
+    mode: token
+    token: T
+    rateLimit: {maxAttempts: 3, windowMs: 1000}
+    trustedProxy: {requiredHeaders: [X-Forwarded-Proto]}
+  trustedProxies: [198.51.100.5, "::ffff:198.51.100.0/120"]
+  tools: {allow: [sessions_spawn], deny: [browser]}
+  controlUi: {allowedOrigins: ["https://ui.example"]}
+"""
+
+JSON5_DOC = """\
+// JSON5: comments, unquoted keys, single quotes, trailing commas
+{
+  sidecar: {
+    listen: '127.0.0.1:28790',
+    upstream: 'http://127.0.0.1:28789/',
+    timeouts: { bodyReadSeconds: 5, },
+    rateLimit: { requests: { limit: '10/minute', perTool: true } },
+    contextHeaders: { allow: ['X-OpenClaw-Message-To'] },
+  },
+  gateway: {
+    auth: {
+      mode: 'token', token: 'T',
+      rateLimit: { maxAttempts: 3, windowMs: 1000 },
+      trustedProxy: { requiredHeaders: ['X-Forwarded-Proto'] },
+    },
+    trustedProxies: ['198.51.100.5', '::ffff:198.51.100.0/120'],
+    tools: { allow: ['sessions_spawn'], deny: ['browser'] },
+    controlUi: { allowedOrigins: ['https://ui.example'] },
+  },
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("sidecar.yaml", YAML_DOC),
+        ("sidecar.yml", YAML_DOC),
+        ("sidecar.json5", JSON5_DOC),
+        ("sidecar.json", JSON5_DOC),
+        ("sidecar.conf", JSON5_DOC),  # unknown suffix: JSON5 first
+        ("sidecar.cfg", YAML_DOC),  # unknown suffix: then YAML
+    ],
+)
+def test_yaml_and_json5_files_load_the_same_config(tmp_path: Path, name: str, text: str) -> None:
+    config = load_config(write(tmp_path, name, text), environ={})
+    sidecar, gateway = config.sidecar, config.rules.gateway
+    assert sidecar.listen == "127.0.0.1:28790"
+    assert sidecar.upstream == "http://127.0.0.1:28789"  # trailing slash dropped
+    assert sidecar.timeouts.body_read_seconds == 5
+    assert sidecar.timeouts.upstream_read_seconds == 300  # default kept beside a file value
+    assert sidecar.rate_limit.requests is not None
+    assert sidecar.rate_limit.requests.limit == "10/minute"
+    assert sidecar.rate_limit.requests.per_tool is True
+    assert sidecar.context_headers.allow == ("x-openclaw-message-to",)  # lower-cased
+    assert gateway.auth.mode == "token"
+    assert gateway.auth.rate_limit.max_attempts == 3
+    assert gateway.auth.rate_limit.window_ms == 1000
+    assert gateway.auth.rate_limit.lockout_ms == 300_000
+    assert gateway.auth.trusted_proxy.required_headers == ("x-forwarded-proto",)
+    assert gateway.trusted_proxies == ("198.51.100.5", "::ffff:198.51.100.0/120")
+    assert gateway.tools.allow == ("sessions_spawn",)
+    assert gateway.tools.deny == ("browser",)
+    assert gateway.control_ui.allowed_origins == ("https://ui.example",)
+    assert config.secrets.mode == "token"
+    assert config.secrets.token == "T"
+    assert config.secrets.upstream_credential == "T"  # default upstream credential: the shared secret
+    assert config.secrets.problems == ()
+
+
+def test_no_file_gives_defaults() -> None:
+    config = load_config(None, environ={})
+    assert config.sidecar.listen == "127.0.0.1:18790"
+    assert config.sidecar.upstream == "http://127.0.0.1:18789"
+    assert config.sidecar.rate_limit.storage == "memory://"
+    assert config.sidecar.rate_limit.requests is None
+    assert config.sidecar.routes.unauthenticated == ("/healthz", "/readyz")
+    assert config.rules.gateway.auth.rate_limit.max_attempts == 10
+    assert config.rules.gateway.auth.rate_limit.window_ms == 60_000
+    assert config.rules.gateway.auth.rate_limit.lockout_ms == 300_000
+    assert config.rules.gateway.auth.rate_limit.exempt_loopback is True
+    assert config.rules.gateway.trusted_proxies == ()
+    assert config.rules.gateway.allow_real_ip_fallback is False
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_empty_file_gives_defaults(tmp_path: Path, text: str) -> None:
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert config.sidecar.listen == "127.0.0.1:18790"
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("c.yaml", "sidecar: [1, 2\n"),
+        ("c.json5", "{sidecar: "),
+        ("c.yaml", "- a\n- b\n"),  # top level is not a mapping
+        ("c.json", "[1, 2]"),
+    ],
+)
+def test_unparseable_or_non_mapping_file_names_config(tmp_path: Path, name: str, text: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, name, text), environ={})
+    assert list(problems_of(exc)) == ["config"]
+
+
+def test_missing_config_file_names_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path / "absent.yaml", environ={})
+    assert list(problems_of(exc)) == ["config"]
+
+
+def test_sidecar_section_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", "sidecar: [listen]\n"), environ={})
+    assert list(problems_of(exc)) == ["sidecar"]
+
+
+# ---- strict sidecar keys, lenient OpenClaw keys --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ("listne: 127.0.0.1:1\n", "sidecar.listne"),
+        ("timeouts:\n    bodyRead: 3\n", "sidecar.timeouts.bodyRead"),
+        ("rateLimit:\n    stoarge: memory://\n", "sidecar.rateLimit.stoarge"),
+        ("rateLimit:\n    requests: {limit: 1/second, perTol: true}\n", "sidecar.rateLimit.requests.perTol"),
+        ("contextHeaders:\n    allowed: []\n", "sidecar.contextHeaders.allowed"),
+        ("routes:\n    denied: [/x]\n", "sidecar.routes.denied"),
+        ("upstreamAuth:\n    tokn: x\n", "sidecar.upstreamAuth.tokn"),
+        ("scopeCeilings:\n    identity: {}\n", "sidecar.scopeCeilings.identity"),
+    ],
+)
+def test_unknown_sidecar_key_is_a_config_error_naming_the_key(tmp_path: Path, section: str, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", f"sidecar:\n  {section}"), environ={})
+    assert key in problems_of(exc), exc.value.problems
+    assert key in str(exc.value)
+
+
+def test_unknown_openclaw_keys_are_ignored(tmp_path: Path) -> None:
+    text = """\
+meta: {lastTouchedVersion: 2026.9.6}
+channels: {telegram: {enabled: true}}
+gateway:
+  port: 18789
+  bind: loopback
+  http: {securityHeaders: {strictTransportSecurity: "max-age=1"}}
+  auth:
+    token: T
+    allowTailscale: true
+    rateLimit: {maxAttempts: 4, someFutureKnob: 1}
+    trustedProxy: {userHeader: x-user, futureKey: 2}
+  tools: {allow: [], futureField: 3}
+  controlUi: {enabled: true, allowedOrigins: []}
+tools: {profile: coding}
+agents: {list: [{id: main, default: true}]}
+session: {scope: per-sender}
+"""
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert config.secrets.token == "T"
+    assert config.rules.gateway.auth.rate_limit.max_attempts == 4
+    assert config.rules.gateway.auth.trusted_proxy.user_header == "x-user"
+    assert config.rules.tools == {"profile": "coding"}
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("gateway:\n  trustedProxies: [198.51.100.5, not-an-ip]\n", "gateway.trustedProxies"),
+        ("gateway:\n  trustedProxies: [10.0.0.0/33]\n", "gateway.trustedProxies"),
+        ("gateway:\n  auth: {mode: magic}\n", "gateway.auth.mode"),
+        ("gateway:\n  auth: {rateLimit: {maxAttempts: 0}}\n", "gateway.auth.rateLimit.maxAttempts"),
+        ("sidecar:\n  rateLimit: {storage: 'mongodb://db'}\n", "sidecar.rateLimit.storage"),
+        ("sidecar:\n  rateLimit: {storage: 'async+memory://'}\n", "sidecar.rateLimit.storage"),
+        ("sidecar:\n  rateLimit: {requests: {limit: lots}}\n", "sidecar.rateLimit.requests.limit"),
+        ("sidecar:\n  rateLimit: {requests: {limit: 10/fortnight}}\n", "sidecar.rateLimit.requests.limit"),
+        ("sidecar:\n  rateLimit: {requests: {limit: 10/minute, per: tool}}\n", "sidecar.rateLimit.requests.per"),
+        ("sidecar:\n  listen: localhost\n", "sidecar.listen"),
+        ("sidecar:\n  listen: '127.0.0.1:99999'\n", "sidecar.listen"),
+        ("sidecar:\n  upstream: ftp://gw\n", "sidecar.upstream"),
+        ("sidecar:\n  timeouts: {bodyReadSeconds: 0}\n", "sidecar.timeouts.bodyReadSeconds"),
+        ("sidecar:\n  logLevel: LOUD\n", "sidecar.logLevel"),
+    ],
+)
+def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert key in problems_of(exc), exc.value.problems
+
+
+def test_bad_sidecar_and_bad_rule_keys_are_reported_together(tmp_path: Path) -> None:
+    text = "sidecar:\n  listne: x\ngateway:\n  trustedProxies: [nope]\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert {"sidecar.listne", "gateway.trustedProxies"} <= set(problems_of(exc))
+
+
+@pytest.mark.parametrize(
+    "storage",
+    ["memory://", "redis://localhost:6379/0", "rediss://h:6380", "redis+sentinel://h:26379/m", "redis+cluster://h:7000"],
+)
+def test_supported_storage_schemes_load(tmp_path: Path, storage: str) -> None:
+    config = load_config(write(tmp_path, "c.yaml", f"sidecar:\n  rateLimit: {{storage: '{storage}'}}\n"), environ={})
+    assert config.sidecar.rate_limit.storage == storage
+
+
+# ---- openclawConfig: the gateway's own JSON5 file, overridden key by key ----------------------
+
+GATEWAY_JSON5 = """\
+// the gateway's openclaw.json
+{
+  gateway: {
+    port: 18789,
+    auth: { mode: 'token', token: 'FROM_GATEWAY', rateLimit: { maxAttempts: 7, windowMs: 5000 } },
+    trustedProxies: ['198.51.100.5'],
+    tools: { allow: ['sessions_spawn'], deny: ['browser'] },
+  },
+  agents: { list: [{ id: 'main', default: true }] },
+  channels: { whatever: true },
+}
+"""
+
+
+def test_openclaw_config_is_merged_and_sidecar_file_rules_override_key_by_key(tmp_path: Path) -> None:
+    write(tmp_path, "openclaw.json", GATEWAY_JSON5)
+    text = """\
+sidecar:
+  openclawConfig: openclaw.json
+gateway:
+  auth:
+    rateLimit: {maxAttempts: 2}
+  tools:
+    deny: [canvas]
+"""
+    config = load_config(write(tmp_path, "sidecar.yaml", text), environ={})
+    gateway = config.rules.gateway
+    assert gateway.auth.rate_limit.max_attempts == 2  # sidecar file wins
+    assert gateway.auth.rate_limit.window_ms == 5000  # sibling kept from the gateway file
+    assert gateway.tools.deny == ("canvas",)  # a list is replaced, not merged
+    assert gateway.tools.allow == ("sessions_spawn",)  # untouched sibling kept
+    assert gateway.trusted_proxies == ("198.51.100.5",)
+    assert config.secrets.token == "FROM_GATEWAY"
+    assert config.rules.agents == {"list": [{"id": "main", "default": True}]}
+
+
+def test_openclaw_config_absolute_path(tmp_path: Path) -> None:
+    gateway_file = write(tmp_path, "gw.json5", GATEWAY_JSON5)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    config = load_config(write(other, "c.yaml", f"sidecar:\n  openclawConfig: {gateway_file}\n"), environ={})
+    assert config.secrets.token == "FROM_GATEWAY"
+
+
+def test_missing_openclaw_config_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", "sidecar:\n  openclawConfig: nope.json\n"), environ={})
+    assert list(problems_of(exc)) == ["sidecar.openclawConfig"]
+
+
+# ---- precedence: flags > environment > file > defaults ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "in_file, in_env, flag, expected",
+    [
+        (None, None, None, "127.0.0.1:18790"),
+        ("127.0.0.1:1001", None, None, "127.0.0.1:1001"),
+        ("127.0.0.1:1001", "127.0.0.1:1002", None, "127.0.0.1:1002"),
+        ("127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003", "127.0.0.1:1003"),
+        (None, None, "127.0.0.1:1003", "127.0.0.1:1003"),
+        (None, "127.0.0.1:1002", None, "127.0.0.1:1002"),
+    ],
+)
+def test_precedence_flags_over_env_over_file_over_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    in_file: str | None, in_env: str | None, flag: str | None, expected: str,
+) -> None:
+    text = f"sidecar:\n  listen: '{in_file}'\n" if in_file else ""
+    if in_env:
+        monkeypatch.setenv("OPENCLAW_SIDECAR_LISTEN", in_env)
+    overrides = {"listen": flag} if flag else None
+    config = load_config(write(tmp_path, "c.yaml", text), overrides, environ={})
+    assert config.sidecar.listen == expected
+
+
+def test_nested_env_override_merges_with_file_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENCLAW_SIDECAR_TIMEOUTS__BODY_READ_SECONDS", "7")
+    text = "sidecar:\n  timeouts:\n    bodyReadSeconds: 3\n    upstreamReadSeconds: 9\n"
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert config.sidecar.timeouts.body_read_seconds == 7  # env beats file
+    assert config.sidecar.timeouts.upstream_read_seconds == 9  # file sibling survives
+    assert config.sidecar.timeouts.upstream_connect_seconds == 10  # default
+
+
+def test_nested_env_override_of_rate_limit_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENCLAW_SIDECAR_RATE_LIMIT__STORAGE", "redis://localhost:6379")
+    text = "sidecar:\n  rateLimit: {storage: 'memory://', maxEntries: 5}\n"
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert config.sidecar.rate_limit.storage == "redis://localhost:6379"
+    assert config.sidecar.rate_limit.max_entries == 5
+
+
+def test_bad_env_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENCLAW_SIDECAR_RATE_LIMIT__STORAGE", "mongodb://x")
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, environ={})
+    assert "sidecar.rateLimit.storage" in problems_of(exc)
+
+
+def test_flag_overrides_env_for_nested_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENCLAW_SIDECAR_LOG_LEVEL", "ERROR")
+    assert load_config(None, environ={}).sidecar.log_level == "ERROR"
+    assert load_config(None, {"log_level": "DEBUG"}, environ={}).sidecar.log_level == "DEBUG"
+
+
+# ---- secrets (§2.1) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "auth_yaml, environ, mode, token, password",
+    [
+        # config token beats the environment
+        ("{token: CFG}", {"OPENCLAW_GATEWAY_TOKEN": "ENV"}, "token", "CFG", None),
+        # environment used when config has none
+        ("{}", {"OPENCLAW_GATEWAY_TOKEN": "ENV"}, "token", "ENV", None),
+        # legacy variables are ignored
+        ("{}", {"CLAWDBOT_GATEWAY_TOKEN": "X", "MOLTBOT_GATEWAY_TOKEN": "Y"}, "token", None, None),
+        # blank / undefined / null count as missing, falling through to the environment
+        ("{token: '   '}", {"OPENCLAW_GATEWAY_TOKEN": "ENV"}, "token", "ENV", None),
+        ("{token: undefined}", {}, "token", None, None),
+        ("{token: 'null'}", {}, "token", None, None),
+        ("{token: 'NULL'}", {}, "token", None, None),
+        ("{token: ''}", {}, "token", None, None),
+        ("{}", {"OPENCLAW_GATEWAY_TOKEN": "undefined"}, "token", None, None),
+        # unset mode: password iff a password resolves
+        ("{password: P}", {}, "password", None, "P"),
+        ("{}", {"OPENCLAW_GATEWAY_PASSWORD": "EP"}, "password", None, "EP"),
+        ("{token: T, password: P}", {}, "password", "T", "P"),
+        ("{token: T, password: undefined}", {}, "token", "T", None),
+        ("{password: '  '}", {}, "token", None, None),
+        # explicit mode wins
+        ("{mode: token, token: T, password: P}", {}, "token", "T", "P"),
+        ("{mode: none}", {}, "none", None, None),
+        ("{password: CFG}", {"OPENCLAW_GATEWAY_PASSWORD": "ENV"}, "password", None, "CFG"),
+    ],
+)
+def test_secret_resolution(
+    tmp_path: Path, auth_yaml: str, environ: dict[str, str], mode: str, token: str | None, password: str | None,
+) -> None:
+    config = load_config(write(tmp_path, "c.yaml", f"gateway:\n  auth: {auth_yaml}\n"), environ=environ)
+    assert (config.secrets.mode, config.secrets.token, config.secrets.password) == (mode, token, password)
+
+
+@pytest.mark.parametrize(
+    "auth_yaml, problem_fragment",
+    [
+        ("{}", "no token resolved"),
+        ("{token: undefined}", "no token resolved"),
+        ("{token: 'null'}", "no token resolved"),
+        ("{token: ' '}", "no token resolved"),
+        ("{mode: password}", "no password resolved"),
+        ("{mode: password, password: undefined}", "no password resolved"),
+        ("{mode: trusted-proxy}", "userHeader is required"),
+        ("{mode: trusted-proxy, trustedProxy: {userHeader: x-user}}", "trustedProxies is empty"),
+    ],
+)
+def test_missing_secret_is_a_problem_not_an_error(tmp_path: Path, auth_yaml: str, problem_fragment: str) -> None:
+    """Case 14: a blank/undefined/null token loads, and every request will be 401; `problems` says why."""
+    config = load_config(write(tmp_path, "c.yaml", f"gateway:\n  auth: {auth_yaml}\n"), environ={})
+    assert any(problem_fragment in p for p in config.secrets.problems), config.secrets.problems
+    assert redacted_view(config)["effective"]["problems"] == list(config.secrets.problems)
+
+
+def test_no_problems_when_secret_resolves(tmp_path: Path) -> None:
+    text = "gateway:\n  auth: {mode: trusted-proxy, trustedProxy: {userHeader: x-user}}\n  trustedProxies: [198.51.100.5]\n"
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert config.secrets.problems == ()
+    assert config.secrets.upstream_credential is None
+
+
+@pytest.mark.parametrize("content, expected", [("FILETOKEN\n", "FILETOKEN"), ("  FILETOKEN  ", "FILETOKEN"), ("undefined\n", None), ("\n", None)])
+def test_token_file_is_read(tmp_path: Path, content: str, expected: str | None) -> None:
+    token_file = write(tmp_path, "token", content)
+    config = load_config(write(tmp_path, "c.yaml", f"gateway:\n  auth: {{tokenFile: '{token_file}'}}\n"), environ={})
+    assert config.secrets.token == expected
+
+
+def test_config_token_beats_token_file(tmp_path: Path) -> None:
+    token_file = write(tmp_path, "token", "FILETOKEN")
+    text = f"gateway:\n  auth: {{token: CFG, tokenFile: '{token_file}'}}\n"
+    assert load_config(write(tmp_path, "c.yaml", text), environ={"OPENCLAW_GATEWAY_TOKEN": "ENV"}).secrets.token == "CFG"
+
+
+def test_token_file_beats_env(tmp_path: Path) -> None:
+    token_file = write(tmp_path, "token", "FILETOKEN")
+    text = f"gateway:\n  auth: {{tokenFile: '{token_file}'}}\n"
+    assert load_config(write(tmp_path, "c.yaml", text), environ={"OPENCLAW_GATEWAY_TOKEN": "ENV"}).secrets.token == "FILETOKEN"
+
+
+def test_password_file_is_read(tmp_path: Path) -> None:
+    password_file = write(tmp_path, "pw", "FILEPW\n")
+    config = load_config(write(tmp_path, "c.yaml", f"gateway:\n  auth: {{passwordFile: '{password_file}'}}\n"), environ={})
+    assert (config.secrets.mode, config.secrets.password) == ("password", "FILEPW")
+
+
+@pytest.mark.parametrize(
+    "key, camel",
+    [("tokenFile", "gateway.auth.tokenFile"), ("passwordFile", "gateway.auth.passwordFile")],
+)
+def test_unreadable_secret_file_names_the_key(tmp_path: Path, key: str, camel: str) -> None:
+    text = f"gateway:\n  auth: {{{key}: '{tmp_path / 'absent'}'}}\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert list(problems_of(exc)) == [camel]
+
+
+def test_secret_file_that_is_a_directory_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", f"gateway:\n  auth: {{tokenFile: '{tmp_path}'}}\n"), environ={})
+    assert list(problems_of(exc)) == ["gateway.auth.tokenFile"]
+
+
+def test_trusted_proxy_with_token_is_a_config_error(tmp_path: Path) -> None:
+    text = "gateway:\n  auth: {mode: trusted-proxy, token: T, trustedProxy: {userHeader: x-user}}\n  trustedProxies: [198.51.100.5]\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert "gateway.auth.token" in problems_of(exc)
+    assert "mutually exclusive" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "upstream_yaml, expected",
+    [
+        ("", "T"),
+        ("upstreamAuth: {token: UP}", "UP"),
+        ("upstreamAuth: {token: undefined}", "T"),
+    ],
+)
+def test_upstream_credential(tmp_path: Path, upstream_yaml: str, expected: str) -> None:
+    text = f"sidecar:\n  {upstream_yaml}\ngateway:\n  auth: {{token: T}}\n" if upstream_yaml else "gateway:\n  auth: {token: T}\n"
+    assert load_config(write(tmp_path, "c.yaml", text), environ={}).secrets.upstream_credential == expected
+
+
+def test_upstream_token_file(tmp_path: Path) -> None:
+    up = write(tmp_path, "up", "UPFILE\n")
+    text = f"sidecar:\n  upstreamAuth: {{tokenFile: '{up}'}}\ngateway:\n  auth: {{token: T}}\n"
+    assert load_config(write(tmp_path, "c.yaml", text), environ={}).secrets.upstream_credential == "UPFILE"
+
+
+def test_unreadable_upstream_token_file_names_the_key(tmp_path: Path) -> None:
+    text = f"sidecar:\n  upstreamAuth: {{tokenFile: '{tmp_path / 'absent'}'}}\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert list(problems_of(exc)) == ["sidecar.upstreamAuth.tokenFile"]
+
+
+def test_password_mode_upstream_credential_is_the_password(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "c.yaml", "gateway:\n  auth: {password: P}\n"), environ={})
+    assert config.secrets.upstream_credential == "P"
+
+
+# ---- redacted view --------------------------------------------------------------------------
+
+
+def test_redacted_view_hides_every_secret(tmp_path: Path) -> None:
+    text = """\
+sidecar:
+  upstreamAuth: {token: UPSTREAM-SECRET}
+  rateLimit: {storage: 'redis://user:REDIS-SECRET@redis.internal:6379/0'}
+gateway:
+  auth: {mode: token, token: TOKEN-SECRET, password: PASSWORD-SECRET}
+"""
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    view = redacted_view(config)
+    dumped = json.dumps(view)
+    for secret in ("UPSTREAM-SECRET", "REDIS-SECRET", "TOKEN-SECRET", "PASSWORD-SECRET"):
+        assert secret not in dumped
+    assert view["gateway"]["auth"]["token"] == "<redacted>"
+    assert view["gateway"]["auth"]["password"] == "<redacted>"
+    assert view["sidecar"]["upstream_auth"]["token"] == "<redacted>"
+    assert view["sidecar"]["rate_limit"]["storage"] == "redis://<redacted>@redis.internal:6379/0"
+    assert view["effective"] == {
+        "authMode": "token", "tokenConfigured": True, "passwordConfigured": True,
+        "upstreamCredentialConfigured": True, "problems": [],
+    }
+
+
+def test_redacted_view_hides_env_and_file_secrets(tmp_path: Path) -> None:
+    token_file = write(tmp_path, "token", "FILE-SECRET")
+    text = f"gateway:\n  auth: {{tokenFile: '{token_file}'}}\n"
+    config = load_config(write(tmp_path, "c.yaml", text), environ={"OPENCLAW_GATEWAY_PASSWORD": "ENV-SECRET"})
+    dumped = json.dumps(redacted_view(config))
+    assert "FILE-SECRET" not in dumped
+    assert "ENV-SECRET" not in dumped
+
+
+def test_redacted_view_keeps_plain_storage_uri() -> None:
+    assert redacted_view(load_config(None, environ={}))["sidecar"]["rate_limit"]["storage"] == "memory://"

@@ -1,0 +1,238 @@
+"""Route decision differential: the sidecar's pipeline against Node's WHATWG URL (corpus E3, E4, E7).
+
+The gateway claims a request for `/tools/invoke` iff
+`new URL(req.url, "http://" + Host).pathname === "/tools/invoke"`. For every odd request
+target below we ask real Node once, then ask the sidecar's pure pipeline (`Pipeline.on_head`,
+no proxy, no sockets) what it does with the same head:
+
+* Node says "tools route": the sidecar must treat it as the tools route (GET → 405) or refuse
+  the spelling outright (400). Anything else (401, an "other" admission) would mean a request
+  the gateway executes as a tool call was routed past the tools policy.
+* Node says "not the tools route" (or throws): the sidecar must not answer 405, because it is
+  an "other" route (401 without auth, 400 when the target is refused, or admitted only on the
+  unauthenticated paths).
+
+A second pass with a valid token checks the positive side: whenever the sidecar admits a head,
+its route label agrees with Node.
+
+Node is a hard requirement: the test fails (never skips) when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import load_config
+from sidecar.pipeline import Admitted, Pipeline, Refuse
+from sidecar.view import RequestView
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "odd_targets.json"
+BASE_HOST = "sidecar.test"
+TOKEN = "route-differential-token"
+
+NODE_SCRIPT = r"""
+const targets = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const out = targets.map((t) => {
+  try {
+    const u = new URL(t, "http://sidecar.test");
+    return { tools: u.pathname === "/tools/invoke", pathname: u.pathname };
+  } catch (e) {
+    return { tools: false, error: String(e && e.code || e) };
+  }
+});
+process.stdout.write(JSON.stringify(out));
+"""
+
+# Our own additions to tests/data/odd_targets.json: spellings aimed at the route decision.
+OWN_TARGETS = [
+    "/tools/invoke",
+    "/tools/invoke?",
+    "/tools/invoke?x=1#y",
+    "/tools/invoke?x=/health",
+    "/tools/invoke?/../healthz",
+    "/healthz?/../tools/invoke",
+    "/healthz#/../tools/invoke",
+    "/healthz/../tools/invoke",
+    "/healthz/..%2ftools/invoke",
+    "/v1/models",
+    "/v1/../tools/invoke",
+    "/sessions/x/kill",
+    "/sessions/../tools/invoke",
+    "/api/channels/x",
+    "/tools/invoke/.",
+    "/tools/invoke/./",
+    "/tools/invoke%2F",
+    "/tools/invoke%20",
+    "/tools/invoke%09",
+    "/tools/Invoke",
+    "/tools/invok%65",
+    "/tools/%69nvoke",
+    "/tools/invoke\\",
+    "\\tools/invoke",
+    "/tools/.\\invoke",
+    "/tools/%2e%2E/tools/./invoke",
+    "/tools/invoke/..;/invoke",
+    "/tools;/invoke",
+    "/tools/invoke%3b",
+    "/tools/invoke..",
+    "/tools/invoke/...",
+    "///tools/invoke",
+    "////tools/invoke",
+    "/\\tools/invoke",
+    "http://sidecar.test/tools/invoke",
+    "http://sidecar.test:80/tools/invoke",
+    "http://SIDECAR.TEST/tools/./invoke",
+    "http://sidecar.test/x/../tools/invoke",
+    "http://sidecar.test/v1/models",
+    "https://sidecar.test/tools/invoke",
+    "http://sidecar.test",
+    "http://evil/v1/models",
+    "http:/x/../tools/invoke",
+    "http:\\tools\\invoke",
+    "ws://sidecar.test/tools/invoke",
+    "/tools/invoke\u00a0",
+    "/tools/invok\u00e9",
+    "/t\u200bools/invoke",
+    "/tools/%E2%80%8Binvoke",
+    "/%2F/tools/invoke",
+    "/.%2e/.%2e/tools/invoke",
+]
+
+
+@dataclass(frozen=True)
+class AllowAll:
+    allowed: bool = True
+    retry_after_s: int = 0
+    unavailable: bool = False
+
+
+class FakeLimiter:
+    """The auth-failure limiter stand-in: never limits, never delays."""
+
+    async def check(self, ip: str | None) -> AllowAll:
+        return AllowAll()
+
+    async def record_failure(self, ip: str | None) -> float:
+        return 0.0
+
+    async def reset(self, ip: str | None) -> None:
+        return None
+
+
+def all_targets() -> list[str]:
+    targets = [entry["target"] for entry in json.loads(DATA.read_text(encoding="utf-8"))] if DATA.exists() else []
+    for target in OWN_TARGETS:
+        if target not in targets:
+            targets.append(target)
+    # A lone surrogate cannot be sent to Node as JSON text and never arrives in a latin-1 request line.
+    return [t for t in targets if not any(0xD800 <= ord(c) <= 0xDFFF for c in t)]
+
+
+TARGETS = all_targets()
+
+
+def node_decisions(targets: list[str]) -> list[dict]:
+    node = shutil.which("node") or ("/usr/bin/node" if Path("/usr/bin/node").exists() else None)
+    if node is None:
+        pytest.fail("Node.js is required for the route differential (the gateway routes with Node's WHATWG URL)",
+                    pytrace=False)
+    proc = subprocess.run([node, "-e", NODE_SCRIPT], input=json.dumps(targets).encode("utf-8"),
+                          capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    result = json.loads(proc.stdout)
+    assert len(result) == len(targets)
+    return result
+
+
+@pytest.fixture(scope="module")
+def node() -> dict[str, dict]:
+    return dict(zip(TARGETS, node_decisions(TARGETS), strict=True))
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Pipeline:
+    config_file = tmp_path / "sidecar.yaml"
+    config_file.write_text(
+        "gateway:\n"
+        "  auth:\n"
+        "    mode: token\n"
+        f"    token: {TOKEN}\n"
+        "sidecar:\n"
+        f"  runtimeDir: {tmp_path / 'run'}\n"
+    )
+    return Pipeline(load_config(config_file, environ={}), FakeLimiter())
+
+
+def head(method: str, target: str, token: str | None = None) -> RequestView:
+    headers: list[tuple[bytes, bytes]] = [(b"Host", BASE_HOST.encode())]
+    if token is not None:
+        headers.append((b"Authorization", f"Bearer {token}".encode()))
+    return RequestView(method, target, tuple(headers), "127.0.0.1")
+
+
+def describe(decision: Refuse | Admitted) -> str:
+    if isinstance(decision, Refuse):
+        return f"Refuse {decision.envelope.status} ({decision.reason})"
+    return f"Admitted route={decision.route} target={decision.target!r}"
+
+
+def test_table_is_large_and_has_both_kinds(node: dict[str, dict]) -> None:
+    """Guard: the differential really exercises both sides of the decision."""
+    assert len(TARGETS) >= 60
+    tools = [t for t in TARGETS if node[t]["tools"]]
+    assert len(tools) >= 15, tools
+    assert len(TARGETS) - len(tools) >= 30
+
+
+async def test_unauthenticated_get_route_decision_matches_node(node: dict[str, dict], pipeline: Pipeline) -> None:
+    """E3/E4/E7: GET without auth. Node tools route ⇒ 405 or 400; otherwise never 405."""
+    unauthenticated = set(pipeline.config.sidecar.routes.unauthenticated)
+    mismatches = []
+    for target in TARGETS:
+        decision = await pipeline.on_head(head("GET", target))
+        if node[target]["tools"]:
+            ok = isinstance(decision, Refuse) and decision.envelope.status in (405, 400)
+        elif isinstance(decision, Refuse):
+            ok = decision.envelope.status in (401, 400)
+        else:
+            ok = decision.route == "other" and decision.target.split("?", 1)[0] in unauthenticated
+        if not ok:
+            mismatches.append(f"{target!r}: node {node[target]} vs sidecar {describe(decision)}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+async def test_authenticated_post_route_label_matches_node(node: dict[str, dict], pipeline: Pipeline) -> None:
+    """E7: with a valid token, an admitted head carries the route Node would pick, and a
+    tools-route admission is only ever the canonical spelling (never rewritten)."""
+    mismatches = []
+    for target in TARGETS:
+        decision = await pipeline.on_head(head("POST", target, TOKEN))
+        if isinstance(decision, Refuse):
+            if decision.envelope.status != 400:
+                mismatches.append(f"{target!r}: valid token refused with {describe(decision)}")
+            continue
+        expected = "tools-invoke" if node[target]["tools"] else "other"
+        if decision.route != expected:
+            mismatches.append(f"{target!r}: node {node[target]} vs sidecar {describe(decision)}")
+        elif decision.route == "tools-invoke" and decision.target.split("?", 1)[0] != "/tools/invoke":
+            mismatches.append(f"{target!r}: tools route forwarded as {decision.target!r}")
+        elif decision.route == "tools-invoke" and target.split("?", 1)[0] != "/tools/invoke":
+            mismatches.append(f"{target!r}: non-canonical tools spelling admitted ({describe(decision)})")
+    assert not mismatches, "\n".join(mismatches)
+
+
+async def test_refused_tools_spellings_use_the_gateway_invalid_url_body(node: dict[str, dict], pipeline: Pipeline) -> None:
+    """E3: a relative non-canonical spelling of the tools route gets the gateway's
+    `Invalid request URL` 400 (absolute forms may instead get the foreign-host 400)."""
+    for target in ("/tools/./invoke", "/tools/%2e/invoke", "/x/../tools/invoke", "/tools\\invoke", "/tools/invoke#frag"):
+        assert node[target]["tools"], target
+        decision = await pipeline.on_head(head("POST", target, TOKEN))
+        assert isinstance(decision, Refuse), (target, describe(decision))
+        assert decision.envelope.status == 400
+        assert decision.envelope.body == b'{"error":"bad_request","message":"Invalid request URL"}', target

@@ -15,38 +15,16 @@ from collections.abc import Callable
 from mitmproxy import options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
-from mitmproxy.proxy.layers.http import HttpStream
 
 from prometheus_client import start_http_server
 
-from sidecar.body import MAX_BODY_BYTES
-from sidecar.metrics import REGISTRY
 from sidecar.config import Config, split_host_port
+from sidecar.metrics import REGISTRY
 from sidecar.runtime import build_runtime
 
-from .tools_invoke import ToolsInvokeGuard
+from .tools_invoke import REQUIRED_OPTIONS, ToolsInvokeGuard
 
 log = logging.getLogger("sidecar")
-
-
-def limit_request_bodies_only() -> None:
-    """Apply mitmproxy's body_size_limit to request bodies only.
-
-    The 2 MiB cap is the gateway's request rule; a tool result larger than that must still
-    reach the client. mitmproxy applies one limit to both directions, so its size check is
-    narrowed to requests here (mitmproxy is pinned < 13; tests cover both directions).
-    """
-    original = HttpStream.check_body_size
-    if getattr(original, "_sidecar_requests_only", False):
-        return
-
-    def check_body_size(self: HttpStream, request: bool):  # type: ignore[no-untyped-def]
-        if not request:
-            return (yield from ())
-        return (yield from original(self, request))
-
-    check_body_size._sidecar_requests_only = True  # type: ignore[attr-defined]
-    HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
 
 
 def build_master(config: Config, guard: ToolsInvokeGuard) -> Master:
@@ -63,12 +41,8 @@ def build_master(config: Config, guard: ToolsInvokeGuard) -> Master:
         mode=[f"reverse:{settings.upstream}"],
         listen_host=host,
         listen_port=port,
-        connection_strategy="lazy",
-        keep_host_header=True,  # decide on the client's Host, as the gateway would
-        # mitmproxy reads no body beyond this; the guard turns the overflow into the gateway's
-        # JSON 413, and answers head refusals before this limit applies.
-        body_size_limit=str(MAX_BODY_BYTES),
         validate_inbound_headers=True,
+        **REQUIRED_OPTIONS,  # also applied by the guard itself, but set before the first flow
         http2=False,  # the gateway speaks HTTP/1.1; one parser, one set of rules
         tcp_timeout=max(600, int(settings.timeouts.upstream_read_seconds) + 60),
     )
@@ -86,7 +60,6 @@ def _listening_url(master: Master) -> str | None:
 
 
 async def _run(config: Config, on_ready: Callable[[str], None] | None) -> int:
-    limit_request_bodies_only()
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no per-connection chatter
     runtime = build_runtime(config)
     guard = ToolsInvokeGuard(runtime)

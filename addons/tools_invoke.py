@@ -20,6 +20,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers.http import HttpStream
 
 try:  # loaded by mitmdump -s, the repository root may not be on sys.path
     import sidecar  # noqa: F401
@@ -28,6 +29,7 @@ except ImportError:  # pragma: no cover - depends on how mitmdump was started
 
 from sidecar import audit, envelopes
 from sidecar.config import load_config
+from sidecar.body import MAX_BODY_BYTES
 from sidecar.envelopes import Envelope
 from sidecar.errors import ConfigError
 from sidecar.metrics import DECISION_SECONDS, INTERNAL_ERRORS
@@ -44,6 +46,36 @@ ANSWERED = "openclaw_sidecar.answered"
 # unauthenticated client can never make us buffer a large body.
 KEEP_ALIVE_REFUSAL_MAX_BODY = 64 * 1024
 LINGER_SECONDS = 1.0
+
+
+def limit_request_bodies_only() -> None:
+    """Apply mitmproxy's body_size_limit to request bodies only.
+
+    The 2 MiB cap is the gateway's request rule; a tool result larger than that must still
+    reach the client. mitmproxy applies one limit to both directions, so its size check is
+    narrowed to requests here (mitmproxy is pinned < 13; tests cover both directions).
+    """
+    original = HttpStream.check_body_size
+    if getattr(original, "_sidecar_requests_only", False):
+        return
+
+    def check_body_size(self: HttpStream, request: bool):  # type: ignore[no-untyped-def]
+        if not request:
+            return (yield from ())
+        return (yield from original(self, request))
+
+    check_body_size._sidecar_requests_only = True  # type: ignore[attr-defined]
+    HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
+
+
+# Proxy settings the guard's guarantees depend on, applied whichever way it is loaded.
+REQUIRED_OPTIONS = {
+    "connection_strategy": "lazy",  # a refused request never opens an upstream connection
+    "keep_host_header": True,  # decide on the client's Host, as the gateway would
+    # mitmproxy reads no request body beyond this; the guard turns the overflow into the
+    # gateway's JSON 413 (head refusals are answered before the limit applies).
+    "body_size_limit": str(MAX_BODY_BYTES),
+}
 
 
 def view_of(flow: http.HTTPFlow) -> RequestView:
@@ -110,6 +142,10 @@ class ToolsInvokeGuard:
 
     def load(self, loader: Any) -> None:
         loader.add_option("sidecar_config", str | None, None, "Path to the openclaw-sidecar YAML/JSON5 config file.")
+        limit_request_bodies_only()
+
+    def running(self) -> None:
+        ctx.options.update(**REQUIRED_OPTIONS)
 
     def configure(self, updated: set[str]) -> None:
         if "sidecar_config" not in updated or not ctx.options.sidecar_config:

@@ -171,7 +171,7 @@ class ToolsInvokeGuard:
                 await self._refuse(flow, decision, early=_body_pending(flow) is None or (_body_pending(flow) or 0) > KEEP_ALIVE_REFUSAL_MAX_BODY)
             else:
                 flow.metadata[ADMITTED] = decision
-                if decision.route == "tools-invoke" and _body_pending(flow) != 0:
+                if _body_pending(flow) != 0:
                     self._start_body_timer(flow)
         except Exception:
             self._fail_closed(flow, "requestheaders")

@@ -75,6 +75,9 @@ def head_problem(view: RequestView, extra_protected: frozenset[str] = frozenset(
                 raw_value.decode("utf-8")
             except UnicodeDecodeError:
                 return f"header {name!r} is not valid UTF-8"
+    if view.has("trailer"):
+        # Trailers arrive after the body, out of reach of every check here (corpus B6).
+        return "request trailers are not accepted"
     for name in view.names:
         if (name in SINGLETON_HEADERS or name in extra_protected) and len(view.values(name)) > 1:
             return f"header {name!r} is repeated"

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .envelopes import compact_json
 from .toolpolicy import ToolName, normalize_tool_name
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # DEFAULT_BODY_BYTES; exactly this many is accepted
@@ -74,4 +75,4 @@ def read_invoke_body(raw: bytes) -> InvokeBody:
     if untouched:
         return InvokeBody(tool, raw)
     rewritten = {**payload, "name": tool.name, "tool": tool.name}
-    return InvokeBody(tool, json.dumps(rewritten, separators=(",", ":"), ensure_ascii=False).encode())
+    return InvokeBody(tool, compact_json(rewritten))

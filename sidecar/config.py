@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import os
 import tempfile
+from types import MappingProxyType
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ class UpstreamAuth(BaseModel):
 class _FileSection(PydanticBaseSettingsSource):
     """The `sidecar:` section of the config file, as the lowest-priority settings source."""
 
-    current: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("sidecar_file_section", default={})
+    current: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("sidecar_file_section", default=MappingProxyType({}))
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # __call__ hands over the whole section at once

@@ -7,6 +7,7 @@ tests see one contract whichever layer said no. Shapes are from the reference §
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,35 @@ class Envelope:
     headers: tuple[tuple[str, str], ...]
 
 
+def _finite(value: Any) -> Any:
+    """JSON.stringify writes a non-finite number (e.g. a parsed 1e400) as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def compact_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as JSON.stringify writes it.
+
+    Lone surrogates (legal in JSON text, not encodable as UTF-8) fall back to `\\uXXXX` escapes.
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        value = _finite(value)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
 def _json(status: int, payload: Any, *extra: tuple[str, str]) -> Envelope:
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    body = compact_json(payload)
     headers = (("Content-Type", JSON_CONTENT_TYPE), *SECURITY_HEADERS, *extra)
     return Envelope(status, body, headers)
 

@@ -35,6 +35,8 @@ OWNED_PREFIXES = ("x-forwarded-", "tailscale-", "x-clawdbot-", "x-openclaw-")
 # second interim response the client never asked for.
 HOP_BY_HOP = frozenset({"keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect"})
 CONNECTION_TOKENS_KEPT = ("close", "keep-alive", "upgrade")
+# Message framing and routing: a `Connection:` nomination must never remove these.
+NEVER_NOMINATED = frozenset({"content-length", "transfer-encoding", "host"})
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -110,7 +112,7 @@ def rebuild_headers(view: RequestView, plan: HeaderPlan) -> tuple[tuple[str, str
     honour a client's `close`; nominating our headers there achieves nothing.
     """
     tokens = connection_tokens(view)
-    nominated = {t for t in tokens if t not in CONNECTION_TOKENS_KEPT}
+    nominated = {t for t in tokens if t not in CONNECTION_TOKENS_KEPT and t not in NEVER_NOMINATED}
     kept_tokens = [t for t in dict.fromkeys(tokens) if t in CONNECTION_TOKENS_KEPT]
     if not plan.websocket:
         kept_tokens = [t for t in kept_tokens if t != "upgrade"]
@@ -125,7 +127,7 @@ def rebuild_headers(view: RequestView, plan: HeaderPlan) -> tuple[tuple[str, str
             continue
         if lowered in HOP_BY_HOP and not (plan.websocket and lowered == "upgrade"):
             continue
-        context = lowered in plan.context_allow
+        context = lowered in plan.context_allow and lowered not in OWNED_NAMES  # owned: never allow-listable
         if not context and (lowered in OWNED_NAMES or lowered.startswith(OWNED_PREFIXES)):
             continue
         out.append((name, raw_value.decode("latin-1")))

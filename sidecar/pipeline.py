@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from . import envelopes
@@ -84,7 +84,6 @@ class Pipeline:
     failure_limiter: FailureLimiter
     request_limiter: RequestLimiter | None = None
     clock: Callable[[], float] = time.time
-    _derived: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         gateway = self.config.rules.gateway

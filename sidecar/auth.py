@@ -68,6 +68,13 @@ def decode_identity(value: str | None) -> str | None:
     return text or None
 
 
+# Private ranges for the same-origin rule: RFC 1918, CGNAT (tailnets), IPv6 ULA and link-local.
+# (Python's `is_private` also counts documentation ranges, which no real origin uses.)
+_PRIVATE_NETWORKS = tuple(parse_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10",
+))
+
+
 class OriginPolicy:
     """Browser-origin check for `none` and `trusted-proxy` (§2.3 step 8, §2.5)."""
 
@@ -90,7 +97,7 @@ class OriginPolicy:
         if local_origin and is_loopback(attribution.client_ip):
             return True
         same_host = (view.first("host") or "").strip().lower() == parts.netloc
-        private = local_origin or (origin_ip is not None and origin_ip.is_private)
+        private = local_origin or (origin_ip is not None and any(origin_ip in net for net in _PRIVATE_NETWORKS if net.version == origin_ip.version))
         return same_host and private
 
 

@@ -97,7 +97,16 @@ class ContextHeaders(BaseModel):
     allow: tuple[str, ...] = DEFAULT_CONTEXT_HEADERS
     pinned: dict[str, dict[str, str]] = {}
 
-    _lower = field_validator("allow")(lambda cls, v: _lower_names(v))
+    @field_validator("allow")
+    @classmethod
+    def _context_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from .headers import is_context_header
+
+        names = _lower_names(value)
+        for name in names:
+            if not is_context_header(name):
+                raise ValueError(f"{name!r} is not an x-openclaw-* context header the sidecar lets clients set")
+        return names
 
 
 class ScopeCeilingSettings(BaseModel):

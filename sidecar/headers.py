@@ -38,6 +38,12 @@ CONNECTION_TOKENS_KEPT = ("close", "keep-alive", "upgrade")
 # Message framing and routing: a `Connection:` nomination must never remove these.
 NEVER_NOMINATED = frozenset({"content-length", "transfer-encoding", "host"})
 
+def is_context_header(name: str) -> bool:
+    """An `x-openclaw-*` context header a client may send on; the sidecar's own never are."""
+    lowered = name.lower()
+    return lowered.startswith("x-openclaw-") and lowered not in OWNED_NAMES
+
+
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -127,7 +133,7 @@ def rebuild_headers(view: RequestView, plan: HeaderPlan) -> tuple[tuple[str, str
             continue
         if lowered in HOP_BY_HOP and not (plan.websocket and lowered == "upgrade"):
             continue
-        context = lowered in plan.context_allow and lowered not in OWNED_NAMES  # owned: never allow-listable
+        context = lowered in plan.context_allow and is_context_header(lowered)
         if not context and (lowered in OWNED_NAMES or lowered.startswith(OWNED_PREFIXES)):
             continue
         out.append((name, raw_value.decode("latin-1")))

@@ -158,8 +158,11 @@ class Pipeline:
 
     async def _authenticate(self, view: RequestView, attribution: Attribution) -> Refuse | AuthOutcome:
         key = attribution.client_ip
-        limited = self.config.secrets.mode in ("token", "password") or (
-            self.config.secrets.mode == "trusted-proxy" and self.config.secrets.password is not None
+        mode = self.config.secrets.mode
+        # Only shared-secret checks are limited; in trusted-proxy mode that is the local-direct
+        # password fallback alone (§3).
+        limited = mode in ("token", "password") or (
+            mode == "trusted-proxy" and self.config.secrets.password is not None and attribution.kind == "direct-local"
         )
         if limited:
             verdict = await self.failure_limiter.check(key)

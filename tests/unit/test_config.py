@@ -351,6 +351,17 @@ def test_nested_env_override_of_rate_limit_storage(tmp_path: Path, monkeypatch: 
     assert config.sidecar.rate_limit.max_entries == 5
 
 
+def test_env_list_value_is_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENCLAW_SIDECAR_ROUTES__DENY", '["/v1", "/sessions"]')
+    assert load_config(None, environ={}).sidecar.routes.deny == ("/v1", "/sessions")
+
+
+def test_snake_case_file_keys_are_accepted(tmp_path: Path) -> None:
+    text = "sidecar:\n  rate_limit: {max_entries: 3}\n  timeouts: {body_read_seconds: 4}\n"
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert (config.sidecar.rate_limit.max_entries, config.sidecar.timeouts.body_read_seconds) == (3, 4)
+
+
 def test_bad_env_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENCLAW_SIDECAR_RATE_LIMIT__STORAGE", "mongodb://x")
     with pytest.raises(ConfigError) as exc:

@@ -313,12 +313,17 @@ def test_drop_removes_configured_user_header() -> None:
     assert out == (("Accept", "a"), ("x-auth-user", "alice"))
 
 
-@pytest.mark.parametrize("owned_name", ["x-openclaw-scopes", "x-openclaw-sender-is-owner", "authorization"])
+@pytest.mark.parametrize(
+    "owned_name",
+    ["x-openclaw-scopes", "x-openclaw-sender-is-owner", "authorization", "x-forwarded-for", "forwarded", "x-real-ip",
+     "x-session-key"],
+)
 def test_allow_listing_an_owned_name_never_forwards_a_client_copy(owned_name: str) -> None:
     """B10: whatever the context allow-list says, a header the sidecar owns is never the client's.
 
     A misconfigured `contextHeaders.allow: [x-openclaw-scopes]` must not let a client add a second
-    scopes line (which the gateway would join with ours, widening the scope set).
+    scopes line (which the gateway would join with ours, widening the scope set); the same for
+    `X-Forwarded-For`, which the sidecar sets itself (exactly one line upstream).
     """
     out = rebuild_headers(view((owned_name, "operator.admin")), plan(context_allow=CONTEXT | {owned_name}))
     assert (owned_name, "operator.admin") not in out

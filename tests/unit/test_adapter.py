@@ -1,0 +1,438 @@
+"""addons/tools_invoke.py driven without sockets: mitmproxy's taddons context and tflow factories.
+
+Only the adapter's own paths are exercised: view → pipeline → flow. `answer_directly` needs a
+live proxyserver connection; without one it returns False, so the fallback (setting
+`flow.response`) is what these tests observe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow, tutils
+
+from addons.tools_invoke import ADMITTED, ToolsInvokeGuard, answer_directly, response_of, view_of
+from sidecar import envelopes
+from sidecar.config import load_config
+from sidecar.envelopes import Envelope
+from sidecar.pipeline import Admitted
+from sidecar.runtime import Runtime, build_runtime
+from sidecar.scopes import DEFAULT_SCOPES
+
+TOKEN = "T"
+UPSTREAM = "UP"
+CLIENT = "203.0.113.7"
+PROXY = "198.51.100.5"
+UPSTREAM_URL = "http://127.0.0.1:18789"
+BODY = b'{"tool":"agents_list","args":{}}'
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith(("OPENCLAW_SIDECAR_", "OPENCLAW_GATEWAY_")):
+            monkeypatch.delenv(name)
+
+
+def make_flow(
+    *, peer: str = CLIENT, method: str = "POST", path: str = "/tools/invoke",
+    headers: list[tuple[str | bytes, str | bytes]] | None = None, body: bytes = b"",
+    authority: str = "", trailers: list[tuple[bytes, bytes]] | None = None,
+) -> http.HTTPFlow:
+    """A live reverse-mode flow from `peer`; headers exactly as given (Host/Content-Length added when absent).
+
+    tflow's defaults (loopback peer, regular mode, `content-length: 7`, body b"content") are
+    all overridden so no test silently takes the loopback exemption.
+    """
+    def b(x: str | bytes) -> bytes:
+        return x if isinstance(x, bytes) else x.encode("latin-1")
+
+    fields = [(b(n), b(v)) for n, v in (headers or [])]
+    names = {n.lower() for n, _ in fields}
+    if b"host" not in names:
+        fields.insert(0, (b"Host", b"gw.example"))
+    if body and b"content-length" not in names and b"transfer-encoding" not in names:
+        fields.append((b"Content-Length", str(len(body)).encode()))
+    request = tutils.treq(
+        host="127.0.0.1", port=18789, method=method.encode(), scheme=b"http", authority=authority.encode(),
+        path=path.encode("latin-1"), headers=http.Headers(fields), content=body,
+        trailers=http.Headers(trailers) if trailers else None,
+    )
+    client = tflow.tclient_conn()
+    client.peername = (peer, 40_000)
+    client.sockname = ("127.0.0.1", 18790)
+    client.proxy_mode = ProxyMode.parse(f"reverse:{UPSTREAM_URL}")
+    client.tls = False
+    return tflow.tflow(client_conn=client, req=request, live=True)
+
+
+def write_config(tmp_path: Path, document: dict[str, Any]) -> Path:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(json.dumps(document))  # JSON is YAML
+    return path
+
+
+BASE_CONFIG: dict[str, Any] = {
+    "sidecar": {"upstream": UPSTREAM_URL, "upstreamAuth": {"token": UPSTREAM},
+                "rateLimit": {"loopbackDelayBaseMs": 0}},
+    "gateway": {"auth": {"token": TOKEN}, "trustedProxies": [PROXY]},
+}
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    rt = build_runtime(load_config(write_config(tmp_path, BASE_CONFIG), environ={}))
+    yield rt
+    await rt.aclose()
+
+
+@pytest.fixture
+async def guard(runtime: Runtime) -> AsyncIterator[ToolsInvokeGuard]:
+    addon = ToolsInvokeGuard(runtime)
+    with taddons.context(addon, loadcore=False):
+        yield addon
+        addon.done()
+
+
+async def run(guard: ToolsInvokeGuard, flow: http.HTTPFlow) -> http.HTTPFlow:
+    """The client-side hook sequence up to the point a request would go upstream."""
+    await guard.requestheaders(flow)
+    await guard.request(flow)
+    return flow
+
+
+def assert_answer(flow: http.HTTPFlow, envelope: Envelope) -> None:
+    assert flow.response is not None, "fail closed: a refused flow must carry a response"
+    assert flow.response.status_code == envelope.status
+    assert flow.response.raw_content == envelope.body
+    # Response.make adds the length itself, after the envelope's own headers
+    expected = [*envelope.headers, ("content-length", str(len(envelope.body)))]
+    assert [(k.decode(), v.decode()) for k, v in flow.response.headers.fields] == expected
+
+
+AUTH = ("Authorization", f"Bearer {TOKEN}")
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def test_make_flow_sets_peer_and_reverse_mode() -> None:
+    flow = make_flow(peer="198.51.100.7", body=BODY, headers=[AUTH])
+    assert flow.client_conn.peername[0] == "198.51.100.7"
+    assert flow.client_conn.proxy_mode.type_name == "reverse"
+    assert flow.request.raw_content == BODY
+    assert flow.request.headers["content-length"] == str(len(BODY))
+    assert flow.live
+
+
+def test_view_of_keeps_raw_target_order_and_duplicates() -> None:
+    flow = make_flow(path="/tools/%2e/invoke", headers=[("A", "1"), ("a", "2"), ("X_Y", b"\xff")])
+    v = view_of(flow)
+    assert (v.method, v.target, v.peer_ip) == ("POST", "/tools/%2e/invoke", CLIENT)
+    assert v.headers == ((b"Host", b"gw.example"), (b"A", b"1"), (b"a", b"2"), (b"X_Y", b"\xff"))
+
+
+def test_response_of_is_byte_exact() -> None:
+    response = response_of(envelopes.method_not_allowed())
+    assert response.status_code == 405
+    assert response.raw_content == b"Method Not Allowed"
+    assert response.headers["Allow"] == "POST"
+
+
+async def test_answer_directly_without_proxyserver_falls_back(guard: ToolsInvokeGuard) -> None:
+    assert answer_directly(make_flow(), envelopes.unauthorized()) is False
+
+
+# ---- refused heads --------------------------------------------------------------------------------
+
+HEAD_REFUSALS = [
+    # (id, make_flow kwargs, envelope)
+    ("1-get-no-auth", dict(method="GET"), envelopes.method_not_allowed()),
+    ("5-no-auth", dict(body=BODY), envelopes.unauthorized()),
+    ("6-bad-token", dict(headers=[("Authorization", "Bearer wrong")], body=BODY), envelopes.unauthorized()),
+    ("25-untrusted-xff", dict(headers=[AUTH, ("X-Forwarded-For", "10.1.1.1")], body=BODY), envelopes.proxy_attribution_required()),
+    ("27-loopback-xff", dict(peer="127.0.0.1", headers=[AUTH, ("X-Forwarded-For", "198.51.100.9")], body=BODY),
+     envelopes.proxy_attribution_required()),
+    ("28-trusted-proxy-no-xff", dict(peer=PROXY, headers=[AUTH, ("X-Forwarded-Proto", "https")], body=BODY),
+     envelopes.proxy_attribution_required()),
+    ("D1-duplicate-auth", dict(headers=[AUTH, AUTH], body=BODY), envelopes.bad_request("header 'authorization' is repeated")),
+    ("B3-underscore", dict(headers=[AUTH, ("Tailscale_User_Login", "admin")], body=BODY),
+     envelopes.bad_request("header name 'Tailscale_User_Login' aliases a protected header")),
+    ("D7-obs-fold", dict(headers=[AUTH, ("X-Custom", b"a\r\n b")], body=BODY), envelopes.bad_request("control character in header 'X-Custom'")),
+    ("E3-dot-segment", dict(path="/tools/./invoke", headers=[AUTH], body=BODY), envelopes.invalid_request_url()),
+    ("46-declared-too-large", dict(headers=[AUTH, ("Content-Length", "2097153")]), envelopes.payload_too_large()),
+    ("12-bad-token-large", dict(headers=[("Authorization", "Bearer wrong"), ("Content-Length", "5242880")]), envelopes.unauthorized()),
+    ("chunked-no-auth", dict(headers=[("Transfer-Encoding", "chunked")]), envelopes.unauthorized()),
+]
+
+
+@pytest.mark.parametrize("kwargs, envelope", [c[1:] for c in HEAD_REFUSALS], ids=[c[0] for c in HEAD_REFUSALS])
+async def test_refused_head_sets_the_envelope(guard: ToolsInvokeGuard, kwargs: dict, envelope: Envelope) -> None:
+    flow = make_flow(**kwargs)
+    original_headers = flow.request.headers.fields
+    await guard.requestheaders(flow)
+    assert_answer(flow, envelope)
+    assert ADMITTED not in flow.metadata
+    await guard.request(flow)  # already answered: the body hook leaves it alone
+    assert_answer(flow, envelope)
+    assert flow.request.headers.fields == original_headers  # nothing rebuilt for a refused request
+
+
+async def test_same_request_admitted_from_loopback(guard: ToolsInvokeGuard) -> None:
+    """The peer matters: without XFF the loopback client is direct-local and admitted."""
+    flow = await run(guard, make_flow(peer="127.0.0.1", headers=[AUTH], body=BODY))
+    assert flow.response is None
+    assert "x-forwarded-for" not in flow.request.headers
+
+
+# ---- admitted requests ------------------------------------------------------------------------
+
+
+async def test_admitted_request_is_rebuilt_in_request_hook(guard: ToolsInvokeGuard) -> None:
+    flow = make_flow(path="/tools/invoke?x=1", body=BODY, headers=[
+        AUTH, ("x-openclaw-scopes", "operator.read"), ("X-OpenClaw-Sender-Is-Owner", "true"),
+        ("x-openclaw-message-to", "channel:24514"), ("Connection", "keep-alive, x-openclaw-scopes"),
+        ("Proxy-Authorization", "Basic x"), ("Accept", "*/*"),
+    ])
+    received = flow.request.headers.fields
+    await guard.requestheaders(flow)
+    assert isinstance(flow.metadata[ADMITTED], Admitted)
+    assert flow.response is None
+    assert flow.request.headers.fields == received  # the head hook decides; the body hook rewrites
+    assert flow.request.path == "/tools/invoke?x=1"
+    await guard.request(flow)
+    assert flow.response is None
+    assert flow.request.path == "/tools/invoke?x=1"
+    assert flow.request.authority == ""
+    assert flow.request.raw_content == BODY  # original bytes forwarded
+    assert flow.request.headers.fields == (
+        (b"Host", b"gw.example"), (b"x-openclaw-message-to", b"channel:24514"), (b"Accept", b"*/*"),
+        (b"Content-Length", str(len(BODY)).encode()), (b"Connection", b"keep-alive"),
+        (b"Authorization", f"Bearer {UPSTREAM}".encode()),
+        (b"x-openclaw-scopes", ",".join(DEFAULT_SCOPES).encode()),
+        (b"X-Forwarded-For", CLIENT.encode()),
+    )
+
+
+async def test_trusted_proxy_client_is_forwarded(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(peer=PROXY, body=BODY, headers=[AUTH, ("X-Forwarded-For", "1.1.1.1, 198.51.100.9")]))
+    assert flow.response is None
+    assert flow.request.headers.get_all("x-forwarded-for") == ["198.51.100.9"]
+
+
+async def test_absolute_form_is_forwarded_in_origin_form(guard: ToolsInvokeGuard) -> None:
+    """H2/E3: mitmproxy keeps the authority of an absolute-form target; the upstream gets origin form."""
+    flow = await run(guard, make_flow(authority="gw.example", headers=[AUTH], body=BODY))
+    assert flow.response is None
+    assert flow.request.authority == ""
+    assert flow.request.path == "/tools/invoke"
+
+
+async def test_other_route_path_is_canonicalised(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(method="GET", path="/x/../v1/models?a=1", headers=[AUTH]))
+    assert flow.response is None
+    assert flow.request.path == "/v1/models?a=1"
+
+
+async def test_rewritten_body_updates_content_length(guard: ToolsInvokeGuard) -> None:
+    body = b'{"name":"agents_list","tool":"exec"}'
+    flow = await run(guard, make_flow(headers=[AUTH], body=body))
+    assert flow.response is None
+    forwarded = b'{"name":"agents_list","tool":"agents_list"}'
+    assert flow.request.raw_content == forwarded
+    assert flow.request.headers.get_all("content-length") == [str(len(forwarded))]
+
+
+@pytest.mark.parametrize("nominated", ["content-length", "Content-Length, x-openclaw-scopes"])
+async def test_connection_nomination_keeps_request_framing(guard: ToolsInvokeGuard, nominated: str) -> None:
+    """H1: `Connection: content-length` must not strip the framing of the forwarded request, or the
+    upstream reads the body bytes as the next request on the connection (request smuggling)."""
+    flow = await run(guard, make_flow(headers=[AUTH, ("Connection", nominated)], body=BODY))
+    assert flow.response is None
+    assert flow.request.headers.get_all("content-length") == [str(len(BODY))]
+
+
+async def test_connection_nomination_keeps_framing_on_other_routes(guard: ToolsInvokeGuard) -> None:
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: gw\r\nX-OpenClaw-Scopes: operator.admin\r\n\r\n"
+    flow = await run(guard, make_flow(path="/healthz", headers=[("Connection", "content-length")], body=smuggled))
+    assert flow.response is None
+    assert flow.request.headers.get_all("content-length") == [str(len(smuggled))]
+
+
+# ---- body refusals ---------------------------------------------------------------------------
+
+BODY_REFUSALS = [
+    ("50-empty", b"", envelopes.missing_tool_name()),
+    ("52-blank-name", b'{"name":"","tool":"agents_list"}', envelopes.missing_tool_name()),
+    ("63-cron", b'{"tool":"cron"}', envelopes.tool_not_available("automations")),
+    ("64-exec", b'{"tool":"exec"}', envelopes.tool_not_available("exec")),
+]
+
+
+@pytest.mark.parametrize("body, envelope", [c[1:] for c in BODY_REFUSALS], ids=[c[0] for c in BODY_REFUSALS])
+async def test_body_refusal_sets_the_envelope(guard: ToolsInvokeGuard, body: bytes, envelope: Envelope) -> None:
+    flow = await run(guard, make_flow(headers=[AUTH], body=body))
+    assert_answer(flow, envelope)
+    assert flow.request.headers["authorization"] == f"Bearer {TOKEN}"  # not rebuilt: nothing went upstream
+
+
+async def test_invalid_json_is_400(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(headers=[AUTH], body=b'{"tool":'))
+    assert flow.response is not None and flow.response.status_code == 400
+    assert json.loads(flow.response.raw_content)["error"]["type"] == "invalid_request_error"
+
+
+async def test_trailers_are_refused(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(headers=[AUTH, ("Transfer-Encoding", "chunked")], body=BODY,
+                                      trailers=[(b"x-openclaw-scopes", b"operator.admin")]))
+    assert_answer(flow, envelopes.bad_request("request trailers are not accepted"))
+
+
+# ---- fail closed ----------------------------------------------------------------------------
+
+
+def boom(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("secret internal detail")
+
+
+async def test_exception_in_on_head_is_a_sanitised_500(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard.runtime.pipeline, "on_head", boom)
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    assert_answer(flow, envelopes.internal_error())
+    assert b"secret" not in flow.response.raw_content
+
+
+async def test_exception_in_on_body_is_a_sanitised_500(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard.runtime.pipeline, "on_body", boom)
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    assert_answer(flow, envelopes.internal_error())
+
+
+async def test_exception_in_review_is_a_sanitised_500(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    monkeypatch.setattr(guard.runtime.pipeline, "review_response", boom)
+    flow.response = tutils.tresp(status_code=200, content=b'{"ok":true,"result":"secret"}')
+    guard.response(flow)
+    assert_answer(flow, envelopes.internal_error())
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        pytest.param(b'{"tool":" \\ud800"}', 404, id="lone-surrogate-name"),
+        pytest.param(b'{"name":"agents_list","tool":"exec","x":"\\udfff"}', None, id="lone-surrogate-rewrite"),
+    ],
+)
+async def test_odd_client_input_is_decided_never_crashes(guard: ToolsInvokeGuard, body: bytes, status: int | None) -> None:
+    """Lone surrogates: refused as a look-alike name, or forwarded as strict UTF-8 JSON naming the checked tool."""
+    flow = await run(guard, make_flow(headers=[AUTH], body=body))
+    if status is not None:
+        assert flow.response is not None and flow.response.status_code == status
+        return
+    assert flow.response is None
+    payload = json.loads(flow.request.raw_content.decode("utf-8"))
+    assert payload["name"] == payload["tool"] == "agents_list"
+    assert flow.request.headers.get_all("content-length") == [str(len(flow.request.raw_content))]
+
+
+async def test_no_runtime_fails_closed() -> None:
+    addon = ToolsInvokeGuard(None)
+    with taddons.context(addon, loadcore=False):
+        flow = await run(addon, make_flow(headers=[AUTH], body=BODY))
+        assert_answer(flow, envelopes.internal_error())
+
+
+async def test_body_hook_without_head_decision_fails_closed(guard: ToolsInvokeGuard) -> None:
+    flow = make_flow(headers=[AUTH], body=BODY)
+    await guard.request(flow)  # requestheaders never ran
+    assert_answer(flow, envelopes.internal_error())
+
+
+async def test_broken_view_fails_closed(guard: ToolsInvokeGuard) -> None:
+    flow = make_flow(headers=[AUTH], body=BODY)
+    flow.client_conn.peername = None  # view_of cannot read the peer
+    await guard.requestheaders(flow)
+    assert_answer(flow, envelopes.internal_error())
+
+
+@pytest.mark.parametrize(
+    "prepare",
+    [
+        pytest.param(lambda f: setattr(f, "response", tutils.tresp()), id="already-answered"),
+        pytest.param(lambda f: setattr(f, "error", tflow.terr()), id="errored"),
+        pytest.param(lambda f: setattr(f, "live", False), id="not-live"),
+    ],
+)
+async def test_hooks_leave_handled_flows_alone(guard: ToolsInvokeGuard, prepare: Callable[[http.HTTPFlow], None]) -> None:
+    flow = make_flow(method="GET")  # would be a 405
+    prepare(flow)
+    before = flow.response
+    await guard.requestheaders(flow)
+    assert flow.response is before
+    assert ADMITTED not in flow.metadata
+
+
+# ---- review of upstream responses -------------------------------------------------------------
+
+
+async def test_upstream_500_body_is_replaced(guard: ToolsInvokeGuard) -> None:
+    """Case 71: the upstream's error text never reaches the client."""
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    flow.response = tutils.tresp(status_code=500, content=b'{"ok":false,"error":{"message":"boom at /srv/secret.js:12"}}')
+    guard.response(flow)
+    assert_answer(flow, envelopes.tool_execution_failed())
+
+
+@pytest.mark.parametrize("status", [200, 400, 403, 404])
+async def test_other_upstream_statuses_pass_through(guard: ToolsInvokeGuard, status: int) -> None:
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    upstream = tutils.tresp(status_code=status, content=b'{"ok":true}')
+    flow.response = upstream
+    guard.response(flow)
+    assert flow.response is upstream and flow.response.raw_content == b'{"ok":true}'
+
+
+async def test_500_on_other_route_passes_through(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(method="GET", path="/v1/models", headers=[AUTH]))
+    upstream = tutils.tresp(status_code=500, content=b"upstream page")
+    flow.response = upstream
+    guard.response(flow)
+    assert flow.response is upstream
+
+
+async def test_response_hook_ignores_flows_it_refused(guard: ToolsInvokeGuard) -> None:
+    flow = make_flow(method="GET")
+    await guard.requestheaders(flow)
+    guard.response(flow)
+    assert_answer(flow, envelopes.method_not_allowed())
+
+
+# ---- options (mitmdump -s) -------------------------------------------------------------------
+
+
+async def test_sidecar_config_option_builds_the_runtime(tmp_path: Path) -> None:
+    addon = ToolsInvokeGuard()
+    with taddons.context(addon, loadcore=False) as tctx:
+        tctx.configure(addon, sidecar_config=str(write_config(tmp_path, BASE_CONFIG)))
+        assert addon.runtime is not None
+        try:
+            flow = await run(addon, make_flow(method="GET"))
+            assert_answer(flow, envelopes.method_not_allowed())
+        finally:
+            addon.done()
+            await addon.runtime.aclose()
+
+
+async def test_bad_sidecar_config_is_an_options_error(tmp_path: Path) -> None:
+    addon = ToolsInvokeGuard()
+    with taddons.context(addon, loadcore=False) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=r"sidecar_config: .*sidecar\.listne"):
+            tctx.configure(addon, sidecar_config=str(write_config(tmp_path, {"sidecar": {"listne": "x"}})))
+        assert addon.runtime is None

@@ -78,11 +78,21 @@ REQUIRED_OPTIONS = {
 }
 
 
+def raw_target(request: http.Request) -> str:
+    """The request target as sent: mitmproxy splits an absolute-form target into scheme,
+    authority and path, and the pipeline must judge the whole of it."""
+    path = request.data.path.decode("latin-1")
+    if request.data.authority and request.method != "CONNECT":
+        scheme = request.data.scheme.decode("latin-1") or "http"
+        return f"{scheme}://{request.data.authority.decode('latin-1')}{path}"
+    return path
+
+
 def view_of(flow: http.HTTPFlow) -> RequestView:
     request = flow.request
     return RequestView(
         method=request.method,
-        target=request.data.path.decode("latin-1"),
+        target=raw_target(request),
         headers=tuple(request.headers.fields),
         peer_ip=flow.client_conn.peername[0],
     )
@@ -262,7 +272,7 @@ class ToolsInvokeGuard:
                admitted: Admitted | None, tool: str | None = None) -> None:
         audit.record(
             route=admitted.route if admitted else "head", outcome=outcome, reason=reason, status=status,
-            method=flow.request.method, target=flow.request.data.path.decode("latin-1"),
+            method=flow.request.method, target=raw_target(flow.request),
             client_ip=admitted.client_ip if admitted else None, peer_ip=flow.client_conn.peername[0],
             user=admitted.auth.user if admitted else None, tool=tool,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.header import decode_header, make_header
+from email.header import Header, decode_header, make_header
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -73,6 +73,12 @@ def decode_identity(value: str | None) -> str | None:
 _PRIVATE_NETWORKS = tuple(parse_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10",
 ))
+
+
+def encode_identity(user: str) -> str:
+    """The identity as a header value: ASCII as is, anything else RFC 2047-encoded, exactly as
+    Tailscale itself sends it, since Node reads header bytes as latin-1."""
+    return user if user.isascii() else Header(user, "utf-8").encode()
 
 
 class OriginPolicy:

@@ -109,6 +109,20 @@ class ContextHeaders(BaseModel):
         return names
 
 
+    @field_validator("pinned")
+    @classmethod
+    def _pinnable(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        from .headers import is_context_header
+
+        for identity, headers in value.items():
+            for name, pinned in headers.items():
+                if not is_context_header(name):
+                    raise ValueError(f"{identity}: {name!r} is not an x-openclaw-* context header")
+                if not pinned.isascii() or not pinned.isprintable():
+                    raise ValueError(f"{identity}: the value for {name!r} must be printable ASCII")
+        return value
+
+
 class ScopeCeilingSettings(BaseModel):
     model_config = _STRICT
     default: tuple[str, ...] | None = None

@@ -27,9 +27,10 @@ PROTECTED_NAMES = SINGLETON_HEADERS | {"proxy-authorization"}
 # Client copies of these never reach the upstream; what the upstream must see is set afresh.
 OWNED_NAMES = frozenset({
     "authorization", "proxy-authorization", "x-openclaw-scopes", "x-openclaw-sender-is-owner",
-    "x-session-key", "forwarded", "x-real-ip", "x-original-url", "x-rewrite-url",
+    "x-session-key", "forwarded", "x-real-ip",
 })
-OWNED_PREFIXES = ("x-forwarded-", "tailscale-", "x-clawdbot-", "x-openclaw-")
+# By pattern, not by list: one forgotten member of a family is a bypass (corpus A1, A8).
+OWNED_PREFIXES = ("x-forwarded-", "tailscale-", "x-clawdbot-", "x-openclaw-", "x-original-", "x-rewrite-")
 # Hop-by-hop headers (RFC 9110 §7.6.1) that must not be relayed; `connection` is rewritten instead.
 # `expect` too: the proxy answers `100-continue` itself, so relaying it makes the upstream send a
 # second interim response the client never asked for.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .harness import LISTENING_PREFIX, SidecarProcess, TestNet, http_request
+from .harness import LISTENING_PREFIX, SidecarProcess, TestNet, http_request, read_response
 
 METRICS_PREFIX = "openclaw-sidecar metrics on "
 
@@ -108,10 +109,34 @@ class TestnetCaller:
         if json_body is not None:
             all_headers.append(("Content-Type", "application/json"))
         started = time.monotonic()
-        raw = self.net.exchange(self.source_ip, (self.sidecar.host, self.sidecar.port),
-                                http_request(method, path, all_headers, body))
+        conn = self._connect()
+        try:
+            conn.settimeout(10.0)
+            conn.sendall(http_request(method, path, all_headers, body))
+            raw = read_response(conn, 10.0)
+        finally:
+            conn.close()
         elapsed = time.monotonic() - started
         return Reply(raw.status, raw.headers, raw.body, elapsed)
+
+    def _connect(self, attempts: int = 4, timeout: float = 1.5) -> socket.socket:
+        """A TCP connection from `source_ip` to the sidecar.
+
+        Only the TCP handshake is retried: on a shared machine another test session's
+        namespace may hold the same TEST-NET addresses for a moment, and the SYN-ACK then
+        goes astray. Nothing has been sent yet, so a retry cannot hide a sidecar fault.
+        """
+        last: OSError | None = None
+        for _ in range(attempts):
+            sock = self.net.socket_from(self.source_ip)
+            sock.settimeout(timeout)
+            try:
+                sock.connect((self.sidecar.host, self.sidecar.port))
+                return sock
+            except OSError as exc:
+                last = exc
+                sock.close()
+        raise ConnectionError(f"cannot connect from {self.source_ip} to {self.sidecar.url}: {last!r}")
 
     def invoke(self, token: str | None, tool: str = "agents_list",
                headers: list[tuple[str, str]] | None = None) -> Reply:

@@ -14,8 +14,8 @@ X-Forwarded-For naming the attributed client, one explicit normalised x-openclaw
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -462,6 +462,14 @@ def test_case77_message_to_and_thread_id_are_forwarded_unchanged(testnet, tp_sid
 # ---- configuration-level trust (A2, A11) ---------------------------------------------------
 
 
+def logs_after_start(sidecar: SidecarProcess, expected: str, timeout: float = 2.0) -> str:
+    """The sidecar's log once `expected` shows up (stderr is drained by a thread), or after timeout."""
+    deadline = time.monotonic() + timeout
+    while expected not in sidecar.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return sidecar.logs()
+
+
 def test_A2_empty_trusted_proxies_trusts_no_one(testnet, msidecar, mbackend):
     """A2 / §2.1: trusted-proxy mode with no trustedProxies → every request 401, and the start-up
     log says why. (userHeader x-auth-user is not forwarded-header evidence, so these requests
@@ -474,7 +482,7 @@ def test_A2_empty_trusted_proxies_trusts_no_one(testnet, msidecar, mbackend):
     # With forwarded headers it is refused too (no one is a trusted proxy, so they are unattributable).
     response = send(testnet, PROXY_A, sidecar, [("X-Forwarded-For", REMOTE), ("X-Auth-User", "alice")])
     assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
-    logs = sidecar.logs()
+    logs = logs_after_start(sidecar, "gateway.trustedProxies is empty")
     assert "gateway.trustedProxies is empty" in logs, logs
 
 
@@ -490,12 +498,14 @@ def test_A11_unauthenticated_proxy_config_starts_with_a_loud_warning(msidecar, m
     """A11: trusted-proxy with neither allowUsers nor requiredHeaders starts, with a WARNING; with
     either one set there is no such warning."""
     open_config = msidecar(trusted_proxy_config(mbackend))
-    warnings = [line for line in open_config.logs().splitlines() if " WARNING " in line and "allowUsers" in line]
+    logs = logs_after_start(open_config, "allowUsers")
+    warnings = [line for line in logs.splitlines() if " WARNING " in line and "allowUsers" in line]
     assert warnings, open_config.logs()
     assert "requiredHeaders" in warnings[0]
     for narrowed in ({"allowUsers": ["alice"]}, {"requiredHeaders": ["x-forwarded-proto"]}):
         sidecar = msidecar(trusted_proxy_config(mbackend, **narrowed))
-        assert "NEITHER allowUsers NOR requiredHeaders" not in sidecar.logs(), sidecar.logs()
+        logs = logs_after_start(sidecar, "listening on")
+        assert "allowUsers" not in logs, logs
 
 
 # ---- direct pods and tailnet (A10, I2, I4) -------------------------------------------------

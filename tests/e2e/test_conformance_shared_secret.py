@@ -21,7 +21,6 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +29,13 @@ import pytest
 from sidecar.demo_backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
-from .harness import RawResponse, SidecarProcess, http_request, raw_exchange, read_response
+from .harness import (
+    RawResponse,
+    SidecarProcess,
+    http_request,
+    raw_exchange,
+    read_response,
+)
 from .harness import TestNet as _TestNet
 
 JSON_CT = "application/json; charset=utf-8"
@@ -421,6 +426,32 @@ def _net_invoke(testnet: _TestNet, sc: SidecarProcess, source: str, authorizatio
     return testnet.exchange(source, (sc.host, sc.port), raw)
 
 
+@pytest.fixture
+def net(testnet: _TestNet) -> _TestNet:
+    """The shared test network, once it carries traffic.
+
+    A freshly created namespace (or one whose /24 another concurrently running test session
+    also routes) can drop the first SYNs; wait, boundedly, until a client reaches the host.
+    """
+    listener = socket.create_server((_TestNet.HOST_IP, 0))
+    port = listener.getsockname()[1]
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            sock = testnet.socket_from(CLIENT)
+            sock.settimeout(0.5)
+            try:
+                sock.connect((_TestNet.HOST_IP, port))
+                return testnet
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("test network unreachable: is another test session holding 203.0.113.0/24?")
+            finally:
+                sock.close()
+    finally:
+        listener.close()
+
+
 def _net_sidecar(start_sidecar, be, max_attempts: int | None = None) -> SidecarProcess:
     auth: dict[str, Any] = {"mode": "token", "token": TOKEN}
     if max_attempts is not None:
@@ -429,47 +460,47 @@ def _net_sidecar(start_sidecar, be, max_attempts: int | None = None) -> SidecarP
                                                         "rateLimit": {"storage": "memory://"}}))
 
 
-def test_c15_ten_failures_lock_the_client_even_for_the_right_token(be, start_sidecar, testnet):
+def test_c15_ten_failures_lock_the_client_even_for_the_right_token(be, start_sidecar, net):
     sc = _net_sidecar(start_sidecar, be)  # default maxAttempts 10, windowMs 60000, lockoutMs 300000
     for _ in range(10):
-        assert_refused(_net_invoke(testnet, sc, CLIENT, "Bearer wrong"), 401, UNAUTHORIZED, be)
-    locked = _net_invoke(testnet, sc, CLIENT, "Bearer T")
+        assert_refused(_net_invoke(net, sc, CLIENT, "Bearer wrong"), 401, UNAUTHORIZED, be)
+    locked = _net_invoke(net, sc, CLIENT, "Bearer T")
     assert_refused(locked, 429, RATE_LIMITED, be)
     assert locked.header("retry-after") in ("299", "300")
     # Another client is not affected.
-    ok = _net_invoke(testnet, sc, OTHER_CLIENT, "Bearer T")
+    ok = _net_invoke(net, sc, OTHER_CLIENT, "Bearer T")
     assert ok.status == 200, ok.body
     record = assert_backend_answered(ok, be)
     assert header_values(record, "x-forwarded-for") == [OTHER_CLIENT]
 
 
-def test_c16_a_success_resets_the_failure_count(be, start_sidecar, testnet):
+def test_c16_a_success_resets_the_failure_count(be, start_sidecar, net):
     sc = _net_sidecar(start_sidecar, be, max_attempts=3)
     for _ in range(2):
-        assert_refused(_net_invoke(testnet, sc, CLIENT, "Bearer wrong"), 401, UNAUTHORIZED, be)
-    ok = _net_invoke(testnet, sc, CLIENT, "Bearer T")
+        assert_refused(_net_invoke(net, sc, CLIENT, "Bearer wrong"), 401, UNAUTHORIZED, be)
+    ok = _net_invoke(net, sc, CLIENT, "Bearer T")
     assert ok.status == 200, ok.body
     be.clear_requests()
     for _ in range(2):
-        assert_refused(_net_invoke(testnet, sc, CLIENT, "Bearer wrong"), 401, UNAUTHORIZED, be)
-    ok = _net_invoke(testnet, sc, CLIENT, "Bearer T")
+        assert_refused(_net_invoke(net, sc, CLIENT, "Bearer wrong"), 401, UNAUTHORIZED, be)
+    ok = _net_invoke(net, sc, CLIENT, "Bearer T")
     assert ok.status == 200, ok.body
     assert_backend_answered(ok, be)
 
 
-def test_c17_missing_authorization_is_never_counted(be, start_sidecar, testnet):
+def test_c17_missing_authorization_is_never_counted(be, start_sidecar, net):
     sc = _net_sidecar(start_sidecar, be, max_attempts=3)
     for _ in range(50):
-        assert_refused(_net_invoke(testnet, sc, CLIENT, None), 401, UNAUTHORIZED, be)
-    ok = _net_invoke(testnet, sc, CLIENT, "Bearer T")
+        assert_refused(_net_invoke(net, sc, CLIENT, None), 401, UNAUTHORIZED, be)
+    ok = _net_invoke(net, sc, CLIENT, "Bearer T")
     assert ok.status == 200, ok.body
 
 
-def test_c18_a_locked_client_without_authorization_gets_429(be, start_sidecar, testnet):
+def test_c18_a_locked_client_without_authorization_gets_429(be, start_sidecar, net):
     sc = _net_sidecar(start_sidecar, be, max_attempts=3)
     for _ in range(3):
-        assert_refused(_net_invoke(testnet, sc, CLIENT, "Bearer wrong"), 401, UNAUTHORIZED, be)
-    locked = _net_invoke(testnet, sc, CLIENT, None)
+        assert_refused(_net_invoke(net, sc, CLIENT, "Bearer wrong"), 401, UNAUTHORIZED, be)
+    locked = _net_invoke(net, sc, CLIENT, None)
     assert_refused(locked, 429, RATE_LIMITED, be)
     assert locked.header("retry-after") in ("299", "300")
 
@@ -525,7 +556,8 @@ def test_c48_chunked_body_passing_2mib_is_413(be, token_sc):
             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
     chunk = b"a" * 65536
     with socket.create_connection((token_sc.host, token_sc.port), timeout=10) as sock:
-        sock.sendall(head + b"%x\r\n" % 30 + b'{"tool":"agents_list","pad":"' + b"\r\n")
+        opening = b'{"tool":"agents_list","pad":"'
+        sock.sendall(head + b"%x\r\n" % len(opening) + opening + b"\r\n")
         try:
             for _ in range(MAX_BODY // len(chunk) + 1):
                 sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
@@ -533,6 +565,32 @@ def test_c48_chunked_body_passing_2mib_is_413(be, token_sc):
             pass
         resp = read_response(sock, timeout=10)
     assert_refused(resp, 413, PAYLOAD_TOO_LARGE, be)
+
+
+def _chunked(body: bytes, size: int = 65536) -> bytes:
+    out = b"".join(b"%x\r\n" % len(body[i:i + size]) + body[i:i + size] + b"\r\n" for i in range(0, len(body), size))
+    return out + b"0\r\n\r\n"
+
+
+CHUNKED_HEAD = (b"POST /tools/invoke HTTP/1.1\r\nHost: sidecar.test\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+def test_c47_chunked_body_of_exactly_2mib_is_processed(be, token_sc):
+    body = _padded_body(MAX_BODY)
+    resp = raw_exchange((token_sc.host, token_sc.port), CHUNKED_HEAD % b"T" + _chunked(body))
+    assert resp.status == 200, resp.body
+    assert resp.json()["ok"] is True
+    record = assert_backend_answered(resp, be)
+    assert record["body_length"] == MAX_BODY
+    assert record["body"].encode() == body
+
+
+def test_c12_bad_token_with_large_chunked_body_is_401(be, token_sc):
+    with socket.create_connection((token_sc.host, token_sc.port), timeout=10) as sock:
+        sock.sendall(CHUNKED_HEAD % b"wrong" + b"500000\r\n" + b"a" * 1000)
+        resp = read_response(sock, timeout=10)
+    assert_refused(resp, 401, UNAUTHORIZED, be)
 
 
 def test_c49_invalid_json_is_400(http, be, token_sc):
@@ -587,6 +645,14 @@ def test_c54_stalled_body_is_408(be, module_sidecar):
         resp = read_response(sock, timeout=10)
     assert_refused(resp, 408, BODY_TIMEOUT, be)
     assert (resp.header("connection") or "").lower() == "close"
+
+
+def test_c54_stalled_chunked_body_is_408(be, module_sidecar):
+    sc = module_sidecar(base_config(be, {"mode": "token", "token": TOKEN}, sidecar={"timeouts": {"bodyReadSeconds": 1}}))
+    with socket.create_connection((sc.host, sc.port), timeout=10) as sock:
+        sock.sendall(CHUNKED_HEAD % b"T" + b"20\r\n" + b'{"tool":"agents_list"')
+        resp = read_response(sock, timeout=10)
+    assert_refused(resp, 408, BODY_TIMEOUT, be)
 
 
 @pytest.mark.parametrize("args", [[1, 2], "x", None, 5])

@@ -227,12 +227,23 @@ async def test_trusted_proxy_client_is_forwarded(guard: ToolsInvokeGuard) -> Non
     assert flow.request.headers.get_all("x-forwarded-for") == ["198.51.100.9"]
 
 
-async def test_absolute_form_is_forwarded_in_origin_form(guard: ToolsInvokeGuard) -> None:
-    """H2/E3: mitmproxy keeps the authority of an absolute-form target; the upstream gets origin form."""
+async def test_absolute_form_tools_target_is_refused(guard: ToolsInvokeGuard) -> None:
+    """H2/E3: mitmproxy splits an absolute-form target; the guard still judges all of it."""
     flow = await run(guard, make_flow(authority="gw.example", headers=[AUTH], body=BODY))
+    assert flow.response is not None and flow.response.status_code == 400
+    assert json.loads(flow.response.content) == {"error": "bad_request", "message": "Invalid request URL"}
+
+
+async def test_absolute_form_for_own_host_is_forwarded_in_origin_form(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(method="GET", path="/v1/models", authority="gw.example", headers=[AUTH]))
     assert flow.response is None
     assert flow.request.authority == ""
-    assert flow.request.path == "/tools/invoke"
+    assert flow.request.path == "/v1/models"
+
+
+async def test_absolute_form_naming_a_foreign_host_is_refused(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(method="GET", path="/v1/models", authority="evil.example", headers=[AUTH]))
+    assert flow.response is not None and flow.response.status_code == 400
 
 
 async def test_other_route_path_is_canonicalised(guard: ToolsInvokeGuard) -> None:

@@ -1,0 +1,364 @@
+"""The command line as a user meets it: `demo`, `--version`/`--help`, `check-config`, `run`
+errors, and the precedence of flags > environment > file for the sidecar's own settings.
+
+Everything runs `python -m sidecar ...` as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sidecar.demo_backend import DemoBackend
+
+from .conftest import UPSTREAM_TOKEN
+from .harness import REPO, SidecarProcess
+
+CURL = "/usr/bin/curl"
+TOKEN = "cli-test-token-Zq81"
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENCLAW_", "CLAWDBOT_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def sidecar_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], check=False, cwd=REPO, env=_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, data: dict[str, Any] | str) -> Path:
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+# ================================================================== demo
+
+
+class Demo:
+    """`python -m sidecar demo --listen 127.0.0.1:<port>` with its output collected."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "demo", "--listen", f"127.0.0.1:{self.port}"],
+            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stdout: list[str] = []
+        self._stderr: list[str] = []
+        threading.Thread(target=self._pump_stdout, daemon=True).start()
+        self._err_thread = threading.Thread(target=self._pump_stderr, daemon=True)
+        self._err_thread.start()
+
+    def _pump_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _pump_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        self._stderr.extend(self.proc.stderr)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def curl_line(self, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"demo printed no curl line in {timeout} s; stdout: {self.stdout!r}; stderr: {self.stderr}")
+            if line is None:
+                pytest.fail(f"demo exited early ({self.proc.wait()}); stdout: {self.stdout!r}; stderr: {self.stderr}")
+            self.stdout.append(line)
+            if line.strip().startswith("curl "):
+                return line.strip()
+
+    @property
+    def token(self) -> str:
+        return next(line.split(":", 1)[1].strip() for line in self.stdout if line.startswith("token:"))
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=10)
+        self._err_thread.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def demo() -> Iterator[Demo]:
+    running = Demo()
+    yield running
+    running.kill()
+
+
+def test_demo_prints_a_working_curl_command_and_stops_cleanly_on_sigint(demo):
+    curl_line = demo.curl_line()
+    assert f"127.0.0.1:{demo.port}" in curl_line
+    argv = shlex.split(curl_line)
+    argv[0] = CURL
+    done = subprocess.run([*argv, "-w", "\n%{http_code}"], check=False, capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    body, status = done.stdout.rsplit("\n", 1)
+    assert status == "200"
+    data = json.loads(body)
+    assert data["ok"] is True
+    assert data["result"]["agents"] == [{"id": "main", "default": True}]
+    # The printed token is the one that works, and only it.
+    assert f"Bearer {demo.token}" in curl_line
+    wrong = httpx.post(f"http://127.0.0.1:{demo.port}/tools/invoke", json={"tool": "agents_list"},
+                       headers={"Authorization": "Bearer not-the-token"}, trust_env=False, timeout=15)
+    assert wrong.status_code == 401
+
+    assert demo.interrupt() == 0
+    assert "Traceback" not in demo.stderr, demo.stderr
+
+
+def test_demo_sigint_with_an_idle_keep_alive_client_exits_cleanly(demo):
+    """Ctrl-C while a client still holds a keep-alive connection: exit 0, no Traceback."""
+    demo.curl_line()
+    with httpx.Client(trust_env=False, timeout=15) as client:
+        resp = client.post(f"http://127.0.0.1:{demo.port}/tools/invoke", json={"tool": "agents_list"},
+                           headers={"Authorization": f"Bearer {demo.token}"})
+        assert resp.status_code == 200
+        assert demo.interrupt() == 0  # the pooled connection is still open here
+    assert "Traceback" not in demo.stderr, demo.stderr
+
+
+# ================================================================== version and help
+
+
+def test_version_exits_0():
+    done = sidecar_cli("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("openclaw-sidecar ")
+    assert done.stdout.split()[1][0].isdigit()
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["demo-backend"], ["check-config"]],
+                         ids=lambda c: " ".join(c) or "top-level")
+def test_help_exits_0_for_every_subcommand(command):
+    done = sidecar_cli(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.lower().startswith("usage:")
+    if command == ["run"]:
+        for flag in ("--config", "--listen", "--upstream"):
+            assert flag in done.stdout
+
+
+def test_no_subcommand_is_a_usage_error():
+    done = sidecar_cli()
+    assert done.returncode == 2
+    assert "usage:" in done.stderr.lower()
+
+
+# ================================================================== check-config
+
+
+@pytest.mark.parametrize("content,key_path", [
+    ({"sidecar": {"listne": "127.0.0.1:1"}}, "sidecar.listne"),
+    ({"gateway": {"trustedProxies": ["not-an-ip"]}}, "gateway.trustedProxies"),
+    ({"sidecar": {"timeouts": {"bodyReadSecond": 3}}}, "sidecar.timeouts.bodyReadSecond"),
+    ({"sidecar": {"timeouts": {"bodyReadSeconds": 0}}}, "sidecar.timeouts.bodyReadSeconds"),
+    ({"sidecar": {"rateLimit": {"storage": "ftp://x"}}}, "sidecar.rateLimit.storage"),
+    ({"sidecar": {"upstream": "127.0.0.1:18789"}}, "sidecar.upstream"),
+    ({"sidecar": {"listen": "nope"}}, "sidecar.listen"),
+    ({"gateway": {"auth": {"mode": "tokn"}}}, "gateway.auth.mode"),
+    ({"gateway": {"auth": {"mode": "token", "tokenFile": "/nonexistent/token"}}}, "gateway.auth.tokenFile"),
+    ({"gateway": {"auth": {"mode": "trusted-proxy", "token": "x",
+                           "trustedProxy": {"userHeader": "x-forwarded-user"}},
+      "trustedProxies": ["10.0.0.5"]}}, "gateway.auth.token"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_check_config_rejects_a_bad_file_naming_the_key(tmp_path, content, key_path):
+    done = sidecar_cli("check-config", str(write_config(tmp_path / "bad.yaml", content)))
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert key_path in done.stderr
+    assert done.stdout == ""
+
+
+def test_check_config_names_every_bad_key(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", {"sidecar": {"listne": "x"}, "gateway": {"trustedProxies": ["nope"]}})
+    done = sidecar_cli("check-config", str(bad))
+    assert done.returncode == 1
+    assert "sidecar.listne" in done.stderr
+    assert "gateway.trustedProxies" in done.stderr
+
+
+def test_check_config_unparseable_file_exits_1(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", "sidecar: [unclosed\n")
+    done = sidecar_cli("check-config", str(bad))
+    assert done.returncode == 1
+    assert "configuration error" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_config_prints_effective_config_with_secrets_redacted(tmp_path):
+    good = write_config(tmp_path / "good.yaml", (
+        "gateway:\n  auth:\n    mode: token\n    token: " + TOKEN + "\n  trustedProxies: ['10.0.0.5']\n"
+        "sidecar:\n  upstream: http://127.0.0.1:18789\n  upstreamAuth:\n    token: up-secret-Kp2\n"
+        "  rateLimit:\n    storage: redis://user:redis-pass-Vw9@127.0.0.1:6379/0\n"
+    ))
+    done = sidecar_cli("check-config", str(good))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["gateway"]["auth"]["token"] == "<redacted>"
+    for secret in (TOKEN, "up-secret-Kp2", "redis-pass-Vw9"):
+        assert secret not in done.stdout
+        assert secret not in done.stderr
+    assert "<redacted>" in json.dumps(data["sidecar"])
+    assert data["effective"]["authMode"] == "token"
+    assert data["effective"]["tokenConfigured"] is True
+
+
+def test_check_config_reports_env_resolved_secret_without_printing_it(tmp_path):
+    good = write_config(tmp_path / "good.yaml", {"gateway": {"auth": {"mode": "token"}}})
+    done = sidecar_cli("check-config", str(good), env={"OPENCLAW_GATEWAY_TOKEN": "env-secret-Hh5"})
+    assert done.returncode == 0, done.stderr
+    assert "env-secret-Hh5" not in done.stdout
+    assert json.loads(done.stdout)["effective"]["tokenConfigured"] is True
+
+
+# ================================================================== run
+
+
+@pytest.mark.parametrize("content,key_path", [
+    ({"sidecar": {"listne": "127.0.0.1:0"}}, "sidecar.listne"),
+    ({"gateway": {"auth": {"mode": "token", "token": "x"}, "trustedProxies": ["10.0.0.0/33"]}},
+     "gateway.trustedProxies"),
+], ids=["sidecar.listne", "gateway.trustedProxies"])
+def test_run_with_a_bad_config_exits_1_naming_the_key(tmp_path, content, key_path):
+    done = sidecar_cli("run", "--config", str(write_config(tmp_path / "bad.yaml", content)))
+    assert done.returncode == 1
+    assert key_path in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "listening on" not in done.stdout
+
+
+def test_run_with_a_missing_config_file_exits_1(tmp_path):
+    done = sidecar_cli("run", "--config", str(tmp_path / "absent.yaml"))
+    assert done.returncode == 1
+    assert "absent.yaml" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------ precedence
+
+
+@pytest.fixture
+def three_backends() -> Iterator[tuple[DemoBackend, DemoBackend, DemoBackend]]:
+    with DemoBackend(token=UPSTREAM_TOKEN) as a, DemoBackend(token=UPSTREAM_TOKEN) as b, \
+            DemoBackend(token=UPSTREAM_TOKEN) as c:
+        yield a, b, c
+
+
+@pytest.fixture
+def run_sidecar(tmp_path: Path) -> Iterator[Any]:
+    started: list[SidecarProcess] = []
+
+    def start(cfg: dict[str, Any], env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> SidecarProcess:
+        process = SidecarProcess(cfg, tmp_path / f"sc{len(started)}", env=env, extra_args=args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def _cfg(upstream: str, **sidecar: Any) -> dict[str, Any]:
+    return {"sidecar": {"upstream": upstream, "upstreamAuth": {"token": UPSTREAM_TOKEN}, **sidecar},
+            "gateway": {"auth": {"mode": "token", "token": TOKEN}}}
+
+
+def _invoke(url: str) -> httpx.Response:
+    return httpx.post(url + "/tools/invoke", json={"tool": "agents_list"},
+                      headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False, timeout=15)
+
+
+def _receivers(*backends: DemoBackend) -> list[int]:
+    return [len(b.requests()) for b in backends]
+
+
+def test_upstream_from_file_when_nothing_overrides(three_backends, run_sidecar):
+    file_be, env_be, flag_be = three_backends
+    sc = run_sidecar(_cfg(file_be.url))
+    assert _invoke(sc.url).status_code == 200
+    assert _receivers(file_be, env_be, flag_be) == [1, 0, 0]
+
+
+def test_env_upstream_beats_file(three_backends, run_sidecar):
+    file_be, env_be, flag_be = three_backends
+    sc = run_sidecar(_cfg(file_be.url), env={"OPENCLAW_SIDECAR_UPSTREAM": env_be.url})
+    assert _invoke(sc.url).status_code == 200
+    assert _receivers(file_be, env_be, flag_be) == [0, 1, 0]
+
+
+def test_flag_upstream_beats_env_and_file(three_backends, run_sidecar):
+    file_be, env_be, flag_be = three_backends
+    sc = run_sidecar(_cfg(file_be.url), env={"OPENCLAW_SIDECAR_UPSTREAM": env_be.url},
+                     args=("--upstream", flag_be.url))
+    assert _invoke(sc.url).status_code == 200
+    assert _receivers(file_be, env_be, flag_be) == [0, 0, 1]
+
+
+def test_listen_precedence_flag_over_env_over_file(three_backends, run_sidecar):
+    file_be = three_backends[0]
+    env_port, flag_port = free_port(), free_port()
+    sc = run_sidecar(_cfg(file_be.url), env={"OPENCLAW_SIDECAR_LISTEN": f"127.0.0.1:{env_port}"})
+    assert sc.port == env_port
+    sc.stop()
+    sc = run_sidecar(_cfg(file_be.url), env={"OPENCLAW_SIDECAR_LISTEN": f"127.0.0.1:{free_port()}"},
+                     args=("--listen", f"127.0.0.1:{flag_port}"))
+    assert sc.port == flag_port
+    assert _invoke(sc.url).status_code == 200
+
+
+def test_nested_env_override_merges_with_the_file_section(three_backends, run_sidecar):
+    """OPENCLAW_SIDECAR_TIMEOUTS__UPSTREAM_READ_SECONDS overrides one key of the file's `timeouts`."""
+    file_be = three_backends[0]
+    sc = run_sidecar(_cfg(file_be.url, timeouts={"upstreamReadSeconds": 300, "bodyReadSeconds": 7}),
+                     env={"OPENCLAW_SIDECAR_TIMEOUTS__UPSTREAM_READ_SECONDS": "1"})
+    resp = httpx.post(sc.url + "/tools/invoke", json={"tool": "slow", "args": {"seconds": 5}},
+                      headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False, timeout=15)
+    assert resp.status_code == 504
+    assert resp.json()["error"]["type"] == "gateway_timeout"
+
+
+def test_bad_env_override_is_a_config_error_naming_the_key(tmp_path):
+    cfg = write_config(tmp_path / "ok.yaml", _cfg("http://127.0.0.1:1"))
+    done = sidecar_cli("run", "--config", str(cfg), env={"OPENCLAW_SIDECAR_UPSTREAM": "not-a-url"})
+    assert done.returncode == 1
+    assert "upstream" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,539 @@
+"""What the gateway receives from the sidecar, and how upstream faults reach the client.
+
+Forwarding contract (briefing): the upstream gets `Authorization: Bearer <upstream credential>`,
+exactly one `x-openclaw-scopes`, one `X-Forwarded-For: <attributed client>` except for a loopback
+client, and never a client copy of an owned header (corpus B, C). The forwarded body is the
+client's bytes unless the tool name had to be normalised (reference (f) 8). Upstream failures
+become gateway-shaped JSON, and a tool's leaky 500 never reaches the client (§8, case 71).
+
+Runs real `openclaw-sidecar run` processes in front of the demo backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sidecar.demo_backend import DemoBackend
+
+from .conftest import UPSTREAM_TOKEN
+from .harness import RawResponse, SidecarProcess, http_request, raw_exchange
+from .harness import TestNet as _TestNet
+
+JSON_CT = "application/json; charset=utf-8"
+TOKEN = "T"
+BACKEND_SERVER = "openclaw-demo-backend"
+UNAUTHORIZED = {"error": {"message": "Unauthorized", "type": "unauthorized"}}
+INVALID_URL = {"error": "bad_request", "message": "Invalid request URL"}
+ATTRIBUTION = {"error": {"message": "Proxy client attribution is required. Configure gateway.trustedProxies "
+                                    "narrowly and make the proxy overwrite or safely rebuild forwarded client "
+                                    "headers.", "type": "proxy_attribution_required"}}
+DEFAULT_SCOPES = ("operator.admin,operator.read,operator.write,operator.approvals,operator.questions,"
+                  "operator.pairing,operator.talk.secrets")
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# Client copies of these must never reach the upstream.
+SPOOFED_OWNED = [
+    ("x-openclaw-scopes", "operator.read"),
+    ("x-openclaw-sender-is-owner", "true"),
+    ("x-session-key", "agent:main:evil"),
+    ("x-clawdbot-foo", "bar"),
+    ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+    ("X-Original-URL", "/admin"),
+    ("X-Rewrite-URL", "/admin"),
+]
+# Forwarding evidence: believed (and then stripped) only from a trusted proxy.
+SPOOFED_EVIDENCE = [
+    ("Forwarded", "for=198.51.100.66;proto=https"),
+    ("X-Real-IP", "198.51.100.67"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "evil.example"),
+    ("X-Forwarded-User", "root"),
+    ("Tailscale-User-Login", "alice@example.com"),
+    ("Tailscale-User-Name", "Alice"),
+]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def header_values(record: dict[str, Any], name: str) -> list[str]:
+    return [v for k, v in record["headers"] if k.lower() == name.lower()]
+
+
+def header_names(record: dict[str, Any]) -> set[str]:
+    return {k.lower() for k, _ in record["headers"]}
+
+
+def _status(resp: httpx.Response | RawResponse) -> int:
+    return resp.status_code if isinstance(resp, httpx.Response) else resp.status
+
+
+def _header(resp: httpx.Response | RawResponse, name: str) -> str | None:
+    return resp.headers.get(name) if isinstance(resp, httpx.Response) else resp.header(name)
+
+
+def _body(resp: httpx.Response | RawResponse) -> bytes:
+    return resp.content if isinstance(resp, httpx.Response) else resp.body
+
+
+def assert_refused(resp: httpx.Response | RawResponse, status: int, body: dict[str, Any],
+                   backend: DemoBackend) -> None:
+    assert _status(resp) == status, _body(resp)
+    assert json.loads(_body(resp)) == body
+    assert _header(resp, "content-type") == JSON_CT
+    assert BACKEND_SERVER not in (_header(resp, "server") or "")
+    assert backend.requests() == []
+
+
+def only_request(backend: DemoBackend) -> dict[str, Any]:
+    seen = backend.requests()
+    assert len(seen) == 1, seen
+    return seen[0]
+
+
+def assert_no_client_secret(record: dict[str, Any], secret: str = TOKEN) -> None:
+    for name, value in record["headers"]:
+        assert value != f"Bearer {secret}", (name, value)
+    assert header_values(record, "authorization") == [f"Bearer {UPSTREAM_TOKEN}"]
+
+
+def raw_head(method: str, target: str, headers: list[tuple[str, str]], body: bytes = b"",
+             host: str = "sidecar.test") -> bytes:
+    """Like harness.http_request, but without an added `Connection: close` (tests set their own)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers)]
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def config(upstream: str, *, sidecar: dict[str, Any] | None = None, gateway: dict[str, Any] | None = None,
+           auth: dict[str, Any] | None = None) -> dict[str, Any]:
+    side = {"upstream": upstream, "upstreamAuth": {"token": UPSTREAM_TOKEN}, "rateLimit": {"loopbackDelayBaseMs": 0}}
+    side.update(sidecar or {})
+    gw: dict[str, Any] = {"auth": auth or {"mode": "token", "token": TOKEN}}
+    gw.update(gateway or {})
+    return {"sidecar": side, "gateway": gw}
+
+
+def invoke(http: httpx.Client, sc: SidecarProcess, body: Any = None, *, content: bytes | None = None,
+           token: str | None = TOKEN, headers: dict[str, str] | None = None) -> httpx.Response:
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    if content is None:
+        content = json.dumps(body).encode()
+    return http.post(sc.url + "/tools/invoke", content=content, headers=hdrs)
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def be() -> Iterator[DemoBackend]:
+    with DemoBackend(token=UPSTREAM_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_record(be: DemoBackend) -> None:
+    be.clear_requests()
+
+
+@pytest.fixture(scope="module")
+def module_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SidecarProcess]]:
+    started: list[SidecarProcess] = []
+
+    def start(cfg: dict[str, Any], env: dict[str, str] | None = None) -> SidecarProcess:
+        process = SidecarProcess(cfg, tmp_path_factory.mktemp("sidecar"), env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def sc(be, module_sidecar) -> SidecarProcess:
+    """Token mode, no trusted proxies: every client here is a direct loopback client."""
+    return module_sidecar(config(be.url))
+
+
+@pytest.fixture(scope="module")
+def proxied_sc(be, module_sidecar) -> SidecarProcess:
+    """127.0.0.1 is a trusted proxy: the client is whoever X-Forwarded-For names."""
+    return module_sidecar(config(be.url, gateway={"trustedProxies": ["127.0.0.1"]}))
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(trust_env=False, timeout=httpx.Timeout(15.0)) as client:
+        yield client
+
+
+# ================================================================== owned headers (corpus B, C)
+
+
+def test_loopback_client_owned_headers_are_replaced_and_connection_nominations_dropped(be, sc):
+    body = b'{"tool":"agents_list","args":{}}'
+    headers = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json"),
+               *SPOOFED_OWNED, ("Connection", "x-openclaw-scopes, x-custom"), ("X-Custom", "1"),
+               ("X-Harmless", "kept")]
+    resp = raw_exchange((sc.host, sc.port), raw_head("POST", "/tools/invoke", headers, body))
+    assert resp.status == 200, resp.body
+    assert resp.json()["ok"] is True
+    record = only_request(be)
+    assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
+    assert_no_client_secret(record)
+    assert header_values(record, "x-forwarded-for") == []  # loopback client: no XFF (reference (f) 8)
+    names = header_names(record)
+    for name, _ in SPOOFED_OWNED:
+        if name != "x-openclaw-scopes":
+            assert name.lower() not in names, name
+    assert "x-custom" not in names
+    assert header_values(record, "x-harmless") == ["kept"]
+    for value in header_values(record, "connection"):
+        assert "x-custom" not in value.lower() and "x-openclaw-scopes" not in value.lower()
+    assert record["body"].encode() == body
+
+
+def test_trusted_proxy_client_is_forwarded_once_and_evidence_headers_stripped(be, proxied_sc):
+    body = b'{"tool":"agents_list","args":{}}'
+    headers = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json"),
+               ("X-Forwarded-For", "192.0.2.1, 203.0.113.50"), *SPOOFED_EVIDENCE, *SPOOFED_OWNED,
+               ("Connection", "x-openclaw-scopes, x-custom"), ("X-Custom", "1")]
+    resp = raw_exchange((proxied_sc.host, proxied_sc.port), raw_head("POST", "/tools/invoke", headers, body))
+    assert resp.status == 200, resp.body
+    record = only_request(be)
+    assert header_values(record, "x-forwarded-for") == ["203.0.113.50"]  # right-most untrusted hop
+    assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
+    assert_no_client_secret(record)
+    names = header_names(record)
+    for name, _ in [*SPOOFED_EVIDENCE, *SPOOFED_OWNED]:
+        if name.lower() != "x-openclaw-scopes":
+            assert name.lower() not in names, name
+    assert "x-custom" not in names
+
+
+def test_trusted_proxy_loopback_xff_hop_yields_no_forwarded_client(http, be, proxied_sc):
+    """XFF naming only loopback leaves no client: 403 (reference case 29)."""
+    resp = invoke(http, proxied_sc, {"tool": "agents_list"}, headers={"X-Forwarded-For": "127.0.0.1"})
+    assert_refused(resp, 403, ATTRIBUTION, be)
+
+
+@pytest.mark.parametrize("name,value", [*SPOOFED_EVIDENCE, ("X-Forwarded-For", "198.51.100.9")],
+                         ids=lambda v: v if ":" not in str(v) and "=" not in str(v) else None)
+def test_forwarding_evidence_from_an_untrusted_client_is_403(http, be, sc, name, value):
+    resp = invoke(http, sc, {"tool": "agents_list"}, headers={name: value})
+    assert_refused(resp, 403, ATTRIBUTION, be)
+
+
+def test_direct_remote_client_is_named_in_exactly_one_xff(be, module_sidecar, testnet):
+    sc_net = module_sidecar(config(be.url, sidecar={"listen": "203.0.113.1:0"}))
+    listener = socket.create_server((_TestNet.HOST_IP, 0))  # wait until the test network carries traffic
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            probe = testnet.socket_from("203.0.113.7")
+            probe.settimeout(0.5)
+            try:
+                probe.connect((_TestNet.HOST_IP, listener.getsockname()[1]))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("test network unreachable: is another test session holding 203.0.113.0/24?")
+            finally:
+                probe.close()
+    finally:
+        listener.close()
+    raw = http_request("POST", "/tools/invoke", [("Authorization", f"Bearer {TOKEN}"),
+                                                 ("x-openclaw-scopes", "operator.read")],
+                       b'{"tool":"agents_list"}')
+    resp = testnet.exchange("203.0.113.7", (sc_net.host, sc_net.port), raw)
+    assert resp.status == 200, resp.body
+    record = only_request(be)
+    assert header_values(record, "x-forwarded-for") == ["203.0.113.7"]
+    assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
+    assert_no_client_secret(record)
+
+
+def test_allow_listed_context_headers_pass_unchanged(http, be, sc):
+    resp = invoke(http, sc, {"tool": "agents_list"}, headers={"x-openclaw-message-to": "channel:24514",
+                                                              "x-openclaw-thread-id": "thread-24514"})
+    assert resp.status_code == 200
+    record = only_request(be)
+    assert header_values(record, "x-openclaw-message-to") == ["channel:24514"]
+    assert header_values(record, "x-openclaw-thread-id") == ["thread-24514"]
+
+
+# ================================================================== forwarded body
+
+
+def test_unchanged_body_is_forwarded_byte_for_byte(http, be, sc):
+    body = b'{ "tool" : "agents_list",\n  "args" : { "x" : 1.50, "u" : "\\u00e9\\/" }, "z":[ ] }'
+    resp = invoke(http, sc, content=body)
+    assert resp.status_code == 200
+    record = only_request(be)
+    assert record["body"].encode() == body
+    assert header_values(record, "content-length") == [str(len(body))]
+
+
+@pytest.mark.parametrize("body,expected_args", [
+    ({"name": "Agents_List"}, None),
+    ({"name": " agents_list ", "args": {"k": "v"}}, {"k": "v"}),
+    ({"tool": "AGENTS_LIST"}, None),
+])
+def test_normalised_name_is_what_the_backend_sees(http, be, sc, body, expected_args):
+    resp = invoke(http, sc, body)
+    assert resp.status_code == 200
+    assert resp.json()["ok"] is True
+    record = only_request(be)
+    sent = json.loads(record["body"])
+    assert sent["tool"] == "agents_list"
+    assert sent.get("name", "agents_list") == "agents_list"
+    assert sent.get("args") == expected_args
+    assert header_values(record, "content-length") == [str(len(record["body"].encode()))]
+
+
+def test_normalised_name_in_a_chunked_body_is_forwarded_consistently(be, sc):
+    body = b'{"name":"Agents_List","args":{"k":"v"}}'
+    raw = (b"POST /tools/invoke HTTP/1.1\r\nHost: sidecar.test\r\nAuthorization: Bearer T\r\n"
+           b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+           + b"%x\r\n" % 10 + body[:10] + b"\r\n" + b"%x\r\n" % (len(body) - 10) + body[10:] + b"\r\n0\r\n\r\n")
+    resp = raw_exchange((sc.host, sc.port), raw)
+    assert resp.status == 200, resp.body
+    record = only_request(be)
+    sent = json.loads(record["body"])
+    assert (sent["name"], sent["tool"], sent["args"]) == ("agents_list", "agents_list", {"k": "v"})
+
+
+def test_conflicting_name_and_tool_forward_the_checked_name_in_both(http, be, sc):
+    """`{"name":"agents_list","tool":"exec"}`: a 2026.4 gateway reads `tool`; it must say agents_list."""
+    resp = invoke(http, sc, {"name": "agents_list", "tool": "exec"})
+    assert resp.status_code == 200
+    record = only_request(be)
+    sent = json.loads(record["body"])
+    assert sent["tool"] == "agents_list"
+    assert sent["name"] == "agents_list"
+
+
+# ================================================================== upstream faults
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_upstream_is_502_json(http, start_sidecar):
+    sc_dead = start_sidecar(config(f"http://127.0.0.1:{_closed_port()}"))
+    resp = invoke(http, sc_dead, {"tool": "agents_list"})
+    assert resp.status_code == 502
+    assert resp.headers["content-type"] == JSON_CT
+    data = resp.json()
+    assert set(data) == {"error"} and set(data["error"]) == {"message", "type"}
+    assert data["error"]["type"] == "bad_gateway"
+    assert isinstance(data["error"]["message"], str) and data["error"]["message"]
+    assert "<html" not in resp.text.lower()
+
+
+def test_slow_upstream_is_504_json(http, be, module_sidecar):
+    sc_slow = module_sidecar(config(be.url, sidecar={"timeouts": {"upstreamReadSeconds": 1}}))
+    resp = invoke(http, sc_slow, {"tool": "slow", "args": {"seconds": 5}})
+    assert resp.status_code == 504
+    assert resp.headers["content-type"] == JSON_CT
+    data = resp.json()
+    assert set(data) == {"error"} and set(data["error"]) == {"message", "type"}
+    assert data["error"]["type"] == "gateway_timeout"
+    assert isinstance(data["error"]["message"], str) and data["error"]["message"]
+    assert json.loads(only_request(be)["body"])["tool"] == "slow"  # it was forwarded
+
+
+def test_tool_crash_is_sanitised_500(http, be, sc):
+    resp = invoke(http, sc, {"tool": "fail"})
+    assert resp.status_code == 500
+    assert resp.json() == {"ok": False, "error": {"type": "tool_error", "message": "tool execution failed"}}
+    assert resp.headers["content-type"] == JSON_CT
+    assert b"boom" not in resp.content and b"/srv/secret" not in resp.content
+    assert json.loads(only_request(be)["body"])["tool"] == "fail"
+
+
+def test_backend_404_passes_through_unchanged(http, be, sc):
+    resp = invoke(http, sc, {"tool": "no_such_tool", "args": {}})
+    assert resp.status_code == 404
+    assert resp.content == b'{"ok":false,"error":{"type":"not_found","message":"Tool not available: no_such_tool"}}'
+    assert resp.headers["content-type"] == JSON_CT
+    assert BACKEND_SERVER in resp.headers.get("server", "")
+    only_request(be)
+
+
+def test_response_larger_than_the_request_limit_reaches_the_client(http, be, sc):
+    """The 2 MiB cap is a request rule: a bigger tool result passes intact.
+
+    `1E9` (3 bytes) comes back from the echo tool as `1000000000.0` (12 bytes), so a request under
+    2 MiB produces a response of about 6 MB, with no product change.
+    """
+    count = 500_000
+    body = b'{"tool":"echo","args":{"n":[' + b",".join([b"1E9"] * count) + b"]}}"
+    assert len(body) < 2 * 1024 * 1024
+    resp = invoke(http, sc, content=body)
+    assert resp.status_code == 200
+    assert len(resp.content) > 5 * 1024 * 1024
+    data = resp.json()
+    assert data["ok"] is True
+    assert len(data["result"]["args"]["n"]) == count
+    assert set(data["result"]["args"]["n"]) == {1e9}
+    assert only_request(be)["body_length"] == len(body)
+
+
+# ================================================================== other paths
+
+
+def test_other_path_with_token_is_proxied_with_its_query(http, be, sc):
+    resp = http.get(sc.url + "/some/other?x=1", headers={"Authorization": f"Bearer {TOKEN}",
+                                                          "x-openclaw-scopes": "operator.read"})
+    assert resp.status_code == 200
+    assert resp.json() == {"ok": True, "path": "/some/other?x=1", "method": "GET"}
+    record = only_request(be)
+    assert record["method"] == "GET"
+    assert record["path"] == "/some/other?x=1"
+    assert_no_client_secret(record)
+    assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
+
+
+def test_other_path_without_auth_is_401(http, be, sc):
+    assert_refused(http.get(sc.url + "/some/other?x=1"), 401, UNAUTHORIZED, be)
+    assert_refused(http.get(sc.url + "/some/other", headers={"Authorization": "Bearer wrong"}), 401,
+                   UNAUTHORIZED, be)
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong"])
+def test_healthz_is_proxied_without_auth_and_client_credentials_replaced(http, be, sc, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    resp = http.get(sc.url + "/healthz", headers=headers)
+    assert resp.status_code == 200
+    assert resp.json() == {"ok": True}
+    record = only_request(be)
+    assert record["path"] == "/healthz"
+    for name, value in record["headers"]:
+        assert value != "Bearer wrong", name
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    return data
+
+
+def test_websocket_upgrade_with_token_is_relayed(be, sc):
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = raw_head("GET", "/ws", [("Authorization", f"Bearer {TOKEN}"), ("Upgrade", "websocket"),
+                                   ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
+                                   ("Sec-WebSocket-Version", "13")])
+    with socket.create_connection((sc.host, sc.port), timeout=10) as sock:
+        sock.sendall(head)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(4096)
+            assert chunk, buf
+            buf += chunk
+        response_head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = response_head.decode("latin-1").split("\r\n")
+        assert lines[0].split(" ")[1] == "101", response_head
+        fields = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        assert fields["sec-websocket-accept"] == expected
+        sock.sendall(_ws_frame(0x1, b"hello sidecar"))
+        while len(rest) < 2:
+            rest += sock.recv(4096)
+        first, length = rest[0], rest[1] & 0x7F
+        frame = rest + _recv_exactly(sock, max(0, 2 + length - len(rest)))
+        assert first == 0x81
+        assert frame[2:2 + length] == b"hello sidecar"
+        sock.sendall(_ws_frame(0x8, struct.pack("!H", 1000)))
+    record = only_request(be)
+    assert record["path"] == "/ws"
+    assert_no_client_secret(record)
+    assert [v.lower() for v in header_values(record, "upgrade")] == ["websocket"]
+
+
+def test_websocket_upgrade_without_token_is_401(be, sc):
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw = http_request("GET", "/ws", [("Upgrade", "websocket"), ("Sec-WebSocket-Key", key),
+                                      ("Sec-WebSocket-Version", "13")])
+    resp = raw_exchange((sc.host, sc.port), raw)
+    assert_refused(resp, 401, UNAUTHORIZED, be)
+
+
+@pytest.mark.parametrize("target", ["/tools/./invoke", "/tools/%2e/invoke", "/x/../tools/invoke",
+                                    "/tools/%2E/invoke", "/tools\\invoke", "/./tools/invoke"])
+def test_non_canonical_tools_route_is_400_invalid_url(be, sc, target):
+    raw = http_request("POST", target, [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")],
+                       b'{"tool":"agents_list"}')
+    resp = raw_exchange((sc.host, sc.port), raw)
+    assert_refused(resp, 400, INVALID_URL, be)
+
+
+# ================================================================== upstream credential
+
+
+def test_upstream_credential_defaults_to_the_shared_secret(http, start_sidecar):
+    with DemoBackend(token=TOKEN) as own:
+        sc_default = start_sidecar({"sidecar": {"upstream": own.url},
+                                    "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
+        resp = invoke(http, sc_default, {"tool": "agents_list"})
+        assert resp.status_code == 200
+        record = only_request(own)
+        assert header_values(record, "authorization") == [f"Bearer {TOKEN}"]
+
+
+def test_upstream_credential_from_token_file(http, be, start_sidecar, tmp_path):
+    token_file = tmp_path / "upstream.token"
+    token_file.write_text(UPSTREAM_TOKEN + "\n")
+    sc_file = start_sidecar({"sidecar": {"upstream": be.url, "upstreamAuth": {"tokenFile": str(token_file)}},
+                             "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
+    resp = invoke(http, sc_file, {"tool": "agents_list"})
+    assert resp.status_code == 200
+    assert_no_client_secret(only_request(be))
+
+
+def test_none_mode_without_upstream_credential_forwards_no_authorization(http, start_sidecar):
+    with DemoBackend() as open_backend:
+        sc_none = start_sidecar({"sidecar": {"upstream": open_backend.url}, "gateway": {"auth": {"mode": "none"}}})
+        resp = invoke(http, sc_none, {"tool": "agents_list"}, token="client-supplied")
+        assert resp.status_code == 200
+        record = only_request(open_backend)
+        assert header_values(record, "authorization") == []
+        assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
+
+
+def test_password_mode_default_upstream_credential_is_the_password(http, start_sidecar):
+    with DemoBackend(token="P") as own:
+        sc_pw = start_sidecar({"sidecar": {"upstream": own.url},
+                               "gateway": {"auth": {"mode": "password", "password": "P"}}})
+        resp = invoke(http, sc_pw, {"tool": "agents_list"}, token="P")
+        assert resp.status_code == 200
+        assert header_values(only_request(own), "authorization") == ["Bearer P"]

@@ -7,6 +7,7 @@ tests create (203.0.113.0/24 for clients, 198.51.100.0/24 for proxies).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -197,7 +198,13 @@ class TestNet:
     def _ip(*args: str) -> None:
         subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
+    LOCK_PATH = Path("/tmp/openclaw-sidecar-testnet.lock")
+
     def __enter__(self) -> "TestNet":
+        # Every session uses the same TEST-NET subnets; two at once would misroute each other's
+        # replies, so sessions take turns (CI runs one session and never waits).
+        self._lock = open(self.LOCK_PATH, "w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
         self._ip("netns", "add", self.name)
         try:
             self._ip("netns", "exec", self.name, "ip", "link", "set", "lo", "up")
@@ -217,6 +224,7 @@ class TestNet:
     def __exit__(self, *exc: object) -> None:
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        self._lock.close()  # releases the flock
 
     def socket_from(self, source_ip: str) -> socket.socket:
         made: dict[str, Any] = {}

@@ -59,12 +59,18 @@ def _listening_url(master: Master) -> str | None:
     return f"http://{host}:{port}"
 
 
+def _ignore_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
+
+
 async def _run(config: Config, on_ready: Callable[[str], None] | None) -> int:
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no per-connection chatter
     runtime = build_runtime(config)
     guard = ToolsInvokeGuard(runtime)
     master = build_master(config, guard)
     loop = asyncio.get_running_loop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     task = asyncio.create_task(master.run())
@@ -92,6 +98,9 @@ async def _run(config: Config, on_ready: Callable[[str], None] | None) -> int:
     try:
         await task
     finally:
+        # Connections still open at shutdown are cancelled while asyncio.run winds down (after
+        # the master restored its own handler); asyncio would log a traceback for each one.
+        loop.set_exception_handler(_ignore_cancellations)
         await runtime.aclose()
     log.info("sidecar stopped")
     return 0

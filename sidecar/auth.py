@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.header import Header, decode_header, make_header
+from email.header import decode_header, make_header
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -24,7 +24,8 @@ class AuthOutcome:
     ok: bool
     method: str  # "token" | "password" | "none" | "trusted-proxy"
     reason: str = "ok"
-    user: str | None = None
+    user: str | None = None  # decoded identity: what allowUsers, ceilings and pins match
+    user_header_value: str | None = None  # the identity exactly as the trusted proxy spelled it
     presented: bool = False  # a Bearer credential was offered (only mismatches are counted)
     shared_secret: bool = False  # token/password semantics: declared scopes ignored, owner
 
@@ -66,6 +67,13 @@ def decode_identity(value: str | None) -> str | None:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):  # decoding can smuggle CR/LF (D6)
         return None
     return text or None
+
+
+# Private ranges for the same-origin rule: RFC 1918, CGNAT (tailnets), IPv6 ULA and link-local.
+# (Python's `is_private` also counts documentation ranges, which no real origin uses.)
+_PRIVATE_NETWORKS = tuple(parse_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10",
+))
 
 
 # Private ranges for the same-origin rule: RFC 1918, CGNAT (tailnets), IPv6 ULA and link-local.
@@ -170,7 +178,8 @@ class TrustedProxyAuth:
         for name in self.required_headers:
             if not (view.first(name) or "").strip():
                 return fail(f"trusted_proxy_missing_header_{name}")
-        user = decode_identity(view.first(self.user_header))
+        spelled = (view.first(self.user_header) or "").strip()
+        user = decode_identity(spelled)
         if user is None:
             return fail("trusted_proxy_user_missing")
         if self.allow_users and user not in self.allow_users:
@@ -179,7 +188,7 @@ class TrustedProxyAuth:
             return fail("trusted_proxy_attribution_required")
         if not self.origins.permits(view, attribution):
             return fail("trusted_proxy_origin_not_allowed")
-        return AuthOutcome(True, "trusted-proxy", user=user)
+        return AuthOutcome(True, "trusted-proxy", user=user, user_header_value=spelled)
 
 
 def build_authenticator(config: Config) -> Authenticator:

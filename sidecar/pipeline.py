@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 
 from . import envelopes
 from .attribution import Attribution, attribute
-from .auth import AuthOutcome, build_authenticator, encode_identity
+from .auth import AuthOutcome, build_authenticator
 from .body import MAX_BODY_BYTES, BodyError, read_invoke_body
 from .canonical import InvalidTarget, canonicalize_target
 from .config import Config
@@ -195,8 +195,10 @@ class Pipeline:
             owned.append(("Authorization", f"Bearer {credential}"))
         # Always one explicit value: an absent header means the full default set upstream (F1).
         owned.append(("x-openclaw-scopes", scopes.header_value if scopes is not None else ""))
-        if outcome.user is not None:
-            owned.append((self.upstream_user_header, encode_identity(outcome.user)))
+        if outcome.user_header_value is not None:
+            # As the proxy spelled it (e.g. Tailscale's RFC 2047 form): the gateway behind us
+            # then sees exactly what it would see behind the proxy itself.
+            owned.append((self.upstream_user_header, outcome.user_header_value))
         # A loopback client gets no X-Forwarded-For: a gateway trusting 127.0.0.1 skips loopback
         # hops and would find no client at all (reference (f) 8).
         if attribution.client_ip is not None and not is_loopback(attribution.client_ip):

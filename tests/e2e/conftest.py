@@ -23,19 +23,43 @@ def backend() -> Iterator[DemoBackend]:
         yield server
 
 
-@pytest.fixture
-def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
-    """Start `openclaw-sidecar run` with a config dict; every process is stopped afterwards."""
+@pytest.fixture(scope="module")
+def module_backend() -> Iterator[DemoBackend]:
+    """One backend for a module's shared sidecars; its record is cleared before every test."""
+    with DemoBackend(token=UPSTREAM_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_module_backend_record(request: pytest.FixtureRequest) -> None:
+    if "module_backend" in request.fixturenames:
+        request.getfixturevalue("module_backend").clear_requests()
+
+
+def _sidecar_starter(workdir: Callable[[], Path]) -> Iterator[Callable[..., SidecarProcess]]:
     started: list[SidecarProcess] = []
 
     def start(config: dict[str, Any], env: dict[str, str] | None = None) -> SidecarProcess:
-        process = SidecarProcess(config, tmp_path / f"sidecar{len(started)}", env=env)
+        process = SidecarProcess(config, workdir(), env=env)
         started.append(process)
         return process
 
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
+    """Start `openclaw-sidecar run` with a config dict; every process is stopped afterwards."""
+    count = iter(range(1_000_000))
+    yield from _sidecar_starter(lambda: tmp_path / f"sidecar{next(count)}")
+
+
+@pytest.fixture(scope="module")
+def module_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SidecarProcess]]:
+    """Like start_sidecar, for sidecars a whole module shares (their config never changes)."""
+    yield from _sidecar_starter(lambda: tmp_path_factory.mktemp("sidecar"))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -122,31 +122,6 @@ def assert_reached_backend_with_tool(backend: DemoBackend, tool: str, scopes: st
 # ---- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mbackend() -> Iterator[DemoBackend]:
-    with DemoBackend(token=UPSTREAM_TOKEN) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_record(mbackend: DemoBackend) -> None:
-    mbackend.clear_requests()
-
-
-@pytest.fixture(scope="module")
-def msidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[dict], SidecarProcess]]:
-    started: list[SidecarProcess] = []
-
-    def start(config: dict) -> SidecarProcess:
-        process = SidecarProcess(config, tmp_path_factory.mktemp("sidecar"))
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-
-
 def base_sidecar(backend: DemoBackend, listen: str = LISTEN, **more: Any) -> dict:
     return {
         "listen": listen, "upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
@@ -180,15 +155,15 @@ def token_config(backend: DemoBackend, listen: str = LISTEN, max_attempts: int =
 
 
 @pytest.fixture(scope="module")
-def tp_sidecar(msidecar: Callable[[dict], SidecarProcess], mbackend: DemoBackend) -> SidecarProcess:
+def tp_sidecar(module_sidecar: Callable[[dict], SidecarProcess], module_backend: DemoBackend) -> SidecarProcess:
     """trusted-proxy mode: proxies .5/.6, userHeader x-forwarded-user, gateway.tools.allow [gateway]."""
-    return msidecar(trusted_proxy_config(mbackend))
+    return module_sidecar(trusted_proxy_config(module_backend))
 
 
 @pytest.fixture(scope="module")
-def token_sidecar(msidecar: Callable[[dict], SidecarProcess], mbackend: DemoBackend) -> SidecarProcess:
+def token_sidecar(module_sidecar: Callable[[dict], SidecarProcess], module_backend: DemoBackend) -> SidecarProcess:
     """token mode with proxies .5/.6 (no lockout reachable: these tests never send bad tokens)."""
-    return msidecar(token_config(mbackend))
+    return module_sidecar(token_config(module_backend))
 
 
 def send(net: TestNet, source: str, sidecar: SidecarProcess, headers: list[tuple[str, str]],
@@ -213,10 +188,10 @@ def via_proxy(user: str | None = "alice", xff: str = REMOTE, *extra: tuple[str, 
 # ---- ingress / forwarded headers (cases 25–32; corpus A3, A7, A9, A10) ---------------------------
 
 
-def test_case25_direct_client_with_xff_and_valid_token_is_unattributable(testnet, token_sidecar, mbackend):
+def test_case25_direct_client_with_xff_and_valid_token_is_unattributable(testnet, token_sidecar, module_backend):
     """Case 25 / A9: a non-proxy peer's X-Forwarded-For is never believed: 403 before auth."""
     response = send(testnet, CLIENT, token_sidecar, [("X-Forwarded-For", "10.1.1.1"), BEARER])
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 @pytest.mark.parametrize("header", [
@@ -228,10 +203,10 @@ def test_case25_direct_client_with_xff_and_valid_token_is_unattributable(testnet
     ("X-Real-IP", "10.1.1.1"),
     ("Tailscale-User-Login", "alice@example.com"),
 ], ids=lambda h: h[0] + ("-empty" if not h[1] else ""))
-def test_case26_any_forwarded_evidence_from_a_direct_client_is_refused(testnet, token_sidecar, mbackend, header):
+def test_case26_any_forwarded_evidence_from_a_direct_client_is_refused(testnet, token_sidecar, module_backend, header):
     """Case 26 / A7: presence alone (even empty) of any forwarded header from an untrusted peer → 403."""
     response = send(testnet, CLIENT, token_sidecar, [header, BEARER])
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 def test_case27_loopback_client_with_xff_when_loopback_is_not_trusted(start_sidecar, backend):
@@ -244,39 +219,39 @@ def test_case27_loopback_client_with_xff_when_loopback_is_not_trusted(start_side
     assert_forwarded(response, backend, scopes=DEFAULT_SCOPES, xff=None)
 
 
-def test_case28_trusted_proxy_without_xff_is_unattributable(testnet, token_sidecar, mbackend):
+def test_case28_trusted_proxy_without_xff_is_unattributable(testnet, token_sidecar, module_backend):
     """Case 28: a trusted proxy that names no client → 403."""
     response = send(testnet, PROXY_A, token_sidecar, [BEARER])
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 @pytest.mark.parametrize("xff", ["127.0.0.1", "::1", "127.0.0.1, 198.51.100.6", "not-an-ip"])
-def test_case29_trusted_proxy_naming_only_loopback_or_trusted_hops(testnet, token_sidecar, mbackend, xff):
+def test_case29_trusted_proxy_naming_only_loopback_or_trusted_hops(testnet, token_sidecar, module_backend, xff):
     """Case 29: XFF with no non-loopback, untrusted, parseable hop leaves no client → 403."""
     response = send(testnet, PROXY_A, token_sidecar, [("X-Forwarded-For", xff), BEARER])
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
-def test_case30_client_behind_two_trusted_hops_is_the_forwarded_client(testnet, token_sidecar, mbackend):
+def test_case30_client_behind_two_trusted_hops_is_the_forwarded_client(testnet, token_sidecar, module_backend):
     """Case 30: socket .5, `XFF: 198.51.100.9, 198.51.100.6` → client 198.51.100.9 (one XFF upstream)."""
     response = send(testnet, PROXY_A, token_sidecar, [("X-Forwarded-For", f"{REMOTE}, {PROXY_B}"), BEARER])
-    assert_forwarded(response, mbackend, scopes=DEFAULT_SCOPES, xff=REMOTE)
+    assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE)
 
 
-def test_case30_failures_lock_the_forwarded_client_not_the_proxy(testnet, msidecar, mbackend):
+def test_case30_failures_lock_the_forwarded_client_not_the_proxy(testnet, module_sidecar, module_backend):
     """Case 30 (lockout half): bad tokens through proxy .5 lock 198.51.100.9, whichever proxy it
     comes through, even with the right token; other clients of the same proxy are unaffected."""
-    sidecar = msidecar(token_config(mbackend, max_attempts=3))
+    sidecar = module_sidecar(token_config(module_backend, max_attempts=3))
     bad = ("Authorization", "Bearer wrong")
     for _ in range(3):
         response = send(testnet, PROXY_A, sidecar, [("X-Forwarded-For", f"{REMOTE}, {PROXY_B}"), bad])
-        assert_refused(response, mbackend, 401, UNAUTHORIZED)
+        assert_refused(response, module_backend, 401, UNAUTHORIZED)
     for proxy in (PROXY_A, PROXY_B):
         response = send(testnet, proxy, sidecar, [("X-Forwarded-For", REMOTE), BEARER])
-        assert_refused(response, mbackend, 429, RATE_LIMITED)
+        assert_refused(response, module_backend, 429, RATE_LIMITED)
         assert response.header("retry-after") in ("59", "60")
     response = send(testnet, PROXY_A, sidecar, [("X-Forwarded-For", "198.51.100.10"), BEARER])
-    assert_forwarded(response, mbackend, scopes=DEFAULT_SCOPES, xff="198.51.100.10")
+    assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff="198.51.100.10")
 
 
 @pytest.mark.parametrize(("xff", "client"), [
@@ -287,80 +262,80 @@ def test_case30_failures_lock_the_forwarded_client_not_the_proxy(testnet, msidec
     ("::ffff:203.0.113.9", "203.0.113.9"),                 # mapped form folded
     ("198.51.100.4, 127.0.0.1", "198.51.100.4"),           # loopback hops skipped
 ], ids=["case31", "A3-rightmost-untrusted", "port-suffix", "v6-port", "v4-mapped", "loopback-hop"])
-def test_case31_rightmost_untrusted_hop_is_the_only_xff_forwarded(testnet, token_sidecar, mbackend, xff, client):
+def test_case31_rightmost_untrusted_hop_is_the_only_xff_forwarded(testnet, token_sidecar, module_backend, xff, client):
     """Case 31 / A3 / A4: the client is the right-most untrusted hop; the upstream gets that one only."""
     response = send(testnet, PROXY_A, token_sidecar, [("X-Forwarded-For", xff), BEARER])
-    assert_forwarded(response, mbackend, scopes=DEFAULT_SCOPES, xff=client)
+    assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff=client)
 
 
-def test_case32_real_ip_fallback_only_when_enabled(testnet, token_sidecar, msidecar, mbackend):
+def test_case32_real_ip_fallback_only_when_enabled(testnet, token_sidecar, module_sidecar, module_backend):
     """Case 32: trusted proxy, no XFF, X-Real-IP → attributed only with allowRealIpFallback."""
     headers = [("X-Real-IP", "198.51.100.4"), BEARER]
-    assert_refused(send(testnet, PROXY_A, token_sidecar, headers), mbackend, 403, ATTRIBUTION_REQUIRED)
-    fallback = msidecar(token_config(mbackend, allowRealIpFallback=True))
+    assert_refused(send(testnet, PROXY_A, token_sidecar, headers), module_backend, 403, ATTRIBUTION_REQUIRED)
+    fallback = module_sidecar(token_config(module_backend, allowRealIpFallback=True))
     response = send(testnet, PROXY_A, fallback, headers)
-    record = assert_forwarded(response, mbackend, scopes=DEFAULT_SCOPES, xff="198.51.100.4")
+    record = assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff="198.51.100.4")
     assert values(record, "x-real-ip") == []
-    mbackend.clear_requests()
+    module_backend.clear_requests()
     # A loopback X-Real-IP is no client, even with the fallback on.
     response = send(testnet, PROXY_A, fallback, [("X-Real-IP", "127.0.0.1"), BEARER])
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 # ---- trusted-proxy mode (cases 33–45) ------------------------------------------------------
 
 
-def test_case33_trusted_user_without_scopes_header_is_owner_with_default_scopes(testnet, tp_sidecar, mbackend):
+def test_case33_trusted_user_without_scopes_header_is_owner_with_default_scopes(testnet, tp_sidecar, module_backend):
     """Case 33 / F1: absent scopes header → forwarded as ONE explicit header with the 7 defaults."""
     response = send(testnet, PROXY_A, tp_sidecar, via_proxy("alice"))
-    assert_forwarded(response, mbackend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
+    assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
 
 
 @pytest.mark.parametrize("tool", ["sessions", "gateway"])
-def test_case33_owner_reaches_owner_only_tools(testnet, tp_sidecar, mbackend, tool):
+def test_case33_owner_reaches_owner_only_tools(testnet, tp_sidecar, module_backend, tool):
     """Case 33/60/65: default scopes include admin → owner-only tools (and `gateway`, re-enabled
     by gateway.tools.allow) are forwarded."""
     send(testnet, PROXY_A, tp_sidecar, via_proxy("alice"), body=tool_body(tool))
-    record = assert_reached_backend_with_tool(mbackend, tool, DEFAULT_SCOPES)
+    record = assert_reached_backend_with_tool(module_backend, tool, DEFAULT_SCOPES)
     assert values(record, "x-forwarded-user") == ["alice"]
 
 
-def test_case34_untrusted_socket_without_forwarded_headers_is_unauthorized(testnet, tp_sidecar, mbackend):
+def test_case34_untrusted_socket_without_forwarded_headers_is_unauthorized(testnet, tp_sidecar, module_backend):
     """Case 34: socket not in trustedProxies, no forwarded headers at all → 401."""
-    assert_refused(send(testnet, CLIENT, tp_sidecar, []), mbackend, 401, UNAUTHORIZED)
+    assert_refused(send(testnet, CLIENT, tp_sidecar, []), module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize("user_headers", [[], [("X-Forwarded-User", "")], [("X-Forwarded-User", "   ")]],
                          ids=["absent", "empty", "blank"])
-def test_case35_missing_or_blank_user_is_unauthorized(testnet, tp_sidecar, mbackend, user_headers):
+def test_case35_missing_or_blank_user_is_unauthorized(testnet, tp_sidecar, module_backend, user_headers):
     """Case 35 / D5: no user header, or an empty/blank one, is no identity → 401 (never user "")."""
     response = send(testnet, PROXY_A, tp_sidecar, [("X-Forwarded-For", REMOTE), *user_headers])
-    assert_refused(response, mbackend, 401, UNAUTHORIZED)
+    assert_refused(response, module_backend, 401, UNAUTHORIZED)
 
 
-def test_case36_required_header_missing_is_unauthorized(testnet, msidecar, mbackend):
+def test_case36_required_header_missing_is_unauthorized(testnet, module_sidecar, module_backend):
     """Case 36: requiredHeaders [x-forwarded-proto]: missing or blank → 401; present → 200,
     and the proxy's X-Forwarded-Proto itself is not passed on (the sidecar owns x-forwarded-*)."""
-    sidecar = msidecar(trusted_proxy_config(mbackend, requiredHeaders=["x-forwarded-proto"]))
-    assert_refused(send(testnet, PROXY_A, sidecar, via_proxy("alice")), mbackend, 401, UNAUTHORIZED)
+    sidecar = module_sidecar(trusted_proxy_config(module_backend, requiredHeaders=["x-forwarded-proto"]))
+    assert_refused(send(testnet, PROXY_A, sidecar, via_proxy("alice")), module_backend, 401, UNAUTHORIZED)
     blank = via_proxy("alice", REMOTE, ("X-Forwarded-Proto", " "))
-    assert_refused(send(testnet, PROXY_A, sidecar, blank), mbackend, 401, UNAUTHORIZED)
+    assert_refused(send(testnet, PROXY_A, sidecar, blank), module_backend, 401, UNAUTHORIZED)
     present = via_proxy("alice", REMOTE, ("X-Forwarded-Proto", "https"))
-    assert_forwarded(send(testnet, PROXY_A, sidecar, present), mbackend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
+    assert_forwarded(send(testnet, PROXY_A, sidecar, present), module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
 
 
-def test_case37_allow_users_is_exact_and_case_sensitive(testnet, msidecar, mbackend):
+def test_case37_allow_users_is_exact_and_case_sensitive(testnet, module_sidecar, module_backend):
     """Case 37: allowUsers [alice]: bob → 401, Alice → 401, alice → 200."""
-    sidecar = msidecar(trusted_proxy_config(mbackend, allowUsers=["alice"]))
+    sidecar = module_sidecar(trusted_proxy_config(module_backend, allowUsers=["alice"]))
     for user in ("bob", "Alice", "alice ", "alic"):
         response = send(testnet, PROXY_A, sidecar, via_proxy(user))
         if user == "alice ":  # trimmed: this one IS alice
-            assert_forwarded(response, mbackend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
-            mbackend.clear_requests()
+            assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
+            module_backend.clear_requests()
         else:
-            assert_refused(response, mbackend, 401, UNAUTHORIZED)
+            assert_refused(response, module_backend, 401, UNAUTHORIZED)
     response = send(testnet, PROXY_A, sidecar, via_proxy("alice"))
-    assert_forwarded(response, mbackend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
+    assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
 
 
 def test_case38_loopback_proxy_needs_allow_loopback(start_sidecar, backend):
@@ -376,38 +351,38 @@ def test_case38_loopback_proxy_needs_allow_loopback(start_sidecar, backend):
 @pytest.mark.parametrize("scopes", ["", "operator.read", "operator.read operator.write", "OPERATOR.WRITE",
                                     "operator.sessions.write", " , ,"],
                          ids=["case39-empty", "case40-read", "case41-space", "case42-upper", "sessions-write", "commas"])
-def test_case39_to_42_declared_scopes_without_write_are_forbidden(testnet, tp_sidecar, mbackend, scopes):
+def test_case39_to_42_declared_scopes_without_write_are_forbidden(testnet, tp_sidecar, module_backend, scopes):
     """Cases 39–42 / F5: declared scopes without an exact operator.write/admin → 403 missing scope."""
     response = send(testnet, PROXY_A, tp_sidecar, via_proxy("alice", REMOTE, ("x-openclaw-scopes", scopes)))
-    assert_refused(response, mbackend, 403, MISSING_SCOPE)
+    assert_refused(response, module_backend, 403, MISSING_SCOPE)
 
 
-def test_case43_padded_scopes_are_normalised_and_not_owner(testnet, tp_sidecar, mbackend):
+def test_case43_padded_scopes_are_normalised_and_not_owner(testnet, tp_sidecar, module_backend):
     """Case 43: `  operator.read , operator.write ` passes, forwarded as `operator.read,operator.write`."""
     headers = via_proxy("alice", REMOTE, ("x-openclaw-scopes", "  operator.read , operator.write "))
     response = send(testnet, PROXY_A, tp_sidecar, headers)
-    assert_forwarded(response, mbackend, scopes="operator.read,operator.write", xff=REMOTE, user="alice")
+    assert_forwarded(response, module_backend, scopes="operator.read,operator.write", xff=REMOTE, user="alice")
 
 
 @pytest.mark.parametrize("tool", ["sessions", "gateway", "automations", "cron"])
-def test_case43_non_owner_gets_404_for_owner_only_tools(testnet, tp_sidecar, mbackend, tool):
+def test_case43_non_owner_gets_404_for_owner_only_tools(testnet, tp_sidecar, module_backend, tool):
     """Cases 43/60/62/65 / F3: operator.write without admin → owner-only tools 404 (never forwarded)."""
     headers = via_proxy("alice", REMOTE, ("x-openclaw-scopes", "operator.read,operator.write"))
     response = send(testnet, PROXY_A, tp_sidecar, headers, body=tool_body(tool))
-    assert_refused(response, mbackend, 404, not_available("automations" if tool == "cron" else tool))
+    assert_refused(response, module_backend, 404, not_available("automations" if tool == "cron" else tool))
 
 
-def test_case60_admin_scope_reaches_gateway_tool(testnet, tp_sidecar, mbackend):
+def test_case60_admin_scope_reaches_gateway_tool(testnet, tp_sidecar, module_backend):
     """Case 60: trusted operator.admin (declared) → `gateway` (allowed by gateway.tools.allow) forwarded."""
     headers = via_proxy("alice", REMOTE, ("x-openclaw-scopes", "operator.admin"))
     send(testnet, PROXY_A, tp_sidecar, headers, body=tool_body("gateway"))
-    assert_reached_backend_with_tool(mbackend, "gateway", "operator.admin")
+    assert_reached_backend_with_tool(module_backend, "gateway", "operator.admin")
 
 
-def test_case44_foreign_origin_is_unauthorized(testnet, tp_sidecar, mbackend):
+def test_case44_foreign_origin_is_unauthorized(testnet, tp_sidecar, module_backend):
     """Case 44: Origin without an allowedOrigins match → 401 in trusted-proxy mode."""
     headers = via_proxy("alice", REMOTE, ("Origin", "https://evil.example"))
-    assert_refused(send(testnet, PROXY_A, tp_sidecar, headers), mbackend, 401, UNAUTHORIZED)
+    assert_refused(send(testnet, PROXY_A, tp_sidecar, headers), module_backend, 401, UNAUTHORIZED)
 
 
 def test_case45_local_direct_password_fallback(start_sidecar, backend):
@@ -426,34 +401,34 @@ def test_case45_local_direct_password_fallback(start_sidecar, backend):
     assert_refused(send_local(sidecar, []), backend, 401, UNAUTHORIZED)
 
 
-def test_case45_password_fallback_is_not_offered_to_remote_clients(testnet, msidecar, mbackend):
+def test_case45_password_fallback_is_not_offered_to_remote_clients(testnet, module_sidecar, module_backend):
     """Case 45 (negative): the fallback is local-direct only; a remote client's Bearer P → 401."""
-    config = trusted_proxy_config(mbackend)
+    config = trusted_proxy_config(module_backend)
     config["gateway"]["auth"]["password"] = PASSWORD
-    sidecar = msidecar(config)
+    sidecar = module_sidecar(config)
     response = send(testnet, CLIENT, sidecar, [("Authorization", f"Bearer {PASSWORD}")])
-    assert_refused(response, mbackend, 401, UNAUTHORIZED)
+    assert_refused(response, module_backend, 401, UNAUTHORIZED)
 
 
 # ---- context headers (cases 76–77) ---------------------------------------------------------
 
 
-def test_case76_sender_is_owner_header_grants_nothing_and_is_never_forwarded(testnet, tp_sidecar, mbackend):
+def test_case76_sender_is_owner_header_grants_nothing_and_is_never_forwarded(testnet, tp_sidecar, module_backend):
     """Case 76 / B9: x-openclaw-sender-is-owner: true with operator.write is still not owner."""
     claim = ("x-openclaw-sender-is-owner", "true")
     headers = via_proxy("alice", REMOTE, ("x-openclaw-scopes", "operator.write"), claim)
     response = send(testnet, PROXY_A, tp_sidecar, headers, body=tool_body("sessions"))
-    assert_refused(response, mbackend, 404, not_available("sessions"))
-    record = assert_forwarded(send(testnet, PROXY_A, tp_sidecar, headers), mbackend,
+    assert_refused(response, module_backend, 404, not_available("sessions"))
+    record = assert_forwarded(send(testnet, PROXY_A, tp_sidecar, headers), module_backend,
                               scopes="operator.write", xff=REMOTE, user="alice")
     assert values(record, "x-openclaw-sender-is-owner") == []
 
 
-def test_case77_message_to_and_thread_id_are_forwarded_unchanged(testnet, tp_sidecar, mbackend):
+def test_case77_message_to_and_thread_id_are_forwarded_unchanged(testnet, tp_sidecar, module_backend):
     """Case 77: x-openclaw-message-to / x-openclaw-thread-id reach the gateway byte for byte."""
     headers = via_proxy("alice", REMOTE, ("x-openclaw-scopes", "operator.write"),
                         ("x-openclaw-message-to", "channel:24514"), ("x-openclaw-thread-id", "thread-24514"))
-    record = assert_forwarded(send(testnet, PROXY_A, tp_sidecar, headers), mbackend,
+    record = assert_forwarded(send(testnet, PROXY_A, tp_sidecar, headers), module_backend,
                               scopes="operator.write", xff=REMOTE, user="alice")
     assert values(record, "x-openclaw-message-to") == ["channel:24514"]
     assert values(record, "x-openclaw-thread-id") == ["thread-24514"]
@@ -470,18 +445,18 @@ def logs_after_start(sidecar: SidecarProcess, expected: str, timeout: float = 2.
     return sidecar.logs()
 
 
-def test_A2_empty_trusted_proxies_trusts_no_one(testnet, msidecar, mbackend):
+def test_A2_empty_trusted_proxies_trusts_no_one(testnet, module_sidecar, module_backend):
     """A2 / §2.1: trusted-proxy mode with no trustedProxies → every request 401, and the start-up
     log says why. (userHeader x-auth-user is not forwarded-header evidence, so these requests
     reach the auth stage rather than the attribution 403.)"""
-    config = trusted_proxy_config(mbackend, trusted=[], userHeader="x-auth-user")
-    sidecar = msidecar(config)
+    config = trusted_proxy_config(module_backend, trusted=[], userHeader="x-auth-user")
+    sidecar = module_sidecar(config)
     for source in (PROXY_A, PROXY_B, CLIENT):
         response = send(testnet, source, sidecar, [("X-Auth-User", "alice")])
-        assert_refused(response, mbackend, 401, UNAUTHORIZED)
+        assert_refused(response, module_backend, 401, UNAUTHORIZED)
     # With forwarded headers it is refused too (no one is a trusted proxy, so they are unattributable).
     response = send(testnet, PROXY_A, sidecar, [("X-Forwarded-For", REMOTE), ("X-Auth-User", "alice")])
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
     logs = logs_after_start(sidecar, "gateway.trustedProxies is empty")
     assert "gateway.trustedProxies is empty" in logs, logs
 
@@ -494,16 +469,16 @@ def test_A2_empty_trusted_proxies_refuses_loopback_too(start_sidecar, backend):
     assert_refused(send_local(sidecar, [("X-Auth-User", "alice")]), backend, 401, UNAUTHORIZED)
 
 
-def test_A11_unauthenticated_proxy_config_starts_with_a_loud_warning(msidecar, mbackend):
+def test_A11_unauthenticated_proxy_config_starts_with_a_loud_warning(module_sidecar, module_backend):
     """A11: trusted-proxy with neither allowUsers nor requiredHeaders starts, with a WARNING; with
     either one set there is no such warning."""
-    open_config = msidecar(trusted_proxy_config(mbackend))
+    open_config = module_sidecar(trusted_proxy_config(module_backend))
     logs = logs_after_start(open_config, "allowUsers")
     warnings = [line for line in logs.splitlines() if " WARNING " in line and "allowUsers" in line]
     assert warnings, open_config.logs()
     assert "requiredHeaders" in warnings[0]
     for narrowed in ({"allowUsers": ["alice"]}, {"requiredHeaders": ["x-forwarded-proto"]}):
-        sidecar = msidecar(trusted_proxy_config(mbackend, **narrowed))
+        sidecar = module_sidecar(trusted_proxy_config(module_backend, **narrowed))
         logs = logs_after_start(sidecar, "listening on")
         assert "allowUsers" not in logs, logs
 
@@ -513,7 +488,7 @@ def test_A11_unauthenticated_proxy_config_starts_with_a_loud_warning(msidecar, m
 
 @pytest.mark.parametrize("mode", ["trusted-proxy", "token"])
 def test_A10_I4_pod_connecting_directly_with_forged_identity_is_refused(testnet, tp_sidecar, token_sidecar,
-                                                                        mbackend, mode):
+                                                                        module_backend, mode):
     """A10 / I4: a pod (203.0.113.8, not a trusted proxy) sending XFF + identity headers straight
     to the sidecar → 403, in trusted-proxy mode and with a valid token alike."""
     forged = [("X-Forwarded-For", REMOTE), ("Tailscale-User-Login", "admin@example.com"),
@@ -521,31 +496,31 @@ def test_A10_I4_pod_connecting_directly_with_forged_identity_is_refused(testnet,
     sidecar = tp_sidecar if mode == "trusted-proxy" else token_sidecar
     extra = [] if mode == "trusted-proxy" else [BEARER]
     response = send(testnet, POD, sidecar, [*forged, *extra], body=tool_body("gateway"))
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
-def test_I4_pod_with_only_the_user_header_is_refused(testnet, tp_sidecar, mbackend):
+def test_I4_pod_with_only_the_user_header_is_refused(testnet, tp_sidecar, module_backend):
     """I4: the configured user header alone is forwarded-header evidence from a non-proxy → 403."""
     response = send(testnet, POD, tp_sidecar, [("X-Forwarded-User", "admin")])
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 @pytest.mark.parametrize("mode", ["token", "none", "trusted-proxy"])
-def test_I2_funnel_request_through_a_trusted_proxy_is_unauthorized(testnet, msidecar, tp_sidecar, token_sidecar,
-                                                                   mbackend, mode):
+def test_I2_funnel_request_through_a_trusted_proxy_is_unauthorized(testnet, module_sidecar, tp_sidecar, token_sidecar,
+                                                                   module_backend, mode):
     """I2: `Tailscale-Funnel-Request: ?1` through a trusted proxy → 401 in every mode (the
     sidecar's hardening; Funnel traffic carries no user identity)."""
     funnel = ("Tailscale-Funnel-Request", "?1")
     if mode == "token":
         sidecar, headers = token_sidecar, [("X-Forwarded-For", REMOTE), funnel, BEARER]
     elif mode == "none":
-        sidecar = msidecar({"sidecar": base_sidecar(mbackend),
+        sidecar = module_sidecar({"sidecar": base_sidecar(module_backend),
                             "gateway": {"auth": {"mode": "none"}, "trustedProxies": [PROXY_A, PROXY_B]}})
         headers = [("X-Forwarded-For", REMOTE), funnel]
         # Without the funnel marker the same request is forwarded (none mode).
         ok = send(testnet, PROXY_A, sidecar, headers[:1])
-        assert_forwarded(ok, mbackend, scopes=DEFAULT_SCOPES, xff=REMOTE)
-        mbackend.clear_requests()
+        assert_forwarded(ok, module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE)
+        module_backend.clear_requests()
     else:
         sidecar, headers = tp_sidecar, [*via_proxy("alice"), funnel]
-    assert_refused(send(testnet, PROXY_A, sidecar, headers), mbackend, 401, UNAUTHORIZED)
+    assert_refused(send(testnet, PROXY_A, sidecar, headers), module_backend, 401, UNAUTHORIZED)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -146,28 +146,8 @@ ADMIN = {"x-openclaw-scopes": "operator.admin"}  # trusted caller, owner
 
 
 @pytest.fixture(scope="module")
-def be() -> Iterator[DemoBackend]:
-    with DemoBackend(token=UPSTREAM_TOKEN) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_record(be: DemoBackend) -> None:
-    be.clear_requests()
-
-
-@pytest.fixture(scope="module")
-def module_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SidecarProcess]]:
-    started: list[SidecarProcess] = []
-
-    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> SidecarProcess:
-        process = SidecarProcess(config, tmp_path_factory.mktemp("sidecar"), env=env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+def be(module_backend: DemoBackend) -> DemoBackend:
+    return module_backend
 
 
 @pytest.fixture(scope="module")

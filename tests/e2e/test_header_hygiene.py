@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -117,31 +116,6 @@ def assert_owned_headers(record: dict, *, scopes: str, xff: str | None, user: st
 # ---- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mbackend() -> Iterator[DemoBackend]:
-    with DemoBackend(token=UPSTREAM_TOKEN) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_record(mbackend: DemoBackend) -> None:
-    mbackend.clear_requests()
-
-
-@pytest.fixture(scope="module")
-def msidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[dict], SidecarProcess]]:
-    started: list[SidecarProcess] = []
-
-    def start(config: dict) -> SidecarProcess:
-        process = SidecarProcess(config, tmp_path_factory.mktemp("sidecar"))
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-
-
 def sidecar_section(backend: DemoBackend, **more: Any) -> dict:
     return {"listen": LISTEN, "upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
             "timeouts": {"bodyReadSeconds": 1}, **more}
@@ -163,15 +137,15 @@ def tp_config(backend: DemoBackend, user_header: str = "Tailscale-User-Login", t
 
 
 @pytest.fixture(scope="module")
-def token_sc(msidecar, mbackend) -> SidecarProcess:
-    return msidecar(token_config(mbackend))
+def token_sc(module_sidecar, module_backend) -> SidecarProcess:
+    return module_sidecar(token_config(module_backend))
 
 
 @pytest.fixture(scope="module")
-def tp_sc(msidecar, mbackend) -> SidecarProcess:
+def tp_sc(module_sidecar, module_backend) -> SidecarProcess:
     """trusted-proxy via Tailscale-User-Login, with pinned context headers and per-identity ceilings."""
-    return msidecar(tp_config(
-        mbackend,
+    return module_sidecar(tp_config(
+        module_backend,
         contextHeaders={"pinned": {
             ALICE: {"x-openclaw-message-channel": "webchat", "x-openclaw-account-id": "acct-alice"},
             "*": {"x-openclaw-message-channel": "restricted"},
@@ -214,60 +188,60 @@ def as_user(user: str | bytes, *extra: tuple[str, str | bytes]) -> list[tuple[st
     ("X-Forwarded-Proto", "https"), ("X-Forwarded-Port", "443"), ("X-Original-URI", "/healthz"),
     ("X-Original-Method", "GET"),
 ], ids=lambda h: h[0])
-def test_A1_A8_rewrite_headers_from_a_proxied_client_never_reach_the_gateway(testnet, token_sc, mbackend, header):
+def test_A1_A8_rewrite_headers_from_a_proxied_client_never_reach_the_gateway(testnet, token_sc, module_backend, header):
     """A1/A8: the sidecar decides on the target it forwards; path/host-rewrite headers are
     removed by namespace (x-forwarded-*, x-original-*, x-rewrite-*), not by a fixed list."""
-    record = only_forwarded(mbackend, send(testnet, PROXY, token_sc, invoke([VIA, header, BEARER])))
+    record = only_forwarded(module_backend, send(testnet, PROXY, token_sc, invoke([VIA, header, BEARER])))
     assert record["path"] == "/tools/invoke"
     assert header[0].lower() not in names(record), record["headers"]
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user_header="")
 
 
 @pytest.mark.parametrize("header", [("X-Original-URL", "/healthz"), ("X-Rewrite-URL", "/healthz")], ids=lambda h: h[0])
-def test_A1_rewrite_headers_from_a_direct_client_are_dropped(testnet, token_sc, mbackend, header):
+def test_A1_rewrite_headers_from_a_direct_client_are_dropped(testnet, token_sc, module_backend, header):
     """A1: X-Original-URL / X-Rewrite-URL are not forwarded-header evidence, but still never forwarded."""
-    record = only_forwarded(mbackend, send(testnet, CLIENT, token_sc, invoke([header, BEARER])))
+    record = only_forwarded(module_backend, send(testnet, CLIENT, token_sc, invoke([header, BEARER])))
     assert header[0].lower() not in names(record)
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=CLIENT, user_header="")
 
 
-def test_A1_forwarded_uri_from_a_direct_client_is_unattributable(testnet, token_sc, mbackend):
+def test_A1_forwarded_uri_from_a_direct_client_is_unattributable(testnet, token_sc, module_backend):
     """A1/A7: X-Forwarded-Uri is an x-forwarded-* header: from a non-proxy peer → 403."""
     response = send(testnet, CLIENT, token_sc, invoke([("X-Forwarded-Uri", "/healthz"), BEARER]))
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 # ---- B1 / B2: client identity headers ------------------------------------------------------
 
 
-def test_B1_B2_token_mode_forwards_no_identity_at_all(testnet, token_sc, mbackend):
+def test_B1_B2_token_mode_forwards_no_identity_at_all(testnet, token_sc, module_backend):
     """B1/B2: in token mode no identity source exists, so client identity headers are deleted and
     nothing is set in their place."""
     forged = [("Tailscale-User-Login", "admin@example.com"), ("Tailscale-User-Name", "Admin"),
               ("Tailscale-User-Profile-Pic", "https://x/p.png"), ("X-Forwarded-User", "admin"),
               ("X-Forwarded-Email", "admin@example.com"), ("X-Forwarded-Groups", "admins")]
-    record = only_forwarded(mbackend, send(testnet, PROXY, token_sc, invoke([VIA, *forged, BEARER])))
+    record = only_forwarded(module_backend, send(testnet, PROXY, token_sc, invoke([VIA, *forged, BEARER])))
     leaked = {n for n in names(record) if n.startswith(("tailscale-", "x-forwarded-")) and n != "x-forwarded-for"}
     assert leaked == set(), record["headers"]
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user_header="")
 
 
-def test_B2_only_the_sidecar_set_identity_reaches_the_gateway(testnet, tp_sc, mbackend):
+def test_B2_only_the_sidecar_set_identity_reaches_the_gateway(testnet, tp_sc, module_backend):
     """B2: the proxy-asserted user is forwarded once, in the user header; other identity headers
     the client added (x-forwarded-user, tailscale-user-name) are gone."""
     headers = as_user(BOB, ("X-Forwarded-User", "root"), ("Tailscale-User-Name", "Root"),
                       ("Tailscale-User-Profile-Pic", "x"))
-    record = only_forwarded(mbackend, send(testnet, PROXY, tp_sc, invoke(headers)))
+    record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(headers)))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user=BOB)
     assert {"x-forwarded-user", "tailscale-user-name", "tailscale-user-profile-pic"} & names(record) == set()
 
 
-def test_B2_identity_goes_in_the_configured_upstream_user_header(testnet, msidecar, mbackend):
+def test_B2_identity_goes_in_the_configured_upstream_user_header(testnet, module_sidecar, module_backend):
     """B2: with upstreamAuth.userHeader = X-Forwarded-User the identity travels there and the
     client-side Tailscale-User-Login (the header the proxy asserted it in) is not forwarded."""
-    sidecar = msidecar(tp_config(mbackend, upstreamAuth={"token": UPSTREAM_TOKEN, "userHeader": "X-Forwarded-User"}))
+    sidecar = module_sidecar(tp_config(module_backend, upstreamAuth={"token": UPSTREAM_TOKEN, "userHeader": "X-Forwarded-User"}))
     headers = as_user(BOB, ("X-Forwarded-User", "root"))
-    record = only_forwarded(mbackend, send(testnet, PROXY, sidecar, invoke(headers)))
+    record = only_forwarded(module_backend, send(testnet, PROXY, sidecar, invoke(headers)))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user=BOB, user_header="x-forwarded-user")
     assert values(record, "tailscale-user-login") == []
 
@@ -280,18 +254,18 @@ def test_B2_identity_goes_in_the_configured_upstream_user_header(testnet, msidec
     "X_Forwarded_Proto", "X_Forwarded_For", "x.forwarded.user", "X_OPENCLAW_SENDER_IS_OWNER", "x_session_key",
     "Author_ization", "X_Real_IP",
 ])
-def test_B3_B5_B7_protected_name_aliases_are_refused(testnet, token_sc, mbackend, name):
+def test_B3_B5_B7_protected_name_aliases_are_refused(testnet, token_sc, module_backend, name):
     """B3/B4/B5/B7: a name that folds (case, `-`, `_`, `.`) onto a protected header → 400, nothing upstream."""
     response = send(testnet, CLIENT, token_sc, invoke([(name, "operator.admin"), BEARER]))
-    assert_bad_request(response, mbackend, mentions=name)
+    assert_bad_request(response, module_backend, mentions=name)
 
 
-def test_B3_alias_of_the_configured_user_header_is_refused(testnet, msidecar, mbackend):
+def test_B3_alias_of_the_configured_user_header_is_refused(testnet, module_sidecar, module_backend):
     """B3: the configured trusted-proxy user header (X-Auth-User) is protected too: X_Auth_User → 400."""
-    sidecar = msidecar(tp_config(mbackend, user_header="X-Auth-User"))
+    sidecar = module_sidecar(tp_config(module_backend, user_header="X-Auth-User"))
     response = send(testnet, PROXY, sidecar, invoke([VIA, ("X-Auth-User", "bob"), ("X_Auth_User", "root")]))
-    assert_bad_request(response, mbackend, mentions="X_Auth_User")
-    record = only_forwarded(mbackend, send(testnet, PROXY, sidecar, invoke([VIA, ("X-Auth-User", "bob")])))
+    assert_bad_request(response, module_backend, mentions="X_Auth_User")
+    record = only_forwarded(module_backend, send(testnet, PROXY, sidecar, invoke([VIA, ("X-Auth-User", "bob")])))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user="bob", user_header="x-auth-user")
 
 
@@ -305,40 +279,40 @@ def chunked(target: str, headers: list[tuple[str, str]], body: bytes, trailer: b
 
 @pytest.mark.parametrize("trailer", [b"X-OpenClaw-Scopes: operator.admin\r\n", b"Tailscale-User-Login: root\r\n",
                                      b"X-Harmless: 1\r\n"], ids=["scopes", "identity", "harmless"])
-def test_B6_trailers_on_the_tools_route_are_refused(testnet, tp_sc, mbackend, trailer):
+def test_B6_trailers_on_the_tools_route_are_refused(testnet, tp_sc, module_backend, trailer):
     """B6: a chunked request carrying trailers never reaches the gateway. The contract says 400;
     mitmproxy cannot parse HTTP/1 trailers, so what the client gets is the body-timeout 408
     (timeouts.bodyReadSeconds = 1 here). Either is a refusal; the backend must see nothing."""
     data = chunked("/tools/invoke", as_user(BOB, ("x-openclaw-scopes", "operator.write")), AGENTS, trailer)
     response = send(testnet, PROXY, tp_sc, data, timeout=5)
     assert response.status in (400, 408), (response.status, response.body)
-    assert_refused(response, mbackend, response.status)
+    assert_refused(response, module_backend, response.status)
 
 
-def test_B6_trailers_on_other_routes_are_refused(testnet, token_sc, mbackend):
+def test_B6_trailers_on_other_routes_are_refused(testnet, token_sc, module_backend):
     """B6 on a non-tools route: the sidecar must answer (400, or at least the 408 of the tools
     route) instead of leaving the connection hanging, and the backend must see nothing."""
     data = chunked("/v1/chat/completions", [BEARER], b'{"model":"x"}', b"X-OpenClaw-Scopes: operator.admin\r\n")
     try:
         response = send(testnet, CLIENT, token_sc, data, timeout=4)
     except TimeoutError:
-        assert mbackend.requests() == []
+        assert module_backend.requests() == []
         pytest.fail("B6: chunked request with a trailer on /v1/chat/completions got no answer within 4 s "
                     "(backend saw nothing, but the connection is left hanging)")
     assert response.status in (400, 408), (response.status, response.body)
-    assert_refused(response, mbackend, response.status)
+    assert_refused(response, module_backend, response.status)
 
 
 # ---- B9 / B11: context headers -------------------------------------------------------------
 
 
-def test_B9_owner_and_session_headers_are_always_removed(testnet, token_sc, mbackend):
+def test_B9_owner_and_session_headers_are_always_removed(testnet, token_sc, module_backend):
     """B9: x-openclaw-sender-is-owner, x-session-key, unlisted x-openclaw-* / x-clawdbot-*,
     Proxy-Authorization never reach the gateway; allow-listed context headers do."""
     headers = [("x-openclaw-sender-is-owner", "true"), ("x-session-key", "agent:main:main"),
                ("x-openclaw-debug", "1"), ("X-Clawdbot-Scopes", "operator.admin"),
                ("Proxy-Authorization", "Basic cm9vdDpyb290"), ("x-openclaw-account-id", "acct-7"), BEARER]
-    record = only_forwarded(mbackend, send(testnet, CLIENT, token_sc, invoke(headers)))
+    record = only_forwarded(module_backend, send(testnet, CLIENT, token_sc, invoke(headers)))
     removed = {"x-openclaw-sender-is-owner", "x-session-key", "x-openclaw-debug", "x-clawdbot-scopes",
                "proxy-authorization"}
     assert removed & names(record) == set(), record["headers"]
@@ -346,12 +320,12 @@ def test_B9_owner_and_session_headers_are_always_removed(testnet, token_sc, mbac
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=CLIENT, user_header="")
 
 
-def test_B11_pinned_context_headers_override_the_client_per_identity(testnet, tp_sc, mbackend):
+def test_B11_pinned_context_headers_override_the_client_per_identity(testnet, tp_sc, module_backend):
     """B11: alice's channel and account are pinned; her own values are replaced, not appended."""
     headers = as_user(ALICE, ("x-openclaw-message-channel", "telegram-admins"),
                       ("x-openclaw-account-id", "acct-root"), ("x-openclaw-message-to", "channel:1"),
                       ("x-openclaw-unlisted", "x"))
-    record = only_forwarded(mbackend, send(testnet, PROXY, tp_sc, invoke(headers)))
+    record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(headers)))
     assert values(record, "x-openclaw-message-channel") == ["webchat"]
     assert values(record, "x-openclaw-account-id") == ["acct-alice"]
     assert values(record, "x-openclaw-message-to") == ["channel:1"]
@@ -359,20 +333,20 @@ def test_B11_pinned_context_headers_override_the_client_per_identity(testnet, tp
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user=ALICE)
 
 
-def test_B11_wildcard_pin_applies_to_other_identities(testnet, tp_sc, mbackend):
+def test_B11_wildcard_pin_applies_to_other_identities(testnet, tp_sc, module_backend):
     """B11: identities without their own pin get the "*" pin; unpinned allow-listed headers pass."""
     headers = as_user(BOB, ("x-openclaw-message-channel", "telegram-admins"), ("x-openclaw-account-id", "acct-bob"))
-    record = only_forwarded(mbackend, send(testnet, PROXY, tp_sc, invoke(headers)))
+    record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(headers)))
     assert values(record, "x-openclaw-message-channel") == ["restricted"]
     assert values(record, "x-openclaw-account-id") == ["acct-bob"]
 
 
-def test_B11_context_allow_list_is_configurable(testnet, msidecar, mbackend):
+def test_B11_context_allow_list_is_configurable(testnet, module_sidecar, module_backend):
     """B11: with contextHeaders.allow = [x-openclaw-message-to] every other x-openclaw-* is removed."""
-    sidecar = msidecar(tp_config(mbackend, contextHeaders={"allow": ["X-OpenClaw-Message-To"]}))
+    sidecar = module_sidecar(tp_config(module_backend, contextHeaders={"allow": ["X-OpenClaw-Message-To"]}))
     headers = as_user(BOB, ("x-openclaw-message-to", "channel:9"), ("x-openclaw-thread-id", "t-9"),
                       ("x-openclaw-message-channel", "telegram-admins"), ("x-openclaw-account-id", "a"))
-    record = only_forwarded(mbackend, send(testnet, PROXY, sidecar, invoke(headers)))
+    record = only_forwarded(module_backend, send(testnet, PROXY, sidecar, invoke(headers)))
     forwarded = {n for n in names(record) if n.startswith("x-openclaw-")}
     assert forwarded == {"x-openclaw-message-to", "x-openclaw-scopes"}, record["headers"]
     assert values(record, "x-openclaw-message-to") == ["channel:9"]
@@ -385,22 +359,22 @@ def test_B11_context_allow_list_is_configurable(testnet, msidecar, mbackend):
     [("Connection", "x-openclaw-scopes, tailscale-user-login, x-forwarded-for, authorization, x-custom")],
     [("Connection", "keep-alive, X-OpenClaw-Scopes"), ("Connection", "Tailscale-User-Login, X-Forwarded-For, X-Custom")],
 ], ids=["one-line", "two-lines"])
-def test_C1_C4_connection_cannot_remove_or_shadow_sidecar_headers(testnet, tp_sc, mbackend, connection):
+def test_C1_C4_connection_cannot_remove_or_shadow_sidecar_headers(testnet, tp_sc, module_backend, connection):
     """C1–C4: headers nominated in Connection are removed from the client's request, but the
     sidecar's own (scopes, identity, XFF, upstream Authorization) are set after that and survive,
     once each; the Connection header forwarded keeps only close/keep-alive."""
     headers = [*as_user(BOB, ("x-openclaw-scopes", "operator.write"), ("X-Custom", "nominated")), *connection]
-    record = only_forwarded(mbackend, send(testnet, PROXY, tp_sc, invoke(headers)))
+    record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(headers)))
     assert_owned_headers(record, scopes="operator.write", xff=FORWARDED_CLIENT, user=BOB)
     assert values(record, "x-custom") == []
     tokens = {t.strip().lower() for v in values(record, "connection") for t in v.split(",")}
     assert tokens <= {"close", "keep-alive"}, record["headers"]
 
 
-def test_C1_connection_cannot_remove_the_upstream_credential_in_token_mode(testnet, token_sc, mbackend):
+def test_C1_connection_cannot_remove_the_upstream_credential_in_token_mode(testnet, token_sc, module_backend):
     """C1: `Connection: authorization, x-openclaw-scopes` does not strip the upstream credential."""
     headers = [BEARER, ("Connection", "authorization, x-openclaw-scopes, x-forwarded-for")]
-    record = only_forwarded(mbackend, send(testnet, CLIENT, token_sc, invoke(headers)))
+    record = only_forwarded(module_backend, send(testnet, CLIENT, token_sc, invoke(headers)))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=CLIENT, user_header="")
 
 
@@ -415,13 +389,13 @@ def test_C1_connection_cannot_remove_the_upstream_credential_in_token_mode(testn
     [("Tailscale-User-Login", BOB), ("tailscale-user-login", "root@example.com")],
     [("X-Forwarded-For", FORWARDED_CLIENT), ("X-Forwarded-For", "198.51.100.77")],
 ], ids=["authorization", "authorization-case", "host", "scopes", "tailscale-user-login", "xff"])
-def test_D1_D2_repeated_security_headers_are_refused(testnet, tp_sc, mbackend, repeat):
+def test_D1_D2_repeated_security_headers_are_refused(testnet, tp_sc, module_backend, repeat):
     """D1/D2: a repeat of Authorization, Host, x-openclaw-scopes, Tailscale-User-Login or
     X-Forwarded-For would be read differently by the sidecar and by Node → 400."""
     headers = bob_via_proxy_plus(repeat)
     response = send(testnet, PROXY, tp_sc, invoke(headers))
     assert response.status == 400, (response.status, response.body)
-    assert_refused(response, mbackend, 400)
+    assert_refused(response, module_backend, 400)
 
 
 # ---- D3 / D4 / D7: control bytes, encodings, obs-fold ------------------------------------------
@@ -434,49 +408,49 @@ def test_D1_D2_repeated_security_headers_are_refused(testnet, tp_sc, mbackend, r
     ("X-Custom", b"a\x0bb"),
     ("User-Agent", b"curl\x1b[31m"),
 ], ids=["nul-identity", "soh-scopes", "del-authorization", "vt-custom", "esc-user-agent"])
-def test_D3_control_characters_in_header_values_are_refused(testnet, tp_sc, mbackend, name, value):
+def test_D3_control_characters_in_header_values_are_refused(testnet, tp_sc, module_backend, name, value):
     """D3: NUL and other control bytes in a header value → 400 (mitmproxy may refuse a few first:
     any 400 will do, provided nothing reaches the backend)."""
     headers = bob_via_proxy_plus([(name, value)])
     response = send(testnet, PROXY, tp_sc, invoke(headers))
     assert response.status == 400, (response.status, response.body)
-    assert_refused(response, mbackend, 400)
+    assert_refused(response, module_backend, 400)
 
 
-def test_D4_non_utf8_identity_bytes_are_refused(testnet, tp_sc, mbackend):
+def test_D4_non_utf8_identity_bytes_are_refused(testnet, tp_sc, module_backend):
     """D4: a protected header whose bytes are not UTF-8 fails closed (400), never passes through."""
     response = send(testnet, PROXY, tp_sc, invoke([VIA, ("Tailscale-User-Login", b"b\xffb@example.com")]))
-    assert_bad_request(response, mbackend)
+    assert_bad_request(response, module_backend)
 
 
 @pytest.mark.parametrize("folded", [
     [("Tailscale-User-Login", b"bob@example.com\r\n root@example.com")],
     [("X-Custom", b"first\r\n\tsecond")],
 ], ids=["identity", "custom"])
-def test_D7_obs_fold_is_refused(testnet, tp_sc, mbackend, folded):
+def test_D7_obs_fold_is_refused(testnet, tp_sc, module_backend, folded):
     """D7: an obs-folded line (Node answers 400; mitmproxy would forward it) → 400."""
     headers = bob_via_proxy_plus(folded)
     response = send(testnet, PROXY, tp_sc, invoke(headers))
     assert response.status == 400, (response.status, response.body)
-    assert_refused(response, mbackend, 400)
+    assert_refused(response, module_backend, 400)
 
 
 # ---- D5 / D6: RFC 2047 identities ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def allow_users_sc(msidecar, mbackend) -> SidecarProcess:
-    return msidecar(tp_config(mbackend, trusted_proxy={"allowUsers": ["jörg@example.com", "李@example.com", ALICE]}))
+def allow_users_sc(module_sidecar, module_backend) -> SidecarProcess:
+    return module_sidecar(tp_config(module_backend, trusted_proxy={"allowUsers": ["jörg@example.com", "李@example.com", ALICE]}))
 
 
 @pytest.mark.parametrize("encoded", [
     "=?utf-8?q?j=C3=B6rg@example.com?=",
     "=?UTF-8?B?" + base64.b64encode("jörg@example.com".encode()).decode() + "?=",
 ], ids=["q", "b"])
-def test_D5_rfc2047_identity_is_decoded_before_allow_users(testnet, allow_users_sc, mbackend, encoded):
+def test_D5_rfc2047_identity_is_decoded_before_allow_users(testnet, allow_users_sc, module_backend, encoded):
     """D5: Tailscale's RFC 2047 spelling of a non-ASCII login matches allowUsers' decoded entry."""
     response = send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
-    record = only_forwarded(mbackend, response)
+    record = only_forwarded(module_backend, response)
     forwarded = values(record, "tailscale-user-login")
     assert len(forwarded) == 1, record["headers"]
     # The gateway reads header bytes as latin-1; the identity must arrive as the decoded user
@@ -485,7 +459,7 @@ def test_D5_rfc2047_identity_is_decoded_before_allow_users(testnet, allow_users_
     assert forwarded[0] in acceptable, forwarded
 
 
-def test_D5_rfc2047_identity_outside_latin1_is_handled_deliberately(testnet, allow_users_sc, mbackend):
+def test_D5_rfc2047_identity_outside_latin1_is_handled_deliberately(testnet, allow_users_sc, module_backend):
     """D5: an allowed login that is not Latin-1 (Tailscale sends `=?utf-8?q?=E6=9D=8E@...?=`) is
     either forwarded (decoded as UTF-8, or in its RFC 2047 form) or refused deliberately (400/401);
     it must never crash the request into a 500 internal error."""
@@ -493,26 +467,26 @@ def test_D5_rfc2047_identity_outside_latin1_is_handled_deliberately(testnet, all
     response = send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
     assert response.status != 500, ("internal error instead of a decision", response.body)
     if response.status in (400, 401):
-        assert_refused(response, mbackend, response.status)
+        assert_refused(response, module_backend, response.status)
         return
-    record = only_forwarded(mbackend, response)
+    record = only_forwarded(module_backend, response)
     forwarded = values(record, "tailscale-user-login")
     assert forwarded in ([encoded], ["李@example.com".encode().decode("latin-1")]), forwarded
 
 
 @pytest.mark.parametrize("encoded", ["=?utf-8?q?mallory@example.com?=", "=?utf-8?q?Alice@example.com?="])
-def test_D5_rfc2047_identity_not_in_allow_users_is_unauthorized(testnet, allow_users_sc, mbackend, encoded):
+def test_D5_rfc2047_identity_not_in_allow_users_is_unauthorized(testnet, allow_users_sc, module_backend, encoded):
     response = send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
-    assert_refused(response, mbackend, 401, UNAUTHORIZED)
+    assert_refused(response, module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize("empty", ["", "   ", "=?utf-8?q??=", "=?utf-8?q?_?="], ids=["empty", "blank", "encoded-empty",
                                                                                   "encoded-space"])
-def test_D5_empty_identity_is_no_identity(testnet, tp_sc, mbackend, empty):
+def test_D5_empty_identity_is_no_identity(testnet, tp_sc, module_backend, empty):
     """D5: Tailscale sends "" for undecodable logins: that is no identity (401), never user ""
     (tp_sc has no allowUsers, so an empty user would otherwise be accepted)."""
     response = send(testnet, PROXY, tp_sc, invoke([VIA, ("Tailscale-User-Login", empty)]))
-    assert_refused(response, mbackend, 401, UNAUTHORIZED)
+    assert_refused(response, module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize("encoded", [
@@ -521,98 +495,98 @@ def test_D5_empty_identity_is_no_identity(testnet, tp_sc, mbackend, empty):
     "=?utf-8?q?bob=00root@example.com?=",
     "=?utf-8?b?" + base64.b64encode(b"bob\r\nx: y").decode() + "?=",
 ], ids=["crlf-q", "lf-q", "nul-q", "crlf-b"])
-def test_D6_encoded_control_characters_in_identity_are_refused(testnet, tp_sc, mbackend, encoded):
+def test_D6_encoded_control_characters_in_identity_are_refused(testnet, tp_sc, module_backend, encoded):
     """D6: an RFC 2047 value that decodes to CR/LF/NUL cannot become a header the sidecar writes."""
     response = send(testnet, PROXY, tp_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
-    assert_refused(response, mbackend, 401, UNAUTHORIZED)
+    assert_refused(response, module_backend, 401, UNAUTHORIZED)
 
 
 # ---- F: scope header semantics and ceilings ----------------------------------------------------
 
 
-def test_F1_absent_scopes_header_is_forwarded_as_one_explicit_header(testnet, tp_sc, mbackend):
+def test_F1_absent_scopes_header_is_forwarded_as_one_explicit_header(testnet, tp_sc, module_backend):
     """F1: no x-openclaw-scopes from the proxy → exactly one explicit header (the default set)."""
-    record = only_forwarded(mbackend, send(testnet, PROXY, tp_sc, invoke(as_user(BOB))))
+    record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(as_user(BOB))))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user=BOB)
 
 
-def test_F1_F5_none_mode_scopes(testnet, msidecar, mbackend):
+def test_F1_F5_none_mode_scopes(testnet, module_sidecar, module_backend):
     """F1/F5 in none mode: absent → one explicit default header; space-separated → 403;
     comma list with unknown/duplicate entries → normalised."""
-    sidecar = msidecar({"sidecar": sidecar_section(mbackend), "gateway": {"auth": {"mode": "none"}}})
-    record = only_forwarded(mbackend, send(testnet, CLIENT, sidecar, invoke([])))
+    sidecar = module_sidecar({"sidecar": sidecar_section(module_backend), "gateway": {"auth": {"mode": "none"}}})
+    record = only_forwarded(module_backend, send(testnet, CLIENT, sidecar, invoke([])))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=CLIENT, user_header="")
-    mbackend.clear_requests()
+    module_backend.clear_requests()
     response = send(testnet, CLIENT, sidecar, invoke([("x-openclaw-scopes", "operator.read operator.write")]))
-    assert_refused(response, mbackend, 403, MISSING_SCOPE)
+    assert_refused(response, module_backend, 403, MISSING_SCOPE)
     messy = "operator.write,operator.bogus, operator.read ,operator.write,,OPERATOR.ADMIN"
-    record = only_forwarded(mbackend, send(testnet, CLIENT, sidecar, invoke([("x-openclaw-scopes", messy)])))
+    record = only_forwarded(module_backend, send(testnet, CLIENT, sidecar, invoke([("x-openclaw-scopes", messy)])))
     assert_owned_headers(record, scopes="operator.write,operator.read", xff=CLIENT, user_header="")
 
 
-def test_F2_token_mode_ignores_declared_scopes(testnet, token_sc, mbackend):
+def test_F2_token_mode_ignores_declared_scopes(testnet, token_sc, module_backend):
     """F2: a shared-secret caller's declared scopes are replaced by the full default set."""
     headers = [("x-openclaw-scopes", "operator.read"), BEARER]
-    record = only_forwarded(mbackend, send(testnet, CLIENT, token_sc, invoke(headers)))
+    record = only_forwarded(module_backend, send(testnet, CLIENT, token_sc, invoke(headers)))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=CLIENT, user_header="")
 
 
-def test_F5_space_separated_scopes_are_forbidden_in_trusted_proxy_mode(testnet, tp_sc, mbackend):
+def test_F5_space_separated_scopes_are_forbidden_in_trusted_proxy_mode(testnet, tp_sc, module_backend):
     """F5: the gateway splits on commas only; `operator.read operator.write` is one unknown token."""
     response = send(testnet, PROXY, tp_sc, invoke(as_user(BOB, ("x-openclaw-scopes", "operator.read operator.write"))))
-    assert_refused(response, mbackend, 403, MISSING_SCOPE)
+    assert_refused(response, module_backend, 403, MISSING_SCOPE)
 
 
-def test_F5_declared_scopes_are_normalised(testnet, tp_sc, mbackend):
+def test_F5_declared_scopes_are_normalised(testnet, tp_sc, module_backend):
     """F5: de-duplicated, trimmed, unknown scopes dropped, comma form."""
     declared = " operator.read,operator.write ,operator.bogus,operator.read,operator.write"
-    record = only_forwarded(mbackend, send(testnet, PROXY, tp_sc, invoke(as_user(BOB, ("x-openclaw-scopes", declared)))))
+    record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(as_user(BOB, ("x-openclaw-scopes", declared)))))
     assert_owned_headers(record, scopes="operator.read,operator.write", xff=FORWARDED_CLIENT, user=BOB)
 
 
-def test_F4_per_identity_ceiling_caps_absent_and_declared_scopes(testnet, tp_sc, mbackend):
+def test_F4_per_identity_ceiling_caps_absent_and_declared_scopes(testnet, tp_sc, module_backend):
     """F4 / ceilings: capped@ gets at most read+write: an absent header gets the ceiling (never
     the admin default), a declared admin is dropped, and owner-only tools stay 404."""
     capped = "capped@example.com"
-    record = only_forwarded(mbackend, send(testnet, PROXY, tp_sc, invoke(as_user(capped))))
+    record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(as_user(capped))))
     assert_owned_headers(record, scopes="operator.read,operator.write", xff=FORWARDED_CLIENT, user=capped)
-    mbackend.clear_requests()
+    module_backend.clear_requests()
     declared = as_user(capped, ("x-openclaw-scopes", "operator.admin,operator.write"))
-    record = only_forwarded(mbackend, send(testnet, PROXY, tp_sc, invoke(declared)))
+    record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(declared)))
     assert_owned_headers(record, scopes="operator.write", xff=FORWARDED_CLIENT, user=capped)
-    mbackend.clear_requests()
+    module_backend.clear_requests()
     response = send(testnet, PROXY, tp_sc, invoke(as_user(capped), body=b'{"tool":"sessions"}'))
-    assert_refused(response, mbackend, 404, not_available("sessions"))
+    assert_refused(response, module_backend, 404, not_available("sessions"))
     only_admin = as_user(capped, ("x-openclaw-scopes", "operator.admin"))
-    assert_refused(send(testnet, PROXY, tp_sc, invoke(only_admin)), mbackend, 403, MISSING_SCOPE)
+    assert_refused(send(testnet, PROXY, tp_sc, invoke(only_admin)), module_backend, 403, MISSING_SCOPE)
 
 
-def test_F4_ceiling_without_write_forbids_invoke(testnet, tp_sc, mbackend):
+def test_F4_ceiling_without_write_forbids_invoke(testnet, tp_sc, module_backend):
     """Ceilings: viewer@ (ceiling operator.read) → 403 whatever it declares or omits."""
     for extra in ([], [("x-openclaw-scopes", "operator.write,operator.admin")]):
         response = send(testnet, PROXY, tp_sc, invoke(as_user("viewer@example.com", *extra)))
-        assert_refused(response, mbackend, 403, MISSING_SCOPE)
+        assert_refused(response, module_backend, 403, MISSING_SCOPE)
 
 
-def test_F4_default_ceiling_applies_to_everyone_but_listed_identities(testnet, msidecar, mbackend):
+def test_F4_default_ceiling_applies_to_everyone_but_listed_identities(testnet, module_sidecar, module_backend):
     """Ceilings: sidecar.scopeCeilings.default caps every identity not listed; a listed one gets its own."""
-    sidecar = msidecar(tp_config(mbackend, scopeCeilings={
+    sidecar = module_sidecar(tp_config(module_backend, scopeCeilings={
         "default": ["operator.read", "operator.write"],
         "identities": {"root@example.com": DEFAULT_SCOPES.split(",")},
     }))
-    record = only_forwarded(mbackend, send(testnet, PROXY, sidecar, invoke(as_user(BOB))))
+    record = only_forwarded(module_backend, send(testnet, PROXY, sidecar, invoke(as_user(BOB))))
     assert_owned_headers(record, scopes="operator.read,operator.write", xff=FORWARDED_CLIENT, user=BOB)
-    mbackend.clear_requests()
-    record = only_forwarded(mbackend, send(testnet, PROXY, sidecar, invoke(as_user("root@example.com"))))
+    module_backend.clear_requests()
+    record = only_forwarded(module_backend, send(testnet, PROXY, sidecar, invoke(as_user("root@example.com"))))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user="root@example.com")
 
 
-def test_F2_default_ceiling_caps_shared_secret_callers(testnet, msidecar, mbackend):
+def test_F2_default_ceiling_caps_shared_secret_callers(testnet, module_sidecar, module_backend):
     """F2 / ceilings: in token mode the sidecar enforces its own ceiling before forwarding: the
     token caller gets the capped set and is not owner (owner-only tools 404)."""
-    sidecar = msidecar(token_config(mbackend, scopeCeilings={"default": ["operator.read", "operator.write"]}))
-    record = only_forwarded(mbackend, send(testnet, CLIENT, sidecar, invoke([BEARER])))
+    sidecar = module_sidecar(token_config(module_backend, scopeCeilings={"default": ["operator.read", "operator.write"]}))
+    record = only_forwarded(module_backend, send(testnet, CLIENT, sidecar, invoke([BEARER])))
     assert_owned_headers(record, scopes="operator.read,operator.write", xff=CLIENT, user_header="")
-    mbackend.clear_requests()
+    module_backend.clear_requests()
     response = send(testnet, CLIENT, sidecar, invoke([BEARER], body=b'{"tool":"sessions"}'))
-    assert_refused(response, mbackend, 404, not_available("sessions"))
+    assert_refused(response, module_backend, 404, not_available("sessions"))

@@ -83,17 +83,6 @@ def assert_hygienic(record: dict, xff: str | None = None) -> None:
 # ---- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mbackend() -> Iterator[DemoBackend]:
-    with DemoBackend(token=UPSTREAM_TOKEN) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_record(mbackend: DemoBackend) -> None:
-    mbackend.clear_requests()
-
-
 def config(backend: DemoBackend, listen: str = "127.0.0.1:0", **sidecar: Any) -> dict:
     return {
         "sidecar": {"listen": listen, "upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
@@ -103,23 +92,23 @@ def config(backend: DemoBackend, listen: str = "127.0.0.1:0", **sidecar: Any) ->
 
 
 @pytest.fixture(scope="module")
-def sc(tmp_path_factory: pytest.TempPathFactory, mbackend: DemoBackend) -> Iterator[SidecarProcess]:
-    process = SidecarProcess(config(mbackend), tmp_path_factory.mktemp("routes"))
+def sc(tmp_path_factory: pytest.TempPathFactory, module_backend: DemoBackend) -> Iterator[SidecarProcess]:
+    process = SidecarProcess(config(module_backend), tmp_path_factory.mktemp("routes"))
     yield process
     process.stop()
 
 
 @pytest.fixture(scope="module")
-def deny_sc(tmp_path_factory: pytest.TempPathFactory, mbackend: DemoBackend) -> Iterator[SidecarProcess]:
-    process = SidecarProcess(config(mbackend, routes={"deny": ["/api/channels", "/sessions/"]}),
+def deny_sc(tmp_path_factory: pytest.TempPathFactory, module_backend: DemoBackend) -> Iterator[SidecarProcess]:
+    process = SidecarProcess(config(module_backend, routes={"deny": ["/api/channels", "/sessions/"]}),
                              tmp_path_factory.mktemp("deny"))
     yield process
     process.stop()
 
 
 @pytest.fixture(scope="module")
-def net_sc(tmp_path_factory: pytest.TempPathFactory, mbackend: DemoBackend, testnet: TestNet) -> Iterator[SidecarProcess]:
-    process = SidecarProcess(config(mbackend, listen="203.0.113.1:0"), tmp_path_factory.mktemp("net"))
+def net_sc(tmp_path_factory: pytest.TempPathFactory, module_backend: DemoBackend, testnet: TestNet) -> Iterator[SidecarProcess]:
+    process = SidecarProcess(config(module_backend, listen="203.0.113.1:0"), tmp_path_factory.mktemp("net"))
     yield process
     process.stop()
 
@@ -139,23 +128,23 @@ TOOLS_SPELLINGS = [
 
 @pytest.mark.parametrize("target", TOOLS_SPELLINGS)
 @pytest.mark.parametrize("auth", ["token", "none"])
-def test_E1_E3_E6_non_canonical_tools_spellings_are_refused(sc, mbackend, target, auth):
+def test_E1_E3_E6_non_canonical_tools_spellings_are_refused(sc, module_backend, target, auth):
     """E1/E2/E3/E6: a spelling Node folds into /tools/invoke is refused with the gateway's
     `Invalid request URL` 400, before auth, and nothing is forwarded (not even rewritten)."""
     headers = [BEARER] if auth == "token" else []
     response = exchange(sc, raw("POST", target, headers, AGENTS))
-    assert_refused(response, mbackend, 400, INVALID_URL)
+    assert_refused(response, module_backend, 400, INVALID_URL)
 
 
 @pytest.mark.parametrize("target", [
     "http://evil/tools/invoke", "HTTP://EVIL/tools/invoke", "https://evil/tools/invoke", "http://evil/x/../tools/invoke",
     "http://sidecar.test/tools/invoke", "http://sidecar.test/tools/./invoke",
 ])
-def test_E3_H2_absolute_form_tools_targets_are_refused(sc, mbackend, target):
+def test_E3_H2_absolute_form_tools_targets_are_refused(sc, module_backend, target):
     """E3/H2: absolute-form requests naming the tools route (foreign host or not) → 400, with a
     valid token, and the backend sees nothing."""
     response = exchange(sc, raw("POST", target, [BEARER], AGENTS))
-    assert_refused(response, mbackend, 400)
+    assert_refused(response, module_backend, 400)
     payload = response.json()
     assert payload in (INVALID_URL, {"error": {"message": "request target names a foreign host",
                                                 "type": "invalid_request_error"}}), payload
@@ -164,18 +153,18 @@ def test_E3_H2_absolute_form_tools_targets_are_refused(sc, mbackend, target):
 # ---- E5: the query never changes the route -------------------------------------------------
 
 
-def test_E5_query_containing_a_path_is_still_the_tools_route(sc, mbackend):
+def test_E5_query_containing_a_path_is_still_the_tools_route(sc, module_backend):
     """E5: /tools/invoke?x=/health is the tools route: the full pipeline applies."""
     target = "/tools/invoke?x=/health"
-    assert_refused(exchange(sc, raw("POST", target, [], AGENTS)), mbackend, 401, UNAUTHORIZED)
+    assert_refused(exchange(sc, raw("POST", target, [], AGENTS)), module_backend, 401, UNAUTHORIZED)
     response = exchange(sc, raw("GET", target))
-    assert_refused(response, mbackend, 405)
+    assert_refused(response, module_backend, 405)
     assert response.body == b"Method Not Allowed" and response.header("allow") == "POST"
     response = exchange(sc, raw("POST", target, [BEARER], b'{"tool":"sessions_spawn"}'))
-    assert_refused(response, mbackend, 404, {"ok": False, "error": {"type": "not_found",
+    assert_refused(response, module_backend, 404, {"ok": False, "error": {"type": "not_found",
                                                                     "message": "Tool not available: sessions_spawn"}})
     response = exchange(sc, raw("POST", target, [BEARER], AGENTS))
-    record = only_forwarded(mbackend, response)
+    record = only_forwarded(module_backend, response)
     assert response.json() == AGENTS_RESULT
     assert record["path"] == target
     assert_hygienic(record)
@@ -188,37 +177,37 @@ NEAR_MISSES = ["/tools/invoke/", "/TOOLS/invoke", "/Tools/Invoke", "/tools%2finv
 
 
 @pytest.mark.parametrize("target", NEAR_MISSES)
-def test_E4_E8_near_misses_need_auth_and_are_never_405(sc, mbackend, target):
+def test_E4_E8_near_misses_need_auth_and_are_never_405(sc, module_backend, target):
     """E4/E8: not the gateway's tools route, so they are "other" routes: 401 without a token for
     POST and GET alike (a 405 would mean the sidecar treated them as the tools route)."""
     for method in ("POST", "GET"):
         response = exchange(sc, raw(method, target, [], AGENTS if method == "POST" else b""))
-        assert_refused(response, mbackend, 401, UNAUTHORIZED)
+        assert_refused(response, module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize("target", NEAR_MISSES)
-def test_E4_E8_near_misses_are_forwarded_verbatim_with_a_token(sc, mbackend, target):
+def test_E4_E8_near_misses_are_forwarded_verbatim_with_a_token(sc, module_backend, target):
     """E4/E8: with a token they are forwarded as the canonical target (here: unchanged), with
     the same hygiene as the tools route."""
     headers = [BEARER, ("x-openclaw-sender-is-owner", "true"), ("x-openclaw-scopes", "operator.read")]
-    record = only_forwarded(mbackend, exchange(sc, raw("POST", target, headers, AGENTS)))
+    record = only_forwarded(module_backend, exchange(sc, raw("POST", target, headers, AGENTS)))
     assert record["path"] == target
     assert_hygienic(record)
 
 
-def test_E4_double_slash_names_a_host_not_the_tools_route(sc, mbackend):
+def test_E4_double_slash_names_a_host_not_the_tools_route(sc, module_backend):
     """E4: `//tools/invoke` is host `tools`, path `/invoke` for Node. The sidecar either refuses it
     (a target naming a foreign host) or treats it as another route needing auth; it is never
     the tools route (no 405) and never forwarded without auth."""
     for method in ("GET", "POST"):
         response = exchange(sc, raw(method, "//tools/invoke", [], AGENTS if method == "POST" else b""))
         assert response.status in (400, 401), (response.status, response.body)
-        assert_refused(response, mbackend, response.status)
+        assert_refused(response, module_backend, response.status)
     response = exchange(sc, raw("POST", "//tools/invoke", [BEARER], AGENTS))
     if response.status == 400:
-        assert_refused(response, mbackend, 400)
+        assert_refused(response, module_backend, 400)
     else:
-        record = only_forwarded(mbackend, response)
+        record = only_forwarded(module_backend, response)
         assert record["path"] in ("/invoke", "//tools/invoke")
 
 
@@ -231,32 +220,32 @@ def test_E4_double_slash_names_a_host_not_the_tools_route(sc, mbackend):
     ("/info/../private", "/private"),
     ("http://sidecar.test/v1/models", "/v1/models"),
 ])
-def test_E1_E7_other_routes_are_forwarded_in_canonical_form(sc, mbackend, target, canonical):
+def test_E1_E7_other_routes_are_forwarded_in_canonical_form(sc, module_backend, target, canonical):
     """E1/E7: one route decision for policy and forwarding: the gateway receives exactly the
     canonical target the sidecar decided on, never the raw spelling."""
-    record = only_forwarded(mbackend, exchange(sc, raw("GET", target, [BEARER])))
+    record = only_forwarded(module_backend, exchange(sc, raw("GET", target, [BEARER])))
     assert record["path"] == canonical
     assert_hygienic(record)
 
 
-def test_E6_fragment_cannot_smuggle_a_path_past_an_unauthenticated_route(sc, mbackend):
+def test_E6_fragment_cannot_smuggle_a_path_past_an_unauthenticated_route(sc, module_backend):
     """E6: `/healthz#/../tools/invoke` is /healthz for Node; it is forwarded (if at all) as /healthz."""
     response = exchange(sc, raw("GET", "/healthz#/../tools/invoke"))
     if response.status == 400:
-        assert_refused(response, mbackend, 400)
+        assert_refused(response, module_backend, 400)
         return
-    record = only_forwarded(mbackend, response)
+    record = only_forwarded(module_backend, response)
     assert record["path"] == "/healthz"
 
 
-def test_unauthenticated_routes_are_exact_paths(sc, mbackend):
+def test_unauthenticated_routes_are_exact_paths(sc, module_backend):
     """routes.unauthenticated holds exact canonical paths: /healthz passes without a token,
     /healthz/ and /HEALTHZ do not."""
-    record = only_forwarded(mbackend, exchange(sc, raw("GET", "/healthz", [("x-openclaw-sender-is-owner", "true")])))
+    record = only_forwarded(module_backend, exchange(sc, raw("GET", "/healthz", [("x-openclaw-sender-is-owner", "true")])))
     assert values(record, "x-openclaw-sender-is-owner") == []
-    mbackend.clear_requests()
+    module_backend.clear_requests()
     for target in ("/healthz/", "/HEALTHZ", "/healthz%2f"):
-        assert_refused(exchange(sc, raw("GET", target)), mbackend, 401, UNAUTHORIZED)
+        assert_refused(exchange(sc, raw("GET", target)), module_backend, 401, UNAUTHORIZED)
 
 
 # ---- E9: every other route gets auth and hygiene ---------------------------------------------
@@ -266,21 +255,21 @@ OTHER_ROUTES = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST"
 
 
 @pytest.mark.parametrize(("method", "target"), OTHER_ROUTES)
-def test_E9_other_routes_need_auth(sc, mbackend, method, target):
+def test_E9_other_routes_need_auth(sc, module_backend, method, target):
     """E9: /v1/*, /sessions/*, /api/channels/*, MCP need the token like the tools route."""
     body = b'{"model":"x"}' if method == "POST" else b""
-    assert_refused(exchange(sc, raw(method, target, [], body)), mbackend, 401, UNAUTHORIZED)
-    assert_refused(exchange(sc, raw(method, target, [("Authorization", "Basic dDpU")], body)), mbackend, 401, UNAUTHORIZED)
+    assert_refused(exchange(sc, raw(method, target, [], body)), module_backend, 401, UNAUTHORIZED)
+    assert_refused(exchange(sc, raw(method, target, [("Authorization", "Basic dDpU")], body)), module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize(("method", "target"), OTHER_ROUTES)
-def test_E9_other_routes_get_the_same_hygiene(sc, mbackend, method, target):
+def test_E9_other_routes_get_the_same_hygiene(sc, module_backend, method, target):
     """E9: forwarded with our credential and one explicit scopes header; client-owned headers gone."""
     body = b'{"model":"x"}' if method == "POST" else b""
     headers = [BEARER, ("x-openclaw-scopes", "operator.admin"), ("x-openclaw-sender-is-owner", "true"),
                ("x-session-key", "agent:main:main"), ("X-Original-URL", "/tools/invoke"),
                ("Connection", "x-openclaw-scopes")]
-    record = only_forwarded(mbackend, exchange(sc, raw(method, target, headers, body)))
+    record = only_forwarded(module_backend, exchange(sc, raw(method, target, headers, body)))
     assert record["path"] == target
     assert record["method"] == method
     assert_hygienic(record)
@@ -291,20 +280,20 @@ def test_E9_other_routes_get_the_same_hygiene(sc, mbackend, method, target):
     [("Authorization", "Bearer x"), BEARER],
     [("X-Custom", "a\x01b")],
 ], ids=["alias", "duplicate-authorization", "control-char"])
-def test_E9_malformed_heads_are_refused_on_other_routes(sc, mbackend, bad):
+def test_E9_malformed_heads_are_refused_on_other_routes(sc, module_backend, bad):
     """E9 + B3/D1/D3: malformed heads are refused on every route, not only /tools/invoke."""
     headers = bad if bad[0][0] == "Authorization" else [BEARER, *bad]
     response = exchange(sc, raw("GET", "/v1/models", headers))
-    assert_refused(response, mbackend, 400)
+    assert_refused(response, module_backend, 400)
 
 
-def test_E9_other_routes_refuse_unattributable_forwarded_headers(testnet, net_sc, mbackend):
+def test_E9_other_routes_refuse_unattributable_forwarded_headers(testnet, net_sc, module_backend):
     """E9 + A7: a non-proxy peer sending X-Forwarded-For to /v1/models → 403, with a valid token."""
     data = raw("GET", "/v1/models", [("X-Forwarded-For", "10.1.1.1"), BEARER])
     response = testnet.exchange("203.0.113.7", (net_sc.host, net_sc.port), data)
-    assert_refused(response, mbackend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
     data = raw("GET", "/v1/models", [("X-Forwarded-For", "10.1.1.1"), BEARER])
-    record = only_forwarded(mbackend, testnet.exchange("198.51.100.5", (net_sc.host, net_sc.port), data))
+    record = only_forwarded(module_backend, testnet.exchange("198.51.100.5", (net_sc.host, net_sc.port), data))
     assert_hygienic(record, xff="10.1.1.1")
 
 
@@ -314,18 +303,18 @@ def test_E9_other_routes_refuse_unattributable_forwarded_headers(testnet, net_sc
 @pytest.mark.parametrize("target", ["/api/channels/x", "/api/channels", "/api/channels/x/../y",
                                     "/x/../api/channels/y", "/api/./channels/x", "/sessions/x/kill"])
 @pytest.mark.parametrize("auth", ["token", "none"])
-def test_routes_deny_refuses_prefixes_with_404(deny_sc, mbackend, target, auth):
+def test_routes_deny_refuses_prefixes_with_404(deny_sc, module_backend, target, auth):
     """sidecar.routes.deny: a denied canonical prefix → 404 with or without a token, nothing forwarded
     (a spelling that only canonicalises into the prefix is denied too)."""
     headers = [BEARER] if auth == "token" else []
-    assert_refused(exchange(deny_sc, raw("GET", target, headers)), mbackend, 404, ROUTE_NOT_FOUND)
+    assert_refused(exchange(deny_sc, raw("GET", target, headers)), module_backend, 404, ROUTE_NOT_FOUND)
 
 
-def test_routes_deny_leaves_other_routes_alone(deny_sc, mbackend):
+def test_routes_deny_leaves_other_routes_alone(deny_sc, module_backend):
     """routes.deny is a prefix list, not a blanket: /v1/models and the tools route still work."""
-    record = only_forwarded(mbackend, exchange(deny_sc, raw("GET", "/v1/models", [BEARER])))
+    record = only_forwarded(module_backend, exchange(deny_sc, raw("GET", "/v1/models", [BEARER])))
     assert record["path"] == "/v1/models"
-    mbackend.clear_requests()
+    module_backend.clear_requests()
     response = exchange(deny_sc, raw("POST", "/tools/invoke", [BEARER], AGENTS))
-    only_forwarded(mbackend, response)
+    only_forwarded(module_backend, response)
     assert response.json() == AGENTS_RESULT

@@ -24,7 +24,13 @@ from typing import Any
 
 import httpx
 
-from .harness import LISTENING_PREFIX, SidecarProcess, TestNet, http_request, read_response
+from .harness import (
+    LISTENING_PREFIX,
+    SidecarProcess,
+    TestNet,
+    http_request,
+    read_response,
+)
 
 METRICS_PREFIX = "openclaw-sidecar metrics on "
 
@@ -182,14 +188,14 @@ class MetricsSidecarProcess(SidecarProcess):
 def scrape_metric(url: str, name: str) -> float:
     """The value of an unlabelled metric sample `name` in a Prometheus text exposition."""
     text = httpx.get(url, timeout=5.0, trust_env=False).text
-    match = re.search(rf"^{re.escape(name)} ([0-9.eE+-]+)$", text, re.M)
+    match = re.search(rf"^{re.escape(name)} ([0-9.eE+-]+)$", text, re.MULTILINE)
     if match is None:
         raise AssertionError(f"metric {name} not exposed; got:\n{text}")
     return float(match.group(1))
 
 
 def count_matches(pattern: str, text: str) -> int:
-    return len(re.findall(pattern, text, re.M))
+    return len(re.findall(pattern, text, re.MULTILINE))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, nudge: Callable[[], Any] | None = None,

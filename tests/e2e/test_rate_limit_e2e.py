@@ -115,7 +115,7 @@ def tools_calls(backend: DemoBackend) -> list[dict]:
 @pytest.mark.parametrize("client_kind", ["testnet", "trusted-xff"])
 def test_case15_ten_failures_lock_even_the_good_token(
     backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
-    testnet: NetNamespace, storage: str, client_kind: str,
+    testnet: NetNamespace, storage: str, client_kind: str, request: pytest.FixtureRequest,
 ) -> None:
     """Case 15: 10 bad tokens from 203.0.113.7 → 401 each; the 11th with the GOOD token → 429
     rate_limited, Retry-After 299-300; neither the 401s nor the 429 reach the backend."""
@@ -131,6 +131,9 @@ def test_case15_ten_failures_lock_even_the_good_token(
     for _ in range(10):
         assert_unauthorized(caller.invoke(WRONG))
     assert_backend_saw_nothing(backend)
+    if storage.startswith("redis://"):  # the failures really live in the shared storage
+        keys = request.getfixturevalue("redis_server").command("KEYS", "*")
+        assert b"authfail" in keys and CLIENT.encode() in keys, keys
 
     locked = caller.invoke(TOKEN)
     assert_locked(locked, lambda s: s in (299, 300))

@@ -1,0 +1,90 @@
+"""`mitmdump -s addons/tools_invoke.py` gives the same guarantees as `openclaw-sidecar run`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sidecar.demo_backend import DemoBackend
+
+from .conftest import UPSTREAM_TOKEN
+from .harness import REPO, raw_exchange
+
+TOKEN = "mitmdump-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mitmdump(tmp_path: Path, backend: DemoBackend) -> Iterator[int]:
+    config = tmp_path / "sidecar.json"
+    config.write_text(json.dumps({
+        "sidecar": {"upstreamAuth": {"token": UPSTREAM_TOKEN}},
+        "gateway": {"auth": {"mode": "token", "token": TOKEN}},
+    }))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mitmdump"), "-q", "-s", str(REPO / "addons" / "tools_invoke.py"),
+         "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(port),
+         "--set", f"sidecar_config={config}", "--set", f"confdir={tmp_path / 'mitm'}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"mitmdump did not listen: {proc.communicate()[1]}")
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_allowed_call_is_forwarded_with_rebuilt_headers(mitmdump: int, backend: DemoBackend) -> None:
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        reply = client.post(f"http://127.0.0.1:{mitmdump}/tools/invoke", json={"tool": "agents_list"},
+                            headers={"Authorization": f"Bearer {TOKEN}", "x-openclaw-scopes": "operator.read"})
+    assert reply.status_code == 200 and reply.json()["ok"] is True
+    (seen,) = backend.requests()
+    headers = [(k.lower(), v) for k, v in seen["headers"]]
+    assert ("authorization", f"Bearer {UPSTREAM_TOKEN}") in headers
+    assert [v for k, v in headers if k == "x-openclaw-scopes"] == [
+        "operator.admin,operator.read,operator.write,operator.approvals,operator.questions,"
+        "operator.pairing,operator.talk.secrets"
+    ]
+
+
+def test_unauthenticated_large_body_gets_401_without_reaching_the_backend(mitmdump: int, backend: DemoBackend) -> None:
+    head = (b"POST /tools/invoke HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer wrong\r\n"
+            b"Content-Length: 5242880\r\n\r\n{\"tool\":")
+    reply = raw_exchange(("127.0.0.1", mitmdump), head)
+    assert reply.status == 401
+    assert reply.json() == {"error": {"message": "Unauthorized", "type": "unauthorized"}}
+    assert backend.requests() == []
+
+
+def test_chunked_body_over_the_limit_gets_the_gateway_413(mitmdump: int, backend: DemoBackend) -> None:
+    chunk = b"x" * 65536
+    body = b"".join(b"10000\r\n" + chunk + b"\r\n" for _ in range(33)) + b"0\r\n\r\n"
+    head = (b"POST /tools/invoke HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + TOKEN.encode()
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    reply = raw_exchange(("127.0.0.1", mitmdump), head + body)
+    assert reply.status == 413
+    assert reply.json() == {"error": {"message": "Payload too large", "type": "invalid_request_error"}}
+    assert reply.header("connection") == "close"
+    assert backend.requests() == []

@@ -7,6 +7,7 @@ Reason codes are upstream's, so the sidecar's log reads like the gateway's.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.header import decode_header, make_header
@@ -15,8 +16,11 @@ from urllib.parse import urlsplit
 
 from .attribution import Attribution
 from .config import Config
-from .ipaddrs import IPNetwork, in_networks, is_loopback, parse_ip, parse_network
+from .ipaddrs import IPNetwork, in_networks, is_loopback, normalize_ip, parse_ip, parse_network
+from .localaddrs import local_interface_addresses
 from .view import RequestView
+
+log = logging.getLogger("sidecar.auth")
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ class TrustedProxyAuth:
     allow_loopback: bool
     origins: OriginPolicy
     fallback_password: str | None  # local-direct password fallback (L)
+    # This host's own addresses, read once at start-up; None when they could not be read.
+    local_addresses: frozenset[str] | None = frozenset()
 
     def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
         outcome = self._check(view, attribution)
@@ -173,8 +179,13 @@ class TrustedProxyAuth:
         peer = attribution.peer_ip
         if not in_networks(peer, self.trusted):
             return fail("trusted_proxy_untrusted_source")
-        if is_loopback(peer) and not self.allow_loopback:
-            return fail("trusted_proxy_loopback_source")
+        if is_loopback(peer):
+            if not self.allow_loopback:
+                return fail("trusted_proxy_loopback_source")
+        elif self.local_addresses is None:
+            return fail("trusted_proxy_local_interface_check_failed")
+        elif peer in self.local_addresses:
+            return fail("trusted_proxy_local_interface_source")
         for name in self.required_headers:
             if not (view.first(name) or "").strip():
                 return fail(f"trusted_proxy_missing_header_{name}")
@@ -199,6 +210,14 @@ def build_authenticator(config: Config) -> Authenticator:
         return NoneAuth(origins)
     if secrets.mode == "trusted-proxy":
         tp = gateway.auth.trusted_proxy
+        try:
+            local_addresses: frozenset[str] | None = frozenset(
+                normalize_ip(a) or a for a in local_interface_addresses()
+            )
+        except OSError as exc:
+            log.error("cannot read this host's interface addresses (%s): trusted-proxy requests from "
+                      "non-loopback peers will be refused", exc)
+            local_addresses = None
         return TrustedProxyAuth(
             trusted=tuple(parse_network(e) for e in gateway.trusted_proxies),
             user_header=tp.user_header.lower() if tp.user_header else None,
@@ -207,6 +226,7 @@ def build_authenticator(config: Config) -> Authenticator:
             allow_loopback=tp.allow_loopback,
             origins=origins,
             fallback_password=secrets.password,
+            local_addresses=local_addresses,
         )
     secret = secrets.token if secrets.mode == "token" else secrets.password
     return SharedSecretAuth(secrets.mode, secret)

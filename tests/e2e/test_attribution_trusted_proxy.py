@@ -14,6 +14,7 @@ X-Forwarded-For naming the attributed client, one explicit normalised x-openclaw
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -524,3 +525,20 @@ def test_I2_funnel_request_through_a_trusted_proxy_is_unauthorized(testnet, modu
     else:
         sidecar, headers = tp_sidecar, [*via_proxy("alice"), funnel]
     assert_refused(send(testnet, PROXY_A, sidecar, headers), module_backend, 401, UNAUTHORIZED)
+
+
+# ---- this host's own addresses (§2.3 step 3) -------------------------------------------------
+
+
+def test_trusted_proxy_connecting_from_this_hosts_own_address_is_refused(start_sidecar, module_backend, testnet):
+    """A trusted peer that is a non-loopback address of the sidecar's own host could be anything
+    running on the host (I1): 401 trusted_proxy_local_interface_source, as upstream."""
+    host_ip = TestNet.HOST_IP
+    sidecar = start_sidecar(trusted_proxy_config(module_backend, trusted=[host_ip, PROXY_A]))
+    sock = socket.socket()
+    sock.bind((host_ip, 0))  # the host side of the test network: one of this host's addresses
+    response = raw_exchange((sidecar.host, sidecar.port), http_request("POST", "/tools/invoke", via_proxy(), AGENTS), sock=sock)
+    assert_refused(response, module_backend, 401, UNAUTHORIZED)
+    assert "trusted_proxy_local_interface_source" in sidecar.logs()
+    # The same request from a trusted proxy elsewhere is accepted.
+    assert send(testnet, PROXY_A, sidecar, via_proxy()).status == 200

@@ -80,19 +80,6 @@ _PRIVATE_NETWORKS = tuple(parse_network(n) for n in (
 ))
 
 
-# Private ranges for the same-origin rule: RFC 1918, CGNAT (tailnets), IPv6 ULA and link-local.
-# (Python's `is_private` also counts documentation ranges, which no real origin uses.)
-_PRIVATE_NETWORKS = tuple(parse_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10",
-))
-
-
-def encode_identity(user: str) -> str:
-    """The identity as a header value: ASCII as is, anything else RFC 2047-encoded, exactly as
-    Tailscale itself sends it, since Node reads header bytes as latin-1."""
-    return user if user.isascii() else Header(user, "utf-8").encode()
-
-
 class OriginPolicy:
     """Browser-origin check for `none` and `trusted-proxy` (§2.3 step 8, §2.5)."""
 

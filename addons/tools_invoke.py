@@ -20,7 +20,9 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import HttpStream
+import h11
+from h11._readers import ChunkedReader
+from mitmproxy.proxy.layers.http import HttpStream, _http1
 
 try:  # loaded by mitmdump -s, the repository root may not be on sys.path
     import sidecar  # noqa: F401
@@ -68,6 +70,22 @@ def limit_request_bodies_only() -> None:
     HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
 
 
+class _TrailerRefusingReader(ChunkedReader):
+    """mitmproxy 12 raises NotImplementedError on HTTP/1 trailers, logging a crash and leaving
+    the connection hanging; as a protocol error it closes the connection cleanly instead. The
+    sidecar refuses trailers anyway (corpus B6): nothing after the body may reach the gateway."""
+
+    def __call__(self, buf):  # type: ignore[no-untyped-def]
+        event = super().__call__(buf)
+        if isinstance(event, h11.EndOfMessage) and event.headers:
+            raise h11.RemoteProtocolError("trailers are not accepted")
+        return event
+
+
+def refuse_trailers() -> None:
+    _http1.ChunkedReader = _TrailerRefusingReader  # type: ignore[misc]
+
+
 # Proxy settings the guard's guarantees depend on, applied whichever way it is loaded.
 REQUIRED_OPTIONS = {
     "connection_strategy": "lazy",  # a refused request never opens an upstream connection
@@ -91,8 +109,8 @@ def raw_target(request: http.Request) -> str:
 def view_of(flow: http.HTTPFlow) -> RequestView:
     request = flow.request
     return RequestView(
-        method=request.method,
         target=raw_target(request),
+        method=request.data.method.decode("latin-1"),  # as sent: mitmproxy upper-cases `.method`
         headers=tuple(request.headers.fields),
         peer_ip=flow.client_conn.peername[0],
     )
@@ -131,6 +149,8 @@ def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
         return False
     response = response_of(envelope)
     response.headers["Connection"] = "close"
+    # mitmproxy would otherwise write its own `100 Continue` after our answer and our EOF.
+    flow.request.headers.pop("expect", None)
     writer.write(http1.assemble_response(response))
     writer.write_eof()
     flow.client_conn.state &= ~ConnectionState.CAN_WRITE
@@ -153,6 +173,7 @@ class ToolsInvokeGuard:
     def load(self, loader: Any) -> None:
         loader.add_option("sidecar_config", str | None, None, "Path to the openclaw-sidecar YAML/JSON5 config file.")
         limit_request_bodies_only()
+        refuse_trailers()
 
     def running(self) -> None:
         ctx.options.update(**REQUIRED_OPTIONS)
@@ -254,6 +275,11 @@ class ToolsInvokeGuard:
         if early and answer_directly(flow, decision.envelope):
             return
         flow.response = response_of(decision.envelope)
+        if _body_pending(flow):
+            # The answer waits for a small body so the connection stays usable; a body that
+            # never comes gets the same answer directly once the read timeout passes.
+            seconds = self.runtime.config.sidecar.timeouts.body_read_seconds if self.runtime else 30.0
+            self._schedule(flow, seconds, lambda: answer_directly(flow, decision.envelope), decision.reason)
 
     def _forward(self, flow: http.HTTPFlow, decision: Forward) -> None:
         admitted = decision.admitted

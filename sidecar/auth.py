@@ -10,6 +10,7 @@ import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -66,7 +67,7 @@ def decode_identity(value: str | None) -> str | None:
     if "=?" in text:
         try:
             text = str(make_header(decode_header(text))).strip()
-        except (ValueError, LookupError, UnicodeDecodeError):
+        except (ValueError, LookupError, UnicodeDecodeError, HeaderParseError):
             return None
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):  # decoding can smuggle CR/LF (D6)
         return None
@@ -93,8 +94,11 @@ class OriginPolicy:
         normalized = origin.strip().rstrip("/").lower()
         if "*" in self.allowed or normalized in self.allowed:
             return True
-        parts = urlsplit(normalized)
-        host = parts.hostname
+        try:
+            parts = urlsplit(normalized)
+            host = parts.hostname
+        except ValueError:  # e.g. `http://[`: not an origin any policy can allow
+            return False
         if host is None:
             return False
         origin_ip = parse_ip(host)

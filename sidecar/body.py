@@ -75,4 +75,7 @@ def read_invoke_body(raw: bytes) -> InvokeBody:
     if untouched:
         return InvokeBody(tool, raw)
     rewritten = {**payload, "name": tool.name, "tool": tool.name}
-    return InvokeBody(tool, compact_json(rewritten))
+    try:
+        return InvokeBody(tool, compact_json(rewritten))
+    except RecursionError as exc:  # nesting deeper than the rewrite can walk
+        raise BodyError("invalid_json", "JSON nested too deeply to rewrite") from exc

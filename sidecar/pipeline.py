@@ -28,6 +28,7 @@ from .toolpolicy import ToolGate
 from .view import RequestView
 
 TOOLS_INVOKE = "/tools/invoke"
+_METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
 _PLAIN_HOST = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 Route = Literal["tools-invoke", "other"]
 
@@ -102,6 +103,9 @@ class Pipeline:
     # ---- head ---------------------------------------------------------------------------
 
     async def on_head(self, view: RequestView) -> Refuse | Admitted:
+        if not _METHOD.fullmatch(view.method):
+            # Node's parser refuses lower-case and unknown-shaped methods outright.
+            return Refuse(envelopes.bad_request("invalid request method"), "invalid_method")
         problem = head_problem(view, self.extra_protected)
         if problem is not None:
             return Refuse(envelopes.bad_request(problem), "malformed_head")
@@ -136,7 +140,7 @@ class Pipeline:
         if route == "tools-invoke" and view.method != "POST":
             return Refuse(envelopes.method_not_allowed(), "method_not_allowed")
 
-        if route == "other" and target.path in self.config.sidecar.routes.unauthenticated:
+        if self._unauthenticated(view, route, target.path):
             outcome = AuthOutcome(True, "unauthenticated-route")
         else:
             refusal_or_outcome = await self._authenticate(view, attribution)
@@ -155,6 +159,14 @@ class Pipeline:
         websocket = (view.first("upgrade") or "").strip().lower() == "websocket"
         headers = rebuild_headers(view, self._header_plan(attribution, outcome, scopes, websocket))
         return Admitted(route, target.origin_form, headers, attribution.client_ip, outcome, scopes, websocket)
+
+    def _unauthenticated(self, view: RequestView, route: Route, path: str) -> bool:
+        """Health-style routes only: exact path, GET/HEAD, no body, no upgrade."""
+        return (
+            route == "other" and path in self.config.sidecar.routes.unauthenticated
+            and view.method in ("GET", "HEAD") and not view.has("upgrade")
+            and not view.has("transfer-encoding") and (_declared_length(view) or 0) == 0
+        )
 
     async def _authenticate(self, view: RequestView, attribution: Attribution) -> Refuse | AuthOutcome:
         key = attribution.client_ip
@@ -191,7 +203,8 @@ class Pipeline:
     ) -> HeaderPlan:
         owned: list[tuple[str, str]] = []
         credential = self.config.secrets.upstream_credential
-        if credential is not None:
+        # Never lend our credential to a request nobody authenticated.
+        if credential is not None and outcome.method != "unauthenticated-route":
             owned.append(("Authorization", f"Bearer {credential}"))
         # Always one explicit value: an absent header means the full default set upstream (F1).
         owned.append(("x-openclaw-scopes", scopes.header_value if scopes is not None else ""))

@@ -36,7 +36,8 @@ def normalize_tool_name(raw: str) -> ToolName:
     """Lower-case, trim, alias, then NFKC; a name NFKC changes or outside the charset is unusable."""
     aliased = normalize_policy_name(raw)
     folded = unicodedata.normalize("NFKC", aliased)
-    acceptable = folded == aliased and _STRICT_NAME.fullmatch(folded) is not None
+    # Checked on the name as sent too: lower() maps some non-ASCII letters onto ASCII (K → k).
+    acceptable = raw.isascii() and folded == aliased and _STRICT_NAME.fullmatch(folded) is not None
     return ToolName(aliased, acceptable)
 
 

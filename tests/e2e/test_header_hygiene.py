@@ -277,30 +277,36 @@ def chunked(target: str, headers: list[tuple[str, str]], body: bytes, trailer: b
     return head + b"%x\r\n" % len(body) + body + b"\r\n0\r\n" + trailer + b"\r\n"
 
 
+def send_expecting_refusal_or_close(testnet, source, sidecar, data: bytes) -> int | None:
+    """The status of a refusal, or None when the sidecar closed the connection without one.
+    A hang is a failure (TimeoutError propagates)."""
+    try:
+        return send(testnet, source, sidecar, data, timeout=5).status
+    except ConnectionError:
+        return None
+
+
 @pytest.mark.parametrize("trailer", [b"X-OpenClaw-Scopes: operator.admin\r\n", b"Tailscale-User-Login: root\r\n",
                                      b"X-Harmless: 1\r\n"], ids=["scopes", "identity", "harmless"])
 def test_B6_trailers_on_the_tools_route_are_refused(testnet, tp_sc, module_backend, trailer):
-    """B6: a chunked request carrying trailers never reaches the gateway. The contract says 400;
-    mitmproxy cannot parse HTTP/1 trailers, so what the client gets is the body-timeout 408
-    (timeouts.bodyReadSeconds = 1 here). Either is a refusal; the backend must see nothing."""
+    """B6: a chunked request carrying trailers never reaches the gateway. mitmproxy closes the
+    connection at the trailers before any hook runs, so the refusal is a clean close."""
     data = chunked("/tools/invoke", as_user(BOB, ("x-openclaw-scopes", "operator.write")), AGENTS, trailer)
-    response = send(testnet, PROXY, tp_sc, data, timeout=5)
-    assert response.status in (400, 408), (response.status, response.body)
-    assert_refused(response, module_backend, response.status)
+    assert send_expecting_refusal_or_close(testnet, PROXY, tp_sc, data) in (None, 400)
+    assert module_backend.requests() == []
 
 
 def test_B6_trailers_on_other_routes_are_refused(testnet, token_sc, module_backend):
-    """B6 on a non-tools route: the sidecar must answer (400, or at least the 408 of the tools
-    route) instead of leaving the connection hanging, and the backend must see nothing."""
     data = chunked("/v1/chat/completions", [BEARER], b'{"model":"x"}', b"X-OpenClaw-Scopes: operator.admin\r\n")
-    try:
-        response = send(testnet, CLIENT, token_sc, data, timeout=4)
-    except TimeoutError:
-        assert module_backend.requests() == []
-        pytest.fail("B6: chunked request with a trailer on /v1/chat/completions got no answer within 4 s "
-                    "(backend saw nothing, but the connection is left hanging)")
-    assert response.status in (400, 408), (response.status, response.body)
-    assert_refused(response, module_backend, response.status)
+    assert send_expecting_refusal_or_close(testnet, CLIENT, token_sc, data) in (None, 400)
+    assert module_backend.requests() == []
+
+
+def test_B6_announced_trailers_get_400(testnet, token_sc, module_backend):
+    data = chunked("/tools/invoke", [BEARER, ("Trailer", "X-OpenClaw-Scopes")], AGENTS, b"X-OpenClaw-Scopes: operator.admin\r\n")
+    response = send(testnet, CLIENT, token_sc, data, timeout=5)
+    assert response.status == 400
+    assert_refused(response, module_backend, 400)
 
 
 # ---- B9 / B11: context headers -------------------------------------------------------------

@@ -29,6 +29,7 @@ import pytest
 from sidecar.demo_backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
+from .assertions import BACKEND_SERVER, JSON_CT, assert_refused, body_of, header_of, status_of
 from .harness import (
     RawResponse,
     SidecarProcess,
@@ -38,11 +39,9 @@ from .harness import (
 )
 from .harness import TestNet as _TestNet
 
-JSON_CT = "application/json; charset=utf-8"
 TOKEN = "T"
 PASSWORD = "P"
 MAX_BODY = 2 * 1024 * 1024
-BACKEND_SERVER = "openclaw-demo-backend"
 
 UNAUTHORIZED = {"error": {"message": "Unauthorized", "type": "unauthorized"}}
 PAYLOAD_TOO_LARGE = {"error": {"message": "Payload too large", "type": "invalid_request_error"}}
@@ -76,31 +75,13 @@ def not_available(name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ helpers
 
 
-def _status(resp: httpx.Response | RawResponse) -> int:
-    return resp.status_code if isinstance(resp, httpx.Response) else resp.status
 
 
-def _header(resp: httpx.Response | RawResponse, name: str) -> str | None:
-    return resp.headers.get(name) if isinstance(resp, httpx.Response) else resp.header(name)
-
-
-def _body(resp: httpx.Response | RawResponse) -> bytes:
-    return resp.content if isinstance(resp, httpx.Response) else resp.body
-
-
-def assert_refused(resp: httpx.Response | RawResponse, status: int, body: dict[str, Any],
-                   backend: DemoBackend) -> None:
-    """A sidecar refusal: exact status, exact JSON body, JSON content type, nothing upstream."""
-    assert _status(resp) == status, _body(resp)
-    assert json.loads(_body(resp)) == body
-    assert _header(resp, "content-type") == JSON_CT
-    assert BACKEND_SERVER not in (_header(resp, "server") or "")
-    assert backend.requests() == []
 
 
 def assert_backend_answered(resp: httpx.Response | RawResponse, backend: DemoBackend) -> dict[str, Any]:
     """The reply came from the backend; returns the one request the backend recorded."""
-    assert BACKEND_SERVER in (_header(resp, "server") or ""), (_status(resp), _body(resp))
+    assert BACKEND_SERVER in (header_of(resp, "server") or ""), (status_of(resp), body_of(resp))
     seen = backend.requests()
     assert len(seen) == 1, seen
     return seen[0]

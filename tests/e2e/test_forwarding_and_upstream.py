@@ -27,12 +27,11 @@ import pytest
 from sidecar.demo_backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
-from .harness import RawResponse, SidecarProcess, http_request, raw_exchange
+from .assertions import BACKEND_SERVER, JSON_CT, assert_refused
+from .harness import SidecarProcess, http_request, raw_exchange
 from .harness import TestNet as _TestNet
 
-JSON_CT = "application/json; charset=utf-8"
 TOKEN = "T"
-BACKEND_SERVER = "openclaw-demo-backend"
 UNAUTHORIZED = {"error": {"message": "Unauthorized", "type": "unauthorized"}}
 INVALID_URL = {"error": "bad_request", "message": "Invalid request URL"}
 ATTRIBUTION = {"error": {"message": "Proxy client attribution is required. Configure gateway.trustedProxies "
@@ -75,25 +74,8 @@ def header_names(record: dict[str, Any]) -> set[str]:
     return {k.lower() for k, _ in record["headers"]}
 
 
-def _status(resp: httpx.Response | RawResponse) -> int:
-    return resp.status_code if isinstance(resp, httpx.Response) else resp.status
 
 
-def _header(resp: httpx.Response | RawResponse, name: str) -> str | None:
-    return resp.headers.get(name) if isinstance(resp, httpx.Response) else resp.header(name)
-
-
-def _body(resp: httpx.Response | RawResponse) -> bytes:
-    return resp.content if isinstance(resp, httpx.Response) else resp.body
-
-
-def assert_refused(resp: httpx.Response | RawResponse, status: int, body: dict[str, Any],
-                   backend: DemoBackend) -> None:
-    assert _status(resp) == status, _body(resp)
-    assert json.loads(_body(resp)) == body
-    assert _header(resp, "content-type") == JSON_CT
-    assert BACKEND_SERVER not in (_header(resp, "server") or "")
-    assert backend.requests() == []
 
 
 def only_request(backend: DemoBackend) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import pytest
 from sidecar.demo_backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
+from .expected import AGENTS, AGENTS_RESULT, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED
 from .harness import RawResponse, SidecarProcess, TestNet, http_request, raw_exchange
 
 TOKEN = "T-shared-secret-for-attribution"
@@ -33,20 +34,6 @@ CLIENT, POD = "203.0.113.7", "203.0.113.8"
 REMOTE = "198.51.100.9"  # the reference's forwarded client, only ever a header value here
 LISTEN = "203.0.113.1:0"
 
-AGENTS = b'{"tool":"agents_list","args":{}}'
-AGENTS_RESULT = {"ok": True, "result": {"agents": [{"id": "main", "default": True}], "action": None}}
-DEFAULT_SCOPES = ("operator.admin,operator.read,operator.write,operator.approvals,"
-                  "operator.questions,operator.pairing,operator.talk.secrets")
-UNAUTHORIZED = {"error": {"message": "Unauthorized", "type": "unauthorized"}}
-ATTRIBUTION_REQUIRED = {"error": {
-    "message": "Proxy client attribution is required. Configure gateway.trustedProxies narrowly and make "
-               "the proxy overwrite or safely rebuild forwarded client headers.",
-    "type": "proxy_attribution_required",
-}}
-MISSING_SCOPE = {"ok": False, "error": {
-    "type": "forbidden", "message": "missing scope: operator.write",
-    "details": {"code": "MISSING_SCOPE", "missingScope": "operator.write", "requiredScopes": ["operator.write"]},
-}}
 RATE_LIMITED = {"error": {"message": "Too many failed authentication attempts. Please try again later.",
                           "type": "rate_limited"}}
 

@@ -21,6 +21,7 @@ import pytest
 from sidecar.demo_backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
+from .expected import AGENTS, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED
 from .harness import RawResponse, SidecarProcess, TestNet
 
 TOKEN = "T-shared-secret-for-hygiene"
@@ -28,20 +29,6 @@ PROXY, CLIENT, OTHER = "198.51.100.5", "203.0.113.7", "203.0.113.8"
 FORWARDED_CLIENT = "203.0.113.9"
 LISTEN = "203.0.113.1:0"
 
-AGENTS = b'{"tool":"agents_list","args":{}}'
-AGENTS_RESULT = {"ok": True, "result": {"agents": [{"id": "main", "default": True}], "action": None}}
-DEFAULT_SCOPES = ("operator.admin,operator.read,operator.write,operator.approvals,"
-                  "operator.questions,operator.pairing,operator.talk.secrets")
-UNAUTHORIZED = {"error": {"message": "Unauthorized", "type": "unauthorized"}}
-MISSING_SCOPE = {"ok": False, "error": {
-    "type": "forbidden", "message": "missing scope: operator.write",
-    "details": {"code": "MISSING_SCOPE", "missingScope": "operator.write", "requiredScopes": ["operator.write"]},
-}}
-ATTRIBUTION_REQUIRED = {"error": {
-    "message": "Proxy client attribution is required. Configure gateway.trustedProxies narrowly and make "
-               "the proxy overwrite or safely rebuild forwarded client headers.",
-    "type": "proxy_attribution_required",
-}}
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
 

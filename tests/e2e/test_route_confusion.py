@@ -19,21 +19,12 @@ import pytest
 from sidecar.demo_backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
+from .expected import AGENTS, AGENTS_RESULT, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, UNAUTHORIZED
 from .harness import RawResponse, SidecarProcess, TestNet, raw_exchange
 
 TOKEN = "T-shared-secret-for-routes"
-AGENTS = b'{"tool":"agents_list","args":{}}'
-AGENTS_RESULT = {"ok": True, "result": {"agents": [{"id": "main", "default": True}], "action": None}}
-DEFAULT_SCOPES = ("operator.admin,operator.read,operator.write,operator.approvals,"
-                  "operator.questions,operator.pairing,operator.talk.secrets")
-UNAUTHORIZED = {"error": {"message": "Unauthorized", "type": "unauthorized"}}
 INVALID_URL = {"error": "bad_request", "message": "Invalid request URL"}
 ROUTE_NOT_FOUND = {"error": {"message": "Not Found", "type": "not_found"}}
-ATTRIBUTION_REQUIRED = {"error": {
-    "message": "Proxy client attribution is required. Configure gateway.trustedProxies narrowly and make "
-               "the proxy overwrite or safely rebuild forwarded client headers.",
-    "type": "proxy_attribution_required",
-}}
 BEARER = ("Authorization", f"Bearer {TOKEN}")
 
 

@@ -1,0 +1,22 @@
+"""Gateway answers as the reference (§8) spells them, written out here rather than imported from
+the product, so a product change cannot silently change what the tests expect."""
+
+AGENTS = b'{"tool":"agents_list","args":{}}'
+
+AGENTS_RESULT = {"ok": True, "result": {"agents": [{"id": "main", "default": True}], "action": None}}
+
+DEFAULT_SCOPES = ("operator.admin,operator.read,operator.write,operator.approvals,"
+                  "operator.questions,operator.pairing,operator.talk.secrets")
+
+UNAUTHORIZED = {"error": {"message": "Unauthorized", "type": "unauthorized"}}
+
+MISSING_SCOPE = {"ok": False, "error": {
+    "type": "forbidden", "message": "missing scope: operator.write",
+    "details": {"code": "MISSING_SCOPE", "missingScope": "operator.write", "requiredScopes": ["operator.write"]},
+}}
+
+ATTRIBUTION_REQUIRED = {"error": {
+    "message": "Proxy client attribution is required. Configure gateway.trustedProxies narrowly and make "
+               "the proxy overwrite or safely rebuild forwarded client headers.",
+    "type": "proxy_attribution_required",
+}}

@@ -34,6 +34,7 @@ from sidecar.config import load_config
 from sidecar.body import MAX_BODY_BYTES
 from sidecar.envelopes import Envelope
 from sidecar.errors import ConfigError
+from sidecar.ipaddrs import normalize_ip
 from sidecar.metrics import DECISION_SECONDS, INTERNAL_ERRORS
 from sidecar.pipeline import Admitted, Forward, Refuse
 from sidecar.runtime import Runtime, build_runtime
@@ -41,6 +42,7 @@ from sidecar.view import RequestView
 
 log = logging.getLogger("sidecar.adapter")
 
+VIEW = "openclaw_sidecar.view"
 ADMITTED = "openclaw_sidecar.admitted"
 ANSWERED = "openclaw_sidecar.answered"
 # Small pending bodies are read before a head refusal is sent, which keeps the connection
@@ -120,16 +122,6 @@ def response_of(envelope: Envelope) -> http.Response:
     return http.Response.make(envelope.status, envelope.body, [(k.encode(), v.encode()) for k, v in envelope.headers])
 
 
-def _body_pending(flow: http.HTTPFlow) -> int | None:
-    """Bytes still to come after the head: the declared length, or None for chunked/unknown."""
-    headers = flow.request.headers
-    if "transfer-encoding" in headers:
-        return None
-    try:
-        return int(headers.get("content-length", "0"))
-    except ValueError:
-        return None
-
 
 def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
     """Write a complete answer to the client socket now, outside the normal hook sequence, and
@@ -197,12 +189,15 @@ class ToolsInvokeGuard:
             if self.runtime is None:
                 raise RuntimeError("no sidecar configuration loaded (set sidecar_config)")
             view = view_of(flow)
+            flow.metadata[VIEW] = view
+            pending = view.declared_length()  # None: chunked or unknown
             decision = await self.runtime.pipeline.on_head(view)
             if isinstance(decision, Refuse):
-                await self._refuse(flow, decision, early=_body_pending(flow) is None or (_body_pending(flow) or 0) > KEEP_ALIVE_REFUSAL_MAX_BODY)
+                early = pending is None or pending > KEEP_ALIVE_REFUSAL_MAX_BODY
+                await self._refuse(flow, decision, early=early, body_pending=pending != 0)
             else:
                 flow.metadata[ADMITTED] = decision
-                if _body_pending(flow) != 0:
+                if pending != 0:
                     self._start_body_timer(flow)
         except Exception:
             self._fail_closed(flow, "requestheaders")
@@ -223,7 +218,7 @@ class ToolsInvokeGuard:
             body = flow.request.raw_content or b""
             decision = await self.runtime.pipeline.on_body(admitted, body, bool(flow.request.trailers))
             if isinstance(decision, Refuse):
-                await self._refuse(flow, decision, early=False)
+                await self._refuse(flow, decision, early=False, body_pending=False)
             else:
                 self._forward(flow, decision)
         except Exception:
@@ -258,7 +253,7 @@ class ToolsInvokeGuard:
         else:
             return
         if answer_directly(flow, envelope):
-            self._audit(flow, "refused", reason, envelope.status, admitted)
+            self._audit(flow, "refused", reason, envelope.status)
 
     def done(self) -> None:
         for timer in self._timers.values():
@@ -267,18 +262,17 @@ class ToolsInvokeGuard:
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    async def _refuse(self, flow: http.HTTPFlow, decision: Refuse, *, early: bool) -> None:
+    async def _refuse(self, flow: http.HTTPFlow, decision: Refuse, *, early: bool, body_pending: bool) -> None:
         if decision.delay_s > 0:
             await asyncio.sleep(decision.delay_s)
-        admitted = flow.metadata.get(ADMITTED)
-        self._audit(flow, "refused", decision.reason, decision.envelope.status, admitted)
+        self._audit(flow, "refused", decision.reason, decision.envelope.status)
         if early and answer_directly(flow, decision.envelope):
             return
         flow.response = response_of(decision.envelope)
-        if _body_pending(flow):
+        if body_pending:
             # The answer waits for a small body so the connection stays usable; a body that
             # never comes gets the same answer directly once the read timeout passes.
-            seconds = self.runtime.config.sidecar.timeouts.body_read_seconds if self.runtime else 30.0
+            seconds = self.runtime.config.sidecar.timeouts.body_read_seconds
             self._schedule(flow, seconds, lambda: answer_directly(flow, decision.envelope), decision.reason)
 
     def _forward(self, flow: http.HTTPFlow, decision: Forward) -> None:
@@ -291,15 +285,19 @@ class ToolsInvokeGuard:
             request.raw_content = decision.body
             if "transfer-encoding" not in request.headers:
                 request.headers["content-length"] = str(len(decision.body))
-        self._audit(flow, "forwarded", decision.reason, None, admitted, decision.tool)
+        self._audit(flow, "forwarded", decision.reason, None, decision.tool)
         self._start_upstream_timer(flow)
 
-    def _audit(self, flow: http.HTTPFlow, outcome: str, reason: str, status: int | None,
-               admitted: Admitted | None, tool: str | None = None) -> None:
+    def _audit(self, flow: http.HTTPFlow, outcome: str, reason: str, status: int | None, tool: str | None = None) -> None:
+        """Logged from the view the decision was made on, not from the flow we may have rewritten."""
+        view: RequestView | None = flow.metadata.get(VIEW)
+        admitted: Admitted | None = flow.metadata.get(ADMITTED)
         audit.record(
             route=admitted.route if admitted else "head", outcome=outcome, reason=reason, status=status,
-            method=flow.request.method, target=raw_target(flow.request),
-            client_ip=admitted.client_ip if admitted else None, peer_ip=flow.client_conn.peername[0],
+            method=view.method if view else flow.request.data.method.decode("latin-1"),
+            target=view.target if view else raw_target(flow.request),
+            client_ip=admitted.client_ip if admitted else None,
+            peer_ip=normalize_ip(flow.client_conn.peername[0]) or flow.client_conn.peername[0],
             user=admitted.auth.user if admitted else None, tool=tool,
         )
 
@@ -328,7 +326,7 @@ class ToolsInvokeGuard:
         def fire() -> None:
             self._timers.pop(flow.id, None)
             if action():
-                self._audit(flow, "refused", reason, flow.metadata.get(ANSWERED), flow.metadata.get(ADMITTED))
+                self._audit(flow, "refused", reason, flow.metadata.get(ANSWERED))
 
         self._cancel_timer(flow)
         self._timers[flow.id] = asyncio.get_running_loop().call_later(seconds, fire)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .ipaddrs import IPNetwork, in_networks, is_loopback, normalize_ip, parse_ip
+from .ipaddrs import IPNetwork, in_networks, is_loopback, normalize_ip
 from .view import RequestView
 
 Kind = Literal["direct-local", "direct-remote", "trusted-proxy", "unattributable"]
@@ -63,7 +63,7 @@ def attribute(view: RequestView, trusted: Sequence[IPNetwork], allow_real_ip_fal
         client = client_from_forwarded(view.first("x-forwarded-for"), trusted)
         if client is None and allow_real_ip_fallback:
             real = normalize_ip(view.first("x-real-ip") or "")
-            client = real if real and not is_loopback(real) and parse_ip(real) else None
+            client = real if real and not is_loopback(real) else None
         if client is None:
             return Attribution("unattributable", None, peer)
         return Attribution("trusted-proxy", client, peer)

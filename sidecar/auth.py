@@ -27,7 +27,7 @@ log = logging.getLogger("sidecar.auth")
 @dataclass(frozen=True)
 class AuthOutcome:
     ok: bool
-    method: str  # "token" | "password" | "none" | "trusted-proxy"
+    method: str  # "token" | "password" | "none" | "trusted-proxy" | "unauthenticated-route"
     reason: str = "ok"
     user: str | None = None  # decoded identity: what allowUsers, ceilings and pins match
     user_header_value: str | None = None  # the identity exactly as the trusted proxy spelled it
@@ -106,7 +106,7 @@ class OriginPolicy:
         if local_origin and is_loopback(attribution.client_ip):
             return True
         same_host = (view.first("host") or "").strip().lower() == parts.netloc
-        private = local_origin or (origin_ip is not None and any(origin_ip in net for net in _PRIVATE_NETWORKS if net.version == origin_ip.version))
+        private = local_origin or in_networks(host, _PRIVATE_NETWORKS)
         return same_host and private
 
 

@@ -43,11 +43,15 @@ class InvokeBody:
     forward_bytes: bytes
 
 
+def _name_or_tool(payload: dict[str, Any]) -> Any:
+    """`name ?? tool`, the field a 2026.9 gateway reads."""
+    name = payload.get("name")
+    return name if name is not None else payload.get("tool")
+
+
 def _requested_name(payload: dict[str, Any]) -> str | None:
-    """`name ?? tool`, trimmed; a non-string or blank value counts as missing (L)."""
-    value = payload.get("name")
-    if value is None:
-        value = payload.get("tool")
+    """The requested tool, trimmed; a non-string or blank value counts as missing (L)."""
+    value = _name_or_tool(payload)
     if not isinstance(value, str) or not value.strip():
         return None
     return value.strip()
@@ -68,10 +72,8 @@ def read_invoke_body(raw: bytes) -> InvokeBody:
     if requested is None:
         raise BodyError("missing_name")
     tool = normalize_tool_name(requested)
-    name_field = payload.get("name")
-    read_by_2026_9 = name_field if name_field is not None else payload.get("tool")
     # A 2026.4 gateway reads only `tool`: `{"name":"agents_list","tool":"exec"}` must not pass as-is.
-    untouched = read_by_2026_9 == tool.name and payload.get("tool", tool.name) == tool.name
+    untouched = _name_or_tool(payload) == tool.name and payload.get("tool", tool.name) == tool.name
     if untouched:
         return InvokeBody(tool, raw)
     rewritten = {**payload, "name": tool.name, "tool": tool.name}

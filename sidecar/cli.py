@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config, redacted_view
+from .config import Config, load_config, redacted_view, split_host_port
 from .errors import ConfigError
 
 log = logging.getLogger("sidecar")
@@ -72,14 +72,6 @@ def _report_config_error(exc: ConfigError) -> int:
 def _serve(config: Config, on_ready: Any = None) -> int:
     from addons.embedded import serve  # the engine; see the module docstring
 
-    for problem in config.secrets.problems:
-        log.error("auth misconfigured, every authenticated request will get 401: %s", problem)
-    tp = config.rules.gateway.auth.trusted_proxy
-    if config.secrets.mode == "trusted-proxy" and not (tp.allow_users or tp.required_headers):
-        log.warning(
-            "TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a "
-            "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
-        )
     return serve(config, on_ready=on_ready)
 
 
@@ -102,7 +94,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_backend(args: argparse.Namespace) -> int:
-    from .config import split_host_port
     from .demo_backend import serve_forever
 
     host, port = split_host_port(args.listen)

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .ipaddrs import parse_network
+from .ratelimit import async_storage_uri, redact_uri
 
 # Keys are camelCase in files (OpenClaw's style); snake_case is accepted too, e.g. in env names.
 _ALIASES = AliasGenerator(validation_alias=lambda name: AliasChoices(to_camel(name), name))
@@ -52,7 +53,6 @@ def _lower_names(names: tuple[str, ...]) -> tuple[str, ...]:
 class Timeouts(BaseModel):
     model_config = _STRICT
     body_read_seconds: float = Field(30.0, gt=0)
-    upstream_connect_seconds: float = Field(10.0, gt=0)
     upstream_read_seconds: float = Field(300.0, gt=0)
 
 
@@ -84,9 +84,7 @@ class RateLimitSettings(BaseModel):
     @field_validator("storage")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        schemes = ("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
-        if not value.startswith(schemes):
-            raise ValueError(f"unsupported storage URI {value.split('://')[0]!r}; use one of {', '.join(schemes)}")
+        async_storage_uri(value)  # the limiter's own check: ValueError names the scheme
         return value
 
 
@@ -470,10 +468,7 @@ def redacted_view(config: Config) -> dict[str, Any]:
     sidecar = config.sidecar.model_dump(mode="json")
     if sidecar["upstream_auth"]["token"] is not None:
         sidecar["upstream_auth"]["token"] = "<redacted>"
-    storage = sidecar["rate_limit"]["storage"]
-    if "@" in storage:  # redis://user:password@host
-        scheme, rest = storage.split("://", 1)
-        sidecar["rate_limit"]["storage"] = f"{scheme}://<redacted>@{rest.rsplit('@', 1)[1]}"
+    sidecar["rate_limit"]["storage"] = redact_uri(sidecar["rate_limit"]["storage"])
     secrets = config.secrets
     return {
         "sidecar": sidecar,

@@ -112,16 +112,19 @@ def missing_scope(scope: str = "operator.write") -> Envelope:
     return _ok_false(403, "forbidden", f"missing scope: {scope}", details=details)
 
 
+def _retry_after(seconds: int) -> tuple[tuple[str, str], ...]:
+    """Retry-After only when there is something to wait for (§3)."""
+    return (("Retry-After", str(seconds)),) if seconds > 0 else ()
+
+
 def rate_limited(retry_after_s: int) -> Envelope:
-    extra = (("Retry-After", str(retry_after_s)),) if retry_after_s > 0 else ()
     message = "Too many failed authentication attempts. Please try again later."
-    return _openai_style(429, message, "rate_limited", *extra)
+    return _openai_style(429, message, "rate_limited", *_retry_after(retry_after_s))
 
 
 def request_rate_limited(retry_after_s: int) -> Envelope:
     """The sidecar's own per-identity request budget (not an upstream answer)."""
-    extra = (("Retry-After", str(retry_after_s)),) if retry_after_s > 0 else ()
-    return _openai_style(429, "Too many requests. Please try again later.", "rate_limited", *extra)
+    return _openai_style(429, "Too many requests. Please try again later.", "rate_limited", *_retry_after(retry_after_s))
 
 
 def limiter_unavailable() -> Envelope:
@@ -149,7 +152,7 @@ def tool_not_available(name: str) -> Envelope:
 
 
 def route_not_found() -> Envelope:
-    return _json(404, {"error": {"message": "Not Found", "type": "not_found"}})
+    return _openai_style(404, "Not Found", "not_found")
 
 
 def tool_execution_failed() -> Envelope:

@@ -20,7 +20,9 @@ SINGLETON_HEADERS = frozenset({
     "transfer-encoding", "tailscale-user-login", "tailscale-user-name", "tailscale-user-profile-pic",
     "tailscale-funnel-request", "tailscale-headers-info", "x-openclaw-sender-is-owner", "x-session-key",
 })
-# Every header whose name falls in these namespaces is the sidecar's to decide.
+# Every header whose name falls in these namespaces is the sidecar's to decide: protected from
+# aliasing, and deleted from what the upstream gets (but allow-listed context headers). By pattern,
+# not by list: one forgotten member of a family is a bypass (corpus A1, A8).
 PROTECTED_PREFIXES = ("x-forwarded-", "tailscale-", "x-openclaw-", "x-clawdbot-", "x-original-", "x-rewrite-")
 PROTECTED_NAMES = SINGLETON_HEADERS | {"proxy-authorization"}
 
@@ -29,8 +31,7 @@ OWNED_NAMES = frozenset({
     "authorization", "proxy-authorization", "x-openclaw-scopes", "x-openclaw-sender-is-owner",
     "x-session-key", "forwarded", "x-real-ip",
 })
-# By pattern, not by list: one forgotten member of a family is a bypass (corpus A1, A8).
-OWNED_PREFIXES = ("x-forwarded-", "tailscale-", "x-clawdbot-", "x-openclaw-", "x-original-", "x-rewrite-")
+
 # Hop-by-hop headers (RFC 9110 §7.6.1) that must not be relayed; `connection` is rewritten instead.
 # `expect` too: the proxy answers `100-continue` itself, so relaying it makes the upstream send a
 # second interim response the client never asked for.
@@ -135,7 +136,7 @@ def rebuild_headers(view: RequestView, plan: HeaderPlan) -> tuple[tuple[str, str
         if lowered in HOP_BY_HOP and not (plan.websocket and lowered == "upgrade"):
             continue
         context = lowered in plan.context_allow and is_context_header(lowered)
-        if not context and (lowered in OWNED_NAMES or lowered.startswith(OWNED_PREFIXES)):
+        if not context and (lowered in OWNED_NAMES or lowered.startswith(PROTECTED_PREFIXES)):
             continue
         out.append((name, raw_value.decode("latin-1")))
     if kept_tokens:

@@ -1,7 +1,8 @@
 """The order of refusal stages, in one place.
 
 `on_head` decides everything a request head can decide (before a body byte is read):
-malformed head → route → attribution → method → rate-limit lock → auth → scopes → declared size.
+method syntax → malformed head → Expect → Host → target and route → denied routes →
+attribution → Funnel → method → rate-limit lock → auth → scopes → declared size.
 `on_body` applies the body rules and tool policy. Forwarding is the one outcome every stage
 must grant; every other path ends in a `Refuse` carrying the gateway's own answer.
 """
@@ -9,8 +10,6 @@ must grant; every other path ends in a `Refuse` carrying the gateway's own answe
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -84,7 +83,6 @@ class Pipeline:
     config: Config
     failure_limiter: FailureLimiter
     request_limiter: RequestLimiter | None = None
-    clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         gateway = self.config.rules.gateway
@@ -96,9 +94,9 @@ class Pipeline:
         self.gate = ToolGate.from_config(gateway.tools.allow, gateway.tools.deny)
         self.ceilings = ceilings_from_config(sidecar.scope_ceilings.default, sidecar.scope_ceilings.identities)
         self.upstream_user_header = user_header
-        client_user_header = (tp.user_header or "").lower()
-        self.extra_protected = frozenset(filter(None, (client_user_header, user_header)))
-        self.drop_headers = frozenset(filter(None, (client_user_header, user_header)))
+        # Identity headers, client-side and upstream-side: protected like the built-in ones, and
+        # never forwarded from the client.
+        self.identity_headers = frozenset(filter(None, ((tp.user_header or "").lower(), user_header)))
 
     # ---- head ---------------------------------------------------------------------------
 
@@ -106,7 +104,7 @@ class Pipeline:
         if not _METHOD.fullmatch(view.method):
             # Node's parser refuses lower-case and unknown-shaped methods outright.
             return Refuse(envelopes.bad_request("invalid request method"), "invalid_method")
-        problem = head_problem(view, self.extra_protected)
+        problem = head_problem(view, self.identity_headers)
         if problem is not None:
             return Refuse(envelopes.bad_request(problem), "malformed_head")
         expect = view.first("expect")
@@ -152,7 +150,7 @@ class Pipeline:
         if route == "tools-invoke":
             if scopes is None or not scopes.allows_invoke:
                 return Refuse(envelopes.missing_scope(), "missing_scope")
-            declared = _declared_length(view)
+            declared = view.declared_length()
             if declared is not None and declared > MAX_BODY_BYTES:
                 return Refuse(envelopes.payload_too_large(), "payload_too_large")
 
@@ -164,8 +162,7 @@ class Pipeline:
         """Health-style routes only: exact path, GET/HEAD, no body, no upgrade."""
         return (
             route == "other" and path in self.config.sidecar.routes.unauthenticated
-            and view.method in ("GET", "HEAD") and not view.has("upgrade")
-            and not view.has("transfer-encoding") and (_declared_length(view) or 0) == 0
+            and view.method in ("GET", "HEAD") and not view.has("upgrade") and view.declared_length() == 0
         )
 
     async def _authenticate(self, view: RequestView, attribution: Attribution) -> Refuse | AuthOutcome:
@@ -220,12 +217,14 @@ class Pipeline:
         pinned = context.pinned.get(outcome.user or "", context.pinned.get("*", {}))
         return HeaderPlan(
             owned=tuple(owned), context_allow=frozenset(context.allow), pinned=pinned,
-            drop=self.drop_headers, websocket=websocket,
+            drop=self.identity_headers, websocket=websocket,
         )
 
     # ---- body ---------------------------------------------------------------------------
 
     async def on_body(self, admitted: Admitted, body: bytes, has_trailers: bool = False) -> Refuse | Forward:
+        # The adapter already closes HTTP/1 connections that send trailers; this is the rule
+        # for any engine that delivers them.
         if has_trailers:
             return Refuse(envelopes.bad_request("request trailers are not accepted"), "trailers")
         if admitted.route != "tools-invoke":
@@ -262,12 +261,10 @@ class Pipeline:
 
 
 def _hostname(host_header: str) -> str:
-    """Host header as CanonicalTarget.host spells it (port kept, as WHATWG keeps non-default ones)."""
-    return host_header.removesuffix(":80")
+    """Host header as CanonicalTarget.host spells it: WHATWG drops a scheme's default port, and
+    the scheme a client named is not known here, so both defaults are dropped."""
+    for default in (":80", ":443"):
+        if host_header.endswith(default):
+            return host_header.removesuffix(default)
+    return host_header
 
-
-def _declared_length(view: RequestView) -> int | None:
-    value = view.first("content-length")
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value.strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from .config import Config
 from .pipeline import Pipeline
 from .ratelimit import AuthFailureLimiter, RequestRateLimiter
+
+log = logging.getLogger("sidecar")
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,21 @@ class Runtime:
             await self.request_limiter.aclose()
 
 
+def warn_about_config(config: Config) -> None:
+    """Say at start-up what will make requests fail, whichever way the sidecar is loaded."""
+    for problem in config.secrets.problems:
+        log.error("auth misconfigured, every authenticated request will get 401: %s", problem)
+    trusted_proxy = config.rules.gateway.auth.trusted_proxy
+    if config.secrets.mode == "trusted-proxy" and not (trusted_proxy.allow_users or trusted_proxy.required_headers):
+        log.warning(
+            "TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a "
+            "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
+        )
+
+
 def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Runtime:
     """Build limiters from their storage URI (a bad pairing fails here, at start-up)."""
+    warn_about_config(config)
     limit_rules = config.rules.gateway.auth.rate_limit
     settings = config.sidecar.rate_limit
     failure_limiter = AuthFailureLimiter(
@@ -41,5 +57,5 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Run
             settings.requests.limit, per_tool=settings.requests.per_tool, storage_uri=settings.storage,
             fail_closed=settings.fail_closed, clock=clock,
         )
-    pipeline = Pipeline(config, failure_limiter, request_limiter, clock)
+    pipeline = Pipeline(config, failure_limiter, request_limiter)
     return Runtime(config, pipeline, failure_limiter, request_limiter)

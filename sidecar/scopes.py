@@ -55,11 +55,8 @@ class ResolvedScopes:
 
     @property
     def header_value(self) -> str:
-        """The one explicit header we forward: comma form, known scopes only, no duplicates.
-
-        Never empty-and-absent: an absent header means the full default set upstream (F1), so an
-        empty resolution is sent as an empty header, which upstream reads as no scopes.
-        """
+        """The value of the one explicit header we forward (empty when no scope survived: an
+        absent header would mean the full default set upstream, F1)."""
         return ",".join(self.scopes)
 
 

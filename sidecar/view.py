@@ -35,3 +35,13 @@ class RequestView:
     @property
     def names(self) -> list[str]:
         return list(self._index)
+
+    def declared_length(self) -> int | None:
+        """Body bytes still to come: Content-Length, 0 when absent, None for chunked or unusable."""
+        if self.has("transfer-encoding"):
+            return None
+        value = self.first("content-length")
+        if value is None:
+            return 0
+        value = value.strip()
+        return int(value) if value.isdigit() else None

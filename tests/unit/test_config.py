@@ -340,7 +340,6 @@ def test_nested_env_override_merges_with_file_section(tmp_path: Path, monkeypatc
     config = load_config(write(tmp_path, "c.yaml", text), environ={})
     assert config.sidecar.timeouts.body_read_seconds == 7  # env beats file
     assert config.sidecar.timeouts.upstream_read_seconds == 9  # file sibling survives
-    assert config.sidecar.timeouts.upstream_connect_seconds == 10  # default
 
 
 def test_nested_env_override_of_rate_limit_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -540,7 +539,7 @@ gateway:
     assert view["gateway"]["auth"]["token"] == "<redacted>"
     assert view["gateway"]["auth"]["password"] == "<redacted>"
     assert view["sidecar"]["upstream_auth"]["token"] == "<redacted>"
-    assert view["sidecar"]["rate_limit"]["storage"] == "redis://<redacted>@redis.internal:6379/0"
+    assert view["sidecar"]["rate_limit"]["storage"] == "redis://user:***@redis.internal:6379/0"
     assert view["effective"] == {
         "authMode": "token", "tokenConfigured": True, "passwordConfigured": True,
         "upstreamCredentialConfigured": True, "problems": [],

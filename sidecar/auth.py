@@ -113,6 +113,10 @@ class OriginPolicy:
 class Authenticator(Protocol):
     def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome: ...
 
+    def rate_limited(self, attribution: Attribution) -> bool:
+        """Whether the auth-failure limiter gates this request (shared-secret checks only, §3)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SharedSecretAuth:
@@ -130,6 +134,9 @@ class SharedSecretAuth:
         ok = safe_equal(credential, self.secret)
         return AuthOutcome(ok, self.method, "ok" if ok else f"{self.method}_mismatch", presented=True, shared_secret=True)
 
+    def rate_limited(self, attribution: Attribution) -> bool:
+        return True
+
 
 @dataclass(frozen=True)
 class NoneAuth:
@@ -140,6 +147,9 @@ class NoneAuth:
             return AuthOutcome(False, "none", "origin_not_allowed")
         return AuthOutcome(True, "none")
 
+    def rate_limited(self, attribution: Attribution) -> bool:
+        return False
+
 
 @dataclass(frozen=True)
 class TrustedProxyAuth:
@@ -149,17 +159,21 @@ class TrustedProxyAuth:
     allow_users: frozenset[str]
     allow_loopback: bool
     origins: OriginPolicy
-    fallback_password: str | None  # local-direct password fallback (L)
+    fallback: SharedSecretAuth | None  # local-direct password fallback (L)
     # This host's own addresses, read once at start-up; None when they could not be read.
     local_addresses: frozenset[str] | None = frozenset()
 
     def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
         outcome = self._check(view, attribution)
-        if outcome.ok or self.fallback_password is None:
+        if outcome.ok or not self.rate_limited(attribution):
             return outcome
-        if attribution.kind == "direct-local" and bearer_credential(view) is not None:
-            return SharedSecretAuth("password", self.fallback_password).authenticate(view, attribution)
+        if bearer_credential(view) is not None:
+            return self.fallback.authenticate(view, attribution)  # type: ignore[union-attr]
         return outcome
+
+    def rate_limited(self, attribution: Attribution) -> bool:
+        """Only the local-direct password fallback is a shared-secret check here."""
+        return self.fallback is not None and attribution.kind == "direct-local"
 
     def _check(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
         def fail(reason: str) -> AuthOutcome:
@@ -216,7 +230,7 @@ def build_authenticator(config: Config) -> Authenticator:
             allow_users=frozenset(tp.allow_users),
             allow_loopback=tp.allow_loopback,
             origins=origins,
-            fallback_password=secrets.password,
+            fallback=SharedSecretAuth("password", secrets.password) if secrets.password else None,
             local_addresses=local_addresses,
         )
     secret = secrets.token if secrets.mode == "token" else secrets.password

@@ -167,13 +167,7 @@ class Pipeline:
 
     async def _authenticate(self, view: RequestView, attribution: Attribution) -> Refuse | AuthOutcome:
         key = attribution.client_ip
-        mode = self.config.secrets.mode
-        # Only shared-secret checks are limited; in trusted-proxy mode that is the local-direct
-        # password fallback alone (§3).
-        limited = mode in ("token", "password") or (
-            mode == "trusted-proxy" and self.config.secrets.password is not None and attribution.kind == "direct-local"
-        )
-        if limited:
+        if self.authenticator.rate_limited(attribution):
             verdict = await self.failure_limiter.check(key)
             if verdict.unavailable:
                 return Refuse(envelopes.limiter_unavailable(), "limiter_unavailable")

@@ -177,7 +177,7 @@ def test_token_mode_ignores_origin() -> None:
 def tp_auth(**overrides) -> TrustedProxyAuth:
     base = dict(
         trusted=(parse_network(PROXY),), user_header="x-forwarded-user", required_headers=(),
-        allow_users=frozenset(), allow_loopback=False, origins=OriginPolicy(()), fallback_password=None,
+        allow_users=frozenset(), allow_loopback=False, origins=OriginPolicy(()), fallback=None,
     )
     base.update(overrides)
     return TrustedProxyAuth(**base)
@@ -258,7 +258,7 @@ FALLBACK_CASES = [
 
 @pytest.mark.parametrize("peer, headers, expected", [c[1:] for c in FALLBACK_CASES], ids=[c[0] for c in FALLBACK_CASES])
 def test_local_direct_password_fallback(peer: str, headers: list, expected: tuple[bool, str, str]) -> None:
-    outcome = tp_check(tp_auth(fallback_password="P"), peer, *headers)
+    outcome = tp_check(tp_auth(fallback=SharedSecretAuth("password", "P")), peer, *headers)
     assert (outcome.ok, outcome.method, outcome.reason) == expected
     if outcome.method == "password":
         assert outcome.shared_secret  # owner semantics, counted by the limiter
@@ -298,7 +298,7 @@ def test_build_authenticator(tmp_path: Path, auth_yaml: str, kind: type, method:
     if isinstance(authenticator, TrustedProxyAuth):
         assert authenticator.user_header == "x-auth-user"
         assert authenticator.required_headers == ("x-proto",)
-        assert authenticator.fallback_password is None
+        assert authenticator.fallback is None
 
 
 def test_build_authenticator_password_mode_secret(tmp_path: Path) -> None:
@@ -320,4 +320,4 @@ def test_build_authenticator_trusted_proxy_fallback_password(tmp_path: Path) -> 
     text = f"gateway:\n  auth: {{mode: trusted-proxy, password: P, trustedProxy: {{userHeader: x-user}}}}\n  trustedProxies: [{PROXY}]\n"
     authenticator = build_authenticator(load_config(write_config(tmp_path, text), environ={}))
     assert isinstance(authenticator, TrustedProxyAuth)
-    assert authenticator.fallback_password == "P"
+    assert authenticator.fallback == SharedSecretAuth("password", "P")

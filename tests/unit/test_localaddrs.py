@@ -63,7 +63,7 @@ def _auth(local: frozenset[str] | None) -> TrustedProxyAuth:
     return TrustedProxyAuth(
         trusted=(parse_network("10.0.0.0/24"), parse_network("198.51.100.5")), user_header="x-forwarded-user",
         required_headers=(), allow_users=frozenset(), allow_loopback=False, origins=OriginPolicy(()),
-        fallback_password=None, local_addresses=local,
+        fallback=None, local_addresses=local,
     )
 
 

@@ -235,9 +235,7 @@ class Pipeline:
         if self.gate.blocks(invoke.tool, owner=owner):
             return Refuse(envelopes.tool_not_available(invoke.tool.name), "tool_denied")
         if self.request_limiter is not None:
-            per_identity = self.config.sidecar.rate_limit.requests is None or self.config.sidecar.rate_limit.requests.per == "identity"
-            identity = admitted.auth.user if per_identity else None
-            verdict = await self.request_limiter.hit(identity, invoke.tool.name, client_ip=admitted.client_ip)
+            verdict = await self.request_limiter.hit(admitted.auth.user, invoke.tool.name, client_ip=admitted.client_ip)
             if verdict.unavailable:
                 return Refuse(envelopes.limiter_unavailable(), "limiter_unavailable")
             if not verdict.allowed:

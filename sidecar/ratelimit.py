@@ -464,6 +464,20 @@ class _Failed:
 _FAILED: Final = _Failed()
 
 
+def _build_guard(
+    what: str, storage_uri: str, storage_timeout_s: float, storage_options: Mapping[str, Any] | None,
+    make_primary: Callable[[Storage, bool], _C], make_fallback: Callable[[], tuple[_C, Storage]],
+    fail_closed: bool, clock: Clock, probe_interval_s: float,
+) -> "_Guard[_C]":
+    """The storage named by the URI, wrapped in the outage policy both limiters share."""
+    storage, shared = _make_storage(storage_uri, storage_timeout_s, storage_options)
+    return _Guard(
+        what=what, uri=storage_uri, primary=make_primary(storage, shared), primary_storage=storage,
+        shared=shared, make_fallback=make_fallback, fail_closed=fail_closed, clock=clock,
+        probe_interval_s=probe_interval_s, probe_timeout_s=max(storage_timeout_s, 0.05),
+    )
+
+
 class _Guard(Generic[_C]):
     """Runs an operation on the primary (shared) core, or on a per-replica fallback while the
     primary storage is out; see the module docstring for the policy."""
@@ -503,6 +517,11 @@ class _Guard(Generic[_C]):
     @property
     def primary(self) -> _C:
         return self._primary
+
+    @property
+    def outage_verdict(self) -> "LimitVerdict":
+        """What a request gets when no storage could answer: 503 when failing closed."""
+        return UNAVAILABLE if self._fail_closed else ALLOWED
 
     async def run(self, op: Callable[[_C], Awaitable[_T]]) -> _T | _Failed:
         if self._degraded:
@@ -617,24 +636,13 @@ class AuthFailureLimiter:
         self.max_entries = max_entries
         self.loopback_delay_base_ms = loopback_delay_base_ms
         self.loopback_delay_max_ms = loopback_delay_max_ms
-        self.fail_closed = fail_closed
         self._clock = clock
 
-        storage, shared = _make_storage(storage_uri, storage_timeout_s, storage_options)
-        self.shared = shared
         # Redis: max_entries does not apply (every key expires); memory: bounded index
-        primary = self._failure_log(storage, bounded=not shared)
-        self._guard: _Guard[_FailureLog] = _Guard(
-            what="auth-failure limiter",
-            uri=storage_uri,
-            primary=primary,
-            primary_storage=storage,
-            shared=shared,
-            make_fallback=self._make_fallback,
-            fail_closed=fail_closed,
-            clock=clock,
-            probe_interval_s=probe_interval_s,
-            probe_timeout_s=max(storage_timeout_s, 0.05),
+        self._guard: _Guard[_FailureLog] = _build_guard(
+            "auth-failure limiter", storage_uri, storage_timeout_s, storage_options,
+            lambda storage, shared: self._failure_log(storage, bounded=not shared),
+            self._make_fallback, fail_closed, clock, probe_interval_s,
         )
         self._loopback = _FailureLog(
             _memory_storage(),
@@ -687,7 +695,7 @@ class AuthFailureLimiter:
 
         blocked_ms = await self._guard.run(op)
         if isinstance(blocked_ms, _Failed):
-            return UNAVAILABLE if self.fail_closed else ALLOWED
+            return self._guard.outage_verdict
         return LimitVerdict(False, retry_after_s=_ceil_s(blocked_ms)) if blocked_ms > 0 else ALLOWED
 
     async def record_failure(self, ip: str | None) -> float:
@@ -771,17 +779,18 @@ class _RequestWindow:
 
 
 class RequestRateLimiter:
-    """The sidecar's own limit on ALLOWED calls (off unless configured): ``limit`` such as
-    ``"120/minute"`` (`limits.parse`), per identity and, with ``per_tool``, per tool.
+    """The sidecar's own limit on ALLOWED calls (built only when configured): ``limit`` such as
+    ``"120/minute"`` (`limits.parse`), per identity (``per="identity"``, falling back to the
+    client IP for callers without one) or per client IP, and with ``per_tool`` per tool too.
 
     Same storage URIs, validation, clock and outage policy as `AuthFailureLimiter`.
-    ``limit=None`` disables it (every hit is allowed, no storage is touched).
     """
 
     def __init__(
         self,
-        limit: str | None,
+        limit: str,
         *,
+        per: str = "identity",
         per_tool: bool = False,
         storage_uri: str = "memory://",
         fail_closed: bool = False,
@@ -790,33 +799,21 @@ class RequestRateLimiter:
         storage_timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.item: limits.RateLimitItem | None = None
-        if limit is not None:
-            try:
-                self.item = limits.parse(limit)
-            except ValueError as exc:
-                raise ValueError(f"invalid request rate limit {limit!r}: {exc}") from exc
+        try:
+            self.item: limits.RateLimitItem = limits.parse(limit)
+        except ValueError as exc:
+            raise ValueError(f"invalid request rate limit {limit!r}: {exc}") from exc
+        if per not in ("identity", "ip"):
+            raise ValueError(f"per must be 'identity' or 'ip', got {per!r}")
+        self.per_identity = per == "identity"
         self.per_tool = per_tool
-        self.fail_closed = fail_closed
         self._clock = clock
-        storage, shared = _make_storage(storage_uri, storage_timeout_s, storage_options)
-        self.shared = shared
-        self._storage = storage
-        self._guard: _Guard[_RequestWindow] | None = None
-        if self.item is not None:
-            item = self.item
-            self._guard = _Guard(
-                what="request rate limiter",
-                uri=storage_uri,
-                primary=_RequestWindow(storage, item),
-                primary_storage=storage,
-                shared=shared,
-                make_fallback=lambda: self._make_fallback(item),
-                fail_closed=fail_closed,
-                clock=clock,
-                probe_interval_s=probe_interval_s,
-                probe_timeout_s=max(storage_timeout_s, 0.05),
-            )
+        item = self.item
+        self._guard: _Guard[_RequestWindow] = _build_guard(
+            "request rate limiter", storage_uri, storage_timeout_s, storage_options,
+            lambda storage, shared: _RequestWindow(storage, item),
+            lambda: self._make_fallback(item), fail_closed, clock, probe_interval_s,
+        )
 
     @staticmethod
     def _make_fallback(item: limits.RateLimitItem) -> tuple[_RequestWindow, Storage]:
@@ -824,24 +821,21 @@ class RequestRateLimiter:
         return _RequestWindow(storage, item), storage
 
     @property
-    def enabled(self) -> bool:
-        return self.item is not None
-
-    @property
     def degraded(self) -> bool:
-        return self._guard is not None and self._guard.degraded
+        return self._guard.degraded
 
     def key_for(self, identity: str | None, tool: str | None = None, *, client_ip: str | None = None) -> str:
-        """Storage key: the identity, else ``ip:<normalized client ip>``; plus the tool if per_tool."""
-        who = f"id:{identity}" if identity else f"ip:{normalize_ip(client_ip) or 'unknown'}"
+        """Storage key: the identity (when limiting per identity and there is one), else
+        ``ip:<normalized client ip>``; plus the tool if per_tool."""
+        if identity and self.per_identity:
+            who = f"id:{identity}"
+        else:
+            who = f"ip:{normalize_ip(client_ip) or 'unknown'}"
         parts = [who, f"tool:{tool or ''}"] if self.per_tool else [who]
-        assert self.item is not None
         return "req/" + self.item.key_for(*parts)
 
     async def hit(self, identity: str | None, tool: str | None = None, *, client_ip: str | None = None) -> LimitVerdict:
         """Count one allowed call; a refusal carries ``retry_after_s``. Never raises."""
-        if self._guard is None:
-            return ALLOWED
         base, now = self.key_for(identity, tool, client_ip=client_ip), self._clock()
 
         async def op(window: _RequestWindow) -> float:
@@ -849,11 +843,8 @@ class RequestRateLimiter:
 
         wait = await self._guard.run(op)
         if isinstance(wait, _Failed):
-            return UNAVAILABLE if self.fail_closed else ALLOWED
+            return self._guard.outage_verdict
         return ALLOWED if wait <= 0 else LimitVerdict(False, retry_after_s=max(1, math.ceil(wait)))
 
     async def aclose(self) -> None:
-        if self._guard is not None:
-            await self._guard.aclose()
-        else:
-            await _close_storage(self._storage)
+        await self._guard.aclose()

@@ -54,7 +54,8 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Run
     request_limiter = None
     if settings.requests is not None:
         request_limiter = RequestRateLimiter(
-            settings.requests.limit, per_tool=settings.requests.per_tool, storage_uri=settings.storage,
+            settings.requests.limit, per=settings.requests.per, per_tool=settings.requests.per_tool,
+            storage_uri=settings.storage,
             fail_closed=settings.fail_closed, clock=clock,
         )
     pipeline = Pipeline(config, failure_limiter, request_limiter)

@@ -719,15 +719,16 @@ async def test_request_limiter_outage_503(make) -> None:
     assert_refused(result, envelopes.limiter_unavailable(), "limiter_unavailable")
 
 
-@pytest.mark.parametrize("per, identity", [("identity", "alice"), ("ip", None)])
-async def test_request_limiter_key(make, per: str, identity: str | None) -> None:
+@pytest.mark.parametrize("per", ["identity", "ip"])
+async def test_request_limiter_gets_identity_tool_and_client(make, per: str) -> None:
+    """The pipeline hands over everything; the limiter's `per` decides the key (test_ratelimit)."""
     requests = FakeRequestLimiter()
     config = deep_merge(TRUSTED_PROXY_CONFIG, {"sidecar": {"rateLimit": {"requests": {"limit": "5/minute", "per": per}}}})
     harness = make(config, requests=requests)
     adm = await admitted(harness, peer=PROXY, auth=None, headers=[("X-Forwarded-For", XFF_CLIENT), ("X-Forwarded-User", "alice")])
     assert isinstance(await harness.pipeline.on_body(adm, b'{"tool":"cron"}'), Refuse)  # denied: not counted
     assert isinstance(await harness.pipeline.on_body(adm, BODY), Forward)
-    assert requests.calls == [(identity, "agents_list", XFF_CLIENT)]
+    assert requests.calls == [("alice", "agents_list", XFF_CLIENT)]
 
 
 # ---- review_response ---------------------------------------------------------------------------

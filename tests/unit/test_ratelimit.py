@@ -564,13 +564,19 @@ async def test_request_limiter_per_tool(make_request_limiter: Callable[..., Requ
     assert (await limiter.hit("alice", "read")).allowed
 
 
-async def test_request_limiter_disabled_and_invalid() -> None:
-    limiter = RequestRateLimiter(None)
-    assert not limiter.enabled
-    assert all([(await limiter.hit("alice")).allowed for _ in range(1000)])
-    await limiter.aclose()
+async def test_request_limiter_invalid_settings() -> None:
     with pytest.raises(ValueError, match="often"):
         RequestRateLimiter("often")
+    with pytest.raises(ValueError, match="per"):
+        RequestRateLimiter("1/minute", per="tool")
+
+
+async def test_request_limiter_per_ip_ignores_identity() -> None:
+    limiter = RequestRateLimiter("1/minute", per="ip")
+    assert (await limiter.hit("alice", client_ip="203.0.113.7")).allowed
+    assert not (await limiter.hit("bob", client_ip="203.0.113.7")).allowed
+    assert (await limiter.hit("alice", client_ip="203.0.113.8")).allowed
+    await limiter.aclose()
 
 
 @pytest.mark.redis

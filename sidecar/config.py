@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import tempfile
 from types import MappingProxyType
 from collections.abc import Mapping
@@ -43,8 +44,33 @@ def _default_runtime_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"openclaw-sidecar-{os.getuid()}"
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Headers the sidecar itself writes upstream (or that frame the message): a configured identity
+# header may not be one of them, or the identity would overwrite or duplicate them.
+_SIDECAR_WRITTEN = frozenset({
+    "authorization", "x-openclaw-scopes", "x-forwarded-for", "host", "content-length",
+    "transfer-encoding", "connection",
+})
+
+
+def header_name(name: str) -> str:
+    """A configured header name, lower-cased; anything but an RFC 9110 token is an error."""
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    return name.lower()
+
+
+def identity_header_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    lowered = header_name(name)
+    if lowered in _SIDECAR_WRITTEN:
+        raise ValueError(f"{name!r} is written by the sidecar itself and cannot carry an identity")
+    return lowered
+
+
 def _lower_names(names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(n.strip().lower() for n in names)
+    return tuple(header_name(n.strip()) for n in names)
 
 
 # ---- the sidecar's own settings (strict: a typo is a start-up error) -------------------------
@@ -114,6 +140,7 @@ class ContextHeaders(BaseModel):
 
         for identity, headers in value.items():
             for name, pinned in headers.items():
+                header_name(name)
                 if not is_context_header(name):
                     raise ValueError(f"{identity}: {name!r} is not an x-openclaw-* context header")
                 if not pinned.isascii() or not pinned.isprintable():
@@ -143,6 +170,8 @@ class UpstreamAuth(BaseModel):
     token_file: Path | None = None
     # Header carrying a trusted-proxy identity to the gateway; default trustedProxy.userHeader.
     user_header: str | None = None
+
+    _identity_header = field_validator("user_header")(lambda cls, v: identity_header_name(v))
 
 
 class _FileSection(PydanticBaseSettingsSource):
@@ -242,6 +271,8 @@ class TrustedProxyConfig(BaseModel):
     model_config = _LENIENT
     user_header: str | None = None
     required_headers: tuple[str, ...] = ()
+
+    _identity_header = field_validator("user_header")(lambda cls, v: identity_header_name(v))
     allow_users: tuple[str, ...] = ()
     allow_loopback: bool = False
 
@@ -315,6 +346,13 @@ def _present(value: str | None) -> str | None:
     return value
 
 
+def _header_safe(secret: str | None, key: str) -> str | None:
+    """A secret we may send upstream as `Authorization: Bearer ...`: no control characters."""
+    if secret is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in secret):
+        raise ConfigError([(key, "contains control characters")])
+    return secret
+
+
 def _read_secret_file(path: Path, key: str) -> str | None:
     try:
         return _present(path.read_text(encoding="utf-8").strip())
@@ -344,6 +382,8 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
         password = _read_secret_file(auth.password_file, "gateway.auth.passwordFile")
     password = password or _present(environ.get("OPENCLAW_GATEWAY_PASSWORD"))
     mode = auth.mode or ("password" if password else "token")
+    token = _header_safe(token, "gateway.auth.token")
+    password = _header_safe(password, "gateway.auth.password")
 
     problems: list[str] = []
     if mode == "token" and token is None:
@@ -361,6 +401,7 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
     upstream = _present(sidecar.upstream_auth.token)
     if upstream is None and sidecar.upstream_auth.token_file is not None:
         upstream = _read_secret_file(sidecar.upstream_auth.token_file, "sidecar.upstreamAuth.tokenFile")
+    upstream = _header_safe(upstream, "sidecar.upstreamAuth.token")
     if upstream is None:
         upstream = token if mode == "token" else password if mode == "password" else None
     return AuthSecrets(mode, token, password, upstream, tuple(problems))

@@ -18,7 +18,7 @@ def parse_ip(text: str) -> IPAddress | None:
     candidate = text.strip()
     if candidate.startswith("[") and candidate.endswith("]"):
         candidate = candidate[1:-1]
-    if "%" in candidate:  # zone index: never a client identity worth keeping apart
+    if "%" in candidate and ":" in candidate:  # IPv6 zone index: not part of the client's identity
         candidate = candidate.split("%", 1)[0]
     try:
         address = ipaddress.ip_address(candidate)

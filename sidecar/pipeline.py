@@ -208,7 +208,8 @@ class Pipeline:
         if attribution.client_ip is not None and not is_loopback(attribution.client_ip):
             owned.append(("X-Forwarded-For", attribution.client_ip))
         context = self.config.sidecar.context_headers
-        pinned = context.pinned.get(outcome.user or "", context.pinned.get("*", {}))
+        # "*" pins apply to everyone; an identity's own pins add to them and win per header.
+        pinned = {**context.pinned.get("*", {}), **context.pinned.get(outcome.user or "", {})}
         return HeaderPlan(
             owned=tuple(owned), context_allow=frozenset(context.allow), pinned=pinned,
             drop=self.identity_headers, websocket=websocket,

@@ -207,7 +207,8 @@ class TrustedProxyAuth:
         return AuthOutcome(True, "trusted-proxy", user=user, user_header_value=spelled)
 
 
-def build_authenticator(config: Config) -> Authenticator:
+def build_authenticator(config: Config, trusted: tuple[IPNetwork, ...] | None = None) -> Authenticator:
+    """The authenticator for the configured mode; `trusted` is gateway.trustedProxies, parsed."""
     secrets = config.secrets
     gateway = config.rules.gateway
     origins = OriginPolicy(gateway.control_ui.allowed_origins)
@@ -224,7 +225,7 @@ def build_authenticator(config: Config) -> Authenticator:
                       "non-loopback peers will be refused", exc)
             local_addresses = None
         return TrustedProxyAuth(
-            trusted=tuple(parse_network(e) for e in gateway.trusted_proxies),
+            trusted=trusted if trusted is not None else tuple(parse_network(e) for e in gateway.trusted_proxies),
             user_header=tp.user_header.lower() if tp.user_header else None,
             required_headers=tp.required_headers,
             allow_users=frozenset(tp.allow_users),

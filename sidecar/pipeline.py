@@ -90,7 +90,10 @@ class Pipeline:
         tp = gateway.auth.trusted_proxy
         user_header = (sidecar.upstream_auth.user_header or tp.user_header or "x-forwarded-user").lower()
         self.trusted = tuple(parse_network(e) for e in gateway.trusted_proxies)
-        self.authenticator = build_authenticator(self.config)
+        self.authenticator = build_authenticator(self.config, self.trusted)
+        context = sidecar.context_headers
+        self.context_allow = frozenset(context.allow)
+        self.pins = context.pinned
         self.gate = ToolGate.from_config(gateway.tools.allow, gateway.tools.deny)
         self.ceilings = ceilings_from_config(sidecar.scope_ceilings.default, sidecar.scope_ceilings.identities)
         self.upstream_user_header = user_header
@@ -207,11 +210,10 @@ class Pipeline:
         # hops and would find no client at all (reference (f) 8).
         if attribution.client_ip is not None and not is_loopback(attribution.client_ip):
             owned.append(("X-Forwarded-For", attribution.client_ip))
-        context = self.config.sidecar.context_headers
         # "*" pins apply to everyone; an identity's own pins add to them and win per header.
-        pinned = {**context.pinned.get("*", {}), **context.pinned.get(outcome.user or "", {})}
+        pinned = {**self.pins.get("*", {}), **self.pins.get(outcome.user or "", {})}
         return HeaderPlan(
-            owned=tuple(owned), context_allow=frozenset(context.allow), pinned=pinned,
+            owned=tuple(owned), context_allow=self.context_allow, pinned=pinned,
             drop=self.identity_headers, websocket=websocket,
         )
 

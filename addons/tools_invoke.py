@@ -5,7 +5,8 @@ and fails closed itself: mitmproxy only logs an exception raised in a hook and t
 request upstream anyway.
 
 Also usable on its own: `mitmdump -s addons/tools_invoke.py --mode reverse:URL
---set sidecar_config=FILE --set keep_host_header=true --set connection_strategy=lazy`.
+--set sidecar_config=FILE`; the guard applies the proxy options it depends on itself
+(REQUIRED_OPTIONS: lazy upstream connections, the client's Host, the 2 MiB request limit).
 """
 
 from __future__ import annotations

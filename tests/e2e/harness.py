@@ -185,6 +185,8 @@ class TestNet:
     short-lived thread), so the sidecar sees a genuine non-loopback peer.
     """
 
+    __test__ = False  # a fixture helper, not a test class
+
     HOST_ADDRESSES = ("203.0.113.1/24", "198.51.100.1/24")
     CLIENT_ADDRESSES = ("203.0.113.7", "203.0.113.8", "198.51.100.5", "198.51.100.6", "198.51.100.7")
     HOST_IP = "203.0.113.1"

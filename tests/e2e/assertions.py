@@ -9,10 +9,36 @@ import httpx
 
 from sidecar.demo_backend import DemoBackend
 
+from .conftest import UPSTREAM_TOKEN
 from .harness import RawResponse
 
 JSON_CT = "application/json; charset=utf-8"
 BACKEND_SERVER = "openclaw-demo-backend"
+
+
+def compact(payload: Any) -> bytes:
+    """JSON as the gateway writes it (compact separators, UTF-8)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def header_values(record: dict[str, Any], name: str) -> list[str]:
+    """Every value the backend received for one header name, in order."""
+    return [v for k, v in record["headers"] if k.lower() == name.lower()]
+
+
+def header_names(record: dict[str, Any]) -> set[str]:
+    return {k.lower() for k, _ in record["headers"]}
+
+
+def assert_refused_raw(response: RawResponse, backend: DemoBackend, status: int, body: dict | None = None) -> None:
+    """A sidecar refusal read off a raw socket: the status, the exact gateway body when given,
+    and nothing reached or came from upstream."""
+    assert response.status == status, (response.status, response.body)
+    if body is not None:
+        assert response.body == compact(body), response.body
+    assert backend.requests() == [], backend.requests()
+    assert BACKEND_SERVER not in (response.header("server") or "")
+    assert UPSTREAM_TOKEN.encode() not in response.body
 
 
 def status_of(resp: httpx.Response | RawResponse) -> int:

@@ -23,6 +23,7 @@ import pytest
 
 from sidecar.demo_backend import DemoBackend
 
+from .assertions import assert_refused_raw, compact, header_names, header_values
 from .conftest import UPSTREAM_TOKEN
 from .expected import AGENTS, AGENTS_RESULT, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED
 from .harness import RawResponse, SidecarProcess, TestNet, http_request, raw_exchange
@@ -42,33 +43,11 @@ def not_available(tool: str) -> dict:
     return {"ok": False, "error": {"type": "not_found", "message": f"Tool not available: {tool}"}}
 
 
-def compact(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def tool_body(tool: str) -> bytes:
     return compact({"tool": tool, "args": {}})
 
 
 # ---- assertions ------------------------------------------------------------------------------
-
-
-def values(record: dict, name: str) -> list[str]:
-    return [v for k, v in record["headers"] if k.lower() == name.lower()]
-
-
-def names(record: dict) -> set[str]:
-    return {k.lower() for k, _ in record["headers"]}
-
-
-def assert_refused(response: RawResponse, backend: DemoBackend, status: int, body: dict | None) -> None:
-    """A sidecar refusal: the status, the exact gateway body, and nothing reached or came from upstream."""
-    assert response.status == status, (response.status, response.body)
-    if body is not None:
-        assert response.body == compact(body), response.body
-    assert backend.requests() == [], backend.requests()
-    assert response.header("server") != "openclaw-demo-backend/0.1"
-    assert UPSTREAM_TOKEN.encode() not in response.body
 
 
 def only_forwarded(backend: DemoBackend) -> dict:
@@ -88,12 +67,12 @@ def assert_forwarded(
     record = only_forwarded(backend)
     assert record["path"] == "/tools/invoke"
     assert record["body"] == body.decode()
-    assert values(record, "authorization") == [f"Bearer {UPSTREAM_TOKEN}"]
-    assert values(record, "x-openclaw-scopes") == [scopes]
-    assert values(record, "x-forwarded-for") == ([] if xff is None else [xff])
-    assert values(record, user_header) == ([] if user is None else [user])
+    assert header_values(record, "authorization") == [f"Bearer {UPSTREAM_TOKEN}"]
+    assert header_values(record, "x-openclaw-scopes") == [scopes]
+    assert header_values(record, "x-forwarded-for") == ([] if xff is None else [xff])
+    assert header_values(record, user_header) == ([] if user is None else [user])
     # Nothing else of the forwarded/tailscale namespaces survives from the client.
-    leftover = {n for n in names(record) if n.startswith(("x-forwarded-", "tailscale-")) or n in ("forwarded", "x-real-ip")}
+    leftover = {n for n in header_names(record) if n.startswith(("x-forwarded-", "tailscale-")) or n in ("forwarded", "x-real-ip")}
     assert leftover <= {"x-forwarded-for", user_header.lower()}, leftover
     return record
 
@@ -103,7 +82,7 @@ def assert_reached_backend_with_tool(backend: DemoBackend, tool: str, scopes: st
     the tool, so its own 404 is irrelevant; what matters is that the call was forwarded."""
     record = only_forwarded(backend)
     assert json.loads(record["body"])["tool"] == tool
-    assert values(record, "x-openclaw-scopes") == [scopes]
+    assert header_values(record, "x-openclaw-scopes") == [scopes]
     return record
 
 
@@ -179,7 +158,7 @@ def via_proxy(user: str | None = "alice", xff: str = REMOTE, *extra: tuple[str, 
 def test_case25_direct_client_with_xff_and_valid_token_is_unattributable(testnet, token_sidecar, module_backend):
     """Case 25 / A9: a non-proxy peer's X-Forwarded-For is never believed: 403 before auth."""
     response = send(testnet, CLIENT, token_sidecar, [("X-Forwarded-For", "10.1.1.1"), BEARER])
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 @pytest.mark.parametrize("header", [
@@ -194,14 +173,14 @@ def test_case25_direct_client_with_xff_and_valid_token_is_unattributable(testnet
 def test_case26_any_forwarded_evidence_from_a_direct_client_is_refused(testnet, token_sidecar, module_backend, header):
     """Case 26 / A7: presence alone (even empty) of any forwarded header from an untrusted peer → 403."""
     response = send(testnet, CLIENT, token_sidecar, [header, BEARER])
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 def test_case27_loopback_client_with_xff_when_loopback_is_not_trusted(start_sidecar, backend):
     """Case 27: 127.0.0.1 sending X-Forwarded-For while only .5/.6 are trusted → 403."""
     sidecar = start_sidecar(token_config(backend, listen="127.0.0.1:0"))
     response = send_local(sidecar, [("X-Forwarded-For", REMOTE), BEARER])
-    assert_refused(response, backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, backend, 403, ATTRIBUTION_REQUIRED)
     # The same loopback client without forwarded headers is direct-local: no XFF is forwarded.
     response = send_local(sidecar, [BEARER])
     assert_forwarded(response, backend, scopes=DEFAULT_SCOPES, xff=None)
@@ -210,14 +189,14 @@ def test_case27_loopback_client_with_xff_when_loopback_is_not_trusted(start_side
 def test_case28_trusted_proxy_without_xff_is_unattributable(testnet, token_sidecar, module_backend):
     """Case 28: a trusted proxy that names no client → 403."""
     response = send(testnet, PROXY_A, token_sidecar, [BEARER])
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 @pytest.mark.parametrize("xff", ["127.0.0.1", "::1", "127.0.0.1, 198.51.100.6", "not-an-ip"])
 def test_case29_trusted_proxy_naming_only_loopback_or_trusted_hops(testnet, token_sidecar, module_backend, xff):
     """Case 29: XFF with no non-loopback, untrusted, parseable hop leaves no client → 403."""
     response = send(testnet, PROXY_A, token_sidecar, [("X-Forwarded-For", xff), BEARER])
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 def test_case30_client_behind_two_trusted_hops_is_the_forwarded_client(testnet, token_sidecar, module_backend):
@@ -233,10 +212,10 @@ def test_case30_failures_lock_the_forwarded_client_not_the_proxy(testnet, module
     bad = ("Authorization", "Bearer wrong")
     for _ in range(3):
         response = send(testnet, PROXY_A, sidecar, [("X-Forwarded-For", f"{REMOTE}, {PROXY_B}"), bad])
-        assert_refused(response, module_backend, 401, UNAUTHORIZED)
+        assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
     for proxy in (PROXY_A, PROXY_B):
         response = send(testnet, proxy, sidecar, [("X-Forwarded-For", REMOTE), BEARER])
-        assert_refused(response, module_backend, 429, RATE_LIMITED)
+        assert_refused_raw(response, module_backend, 429, RATE_LIMITED)
         assert response.header("retry-after") in ("59", "60")
     response = send(testnet, PROXY_A, sidecar, [("X-Forwarded-For", "198.51.100.10"), BEARER])
     assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff="198.51.100.10")
@@ -259,15 +238,15 @@ def test_case31_rightmost_untrusted_hop_is_the_only_xff_forwarded(testnet, token
 def test_case32_real_ip_fallback_only_when_enabled(testnet, token_sidecar, module_sidecar, module_backend):
     """Case 32: trusted proxy, no XFF, X-Real-IP → attributed only with allowRealIpFallback."""
     headers = [("X-Real-IP", "198.51.100.4"), BEARER]
-    assert_refused(send(testnet, PROXY_A, token_sidecar, headers), module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(send(testnet, PROXY_A, token_sidecar, headers), module_backend, 403, ATTRIBUTION_REQUIRED)
     fallback = module_sidecar(token_config(module_backend, allowRealIpFallback=True))
     response = send(testnet, PROXY_A, fallback, headers)
     record = assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff="198.51.100.4")
-    assert values(record, "x-real-ip") == []
+    assert header_values(record, "x-real-ip") == []
     module_backend.clear_requests()
     # A loopback X-Real-IP is no client, even with the fallback on.
     response = send(testnet, PROXY_A, fallback, [("X-Real-IP", "127.0.0.1"), BEARER])
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 # ---- trusted-proxy mode (cases 33–45) ------------------------------------------------------
@@ -285,12 +264,12 @@ def test_case33_owner_reaches_owner_only_tools(testnet, tp_sidecar, module_backe
     by gateway.tools.allow) are forwarded."""
     send(testnet, PROXY_A, tp_sidecar, via_proxy("alice"), body=tool_body(tool))
     record = assert_reached_backend_with_tool(module_backend, tool, DEFAULT_SCOPES)
-    assert values(record, "x-forwarded-user") == ["alice"]
+    assert header_values(record, "x-forwarded-user") == ["alice"]
 
 
 def test_case34_untrusted_socket_without_forwarded_headers_is_unauthorized(testnet, tp_sidecar, module_backend):
     """Case 34: socket not in trustedProxies, no forwarded headers at all → 401."""
-    assert_refused(send(testnet, CLIENT, tp_sidecar, []), module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(send(testnet, CLIENT, tp_sidecar, []), module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize("user_headers", [[], [("X-Forwarded-User", "")], [("X-Forwarded-User", "   ")]],
@@ -298,16 +277,16 @@ def test_case34_untrusted_socket_without_forwarded_headers_is_unauthorized(testn
 def test_case35_missing_or_blank_user_is_unauthorized(testnet, tp_sidecar, module_backend, user_headers):
     """Case 35 / D5: no user header, or an empty/blank one, is no identity → 401 (never user "")."""
     response = send(testnet, PROXY_A, tp_sidecar, [("X-Forwarded-For", REMOTE), *user_headers])
-    assert_refused(response, module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
 
 
 def test_case36_required_header_missing_is_unauthorized(testnet, module_sidecar, module_backend):
     """Case 36: requiredHeaders [x-forwarded-proto]: missing or blank → 401; present → 200,
     and the proxy's X-Forwarded-Proto itself is not passed on (the sidecar owns x-forwarded-*)."""
     sidecar = module_sidecar(trusted_proxy_config(module_backend, requiredHeaders=["x-forwarded-proto"]))
-    assert_refused(send(testnet, PROXY_A, sidecar, via_proxy("alice")), module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(send(testnet, PROXY_A, sidecar, via_proxy("alice")), module_backend, 401, UNAUTHORIZED)
     blank = via_proxy("alice", REMOTE, ("X-Forwarded-Proto", " "))
-    assert_refused(send(testnet, PROXY_A, sidecar, blank), module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(send(testnet, PROXY_A, sidecar, blank), module_backend, 401, UNAUTHORIZED)
     present = via_proxy("alice", REMOTE, ("X-Forwarded-Proto", "https"))
     assert_forwarded(send(testnet, PROXY_A, sidecar, present), module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
 
@@ -321,7 +300,7 @@ def test_case37_allow_users_is_exact_and_case_sensitive(testnet, module_sidecar,
             assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
             module_backend.clear_requests()
         else:
-            assert_refused(response, module_backend, 401, UNAUTHORIZED)
+            assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
     response = send(testnet, PROXY_A, sidecar, via_proxy("alice"))
     assert_forwarded(response, module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
 
@@ -330,7 +309,7 @@ def test_case38_loopback_proxy_needs_allow_loopback(start_sidecar, backend):
     """Case 38: 127.0.0.1 trusted as a proxy: allowLoopback unset → 401; true → 200."""
     headers = [("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-User", "alice")]
     refused = start_sidecar(trusted_proxy_config(backend, listen="127.0.0.1:0", trusted=["127.0.0.1"]))
-    assert_refused(send_local(refused, headers), backend, 401, UNAUTHORIZED)
+    assert_refused_raw(send_local(refused, headers), backend, 401, UNAUTHORIZED)
     allowed = start_sidecar(trusted_proxy_config(backend, listen="127.0.0.1:0", trusted=["127.0.0.1"],
                                                  allowLoopback=True))
     assert_forwarded(send_local(allowed, headers), backend, scopes=DEFAULT_SCOPES, xff="203.0.113.9", user="alice")
@@ -342,7 +321,7 @@ def test_case38_loopback_proxy_needs_allow_loopback(start_sidecar, backend):
 def test_case39_to_42_declared_scopes_without_write_are_forbidden(testnet, tp_sidecar, module_backend, scopes):
     """Cases 39–42 / F5: declared scopes without an exact operator.write/admin → 403 missing scope."""
     response = send(testnet, PROXY_A, tp_sidecar, via_proxy("alice", REMOTE, ("x-openclaw-scopes", scopes)))
-    assert_refused(response, module_backend, 403, MISSING_SCOPE)
+    assert_refused_raw(response, module_backend, 403, MISSING_SCOPE)
 
 
 def test_case43_padded_scopes_are_normalised_and_not_owner(testnet, tp_sidecar, module_backend):
@@ -357,7 +336,7 @@ def test_case43_non_owner_gets_404_for_owner_only_tools(testnet, tp_sidecar, mod
     """Cases 43/60/62/65 / F3: operator.write without admin → owner-only tools 404 (never forwarded)."""
     headers = via_proxy("alice", REMOTE, ("x-openclaw-scopes", "operator.read,operator.write"))
     response = send(testnet, PROXY_A, tp_sidecar, headers, body=tool_body(tool))
-    assert_refused(response, module_backend, 404, not_available("automations" if tool == "cron" else tool))
+    assert_refused_raw(response, module_backend, 404, not_available("automations" if tool == "cron" else tool))
 
 
 def test_case60_admin_scope_reaches_gateway_tool(testnet, tp_sidecar, module_backend):
@@ -370,7 +349,7 @@ def test_case60_admin_scope_reaches_gateway_tool(testnet, tp_sidecar, module_bac
 def test_case44_foreign_origin_is_unauthorized(testnet, tp_sidecar, module_backend):
     """Case 44: Origin without an allowedOrigins match → 401 in trusted-proxy mode."""
     headers = via_proxy("alice", REMOTE, ("Origin", "https://evil.example"))
-    assert_refused(send(testnet, PROXY_A, tp_sidecar, headers), module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(send(testnet, PROXY_A, tp_sidecar, headers), module_backend, 401, UNAUTHORIZED)
 
 
 def test_case45_local_direct_password_fallback(start_sidecar, backend):
@@ -385,8 +364,8 @@ def test_case45_local_direct_password_fallback(start_sidecar, backend):
     send_local(sidecar, [("Authorization", f"Bearer {PASSWORD}")], body=tool_body("sessions"))
     assert_reached_backend_with_tool(backend, "sessions", DEFAULT_SCOPES)
     backend.clear_requests()
-    assert_refused(send_local(sidecar, [("Authorization", "Bearer wrong")]), backend, 401, UNAUTHORIZED)
-    assert_refused(send_local(sidecar, []), backend, 401, UNAUTHORIZED)
+    assert_refused_raw(send_local(sidecar, [("Authorization", "Bearer wrong")]), backend, 401, UNAUTHORIZED)
+    assert_refused_raw(send_local(sidecar, []), backend, 401, UNAUTHORIZED)
 
 
 def test_case45_password_fallback_is_not_offered_to_remote_clients(testnet, module_sidecar, module_backend):
@@ -395,7 +374,7 @@ def test_case45_password_fallback_is_not_offered_to_remote_clients(testnet, modu
     config["gateway"]["auth"]["password"] = PASSWORD
     sidecar = module_sidecar(config)
     response = send(testnet, CLIENT, sidecar, [("Authorization", f"Bearer {PASSWORD}")])
-    assert_refused(response, module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
 
 
 # ---- context headers (cases 76–77) ---------------------------------------------------------
@@ -406,10 +385,10 @@ def test_case76_sender_is_owner_header_grants_nothing_and_is_never_forwarded(tes
     claim = ("x-openclaw-sender-is-owner", "true")
     headers = via_proxy("alice", REMOTE, ("x-openclaw-scopes", "operator.write"), claim)
     response = send(testnet, PROXY_A, tp_sidecar, headers, body=tool_body("sessions"))
-    assert_refused(response, module_backend, 404, not_available("sessions"))
+    assert_refused_raw(response, module_backend, 404, not_available("sessions"))
     record = assert_forwarded(send(testnet, PROXY_A, tp_sidecar, headers), module_backend,
                               scopes="operator.write", xff=REMOTE, user="alice")
-    assert values(record, "x-openclaw-sender-is-owner") == []
+    assert header_values(record, "x-openclaw-sender-is-owner") == []
 
 
 def test_case77_message_to_and_thread_id_are_forwarded_unchanged(testnet, tp_sidecar, module_backend):
@@ -418,8 +397,8 @@ def test_case77_message_to_and_thread_id_are_forwarded_unchanged(testnet, tp_sid
                         ("x-openclaw-message-to", "channel:24514"), ("x-openclaw-thread-id", "thread-24514"))
     record = assert_forwarded(send(testnet, PROXY_A, tp_sidecar, headers), module_backend,
                               scopes="operator.write", xff=REMOTE, user="alice")
-    assert values(record, "x-openclaw-message-to") == ["channel:24514"]
-    assert values(record, "x-openclaw-thread-id") == ["thread-24514"]
+    assert header_values(record, "x-openclaw-message-to") == ["channel:24514"]
+    assert header_values(record, "x-openclaw-thread-id") == ["thread-24514"]
 
 
 # ---- configuration-level trust (A2, A11) ---------------------------------------------------
@@ -441,10 +420,10 @@ def test_A2_empty_trusted_proxies_trusts_no_one(testnet, module_sidecar, module_
     sidecar = module_sidecar(config)
     for source in (PROXY_A, PROXY_B, CLIENT):
         response = send(testnet, source, sidecar, [("X-Auth-User", "alice")])
-        assert_refused(response, module_backend, 401, UNAUTHORIZED)
+        assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
     # With forwarded headers it is refused too (no one is a trusted proxy, so they are unattributable).
     response = send(testnet, PROXY_A, sidecar, [("X-Forwarded-For", REMOTE), ("X-Auth-User", "alice")])
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
     logs = logs_after_start(sidecar, "gateway.trustedProxies is empty")
     assert "gateway.trustedProxies is empty" in logs, logs
 
@@ -454,7 +433,7 @@ def test_A2_empty_trusted_proxies_refuses_loopback_too(start_sidecar, backend):
     config = trusted_proxy_config(backend, listen="127.0.0.1:0", trusted=[], userHeader="x-auth-user",
                                   allowLoopback=True)
     sidecar = start_sidecar(config)
-    assert_refused(send_local(sidecar, [("X-Auth-User", "alice")]), backend, 401, UNAUTHORIZED)
+    assert_refused_raw(send_local(sidecar, [("X-Auth-User", "alice")]), backend, 401, UNAUTHORIZED)
 
 
 def test_A11_unauthenticated_proxy_config_starts_with_a_loud_warning(module_sidecar, module_backend):
@@ -484,13 +463,13 @@ def test_A10_I4_pod_connecting_directly_with_forged_identity_is_refused(testnet,
     sidecar = tp_sidecar if mode == "trusted-proxy" else token_sidecar
     extra = [] if mode == "trusted-proxy" else [BEARER]
     response = send(testnet, POD, sidecar, [*forged, *extra], body=tool_body("gateway"))
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 def test_I4_pod_with_only_the_user_header_is_refused(testnet, tp_sidecar, module_backend):
     """I4: the configured user header alone is forwarded-header evidence from a non-proxy → 403."""
     response = send(testnet, POD, tp_sidecar, [("X-Forwarded-User", "admin")])
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 @pytest.mark.parametrize("mode", ["token", "none", "trusted-proxy"])
@@ -511,7 +490,7 @@ def test_I2_funnel_request_through_a_trusted_proxy_is_unauthorized(testnet, modu
         module_backend.clear_requests()
     else:
         sidecar, headers = tp_sidecar, [*via_proxy("alice"), funnel]
-    assert_refused(send(testnet, PROXY_A, sidecar, headers), module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(send(testnet, PROXY_A, sidecar, headers), module_backend, 401, UNAUTHORIZED)
 
 
 # ---- this host's own addresses (§2.3 step 3) -------------------------------------------------
@@ -525,7 +504,7 @@ def test_trusted_proxy_connecting_from_this_hosts_own_address_is_refused(start_s
     sock = socket.socket()
     sock.bind((host_ip, 0))  # the host side of the test network: one of this host's addresses
     response = raw_exchange((sidecar.host, sidecar.port), http_request("POST", "/tools/invoke", via_proxy(), AGENTS), sock=sock)
-    assert_refused(response, module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
     assert "trusted_proxy_local_interface_source" in sidecar.logs()
     # The same request from a trusted proxy elsewhere is accepted.
     assert send(testnet, PROXY_A, sidecar, via_proxy()).status == 200

@@ -27,7 +27,7 @@ import pytest
 from sidecar.demo_backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
-from .assertions import BACKEND_SERVER, JSON_CT, assert_refused
+from .assertions import BACKEND_SERVER, JSON_CT, assert_refused, header_names
 from .harness import SidecarProcess, http_request, raw_exchange
 from .harness import TestNet as _TestNet
 
@@ -68,14 +68,6 @@ SPOOFED_EVIDENCE = [
 
 def header_values(record: dict[str, Any], name: str) -> list[str]:
     return [v for k, v in record["headers"] if k.lower() == name.lower()]
-
-
-def header_names(record: dict[str, Any]) -> set[str]:
-    return {k.lower() for k, _ in record["headers"]}
-
-
-
-
 
 
 def only_request(backend: DemoBackend) -> dict[str, Any]:

@@ -13,13 +13,13 @@ lines the backend received.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import pytest
 
 from sidecar.demo_backend import DemoBackend
 
+from .assertions import assert_refused_raw, header_names, header_values
 from .conftest import UPSTREAM_TOKEN
 from .expected import AGENTS, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED
 from .harness import RawResponse, SidecarProcess, TestNet
@@ -30,10 +30,6 @@ FORWARDED_CLIENT = "203.0.113.9"
 LISTEN = "203.0.113.1:0"
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
-
-
-def compact(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def not_available(tool: str) -> dict:
@@ -58,26 +54,9 @@ def raw_head(method: str, target: str, headers: list[tuple[str, str | bytes]], b
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def values(record: dict, name: str) -> list[str]:
-    return [v for k, v in record["headers"] if k.lower() == name.lower()]
-
-
-def names(record: dict) -> set[str]:
-    return {k.lower() for k, _ in record["headers"]}
-
-
-def assert_refused(response: RawResponse, backend: DemoBackend, status: int, body: dict | None = None) -> None:
-    assert response.status == status, (response.status, response.body)
-    if body is not None:
-        assert response.body == compact(body), response.body
-    assert backend.requests() == [], backend.requests()
-    assert response.header("server") != "openclaw-demo-backend/0.1"
-    assert UPSTREAM_TOKEN.encode() not in response.body
-
-
 def assert_bad_request(response: RawResponse, backend: DemoBackend, mentions: str | None = None) -> None:
     """A malformed-head 400: the sidecar's JSON (type invalid_request_error), nothing upstream."""
-    assert_refused(response, backend, 400)
+    assert_refused_raw(response, backend, 400)
     payload = response.json()
     assert payload["error"]["type"] == "invalid_request_error", payload
     if mentions is not None:
@@ -93,11 +72,11 @@ def only_forwarded(backend: DemoBackend, response: RawResponse) -> dict:
 
 def assert_owned_headers(record: dict, *, scopes: str, xff: str | None, user: str | None = None,
                          user_header: str = "tailscale-user-login") -> None:
-    assert values(record, "authorization") == [f"Bearer {UPSTREAM_TOKEN}"]
-    assert values(record, "x-openclaw-scopes") == [scopes]
-    assert values(record, "x-forwarded-for") == ([] if xff is None else [xff])
+    assert header_values(record, "authorization") == [f"Bearer {UPSTREAM_TOKEN}"]
+    assert header_values(record, "x-openclaw-scopes") == [scopes]
+    assert header_values(record, "x-forwarded-for") == ([] if xff is None else [xff])
     if user_header:
-        assert values(record, user_header) == ([] if user is None else [user])
+        assert header_values(record, user_header) == ([] if user is None else [user])
 
 
 # ---- fixtures ------------------------------------------------------------------------------
@@ -180,7 +159,7 @@ def test_A1_A8_rewrite_headers_from_a_proxied_client_never_reach_the_gateway(tes
     removed by namespace (x-forwarded-*, x-original-*, x-rewrite-*), not by a fixed list."""
     record = only_forwarded(module_backend, send(testnet, PROXY, token_sc, invoke([VIA, header, BEARER])))
     assert record["path"] == "/tools/invoke"
-    assert header[0].lower() not in names(record), record["headers"]
+    assert header[0].lower() not in header_names(record), record["headers"]
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user_header="")
 
 
@@ -188,14 +167,14 @@ def test_A1_A8_rewrite_headers_from_a_proxied_client_never_reach_the_gateway(tes
 def test_A1_rewrite_headers_from_a_direct_client_are_dropped(testnet, token_sc, module_backend, header):
     """A1: X-Original-URL / X-Rewrite-URL are not forwarded-header evidence, but still never forwarded."""
     record = only_forwarded(module_backend, send(testnet, CLIENT, token_sc, invoke([header, BEARER])))
-    assert header[0].lower() not in names(record)
+    assert header[0].lower() not in header_names(record)
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=CLIENT, user_header="")
 
 
 def test_A1_forwarded_uri_from_a_direct_client_is_unattributable(testnet, token_sc, module_backend):
     """A1/A7: X-Forwarded-Uri is an x-forwarded-* header: from a non-proxy peer → 403."""
     response = send(testnet, CLIENT, token_sc, invoke([("X-Forwarded-Uri", "/healthz"), BEARER]))
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
 
 
 # ---- B1 / B2: client identity headers ------------------------------------------------------
@@ -208,7 +187,7 @@ def test_B1_B2_token_mode_forwards_no_identity_at_all(testnet, token_sc, module_
               ("Tailscale-User-Profile-Pic", "https://x/p.png"), ("X-Forwarded-User", "admin"),
               ("X-Forwarded-Email", "admin@example.com"), ("X-Forwarded-Groups", "admins")]
     record = only_forwarded(module_backend, send(testnet, PROXY, token_sc, invoke([VIA, *forged, BEARER])))
-    leaked = {n for n in names(record) if n.startswith(("tailscale-", "x-forwarded-")) and n != "x-forwarded-for"}
+    leaked = {n for n in header_names(record) if n.startswith(("tailscale-", "x-forwarded-")) and n != "x-forwarded-for"}
     assert leaked == set(), record["headers"]
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user_header="")
 
@@ -220,7 +199,7 @@ def test_B2_only_the_sidecar_set_identity_reaches_the_gateway(testnet, tp_sc, mo
                       ("Tailscale-User-Profile-Pic", "x"))
     record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(headers)))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user=BOB)
-    assert {"x-forwarded-user", "tailscale-user-name", "tailscale-user-profile-pic"} & names(record) == set()
+    assert {"x-forwarded-user", "tailscale-user-name", "tailscale-user-profile-pic"} & header_names(record) == set()
 
 
 def test_B2_identity_goes_in_the_configured_upstream_user_header(testnet, module_sidecar, module_backend):
@@ -230,7 +209,7 @@ def test_B2_identity_goes_in_the_configured_upstream_user_header(testnet, module
     headers = as_user(BOB, ("X-Forwarded-User", "root"))
     record = only_forwarded(module_backend, send(testnet, PROXY, sidecar, invoke(headers)))
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user=BOB, user_header="x-forwarded-user")
-    assert values(record, "tailscale-user-login") == []
+    assert header_values(record, "tailscale-user-login") == []
 
 
 # ---- B3 / B4 / B5 / B7: aliases that fold onto protected names -------------------------------
@@ -293,7 +272,7 @@ def test_B6_announced_trailers_get_400(testnet, token_sc, module_backend):
     data = chunked("/tools/invoke", [BEARER, ("Trailer", "X-OpenClaw-Scopes")], AGENTS, b"X-OpenClaw-Scopes: operator.admin\r\n")
     response = send(testnet, CLIENT, token_sc, data, timeout=5)
     assert response.status == 400
-    assert_refused(response, module_backend, 400)
+    assert_refused_raw(response, module_backend, 400)
 
 
 # ---- B9 / B11: context headers -------------------------------------------------------------
@@ -308,8 +287,8 @@ def test_B9_owner_and_session_headers_are_always_removed(testnet, token_sc, modu
     record = only_forwarded(module_backend, send(testnet, CLIENT, token_sc, invoke(headers)))
     removed = {"x-openclaw-sender-is-owner", "x-session-key", "x-openclaw-debug", "x-clawdbot-scopes",
                "proxy-authorization"}
-    assert removed & names(record) == set(), record["headers"]
-    assert values(record, "x-openclaw-account-id") == ["acct-7"]
+    assert removed & header_names(record) == set(), record["headers"]
+    assert header_values(record, "x-openclaw-account-id") == ["acct-7"]
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=CLIENT, user_header="")
 
 
@@ -319,10 +298,10 @@ def test_B11_pinned_context_headers_override_the_client_per_identity(testnet, tp
                       ("x-openclaw-account-id", "acct-root"), ("x-openclaw-message-to", "channel:1"),
                       ("x-openclaw-unlisted", "x"))
     record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(headers)))
-    assert values(record, "x-openclaw-message-channel") == ["webchat"]
-    assert values(record, "x-openclaw-account-id") == ["acct-alice"]
-    assert values(record, "x-openclaw-message-to") == ["channel:1"]
-    assert values(record, "x-openclaw-unlisted") == []
+    assert header_values(record, "x-openclaw-message-channel") == ["webchat"]
+    assert header_values(record, "x-openclaw-account-id") == ["acct-alice"]
+    assert header_values(record, "x-openclaw-message-to") == ["channel:1"]
+    assert header_values(record, "x-openclaw-unlisted") == []
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user=ALICE)
 
 
@@ -330,8 +309,8 @@ def test_B11_wildcard_pin_applies_to_other_identities(testnet, tp_sc, module_bac
     """B11: identities without their own pin get the "*" pin; unpinned allow-listed headers pass."""
     headers = as_user(BOB, ("x-openclaw-message-channel", "telegram-admins"), ("x-openclaw-account-id", "acct-bob"))
     record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(headers)))
-    assert values(record, "x-openclaw-message-channel") == ["restricted"]
-    assert values(record, "x-openclaw-account-id") == ["acct-bob"]
+    assert header_values(record, "x-openclaw-message-channel") == ["restricted"]
+    assert header_values(record, "x-openclaw-account-id") == ["acct-bob"]
 
 
 def test_B11_context_allow_list_is_configurable(testnet, module_sidecar, module_backend):
@@ -340,9 +319,9 @@ def test_B11_context_allow_list_is_configurable(testnet, module_sidecar, module_
     headers = as_user(BOB, ("x-openclaw-message-to", "channel:9"), ("x-openclaw-thread-id", "t-9"),
                       ("x-openclaw-message-channel", "telegram-admins"), ("x-openclaw-account-id", "a"))
     record = only_forwarded(module_backend, send(testnet, PROXY, sidecar, invoke(headers)))
-    forwarded = {n for n in names(record) if n.startswith("x-openclaw-")}
+    forwarded = {n for n in header_names(record) if n.startswith("x-openclaw-")}
     assert forwarded == {"x-openclaw-message-to", "x-openclaw-scopes"}, record["headers"]
-    assert values(record, "x-openclaw-message-to") == ["channel:9"]
+    assert header_values(record, "x-openclaw-message-to") == ["channel:9"]
 
 
 # ---- C1–C4: Connection-nominated headers -------------------------------------------------------
@@ -359,8 +338,8 @@ def test_C1_C4_connection_cannot_remove_or_shadow_sidecar_headers(testnet, tp_sc
     headers = [*as_user(BOB, ("x-openclaw-scopes", "operator.write"), ("X-Custom", "nominated")), *connection]
     record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke(headers)))
     assert_owned_headers(record, scopes="operator.write", xff=FORWARDED_CLIENT, user=BOB)
-    assert values(record, "x-custom") == []
-    tokens = {t.strip().lower() for v in values(record, "connection") for t in v.split(",")}
+    assert header_values(record, "x-custom") == []
+    tokens = {t.strip().lower() for v in header_values(record, "connection") for t in v.split(",")}
     assert tokens <= {"close", "keep-alive"}, record["headers"]
 
 
@@ -388,7 +367,7 @@ def test_D1_D2_repeated_security_headers_are_refused(testnet, tp_sc, module_back
     headers = bob_via_proxy_plus(repeat)
     response = send(testnet, PROXY, tp_sc, invoke(headers))
     assert response.status == 400, (response.status, response.body)
-    assert_refused(response, module_backend, 400)
+    assert_refused_raw(response, module_backend, 400)
 
 
 # ---- D3 / D4 / D7: control bytes, encodings, obs-fold ------------------------------------------
@@ -407,7 +386,7 @@ def test_D3_control_characters_in_header_values_are_refused(testnet, tp_sc, modu
     headers = bob_via_proxy_plus([(name, value)])
     response = send(testnet, PROXY, tp_sc, invoke(headers))
     assert response.status == 400, (response.status, response.body)
-    assert_refused(response, module_backend, 400)
+    assert_refused_raw(response, module_backend, 400)
 
 
 def test_D4_non_utf8_identity_bytes_are_refused(testnet, tp_sc, module_backend):
@@ -425,7 +404,7 @@ def test_D7_obs_fold_is_refused(testnet, tp_sc, module_backend, folded):
     headers = bob_via_proxy_plus(folded)
     response = send(testnet, PROXY, tp_sc, invoke(headers))
     assert response.status == 400, (response.status, response.body)
-    assert_refused(response, module_backend, 400)
+    assert_refused_raw(response, module_backend, 400)
 
 
 # ---- D5 / D6: RFC 2047 identities ------------------------------------------------------------
@@ -444,7 +423,7 @@ def test_D5_rfc2047_identity_is_decoded_before_allow_users(testnet, allow_users_
     """D5: Tailscale's RFC 2047 spelling of a non-ASCII login matches allowUsers' decoded entry."""
     response = send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
     record = only_forwarded(module_backend, response)
-    forwarded = values(record, "tailscale-user-login")
+    forwarded = header_values(record, "tailscale-user-login")
     assert len(forwarded) == 1, record["headers"]
     # The gateway reads header bytes as latin-1; the identity must arrive as the decoded user
     # (UTF-8 bytes or latin-1 bytes of "jörg") or in its original RFC 2047 form, never anything else.
@@ -460,17 +439,17 @@ def test_D5_rfc2047_identity_outside_latin1_is_handled_deliberately(testnet, all
     response = send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
     assert response.status != 500, ("internal error instead of a decision", response.body)
     if response.status in (400, 401):
-        assert_refused(response, module_backend, response.status)
+        assert_refused_raw(response, module_backend, response.status)
         return
     record = only_forwarded(module_backend, response)
-    forwarded = values(record, "tailscale-user-login")
+    forwarded = header_values(record, "tailscale-user-login")
     assert forwarded in ([encoded], ["李@example.com".encode().decode("latin-1")]), forwarded
 
 
 @pytest.mark.parametrize("encoded", ["=?utf-8?q?mallory@example.com?=", "=?utf-8?q?Alice@example.com?="])
 def test_D5_rfc2047_identity_not_in_allow_users_is_unauthorized(testnet, allow_users_sc, module_backend, encoded):
     response = send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
-    assert_refused(response, module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize("empty", ["", "   ", "=?utf-8?q??=", "=?utf-8?q?_?="], ids=["empty", "blank", "encoded-empty",
@@ -479,7 +458,7 @@ def test_D5_empty_identity_is_no_identity(testnet, tp_sc, module_backend, empty)
     """D5: Tailscale sends "" for undecodable logins: that is no identity (401), never user ""
     (tp_sc has no allowUsers, so an empty user would otherwise be accepted)."""
     response = send(testnet, PROXY, tp_sc, invoke([VIA, ("Tailscale-User-Login", empty)]))
-    assert_refused(response, module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize("encoded", [
@@ -491,7 +470,7 @@ def test_D5_empty_identity_is_no_identity(testnet, tp_sc, module_backend, empty)
 def test_D6_encoded_control_characters_in_identity_are_refused(testnet, tp_sc, module_backend, encoded):
     """D6: an RFC 2047 value that decodes to CR/LF/NUL cannot become a header the sidecar writes."""
     response = send(testnet, PROXY, tp_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
-    assert_refused(response, module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
 
 
 # ---- F: scope header semantics and ceilings ----------------------------------------------------
@@ -511,7 +490,7 @@ def test_F1_F5_none_mode_scopes(testnet, module_sidecar, module_backend):
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=CLIENT, user_header="")
     module_backend.clear_requests()
     response = send(testnet, CLIENT, sidecar, invoke([("x-openclaw-scopes", "operator.read operator.write")]))
-    assert_refused(response, module_backend, 403, MISSING_SCOPE)
+    assert_refused_raw(response, module_backend, 403, MISSING_SCOPE)
     messy = "operator.write,operator.bogus, operator.read ,operator.write,,OPERATOR.ADMIN"
     record = only_forwarded(module_backend, send(testnet, CLIENT, sidecar, invoke([("x-openclaw-scopes", messy)])))
     assert_owned_headers(record, scopes="operator.write,operator.read", xff=CLIENT, user_header="")
@@ -527,7 +506,7 @@ def test_F2_token_mode_ignores_declared_scopes(testnet, token_sc, module_backend
 def test_F5_space_separated_scopes_are_forbidden_in_trusted_proxy_mode(testnet, tp_sc, module_backend):
     """F5: the gateway splits on commas only; `operator.read operator.write` is one unknown token."""
     response = send(testnet, PROXY, tp_sc, invoke(as_user(BOB, ("x-openclaw-scopes", "operator.read operator.write"))))
-    assert_refused(response, module_backend, 403, MISSING_SCOPE)
+    assert_refused_raw(response, module_backend, 403, MISSING_SCOPE)
 
 
 def test_F5_declared_scopes_are_normalised(testnet, tp_sc, module_backend):
@@ -549,16 +528,16 @@ def test_F4_per_identity_ceiling_caps_absent_and_declared_scopes(testnet, tp_sc,
     assert_owned_headers(record, scopes="operator.write", xff=FORWARDED_CLIENT, user=capped)
     module_backend.clear_requests()
     response = send(testnet, PROXY, tp_sc, invoke(as_user(capped), body=b'{"tool":"sessions"}'))
-    assert_refused(response, module_backend, 404, not_available("sessions"))
+    assert_refused_raw(response, module_backend, 404, not_available("sessions"))
     only_admin = as_user(capped, ("x-openclaw-scopes", "operator.admin"))
-    assert_refused(send(testnet, PROXY, tp_sc, invoke(only_admin)), module_backend, 403, MISSING_SCOPE)
+    assert_refused_raw(send(testnet, PROXY, tp_sc, invoke(only_admin)), module_backend, 403, MISSING_SCOPE)
 
 
 def test_F4_ceiling_without_write_forbids_invoke(testnet, tp_sc, module_backend):
     """Ceilings: viewer@ (ceiling operator.read) → 403 whatever it declares or omits."""
     for extra in ([], [("x-openclaw-scopes", "operator.write,operator.admin")]):
         response = send(testnet, PROXY, tp_sc, invoke(as_user("viewer@example.com", *extra)))
-        assert_refused(response, module_backend, 403, MISSING_SCOPE)
+        assert_refused_raw(response, module_backend, 403, MISSING_SCOPE)
 
 
 def test_F4_default_ceiling_applies_to_everyone_but_listed_identities(testnet, module_sidecar, module_backend):
@@ -582,4 +561,4 @@ def test_F2_default_ceiling_caps_shared_secret_callers(testnet, module_sidecar, 
     assert_owned_headers(record, scopes="operator.read,operator.write", xff=CLIENT, user_header="")
     module_backend.clear_requests()
     response = send(testnet, CLIENT, sidecar, invoke([BEARER], body=b'{"tool":"sessions"}'))
-    assert_refused(response, module_backend, 404, not_available("sessions"))
+    assert_refused_raw(response, module_backend, 404, not_available("sessions"))

@@ -10,7 +10,6 @@ the targets away).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 from sidecar.demo_backend import DemoBackend
 
+from .assertions import assert_refused_raw, header_values
 from .conftest import UPSTREAM_TOKEN
 from .expected import AGENTS, AGENTS_RESULT, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, UNAUTHORIZED
 from .harness import RawResponse, SidecarProcess, TestNet, raw_exchange
@@ -28,10 +28,6 @@ ROUTE_NOT_FOUND = {"error": {"message": "Not Found", "type": "not_found"}}
 BEARER = ("Authorization", f"Bearer {TOKEN}")
 
 
-def compact(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def raw(method: str, target: str, headers: list[tuple[str, str]] = (), body: bytes = b"",
         host: str = "sidecar.test") -> bytes:
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers)]
@@ -39,19 +35,6 @@ def raw(method: str, target: str, headers: list[tuple[str, str]] = (), body: byt
         lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def values(record: dict, name: str) -> list[str]:
-    return [v for k, v in record["headers"] if k.lower() == name.lower()]
-
-
-def assert_refused(response: RawResponse, backend: DemoBackend, status: int, body: dict | None = None) -> None:
-    assert response.status == status, (response.status, response.body)
-    if body is not None:
-        assert response.body == compact(body), response.body
-    assert backend.requests() == [], backend.requests()
-    assert response.header("server") != "openclaw-demo-backend/0.1"
-    assert UPSTREAM_TOKEN.encode() not in response.body
 
 
 def only_forwarded(backend: DemoBackend, response: RawResponse) -> dict:
@@ -64,11 +47,11 @@ def only_forwarded(backend: DemoBackend, response: RawResponse) -> dict:
 def assert_hygienic(record: dict, xff: str | None = None) -> None:
     """What every forwarded request carries, on every route: our credential, one explicit
     default-scope header (token mode), the attributed client, nothing the client owned."""
-    assert values(record, "authorization") == [f"Bearer {UPSTREAM_TOKEN}"]
-    assert values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
-    assert values(record, "x-forwarded-for") == ([] if xff is None else [xff])
+    assert header_values(record, "authorization") == [f"Bearer {UPSTREAM_TOKEN}"]
+    assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
+    assert header_values(record, "x-forwarded-for") == ([] if xff is None else [xff])
     for name in ("x-openclaw-sender-is-owner", "x-session-key", "x-original-url", "x-rewrite-url", "proxy-authorization"):
-        assert values(record, name) == [], record["headers"]
+        assert header_values(record, name) == [], record["headers"]
 
 
 # ---- fixtures ------------------------------------------------------------------------------
@@ -124,7 +107,7 @@ def test_E1_E3_E6_non_canonical_tools_spellings_are_refused(sc, module_backend, 
     `Invalid request URL` 400, before auth, and nothing is forwarded (not even rewritten)."""
     headers = [BEARER] if auth == "token" else []
     response = exchange(sc, raw("POST", target, headers, AGENTS))
-    assert_refused(response, module_backend, 400, INVALID_URL)
+    assert_refused_raw(response, module_backend, 400, INVALID_URL)
 
 
 @pytest.mark.parametrize("target", [
@@ -135,7 +118,7 @@ def test_E3_H2_absolute_form_tools_targets_are_refused(sc, module_backend, targe
     """E3/H2: absolute-form requests naming the tools route (foreign host or not) → 400, with a
     valid token, and the backend sees nothing."""
     response = exchange(sc, raw("POST", target, [BEARER], AGENTS))
-    assert_refused(response, module_backend, 400)
+    assert_refused_raw(response, module_backend, 400)
     payload = response.json()
     assert payload in (INVALID_URL, {"error": {"message": "request target names a foreign host",
                                                 "type": "invalid_request_error"}}), payload
@@ -147,12 +130,12 @@ def test_E3_H2_absolute_form_tools_targets_are_refused(sc, module_backend, targe
 def test_E5_query_containing_a_path_is_still_the_tools_route(sc, module_backend):
     """E5: /tools/invoke?x=/health is the tools route: the full pipeline applies."""
     target = "/tools/invoke?x=/health"
-    assert_refused(exchange(sc, raw("POST", target, [], AGENTS)), module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(exchange(sc, raw("POST", target, [], AGENTS)), module_backend, 401, UNAUTHORIZED)
     response = exchange(sc, raw("GET", target))
-    assert_refused(response, module_backend, 405)
+    assert_refused_raw(response, module_backend, 405)
     assert response.body == b"Method Not Allowed" and response.header("allow") == "POST"
     response = exchange(sc, raw("POST", target, [BEARER], b'{"tool":"sessions_spawn"}'))
-    assert_refused(response, module_backend, 404, {"ok": False, "error": {"type": "not_found",
+    assert_refused_raw(response, module_backend, 404, {"ok": False, "error": {"type": "not_found",
                                                                     "message": "Tool not available: sessions_spawn"}})
     response = exchange(sc, raw("POST", target, [BEARER], AGENTS))
     record = only_forwarded(module_backend, response)
@@ -173,7 +156,7 @@ def test_E4_E8_near_misses_need_auth_and_are_never_405(sc, module_backend, targe
     POST and GET alike (a 405 would mean the sidecar treated them as the tools route)."""
     for method in ("POST", "GET"):
         response = exchange(sc, raw(method, target, [], AGENTS if method == "POST" else b""))
-        assert_refused(response, module_backend, 401, UNAUTHORIZED)
+        assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize("target", NEAR_MISSES)
@@ -193,10 +176,10 @@ def test_E4_double_slash_names_a_host_not_the_tools_route(sc, module_backend):
     for method in ("GET", "POST"):
         response = exchange(sc, raw(method, "//tools/invoke", [], AGENTS if method == "POST" else b""))
         assert response.status in (400, 401), (response.status, response.body)
-        assert_refused(response, module_backend, response.status)
+        assert_refused_raw(response, module_backend, response.status)
     response = exchange(sc, raw("POST", "//tools/invoke", [BEARER], AGENTS))
     if response.status == 400:
-        assert_refused(response, module_backend, 400)
+        assert_refused_raw(response, module_backend, 400)
     else:
         record = only_forwarded(module_backend, response)
         assert record["path"] in ("/invoke", "//tools/invoke")
@@ -223,7 +206,7 @@ def test_E6_fragment_cannot_smuggle_a_path_past_an_unauthenticated_route(sc, mod
     """E6: `/healthz#/../tools/invoke` is /healthz for Node; it is forwarded (if at all) as /healthz."""
     response = exchange(sc, raw("GET", "/healthz#/../tools/invoke"))
     if response.status == 400:
-        assert_refused(response, module_backend, 400)
+        assert_refused_raw(response, module_backend, 400)
         return
     record = only_forwarded(module_backend, response)
     assert record["path"] == "/healthz"
@@ -233,10 +216,10 @@ def test_unauthenticated_routes_are_exact_paths(sc, module_backend):
     """routes.unauthenticated holds exact canonical paths: /healthz passes without a token,
     /healthz/ and /HEALTHZ do not."""
     record = only_forwarded(module_backend, exchange(sc, raw("GET", "/healthz", [("x-openclaw-sender-is-owner", "true")])))
-    assert values(record, "x-openclaw-sender-is-owner") == []
+    assert header_values(record, "x-openclaw-sender-is-owner") == []
     module_backend.clear_requests()
     for target in ("/healthz/", "/HEALTHZ", "/healthz%2f"):
-        assert_refused(exchange(sc, raw("GET", target)), module_backend, 401, UNAUTHORIZED)
+        assert_refused_raw(exchange(sc, raw("GET", target)), module_backend, 401, UNAUTHORIZED)
 
 
 # ---- E9: every other route gets auth and hygiene ---------------------------------------------
@@ -249,8 +232,8 @@ OTHER_ROUTES = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST"
 def test_E9_other_routes_need_auth(sc, module_backend, method, target):
     """E9: /v1/*, /sessions/*, /api/channels/*, MCP need the token like the tools route."""
     body = b'{"model":"x"}' if method == "POST" else b""
-    assert_refused(exchange(sc, raw(method, target, [], body)), module_backend, 401, UNAUTHORIZED)
-    assert_refused(exchange(sc, raw(method, target, [("Authorization", "Basic dDpU")], body)), module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(exchange(sc, raw(method, target, [], body)), module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(exchange(sc, raw(method, target, [("Authorization", "Basic dDpU")], body)), module_backend, 401, UNAUTHORIZED)
 
 
 @pytest.mark.parametrize(("method", "target"), OTHER_ROUTES)
@@ -275,14 +258,14 @@ def test_E9_malformed_heads_are_refused_on_other_routes(sc, module_backend, bad)
     """E9 + B3/D1/D3: malformed heads are refused on every route, not only /tools/invoke."""
     headers = bad if bad[0][0] == "Authorization" else [BEARER, *bad]
     response = exchange(sc, raw("GET", "/v1/models", headers))
-    assert_refused(response, module_backend, 400)
+    assert_refused_raw(response, module_backend, 400)
 
 
 def test_E9_other_routes_refuse_unattributable_forwarded_headers(testnet, net_sc, module_backend):
     """E9 + A7: a non-proxy peer sending X-Forwarded-For to /v1/models → 403, with a valid token."""
     data = raw("GET", "/v1/models", [("X-Forwarded-For", "10.1.1.1"), BEARER])
     response = testnet.exchange("203.0.113.7", (net_sc.host, net_sc.port), data)
-    assert_refused(response, module_backend, 403, ATTRIBUTION_REQUIRED)
+    assert_refused_raw(response, module_backend, 403, ATTRIBUTION_REQUIRED)
     data = raw("GET", "/v1/models", [("X-Forwarded-For", "10.1.1.1"), BEARER])
     record = only_forwarded(module_backend, testnet.exchange("198.51.100.5", (net_sc.host, net_sc.port), data))
     assert_hygienic(record, xff="10.1.1.1")
@@ -298,7 +281,7 @@ def test_routes_deny_refuses_prefixes_with_404(deny_sc, module_backend, target, 
     """sidecar.routes.deny: a denied canonical prefix → 404 with or without a token, nothing forwarded
     (a spelling that only canonicalises into the prefix is denied too)."""
     headers = [BEARER] if auth == "token" else []
-    assert_refused(exchange(deny_sc, raw("GET", target, headers)), module_backend, 404, ROUTE_NOT_FOUND)
+    assert_refused_raw(exchange(deny_sc, raw("GET", target, headers)), module_backend, 404, ROUTE_NOT_FOUND)
 
 
 def test_routes_deny_leaves_other_routes_alone(deny_sc, module_backend):

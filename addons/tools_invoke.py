@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h11
+from h11._readers import ChunkedReader
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
-import h11
-from h11._readers import ChunkedReader
 from mitmproxy.proxy.layers.http import HttpStream, _http1
 
 try:  # loaded by mitmdump -s, the repository root may not be on sys.path
@@ -45,6 +45,7 @@ log = logging.getLogger("sidecar.adapter")
 
 VIEW = "openclaw_sidecar.view"
 ADMITTED = "openclaw_sidecar.admitted"
+FORWARDED = "openclaw_sidecar.forwarded"
 ANSWERED = "openclaw_sidecar.answered"
 # Small pending bodies are read before a head refusal is sent, which keeps the connection
 # usable; anything larger (or chunked) is answered at once and the connection closed, so an
@@ -226,8 +227,9 @@ class ToolsInvokeGuard:
             self._fail_closed(flow, "request")
 
     def response(self, flow: http.HTTPFlow) -> None:
+        """Review what the upstream answered (the hook also fires for answers we set ourselves)."""
         admitted = flow.metadata.get(ADMITTED)
-        if not isinstance(admitted, Admitted) or flow.response is None:
+        if not flow.metadata.get(FORWARDED) or not isinstance(admitted, Admitted) or flow.response is None:
             return
         try:
             replacement = self.runtime.pipeline.review_response(admitted, flow.response.status_code)
@@ -272,9 +274,10 @@ class ToolsInvokeGuard:
         flow.response = response_of(decision.envelope)
         if body_pending:
             # The answer waits for a small body so the connection stays usable; a body that
-            # never comes gets the same answer directly once the read timeout passes.
+            # never comes gets the same answer directly once the read timeout passes (already
+            # audited above, so no second decision is recorded).
             seconds = self.runtime.config.sidecar.timeouts.body_read_seconds
-            self._schedule(flow, seconds, lambda: answer_directly(flow, decision.envelope), decision.reason)
+            self._schedule(flow, seconds, lambda: answer_directly(flow, decision.envelope), audit_as=None)
 
     def _forward(self, flow: http.HTTPFlow, decision: Forward) -> None:
         admitted = decision.admitted
@@ -286,6 +289,7 @@ class ToolsInvokeGuard:
             request.raw_content = decision.body
             if "transfer-encoding" not in request.headers:
                 request.headers["content-length"] = str(len(decision.body))
+        flow.metadata[FORWARDED] = True
         self._audit(flow, "forwarded", decision.reason, None, decision.tool)
         self._start_upstream_timer(flow)
 
@@ -311,7 +315,7 @@ class ToolsInvokeGuard:
 
     def _start_body_timer(self, flow: http.HTTPFlow) -> None:
         seconds = self.runtime.config.sidecar.timeouts.body_read_seconds
-        self._schedule(flow, seconds, lambda: answer_directly(flow, envelopes.body_timeout()), "body_timeout")
+        self._schedule(flow, seconds, lambda: answer_directly(flow, envelopes.body_timeout()), audit_as="body_timeout")
 
     def _start_upstream_timer(self, flow: http.HTTPFlow) -> None:
         seconds = self.runtime.config.sidecar.timeouts.upstream_read_seconds
@@ -321,13 +325,15 @@ class ToolsInvokeGuard:
                 log.warning("upstream did not answer within %ss", seconds)
                 answer_directly(flow, envelopes.upstream_timeout())
 
-        self._schedule(flow, seconds, expire, "upstream_timeout")
+        self._schedule(flow, seconds, expire, audit_as="upstream_timeout")
 
-    def _schedule(self, flow: http.HTTPFlow, seconds: float, action: Any, reason: str) -> None:
+    def _schedule(self, flow: http.HTTPFlow, seconds: float, action: Any, *, audit_as: str | None) -> None:
+        """Run `action` after `seconds` unless cancelled; a new refusal is audited as `audit_as`."""
+
         def fire() -> None:
             self._timers.pop(flow.id, None)
-            if action():
-                self._audit(flow, "refused", reason, flow.metadata.get(ANSWERED))
+            if action() and audit_as is not None:
+                self._audit(flow, "refused", audit_as, flow.metadata.get(ANSWERED))
 
         self._cancel_timer(flow)
         self._timers[flow.id] = asyncio.get_running_loop().call_later(seconds, fire)

@@ -226,7 +226,7 @@ def build_authenticator(config: Config, trusted: tuple[IPNetwork, ...] | None = 
             local_addresses = None
         return TrustedProxyAuth(
             trusted=trusted if trusted is not None else tuple(parse_network(e) for e in gateway.trusted_proxies),
-            user_header=tp.user_header.lower() if tp.user_header else None,
+            user_header=tp.user_header,  # lower-cased by the config validator
             required_headers=tp.required_headers,
             allow_users=frozenset(tp.allow_users),
             allow_loopback=tp.allow_loopback,

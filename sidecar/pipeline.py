@@ -88,7 +88,8 @@ class Pipeline:
         gateway = self.config.rules.gateway
         sidecar = self.config.sidecar
         tp = gateway.auth.trusted_proxy
-        user_header = (sidecar.upstream_auth.user_header or tp.user_header or "x-forwarded-user").lower()
+        # Header names from config are lower-cased by its validators.
+        user_header = sidecar.upstream_auth.user_header or tp.user_header or "x-forwarded-user"
         self.trusted = tuple(parse_network(e) for e in gateway.trusted_proxies)
         self.authenticator = build_authenticator(self.config, self.trusted)
         context = sidecar.context_headers
@@ -99,7 +100,7 @@ class Pipeline:
         self.upstream_user_header = user_header
         # Identity headers, client-side and upstream-side: protected like the built-in ones, and
         # never forwarded from the client.
-        self.identity_headers = frozenset(filter(None, ((tp.user_header or "").lower(), user_header)))
+        self.identity_headers = frozenset(filter(None, (tp.user_header, user_header)))
 
     # ---- head ---------------------------------------------------------------------------
 

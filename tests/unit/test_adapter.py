@@ -326,6 +326,14 @@ async def test_exception_in_on_body_is_a_sanitised_500(guard: ToolsInvokeGuard, 
     assert_answer(flow, envelopes.internal_error())
 
 
+async def test_the_sidecars_own_500_is_not_reviewed_as_an_upstream_answer(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The response hook also fires for answers we set; only upstream answers are reviewed."""
+    monkeypatch.setattr(guard.runtime.pipeline, "on_body", boom)
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    guard.response(flow)
+    assert_answer(flow, envelopes.internal_error())
+
+
 async def test_exception_in_review_is_a_sanitised_500(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
     flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
     monkeypatch.setattr(guard.runtime.pipeline, "review_response", boom)

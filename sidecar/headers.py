@@ -6,6 +6,7 @@ spelling is tested case by case; the functions only apply them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -58,13 +59,19 @@ _FOLDED_NAMES = {fold(n) for n in PROTECTED_NAMES}
 _FOLDED_PREFIXES = tuple(fold(p) for p in PROTECTED_PREFIXES)
 
 
+@functools.cache
+def _fold_all(names: frozenset[str]) -> frozenset[str]:
+    """The configured extra names, folded once rather than for every header of every request."""
+    return frozenset(map(fold, names))
+
+
 def aliases_protected(name: str, extra: Iterable[str] = ()) -> bool:
     """True for a spelling that folds onto a protected name without being that name."""
     lowered = name.lower()
     if "_" not in lowered and "." not in lowered:
         return False
     folded = fold(lowered)
-    return folded in _FOLDED_NAMES or folded.startswith(_FOLDED_PREFIXES) or folded in {fold(e) for e in extra}
+    return folded in _FOLDED_NAMES or folded.startswith(_FOLDED_PREFIXES) or folded in _fold_all(frozenset(extra))
 
 
 def is_protected(name: str, extra: frozenset[str] = frozenset()) -> bool:

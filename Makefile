@@ -16,6 +16,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	scripts/ensure-redis
+	scripts/ensure-gateway $(VENV)/bin/python
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:

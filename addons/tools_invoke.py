@@ -268,7 +268,7 @@ class ToolsInvokeGuard:
     async def _refuse(self, flow: http.HTTPFlow, decision: Refuse, *, early: bool, body_pending: bool) -> None:
         if decision.delay_s > 0:
             await asyncio.sleep(decision.delay_s)
-        self._audit(flow, "refused", decision.reason, decision.envelope.status)
+        self._audit(flow, "refused", decision.reason, decision.envelope.status, route=decision.route)
         if early and answer_directly(flow, decision.envelope):
             return
         flow.response = response_of(decision.envelope)
@@ -293,12 +293,13 @@ class ToolsInvokeGuard:
         self._audit(flow, "forwarded", decision.reason, None, decision.tool)
         self._start_upstream_timer(flow)
 
-    def _audit(self, flow: http.HTTPFlow, outcome: str, reason: str, status: int | None, tool: str | None = None) -> None:
+    def _audit(self, flow: http.HTTPFlow, outcome: str, reason: str, status: int | None, tool: str | None = None,
+               route: str | None = None) -> None:
         """Logged from the view the decision was made on, not from the flow we may have rewritten."""
         view: RequestView | None = flow.metadata.get(VIEW)
         admitted: Admitted | None = flow.metadata.get(ADMITTED)
         audit.record(
-            route=admitted.route if admitted else "head", outcome=outcome, reason=reason, status=status,
+            route=admitted.route if admitted else route or "head", outcome=outcome, reason=reason, status=status,
             method=view.method if view else flow.request.data.method.decode("latin-1"),
             target=view.target if view else raw_target(flow.request),
             client_ip=admitted.client_ip if admitted else None,

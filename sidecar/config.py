@@ -156,10 +156,24 @@ class ScopeCeilingSettings(BaseModel):
 
 class RouteSettings(BaseModel):
     model_config = _STRICT
-    # Exact canonical paths that skip authentication (attribution and header hygiene still apply).
-    unauthenticated: tuple[str, ...] = ("/healthz", "/readyz")
-    # Canonical path prefixes refused outright with 404 before anything reaches the gateway.
+    # Route-table names opened beyond the default policy (sidecar/routes.py, README).
+    allow: tuple[str, ...] = ()
+    # The Control UI catch-all: served to anyone as the gateway does (`public`), only to callers
+    # the sidecar authenticated (`authenticated`: for plugins with GET routes of their own), or not.
+    control_ui: Literal["public", "authenticated", "off"] = "public"
+    # Path prefixes of the route the gateway will run, refused outright with 404.
     deny: tuple[str, ...] = ()
+
+    @field_validator("allow")
+    @classmethod
+    def _known_routes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from .routes import route_names
+
+        known = route_names()
+        unknown = [name for name in value if name not in known]
+        if unknown:
+            raise ValueError(f"unknown route name(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+        return value
 
 
 class UpstreamAuth(BaseModel):
@@ -307,6 +321,32 @@ class GatewayToolsConfig(BaseModel):
 class ControlUiConfig(BaseModel):
     model_config = _LENIENT
     allowed_origins: tuple[str, ...] = ()
+    enabled: bool = True
+    base_path: str | None = None
+
+
+class EndpointSwitch(BaseModel):
+    model_config = _LENIENT
+    enabled: bool = False
+
+
+class HttpEndpoints(BaseModel):
+    model_config = _LENIENT
+    chat_completions: EndpointSwitch = EndpointSwitch()
+    responses: EndpointSwitch = EndpointSwitch()
+
+
+class GatewayHttpConfig(BaseModel):
+    model_config = _LENIENT
+    endpoints: HttpEndpoints = HttpEndpoints()
+
+
+class HooksConfig(BaseModel):
+    """Only where the gateway serves hooks; their token is the gateway's business."""
+
+    model_config = _LENIENT
+    enabled: bool = False
+    path: str | None = None
 
 
 class GatewayConfig(BaseModel):
@@ -316,6 +356,7 @@ class GatewayConfig(BaseModel):
     allow_real_ip_fallback: bool = False
     tools: GatewayToolsConfig = GatewayToolsConfig()
     control_ui: ControlUiConfig = ControlUiConfig()
+    http: GatewayHttpConfig = GatewayHttpConfig()
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -328,6 +369,7 @@ class GatewayConfig(BaseModel):
 class OpenClawRules(BaseModel):
     model_config = _LENIENT
     gateway: GatewayConfig = GatewayConfig()
+    hooks: HooksConfig = HooksConfig()
     # Kept whole for the later policy-chain work; only validated as objects here.
     tools: dict[str, Any] = {}
     agents: dict[str, Any] = {}
@@ -410,6 +452,10 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
 # ---- loading --------------------------------------------------------------------------------
 
 
+# The top-level keys of the gateway's own config the sidecar reads (OpenClawRules).
+RULE_KEYS = ("gateway", "hooks", "tools", "agents", "session")
+
+
 @dataclass(frozen=True)
 class Config:
     sidecar: SidecarSettings
@@ -478,20 +524,19 @@ def load_config(
     except ValidationError as exc:
         problems = _validation_problems(exc, "sidecar.")
         try:
-            OpenClawRules.model_validate({k: document[k] for k in ("gateway", "tools", "agents", "session") if k in document})
+            OpenClawRules.model_validate({k: document[k] for k in RULE_KEYS if k in document})
         except ValidationError as rules_exc:
             problems += _validation_problems(rules_exc, "")
         raise ConfigError(problems) from None
     finally:
         _FileSection.current.reset(token)
 
-    rule_keys = ("gateway", "tools", "agents", "session")
-    own_rules = {k: document[k] for k in rule_keys if k in document}
+    own_rules = {k: document[k] for k in RULE_KEYS if k in document}
     if sidecar.openclaw_config is not None:
         base_dir = path.parent if path is not None else Path.cwd()
         openclaw_path = sidecar.openclaw_config if sidecar.openclaw_config.is_absolute() else base_dir / sidecar.openclaw_config
         gateway_doc = read_structured_file(openclaw_path, "sidecar.openclawConfig")
-        own_rules = deep_merge({k: gateway_doc[k] for k in rule_keys if k in gateway_doc}, own_rules)
+        own_rules = deep_merge({k: gateway_doc[k] for k in RULE_KEYS if k in gateway_doc}, own_rules)
     try:
         rules = OpenClawRules.model_validate(own_rules)
     except ValidationError as exc:

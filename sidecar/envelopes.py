@@ -76,9 +76,12 @@ def _ok_false(status: int, error_type: str, message: str, **more: Any) -> Envelo
     return _json(status, {"ok": False, "error": {"type": error_type, "message": message, **more}})
 
 
+def _plain(status: int, text: str, *extra: tuple[str, str]) -> Envelope:
+    return Envelope(status, text.encode(), (("Content-Type", "text/plain; charset=utf-8"), *SECURITY_HEADERS, *extra))
+
+
 def method_not_allowed() -> Envelope:
-    headers = (("Content-Type", "text/plain; charset=utf-8"), *SECURITY_HEADERS, ("Allow", "POST"))
-    return Envelope(405, b"Method Not Allowed", headers)
+    return _plain(405, "Method Not Allowed", ("Allow", "POST"))
 
 
 def expectation_failed() -> Envelope:
@@ -152,7 +155,13 @@ def tool_not_available(name: str) -> Envelope:
 
 
 def route_not_found() -> Envelope:
-    return _openai_style(404, "Not Found", "not_found")
+    """The gateway's respondNotFound: what it answers where no handler takes the request."""
+    return _plain(404, "Not Found")
+
+
+def websocket_upgrade_not_supported() -> Envelope:
+    """An `Upgrade:` other than websocket (h2c...): the gateway answers 400 and closes."""
+    return _plain(400, "Bad Request", ("Connection", "close"))
 
 
 def tool_execution_failed() -> Envelope:

@@ -117,6 +117,9 @@ class HeaderPlan:
     pinned: Mapping[str, str]  # context headers forced to a value for this identity
     drop: frozenset[str] = frozenset()  # further names to delete (e.g. the trusted user header)
     websocket: bool = False
+    # Client headers that carry the route's own credential (a hooks token, a ticket Bearer):
+    # relayed as sent, never read or replaced by the sidecar.
+    passthrough: frozenset[str] = frozenset()
 
 
 def rebuild_headers(view: RequestView, plan: HeaderPlan) -> tuple[tuple[str, str], ...]:
@@ -141,6 +144,9 @@ def rebuild_headers(view: RequestView, plan: HeaderPlan) -> tuple[tuple[str, str
         if lowered in nominated or lowered in plan.drop or lowered in pinned:
             continue
         if lowered in HOP_BY_HOP and not (plan.websocket and lowered == "upgrade"):
+            continue
+        if lowered in plan.passthrough:
+            out.append((name, raw_value.decode("latin-1")))
             continue
         context = lowered in plan.context_allow and is_context_header(lowered)
         if not context and (lowered in OWNED_NAMES or lowered.startswith(PROTECTED_PREFIXES)):

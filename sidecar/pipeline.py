@@ -10,26 +10,29 @@ must grant; every other path ends in a `Refuse` carrying the gateway's own answe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from . import envelopes
 from .attribution import Attribution, attribute
 from .auth import AuthOutcome, build_authenticator
 from .body import MAX_BODY_BYTES, BodyError, read_invoke_body
-from .canonical import InvalidTarget, canonicalize_target
+from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
 from .headers import HeaderPlan, head_problem, rebuild_headers
 from .ipaddrs import is_loopback, parse_network
+from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolpolicy import ToolGate
 from .view import RequestView
 
-TOOLS_INVOKE = "/tools/invoke"
+TOOLS_ROUTE = "tools-invoke"
+# Auth outcomes of requests the sidecar did not authenticate: they get no scopes and never
+# carry the sidecar's upstream credential.
+UNAUTHENTICATED_METHODS = frozenset({"unauthenticated-route", "route-credential"})
 _METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
 _PLAIN_HOST = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
-Route = Literal["tools-invoke", "other"]
 
 
 class FailureLimiter(Protocol):
@@ -55,13 +58,24 @@ class Refuse:
     envelope: Envelope
     reason: str
     delay_s: float = 0.0  # upstream delays loopback auth failures before answering
+    route: str | None = None  # the route-table name, once the request's route is known
+
+
+@dataclass(frozen=True)
+class RouteAccess:
+    """The route's verdict before authentication: refused (why), or how the caller gets in."""
+
+    refusal: str | None = None
+    public: bool = False  # plain reads need no credential
+    own_credential: bool = False  # an opened route that checks its own credential
+    passthrough: frozenset[str] = frozenset()  # client headers carrying that credential
 
 
 @dataclass(frozen=True)
 class Admitted:
     """A head that passed every head stage; carries what the body stage and audit need."""
 
-    route: Route
+    route: str  # the route-table name of the handler the gateway will run
     target: str
     headers: tuple[tuple[str, str], ...]
     client_ip: str | None
@@ -96,6 +110,10 @@ class Pipeline:
         self.context_allow = frozenset(context.allow)
         self.pins = context.pinned
         self.gate = ToolGate.from_config(gateway.tools.allow, gateway.tools.deny)
+        self.routes = RouteTable.for_deployment(
+            hooks_path=self.config.rules.hooks.path, base_path=gateway.control_ui.base_path,
+            control_ui_enabled=gateway.control_ui.enabled,
+        )
         self.ceilings = ceilings_from_config(sidecar.scope_ceilings.default, sidecar.scope_ceilings.identities)
         self.upstream_user_header = user_header
         # Identity headers, client-side and upstream-side: protected like the built-in ones, and
@@ -127,22 +145,42 @@ class Pipeline:
             return Refuse(envelopes.invalid_request_url(), "invalid_target")
         if target.host is not None and target.host != _hostname(host_header):
             return Refuse(envelopes.bad_request("request target names a foreign host"), "foreign_host")
-        route: Route = "tools-invoke" if target.path == TOOLS_INVOKE else "other"
-        if route == "tools-invoke" and not target.raw_is_canonical:
-            # Non-canonical spellings of the tools route are refused, never rewritten (E3, E7).
+        upgrade = (view.first("upgrade") or "").strip().lower()
+        if upgrade and upgrade != "websocket":
+            return Refuse(envelopes.websocket_upgrade_not_supported(), "unsupported_upgrade")
+        websocket = upgrade == "websocket"
+        match = self.routes.match(view.method, target.path, target.query, websocket=websocket)
+        decision = await self._on_route(view, target, match, websocket)
+        if isinstance(decision, Refuse):
+            return replace(decision, route=match.name)  # audited and counted by the effective route
+        return decision
+
+    async def _on_route(self, view: RequestView, target: CanonicalTarget, match: RouteMatch, websocket: bool) -> Refuse | Admitted:
+        """The stages after the route is known: route policy, attribution, auth, scopes, size."""
+        route = match.name
+        if route == TOOLS_ROUTE and (match.capability or not target.raw_is_canonical):
+            # Non-canonical spellings of the tools route, the capability prefix included, are
+            # refused, never rewritten (E3, E7).
             return Refuse(envelopes.invalid_request_url(), "non_canonical_target")
-        if any(target.path.startswith(prefix) for prefix in self.config.sidecar.routes.deny):
+        if match.malformed_capability:
+            return Refuse(envelopes.unauthorized(), "malformed_capability_path")
+        if any(p.startswith(prefix) for prefix in self.config.sidecar.routes.deny for p in {target.path, match.path}):
             return Refuse(envelopes.route_not_found(), "route_denied")
+        access = self.route_access(match)
+        if access.refusal is not None:
+            return Refuse(envelopes.route_not_found(), access.refusal)
 
         attribution = attribute(view, self.trusted, self.config.rules.gateway.allow_real_ip_fallback)
         if not attribution.attributable:
             return Refuse(envelopes.proxy_attribution_required(), "proxy_attribution_required")
         if view.has("tailscale-funnel-request"):
             return Refuse(envelopes.unauthorized(), "funnel_request")
-        if route == "tools-invoke" and view.method != "POST":
+        if route == TOOLS_ROUTE and view.method != "POST":
             return Refuse(envelopes.method_not_allowed(), "method_not_allowed")
 
-        if self._unauthenticated(view, route, target.path):
+        if access.own_credential:
+            outcome = AuthOutcome(True, "route-credential")
+        elif access.public and _plain_read(view):
             outcome = AuthOutcome(True, "unauthenticated-route")
         else:
             refusal_or_outcome = await self._authenticate(view, attribution)
@@ -151,23 +189,41 @@ class Pipeline:
             outcome = refusal_or_outcome
 
         scopes = self._scopes(view, outcome)
-        if route == "tools-invoke":
+        if route == TOOLS_ROUTE:
             if scopes is None or not scopes.allows_invoke:
                 return Refuse(envelopes.missing_scope(), "missing_scope")
             declared = view.declared_length()
             if declared is not None and declared > MAX_BODY_BYTES:
                 return Refuse(envelopes.payload_too_large(), "payload_too_large")
 
-        websocket = (view.first("upgrade") or "").strip().lower() == "websocket"
-        headers = rebuild_headers(view, self._header_plan(attribution, outcome, scopes, websocket))
+        plan = self._header_plan(attribution, outcome, scopes, websocket, access.passthrough)
+        headers = rebuild_headers(view, plan)
         return Admitted(route, target.origin_form, headers, attribution.client_ip, outcome, scopes, websocket)
 
-    def _unauthenticated(self, view: RequestView, route: Route, path: str) -> bool:
-        """Health-style routes only: exact path, GET/HEAD, no body, no upgrade."""
-        return (
-            route == "other" and path in self.config.sidecar.routes.unauthenticated
-            and view.method in ("GET", "HEAD") and not view.has("upgrade") and view.declared_length() == 0
-        )
+    def route_access(self, match: RouteMatch) -> "RouteAccess":
+        """What the route table and `sidecar.routes` grant the route the gateway will run."""
+        entry = match.entry
+        if entry is None:
+            return RouteAccess(refusal="unknown_route")
+        allowed = self.config.sidecar.routes.allow
+        opened = entry.name in allowed
+        if match.capability and NODE_CAPABILITY_ROUTE not in allowed:
+            return RouteAccess(refusal="node_capability")
+        if not match.method_served:
+            return RouteAccess(refusal="method_not_served")
+        own = opened and entry.credential == "own"
+        if match.query_credential is not None and not own:
+            return RouteAccess(refusal="query_credential")
+        policy = entry.default_policy
+        if entry.name == "control-ui":
+            policy = {"public": "public", "authenticated": "authenticated", "off": "refused"}[self.config.sidecar.routes.control_ui]
+        if policy == "refused" and not opened:
+            return RouteAccess(refusal="route_refused")
+        if own:
+            return RouteAccess(own_credential=True, passthrough=frozenset(entry.pass_headers))
+        if policy == "refused":  # opened by name: in as the gateway lets callers in there
+            policy = "public" if entry.credential == "none" else "authenticated"
+        return RouteAccess(public=policy == "public")
 
     async def _authenticate(self, view: RequestView, attribution: Attribution) -> Refuse | AuthOutcome:
         key = attribution.client_ip
@@ -186,7 +242,7 @@ class Pipeline:
         return Refuse(envelopes.unauthorized(), outcome.reason, delay)
 
     def _scopes(self, view: RequestView, outcome: AuthOutcome) -> ResolvedScopes | None:
-        if outcome.method == "unauthenticated-route":
+        if outcome.method in UNAUTHENTICATED_METHODS:
             return None
         ceiling = self.ceilings.ceiling_for(outcome.user)
         if outcome.shared_secret:
@@ -195,11 +251,13 @@ class Pipeline:
 
     def _header_plan(
         self, attribution: Attribution, outcome: AuthOutcome, scopes: ResolvedScopes | None, websocket: bool,
+        passthrough: frozenset[str] = frozenset(),
     ) -> HeaderPlan:
         owned: list[tuple[str, str]] = []
         credential = self.config.secrets.upstream_credential
-        # Never lend our credential to a request nobody authenticated.
-        if credential is not None and outcome.method != "unauthenticated-route":
+        # Never lend our credential to a request nobody authenticated, nor to a route whose own
+        # credential the client brings (one meaning per header).
+        if credential is not None and outcome.method not in UNAUTHENTICATED_METHODS:
             owned.append(("Authorization", f"Bearer {credential}"))
         # Always one explicit value: an absent header means the full default set upstream (F1).
         owned.append(("x-openclaw-scopes", scopes.header_value if scopes is not None else ""))
@@ -215,7 +273,7 @@ class Pipeline:
         pinned = {**self.pins.get("*", {}), **self.pins.get(outcome.user or "", {})}
         return HeaderPlan(
             owned=tuple(owned), context_allow=self.context_allow, pinned=pinned,
-            drop=self.identity_headers, websocket=websocket,
+            drop=self.identity_headers, websocket=websocket, passthrough=passthrough,
         )
 
     # ---- body ---------------------------------------------------------------------------
@@ -225,7 +283,7 @@ class Pipeline:
         # for any engine that delivers them.
         if has_trailers:
             return Refuse(envelopes.bad_request("request trailers are not accepted"), "trailers")
-        if admitted.route != "tools-invoke":
+        if admitted.route != TOOLS_ROUTE:
             return Forward(admitted, None)
         if len(body) > MAX_BODY_BYTES:
             return Refuse(envelopes.payload_too_large(), "payload_too_large")
@@ -251,9 +309,14 @@ class Pipeline:
 
     def review_response(self, admitted: Admitted, status: int) -> Envelope | None:
         """An upstream 500 on the tools route never leaks its body: upstream's sanitised one."""
-        if admitted.route == "tools-invoke" and status == 500:
+        if admitted.route == TOOLS_ROUTE and status == 500:
             return envelopes.tool_execution_failed()
         return None
+
+
+def _plain_read(view: RequestView) -> bool:
+    """GET/HEAD with no body and no upgrade: what a public route serves without credentials."""
+    return view.method in ("GET", "HEAD") and not view.has("upgrade") and view.declared_length() == 0
 
 
 def _hostname(host_header: str) -> str:

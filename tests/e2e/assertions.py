@@ -41,6 +41,13 @@ def assert_refused_raw(response: RawResponse, backend: DemoBackend, status: int,
     assert UPSTREAM_TOKEN.encode() not in response.body
 
 
+def assert_not_found_raw(response: RawResponse, backend: DemoBackend) -> None:
+    """The gateway's own 404 (plain text), answered by the sidecar: nothing went upstream."""
+    assert_refused_raw(response, backend, 404)
+    assert response.body == b"Not Found", response.body
+    assert response.header("content-type") == "text/plain; charset=utf-8"
+
+
 def status_of(resp: httpx.Response | RawResponse) -> int:
     return resp.status_code if isinstance(resp, httpx.Response) else resp.status
 

@@ -355,22 +355,28 @@ def test_response_larger_than_the_request_limit_reaches_the_client(http, be, sc)
 # ================================================================== other paths
 
 
-def test_other_path_with_token_is_proxied_with_its_query(http, be, sc):
-    resp = http.get(sc.url + "/some/other?x=1", headers={"Authorization": f"Bearer {TOKEN}",
-                                                          "x-openclaw-scopes": "operator.read"})
+def test_read_route_with_token_is_proxied_with_its_query(http, be, sc):
+    resp = http.get(sc.url + "/sessions/main/history?limit=5", headers={"Authorization": f"Bearer {TOKEN}",
+                                                                        "x-openclaw-scopes": "operator.read"})
     assert resp.status_code == 200
-    assert resp.json() == {"ok": True, "path": "/some/other?x=1", "method": "GET"}
+    assert resp.json() == {"ok": True, "path": "/sessions/main/history?limit=5", "method": "GET"}
     record = only_request(be)
     assert record["method"] == "GET"
-    assert record["path"] == "/some/other?x=1"
+    assert record["path"] == "/sessions/main/history?limit=5"
     assert_no_client_secret(record)
     assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
 
 
-def test_other_path_without_auth_is_401(http, be, sc):
-    assert_refused(http.get(sc.url + "/some/other?x=1"), 401, UNAUTHORIZED, be)
-    assert_refused(http.get(sc.url + "/some/other", headers={"Authorization": "Bearer wrong"}), 401,
+def test_read_route_without_auth_is_401(http, be, sc):
+    assert_refused(http.get(sc.url + "/sessions/main/history?limit=5"), 401, UNAUTHORIZED, be)
+    assert_refused(http.get(sc.url + "/sessions/main/history", headers={"Authorization": "Bearer wrong"}), 401,
                    UNAUTHORIZED, be)
+
+
+def test_a_path_no_gateway_handler_takes_is_404_even_with_a_token(http, be, sc):
+    resp = http.post(sc.url + "/some/other?x=1", headers={"Authorization": f"Bearer {TOKEN}"}, content=b"{}")
+    assert (resp.status_code, resp.content, resp.headers["content-type"]) == (404, b"Not Found", "text/plain; charset=utf-8")
+    assert be.requests() == []
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong"])

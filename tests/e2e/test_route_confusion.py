@@ -2,10 +2,10 @@
 
 The gateway routes on `new URL(req.url, "http://" + Host).pathname`, so every spelling that the
 WHATWG parser folds into `/tools/invoke` reaches its tool handler. Through the sidecar such a
-spelling is refused (400, nothing forwarded); near misses are "other" routes that still need
-auth and get the same header hygiene; other routes are forwarded in their canonical form only;
-`sidecar.routes.deny` refuses prefixes outright. Requests are raw bytes (httpx would normalise
-the targets away).
+spelling is refused (400, nothing forwarded); near misses are no route at all (the gateway's
+404); the other routes get the route table's policy, auth and the same header hygiene, and are
+forwarded in their canonical form only; `sidecar.routes.deny` refuses prefixes outright.
+Requests are raw bytes (httpx would normalise the targets away).
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import pytest
 
 from sidecar.demo_backend import DemoBackend
 
-from .assertions import assert_refused_raw, header_values
+from .assertions import assert_not_found_raw, assert_refused_raw, header_values
 from .conftest import UPSTREAM_TOKEN
 from .expected import AGENTS, AGENTS_RESULT, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, UNAUTHORIZED
 from .harness import RawResponse, SidecarProcess, TestNet, raw_exchange
 
 TOKEN = "T-shared-secret-for-routes"
 INVALID_URL = {"error": "bad_request", "message": "Invalid request URL"}
-ROUTE_NOT_FOUND = {"error": {"message": "Not Found", "type": "not_found"}}
 BEARER = ("Authorization", f"Bearer {TOKEN}")
 
 
@@ -76,6 +75,16 @@ def sc(tmp_path_factory: pytest.TempPathFactory, module_backend: DemoBackend) ->
 def deny_sc(tmp_path_factory: pytest.TempPathFactory, module_backend: DemoBackend) -> Iterator[SidecarProcess]:
     process = SidecarProcess(config(module_backend, routes={"deny": ["/api/channels", "/sessions/"]}),
                              tmp_path_factory.mktemp("deny"))
+    yield process
+    process.stop()
+
+
+OPENED = ["openai-chat-completions", "session-kill", "plugin:channels"]
+
+
+@pytest.fixture(scope="module")
+def opened_sc(tmp_path_factory: pytest.TempPathFactory, module_backend: DemoBackend) -> Iterator[SidecarProcess]:
+    process = SidecarProcess(config(module_backend, routes={"allow": OPENED}), tmp_path_factory.mktemp("opened"))
     yield process
     process.stop()
 
@@ -144,29 +153,21 @@ def test_E5_query_containing_a_path_is_still_the_tools_route(sc, module_backend)
     assert_hygienic(record)
 
 
-# ---- E4 / E8: near misses are other routes ---------------------------------------------------
+# ---- E4 / E8: near misses are no route at all ------------------------------------------------
 
 NEAR_MISSES = ["/tools/invoke/", "/TOOLS/invoke", "/Tools/Invoke", "/tools%2finvoke", "/tools//invoke",
                "/tools/invoke;a=b", "/%74ools/invoke", "/tools/invoke%2F"]
 
 
 @pytest.mark.parametrize("target", NEAR_MISSES)
-def test_E4_E8_near_misses_need_auth_and_are_never_405(sc, module_backend, target):
-    """E4/E8: not the gateway's tools route, so they are "other" routes: 401 without a token for
-    POST and GET alike (a 405 would mean the sidecar treated them as the tools route)."""
+@pytest.mark.parametrize("auth", ["token", "none"])
+def test_E4_E8_near_misses_get_the_gateways_404_and_are_never_405(sc, module_backend, target, auth):
+    """E4/E8: no gateway handler takes these, so the sidecar answers the gateway's own 404 for
+    POST and GET alike, token or not (a 405 would mean it treated them as the tools route)."""
+    headers = [BEARER] if auth == "token" else []
     for method in ("POST", "GET"):
-        response = exchange(sc, raw(method, target, [], AGENTS if method == "POST" else b""))
-        assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
-
-
-@pytest.mark.parametrize("target", NEAR_MISSES)
-def test_E4_E8_near_misses_are_forwarded_verbatim_with_a_token(sc, module_backend, target):
-    """E4/E8: with a token they are forwarded as the canonical target (here: unchanged), with
-    the same hygiene as the tools route."""
-    headers = [BEARER, ("x-openclaw-sender-is-owner", "true"), ("x-openclaw-scopes", "operator.read")]
-    record = only_forwarded(module_backend, exchange(sc, raw("POST", target, headers, AGENTS)))
-    assert record["path"] == target
-    assert_hygienic(record)
+        response = exchange(sc, raw(method, target, headers, AGENTS if method == "POST" else b""))
+        assert_not_found_raw(response, module_backend)
 
 
 def test_E4_double_slash_names_a_host_not_the_tools_route(sc, module_backend):
@@ -191,7 +192,7 @@ def test_E4_double_slash_names_a_host_not_the_tools_route(sc, module_backend):
     ("/v1/%2e/models", "/v1/models"),
     ("/v1\\models", "/v1/models"),
     ("/v1/models#frag", "/v1/models"),
-    ("/info/../private", "/private"),
+    ("/sessions/x/../main/history", "/sessions/main/history"),
     ("http://sidecar.test/v1/models", "/v1/models"),
 ])
 def test_E1_E7_other_routes_are_forwarded_in_canonical_form(sc, module_backend, target, canonical):
@@ -212,40 +213,59 @@ def test_E6_fragment_cannot_smuggle_a_path_past_an_unauthenticated_route(sc, mod
     assert record["path"] == "/healthz"
 
 
-def test_unauthenticated_routes_are_exact_paths(sc, module_backend):
-    """routes.unauthenticated holds exact canonical paths: /healthz passes without a token,
-    /healthz/ and /HEALTHZ do not."""
+def test_public_routes_are_exact_paths(sc, module_backend):
+    """Health is public on its exact paths only: /healthz passes without a token (and without our
+    credential), /healthz/, /HEALTHZ and /healthz%2f are no route at all."""
     record = only_forwarded(module_backend, exchange(sc, raw("GET", "/healthz", [("x-openclaw-sender-is-owner", "true")])))
     assert header_values(record, "x-openclaw-sender-is-owner") == []
+    assert header_values(record, "authorization") == []
+    assert header_values(record, "x-openclaw-scopes") == [""]
     module_backend.clear_requests()
     for target in ("/healthz/", "/HEALTHZ", "/healthz%2f"):
-        assert_refused_raw(exchange(sc, raw("GET", target)), module_backend, 401, UNAUTHORIZED)
+        assert_not_found_raw(exchange(sc, raw("GET", target)), module_backend)
 
 
-# ---- E9: every other route gets auth and hygiene ---------------------------------------------
+# ---- E9: every other route gets the table's policy, auth and hygiene -------------------------
 
-OTHER_ROUTES = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/sessions/x/kill"),
-                ("GET", "/api/channels/x"), ("GET", "/mcp")]
-
-
-@pytest.mark.parametrize(("method", "target"), OTHER_ROUTES)
-def test_E9_other_routes_need_auth(sc, module_backend, method, target):
-    """E9: /v1/*, /sessions/*, /api/channels/*, MCP need the token like the tools route."""
-    body = b'{"model":"x"}' if method == "POST" else b""
-    assert_refused_raw(exchange(sc, raw(method, target, [], body)), module_backend, 401, UNAUTHORIZED)
-    assert_refused_raw(exchange(sc, raw(method, target, [("Authorization", "Basic dDpU")], body)), module_backend, 401, UNAUTHORIZED)
+READ_ROUTES = [("GET", "/v1/models"), ("GET", "/sessions/x/history"), ("GET", "/control-ui-config.json")]
+ACTING_ROUTES = [("POST", "/v1/chat/completions"), ("POST", "/sessions/x/kill"), ("GET", "/api/channels/x")]
+HOSTILE_HEADERS = [BEARER, ("x-openclaw-scopes", "operator.admin"), ("x-openclaw-sender-is-owner", "true"),
+                   ("x-session-key", "agent:main:main"), ("X-Original-URL", "/tools/invoke"),
+                   ("Connection", "x-openclaw-scopes")]
 
 
-@pytest.mark.parametrize(("method", "target"), OTHER_ROUTES)
-def test_E9_other_routes_get_the_same_hygiene(sc, module_backend, method, target):
+def body_for(method: str) -> bytes:
+    return b'{"model":"x"}' if method == "POST" else b""
+
+
+@pytest.mark.parametrize(("method", "target"), READ_ROUTES)
+def test_E9_read_routes_need_auth(sc, module_backend, method, target):
+    """E9: reads need the token like the tools route."""
+    assert_refused_raw(exchange(sc, raw(method, target)), module_backend, 401, UNAUTHORIZED)
+    assert_refused_raw(exchange(sc, raw(method, target, [("Authorization", "Basic dDpU")])), module_backend, 401, UNAUTHORIZED)
+
+
+@pytest.mark.parametrize(("method", "target"), READ_ROUTES)
+def test_E9_read_routes_get_the_same_hygiene(sc, module_backend, method, target):
     """E9: forwarded with our credential and one explicit scopes header; client-owned headers gone."""
-    body = b'{"model":"x"}' if method == "POST" else b""
-    headers = [BEARER, ("x-openclaw-scopes", "operator.admin"), ("x-openclaw-sender-is-owner", "true"),
-               ("x-session-key", "agent:main:main"), ("X-Original-URL", "/tools/invoke"),
-               ("Connection", "x-openclaw-scopes")]
-    record = only_forwarded(module_backend, exchange(sc, raw(method, target, headers, body)))
-    assert record["path"] == target
-    assert record["method"] == method
+    record = only_forwarded(module_backend, exchange(sc, raw(method, target, HOSTILE_HEADERS)))
+    assert (record["path"], record["method"]) == (target, method)
+    assert_hygienic(record)
+
+
+@pytest.mark.parametrize(("method", "target"), ACTING_ROUTES)
+@pytest.mark.parametrize("auth", ["token", "none"])
+def test_E9_acting_routes_are_refused_by_default(sc, module_backend, method, target, auth):
+    """Agent turns, admin actions and channel plugins: the gateway's 404 until opened by name."""
+    headers = [BEARER] if auth == "token" else []
+    assert_not_found_raw(exchange(sc, raw(method, target, headers, body_for(method))), module_backend)
+
+
+@pytest.mark.parametrize(("method", "target"), ACTING_ROUTES)
+def test_E9_opened_routes_need_auth_and_get_the_same_hygiene(opened_sc, module_backend, method, target):
+    assert_refused_raw(exchange(opened_sc, raw(method, target, [], body_for(method))), module_backend, 401, UNAUTHORIZED)
+    record = only_forwarded(module_backend, exchange(opened_sc, raw(method, target, HOSTILE_HEADERS, body_for(method))))
+    assert (record["path"], record["method"]) == (target, method)
     assert_hygienic(record)
 
 
@@ -274,14 +294,14 @@ def test_E9_other_routes_refuse_unattributable_forwarded_headers(testnet, net_sc
 # ---- routes.deny -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["/api/channels/x", "/api/channels", "/api/channels/x/../y",
-                                    "/x/../api/channels/y", "/api/./channels/x", "/sessions/x/kill"])
+@pytest.mark.parametrize("target", ["/sessions/x/history", "/sessions/x/../y/history", "/x/../sessions/y/history",
+                                    "/sessions/./x/history", "/api/channels/x"])
 @pytest.mark.parametrize("auth", ["token", "none"])
 def test_routes_deny_refuses_prefixes_with_404(deny_sc, module_backend, target, auth):
-    """sidecar.routes.deny: a denied canonical prefix → 404 with or without a token, nothing forwarded
-    (a spelling that only canonicalises into the prefix is denied too)."""
+    """sidecar.routes.deny: a denied prefix of the path the gateway routes on → 404 with or without
+    a token, nothing forwarded (a spelling that only canonicalises into the prefix is denied too)."""
     headers = [BEARER] if auth == "token" else []
-    assert_refused_raw(exchange(deny_sc, raw("GET", target, headers)), module_backend, 404, ROUTE_NOT_FOUND)
+    assert_not_found_raw(exchange(deny_sc, raw("GET", target, headers)), module_backend)
 
 
 def test_routes_deny_leaves_other_routes_alone(deny_sc, module_backend):

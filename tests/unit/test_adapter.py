@@ -81,7 +81,8 @@ def write_config(tmp_path: Path, document: dict[str, Any]) -> Path:
 
 BASE_CONFIG: dict[str, Any] = {
     "sidecar": {"upstream": UPSTREAM_URL, "upstreamAuth": {"token": UPSTREAM},
-                "rateLimit": {"loopbackDelayBaseMs": 0}},
+                "rateLimit": {"loopbackDelayBaseMs": 0},
+                "routes": {"allow": ["openai-embeddings"]}},  # a POST route other than /tools/invoke
     "gateway": {"auth": {"token": TOKEN}, "trustedProxies": [PROXY]},
 }
 
@@ -272,7 +273,7 @@ async def test_connection_nomination_keeps_request_framing(guard: ToolsInvokeGua
 
 async def test_connection_nomination_keeps_framing_on_other_routes(guard: ToolsInvokeGuard) -> None:
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: gw\r\nX-OpenClaw-Scopes: operator.admin\r\n\r\n"
-    flow = await run(guard, make_flow(path="/healthz", headers=[AUTH, ("Connection", "content-length")], body=smuggled))
+    flow = await run(guard, make_flow(path="/v1/embeddings", headers=[AUTH, ("Connection", "content-length")], body=smuggled))
     assert flow.response is None
     assert flow.request.headers.get_all("content-length") == [str(len(smuggled))]
 

@@ -123,7 +123,7 @@ def test_no_file_gives_defaults() -> None:
     assert config.sidecar.upstream == "http://127.0.0.1:18789"
     assert config.sidecar.rate_limit.storage == "memory://"
     assert config.sidecar.rate_limit.requests is None
-    assert config.sidecar.routes.unauthenticated == ("/healthz", "/readyz")
+    assert (config.sidecar.routes.allow, config.sidecar.routes.control_ui, config.sidecar.routes.deny) == ((), "public", ())
     assert config.rules.gateway.auth.rate_limit.max_attempts == 10
     assert config.rules.gateway.auth.rate_limit.window_ms == 60_000
     assert config.rules.gateway.auth.rate_limit.lockout_ms == 300_000

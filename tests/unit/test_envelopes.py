@@ -10,6 +10,7 @@ from sidecar import envelopes
 from sidecar.envelopes import Envelope
 
 JSON_CT = ("Content-Type", "application/json; charset=utf-8")
+TEXT_CT = ("Content-Type", "text/plain; charset=utf-8")
 SECURITY = (
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
@@ -69,8 +70,8 @@ CASES = [
     ("404-tool", envelopes.tool_not_available("automations"), 404,
      b'{"ok":false,"error":{"type":"not_found","message":"Tool not available: automations"}}',
      (JSON_CT, *SECURITY)),
-    ("404-route", envelopes.route_not_found(), 404,
-     b'{"error":{"message":"Not Found","type":"not_found"}}', (JSON_CT, *SECURITY)),
+    ("404-route", envelopes.route_not_found(), 404, b"Not Found", (TEXT_CT, *SECURITY)),
+    ("400-upgrade", envelopes.websocket_upgrade_not_supported(), 400, b"Bad Request", (TEXT_CT, *SECURITY, ("Connection", "close"))),
     ("500-tool", envelopes.tool_execution_failed(), 500,
      b'{"ok":false,"error":{"type":"tool_error","message":"tool execution failed"}}', (JSON_CT, *SECURITY)),
     ("500-internal", envelopes.internal_error(), 500,

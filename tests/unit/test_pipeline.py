@@ -319,43 +319,141 @@ async def test_websocket_upgrade_on_other_route(make) -> None:
     v = view(method="GET", target="/ws", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")])
     result = await make().pipeline.on_head(v)
     assert isinstance(result, Admitted)
-    assert result.route == "other" and result.websocket
+    assert result.route == "rpc-websocket" and result.websocket
     assert ("Upgrade", "websocket") in result.headers and ("Connection", "upgrade") in result.headers
 
 
-# ---- other routes ------------------------------------------------------------------------------
+@pytest.mark.parametrize("upgrade", ["h2c", "websocket2", "TLS/1.2"])
+async def test_upgrades_other_than_websocket_get_the_gateways_400(make, upgrade: str) -> None:
+    v = view(method="GET", target="/", headers=[("Connection", "Upgrade"), ("Upgrade", upgrade)])
+    assert_refused(await make().pipeline.on_head(v), envelopes.websocket_upgrade_not_supported(), "unsupported_upgrade")
 
 
-@pytest.mark.parametrize("target, canonical", [("/healthz", "/healthz"), ("/readyz", "/readyz"), ("/x/../healthz", "/healthz")])
-async def test_unauthenticated_routes_skip_auth(make, target: str, canonical: str) -> None:
+# ---- other routes: the gateway's route table ------------------------------------------------------
+
+
+@pytest.mark.parametrize("target, canonical, route", [
+    ("/healthz", "/healthz", "health"), ("/readyz", "/readyz", "readiness"), ("/x/../healthz", "/healthz", "health"),
+    ("/", "/", "control-ui"), ("/assets/index-abc.js", "/assets/index-abc.js", "control-ui"),
+    ("/share/agent/main", "/share/agent/main", "control-ui-documents"),
+])
+async def test_public_routes_serve_plain_reads_without_credentials(make, target: str, canonical: str, route: str) -> None:
     harness = make()
     result = await harness.pipeline.on_head(view(method="GET", target=target, auth=None))
     assert isinstance(result, Admitted)
-    assert (result.route, result.target, result.auth.method, result.scopes) == ("other", canonical, "unauthenticated-route", None)
+    assert (result.route, result.target, result.auth.method, result.scopes) == (route, canonical, "unauthenticated-route", None)
     assert ("x-openclaw-scopes", "") in result.headers  # explicit, empty: never the defaults (F1)
+    assert not any(n.lower() == "authorization" for n, _ in result.headers)  # never lent our credential
     assert harness.failures.calls == []
 
 
-@pytest.mark.parametrize(
-    "target",
-    ["/tools/invoke/", "/TOOLS/INVOKE", "/Tools/Invoke", "/tools//invoke", "/tools%2finvoke", "/tools/invoke;a=b", "/v1/models", "/sessions/x/kill"],
-)
-async def test_other_routes_require_auth(make, target: str) -> None:
-    """E4, E9: every route on the gateway port is authenticated; look-alikes are not the tools route."""
+@pytest.mark.parametrize("target", ["/v1/models", "/sessions/x/history", "/control-ui-config.json", "/__openclaw__/assistant-media?source=a.png"])
+async def test_read_routes_require_auth(make, target: str) -> None:
+    """Reads sit behind the sidecar's authentication, whatever the gateway would do there."""
     result = await make().pipeline.on_head(view(method="GET", target=target, auth=None))
     assert_refused(result, envelopes.unauthorized(), "credential_missing")
 
 
-@pytest.mark.parametrize("target", ["/tools/invoke/", "/TOOLS/invoke"])
-async def test_look_alike_routes_are_not_method_checked(make, target: str) -> None:
-    """Case 4: not the tools route; authenticated GET is admitted as an `other` route, not 405."""
+@pytest.mark.parametrize("target, route", [("/v1/models", "openai-models"), ("/sessions/main/history", "session-history")])
+async def test_authenticated_read_is_forwarded_with_our_credential(make, target: str, route: str) -> None:
     result = await make().pipeline.on_head(view(method="GET", target=target))
-    assert isinstance(result, Admitted) and result.route == "other"
+    assert isinstance(result, Admitted) and result.route == route
+    assert ("Authorization", f"Bearer {UPSTREAM}") in result.headers
 
 
-@pytest.mark.parametrize("target", ["/v1/models", "/v1/chat/completions", "/v1"])
+@pytest.mark.parametrize("method, target, reason", [
+    # look-alikes of the tools route are no route at all (E4, E9): the gateway's 404
+    ("GET", "/tools/invoke/", "unknown_route"), ("POST", "/TOOLS/INVOKE", "unknown_route"), ("POST", "/tools//invoke", "unknown_route"),
+    ("POST", "/tools%2finvoke", "unknown_route"), ("POST", "/tools/invoke;a=b", "unknown_route"), ("POST", "/nope", "unknown_route"),
+    ("GET", "/api/nope", "unknown_route"), ("GET", "/healthz/x", "unknown_route"),
+    # routes that act, pair, or take node, worker or URL-borne credentials
+    ("POST", "/v1/chat/completions", "route_refused"), ("POST", "/v1/responses", "route_refused"),
+    ("POST", "/v1/embeddings", "route_refused"), ("POST", "/sessions/x/kill", "route_refused"),
+    ("POST", "/hooks/agent", "route_refused"), ("GET", "/j/ABCDEF", "route_refused"), ("GET", "/x/y/j/ABCDEF", "route_refused"),
+    ("POST", "/api/nodes/watch/challenge", "route_refused"), ("GET", "/__openclaw__/worker-bundle/x", "route_refused"),
+    ("POST", "/api/v1/admin/rpc", "route_refused"), ("POST", "/API/V1/Admin/RPC", "route_refused"),
+    ("POST", "/x/..%2fapi/v1/admin/rpc", "route_refused"), ("GET", "/plugins/%2567eolocation", "route_refused"),
+    ("POST", "/__openclaw__/assistant-media?meta=1&allow=1", "route_refused"), ("GET", "/__openclaw__/board/s/n/index.html", "route_refused"),
+    ("GET", "/share/session?token=t", "query_credential"), ("GET", "/oauth/provider/callback", "route_refused"),
+    # credentials in the query string and node capabilities
+    ("GET", "/__openclaw__/assistant-media?source=a.png&token=t", "query_credential"),
+    ("GET", "/sessions/main/history?token=t", "query_credential"),
+    ("GET", "/?oc_cap=abc", "node_capability"), ("GET", "/__openclaw__/cap/abc/sessions/main/history", "node_capability"),
+    # a method the row's handler does not serve
+    ("POST", "/sessions/main/history", "method_not_served"), ("POST", "/healthz", "method_not_served"),
+])
+async def test_routes_outside_the_default_policy_get_the_gateways_404(make, method: str, target: str, reason: str) -> None:
+    """With credentials and all: refused before anything reaches the gateway."""
+    harness = make()
+    assert_refused(await harness.pipeline.on_head(view(method=method, target=target)), envelopes.route_not_found(), reason)
+    assert harness.failures.calls == []
+
+
+@pytest.mark.parametrize("target", [
+    "/__openclaw__/cap/x/tools/invoke", "/__openclaw__/cap/%78/tools/invoke", "/x/../__openclaw__/cap/x/tools/invoke",
+    "/__openclaw__/cap/x/tools/./invoke", "http://localhost/__openclaw__/cap/x/tools/invoke", "/tools/invoke?oc_cap=x",
+])
+async def test_capability_spellings_of_the_tools_route_are_non_canonical(make, target: str) -> None:
+    """The gateway rewrites `/__openclaw__/cap/<seg>/<rest>` to `/<rest>?oc_cap=<seg>` before routing."""
+    harness = make(extra={"sidecar": {"routes": {"allow": ["node-capability"]}}})
+    result = await harness.pipeline.on_head(view(target=target, host="localhost"))
+    assert_refused(result, envelopes.invalid_request_url(), "non_canonical_target")
+
+
+@pytest.mark.parametrize("target", ["/__openclaw__/cap/%20/x", "/__openclaw__/cap//tools/invoke", "/__openclaw__/cap/x"])
+async def test_malformed_capability_paths_get_the_gateways_401(make, target: str) -> None:
+    result = await make().pipeline.on_head(view(method="GET", target=target))
+    assert_refused(result, envelopes.unauthorized(), "malformed_capability_path")
+
+
+async def test_opened_route_gets_gateway_auth_and_our_credential(make) -> None:
+    harness = make(extra={"sidecar": {"routes": {"allow": ["openai-chat-completions"]}}})
+    assert_refused(await harness.pipeline.on_head(view(target="/v1/chat/completions", auth=None)), envelopes.unauthorized(), "credential_missing")
+    result = await harness.pipeline.on_head(view(target="/v1/chat/completions"))
+    assert isinstance(result, Admitted) and result.route == "openai-chat-completions"
+    assert ("Authorization", f"Bearer {UPSTREAM}") in result.headers
+
+
+async def test_opened_route_with_its_own_credential_relays_it_unread(make) -> None:
+    """Hooks take their own token: the sidecar neither checks it as its own nor replaces it."""
+    harness = make(extra={"sidecar": {"routes": {"allow": ["hooks"]}}, "hooks": {"enabled": True, "path": "/in/"}})
+    v = view(target="/in/agent", auth="Bearer hooks-secret", headers=[("X-OpenClaw-Token", "hooks-secret")])
+    result = await harness.pipeline.on_head(v)
+    assert isinstance(result, Admitted) and result.route == "hooks" and result.auth.method == "route-credential"
+    assert ("Authorization", "Bearer hooks-secret") in result.headers
+    assert ("X-OpenClaw-Token", "hooks-secret") in result.headers
+    assert ("x-openclaw-scopes", "") in result.headers
+    assert harness.failures.calls == []
+
+
+async def test_hooks_path_comes_from_the_gateway_config(make) -> None:
+    harness = make(extra={"hooks": {"enabled": True, "path": "/in"}})
+    assert_refused(await harness.pipeline.on_head(view(target="/in/wake")), envelopes.route_not_found(), "route_refused")
+
+
+async def test_control_ui_base_path_moves_the_ui(make) -> None:
+    harness = make(extra={"gateway": {"controlUi": {"basePath": "/admin/"}}})
+    ok = await harness.pipeline.on_head(view(method="GET", target="/admin/", auth=None))
+    assert isinstance(ok, Admitted) and ok.route == "control-ui"
+    assert_refused(await harness.pipeline.on_head(view(method="GET", target="/", auth=None)), envelopes.route_not_found(), "unknown_route")
+
+
+@pytest.mark.parametrize("setting, outcome", [("authenticated", "credential_missing"), ("off", "route_refused")])
+async def test_control_ui_policy_is_configurable(make, setting: str, outcome: str) -> None:
+    harness = make(extra={"sidecar": {"routes": {"controlUi": setting}}})
+    result = await harness.pipeline.on_head(view(method="GET", target="/", auth=None))
+    expected = envelopes.unauthorized() if outcome == "credential_missing" else envelopes.route_not_found()
+    assert_refused(result, expected, outcome)
+
+
+async def test_public_route_with_a_body_needs_credentials(make) -> None:
+    result = await make().pipeline.on_head(view(method="GET", target="/healthz", auth=None, headers=[("Content-Length", "3")]))
+    assert_refused(result, envelopes.unauthorized(), "credential_missing")
+
+
+@pytest.mark.parametrize("target", ["/v1/models", "/v1/chat/completions", "/v1", "/__openclaw__/cap/x/v1/models"])
 async def test_denied_route_prefix_is_404(make, target: str) -> None:
-    harness = make(extra={"sidecar": {"routes": {"deny": ["/v1"]}}})
+    harness = make(extra={"sidecar": {"routes": {"deny": ["/v1"], "allow": ["node-capability"]}}})
     assert_refused(await harness.pipeline.on_head(view(method="GET", target=target)), envelopes.route_not_found(), "route_denied")
 
 
@@ -521,7 +619,7 @@ ORDER = [
     ("invalid-url-before-attribution", None, dict(target="/tools/./invoke", headers=[("X-Forwarded-For", "1.1.1.1")]),
      envelopes.invalid_request_url(), "non_canonical_target"),
     ("invalid-url-before-405", None, dict(method="GET", auth=None, target="/tools/%2e/invoke"), envelopes.invalid_request_url(), "non_canonical_target"),
-    ("route-deny-before-attribution", {"sidecar": {"routes": {"deny": ["/v1"]}}}, dict(target="/v1/x", headers=[("X-Real-IP", "1.1.1.1")]),
+    ("route-deny-before-attribution", {"sidecar": {"routes": {"deny": ["/v1"]}}}, dict(target="/v1/models", headers=[("X-Real-IP", "1.1.1.1")]),
      envelopes.route_not_found(), "route_denied"),
     ("403-attribution-before-405", None, dict(method="GET", auth=None, headers=[("X-Forwarded-For", "1.1.1.1")]),
      envelopes.proxy_attribution_required(), "proxy_attribution_required"),
@@ -633,13 +731,13 @@ async def test_trailers_are_refused(make) -> None:
 
 async def test_trailers_refused_on_other_routes_too(make) -> None:
     harness = make()
-    result = await harness.pipeline.on_body(await admitted(harness, target="/v1/x"), b"x", has_trailers=True)
+    result = await harness.pipeline.on_body(await admitted(harness, target="/v1/models", method="GET"), b"x", has_trailers=True)
     assert_refused(result, BAD_HEAD("request trailers are not accepted"), "trailers")
 
 
 async def test_other_route_body_is_forwarded_unchanged(make) -> None:
-    harness = make()
-    adm = await admitted(harness, target="/v1/x")
+    harness = make(extra={"sidecar": {"routes": {"allow": ["openai-embeddings"]}}})
+    adm = await admitted(harness, target="/v1/embeddings")
     result = await harness.pipeline.on_body(adm, b"not json at all")
     assert result == Forward(adm, None)
 
@@ -743,7 +841,7 @@ async def test_request_limiter_gets_identity_tool_and_client(make, per: str) -> 
         ("/tools/invoke", 403, False),
         ("/tools/invoke", 404, False),
         ("/tools/invoke", 502, False),
-        ("/v1/x", 500, False),
+        ("/v1/models", 500, False),
     ],
 )
 async def test_review_response(make, target: str, status: int, replaced: bool) -> None:
@@ -751,3 +849,13 @@ async def test_review_response(make, target: str, status: int, replaced: bool) -
     adm = await admitted(harness, target=target, method="POST" if target == "/tools/invoke" else "GET")
     result = harness.pipeline.review_response(adm, status)
     assert result == (envelopes.tool_execution_failed() if replaced else None)
+
+
+@pytest.mark.parametrize("method, target, route", [
+    ("POST", "/v1/chat/completions", "openai-chat-completions"), ("POST", "/tools/invoke", "tools-invoke"),
+    ("POST", "/nope/x", "unknown"), ("GET", "/__openclaw__/cap/x/v1/models", "openai-models"),
+])
+async def test_refusals_carry_the_route_the_gateway_would_run(make, method: str, target: str, route: str) -> None:
+    """The audit line and the decision metric name the effective route, not the spelling."""
+    result = await make().pipeline.on_head(view(method=method, target=target, auth=None))
+    assert isinstance(result, Refuse) and result.route == route

@@ -9,8 +9,10 @@ no proxy, no sockets) what it does with the same head:
   the spelling outright (400). Anything else (401, an "other" admission) would mean a request
   the gateway executes as a tool call was routed past the tools policy.
 * Node says "not the tools route" (or throws): the sidecar must not answer 405, because it is
-  an "other" route (401 without auth, 400 when the target is refused, or admitted only on the
-  unauthenticated paths).
+  another route (401 without auth, 400 when the target is refused, 404 where the route table
+  has no route or refuses it, or admitted only on a public route at the path Node routes).
+
+Node applies the gateway's capability rewrite first (`/__openclaw__/cap/<seg>/<rest>`).
 
 A second pass with a valid token checks the positive side: whenever the sidecar admits a head,
 its route label agrees with Node.
@@ -38,10 +40,24 @@ TOKEN = "route-differential-token"
 
 NODE_SCRIPT = r"""
 const targets = JSON.parse(require("fs").readFileSync(0, "utf8"));
+// The gateway's capability rewrite (normalizePluginNodeCapabilityScopedUrl, 2026.9.6), run on
+// the pathname before any route is chosen.
+const PREFIX = "/__openclaw__/cap/";
+function effectivePath(pathname) {
+  if (!pathname.startsWith(PREFIX)) return { path: pathname };
+  const remainder = pathname.slice(PREFIX.length);
+  const slash = remainder.indexOf("/");
+  if (slash <= 0) return { path: pathname, malformed: true };
+  let capability;
+  try { capability = decodeURIComponent(remainder.slice(0, slash)).trim(); } catch { return { path: pathname, malformed: true }; }
+  if (!capability) return { path: pathname, malformed: true };
+  return { path: remainder.slice(slash) || "/", capability: true };
+}
 const out = targets.map((t) => {
   try {
     const u = new URL(t, "http://sidecar.test");
-    return { tools: u.pathname === "/tools/invoke", pathname: u.pathname };
+    const routed = effectivePath(u.pathname);
+    return { tools: !routed.malformed && routed.path === "/tools/invoke", pathname: routed.path, malformed: !!routed.malformed };
   } catch (e) {
     return { tools: false, error: String(e && e.code || e) };
   }
@@ -102,6 +118,21 @@ OWN_TARGETS = [
     "/tools/%E2%80%8Binvoke",
     "/%2F/tools/invoke",
     "/.%2e/.%2e/tools/invoke",
+    # the gateway's capability rewrite: `/__openclaw__/cap/<seg>/<rest>` routes as `/<rest>`
+    "/__openclaw__/cap/x/tools/invoke",
+    "/__openclaw__/cap/%78/tools/invoke",
+    "/__openclaw__/cap/x%2fy/tools/invoke",
+    "/__openclaw__/cap/x/tools/./invoke",
+    "/__openclaw__/cap/x/x/../tools/invoke",
+    "/x/../__openclaw__/cap/x/tools/invoke",
+    "/__openclaw__/%63ap/x/tools/invoke",
+    "/__openclaw__/cap/%20/tools/invoke",
+    "/__openclaw__/cap//tools/invoke",
+    "/__openclaw__/cap/x",
+    "/__openclaw__/cap/%zz/tools/invoke",
+    "/__OPENCLAW__/cap/x/tools/invoke",
+    "http://sidecar.test/__openclaw__/cap/x/tools/invoke",
+    "/__openclaw__/cap/x/__openclaw__/cap/y/tools/invoke",
 ]
 
 
@@ -191,17 +222,19 @@ def test_table_is_large_and_has_both_kinds(node: dict[str, dict]) -> None:
 
 
 async def test_unauthenticated_get_route_decision_matches_node(node: dict[str, dict], pipeline: Pipeline) -> None:
-    """E3/E4/E7: GET without auth. Node tools route ⇒ 405 or 400; otherwise never 405."""
-    unauthenticated = set(pipeline.config.sidecar.routes.unauthenticated)
+    """E3/E4/E7: GET without auth. Node tools route ⇒ 405 or 400; otherwise never 405, and a
+    request admitted without credentials is a public route on exactly the path Node routes."""
     mismatches = []
     for target in TARGETS:
         decision = await pipeline.on_head(head("GET", target))
         if node[target]["tools"]:
             ok = isinstance(decision, Refuse) and decision.envelope.status in (405, 400)
         elif isinstance(decision, Refuse):
-            ok = decision.envelope.status in (401, 400)
+            ok = decision.envelope.status in (401, 400, 404)
         else:
-            ok = decision.route == "other" and decision.target.split("?", 1)[0] in unauthenticated
+            entry = pipeline.routes.match("GET", decision.target.split("?", 1)[0], "", websocket=False).entry
+            ok = (entry is not None and entry.default_policy == "public"
+                  and decision.target.split("?", 1)[0] == node[target]["pathname"])
         if not ok:
             mismatches.append(f"{target!r}: node {node[target]} vs sidecar {describe(decision)}")
     assert not mismatches, "\n".join(mismatches)
@@ -214,11 +247,13 @@ async def test_authenticated_post_route_label_matches_node(node: dict[str, dict]
     for target in TARGETS:
         decision = await pipeline.on_head(head("POST", target, TOKEN))
         if isinstance(decision, Refuse):
-            if decision.envelope.status != 400:
+            # 400: refused spelling; 404: no route, or one the default policy refuses;
+            # 401: a capability path the gateway itself answers 401.
+            allowed = (400, 401) if node[target].get("malformed") else (400, 404)
+            if decision.envelope.status not in allowed:
                 mismatches.append(f"{target!r}: valid token refused with {describe(decision)}")
             continue
-        expected = "tools-invoke" if node[target]["tools"] else "other"
-        if decision.route != expected:
+        if (decision.route == "tools-invoke") != node[target]["tools"]:
             mismatches.append(f"{target!r}: node {node[target]} vs sidecar {describe(decision)}")
         elif decision.route == "tools-invoke" and decision.target.split("?", 1)[0] != "/tools/invoke":
             mismatches.append(f"{target!r}: tools route forwarded as {decision.target!r}")

@@ -1,0 +1,319 @@
+"""Which gateway handler a request will reach, judged as the gateway routes it.
+
+The gateway's port has many doors besides `/tools/invoke`, and it rewrites some paths before it
+routes them. This module computes the route the pinned gateway release dispatches a request to
+(the capability-prefix rewrite, WHATWG paths for core routes, plugin matching after repeated
+percent-decoding, the Control UI base path and hooks path from config) and looks it up in the
+route table shipped as data (`data/gateway-routes-<version>.json`). The pipeline then gives the
+request that route's checks, or refuses it. Pure: no I/O after the table is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+from .canonical import InvalidTarget, canonicalize_target
+
+GATEWAY_VERSION = "2026.9.6"
+Power = Literal["liveness", "static", "read", "tools", "rpc", "acts", "pairing", "node", "worker", "ticket", "plugin"]
+Credential = Literal["none", "gateway", "gateway-or-device", "own"]
+
+# The default policy a platform team would choose: what the gateway serves to anyone stays public
+# (a browser loads the Control UI, kubelet probes health), reads and tools sit behind the
+# sidecar's authentication, and everything that acts, pairs, or takes node, worker or URL-borne
+# credentials is refused until `sidecar.routes.allow` opens it by name.
+PUBLIC_POWERS: frozenset[str] = frozenset({"liveness", "static"})
+AUTHENTICATED_POWERS: frozenset[str] = frozenset({"read", "tools", "rpc"})
+
+CAPABILITY_PREFIX = "/__openclaw__/cap/"
+CAPABILITY_QUERY = "oc_cap"
+NODE_CAPABILITY_ROUTE = "node-capability"
+# Query parameters the gateway reads as credentials (assistant media and public shares take
+# `token`, the board `bt`, node capabilities `oc_cap`): a secret in a URL ends up in logs and
+# browser history, so such requests are refused unless their route is opened by name.
+QUERY_CREDENTIALS = frozenset({"token", "bt", CAPABILITY_QUERY})
+_MAX_DECODE_PASSES = 32  # the gateway's MAX_PATH_DECODE_PASSES
+# Control UI catch-all: plain path segments only, so the gateway's WHATWG pathname, its plugin
+# matcher's decoded candidates and the file the UI serves are all the same string.
+_PLAIN_UI_PATH = re.compile(r"(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?")
+# Namespaces the Control UI catch-all declines (classifyControlUiRequest), plus the plugin
+# roots, so a plugin's GET route never passes for a UI page.
+_UI_DECLINED_ROOTS = ("/api", "/v1", "/j", "/ui", "/plugins", "/browser", "/health", "/healthz", "/ready", "/readyz",
+                      "/startup", "/startupz", "/__openclaw__/mcp-app", "/__openclaw__/worker", "/__openclaw__/cap",
+                      "/__openclaw_tg_miniapp", "/oauth", "/sessions", "/tools")
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """One row of the gateway's route table."""
+
+    name: str
+    match: str
+    paths: tuple[str, ...]
+    methods: tuple[str, ...] | None
+    credential: Credential
+    power: Power
+    base: bool = False
+    pass_headers: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def default_policy(self) -> Literal["public", "authenticated", "refused"]:
+        if self.power in PUBLIC_POWERS:
+            return "public"
+        if self.power in AUTHENTICATED_POWERS:
+            return "authenticated"
+        return "refused"
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """What the gateway will do with a request: the handler's table row and the path it sees."""
+
+    entry: RouteEntry | None  # None: no handler (the gateway answers 404)
+    path: str  # the pathname the gateway routes on, after its rewrites
+    capability: bool = False  # reached through a node capability (cap path or ?oc_cap=)
+    malformed_capability: bool = False  # a capability path the gateway answers 401
+    query_credential: str | None = None  # a credential-bearing query parameter, by name
+    method_served: bool = True  # False: the row's handler does not serve this method
+
+    @property
+    def name(self) -> str:
+        return self.entry.name if self.entry is not None else "unknown"
+
+
+@cache
+def _table_data(version: str) -> dict[str, Any]:
+    text = resources.files("sidecar").joinpath(f"data/gateway-routes-{version}.json").read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
+    paths = tuple(hooks_path if p == "@hooks.path" else p for p in row.get("paths", ()))
+    methods = row.get("methods")
+    return RouteEntry(
+        name=row["name"], match=row["match"], paths=paths, methods=tuple(methods) if methods else None,
+        credential=row["credential"], power=row["power"], base=row.get("base", False),
+        pass_headers=tuple(row.get("passHeaders", ())), note=row.get("note", ""),
+    )
+
+
+def route_names(version: str = GATEWAY_VERSION) -> frozenset[str]:
+    """Every name `sidecar.routes.allow` may open."""
+    data = _table_data(version)
+    return frozenset(r["name"] for r in data["http"] + data["websocket"]) | {NODE_CAPABILITY_ROUTE}
+
+
+def normalize_hooks_path(raw: str | None) -> str:
+    """`hooks.path` as the gateway resolves it (resolveHooksConfig)."""
+    path = (raw or "").strip() or "/hooks"
+    path = path if path.startswith("/") else f"/{path}"
+    return path.rstrip("/") or "/"
+
+
+def normalize_base_path(raw: str | None) -> str:
+    """`gateway.controlUi.basePath` as the gateway resolves it: "" or "/x" without a trailing slash."""
+    path = (raw or "").strip()
+    if not path or path == "/":
+        return ""
+    path = path if path.startswith("/") else f"/{path}"
+    return path.rstrip("/")
+
+
+# ---- the gateway's path helpers, in Python ----------------------------------------------------
+
+_PCT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def decode_uri_component(text: str) -> str:
+    """JavaScript's decodeURIComponent: each run of %XX bytes must be UTF-8, a stray % throws."""
+    if "%" not in text:
+        return text
+    out: list[str] = []
+    last = 0
+    for run in _PCT_RUN.finditer(text):
+        between = text[last:run.start()]
+        if "%" in between:
+            raise _Malformed(text)
+        out.append(between)
+        try:
+            out.append(bytes.fromhex(run.group().replace("%", "")).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _Malformed(text) from None
+        last = run.end()
+    tail = text[last:]
+    if "%" in tail:
+        raise _Malformed(text)
+    out.append(tail)
+    return "".join(out)
+
+
+def _resolve_dot_segments(path: str) -> str:
+    try:
+        return canonicalize_target(path, "localhost").path
+    except InvalidTarget:
+        return path
+
+
+def _security_normalize(path: str) -> str:
+    """normalizePathForSecurity: WHATWG dot segments, lower case, `//` collapsed, no trailing `/`."""
+    collapsed = re.sub(r"/{2,}", "/", _resolve_dot_segments(path).lower())
+    if len(collapsed) > 1:
+        collapsed = collapsed.rstrip("/")
+    return collapsed or "/"
+
+
+def plugin_path_candidates(path: str) -> tuple[list[str], bool]:
+    """buildCanonicalPathCandidates: the path and each percent-decoding pass of it, normalised.
+    The flag says whether the gateway's own protected-prefix rule would fail closed (malformed
+    encoding or the decode-pass limit reached)."""
+    candidates = [_security_normalize(path)]
+    decoded = path
+    for _ in range(_MAX_DECODE_PASSES):
+        try:
+            following = decode_uri_component(decoded)
+        except _Malformed:
+            return candidates, True
+        if following == decoded:
+            return candidates, False
+        decoded = following
+        normalized = _security_normalize(decoded)
+        if normalized not in candidates:
+            candidates.append(normalized)
+    return candidates, True
+
+
+def _plugin_prefix_match(candidate: str, prefix: str) -> bool:
+    return candidate == prefix or candidate.startswith(prefix + "/") or candidate.startswith(prefix + "%")
+
+
+def _query_names(query: str) -> set[str]:
+    return {name for name, _ in parse_qsl(query.removeprefix("?"), keep_blank_values=True)}
+
+
+def capability_rewrite(path: str) -> tuple[str, bool, bool]:
+    """normalizePluginNodeCapabilityScopedUrl: `/__openclaw__/cap/<seg>/<rest>` → `/<rest>`.
+    Returns (path the gateway routes on, scoped, malformed)."""
+    if not path.startswith(CAPABILITY_PREFIX):
+        return path, False, False
+    remainder = path[len(CAPABILITY_PREFIX):]
+    slash = remainder.find("/")
+    if slash <= 0:
+        return path, True, True
+    try:
+        capability = decode_uri_component(remainder[:slash]).strip()
+    except _Malformed:
+        return path, True, True
+    if not capability:
+        return path, True, True
+    return remainder[slash:], True, False
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """The pinned gateway's routes, placed for one deployment (hooks path, Control UI base path)."""
+
+    http: tuple[RouteEntry, ...]
+    websocket: tuple[RouteEntry, ...]
+    base_path: str = ""
+    control_ui_enabled: bool = True
+
+    @classmethod
+    def for_deployment(cls, *, hooks_path: str | None = None, base_path: str | None = None,
+                       control_ui_enabled: bool = True, version: str = GATEWAY_VERSION) -> "RouteTable":
+        data = _table_data(version)
+        hooks = normalize_hooks_path(hooks_path)
+        return cls(
+            http=tuple(_entry(row, hooks) for row in data["http"]),
+            websocket=tuple(_entry(row, hooks) for row in data["websocket"]),
+            base_path=normalize_base_path(base_path), control_ui_enabled=control_ui_enabled,
+        )
+
+    def match(self, method: str, path: str, query: str, *, websocket: bool) -> RouteMatch:
+        """The handler the gateway dispatches to for a canonical (WHATWG) path and query."""
+        routed, scoped, malformed = capability_rewrite(path)
+        names = _query_names(query) if query else set()
+        capability = scoped or CAPABILITY_QUERY in names
+        credential = next((n for n in sorted(names & QUERY_CREDENTIALS) if n != CAPABILITY_QUERY), None)
+        entry = self._find(self.websocket if websocket else self.http, method, routed)
+        served = entry is None or entry.methods is None or method in entry.methods
+        return RouteMatch(entry, routed, capability, malformed, credential, served)
+
+    def _find(self, entries: tuple[RouteEntry, ...], method: str, path: str) -> RouteEntry | None:
+        candidates: list[str] | None = None
+        for entry in entries:
+            if entry.match in ("plugin", "plugin-prefix"):
+                if candidates is None:
+                    candidates, undecidable = plugin_path_candidates(path)
+                    if undecidable:
+                        # The gateway's plugin matcher fails closed on such paths too; which
+                        # handler would take one is not worth guessing: no route.
+                        return None
+                if self._plugin_matches(entry, candidates):
+                    return entry
+            elif entry.match == "control-ui":
+                if self._control_ui_serves(method, path):
+                    return entry
+            elif self._core_matches(entry, path):
+                if entry.methods is not None and method not in entry.methods and self._method_split(entry, entries, path, method):
+                    continue
+                return entry
+        return None
+
+    def _method_split(self, entry: RouteEntry, entries: tuple[RouteEntry, ...], path: str, method: str) -> bool:
+        """One handler serving a path under two rows by method (assistant media GET vs POST)."""
+        return any(
+            other is not entry and other.paths == entry.paths and other.methods is not None and method in other.methods
+            for other in entries
+        )
+
+    def _spellings(self, entry: RouteEntry) -> tuple[str, ...]:
+        if not entry.base or not self.base_path:
+            return entry.paths
+        return entry.paths + tuple(self.base_path + p for p in entry.paths)
+
+    def _core_matches(self, entry: RouteEntry, path: str) -> bool:
+        """Core routes: exact, case-sensitive string rules on the WHATWG pathname."""
+        if entry.match == "any":
+            return True
+        if entry.match == "join-code":
+            return path.endswith("/j") or "/j/" in path
+        for pattern in self._spellings(entry):
+            if entry.match == "exact" and path == pattern:
+                return True
+            if entry.match == "namespace" and (path == pattern or path.startswith(pattern + "/")):
+                return True
+            if entry.match == "prefix" and path.startswith(pattern):
+                return True
+            if entry.match == "regex" and re.fullmatch(pattern, path) is not None:
+                return True
+        return False
+
+    @staticmethod
+    def _plugin_matches(entry: RouteEntry, candidates: list[str]) -> bool:
+        routes = [_security_normalize(p) for p in entry.paths]
+        if entry.match == "plugin-prefix":
+            return any(_plugin_prefix_match(c, r) for c in candidates for r in routes)
+        return any(c == r for c in candidates for r in routes)
+
+    def _control_ui_serves(self, method: str, path: str) -> bool:
+        if not self.control_ui_enabled or method not in ("GET", "HEAD") or not _PLAIN_UI_PATH.fullmatch(path):
+            return False
+        if self.base_path:
+            return path == self.base_path or path.startswith(self.base_path + "/")
+        lowered = path.lower()
+        return not any(lowered == root or lowered.startswith(root + "/") for root in _UI_DECLINED_ROOTS)

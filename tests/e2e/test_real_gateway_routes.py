@@ -1,0 +1,230 @@
+"""The sidecar in front of a real OpenClaw gateway (the pinned release), judged door by door.
+
+One gateway in token mode for the module, with the OpenAI endpoints and hooks switched on so
+the routes that act really exist behind the port. The sidecar reads the gateway's own config
+file (`sidecar.openclawConfig`), as one ConfigMap feeds both containers in Kubernetes. Every
+test sends the same request straight to the gateway too, so each assertion shows both what the
+door does and that the sidecar closes it. Loopback only; the gateway runs with the offline guard.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.gateway.real_gateway import RealGateway, unavailable_reason
+
+from .harness import SidecarProcess, http_request, raw_exchange
+
+_reason = unavailable_reason()
+if _reason is not None:
+    pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {_reason}", allow_module_level=True)
+
+TOKEN = "real-gateway-shared-token"
+HOOKS_TOKEN = "real-gateway-hooks-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AGENTS = {"name": "agents_list", "args": {}}
+NOT_FOUND = b"Not Found"
+INVALID_URL = {"error": "bad_request", "message": "Invalid request URL"}
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[RealGateway]:
+    gw = RealGateway({"mode": "token", "token": TOKEN}, {
+        "gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}, "responses": {"enabled": True}}}},
+        "hooks": {"enabled": True, "token": HOOKS_TOKEN},
+    })
+    yield gw
+    gw.stop()
+
+
+def _sidecar_config(gateway: RealGateway, **routes: object) -> dict:
+    return {"sidecar": {"upstream": gateway.url, "openclawConfig": str(gateway.config_path), "routes": routes,
+                        "rateLimit": {"loopbackDelayBaseMs": 0}}}
+
+
+@pytest.fixture(scope="module")
+def sidecar(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    """The default policy."""
+    return module_sidecar(_sidecar_config(gateway))
+
+
+@pytest.fixture(scope="module")
+def opened(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    """A platform team that opened two routes by name."""
+    return module_sidecar(_sidecar_config(gateway, allow=["openai-chat-completions", "hooks"]))
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(trust_env=False, timeout=httpx.Timeout(30.0)) as client:
+        yield client
+
+
+def both(http: httpx.Client, gateway: RealGateway, sidecar: SidecarProcess, method: str, target: str,
+         **kwargs: object) -> tuple[httpx.Response, httpx.Response]:
+    """The same request straight to the gateway and through the sidecar."""
+    return (http.request(method, gateway.url + target, **kwargs),  # type: ignore[arg-type]
+            http.request(method, sidecar.url + target, **kwargs))  # type: ignore[arg-type]
+
+
+def assert_gateway_404(resp: httpx.Response) -> None:
+    """The gateway's own 404 (respondNotFound), which the sidecar answers for refused routes."""
+    assert (resp.status_code, resp.content) == (404, NOT_FOUND), resp.text
+    assert resp.headers["content-type"] == "text/plain; charset=utf-8"
+    assert resp.headers["x-content-type-options"] == "nosniff"
+
+
+# ---- the capability prefix: the gateway rewrites it before routing ---------------------------------
+
+
+@pytest.mark.parametrize("target", [
+    "/__openclaw__/cap/x/tools/invoke", "/__openclaw__/cap/%78/tools/invoke", "/__openclaw__/cap/x/tools/./invoke",
+    "/x/../__openclaw__/cap/x/tools/invoke", "/__openclaw__/cap/x/y/../tools/invoke", "/tools/invoke?oc_cap=x",
+])
+def test_capability_spellings_run_tools_on_the_gateway_and_are_refused_by_the_sidecar(http, gateway, sidecar, target):
+    direct, proxied = both(http, gateway, sidecar, "POST", target, headers=AUTH, json=AGENTS)
+    assert direct.status_code == 200 and direct.json()["ok"] is True  # a real door to the tools handler
+    assert proxied.status_code == 400 and proxied.json() == INVALID_URL
+
+
+def test_absolute_form_capability_spelling_is_refused(gateway, sidecar):
+    body = json.dumps(AGENTS).encode()
+    headers = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")]
+    request = http_request("POST", "http://localhost/__openclaw__/cap/x/tools/invoke", headers, body, host="localhost")
+    assert raw_exchange(("127.0.0.1", gateway.port), request).status == 200
+    proxied = raw_exchange((sidecar.host, sidecar.port), request)
+    assert proxied.status == 400 and json.loads(proxied.body) == INVALID_URL
+
+
+def test_capability_prefix_on_a_read_route_is_refused(http, gateway, sidecar):
+    direct, proxied = both(http, gateway, sidecar, "GET", "/__openclaw__/cap/x/control-ui-config.json", headers=AUTH)
+    assert direct.status_code == 200 and "basePath" in direct.json()
+    assert_gateway_404(proxied)
+
+
+@pytest.mark.parametrize("target", ["/__openclaw__/cap/%20/tools/invoke", "/__openclaw__/cap//tools/invoke", "/__openclaw__/cap/x"])
+def test_malformed_capability_paths_get_the_gateways_own_401(http, gateway, sidecar, target):
+    direct, proxied = both(http, gateway, sidecar, "POST", target, headers=AUTH, json=AGENTS)
+    assert direct.status_code == proxied.status_code == 401
+    assert proxied.json() == direct.json()
+
+
+# ---- public routes: served as the gateway serves them, without credentials ---------------------------
+
+
+@pytest.mark.parametrize("target", ["/healthz", "/health", "/readyz"])
+def test_health_routes_are_public(http, gateway, sidecar, target):
+    direct, proxied = both(http, gateway, sidecar, "GET", target)
+    assert direct.status_code == proxied.status_code == 200
+
+
+def test_the_control_ui_loads_without_credentials(http, gateway, sidecar):
+    page = http.get(sidecar.url + "/", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<title>OpenClaw Control</title>" in page.text
+    # Everything the page loads from its own origin (scripts, styles, icons, the manifest).
+    resources = re.findall(r'(?:src|href)="(/[^"/][^"]*)"', page.text)
+    assert len(resources) >= 8 and any(r.startswith("/assets/") for r in resources), resources
+    for resource in resources:
+        direct, proxied = both(http, gateway, sidecar, "GET", resource)
+        assert proxied.status_code == direct.status_code == 200, resource
+        assert proxied.content == direct.content
+        assert proxied.headers["content-type"] == direct.headers["content-type"]
+
+
+def test_a_control_ui_deep_link_gets_the_app(http, sidecar):
+    resp = http.get(sidecar.url + "/chat", headers={"Accept": "text/html"})
+    assert resp.status_code == 200 and "<title>OpenClaw Control</title>" in resp.text
+
+
+# ---- authenticated routes: the sidecar's credential check, then the gateway's handler ---------------
+
+
+def test_tools_invoke_is_authenticated_and_runs(http, gateway, sidecar):
+    resp = http.post(sidecar.url + "/tools/invoke", headers=AUTH, json=AGENTS)
+    assert resp.status_code == 200 and resp.json()["ok"] is True
+    assert http.post(sidecar.url + "/tools/invoke", json=AGENTS).status_code == 401
+
+
+@pytest.mark.parametrize("target", ["/control-ui-config.json", "/sessions/main/history", "/v1/models"])
+def test_read_routes_need_the_sidecars_credential_and_then_answer_as_the_gateway(http, gateway, sidecar, target):
+    direct, proxied = both(http, gateway, sidecar, "GET", target, headers=AUTH)
+    assert proxied.status_code == direct.status_code != 401
+    assert proxied.headers["content-type"] == direct.headers["content-type"]
+    anonymous = http.get(sidecar.url + target)
+    assert anonymous.status_code == 401 and anonymous.json() == {"error": {"message": "Unauthorized", "type": "unauthorized"}}
+
+
+def test_a_credential_in_the_query_string_is_refused(http, gateway, sidecar):
+    target = f"/__openclaw__/assistant-media?source=favicon.svg&token={TOKEN}"
+    direct, proxied = both(http, gateway, sidecar, "GET", target)
+    assert direct.status_code != 401  # the gateway takes ?token= as a credential here
+    assert_gateway_404(proxied)
+
+
+# ---- routes that act, pair, or take node and worker ingress: refused by default ------------------------
+
+
+@pytest.mark.parametrize("method, target, headers, body, acts", [
+    ("POST", "/v1/chat/completions", AUTH, {"model": "openclaw", "messages": [{"role": "user", "content": "hi"}]}, True),
+    ("POST", "/v1/responses", AUTH, {"model": "openclaw", "input": "hi"}, True),
+    ("POST", "/hooks/wake", {"Authorization": f"Bearer {HOOKS_TOKEN}"}, {"text": "x"}, True),
+    ("POST", "/API/V1/Admin/RPC", AUTH, {"method": "health"}, False),
+    ("POST", "/sessions/main/kill", AUTH, None, False),
+    ("GET", "/j/ABCDEF", {}, None, False),
+    ("GET", "/x/y/j/ABCDEF", {}, None, False),
+    ("POST", "/api/nodes/watch/challenge", AUTH, {}, False),
+    ("POST", "/__openclaw__/assistant-media?meta=1&allow=1&source=favicon.svg", AUTH, None, False),
+    ("GET", "/__openclaw__/board/s/n/index.html", AUTH, None, False),
+])
+def test_routes_that_act_are_refused_with_the_gateways_404(http, gateway, sidecar, method, target, headers, body, acts):
+    direct, proxied = both(http, gateway, sidecar, method, target, headers=headers, json=body)
+    if acts:  # the gateway's handler really ran: no 404 there
+        assert direct.status_code != 404, direct.text
+    assert_gateway_404(proxied)
+
+
+def test_worker_ingress_upgrade_is_refused(gateway, sidecar):
+    upgrade = http_request("GET", "/__openclaw__/worker", [
+        ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Authorization", f"Bearer {TOKEN}"),
+    ], host="localhost")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(upgrade)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096) or b"\r\n\r\n"
+    assert head.startswith(b"HTTP/1.1 101 "), head  # no credentials needed there
+    refused = raw_exchange((sidecar.host, sidecar.port), upgrade)
+    assert (refused.status, refused.body) == (404, NOT_FOUND)
+
+
+@pytest.mark.parametrize("method, target", [("POST", "/nope"), ("GET", "/api/nope"), ("DELETE", "/"), ("GET", "/healthz/x")])
+def test_paths_outside_the_table_get_the_gateways_404(http, gateway, sidecar, method, target):
+    direct, proxied = both(http, gateway, sidecar, method, target, headers=AUTH)
+    assert_gateway_404(direct)
+    assert_gateway_404(proxied)
+
+
+# ---- opening a route by name -------------------------------------------------------------------------
+
+
+def test_an_opened_route_reaches_the_gateway_behind_the_sidecars_auth(http, gateway, opened):
+    body = {"model": "not-a-model", "messages": [{"role": "user", "content": "hi"}]}
+    direct, proxied = both(http, gateway, opened, "POST", "/v1/chat/completions", headers=AUTH, json=body)
+    assert (proxied.status_code, proxied.json()) == (direct.status_code, direct.json()) == (400, direct.json())
+    assert http.post(opened.url + "/v1/chat/completions", json=body).status_code == 401
+
+
+def test_an_opened_route_with_its_own_credential_gets_it_relayed_unread(http, gateway, opened):
+    """Hooks take their own token: the sidecar neither checks it nor swaps in its own."""
+    ok = http.post(opened.url + "/hooks/wake", headers={"Authorization": f"Bearer {HOOKS_TOKEN}"}, json={"text": "x"})
+    assert ok.status_code == 200 and ok.json()["ok"] is True
+    wrong = http.post(opened.url + "/hooks/wake", headers=AUTH, json={"text": "x"})
+    assert wrong.status_code == 401  # the gateway's hooks check: our shared token is not the hooks token

@@ -1,0 +1,232 @@
+"""The gateway route table and the route computation (sidecar/routes.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sidecar.routes import (
+    AUTHENTICATED_POWERS, GATEWAY_VERSION, PUBLIC_POWERS, RouteTable, capability_rewrite, decode_uri_component,
+    normalize_base_path, normalize_hooks_path, plugin_path_candidates, route_names,
+)
+
+TABLE = RouteTable.for_deployment()
+DATA = Path(__file__).resolve().parents[2] / "sidecar" / "data" / f"gateway-routes-{GATEWAY_VERSION}.json"
+
+
+def name_of(method: str, path: str, query: str = "", websocket: bool = False, table: RouteTable = TABLE) -> str:
+    return table.match(method, path, query, websocket=websocket).name
+
+
+# ---- the data -------------------------------------------------------------------------------------
+
+
+def test_table_names_its_gateway_version_and_every_row_is_complete() -> None:
+    data = json.loads(DATA.read_text())
+    assert data["gatewayVersion"] == GATEWAY_VERSION
+    for row in data["http"] + data["websocket"]:
+        assert row["power"] in data["power"], row
+        assert row["match"] in data["match"] or row["match"] in ("any", "plugin-prefix"), row
+        assert row["credential"] in ("none", "gateway", "gateway-or-device", "own"), row
+    names = [row["name"] for row in data["http"]]
+    assert names[-1] == "control-ui", "the Control UI catch-all is the gateway's last stage"
+
+
+def test_only_health_and_static_rows_are_public_and_only_reads_and_tools_authenticated() -> None:
+    public = {e.name for e in TABLE.http if e.default_policy == "public"}
+    authenticated = {e.name for e in TABLE.http if e.default_policy == "authenticated"}
+    assert public == {"health", "readiness", "control-ui-documents", "control-ui-plugin-manager", "control-ui"}
+    assert authenticated == {"openai-models", "tools-invoke", "session-history", "control-ui-plugin-assets", "user-avatar",
+                             "chat-media", "control-ui-images", "assistant-media", "control-ui-config"}
+    assert all(e.power in PUBLIC_POWERS | AUTHENTICATED_POWERS or e.default_policy == "refused" for e in TABLE.http)
+
+
+def test_public_rows_take_no_credential_and_serve_only_reads() -> None:
+    for entry in TABLE.http:
+        if entry.default_policy == "public":
+            assert entry.credential == "none" and entry.methods is not None and set(entry.methods) <= {"GET", "HEAD"}, entry
+
+
+def test_route_names_include_the_capability_switch() -> None:
+    assert {"node-capability", "hooks", "openai-chat-completions", "plugin:admin-http-rpc", "rpc-websocket"} <= route_names()
+
+
+# ---- the gateway's path helpers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, decoded", [
+    ("abc", "abc"), ("%41", "A"), ("%c3%a9", "é"), ("a%2Fb", "a/b"), ("%2567", "%67"), ("%e2%80%8b", "\u200b"),
+])
+def test_decode_uri_component(text: str, decoded: str) -> None:
+    assert decode_uri_component(text) == decoded
+
+
+@pytest.mark.parametrize("text", ["%", "%zz", "a%4", "%c3", "%ff", "%c3%28"])
+def test_decode_uri_component_throws_like_javascript(text: str) -> None:
+    with pytest.raises(ValueError):
+        decode_uri_component(text)
+
+
+def test_plugin_candidates_decode_repeatedly_lowercase_and_collapse() -> None:
+    candidates, undecidable = plugin_path_candidates("/Plugins/%2567eolocation//")
+    assert candidates == ["/plugins/%2567eolocation", "/plugins/%67eolocation", "/plugins/geolocation"]
+    assert not undecidable
+
+
+def test_plugin_candidates_resolve_dot_segments_after_decoding() -> None:
+    candidates, _ = plugin_path_candidates("/x/..%2fapi/v1/admin/rpc")
+    assert "/api/v1/admin/rpc" in candidates
+
+
+@pytest.mark.parametrize("path", ["/x%zz", "/" + "%25" * 40 + "41"])
+def test_plugin_candidates_flag_what_the_gateway_cannot_decide(path: str) -> None:
+    assert plugin_path_candidates(path)[1]
+
+
+@pytest.mark.parametrize("path, routed, malformed", [
+    ("/tools/invoke", "/tools/invoke", False),
+    ("/__openclaw__/cap/x/tools/invoke", "/tools/invoke", False),
+    ("/__openclaw__/cap/%78/a/b", "/a/b", False),
+    ("/__openclaw__/cap/x/", "/", False),
+    ("/__openclaw__/cap/x", "/__openclaw__/cap/x", True),
+    ("/__openclaw__/cap//tools/invoke", "/__openclaw__/cap//tools/invoke", True),
+    ("/__openclaw__/cap/%20/tools/invoke", "/__openclaw__/cap/%20/tools/invoke", True),
+    ("/__openclaw__/cap/%zz/tools/invoke", "/__openclaw__/cap/%zz/tools/invoke", True),
+])
+def test_capability_rewrite(path: str, routed: str, malformed: bool) -> None:
+    result = capability_rewrite(path)
+    assert (result[0], result[2]) == (routed, malformed)
+    assert result[1] == path.startswith("/__openclaw__/cap/")
+
+
+@pytest.mark.parametrize("raw, normalized", [(None, "/hooks"), ("", "/hooks"), ("in/", "/in"), ("/a/b//", "/a/b")])
+def test_hooks_path_normalisation(raw: str | None, normalized: str) -> None:
+    assert normalize_hooks_path(raw) == normalized
+
+
+@pytest.mark.parametrize("raw, normalized", [(None, ""), ("/", ""), ("admin", "/admin"), ("/admin/", "/admin")])
+def test_base_path_normalisation(raw: str | None, normalized: str) -> None:
+    assert normalize_base_path(raw) == normalized
+
+
+# ---- matching, in the gateway's router order -----------------------------------------------------
+
+
+@pytest.mark.parametrize("method, path, route", [
+    ("GET", "/healthz", "health"), ("HEAD", "/readyz", "readiness"), ("GET", "/startupz", "readiness"),
+    ("GET", "/healthz/x", "unknown"),
+    ("GET", "/__openclaw__/worker", "worker"), ("POST", "/__openclaw__/worker-transfer/a", "worker-artifacts"),
+    ("GET", "/j", "device-pairing-join"), ("GET", "/x/j/ABC", "device-pairing-join"), ("GET", "/assets/j/x.js", "device-pairing-join"),
+    ("GET", "/api/artifacts/download/c/t", "artifact-download"), ("POST", "/hooks", "hooks"), ("POST", "/hooks/agent", "hooks"),
+    ("POST", "/hooksx", "unknown"), ("POST", "/api/nodes/watch/poll", "node-watch"),
+    ("GET", "/v1/models", "openai-models"), ("GET", "/v1/models/x", "openai-models"), ("POST", "/v1/embeddings", "openai-embeddings"),
+    ("POST", "/tools/invoke", "tools-invoke"), ("GET", "/tools/invoke", "tools-invoke"),
+    ("POST", "/sessions/a%2Fb/kill", "session-kill"), ("GET", "/sessions/main/history", "session-history"),
+    ("GET", "/sessions/a/b/history", "unknown"), ("GET", "/__openclaw__/board/s/n/index.html", "board"),
+    ("GET", "/__openclaw__/plugins/control-ui/x/a.js", "control-ui-plugin-assets"), ("GET", "/api/users/u/avatar", "user-avatar"),
+    ("POST", "/v1/responses", "openai-responses"), ("POST", "/v1/chat/completions", "openai-chat-completions"),
+    ("GET", "/share/session", "public-share"), ("GET", "/share/agent/main", "control-ui-documents"), ("GET", "/approve/abc", "control-ui-documents"),
+    ("GET", "/__openclaw__/canvas/documents/x", "canvas"), ("GET", "/__openclaw__/a2ui/x", "canvas"),
+    ("GET", "/settings/plugins", "control-ui-plugin-manager"), ("GET", "/__openclaw__/mcp-app", "mcp-app"),
+    ("GET", "/api/channels", "plugin:channels"), ("POST", "/API/Channels/x", "plugin:channels"), ("GET", "/api/channels%2fx", "plugin:channels"),
+    ("POST", "/api/v1/admin/rpc", "plugin:admin-http-rpc"), ("POST", "/API/V1/Admin/RPC/", "plugin:admin-http-rpc"),
+    ("POST", "/api//v1/admin/rpc", "plugin:admin-http-rpc"), ("POST", "/api/v1/admin/%72pc", "plugin:admin-http-rpc"),
+    ("POST", "/api/v1/admin/rpc/x", "unknown"), ("GET", "/Plugins/GeoLocation/x", "plugin:geolocation"),
+    ("GET", "/Browser/Extension", "plugin:browser-extension"), ("GET", "/browser/Screencast/", "plugin:browser-screencast"), ("POST", "/plugins/openai/realtime/calls", "plugin:openai-realtime"),
+    ("GET", "/__openclaw_tg_miniapp/", "plugin:telegram-miniapp"),
+    ("GET", "/api/chat/media/outgoing/a", "chat-media"), ("GET", "/avatar/main", "control-ui-images"),
+    ("GET", "/__openclaw__/workspace-icon/x", "control-ui-images"), ("GET", "/__openclaw__/assistant-media", "assistant-media"),
+    ("POST", "/__openclaw__/assistant-media", "assistant-media-ticket"), ("GET", "/control-ui-config.json", "control-ui-config"),
+    ("GET", "/__openclaw__/control-ui-config.json", "control-ui-config"),
+    ("GET", "/", "control-ui"), ("HEAD", "/chat", "control-ui"), ("GET", "/assets/index-Ab_1.js", "control-ui"),
+    ("GET", "/fonts/a.woff2", "control-ui"), ("GET", "/__openclaw__/favicon.svg", "control-ui"),
+    # the Control UI catch-all takes plain paths only, and nothing a plugin or core route could own
+    ("POST", "/", "unknown"), ("GET", "/a%20b", "unknown"), ("GET", "/.env", "unknown"), ("GET", "/a//b", "unknown"),
+    ("GET", "/api/x", "unknown"), ("GET", "/v1/x", "unknown"), ("GET", "/ui/x", "unknown"), ("GET", "/plugins/x", "unknown"),
+    ("GET", "/TOOLS/x", "unknown"), ("GET", "/tools/invoke/", "unknown"), ("GET", "/sessions", "unknown"),
+    ("GET", "/x%zz", "unknown"),
+])
+def test_http_routes_in_router_order(method: str, path: str, route: str) -> None:
+    assert name_of(method, path) == route
+
+
+@pytest.mark.parametrize("path, route", [
+    ("/", "rpc-websocket"), ("/tools/invoke", "rpc-websocket"), ("/anything/x", "rpc-websocket"),
+    ("/__openclaw__/worker", "worker-websocket"), ("/__openclaw__/worker/x", "worker-websocket"),
+    ("/desktop/observe", "desktop-observe"), ("/node-desktop/attach", "node-desktop-attach"),
+    ("/node-portal/attach", "node-portal-attach"), ("/BROWSER/extension", "plugin:browser-extension"),
+    ("/browser/%73creencast", "plugin:browser-screencast"),
+])
+def test_websocket_routes(path: str, route: str) -> None:
+    assert name_of("GET", path, websocket=True) == route
+
+
+def test_capability_and_query_credentials_are_reported() -> None:
+    match = TABLE.match("GET", "/__openclaw__/cap/c/sessions/main/history", "", websocket=False)
+    assert (match.name, match.path, match.capability) == ("session-history", "/sessions/main/history", True)
+    assert TABLE.match("GET", "/x", "?a=1&oc_cap=z", websocket=False).capability
+    assert TABLE.match("GET", "/x", "?oc%5Fcap=z", websocket=False).capability  # URLSearchParams decodes names
+    assert TABLE.match("GET", "/__openclaw__/assistant-media", "?source=a&token=t", websocket=False).query_credential == "token"
+    assert TABLE.match("GET", "/x", "?bt=1", websocket=False).query_credential == "bt"
+    assert TABLE.match("GET", "/x", "?tokens=1&xtoken=2", websocket=False).query_credential is None
+
+
+def test_a_method_the_row_does_not_serve_is_reported() -> None:
+    assert not TABLE.match("POST", "/sessions/main/history", "", websocket=False).method_served
+    assert TABLE.match("GET", "/sessions/main/history", "", websocket=False).method_served
+
+
+def test_deployment_settings_move_routes() -> None:
+    table = RouteTable.for_deployment(hooks_path="/in", base_path="/admin")
+    assert name_of("POST", "/in/agent", table=table) == "hooks"
+    assert name_of("POST", "/hooks/agent", table=table) == "unknown"
+    assert name_of("GET", "/admin/", table=table) == "control-ui"
+    assert name_of("GET", "/admin", table=table) == "control-ui"  # the gateway's 302 to /admin/
+    assert name_of("GET", "/", table=table) == "unknown"
+    assert name_of("GET", "/admin/avatar/main", table=table) == "control-ui-images"
+    assert name_of("GET", "/admin/control-ui-config.json", table=table) == "control-ui-config"
+    off = RouteTable.for_deployment(control_ui_enabled=False)
+    assert name_of("GET", "/", table=off) == "unknown"
+
+
+NODE_CANDIDATES = r"""
+// security-path.ts (2026.9.6), verbatim in behaviour: the oracle for plugin_path_candidates.
+const paths = JSON.parse(require("fs").readFileSync(0, "utf8"));
+function norm(p) {
+  let r; try { r = new URL(p, "http://localhost").pathname; } catch { r = p; }
+  const c = r.toLowerCase().replace(/\/{2,}/g, "/");
+  return (c.length <= 1 ? c : c.replace(/\/+$/, "")) || "/";
+}
+process.stdout.write(JSON.stringify(paths.map((p) => {
+  const out = [norm(p)]; let d = p, bad = false;
+  for (let i = 0; i < 32; i++) {
+    let n; try { n = decodeURIComponent(d); } catch { bad = true; break; }
+    if (n === d) break; d = n; const v = norm(d); if (!out.includes(v)) out.push(v);
+  }
+  let limit = false;
+  if (!bad) { try { limit = decodeURIComponent(d) !== d; } catch { bad = true; } }
+  return [out, bad || limit];
+})));
+"""
+
+
+def test_plugin_candidates_match_the_gateways_code_in_node() -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js is required: the oracle is the gateway's own algorithm", pytrace=False)
+    paths = ["/Plugins/%2567eolocation//", "/x/..%2fapi/v1/admin/rpc", "/x%zz", "/%2e%2e/API", "/a/%252e%252e/b",
+             "/api%2Fv1%2Fadmin%2Frpc", "/%E2%80%8Bx", "/a\\..\\b", "/a?b", "/a#b", "/" + "%25" * 40 + "41", "/%c3%28", "//a//b//"]
+    proc = subprocess.run([node, "-e", NODE_CANDIDATES], input=json.dumps(paths).encode(), capture_output=True, check=True)
+    expected = json.loads(proc.stdout)
+    for path, (candidates, undecidable) in zip(paths, expected, strict=True):
+        assert plugin_path_candidates(path) == (candidates, undecidable), path
+
+
+def test_the_readme_documents_every_route_name() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = sorted(name for name in route_names() if f"`{name}`" not in readme)
+    assert not missing, f"README's route table lacks {missing}"

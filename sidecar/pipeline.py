@@ -145,6 +145,10 @@ class Pipeline:
             return Refuse(envelopes.invalid_request_url(), "invalid_target")
         if target.host is not None and target.host != _hostname(host_header):
             return Refuse(envelopes.bad_request("request target names a foreign host"), "foreign_host")
+        if target.path.startswith("//"):
+            # `/a/..//x/y` resolves to `//x/y`, which the gateway would re-read as host `x` and
+            # path `/y`: the path we judged would not be the path it routes.
+            return Refuse(envelopes.invalid_request_url(), "invalid_target")
         upgrade = (view.first("upgrade") or "").strip().lower()
         if upgrade and upgrade != "websocket":
             return Refuse(envelopes.websocket_upgrade_not_supported(), "unsupported_upgrade")

@@ -859,3 +859,13 @@ async def test_refusals_carry_the_route_the_gateway_would_run(make, method: str,
     """The audit line and the decision metric name the effective route, not the spelling."""
     result = await make().pipeline.on_head(view(method=method, target=target, auth=None))
     assert isinstance(result, Refuse) and result.route == route
+
+
+@pytest.mark.parametrize("method, target, websocket", [
+    ("GET", "/a/..//x/__openclaw__/worker", True), ("POST", "/.//tools/invoke", False), ("GET", "/x/..//y/healthz", False),
+])
+async def test_a_path_that_resolves_to_a_double_slash_is_refused(make, method: str, target: str, websocket: bool) -> None:
+    """Forwarded as `//x/...`, the gateway would read `x` as a host and route the rest: refused."""
+    headers = [("Connection", "Upgrade"), ("Upgrade", "websocket")] if websocket else []
+    result = await make().pipeline.on_head(view(method=method, target=target, headers=headers))
+    assert_refused(result, envelopes.invalid_request_url(), "invalid_target")

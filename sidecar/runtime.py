@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from .config import Config
 from .pipeline import Pipeline
 from .ratelimit import AuthFailureLimiter, RequestRateLimiter
+from .routes import RouteTable
 
 log = logging.getLogger("sidecar")
 
@@ -37,6 +38,12 @@ def warn_about_config(config: Config) -> None:
             "TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a "
             "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
         )
+    table = RouteTable.for_deployment()
+    entries = {entry.name: entry for entry in table.http + table.websocket}
+    for name in config.sidecar.routes.allow:
+        entry = entries.get(name)
+        what = f"{entry.power}, credential {entry.credential}" + (f": {entry.note}" if entry.note else "") if entry else "node capabilities"
+        log.warning("route %s opened beyond the default policy (%s)", name, what)
 
 
 def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Runtime:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 
-from .harness import SidecarProcess, http_request, raw_exchange
+from .harness import RawResponse, SidecarProcess, TestNet, http_request, raw_exchange
 
 _reason = unavailable_reason()
 if _reason is not None:
@@ -240,3 +240,47 @@ def test_an_opened_route_with_its_own_credential_gets_it_relayed_unread(http, ga
     assert ok.status_code == 200 and ok.json()["ok"] is True
     wrong = http.post(opened.url + "/hooks/wake", headers=AUTH, json={"text": "x"})
     assert wrong.status_code == 401  # the gateway's hooks check: our shared token is not the hooks token
+
+
+# ---- trusted-proxy mode: a capped identity through the capability prefix -------------------------
+
+
+INGRESS, TAILNET_CLIENT = "198.51.100.5", "203.0.113.7"  # test hosts in the harness's network namespace
+
+
+@pytest.fixture(scope="module")
+def tp_gateway() -> Iterator[RealGateway]:
+    # allowLoopback: the sidecar is the gateway's proxy and reaches it over loopback, as in a pod.
+    gw = RealGateway({"mode": "trusted-proxy", "trustedProxy": {"userHeader": "x-forwarded-user", "allowLoopback": True}})
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def tp_sidecar(tp_gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess], testnet: TestNet) -> SidecarProcess:
+    """Behind a tailnet ingress at INGRESS; the gateway trusts the sidecar (127.0.0.1) and reads
+    the identity the sidecar forwards. One file feeds both, the sidecar overriding what differs."""
+    config = _sidecar_config(tp_gateway)
+    config["sidecar"].update(listen=f"{testnet.HOST_IP}:0", scopeCeilings={"identities": {"reader": ["operator.read"]}})
+    config["gateway"] = {"trustedProxies": [INGRESS], "auth": {"trustedProxy": {"allowLoopback": False}}}
+    return module_sidecar(config)
+
+
+def tailnet_post(testnet: TestNet, sidecar: SidecarProcess, target: str, user: str, scopes: str) -> RawResponse:
+    headers = [("X-Forwarded-For", TAILNET_CLIENT), ("x-forwarded-user", user), ("x-openclaw-scopes", scopes),
+               ("Content-Type", "application/json")]
+    request = http_request("POST", target, headers, json.dumps(AGENTS).encode())
+    return testnet.exchange(INGRESS, (sidecar.host, sidecar.port), request)
+
+
+@pytest.mark.parametrize("target", ["/tools/invoke", "/__openclaw__/cap/x/tools/invoke", "/__openclaw__/cap/x/tools/./invoke"])
+def test_a_capped_identity_cannot_reach_tools_through_any_spelling(testnet, tp_gateway, tp_sidecar, target):
+    """The measured bypass: capped at operator.read, `/tools/invoke` said 403 while the capability
+    spelling ran the tool. Every spelling now gets the whole tools pipeline or a refusal."""
+    resp = tailnet_post(testnet, tp_sidecar, target, "reader", "operator.write,operator.admin")
+    if target == "/tools/invoke":
+        assert resp.status == 403 and resp.json()["error"]["details"]["missingScope"] == "operator.write"
+    else:
+        assert resp.status == 400 and resp.json() == INVALID_URL
+    allowed = tailnet_post(testnet, tp_sidecar, "/tools/invoke", "writer", "operator.write")
+    assert allowed.status == 200 and allowed.json()["ok"] is True  # the identity reached the real gateway

@@ -230,3 +230,28 @@ def test_the_readme_documents_every_route_name() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = sorted(name for name in route_names() if f"`{name}`" not in readme)
     assert not missing, f"README's route table lacks {missing}"
+
+
+def test_opened_routes_are_announced_at_start_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from sidecar.config import load_config
+    from sidecar.runtime import warn_about_config
+
+    config_file = tmp_path / "sidecar.json"
+    config_file.write_text(json.dumps({"gateway": {"auth": {"token": "t"}},
+                                       "sidecar": {"routes": {"allow": ["openai-chat-completions", "node-capability"]}}}))
+    with caplog.at_level("WARNING", logger="sidecar"):
+        warn_about_config(load_config(config_file, environ={}))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("route openai-chat-completions opened" in line and "agent turn as owner" in line for line in lines), lines
+    assert any("route node-capability opened" in line for line in lines), lines
+
+
+def test_an_unknown_route_name_fails_at_start_up_naming_the_key(tmp_path: Path) -> None:
+    from sidecar.config import load_config
+    from sidecar.errors import ConfigError
+
+    config_file = tmp_path / "sidecar.json"
+    config_file.write_text(json.dumps({"sidecar": {"routes": {"allow": ["openai-chat"]}}}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file, environ={})
+    assert "sidecar.routes.allow" in str(caught.value) and "'openai-chat'" in str(caught.value)

@@ -42,11 +42,10 @@ _MAX_DECODE_PASSES = 32  # the gateway's MAX_PATH_DECODE_PASSES
 # Control UI catch-all: plain path segments only, so the gateway's WHATWG pathname, its plugin
 # matcher's decoded candidates and the file the UI serves are all the same string.
 _PLAIN_UI_PATH = re.compile(r"(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?")
-# Namespaces the Control UI catch-all declines (classifyControlUiRequest), plus the plugin
-# roots, so a plugin's GET route never passes for a UI page.
-_UI_DECLINED_ROOTS = ("/api", "/v1", "/j", "/ui", "/plugins", "/browser", "/health", "/healthz", "/ready", "/readyz",
-                      "/startup", "/startupz", "/__openclaw__/mcp-app", "/__openclaw__/worker", "/__openclaw__/cap",
-                      "/__openclaw_tg_miniapp", "/oauth", "/sessions", "/tools")
+# Namespaces the Control UI catch-all declines (classifyControlUiRequest, case-sensitive as there);
+# `/plugins` itself is a UI page but `/plugins/<id>` depends on the plugin catalogue: declined.
+_UI_DECLINED_ROOTS = ("/api", "/v1", "/j", "/ui", "/health", "/healthz", "/ready", "/readyz", "/startup", "/startupz",
+                      "/__openclaw__/mcp-app", "/__openclaw__/worker", "/__openclaw__/worker-transfer")
 
 
 @dataclass(frozen=True)
@@ -315,5 +314,6 @@ class RouteTable:
             return False
         if self.base_path:
             return path == self.base_path or path.startswith(self.base_path + "/")
-        lowered = path.lower()
-        return not any(lowered == root or lowered.startswith(root + "/") for root in _UI_DECLINED_ROOTS)
+        if path.startswith("/plugins/") and path != "/plugins/":
+            return False
+        return not any(path == root or path.startswith(root + "/") for root in _UI_DECLINED_ROOTS)

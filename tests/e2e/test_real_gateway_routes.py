@@ -138,9 +138,11 @@ def test_the_control_ui_loads_without_credentials(http, gateway, sidecar):
         assert proxied.headers["content-type"] == direct.headers["content-type"]
 
 
-def test_a_control_ui_deep_link_gets_the_app(http, sidecar):
-    resp = http.get(sidecar.url + "/chat", headers={"Accept": "text/html"})
-    assert resp.status_code == 200 and "<title>OpenClaw Control</title>" in resp.text
+@pytest.mark.parametrize("target", ["/chat", "/sessions", "/sessions/main", "/plugins", "/settings/plugins", "/J/ABC"])
+def test_control_ui_deep_links_get_the_app(http, gateway, sidecar, target):
+    direct, proxied = both(http, gateway, sidecar, "GET", target, headers={"Accept": "text/html"})
+    assert direct.status_code == proxied.status_code == 200
+    assert "<title>OpenClaw Control</title>" in proxied.text
 
 
 # ---- authenticated routes: the sidecar's credential check, then the gateway's handler ---------------
@@ -182,6 +184,8 @@ def test_a_credential_in_the_query_string_is_refused(http, gateway, sidecar):
     ("POST", "/api/nodes/watch/challenge", AUTH, {}, False),
     ("POST", "/__openclaw__/assistant-media?meta=1&allow=1&source=favicon.svg", AUTH, None, False),
     ("GET", "/__openclaw__/board/s/n/index.html", AUTH, None, False),
+    ("GET", "/__OPENCLAW__/A2UI/", {}, None, False),  # the canvas plugin's node-capability prefix, any case
+    ("GET", "/__OPENCLAW__/A2UI/", AUTH, "x", False),
 ])
 def test_routes_that_act_are_refused_with_the_gateways_404(http, gateway, sidecar, method, target, headers, body, acts):
     direct, proxied = both(http, gateway, sidecar, method, target, headers=headers, json=body)

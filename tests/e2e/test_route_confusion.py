@@ -161,13 +161,19 @@ NEAR_MISSES = ["/tools/invoke/", "/TOOLS/invoke", "/Tools/Invoke", "/tools%2finv
 
 @pytest.mark.parametrize("target", NEAR_MISSES)
 @pytest.mark.parametrize("auth", ["token", "none"])
-def test_E4_E8_near_misses_get_the_gateways_404_and_are_never_405(sc, module_backend, target, auth):
-    """E4/E8: no gateway handler takes these, so the sidecar answers the gateway's own 404 for
-    POST and GET alike, token or not (a 405 would mean it treated them as the tools route)."""
+def test_E4_E8_near_misses_are_never_the_tools_route(sc, module_backend, target, auth):
+    """E4/E8: no gateway handler but the Control UI takes these. A POST gets the gateway's own
+    404, token or not; a GET is either that 404 or, for a plain path, the public Control UI page,
+    forwarded without our credential, as the gateway serves it. Never a 405, never a tool call."""
     headers = [BEARER] if auth == "token" else []
-    for method in ("POST", "GET"):
-        response = exchange(sc, raw(method, target, headers, AGENTS if method == "POST" else b""))
+    assert_not_found_raw(exchange(sc, raw("POST", target, headers, AGENTS)), module_backend)
+    response = exchange(sc, raw("GET", target, headers))
+    if response.status == 404:
         assert_not_found_raw(response, module_backend)
+    else:
+        record = only_forwarded(module_backend, response)
+        assert (record["method"], record["path"]) == ("GET", target)
+        assert header_values(record, "authorization") == []
 
 
 def test_E4_double_slash_names_a_host_not_the_tools_route(sc, module_backend):
@@ -215,14 +221,17 @@ def test_E6_fragment_cannot_smuggle_a_path_past_an_unauthenticated_route(sc, mod
 
 def test_public_routes_are_exact_paths(sc, module_backend):
     """Health is public on its exact paths only: /healthz passes without a token (and without our
-    credential), /healthz/, /HEALTHZ and /healthz%2f are no route at all."""
+    credential); /healthz/ and /healthz%2f are no route at all; /HEALTHZ is a Control UI page
+    for the gateway (its probe paths are case-sensitive), public too."""
     record = only_forwarded(module_backend, exchange(sc, raw("GET", "/healthz", [("x-openclaw-sender-is-owner", "true")])))
     assert header_values(record, "x-openclaw-sender-is-owner") == []
     assert header_values(record, "authorization") == []
     assert header_values(record, "x-openclaw-scopes") == [""]
     module_backend.clear_requests()
-    for target in ("/healthz/", "/HEALTHZ", "/healthz%2f"):
+    for target in ("/healthz/", "/healthz%2f"):
         assert_not_found_raw(exchange(sc, raw("GET", target)), module_backend)
+    record = only_forwarded(module_backend, exchange(sc, raw("GET", "/HEALTHZ", [BEARER])))
+    assert (record["path"], header_values(record, "authorization")) == ("/HEALTHZ", [])
 
 
 # ---- E9: every other route gets the table's policy, auth and hygiene -------------------------

@@ -363,7 +363,7 @@ async def test_authenticated_read_is_forwarded_with_our_credential(make, target:
 
 @pytest.mark.parametrize("method, target, reason", [
     # look-alikes of the tools route are no route at all (E4, E9): the gateway's 404
-    ("GET", "/tools/invoke/", "unknown_route"), ("POST", "/TOOLS/INVOKE", "unknown_route"), ("POST", "/tools//invoke", "unknown_route"),
+    ("POST", "/tools/invoke/", "unknown_route"), ("POST", "/TOOLS/INVOKE", "unknown_route"), ("POST", "/tools//invoke", "unknown_route"),
     ("POST", "/tools%2finvoke", "unknown_route"), ("POST", "/tools/invoke;a=b", "unknown_route"), ("POST", "/nope", "unknown_route"),
     ("GET", "/api/nope", "unknown_route"), ("GET", "/healthz/x", "unknown_route"),
     # routes that act, pair, or take node, worker or URL-borne credentials

@@ -126,11 +126,12 @@ def test_base_path_normalisation(raw: str | None, normalized: str) -> None:
     ("GET", "/v1/models", "openai-models"), ("GET", "/v1/models/x", "openai-models"), ("POST", "/v1/embeddings", "openai-embeddings"),
     ("POST", "/tools/invoke", "tools-invoke"), ("GET", "/tools/invoke", "tools-invoke"),
     ("POST", "/sessions/a%2Fb/kill", "session-kill"), ("GET", "/sessions/main/history", "session-history"),
-    ("GET", "/sessions/a/b/history", "unknown"), ("GET", "/__openclaw__/board/s/n/index.html", "board"),
+    ("GET", "/sessions/a/b/history", "control-ui"), ("POST", "/sessions/a/b/history", "unknown"), ("GET", "/__openclaw__/board/s/n/index.html", "board"),
     ("GET", "/__openclaw__/plugins/control-ui/x/a.js", "control-ui-plugin-assets"), ("GET", "/api/users/u/avatar", "user-avatar"),
     ("POST", "/v1/responses", "openai-responses"), ("POST", "/v1/chat/completions", "openai-chat-completions"),
     ("GET", "/share/session", "public-share"), ("GET", "/share/agent/main", "control-ui-documents"), ("GET", "/approve/abc", "control-ui-documents"),
     ("GET", "/__openclaw__/canvas/documents/x", "canvas"), ("GET", "/__openclaw__/a2ui/x", "canvas"),
+    ("GET", "/__OPENCLAW__/A2UI/", "canvas"), ("GET", "/__openclaw__/%61%32ui", "canvas"),  # plugin-style matching
     ("GET", "/settings/plugins", "control-ui-plugin-manager"), ("GET", "/__openclaw__/mcp-app", "mcp-app"),
     ("GET", "/api/channels", "plugin:channels"), ("POST", "/API/Channels/x", "plugin:channels"), ("GET", "/api/channels%2fx", "plugin:channels"),
     ("POST", "/api/v1/admin/rpc", "plugin:admin-http-rpc"), ("POST", "/API/V1/Admin/RPC/", "plugin:admin-http-rpc"),
@@ -147,8 +148,12 @@ def test_base_path_normalisation(raw: str | None, normalized: str) -> None:
     # the Control UI catch-all takes plain paths only, and nothing a plugin or core route could own
     ("POST", "/", "unknown"), ("GET", "/a%20b", "unknown"), ("GET", "/.env", "unknown"), ("GET", "/a//b", "unknown"),
     ("GET", "/api/x", "unknown"), ("GET", "/v1/x", "unknown"), ("GET", "/ui/x", "unknown"), ("GET", "/plugins/x", "unknown"),
-    ("GET", "/TOOLS/x", "unknown"), ("GET", "/tools/invoke/", "unknown"), ("GET", "/sessions", "unknown"),
-    ("GET", "/x%zz", "unknown"),
+    ("GET", "/j/x", "device-pairing-join"), ("GET", "/%6a/ABC", "unknown"), ("GET", "/x%zz", "unknown"),
+    # ...and, case-sensitive as the gateway, serves the SPA's own deep links
+    ("GET", "/sessions", "control-ui"), ("GET", "/sessions/main", "control-ui"), ("GET", "/plugins", "control-ui"),
+    ("GET", "/plugins/", "control-ui"), ("GET", "/tools", "control-ui"), ("GET", "/oauth", "control-ui"),
+    ("GET", "/J/ABC", "control-ui"), ("GET", "/API/x", "control-ui"), ("GET", "/TOOLS/x", "control-ui"),
+    ("GET", "/tools/invoke/", "control-ui"),
 ])
 def test_http_routes_in_router_order(method: str, path: str, route: str) -> None:
     assert name_of(method, path) == route

@@ -47,6 +47,9 @@ VIEW = "openclaw_sidecar.view"
 ADMITTED = "openclaw_sidecar.admitted"
 FORWARDED = "openclaw_sidecar.forwarded"
 ANSWERED = "openclaw_sidecar.answered"
+RPC_SESSION = "openclaw_sidecar.rpc"
+WS_CLOSING = "openclaw_sidecar.ws_closing"
+WS_CLOSE_LINGER_SECONDS = 0.25
 # Small pending bodies are read before a head refusal is sent, which keeps the connection
 # usable; anything larger (or chunked) is answered at once and the connection closed, so an
 # unauthenticated client can never make us buffer a large body.
@@ -125,6 +128,44 @@ def response_of(envelope: Envelope) -> http.Response:
 
 
 
+def _client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    transport = handler.transports.get(handler.client) if handler else None
+    writer = transport.writer if transport else None
+    if writer is None or writer.is_closing():
+        return None
+    return writer
+
+
+def websocket_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final server frame (RFC 6455 §5.2)."""
+    length = len(payload)
+    if length < 126:
+        head = bytes([0x80 | opcode, length])
+    elif length < 1 << 16:
+        head = bytes([0x80 | opcode, 126]) + length.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 127]) + length.to_bytes(8, "big")
+    return head + payload
+
+
+def close_websocket(flow: http.HTTPFlow, code: int, reason: str, answer: bytes | None = None) -> bool:
+    """Send `answer` (a text frame) and a close frame with `code` to the client, then end the
+    connection: mitmproxy has no API to close one side with a code, so the frames are written to
+    the client transport directly, between whole frames (asyncio runs one writer at a time);
+    nothing the client sends after that is relayed."""
+    flow.metadata[WS_CLOSING] = True
+    writer = _client_writer(flow)
+    if writer is not None:
+        if answer is not None:
+            writer.write(websocket_frame(0x1, answer))
+        writer.write(websocket_frame(0x8, code.to_bytes(2, "big") + reason.encode()[:120]))
+        # The client's EOF makes mitmproxy close the gateway side too.
+        asyncio.get_running_loop().call_later(WS_CLOSE_LINGER_SECONDS, writer.close)
+    return True
+
+
 def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
     """Write a complete answer to the client socket now, outside the normal hook sequence, and
     close the connection after a short linger.
@@ -135,11 +176,8 @@ def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
     """
     if flow.metadata.get(ANSWERED):
         return True
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
-    transport = handler.transports.get(handler.client) if handler else None
-    writer = transport.writer if transport else None
-    if writer is None or writer.is_closing() or not (flow.client_conn.state & ConnectionState.CAN_WRITE):
+    writer = _client_writer(flow)
+    if writer is None or not (flow.client_conn.state & ConnectionState.CAN_WRITE):
         return False
     response = response_of(envelope)
     response.headers["Connection"] = "close"
@@ -294,13 +332,14 @@ class ToolsInvokeGuard:
         self._start_upstream_timer(flow)
 
     def _audit(self, flow: http.HTTPFlow, outcome: str, reason: str, status: int | None, tool: str | None = None,
-               route: str | None = None) -> None:
-        """Logged from the view the decision was made on, not from the flow we may have rewritten."""
+               route: str | None = None, method: str | None = None) -> None:
+        """Logged from the view the decision was made on, not from the flow we may have rewritten;
+        `method` names a WebSocket RPC method instead of the HTTP one."""
         view: RequestView | None = flow.metadata.get(VIEW)
         admitted: Admitted | None = flow.metadata.get(ADMITTED)
         audit.record(
             route=admitted.route if admitted else route or "head", outcome=outcome, reason=reason, status=status,
-            method=view.method if view else flow.request.data.method.decode("latin-1"),
+            method=method or (view.method if view else flow.request.data.method.decode("latin-1")),
             target=view.target if view else raw_target(flow.request),
             client_ip=admitted.client_ip if admitted else None,
             peer_ip=normalize_ip(flow.client_conn.peername[0]) or flow.client_conn.peername[0],
@@ -346,6 +385,61 @@ class ToolsInvokeGuard:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._cancel_timer(flow)
+
+    # ---- the gateway's WebSocket RPC ----------------------------------------------------------
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        admitted = flow.metadata.get(ADMITTED)
+        if not isinstance(admitted, Admitted) or not admitted.rpc:
+            return
+        try:
+            flow.metadata[RPC_SESSION] = self.runtime.pipeline.rpc_session(admitted)  # type: ignore[union-attr]
+            seconds = self.runtime.config.sidecar.websocket.connect_seconds  # type: ignore[union-attr]
+            self._schedule(flow, seconds, lambda: close_websocket(flow, 1008, "connect timeout"), audit_as="websocket_connect_timeout")
+        except Exception:
+            INTERNAL_ERRORS.inc()
+            log.exception("internal error in websocket_start; connection closed")
+            close_websocket(flow, 1011, "internal error")
+
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Judge each client frame before the gateway reads it; server frames pass unchanged."""
+        assert flow.websocket is not None
+        message = flow.websocket.messages[-1]
+        if not message.from_client or message.injected:
+            return
+        if flow.metadata.get(WS_CLOSING):
+            message.drop()
+            return
+        session = flow.metadata.get(RPC_SESSION)
+        if session is None:
+            if isinstance(flow.metadata.get(ADMITTED), Admitted) and flow.metadata[ADMITTED].rpc:
+                message.drop()  # the session could not be built: nothing is relayed unread
+            return
+        try:
+            verdict = await session.client_frame(message.content)
+            if session.connected:
+                self._cancel_timer(flow)
+            if verdict.verdict == "forward":
+                if verdict.payload is not None:
+                    message.content = verdict.payload
+            elif verdict.verdict == "reply":
+                message.drop()
+                ctx.master.commands.call("inject.websocket", flow, True, verdict.payload, message.is_text)
+            else:
+                message.drop()
+                close_websocket(flow, verdict.close_code, verdict.reason, verdict.payload)
+            if verdict.verdict != "forward" or verdict.method == "connect":
+                self._audit(flow, "refused" if verdict.verdict != "forward" else "forwarded", verdict.reason, None,
+                            verdict.tool, method=verdict.method)
+        except Exception:
+            INTERNAL_ERRORS.inc()
+            log.exception("internal error judging a WebSocket frame; connection closed")
+            message.drop()
+            close_websocket(flow, 1011, "internal error")
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._cancel_timer(flow)
+        flow.metadata.pop(RPC_SESSION, None)
 
 
 addons = [ToolsInvokeGuard()]

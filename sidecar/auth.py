@@ -126,7 +126,10 @@ class SharedSecretAuth:
     secret: str | None
 
     def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
-        credential = bearer_credential(view)
+        return self.check(bearer_credential(view))
+
+    def check(self, credential: str | None) -> AuthOutcome:
+        """One presented secret (a Bearer, or the `auth` of a WebSocket connect frame)."""
         if credential is None:
             return AuthOutcome(False, self.method, "credential_missing", shared_secret=True)
         if self.secret is None:

@@ -176,6 +176,28 @@ class RouteSettings(BaseModel):
         return value
 
 
+class WebSocketSettings(BaseModel):
+    """The gateway's WebSocket RPC: `enforce` judges every frame (sidecar/rpc.py), `off` refuses
+    every upgrade, `passthrough` relays frames unread after authenticating the upgrade."""
+
+    model_config = _STRICT
+    mode: Literal["enforce", "off", "passthrough"] = "enforce"
+    allow_nodes: bool = False
+    # Methods opened past the deny list (they still need their scope).
+    allow_methods: tuple[str, ...] = ()
+    connect_seconds: float = Field(10.0, gt=0)  # the first frame must come by then
+
+    @field_validator("allow_methods")
+    @classmethod
+    def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from .rpc import method_catalogue
+
+        unknown = [name for name in value if name not in method_catalogue()]
+        if unknown:
+            raise ValueError(f"unknown gateway method(s) {', '.join(map(repr, unknown))}")
+        return value
+
+
 class UpstreamAuth(BaseModel):
     """The credential the sidecar presents to the gateway (default: the shared secret itself)."""
 
@@ -233,6 +255,7 @@ class SidecarSettings(BaseSettings):
     context_headers: ContextHeaders = ContextHeaders()
     scope_ceilings: ScopeCeilingSettings = ScopeCeilingSettings()
     routes: RouteSettings = RouteSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
     upstream_auth: UpstreamAuth = UpstreamAuth()
 
     @classmethod
@@ -410,6 +433,7 @@ class AuthSecrets:
     token: str | None
     password: str | None
     upstream_credential: str | None
+    upstream_kind: Literal["token", "password"] | None  # how the gateway expects it in a connect frame
     problems: tuple[str, ...]
 
 
@@ -444,9 +468,11 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
     if upstream is None and sidecar.upstream_auth.token_file is not None:
         upstream = _read_secret_file(sidecar.upstream_auth.token_file, "sidecar.upstreamAuth.tokenFile")
     upstream = _header_safe(upstream, "sidecar.upstreamAuth.token")
+    kind: Literal["token", "password"] | None = "token"
     if upstream is None:
         upstream = token if mode == "token" else password if mode == "password" else None
-    return AuthSecrets(mode, token, password, upstream, tuple(problems))
+        kind = "password" if mode == "password" else "token" if mode == "token" else None
+    return AuthSecrets(mode, token, password, upstream, kind if upstream is not None else None, tuple(problems))
 
 
 # ---- loading --------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ must grant; every other path ends in a `Refuse` carrying the gateway's own answe
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from . import envelopes
 from .attribution import Attribution, attribute
-from .auth import AuthOutcome, build_authenticator
+from .auth import AuthOutcome, SharedSecretAuth, build_authenticator
 from .body import MAX_BODY_BYTES, BodyError, read_invoke_body
 from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
@@ -23,6 +24,7 @@ from .envelopes import Envelope
 from .headers import HeaderPlan, head_problem, rebuild_headers
 from .ipaddrs import is_loopback, parse_network
 from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable
+from .rpc import RpcPolicy, RpcSession
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolpolicy import ToolGate
 from .view import RequestView
@@ -30,7 +32,8 @@ from .view import RequestView
 TOOLS_ROUTE = "tools-invoke"
 # Auth outcomes of requests the sidecar did not authenticate: they get no scopes and never
 # carry the sidecar's upstream credential.
-UNAUTHENTICATED_METHODS = frozenset({"unauthenticated-route", "route-credential"})
+CONNECT_FRAME_AUTH = "websocket-connect"  # checked later, in the RPC connect frame
+UNAUTHENTICATED_METHODS = frozenset({"unauthenticated-route", "route-credential", CONNECT_FRAME_AUTH})
 _METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
 _PLAIN_HOST = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
@@ -82,6 +85,7 @@ class Admitted:
     auth: AuthOutcome
     scopes: ResolvedScopes | None
     websocket: bool = False
+    rpc: bool = False  # a gateway RPC WebSocket whose frames the sidecar judges
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,13 @@ class Pipeline:
         self.context_allow = frozenset(context.allow)
         self.pins = context.pinned
         self.gate = ToolGate.from_config(gateway.tools.allow, gateway.tools.deny)
+        websocket = sidecar.websocket
+        credential = self.config.secrets.upstream_credential
+        kind = self.config.secrets.upstream_kind
+        self.rpc_policy = RpcPolicy(
+            gate=self.gate, allow_methods=frozenset(websocket.allow_methods), allow_nodes=websocket.allow_nodes,
+            upstream_auth={kind: credential} if credential is not None and kind is not None else None,
+        )
         self.routes = RouteTable.for_deployment(
             hooks_path=self.config.rules.hooks.path, base_path=gateway.control_ui.base_path,
             control_ui_enabled=gateway.control_ui.enabled,
@@ -173,6 +184,12 @@ class Pipeline:
         access = self.route_access(match)
         if access.refusal is not None:
             return Refuse(envelopes.route_not_found(), access.refusal)
+        rpc = match.entry is not None and match.entry.power == "rpc"
+        if rpc:
+            refusal = self._websocket_upgrade_problem(view)
+            if refusal is not None:
+                return refusal
+        enforce_rpc = rpc and self.config.sidecar.websocket.mode == "enforce"
 
         attribution = attribute(view, self.trusted, self.config.rules.gateway.allow_real_ip_fallback)
         if not attribution.attributable:
@@ -184,6 +201,10 @@ class Pipeline:
 
         if access.own_credential:
             outcome = AuthOutcome(True, "route-credential")
+        elif enforce_rpc and isinstance(self.authenticator, SharedSecretAuth) and not view.has("authorization"):
+            # Browsers cannot set headers on an upgrade: the secret comes in the connect frame,
+            # which the sidecar checks before the gateway sees it (RpcSession).
+            outcome = AuthOutcome(True, CONNECT_FRAME_AUTH, shared_secret=True)
         elif access.public and _plain_read(view):
             outcome = AuthOutcome(True, "unauthenticated-route")
         else:
@@ -200,9 +221,53 @@ class Pipeline:
             if declared is not None and declared > MAX_BODY_BYTES:
                 return Refuse(envelopes.payload_too_large(), "payload_too_large")
 
-        plan = self._header_plan(attribution, outcome, scopes, websocket, access.passthrough)
+        # On the RPC upgrade the sidecar is the client the gateway should see: with a forwarded
+        # client it clears every token-only connection's scopes (gateway-surface N3), while the
+        # sidecar has already authenticated the caller and caps every frame itself.
+        plan = self._header_plan(attribution, outcome, scopes, websocket, access.passthrough, forward_client=not enforce_rpc)
         headers = rebuild_headers(view, plan)
-        return Admitted(route, target.origin_form, headers, attribution.client_ip, outcome, scopes, websocket)
+        return Admitted(route, target.origin_form, headers, attribution.client_ip, outcome, scopes, websocket, enforce_rpc)
+
+    def _websocket_upgrade_problem(self, view: RequestView) -> Refuse | None:
+        """Only RFC 6455 upgrades (GET, version 13, a real key, no body) reach the RPC: anything
+        else could become a raw tunnel past frame inspection."""
+        mode = self.config.sidecar.websocket.mode
+        if mode == "off":
+            return Refuse(envelopes.route_not_found(), "websocket_off")
+        key = (view.first("sec-websocket-key") or "").strip()
+        tokens = {t.strip().lower() for v in view.values("connection") for t in v.decode("latin-1").split(",")}
+        if (view.method != "GET" or (view.first("sec-websocket-version") or "").strip() != "13" or not _websocket_key(key)
+                or view.declared_length() != 0 or "upgrade" not in tokens):
+            return Refuse(envelopes.bad_request("not an RFC 6455 WebSocket upgrade"), "invalid_websocket_upgrade")
+        return None
+
+    def rpc_session(self, admitted: Admitted) -> RpcSession:
+        """The frame judge for one admitted RPC connection."""
+        caller = None if admitted.auth.method == CONNECT_FRAME_AUTH else admitted.auth
+
+        async def check_secret(presented: str | None) -> AuthOutcome:
+            authenticator = self.authenticator
+            assert isinstance(authenticator, SharedSecretAuth)
+            key = admitted.client_ip
+            verdict = await self.failure_limiter.check(key)
+            if verdict.unavailable or not verdict.allowed:
+                return AuthOutcome(False, authenticator.method, "rate_limited" if not verdict.unavailable else "limiter_unavailable")
+            outcome = authenticator.check(presented)
+            if outcome.ok:
+                await self.failure_limiter.reset(key)
+            elif outcome.counts_as_failure:
+                await self.failure_limiter.record_failure(key)
+            return outcome
+
+        async def limit(user: str | None, tool: str) -> str | None:
+            if self.request_limiter is None:
+                return None
+            verdict = await self.request_limiter.hit(user, tool, client_ip=admitted.client_ip)
+            if verdict.unavailable:
+                return "limiter_unavailable"
+            return None if verdict.allowed else "request_rate_limited"
+
+        return RpcSession(self.rpc_policy, caller, admitted.scopes or ResolvedScopes(()), check_secret, limit)
 
     def route_access(self, match: RouteMatch) -> "RouteAccess":
         """What the route table and `sidecar.routes` grant the route the gateway will run."""
@@ -246,7 +311,7 @@ class Pipeline:
         return Refuse(envelopes.unauthorized(), outcome.reason, delay)
 
     def _scopes(self, view: RequestView, outcome: AuthOutcome) -> ResolvedScopes | None:
-        if outcome.method in UNAUTHENTICATED_METHODS:
+        if outcome.method in UNAUTHENTICATED_METHODS - {CONNECT_FRAME_AUTH}:
             return None
         ceiling = self.ceilings.ceiling_for(outcome.user)
         if outcome.shared_secret:
@@ -255,7 +320,7 @@ class Pipeline:
 
     def _header_plan(
         self, attribution: Attribution, outcome: AuthOutcome, scopes: ResolvedScopes | None, websocket: bool,
-        passthrough: frozenset[str] = frozenset(),
+        passthrough: frozenset[str] = frozenset(), *, forward_client: bool = True,
     ) -> HeaderPlan:
         owned: list[tuple[str, str]] = []
         credential = self.config.secrets.upstream_credential
@@ -271,7 +336,7 @@ class Pipeline:
             owned.append((self.upstream_user_header, outcome.user_header_value))
         # A loopback client gets no X-Forwarded-For: a gateway trusting 127.0.0.1 skips loopback
         # hops and would find no client at all (reference (f) 8).
-        if attribution.client_ip is not None and not is_loopback(attribution.client_ip):
+        if forward_client and attribution.client_ip is not None and not is_loopback(attribution.client_ip):
             owned.append(("X-Forwarded-For", attribution.client_ip))
         # "*" pins apply to everyone; an identity's own pins add to them and win per header.
         pinned = {**self.pins.get("*", {}), **self.pins.get(outcome.user or "", {})}
@@ -288,7 +353,8 @@ class Pipeline:
         if has_trailers:
             return Refuse(envelopes.bad_request("request trailers are not accepted"), "trailers")
         if admitted.route != TOOLS_ROUTE:
-            return Forward(admitted, None)
+            passthrough = admitted.websocket and admitted.route == "rpc-websocket" and not admitted.rpc
+            return Forward(admitted, None, reason="websocket_passthrough" if passthrough else "allowed")
         if len(body) > MAX_BODY_BYTES:
             return Refuse(envelopes.payload_too_large(), "payload_too_large")
         try:
@@ -316,6 +382,14 @@ class Pipeline:
         if admitted.route == TOOLS_ROUTE and status == 500:
             return envelopes.tool_execution_failed()
         return None
+
+
+def _websocket_key(key: str) -> bool:
+    """RFC 6455: the key is 16 random bytes, base64-encoded."""
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        return False
 
 
 def _plain_read(view: RequestView) -> bool:

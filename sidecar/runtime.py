@@ -38,6 +38,9 @@ def warn_about_config(config: Config) -> None:
             "TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a "
             "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
         )
+    if config.sidecar.websocket.mode == "passthrough":
+        log.warning("WEBSOCKET PASSTHROUGH: frames of the gateway's RPC are relayed unread; an authenticated "
+                    "caller is gateway admin there (terminals, config patches, tools past the sidecar's policy)")
     table = RouteTable.for_deployment()
     entries = {entry.name: entry for entry in table.http + table.websocket}
     for name in config.sidecar.routes.allow:

@@ -65,15 +65,16 @@ async def test_methods_node_would_refuse_get_400(pipeline: Pipeline, method: str
     assert isinstance(decision, Refuse) and decision.envelope.status == 400
 
 
-@pytest.mark.parametrize("headers", [
-    ((b"Content-Length", b"5"),),
-    ((b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")),
-    ((b"Transfer-Encoding", b"chunked"),),
+@pytest.mark.parametrize("headers, status", [
+    (((b"Content-Length", b"5"),), 401),
+    # an upgrade on any path is the gateway's RPC WebSocket: this one is not even RFC 6455
+    (((b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")), 400),
+    (((b"Transfer-Encoding", b"chunked"),), 401),
 ])
-async def test_unauthenticated_routes_admit_only_plain_reads(pipeline: Pipeline, headers: tuple) -> None:
+async def test_unauthenticated_routes_admit_only_plain_reads(pipeline: Pipeline, headers: tuple, status: int) -> None:
     view = RequestView("GET", "/healthz", ((b"Host", b"x"), *headers), "127.0.0.1")
     decision = await pipeline.on_head(view)
-    assert isinstance(decision, Refuse) and decision.envelope.status == 401
+    assert isinstance(decision, Refuse) and decision.envelope.status == status
 
 
 async def test_unauthenticated_route_never_carries_the_upstream_credential(pipeline: Pipeline) -> None:

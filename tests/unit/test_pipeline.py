@@ -315,12 +315,70 @@ async def test_scope_ceiling_without_write_refuses(make) -> None:
     assert_refused(await harness.pipeline.on_head(view()), envelopes.missing_scope(), "missing_scope")
 
 
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+UPGRADE = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", WS_KEY)]
+
+
 async def test_websocket_upgrade_on_other_route(make) -> None:
-    v = view(method="GET", target="/ws", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")])
-    result = await make().pipeline.on_head(v)
+    result = await make().pipeline.on_head(view(method="GET", target="/ws", headers=UPGRADE))
     assert isinstance(result, Admitted)
-    assert result.route == "rpc-websocket" and result.websocket
+    assert result.route == "rpc-websocket" and result.websocket and result.rpc
     assert ("Upgrade", "websocket") in result.headers and ("Connection", "upgrade") in result.headers
+
+
+async def test_rpc_upgrade_without_credentials_waits_for_the_connect_frame(make) -> None:
+    """Token mode: browsers cannot set headers on an upgrade; the frame carries the secret."""
+    harness = make()
+    result = await harness.pipeline.on_head(view(method="GET", target="/", auth=None, headers=UPGRADE))
+    assert isinstance(result, Admitted) and result.auth.method == "websocket-connect"
+    assert not any(n.lower() == "authorization" for n, _ in result.headers)  # nothing authenticated yet
+    assert ("x-openclaw-scopes", ",".join(DEFAULT_SCOPES)) in result.headers  # always exactly one, the most the caller may hold
+    assert harness.failures.calls == []
+
+
+async def test_rpc_upgrade_with_a_wrong_bearer_is_refused_and_counted(make) -> None:
+    harness = make()
+    result = await harness.pipeline.on_head(view(method="GET", target="/", auth="Bearer wrong", headers=UPGRADE))
+    assert_refused(result, envelopes.unauthorized(), "token_mismatch")
+    assert ("record_failure", CLIENT) in harness.failures.calls
+
+
+async def test_rpc_upgrade_never_forwards_the_client_address(make) -> None:
+    """The gateway clears token-only connections' scopes when it sees a forwarded client (N3)."""
+    config = deep_merge(TOKEN_CONFIG, {"gateway": {"trustedProxies": [PROXY]}})
+    result = await make(config).pipeline.on_head(
+        view(method="GET", target="/", peer=PROXY, headers=[("X-Forwarded-For", XFF_CLIENT), *UPGRADE]))
+    assert isinstance(result, Admitted) and result.client_ip == XFF_CLIENT
+    assert not any(n.lower() == "x-forwarded-for" for n, _ in result.headers)
+
+
+@pytest.mark.parametrize("change", [
+    {"method": "POST"}, {"Sec-WebSocket-Version": "8"}, {"Sec-WebSocket-Key": "short"}, {"Sec-WebSocket-Key": None},
+    {"Connection": "keep-alive"}, {"Content-Length": "5"},
+])
+async def test_only_rfc6455_upgrades_reach_the_rpc(make, change: dict) -> None:
+    """Anything else could become a raw tunnel past frame inspection."""
+    headers = dict(UPGRADE)
+    method = change.pop("method", "GET")
+    for name, value in change.items():
+        if value is None:
+            headers.pop(name)
+        else:
+            headers[name] = value
+    result = await make().pipeline.on_head(view(method=method, target="/", headers=list(headers.items())))
+    assert_refused(result, BAD_HEAD("not an RFC 6455 WebSocket upgrade"), "invalid_websocket_upgrade")
+
+
+@pytest.mark.parametrize("mode, admitted", [("off", False), ("passthrough", True)])
+async def test_websocket_modes(make, mode: str, admitted: bool) -> None:
+    harness = make(extra={"sidecar": {"websocket": {"mode": mode}}})
+    result = await harness.pipeline.on_head(view(method="GET", target="/", headers=UPGRADE))
+    if admitted:
+        assert isinstance(result, Admitted) and not result.rpc
+        anonymous = await harness.pipeline.on_head(view(method="GET", target="/", auth=None, headers=UPGRADE))
+        assert_refused(anonymous, envelopes.unauthorized(), "credential_missing")  # frames unread: auth at the upgrade
+    else:
+        assert_refused(result, envelopes.route_not_found(), "websocket_off")
 
 
 @pytest.mark.parametrize("upgrade", ["h2c", "websocket2", "TLS/1.2"])

@@ -1,0 +1,292 @@
+"""The gateway's WebSocket RPC, judged frame by frame before the gateway reads it.
+
+The gateway runs its whole control protocol over a WebSocket on the same port: a `connect`
+frame that carries the credential, the role and the scopes asked for, then `req` frames naming
+one of ~480 methods. Relayed unread, a token holder's connection is gateway admin (a shell,
+config patches, tools past the sidecar's policy). Here every client frame is decided:
+
+* the first frame must be `connect`: its secret is checked like an HTTP credential (failure
+  limiter included), the role is pinned to `operator`, the scopes are cut to the caller's
+  ceiling, and the sidecar's own upstream credential replaces the caller's;
+* every later `req` needs the method's scope from the gateway's own table (params-decided scopes
+  included), must not be on the method deny list, and `tools.invoke` goes through the same tool
+  policy and request limits as HTTP; unknown methods are refused.
+
+Pure: the adapter hands in message bytes and applies the `FrameVerdict`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+from .auth import AuthOutcome
+from .body import BodyError, read_invoke_body
+from .scopes import ADMIN, ResolvedScopes
+from .toolpolicy import ToolGate
+
+GATEWAY_VERSION = "2026.9.6"
+PREAUTH_MAX_BYTES = 64 * 1024  # the gateway's own pre-auth frame limit
+# Methods refused whatever the scopes unless `sidecar.websocket.allowMethods` names them: those
+# the catalogue marks as running programs or agent turns (X), writing files (F), changing config,
+# secrets or policy (C), pairing devices or minting tokens (P), or restarting (R).
+DENY_MARKERS = frozenset("XFCPR")
+TOOLS_INVOKE = "tools.invoke"
+_OPERATOR = "operator."
+_RESET_COMMAND = re.compile(r"^/(new|reset)(?:\s+([\s\S]*))?$", re.IGNORECASE)
+
+Verdict = Literal["forward", "reply", "close"]
+
+
+@dataclass(frozen=True)
+class FrameVerdict:
+    """What to do with one client frame: forward it (rewritten when `payload` is set), answer it
+    ourselves and keep the connection, or answer (optionally) and close with a code."""
+
+    verdict: Verdict
+    reason: str
+    payload: bytes | None = None  # forward: the rewritten frame; reply/close: our answer
+    close_code: int = 1000
+    method: str | None = None
+    tool: str | None = None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    scope: str  # an operator scope, "dynamic" (decided from params) or "node"
+    markers: str = ""
+
+
+@cache
+def method_catalogue(version: str = GATEWAY_VERSION) -> Mapping[str, MethodSpec]:
+    text = resources.files("sidecar").joinpath(f"data/gateway-ws-methods-{version}.json").read_text(encoding="utf-8")
+    rows = json.loads(text)["methods"]
+    return {name: MethodSpec(row["scope"], row.get("markers", "")) for name, row in rows.items()}
+
+
+def default_denied(version: str = GATEWAY_VERSION) -> frozenset[str]:
+    """The methods the deny list holds by default (tools.invoke is judged by the tool policy)."""
+    return frozenset(name for name, spec in method_catalogue(version).items()
+                     if set(spec.markers) & DENY_MARKERS and name != TOOLS_INVOKE)
+
+
+def scope_satisfied(required: str, granted: frozenset[str]) -> bool:
+    """operatorScopeSatisfied (2026.9.6): admin satisfies all; write implies read, talk and the
+    session scopes; read implies session read."""
+    if not required.startswith(_OPERATOR):
+        return False
+    if required in granted or ADMIN in granted:
+        return True
+    if required in ("operator.read", "operator.talk", "operator.sessions.read", "operator.sessions.write") \
+            and "operator.write" in granted:
+        return True
+    return required == "operator.sessions.read" and bool(granted & {"operator.read", "operator.sessions.write"})
+
+
+def _record(params: Any) -> dict[str, Any]:
+    return params if isinstance(params, dict) else {}
+
+
+def dynamic_scopes(method: str, params: Any) -> tuple[str, ...]:
+    """resolveDynamicLeastPrivilegeOperatorScopesForMethod, for the dynamic methods. Where the
+    gateway consults its plugin registry (plugins.sessionAction) the strictest answer is used."""
+    p = _record(params)
+    if method == "agent":
+        message = p.get("message")
+        return (ADMIN,) if isinstance(message, str) and _RESET_COMMAND.match(message) else ("operator.write",)
+    if method == "talk.config":
+        return ("operator.read", "operator.talk.secrets") if p.get("includeSecrets") is True else ("operator.read",)
+    if method == "environments.list":
+        runtime = p.get("runtimeId")
+        return ("operator.write",) if isinstance(runtime, str) and runtime else ("operator.read",)
+    if method == "channels.pairing.approve":
+        return ("operator.pairing", ADMIN) if p.get("bootstrapCommandOwner") is True else ("operator.pairing",)
+    if method == "fs.listDir":
+        return (ADMIN,) if "nodeId" in p else ("operator.write",)
+    if method == "sessions.delete":
+        return ("operator.write",) if p.get("archivedOnly") is True and set(p) <= _DELETE_WRITE_FIELDS else (ADMIN,)
+    if method in ("sessions.patch", "sessions.patchMany", "sessions.create", "sessions.dispatch", "sessions.move"):
+        # Their write-level shapes depend on validators and policy sets of the gateway; every
+        # one of them is on the default deny list, and an operator who opens one gets admin.
+        return (ADMIN,)
+    return (ADMIN,)  # node.invoke, plugins.sessionAction: the strictest the gateway may ask
+
+
+_DELETE_WRITE_FIELDS = frozenset({"key", "agentId", "deleteTranscript", "expectedSessionId", "archivedOnly"})
+
+
+def error_frame(request_id: Any, code: str, message: str, details: Mapping[str, Any] | None = None) -> bytes:
+    """A `res` frame shaped like the gateway's own refusals."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = dict(details)
+    return json.dumps({"type": "res", "id": request_id, "ok": False, "error": error},
+                      separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def missing_scope_frame(request_id: Any, scope: str) -> bytes:
+    return error_frame(request_id, "FORBIDDEN", f"missing scope: {scope}",
+                       {"code": "MISSING_SCOPE", "missingScope": scope, "requiredScopes": [scope]})
+
+
+@dataclass(frozen=True)
+class RpcPolicy:
+    """Everything a connection's frames are judged by, built once from config."""
+
+    gate: ToolGate
+    allow_methods: frozenset[str]
+    allow_nodes: bool
+    upstream_auth: Mapping[str, str] | None  # what the gateway gets in connect.params.auth
+    catalogue: Mapping[str, MethodSpec] = field(default_factory=method_catalogue)
+
+    @property
+    def denied(self) -> frozenset[str]:
+        return default_denied() - self.allow_methods
+
+
+class FrameError(ValueError):
+    """A frame the protocol does not allow: the connection is closed with `code`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def parse_frame(content: bytes) -> dict[str, Any]:
+    try:
+        frame = json.loads(content)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FrameError(1008, "malformed frame") from None
+    if not isinstance(frame, dict) or frame.get("type") != "req" or not isinstance(frame.get("method"), str):
+        raise FrameError(1008, "expected a req frame")
+    return frame
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class RpcSession:
+    """One WebSocket connection: waits for `connect`, then judges every request frame.
+
+    `caller` is the upgrade's own authentication, or None when the credential must come in the
+    connect frame (token and password mode: browsers cannot set headers on an upgrade).
+    `check_secret(presented)` checks such a credential, failure limiter included; `allowed` is
+    the most this caller may hold; `limit(tool)` applies the request limits to tools.invoke.
+    """
+
+    def __init__(self, policy: RpcPolicy, caller: AuthOutcome | None, allowed: ResolvedScopes,
+                 check_secret: Callable[[str | None], Awaitable[AuthOutcome]],
+                 limit: Callable[[str | None, str], Awaitable[str | None]]) -> None:
+        self.policy = policy
+        self.caller = caller
+        self.allowed = frozenset(allowed.scopes)
+        self.check_secret = check_secret
+        self.limit = limit
+        self.scopes: frozenset[str] | None = None  # granted at connect
+
+    @property
+    def connected(self) -> bool:
+        return self.scopes is not None
+
+    async def client_frame(self, content: bytes) -> FrameVerdict:
+        if not self.connected and len(content) > PREAUTH_MAX_BYTES:
+            return FrameVerdict("close", "preauth_frame_too_large", close_code=1009)
+        try:
+            frame = parse_frame(content)
+            if not self.connected:
+                return await self._connect(frame)
+            return await self._request(frame)
+        except FrameError as exc:
+            return FrameVerdict("close", "malformed_frame", close_code=exc.code)
+
+    async def _connect(self, frame: dict[str, Any]) -> FrameVerdict:
+        request_id, params = frame.get("id"), frame.get("params")
+        if frame["method"] != "connect" or not isinstance(params, dict):
+            raise FrameError(1008, "the first frame must be connect")
+        client = params.get("client") if isinstance(params.get("client"), dict) else {}
+        if (params.get("role", "operator") != "operator" or client.get("mode") == "node") and not self.policy.allow_nodes:
+            return self._refuse_connect(request_id, "node_role", "INVALID_REQUEST",
+                                        "role not allowed through this proxy: only operator connections are relayed")
+        auth = params.get("auth") if isinstance(params.get("auth"), dict) else {}
+        if self.caller is None:
+            presented = auth.get("token") if isinstance(auth.get("token"), str) else auth.get("password")
+            outcome = await self.check_secret(presented if isinstance(presented, str) else None)
+            if not outcome.ok:
+                return self._refuse_connect(request_id, outcome.reason, "INVALID_REQUEST", "unauthorized: gateway token mismatch",
+                                            {"code": "AUTH_TOKEN_MISMATCH", "authReason": outcome.reason})
+            self.caller = outcome
+        requested = params.get("scopes", [])
+        if not isinstance(requested, list) or not all(isinstance(s, str) for s in requested):
+            raise FrameError(1008, "connect.params.scopes must be a list of strings")
+        asked = list(dict.fromkeys(requested))
+        kept = [s for s in asked if scope_satisfied(s, self.allowed)]
+        upstream = dict(self.policy.upstream_auth or {})
+        if params.get("device") is not None and (kept != asked or upstream != auth):
+            # A device signs its scopes and credential: a rewritten connect would not verify, and
+            # an unrewritten one would pair a device above the ceiling (gateway-surface N2).
+            return self._refuse_connect(
+                request_id, "device_above_ceiling", "INVALID_REQUEST",
+                "device identities pass this proxy only with its own credential and within the caller's scopes",
+                {"code": "DEVICE_SCOPES_ABOVE_CEILING", "allowedScopes": sorted(self.allowed)})
+        # Identity in, token never out: the gateway gets the sidecar's credential, never the
+        # caller's (device and bootstrap tokens, which the sidecar cannot check, are dropped).
+        rewritten = {**params, "role": "operator", "scopes": kept}
+        rewritten.pop("auth", None)
+        if upstream:
+            rewritten["auth"] = upstream
+        self.scopes = frozenset(kept)
+        return FrameVerdict("forward", "connect", encode({**frame, "params": rewritten}), method="connect")
+
+    def _refuse_connect(self, request_id: Any, reason: str, code: str, message: str,
+                        details: Mapping[str, Any] | None = None) -> FrameVerdict:
+        return FrameVerdict("close", reason, error_frame(request_id, code, message, details), close_code=1008, method="connect")
+
+    async def _request(self, frame: dict[str, Any]) -> FrameVerdict:
+        method, request_id, params = frame["method"], frame.get("id"), frame.get("params")
+        assert self.scopes is not None
+        spec = self.policy.catalogue.get(method)
+        if method == "connect":
+            return FrameVerdict("reply", "connect_repeated", error_frame(request_id, "INVALID_REQUEST", "already connected"), method=method)
+        if spec is None:
+            return FrameVerdict("reply", "unknown_method", error_frame(request_id, "INVALID_REQUEST", f"unknown method: {method}"), method=method)
+        if spec.scope == "node":
+            return FrameVerdict("reply", "node_method", error_frame(request_id, "FORBIDDEN", f"node methods are not relayed: {method}"), method=method)
+        if method in self.policy.denied:
+            return FrameVerdict("reply", "method_denied", error_frame(
+                request_id, "FORBIDDEN", f"method not allowed through this proxy: {method}",
+                {"code": "METHOD_DENIED", "markers": spec.markers}), method=method)
+        required = dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)
+        missing = next((s for s in required if not scope_satisfied(s, self.scopes)), None)
+        if missing is not None:
+            return FrameVerdict("reply", "missing_scope", missing_scope_frame(request_id, missing), method=method)
+        if method == TOOLS_INVOKE:
+            return await self._tools_invoke(frame, request_id, params)
+        return FrameVerdict("forward", "allowed", method=method)
+
+    async def _tools_invoke(self, frame: dict[str, Any], request_id: Any, params: Any) -> FrameVerdict:
+        """The same tool policy and request limits as POST /tools/invoke."""
+        params = params if isinstance(params, dict) else {}
+        try:
+            invoke = read_invoke_body(encode(params))
+        except BodyError:
+            return FrameVerdict("reply", "missing_tool_name", error_frame(request_id, "INVALID_REQUEST", "tools.invoke requires name"),
+                                method=TOOLS_INVOKE)
+        name = invoke.tool.name
+        assert self.scopes is not None
+        if self.policy.gate.blocks(invoke.tool, owner=ADMIN in self.scopes):
+            return FrameVerdict("reply", "tool_denied", error_frame(request_id, "NOT_FOUND", f"Tool not available: {name}"),
+                                method=TOOLS_INVOKE, tool=name)
+        limited = await self.limit(self.caller.user if self.caller else None, name)
+        if limited is not None:
+            return FrameVerdict("reply", limited, error_frame(request_id, "UNAVAILABLE", "Too many requests. Please try again later."),
+                                method=TOOLS_INVOKE, tool=name)
+        # One name for policy and execution: what was judged is what runs (`tool` is dropped).
+        rewritten = {k: v for k, v in params.items() if k != "tool"}
+        rewritten["name"] = name
+        return FrameVerdict("forward", "allowed", encode({**frame, "params": rewritten}), method=TOOLS_INVOKE, tool=name)

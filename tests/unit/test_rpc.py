@@ -1,0 +1,284 @@
+"""The WebSocket RPC judge (sidecar/rpc.py): connect checks and per-frame method decisions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from sidecar.auth import AuthOutcome, SharedSecretAuth
+from sidecar.rpc import (
+    GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, default_denied, dynamic_scopes, method_catalogue,
+    scope_satisfied,
+)
+from sidecar.scopes import DEFAULT_SCOPES, ResolvedScopes
+from sidecar.toolpolicy import ToolGate
+
+SECRET = "frame-secret"
+UPSTREAM = {"token": "upstream-credential"}
+
+
+def policy(**overrides: Any) -> RpcPolicy:
+    values: dict[str, Any] = dict(gate=ToolGate.from_config((), ()), allow_methods=frozenset(), allow_nodes=False,
+                                  upstream_auth=UPSTREAM)
+    values.update(overrides)
+    return RpcPolicy(**values)
+
+
+class Recorder:
+    def __init__(self, limited: str | None = None) -> None:
+        self.secrets: list[str | None] = []
+        self.limits: list[tuple[str | None, str]] = []
+        self.limited = limited
+
+    async def check_secret(self, presented: str | None) -> AuthOutcome:
+        self.secrets.append(presented)
+        return SharedSecretAuth("token", SECRET).check(presented)
+
+    async def limit(self, user: str | None, tool: str) -> str | None:
+        self.limits.append((user, tool))
+        return self.limited
+
+
+def session(caller: AuthOutcome | None = None, scopes: tuple[str, ...] = DEFAULT_SCOPES, recorder: Recorder | None = None,
+            **policy_overrides: Any) -> tuple[RpcSession, Recorder]:
+    recorder = recorder or Recorder()
+    return RpcSession(policy(**policy_overrides), caller, ResolvedScopes(scopes), recorder.check_secret, recorder.limit), recorder
+
+
+def connect_frame(*, auth: dict | None = None, scopes: list[str] | None = None, role: str = "operator",
+                  mode: str = "cli", **params: Any) -> bytes:
+    body = {"minProtocol": 4, "maxProtocol": 4, "client": {"id": "cli", "version": "1", "platform": "linux", "mode": mode},
+            "role": role, "scopes": ["operator.read"] if scopes is None else scopes,
+            "auth": {"token": SECRET} if auth is None else auth, **params}
+    return json.dumps({"type": "req", "id": "c1", "method": "connect", "params": body}).encode()
+
+
+def req(method: str, params: Any = None, request_id: str = "r1") -> bytes:
+    return json.dumps({"type": "req", "id": request_id, "method": method, "params": params or {}}).encode()
+
+
+async def connected(scopes: list[str] | None = None, **kwargs: Any) -> RpcSession:
+    rpc, _ = session(**kwargs)
+    verdict = await rpc.client_frame(connect_frame(scopes=scopes or list(DEFAULT_SCOPES)))
+    assert verdict.verdict == "forward", verdict
+    return rpc
+
+
+def answer(verdict: Any) -> dict[str, Any]:
+    assert verdict.payload is not None
+    return json.loads(verdict.payload)
+
+
+# ---- the catalogue --------------------------------------------------------------------------------
+
+
+def test_catalogue_is_the_pinned_gateways() -> None:
+    catalogue = method_catalogue()
+    assert GATEWAY_VERSION == "2026.9.6" and len(catalogue) >= 482
+    assert catalogue["health"].scope == "operator.read"
+    assert catalogue["terminal.open"].scope == "operator.admin" and "X" in catalogue["terminal.open"].markers
+    assert catalogue["tools.invoke"].scope == "operator.write"
+    assert catalogue["agent"].scope == "dynamic" and catalogue["node.event"].scope == "node"
+
+
+def test_default_deny_list_holds_what_runs_writes_configures_pairs_or_restarts() -> None:
+    denied = default_denied()
+    for method in ("terminal.open", "terminal.input", "config.patch", "config.apply", "exec.approvals.set", "chat.send",
+                   "agent", "device.pair.approve", "device.token.rotate", "gateway.restart.request", "update.run",
+                   "agents.files.set", "secrets.store.set", "cron.add", "node.invoke", "browser.request"):
+        assert method in denied, method
+    for method in ("tools.invoke", "health", "sessions.list", "chat.history", "config.get", "models.list"):
+        assert method not in denied, method
+
+
+@pytest.mark.parametrize("required, granted, ok", [
+    ("operator.read", {"operator.read"}, True), ("operator.read", {"operator.write"}, True),
+    ("operator.read", {"operator.admin"}, True), ("operator.write", {"operator.read"}, False),
+    ("operator.admin", {"operator.write", "operator.read"}, False), ("operator.talk", {"operator.write"}, True),
+    ("operator.sessions.read", {"operator.read"}, True), ("operator.pairing", {"operator.write"}, False),
+    ("operator.approvals", {"operator.admin"}, True), ("node", {"operator.admin"}, False),
+])
+def test_scope_satisfied_as_the_gateway(required: str, granted: set[str], ok: bool) -> None:
+    assert scope_satisfied(required, frozenset(granted)) is ok
+
+
+@pytest.mark.parametrize("method, params, scopes", [
+    ("agent", {"message": "hi"}, ("operator.write",)), ("agent", {"message": "/reset now"}, ("operator.admin",)),
+    ("talk.config", {}, ("operator.read",)), ("talk.config", {"includeSecrets": True}, ("operator.read", "operator.talk.secrets")),
+    ("environments.list", {"runtimeId": "x"}, ("operator.write",)), ("fs.listDir", {"nodeId": "n"}, ("operator.admin",)),
+    ("sessions.delete", {"key": "k", "archivedOnly": True}, ("operator.write",)), ("sessions.delete", {"key": "k"}, ("operator.admin",)),
+    ("node.invoke", {"command": "system.run"}, ("operator.admin",)), ("channels.pairing.approve", None, ("operator.pairing",)),
+])
+def test_params_decide_dynamic_scopes(method: str, params: Any, scopes: tuple[str, ...]) -> None:
+    assert dynamic_scopes(method, params) == scopes
+
+
+# ---- connect --------------------------------------------------------------------------------------
+
+
+async def test_connect_with_the_secret_in_the_frame_is_rewritten_for_the_gateway() -> None:
+    rpc, recorder = session(scopes=("operator.read", "operator.write"))
+    frame = connect_frame(scopes=["operator.admin", "operator.read", "operator.write", "operator.read"], role="operator",
+                          auth={"token": SECRET, "deviceToken": "dt"})
+    verdict = await rpc.client_frame(frame)
+    assert (verdict.verdict, verdict.reason) == ("forward", "connect")
+    params = answer(verdict)["params"]
+    assert params["auth"] == UPSTREAM  # the caller's secret and device token never reach the gateway
+    assert params["scopes"] == ["operator.read", "operator.write"]  # cut to the ceiling, in order
+    assert params["role"] == "operator" and params["client"]["id"] == "cli"
+    assert recorder.secrets == [SECRET] and rpc.connected and rpc.scopes == frozenset({"operator.read", "operator.write"})
+
+
+@pytest.mark.parametrize("auth", [{"token": "wrong"}, {}, {"deviceToken": "dt"}, {"password": 5}])
+async def test_connect_without_the_secret_is_refused_and_closed(auth: dict) -> None:
+    rpc, recorder = session()
+    verdict = await rpc.client_frame(connect_frame(auth=auth))
+    assert (verdict.verdict, verdict.close_code) == ("close", 1008)
+    error = answer(verdict)["error"]
+    assert error["code"] == "INVALID_REQUEST" and error["details"]["code"] == "AUTH_TOKEN_MISMATCH"
+    assert answer(verdict)["id"] == "c1" and not rpc.connected
+
+
+async def test_connect_authenticated_at_the_upgrade_needs_no_secret_in_the_frame() -> None:
+    caller = AuthOutcome(True, "trusted-proxy", user="alice")
+    rpc, recorder = session(caller=caller, scopes=("operator.read",))
+    verdict = await rpc.client_frame(connect_frame(auth={}, scopes=["operator.admin", "operator.read"]))
+    assert verdict.verdict == "forward" and recorder.secrets == []
+    assert answer(verdict)["params"]["scopes"] == ["operator.read"]
+    assert answer(verdict)["params"]["auth"] == UPSTREAM
+
+
+async def test_without_an_upstream_credential_the_frame_carries_none() -> None:
+    rpc, _ = session(caller=AuthOutcome(True, "trusted-proxy", user="alice"), upstream_auth=None)
+    params = answer(await rpc.client_frame(connect_frame(auth={"token": "x"})))["params"]
+    assert "auth" not in params
+
+
+@pytest.mark.parametrize("role, mode", [("node", "node"), ("operator", "node"), ("admin", "cli")])
+async def test_node_and_other_roles_are_refused(role: str, mode: str) -> None:
+    rpc, _ = session()
+    verdict = await rpc.client_frame(connect_frame(role=role, mode=mode))
+    assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "node_role", 1008)
+
+
+async def test_nodes_pass_when_allowed() -> None:
+    rpc, _ = session(allow_nodes=True)
+    verdict = await rpc.client_frame(connect_frame(role="node", mode="node"))
+    assert verdict.verdict == "forward"
+
+
+async def test_a_device_cannot_pair_above_the_ceiling() -> None:
+    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=("operator.read",))
+    device = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
+    verdict = await rpc.client_frame(connect_frame(scopes=["operator.admin"], device=device, auth=dict(UPSTREAM)))
+    assert (verdict.verdict, verdict.reason) == ("close", "device_above_ceiling")
+
+
+async def test_a_device_within_the_ceiling_with_the_proxys_credential_passes_unchanged() -> None:
+    """Its signature covers scopes and credential: nothing it signed is rewritten."""
+    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=("operator.read",))
+    device = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
+    verdict = await rpc.client_frame(connect_frame(scopes=["operator.read"], device=device, auth=dict(UPSTREAM)))
+    assert verdict.verdict == "forward"
+    params = answer(verdict)["params"]
+    assert params["scopes"] == ["operator.read"] and params["auth"] == UPSTREAM and params["device"] == device
+
+
+@pytest.mark.parametrize("content, code", [
+    (b"not json", 1008), (b"[]", 1008), (req("health"), 1008), (b'{"type":"event","method":"connect"}', 1008),
+    (b'{"type":"req","id":"c","method":"connect","params":[]}', 1008), (b"{" * 100_000, 1009),
+    (connect_frame(scopes="operator.read"), 1008),  # type: ignore[arg-type]
+])
+async def test_a_bad_first_frame_closes(content: bytes, code: int) -> None:
+    rpc, _ = session()
+    verdict = await rpc.client_frame(content)
+    assert (verdict.verdict, verdict.close_code) == ("close", code)
+
+
+async def test_preauth_frames_are_bounded() -> None:
+    rpc, _ = session()
+    big = connect_frame(padding="x" * PREAUTH_MAX_BYTES)
+    verdict = await rpc.client_frame(big)
+    assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "preauth_frame_too_large", 1009)
+
+
+async def test_duplicate_keys_resolve_last_wins_as_the_gateway() -> None:
+    rpc, _ = session()
+    frame = (b'{"type":"req","id":"c1","method":"connect","params":{"role":"node","role":"operator",'
+             b'"client":{"mode":"cli"},"scopes":[],"auth":{"token":"' + SECRET.encode() + b'"}}}')
+    assert (await rpc.client_frame(frame)).verdict == "forward"
+
+
+# ---- later frames -----------------------------------------------------------------------------------
+
+
+async def test_allowed_methods_are_forwarded_unchanged() -> None:
+    rpc = await connected()
+    verdict = await rpc.client_frame(req("sessions.list"))
+    assert (verdict.verdict, verdict.payload, verdict.method) == ("forward", None, "sessions.list")
+
+
+@pytest.mark.parametrize("method, reason, code", [
+    ("connect", "connect_repeated", "INVALID_REQUEST"), ("no.such.method", "unknown_method", "INVALID_REQUEST"),
+    ("node.event", "node_method", "FORBIDDEN"), ("terminal.open", "method_denied", "FORBIDDEN"),
+    ("config.patch", "method_denied", "FORBIDDEN"), ("device.pair.approve", "method_denied", "FORBIDDEN"),
+])
+async def test_refused_frames_get_an_error_with_the_same_id_and_keep_the_connection(method: str, reason: str, code: str) -> None:
+    rpc = await connected()
+    verdict = await rpc.client_frame(req(method, request_id="abc"))
+    assert (verdict.verdict, verdict.reason) == ("reply", reason)
+    frame = answer(verdict)
+    assert (frame["type"], frame["id"], frame["ok"], frame["error"]["code"]) == ("res", "abc", False, code)
+
+
+async def test_missing_scope_is_the_gateways_own_refusal() -> None:
+    rpc = await connected(scopes=["operator.read"])
+    frame = answer(await rpc.client_frame(req("terminal.list", request_id="t")))
+    assert frame == {"type": "res", "id": "t", "ok": False, "error": {
+        "code": "FORBIDDEN", "message": "missing scope: operator.admin",
+        "details": {"code": "MISSING_SCOPE", "missingScope": "operator.admin", "requiredScopes": ["operator.admin"]}}}
+
+
+async def test_opened_methods_still_need_their_scope() -> None:
+    rpc = await connected(scopes=["operator.read"], allow_methods=frozenset({"config.patch"}))
+    assert (await rpc.client_frame(req("config.patch"))).reason == "missing_scope"
+    admin = await connected(scopes=["operator.admin"], allow_methods=frozenset({"config.patch"}))
+    assert (await admin.client_frame(req("config.patch"))).verdict == "forward"
+
+
+async def test_dynamic_methods_are_judged_on_their_params() -> None:
+    rpc = await connected(scopes=["operator.write"], allow_methods=frozenset({"agent"}))
+    assert (await rpc.client_frame(req("agent", {"message": "hello"}))).verdict == "forward"
+    assert (await rpc.client_frame(req("agent", {"message": "/new"}))).reason == "missing_scope"
+
+
+async def test_tools_invoke_goes_through_the_tool_policy() -> None:
+    rpc = await connected(scopes=["operator.write"], gate=ToolGate.from_config((), ("agents_list",)))
+    for name in ("exec", "agents_list", "ＥＸＥＣ"):
+        verdict = await rpc.client_frame(req("tools.invoke", {"name": name, "args": {}}))
+        assert (verdict.verdict, verdict.reason) == ("reply", "tool_denied"), name
+        assert answer(verdict)["error"]["code"] == "NOT_FOUND"
+    assert (await rpc.client_frame(req("tools.invoke", {"args": {}}))).reason == "missing_tool_name"
+
+
+async def test_tools_invoke_forwards_the_name_it_judged() -> None:
+    """`tool` is dropped and `name` normalised: what ran is what was checked (name/tool differential)."""
+    recorder = Recorder()
+    rpc = await connected(scopes=["operator.write"], recorder=recorder)
+    verdict = await rpc.client_frame(req("tools.invoke", {"name": " Sessions_List ", "tool": "exec", "args": {"x": 1}}))
+    assert verdict.verdict == "forward" and verdict.tool == "sessions_list"
+    assert answer(verdict)["params"] == {"name": "sessions_list", "args": {"x": 1}}
+    assert recorder.limits == [(None, "sessions_list")]
+
+
+async def test_tools_invoke_respects_the_request_limits() -> None:
+    rpc = await connected(scopes=["operator.write"], recorder=Recorder(limited="request_rate_limited"))
+    verdict = await rpc.client_frame(req("tools.invoke", {"name": "sessions_list"}))
+    assert (verdict.verdict, verdict.reason) == ("reply", "request_rate_limited")
+
+
+async def test_a_malformed_later_frame_closes() -> None:
+    rpc = await connected()
+    assert (await rpc.client_frame(b"{oops")).close_code == 1008

@@ -221,10 +221,13 @@ class Pipeline:
             if declared is not None and declared > MAX_BODY_BYTES:
                 return Refuse(envelopes.payload_too_large(), "payload_too_large")
 
-        # On the RPC upgrade the sidecar is the client the gateway should see: with a forwarded
-        # client it clears every token-only connection's scopes (gateway-surface N3), while the
-        # sidecar has already authenticated the caller and caps every frame itself.
-        plan = self._header_plan(attribution, outcome, scopes, websocket, access.passthrough, forward_client=not enforce_rpc)
+        # On an RPC upgrade the gateway authenticates by the sidecar's credential in the connect
+        # frame, and the sidecar is the client it should see: with a forwarded client (or a
+        # forwarded identity, which demands one) it clears every token-only connection's scopes
+        # (gateway-surface N3), while the sidecar has already authenticated the caller and caps
+        # every frame itself. Without an upstream credential the gateway needs both to know who.
+        as_direct = enforce_rpc and self.config.secrets.upstream_credential is not None
+        plan = self._header_plan(attribution, outcome, scopes, websocket, access.passthrough, forward_client=not as_direct)
         headers = rebuild_headers(view, plan)
         return Admitted(route, target.origin_form, headers, attribution.client_ip, outcome, scopes, websocket, enforce_rpc)
 
@@ -330,7 +333,7 @@ class Pipeline:
             owned.append(("Authorization", f"Bearer {credential}"))
         # Always one explicit value: an absent header means the full default set upstream (F1).
         owned.append(("x-openclaw-scopes", scopes.header_value if scopes is not None else ""))
-        if outcome.user_header_value is not None:
+        if outcome.user_header_value is not None and forward_client:
             # As the proxy spelled it (e.g. Tailscale's RFC 2047 form): the gateway behind us
             # then sees exactly what it would see behind the proxy itself.
             owned.append((self.upstream_user_header, outcome.user_header_value))

@@ -38,8 +38,10 @@ class WsClient:
         self._bytes: list[bytes] = []
         reject_status, reject_body = None, b""
         while True:
-            for event in self._events():
+            events = self._events()
+            for index, event in enumerate(events):
                 if isinstance(event, AcceptConnection):
+                    self._pending = events[index + 1:]  # frames that came in the same read
                     return
                 if isinstance(event, RejectConnection):
                     reject_status = event.status_code

@@ -11,9 +11,13 @@ import pytest
 
 from sidecar.demo_backend import DemoBackend
 
+from tests.gateway.real_gateway import RealGateway, unavailable_reason
+
 from .harness import SidecarProcess, TestNet
 
 UPSTREAM_TOKEN = "upstream-secret-for-the-gateway"
+REAL_GATEWAY_TOKEN = "real-gateway-shared-token"
+REAL_GATEWAY_HOOKS_TOKEN = "real-gateway-hooks-token"
 
 
 @pytest.fixture
@@ -73,3 +77,18 @@ def testnet() -> Iterator[TestNet]:
     """Real non-loopback client and proxy addresses (needs root and iproute2, as CI has)."""
     with TestNet() as net:
         yield net
+
+
+@pytest.fixture(scope="session")
+def token_gateway() -> Iterator[RealGateway]:
+    """One real gateway in token mode for the session, with the routes that act switched on
+    (OpenAI endpoints, hooks) so that the doors the sidecar closes really exist behind it."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {reason}")
+    gateway = RealGateway({"mode": "token", "token": REAL_GATEWAY_TOKEN}, {
+        "gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}, "responses": {"enabled": True}}}},
+        "hooks": {"enabled": True, "token": REAL_GATEWAY_HOOKS_TOKEN},
+    })
+    yield gateway
+    gateway.stop()

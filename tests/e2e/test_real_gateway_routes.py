@@ -19,14 +19,14 @@ import pytest
 
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 
+from .conftest import REAL_GATEWAY_HOOKS_TOKEN as HOOKS_TOKEN
+from .conftest import REAL_GATEWAY_TOKEN as TOKEN
 from .harness import RawResponse, SidecarProcess, TestNet, http_request, raw_exchange
 
 _reason = unavailable_reason()
 if _reason is not None:
     pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {_reason}", allow_module_level=True)
 
-TOKEN = "real-gateway-shared-token"
-HOOKS_TOKEN = "real-gateway-hooks-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 AGENTS = {"name": "agents_list", "args": {}}
 NOT_FOUND = b"Not Found"
@@ -34,13 +34,8 @@ INVALID_URL = {"error": "bad_request", "message": "Invalid request URL"}
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[RealGateway]:
-    gw = RealGateway({"mode": "token", "token": TOKEN}, {
-        "gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}, "responses": {"enabled": True}}}},
-        "hooks": {"enabled": True, "token": HOOKS_TOKEN},
-    })
-    yield gw
-    gw.stop()
+def gateway(token_gateway: RealGateway) -> RealGateway:
+    return token_gateway
 
 
 def _sidecar_config(gateway: RealGateway, **routes: object) -> dict:

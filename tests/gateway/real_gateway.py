@@ -23,6 +23,7 @@ import httpx
 GATEWAY_VERSION = "2026.9.6"
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_DIR = Path(os.environ.get("OPENCLAW_TEST_GATEWAY_DIR", REPO / ".cache" / f"openclaw-gateway-{GATEWAY_VERSION}"))
+PACKAGE = INSTALL_DIR / "node_modules" / "openclaw"
 GUARD = Path(__file__).with_name("offline-guard.cjs")
 
 
@@ -91,11 +92,12 @@ class RealGateway:
             "OPENCLAW_NO_AUTO_UPDATE": "1", "OPENCLAW_DISABLE_BONJOUR": "1", "OPENCLAW_OFFLINE": "1",
             "DO_NOT_TRACK": "1", "NODE_OPTIONS": f"--require {GUARD}",
         }
-        package = INSTALL_DIR / "node_modules" / "openclaw"
+        self.env = env
+        self.node = str(node_dir / "bin" / "node")
         self._output: list[str] = []
         self.proc = subprocess.Popen(
-            [str(node_dir / "bin" / "node"), "openclaw.mjs", "gateway", "run", "--port", str(self.port), "--bind", "loopback"],
-            cwd=package, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [self.node, "openclaw.mjs", "gateway", "run", "--port", str(self.port), "--bind", "loopback"],
+            cwd=PACKAGE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )
         threading.Thread(target=self._drain, daemon=True).start()
@@ -126,6 +128,13 @@ class RealGateway:
                     pass
                 time.sleep(0.25)
         raise RuntimeError(f"gateway not started after {timeout}s:\n{self.output()[-4000:]}")
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """The gateway's own CLI (`openclaw ...`), offline, with a state directory of its own."""
+        env = dict(self.env, HOME=str(self.home / "cli"), OPENCLAW_STATE_DIR=str(self.home / "cli-state"),
+                   OPENCLAW_CONFIG_PATH=str(self.home / "cli-config.json"))
+        return subprocess.run([self.node, "openclaw.mjs", *args], cwd=PACKAGE, env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

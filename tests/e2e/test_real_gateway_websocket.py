@@ -1,0 +1,240 @@
+"""The gateway's WebSocket RPC through the sidecar, against a real OpenClaw gateway (2026.9.6).
+
+The gateway's own clients must work (its CLI, a browser-style client with the token in the
+connect frame), and no frame may reach the gateway with more power than the same caller gets
+over HTTP: ceilings hold, the deny list holds, tools.invoke meets the tool policy and limits,
+node roles and devices above the ceiling are refused, and only RFC 6455 upgrades are relayed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.gateway.real_gateway import RealGateway, unavailable_reason
+from tests.wsclient import Closed, Rejected, WsClient
+
+from .conftest import REAL_GATEWAY_TOKEN as TOKEN
+from .harness import SidecarProcess, TestNet, http_request, raw_exchange
+
+_reason = unavailable_reason()
+if _reason is not None:
+    pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {_reason}", allow_module_level=True)
+
+ALL = ["operator.admin", "operator.read", "operator.write", "operator.approvals", "operator.pairing"]
+INGRESS, TAILNET_CLIENT = "198.51.100.5", "203.0.113.7"
+
+
+def sidecar_config(gateway: RealGateway, **sidecar: Any) -> dict:
+    return {"sidecar": {"upstream": gateway.url, "openclawConfig": str(gateway.config_path),
+                        "rateLimit": {"loopbackDelayBaseMs": 0}, **sidecar}}
+
+
+@pytest.fixture(scope="module")
+def open_sc(token_gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    """No ceiling: a token holder may ask for every scope; the deny list still holds."""
+    return module_sidecar(sidecar_config(token_gateway, rateLimit={"loopbackDelayBaseMs": 0,
+                                                                   "requests": {"limit": "3/minute"}}))
+
+
+@pytest.fixture(scope="module")
+def capped_sc(token_gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    config = sidecar_config(token_gateway, scopeCeilings={"default": ["operator.read", "operator.write"]})
+    config["gateway"] = {"tools": {"deny": ["agents_list"]}}  # a tool the gateway allows, the sidecar does not
+    return module_sidecar(config)
+
+
+def connect_params(scopes: list[str], token: str | None = TOKEN, **extra: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"minProtocol": 4, "maxProtocol": 4, "role": "operator", "scopes": scopes,
+                              "client": {"id": "gateway-client", "version": "1.0.0", "platform": "linux", "mode": "backend"}}
+    if token is not None:
+        params["auth"] = {"token": token}
+    params.update(extra)
+    return params
+
+
+def session(port: int, scopes: list[str], *, token: str | None = TOKEN, headers: list[tuple[str, str]] | None = None,
+            sock: socket.socket | None = None, **extra: Any) -> tuple[WsClient, dict[str, Any]]:
+    """Upgrade (no credentials on it, as a browser), take the challenge, send connect."""
+    ws = WsClient("127.0.0.1", port, headers=headers, sock=sock)
+    challenge = ws.recv_json()
+    assert challenge["event"] == "connect.challenge"
+    ws.send_json({"type": "req", "id": "c1", "method": "connect", "params": connect_params(scopes, token, **extra)})
+    return ws, ws.response("c1")
+
+
+def granted(hello: dict[str, Any]) -> list[str]:
+    assert hello["ok"] is True, hello
+    return sorted(hello["payload"]["auth"]["scopes"])
+
+
+def assert_closed_after(ws: WsClient, code: int) -> dict[str, Any]:
+    """The refusal frame, then a close with `code`."""
+    with pytest.raises(Closed) as closed:
+        ws.recv()
+    assert closed.value.code == code
+    return {}
+
+
+# ---- the gateway's own clients ------------------------------------------------------------------------
+
+
+def test_the_gateways_own_cli_works_through_the_sidecar(token_gateway, open_sc):
+    url = f"ws://127.0.0.1:{open_sc.port}"
+    health = token_gateway.cli("gateway", "call", "health", "--url", url, "--token", TOKEN, "--json")
+    assert health.returncode == 0, health.stderr[-2000:]
+    assert json.loads(health.stdout)["ok"] is True
+    terminal = token_gateway.cli("gateway", "call", "terminal.open", "--url", url, "--token", TOKEN, "--json")
+    assert terminal.returncode != 0
+    assert json.loads(terminal.stdout)["error"]["details"]["code"] == "METHOD_DENIED"
+
+
+def test_a_browser_style_client_sends_the_token_in_the_connect_frame(open_sc):
+    """No credential on the upgrade (a browser cannot set one): the frame carries the token."""
+    ws, hello = session(open_sc.port, ["operator.read"])
+    assert granted(hello) == ["operator.read"]
+    assert ws.call("health")["ok"] is True
+    assert ws.call("sessions.list")["ok"] is True
+    ws.close()
+
+
+def test_a_page_origin_gets_the_gateways_own_answer(token_gateway, open_sc):
+    """With an Origin the gateway itself wants a paired device before it grants scopes; the
+    sidecar relays that decision unchanged (the same grant directly and through it)."""
+    answers = []
+    for port in (token_gateway.port, open_sc.port):
+        ws, hello = session(port, ["operator.read"], headers=[("Origin", f"http://localhost:{port}")])
+        answers.append(granted(hello))
+        assert ws.call("health")["ok"] is True
+        ws.close()
+    assert answers[0] == answers[1]
+
+
+def test_a_wrong_token_in_the_frame_is_refused_and_closed(open_sc):
+    ws, refused = session(open_sc.port, ["operator.read"], token="not-the-token")
+    assert refused["ok"] is False and refused["error"]["details"]["code"] == "AUTH_TOKEN_MISMATCH"
+    assert_closed_after(ws, 1008)
+
+
+def test_failed_frame_secrets_lock_the_client_out(token_gateway, start_sidecar):
+    sc = start_sidecar({**sidecar_config(token_gateway),
+                        "gateway": {"auth": {"rateLimit": {"maxAttempts": 2, "exemptLoopback": False}}}})
+    for _ in range(2):
+        ws, refused = session(sc.port, ["operator.read"], token="wrong")
+        assert refused["ok"] is False
+        ws.close()
+    ws, locked = session(sc.port, ["operator.read"])  # the right token, too late
+    assert locked["ok"] is False and locked["error"]["details"]["authReason"] == "rate_limited"
+
+
+# ---- power: no more than the same caller gets over HTTP ----------------------------------------------
+
+
+def test_a_ceiling_holds_on_the_connection(token_gateway, capped_sc):
+    direct, hello = session(token_gateway.port, ALL)
+    assert "operator.admin" in granted(hello)  # the gateway alone grants what is asked
+    direct.close()
+    ws, hello = session(capped_sc.port, ALL)
+    assert granted(hello) == ["operator.read", "operator.write"]  # the gateway's own answer, capped
+    refused = ws.call("terminal.list")
+    assert refused["error"]["details"] == {"code": "MISSING_SCOPE", "missingScope": "operator.admin",
+                                           "requiredScopes": ["operator.admin"]}
+    ws.close()
+
+
+@pytest.mark.parametrize("method, params", [
+    ("terminal.open", {}), ("config.patch", {"raw": "{}"}), ("exec.approvals.set", {}), ("device.pair.approve", {"requestId": "x"}),
+    ("gateway.restart.request", {}), ("chat.send", {"sessionKey": "main", "message": "hi"}), ("agent", {"message": "hi"}),
+    ("node.invoke", {"nodeId": "n", "command": "system.run"}), ("no.such.method", {}),
+])
+def test_methods_that_act_are_refused_and_the_connection_stays(open_sc, method, params):
+    ws, hello = session(open_sc.port, ALL)
+    assert "operator.admin" in granted(hello)
+    refused = ws.call(method, params, request_id="x-1")
+    assert refused["id"] == "x-1" and refused["ok"] is False
+    assert refused["error"]["code"] in ("FORBIDDEN", "INVALID_REQUEST")
+    assert ws.call("health")["ok"] is True  # still open
+    ws.close()
+
+
+def test_tools_invoke_meets_the_sidecars_tool_policy(token_gateway, capped_sc):
+    direct, _ = session(token_gateway.port, ["operator.write"])
+    assert direct.call("tools.invoke", {"name": "agents_list", "args": {}})["ok"] is True
+    direct.close()
+    ws, _ = session(capped_sc.port, ["operator.write"])
+    refused = ws.call("tools.invoke", {"name": "agents_list", "args": {}})
+    assert refused["error"] == {"code": "NOT_FOUND", "message": "Tool not available: agents_list"}
+    refused = ws.call("tools.invoke", {"name": "sessions_list", "tool": "agents_list", "args": {}})
+    assert refused["ok"] is True  # judged and run as `name`; the `tool` spelling never reaches the gateway
+    ws.close()
+
+
+def test_tools_invoke_meets_the_request_limits(open_sc):
+    ws, _ = session(open_sc.port, ["operator.write"])
+    answers = [ws.call("tools.invoke", {"name": "sessions_list", "args": {}}, request_id=f"t{i}") for i in range(4)]
+    assert [a["ok"] for a in answers] == [True, True, True, False]
+    assert answers[-1]["error"]["code"] == "UNAVAILABLE"
+    ws.close()
+
+
+def test_a_node_role_connect_is_refused(open_sc):
+    ws, refused = session(open_sc.port, [], role="node",
+                          client={"id": "node-host", "version": "1.0.0", "platform": "linux", "mode": "node"})
+    assert refused["ok"] is False
+    assert_closed_after(ws, 1008)
+
+
+def test_a_device_cannot_pair_above_the_ceiling(capped_sc):
+    device = {"id": "0" * 64, "publicKey": "A" * 43, "signature": "B" * 86, "signedAt": 1, "nonce": "n"}
+    ws, refused = session(capped_sc.port, ["operator.admin"], device=device)
+    assert refused["error"]["details"]["code"] == "DEVICE_SCOPES_ABOVE_CEILING"
+    assert_closed_after(ws, 1008)
+
+
+# ---- upgrades: RFC 6455 or nothing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers, body", [
+    ([("Sec-WebSocket-Version", "8")], b""),
+    ([("Sec-WebSocket-Version", "13")], b'{"type":"req"}'),
+    ([("Sec-WebSocket-Version", "13"), ("Connection", "keep-alive")], b""),
+])
+def test_only_rfc6455_upgrades_are_relayed(open_sc, headers, body):
+    base = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    base.update(dict(headers))
+    request = http_request("GET", "/", list(base.items()), body, host="localhost")
+    response = raw_exchange(("127.0.0.1", open_sc.port), request)
+    assert response.status == 400, response
+    assert json.loads(response.body)["error"]["message"] == "not an RFC 6455 WebSocket upgrade"
+
+
+def test_websocket_off_refuses_every_upgrade(token_gateway, start_sidecar):
+    sc = start_sidecar(sidecar_config(token_gateway, websocket={"mode": "off"}))
+    with pytest.raises(Rejected) as rejected:
+        WsClient("127.0.0.1", sc.port)
+    assert rejected.value.status == 404
+
+
+# ---- a tailnet identity on a token-mode gateway ---------------------------------------------------------
+
+
+def test_a_trusted_proxy_identity_gets_a_capped_session_without_the_token(token_gateway, module_sidecar, testnet: TestNet):
+    """Identity in, token never out: the tailnet user never holds the gateway's shared token."""
+    config = sidecar_config(token_gateway, listen=f"{testnet.HOST_IP}:0", upstreamAuth={"token": TOKEN},
+                            scopeCeilings={"identities": {"reader": ["operator.read"]}})
+    config["gateway"] = {"trustedProxies": [INGRESS],
+                         "auth": {"mode": "trusted-proxy", "token": None, "trustedProxy": {"userHeader": "x-forwarded-user"}}}
+    sc = module_sidecar(config)
+    sock = testnet.socket_from(INGRESS)
+    sock.settimeout(15)
+    sock.connect((sc.host, sc.port))
+    ws, hello = session(sc.port, ALL, token=None, sock=sock,
+                        headers=[("X-Forwarded-For", TAILNET_CLIENT), ("x-forwarded-user", "reader")])
+    assert granted(hello) == ["operator.read"]
+    assert ws.call("sessions.list")["ok"] is True
+    assert ws.call("tools.invoke", {"name": "sessions_list"})["error"]["details"]["missingScope"] == "operator.write"
+    ws.close()

@@ -238,3 +238,38 @@ def test_a_trusted_proxy_identity_gets_a_capped_session_without_the_token(token_
     assert ws.call("sessions.list")["ok"] is True
     assert ws.call("tools.invoke", {"name": "sessions_list"})["error"]["details"]["missingScope"] == "operator.write"
     ws.close()
+
+
+# ---- frames as the gateway accepts them ------------------------------------------------------------------
+
+
+def test_binary_and_fragmented_connect_frames_are_judged_too(open_sc):
+    """The gateway accepts a binary JSON connect and reassembles fragments: so does the judge."""
+    frame = {"type": "req", "id": "c1", "method": "connect", "params": connect_params(["operator.read"], token="wrong")}
+    ws = WsClient("127.0.0.1", open_sc.port)
+    ws.recv()
+    ws.send_json(frame, binary=True)
+    assert ws.response("c1")["error"]["details"]["code"] == "AUTH_TOKEN_MISMATCH"
+    assert_closed_after(ws, 1008)
+    ws = WsClient("127.0.0.1", open_sc.port)
+    ws.recv()
+    text = json.dumps({**frame, "params": connect_params(["operator.read"])})
+    ws.send_fragments([text[:10], text[10:40], text[40:]])
+    assert granted(ws.response("c1")) == ["operator.read"]
+    ws.close()
+
+
+def test_a_silent_client_is_closed_at_the_connect_deadline(token_gateway, start_sidecar):
+    sc = start_sidecar(sidecar_config(token_gateway, websocket={"connectSeconds": 1}))
+    ws = WsClient("127.0.0.1", sc.port)
+    assert ws.recv_json()["event"] == "connect.challenge"
+    with pytest.raises(Closed) as closed:
+        ws.recv()
+    assert (closed.value.code, closed.value.reason) == (1008, "connect timeout")
+
+
+def test_a_first_frame_that_is_not_connect_closes_with_1008(open_sc):
+    ws = WsClient("127.0.0.1", open_sc.port)
+    ws.recv()
+    ws.send_json({"type": "req", "id": "h", "method": "health", "params": {}})
+    assert_closed_after(ws, 1008)

@@ -456,3 +456,70 @@ async def test_bad_sidecar_config_is_an_options_error(tmp_path: Path) -> None:
         with pytest.raises(exceptions.OptionsError, match=r"sidecar_config: .*sidecar\.listne"):
             tctx.configure(addon, sidecar_config=str(write_config(tmp_path, {"sidecar": {"listne": "x"}})))
         assert addon.runtime is None
+
+
+# ---- the WebSocket RPC hooks -----------------------------------------------------------------------
+
+WS_UPGRADE = [AUTH, ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+              ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]
+
+
+@pytest.fixture
+async def ws_guard(runtime: Runtime) -> AsyncIterator[ToolsInvokeGuard]:
+    """With mitmproxy's proxyserver loaded: it provides the `inject.websocket` command."""
+    from mitmproxy.addons.proxyserver import Proxyserver
+
+    addon = ToolsInvokeGuard(runtime)
+    with taddons.context(Proxyserver(), addon, loadcore=False):
+        yield addon
+        addon.done()
+
+
+async def rpc_flow(guard: ToolsInvokeGuard) -> http.HTTPFlow:
+    """A real upgrade decision on a flow that then became a WebSocket."""
+    upgrade = await run(guard, make_flow(method="GET", path="/", headers=WS_UPGRADE))
+    assert isinstance(upgrade.metadata.get(ADMITTED), Admitted) and upgrade.metadata[ADMITTED].rpc
+    flow = tflow.twebsocketflow()
+    flow.metadata[ADMITTED] = upgrade.metadata[ADMITTED]
+    flow.websocket.messages.clear()
+    guard.websocket_start(flow)
+    return flow
+
+
+async def client_sends(guard: ToolsInvokeGuard, flow: http.HTTPFlow, frame: dict) -> Any:
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    message = WebSocketMessage(Opcode.TEXT, True, json.dumps(frame).encode())
+    flow.websocket.messages.append(message)
+    await guard.websocket_message(flow)
+    return message
+
+
+async def test_connect_frame_is_rewritten_before_the_gateway_reads_it(ws_guard: ToolsInvokeGuard) -> None:
+    guard = ws_guard
+    flow = await rpc_flow(guard)
+    message = await client_sends(guard, flow, {"type": "req", "id": "c1", "method": "connect", "params": {
+        "role": "operator", "scopes": ["operator.read"], "client": {"mode": "cli"}, "auth": {"token": "ignored"}}})
+    assert not message.dropped
+    assert json.loads(message.content)["params"]["auth"] == {"token": UPSTREAM}  # authenticated at the upgrade
+    denied = await client_sends(guard, flow, {"type": "req", "id": "t", "method": "terminal.open", "params": {}})
+    assert denied.dropped  # answered by the sidecar, never relayed
+    assert not flow.metadata.get("openclaw_sidecar.ws_closing")  # ...and the connection stays
+    guard.websocket_end(flow)
+
+
+async def test_a_frame_judge_that_raises_fails_closed(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mitmproxy would relay the frame if the hook only logged: it is dropped and the connection closed."""
+    flow = await rpc_flow(guard)
+    session = flow.metadata["openclaw_sidecar.rpc"]
+
+    async def boom(content: bytes) -> None:
+        raise RuntimeError("judge broke")
+
+    monkeypatch.setattr(session, "client_frame", boom)
+    message = await client_sends(guard, flow, {"type": "req", "id": "c1", "method": "connect", "params": {}})
+    assert message.dropped and flow.metadata["openclaw_sidecar.ws_closing"]
+    later = await client_sends(guard, flow, {"type": "req", "id": "h", "method": "health", "params": {}})
+    assert later.dropped  # nothing after the close is relayed
+    guard.websocket_end(flow)

@@ -282,3 +282,12 @@ async def test_tools_invoke_respects_the_request_limits() -> None:
 async def test_a_malformed_later_frame_closes() -> None:
     rpc = await connected()
     assert (await rpc.client_frame(b"{oops")).close_code == 1008
+
+
+def test_the_readme_lists_the_whole_deny_list() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("**The method deny list**", 1)[1].split("## ", 1)[0]
+    missing = sorted(name for name in default_denied() if f"`{name}`" not in section)
+    assert not missing, missing

@@ -279,6 +279,12 @@ class ToolsInvokeGuard:
 
     def error(self, flow: http.HTTPFlow) -> None:
         """mitmproxy is about to send its own HTML error page; send the gateway-style one instead."""
+        try:
+            self._answer_error(flow)
+        except Exception:
+            self._fail_closed(flow, "error")
+
+    def _answer_error(self, flow: http.HTTPFlow) -> None:
         self._cancel_timer(flow)
         if flow.metadata.get(ANSWERED) or flow.error is None:
             return

@@ -33,8 +33,13 @@ def parse_json_body(raw: bytes) -> Any:
         return {}
     try:
         return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise BodyError("invalid_json", str(exc).split("\n", 1)[0] or "Invalid JSON") from exc
+    except json.JSONDecodeError as exc:
+        raise BodyError("invalid_json", exc.msg) from exc
+    except RecursionError as exc:
+        raise BodyError("invalid_json", "JSON nested too deeply") from exc
+    except ValueError as exc:  # our constant guard, or Python's int-digits bound: no internals
+        message = str(exc) if str(exc).startswith("Unexpected token") else "Number too long"
+        raise BodyError("invalid_json", message) from exc
 
 
 @dataclass(frozen=True)

@@ -520,8 +520,9 @@ class _Guard(Generic[_C]):
 
     @property
     def outage_verdict(self) -> "LimitVerdict":
-        """What a request gets when no storage could answer: 503 when failing closed."""
-        return UNAVAILABLE if self._fail_closed else ALLOWED
+        """What a request gets when no storage could answer (the shared one out with fail_closed,
+        or the fallback broken too): 503, never "allowed" with nothing recorded."""
+        return UNAVAILABLE
 
     async def run(self, op: Callable[[_C], Awaitable[_T]]) -> _T | _Failed:
         if self._degraded:
@@ -533,10 +534,9 @@ class _Guard(Generic[_C]):
             try:
                 return await op(self._primary)
             except Exception as exc:
+                # Any exception is an outage, an in-memory store's too (that one is a bug: the
+                # trace is logged); the limiter moves to a fresh per-replica store or answers 503.
                 RATELIMIT_STORAGE_ERRORS.inc()
-                if not self._shared:  # memory storage does not fail: this is a bug, not an outage
-                    log.exception("%s failed on in-memory storage", self._what)
-                    return _FAILED
                 self._enter_outage(exc)
         if self._fail_closed:
             return _FAILED

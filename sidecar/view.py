@@ -44,4 +44,5 @@ class RequestView:
         if value is None:
             return 0
         value = value.strip()
-        return int(value) if value.isdigit() else None
+        # ASCII digits only: str.isdigit() accepts "²", which int() then refuses.
+        return int(value) if value.isascii() and value.isdigit() else None

@@ -321,6 +321,18 @@ async def test_exception_in_on_head_is_a_sanitised_500(guard: ToolsInvokeGuard, 
     assert b"secret" not in flow.response.raw_content
 
 
+async def test_exception_in_the_error_hook_is_a_sanitised_500(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unguarded, mitmproxy would send its own HTML error page."""
+    from mitmproxy.flow import Error
+
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    monkeypatch.setattr(guard.runtime.pipeline, "review_response", boom)
+    monkeypatch.setattr(guard, "_cancel_timer", boom)
+    flow.error = Error("upstream went away")
+    guard.error(flow)
+    assert_answer(flow, envelopes.internal_error())
+
+
 async def test_exception_in_on_body_is_a_sanitised_500(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guard.runtime.pipeline, "on_body", boom)
     flow = await run(guard, make_flow(headers=[AUTH], body=BODY))

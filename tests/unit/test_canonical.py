@@ -285,3 +285,30 @@ def canonicalize_target_or_none(raw: str) -> str | None:
         return canonicalize_target(raw).path
     except InvalidTarget:
         return None
+
+
+def test_the_fast_path_agrees_with_the_parser() -> None:
+    """Plain targets skip the state machine: for them it must give exactly the parser's answer."""
+    import random
+
+    from sidecar import canonical as canonical_module
+    from sidecar.canonical import _Parser
+
+    rng = random.Random(20261130)
+    alphabet = "abcXYZ019-._~!$&()*+,;=:@'/?%."
+    base = _Parser("http://h", None).run()
+    fast_paths = 0
+    for _ in range(5000):
+        raw = "/" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        try:
+            url = _Parser(raw, base).run()
+        except InvalidTarget:
+            with pytest.raises(InvalidTarget):
+                canonicalize_target(raw, "h")
+            continue
+        slow = (url.pathname, url.search, raw == url.pathname + url.search)
+        fast = canonicalize_target(raw, "h")
+        assert (fast.path, fast.query, fast.raw_is_canonical) == slow, raw
+        fast_paths += canonical_module._PLAIN_TARGET.fullmatch(raw) is not None
+    assert fast_paths > 1000  # the generator really exercises the fast path
+

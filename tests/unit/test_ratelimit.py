@@ -609,3 +609,36 @@ async def test_memory_storage_sweeps_expired_keys_without_a_task_per_write() -> 
     storage._next_sweep = 0.0  # type: ignore[attr-defined]  # next write sweeps (GC, wall clock)
     await storage.incr("new", 60)
     assert list(storage.storage) == ["new"]  # type: ignore[attr-defined]
+
+
+async def test_a_broken_memory_store_is_an_outage_not_a_pass(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limiter bug must never turn lockout off: the failures go to a fresh per-replica store."""
+    limiter = AuthFailureLimiter(max_attempts=2, exempt_loopback=False, clock=clock)
+    primary = limiter._guard.primary.storage
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected storage fault")
+
+    for name in ("get", "incr", "get_moving_window", "acquire_sliding_window_entry", "get_sliding_window", "clear"):
+        if hasattr(primary, name):
+            monkeypatch.setattr(primary, name, broken)
+    monkeypatch.setattr(primary, "check", broken)  # and it does not come back
+    for _ in range(2):
+        assert await attempt(limiter, "203.0.113.9", good=False) == 401
+    assert await attempt(limiter, "203.0.113.9", good=True) == 429
+    assert limiter._guard.degraded  # the injected fault was met and the fallback answered
+    await limiter.aclose()
+
+
+async def test_when_no_store_can_answer_the_verdict_is_unavailable(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar import ratelimit
+
+    limiter = AuthFailureLimiter(max_attempts=2, exempt_loopback=False, clock=clock)
+
+    async def failed(op: object) -> object:
+        return ratelimit._FAILED
+
+    monkeypatch.setattr(limiter._guard, "run", failed)
+    verdict = await limiter.check("203.0.113.9")
+    assert verdict.unavailable and not verdict.allowed
+    await limiter.aclose()

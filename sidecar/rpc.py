@@ -34,8 +34,10 @@ GATEWAY_VERSION = "2026.9.6"
 PREAUTH_MAX_BYTES = 64 * 1024  # the gateway's own pre-auth frame limit
 # Methods refused whatever the scopes unless `sidecar.websocket.allowMethods` names them: those
 # the catalogue marks as running programs or agent turns (X), writing files (F), changing config,
-# secrets or policy (C), pairing devices or minting tokens (P), or restarting (R).
-DENY_MARKERS = frozenset("XFCPR")
+# secrets or policy (C), pairing devices or minting tokens (P), or restarting (R), and those our
+# own review found opening listeners or sending to caller-chosen addresses (L: `portal.open`
+# proxies a new gateway port to any local one with write scope alone).
+DENY_MARKERS = frozenset("XFCPRL")
 TOOLS_INVOKE = "tools.invoke"
 _OPERATOR = "operator."
 _RESET_COMMAND = re.compile(r"^/(new|reset)(?:\s+([\s\S]*))?$", re.IGNORECASE)

@@ -149,7 +149,7 @@ def test_a_ceiling_holds_on_the_connection(token_gateway, capped_sc):
 @pytest.mark.parametrize("method, params", [
     ("terminal.open", {}), ("config.patch", {"raw": "{}"}), ("exec.approvals.set", {}), ("device.pair.approve", {"requestId": "x"}),
     ("gateway.restart.request", {}), ("chat.send", {"sessionKey": "main", "message": "hi"}), ("agent", {"message": "hi"}),
-    ("node.invoke", {"nodeId": "n", "command": "system.run"}), ("no.such.method", {}),
+    ("node.invoke", {"nodeId": "n", "command": "system.run"}), ("portal.open", {"port": 9, "title": "x"}), ("no.such.method", {}),
 ])
 def test_methods_that_act_are_refused_and_the_connection_stays(open_sc, method, params):
     ws, hello = session(open_sc.port, ALL)

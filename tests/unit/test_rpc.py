@@ -291,3 +291,9 @@ def test_the_readme_lists_the_whole_deny_list() -> None:
     section = readme.split("**The method deny list**", 1)[1].split("## ", 1)[0]
     missing = sorted(name for name in default_denied() if f"`{name}`" not in section)
     assert not missing, missing
+
+
+def test_a_write_scope_cannot_open_a_gateway_listener() -> None:
+    """portal.open proxies a new gateway port to any local one: denied though only write-scoped."""
+    assert {"portal.open", "push.web.subscribe", "push.test", "push.web.test"} <= default_denied()
+    assert "portal.close" not in default_denied() and "portal.list" not in default_denied()

@@ -408,31 +408,51 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-def test_websocket_upgrade_with_token_is_relayed(be, sc):
+@pytest.fixture(scope="module")
+def passthrough_sc(be, module_sidecar) -> SidecarProcess:
+    """websocket.mode passthrough: frames relayed unread, so the upgrade itself must authenticate."""
+    return module_sidecar(config(be.url, sidecar={"websocket": {"mode": "passthrough"}}))
+
+
+def ws_upgrade_head(key: str, *, token: str | None = TOKEN) -> bytes:
+    headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]
+    if token is not None:
+        headers.insert(0, ("Authorization", f"Bearer {token}"))
+    return raw_head("GET", "/ws", headers)
+
+
+def open_websocket(sc: SidecarProcess, key: str) -> tuple[socket.socket, bytes]:
+    """Upgrade, check the 101 and its accept key; returns the socket and bytes after the head."""
+    sock = socket.create_connection((sc.host, sc.port), timeout=10)
+    sock.sendall(ws_upgrade_head(key))
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    response_head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = response_head.decode("latin-1").split("\r\n")
+    assert lines[0].split(" ")[1] == "101", response_head
+    fields = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+    assert fields["sec-websocket-accept"] == expected
+    return sock, rest
+
+
+def read_frame(sock: socket.socket, rest: bytes) -> tuple[int, bytes]:
+    while len(rest) < 2:
+        rest += sock.recv(4096)
+    first, length = rest[0], rest[1] & 0x7F
+    frame = rest + _recv_exactly(sock, max(0, 2 + length - len(rest)))
+    return first, frame[2:2 + length]
+
+
+def test_websocket_passthrough_relays_frames_unread(be, passthrough_sc):
     key = base64.b64encode(os.urandom(16)).decode()
-    head = raw_head("GET", "/ws", [("Authorization", f"Bearer {TOKEN}"), ("Upgrade", "websocket"),
-                                   ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
-                                   ("Sec-WebSocket-Version", "13")])
-    with socket.create_connection((sc.host, sc.port), timeout=10) as sock:
-        sock.sendall(head)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(4096)
-            assert chunk, buf
-            buf += chunk
-        response_head, rest = buf.split(b"\r\n\r\n", 1)
-        lines = response_head.decode("latin-1").split("\r\n")
-        assert lines[0].split(" ")[1] == "101", response_head
-        fields = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-        expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-        assert fields["sec-websocket-accept"] == expected
+    sock, rest = open_websocket(passthrough_sc, key)
+    with sock:
         sock.sendall(_ws_frame(0x1, b"hello sidecar"))
-        while len(rest) < 2:
-            rest += sock.recv(4096)
-        first, length = rest[0], rest[1] & 0x7F
-        frame = rest + _recv_exactly(sock, max(0, 2 + length - len(rest)))
-        assert first == 0x81
-        assert frame[2:2 + length] == b"hello sidecar"
+        assert read_frame(sock, rest) == (0x81, b"hello sidecar")
         sock.sendall(_ws_frame(0x8, struct.pack("!H", 1000)))
     record = only_request(be)
     assert record["path"] == "/ws"
@@ -440,12 +460,20 @@ def test_websocket_upgrade_with_token_is_relayed(be, sc):
     assert [v.lower() for v in header_values(record, "upgrade")] == ["websocket"]
 
 
-def test_websocket_upgrade_without_token_is_401(be, sc):
+def test_websocket_passthrough_upgrade_without_token_is_401(be, passthrough_sc):
     key = base64.b64encode(os.urandom(16)).decode()
-    raw = http_request("GET", "/ws", [("Upgrade", "websocket"), ("Sec-WebSocket-Key", key),
-                                      ("Sec-WebSocket-Version", "13")])
-    resp = raw_exchange((sc.host, sc.port), raw)
+    resp = raw_exchange((passthrough_sc.host, passthrough_sc.port), ws_upgrade_head(key, token=None))
     assert_refused(resp, 401, UNAUTHORIZED, be)
+
+
+def test_websocket_enforce_never_relays_a_first_frame_that_is_not_connect(be, sc):
+    """The demo backend echoes whatever reaches it: here nothing does; the sidecar closes 1008."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock, rest = open_websocket(sc, key)
+    with sock:
+        sock.sendall(_ws_frame(0x1, b"hello sidecar"))
+        first, payload = read_frame(sock, rest)
+    assert first == 0x88 and struct.unpack("!H", payload[:2])[0] == 1008
 
 
 @pytest.mark.parametrize("target", ["/tools/./invoke", "/tools/%2e/invoke", "/x/../tools/invoke",

@@ -19,6 +19,7 @@ from mitmproxy.master import Master
 from prometheus_client import start_http_server
 
 from sidecar.config import Config, split_host_port
+from sidecar.logging_limits import limit_library_logs
 from sidecar.metrics import REGISTRY
 from sidecar.runtime import build_runtime
 
@@ -66,6 +67,7 @@ def _ignore_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> Non
 
 async def _run(config: Config, on_ready: Callable[[str], None] | None) -> int:
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no per-connection chatter
+    limit_library_logs()
     runtime = build_runtime(config)
     guard = ToolsInvokeGuard(runtime)
     master = build_master(config, guard)

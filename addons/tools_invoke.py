@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import h11
-from h11._readers import ChunkedReader
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import HttpStream, _http1
 
 try:  # loaded by mitmdump -s, the repository root may not be on sys.path
     import sidecar  # noqa: F401
 except ImportError:  # pragma: no cover - depends on how mitmdump was started
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from addons import compat
 
 from sidecar import audit, envelopes
 from sidecar.config import load_config
@@ -36,8 +36,9 @@ from sidecar.body import MAX_BODY_BYTES
 from sidecar.envelopes import Envelope
 from sidecar.errors import ConfigError
 from sidecar.ipaddrs import normalize_ip
-from sidecar.metrics import DECISION_SECONDS, INTERNAL_ERRORS
-from sidecar.pipeline import Admitted, Forward, Refuse
+from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
+from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS
+from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.view import RequestView
 
@@ -55,42 +56,6 @@ WS_CLOSE_LINGER_SECONDS = 0.25
 # unauthenticated client can never make us buffer a large body.
 KEEP_ALIVE_REFUSAL_MAX_BODY = 64 * 1024
 LINGER_SECONDS = 1.0
-
-
-def limit_request_bodies_only() -> None:
-    """Apply mitmproxy's body_size_limit to request bodies only.
-
-    The 2 MiB cap is the gateway's request rule; a tool result larger than that must still
-    reach the client. mitmproxy applies one limit to both directions, so its size check is
-    narrowed to requests here (mitmproxy is pinned < 13; tests cover both directions).
-    """
-    original = HttpStream.check_body_size
-    if getattr(original, "_sidecar_requests_only", False):
-        return
-
-    def check_body_size(self: HttpStream, request: bool):  # type: ignore[no-untyped-def]
-        if not request:
-            return (yield from ())
-        return (yield from original(self, request))
-
-    check_body_size._sidecar_requests_only = True  # type: ignore[attr-defined]
-    HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
-
-
-class _TrailerRefusingReader(ChunkedReader):
-    """mitmproxy 12 raises NotImplementedError on HTTP/1 trailers, logging a crash and leaving
-    the connection hanging; as a protocol error it closes the connection cleanly instead. The
-    sidecar refuses trailers anyway (corpus B6): nothing after the body may reach the gateway."""
-
-    def __call__(self, buf):  # type: ignore[no-untyped-def]
-        event = super().__call__(buf)
-        if isinstance(event, h11.EndOfMessage) and event.headers:
-            raise h11.RemoteProtocolError("trailers are not accepted")
-        return event
-
-
-def refuse_trailers() -> None:
-    _http1.ChunkedReader = _TrailerRefusingReader  # type: ignore[misc]
 
 
 # Proxy settings the guard's guarantees depend on, applied whichever way it is loaded.
@@ -123,14 +88,20 @@ def view_of(flow: http.HTTPFlow) -> RequestView:
     )
 
 
+def response_with_close(envelope: Envelope) -> http.Response:
+    response = response_of(envelope)
+    response.headers["Connection"] = "close"
+    return response
+
+
 def response_of(envelope: Envelope) -> http.Response:
     return http.Response.make(envelope.status, envelope.body, [(k.encode(), v.encode()) for k, v in envelope.headers])
 
 
 
-def _client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
+def client_writer(client: connection.Client) -> asyncio.StreamWriter | None:
     proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    handler = proxyserver.connections.get(client.id) if proxyserver else None
     transport = handler.transports.get(handler.client) if handler else None
     writer = transport.writer if transport else None
     if writer is None or writer.is_closing():
@@ -156,7 +127,7 @@ def close_websocket(flow: http.HTTPFlow, code: int, reason: str, answer: bytes |
     the client transport directly, between whole frames (asyncio runs one writer at a time);
     nothing the client sends after that is relayed."""
     flow.metadata[WS_CLOSING] = True
-    writer = _client_writer(flow)
+    writer = client_writer(flow.client_conn)
     if writer is not None:
         if answer is not None:
             writer.write(websocket_frame(0x1, answer))
@@ -176,11 +147,10 @@ def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
     """
     if flow.metadata.get(ANSWERED):
         return True
-    writer = _client_writer(flow)
+    writer = client_writer(flow.client_conn)
     if writer is None or not (flow.client_conn.state & ConnectionState.CAN_WRITE):
         return False
-    response = response_of(envelope)
-    response.headers["Connection"] = "close"
+    response = response_with_close(envelope)
     # mitmproxy would otherwise write its own `100 Continue` after our answer and our EOF.
     flow.request.headers.pop("expect", None)
     writer.write(http1.assemble_response(response))
@@ -191,6 +161,26 @@ def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
     return True
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft file-descriptor limit to the hard one; returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_cap(configured: int | None, fd_limit: int) -> int:
+    """Kept below the descriptor limit, so a flood is refused at accept instead of breaking the
+    process: each proxied connection holds two descriptors, and some are kept for everything else."""
+    derived = max(16, (fd_limit - 256) // 2)
+    return min(configured, derived) if configured is not None else derived
+
+
 class ToolsInvokeGuard:
     """Enforces the /tools/invoke contract (and hygiene on every other route) in front of a gateway."""
 
@@ -199,16 +189,16 @@ class ToolsInvokeGuard:
     def __init__(self, runtime: Runtime | None = None) -> None:
         self.runtime = runtime
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Client connections, and the head deadline of those waiting for a request head.
+        self._clients: set[str] = set()
+        self._head_deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._max_connections = connection_cap(None, raise_fd_limit())
 
     # ---- options (only for `mitmdump -s`; the embedded runner passes a runtime) -----------
 
     def load(self, loader: Any) -> None:
         loader.add_option("sidecar_config", str | None, None, "Path to the openclaw-sidecar YAML/JSON5 config file.")
-        limit_request_bodies_only()
-        refuse_trailers()
-
-    def running(self) -> None:
-        ctx.options.update(**REQUIRED_OPTIONS)
+        compat.apply_patches(MAX_HEAD_BYTES)
 
     def configure(self, updated: set[str]) -> None:
         if "sidecar_config" not in updated or not ctx.options.sidecar_config:
@@ -219,9 +209,53 @@ class ToolsInvokeGuard:
             raise exceptions.OptionsError(f"sidecar_config: {exc}") from None
         self.runtime = build_runtime(config)
 
+    # ---- connections: bounded before anyone is authenticated -------------------------------
+
+    def running(self) -> None:
+        ctx.options.update(**REQUIRED_OPTIONS)
+        if self.runtime is not None:
+            self._max_connections = connection_cap(self.runtime.config.sidecar.max_connections, raise_fd_limit())
+
+    def client_connected(self, client: connection.Client) -> None:
+        if len(self._clients) >= self._max_connections:
+            CONNECTIONS_REFUSED.inc()
+            LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: closing new connections at accept", self._max_connections)
+            client.error = "connection limit reached"
+            return
+        self._clients.add(client.id)
+        self._arm_head_deadline(client)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._clients.discard(client.id)
+        self._disarm_head_deadline(client)
+
+    def _arm_head_deadline(self, client: connection.Client) -> None:
+        """The next request head must be complete within headReadSeconds (also closes idle
+        keep-alive connections: dripping bytes never extends it)."""
+        self._disarm_head_deadline(client)
+        seconds = self.runtime.config.sidecar.timeouts.head_read_seconds if self.runtime else 10.0
+        self._head_deadlines[client.id] = asyncio.get_running_loop().call_later(seconds, self._head_deadline_passed, client)
+
+    def _disarm_head_deadline(self, client: connection.Client) -> None:
+        timer = self._head_deadlines.pop(client.id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _head_deadline_passed(self, client: connection.Client) -> None:
+        self._head_deadlines.pop(client.id, None)
+        HEAD_TIMEOUTS.inc()
+        writer = client_writer(client)
+        if writer is None:
+            return
+        writer.write(http1.assemble_response(response_with_close(envelopes.head_timeout())))
+        if writer.can_write_eof():
+            writer.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
+
     # ---- hooks ----------------------------------------------------------------------------
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._disarm_head_deadline(flow.client_conn)
         if flow.response or flow.error or not flow.live:
             return
         started = time.perf_counter()
@@ -266,6 +300,8 @@ class ToolsInvokeGuard:
 
     def response(self, flow: http.HTTPFlow) -> None:
         """Review what the upstream answered (the hook also fires for answers we set ourselves)."""
+        if flow.websocket is None and flow.client_conn.id in self._clients:
+            self._arm_head_deadline(flow.client_conn)  # the exchange is over: next head, or idle
         admitted = flow.metadata.get(ADMITTED)
         if not flow.metadata.get(FORWARDED) or not isinstance(admitted, Admitted) or flow.response is None:
             return

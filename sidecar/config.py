@@ -78,6 +78,9 @@ def _lower_names(names: tuple[str, ...]) -> tuple[str, ...]:
 
 class Timeouts(BaseModel):
     model_config = _STRICT
+    # From a connection's start, or the end of its previous exchange, until a complete request
+    # head: slow heads get 408 and idle keep-alive connections are closed.
+    head_read_seconds: float = Field(10.0, gt=0)
     body_read_seconds: float = Field(30.0, gt=0)
     upstream_read_seconds: float = Field(300.0, gt=0)
 
@@ -250,6 +253,9 @@ class SidecarSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Prometheus metrics on a port of their own, never on the proxied port (corpus G6).
     metrics_listen: str | None = None
+    # Open client connections; beyond it a connection is closed at accept. Default: what the
+    # process's file-descriptor limit allows (two descriptors a proxied connection, some spare).
+    max_connections: int | None = Field(None, ge=1)
     timeouts: Timeouts = Timeouts()
     rate_limit: RateLimitSettings = RateLimitSettings()
     context_headers: ContextHeaders = ContextHeaders()

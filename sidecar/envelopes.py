@@ -159,6 +159,16 @@ def route_not_found() -> Envelope:
     return _plain(404, "Not Found")
 
 
+def head_too_large() -> Envelope:
+    """Node's answer to a request head over its 16 KiB limit (HPE_HEADER_OVERFLOW)."""
+    return Envelope(431, b"", (("Connection", "close"),))
+
+
+def head_timeout() -> Envelope:
+    """A request head not complete in time (Node's headersTimeout answers 408 too)."""
+    return _openai_style(408, "Request header timeout", "invalid_request_error", ("Connection", "close"))
+
+
 def websocket_upgrade_not_supported() -> Envelope:
     """An `Upgrade:` other than websocket (h2c...): the gateway answers 400 and closes."""
     return _plain(400, "Bad Request", ("Connection", "close"))

@@ -28,6 +28,21 @@ INTERNAL_ERRORS = Counter(
     "Requests refused with a sanitised 500 because the sidecar itself failed.",
     registry=REGISTRY,
 )
+HEAD_REFUSALS = Counter(
+    "openclaw_sidecar_head_refusals_total",
+    "Request heads refused while they arrived (over the size limit), before any request existed.",
+    registry=REGISTRY,
+)
+CONNECTIONS_REFUSED = Counter(
+    "openclaw_sidecar_connections_refused_total",
+    "Client connections closed at accept because the open-connection cap was reached.",
+    registry=REGISTRY,
+)
+HEAD_TIMEOUTS = Counter(
+    "openclaw_sidecar_head_timeouts_total",
+    "Connections closed because no complete request head arrived in time (slow or idle clients).",
+    registry=REGISTRY,
+)
 DECISION_SECONDS = Histogram(
     "openclaw_sidecar_decision_seconds",
     "Time spent deciding a request inside the sidecar (excluding upstream).",

@@ -1,7 +1,7 @@
 """The order of refusal stages, in one place.
 
 `on_head` decides everything a request head can decide (before a body byte is read):
-method syntax → malformed head → Expect → Host → target and route → denied routes →
+head size → method syntax → malformed head → Expect → Host → target and route → denied routes →
 attribution → Funnel → method → rate-limit lock → auth → scopes → declared size.
 `on_body` applies the body rules and tool policy. Forwarding is the one outcome every stage
 must grant; every other path ends in a `Refuse` carrying the gateway's own answer.
@@ -30,6 +30,7 @@ from .toolpolicy import ToolGate
 from .view import RequestView
 
 TOOLS_ROUTE = "tools-invoke"
+MAX_HEAD_BYTES = 16 * 1024  # Node's default --max-http-header-size, which the gateway runs with
 # Auth outcomes of requests the sidecar did not authenticate: they get no scopes and never
 # carry the sidecar's upstream credential.
 CONNECT_FRAME_AUTH = "websocket-connect"  # checked later, in the RPC connect frame
@@ -134,6 +135,10 @@ class Pipeline:
     # ---- head ---------------------------------------------------------------------------
 
     async def on_head(self, view: RequestView) -> Refuse | Admitted:
+        if view.head_size() > MAX_HEAD_BYTES:
+            # Node refuses such heads before the gateway sees them; checked first, before any
+            # work that grows with the input.
+            return Refuse(envelopes.head_too_large(), "request_head_too_large")
         if not _METHOD.fullmatch(view.method):
             # Node's parser refuses lower-case and unknown-shaped methods outright.
             return Refuse(envelopes.bad_request("invalid request method"), "invalid_method")

@@ -36,6 +36,11 @@ class RequestView:
     def names(self) -> list[str]:
         return list(self._index)
 
+    def head_size(self) -> int:
+        """Bytes of the head as sent on HTTP/1.1 (request line, header lines, blank line)."""
+        size = len(self.method) + len(self.target) + len(" HTTP/1.1\r\n") + 2
+        return size + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
     def declared_length(self) -> int | None:
         """Body bytes still to come: Content-Length, 0 when absent, None for chunked or unusable."""
         if self.has("transfer-encoding"):

@@ -78,3 +78,90 @@ def test_lower_case_method_is_refused_not_forwarded(sidecar, backend) -> None:
         reply = read_response(sock)
     assert reply.status == 400
     assert backend.requests() == []
+
+
+# ---- bounded work before authentication (issue: hostile clients) ---------------------------------
+
+
+@pytest.fixture
+def strict_sidecar(start_sidecar, backend):
+    return start_sidecar({
+        "sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
+                    "timeouts": {"headReadSeconds": 1}, "maxConnections": 4},
+        "gateway": {"auth": {"mode": "token", "token": TOKEN}},
+    })
+
+
+def _authorised_request_works(sidecar, backend) -> None:
+    with _connect(sidecar) as sock:
+        sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer T\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 22\r\n\r\n{\"tool\":\"agents_list\"}")
+        assert read_response(sock, timeout=10).status == 200
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # a long request line
+    b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"b" * 17_000 + b"\r\n\r\n",  # long headers
+    b"GET /" + b"c" * 3_000_000,  # never completes: refused as it arrives
+])
+def test_a_head_over_nodes_limit_gets_431_as_it_arrives(strict_sidecar, backend, head: bytes) -> None:
+    with _connect(strict_sidecar) as sock:
+        try:
+            sock.sendall(head)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before we finished sending
+        reply = read_response(sock, timeout=10)
+    assert reply.status == 431 and reply.header("connection") == "close"
+    assert backend.requests() == []
+    _authorised_request_works(strict_sidecar, backend)
+
+
+def test_a_dripping_head_is_answered_408_at_the_deadline(strict_sidecar, backend) -> None:
+    """Activity never extends the deadline: a client that keeps dripping header lines (20 lines,
+    0.3 s apart, far past the 1 s deadline) is answered 408 while it is still dripping."""
+    with _connect(strict_sidecar) as sock:
+        sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n")
+        answered_at = None
+        for line in range(20):
+            time.sleep(0.3)
+            try:
+                sock.sendall(b"X-Drip-%d: 1\r\n" % line)
+            except (BrokenPipeError, ConnectionResetError):
+                answered_at = line
+                break
+            sock.setblocking(False)
+            try:
+                if sock.recv(1, socket.MSG_PEEK):
+                    answered_at = line
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+        assert answered_at is not None, "still waiting after 20 dripped lines"
+        reply = read_response(sock, timeout=10)
+    assert reply.status == 408 and reply.header("connection") == "close"
+    assert backend.requests() == []
+
+
+def test_an_idle_keep_alive_connection_is_closed(strict_sidecar, backend) -> None:
+    with _connect(strict_sidecar) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock, timeout=10).status == 200
+        reply = read_response(sock, timeout=10)  # nothing more sent: the next head never comes
+    assert reply.status == 408
+
+
+def test_connections_beyond_the_cap_are_closed_at_accept(strict_sidecar, backend) -> None:
+    held = [_connect(strict_sidecar) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        with _connect(strict_sidecar) as extra:
+            extra.settimeout(5)
+            assert extra.recv(1) == b""  # closed without an answer
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    _authorised_request_works(strict_sidecar, backend)
+    assert "connection cap (4) reached" in strict_sidecar.logs()

@@ -1,0 +1,68 @@
+"""Log lines that a flood could repeat thousands of times a second, written once per interval.
+
+A client flood must not become a log flood: the first line for a message goes out, the same
+message is then counted for the rest of the interval, and the next line says how many were left
+out. Also applied, as a filter, to asyncio's accept errors (`Too many open files`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+INTERVAL_SECONDS = 10.0
+
+
+class OncePerInterval:
+    """Rate-limited logging keyed by the message template (not its arguments)."""
+
+    def __init__(self, interval_s: float = INTERVAL_SECONDS, clock: Any = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, logger_name: str, template: str) -> int | None:
+        """None: leave this line out; otherwise the number left out since the last one."""
+        key = (logger_name, template)
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._suppressed.pop(key, 0)
+
+    def warning(self, logger: logging.Logger, template: str, *args: Any) -> None:
+        left_out = self.admit(logger.name, template)
+        if left_out is not None:
+            suffix = f" ({left_out} similar lines left out)" if left_out else ""
+            logger.warning(template + suffix, *args)
+
+
+class RepeatFilter(logging.Filter):
+    """A logging filter with the same policy, for loggers we do not own (asyncio's)."""
+
+    def __init__(self, limiter: OncePerInterval) -> None:
+        super().__init__()
+        self.limiter = limiter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        left_out = self.limiter.admit(record.name, str(record.msg))
+        if left_out is None:
+            return False
+        if left_out:
+            record.msg = f"{record.msg} ({left_out} similar lines left out)"
+        return True
+
+
+LOG_ONCE_PER_INTERVAL = OncePerInterval()
+
+
+def limit_library_logs() -> None:
+    """asyncio logs every failed accept with a traceback; once per interval is enough."""
+    logging.getLogger("asyncio").addFilter(RepeatFilter(LOG_ONCE_PER_INTERVAL))

@@ -10,8 +10,6 @@ import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.errors import HeaderParseError
-from email.header import decode_header, make_header
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -59,17 +57,16 @@ def safe_equal(presented: str, expected: str) -> bool:
     return same and len(a) == len(b)
 
 
-def decode_identity(value: str | None) -> str | None:
-    """Identity header value: RFC 2047 decoded (Tailscale), trimmed; empty is no identity (D5)."""
+def read_identity(value: str | None) -> str | None:
+    """The identity exactly as the gateway reads it: the header value, trimmed; empty is no
+    identity (D5). RFC 2047 words (Tailscale's spelling of non-ASCII logins) are NOT decoded: the
+    gateway compares the raw value, so decoding here would give one caller two identities, e.g.
+    `=?utf-8?q?alice?=` alice's ceiling in the sidecar and someone else's rights upstream. Config
+    (allowUsers, ceilings, pins) names such users in the same raw spelling."""
     if value is None:
         return None
     text = value.strip()
-    if "=?" in text:
-        try:
-            text = str(make_header(decode_header(text))).strip()
-        except (ValueError, LookupError, UnicodeDecodeError, HeaderParseError):
-            return None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):  # decoding can smuggle CR/LF (D6)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):  # never from a parsed header; defence in depth
         return None
     return text or None
 
@@ -198,7 +195,7 @@ class TrustedProxyAuth:
             if not (view.first(name) or "").strip():
                 return fail(f"trusted_proxy_missing_header_{name}")
         spelled = (view.first(self.user_header) or "").strip()
-        user = decode_identity(spelled)
+        user = read_identity(spelled)
         if user is None:
             return fail("trusted_proxy_user_missing")
         if self.allow_users and user not in self.allow_users:

@@ -408,53 +408,36 @@ def test_D7_obs_fold_is_refused(testnet, tp_sc, module_backend, folded):
     assert_refused_raw(response, module_backend, 400)
 
 
-# ---- D5 / D6: RFC 2047 identities ------------------------------------------------------------
+# ---- D5 / D6: RFC 2047 identities: one string, as the gateway reads it ----------------------------
+
+JORG_Q = "=?utf-8?q?j=C3=B6rg@example.com?="
+JORG_B = "=?UTF-8?B?" + base64.b64encode("jörg@example.com".encode()).decode() + "?="
+LI_Q = "=?utf-8?q?=E6=9D=8E@example.com?="
 
 
 @pytest.fixture(scope="module")
 def allow_users_sc(module_sidecar, module_backend) -> SidecarProcess:
-    return module_sidecar(tp_config(module_backend, trusted_proxy={"allowUsers": ["jörg@example.com", "李@example.com", ALICE]}))
+    # Listed as Tailscale spells them, as the gateway (which never decodes them) needs them too.
+    return module_sidecar(tp_config(module_backend, trusted_proxy={"allowUsers": [JORG_Q, LI_Q, ALICE]}))
 
 
-@pytest.mark.parametrize("encoded", [
-    "=?utf-8?q?j=C3=B6rg@example.com?=",
-    "=?UTF-8?B?" + base64.b64encode("jörg@example.com".encode()).decode() + "?=",
-], ids=["q", "b"])
-def test_D5_rfc2047_identity_is_decoded_before_allow_users(testnet, allow_users_sc, module_backend, encoded):
-    """D5: Tailscale's RFC 2047 spelling of a non-ASCII login matches allowUsers' decoded entry."""
-    response = send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
-    record = only_forwarded(module_backend, response)
-    forwarded = header_values(record, "tailscale-user-login")
-    assert len(forwarded) == 1, record["headers"]
-    # The gateway reads header bytes as latin-1; the identity must arrive as the decoded user
-    # (UTF-8 bytes or latin-1 bytes of "jörg") or in its original RFC 2047 form, never anything else.
-    acceptable = {"jörg@example.com", "jörg@example.com".encode().decode("latin-1"), encoded}
-    assert forwarded[0] in acceptable, forwarded
+@pytest.mark.parametrize("encoded", [JORG_Q, LI_Q], ids=["latin-1", "outside-latin-1"])
+def test_D5_an_rfc2047_identity_is_judged_and_forwarded_as_spelled(testnet, allow_users_sc, module_backend, encoded):
+    """D5: one identity string per request: allowUsers, ceilings and pins see exactly what the
+    gateway will see, so no caller has one name in the sidecar and another upstream."""
+    record = only_forwarded(module_backend, send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)])))
+    assert header_values(record, "tailscale-user-login") == [encoded]
 
 
-def test_D5_rfc2047_identity_outside_latin1_is_handled_deliberately(testnet, allow_users_sc, module_backend):
-    """D5: an allowed login that is not Latin-1 (Tailscale sends `=?utf-8?q?=E6=9D=8E@...?=`) is
-    either forwarded (decoded as UTF-8, or in its RFC 2047 form) or refused deliberately (400/401);
-    it must never crash the request into a 500 internal error."""
-    encoded = "=?utf-8?q?=E6=9D=8E@example.com?="
-    response = send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
-    assert response.status != 500, ("internal error instead of a decision", response.body)
-    if response.status in (400, 401):
-        assert_refused_raw(response, module_backend, response.status)
-        return
-    record = only_forwarded(module_backend, response)
-    forwarded = header_values(record, "tailscale-user-login")
-    assert forwarded in ([encoded], ["李@example.com".encode().decode("latin-1")]), forwarded
-
-
-@pytest.mark.parametrize("encoded", ["=?utf-8?q?mallory@example.com?=", "=?utf-8?q?Alice@example.com?="])
-def test_D5_rfc2047_identity_not_in_allow_users_is_unauthorized(testnet, allow_users_sc, module_backend, encoded):
+@pytest.mark.parametrize("encoded", [JORG_B, "jörg@example.com".encode().decode("latin-1"),
+                                     "=?utf-8?q?mallory@example.com?=", "=?utf-8?q?Alice@example.com?="])
+def test_D5_another_spelling_is_another_identity(testnet, allow_users_sc, module_backend, encoded):
+    """The B-encoded or decoded spelling of an allowed login is not that login (nor for the gateway)."""
     response = send(testnet, PROXY, allow_users_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
     assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
 
 
-@pytest.mark.parametrize("empty", ["", "   ", "=?utf-8?q??=", "=?utf-8?q?_?="], ids=["empty", "blank", "encoded-empty",
-                                                                                  "encoded-space"])
+@pytest.mark.parametrize("empty", ["", "   "], ids=["empty", "blank"])
 def test_D5_empty_identity_is_no_identity(testnet, tp_sc, module_backend, empty):
     """D5: Tailscale sends "" for undecodable logins: that is no identity (401), never user ""
     (tp_sc has no allowUsers, so an empty user would otherwise be accepted)."""
@@ -468,10 +451,13 @@ def test_D5_empty_identity_is_no_identity(testnet, tp_sc, module_backend, empty)
     "=?utf-8?q?bob=00root@example.com?=",
     "=?utf-8?b?" + base64.b64encode(b"bob\r\nx: y").decode() + "?=",
 ], ids=["crlf-q", "lf-q", "nul-q", "crlf-b"])
-def test_D6_encoded_control_characters_in_identity_are_refused(testnet, tp_sc, module_backend, encoded):
-    """D6: an RFC 2047 value that decodes to CR/LF/NUL cannot become a header the sidecar writes."""
-    response = send(testnet, PROXY, tp_sc, invoke([VIA, ("Tailscale-User-Login", encoded)]))
-    assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
+def test_D6_encoded_control_characters_never_become_headers(testnet, tp_sc, module_backend, encoded):
+    """D6: never decoded, an encoded CR/LF/NUL stays text: the identity is forwarded exactly as
+    spelled, in one header, and no header it might smuggle appears."""
+    record = only_forwarded(module_backend, send(testnet, PROXY, tp_sc, invoke([VIA, ("Tailscale-User-Login", encoded)])))
+    assert header_values(record, "tailscale-user-login") == [encoded]
+    assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
+    assert header_values(record, "x") == []
 
 
 # ---- F: scope header semantics and ceilings ----------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.attribution import Attribution
-from sidecar.auth import OriginPolicy, decode_identity
+from sidecar.auth import OriginPolicy, read_identity
 from sidecar.body import BodyError, read_invoke_body
 from sidecar.config import load_config
 from sidecar.pipeline import Admitted, Pipeline, Refuse
@@ -24,15 +24,11 @@ def test_unparseable_origin_is_refused_not_raised(origin: str) -> None:
     assert OriginPolicy(()).permits(view, LOCAL) is False
 
 
-@pytest.mark.parametrize("value", ["=?utf-8?b?a?=", "=?bogus-charset?q?x?="])
-def test_undecodable_rfc2047_identity_is_no_identity(value: str) -> None:
-    assert decode_identity(value) is None
-
-
-@pytest.mark.parametrize("value", ["=?utf-8?q?=ZZ?=", "=?utf-8?x?abc?=", "=?utf-8?q?a=0Db?=", "=?utf-8?b?YQ==?==?utf-8?b?"])
-def test_odd_rfc2047_identity_never_raises_nor_yields_control_characters(value: str) -> None:
-    decoded = decode_identity(value)
-    assert decoded is None or (decoded.strip() and all(ord(c) >= 0x20 and ord(c) != 0x7F for c in decoded))
+@pytest.mark.parametrize("value", ["=?utf-8?b?a?=", "=?bogus-charset?q?x?=", "=?\xc3\xa9?q?alice?=", "=?utf-8?q?=ZZ?=",
+                                   "=?utf-8?q?a=0Db?=", "=?utf-8?b?YQ==?==?utf-8?b?"])
+def test_encoded_identities_never_raise_and_are_read_as_spelled(value: str) -> None:
+    """One identity for every decision and for what is forwarded: the raw spelling."""
+    assert read_identity(value) == value
 
 
 def test_deeply_nested_body_needing_a_rewrite_is_a_body_error() -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.config import load_config
+from tests.unit.fakes import NeverLimits
 from sidecar.pipeline import Admitted, Forward, Pipeline, Refuse
 from sidecar.rpc import RpcSession
 from sidecar.toolpolicy import normalize_tool_name
@@ -30,31 +30,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 TOKEN = "property-token"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    allowed: bool = True
-    retry_after_s: int = 0
-    unavailable: bool = False
-
-
-class Limiter:
-    async def check(self, ip: str | None) -> Verdict:
-        return Verdict()
-
-    async def record_failure(self, ip: str | None) -> float:
-        return 0.0
-
-    async def reset(self, ip: str | None) -> None:
-        return None
-
-
 def _pipeline() -> Pipeline:
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"openclaw-sidecar-properties-{os.getpid()}.json"
     path.write_text(json.dumps({
         "gateway": {"auth": {"token": TOKEN}, "tools": {"deny": ["agents_list"]}},
         "sidecar": {"runtimeDir": str(path.with_suffix(".run"))},
     }))
-    return Pipeline(load_config(path, environ={}), Limiter())
+    return Pipeline(load_config(path, environ={}), NeverLimits())
 
 
 PIPELINE = _pipeline()

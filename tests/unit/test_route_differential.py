@@ -25,12 +25,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sidecar.config import load_config
+from tests.unit.fakes import NeverLimits
 from sidecar.pipeline import Admitted, Pipeline, Refuse
 from sidecar.view import RequestView
 
@@ -136,26 +136,6 @@ OWN_TARGETS = [
 ]
 
 
-@dataclass(frozen=True)
-class AllowAll:
-    allowed: bool = True
-    retry_after_s: int = 0
-    unavailable: bool = False
-
-
-class FakeLimiter:
-    """The auth-failure limiter stand-in: never limits, never delays."""
-
-    async def check(self, ip: str | None) -> AllowAll:
-        return AllowAll()
-
-    async def record_failure(self, ip: str | None) -> float:
-        return 0.0
-
-    async def reset(self, ip: str | None) -> None:
-        return None
-
-
 def all_targets() -> list[str]:
     targets = [entry["target"] for entry in json.loads(DATA.read_text(encoding="utf-8"))] if DATA.exists() else []
     for target in OWN_TARGETS:
@@ -197,7 +177,7 @@ def pipeline(tmp_path: Path) -> Pipeline:
         "sidecar:\n"
         f"  runtimeDir: {tmp_path / 'run'}\n"
     )
-    return Pipeline(load_config(config_file, environ={}), FakeLimiter())
+    return Pipeline(load_config(config_file, environ={}), NeverLimits())
 
 
 def head(method: str, target: str, token: str | None = None) -> RequestView:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Protocol
 
 from . import envelopes
@@ -21,7 +22,7 @@ from .body import MAX_BODY_BYTES, BodyError, read_invoke_body
 from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
-from .headers import HeaderPlan, head_problem, rebuild_headers
+from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_headers
 from .ipaddrs import is_loopback, parse_network
 from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable
 from .rpc import RpcPolicy, RpcSession
@@ -243,9 +244,8 @@ class Pipeline:
         if mode == "off":
             return Refuse(envelopes.route_not_found(), "websocket_off")
         key = (view.first("sec-websocket-key") or "").strip()
-        tokens = {t.strip().lower() for v in view.values("connection") for t in v.decode("latin-1").split(",")}
         if (view.method != "GET" or (view.first("sec-websocket-version") or "").strip() != "13" or not _websocket_key(key)
-                or view.declared_length() != 0 or "upgrade" not in tokens):
+                or view.declared_length() != 0 or "upgrade" not in connection_tokens(view)):
             return Refuse(envelopes.bad_request("not an RFC 6455 WebSocket upgrade"), "invalid_websocket_upgrade")
         return None
 
@@ -256,16 +256,8 @@ class Pipeline:
         async def check_secret(presented: str | None) -> AuthOutcome:
             authenticator = self.authenticator
             assert isinstance(authenticator, SharedSecretAuth)
-            key = admitted.client_ip
-            verdict = await self.failure_limiter.check(key)
-            if verdict.unavailable or not verdict.allowed:
-                return AuthOutcome(False, authenticator.method, "rate_limited" if not verdict.unavailable else "limiter_unavailable")
-            outcome = authenticator.check(presented)
-            if outcome.ok:
-                await self.failure_limiter.reset(key)
-            elif outcome.counts_as_failure:
-                await self.failure_limiter.record_failure(key)
-            return outcome
+            result = await self._limited_check(admitted.client_ip, True, lambda: authenticator.check(presented))
+            return AuthOutcome(False, authenticator.method, result.reason) if isinstance(result, Refuse) else result
 
         async def limit(user: str | None, tool: str) -> str | None:
             if self.request_limiter is None:
@@ -303,14 +295,21 @@ class Pipeline:
         return RouteAccess(public=policy == "public")
 
     async def _authenticate(self, view: RequestView, attribution: Attribution) -> Refuse | AuthOutcome:
-        key = attribution.client_ip
-        if self.authenticator.rate_limited(attribution):
+        return await self._limited_check(
+            attribution.client_ip, self.authenticator.rate_limited(attribution),
+            lambda: self.authenticator.authenticate(view, attribution),
+        )
+
+    async def _limited_check(self, key: str | None, limited: bool, check: Callable[[], AuthOutcome]) -> Refuse | AuthOutcome:
+        """A credential check behind the auth-failure limiter: a locked client is refused before
+        the comparison, a mismatch is counted, a match clears the client's failures."""
+        if limited:
             verdict = await self.failure_limiter.check(key)
             if verdict.unavailable:
                 return Refuse(envelopes.limiter_unavailable(), "limiter_unavailable")
             if not verdict.allowed:
                 return Refuse(envelopes.rate_limited(verdict.retry_after_s), "rate_limited")
-        outcome = self.authenticator.authenticate(view, attribution)
+        outcome = check()
         if outcome.ok:
             if outcome.shared_secret:
                 await self.failure_limiter.reset(key)

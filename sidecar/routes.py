@@ -61,6 +61,8 @@ class RouteEntry:
     base: bool = False
     pass_headers: tuple[str, ...] = ()
     note: str = ""
+    # Plugin rows: their paths as the gateway's matcher normalises them, computed once.
+    plugin_paths: tuple[str, ...] = ()
 
     @property
     def default_policy(self) -> Literal["public", "authenticated", "refused"]:
@@ -97,10 +99,12 @@ def _table_data(version: str) -> dict[str, Any]:
 def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
     paths = tuple(hooks_path if p == "@hooks.path" else p for p in row.get("paths", ()))
     methods = row.get("methods")
+    plugin = row["match"] in ("plugin", "plugin-prefix")
     return RouteEntry(
         name=row["name"], match=row["match"], paths=paths, methods=tuple(methods) if methods else None,
         credential=row["credential"], power=row["power"], base=row.get("base", False),
         pass_headers=tuple(row.get("passHeaders", ())), note=row.get("note", ""),
+        plugin_paths=tuple(_security_normalize(p) for p in paths) if plugin else (),
     )
 
 
@@ -268,12 +272,12 @@ class RouteTable:
                 if self._control_ui_serves(method, path):
                     return entry
             elif self._core_matches(entry, path):
-                if entry.methods is not None and method not in entry.methods and self._method_split(entry, entries, path, method):
+                if entry.methods is not None and method not in entry.methods and self._method_split(entry, entries, method):
                     continue
                 return entry
         return None
 
-    def _method_split(self, entry: RouteEntry, entries: tuple[RouteEntry, ...], path: str, method: str) -> bool:
+    def _method_split(self, entry: RouteEntry, entries: tuple[RouteEntry, ...], method: str) -> bool:
         """One handler serving a path under two rows by method (assistant media GET vs POST)."""
         return any(
             other is not entry and other.paths == entry.paths and other.methods is not None and method in other.methods
@@ -304,10 +308,9 @@ class RouteTable:
 
     @staticmethod
     def _plugin_matches(entry: RouteEntry, candidates: list[str]) -> bool:
-        routes = [_security_normalize(p) for p in entry.paths]
         if entry.match == "plugin-prefix":
-            return any(_plugin_prefix_match(c, r) for c in candidates for r in routes)
-        return any(c == r for c in candidates for r in routes)
+            return any(_plugin_prefix_match(c, r) for c in candidates for r in entry.plugin_paths)
+        return any(c in entry.plugin_paths for c in candidates)
 
     def _control_ui_serves(self, method: str, path: str) -> bool:
         if not self.control_ui_enabled or method not in ("GET", "HEAD") or not _PLAIN_UI_PATH.fullmatch(path):

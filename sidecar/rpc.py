@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal
 
@@ -146,8 +146,9 @@ class RpcPolicy:
     upstream_auth: Mapping[str, str] | None  # what the gateway gets in connect.params.auth
     catalogue: Mapping[str, MethodSpec] = field(default_factory=method_catalogue)
 
-    @property
+    @cached_property
     def denied(self) -> frozenset[str]:
+        """Computed once, not per frame."""
         return default_denied() - self.allow_methods
 
 

@@ -1,0 +1,77 @@
+"""Every sidecar config we ship loads with the code that will read it, and says what the
+deployment around it assumes."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sidecar.config import Config, load_config
+
+from .conftest import DEPLOY, K8S, REPO, Render
+
+SHIPPED = sorted(K8S.rglob("sidecar*.yaml")) + sorted(DEPLOY.glob("sidecar*.yaml"))
+
+
+def load_shipped(path: Path, tmp_path: Path, environ: dict[str, str] | None = None) -> Config:
+    """Load a shipped config with its token files pointed at real files (the deployment's own
+    paths exist only in a pod or under systemd) and the rules from the shipped openclaw.json5."""
+    document = yaml.safe_load(path.read_text())
+    token_file = tmp_path / "token"
+    token_file.write_text("shipped-config-token\n")
+    document["gateway"]["auth"]["tokenFile"] = str(token_file)
+    copy = tmp_path / path.name
+    copy.write_text(yaml.safe_dump(document))
+    return load_config(copy, {"openclaw_config": K8S / "base" / "openclaw.json5"}, environ=environ or {})
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_shipped_sidecar_configs_load(path: Path, tmp_path: Path) -> None:
+    config = load_shipped(path, tmp_path)
+    assert config.secrets.mode == "token"
+    assert config.secrets.token == "shipped-config-token"
+    assert not config.secrets.problems
+    proxies = [ipaddress.ip_network(p) for p in config.rules.gateway.trusted_proxies]
+    assert proxies, "shipped configs name their proxies explicitly"
+    if path.is_relative_to(K8S):
+        # The pod CIDR, made safe by the NetworkPolicy: private, never "everyone".
+        assert all(p.is_private and not p.is_loopback and p.prefixlen >= 8 for p in proxies), proxies
+    else:
+        # `tailscale serve` on the same host: loopback and nothing else.
+        assert all(p.is_loopback for p in proxies), proxies
+
+
+def test_no_shipped_file_uses_the_removed_metrics_listen() -> None:
+    files = [p for d in (K8S, DEPLOY) for p in d.rglob("*") if p.is_file() and p.suffix != ".lock"]
+    assert not [p for p in files if "metricsListen" in p.read_text() or "METRICS_LISTEN" in p.read_text()]
+
+
+def test_redis_overlay_changes_only_the_limiter_storage() -> None:
+    base = yaml.safe_load((K8S / "base" / "sidecar.yaml").read_text())
+    redis = yaml.safe_load((K8S / "overlays" / "redis" / "sidecar.yaml").read_text())
+    assert redis["sidecar"]["rateLimit"].pop("storage").startswith("redis://")
+    assert base["sidecar"]["rateLimit"].pop("storage") == "memory://"
+    assert redis == base
+
+
+def container_environ(container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment, with every Secret reference read as the shipped token."""
+    return {e["name"]: e.get("value", "shipped-config-token") for e in container.get("env", [])}
+
+
+def test_the_pod_runs_the_config_it_ships(rendered: Render, tmp_path: Path) -> None:
+    # The rendered ConfigMap's sidecar.yaml with the sidecar container's environment: what the
+    # pod will actually run (an environment name the settings do not know would be ignored).
+    path = tmp_path / "rendered" / "sidecar.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(rendered.sidecar_config))
+    config = load_shipped(path, tmp_path, container_environ(rendered.sidecar))
+    assert config.secrets.upstream_credential == "shipped-config-token"
+    assert str(config.sidecar.runtime_dir) == rendered.sidecar_config["sidecar"]["runtimeDir"]
+    assert config.sidecar.admin_listen == "0.0.0.0:18791"
+    expected = "redis://" if rendered.deployment["spec"]["replicas"] > 1 else "memory://"
+    assert config.sidecar.rate_limit.storage.startswith(expected)

@@ -10,22 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 from mitmproxy import options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from prometheus_client import start_http_server
-
+from sidecar import audit
+from sidecar.admin import AdminServer, Health
 from sidecar.config import Config, split_host_port
 from sidecar.logging_limits import limit_library_logs
-from sidecar.metrics import REGISTRY
+from sidecar.reload import Reloader
 from sidecar.runtime import build_runtime
 
 from .tools_invoke import REQUIRED_OPTIONS, ToolsInvokeGuard
 
 log = logging.getLogger("sidecar")
+RELOAD_CHECK_SECONDS = 1.0
 
 
 def build_master(config: Config, guard: ToolsInvokeGuard) -> Master:
@@ -65,16 +68,53 @@ def _ignore_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> Non
         loop.default_exception_handler(context)
 
 
-async def _run(config: Config, on_ready: Callable[[str], None] | None) -> int:
+async def _watch_files(reloader: Reloader) -> None:
+    while True:
+        await asyncio.sleep(RELOAD_CHECK_SECONDS)
+        reloader.check()
+
+
+async def _drain(master: Master, guard: ToolsInvokeGuard, health: Health, seconds: float) -> None:
+    """Not ready, no new connections, WebSockets closed with 1001, in-flight requests finished
+    (up to `seconds`), then stop."""
+    health.draining = True
+    log.warning("draining: finishing in-flight requests for up to %ss", seconds)
+    guard.begin_drain()
+    await master.addons.get("proxyserver").servers.update([])
+    if not await guard.wait_idle(seconds):
+        log.warning("drain deadline passed with requests still in flight")
+    master.shutdown()
+
+
+async def _run(config: Config, config_path: Path | None, overrides: Mapping[str, Any],
+               on_ready: Callable[[str], None] | None) -> int:
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no per-connection chatter
     limit_library_logs()
+    audit.configure(config.sidecar.audit_log)
     runtime = build_runtime(config)
     guard = ToolsInvokeGuard(runtime)
     master = build_master(config, guard)
+    health = Health(config.sidecar.upstream)
+    try:
+        admin = AdminServer(*split_host_port(config.sidecar.admin_listen), health)
+    except OSError as exc:
+        log.error("cannot listen on sidecar.adminListen %s: %s", config.sidecar.admin_listen, exc.strerror)
+        await runtime.aclose()
+        return 1
+    admin.start()
     loop = asyncio.get_running_loop()
+    reloader = Reloader(config_path, overrides, runtime, apply=guard.use_runtime)
+    draining: list[asyncio.Task] = []
+
+    def on_stop_signal() -> None:
+        if draining:  # a second signal: stop now
+            master.shutdown()
+            return
+        draining.append(asyncio.create_task(_drain(master, guard, health, reloader.runtime.config.sidecar.drain_seconds)))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, on_stop_signal)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
     task = asyncio.create_task(master.run())
     url = None
     for _ in range(500):
@@ -87,12 +127,12 @@ async def _run(config: Config, on_ready: Callable[[str], None] | None) -> int:
     if url is None:
         master.shutdown()
         await asyncio.gather(task, return_exceptions=True)
+        admin.stop()
         log.error("sidecar failed to listen on %s", config.sidecar.listen)
         return 1
-    if config.sidecar.metrics_listen:
-        metrics_host, metrics_port = split_host_port(config.sidecar.metrics_listen)
-        metrics_server, _ = start_http_server(metrics_port, metrics_host, registry=REGISTRY)
-        print(f"openclaw-sidecar metrics on http://{metrics_host}:{metrics_server.server_port}/metrics", flush=True)
+    health.listening = True
+    watcher = asyncio.create_task(_watch_files(reloader))
+    print(f"openclaw-sidecar admin on {admin.url} (/healthz, /readyz, /metrics)", flush=True)
     log.info("sidecar listening on %s, forwarding to %s (auth mode %s)", url, config.sidecar.upstream, config.secrets.mode)
     print(f"openclaw-sidecar listening on {url}", flush=True)
     if on_ready is not None:
@@ -103,11 +143,15 @@ async def _run(config: Config, on_ready: Callable[[str], None] | None) -> int:
         # Connections still open at shutdown are cancelled while asyncio.run winds down (after
         # the master restored its own handler); asyncio would log a traceback for each one.
         loop.set_exception_handler(_ignore_cancellations)
-        await runtime.aclose()
+        watcher.cancel()
+        admin.stop()
+        await reloader.runtime.aclose()
     log.info("sidecar stopped")
     return 0
 
 
-def serve(config: Config, on_ready: Callable[[str], None] | None = None) -> int:
-    """Run until SIGINT/SIGTERM; returns the process exit code."""
-    return asyncio.run(_run(config, on_ready))
+def serve(config: Config, on_ready: Callable[[str], None] | None = None, config_path: Path | None = None,
+          overrides: Mapping[str, Any] | None = None) -> int:
+    """Run until SIGINT/SIGTERM (then drain); SIGHUP or a changed file reloads `config_path`.
+    Returns the process exit code."""
+    return asyncio.run(_run(config, config_path, overrides or {}, on_ready))

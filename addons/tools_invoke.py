@@ -51,10 +51,7 @@ ANSWERED = "openclaw_sidecar.answered"
 RPC_SESSION = "openclaw_sidecar.rpc"
 WS_CLOSING = "openclaw_sidecar.ws_closing"
 WS_CLOSE_LINGER_SECONDS = 0.25
-# Small pending bodies are read before a head refusal is sent, which keeps the connection
-# usable; anything larger (or chunked) is answered at once and the connection closed, so an
-# unauthenticated client can never make us buffer a large body.
-KEEP_ALIVE_REFUSAL_MAX_BODY = 64 * 1024
+WRITE_FLUSH_SECONDS = 0.2
 LINGER_SECONDS = 1.0
 
 
@@ -85,6 +82,7 @@ def view_of(flow: http.HTTPFlow) -> RequestView:
         method=request.data.method.decode("latin-1"),  # as sent: mitmproxy upper-cases `.method`
         headers=tuple(request.headers.fields),
         peer_ip=flow.client_conn.peername[0],
+        request_id=flow.id,
     )
 
 
@@ -193,6 +191,32 @@ class ToolsInvokeGuard:
         self._clients: set[str] = set()
         self._head_deadlines: dict[str, asyncio.TimerHandle] = {}
         self._max_connections = connection_cap(None, raise_fd_limit())
+        # Exchanges not yet answered (flow id → client id) and open WebSockets: what a drain waits for.
+        self._in_flight: dict[str, str] = {}
+        self._websockets: dict[str, http.HTTPFlow] = {}
+        self.draining = False
+
+    def use_runtime(self, runtime: Runtime) -> None:
+        """Swap in a reloaded runtime: requests from here on are judged by it (open WebSockets
+        keep the session they were admitted with)."""
+        self.runtime = runtime
+
+    def begin_drain(self) -> None:
+        """Answers from now on close their connection; WebSockets are closed with 1001."""
+        self.draining = True
+        for flow in list(self._websockets.values()):
+            close_websocket(flow, 1001, "going away")
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """Until no exchange is in flight (True) or `seconds` passed (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self._in_flight or self._websockets:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(WRITE_FLUSH_SECONDS)  # the last answers leave the socket buffers
+        return True
 
     # ---- options (only for `mitmdump -s`; the embedded runner passes a runtime) -----------
 
@@ -207,6 +231,7 @@ class ToolsInvokeGuard:
             config = load_config(Path(ctx.options.sidecar_config))
         except ConfigError as exc:
             raise exceptions.OptionsError(f"sidecar_config: {exc}") from None
+        audit.configure(config.sidecar.audit_log)
         self.runtime = build_runtime(config)
 
     # ---- connections: bounded before anyone is authenticated -------------------------------
@@ -228,6 +253,8 @@ class ToolsInvokeGuard:
     def client_disconnected(self, client: connection.Client) -> None:
         self._clients.discard(client.id)
         self._disarm_head_deadline(client)
+        for flow_id in [f for f, c in self._in_flight.items() if c == client.id]:
+            del self._in_flight[flow_id]
 
     def _arm_head_deadline(self, client: connection.Client) -> None:
         """The next request head must be complete within headReadSeconds (also closes idle
@@ -258,6 +285,7 @@ class ToolsInvokeGuard:
         self._disarm_head_deadline(flow.client_conn)
         if flow.response or flow.error or not flow.live:
             return
+        self._in_flight[flow.id] = flow.client_conn.id
         started = time.perf_counter()
         try:
             if self.runtime is None:
@@ -267,8 +295,9 @@ class ToolsInvokeGuard:
             pending = view.declared_length()  # None: chunked or unknown
             decision = await self.runtime.pipeline.on_head(view)
             if isinstance(decision, Refuse):
-                early = pending is None or pending > KEEP_ALIVE_REFUSAL_MAX_BODY
-                await self._refuse(flow, decision, early=early, body_pending=pending != 0)
+                # A refused head with a body still to come is answered at once and the connection
+                # closed: a stranger never makes us buffer a body or keep a flow open for one.
+                await self._refuse(flow, decision, early=pending != 0)
             else:
                 flow.metadata[ADMITTED] = decision
                 if pending != 0:
@@ -292,7 +321,7 @@ class ToolsInvokeGuard:
             body = flow.request.raw_content or b""
             decision = await self.runtime.pipeline.on_body(admitted, body, bool(flow.request.trailers))
             if isinstance(decision, Refuse):
-                await self._refuse(flow, decision, early=False, body_pending=False)
+                await self._refuse(flow, decision, early=False)
             else:
                 self._forward(flow, decision)
         except Exception:
@@ -300,21 +329,28 @@ class ToolsInvokeGuard:
 
     def response(self, flow: http.HTTPFlow) -> None:
         """Review what the upstream answered (the hook also fires for answers we set ourselves)."""
+        self._in_flight.pop(flow.id, None)
         if flow.websocket is None and flow.client_conn.id in self._clients:
             self._arm_head_deadline(flow.client_conn)  # the exchange is over: next head, or idle
+        if self.draining and flow.websocket is None and flow.response is not None:
+            flow.response.headers["Connection"] = "close"
         admitted = flow.metadata.get(ADMITTED)
-        if not flow.metadata.get(FORWARDED) or not isinstance(admitted, Admitted) or flow.response is None:
+        forward: Forward | None = flow.metadata.get(FORWARDED)
+        if forward is None or not isinstance(admitted, Admitted) or flow.response is None:
             return
+        upstream_status = flow.response.status_code
         try:
-            replacement = self.runtime.pipeline.review_response(admitted, flow.response.status_code)
+            replacement = self.runtime.pipeline.review_response(admitted, upstream_status)  # type: ignore[union-attr]
             if replacement is not None:
-                log.warning("upstream answered %s on %s; body replaced", flow.response.status_code, admitted.route)
+                log.warning("upstream answered %s on %s; body replaced", upstream_status, admitted.route)
                 flow.response = response_of(replacement)
+            self._audit_forward(flow, forward, flow.response.status_code, upstream_status)
         except Exception:
             self._fail_closed(flow, "response")
 
     def error(self, flow: http.HTTPFlow) -> None:
         """mitmproxy is about to send its own HTML error page; send the gateway-style one instead."""
+        self._in_flight.pop(flow.id, None)
         try:
             self._answer_error(flow)
         except Exception:
@@ -324,11 +360,14 @@ class ToolsInvokeGuard:
         self._cancel_timer(flow)
         if flow.metadata.get(ANSWERED) or flow.error is None:
             return
+        forward: Forward | None = flow.metadata.get(FORWARDED)
+        if forward is not None and flow.response is None and not self._upstream_failed(flow):
+            self._audit_forward(flow, forward, None, None)  # e.g. the client went away first
+            return
         message = flow.error.msg.lower()
-        admitted = flow.metadata.get(ADMITTED)
         if "request body exceeds" in message:
             envelope, reason = envelopes.payload_too_large(), "payload_too_large"
-        elif admitted is not None and flow.response is None and flow.request.timestamp_end:
+        elif self._upstream_failed(flow):
             timed_out = "timeout" in message or "timed out" in message
             envelope = envelopes.upstream_timeout() if timed_out else envelopes.upstream_unreachable()
             reason = "upstream_timeout" if timed_out else "upstream_unreachable"
@@ -338,6 +377,11 @@ class ToolsInvokeGuard:
         if answer_directly(flow, envelope):
             self._audit(flow, "refused", reason, envelope.status)
 
+    @staticmethod
+    def _upstream_failed(flow: http.HTTPFlow) -> bool:
+        """The request was admitted and sent whole, and no answer came."""
+        return flow.metadata.get(ADMITTED) is not None and flow.response is None and bool(flow.request.timestamp_end)
+
     def done(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
@@ -345,19 +389,13 @@ class ToolsInvokeGuard:
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    async def _refuse(self, flow: http.HTTPFlow, decision: Refuse, *, early: bool, body_pending: bool) -> None:
+    async def _refuse(self, flow: http.HTTPFlow, decision: Refuse, *, early: bool) -> None:
         if decision.delay_s > 0:
             await asyncio.sleep(decision.delay_s)
-        self._audit(flow, "refused", decision.reason, decision.envelope.status, route=decision.route)
+        self._audit(flow, "refused", decision.reason, decision.envelope.status, refusal=decision)
         if early and answer_directly(flow, decision.envelope):
             return
         flow.response = response_of(decision.envelope)
-        if body_pending:
-            # The answer waits for a small body so the connection stays usable; a body that
-            # never comes gets the same answer directly once the read timeout passes (already
-            # audited above, so no second decision is recorded).
-            seconds = self.runtime.config.sidecar.timeouts.body_read_seconds
-            self._schedule(flow, seconds, lambda: answer_directly(flow, decision.envelope), audit_as=None)
 
     def _forward(self, flow: http.HTTPFlow, decision: Forward) -> None:
         admitted = decision.admitted
@@ -369,24 +407,39 @@ class ToolsInvokeGuard:
             request.raw_content = decision.body
             if "transfer-encoding" not in request.headers:
                 request.headers["content-length"] = str(len(decision.body))
-        flow.metadata[FORWARDED] = True
-        self._audit(flow, "forwarded", decision.reason, None, decision.tool)
+        flow.metadata[FORWARDED] = decision  # audited once the upstream has answered (or failed)
         self._start_upstream_timer(flow)
 
-    def _audit(self, flow: http.HTTPFlow, outcome: str, reason: str, status: int | None, tool: str | None = None,
-               route: str | None = None, method: str | None = None) -> None:
+    def _audit_forward(self, flow: http.HTTPFlow, forward: Forward, status: int | None, upstream_status: int | None) -> None:
+        if flow.metadata.pop(FORWARDED, None) is None:
+            return  # audited already (a WebSocket upgrade's 101, then its end)
+        decision = "shadowed" if forward.shadowed else "forwarded"
+        self._audit(flow, decision, forward.reason, status, tool=forward.tool, upstream_status=upstream_status,
+                    shadowed=forward.shadowed)
+
+    def _audit(self, flow: http.HTTPFlow, decision: str, reason: str, status: int | None, *,
+               refusal: Refuse | None = None, tool: str | None = None, method: str | None = None,
+               upstream_status: int | None = None, shadowed: tuple[str, ...] = ()) -> None:
         """Logged from the view the decision was made on, not from the flow we may have rewritten;
         `method` names a WebSocket RPC method instead of the HTTP one."""
         view: RequestView | None = flow.metadata.get(VIEW)
         admitted: Admitted | None = flow.metadata.get(ADMITTED)
-        audit.record(
-            route=admitted.route if admitted else route or "head", outcome=outcome, reason=reason, status=status,
+        auth = admitted.auth if admitted else refusal.auth if refusal else None
+        scopes = admitted.scopes if admitted else None
+        started = flow.request.timestamp_start
+        audit.record(audit.AuditEntry(
+            request_id=flow.id, route=admitted.route if admitted else (refusal.route if refusal else None) or "head",
+            decision=decision, reason=reason, status=status,
             method=method or (view.method if view else flow.request.data.method.decode("latin-1")),
             target=view.target if view else raw_target(flow.request),
-            client_ip=admitted.client_ip if admitted else None,
-            peer_ip=normalize_ip(flow.client_conn.peername[0]) or flow.client_conn.peername[0],
-            user=admitted.auth.user if admitted else None, tool=tool,
-        )
+            client=admitted.client_ip if admitted else refusal.client_ip if refusal else None,
+            peer=normalize_ip(flow.client_conn.peername[0]) or flow.client_conn.peername[0],
+            auth=auth.method if auth else None, identity=auth.user if auth else None,
+            previous_secret=auth.previous_secret if auth else False,
+            scopes=tuple(scopes.scopes) if scopes is not None else None,
+            tool=tool or (refusal.tool if refusal else None), upstream_status=upstream_status,
+            duration_ms=round((time.time() - started) * 1000, 2) if started else None, shadowed=shadowed,
+        ))
 
     def _fail_closed(self, flow: http.HTTPFlow, hook: str) -> None:
         INTERNAL_ERRORS.inc()
@@ -409,12 +462,12 @@ class ToolsInvokeGuard:
 
         self._schedule(flow, seconds, expire, audit_as="upstream_timeout")
 
-    def _schedule(self, flow: http.HTTPFlow, seconds: float, action: Any, *, audit_as: str | None) -> None:
+    def _schedule(self, flow: http.HTTPFlow, seconds: float, action: Any, *, audit_as: str) -> None:
         """Run `action` after `seconds` unless cancelled; a new refusal is audited as `audit_as`."""
 
         def fire() -> None:
             self._timers.pop(flow.id, None)
-            if action() and audit_as is not None:
+            if action():
                 self._audit(flow, "refused", audit_as, flow.metadata.get(ANSWERED))
 
         self._cancel_timer(flow)
@@ -431,6 +484,10 @@ class ToolsInvokeGuard:
     # ---- the gateway's WebSocket RPC ----------------------------------------------------------
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
+        self._websockets[flow.id] = flow
+        if self.draining:
+            close_websocket(flow, 1001, "going away")
+            return
         admitted = flow.metadata.get(ADMITTED)
         if not isinstance(admitted, Admitted) or not admitted.rpc:
             return
@@ -470,9 +527,10 @@ class ToolsInvokeGuard:
             else:
                 message.drop()
                 close_websocket(flow, verdict.close_code, verdict.reason, verdict.payload)
-            if verdict.verdict != "forward" or verdict.method == "connect":
-                self._audit(flow, "refused" if verdict.verdict != "forward" else "forwarded", verdict.reason, None,
-                            verdict.tool, method=verdict.method)
+            if verdict.verdict != "forward" or verdict.method == "connect" or verdict.shadowed:
+                decision = "shadowed" if verdict.shadowed else "forwarded" if verdict.verdict == "forward" else "refused"
+                self._audit(flow, decision, verdict.reason, None, tool=verdict.tool, method=verdict.method,
+                            shadowed=(verdict.reason,) if verdict.shadowed else ())
         except Exception:
             INTERNAL_ERRORS.inc()
             log.exception("internal error judging a WebSocket frame; connection closed")
@@ -480,6 +538,7 @@ class ToolsInvokeGuard:
             close_websocket(flow, 1011, "internal error")
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._websockets.pop(flow.id, None)
         self._cancel_timer(flow)
         flow.metadata.pop(RPC_SESSION, None)
 

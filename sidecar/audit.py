@@ -1,27 +1,78 @@
-"""One structured log line per decision, with every client-supplied value escaped (corpus D8).
+"""The audit log: one JSON object per line for every decision, and nothing else on those lines.
 
-JSON encoding turns CR, LF and other control characters into escapes, so a header value or a
-tool name can never forge a second log line.
+Separate from the diagnostic log (no prefix, its own destination, written whatever `logLevel`
+says) so collectors parse it as is. JSON encoding turns CR, LF and other control characters into
+escapes, so a header value or a tool name can never forge a second line (corpus D8). Never
+secrets, bodies or arguments: identities and tool names are what the operator needs to see.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import sys
+import time
+from dataclasses import dataclass, field
 
-from .metrics import DECISIONS
+from .metrics import DECISIONS, SHADOWED
 
 log = logging.getLogger("sidecar.audit")
+log.propagate = False
+log.setLevel(logging.INFO)
 
 
-def record(*, route: str, outcome: str, reason: str, status: int | None, method: str, target: str,
-           client_ip: str | None, peer_ip: str, user: str | None = None, tool: str | None = None) -> None:
-    DECISIONS.labels(route=route, outcome=outcome, reason=reason).inc()
-    if not log.isEnabledFor(logging.INFO):
-        return
-    entry = {
-        "event": "decision", "route": route, "outcome": outcome, "reason": reason, "status": status,
-        "method": method, "target": target[:512], "client": client_ip, "peer": peer_ip,
-        "user": user, "tool": tool[:128] if tool else tool,
-    }
-    log.info(json.dumps(entry, ensure_ascii=True, separators=(",", ":")))
+@dataclass(frozen=True)
+class AuditEntry:
+    request_id: str
+    route: str
+    decision: str  # forwarded | refused | shadowed
+    reason: str
+    status: int | None  # what the client got (None: a WebSocket frame, or not answered)
+    method: str  # the HTTP method, or the WebSocket RPC method
+    target: str
+    client: str | None
+    peer: str
+    auth: str | None = None
+    identity: str | None = None
+    previous_secret: bool = False
+    scopes: tuple[str, ...] | None = None
+    tool: str | None = None
+    upstream_status: int | None = None
+    duration_ms: float | None = None
+    shadowed: tuple[str, ...] = field(default=())
+
+    def line(self, now: float) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+            "event": "decision", "request_id": self.request_id, "route": self.route, "decision": self.decision,
+            "reason": self.reason, "status": self.status, "upstream_status": self.upstream_status,
+            "duration_ms": self.duration_ms, "method": self.method[:64], "target": self.target[:512],
+            "client": self.client, "peer": self.peer, "auth": self.auth, "identity": self.identity,
+            "previous_secret": self.previous_secret, "scopes": list(self.scopes) if self.scopes is not None else None,
+            "tool": self.tool[:128] if self.tool else self.tool,
+        }
+        if self.shadowed:
+            entry["shadowed"] = list(self.shadowed)
+        return json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
+
+
+def record(entry: AuditEntry) -> None:
+    DECISIONS.labels(route=entry.route, outcome=entry.decision, reason=entry.reason).inc()
+    for reason in entry.shadowed:
+        SHADOWED.labels(reason=reason).inc()
+    if log.handlers:
+        log.info(entry.line(time.time()))
+
+
+def configure(destination: str) -> None:
+    """`stdout`, `stderr`, or a file (reopened when logrotate moves it)."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    if destination in ("stdout", "stderr"):
+        handler: logging.Handler = logging.StreamHandler(sys.stdout if destination == "stdout" else sys.stderr)
+    else:
+        handler = logging.handlers.WatchedFileHandler(destination, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)

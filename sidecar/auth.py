@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -31,6 +31,7 @@ class AuthOutcome:
     user_header_value: str | None = None  # the identity exactly as the trusted proxy spelled it
     presented: bool = False  # a Bearer credential was offered (only mismatches are counted)
     shared_secret: bool = False  # token/password semantics: declared scopes ignored, owner
+    previous_secret: bool = False  # matched a secret kept for rotation (sidecar.auth.previous*)
 
     @property
     def counts_as_failure(self) -> bool:
@@ -117,10 +118,12 @@ class Authenticator(Protocol):
 
 @dataclass(frozen=True)
 class SharedSecretAuth:
-    """Token or password mode: one secret, compared in constant time."""
+    """Token or password mode: the secret, and those kept during a rotation, each compared in
+    constant time (all of them, whichever matches)."""
 
     method: str
-    secret: str | None
+    secret: str | None = field(repr=False)
+    previous: tuple[str, ...] = field(default=(), repr=False)
 
     def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
         return self.check(bearer_credential(view))
@@ -131,8 +134,11 @@ class SharedSecretAuth:
             return AuthOutcome(False, self.method, "credential_missing", shared_secret=True)
         if self.secret is None:
             return AuthOutcome(False, self.method, f"{self.method}_not_configured", presented=True, shared_secret=True)
-        ok = safe_equal(credential, self.secret)
-        return AuthOutcome(ok, self.method, "ok" if ok else f"{self.method}_mismatch", presented=True, shared_secret=True)
+        current = safe_equal(credential, self.secret)
+        previous = [safe_equal(credential, old) for old in self.previous]
+        ok = current or any(previous)
+        return AuthOutcome(ok, self.method, "ok" if ok else f"{self.method}_mismatch", presented=True,
+                           shared_secret=True, previous_secret=ok and not current)
 
     def rate_limited(self, attribution: Attribution) -> bool:
         return True
@@ -231,8 +237,9 @@ def build_authenticator(config: Config, trusted: tuple[IPNetwork, ...] | None = 
             allow_users=frozenset(tp.allow_users),
             allow_loopback=tp.allow_loopback,
             origins=origins,
-            fallback=SharedSecretAuth("password", secrets.password) if secrets.password else None,
+            fallback=SharedSecretAuth("password", secrets.password, secrets.previous_passwords) if secrets.password else None,
             local_addresses=local_addresses,
         )
-    secret = secrets.token if secrets.mode == "token" else secrets.password
-    return SharedSecretAuth(secrets.mode, secret)
+    if secrets.mode == "token":
+        return SharedSecretAuth("token", secrets.token, secrets.previous_tokens)
+    return SharedSecretAuth("password", secrets.password, secrets.previous_passwords)

@@ -69,19 +69,20 @@ def _report_config_error(exc: ConfigError) -> int:
     return 1
 
 
-def _serve(config: Config, on_ready: Any = None) -> int:
+def _serve(config: Config, config_path: Path, overrides: dict[str, Any] | None = None, on_ready: Any = None) -> int:
     from addons.embedded import serve  # the engine; see the module docstring
 
-    return serve(config, on_ready=on_ready)
+    return serve(config, on_ready=on_ready, config_path=config_path, overrides=overrides)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
     try:
-        config = load_config(args.config, _overrides(args))
+        config = load_config(args.config, overrides)
     except ConfigError as exc:
         return _report_config_error(exc)
     _setup_logging(config.sidecar.log_level)
-    return _serve(config)
+    return _serve(config, args.config, overrides)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -109,7 +110,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with DemoBackend(token=token) as backend, tempfile.TemporaryDirectory(prefix="openclaw-sidecar-demo-") as tmp:
         config_file = Path(tmp) / "demo.yaml"
         config_file.write_text(json.dumps({
-            "sidecar": {"listen": args.listen, "upstream": backend.url, "runtimeDir": str(Path(tmp) / "run")},
+            "sidecar": {"listen": args.listen, "upstream": backend.url, "runtimeDir": str(Path(tmp) / "run"),
+                        "adminListen": "127.0.0.1:0"},
             "gateway": {"auth": {"mode": "token", "token": token}},
         }))
         try:
@@ -128,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             print("press Ctrl-C to stop", flush=True)
 
-        return _serve(config, on_ready=announce)
+        return _serve(config, config_file, on_ready=announce)
 
 
 def main(argv: list[str] | None = None) -> int:

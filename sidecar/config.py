@@ -14,14 +14,14 @@ import re
 import tempfile
 from types import MappingProxyType
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import json5
 import limits
 import yaml
-from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -103,7 +103,7 @@ class RequestRateLimit(BaseModel):
 
 class RateLimitSettings(BaseModel):
     model_config = _STRICT
-    storage: str = "memory://"
+    storage: str = Field("memory://", repr=False)  # a Redis URI may carry a password
     fail_closed: bool = False
     max_entries: int = Field(10_000, ge=1)
     loopback_delay_base_ms: int = Field(250, ge=0)
@@ -205,12 +205,23 @@ class UpstreamAuth(BaseModel):
     """The credential the sidecar presents to the gateway (default: the shared secret itself)."""
 
     model_config = _STRICT
-    token: str | None = None
+    token: SecretStr | None = None
     token_file: Path | None = None
     # Header carrying a trusted-proxy identity to the gateway; default trustedProxy.userHeader.
     user_header: str | None = None
 
     _identity_header = field_validator("user_header")(lambda cls, v: identity_header_name(v))
+
+
+class SidecarAuth(BaseModel):
+    """Secrets accepted beside the current one while clients move over (rotation); audited as
+    `previous` so the last user of an old secret can be found before it is removed."""
+
+    model_config = _STRICT
+    previous_tokens: tuple[SecretStr, ...] = ()
+    previous_token_files: tuple[Path, ...] = ()
+    previous_passwords: tuple[SecretStr, ...] = ()
+    previous_password_files: tuple[Path, ...] = ()
 
 
 class _FileSection(PydanticBaseSettingsSource):
@@ -251,8 +262,14 @@ class SidecarSettings(BaseSettings):
     runtime_dir: Path = Field(default_factory=_default_runtime_dir)
     openclaw_config: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # Prometheus metrics on a port of their own, never on the proxied port (corpus G6).
-    metrics_listen: str | None = None
+    # /healthz, /readyz and /metrics on a port of their own, never on the proxied port (corpus G6).
+    admin_listen: str = "127.0.0.1:18791"
+    # One JSON object per line for every decision: `stdout`, `stderr` or a file path.
+    audit_log: str = "stdout"
+    # On SIGTERM, in-flight requests get this long to finish before the process exits.
+    drain_seconds: float = Field(20.0, ge=0)
+    # false: shadow mode, policy refusals are logged and counted but forwarded (README).
+    enforce: bool = True
     # Open client connections; beyond it a connection is closed at accept. Default: what the
     # process's file-descriptor limit allows (two descriptors a proxied connection, some spare).
     max_connections: int | None = Field(None, ge=1)
@@ -263,6 +280,7 @@ class SidecarSettings(BaseSettings):
     routes: RouteSettings = RouteSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     upstream_auth: UpstreamAuth = UpstreamAuth()
+    auth: SidecarAuth = SidecarAuth()
 
     @classmethod
     def settings_customise_sources(
@@ -273,11 +291,10 @@ class SidecarSettings(BaseSettings):
         # First wins: flags (passed as init kwargs) > environment > the config file > defaults.
         return init_settings, env_settings, _FileSection(settings_cls)
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator("listen", "admin_listen")
     @classmethod
-    def _host_port(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_host_port(value)
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
         return value
 
     @field_validator("upstream")
@@ -297,8 +314,8 @@ def split_host_port(value: str) -> tuple[str, int]:
 
 def _field_names(model: type[BaseModel]) -> set[str]:
     names = set(model.model_fields)
-    for field in model.model_fields.values():
-        for t in (field.annotation, *getattr(field.annotation, "__args__", ())):
+    for info in model.model_fields.values():
+        for t in (info.annotation, *getattr(info.annotation, "__args__", ())):
             if isinstance(t, type) and issubclass(t, BaseModel):
                 names |= _field_names(t)
     return names
@@ -333,8 +350,8 @@ class AuthRateLimitConfig(BaseModel):
 class GatewayAuthConfig(BaseModel):
     model_config = _LENIENT
     mode: Literal["none", "token", "password", "trusted-proxy"] | None = None
-    token: str | None = None
-    password: str | None = None
+    token: SecretStr | None = None
+    password: SecretStr | None = None
     token_file: Path | None = None
     password_file: Path | None = None
     trusted_proxy: TrustedProxyConfig = TrustedProxyConfig()
@@ -410,8 +427,10 @@ class OpenClawRules(BaseModel):
 _MISSING_LITERALS = {"", "undefined", "null"}
 
 
-def _present(value: str | None) -> str | None:
+def _present(value: str | SecretStr | None) -> str | None:
     """Blank, `undefined` and `null` count as missing, as upstream does."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
     if value is None or value.strip().lower() in _MISSING_LITERALS:
         return None
     return value
@@ -431,31 +450,43 @@ def _read_secret_file(path: Path, key: str) -> str | None:
         raise ConfigError([(key, f"cannot read secret file {str(path)!r}: {exc.strerror}")]) from None
 
 
+def _secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
+    """An inline secret, else its file's content (re-read at every reload, so a rotated
+    Kubernetes Secret takes effect without a restart)."""
+    secret = _present(value)
+    if secret is None and file is not None:
+        secret = _read_secret_file(file, f"{key}File")
+    return _header_safe(secret, key)
+
+
+def _previous(values: tuple[SecretStr, ...], files: tuple[Path, ...], key: str) -> tuple[str, ...]:
+    secrets = [_secret(v, None, f"sidecar.auth.{key}[{i}]") for i, v in enumerate(values)]
+    secrets += [_header_safe(_read_secret_file(f, f"sidecar.auth.{key}Files[{i}]"), key) for i, f in enumerate(files)]
+    return tuple(s for s in secrets if s is not None)
+
+
 @dataclass(frozen=True)
 class AuthSecrets:
-    """The resolved auth mode and secrets; `problems` says why every request will be refused."""
+    """The resolved auth mode and secrets; `problems` says why every request will be refused.
+    Secrets stay out of repr, so a logged config or traceback never shows them."""
 
     mode: str
-    token: str | None
-    password: str | None
-    upstream_credential: str | None
+    token: str | None = field(repr=False)
+    password: str | None = field(repr=False)
+    upstream_credential: str | None = field(repr=False)
     upstream_kind: Literal["token", "password"] | None  # how the gateway expects it in a connect frame
     problems: tuple[str, ...]
+    previous_tokens: tuple[str, ...] = field(default=(), repr=False)
+    previous_passwords: tuple[str, ...] = field(default=(), repr=False)
 
 
 def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Mapping[str, str]) -> AuthSecrets:
     auth = rules.gateway.auth
-    token = _present(auth.token)
-    if token is None and auth.token_file is not None:
-        token = _read_secret_file(auth.token_file, "gateway.auth.tokenFile")
-    token = token or _present(environ.get("OPENCLAW_GATEWAY_TOKEN"))
-    password = _present(auth.password)
-    if password is None and auth.password_file is not None:
-        password = _read_secret_file(auth.password_file, "gateway.auth.passwordFile")
-    password = password or _present(environ.get("OPENCLAW_GATEWAY_PASSWORD"))
+    token = _secret(auth.token, auth.token_file, "gateway.auth.token") or _header_safe(
+        _present(environ.get("OPENCLAW_GATEWAY_TOKEN")), "OPENCLAW_GATEWAY_TOKEN")
+    password = _secret(auth.password, auth.password_file, "gateway.auth.password") or _header_safe(
+        _present(environ.get("OPENCLAW_GATEWAY_PASSWORD")), "OPENCLAW_GATEWAY_PASSWORD")
     mode = auth.mode or ("password" if password else "token")
-    token = _header_safe(token, "gateway.auth.token")
-    password = _header_safe(password, "gateway.auth.password")
 
     problems: list[str] = []
     if mode == "token" and token is None:
@@ -470,15 +501,17 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
         if not rules.gateway.trusted_proxies:
             problems.append("gateway.trustedProxies is empty: trusted-proxy mode trusts no one")
 
-    upstream = _present(sidecar.upstream_auth.token)
-    if upstream is None and sidecar.upstream_auth.token_file is not None:
-        upstream = _read_secret_file(sidecar.upstream_auth.token_file, "sidecar.upstreamAuth.tokenFile")
-    upstream = _header_safe(upstream, "sidecar.upstreamAuth.token")
+    upstream = _secret(sidecar.upstream_auth.token, sidecar.upstream_auth.token_file, "sidecar.upstreamAuth.token")
     kind: Literal["token", "password"] | None = "token"
     if upstream is None:
         upstream = token if mode == "token" else password if mode == "password" else None
         kind = "password" if mode == "password" else "token" if mode == "token" else None
-    return AuthSecrets(mode, token, password, upstream, kind if upstream is not None else None, tuple(problems))
+    rotation = sidecar.auth
+    return AuthSecrets(
+        mode, token, password, upstream, kind if upstream is not None else None, tuple(problems),
+        previous_tokens=_previous(rotation.previous_tokens, rotation.previous_token_files, "previousTokens"),
+        previous_passwords=_previous(rotation.previous_passwords, rotation.previous_password_files, "previousPasswords"),
+    )
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -540,6 +573,14 @@ def _validation_problems(exc: ValidationError, prefix: str) -> list[tuple[str, s
     return problems
 
 
+def openclaw_config_path(config_path: Path | None, sidecar: SidecarSettings) -> Path | None:
+    """`sidecar.openclawConfig`, relative to the sidecar's own config file."""
+    if sidecar.openclaw_config is None:
+        return None
+    base_dir = config_path.parent if config_path is not None else Path.cwd()
+    return sidecar.openclaw_config if sidecar.openclaw_config.is_absolute() else base_dir / sidecar.openclaw_config
+
+
 def load_config(
     path: Path | None, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
 ) -> Config:
@@ -564,9 +605,8 @@ def load_config(
         _FileSection.current.reset(token)
 
     own_rules = {k: document[k] for k in RULE_KEYS if k in document}
-    if sidecar.openclaw_config is not None:
-        base_dir = path.parent if path is not None else Path.cwd()
-        openclaw_path = sidecar.openclaw_config if sidecar.openclaw_config.is_absolute() else base_dir / sidecar.openclaw_config
+    openclaw_path = openclaw_config_path(path, sidecar)
+    if openclaw_path is not None:
         gateway_doc = read_structured_file(openclaw_path, "sidecar.openclawConfig")
         own_rules = deep_merge({k: gateway_doc[k] for k in RULE_KEYS if k in gateway_doc}, own_rules)
     try:
@@ -577,25 +617,19 @@ def load_config(
 
 
 def redacted_view(config: Config) -> dict[str, Any]:
-    """The effective configuration for `check-config`, with every secret replaced."""
-    rules = config.rules.model_dump(mode="json", by_alias=False)
-    auth = rules["gateway"]["auth"]
-    for key in ("token", "password"):
-        if auth.get(key) is not None:
-            auth[key] = "<redacted>"
+    """The effective configuration for `check-config`: secrets are SecretStr, dumped masked."""
     sidecar = config.sidecar.model_dump(mode="json")
-    if sidecar["upstream_auth"]["token"] is not None:
-        sidecar["upstream_auth"]["token"] = "<redacted>"
     sidecar["rate_limit"]["storage"] = redact_uri(sidecar["rate_limit"]["storage"])
     secrets = config.secrets
     return {
         "sidecar": sidecar,
-        **rules,
+        **config.rules.model_dump(mode="json", by_alias=False),
         "effective": {
             "authMode": secrets.mode,
             "tokenConfigured": secrets.token is not None,
             "passwordConfigured": secrets.password is not None,
             "upstreamCredentialConfigured": secrets.upstream_credential is not None,
+            "previousSecrets": len(secrets.previous_tokens) + len(secrets.previous_passwords),
             "problems": list(secrets.problems),
         },
     }

@@ -30,7 +30,7 @@ PROTECTED_NAMES = SINGLETON_HEADERS | {"proxy-authorization"}
 # Client copies of these never reach the upstream; what the upstream must see is set afresh.
 OWNED_NAMES = frozenset({
     "authorization", "proxy-authorization", "x-openclaw-scopes", "x-openclaw-sender-is-owner",
-    "x-session-key", "forwarded", "x-real-ip",
+    "x-session-key", "forwarded", "x-real-ip", "x-request-id",
 })
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) that must not be relayed; `connection` is rewritten instead.

@@ -64,5 +64,7 @@ LOG_ONCE_PER_INTERVAL = OncePerInterval()
 
 
 def limit_library_logs() -> None:
-    """asyncio logs every failed accept with a traceback; once per interval is enough."""
+    """asyncio logs every failed accept with a traceback; once per interval is enough. httpx logs
+    every request at INFO: the readiness check's, every few seconds."""
     logging.getLogger("asyncio").addFilter(RepeatFilter(LOG_ONCE_PER_INTERVAL))
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -3,9 +3,11 @@ process never collide with the global default registry."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # CPU, RSS, open descriptors: what a flood shows first
+PlatformCollector(registry=REGISTRY)
 
 DECISIONS = Counter(
     "openclaw_sidecar_decisions_total",
@@ -41,6 +43,18 @@ CONNECTIONS_REFUSED = Counter(
 HEAD_TIMEOUTS = Counter(
     "openclaw_sidecar_head_timeouts_total",
     "Connections closed because no complete request head arrived in time (slow or idle clients).",
+    registry=REGISTRY,
+)
+SHADOWED = Counter(
+    "openclaw_sidecar_shadowed_total",
+    "Requests and frames shadow mode forwarded although enforcement would have refused them, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+CONFIG_RELOADS = Counter(
+    "openclaw_sidecar_config_reloads_total",
+    "Configuration reloads, by result (applied, rejected: the old configuration kept serving).",
+    ["result"],
     registry=REGISTRY,
 )
 DECISION_SECONDS = Histogram(

@@ -26,6 +26,7 @@ from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_header
 from .ipaddrs import is_loopback, parse_network
 from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable
 from .rpc import RpcPolicy, RpcSession
+from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolpolicy import ToolGate
 from .view import RequestView
@@ -64,6 +65,11 @@ class Refuse:
     reason: str
     delay_s: float = 0.0  # upstream delays loopback auth failures before answering
     route: str | None = None  # the route-table name, once the request's route is known
+    # For the audit line, as far as the request got: who the client is, who it proved to be,
+    # and which tool it asked for.
+    client_ip: str | None = None
+    auth: AuthOutcome | None = None
+    tool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class Admitted:
     scopes: ResolvedScopes | None
     websocket: bool = False
     rpc: bool = False  # a gateway RPC WebSocket whose frames the sidecar judges
+    shadowed: tuple[str, ...] = ()  # refusals shadow mode let through (sidecar/shadow.py)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class Forward:
     body: bytes | None  # None: forward the received body unchanged
     tool: str | None = None
     reason: str = "allowed"
+    shadowed: tuple[str, ...] = ()  # what enforcement would have refused it for
 
 
 @dataclass
@@ -122,6 +130,7 @@ class Pipeline:
         self.rpc_policy = RpcPolicy(
             gate=self.gate, allow_methods=frozenset(websocket.allow_methods), allow_nodes=websocket.allow_nodes,
             upstream_auth={kind: credential} if credential is not None and kind is not None else None,
+            shadow=not sidecar.enforce,
         )
         self.routes = RouteTable.for_deployment(
             hooks_path=self.config.rules.hooks.path, base_path=gateway.control_ui.base_path,
@@ -171,14 +180,25 @@ class Pipeline:
             return Refuse(envelopes.websocket_upgrade_not_supported(), "unsupported_upgrade")
         websocket = upgrade == "websocket"
         match = self.routes.match(view.method, target.path, target.query, websocket=websocket)
-        decision = await self._on_route(view, target, match, websocket)
+        attribution = attribute(view, self.trusted, self.config.rules.gateway.allow_real_ip_fallback)
+        decision = await self._on_route(view, target, match, websocket, attribution)
         if isinstance(decision, Refuse):
-            return replace(decision, route=match.name)  # audited and counted by the effective route
+            # Audited and counted by the effective route, with the client as attributed.
+            return replace(decision, route=match.name, client_ip=attribution.client_ip)
         return decision
 
-    async def _on_route(self, view: RequestView, target: CanonicalTarget, match: RouteMatch, websocket: bool) -> Refuse | Admitted:
+    def _enforced(self, refusal: Refuse, shadowed: list[str]) -> Refuse | None:
+        """The refusal, or (shadow mode, policy layers only) None with the reason noted."""
+        if self.config.sidecar.enforce or refusal.reason not in SHADOWABLE_REASONS:
+            return refusal
+        shadowed.append(refusal.reason)
+        return None
+
+    async def _on_route(self, view: RequestView, target: CanonicalTarget, match: RouteMatch, websocket: bool,
+                        attribution: Attribution) -> Refuse | Admitted:
         """The stages after the route is known: route policy, attribution, auth, scopes, size."""
         route = match.name
+        shadowed: list[str] = []
         if route == TOOLS_ROUTE and (match.capability or not target.raw_is_canonical):
             # Non-canonical spellings of the tools route, the capability prefix included, are
             # refused, never rewritten (E3, E7).
@@ -186,10 +206,13 @@ class Pipeline:
         if match.malformed_capability:
             return Refuse(envelopes.unauthorized(), "malformed_capability_path")
         if any(p.startswith(prefix) for prefix in self.config.sidecar.routes.deny for p in {target.path, match.path}):
-            return Refuse(envelopes.route_not_found(), "route_denied")
+            if refusal := self._enforced(Refuse(envelopes.route_not_found(), "route_denied"), shadowed):
+                return refusal
         access = self.route_access(match)
         if access.refusal is not None:
-            return Refuse(envelopes.route_not_found(), access.refusal)
+            if refusal := self._enforced(Refuse(envelopes.route_not_found(), access.refusal), shadowed):
+                return refusal
+            access = RouteAccess()  # shadowed: in for callers the sidecar authenticates
         rpc = match.entry is not None and match.entry.power == "rpc"
         if rpc:
             refusal = self._websocket_upgrade_problem(view)
@@ -197,7 +220,6 @@ class Pipeline:
                 return refusal
         enforce_rpc = rpc and self.config.sidecar.websocket.mode == "enforce"
 
-        attribution = attribute(view, self.trusted, self.config.rules.gateway.allow_real_ip_fallback)
         if not attribution.attributable:
             return Refuse(envelopes.proxy_attribution_required(), "proxy_attribution_required")
         if view.has("tailscale-funnel-request"):
@@ -222,7 +244,8 @@ class Pipeline:
         scopes = self._scopes(view, outcome)
         if route == TOOLS_ROUTE:
             if scopes is None or not scopes.allows_invoke:
-                return Refuse(envelopes.missing_scope(), "missing_scope")
+                if refusal := self._enforced(Refuse(envelopes.missing_scope(), "missing_scope", auth=outcome), shadowed):
+                    return refusal
             declared = view.declared_length()
             if declared is not None and declared > MAX_BODY_BYTES:
                 return Refuse(envelopes.payload_too_large(), "payload_too_large")
@@ -234,8 +257,9 @@ class Pipeline:
         # every frame itself. Without an upstream credential the gateway needs both to know who.
         as_direct = enforce_rpc and self.config.secrets.upstream_credential is not None
         plan = self._header_plan(attribution, outcome, scopes, websocket, access.passthrough, forward_client=not as_direct)
-        headers = rebuild_headers(view, plan)
-        return Admitted(route, target.origin_form, headers, attribution.client_ip, outcome, scopes, websocket, enforce_rpc)
+        headers = rebuild_headers(view, plan) + ((("X-Request-Id", view.request_id),) if view.request_id else ())
+        return Admitted(route, target.origin_form, headers, attribution.client_ip, outcome, scopes, websocket, enforce_rpc,
+                        tuple(shadowed))
 
     def _websocket_upgrade_problem(self, view: RequestView) -> Refuse | None:
         """Only RFC 6455 upgrades (GET, version 13, a real key, no body) reach the RPC: anything
@@ -315,7 +339,7 @@ class Pipeline:
                 await self.failure_limiter.reset(key)
             return outcome
         delay = await self.failure_limiter.record_failure(key) if outcome.counts_as_failure else 0.0
-        return Refuse(envelopes.unauthorized(), outcome.reason, delay)
+        return Refuse(envelopes.unauthorized(), outcome.reason, delay, auth=outcome)
 
     def _scopes(self, view: RequestView, outcome: AuthOutcome) -> ResolvedScopes | None:
         if outcome.method in UNAUTHENTICATED_METHODS - {CONNECT_FRAME_AUTH}:
@@ -361,7 +385,8 @@ class Pipeline:
             return Refuse(envelopes.bad_request("request trailers are not accepted"), "trailers")
         if admitted.route != TOOLS_ROUTE:
             passthrough = admitted.websocket and admitted.route == "rpc-websocket" and not admitted.rpc
-            return Forward(admitted, None, reason="websocket_passthrough" if passthrough else "allowed")
+            return Forward(admitted, None, reason="websocket_passthrough" if passthrough else "allowed",
+                           shadowed=admitted.shadowed)
         if len(body) > MAX_BODY_BYTES:
             return Refuse(envelopes.payload_too_large(), "payload_too_large")
         try:
@@ -370,17 +395,22 @@ class Pipeline:
             if exc.kind == "invalid_json":
                 return Refuse(envelopes.invalid_json(exc.message), "invalid_json")
             return Refuse(envelopes.missing_tool_name(), "missing_tool_name")
+        name = invoke.tool.name
+        shadowed = list(admitted.shadowed)
         owner = admitted.scopes is not None and admitted.scopes.owner
         if self.gate.blocks(invoke.tool, owner=owner):
-            return Refuse(envelopes.tool_not_available(invoke.tool.name), "tool_denied")
+            if refusal := self._enforced(Refuse(envelopes.tool_not_available(name), "tool_denied", tool=name), shadowed):
+                return refusal
         if self.request_limiter is not None:
-            verdict = await self.request_limiter.hit(admitted.auth.user, invoke.tool.name, client_ip=admitted.client_ip)
+            verdict = await self.request_limiter.hit(admitted.auth.user, name, client_ip=admitted.client_ip)
             if verdict.unavailable:
-                return Refuse(envelopes.limiter_unavailable(), "limiter_unavailable")
+                return Refuse(envelopes.limiter_unavailable(), "limiter_unavailable", tool=name)
             if not verdict.allowed:
-                return Refuse(envelopes.request_rate_limited(verdict.retry_after_s), "request_rate_limited")
+                limited = Refuse(envelopes.request_rate_limited(verdict.retry_after_s), "request_rate_limited", tool=name)
+                if refusal := self._enforced(limited, shadowed):
+                    return refusal
         changed = None if invoke.forward_bytes is body else invoke.forward_bytes
-        return Forward(admitted, changed, invoke.tool.name)
+        return Forward(admitted, changed, name, shadowed=tuple(shadowed))
 
     # ---- response -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal
@@ -28,6 +28,7 @@ from typing import Any, Literal
 from .auth import AuthOutcome
 from .body import BodyError, read_invoke_body
 from .scopes import ADMIN, ResolvedScopes
+from .shadow import SHADOWABLE_REASONS
 from .toolpolicy import ToolGate
 
 GATEWAY_VERSION = "2026.9.6"
@@ -56,6 +57,7 @@ class FrameVerdict:
     close_code: int = 1000
     method: str | None = None
     tool: str | None = None
+    shadowed: bool = False  # shadow mode forwarded what `reason` would have refused
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class RpcPolicy:
     allow_methods: frozenset[str]
     allow_nodes: bool
     upstream_auth: Mapping[str, str] | None  # what the gateway gets in connect.params.auth
+    shadow: bool = False  # sidecar.enforce false: policy refusals are forwarded (sidecar/shadow.py)
     catalogue: Mapping[str, MethodSpec] = field(default_factory=method_catalogue)
 
     @cached_property
@@ -204,9 +207,12 @@ class RpcSession:
             frame = parse_frame(content)
             if not self.connected:
                 return await self._connect(frame)
-            return await self._request(frame)
+            verdict = await self._request(frame)
         except FrameError as exc:
             return FrameVerdict("close", "malformed_frame", close_code=exc.code)
+        if self.policy.shadow and verdict.verdict == "reply" and verdict.reason in SHADOWABLE_REASONS:
+            return replace(verdict, verdict="forward", payload=None, shadowed=True)
+        return verdict
 
     async def _connect(self, frame: dict[str, Any]) -> FrameVerdict:
         request_id, params = frame.get("id"), frame.get("params")

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic.alias_generators import to_camel
+
 from .config import Config
 from .pipeline import Pipeline
 from .ratelimit import AuthFailureLimiter, RequestRateLimiter
@@ -38,6 +40,10 @@ def warn_about_config(config: Config) -> None:
             "TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a "
             "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
         )
+    if not config.sidecar.enforce:
+        log.warning("SHADOW MODE (sidecar.enforce: false): route, scope, tool and RPC-method refusals are "
+                    "logged and counted (openclaw_sidecar_shadowed_total), then FORWARDED; authentication "
+                    "and request hygiene are still enforced")
     if config.sidecar.websocket.mode == "passthrough":
         log.warning("WEBSOCKET PASSTHROUGH: frames of the gateway's RPC are relayed unread; an authenticated "
                     "caller is gateway admin there (terminals, config patches, tools past the sidecar's policy)")
@@ -49,9 +55,28 @@ def warn_about_config(config: Config) -> None:
         log.warning("route %s opened beyond the default policy (%s)", name, what)
 
 
-def build_runtime(config: Config, clock: Callable[[], float] = time.time) -> Runtime:
-    """Build limiters from their storage URI (a bad pairing fails here, at start-up)."""
+# Settings a running process cannot take over: where it listens and what it forwards to, and the
+# limiters, whose state must survive a reload (a changed limit would need new ones).
+RESTART_SETTINGS = ("listen", "admin_listen", "upstream", "runtime_dir", "max_connections", "rate_limit", "audit_log")
+
+
+def restart_needed(old: Config, new: Config) -> str | None:
+    """The first setting whose change a reload cannot apply, as spelled in the file."""
+    for name in RESTART_SETTINGS:
+        if getattr(old.sidecar, name) != getattr(new.sidecar, name):
+            return f"sidecar.{to_camel(name)}"
+    if old.rules.gateway.auth.rate_limit != new.rules.gateway.auth.rate_limit:
+        return "gateway.auth.rateLimit"
+    return None
+
+
+def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse: Runtime | None = None) -> Runtime:
+    """Build limiters from their storage URI (a bad pairing fails here, at start-up), or keep
+    those of `reuse` (a reload: counts and lockouts carry over)."""
     warn_about_config(config)
+    if reuse is not None:
+        pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter)
+        return Runtime(config, pipeline, reuse.failure_limiter, reuse.request_limiter)
     limit_rules = config.rules.gateway.auth.rate_limit
     settings = config.sidecar.rate_limit
     failure_limiter = AuthFailureLimiter(

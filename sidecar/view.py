@@ -13,6 +13,7 @@ class RequestView:
     target: str
     headers: tuple[tuple[bytes, bytes], ...]
     peer_ip: str
+    request_id: str = ""  # the id the audit line and the upstream (X-Request-Id) both carry
     _index: dict[str, list[bytes]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

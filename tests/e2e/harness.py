@@ -15,13 +15,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENING_PREFIX = "openclaw-sidecar listening on "
+ADMIN_PREFIX = "openclaw-sidecar admin on "
 
 
 class SidecarProcess:
@@ -32,6 +32,7 @@ class SidecarProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         sidecar = config.setdefault("sidecar", {})
         sidecar.setdefault("listen", "127.0.0.1:0")
+        sidecar.setdefault("adminListen", "127.0.0.1:0")
         sidecar.setdefault("runtimeDir", str(workdir / "run"))
         self.config_path = workdir / f"sidecar-{id(self)}.yaml"
         self.config_path.write_text(json.dumps(config))
@@ -55,27 +56,37 @@ class SidecarProcess:
             self._stderr.append(line)
 
     def _await_listening(self, timeout: float = 20.0) -> str:
+        """Read stdout (the admin and listening announcements, then audit lines) from now on."""
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
+        self._stdout: list[str] = []
+        self.admin_url: str | None = None
+        listening = threading.Event()
         found: list[str] = []
 
         def read() -> None:
             for line in self.proc.stdout:  # type: ignore[union-attr]
-                if line.startswith(LISTENING_PREFIX):
+                if line.startswith(ADMIN_PREFIX):
+                    self.admin_url = line[len(ADMIN_PREFIX):].split()[0]
+                elif line.startswith(LISTENING_PREFIX):
                     found.append(line[len(LISTENING_PREFIX):].strip())
-                    return
+                    listening.set()
+                else:
+                    self._stdout.append(line)
+            listening.set()
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(max(0.0, deadline - time.monotonic()))
+        threading.Thread(target=read, daemon=True).start()
+        listening.wait(timeout)
         if not found:
             self.stop()
             raise RuntimeError(f"sidecar did not start; stderr:\n{self.logs()}")
-        threading.Thread(target=lambda: self.proc.stdout.read(), daemon=True).start()  # type: ignore[union-attr]
         return found[0]
 
     def logs(self) -> str:
         return "".join(self._stderr)
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        """The audit log (stdout by default), one JSON object per line."""
+        return [json.loads(line) for line in list(self._stdout) if line.startswith("{")]
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -5,9 +5,6 @@
 * `LoopbackCaller` / `TestnetCaller`: send requests as one client. `LoopbackCaller` connects
   from 127.0.0.1 and optionally names a client in `X-Forwarded-For` (127.0.0.1 must then be a
   trusted proxy); `TestnetCaller` connects from a real non-loopback address.
-* `MetricsSidecarProcess`: the harness's `SidecarProcess`, but also capturing the
-  "openclaw-sidecar metrics on http://HOST:PORT/metrics" stdout line (the harness only keeps
-  the "listening" line and discards the rest of stdout).
 * `wait_until`, `count_matches`, `scrape_metric`, `avoid_minute_boundary`.
 """
 
@@ -16,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,14 +21,11 @@ from typing import Any
 import httpx
 
 from .harness import (
-    LISTENING_PREFIX,
     SidecarProcess,
     TestNet,
     http_request,
     read_response,
 )
-
-METRICS_PREFIX = "openclaw-sidecar metrics on "
 
 TOKEN = "T-gateway-shared-secret"
 WRONG = "wrong-token"
@@ -147,42 +140,6 @@ class TestnetCaller:
     def invoke(self, token: str | None, tool: str = "agents_list",
                headers: list[tuple[str, str]] | None = None) -> Reply:
         return self.request("POST", "/tools/invoke", token=token, json_body={"tool": tool, "args": {}}, headers=headers)
-
-
-class MetricsSidecarProcess(SidecarProcess):
-    """`SidecarProcess` that keeps every stdout line, so the metrics URL line is available."""
-
-    def _await_listening(self, timeout: float = 20.0) -> str:
-        assert self.proc.stdout is not None
-        self.stdout_lines: list[str] = []
-        self._listening = threading.Event()
-        self._metrics = threading.Event()
-        self._metrics_url: str | None = None
-        found: list[str] = []
-
-        def read() -> None:
-            for line in self.proc.stdout:  # type: ignore[union-attr]
-                self.stdout_lines.append(line)
-                if line.startswith(METRICS_PREFIX):
-                    self._metrics_url = line[len(METRICS_PREFIX):].strip()
-                    self._metrics.set()
-                elif line.startswith(LISTENING_PREFIX) and not found:
-                    found.append(line[len(LISTENING_PREFIX):].strip())
-                    self._listening.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not self._listening.wait(timeout):
-            self.stop()
-            raise RuntimeError(f"sidecar did not start; stderr:\n{self.logs()}")
-        return found[0]
-
-    def metrics_url(self, timeout: float = 5.0) -> str:
-        if not self._metrics.wait(timeout):
-            raise AssertionError(
-                f"no {METRICS_PREFIX!r} line on stdout; stdout so far: {self.stdout_lines!r}"
-            )
-        assert self._metrics_url is not None
-        return self._metrics_url
 
 
 def scrape_metric(url: str, name: str) -> float:

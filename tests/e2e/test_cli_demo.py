@@ -233,11 +233,11 @@ def test_check_config_prints_effective_config_with_secrets_redacted(tmp_path):
     done = sidecar_cli("check-config", str(good))
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert data["gateway"]["auth"]["token"] == "<redacted>"
+    assert data["gateway"]["auth"]["token"] == "**********"
     for secret in (TOKEN, "up-secret-Kp2", "redis-pass-Vw9"):
         assert secret not in done.stdout
         assert secret not in done.stderr
-    assert "<redacted>" in json.dumps(data["sidecar"])
+    assert "**********" in json.dumps(data["sidecar"])
     assert data["effective"]["authMode"] == "token"
     assert data["effective"]["tokenConfigured"] is True
 

@@ -10,8 +10,7 @@ bounds are asserted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -32,7 +31,6 @@ from .ratelimit_helpers import (
     WRONG,
     ConfigBuilder,
     LoopbackCaller,
-    MetricsSidecarProcess,
     Reply,
     TestnetCaller,
     avoid_minute_boundary,
@@ -58,20 +56,6 @@ def storage(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return "memory://"
     return request.getfixturevalue("redis_url")
-
-
-@pytest.fixture
-def start_metrics_sidecar(tmp_path: Path) -> Iterator[Callable[..., MetricsSidecarProcess]]:
-    started: list[MetricsSidecarProcess] = []
-
-    def start(config: dict[str, Any]) -> MetricsSidecarProcess:
-        process = MetricsSidecarProcess(config, tmp_path / f"metrics-sidecar{len(started)}")
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def cfg(backend: DemoBackend, storage: str = "memory://", **kw: Any) -> ConfigBuilder:
@@ -482,15 +466,15 @@ def test_redis_outage_fail_closed_answers_503(
 
 
 def test_storage_fallbacks_metric_counts_outages(
-    backend: DemoBackend, start_metrics_sidecar: Callable[..., MetricsSidecarProcess], client: httpx.Client,
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
     redis_server: Any, redis_url: str,
 ) -> None:
-    """openclaw_sidecar_ratelimit_storage_fallbacks_total on sidecar.metricsListen: +1 per
+    """openclaw_sidecar_ratelimit_storage_fallbacks_total on the admin port's /metrics: +1 per
     outage (not per failed operation): 0 → 1 after an outage with many requests → 2 after a
     second outage."""
-    config = cfg(backend, redis_url, trusted_proxies=["127.0.0.1"], sidecar={"metricsListen": "127.0.0.1:0"})
-    sc = start_metrics_sidecar(config.build())
-    url = sc.metrics_url()
+    config = cfg(backend, redis_url, trusted_proxies=["127.0.0.1"])
+    sc = start_sidecar(config.build())
+    url = f"{sc.admin_url}/metrics"
     caller = LoopbackCaller(client, sc, xff=CLIENT)
     assert_ok(caller.invoke(TOKEN))
     assert scrape_metric(url, FALLBACKS_METRIC) == 0

@@ -200,7 +200,7 @@ async def test_admitted_request_is_rebuilt_in_request_hook(guard: ToolsInvokeGua
     flow = make_flow(path="/tools/invoke?x=1", body=BODY, headers=[
         AUTH, ("x-openclaw-scopes", "operator.read"), ("X-OpenClaw-Sender-Is-Owner", "true"),
         ("x-openclaw-message-to", "channel:24514"), ("Connection", "keep-alive, x-openclaw-scopes"),
-        ("Proxy-Authorization", "Basic x"), ("Accept", "*/*"),
+        ("Proxy-Authorization", "Basic x"), ("Accept", "*/*"), ("X-Request-Id", "forged"),
     ])
     received = flow.request.headers.fields
     await guard.requestheaders(flow)
@@ -219,6 +219,7 @@ async def test_admitted_request_is_rebuilt_in_request_hook(guard: ToolsInvokeGua
         (b"Authorization", f"Bearer {UPSTREAM}".encode()),
         (b"x-openclaw-scopes", ",".join(DEFAULT_SCOPES).encode()),
         (b"X-Forwarded-For", CLIENT.encode()),
+        (b"X-Request-Id", flow.id.encode()),  # ours, the audit line's; the client's copy is dropped
     )
 
 

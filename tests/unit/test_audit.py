@@ -1,32 +1,52 @@
-"""Audit lines escape client-supplied values (corpus D8) and count every decision."""
+"""Audit lines: pure JSON, one per decision, client-supplied values escaped (corpus D8)."""
 
 from __future__ import annotations
 
 import json
-import logging
+from pathlib import Path
 
 import pytest
 
 from sidecar import audit
-from sidecar.metrics import DECISIONS
+from sidecar.metrics import DECISIONS, SHADOWED
 
 
-def test_client_values_cannot_forge_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="sidecar.audit")
-    audit.record(route="tools-invoke", outcome="refused", reason="tool_denied", status=404, method="POST",
-                 target="/tools/invoke\r\n{\"event\":\"forged\"}", client_ip="203.0.113.7", peer_ip="203.0.113.7",
-                 user="eve\nadmin", tool="exec\u2028\x00")
-    (record,) = caplog.records
-    line = record.getMessage()
-    assert "\n" not in line and "\r" not in line and "\x00" not in line and "\u2028" not in line
-    entry = json.loads(line)
-    assert entry["target"] == "/tools/invoke\r\n{\"event\":\"forged\"}"
-    assert entry["user"] == "eve\nadmin" and entry["tool"] == "exec\u2028\x00"
+@pytest.fixture
+def audit_file(tmp_path: Path):
+    path = tmp_path / "audit.jsonl"
+    audit.configure(str(path))
+    yield path
+    audit.configure("stderr")
 
 
-def test_every_decision_is_counted() -> None:
-    counter = DECISIONS.labels(route="other", outcome="forwarded", reason="allowed")
-    before = counter._value.get()
-    audit.record(route="other", outcome="forwarded", reason="allowed", status=None, method="GET",
-                 target="/v1/models", client_ip=None, peer_ip="127.0.0.1")
+def entry(**overrides) -> audit.AuditEntry:
+    fields = dict(request_id="r1", route="tools-invoke", decision="refused", reason="tool_denied", status=404,
+                  method="POST", target="/tools/invoke", client="203.0.113.7", peer="203.0.113.7")
+    return audit.AuditEntry(**{**fields, **overrides})
+
+
+def test_client_values_cannot_forge_a_log_line(audit_file: Path) -> None:
+    audit.record(entry(target="/tools/invoke\r\n{\"event\":\"forged\"}", identity="eve\nadmin", tool="exec\u2028\x00"))
+    text = audit_file.read_text()
+    assert text.count("\n") == 1 and "\r" not in text and "\x00" not in text and "\u2028" not in text
+    line = json.loads(text)
+    assert line["target"] == "/tools/invoke\r\n{\"event\":\"forged\"}"
+    assert line["identity"] == "eve\nadmin" and line["tool"] == "exec\u2028\x00"
+
+
+def test_a_line_is_one_json_object_with_every_field(audit_file: Path) -> None:
+    audit.record(entry(decision="forwarded", reason="allowed", status=200, upstream_status=200, duration_ms=3.5,
+                       auth="token", previous_secret=True, scopes=("operator.write",), tool="agents_list"))
+    line = json.loads(audit_file.read_text())
+    assert line.keys() >= {"time", "request_id", "client", "peer", "auth", "identity", "scopes", "route", "tool",
+                           "method", "decision", "reason", "status", "upstream_status", "duration_ms"}
+    assert line["time"].endswith("Z") and line["previous_secret"] is True and line["scopes"] == ["operator.write"]
+
+
+def test_every_decision_is_counted_and_shadowed_ones_by_reason() -> None:
+    counter = DECISIONS.labels(route="other", outcome="shadowed", reason="allowed")
+    shadowed = SHADOWED.labels(reason="route_refused")
+    before, shadowed_before = counter._value.get(), shadowed._value.get()
+    audit.record(entry(route="other", decision="shadowed", reason="allowed", shadowed=("route_refused",)))
     assert counter._value.get() == before + 1
+    assert shadowed._value.get() == shadowed_before + 1

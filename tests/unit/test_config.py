@@ -523,26 +523,29 @@ def test_password_mode_upstream_credential_is_the_password(tmp_path: Path) -> No
 # ---- redacted view --------------------------------------------------------------------------
 
 
-def test_redacted_view_hides_every_secret(tmp_path: Path) -> None:
+def test_redacted_view_and_repr_hide_every_secret(tmp_path: Path) -> None:
     text = """\
 sidecar:
   upstreamAuth: {token: UPSTREAM-SECRET}
   rateLimit: {storage: 'redis://user:REDIS-SECRET@redis.internal:6379/0'}
+  auth: {previousTokens: [OLD-SECRET]}
 gateway:
   auth: {mode: token, token: TOKEN-SECRET, password: PASSWORD-SECRET}
 """
     config = load_config(write(tmp_path, "c.yaml", text), environ={})
     view = redacted_view(config)
-    dumped = json.dumps(view)
-    for secret in ("UPSTREAM-SECRET", "REDIS-SECRET", "TOKEN-SECRET", "PASSWORD-SECRET"):
-        assert secret not in dumped
-    assert view["gateway"]["auth"]["token"] == "<redacted>"
-    assert view["gateway"]["auth"]["password"] == "<redacted>"
-    assert view["sidecar"]["upstream_auth"]["token"] == "<redacted>"
+    secrets = ("UPSTREAM-SECRET", "REDIS-SECRET", "TOKEN-SECRET", "PASSWORD-SECRET", "OLD-SECRET")
+    for shown in (json.dumps(view), repr(config), str(config)):
+        for secret in secrets:
+            assert secret not in shown
+    assert config.secrets.previous_tokens == ("OLD-SECRET",)
+    assert view["gateway"]["auth"]["token"] == "**********"
+    assert view["gateway"]["auth"]["password"] == "**********"
+    assert view["sidecar"]["upstream_auth"]["token"] == "**********"
     assert view["sidecar"]["rate_limit"]["storage"] == "redis://user:***@redis.internal:6379/0"
     assert view["effective"] == {
         "authMode": "token", "tokenConfigured": True, "passwordConfigured": True,
-        "upstreamCredentialConfigured": True, "problems": [],
+        "upstreamCredentialConfigured": True, "previousSecrets": 1, "problems": [],
     }
 
 

@@ -927,3 +927,31 @@ async def test_a_path_that_resolves_to_a_double_slash_is_refused(make, method: s
     headers = [("Connection", "Upgrade"), ("Upgrade", "websocket")] if websocket else []
     result = await make().pipeline.on_head(view(method=method, target=target, headers=headers))
     assert_refused(result, envelopes.invalid_request_url(), "invalid_target")
+
+
+# ---- shadow mode (sidecar.enforce: false) -----------------------------------------------------------
+
+SHADOW = {"sidecar": {"enforce": False}, "gateway": {"tools": {"deny": ["agents_list"]}}}
+
+
+async def test_shadow_mode_forwards_policy_refusals_and_names_them(make) -> None:
+    h = make(extra=SHADOW)
+    head = await h.pipeline.on_head(view())
+    assert isinstance(head, Admitted)
+    forward = await h.pipeline.on_body(head, BODY)
+    assert isinstance(forward, Forward) and forward.shadowed == ("tool_denied",) and forward.tool == "agents_list"
+    refused_route = await h.pipeline.on_head(view("POST", "/v1/chat/completions", [("Content-Length", "0")]))
+    assert isinstance(refused_route, Admitted) and refused_route.shadowed == ("route_refused",)
+    assert ("Authorization", f"Bearer {UPSTREAM}") in refused_route.headers  # in as an authenticated caller
+
+
+@pytest.mark.parametrize("request_view, reason", [
+    (view(auth="Bearer wrong"), "token_mismatch"),
+    (view(auth=None), "credential_missing"),
+    (view("POST", "/v1/chat/completions", auth=None), "credential_missing"),  # a shadowed route still needs auth
+    (view(headers=[("Host", "b.example")]), "malformed_head"),
+    (view(target="/tools/%2e%2e/tools/invoke"), "non_canonical_target"),
+])
+async def test_shadow_mode_still_enforces_authentication_and_hygiene(make, request_view, reason) -> None:
+    result = await make(extra=SHADOW).pipeline.on_head(request_view)
+    assert isinstance(result, Refuse) and result.reason == reason, result

@@ -297,3 +297,13 @@ def test_a_write_scope_cannot_open_a_gateway_listener() -> None:
     """portal.open proxies a new gateway port to any local one: denied though only write-scoped."""
     assert {"portal.open", "push.web.subscribe", "push.test", "push.web.test"} <= default_denied()
     assert "portal.close" not in default_denied() and "portal.list" not in default_denied()
+
+
+async def test_shadow_mode_forwards_policy_refusals_unchanged_and_marks_them() -> None:
+    rpc = await connected(scopes=["operator.read"], shadow=True)
+    for method, reason in (("terminal.open", "method_denied"), ("terminal.list", "missing_scope"), ("node.event", "node_method")):
+        content = req(method)
+        verdict = await rpc.client_frame(content)
+        assert (verdict.verdict, verdict.reason, verdict.payload, verdict.shadowed) == ("forward", reason, None, True), method
+    unknown = await rpc.client_frame(req("no.such.method"))  # not understood: refused even in shadow mode
+    assert (unknown.verdict, unknown.shadowed) == ("reply", False)

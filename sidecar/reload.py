@@ -1,0 +1,85 @@
+"""Reload: a changed config or secret file (Kubernetes' symlink swap included) or SIGHUP builds a
+new runtime and swaps it in whole; a bad one is refused and the old one keeps serving.
+
+Files are compared by content, so an in-place write, a rename over the file and a ConfigMap's
+`..data` swap all count, and a touch does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config, openclaw_config_path
+from .errors import ConfigError
+from .metrics import CONFIG_RELOADS
+from .runtime import Runtime, build_runtime, restart_needed
+
+log = logging.getLogger("sidecar.reload")
+
+
+def watched_files(config_path: Path | None, config: Config) -> tuple[Path, ...]:
+    """Every file the configuration was read from, secrets included."""
+    sidecar, auth = config.sidecar, config.rules.gateway.auth
+    files = [config_path, openclaw_config_path(config_path, sidecar), auth.token_file, auth.password_file,
+             sidecar.upstream_auth.token_file, *sidecar.auth.previous_token_files, *sidecar.auth.previous_password_files]
+    return tuple(dict.fromkeys(f for f in files if f is not None))
+
+
+def fingerprint(files: tuple[Path, ...]) -> tuple[tuple[str, str | None], ...]:
+    def digest(path: Path) -> str | None:
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    return tuple((str(path), digest(path)) for path in files)
+
+
+class Reloader:
+    """Owns the config path and the current runtime; `check()` reloads when a file changed,
+    `reload()` unconditionally (SIGHUP). `apply(new)` installs a runtime that built cleanly."""
+
+    def __init__(self, config_path: Path | None, overrides: Mapping[str, Any], runtime: Runtime,
+                 apply: Callable[[Runtime], None], build: Callable[..., Runtime] = build_runtime) -> None:
+        self.config_path = config_path
+        self.overrides = dict(overrides)
+        self.runtime = runtime
+        self.apply = apply
+        self.build = build
+        self._seen = fingerprint(watched_files(config_path, runtime.config))
+
+    def check(self) -> bool | None:
+        """Reload if a watched file changed; None when nothing did."""
+        if fingerprint(watched_files(self.config_path, self.runtime.config)) == self._seen:
+            return None
+        return self.reload("file change")
+
+    def reload(self, why: str) -> bool:
+        # A rejected file is not retried until it changes again.
+        self._seen = fingerprint(watched_files(self.config_path, self.runtime.config))
+        try:
+            config = load_config(self.config_path, self.overrides)
+            self._seen = fingerprint(watched_files(self.config_path, config))
+            blocker = restart_needed(self.runtime.config, config)
+            if blocker is not None:
+                raise ConfigError([(blocker, "changed; this setting needs a restart")])
+            runtime = self.build(config, reuse=self.runtime)
+        except ConfigError as exc:
+            return self._rejected(why, "; ".join(f"{key}: {problem}" for key, problem in exc.problems))
+        except Exception as exc:  # a bug in building must not take down the serving config
+            log.exception("config reload (%s) failed", why)
+            return self._rejected(why, f"internal error ({type(exc).__name__})")
+        self.runtime = runtime
+        self.apply(runtime)
+        CONFIG_RELOADS.labels(result="applied").inc()
+        log.warning("config reloaded (%s)", why)
+        return True
+
+    def _rejected(self, why: str, problem: str) -> bool:
+        CONFIG_RELOADS.labels(result="rejected").inc()
+        log.error("config reload (%s) rejected, the previous configuration keeps serving: %s", why, problem)
+        return False

@@ -1,0 +1,270 @@
+"""Operating the running process: admin port, audit log, drain, reload, rotation, shadow mode.
+
+Real `openclaw-sidecar run` processes in front of the demo backend, over real sockets; files are
+changed the way operators and Kubernetes change them, and signals are real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sidecar.demo_backend import DemoBackend
+
+from .conftest import UPSTREAM_TOKEN
+from .harness import SidecarProcess
+
+TOKEN = "T-current"
+OLD_TOKEN = "T-previous"
+NOT_FOUND_TOOL = {"ok": False, "error": {"type": "not_found", "message": "Tool not available: exec"}}
+
+
+def base(backend: DemoBackend, **sidecar: Any) -> dict[str, Any]:
+    return {
+        "sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN}, **sidecar},
+        "gateway": {"auth": {"mode": "token", "token": TOKEN}},
+    }
+
+
+def invoke(sc: SidecarProcess, token: str | None, tool: str = "agents_list", args: dict | None = None,
+           headers: dict[str, str] | None = None, timeout: float = 10) -> httpx.Response:
+    sent = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{sc.url}/tools/invoke", json={"tool": tool, "args": args or {}},
+                      headers={**sent, **(headers or {})}, timeout=timeout)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 8.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def audit_lines(sc: SidecarProcess, count: int) -> list[dict[str, Any]]:
+    """The first `count` audit lines, once they are written."""
+    return wait_for(lambda: len(found := sc.audit_lines()) >= count and found)[:count]
+
+
+def metric(sc: SidecarProcess, name: str, **labels: str) -> float:
+    text = httpx.get(f"{sc.admin_url}/metrics", timeout=5).text
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+# ---- admin listener ----------------------------------------------------------------------------
+
+
+def test_admin_port_serves_health_readiness_and_metrics_only(backend, start_sidecar) -> None:
+    sc = start_sidecar(base(backend))
+    assert sc.admin_url is not None and sc.admin_url != sc.url
+    live = httpx.get(f"{sc.admin_url}/healthz", timeout=5)
+    assert live.status_code == 200 and live.json()["ok"] is True
+    ready = httpx.get(f"{sc.admin_url}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "reason": "ok"}
+    invoke(sc, TOKEN, "exec")
+    metrics = httpx.get(f"{sc.admin_url}/metrics", timeout=5)
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    assert "process_resident_memory_bytes" in metrics.text  # process metrics
+    assert 'openclaw_sidecar_decisions_total{outcome="refused",reason="tool_denied",route="tools-invoke"}' in metrics.text
+    assert TOKEN not in metrics.text and UPSTREAM_TOKEN not in metrics.text
+    other = httpx.get(f"{sc.admin_url}/tools/invoke", timeout=5)
+    assert other.status_code == 404 and other.text == "Not Found"
+    # Nothing admin on the proxied port: /metrics there is the gateway's (here the backend's) path.
+    proxied = httpx.get(f"{sc.url}/metrics", timeout=5)
+    assert "openclaw_sidecar" not in proxied.text and "process_resident" not in proxied.text
+
+
+def test_readiness_follows_the_upstream(backend, start_sidecar) -> None:
+    """The pod is Ready only when the gateway is: an unreachable upstream makes /readyz 503."""
+    dead = DemoBackend()
+    dead.__enter__()
+    url = dead.url
+    dead.__exit__(None, None, None)
+    sc = start_sidecar(base(backend) | {"sidecar": {"upstream": url}})
+    ready = httpx.get(f"{sc.admin_url}/readyz", timeout=5)
+    assert ready.status_code == 503
+    assert ready.json()["ready"] is False and "upstream unreachable" in ready.json()["reason"]
+    assert httpx.get(f"{sc.admin_url}/healthz", timeout=5).status_code == 200  # alive all the same
+
+
+# ---- audit log -----------------------------------------------------------------------------------
+
+
+def test_every_decision_is_one_json_line_joined_to_the_upstream_by_request_id(backend, start_sidecar) -> None:
+    sc = start_sidecar(base(backend))
+    assert invoke(sc, TOKEN, headers={"X-Request-Id": "forged"}).status_code == 200
+    assert invoke(sc, TOKEN, "exec").status_code == 404
+    assert invoke(sc, "wrong").status_code == 401
+    lines = audit_lines(sc, 3)
+    forwarded, denied, unauthorised = lines
+    (received,) = [r for r in backend.requests() if r["path"] == "/tools/invoke"]
+    request_ids = [v for k, v in received["headers"] if k.lower() == "x-request-id"]
+    assert request_ids == [forwarded["request_id"]]  # the client's "forged" copy was dropped
+    assert forwarded["decision"] == "forwarded" and forwarded["status"] == 200 and forwarded["upstream_status"] == 200
+    assert forwarded["auth"] == "token" and forwarded["tool"] == "agents_list" and forwarded["duration_ms"] >= 0
+    assert forwarded["scopes"] and forwarded["client"] == "127.0.0.1"
+    assert denied["decision"] == "refused" and denied["reason"] == "tool_denied" and denied["tool"] == "exec"
+    assert denied["status"] == 404 and denied["upstream_status"] is None
+    assert unauthorised["reason"] == "token_mismatch" and unauthorised["auth"] == "token"
+    assert unauthorised["client"] == "127.0.0.1"
+    text = json.dumps(lines)
+    assert TOKEN not in text and UPSTREAM_TOKEN not in text and "wrong" not in text
+    assert "agents_list" in text and '"args"' not in text
+    assert all(line["time"].endswith("Z") and line["request_id"] for line in lines)
+
+
+def test_audit_log_to_a_file(backend, start_sidecar, tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sc = start_sidecar(base(backend, auditLog=str(path)))
+    invoke(sc, TOKEN, "exec")
+    (line,) = wait_for(lambda: path.exists() and path.read_text().splitlines())
+    assert json.loads(line)["reason"] == "tool_denied"
+    assert sc.audit_lines() == []
+
+
+# ---- graceful drain ------------------------------------------------------------------------------
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_zero(backend, start_sidecar) -> None:
+    sc = start_sidecar(base(backend, drainSeconds=10))
+    result: dict[str, httpx.Response] = {}
+    slow = threading.Thread(target=lambda: result.update(r=invoke(sc, TOKEN, "slow", {"seconds": 2}, timeout=15)))
+    slow.start()
+    wait_for(lambda: any(r["path"] == "/tools/invoke" for r in backend.requests()))
+    sc.proc.send_signal(signal.SIGTERM)
+    draining = wait_for(lambda: (r := httpx.get(f"{sc.admin_url}/readyz", timeout=5)).status_code == 503 and r)
+    assert draining.json()["reason"] == "draining"
+    with pytest.raises(httpx.ConnectError):  # no new connections
+        invoke(sc, TOKEN, timeout=2)
+    slow.join(15)
+    assert result["r"].status_code == 200 and result["r"].json()["ok"] is True
+    assert result["r"].headers["connection"] == "close"
+    assert sc.proc.wait(10) == 0
+    assert "Traceback" not in sc.logs()
+
+
+def test_drain_deadline_bounds_the_wait(backend, start_sidecar) -> None:
+    sc = start_sidecar(base(backend, drainSeconds=1))
+    threading.Thread(target=lambda: _quietly(lambda: invoke(sc, TOKEN, "slow", {"seconds": 20}, timeout=30)),
+                     daemon=True).start()
+    wait_for(lambda: any(r["path"] == "/tools/invoke" for r in backend.requests()))
+    started = time.monotonic()
+    sc.proc.send_signal(signal.SIGTERM)
+    assert sc.proc.wait(10) == 0
+    assert time.monotonic() - started < 6
+    assert "drain deadline passed" in sc.logs()
+
+
+def _quietly(call: Callable[[], Any]) -> None:
+    try:
+        call()
+    except httpx.HTTPError:
+        pass
+
+
+# ---- reload and rotation -------------------------------------------------------------------------
+
+
+def _token_file_config(backend: DemoBackend, token_file: Path, **sidecar: Any) -> dict[str, Any]:
+    config = base(backend, **sidecar)
+    config["gateway"]["auth"] = {"mode": "token", "tokenFile": str(token_file)}
+    return config
+
+
+def test_a_rotated_kubernetes_secret_takes_effect_without_a_restart(backend, start_sidecar, tmp_path: Path) -> None:
+    """Kubernetes updates a mounted Secret by swapping the `..data` symlink to a new directory."""
+    mount = tmp_path / "secret"
+    mount.mkdir()
+    (mount / "..v1").mkdir()
+    (mount / "..v1" / "token").write_text(TOKEN + "\n")
+    (mount / "..data").symlink_to("..v1")
+    (mount / "token").symlink_to("..data/token")
+    sc = start_sidecar(_token_file_config(backend, mount / "token"))
+    assert invoke(sc, TOKEN).status_code == 200
+
+    (mount / "..v2").mkdir()
+    (mount / "..v2" / "token").write_text("T-rotated\n")
+    (mount / "..data_tmp").symlink_to("..v2")
+    os.replace(mount / "..data_tmp", mount / "..data")
+    wait_for(lambda: invoke(sc, "T-rotated").status_code == 200)
+    assert invoke(sc, TOKEN).status_code == 401
+    assert metric(sc, "openclaw_sidecar_config_reloads_total", result="applied") == 1
+    assert sc.proc.poll() is None
+
+
+def test_a_bad_new_config_is_refused_and_the_old_one_keeps_serving(backend, start_sidecar) -> None:
+    sc = start_sidecar(base(backend))
+    good = sc.config_path.read_text()
+    sc.config_path.write_text("sidecar: {enforce: maybe}\n")
+    wait_for(lambda: "reload (file change) rejected" in sc.logs())
+    assert "sidecar.enforce" in sc.logs()  # the key is named
+    assert invoke(sc, TOKEN).status_code == 200 and invoke(sc, TOKEN, "exec").status_code == 404
+    assert metric(sc, "openclaw_sidecar_config_reloads_total", result="rejected") == 1
+
+    changed_listen = json.loads(good)
+    changed_listen["sidecar"]["listen"] = "127.0.0.1:1"
+    sc.config_path.write_text(json.dumps(changed_listen))
+    wait_for(lambda: "sidecar.listen: changed; this setting needs a restart" in sc.logs())
+    assert invoke(sc, TOKEN).status_code == 200
+    assert sc.proc.poll() is None
+
+
+def test_sighup_reloads_and_limiter_state_survives(backend, start_sidecar) -> None:
+    config = base(backend)
+    config["gateway"]["auth"]["rateLimit"] = {"maxAttempts": 2, "windowMs": 60_000, "lockoutMs": 60_000,
+                                              "exemptLoopback": False}
+    config["sidecar"]["rateLimit"] = {"loopbackDelayBaseMs": 0}
+    sc = start_sidecar(config)
+    for _ in range(2):
+        assert invoke(sc, "wrong").status_code == 401
+    assert invoke(sc, TOKEN).status_code == 429  # locked out
+    config["gateway"]["tools"] = {"deny": ["agents_list"]}
+    sc.config_path.write_text(json.dumps(config))
+    sc.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded (SIGHUP)" in sc.logs() or "config reloaded (file change)" in sc.logs())
+    assert invoke(sc, TOKEN).status_code == 429  # the lockout carried over
+    assert sc.proc.poll() is None
+
+
+def test_previous_tokens_are_accepted_during_rotation_and_audited(backend, start_sidecar, tmp_path: Path) -> None:
+    old_file = tmp_path / "old-token"
+    old_file.write_text("T-older\n")
+    sc = start_sidecar(base(backend, auth={"previousTokens": [OLD_TOKEN], "previousTokenFiles": [str(old_file)]}))
+    for token in (TOKEN, OLD_TOKEN, "T-older"):
+        assert invoke(sc, token).status_code == 200
+    assert invoke(sc, "T-unknown").status_code == 401
+    forwarded = [r for r in backend.requests() if r["path"] == "/tools/invoke"]
+    assert {v for r in forwarded for k, v in r["headers"] if k.lower() == "authorization"} == {f"Bearer {UPSTREAM_TOKEN}"}
+    lines = audit_lines(sc, 3)
+    assert [line["previous_secret"] for line in lines] == [False, True, True]
+
+
+# ---- shadow mode ---------------------------------------------------------------------------------
+
+
+def test_shadow_mode_forwards_policy_refusals_but_still_authenticates(backend, start_sidecar) -> None:
+    config = base(backend, enforce=False)
+    config["gateway"]["tools"] = {"deny": ["agents_list"]}  # a new rule being rolled out
+    sc = start_sidecar(config)
+    assert "SHADOW MODE" in sc.logs()
+    shadowed = invoke(sc, TOKEN)
+    assert shadowed.status_code == 200  # the backend ran what the sidecar would have refused
+    assert invoke(sc, "wrong").status_code == 401  # never lends its credential to a stranger
+    line = wait_for(lambda: next((x for x in sc.audit_lines() if x["decision"] == "shadowed"), None))
+    assert line["reason"] == "allowed" and line["shadowed"] == ["tool_denied"] and line["tool"] == "agents_list"
+    assert metric(sc, "openclaw_sidecar_shadowed_total", reason="tool_denied") == 1
+    assert len([r for r in backend.requests() if r["path"] == "/tools/invoke"]) == 1

@@ -1,0 +1,117 @@
+"""Reload decisions without a process: what is watched, what counts as a change, and that any
+failure while reloading (a bad file, a setting that needs a restart, a fault while building)
+leaves the serving runtime in place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import load_config
+from sidecar.metrics import CONFIG_RELOADS
+from sidecar.reload import Reloader, fingerprint, watched_files
+from sidecar.runtime import Runtime, build_runtime, restart_needed
+
+
+def write_config(path: Path, token_file: Path, **sidecar: object) -> Path:
+    path.write_text(json.dumps({"sidecar": {"auth": {"previousTokenFiles": [str(token_file) + ".old"]}, **sidecar},
+                                "gateway": {"auth": {"mode": "token", "tokenFile": str(token_file)}}}))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    token = tmp_path / "token"
+    token.write_text("T1\n")
+    (tmp_path / "token.old").write_text("T0\n")
+    return write_config(tmp_path / "sidecar.json", token), token
+
+
+def reloader(config_path: Path, applied: list[Runtime], build=build_runtime) -> Reloader:
+    return Reloader(config_path, {}, build_runtime(load_config(config_path, environ={})), applied.append, build)
+
+
+def counted(result: str) -> float:
+    return CONFIG_RELOADS.labels(result=result)._value.get()
+
+
+def test_every_file_the_config_came_from_is_watched(files: tuple[Path, Path]) -> None:
+    config_path, token = files
+    config = load_config(config_path, environ={})
+    assert watched_files(config_path, config) == (config_path, token, Path(str(token) + ".old"))
+
+
+def test_a_change_is_a_change_of_content(files: tuple[Path, Path]) -> None:
+    config_path, token = files
+    before = fingerprint((config_path, token))
+    token.touch()
+    assert fingerprint((config_path, token)) == before
+    token.write_text("T2\n")
+    assert fingerprint((config_path, token)) != before
+    token.unlink()
+    assert fingerprint((config_path, token))[1] == (str(token), None)
+
+
+def test_a_rotated_secret_is_applied_and_nothing_else_is_reloaded(files: tuple[Path, Path]) -> None:
+    config_path, token = files
+    applied: list[Runtime] = []
+    watcher = reloader(config_path, applied)
+    assert watcher.check() is None
+    token.write_text("T2\n")
+    before = counted("applied")
+    assert watcher.check() is True
+    assert counted("applied") == before + 1
+    (runtime,) = applied
+    assert runtime.config.secrets.token == "T2" and runtime.config.secrets.previous_tokens == ("T0",)
+    assert watcher.check() is None
+
+
+def test_limiters_survive_a_reload(files: tuple[Path, Path]) -> None:
+    config_path, token = files
+    applied: list[Runtime] = []
+    watcher = reloader(config_path, applied)
+    old = watcher.runtime
+    assert watcher.reload("SIGHUP") is True
+    assert applied[0].failure_limiter is old.failure_limiter
+
+
+@pytest.mark.parametrize("fault", ["bad file", "restart setting", "missing secret file", "build raises"])
+def test_any_failure_keeps_the_serving_runtime(files: tuple[Path, Path], fault: str, caplog: pytest.LogCaptureFixture) -> None:
+    config_path, token = files
+    applied: list[Runtime] = []
+
+    def exploding_build(config, reuse=None):  # a bug while building must not take down the old runtime
+        raise RuntimeError("injected")
+
+    watcher = reloader(config_path, applied, exploding_build if fault == "build raises" else build_runtime)
+    serving = watcher.runtime
+    if fault == "bad file":
+        config_path.write_text("{sidecar: {enforce: maybe}}")
+    elif fault == "restart setting":
+        write_config(config_path, token, listen="127.0.0.1:1")
+    elif fault == "missing secret file":
+        token.unlink()
+    else:
+        token.write_text("T2\n")
+    before = counted("rejected")
+    assert watcher.check() is False
+    assert counted("rejected") == before + 1
+    assert applied == [] and watcher.runtime is serving
+    assert "the previous configuration keeps serving" in caplog.text
+    assert "T1" not in caplog.text and "T2" not in caplog.text
+    assert watcher.check() is None  # not retried until the files change again
+
+
+def test_settings_a_running_process_cannot_take_over(tmp_path: Path) -> None:
+    def config(**sidecar: object):
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps({"sidecar": sidecar}))
+        return load_config(path, environ={})
+
+    base = config()
+    assert restart_needed(base, config(enforce=False)) is None
+    assert restart_needed(base, config(listen="127.0.0.1:1")) == "sidecar.listen"
+    assert restart_needed(base, config(adminListen="127.0.0.1:1")) == "sidecar.adminListen"
+    assert restart_needed(base, config(rateLimit={"maxEntries": 5})) == "sidecar.rateLimit"

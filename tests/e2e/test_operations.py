@@ -268,3 +268,12 @@ def test_shadow_mode_forwards_policy_refusals_but_still_authenticates(backend, s
     assert line["reason"] == "allowed" and line["shadowed"] == ["tool_denied"] and line["tool"] == "agents_list"
     assert metric(sc, "openclaw_sidecar_shadowed_total", reason="tool_denied") == 1
     assert len([r for r in backend.requests() if r["path"] == "/tools/invoke"]) == 1
+
+
+def test_an_auth_failure_behind_a_trusted_proxy_names_the_forwarded_client(backend, start_sidecar) -> None:
+    config = base(backend)
+    config["gateway"]["trustedProxies"] = ["127.0.0.1"]
+    sc = start_sidecar(config)
+    assert invoke(sc, "wrong", headers={"X-Forwarded-For": "198.51.100.9"}).status_code == 401
+    (line,) = audit_lines(sc, 1)
+    assert (line["client"], line["peer"], line["reason"]) == ("198.51.100.9", "127.0.0.1", "token_mismatch")

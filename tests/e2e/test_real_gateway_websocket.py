@@ -9,6 +9,7 @@ node roles and devices above the ceiling are refused, and only RFC 6455 upgrades
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -273,3 +274,21 @@ def test_a_first_frame_that_is_not_connect_closes_with_1008(open_sc):
     ws.recv()
     ws.send_json({"type": "req", "id": "h", "method": "health", "params": {}})
     assert_closed_after(ws, 1008)
+
+
+# ---- drain ----------------------------------------------------------------------------------------
+
+
+def test_sigterm_closes_open_rpc_sessions_with_going_away_and_exits_zero(token_gateway, start_sidecar):
+    sc = start_sidecar(sidecar_config(token_gateway, drainSeconds=10))
+    ws, hello = session(sc.port, ["operator.read"])
+    assert granted(hello) == ["operator.read"]
+    sc.proc.send_signal(signal.SIGTERM)
+    while True:  # gateway events (ticks, presence) may come first
+        try:
+            ws.recv()
+        except Closed as closed:
+            assert closed.code == 1001
+            break
+    assert sc.proc.wait(10) == 0
+    assert "Traceback" not in sc.logs()

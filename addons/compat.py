@@ -7,10 +7,14 @@ changes what it relies on (tests/unit/test_compat.py and the end-to-end suites).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import h11
+import wsproto.events
 from h11._readers import ChunkedReader
+from mitmproxy import http
 from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers import websocket
 from mitmproxy.proxy.layers.http import HttpStream, _http1
 
 from sidecar.metrics import HEAD_REFUSALS
@@ -83,7 +87,47 @@ def limit_request_heads(max_bytes: int) -> None:
     _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]
 
 
-def apply_patches(max_head_bytes: int) -> None:
+class _BoundedWebsocketConnection(websocket.WebsocketConnection):
+    """mitmproxy reassembles a whole WebSocket message (decompressed) before any hook sees it, so
+    a stranger could send one without end. Client messages over the flow's limit end the
+    connection with 1009 as they grow, as the gateway's own `maxPayload` does."""
+
+    flow: http.HTTPFlow | None = None
+    message_limit: Callable[[http.HTTPFlow], int] | None = None
+    _pending = 0
+
+    def events(self):  # type: ignore[no-untyped-def]
+        for event in super().events():
+            if isinstance(event, wsproto.events.Message) and self.flow is not None and self.message_limit is not None:
+                self._pending += len(event.data)
+                if self._pending > self.message_limit(self.flow):
+                    self.frame_buf = [b""]
+                    yield wsproto.events.CloseConnection(code=1009, reason="message too big")
+                    return
+                if event.message_finished:
+                    self._pending = 0
+            yield event
+
+
+def limit_websocket_messages(limit: Callable[[http.HTTPFlow], int]) -> None:
+    """Bound every client message by `limit(flow)` bytes (see _BoundedWebsocketConnection)."""
+    _BoundedWebsocketConnection.message_limit = staticmethod(limit)  # type: ignore[assignment]
+    if getattr(websocket.WebsocketLayer.start, "_sidecar_bounded", False):
+        return
+    websocket.WebsocketConnection = _BoundedWebsocketConnection  # type: ignore[misc]
+    original_start = websocket.WebsocketLayer.start
+
+    def start(self: websocket.WebsocketLayer, event: events.Start):  # type: ignore[no-untyped-def]
+        yield from original_start(self, event)
+        self.client_ws.flow = self.flow  # type: ignore[attr-defined]
+
+    start._sidecar_bounded = True  # type: ignore[attr-defined]
+    websocket.WebsocketLayer.start = start  # type: ignore[method-assign]
+    websocket.WebsocketLayer._handle_event = start  # type: ignore[method-assign]
+
+
+def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.HTTPFlow], int]) -> None:
     limit_request_bodies_only()
     refuse_trailers()
     limit_request_heads(max_head_bytes)
+    limit_websocket_messages(websocket_message_limit)

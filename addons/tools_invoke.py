@@ -39,6 +39,7 @@ from sidecar.ipaddrs import normalize_ip
 from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
 from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
+from sidecar.rpc import PREAUTH_MAX_BYTES
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.view import RequestView
 
@@ -51,6 +52,10 @@ ANSWERED = "openclaw_sidecar.answered"
 RPC_SESSION = "openclaw_sidecar.rpc"
 WS_CLOSING = "openclaw_sidecar.ws_closing"
 WS_CLOSE_LINGER_SECONDS = 0.25
+# The gateway's WebSocket maxPayload: its RPC (server-constants MAX_PAYLOAD_BYTES), and the
+# largest of its other sockets.
+RPC_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
+GATEWAY_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 WRITE_FLUSH_SECONDS = 0.2
 LINGER_SECONDS = 1.0
 
@@ -159,6 +164,18 @@ def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
     return True
 
 
+def websocket_message_limit(flow: http.HTTPFlow) -> int:
+    """The most a client message may grow to, as the gateway's own limits: 64 KiB until the RPC
+    connect frame is accepted, 25 MiB after; other upgrades (opened routes) the gateway's largest."""
+    session = flow.metadata.get(RPC_SESSION)
+    if session is not None:
+        return RPC_MAX_MESSAGE_BYTES if session.connected else PREAUTH_MAX_BYTES
+    admitted = flow.metadata.get(ADMITTED)
+    if isinstance(admitted, Admitted) and admitted.rpc:
+        return PREAUTH_MAX_BYTES  # the session is being built: nothing is trusted yet
+    return GATEWAY_MAX_MESSAGE_BYTES
+
+
 def raise_fd_limit() -> int:
     """Raise the soft file-descriptor limit to the hard one; returns the limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -222,7 +239,7 @@ class ToolsInvokeGuard:
 
     def load(self, loader: Any) -> None:
         loader.add_option("sidecar_config", str | None, None, "Path to the openclaw-sidecar YAML/JSON5 config file.")
-        compat.apply_patches(MAX_HEAD_BYTES)
+        compat.apply_patches(MAX_HEAD_BYTES, websocket_message_limit)
 
     def configure(self, updated: set[str]) -> None:
         if "sidecar_config" not in updated or not ctx.options.sidecar_config:

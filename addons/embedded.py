@@ -146,6 +146,7 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
         watcher.cancel()
         admin.stop()
         await reloader.runtime.aclose()
+        audit.close()
     log.info("sidecar stopped")
     return 0
 

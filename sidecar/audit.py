@@ -8,18 +8,39 @@ secrets, bodies or arguments: identities and tool names are what the operator ne
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import logging.handlers
+import queue
 import sys
 import time
 from dataclasses import dataclass, field
 
-from .metrics import DECISIONS, SHADOWED
+from .logging_limits import LOG_ONCE_PER_INTERVAL
+from .metrics import AUDIT_LINES_DROPPED, DECISIONS, SHADOWED
 
 log = logging.getLogger("sidecar.audit")
 log.propagate = False
 log.setLevel(logging.INFO)
+diagnostics = logging.getLogger("sidecar")
+# Lines waiting for the writer thread. A reader that stops reading (a full stdout pipe, a stuck
+# disk) must never stall the proxy: beyond this the newest lines are counted and dropped.
+QUEUE_LINES = 100_000
+_listener: logging.handlers.QueueListener | None = None  # the writer thread
+
+
+class _NonBlockingQueueHandler(logging.handlers.QueueHandler):
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record  # the message is already the finished line
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            AUDIT_LINES_DROPPED.inc()
+            LOG_ONCE_PER_INTERVAL.warning(diagnostics, "audit log writer is behind: lines dropped "
+                                          "(openclaw_sidecar_audit_lines_dropped_total)")
 
 
 @dataclass(frozen=True)
@@ -65,14 +86,37 @@ def record(entry: AuditEntry) -> None:
         log.info(entry.line(time.time()))
 
 
+class _Writer(logging.handlers.QueueListener):
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel)  # waits for room: stopping writes every queued line first
+
+
 def configure(destination: str) -> None:
-    """`stdout`, `stderr`, or a file (reopened when logrotate moves it)."""
+    """`stdout`, `stderr`, or a file (reopened when logrotate moves it), written by a thread of
+    its own so a slow destination never blocks a request."""
+    global _listener
+    close()
+    if destination in ("stdout", "stderr"):
+        target: logging.Handler = logging.StreamHandler(sys.stdout if destination == "stdout" else sys.stderr)
+    else:
+        target = logging.handlers.WatchedFileHandler(destination, encoding="utf-8")
+    target.setFormatter(logging.Formatter("%(message)s"))
+    lines: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_LINES)
+    log.addHandler(_NonBlockingQueueHandler(lines))
+    _listener = _Writer(lines, target)
+    _listener.start()
+
+
+def close() -> None:
+    """Write what is queued and stop the writer (also at exit)."""
+    global _listener
     for handler in list(log.handlers):
         log.removeHandler(handler)
-        handler.close()
-    if destination in ("stdout", "stderr"):
-        handler: logging.Handler = logging.StreamHandler(sys.stdout if destination == "stdout" else sys.stderr)
-    else:
-        handler = logging.handlers.WatchedFileHandler(destination, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
+    if _listener is not None:
+        _listener.stop()
+        for handler in _listener.handlers:
+            handler.close()
+        _listener = None
+
+
+atexit.register(close)

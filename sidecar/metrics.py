@@ -51,6 +51,11 @@ SHADOWED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+AUDIT_LINES_DROPPED = Counter(
+    "openclaw_sidecar_audit_lines_dropped_total",
+    "Audit lines dropped because the audit destination did not keep up (the proxy never waits for it).",
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter(
     "openclaw_sidecar_config_reloads_total",
     "Configuration reloads, by result (applied, rejected: the old configuration kept serving).",

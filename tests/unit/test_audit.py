@@ -27,6 +27,7 @@ def entry(**overrides) -> audit.AuditEntry:
 
 def test_client_values_cannot_forge_a_log_line(audit_file: Path) -> None:
     audit.record(entry(target="/tools/invoke\r\n{\"event\":\"forged\"}", identity="eve\nadmin", tool="exec\u2028\x00"))
+    audit.close()  # lines are written by a thread of their own: flush
     text = audit_file.read_text()
     assert text.count("\n") == 1 and "\r" not in text and "\x00" not in text and "\u2028" not in text
     line = json.loads(text)
@@ -37,6 +38,7 @@ def test_client_values_cannot_forge_a_log_line(audit_file: Path) -> None:
 def test_a_line_is_one_json_object_with_every_field(audit_file: Path) -> None:
     audit.record(entry(decision="forwarded", reason="allowed", status=200, upstream_status=200, duration_ms=3.5,
                        auth="token", previous_secret=True, scopes=("operator.write",), tool="agents_list"))
+    audit.close()
     line = json.loads(audit_file.read_text())
     assert line.keys() >= {"time", "request_id", "client", "peer", "auth", "identity", "scopes", "route", "tool",
                            "method", "decision", "reason", "status", "upstream_status", "duration_ms"}
@@ -50,3 +52,33 @@ def test_every_decision_is_counted_and_shadowed_ones_by_reason() -> None:
     audit.record(entry(route="other", decision="shadowed", reason="allowed", shadowed=("route_refused",)))
     assert counter._value.get() == before + 1
     assert shadowed._value.get() == shadowed_before + 1
+
+
+def test_a_destination_that_stops_reading_never_blocks_a_decision(tmp_path: Path, monkeypatch) -> None:
+    """A FIFO nobody reads (as a stuck log pipe): lines beyond the queue are dropped and counted."""
+    import os
+    import threading
+
+    from sidecar.metrics import AUDIT_LINES_DROPPED
+
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    monkeypatch.setattr(audit, "QUEUE_LINES", 10)
+    audit.configure(str(fifo))
+    before = AUDIT_LINES_DROPPED._value.get()
+    for _ in range(2_000):  # ~400 KB: far past the pipe's 64 KiB and the 10-line queue
+        audit.record(entry(target="/" + "x" * 200))
+    assert AUDIT_LINES_DROPPED._value.get() > before
+    drained = threading.Event()
+
+    def drain() -> None:
+        os.set_blocking(reader, True)
+        while os.read(reader, 65536):
+            pass
+        drained.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    audit.close()  # returns once the writer got every queued line out, then closes the pipe
+    assert drained.wait(5)
+    os.close(reader)

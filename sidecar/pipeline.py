@@ -9,6 +9,7 @@ must grant; every other path ends in a `Refuse` carrying the gateway's own answe
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from dataclasses import dataclass, replace
@@ -281,7 +282,11 @@ class Pipeline:
             authenticator = self.authenticator
             assert isinstance(authenticator, SharedSecretAuth)
             result = await self._limited_check(admitted.client_ip, True, lambda: authenticator.check(presented))
-            return AuthOutcome(False, authenticator.method, result.reason) if isinstance(result, Refuse) else result
+            if not isinstance(result, Refuse):
+                return result
+            if result.delay_s > 0:
+                await asyncio.sleep(result.delay_s)  # the same loopback delay as a refused HTTP request
+            return AuthOutcome(False, authenticator.method, result.reason)
 
         async def limit(user: str | None, tool: str) -> str | None:
             if self.request_limiter is None:

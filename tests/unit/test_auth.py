@@ -320,3 +320,13 @@ def test_build_authenticator_trusted_proxy_fallback_password(tmp_path: Path) -> 
     authenticator = build_authenticator(load_config(write_config(tmp_path, text), environ={}))
     assert isinstance(authenticator, TrustedProxyAuth)
     assert authenticator.fallback == SharedSecretAuth("password", "P")
+
+
+@pytest.mark.parametrize("method", ["token", "password"])
+def test_previous_secrets_are_accepted_and_marked(method: str) -> None:
+    auth = SharedSecretAuth(method, "new", ("old", "older"))
+    current, previous, wrong = auth.check("new"), auth.check("older"), auth.check("newer")
+    assert (current.ok, current.previous_secret) == (True, False)
+    assert (previous.ok, previous.previous_secret, previous.shared_secret) == (True, True, True)
+    assert (wrong.ok, wrong.reason, wrong.counts_as_failure) == (False, f"{method}_mismatch", True)
+    assert "new" not in repr(auth) and "old" not in repr(auth)

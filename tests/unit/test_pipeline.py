@@ -336,6 +336,23 @@ async def test_rpc_upgrade_without_credentials_waits_for_the_connect_frame(make)
     assert harness.failures.calls == []
 
 
+async def test_a_wrong_secret_in_the_connect_frame_gets_the_loopback_delay(make, monkeypatch) -> None:
+    harness = make(failures=FakeFailureLimiter(delay_s=0.25))
+    admitted = await harness.pipeline.on_head(view(method="GET", target="/", auth=None, headers=UPGRADE))
+    slept: list[float] = []
+
+    async def record_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("sidecar.pipeline.asyncio.sleep", record_sleep)
+    connect = json.dumps({"type": "req", "id": "c1", "method": "connect", "params": {
+        "minProtocol": 4, "maxProtocol": 4, "role": "operator", "auth": {"token": "wrong"},
+        "client": {"id": "cli", "version": "1", "platform": "linux", "mode": "cli"}}}).encode()
+    verdict = await harness.pipeline.rpc_session(admitted).client_frame(connect)
+    assert verdict.verdict == "close" and slept == [0.25]
+    assert ("record_failure", CLIENT) in harness.failures.calls
+
+
 async def test_rpc_upgrade_with_a_wrong_bearer_is_refused_and_counted(make) -> None:
     harness = make()
     result = await harness.pipeline.on_head(view(method="GET", target="/", auth="Bearer wrong", headers=UPGRADE))

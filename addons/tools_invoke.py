@@ -208,10 +208,17 @@ class ToolsInvokeGuard:
         self._clients: set[str] = set()
         self._head_deadlines: dict[str, asyncio.TimerHandle] = {}
         self._max_connections = connection_cap(None, raise_fd_limit())
-        # Exchanges not yet answered (flow id → client id) and open WebSockets: what a drain waits for.
-        self._in_flight: dict[str, str] = {}
+        # Exchanges not yet answered (client id → flow ids) and open WebSockets: what a drain waits for.
+        self._in_flight: dict[str, set[str]] = {}
         self._websockets: dict[str, http.HTTPFlow] = {}
         self.draining = False
+
+    def _exchange_over(self, flow: http.HTTPFlow) -> None:
+        flows = self._in_flight.get(flow.client_conn.id)
+        if flows is not None:
+            flows.discard(flow.id)
+            if not flows:
+                del self._in_flight[flow.client_conn.id]
 
     def use_runtime(self, runtime: Runtime) -> None:
         """Swap in a reloaded runtime: requests from here on are judged by it (open WebSockets
@@ -270,8 +277,7 @@ class ToolsInvokeGuard:
     def client_disconnected(self, client: connection.Client) -> None:
         self._clients.discard(client.id)
         self._disarm_head_deadline(client)
-        for flow_id in [f for f, c in self._in_flight.items() if c == client.id]:
-            del self._in_flight[flow_id]
+        self._in_flight.pop(client.id, None)
 
     def _arm_head_deadline(self, client: connection.Client) -> None:
         """The next request head must be complete within headReadSeconds (also closes idle
@@ -302,7 +308,7 @@ class ToolsInvokeGuard:
         self._disarm_head_deadline(flow.client_conn)
         if flow.response or flow.error or not flow.live:
             return
-        self._in_flight[flow.id] = flow.client_conn.id
+        self._in_flight.setdefault(flow.client_conn.id, set()).add(flow.id)
         started = time.perf_counter()
         try:
             if self.runtime is None:
@@ -346,7 +352,7 @@ class ToolsInvokeGuard:
 
     def response(self, flow: http.HTTPFlow) -> None:
         """Review what the upstream answered (the hook also fires for answers we set ourselves)."""
-        self._in_flight.pop(flow.id, None)
+        self._exchange_over(flow)
         if flow.websocket is None and flow.client_conn.id in self._clients:
             self._arm_head_deadline(flow.client_conn)  # the exchange is over: next head, or idle
         if self.draining and flow.websocket is None and flow.response is not None:
@@ -367,7 +373,7 @@ class ToolsInvokeGuard:
 
     def error(self, flow: http.HTTPFlow) -> None:
         """mitmproxy is about to send its own HTML error page; send the gateway-style one instead."""
-        self._in_flight.pop(flow.id, None)
+        self._exchange_over(flow)
         try:
             self._answer_error(flow)
         except Exception:

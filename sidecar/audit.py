@@ -11,36 +11,22 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import logging.handlers
+import os
 import queue
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from .logging_limits import LOG_ONCE_PER_INTERVAL
 from .metrics import AUDIT_LINES_DROPPED, DECISIONS, SHADOWED
 
-log = logging.getLogger("sidecar.audit")
-log.propagate = False
-log.setLevel(logging.INFO)
 diagnostics = logging.getLogger("sidecar")
 # Lines waiting for the writer thread. A reader that stops reading (a full stdout pipe, a stuck
 # disk) must never stall the proxy: beyond this the newest lines are counted and dropped.
-QUEUE_LINES = 100_000
-_listener: logging.handlers.QueueListener | None = None  # the writer thread
-
-
-class _NonBlockingQueueHandler(logging.handlers.QueueHandler):
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record  # the message is already the finished line
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            AUDIT_LINES_DROPPED.inc()
-            LOG_ONCE_PER_INTERVAL.warning(diagnostics, "audit log writer is behind: lines dropped "
-                                          "(openclaw_sidecar_audit_lines_dropped_total)")
+QUEUE_LINES = 20_000
+BATCH_LINES = 1_000
 
 
 @dataclass(frozen=True)
@@ -78,45 +64,101 @@ class AuditEntry:
         return json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
 
 
+class AuditWriter:
+    """Writes queued lines from a thread of its own, in batches (one write per batch, not per
+    line: a flood of decisions must not become a flood of syscalls competing for the GIL)."""
+
+    _STOP = "\0stop"
+
+    def __init__(self, destination: str, capacity: int) -> None:
+        self.destination = destination
+        self.lines: queue.Queue[str] = queue.Queue(capacity)
+        self._file: BinaryIO | None = None
+        self._thread = threading.Thread(target=self._run, name="sidecar-audit", daemon=True)
+        self._thread.start()
+
+    def put(self, line: str) -> None:
+        try:
+            self.lines.put_nowait(line)
+        except queue.Full:
+            AUDIT_LINES_DROPPED.inc()
+            LOG_ONCE_PER_INTERVAL.warning(diagnostics, "audit log writer is behind: lines dropped "
+                                          "(openclaw_sidecar_audit_lines_dropped_total)")
+
+    def close(self) -> None:
+        """Returns once every queued line is written."""
+        self.lines.put(self._STOP)  # waits for room
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.lines.get()]
+            while len(batch) < BATCH_LINES:
+                try:
+                    batch.append(self.lines.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is self._STOP
+            lines = batch[:-1] if stop else batch
+            if lines:
+                self._write("".join(line + "\n" for line in lines).encode())
+            if stop:
+                if self._file is not None:
+                    self._file.close()
+                return
+
+    def _write(self, data: bytes) -> None:
+        try:
+            out = self._output()
+            out.write(data)
+            out.flush()
+        except OSError as exc:
+            LOG_ONCE_PER_INTERVAL.warning(diagnostics, "cannot write the audit log: %s", exc)
+
+    def _output(self) -> BinaryIO:
+        if self.destination in ("stdout", "stderr"):
+            return (sys.stdout if self.destination == "stdout" else sys.stderr).buffer
+        if self._file is not None and not _same_file(self._file, self.destination):
+            self._file.close()  # moved away by logrotate: reopen, once per batch at most
+            self._file = None
+        if self._file is None:
+            self._file = open(self.destination, "ab")
+        return self._file
+
+
+def _same_file(opened: BinaryIO, path: str) -> bool:
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(opened.fileno())
+    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+_writer: AuditWriter | None = None
+
+
 def record(entry: AuditEntry) -> None:
     DECISIONS.labels(route=entry.route, outcome=entry.decision, reason=entry.reason).inc()
     for reason in entry.shadowed:
         SHADOWED.labels(reason=reason).inc()
-    if log.handlers:
-        log.info(entry.line(time.time()))
-
-
-class _Writer(logging.handlers.QueueListener):
-    def enqueue_sentinel(self) -> None:
-        self.queue.put(self._sentinel)  # waits for room: stopping writes every queued line first
+    if _writer is not None:
+        _writer.put(entry.line(time.time()))
 
 
 def configure(destination: str) -> None:
-    """`stdout`, `stderr`, or a file (reopened when logrotate moves it), written by a thread of
-    its own so a slow destination never blocks a request."""
-    global _listener
+    """`stdout`, `stderr`, or a file (reopened when logrotate moves it)."""
+    global _writer
     close()
-    if destination in ("stdout", "stderr"):
-        target: logging.Handler = logging.StreamHandler(sys.stdout if destination == "stdout" else sys.stderr)
-    else:
-        target = logging.handlers.WatchedFileHandler(destination, encoding="utf-8")
-    target.setFormatter(logging.Formatter("%(message)s"))
-    lines: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_LINES)
-    log.addHandler(_NonBlockingQueueHandler(lines))
-    _listener = _Writer(lines, target)
-    _listener.start()
+    _writer = AuditWriter(destination, QUEUE_LINES)
 
 
 def close() -> None:
     """Write what is queued and stop the writer (also at exit)."""
-    global _listener
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-    if _listener is not None:
-        _listener.stop()
-        for handler in _listener.handlers:
-            handler.close()
-        _listener = None
+    global _writer
+    if _writer is not None:
+        _writer.close()
+        _writer = None
 
 
 atexit.register(close)

@@ -505,6 +505,9 @@ def test_trusted_proxy_connecting_from_this_hosts_own_address_is_refused(start_s
     sock.bind((host_ip, 0))  # the host side of the test network: one of this host's addresses
     response = raw_exchange((sidecar.host, sidecar.port), http_request("POST", "/tools/invoke", via_proxy(), AGENTS), sock=sock)
     assert_refused_raw(response, module_backend, 401, UNAUTHORIZED)
-    assert "trusted_proxy_local_interface_source" in sidecar.logs()
+    deadline = time.monotonic() + 5
+    while not sidecar.audit_lines() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [line["reason"] for line in sidecar.audit_lines()] == ["trusted_proxy_local_interface_source"]
     # The same request from a trusted proxy elsewhere is accepted.
     assert send(testnet, PROXY_A, sidecar, via_proxy()).status == 200

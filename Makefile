@@ -4,11 +4,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test clean
 
+# Set-up is quiet: pip's output goes to $(VENV)/install.log and is shown only when it fails.
 $(STAMP): pyproject.toml scripts/find-python
-	@PY=$$(scripts/find-python) && echo "using $$PY" && \
+	@PY=$$(scripts/find-python) && echo "setting up $(VENV) with $$PY" && \
 	  { [ -x $(VENV)/bin/python ] || $$PY -m venv $(VENV); }
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	@{ $(VENV)/bin/python -m pip install --upgrade pip && $(VENV)/bin/python -m pip install -e '.[test]'; } \
+	  > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; echo "set-up failed (log: $(VENV)/install.log)"; exit 1; }
 	@touch $@
 
 run: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -63,6 +64,22 @@ def _listening_url(master: Master) -> str | None:
     return f"http://{host}:{port}"
 
 
+def _listen_error(master: Master) -> OSError | None:
+    """Why the proxy listener could not start (e.g. the port is taken), once mitmproxy knows."""
+    server = master.addons.get("proxyserver")
+    for instance in server.servers if server else ():
+        if isinstance(instance.last_exception, OSError):
+            return instance.last_exception
+    return None
+
+
+class _OwnListenErrors(logging.Filter):
+    """mitmproxy's bind error suggests its own `--mode` flag; we say it in our terms instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to listen" not in record.getMessage()
+
+
 def _ignore_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     if not isinstance(context.get("exception"), asyncio.CancelledError):
         loop.default_exception_handler(context)
@@ -89,6 +106,7 @@ async def _drain(master: Master, guard: ToolsInvokeGuard, health: Health, second
 async def _run(config: Config, config_path: Path | None, overrides: Mapping[str, Any],
                on_ready: Callable[[str], None] | None) -> int:
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no per-connection chatter
+    logging.getLogger("mitmproxy.addons.proxyserver").addFilter(_OwnListenErrors())
     limit_library_logs()
     audit.configure(config.sidecar.audit_log)
     runtime = build_runtime(config)
@@ -116,19 +134,21 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
         loop.add_signal_handler(sig, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
     task = asyncio.create_task(master.run())
-    url = None
+    url, error = None, None
     for _ in range(500):
         if task.done():
             break
-        url = _listening_url(master)
-        if url:
+        url, error = _listening_url(master), _listen_error(master)
+        if url or error:
             break
         await asyncio.sleep(0.01)
     if url is None:
         master.shutdown()
         await asyncio.gather(task, return_exceptions=True)
         admin.stop()
-        log.error("sidecar failed to listen on %s", config.sidecar.listen)
+        why = os.strerror(error.errno) if error is not None and error.errno else "no listener came up"
+        log.error("cannot listen on sidecar.listen %s: %s (choose a free HOST:PORT with --listen or sidecar.listen)",
+                  config.sidecar.listen, why)
         return 1
     health.listening = True
     watcher = asyncio.create_task(_watch_files(reloader))

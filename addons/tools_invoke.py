@@ -249,7 +249,11 @@ class ToolsInvokeGuard:
         compat.apply_patches(MAX_HEAD_BYTES, websocket_message_limit)
 
     def configure(self, updated: set[str]) -> None:
-        if "sidecar_config" not in updated or not ctx.options.sidecar_config:
+        if "sidecar_config" not in updated:
+            return
+        if not ctx.options.sidecar_config:
+            if self.runtime is None:  # loaded by mitmdump without a config: refuse to start
+                raise exceptions.OptionsError("sidecar_config is required: --set sidecar_config=FILE")
             return
         try:
             config = load_config(Path(ctx.options.sidecar_config))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +191,10 @@ def http_request(method: str, target: str, headers: list[tuple[str, str]] | None
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+class TestNetUnavailable(RuntimeError):
+    __test__ = False
+
+
 class TestNet:
     """A network namespace with real addresses, joined to the host by a veth pair.
 
@@ -209,9 +215,20 @@ class TestNet:
 
     @staticmethod
     def _ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+        done = subprocess.run(["ip", *args], capture_output=True, text=True)
+        if done.returncode != 0:  # the real cause, not just the exit status
+            raise TestNetUnavailable(f"`ip {' '.join(args)}` failed: {done.stderr.strip() or done.returncode}")
 
-    LOCK_PATH = Path("/tmp/openclaw-sidecar-testnet.lock")
+    LOCK_PATH = Path(tempfile.gettempdir()) / f"openclaw-sidecar-testnet-{os.getuid()}.lock"
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        """Why this machine cannot have the test network (root and iproute2 are needed)."""
+        if os.geteuid() != 0:
+            return "network namespaces need root (run `make test` as root, or in the container image)"
+        if shutil.which("ip") is None:
+            return "iproute2's `ip` is missing (apt-get install iproute2)"
+        return None
 
     def __enter__(self) -> "TestNet":
         # Every session uses the same TEST-NET subnets; two at once would misroute each other's

@@ -439,13 +439,13 @@ def test_A2_empty_trusted_proxies_refuses_loopback_too(start_sidecar, backend):
 def test_A11_unauthenticated_proxy_config_starts_with_a_loud_warning(module_sidecar, module_backend):
     """A11: trusted-proxy with neither allowUsers nor requiredHeaders starts, with a WARNING; with
     either one set there is no such warning."""
-    open_config = module_sidecar(trusted_proxy_config(module_backend))
+    open_config = module_sidecar(trusted_proxy_config(module_backend, listen="127.0.0.1:0"))  # no test network needed
     logs = logs_after_start(open_config, "allowUsers")
     warnings = [line for line in logs.splitlines() if " WARNING " in line and "allowUsers" in line]
     assert warnings, open_config.logs()
     assert "requiredHeaders" in warnings[0]
     for narrowed in ({"allowUsers": ["alice"]}, {"requiredHeaders": ["x-forwarded-proto"]}):
-        sidecar = module_sidecar(trusted_proxy_config(module_backend, **narrowed))
+        sidecar = module_sidecar(trusted_proxy_config(module_backend, listen="127.0.0.1:0", **narrowed))
         logs = logs_after_start(sidecar, "listening on")
         assert "allowUsers" not in logs, logs
 

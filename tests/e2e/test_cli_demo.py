@@ -144,6 +144,25 @@ def test_demo_prints_a_working_curl_command_and_stops_cleanly_on_sigint(demo):
 
     assert demo.interrupt() == 0
     assert "Traceback" not in demo.stderr, demo.stderr
+    # The demo shows what it decided: one audit line per request, on stdout.
+    while (line := demo.lines.get(timeout=5)) is not None:
+        demo.stdout.append(line)
+    decisions = [json.loads(line) for line in demo.stdout if line.startswith("{")]
+    assert [(d["decision"], d["status"]) for d in decisions] == [("forwarded", 200), ("refused", 401)]
+
+
+def test_a_busy_port_fails_at_once_with_our_own_message(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = write_config(tmp_path / "c.json", {"sidecar": {"listen": f"127.0.0.1:{port}", "adminListen": "127.0.0.1:0"},
+                                                "gateway": {"auth": {"token": "t"}}})
+    with taken:
+        done = sidecar_cli("run", "--config", str(config))
+    assert done.returncode == 1
+    assert f"cannot listen on sidecar.listen 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "--mode" not in done.stderr and "Traceback" not in done.stderr  # not mitmproxy's advice
 
 
 def test_demo_sigint_with_an_idle_keep_alive_client_exits_cleanly(demo):

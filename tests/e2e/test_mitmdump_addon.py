@@ -88,3 +88,15 @@ def test_chunked_body_over_the_limit_gets_the_gateway_413(mitmdump: int, backend
     assert reply.json() == {"error": {"message": "Payload too large", "type": "invalid_request_error"}}
     assert reply.header("connection") == "close"
     assert backend.requests() == []
+
+
+def test_without_a_config_the_addon_refuses_to_start(tmp_path: Path, backend: DemoBackend) -> None:
+    """Silently starting would answer every request 500; mitmdump exits naming the option instead."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "mitmdump"), "-q", "-s", str(REPO / "addons" / "tools_invoke.py"),
+         "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(_free_port()),
+         "--set", f"confdir={tmp_path / 'mitm'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert "sidecar_config is required" in done.stderr + done.stdout

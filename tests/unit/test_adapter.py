@@ -463,12 +463,19 @@ async def test_sidecar_config_option_builds_the_runtime(tmp_path: Path) -> None:
             await addon.runtime.aclose()
 
 
-async def test_bad_sidecar_config_is_an_options_error(tmp_path: Path) -> None:
-    addon = ToolsInvokeGuard()
+async def test_bad_sidecar_config_is_an_options_error(tmp_path: Path, runtime: Runtime) -> None:
+    addon = ToolsInvokeGuard(runtime)
     with taddons.context(addon, loadcore=False) as tctx:
         with pytest.raises(exceptions.OptionsError, match=r"sidecar_config: .*sidecar\.listne"):
             tctx.configure(addon, sidecar_config=str(write_config(tmp_path, {"sidecar": {"listne": "x"}})))
-        assert addon.runtime is None
+        assert addon.runtime is runtime  # the one it had keeps serving
+
+
+async def test_without_any_config_the_addon_refuses_to_start() -> None:
+    addon = ToolsInvokeGuard()
+    with taddons.context(addon, loadcore=False) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="sidecar_config is required"):
+            tctx.configure(addon, sidecar_config="")
 
 
 # ---- the WebSocket RPC hooks -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import Config, load_config, redacted_view, split_host_port
 from .errors import ConfigError
+from .probe.arguments import add_arguments as add_probe_arguments
 
 log = logging.getLogger("sidecar")
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and print it, secrets redacted")
     check.add_argument("file", type=Path)
+
+    probe = commands.add_parser("probe", help="fire the attack corpus at a gateway, or a proxy in front of one")
+    add_probe_arguments(probe)
     return parser
 
 
@@ -133,9 +137,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _serve(config, config_file, on_ready=announce)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .probe.command import run_probe  # the engine, wsproto and httpx load only for a probe
+
+    return run_probe(args, _version())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "demo": cmd_demo, "demo-backend": cmd_demo_backend, "check-config": cmd_check_config}
+    handlers = {"run": cmd_run, "demo": cmd_demo, "demo-backend": cmd_demo_backend, "check-config": cmd_check_config,
+                "probe": cmd_probe}
     return handlers[args.command](args)
 
 

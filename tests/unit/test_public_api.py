@@ -17,7 +17,7 @@ EXPECTED_ALL = [
     "Admitted", "Config", "ConfigError", "Forward", "Pipeline", "Refuse", "RequestView", "Runtime",
     "build_runtime", "load_config",
 ]
-# Every module under sidecar/ except `__main__`, which runs the CLI when imported.
+# Every module and subpackage under sidecar/ except `__main__`, which runs the CLI when imported.
 MODULES = sorted(
     f"sidecar.{m.name}" for m in pkgutil.iter_modules(sidecar.__path__) if m.name != "__main__"
 )
@@ -33,7 +33,8 @@ def test_every_public_name_resolves(name: str) -> None:
 
 
 def test_module_list_is_complete() -> None:
-    on_disk = sorted(f"sidecar.{p.stem}" for p in (ROOT / "sidecar").glob("*.py") if p.stem not in ("__init__", "__main__"))
+    on_disk = sorted([f"sidecar.{p.stem}" for p in (ROOT / "sidecar").glob("*.py") if p.stem not in ("__init__", "__main__")]
+                     + [f"sidecar.{p.parent.name}" for p in (ROOT / "sidecar").glob("*/__init__.py")])
     assert MODULES == on_disk
     assert {"sidecar.pipeline", "sidecar.config", "sidecar.cli", "sidecar.demo_backend"} <= set(MODULES)
 

@@ -1,0 +1,286 @@
+"""Runs the corpus against a target (and a baseline), one case at a time.
+
+Two control cases run first and every other case is judged against them: `control.credential`
+(the probe's own credential works, so a refusal means the attack was refused and not the caller)
+and `control.websocket` (the target serves the RPC WebSocket at all). A case that would count as
+a failed login is followed by one good call, so the probe never walks its own address into a
+lockout on a production gateway.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .corpus import Case, Corpus, WsRequest
+from .record import BackendRecord
+from .text import printable, visible
+from .verdict import (
+    FAIL, INCONCLUSIVE, LOOSER, NOT_APPLICABLE, PASS, Admission, Answer, Verdict, admission, differential, judge,
+)
+from .wire import Context, Endpoint, ProbeSetupError, exchange, render_request
+from .ws import exchange_ws
+
+CONTROL_CREDENTIAL = "control.credential"
+CONTROL_WEBSOCKET = "control.websocket"
+
+
+@dataclass(frozen=True)
+class Options:
+    target: str
+    baseline: str | None = None
+    backend_record: str | None = None
+    secret: str | None = None
+    secret_field: str = "token"  # "password" with --password: the connect frame names it so
+    identity: tuple[tuple[str, str], ...] = ()
+    cases: str | None = None
+    safe_tool: str = "agents_list"
+    unsafe: bool = False
+    ws_path: str = "/"
+    timeout: float = 10.0
+
+    @property
+    def credential_kind(self) -> str:
+        """What the probe authenticates with, for the report: token, password, identity or none."""
+        if self.secret:
+            return self.secret_field
+        return "identity" if self.identity else "none"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One side's exchange for a case: what went out, what came back, and how it was read."""
+
+    sent: str
+    received: str
+    status: int | None
+    admission: Admission | None
+    verdict: Verdict
+    why: str
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: Case
+    verdict: Verdict
+    why: str
+    target: Observation | None = None  # None: the case was not sent
+    arrivals: list[dict[str, Any]] | None = None
+    baseline: Observation | None = None
+    differential: str | None = None
+    duration_ms: int = 0
+
+
+@dataclass
+class Report:
+    options: Options
+    corpus: Corpus
+    selected: int
+    marker: str
+    version: str
+    started: datetime
+    results: list[CaseResult] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def exit_code(self) -> int:
+        """1 when any case fails or, against a baseline, lets through what the baseline refused."""
+        return int(any(r.verdict == FAIL or r.differential == LOOSER for r in self.results))
+
+
+def applicability(case: Case, options: Options) -> str | None:
+    """Why a case cannot run with these options (not applicable), or None."""
+    needs = case.needs
+    if "unsafe" in needs and not options.unsafe:
+        return "could change state on a vulnerable target; runs only with --unsafe"
+    if "secret" in needs and not options.secret:
+        return "needs the shared secret (--token or --password)"
+    if "credential" in needs and not (options.secret or options.identity):
+        return "needs a credential (--token, --password or --identity-header)"
+    if "identity" in needs and not options.identity:
+        return "applies to trusted-proxy deployments: needs --identity-header"
+    if "untrusted" in needs and options.identity:
+        return ("sending the trusted proxy's own headers (--identity-header), the probe stands where the proxy "
+                "stands: run it without them to play an untrusted caller")
+    if "record" in needs and not options.backend_record:
+        return "only the backend sees it: needs --backend-record"
+    return None
+
+
+# ---------------------------------------------------------------- report text
+
+_SECRET_FIELDS = re.compile(r'("(?:token|password|deviceToken|bootstrapToken)"\s*:\s*")[^"]*(")')
+
+
+def answer_text(answer: Answer) -> str:
+    if answer.kind == "http":
+        head = f"HTTP {answer.status}" + "".join(f"\n{visible(k)}: {visible(v)}" for k, v in answer.headers)
+        return head + ("\n\n" + printable(answer.body) if answer.body else "")
+    if answer.kind in ("ws-res", "ws-echo"):
+        return f"{answer.stage} answer: {visible(answer.body.decode('utf-8', 'replace'))}"
+    if answer.kind == "ws-closed":
+        return f"{answer.stage}: WebSocket closed with {answer.close_code} {answer.error}".rstrip()
+    return f"{answer.stage}: {answer.kind} {answer.error}".rstrip()
+
+
+class Redactor:
+    """Keeps secrets out of what came back (an echo, a reflected header). What was sent is rendered
+    with `<secret>` in the first place (Context.shown); here a secret too short to find safely in
+    free text (under MIN_SECRET characters) is caught only in credential fields."""
+
+    MIN_SECRET = 6
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret if secret and len(secret) >= self.MIN_SECRET else None
+
+    def text(self, text: str) -> str:
+        if self.secret:
+            text = text.replace(self.secret, "<secret>")
+        return _SECRET_FIELDS.sub(r"\1<redacted>\2", text)
+
+    def arrivals(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return [{"method": r.get("method"), "path": visible(str(r.get("path"))),
+                 "headers": [self.header(str(k), str(v)) for k, v in r.get("headers", [])]} for r in records]
+
+    def header(self, name: str, value: str) -> list[str]:
+        """A recorded header as [name, value]; the credential the proxy presents upstream is never shown."""
+        return [visible(name), "<redacted>" if name.lower() == "authorization" else self.text(visible(value))]
+
+
+# ---------------------------------------------------------------- running
+
+
+class Side:
+    """One endpoint the corpus is sent to: the target, or the baseline."""
+
+    def __init__(self, url: str, options: Options, marker: str, version: str) -> None:
+        self.endpoint = Endpoint.parse(url)
+        self.options = options
+        self.version = version
+        self.ctx = Context(self.endpoint.authority, options.safe_tool, marker, options.secret, options.identity,
+                           options.secret_field)
+
+    def reachable(self) -> None:
+        try:
+            self.endpoint.connect(self.options.timeout).close()
+        except OSError as exc:
+            raise ProbeSetupError(f"cannot reach {self.endpoint.url}: {exc}") from None
+
+    def send(self, case: Case) -> tuple[Answer, str]:
+        """The answer that decides the case (a pipeline's last) and a transcript of what was sent."""
+        request = case.request
+        if isinstance(request, WsRequest):
+            return exchange_ws(self.endpoint, request, self.ctx, self.options.ws_path, self.options.timeout, self.version)
+        members = request if isinstance(request, tuple) else (request,)
+        payload = b"".join(render_request(m, self.ctx) for m in members)
+        answers = exchange(self.endpoint, payload, [m.method for m in members], self.options.timeout)
+        if len(answers) < len(members) and answers[-1].kind not in ("timeout", "error"):
+            answers.append(Answer("closed", error="no answer to this request: the connection ended first"))
+        shown = self.ctx.shown()
+        return answers[-1], printable(b"".join(render_request(m, shown) for m in members))
+
+
+class Probe:
+    def __init__(self, corpus: Corpus, options: Options, version: str) -> None:
+        self.corpus = corpus
+        self.options = options
+        self.version = version
+        self.marker = f"ocprobe{secrets.token_hex(4)}"
+        self.redact = Redactor(options.secret)
+        self.target = Side(options.target, options, self.marker, version)
+        self.baseline = Side(options.baseline, options, self.marker, version) if options.baseline else None
+        self.record = BackendRecord(options.backend_record, options.timeout) if options.backend_record else None
+        self.credential_refusal: str | None = None  # why the target refused the probe's credential
+        self.baseline_credential_refusal: str | None = None  # why the baseline did
+        self.websocket_refusal: str | None = None  # why the target serves no RPC WebSocket
+
+    def run(self, progress: Callable[[int, int, CaseResult], None] = lambda i, n, r: None) -> Report:
+        cases = self.corpus.select(self.options.cases)
+        if all(c.klass == "control" for c in cases):
+            raise ProbeSetupError(f"--cases {self.options.cases!r} selects no case")
+        report = Report(self.options, self.corpus, len(cases), self.marker, self.version, datetime.now(UTC))
+        for side in filter(None, (self.target, self.baseline)):
+            side.reachable()
+        start = time.monotonic()
+        ordered = sorted(cases, key=lambda c: c.klass != "control")  # controls first, order kept otherwise
+        try:
+            for index, case in enumerate(ordered, 1):
+                result = self.run_case(case)
+                report.results.append(result)
+                progress(index, len(ordered), result)
+        finally:
+            if self.record:
+                self.record.close()
+        report.duration_s = time.monotonic() - start
+        return report
+
+    def run_case(self, case: Case) -> CaseResult:
+        reason = applicability(case, self.options)
+        if reason is not None:
+            return CaseResult(case, NOT_APPLICABLE, reason)
+        if case.websocket and self.websocket_refusal:
+            return CaseResult(case, NOT_APPLICABLE, self.websocket_refusal)
+        if "credential" in case.needs and self.credential_refusal:
+            return CaseResult(case, INCONCLUSIVE, f"not sent: the target refused the probe's own credential "
+                                                  f"({self.credential_refusal})")
+        started = time.monotonic()
+        if self.record:
+            self.record.clear()
+        answer, sent = self.target.send(case)
+        arrivals = self.record.fetch() if self.record else None
+        verdict, why = self.learn_from_control(case, answer, arrivals, *self.verdict_for(case, answer, arrivals))
+        target = self.observe(case, answer, sent, verdict, why)
+        baseline = self.run_on_baseline(case) if self.baseline else None
+        comparable = baseline is not None and not ("credential" in case.needs and self.baseline_credential_refusal)
+        if case.fails_auth:
+            self.reset_failure_limiter()
+        return CaseResult(case, target.verdict, target.why, target,
+                          self.redact.arrivals(arrivals) if arrivals is not None else None, baseline,
+                          differential(target.admission, baseline.admission) if comparable else None,
+                          int((time.monotonic() - started) * 1000))
+
+    def run_on_baseline(self, case: Case) -> Observation:
+        """The same case against the gateway alone, judged without a record. If the gateway refuses
+        the probe's credential (its own secret differs), credentialed cases cannot be compared."""
+        assert self.baseline is not None
+        answer, sent = self.baseline.send(case)
+        observation = self.observe(case, answer, sent, *self.verdict_for(case, answer, None))
+        if case.id == CONTROL_CREDENTIAL and observation.verdict != PASS:
+            self.baseline_credential_refusal = observation.why
+        return observation
+
+    def verdict_for(self, case: Case, answer: Answer, arrivals: list[dict[str, Any]] | None) -> tuple[Verdict, str]:
+        return judge(case.expect, answer, arrivals, self.marker, lead_ins=case.lead_ins, frame_judged=case.judges_frame)
+
+    def observe(self, case: Case, answer: Answer, sent: str, verdict: Verdict, why: str) -> Observation:
+        admitted, _ = admission(answer, case.expect)
+        return Observation(self.redact.text(sent), self.redact.text(answer_text(answer)), answer.status, admitted,
+                           verdict, self.redact.text(why))
+
+    def learn_from_control(self, case: Case, answer: Answer, arrivals: list[dict[str, Any]] | None,
+                           verdict: Verdict, why: str) -> tuple[Verdict, str]:
+        """Remember what the controls showed. A control that decides nothing fails the run (every
+        case depends on it); a target without the RPC WebSocket makes its control (and every
+        WebSocket case) not applicable rather than failed."""
+        if case.id == CONTROL_WEBSOCKET and answer.stage == "upgrade" and answer.kind == "http":
+            self.websocket_refusal = f"the target serves no RPC WebSocket on {self.options.ws_path} ({why}; see --ws-path)"
+            return NOT_APPLICABLE, self.websocket_refusal
+        if case.klass == "control" and verdict == INCONCLUSIVE:
+            verdict, why = FAIL, f"the control decided nothing, so neither can the cases judged against it: {why}"
+        if case.id == CONTROL_CREDENTIAL and verdict != PASS:
+            self.credential_refusal = f"{CONTROL_CREDENTIAL}: {why}"
+        if case.id == CONTROL_CREDENTIAL and verdict == PASS and arrivals == []:
+            raise ProbeSetupError(f"the backend record at {self.options.backend_record} saw nothing of the control "
+                                  "call the target accepted: it is not the backend behind this target")
+        return verdict, why
+
+    def reset_failure_limiter(self) -> None:
+        """One good call after a counted failure: a success resets the gateway's failure count."""
+        control = next(c for c in self.corpus.cases if c.id == CONTROL_CREDENTIAL)
+        if self.options.secret or self.options.identity:
+            for side in filter(None, (self.target, self.baseline)):
+                side.send(control)

@@ -1,0 +1,208 @@
+"""Verdicts, from what came back and what reached the backend. Pure: no I/O here.
+
+Two questions per case. *Admission*: did the target let the request through or refuse it? That is
+read off the answer alone, and it is what the differential against a baseline compares. *Verdict*:
+does that, together with the backend record when there is one, meet the case's expectation?
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .corpus import Expectation
+from .text import visible
+
+PASS, FAIL, NOT_APPLICABLE, INCONCLUSIVE = "pass", "fail", "not_applicable", "inconclusive"
+Verdict = Literal["pass", "fail", "not_applicable", "inconclusive"]
+Admission = Literal["refused", "let_through"]
+SAME, STRICTER, LOOSER = "SAME", "STRICTER", "LOOSER"
+
+# An RPC error that proves the method ran: its own parameter validation answered.
+_VALIDATION = re.compile(r"^invalid \S+ params\b")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back for one request, HTTP or WebSocket.
+
+    kind: `http` (a status line; for a WebSocket, the upgrade was refused), `closed` (no answer,
+    the peer hung up), `timeout`, `error` (could not connect), `ws-res` (the RPC answer frame),
+    `ws-echo` (the backend sent our own frame back: it was relayed unread), `ws-closed`.
+    stage: where a WebSocket exchange ended (`upgrade`, `connect`, `frame`).
+    """
+
+    kind: Literal["http", "closed", "timeout", "error", "ws-res", "ws-echo", "ws-closed"]
+    stage: Literal["http", "upgrade", "connect", "frame"] = "http"
+    status: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    frame: Mapping[str, Any] | None = None
+    close_code: int | None = None
+    error: str = ""
+    rewritten: bool = False  # ws-echo: the frame came back different from what was sent
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def _error_label(payload: Any) -> str:
+    """The gateway's error type or message, whichever shape the JSON has."""
+    if not isinstance(payload, dict):
+        return ""
+    error = payload.get("error")
+    if isinstance(error, dict):
+        return str(error.get("type") or error.get("code") or error.get("message") or "")
+    return str(error or payload.get("message") or "")
+
+
+def _ws_error(frame: Mapping[str, Any]) -> Mapping[str, Any]:
+    error = frame.get("error")
+    return error if isinstance(error, dict) else {}
+
+
+def _tool_refused(frame: Mapping[str, Any]) -> bool:
+    """`tools.invoke` answers ok with a payload of its own saying the tool is not available."""
+    payload = frame.get("payload")
+    return bool(frame.get("ok")) and isinstance(payload, dict) and payload.get("ok") is False
+
+
+def summary(answer: Answer) -> str:
+    """A few words on the answer, for reasons and tables."""
+    if answer.kind == "http":
+        label = _error_label(answer.json())
+        text = label or visible(" ".join(answer.body[:80].decode("utf-8", "replace").split())[:60])
+        return f"{answer.status} {text}".strip()
+    if answer.kind == "ws-res":
+        frame = answer.frame or {}
+        if _tool_refused(frame):
+            return f"res ok, tool refused: {_error_label(frame['payload'])}"
+        if frame.get("ok"):
+            return "res ok"
+        error = _ws_error(frame)
+        details = error.get("details") if isinstance(error.get("details"), dict) else {}
+        code = details.get("code") or error.get("code") or ""
+        return f"res error {code}: {str(error.get('message', ''))[:80]}".strip()
+    if answer.kind == "ws-echo":
+        if answer.rewritten:
+            return "an echoing backend sent the frame back rewritten (relayed after the proxy changed it)"
+        return "an echoing backend sent the frame back unchanged (relayed as sent)"
+    if answer.kind == "ws-closed":
+        return f"closed with {answer.close_code}"
+    if answer.kind == "closed":
+        return "connection closed without an answer" + (f" ({answer.error})" if answer.error else "")
+    return answer.error or answer.kind
+
+
+def admission(answer: Answer, expect: Expectation) -> tuple[Admission | None, str]:
+    """Was the request let through or refused, and why we think so; None when the answer says neither."""
+    said = summary(answer)
+    if answer.kind in ("closed", "ws-closed"):
+        return "refused", said
+    if answer.kind in ("timeout", "error"):
+        return None, said
+    if answer.kind == "ws-echo":
+        return "let_through", said
+    if answer.kind == "ws-res":
+        frame = answer.frame or {}
+        if frame.get("ok"):
+            return ("refused" if _tool_refused(frame) else "let_through"), said
+        if _VALIDATION.match(str(_ws_error(frame).get("message", ""))):
+            return "let_through", f"{said} (the method's own validation answered: it was reached)"
+        return "refused", said
+    status = answer.status or 0
+    payload = answer.json()
+    tool_error = isinstance(payload, dict) and isinstance(payload.get("error"), dict) \
+        and payload["error"].get("type") == "tool_error"
+    if tool_error:
+        return "let_through", f"{said} (the tool itself answered: it was reached)"
+    if status in expect.reached:
+        return "let_through", f"{said} (the route's handler answered: it was reached)"
+    if status < 400:
+        return "let_through", said
+    if status < 500:
+        return "refused", said
+    return None, f"{said} (an upstream or internal error, neither a refusal nor a pass)"
+
+
+def arrival_problem(expect: Expectation, arrivals: Sequence[Mapping[str, Any]], marker: str) -> str | None:
+    """What reached the backend that must not have, or None."""
+    for record in arrivals:
+        headers = [(str(k), str(v)) for k, v in record.get("headers", [])]
+        for name, value in headers:
+            if marker.lower() in name.lower() or marker.lower() in value.lower():
+                return f"the forged value arrived at the backend: {visible(name)}: {visible(value, 120)}"
+        for name, value in headers:
+            if any(rule.matches(name, value) for rule in expect.absent):
+                return f"{visible(name)}: {visible(value, 120)} arrived at the backend"
+        for name in expect.single:
+            count = sum(1 for k, _ in headers if k.lower() == name)
+            if count != 1:
+                return f"{name} arrived {count} times (exactly one, set by the proxy, is required)"
+    return None
+
+
+def describe_arrival(record: Mapping[str, Any]) -> str:
+    return f"{record.get('method', '?')} {visible(str(record.get('path', '?')), 100)}"
+
+
+def judge(expect: Expectation, answer: Answer, arrivals: Sequence[Mapping[str, Any]] | None, marker: str, *,
+          lead_ins: int = 0, frame_judged: bool = False) -> tuple[Verdict, str]:
+    """The verdict and the reason for it.
+
+    `arrivals` is what the backend recorded for this case (None: no --backend-record). `lead_ins`
+    is how many arrivals are expected anyway (the legitimate first requests of a pipeline).
+    `frame_judged`: the case is about a WebSocket frame, so a refused connect decides nothing.
+    """
+    if frame_judged and answer.stage in ("upgrade", "connect"):
+        return INCONCLUSIVE, f"the {answer.stage} was refused ({summary(answer)}), so the frame was never judged"
+    leaked = next((s for s in expect.leak if s.encode() in answer.body), None)
+    if leaked is not None:
+        return FAIL, f"the answer exposes {leaked!r}: {summary(answer)}"
+    admitted, said = admission(answer, expect)
+    if admitted is None:
+        return INCONCLUSIVE, said
+    problem = arrival_problem(expect, arrivals, marker) if arrivals is not None else None
+    if expect.outcome == "answered":
+        return (FAIL, problem) if problem else (PASS, f"answered without exposing it: {said}")
+    if expect.outcome == "refused":
+        if admitted == "let_through":
+            return FAIL, f"let through: {said}"
+        http_refusal = answer.stage in ("http", "upgrade")
+        if arrivals is not None and http_refusal and not expect.may_arrive and len(arrivals) > lead_ins:
+            return FAIL, f"refused ({said}), but only after it reached the backend: {describe_arrival(arrivals[-1])}"
+        if problem:
+            return FAIL, problem
+        note = ""
+        if expect.status and answer.status is not None and answer.status not in expect.status:
+            note = f" (the reference answer is {'/'.join(map(str, expect.status))})"
+        return PASS, f"refused: {said}{note}"
+    if admitted == "refused":
+        if expect.outcome == "accepted":
+            return FAIL, f"refused: {said} (the contract accepts this request)"
+        return (FAIL, problem) if problem else (PASS, f"refused: {said}")
+    if problem:
+        return FAIL, problem
+    if expect.outcome == "accepted":
+        return PASS, f"accepted: {said}"
+    if arrivals is None:
+        return INCONCLUSIVE, f"let through ({said}); only --backend-record can show whether the forged part arrived"
+    if not arrivals:
+        return PASS, f"answered without reaching the backend: {said}"
+    return PASS, f"let through, and the forged part never arrived: {said}"
+
+
+def differential(target: Admission | None, baseline: Admission | None) -> str | None:
+    """SAME, STRICTER (the target refused what the baseline let through) or LOOSER (the reverse);
+    None when either side gave no usable answer."""
+    if target is None or baseline is None:
+        return None
+    if target == baseline:
+        return SAME
+    return STRICTER if target == "refused" else LOOSER

@@ -1,0 +1,171 @@
+"""The gateway's RPC WebSocket, spoken over a raw socket with wsproto.
+
+One exchange per case: the RFC 6455 upgrade, the `connect` frame (the secret in it, as browsers
+send it), then at most one request frame, which is judged. The connect is sent at once: the
+gateway's `connect.challenge` nonce only matters to device signatures, and an echoing backend
+never sends one.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+from typing import Any
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection, BytesMessage, CloseConnection, Message, Ping, RejectConnection, RejectData, Request, TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from .corpus import CONNECT_ID, FRAME_ID, WsConnect, WsFrame, WsRequest
+from .verdict import Answer
+from .wire import Context, Endpoint
+
+WRONG_SECRET = "openclaw-probe-not-the-secret"  # the same wrong secret the HTTP cases use
+PROTOCOL = 4  # the gateway's RPC protocol (2026.9.6)
+
+
+def connect_frame(connect: WsConnect, ctx: Context, version: str) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "minProtocol": PROTOCOL, "maxProtocol": PROTOCOL, "role": connect.role, "scopes": list(connect.scopes),
+        "client": {"id": connect.client_id, "version": version, "platform": platform.system().lower() or "linux",
+                   "mode": connect.client_mode},
+    }
+    if connect.auth == "wrong":
+        params["auth"] = {"token": WRONG_SECRET}
+    elif connect.auth == "secret" and ctx.secret:
+        params["auth"] = {ctx.secret_field: ctx.secret}
+    return {"type": "req", "id": CONNECT_ID, "method": "connect", "params": params}
+
+
+def frame_text(frame: WsFrame, ctx: Context) -> str:
+    if frame.raw is not None:
+        return ctx.expand(frame.raw)
+    return json.dumps({"type": "req", "id": FRAME_ID, "method": frame.method, "params": ctx.expand_value(frame.params)},
+                      separators=(",", ":"))
+
+
+class _Session:
+    """A wsproto client connection over a blocking socket, event by event."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.pending: list[Any] = []
+
+    def send(self, event: Any) -> None:
+        self.sock.sendall(self.ws.send(event))
+
+    def next_event(self) -> Any:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            self.ws.receive_data(data or None)
+            self.pending = list(self.ws.events())
+            if not data and not self.pending:
+                raise ConnectionError("connection closed")
+        return self.pending.pop(0)
+
+    def upgrade(self, host: str, path: str, headers: list[tuple[str, str]]) -> Answer | None:
+        """None once upgraded; otherwise the refusal."""
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        self.send(Request(host=host, target=path, extra_headers=extra))
+        status, body = 0, b""
+        while True:
+            event = self.next_event()
+            if isinstance(event, AcceptConnection):
+                return None
+            if isinstance(event, RejectConnection):
+                status = event.status_code
+                if not event.has_body:
+                    return Answer("http", stage="upgrade", status=status,
+                                  headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers))
+            elif isinstance(event, RejectData):
+                body += event.data
+                if event.body_finished:
+                    return Answer("http", stage="upgrade", status=status, body=body)
+
+    def answer_to(self, sent: str, stage: str) -> Answer:
+        """Read until the answer to the frame `sent`: its `res`, the frame echoed back, or a close."""
+        request = json.loads(sent)
+        text: list[str] = []
+        while True:
+            event = self.next_event()
+            if isinstance(event, Ping):
+                self.send(event.response())
+            elif isinstance(event, CloseConnection):
+                return Answer("ws-closed", stage=stage, close_code=int(event.code), error=event.reason or "")
+            elif isinstance(event, Message):
+                text.append(event.data if isinstance(event, TextMessage) else event.data.decode("utf-8", "replace"))
+                if not event.message_finished:
+                    continue
+                whole, text = "".join(text), []
+                try:
+                    frame = json.loads(whole)
+                except ValueError:
+                    continue
+                if isinstance(frame, dict) and frame.get("id") == request.get("id"):
+                    if frame.get("type") == "res":
+                        return Answer("ws-res", stage=stage, frame=frame, body=whole.encode())
+                    return Answer("ws-echo", stage=stage, frame=frame, body=whole.encode(), rewritten=frame != request)
+
+    def send_text(self, text: str, binary: bool, fragments: int) -> None:
+        if binary:
+            self.send(BytesMessage(text.encode()))
+            return
+        size = max(1, -(-len(text) // fragments))
+        parts = [text[i:i + size] for i in range(0, len(text), size)] or [""]
+        for index, part in enumerate(parts):
+            self.send(TextMessage(part, message_finished=index == len(parts) - 1))
+
+
+def upgrade_headers(request: WsRequest, ctx: Context) -> list[tuple[str, str]]:
+    headers = [(n, ctx.expand(v)) for n, v in request.headers]
+    return list(ctx.identity) + headers if request.credential else headers
+
+
+def exchange_ws(endpoint: Endpoint, request: WsRequest, ctx: Context, path: str, timeout: float,
+                version: str) -> tuple[Answer, str]:
+    """Run one WebSocket case: the answer that decides it, and a transcript of what was sent
+    (written with `<secret>`, like every request in a report)."""
+    shown = ctx.shown()
+    sent = [f"GET {path} HTTP/1.1 (WebSocket upgrade)" + "".join(f"\n{n}: {v}" for n, v in upgrade_headers(request, shown))]
+    try:
+        sock = endpoint.connect(timeout)
+    except OSError as exc:
+        return Answer("error", stage="upgrade", error=f"cannot connect: {exc}"), "\n".join(sent)
+    session = _Session(sock)
+    stage = "upgrade"
+    try:
+        refused = session.upgrade(ctx.host, path, upgrade_headers(request, ctx))
+        if refused is not None:
+            return refused, "\n".join(sent)
+        answer: Answer | None = None
+        if request.connect is not None:
+            stage = "connect"
+            connect = json.dumps(connect_frame(request.connect, ctx, version), separators=(",", ":"))
+            sent.append("text frame: " + json.dumps(connect_frame(request.connect, shown, version), separators=(",", ":")))
+            session.send(TextMessage(connect))
+            answer = session.answer_to(connect, stage)
+            connected = answer.kind == "ws-echo" or (answer.kind == "ws-res" and (answer.frame or {}).get("ok") is True)
+            if not connected:
+                return answer, "\n".join(sent)
+        if request.frame is not None:
+            stage = "frame"
+            frame = request.frame
+            how = "binary frame" if frame.binary else (
+                f"text frame in {frame.fragments} fragments" if frame.fragments > 1 else "text frame")
+            sent.append(f"{how}: {frame_text(frame, shown)}")
+            text = frame_text(frame, ctx)
+            session.send_text(text, frame.binary, frame.fragments)
+            answer = session.answer_to(text, stage)
+        assert answer is not None  # the corpus guarantees a connect or a frame
+        return answer, "\n".join(sent)
+    except TimeoutError:
+        return Answer("timeout", stage=stage, error=f"no answer within {timeout:g} s"), "\n".join(sent)
+    except (ConnectionError, OSError, LocalProtocolError, RemoteProtocolError) as exc:
+        # a peer that hangs up, or one whose handshake or frames wsproto refuses
+        return Answer("closed", stage=stage, error=str(exc) or type(exc).__name__), "\n".join(sent)
+    finally:
+        sock.close()

@@ -1,0 +1,181 @@
+"""The probe's judging, case by case: what counts as refused or let through, what a backend record
+adds, and the differential against a baseline. Pure functions, table-driven."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar.probe.corpus import Absent, Expectation
+from sidecar.probe.verdict import (
+    FAIL, INCONCLUSIVE, LOOSER, PASS, SAME, STRICTER, Answer, admission, differential, judge,
+)
+
+MARKER = "ocprobe12345678"
+REFUSED = Expectation("refused")
+STRIPPED = Expectation("stripped")
+ACCEPTED = Expectation("accepted")
+
+
+def http(status: int, payload=None, body: bytes = b"") -> Answer:
+    return Answer("http", status=status, body=json.dumps(payload).encode() if payload is not None else body)
+
+
+def res(frame: dict, stage="frame") -> Answer:
+    return Answer("ws-res", stage=stage, frame=frame)
+
+
+def arrival(*headers: tuple[str, str]) -> dict:
+    return {"method": "POST", "path": "/tools/invoke", "headers": [list(h) for h in headers]}
+
+
+@pytest.mark.parametrize("answer,expect,admitted", [
+    (http(200, {"ok": True}), REFUSED, "let_through"),
+    (http(101), REFUSED, "let_through"),
+    (http(302), REFUSED, "let_through"),
+    (http(404, body=b"Not Found"), REFUSED, "refused"),
+    (http(403, {"error": {"type": "proxy_attribution_required"}}), REFUSED, "refused"),
+    (http(400, {"ok": False, "error": {"type": "tool_error", "message": "action required"}}), REFUSED, "let_through"),
+    (http(500, {"ok": False, "error": {"type": "tool_error", "message": "tool execution failed"}}), REFUSED, "let_through"),
+    (http(400, {"error": {"type": "invalid_request_error"}}), Expectation("refused", reached=(400,)), "let_through"),
+    (http(404, body=b"Not Found"), Expectation("refused", reached=(400,)), "refused"),
+    (http(502, {"error": {"type": "bad_gateway"}}), REFUSED, None),
+    (Answer("closed"), REFUSED, "refused"),
+    (Answer("timeout", error="no answer within 3 s"), REFUSED, None),
+    (Answer("error", error="cannot connect"), REFUSED, None),
+    (Answer("ws-closed", close_code=1008), REFUSED, "refused"),
+    (Answer("ws-echo", frame={"type": "req"}), REFUSED, "let_through"),
+    (res({"type": "res", "ok": True, "payload": {}}), REFUSED, "let_through"),
+    (res({"type": "res", "ok": True, "payload": {"ok": False, "error": {"code": "not_found"}}}), REFUSED, "refused"),
+    (res({"type": "res", "ok": False, "error": {"code": "FORBIDDEN", "details": {"code": "METHOD_DENIED"}}}), REFUSED, "refused"),
+    (res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST", "message": "unknown method: x"}}), REFUSED, "refused"),
+    (res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST",
+                                                 "message": "invalid terminal.open params: must have required property 'cols'"}}),
+     REFUSED, "let_through"),
+])
+def test_admission(answer, expect, admitted):
+    assert admission(answer, expect)[0] == admitted
+
+
+def test_the_reason_says_what_proves_the_handler_ran():
+    _, why = admission(http(400, {"ok": False, "error": {"type": "tool_error"}}), REFUSED)
+    assert "the tool itself answered" in why
+    _, why = admission(res({"type": "res", "ok": False, "error": {"message": "invalid agent params: x"}}), REFUSED)
+    assert "validation answered" in why
+
+
+# ---- refused -------------------------------------------------------------------------------------
+
+
+def test_refused_passes_on_a_refusal_and_fails_when_let_through():
+    assert judge(REFUSED, http(400, {"error": "bad_request"}), None, MARKER)[0] == PASS
+    verdict, why = judge(REFUSED, http(200, {"ok": True}), None, MARKER)
+    assert verdict == FAIL and why.startswith("let through: 200")
+
+
+def test_a_refusal_after_reaching_the_backend_fails_with_a_record_only():
+    answer = http(401, {"error": {"type": "unauthorized"}})
+    assert judge(REFUSED, answer, None, MARKER)[0] == PASS
+    assert judge(REFUSED, answer, [], MARKER)[0] == PASS
+    verdict, why = judge(REFUSED, answer, [arrival()], MARKER)
+    assert verdict == FAIL and "reached the backend" in why and "POST /tools/invoke" in why
+    assert judge(Expectation("refused", may_arrive=True), answer, [arrival()], MARKER)[0] == PASS
+
+
+def test_a_pipeline_lead_in_may_arrive():
+    answer = http(404, {"ok": False, "error": {"type": "not_found"}})
+    assert judge(REFUSED, answer, [arrival()], MARKER, lead_ins=1)[0] == PASS
+    assert judge(REFUSED, answer, [arrival(), arrival()], MARKER, lead_ins=1)[0] == FAIL
+
+
+def test_a_websocket_refusal_after_an_accepted_upgrade_is_not_an_arrival():
+    answer = res({"type": "res", "ok": False, "error": {"code": "FORBIDDEN"}})
+    assert judge(REFUSED, answer, [arrival()], MARKER, frame_judged=True)[0] == PASS
+
+
+def test_a_refusal_with_another_status_passes_and_says_so():
+    verdict, why = judge(Expectation("refused", status=(400,)), http(404, body=b"Not Found"), None, MARKER)
+    assert verdict == PASS and "the reference answer is 400" in why
+
+
+def test_a_frame_case_whose_connect_was_refused_decides_nothing():
+    answer = res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST"}}, stage="connect")
+    verdict, why = judge(REFUSED, answer, None, MARKER, frame_judged=True)
+    assert verdict == INCONCLUSIVE and "never judged" in why
+    assert judge(REFUSED, answer, None, MARKER, frame_judged=False)[0] == PASS
+
+
+def test_no_usable_answer_is_inconclusive():
+    assert judge(REFUSED, Answer("timeout", error="no answer within 3 s"), None, MARKER) == (INCONCLUSIVE, "no answer within 3 s")
+    assert judge(ACCEPTED, http(503, body=b"down"), None, MARKER)[0] == INCONCLUSIVE
+
+
+# ---- stripped ------------------------------------------------------------------------------------
+
+
+def test_stripped_without_a_record_cannot_see_past_a_forward():
+    verdict, why = judge(STRIPPED, http(200, {"ok": True}), None, MARKER)
+    assert verdict == INCONCLUSIVE and "--backend-record" in why
+    assert judge(STRIPPED, http(400, {"error": {"type": "invalid_request_error"}}), None, MARKER)[0] == PASS
+
+
+def test_stripped_fails_when_the_marker_arrives_in_any_name_or_value():
+    answer = http(200, {"ok": True})
+    assert judge(STRIPPED, answer, [arrival(("Host", "gw"))], MARKER)[0] == PASS
+    for header in (("x_openclaw_scopes", f"operator.admin,operator.{MARKER}"), (f"x-{MARKER.upper()}", "1")):
+        verdict, why = judge(STRIPPED, answer, [arrival(header)], MARKER)
+        assert verdict == FAIL and "forged value arrived" in why
+
+
+def test_a_forged_value_that_arrives_fails_even_when_the_backend_refused():
+    answer = http(401, {"error": {"type": "unauthorized"}})
+    assert judge(STRIPPED, answer, [arrival(("X-Forwarded-User", MARKER))], MARKER)[0] == FAIL
+
+
+def test_absent_rules_match_by_name_and_value():
+    rule = Expectation("stripped", absent=(Absent("connection", "x-openclaw-scopes"), Absent("x-real-ip")))
+    answer = http(200, {"ok": True})
+    assert judge(rule, answer, [arrival(("Connection", "keep-alive"))], MARKER)[0] == PASS
+    assert judge(rule, answer, [arrival(("Connection", "keep-alive, X-OpenClaw-Scopes"))], MARKER)[0] == FAIL
+    assert judge(rule, answer, [arrival(("X-Real-IP", "192.0.2.66"))], MARKER)[0] == FAIL
+    anywhere = Expectation("stripped", absent=(Absent("*", "192.0.2.66"),))
+    assert judge(anywhere, answer, [arrival(("X_Forwarded_For", "192.0.2.66"))], MARKER)[0] == FAIL
+
+
+def test_an_answer_from_the_front_that_reached_nothing_passes():
+    verdict, why = judge(STRIPPED, http(200, {"ok": True}), [], MARKER)
+    assert verdict == PASS and "without reaching the backend" in why
+
+
+# ---- accepted and answered -----------------------------------------------------------------------
+
+
+def test_accepted_fails_on_a_refusal_and_checks_single_headers():
+    assert judge(ACCEPTED, http(401, {"error": {"type": "unauthorized"}}), None, MARKER)[0] == FAIL
+    single = Expectation("accepted", single=("x-openclaw-scopes",))
+    answer = http(200, {"ok": True})
+    assert judge(single, answer, [arrival(("x-openclaw-scopes", "operator.write"))], MARKER)[0] == PASS
+    verdict, why = judge(single, answer, [arrival(("Host", "gw"))], MARKER)
+    assert verdict == FAIL and "arrived 0 times" in why
+    twice = [arrival(("x-openclaw-scopes", "a"), ("X-OpenClaw-Scopes", "b"))]
+    assert judge(single, answer, twice, MARKER)[0] == FAIL
+
+
+def test_answered_only_cares_about_leaks():
+    rule = Expectation("answered", leak=("openclaw_sidecar_",))
+    assert judge(rule, http(404, body=b"Not Found"), None, MARKER)[0] == PASS
+    verdict, why = judge(rule, http(200, body=b"openclaw_sidecar_decisions_total 3"), None, MARKER)
+    assert verdict == FAIL and "exposes" in why
+
+
+# ---- differential --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target,baseline,expected", [
+    ("refused", "refused", SAME), ("let_through", "let_through", SAME),
+    ("refused", "let_through", STRICTER), ("let_through", "refused", LOOSER),
+    (None, "refused", None), ("refused", None, None),
+])
+def test_differential(target, baseline, expected):
+    assert differential(target, baseline) == expected

@@ -1,0 +1,194 @@
+"""The probe's wire layer: requests are the exact bytes the case describes, and answers are read
+correctly off a real socket (lengths, chunks, close-delimited, 101, pipelined, hang-ups, timeouts)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from sidecar.probe.corpus import PLACEHOLDERS, Body, Chunk, HttpRequest
+from sidecar.probe.wire import Context, Endpoint, ProbeSetupError, exchange, render_request
+
+CTX = Context(host="gw.test:8080", safe_tool="agents_list", marker="ocprobe00000000", secret="s3cret",
+              identity=(("x-forwarded-user", "alice"),))
+
+
+def render(**fields) -> bytes:
+    return render_request(HttpRequest(**{"method": "POST", "target": "/tools/invoke", **fields}), CTX)
+
+
+def test_host_and_length_are_added_and_the_body_is_compact_json():
+    assert render(body=Body("json", {"name": "${safe_tool}", "args": {}})) == (
+        b"POST /tools/invoke HTTP/1.1\r\nHost: gw.test:8080\r\nContent-Length: 32\r\n\r\n"
+        b'{"name":"agents_list","args":{}}')
+
+
+def test_credential_headers_come_first_and_case_headers_keep_their_order_and_repeats():
+    raw = render(credential=True, headers=(("x-openclaw-scopes", "a"), ("X-OpenClaw-Scopes", "b")))
+    assert raw == (b"POST /tools/invoke HTTP/1.1\r\nHost: gw.test:8080\r\nAuthorization: Bearer s3cret\r\n"
+                   b"x-forwarded-user: alice\r\nx-openclaw-scopes: a\r\nX-OpenClaw-Scopes: b\r\n\r\n")
+
+
+def test_a_case_that_writes_its_own_host_or_framing_gets_none_added():
+    raw = render(headers=(("Host", "${marker}.example"), ("Content-Length", "4"), ("Transfer-Encoding", "chunked")),
+                 body=Body("text", "0\r\n\r\n"))
+    assert raw == (b"POST /tools/invoke HTTP/1.1\r\nHost: ocprobe00000000.example\r\nContent-Length: 4\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert b"Host" not in render(host=False)
+
+
+def test_raw_values_reach_the_wire_unchanged():
+    raw = render(headers=(("X-Fold", "a\r\n b"), ("X-LF", "a\nb"), ("X-Byte", "\u00ff\u00fe"), ("x-openclaw-scopes ", "v")))
+    assert b"X-Fold: a\r\n b\r\n" in raw
+    assert b"X-LF: a\nb\r\n" in raw
+    assert b"X-Byte: \xff\xfe\r\n" in raw
+    assert b"x-openclaw-scopes : v\r\n" in raw
+
+
+def test_bare_lf_line_endings_apply_to_the_whole_head():
+    raw = render(line_ending="\n", body=Body("text", "{}"))
+    assert raw == b"POST /tools/invoke HTTP/1.1\nHost: gw.test:8080\nContent-Length: 2\n\n{}"
+
+
+def test_chunks_trailers_and_size_suffixes():
+    raw = render(body=Body("chunked", chunks=(Chunk("${safe_tool}"), Chunk("xy", " ")),
+                           trailers=(("x-openclaw-scopes", "${marker}"),)))
+    assert raw.endswith(b"Transfer-Encoding: chunked\r\n\r\nb\r\nagents_list\r\n2 \r\nxy\r\n0\r\n"
+                        b"x-openclaw-scopes: ocprobe00000000\r\n\r\n")
+
+
+def test_a_declared_length_sends_no_body():
+    assert render(body=Body("declared", 5242880)).endswith(b"Content-Length: 5242880\r\n\r\n")
+
+
+def test_every_placeholder_the_corpus_allows_is_filled():
+    filled = CTX.expand(" ".join(f"${{{name}}}" for name in sorted(PLACEHOLDERS)))
+    assert filled == "gw.test:8080 ocprobe00000000 agents_list s3cret"
+
+
+def test_placeholders_are_filled_in_targets_and_json_keys_and_values():
+    raw = render(target="http://${host}/x?${marker}", body=Body("json", {"${marker}": ["${safe_tool}", 1, None]}))
+    assert raw.startswith(b"POST http://gw.test:8080/x?ocprobe00000000 HTTP/1.1\r\n")
+    assert raw.endswith(b'{"ocprobe00000000":["agents_list",1,null]}')
+
+
+@pytest.mark.parametrize("url,complaint", [
+    ("ftp://gw", "not an http"), ("http://gw/openclaw", "root"), ("http://gw/?a=1", "root"), ("gw:80", "not an http"),
+])
+def test_only_root_http_urls_are_targets(url, complaint):
+    with pytest.raises(ProbeSetupError, match=complaint):
+        Endpoint.parse(url)
+
+
+def test_an_endpoint_keeps_the_authority_as_written():
+    endpoint = Endpoint.parse("https://gw.example:8443/")
+    assert (endpoint.host, endpoint.port, endpoint.tls, endpoint.authority) == ("gw.example", 8443, True, "gw.example:8443")
+    assert Endpoint.parse("http://[::1]").port == 80
+
+
+# ---- reading answers off a real socket -----------------------------------------------------------
+
+
+class CannedServer:
+    """Accepts one connection, reads what arrives, writes `reply` (then closes unless told to hang)."""
+
+    def __init__(self, reply: bytes, hang: bool = False) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.reply, self.hang = reply, hang
+        self.received = b""
+        self.done = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint.parse(f"http://127.0.0.1:{self.listener.getsockname()[1]}")
+
+    def serve(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(2)
+        try:
+            self.received = conn.recv(65536)
+            conn.sendall(self.reply)
+            if self.hang:
+                self.done.wait(5)
+        finally:
+            conn.close()
+            self.listener.close()
+
+
+@pytest.fixture
+def served() -> Iterator[list[CannedServer]]:
+    servers: list[CannedServer] = []
+    yield servers
+    for server in servers:
+        server.done.set()
+
+
+def answer_from(served: list[CannedServer], reply: bytes, methods=("POST",), hang=False, timeout=2.0):
+    server = CannedServer(reply, hang)
+    served.append(server)
+    return exchange(server.endpoint, b"POST / HTTP/1.1\r\n\r\n", list(methods), timeout)
+
+
+def test_a_content_length_answer(served):
+    [answer] = answer_from(served, b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nX-A: b\r\n\r\n{\"a\":1}trailing")
+    assert (answer.kind, answer.status, answer.body, answer.headers) == ("http", 403, b'{"a":1}', (("Content-Length", "7"), ("X-A", "b")))
+
+
+def test_a_chunked_answer(served):
+    [answer] = answer_from(served, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n")
+    assert answer.body == b"abcde"
+
+
+def test_a_close_delimited_answer(served):
+    [answer] = answer_from(served, b"HTTP/1.0 200 OK\r\n\r\nuntil close")
+    assert answer.body == b"until close"
+
+
+def test_interim_answers_are_skipped_but_101_is_final(served):
+    [answer] = answer_from(served, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    assert answer.status == 201
+    [upgraded] = answer_from(served, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x00",
+                             methods=("GET", "GET"))
+    assert upgraded.status == 101
+
+
+def test_pipelined_answers_are_read_in_order(served):
+    answers = answer_from(served, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                          methods=("POST", "POST"))
+    assert [(a.status, a.body) for a in answers] == [(200, b"ok"), (404, b"")]
+
+
+def test_a_head_answer_has_no_body(served):
+    [answer] = answer_from(served, b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", methods=("HEAD",))
+    assert (answer.status, answer.body) == (200, b"")
+
+
+def test_a_hang_up_without_an_answer_is_closed(served):
+    assert [a.kind for a in answer_from(served, b"")] == ["closed"]
+    answers = answer_from(served, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", methods=("POST", "POST"))
+    assert [a.kind for a in answers] == ["http", "closed"]
+
+
+def test_silence_is_a_timeout(served):
+    [answer] = answer_from(served, b"", hang=True, timeout=0.3)
+    assert answer.kind == "timeout"
+
+
+def test_a_refused_connection_is_an_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    [answer] = exchange(Endpoint.parse(f"http://127.0.0.1:{port}"), b"x", ["GET"], 1.0)
+    assert answer.kind == "error" and "cannot connect" in answer.error
+
+
+def test_what_was_written_is_exactly_the_rendered_request(served):
+    payload = render(headers=(("X-LF", "a\nb"),), body=Body("text", "{}"))
+    server = CannedServer(b"HTTP/1.1 204 No Content\r\n\r\n")
+    served.append(server)
+    exchange(server.endpoint, payload, ["POST"], 2.0)
+    assert server.received == payload

@@ -11,17 +11,27 @@ from collections.abc import Callable
 
 import h11
 import wsproto.events
+from h11 import _readers as h11_readers
 from h11._readers import ChunkedReader
 from mitmproxy import http
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import websocket
 from mitmproxy.proxy.layers.http import HttpStream, _http1
 
 from sidecar.metrics import HEAD_REFUSALS
 
-# Node's own answer to an oversize head (HPE_HEADER_OVERFLOW), which the gateway never sees.
+# Node's own answers to an oversize head (HPE_HEADER_OVERFLOW) and to a head it cannot parse,
+# which the gateway never sees.
 HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+HEAD_MALFORMED = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _HEAD_END = re.compile(rb"\n\r?\n")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+# A chunk-size line as Node reads it: at most 16 hex digits (no 64-bit overflow), no whitespace
+# before the CRLF; h11 allows both, and a size that overflows left the request hanging.
+_STRICT_CHUNK_HEADER = re.compile(
+    rb"(?P<chunk_size>[0-9A-Fa-f]{1,16})(?P<chunk_ext>(?:;[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+    rb"(?:=(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[^\"\\]|\\.)*\"))?)*)?\r\n")
 
 
 def limit_request_bodies_only() -> None:
@@ -60,6 +70,35 @@ def refuse_trailers() -> None:
     _http1.ChunkedReader = _TrailerRefusingReader  # type: ignore[misc]
 
 
+def strict_chunk_headers() -> None:
+    """h11 reads chunk-size lines through this module-level pattern (see _STRICT_CHUNK_HEADER)."""
+    h11_readers.chunk_header_re = _STRICT_CHUNK_HEADER
+
+
+def answer_malformed_bodies() -> None:
+    """A request body h11 cannot parse (a bad chunk-size line) gets Node's 400 before the close;
+    mitmproxy closed the connection without a word. Not after an answer we already sent."""
+    original = _http1.Http1Server.read_body
+    if getattr(original, "_sidecar_answers", False):
+        return
+
+    def read_body(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-untyped-def]
+        body = original(self, event)
+        sent = None
+        while True:
+            try:
+                command = body.send(sent)
+            except StopIteration as done:
+                return done.value
+            if (isinstance(command, commands.CloseConnection) and isinstance(event, events.DataReceived)
+                    and self.conn.state & ConnectionState.CAN_WRITE):
+                yield commands.SendData(self.conn, HEAD_MALFORMED)
+            sent = yield command
+
+    read_body._sidecar_answers = True  # type: ignore[attr-defined]
+    _http1.Http1Server.read_body = read_body  # type: ignore[method-assign]
+
+
 def limit_request_heads(max_bytes: int) -> None:
     """Refuse a request head over `max_bytes` as it arrives, with Node's 431.
 
@@ -75,9 +114,12 @@ def limit_request_heads(max_bytes: int) -> None:
         if isinstance(event, events.DataReceived):
             data = bytes(self.buf)
             end = _HEAD_END.search(data)
-            if (end.end() if end else len(data)) > max_bytes:
+            head_end = end.end() if end else len(data)
+            # Node refuses a bare LF as a line ending (mitmproxy accepts it): one head, one reading.
+            refusal = HEAD_TOO_LARGE if head_end > max_bytes else HEAD_MALFORMED if _BARE_LF.search(data, 0, head_end) else None
+            if refusal is not None:
                 HEAD_REFUSALS.inc()
-                yield commands.SendData(self.conn, HEAD_TOO_LARGE)
+                yield commands.SendData(self.conn, refusal)
                 yield commands.CloseConnection(self.conn)
                 self.state = self.done
                 return
@@ -129,5 +171,7 @@ def limit_websocket_messages(limit: Callable[[http.HTTPFlow], int]) -> None:
 def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.HTTPFlow], int]) -> None:
     limit_request_bodies_only()
     refuse_trailers()
+    strict_chunk_headers()
+    answer_malformed_bodies()
     limit_request_heads(max_head_bytes)
     limit_websocket_messages(websocket_message_limit)

@@ -159,6 +159,10 @@ class Pipeline:
         expect = view.first("expect")
         if expect is not None and expect.strip().lower() != "100-continue":
             return Refuse(envelopes.expectation_failed(), "expectation_failed")
+        if not view.has("host"):
+            # RFC 9112 §3.2, and the gateway answers 400 without one: forwarding it would leave
+            # the gateway to guess the authority it resolves the target against.
+            return Refuse(envelopes.bad_request("Host header is required"), "invalid_host")
         host_header = (view.first("host") or "").strip().lower()
         if host_header and not _PLAIN_HOST.fullmatch(host_header):
             # The gateway builds `new URL(target, "http://" + Host)`: a Host with a path would

@@ -22,11 +22,6 @@ PROBE = [str(Path(sys.executable).parent / "openclaw-sidecar"), "probe"]
 # which Node answers with 400, and the sidecar relays them (re-framed, so the hidden-header variant
 # H1.bare-lf-hides-header still passes: the smuggled header never arrives). Each entry must keep
 # failing: once the sidecar refuses one of them, delete it here.
-SIDECAR_FINDINGS = {"H1.bare-lf-line-endings", "H1.chunk-size-whitespace", "H1.missing-host"}
-# In front of the real gateway the gateway itself refuses the Host-less request, so that one passes
-# there; the three bare-LF/whitespace relays are LOOSER than the gateway alone.
-GATEWAY_FINDINGS = SIDECAR_FINDINGS - {"H1.missing-host"}
-GATEWAY_LOOSER = GATEWAY_FINDINGS | {"H1.bare-lf-hides-header"}
 
 
 @dataclass

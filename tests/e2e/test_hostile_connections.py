@@ -165,3 +165,25 @@ def test_connections_beyond_the_cap_are_closed_at_accept(strict_sidecar, backend
     time.sleep(0.3)
     _authorised_request_works(strict_sidecar, backend)
     assert "connection cap (4) reached" in strict_sidecar.logs()
+
+
+_AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+_INVOKE = b'{"tool":"agents_list","args":{}}'
+
+
+@pytest.mark.parametrize("raw", [
+    # Bare LF line endings: mitmproxy reads them, Node answers 400 (found by `probe`, H1.*).
+    b"POST /tools/invoke HTTP/1.1\nHost: x\n" + _AUTH.replace(b"\r\n", b"\n") + b"Content-Length: 32\n\n" + _INVOKE,
+    b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH + b"X-A: 1\nContent-Length: 32\r\n\r\n" + _INVOKE,
+    # Chunk-size lines as Node reads them: no whitespace before CRLF, no 64-bit overflow.
+    b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH + b"Transfer-Encoding: chunked\r\n\r\n20 \r\n" + _INVOKE + b"\r\n0\r\n\r\n",
+    b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffff20\r\n" + _INVOKE,
+    # No Host: the gateway answers 400; forwarding would leave it to guess the authority.
+    b"POST /tools/invoke HTTP/1.1\r\n" + _AUTH + b"Content-Length: 32\r\n\r\n" + _INVOKE,
+])
+def test_what_node_would_refuse_is_refused_with_400_and_never_forwarded(sidecar, backend, raw: bytes) -> None:
+    with _connect(sidecar) as sock:
+        sock.sendall(raw)
+        assert read_response(sock, timeout=5).status == 400
+    assert backend.requests() == []
+    assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()

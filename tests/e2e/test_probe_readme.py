@@ -9,7 +9,7 @@ import re
 import subprocess
 
 from .harness import REPO
-from .probe_helpers import PROBE, SIDECAR_FINDINGS, probe_env
+from .probe_helpers import PROBE, probe_env
 from .test_cli_demo import Demo
 
 
@@ -35,18 +35,18 @@ def test_the_documented_one_liners_probe_the_demo():
         demo.kill()
 
     table = one_liner.stdout
-    assert one_liner.returncode == (1 if SIDECAR_FINDINGS else 0), one_liner.stderr[-2000:]
-    assert rows(table, "FAIL") == SIDECAR_FINDINGS, table
+    assert one_liner.returncode == 0, one_liner.stderr[-2000:]
+    assert rows(table, "FAIL") == set(), table
     assert rows(table, "inconclusive") and all(
         "--backend-record" in line for line in table.splitlines() if " inconclusive " in line)
     assert "serves no RPC WebSocket on /" in table and "--ws-path" in table  # the demo backend's is on /ws
     summary = table[table.index("Summary by class"):]
     assert re.findall(r"^([A-J]) ", summary, re.MULTILINE) == list("ABCDEFGHIJ")
-    assert re.search(rf"^result: FAIL: {len(SIDECAR_FINDINGS)} failed, \d+ passed", summary, re.MULTILINE)
+    assert re.search(r"^result: PASS: 0 failed, \d+ passed", summary, re.MULTILINE)
     assert "[  1/" in one_liner.stderr  # progress as plain lines: stderr is no terminal here
     assert demo.token not in table
 
-    assert rows(fuller.stdout, "FAIL") == SIDECAR_FINDINGS, fuller.stdout
+    assert rows(fuller.stdout, "FAIL") == set(), fuller.stdout
     assert rows(fuller.stdout, "inconclusive") == set()
     fuller_summary = fuller.stdout[fuller.stdout.index("Summary by class"):]
     for klass in "ABCDEFGHIJ":  # with the record, every class has cases that pass

@@ -17,7 +17,7 @@ from tests.gateway.real_gateway import RealGateway, unavailable_reason
 
 from .conftest import REAL_GATEWAY_TOKEN as TOKEN
 from .harness import SidecarProcess
-from .probe_helpers import GATEWAY_FINDINGS, GATEWAY_LOOSER, ProbeRun, run_probe
+from .probe_helpers import ProbeRun, run_probe
 
 _reason = unavailable_reason()
 if _reason is not None:
@@ -40,7 +40,7 @@ def with_baseline(sidecar: SidecarProcess, token_gateway: RealGateway, tmp_path_
 
 def test_every_applicable_case_passes_in_front_of_the_real_gateway(with_baseline):
     run = with_baseline
-    assert run.ids("fail") == GATEWAY_FINDINGS, {i: run.cases[i]["why"] for i in run.ids("fail")}
+    assert run.ids("fail") == set(), {i: run.cases[i]["why"] for i in run.ids("fail")}
     # Without a backend record, a forwarded request cannot show which headers reached the gateway:
     # those cases, and only those, stay inconclusive here (test_probe_demo.py judges them with one).
     inconclusive = {i: run.cases[i]["why"] for i in run.ids("inconclusive")}
@@ -54,7 +54,7 @@ def test_every_applicable_case_passes_in_front_of_the_real_gateway(with_baseline
 
 def test_the_baseline_shows_no_case_looser_than_the_gateway_alone(with_baseline):
     run = with_baseline
-    assert run.ids(differential="LOOSER") == GATEWAY_LOOSER, {
+    assert run.ids(differential="LOOSER") == set(), {
         i: (run.cases[i]["why"], run.cases[i]["baseline"]["why"]) for i in run.ids(differential="LOOSER")}
     decided = [c for c in run.report["cases"] if c["differential"] is not None]
     assert len(decided) >= 180

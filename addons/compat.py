@@ -6,6 +6,7 @@ changes what it relies on (tests/unit/test_compat.py and the end-to-end suites).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ import h11
 import wsproto.events
 from h11 import _readers as h11_readers
 from h11._readers import ChunkedReader
-from mitmproxy import http
+from mitmproxy import connection, ctx, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import websocket
@@ -51,6 +52,7 @@ def limit_request_bodies_only() -> None:
         return (yield from original(self, request))
 
     check_body_size._sidecar_requests_only = True  # type: ignore[attr-defined]
+    check_body_size.__wrapped__ = original  # type: ignore[attr-defined]
     HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
 
 
@@ -96,6 +98,7 @@ def answer_malformed_bodies() -> None:
             sent = yield command
 
     read_body._sidecar_answers = True  # type: ignore[attr-defined]
+    read_body.__wrapped__ = original  # type: ignore[attr-defined]
     _http1.Http1Server.read_body = read_body  # type: ignore[method-assign]
 
 
@@ -126,6 +129,7 @@ def limit_request_heads(max_bytes: int) -> None:
         yield from original(self, event)
 
     read_headers._sidecar_head_limit = max_bytes  # type: ignore[attr-defined]
+    read_headers.__wrapped__ = original  # type: ignore[attr-defined]
     _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]
 
 
@@ -164,8 +168,21 @@ def limit_websocket_messages(limit: Callable[[http.HTTPFlow], int]) -> None:
         self.client_ws.flow = self.flow  # type: ignore[attr-defined]
 
     start._sidecar_bounded = True  # type: ignore[attr-defined]
+    start.__wrapped__ = original_start  # type: ignore[attr-defined]
     websocket.WebsocketLayer.start = start  # type: ignore[method-assign]
     websocket.WebsocketLayer._handle_event = start  # type: ignore[method-assign]
+
+
+def client_writer(client: connection.Client) -> asyncio.StreamWriter | None:
+    """The client's socket writer, for answers written outside mitmproxy's hook sequence (it has
+    no API for that): the proxyserver's connection handler and its transports are internals."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(client.id) if proxyserver else None
+    transport = handler.transports.get(handler.client) if handler else None
+    writer = transport.writer if transport else None
+    if writer is None or writer.is_closing():
+        return None
+    return writer
 
 
 def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.HTTPFlow], int]) -> None:

@@ -102,16 +102,6 @@ def response_of(envelope: Envelope) -> http.Response:
 
 
 
-def client_writer(client: connection.Client) -> asyncio.StreamWriter | None:
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(client.id) if proxyserver else None
-    transport = handler.transports.get(handler.client) if handler else None
-    writer = transport.writer if transport else None
-    if writer is None or writer.is_closing():
-        return None
-    return writer
-
-
 def websocket_frame(opcode: int, payload: bytes) -> bytes:
     """One unmasked, final server frame (RFC 6455 §5.2)."""
     length = len(payload)
@@ -130,7 +120,7 @@ def close_websocket(flow: http.HTTPFlow, code: int, reason: str, answer: bytes |
     the client transport directly, between whole frames (asyncio runs one writer at a time);
     nothing the client sends after that is relayed."""
     flow.metadata[WS_CLOSING] = True
-    writer = client_writer(flow.client_conn)
+    writer = compat.client_writer(flow.client_conn)
     if writer is not None:
         if answer is not None:
             writer.write(websocket_frame(0x1, answer))
@@ -150,7 +140,7 @@ def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
     """
     if flow.metadata.get(ANSWERED):
         return True
-    writer = client_writer(flow.client_conn)
+    writer = compat.client_writer(flow.client_conn)
     if writer is None or not (flow.client_conn.state & ConnectionState.CAN_WRITE):
         return False
     response = response_with_close(envelope)
@@ -298,7 +288,7 @@ class ToolsInvokeGuard:
     def _head_deadline_passed(self, client: connection.Client) -> None:
         self._head_deadlines.pop(client.id, None)
         HEAD_TIMEOUTS.inc()
-        writer = client_writer(client)
+        writer = compat.client_writer(client)
         if writer is None:
             return
         writer.write(http1.assemble_response(response_with_close(envelopes.head_timeout())))

@@ -83,11 +83,12 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 import limits
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from sidecar.ipaddrs import is_loopback, normalize_ip
+from sidecar.limits_compat import SweepThrottledMemoryStorage
 from sidecar.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_FALLBACKS
 
 __all__ = [
@@ -197,43 +198,8 @@ def _make_storage(uri: str, timeout_s: float, options: Mapping[str, Any] | None)
     return storage, True
 
 
-class _MemoryStorage(MemoryStorage):
-    """`limits`' async MemoryStorage with its expiry sweep throttled.
-
-    Upstream schedules a task scanning *every* key after each ``incr``: with 10 000
-    tracked clients that is milliseconds of event-loop CPU per failed login, which a
-    spray of addresses turns into a denial of service.  Here keys still expire lazily
-    when read (upstream ``get``), and the full sweep runs at most every 10 s (wall clock:
-    it is garbage collection only, never a limiting decision).
-    """
-
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: str) -> None:
-        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        self._next_sweep = time.time() + _MEMORY_SWEEP_INTERVAL_S
-
-    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
-        await self.get(key)  # drops the key when it has expired
-        self._maybe_sweep()
-        async with self.locks[key]:
-            self.storage[key] += amount
-            if self.storage[key] == amount:
-                self.expirations[key] = time.time() + expiry
-        return self.storage.get(key, amount)
-
-    def _maybe_sweep(self) -> None:
-        now = time.time()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + _MEMORY_SWEEP_INTERVAL_S
-        for key, expires in list(self.expirations.items()):
-            if expires <= now:
-                self.storage.pop(key, None)
-                self.expirations.pop(key, None)
-                self.locks.pop(key, None)
-
-
 def _memory_storage() -> Storage:
-    return _MemoryStorage(wrap_exceptions=True)
+    return SweepThrottledMemoryStorage(wrap_exceptions=True, sweep_interval_s=_MEMORY_SWEEP_INTERVAL_S)
 
 
 async def _close_storage(storage: Storage) -> None:

@@ -1,0 +1,80 @@
+"""Pins every assumption the two compatibility modules make about library internals
+(addons/compat.py: mitmproxy and h11; sidecar/limits_compat.py: limits), so an upgrade that
+changes one fails here, by name, before it silently weakens a guarantee."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import h11
+import pytest
+from h11 import _readers as h11_readers
+from limits.aio.storage import MemoryStorage
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy import server
+from mitmproxy.proxy.layers import websocket
+from mitmproxy.proxy.layers.http import HttpStream, _http1
+
+from addons import compat
+from sidecar.limits_compat import SweepThrottledMemoryStorage
+
+
+# ---- mitmproxy ------------------------------------------------------------------------------------
+
+
+def test_the_patched_methods_exist_with_the_shapes_wrapped() -> None:
+    assert list(inspect.signature(inspect.unwrap(HttpStream.check_body_size)).parameters) == ["self", "request"]
+    for method in map(inspect.unwrap, (_http1.Http1Server.read_headers, _http1.Http1Server.read_body,
+                                       websocket.WebsocketLayer.start)):
+        assert len(inspect.signature(method).parameters) == 2, method  # (self, event): generator hooks
+    assert issubclass(_http1.ChunkedReader, h11_readers.ChunkedReader)
+
+
+def test_the_websocket_layer_builds_its_connections_through_the_module_name() -> None:
+    """The message bound swaps `websocket.WebsocketConnection`; start() must look it up there."""
+    source = inspect.getsource(inspect.unwrap(websocket.WebsocketLayer.start))  # upstream's, patched or not
+    assert "WebsocketConnection(" in source and "self.client_ws" in source
+    assert "frame_buf" in inspect.getsource(websocket.WebsocketLayer.relay_messages)
+    assert issubclass(compat._BoundedWebsocketConnection, websocket.WebsocketConnection)
+
+
+def test_client_writer_reaches_the_transport_the_way_the_proxyserver_keeps_it() -> None:
+    assert isinstance(Proxyserver().connections, dict)
+    handler_init = inspect.getsource(server.ConnectionHandler.__init__)
+    assert "self.transports" in handler_init and "self.client" in handler_init
+    assert {"reader", "writer"} <= set(inspect.signature(server.ConnectionIO).parameters)
+
+
+# ---- h11 ------------------------------------------------------------------------------------------
+
+
+def test_h11_reads_chunk_size_lines_through_the_module_pattern() -> None:
+    compat.strict_chunk_headers()
+    reader = h11_readers.ChunkedReader()
+    buf = h11._receivebuffer.ReceiveBuffer()
+    buf += b"20 \r\n"
+    with pytest.raises(h11.LocalProtocolError):
+        reader(buf)  # h11's own pattern accepts the space; ours, found through the module, does not
+    buf = h11._receivebuffer.ReceiveBuffer()
+    buf += b"2\r\nok\r\n"
+    assert bytes(h11_readers.ChunkedReader()(buf).data) == b"ok"
+
+
+# ---- limits ---------------------------------------------------------------------------------------
+
+
+def test_limits_memory_storage_keeps_the_mappings_the_sweep_clears() -> None:
+    storage = MemoryStorage()
+    for name in ("storage", "expirations", "locks"):
+        assert hasattr(storage, name), name
+
+
+async def test_the_throttled_sweep_expires_keys_when_read_and_counts_as_upstream() -> None:
+    storage = SweepThrottledMemoryStorage(sweep_interval_s=3600)
+    assert await storage.incr("k", expiry=0.05) == 1
+    assert await storage.incr("k", expiry=0.05) == 2
+    await asyncio.sleep(0.1)
+    assert await storage.get("k") == 0  # upstream `get` drops the expired key
+    assert await storage.incr("k", expiry=60) == 1
+    assert "k" in storage.expirations and "k" in storage.storage

@@ -99,7 +99,7 @@ def answer_malformed_bodies() -> None:
 
     read_body._sidecar_answers = True  # type: ignore[attr-defined]
     read_body.__wrapped__ = original  # type: ignore[attr-defined]
-    _http1.Http1Server.read_body = read_body  # type: ignore[method-assign]
+    _http1.Http1Server.read_body = read_body  # type: ignore[method-assign,assignment]
 
 
 def limit_request_heads(max_bytes: int) -> None:

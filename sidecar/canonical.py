@@ -228,6 +228,8 @@ def _parse_ipv6(s: str) -> list[int]:
                     if octet > 255:
                         raise bad()
                     i += 1
+                if octet is None:  # a dot with no digits after it
+                    raise bad()
                 addr[piece] = addr[piece] * 0x100 + octet
                 seen += 1
                 if seen in (2, 4):
@@ -508,6 +510,7 @@ class _Parser:
     def _s_path(self, c: str) -> None:
         """Split on ``/`` or ``\\``; resolve ``.``/``..`` (also ``%2e``) segments."""
         if c in (_EOF, "/", "\\", "?", "#"):
+            assert self.url.path is not None  # a hierarchical URL: the path state is never entered otherwise
             seg = self.buf.lower()
             slash = c in ("/", "\\")
             if seg in _DOUBLE_DOT:

@@ -268,9 +268,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        self._headers_buffer.append(b"\r\n")
+        self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]  # stdlib's own buffer, written as it does
         if body and self.command != "HEAD":
-            self._headers_buffer.append(body)  # head and body in one write
+            self._headers_buffer.append(body)  # type: ignore[attr-defined]  # head and body in one write
         self.flush_headers()
 
     def _json(self, status: int, value: Any, extra=()) -> None:

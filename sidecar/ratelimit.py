@@ -399,6 +399,7 @@ class _FailureLog:
             self._open[key] = None
             return True
         while len(self) >= self.max_entries:
+            victim: str | None
             if self._open:
                 victim = next(iter(self._open))
             else:

@@ -195,7 +195,7 @@ def _case(raw: Any, classes: Mapping[str, str]) -> Case:
     where = f"case {case_id}"
     _known_keys(data, _CASE_KEYS, where)
     klass = data.get("class")
-    if klass not in classes:
+    if not isinstance(klass, str) or klass not in classes:
         raise CorpusError(f"{where}: class {klass!r} is not listed in the corpus classes")
     for field in ("source", "title"):
         if not isinstance(data.get(field), str) or not data[field].strip():

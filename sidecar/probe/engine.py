@@ -240,7 +240,7 @@ class Probe:
             self.reset_failure_limiter()
         return CaseResult(case, target.verdict, target.why, target,
                           self.redact.arrivals(arrivals) if arrivals is not None else None, baseline,
-                          differential(target.admission, baseline.admission) if comparable else None,
+                          differential(target.admission, baseline.admission) if baseline is not None and comparable else None,
                           int((time.monotonic() - started) * 1000))
 
     def run_on_baseline(self, case: Case) -> Observation:

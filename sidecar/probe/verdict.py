@@ -11,13 +11,17 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from .corpus import Expectation
 from .text import visible
 
-PASS, FAIL, NOT_APPLICABLE, INCONCLUSIVE = "pass", "fail", "not_applicable", "inconclusive"
 Verdict = Literal["pass", "fail", "not_applicable", "inconclusive"]
+Stage = Literal["http", "upgrade", "connect", "frame"]
+PASS: Final = "pass"
+FAIL: Final = "fail"
+NOT_APPLICABLE: Final = "not_applicable"
+INCONCLUSIVE: Final = "inconclusive"
 Admission = Literal["refused", "let_through"]
 SAME, STRICTER, LOOSER = "SAME", "STRICTER", "LOOSER"
 
@@ -36,7 +40,7 @@ class Answer:
     """
 
     kind: Literal["http", "closed", "timeout", "error", "ws-res", "ws-echo", "ws-closed"]
-    stage: Literal["http", "upgrade", "connect", "frame"] = "http"
+    stage: Stage = "http"
     status: int | None = None
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
@@ -86,7 +90,8 @@ def summary(answer: Answer) -> str:
         if frame.get("ok"):
             return "res ok"
         error = _ws_error(frame)
-        details = error.get("details") if isinstance(error.get("details"), dict) else {}
+        raw_details = error.get("details")
+        details = raw_details if isinstance(raw_details, dict) else {}
         code = details.get("code") or error.get("code") or ""
         return f"res error {code}: {str(error.get('message', ''))[:80]}".strip()
     if answer.kind == "ws-echo":

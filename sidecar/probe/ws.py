@@ -20,7 +20,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .corpus import CONNECT_ID, FRAME_ID, WsConnect, WsFrame, WsRequest
-from .verdict import Answer
+from .verdict import Answer, Stage
 from .wire import Context, Endpoint
 
 WRONG_SECRET = "openclaw-probe-not-the-secret"  # the same wrong secret the HTTP cases use
@@ -86,7 +86,7 @@ class _Session:
                 if event.body_finished:
                     return Answer("http", stage="upgrade", status=status, body=body)
 
-    def answer_to(self, sent: str, stage: str) -> Answer:
+    def answer_to(self, sent: str, stage: Stage) -> Answer:
         """Read until the answer to the frame `sent`: its `res`, the frame echoed back, or a close."""
         request = json.loads(sent)
         text: list[str] = []
@@ -136,7 +136,7 @@ def exchange_ws(endpoint: Endpoint, request: WsRequest, ctx: Context, path: str,
     except OSError as exc:
         return Answer("error", stage="upgrade", error=f"cannot connect: {exc}"), "\n".join(sent)
     session = _Session(sock)
-    stage = "upgrade"
+    stage: Stage = "upgrade"
     try:
         refused = session.upgrade(ctx.host, path, upgrade_headers(request, ctx))
         if refused is not None:

@@ -29,6 +29,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+try:
+    from tests.ports import free_port
+except ImportError:  # tests/ itself is on sys.path (see tests/conftest.py)
+    from ports import free_port  # type: ignore[no-redef]
+
 __all__ = ["RedisServer", "RedisServerError", "find_redis_server", "free_port"]
 
 
@@ -43,13 +48,6 @@ def find_redis_server() -> str | None:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _ping(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from sidecar.demo_backend import DemoBackend
+from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN
 from .harness import REPO, SidecarProcess
@@ -42,12 +43,6 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def sidecar_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sidecar", *args], check=False, cwd=REPO, env=_env(env),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, data: dict[str, Any] | str) -> Path:

@@ -14,17 +14,12 @@ import httpx
 import pytest
 
 from sidecar.demo_backend import DemoBackend
+from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN
 from .harness import REPO, raw_exchange
 
 TOKEN = "mitmdump-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -34,7 +29,7 @@ def mitmdump(tmp_path: Path, backend: DemoBackend) -> Iterator[int]:
         "sidecar": {"upstreamAuth": {"token": UPSTREAM_TOKEN}},
         "gateway": {"auth": {"mode": "token", "token": TOKEN}},
     }))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mitmdump"), "-q", "-s", str(REPO / "addons" / "tools_invoke.py"),
          "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(port),
@@ -94,7 +89,7 @@ def test_without_a_config_the_addon_refuses_to_start(tmp_path: Path, backend: De
     """Silently starting would answer every request 500; mitmdump exits naming the option instead."""
     done = subprocess.run(
         [str(Path(sys.executable).parent / "mitmdump"), "-q", "-s", str(REPO / "addons" / "tools_invoke.py"),
-         "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(_free_port()),
+         "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(free_port()),
          "--set", f"confdir={tmp_path / 'mitm'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.demo_backend import DemoBackend
+from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN
 from .harness import REPO, SidecarProcess
@@ -178,12 +179,6 @@ def test_setup_errors_exit_2(token_sc, tmp_path):
 
 
 # ---- a naive set-up: plain mitmdump, no addon ----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

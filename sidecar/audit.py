@@ -48,6 +48,7 @@ class AuditEntry:
     upstream_status: int | None = None
     duration_ms: float | None = None
     shadowed: tuple[str, ...] = field(default=())
+    detail: str | None = None  # why a policy layer refused (free text; `reason` is the metric label)
 
     def line(self, now: float) -> str:
         entry = {
@@ -61,6 +62,8 @@ class AuditEntry:
         }
         if self.shadowed:
             entry["shadowed"] = list(self.shadowed)
+        if self.detail:
+            entry["detail"] = self.detail[:256]
         return json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .envelopes import compact_json
-from .toolpolicy import ToolName, normalize_tool_name
+from .toolpolicy import ToolName, js_trim, normalize_tool_name
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # DEFAULT_BODY_BYTES; exactly this many is accepted
 
@@ -46,6 +46,10 @@ def parse_json_body(raw: bytes) -> Any:
 class InvokeBody:
     tool: ToolName
     forward_bytes: bytes
+    spelled: str = ""  # the name as sent, trimmed: what the gateway looks up (exactly)
+    # The session fields the gateway resolves its agent and tool policy from, as sent (any JSON value).
+    session_key: Any = None
+    agent_id: Any = None
 
 
 def _name_or_tool(payload: dict[str, Any]) -> Any:
@@ -57,9 +61,9 @@ def _name_or_tool(payload: dict[str, Any]) -> Any:
 def _requested_name(payload: dict[str, Any]) -> str | None:
     """The requested tool, trimmed; a non-string or blank value counts as missing (L)."""
     value = _name_or_tool(payload)
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not js_trim(value):
         return None
-    return value.strip()
+    return js_trim(value)
 
 
 def read_invoke_body(raw: bytes) -> InvokeBody:
@@ -77,12 +81,13 @@ def read_invoke_body(raw: bytes) -> InvokeBody:
     if requested is None:
         raise BodyError("missing_name")
     tool = normalize_tool_name(requested)
+    session = {"spelled": requested, "session_key": payload.get("sessionKey"), "agent_id": payload.get("agentId")}
     # A 2026.4 gateway reads only `tool`: `{"name":"agents_list","tool":"exec"}` must not pass as-is.
     untouched = _name_or_tool(payload) == tool.name and payload.get("tool", tool.name) == tool.name
     if untouched:
-        return InvokeBody(tool, raw)
+        return InvokeBody(tool, raw, **session)
     rewritten = {**payload, "name": tool.name, "tool": tool.name}
     try:
-        return InvokeBody(tool, compact_json(rewritten))
+        return InvokeBody(tool, compact_json(rewritten), **session)
     except RecursionError as exc:  # nesting deeper than the rewrite can walk
         raise BodyError("invalid_json", "JSON nested too deeply to rewrite") from exc

@@ -53,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and print it, secrets redacted")
     check.add_argument("file", type=Path)
 
+    explain = commands.add_parser("explain", help="show how the tool policy decides one tool call, layer by layer")
+    explain.add_argument("--config", required=True, type=Path, help="YAML or JSON5 config file")
+    explain.add_argument("--tool", required=True, help="the tool name as the caller sends it")
+    explain.add_argument("--scopes", help="the caller's x-openclaw-scopes (default: the gateway's default set)")
+    explain.add_argument("--user", help="the caller's identity (scope ceilings and pinned headers)")
+    explain.add_argument("--session-key", help="the body's sessionKey")
+    explain.add_argument("--agent-id", help="the body's agentId")
+    explain.add_argument("--channel", help="x-openclaw-message-channel as the caller sends it")
+    explain.add_argument("--account", help="x-openclaw-account-id as the caller sends it")
+    explain.add_argument("--websocket-method", help="explain an RPC frame of this method instead of POST /tools/invoke")
+    explain.add_argument("--json", action="store_true", help="print JSON")
+
     probe = commands.add_parser("probe", help="fire the attack corpus at a gateway, or a proxy in front of one")
     add_probe_arguments(probe)
     return parser
@@ -95,6 +107,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _report_config_error(exc)
     print(json.dumps(redacted_view(config), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain, render_text
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _report_config_error(exc)
+    result = explain(config, args.tool, scopes=args.scopes, user=args.user, session_key=args.session_key,
+                     agent_id=args.agent_id, channel=args.channel, account=args.account,
+                     websocket_method=args.websocket_method)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else render_text(result), end="\n" if args.json else "")
     return 0
 
 
@@ -146,7 +172,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "demo": cmd_demo, "demo-backend": cmd_demo_backend, "check-config": cmd_check_config,
-                "probe": cmd_probe}
+                "probe": cmd_probe, "explain": cmd_explain}
     return handlers[args.command](args)
 
 

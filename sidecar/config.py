@@ -21,7 +21,9 @@ from typing import Any, Literal
 import json5
 import limits
 import yaml
-from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -135,6 +137,10 @@ class ContextHeaders(BaseModel):
                 raise ValueError(f"{name!r} is not an x-openclaw-* context header the sidecar lets clients set")
         return names
 
+
+    def pinned_for(self, identity: str | None) -> dict[str, str]:
+        """"*" pins apply to everyone; an identity's own pins add to them and win per header."""
+        return {**self.pinned.get("*", {}), **self.pinned.get(identity or "", {})}
 
     @field_validator("pinned")
     @classmethod
@@ -412,14 +418,53 @@ class GatewayConfig(BaseModel):
         return value
 
 
+# What the tool policy chain reads of `tools`, `agents`, `session` and `channels`: `True` keeps a
+# value whole, `[shape]` each item of a list, `{"*": shape}` each value of an object. The rest (bot
+# tokens, API keys, sandbox environments) never enters the sidecar, so no dump or log can show it.
+_TOOL_POLICY: dict[str, Any] = {
+    "profile": True, "allow": True, "alsoAllow": True, "deny": True, "byProvider": True, "toolsBySender": True,
+    "updatePlan": True, "sandbox": {"tools": True}, "subagents": {"tools": True},
+    "web": {"search": {"enabled": True}, "fetch": {"enabled": True}},
+}
+_AGENT: dict[str, Any] = {"id": True, "default": True, "tools": _TOOL_POLICY, "sandbox": {"mode": True}}
+_POLICY_SHAPES: dict[str, Any] = {
+    "tools": _TOOL_POLICY,
+    "agents": {"ownership": True, "list": [_AGENT], "entries": {"*": _AGENT}, "defaults": {
+        "systemAgent": {"agentId": True}, "sessionStore": {"agentId": True}, "tools": _TOOL_POLICY,
+        "sandbox": {"mode": True}, "subagents": {"maxSpawnDepth": True}}},
+    "session": {"scope": True, "mainKey": True, "store": True},
+    "channels": {"*": {"groups": True, "accounts": {"*": {"groups": True}}}},
+}
+
+
+def _subset(value: Any, shape: Any) -> Any:
+    if shape is True:
+        return value
+    if isinstance(shape, list):
+        return [_subset(item, shape[0]) for item in value] if isinstance(value, list) else value
+    if not isinstance(value, dict):
+        return value
+    if "*" in shape:
+        return {key: _subset(item, shape["*"]) for key, item in value.items()}
+    return {key: _subset(value[key], sub) for key, sub in shape.items() if key in value}
+
+
 class OpenClawRules(BaseModel):
     model_config = _LENIENT
     gateway: GatewayConfig = GatewayConfig()
     hooks: HooksConfig = HooksConfig()
-    # Kept whole for the later policy-chain work; only validated as objects here.
+    # Read by the tool policy chain (sidecar/toolchain.py) as the gateway reads them: raw, with
+    # JavaScript's own tests (`Array.isArray`, `??`), so a shape the gateway tolerates is read the same.
     tools: dict[str, Any] = {}
     agents: dict[str, Any] = {}
     session: dict[str, Any] = {}
+    channels: dict[str, Any] = {}
+
+    @field_validator("tools", "agents", "session", "channels")
+    @classmethod
+    def _policy_only(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        assert info.field_name is not None
+        return _subset(value, _POLICY_SHAPES[info.field_name])
 
 
 # ---- secrets --------------------------------------------------------------------------------
@@ -518,7 +563,7 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
 
 
 # The top-level keys of the gateway's own config the sidecar reads (OpenClawRules).
-RULE_KEYS = ("gateway", "hooks", "tools", "agents", "session")
+RULE_KEYS = ("gateway", "hooks", "tools", "agents", "session", "channels")
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,14 @@ def invalid_json(message: str) -> Envelope:
     return _openai_style(400, message, "invalid_request_error")
 
 
+def invalid_request(message: str) -> Envelope:
+    """The gateway's 400 for a request it cannot place: no tool name, a malformed session key, an
+    unknown or mismatched agent (§8)."""
+    return _ok_false(400, "invalid_request", message)
+
+
 def missing_tool_name() -> Envelope:
-    return _ok_false(400, "invalid_request", "tools.invoke requires name")
+    return invalid_request("tools.invoke requires name")
 
 
 def tool_not_available(name: str) -> Envelope:

@@ -29,10 +29,13 @@ from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable
 from .rpc import RpcPolicy, RpcSession
 from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
-from .toolpolicy import ToolGate
+from .toolchain import ToolChain, ToolRequest
 from .view import RequestView
 
 TOOLS_ROUTE = "tools-invoke"
+CHANNEL_HEADER = "x-openclaw-message-channel"
+ACCOUNT_HEADER = "x-openclaw-account-id"
+_TOOL_CONTEXT = frozenset({CHANNEL_HEADER, ACCOUNT_HEADER})  # the context headers tool policy reads
 MAX_HEAD_BYTES = 16 * 1024  # Node's default --max-http-header-size, which the gateway runs with
 # Auth outcomes of requests the sidecar did not authenticate: they get no scopes and never
 # carry the sidecar's upstream credential.
@@ -71,6 +74,7 @@ class Refuse:
     client_ip: str | None = None
     auth: AuthOutcome | None = None
     tool: str | None = None
+    detail: str | None = None  # free text for the audit line: which layer refused, by which rule
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Forward:
     tool: str | None = None
     reason: str = "allowed"
     shadowed: tuple[str, ...] = ()  # what enforcement would have refused it for
+    detail: str | None = None  # shadowed: the refusal's own explanation
 
 
 @dataclass
@@ -121,18 +126,10 @@ class Pipeline:
         user_header = sidecar.upstream_auth.user_header or tp.user_header or "x-forwarded-user"
         self.trusted = tuple(parse_network(e) for e in gateway.trusted_proxies)
         self.authenticator = build_authenticator(self.config, self.trusted)
-        context = sidecar.context_headers
-        self.context_allow = frozenset(context.allow)
-        self.pins = context.pinned
-        self.gate = ToolGate.from_config(gateway.tools.allow, gateway.tools.deny)
-        websocket = sidecar.websocket
-        credential = self.config.secrets.upstream_credential
-        kind = self.config.secrets.upstream_kind
-        self.rpc_policy = RpcPolicy(
-            gate=self.gate, allow_methods=frozenset(websocket.allow_methods), allow_nodes=websocket.allow_nodes,
-            upstream_auth={kind: credential} if credential is not None and kind is not None else None,
-            shadow=not sidecar.enforce,
-        )
+        self.context = sidecar.context_headers
+        self.context_allow = frozenset(self.context.allow)
+        self.tools = ToolChain(self.config.rules)
+        self.rpc_policy = RpcPolicy.from_config(self.config, self.tools)
         self.routes = RouteTable.for_deployment(
             hooks_path=self.config.rules.hooks.path, base_path=gateway.control_ui.base_path,
             control_ui_enabled=gateway.control_ui.enabled,
@@ -378,10 +375,8 @@ class Pipeline:
         # hops and would find no client at all (reference (f) 8).
         if forward_client and attribution.client_ip is not None and not is_loopback(attribution.client_ip):
             owned.append(("X-Forwarded-For", attribution.client_ip))
-        # "*" pins apply to everyone; an identity's own pins add to them and win per header.
-        pinned = {**self.pins.get("*", {}), **self.pins.get(outcome.user or "", {})}
         return HeaderPlan(
-            owned=tuple(owned), context_allow=self.context_allow, pinned=pinned,
+            owned=tuple(owned), context_allow=self.context_allow, pinned=self.context.pinned_for(outcome.user),
             drop=self.identity_headers, websocket=websocket, passthrough=passthrough,
         )
 
@@ -407,9 +402,15 @@ class Pipeline:
         name = invoke.tool.name
         shadowed = list(admitted.shadowed)
         owner = admitted.scopes is not None and admitted.scopes.owner
-        if self.gate.blocks(invoke.tool, owner=owner):
-            if refusal := self._enforced(Refuse(envelopes.tool_not_available(name), "tool_denied", tool=name), shadowed):
+        # The context headers as the gateway will receive them (allow-listed or pinned).
+        context = {k.lower(): v for k, v in admitted.headers if k.lower() in _TOOL_CONTEXT}
+        decision = self.tools.decide(ToolRequest(invoke, owner, context.get(CHANNEL_HEADER), context.get(ACCOUNT_HEADER)))
+        detail = None
+        if decision.refused:
+            refused = Refuse(decision.envelope(), decision.reason, tool=name, detail=decision.detail)
+            if refusal := self._enforced(refused, shadowed):
                 return refusal
+            detail = decision.detail
         if self.request_limiter is not None:
             verdict = await self.request_limiter.hit(admitted.auth.user, name, client_ip=admitted.client_ip)
             if verdict.unavailable:
@@ -419,7 +420,7 @@ class Pipeline:
                 if refusal := self._enforced(limited, shadowed):
                     return refusal
         changed = None if invoke.forward_bytes is body else invoke.forward_bytes
-        return Forward(admitted, changed, name, shadowed=tuple(shadowed))
+        return Forward(admitted, changed, name, shadowed=tuple(shadowed), detail=detail)
 
     # ---- response -----------------------------------------------------------------------
 

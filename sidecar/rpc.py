@@ -27,9 +27,10 @@ from typing import Any, Literal
 
 from .auth import AuthOutcome
 from .body import BodyError, read_invoke_body
+from .config import Config
 from .scopes import ADMIN, ResolvedScopes
 from .shadow import SHADOWABLE_REASONS
-from .toolpolicy import ToolGate
+from .toolchain import ToolChain, ToolDecision, ToolRequest
 
 GATEWAY_VERSION = "2026.9.6"
 PREAUTH_MAX_BYTES = 64 * 1024  # the gateway's own pre-auth frame limit
@@ -58,6 +59,7 @@ class FrameVerdict:
     method: str | None = None
     tool: str | None = None
     shadowed: bool = False  # shadow mode forwarded what `reason` would have refused
+    detail: str | None = None  # for the audit line: which tool-policy layer refused, by which rule
 
 
 @dataclass(frozen=True)
@@ -142,17 +144,63 @@ def missing_scope_frame(request_id: Any, scope: str) -> bytes:
 class RpcPolicy:
     """Everything a connection's frames are judged by, built once from config."""
 
-    gate: ToolGate
+    tools: ToolChain
     allow_methods: frozenset[str]
     allow_nodes: bool
     upstream_auth: Mapping[str, str] | None  # what the gateway gets in connect.params.auth
     shadow: bool = False  # sidecar.enforce false: policy refusals are forwarded (sidecar/shadow.py)
     catalogue: Mapping[str, MethodSpec] = field(default_factory=method_catalogue)
 
+    @classmethod
+    def from_config(cls, config: Config, tools: ToolChain) -> "RpcPolicy":
+        websocket = config.sidecar.websocket
+        credential, kind = config.secrets.upstream_credential, config.secrets.upstream_kind
+        return cls(tools=tools, allow_methods=frozenset(websocket.allow_methods), allow_nodes=websocket.allow_nodes,
+                   upstream_auth={kind: credential} if credential is not None and kind is not None else None,
+                   shadow=not config.sidecar.enforce)
+
     @cached_property
     def denied(self) -> frozenset[str]:
         """Computed once, not per frame."""
         return default_denied() - self.allow_methods
+
+
+def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, scopes: frozenset[str]) -> FrameVerdict | None:
+    """A request frame's method against the table: its refusal, or None when it may proceed."""
+    spec = policy.catalogue.get(method)
+    if spec is None:
+        return FrameVerdict("reply", "unknown_method", error_frame(request_id, "INVALID_REQUEST", f"unknown method: {method}"), method=method)
+    if spec.scope == "node":
+        return FrameVerdict("reply", "node_method", error_frame(request_id, "FORBIDDEN", f"node methods are not relayed: {method}"), method=method)
+    if method in policy.denied:
+        return FrameVerdict("reply", "method_denied", error_frame(
+            request_id, "FORBIDDEN", f"method not allowed through this proxy: {method}",
+            {"code": "METHOD_DENIED", "markers": spec.markers}), method=method)
+    required = dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)
+    missing = next((s for s in required if not scope_satisfied(s, scopes)), None)
+    if missing is not None:
+        return FrameVerdict("reply", "missing_scope", missing_scope_frame(request_id, missing), method=method)
+    return None
+
+
+def judge_tool_frame(tools: ToolChain, request_id: Any, params: dict[str, Any], owner: bool,
+                     caps: frozenset[str]) -> FrameVerdict | str:
+    """A `tools.invoke` frame's tool policy: its refusal, or the normalised name it runs as. The
+    gateway passes no message channel or account on the RPC, but the connection's client caps."""
+    try:
+        invoke = read_invoke_body(encode(params))
+    except BodyError:
+        return FrameVerdict("reply", "missing_tool_name", error_frame(request_id, "INVALID_REQUEST", "tools.invoke requires name"),
+                            method=TOOLS_INVOKE)
+    decision = tools.decide(ToolRequest(invoke, owner, client_caps=caps))
+    return tool_refusal_frame(request_id, decision, invoke.tool.name) if decision.refused else invoke.tool.name
+
+
+def tool_refusal_frame(request_id: Any, decision: ToolDecision, tool: str) -> FrameVerdict:
+    """The tool chain's refusal as an error `res`: the gateway's message under the RPC codes."""
+    code = "INVALID_REQUEST" if decision.status == 400 else "NOT_FOUND"
+    return FrameVerdict("reply", decision.reason, error_frame(request_id, code, decision.message or ""),
+                        method=TOOLS_INVOKE, tool=tool, detail=decision.detail)
 
 
 class FrameError(ValueError):
@@ -195,6 +243,7 @@ class RpcSession:
         self.check_secret = check_secret
         self.limit = limit
         self.scopes: frozenset[str] | None = None  # granted at connect
+        self.caps: frozenset[str] = frozenset()  # the connect frame's client capabilities (tools need some)
 
     @property
     def connected(self) -> bool:
@@ -250,6 +299,8 @@ class RpcSession:
         if upstream:
             rewritten["auth"] = upstream
         self.scopes = frozenset(kept)
+        caps = params.get("caps")
+        self.caps = frozenset(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else frozenset()
         return FrameVerdict("forward", "connect", encode({**frame, "params": rewritten}), method="connect")
 
     def _refuse_connect(self, request_id: Any, reason: str, code: str, message: str,
@@ -259,38 +310,23 @@ class RpcSession:
     async def _request(self, frame: dict[str, Any]) -> FrameVerdict:
         method, request_id, params = frame["method"], frame.get("id"), frame.get("params")
         assert self.scopes is not None
-        spec = self.policy.catalogue.get(method)
         if method == "connect":
             return FrameVerdict("reply", "connect_repeated", error_frame(request_id, "INVALID_REQUEST", "already connected"), method=method)
-        if spec is None:
-            return FrameVerdict("reply", "unknown_method", error_frame(request_id, "INVALID_REQUEST", f"unknown method: {method}"), method=method)
-        if spec.scope == "node":
-            return FrameVerdict("reply", "node_method", error_frame(request_id, "FORBIDDEN", f"node methods are not relayed: {method}"), method=method)
-        if method in self.policy.denied:
-            return FrameVerdict("reply", "method_denied", error_frame(
-                request_id, "FORBIDDEN", f"method not allowed through this proxy: {method}",
-                {"code": "METHOD_DENIED", "markers": spec.markers}), method=method)
-        required = dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)
-        missing = next((s for s in required if not scope_satisfied(s, self.scopes)), None)
-        if missing is not None:
-            return FrameVerdict("reply", "missing_scope", missing_scope_frame(request_id, missing), method=method)
+        refused = judge_method(self.policy, method, request_id, params, self.scopes)
+        if refused is not None:
+            return refused
         if method == TOOLS_INVOKE:
             return await self._tools_invoke(frame, request_id, params)
         return FrameVerdict("forward", "allowed", method=method)
 
     async def _tools_invoke(self, frame: dict[str, Any], request_id: Any, params: Any) -> FrameVerdict:
         """The same tool policy and request limits as POST /tools/invoke."""
-        params = params if isinstance(params, dict) else {}
-        try:
-            invoke = read_invoke_body(encode(params))
-        except BodyError:
-            return FrameVerdict("reply", "missing_tool_name", error_frame(request_id, "INVALID_REQUEST", "tools.invoke requires name"),
-                                method=TOOLS_INVOKE)
-        name = invoke.tool.name
         assert self.scopes is not None
-        if self.policy.gate.blocks(invoke.tool, owner=ADMIN in self.scopes):
-            return FrameVerdict("reply", "tool_denied", error_frame(request_id, "NOT_FOUND", f"Tool not available: {name}"),
-                                method=TOOLS_INVOKE, tool=name)
+        params = params if isinstance(params, dict) else {}
+        judged = judge_tool_frame(self.policy.tools, request_id, params, ADMIN in self.scopes, self.caps)
+        if isinstance(judged, FrameVerdict):
+            return judged
+        name = judged
         limited = await self.limit(self.caller.user if self.caller else None, name)
         if limited is not None:
             return FrameVerdict("reply", limited, error_frame(request_id, "UNAVAILABLE", "Too many requests. Please try again later."),

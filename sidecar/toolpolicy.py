@@ -16,11 +16,19 @@ OWNER_ONLY = OWNER_ONLY_2026_9_6
 # Real core and plugin tool names are ASCII snake case, sometimes namespaced (`server__exec`,
 # `mcp.tool`, `ns:tool`); anything else is a look-alike or an injection attempt (corpus J1, J4).
 _STRICT_NAME = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,127}")
+# What JavaScript's String.prototype.trim removes: Python's str.strip() also strips \x1c-\x1f and
+# \x85 but keeps U+FEFF, so a name padded with those would be read differently by the two.
+_JS_WHITESPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+
+
+def js_trim(value: str) -> str:
+    """`value.trim()` as the gateway (JavaScript) computes it."""
+    return value.strip(_JS_WHITESPACE)
 
 
 def normalize_policy_name(name: str) -> str:
     """Lower-case and alias, as upstream's normalizeToolPolicyName does for config entries."""
-    lowered = name.strip().lower()
+    lowered = js_trim(name).lower()
     return TOOL_ALIASES_2026_9_6.get(lowered, lowered)
 
 
@@ -52,11 +60,14 @@ class ToolGate:
     def from_config(cls, allow: Iterable[str], deny: Iterable[str]) -> "ToolGate":
         return cls(frozenset(map(normalize_policy_name, allow)), frozenset(map(normalize_policy_name, deny)))
 
-    def blocks(self, tool: ToolName, *, owner: bool) -> bool:
+    def refusal(self, tool: ToolName, *, owner: bool) -> str | None:
+        """Why this filter removes the tool (for the audit line and `explain`), or None."""
         if not tool.acceptable:
-            return True
+            return "a look-alike name (not ASCII snake case, or changed by NFKC)"
         if tool.name in self.deny:
-            return True
+            return f"gateway.tools.deny lists {tool.name!r}"
         if tool.name in HARD_DENY and tool.name not in self.allow:
-            return True
-        return not owner and tool.name in OWNER_ONLY
+            return f"{tool.name!r} is on the HTTP hard deny list and gateway.tools.allow does not lift it"
+        if not owner and tool.name in OWNER_ONLY:
+            return f"{tool.name!r} is owner-only and the caller lacks operator.admin"
+        return None

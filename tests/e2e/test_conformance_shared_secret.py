@@ -64,8 +64,9 @@ OWNER_ONLY = (
     "automations", "gateway", "plugins", "sessions", "screen", "terminal", "portal", "conversations_list",
     "conversations_send", "conversations_turn", "nodes", "computer", "mobile_ui", "openclaw",
 )
-# Requested spelling -> post-alias name the refusal names.
-ALIASES = {"cron": "automations", "bash": "exec", "apply-patch": "apply_patch", "CRON": "automations"}
+# Requested spelling -> the name the refusal names: the gateway renames `cron` alone and looks every
+# other spelling up exactly, naming it as sent.
+ALIASES = {"cron": "automations"}
 
 
 def not_available(name: str) -> dict[str, Any]:
@@ -700,7 +701,7 @@ def test_c61_gateway_tools_deny_wins_over_allow(http, be, allow_deny_sc, scopes)
 
 def test_c61_deny_wins_over_allow_for_bearer_owners(http, be, token_allow_sc):
     assert_refused(invoke(http, token_allow_sc, {"tool": "exec"}), 404, not_available("exec"), be)
-    assert_refused(invoke(http, token_allow_sc, {"tool": "bash"}), 404, not_available("exec"), be)
+    assert_refused(invoke(http, token_allow_sc, {"tool": "bash"}), 404, not_available("bash"), be)
 
 
 @pytest.mark.parametrize("requested", ["cron", "gateway", "nodes"])
@@ -722,7 +723,13 @@ def test_c64_hard_denied_tools_are_404_even_for_admin(http, be, none_sc, request
                    not_available(requested), be)
 
 
-@pytest.mark.parametrize("requested", ["sessions", "screen"])
+def test_c65_screen_is_never_built_on_http(http, be, none_sc):
+    """2026.9.6 builds `screen` only for clients announcing `ui-commands`: HTTP has none, so even
+    an admin gets the gateway's 404 (reference case 65 predates it)."""
+    assert_refused(invoke(http, none_sc, {"tool": "screen"}, token=None, headers=ADMIN), 404, not_available("screen"), be)
+
+
+@pytest.mark.parametrize("requested", ["sessions"])
 def test_c65_owner_only_tools_404_for_write_and_reach_gateway_for_admin(http, be, none_sc, requested):
     assert_refused(invoke(http, none_sc, {"tool": requested}, token=None, headers=WRITE), 404,
                    not_available(requested), be)
@@ -758,7 +765,7 @@ def test_owner_only_list_refuses_non_owners_even_when_allowed(http, be, none_all
                    not_available(expected), be)
 
 
-@pytest.mark.parametrize("requested", [*OWNER_ONLY, "cron"])
+@pytest.mark.parametrize("requested", [*(t for t in OWNER_ONLY if t != "screen"), "cron"])
 def test_owner_only_list_passes_owners_when_allowed(http, be, none_allow_sc, requested):
     expected = ALIASES.get(requested, requested)
     resp = invoke(http, none_allow_sc, {"tool": requested}, token=None, headers=ADMIN)
@@ -778,10 +785,15 @@ def test_write_scope_caller_still_reaches_ordinary_tools(http, be, none_allow_sc
 @pytest.mark.parametrize("requested", ["browser", "BROWSER", "sessions_list"])
 def test_c66_gateway_tools_deny_refuses_the_tool(http, be, none_allow_sc, requested):
     assert_refused(invoke(http, none_allow_sc, {"tool": requested}, token=None, headers=ADMIN), 404,
-                   not_available(requested.lower()), be)
+                   not_available(requested), be)
 
 
-@pytest.mark.parametrize("requested", ["cron", "automations", "CRON"])
+def test_c67_a_request_spelled_other_than_the_tool_is_the_gateways_404(http, be, token_allow_sc):
+    """`CRON` in gateway.tools.allow lifts automations, but the lookup itself is exact."""
+    assert_refused(invoke(http, token_allow_sc, {"tool": "CRON"}), 404, not_available("CRON"), be)
+
+
+@pytest.mark.parametrize("requested", ["cron", "automations"])
 def test_c67_allow_cron_in_any_case_reenables_automations_for_owners(http, be, token_allow_sc, requested):
     resp = invoke(http, token_allow_sc, {"tool": requested})
     assert resp.status_code == 404

@@ -244,9 +244,9 @@ def test_unchanged_body_is_forwarded_byte_for_byte(http, be, sc):
 
 
 @pytest.mark.parametrize("body,expected_args", [
-    ({"name": "Agents_List"}, None),
+    ({"name": "agents_list\u3000"}, None),  # JavaScript's trim takes U+3000 too
     ({"name": " agents_list ", "args": {"k": "v"}}, {"k": "v"}),
-    ({"tool": "AGENTS_LIST"}, None),
+    ({"name": None, "tool": "\tagents_list"}, None),
 ])
 def test_normalised_name_is_what_the_backend_sees(http, be, sc, body, expected_args):
     resp = invoke(http, sc, body)
@@ -261,7 +261,7 @@ def test_normalised_name_is_what_the_backend_sees(http, be, sc, body, expected_a
 
 
 def test_normalised_name_in_a_chunked_body_is_forwarded_consistently(be, sc):
-    body = b'{"name":"Agents_List","args":{"k":"v"}}'
+    body = b'{"name":" agents_list ","args":{"k":"v"}}'
     raw = (b"POST /tools/invoke HTTP/1.1\r\nHost: sidecar.test\r\nAuthorization: Bearer T\r\n"
            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
            + b"%x\r\n" % 10 + body[:10] + b"\r\n" + b"%x\r\n" % (len(body) - 10) + body[10:] + b"\r\n0\r\n\r\n")
@@ -270,6 +270,15 @@ def test_normalised_name_in_a_chunked_body_is_forwarded_consistently(be, sc):
     record = only_request(be)
     sent = json.loads(record["body"])
     assert (sent["name"], sent["tool"], sent["args"]) == ("agents_list", "agents_list", {"k": "v"})
+
+
+@pytest.mark.parametrize("name", ["Agents_List", "AGENTS_LIST", "bash"])
+def test_other_spellings_get_the_gateways_exact_lookup_404(http, be, sc, name):
+    """The gateway looks names up exactly (only `cron` is renamed): nothing goes upstream."""
+    resp = invoke(http, sc, {"name": name})
+    assert resp.status_code == 404
+    assert resp.json() == {"ok": False, "error": {"type": "not_found", "message": f"Tool not available: {name}"}}
+    assert be.requests() == []
 
 
 def test_conflicting_name_and_tool_forward_the_checked_name_in_both(http, be, sc):

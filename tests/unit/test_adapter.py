@@ -296,6 +296,17 @@ async def test_body_refusal_sets_the_envelope(guard: ToolsInvokeGuard, body: byt
     assert flow.request.headers["authorization"] == f"Bearer {TOKEN}"  # not rebuilt: nothing went upstream
 
 
+async def test_a_tool_refusal_is_audited_with_its_layer(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar import audit
+
+    entries: list[audit.AuditEntry] = []
+    monkeypatch.setattr(audit, "record", entries.append)
+    await run(guard, make_flow(headers=[AUTH], body=b'{"tool":"read"}'))
+    (entry,) = entries
+    assert (entry.decision, entry.reason, entry.tool) == ("refused", "tool_denied", "read")
+    assert entry.detail is not None and entry.detail.startswith("http-surface: never built on HTTP")
+
+
 async def test_invalid_json_is_400(guard: ToolsInvokeGuard) -> None:
     flow = await run(guard, make_flow(headers=[AUTH], body=b'{"tool":'))
     assert flow.response is not None and flow.response.status_code == 400

@@ -45,6 +45,15 @@ def test_a_line_is_one_json_object_with_every_field(audit_file: Path) -> None:
     assert line["time"].endswith("Z") and line["previous_secret"] is True and line["scopes"] == ["operator.write"]
 
 
+def test_a_refusal_carries_its_detail_and_others_omit_it(audit_file: Path) -> None:
+    audit.record(entry(detail="group: channels.irc.groups['9'].tools: deny 'agents_list'"))
+    audit.record(entry(decision="forwarded", reason="allowed", status=200))
+    audit.close()
+    refused, forwarded = map(json.loads, audit_file.read_text().splitlines())
+    assert refused["reason"] == "tool_denied" and refused["detail"] == "group: channels.irc.groups['9'].tools: deny 'agents_list'"
+    assert "detail" not in forwarded
+
+
 def test_every_decision_is_counted_and_shadowed_ones_by_reason() -> None:
     counter = DECISIONS.labels(route="other", outcome="shadowed", reason="allowed")
     shadowed = SHADOWED.labels(reason="route_refused")

@@ -549,6 +549,28 @@ gateway:
     }
 
 
+def test_only_the_policy_parts_of_the_gateways_other_sections_are_kept(tmp_path: Path) -> None:
+    """Channel bot tokens, tool API keys and sandbox environments never enter the sidecar."""
+    document = {
+        "channels": {"irc": {"token": "BOT-SECRET", "groups": {"9": {"tools": {"deny": ["theme"]}}},
+                             "accounts": {"work": {"password": "ACCOUNT-SECRET", "groups": {}}, "other": "x"}}},
+        "tools": {"profile": "coding", "web": {"search": {"enabled": False, "apiKey": "SEARCH-SECRET"}},
+                  "exec": {"env": {"K": "EXEC-SECRET"}}},
+        "agents": {"list": [{"id": "main", "default": True, "tools": {"deny": ["x"]},
+                             "sandbox": {"mode": "all", "docker": {"env": {"K": "SANDBOX-SECRET"}}}}],
+                   "defaults": {"model": {"apiKey": "MODEL-SECRET"}, "subagents": {"maxSpawnDepth": 2}}},
+        "session": {"scope": "global", "reset": {"token": "SESSION-SECRET"}},
+    }
+    rules = load_config(write(tmp_path, "c.json", json.dumps(document)), environ={}).rules
+    assert rules.channels == {"irc": {"groups": {"9": {"tools": {"deny": ["theme"]}}},
+                                      "accounts": {"work": {"groups": {}}, "other": "x"}}}
+    assert rules.tools == {"profile": "coding", "web": {"search": {"enabled": False}}}
+    assert rules.agents == {"list": [{"id": "main", "default": True, "tools": {"deny": ["x"]}, "sandbox": {"mode": "all"}}],
+                            "defaults": {"subagents": {"maxSpawnDepth": 2}}}
+    assert rules.session == {"scope": "global"}
+    assert "SECRET" not in json.dumps(rules.model_dump())
+
+
 def test_redacted_view_hides_env_and_file_secrets(tmp_path: Path) -> None:
     token_file = write(tmp_path, "token", "FILE-SECRET")
     text = f"gateway:\n  auth: {{tokenFile: '{token_file}'}}\n"

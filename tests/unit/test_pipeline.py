@@ -777,8 +777,10 @@ BODY_REFUSALS = [
     ("64-exec", b'{"tool":"exec"}', envelopes.tool_not_available("exec"), "tool_denied"),
     ("64-apply-patch", b'{"tool":"apply_patch"}', envelopes.tool_not_available("apply_patch"), "tool_denied"),
     ("64-nodes", b'{"tool":"nodes"}', envelopes.tool_not_available("nodes"), "tool_denied"),
-    ("J1-bash", b'{"tool":"bash"}', envelopes.tool_not_available("exec"), "tool_denied"),
-    ("J1-EXEC", b'{"tool":" EXEC "}', envelopes.tool_not_available("exec"), "tool_denied"),
+    # The gateway looks names up exactly: other spellings get its 404 naming them as sent.
+    ("J1-bash", b'{"tool":"bash"}', envelopes.tool_not_available("bash"), "tool_denied"),
+    ("J1-EXEC", b'{"tool":" EXEC "}', envelopes.tool_not_available("EXEC"), "tool_denied"),
+    ("J1-Agents_List", b'{"tool":"Agents_List"}', envelopes.tool_not_available("Agents_List"), "tool_denied"),
     ("J4-fullwidth", '{"tool":"ｅｘｅｃ"}'.encode(), envelopes.tool_not_available("ｅｘｅｃ"), "tool_denied"),
     ("J4-zero-width", '{"tool":"agents\u200b_list"}'.encode(), envelopes.tool_not_available("agents\u200b_list"), "tool_denied"),
     ("name-tool-differential", b'{"name":"exec","tool":"agents_list"}', envelopes.tool_not_available("exec"), "tool_denied"),
@@ -828,7 +830,7 @@ async def test_other_route_body_is_forwarded_unchanged(make) -> None:
         (b'{"tool":"agents_list","args":[1,2]}', None, "agents_list"),  # case 55
         (b'{"tool":"agents_list","dryRun":true}', None, "agents_list"),  # case 57
         (b'{"name":"agents_list","tool":"nope"}', b'{"name":"agents_list","tool":"agents_list"}', "agents_list"),  # case 52
-        (b'{"tool":" Agents_List "}', b'{"tool":"agents_list","name":"agents_list"}', "agents_list"),
+        (b'{"tool":" agents_list "}', b'{"tool":"agents_list","name":"agents_list"}', "agents_list"),
         (b'{"tool":"sessions"}', None, "sessions"),  # owner reaches owner-only tools (case 65)
     ],
 )
@@ -961,6 +963,7 @@ async def test_shadow_mode_forwards_policy_refusals_and_names_them(make) -> None
     assert isinstance(head, Admitted)
     forward = await h.pipeline.on_body(head, BODY)
     assert isinstance(forward, Forward) and forward.shadowed == ("tool_denied",) and forward.tool == "agents_list"
+    assert forward.detail == "gateway: gateway.tools.deny lists 'agents_list'"  # what enforcement would have said
     refused_route = await h.pipeline.on_head(view("POST", "/v1/chat/completions", [("Content-Length", "0")]))
     assert isinstance(refused_route, Admitted) and refused_route.shadowed == ("route_refused",)
     assert ("Authorization", f"Bearer {UPSTREAM}") in refused_route.headers  # in as an authenticated caller
@@ -976,3 +979,48 @@ async def test_shadow_mode_forwards_policy_refusals_and_names_them(make) -> None
 async def test_shadow_mode_still_enforces_authentication_and_hygiene(make, request_view, reason) -> None:
     result = await make(extra=SHADOW).pipeline.on_head(request_view)
     assert isinstance(result, Refuse) and result.reason == reason, result
+
+
+async def test_shadow_mode_enforces_the_gateways_session_errors(make) -> None:
+    """A malformed key is not policy: the gateway would refuse it too, so it is never shadowed."""
+    h = make(extra=SHADOW)
+    result = await h.pipeline.on_body(await admitted(h), b'{"tool":"sessions_list","sessionKey":"agent:main"}')
+    assert_refused(result, envelopes.invalid_request('malformed session key "agent:main"'), "session_invalid")
+
+
+# ---- the tool policy chain (sidecar/toolchain.py) ---------------------------------------------------
+
+
+async def test_a_policy_refusal_names_its_layer_for_the_audit_line(make) -> None:
+    h = make(extra={"tools": {"profile": "minimal"}})
+    result = await h.pipeline.on_body(await admitted(h), BODY)
+    assert_refused(result, envelopes.tool_not_available("agents_list"), "tool_denied")
+    assert isinstance(result, Refuse) and result.tool == "agents_list"
+    assert result.detail == "profile: profile 'minimal': not in the allow list"
+
+
+@pytest.mark.parametrize("extra, headers, refused", [
+    ({}, [("x-openclaw-message-channel", "node")], True),  # keeps only canvas, pdf, tts, ... for node
+    ({}, [("x-openclaw-message-channel", "webchat")], False),
+    # Not allow-listed: stripped before the gateway, so it cannot filter there either.
+    ({"sidecar": {"contextHeaders": {"allow": []}}}, [("x-openclaw-message-channel", "node")], False),
+    # Pinned: the gateway sees the pinned value whatever the caller sent.
+    ({"sidecar": {"contextHeaders": {"pinned": {"*": {"x-openclaw-message-channel": "node"}}}}},
+     [("x-openclaw-message-channel", "webchat")], True),
+])
+async def test_tool_policy_reads_the_context_headers_the_gateway_will_receive(make, extra, headers, refused) -> None:
+    h = make(extra=extra)
+    result = await h.pipeline.on_body(await admitted(h, headers=headers), BODY)
+    assert isinstance(result, Refuse) is refused, result
+    if refused:
+        assert isinstance(result, Refuse) and result.detail is not None and result.detail.startswith("message-provider: ")
+
+
+async def test_group_policy_follows_the_forwarded_account(make) -> None:
+    groups = {"channels": {"irc": {"groups": {"9": {"tools": {"deny": ["sessions_list"]}}},
+                                   "accounts": {"work": {"groups": {"9": {"tools": {"deny": ["agents_list"]}}}}}}}}
+    h = make(extra=groups)
+    body = b'{"tool":"agents_list","sessionKey":"irc:group:9"}'
+    assert isinstance(await h.pipeline.on_body(await admitted(h), body), Forward)
+    refused = await h.pipeline.on_body(await admitted(h, headers=[("x-openclaw-account-id", "work")]), body)
+    assert isinstance(refused, Refuse) and refused.detail is not None and "accounts.work.groups" in refused.detail

@@ -20,7 +20,8 @@ from sidecar.config import load_config
 from tests.unit.fakes import NeverLimits
 from sidecar.pipeline import Admitted, Forward, Pipeline, Refuse
 from sidecar.rpc import RpcSession
-from sidecar.toolpolicy import normalize_tool_name
+from sidecar.body import read_invoke_body
+from sidecar.toolchain import ToolRequest
 from sidecar.view import RequestView
 
 settings.register_profile("ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -88,11 +89,9 @@ def test_a_forwarded_tool_call_never_names_a_refused_tool(headers, body) -> None
     auth = ((b"Host", b"gw"), (b"Authorization", b"Bearer " + TOKEN.encode()))
     decision = decide(RequestView("POST", "/tools/invoke", auth + tuple(headers), "203.0.113.7"), body)
     if isinstance(decision, Forward) and decision.admitted.route == "tools-invoke":
-        forwarded = json.loads(decision.body if decision.body is not None else body)
-        name = forwarded.get("name") if forwarded.get("name") is not None else forwarded.get("tool")
-        tool = normalize_tool_name(name)
-        assert not PIPELINE.gate.blocks(tool, owner=True), name
-        assert tool.name not in ("exec", "agents_list", "nodes")
+        forwarded = read_invoke_body(decision.body if decision.body is not None else body)
+        assert not PIPELINE.tools.decide(ToolRequest(forwarded, owner=True)).refused, forwarded.spelled
+        assert forwarded.tool.name not in ("exec", "agents_list", "nodes")
 
 
 HOSTILE = st.sampled_from([
@@ -146,6 +145,116 @@ def test_rpc_frames_always_get_a_verdict_and_denied_methods_never_pass(frames) -
                 sent = json.loads(verdict.payload if verdict.payload is not None else content)
                 assert sent["method"] not in PIPELINE.rpc_policy.denied
                 if sent["method"] == "tools.invoke":
-                    assert not PIPELINE.gate.blocks(normalize_tool_name(sent["params"]["name"]), owner=True)
+                    judged = read_invoke_body(json.dumps(sent["params"]).encode())
+                    assert not PIPELINE.tools.decide(ToolRequest(judged, owner=True)).refused
 
     asyncio.run(run())
+
+
+# ---- the tool policy chain: more rules never open a tool ---------------------------------------------
+
+TOOLS = st.sampled_from(["agents_list", "session_status", "sessions_list", "theme", "tts", "web_fetch", "gateway", "sessions",
+                         "browser", "file_fetch", "message", "progress_card", "ask_user", "create_goal", "subagents",
+                         "some_plugin_tool", "read", "apply_patch", "sessions_spawn", "automations"])
+ENTRIES = TOOLS | st.sampled_from(["*", "sess*", "*_list", "group:sessions", "group:agents", "group:plugins", "file-transfer",
+                                   "update_plan", "web_*", "write", "BASH", "cron", "Theme"])
+# Mostly permissive lists, so that a refusal often hinges on the one list an example edits.
+LIST = st.lists(st.sampled_from(["*", "*", "*"]) | ENTRIES, min_size=1, max_size=4)
+DENY = st.lists(st.sampled_from(["zz_other", "zz_other"]) | ENTRIES, min_size=1, max_size=3)
+KEYS = st.sampled_from(["main", "agent:main:main", "agent:ops:main", "irc:group:9", "irc:group:7:thread:1", "subagent:x",
+                        "agent:main:subagent:a:subagent:b", "side", "agent:main:cron:j", "agent:ops:irc:channel:9"])
+
+
+def _policy() -> st.SearchStrategy[dict]:
+    return st.fixed_dictionaries({"allow": LIST, "alsoAllow": LIST, "deny": DENY})
+
+
+POLICY_CONFIGS = st.fixed_dictionaries({
+    "tools": st.fixed_dictionaries({
+        "profile": st.sampled_from([None, None, "minimal", "coding", "messaging", "full"]), "allow": LIST, "alsoAllow": LIST,
+        "deny": DENY, "sandbox": st.fixed_dictionaries({"tools": _policy()}),
+        "subagents": st.fixed_dictionaries({"tools": _policy()}),
+    }),
+    "agents": st.fixed_dictionaries({
+        "ownership": st.just("explicit"),
+        "defaults": st.fixed_dictionaries({
+            "systemAgent": st.just({"agentId": "main"}), "sandbox": st.fixed_dictionaries({"mode": st.sampled_from(["off", "off", "all", "non-main"])}),
+            "subagents": st.fixed_dictionaries({"maxSpawnDepth": st.integers(1, 3)}),
+        }),
+        "list": st.tuples(_policy(), _policy()).map(lambda p: [{"id": "main", "tools": p[0]}, {"id": "ops", "tools": p[1]}]),
+    }),
+    "channels": st.fixed_dictionaries({"irc": st.fixed_dictionaries({"groups": st.fixed_dictionaries({
+        "9": st.fixed_dictionaries({"tools": st.fixed_dictionaries({"allow": LIST, "deny": DENY})}),
+        "*": st.fixed_dictionaries({"tools": st.fixed_dictionaries({"allow": LIST, "deny": DENY})}),
+    })})}),
+    "gateway": st.fixed_dictionaries({"tools": st.fixed_dictionaries({"allow": LIST, "deny": DENY})}),
+})
+CALLS = st.fixed_dictionaries({"name": TOOLS, "sessionKey": KEYS})
+DENY_PATHS = [("tools", "deny"), ("tools", "sandbox", "tools", "deny"), ("tools", "subagents", "tools", "deny"),
+              ("agents", "list", 0, "tools", "deny"), ("agents", "list", 1, "tools", "deny"),
+              ("channels", "irc", "groups", "9", "tools", "deny"), ("channels", "irc", "groups", "*", "tools", "deny"),
+              ("gateway", "tools", "deny")]
+ALLOW_PATHS = [("tools", "allow"), ("tools", "alsoAllow"), ("tools", "sandbox", "tools", "allow"),
+               ("tools", "sandbox", "tools", "alsoAllow"), ("tools", "subagents", "tools", "allow"),
+               ("tools", "subagents", "tools", "alsoAllow"), ("agents", "list", 0, "tools", "allow"),
+               ("agents", "list", 0, "tools", "alsoAllow"), ("agents", "list", 1, "tools", "allow"),
+               ("channels", "irc", "groups", "9", "tools", "allow"), ("channels", "irc", "groups", "*", "tools", "allow"),
+               ("gateway", "tools", "allow")]
+
+
+def _refused(config: dict, call: dict, channel: str | None, owner: bool) -> bool:
+    """Whether the chain refuses the call (tool and session key) with that config and caller."""
+    from sidecar.config import OpenClawRules
+    from sidecar.toolchain import ToolChain
+
+    chain = ToolChain(OpenClawRules.model_validate(config))
+    return chain.decide(ToolRequest(read_invoke_body(json.dumps(call).encode()), owner, channel)).refused
+
+
+def _edited(config: dict, path: tuple, edit) -> dict:
+    copy = json.loads(json.dumps(config))
+    node = copy
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = edit(node[path[-1]])
+    return copy
+
+
+# Every list of POLICY_CONFIGS, each allowing everything: an example that starts from it and sets
+# only the list it edits makes the refusal hinge on that one list.
+PERMISSIVE = json.loads(json.dumps({
+    "tools": {"profile": None, "allow": ["*"], "alsoAllow": ["*"], "deny": ["zz_other"],
+              "sandbox": {"tools": {"allow": ["*"], "alsoAllow": ["*"], "deny": ["zz_other"]}},
+              "subagents": {"tools": {"allow": ["*"], "alsoAllow": ["*"], "deny": ["zz_other"]}}},
+    "agents": {"ownership": "explicit", "defaults": {"systemAgent": {"agentId": "main"}, "sandbox": {"mode": "all"},
+                                                     "subagents": {"maxSpawnDepth": 3}},
+               "list": [{"id": agent, "tools": {"allow": ["*"], "alsoAllow": ["*"], "deny": ["zz_other"]}} for agent in ("main", "ops")]},
+    "channels": {"irc": {"groups": {g: {"tools": {"allow": ["*"], "deny": ["zz_other"]}} for g in ("9", "*")}}},
+    "gateway": {"tools": {"allow": ["zz_other"], "deny": ["zz_other"]}},
+}))
+REQUESTS = st.tuples(CALLS, st.sampled_from([None, "node", "voice"]), st.booleans())
+
+
+def _start(focus: bool, random_config: dict, path: tuple, entries: list) -> dict:
+    return _edited(PERMISSIVE, path, lambda _: entries) if focus else random_config
+
+
+@given(st.booleans(), POLICY_CONFIGS, st.sampled_from(DENY_PATHS), st.lists(st.just("*") | ENTRIES, min_size=1, max_size=3),
+       REQUESTS, ENTRIES)
+def test_adding_a_deny_entry_never_turns_a_refusal_into_an_allow(focus, random_config, path, entries, request, entry) -> None:
+    config = _start(focus, random_config, path, entries)
+    if _refused(config, *request):
+        assert _refused(_edited(config, path, lambda listed: [*listed, entry]), *request)
+
+
+@given(st.booleans(), POLICY_CONFIGS, st.sampled_from(ALLOW_PATHS), st.lists(ENTRIES, min_size=2, max_size=4), REQUESTS,
+       st.integers(0, 3))
+def test_removing_an_allow_entry_never_turns_a_refusal_into_an_allow(focus, random_config, path, entries, request, index) -> None:
+    """Of a list that keeps an entry: emptying an allow list means "no restriction" upstream."""
+    config = _start(focus, random_config, path, entries)
+    listed = config
+    for key in path:
+        listed = listed[key]
+    if len(listed) < 2 or not _refused(config, *request):
+        return
+    assert _refused(_edited(config, path, lambda e: e[:index % len(e)] + e[index % len(e) + 1:]), *request)

@@ -13,14 +13,15 @@ from sidecar.rpc import (
     scope_satisfied,
 )
 from sidecar.scopes import DEFAULT_SCOPES, ResolvedScopes
-from sidecar.toolpolicy import ToolGate
+from sidecar.config import OpenClawRules
+from sidecar.toolchain import ToolChain
 
 SECRET = "frame-secret"
 UPSTREAM = {"token": "upstream-credential"}
 
 
 def policy(**overrides: Any) -> RpcPolicy:
-    values: dict[str, Any] = dict(gate=ToolGate.from_config((), ()), allow_methods=frozenset(), allow_nodes=False,
+    values: dict[str, Any] = dict(tools=ToolChain(OpenClawRules()), allow_methods=frozenset(), allow_nodes=False,
                                   upstream_auth=UPSTREAM)
     values.update(overrides)
     return RpcPolicy(**values)
@@ -59,9 +60,9 @@ def req(method: str, params: Any = None, request_id: str = "r1") -> bytes:
     return json.dumps({"type": "req", "id": request_id, "method": method, "params": params or {}}).encode()
 
 
-async def connected(scopes: list[str] | None = None, **kwargs: Any) -> RpcSession:
+async def connected(scopes: list[str] | None = None, caps: list[str] | None = None, **kwargs: Any) -> RpcSession:
     rpc, _ = session(**kwargs)
-    verdict = await rpc.client_frame(connect_frame(scopes=scopes or list(DEFAULT_SCOPES)))
+    verdict = await rpc.client_frame(connect_frame(scopes=scopes or list(DEFAULT_SCOPES), **({"caps": caps} if caps else {})))
     assert verdict.verdict == "forward", verdict
     return rpc
 
@@ -255,19 +256,39 @@ async def test_dynamic_methods_are_judged_on_their_params() -> None:
 
 
 async def test_tools_invoke_goes_through_the_tool_policy() -> None:
-    rpc = await connected(scopes=["operator.write"], gate=ToolGate.from_config((), ("agents_list",)))
-    for name in ("exec", "agents_list", "ＥＸＥＣ"):
+    denied = ToolChain(OpenClawRules.model_validate({"gateway": {"tools": {"deny": ["agents_list"]}}}))
+    rpc = await connected(scopes=["operator.write"], tools=denied)
+    for name in ("exec", "agents_list", "ＥＸＥＣ", "Sessions_List"):
         verdict = await rpc.client_frame(req("tools.invoke", {"name": name, "args": {}}))
         assert (verdict.verdict, verdict.reason) == ("reply", "tool_denied"), name
-        assert answer(verdict)["error"]["code"] == "NOT_FOUND"
+        assert answer(verdict)["error"] == {"code": "NOT_FOUND", "message": f"Tool not available: {name}"}
+        assert verdict.detail  # the deciding layer reaches the audit line
     assert (await rpc.client_frame(req("tools.invoke", {"args": {}}))).reason == "missing_tool_name"
+
+
+async def test_tools_invoke_session_errors_are_the_gateways_400_and_never_shadowed() -> None:
+    rpc = await connected(scopes=["operator.write"], shadow=True)
+    verdict = await rpc.client_frame(req("tools.invoke", {"name": "sessions_list", "sessionKey": "agent:main"}))
+    assert (verdict.verdict, verdict.reason) == ("reply", "session_invalid")
+    assert answer(verdict)["error"] == {"code": "INVALID_REQUEST", "message": 'malformed session key "agent:main"'}
+    shadowed = await rpc.client_frame(req("tools.invoke", {"name": "exec"}))
+    assert (shadowed.verdict, shadowed.shadowed, shadowed.reason) == ("forward", True, "tool_denied")
+    assert shadowed.detail and shadowed.detail.startswith("http-surface:")
+
+
+async def test_tools_invoke_reads_the_connections_client_caps() -> None:
+    """`screen` is built only for clients announcing `ui-commands`: without it the gateway has none."""
+    without = await connected(scopes=["operator.admin"])
+    assert (await without.client_frame(req("tools.invoke", {"name": "screen"}))).reason == "tool_denied"
+    with_caps = await connected(scopes=["operator.admin"], caps=["ui-commands"])
+    assert (await with_caps.client_frame(req("tools.invoke", {"name": "screen"}))).verdict == "forward"
 
 
 async def test_tools_invoke_forwards_the_name_it_judged() -> None:
     """`tool` is dropped and `name` normalised: what ran is what was checked (name/tool differential)."""
     recorder = Recorder()
     rpc = await connected(scopes=["operator.write"], recorder=recorder)
-    verdict = await rpc.client_frame(req("tools.invoke", {"name": " Sessions_List ", "tool": "exec", "args": {"x": 1}}))
+    verdict = await rpc.client_frame(req("tools.invoke", {"name": " sessions_list ", "tool": "exec", "args": {"x": 1}}))
     assert verdict.verdict == "forward" and verdict.tool == "sessions_list"
     assert answer(verdict)["params"] == {"name": "sessions_list", "args": {"x": 1}}
     assert recorder.limits == [(None, "sessions_list")]

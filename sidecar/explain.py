@@ -1,0 +1,133 @@
+"""`openclaw-sidecar explain`: the sidecar's answer to one tool call, layer by layer, from config.
+
+It runs the pieces the proxy runs (the scope check, the context-header rebuild, the RPC method
+table, `ToolChain`), so what it prints is what a running sidecar with that config decides for that
+caller. Nothing is sent anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .body import BodyError, read_invoke_body
+from .config import Config
+from .envelopes import missing_scope, missing_tool_name
+from .headers import HeaderPlan, rebuild_headers
+from .pipeline import ACCOUNT_HEADER, CHANNEL_HEADER
+from .rpc import TOOLS_INVOKE, RpcPolicy, error_frame, judge_method, tool_refusal_frame
+from .scopes import ceilings_from_config, parse_scope_header, resolve_scopes
+from .toolchain import CATALOGUE_VERSION, Step, ToolChain, ToolDecision, ToolRequest, detail_of
+from .view import RequestView
+
+_FRAME_ID = "explain"
+
+
+def explain(config: Config, tool: str, *, scopes: str | None = None, user: str | None = None,
+            session_key: str | None = None, agent_id: str | None = None, channel: str | None = None,
+            account: str | None = None, websocket_method: str | None = None) -> dict[str, Any]:
+    """The decision as a JSON-able dict; `scopes` is an x-openclaw-scopes value (absent: the
+    gateway's default set, as a shared-secret caller holds), capped by the user's ceiling."""
+    chain = ToolChain(config.rules)
+    ceilings = config.sidecar.scope_ceilings
+    granted = resolve_scopes(parse_scope_header(scopes), ceilings_from_config(ceilings.default, ceilings.identities).ceiling_for(user))
+    body: dict[str, Any] = {"name": tool}
+    body.update({k: v for k, v in (("sessionKey", session_key), ("agentId", agent_id)) if v is not None})
+    result: dict[str, Any] = {
+        "gatewayVersion": CATALOGUE_VERSION, "surface": "websocket" if websocket_method else "http",
+        "request": {"body": body, "channel": channel, "account": account, "user": user, "websocketMethod": websocket_method},
+        "scopes": list(granted.scopes), "owner": granted.owner,
+    }
+    if websocket_method:
+        return _websocket(result, chain, RpcPolicy.from_config(config, chain), websocket_method, body, frozenset(granted.scopes))
+    if not granted.allows_invoke:
+        step = Step("scopes", "deny", "POST /tools/invoke needs operator.write or operator.admin")
+        return _finish(result, [step], 403, json.loads(missing_scope().body), "missing_scope")
+    scope_step = Step("scopes", "allow", "operator.write or operator.admin: may invoke tools")
+    context = _upstream_context(config, user, channel, account)
+    result["upstreamContext"] = {"channel": context.get(CHANNEL_HEADER), "account": context.get(ACCOUNT_HEADER)}
+    try:
+        invoke = read_invoke_body(json.dumps(body).encode())
+    except BodyError:
+        return _finish(result, [scope_step], 400, json.loads(missing_tool_name().body), "missing_tool_name")
+    decision = chain.decide(ToolRequest(invoke, granted.owner, context.get(CHANNEL_HEADER), context.get(ACCOUNT_HEADER)))
+    envelope = json.loads(decision.envelope().body) if decision.refused else None
+    return _finish(result, [scope_step, *decision.steps], decision.status, envelope, decision.reason, decision)
+
+
+def _websocket(result: dict[str, Any], chain: ToolChain, policy: RpcPolicy, method: str, params: dict[str, Any],
+               scopes: frozenset[str]) -> dict[str, Any]:
+    """A `req` frame on an RPC connection granted these scopes (and announcing no client caps)."""
+    refused = judge_method(policy, method, _FRAME_ID, params, scopes)
+    if refused is not None:
+        step = Step("websocket-method", "deny", f"{method}: {refused.reason}")
+        return _finish(result, [step], None, _frame(refused.payload), refused.reason)
+    step = Step("websocket-method", "allow", f"{method}: known, not on the deny list, scope held")
+    if method != TOOLS_INVOKE:
+        return _finish(result, [step], None, None, "allowed")
+    try:
+        invoke = read_invoke_body(json.dumps(params).encode())
+    except BodyError:
+        refusal = error_frame(_FRAME_ID, "INVALID_REQUEST", "tools.invoke requires name")
+        return _finish(result, [step], None, json.loads(refusal), "missing_tool_name")
+    decision = chain.decide(ToolRequest(invoke, "operator.admin" in scopes))
+    frame = _frame(tool_refusal_frame(_FRAME_ID, decision, invoke.tool.name).payload) if decision.refused else None
+    return _finish(result, [step, *decision.steps], None, frame, decision.reason, decision)
+
+
+def _frame(payload: bytes | None) -> Any:
+    return None if payload is None else json.loads(payload)
+
+
+def _upstream_context(config: Config, user: str | None, channel: str | None, account: str | None) -> dict[str, str]:
+    """The two context headers tool policy reads, as the gateway will receive them: dropped unless
+    allow-listed, replaced when pinned for the user."""
+    sent = tuple((name.encode(), value.encode()) for name, value in
+                 ((CHANNEL_HEADER, channel), (ACCOUNT_HEADER, account)) if value is not None)
+    settings = config.sidecar.context_headers
+    plan = HeaderPlan(owned=(), context_allow=frozenset(settings.allow), pinned=settings.pinned_for(user))
+    rebuilt = rebuild_headers(RequestView("POST", "/tools/invoke", sent, "127.0.0.1"), plan)
+    return {name.lower(): value for name, value in rebuilt if name.lower() in (CHANNEL_HEADER, ACCOUNT_HEADER)}
+
+
+def _finish(result: dict[str, Any], steps: list[Step], status: int | None, body: Any, reason: str,
+            decision: ToolDecision | None = None) -> dict[str, Any]:
+    session = decision.session if decision is not None else None
+    refused = body is not None
+    result.update({
+        "session": None if session is None else {"agent": session.agent, "key": session.key},
+        "layers": [{"layer": s.layer, "verdict": s.verdict, "rule": s.rule} for s in steps],
+        "decision": "refuse" if refused else "forward", "status": status, "body": body, "reason": reason,
+        "detail": detail_of(steps),
+    })
+    return result
+
+
+def render_text(result: dict[str, Any]) -> str:
+    """The same decision for a terminal: the request, the caller, then one line per layer."""
+    request = result["request"]
+    target = f"RPC {request['websocketMethod']}" if result["surface"] == "websocket" else "POST /tools/invoke"
+    lines = [
+        f"request  {target} {json.dumps(request['body'], ensure_ascii=False)}",
+        f"caller   user {request['user'] or '-'}, scopes {','.join(result['scopes']) or '(none)'}"
+        f" ({'owner' if result['owner'] else 'not owner'})",
+    ]
+    if "upstreamContext" in result:
+        context = result["upstreamContext"]
+        lines.append(f"context  channel {context['channel'] or '-'}, account {context['account'] or '-'} (as forwarded)")
+    if result["session"]:
+        lines.append(f"session  agent {result['session']['agent']!r}, key {result['session']['key']!r}")
+    width = max(len(layer["layer"]) for layer in result["layers"])
+    lines += ["", f"  {'layer'.ljust(width)}  verdict  rule"]
+    lines += [f"  {layer['layer'].ljust(width)}  {layer['verdict'].upper() if layer['verdict'] == 'deny' else layer['verdict']:<7}  "
+              f"{layer['rule']}" for layer in result["layers"]]
+    lines.append("")
+    if result["decision"] == "refuse":
+        status = f" {result['status']}" if result["status"] is not None else " (error res, connection kept)"
+        lines.append(f"decision refuse{status} {json.dumps(result['body'], ensure_ascii=False, separators=(',', ':'))}")
+        lines.append(f"reason   {result['reason']}" + (f" ({result['detail']})" if result["detail"] else ""))
+    else:
+        left = [layer["layer"] for layer in result["layers"] if layer["verdict"] == "gateway"]
+        lines.append("decision forward" + (f" (the gateway decides: {', '.join(left)})" if left else ""))
+    lines.append(f"policy   openclaw {result['gatewayVersion']} tool catalogue")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,57 @@
+"""`openclaw-sidecar explain`: golden outputs for a handful of decisions (tests/data/explain/).
+
+Set UPDATE_EXPLAIN_GOLDEN=1 to rewrite the files after a deliberate change, then review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sidecar.cli import main
+
+DATA = Path(__file__).parents[1] / "data" / "explain"
+CONFIG = DATA / "policy.json5"
+
+CASES = {
+    "group-deny": ["--tool", "theme", "--session-key", "irc:group:123", "--scopes", "operator.write"],
+    "account-group": ["--tool", "sessions_list", "--session-key", "agent:main:irc:group:123", "--account", "Work"],
+    "unknown-key-agent": ["--tool", "agents_list", "--session-key", "agent:zz:main"],
+    "pinned-voice": ["--tool", "tts", "--user", "voice-bot", "--channel", "webchat"],
+    "plugin-forwarded": ["--tool", "file_fetch"],
+    "agent-allow-list": ["--tool", "file_fetch", "--agent-id", "ops"],
+    "missing-scope": ["--tool", "agents_list", "--scopes", "operator.read"],
+    "rpc-subagent": ["--tool", "theme", "--websocket-method", "tools.invoke", "--session-key", "agent:main:subagent:a"],
+    "rpc-denied-method": ["--tool", "agents_list", "--websocket-method", "terminal.open"],
+}
+
+
+@pytest.mark.parametrize("form", ["txt", "json"])
+@pytest.mark.parametrize("case", CASES)
+def test_explain_matches_its_golden_file(case: str, form: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "--config", str(CONFIG), *CASES[case], *(["--json"] if form == "json" else [])]) == 0
+    out = capsys.readouterr().out
+    golden = DATA / f"{case}.{form}"
+    if os.environ.get("UPDATE_EXPLAIN_GOLDEN"):
+        golden.write_text(out)
+    assert out == golden.read_text()
+
+
+def test_json_and_text_tell_the_same_decision(capsys: pytest.CaptureFixture[str]) -> None:
+    for case, argv in CASES.items():
+        main(["explain", "--config", str(CONFIG), *argv, "--json"])
+        result = json.loads(capsys.readouterr().out)
+        main(["explain", "--config", str(CONFIG), *argv])
+        text = capsys.readouterr().out
+        assert f"decision {result['decision']}" in text, case
+        assert all(layer["rule"] in text for layer in result["layers"]), case
+
+
+def test_a_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"gateway": {"trustedProxies": ["not-an-ip"]}}')
+    assert main(["explain", "--config", str(bad), "--tool", "agents_list"]) == 1
+    assert "gateway.trustedProxies" in capsys.readouterr().err

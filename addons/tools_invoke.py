@@ -210,6 +210,13 @@ class ToolsInvokeGuard:
             if not flows:
                 del self._in_flight[flow.client_conn.id]
 
+    def _live_runtime(self) -> Runtime:
+        """The runtime, inside a hook whose guard has already refused to work without one (a
+        method: mitmproxy reads every attribute of an addon when it registers it)."""
+        if self.runtime is None:
+            raise RuntimeError("no sidecar configuration loaded (set sidecar_config)")
+        return self.runtime
+
     def use_runtime(self, runtime: Runtime) -> None:
         """Swap in a reloaded runtime: requests from here on are judged by it (open WebSockets
         keep the session they were admitted with)."""
@@ -336,7 +343,7 @@ class ToolsInvokeGuard:
             if not isinstance(admitted, Admitted):
                 raise RuntimeError("request reached the body stage without a head decision")
             body = flow.request.raw_content or b""
-            decision = await self.runtime.pipeline.on_body(admitted, body, bool(flow.request.trailers))
+            decision = await self._live_runtime().pipeline.on_body(admitted, body, bool(flow.request.trailers))
             if isinstance(decision, Refuse):
                 await self._refuse(flow, decision, early=False)
             else:
@@ -357,7 +364,7 @@ class ToolsInvokeGuard:
             return
         upstream_status = flow.response.status_code
         try:
-            replacement = self.runtime.pipeline.review_response(admitted, upstream_status)  # type: ignore[union-attr]
+            replacement = self._live_runtime().pipeline.review_response(admitted, upstream_status)
             if replacement is not None:
                 log.warning("upstream answered %s on %s; body replaced", upstream_status, admitted.route)
                 flow.response = response_of(replacement)
@@ -467,11 +474,11 @@ class ToolsInvokeGuard:
             flow.response = response_of(envelope)
 
     def _start_body_timer(self, flow: http.HTTPFlow) -> None:
-        seconds = self.runtime.config.sidecar.timeouts.body_read_seconds
+        seconds = self._live_runtime().config.sidecar.timeouts.body_read_seconds
         self._schedule(flow, seconds, lambda: answer_directly(flow, envelopes.body_timeout()), audit_as="body_timeout")
 
     def _start_upstream_timer(self, flow: http.HTTPFlow) -> None:
-        seconds = self.runtime.config.sidecar.timeouts.upstream_read_seconds
+        seconds = self._live_runtime().config.sidecar.timeouts.upstream_read_seconds
 
         def expire() -> None:
             if flow.response is None and flow.live:
@@ -510,8 +517,9 @@ class ToolsInvokeGuard:
         if not isinstance(admitted, Admitted) or not admitted.rpc:
             return
         try:
-            flow.metadata[RPC_SESSION] = self.runtime.pipeline.rpc_session(admitted)  # type: ignore[union-attr]
-            seconds = self.runtime.config.sidecar.websocket.connect_seconds  # type: ignore[union-attr]
+            runtime = self._live_runtime()
+            flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(admitted)
+            seconds = runtime.config.sidecar.websocket.connect_seconds
             self._schedule(flow, seconds, lambda: close_websocket(flow, 1008, "connect timeout"), audit_as="websocket_connect_timeout")
         except Exception:
             INTERNAL_ERRORS.inc()

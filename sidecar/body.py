@@ -81,13 +81,12 @@ def read_invoke_body(raw: bytes) -> InvokeBody:
     if requested is None:
         raise BodyError("missing_name")
     tool = normalize_tool_name(requested)
-    session = {"spelled": requested, "session_key": payload.get("sessionKey"), "agent_id": payload.get("agentId")}
     # A 2026.4 gateway reads only `tool`: `{"name":"agents_list","tool":"exec"}` must not pass as-is.
     untouched = _name_or_tool(payload) == tool.name and payload.get("tool", tool.name) == tool.name
     if untouched:
-        return InvokeBody(tool, raw, **session)
+        return InvokeBody(tool, raw, requested, payload.get("sessionKey"), payload.get("agentId"))
     rewritten = {**payload, "name": tool.name, "tool": tool.name}
     try:
-        return InvokeBody(tool, compact_json(rewritten), **session)
+        return InvokeBody(tool, compact_json(rewritten), requested, payload.get("sessionKey"), payload.get("agentId"))
     except RecursionError as exc:  # nesting deeper than the rewrite can walk
         raise BodyError("invalid_json", "JSON nested too deeply to rewrite") from exc

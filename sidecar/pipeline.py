@@ -54,9 +54,14 @@ class FailureLimiter(Protocol):
 
 
 class LimitVerdictLike(Protocol):
-    allowed: bool
-    retry_after_s: int
-    unavailable: bool
+    """Read-only, so the limiters' frozen verdicts satisfy it."""
+
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def retry_after_s(self) -> int: ...
+    @property
+    def unavailable(self) -> bool: ...
 
 
 class RequestLimiter(Protocol):
@@ -313,7 +318,7 @@ class Pipeline:
         own = opened and entry.credential == "own"
         if match.query_credential is not None and not own:
             return RouteAccess(refusal="query_credential")
-        policy = entry.default_policy
+        policy: str = entry.default_policy
         if entry.name == "control-ui":
             policy = {"public": "public", "authenticated": "authenticated", "off": "refused"}[self.config.sidecar.routes.control_ui]
         if policy == "refused" and not opened:

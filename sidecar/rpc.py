@@ -267,11 +267,12 @@ class RpcSession:
         request_id, params = frame.get("id"), frame.get("params")
         if frame["method"] != "connect" or not isinstance(params, dict):
             raise FrameError(1008, "the first frame must be connect")
-        client = params.get("client") if isinstance(params.get("client"), dict) else {}
+        raw_client, raw_auth = params.get("client"), params.get("auth")
+        client = raw_client if isinstance(raw_client, dict) else {}
         if (params.get("role", "operator") != "operator" or client.get("mode") == "node") and not self.policy.allow_nodes:
             return self._refuse_connect(request_id, "node_role", "INVALID_REQUEST",
                                         "role not allowed through this proxy: only operator connections are relayed")
-        auth = params.get("auth") if isinstance(params.get("auth"), dict) else {}
+        auth = raw_auth if isinstance(raw_auth, dict) else {}
         if self.caller is None:
             presented = auth.get("token") if isinstance(auth.get("token"), str) else auth.get("password")
             outcome = await self.check_secret(presented if isinstance(presented, str) else None)

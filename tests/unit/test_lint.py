@@ -1,4 +1,4 @@
-"""Undefined names, unused imports and bugbear findings fail the suite, not a later reader."""
+"""Undefined names, unused imports, bugbear findings and type errors fail the suite, not a later reader."""
 
 from __future__ import annotations
 
@@ -13,4 +13,10 @@ def test_ruff_finds_nothing() -> None:
     ruff = Path(sys.executable).parent / "ruff"
     result = subprocess.run([str(ruff), "check", "sidecar", "addons", "tests", "bench"], cwd=REPO,
                             capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_finds_nothing() -> None:
+    """mypy with the pydantic plugin ([tool.mypy] in pyproject.toml) over the product's code."""
+    result = subprocess.run([sys.executable, "-m", "mypy", "sidecar", "addons"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

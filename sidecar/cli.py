@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import secrets
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config, redacted_view, split_host_port
+from .config import ENV_PREFIX, Config, camel_keys, load_config, redacted_view, split_host_port, unknown_environment
 from .errors import ConfigError
 from .probe.arguments import add_arguments as add_probe_arguments
 
@@ -38,10 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the sidecar in front of a gateway")
-    run.add_argument("--config", required=True, type=Path, help="YAML or JSON5 config file")
-    run.add_argument("--listen", help="HOST:PORT to listen on (overrides config and env)")
-    run.add_argument("--upstream", help="gateway URL, e.g. http://127.0.0.1:18789")
+    run = commands.add_parser(
+        "run", help="run the sidecar in front of a gateway",
+        description="Run the sidecar. Every setting has a default; precedence: flags > environment "
+                    f"({ENV_PREFIX}<KEY>, nested with __, e.g. {ENV_PREFIX}RATE_LIMIT__STORAGE) > file > defaults.",
+    )
+    run.add_argument("--config", type=Path, help="YAML or JSON5 config file (default: none, every setting at its default)")
+    run.add_argument("--listen", help=f"HOST:PORT to listen on (default 127.0.0.1:18790; env {ENV_PREFIX}LISTEN)")
+    run.add_argument("--upstream", help=f"gateway URL (default http://127.0.0.1:18789; env {ENV_PREFIX}UPSTREAM)")
 
     demo = commands.add_parser("demo", help="demo backend plus sidecar with a fresh token")
     demo.add_argument("--listen", default="127.0.0.1:18790", help="sidecar HOST:PORT (default %(default)s)")
@@ -50,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--listen", default="127.0.0.1:18789", help="HOST:PORT (default %(default)s)")
     backend.add_argument("--token", help="require this bearer token (default: none)")
 
-    check = commands.add_parser("check-config", help="validate a config file and print it, secrets redacted")
-    check.add_argument("file", type=Path)
+    check = commands.add_parser(
+        "check-config", help="validate a config file and print it, secrets redacted",
+        description="Print the effective configuration (camelCase, secrets masked) and exit 0; exit 1 naming each "
+                    "bad key, or when the config can never authenticate anyone.",
+    )
+    check.add_argument("file", type=Path, help="YAML or JSON5 config file")
 
     explain = commands.add_parser("explain", help="show how the tool policy decides one tool call, layer by layer")
     explain.add_argument("--config", required=True, type=Path, help="YAML or JSON5 config file")
@@ -98,7 +107,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _report_config_error(exc)
     _setup_logging(config.sidecar.log_level)
+    _warn_unknown_environment()
     return _serve(config, args.config, overrides)
+
+
+def _warn_unknown_environment() -> None:
+    for name in unknown_environment(os.environ):
+        log.warning("%s names no setting and is ignored (see `openclaw-sidecar run --help`)", name)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -106,7 +121,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = load_config(args.file)
     except ConfigError as exc:
         return _report_config_error(exc)
-    print(json.dumps(redacted_view(config), indent=2, sort_keys=True))
+    print(json.dumps(camel_keys(redacted_view(config)), indent=2, sort_keys=True))
+    for name in unknown_environment(os.environ):
+        print(f"warning: {name} names no setting and is ignored", file=sys.stderr)
+    if config.secrets.problems:  # every request would be refused: not a usable config
+        for problem in config.secrets.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 

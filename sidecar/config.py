@@ -245,14 +245,19 @@ class _FileSection(PydanticBaseSettingsSource):
         return _snake_keys(self.settings_cls, self.current.get())
 
 
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (directly or as `Model | None`), if any."""
+    return next((t for t in (annotation, *getattr(annotation, "__args__", ()))
+                 if isinstance(t, type) and issubclass(t, BaseModel)), None)
+
+
 def _snake_keys(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
     fields = model.model_fields
     by_camel = {to_camel(name): name for name in fields}
     converted: dict[str, Any] = {}
     for key, value in data.items():
         name = by_camel.get(key, key)
-        annotation = fields[name].annotation if name in fields else None
-        nested = next((t for t in (annotation, *getattr(annotation, "__args__", ())) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        nested = _nested_model(fields[name].annotation) if name in fields else None
         converted[name] = _snake_keys(nested, value) if nested and isinstance(value, Mapping) else value
     return converted
 
@@ -321,9 +326,9 @@ def split_host_port(value: str) -> tuple[str, int]:
 def _field_names(model: type[BaseModel]) -> set[str]:
     names = set(model.model_fields)
     for info in model.model_fields.values():
-        for t in (info.annotation, *getattr(info.annotation, "__args__", ())):
-            if isinstance(t, type) and issubclass(t, BaseModel):
-                names |= _field_names(t)
+        nested = _nested_model(info.annotation)
+        if nested is not None:
+            names |= _field_names(nested)
     return names
 
 
@@ -588,7 +593,7 @@ def read_structured_file(path: Path, key: str) -> dict[str, Any]:
         try:
             data = parse(text)
         except Exception as exc:  # yaml and json5 raise their own types; both mean "not parseable"
-            errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            errors.append(_parse_error(exc))
             continue
         if data is None:
             return {}
@@ -596,6 +601,16 @@ def read_structured_file(path: Path, key: str) -> dict[str, Any]:
             raise ConfigError([(key, f"{str(path)!r} must hold a mapping at the top level")])
         return data
     raise ConfigError([(key, f"cannot parse {str(path)!r}: {errors[-1]}")])
+
+
+def _parse_error(exc: Exception) -> str:
+    """The parser's complaint, with YAML's line and column kept (json5 puts them in its message)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -608,14 +623,43 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+# pydantic's wording for the mistakes people make in a config file, in plain words.
+_PLAIN_WORDS = {
+    "tuple_type": "must be a list", "list_type": "must be a list", "dict_type": "must be a mapping",
+    "extra_forbidden": "is not a setting the sidecar knows (check the spelling)",
+    "bool_parsing": "must be true or false", "bool_type": "must be true or false",
+    "int_parsing": "must be a whole number", "float_parsing": "must be a number",
+    "string_type": "must be a string", "missing": "is required",
+}
+
+
 def _validation_problems(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
     problems = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         loc = [to_camel(p) if p in _SETTING_NAMES else p for p in loc]  # as spelled in the file
         path = ".".join(loc)
-        problems.append((f"{prefix}{path}" if path else prefix.rstrip("."), err["msg"]))
+        problems.append((f"{prefix}{path}" if path else prefix.rstrip("."), _PLAIN_WORDS.get(err["type"], err["msg"])))
     return problems
+
+
+ENV_PREFIX = "OPENCLAW_SIDECAR_"
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """`OPENCLAW_SIDECAR_*` variables that name no setting (pydantic-settings ignores them): a
+    misspelled override must not go unnoticed."""
+    def known(path: list[str], model: type[BaseModel]) -> bool:
+        field = model.model_fields.get(path[0])
+        if field is None or len(path) == 1:
+            return field is not None
+        nested = _nested_model(field.annotation)
+        return nested is not None and known(path[1:], nested)
+
+    return sorted(
+        name for name in environ
+        if name.upper().startswith(ENV_PREFIX) and not known(name[len(ENV_PREFIX):].lower().split("__"), SidecarSettings)
+    )
 
 
 def openclaw_config_path(config_path: Path | None, sidecar: SidecarSettings) -> Path | None:
@@ -659,6 +703,19 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(_validation_problems(exc, "")) from None
     return Config(sidecar, rules, resolve_secrets(rules, sidecar, environ))
+
+
+def camel_keys(value: Any) -> Any:
+    """Setting names as the README and config files spell them (`rateLimit`, not `rate_limit`);
+    keys that are data (identities, header names) stay as written."""
+    if isinstance(value, Mapping):
+        return {to_camel(k) if k in _ALL_FIELD_NAMES else k: camel_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [camel_keys(v) for v in value]
+    return value
+
+
+_ALL_FIELD_NAMES = _field_names(SidecarSettings) | _field_names(OpenClawRules)
 
 
 def redacted_view(config: Config) -> dict[str, Any]:

@@ -231,11 +231,53 @@ def test_check_config_names_every_bad_key(tmp_path):
 
 
 def test_check_config_unparseable_file_exits_1(tmp_path):
-    bad = write_config(tmp_path / "bad.yaml", "sidecar: [unclosed\n")
+    bad = write_config(tmp_path / "bad.yaml", "sidecar:\n  listen: [a\n  x: 1\n")
     done = sidecar_cli("check-config", str(bad))
     assert done.returncode == 1
     assert "configuration error" in done.stderr
+    assert "at line 3, column 4" in done.stderr  # YAML's own position, kept
     assert "Traceback" not in done.stderr
+
+
+def test_check_config_speaks_plainly_in_the_files_spelling(tmp_path):
+    bad = write_config(tmp_path / "c.yaml", "sidecar:\n  routes: {allow: 5}\n  enforce: maybe\n")
+    done = sidecar_cli("check-config", str(bad))
+    assert done.returncode == 1
+    assert "sidecar.routes.allow: must be a list" in done.stderr
+    assert "sidecar.enforce: must be true or false" in done.stderr
+    good = write_config(tmp_path / "g.yaml", {"sidecar": {"contextHeaders": {"pinned": {"alice_b": {"x-openclaw-account-id": "a"}}}},
+                                              "gateway": {"auth": {"token": "t"}}})
+    done = sidecar_cli("check-config", str(good), env={"OPENCLAW_SIDECAR_LISTN": "127.0.0.1:1"})
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["sidecar"]["rateLimit"]["maxEntries"] == 10000 and "rate_limit" not in data["sidecar"]
+    assert "alice_b" in data["sidecar"]["contextHeaders"]["pinned"]  # data keys stay as written
+    assert "OPENCLAW_SIDECAR_LISTN names no setting" in done.stderr
+
+
+def test_check_config_fails_a_config_that_can_never_authenticate(tmp_path):
+    config = write_config(tmp_path / "c.yaml", {"gateway": {"auth": {"mode": "token"}}})
+    done = sidecar_cli("check-config", str(config))
+    assert done.returncode == 1
+    assert "no token resolved" in done.stderr
+    assert json.loads(done.stdout)["effective"]["problems"]  # the view is still printed
+
+
+def test_run_needs_no_config_file(tmp_path):
+    """Every setting has a default; flags and the environment are enough."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "run", "--listen", f"127.0.0.1:{port}"], cwd=REPO,
+        env=_env({"OPENCLAW_SIDECAR_ADMIN_LISTEN": "127.0.0.1:0", "OPENCLAW_SIDECAR_RUNTIME_DIR": str(tmp_path / "run"),
+                  "OPENCLAW_GATEWAY_TOKEN": "t"}),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = iter(proc.stdout.readline, "")  # type: ignore[union-attr]
+        assert any(line.startswith(f"openclaw-sidecar listening on http://127.0.0.1:{port}") for line in lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
 
 
 def test_check_config_prints_effective_config_with_secrets_redacted(tmp_path):

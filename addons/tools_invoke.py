@@ -91,12 +91,6 @@ def view_of(flow: http.HTTPFlow) -> RequestView:
     )
 
 
-def response_with_close(envelope: Envelope) -> http.Response:
-    response = response_of(envelope)
-    response.headers["Connection"] = "close"
-    return response
-
-
 def response_of(envelope: Envelope) -> http.Response:
     return http.Response.make(envelope.status, envelope.body, [(k.encode(), v.encode()) for k, v in envelope.headers])
 
@@ -143,15 +137,23 @@ def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
     writer = compat.client_writer(flow.client_conn)
     if writer is None or not (flow.client_conn.state & ConnectionState.CAN_WRITE):
         return False
-    response = response_with_close(envelope)
     # mitmproxy would otherwise write its own `100 Continue` after our answer and our EOF.
     flow.request.headers.pop("expect", None)
-    writer.write(http1.assemble_response(response))
-    writer.write_eof()
+    write_final_answer(writer, envelope)
     flow.client_conn.state &= ~ConnectionState.CAN_WRITE
     flow.metadata[ANSWERED] = envelope.status
-    asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
     return True
+
+
+def write_final_answer(writer: asyncio.StreamWriter, envelope: Envelope) -> None:
+    """The last thing said on a connection: the answer with `Connection: close`, our EOF, then the
+    socket closed after a linger (so the client reads the answer before any reset)."""
+    response = response_of(envelope)
+    response.headers["Connection"] = "close"
+    writer.write(http1.assemble_response(response))
+    if writer.can_write_eof():
+        writer.write_eof()
+    asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
 
 
 def websocket_message_limit(flow: http.HTTPFlow) -> int:
@@ -298,10 +300,7 @@ class ToolsInvokeGuard:
         writer = compat.client_writer(client)
         if writer is None:
             return
-        writer.write(http1.assemble_response(response_with_close(envelopes.head_timeout())))
-        if writer.can_write_eof():
-            writer.write_eof()
-        asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
+        write_final_answer(writer, envelopes.head_timeout())
 
     # ---- hooks ----------------------------------------------------------------------------
 

@@ -54,13 +54,16 @@ class Reloader:
 
     def check(self) -> bool | None:
         """Reload if a watched file changed; None when nothing did."""
-        if fingerprint(watched_files(self.config_path, self.runtime.config)) == self._seen:
+        current = fingerprint(watched_files(self.config_path, self.runtime.config))
+        if current == self._seen:
             return None
-        return self.reload("file change")
+        return self._reload("file change", current)
 
     def reload(self, why: str) -> bool:
-        # A rejected file is not retried until it changes again.
-        self._seen = fingerprint(watched_files(self.config_path, self.runtime.config))
+        return self._reload(why, fingerprint(watched_files(self.config_path, self.runtime.config)))
+
+    def _reload(self, why: str, current: tuple[tuple[str, str | None], ...]) -> bool:
+        self._seen = current  # a rejected file is not retried until it changes again
         try:
             config = load_config(self.config_path, self.overrides)
             self._seen = fingerprint(watched_files(self.config_path, config))

@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 
 # Set-up is quiet: pip's output goes to $(VENV)/install.log and is shown only when it fails.
 $(STAMP): pyproject.toml scripts/find-python
@@ -19,6 +19,13 @@ test: $(STAMP)
 	scripts/ensure-redis
 	scripts/ensure-gateway $(VENV)/bin/python
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The issue-13 performance report (not part of `make test`): table + bench/results/latest.json.
+# `make bench BENCH_ARGS=--quick` is the ~5-minute version; bench/README.md says what each row means.
+bench: $(STAMP)
+	scripts/ensure-bench-tools
+	scripts/ensure-gateway $(VENV)/bin/python
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

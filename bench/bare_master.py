@@ -1,0 +1,28 @@
+"""Reference (a): the sidecar's own embedded mitmproxy Master, built by the same `build_master`
+(same addon chain, same options) from the same config file, with an addon that does nothing in
+place of the enforcement addon. What enforcement costs is the sidecar's CPU minus this one's.
+
+    .venv/bin/python -m bench.bare_master CONFIG
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from addons.embedded import build_master
+from sidecar.config import load_config
+
+
+class NoEnforcement:
+    """Stands where the guard stands in the addon chain; hooks nothing."""
+
+
+async def _run(config_path: Path) -> None:
+    master = build_master(load_config(config_path), NoEnforcement())  # type: ignore[arg-type]
+    await master.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(_run(Path(sys.argv[1])))

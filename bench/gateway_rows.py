@@ -1,0 +1,104 @@
+"""Rows 3: in front of the real OpenClaw gateway (2026.9.6, offline on loopback).
+
+An allowed `agents_list` call in a closed loop at 2 connections (a Python client from
+127.0.0.2), first alone, then while wrk floods 32 connections from 127.0.0.1 with denied `exec`
+calls, bad tokens, or forged X-Forwarded-For; each directly against the gateway and through the
+sidecar. Nothing is pinned: the gateway, the sidecar and the load share both cores, as they
+would in one pod.
+
+The sidecar runs as in a deployment whose clients come through an ingress: loopback is not
+exempt from the auth-failure limiter, so a bad-token flood from one address is locked out
+(429) after `maxAttempts`, while the allowed client, from another address, is not; and the
+sidecar trusts no forwarding proxy (`gateway.trustedProxies: []` in its own file; the gateway
+behind it trusts 127.0.0.1, the sidecar), so a forged X-Forwarded-For is refused (403).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .plumbing import TOKEN, LoadWindow, Service, Wrk, client_loop, http_request, invoke_body, start_sidecar, wrk_script
+from .report import Report, Row
+
+ALLOWED_SOURCE = "127.0.0.2"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ALLOWED_BODY = json.dumps({"tool": "agents_list", "args": {}}).encode()
+FLOODS = [
+    ("exec", "denied exec calls", invoke_body("exec"), AUTH),
+    ("badtoken", "bad tokens", ALLOWED_BODY, {"Authorization": "Bearer wrong-token"}),
+    ("forged", "forged X-Forwarded-For", ALLOWED_BODY, {**AUTH, "X-Forwarded-For": "203.0.113.9"}),
+]
+FLOOD_CONNECTIONS = 32
+TARGET_ALONE, TARGET_FLOOD = 0.9, 0.6
+
+
+def phase(port: int, seconds: float, flood: Path | None) -> dict[str, Any]:
+    load = LoadWindow()
+    wrk = Wrk(f"http://127.0.0.1:{port}/tools/invoke", flood, FLOOD_CONNECTIONS, seconds, cpus=None) if flood else None
+    allowed = client_loop(port, http_request("/tools/invoke", ALLOWED_BODY, AUTH), 2, seconds, source=ALLOWED_SOURCE)
+    result: dict[str, Any] = {"allowed_per_s": allowed.rps, "allowed_p50_ms": allowed.p50_ms,
+                              "allowed_statuses": dict(allowed.statuses)}
+    if wrk is not None:
+        flooded = wrk.result()
+        result.update(flood_per_s=flooded.rps, flood_statuses=flooded.statuses, flood_p50_ms=flooded.p50_ms,
+                      flood_socket_errors=flooded.socket_errors)
+    time.sleep(1)  # let refused connections linger out before the next phase
+    return {**result, **load.end()}
+
+
+def run(report: Report, workdir: Path, seconds: float) -> None:
+    try:
+        from tests.gateway.real_gateway import RealGateway, unavailable_reason
+    except ImportError as exc:
+        report.add(Row("3", "real gateway", "", skipped=f"cannot import tests.gateway.real_gateway: {exc}"))
+        return
+    reason = unavailable_reason()
+    if reason is not None:
+        report.add(Row("3", "real gateway", "", skipped=f"{reason} (scripts/ensure-gateway .venv/bin/python installs it)"))
+        return
+    gateway = RealGateway({"mode": "token", "token": TOKEN})
+    sidecar: Service | None = None
+    try:
+        sidecar = start_sidecar("gw-sidecar", workdir, gateway.url, {"openclawConfig": str(gateway.config_path)},
+                                {"gateway": {"trustedProxies": [], "auth": {"rateLimit": {"exemptLoopback": False}}}},
+                                cpus=None)
+        ports = {"direct": gateway.port, "sidecar": sidecar.port}
+        floods = {key: wrk_script(workdir, f"flood-{key}", body, headers) for key, _, body, headers in FLOODS}
+        phase(gateway.port, 2, None)  # warm-up: the gateway's first calls are slow
+        phase(sidecar.port, 2, None)
+        alone = {name: phase(port, seconds, None) for name, port in ports.items()}
+        report.add(Row("3a", "gateway direct, allowed agents_list at 2 connections", _allowed(alone["direct"]),
+                       data=alone["direct"], error=_check(alone["direct"])))
+        report.add(Row("3b", "through the sidecar, allowed at 2 connections", _allowed(alone["sidecar"]),
+                       "allowed/s ≥ 0.9× gateway direct", _ratio(alone["sidecar"], alone["direct"]), TARGET_ALONE,
+                       alone["sidecar"], _check(alone["sidecar"])))
+        for key, label, _, _ in FLOODS:
+            for name, port in ports.items():
+                result = phase(port, seconds, floods[key])
+                row_id = f"3{'c' if name == 'direct' else 'd'}-{key}"
+                title = f"{'gateway direct' if name == 'direct' else 'through the sidecar'}, allowed under a flood of {label}"
+                measured = f"{_allowed(result)} · flood answered {result['flood_per_s']:,.0f}/s {result['flood_statuses']}"
+                target, threshold = ("allowed/s ≥ 0.6× unloaded", TARGET_FLOOD) if name == "sidecar" else ("vs unloaded", None)
+                report.add(Row(row_id, title, measured, target, _ratio(result, alone[name]), threshold, result, _check(result)))
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+        gateway.stop()
+
+
+def _allowed(result: dict[str, Any]) -> str:
+    return (f"{result['allowed_per_s']:,.0f} allowed/s · p50 {result['allowed_p50_ms']:.1f} ms · "
+            f"foreign {result['foreign_cores']:.2f} cores")
+
+
+def _ratio(result: dict[str, Any], reference: dict[str, Any]) -> float | None:
+    return result["allowed_per_s"] / reference["allowed_per_s"] if reference["allowed_per_s"] else None
+
+
+def _check(result: dict[str, Any]) -> str | None:
+    statuses = result["allowed_statuses"]
+    bad = {code: n for code, n in statuses.items() if code != 200}
+    return f"allowed calls not answered 200: {bad}" if sum(bad.values()) > 0.01 * max(sum(statuses.values()), 1) else None

@@ -16,9 +16,9 @@ from h11 import _readers as h11_readers
 from h11._readers import ChunkedReader
 from mitmproxy import connection, ctx, http
 from mitmproxy.connection import ConnectionState
-from mitmproxy.proxy import commands, events
+from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import websocket
-from mitmproxy.proxy.layers.http import HttpStream, _http1
+from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1
 
 from sidecar.metrics import HEAD_REFUSALS
 
@@ -183,6 +183,24 @@ def client_writer(client: connection.Client) -> asyncio.StreamWriter | None:
     if writer is None or writer.is_closing():
         return None
     return writer
+
+
+def unread_request_bytes(client: connection.Client) -> int:
+    """Bytes the client sent past the current request head that mitmproxy's HTTP/1 reader holds
+    unread: during `requestheaders`, the part of the body already received (0 if not found).
+
+    Found by walking the connection's layer stack (NextLayer → mode layer → NextLayer →
+    HttpLayer) to the client's Http1Server and its receive buffer; mitmproxy has no API for it.
+    """
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(client.id) if proxyserver else None
+    node = handler.layer if handler else None
+    for _ in range(8):  # a reverse proxy is four deep
+        if node is None or isinstance(node, HttpLayer):
+            break
+        node = node.layer if isinstance(node, layer.NextLayer) else getattr(node, "child_layer", None)
+    reader = node.connections.get(client) if isinstance(node, HttpLayer) else None
+    return len(reader.buf) if isinstance(reader, _http1.Http1Server) else 0
 
 
 def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.HTTPFlow], int]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.connection import ConnectionState
-from mitmproxy.net.http import http1
+from mitmproxy.net.http import http1, status_codes
 
 try:  # loaded by mitmdump -s, the repository root may not be on sys.path
     import sidecar  # noqa: F401
@@ -92,7 +92,12 @@ def view_of(flow: http.HTTPFlow) -> RequestView:
 
 
 def response_of(envelope: Envelope) -> http.Response:
-    return http.Response.make(envelope.status, envelope.body, [(k.encode(), v.encode()) for k, v in envelope.headers])
+    """Built directly, with its length: `Response.make` re-derives the body's encoding for each one."""
+    fields = [(k.encode(), v.encode()) for k, v in envelope.headers]
+    fields.append((b"content-length", str(len(envelope.body)).encode()))
+    now = time.time()
+    return http.Response(b"HTTP/1.1", envelope.status, status_codes.RESPONSES.get(envelope.status, "").encode(),
+                         http.Headers(fields), envelope.body, None, now, now)
 
 
 
@@ -319,8 +324,11 @@ class ToolsInvokeGuard:
             decision = await self.runtime.pipeline.on_head(view)
             if isinstance(decision, Refuse):
                 # A refused head with a body still to come is answered at once and the connection
-                # closed: a stranger never makes us buffer a body or keep a flow open for one.
-                await self._refuse(flow, decision, early=pending != 0)
+                # closed: a stranger never makes us wait for a body or keep a flow open for one.
+                # A body that came whole with its head is already here: that answer keeps the
+                # connection, since a reconnect costs us far more than it costs the client.
+                arrived = pending is not None and compat.unread_request_bytes(flow.client_conn) >= pending
+                await self._refuse(flow, decision, early=not arrived)
             else:
                 flow.metadata[ADMITTED] = decision
                 if pending != 0:

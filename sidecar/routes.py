@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from functools import cache
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, Literal
 from urllib.parse import parse_qsl
@@ -226,6 +227,10 @@ def capability_rewrite(path: str) -> tuple[str, bool, bool]:
 # ---- the table ----------------------------------------------------------------------------------
 
 
+ROUTE_CACHE_SIZE = 1024
+ROUTE_CACHEABLE_LENGTH = 256
+
+
 @dataclass(frozen=True)
 class RouteTable:
     """The pinned gateway's routes, placed for one deployment (hooks path, Control UI base path)."""
@@ -234,6 +239,12 @@ class RouteTable:
     websocket: tuple[RouteEntry, ...]
     base_path: str = ""
     control_ui_enabled: bool = True
+    # Routing is a pure function of (method, path, query, websocket) and nearly every request
+    # repeats one seen before: short ones are cached, so a flood of distinct paths holds little.
+    _cached_match: Callable[[str, str, str, bool], RouteMatch] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_cached_match", lru_cache(maxsize=ROUTE_CACHE_SIZE)(self._match))
 
     @classmethod
     def for_deployment(cls, *, hooks_path: str | None = None, base_path: str | None = None,
@@ -248,6 +259,11 @@ class RouteTable:
 
     def match(self, method: str, path: str, query: str, *, websocket: bool) -> RouteMatch:
         """The handler the gateway dispatches to for a canonical (WHATWG) path and query."""
+        if len(path) + len(query) <= ROUTE_CACHEABLE_LENGTH:
+            return self._cached_match(method, path, query, websocket)
+        return self._match(method, path, query, websocket)
+
+    def _match(self, method: str, path: str, query: str, websocket: bool) -> RouteMatch:
         routed, scoped, malformed = capability_rewrite(path)
         names = _query_names(query) if query else set()
         capability = scoped or CAPABILITY_QUERY in names

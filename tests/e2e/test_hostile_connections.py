@@ -45,6 +45,21 @@ def test_refused_head_whose_small_body_never_arrives_is_still_answered(sidecar, 
     assert [line["decision"] for line in sidecar.audit_lines()] == ["refused"], sidecar.audit_lines()
 
 
+def test_a_refused_request_whose_body_came_with_it_keeps_the_connection(sidecar, backend) -> None:
+    """Closing would make every refused keep-alive client reconnect, and a new connection costs
+    the sidecar far more CPU than the refusal itself; a body still to come is the case above."""
+    body = b'{"tool":"agents_list","args":{}}'
+    request = (b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    with _connect(sidecar) as sock:
+        for _ in range(2):
+            sock.sendall(request)
+            reply = read_response(sock)
+            assert reply.status == 401
+            assert (reply.header("connection") or "keep-alive").lower() != "close"
+    assert backend.requests() == []
+
+
 @pytest.mark.parametrize("target", [b"/healthz", b"/tools/invoke"])
 def test_request_trailers_close_the_connection_without_a_crash(sidecar, backend, target: bytes) -> None:
     auth = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"

@@ -13,8 +13,8 @@ from h11 import _readers as h11_readers
 from limits.aio.storage import MemoryStorage
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import server
-from mitmproxy.proxy.layers import websocket
-from mitmproxy.proxy.layers.http import HttpStream, _http1
+from mitmproxy.proxy.layers import modes, websocket
+from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1
 
 from addons import compat
 from sidecar.limits_compat import SweepThrottledMemoryStorage
@@ -29,6 +29,16 @@ def test_the_patched_methods_exist_with_the_shapes_wrapped() -> None:
                                        websocket.WebsocketLayer.start)):
         assert len(inspect.signature(method).parameters) == 2, method  # (self, event): generator hooks
     assert issubclass(_http1.ChunkedReader, h11_readers.ChunkedReader)
+
+
+def test_the_unread_body_is_found_through_the_layer_stack() -> None:
+    """unread_request_bytes walks handler.layer (NextLayer) → .layer (the mode) → .child_layer
+    (NextLayer) → .layer (HttpLayer) → .connections[client] (Http1Server) → .buf; the e2e test of
+    a refused request keeping its connection checks the result."""
+    assert "self.layer = layer.NextLayer(" in inspect.getsource(server.ConnectionHandler.__init__)
+    assert "self.child_layer = layer.NextLayer(" in inspect.getsource(modes.ReverseProxy)
+    assert "self.connections" in inspect.getsource(HttpLayer.__init__)
+    assert "self.buf = ReceiveBuffer()" in inspect.getsource(_http1.Http1Connection)
 
 
 def test_the_websocket_layer_builds_its_connections_through_the_module_name() -> None:

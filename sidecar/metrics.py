@@ -3,6 +3,8 @@ process never collide with the global default registry."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -68,3 +70,10 @@ DECISION_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0),
 )
+
+
+@lru_cache(maxsize=4096)
+def decision_counter(route: str, outcome: str, reason: str) -> Counter:
+    """DECISIONS' child for one label set, bound once: `labels()` validates and locks on every
+    call, and every decision counts one (routes, outcomes and reasons are closed sets)."""
+    return DECISIONS.labels(route=route, outcome=outcome, reason=reason)

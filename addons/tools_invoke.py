@@ -536,7 +536,11 @@ class ToolsInvokeGuard:
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
         """Judge each client frame before the gateway reads it; server frames pass unchanged."""
         assert flow.websocket is not None
-        message = flow.websocket.messages[-1]
+        messages = flow.websocket.messages
+        message = messages[-1]
+        # mitmproxy keeps every message of a connection for its UI; a long RPC session would grow
+        # without bound. Only the one being judged is needed (the layer holds it by reference).
+        del messages[:-1]
         if not message.from_client or message.injected:
             return
         if flow.metadata.get(WS_CLOSING):

@@ -540,6 +540,17 @@ async def test_connect_frame_is_rewritten_before_the_gateway_reads_it(ws_guard: 
     guard.websocket_end(flow)
 
 
+async def test_a_long_session_keeps_only_the_message_being_judged(ws_guard: ToolsInvokeGuard) -> None:
+    """mitmproxy appends every message of both directions to the flow; the guard trims the list."""
+    flow = await rpc_flow(ws_guard)
+    await client_sends(ws_guard, flow, {"type": "req", "id": "c1", "method": "connect", "params": {
+        "role": "operator", "scopes": ["operator.read"], "client": {"mode": "cli"}, "auth": {"token": "ignored"}}})
+    for n in range(5):
+        last = await client_sends(ws_guard, flow, {"type": "req", "id": f"h{n}", "method": "health", "params": {}})
+    assert flow.websocket is not None and flow.websocket.messages == [last]
+    ws_guard.websocket_end(flow)
+
+
 async def test_a_frame_judge_that_raises_fails_closed(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
     """mitmproxy would relay the frame if the hook only logged: it is dropped and the connection closed."""
     flow = await rpc_flow(guard)

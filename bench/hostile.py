@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar.demo_backend import DemoBackend  # noqa: E402
+from openclaw_demo.backend import DemoBackend  # noqa: E402
 from tests.e2e.harness import SidecarProcess, read_response  # noqa: E402
 
 TOKEN = "bench-token"

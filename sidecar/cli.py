@@ -1,7 +1,8 @@
 """Command line: the only reader of argv.
 
 `run` and `demo` need the proxy engine; it is imported lazily from `addons.embedded`, so
-importing any `sidecar` module never imports mitmproxy.
+importing any `sidecar` module never imports mitmproxy. `demo` and `demo-backend` likewise import
+the demo gateway from its own package, `openclaw_demo`, only when they run.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_backend(args: argparse.Namespace) -> int:
-    from .demo_backend import serve_forever
+    from openclaw_demo.backend import serve_forever  # the demo is no part of `sidecar`: loaded only here
 
     host, port = split_host_port(args.listen)
     serve_forever(host, port, args.token)
@@ -154,7 +155,7 @@ def cmd_demo_backend(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo_backend import DemoBackend
+    from openclaw_demo.backend import DemoBackend  # the demo is no part of `sidecar`: loaded only here
 
     _setup_logging("WARNING")
     token = secrets.token_urlsafe(24)

@@ -1,7 +1,7 @@
 """What actually reached the backend, read from the demo backend's request record.
 
 `GET {url}/__demo/requests` lists every request the demo backend received (raw target, headers in
-arrival order with duplicates kept); `DELETE` clears it (sidecar/demo_backend.py). Cleared before
+arrival order with duplicates kept); `DELETE` clears it (openclaw_demo/backend.py). Cleared before
 each case and read after it, the record shows what the target forwarded for that case alone.
 """
 

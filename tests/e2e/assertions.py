@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
 from .harness import RawResponse
@@ -28,6 +28,15 @@ def header_values(record: dict[str, Any], name: str) -> list[str]:
 
 def header_names(record: dict[str, Any]) -> set[str]:
     return {k.lower() for k, _ in record["headers"]}
+
+
+def only_forwarded(backend: DemoBackend, response: httpx.Response | RawResponse | None = None) -> dict[str, Any]:
+    """The one request the backend received (after `response`, when given, was a 200)."""
+    if response is not None:
+        assert status_of(response) == 200, (status_of(response), body_of(response))
+    records = backend.requests()
+    assert len(records) == 1, records
+    return records[0]
 
 
 def assert_refused_raw(response: RawResponse, backend: DemoBackend, status: int, body: dict | None = None) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 
@@ -68,8 +68,15 @@ def module_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
 
 @pytest.fixture
 def client() -> Iterator[httpx.Client]:
+    """A plain client for a test's own requests (no proxy from the environment, 15 s timeout)."""
     with httpx.Client(trust_env=False, timeout=httpx.Timeout(15.0)) as http:
         yield http
+
+
+@pytest.fixture
+def http(client: httpx.Client) -> httpx.Client:
+    """`client`, under the name the conformance and forwarding tests use."""
+    return client
 
 
 @pytest.fixture(scope="session")

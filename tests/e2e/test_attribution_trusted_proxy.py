@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 
-from .assertions import assert_refused_raw, compact, header_names, header_values
+from .assertions import assert_refused_raw, compact, header_names, header_values, only_forwarded
 from .conftest import UPSTREAM_TOKEN
-from .expected import AGENTS, AGENTS_RESULT, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED
+from .expected import (
+    AGENTS, AGENTS_RESULT, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED, not_available,
+)
 from .harness import RawResponse, SidecarProcess, TestNet, http_request, raw_exchange
 
 TOKEN = "T-shared-secret-for-attribution"
@@ -39,21 +41,11 @@ RATE_LIMITED = {"error": {"message": "Too many failed authentication attempts. P
                           "type": "rate_limited"}}
 
 
-def not_available(tool: str) -> dict:
-    return {"ok": False, "error": {"type": "not_found", "message": f"Tool not available: {tool}"}}
-
-
 def tool_body(tool: str) -> bytes:
     return compact({"tool": tool, "args": {}})
 
 
 # ---- assertions ------------------------------------------------------------------------------
-
-
-def only_forwarded(backend: DemoBackend) -> dict:
-    records = backend.requests()
-    assert len(records) == 1, records
-    return records[0]
 
 
 def assert_forwarded(

@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
+from tests.builders import write_config
 from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN
@@ -43,11 +44,6 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def sidecar_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sidecar", *args], check=False, cwd=REPO, env=_env(env),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def write_config(path: Path, data: dict[str, Any] | str) -> Path:
-    path.write_text(data if isinstance(data, str) else json.dumps(data))
-    return path
 
 
 # ================================================================== demo

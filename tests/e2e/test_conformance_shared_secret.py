@@ -20,16 +20,18 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
-from .assertions import BACKEND_SERVER, JSON_CT, assert_refused, body_of, header_of, status_of
+from .assertions import (
+    BACKEND_SERVER, JSON_CT, assert_refused, body_of, header_of, header_values, only_forwarded, status_of,
+)
+from .expected import not_available
 from .harness import (
     RawResponse,
     SidecarProcess,
@@ -69,10 +71,6 @@ OWNER_ONLY = (
 ALIASES = {"cron": "automations"}
 
 
-def not_available(name: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"type": "not_found", "message": f"Tool not available: {name}"}}
-
-
 # ------------------------------------------------------------------ helpers
 
 
@@ -83,17 +81,11 @@ def not_available(name: str) -> dict[str, Any]:
 def assert_backend_answered(resp: httpx.Response | RawResponse, backend: DemoBackend) -> dict[str, Any]:
     """The reply came from the backend; returns the one request the backend recorded."""
     assert BACKEND_SERVER in (header_of(resp, "server") or ""), (status_of(resp), body_of(resp))
-    seen = backend.requests()
-    assert len(seen) == 1, seen
-    return seen[0]
+    return only_forwarded(backend)
 
 
 def backend_json(record: dict[str, Any]) -> Any:
     return json.loads(record["body"])
-
-
-def header_values(record: dict[str, Any], name: str) -> list[str]:
-    return [v for k, v in record["headers"] if k.lower() == name.lower()]
 
 
 def base_config(backend: DemoBackend, auth: dict[str, Any], *, tools: dict[str, Any] | None = None,
@@ -170,12 +162,6 @@ def token_allow_sc(be, module_sidecar) -> SidecarProcess:
 @pytest.fixture(scope="module")
 def allow_deny_sc(be, module_sidecar) -> SidecarProcess:
     return module_sidecar(base_config(be, {"mode": "none"}, tools={"allow": ["gateway"], "deny": ["gateway"]}))
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=httpx.Timeout(15.0)) as client:
-        yield client
 
 
 # ================================================================== routing and method (1-4)

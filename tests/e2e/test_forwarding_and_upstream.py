@@ -18,16 +18,16 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
+from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN
-from .assertions import BACKEND_SERVER, JSON_CT, assert_refused, header_names
+from .assertions import BACKEND_SERVER, JSON_CT, assert_refused, header_names, header_values, only_forwarded
 from .harness import SidecarProcess, http_request, raw_exchange
 from .harness import TestNet as _TestNet
 
@@ -64,16 +64,6 @@ SPOOFED_EVIDENCE = [
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def header_values(record: dict[str, Any], name: str) -> list[str]:
-    return [v for k, v in record["headers"] if k.lower() == name.lower()]
-
-
-def only_request(backend: DemoBackend) -> dict[str, Any]:
-    seen = backend.requests()
-    assert len(seen) == 1, seen
-    return seen[0]
 
 
 def assert_no_client_secret(record: dict[str, Any], secret: str = TOKEN) -> None:
@@ -130,12 +120,6 @@ def proxied_sc(be, module_sidecar) -> SidecarProcess:
     return module_sidecar(config(be.url, gateway={"trustedProxies": ["127.0.0.1"]}))
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=httpx.Timeout(15.0)) as client:
-        yield client
-
-
 # ================================================================== owned headers (corpus B, C)
 
 
@@ -147,7 +131,7 @@ def test_loopback_client_owned_headers_are_replaced_and_connection_nominations_d
     resp = raw_exchange((sc.host, sc.port), raw_head("POST", "/tools/invoke", headers, body))
     assert resp.status == 200, resp.body
     assert resp.json()["ok"] is True
-    record = only_request(be)
+    record = only_forwarded(be)
     assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
     assert_no_client_secret(record)
     assert header_values(record, "x-forwarded-for") == []  # loopback client: no XFF (reference (f) 8)
@@ -169,7 +153,7 @@ def test_trusted_proxy_client_is_forwarded_once_and_evidence_headers_stripped(be
                ("Connection", "x-openclaw-scopes, x-custom"), ("X-Custom", "1")]
     resp = raw_exchange((proxied_sc.host, proxied_sc.port), raw_head("POST", "/tools/invoke", headers, body))
     assert resp.status == 200, resp.body
-    record = only_request(be)
+    record = only_forwarded(be)
     assert header_values(record, "x-forwarded-for") == ["203.0.113.50"]  # right-most untrusted hop
     assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
     assert_no_client_secret(record)
@@ -216,7 +200,7 @@ def test_direct_remote_client_is_named_in_exactly_one_xff(be, module_sidecar, te
                        b'{"tool":"agents_list"}')
     resp = testnet.exchange("203.0.113.7", (sc_net.host, sc_net.port), raw)
     assert resp.status == 200, resp.body
-    record = only_request(be)
+    record = only_forwarded(be)
     assert header_values(record, "x-forwarded-for") == ["203.0.113.7"]
     assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
     assert_no_client_secret(record)
@@ -226,7 +210,7 @@ def test_allow_listed_context_headers_pass_unchanged(http, be, sc):
     resp = invoke(http, sc, {"tool": "agents_list"}, headers={"x-openclaw-message-to": "channel:24514",
                                                               "x-openclaw-thread-id": "thread-24514"})
     assert resp.status_code == 200
-    record = only_request(be)
+    record = only_forwarded(be)
     assert header_values(record, "x-openclaw-message-to") == ["channel:24514"]
     assert header_values(record, "x-openclaw-thread-id") == ["thread-24514"]
 
@@ -238,7 +222,7 @@ def test_unchanged_body_is_forwarded_byte_for_byte(http, be, sc):
     body = b'{ "tool" : "agents_list",\n  "args" : { "x" : 1.50, "u" : "\\u00e9\\/" }, "z":[ ] }'
     resp = invoke(http, sc, content=body)
     assert resp.status_code == 200
-    record = only_request(be)
+    record = only_forwarded(be)
     assert record["body"].encode() == body
     assert header_values(record, "content-length") == [str(len(body))]
 
@@ -252,7 +236,7 @@ def test_normalised_name_is_what_the_backend_sees(http, be, sc, body, expected_a
     resp = invoke(http, sc, body)
     assert resp.status_code == 200
     assert resp.json()["ok"] is True
-    record = only_request(be)
+    record = only_forwarded(be)
     sent = json.loads(record["body"])
     assert sent["tool"] == "agents_list"
     assert sent.get("name", "agents_list") == "agents_list"
@@ -267,7 +251,7 @@ def test_normalised_name_in_a_chunked_body_is_forwarded_consistently(be, sc):
            + b"%x\r\n" % 10 + body[:10] + b"\r\n" + b"%x\r\n" % (len(body) - 10) + body[10:] + b"\r\n0\r\n\r\n")
     resp = raw_exchange((sc.host, sc.port), raw)
     assert resp.status == 200, resp.body
-    record = only_request(be)
+    record = only_forwarded(be)
     sent = json.loads(record["body"])
     assert (sent["name"], sent["tool"], sent["args"]) == ("agents_list", "agents_list", {"k": "v"})
 
@@ -285,7 +269,7 @@ def test_conflicting_name_and_tool_forward_the_checked_name_in_both(http, be, sc
     """`{"name":"agents_list","tool":"exec"}`: a 2026.4 gateway reads `tool`; it must say agents_list."""
     resp = invoke(http, sc, {"name": "agents_list", "tool": "exec"})
     assert resp.status_code == 200
-    record = only_request(be)
+    record = only_forwarded(be)
     sent = json.loads(record["body"])
     assert sent["tool"] == "agents_list"
     assert sent["name"] == "agents_list"
@@ -294,14 +278,8 @@ def test_conflicting_name_and_tool_forward_the_checked_name_in_both(http, be, sc
 # ================================================================== upstream faults
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_upstream_is_502_json(http, start_sidecar):
-    sc_dead = start_sidecar(config(f"http://127.0.0.1:{_closed_port()}"))
+    sc_dead = start_sidecar(config(f"http://127.0.0.1:{free_port()}"))
     resp = invoke(http, sc_dead, {"tool": "agents_list"})
     assert resp.status_code == 502
     assert resp.headers["content-type"] == JSON_CT
@@ -321,7 +299,7 @@ def test_slow_upstream_is_504_json(http, be, module_sidecar):
     assert set(data) == {"error"} and set(data["error"]) == {"message", "type"}
     assert data["error"]["type"] == "gateway_timeout"
     assert isinstance(data["error"]["message"], str) and data["error"]["message"]
-    assert json.loads(only_request(be)["body"])["tool"] == "slow"  # it was forwarded
+    assert json.loads(only_forwarded(be)["body"])["tool"] == "slow"  # it was forwarded
 
 
 def test_tool_crash_is_sanitised_500(http, be, sc):
@@ -330,7 +308,7 @@ def test_tool_crash_is_sanitised_500(http, be, sc):
     assert resp.json() == {"ok": False, "error": {"type": "tool_error", "message": "tool execution failed"}}
     assert resp.headers["content-type"] == JSON_CT
     assert b"boom" not in resp.content and b"/srv/secret" not in resp.content
-    assert json.loads(only_request(be)["body"])["tool"] == "fail"
+    assert json.loads(only_forwarded(be)["body"])["tool"] == "fail"
 
 
 def test_backend_404_passes_through_unchanged(http, be, sc):
@@ -339,7 +317,7 @@ def test_backend_404_passes_through_unchanged(http, be, sc):
     assert resp.content == b'{"ok":false,"error":{"type":"not_found","message":"Tool not available: no_such_tool"}}'
     assert resp.headers["content-type"] == JSON_CT
     assert BACKEND_SERVER in resp.headers.get("server", "")
-    only_request(be)
+    only_forwarded(be)
 
 
 def test_response_larger_than_the_request_limit_reaches_the_client(http, be, sc):
@@ -358,7 +336,7 @@ def test_response_larger_than_the_request_limit_reaches_the_client(http, be, sc)
     assert data["ok"] is True
     assert len(data["result"]["args"]["n"]) == count
     assert set(data["result"]["args"]["n"]) == {1e9}
-    assert only_request(be)["body_length"] == len(body)
+    assert only_forwarded(be)["body_length"] == len(body)
 
 
 # ================================================================== other paths
@@ -369,7 +347,7 @@ def test_read_route_with_token_is_proxied_with_its_query(http, be, sc):
                                                                         "x-openclaw-scopes": "operator.read"})
     assert resp.status_code == 200
     assert resp.json() == {"ok": True, "path": "/sessions/main/history?limit=5", "method": "GET"}
-    record = only_request(be)
+    record = only_forwarded(be)
     assert record["method"] == "GET"
     assert record["path"] == "/sessions/main/history?limit=5"
     assert_no_client_secret(record)
@@ -394,7 +372,7 @@ def test_healthz_is_proxied_without_auth_and_client_credentials_replaced(http, b
     resp = http.get(sc.url + "/healthz", headers=headers)
     assert resp.status_code == 200
     assert resp.json() == {"ok": True}
-    record = only_request(be)
+    record = only_forwarded(be)
     assert record["path"] == "/healthz"
     for name, value in record["headers"]:
         assert value != "Bearer wrong", name
@@ -463,7 +441,7 @@ def test_websocket_passthrough_relays_frames_unread(be, passthrough_sc):
         sock.sendall(_ws_frame(0x1, b"hello sidecar"))
         assert read_frame(sock, rest) == (0x81, b"hello sidecar")
         sock.sendall(_ws_frame(0x8, struct.pack("!H", 1000)))
-    record = only_request(be)
+    record = only_forwarded(be)
     assert record["path"] == "/ws"
     assert_no_client_secret(record)
     assert [v.lower() for v in header_values(record, "upgrade")] == ["websocket"]
@@ -503,7 +481,7 @@ def test_upstream_credential_defaults_to_the_shared_secret(http, start_sidecar):
                                     "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
         resp = invoke(http, sc_default, {"tool": "agents_list"})
         assert resp.status_code == 200
-        record = only_request(own)
+        record = only_forwarded(own)
         assert header_values(record, "authorization") == [f"Bearer {TOKEN}"]
 
 
@@ -514,7 +492,7 @@ def test_upstream_credential_from_token_file(http, be, start_sidecar, tmp_path):
                              "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
     resp = invoke(http, sc_file, {"tool": "agents_list"})
     assert resp.status_code == 200
-    assert_no_client_secret(only_request(be))
+    assert_no_client_secret(only_forwarded(be))
 
 
 def test_none_mode_without_upstream_credential_forwards_no_authorization(http, start_sidecar):
@@ -522,7 +500,7 @@ def test_none_mode_without_upstream_credential_forwards_no_authorization(http, s
         sc_none = start_sidecar({"sidecar": {"upstream": open_backend.url}, "gateway": {"auth": {"mode": "none"}}})
         resp = invoke(http, sc_none, {"tool": "agents_list"}, token="client-supplied")
         assert resp.status_code == 200
-        record = only_request(open_backend)
+        record = only_forwarded(open_backend)
         assert header_values(record, "authorization") == []
         assert header_values(record, "x-openclaw-scopes") == [DEFAULT_SCOPES]
 
@@ -533,4 +511,4 @@ def test_password_mode_default_upstream_credential_is_the_password(http, start_s
                                "gateway": {"auth": {"mode": "password", "password": "P"}}})
         resp = invoke(http, sc_pw, {"tool": "agents_list"}, token="P")
         assert resp.status_code == 200
-        assert header_values(only_request(own), "authorization") == ["Bearer P"]
+        assert header_values(only_forwarded(own), "authorization") == ["Bearer P"]

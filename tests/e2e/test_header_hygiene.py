@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 
-from .assertions import assert_refused_raw, header_names, header_values
+from .assertions import assert_refused_raw, header_names, header_values, only_forwarded
 from .conftest import UPSTREAM_TOKEN
-from .expected import AGENTS, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED
+from .expected import AGENTS, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED, not_available
 from .harness import RawResponse, SidecarProcess, TestNet
 
 TOKEN = "T-shared-secret-for-hygiene"
@@ -30,10 +30,6 @@ FORWARDED_CLIENT = "203.0.113.9"
 LISTEN = "203.0.113.1:0"
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
-
-
-def not_available(tool: str) -> dict:
-    return {"ok": False, "error": {"type": "not_found", "message": f"Tool not available: {tool}"}}
 
 
 # ---- raw requests ----------------------------------------------------------------------------
@@ -61,13 +57,6 @@ def assert_bad_request(response: RawResponse, backend: DemoBackend, mentions: st
     assert payload["error"]["type"] == "invalid_request_error", payload
     if mentions is not None:
         assert mentions.lower() in payload["error"]["message"].lower(), payload
-
-
-def only_forwarded(backend: DemoBackend, response: RawResponse) -> dict:
-    assert response.status == 200, (response.status, response.body)
-    records = backend.requests()
-    assert len(records) == 1, records
-    return records[0]
 
 
 def assert_owned_headers(record: dict, *, scopes: str, xff: str | None, user: str | None = None,

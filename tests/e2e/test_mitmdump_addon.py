@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN

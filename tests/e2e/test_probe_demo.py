@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN
@@ -166,10 +166,7 @@ def test_a_wrong_token_fails_the_control_and_decides_nothing_else(token_sc, tmp_
 
 
 def test_setup_errors_exit_2(token_sc, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
-    unreachable = probe_cli(f"http://127.0.0.1:{closed_port}", "--token", TOKEN)
+    unreachable = probe_cli(f"http://127.0.0.1:{free_port()}", "--token", TOKEN)
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
     with DemoBackend() as elsewhere:  # a demo backend, but not the one behind this sidecar
         wrong_record = probe_cli(token_sc.url, "--token", TOKEN, "--backend-record", elsewhere.url, "--cases", "J1.*")

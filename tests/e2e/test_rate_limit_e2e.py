@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
 from .harness import SidecarProcess

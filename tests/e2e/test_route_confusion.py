@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 
-from .assertions import assert_not_found_raw, assert_refused_raw, header_values
+from .assertions import assert_not_found_raw, assert_refused_raw, header_values, only_forwarded
 from .conftest import UPSTREAM_TOKEN
 from .expected import AGENTS, AGENTS_RESULT, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, UNAUTHORIZED
 from .harness import RawResponse, SidecarProcess, TestNet, raw_exchange
@@ -34,13 +34,6 @@ def raw(method: str, target: str, headers: list[tuple[str, str]] = (), body: byt
         lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def only_forwarded(backend: DemoBackend, response: RawResponse) -> dict:
-    assert response.status == 200, (response.status, response.body)
-    records = backend.requests()
-    assert len(records) == 1, records
-    return records[0]
 
 
 def assert_hygienic(record: dict, xff: str | None = None) -> None:

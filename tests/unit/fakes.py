@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class AllowAll:
+class Verdict:
+    """A limiter's answer; by default it allows."""
+
     allowed: bool = True
     retry_after_s: int = 0
     unavailable: bool = False
@@ -15,8 +17,8 @@ class AllowAll:
 class NeverLimits:
     """The auth-failure limiter stand-in: never limits, never delays."""
 
-    async def check(self, ip: str | None) -> AllowAll:
-        return AllowAll()
+    async def check(self, ip: str | None) -> Verdict:
+        return Verdict()
 
     async def record_failure(self, ip: str | None) -> float:
         return 0.0

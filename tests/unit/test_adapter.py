@@ -8,7 +8,6 @@ live proxyserver connection; without one it returns False, so the fallback (sett
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from sidecar.pipeline import Admitted
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.scopes import DEFAULT_SCOPES
 
+from tests.builders import write_config
+
 TOKEN = "T"
 UPSTREAM = "UP"
 CLIENT = "203.0.113.7"
@@ -34,11 +35,7 @@ UPSTREAM_URL = "http://127.0.0.1:18789"
 BODY = b'{"tool":"agents_list","args":{}}'
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith(("OPENCLAW_SIDECAR_", "OPENCLAW_GATEWAY_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
 
 
 def make_flow(
@@ -73,12 +70,6 @@ def make_flow(
     return tflow.tflow(client_conn=client, req=request, live=True)
 
 
-def write_config(tmp_path: Path, document: dict[str, Any]) -> Path:
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(json.dumps(document))  # JSON is YAML
-    return path
-
-
 BASE_CONFIG: dict[str, Any] = {
     "sidecar": {"upstream": UPSTREAM_URL, "upstreamAuth": {"token": UPSTREAM},
                 "rateLimit": {"loopbackDelayBaseMs": 0},
@@ -89,7 +80,7 @@ BASE_CONFIG: dict[str, Any] = {
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    rt = build_runtime(load_config(write_config(tmp_path, BASE_CONFIG), environ={}))
+    rt = build_runtime(load_config(write_config(tmp_path / "sidecar.yaml", BASE_CONFIG), environ={}))
     yield rt
     await rt.aclose()
 
@@ -464,7 +455,7 @@ async def test_response_hook_ignores_flows_it_refused(guard: ToolsInvokeGuard) -
 async def test_sidecar_config_option_builds_the_runtime(tmp_path: Path) -> None:
     addon = ToolsInvokeGuard()
     with taddons.context(addon, loadcore=False) as tctx:
-        tctx.configure(addon, sidecar_config=str(write_config(tmp_path, BASE_CONFIG)))
+        tctx.configure(addon, sidecar_config=str(write_config(tmp_path / "sidecar.yaml", BASE_CONFIG)))
         assert addon.runtime is not None
         try:
             flow = await run(addon, make_flow(method="GET"))
@@ -478,7 +469,7 @@ async def test_bad_sidecar_config_is_an_options_error(tmp_path: Path, runtime: R
     addon = ToolsInvokeGuard(runtime)
     with taddons.context(addon, loadcore=False) as tctx:
         with pytest.raises(exceptions.OptionsError, match=r"sidecar_config: .*sidecar\.listne"):
-            tctx.configure(addon, sidecar_config=str(write_config(tmp_path, {"sidecar": {"listne": "x"}})))
+            tctx.configure(addon, sidecar_config=str(write_config(tmp_path / "sidecar.yaml", {"sidecar": {"listne": "x"}})))
         assert addon.runtime is runtime  # the one it had keeps serving
 
 

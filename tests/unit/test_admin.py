@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from sidecar.admin import AdminServer, Health
-from sidecar.demo_backend import DemoBackend
+from openclaw_demo.backend import DemoBackend
 
 
 @pytest.fixture

@@ -6,16 +6,13 @@ import pytest
 
 from sidecar.attribution import Attribution, attribute, client_from_forwarded, has_forwarding_evidence
 from sidecar.ipaddrs import parse_network
-from sidecar.view import RequestView
+
+from tests.builders import view
 
 PROXY = "198.51.100.5"
 PROXY2 = "198.51.100.6"
 CLIENT = "203.0.113.7"
 TRUSTED = tuple(parse_network(e) for e in (PROXY, PROXY2))
-
-
-def view(peer: str, *headers: tuple[str, str]) -> RequestView:
-    return RequestView("POST", "/tools/invoke", tuple((n.encode(), v.encode()) for n, v in headers), peer)
 
 
 def nets(*entries: str):
@@ -34,12 +31,12 @@ EVIDENCE = [
 @pytest.mark.parametrize("name", EVIDENCE)
 @pytest.mark.parametrize("value", ["", "x", "203.0.113.9"])
 def test_presence_alone_is_forwarding_evidence(name: str, value: str) -> None:
-    assert has_forwarding_evidence(view(CLIENT, (name, value)))
+    assert has_forwarding_evidence(view((name, value), peer=CLIENT))
 
 
 @pytest.mark.parametrize("name", ["Via", "X-Forwarded", "X-Real-Ip-Not", "Client-IP", "True-Client-IP", "X-Client-IP", "Accept"])
 def test_other_headers_are_not_evidence(name: str) -> None:
-    assert not has_forwarding_evidence(view(CLIENT, (name, "1.2.3.4")))
+    assert not has_forwarding_evidence(view((name, "1.2.3.4"), peer=CLIENT))
 
 
 # ---- the §2.4 cases ----------------------------------------------------------------------------
@@ -114,7 +111,7 @@ CASES = [
 
 @pytest.mark.parametrize("peer, headers, trusted, fallback, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_attribution(peer: str, headers: list[tuple[str, str]], trusted: tuple[str, ...], fallback: bool, expected: Attribution) -> None:
-    result = attribute(view(peer, *headers), nets(*trusted), fallback)
+    result = attribute(view(*headers, peer=peer), nets(*trusted), fallback)
     assert result == expected
     assert result.attributable is (expected.kind != "unattributable")
 
@@ -133,5 +130,5 @@ def test_client_from_forwarded(xff: str | None, expected: str | None) -> None:
 
 def test_only_first_xff_line_is_read() -> None:
     """A repeated X-Forwarded-For is refused by head_problem before attribution; attribution reads one line."""
-    v = view(PROXY, ("X-Forwarded-For", CLIENT), ("X-Forwarded-For", "2.2.2.2"))
+    v = view(("X-Forwarded-For", CLIENT), ("X-Forwarded-For", "2.2.2.2"), peer=PROXY)
     assert attribute(v, TRUSTED, False).client_ip == CLIENT

@@ -22,17 +22,11 @@ from sidecar.auth import (
 )
 from sidecar.config import load_config
 from sidecar.ipaddrs import parse_network
-from sidecar.view import RequestView
+
+from tests.builders import view, write_config
 
 PROXY = "198.51.100.5"
 CLIENT = "198.51.100.9"
-
-
-def view(*headers: tuple[str, str | bytes], peer: str = "203.0.113.7") -> RequestView:
-    return RequestView(
-        "POST", "/tools/invoke",
-        tuple((n.encode(), v if isinstance(v, bytes) else v.encode("utf-8")) for n, v in headers), peer,
-    )
 
 
 # ---- bearer parsing -------------------------------------------------------------------------
@@ -272,12 +266,6 @@ def test_no_fallback_without_password() -> None:
 # ---- build_authenticator ------------------------------------------------------------------------
 
 
-def write_config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    return path
-
-
 @pytest.mark.parametrize(
     "auth_yaml, kind, method",
     [
@@ -290,7 +278,7 @@ def write_config(tmp_path: Path, text: str) -> Path:
 )
 def test_build_authenticator(tmp_path: Path, auth_yaml: str, kind: type, method: str | None) -> None:
     text = f"gateway:\n  auth: {auth_yaml}\n  trustedProxies: [{PROXY}]\n"
-    authenticator = build_authenticator(load_config(write_config(tmp_path, text), environ={}))
+    authenticator = build_authenticator(load_config(write_config(tmp_path / "c.yaml", text), environ={}))
     assert isinstance(authenticator, kind)
     if method is not None:
         assert authenticator.method == method
@@ -302,7 +290,7 @@ def test_build_authenticator(tmp_path: Path, auth_yaml: str, kind: type, method:
 
 def test_build_authenticator_password_mode_secret(tmp_path: Path) -> None:
     """Case 11: password mode compares with the password, never the token."""
-    config = load_config(write_config(tmp_path, "gateway:\n  auth: {mode: password, token: T, password: P}\n"), environ={})
+    config = load_config(write_config(tmp_path / "c.yaml", "gateway:\n  auth: {mode: password, token: T, password: P}\n"), environ={})
     authenticator = build_authenticator(config)
     assert authenticator.authenticate(view(("Authorization", "Bearer P")), REMOTE).ok
     assert not authenticator.authenticate(view(("Authorization", "Bearer T")), REMOTE).ok
@@ -310,14 +298,14 @@ def test_build_authenticator_password_mode_secret(tmp_path: Path) -> None:
 
 def test_build_authenticator_literal_undefined_token(tmp_path: Path) -> None:
     """Case 14: `token: "undefined"` is missing config; even `Bearer undefined` is refused."""
-    config = load_config(write_config(tmp_path, "gateway:\n  auth: {token: undefined}\n"), environ={})
+    config = load_config(write_config(tmp_path / "c.yaml", "gateway:\n  auth: {token: undefined}\n"), environ={})
     outcome = build_authenticator(config).authenticate(view(("Authorization", "Bearer undefined")), REMOTE)
     assert (outcome.ok, outcome.reason) == (False, "token_not_configured")
 
 
 def test_build_authenticator_trusted_proxy_fallback_password(tmp_path: Path) -> None:
     text = f"gateway:\n  auth: {{mode: trusted-proxy, password: P, trustedProxy: {{userHeader: x-user}}}}\n  trustedProxies: [{PROXY}]\n"
-    authenticator = build_authenticator(load_config(write_config(tmp_path, text), environ={}))
+    authenticator = build_authenticator(load_config(write_config(tmp_path / "c.yaml", text), environ={}))
     assert isinstance(authenticator, TrustedProxyAuth)
     assert authenticator.fallback == SharedSecretAuth("password", "P")
 

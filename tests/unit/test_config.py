@@ -8,7 +8,6 @@ process environment (SidecarSettings reads os.environ through pydantic-settings)
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,7 @@ import pytest
 from sidecar.config import ConfigError, load_config, redacted_view
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith(("OPENCLAW_SIDECAR_", "OPENCLAW_GATEWAY_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

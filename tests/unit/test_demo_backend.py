@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar.demo_backend import LEAKY_FAIL_MESSAGE, DemoBackend, _slow, gateway_pathname
+from openclaw_demo.backend import LEAKY_FAIL_MESSAGE, DemoBackend, _slow, gateway_pathname
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token"
@@ -541,7 +541,7 @@ def test_ws_path_without_upgrade_is_plain_http(client):
 
 def test_serve_forever_prints_one_line_and_exits_on_sigterm():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    code = f"from sidecar.demo_backend import serve_forever; serve_forever('127.0.0.1', 0, {TOKEN!r})"
+    code = f"from openclaw_demo.backend import serve_forever; serve_forever('127.0.0.1', 0, {TOKEN!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=ROOT)
     try:

@@ -12,20 +12,14 @@ from pathlib import Path
 import pytest
 
 from sidecar.headers import HeaderPlan, aliases_protected, connection_tokens, fold, head_problem, rebuild_headers
-from sidecar.view import RequestView
+
+from tests.builders import view
 
 DATA = json.loads((Path(__file__).resolve().parent.parent / "data" / "protected_headers.json").read_text())
 SINGLETONS: list[str] = DATA["singletons"]
 PROTECTED: list[str] = DATA["protected"]
 PREFIXED: list[str] = DATA["prefix_examples"]
 UNPROTECTED: list[str] = DATA["unprotected"]
-
-
-def view(*headers: tuple[str | bytes, str | bytes], method: str = "POST", target: str = "/tools/invoke",
-         peer: str = "203.0.113.7") -> RequestView:
-    def b(x: str | bytes) -> bytes:
-        return x if isinstance(x, bytes) else x.encode("latin-1")
-    return RequestView(method, target, tuple((b(n), b(v)) for n, v in headers), peer)
 
 
 def alias_spellings(name: str) -> list[str]:

@@ -11,12 +11,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_ruff_finds_nothing() -> None:
     ruff = Path(sys.executable).parent / "ruff"
-    result = subprocess.run([str(ruff), "check", "sidecar", "addons", "tests", "bench"], cwd=REPO,
+    result = subprocess.run([str(ruff), "check", "sidecar", "addons", "openclaw_demo", "tests", "bench"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy_finds_nothing() -> None:
-    """mypy with the pydantic plugin ([tool.mypy] in pyproject.toml) over the product's code."""
-    result = subprocess.run([sys.executable, "-m", "mypy", "sidecar", "addons"], cwd=REPO, capture_output=True, text=True)
+    """mypy with the pydantic plugin ([tool.mypy] in pyproject.toml) over the product's code and the demo's."""
+    result = subprocess.run([sys.executable, "-m", "mypy", "sidecar", "addons", "openclaw_demo"], cwd=REPO,
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

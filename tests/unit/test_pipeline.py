@@ -7,7 +7,6 @@ No sockets: fake limiters record what the pipeline asked of them.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,9 @@ from sidecar.pipeline import Admitted, Forward, Pipeline, Refuse
 from sidecar.scopes import DEFAULT_SCOPES
 from sidecar.view import RequestView
 
+from tests import builders
+from tests.unit.fakes import Verdict
+
 TOKEN = "T"
 UPSTREAM = "UP"
 CLIENT = "203.0.113.7"
@@ -32,21 +34,10 @@ BODY = b'{"tool":"agents_list","args":{}}'
 ALL_DEFAULT_SCOPES = ",".join(DEFAULT_SCOPES)
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith(("OPENCLAW_SIDECAR_", "OPENCLAW_GATEWAY_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
 
 
 # ---- fakes --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Verdict:
-    allowed: bool = True
-    retry_after_s: int = 0
-    unavailable: bool = False
 
 
 @dataclass
@@ -117,16 +108,10 @@ def make(tmp_path: Path) -> Callable[..., Harness]:
     return build
 
 
-def view(method: str = "POST", target: str = "/tools/invoke", headers: list[tuple[str, str | bytes]] | None = None,
+def view(method: str = "POST", target: str = "/tools/invoke", headers: list[builders.Header] | None = None,
          peer: str = CLIENT, *, host: str | None = "gw.example", auth: str | None = f"Bearer {TOKEN}") -> RequestView:
-    lines: list[tuple[bytes, bytes]] = []
-    if host is not None:
-        lines.append((b"Host", host.encode()))
-    if auth is not None:
-        lines.append((b"Authorization", auth.encode()))
-    for name, value in headers or []:
-        lines.append((name.encode("latin-1"), value if isinstance(value, bytes) else value.encode("latin-1")))
-    return RequestView(method, target, tuple(lines), peer)
+    """tests/builders.py's `view` with this module's defaults: a Host line and the client's token."""
+    return builders.view(*(headers or ()), method=method, target=target, peer=peer, host=host, auth=auth)
 
 
 def assert_refused(result: Refuse | Admitted | Forward, envelope: Envelope, reason: str) -> None:

@@ -12,6 +12,8 @@ import pytest
 from sidecar.probe.corpus import PLACEHOLDERS, Body, Chunk, HttpRequest
 from sidecar.probe.wire import Context, Endpoint, ProbeSetupError, exchange, render_request
 
+from tests.ports import free_port
+
 CTX = Context(host="gw.test:8080", safe_tool="agents_list", marker="ocprobe00000000", secret="s3cret",
               identity=(("x-forwarded-user", "alice"),))
 
@@ -179,10 +181,7 @@ def test_silence_is_a_timeout(served):
 
 
 def test_a_refused_connection_is_an_error():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    [answer] = exchange(Endpoint.parse(f"http://127.0.0.1:{port}"), b"x", ["GET"], 1.0)
+    [answer] = exchange(Endpoint.parse(f"http://127.0.0.1:{free_port()}"), b"x", ["GET"], 1.0)
     assert answer.kind == "error" and "cannot connect" in answer.error
 
 

@@ -1,4 +1,5 @@
-"""The package's public surface, and the promise that `sidecar` is engine-agnostic (no mitmproxy)."""
+"""The package's public surface, and the promise that `sidecar` is engine-agnostic (no mitmproxy)
+and never loads the demo gateway (`openclaw_demo`) on import."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_module_list_is_complete() -> None:
     on_disk = sorted([f"sidecar.{p.stem}" for p in (ROOT / "sidecar").glob("*.py") if p.stem not in ("__init__", "__main__")]
                      + [f"sidecar.{p.parent.name}" for p in (ROOT / "sidecar").glob("*/__init__.py")])
     assert MODULES == on_disk
-    assert {"sidecar.pipeline", "sidecar.config", "sidecar.cli", "sidecar.demo_backend"} <= set(MODULES)
+    assert {"sidecar.pipeline", "sidecar.config", "sidecar.cli"} <= set(MODULES)
+    assert not (ROOT / "sidecar" / "demo_backend.py").exists()  # the demo lives in openclaw_demo/
 
 
 PROBE = r"""
@@ -46,12 +48,13 @@ seen = {}
 for name in modules:
     importlib.import_module(name)
     seen[name] = sorted(m for m in sys.modules if m == "mitmproxy" or m.startswith("mitmproxy."))
-print(json.dumps({"per_module": seen, "addons": "addons" in sys.modules, "final": "mitmproxy" in sys.modules}))
+print(json.dumps({"per_module": seen, "addons": "addons" in sys.modules, "final": "mitmproxy" in sys.modules,
+                  "demo": sorted(m for m in sys.modules if m.split(".")[0] == "openclaw_demo")}))
 """
 
 
 def test_importing_every_sidecar_module_never_imports_mitmproxy() -> None:
-    """A fresh interpreter imports `sidecar` and each module in turn; mitmproxy must stay unloaded."""
+    """A fresh interpreter imports `sidecar` and each module in turn; mitmproxy and the demo must stay unloaded."""
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(["sidecar", *MODULES])],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
@@ -62,3 +65,4 @@ def test_importing_every_sidecar_module_never_imports_mitmproxy() -> None:
     assert offenders == {}
     assert result["final"] is False
     assert result["addons"] is False
+    assert result["demo"] == []

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .canonical import InvalidTarget, canonicalize_target
+from sidecar.canonical import InvalidTarget, canonicalize_target
 
 __all__ = ["DemoBackend", "serve_forever", "TOOLS", "gateway_pathname", "main"]
 
@@ -590,7 +590,7 @@ def serve_forever(host: str = "127.0.0.1", port: int = 0, token: str | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sidecar.demo_backend", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m openclaw_demo.backend", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN on /tools/invoke")

@@ -15,6 +15,7 @@ import wsproto.events
 from h11 import _readers as h11_readers
 from h11._readers import ChunkedReader
 from mitmproxy import connection, ctx, http
+from mitmproxy.http import MessageData
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import websocket
@@ -203,7 +204,20 @@ def unread_request_bytes(client: connection.Client) -> int:
     return len(reader.buf) if isinstance(reader, _http1.Http1Server) else 0
 
 
+def skip_debug_typechecks() -> None:
+    """mitmproxy type-checks every field of every request and response it builds, in a
+    `__post_init__` that exists only when Python runs without -O (`if __debug__:`): ~30 µs for
+    each message, several per proxied call, checking types its own parsers and ours construct.
+    Dropped here as `python -O` drops it; unlike -O, mitmproxy's asserts all stay."""
+    MessageData.__post_init__ = _no_typecheck  # type: ignore[method-assign]
+
+
+def _no_typecheck(self: MessageData) -> None:
+    """The dataclass __init__ of each message class calls __post_init__: it must stay defined."""
+
+
 def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.HTTPFlow], int]) -> None:
+    skip_debug_typechecks()
     limit_request_bodies_only()
     refuse_trailers()
     strict_chunk_headers()

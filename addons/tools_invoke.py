@@ -37,7 +37,7 @@ from sidecar.envelopes import Envelope
 from sidecar.errors import ConfigError
 from sidecar.ipaddrs import normalize_ip
 from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
-from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS
+from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.rpc import PREAUTH_MAX_BYTES
 from sidecar.runtime import Runtime, build_runtime
@@ -89,6 +89,12 @@ def view_of(flow: http.HTTPFlow) -> RequestView:
         peer_ip=flow.client_conn.peername[0],
         request_id=flow.id,
     )
+
+
+def peer_ip(flow: http.HTTPFlow) -> str:
+    """The connection's peer, in the one spelling every per-client table uses."""
+    peer: str = flow.client_conn.peername[0]
+    return normalize_ip(peer) or peer
 
 
 def response_of(envelope: Envelope) -> http.Response:
@@ -321,17 +327,18 @@ class ToolsInvokeGuard:
             view = view_of(flow)
             flow.metadata[VIEW] = view
             pending = view.declared_length()  # None: chunked or unknown
+            # Usually the whole body came in with the head: nothing to wait for.
+            arrived = pending == 0 or pending is not None and compat.unread_request_bytes(flow.client_conn) >= pending
             decision = await self.runtime.pipeline.on_head(view)
             if isinstance(decision, Refuse):
                 # A refused head with a body still to come is answered at once and the connection
                 # closed: a stranger never makes us wait for a body or keep a flow open for one.
-                # A body that came whole with its head is already here: that answer keeps the
-                # connection, since a reconnect costs us far more than it costs the client.
-                arrived = pending is not None and compat.unread_request_bytes(flow.client_conn) >= pending
+                # A body already here costs nothing more: that answer keeps the connection, since
+                # a reconnect costs us far more than it costs the client.
                 await self._refuse(flow, decision, early=not arrived)
             else:
                 flow.metadata[ADMITTED] = decision
-                if pending != 0:
+                if not arrived:
                     self._start_body_timer(flow)
         except Exception:
             self._fail_closed(flow, "requestheaders")
@@ -421,8 +428,12 @@ class ToolsInvokeGuard:
     # ---- helpers ----------------------------------------------------------------------------
 
     async def _refuse(self, flow: http.HTTPFlow, decision: Refuse, *, early: bool) -> None:
-        if decision.delay_s > 0:
-            await asyncio.sleep(decision.delay_s)
+        pace = self._live_runtime().refusal_pacer.refused(decision.client_ip or peer_ip(flow))
+        if pace > 0:
+            REFUSALS_PACED.inc()
+        delay = max(decision.delay_s, pace)
+        if delay > 0:
+            await asyncio.sleep(delay)
         self._audit(flow, "refused", decision.reason, decision.envelope.status, refusal=decision)
         if early and answer_directly(flow, decision.envelope):
             return
@@ -439,6 +450,7 @@ class ToolsInvokeGuard:
             if "transfer-encoding" not in request.headers:
                 request.headers["content-length"] = str(len(decision.body))
         flow.metadata[FORWARDED] = decision  # audited once the upstream has answered (or failed)
+        self._live_runtime().refusal_pacer.let_through(admitted.client_ip or peer_ip(flow))
         self._start_upstream_timer(flow)
 
     def _audit_forward(self, flow: http.HTTPFlow, forward: Forward, status: int | None, upstream_status: int | None) -> None:
@@ -464,7 +476,7 @@ class ToolsInvokeGuard:
             method=method or (view.method if view else flow.request.data.method.decode("latin-1")),
             target=view.target if view else raw_target(flow.request),
             client=admitted.client_ip if admitted else refusal.client_ip if refusal else None,
-            peer=normalize_ip(flow.client_conn.peername[0]) or flow.client_conn.peername[0],
+            peer=peer_ip(flow),
             auth=auth.method if auth else None, identity=auth.user if auth else None,
             previous_secret=auth.previous_secret if auth else False,
             scopes=tuple(scopes.scopes) if scopes is not None else None,

@@ -2,7 +2,10 @@
 (same addon chain, same options) from the same config file, with an addon that does nothing in
 place of the enforcement addon. What enforcement costs is the sidecar's CPU minus this one's.
 
-    .venv/bin/python -m bench.bare_master CONFIG
+    .venv/bin/python -m bench.bare_master [--skip-debug-typechecks] CONFIG
+
+`--skip-debug-typechecks` applies the one mitmproxy patch of the sidecar's that is about speed
+(addons/compat.py skip_debug_typechecks), to tell what it buys from what enforcement costs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from addons import compat
 from addons.embedded import build_master
 from sidecar.config import load_config
 
@@ -25,4 +29,6 @@ async def _run(config_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_run(Path(sys.argv[1])))
+    if "--skip-debug-typechecks" in sys.argv:
+        compat.skip_debug_typechecks()
+    asyncio.run(_run(Path(sys.argv[-1])))

@@ -25,6 +25,9 @@ from .plumbing import (
 from .report import Report, Row
 
 NEVER_LOCKS = {"gateway": {"auth": {"rateLimit": {"exemptLoopback": False, "maxAttempts": 10**9, "windowMs": 1000}}}}
+# Rows 1 measure what one refusal costs, so refusal pacing (a client refused again and again waits
+# ever longer) is off here; the gateway rows run with it, as deployed.
+UNPACED = {"rateLimit": {"refusalPacing": {"baseDelayMs": 0}}}
 LOCKS_AT_ONCE = {"gateway": {"auth": {"rateLimit": {"exemptLoopback": False, "maxAttempts": 1}}}}
 ALLOWED = invoke_body("agents_list")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -42,6 +45,8 @@ class Case:
 
 CASES = [
     Case("a", "bare embedded Master, same addon chain, no enforcement", "bare", ALLOWED, AUTH, 200),
+    Case("a2", "bare embedded Master without mitmproxy's debug typecheck (as the sidecar runs it)", "bare-unchecked",
+         ALLOWED, AUTH, 200),
     Case("b", "stock mitmdump -q, no addon", "mitmdump", ALLOWED, AUTH, 200),
     Case("c", "sidecar, allowed call, in-memory limiter", "memory", ALLOWED, AUTH, 200),
     Case("d", "sidecar, allowed call, Redis limiter", "redis", ALLOWED, AUTH, 200),
@@ -60,15 +65,16 @@ def start_proxies(workdir: Path, upstream: str) -> dict[str, Service]:
     proxies["redis-server"] = Service("redis-server", [
         "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
         "--protected-mode", "no", "--dir", str(workdir)], workdir, cpus=LOAD_CPU, port=redis_port)
-    proxies["memory"] = start_sidecar("memory", workdir, upstream, rules=NEVER_LOCKS)
-    proxies["redis"] = start_sidecar("redis", workdir, upstream, {"rateLimit": {"storage": f"redis://127.0.0.1:{redis_port}/0"}},
-                                     rules=NEVER_LOCKS)
-    proxies["ceiling"] = start_sidecar("ceiling", workdir, upstream, {"scopeCeilings": {"default": ["operator.read"]}},
+    proxies["memory"] = start_sidecar("memory", workdir, upstream, UNPACED, rules=NEVER_LOCKS)
+    proxies["redis"] = start_sidecar("redis", workdir, upstream, {"rateLimit": {
+        **UNPACED["rateLimit"], "storage": f"redis://127.0.0.1:{redis_port}/0"}}, rules=NEVER_LOCKS)
+    proxies["ceiling"] = start_sidecar("ceiling", workdir, upstream, {**UNPACED, "scopeCeilings": {"default": ["operator.read"]}},
                                        rules=NEVER_LOCKS)
-    proxies["locked"] = start_sidecar("locked", workdir, upstream, rules=LOCKS_AT_ONCE)
-    bare_port = free_port()
-    proxies["bare"] = Service("bare", [str(VENV_BIN / "python"), "-m", "bench.bare_master",
-                                       _config_with_listen(workdir, bare_port)], workdir, cpus=PROXY_CPU, port=bare_port)
+    proxies["locked"] = start_sidecar("locked", workdir, upstream, UNPACED, rules=LOCKS_AT_ONCE)
+    for name, flags in (("bare", []), ("bare-unchecked", ["--skip-debug-typechecks"])):
+        port = free_port()
+        proxies[name] = Service(name, [str(VENV_BIN / "python"), "-m", "bench.bare_master", *flags,
+                                       _config_with_listen(workdir, name, port)], workdir, cpus=PROXY_CPU, port=port)
     dump_port = free_port()
     proxies["mitmdump"] = Service("mitmdump", [
         str(VENV_BIN / "mitmdump"), "-q", "--mode", f"reverse:{upstream}", "--listen-host", "127.0.0.1",
@@ -76,11 +82,11 @@ def start_proxies(workdir: Path, upstream: str) -> dict[str, Service]:
     return proxies
 
 
-def _config_with_listen(workdir: Path, port: int) -> str:
+def _config_with_listen(workdir: Path, name: str, port: int) -> str:
     """The memory sidecar's config file, listening elsewhere: the reference reads the same options."""
     config = json.loads((workdir / "memory.json").read_text())
-    config["sidecar"].update(listen=f"127.0.0.1:{port}", runtimeDir=str(workdir / "bare-run"))
-    path = workdir / "bare.json"
+    config["sidecar"].update(listen=f"127.0.0.1:{port}", runtimeDir=str(workdir / f"{name}-run"))
+    path = workdir / f"{name}.json"
     path.write_text(json.dumps(config, indent=1))
     return str(path)
 
@@ -140,9 +146,11 @@ def add_rows(report: Report, s: dict[str, dict[str, Any]]) -> None:
 
     names = {c.key: c.name for c in CASES}
     row("1a", "a", names["a"])
+    row("1a'", "a2", names["a2"] + ": what that option alone buys", "cpu(a)/cpu(a')", "a")
     row("1b", "b", names["b"])
     row("1c", "c", names["c"] + " vs (a)", "cpu(a)/cpu(c) ≥ 0.90", "a", 0.90)
     row("1c'", "c", names["c"] + " vs (b)", "cpu(b)/cpu(c) ≥ 1.8", "b", 1.8)
+    row("1c''", "c", names["c"] + " vs (a'): enforcement alone, like for like", "cpu(a')/cpu(c)", "a2")
     row("1d", "d", names["d"], "cpu(c)/cpu(d) ≥ 0.80", "c", 0.80)
     for key in ("401", "403s", "403f", "404"):
         row(f"1e-{key}", key, names[key], f"cpu(c)/cpu({key}) ≥ 1.5", "c", 1.5)

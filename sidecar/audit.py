@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import BinaryIO
 
 from .logging_limits import LOG_ONCE_PER_INTERVAL
@@ -53,7 +54,7 @@ class AuditEntry:
 
     def line(self, now: float) -> str:
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+            "time": _second(int(now)) + f".{int(now % 1 * 1000):03d}Z",
             "event": "decision", "request_id": self.request_id, "route": self.route, "decision": self.decision,
             "reason": self.reason, "status": self.status, "upstream_status": self.upstream_status,
             "duration_ms": self.duration_ms, "method": self.method[:64], "target": self.target[:512],
@@ -65,7 +66,17 @@ class AuditEntry:
             entry["shadowed"] = list(self.shadowed)
         if self.detail:
             entry["detail"] = self.detail[:256]
-        return json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
+        return _encode(entry)
+
+
+# Bound once: json.dumps builds a new encoder for every call that passes options.
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+@lru_cache(maxsize=4)
+def _second(epoch_second: int) -> str:
+    """The timestamp up to the second, formatted once per second rather than once per line."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
 
 
 class AuditWriter:

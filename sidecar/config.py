@@ -103,6 +103,16 @@ class RequestRateLimit(BaseModel):
         return value
 
 
+class RefusalPacing(BaseModel):
+    """sidecar/pacing.py: past `afterRefusals` refusals in a row a client's refusals are answered
+    after a delay doubling from `baseDelayMs` to `maxDelayMs` (0 turns pacing off)."""
+
+    model_config = _STRICT
+    after_refusals: int = Field(10, ge=0)
+    base_delay_ms: int = Field(50, ge=0)
+    max_delay_ms: int = Field(2_000, ge=0)
+
+
 class RateLimitSettings(BaseModel):
     model_config = _STRICT
     storage: str = Field("memory://", repr=False)  # a Redis URI may carry a password
@@ -111,6 +121,7 @@ class RateLimitSettings(BaseModel):
     loopback_delay_base_ms: int = Field(250, ge=0)
     loopback_delay_max_ms: int = Field(5_000, ge=0)
     requests: RequestRateLimit | None = None
+    refusal_pacing: RefusalPacing = RefusalPacing()
 
     @field_validator("storage")
     @classmethod

@@ -58,6 +58,11 @@ AUDIT_LINES_DROPPED = Counter(
     "Audit lines dropped because the audit destination did not keep up (the proxy never waits for it).",
     registry=REGISTRY,
 )
+REFUSALS_PACED = Counter(
+    "openclaw_sidecar_refusals_paced_total",
+    "Refusals answered after a pacing delay: the client had been refused many times in a row.",
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter(
     "openclaw_sidecar_config_reloads_total",
     "Configuration reloads, by result (applied, rejected: the old configuration kept serving).",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pydantic.alias_generators import to_camel
 
 from .config import Config
+from .pacing import RefusalPacer
 from .pipeline import Pipeline
 from .ratelimit import AuthFailureLimiter, RequestRateLimiter
 from .routes import RouteTable
@@ -23,6 +24,7 @@ class Runtime:
     pipeline: Pipeline
     failure_limiter: AuthFailureLimiter
     request_limiter: RequestRateLimiter | None
+    refusal_pacer: RefusalPacer
 
     async def aclose(self) -> None:
         await self.failure_limiter.aclose()
@@ -56,7 +58,7 @@ def warn_about_config(config: Config) -> None:
 
 
 # Settings a running process cannot take over: where it listens and what it forwards to, and the
-# limiters, whose state must survive a reload (a changed limit would need new ones).
+# limiters and the refusal pacer, whose state must survive a reload (a changed limit would need new ones).
 RESTART_SETTINGS = ("listen", "admin_listen", "upstream", "runtime_dir", "max_connections", "rate_limit", "audit_log")
 
 
@@ -76,7 +78,7 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse:
     warn_about_config(config)
     if reuse is not None:
         pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter)
-        return Runtime(config, pipeline, reuse.failure_limiter, reuse.request_limiter)
+        return Runtime(config, pipeline, reuse.failure_limiter, reuse.request_limiter, reuse.refusal_pacer)
     limit_rules = config.rules.gateway.auth.rate_limit
     settings = config.sidecar.rate_limit
     failure_limiter = AuthFailureLimiter(
@@ -93,5 +95,8 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse:
             storage_uri=settings.storage,
             fail_closed=settings.fail_closed, clock=clock,
         )
+    pacing = settings.refusal_pacing
+    pacer = RefusalPacer(after_refusals=pacing.after_refusals, base_delay_ms=pacing.base_delay_ms,
+                         max_delay_ms=pacing.max_delay_ms, max_clients=settings.max_entries)
     pipeline = Pipeline(config, failure_limiter, request_limiter)
-    return Runtime(config, pipeline, failure_limiter, request_limiter)
+    return Runtime(config, pipeline, failure_limiter, request_limiter, pacer)

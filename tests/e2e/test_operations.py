@@ -277,3 +277,17 @@ def test_an_auth_failure_behind_a_trusted_proxy_names_the_forwarded_client(backe
     assert invoke(sc, "wrong", headers={"X-Forwarded-For": "198.51.100.9"}).status_code == 401
     (line,) = audit_lines(sc, 1)
     assert (line["client"], line["peer"], line["reason"]) == ("198.51.100.9", "127.0.0.1", "token_mismatch")
+
+
+# ---- refusal pacing ------------------------------------------------------------------------------
+
+
+def test_a_client_refused_again_and_again_is_paced_until_a_call_goes_through(backend, start_sidecar) -> None:
+    sc = start_sidecar(base(backend, rateLimit={"refusalPacing": {"afterRefusals": 2, "baseDelayMs": 1, "maxDelayMs": 4}}))
+    for _ in range(5):
+        refused = invoke(sc, TOKEN, tool="exec")
+        assert (refused.status_code, refused.json()) == (404, NOT_FOUND_TOOL)  # still the gateway's answer
+    assert metric(sc, "openclaw_sidecar_refusals_paced_total") == 3  # the 3rd, 4th and 5th
+    assert invoke(sc, TOKEN).status_code == 200  # let through: the streak is over
+    assert invoke(sc, TOKEN, tool="exec").status_code == 404
+    assert metric(sc, "openclaw_sidecar_refusals_paced_total") == 3

@@ -31,6 +31,21 @@ def test_the_patched_methods_exist_with_the_shapes_wrapped() -> None:
     assert issubclass(_http1.ChunkedReader, h11_readers.ChunkedReader)
 
 
+def test_the_message_typecheck_dropped_is_only_a_debug_typecheck() -> None:
+    """skip_debug_typechecks removes MessageData.__post_init__: upstream defines it only under
+    `if __debug__:` and it does nothing but check field types."""
+    from mitmproxy import http
+
+    source = inspect.getsource(http.MessageData)
+    assert "if __debug__:" in source and "def __post_init__" in source
+    body = source.split("def __post_init__", 1)[1].split("def ", 1)[0]
+    assert "typecheck.check_option_type" in body and "self." not in body.replace("getattr(self,", "")
+    compat.skip_debug_typechecks()
+    assert http.MessageData.__post_init__ is compat._no_typecheck
+    response = http.Response.make(404, b"{}", {"content-type": "application/json"})
+    assert (response.status_code, response.content, response.headers["content-length"]) == (404, b"{}", "2")
+
+
 def test_the_unread_body_is_found_through_the_layer_stack() -> None:
     """unread_request_bytes walks handler.layer (NextLayer) → .layer (the mode) → .child_layer
     (NextLayer) → .layer (HttpLayer) → .connections[client] (Http1Server) → .buf; the e2e test of

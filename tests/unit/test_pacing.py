@@ -1,0 +1,64 @@
+"""sidecar/pacing.py: refusals in a row are answered ever later; a call let through clears it."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.pacing import QUIET_SECONDS, RefusalPacer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pacer(clock: Clock, **overrides: int) -> RefusalPacer:
+    settings = {"after_refusals": 3, "base_delay_ms": 50, "max_delay_ms": 400, "max_clients": 100, **overrides}
+    return RefusalPacer(clock=clock, **settings)
+
+
+def test_delays_double_after_the_free_refusals_up_to_the_cap() -> None:
+    p = pacer(Clock())
+    assert [p.refused("a") for _ in range(8)] == [0, 0, 0, 0.05, 0.1, 0.2, 0.4, 0.4]
+
+
+def test_clients_are_paced_apart() -> None:
+    p = pacer(Clock())
+    for _ in range(5):
+        p.refused("flood")
+    assert p.refused("other") == 0
+    assert p.refused("flood") > 0
+
+
+def test_a_call_let_through_clears_the_streak() -> None:
+    p = pacer(Clock())
+    for _ in range(5):
+        p.refused("a")
+    p.let_through("a")
+    assert p.refused("a") == 0
+
+
+def test_a_streak_fades_after_a_quiet_spell() -> None:
+    clock = Clock()
+    p = pacer(clock)
+    for _ in range(5):
+        p.refused("a")
+    clock.now += QUIET_SECONDS + 1
+    assert p.refused("a") == 0
+
+
+@pytest.mark.parametrize("overrides", [{"base_delay_ms": 0}, {"max_delay_ms": 0}])
+def test_zero_turns_pacing_off(overrides: dict[str, int]) -> None:
+    p = pacer(Clock(), **overrides)
+    assert max(p.refused("a") for _ in range(20)) == 0
+
+
+def test_the_table_is_bounded_oldest_first() -> None:
+    p = pacer(Clock(), max_clients=2)
+    for client in ("a", "a", "a", "a", "b", "c"):
+        p.refused(client)
+    assert len(p) == 2
+    assert p.refused("a") == 0  # its streak was the least recently refused and went first

@@ -39,6 +39,7 @@ from sidecar.ipaddrs import normalize_ip
 from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
 from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
+from sidecar.reasons import Reason, ReasonCode, answer
 from sidecar.rpc import PREAUTH_MAX_BYTES
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.view import RequestView
@@ -404,14 +405,14 @@ class ToolsInvokeGuard:
             return
         message = flow.error.msg.lower()
         if "request body exceeds" in message:
-            envelope, reason = envelopes.payload_too_large(), "payload_too_large"
+            reason = Reason.PAYLOAD_TOO_LARGE
         elif self._upstream_failed(flow):
             timed_out = "timeout" in message or "timed out" in message
-            envelope = envelopes.upstream_timeout() if timed_out else envelopes.upstream_unreachable()
-            reason = "upstream_timeout" if timed_out else "upstream_unreachable"
+            reason = Reason.UPSTREAM_TIMEOUT if timed_out else Reason.UPSTREAM_UNREACHABLE
             log.warning("upstream failure: %s", flow.error.msg)
         else:
             return
+        envelope = answer(reason)
         if answer_directly(flow, envelope):
             self._audit(flow, "refused", reason, envelope.status)
 
@@ -460,7 +461,7 @@ class ToolsInvokeGuard:
         self._audit(flow, decision, forward.reason, status, tool=forward.tool, upstream_status=upstream_status,
                     shadowed=forward.shadowed, detail=forward.detail)
 
-    def _audit(self, flow: http.HTTPFlow, decision: str, reason: str, status: int | None, *,
+    def _audit(self, flow: http.HTTPFlow, decision: str, reason: ReasonCode, status: int | None, *,
                refusal: Refuse | None = None, tool: str | None = None, method: str | None = None,
                upstream_status: int | None = None, shadowed: tuple[str, ...] = (), detail: str | None = None) -> None:
         """Logged from the view the decision was made on, not from the flow we may have rewritten;
@@ -494,7 +495,7 @@ class ToolsInvokeGuard:
 
     def _start_body_timer(self, flow: http.HTTPFlow) -> None:
         seconds = self._live_runtime().config.sidecar.timeouts.body_read_seconds
-        self._schedule(flow, seconds, lambda: answer_directly(flow, envelopes.body_timeout()), audit_as="body_timeout")
+        self._schedule(flow, seconds, lambda: answer_directly(flow, answer(Reason.BODY_TIMEOUT)), audit_as=Reason.BODY_TIMEOUT)
 
     def _start_upstream_timer(self, flow: http.HTTPFlow) -> None:
         seconds = self._live_runtime().config.sidecar.timeouts.upstream_read_seconds
@@ -502,11 +503,11 @@ class ToolsInvokeGuard:
         def expire() -> None:
             if flow.response is None and flow.live:
                 log.warning("upstream did not answer within %ss", seconds)
-                answer_directly(flow, envelopes.upstream_timeout())
+                answer_directly(flow, answer(Reason.UPSTREAM_TIMEOUT))
 
-        self._schedule(flow, seconds, expire, audit_as="upstream_timeout")
+        self._schedule(flow, seconds, expire, audit_as=Reason.UPSTREAM_TIMEOUT)
 
-    def _schedule(self, flow: http.HTTPFlow, seconds: float, action: Any, *, audit_as: str) -> None:
+    def _schedule(self, flow: http.HTTPFlow, seconds: float, action: Any, *, audit_as: Reason) -> None:
         """Run `action` after `seconds` unless cancelled; a new refusal is audited as `audit_as`."""
 
         def fire() -> None:
@@ -539,7 +540,7 @@ class ToolsInvokeGuard:
             runtime = self._live_runtime()
             flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(admitted)
             seconds = runtime.config.sidecar.websocket.connect_seconds
-            self._schedule(flow, seconds, lambda: close_websocket(flow, 1008, "connect timeout"), audit_as="websocket_connect_timeout")
+            self._schedule(flow, seconds, lambda: close_websocket(flow, 1008, "connect timeout"), audit_as=Reason.WEBSOCKET_CONNECT_TIMEOUT)
         except Exception:
             INTERNAL_ERRORS.inc()
             log.exception("internal error in websocket_start; connection closed")

@@ -17,6 +17,7 @@ from .attribution import Attribution
 from .config import Config
 from .ipaddrs import IPNetwork, in_networks, is_loopback, normalize_ip, parse_ip, parse_network
 from .localaddrs import local_interface_addresses
+from .reasons import MissingHeader, Reason, ReasonCode
 from .view import RequestView
 
 log = logging.getLogger("sidecar.auth")
@@ -26,7 +27,7 @@ log = logging.getLogger("sidecar.auth")
 class AuthOutcome:
     ok: bool
     method: str  # "token" | "password" | "none" | "trusted-proxy" | "unauthenticated-route"
-    reason: str = "ok"
+    reason: ReasonCode = Reason.OK
     user: str | None = None  # decoded identity: what allowUsers, ceilings and pins match
     user_header_value: str | None = None  # the identity exactly as the trusted proxy spelled it
     presented: bool = False  # a Bearer credential was offered (only mismatches are counted)
@@ -116,6 +117,11 @@ class Authenticator(Protocol):
         ...
 
 
+# Upstream's codes for a shared-secret check, by mode (`<mode>_not_configured`, `<mode>_mismatch`).
+_NOT_CONFIGURED = {"token": Reason.TOKEN_NOT_CONFIGURED, "password": Reason.PASSWORD_NOT_CONFIGURED}
+_MISMATCH = {"token": Reason.TOKEN_MISMATCH, "password": Reason.PASSWORD_MISMATCH}
+
+
 @dataclass(frozen=True)
 class SharedSecretAuth:
     """Token or password mode: the secret, and those kept during a rotation, each compared in
@@ -131,13 +137,13 @@ class SharedSecretAuth:
     def check(self, credential: str | None) -> AuthOutcome:
         """One presented secret (a Bearer, or the `auth` of a WebSocket connect frame)."""
         if credential is None:
-            return AuthOutcome(False, self.method, "credential_missing", shared_secret=True)
+            return AuthOutcome(False, self.method, Reason.CREDENTIAL_MISSING, shared_secret=True)
         if self.secret is None:
-            return AuthOutcome(False, self.method, f"{self.method}_not_configured", presented=True, shared_secret=True)
+            return AuthOutcome(False, self.method, _NOT_CONFIGURED[self.method], presented=True, shared_secret=True)
         current = safe_equal(credential, self.secret)
         previous = [safe_equal(credential, old) for old in self.previous]
         ok = current or any(previous)
-        return AuthOutcome(ok, self.method, "ok" if ok else f"{self.method}_mismatch", presented=True,
+        return AuthOutcome(ok, self.method, Reason.OK if ok else _MISMATCH[self.method], presented=True,
                            shared_secret=True, previous_secret=ok and not current)
 
     def rate_limited(self, attribution: Attribution) -> bool:
@@ -150,7 +156,7 @@ class NoneAuth:
 
     def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
         if not self.origins.permits(view, attribution):
-            return AuthOutcome(False, "none", "origin_not_allowed")
+            return AuthOutcome(False, "none", Reason.ORIGIN_NOT_ALLOWED)
         return AuthOutcome(True, "none")
 
     def rate_limited(self, attribution: Attribution) -> bool:
@@ -182,34 +188,34 @@ class TrustedProxyAuth:
         return self.fallback is not None and attribution.kind == "direct-local"
 
     def _check(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
-        def fail(reason: str) -> AuthOutcome:
+        def fail(reason: ReasonCode) -> AuthOutcome:
             return AuthOutcome(False, "trusted-proxy", reason)
 
         if not self.user_header or not self.trusted:
-            return fail("trusted_proxy_not_configured")
+            return fail(Reason.TRUSTED_PROXY_NOT_CONFIGURED)
         peer = attribution.peer_ip
         if not in_networks(peer, self.trusted):
-            return fail("trusted_proxy_untrusted_source")
+            return fail(Reason.TRUSTED_PROXY_UNTRUSTED_SOURCE)
         if is_loopback(peer):
             if not self.allow_loopback:
-                return fail("trusted_proxy_loopback_source")
+                return fail(Reason.TRUSTED_PROXY_LOOPBACK_SOURCE)
         elif self.local_addresses is None:
-            return fail("trusted_proxy_local_interface_check_failed")
+            return fail(Reason.TRUSTED_PROXY_LOCAL_INTERFACE_CHECK_FAILED)
         elif peer in self.local_addresses:
-            return fail("trusted_proxy_local_interface_source")
+            return fail(Reason.TRUSTED_PROXY_LOCAL_INTERFACE_SOURCE)
         for name in self.required_headers:
             if not (view.first(name) or "").strip():
-                return fail(f"trusted_proxy_missing_header_{name}")
+                return fail(MissingHeader(name))
         spelled = (view.first(self.user_header) or "").strip()
         user = read_identity(spelled)
         if user is None:
-            return fail("trusted_proxy_user_missing")
+            return fail(Reason.TRUSTED_PROXY_USER_MISSING)
         if self.allow_users and user not in self.allow_users:
-            return fail("trusted_proxy_user_not_allowed")
+            return fail(Reason.TRUSTED_PROXY_USER_NOT_ALLOWED)
         if attribution.kind != "trusted-proxy":
-            return fail("trusted_proxy_attribution_required")
+            return fail(Reason.TRUSTED_PROXY_ATTRIBUTION_REQUIRED)
         if not self.origins.permits(view, attribution):
-            return fail("trusted_proxy_origin_not_allowed")
+            return fail(Reason.TRUSTED_PROXY_ORIGIN_NOT_ALLOWED)
         return AuthOutcome(True, "trusted-proxy", user=user, user_header_value=spelled)
 
 

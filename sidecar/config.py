@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .ipaddrs import parse_network
-from .ratelimit import async_storage_uri, redact_uri
+from .storage_uri import async_storage_uri, redact_uri
 
 # Keys are camelCase in files (OpenClaw's style); snake_case is accepted too, e.g. in env names.
 _ALIASES = AliasGenerator(validation_alias=lambda name: AliasChoices(to_camel(name), name))
@@ -126,7 +126,7 @@ class RateLimitSettings(BaseModel):
     @field_validator("storage")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        async_storage_uri(value)  # the limiter's own check: ValueError names the scheme
+        async_storage_uri(value)  # the check the limiter's storage is built with: ValueError names the scheme
         return value
 
 

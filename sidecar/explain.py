@@ -12,9 +12,9 @@ from typing import Any
 
 from .body import BodyError, read_invoke_body
 from .config import Config
-from .envelopes import missing_scope, missing_tool_name
 from .headers import HeaderPlan, rebuild_headers
 from .pipeline import ACCOUNT_HEADER, CHANNEL_HEADER
+from .reasons import Reason, ReasonCode, answer
 from .rpc import TOOLS_INVOKE, RpcPolicy, error_frame, judge_method, tool_refusal_frame
 from .scopes import ceilings_from_config, parse_scope_header, resolve_scopes
 from .toolchain import CATALOGUE_VERSION, Step, ToolChain, ToolDecision, ToolRequest, detail_of
@@ -42,14 +42,14 @@ def explain(config: Config, tool: str, *, scopes: str | None = None, user: str |
         return _websocket(result, chain, RpcPolicy.from_config(config, chain), websocket_method, body, frozenset(granted.scopes))
     if not granted.allows_invoke:
         step = Step("scopes", "deny", "POST /tools/invoke needs operator.write or operator.admin")
-        return _finish(result, [step], 403, json.loads(missing_scope().body), "missing_scope")
+        return _finish(result, [step], 403, json.loads(answer(Reason.MISSING_SCOPE).body), Reason.MISSING_SCOPE)
     scope_step = Step("scopes", "allow", "operator.write or operator.admin: may invoke tools")
     context = _upstream_context(config, user, channel, account)
     result["upstreamContext"] = {"channel": context.get(CHANNEL_HEADER), "account": context.get(ACCOUNT_HEADER)}
     try:
         invoke = read_invoke_body(json.dumps(body).encode())
     except BodyError:
-        return _finish(result, [scope_step], 400, json.loads(missing_tool_name().body), "missing_tool_name")
+        return _finish(result, [scope_step], 400, json.loads(answer(Reason.MISSING_TOOL_NAME).body), Reason.MISSING_TOOL_NAME)
     decision = chain.decide(ToolRequest(invoke, granted.owner, context.get(CHANNEL_HEADER), context.get(ACCOUNT_HEADER)))
     envelope = json.loads(decision.envelope().body) if decision.refused else None
     return _finish(result, [scope_step, *decision.steps], decision.status, envelope, decision.reason, decision)
@@ -64,12 +64,12 @@ def _websocket(result: dict[str, Any], chain: ToolChain, policy: RpcPolicy, meth
         return _finish(result, [step], None, _frame(refused.payload), refused.reason)
     step = Step("websocket-method", "allow", f"{method}: known, not on the deny list, scope held")
     if method != TOOLS_INVOKE:
-        return _finish(result, [step], None, None, "allowed")
+        return _finish(result, [step], None, None, Reason.ALLOWED)
     try:
         invoke = read_invoke_body(json.dumps(params).encode())
     except BodyError:
         refusal = error_frame(_FRAME_ID, "INVALID_REQUEST", "tools.invoke requires name")
-        return _finish(result, [step], None, json.loads(refusal), "missing_tool_name")
+        return _finish(result, [step], None, json.loads(refusal), Reason.MISSING_TOOL_NAME)
     decision = chain.decide(ToolRequest(invoke, "operator.admin" in scopes))
     frame = _frame(tool_refusal_frame(_FRAME_ID, decision, invoke.tool.name).payload) if decision.refused else None
     return _finish(result, [step, *decision.steps], None, frame, decision.reason, decision)
@@ -90,7 +90,7 @@ def _upstream_context(config: Config, user: str | None, channel: str | None, acc
     return {name.lower(): value for name, value in rebuilt if name.lower() in (CHANNEL_HEADER, ACCOUNT_HEADER)}
 
 
-def _finish(result: dict[str, Any], steps: list[Step], status: int | None, body: Any, reason: str,
+def _finish(result: dict[str, Any], steps: list[Step], status: int | None, body: Any, reason: ReasonCode,
             decision: ToolDecision | None = None) -> dict[str, Any]:
     session = decision.session if decision is not None else None
     refused = body is not None

@@ -1,20 +1,23 @@
 """The order of refusal stages, in one place.
 
-`on_head` decides everything a request head can decide (before a body byte is read):
-head size → method syntax → malformed head → Expect → Host → target and route → denied routes →
-attribution → Funnel → method → rate-limit lock → auth → scopes → declared size.
-`on_body` applies the body rules and tool policy. Forwarding is the one outcome every stage
-must grant; every other path ends in a `Refuse` carrying the gateway's own answer.
+`on_head` decides everything a request head can decide (before a body byte is read) by running
+`HEAD_STAGES` in order, each a named method of `Pipeline` that refuses or lets the head on:
+head size → method syntax → malformed head → Expect → Host → target → upgrade → route →
+denied routes → route access → RPC upgrade → attribution → Funnel → method → rate-limit lock →
+auth → scopes → declared size. `on_body` applies the body rules and tool policy. Forwarding is
+the one outcome every stage must grant; every other path ends in a `Refuse` carrying the
+gateway's own answer for its reason (sidecar/reasons.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from collections.abc import Callable
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 from . import envelopes
 from .attribution import Attribution, attribute
@@ -25,6 +28,7 @@ from .config import Config
 from .envelopes import Envelope
 from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_headers
 from .ipaddrs import is_loopback, parse_network
+from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable
 from .rpc import RpcPolicy, RpcSession
 from .shadow import SHADOWABLE_REASONS
@@ -41,6 +45,11 @@ MAX_HEAD_BYTES = 16 * 1024  # Node's default --max-http-header-size, which the g
 # carry the sidecar's upstream credential.
 CONNECT_FRAME_AUTH = "websocket-connect"  # checked later, in the RPC connect frame
 UNAUTHENTICATED_METHODS = frozenset({"unauthenticated-route", "route-credential", CONNECT_FRAME_AUTH})
+_UNSCOPED_METHODS = UNAUTHENTICATED_METHODS - {CONNECT_FRAME_AUTH}  # a connect frame's caller gets scopes
+# The outcomes of routes that need no credential check here (immutable, so shared by all requests).
+_ROUTE_CREDENTIAL = AuthOutcome(True, "route-credential")
+_CONNECT_FRAME = AuthOutcome(True, CONNECT_FRAME_AUTH, shared_secret=True)
+_PUBLIC_READ = AuthOutcome(True, "unauthenticated-route")
 _METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
 _PLAIN_HOST = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
@@ -68,10 +77,16 @@ class RequestLimiter(Protocol):
     async def hit(self, identity: str | None, tool: str | None = None, *, client_ip: str | None = None) -> "LimitVerdictLike": ...
 
 
+class ShadowNotes(Protocol):
+    """Where `Pipeline._enforced` notes a refusal shadow mode let through (a list, a HeadState)."""
+
+    def append(self, reason: ReasonCode, /) -> None: ...
+
+
 @dataclass(frozen=True)
 class Refuse:
     envelope: Envelope
-    reason: str
+    reason: ReasonCode
     delay_s: float = 0.0  # upstream delays loopback auth failures before answering
     route: str | None = None  # the route-table name, once the request's route is known
     # For the audit line, as far as the request got: who the client is, who it proved to be,
@@ -81,15 +96,26 @@ class Refuse:
     tool: str | None = None
     detail: str | None = None  # free text for the audit line: which layer refused, by which rule
 
+    @classmethod
+    def because(cls, reason: ReasonCode, *data: str | int, delay_s: float = 0.0, auth: AuthOutcome | None = None,
+                tool: str | None = None, detail: str | None = None) -> Refuse:
+        """The refusal for `reason`, answered as the gateway answers it (`reasons.answer`, given
+        the request's `data` where the answer carries some): the one way the pipeline refuses."""
+        return cls(answer(reason, *data), reason, delay_s, None, None, auth, tool, detail)
+
 
 @dataclass(frozen=True)
 class RouteAccess:
     """The route's verdict before authentication: refused (why), or how the caller gets in."""
 
-    refusal: str | None = None
+    refusal: Reason | None = None
     public: bool = False  # plain reads need no credential
     own_credential: bool = False  # an opened route that checks its own credential
     passthrough: frozenset[str] = frozenset()  # client headers carrying that credential
+
+
+_AUTHENTICATED_ACCESS = RouteAccess()  # a route for callers the sidecar authenticates
+_PUBLIC_ACCESS = RouteAccess(public=True)
 
 
 @dataclass(frozen=True)
@@ -104,7 +130,7 @@ class Admitted:
     scopes: ResolvedScopes | None
     websocket: bool = False
     rpc: bool = False  # a gateway RPC WebSocket whose frames the sidecar judges
-    shadowed: tuple[str, ...] = ()  # refusals shadow mode let through (sidecar/shadow.py)
+    shadowed: tuple[ReasonCode, ...] = ()  # refusals shadow mode let through (sidecar/shadow.py)
 
 
 @dataclass(frozen=True)
@@ -112,9 +138,59 @@ class Forward:
     admitted: Admitted
     body: bytes | None  # None: forward the received body unchanged
     tool: str | None = None
-    reason: str = "allowed"
-    shadowed: tuple[str, ...] = ()  # what enforcement would have refused it for
+    reason: Reason = Reason.ALLOWED
+    shadowed: tuple[ReasonCode, ...] = ()  # what enforcement would have refused it for
     detail: str | None = None  # shadowed: the refusal's own explanation
+
+
+class HeadState:
+    """One request head on its way through `HEAD_STAGES`: what each stage found that a later
+    stage, the refusal's audit line or the admitted request needs. A stage reads only what an
+    earlier stage wrote (the comments name the writer)."""
+
+    __slots__ = ("view", "host", "target", "websocket", "match", "route", "attribution", "access", "rpc",
+                 "outcome", "scopes", "shadowed")
+
+    view: RequestView
+    host: str  # host: the Host header, trimmed and lower-cased ("" when empty)
+    target: CanonicalTarget  # target
+    websocket: bool  # upgrade: `Upgrade: websocket`
+    match: RouteMatch  # route: the handler the gateway will run
+    route: str | None  # route: its name; refusals from then on are audited with it
+    attribution: Attribution  # route: who the client is (audited with every later refusal)
+    access: RouteAccess  # route_access
+    rpc: bool  # rpc_upgrade: an RPC WebSocket whose frames the sidecar judges (websocket.mode enforce)
+    outcome: AuthOutcome | None  # rate_limit_lock (a route needing no check here) or auth
+    scopes: ResolvedScopes | None  # scopes
+    shadowed: tuple[ReasonCode, ...]  # refusals shadow mode let through (`Pipeline._enforced`)
+
+    def __init__(self, view: RequestView) -> None:
+        self.view = view
+        self.route = None
+        self.outcome = None
+        self.shadowed = ()
+
+    def append(self, reason: ReasonCode, /) -> None:
+        self.shadowed += (reason,)
+
+
+SyncStage = Callable[["Pipeline", HeadState], "Refuse | None"]
+AsyncStage = Callable[["Pipeline", HeadState], Awaitable["Refuse | None"]]
+
+
+class Stage(NamedTuple):
+    """One head stage: its name and the `Pipeline` method that runs it (sync, or awaited)."""
+
+    name: str
+    run: SyncStage | None
+    run_async: AsyncStage | None
+
+    @classmethod
+    def of(cls, method: Callable[..., Any]) -> Stage:
+        name = method.__name__.removeprefix("stage_")
+        if inspect.iscoroutinefunction(method):
+            return cls(name, None, method)
+        return cls(name, method, None)
 
 
 @dataclass
@@ -144,140 +220,234 @@ class Pipeline:
         # Identity headers, client-side and upstream-side: protected like the built-in ones, and
         # never forwarded from the client.
         self.identity_headers = frozenset(filter(None, (tp.user_header, user_header)))
+        # Read by every head: looked up once (a reload builds a new Pipeline).
+        self.allow_real_ip_fallback = gateway.allow_real_ip_fallback
+        self.denied_prefixes = sidecar.routes.deny
+        self.opened_routes = sidecar.routes.allow
+        self.control_ui_policy = {"public": "public", "authenticated": "authenticated", "off": "refused"}[sidecar.routes.control_ui]
+        self.rpc_enforced = sidecar.websocket.mode == "enforce"
+        self.connect_frame_secret = isinstance(self.authenticator, SharedSecretAuth)
+        credential = self.config.secrets.upstream_credential
+        self.upstream_authorization = None if credential is None else ("Authorization", f"Bearer {credential}")
+        # Per identity, what depends on nothing else: the pinned context headers (read-only
+        # dicts, shared by requests) and a shared-secret caller's scopes.
+        self.pins = {identity: self.context.pinned_for(identity) for identity in self.context.pinned}
+        self.pins_default = self.context.pinned_for("*")
+        ceilings = self.ceilings.by_identity or {}
+        self.secret_scopes = {identity: shared_secret_scopes(ceiling) for identity, ceiling in ceilings.items()}
+        self.secret_scopes_default = shared_secret_scopes(self.ceilings.default)
 
     # ---- head ---------------------------------------------------------------------------
 
     async def on_head(self, view: RequestView) -> Refuse | Admitted:
-        if view.head_size() > MAX_HEAD_BYTES:
+        head = HeadState(view)
+        for _name, run, run_async in HEAD_STAGES:
+            if run is not None:
+                refusal = run(self, head)
+            else:
+                assert run_async is not None
+                refusal = await run_async(self, head)
+            if refusal is not None:
+                if head.route is None:
+                    return refusal
+                # Audited and counted by the effective route, with the client as attributed.
+                return replace(refusal, route=head.route, client_ip=head.attribution.client_ip)
+        return self._admit(head)
+
+    def stage_head_size(self, head: HeadState) -> Refuse | None:
+        if head.view.head_size() > MAX_HEAD_BYTES:
             # Node refuses such heads before the gateway sees them; checked first, before any
             # work that grows with the input.
-            return Refuse(envelopes.head_too_large(), "request_head_too_large")
-        if not _METHOD.fullmatch(view.method):
+            return Refuse.because(Reason.REQUEST_HEAD_TOO_LARGE)
+        return None
+
+    def stage_method_syntax(self, head: HeadState) -> Refuse | None:
+        if not _METHOD.fullmatch(head.view.method):
             # Node's parser refuses lower-case and unknown-shaped methods outright.
-            return Refuse(envelopes.bad_request("invalid request method"), "invalid_method")
-        problem = head_problem(view, self.identity_headers)
+            return Refuse.because(Reason.INVALID_METHOD)
+        return None
+
+    def stage_malformed_head(self, head: HeadState) -> Refuse | None:
+        problem = head_problem(head.view, self.identity_headers)
         if problem is not None:
-            return Refuse(envelopes.bad_request(problem), "malformed_head")
-        expect = view.first("expect")
+            return Refuse.because(Reason.MALFORMED_HEAD, problem)
+        return None
+
+    def stage_expect(self, head: HeadState) -> Refuse | None:
+        expect = head.view.first("expect")
         if expect is not None and expect.strip().lower() != "100-continue":
-            return Refuse(envelopes.expectation_failed(), "expectation_failed")
+            return Refuse.because(Reason.EXPECTATION_FAILED)
+        return None
+
+    def stage_host(self, head: HeadState) -> Refuse | None:
+        view = head.view
         if not view.has("host"):
             # RFC 9112 §3.2, and the gateway answers 400 without one: forwarding it would leave
             # the gateway to guess the authority it resolves the target against.
-            return Refuse(envelopes.bad_request("Host header is required"), "invalid_host")
-        host_header = (view.first("host") or "").strip().lower()
-        if host_header and not _PLAIN_HOST.fullmatch(host_header):
+            return Refuse.because(Reason.INVALID_HOST, HOST_REQUIRED)
+        host = (view.first("host") or "").strip().lower()
+        if host and not _PLAIN_HOST.fullmatch(host):
             # The gateway builds `new URL(target, "http://" + Host)`: a Host with a path would
             # move the route it computes, so only host[:port] is accepted.
-            return Refuse(envelopes.bad_request("Host must be host[:port]"), "invalid_host")
-        if not view.target.startswith("/") and not view.target.lower().startswith(("http://", "https://")):
-            return Refuse(envelopes.invalid_request_url(), "invalid_target")
+            return Refuse.because(Reason.INVALID_HOST, HOST_NOT_PLAIN)
+        head.host = host
+        return None
+
+    def stage_target(self, head: HeadState) -> Refuse | None:
+        raw = head.view.target
+        if not raw.startswith("/") and not raw.lower().startswith(("http://", "https://")):
+            return Refuse.because(Reason.INVALID_TARGET)
         try:
-            target = canonicalize_target(view.target, host_header or "localhost")
+            target = canonicalize_target(raw, head.host or "localhost")
         except InvalidTarget:
-            return Refuse(envelopes.invalid_request_url(), "invalid_target")
-        if target.host is not None and target.host != _hostname(host_header):
-            return Refuse(envelopes.bad_request("request target names a foreign host"), "foreign_host")
+            return Refuse.because(Reason.INVALID_TARGET)
+        if target.host is not None and target.host != _hostname(head.host):
+            return Refuse.because(Reason.FOREIGN_HOST)
         if target.path.startswith("//"):
             # `/a/..//x/y` resolves to `//x/y`, which the gateway would re-read as host `x` and
             # path `/y`: the path we judged would not be the path it routes.
-            return Refuse(envelopes.invalid_request_url(), "invalid_target")
-        upgrade = (view.first("upgrade") or "").strip().lower()
-        if upgrade and upgrade != "websocket":
-            return Refuse(envelopes.websocket_upgrade_not_supported(), "unsupported_upgrade")
-        websocket = upgrade == "websocket"
-        match = self.routes.match(view.method, target.path, target.query, websocket=websocket)
-        attribution = attribute(view, self.trusted, self.config.rules.gateway.allow_real_ip_fallback)
-        decision = await self._on_route(view, target, match, websocket, attribution)
-        if isinstance(decision, Refuse):
-            # Audited and counted by the effective route, with the client as attributed.
-            return replace(decision, route=match.name, client_ip=attribution.client_ip)
-        return decision
+            return Refuse.because(Reason.INVALID_TARGET)
+        head.target = target
+        return None
 
-    def _enforced(self, refusal: Refuse, shadowed: list[str]) -> Refuse | None:
+    def stage_upgrade(self, head: HeadState) -> Refuse | None:
+        upgrade = (head.view.first("upgrade") or "").strip().lower()
+        if upgrade and upgrade != "websocket":
+            return Refuse.because(Reason.UNSUPPORTED_UPGRADE)
+        head.websocket = upgrade == "websocket"
+        return None
+
+    def stage_route(self, head: HeadState) -> Refuse | None:
+        """The handler the gateway will run, and who the client is: every later refusal is
+        audited with both."""
+        target = head.target
+        match = self.routes.match(head.view.method, target.path, target.query, websocket=head.websocket)
+        head.match = match
+        head.route = route = match.name
+        head.attribution = attribute(head.view, self.trusted, self.allow_real_ip_fallback)
+        if route == TOOLS_ROUTE and (match.capability or not target.raw_is_canonical):
+            # Non-canonical spellings of the tools route, the capability prefix included, are
+            # refused, never rewritten (E3, E7).
+            return Refuse.because(Reason.NON_CANONICAL_TARGET)
+        if match.malformed_capability:
+            return Refuse.because(Reason.MALFORMED_CAPABILITY_PATH)
+        return None
+
+    def stage_denied_routes(self, head: HeadState) -> Refuse | None:
+        """`sidecar.routes.deny`: a prefix of the path as sent (canonical) or as the gateway routes it."""
+        deny = self.denied_prefixes
+        if deny and (head.target.path.startswith(deny) or head.match.path.startswith(deny)):
+            return self._enforced(Refuse.because(Reason.ROUTE_DENIED), head)
+        return None
+
+    def stage_route_access(self, head: HeadState) -> Refuse | None:
+        access = self.route_access(head.match)
+        if access.refusal is None:
+            head.access = access
+            return None
+        head.access = _AUTHENTICATED_ACCESS  # if shadowed: in for callers the sidecar authenticates
+        return self._enforced(Refuse.because(access.refusal), head)
+
+    def stage_rpc_upgrade(self, head: HeadState) -> Refuse | None:
+        entry = head.match.entry
+        if entry is None or entry.power != "rpc":
+            head.rpc = False
+            return None
+        refusal = self._websocket_upgrade_problem(head.view)
+        if refusal is not None:
+            return refusal
+        head.rpc = self.rpc_enforced
+        return None
+
+    def stage_attribution(self, head: HeadState) -> Refuse | None:
+        if not head.attribution.attributable:
+            return Refuse.because(Reason.PROXY_ATTRIBUTION_REQUIRED)
+        return None
+
+    def stage_funnel(self, head: HeadState) -> Refuse | None:
+        if head.view.has("tailscale-funnel-request"):
+            return Refuse.because(Reason.FUNNEL_REQUEST)
+        return None
+
+    def stage_method(self, head: HeadState) -> Refuse | None:
+        if head.route == TOOLS_ROUTE and head.view.method != "POST":
+            return Refuse.because(Reason.METHOD_NOT_ALLOWED)
+        return None
+
+    async def stage_rate_limit_lock(self, head: HeadState) -> Refuse | None:
+        """Routes that need no credential check here are settled; a client the auth-failure
+        limiter has locked out is refused before its credential is compared."""
+        view = head.view
+        if head.access.own_credential:
+            head.outcome = _ROUTE_CREDENTIAL
+        elif head.rpc and self.connect_frame_secret and not view.has("authorization"):
+            # Browsers cannot set headers on an upgrade: the secret comes in the connect frame,
+            # which the sidecar checks before the gateway sees it (RpcSession).
+            head.outcome = _CONNECT_FRAME
+        elif head.access.public and _plain_read(view):
+            head.outcome = _PUBLIC_READ
+        elif self.authenticator.rate_limited(head.attribution):
+            return await self._locked(head.attribution.client_ip)
+        return None
+
+    async def stage_auth(self, head: HeadState) -> Refuse | None:
+        if head.outcome is not None:
+            return None
+        attribution = head.attribution
+        result = await self._settled(attribution.client_ip, self.authenticator.authenticate(head.view, attribution))
+        if isinstance(result, Refuse):
+            return result
+        head.outcome = result
+        return None
+
+    def stage_scopes(self, head: HeadState) -> Refuse | None:
+        outcome = head.outcome
+        assert outcome is not None  # set by rate_limit_lock or auth
+        head.scopes = scopes = self._scopes(head.view, outcome)
+        if head.route == TOOLS_ROUTE and (scopes is None or not scopes.allows_invoke):
+            return self._enforced(Refuse.because(Reason.MISSING_SCOPE, auth=outcome), head)
+        return None
+
+    def stage_declared_size(self, head: HeadState) -> Refuse | None:
+        if head.route == TOOLS_ROUTE:
+            declared = head.view.declared_length()
+            if declared is not None and declared > MAX_BODY_BYTES:
+                return Refuse.because(Reason.PAYLOAD_TOO_LARGE)
+        return None
+
+    def _admit(self, head: HeadState) -> Admitted:
+        """The head every stage let through, with the headers the gateway will receive."""
+        view, attribution, outcome, scopes = head.view, head.attribution, head.outcome, head.scopes
+        assert outcome is not None and head.route is not None
+        # On an RPC upgrade the gateway authenticates by the sidecar's credential in the connect
+        # frame, and the sidecar is the client it should see: with a forwarded client (or a
+        # forwarded identity, which demands one) it clears every token-only connection's scopes
+        # (gateway-surface N3), while the sidecar has already authenticated the caller and caps
+        # every frame itself. Without an upstream credential the gateway needs both to know who.
+        as_direct = head.rpc and self.upstream_authorization is not None
+        plan = self._header_plan(attribution, outcome, scopes, head.websocket, head.access.passthrough,
+                                 forward_client=not as_direct)
+        headers = rebuild_headers(view, plan) + ((("X-Request-Id", view.request_id),) if view.request_id else ())
+        return Admitted(head.route, head.target.origin_form, headers, attribution.client_ip, outcome, scopes,
+                        head.websocket, head.rpc, head.shadowed)
+
+    def _enforced(self, refusal: Refuse, shadowed: ShadowNotes) -> Refuse | None:
         """The refusal, or (shadow mode, policy layers only) None with the reason noted."""
         if self.config.sidecar.enforce or refusal.reason not in SHADOWABLE_REASONS:
             return refusal
         shadowed.append(refusal.reason)
         return None
 
-    async def _on_route(self, view: RequestView, target: CanonicalTarget, match: RouteMatch, websocket: bool,
-                        attribution: Attribution) -> Refuse | Admitted:
-        """The stages after the route is known: route policy, attribution, auth, scopes, size."""
-        route = match.name
-        shadowed: list[str] = []
-        if route == TOOLS_ROUTE and (match.capability or not target.raw_is_canonical):
-            # Non-canonical spellings of the tools route, the capability prefix included, are
-            # refused, never rewritten (E3, E7).
-            return Refuse(envelopes.invalid_request_url(), "non_canonical_target")
-        if match.malformed_capability:
-            return Refuse(envelopes.unauthorized(), "malformed_capability_path")
-        if any(p.startswith(prefix) for prefix in self.config.sidecar.routes.deny for p in {target.path, match.path}):
-            if refusal := self._enforced(Refuse(envelopes.route_not_found(), "route_denied"), shadowed):
-                return refusal
-        access = self.route_access(match)
-        if access.refusal is not None:
-            if refusal := self._enforced(Refuse(envelopes.route_not_found(), access.refusal), shadowed):
-                return refusal
-            access = RouteAccess()  # shadowed: in for callers the sidecar authenticates
-        rpc = match.entry is not None and match.entry.power == "rpc"
-        if rpc:
-            refusal = self._websocket_upgrade_problem(view)
-            if refusal is not None:
-                return refusal
-        enforce_rpc = rpc and self.config.sidecar.websocket.mode == "enforce"
-
-        if not attribution.attributable:
-            return Refuse(envelopes.proxy_attribution_required(), "proxy_attribution_required")
-        if view.has("tailscale-funnel-request"):
-            return Refuse(envelopes.unauthorized(), "funnel_request")
-        if route == TOOLS_ROUTE and view.method != "POST":
-            return Refuse(envelopes.method_not_allowed(), "method_not_allowed")
-
-        if access.own_credential:
-            outcome = AuthOutcome(True, "route-credential")
-        elif enforce_rpc and isinstance(self.authenticator, SharedSecretAuth) and not view.has("authorization"):
-            # Browsers cannot set headers on an upgrade: the secret comes in the connect frame,
-            # which the sidecar checks before the gateway sees it (RpcSession).
-            outcome = AuthOutcome(True, CONNECT_FRAME_AUTH, shared_secret=True)
-        elif access.public and _plain_read(view):
-            outcome = AuthOutcome(True, "unauthenticated-route")
-        else:
-            refusal_or_outcome = await self._authenticate(view, attribution)
-            if isinstance(refusal_or_outcome, Refuse):
-                return refusal_or_outcome
-            outcome = refusal_or_outcome
-
-        scopes = self._scopes(view, outcome)
-        if route == TOOLS_ROUTE:
-            if scopes is None or not scopes.allows_invoke:
-                if refusal := self._enforced(Refuse(envelopes.missing_scope(), "missing_scope", auth=outcome), shadowed):
-                    return refusal
-            declared = view.declared_length()
-            if declared is not None and declared > MAX_BODY_BYTES:
-                return Refuse(envelopes.payload_too_large(), "payload_too_large")
-
-        # On an RPC upgrade the gateway authenticates by the sidecar's credential in the connect
-        # frame, and the sidecar is the client it should see: with a forwarded client (or a
-        # forwarded identity, which demands one) it clears every token-only connection's scopes
-        # (gateway-surface N3), while the sidecar has already authenticated the caller and caps
-        # every frame itself. Without an upstream credential the gateway needs both to know who.
-        as_direct = enforce_rpc and self.config.secrets.upstream_credential is not None
-        plan = self._header_plan(attribution, outcome, scopes, websocket, access.passthrough, forward_client=not as_direct)
-        headers = rebuild_headers(view, plan) + ((("X-Request-Id", view.request_id),) if view.request_id else ())
-        return Admitted(route, target.origin_form, headers, attribution.client_ip, outcome, scopes, websocket, enforce_rpc,
-                        tuple(shadowed))
-
     def _websocket_upgrade_problem(self, view: RequestView) -> Refuse | None:
         """Only RFC 6455 upgrades (GET, version 13, a real key, no body) reach the RPC: anything
         else could become a raw tunnel past frame inspection."""
         mode = self.config.sidecar.websocket.mode
         if mode == "off":
-            return Refuse(envelopes.route_not_found(), "websocket_off")
+            return Refuse.because(Reason.WEBSOCKET_OFF)
         key = (view.first("sec-websocket-key") or "").strip()
         if (view.method != "GET" or (view.first("sec-websocket-version") or "").strip() != "13" or not _websocket_key(key)
                 or view.declared_length() != 0 or "upgrade" not in connection_tokens(view)):
-            return Refuse(envelopes.bad_request("not an RFC 6455 WebSocket upgrade"), "invalid_websocket_upgrade")
+            return Refuse.because(Reason.INVALID_WEBSOCKET_UPGRADE)
         return None
 
     def rpc_session(self, admitted: Admitted) -> RpcSession:
@@ -294,13 +464,13 @@ class Pipeline:
                 await asyncio.sleep(result.delay_s)  # the same loopback delay as a refused HTTP request
             return AuthOutcome(False, authenticator.method, result.reason)
 
-        async def limit(user: str | None, tool: str) -> str | None:
+        async def limit(user: str | None, tool: str) -> Reason | None:
             if self.request_limiter is None:
                 return None
             verdict = await self.request_limiter.hit(user, tool, client_ip=admitted.client_ip)
             if verdict.unavailable:
-                return "limiter_unavailable"
-            return None if verdict.allowed else "request_rate_limited"
+                return Reason.LIMITER_UNAVAILABLE
+            return None if verdict.allowed else Reason.REQUEST_RATE_LIMITED
 
         return RpcSession(self.rpc_policy, caller, admitted.scopes or ResolvedScopes(()), check_secret, limit)
 
@@ -308,68 +478,72 @@ class Pipeline:
         """What the route table and `sidecar.routes` grant the route the gateway will run."""
         entry = match.entry
         if entry is None:
-            return RouteAccess(refusal="unknown_route")
-        allowed = self.config.sidecar.routes.allow
+            return RouteAccess(refusal=Reason.UNKNOWN_ROUTE)
+        allowed = self.opened_routes
         opened = entry.name in allowed
         if match.capability and NODE_CAPABILITY_ROUTE not in allowed:
-            return RouteAccess(refusal="node_capability")
+            return RouteAccess(refusal=Reason.NODE_CAPABILITY)
         if not match.method_served:
-            return RouteAccess(refusal="method_not_served")
+            return RouteAccess(refusal=Reason.METHOD_NOT_SERVED)
         own = opened and entry.credential == "own"
         if match.query_credential is not None and not own:
-            return RouteAccess(refusal="query_credential")
+            return RouteAccess(refusal=Reason.QUERY_CREDENTIAL)
         policy: str = entry.default_policy
         if entry.name == "control-ui":
-            policy = {"public": "public", "authenticated": "authenticated", "off": "refused"}[self.config.sidecar.routes.control_ui]
+            policy = self.control_ui_policy
         if policy == "refused" and not opened:
-            return RouteAccess(refusal="route_refused")
+            return RouteAccess(refusal=Reason.ROUTE_REFUSED)
         if own:
             return RouteAccess(own_credential=True, passthrough=frozenset(entry.pass_headers))
         if policy == "refused":  # opened by name: in as the gateway lets callers in there
             policy = "public" if entry.credential == "none" else "authenticated"
-        return RouteAccess(public=policy == "public")
-
-    async def _authenticate(self, view: RequestView, attribution: Attribution) -> Refuse | AuthOutcome:
-        return await self._limited_check(
-            attribution.client_ip, self.authenticator.rate_limited(attribution),
-            lambda: self.authenticator.authenticate(view, attribution),
-        )
+        return _PUBLIC_ACCESS if policy == "public" else _AUTHENTICATED_ACCESS
 
     async def _limited_check(self, key: str | None, limited: bool, check: Callable[[], AuthOutcome]) -> Refuse | AuthOutcome:
-        """A credential check behind the auth-failure limiter: a locked client is refused before
-        the comparison, a mismatch is counted, a match clears the client's failures."""
+        """A credential check behind the auth-failure limiter (the HTTP head runs the same two
+        steps as its rate_limit_lock and auth stages)."""
         if limited:
-            verdict = await self.failure_limiter.check(key)
-            if verdict.unavailable:
-                return Refuse(envelopes.limiter_unavailable(), "limiter_unavailable")
-            if not verdict.allowed:
-                return Refuse(envelopes.rate_limited(verdict.retry_after_s), "rate_limited")
-        outcome = check()
+            refusal = await self._locked(key)
+            if refusal is not None:
+                return refusal
+        return await self._settled(key, check())
+
+    async def _locked(self, key: str | None) -> Refuse | None:
+        """A client the auth-failure limiter has locked out is refused before any comparison."""
+        verdict = await self.failure_limiter.check(key)
+        if verdict.unavailable:
+            return Refuse.because(Reason.LIMITER_UNAVAILABLE)
+        if not verdict.allowed:
+            return Refuse.because(Reason.RATE_LIMITED, verdict.retry_after_s)
+        return None
+
+    async def _settled(self, key: str | None, outcome: AuthOutcome) -> Refuse | AuthOutcome:
+        """A credential check's outcome, told to the limiter: a mismatch is counted, a match
+        clears the client's failures."""
         if outcome.ok:
             if outcome.shared_secret:
                 await self.failure_limiter.reset(key)
             return outcome
         delay = await self.failure_limiter.record_failure(key) if outcome.counts_as_failure else 0.0
-        return Refuse(envelopes.unauthorized(), outcome.reason, delay, auth=outcome)
+        return Refuse.because(outcome.reason, delay_s=delay, auth=outcome)
 
     def _scopes(self, view: RequestView, outcome: AuthOutcome) -> ResolvedScopes | None:
-        if outcome.method in UNAUTHENTICATED_METHODS - {CONNECT_FRAME_AUTH}:
+        if outcome.method in _UNSCOPED_METHODS:
             return None
-        ceiling = self.ceilings.ceiling_for(outcome.user)
-        if outcome.shared_secret:
-            return shared_secret_scopes(ceiling)
-        return resolve_scopes(parse_scope_header(view.first("x-openclaw-scopes")), ceiling)
+        user = outcome.user
+        if outcome.shared_secret:  # the scopes of ceilings.ceiling_for(user), computed once
+            return self.secret_scopes.get(user, self.secret_scopes_default) if user is not None else self.secret_scopes_default
+        return resolve_scopes(parse_scope_header(view.first("x-openclaw-scopes")), self.ceilings.ceiling_for(user))
 
     def _header_plan(
         self, attribution: Attribution, outcome: AuthOutcome, scopes: ResolvedScopes | None, websocket: bool,
         passthrough: frozenset[str] = frozenset(), *, forward_client: bool = True,
     ) -> HeaderPlan:
         owned: list[tuple[str, str]] = []
-        credential = self.config.secrets.upstream_credential
         # Never lend our credential to a request nobody authenticated, nor to a route whose own
         # credential the client brings (one meaning per header).
-        if credential is not None and outcome.method not in UNAUTHENTICATED_METHODS:
-            owned.append(("Authorization", f"Bearer {credential}"))
+        if self.upstream_authorization is not None and outcome.method not in UNAUTHENTICATED_METHODS:
+            owned.append(self.upstream_authorization)
         # Always one explicit value: an absent header means the full default set upstream (F1).
         owned.append(("x-openclaw-scopes", scopes.header_value if scopes is not None else ""))
         if outcome.user_header_value is not None and forward_client:
@@ -381,7 +555,7 @@ class Pipeline:
         if forward_client and attribution.client_ip is not None and not is_loopback(attribution.client_ip):
             owned.append(("X-Forwarded-For", attribution.client_ip))
         return HeaderPlan(
-            owned=tuple(owned), context_allow=self.context_allow, pinned=self.context.pinned_for(outcome.user),
+            owned=tuple(owned), context_allow=self.context_allow, pinned=self.pins.get(outcome.user or "", self.pins_default),
             drop=self.identity_headers, websocket=websocket, passthrough=passthrough,
         )
 
@@ -391,37 +565,37 @@ class Pipeline:
         # The adapter already closes HTTP/1 connections that send trailers; this is the rule
         # for any engine that delivers them.
         if has_trailers:
-            return Refuse(envelopes.bad_request("request trailers are not accepted"), "trailers")
+            return Refuse.because(Reason.TRAILERS)
         if admitted.route != TOOLS_ROUTE:
             passthrough = admitted.websocket and admitted.route == "rpc-websocket" and not admitted.rpc
-            return Forward(admitted, None, reason="websocket_passthrough" if passthrough else "allowed",
+            return Forward(admitted, None, reason=Reason.WEBSOCKET_PASSTHROUGH if passthrough else Reason.ALLOWED,
                            shadowed=admitted.shadowed)
         if len(body) > MAX_BODY_BYTES:
-            return Refuse(envelopes.payload_too_large(), "payload_too_large")
+            return Refuse.because(Reason.PAYLOAD_TOO_LARGE)
         try:
             invoke = read_invoke_body(body)
         except BodyError as exc:
             if exc.kind == "invalid_json":
-                return Refuse(envelopes.invalid_json(exc.message), "invalid_json")
-            return Refuse(envelopes.missing_tool_name(), "missing_tool_name")
+                return Refuse.because(Reason.INVALID_JSON, exc.message)
+            return Refuse.because(Reason.MISSING_TOOL_NAME)
         name = invoke.tool.name
-        shadowed = list(admitted.shadowed)
+        shadowed: list[ReasonCode] = list(admitted.shadowed)
         owner = admitted.scopes is not None and admitted.scopes.owner
         # The context headers as the gateway will receive them (allow-listed or pinned).
         context = {k.lower(): v for k, v in admitted.headers if k.lower() in _TOOL_CONTEXT}
         decision = self.tools.decide(ToolRequest(invoke, owner, context.get(CHANNEL_HEADER), context.get(ACCOUNT_HEADER)))
         detail = None
         if decision.refused:
-            refused = Refuse(decision.envelope(), decision.reason, tool=name, detail=decision.detail)
+            refused = Refuse.because(decision.reason, decision.answer_data, tool=name, detail=decision.detail)
             if refusal := self._enforced(refused, shadowed):
                 return refusal
             detail = decision.detail
         if self.request_limiter is not None:
             verdict = await self.request_limiter.hit(admitted.auth.user, name, client_ip=admitted.client_ip)
             if verdict.unavailable:
-                return Refuse(envelopes.limiter_unavailable(), "limiter_unavailable", tool=name)
+                return Refuse.because(Reason.LIMITER_UNAVAILABLE, tool=name)
             if not verdict.allowed:
-                limited = Refuse(envelopes.request_rate_limited(verdict.retry_after_s), "request_rate_limited", tool=name)
+                limited = Refuse.because(Reason.REQUEST_RATE_LIMITED, verdict.retry_after_s, tool=name)
                 if refusal := self._enforced(limited, shadowed):
                     return refusal
         changed = None if invoke.forward_bytes is body else invoke.forward_bytes
@@ -457,3 +631,25 @@ def _hostname(host_header: str) -> str:
             return host_header.removesuffix(default)
     return host_header
 
+
+# The head stages, in the order they run: the one place that order is declared.
+HEAD_STAGES: tuple[Stage, ...] = tuple(Stage.of(method) for method in (
+    Pipeline.stage_head_size,
+    Pipeline.stage_method_syntax,
+    Pipeline.stage_malformed_head,
+    Pipeline.stage_expect,
+    Pipeline.stage_host,
+    Pipeline.stage_target,
+    Pipeline.stage_upgrade,
+    Pipeline.stage_route,
+    Pipeline.stage_denied_routes,
+    Pipeline.stage_route_access,
+    Pipeline.stage_rpc_upgrade,
+    Pipeline.stage_attribution,
+    Pipeline.stage_funnel,
+    Pipeline.stage_method,
+    Pipeline.stage_rate_limit_lock,
+    Pipeline.stage_auth,
+    Pipeline.stage_scopes,
+    Pipeline.stage_declared_size,
+))

@@ -76,7 +76,6 @@ import asyncio
 import logging
 import math
 import time
-import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -90,6 +89,7 @@ from limits.storage import storage_from_string
 from sidecar.ipaddrs import is_loopback, normalize_ip
 from sidecar.limits_compat import SweepThrottledMemoryStorage
 from sidecar.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_FALLBACKS
+from sidecar.storage_uri import SUPPORTED_STORAGE_SCHEMES, async_storage_uri, redact_uri  # re-exported
 
 __all__ = [
     "SUPPORTED_STORAGE_SCHEMES",
@@ -105,7 +105,6 @@ log = logging.getLogger("sidecar.ratelimit")
 
 Clock = Callable[[], float]
 
-SUPPORTED_STORAGE_SCHEMES: Final = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster")
 REDIS_KEY_PREFIX: Final = "openclaw-sidecar"
 AUTH_SCOPE: Final = "shared-secret"
 LOOPBACK_HISTORY_CAP: Final = 6
@@ -132,38 +131,7 @@ ALLOWED: Final = LimitVerdict(True)
 UNAVAILABLE: Final = LimitVerdict(False, unavailable=True)
 
 
-# --------------------------------------------------------------------------- storage URIs
-
-
-def redact_uri(uri: str) -> str:
-    """The URI with any password replaced, fit for logs and error messages."""
-    try:
-        parts = urllib.parse.urlsplit(uri)
-    except ValueError:
-        return "<unparseable URI>"
-    if "@" not in parts.netloc:
-        return uri
-    userinfo, hosts = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0]
-    netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"***@{hosts}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
-def async_storage_uri(uri: str) -> str:
-    """Map a configured storage URI (``memory://``, ``redis://`` ...) to its `limits` async form.
-
-    Raises ValueError naming the scheme when it is not one the sidecar supports.
-    """
-    if not isinstance(uri, str) or "://" not in uri:
-        raise ValueError(f"rate-limit storage URI must look like scheme://..., got {uri!r}")
-    scheme, rest = uri.split("://", 1)
-    scheme = scheme.strip().lower()
-    if scheme not in SUPPORTED_STORAGE_SCHEMES:
-        raise ValueError(
-            f"unsupported rate-limit storage scheme {scheme!r} in {redact_uri(uri)!r}; "
-            f"use one of: {', '.join(s + '://' for s in SUPPORTED_STORAGE_SCHEMES)}"
-        )
-    return f"async+{scheme}://{rest}"
+# --------------------------------------------------------------------------- storage
 
 
 def _make_storage(uri: str, timeout_s: float, options: Mapping[str, Any] | None) -> tuple[Storage, bool]:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from .auth import AuthOutcome
 from .body import BodyError, read_invoke_body
 from .config import Config
+from .reasons import Reason, ReasonCode
 from .scopes import ADMIN, ResolvedScopes
 from .shadow import SHADOWABLE_REASONS
 from .toolchain import ToolChain, ToolDecision, ToolRequest
@@ -53,7 +54,7 @@ class FrameVerdict:
     ourselves and keep the connection, or answer (optionally) and close with a code."""
 
     verdict: Verdict
-    reason: str
+    reason: ReasonCode
     payload: bytes | None = None  # forward: the rewritten frame; reply/close: our answer
     close_code: int = 1000
     method: str | None = None
@@ -169,17 +170,17 @@ def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, s
     """A request frame's method against the table: its refusal, or None when it may proceed."""
     spec = policy.catalogue.get(method)
     if spec is None:
-        return FrameVerdict("reply", "unknown_method", error_frame(request_id, "INVALID_REQUEST", f"unknown method: {method}"), method=method)
+        return FrameVerdict("reply", Reason.UNKNOWN_METHOD, error_frame(request_id, "INVALID_REQUEST", f"unknown method: {method}"), method=method)
     if spec.scope == "node":
-        return FrameVerdict("reply", "node_method", error_frame(request_id, "FORBIDDEN", f"node methods are not relayed: {method}"), method=method)
+        return FrameVerdict("reply", Reason.NODE_METHOD, error_frame(request_id, "FORBIDDEN", f"node methods are not relayed: {method}"), method=method)
     if method in policy.denied:
-        return FrameVerdict("reply", "method_denied", error_frame(
+        return FrameVerdict("reply", Reason.METHOD_DENIED, error_frame(
             request_id, "FORBIDDEN", f"method not allowed through this proxy: {method}",
             {"code": "METHOD_DENIED", "markers": spec.markers}), method=method)
     required = dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)
     missing = next((s for s in required if not scope_satisfied(s, scopes)), None)
     if missing is not None:
-        return FrameVerdict("reply", "missing_scope", missing_scope_frame(request_id, missing), method=method)
+        return FrameVerdict("reply", Reason.MISSING_SCOPE, missing_scope_frame(request_id, missing), method=method)
     return None
 
 
@@ -190,7 +191,7 @@ def judge_tool_frame(tools: ToolChain, request_id: Any, params: dict[str, Any], 
     try:
         invoke = read_invoke_body(encode(params))
     except BodyError:
-        return FrameVerdict("reply", "missing_tool_name", error_frame(request_id, "INVALID_REQUEST", "tools.invoke requires name"),
+        return FrameVerdict("reply", Reason.MISSING_TOOL_NAME, error_frame(request_id, "INVALID_REQUEST", "tools.invoke requires name"),
                             method=TOOLS_INVOKE)
     decision = tools.decide(ToolRequest(invoke, owner, client_caps=caps))
     return tool_refusal_frame(request_id, decision, invoke.tool.name) if decision.refused else invoke.tool.name
@@ -236,7 +237,7 @@ class RpcSession:
 
     def __init__(self, policy: RpcPolicy, caller: AuthOutcome | None, allowed: ResolvedScopes,
                  check_secret: Callable[[str | None], Awaitable[AuthOutcome]],
-                 limit: Callable[[str | None, str], Awaitable[str | None]]) -> None:
+                 limit: Callable[[str | None, str], Awaitable[Reason | None]]) -> None:
         self.policy = policy
         self.caller = caller
         self.allowed = frozenset(allowed.scopes)
@@ -251,14 +252,14 @@ class RpcSession:
 
     async def client_frame(self, content: bytes) -> FrameVerdict:
         if not self.connected and len(content) > PREAUTH_MAX_BYTES:
-            return FrameVerdict("close", "preauth_frame_too_large", close_code=1009)
+            return FrameVerdict("close", Reason.PREAUTH_FRAME_TOO_LARGE, close_code=1009)
         try:
             frame = parse_frame(content)
             if not self.connected:
                 return await self._connect(frame)
             verdict = await self._request(frame)
         except FrameError as exc:
-            return FrameVerdict("close", "malformed_frame", close_code=exc.code)
+            return FrameVerdict("close", Reason.MALFORMED_FRAME, close_code=exc.code)
         if self.policy.shadow and verdict.verdict == "reply" and verdict.reason in SHADOWABLE_REASONS:
             return replace(verdict, verdict="forward", payload=None, shadowed=True)
         return verdict
@@ -270,7 +271,7 @@ class RpcSession:
         raw_client, raw_auth = params.get("client"), params.get("auth")
         client = raw_client if isinstance(raw_client, dict) else {}
         if (params.get("role", "operator") != "operator" or client.get("mode") == "node") and not self.policy.allow_nodes:
-            return self._refuse_connect(request_id, "node_role", "INVALID_REQUEST",
+            return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST",
                                         "role not allowed through this proxy: only operator connections are relayed")
         auth = raw_auth if isinstance(raw_auth, dict) else {}
         if self.caller is None:
@@ -290,7 +291,7 @@ class RpcSession:
             # A device signs its scopes and credential: a rewritten connect would not verify, and
             # an unrewritten one would pair a device above the ceiling (gateway-surface N2).
             return self._refuse_connect(
-                request_id, "device_above_ceiling", "INVALID_REQUEST",
+                request_id, Reason.DEVICE_ABOVE_CEILING, "INVALID_REQUEST",
                 "device identities pass this proxy only with its own credential and within the caller's scopes",
                 {"code": "DEVICE_SCOPES_ABOVE_CEILING", "allowedScopes": sorted(self.allowed)})
         # Identity in, token never out: the gateway gets the sidecar's credential, never the
@@ -302,9 +303,9 @@ class RpcSession:
         self.scopes = frozenset(kept)
         caps = params.get("caps")
         self.caps = frozenset(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else frozenset()
-        return FrameVerdict("forward", "connect", encode({**frame, "params": rewritten}), method="connect")
+        return FrameVerdict("forward", Reason.CONNECT, encode({**frame, "params": rewritten}), method="connect")
 
-    def _refuse_connect(self, request_id: Any, reason: str, code: str, message: str,
+    def _refuse_connect(self, request_id: Any, reason: ReasonCode, code: str, message: str,
                         details: Mapping[str, Any] | None = None) -> FrameVerdict:
         return FrameVerdict("close", reason, error_frame(request_id, code, message, details), close_code=1008, method="connect")
 
@@ -312,13 +313,13 @@ class RpcSession:
         method, request_id, params = frame["method"], frame.get("id"), frame.get("params")
         assert self.scopes is not None
         if method == "connect":
-            return FrameVerdict("reply", "connect_repeated", error_frame(request_id, "INVALID_REQUEST", "already connected"), method=method)
+            return FrameVerdict("reply", Reason.CONNECT_REPEATED, error_frame(request_id, "INVALID_REQUEST", "already connected"), method=method)
         refused = judge_method(self.policy, method, request_id, params, self.scopes)
         if refused is not None:
             return refused
         if method == TOOLS_INVOKE:
             return await self._tools_invoke(frame, request_id, params)
-        return FrameVerdict("forward", "allowed", method=method)
+        return FrameVerdict("forward", Reason.ALLOWED, method=method)
 
     async def _tools_invoke(self, frame: dict[str, Any], request_id: Any, params: Any) -> FrameVerdict:
         """The same tool policy and request limits as POST /tools/invoke."""
@@ -335,4 +336,4 @@ class RpcSession:
         # One name for policy and execution: what was judged is what runs (`tool` is dropped).
         rewritten = {k: v for k, v in params.items() if k != "tool"}
         rewritten["name"] = name
-        return FrameVerdict("forward", "allowed", encode({**frame, "params": rewritten}), method=TOOLS_INVOKE, tool=name)
+        return FrameVerdict("forward", Reason.ALLOWED, encode({**frame, "params": rewritten}), method=TOOLS_INVOKE, tool=name)

@@ -8,7 +8,10 @@ relays a request two parsers could read differently.
 
 from __future__ import annotations
 
-SHADOWABLE_REASONS = frozenset({
-    "route_denied", "unknown_route", "node_capability", "method_not_served", "query_credential", "route_refused",
-    "missing_scope", "tool_denied", "request_rate_limited", "method_denied", "node_method",
+from .reasons import Reason
+
+SHADOWABLE_REASONS: frozenset[Reason] = frozenset({
+    Reason.ROUTE_DENIED, Reason.UNKNOWN_ROUTE, Reason.NODE_CAPABILITY, Reason.METHOD_NOT_SERVED,
+    Reason.QUERY_CREDENTIAL, Reason.ROUTE_REFUSED, Reason.MISSING_SCOPE, Reason.TOOL_DENIED,
+    Reason.REQUEST_RATE_LIMITED, Reason.METHOD_DENIED, Reason.NODE_METHOD,
 })

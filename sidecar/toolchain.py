@@ -30,10 +30,10 @@ from functools import cache, cached_property, lru_cache, partial
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
-from . import envelopes
 from .body import InvokeBody
 from .config import OpenClawRules
 from .envelopes import Envelope
+from .reasons import Reason, answer
 from .tool_lists import TOOL_ALIASES_2026_9_6
 from .toolpolicy import ToolGate, ToolName, js_trim
 
@@ -449,17 +449,25 @@ class ToolDecision:
         return self.status is not None
 
     @property
-    def reason(self) -> str:
+    def reason(self) -> Reason:
         """The metric label: a small fixed set."""
-        return {None: "allowed", 400: "session_invalid", 404: "tool_denied"}[self.status]
+        return _DECISION_REASONS[self.status]
 
     @property
     def detail(self) -> str | None:
         return detail_of(self.steps)
 
-    def envelope(self) -> Envelope:
+    @property
+    def answer_data(self) -> str:
+        """What the refusal's answer names: the gateway's message (400) or the tool (404)."""
         assert self.message is not None
-        return envelopes.invalid_request(self.message) if self.status == 400 else envelopes.tool_not_available(self.name)
+        return self.message if self.status == 400 else self.name
+
+    def envelope(self) -> Envelope:
+        return answer(self.reason, self.answer_data)
+
+
+_DECISION_REASONS: dict[int | None, Reason] = {None: Reason.ALLOWED, 400: Reason.SESSION_INVALID, 404: Reason.TOOL_DENIED}
 
 
 # ---- the chain ----------------------------------------------------------------------------------------

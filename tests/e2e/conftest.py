@@ -13,11 +13,13 @@ from openclaw_demo.backend import DemoBackend
 
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 
-from .harness import SidecarProcess, TestNet, TestNetUnavailable
+from .harness import SidecarProcess, TestNet
+from .netns import NamespaceError
 
 UPSTREAM_TOKEN = "upstream-secret-for-the-gateway"
 REAL_GATEWAY_TOKEN = "real-gateway-shared-token"
 REAL_GATEWAY_HOOKS_TOKEN = "real-gateway-hooks-token"
+TESTNET_SKIP_REASON = pytest.StashKey[str | None]()
 
 
 @pytest.fixture
@@ -79,16 +81,23 @@ def http(client: httpx.Client) -> httpx.Client:
     return client
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Settle the test network before the first test, while the process still has one thread
+    (TestNet.prepare_session), and only when a selected test uses it."""
+    if any("testnet" in getattr(item, "fixturenames", ()) for item in session.items):
+        session.config.stash[TESTNET_SKIP_REASON] = TestNet.prepare_session()
+
+
 @pytest.fixture(scope="session")
-def testnet() -> Iterator[TestNet]:
-    """Real non-loopback client and proxy addresses (needs root and iproute2, as CI has); skipped
-    with one line saying why where the machine cannot have them."""
-    reason = TestNet.unavailable_reason()
+def testnet(request: pytest.FixtureRequest) -> Iterator[TestNet]:
+    """Real non-loopback client and proxy addresses (needs iproute2, and root or an unprivileged
+    user namespace); skipped with one line saying why where the machine cannot have them."""
+    reason = request.config.stash[TESTNET_SKIP_REASON]
     if reason is not None:
         pytest.skip(f"TEST NETWORK TESTS SKIPPED: {reason}")
     try:
         net = TestNet().__enter__()
-    except TestNetUnavailable as exc:
+    except NamespaceError as exc:
         pytest.skip(f"TEST NETWORK TESTS SKIPPED: {exc}")
     try:
         yield net

@@ -7,6 +7,7 @@ tests create (203.0.113.0/24 for clients, 198.51.100.0/24 for proxies).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -20,6 +21,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import netns
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENING_PREFIX = "openclaw-sidecar listening on "
@@ -191,15 +194,12 @@ def http_request(method: str, target: str, headers: list[tuple[str, str]] | None
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-class TestNetUnavailable(RuntimeError):
-    __test__ = False
-
-
 class TestNet:
-    """A network namespace with real addresses, joined to the host by a veth pair.
+    """Client hosts with real addresses in a network namespace of their own, joined to this
+    session's network by a veth pair, so the sidecar sees genuine non-loopback peers.
 
-    Sockets created for a source address are made inside the namespace (os.setns in a
-    short-lived thread), so the sidecar sees a genuine non-loopback peer.
+    Sockets for a source address are made inside the namespace (netns.in_thread). A session not
+    run as root first moves into a network of its own (`prepare_session`) and builds the same.
     """
 
     __test__ = False  # a fixture helper, not a test class
@@ -207,77 +207,64 @@ class TestNet:
     HOST_ADDRESSES = ("203.0.113.1/24", "198.51.100.1/24")
     CLIENT_ADDRESSES = ("203.0.113.7", "203.0.113.8", "198.51.100.5", "198.51.100.6", "198.51.100.7")
     HOST_IP = "203.0.113.1"
+    LOCK_PATH = Path(tempfile.gettempdir()) / f"openclaw-sidecar-testnet-{os.getuid()}.lock"
 
     def __init__(self) -> None:
         suffix = f"{os.getpid() % 100000}"
-        self.name = f"ocsc{suffix}"
         self.host_if, self.ns_if = f"ocs{suffix}a", f"ocs{suffix}b"
 
     @staticmethod
-    def _ip(*args: str) -> None:
-        done = subprocess.run(["ip", *args], capture_output=True, text=True)
-        if done.returncode != 0:  # the real cause, not just the exit status
-            raise TestNetUnavailable(f"`ip {' '.join(args)}` failed: {done.stderr.strip() or done.returncode}")
-
-    LOCK_PATH = Path(tempfile.gettempdir()) / f"openclaw-sidecar-testnet-{os.getuid()}.lock"
-
-    @staticmethod
-    def unavailable_reason() -> str | None:
-        """Why this machine cannot have the test network (root and iproute2 are needed)."""
-        if os.geteuid() != 0:
-            return "network namespaces need root (run `make test` as root, or in the container image)"
+    def prepare_session() -> str | None:
+        """Why this session cannot have the test network, or None. A session not run as root first
+        moves into a user + network namespace of its own, where it may build it; the kernel allows
+        that only while the process has one thread, so this is called once, before the first test."""
         if shutil.which("ip") is None:
             return "iproute2's `ip` is missing (apt-get install iproute2)"
-        return None
+        if os.geteuid() == 0:
+            return None
+        failure = netns.fails_in_child(netns.enter_own_network)
+        if failure is None:
+            try:
+                netns.enter_own_network()
+                return None
+            except OSError as exc:  # it worked in the child: only a running thread (EINVAL, nothing changed)
+                failure = str(exc)
+        return f"not root, and no user + network namespace of our own here ({failure}); {netns.userns_advice()}"
 
     def __enter__(self) -> "TestNet":
-        # Every session uses the same TEST-NET subnets; two at once would misroute each other's
-        # replies, so sessions take turns (CI runs one session and never waits).
+        self.namespace_fd = netns.new_netns()
+        # Every session on the machine's network uses the same TEST-NET subnets; two at once would
+        # misroute each other's replies, so sessions take turns (CI runs one session and never waits).
         self._lock = open(self.LOCK_PATH, "w")
         fcntl.flock(self._lock, fcntl.LOCK_EX)
-        self._ip("netns", "add", self.name)
         try:
-            self._ip("netns", "exec", self.name, "ip", "link", "set", "lo", "up")
-            self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
-            self._ip("link", "set", self.ns_if, "netns", self.name)
+            netns.ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if,
+                     "netns", f"/proc/self/fd/{self.namespace_fd}", pass_fds=[self.namespace_fd])
             for address in self.HOST_ADDRESSES:
-                self._ip("addr", "add", address, "dev", self.host_if)
-            self._ip("link", "set", self.host_if, "up")
+                netns.ip("addr", "add", address, "dev", self.host_if)
+            netns.ip("link", "set", self.host_if, "up")
+            netns.ip("link", "set", "lo", "up", netns=self.namespace_fd)
             for address in self.CLIENT_ADDRESSES:
-                self._ip("netns", "exec", self.name, "ip", "addr", "add", f"{address}/24", "dev", self.ns_if)
-            self._ip("netns", "exec", self.name, "ip", "link", "set", self.ns_if, "up")
+                netns.ip("addr", "add", f"{address}/24", "dev", self.ns_if, netns=self.namespace_fd)
+            netns.ip("link", "set", self.ns_if, "up", netns=self.namespace_fd)
         except Exception:
             self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        with contextlib.suppress(netns.NamespaceError):  # (not made when __enter__ failed early)
+            netns.ip("link", "del", self.host_if)  # takes its peer along
+        os.close(self.namespace_fd)
         self._lock.close()  # releases the flock
 
     def socket_from(self, source_ip: str) -> socket.socket:
-        made: dict[str, Any] = {}
+        def bound() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((source_ip, 0))
+            return sock
 
-        def inside() -> None:
-            try:
-                fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
-                try:
-                    os.setns(fd, os.CLONE_NEWNET)
-                finally:
-                    os.close(fd)
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.bind((source_ip, 0))
-                made["sock"] = sock
-            except Exception as exc:  # reported in the caller's thread
-                made["error"] = exc
-
-        thread = threading.Thread(target=inside)
-        thread.start()
-        thread.join()
-        if "error" in made:
-            raise made["error"]
-        return made["sock"]
+        return netns.in_thread(bound, self.namespace_fd)
 
     def exchange(self, source_ip: str, address: tuple[str, int], data: bytes, timeout: float = 10.0) -> RawResponse:
         return raw_exchange(address, data, sock=self.socket_from(source_ip), timeout=timeout)

@@ -4,7 +4,8 @@ Two control cases run first and every other case is judged against them: `contro
 (the probe's own credential works, so a refusal means the attack was refused and not the caller)
 and `control.websocket` (the target serves the RPC WebSocket at all). A case that would count as
 a failed login is followed by one good call, so the probe never walks its own address into a
-lockout on a production gateway.
+lockout on a production gateway; so is every fifth refusal in a row, so a sidecar's refusal
+pacing never delays its answers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from .ws import exchange_ws
 
 CONTROL_CREDENTIAL = "control.credential"
 CONTROL_WEBSOCKET = "control.websocket"
+# A sidecar paces a client refused many times in a row (sidecar.rateLimit.refusalPacing, from the
+# 11th refusal by default): a good call every few refusals keeps the probe's own run short of it.
+REFUSALS_BETWEEN_GOOD_CALLS = 5
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,7 @@ class Probe:
         self.credential_refusal: str | None = None  # why the target refused the probe's credential
         self.baseline_credential_refusal: str | None = None  # why the baseline did
         self.websocket_refusal: str | None = None  # why the target serves no RPC WebSocket
+        self.refused_in_a_row = 0  # the target's refusals since the probe's last good call
 
     def run(self, progress: Callable[[int, int, CaseResult], None] = lambda i, n, r: None) -> Report:
         cases = self.corpus.select(self.options.cases)
@@ -236,8 +241,9 @@ class Probe:
         target = self.observe(case, answer, sent, verdict, why)
         baseline = self.run_on_baseline(case) if self.baseline else None
         comparable = baseline is not None and not ("credential" in case.needs and self.baseline_credential_refusal)
-        if case.fails_auth:
-            self.reset_failure_limiter()
+        self.refused_in_a_row = self.refused_in_a_row + 1 if target.admission == "refused" else 0
+        if case.fails_auth or self.refused_in_a_row >= REFUSALS_BETWEEN_GOOD_CALLS:
+            self.good_call()
         return CaseResult(case, target.verdict, target.why, target,
                           self.redact.arrivals(arrivals) if arrivals is not None else None, baseline,
                           differential(target.admission, baseline.admission) if baseline is not None and comparable else None,
@@ -278,8 +284,10 @@ class Probe:
                                   "call the target accepted: it is not the backend behind this target")
         return verdict, why
 
-    def reset_failure_limiter(self) -> None:
-        """One good call after a counted failure: a success resets the gateway's failure count."""
+    def good_call(self) -> None:
+        """One good call: a success resets the gateway's failure count and the sidecar's refusal
+        pacing (which would otherwise delay the probe's answers past its timeout)."""
+        self.refused_in_a_row = 0
         control = next(c for c in self.corpus.cases if c.id == CONTROL_CREDENTIAL)
         if self.options.secret or self.options.identity:
             for side in filter(None, (self.target, self.baseline)):

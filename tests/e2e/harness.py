@@ -39,6 +39,9 @@ class SidecarProcess:
         sidecar.setdefault("listen", "127.0.0.1:0")
         sidecar.setdefault("adminListen", "127.0.0.1:0")
         sidecar.setdefault("runtimeDir", str(workdir / "run"))
+        # Suites send long runs of refusals from one client on purpose; pacing them would only
+        # slow the suite down. The pacing test and the probe's own runs set it (`{}`: the defaults).
+        sidecar.setdefault("rateLimit", {}).setdefault("refusalPacing", {"baseDelayMs": 0})
         self.config_path = workdir / f"sidecar-{id(self)}.yaml"
         self.config_path.write_text(json.dumps(config))
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENCLAW_", "CLAWDBOT_"))}

@@ -32,7 +32,7 @@ IDENTITY = ("--identity-header", "x-forwarded-user=alice@example.com", "--identi
 
 def sidecar_config(backend: DemoBackend, auth: dict, **gateway: object) -> dict:
     return {"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
-                        "rateLimit": {"loopbackDelayBaseMs": 0}},
+                        "rateLimit": {"loopbackDelayBaseMs": 0, "refusalPacing": {}}},  # pacing as deployed
             "gateway": {"auth": auth, **gateway}}
 
 

@@ -29,7 +29,7 @@ NEEDS_THE_RECORD = "only --backend-record can show whether the forged part arriv
 @pytest.fixture(scope="module")
 def sidecar(token_gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
     return module_sidecar({"sidecar": {"upstream": token_gateway.url, "openclawConfig": str(token_gateway.config_path),
-                                       "rateLimit": {"loopbackDelayBaseMs": 0}}})
+                                       "rateLimit": {"loopbackDelayBaseMs": 0, "refusalPacing": {}}}})  # pacing as deployed
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+
+from .caching import short_call_cache
 
 __all__ = ["CanonicalTarget", "InvalidTarget", "UnsupportedTarget", "canonicalize_target"]
 
@@ -545,12 +546,6 @@ class _Parser:
         """The fragment is never sent on; just consume it."""
 
 
-# Nearly every request repeats a target and Host seen before, and the answer is a pure function
-# of the two: cached (refusals are not), for inputs short enough that a flood of distinct ones
-# holds at most a few MB.
-_CACHEABLE_LENGTH = 256
-_CACHE_SIZE = 4096
-
 # Origin-form targets the WHATWG parser returns unchanged: characters outside every encode set,
 # no `%` in the path (`%2e` can be a dot segment), no `\\`, no `//` start, a non-empty query
 # without `'` (special-query set) and no fragment. The fast path for almost every request.
@@ -573,11 +568,13 @@ def canonicalize_target(raw: str, base_host: str = "localhost") -> CanonicalTarg
     """
     if not isinstance(raw, str):
         raise TypeError("raw must be str (decode request-line bytes as latin-1)")
-    if len(raw) + len(base_host) <= _CACHEABLE_LENGTH:
-        return _canonicalize_cached(raw, base_host)
     return _canonicalize(raw, base_host)
 
 
+# Nearly every request repeats a target and Host seen before, and the answer is a pure function
+# of the two: cached (refusals are not), for inputs short enough that a flood of distinct ones
+# holds at most a few MB.
+@short_call_cache(256, 4096)
 def _canonicalize(raw: str, base_host: str) -> CanonicalTarget:
     base = _Parser("http://" + base_host, None).run()  # Node throws on a bad base whatever the target
     plain = _PLAIN_TARGET.fullmatch(raw)
@@ -592,6 +589,3 @@ def _canonicalize(raw: str, base_host: str) -> CanonicalTarget:
         host=url.host if url.host_from_input else None,
         raw_is_canonical=raw == path + query,
     )
-
-
-_canonicalize_cached = lru_cache(maxsize=_CACHE_SIZE)(_canonicalize)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from functools import lru_cache
+
+from .caching import short_call_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -20,12 +21,9 @@ _CACHEABLE_LENGTH = 64
 _CACHE_SIZE = 4096
 
 
+@short_call_cache(_CACHEABLE_LENGTH, _CACHE_SIZE)
 def parse_ip(text: str) -> IPAddress | None:
     """Parse an IP literal, folding IPv4-mapped IPv6 to IPv4; None when it is not one."""
-    return _parse_ip_cached(text) if len(text) <= _CACHEABLE_LENGTH else _parse_ip(text)
-
-
-def _parse_ip(text: str) -> IPAddress | None:
     candidate = text.strip()
     if candidate.startswith("[") and candidate.endswith("]"):
         candidate = candidate[1:-1]
@@ -40,22 +38,15 @@ def _parse_ip(text: str) -> IPAddress | None:
     return address
 
 
-_parse_ip_cached = lru_cache(maxsize=_CACHE_SIZE)(_parse_ip)
-
-
 def normalize_ip(text: str | None) -> str | None:
     """Canonical text form of an IP literal (mapped IPv6 folded), or None."""
-    if text is None:
-        return None
-    return _normalize_ip_cached(text) if len(text) <= _CACHEABLE_LENGTH else _normalize_ip(text)
+    return None if text is None else _canonical_text(text)
 
 
-def _normalize_ip(text: str) -> str | None:
-    address = _parse_ip(text)
+@short_call_cache(_CACHEABLE_LENGTH, _CACHE_SIZE)
+def _canonical_text(text: str) -> str | None:
+    address = parse_ip(text)
     return None if address is None else str(address)
-
-
-_normalize_ip_cached = lru_cache(maxsize=_CACHE_SIZE)(_normalize_ip)
 
 
 def is_loopback(text: str | None) -> bool:

@@ -14,11 +14,12 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+from .caching import short_call_cache
 from .canonical import InvalidTarget, canonicalize_target
 
 GATEWAY_VERSION = "2026.9.6"
@@ -244,7 +245,7 @@ class RouteTable:
     _cached_match: Callable[[str, str, str, bool], RouteMatch] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_cached_match", lru_cache(maxsize=ROUTE_CACHE_SIZE)(self._match))
+        object.__setattr__(self, "_cached_match", short_call_cache(ROUTE_CACHEABLE_LENGTH, ROUTE_CACHE_SIZE)(self._match))
 
     @classmethod
     def for_deployment(cls, *, hooks_path: str | None = None, base_path: str | None = None,
@@ -259,9 +260,7 @@ class RouteTable:
 
     def match(self, method: str, path: str, query: str, *, websocket: bool) -> RouteMatch:
         """The handler the gateway dispatches to for a canonical (WHATWG) path and query."""
-        if len(path) + len(query) <= ROUTE_CACHEABLE_LENGTH:
-            return self._cached_match(method, path, query, websocket)
-        return self._match(method, path, query, websocket)
+        return self._cached_match(method, path, query, websocket)
 
     def _match(self, method: str, path: str, query: str, websocket: bool) -> RouteMatch:
         routed, scoped, malformed = capability_rewrite(path)

@@ -1,0 +1,33 @@
+"""Caching for pure functions of request text.
+
+The cached functions (target canonicalisation, IP parsing, route matching) see the same few
+inputs on nearly every request, but their inputs come from strangers: only calls whose text
+arguments are short are cached, so a flood of distinct long inputs neither fills memory nor
+evicts what every request repeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache, wraps
+from typing import Any, TypeVar, cast
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def short_call_cache(max_length: int, size: int) -> Callable[[F], F]:
+    """`lru_cache(maxsize=size)` for positional calls whose str arguments total at most
+    `max_length` characters; longer calls run uncached."""
+
+    def decorate(function: F) -> F:
+        cached = lru_cache(maxsize=size)(function)
+
+        @wraps(function)
+        def call(*args: Any) -> Any:
+            if sum(len(arg) for arg in args if isinstance(arg, str)) <= max_length:
+                return cached(*args)
+            return function(*args)
+
+        return cast(F, call)
+
+    return decorate

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
 TOKEN = "bench-token"
@@ -35,12 +37,6 @@ def invoke_body(tool: str) -> bytes:
 
 
 # ---- ports ------------------------------------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 30, proc: subprocess.Popen | None = None) -> None:

@@ -253,17 +253,22 @@ class _FailureLog:
     def __len__(self) -> int:
         return len(self._open) + len(self._locked)
 
+    def untracked(self, key: str) -> bool:
+        """Known without a storage read to have no failures and no lock: in bounded (in-memory)
+        mode every key with stored state is in the index, and almost every client is clean."""
+        return self.max_entries is not None and key not in self._open and key not in self._locked
+
     # -- queries -------------------------------------------------------------------------
 
     async def blocked_for(self, key: str, now: int) -> int:
         """Milliseconds the key is still refused (0 = allowed); clears an expired lockout."""
+        if self.untracked(key):
+            return self.overflow_until - now if now < self.overflow_until else 0
         until = await self.storage.get(self._lock(key))
         if until:
             if now < until:
                 return until - now
             await self.clear(key, keep_tracked=True)  # lockout over: the history goes with it
-        if self.bounded and now < self.overflow_until and not self.tracked(key):
-            return self.overflow_until - now
         return 0
 
     # -- updates -------------------------------------------------------------------------
@@ -299,6 +304,8 @@ class _FailureLog:
         return 1 + sum(1 for stamp in stamps if stamp and stamp - 1 > cutoff)
 
     async def reset(self, key: str) -> None:
+        if self.untracked(key):
+            return
         seq = await self.storage.get(self._seq(key))
         if seq:
             await self.clear(key, seq)

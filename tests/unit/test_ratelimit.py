@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.metrics import REGISTRY
 from sidecar.ratelimit import (
@@ -321,6 +323,40 @@ async def test_table_full_of_lockouts_sets_overflow_lock(clock: FakeClock) -> No
         assert not (await limiter.check("10.0.0.99")).allowed
     finally:
         await limiter.aclose()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["fail", "reset", "check", "wait"]), st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"])),
+                max_size=40))
+def test_an_untracked_memory_client_has_no_stored_state(steps: list[tuple[str, str]]) -> None:
+    """The in-memory fast path answers `check` and `reset` for a client outside the index
+    without reading the storage; that is only right while every key with stored failures or
+    a lock is in the index, whatever the sequence of failures, resets, evictions and expiries."""
+
+    async def run() -> None:
+        clock = FakeClock()
+        limiter = AuthFailureLimiter(max_attempts=2, max_entries=2, window_ms=10_000, lockout_ms=20_000,
+                                     exempt_loopback=False, clock=clock)
+        log = limiter._guard.primary
+        try:
+            for action, ip in steps:
+                if action == "fail":
+                    await limiter.record_failure(ip)
+                elif action == "reset":
+                    await limiter.reset(ip)
+                elif action == "check":
+                    await limiter.check(ip)
+                else:
+                    clock.advance(7)
+                for other in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+                    key = auth_key(other)
+                    if log.untracked(key):
+                        assert await log.storage.get(log._lock(key)) == 0
+                        assert await log.storage.get(log._seq(key)) == 0
+        finally:
+            await limiter.aclose()
+
+    asyncio.run(run())
 
 
 @pytest.mark.redis

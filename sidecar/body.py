@@ -26,13 +26,19 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"Unexpected token {token} in JSON")
 
 
+# Bound once: json.loads builds a new decoder, scanner included, for every call given options.
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def parse_json_body(raw: bytes) -> Any:
     """Decode as Node does (UTF-8 with replacement, whatever Content-Type says) and parse."""
     text = raw.decode("utf-8", errors="replace")
     if not text.strip():
         return {}
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # checked by json.loads, not by the decoder itself
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _decode(text)
     except json.JSONDecodeError as exc:
         raise BodyError("invalid_json", exc.msg) from exc
     except RecursionError as exc:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sidecar.body import MAX_BODY_BYTES, BodyError, InvokeBody, parse_json_body, read_invoke_body
+from sidecar.body import MAX_BODY_BYTES, BodyError, InvokeBody, _reject_constant, parse_json_body, read_invoke_body
 
 
 def strict_loads(raw: bytes):
@@ -225,3 +225,21 @@ def test_lone_surrogates_never_raise_anything_but_body_error(raw: bytes) -> None
     except BodyError:
         return
     strict_loads(body.forward_bytes)
+
+
+@pytest.mark.parametrize("raw", [b"\xef\xbb\xbf{}", b" \xef\xbb\xbf{}", b'{"tool":"x"}', b"{", b"[1,]", b'{"a":NaN}', b"-Infinity"])
+def test_the_prebound_decoder_answers_as_json_loads(raw: bytes) -> None:
+    """parse_json_body keeps one decoder instead of json.loads building one per call: same
+    results, same error messages, the byte-order-mark check json.loads makes included."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        expected: object = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        expected = ("invalid_json", exc.msg)
+    except ValueError as exc:
+        expected = ("invalid_json", str(exc))
+    try:
+        got: object = parse_json_body(raw)
+    except BodyError as exc:
+        got = (exc.kind, exc.message)
+    assert got == expected

@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - depends on how mitmdump was started
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from addons import compat
+from addons.deadlines import Deadlines
 
 from sidecar import audit, envelopes
 from sidecar.config import load_config
@@ -207,10 +208,11 @@ class ToolsInvokeGuard:
 
     def __init__(self, runtime: Runtime | None = None) -> None:
         self.runtime = runtime
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # One per flow at a time (body, upstream answer, WebSocket connect frame), by flow id.
+        self._timers = Deadlines()
         # Client connections, and the head deadline of those waiting for a request head.
         self._clients: set[str] = set()
-        self._head_deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._head_deadlines = Deadlines()
         self._max_connections = connection_cap(None, raise_fd_limit())
         # Exchanges not yet answered (client id → flow ids) and open WebSockets: what a drain waits for.
         self._in_flight: dict[str, set[str]] = {}
@@ -297,17 +299,13 @@ class ToolsInvokeGuard:
     def _arm_head_deadline(self, client: connection.Client) -> None:
         """The next request head must be complete within headReadSeconds (also closes idle
         keep-alive connections: dripping bytes never extends it)."""
-        self._disarm_head_deadline(client)
         seconds = self.runtime.config.sidecar.timeouts.head_read_seconds if self.runtime else 10.0
-        self._head_deadlines[client.id] = asyncio.get_running_loop().call_later(seconds, self._head_deadline_passed, client)
+        self._head_deadlines.arm(client.id, seconds, lambda: self._head_deadline_passed(client))
 
     def _disarm_head_deadline(self, client: connection.Client) -> None:
-        timer = self._head_deadlines.pop(client.id, None)
-        if timer is not None:
-            timer.cancel()
+        self._head_deadlines.cancel(client.id)
 
     def _head_deadline_passed(self, client: connection.Client) -> None:
-        self._head_deadlines.pop(client.id, None)
         HEAD_TIMEOUTS.inc()
         writer = compat.client_writer(client)
         if writer is None:
@@ -422,9 +420,8 @@ class ToolsInvokeGuard:
         return flow.metadata.get(ADMITTED) is not None and flow.response is None and bool(flow.request.timestamp_end)
 
     def done(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
         self._timers.clear()
+        self._head_deadlines.clear()
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -511,17 +508,13 @@ class ToolsInvokeGuard:
         """Run `action` after `seconds` unless cancelled; a new refusal is audited as `audit_as`."""
 
         def fire() -> None:
-            self._timers.pop(flow.id, None)
             if action():
                 self._audit(flow, "refused", audit_as, flow.metadata.get(ANSWERED))
 
-        self._cancel_timer(flow)
-        self._timers[flow.id] = asyncio.get_running_loop().call_later(seconds, fire)
+        self._timers.arm(flow.id, seconds, fire)
 
     def _cancel_timer(self, flow: http.HTTPFlow) -> None:
-        timer = self._timers.pop(flow.id, None)
-        if timer is not None:
-            timer.cancel()
+        self._timers.cancel(flow.id)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._cancel_timer(flow)

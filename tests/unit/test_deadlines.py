@@ -1,0 +1,63 @@
+"""addons/deadlines.py: keyed one-shot timers swept by one loop callback."""
+
+from __future__ import annotations
+
+import asyncio
+
+from addons.deadlines import Deadlines
+from sidecar.metrics import INTERNAL_ERRORS
+
+TICK = 0.01
+
+
+async def settle(deadlines: Deadlines) -> None:
+    """Until every armed deadline has fired and the sweep has stopped."""
+    while deadlines._sweep_handle is not None:
+        await asyncio.sleep(TICK)
+
+
+async def test_deadlines_fire_once_in_order_and_the_sweep_stops_when_none_are_left() -> None:
+    deadlines = Deadlines(tick=TICK)
+    fired: list[str] = []
+    deadlines.arm("late", 0.05, lambda: fired.append("late"))
+    deadlines.arm("early", 0.02, lambda: fired.append("early"))
+    assert len(deadlines) == 2 and deadlines._sweep_handle is not None
+    await settle(deadlines)
+    assert fired == ["early", "late"]
+    assert len(deadlines) == 0
+
+
+async def test_cancelled_and_rearmed_deadlines() -> None:
+    deadlines = Deadlines(tick=TICK)
+    fired: list[str] = []
+    deadlines.arm("cancelled", 0.02, lambda: fired.append("cancelled"))
+    deadlines.arm("rearmed", 0.02, lambda: fired.append("first"))
+    deadlines.arm("rearmed", 0.04, lambda: fired.append("second"))  # one deadline per key: replaced
+    deadlines.cancel("cancelled")
+    deadlines.cancel("never armed")
+    await settle(deadlines)
+    assert fired == ["second"]
+
+
+async def test_an_action_may_arm_another_and_a_failing_one_does_not_stop_the_rest() -> None:
+    deadlines = Deadlines(tick=TICK)
+    fired: list[str] = []
+    before = INTERNAL_ERRORS._value.get()
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    deadlines.arm("a", 0.02, boom)
+    deadlines.arm("b", 0.02, lambda: deadlines.arm("c", 0.02, lambda: fired.append("c")))
+    await settle(deadlines)
+    assert fired == ["c"]
+    assert INTERNAL_ERRORS._value.get() == before + 1
+
+
+async def test_clear_drops_everything() -> None:
+    deadlines = Deadlines(tick=TICK)
+    fired: list[str] = []
+    deadlines.arm("a", 0.02, lambda: fired.append("a"))
+    deadlines.clear()
+    await asyncio.sleep(0.05)
+    assert fired == [] and len(deadlines) == 0 and deadlines._sweep_handle is None

@@ -27,6 +27,7 @@ from sidecar.logging_limits import limit_library_logs
 from sidecar.reload import Reloader
 from sidecar.runtime import Runtime, build_runtime
 
+from . import compat
 from .tools_invoke import REQUIRED_OPTIONS, ToolsInvokeGuard
 
 log = logging.getLogger("sidecar")
@@ -123,6 +124,7 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     runtime = build_runtime(config)
     guard = ToolsInvokeGuard(runtime)
     master = build_master(config, guard)
+    compat.dispatch_hooks_directly(master.addons)  # the chain is final from here on
     health = Health(config.sidecar.upstream)
     try:
         admin = AdminServer(*split_host_port(config.sidecar.admin_listen), health)

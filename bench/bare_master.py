@@ -2,10 +2,11 @@
 (same addon chain, same options) from the same config file, with an addon that does nothing in
 place of the enforcement addon. What enforcement costs is the sidecar's CPU minus this one's.
 
-    .venv/bin/python -m bench.bare_master [--skip-debug-typechecks] CONFIG
+    .venv/bin/python -m bench.bare_master [--speedups] CONFIG
 
-`--skip-debug-typechecks` applies the one mitmproxy patch of the sidecar's that is about speed
-(addons/compat.py skip_debug_typechecks), to tell what it buys from what enforcement costs.
+`--speedups` applies the sidecar's mitmproxy patches that are about speed (addons/compat.py:
+skip_debug_typechecks, cache_hook_arguments, dispatch_hooks_directly), to tell what they buy
+from what enforcement costs.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ class NoEnforcement:
     """Stands where the guard stands in the addon chain; hooks nothing."""
 
 
-async def _run(config_path: Path) -> None:
+async def _run(config_path: Path, speedups: bool) -> None:
     master = build_master(load_config(config_path), NoEnforcement())  # type: ignore[arg-type]
+    if speedups:
+        compat.dispatch_hooks_directly(master.addons)
     await master.run()
 
 
 if __name__ == "__main__":
-    if "--skip-debug-typechecks" in sys.argv:
+    speedups = "--speedups" in sys.argv
+    if speedups:
         compat.skip_debug_typechecks()
-    asyncio.run(_run(Path(sys.argv[-1])))
+        compat.cache_hook_arguments()
+    asyncio.run(_run(Path(sys.argv[-1]), speedups))

@@ -5,12 +5,14 @@ changes one fails here, by name, before it silently weakens a guarantee."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 
 import h11
 import pytest
 from h11 import _readers as h11_readers
 from limits.aio.storage import MemoryStorage
+from mitmproxy import exceptions, hooks
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import server
 from mitmproxy.proxy.layers import modes, websocket
@@ -18,6 +20,8 @@ from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1
 
 from addons import compat
 from sidecar.limits_compat import SweepThrottledMemoryStorage
+
+UPSTREAM_HOOK_ARGS = hooks.Hook.args  # before any test applies cache_hook_arguments
 
 
 # ---- mitmproxy ------------------------------------------------------------------------------------
@@ -46,6 +50,103 @@ def test_the_message_typecheck_dropped_is_only_a_debug_typecheck() -> None:
     assert (response.status_code, response.content, response.headers["content-length"]) == (404, b"{}", "2")
 
 
+def test_cached_hook_arguments_are_the_fields_in_order() -> None:
+    """cache_hook_arguments replaces Hook.args, which upstream spells as the fields in order."""
+    from mitmproxy import hooks
+
+    assert "for field in fields(self)" in inspect.getsource(UPSTREAM_HOOK_ARGS)
+    compat.cache_hook_arguments()
+    for hook_class in set(hooks.all_hooks.values()):
+        values = [object() for _ in dataclasses.fields(hook_class)]
+        hook = hook_class(*values)
+        assert hook.args() == UPSTREAM_HOOK_ARGS(hook) == values, hook_class
+
+
+class Recorder:
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.calls = name, calls
+
+
+class SyncHook(Recorder):
+    def requestheaders(self, flow: object) -> None:
+        self.calls.append(f"{self.name}:sync")
+
+
+class AsyncHook(Recorder):
+    async def requestheaders(self, flow: object) -> None:
+        await asyncio.sleep(0)
+        self.calls.append(f"{self.name}:async")
+
+
+class FailingHook(Recorder):
+    def requestheaders(self, flow: object) -> None:
+        self.calls.append(f"{self.name}:fails")
+        raise RuntimeError("addon bug")
+
+
+class HaltingHook(Recorder):
+    def requestheaders(self, flow: object) -> None:
+        self.calls.append(f"{self.name}:halts")
+        raise exceptions.AddonHalt()
+
+
+class ModuleNamedLikeAHook(Recorder):
+    requestheaders = inspect  # upstream skips a module imported under a hook's name
+
+
+def _chain(calls: list[str]) -> list[Recorder]:
+    return [SyncHook("a", calls), Recorder("no-hook", calls), ModuleNamedLikeAHook("module", calls), AsyncHook("b", calls),
+            FailingHook("c", calls), SyncHook("d", calls), HaltingHook("e", calls), SyncHook("f", calls)]
+
+
+async def _dispatch(direct: bool) -> list[str]:
+    from mitmproxy.http import HTTPFlow
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+    from mitmproxy.test import taddons, tflow
+
+    calls: list[str] = []
+    with taddons.context() as context:
+        manager = context.master.addons
+        for addon in _chain(calls):
+            manager.chain.append(addon)
+        if direct:
+            compat.dispatch_hooks_directly(manager)
+        flow: HTTPFlow = tflow.tflow()
+        await manager.handle_lifecycle(HttpRequestHeadersHook(flow))
+    return calls
+
+
+async def test_direct_hook_dispatch_runs_the_hooks_upstream_runs_in_its_order() -> None:
+    """dispatch_hooks_directly keeps trigger_event's semantics: only addons defining the hook,
+    in chain order, sync and async, an addon's error logged and the rest still run, AddonHalt
+    ending the chain, a module named like a hook skipped."""
+    upstream = await _dispatch(direct=False)
+    direct = await _dispatch(direct=True)
+    assert upstream == ["a:sync", "b:async", "c:fails", "d:sync", "e:halts"]
+    assert direct == upstream
+
+
+async def test_direct_hook_dispatch_refuses_nested_chains_and_defers_to_a_changed_one() -> None:
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+    from mitmproxy.test import taddons, tflow
+
+    class Parent:
+        addons: list[object] = []
+
+    with taddons.context() as context:
+        manager = context.master.addons
+        manager.chain.append(Parent())
+        with pytest.raises(ValueError):
+            compat.dispatch_hooks_directly(manager)
+    calls: list[str] = []
+    with taddons.context() as context:
+        manager = context.master.addons
+        compat.dispatch_hooks_directly(manager)
+        manager.chain.append(SyncHook("late", calls))  # added after: mitmproxy's own walk finds it
+        await manager.trigger_event(HttpRequestHeadersHook(tflow.tflow()))
+    assert calls == ["late:sync"]
+
+
 def test_the_unread_body_is_found_through_the_layer_stack() -> None:
     """unread_request_bytes walks handler.layer (NextLayer) → .layer (the mode) → .child_layer
     (NextLayer) → .layer (HttpLayer) → .connections[client] (Http1Server) → .buf; the e2e test of
@@ -62,6 +163,13 @@ def test_the_websocket_layer_builds_its_connections_through_the_module_name() ->
     assert "WebsocketConnection(" in source and "self.client_ws" in source
     assert "frame_buf" in inspect.getsource(websocket.WebsocketLayer.relay_messages)
     assert issubclass(compat._BoundedWebsocketConnection, websocket.WebsocketConnection)
+
+
+def test_upgraded_flows_build_their_layer_through_the_websocket_layer_class() -> None:
+    """choose_websocket_layer redirects `websocket.WebsocketLayer(...)`, which flow_done calls by
+    that name; the relay replaces it whole (tests/unit/test_ws_relay.py drives both)."""
+    assert "websocket.WebsocketLayer(self.context, self.flow)" in inspect.getsource(inspect.unwrap(HttpStream.flow_done))
+    assert websocket.WebsocketLayer.__init__ is not object.__init__  # the relay's __init__ is its own
 
 
 def test_client_writer_reaches_the_transport_the_way_the_proxyserver_keeps_it() -> None:

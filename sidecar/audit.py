@@ -16,9 +16,8 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from .logging_limits import LOG_ONCE_PER_INTERVAL
 from .metrics import AUDIT_LINES_DROPPED, SHADOWED, decision_counter
@@ -32,8 +31,9 @@ QUEUE_LINES = 20_000
 BATCH_SECONDS = 0.05
 
 
-@dataclass(frozen=True)
-class AuditEntry:
+class AuditEntry(NamedTuple):
+    """One decision (a NamedTuple: immutable like a frozen dataclass, built in a fifth of the time)."""
+
     request_id: str
     route: str
     decision: str  # forwarded | refused | shadowed
@@ -50,7 +50,7 @@ class AuditEntry:
     tool: str | None = None
     upstream_status: int | None = None
     duration_ms: float | None = None
-    shadowed: tuple[str, ...] = field(default=())
+    shadowed: tuple[str, ...] = ()
     detail: str | None = None  # why a policy layer refused (free text; `reason` is the metric label)
 
     def line(self, now: float) -> str:

@@ -24,9 +24,11 @@ def short_call_cache(max_length: int, size: int) -> Callable[[F], F]:
 
         @wraps(function)
         def call(*args: Any) -> Any:
-            if sum(len(arg) for arg in args if isinstance(arg, str)) <= max_length:
-                return cached(*args)
-            return function(*args)
+            length = 0  # a plain loop: sum() over a generator costs more than the lookup it guards
+            for arg in args:
+                if isinstance(arg, str):
+                    length += len(arg)
+            return cached(*args) if length <= max_length else function(*args)
 
         return cast(F, call)
 

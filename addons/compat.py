@@ -23,6 +23,7 @@ from mitmproxy.addonmanager import AddonManager, safecall
 from mitmproxy.http import MessageData
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import websocket
 from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1
 
@@ -140,7 +141,8 @@ def limit_request_heads(max_bytes: int) -> None:
 
 
 class _BoundedWebsocketConnection(websocket.WebsocketConnection):
-    """mitmproxy reassembles a whole WebSocket message (decompressed) before any hook sees it, so
+    """For upgrades on mitmproxy's own layer (RPC sessions have the relay's bound, addons/ws_relay.py):
+    mitmproxy reassembles a whole WebSocket message (decompressed) before any hook sees it, so
     a stranger could send one without end. Client messages over the flow's limit end the
     connection with 1009 as they grow, as the gateway's own `maxPayload` does."""
 
@@ -177,6 +179,20 @@ def limit_websocket_messages(limit: Callable[[http.HTTPFlow], int]) -> None:
     start.__wrapped__ = original_start  # type: ignore[attr-defined]
     websocket.WebsocketLayer.start = start  # type: ignore[method-assign]
     websocket.WebsocketLayer._handle_event = start  # type: ignore[method-assign]
+
+
+def choose_websocket_layer(factory: Callable[[Context, http.HTTPFlow], layer.Layer | None]) -> None:
+    """Let `factory` pick the layer for an upgraded flow (the sidecar's RPC relay), None keeping
+    mitmproxy's own. HttpStream.flow_done builds `websocket.WebsocketLayer(self.context,
+    self.flow)` with no hook in between; the construction itself is redirected (`__new__` may
+    return an object of another class, whose own __init__ has then already run)."""
+    layer_class = websocket.WebsocketLayer
+
+    def __new__(cls, context: Context, flow: http.HTTPFlow):  # type: ignore[no-untyped-def]
+        chosen = factory(context, flow) if cls is layer_class else None
+        return chosen if chosen is not None else object.__new__(cls)
+
+    layer_class.__new__ = staticmethod(__new__)  # type: ignore[assignment]
 
 
 def client_writer(client: connection.Client) -> asyncio.StreamWriter | None:
@@ -278,7 +294,8 @@ def dispatch_hooks_directly(manager: AddonManager) -> None:
     manager.trigger_event = trigger_event  # type: ignore[method-assign]
 
 
-def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.HTTPFlow], int]) -> None:
+def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.HTTPFlow], int],
+                  websocket_layer: Callable[[Context, http.HTTPFlow], layer.Layer | None]) -> None:
     skip_debug_typechecks()
     cache_hook_arguments()
     limit_request_bodies_only()
@@ -287,3 +304,4 @@ def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.H
     answer_malformed_bodies()
     limit_request_heads(max_head_bytes)
     limit_websocket_messages(websocket_message_limit)
+    choose_websocket_layer(websocket_layer)

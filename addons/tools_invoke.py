@@ -22,13 +22,15 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1, status_codes
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layer import Layer
 
 try:  # loaded by mitmdump -s, the repository root may not be on sys.path
     import sidecar  # noqa: F401
 except ImportError:  # pragma: no cover - depends on how mitmdump was started
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from addons import compat
+from addons import compat, ws_relay
 from addons.deadlines import Deadlines
 
 from sidecar import audit, envelopes
@@ -41,7 +43,7 @@ from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
 from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
-from sidecar.rpc import PREAUTH_MAX_BYTES
+from sidecar.rpc import PREAUTH_MAX_BYTES, FrameVerdict, RpcSession
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.view import RequestView
 
@@ -53,7 +55,6 @@ FORWARDED = "openclaw_sidecar.forwarded"
 ANSWERED = "openclaw_sidecar.answered"
 RPC_SESSION = "openclaw_sidecar.rpc"
 WS_CLOSING = "openclaw_sidecar.ws_closing"
-WS_CLOSE_LINGER_SECONDS = 0.25
 # The gateway's WebSocket maxPayload: its RPC (server-constants MAX_PAYLOAD_BYTES), and the
 # largest of its other sockets.
 RPC_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
@@ -108,32 +109,22 @@ def response_of(envelope: Envelope) -> http.Response:
                          http.Headers(fields), envelope.body, None, now, now)
 
 
-
-def websocket_frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final server frame (RFC 6455 §5.2)."""
-    length = len(payload)
-    if length < 126:
-        head = bytes([0x80 | opcode, length])
-    elif length < 1 << 16:
-        head = bytes([0x80 | opcode, 126]) + length.to_bytes(2, "big")
-    else:
-        head = bytes([0x80 | opcode, 127]) + length.to_bytes(8, "big")
-    return head + payload
-
-
 def close_websocket(flow: http.HTTPFlow, code: int, reason: str, answer: bytes | None = None) -> bool:
     """Send `answer` (a text frame) and a close frame with `code` to the client, then end the
-    connection: mitmproxy has no API to close one side with a code, so the frames are written to
-    the client transport directly, between whole frames (asyncio runs one writer at a time);
-    nothing the client sends after that is relayed."""
+    connection; nothing the client sends after that is relayed. A relayed RPC flow is closed by
+    its relay (between gateway messages). On mitmproxy's own layer, which has no API to close one
+    side with a code, the frames are written to the client transport directly, between whole
+    frames (that layer writes whole frames only, and asyncio runs one writer at a time)."""
     flow.metadata[WS_CLOSING] = True
+    if ws_relay.request_close(flow, code, reason, answer):
+        return True
     writer = compat.client_writer(flow.client_conn)
     if writer is not None:
         if answer is not None:
-            writer.write(websocket_frame(0x1, answer))
-        writer.write(websocket_frame(0x8, code.to_bytes(2, "big") + reason.encode()[:120]))
+            writer.write(ws_relay.frame(ws_relay.TEXT, answer))
+        writer.write(ws_relay.frame(ws_relay.CLOSE, ws_relay.close_payload(code, reason)))
         # The client's EOF makes mitmproxy close the gateway side too.
-        asyncio.get_running_loop().call_later(WS_CLOSE_LINGER_SECONDS, writer.close)
+        asyncio.get_running_loop().call_later(ws_relay.CLOSE_LINGER_SECONDS, writer.close)
     return True
 
 
@@ -218,6 +209,8 @@ class ToolsInvokeGuard:
         self._in_flight: dict[str, set[str]] = {}
         self._websockets: dict[str, http.HTTPFlow] = {}
         self.draining = False
+        self._relay_judge = ws_relay.Judge(session=lambda flow: flow.metadata.get(RPC_SESSION),
+                                           message_limit=websocket_message_limit, judged=self._frame_judged)
 
     def _exchange_over(self, flow: http.HTTPFlow) -> None:
         flows = self._in_flight.get(flow.client_conn.id)
@@ -259,7 +252,7 @@ class ToolsInvokeGuard:
 
     def load(self, loader: Any) -> None:
         loader.add_option("sidecar_config", str | None, None, "Path to the openclaw-sidecar YAML/JSON5 config file.")
-        compat.apply_patches(MAX_HEAD_BYTES, websocket_message_limit)
+        compat.apply_patches(MAX_HEAD_BYTES, websocket_message_limit, self._websocket_layer)
 
     def configure(self, updated: set[str]) -> None:
         if "sidecar_config" not in updated:
@@ -521,6 +514,14 @@ class ToolsInvokeGuard:
 
     # ---- the gateway's WebSocket RPC ----------------------------------------------------------
 
+    def _websocket_layer(self, context: Context, flow: http.HTTPFlow) -> Layer | None:
+        """RPC sessions get the sidecar's own relay (addons/ws_relay.py); other upgrades, and any
+        whose 101 negotiated an extension, mitmproxy's layer and the websocket_message hook."""
+        admitted = flow.metadata.get(ADMITTED)
+        if isinstance(admitted, Admitted) and admitted.rpc and not ws_relay.extensions(flow):
+            return ws_relay.RpcRelay(context, flow, self._relay_judge)
+        return None
+
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         self._websockets[flow.id] = flow
         if self.draining:
@@ -539,8 +540,13 @@ class ToolsInvokeGuard:
             log.exception("internal error in websocket_start; connection closed")
             close_websocket(flow, 1011, "internal error")
 
+    async def rpc_verdict(self, pending: ws_relay.PendingVerdict) -> None:
+        """A relayed frame whose judge had to wait: finished here, while its relay pauses."""
+        await pending.finish()
+
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
-        """Judge each client frame before the gateway reads it; server frames pass unchanged."""
+        """On mitmproxy's own layer: judge each client frame before the gateway reads it; server
+        frames pass unchanged."""
         assert flow.websocket is not None
         messages = flow.websocket.messages
         message = messages[-1]
@@ -559,8 +565,6 @@ class ToolsInvokeGuard:
             return
         try:
             verdict = await session.client_frame(message.content)
-            if session.connected:
-                self._cancel_timer(flow)
             if verdict.verdict == "forward":
                 if verdict.payload is not None:
                     message.content = verdict.payload
@@ -570,15 +574,22 @@ class ToolsInvokeGuard:
             else:
                 message.drop()
                 close_websocket(flow, verdict.close_code, verdict.reason, verdict.payload)
-            if verdict.verdict != "forward" or verdict.method == "connect" or verdict.shadowed:
-                decision = "shadowed" if verdict.shadowed else "forwarded" if verdict.verdict == "forward" else "refused"
-                self._audit(flow, decision, verdict.reason, None, tool=verdict.tool, method=verdict.method,
-                            shadowed=(verdict.reason,) if verdict.shadowed else (), detail=verdict.detail)
+            self._frame_judged(flow, session, verdict)
         except Exception:
             INTERNAL_ERRORS.inc()
             log.exception("internal error judging a WebSocket frame; connection closed")
             message.drop()
             close_websocket(flow, 1011, "internal error")
+
+    def _frame_judged(self, flow: http.HTTPFlow, session: RpcSession, verdict: FrameVerdict) -> None:
+        """After each verdict, on either layer: a connected session needs no connect timer; refusals,
+        connects and shadowed frames are audited."""
+        if session.connected:
+            self._cancel_timer(flow)
+        if verdict.verdict != "forward" or verdict.method == "connect" or verdict.shadowed:
+            decision = "shadowed" if verdict.shadowed else "forwarded" if verdict.verdict == "forward" else "refused"
+            self._audit(flow, decision, verdict.reason, None, tool=verdict.tool, method=verdict.method,
+                        shadowed=(verdict.reason,) if verdict.shadowed else (), detail=verdict.detail)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._websockets.pop(flow.id, None)

@@ -1,0 +1,401 @@
+"""The RPC WebSocket relay (addons/ws_relay.py), driven event by event without sockets, as
+mitmproxy tests its own layers: client frames parsed strictly and judged before anything is
+relayed, gateway bytes passed raw, and the sidecar's own frames only between gateway messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from mitmproxy import http, options
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers import websocket
+from mitmproxy.test import tflow
+
+from addons import compat, ws_relay
+from addons.ws_relay import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, ClientFrames, Judge, RpcRelay
+from sidecar.metrics import INTERNAL_ERRORS
+from sidecar.reasons import Reason
+from sidecar.rpc import FrameVerdict
+
+MASK = b"\x37\xfa\x21\x3d"
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0) -> bytes:
+    """A client frame as a browser sends it (masked with a non-zero key)."""
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    mask_bit = 0x80 if masked else 0
+    length = len(payload)
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 1 << 16:
+        head += bytes([mask_bit | 126]) + length.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | 127]) + length.to_bytes(8, "big")
+    return head + (MASK + ws_relay.unmask(payload, MASK) if masked else payload)
+
+
+def server_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    data = ws_relay.frame(opcode, payload)
+    return data if fin else bytes([data[0] & 0x7F]) + data[1:]
+
+
+def req(verdict: str, **extra: Any) -> bytes:
+    return json.dumps({"verdict": verdict, **extra}).encode()
+
+
+class FakeSession:
+    """Answers what each frame asks for; `wait` frames wait for `gate` first."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self.gate: asyncio.Future[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def client_frame(self, content: bytes) -> FrameVerdict:
+        self.seen.append(content)
+        asked = json.loads(content)
+        if asked.get("wait"):
+            assert self.gate is not None
+            await self.gate
+        if asked.get("boom"):
+            raise RuntimeError("judge broke")
+        verdict = asked["verdict"]
+        if verdict == "forward":
+            payload = asked["rewrite"].encode() if "rewrite" in asked else None
+            return FrameVerdict("forward", Reason.ALLOWED, payload)
+        if verdict == "reply":
+            return FrameVerdict("reply", Reason.METHOD_DENIED, b'{"refused":1}')
+        return FrameVerdict("close", Reason.MALFORMED_FRAME, b'{"bye":1}', close_code=1008)
+
+
+class Relay:
+    """One relay layer and the commands it answers each event with."""
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.flow = tflow.twebsocketflow()
+        self.session = FakeSession()
+        self.judged: list[FrameVerdict] = []
+        context = Context(self.flow.client_conn, options.Options())
+        context.server = self.flow.server_conn
+        self.client, self.server = context.client, context.server
+        judge = Judge(session=lambda flow: self.session, message_limit=lambda flow: limit,  # type: ignore[arg-type,return-value]
+                      judged=lambda flow, session, verdict: self.judged.append(verdict))
+        self.layer = RpcRelay(context, self.flow, judge)
+        [start] = self.events(events.Start())
+        assert isinstance(start, websocket.WebsocketStartHook)
+        assert self.events(events.HookCompleted(start)) == []
+
+    def events(self, event: events.Event) -> list[commands.Command]:
+        return list(self.layer.handle_event(event))
+
+    def from_client(self, data: bytes) -> list[commands.Command]:
+        return self.events(events.DataReceived(self.client, data))
+
+    def from_server(self, data: bytes) -> list[commands.Command]:
+        return self.events(events.DataReceived(self.server, data))
+
+
+def sent(cmds: list[commands.Command], conn: Any) -> bytes:
+    return b"".join(c.data for c in cmds if isinstance(c, commands.SendData) and c.connection == conn)
+
+
+def closed(cmds: list[commands.Command], conn: Any) -> bool:
+    return any(isinstance(c, commands.CloseConnection) and c.connection == conn for c in cmds)
+
+
+def read_server_bound(data: bytes) -> list[tuple[int, bytes]]:
+    """What the gateway reads: the relay's own strict reader checks they are masked client frames."""
+    return [(m.opcode, m.payload) for m in ClientFrames(lambda: 1 << 30).feed(data)]
+
+
+def close_of(data: bytes) -> tuple[int, bytes]:
+    assert data[0] == 0x88 and data[1] & 0x80 == 0, data
+    return int.from_bytes(data[2:4], "big"), data[4:2 + data[1]]
+
+
+# ---- client → gateway ---------------------------------------------------------------------------
+
+
+def test_an_allowed_message_goes_on_as_the_frame_the_client_sent() -> None:
+    relay = Relay()
+    raw = client_frame(TEXT, req("forward"))
+    out = relay.from_client(raw)
+    assert sent(out, relay.server) == raw and not sent(out, relay.client)
+    assert relay.session.seen == [req("forward")]
+
+
+def test_a_rewritten_message_is_sent_masked_as_one_frame_of_its_type() -> None:
+    relay = Relay()
+    out = relay.from_client(client_frame(BINARY, req("forward", rewrite="judged")))
+    assert read_server_bound(sent(out, relay.server)) == [(BINARY, b"judged")]
+
+
+def test_several_messages_in_one_read_leave_in_one_write_and_in_order() -> None:
+    relay = Relay()
+    frames = [client_frame(TEXT, req("forward", n=n)) for n in range(5)]
+    out = relay.from_client(b"".join(frames))
+    assert [(c.connection, c.data) for c in out if isinstance(c, commands.SendData)] == [(relay.server, b"".join(frames))]
+
+
+def test_a_fragmented_message_is_judged_whole_and_control_frames_between_pass() -> None:
+    relay = Relay()
+    message = req("forward")
+    first = client_frame(TEXT, message[:5], fin=False)
+    ping = client_frame(PING, b"p")
+    last = client_frame(CONTINUATION, message[5:])
+    assert relay.from_client(first) == []  # nothing unread goes on
+    assert sent(relay.from_client(ping), relay.server) == ping
+    assert sent(relay.from_client(last[:3]), relay.server) == b""  # a frame split across reads
+    assert sent(relay.from_client(last[3:]), relay.server) == first + last
+    assert relay.session.seen == [message]
+
+
+def test_pongs_go_on_and_a_reply_verdict_answers_the_client_in_the_message_type() -> None:
+    relay = Relay()
+    pong = client_frame(PONG, b"")
+    out = relay.from_client(pong + client_frame(BINARY, req("reply")))
+    assert sent(out, relay.server) == pong
+    assert sent(out, relay.client) == server_frame(BINARY, b'{"refused":1}')
+    assert relay.judged[0].verdict == "reply"
+
+
+@pytest.mark.parametrize("frame, code", [
+    (client_frame(TEXT, req("forward"), masked=False), 1002),
+    (client_frame(TEXT, req("forward"), rsv=0x40), 1002),  # no extension was negotiated
+    (client_frame(0x3, b"x"), 1002),
+    (client_frame(0xB, b"x"), 1002),
+    (client_frame(CONTINUATION, b"x"), 1002),
+    (client_frame(PING, b"x", fin=False), 1002),
+    (client_frame(PING, b"x" * 126), 1002),
+    (client_frame(TEXT, b"{\xff}"), 1007),
+    (client_frame(TEXT, b"x", fin=False) + client_frame(TEXT, b"y"), 1002),
+    (b"\x81\xfe\x00\x05" + MASK + b"hello", 1002),  # a 2-byte length for 5 bytes
+    (client_frame(CLOSE, b"\x03"), 1002),
+    (client_frame(CLOSE, (1005).to_bytes(2, "big")), 1002),
+    (client_frame(CLOSE, (1000).to_bytes(2, "big") + b"\xff"), 1007),
+])
+def test_frames_rfc6455_forbids_close_the_connection_and_nothing_is_relayed(frame: bytes, code: int) -> None:
+    relay = Relay()
+    out = relay.from_client(frame)
+    assert sent(out, relay.server) == b"" and relay.session.seen == []
+    assert close_of(sent(out, relay.client))[0] == code
+    assert relay.from_client(client_frame(TEXT, req("forward"))) == []  # nothing after that is read
+
+
+def test_a_message_over_the_limit_is_refused_as_its_header_announces_it() -> None:
+    relay = Relay(limit=64)
+    head = client_frame(TEXT, b"x" * 100)[:8]  # header and mask only: the payload never comes
+    assert close_of(sent(relay.from_client(head), relay.client)) == (1009, b"message too big")
+
+
+def test_a_fragmented_message_is_refused_as_it_grows_past_the_limit() -> None:
+    relay = Relay(limit=64)
+    assert relay.from_client(client_frame(TEXT, b"x" * 40, fin=False)) == []
+    out = relay.from_client(client_frame(CONTINUATION, b"x" * 40, fin=False))
+    assert close_of(sent(out, relay.client))[0] == 1009 and not sent(out, relay.server)
+
+
+def test_a_large_frame_arriving_in_pieces_is_read_whole() -> None:
+    relay = Relay(limit=1 << 22)
+    message = json.dumps({"verdict": "forward", "pad": "x" * 300_000}).encode()
+    raw = client_frame(TEXT, message)
+    out: list[commands.Command] = []
+    for at in range(0, len(raw), 65536):
+        out += relay.from_client(raw[at:at + 65536])
+    assert sent(out, relay.server) == raw and relay.session.seen == [message]
+
+
+def test_a_frame_dripped_byte_by_byte_is_read_whole_and_never_rebuffered() -> None:
+    """A client dripping a frame gets its payload collected in chunks, joined once: only a
+    split header waits in the re-joined buffer, so the copying stays linear."""
+    relay = Relay(limit=1 << 16)
+    message = json.dumps({"verdict": "forward", "pad": "x" * 3000}).encode()
+    raw = client_frame(TEXT, message)
+    out: list[commands.Command] = []
+    for at in range(len(raw)):
+        out += relay.from_client(raw[at:at + 1])
+        assert len(relay.layer.client_frames._buf) < 14
+    assert sent(out, relay.server) == raw and relay.session.seen == [message]
+
+
+# ---- gateway → client ---------------------------------------------------------------------------
+
+
+def test_gateway_bytes_pass_raw_whatever_they_are() -> None:
+    relay = Relay()
+    data = server_frame(TEXT, b"a", fin=False) + server_frame(PING, b"") + b"\x00\x05hel"
+    [out] = relay.from_server(data)
+    assert isinstance(out, commands.SendData) and (out.connection, out.data) == (relay.client, data)
+
+
+def test_a_reply_waits_for_the_end_of_a_fragmented_gateway_message_split_across_reads() -> None:
+    relay = Relay()
+    first = server_frame(TEXT, b"part one ", fin=False)
+    ping = server_frame(PING, b"")
+    last = server_frame(CONTINUATION, b"x" * 300)  # a 2-byte length header
+    after = server_frame(TEXT, b"next")
+    assert sent(relay.from_server(first + ping + last[:1]), relay.client) == first + ping + last[:1]
+    # the reply is decided while the gateway is inside a frame header, between fragments
+    assert sent(relay.from_client(client_frame(TEXT, req("reply"))), relay.client) == b""
+    assert sent(relay.from_server(last[1:3]), relay.client) == last[1:3]
+    assert sent(relay.from_server(last[3:100]), relay.client) == last[3:100]
+    out = relay.from_server(last[100:] + after)
+    assert sent(out, relay.client) == last[100:] + server_frame(TEXT, b'{"refused":1}') + after
+
+
+def test_a_reply_goes_out_at_once_between_whole_gateway_messages() -> None:
+    relay = Relay()
+    relay.from_server(server_frame(TEXT, b"whole"))
+    out = relay.from_client(client_frame(TEXT, req("reply")))
+    assert sent(out, relay.client) == server_frame(TEXT, b'{"refused":1}')
+
+
+# ---- closing --------------------------------------------------------------------------------------
+
+
+def test_a_close_verdict_answers_closes_and_ends_both_sides_after_a_linger() -> None:
+    relay = Relay()
+    out = relay.from_client(client_frame(TEXT, req("close")) + client_frame(TEXT, req("forward")))
+    assert sent(out, relay.client) == server_frame(TEXT, b'{"bye":1}') + server_frame(CLOSE, (1008).to_bytes(2, "big") + b"malformed_frame")
+    assert not sent(out, relay.server) and relay.session.seen == [req("close")]  # the frame after it is never read
+    [wakeup] = [c for c in out if isinstance(c, commands.RequestWakeup)]
+    assert relay.from_server(server_frame(TEXT, b"late")) == []  # nothing follows our close frame
+    relay.layer._deadline = 0  # the linger has passed
+    end = relay.events(events.Wakeup(wakeup))
+    assert read_server_bound(sent(end, relay.server)) == [(CLOSE, (1000).to_bytes(2, "big"))]
+    assert closed(end, relay.server) and closed(end, relay.client)
+    assert isinstance(end[-1], websocket.WebsocketEndHook)
+    assert relay.events(events.HookCompleted(end[-1])) == [] and not relay.flow.live
+    assert relay.from_client(client_frame(TEXT, req("forward"))) == []  # done: nothing more
+
+
+def test_a_close_request_from_outside_waits_for_a_gateway_frame_to_end_but_not_forever() -> None:
+    relay = Relay()
+    relay.from_server(server_frame(BINARY, b"y" * 50)[:20])
+    out = relay.events(ws_relay.CloseRequest(relay.flow, (1001, "going away", None)))
+    assert not sent(out, relay.client)
+    [deadline] = [c for c in out if isinstance(c, commands.RequestWakeup)]
+    assert deadline.delay == ws_relay.CLOSE_DEADLINE_SECONDS
+    out = relay.from_server(server_frame(BINARY, b"y" * 50)[20:])
+    assert sent(out, relay.client)[-14:] == server_frame(CLOSE, (1001).to_bytes(2, "big") + b"going away")
+
+    stuck = Relay()
+    stuck.from_server(server_frame(BINARY, b"y" * 50)[:20])
+    [deadline] = [c for c in stuck.events(ws_relay.CloseRequest(stuck.flow, (1001, "going away", None)))
+                  if isinstance(c, commands.RequestWakeup)]
+    stuck.layer._deadline = 0
+    end = stuck.events(events.Wakeup(deadline))
+    assert not sent(end, stuck.client) and closed(end, stuck.client) and closed(end, stuck.server)
+
+
+def test_the_clients_close_goes_to_the_gateway_and_is_answered() -> None:
+    relay = Relay()
+    close = client_frame(CLOSE, (1000).to_bytes(2, "big") + b"bye")
+    out = relay.from_client(close)
+    assert sent(out, relay.server) == close
+    assert sent(out, relay.client) == server_frame(CLOSE, (1000).to_bytes(2, "big"))
+    assert closed(out, relay.server) and closed(out, relay.client)
+    assert isinstance(out[-1], websocket.WebsocketEndHook) and relay.flow.websocket.closed_by_client
+
+
+def test_the_gateways_close_reaches_the_client_and_is_answered() -> None:
+    relay = Relay()
+    close = server_frame(CLOSE, (1001).to_bytes(2, "big"))
+    out = relay.from_server(close)
+    assert sent(out, relay.client) == close
+    assert read_server_bound(sent(out, relay.server)) == [(CLOSE, (1000).to_bytes(2, "big"))]
+    assert closed(out, relay.server) and closed(out, relay.client) and isinstance(out[-1], websocket.WebsocketEndHook)
+
+
+def test_a_socket_closing_without_a_close_frame_closes_the_other_side() -> None:
+    relay = Relay()
+    out = relay.events(events.ConnectionClosed(relay.client))
+    assert read_server_bound(sent(out, relay.server)) == [(CLOSE, (1000).to_bytes(2, "big"))]
+    assert closed(out, relay.client) and closed(out, relay.server)
+
+    relay = Relay()
+    relay.from_server(server_frame(TEXT, b"z" * 30)[:10])
+    out = relay.events(events.ConnectionClosed(relay.server))
+    assert not sent(out, relay.client)  # never inside the gateway's frame
+    assert closed(out, relay.client) and closed(out, relay.server)
+
+
+# ---- judgements that wait, and failures ------------------------------------------------------------
+
+
+async def test_a_judgement_that_waits_holds_every_later_frame_behind_it_in_order() -> None:
+    relay = Relay()
+    relay.session.gate = asyncio.get_running_loop().create_future()
+    before, waiting, behind = (client_frame(TEXT, req("forward", n=n, wait=n == 1)) for n in range(3))
+    out = relay.from_client(before + waiting + behind)
+    assert sent(out, relay.server) == before  # what was decided already goes on
+    [hook] = [c for c in out if isinstance(c, ws_relay.RpcVerdictHook)]
+    assert hook.args() == [hook.pending]  # mitmproxy's proxy server takes hooks of one argument
+    later = client_frame(TEXT, req("forward", n=3))
+    assert relay.from_client(later) == []  # queued behind the pending verdict
+    relay.session.gate.set_result(None)
+    await hook.pending.finish()
+    out = relay.events(events.HookCompleted(hook))
+    assert sent(out, relay.server) == waiting + behind + later
+    assert [json.loads(s)["n"] for s in relay.session.seen] == [0, 1, 2, 3]
+
+
+async def test_a_failed_judgement_closes_with_1011_and_relays_nothing_unread() -> None:
+    relay = Relay()
+    errors = INTERNAL_ERRORS._value.get()
+    out = relay.from_client(client_frame(TEXT, req("forward", boom=True)) + client_frame(TEXT, req("forward")))
+    assert not sent(out, relay.server)
+    assert close_of(sent(out, relay.client)) == (1011, b"internal error")
+    assert INTERNAL_ERRORS._value.get() == errors + 1
+
+    waits = Relay()
+    waits.session.gate = asyncio.get_running_loop().create_future()
+    [hook] = [c for c in waits.from_client(client_frame(TEXT, req("forward", wait=True, boom=True)))
+              if isinstance(c, ws_relay.RpcVerdictHook)]
+    waits.session.gate.set_result(None)
+    await hook.pending.finish()
+    out = waits.events(events.HookCompleted(hook))
+    assert not sent(out, waits.server) and close_of(sent(out, waits.client))[0] == 1011
+
+
+def test_without_a_session_nothing_is_relayed() -> None:
+    relay = Relay()
+    relay.session = None  # type: ignore[assignment]
+    relay.layer.session = None
+    assert relay.from_client(client_frame(TEXT, req("forward"))) == []
+
+
+# ---- choosing the layer ---------------------------------------------------------------------------
+
+
+def test_upgraded_flows_get_the_layer_the_factory_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HttpStream.flow_done builds `websocket.WebsocketLayer(self.context, self.flow)`."""
+    monkeypatch.setattr(websocket.WebsocketLayer, "__new__", websocket.WebsocketLayer.__new__)
+    chosen: list[http.HTTPFlow] = []
+
+    def factory(context: Context, flow: http.HTTPFlow) -> layer.Layer | None:
+        chosen.append(flow)
+        return ws_relay.RpcRelay(context, flow, None) if flow.metadata.get("relay") else None  # type: ignore[arg-type]
+
+    compat.choose_websocket_layer(factory)
+    context = Context(tflow.tclient_conn(), options.Options())
+    relayed, other = tflow.twebsocketflow(), tflow.twebsocketflow()
+    relayed.metadata["relay"] = True
+    assert type(websocket.WebsocketLayer(context, relayed)) is ws_relay.RpcRelay
+    theirs = websocket.WebsocketLayer(context, other)
+    assert type(theirs) is websocket.WebsocketLayer and theirs.flow is other
+    assert chosen == [relayed, other]
+
+
+def test_a_negotiated_extension_keeps_mitmproxys_layer() -> None:
+    flow = tflow.twebsocketflow()
+    assert ws_relay.extensions(flow) == ""
+    flow.response.headers["Sec-WebSocket-Extensions"] = "permessage-deflate"
+    assert ws_relay.extensions(flow) == "permessage-deflate"

@@ -30,15 +30,21 @@ def _reject_constant(token: str) -> Any:
 _decode = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
+def strict_json(text: str) -> Any:
+    """JSON as JSON.parse reads it: no NaN or Infinity, no byte-order mark (ValueError, or
+    RecursionError for nesting beyond Python's reach)."""
+    if text.startswith("\ufeff"):  # checked by json.loads, not by the decoder itself
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _decode(text)
+
+
 def parse_json_body(raw: bytes) -> Any:
     """Decode as Node does (UTF-8 with replacement, whatever Content-Type says) and parse."""
     text = raw.decode("utf-8", errors="replace")
     if not text.strip():
         return {}
     try:
-        if text.startswith("\ufeff"):  # checked by json.loads, not by the decoder itself
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        return _decode(text)
+        return strict_json(text)
     except json.JSONDecodeError as exc:
         raise BodyError("invalid_json", exc.msg) from exc
     except RecursionError as exc:
@@ -80,7 +86,12 @@ def read_invoke_body(raw: bytes) -> InvokeBody:
     (`tool` only) and 2026.9 (`name ?? tool`) gateways act on the name we checked. Re-serialising
     needlessly could push a legal 2 MiB body over the gateway's own limit (reference (f) 8).
     """
-    payload = parse_json_body(raw)
+    return invoke_body_of(parse_json_body(raw), raw)
+
+
+def invoke_body_of(payload: Any, raw: bytes | None = None) -> InvokeBody:
+    """The checks of read_invoke_body on a payload already parsed from `raw`. A WebSocket
+    frame's params, which the session re-encodes itself, come without: `forward_bytes` is empty."""
     if not isinstance(payload, dict):
         raise BodyError("missing_name")
     requested = _requested_name(payload)
@@ -89,8 +100,8 @@ def read_invoke_body(raw: bytes) -> InvokeBody:
     tool = normalize_tool_name(requested)
     # A 2026.4 gateway reads only `tool`: `{"name":"agents_list","tool":"exec"}` must not pass as-is.
     untouched = _name_or_tool(payload) == tool.name and payload.get("tool", tool.name) == tool.name
-    if untouched:
-        return InvokeBody(tool, raw, requested, payload.get("sessionKey"), payload.get("agentId"))
+    if untouched or raw is None:
+        return InvokeBody(tool, raw or b"", requested, payload.get("sessionKey"), payload.get("agentId"))
     rewritten = {**payload, "name": tool.name, "tool": tool.name}
     try:
         return InvokeBody(tool, compact_json(rewritten), requested, payload.get("sessionKey"), payload.get("agentId"))

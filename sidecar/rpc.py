@@ -26,7 +26,7 @@ from importlib import resources
 from typing import Any, Literal
 
 from .auth import AuthOutcome
-from .body import BodyError, read_invoke_body
+from .body import BodyError, invoke_body_of, strict_json
 from .config import Config
 from .reasons import Reason, ReasonCode
 from .scopes import ADMIN, ResolvedScopes
@@ -189,7 +189,7 @@ def judge_tool_frame(tools: ToolChain, request_id: Any, params: dict[str, Any], 
     """A `tools.invoke` frame's tool policy: its refusal, or the normalised name it runs as. The
     gateway passes no message channel or account on the RPC, but the connection's client caps."""
     try:
-        invoke = read_invoke_body(encode(params))
+        invoke = invoke_body_of(params)
     except BodyError:
         return FrameVerdict("reply", Reason.MISSING_TOOL_NAME, error_frame(request_id, "INVALID_REQUEST", "tools.invoke requires name"),
                             method=TOOLS_INVOKE)
@@ -214,7 +214,8 @@ class FrameError(ValueError):
 
 def parse_frame(content: bytes) -> dict[str, Any]:
     try:
-        frame = json.loads(content)
+        # As the gateway's JSON.parse reads the frame's text: no NaN, Infinity or byte-order mark.
+        frame = strict_json(content.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise FrameError(1008, "malformed frame") from None
     if not isinstance(frame, dict) or frame.get("type") != "req" or not isinstance(frame.get("method"), str):
@@ -223,7 +224,11 @@ def parse_frame(content: bytes) -> dict[str, Any]:
 
 
 def encode(frame: dict[str, Any]) -> bytes:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+    return _encode(frame).encode()
+
+
+# Bound once: json.dumps builds a new encoder for every call given options.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class RpcSession:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sidecar.body import MAX_BODY_BYTES, BodyError, InvokeBody, _reject_constant, parse_json_body, read_invoke_body
+from sidecar.body import MAX_BODY_BYTES, BodyError, InvokeBody, _reject_constant, invoke_body_of, parse_json_body, read_invoke_body
 
 
 def strict_loads(raw: bytes):
@@ -243,3 +243,28 @@ def test_the_prebound_decoder_answers_as_json_loads(raw: bytes) -> None:
     except BodyError as exc:
         got = (exc.kind, exc.message)
     assert got == expected
+
+
+@pytest.mark.parametrize("payload", [
+    {"name": "agents_list"}, {"tool": " Exec "}, {"name": "exec", "tool": "agents_list"}, {"name": None, "tool": "x"},
+    {"name": 3}, {"name": "   "}, {"name": "sessions_list", "sessionKey": "agent:main:x", "agentId": "main", "args": {"a": [1, 2.5]}},
+    [], "text",
+])
+def test_parsed_params_are_judged_as_their_bytes_would_be(payload: object) -> None:
+    """invoke_body_of judges a WebSocket frame's params without re-encoding them: the tool
+    fields must be what read_invoke_body reads from the same JSON as a body."""
+    raw = json.dumps(payload).encode()
+    try:
+        expected: object = read_invoke_body(raw)
+    except BodyError as exc:
+        expected = exc.kind
+    try:
+        got: object = invoke_body_of(payload)
+    except BodyError as exc:
+        got = exc.kind
+    if isinstance(expected, InvokeBody):
+        assert isinstance(got, InvokeBody)
+        assert (got.tool, got.spelled, got.session_key, got.agent_id) == (
+            expected.tool, expected.spelled, expected.session_key, expected.agent_id)
+    else:
+        assert got == expected

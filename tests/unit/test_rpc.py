@@ -305,6 +305,20 @@ async def test_a_malformed_later_frame_closes() -> None:
     assert (await rpc.client_frame(b"{oops")).close_code == 1008
 
 
+@pytest.mark.parametrize("frame", [
+    b'{"type":"req","id":"1","method":"tools.invoke","params":{"name":"agents_list","args":{"n":NaN}}}',
+    b'{"type":"req","id":"1","method":"health","params":{"n":-Infinity}}',
+    b'\xef\xbb\xbf{"type":"req","id":"1","method":"health","params":{}}',
+    b'\x00{"type":"req","id":"1","method":"health","params":{}}',
+])
+async def test_a_frame_javascripts_json_parse_refuses_closes(frame: bytes) -> None:
+    """Frames are read as the gateway's JSON.parse reads their text: NaN, Infinity and a
+    byte-order mark are not JSON, and the bytes are UTF-8 (no encoding sniffing)."""
+    rpc = await connected()
+    verdict = await rpc.client_frame(frame)
+    assert (verdict.verdict, verdict.close_code) == ("close", 1008)
+
+
 def test_the_readme_lists_the_whole_deny_list() -> None:
     from pathlib import Path
 

@@ -15,10 +15,12 @@ $(STAMP): pyproject.toml scripts/find-python
 run: $(STAMP)
 	$(VENV)/bin/openclaw-sidecar demo
 
+# One pytest-xdist worker per core, each taking whole modules (tests/conftest.py); `-n 0` in
+# PYTEST_ARGS runs the suite in one process.
 test: $(STAMP)
 	scripts/ensure-redis
 	scripts/ensure-gateway $(VENV)/bin/python
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n auto $(PYTEST_ARGS)
 
 # The issue-13 performance report (not part of `make test`): table + bench/results/latest.json.
 # `make bench BENCH_ARGS=--quick` is the ~5-minute version; bench/README.md says what each row means.

@@ -8,7 +8,6 @@ tests create (203.0.113.0/24 for clients, 198.51.100.0/24 for proxies).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -16,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,8 +199,9 @@ class TestNet:
     """Client hosts with real addresses in a network namespace of their own, joined to this
     session's network by a veth pair, so the sidecar sees genuine non-loopback peers.
 
-    Sockets for a source address are made inside the namespace (netns.in_thread). A session not
-    run as root first moves into a network of its own (`prepare_session`) and builds the same.
+    Sockets for a source address are made inside the namespace (netns.in_thread). The session
+    first moves into a network of its own (`prepare_session`), so that sessions at once (another
+    person's, or the workers of `pytest -n`) each build the same subnets without meeting.
     """
 
     __test__ = False  # a fixture helper, not a test class
@@ -210,7 +209,6 @@ class TestNet:
     HOST_ADDRESSES = ("203.0.113.1/24", "198.51.100.1/24")
     CLIENT_ADDRESSES = ("203.0.113.7", "203.0.113.8", "198.51.100.5", "198.51.100.6", "198.51.100.7")
     HOST_IP = "203.0.113.1"
-    LOCK_PATH = Path(tempfile.gettempdir()) / f"openclaw-sidecar-testnet-{os.getuid()}.lock"
 
     def __init__(self) -> None:
         suffix = f"{os.getpid() % 100000}"
@@ -218,13 +216,19 @@ class TestNet:
 
     @staticmethod
     def prepare_session() -> str | None:
-        """Why this session cannot have the test network, or None. A session not run as root first
-        moves into a user + network namespace of its own, where it may build it; the kernel allows
-        that only while the process has one thread, so this is called once, before the first test."""
+        """Move this session into a network of its own (netns.enter_own_network), or say why it
+        cannot have the test network. A session not run as root needs a user namespace for that,
+        which the kernel allows only while the process has one thread: so this is called once,
+        before the first test. Everything the session starts later (sidecars, redis-server, the
+        real gateway) runs in that network too."""
         if shutil.which("ip") is None:
             return "iproute2's `ip` is missing (apt-get install iproute2)"
-        if os.geteuid() == 0:
-            return None
+        if os.geteuid() == 0:  # a new network namespace either fails with nothing changed or works
+            try:
+                netns.enter_own_network()
+                return None
+            except (OSError, netns.NamespaceError) as exc:
+                return f"no network namespace of our own here ({exc})"
         failure = netns.fails_in_child(netns.enter_own_network)
         if failure is None:
             try:
@@ -236,10 +240,6 @@ class TestNet:
 
     def __enter__(self) -> "TestNet":
         self.namespace_fd = netns.new_netns()
-        # Every session on the machine's network uses the same TEST-NET subnets; two at once would
-        # misroute each other's replies, so sessions take turns (CI runs one session and never waits).
-        self._lock = open(self.LOCK_PATH, "w")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
             netns.ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if,
                      "netns", f"/proc/self/fd/{self.namespace_fd}", pass_fds=[self.namespace_fd])
@@ -259,7 +259,6 @@ class TestNet:
         with contextlib.suppress(netns.NamespaceError):  # (not made when __enter__ failed early)
             netns.ip("link", "del", self.host_if)  # takes its peer along
         os.close(self.namespace_fd)
-        self._lock.close()  # releases the flock
 
     def socket_from(self, source_ip: str) -> socket.socket:
         def bound() -> socket.socket:

@@ -4,6 +4,10 @@ Namespaces and capabilities belong to a thread, and a process inherits them from
 that starts it. So each step runs in a short-lived thread of its own (`in_thread`) while the
 test process stays where it is, and `ip` keeps CAP_NET_ADMIN even for a user whose capabilities
 are those of a user namespace of their own (`enter_own_network`): one path for root and others.
+
+Every session that builds the test network first moves into a network of its own
+(`enter_own_network`), so sessions at once (someone else's on the same machine, or the workers of
+`pytest -n`) never share the TEST-NET subnets or a loopback port, and none waits for another.
 """
 
 from __future__ import annotations
@@ -86,17 +90,22 @@ def _keep_net_admin_across_exec() -> None:
 
 
 def enter_own_network() -> None:
-    """Move this process into a new user namespace, as the same uid and gid but with every
-    capability there, and a new network namespace (loopback up) that it may configure.
+    """Move this process into a new network namespace (loopback up) that it may configure; a
+    process that is not root first moves into a new user namespace, as the same uid and gid but
+    with every capability there.
 
-    The kernel allows it only while the process has a single thread, and it cannot be undone:
-    `fails_in_child` tries it first.
+    Call it from the thread that runs the tests (a namespace belongs to a thread; the threads and
+    processes it starts later inherit it). A new user namespace is allowed only while the process
+    has a single thread, and neither step can be undone: `fails_in_child` tries it first.
     """
-    uid, gid = os.getuid(), os.getgid()
-    os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNET)
-    Path("/proc/self/setgroups").write_text("deny")  # required before an unprivileged gid_map
-    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
-    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+    if os.geteuid() == 0:
+        os.unshare(os.CLONE_NEWNET)
+    else:
+        uid, gid = os.getuid(), os.getgid()
+        os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNET)
+        Path("/proc/self/setgroups").write_text("deny")  # required before an unprivileged gid_map
+        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+        Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
     ip("link", "set", "lo", "up")
 
 

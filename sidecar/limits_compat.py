@@ -1,14 +1,18 @@
 """Every place the sidecar relies on `limits`' private internals, in one module.
 
 `limits` is pinned below 6; tests/unit/test_compat.py pins each assumption made here (the
-memory storage's `storage`, `expirations` and `locks` mappings and its `get` expiring a key).
+memory storage's `storage`, `expirations` and `locks` mappings and its `get` expiring a key; the
+redis-py bridge's `get` reading one prefixed key from its read connection).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
-from limits.aio.storage import MemoryStorage
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage.redis.redispy import RedispyBridge
 
 
 class SweepThrottledMemoryStorage(MemoryStorage):
@@ -46,3 +50,14 @@ class SweepThrottledMemoryStorage(MemoryStorage):
                 self.storage.pop(key, None)
                 self.expirations.pop(key, None)
                 self.locks.pop(key, None)
+
+
+async def get_many(storage: Storage, keys: Sequence[str]) -> list[int]:
+    """`storage.get` of several counters, in one round trip on Redis (MGET of the keys the
+    redis-py bridge's `get` reads one at a time; on a cluster the keys must share a hash tag)."""
+    bridge = getattr(storage, "bridge", None)
+    if not isinstance(bridge, RedispyBridge):
+        return [await storage.get(key) for key in keys]
+    client: Any = bridge.get_connection(readonly=True)  # a redis.asyncio client; limits types it narrower
+    values = await client.mget([bridge.prefixed_key(key) for key in keys])
+    return [int(value or 0) for value in values]

@@ -71,6 +71,8 @@ class LimitVerdictLike(Protocol):
     def retry_after_s(self) -> int: ...
     @property
     def unavailable(self) -> bool: ...
+    @property
+    def no_failures(self) -> bool: ...
 
 
 class RequestLimiter(Protocol):
@@ -149,7 +151,7 @@ class HeadState:
     earlier stage wrote (the comments name the writer)."""
 
     __slots__ = ("view", "host", "target", "websocket", "match", "route", "attribution", "access", "rpc",
-                 "outcome", "scopes", "shadowed")
+                 "outcome", "no_failures", "scopes", "shadowed")
 
     view: RequestView
     host: str  # host: the Host header, trimmed and lower-cased ("" when empty)
@@ -161,6 +163,7 @@ class HeadState:
     access: RouteAccess  # route_access
     rpc: bool  # rpc_upgrade: an RPC WebSocket whose frames the sidecar judges (websocket.mode enforce)
     outcome: AuthOutcome | None  # rate_limit_lock (a route needing no check here) or auth
+    no_failures: bool  # rate_limit_lock: the limiter holds no failure of the client's (auth skips the reset)
     scopes: ResolvedScopes | None  # scopes
     shadowed: tuple[ReasonCode, ...]  # refusals shadow mode let through (`Pipeline._enforced`)
 
@@ -168,6 +171,7 @@ class HeadState:
         self.view = view
         self.route = None
         self.outcome = None
+        self.no_failures = False
         self.shadowed = ()
 
     def append(self, reason: ReasonCode, /) -> None:
@@ -387,14 +391,18 @@ class Pipeline:
         elif head.access.public and _plain_read(view):
             head.outcome = _PUBLIC_READ
         elif self.authenticator.rate_limited(head.attribution):
-            return await self._locked(head.attribution.client_ip)
+            checked = await self._locked(head.attribution.client_ip)
+            if isinstance(checked, Refuse):
+                return checked
+            head.no_failures = checked.no_failures
         return None
 
     async def stage_auth(self, head: HeadState) -> Refuse | None:
         if head.outcome is not None:
             return None
         attribution = head.attribution
-        result = await self._settled(attribution.client_ip, self.authenticator.authenticate(head.view, attribution))
+        result = await self._settled(attribution.client_ip, self.authenticator.authenticate(head.view, attribution),
+                                     head.no_failures)
         if isinstance(result, Refuse):
             return result
         head.outcome = result
@@ -502,26 +510,29 @@ class Pipeline:
     async def _limited_check(self, key: str | None, limited: bool, check: Callable[[], AuthOutcome]) -> Refuse | AuthOutcome:
         """A credential check behind the auth-failure limiter (the HTTP head runs the same two
         steps as its rate_limit_lock and auth stages)."""
+        no_failures = False
         if limited:
-            refusal = await self._locked(key)
-            if refusal is not None:
-                return refusal
-        return await self._settled(key, check())
+            checked = await self._locked(key)
+            if isinstance(checked, Refuse):
+                return checked
+            no_failures = checked.no_failures
+        return await self._settled(key, check(), no_failures)
 
-    async def _locked(self, key: str | None) -> Refuse | None:
-        """A client the auth-failure limiter has locked out is refused before any comparison."""
+    async def _locked(self, key: str | None) -> Refuse | LimitVerdictLike:
+        """A client the auth-failure limiter has locked out is refused before any comparison;
+        otherwise the limiter's verdict."""
         verdict = await self.failure_limiter.check(key)
         if verdict.unavailable:
             return Refuse.because(Reason.LIMITER_UNAVAILABLE)
         if not verdict.allowed:
             return Refuse.because(Reason.RATE_LIMITED, verdict.retry_after_s)
-        return None
+        return verdict
 
-    async def _settled(self, key: str | None, outcome: AuthOutcome) -> Refuse | AuthOutcome:
+    async def _settled(self, key: str | None, outcome: AuthOutcome, no_failures: bool = False) -> Refuse | AuthOutcome:
         """A credential check's outcome, told to the limiter: a mismatch is counted, a match
-        clears the client's failures."""
+        clears the client's failures (none to clear when its check just found none)."""
         if outcome.ok:
-            if outcome.shared_secret:
+            if outcome.shared_secret and not no_failures:
                 await self.failure_limiter.reset(key)
             return outcome
         delay = await self.failure_limiter.record_failure(key) if outcome.counts_as_failure else 0.0

@@ -12,6 +12,7 @@ class Verdict:
     allowed: bool = True
     retry_after_s: int = 0
     unavailable: bool = False
+    no_failures: bool = False
 
 
 class NeverLimits:

@@ -197,6 +197,31 @@ def test_h11_reads_chunk_size_lines_through_the_module_pattern() -> None:
 # ---- limits ---------------------------------------------------------------------------------------
 
 
+def test_the_redis_bridge_reads_one_prefixed_key_as_get_many_reads_several() -> None:
+    """get_many's MGET is the bridge's own `get`, for several keys: the prefixed key read from the
+    read connection, a missing key counted as 0."""
+    from limits.aio.storage.redis.redispy import RedispyBridge
+
+    source = inspect.getsource(RedispyBridge.get)
+    assert "key = self.prefixed_key(key)" in source
+    assert "return int(await self.get_connection(readonly=True).get(key) or 0)" in source
+
+
+@pytest.mark.redis
+async def test_get_many_reads_what_get_reads(redis_url: str) -> None:
+    from sidecar.limits_compat import get_many
+    from sidecar.ratelimit import async_storage_uri
+
+    from limits.storage import storage_from_string
+
+    storage = storage_from_string(async_storage_uri(redis_url), implementation="redispy", key_prefix="compat-test")
+    await storage.incr("a", 60, amount=7)
+    assert await get_many(storage, ["a", "missing"]) == [await storage.get("a"), await storage.get("missing")] == [7, 0]
+    memory = SweepThrottledMemoryStorage(sweep_interval_s=3600)
+    await memory.incr("a", 60, amount=3)
+    assert await get_many(memory, ["a", "missing"]) == [3, 0]
+
+
 def test_limits_memory_storage_keeps_the_mappings_the_sweep_clears() -> None:
     storage = MemoryStorage()
     for name in ("storage", "expirations", "locks"):

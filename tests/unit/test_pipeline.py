@@ -554,6 +554,17 @@ async def test_success_resets_the_key(make) -> None:
     assert harness.failures.calls == [("check", CLIENT), ("reset", CLIENT)]
 
 
+async def test_a_success_has_nothing_to_reset_when_the_check_found_no_failures(make) -> None:
+    """The limiter's check says when the client has no failure on record: the success after it
+    skips the reset (on Redis, a round trip on nearly every call)."""
+    harness = make(failures=FakeFailureLimiter(Verdict(no_failures=True)))
+    assert isinstance(await harness.pipeline.on_head(view()), Admitted)
+    assert harness.failures.calls == [("check", CLIENT)]
+    result = await harness.pipeline.on_head(view(auth="Bearer wrong"))
+    assert_refused(result, envelopes.unauthorized(), "token_mismatch")
+    assert harness.failures.calls == [("check", CLIENT), ("check", CLIENT), ("record_failure", CLIENT)]
+
+
 @pytest.mark.parametrize("auth", [f"Bearer {TOKEN}", "Bearer wrong", None])
 async def test_locked_key_gets_429_even_with_the_right_token(make, auth: str | None) -> None:
     """Cases 15, 18: the lock is checked before the credential."""

@@ -262,6 +262,19 @@ async def test_failures_during_lockout_do_not_extend_it(
     assert (await limiter.check(IP)).allowed
 
 
+async def test_the_check_says_when_a_client_has_no_failures_to_reset(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    """`no_failures` lets the pipeline skip the reset after a success: it must be False whenever
+    there is a failure a reset would clear."""
+    limiter = make_limiter(max_attempts=3)
+    assert (await limiter.check(IP)).no_failures
+    await limiter.record_failure(IP)
+    verdict = await limiter.check(IP)
+    assert verdict.allowed and not verdict.no_failures
+    assert (await limiter.check(OTHER)).no_failures
+    await limiter.reset(IP)
+    assert (await limiter.check(IP)).no_failures
+
+
 async def test_reset_while_locked_clears_the_lock(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
     limiter = make_limiter(max_attempts=1)
     await limiter.record_failure(IP)

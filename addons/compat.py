@@ -209,11 +209,23 @@ def client_writer(client: connection.Client) -> asyncio.StreamWriter | None:
 
 def unread_request_bytes(client: connection.Client) -> int:
     """Bytes the client sent past the current request head that mitmproxy's HTTP/1 reader holds
-    unread: during `requestheaders`, the part of the body already received (0 if not found).
+    unread: during `requestheaders`, the part of the body already received (0 if not found)."""
+    reader = _request_reader(client)
+    return len(reader.buf) if reader is not None else 0
 
-    Found by walking the connection's layer stack (NextLayer → mode layer → NextLayer →
-    HttpLayer) to the client's Http1Server and its receive buffer; mitmproxy has no API for it.
-    """
+
+def unread_request_prefix(client: connection.Client, length: int) -> bytes | None:
+    """The first `length` of those bytes (None unless all have arrived): during `requestheaders`,
+    a Content-Length body exactly as the reader will deliver it."""
+    reader = _request_reader(client)
+    if reader is None or len(reader.buf) < length:
+        return None
+    return bytes(reader.buf._data[:length])
+
+
+def _request_reader(client: connection.Client) -> _http1.Http1Server | None:
+    """The client's Http1Server, found by walking the connection's layer stack (NextLayer → mode
+    layer → NextLayer → HttpLayer); mitmproxy has no API for it."""
     proxyserver = ctx.master.addons.get("proxyserver")
     handler = proxyserver.connections.get(client.id) if proxyserver else None
     node = handler.layer if handler else None
@@ -222,7 +234,7 @@ def unread_request_bytes(client: connection.Client) -> int:
             break
         node = node.layer if isinstance(node, layer.NextLayer) else getattr(node, "child_layer", None)
     reader = node.connections.get(client) if isinstance(node, HttpLayer) else None
-    return len(reader.buf) if isinstance(reader, _http1.Http1Server) else 0
+    return reader if isinstance(reader, _http1.Http1Server) else None
 
 
 def skip_debug_typechecks() -> None:

@@ -53,6 +53,7 @@ VIEW = "openclaw_sidecar.view"
 ADMITTED = "openclaw_sidecar.admitted"
 FORWARDED = "openclaw_sidecar.forwarded"
 ANSWERED = "openclaw_sidecar.answered"
+JUDGED_BODY = "openclaw_sidecar.judged_body"  # (body, Forward): decided in requestheaders
 RPC_SESSION = "openclaw_sidecar.rpc"
 WS_CLOSING = "openclaw_sidecar.ws_closing"
 # The gateway's WebSocket maxPayload: its RPC (server-constants MAX_PAYLOAD_BYTES), and the
@@ -328,10 +329,21 @@ class ToolsInvokeGuard:
                 # A body already here costs nothing more: that answer keeps the connection, since
                 # a reconnect costs us far more than it costs the client.
                 await self._refuse(flow, decision, early=not arrived)
-            else:
-                flow.metadata[ADMITTED] = decision
-                if not arrived:
-                    self._start_body_timer(flow)
+                return
+            flow.metadata[ADMITTED] = decision
+            if not arrived:
+                self._start_body_timer(flow)
+                return
+            # The body came with its head: judged now, so that a refusal is answered here, without
+            # mitmproxy's request and emulated responseheaders stages (a 404 then costs what a 401
+            # does). The request hook forwards it only if mitmproxy delivers these very bytes.
+            body = b"" if pending == 0 else compat.unread_request_prefix(flow.client_conn, pending or 0)
+            if body is not None:
+                verdict = await self.runtime.pipeline.on_body(decision, body)
+                if isinstance(verdict, Refuse):
+                    await self._refuse(flow, verdict, early=False)
+                else:
+                    flow.metadata[JUDGED_BODY] = (body, verdict)
         except Exception:
             self._fail_closed(flow, "requestheaders")
         finally:
@@ -349,7 +361,13 @@ class ToolsInvokeGuard:
             if not isinstance(admitted, Admitted):
                 raise RuntimeError("request reached the body stage without a head decision")
             body = flow.request.raw_content or b""
-            decision = await self._live_runtime().pipeline.on_body(admitted, body, bool(flow.request.trailers))
+            judged = flow.metadata.pop(JUDGED_BODY, None)
+            if judged is None:
+                decision = await self._live_runtime().pipeline.on_body(admitted, body, bool(flow.request.trailers))
+            elif judged[0] == body and not flow.request.trailers:
+                decision = judged[1]
+            else:
+                raise RuntimeError("the body mitmproxy delivered is not the one judged with the head")
             if isinstance(decision, Refuse):
                 await self._refuse(flow, decision, early=False)
             else:

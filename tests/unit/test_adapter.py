@@ -17,6 +17,7 @@ from mitmproxy import exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
+from addons import compat
 from addons.tools_invoke import ADMITTED, ToolsInvokeGuard, answer_directly, response_of, view_of
 from sidecar import envelopes
 from sidecar.config import load_config
@@ -280,11 +281,50 @@ BODY_REFUSALS = [
 ]
 
 
+@pytest.fixture
+def body_arrived(monkeypatch: pytest.MonkeyPatch) -> Callable[[bytes], None]:
+    """mitmproxy's reader holds `received` past the head (the body came with it); without this
+    fixture the test flows have no reader, as when the body is still on its way."""
+    def arrive(received: bytes) -> None:
+        monkeypatch.setattr(compat, "unread_request_bytes", lambda client: len(received))
+        monkeypatch.setattr(compat, "unread_request_prefix", lambda client, n: received[:n] if len(received) >= n else None)
+    return arrive
+
+
+@pytest.mark.parametrize("with_head", [True, False], ids=["body-with-head", "body-later"])
 @pytest.mark.parametrize("body, envelope", [c[1:] for c in BODY_REFUSALS], ids=[c[0] for c in BODY_REFUSALS])
-async def test_body_refusal_sets_the_envelope(guard: ToolsInvokeGuard, body: bytes, envelope: Envelope) -> None:
-    flow = await run(guard, make_flow(headers=[AUTH], body=body))
+async def test_body_refusal_sets_the_envelope(guard: ToolsInvokeGuard, body_arrived: Callable[[bytes], None], with_head: bool,
+                                              body: bytes, envelope: Envelope) -> None:
+    if with_head:
+        body_arrived(body)
+    flow = make_flow(headers=[AUTH], body=body)
+    await guard.requestheaders(flow)
+    if with_head:  # judged with the head: answered there, before mitmproxy's request stage
+        assert_answer(flow, envelope)
+    await guard.request(flow)
     assert_answer(flow, envelope)
     assert flow.request.headers["authorization"] == f"Bearer {TOKEN}"  # not rebuilt: nothing went upstream
+
+
+async def test_a_body_judged_with_its_head_goes_on_as_judged(guard: ToolsInvokeGuard, body_arrived: Callable[[bytes], None]) -> None:
+    body_arrived(BODY)
+    flow = make_flow(headers=[AUTH], body=BODY)
+    await guard.requestheaders(flow)
+    assert flow.response is None
+    await guard.request(flow)
+    assert flow.response is None and flow.request.raw_content == BODY
+    assert flow.request.headers["authorization"] == f"Bearer {UPSTREAM}"
+
+
+async def test_a_body_other_than_the_one_judged_with_the_head_fails_closed(guard: ToolsInvokeGuard,
+                                                                            body_arrived: Callable[[bytes], None]) -> None:
+    """What is forwarded is what was judged: if mitmproxy delivered other bytes than its reader
+    held at the head, the request is refused with 500, not judged again or sent."""
+    body_arrived(BODY)
+    delivered = BODY.replace(b"agents_list", b"session_lst")
+    assert len(delivered) == len(BODY)
+    flow = await run(guard, make_flow(headers=[AUTH], body=delivered))
+    assert_answer(flow, envelopes.internal_error())
 
 
 async def test_a_tool_refusal_is_audited_with_its_layer(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:

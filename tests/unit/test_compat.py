@@ -155,6 +155,10 @@ def test_the_unread_body_is_found_through_the_layer_stack() -> None:
     assert "self.child_layer = layer.NextLayer(" in inspect.getsource(modes.ReverseProxy)
     assert "self.connections" in inspect.getsource(HttpLayer.__init__)
     assert "self.buf = ReceiveBuffer()" in inspect.getsource(_http1.Http1Connection)
+    # unread_request_prefix copies the start of the buffer's bytearray
+    from h11._receivebuffer import ReceiveBuffer
+
+    assert "self._data = bytearray()" in inspect.getsource(ReceiveBuffer.__init__)
 
 
 def test_the_websocket_layer_builds_its_connections_through_the_module_name() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from limits.aio.storage import MemoryStorage, Storage
+from limits.errors import StorageError
 from limits.aio.storage.redis.redispy import RedispyBridge
 
 
@@ -54,10 +55,16 @@ class SweepThrottledMemoryStorage(MemoryStorage):
 
 async def get_many(storage: Storage, keys: Sequence[str]) -> list[int]:
     """`storage.get` of several counters, in one round trip on Redis (MGET of the keys the
-    redis-py bridge's `get` reads one at a time; on a cluster the keys must share a hash tag)."""
+    redis-py bridge's `get` reads one at a time; on a cluster the keys must share a hash tag),
+    failures raised as `get` raises them (StorageError when the storage wraps its errors)."""
     bridge = getattr(storage, "bridge", None)
     if not isinstance(bridge, RedispyBridge):
         return [await storage.get(key) for key in keys]
     client: Any = bridge.get_connection(readonly=True)  # a redis.asyncio client; limits types it narrower
-    values = await client.mget([bridge.prefixed_key(key) for key in keys])
+    try:
+        values = await client.mget([bridge.prefixed_key(key) for key in keys])
+    except storage.base_exceptions as exc:  # as the storage's own methods report a Redis failure
+        if storage.wrap_exceptions:
+            raise StorageError(exc) from exc
+        raise
     return [int(value or 0) for value in values]

@@ -226,6 +226,23 @@ async def test_get_many_reads_what_get_reads(redis_url: str) -> None:
     assert await get_many(memory, ["a", "missing"]) == [3, 0]
 
 
+async def test_get_many_fails_as_get_fails() -> None:
+    """A Redis that is not there: the same StorageError from both, so the limiter's outage policy
+    reads it as a storage failure, not as a bug."""
+    from limits.errors import StorageError
+    from limits.storage import storage_from_string
+
+    from sidecar.limits_compat import get_many
+    from tests.ports import free_port
+
+    storage = storage_from_string(f"async+redis://127.0.0.1:{free_port()}/0", implementation="redispy",
+                                  wrap_exceptions=True, socket_connect_timeout=1)
+    with pytest.raises(StorageError):
+        await storage.get("a")
+    with pytest.raises(StorageError):
+        await get_many(storage, ["a", "b"])
+
+
 def test_limits_memory_storage_keeps_the_mappings_the_sweep_clears() -> None:
     storage = MemoryStorage()
     for name in ("storage", "expirations", "locks"):

@@ -207,16 +207,10 @@ def client_writer(client: connection.Client) -> asyncio.StreamWriter | None:
     return writer
 
 
-def unread_request_bytes(client: connection.Client) -> int:
-    """Bytes the client sent past the current request head that mitmproxy's HTTP/1 reader holds
-    unread: during `requestheaders`, the part of the body already received (0 if not found)."""
-    reader = _request_reader(client)
-    return len(reader.buf) if reader is not None else 0
-
-
 def unread_request_prefix(client: connection.Client, length: int) -> bytes | None:
-    """The first `length` of those bytes (None unless all have arrived): during `requestheaders`,
-    a Content-Length body exactly as the reader will deliver it."""
+    """The first `length` bytes the client sent past the current request head, which mitmproxy's
+    HTTP/1 reader holds unread (None until all of them have arrived): during `requestheaders`, a
+    Content-Length body exactly as the reader will deliver it."""
     reader = _request_reader(client)
     if reader is None or len(reader.buf) < length:
         return None

@@ -320,30 +320,28 @@ class ToolsInvokeGuard:
             view = view_of(flow)
             flow.metadata[VIEW] = view
             pending = view.declared_length()  # None: chunked or unknown
-            # Usually the whole body came in with the head: nothing to wait for.
-            arrived = pending == 0 or pending is not None and compat.unread_request_bytes(flow.client_conn) >= pending
+            # Usually the whole body came in with the head (None: not all of it, or chunked).
+            body = b"" if pending == 0 else None if pending is None else compat.unread_request_prefix(flow.client_conn, pending)
             decision = await self.runtime.pipeline.on_head(view)
             if isinstance(decision, Refuse):
                 # A refused head with a body still to come is answered at once and the connection
                 # closed: a stranger never makes us wait for a body or keep a flow open for one.
                 # A body already here costs nothing more: that answer keeps the connection, since
                 # a reconnect costs us far more than it costs the client.
-                await self._refuse(flow, decision, early=not arrived)
+                await self._refuse(flow, decision, early=body is None)
                 return
             flow.metadata[ADMITTED] = decision
-            if not arrived:
+            if body is None:
                 self._start_body_timer(flow)
                 return
             # The body came with its head: judged now, so that a refusal is answered here, without
             # mitmproxy's request and emulated responseheaders stages (a 404 then costs what a 401
             # does). The request hook forwards it only if mitmproxy delivers these very bytes.
-            body = b"" if pending == 0 else compat.unread_request_prefix(flow.client_conn, pending or 0)
-            if body is not None:
-                verdict = await self.runtime.pipeline.on_body(decision, body)
-                if isinstance(verdict, Refuse):
-                    await self._refuse(flow, verdict, early=False)
-                else:
-                    flow.metadata[JUDGED_BODY] = (body, verdict)
+            verdict = await self.runtime.pipeline.on_body(decision, body)
+            if isinstance(verdict, Refuse):
+                await self._refuse(flow, verdict, early=False)
+            else:
+                flow.metadata[JUDGED_BODY] = (body, verdict)
         except Exception:
             self._fail_closed(flow, "requestheaders")
         finally:

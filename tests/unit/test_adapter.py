@@ -286,7 +286,6 @@ def body_arrived(monkeypatch: pytest.MonkeyPatch) -> Callable[[bytes], None]:
     """mitmproxy's reader holds `received` past the head (the body came with it); without this
     fixture the test flows have no reader, as when the body is still on its way."""
     def arrive(received: bytes) -> None:
-        monkeypatch.setattr(compat, "unread_request_bytes", lambda client: len(received))
         monkeypatch.setattr(compat, "unread_request_prefix", lambda client, n: received[:n] if len(received) >= n else None)
     return arrive
 

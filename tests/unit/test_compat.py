@@ -148,7 +148,7 @@ async def test_direct_hook_dispatch_refuses_nested_chains_and_defers_to_a_change
 
 
 def test_the_unread_body_is_found_through_the_layer_stack() -> None:
-    """unread_request_bytes walks handler.layer (NextLayer) → .layer (the mode) → .child_layer
+    """unread_request_prefix walks handler.layer (NextLayer) → .layer (the mode) → .child_layer
     (NextLayer) → .layer (HttpLayer) → .connections[client] (Http1Server) → .buf; the e2e test of
     a refused request keeping its connection checks the result."""
     assert "self.layer = layer.NextLayer(" in inspect.getsource(server.ConnectionHandler.__init__)

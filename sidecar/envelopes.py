@@ -52,14 +52,19 @@ def compact_json(value: Any) -> bytes:
     Lone surrogates (legal in JSON text, not encodable as UTF-8) fall back to `\\uXXXX` escapes.
     """
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _compact(value)
     except ValueError:
         value = _finite(value)
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _compact(value)
     try:
         return text.encode()
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+        return _compact_ascii(value).encode()
+
+
+# Bound once: json.dumps builds a new encoder for every call given options.
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_compact_ascii = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
 
 def _json(status: int, payload: Any, *extra: tuple[str, str]) -> Envelope:

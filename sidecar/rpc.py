@@ -28,6 +28,7 @@ from typing import Any, Literal
 from .auth import AuthOutcome
 from .body import BodyError, invoke_body_of, strict_json
 from .config import Config
+from .envelopes import compact_json
 from .reasons import Reason, ReasonCode
 from .scopes import ADMIN, ResolvedScopes
 from .shadow import SHADOWABLE_REASONS
@@ -132,8 +133,7 @@ def error_frame(request_id: Any, code: str, message: str, details: Mapping[str, 
     error: dict[str, Any] = {"code": code, "message": message}
     if details:
         error["details"] = dict(details)
-    return json.dumps({"type": "res", "id": request_id, "ok": False, "error": error},
-                      separators=(",", ":"), ensure_ascii=False).encode()
+    return compact_json({"type": "res", "id": request_id, "ok": False, "error": error})
 
 
 def missing_scope_frame(request_id: Any, scope: str) -> bytes:
@@ -223,14 +223,6 @@ def parse_frame(content: bytes) -> dict[str, Any]:
     return frame
 
 
-def encode(frame: dict[str, Any]) -> bytes:
-    return _encode(frame).encode()
-
-
-# Bound once: json.dumps builds a new encoder for every call given options.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 class RpcSession:
     """One WebSocket connection: waits for `connect`, then judges every request frame.
 
@@ -308,7 +300,7 @@ class RpcSession:
         self.scopes = frozenset(kept)
         caps = params.get("caps")
         self.caps = frozenset(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else frozenset()
-        return FrameVerdict("forward", Reason.CONNECT, encode({**frame, "params": rewritten}), method="connect")
+        return FrameVerdict("forward", Reason.CONNECT, compact_json({**frame, "params": rewritten}), method="connect")
 
     def _refuse_connect(self, request_id: Any, reason: ReasonCode, code: str, message: str,
                         details: Mapping[str, Any] | None = None) -> FrameVerdict:
@@ -341,4 +333,4 @@ class RpcSession:
         # One name for policy and execution: what was judged is what runs (`tool` is dropped).
         rewritten = {k: v for k, v in params.items() if k != "tool"}
         rewritten["name"] = name
-        return FrameVerdict("forward", Reason.ALLOWED, encode({**frame, "params": rewritten}), method=TOOLS_INVOKE, tool=name)
+        return FrameVerdict("forward", Reason.ALLOWED, compact_json({**frame, "params": rewritten}), method=TOOLS_INVOKE, tool=name)

@@ -342,3 +342,16 @@ async def test_shadow_mode_forwards_policy_refusals_unchanged_and_marks_them() -
         assert (verdict.verdict, verdict.reason, verdict.payload, verdict.shadowed) == ("forward", reason, None, True), method
     unknown = await rpc.client_frame(req("no.such.method"))  # not understood: refused even in shadow mode
     assert (unknown.verdict, unknown.shadowed) == ("reply", False)
+
+
+async def test_frames_the_sidecar_writes_are_written_as_json_stringify_writes_them() -> None:
+    """What JSON.parse accepts and Python cannot encode as is, a lone surrogate or a number past
+    the double range, is re-encoded as JSON.stringify would (an escape, null), never an internal
+    error or a frame the gateway cannot parse."""
+    rpc = await connected(scopes=["operator.write"])
+    frame = b'{"type":"req","id":"r\\ud800","method":"tools.invoke","params":{"name":"agents_list","args":{"q":"\\udc00","n":1e400}}}'
+    verdict = await rpc.client_frame(frame)
+    assert verdict.verdict == "forward" and verdict.payload is not None
+    assert json.loads(verdict.payload)["params"] == {"args": {"q": "\udc00", "n": None}, "name": "agents_list"}
+    refused = await rpc.client_frame(b'{"type":"req","id":"r\\ud800","method":"terminal.open","params":{}}')
+    assert refused.verdict == "reply" and json.loads(refused.payload or b"")["id"] == "r\ud800"

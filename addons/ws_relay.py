@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-import types
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,8 @@ from mitmproxy.proxy.utils import expect
 
 from sidecar.metrics import INTERNAL_ERRORS
 from sidecar.rpc import FrameVerdict, RpcSession
+
+from .coroutines import resume
 
 log = logging.getLogger("sidecar.adapter")
 
@@ -251,24 +252,6 @@ class ServerFrames:
             self._fragmented = not self._fin
 
 
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, FrameVerdict], awaiting: Any) -> Generator[Any, Any, FrameVerdict]:
-    """Run the rest of a coroutine that was started by hand and suspended on `awaiting`."""
-    while True:
-        try:
-            sent = yield awaiting
-        except BaseException as exc:  # cancellation included: passed on into the judge
-            try:
-                awaiting = coro.throw(exc)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-        else:
-            try:
-                awaiting = coro.send(sent)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-
-
 class PendingVerdict:
     """A judgement that had to wait, finished by the `rpc_verdict` hook while the relay pauses."""
 
@@ -279,7 +262,7 @@ class PendingVerdict:
 
     async def finish(self) -> None:
         try:
-            self.verdict = await _resume(self._coro, self._awaiting)
+            self.verdict = await resume(self._coro, self._awaiting)
         except Exception as exc:
             self.error = exc
 

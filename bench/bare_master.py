@@ -5,7 +5,7 @@ place of the enforcement addon. What enforcement costs is the sidecar's CPU minu
     .venv/bin/python -m bench.bare_master [--speedups] CONFIG
 
 `--speedups` applies the sidecar's mitmproxy patches that are about speed (addons/compat.py:
-skip_debug_typechecks, cache_hook_arguments, dispatch_hooks_directly), to tell what they buy
+skip_debug_typechecks, cache_hook_arguments, complete_hooks_inline, dispatch_hooks_directly), to tell what they buy
 from what enforcement costs.
 """
 
@@ -36,4 +36,5 @@ if __name__ == "__main__":
     if speedups:
         compat.skip_debug_typechecks()
         compat.cache_hook_arguments()
+        compat.complete_hooks_inline()
     asyncio.run(_run(Path(sys.argv[-1]), speedups))

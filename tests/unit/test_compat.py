@@ -147,6 +147,97 @@ async def test_direct_hook_dispatch_refuses_nested_chains_and_defers_to_a_change
     assert calls == ["late:sync"]
 
 
+def _commands_handled(function: object) -> list[str]:
+    """The command classes a function tests `command` against, in order."""
+    import ast
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))  # type: ignore[arg-type]
+    return [test.args[1].attr for test in ast.walk(tree)
+            if isinstance(test, ast.Call) and getattr(test.func, "id", None) == "isinstance"
+            and getattr(test.args[0], "id", None) == "command" and isinstance(test.args[1], ast.Attribute)]
+
+
+def test_inline_hooks_handle_every_command_upstream_handles() -> None:
+    """complete_hooks_inline replaces ConnectionHandler.server_event: every other command is
+    handled as upstream writes it, and upstream's hook task is the one it stands in for."""
+    compat.complete_hooks_inline()
+    upstream = inspect.unwrap(server.ConnectionHandler.server_event)
+    assert upstream is not compat._server_event
+    handled = _commands_handled(upstream)
+    assert [name for name in handled if name != "StartHook"] == _commands_handled(compat._run_command)
+    assert "self.hook_task(command)" in inspect.getsource(upstream)
+    hook_task = inspect.getsource(server.ConnectionHandler.hook_task)
+    assert "await self.handle_hook(hook)" in hook_task and "events.HookCompleted(hook)" in hook_task
+    assert "_server_event_lock" in inspect.getsource(upstream)
+
+
+class HookLayer:
+    """Stands for a connection's layer stack: asks for the given hooks on Start, records every
+    event it is handed."""
+
+    def __init__(self, hooks: list[object]) -> None:
+        self.hooks, self.seen = hooks, []  # type: ignore[var-annotated]
+
+    def handle_event(self, event: object):  # type: ignore[no-untyped-def]
+        self.seen.append(event)
+        if type(event).__name__ == "Start":
+            yield from self.hooks
+
+
+def _hook_handler(hooks: list[object], waiting: set[int]):  # type: ignore[no-untyped-def]
+    from mitmproxy import options
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.test import tflow
+
+    class Handler(server.ConnectionHandler):
+        async def handle_hook(self, hook: object) -> None:
+            if id(hook) in waiting:
+                await asyncio.sleep(0)
+
+    handler = Handler(Context(tflow.tclient_conn(), options.Options()))
+    handler.layer = HookLayer(hooks)  # type: ignore[assignment]
+    return handler
+
+
+def _completed(handler: server.ConnectionHandler) -> list[object]:
+    from mitmproxy.proxy import events
+
+    return [event.command for event in handler.layer.seen if isinstance(event, events.HookCompleted)]  # type: ignore[attr-defined]
+
+
+async def test_hooks_that_do_not_wait_complete_in_the_same_server_event() -> None:
+    from mitmproxy.proxy import events
+    from mitmproxy.proxy.server_hooks import ClientConnectedHook
+    from mitmproxy.test import tflow
+
+    compat.complete_hooks_inline()
+    first, waits, last = (ClientConnectedHook(tflow.tclient_conn()) for _ in range(3))
+    handler = _hook_handler([first, waits, last], waiting={id(waits)})
+    tasks_before = len(asyncio.all_tasks())
+    await handler.server_event(events.Start())
+    assert _completed(handler) == [first, last]  # no task, no turn of the loop for those two
+    assert len(asyncio.all_tasks()) == tasks_before + 1  # the one that waits goes on as a task
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert _completed(handler) == [first, last, waits]
+
+
+async def test_inline_hooks_are_bounded_per_server_event() -> None:
+    from mitmproxy.proxy import events
+    from mitmproxy.proxy.server_hooks import ClientConnectedHook
+    from mitmproxy.test import tflow
+
+    compat.complete_hooks_inline()
+    hooks = [ClientConnectedHook(tflow.tclient_conn()) for _ in range(compat.INLINE_HOOKS_PER_EVENT + 3)]
+    handler = _hook_handler(hooks, waiting=set())  # type: ignore[arg-type]
+    await handler.server_event(events.Start())
+    assert _completed(handler) == hooks[:compat.INLINE_HOOKS_PER_EVENT]  # the rest wait for the loop
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert _completed(handler) == hooks
+
+
 def test_the_unread_body_is_found_through_the_layer_stack() -> None:
     """unread_request_prefix walks handler.layer (NextLayer) → .layer (the mode) → .child_layer
     (NextLayer) → .layer (HttpLayer) → .connections[client] (Http1Server) → .buf; the e2e test of

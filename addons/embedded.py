@@ -125,6 +125,7 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     guard = ToolsInvokeGuard(runtime)
     master = build_master(config, guard)
     compat.dispatch_hooks_directly(master.addons)  # the chain is final from here on
+    compat.skip_request_stages_of_head_answers()
     health = Health(config.sidecar.upstream)
     try:
         admin = AdminServer(*split_host_port(config.sidecar.admin_listen), health)

@@ -1,11 +1,22 @@
-"""addons/embedded.py's heap settling: what lives on is frozen, what a reload replaced is freed."""
+"""addons/embedded.py: the heap settling (what lives on is frozen, what a reload replaced is
+freed) and the hook stages the embedded Master skips."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import re
 import weakref
+from pathlib import Path
 
-from addons.embedded import settle_heap
+from mitmproxy import http, options
+from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from addons import compat
+from addons.embedded import build_master, settle_heap
+from sidecar.config import load_config
+from tests.builders import write_config
 
 
 class Runtime:
@@ -26,3 +37,90 @@ def test_settling_freezes_what_is_alive_and_a_replaced_runtime_is_freed() -> Non
         assert replaced() is None  # not frozen for good with the rest
     finally:
         gc.unfreeze()
+
+
+class HookRecorder:
+    """Stands where the guard stands: answers /early in requestheaders and /late in request,
+    and records each request hook it sees."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.seen.append("requestheaders")
+        if flow.request.path == "/early":
+            flow.response = http.Response.make(403, b'{"answered":"early"}', {"content-type": "application/json"})
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self.seen.append("request")
+        if flow.request.path == "/late":
+            flow.response = http.Response.make(404, b'{"answered":"late"}', {"content-type": "application/json"})
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.seen.append("responseheaders")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.seen.append("response")
+
+
+async def _exchange(port: int, requests: list[bytes]) -> list[bytes]:
+    """Each request in turn on one kept-alive connection, and each whole answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = []
+    try:
+        for request in requests:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+            answers.append(head + await reader.readexactly(length))
+    finally:
+        writer.close()
+    return answers
+
+
+async def test_an_answer_set_at_the_head_skips_the_request_stages_and_keeps_the_connection(tmp_path: Path) -> None:
+    """skip_request_stages_of_head_answers: a response set in requestheaders is sent after the
+    body is read, with only the response hook after it; one set in request takes upstream's
+    path. Real sockets, mitmproxy's own HTTP/1 layers, the embedded Master's chain."""
+    compat.skip_request_stages_of_head_answers()
+    recorder = HookRecorder()
+    master = Master(options.Options(), with_termlog=False)
+    master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(), recorder)
+    master.options.update(confdir=str(tmp_path), mode=["reverse:http://127.0.0.1:9"], listen_host="127.0.0.1",
+                          listen_port=0, http2=False, connection_strategy="lazy")
+    running = asyncio.create_task(master.run())
+    try:
+        while not (addrs := master.addons.get("proxyserver").listen_addrs()):
+            await asyncio.sleep(0.01)
+        body = b'{"tool":"exec"}'
+        post = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+        early, late, again = await _exchange(addrs[0][1], [post % (b"/early", len(body), body),
+                                                           post % (b"/late", len(body), body),
+                                                           post % (b"/early", 0, b"")])
+        assert early.startswith(b"HTTP/1.1 403 ") and early.endswith(b'{"answered":"early"}')
+        assert late.startswith(b"HTTP/1.1 404 ") and late.endswith(b'{"answered":"late"}')
+        assert again.startswith(b"HTTP/1.1 403 ")
+        assert recorder.seen == ["requestheaders", "response",
+                                 "requestheaders", "request", "responseheaders", "response",
+                                 "requestheaders", "response"]
+    finally:
+        master.shutdown()
+        await running
+
+
+class Guard:
+    """Stands where the guard stands in the chain."""
+
+
+async def test_in_the_embedded_chain_only_tlsconfig_and_the_guard_have_the_skipped_hooks(tmp_path: Path) -> None:
+    """What makes skipping `request` and `responseheaders` for head answers safe: no other addon
+    of build_master's chain acts there (tests/unit/test_compat.py pins TlsConfig's early return,
+    tests/unit/test_adapter.py the guard's)."""
+    config = load_config(write_config(tmp_path / "sidecar.json", {
+        "sidecar": {"listen": "127.0.0.1:0", "upstream": "http://127.0.0.1:9", "runtimeDir": str(tmp_path / "run")},
+        "gateway": {"auth": {"mode": "token", "token": "t"}}}), environ={})
+    guard = Guard()
+    master = build_master(config, guard)  # type: ignore[arg-type]
+    acting = [addon for addon in master.addons.chain if hasattr(addon, "request") or hasattr(addon, "responseheaders")]
+    assert [type(addon) for addon in acting] == [tlsconfig.TlsConfig]  # and the guard, which here has none
+    assert guard in master.addons.chain

@@ -365,9 +365,17 @@ async def _server_event(self: server.ConnectionHandler, event: events.Event) -> 
         self.timeout_watchdog.register_activity()
         queue = collections.deque((event,))
         inline = INLINE_HOOKS_PER_EVENT
+        writes: list[commands.SendData] = []  # consecutive, to one connection: one send
         while queue:
             try:
                 for command in self.layer.handle_event(queue.popleft()):
+                    if isinstance(command, commands.SendData) and command.connection in self.transports:
+                        if writes and writes[0].connection is not command.connection:
+                            _send(self, writes)
+                        writes.append(command)
+                        continue
+                    if writes:  # before anything else happens, hooks included (they may write too)
+                        _send(self, writes)
                     if isinstance(command, commands.StartHook):
                         if inline:
                             inline -= 1
@@ -379,6 +387,25 @@ async def _server_event(self: server.ConnectionHandler, event: events.Event) -> 
                         _run_command(self, command)
             except Exception:
                 self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
+            finally:
+                if writes:
+                    _send(self, writes)
+
+
+def _send(self: server.ConnectionHandler, writes: list[commands.SendData]) -> None:
+    """Upstream writes each SendData as it comes: a message's head and body are then two
+    syscalls (and two packets). The same bytes, in the same order, go in one scatter write."""
+    writer = self.transports[writes[0].connection].writer
+    chunks = [write.data for write in writes]
+    writes.clear()
+    assert writer
+    if writer.is_closing():
+        return
+    if len(chunks) > 1 and isinstance(writer, asyncio.StreamWriter):
+        writer.writelines(chunks)
+    else:
+        for chunk in chunks:
+            writer.write(chunk)
 
 
 def _start_hook(self: server.ConnectionHandler, command: commands.StartHook, completions: collections.deque) -> None:
@@ -426,10 +453,7 @@ def _run_command(self: server.ConnectionHandler, command: commands.Command) -> N
     elif isinstance(command, commands.ConnectionCommand) and command.connection not in self.transports:
         pass  # The connection has already been closed.
     elif isinstance(command, commands.SendData):
-        writer = self.transports[command.connection].writer
-        assert writer
-        if not writer.is_closing():
-            writer.write(command.data)
+        _send(self, [command])
     elif isinstance(command, commands.CloseTcpConnection):
         self.close_connection(command.connection, command.half_close)
     elif isinstance(command, commands.CloseConnection):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import socket
+from collections.abc import Callable
 
 import h11
 import pytest
@@ -172,31 +174,33 @@ def test_inline_hooks_handle_every_command_upstream_handles() -> None:
     assert "_server_event_lock" in inspect.getsource(upstream)
 
 
-class HookLayer:
-    """Stands for a connection's layer stack: asks for the given hooks on Start, records every
-    event it is handed."""
+class ScriptedLayer:
+    """Stands for a connection's layer stack: answers Start with the given commands, records
+    every event it is handed."""
 
-    def __init__(self, hooks: list[object]) -> None:
-        self.hooks, self.seen = hooks, []  # type: ignore[var-annotated]
+    def __init__(self, commands: list[object]) -> None:
+        self.commands, self.seen = commands, []  # type: ignore[var-annotated]
 
     def handle_event(self, event: object):  # type: ignore[no-untyped-def]
         self.seen.append(event)
         if type(event).__name__ == "Start":
-            yield from self.hooks
+            yield from self.commands
 
 
-def _hook_handler(hooks: list[object], waiting: set[int]):  # type: ignore[no-untyped-def]
+def _hook_handler(commands: list[object], waiting: set[int] = frozenset(),  # type: ignore[assignment]
+                  on_hook: Callable[[object], None] = lambda hook: None):  # type: ignore[no-untyped-def]
     from mitmproxy import options
     from mitmproxy.proxy.context import Context
     from mitmproxy.test import tflow
 
     class Handler(server.ConnectionHandler):
         async def handle_hook(self, hook: object) -> None:
+            on_hook(hook)
             if id(hook) in waiting:
                 await asyncio.sleep(0)
 
     handler = Handler(Context(tflow.tclient_conn(), options.Options()))
-    handler.layer = HookLayer(hooks)  # type: ignore[assignment]
+    handler.layer = ScriptedLayer(commands)  # type: ignore[assignment]
     return handler
 
 
@@ -230,7 +234,7 @@ async def test_inline_hooks_are_bounded_per_server_event() -> None:
 
     compat.complete_hooks_inline()
     hooks = [ClientConnectedHook(tflow.tclient_conn()) for _ in range(compat.INLINE_HOOKS_PER_EVENT + 3)]
-    handler = _hook_handler(hooks, waiting=set())  # type: ignore[arg-type]
+    handler = _hook_handler(hooks)  # type: ignore[arg-type]
     await handler.server_event(events.Start())
     assert _completed(handler) == hooks[:compat.INLINE_HOOKS_PER_EVENT]  # the rest wait for the loop
     for _ in range(10):
@@ -365,3 +369,57 @@ async def test_the_throttled_sweep_expires_keys_when_read_and_counts_as_upstream
     assert await storage.get("k") == 0  # upstream `get` drops the expired key
     assert await storage.incr("k", expiry=60) == 1
     assert "k" in storage.expirations and "k" in storage.storage
+
+
+class RecordingWriter(asyncio.StreamWriter):
+    """A real stream writer that also records how it was asked to write."""
+
+    calls: list[tuple[str, object]]
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.calls.append(("write", bytes(data)))
+        super().write(data)
+
+    def writelines(self, data: object) -> None:  # type: ignore[override]
+        self.calls.append(("writelines", list(data)))  # type: ignore[call-overload]
+        super().writelines(data)  # type: ignore[arg-type]
+
+
+async def _socket_writer() -> tuple[RecordingWriter, socket.socket]:
+    ours, peer = socket.socketpair()
+    transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), ours)
+    writer = RecordingWriter(transport, protocol, None, asyncio.get_running_loop())
+    writer.calls = []
+    return writer, peer
+
+
+async def test_consecutive_writes_to_a_connection_leave_in_one_send_in_order() -> None:
+    """The server event joins consecutive SendData to one connection (a message's head and body)
+    into one scatter write; a write to another connection, any other command, or a hook (which
+    may write to the socket itself) sends what was gathered first."""
+    from mitmproxy.proxy import commands, events
+    from mitmproxy.proxy.server_hooks import ClientConnectedHook
+    from mitmproxy.test import tflow
+
+    compat.complete_hooks_inline()
+    client, other = tflow.tclient_conn(), tflow.tserver_conn()
+    hook = ClientConnectedHook(client)
+    script = [commands.SendData(client, b"head "), commands.SendData(client, b"body "),
+              commands.SendData(other, b"elsewhere"), commands.SendData(client, b"more "),
+              commands.Log("between"), commands.SendData(client, b"before-hook "), hook,
+              commands.SendData(client, b"last")]
+    client_writer, client_peer = await _socket_writer()
+    other_writer, other_peer = await _socket_writer()
+    handler = _hook_handler(script, on_hook=lambda _: client_writer.write(b"hook-wrote "))
+    handler.transports = {client: server.ConnectionIO(writer=client_writer),
+                          other: server.ConnectionIO(writer=other_writer)}
+    await handler.server_event(events.Start())
+    assert client_writer.calls == [("writelines", [b"head ", b"body "]), ("write", b"more "),
+                                   ("write", b"before-hook "), ("write", b"hook-wrote "), ("write", b"last")]
+    assert other_writer.calls == [("write", b"elsewhere")]
+    await asyncio.sleep(0)
+    assert client_peer.recv(1000) == b"head body more before-hook hook-wrote last"
+    for writer, peer in ((client_writer, client_peer), (other_writer, other_peer)):
+        writer.close()
+        peer.close()

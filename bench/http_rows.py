@@ -1,8 +1,10 @@
 """Rows 1a-1e: CPU per request of POST /tools/invoke through each proxy, against nginx.
 
 Every proxy runs at once, pinned to CPU0 and idle while the others are measured; wrk and the
-backends share CPU1. Rounds take turns over the proxies so that a burst of foreign load on the
-shared machine hits all of them alike; each figure is the median over rounds.
+backends share CPU1. Rounds take turns over the proxies, every other round in reverse order, so
+that foreign load and the slow drift of a shared machine (±20% between windows here) hit all of
+them alike. Each figure is the median over rounds; each ratio is the median of per-round ratios,
+a case against its reference measured in the same round.
 
 The sidecars treat loopback clients like remote ones for the auth-failure limiter
 (`exemptLoopback: false`), so its storage is consulted on every request as in a deployment whose
@@ -112,7 +114,7 @@ def run(report: Report, workdir: Path, seconds: float, rounds: int, connections:
         samples: dict[str, list[dict[str, Any]]] = {c.key: [] for c in CASES}
         for number in range(rounds):
             print(f"  round {number + 1}/{rounds}", flush=True)
-            for case in CASES:
+            for case in CASES if number % 2 == 0 else reversed(CASES):
                 samples[case.key].append(measure(proxies[case.proxy], scripts[case.key], connections, seconds))
         add_rows(report, {c.key: summarise(c, samples[c.key]) for c in CASES})
     finally:
@@ -134,6 +136,11 @@ def summarise(case: Case, samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {**figures, "statuses": statuses, "samples": samples, "error": error}
 
 
+def paired_ratio(reference: list[dict[str, Any]], case: list[dict[str, Any]]) -> float:
+    """cpu(reference)/cpu(case), round by round, and the median of those."""
+    return statistics.median(r["cpu_us_per_req"] / c["cpu_us_per_req"] for r, c in zip(reference, case, strict=True))
+
+
 def _measured(s: dict[str, Any]) -> str:
     return (f"{s['cpu_us_per_req']:.0f} µs/req · {s['rps']:,.0f} req/s · p50 {s['p50_ms']:.1f} ms · "
             f"p99 {s['p99_ms']:.1f} ms · foreign {s['foreign_cores']:.2f} cores")
@@ -141,7 +148,7 @@ def _measured(s: dict[str, Any]) -> str:
 
 def add_rows(report: Report, s: dict[str, dict[str, Any]]) -> None:
     def row(row_id: str, key: str, name: str, target: str = "", ref: str | None = None, threshold: float | None = None) -> None:
-        ratio = s[ref]["cpu_us_per_req"] / s[key]["cpu_us_per_req"] if ref else None
+        ratio = paired_ratio(s[ref]["samples"], s[key]["samples"]) if ref else None
         report.add(Row(row_id, name, _measured(s[key]), target, ratio, threshold, s[key], s[key]["error"]))
 
     names = {c.key: c.name for c in CASES}

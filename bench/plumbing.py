@@ -255,7 +255,8 @@ class Wrk:
 
     def __init__(self, url: str, script: Path, connections: int, seconds: float, *, cpus: str | None = LOAD_CPU,
                  timeout_s: int = 10) -> None:
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}s", "--latency", "-s", str(script), url]
+        # wrk reads whole seconds only ("5.0s" is a usage error): --seconds 5 arrives as 5.0
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s}s", "--latency", "-s", str(script), url]
         if cpus is not None:
             cmd = ["taskset", "-c", cpus, *cmd]
         self.seconds = seconds

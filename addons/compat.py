@@ -352,7 +352,8 @@ def complete_hooks_inline() -> None:
     a lock hand-off and a turn of the loop: about a fifth of a refused call's CPU, four hooks
     per request. Here a hook whose addons did not wait is completed directly, in the order upstream
     would complete it (the task was the lock's first waiter); one that waits goes on as a task,
-    as upstream. Pinned to upstream's `server_event` text (tests/unit/test_compat.py).
+    as upstream. Every other command is handled as upstream's `server_event` handles it; a test
+    pins the two lists of commands to each other (tests/unit/test_compat.py).
     """
     if server.ConnectionHandler.server_event is not _server_event:
         _server_event.__wrapped__ = server.ConnectionHandler.server_event  # type: ignore[attr-defined]
@@ -360,7 +361,8 @@ def complete_hooks_inline() -> None:
 
 
 async def _server_event(self: server.ConnectionHandler, event: events.Event) -> None:
-    """Upstream's `server_event` (see there for the lock) with a queue of inline completions."""
+    """Upstream's `server_event` (see there for the lock), with a queue of inline completions
+    and the writes gathered into sends."""
     async with self._server_event_lock:
         self.timeout_watchdog.register_activity()
         queue = collections.deque((event,))

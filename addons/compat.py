@@ -389,9 +389,11 @@ async def _server_event(self: server.ConnectionHandler, event: events.Event) -> 
                         _run_command(self, command)
             except Exception:
                 self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
-            finally:
+            try:  # the event's last writes (after a crash too: upstream had sent them already)
                 if writes:
                     _send(self, writes)
+            except Exception:
+                self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
 
 
 def _send(self: server.ConnectionHandler, writes: list[commands.SendData]) -> None:

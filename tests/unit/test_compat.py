@@ -184,7 +184,10 @@ class ScriptedLayer:
     def handle_event(self, event: object):  # type: ignore[no-untyped-def]
         self.seen.append(event)
         if type(event).__name__ == "Start":
-            yield from self.commands
+            for command in self.commands:
+                if isinstance(command, Exception):
+                    raise command  # a bug in the layers, mid-event
+                yield command
 
 
 def _hook_handler(commands: list[object], waiting: set[int] = frozenset(),  # type: ignore[assignment]
@@ -423,3 +426,25 @@ async def test_consecutive_writes_to_a_connection_leave_in_one_send_in_order() -
     for writer, peer in ((client_writer, client_peer), (other_writer, other_peer)):
         writer.close()
         peer.close()
+
+
+async def test_a_crash_in_the_layers_is_logged_and_what_they_wrote_before_it_is_sent(caplog: pytest.LogCaptureFixture) -> None:
+    """As upstream, which had written it already: the crash ends the event, not the connection."""
+    from mitmproxy.proxy import commands, events
+    from mitmproxy.test import tflow
+
+    compat.complete_hooks_inline()
+    client = tflow.tclient_conn()
+    writer, peer = await _socket_writer()
+    handler = _hook_handler([commands.SendData(client, b"before "), commands.SendData(client, b"the bug"),
+                             RuntimeError("layer bug")])
+    handler.transports = {client: server.ConnectionIO(writer=writer)}
+    await handler.server_event(events.Start())
+    assert writer.calls == [("writelines", [b"before ", b"the bug"])]
+    assert "mitmproxy has crashed!" in caplog.text and "layer bug" in caplog.text
+    caplog.clear()
+    writer.write_eof()  # a write after our EOF raises in asyncio, for upstream's write as for ours
+    await handler.server_event(events.Start())  # logged, not raised into the connection handler
+    assert "after write_eof" in caplog.text
+    writer.close()
+    peer.close()

@@ -275,6 +275,44 @@ def test_conflicting_name_and_tool_forward_the_checked_name_in_both(http, be, sc
     assert sent["name"] == "agents_list"
 
 
+def read_pipelined(conn: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """`count` Content-Length answers in a row from one connection: (status, body) each."""
+    stream = conn.makefile("rb")
+    answers = []
+    for _ in range(count):
+        status = int(stream.readline().split(b" ", 2)[1])
+        length = 0
+        while (line := stream.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        answers.append((status, stream.read(length)))
+    return answers
+
+
+def test_pipelined_calls_on_one_connection_are_each_judged_and_answered_in_order(sc, be) -> None:
+    """25 calls in one write on one connection. A run of 20 refusals answered at the head asks
+    for more hooks than one server event completes inline (compat.INLINE_HOOKS_PER_EVENT), and
+    forwarded calls wait for the backend between them. Each call is judged alone and answered in
+    order; only the allowed ones reach the backend."""
+    allowed = json.dumps({"tool": "agents_list", "args": {}}).encode()
+    denied = json.dumps({"tool": "exec", "args": {"command": "id"}}).encode()
+    kinds = ["allowed", *["denied", "unauthenticated"] * 10, "allowed", "denied", "allowed", "unauthenticated"]
+    wire = b"".join(raw_head("POST", "/tools/invoke", [
+        ("Authorization", f"Bearer {'wrong' if kind == 'unauthenticated' else TOKEN}"),
+        ("Content-Type", "application/json")], denied if kind == "denied" else allowed) for kind in kinds)
+    be.clear_requests()
+    with socket.create_connection((sc.host, sc.port), timeout=10) as conn:
+        conn.sendall(wire)
+        answers = read_pipelined(conn, len(kinds))
+    assert [status for status, _ in answers] == [{"allowed": 200, "denied": 404, "unauthenticated": 401}[k] for k in kinds]
+    assert all(json.loads(body) == UNAUTHORIZED for (_, body), k in zip(answers, kinds, strict=True) if k == "unauthenticated")
+    assert all(json.loads(body)["ok"] is True for (_, body), k in zip(answers, kinds, strict=True) if k == "allowed")
+    forwarded = be.requests()
+    assert len(forwarded) == kinds.count("allowed")
+    assert {json.loads(record["body"])["tool"] for record in forwarded} == {"agents_list"}
+
+
 # ================================================================== upstream faults
 
 

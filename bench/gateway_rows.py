@@ -1,11 +1,13 @@
 """Rows 3: in front of the real OpenClaw gateway (2026.9.6, offline on loopback).
 
 An allowed `agents_list` call in a closed loop at 2 connections (a Python client from
-127.0.0.2), first alone (direct and through the sidecar taking turns, every other round in
-reverse order; figures are medians, 3b's ratio the median of per-round ratios), then while wrk floods 32 connections from 127.0.0.1 with denied `exec`
-calls, bad tokens, or forged X-Forwarded-For; each directly against the gateway and through the
-sidecar. Nothing is pinned: the gateway, the sidecar and the load share both cores, as they
-would in one pod.
+127.0.0.2), first alone: direct (3a), through the sidecar (3b), through reference (a'), the
+sidecar's own tuned Master without enforcement (3b-bare: the sidecar minus what it judges) and through
+nginx (3b-native, what a proxy hop written in C costs here), taking turns,
+every other round in reverse order; figures are medians, ratios medians of per-round ratios.
+Then while wrk floods 32 connections from 127.0.0.1 with denied `exec` calls, bad tokens, or
+forged X-Forwarded-For; each directly against the gateway and through the sidecar. Nothing is
+pinned: the gateway, the proxies and the load share both cores, as they would in one pod.
 
 The sidecar runs as in a deployment whose clients come through an ingress: loopback is not
 exempt from the auth-failure limiter, so a bad-token flood from one address is locked out
@@ -23,7 +25,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .plumbing import TOKEN, LoadWindow, Service, Wrk, client_loop, http_request, invoke_body, start_sidecar, wrk_script
+from .plumbing import (
+    TOKEN, LoadWindow, Service, Wrk, client_loop, http_request, invoke_body, start_bare_master, start_nginx_proxy,
+    start_sidecar, wrk_script,
+)
 from .report import Report, Row
 
 ALLOWED_SOURCE = "127.0.0.2"
@@ -35,7 +40,7 @@ FLOODS = [
     ("forged", "forged X-Forwarded-For", ALLOWED_BODY, {**AUTH, "X-Forwarded-For": "203.0.113.9"}),
 ]
 FLOOD_CONNECTIONS = 32
-# The gateway alone moved ±15% between windows a minute apart here: 3a and 3b take turns.
+# The gateway alone moved ±15% between windows a minute apart here: the unloaded arms take turns.
 ALONE_ROUNDS = 4
 TARGET_ALONE, TARGET_FLOOD = 0.9, 0.6
 
@@ -65,15 +70,20 @@ def run(report: Report, workdir: Path, seconds: float) -> None:
         report.add(Row("3", "real gateway", "", skipped=f"{reason} (scripts/ensure-gateway .venv/bin/python installs it)"))
         return
     gateway = RealGateway({"mode": "token", "token": TOKEN})
-    sidecar: Service | None = None
+    proxies: list[Service] = []
     try:
         sidecar = start_sidecar("gw-sidecar", workdir, gateway.url, {"openclawConfig": str(gateway.config_path)},
                                 {"gateway": {"trustedProxies": [], "auth": {"rateLimit": {"exemptLoopback": False}}}},
                                 cpus=None)
-        ports = {"direct": gateway.port, "sidecar": sidecar.port}
+        proxies.append(sidecar)
+        bare = start_bare_master("gw-bare", workdir, "gw-sidecar", ("--speedups",), cpus=None)
+        proxies.append(bare)
+        native = start_nginx_proxy(workdir, gateway.port)
+        proxies.append(native)
+        ports = {"direct": gateway.port, "sidecar": sidecar.port, "bare": bare.port, "native": native.port}
         floods = {key: wrk_script(workdir, f"flood-{key}", body, headers) for key, _, body, headers in FLOODS}
-        phase(gateway.port, 2, None)  # warm-up: the gateway's first calls are slow
-        phase(sidecar.port, 2, None)
+        for port in ports.values():
+            phase(port, 2, None)  # warm-up: the gateway's first calls are slow
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
         for number in range(ALONE_ROUNDS):
             for name in ports if number % 2 == 0 else reversed(ports):
@@ -81,12 +91,17 @@ def run(report: Report, workdir: Path, seconds: float) -> None:
         alone = {name: _median(samples) for name, samples in rounds.items()}
         report.add(Row("3a", "gateway direct, allowed agents_list at 2 connections", _allowed(alone["direct"]),
                        data=alone["direct"], error=_check(alone["direct"])))
-        paired = statistics.median(s["allowed_per_s"] / d["allowed_per_s"]
-                                   for s, d in zip(rounds["sidecar"], rounds["direct"], strict=True))
         report.add(Row("3b", "through the sidecar, allowed at 2 connections", _allowed(alone["sidecar"]),
-                       "allowed/s ≥ 0.9× gateway direct", paired, TARGET_ALONE, alone["sidecar"], _check(alone["sidecar"])))
+                       "allowed/s ≥ 0.9× gateway direct", _paired(rounds, "sidecar"), TARGET_ALONE, alone["sidecar"],
+                       _check(alone["sidecar"])))
+        report.add(Row("3b-bare", "through reference (a'), the sidecar's Master with its speed-ups but no enforcement, at 2 connections",
+                       _allowed(alone["bare"]), "vs gateway direct", _paired(rounds, "bare"), None, alone["bare"],
+                       _check(alone["bare"])))
+        report.add(Row("3b-native", "through nginx (keep-alive both sides), nothing judged, at 2 connections",
+                       _allowed(alone["native"]), "vs gateway direct", _paired(rounds, "native"), None, alone["native"],
+                       _check(alone["native"])))
         for key, label, _, _ in FLOODS:
-            for name, port in ports.items():
+            for name, port in ((name, ports[name]) for name in ("direct", "sidecar")):
                 result = phase(port, seconds, floods[key])
                 row_id = f"3{'c' if name == 'direct' else 'd'}-{key}"
                 title = f"{'gateway direct' if name == 'direct' else 'through the sidecar'}, allowed under a flood of {label}"
@@ -94,9 +109,14 @@ def run(report: Report, workdir: Path, seconds: float) -> None:
                 target, threshold = ("allowed/s ≥ 0.6× unloaded", TARGET_FLOOD) if name == "sidecar" else ("vs unloaded", None)
                 report.add(Row(row_id, title, measured, target, _ratio(result, alone[name]), threshold, result, _check(result)))
     finally:
-        if sidecar is not None:
-            sidecar.stop()
+        for proxy in proxies:
+            proxy.stop()
         gateway.stop()
+
+
+def _paired(rounds: dict[str, list[dict[str, Any]]], name: str) -> float:
+    """The median of per-round ratios to the gateway direct: each round's arms ran minutes apart at most."""
+    return statistics.median(p["allowed_per_s"] / d["allowed_per_s"] for p, d in zip(rounds[name], rounds["direct"], strict=True))
 
 
 def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,15 +14,14 @@ not lockouts (a separate sidecar with `maxAttempts: 1` measures the 429s of a lo
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .plumbing import (
-    PROXY_CPU, LOAD_CPU, TOKEN, VENV_BIN, LoadWindow, Service, free_port, invoke_body, run_wrk, start_nginx,
-    start_sidecar, wrk_script,
+    PROXY_CPU, LOAD_CPU, TOKEN, VENV_BIN, LoadWindow, Service, free_port, invoke_body, run_wrk, start_bare_master,
+    start_nginx, start_sidecar, wrk_script,
 )
 from .report import Report, Row
 
@@ -73,24 +72,13 @@ def start_proxies(workdir: Path, upstream: str) -> dict[str, Service]:
     proxies["ceiling"] = start_sidecar("ceiling", workdir, upstream, {**UNPACED, "scopeCeilings": {"default": ["operator.read"]}},
                                        rules=NEVER_LOCKS)
     proxies["locked"] = start_sidecar("locked", workdir, upstream, UNPACED, rules=LOCKS_AT_ONCE)
-    for name, flags in (("bare", []), ("bare-speedups", ["--speedups"])):
-        port = free_port()
-        proxies[name] = Service(name, [str(VENV_BIN / "python"), "-m", "bench.bare_master", *flags,
-                                       _config_with_listen(workdir, name, port)], workdir, cpus=PROXY_CPU, port=port)
+    for name, flags in (("bare", ()), ("bare-speedups", ("--speedups",))):
+        proxies[name] = start_bare_master(name, workdir, "memory", flags)
     dump_port = free_port()
     proxies["mitmdump"] = Service("mitmdump", [
         str(VENV_BIN / "mitmdump"), "-q", "--mode", f"reverse:{upstream}", "--listen-host", "127.0.0.1",
         "-p", str(dump_port), "--set", f"confdir={workdir / 'mitmdump-conf'}"], workdir, cpus=PROXY_CPU, port=dump_port)
     return proxies
-
-
-def _config_with_listen(workdir: Path, name: str, port: int) -> str:
-    """The memory sidecar's config file, listening elsewhere: the reference reads the same options."""
-    config = json.loads((workdir / "memory.json").read_text())
-    config["sidecar"].update(listen=f"127.0.0.1:{port}", runtimeDir=str(workdir / f"{name}-run"))
-    path = workdir / f"{name}.json"
-    path.write_text(json.dumps(config, indent=1))
-    return str(path)
 
 
 def measure(proxy: Service, script: Path, connections: int, seconds: float) -> dict[str, Any]:

@@ -163,18 +163,28 @@ class Service:
 
 def start_nginx(workdir: Path) -> Service:
     """A fixed-response backend (one worker on the load CPU): never the limit."""
-    port, tmp = free_port(), workdir / "nginx"
+    return _nginx("nginx", workdir, f"default_type application/json; return 200 '{NGINX_BODY}';", cpus=LOAD_CPU)
+
+
+def start_nginx_proxy(workdir: Path, upstream_port: int) -> Service:
+    """A native reverse proxy, keep-alive both sides, nothing judged: what any proxy hop costs here."""
+    return _nginx("nginx-proxy", workdir, "proxy_pass http://upstream; proxy_http_version 1.1; "
+                  'proxy_set_header Connection ""; proxy_buffering off;',
+                  f"upstream upstream {{ server 127.0.0.1:{upstream_port}; keepalive 16; }}", cpus=None)
+
+
+def _nginx(name: str, workdir: Path, location: str, http_extra: str = "", *, cpus: str | None) -> Service:
+    port, tmp = free_port(), workdir / name
     tmp.mkdir(exist_ok=True)
     conf = tmp / "nginx.conf"
     conf.write_text(f"""
 daemon off; worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
 events {{ worker_connections 4096; }}
 http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
-  uwsgi_temp_path {tmp}; scgi_temp_path {tmp}; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json;
-    return 200 '{NGINX_BODY}'; }} }} }}
+  uwsgi_temp_path {tmp}; scgi_temp_path {tmp}; keepalive_requests 1000000; {http_extra}
+  server {{ listen 127.0.0.1:{port}; location / {{ {location} }} }} }}
 """)
-    return Service("nginx", ["nginx", "-c", str(conf), "-p", str(tmp)], workdir, cpus=LOAD_CPU, port=port)
+    return Service(name, ["nginx", "-c", str(conf), "-p", str(tmp)], workdir, cpus=cpus, port=port)
 
 
 def start_sidecar(name: str, workdir: Path, upstream: str, settings: dict[str, Any] | None = None,
@@ -192,6 +202,19 @@ def start_sidecar(name: str, workdir: Path, upstream: str, settings: dict[str, A
                       cpus=cpus, port=port)
     service.admin_port = admin  # type: ignore[attr-defined]
     return service
+
+
+def start_bare_master(name: str, workdir: Path, sidecar_name: str, flags: tuple[str, ...] = (), *,
+                      cpus: str | None = PROXY_CPU) -> Service:
+    """Reference (a), `bench/bare_master.py`, read from sidecar `sidecar_name`'s config file but
+    listening elsewhere: same options, same upstream, no enforcement."""
+    port = free_port()
+    config = json.loads((workdir / f"{sidecar_name}.json").read_text())
+    config["sidecar"].update(listen=f"127.0.0.1:{port}", runtimeDir=str(workdir / f"{name}-run"))
+    path = workdir / f"{name}.json"
+    path.write_text(json.dumps(config, indent=1))
+    return Service(name, [str(VENV_BIN / "python"), "-m", "bench.bare_master", *flags, str(path)], workdir,
+                   cpus=cpus, port=port)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

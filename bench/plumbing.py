@@ -126,10 +126,11 @@ class LoadWindow:
 
 
 class Service:
-    """A child process, optionally pinned with taskset; output goes to a log file in `workdir`."""
+    """A child process listening on `port`, optionally pinned with taskset; output goes to a log
+    file in `workdir`."""
 
-    def __init__(self, name: str, cmd: list[str], workdir: Path, *, cpus: str | None = None,
-                 port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, cmd: list[str], workdir: Path, *, port: int, cpus: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log = workdir / f"{name}.log"
         prefix = ["taskset", "-c", cpus] if cpus is not None else []
@@ -137,12 +138,11 @@ class Service:
             self.proc = subprocess.Popen([*prefix, *cmd], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env={**os.environ, **(env or {})}, cwd=REPO)
         self.port = port
-        if port is not None:
-            try:
-                wait_port(port, proc=self.proc)
-            except RuntimeError as exc:
-                self.stop()
-                raise RuntimeError(f"{name}: {exc}\n{self.log.read_text(errors='replace')[-3000:]}") from None
+        try:
+            wait_port(port, proc=self.proc)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{name}: {exc}\n{self.log.read_text(errors='replace')[-3000:]}") from None
 
     @property
     def pid(self) -> int:
@@ -187,8 +187,17 @@ http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp}; fast
     return Service(name, ["nginx", "-c", str(conf), "-p", str(tmp)], workdir, cpus=cpus, port=port)
 
 
+class SidecarService(Service):
+    """A sidecar child process; `admin_port` serves its /metrics."""
+
+    def __init__(self, name: str, cmd: list[str], workdir: Path, *, port: int, admin_port: int,
+                 cpus: str | None = None) -> None:
+        super().__init__(name, cmd, workdir, port=port, cpus=cpus)
+        self.admin_port = admin_port
+
+
 def start_sidecar(name: str, workdir: Path, upstream: str, settings: dict[str, Any] | None = None,
-                  rules: dict[str, Any] | None = None, *, cpus: str | None = PROXY_CPU) -> Service:
+                  rules: dict[str, Any] | None = None, *, cpus: str | None = PROXY_CPU) -> SidecarService:
     """`openclaw-sidecar run --config FILE`; `settings` merge into the `sidecar:` section, `rules`
     (gateway, tools...) beside it. The audit log goes to a file, as a deployment would ship it."""
     port, admin = free_port(), free_port()
@@ -198,10 +207,8 @@ def start_sidecar(name: str, workdir: Path, upstream: str, settings: dict[str, A
     config = {"sidecar": sidecar, **_merge({"gateway": {"auth": {"mode": "token", "token": TOKEN}}}, rules or {})}
     path = workdir / f"{name}.json"
     path.write_text(json.dumps(config, indent=1))
-    service = Service(name, [str(VENV_BIN / "openclaw-sidecar"), "run", "--config", str(path)], workdir,
-                      cpus=cpus, port=port)
-    service.admin_port = admin  # type: ignore[attr-defined]
-    return service
+    return SidecarService(name, [str(VENV_BIN / "openclaw-sidecar"), "run", "--config", str(path)], workdir,
+                          cpus=cpus, port=port, admin_port=admin)
 
 
 def start_bare_master(name: str, workdir: Path, sidecar_name: str, flags: tuple[str, ...] = (), *,
@@ -402,7 +409,7 @@ def client_loop(port: int, request: bytes, connections: int, seconds: float, sou
     deadline = time.monotonic() + seconds
 
     def worker() -> None:
-        client, mine, codes = RawClient(port, request, source), [], Counter()
+        client, mine, codes = RawClient(port, request, source), [], Counter[int]()
         while time.monotonic() < deadline and not (stop and stop.is_set()):
             started = time.perf_counter()
             codes[client.once()] += 1

@@ -80,7 +80,7 @@ def run(report: Report, workdir: Path, seconds: float) -> None:
         ws_session(port)()
         time.sleep(3)
         baseline_fds, baseline_targets, start_rss = open_fds(pid), fd_targets(pid), rss_mb(pid)
-        stop, counts = threading.Event(), Counter()
+        stop, counts = threading.Event(), Counter[str]()
         deadline = time.monotonic() + seconds
 
         def loop(key: str, request: bytes, pause: float) -> Callable[[], None]:
@@ -115,7 +115,7 @@ def run(report: Report, workdir: Path, seconds: float) -> None:
         for t in threads:
             t.join()
         fds_after = _settled_fds(pid, baseline_fds, HEAD_READ_SECONDS + 15)
-        values = metrics(sidecar.admin_port)  # type: ignore[attr-defined]
+        values = metrics(sidecar.admin_port)
         internal = metric_sum(values, "openclaw_sidecar_internal_errors_total")
         data: dict[str, Any] = {
             "seconds": seconds, "warmup_s": warmup, "start_rss_mb": start_rss, "warm_rss_mb": warm_rss, "end_rss_mb": end_rss,

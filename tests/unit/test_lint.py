@@ -17,7 +17,8 @@ def test_ruff_finds_nothing() -> None:
 
 
 def test_mypy_finds_nothing() -> None:
-    """mypy with the pydantic plugin ([tool.mypy] in pyproject.toml) over the product's code and the demo's."""
-    result = subprocess.run([sys.executable, "-m", "mypy", "sidecar", "addons", "openclaw_demo"], cwd=REPO,
+    """mypy with the pydantic plugin ([tool.mypy] in pyproject.toml) over the product's code, the
+    demo's and the bench's."""
+    result = subprocess.run([sys.executable, "-m", "mypy", "sidecar", "addons", "openclaw_demo", "bench"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

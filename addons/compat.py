@@ -435,7 +435,8 @@ async def _finish_hook(self: server.ConnectionHandler, command: commands.StartHo
 
 
 def _run_command(self: server.ConnectionHandler, command: commands.Command) -> None:
-    """Upstream's handling of every command but StartHook, as written in `server_event`."""
+    """Upstream's handling of every command but StartHook and SendData to an open connection
+    (`_server_event` takes those itself), as written in `server_event`."""
     if isinstance(command, commands.OpenConnection):
         assert command.connection not in self.transports
         handler = asyncio_utils.create_task(
@@ -456,8 +457,6 @@ def _run_command(self: server.ConnectionHandler, command: commands.Command) -> N
         self.wakeup_timer.add(task)
     elif isinstance(command, commands.ConnectionCommand) and command.connection not in self.transports:
         pass  # The connection has already been closed.
-    elif isinstance(command, commands.SendData):
-        _send(self, [command])
     elif isinstance(command, commands.CloseTcpConnection):
         self.close_connection(command.connection, command.half_close)
     elif isinstance(command, commands.CloseConnection):

@@ -29,7 +29,7 @@ from .plumbing import (
     TOKEN, LoadWindow, Service, Wrk, client_loop, http_request, invoke_body, start_bare_master, start_nginx_proxy,
     start_sidecar, wrk_script,
 )
-from .report import Report, Row
+from .report import Report, Row, paired_ratio
 
 ALLOWED_SOURCE = "127.0.0.2"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -91,18 +91,18 @@ def run(report: Report, workdir: Path, seconds: float) -> None:
         alone = {name: _median(samples) for name, samples in rounds.items()}
         report.add(Row("3a", "gateway direct, allowed agents_list at 2 connections", _allowed(alone["direct"]),
                        data=alone["direct"], error=_check(alone["direct"])))
-        report.add(Row("3b", "through the sidecar, allowed at 2 connections", _allowed(alone["sidecar"]),
-                       "allowed/s ≥ 0.9× gateway direct", _paired(rounds, "sidecar"), TARGET_ALONE, alone["sidecar"],
-                       _check(alone["sidecar"])))
-        report.add(Row("3b-bare", "through reference (a'), the sidecar's Master with its speed-ups but no enforcement, at 2 connections",
-                       _allowed(alone["bare"]), "vs gateway direct", _paired(rounds, "bare"), None, alone["bare"],
-                       _check(alone["bare"])))
-        report.add(Row("3b-native", "through nginx (keep-alive both sides), nothing judged, at 2 connections",
-                       _allowed(alone["native"]), "vs gateway direct", _paired(rounds, "native"), None, alone["native"],
-                       _check(alone["native"])))
+        for row_id, name, title, target, threshold in (
+            ("3b", "sidecar", "through the sidecar, allowed at 2 connections", "allowed/s ≥ 0.9× gateway direct", TARGET_ALONE),
+            ("3b-bare", "bare", "through reference (a'), the sidecar's Master with its speed-ups but no enforcement, "
+             "at 2 connections", "vs gateway direct", None),
+            ("3b-native", "native", "through nginx (keep-alive both sides), nothing judged, at 2 connections",
+             "vs gateway direct", None),
+        ):
+            ratio = paired_ratio(rounds[name], rounds["direct"], "allowed_per_s")
+            report.add(Row(row_id, title, _allowed(alone[name]), target, ratio, threshold, alone[name], _check(alone[name])))
         for key, label, _, _ in FLOODS:
-            for name, port in ((name, ports[name]) for name in ("direct", "sidecar")):
-                result = phase(port, seconds, floods[key])
+            for name in ("direct", "sidecar"):
+                result = phase(ports[name], seconds, floods[key])
                 row_id = f"3{'c' if name == 'direct' else 'd'}-{key}"
                 title = f"{'gateway direct' if name == 'direct' else 'through the sidecar'}, allowed under a flood of {label}"
                 measured = f"{_allowed(result)} · flood answered {result['flood_per_s']:,.0f}/s {result['flood_statuses']}"
@@ -112,11 +112,6 @@ def run(report: Report, workdir: Path, seconds: float) -> None:
         for proxy in proxies:
             proxy.stop()
         gateway.stop()
-
-
-def _paired(rounds: dict[str, list[dict[str, Any]]], name: str) -> float:
-    """The median of per-round ratios to the gateway direct: each round's arms ran minutes apart at most."""
-    return statistics.median(p["allowed_per_s"] / d["allowed_per_s"] for p, d in zip(rounds[name], rounds["direct"], strict=True))
 
 
 def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from .plumbing import (
     PROXY_CPU, LOAD_CPU, TOKEN, VENV_BIN, LoadWindow, Service, free_port, invoke_body, run_wrk, start_bare_master,
     start_nginx, start_sidecar, wrk_script,
 )
-from .report import Report, Row
+from .report import Report, Row, paired_ratio
 
 NEVER_LOCKS = {"gateway": {"auth": {"rateLimit": {"exemptLoopback": False, "maxAttempts": 10**9, "windowMs": 1000}}}}
 # Rows 1 measure what one refusal costs, so refusal pacing (a client refused again and again waits
@@ -124,11 +124,6 @@ def summarise(case: Case, samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {**figures, "statuses": statuses, "samples": samples, "error": error}
 
 
-def paired_ratio(reference: list[dict[str, Any]], case: list[dict[str, Any]]) -> float:
-    """cpu(reference)/cpu(case), round by round, and the median of those."""
-    return statistics.median(r["cpu_us_per_req"] / c["cpu_us_per_req"] for r, c in zip(reference, case, strict=True))
-
-
 def _measured(s: dict[str, Any]) -> str:
     return (f"{s['cpu_us_per_req']:.0f} µs/req · {s['rps']:,.0f} req/s · p50 {s['p50_ms']:.1f} ms · "
             f"p99 {s['p99_ms']:.1f} ms · foreign {s['foreign_cores']:.2f} cores")
@@ -136,7 +131,7 @@ def _measured(s: dict[str, Any]) -> str:
 
 def add_rows(report: Report, s: dict[str, dict[str, Any]]) -> None:
     def row(row_id: str, key: str, name: str, target: str = "", ref: str | None = None, threshold: float | None = None) -> None:
-        ratio = paired_ratio(s[ref]["samples"], s[key]["samples"]) if ref else None
+        ratio = paired_ratio(s[ref]["samples"], s[key]["samples"], "cpu_us_per_req") if ref else None
         report.add(Row(row_id, name, _measured(s[key]), target, ratio, threshold, s[key], s[key]["error"]))
 
     names = {c.key: c.name for c in CASES}

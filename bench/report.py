@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .plumbing import REPO
+
+
+def paired_ratio(numerators: list[dict[str, Any]], denominators: list[dict[str, Any]], key: str) -> float:
+    """The median of `key`'s per-round ratios: each pair was measured in the same round, so a drift
+    of the machine between rounds cancels out (single windows moved ±20% here)."""
+    return statistics.median(n[key] / d[key] for n, d in zip(numerators, denominators, strict=True))
 
 
 @dataclass

@@ -26,8 +26,17 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"Unexpected token {token} in JSON")
 
 
+def _js_integer(digits: str) -> int | float:
+    """An integer literal; past Python's digit bound for int() it is the double JSON.parse makes
+    of every number (Infinity beyond 1e308, written back as null, as JSON.stringify does)."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
+
+
 # Bound once: json.loads builds a new decoder, scanner included, for every call given options.
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_js_integer).decode
 
 
 def strict_json(text: str) -> Any:
@@ -39,9 +48,11 @@ def strict_json(text: str) -> Any:
 
 
 def parse_json_body(raw: bytes) -> Any:
-    """Decode as Node does (UTF-8 with replacement, whatever Content-Type says) and parse."""
-    text = raw.decode("utf-8", errors="replace")
-    if not text.strip():
+    """Decode as Node does (UTF-8 with replacement, whatever Content-Type says), trim the whole
+    text as readJsonBodyWithLimit does (JavaScript's trim: a byte-order mark goes, \x1c stays),
+    and parse; nothing left is the empty object."""
+    text = js_trim(raw.decode("utf-8", errors="replace"))
+    if not text:
         return {}
     try:
         return strict_json(text)
@@ -82,9 +93,10 @@ def read_invoke_body(raw: bytes) -> InvokeBody:
     """Validate the body and decide the exact bytes to forward.
 
     The original bytes go upstream whenever the gateway would read the same tool name from them;
-    otherwise a compact rewrite carries the normalised name in both `name` and `tool`, so 2026.4
-    (`tool` only) and 2026.9 (`name ?? tool`) gateways act on the name we checked. Re-serialising
-    needlessly could push a legal 2 MiB body over the gateway's own limit (reference (f) 8).
+    otherwise a compact rewrite carries the normalised name in whichever of `name` and `tool` were
+    sent, so 2026.4 (`tool` only) and 2026.9 (`name ?? tool`) gateways act on the name we checked.
+    Re-serialising needlessly, or adding a field, could push a legal 2 MiB body over the gateway's
+    own limit (reference (f) 8).
     """
     return invoke_body_of(parse_json_body(raw), raw)
 
@@ -99,10 +111,11 @@ def invoke_body_of(payload: Any, raw: bytes | None = None) -> InvokeBody:
         raise BodyError("missing_name")
     tool = normalize_tool_name(requested)
     # A 2026.4 gateway reads only `tool`: `{"name":"agents_list","tool":"exec"}` must not pass as-is.
-    untouched = _name_or_tool(payload) == tool.name and payload.get("tool", tool.name) == tool.name
-    if untouched or raw is None:
+    # Only the fields sent are pinned: every byte added could push a legal body past the limit.
+    sent = [field for field in ("name", "tool") if payload.get(field) is not None]
+    if raw is None or all(payload[field] == tool.name for field in sent):
         return InvokeBody(tool, raw or b"", requested, payload.get("sessionKey"), payload.get("agentId"))
-    rewritten = {**payload, "name": tool.name, "tool": tool.name}
+    rewritten = {**payload, **dict.fromkeys(sent, tool.name)}
     try:
         return InvokeBody(tool, compact_json(rewritten), requested, payload.get("sessionKey"), payload.get("agentId"))
     except RecursionError as exc:  # nesting deeper than the rewrite can walk

@@ -8,11 +8,20 @@ evicts what every request repeats.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache, wraps
 from typing import Any, TypeVar, cast
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def text_length(values: Iterable[Any]) -> int:
+    """How many characters the str values among `values` hold: what caching them would keep."""
+    length = 0  # a plain loop: sum() over a generator costs more than the lookup it guards
+    for value in values:
+        if isinstance(value, str):
+            length += len(value)
+    return length
 
 
 def short_call_cache(max_length: int, size: int) -> Callable[[F], F]:
@@ -24,11 +33,7 @@ def short_call_cache(max_length: int, size: int) -> Callable[[F], F]:
 
         @wraps(function)
         def call(*args: Any) -> Any:
-            length = 0  # a plain loop: sum() over a generator costs more than the lookup it guards
-            for arg in args:
-                if isinstance(arg, str):
-                    length += len(arg)
-            return cached(*args) if length <= max_length else function(*args)
+            return cached(*args) if text_length(args) <= max_length else function(*args)
 
         return cast(F, call)
 

@@ -31,6 +31,7 @@ from importlib import resources
 from typing import Any, Literal, NamedTuple
 
 from .body import InvokeBody
+from .caching import short_call_cache, text_length
 from .config import OpenClawRules
 from .envelopes import Envelope
 from .reasons import Reason, answer
@@ -39,6 +40,9 @@ from .toolpolicy import ToolGate, ToolName, js_trim
 
 CATALOGUE_VERSION = "2026.9.6"
 DECISIONS_KEPT = 4096
+# Session keys, agent ids and tool names come from strangers: only calls whose text totals this
+# much are cached, so a flood of distinct megabyte-long keys neither fills memory nor evicts.
+CACHEABLE_LENGTH = 512
 HARNESS_NOTE = "the gateway refuses harness keys unless its session store holds an unlocked row"
 
 Verdict = Literal["allow", "deny", "skip", "n/a", "gateway"]
@@ -156,7 +160,7 @@ def agent_id(value: Any) -> str:
     return agent_id_strict(value) or "main"
 
 
-@lru_cache(maxsize=4096)
+@short_call_cache(CACHEABLE_LENGTH, 4096)
 def normalize_session_key(raw: str) -> str:
     """Lower-cased, except the opaque ids (Signal group ids, Matrix room tails) that keep their case."""
     raw = js_trim(raw)
@@ -188,7 +192,7 @@ class AgentKey:
     rest: str
 
 
-@lru_cache(maxsize=4096)
+@short_call_cache(CACHEABLE_LENGTH, 4096)
 def parse_agent_key(key: str) -> AgentKey | None:
     """parseAgentSessionKey: `agent:<id>:<rest>`, with a non-blank id and a rest not starting ':'."""
     normalized = normalize_session_key(key)
@@ -488,7 +492,7 @@ class ToolChain:
     _policies: dict[tuple[Any, ...], Policy | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # Decisions repeat (the same callers call the same tools in the same sessions): the last few
-    # thousand are kept, so a steady request stream costs a dict lookup instead of ~80 µs.
+    # thousand with short enough text are kept, so a steady stream costs a dict lookup, not ~80 µs.
     _decisions: dict[tuple[Any, ...], ToolDecision] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _once(self, key: tuple[Any, ...], build: Callable[[], Policy | None]) -> Policy | None:
@@ -501,6 +505,8 @@ class ToolChain:
         # Everything the decision reads; a non-string session field counts as absent, as upstream.
         key = (invoke.spelled, _trim(invoke.session_key), _trim(invoke.agent_id), request.channel, request.account,
                request.owner, request.client_caps)
+        if text_length(key) + text_length(request.client_caps) > CACHEABLE_LENGTH:
+            return self._decide(request)
         decision = self._decisions.get(key)
         if decision is None:
             if len(self._decisions) >= DECISIONS_KEPT:

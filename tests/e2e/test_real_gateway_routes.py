@@ -149,6 +149,30 @@ def test_tools_invoke_is_authenticated_and_runs(http, gateway, sidecar):
     assert http.post(sidecar.url + "/tools/invoke", json=AGENTS).status_code == 401
 
 
+BODY_TEXTS = [
+    pytest.param('\ufeff{"tool":"agents_list"}'.encode(), id="byte-order-mark"),
+    pytest.param('\u00a0{"tool":"agents_list"}\u2028\u3000'.encode(), id="unicode-spaces"),
+    pytest.param("\ufeff".encode(), id="byte-order-mark-only"),
+    pytest.param("\x1c".encode(), id="information-separator-only"),
+    pytest.param("\x85".encode(), id="next-line-only"),
+    pytest.param(b'{"tool":"agents_list","args":{"n":' + b"1" * 5000 + b"}}", id="5000-digit-integer"),
+    pytest.param(b'{"tool":" agents_list","pad":"' + b"x" * (2 * 1024 * 1024 - 33) + b'"}', id="rewritten-at-the-2MiB-limit"),
+]
+
+
+@pytest.mark.parametrize("raw", BODY_TEXTS)
+def test_a_body_is_read_as_the_gateway_reads_it(http, gateway, sidecar, raw):
+    """readJsonBodyWithLimit trims the text as JavaScript does and JSON.parse takes any integer;
+    a body the sidecar must rewrite still fits the gateway's limit when the original did."""
+    assert len(raw) <= 2 * 1024 * 1024
+    direct, proxied = both(http, gateway, sidecar, "POST", "/tools/invoke", headers=AUTH, content=raw)
+    assert proxied.status_code == direct.status_code
+    if direct.status_code == 200:
+        assert proxied.json() == direct.json()
+    else:  # the same refusal; JSON.parse's own wording of a syntax error is not copied
+        assert proxied.json().get("error", {}).get("type") == direct.json().get("error", {}).get("type")
+
+
 @pytest.mark.parametrize("target", ["/control-ui-config.json", "/sessions/main/history", "/v1/models"])
 def test_read_routes_need_the_sidecars_credential_and_then_answer_as_the_gateway(http, gateway, sidecar, target):
     direct, proxied = both(http, gateway, sidecar, "GET", target, headers=AUTH)

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from sidecar.body import MAX_BODY_BYTES, BodyError, InvokeBody, _reject_constant, invoke_body_of, parse_json_body, read_invoke_body
+from sidecar.body import (MAX_BODY_BYTES, BodyError, InvokeBody, _reject_constant, invoke_body_of, parse_json_body, read_invoke_body,
+                         strict_json)
 
 
 def strict_loads(raw: bytes):
@@ -63,7 +64,8 @@ INVALID_JSON = [
     pytest.param(b'{"tool":"agents_list","n":Infinity}', id="Infinity"),
     pytest.param(b'{"tool":"agents_list","n":-Infinity}', id="-Infinity"),
     pytest.param(b"NaN", id="bare-NaN"),
-    pytest.param(b'\xef\xbb\xbf{"tool":"agents_list"}', id="utf8-bom"),  # JSON.parse rejects U+FEFF
+    pytest.param('\x1c{"tool":"agents_list"}'.encode(), id="info-separator-not-trimmed"),  # Python's strip() would
+    pytest.param('\x85'.encode(), id="next-line-not-trimmed"),
     pytest.param(b"\xff\xfe{", id="invalid-utf8-garbage"),
     pytest.param(b"[" * 100_000, id="deeply-nested"),
     pytest.param(b'{"tool":"agents_list"', id="unterminated-object"),
@@ -82,6 +84,24 @@ def test_invalid_json(raw: bytes) -> None:
 @pytest.mark.parametrize("raw, expected", [(b"", {}), (b" \n ", {}), (b"null", None), (b"[1]", [1]), (b'{"a":1}', {"a": 1})])
 def test_parse_json_body(raw: bytes, expected) -> None:
     assert parse_json_body(raw) == expected
+
+
+@pytest.mark.parametrize("padding", ["\ufeff", "\u00a0", "\u2028", "\u3000", "\v", "\ufeff \u2029"])
+def test_the_whole_body_is_trimmed_as_javascript_trims_it(padding: str) -> None:
+    """readJsonBodyWithLimit parses `text.trim()`: a byte-order mark or Unicode space around the
+    JSON is no error, and a body of nothing else is the empty object (verified on the real gateway
+    in tests/e2e/test_real_gateway_routes.py)."""
+    assert parse_json_body(f'{padding}{{"tool":"agents_list"}}{padding}'.encode()) == {"tool": "agents_list"}
+    assert parse_json_body(padding.encode()) == {}
+
+
+def test_integers_past_pythons_digit_bound_are_doubles_as_in_javascript() -> None:
+    """JSON.parse reads any integer literal as a double; Python's int() refuses more than 4,300
+    digits, which must not turn a body the gateway accepts into a 400."""
+    digits = "1" * 5000
+    raw = f'{{"tool":" agents_list ","args":{{"n":{digits},"m":-{digits},"k":12345678901234567890123}}}}'.encode()
+    body = read_invoke_body(raw)
+    assert strict_loads(body.forward_bytes)["args"] == {"n": None, "m": None, "k": 12345678901234567890123}
 
 
 def test_invalid_utf8_is_decoded_with_replacement_not_refused() -> None:
@@ -132,6 +152,7 @@ UNCHANGED = [
     pytest.param(b'{"name":"agents_list"}', id="name-only"),
     pytest.param(b'{"name":"agents_list","tool":"agents_list"}', id="both-equal"),
     pytest.param(b'{"name":null,"tool":"agents_list"}', id="null-name"),
+    pytest.param(b'{"name":"agents_list","tool":null}', id="null-tool"),
     pytest.param(b'{"tool":"agents_list","action":"json","sessionKey":"main"}', id="56-action"),
     pytest.param(b'{"tool":"agents_list","args":{"s":"\\u00e9\\ud83d\\ude00"}}', id="escapes-kept"),
     pytest.param(b'{"tool":"agents_list","big":12345678901234567890123}', id="bignum-kept"),
@@ -153,24 +174,35 @@ def test_exact_limit_body_forwarded_unchanged() -> None:
 
 
 REWRITTEN = [
-    pytest.param(b'{"tool":" agents_list "}', b'{"tool":"agents_list","name":"agents_list"}', id="trim"),
-    pytest.param(b'{"tool":"cron"}', b'{"tool":"automations","name":"automations"}', id="cron"),
-    pytest.param(b'{"tool":"Agents_List", "args": {"x": 1}}', b'{"tool":"agents_list","args":{"x":1},"name":"agents_list"}', id="case-compact"),
+    pytest.param(b'{"tool":" agents_list "}', b'{"tool":"agents_list"}', id="trim"),
+    pytest.param(b'{"tool":"cron"}', b'{"tool":"automations"}', id="cron"),
+    pytest.param(b'{"tool":"Agents_List", "args": {"x": 1}}', b'{"tool":"agents_list","args":{"x":1}}', id="case-compact"),
+    pytest.param(b'{"name":" agents_list"}', b'{"name":"agents_list"}', id="name-only"),
     pytest.param(b'{"name":"agents_list","tool":"exec"}', b'{"name":"agents_list","tool":"agents_list"}', id="name-tool-differential"),
     pytest.param(b'{"name":"agents_list","tool":5}', b'{"name":"agents_list","tool":"agents_list"}', id="non-string-tool"),
-    pytest.param(b'{"name":"agents_list","tool":null}', b'{"name":"agents_list","tool":"agents_list"}', id="null-tool"),
+    pytest.param(b'{"name":null,"tool":" agents_list"}', b'{"name":null,"tool":"agents_list"}', id="null-name"),
     pytest.param(b'{"tool":"agents_list","name":"  agents_list"}', b'{"tool":"agents_list","name":"agents_list"}', id="padded-name"),
-    pytest.param('{"tool":"BASH","args":{"s":"é"}}'.encode(), '{"tool":"exec","args":{"s":"é"},"name":"exec"}'.encode(), id="non-ascii-kept-raw"),
+    pytest.param('{"tool":"BASH","args":{"s":"é"}}'.encode(), '{"tool":"exec","args":{"s":"é"}}'.encode(), id="non-ascii-kept-raw"),
 ]
 
 
 @pytest.mark.parametrize("raw, forwarded", REWRITTEN)
-def test_rewritten_compactly_with_checked_name_in_both_fields(raw: bytes, forwarded: bytes) -> None:
+def test_rewritten_compactly_with_checked_name_in_the_fields_sent(raw: bytes, forwarded: bytes) -> None:
     body = read_invoke_body(raw)
     assert body.forward_bytes == forwarded
     payload = strict_loads(body.forward_bytes)
-    # Both gateway generations read the name we checked: 2026.9 `name ?? tool`, 2026.4 `tool`.
-    assert payload["name"] == payload["tool"] == body.tool.name
+    # Both gateway generations read the name we checked or none: 2026.9 `name ?? tool`, 2026.4 `tool`.
+    assert (payload.get("name") if payload.get("name") is not None else payload.get("tool")) == body.tool.name
+    assert payload.get("tool") in (body.tool.name, None)
+
+
+def test_a_rewrite_adds_no_field() -> None:
+    """(f) 8: a legal body one byte under the limit whose padded name is rewritten still fits:
+    the rewrite pins the fields sent and adds none."""
+    prefix, suffix = b'{"tool":" agents_list","pad":"', b'"}'
+    raw = prefix + b"x" * (MAX_BODY_BYTES - 1 - len(prefix) - len(suffix)) + suffix
+    forwarded = read_invoke_body(raw).forward_bytes
+    assert len(forwarded) == len(raw) - 1 and forwarded.startswith(b'{"tool":"agents_list","pad":"xxx')
 
 
 @pytest.mark.parametrize(
@@ -227,21 +259,19 @@ def test_lone_surrogates_never_raise_anything_but_body_error(raw: bytes) -> None
     strict_loads(body.forward_bytes)
 
 
-@pytest.mark.parametrize("raw", [b"\xef\xbb\xbf{}", b" \xef\xbb\xbf{}", b'{"tool":"x"}', b"{", b"[1,]", b'{"a":NaN}', b"-Infinity"])
-def test_the_prebound_decoder_answers_as_json_loads(raw: bytes) -> None:
-    """parse_json_body keeps one decoder instead of json.loads building one per call: same
-    results, same error messages, the byte-order-mark check json.loads makes included."""
-    text = raw.decode("utf-8", errors="replace")
+@pytest.mark.parametrize("text", ["\ufeff{}", " \ufeff{}", '{"tool":"x"}', "{", "[1,]", '{"a":NaN}', "-Infinity"])
+def test_the_prebound_decoder_answers_as_json_loads(text: str) -> None:
+    """strict_json keeps one decoder instead of json.loads building one per call: same results,
+    same error messages, the byte-order-mark check json.loads makes (WebSocket frames are not
+    trimmed) included."""
     try:
         expected: object = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        expected = ("invalid_json", exc.msg)
     except ValueError as exc:
-        expected = ("invalid_json", str(exc))
+        expected = (type(exc), str(exc))
     try:
-        got: object = parse_json_body(raw)
-    except BodyError as exc:
-        got = (exc.kind, exc.message)
+        got: object = strict_json(text)
+    except ValueError as exc:
+        got = (type(exc), str(exc))
     assert got == expected
 
 

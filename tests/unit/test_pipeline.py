@@ -826,7 +826,7 @@ async def test_other_route_body_is_forwarded_unchanged(make) -> None:
         (b'{"tool":"agents_list","args":[1,2]}', None, "agents_list"),  # case 55
         (b'{"tool":"agents_list","dryRun":true}', None, "agents_list"),  # case 57
         (b'{"name":"agents_list","tool":"nope"}', b'{"name":"agents_list","tool":"agents_list"}', "agents_list"),  # case 52
-        (b'{"tool":" agents_list "}', b'{"tool":"agents_list","name":"agents_list"}', "agents_list"),
+        (b'{"tool":" agents_list "}', b'{"tool":"agents_list"}', "agents_list"),
         (b'{"tool":"sessions"}', None, "sessions"),  # owner reaches owner-only tools (case 65)
     ],
 )

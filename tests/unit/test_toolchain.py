@@ -358,3 +358,40 @@ def test_c73_c74_c75_sessions() -> None:
     assert not harness.refused and harness.steps[0].verdict == "gateway"  # only the gateway's store can tell
     assert decide(SETUP, {"tool": "agents_list", "sessionKey": "agent:main"}).message == 'malformed session key "agent:main"'
     assert decide(SETUP, {"tool": "agents_list", "agentId": "ghost"}).message == 'Unknown agent id "ghost"'
+
+
+# ---- what a stream of strangers' long inputs leaves behind ------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["sessionKey", "agentId", "tool", "channel"])
+def test_distinct_long_inputs_are_decided_but_not_kept(field: str) -> None:
+    """Decisions and session-key parses are cached for a steady stream of callers; a caller who
+    sends distinct 100 KB keys must not get 100 KB kept per request (4,096 of them filled memory)."""
+    import gc
+    import tracemalloc
+
+    tools = chain()
+    assert tools.decide(ToolRequest(read_invoke_body(b'{"tool":"agents_list"}'), True)).status is None
+
+    def one(i: int) -> ToolDecision:
+        long = f"{i:04d}" + "x" * 100_000
+        body = {"tool": "agents_list", "sessionKey": "agent:main:main"}
+        if field == "sessionKey":
+            body["sessionKey"] = f"agent:main:{long}"
+        elif field in ("agentId", "tool"):
+            body[field] = long
+        invoke = read_invoke_body(json.dumps(body).encode())
+        return tools.decide(ToolRequest(invoke, True, long if field == "channel" else None))
+
+    one(-1)  # first-use allocations (regexes, policies) are not what is measured
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(30):
+            one(i)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, f"{kept:,} bytes kept after 30 requests with 100 KB of {field}"

@@ -50,6 +50,15 @@ def capped_sc(token_gateway: RealGateway, module_sidecar: Callable[..., SidecarP
     return module_sidecar(config)
 
 
+@pytest.fixture(scope="module")
+def relays_sc(token_gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    """The browser relays opened: their exact paths carry their own credential, relayed unread."""
+    return module_sidecar(sidecar_config(token_gateway, routes={"allow": ["plugin:browser-extension", "plugin:browser-screencast"]}))
+
+
+NODE_CLIENT = {"id": "node-host", "version": "1.0.0", "platform": "linux", "mode": "node"}
+
+
 def connect_params(scopes: list[str], token: str | None = TOKEN, **extra: Any) -> dict[str, Any]:
     params: dict[str, Any] = {"minProtocol": 4, "maxProtocol": 4, "role": "operator", "scopes": scopes,
                               "client": {"id": "gateway-client", "version": "1.0.0", "platform": "linux", "mode": "backend"}}
@@ -60,9 +69,9 @@ def connect_params(scopes: list[str], token: str | None = TOKEN, **extra: Any) -
 
 
 def session(port: int, scopes: list[str], *, token: str | None = TOKEN, headers: list[tuple[str, str]] | None = None,
-            sock: socket.socket | None = None, **extra: Any) -> tuple[WsClient, dict[str, Any]]:
+            sock: socket.socket | None = None, path: str = "/", **extra: Any) -> tuple[WsClient, dict[str, Any]]:
     """Upgrade (no credentials on it, as a browser), take the challenge, send connect."""
-    ws = WsClient("127.0.0.1", port, headers=headers, sock=sock)
+    ws = WsClient("127.0.0.1", port, path=path, headers=headers, sock=sock)
     challenge = ws.recv_json()
     assert challenge["event"] == "connect.challenge"
     ws.send_json({"type": "req", "id": "c1", "method": "connect", "params": connect_params(scopes, token, **extra)})
@@ -184,9 +193,23 @@ def test_tools_invoke_meets_the_request_limits(open_sc):
 
 
 def test_a_node_role_connect_is_refused(open_sc):
-    ws, refused = session(open_sc.port, [], role="node",
-                          client={"id": "node-host", "version": "1.0.0", "platform": "linux", "mode": "node"})
+    ws, refused = session(open_sc.port, [], role="node", client=NODE_CLIENT)
     assert refused["ok"] is False
+    assert_closed_after(ws, 1008)
+
+
+@pytest.mark.parametrize("path", ["/Browser/Extension", "/browser/%65xtension", "/browser/extension/", "/Browser/Screencast",
+                                  "/browser/%73creencast"])
+def test_an_opened_browser_relay_spelled_otherwise_is_the_rpc_websocket_and_judged(token_gateway, relays_sc, path):
+    """The browser relays' upgrade handlers take their exact pathname only; any other spelling
+    reaches the gateway's RPC WebSocket, so it must get the RPC rules (here: no node role), not
+    the opened relay's unread pass-through (which let a token holder pair a node)."""
+    for port in (token_gateway.port, relays_sc.port):  # the gateway's RPC, then the sidecar's judged session
+        ws, hello = session(port, ["operator.read"], path=path)
+        assert granted(hello) == ["operator.read"]  # relayed unread, the connection got no scopes at all
+        ws.close()
+    ws, refused = session(relays_sc.port, [], path=path, role="node", client=NODE_CLIENT)
+    assert "role not allowed through this proxy" in refused["error"]["message"]
     assert_closed_after(ws, 1008)
 
 

@@ -163,8 +163,12 @@ def test_http_routes_in_router_order(method: str, path: str, route: str) -> None
     ("/", "rpc-websocket"), ("/tools/invoke", "rpc-websocket"), ("/anything/x", "rpc-websocket"),
     ("/__openclaw__/worker", "worker-websocket"), ("/__openclaw__/worker/x", "worker-websocket"),
     ("/desktop/observe", "desktop-observe"), ("/node-desktop/attach", "node-desktop-attach"),
-    ("/node-portal/attach", "node-portal-attach"), ("/BROWSER/extension", "plugin:browser-extension"),
-    ("/browser/%73creencast", "plugin:browser-screencast"),
+    ("/node-portal/attach", "node-portal-attach"), ("/browser/extension", "plugin:browser-extension"),
+    ("/browser/screencast", "plugin:browser-screencast"),
+    # the browser relays' upgrade handlers compare the pathname exactly (unlike plugin HTTP routes):
+    # any other spelling falls through to the RPC WebSocket and must be judged as one
+    ("/BROWSER/extension", "rpc-websocket"), ("/browser/%65xtension", "rpc-websocket"), ("/browser/extension/", "rpc-websocket"),
+    ("/Browser/Screencast", "rpc-websocket"), ("/browser/%73creencast", "rpc-websocket"), ("/browser//screencast", "rpc-websocket"),
 ])
 def test_websocket_routes(path: str, route: str) -> None:
     assert name_of("GET", path, websocket=True) == route

@@ -3,8 +3,8 @@
 `on_head` decides everything a request head can decide (before a body byte is read) by running
 `HEAD_STAGES` in order, each a named method of `Pipeline` that refuses or lets the head on:
 head size → method syntax → malformed head → Expect → Host → target → upgrade → route →
-denied routes → route access → RPC upgrade → attribution → Funnel → method → rate-limit lock →
-auth → scopes → declared size. `on_body` applies the body rules and tool policy. Forwarding is
+denied routes → route access → RPC upgrade → attribution → Funnel → method → settled route →
+auth → scopes → declared size (auth: the rate-limit lock, then the credential, in one client turn). `on_body` applies the body rules and tool policy. Forwarding is
 the one outcome every stage must grant; every other path ends in a `Refuse` carrying the
 gateway's own answer for its reason (sidecar/reasons.py).
 """
@@ -28,6 +28,7 @@ from .config import Config
 from .envelopes import Envelope
 from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_headers
 from .ipaddrs import is_loopback, parse_network
+from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable
 from .rpc import RpcPolicy, RpcSession
@@ -151,7 +152,7 @@ class HeadState:
     earlier stage wrote (the comments name the writer)."""
 
     __slots__ = ("view", "host", "target", "websocket", "match", "route", "attribution", "access", "rpc",
-                 "outcome", "no_failures", "scopes", "shadowed")
+                 "outcome", "limited", "scopes", "shadowed")
 
     view: RequestView
     host: str  # host: the Host header, trimmed and lower-cased ("" when empty)
@@ -162,8 +163,8 @@ class HeadState:
     attribution: Attribution  # route: who the client is (audited with every later refusal)
     access: RouteAccess  # route_access
     rpc: bool  # rpc_upgrade: an RPC WebSocket whose frames the sidecar judges (websocket.mode enforce)
-    outcome: AuthOutcome | None  # rate_limit_lock (a route needing no check here) or auth
-    no_failures: bool  # rate_limit_lock: the limiter holds no failure of the client's (auth skips the reset)
+    outcome: AuthOutcome | None  # settled_route (a route needing no check here) or auth
+    limited: bool  # settled_route: the credential check runs behind the auth-failure limiter
     scopes: ResolvedScopes | None  # scopes
     shadowed: tuple[ReasonCode, ...]  # refusals shadow mode let through (`Pipeline._enforced`)
 
@@ -171,7 +172,7 @@ class HeadState:
         self.view = view
         self.route = None
         self.outcome = None
-        self.no_failures = False
+        self.limited = False
         self.shadowed = ()
 
     def append(self, reason: ReasonCode, /) -> None:
@@ -214,6 +215,7 @@ class Pipeline:
         self.context = sidecar.context_headers
         self.context_allow = frozenset(self.context.allow)
         self.tools = ToolChain(self.config.rules)
+        self.check_turns = ClientTurns()
         self.rpc_policy = RpcPolicy.from_config(self.config, self.tools)
         self.routes = RouteTable.for_deployment(
             hooks_path=self.config.rules.hooks.path, base_path=gateway.control_ui.base_path,
@@ -378,9 +380,9 @@ class Pipeline:
             return Refuse.because(Reason.METHOD_NOT_ALLOWED)
         return None
 
-    async def stage_rate_limit_lock(self, head: HeadState) -> Refuse | None:
-        """Routes that need no credential check here are settled; a client the auth-failure
-        limiter has locked out is refused before its credential is compared."""
+    def stage_settled_route(self, head: HeadState) -> None:
+        """Routes that need no credential check here are settled; for the others, whether the
+        check runs behind the auth-failure limiter."""
         view = head.view
         if head.access.own_credential:
             head.outcome = _ROUTE_CREDENTIAL
@@ -390,19 +392,17 @@ class Pipeline:
             head.outcome = _CONNECT_FRAME
         elif head.access.public and _plain_read(view):
             head.outcome = _PUBLIC_READ
-        elif self.authenticator.rate_limited(head.attribution):
-            checked = await self._locked(head.attribution.client_ip)
-            if isinstance(checked, Refuse):
-                return checked
-            head.no_failures = checked.no_failures
-        return None
+        else:
+            head.limited = self.authenticator.rate_limited(head.attribution)
 
     async def stage_auth(self, head: HeadState) -> Refuse | None:
+        """A client the auth-failure limiter has locked out is refused before its credential is
+        compared; otherwise the credential is checked and the limiter told the outcome."""
         if head.outcome is not None:
             return None
-        attribution = head.attribution
-        result = await self._settled(attribution.client_ip, self.authenticator.authenticate(head.view, attribution),
-                                     head.no_failures)
+        view, attribution = head.view, head.attribution
+        result = await self._limited_check(attribution.client_ip, head.limited,
+                                           lambda: self.authenticator.authenticate(view, attribution))
         if isinstance(result, Refuse):
             return result
         head.outcome = result
@@ -410,7 +410,7 @@ class Pipeline:
 
     def stage_scopes(self, head: HeadState) -> Refuse | None:
         outcome = head.outcome
-        assert outcome is not None  # set by rate_limit_lock or auth
+        assert outcome is not None  # set by settled_route or auth
         head.scopes = scopes = self._scopes(head.view, outcome)
         if head.route == TOOLS_ROUTE and (scopes is None or not scopes.allows_invoke):
             return self._enforced(Refuse.because(Reason.MISSING_SCOPE, auth=outcome), head)
@@ -508,15 +508,16 @@ class Pipeline:
         return _PUBLIC_ACCESS if policy == "public" else _AUTHENTICATED_ACCESS
 
     async def _limited_check(self, key: str | None, limited: bool, check: Callable[[], AuthOutcome]) -> Refuse | AuthOutcome:
-        """A credential check behind the auth-failure limiter (the HTTP head runs the same two
-        steps as its rate_limit_lock and auth stages)."""
-        no_failures = False
-        if limited:
+        """A credential check, behind the auth-failure limiter when `limited`: lock check,
+        comparison and recording take one client turn (ClientTurns), as upstream takes them in
+        one event-loop turn (HTTP heads and connect frames alike)."""
+        if not limited:
+            return await self._settled(key, check())
+        async with self.check_turns.turn(key):
             checked = await self._locked(key)
             if isinstance(checked, Refuse):
                 return checked
-            no_failures = checked.no_failures
-        return await self._settled(key, check(), no_failures)
+            return await self._settled(key, check(), checked.no_failures)
 
     async def _locked(self, key: str | None) -> Refuse | LimitVerdictLike:
         """A client the auth-failure limiter has locked out is refused before any comparison;
@@ -659,7 +660,7 @@ HEAD_STAGES: tuple[Stage, ...] = tuple(Stage.of(method) for method in (
     Pipeline.stage_attribution,
     Pipeline.stage_funnel,
     Pipeline.stage_method,
-    Pipeline.stage_rate_limit_lock,
+    Pipeline.stage_settled_route,
     Pipeline.stage_auth,
     Pipeline.stage_scopes,
     Pipeline.stage_declared_size,

@@ -77,7 +77,8 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
@@ -94,6 +95,7 @@ from sidecar.storage_uri import SUPPORTED_STORAGE_SCHEMES, async_storage_uri, re
 __all__ = [
     "SUPPORTED_STORAGE_SCHEMES",
     "AuthFailureLimiter",
+    "ClientTurns",
     "LimitVerdict",
     "RequestRateLimiter",
     "async_storage_uri",
@@ -195,6 +197,37 @@ async def _close_storage(storage: Storage) -> None:
 def auth_key(ip: str | None) -> str:
     """The limiter key of a client address: ``shared-secret:<normalized ip or 'unknown'>``."""
     return f"{AUTH_SCOPE}:{normalize_ip(ip) or 'unknown'}"
+
+
+class ClientTurns:
+    """One credential check at a time per client, in this replica.
+
+    Upstream checks the lock, compares and records the failure in one event-loop turn. Here a
+    shared storage's round trips suspend between those steps, so without turns a burst of
+    concurrent guesses would all be compared before the first failure is counted (200 guesses
+    where `maxAttempts` allows 3). Replicas sharing Redis still interleave: a burst spread over
+    R replicas can get at most R - 1 guesses past the limit. Only clients with a check in
+    flight hold an entry.
+    """
+
+    def __init__(self) -> None:
+        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def turn(self, ip: str | None) -> AsyncIterator[None]:
+        key = auth_key(ip)
+        lock, waiting = self._turns.get(key) or self._turns.setdefault(key, (asyncio.Lock(), [0]))
+        waiting[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            waiting[0] -= 1
+            if not waiting[0]:
+                del self._turns[key]
+
+    def __len__(self) -> int:
+        return len(self._turns)
 
 
 def _ceil_s(ms: int) -> int:

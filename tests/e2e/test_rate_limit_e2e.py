@@ -10,7 +10,10 @@ bounds are asserted.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -127,6 +130,30 @@ def test_case15_ten_failures_lock_even_the_good_token(
     # the lock is the client's, not the sidecar's: another client still gets through
     assert_ok(other.invoke(TOKEN))
     assert len(tools_calls(backend)) == 1
+
+
+def test_a_burst_of_concurrent_guesses_gets_max_attempts_comparisons(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], storage: str,
+) -> None:
+    """Upstream checks, compares and records in one event-loop turn: 40 wrong guesses sent at
+    once on 40 connections must get exactly maxAttempts 401s (the rest 429), with the limiter's
+    round trips to Redis suspending between those steps too."""
+    sc = start_sidecar(cfg(backend, storage, trusted_proxies=["127.0.0.1"], rate_limit={"maxAttempts": 3}).build())
+    start = threading.Barrier(40)
+
+    def guess(_: int) -> Reply:
+        with httpx.Client(trust_env=False, timeout=httpx.Timeout(30.0)) as own:
+            caller = LoopbackCaller(own, sc, xff=CLIENT)
+            start.wait()
+            return caller.invoke(WRONG)
+
+    with ThreadPoolExecutor(40) as pool:
+        replies = list(pool.map(guess, range(40)))
+    statuses = Counter(reply.status for reply in replies)
+    assert statuses == {401: 3, 429: 37}, statuses
+    for reply in replies:
+        (assert_unauthorized if reply.status == 401 else assert_locked)(reply)
+    assert_backend_saw_nothing(backend)
 
 
 # --------------------------------------------------------------------------- cases 16-18

@@ -32,10 +32,10 @@ TOKEN = "T"
 CLIENT = "203.0.113.7"
 ORDER = [
     "head_size", "method_syntax", "malformed_head", "expect", "host", "target", "upgrade", "route", "denied_routes",
-    "route_access", "rpc_upgrade", "attribution", "funnel", "method", "rate_limit_lock", "auth", "scopes",
+    "route_access", "rpc_upgrade", "attribution", "funnel", "method", "settled_route", "auth", "scopes",
     "declared_size",
 ]
-AWAITED = {"rate_limit_lock", "auth"}
+AWAITED = {"auth"}
 STAGES = {stage.name: stage for stage in HEAD_STAGES}
 UPGRADE = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]
@@ -276,22 +276,23 @@ async def test_method(make) -> None:
     refused(await run(pipeline, "method", head), Reason.METHOD_NOT_ALLOWED)
 
 
-async def test_rate_limit_lock_refuses_a_locked_client_before_any_comparison(make) -> None:
+async def test_auth_refuses_a_locked_client_before_any_comparison(make) -> None:
     limiter = Limiter(Verdict(allowed=False, retry_after_s=30))
     pipeline = make(limiter=limiter)
-    head = await reach(pipeline, request(), "rate_limit_lock")
-    refused(await run(pipeline, "rate_limit_lock", head), Reason.RATE_LIMITED, 30)
+    head = await reach(pipeline, request(), "auth")
+    refused(await run(pipeline, "auth", head), Reason.RATE_LIMITED, 30)
     assert limiter.calls == ["check"] and head.outcome is None
     limiter.verdict = Verdict(allowed=False, unavailable=True)
-    refused(await run(pipeline, "rate_limit_lock", head), Reason.LIMITER_UNAVAILABLE)
+    refused(await run(pipeline, "auth", head), Reason.LIMITER_UNAVAILABLE)
 
 
-async def test_rate_limit_lock_settles_a_public_read_without_the_limiter(make) -> None:
+async def test_settled_route_settles_a_public_read_without_the_limiter(make) -> None:
     limiter = Limiter(Verdict(allowed=False, retry_after_s=30))
     pipeline = make(limiter=limiter)
-    head = await reach(pipeline, request("GET", "/health", auth=None), "rate_limit_lock")
-    assert await run(pipeline, "rate_limit_lock", head) is None
-    assert head.outcome is not None and head.outcome.method == "unauthenticated-route" and limiter.calls == []
+    head = await reach(pipeline, request("GET", "/health", auth=None), "settled_route")
+    assert await run(pipeline, "settled_route", head) is None
+    assert head.outcome is not None and head.outcome.method == "unauthenticated-route"
+    assert await run(pipeline, "auth", head) is None and limiter.calls == []
 
 
 async def test_auth(make) -> None:

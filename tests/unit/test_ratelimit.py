@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sidecar.metrics import REGISTRY
 from sidecar.ratelimit import (
     AuthFailureLimiter,
+    ClientTurns,
     LimitVerdict,
     RequestRateLimiter,
     async_storage_uri,
@@ -691,3 +692,22 @@ async def test_when_no_store_can_answer_the_verdict_is_unavailable(clock: FakeCl
     verdict = await limiter.check("203.0.113.9")
     assert verdict.unavailable and not verdict.allowed
     await limiter.aclose()
+
+
+# --------------------------------------------------------------------------- client turns
+
+
+async def test_client_turns_run_one_check_per_client_at_a_time_and_keep_nothing_after() -> None:
+    """A client's checks queue behind each other (a mapped IPv4 address is the same client);
+    other clients' checks do not wait; no entry outlives the checks in flight."""
+    turns, trace = ClientTurns(), []
+
+    async def check(ip: str, name: str) -> None:
+        async with turns.turn(ip):
+            trace.append(f"{name}+")
+            await asyncio.sleep(0.01)  # a storage round trip
+            trace.append(f"{name}-")
+
+    await asyncio.gather(check(IP, "a"), check(f"::ffff:{IP}", "b"), check("198.51.100.1", "c"))
+    assert trace.index("a-") < trace.index("b+") and trace.index("c+") < trace.index("a-")
+    assert len(turns) == 0

@@ -30,7 +30,7 @@ from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_header
 from .ipaddrs import is_loopback, parse_network
 from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
-from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable
+from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable, plugin_path_candidates, security_normalize
 from .rpc import RpcPolicy, RpcSession
 from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
@@ -229,6 +229,7 @@ class Pipeline:
         # Read by every head: looked up once (a reload builds a new Pipeline).
         self.allow_real_ip_fallback = gateway.allow_real_ip_fallback
         self.denied_prefixes = sidecar.routes.deny
+        self.denied_plugin_prefixes = tuple(security_normalize(prefix) for prefix in self.denied_prefixes)
         self.opened_routes = sidecar.routes.allow
         self.control_ui_policy = {"public": "public", "authenticated": "authenticated", "off": "refused"}[sidecar.routes.control_ui]
         self.rpc_enforced = sidecar.websocket.mode == "enforce"
@@ -340,9 +341,12 @@ class Pipeline:
         return None
 
     def stage_denied_routes(self, head: HeadState) -> Refuse | None:
-        """`sidecar.routes.deny`: a prefix of the path as sent (canonical) or as the gateway routes it."""
+        """`sidecar.routes.deny`: a prefix of the path as sent (canonical), as the gateway routes
+        it, or as its plugin router reads it (lower-cased, percent-decoded: `/PLUGINS/%6fpenai`
+        is under `/plugins/openai`)."""
         deny = self.denied_prefixes
-        if deny and (head.target.path.startswith(deny) or head.match.path.startswith(deny)):
+        if deny and (head.target.path.startswith(deny) or head.match.path.startswith(deny)
+                     or any(p.startswith(self.denied_plugin_prefixes) for p in plugin_path_candidates(head.match.path)[0])):
             return self._enforced(Refuse.because(Reason.ROUTE_DENIED), head)
         return None
 

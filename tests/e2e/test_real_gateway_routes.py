@@ -56,6 +56,12 @@ def opened(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) 
 
 
 @pytest.fixture(scope="module")
+def realtime_denied(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    """A plugin route opened by name, with a deny on its prefix."""
+    return module_sidecar(_sidecar_config(gateway, allow=["plugin:openai-realtime"], deny=["/plugins/openai/"]))
+
+
+@pytest.fixture(scope="module")
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(trust_env=False, timeout=httpx.Timeout(30.0)) as client:
         yield client
@@ -263,6 +269,16 @@ def test_an_opened_route_with_its_own_credential_gets_it_relayed_unread(http, ga
     assert ok.status_code == 200 and ok.json()["ok"] is True
     wrong = http.post(opened.url + "/hooks/wake", headers=AUTH, json={"text": "x"})
     assert wrong.status_code == 401  # the gateway's hooks check: our shared token is not the hooks token
+
+
+@pytest.mark.parametrize("target", ["/plugins/openai/realtime/calls", "/PLUGINS/openai/realtime/calls",
+                                    "/plugins/%6fpenai/realtime/calls"])
+def test_a_denied_prefix_holds_for_every_spelling_the_plugin_router_takes(http, gateway, realtime_denied, target):
+    """The gateway's plugin router reads `/PLUGINS/%6fpenai/...` as `/plugins/openai/...` and
+    runs the handler (its own 415 here); `routes.deny` on that prefix must refuse them all."""
+    direct, proxied = both(http, gateway, realtime_denied, "POST", target, content=b"{}")
+    assert direct.status_code == 415  # the plugin's handler ran
+    assert_gateway_404(proxied)
 
 
 # ---- trusted-proxy mode: a capped identity through the capability prefix -------------------------

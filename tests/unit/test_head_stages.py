@@ -216,6 +216,17 @@ async def test_route_refuses_non_canonical_tools_spellings(make) -> None:
     assert head.route == "tools-invoke"  # known before the refusal: it is audited with it
 
 
+@pytest.mark.parametrize("target", ["/plugins/openai/realtime/calls", "/PLUGINS/openai/realtime/calls",
+                                    "/plugins/%6fpenai/realtime/calls", "/Plugins//OpenAI/realtime/calls/"])
+async def test_denied_routes_read_a_plugin_path_as_the_plugin_router_does(make, target: str) -> None:
+    """The gateway matches plugin routes lower-cased and percent-decoded: a deny on the plugin's
+    prefix must hold for every spelling its router takes."""
+    pipeline = make({"routes": {"allow": ["plugin:openai-realtime"], "deny": ["/plugins/openai/"]}})
+    head = await reach(pipeline, request("POST", target), "denied_routes")
+    assert head.route == "plugin:openai-realtime"
+    refused(await run(pipeline, "denied_routes", head), Reason.ROUTE_DENIED)
+
+
 async def test_denied_routes(make) -> None:
     pipeline = make({"routes": {"deny": ["/tools/"]}})
     head = await reach(pipeline, request(), "denied_routes")

@@ -101,13 +101,15 @@ def peer_ip(flow: http.HTTPFlow) -> str:
     return normalize_ip(peer) or peer
 
 
-def response_of(envelope: Envelope) -> http.Response:
-    """Built directly, with its length: `Response.make` re-derives the body's encoding for each one."""
+def response_of(envelope: Envelope, method: str | None) -> http.Response:
+    """Built directly, with its length: `Response.make` re-derives the body's encoding for each one.
+    The answer to a HEAD request (`method`, None before any request) has the length and no body,
+    as Node sends it: a body there would be read as the start of the next response."""
     fields = [(k.encode(), v.encode()) for k, v in envelope.headers]
     fields.append((b"content-length", str(len(envelope.body)).encode()))
     now = time.time()
     return http.Response(b"HTTP/1.1", envelope.status, status_codes.RESPONSES.get(envelope.status, "").encode(),
-                         http.Headers(fields), envelope.body, None, now, now)
+                         http.Headers(fields), b"" if method == "HEAD" else envelope.body, None, now, now)
 
 
 def close_websocket(flow: http.HTTPFlow, code: int, reason: str, answer: bytes | None = None) -> bool:
@@ -144,16 +146,16 @@ def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
         return False
     # mitmproxy would otherwise write its own `100 Continue` after our answer and our EOF.
     flow.request.headers.pop("expect", None)
-    write_final_answer(writer, envelope)
+    write_final_answer(writer, envelope, flow.request.method)
     flow.client_conn.state &= ~ConnectionState.CAN_WRITE
     flow.metadata[ANSWERED] = envelope.status
     return True
 
 
-def write_final_answer(writer: asyncio.StreamWriter, envelope: Envelope) -> None:
+def write_final_answer(writer: asyncio.StreamWriter, envelope: Envelope, method: str | None) -> None:
     """The last thing said on a connection: the answer with `Connection: close`, our EOF, then the
     socket closed after a linger (so the client reads the answer before any reset)."""
-    response = response_of(envelope)
+    response = response_of(envelope, method)
     response.headers["Connection"] = "close"
     writer.write(http1.assemble_response(response))
     if writer.can_write_eof():
@@ -304,7 +306,7 @@ class ToolsInvokeGuard:
         writer = compat.client_writer(client)
         if writer is None:
             return
-        write_final_answer(writer, envelopes.head_timeout())
+        write_final_answer(writer, envelopes.head_timeout(), None)
 
     # ---- hooks ----------------------------------------------------------------------------
 
@@ -389,7 +391,7 @@ class ToolsInvokeGuard:
             replacement = self._live_runtime().pipeline.review_response(admitted, upstream_status)
             if replacement is not None:
                 log.warning("upstream answered %s on %s; body replaced", upstream_status, admitted.route)
-                flow.response = response_of(replacement)
+                flow.response = response_of(replacement, flow.request.method)
             self._audit_forward(flow, forward, flow.response.status_code, upstream_status)
         except Exception:
             self._fail_closed(flow, "response")
@@ -444,7 +446,7 @@ class ToolsInvokeGuard:
         self._audit(flow, "refused", decision.reason, decision.envelope.status, refusal=decision)
         if early and answer_directly(flow, decision.envelope):
             return
-        flow.response = response_of(decision.envelope)
+        flow.response = response_of(decision.envelope, flow.request.method)
 
     def _forward(self, flow: http.HTTPFlow, decision: Forward) -> None:
         admitted = decision.admitted
@@ -497,7 +499,7 @@ class ToolsInvokeGuard:
         log.exception("internal error in %s; request refused with 500", hook)
         envelope = envelopes.internal_error()
         if not answer_directly(flow, envelope):
-            flow.response = response_of(envelope)
+            flow.response = response_of(envelope, flow.request.method)
 
     def _start_body_timer(self, flow: http.HTTPFlow) -> None:
         seconds = self._live_runtime().config.sidecar.timeouts.body_read_seconds

@@ -246,6 +246,21 @@ def test_worker_ingress_upgrade_is_refused(gateway, sidecar, target, status):
     assert upgrade_status(sidecar.port, upgrade_request(target)) == status
 
 
+@pytest.mark.parametrize("target", ["/tools/invoke", "/v1/models", "/__openclaw__/board/x"])
+def test_a_refused_head_request_gets_the_length_and_no_body(gateway, sidecar, target):
+    """HEAD answers carry no body: one would be read as the start of the next response on the
+    connection (a front proxy reusing it would hand it to the next client)."""
+    for port in (gateway.port, sidecar.port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"HEAD {target} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                         "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+            received = b"".join(iter(lambda: sock.recv(65536), b""))
+        head, rest = received.split(b"\r\n\r\n", 1)
+        assert rest.startswith(b"HTTP/1.1 200 "), rest[:80]
+        assert rest.endswith(b'{"ok":true,"status":"live"}')
+        assert re.search(rb"(?im)^content-length: *[1-9]", head), head  # the length of the body not sent
+
+
 @pytest.mark.parametrize("method, target", [("POST", "/nope"), ("GET", "/api/nope"), ("DELETE", "/"), ("GET", "/healthz/x")])
 def test_paths_outside_the_table_get_the_gateways_404(http, gateway, sidecar, method, target):
     direct, proxied = both(http, gateway, sidecar, method, target, headers=AUTH)

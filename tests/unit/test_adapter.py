@@ -133,10 +133,16 @@ def test_view_of_keeps_raw_target_order_and_duplicates() -> None:
 
 
 def test_response_of_is_byte_exact() -> None:
-    response = response_of(envelopes.method_not_allowed())
+    response = response_of(envelopes.method_not_allowed(), "GET")
     assert response.status_code == 405
     assert response.raw_content == b"Method Not Allowed"
     assert response.headers["Allow"] == "POST"
+    assert response.headers["content-length"] == "18"
+
+
+def test_the_answer_to_a_head_request_has_the_length_and_no_body() -> None:
+    response = response_of(envelopes.method_not_allowed(), "HEAD")
+    assert response.raw_content == b"" and response.headers["content-length"] == "18"
 
 
 async def test_answer_directly_without_proxyserver_falls_back(guard: ToolsInvokeGuard) -> None:

@@ -161,13 +161,17 @@ def test_a_ceiling_holds_on_the_connection(token_gateway, capped_sc):
     ("terminal.open", {}), ("config.patch", {"raw": "{}"}), ("exec.approvals.set", {}), ("device.pair.approve", {"requestId": "x"}),
     ("gateway.restart.request", {}), ("chat.send", {"sessionKey": "main", "message": "hi"}), ("agent", {"message": "hi"}),
     ("node.invoke", {"nodeId": "n", "command": "system.run"}), ("portal.open", {"port": 9, "title": "x"}), ("no.such.method", {}),
+    ("chat.inject", {"sessionKey": "main", "message": "forged assistant turn", "label": "x"}),
+    ("talk.session.steer", {"sessionId": "s", "text": "hi"}), ("talk.client.steer", {"sessionKey": "main", "text": "hi"}),
 ])
 def test_methods_that_act_are_refused_and_the_connection_stays(open_sc, method, params):
     ws, hello = session(open_sc.port, ALL)
     assert "operator.admin" in granted(hello)
     refused = ws.call(method, params, request_id="x-1")
     assert refused["id"] == "x-1" and refused["ok"] is False
-    assert refused["error"]["code"] in ("FORBIDDEN", "INVALID_REQUEST")
+    # the sidecar's own refusal, not whatever the gateway would have said to these params
+    assert refused["error"]["message"] in (f"method not allowed through this proxy: {method}",
+                                           f"node methods are not relayed: {method}", f"unknown method: {method}")
     assert ws.call("health")["ok"] is True  # still open
     ws.close()
 

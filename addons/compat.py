@@ -24,6 +24,7 @@ from h11._readers import ChunkedReader
 from mitmproxy import connection, ctx, exceptions, hooks, http
 from mitmproxy.addonmanager import AddonManager, safecall
 from mitmproxy.http import MessageData
+from mitmproxy.net.http import status_codes
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer, server
 from mitmproxy.proxy.context import Context
@@ -34,6 +35,8 @@ from mitmproxy.utils import asyncio_utils
 from sidecar.metrics import HEAD_REFUSALS
 
 from .coroutines import resume
+
+log = logging.getLogger("sidecar.adapter")
 
 # Node's own answers to an oversize head (HPE_HEADER_OVERFLOW) and to a head it cannot parse,
 # which the gateway never sees.
@@ -120,6 +123,26 @@ def refuse_trailers() -> None:
 def strict_chunk_headers() -> None:
     """h11 reads chunk-size lines through this module-level pattern (see _STRICT_CHUNK_HEADER)."""
     h11_readers.chunk_header_re = _STRICT_CHUNK_HEADER
+
+
+def answer_protocol_errors_as_node() -> None:
+    """Where mitmproxy answers on its own (a head it cannot parse: a bad header name, an unknown
+    Transfer-Encoding, Content-Length with Transfer-Encoding, an HTTP/0.9 line; an upstream
+    failure no hook answered), Node's bare status line and close, instead of mitmproxy's HTML
+    page with `Server: mitmproxy <version>` and a hint about its options: nothing on the port
+    should name the proxy or how to loosen it."""
+    if getattr(_http1.make_error_response, "_sidecar_bare", False):
+        return
+
+    def make_error_response(status_code: int, message: str = "") -> bytes:
+        log.info("answered %d at the HTTP layer: %s", status_code, message.splitlines()[0][:200] if message else "")
+        if status_code == 400:
+            return HEAD_MALFORMED
+        reason = status_codes.RESPONSES.get(status_code, "")
+        return f"HTTP/1.1 {status_code} {reason}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".encode()
+
+    make_error_response._sidecar_bare = True  # type: ignore[attr-defined]
+    _http1.make_error_response = make_error_response
 
 
 def answer_malformed_bodies() -> None:
@@ -476,6 +499,7 @@ def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.H
     refuse_trailers()
     strict_chunk_headers()
     answer_malformed_bodies()
+    answer_protocol_errors_as_node()
     limit_request_heads(max_head_bytes)
     limit_websocket_messages(websocket_message_limit)
     choose_websocket_layer(websocket_layer)

@@ -246,6 +246,36 @@ def test_worker_ingress_upgrade_is_refused(gateway, sidecar, target, status):
     assert upgrade_status(sidecar.port, upgrade_request(target)) == status
 
 
+_TAIL = f"Authorization: Bearer {TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+UNPARSEABLE_HEADS = [
+    pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nAuthorization : Bearer x\r\nContent-Length: 2\r\n\r\n{}", id="space-before-colon"),
+    pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nX-Foo\x0b: 1\r\n" + _TAIL, id="control-byte-in-name"),
+    pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\n: x\r\n" + _TAIL, id="empty-name"),
+    pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nJustAName\r\n" + _TAIL, id="no-colon"),
+    pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nX@Foo: 1\r\n" + _TAIL, id="at-in-name"),
+    pytest.param(b"POST /tools/invoke HTTP/1.1 x\r\nHost: localhost\r\n" + _TAIL, id="extra-request-line-token"),
+    pytest.param(b"POST /tools/in voke HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="space-in-target"),
+    pytest.param(b"POST /tools/invoke http/1.1\r\nHost: localhost\r\n" + _TAIL, id="lower-case-version"),
+    pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: xchunked\r\n" + _TAIL, id="unknown-transfer-encoding"),
+    pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", id="negative-length"),
+]
+
+
+@pytest.mark.parametrize("raw", UNPARSEABLE_HEADS)
+def test_a_head_nobody_can_parse_gets_a_400_that_does_not_name_the_proxy(gateway, sidecar, raw):
+    """mitmproxy answers these itself with an HTML page naming `mitmproxy <version>` and the option
+    that would loosen its checks; the gateway (Node) with a bare 400. Nothing reaches the gateway."""
+    answers = []
+    for port in (gateway.port, sidecar.port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            answers.append(b"".join(iter(lambda: sock.recv(65536), b"")))
+    direct, proxied = answers
+    assert direct.startswith(b"HTTP/1.1 400 ")
+    assert proxied.startswith(b"HTTP/1.1 400 ")
+    assert b"mitmproxy" not in proxied.lower() and b"text/html" not in proxied.lower(), proxied
+
+
 @pytest.mark.parametrize("target", ["/tools/invoke", "/v1/models", "/__openclaw__/board/x"])
 def test_a_refused_head_request_gets_the_length_and_no_body(gateway, sidecar, target):
     """HEAD answers carry no body: one would be read as the start of the next response on the

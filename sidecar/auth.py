@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from .attribution import Attribution
+from .canonical import InvalidTarget, canonicalize_target
 from .config import Config
 from .ipaddrs import IPNetwork, in_networks, is_loopback, normalize_ip, parse_ip, parse_network
 from .localaddrs import local_interface_addresses
 from .reasons import MissingHeader, Reason, ReasonCode
+from .toolpolicy import js_trim
 from .view import RequestView
 
 log = logging.getLogger("sidecar.auth")
@@ -78,35 +80,91 @@ def read_identity(value: str | None) -> str | None:
 _PRIVATE_NETWORKS = tuple(parse_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10",
 ))
+_ORIGIN_SHAPE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\\]+/?", re.IGNORECASE)
+# Host names a browser reaches only on the local network or the tailnet (`tailscale serve`).
+_PRIVATE_NAME_SUFFIXES = (".local", ".ts.net")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """An Origin header as parseOrigin reads it, lower-cased."""
+
+    origin: str  # scheme://host[:port], the default port dropped (URL.origin)
+    host: str  # host[:port]
+    hostname: str
+
+
+def parse_origin(raw: str) -> Origin | None:
+    """parseOrigin (origin-check.ts): scheme://authority and at most one `/`, no credentials;
+    None for anything else, `null` included."""
+    text = js_trim(raw)
+    if not text or text == "null" or not _ORIGIN_SHAPE.fullmatch(text):
+        return None
+    scheme, authority = text.lower().split("://", 1)
+    if "@" in authority:
+        return None
+    if scheme in ("http", "https", "ws", "wss", "ftp"):
+        try:
+            host = canonicalize_target(text).host
+        except InvalidTarget:
+            return None
+        if not host:
+            return None
+    else:  # an opaque host; URL.origin is "null", the gateway spells it scheme://host itself
+        host = authority.rstrip("/")
+    return Origin(f"{scheme}://{host}", host, _host_name(host))
+
+
+def _host_name(host: str) -> str:
+    """resolveHostName: the host without its port; an IPv6 literal without its brackets."""
+    if host.startswith("[") and "]" in host:
+        return host[1:host.index("]")]
+    if parse_ip(host) is not None and ":" in host:
+        return host
+    return host.split(":", 1)[0]
+
+
+def _is_loopback_host(hostname: str) -> bool:
+    """isLoopbackHost: `localhost` (trailing dots ignored) or a loopback IP literal."""
+    return hostname.rstrip(".") == "localhost" or is_loopback(hostname)
+
+
+def _trusted_same_origin_host(host: str, local_client: bool) -> bool:
+    """isTrustedSameOriginHost: a loopback name for local clients only, a private or loopback IP,
+    or a `.local` / `.ts.net` name."""
+    hostname = _host_name(host)
+    if not hostname:
+        return False
+    if _is_loopback_host(hostname):
+        return local_client
+    if parse_ip(hostname) is not None:
+        return in_networks(hostname, _PRIVATE_NETWORKS)
+    return hostname.endswith(_PRIVATE_NAME_SUFFIXES)
 
 
 class OriginPolicy:
-    """Browser-origin check for `none` and `trusted-proxy` (§2.3 step 8, §2.5)."""
+    """checkBrowserOrigin (origin-check.ts), for `none` and `trusted-proxy` (§2.3 step 8, §2.5):
+    no Origin passes; otherwise the allow-list (or `*`), an Origin naming the request's own Host
+    when that host is one the gateway trusts, or a loopback Origin from a local client. The
+    gateway counts a trusted-proxy request as never local, a `none` one as local when it comes
+    from loopback with no forwarding headers."""
 
     def __init__(self, allowed: Sequence[str]) -> None:
-        self.allowed = {o.rstrip("/").lower() for o in allowed}
+        self.allowed = {entry.strip().lower() for entry in allowed}
 
-    def permits(self, view: RequestView, attribution: Attribution) -> bool:
-        origin = view.first("origin")
+    def permits(self, view: RequestView, *, local_client: bool) -> bool:
+        raw = view.first("origin")
+        if raw is None:
+            return True
+        origin = parse_origin(raw)
         if origin is None:
-            return True
-        normalized = origin.strip().rstrip("/").lower()
-        if "*" in self.allowed or normalized in self.allowed:
-            return True
-        try:
-            parts = urlsplit(normalized)
-            host = parts.hostname
-        except ValueError:  # e.g. `http://[`: not an origin any policy can allow
             return False
-        if host is None:
-            return False
-        origin_ip = parse_ip(host)
-        local_origin = host == "localhost" or (origin_ip is not None and origin_ip.is_loopback)
-        if local_origin and is_loopback(attribution.client_ip):
+        if "*" in self.allowed or origin.origin in self.allowed:
             return True
-        same_host = (view.first("host") or "").strip().lower() == parts.netloc
-        private = local_origin or in_networks(host, _PRIVATE_NETWORKS)
-        return same_host and private
+        host = (view.first("host") or "").strip().lower()
+        if host and origin.host == host and _trusted_same_origin_host(host, local_client):
+            return True
+        return local_client and _is_loopback_host(origin.hostname)
 
 
 class Authenticator(Protocol):
@@ -155,7 +213,7 @@ class NoneAuth:
     origins: OriginPolicy
 
     def authenticate(self, view: RequestView, attribution: Attribution) -> AuthOutcome:
-        if not self.origins.permits(view, attribution):
+        if not self.origins.permits(view, local_client=attribution.kind == "direct-local"):
             return AuthOutcome(False, "none", Reason.ORIGIN_NOT_ALLOWED)
         return AuthOutcome(True, "none")
 
@@ -214,7 +272,7 @@ class TrustedProxyAuth:
             return fail(Reason.TRUSTED_PROXY_USER_NOT_ALLOWED)
         if attribution.kind != "trusted-proxy":
             return fail(Reason.TRUSTED_PROXY_ATTRIBUTION_REQUIRED)
-        if not self.origins.permits(view, attribution):
+        if not self.origins.permits(view, local_client=False):
             return fail(Reason.TRUSTED_PROXY_ORIGIN_NOT_ALLOWED)
         return AuthOutcome(True, "trusted-proxy", user=user, user_header_value=spelled)
 

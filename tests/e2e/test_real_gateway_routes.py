@@ -350,11 +350,29 @@ def tp_sidecar(tp_gateway: RealGateway, module_sidecar: Callable[..., SidecarPro
     return module_sidecar(config)
 
 
-def tailnet_post(testnet: TestNet, sidecar: SidecarProcess, target: str, user: str, scopes: str) -> RawResponse:
+def tailnet_post(testnet: TestNet, sidecar: SidecarProcess, target: str, user: str, scopes: str,
+                 extra: list[tuple[str, str]] | None = None, host: str = "sidecar.test") -> RawResponse:
     headers = [("X-Forwarded-For", TAILNET_CLIENT), ("x-forwarded-user", user), ("x-openclaw-scopes", scopes),
-               ("Content-Type", "application/json")]
-    request = http_request("POST", target, headers, json.dumps(AGENTS).encode())
+               ("Content-Type", "application/json"), *(extra or [])]
+    request = http_request("POST", target, headers, json.dumps(AGENTS).encode(), host=host)
     return testnet.exchange(INGRESS, (sidecar.host, sidecar.port), request)
+
+
+@pytest.mark.parametrize("host, origin, status", [
+    ("gw.tail1234.ts.net", "https://gw.tail1234.ts.net", 200),  # the Control UI served by `tailscale serve`
+    ("gw.local:18789", "http://gw.local:18789", 200),
+    ("gw.tail1234.ts.net", "https://evil.example", 401),
+    ("localhost:18790", "http://localhost:18790", 401),  # a loopback name is same-origin for local clients only
+])
+def test_a_browser_on_the_tailnet_host_is_let_in_as_the_gateway_lets_it(testnet, tp_gateway, tp_sidecar, host, origin, status):
+    """checkBrowserOrigin trusts a same-origin `.ts.net` or `.local` Host; a trusted-proxy
+    request is never a local client. The gateway reads the same Origin and Host after us."""
+    resp = tailnet_post(testnet, tp_sidecar, "/tools/invoke", "writer", "operator.write", [("Origin", origin)], host=host)
+    assert resp.status == status, resp.body
+    if status == 200:
+        assert resp.json()["ok"] is True  # the gateway ran it: it accepted the same origin
+    else:
+        assert resp.json() == {"error": {"message": "Unauthorized", "type": "unauthorized"}}
 
 
 @pytest.mark.parametrize("target", ["/tools/invoke", "/__openclaw__/cap/x/tools/invoke", "/__openclaw__/cap/x/tools/./invoke"])

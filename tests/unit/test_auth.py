@@ -129,7 +129,8 @@ LOCAL = Attribution("direct-local", "127.0.0.1", "127.0.0.1")
         ((), [], REMOTE, True),  # no Origin: nothing to check
         ((), [("Origin", "https://evil.example")], REMOTE, False),  # case 44
         (("https://ui.example",), [("Origin", "https://ui.example")], REMOTE, True),
-        (("https://ui.example/",), [("Origin", "HTTPS://UI.EXAMPLE")], REMOTE, True),
+        (("https://ui.example",), [("Origin", "HTTPS://UI.EXAMPLE:443/")], REMOTE, True),  # URL.origin: default port dropped
+        (("https://ui.example/",), [("Origin", "https://ui.example")], REMOTE, False),  # entries compared as written
         (("https://ui.example",), [("Origin", "https://ui.example.evil")], REMOTE, False),
         (("https://ui.example",), [("Origin", "http://ui.example")], REMOTE, False),
         (("*",), [("Origin", "https://anything.example")], REMOTE, True),
@@ -142,10 +143,21 @@ LOCAL = Attribution("direct-local", "127.0.0.1", "127.0.0.1")
         ((), [("Origin", "http://10.0.0.2:18789"), ("Host", "10.0.0.3:18789")], REMOTE, False),
         ((), [("Origin", "https://gw.example"), ("Host", "gw.example")], REMOTE, False),  # same host, public name
         ((), [("Origin", "http://93.184.216.34"), ("Host", "93.184.216.34")], REMOTE, False),  # same host, public IP
+        # names only a tailnet or the local network resolves: `tailscale serve` and mDNS hosts
+        ((), [("Origin", "https://gw.tail1234.ts.net"), ("Host", "gw.tail1234.ts.net")], REMOTE, True),
+        ((), [("Origin", "http://gw.local:18789"), ("Host", "gw.local:18789")], REMOTE, True),
+        ((), [("Origin", "https://gw.ts.net.evil.example"), ("Host", "gw.ts.net.evil.example")], REMOTE, False),
+        # a loopback Host is trusted as same-origin for local clients only
+        ((), [("Origin", "http://localhost:18790"), ("Host", "localhost:18790")], REMOTE, False),
+        ((), [("Origin", "http://127.0.0.1:18790"), ("Host", "127.0.0.1:18790")], REMOTE, False),
+        ((), [("Origin", "http://localhost:18790"), ("Host", "localhost:18790")], LOCAL, True),
+        ((), [("Origin", "http://user@10.0.0.2"), ("Host", "10.0.0.2")], REMOTE, False),  # credentials: not an origin
+        ((), [("Origin", "http://10.0.0.2/x"), ("Host", "10.0.0.2")], REMOTE, False),  # a path: not an origin
     ],
 )
 def test_origin_policy(allowed: tuple[str, ...], headers: list[tuple[str, str]], attribution: Attribution, permits: bool) -> None:
-    assert OriginPolicy(allowed).permits(view(*headers), attribution) is permits
+    local = attribution.kind == "direct-local"
+    assert OriginPolicy(allowed).permits(view(*headers), local_client=local) is permits
 
 
 @pytest.mark.parametrize("origin, ok", [(None, True), ("https://evil.example", False), ("https://ui.example", True)])

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.attribution import Attribution
 from sidecar.auth import OriginPolicy, read_identity
 from sidecar.body import BodyError, read_invoke_body
 from sidecar.config import load_config
@@ -15,13 +14,11 @@ from sidecar.ratelimit import AuthFailureLimiter
 from sidecar.toolpolicy import normalize_tool_name
 from sidecar.view import RequestView
 
-LOCAL = Attribution("direct-local", "127.0.0.1", "127.0.0.1")
-
 
 @pytest.mark.parametrize("origin", ["http://[", "http://[zz]", "http://[::1", "https://a:99999999"])
 def test_unparseable_origin_is_refused_not_raised(origin: str) -> None:
     view = RequestView("POST", "/tools/invoke", ((b"Origin", origin.encode()), (b"Host", b"x")), "127.0.0.1")
-    assert OriginPolicy(()).permits(view, LOCAL) is False
+    assert OriginPolicy(()).permits(view, local_client=True) is False
 
 
 @pytest.mark.parametrize("value", ["=?utf-8?b?a?=", "=?bogus-charset?q?x?=", "=?\xc3\xa9?q?alice?=", "=?utf-8?q?=ZZ?=",

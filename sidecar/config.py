@@ -29,6 +29,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .headers import OWNED_NAMES, PROTECTED_PREFIXES
 from .ipaddrs import parse_network
 from .storage_uri import async_storage_uri, redact_uri
 
@@ -73,6 +74,19 @@ def identity_header_name(name: str | None) -> str | None:
 
 def _lower_names(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(header_name(n.strip()) for n in names)
+
+
+def relayable_required_headers(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`trustedProxy.requiredHeaders` the sidecar can hand on: the gateway demands them of its
+    own proxy (the sidecar) as the sidecar demands them of the ingress. X-Forwarded-* ones are
+    relayed as the ingress sent them; any other header the sidecar owns or deletes would never
+    arrive, and the gateway would refuse every request."""
+    lowered = _lower_names(names)
+    for name in lowered:
+        if name in OWNED_NAMES or (name.startswith(PROTECTED_PREFIXES) and not name.startswith("x-forwarded-")):
+            raise ValueError(f"{name!r} is a header the sidecar deletes and never relays: the gateway behind it "
+                             "would refuse every request")
+    return lowered
 
 
 # ---- the sidecar's own settings (strict: a typo is a start-up error) -------------------------
@@ -358,7 +372,7 @@ class TrustedProxyConfig(BaseModel):
     allow_users: tuple[str, ...] = ()
     allow_loopback: bool = False
 
-    _lower = field_validator("required_headers")(lambda cls, v: _lower_names(v))
+    _relayable = field_validator("required_headers")(lambda cls, v: relayable_required_headers(v))
 
 
 class AuthRateLimitConfig(BaseModel):

@@ -226,6 +226,10 @@ class Pipeline:
         # Identity headers, client-side and upstream-side: protected like the built-in ones, and
         # never forwarded from the client.
         self.identity_headers = frozenset(filter(None, (tp.user_header, user_header)))
+        # Required X-Forwarded-* headers the ingress sent are handed on: the gateway demands them
+        # of the sidecar (the identity header and X-Forwarded-For the sidecar writes itself).
+        self.relayed_required = tuple(name for name in tp.required_headers
+                                      if name.startswith("x-forwarded-") and name not in ("x-forwarded-for", user_header))
         # Read by every head: looked up once (a reload builds a new Pipeline).
         self.allow_real_ip_fallback = gateway.allow_real_ip_fallback
         self.denied_prefixes = sidecar.routes.deny
@@ -437,7 +441,7 @@ class Pipeline:
         # (gateway-surface N3), while the sidecar has already authenticated the caller and caps
         # every frame itself. Without an upstream credential the gateway needs both to know who.
         as_direct = head.rpc and self.upstream_authorization is not None
-        plan = self._header_plan(attribution, outcome, scopes, head.websocket, head.access.passthrough,
+        plan = self._header_plan(view, attribution, outcome, scopes, head.websocket, head.access.passthrough,
                                  forward_client=not as_direct)
         headers = rebuild_headers(view, plan) + ((("X-Request-Id", view.request_id),) if view.request_id else ())
         return Admitted(head.route, head.target.origin_form, headers, attribution.client_ip, outcome, scopes,
@@ -552,8 +556,8 @@ class Pipeline:
         return resolve_scopes(parse_scope_header(view.first("x-openclaw-scopes")), self.ceilings.ceiling_for(user))
 
     def _header_plan(
-        self, attribution: Attribution, outcome: AuthOutcome, scopes: ResolvedScopes | None, websocket: bool,
-        passthrough: frozenset[str] = frozenset(), *, forward_client: bool = True,
+        self, view: RequestView, attribution: Attribution, outcome: AuthOutcome, scopes: ResolvedScopes | None,
+        websocket: bool, passthrough: frozenset[str] = frozenset(), *, forward_client: bool = True,
     ) -> HeaderPlan:
         owned: list[tuple[str, str]] = []
         # Never lend our credential to a request nobody authenticated, nor to a route whose own
@@ -566,6 +570,7 @@ class Pipeline:
             # As the proxy spelled it (e.g. Tailscale's RFC 2047 form): the gateway behind us
             # then sees exactly what it would see behind the proxy itself.
             owned.append((self.upstream_user_header, outcome.user_header_value))
+            owned += ((name, view.first(name) or "") for name in self.relayed_required)
         # A loopback client gets no X-Forwarded-For: a gateway trusting 127.0.0.1 skips loopback
         # hops and would find no client at all (reference (f) 8).
         if forward_client and attribution.client_ip is not None and not is_loopback(attribution.client_ip):

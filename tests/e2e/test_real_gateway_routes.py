@@ -335,7 +335,10 @@ INGRESS, TAILNET_CLIENT = "198.51.100.5", "203.0.113.7"  # test hosts in the har
 @pytest.fixture(scope="module")
 def tp_gateway() -> Iterator[RealGateway]:
     # allowLoopback: the sidecar is the gateway's proxy and reaches it over loopback, as in a pod.
-    gw = RealGateway({"mode": "trusted-proxy", "trustedProxy": {"userHeader": "x-forwarded-user", "allowLoopback": True}})
+    # requiredHeaders as the gateway's own docs show it: demanded of the ingress by the sidecar,
+    # and of the sidecar by the gateway.
+    gw = RealGateway({"mode": "trusted-proxy", "trustedProxy": {"userHeader": "x-forwarded-user", "allowLoopback": True,
+                                                               "requiredHeaders": ["x-forwarded-proto"]}})
     yield gw
     gw.stop()
 
@@ -352,10 +355,21 @@ def tp_sidecar(tp_gateway: RealGateway, module_sidecar: Callable[..., SidecarPro
 
 def tailnet_post(testnet: TestNet, sidecar: SidecarProcess, target: str, user: str, scopes: str,
                  extra: list[tuple[str, str]] | None = None, host: str = "sidecar.test") -> RawResponse:
-    headers = [("X-Forwarded-For", TAILNET_CLIENT), ("x-forwarded-user", user), ("x-openclaw-scopes", scopes),
-               ("Content-Type", "application/json"), *(extra or [])]
+    headers = [("X-Forwarded-For", TAILNET_CLIENT), ("X-Forwarded-Proto", "https"), ("x-forwarded-user", user),
+               ("x-openclaw-scopes", scopes), ("Content-Type", "application/json"), *(extra or [])]
     request = http_request("POST", target, headers, json.dumps(AGENTS).encode(), host=host)
     return testnet.exchange(INGRESS, (sidecar.host, sidecar.port), request)
+
+
+def test_a_required_forwarding_header_is_demanded_of_the_ingress_and_handed_on(testnet, tp_gateway, tp_sidecar):
+    """requiredHeaders: [x-forwarded-proto]: the sidecar refuses an ingress request without it
+    (the gateway's own 401), and relays the ingress's value, which the gateway demands of it."""
+    request = http_request("POST", "/tools/invoke", [("X-Forwarded-For", TAILNET_CLIENT), ("x-forwarded-user", "writer"),
+                                                     ("x-openclaw-scopes", "operator.write")], json.dumps(AGENTS).encode())
+    refused = testnet.exchange(INGRESS, (tp_sidecar.host, tp_sidecar.port), request)
+    assert refused.status == 401 and refused.json() == {"error": {"message": "Unauthorized", "type": "unauthorized"}}
+    allowed = tailnet_post(testnet, tp_sidecar, "/tools/invoke", "writer", "operator.write")
+    assert allowed.status == 200 and allowed.json()["ok"] is True  # the gateway found X-Forwarded-Proto
 
 
 @pytest.mark.parametrize("host, origin, status", [

@@ -216,6 +216,9 @@ session: {scope: per-sender}
         ("gateway:\n  trustedProxies: [10.0.0.0/33]\n", "gateway.trustedProxies"),
         ("gateway:\n  auth: {mode: magic}\n", "gateway.auth.mode"),
         ("gateway:\n  auth: {rateLimit: {maxAttempts: 0}}\n", "gateway.auth.rateLimit.maxAttempts"),
+        # required of the ingress, but a header the sidecar deletes: the gateway would refuse everything
+        ("gateway:\n  auth: {trustedProxy: {requiredHeaders: [X-Real-IP]}}\n", "gateway.auth.trustedProxy.requiredHeaders"),
+        ("gateway:\n  auth: {trustedProxy: {requiredHeaders: [tailscale-user-login]}}\n", "gateway.auth.trustedProxy.requiredHeaders"),
         ("sidecar:\n  rateLimit: {storage: 'mongodb://db'}\n", "sidecar.rateLimit.storage"),
         ("sidecar:\n  rateLimit: {storage: 'async+memory://'}\n", "sidecar.rateLimit.storage"),
         ("sidecar:\n  rateLimit: {requests: {limit: lots}}\n", "sidecar.rateLimit.requests.limit"),

@@ -51,8 +51,10 @@ def tool_body(tool: str) -> bytes:
 def assert_forwarded(
     response: RawResponse, backend: DemoBackend, *, scopes: str, xff: str | None,
     user: str | None = None, user_header: str = "x-forwarded-user", body: bytes = AGENTS,
+    relayed: tuple[str, ...] = (),
 ) -> dict:
-    """What the gateway must receive: our credential, one scopes header, one XFF, the identity."""
+    """What the gateway must receive: our credential, one scopes header, one XFF, the identity,
+    and the `relayed` required headers."""
     assert response.status == 200, (response.status, response.body)
     if body == AGENTS:
         assert response.json() == AGENTS_RESULT
@@ -65,7 +67,7 @@ def assert_forwarded(
     assert header_values(record, user_header) == ([] if user is None else [user])
     # Nothing else of the forwarded/tailscale namespaces survives from the client.
     leftover = {n for n in header_names(record) if n.startswith(("x-forwarded-", "tailscale-")) or n in ("forwarded", "x-real-ip")}
-    assert leftover <= {"x-forwarded-for", user_header.lower()}, leftover
+    assert leftover <= {"x-forwarded-for", user_header.lower(), *relayed}, leftover
     return record
 
 
@@ -273,14 +275,16 @@ def test_case35_missing_or_blank_user_is_unauthorized(testnet, tp_sidecar, modul
 
 
 def test_case36_required_header_missing_is_unauthorized(testnet, module_sidecar, module_backend):
-    """Case 36: requiredHeaders [x-forwarded-proto]: missing or blank → 401; present → 200,
-    and the proxy's X-Forwarded-Proto itself is not passed on (the sidecar owns x-forwarded-*)."""
+    """Case 36: requiredHeaders [x-forwarded-proto]: missing or blank → 401; present → 200, and
+    the proxy's X-Forwarded-Proto is handed on once (the gateway demands it of the sidecar)."""
     sidecar = module_sidecar(trusted_proxy_config(module_backend, requiredHeaders=["x-forwarded-proto"]))
     assert_refused_raw(send(testnet, PROXY_A, sidecar, via_proxy("alice")), module_backend, 401, UNAUTHORIZED)
     blank = via_proxy("alice", REMOTE, ("X-Forwarded-Proto", " "))
     assert_refused_raw(send(testnet, PROXY_A, sidecar, blank), module_backend, 401, UNAUTHORIZED)
     present = via_proxy("alice", REMOTE, ("X-Forwarded-Proto", "https"))
-    assert_forwarded(send(testnet, PROXY_A, sidecar, present), module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE, user="alice")
+    record = assert_forwarded(send(testnet, PROXY_A, sidecar, present), module_backend, scopes=DEFAULT_SCOPES, xff=REMOTE,
+                              user="alice", relayed=("x-forwarded-proto",))
+    assert header_values(record, "x-forwarded-proto") == ["https"]
 
 
 def test_case37_allow_users_is_exact_and_case_sensitive(testnet, module_sidecar, module_backend):

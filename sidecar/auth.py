@@ -35,6 +35,7 @@ class AuthOutcome:
     presented: bool = False  # a Bearer credential was offered (only mismatches are counted)
     shared_secret: bool = False  # token/password semantics: declared scopes ignored, owner
     previous_secret: bool = False  # matched a secret kept for rotation (sidecar.auth.previous*)
+    retry_after_s: int | None = None  # locked out by the failure limiter: when it may try again
 
     @property
     def counts_as_failure(self) -> bool:

@@ -478,7 +478,8 @@ class Pipeline:
                 return result
             if result.delay_s > 0:
                 await asyncio.sleep(result.delay_s)  # the same loopback delay as a refused HTTP request
-            return AuthOutcome(False, authenticator.method, result.reason)
+            retry = next((int(v) for k, v in result.envelope.headers if k.lower() == "retry-after"), None)
+            return AuthOutcome(False, authenticator.method, result.reason, retry_after_s=retry)
 
         async def limit(user: str | None, tool: str) -> Reason | None:
             if self.request_limiter is None:

@@ -128,12 +128,51 @@ def dynamic_scopes(method: str, params: Any) -> tuple[str, ...]:
 _DELETE_WRITE_FIELDS = frozenset({"key", "agentId", "deleteTranscript", "expectedSessionId", "archivedOnly"})
 
 
-def error_frame(request_id: Any, code: str, message: str, details: Mapping[str, Any] | None = None) -> bytes:
-    """A `res` frame shaped like the gateway's own refusals."""
-    error: dict[str, Any] = {"code": code, "message": message}
+def error_frame(request_id: Any, code: str, message: str, details: Mapping[str, Any] | None = None, **extra: Any) -> bytes:
+    """A `res` frame shaped like the gateway's own refusals (errorShape: code, message, the
+    options such as `retryable`, then details)."""
+    error: dict[str, Any] = {"code": code, "message": message, **extra}
     if details:
         error["details"] = dict(details)
     return compact_json({"type": "res", "id": request_id, "ok": False, "error": error})
+
+
+# A refused connect credential as the gateway words it (formatGatewayAuthFailureMessage, with the
+# hint it gives clients that are neither its CLI nor its UI), its details code
+# (resolveAuthConnectErrorDetailCode) and next step (resolveUnauthorizedHandshakeContext), by the
+# gateway's reason.
+_CONNECT_AUTH_FAILURES: dict[str, tuple[str, str, str]] = {
+    "token_missing": ("gateway token missing (provide gateway auth token)", "AUTH_TOKEN_MISSING", "update_auth_configuration"),
+    "token_mismatch": ("gateway token mismatch (provide gateway auth token)", "AUTH_TOKEN_MISMATCH", "update_auth_credentials"),
+    "token_missing_config": ("gateway token not configured on gateway (set gateway.auth.token)", "AUTH_TOKEN_NOT_CONFIGURED",
+                             "update_auth_configuration"),
+    "password_missing": ("gateway password missing (provide gateway auth password)", "AUTH_PASSWORD_MISSING",
+                         "update_auth_configuration"),
+    "password_mismatch": ("gateway password mismatch (provide gateway auth password)", "AUTH_PASSWORD_MISMATCH",
+                          "update_auth_credentials"),
+    "password_missing_config": ("gateway password not configured on gateway (set gateway.auth.password)",
+                                "AUTH_PASSWORD_NOT_CONFIGURED", "update_auth_configuration"),
+    "rate_limited": ("too many failed authentication attempts (retry later)", "AUTH_RATE_LIMITED", "wait_then_retry"),
+}
+# The sidecar's reason codes where the gateway's differ.
+_GATEWAY_AUTH_REASONS = {"token_not_configured": "token_missing_config", "password_not_configured": "password_missing_config"}
+
+
+def connect_auth_refusal(request_id: Any, outcome: AuthOutcome, *, device: bool) -> bytes:
+    """The gateway's answer to a connect whose credential failed (or whose client is locked out);
+    a limiter outage, which the gateway cannot have, gets its generic `unauthorized`. With neither
+    a secret nor a device identity the gateway asks for a device (evaluateMissingDeviceIdentity)."""
+    if outcome.reason == Reason.CREDENTIAL_MISSING and not device:
+        return error_frame(request_id, "NOT_PAIRED", "device identity required", {"code": "DEVICE_IDENTITY_REQUIRED"})
+    reason = f"{outcome.method}_missing" if outcome.reason == Reason.CREDENTIAL_MISSING else \
+        _GATEWAY_AUTH_REASONS.get(str(outcome.reason), str(outcome.reason))
+    text, code, next_step = _CONNECT_AUTH_FAILURES.get(reason, ("authentication unavailable (retry later)", "AUTH_UNAUTHORIZED",
+                                                                "review_auth_configuration"))
+    retry: dict[str, Any] = {}
+    if outcome.reason == Reason.RATE_LIMITED:
+        retry = {"retryable": True, **({"retryAfterMs": outcome.retry_after_s * 1000} if outcome.retry_after_s else {})}
+    details = {"code": code, "authReason": reason, "canRetryWithDeviceToken": False, "recommendedNextStep": next_step}
+    return error_frame(request_id, "INVALID_REQUEST", f"unauthorized: {text}", details, **retry)
 
 
 def missing_scope_frame(request_id: Any, scope: str) -> bytes:
@@ -275,8 +314,8 @@ class RpcSession:
             presented = auth.get("token") if isinstance(auth.get("token"), str) else auth.get("password")
             outcome = await self.check_secret(presented if isinstance(presented, str) else None)
             if not outcome.ok:
-                return self._refuse_connect(request_id, outcome.reason, "INVALID_REQUEST", "unauthorized: gateway token mismatch",
-                                            {"code": "AUTH_TOKEN_MISMATCH", "authReason": outcome.reason})
+                refusal = connect_auth_refusal(request_id, outcome, device=params.get("device") is not None)
+                return FrameVerdict("close", outcome.reason, refusal, close_code=1008, method="connect")
             self.caller = outcome
         requested = params.get("scopes", [])
         if not isinstance(requested, list) or not all(isinstance(s, str) for s in requested):

@@ -125,10 +125,17 @@ def test_a_page_origin_gets_the_gateways_own_answer(token_gateway, open_sc):
     assert answers[0] == answers[1]
 
 
-def test_a_wrong_token_in_the_frame_is_refused_and_closed(open_sc):
-    ws, refused = session(open_sc.port, ["operator.read"], token="not-the-token")
-    assert refused["ok"] is False and refused["error"]["details"]["code"] == "AUTH_TOKEN_MISMATCH"
-    assert_closed_after(ws, 1008)
+@pytest.mark.parametrize("token", ["not-the-token", None])
+def test_a_wrong_or_missing_token_in_the_frame_gets_the_gateways_own_refusal(token_gateway, open_sc, token):
+    """Same error object as the gateway's (message, details code, next step): its clients decide
+    from it whether to ask for the token again."""
+    refusals = []
+    for port in (token_gateway.port, open_sc.port):
+        ws, refused = session(port, ["operator.read"], token=token)
+        assert refused["ok"] is False
+        assert_closed_after(ws, 1008)
+        refusals.append(refused["error"])
+    assert refusals[1] == refusals[0]
 
 
 def test_failed_frame_secrets_lock_the_client_out(token_gateway, start_sidecar):
@@ -139,7 +146,10 @@ def test_failed_frame_secrets_lock_the_client_out(token_gateway, start_sidecar):
         assert refused["ok"] is False
         ws.close()
     ws, locked = session(sc.port, ["operator.read"])  # the right token, too late
-    assert locked["ok"] is False and locked["error"]["details"]["authReason"] == "rate_limited"
+    error = locked["error"]
+    assert locked["ok"] is False and error["message"] == "unauthorized: too many failed authentication attempts (retry later)"
+    assert error["details"]["code"] == "AUTH_RATE_LIMITED" and error["details"]["authReason"] == "rate_limited"
+    assert error["retryable"] is True and 0 < error["retryAfterMs"] <= 300_000
 
 
 # ---- power: no more than the same caller gets over HTTP ----------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from sidecar.auth import AuthOutcome, SharedSecretAuth
 from sidecar.rpc import (
-    GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, default_denied, dynamic_scopes, method_catalogue,
+    GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
     scope_satisfied,
 )
 from sidecar.scopes import DEFAULT_SCOPES, ResolvedScopes
@@ -132,14 +132,36 @@ async def test_connect_with_the_secret_in_the_frame_is_rewritten_for_the_gateway
     assert recorder.secrets == [SECRET] and rpc.connected and rpc.scopes == frozenset({"operator.read", "operator.write"})
 
 
-@pytest.mark.parametrize("auth", [{"token": "wrong"}, {}, {"deviceToken": "dt"}, {"password": 5}])
-async def test_connect_without_the_secret_is_refused_and_closed(auth: dict) -> None:
+@pytest.mark.parametrize("auth, code", [({"token": "wrong"}, "AUTH_TOKEN_MISMATCH"), ({}, "DEVICE_IDENTITY_REQUIRED"),
+                                        ({"deviceToken": "dt"}, "DEVICE_IDENTITY_REQUIRED"),
+                                        ({"password": 5}, "DEVICE_IDENTITY_REQUIRED")])
+async def test_connect_without_the_secret_is_refused_and_closed(auth: dict, code: str) -> None:
     rpc, recorder = session()
     verdict = await rpc.client_frame(connect_frame(auth=auth))
     assert (verdict.verdict, verdict.close_code) == ("close", 1008)
     error = answer(verdict)["error"]
-    assert error["code"] == "INVALID_REQUEST" and error["details"]["code"] == "AUTH_TOKEN_MISMATCH"
+    assert error["details"]["code"] == code
     assert answer(verdict)["id"] == "c1" and not rpc.connected
+
+
+@pytest.mark.parametrize("outcome, message, details, extra", [
+    (AuthOutcome(False, "password", "password_mismatch"), "unauthorized: gateway password mismatch (provide gateway auth password)",
+     {"code": "AUTH_PASSWORD_MISMATCH", "authReason": "password_mismatch", "recommendedNextStep": "update_auth_credentials"}, {}),
+    (AuthOutcome(False, "password", "credential_missing"), "unauthorized: gateway password missing (provide gateway auth password)",
+     {"code": "AUTH_PASSWORD_MISSING", "authReason": "password_missing", "recommendedNextStep": "update_auth_configuration"}, {}),
+    (AuthOutcome(False, "token", "token_not_configured"),
+     "unauthorized: gateway token not configured on gateway (set gateway.auth.token)",
+     {"code": "AUTH_TOKEN_NOT_CONFIGURED", "authReason": "token_missing_config", "recommendedNextStep": "update_auth_configuration"}, {}),
+    (AuthOutcome(False, "token", "rate_limited", retry_after_s=299), "unauthorized: too many failed authentication attempts (retry later)",
+     {"code": "AUTH_RATE_LIMITED", "authReason": "rate_limited", "recommendedNextStep": "wait_then_retry"},
+     {"retryable": True, "retryAfterMs": 299_000}),
+])
+def test_a_refused_connect_credential_is_answered_as_the_gateway_answers_it(outcome, message, details, extra) -> None:
+    """formatGatewayAuthFailureMessage, resolveAuthConnectErrorDetailCode and the handshake's next
+    step: the gateway's own clients decide what to tell the user (wait, re-enter) from these."""
+    error = json.loads(connect_auth_refusal("c1", outcome, device=True))["error"]
+    assert error == {"code": "INVALID_REQUEST", "message": message, **extra,
+                     "details": {**details, "canRetryWithDeviceToken": False}}
 
 
 async def test_connect_authenticated_at_the_upgrade_needs_no_secret_in_the_frame() -> None:

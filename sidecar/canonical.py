@@ -1,6 +1,6 @@
 """Canonicalise an HTTP request target exactly like the gateway does.
 
-The OpenClaw Gateway (Node 20) routes with::
+The OpenClaw Gateway (2026.9.6 runs on Node 24) routes with::
 
     new URL(req.url, "http://" + req.headers.host).pathname === "/tools/invoke"
 
@@ -69,7 +69,7 @@ _SCHEME_CHARS = _ALPHA | _DIGITS | frozenset("+-.")
 # are in every set; the sets differ only in the printable ASCII they add.
 _QUERY_SET = frozenset(b' "#<>')
 _SPECIAL_QUERY_SET = _QUERY_SET | frozenset(b"'")
-_PATH_SET = _QUERY_SET | frozenset(b"?`{}")
+_PATH_SET = _QUERY_SET | frozenset(b"?^`{}")  # `^` since the URL spec change Node 24 ships
 
 _FORBIDDEN_HOST = frozenset("\x00\t\n\r #/:<>?@[\\]^|")
 _FORBIDDEN_DOMAIN = _FORBIDDEN_HOST | frozenset(chr(c) for c in range(0x20)) | {"%", "\x7f"}
@@ -557,7 +557,7 @@ def _has_dot_segment(path: str) -> bool:
 
 
 def canonicalize_target(raw: str, base_host: str = "localhost") -> CanonicalTarget:
-    """Resolve *raw* like ``new URL(raw, "http://" + base_host)`` in Node 20.
+    """Resolve *raw* like ``new URL(raw, "http://" + base_host)`` in Node 24.
 
     Raises :class:`InvalidTarget` where Node would throw (including when
     ``"http://" + base_host`` itself is not a valid URL), and its subclass

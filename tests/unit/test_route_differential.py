@@ -23,7 +23,6 @@ Node is a hard requirement: the test fails (never skips) when it is missing.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from sidecar.config import load_config
 from tests.unit.fakes import NeverLimits
 from sidecar.pipeline import Admitted, Pipeline, Refuse
 from sidecar.view import RequestView
+from tests.node import gateway_node
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "odd_targets.json"
 BASE_HOST = "sidecar.test"
@@ -149,11 +149,7 @@ TARGETS = all_targets()
 
 
 def node_decisions(targets: list[str]) -> list[dict]:
-    node = shutil.which("node") or ("/usr/bin/node" if Path("/usr/bin/node").exists() else None)
-    if node is None:
-        pytest.fail("Node.js is required for the route differential (the gateway routes with Node's WHATWG URL)",
-                    pytrace=False)
-    proc = subprocess.run([node, "-e", NODE_SCRIPT], input=json.dumps(targets).encode("utf-8"),
+    proc = subprocess.run([gateway_node(), "-e", NODE_SCRIPT], input=json.dumps(targets).encode("utf-8"),
                           capture_output=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     result = json.loads(proc.stdout)

@@ -4,7 +4,7 @@
 `HEAD_STAGES` in order, each a named method of `Pipeline` that refuses or lets the head on:
 head size → method syntax → malformed head → Expect → Host → target → upgrade → route →
 denied routes → route access → RPC upgrade → attribution → Funnel → method → settled route →
-auth → scopes → declared size (auth: the rate-limit lock, then the credential, in one client turn). `on_body` applies the body rules and tool policy. Forwarding is
+auth → scopes → declared size (auth: a locked-out client is refused whatever it presents). `on_body` applies the body rules and tool policy. Forwarding is
 the one outcome every stage must grant; every other path ends in a `Refuse` carrying the
 gateway's own answer for its reason (sidecar/reasons.py).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import re
 from collections.abc import Awaitable, Callable
@@ -404,8 +405,8 @@ class Pipeline:
             head.limited = self.authenticator.rate_limited(head.attribution)
 
     async def stage_auth(self, head: HeadState) -> Refuse | None:
-        """A client the auth-failure limiter has locked out is refused before its credential is
-        compared; otherwise the credential is checked and the limiter told the outcome."""
+        """A client the auth-failure limiter has locked out is refused whatever it presented;
+        otherwise the credential's outcome is the answer, and the limiter is told it."""
         if head.outcome is not None:
             return None
         view, attribution = head.view, head.attribution
@@ -517,20 +518,23 @@ class Pipeline:
         return _PUBLIC_ACCESS if policy == "public" else _AUTHENTICATED_ACCESS
 
     async def _limited_check(self, key: str | None, limited: bool, check: Callable[[], AuthOutcome]) -> Refuse | AuthOutcome:
-        """A credential check, behind the auth-failure limiter when `limited`: lock check,
-        comparison and recording take one client turn (ClientTurns), as upstream takes them in
-        one event-loop turn (HTTP heads and connect frames alike)."""
+        """A credential check, behind the auth-failure limiter when `limited` (HTTP heads and
+        connect frames alike). A locked-out client is answered 429 whatever it presented, so
+        the comparison (pure, constant-time) may come first: then only a failure, which changes
+        the count, takes a client turn (ClientTurns) for its lock check and count, as upstream
+        takes them in one event-loop turn; successes stay concurrent."""
+        outcome = check()
         if not limited:
-            return await self._settled(key, check())
-        async with self.check_turns.turn(key):
+            return await self._settled(key, outcome)
+        async with self.check_turns.turn(key) if outcome.counts_as_failure else contextlib.nullcontext():
             checked = await self._locked(key)
             if isinstance(checked, Refuse):
                 return checked
-            return await self._settled(key, check(), checked.no_failures)
+            return await self._settled(key, outcome, checked.no_failures)
 
     async def _locked(self, key: str | None) -> Refuse | LimitVerdictLike:
-        """A client the auth-failure limiter has locked out is refused before any comparison;
-        otherwise the limiter's verdict."""
+        """A client the auth-failure limiter has locked out is refused (its credential's outcome
+        is never told); otherwise the limiter's verdict."""
         verdict = await self.failure_limiter.check(key)
         if verdict.unavailable:
             return Refuse.because(Reason.LIMITER_UNAVAILABLE)

@@ -8,7 +8,8 @@ OpenClaw 2026.9.6 enforces per real client (`AuthFailureLimiter`):
 
 * key ``"shared-secret:<normalized ip>"`` (``::ffff:1.2.3.4`` is ``1.2.3.4``; a missing or
   unparseable address is ``"unknown"``);
-* ``check()`` runs *before* the credential comparison; a locked key is refused (429 with
+* ``check()`` runs *before* the credential comparison (the sidecar may compare first: the
+  outcome of a locked client's comparison is never told); a locked key is refused (429 with
   ``retry_after_s = ceil(remaining lockout)``) whatever credential it carries; when a
   lockout has expired the key's failure history is cleared;
 * ``record_failure()`` (mismatched credential only) keeps a sliding window of failure
@@ -200,14 +201,14 @@ def auth_key(ip: str | None) -> str:
 
 
 class ClientTurns:
-    """One credential check at a time per client, in this replica.
+    """One failed credential check at a time per client, in this replica.
 
     Upstream checks the lock, compares and records the failure in one event-loop turn. Here a
     shared storage's round trips suspend between those steps, so without turns a burst of
-    concurrent guesses would all be compared before the first failure is counted (200 guesses
-    where `maxAttempts` allows 3). Replicas sharing Redis still interleave: a burst spread over
-    R replicas can get at most R - 1 guesses past the limit. Only clients with a check in
-    flight hold an entry.
+    concurrent guesses would all pass the lock check before the first failure is counted (200
+    answered guesses where `maxAttempts` allows 3). Replicas sharing Redis still interleave: a
+    burst spread over R replicas can get at most R - 1 answers past the limit. Only clients with
+    a check in flight hold an entry.
     """
 
     def __init__(self) -> None:

@@ -287,7 +287,7 @@ async def test_method(make) -> None:
     refused(await run(pipeline, "method", head), Reason.METHOD_NOT_ALLOWED)
 
 
-async def test_auth_refuses_a_locked_client_before_any_comparison(make) -> None:
+async def test_auth_refuses_a_locked_client_whatever_it_presents(make) -> None:
     limiter = Limiter(Verdict(allowed=False, retry_after_s=30))
     pipeline = make(limiter=limiter)
     head = await reach(pipeline, request(), "auth")

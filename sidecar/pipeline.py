@@ -31,7 +31,7 @@ from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_header
 from .ipaddrs import is_loopback, parse_network
 from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
-from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable, plugin_path_candidates, security_normalize
+from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable, plugin_path_candidates
 from .rpc import RpcPolicy, RpcSession
 from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
@@ -234,7 +234,9 @@ class Pipeline:
         # Read by every head: looked up once (a reload builds a new Pipeline).
         self.allow_real_ip_fallback = gateway.allow_real_ip_fallback
         self.denied_prefixes = sidecar.routes.deny
-        self.denied_plugin_prefixes = tuple(security_normalize(prefix) for prefix in self.denied_prefixes)
+        # Compared with the plugin router's spellings (lower-cased, `//` collapsed), a trailing `/`
+        # kept: `/api/` denies `/api/x`, not `/apikeys`.
+        self.denied_plugin_prefixes = tuple(re.sub(r"/{2,}", "/", prefix.lower()) for prefix in self.denied_prefixes)
         self.opened_routes = sidecar.routes.allow
         self.control_ui_policy = {"public": "public", "authenticated": "authenticated", "off": "refused"}[sidecar.routes.control_ui]
         self.rpc_enforced = sidecar.websocket.mode == "enforce"
@@ -347,11 +349,15 @@ class Pipeline:
 
     def stage_denied_routes(self, head: HeadState) -> Refuse | None:
         """`sidecar.routes.deny`: a prefix of the path as sent (canonical), as the gateway routes
-        it, or as its plugin router reads it (lower-cased, percent-decoded: `/PLUGINS/%6fpenai`
-        is under `/plugins/openai`)."""
+        it, or, for a plugin route, as its plugin router reads it (lower-cased, percent-decoded,
+        `//` collapsed, no trailing `/`: `/PLUGINS/%6fpenai/x` is under `/plugins/openai/`)."""
         deny = self.denied_prefixes
-        if deny and (head.target.path.startswith(deny) or head.match.path.startswith(deny)
-                     or any(p.startswith(self.denied_plugin_prefixes) for p in plugin_path_candidates(head.match.path)[0])):
+        if not deny:
+            return None
+        match = head.match
+        if head.target.path.startswith(deny) or match.path.startswith(deny) or (
+                match.entry is not None and match.entry.match in ("plugin", "plugin-prefix")
+                and any((path + "/").startswith(self.denied_plugin_prefixes) for path in plugin_path_candidates(match.path)[0])):
             return self._enforced(Refuse.because(Reason.ROUTE_DENIED), head)
         return None
 
@@ -520,13 +526,16 @@ class Pipeline:
     async def _limited_check(self, key: str | None, limited: bool, check: Callable[[], AuthOutcome]) -> Refuse | AuthOutcome:
         """A credential check, behind the auth-failure limiter when `limited` (HTTP heads and
         connect frames alike). A locked-out client is answered 429 whatever it presented, so
-        the comparison (pure, constant-time) may come first: then only a failure, which changes
-        the count, takes a client turn (ClientTurns) for its lock check and count, as upstream
-        takes them in one event-loop turn; successes stay concurrent."""
+        the comparison (pure, constant-time) may come first: then a failure, which changes the
+        count, takes a client turn (ClientTurns) for its lock check and count, as upstream takes
+        them in one event-loop turn, and so does a success while that client has one in flight
+        (else the right guess inside a burst could read the lock before the wrong ones ahead of
+        it are counted); a client that only succeeds stays concurrent."""
         outcome = check()
         if not limited:
             return await self._settled(key, outcome)
-        async with self.check_turns.turn(key) if outcome.counts_as_failure else contextlib.nullcontext():
+        queued = outcome.counts_as_failure or self.check_turns.busy(key)
+        async with self.check_turns.turn(key) if queued else contextlib.nullcontext():
             checked = await self._locked(key)
             if isinstance(checked, Refuse):
                 return checked

@@ -201,7 +201,8 @@ def auth_key(ip: str | None) -> str:
 
 
 class ClientTurns:
-    """One failed credential check at a time per client, in this replica.
+    """One failed credential check at a time per client, in this replica, and no success
+    overtaking one in flight.
 
     Upstream checks the lock, compares and records the failure in one event-loop turn. Here a
     shared storage's round trips suspend between those steps, so without turns a burst of
@@ -226,6 +227,11 @@ class ClientTurns:
             waiting[0] -= 1
             if not waiting[0]:
                 del self._turns[key]
+
+    def busy(self, ip: str | None) -> bool:
+        """A check of this client is in flight: a success must queue behind it too, or it could
+        read the lock before the failures ahead of it are counted."""
+        return auth_key(ip) in self._turns
 
     def __len__(self) -> int:
         return len(self._turns)

@@ -106,7 +106,7 @@ def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
         name=row["name"], match=row["match"], paths=paths, methods=tuple(methods) if methods else None,
         credential=row["credential"], power=row["power"], base=row.get("base", False),
         pass_headers=tuple(row.get("passHeaders", ())), note=row.get("note", ""),
-        plugin_paths=tuple(security_normalize(p) for p in paths) if plugin else (),
+        plugin_paths=tuple(_security_normalize(p) for p in paths) if plugin else (),
     )
 
 
@@ -171,8 +171,8 @@ def _resolve_dot_segments(path: str) -> str:
         return path
 
 
-def security_normalize(path: str) -> str:
-    """normalizePathForSecurity (plugin routes are matched on it): WHATWG dot segments, lower case, `//` collapsed, no trailing `/`."""
+def _security_normalize(path: str) -> str:
+    """normalizePathForSecurity: WHATWG dot segments, lower case, `//` collapsed, no trailing `/`."""
     collapsed = re.sub(r"/{2,}", "/", _resolve_dot_segments(path).lower())
     if len(collapsed) > 1:
         collapsed = collapsed.rstrip("/")
@@ -183,7 +183,7 @@ def plugin_path_candidates(path: str) -> tuple[list[str], bool]:
     """buildCanonicalPathCandidates: the path and each percent-decoding pass of it, normalised.
     The flag says whether the gateway's own protected-prefix rule would fail closed (malformed
     encoding or the decode-pass limit reached)."""
-    candidates = [security_normalize(path)]
+    candidates = [_security_normalize(path)]
     decoded = path
     for _ in range(_MAX_DECODE_PASSES):
         try:
@@ -193,7 +193,7 @@ def plugin_path_candidates(path: str) -> tuple[list[str], bool]:
         if following == decoded:
             return candidates, False
         decoded = following
-        normalized = security_normalize(decoded)
+        normalized = _security_normalize(decoded)
         if normalized not in candidates:
             candidates.append(normalized)
     return candidates, True

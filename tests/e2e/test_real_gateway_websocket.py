@@ -173,6 +173,7 @@ def test_a_ceiling_holds_on_the_connection(token_gateway, capped_sc):
     ("node.invoke", {"nodeId": "n", "command": "system.run"}), ("portal.open", {"port": 9, "title": "x"}), ("no.such.method", {}),
     ("chat.inject", {"sessionKey": "main", "message": "forged assistant turn", "label": "x"}),
     ("talk.session.steer", {"sessionId": "s", "text": "hi"}), ("talk.client.steer", {"sessionKey": "main", "text": "hi"}),
+    ("talk.client.transcript", {"sessionKey": "main", "voiceSessionId": "v", "entryId": "e", "role": "assistant", "text": "x"}),
 ])
 def test_methods_that_act_are_refused_and_the_connection_stays(open_sc, method, params):
     ws, hello = session(open_sc.port, ALL)

@@ -227,6 +227,19 @@ async def test_denied_routes_read_a_plugin_path_as_the_plugin_router_does(make, 
     refused(await run(pipeline, "denied_routes", head), Reason.ROUTE_DENIED)
 
 
+@pytest.mark.parametrize("deny, target, denied", [
+    ("/api/", "/API/channels/x", True),  # plugin:channels, read by the plugin router
+    ("/api/", "/apikeys", False),  # a trailing `/` means a directory, whatever the case
+    ("/plugins/openai/", "/plugins/openaix/realtime/calls", False),
+    ("/Plugins//OpenAI/", "/plugins/openai/realtime/calls", True),
+])
+async def test_denied_plugin_prefixes_keep_their_directory_meaning(make, deny: str, target: str, denied: bool) -> None:
+    pipeline = make({"routes": {"allow": ["plugin:openai-realtime", "plugin:channels"], "deny": [deny]}})
+    head = await reach(pipeline, request("POST", target), "denied_routes")
+    result = await run(pipeline, "denied_routes", head)
+    assert (result is not None and result.reason == Reason.ROUTE_DENIED) is denied
+
+
 async def test_denied_routes(make) -> None:
     pipeline = make({"routes": {"deny": ["/tools/"]}})
     head = await reach(pipeline, request(), "denied_routes")

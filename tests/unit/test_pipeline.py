@@ -6,6 +6,7 @@ No sockets: fake limiters record what the pipeline asked of them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from sidecar.body import MAX_BODY_BYTES
 from sidecar.config import load_config
 from sidecar.envelopes import Envelope
 from sidecar.pipeline import Admitted, Forward, Pipeline, Refuse
+from sidecar.ratelimit import AuthFailureLimiter
 from sidecar.scopes import DEFAULT_SCOPES
 from sidecar.view import RequestView
 
@@ -1020,3 +1022,29 @@ async def test_group_policy_follows_the_forwarded_account(make) -> None:
     assert isinstance(await h.pipeline.on_body(await admitted(h), body), Forward)
     refused = await h.pipeline.on_body(await admitted(h, headers=[("x-openclaw-account-id", "work")]), body)
     assert isinstance(refused, Refuse) and refused.detail is not None and "accounts.work.groups" in refused.detail
+
+
+# ---- the auth-failure limiter under concurrency -----------------------------------------------------
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_the_right_guess_inside_a_burst_of_wrong_ones_is_locked_out_too(
+    tmp_path: Path, storage: str, request: pytest.FixtureRequest,
+) -> None:
+    """Upstream checks the lock, compares and counts in one event-loop turn. With maxAttempts 3,
+    40 concurrent guesses from one client, the right one 31st, get three 401s and 429 for all
+    the rest, the right one included, even when every limiter step is a Redis round trip."""
+    uri = "memory://" if storage == "memory" else request.getfixturevalue("redis_url")
+    limiter = AuthFailureLimiter(storage_uri=uri, max_attempts=3)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TOKEN_CONFIG))
+    pipeline = Pipeline(load_config(path, environ={}), limiter)
+    heads = [view(auth="Bearer wrong") for _ in range(40)]
+    heads[30] = view()
+    try:
+        results = await asyncio.gather(*(pipeline.on_head(head) for head in heads))
+    finally:
+        await limiter.aclose()
+    reasons = [result.reason if isinstance(result, Refuse) else "admitted" for result in results]
+    assert reasons[:3] == ["token_mismatch"] * 3 and reasons[3:] == ["rate_limited"] * 37, reasons
+    assert len(pipeline.check_turns) == 0

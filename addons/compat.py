@@ -135,8 +135,10 @@ def answer_protocol_errors_as_node() -> None:
         return
 
     def make_error_response(status_code: int, message: str = "") -> bytes:
-        log.info("answered %d at the HTTP layer: %s", status_code, message.splitlines()[0][:200] if message else "")
+        # Strangers choose these heads: counted, and logged at debug only (one line per request).
+        log.debug("answered %d at the HTTP layer: %s", status_code, message.splitlines()[0][:200] if message else "")
         if status_code == 400:
+            HEAD_REFUSALS.inc()
             return HEAD_MALFORMED
         reason = status_codes.RESPONSES.get(status_code, "")
         return f"HTTP/1.1 {status_code} {reason}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".encode()

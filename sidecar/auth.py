@@ -102,18 +102,37 @@ def parse_origin(raw: str) -> Origin | None:
     if not text or text == "null" or not _ORIGIN_SHAPE.fullmatch(text):
         return None
     scheme, authority = text.lower().split("://", 1)
-    if "@" in authority:
+    userinfo, at, authority = authority.rpartition("@")
+    if at and userinfo.strip(":"):  # `http://@x` and `http://:@x` carry no credentials
         return None
     if scheme in ("http", "https", "ws", "wss", "ftp"):
         try:
-            host = canonicalize_target(text).host
+            host = canonicalize_target(f"{scheme}://{authority}").host
         except InvalidTarget:
             return None
-        if not host:
-            return None
+    elif scheme == "file":  # a file URL's host is empty or dropped (`localhost`): no origin
+        return None
     else:  # an opaque host; URL.origin is "null", the gateway spells it scheme://host itself
-        host = authority.rstrip("/")
-    return Origin(f"{scheme}://{host}", host, _host_name(host))
+        host = _opaque_host(authority.rstrip("/"))
+    return Origin(f"{scheme}://{host}", host, _host_name(host)) if host else None
+
+
+_OPAQUE_AUTHORITY = re.compile(r"(\[[0-9a-f:.]+\]|[^\[\]:]*)(?::([0-9]*))?")
+_FORBIDDEN_OPAQUE_HOST = frozenset("\x00\t\n\r #/:<>?@[\\]^|")
+
+
+def _opaque_host(authority: str) -> str | None:
+    """A non-special URL's host[:port] as URL.host serialises it: a port in range (leading
+    zeros dropped, none when empty), no forbidden host code point."""
+    match = _OPAQUE_AUTHORITY.fullmatch(authority)
+    if match is None:
+        return None
+    host, port = match.group(1), match.group(2)
+    if not host.startswith("[") and any(c in _FORBIDDEN_OPAQUE_HOST for c in host):
+        return None
+    if port and int(port) > 65535:
+        return None
+    return f"{host}:{int(port)}" if port else host
 
 
 def _host_name(host: str) -> str:
@@ -150,8 +169,10 @@ class OriginPolicy:
     gateway counts a trusted-proxy request as never local, a `none` one as local when it comes
     from loopback with no forwarding headers."""
 
-    def __init__(self, allowed: Sequence[str]) -> None:
+    def __init__(self, allowed: Sequence[str], host_header_fallback: bool = False) -> None:
         self.allowed = {entry.strip().lower() for entry in allowed}
+        # gateway.controlUi.dangerouslyAllowHostHeaderOriginFallback: any Origin naming the Host
+        self.host_header_fallback = host_header_fallback
 
     def permits(self, view: RequestView, *, local_client: bool) -> bool:
         raw = view.first("origin")
@@ -163,7 +184,7 @@ class OriginPolicy:
         if "*" in self.allowed or origin.origin in self.allowed:
             return True
         host = (view.first("host") or "").strip().lower()
-        if host and origin.host == host and _trusted_same_origin_host(host, local_client):
+        if host and origin.host == host and (self.host_header_fallback or _trusted_same_origin_host(host, local_client)):
             return True
         return local_client and _is_loopback_host(origin.hostname)
 
@@ -282,7 +303,7 @@ def build_authenticator(config: Config, trusted: tuple[IPNetwork, ...] | None = 
     """The authenticator for the configured mode; `trusted` is gateway.trustedProxies, parsed."""
     secrets = config.secrets
     gateway = config.rules.gateway
-    origins = OriginPolicy(gateway.control_ui.allowed_origins)
+    origins = OriginPolicy(gateway.control_ui.allowed_origins, gateway.control_ui.dangerously_allow_host_header_origin_fallback)
     if secrets.mode == "none":
         return NoneAuth(origins)
     if secrets.mode == "trusted-proxy":

@@ -29,7 +29,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
-from .headers import OWNED_NAMES, PROTECTED_PREFIXES
+from .headers import HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
 from .ipaddrs import parse_network
 from .storage_uri import async_storage_uri, redact_uri
 
@@ -83,7 +83,7 @@ def relayable_required_headers(names: tuple[str, ...]) -> tuple[str, ...]:
     arrive, and the gateway would refuse every request."""
     lowered = _lower_names(names)
     for name in lowered:
-        if name in OWNED_NAMES or (name.startswith(PROTECTED_PREFIXES) and not name.startswith("x-forwarded-")):
+        if name in OWNED_NAMES or name in HOP_BY_HOP or (name.startswith(PROTECTED_PREFIXES) and not name.startswith("x-forwarded-")):
             raise ValueError(f"{name!r} is a header the sidecar deletes and never relays: the gateway behind it "
                              "would refuse every request")
     return lowered
@@ -403,6 +403,7 @@ class GatewayToolsConfig(BaseModel):
 class ControlUiConfig(BaseModel):
     model_config = _LENIENT
     allowed_origins: tuple[str, ...] = ()
+    dangerously_allow_host_header_origin_fallback: bool = False
     enabled: bool = True
     base_path: str | None = None
 

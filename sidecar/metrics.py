@@ -34,7 +34,7 @@ INTERNAL_ERRORS = Counter(
 )
 HEAD_REFUSALS = Counter(
     "openclaw_sidecar_head_refusals_total",
-    "Request heads refused while they arrived (over the size limit), before any request existed.",
+    "Request heads refused before any request existed: over the size limit, or unparseable (bare LF, bad framing).",
     registry=REGISTRY,
 )
 CONNECTIONS_REFUSED = Counter(

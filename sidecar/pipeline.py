@@ -230,7 +230,8 @@ class Pipeline:
         # Required X-Forwarded-* headers the ingress sent are handed on: the gateway demands them
         # of the sidecar (the identity header and X-Forwarded-For the sidecar writes itself).
         self.relayed_required = tuple(name for name in tp.required_headers
-                                      if name.startswith("x-forwarded-") and name not in ("x-forwarded-for", user_header))
+                                      if name.startswith("x-forwarded-") and name != "x-forwarded-for"
+                                      and name not in self.identity_headers)
         # Read by every head: looked up once (a reload builds a new Pipeline).
         self.allow_real_ip_fallback = gateway.allow_real_ip_fallback
         self.denied_prefixes = sidecar.routes.deny

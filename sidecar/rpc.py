@@ -137,37 +137,55 @@ def error_frame(request_id: Any, code: str, message: str, details: Mapping[str, 
     return compact_json({"type": "res", "id": request_id, "ok": False, "error": error})
 
 
-# A refused connect credential as the gateway words it (formatGatewayAuthFailureMessage, with the
-# hint it gives clients that are neither its CLI nor its UI), its details code
-# (resolveAuthConnectErrorDetailCode) and next step (resolveUnauthorizedHandshakeContext), by the
-# gateway's reason.
+# A refused connect credential as the gateway words it (formatGatewayAuthFailureMessage), its
+# details code (resolveAuthConnectErrorDetailCode) and next step (resolveUnauthorizedHandshakeContext),
+# by the gateway's reason; `{token}` / `{password}` take the hint for the kind of client.
 _CONNECT_AUTH_FAILURES: dict[str, tuple[str, str, str]] = {
-    "token_missing": ("gateway token missing (provide gateway auth token)", "AUTH_TOKEN_MISSING", "update_auth_configuration"),
-    "token_mismatch": ("gateway token mismatch (provide gateway auth token)", "AUTH_TOKEN_MISMATCH", "update_auth_credentials"),
+    "token_missing": ("gateway token missing ({token_missing})", "AUTH_TOKEN_MISSING", "update_auth_configuration"),
+    "token_mismatch": ("gateway token mismatch ({token})", "AUTH_TOKEN_MISMATCH", "update_auth_credentials"),
     "token_missing_config": ("gateway token not configured on gateway (set gateway.auth.token)", "AUTH_TOKEN_NOT_CONFIGURED",
                              "update_auth_configuration"),
-    "password_missing": ("gateway password missing (provide gateway auth password)", "AUTH_PASSWORD_MISSING",
-                         "update_auth_configuration"),
-    "password_mismatch": ("gateway password mismatch (provide gateway auth password)", "AUTH_PASSWORD_MISMATCH",
-                          "update_auth_credentials"),
+    "password_missing": ("gateway password missing ({password})", "AUTH_PASSWORD_MISSING", "update_auth_configuration"),
+    "password_mismatch": ("gateway password mismatch ({password})", "AUTH_PASSWORD_MISMATCH", "update_auth_credentials"),
     "password_missing_config": ("gateway password not configured on gateway (set gateway.auth.password)",
                                 "AUTH_PASSWORD_NOT_CONFIGURED", "update_auth_configuration"),
     "rate_limited": ("too many failed authentication attempts (retry later)", "AUTH_RATE_LIMITED", "wait_then_retry"),
 }
+# The gateway's hints by client kind, for a remote client (one reaching it through a proxy).
+_HINTS = {
+    "cli": {"token": "set gateway.remote.token to match gateway.auth.token",
+            "password": "set gateway.remote.password to match gateway.auth.password"},
+    "ui": {"token": "open the dashboard URL and paste the token in Control UI settings",
+           "token_missing": "paste in Control UI settings or openclaw doctor --generate-gateway-token; restart",
+           "password": "enter the password in Control UI settings"},
+    "other": {"token": "provide gateway auth token", "password": "provide gateway auth password"},
+}
+_UI_CLIENT_IDS = frozenset({"openclaw-control-ui", "openclaw-browser-copilot", "openclaw-tui", "webchat-ui"})
 # The sidecar's reason codes where the gateway's differ.
 _GATEWAY_AUTH_REASONS = {"token_not_configured": "token_missing_config", "password_not_configured": "password_missing_config"}
 
 
-def connect_auth_refusal(request_id: Any, outcome: AuthOutcome, *, device: bool) -> bytes:
+def _client_kind(client: Mapping[str, Any]) -> str:
+    """isGatewayCliClient / isOperatorUiClient or isWebchatClient, from the connect's client."""
+    mode, client_id = (value.strip().lower() if isinstance(value := client.get(k), str) else "" for k in ("mode", "id"))
+    if mode == "cli":
+        return "cli"
+    return "ui" if client_id in _UI_CLIENT_IDS or mode == "webchat" else "other"
+
+
+def connect_auth_refusal(request_id: Any, outcome: AuthOutcome, client: Mapping[str, Any], *, device: bool) -> bytes:
     """The gateway's answer to a connect whose credential failed (or whose client is locked out);
     a limiter outage, which the gateway cannot have, gets its generic `unauthorized`. With neither
-    a secret nor a device identity the gateway asks for a device (evaluateMissingDeviceIdentity)."""
+    a secret nor a device identity the gateway asks for a device (evaluateMissingDeviceIdentity).
+    `canRetryWithDeviceToken` is always false: device tokens never pass this proxy."""
     if outcome.reason == Reason.CREDENTIAL_MISSING and not device:
         return error_frame(request_id, "NOT_PAIRED", "device identity required", {"code": "DEVICE_IDENTITY_REQUIRED"})
     reason = f"{outcome.method}_missing" if outcome.reason == Reason.CREDENTIAL_MISSING else \
         _GATEWAY_AUTH_REASONS.get(str(outcome.reason), str(outcome.reason))
     text, code, next_step = _CONNECT_AUTH_FAILURES.get(reason, ("authentication unavailable (retry later)", "AUTH_UNAUTHORIZED",
                                                                 "review_auth_configuration"))
+    hints = _HINTS[_client_kind(client)]
+    text = text.format(token=hints["token"], token_missing=hints.get("token_missing", hints["token"]), password=hints["password"])
     retry: dict[str, Any] = {}
     if outcome.reason == Reason.RATE_LIMITED:
         retry = {"retryable": True, **({"retryAfterMs": outcome.retry_after_s * 1000} if outcome.retry_after_s else {})}
@@ -314,7 +332,7 @@ class RpcSession:
             presented = auth.get("token") if isinstance(auth.get("token"), str) else auth.get("password")
             outcome = await self.check_secret(presented if isinstance(presented, str) else None)
             if not outcome.ok:
-                refusal = connect_auth_refusal(request_id, outcome, device=params.get("device") is not None)
+                refusal = connect_auth_refusal(request_id, outcome, client, device=bool(params.get("device")))
                 return FrameVerdict("close", outcome.reason, refusal, close_code=1008, method="connect")
             self.caller = outcome
         requested = params.get("scopes", [])

@@ -17,6 +17,7 @@ from sidecar.auth import (
     TrustedProxyAuth,
     bearer_credential,
     build_authenticator,
+    parse_origin,
     read_identity,
     safe_equal,
 )
@@ -158,6 +159,26 @@ LOCAL = Attribution("direct-local", "127.0.0.1", "127.0.0.1")
 def test_origin_policy(allowed: tuple[str, ...], headers: list[tuple[str, str]], attribution: Attribution, permits: bool) -> None:
     local = attribution.kind == "direct-local"
     assert OriginPolicy(allowed).permits(view(*headers), local_client=local) is permits
+
+
+@pytest.mark.parametrize("raw, origin", [
+    ("http://@localhost", "http://localhost"), ("http://:@localhost", "http://localhost"),  # empty credentials
+    ("foo://H:0080", "foo://h:80"), ("foo://h:", "foo://h"), ("foo://[::1]:5", "foo://[::1]:5"),
+    ("file://localhost", None), ("foo://localhost:99999", None), ("foo://a b", None), ("http://h:65536", None),
+    ("\ufeffhttp://h", "http://h"), ("http://h/ ", "http://h"),
+])
+def test_parse_origin_reads_as_new_url_does(raw: str, origin: str | None) -> None:
+    """The gateway's parseOrigin over Node's URL (checked against Node 24; IDN hosts and file
+    URLs are refused here, stricter)."""
+    parsed = parse_origin(raw)
+    assert (parsed.origin if parsed else None) == origin
+
+
+def test_the_host_header_fallback_lets_any_same_host_origin_in() -> None:
+    """gateway.controlUi.dangerouslyAllowHostHeaderOriginFallback, honoured as the gateway does."""
+    headers = view(("Origin", "https://gw.example"), ("Host", "gw.example"))
+    assert OriginPolicy((), host_header_fallback=True).permits(headers, local_client=False)
+    assert not OriginPolicy(()).permits(headers, local_client=False)
 
 
 @pytest.mark.parametrize("origin, ok", [(None, True), ("https://evil.example", False), ("https://ui.example", True)])

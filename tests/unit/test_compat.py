@@ -22,6 +22,7 @@ from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1
 
 from addons import compat
 from sidecar.limits_compat import SweepThrottledMemoryStorage
+from sidecar.metrics import HEAD_REFUSALS
 
 UPSTREAM_HOOK_ARGS = hooks.Hook.args  # before any test applies cache_hook_arguments
 
@@ -50,6 +51,20 @@ def test_the_message_typecheck_dropped_is_only_a_debug_typecheck() -> None:
     assert http.MessageData.__post_init__ is compat._no_typecheck
     response = http.Response.make(404, b"{}", {"content-type": "application/json"})
     assert (response.status_code, response.content, response.headers["content-length"]) == (404, b"{}", "2")
+
+
+def test_mitmproxys_own_error_answers_are_bare_and_counted() -> None:
+    """Upstream's make_error_response writes an HTML page naming mitmproxy and its version; the
+    patched one answers as Node does, and counts a refused head. Http1Server looks the function
+    up as a module global, so replacing it there reaches both of its callers."""
+    source = inspect.getsource(_http1.Http1Server)
+    assert source.count("make_error_response(") == 2
+    compat.answer_protocol_errors_as_node()
+    before = HEAD_REFUSALS._value.get()
+    assert _http1.make_error_response(400, "Received invalid header name") == compat.HEAD_MALFORMED
+    assert HEAD_REFUSALS._value.get() == before + 1
+    assert _http1.make_error_response(502, "upstream failed") == (
+        b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
 
 
 def test_cached_hook_arguments_are_the_fields_in_order() -> None:

@@ -219,6 +219,7 @@ session: {scope: per-sender}
         # required of the ingress, but a header the sidecar deletes: the gateway would refuse everything
         ("gateway:\n  auth: {trustedProxy: {requiredHeaders: [X-Real-IP]}}\n", "gateway.auth.trustedProxy.requiredHeaders"),
         ("gateway:\n  auth: {trustedProxy: {requiredHeaders: [tailscale-user-login]}}\n", "gateway.auth.trustedProxy.requiredHeaders"),
+        ("gateway:\n  auth: {trustedProxy: {requiredHeaders: [Keep-Alive]}}\n", "gateway.auth.trustedProxy.requiredHeaders"),
         ("sidecar:\n  rateLimit: {storage: 'mongodb://db'}\n", "sidecar.rateLimit.storage"),
         ("sidecar:\n  rateLimit: {storage: 'async+memory://'}\n", "sidecar.rateLimit.storage"),
         ("sidecar:\n  rateLimit: {requests: {limit: lots}}\n", "sidecar.rateLimit.requests.limit"),

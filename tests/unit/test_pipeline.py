@@ -269,6 +269,22 @@ async def test_trusted_proxy_upstream_user_header_configurable(make) -> None:
     assert "x-forwarded-user" not in [n.lower() for n, _ in result.headers]
 
 
+async def test_required_forwarding_headers_are_relayed_but_never_the_client_identity_header(make) -> None:
+    """requiredHeaders are demanded of the ingress and handed on (the gateway demands them of the
+    sidecar), except the identity header, which goes up only as the sidecar writes it."""
+    config = deep_merge(TRUSTED_PROXY_CONFIG, {
+        "sidecar": {"upstreamAuth": {"userHeader": "X-Gateway-User"}},
+        "gateway": {"auth": {"trustedProxy": {"requiredHeaders": ["x-forwarded-proto", "x-forwarded-user"]}}},
+    })
+    v = view(peer=PROXY, auth=None, headers=[("X-Forwarded-For", XFF_CLIENT), ("X-Forwarded-User", "alice"),
+                                              ("X-Forwarded-Proto", "https")])
+    result = await make(config).pipeline.on_head(v)
+    assert isinstance(result, Admitted)
+    upstream = [(n.lower(), value) for n, value in result.headers]
+    assert ("x-forwarded-proto", "https") in upstream and ("x-gateway-user", "alice") in upstream
+    assert "x-forwarded-user" not in [n for n, _ in upstream]
+
+
 async def test_trusted_proxy_no_scopes_header_means_owner(make) -> None:
     """Case 33: header absent → defaults (incl. admin) → owner; forwarded explicitly (F1)."""
     v = view(peer=PROXY, auth=None, headers=[("X-Forwarded-For", XFF_CLIENT), ("X-Forwarded-User", "alice")])

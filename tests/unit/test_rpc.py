@@ -159,7 +159,7 @@ async def test_connect_without_the_secret_is_refused_and_closed(auth: dict, code
 def test_a_refused_connect_credential_is_answered_as_the_gateway_answers_it(outcome, message, details, extra) -> None:
     """formatGatewayAuthFailureMessage, resolveAuthConnectErrorDetailCode and the handshake's next
     step: the gateway's own clients decide what to tell the user (wait, re-enter) from these."""
-    error = json.loads(connect_auth_refusal("c1", outcome, device=True))["error"]
+    error = json.loads(connect_auth_refusal("c1", outcome, {"id": "gateway-client", "mode": "backend"}, device=True))["error"]
     assert error == {"code": "INVALID_REQUEST", "message": message, **extra,
                      "details": {**details, "canRetryWithDeviceToken": False}}
 
@@ -377,3 +377,15 @@ async def test_frames_the_sidecar_writes_are_written_as_json_stringify_writes_th
     assert json.loads(verdict.payload)["params"] == {"args": {"q": "\udc00", "n": None}, "name": "agents_list"}
     refused = await rpc.client_frame(b'{"type":"req","id":"r\\ud800","method":"terminal.open","params":{}}')
     assert refused.verdict == "reply" and json.loads(refused.payload or b"")["id"] == "r\ud800"
+
+
+@pytest.mark.parametrize("client, message", [
+    ({"id": "cli", "mode": "CLI"}, "unauthorized: gateway token mismatch (set gateway.remote.token to match gateway.auth.token)"),
+    ({"id": "openclaw-control-ui", "mode": "ui"},
+     "unauthorized: gateway token mismatch (open the dashboard URL and paste the token in Control UI settings)"),
+    ({"id": "x", "mode": "webchat"}, "unauthorized: gateway token mismatch (open the dashboard URL and paste the token in Control UI settings)"),
+    ({"id": 5, "mode": None}, "unauthorized: gateway token mismatch (provide gateway auth token)"),
+])
+def test_the_refusal_hint_is_the_one_the_gateway_gives_that_kind_of_client(client: dict, message: str) -> None:
+    error = json.loads(connect_auth_refusal("c1", AuthOutcome(False, "token", "token_mismatch"), client, device=True))["error"]
+    assert error["message"] == message

@@ -56,6 +56,10 @@ _METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
 _PLAIN_HOST = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
 
+def _collapse_slashes(path: str) -> str:
+    return re.sub(r"/{2,}", "/", path) if "//" in path else path
+
+
 class FailureLimiter(Protocol):
     """What the pipeline needs of the auth-failure limiter (sidecar.ratelimit)."""
 
@@ -234,10 +238,10 @@ class Pipeline:
                                       and name not in self.identity_headers)
         # Read by every head: looked up once (a reload builds a new Pipeline).
         self.allow_real_ip_fallback = gateway.allow_real_ip_fallback
-        self.denied_prefixes = sidecar.routes.deny
-        # Compared with the plugin router's spellings (lower-cased, `//` collapsed), a trailing `/`
-        # kept: `/api/` denies `/api/x`, not `/apikeys`.
-        self.denied_plugin_prefixes = tuple(re.sub(r"/{2,}", "/", prefix.lower()) for prefix in self.denied_prefixes)
+        # `//` collapsed like the paths they are compared with, a trailing `/` kept (`/api/` denies
+        # `/api/x`, not `/apikeys`); lower-cased too for the plugin router's spellings.
+        self.denied_prefixes = tuple(map(_collapse_slashes, sidecar.routes.deny))
+        self.denied_plugin_prefixes = tuple(prefix.lower() for prefix in self.denied_prefixes)
         self.opened_routes = sidecar.routes.allow
         self.control_ui_policy = {"public": "public", "authenticated": "authenticated", "off": "refused"}[sidecar.routes.control_ui]
         self.rpc_enforced = sidecar.websocket.mode == "enforce"
@@ -349,14 +353,14 @@ class Pipeline:
         return None
 
     def stage_denied_routes(self, head: HeadState) -> Refuse | None:
-        """`sidecar.routes.deny`: a prefix of the path as sent (canonical), as the gateway routes
-        it, or, for a plugin route, as its plugin router reads it (lower-cased, percent-decoded,
-        `//` collapsed, no trailing `/`: `/PLUGINS/%6fpenai/x` is under `/plugins/openai/`)."""
-        deny = self.denied_prefixes
-        if not deny:
+        """`sidecar.routes.deny`: a prefix of the path as sent (canonical) or as the gateway routes
+        it, each with `//` collapsed (the hooks handler strips the slashes after its base path:
+        `/hooks//agent` is the agent hook), or, for a plugin route, as its plugin router reads it
+        (lower-cased and percent-decoded too: `/PLUGINS/%6fpenai/x` is under `/plugins/openai/`)."""
+        if not self.denied_prefixes:
             return None
         match = head.match
-        if head.target.path.startswith(deny) or match.path.startswith(deny) or (
+        if any(_collapse_slashes(path).startswith(self.denied_prefixes) for path in (head.target.path, match.path)) or (
                 match.entry is not None and match.entry.match in ("plugin", "plugin-prefix")
                 and any((path + "/").startswith(self.denied_plugin_prefixes) for path in plugin_path_candidates(match.path)[0])):
             return self._enforced(Refuse.because(Reason.ROUTE_DENIED), head)

@@ -57,8 +57,9 @@ def opened(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) 
 
 @pytest.fixture(scope="module")
 def realtime_denied(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
-    """A plugin route opened by name, with a deny on its prefix."""
-    return module_sidecar(_sidecar_config(gateway, allow=["plugin:openai-realtime"], deny=["/plugins/openai/"]))
+    """A plugin route and the hooks opened by name, with a deny on the plugin's prefix and one hook."""
+    return module_sidecar(_sidecar_config(gateway, allow=["plugin:openai-realtime", "hooks"],
+                                          deny=["/plugins/openai/", "/hooks/agent"]))
 
 
 @pytest.fixture(scope="module")
@@ -324,6 +325,18 @@ def test_a_denied_prefix_holds_for_every_spelling_the_plugin_router_takes(http, 
     direct, proxied = both(http, gateway, realtime_denied, "POST", target, content=b"{}")
     assert direct.status_code == 415  # the plugin's handler ran
     assert_gateway_404(proxied)
+
+
+@pytest.mark.parametrize("target", ["/hooks/agent", "/hooks//agent", "/hooks///agent"])
+def test_a_denied_hook_holds_for_every_spelling_the_hooks_handler_takes(http, gateway, realtime_denied, target):
+    """The hooks handler strips the slashes after its base path: `/hooks//agent` starts an agent
+    turn upstream (its own 200 with a runId), and must meet the deny on `/hooks/agent`."""
+    hooks = {"Authorization": f"Bearer {HOOKS_TOKEN}"}
+    direct, proxied = both(http, gateway, realtime_denied, "POST", target, headers=hooks, json={"message": "hi"})
+    assert direct.status_code == 200 and "runId" in direct.json()
+    assert_gateway_404(proxied)
+    woken = http.post(realtime_denied.url + "/hooks/wake", headers=hooks, json={"text": "x"})
+    assert woken.status_code == 200  # the other hooks stay open
 
 
 # ---- trusted-proxy mode: a capped identity through the capability prefix -------------------------

@@ -232,9 +232,12 @@ async def test_denied_routes_read_a_plugin_path_as_the_plugin_router_does(make, 
     ("/api/", "/apikeys", False),  # a trailing `/` means a directory, whatever the case
     ("/plugins/openai/", "/plugins/openaix/realtime/calls", False),
     ("/Plugins//OpenAI/", "/plugins/openai/realtime/calls", True),
+    ("/hooks/agent", "/hooks//agent", True),  # the hooks handler strips the slashes after its path
+    ("/hooks/agent", "/hooks///agent/", True),
+    ("/hooks/agent", "/hooks/wake", False),
 ])
-async def test_denied_plugin_prefixes_keep_their_directory_meaning(make, deny: str, target: str, denied: bool) -> None:
-    pipeline = make({"routes": {"allow": ["plugin:openai-realtime", "plugin:channels"], "deny": [deny]}})
+async def test_denied_prefixes_hold_for_the_spellings_the_handlers_fold(make, deny: str, target: str, denied: bool) -> None:
+    pipeline = make({"routes": {"allow": ["plugin:openai-realtime", "plugin:channels", "hooks"], "deny": [deny]}})
     head = await reach(pipeline, request("POST", target), "denied_routes")
     result = await run(pipeline, "denied_routes", head)
     assert (result is not None and result.reason == Reason.ROUTE_DENIED) is denied

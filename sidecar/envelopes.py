@@ -165,6 +165,14 @@ def tool_not_available(name: str) -> Envelope:
     return _ok_false(404, "not_found", f"Tool not available: {name}")
 
 
+def rpc_method_denied(method: str, request_id: str, markers: str) -> Envelope:
+    """A gateway method refused on the admin HTTP RPC route: the plugin's own response shape
+    (`id`, `ok`, `error`), carrying the error the WebSocket refusal of that method carries."""
+    error = {"code": "FORBIDDEN", "message": f"method not allowed through this proxy: {method}",
+             "details": {"code": "METHOD_DENIED", "markers": markers}}
+    return _json(403, {"id": request_id, "ok": False, "error": error}, ("Cache-Control", "no-store"))
+
+
 def route_not_found() -> Envelope:
     """The gateway's respondNotFound: what it answers where no handler takes the request."""
     return _plain(404, "Not Found")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import uuid
 import inspect
 import re
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 from . import envelopes
 from .attribution import Attribution, attribute
 from .auth import AuthOutcome, SharedSecretAuth, build_authenticator
-from .body import MAX_BODY_BYTES, BodyError, read_invoke_body
+from .body import MAX_BODY_BYTES, BodyError, parse_json_body, read_invoke_body
 from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
@@ -36,9 +37,11 @@ from .rpc import RpcPolicy, RpcSession
 from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolchain import ToolChain, ToolRequest
+from .toolpolicy import js_trim
 from .view import RequestView
 
 TOOLS_ROUTE = "tools-invoke"
+ADMIN_RPC_ROUTE = "plugin:admin-http-rpc"
 CHANNEL_HEADER = "x-openclaw-message-channel"
 ACCOUNT_HEADER = "x-openclaw-account-id"
 _TOOL_CONTEXT = frozenset({CHANNEL_HEADER, ACCOUNT_HEADER})  # the context headers tool policy reads
@@ -601,15 +604,36 @@ class Pipeline:
 
     # ---- body ---------------------------------------------------------------------------
 
+    def _admin_rpc_refusal(self, body: bytes) -> Refuse | None:
+        """The admin HTTP RPC plugin, once opened, dispatches gateway methods by name
+        (`config.patch`, `cron.run`, `device.pair.approve`...): the method deny list holds there
+        as on the WebSocket, the method read as the plugin reads it (the trimmed body's JSON, its
+        `method` trimmed). A body it cannot read is left to the plugin's own 400."""
+        try:
+            payload = parse_json_body(body)
+        except BodyError:
+            return None
+        method = payload.get("method") if isinstance(payload, dict) else None
+        if not isinstance(method, str) or js_trim(method) not in self.rpc_policy.denied:
+            return None
+        method, request_id = js_trim(method), payload.get("id")
+        request_id = js_trim(request_id) if isinstance(request_id, str) and js_trim(request_id) else str(uuid.uuid4())
+        markers = self.rpc_policy.catalogue[method].markers
+        return Refuse.because(Reason.METHOD_DENIED, method, request_id, markers, detail=f"admin HTTP RPC method {method}")
+
     async def on_body(self, admitted: Admitted, body: bytes, has_trailers: bool = False) -> Refuse | Forward:
         # The adapter already closes HTTP/1 connections that send trailers; this is the rule
         # for any engine that delivers them.
         if has_trailers:
             return Refuse.because(Reason.TRAILERS)
         if admitted.route != TOOLS_ROUTE:
+            noted: list[ReasonCode] = list(admitted.shadowed)
+            if admitted.route == ADMIN_RPC_ROUTE and (refused := self._admin_rpc_refusal(body)) is not None \
+                    and (refusal := self._enforced(refused, noted)):
+                return refusal
             passthrough = admitted.websocket and admitted.route == "rpc-websocket" and not admitted.rpc
             return Forward(admitted, None, reason=Reason.WEBSOCKET_PASSTHROUGH if passthrough else Reason.ALLOWED,
-                           shadowed=admitted.shadowed)
+                           shadowed=tuple(noted))
         if len(body) > MAX_BODY_BYTES:
             return Refuse.because(Reason.PAYLOAD_TOO_LARGE)
         try:

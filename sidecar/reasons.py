@@ -184,13 +184,13 @@ BUILT_ANSWERS: Final[Mapping[Reason, Callable[..., Envelope]]] = MappingProxyTyp
     Reason.SESSION_INVALID: envelopes.invalid_request,  # the gateway's message for the session or agent
     Reason.TOOL_DENIED: envelopes.tool_not_available,  # the tool's name
     Reason.REQUEST_RATE_LIMITED: envelopes.request_rate_limited,  # seconds until the budget refills
+    Reason.METHOD_DENIED: envelopes.rpc_method_denied,  # on the admin HTTP RPC route: method, request id, markers
 })
 
 # Refusals made only on the RPC WebSocket: an error frame or a close code, never an HTTP answer.
 FRAME_ONLY: Final = frozenset({
     Reason.WEBSOCKET_CONNECT_TIMEOUT, Reason.PREAUTH_FRAME_TOO_LARGE, Reason.MALFORMED_FRAME, Reason.NODE_ROLE,
     Reason.DEVICE_ABOVE_CEILING, Reason.CONNECT_REPEATED, Reason.UNKNOWN_METHOD, Reason.NODE_METHOD,
-    Reason.METHOD_DENIED,
 })
 
 

@@ -108,13 +108,15 @@ def testnet(request: pytest.FixtureRequest) -> Iterator[TestNet]:
 @pytest.fixture(scope="session")
 def token_gateway() -> Iterator[RealGateway]:
     """One real gateway in token mode for the session, with the routes that act switched on
-    (OpenAI endpoints, hooks) so that the doors the sidecar closes really exist behind it."""
+    (OpenAI endpoints, hooks, admin HTTP RPC) so that the doors the sidecar closes really exist
+    behind it."""
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {reason}")
     gateway = RealGateway({"mode": "token", "token": REAL_GATEWAY_TOKEN}, {
         "gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}, "responses": {"enabled": True}}}},
         "hooks": {"enabled": True, "token": REAL_GATEWAY_HOOKS_TOKEN},
+        "plugins": {"entries": {"admin-http-rpc": {"enabled": True}}},
     })
     yield gateway
     gateway.stop()

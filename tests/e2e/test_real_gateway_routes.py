@@ -339,6 +339,30 @@ def test_a_denied_hook_holds_for_every_spelling_the_hooks_handler_takes(http, ga
     assert woken.status_code == 200  # the other hooks stay open
 
 
+@pytest.fixture(scope="module")
+def admin_rpc_sc(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    return module_sidecar(_sidecar_config(gateway, allow=["plugin:admin-http-rpc"]))
+
+
+@pytest.mark.parametrize("method", ["config.patch", " cron.run ", "device.pair.approve", "gateway.restart.request"])
+def test_the_opened_admin_rpc_route_keeps_the_method_deny_list(http, gateway, admin_rpc_sc, method):
+    """The admin HTTP RPC plugin dispatches gateway methods by name: what the WebSocket refuses
+    whatever the scopes, it refuses too (read as the plugin reads it: `method` trimmed)."""
+    refused = http.post(admin_rpc_sc.url + "/api/v1/admin/rpc", headers=AUTH,
+                        json={"id": "r1", "method": method, "params": {"raw": "{}"}})
+    assert refused.status_code == 403
+    body = refused.json()
+    assert (body["id"], body["ok"], body["error"]["code"]) == ("r1", False, "FORBIDDEN")
+    assert body["error"]["message"] == f"method not allowed through this proxy: {method.strip()}"
+
+
+def test_the_opened_admin_rpc_route_still_answers_what_it_may(http, gateway, admin_rpc_sc):
+    direct, proxied = both(http, gateway, admin_rpc_sc, "POST", "/api/v1/admin/rpc", headers=AUTH,
+                           json={"id": "r2", "method": "cron.list", "params": {}})
+    assert direct.status_code == proxied.status_code == 200
+    assert proxied.json()["ok"] is True and proxied.json()["id"] == "r2"
+
+
 # ---- trusted-proxy mode: a capped identity through the capability prefix -------------------------
 
 

@@ -102,6 +102,10 @@ EXPECTED: list[tuple[Reason, tuple[str | int, ...], Envelope]] = [
     (Reason.BODY_TIMEOUT, (), _openai(408, "Request body timeout", "invalid_request_error", CLOSE)),
     (Reason.UPSTREAM_TIMEOUT, (), _openai(504, "Upstream gateway timed out", "gateway_timeout")),
     (Reason.UPSTREAM_UNREACHABLE, (), _openai(502, "Upstream gateway is unreachable", "bad_gateway")),
+    (Reason.METHOD_DENIED, ("config.patch", "r1", "C"), Envelope(
+        403, b'{"id":"r1","ok":false,"error":{"code":"FORBIDDEN","message":"method not allowed through this proxy: '
+             b'config.patch","details":{"code":"METHOD_DENIED","markers":"C"}}}',
+        (JSON_CT, *SECURITY, ("Cache-Control", "no-store")))),
 ]
 
 # The reasons whose answer tests/unit/test_envelopes.py pins as a case of its own (by case id).

@@ -18,6 +18,10 @@ from .metrics import REGISTRY
 
 log = logging.getLogger("sidecar.admin")
 UPSTREAM_CHECK_SECONDS = 2.0
+# A probe or a scrape sends its request at once: a connection idle longer is dropped, and at most
+# this many are served at a time (each holds a thread), so half-sent heads cannot pile up threads.
+ADMIN_IDLE_SECONDS = 5.0
+ADMIN_MAX_CONNECTIONS = 64
 
 
 @dataclass
@@ -53,6 +57,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: "AdminServer"
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.idle_seconds)  # a half-sent head ends the connection
+
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
@@ -85,10 +93,25 @@ class _Handler(BaseHTTPRequestHandler):
 class AdminServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, health: Health) -> None:
+    def __init__(self, host: str, port: int, health: Health, *, idle_seconds: float = ADMIN_IDLE_SECONDS,
+                 max_connections: int = ADMIN_MAX_CONNECTIONS) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
         self.health = health
+        self.idle_seconds = idle_seconds
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # every slot taken: closed at once, no thread started
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:

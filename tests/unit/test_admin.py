@@ -50,3 +50,30 @@ def test_only_three_paths(admin: AdminServer, path: str, status: int) -> None:
     assert response.headers["cache-control"] == "no-store"
     if path == "/metrics":
         assert "process_open_fds" in response.text and "openclaw_sidecar_decisions_total" in response.text
+
+
+def test_half_sent_heads_neither_pile_up_nor_outlast_the_idle_limit(backend: DemoBackend) -> None:
+    """A client that opens connections and never finishes a head holds at most `max_connections`
+    threads (beyond that a connection is closed at once, not after a wait), each for at most
+    `idle_seconds` (the client's 5 s socket timeout would fire first otherwise)."""
+    import socket
+
+    def half_sent(server: AdminServer) -> socket.socket:
+        sock = socket.create_connection((str(server.server_address[0]), int(server.server_address[1])), timeout=5)
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+        return sock
+
+    capped = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, max_connections=4)
+    idle = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=0.5)
+    for server in (capped, idle):
+        server.start()
+    try:
+        held = [half_sent(capped) for _ in range(4)]
+        assert half_sent(capped).recv(1) == b""  # every slot taken: closed at once, no thread
+        assert half_sent(idle).recv(1) == b""  # dropped after the idle limit
+        for sock in held:
+            sock.close()
+        assert httpx.get(f"{idle.url}/healthz", timeout=5).status_code == 200
+    finally:
+        capped.stop()
+        idle.stop()

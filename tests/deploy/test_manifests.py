@@ -114,7 +114,8 @@ def test_token_reaches_both_containers_from_one_secret(rendered: Render) -> None
     token_file = rendered.sidecar_config["gateway"]["auth"]["tokenFile"]
     volume, key = rendered.mounted(rendered.sidecar, token_file)
     secret_name = volume["secret"]["secretName"]
-    assert rendered.get("Secret", secret_name)
+    # Created once outside git: a Secret in the kustomization would be reset by every apply.
+    assert not rendered.of_kind("Secret"), "no apply may reset the token"
     # A directory mount: a subPath mount would never see a rotated Secret.
     assert all("subPath" not in m for m in rendered.sidecar["volumeMounts"])
     same_key = {"secretKeyRef": {"name": secret_name, "key": key}}
@@ -199,6 +200,10 @@ def test_nothing_opens_a_funnel(rendered: Render) -> None:
 def test_redis_overlay_shares_one_limiter_between_two_replicas(renders: dict[str, Render]) -> None:
     rendered = renders["redis"]
     assert rendered.deployment["spec"]["replicas"] == 2
+    pods = rendered.deployment["spec"]["template"]
+    (spread,) = pods["spec"]["topologySpreadConstraints"]  # not both replicas on one node, where there are two
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+    assert spread["labelSelector"]["matchLabels"].items() <= pods["metadata"]["labels"].items()
     storage = rendered.sidecar_config["sidecar"]["rateLimit"]["storage"]
     assert storage == "redis://openclaw-redis:6379/0"
     service = rendered.get("Service", "openclaw-redis")

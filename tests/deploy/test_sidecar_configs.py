@@ -38,11 +38,31 @@ def test_shipped_sidecar_configs_load(path: Path, tmp_path: Path) -> None:
     proxies = [ipaddress.ip_network(p) for p in config.rules.gateway.trusted_proxies]
     assert proxies, "shipped configs name their proxies explicitly"
     if path.is_relative_to(K8S):
-        # The pod CIDR, made safe by the NetworkPolicy: private, never "everyone".
-        assert all(p.is_private and not p.is_loopback and p.prefixlen >= 8 for p in proxies), proxies
+        # The pod CIDR, made safe by the NetworkPolicy (k8s/README.md): never a whole private block.
+        assert all(map(is_a_pod_cidr, proxies)), proxies
     else:
         # `tailscale serve` on the same host: loopback and nothing else.
         assert all(p.is_loopback for p in proxies), proxies
+
+
+# The private blocks a pod CIDR is carved from: RFC 1918, CGNAT, IPv6 ULA.
+_PRIVATE_BLOCKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+
+
+def is_a_pod_cidr(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Inside a private block and narrower than it: not `0.0.0.0/8`, link-local, the node network's
+    whole block or everyone."""
+    return any(network.version == block.version and network.subnet_of(block) and network.prefixlen > block.prefixlen  # type: ignore[arg-type]
+               for block in _PRIVATE_BLOCKS)
+
+
+@pytest.mark.parametrize("cidr, ok", [
+    ("10.42.0.0/16", True), ("10.244.0.0/16", True), ("fd00:10:244::/56", True),
+    ("10.0.0.0/8", False), ("172.16.0.0/12", False), ("192.168.0.0/16", False), ("0.0.0.0/8", False),
+    ("169.254.0.0/16", False), ("0.0.0.0/0", False), ("203.0.113.0/24", False),
+])
+def test_the_pod_cidr_guard_refuses_what_the_readme_forbids(cidr: str, ok: bool) -> None:
+    assert is_a_pod_cidr(ipaddress.ip_network(cidr)) is ok
 
 
 def test_no_shipped_file_uses_the_removed_metrics_listen() -> None:

@@ -608,11 +608,12 @@ class Pipeline:
         """The admin HTTP RPC plugin, once opened, dispatches gateway methods by name
         (`config.patch`, `cron.run`, `device.pair.approve`...): the method deny list holds there
         as on the WebSocket, the method read as the plugin reads it (the trimmed body's JSON, its
-        `method` trimmed). A body it cannot read is left to the plugin's own 400."""
+        `method` trimmed). A body the sidecar cannot read is refused with the plugin's own 400 for
+        unreadable JSON: V8 reads nesting Python cannot, so such a body may carry any method."""
         try:
             payload = parse_json_body(body)
-        except BodyError:
-            return None
+        except BodyError as exc:
+            return Refuse.because(Reason.UNREADABLE_RPC_BODY, detail=exc.message or exc.kind)
         method = payload.get("method") if isinstance(payload, dict) else None
         if not isinstance(method, str) or js_trim(method) not in self.rpc_policy.denied:
             return None

@@ -79,6 +79,7 @@ class Reason(StrEnum):
     # ---- the request body and tool policy (HTTP and the RPC's tools.invoke)
     TRAILERS = "trailers"
     INVALID_JSON = "invalid_json"
+    UNREADABLE_RPC_BODY = "unreadable_rpc_body"  # an admin HTTP RPC body the sidecar cannot read, so cannot judge
     MISSING_TOOL_NAME = "missing_tool_name"
     SESSION_INVALID = "session_invalid"
     TOOL_DENIED = "tool_denied"
@@ -173,6 +174,7 @@ FIXED_ANSWERS: Final[Mapping[Reason, Envelope]] = MappingProxyType({
     Reason.BODY_TIMEOUT: envelopes.body_timeout(),
     Reason.UPSTREAM_TIMEOUT: envelopes.upstream_timeout(),
     Reason.UPSTREAM_UNREACHABLE: envelopes.upstream_unreachable(),
+    Reason.UNREADABLE_RPC_BODY: envelopes.invalid_request("request body must be valid JSON"),  # the plugin's own words
 })
 
 # Refusals whose answer carries the request's data: the envelope function, given that data.

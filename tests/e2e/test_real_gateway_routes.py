@@ -356,6 +356,16 @@ def test_the_opened_admin_rpc_route_keeps_the_method_deny_list(http, gateway, ad
     assert body["error"]["message"] == f"method not allowed through this proxy: {method.strip()}"
 
 
+def test_an_admin_rpc_body_the_sidecar_cannot_read_is_refused_not_relayed(http, admin_rpc_sc):
+    """V8 parses nesting far deeper than Python: padding a denied call with 3,000 nested arrays
+    must not carry it past the method check (the params are invalid, so nothing changes if it did)."""
+    body = b'{"id":"r3","method":"config.patch","params":{"raw":12345},"pad":' + b"[" * 3000 + b"]" * 3000 + b"}"
+    refused = http.post(admin_rpc_sc.url + "/api/v1/admin/rpc", headers={**AUTH, "Content-Type": "application/json"},
+                        content=body)
+    assert refused.status_code == 400
+    assert refused.json() == {"ok": False, "error": {"type": "invalid_request", "message": "request body must be valid JSON"}}
+
+
 def test_the_opened_admin_rpc_route_still_answers_what_it_may(http, gateway, admin_rpc_sc):
     direct, proxied = both(http, gateway, admin_rpc_sc, "POST", "/api/v1/admin/rpc", headers=AUTH,
                            json={"id": "r2", "method": "cron.list", "params": {}})

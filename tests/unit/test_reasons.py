@@ -40,7 +40,7 @@ LABELS = sorted([
     "trailers", "invalid_json", "missing_tool_name", "session_invalid", "tool_denied", "request_rate_limited",
     "body_timeout", "upstream_timeout", "upstream_unreachable",
     "websocket_connect_timeout", "preauth_frame_too_large", "malformed_frame", "node_role", "device_above_ceiling",
-    "connect_repeated", "unknown_method", "node_method", "method_denied",
+    "connect_repeated", "unknown_method", "node_method", "method_denied", "unreadable_rpc_body",
 ])
 
 
@@ -102,6 +102,8 @@ EXPECTED: list[tuple[Reason, tuple[str | int, ...], Envelope]] = [
     (Reason.BODY_TIMEOUT, (), _openai(408, "Request body timeout", "invalid_request_error", CLOSE)),
     (Reason.UPSTREAM_TIMEOUT, (), _openai(504, "Upstream gateway timed out", "gateway_timeout")),
     (Reason.UPSTREAM_UNREACHABLE, (), _openai(502, "Upstream gateway is unreachable", "bad_gateway")),
+    (Reason.UNREADABLE_RPC_BODY, (), Envelope(
+        400, b'{"ok":false,"error":{"type":"invalid_request","message":"request body must be valid JSON"}}', (JSON_CT, *SECURITY))),
     (Reason.METHOD_DENIED, ("config.patch", "r1", "C"), Envelope(
         403, b'{"id":"r1","ok":false,"error":{"code":"FORBIDDEN","message":"method not allowed through this proxy: '
              b'config.patch","details":{"code":"METHOD_DENIED","markers":"C"}}}',

@@ -588,7 +588,7 @@ class ToolsInvokeGuard:
                     message.content = verdict.payload
             elif verdict.verdict == "reply":
                 message.drop()
-                ctx.master.commands.call("inject.websocket", flow, True, verdict.payload, message.is_text)
+                ctx.master.commands.call("inject.websocket", flow, True, verdict.payload, True)  # text, as the gateway
             else:
                 message.drop()
                 close_websocket(flow, verdict.close_code, verdict.reason, verdict.payload)

@@ -411,7 +411,7 @@ class RpcRelay(layer.Layer):
             self._to_server += message.raw if verdict.payload is None else [frame(message.opcode, verdict.payload, masked=True)]
         elif verdict.verdict == "reply":
             assert verdict.payload is not None
-            self._to_client.append(frame(message.opcode, verdict.payload))
+            self._to_client.append(frame(TEXT, verdict.payload))  # the gateway answers in text, always
         else:
             yield from self._close(verdict.close_code, verdict.reason, verdict.payload)
         self.judge.judged(self.flow, session, verdict)

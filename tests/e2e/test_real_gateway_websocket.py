@@ -283,6 +283,23 @@ def test_a_trusted_proxy_identity_gets_a_capped_session_without_the_token(token_
 # ---- frames as the gateway accepts them ------------------------------------------------------------------
 
 
+def test_a_refused_binary_request_is_answered_in_text_as_the_gateway_answers(token_gateway, open_sc):
+    """The gateway answers a binary JSON request with a text frame; so must the sidecar's refusal
+    (a browser would otherwise get a Blob)."""
+    answers = []
+    for port, method in ((token_gateway.port, "no.such.method"), (open_sc.port, "terminal.open")):
+        ws, hello = session(port, ALL)
+        assert hello["ok"] is True
+        ws.send_json({"type": "req", "id": "b1", "method": method, "params": {}}, binary=True)
+        reply = ws.recv()
+        while json.loads(reply).get("type") != "res":  # events the gateway pushes meanwhile
+            reply = ws.recv()
+        answers.append(reply)
+        ws.close()
+    assert all(isinstance(reply, str) for reply in answers), answers
+    assert json.loads(answers[1])["error"]["message"] == "method not allowed through this proxy: terminal.open"
+
+
 def test_binary_and_fragmented_connect_frames_are_judged_too(open_sc):
     """The gateway accepts a binary JSON connect and reassembles fragments: so does the judge."""
     frame = {"type": "req", "id": "c1", "method": "connect", "params": connect_params(["operator.read"], token="wrong")}

@@ -157,12 +157,14 @@ def test_a_fragmented_message_is_judged_whole_and_control_frames_between_pass() 
     assert relay.session.seen == [message]
 
 
-def test_pongs_go_on_and_a_reply_verdict_answers_the_client_in_the_message_type() -> None:
+def test_pongs_go_on_and_a_reply_verdict_answers_the_client_in_text_as_the_gateway_does() -> None:
+    """The gateway answers every request, a binary one included, with a text frame: a browser
+    client would get a Blob, not a string, from a binary reply."""
     relay = Relay()
     pong = client_frame(PONG, b"")
     out = relay.from_client(pong + client_frame(BINARY, req("reply")))
     assert sent(out, relay.server) == pong
-    assert sent(out, relay.client) == server_frame(BINARY, b'{"refused":1}')
+    assert sent(out, relay.client) == server_frame(TEXT, b'{"refused":1}')
     assert relay.judged[0].verdict == "reply"
 
 

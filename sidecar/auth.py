@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .attribution import Attribution
-from .canonical import InvalidTarget, canonicalize_target
+from .canonical import FORBIDDEN_HOST_CODE_POINTS, InvalidTarget, canonicalize_target
 from .config import Config
 from .ipaddrs import IPNetwork, in_networks, is_loopback, normalize_ip, parse_ip, parse_network
 from .localaddrs import local_interface_addresses
@@ -118,7 +118,6 @@ def parse_origin(raw: str) -> Origin | None:
 
 
 _OPAQUE_AUTHORITY = re.compile(r"(\[[0-9a-f:.]+\]|[^\[\]:]*)(?::([0-9]*))?")
-_FORBIDDEN_OPAQUE_HOST = frozenset("\x00\t\n\r #/:<>?@[\\]^|")
 
 
 def _opaque_host(authority: str) -> str | None:
@@ -128,7 +127,7 @@ def _opaque_host(authority: str) -> str | None:
     if match is None:
         return None
     host, port = match.group(1), match.group(2)
-    if not host.startswith("[") and any(c in _FORBIDDEN_OPAQUE_HOST for c in host):
+    if not host.startswith("[") and any(c in FORBIDDEN_HOST_CODE_POINTS for c in host):
         return None
     if port and int(port) > 65535:
         return None

@@ -71,8 +71,9 @@ _QUERY_SET = frozenset(b' "#<>')
 _SPECIAL_QUERY_SET = _QUERY_SET | frozenset(b"'")
 _PATH_SET = _QUERY_SET | frozenset(b"?^`{}")  # `^` since the URL spec change Node 24 ships
 
-_FORBIDDEN_HOST = frozenset("\x00\t\n\r #/:<>?@[\\]^|")
-_FORBIDDEN_DOMAIN = _FORBIDDEN_HOST | frozenset(chr(c) for c in range(0x20)) | {"%", "\x7f"}
+# The spec's forbidden host code points (an opaque host may hold none; sidecar.auth reads origins).
+FORBIDDEN_HOST_CODE_POINTS = frozenset("\x00\t\n\r #/:<>?@[\\]^|")
+_FORBIDDEN_DOMAIN = FORBIDDEN_HOST_CODE_POINTS | frozenset(chr(c) for c in range(0x20)) | {"%", "\x7f"}
 
 _SINGLE_DOT = {".", "%2e"}
 _DOUBLE_DOT = {"..", ".%2e", "%2e.", "%2e%2e"}

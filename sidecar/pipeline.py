@@ -4,9 +4,10 @@
 `HEAD_STAGES` in order, each a named method of `Pipeline` that refuses or lets the head on:
 head size → method syntax → malformed head → Expect → Host → target → upgrade → route →
 denied routes → route access → RPC upgrade → attribution → Funnel → method → settled route →
-auth → scopes → declared size (auth: a locked-out client is refused whatever it presents). `on_body` applies the body rules and tool policy. Forwarding is
-the one outcome every stage must grant; every other path ends in a `Refuse` carrying the
-gateway's own answer for its reason (sidecar/reasons.py).
+auth → scopes → declared size (auth: a locked-out client is refused whatever it presents).
+`on_body` applies the body rules and tool policy. Forwarding is the one outcome every stage must
+grant; every other path ends in a `Refuse` carrying the gateway's own answer for its reason
+(sidecar/reasons.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import uuid
 import inspect
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
@@ -32,7 +33,7 @@ from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_header
 from .ipaddrs import is_loopback, parse_network
 from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
-from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable, plugin_path_candidates
+from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
 from .rpc import RpcPolicy, RpcSession
 from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
@@ -57,10 +58,6 @@ _CONNECT_FRAME = AuthOutcome(True, CONNECT_FRAME_AUTH, shared_secret=True)
 _PUBLIC_READ = AuthOutcome(True, "unauthenticated-route")
 _METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
 _PLAIN_HOST = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
-
-
-def _collapse_slashes(path: str) -> str:
-    return re.sub(r"/{2,}", "/", path) if "//" in path else path
 
 
 class FailureLimiter(Protocol):
@@ -243,7 +240,7 @@ class Pipeline:
         self.allow_real_ip_fallback = gateway.allow_real_ip_fallback
         # `//` collapsed like the paths they are compared with, a trailing `/` kept (`/api/` denies
         # `/api/x`, not `/apikeys`); lower-cased too for the plugin router's spellings.
-        self.denied_prefixes = tuple(map(_collapse_slashes, sidecar.routes.deny))
+        self.denied_prefixes = tuple(map(collapse_slashes, sidecar.routes.deny))
         self.denied_plugin_prefixes = tuple(prefix.lower() for prefix in self.denied_prefixes)
         self.opened_routes = sidecar.routes.allow
         self.control_ui_policy = {"public": "public", "authenticated": "authenticated", "off": "refused"}[sidecar.routes.control_ui]
@@ -363,7 +360,7 @@ class Pipeline:
         if not self.denied_prefixes:
             return None
         match = head.match
-        if any(_collapse_slashes(path).startswith(self.denied_prefixes) for path in (head.target.path, match.path)) or (
+        if any(collapse_slashes(path).startswith(self.denied_prefixes) for path in (head.target.path, match.path)) or (
                 match.entry is not None and match.entry.match in ("plugin", "plugin-prefix")
                 and any((path + "/").startswith(self.denied_plugin_prefixes) for path in plugin_path_candidates(match.path)[0])):
             return self._enforced(Refuse.because(Reason.ROUTE_DENIED), head)
@@ -615,10 +612,11 @@ class Pipeline:
         except BodyError as exc:
             return Refuse.because(Reason.UNREADABLE_RPC_BODY, detail=exc.message or exc.kind)
         method = payload.get("method") if isinstance(payload, dict) else None
-        if not isinstance(method, str) or js_trim(method) not in self.rpc_policy.denied:
+        method = js_trim(method) if isinstance(method, str) else None
+        if method not in self.rpc_policy.denied:
             return None
-        method, request_id = js_trim(method), payload.get("id")
-        request_id = js_trim(request_id) if isinstance(request_id, str) and js_trim(request_id) else str(uuid.uuid4())
+        request_id = payload.get("id")
+        request_id = (js_trim(request_id) if isinstance(request_id, str) else "") or str(uuid.uuid4())
         markers = self.rpc_policy.catalogue[method].markers
         return Refuse.because(Reason.METHOD_DENIED, method, request_id, markers, detail=f"admin HTTP RPC method {method}")
 

@@ -171,9 +171,14 @@ def _resolve_dot_segments(path: str) -> str:
         return path
 
 
+def collapse_slashes(path: str) -> str:
+    """Every run of `/` as one, as the gateway's path normalisers read it."""
+    return re.sub(r"/{2,}", "/", path) if "//" in path else path
+
+
 def _security_normalize(path: str) -> str:
     """normalizePathForSecurity: WHATWG dot segments, lower case, `//` collapsed, no trailing `/`."""
-    collapsed = re.sub(r"/{2,}", "/", _resolve_dot_segments(path).lower())
+    collapsed = collapse_slashes(_resolve_dot_segments(path).lower())
     if len(collapsed) > 1:
         collapsed = collapsed.rstrip("/")
     return collapsed or "/"

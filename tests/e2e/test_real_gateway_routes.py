@@ -247,6 +247,13 @@ def test_worker_ingress_upgrade_is_refused(gateway, sidecar, target, status):
     assert upgrade_status(sidecar.port, upgrade_request(target)) == status
 
 
+def until_closed(port: int, raw: bytes) -> bytes:
+    """Every byte answered to `raw` until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        return b"".join(iter(lambda: sock.recv(65536), b""))
+
+
 _TAIL = f"Authorization: Bearer {TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}".encode()
 UNPARSEABLE_HEADS = [
     pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nAuthorization : Bearer x\r\nContent-Length: 2\r\n\r\n{}", id="space-before-colon"),
@@ -266,12 +273,7 @@ UNPARSEABLE_HEADS = [
 def test_a_head_nobody_can_parse_gets_a_400_that_does_not_name_the_proxy(gateway, sidecar, raw):
     """mitmproxy answers these itself with an HTML page naming `mitmproxy <version>` and the option
     that would loosen its checks; the gateway (Node) with a bare 400. Nothing reaches the gateway."""
-    answers = []
-    for port in (gateway.port, sidecar.port):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(raw)
-            answers.append(b"".join(iter(lambda: sock.recv(65536), b"")))
-    direct, proxied = answers
+    direct, proxied = (until_closed(port, raw) for port in (gateway.port, sidecar.port))
     assert direct.startswith(b"HTTP/1.1 400 ")
     assert proxied.startswith(b"HTTP/1.1 400 ")
     assert b"mitmproxy" not in proxied.lower() and b"text/html" not in proxied.lower(), proxied
@@ -282,10 +284,8 @@ def test_a_refused_head_request_gets_the_length_and_no_body(gateway, sidecar, ta
     """HEAD answers carry no body: one would be read as the start of the next response on the
     connection (a front proxy reusing it would hand it to the next client)."""
     for port in (gateway.port, sidecar.port):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(f"HEAD {target} HTTP/1.1\r\nHost: localhost\r\n\r\n"
-                         "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
-            received = b"".join(iter(lambda: sock.recv(65536), b""))
+        received = until_closed(port, f"HEAD {target} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                                      "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
         head, rest = received.split(b"\r\n\r\n", 1)
         assert rest.startswith(b"HTTP/1.1 200 "), rest[:80]
         assert rest.endswith(b'{"ok":true,"status":"live"}')

@@ -172,7 +172,8 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     settle_heap()
     watcher = asyncio.create_task(_watch_files(reloader))
     print(f"openclaw-sidecar admin on {admin.url} (/healthz, /readyz, /metrics)", flush=True)
-    log.info("sidecar listening on %s, forwarding to %s (auth mode %s)", url, config.sidecar.upstream, config.secrets.mode)
+    log.info("sidecar listening on %s, forwarding to %s (auth mode %s, %s event loop)", url, config.sidecar.upstream,
+             config.secrets.mode, config.sidecar.event_loop)
     print(f"openclaw-sidecar listening on {url}", flush=True)
     if on_ready is not None:
         on_ready(url)
@@ -190,8 +191,17 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     return 0
 
 
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """`sidecar.eventLoop`: uvloop's libuv loop, or the standard library's."""
+    if name == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 def serve(config: Config, on_ready: Callable[[str], None] | None = None, config_path: Path | None = None,
           overrides: Mapping[str, Any] | None = None) -> int:
     """Run until SIGINT/SIGTERM (then drain); SIGHUP or a changed file reloads `config_path`.
     Returns the process exit code."""
-    return asyncio.run(_run(config, config_path, overrides or {}, on_ready))
+    return asyncio.run(_run(config, config_path, overrides or {}, on_ready),
+                       loop_factory=event_loop_factory(config.sidecar.event_loop))

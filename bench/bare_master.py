@@ -4,9 +4,10 @@ place of the enforcement addon. What enforcement costs is the sidecar's CPU minu
 
     .venv/bin/python -m bench.bare_master [--speedups] CONFIG
 
-`--speedups` applies the sidecar's mitmproxy patches that are about speed (addons/compat.py:
-skip_debug_typechecks, cache_hook_arguments, complete_hooks_inline, dispatch_hooks_directly), to tell what they buy
-from what enforcement costs.
+`--speedups` applies what the sidecar does for speed around mitmproxy (addons/compat.py:
+skip_debug_typechecks, cache_hook_arguments, complete_hooks_inline, dispatch_hooks_directly; and the
+config's `sidecar.eventLoop`, uvloop by default), to tell what they buy from what enforcement costs.
+Without it the Master runs as stock mitmproxy does, on the standard library's loop.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import sys
 from pathlib import Path
 
 from addons import compat
-from addons.embedded import build_master
-from sidecar.config import load_config
+from addons.embedded import build_master, event_loop_factory
+from sidecar.config import Config, load_config
 
 
 class NoEnforcement:
     """Stands where the guard stands in the addon chain; hooks nothing."""
 
 
-async def _run(config_path: Path, speedups: bool) -> None:
-    master = build_master(load_config(config_path), NoEnforcement())  # type: ignore[arg-type]
+async def _run(config: Config, speedups: bool) -> None:
+    master = build_master(config, NoEnforcement())  # type: ignore[arg-type]
     if speedups:
         compat.dispatch_hooks_directly(master.addons)
     await master.run()
@@ -33,8 +34,11 @@ async def _run(config_path: Path, speedups: bool) -> None:
 
 if __name__ == "__main__":
     speedups = "--speedups" in sys.argv
+    config = load_config(Path(sys.argv[-1]))
+    loop_factory = asyncio.new_event_loop
     if speedups:
         compat.skip_debug_typechecks()
         compat.cache_hook_arguments()
         compat.complete_hooks_inline()
-    asyncio.run(_run(Path(sys.argv[-1]), speedups))
+        loop_factory = event_loop_factory(config.sidecar.event_loop)
+    asyncio.run(_run(config, speedups), loop_factory=loop_factory)

@@ -50,6 +50,8 @@ CASES = [
          ALLOWED, AUTH, 200),
     Case("b", "stock mitmdump -q, no addon", "mitmdump", ALLOWED, AUTH, 200),
     Case("c", "sidecar, allowed call, in-memory limiter", "memory", ALLOWED, AUTH, 200),
+    Case("c-asyncio", "sidecar, allowed call, in-memory limiter, on the standard library's event loop", "asyncio",
+         ALLOWED, AUTH, 200),
     Case("d", "sidecar, allowed call, Redis limiter", "redis", ALLOWED, AUTH, 200),
     Case("401", "sidecar, bad token: 401", "memory", ALLOWED, {"Authorization": "Bearer wrong-token"}, 401),
     Case("403s", "sidecar, scope ceiling without operator.write: 403 forbidden", "ceiling", ALLOWED, AUTH, 403),
@@ -67,6 +69,7 @@ def start_proxies(workdir: Path, upstream: str) -> dict[str, Service]:
         "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
         "--protected-mode", "no", "--dir", str(workdir)], workdir, cpus=LOAD_CPU, port=redis_port)
     proxies["memory"] = start_sidecar("memory", workdir, upstream, UNPACED, rules=NEVER_LOCKS)
+    proxies["asyncio"] = start_sidecar("asyncio", workdir, upstream, {**UNPACED, "eventLoop": "asyncio"}, rules=NEVER_LOCKS)
     proxies["redis"] = start_sidecar("redis", workdir, upstream, {"rateLimit": {
         **UNPACED["rateLimit"], "storage": f"redis://127.0.0.1:{redis_port}/0"}}, rules=NEVER_LOCKS)
     proxies["ceiling"] = start_sidecar("ceiling", workdir, upstream, {**UNPACED, "scopeCeilings": {"default": ["operator.read"]}},
@@ -141,6 +144,8 @@ def add_rows(report: Report, s: dict[str, dict[str, Any]]) -> None:
     row("1c", "c", names["c"] + " vs (a)", "cpu(a)/cpu(c) ≥ 0.90", "a", 0.90)
     row("1c'", "c", names["c"] + " vs (b)", "cpu(b)/cpu(c) ≥ 1.8", "b", 1.8)
     row("1c''", "c", names["c"] + " vs (a'): enforcement alone, like for like", "cpu(a')/cpu(c)", "a2")
+    row("1c-loop", "c", names["c"] + " (uvloop) vs the same on the standard library's loop: what uvloop buys",
+        "cpu(c-asyncio)/cpu(c)", "c-asyncio")
     row("1d", "d", names["d"], "cpu(c)/cpu(d) ≥ 0.80", "c", 0.80)
     for key in ("401", "403s", "403f", "404"):
         row(f"1e-{key}", key, names[key], f"cpu(c)/cpu({key}) ≥ 1.5", "c", 1.5)

@@ -9,6 +9,7 @@ gateway's JSON5 file, and rules in the sidecar file override it key by key.
 from __future__ import annotations
 
 import contextvars
+import importlib.util
 import os
 import re
 import tempfile
@@ -309,6 +310,9 @@ class SidecarSettings(BaseSettings):
     # Open client connections; beyond it a connection is closed at accept. Default: what the
     # process's file-descriptor limit allows (two descriptors a proxied connection, some spare).
     max_connections: int | None = Field(None, ge=1)
+    # The event loop mitmproxy runs on: libuv's (uvloop) costs about 6% less CPU per proxied call
+    # than the standard library's (bench row 1c-loop); `asyncio` is the fallback.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     timeouts: Timeouts = Timeouts()
     rate_limit: RateLimitSettings = RateLimitSettings()
     context_headers: ContextHeaders = ContextHeaders()
@@ -331,6 +335,13 @@ class SidecarSettings(BaseSettings):
     @classmethod
     def _host_port(cls, value: str) -> str:
         split_host_port(value)
+        return value
+
+    @field_validator("event_loop")
+    @classmethod
+    def _loop_installed(cls, value: str) -> str:
+        if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("uvloop is not installed: `pip install uvloop`, or set `asyncio`")
         return value
 
     @field_validator("upstream")

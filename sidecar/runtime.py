@@ -59,7 +59,8 @@ def warn_about_config(config: Config) -> None:
 
 # Settings a running process cannot take over: where it listens and what it forwards to, and the
 # limiters and the refusal pacer, whose state must survive a reload (a changed limit would need new ones).
-RESTART_SETTINGS = ("listen", "admin_listen", "upstream", "runtime_dir", "max_connections", "rate_limit", "audit_log")
+RESTART_SETTINGS = ("listen", "admin_listen", "upstream", "runtime_dir", "max_connections", "rate_limit", "audit_log",
+                    "event_loop")
 
 
 def restart_needed(old: Config, new: Config) -> str | None:

@@ -65,6 +65,22 @@ def metric(sc: SidecarProcess, name: str, **labels: str) -> float:
     return 0.0
 
 
+# ---- event loop --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_the_proxy_runs_on_the_event_loop_the_config_names(backend, start_sidecar, event_loop: str) -> None:
+    """uvloop by default (every other test runs on it); `asyncio`, the fallback, gives the same answers."""
+    sc = start_sidecar(base(backend) if event_loop == "uvloop" else base(backend, eventLoop=event_loop))
+    assert invoke(sc, TOKEN).status_code == 200
+    refused = invoke(sc, TOKEN, "exec")
+    assert refused.status_code == 404 and refused.json() == NOT_FOUND_TOOL
+    assert invoke(sc, "wrong").status_code == 401
+    maps = Path(f"/proc/{sc.proc.pid}/maps").read_text()
+    assert ("/uvloop/loop." in maps) == (event_loop == "uvloop")
+    assert f"(auth mode token, {event_loop} event loop)" in sc.logs()
+
+
 # ---- admin listener ----------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ process environment (SidecarSettings reads os.environ through pydantic-settings)
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -305,6 +306,17 @@ def test_missing_openclaw_config_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, "c.yaml", "sidecar:\n  openclawConfig: nope.json\n"), environ={})
     assert list(problems_of(exc)) == ["sidecar.openclawConfig"]
+
+
+@pytest.mark.parametrize("text", ["sidecar:\n  eventLoop: trio\n", "sidecar:\n  eventLoop: uvloop\n"])
+def test_an_event_loop_that_cannot_run_names_the_key(tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on a machine without it: not importable
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    problems = problems_of(exc)
+    assert list(problems) == ["sidecar.eventLoop"]
+    assert ("pip install uvloop" in problems["sidecar.eventLoop"]) == text.endswith("uvloop\n")
+    assert load_config(write(tmp_path, "c.yaml", "sidecar:\n  eventLoop: asyncio\n"), environ={}).sidecar.event_loop == "asyncio"
 
 
 # ---- precedence: flags > environment > file > defaults ---------------------------------------

@@ -115,3 +115,4 @@ def test_settings_a_running_process_cannot_take_over(tmp_path: Path) -> None:
     assert restart_needed(base, config(listen="127.0.0.1:1")) == "sidecar.listen"
     assert restart_needed(base, config(adminListen="127.0.0.1:1")) == "sidecar.adminListen"
     assert restart_needed(base, config(rateLimit={"maxEntries": 5})) == "sidecar.rateLimit"
+    assert restart_needed(base, config(eventLoop="asyncio")) == "sidecar.eventLoop"

@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .errors import ConfigError
 from .headers import HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
 from .ipaddrs import parse_network
-from .storage_uri import async_storage_uri, redact_uri
+from .storage_uri import async_storage_uri, carries_password, redact_uri
 
 # Keys are camelCase in files (OpenClaw's style); snake_case is accepted too, e.g. in env names.
 _ALIASES = AliasGenerator(validation_alias=lambda name: AliasChoices(to_camel(name), name))
@@ -131,6 +131,9 @@ class RefusalPacing(BaseModel):
 class RateLimitSettings(BaseModel):
     model_config = _STRICT
     storage: str = Field("memory://", repr=False)  # a Redis URI may carry a password
+    # The Redis password in a file of its own (a Kubernetes Secret, a systemd credential), so that
+    # neither the URI nor the config file holds it; read at start-up.
+    storage_password_file: Path | None = None
     fail_closed: bool = False
     max_entries: int = Field(10_000, ge=1)
     loopback_delay_base_ms: int = Field(250, ge=0)
@@ -142,6 +145,18 @@ class RateLimitSettings(BaseModel):
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         async_storage_uri(value)  # the check the limiter's storage is built with: ValueError names the scheme
+        return value
+
+    @field_validator("storage_password_file")
+    @classmethod
+    def _redis_without_inline_password(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        storage = info.data.get("storage")
+        if value is None or storage is None:
+            return value
+        if async_storage_uri(storage).startswith("async+memory://"):
+            raise ValueError("memory:// has no password; set it only with a Redis storage URI")
+        if carries_password(storage):
+            raise ValueError("the storage URI already carries a password; keep it in one place")
         return value
 
 
@@ -565,6 +580,17 @@ class AuthSecrets:
     problems: tuple[str, ...]
     previous_tokens: tuple[str, ...] = field(default=(), repr=False)
     previous_passwords: tuple[str, ...] = field(default=(), repr=False)
+    storage_password: str | None = field(default=None, repr=False)  # sidecar.rateLimit.storagePasswordFile
+
+
+def _storage_password(file: Path | None) -> str | None:
+    if file is None:
+        return None
+    key = "sidecar.rateLimit.storagePasswordFile"
+    password = _read_secret_file(file, key)
+    if password is None:
+        raise ConfigError([(key, f"{str(file)!r} is empty")])
+    return password
 
 
 def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Mapping[str, str]) -> AuthSecrets:
@@ -598,6 +624,7 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
         mode, token, password, upstream, kind if upstream is not None else None, tuple(problems),
         previous_tokens=_previous(rotation.previous_tokens, rotation.previous_token_files, "previousTokens"),
         previous_passwords=_previous(rotation.previous_passwords, rotation.previous_password_files, "previousPasswords"),
+        storage_password=_storage_password(sidecar.rate_limit.storage_password_file),
     )
 
 

@@ -82,18 +82,20 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse:
         return Runtime(config, pipeline, reuse.failure_limiter, reuse.request_limiter, reuse.refusal_pacer)
     limit_rules = config.rules.gateway.auth.rate_limit
     settings = config.sidecar.rate_limit
+    password = config.secrets.storage_password
+    storage_options = {"password": password} if password is not None else None
     failure_limiter = AuthFailureLimiter(
         max_attempts=limit_rules.max_attempts, window_ms=limit_rules.window_ms,
         lockout_ms=limit_rules.lockout_ms, exempt_loopback=limit_rules.exempt_loopback,
         max_entries=settings.max_entries, loopback_delay_base_ms=settings.loopback_delay_base_ms,
         loopback_delay_max_ms=settings.loopback_delay_max_ms, storage_uri=settings.storage,
-        fail_closed=settings.fail_closed, clock=clock,
+        storage_options=storage_options, fail_closed=settings.fail_closed, clock=clock,
     )
     request_limiter = None
     if settings.requests is not None:
         request_limiter = RequestRateLimiter(
             settings.requests.limit, per=settings.requests.per, per_tool=settings.requests.per_tool,
-            storage_uri=settings.storage,
+            storage_uri=settings.storage, storage_options=storage_options,
             fail_closed=settings.fail_closed, clock=clock,
         )
     pacing = settings.refusal_pacing

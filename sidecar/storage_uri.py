@@ -10,23 +10,37 @@ from __future__ import annotations
 import urllib.parse
 from typing import Final
 
-__all__ = ["SUPPORTED_STORAGE_SCHEMES", "async_storage_uri", "redact_uri"]
+__all__ = ["SUPPORTED_STORAGE_SCHEMES", "async_storage_uri", "carries_password", "redact_uri"]
 
 SUPPORTED_STORAGE_SCHEMES: Final = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster")
+
+
+def _userinfo(uri: str) -> tuple[urllib.parse.SplitResult, str | None, str]:
+    """The URI's parts, its user part (None without `@`) and its hosts."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return parts, None, parts.netloc
+    userinfo, hosts = parts.netloc.rsplit("@", 1)
+    return parts, userinfo, hosts
 
 
 def redact_uri(uri: str) -> str:
     """The URI with any password replaced, fit for logs and error messages."""
     try:
-        parts = urllib.parse.urlsplit(uri)
+        parts, userinfo, hosts = _userinfo(uri)
     except ValueError:
         return "<unparseable URI>"
-    if "@" not in parts.netloc:
+    if userinfo is None:
         return uri
-    userinfo, hosts = parts.netloc.rsplit("@", 1)
     user = userinfo.split(":", 1)[0]
     netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"***@{hosts}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def carries_password(uri: str) -> bool:
+    """Whether the URI holds a password (`redis://:pw@host`, `redis://user:pw@host`)."""
+    userinfo = _userinfo(uri)[1]
+    return userinfo is not None and ":" in userinfo
 
 
 def async_storage_uri(uri: str) -> str:

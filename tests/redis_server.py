@@ -50,11 +50,23 @@ def find_redis_server() -> str | None:
     return None
 
 
-def _ping(host: str, port: int, timeout: float = 0.5) -> bool:
+def _resp(*parts: str) -> bytes:
+    payload = f"*{len(parts)}\r\n".encode()
+    for part in parts:
+        raw = part.encode()
+        payload += b"$%d\r\n%s\r\n" % (len(raw), raw)
+    return payload
+
+
+def _ping(host: str, port: int, password: str | None, timeout: float = 0.5) -> bool:
     """True when a Redis server answers PING on host:port (raw RESP, no client library)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            if password is not None:
+                sock.sendall(_resp("AUTH", password))
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
+            sock.sendall(_resp("PING"))
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
@@ -70,6 +82,7 @@ class RedisServer:
         port: int | None = None,
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
+        password: str | None = None,
     ) -> None:
         found = binary or find_redis_server()
         if found is None:
@@ -78,6 +91,7 @@ class RedisServer:
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.extra_args = tuple(extra_args)
+        self.password = password  # requirepass: every client must AUTH first
         self._tmp = tempfile.TemporaryDirectory(prefix="sidecar-redis-")
         self.dir = Path(self._tmp.name)
         self.logfile = self.dir / "redis.log"
@@ -110,6 +124,7 @@ class RedisServer:
             "--daemonize", "no",
             "--protected-mode", "no",
             "--logfile", str(self.logfile),
+            *(("--requirepass", password) if (password := self.password) is not None else ()),
             *self.extra_args,
         ]  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -118,7 +133,7 @@ class RedisServer:
                 args, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             while time.monotonic() < deadline and self._proc.poll() is None:
-                if _ping(self.host, self.port):
+                if _ping(self.host, self.port, self.password):
                     return self
                 time.sleep(0.02)
             exited = self._proc.poll() is not None
@@ -140,7 +155,7 @@ class RedisServer:
                 self._kill()
         self._proc = None
         deadline = time.monotonic() + timeout
-        while _ping(self.host, self.port, timeout=0.1) and time.monotonic() < deadline:
+        while _ping(self.host, self.port, self.password, timeout=0.1) and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def restart(self, timeout: float = 10.0) -> RedisServer:
@@ -169,12 +184,11 @@ class RedisServer:
 
     def command(self, *parts: str, timeout: float = 2.0) -> bytes:
         """Send one command (raw RESP) and return the first reply chunk (tests' small needs)."""
-        payload = f"*{len(parts)}\r\n".encode()
-        for part in parts:
-            raw = part.encode()
-            payload += b"$%d\r\n%s\r\n" % (len(raw), raw)
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
-            sock.sendall(payload)
+            if self.password is not None:
+                sock.sendall(_resp("AUTH", self.password))
+                sock.recv(64)
+            sock.sendall(_resp(*parts))
             return sock.recv(65536)
 
     def flushall(self) -> None:

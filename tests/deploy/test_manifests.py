@@ -216,6 +216,23 @@ def test_redis_overlay_shares_one_limiter_between_two_replicas(renders: dict[str
                                   "ports": [{"port": 6379, "protocol": "TCP"}]}]
 
 
+def test_redis_requires_the_password_the_sidecar_reads(renders: dict[str, Render]) -> None:
+    """Not the NetworkPolicy alone (a network plugin may not enforce it): redis requires a
+    password, from the Secret whose file the sidecar reads, and its probe authenticates."""
+    rendered = renders["redis"]
+    password_file = rendered.sidecar_config["sidecar"]["rateLimit"]["storagePasswordFile"]
+    volume, key = rendered.mounted(rendered.sidecar, password_file)
+    assert volume["secret"]["defaultMode"] == 0o440 and all("subPath" not in m for m in rendered.sidecar["volumeMounts"])
+    same_key = {"secretKeyRef": {"name": volume["secret"]["secretName"], "key": key}}
+    (redis,) = rendered.get("Deployment", "openclaw-redis")["spec"]["template"]["spec"]["containers"]
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert env(redis)["REDIS_PASSWORD"] == same_key and env(redis)["REDISCLI_AUTH"] == same_key
+    assert redis["readinessProbe"]["exec"]["command"][0] == "redis-cli"
+    assert all(m["name"] != volume["name"] for m in rendered.gateway["volumeMounts"]), "the sidecar's alone"
+    assert not rendered.of_kind("Secret"), "created once outside git, as the token"
+
+
 @pytest.mark.parametrize("name", ["base", "tailscale-ingress"])
 def test_single_replica_keeps_the_limiter_in_memory(renders: dict[str, Render], name: str) -> None:
     rendered = renders[name]

@@ -24,6 +24,11 @@ def load_shipped(path: Path, tmp_path: Path, environ: dict[str, str] | None = No
     token_file = tmp_path / "token"
     token_file.write_text("shipped-config-token\n")
     document["gateway"]["auth"]["tokenFile"] = str(token_file)
+    rate_limit = document["sidecar"].get("rateLimit", {})
+    if "storagePasswordFile" in rate_limit:
+        password_file = tmp_path / "redis-password"
+        password_file.write_text("shipped-redis-password\n")
+        rate_limit["storagePasswordFile"] = str(password_file)
     copy = tmp_path / path.name
     copy.write_text(yaml.safe_dump(document))
     return load_config(copy, {"openclaw_config": K8S / "base" / "openclaw.json5"}, environ=environ or {})
@@ -74,6 +79,7 @@ def test_redis_overlay_changes_only_the_limiter_storage() -> None:
     base = yaml.safe_load((K8S / "base" / "sidecar.yaml").read_text())
     redis = yaml.safe_load((K8S / "overlays" / "redis" / "sidecar.yaml").read_text())
     assert redis["sidecar"]["rateLimit"].pop("storage").startswith("redis://")
+    assert redis["sidecar"]["rateLimit"].pop("storagePasswordFile").startswith("/var/run/secrets/")
     assert base["sidecar"]["rateLimit"].pop("storage") == "memory://"
     assert redis == base
 
@@ -95,3 +101,4 @@ def test_the_pod_runs_the_config_it_ships(rendered: Render, tmp_path: Path) -> N
     assert config.sidecar.admin_listen == "0.0.0.0:18791"
     expected = "redis://" if rendered.deployment["spec"]["replicas"] > 1 else "memory://"
     assert config.sidecar.rate_limit.storage.startswith(expected)
+    assert (config.secrets.storage_password == "shipped-redis-password") == (expected == "redis://")

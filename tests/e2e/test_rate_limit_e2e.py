@@ -14,12 +14,15 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from openclaw_demo.backend import DemoBackend
+
+from tests.redis_server import RedisServer
 
 from .conftest import UPSTREAM_TOKEN
 from .harness import SidecarProcess
@@ -394,6 +397,37 @@ def test_two_sidecars_sharing_redis_share_one_failure_budget(
     assert_backend_saw_nothing(backend)
 
     assert_ok(TestnetCaller(testnet, OTHER_CLIENT, b).invoke(TOKEN))
+
+
+def test_a_redis_that_requires_a_password_gets_it_from_the_password_file(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, tmp_path: Path,
+) -> None:
+    """requirepass on a real redis-server, the password in `storagePasswordFile` (characters a URI
+    would have to escape): two replicas share one budget through it; a replica with the wrong
+    password finds the store out (failClosed: 503) and neither password reaches a log line."""
+    password, wrong_password = "p@ss:w/rd#%?-1", "not-the-p@ss"
+    (tmp_path / "right").write_text(password + "\n")
+    (tmp_path / "wrong").write_text(wrong_password)
+    with RedisServer(password=password) as server:
+        def config(password_file: str, **rate_limit: Any) -> dict[str, Any]:
+            return cfg(backend, server.url, rate_limit={"maxAttempts": 2}, trusted_proxies=["127.0.0.1"],
+                       sidecar_rate_limit={"storagePasswordFile": str(tmp_path / password_file), **rate_limit}).build()
+        a, b = start_sidecar(config("right")), start_sidecar(config("right"))
+        wrong = start_sidecar(config("wrong", failClosed=True))
+        assert_unauthorized(LoopbackCaller(client, a, xff=CLIENT).invoke(WRONG))
+        assert_unauthorized(LoopbackCaller(client, b, xff=CLIENT).invoke(WRONG))
+        assert_locked(LoopbackCaller(client, a, xff=CLIENT).invoke(TOKEN))
+        assert_locked(LoopbackCaller(client, b, xff=CLIENT).invoke(TOKEN))
+        assert server.command("KEYS", "*").count(b"shared-secret") >= 1  # the count lives in Redis
+        assert_ok(LoopbackCaller(client, b, xff=OTHER_CLIENT).invoke(TOKEN))
+
+        backend.clear_requests()
+        reply = LoopbackCaller(client, wrong, xff=OTHER_CLIENT).invoke(TOKEN)
+        assert reply.status == 503 and reply.json() == LIMITER_UNAVAILABLE_BODY, reply
+        assert count_matches(FALLBACK_WARNING, wrong.logs()) == 1, wrong.logs()
+        assert_backend_saw_nothing(backend)
+        for sidecar in (a, b, wrong):
+            assert password not in sidecar.logs() and wrong_password not in sidecar.logs()
 
 
 # --------------------------------------------------------------------------- Redis outage

@@ -255,6 +255,34 @@ def test_supported_storage_schemes_load(tmp_path: Path, storage: str) -> None:
     assert config.sidecar.rate_limit.storage == storage
 
 
+@pytest.mark.parametrize("storage", ["redis://localhost:6379/0", "redis://limiter@h:6379/0", "redis+cluster://h:7000,h:7001"])
+def test_the_redis_password_comes_from_its_file(tmp_path: Path, storage: str) -> None:
+    (tmp_path / "pw").write_text("s3cret:@/#\n")
+    text = f"sidecar:\n  rateLimit: {{storage: '{storage}', storagePasswordFile: {tmp_path / 'pw'}}}\n"
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert config.secrets.storage_password == "s3cret:@/#"
+    assert "s3cret" not in repr(config) and "s3cret" not in json.dumps(redacted_view(config))
+
+
+@pytest.mark.parametrize("storage, password_file, why", [
+    ("memory://", "pw", "memory:// has no password"),
+    ("redis://:inline@h:6379/0", "pw", "already carries a password"),
+    ("redis://user:inline@h:6379/0", "pw", "already carries a password"),
+    ("redis://h:6379/0", "absent", "cannot read secret file"),
+    ("redis://h:6379/0", "empty", "is empty"),
+])
+def test_a_redis_password_file_that_cannot_be_used_names_the_key(tmp_path: Path, storage: str, password_file: str,
+                                                                  why: str) -> None:
+    (tmp_path / "pw").write_text("s3cret")
+    (tmp_path / "empty").write_text("\n")
+    text = f"sidecar:\n  rateLimit: {{storage: '{storage}', storagePasswordFile: {tmp_path / password_file}}}\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    problems = problems_of(exc)
+    assert list(problems) == ["sidecar.rateLimit.storagePasswordFile"] and why in problems["sidecar.rateLimit.storagePasswordFile"]
+    assert "inline" not in str(exc.value)
+
+
 # ---- openclawConfig: the gateway's own JSON5 file, overridden key by key ----------------------
 
 GATEWAY_JSON5 = """\

@@ -325,7 +325,7 @@ class SidecarSettings(BaseSettings):
     # Open client connections; beyond it a connection is closed at accept. Default: what the
     # process's file-descriptor limit allows (two descriptors a proxied connection, some spare).
     max_connections: int | None = Field(None, ge=1)
-    # The event loop mitmproxy runs on: libuv's (uvloop) costs about 6% less CPU per proxied call
+    # The event loop mitmproxy runs on: libuv's (uvloop) costs 2-7% less CPU per proxied call
     # than the standard library's (bench row 1c-loop); `asyncio` is the fallback.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     timeouts: Timeouts = Timeouts()

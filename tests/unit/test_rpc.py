@@ -88,7 +88,12 @@ def test_default_deny_list_holds_what_runs_writes_configures_pairs_or_restarts()
     denied = default_denied()
     for method in ("terminal.open", "terminal.input", "config.patch", "config.apply", "exec.approvals.set", "chat.send",
                    "agent", "device.pair.approve", "device.token.rotate", "gateway.restart.request", "update.run",
-                   "agents.files.set", "secrets.store.set", "cron.add", "node.invoke", "browser.request"):
+                   "agents.files.set", "secrets.store.set", "cron.add", "node.invoke", "browser.request",
+                   # write-scoped, found by review: start or steer a turn, feed the model, change who
+                   # sees a session, write secrets with caller-chosen hosts, publish a workspace
+                   "sessions.goal.update", "progressCard.refresh", "board.event", "session.suggestions.resolve",
+                   "mcp.app.updateModelContext", "sessions.move", "session.visibility.set", "session.members.add",
+                   "session.members.remove", "question.resolve", "tts.enable", "tts.setPersona", "sessions.github.publish"):
         assert method in denied, method
     for method in ("tools.invoke", "health", "sessions.list", "chat.history", "config.get", "models.list"):
         assert method not in denied, method

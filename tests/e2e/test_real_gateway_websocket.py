@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -204,8 +205,13 @@ def test_a_write_scope_cannot_change_who_sees_a_session(token_gateway, capped_sc
     key = "visibility-probe"
 
     def visibility(ws: WsClient) -> Any:
-        sessions = ws.call("sessions.list", {})["payload"]["sessions"]
-        return next(s.get("visibility") for s in sessions if s["key"].endswith(f":{key}"))
+        deadline = time.monotonic() + 15  # chat.send records the session as its run starts
+        while True:
+            sessions = ws.call("sessions.list", {"limit": 1000})["payload"]["sessions"]
+            found = [s.get("visibility") for s in sessions if s["key"].endswith(f":{key}")]
+            if found or time.monotonic() > deadline:
+                return found[0]
+            time.sleep(0.2)
 
     direct, hello = session(token_gateway.port, ALL)
     assert hello["ok"] is True, hello

@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .config import ENV_PREFIX, Config, camel_keys, load_config, redacted_view, split_host_port, unknown_environment
+from .config import ENV_PREFIX, Config, camel_keys, load_config, read_storage_password, redacted_view, split_host_port, unknown_environment
 from .errors import ConfigError
 from .probe.arguments import add_arguments as add_probe_arguments
 
@@ -120,6 +120,7 @@ def _warn_unknown_environment() -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
+        read_storage_password(config.sidecar.rate_limit)  # as `run` reads it when it builds the storage
     except ConfigError as exc:
         return _report_config_error(exc)
     print(json.dumps(camel_keys(redacted_view(config)), indent=2, sort_keys=True))

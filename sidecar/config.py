@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .errors import ConfigError
 from .headers import HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
 from .ipaddrs import parse_network
-from .storage_uri import async_storage_uri, carries_password, redact_uri
+from .storage_uri import async_storage_uri, carries_password, redact_uri, redis_uri_problem
 
 # Keys are camelCase in files (OpenClaw's style); snake_case is accepted too, e.g. in env names.
 _ALIASES = AliasGenerator(validation_alias=lambda name: AliasChoices(to_camel(name), name))
@@ -132,7 +132,8 @@ class RateLimitSettings(BaseModel):
     model_config = _STRICT
     storage: str = Field("memory://", repr=False)  # a Redis URI may carry a password
     # The Redis password in a file of its own (a Kubernetes Secret, a systemd credential), so that
-    # neither the URI nor the config file holds it; read at start-up.
+    # neither the URI nor the config file holds it; read once, when the storage is built at
+    # start-up (read_storage_password), so a reload never depends on it.
     storage_password_file: Path | None = None
     fail_closed: bool = False
     max_entries: int = Field(10_000, ge=1)
@@ -144,7 +145,9 @@ class RateLimitSettings(BaseModel):
     @field_validator("storage")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        async_storage_uri(value)  # the check the limiter's storage is built with: ValueError names the scheme
+        # the checks the limiter's storage is built with: ValueError names the scheme or the flaw
+        if not async_storage_uri(value).startswith("async+memory://") and (problem := redis_uri_problem(value)):
+            raise ValueError(problem)
         return value
 
     @field_validator("storage_password_file")
@@ -550,6 +553,20 @@ def _read_secret_file(path: Path, key: str) -> str | None:
         return _present(path.read_text(encoding="utf-8").strip())
     except OSError as exc:
         raise ConfigError([(key, f"cannot read secret file {str(path)!r}: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([(key, f"secret file {str(path)!r} is not UTF-8 text")]) from None
+
+
+def read_storage_password(settings: RateLimitSettings) -> str | None:
+    """`sidecar.rateLimit.storagePasswordFile`'s content, for building the limiter's storage."""
+    file = settings.storage_password_file
+    if file is None:
+        return None
+    key = "sidecar.rateLimit.storagePasswordFile"
+    password = _read_secret_file(file, key)
+    if password is None:
+        raise ConfigError([(key, f"{str(file)!r} is empty")])
+    return password
 
 
 def _secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
@@ -580,17 +597,6 @@ class AuthSecrets:
     problems: tuple[str, ...]
     previous_tokens: tuple[str, ...] = field(default=(), repr=False)
     previous_passwords: tuple[str, ...] = field(default=(), repr=False)
-    storage_password: str | None = field(default=None, repr=False)  # sidecar.rateLimit.storagePasswordFile
-
-
-def _storage_password(file: Path | None) -> str | None:
-    if file is None:
-        return None
-    key = "sidecar.rateLimit.storagePasswordFile"
-    password = _read_secret_file(file, key)
-    if password is None:
-        raise ConfigError([(key, f"{str(file)!r} is empty")])
-    return password
 
 
 def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Mapping[str, str]) -> AuthSecrets:
@@ -624,7 +630,6 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
         mode, token, password, upstream, kind if upstream is not None else None, tuple(problems),
         previous_tokens=_previous(rotation.previous_tokens, rotation.previous_token_files, "previousTokens"),
         previous_passwords=_previous(rotation.previous_passwords, rotation.previous_password_files, "previousPasswords"),
-        storage_password=_storage_password(sidecar.rate_limit.storage_password_file),
     )
 
 

@@ -6,10 +6,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from .config import Config
+from .config import Config, read_storage_password
+from .errors import ConfigError
 from .pacing import RefusalPacer
 from .pipeline import Pipeline
 from .ratelimit import AuthFailureLimiter, RequestRateLimiter
@@ -80,10 +82,17 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse:
     if reuse is not None:
         pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter)
         return Runtime(config, pipeline, reuse.failure_limiter, reuse.request_limiter, reuse.refusal_pacer)
+    password = read_storage_password(config.sidecar.rate_limit)
+    storage_options = {"password": password} if password is not None else None
+    try:
+        return _fresh_runtime(config, clock, storage_options)
+    except ValueError as exc:  # the storage could not be built from the URI (its text redacted)
+        raise ConfigError([("sidecar.rateLimit.storage", str(exc))]) from None
+
+
+def _fresh_runtime(config: Config, clock: Callable[[], float], storage_options: dict[str, Any] | None) -> Runtime:
     limit_rules = config.rules.gateway.auth.rate_limit
     settings = config.sidecar.rate_limit
-    password = config.secrets.storage_password
-    storage_options = {"password": password} if password is not None else None
     failure_limiter = AuthFailureLimiter(
         max_attempts=limit_rules.max_attempts, window_ms=limit_rules.window_ms,
         lockout_ms=limit_rules.lockout_ms, exempt_loopback=limit_rules.exempt_loopback,

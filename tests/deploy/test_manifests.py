@@ -228,7 +228,7 @@ def test_redis_requires_the_password_the_sidecar_reads(renders: dict[str, Render
     args = redis["args"]
     assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
     assert env(redis)["REDIS_PASSWORD"] == same_key and env(redis)["REDISCLI_AUTH"] == same_key
-    assert redis["readinessProbe"]["exec"]["command"][0] == "redis-cli"
+    assert redis["readinessProbe"]["exec"]["command"] == ["redis-cli", "-e", "ping"]  # -e: a refused AUTH fails it
     assert all(m["name"] != volume["name"] for m in rendered.gateway["volumeMounts"]), "the sidecar's alone"
     assert not rendered.of_kind("Secret"), "created once outside git, as the token"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.config import Config, load_config
+from sidecar.config import Config, load_config, read_storage_password
 
 from .conftest import DEPLOY, K8S, REPO, Render
 
@@ -101,4 +101,4 @@ def test_the_pod_runs_the_config_it_ships(rendered: Render, tmp_path: Path) -> N
     assert config.sidecar.admin_listen == "0.0.0.0:18791"
     expected = "redis://" if rendered.deployment["spec"]["replicas"] > 1 else "memory://"
     assert config.sidecar.rate_limit.storage.startswith(expected)
-    assert (config.secrets.storage_password == "shipped-redis-password") == (expected == "redis://")
+    assert (read_storage_password(config.sidecar.rate_limit) == "shipped-redis-password") == (expected == "redis://")

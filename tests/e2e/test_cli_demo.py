@@ -305,17 +305,30 @@ def test_check_config_reports_env_resolved_secret_without_printing_it(tmp_path):
 # ================================================================== run
 
 
+ABSENT_REDIS_PASSWORD = {"sidecar": {"listen": "127.0.0.1:0", "adminListen": "127.0.0.1:0", "rateLimit": {
+    "storage": "redis://127.0.0.1:1/0", "storagePasswordFile": "/nonexistent/redis-password"}},
+    "gateway": {"auth": {"mode": "token", "token": "x"}}}
+
+
 @pytest.mark.parametrize("content,key_path", [
     ({"sidecar": {"listne": "127.0.0.1:0"}}, "sidecar.listne"),
     ({"gateway": {"auth": {"mode": "token", "token": "x"}, "trustedProxies": ["10.0.0.0/33"]}},
      "gateway.trustedProxies"),
-], ids=["sidecar.listne", "gateway.trustedProxies"])
+    # read when the storage is built, after the config has loaded
+    (ABSENT_REDIS_PASSWORD, "sidecar.rateLimit.storagePasswordFile"),
+], ids=["sidecar.listne", "gateway.trustedProxies", "storagePasswordFile"])
 def test_run_with_a_bad_config_exits_1_naming_the_key(tmp_path, content, key_path):
     done = sidecar_cli("run", "--config", str(write_config(tmp_path / "bad.yaml", content)))
     assert done.returncode == 1
     assert key_path in done.stderr
     assert "Traceback" not in done.stderr
     assert "listening on" not in done.stdout
+
+
+def test_check_config_reads_the_redis_password_file_as_run_does(tmp_path):
+    done = sidecar_cli("check-config", str(write_config(tmp_path / "bad.yaml", ABSENT_REDIS_PASSWORD)))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "sidecar.rateLimit.storagePasswordFile: cannot read secret file" in done.stderr
 
 
 def test_run_with_a_missing_config_file_exits_1(tmp_path):

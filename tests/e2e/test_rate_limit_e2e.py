@@ -430,6 +430,32 @@ def test_a_redis_that_requires_a_password_gets_it_from_the_password_file(
             assert password not in sidecar.logs() and wrong_password not in sidecar.logs()
 
 
+def test_a_reload_never_rereads_the_redis_password_file(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client, tmp_path: Path,
+) -> None:
+    """The password file is read once, when the storage is built: with it gone (a Secret being
+    replaced), a rotated token still takes effect and the limiter keeps its store."""
+    password = "redis-pw"
+    (tmp_path / "redis-password").write_text(password)
+    (tmp_path / "token").write_text(TOKEN)
+    with RedisServer(password=password) as server:
+        config = cfg(backend, server.url, rate_limit={"maxAttempts": 2}, trusted_proxies=["127.0.0.1"],
+                     sidecar_rate_limit={"storagePasswordFile": str(tmp_path / "redis-password")}).build()
+        del config["gateway"]["auth"]["token"]
+        config["gateway"]["auth"]["tokenFile"] = str(tmp_path / "token")
+        sc = start_sidecar(config)
+        assert_ok(LoopbackCaller(client, sc, xff=CLIENT).invoke(TOKEN))
+        (tmp_path / "redis-password").unlink()
+        (tmp_path / "token").write_text("T-rotated")
+        assert wait_until(lambda: "config reloaded (file change)" in sc.logs(), timeout=8.0), sc.logs()
+        assert_ok(LoopbackCaller(client, sc, xff=OTHER_CLIENT).invoke("T-rotated"))
+        assert "storagePasswordFile" not in sc.logs(), sc.logs()
+        for _ in range(2):
+            assert_unauthorized(LoopbackCaller(client, sc, xff=CLIENT).invoke(TOKEN))
+        assert_locked(LoopbackCaller(client, sc, xff=CLIENT).invoke("T-rotated"))
+        assert server.command("KEYS", "*").count(b"shared-secret") >= 1  # still counting in Redis
+
+
 # --------------------------------------------------------------------------- Redis outage
 
 

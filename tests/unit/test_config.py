@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, load_config, redacted_view
+from sidecar.config import ConfigError, load_config, read_storage_password, redacted_view
 
 
 pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
@@ -246,6 +246,23 @@ def test_bad_sidecar_and_bad_rule_keys_are_reported_together(tmp_path: Path) -> 
     assert {"sidecar.listne", "gateway.trustedProxies"} <= set(problems_of(exc))
 
 
+@pytest.mark.parametrize("storage, why", [
+    ("redis://h/0", "needs a name and a port"),
+    ("redis://h:99999/0", "Port out of range"),
+    ("redis+cluster://h:7000,h2", "needs a name and a port"),
+    ("redis+sentinel://h:26379", "names the service"),
+    ("redis+sentinel://:pw@rd@h:26379/m", "percent-encode"),  # limits would cut the host at the first @
+    ("redis://:pw@[::1/0", "not a valid URI"),
+])
+def test_a_redis_uri_the_limiter_could_not_build_names_the_key(tmp_path: Path, storage: str, why: str) -> None:
+    """Refused when the config loads (`check-config` too), not when `run` builds the storage."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", f"sidecar:\n  rateLimit: {{storage: '{storage}'}}\n"), environ={})
+    problems = problems_of(exc)
+    assert list(problems) == ["sidecar.rateLimit.storage"] and why in problems["sidecar.rateLimit.storage"]
+    assert "pw" not in str(exc.value) and "rd@" not in str(exc.value)
+
+
 @pytest.mark.parametrize(
     "storage",
     ["memory://", "redis://localhost:6379/0", "rediss://h:6380", "redis+sentinel://h:26379/m", "redis+cluster://h:7000"],
@@ -260,7 +277,7 @@ def test_the_redis_password_comes_from_its_file(tmp_path: Path, storage: str) ->
     (tmp_path / "pw").write_text("s3cret:@/#\n")
     text = f"sidecar:\n  rateLimit: {{storage: '{storage}', storagePasswordFile: {tmp_path / 'pw'}}}\n"
     config = load_config(write(tmp_path, "c.yaml", text), environ={})
-    assert config.secrets.storage_password == "s3cret:@/#"
+    assert read_storage_password(config.sidecar.rate_limit) == "s3cret:@/#"
     assert "s3cret" not in repr(config) and "s3cret" not in json.dumps(redacted_view(config))
 
 
@@ -268,16 +285,20 @@ def test_the_redis_password_comes_from_its_file(tmp_path: Path, storage: str) ->
     ("memory://", "pw", "memory:// has no password"),
     ("redis://:inline@h:6379/0", "pw", "already carries a password"),
     ("redis://user:inline@h:6379/0", "pw", "already carries a password"),
+    ("redis://h:6379/0?password=inline", "pw", "already carries a password"),  # redis-py would take this one
     ("redis://h:6379/0", "absent", "cannot read secret file"),
     ("redis://h:6379/0", "empty", "is empty"),
+    ("redis://h:6379/0", "latin1", "is not UTF-8 text"),
 ])
 def test_a_redis_password_file_that_cannot_be_used_names_the_key(tmp_path: Path, storage: str, password_file: str,
                                                                   why: str) -> None:
+    """Read as `run` reads it, when it builds the storage; `check-config` reads it too."""
     (tmp_path / "pw").write_text("s3cret")
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "latin1").write_bytes(b"caf\xe9")
     text = f"sidecar:\n  rateLimit: {{storage: '{storage}', storagePasswordFile: {tmp_path / password_file}}}\n"
     with pytest.raises(ConfigError) as exc:
-        load_config(write(tmp_path, "c.yaml", text), environ={})
+        read_storage_password(load_config(write(tmp_path, "c.yaml", text), environ={}).sidecar.rate_limit)
     problems = problems_of(exc)
     assert list(problems) == ["sidecar.rateLimit.storagePasswordFile"] and why in problems["sidecar.rateLimit.storagePasswordFile"]
     assert "inline" not in str(exc.value)

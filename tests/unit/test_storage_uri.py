@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import ratelimit, storage_uri
-from sidecar.storage_uri import async_storage_uri, redact_uri
+from sidecar.storage_uri import async_storage_uri, carries_password, redact_uri
 
 SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
 
@@ -70,3 +70,13 @@ def test_an_unsupported_scheme_is_named_without_the_password() -> None:
 def test_redaction() -> None:
     assert redact_uri("redis://user:s3cret@h:6379/0") == "redis://user:***@h:6379/0"
     assert redact_uri("redis://h:6379") == "redis://h:6379"
+    # redis-py reads a query password too (over any other)
+    assert redact_uri("rediss://h:6380/0?ssl_cert_reqs=none&PASSWORD=s3cret") == "rediss://h:6380/0?ssl_cert_reqs=none&PASSWORD=***"
+
+
+@pytest.mark.parametrize("uri, carries", [
+    ("redis://:s3cret@h:6379", True), ("redis://user:s3cret@h:6379", True), ("redis://h:6379/0?password=s3cret", True),
+    ("redis://user@h:6379", False), ("redis://h:6379/0?db=1", False), ("redis+cluster://h:7000,h:7001", False),
+])
+def test_a_password_is_found_wherever_redis_py_would_read_one(uri: str, carries: bool) -> None:
+    assert carries_password(uri) is carries

@@ -421,17 +421,23 @@ async def _server_event(self: server.ConnectionHandler, event: events.Event) -> 
                 self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
 
 
+# Messages up to this size are joined (one copy) into one write; larger ones go chunk by chunk.
+_JOIN_AT_MOST = 64 * 1024
+
+
 def _send(self: server.ConnectionHandler, writes: list[commands.SendData]) -> None:
     """Upstream writes each SendData as it comes: a message's head and body are then two
-    syscalls (and two packets). The same bytes, in the same order, go in one scatter write."""
+    syscalls (and two packets). The same bytes, in the same order, go in one write. Not
+    `writelines`: the standard loop's (CPython 3.12.1) never pauses the protocol, so a client that
+    does not read would be buffered without bound."""
     writer = self.transports[writes[0].connection].writer
     chunks = [write.data for write in writes]
     writes.clear()
     assert writer
     if writer.is_closing():
         return
-    if len(chunks) > 1 and isinstance(writer, asyncio.StreamWriter):
-        writer.writelines(chunks)
+    if len(chunks) > 1 and sum(map(len, chunks)) <= _JOIN_AT_MOST:
+        writer.write(b"".join(chunks))
     else:
         for chunk in chunks:
             writer.write(chunk)

@@ -401,9 +401,6 @@ class RecordingWriter(asyncio.StreamWriter):
         self.calls.append(("write", bytes(data)))
         super().write(data)
 
-    def writelines(self, data: object) -> None:  # type: ignore[override]
-        self.calls.append(("writelines", list(data)))  # type: ignore[call-overload]
-        super().writelines(data)  # type: ignore[arg-type]
 
 
 async def _socket_writer() -> tuple[RecordingWriter, socket.socket]:
@@ -417,8 +414,8 @@ async def _socket_writer() -> tuple[RecordingWriter, socket.socket]:
 
 async def test_consecutive_writes_to_a_connection_leave_in_one_send_in_order() -> None:
     """The server event joins consecutive SendData to one connection (a message's head and body)
-    into one scatter write; a write to another connection, any other command, or a hook (which
-    may write to the socket itself) sends what was gathered first."""
+    into one write; a write to another connection, any other command, or a hook (which may write
+    to the socket itself) sends what was gathered first."""
     from mitmproxy.proxy import commands, events
     from mitmproxy.proxy.server_hooks import ClientConnectedHook
     from mitmproxy.test import tflow
@@ -436,7 +433,7 @@ async def test_consecutive_writes_to_a_connection_leave_in_one_send_in_order() -
     handler.transports = {client: server.ConnectionIO(writer=client_writer),
                           other: server.ConnectionIO(writer=other_writer)}
     await handler.server_event(events.Start())
-    assert client_writer.calls == [("writelines", [b"head ", b"body "]), ("write", b"more "),
+    assert client_writer.calls == [("write", b"head body "), ("write", b"more "),
                                    ("write", b"before-hook "), ("write", b"hook-wrote "), ("write", b"last")]
     assert other_writer.calls == [("write", b"elsewhere")]
     await asyncio.sleep(0)
@@ -444,6 +441,36 @@ async def test_consecutive_writes_to_a_connection_leave_in_one_send_in_order() -
     for writer, peer in ((client_writer, client_peer), (other_writer, other_peer)):
         writer.close()
         peer.close()
+
+
+async def test_a_large_message_is_written_so_that_a_client_that_does_not_read_is_waited_for() -> None:
+    """Past the join limit head and body are written one by one: each write lets the transport
+    pause the connection, so mitmproxy's drain waits for a client that does not read. (The
+    standard loop's writelines never pauses: pipelined 3.5 MB answers then grew the heap.)"""
+    from mitmproxy.proxy import commands, events
+    from mitmproxy.test import tflow
+
+    compat.complete_hooks_inline()
+    client = tflow.tclient_conn()
+    writer, peer = await _socket_writer()
+    body = b"x" * (4 * 1024 * 1024)
+    handler = _hook_handler([commands.SendData(client, b"head "), commands.SendData(client, body)])
+    handler.transports = {client: server.ConnectionIO(writer=writer)}
+    await handler.server_event(events.Start())
+    assert [call[0] for call in writer.calls] == ["write", "write"]
+    drained = asyncio.ensure_future(writer.drain())
+    await asyncio.sleep(0)
+    assert not drained.done()  # paused: the peer has read nothing
+    peer.setblocking(False)
+    received = 0
+    while not drained.done():
+        try:
+            received += len(peer.recv(1 << 20))
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    assert received >= 4 * 1024 * 1024 - 64 * 1024  # what was left below the low-water mark may follow
+    writer.close()
+    peer.close()
 
 
 async def test_a_crash_in_the_layers_is_logged_and_what_they_wrote_before_it_is_sent(caplog: pytest.LogCaptureFixture) -> None:
@@ -458,7 +485,7 @@ async def test_a_crash_in_the_layers_is_logged_and_what_they_wrote_before_it_is_
                              RuntimeError("layer bug")])
     handler.transports = {client: server.ConnectionIO(writer=writer)}
     await handler.server_event(events.Start())
-    assert writer.calls == [("writelines", [b"before ", b"the bug"])]
+    assert writer.calls == [("write", b"before the bug")]
     assert "mitmproxy has crashed!" in caplog.text and "layer bug" in caplog.text
     caplog.clear()
     writer.write_eof()  # a write after our EOF raises in asyncio, for upstream's write as for ours

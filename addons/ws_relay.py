@@ -343,8 +343,14 @@ class RpcRelay(layer.Layer):
                     yield from self._from_server(event.data)
             elif isinstance(event, CloseRequest):
                 yield from self._close(*event.message)
-            elif isinstance(event, events.Wakeup):
-                if self._closing and time.monotonic() >= self._deadline:
+            elif isinstance(event, events.Wakeup) and self._closing:
+                # A loop timer may fire a little before time.monotonic() reaches the deadline
+                # (uvloop's clock is libuv's, in whole milliseconds), and an older wakeup may
+                # arrive after a later deadline was set: either way, wait for what is left.
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    yield commands.RequestWakeup(left)
+                else:
                     yield from self._finish()
             elif isinstance(event, events.ConnectionClosed):
                 yield from self._connection_closed(event.connection == self.context.client)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -276,6 +277,21 @@ def test_a_close_verdict_answers_closes_and_ends_both_sides_after_a_linger() -> 
     assert isinstance(end[-1], websocket.WebsocketEndHook)
     assert relay.events(events.HookCompleted(end[-1])) == [] and not relay.flow.live
     assert relay.from_client(client_frame(TEXT, req("forward"))) == []  # done: nothing more
+
+
+def test_a_wakeup_before_the_deadline_waits_for_what_is_left() -> None:
+    """uvloop's timers may fire a little before time.monotonic() reaches the deadline: the relay
+    asks again for the rest instead of leaving both sockets open until someone sends a byte."""
+    relay = Relay()
+    out = relay.from_client(client_frame(TEXT, req("close")))
+    [wakeup] = [c for c in out if isinstance(c, commands.RequestWakeup)]
+    relay.layer._deadline = time.monotonic() + 0.5  # the timer fired early
+    again = relay.events(events.Wakeup(wakeup))
+    [rest] = again
+    assert isinstance(rest, commands.RequestWakeup) and 0 < rest.delay <= 0.5
+    relay.layer._deadline = 0
+    end = relay.events(events.Wakeup(rest))
+    assert closed(end, relay.server) and closed(end, relay.client)
 
 
 def test_a_close_request_from_outside_waits_for_a_gateway_frame_to_end_but_not_forever() -> None:

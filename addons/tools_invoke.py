@@ -40,7 +40,7 @@ from sidecar.envelopes import Envelope
 from sidecar.errors import ConfigError
 from sidecar.ipaddrs import normalize_ip
 from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
-from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED
+from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED, VANISHED_CLIENTS
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
 from sidecar.rpc import PREAUTH_MAX_BYTES, FrameVerdict, RpcSession
@@ -313,6 +313,10 @@ class ToolsInvokeGuard:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         self._disarm_head_deadline(flow.client_conn)
         if flow.response or flow.error or not flow.live:
+            return
+        if flow.client_conn.peername is None:  # reset before its address was read: no one to judge or answer
+            VANISHED_CLIENTS.inc()
+            flow.kill()
             return
         self._in_flight.setdefault(flow.client_conn.id, set()).add(flow.id)
         started = time.perf_counter()

@@ -4,12 +4,14 @@ close, the backend sees nothing, and the sidecar logs no crash."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 import pytest
 
 from .conftest import UPSTREAM_TOKEN
 from .harness import read_response
+from .ratelimit_helpers import scrape_metric, wait_until
 
 TOKEN = "T"
 CRASH_MARKERS = ("Traceback", "has crashed")
@@ -96,6 +98,26 @@ def test_lower_case_method_is_refused_not_forwarded(sidecar, backend) -> None:
 
 
 # ---- bounded work before authentication (issue: hostile clients) ---------------------------------
+
+
+def test_requests_whose_clients_reset_at_once_are_no_internal_error(sidecar, backend) -> None:
+    """A request then an immediate reset (SO_LINGER 0), 200 times: uvloop reads a connection's
+    address when first asked, and after a reset there is none. Each was an internal error with a
+    traceback; such a request is dropped unjudged and counted, and nothing reaches the backend."""
+    for _ in range(200):
+        with _connect(sidecar) as sock:
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    _authorised_request_works(sidecar, backend)  # after every reset has been handled
+    metrics = scrape_metric(f"{sidecar.admin_url}/metrics", "openclaw_sidecar_internal_errors_total")
+    assert metrics == 0 and not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()[-2000:]
+    vanished = scrape_metric(f"{sidecar.admin_url}/metrics", "openclaw_sidecar_vanished_clients_total")
+
+    def judged() -> int:
+        return len([line for line in sidecar.audit_lines() if line.get("route") != "tools-invoke"])
+    # each one either judged (its address read in time: an audited refusal) or counted
+    assert wait_until(lambda: vanished + judged() == 200, timeout=5.0), (vanished, judged())
+    assert [r["path"] for r in backend.requests()] == ["/tools/invoke"]
 
 
 @pytest.fixture

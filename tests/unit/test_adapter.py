@@ -17,11 +17,12 @@ from mitmproxy import exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import compat
+from addons import compat, tools_invoke
 from addons.tools_invoke import ADMITTED, ToolsInvokeGuard, answer_directly, response_of, view_of
 from sidecar import envelopes
 from sidecar.config import load_config
 from sidecar.envelopes import Envelope
+from sidecar.metrics import INTERNAL_ERRORS, VANISHED_CLIENTS
 from sidecar.pipeline import Admitted
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.scopes import DEFAULT_SCOPES
@@ -439,11 +440,22 @@ async def test_body_hook_without_head_decision_fails_closed(guard: ToolsInvokeGu
     assert_answer(flow, envelopes.internal_error())
 
 
-async def test_broken_view_fails_closed(guard: ToolsInvokeGuard) -> None:
+async def test_broken_view_fails_closed(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
     flow = make_flow(headers=[AUTH], body=BODY)
-    flow.client_conn.peername = None  # view_of cannot read the peer
+    monkeypatch.setattr(tools_invoke, "view_of", boom)
     await guard.requestheaders(flow)
     assert_answer(flow, envelopes.internal_error())
+
+
+async def test_a_client_gone_before_its_address_was_read_is_dropped_unjudged(guard: ToolsInvokeGuard) -> None:
+    """uvloop reads a connection's address when first asked; after a reset there is none. No one
+    is left to judge or answer: the flow is killed and counted, not an internal error."""
+    flow = make_flow(headers=[AUTH], body=BODY)
+    flow.client_conn.peername = None
+    vanished, errors = VANISHED_CLIENTS._value.get(), INTERNAL_ERRORS._value.get()
+    await run(guard, flow)
+    assert flow.response is None and flow.error is not None and not flow.live
+    assert VANISHED_CLIENTS._value.get() == vanished + 1 and INTERNAL_ERRORS._value.get() == errors
 
 
 @pytest.mark.parametrize(

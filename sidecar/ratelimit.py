@@ -160,6 +160,10 @@ def _make_storage(uri: str, timeout_s: float, options: Mapping[str, Any] | None)
         "socket_connect_timeout": timeout_s,
         "retry": Retry(NoBackoff(), 1),
     }
+    if async_uri.startswith("async+redis+sentinel://"):
+        # limits hands the Sentinels its own kwargs (the password alone), so redis-py's default
+        # retries with backoff applied there: the first request of an outage waited ~30 s.
+        opts["sentinel_kwargs"] = {key: opts[key] for key in ("socket_timeout", "socket_connect_timeout", "retry")}
     opts.update(options or {})
     try:
         storage = storage_from_string(async_uri, wrap_exceptions=True, **opts)

@@ -419,7 +419,7 @@ class RpcRelay(layer.Layer):
             assert verdict.payload is not None
             self._to_client.append(frame(TEXT, verdict.payload))  # the gateway answers in text, always
         else:
-            yield from self._close(verdict.close_code, verdict.reason, verdict.payload)
+            yield from self._close(verdict.close_code, verdict.close_reason or verdict.reason, verdict.payload)
         self.judge.judged(self.flow, session, verdict)
 
     def _client_close(self, message: Message) -> layer.CommandGenerator[None]:

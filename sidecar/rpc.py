@@ -62,6 +62,7 @@ class FrameVerdict:
     tool: str | None = None
     shadowed: bool = False  # shadow mode forwarded what `reason` would have refused
     detail: str | None = None  # for the audit line: which tool-policy layer refused, by which rule
+    close_reason: str | None = None  # the close frame's text where the gateway's own is known (else `reason`)
 
 
 @dataclass(frozen=True)
@@ -261,12 +262,18 @@ def tool_refusal_frame(request_id: Any, decision: ToolDecision, tool: str) -> Fr
                         method=TOOLS_INVOKE, tool=tool, detail=decision.detail)
 
 
-class FrameError(ValueError):
-    """A frame the protocol does not allow: the connection is closed with `code`."""
+# The gateway's words for a first frame that is no request, or a request other than connect.
+INVALID_REQUEST_FRAME = "invalid request frame"
+NOT_CONNECT_FIRST = "invalid handshake: first request must be connect"
 
-    def __init__(self, code: int, reason: str) -> None:
+
+class FrameError(ValueError):
+    """A frame the protocol does not allow: the connection is closed with `code` (and, before
+    connect, with the gateway's `close_reason` where it has one)."""
+
+    def __init__(self, code: int, reason: str, close_reason: str | None = None) -> None:
         super().__init__(reason)
-        self.code = code
+        self.code, self.close_reason = code, close_reason
 
 
 def parse_frame(content: bytes) -> dict[str, Any]:
@@ -276,7 +283,7 @@ def parse_frame(content: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise FrameError(1008, "malformed frame") from None
     if not isinstance(frame, dict) or frame.get("type") != "req" or not isinstance(frame.get("method"), str):
-        raise FrameError(1008, "expected a req frame")
+        raise FrameError(1008, "expected a req frame", close_reason=INVALID_REQUEST_FRAME)
     return frame
 
 
@@ -313,15 +320,21 @@ class RpcSession:
                 return await self._connect(frame)
             verdict = await self._request(frame)
         except FrameError as exc:
-            return FrameVerdict("close", Reason.MALFORMED_FRAME, close_code=exc.code)
+            return FrameVerdict("close", Reason.MALFORMED_FRAME, close_code=exc.code,
+                                close_reason=None if self.connected else exc.close_reason)
         if self.policy.shadow and verdict.verdict == "reply" and verdict.reason in SHADOWABLE_REASONS:
             return replace(verdict, verdict="forward", payload=None, shadowed=True)
         return verdict
 
     async def _connect(self, frame: dict[str, Any]) -> FrameVerdict:
         request_id, params = frame.get("id"), frame.get("params")
-        if frame["method"] != "connect" or not isinstance(params, dict):
-            raise FrameError(1008, "the first frame must be connect")
+        if not isinstance(request_id, str) or not request_id:  # not a request frame to the gateway
+            raise FrameError(1008, "expected a req frame", close_reason=INVALID_REQUEST_FRAME)
+        if frame["method"] != "connect":  # answered and closed as the gateway does
+            return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", NOT_CONNECT_FIRST),
+                                close_code=1008, method=frame["method"], close_reason=NOT_CONNECT_FIRST)
+        if not isinstance(params, dict):
+            raise FrameError(1008, "connect.params must be an object")
         raw_client, raw_auth = params.get("client"), params.get("auth")
         client = raw_client if isinstance(raw_client, dict) else {}
         if (params.get("role", "operator") != "operator" or client.get("mode") == "node") and not self.policy.allow_nodes:

@@ -23,6 +23,7 @@ from tests.wsclient import Closed, Rejected, WsClient
 
 from .conftest import REAL_GATEWAY_TOKEN as TOKEN
 from .harness import SidecarProcess, TestNet, http_request, raw_exchange
+from .ratelimit_helpers import avoid_minute_boundary
 
 _reason = unavailable_reason()
 if _reason is not None:
@@ -241,6 +242,7 @@ def test_tools_invoke_meets_the_sidecars_tool_policy(token_gateway, capped_sc):
 
 
 def test_tools_invoke_meets_the_request_limits(open_sc):
+    avoid_minute_boundary()  # "3/minute" across a minute's turn may rightly let a fourth through
     ws, _ = session(open_sc.port, ["operator.write"])
     answers = [ws.call("tools.invoke", {"name": "sessions_list", "args": {}}, request_id=f"t{i}") for i in range(4)]
     assert [a["ok"] for a in answers] == [True, True, True, False]
@@ -366,11 +368,23 @@ def test_a_silent_client_is_closed_at_the_connect_deadline(token_gateway, start_
     assert (closed.value.code, closed.value.reason) == (1008, "connect timeout")
 
 
-def test_a_first_frame_that_is_not_connect_closes_with_1008(open_sc):
-    ws = WsClient("127.0.0.1", open_sc.port)
-    ws.recv()
-    ws.send_json({"type": "req", "id": "h", "method": "health", "params": {}})
-    assert_closed_after(ws, 1008)
+@pytest.mark.parametrize("first", [
+    {"type": "req", "id": "h", "method": "health", "params": {}},  # answered, then closed
+    {"type": "req", "method": "health", "params": {}},  # no id: not a request frame to the gateway
+    {"type": "event", "event": "tick"},
+], ids=["request", "no-id", "event"])
+def test_a_first_frame_that_is_not_connect_is_answered_and_closed_as_the_gateway_does(token_gateway, open_sc, first):
+    seen = []
+    for port in (token_gateway.port, open_sc.port):
+        ws = WsClient("127.0.0.1", port)
+        ws.recv()
+        ws.send_json(first)
+        frames = []
+        with pytest.raises(Closed) as closed:
+            while True:
+                frames.append(ws.recv())
+        seen.append((frames, closed.value.code, closed.value.reason))
+    assert seen[1] == seen[0] and seen[0][1] == 1008, seen
 
 
 # ---- drain ----------------------------------------------------------------------------------------

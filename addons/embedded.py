@@ -23,7 +23,6 @@ from mitmproxy.master import Master
 from sidecar import audit
 from sidecar.admin import AdminServer, Health
 from sidecar.config import Config, split_host_port
-from sidecar.errors import ConfigError
 from sidecar.logging_limits import limit_library_logs
 from sidecar.reload import Reloader
 from sidecar.runtime import Runtime, build_runtime
@@ -121,13 +120,8 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # no per-connection chatter
     logging.getLogger("mitmproxy.addons.proxyserver").addFilter(_OwnListenErrors())
     limit_library_logs()
+    runtime = build_runtime(config)  # a ConfigError (storage, its password file) reaches the CLI
     audit.configure(config.sidecar.audit_log)
-    try:
-        runtime = build_runtime(config)  # reads the Redis password file and builds the storage
-    except ConfigError as exc:
-        for key, why in exc.problems:
-            log.error("configuration error: %s: %s", key, why)
-        return 1
     guard = ToolsInvokeGuard(runtime)
     master = build_master(config, guard)
     compat.dispatch_hooks_directly(master.addons)  # the chain is final from here on

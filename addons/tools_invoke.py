@@ -40,7 +40,7 @@ from sidecar.envelopes import Envelope
 from sidecar.errors import ConfigError
 from sidecar.ipaddrs import normalize_ip
 from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
-from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED, VANISHED_CLIENTS
+from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED, VANISHED_REQUESTS
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
 from sidecar.rpc import PREAUTH_MAX_BYTES, FrameVerdict, RpcSession
@@ -266,10 +266,11 @@ class ToolsInvokeGuard:
             return
         try:
             config = load_config(Path(ctx.options.sidecar_config))
+            runtime = build_runtime(config)  # the storage and its password file
         except ConfigError as exc:
             raise exceptions.OptionsError(f"sidecar_config: {exc}") from None
         audit.configure(config.sidecar.audit_log)
-        self.runtime = build_runtime(config)
+        self.runtime = runtime
 
     # ---- connections: bounded before anyone is authenticated -------------------------------
 
@@ -315,7 +316,7 @@ class ToolsInvokeGuard:
         if flow.response or flow.error or not flow.live:
             return
         if flow.client_conn.peername is None:  # reset before its address was read: no one to judge or answer
-            VANISHED_CLIENTS.inc()
+            VANISHED_REQUESTS.inc()
             flow.kill()
             return
         self._in_flight.setdefault(flow.client_conn.id, set()).add(flow.id)

@@ -8,6 +8,7 @@ the demo gateway from its own package, `openclaw_demo`, only when they run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .config import ENV_PREFIX, Config, camel_keys, load_config, read_storage_password, redacted_view, split_host_port, unknown_environment
+from .config import ENV_PREFIX, Config, camel_keys, load_config, redacted_view, split_host_port, unknown_environment
 from .errors import ConfigError
 from .probe.arguments import add_arguments as add_probe_arguments
 
@@ -109,7 +110,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _report_config_error(exc)
     _setup_logging(config.sidecar.log_level)
     _warn_unknown_environment()
-    return _serve(config, args.config, overrides)
+    try:
+        return _serve(config, args.config, overrides)
+    except ConfigError as exc:  # found while building the runtime: the storage, its password file
+        return _report_config_error(exc)
 
 
 def _warn_unknown_environment() -> None:
@@ -117,10 +121,17 @@ def _warn_unknown_environment() -> None:
         log.warning("%s names no setting and is ignored (see `openclaw-sidecar run --help`)", name)
 
 
+async def _build_and_close(config: Config) -> None:
+    """Build the runtime `run` would start with (no connection is opened), then release it."""
+    from .runtime import build_runtime
+
+    await build_runtime(config).aclose()
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
-        read_storage_password(config.sidecar.rate_limit)  # as `run` reads it when it builds the storage
+        asyncio.run(_build_and_close(config))  # as `run` starts: the storage and its password file
     except ConfigError as exc:
         return _report_config_error(exc)
     print(json.dumps(camel_keys(redacted_view(config)), indent=2, sort_keys=True))

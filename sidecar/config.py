@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .errors import ConfigError
 from .headers import HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
 from .ipaddrs import parse_network
-from .storage_uri import async_storage_uri, carries_password, redact_uri, redis_uri_problem
+from .storage_uri import async_storage_uri, carries_password, redact_uri
 
 # Keys are camelCase in files (OpenClaw's style); snake_case is accepted too, e.g. in env names.
 _ALIASES = AliasGenerator(validation_alias=lambda name: AliasChoices(to_camel(name), name))
@@ -145,9 +145,7 @@ class RateLimitSettings(BaseModel):
     @field_validator("storage")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        # the checks the limiter's storage is built with: ValueError names the scheme or the flaw
-        if not async_storage_uri(value).startswith("async+memory://") and (problem := redis_uri_problem(value)):
-            raise ValueError(problem)
+        async_storage_uri(value)  # the check the limiter's storage is built with: ValueError names the scheme
         return value
 
     @field_validator("storage_password_file")

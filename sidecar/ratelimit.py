@@ -168,9 +168,10 @@ def _make_storage(uri: str, timeout_s: float, options: Mapping[str, Any] | None)
     try:
         storage = storage_from_string(async_uri, wrap_exceptions=True, **opts)
     except Exception as exc:  # ConfigurationError, bad host/port, missing service name ...
-        detail = str(exc)
-        for variant in (async_uri, async_uri.removeprefix("async+"), uri):
-            detail = detail.replace(variant, redact_uri(variant))
+        # The parsers' own words quote pieces of the URI, and a URI with a user part can be cut
+        # anywhere in its password (a '/' there ends the host early): then they are withheld.
+        detail = str(exc) if "@" not in uri else "the URI has a user part, so the parser's message is withheld; " \
+            "check its form, or keep the password in storagePasswordFile"
         # `from None`: the original exception's text may carry the password
         raise ValueError(f"invalid rate-limit storage URI {redact_uri(uri)!r}: {detail}") from None
     if not isinstance(storage, Storage):  # pragma: no cover - async+ schemes give async storages

@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic.alias_generators import to_camel
 
@@ -59,8 +58,9 @@ def warn_about_config(config: Config) -> None:
         log.warning("route %s opened beyond the default policy (%s)", name, what)
 
 
-# Settings a running process cannot take over: where it listens and what it forwards to, and the
-# limiters and the refusal pacer, whose state must survive a reload (a changed limit would need new ones).
+# Settings a running process cannot take over: where it listens and what it forwards to, the
+# limiters and the refusal pacer, whose state must survive a reload (a changed limit would need new
+# ones), and the event loop everything runs on.
 RESTART_SETTINGS = ("listen", "admin_listen", "upstream", "runtime_dir", "max_connections", "rate_limit", "audit_log",
                     "event_loop")
 
@@ -82,31 +82,27 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse:
     if reuse is not None:
         pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter)
         return Runtime(config, pipeline, reuse.failure_limiter, reuse.request_limiter, reuse.refusal_pacer)
-    password = read_storage_password(config.sidecar.rate_limit)
-    storage_options = {"password": password} if password is not None else None
-    try:
-        return _fresh_runtime(config, clock, storage_options)
-    except ValueError as exc:  # the storage could not be built from the URI (its text redacted)
-        raise ConfigError([("sidecar.rateLimit.storage", str(exc))]) from None
-
-
-def _fresh_runtime(config: Config, clock: Callable[[], float], storage_options: dict[str, Any] | None) -> Runtime:
     limit_rules = config.rules.gateway.auth.rate_limit
     settings = config.sidecar.rate_limit
-    failure_limiter = AuthFailureLimiter(
-        max_attempts=limit_rules.max_attempts, window_ms=limit_rules.window_ms,
-        lockout_ms=limit_rules.lockout_ms, exempt_loopback=limit_rules.exempt_loopback,
-        max_entries=settings.max_entries, loopback_delay_base_ms=settings.loopback_delay_base_ms,
-        loopback_delay_max_ms=settings.loopback_delay_max_ms, storage_uri=settings.storage,
-        storage_options=storage_options, fail_closed=settings.fail_closed, clock=clock,
-    )
-    request_limiter = None
-    if settings.requests is not None:
-        request_limiter = RequestRateLimiter(
-            settings.requests.limit, per=settings.requests.per, per_tool=settings.requests.per_tool,
-            storage_uri=settings.storage, storage_options=storage_options,
-            fail_closed=settings.fail_closed, clock=clock,
+    password = read_storage_password(settings)
+    storage_options = {"password": password} if password is not None else None
+    try:  # each limiter builds its storage from the URI here
+        failure_limiter = AuthFailureLimiter(
+            max_attempts=limit_rules.max_attempts, window_ms=limit_rules.window_ms,
+            lockout_ms=limit_rules.lockout_ms, exempt_loopback=limit_rules.exempt_loopback,
+            max_entries=settings.max_entries, loopback_delay_base_ms=settings.loopback_delay_base_ms,
+            loopback_delay_max_ms=settings.loopback_delay_max_ms, storage_uri=settings.storage,
+            storage_options=storage_options, fail_closed=settings.fail_closed, clock=clock,
         )
+        request_limiter = None
+        if settings.requests is not None:
+            request_limiter = RequestRateLimiter(
+                settings.requests.limit, per=settings.requests.per, per_tool=settings.requests.per_tool,
+                storage_uri=settings.storage, storage_options=storage_options,
+                fail_closed=settings.fail_closed, clock=clock,
+            )
+    except ValueError as exc:  # the storage could not be built from the URI (its text redacted)
+        raise ConfigError([("sidecar.rateLimit.storage", str(exc))]) from None
     pacing = settings.refusal_pacing
     pacer = RefusalPacer(after_refusals=pacing.after_refusals, base_delay_ms=pacing.base_delay_ms,
                          max_delay_ms=pacing.max_delay_ms, max_clients=settings.max_entries)

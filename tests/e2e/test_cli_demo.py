@@ -325,6 +325,31 @@ def test_run_with_a_bad_config_exits_1_naming_the_key(tmp_path, content, key_pat
     assert "listening on" not in done.stdout
 
 
+@pytest.mark.parametrize("storage", [
+    "redis://127.0.0.1/0",  # no port
+    "redis+sentinel://127.0.0.1:26379",  # no service
+    "redis://default:Hunter2xyz/q@127.0.0.1:6379",  # a '/' in the password ends the host early
+    "redis://:pa[Hunter2xyz]q@127.0.0.1:6379",
+])
+def test_a_storage_uri_the_limiter_cannot_build_fails_check_config_and_run_alike(tmp_path, storage):
+    """Both build the storage (no connection is opened); the parser's words never quote a password."""
+    config = write_config(tmp_path / "bad.yaml", {"sidecar": {"listen": "127.0.0.1:0", "adminListen": "127.0.0.1:0",
+                                                              "rateLimit": {"storage": storage}},
+                                                  "gateway": {"auth": {"mode": "token", "token": "x"}}})
+    for done in (sidecar_cli("check-config", str(config)), sidecar_cli("run", "--config", str(config))):
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "sidecar.rateLimit.storage: invalid rate-limit storage URI" in done.stderr
+        assert "Hunter2" not in done.stderr + done.stdout
+
+
+def test_a_password_holding_an_at_sign_still_builds(tmp_path):
+    config = write_config(tmp_path / "ok.yaml", {"sidecar": {"rateLimit": {"storage": "redis://:p@ss@127.0.0.1:6379/0"}},
+                                                 "gateway": {"auth": {"mode": "token", "token": "x"}}})
+    done = sidecar_cli("check-config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "p@ss" not in done.stdout and "redis://:***@127.0.0.1:6379/0" in done.stdout
+
+
 def test_check_config_reads_the_redis_password_file_as_run_does(tmp_path):
     done = sidecar_cli("check-config", str(write_config(tmp_path / "bad.yaml", ABSENT_REDIS_PASSWORD)))
     assert done.returncode == 1 and "Traceback" not in done.stderr

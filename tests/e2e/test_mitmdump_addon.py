@@ -95,3 +95,23 @@ def test_without_a_config_the_addon_refuses_to_start(tmp_path: Path, backend: De
     )
     assert done.returncode != 0
     assert "sidecar_config is required" in done.stderr + done.stdout
+
+
+def test_a_redis_password_file_that_cannot_be_read_stops_mitmdump_naming_the_key(tmp_path: Path, backend: DemoBackend) -> None:
+    """Read when the runtime is built, after the config has loaded: an option error naming the key."""
+    config = tmp_path / "sidecar.json"
+    config.write_text(json.dumps({
+        "sidecar": {"rateLimit": {"storage": "redis://127.0.0.1:1/0", "storagePasswordFile": str(tmp_path / "absent")}},
+        "gateway": {"auth": {"mode": "token", "token": TOKEN}},
+    }))
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "mitmdump"), "-q", "-s", str(REPO / "addons" / "tools_invoke.py"),
+         "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(free_port()),
+         "--set", f"sidecar_config={config}", "--set", f"confdir={tmp_path / 'mitm'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    # mitmproxy reports an option error from a script as it reports any (with the stack it came up)
+    assert "OptionsError: sidecar_config: sidecar.rateLimit.storagePasswordFile: cannot read secret file" in done.stderr + done.stdout
+    assert "ConfigError" not in done.stderr + done.stdout  # not the unhandled error it was
+

@@ -246,23 +246,6 @@ def test_bad_sidecar_and_bad_rule_keys_are_reported_together(tmp_path: Path) -> 
     assert {"sidecar.listne", "gateway.trustedProxies"} <= set(problems_of(exc))
 
 
-@pytest.mark.parametrize("storage, why", [
-    ("redis://h/0", "needs a name and a port"),
-    ("redis://h:99999/0", "Port out of range"),
-    ("redis+cluster://h:7000,h2", "needs a name and a port"),
-    ("redis+sentinel://h:26379", "names the service"),
-    ("redis+sentinel://:pw@rd@h:26379/m", "percent-encode"),  # limits would cut the host at the first @
-    ("redis://:pw@[::1/0", "not a valid URI"),
-])
-def test_a_redis_uri_the_limiter_could_not_build_names_the_key(tmp_path: Path, storage: str, why: str) -> None:
-    """Refused when the config loads (`check-config` too), not when `run` builds the storage."""
-    with pytest.raises(ConfigError) as exc:
-        load_config(write(tmp_path, "c.yaml", f"sidecar:\n  rateLimit: {{storage: '{storage}'}}\n"), environ={})
-    problems = problems_of(exc)
-    assert list(problems) == ["sidecar.rateLimit.storage"] and why in problems["sidecar.rateLimit.storage"]
-    assert "pw" not in str(exc.value) and "rd@" not in str(exc.value)
-
-
 @pytest.mark.parametrize(
     "storage",
     ["memory://", "redis://localhost:6379/0", "rediss://h:6380", "redis+sentinel://h:26379/m", "redis+cluster://h:7000"],

@@ -72,6 +72,10 @@ def test_redaction() -> None:
     assert redact_uri("redis://h:6379") == "redis://h:6379"
     # redis-py reads a query password too (over any other)
     assert redact_uri("rediss://h:6380/0?ssl_cert_reqs=none&PASSWORD=s3cret") == "rediss://h:6380/0?ssl_cert_reqs=none&PASSWORD=***"
+    # read on the raw text: a URL parser would end the host at the '/' or '[' inside the password
+    assert redact_uri("redis://default:s3cret/q@h:6379") == "redis://default:***@h:6379"
+    assert redact_uri("redis://:pa[s3cret]q@h:6379") == "redis://:***@h:6379"
+    assert redact_uri("redis://:p@s3cret@h:6379/0") == "redis://:***@h:6379/0"
 
 
 @pytest.mark.parametrize("uri, carries", [

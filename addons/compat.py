@@ -427,7 +427,8 @@ _JOIN_AT_MOST = 64 * 1024
 
 def _send(self: server.ConnectionHandler, writes: list[commands.SendData]) -> None:
     """Upstream writes each SendData as it comes: a message's head and body are then two
-    syscalls (and two packets). The same bytes, in the same order, go in one write. Not
+    syscalls (and two packets). The same bytes, in the same order, go in one write (up to
+    64 KiB; a stream's, never a datagram's). Not
     `writelines`: the standard loop's (CPython 3.12.1) never pauses the protocol, so a client that
     does not read would be buffered without bound."""
     writer = self.transports[writes[0].connection].writer
@@ -436,7 +437,7 @@ def _send(self: server.ConnectionHandler, writes: list[commands.SendData]) -> No
     assert writer
     if writer.is_closing():
         return
-    if len(chunks) > 1 and sum(map(len, chunks)) <= _JOIN_AT_MOST:
+    if len(chunks) > 1 and isinstance(writer, asyncio.StreamWriter) and sum(map(len, chunks)) <= _JOIN_AT_MOST:
         writer.write(b"".join(chunks))
     else:
         for chunk in chunks:

@@ -46,7 +46,7 @@ class Case:
 
 CASES = [
     Case("a", "bare embedded Master, same addon chain, no enforcement", "bare", ALLOWED, AUTH, 200),
-    Case("a2", "bare embedded Master with the sidecar's mitmproxy speed-ups (no debug typecheck, direct hook dispatch)", "bare-speedups",
+    Case("a2", "bare embedded Master with the sidecar's speed-ups (mitmproxy patches, uvloop)", "bare-speedups",
          ALLOWED, AUTH, 200),
     Case("b", "stock mitmdump -q, no addon", "mitmdump", ALLOWED, AUTH, 200),
     Case("c", "sidecar, allowed call, in-memory limiter", "memory", ALLOWED, AUTH, 200),

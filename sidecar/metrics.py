@@ -37,8 +37,8 @@ HEAD_REFUSALS = Counter(
     "Request heads refused before any request existed: over the size limit, or unparseable (bare LF, bad framing).",
     registry=REGISTRY,
 )
-VANISHED_CLIENTS = Counter(
-    "openclaw_sidecar_vanished_clients_total",
+VANISHED_REQUESTS = Counter(
+    "openclaw_sidecar_vanished_requests_total",
     "Requests dropped unjudged because their client had reset the connection before its address "
     "could be read (uvloop reads it when first asked); nothing was forwarded or answered.",
     registry=REGISTRY,

@@ -265,6 +265,7 @@ def tool_refusal_frame(request_id: Any, decision: ToolDecision, tool: str) -> Fr
 # The gateway's words for a first frame that is no request, or a request other than connect.
 INVALID_REQUEST_FRAME = "invalid request frame"
 NOT_CONNECT_FIRST = "invalid handshake: first request must be connect"
+CONNECT_PARAMS_NOT_OBJECT = "invalid connect params: must be object"
 
 
 class FrameError(ValueError):
@@ -334,7 +335,8 @@ class RpcSession:
             return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", NOT_CONNECT_FIRST),
                                 close_code=1008, method=frame["method"], close_reason=NOT_CONNECT_FIRST)
         if not isinstance(params, dict):
-            raise FrameError(1008, "connect.params must be an object")
+            return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", CONNECT_PARAMS_NOT_OBJECT),
+                                close_code=1008, method="connect", close_reason=CONNECT_PARAMS_NOT_OBJECT)
         raw_client, raw_auth = params.get("client"), params.get("auth")
         client = raw_client if isinstance(raw_client, dict) else {}
         if (params.get("role", "operator") != "operator" or client.get("mode") == "node") and not self.policy.allow_nodes:

@@ -22,7 +22,7 @@ from addons.tools_invoke import ADMITTED, ToolsInvokeGuard, answer_directly, res
 from sidecar import envelopes
 from sidecar.config import load_config
 from sidecar.envelopes import Envelope
-from sidecar.metrics import INTERNAL_ERRORS, VANISHED_CLIENTS
+from sidecar.metrics import INTERNAL_ERRORS, VANISHED_REQUESTS
 from sidecar.pipeline import Admitted
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.scopes import DEFAULT_SCOPES
@@ -452,10 +452,10 @@ async def test_a_client_gone_before_its_address_was_read_is_dropped_unjudged(gua
     is left to judge or answer: the flow is killed and counted, not an internal error."""
     flow = make_flow(headers=[AUTH], body=BODY)
     flow.client_conn.peername = None
-    vanished, errors = VANISHED_CLIENTS._value.get(), INTERNAL_ERRORS._value.get()
+    vanished, errors = VANISHED_REQUESTS._value.get(), INTERNAL_ERRORS._value.get()
     await run(guard, flow)
     assert flow.response is None and flow.error is not None and not flow.live
-    assert VANISHED_CLIENTS._value.get() == vanished + 1 and INTERNAL_ERRORS._value.get() == errors
+    assert VANISHED_REQUESTS._value.get() == vanished + 1 and INTERNAL_ERRORS._value.get() == errors
 
 
 @pytest.mark.parametrize(

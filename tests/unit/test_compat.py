@@ -402,7 +402,6 @@ class RecordingWriter(asyncio.StreamWriter):
         super().write(data)
 
 
-
 async def _socket_writer() -> tuple[RecordingWriter, socket.socket]:
     ours, peer = socket.socketpair()
     transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(

@@ -225,6 +225,24 @@ async def test_a_bad_first_frame_closes(content: bytes, code: int) -> None:
     assert (verdict.verdict, verdict.close_code) == ("close", code)
 
 
+@pytest.mark.parametrize("content, answered, close_reason", [
+    (req("health", request_id="h"), {"type": "res", "id": "h", "ok": False, "error": {
+        "code": "INVALID_REQUEST", "message": "invalid handshake: first request must be connect"}},
+     "invalid handshake: first request must be connect"),
+    (b'{"type":"req","id":"c","method":"connect","params":[]}', {"type": "res", "id": "c", "ok": False, "error": {
+        "code": "INVALID_REQUEST", "message": "invalid connect params: must be object"}}, "invalid connect params: must be object"),
+    (b'{"type":"req","method":"health"}', None, "invalid request frame"),  # no id: no request to the gateway
+    (b'{"type":"event","event":"tick"}', None, "invalid request frame"),
+    (b"not json", None, None),  # the gateway closes 1000 here; the sidecar keeps 1008 malformed_frame
+])
+async def test_a_bad_first_frame_gets_the_gateways_answer_and_close_reason(content: bytes, answered: dict | None,
+                                                                           close_reason: str | None) -> None:
+    rpc, _ = session()
+    verdict = await rpc.client_frame(content)
+    assert verdict.verdict == "close" and verdict.close_code == 1008 and verdict.close_reason == close_reason
+    assert (json.loads(verdict.payload) if verdict.payload else None) == answered
+
+
 async def test_preauth_frames_are_bounded() -> None:
     rpc, _ = session()
     big = connect_frame(padding="x" * PREAUTH_MAX_BYTES)

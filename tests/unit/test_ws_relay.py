@@ -73,7 +73,7 @@ class FakeSession:
             return FrameVerdict("forward", Reason.ALLOWED, payload)
         if verdict == "reply":
             return FrameVerdict("reply", Reason.METHOD_DENIED, b'{"refused":1}')
-        return FrameVerdict("close", Reason.MALFORMED_FRAME, b'{"bye":1}', close_code=1008)
+        return FrameVerdict("close", Reason.MALFORMED_FRAME, b'{"bye":1}', close_code=1008, close_reason=asked.get("close_reason"))
 
 
 class Relay:
@@ -277,6 +277,12 @@ def test_a_close_verdict_answers_closes_and_ends_both_sides_after_a_linger() -> 
     assert isinstance(end[-1], websocket.WebsocketEndHook)
     assert relay.events(events.HookCompleted(end[-1])) == [] and not relay.flow.live
     assert relay.from_client(client_frame(TEXT, req("forward"))) == []  # done: nothing more
+
+
+def test_a_close_verdict_with_the_gateways_words_closes_with_them() -> None:
+    relay = Relay()
+    out = relay.from_client(client_frame(TEXT, req("close", close_reason="invalid request frame")))
+    assert sent(out, relay.client) == server_frame(TEXT, b'{"bye":1}') + server_frame(CLOSE, (1008).to_bytes(2, "big") + b"invalid request frame")
 
 
 def test_a_wakeup_before_the_deadline_waits_for_what_is_left() -> None:

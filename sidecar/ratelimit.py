@@ -176,7 +176,22 @@ def _make_storage(uri: str, timeout_s: float, options: Mapping[str, Any] | None)
         raise ValueError(f"invalid rate-limit storage URI {redact_uri(uri)!r}: {detail}") from None
     if not isinstance(storage, Storage):  # pragma: no cover - async+ schemes give async storages
         raise ValueError(f"rate-limit storage URI {redact_uri(uri)!r} did not give an async storage")
+    _build_one_connection(storage, uri)
     return storage, True
+
+
+def _build_one_connection(storage: Storage, uri: str) -> None:
+    """redis-py hands a URI's query arguments to each connection it opens, so an unknown one
+    (`?ssl=true`) failed every request as a storage outage: build one connection object now (no
+    I/O) and let redis-py itself refuse it at start-up."""
+    client = getattr(getattr(storage, "bridge", None), "storage", None)
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or not hasattr(pool, "connection_class"):  # a cluster client checks its own
+        return
+    try:
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:  # names the argument, never its value
+        raise ValueError(f"invalid rate-limit storage URI {redact_uri(uri)!r}: {exc}") from None
 
 
 def _memory_storage() -> Storage:

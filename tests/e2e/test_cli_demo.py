@@ -330,6 +330,7 @@ def test_run_with_a_bad_config_exits_1_naming_the_key(tmp_path, content, key_pat
     "redis+sentinel://127.0.0.1:26379",  # no service
     "redis://default:Hunter2xyz/q@127.0.0.1:6379",  # a '/' in the password ends the host early
     "redis://:pa[Hunter2xyz]q@127.0.0.1:6379",
+    "redis://:Hunter2xyz@127.0.0.1:6379/0?ssl=true",  # an argument no redis-py connection takes
 ])
 def test_a_storage_uri_the_limiter_cannot_build_fails_check_config_and_run_alike(tmp_path, storage):
     """Both build the storage (no connection is opened); the parser's words never quote a password."""

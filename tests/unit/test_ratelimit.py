@@ -568,6 +568,8 @@ def test_sentinels_get_the_same_timeouts_and_single_retry_as_the_servers() -> No
         ("nonsense", "nonsense"),
         ("redis+sentinel://h:26379", "service_name"),
         ("redis://h:notaport", "notaport"),
+        ("redis://h:6379/0?ssl=true", "'ssl'"),  # redis-py would refuse it on every connection
+        ("rediss://:pw@h:6379/0?foo=bar", "'foo'"),
     ],
 )
 def test_bad_storage_uri_fails_at_construction(uri: str, named: str) -> None:

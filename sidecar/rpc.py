@@ -277,6 +277,22 @@ class FrameError(ValueError):
         self.code, self.close_reason = code, close_reason
 
 
+_REQUEST_FRAME_KEYS = frozenset({"type", "id", "method", "params", "traceparent", "expectedProfileId"})
+
+
+def _string_of(value: Any, shortest: int, longest: int | None = None) -> bool:
+    return isinstance(value, str) and shortest <= len(value) and (longest is None or len(value) <= longest)
+
+
+def is_request_frame(frame: dict[str, Any]) -> bool:
+    """The gateway's RequestFrameSchema, a closed object: `req`, a non-empty id and method, and
+    optionally params, a traceparent of at most 128 characters and a profile id of 1 to 128."""
+    return (frame.keys() <= _REQUEST_FRAME_KEYS and frame.get("type") == "req"
+            and _string_of(frame.get("id"), 1) and _string_of(frame.get("method"), 1)
+            and ("traceparent" not in frame or _string_of(frame["traceparent"], 0, 128))
+            and ("expectedProfileId" not in frame or _string_of(frame["expectedProfileId"], 1, 128)))
+
+
 def parse_frame(content: bytes) -> dict[str, Any]:
     try:
         # As the gateway's JSON.parse reads the frame's text: no NaN, Infinity or byte-order mark.
@@ -329,7 +345,7 @@ class RpcSession:
 
     async def _connect(self, frame: dict[str, Any]) -> FrameVerdict:
         request_id, params = frame.get("id"), frame.get("params")
-        if not isinstance(request_id, str) or not request_id:  # not a request frame to the gateway
+        if not is_request_frame(frame):  # the gateway closes on it without an answer
             raise FrameError(1008, "expected a req frame", close_reason=INVALID_REQUEST_FRAME)
         if frame["method"] != "connect":  # answered and closed as the gateway does
             return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", NOT_CONNECT_FIRST),

@@ -372,7 +372,10 @@ def test_a_silent_client_is_closed_at_the_connect_deadline(token_gateway, start_
     {"type": "req", "id": "h", "method": "health", "params": {}},  # answered, then closed
     {"type": "req", "method": "health", "params": {}},  # no id: not a request frame to the gateway
     {"type": "event", "event": "tick"},
-], ids=["request", "no-id", "event"])
+    {"type": "req", "id": "c", "method": "connect", "params": {}, "extra": 1},  # the gateway's schema is closed
+    {"type": "req", "id": "c", "method": ""},
+    {"type": "req", "id": "c", "method": "connect", "params": []},  # answered: params must be an object
+], ids=["request", "no-id", "event", "extra-key", "empty-method", "params-list"])
 def test_a_first_frame_that_is_not_connect_is_answered_and_closed_as_the_gateway_does(token_gateway, open_sc, first):
     seen = []
     for port in (token_gateway.port, open_sc.port):

@@ -233,6 +233,11 @@ async def test_a_bad_first_frame_closes(content: bytes, code: int) -> None:
         "code": "INVALID_REQUEST", "message": "invalid connect params: must be object"}}, "invalid connect params: must be object"),
     (b'{"type":"req","method":"health"}', None, "invalid request frame"),  # no id: no request to the gateway
     (b'{"type":"event","event":"tick"}', None, "invalid request frame"),
+    # the gateway's request schema is closed and bounded: these are no request frames to it either
+    (b'{"type":"req","id":"c","method":"connect","params":{},"extra":1}', None, "invalid request frame"),
+    (b'{"type":"req","id":"c","method":""}', None, "invalid request frame"),
+    (json.dumps({"type": "req", "id": "c", "method": "health", "traceparent": "t" * 129}).encode(), None, "invalid request frame"),
+    (b'{"type":"req","id":"c","method":"health","expectedProfileId":""}', None, "invalid request frame"),
     (b"not json", None, None),  # the gateway closes 1000 here; the sidecar keeps 1008 malformed_frame
 ])
 async def test_a_bad_first_frame_gets_the_gateways_answer_and_close_reason(content: bytes, answered: dict | None,

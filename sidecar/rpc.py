@@ -348,11 +348,11 @@ class RpcSession:
         if not is_request_frame(frame):  # the gateway closes on it without an answer
             raise FrameError(1008, "expected a req frame", close_reason=INVALID_REQUEST_FRAME)
         if frame["method"] != "connect":  # answered and closed as the gateway does
-            return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", NOT_CONNECT_FIRST),
-                                close_code=1008, method=frame["method"], close_reason=NOT_CONNECT_FIRST)
+            return self._refuse_connect(request_id, Reason.MALFORMED_FRAME, "INVALID_REQUEST", NOT_CONNECT_FIRST,
+                                        method=frame["method"], close_reason=NOT_CONNECT_FIRST)
         if not isinstance(params, dict):
-            return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", CONNECT_PARAMS_NOT_OBJECT),
-                                close_code=1008, method="connect", close_reason=CONNECT_PARAMS_NOT_OBJECT)
+            return self._refuse_connect(request_id, Reason.MALFORMED_FRAME, "INVALID_REQUEST", CONNECT_PARAMS_NOT_OBJECT,
+                                        close_reason=CONNECT_PARAMS_NOT_OBJECT)
         raw_client, raw_auth = params.get("client"), params.get("auth")
         client = raw_client if isinstance(raw_client, dict) else {}
         if (params.get("role", "operator") != "operator" or client.get("mode") == "node") and not self.policy.allow_nodes:
@@ -391,8 +391,11 @@ class RpcSession:
         return FrameVerdict("forward", Reason.CONNECT, compact_json({**frame, "params": rewritten}), method="connect")
 
     def _refuse_connect(self, request_id: Any, reason: ReasonCode, code: str, message: str,
-                        details: Mapping[str, Any] | None = None) -> FrameVerdict:
-        return FrameVerdict("close", reason, error_frame(request_id, code, message, details), close_code=1008, method="connect")
+                        details: Mapping[str, Any] | None = None, *, method: str = "connect",
+                        close_reason: str | None = None) -> FrameVerdict:
+        """The first frame answered with an error `res`, then close 1008."""
+        return FrameVerdict("close", reason, error_frame(request_id, code, message, details), close_code=1008, method=method,
+                            close_reason=close_reason)
 
     async def _request(self, frame: dict[str, Any]) -> FrameVerdict:
         method, request_id, params = frame["method"], frame.get("id"), frame.get("params")

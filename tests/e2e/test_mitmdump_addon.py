@@ -22,6 +22,13 @@ from .harness import REPO, raw_exchange
 TOKEN = "mitmdump-token"
 
 
+def mitmdump_command(tmp_path: Path, backend: DemoBackend, port: int, *options: str) -> list[str]:
+    """`mitmdump -s addons/tools_invoke.py` in reverse mode in front of the backend, with `options` set."""
+    return [str(Path(sys.executable).parent / "mitmdump"), "-q", "-s", str(REPO / "addons" / "tools_invoke.py"),
+            "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(port),
+            *(arg for option in (*options, f"confdir={tmp_path / 'mitm'}") for arg in ("--set", option))]
+
+
 @pytest.fixture
 def mitmdump(tmp_path: Path, backend: DemoBackend) -> Iterator[int]:
     config = tmp_path / "sidecar.json"
@@ -31,9 +38,7 @@ def mitmdump(tmp_path: Path, backend: DemoBackend) -> Iterator[int]:
     }))
     port = free_port()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mitmdump"), "-q", "-s", str(REPO / "addons" / "tools_invoke.py"),
-         "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(port),
-         "--set", f"sidecar_config={config}", "--set", f"confdir={tmp_path / 'mitm'}"],
+        mitmdump_command(tmp_path, backend, port, f"sidecar_config={config}"),
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 20
@@ -88,9 +93,7 @@ def test_chunked_body_over_the_limit_gets_the_gateway_413(mitmdump: int, backend
 def test_without_a_config_the_addon_refuses_to_start(tmp_path: Path, backend: DemoBackend) -> None:
     """Silently starting would answer every request 500; mitmdump exits naming the option instead."""
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "mitmdump"), "-q", "-s", str(REPO / "addons" / "tools_invoke.py"),
-         "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(free_port()),
-         "--set", f"confdir={tmp_path / 'mitm'}"],
+        mitmdump_command(tmp_path, backend, free_port()),
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode != 0
@@ -105,9 +108,7 @@ def test_a_redis_password_file_that_cannot_be_read_stops_mitmdump_naming_the_key
         "gateway": {"auth": {"mode": "token", "token": TOKEN}},
     }))
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "mitmdump"), "-q", "-s", str(REPO / "addons" / "tools_invoke.py"),
-         "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1", "-p", str(free_port()),
-         "--set", f"sidecar_config={config}", "--set", f"confdir={tmp_path / 'mitm'}"],
+        mitmdump_command(tmp_path, backend, free_port(), f"sidecar_config={config}"),
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode != 0

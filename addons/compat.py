@@ -21,6 +21,7 @@ import h11
 import wsproto.events
 from h11 import _readers as h11_readers
 from h11._readers import ChunkedReader
+from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import connection, ctx, exceptions, hooks, http
 from mitmproxy.addonmanager import AddonManager, safecall
 from mitmproxy.http import MessageData
@@ -32,6 +33,7 @@ from mitmproxy.proxy.layers import websocket
 from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, RequestEndOfMessage, _http1
 from mitmproxy.utils import asyncio_utils
 
+from sidecar import request_line
 from sidecar.metrics import HEAD_REFUSALS
 
 from .coroutines import resume
@@ -173,7 +175,8 @@ def answer_malformed_bodies() -> None:
 
 
 def limit_request_heads(max_bytes: int) -> None:
-    """Refuse a request head over `max_bytes` as it arrives, with Node's 431.
+    """Refuse a request head over `max_bytes` as it arrives, with Node's 431, and one Node cannot
+    parse with its 400 (as soon as that is known: a TLS ClientHello at its first byte).
 
     mitmproxy buffers a head without bound ("FIXME: protect against header size DoS" in
     Http1Server.read_headers): a 3 MB request line was accepted and parsed. The buffer is checked
@@ -186,10 +189,16 @@ def limit_request_heads(max_bytes: int) -> None:
     def read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):  # type: ignore[no-untyped-def]
         if isinstance(event, events.DataReceived):
             data = bytes(self.buf)
+            if skip := request_line.blank_prefix(data):
+                data = data[skip:]
+                self.buf = ReceiveBuffer()
+                self.buf += data
             end = _HEAD_END.search(data)
             head_end = end.end() if end else len(data)
-            # Node refuses a bare LF as a line ending (mitmproxy accepts it): one head, one reading.
-            refusal = HEAD_TOO_LARGE if head_end > max_bytes else HEAD_MALFORMED if _BARE_LF.search(data, 0, head_end) else None
+            # Node refuses a bare LF as a line ending (mitmproxy accepts it), and a request line
+            # it would not parse (sidecar/request_line.py): one head, one reading.
+            malformed = _BARE_LF.search(data, 0, head_end) or request_line.refused(data)
+            refusal = HEAD_TOO_LARGE if head_end > max_bytes else HEAD_MALFORMED if malformed else None
             if refusal is not None:
                 HEAD_REFUSALS.inc()
                 yield commands.SendData(self.conn, refusal)

@@ -33,6 +33,7 @@ from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_header
 from .ipaddrs import is_loopback, parse_network
 from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
+from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
 from .rpc import RpcPolicy, RpcSession
 from .shadow import SHADOWABLE_REASONS
@@ -56,7 +57,6 @@ _UNSCOPED_METHODS = UNAUTHENTICATED_METHODS - {CONNECT_FRAME_AUTH}  # a connect 
 _ROUTE_CREDENTIAL = AuthOutcome(True, "route-credential")
 _CONNECT_FRAME = AuthOutcome(True, CONNECT_FRAME_AUTH, shared_secret=True)
 _PUBLIC_READ = AuthOutcome(True, "unauthenticated-route")
-_METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
 _PLAIN_HOST = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
 
@@ -281,8 +281,8 @@ class Pipeline:
         return None
 
     def stage_method_syntax(self, head: HeadState) -> Refuse | None:
-        if not _METHOD.fullmatch(head.view.method):
-            # Node's parser refuses lower-case and unknown-shaped methods outright.
+        if head.view.method not in NODE_METHODS:
+            # Node's parser refuses a method it does not know (`get`, `FOO`, `PRI`) outright.
             return Refuse.because(Reason.INVALID_METHOD)
         return None
 

@@ -28,7 +28,9 @@ if _reason is not None:
     pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {_reason}", allow_module_level=True)
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH_LINE = f"Authorization: Bearer {TOKEN}\r\n"
 AGENTS = {"name": "agents_list", "args": {}}
+AGENTS_BODY = json.dumps(AGENTS).encode()
 NOT_FOUND = b"Not Found"
 INVALID_URL = {"error": "bad_request", "message": "Invalid request URL"}
 
@@ -266,6 +268,17 @@ UNPARSEABLE_HEADS = [
     pytest.param(b"POST /tools/invoke http/1.1\r\nHost: localhost\r\n" + _TAIL, id="lower-case-version"),
     pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: xchunked\r\n" + _TAIL, id="unknown-transfer-encoding"),
     pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", id="negative-length"),
+    # Request lines mitmproxy splits on any whitespace and the sidecar used to relay rewritten
+    # (sidecar/request_line.py); Node refuses each of them.
+    pytest.param(b"POST\t/tools/invoke HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="tab-after-method"),
+    pytest.param(b"POST /tools/invoke\x0cHTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="form-feed-before-version"),
+    pytest.param(b"POST\r/tools/invoke HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="bare-cr-after-method"),
+    pytest.param(b"POST /tools/invoke HTTP/1.1 \r\nHost: localhost\r\n" + _TAIL, id="space-after-version"),
+    pytest.param(b" POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="space-before-method"),
+    pytest.param(b"POST /tools/invoke?x=\x01 HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="control-byte-in-target"),
+    pytest.param(b"GET /sessions/m\xc3\xa4in/history HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="utf8-in-target"),
+    pytest.param(b"FOO /tools/invoke HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="unknown-method"),
+    pytest.param(b"PRI /tools/invoke HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="pri-method"),
 ]
 
 
@@ -277,6 +290,17 @@ def test_a_head_nobody_can_parse_gets_a_400_that_does_not_name_the_proxy(gateway
     assert direct.startswith(b"HTTP/1.1 400 ")
     assert proxied.startswith(b"HTTP/1.1 400 ")
     assert b"mitmproxy" not in proxied.lower() and b"text/html" not in proxied.lower(), proxied
+
+
+def test_blank_lines_before_a_request_line_are_skipped_as_the_gateway_skips_them(gateway, sidecar):
+    """Node skips CR and LF before a request line (a client may send a CRLF after a body);
+    mitmproxy stalled on them until the head deadline."""
+    first = f"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\n{AUTH_LINE}Content-Type: application/json\r\n" \
+            f"Content-Length: {len(AGENTS_BODY)}\r\n\r\n"
+    raw = first.encode() + AGENTS_BODY + b"\r\n\r\n\nGET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    for port in (gateway.port, sidecar.port):
+        answers = re.findall(rb"HTTP/1\.1 (\d{3}) ", until_closed(port, raw))
+        assert answers == [b"200", b"200"], (port, answers)
 
 
 @pytest.mark.parametrize("target", ["/tools/invoke", "/v1/models", "/__openclaw__/board/x"])

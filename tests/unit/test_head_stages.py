@@ -148,7 +148,8 @@ async def test_head_size(make) -> None:
 
 async def test_method_syntax(make) -> None:
     pipeline = make()
-    refused(await run(pipeline, "method_syntax", HeadState(request("post"))), Reason.INVALID_METHOD)
+    for method in ("post", "FOO", "PRI", "GETX"):
+        refused(await run(pipeline, "method_syntax", HeadState(request(method))), Reason.INVALID_METHOD)
     assert await run(pipeline, "method_syntax", HeadState(request("M-SEARCH"))) is None
 
 

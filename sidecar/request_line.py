@@ -1,0 +1,47 @@
+"""The request line as the gateway's HTTP parser (Node's llhttp) reads it, byte by byte.
+
+mitmproxy splits the line on any whitespace and takes any token as a method and any byte in the
+target; the sidecar then forwards a line it wrote itself. So a line the gateway refuses with 400
+(a tab, a form feed or a bare CR between the parts, a space after the version, a control or
+non-ASCII byte in the target, `FOO` or `PRI` as the method, a TLS ClientHello) was judged and
+relayed in a repaired spelling. These rules were read off the real gateway one byte at a time
+(tests/e2e/test_real_gateway_routes.py keeps a sample of them).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Node's `http.METHODS` (Node 24): the methods llhttp parses in a request. Case-sensitive.
+NODE_METHODS = frozenset({
+    "ACL", "BIND", "CHECKOUT", "CONNECT", "COPY", "DELETE", "GET", "HEAD", "LINK", "LOCK", "M-SEARCH",
+    "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MOVE", "NOTIFY", "OPTIONS", "PATCH", "POST",
+    "PROPFIND", "PROPPATCH", "PURGE", "PUT", "QUERY", "REBIND", "REPORT", "SEARCH", "SOURCE",
+    "SUBSCRIBE", "TRACE", "UNBIND", "UNLINK", "UNLOCK", "UNSUBSCRIBE",
+})
+# Method, one or more spaces, a target of visible ASCII, one or more spaces, the version, CRLF.
+_LINE = re.compile(rb"(?P<method>[A-Z-]+) +[\x21-\x7e]+ +HTTP/[0-9]\.[0-9]\r\n")
+_BLANK = b"\r\n"
+# The first letters of the methods llhttp knows (Node's, and RTSP's FLUSH, which it also waits on).
+_METHOD_INITIALS = frozenset(b"ABCDFGHLMNOPQRSTU")
+
+
+def blank_prefix(data: bytes) -> int:
+    """How many CR and LF bytes come before the request line: llhttp skips them (a client may send
+    a CRLF after a body), where mitmproxy stalls on them."""
+    return len(data) - len(data.lstrip(_BLANK))
+
+
+def refused(data: bytes) -> bool:
+    """Whether Node answers 400 to the request `data` begins (the head so far, blank prefix
+    removed). Decided at the first byte when no method starts with it (TLS and SSLv2
+    ClientHellos, a space, a tab), otherwise once the line is complete."""
+    if not data:
+        return False
+    if data[0] not in _METHOD_INITIALS:
+        return True
+    end = data.find(b"\n")
+    if end < 0:
+        return False
+    line = _LINE.fullmatch(data, 0, end + 1)
+    return line is None or line["method"].decode("ascii") not in NODE_METHODS

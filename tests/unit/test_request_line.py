@@ -1,0 +1,93 @@
+"""The request line against Node's own HTTP parser (the gateway's llhttp, run in the gateway's Node).
+
+Every byte at each place of a request line, the methods, and a seeded batch of random lines go to
+Node's `HTTPParser` in one run (no sockets); for each, the sidecar's `request_line.refused` must
+say what Node says: an error is a refusal, a parsed head or a wait for more bytes is not. One
+deliberate difference: a line without a version (Node reads it as HTTP/0.9) is refused, as
+mitmproxy also refuses it; forwarding it would mean framing a 0.9 request.
+
+Node is a hard requirement: the test fails (never skips) when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+
+from sidecar.request_line import NODE_METHODS, blank_prefix, refused
+from tests.node import gateway_node
+
+TAIL = b"Host: x\r\n\r\n"
+NODE_SCRIPT = r"""
+const { HTTPParser, methods } = require("_http_common");
+const heads = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const verdicts = heads.map((latin1) => {
+  const parser = new HTTPParser();
+  let version = null;
+  parser.initialize(HTTPParser.REQUEST, {}, 0, 0);  // as Node's http server: no lenient flags
+  parser[HTTPParser.kOnHeadersComplete] = (major, minor) => { version = `${major}.${minor}`; return 0; };
+  for (const k of ["kOnMessageComplete", "kOnBody", "kOnExecute", "kOnHeaders"]) parser[HTTPParser[k]] = () => 0;
+  const result = parser.execute(Buffer.from(latin1, "latin1"));
+  return result instanceof Error ? "error" : version ?? "more";
+});
+process.stdout.write(JSON.stringify({ verdicts, methods }));
+"""
+
+
+def node_verdicts(heads: list[bytes]) -> tuple[list[str], list[str]]:
+    """For each head: "error", "more" (Node waits), or the version of a parsed head."""
+    done = subprocess.run([gateway_node(), "-e", NODE_SCRIPT], input=json.dumps([h.decode("latin-1") for h in heads]),
+                          capture_output=True, text=True, timeout=120, check=True)
+    answer = json.loads(done.stdout)
+    return answer["verdicts"], answer["methods"]
+
+
+def sidecar_refuses(head: bytes) -> bool:
+    """As compat.limit_request_heads applies it: blank lines skipped, then the line judged."""
+    return refused(head[blank_prefix(head):])
+
+
+def corpus() -> list[bytes]:
+    heads = []
+    for byte in map(lambda b: bytes([b]), range(256)):
+        heads += [byte + b"GET /healthz HTTP/1.1\r\n", b"GET" + byte + b"/healthz HTTP/1.1\r\n",
+                  b"GET /healthz?a" + byte + b"b HTTP/1.1\r\n", b"GET /healthz" + byte + b"HTTP/1.1\r\n",
+                  b"GET /healthz HTTP/1.1" + byte + b"\r\n", byte]
+    heads += [m.encode() + b" /tools/invoke HTTP/1.1\r\n" for m in sorted(NODE_METHODS)]
+    heads += [m + b" / HTTP/1.1\r\n" for m in (b"get", b"Post", b"FOO", b"GETX", b"GE", b"PRI", b"M_SEARCH", b"-")]
+    heads += [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"\x80\x2e\x01\x00\x02", b"\r\n\r\nGET / HTTP/1.1\r\n",
+              b"\rGET / HTTP/1.1\r\n", b"GET   /  HTTP/1.1\r\n", b"GET / HTTP/1.1 \r\n", b"GET / HTTP/1.1\r\r\n"]
+    rng = random.Random(20261201)
+    pieces = [b"GET", b"POST", b"get", b" ", b"  ", b"\t", b"\r", b"\x00", b"\x7f", b"\xff", b"/", b"/tools/invoke",
+              b"?", b"#", b"%", b"*", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/9.9", b"http/1.1", b"X"]
+    for _ in range(3000):
+        heads.append(b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 7))) + b"\r\n")
+    return [head + TAIL if head.endswith(b"\n") else head for head in heads]
+
+
+def test_the_request_line_is_refused_exactly_where_node_refuses_it() -> None:
+    heads = corpus()
+    verdicts, _ = node_verdicts(heads)
+    disagreements = []
+    for head, node in zip(heads, verdicts):
+        expected = node == "error" or node == "0.9"  # 0.9: see the module docstring
+        if sidecar_refuses(head) != expected:
+            disagreements.append((head[:60], node))
+    assert not disagreements, f"{len(disagreements)} of {len(heads)} differ, e.g. {disagreements[:10]}"
+    assert verdicts.count("error") > 1000 and verdicts.count("1.1") > 100  # the corpus covers both sides
+
+
+def test_the_method_list_is_the_one_node_parses() -> None:
+    _, methods = node_verdicts([])
+    assert set(methods) - {"PRI"} == NODE_METHODS  # PRI only opens HTTP/2's preface, refused by Node
+
+
+def test_a_tls_client_hello_is_refused_at_its_first_byte() -> None:
+    assert refused(b"\x16") and refused(b"\x80") and refused(b" ")
+    assert not refused(b"G") and not refused(b"") and not refused(b"GET /tools/inv")
+
+
+def test_blank_lines_before_the_request_line_are_counted() -> None:
+    assert blank_prefix(b"\r\n\n\rGET") == 4
+    assert blank_prefix(b"GET /\r\n") == 0

@@ -24,6 +24,7 @@ from h11._readers import ChunkedReader
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import connection, ctx, exceptions, hooks, http
 from mitmproxy.addonmanager import AddonManager, safecall
+from mitmproxy.addons import next_layer
 from mitmproxy.http import MessageData
 from mitmproxy.net.http import status_codes
 from mitmproxy.connection import ConnectionState
@@ -31,6 +32,7 @@ from mitmproxy.proxy import commands, events, layer, server
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import websocket
 from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, RequestEndOfMessage, _http1
+from mitmproxy.proxy.layers.tls import ClientTLSLayer, ServerTLSLayer
 from mitmproxy.utils import asyncio_utils
 
 from sidecar import request_line
@@ -172,6 +174,31 @@ def answer_malformed_bodies() -> None:
     read_body._sidecar_answers = True  # type: ignore[attr-defined]
     read_body.__wrapped__ = original  # type: ignore[attr-defined]
     _http1.Http1Server.read_body = read_body  # type: ignore[method-assign,assignment]
+
+
+def plain_http_listener() -> None:
+    """The gateway's port speaks plain HTTP, and so does ours. mitmproxy's reverse mode puts TLS
+    before HTTP when the first bytes look like a ClientHello and answers with a handshake: a
+    certificate its own CA mints for any name the stranger sends, and a signature per handshake,
+    before any credential. Without that layer the hello is read as HTTP and gets Node's 400 at its
+    first byte (limit_request_heads). An https:// upstream keeps its TLS.
+
+    Patched where the stack is built rather than in a `next_layer` hook: under mitmdump a script's
+    hook runs before NextLayer has chosen."""
+    original = next_layer.NextLayer._setup_reverse_proxy
+    if getattr(original, "_sidecar_plain", False):
+        return
+
+    def setup_reverse_proxy(context: Context, data_client: bytes) -> layer.Layer:
+        top = original(context, data_client)
+        if isinstance(top, ClientTLSLayer):
+            return top.child_layer
+        if isinstance(top, ServerTLSLayer) and isinstance(top.child_layer, ClientTLSLayer):
+            top.child_layer = top.child_layer.child_layer
+        return top
+
+    setup_reverse_proxy._sidecar_plain = True  # type: ignore[attr-defined]
+    next_layer.NextLayer._setup_reverse_proxy = staticmethod(setup_reverse_proxy)  # type: ignore[method-assign]
 
 
 def limit_request_heads(max_bytes: int) -> None:
@@ -518,6 +545,7 @@ def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.H
     strict_chunk_headers()
     answer_malformed_bodies()
     answer_protocol_errors_as_node()
+    plain_http_listener()
     limit_request_heads(max_head_bytes)
     limit_websocket_messages(websocket_message_limit)
     choose_websocket_layer(websocket_layer)

@@ -90,6 +90,16 @@ def test_chunked_body_over_the_limit_gets_the_gateway_413(mitmdump: int, backend
     assert backend.requests() == []
 
 
+def test_a_tls_client_hello_gets_nodes_400_not_a_handshake(mitmdump: int, backend: DemoBackend) -> None:
+    """mitmdump's reverse mode answers a ClientHello with a handshake; the guard reads it as HTTP."""
+    hello = b"\x16\x03\x01\x00\x2f\x01\x00\x00\x2b\x03\x03" + bytes(32) + b"\x00\x00\x02\x13\x01\x01\x00"
+    with socket.create_connection(("127.0.0.1", mitmdump), timeout=10) as sock:
+        sock.sendall(hello)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert answer == b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    assert backend.requests() == []
+
+
 def test_without_a_config_the_addon_refuses_to_start(tmp_path: Path, backend: DemoBackend) -> None:
     """Silently starting would answer every request 500; mitmdump exits naming the option instead."""
     done = subprocess.run(

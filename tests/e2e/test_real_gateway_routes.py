@@ -9,9 +9,11 @@ door does and that the sidecar closes it. Loopback only; the gateway runs with t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -290,6 +292,25 @@ def test_a_head_nobody_can_parse_gets_a_400_that_does_not_name_the_proxy(gateway
     assert direct.startswith(b"HTTP/1.1 400 ")
     assert proxied.startswith(b"HTTP/1.1 400 ")
     assert b"mitmproxy" not in proxied.lower() and b"text/html" not in proxied.lower(), proxied
+
+
+def client_hello(server_name: str) -> bytes:
+    """The first flight of a TLS client (Python's ssl, no socket)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    with contextlib.suppress(ssl.SSLWantReadError):
+        context.wrap_bio(incoming, outgoing, server_hostname=server_name).do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("raw", [client_hello("gateway.example"), b"\x80\x2e\x01\x00\x02"], ids=["tls", "sslv2"])
+def test_a_tls_client_hello_gets_nodes_400_not_a_handshake(gateway, sidecar, raw):
+    """The gateway's port speaks plain HTTP and answers a ClientHello with 400. mitmproxy's
+    reverse mode terminated TLS there, with a certificate its own CA minted for the name sent."""
+    direct, proxied = (until_closed(port, raw) for port in (gateway.port, sidecar.port))
+    assert direct.startswith(b"HTTP/1.1 400 ")
+    assert proxied.startswith(b"HTTP/1.1 400 ") and b"mitmproxy" not in proxied, proxied[:200]
 
 
 def test_blank_lines_before_a_request_line_are_skipped_as_the_gateway_skips_them(gateway, sidecar):

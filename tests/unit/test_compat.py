@@ -15,10 +15,15 @@ import pytest
 from h11 import _readers as h11_readers
 from limits.aio.storage import MemoryStorage
 from mitmproxy import exceptions, hooks
+from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.proxy import server
+from mitmproxy.proxy import layer, server
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes, websocket
 from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1
+from mitmproxy.proxy.layers.tls import ServerTLSLayer
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow
 
 from addons import compat
 from sidecar.limits_compat import SweepThrottledMemoryStorage
@@ -278,6 +283,23 @@ def test_the_request_stages_skipped_for_head_answers_are_upstreams_and_idle_on_a
         assert step in body_end, step
     assert "if not flow.live or flow.error or flow.response:\n            return" in inspect.getsource(tlsconfig.TlsConfig.request)
     assert not hasattr(tlsconfig.TlsConfig, "responseheaders")
+
+
+@pytest.mark.parametrize("upstream", ["http://127.0.0.1:1", "https://127.0.0.1:1"])
+def test_the_reverse_proxy_stack_never_terminates_client_tls(upstream: str) -> None:
+    """For a ClientHello mitmproxy stacks client TLS before HTTP; patched, the hello reaches the
+    HTTP layer (and Node's 400) and only an https:// upstream's own TLS stays."""
+    compat.plain_http_listener()
+    with taddons.context() as tctx:
+        client = tflow.tclient_conn()
+        client.proxy_mode = ProxyMode.parse(f"reverse:{upstream}")
+        context = Context(client, tctx.options)
+        modes.ReverseProxy(context), layer.NextLayer(context)  # what stands above it on a connection
+        stack, chain = NextLayer._setup_reverse_proxy(context, b"\x16\x03\x01\x00\x05"), []
+        while stack is not None:
+            chain.append(type(stack))
+            stack = getattr(stack, "child_layer", None)
+    assert chain == ([ServerTLSLayer] if upstream.startswith("https") else []) + [HttpLayer]
 
 
 def test_the_unread_body_is_found_through_the_layer_stack() -> None:

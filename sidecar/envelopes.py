@@ -85,8 +85,9 @@ def _plain(status: int, text: str, *extra: tuple[str, str]) -> Envelope:
     return Envelope(status, text.encode(), (("Content-Type", "text/plain; charset=utf-8"), *SECURITY_HEADERS, *extra))
 
 
-def method_not_allowed() -> Envelope:
-    return _plain(405, "Method Not Allowed", ("Allow", "POST"))
+def method_not_allowed(allow: str) -> Envelope:
+    """A route's handler answering a method it does not serve; `allow` lists the ones it does."""
+    return _plain(405, "Method Not Allowed", ("Allow", allow))
 
 
 def expectation_failed() -> Envelope:

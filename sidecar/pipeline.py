@@ -117,6 +117,7 @@ class RouteAccess:
     """The route's verdict before authentication: refused (why), or how the caller gets in."""
 
     refusal: Reason | None = None
+    refusal_data: tuple[str, ...] = ()  # what the refusal's answer carries (reasons.BUILT_ANSWERS)
     public: bool = False  # plain reads need no credential
     own_credential: bool = False  # an opened route that checks its own credential
     passthrough: frozenset[str] = frozenset()  # client headers carrying that credential
@@ -372,7 +373,7 @@ class Pipeline:
             head.access = access
             return None
         head.access = _AUTHENTICATED_ACCESS  # if shadowed: in for callers the sidecar authenticates
-        return self._enforced(Refuse.because(access.refusal), head)
+        return self._enforced(Refuse.because(access.refusal, *access.refusal_data), head)
 
     def stage_rpc_upgrade(self, head: HeadState) -> Refuse | None:
         entry = head.match.entry
@@ -397,7 +398,7 @@ class Pipeline:
 
     def stage_method(self, head: HeadState) -> Refuse | None:
         if head.route == TOOLS_ROUTE and head.view.method != "POST":
-            return Refuse.because(Reason.METHOD_NOT_ALLOWED)
+            return Refuse.because(Reason.METHOD_NOT_ALLOWED, "POST")
         return None
 
     def stage_settled_route(self, head: HeadState) -> None:
@@ -512,14 +513,18 @@ class Pipeline:
         opened = entry.name in allowed
         if match.capability and NODE_CAPABILITY_ROUTE not in allowed:
             return RouteAccess(refusal=Reason.NODE_CAPABILITY)
+        policy: str = entry.default_policy
+        if entry.name == "control-ui":
+            policy = self.control_ui_policy
         if not match.method_served:
+            # Where the gateway's handler answers 405 before any credential, so does the sidecar;
+            # a route it refuses stays a 404 whatever the method.
+            if entry.method_not_allowed and (opened or policy != "refused"):
+                return RouteAccess(refusal=Reason.METHOD_NOT_ALLOWED, refusal_data=(", ".join(entry.methods or ()),))
             return RouteAccess(refusal=Reason.METHOD_NOT_SERVED)
         own = opened and entry.credential == "own"
         if match.query_credential is not None and not own:
             return RouteAccess(refusal=Reason.QUERY_CREDENTIAL)
-        policy: str = entry.default_policy
-        if entry.name == "control-ui":
-            policy = self.control_ui_policy
         if policy == "refused" and not opened:
             return RouteAccess(refusal=Reason.ROUTE_REFUSED)
         if own:

@@ -164,7 +164,6 @@ FIXED_ANSWERS: Final[Mapping[Reason, Envelope]] = MappingProxyType({
     Reason.INVALID_WEBSOCKET_UPGRADE: envelopes.bad_request("not an RFC 6455 WebSocket upgrade"),
     Reason.PROXY_ATTRIBUTION_REQUIRED: envelopes.proxy_attribution_required(),
     Reason.FUNNEL_REQUEST: _UNAUTHORIZED,
-    Reason.METHOD_NOT_ALLOWED: envelopes.method_not_allowed(),
     Reason.LIMITER_UNAVAILABLE: envelopes.limiter_unavailable(),
     Reason.MISSING_SCOPE: envelopes.missing_scope(),
     Reason.PAYLOAD_TOO_LARGE: envelopes.payload_too_large(),
@@ -187,6 +186,7 @@ BUILT_ANSWERS: Final[Mapping[Reason, Callable[..., Envelope]]] = MappingProxyTyp
     Reason.TOOL_DENIED: envelopes.tool_not_available,  # the tool's name
     Reason.REQUEST_RATE_LIMITED: envelopes.request_rate_limited,  # seconds until the budget refills
     Reason.METHOD_DENIED: envelopes.rpc_method_denied,  # on the admin HTTP RPC route: method, request id, markers
+    Reason.METHOD_NOT_ALLOWED: envelopes.method_not_allowed,  # the methods the route serves (its Allow)
 })
 
 # Refusals made only on the RPC WebSocket: an error frame or a close code, never an HTTP answer.

@@ -63,6 +63,7 @@ class RouteEntry:
     base: bool = False
     pass_headers: tuple[str, ...] = ()
     note: str = ""
+    method_not_allowed: bool = False  # its handler answers other methods 405 with Allow
     # Plugin rows: their paths as the gateway's matcher normalises them, computed once.
     plugin_paths: tuple[str, ...] = ()
 
@@ -106,6 +107,7 @@ def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
         name=row["name"], match=row["match"], paths=paths, methods=tuple(methods) if methods else None,
         credential=row["credential"], power=row["power"], base=row.get("base", False),
         pass_headers=tuple(row.get("passHeaders", ())), note=row.get("note", ""),
+        method_not_allowed=row.get("methodNotAllowed", False),
         plugin_paths=tuple(_security_normalize(p) for p in paths) if plugin else (),
     )
 

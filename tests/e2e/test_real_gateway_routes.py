@@ -344,6 +344,19 @@ def test_paths_outside_the_table_get_the_gateways_404(http, gateway, sidecar, me
     assert_gateway_404(proxied)
 
 
+@pytest.mark.parametrize("method, target", [("DELETE", "/healthz"), ("POST", "/readyz"), ("OPTIONS", "/health"),
+                                            ("POST", "/sessions/main/history"), ("HEAD", "/sessions/main/history"),
+                                            ("PUT", "/api/users/u/avatar"),
+                                            ("PATCH", "/__openclaw__/plugins/control-ui/x.js")])
+@pytest.mark.parametrize("headers", [{}, AUTH], ids=["anonymous", "token"])
+def test_a_method_a_route_does_not_serve_gets_the_gateways_405(http, gateway, sidecar, method, target, headers):
+    """The gateway's handlers answer it before any credential, naming what they serve in Allow."""
+    direct, proxied = both(http, gateway, sidecar, method, target, headers=headers)
+    assert direct.status_code == proxied.status_code == 405
+    assert direct.content == proxied.content == (b"" if method == "HEAD" else b"Method Not Allowed")
+    assert direct.headers["allow"] == proxied.headers["allow"]
+
+
 # ---- opening a route by name -------------------------------------------------------------------------
 
 

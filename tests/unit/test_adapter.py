@@ -134,7 +134,7 @@ def test_view_of_keeps_raw_target_order_and_duplicates() -> None:
 
 
 def test_response_of_is_byte_exact() -> None:
-    response = response_of(envelopes.method_not_allowed(), "GET")
+    response = response_of(envelopes.method_not_allowed("POST"), "GET")
     assert response.status_code == 405
     assert response.raw_content == b"Method Not Allowed"
     assert response.headers["Allow"] == "POST"
@@ -142,7 +142,7 @@ def test_response_of_is_byte_exact() -> None:
 
 
 def test_the_answer_to_a_head_request_has_the_length_and_no_body() -> None:
-    response = response_of(envelopes.method_not_allowed(), "HEAD")
+    response = response_of(envelopes.method_not_allowed("POST"), "HEAD")
     assert response.raw_content == b"" and response.headers["content-length"] == "18"
 
 
@@ -154,7 +154,7 @@ async def test_answer_directly_without_proxyserver_falls_back(guard: ToolsInvoke
 
 HEAD_REFUSALS = [
     # (id, make_flow kwargs, envelope)
-    ("1-get-no-auth", dict(method="GET"), envelopes.method_not_allowed()),
+    ("1-get-no-auth", dict(method="GET"), envelopes.method_not_allowed("POST")),
     ("5-no-auth", dict(body=BODY), envelopes.unauthorized()),
     ("6-bad-token", dict(headers=[("Authorization", "Bearer wrong")], body=BODY), envelopes.unauthorized()),
     ("25-untrusted-xff", dict(headers=[AUTH, ("X-Forwarded-For", "10.1.1.1")], body=BODY), envelopes.proxy_attribution_required()),
@@ -507,7 +507,7 @@ async def test_response_hook_ignores_flows_it_refused(guard: ToolsInvokeGuard) -
     flow = make_flow(method="GET")
     await guard.requestheaders(flow)
     guard.response(flow)
-    assert_answer(flow, envelopes.method_not_allowed())
+    assert_answer(flow, envelopes.method_not_allowed("POST"))
 
 
 # ---- options (mitmdump -s) -------------------------------------------------------------------
@@ -520,7 +520,7 @@ async def test_sidecar_config_option_builds_the_runtime(tmp_path: Path) -> None:
         assert addon.runtime is not None
         try:
             flow = await run(addon, make_flow(method="GET"))
-            assert_answer(flow, envelopes.method_not_allowed())
+            assert_answer(flow, envelopes.method_not_allowed("POST"))
         finally:
             addon.done()
             await addon.runtime.aclose()

@@ -23,7 +23,7 @@ ATTRIBUTION_MESSAGE = (
 
 CASES = [
     # (id, envelope, status, exact body, exact headers)
-    ("405", envelopes.method_not_allowed(), 405, b"Method Not Allowed",
+    ("405", envelopes.method_not_allowed("POST"), 405, b"Method Not Allowed",
      (("Content-Type", "text/plain; charset=utf-8"), *SECURITY, ("Allow", "POST"))),
     ("417", envelopes.expectation_failed(), 417, b"", SECURITY),
     ("400-url", envelopes.invalid_request_url(), 400, b'{"error":"bad_request","message":"Invalid request URL"}',

@@ -301,7 +301,7 @@ async def test_funnel(make) -> None:
 async def test_method(make) -> None:
     pipeline = make()
     head = await reach(pipeline, request("PUT"), "method")
-    refused(await run(pipeline, "method", head), Reason.METHOD_NOT_ALLOWED)
+    refused(await run(pipeline, "method", head), Reason.METHOD_NOT_ALLOWED, "POST")
 
 
 async def test_auth_refuses_a_locked_client_whatever_it_presents(make) -> None:

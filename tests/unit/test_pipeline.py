@@ -157,11 +157,11 @@ HEAD_REFUSALS = [
     ("25-untrusted-xff", dict(headers=[("X-Forwarded-For", "10.1.1.1")]), envelopes.proxy_attribution_required(), "proxy_attribution_required"),
     ("27-loopback-xff", dict(headers=[("X-Forwarded-For", "198.51.100.9")], peer="127.0.0.1"), envelopes.proxy_attribution_required(), "proxy_attribution_required"),
     ("I2-untrusted-tailscale", dict(headers=[("Tailscale-User-Login", "a@b")]), envelopes.proxy_attribution_required(), "proxy_attribution_required"),
-    ("1-get", dict(method="GET", auth=None), envelopes.method_not_allowed(), "method_not_allowed"),
-    ("2-put", dict(method="PUT"), envelopes.method_not_allowed(), "method_not_allowed"),
-    ("2-delete", dict(method="DELETE"), envelopes.method_not_allowed(), "method_not_allowed"),
-    ("2-options", dict(method="OPTIONS"), envelopes.method_not_allowed(), "method_not_allowed"),
-    ("2-head", dict(method="HEAD"), envelopes.method_not_allowed(), "method_not_allowed"),
+    ("1-get", dict(method="GET", auth=None), envelopes.method_not_allowed("POST"), "method_not_allowed"),
+    ("2-put", dict(method="PUT"), envelopes.method_not_allowed("POST"), "method_not_allowed"),
+    ("2-delete", dict(method="DELETE"), envelopes.method_not_allowed("POST"), "method_not_allowed"),
+    ("2-options", dict(method="OPTIONS"), envelopes.method_not_allowed("POST"), "method_not_allowed"),
+    ("2-head", dict(method="HEAD"), envelopes.method_not_allowed("POST"), "method_not_allowed"),
     ("5-no-auth", dict(auth=None), envelopes.unauthorized(), "credential_missing"),
     ("6-wrong-token", dict(auth="Bearer wrong"), envelopes.unauthorized(), "token_mismatch"),
     ("8-basic", dict(auth="Basic dDpU"), envelopes.unauthorized(), "credential_missing"),
@@ -461,13 +461,28 @@ async def test_authenticated_read_is_forwarded_with_our_credential(make, target:
     ("GET", "/__openclaw__/assistant-media?source=a.png&token=t", "query_credential"),
     ("GET", "/sessions/main/history?token=t", "query_credential"),
     ("GET", "/?oc_cap=abc", "node_capability"), ("GET", "/__openclaw__/cap/abc/sessions/main/history", "node_capability"),
-    # a method the row's handler does not serve
-    ("POST", "/sessions/main/history", "method_not_served"), ("POST", "/healthz", "method_not_served"),
+    # a method the row's handler does not serve, where it answers 404 (or its route is refused)
+    ("DELETE", "/oauth/mcp/callback", "method_not_served"), ("GET", "/v1/chat/completions", "method_not_served"),
+    ("GET", "/sessions/main/kill", "method_not_served"),
 ])
 async def test_routes_outside_the_default_policy_get_the_gateways_404(make, method: str, target: str, reason: str) -> None:
     """With credentials and all: refused before anything reaches the gateway."""
     harness = make()
     assert_refused(await harness.pipeline.on_head(view(method=method, target=target)), envelopes.route_not_found(), reason)
+    assert harness.failures.calls == []
+
+
+@pytest.mark.parametrize("method, target, allow, opened", [
+    ("POST", "/healthz", "GET, HEAD", ()), ("DELETE", "/readyz", "GET, HEAD", ()),
+    ("POST", "/sessions/main/history", "GET", ()), ("HEAD", "/sessions/main/history", "GET", ()),
+    ("PUT", "/api/users/u/avatar", "GET, HEAD", ()),
+    ("GET", "/sessions/main/kill", "POST", ("session-kill",)),
+])
+async def test_a_method_a_route_does_not_serve_gets_its_405_before_any_credential(make, method, target, allow, opened) -> None:
+    """As the gateway's handlers answer it, with their Allow; a route the sidecar refuses stays 404."""
+    harness = make(extra={"sidecar": {"routes": {"allow": list(opened)}}})
+    refused = await harness.pipeline.on_head(view(method=method, target=target, auth=None))
+    assert_refused(refused, envelopes.method_not_allowed(allow), "method_not_allowed")
     assert harness.failures.calls == []
 
 
@@ -718,8 +733,8 @@ ORDER = [
      envelopes.proxy_attribution_required(), "proxy_attribution_required"),
     ("403-attribution-before-401", None, dict(auth=None, headers=[("X-Forwarded-Proto", "https")]),
      envelopes.proxy_attribution_required(), "proxy_attribution_required"),
-    ("405-before-401", None, dict(method="GET", auth=None), envelopes.method_not_allowed(), "method_not_allowed"),
-    ("405-before-401-bad-token", None, dict(method="DELETE", auth="Bearer wrong"), envelopes.method_not_allowed(), "method_not_allowed"),
+    ("405-before-401", None, dict(method="GET", auth=None), envelopes.method_not_allowed("POST"), "method_not_allowed"),
+    ("405-before-401-bad-token", None, dict(method="DELETE", auth="Bearer wrong"), envelopes.method_not_allowed("POST"), "method_not_allowed"),
     ("12-401-before-413", None, dict(auth="Bearer wrong", headers=[("Content-Length", "5242880")]), envelopes.unauthorized(), "token_mismatch"),
     ("401-missing-before-413", None, dict(auth=None, headers=[("Content-Length", "5242880")]), envelopes.unauthorized(), "credential_missing"),
 ]
@@ -751,7 +766,7 @@ async def test_429_before_401(make) -> None:
 
 async def test_405_never_consults_the_limiter(make) -> None:
     harness = make(failures=FakeFailureLimiter(Verdict(allowed=False, retry_after_s=1)))
-    assert_refused(await harness.pipeline.on_head(view(method="GET")), envelopes.method_not_allowed(), "method_not_allowed")
+    assert_refused(await harness.pipeline.on_head(view(method="GET")), envelopes.method_not_allowed("POST"), "method_not_allowed")
     assert harness.failures.calls == []
 
 

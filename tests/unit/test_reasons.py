@@ -77,7 +77,7 @@ EXPECTED: list[tuple[Reason, tuple[str | int, ...], Envelope]] = [
     (Reason.INVALID_WEBSOCKET_UPGRADE, (), _openai(400, "not an RFC 6455 WebSocket upgrade", "invalid_request_error", CLOSE)),
     (Reason.PROXY_ATTRIBUTION_REQUIRED, (), _openai(403, ATTRIBUTION_MESSAGE, "proxy_attribution_required")),
     (Reason.FUNNEL_REQUEST, (), UNAUTHORIZED),
-    (Reason.METHOD_NOT_ALLOWED, (), Envelope(405, b"Method Not Allowed", (TEXT_CT, *SECURITY, ("Allow", "POST")))),
+    (Reason.METHOD_NOT_ALLOWED, ("POST",), Envelope(405, b"Method Not Allowed", (TEXT_CT, *SECURITY, ("Allow", "POST")))),
     (Reason.LIMITER_UNAVAILABLE, (), _openai(503, "Authentication rate limiter is unavailable; retry shortly.", "unavailable")),
     (Reason.RATE_LIMITED, (300,), _openai(429, "Too many failed authentication attempts. Please try again later.",
                                           "rate_limited", ("Retry-After", "300"))),
@@ -121,7 +121,7 @@ SAME_AS_CASE = {
     (Reason.INVALID_JSON, ("Unexpected end of JSON input",)): "400-json", (Reason.MISSING_TOOL_NAME, ()): "400-name",
     (Reason.TOOL_DENIED, ("automations",)): "404-tool", (Reason.ROUTE_DENIED, ()): "404-route",
     (Reason.UNSUPPORTED_UPGRADE, ()): "400-upgrade", (Reason.UPSTREAM_UNREACHABLE, ()): "502",
-    (Reason.UPSTREAM_TIMEOUT, ()): "504", (Reason.METHOD_NOT_ALLOWED, ()): "405",
+    (Reason.UPSTREAM_TIMEOUT, ()): "504", (Reason.METHOD_NOT_ALLOWED, ("POST",)): "405",
 }
 
 

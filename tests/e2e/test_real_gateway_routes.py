@@ -23,7 +23,7 @@ from tests.gateway.real_gateway import RealGateway, unavailable_reason
 
 from .conftest import REAL_GATEWAY_HOOKS_TOKEN as HOOKS_TOKEN
 from .conftest import REAL_GATEWAY_TOKEN as TOKEN
-from .harness import RawResponse, SidecarProcess, TestNet, http_request, raw_exchange
+from .harness import REPO, RawResponse, SidecarProcess, TestNet, http_request, raw_exchange
 
 _reason = unavailable_reason()
 if _reason is not None:
@@ -342,6 +342,29 @@ def test_paths_outside_the_table_get_the_gateways_404(http, gateway, sidecar, me
     direct, proxied = both(http, gateway, sidecar, method, target, headers=AUTH)
     assert_gateway_404(direct)
     assert_gateway_404(proxied)
+
+
+def _method_rows() -> list[dict]:
+    """Route rows with a method list, a path to try, and no `enabledBy` (their answer follows config)."""
+    rows = json.loads((REPO / "sidecar" / "data" / "gateway-routes-2026.9.6.json").read_text())["http"]
+    return [r for r in rows if r.get("methods") and "enabledBy" not in r
+            and (r["match"] in ("exact", "prefix", "regex", "namespace") and r["paths"])]
+
+
+def _sample_path(row: dict) -> str:
+    path = row["paths"][0].replace("[^/]+", "main")
+    return path + "x" if row["match"] == "prefix" else path
+
+
+@pytest.mark.parametrize("row", _method_rows(), ids=lambda row: row["name"])
+def test_the_route_tables_methods_are_the_gateways(http, gateway, row):
+    """Each method a row lists is served there (never 405), and another method gets 405 exactly
+    where the row says its handler answers so (`methodNotAllowed`)."""
+    target = gateway.url + _sample_path(row)
+    for method in row["methods"]:
+        assert http.request(method, target, headers=AUTH).status_code != 405, method
+    other = next(m for m in ("DELETE", "PUT", "POST", "GET") if m not in row["methods"])
+    assert (http.request(other, target, headers=AUTH).status_code == 405) == row.get("methodNotAllowed", False)
 
 
 @pytest.mark.parametrize("method, target", [("DELETE", "/healthz"), ("POST", "/readyz"), ("OPTIONS", "/health"),

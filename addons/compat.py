@@ -81,8 +81,8 @@ def skip_request_stages_of_head_answers() -> None:
     `request` hook and the emulated `responseheaders` hook upstream runs first.
 
     For the embedded Master only, whose chain is known: the guard answers refusals in
-    `requestheaders`, and no addon there acts in `request` or `responseheaders` on a flow that
-    already has its response (the guard and TlsConfig both return at once); two hooks, each a
+    `requestheaders`, and no other addon there acts in `request` or `responseheaders` (the guard
+    returns at once on a flow that already has its response); two hooks, each a
     dispatch and a completion walked down five layers, were a fifth of a refusal's CPU. Upstream's
     steps otherwise kept: the body read, timestamps, the kill check, `send_response` (and with it
     the `response` hook). A response set later takes upstream's path.

@@ -34,6 +34,15 @@ log = logging.getLogger("sidecar")
 RELOAD_CHECK_SECONDS = 1.0
 
 
+class UpstreamTls(tlsconfig.TlsConfig):
+    """TLS towards an https:// upstream, and nothing else. The listening side never speaks TLS
+    (compat.plain_http_listener), so mitmproxy's CRL route has nothing to serve: its `request`
+    hook answered 200 with the CA's revocation list for any admitted path ending in
+    /mitmproxy-<CA serial>.crl, on the gateway's behalf, and looked at every request to find it."""
+
+    request = None  # type: ignore[assignment]
+
+
 def build_master(config: Config, guard: ToolsInvokeGuard) -> Master:
     settings = config.sidecar
     settings.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -42,7 +51,8 @@ def build_master(config: Config, guard: ToolsInvokeGuard) -> Master:
     host, port = split_host_port(settings.listen)
     opts = options.Options()
     master = Master(opts, with_termlog=False)
-    master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(), guard)
+    upstream_tls = [UpstreamTls()] if settings.upstream.startswith("https://") else []
+    master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), *upstream_tls, guard)
     opts.update(
         confdir=str(confdir),
         mode=[f"reverse:{settings.upstream}"],

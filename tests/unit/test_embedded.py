@@ -9,12 +9,13 @@ import re
 import weakref
 from pathlib import Path
 
+import pytest
 from mitmproxy import http, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from addons import compat
-from addons.embedded import build_master, settle_heap
+from addons.embedded import UpstreamTls, build_master, settle_heap
 from sidecar.config import load_config
 from tests.builders import write_config
 
@@ -112,15 +113,18 @@ class Guard:
     """Stands where the guard stands in the chain."""
 
 
-async def test_in_the_embedded_chain_only_tlsconfig_and_the_guard_have_the_skipped_hooks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("upstream, tls", [("http://127.0.0.1:9", []), ("https://127.0.0.1:9", [UpstreamTls])])
+async def test_in_the_embedded_chain_only_the_guard_has_the_skipped_hooks(tmp_path: Path, upstream: str, tls: list) -> None:
     """What makes skipping `request` and `responseheaders` for head answers safe: no other addon
-    of build_master's chain acts there (tests/unit/test_compat.py pins TlsConfig's early return,
-    tests/unit/test_adapter.py the guard's)."""
+    of build_master's chain acts there (tests/unit/test_adapter.py pins the guard's early return).
+    TLS settings are there only for an https:// upstream, and without mitmproxy's CRL route."""
     config = load_config(write_config(tmp_path / "sidecar.json", {
-        "sidecar": {"listen": "127.0.0.1:0", "upstream": "http://127.0.0.1:9", "runtimeDir": str(tmp_path / "run")},
+        "sidecar": {"listen": "127.0.0.1:0", "upstream": upstream, "runtimeDir": str(tmp_path / "run")},
         "gateway": {"auth": {"mode": "token", "token": "t"}}}), environ={})
     guard = Guard()
     master = build_master(config, guard)  # type: ignore[arg-type]
-    acting = [addon for addon in master.addons.chain if hasattr(addon, "request") or hasattr(addon, "responseheaders")]
-    assert [type(addon) for addon in acting] == [tlsconfig.TlsConfig]  # and the guard, which here has none
+    acting = [addon for addon in master.addons.chain
+              if getattr(addon, "request", None) or getattr(addon, "responseheaders", None)]
+    assert acting == []  # and the guard, which here has none
+    assert [type(addon) for addon in master.addons.chain if isinstance(addon, tlsconfig.TlsConfig)] == tls
     assert guard in master.addons.chain

@@ -45,14 +45,21 @@ log = logging.getLogger("sidecar.adapter")
 # Node's own answers to an oversize head (HPE_HEADER_OVERFLOW) and to a head it cannot parse,
 # which the gateway never sees.
 HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+CHUNK_LINE_TOO_LONG = b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+# Node's limit on a chunk's extensions (their names and values), and how long a size line may grow
+# before it is refused unread (room for as many separators, and a size).
+MAX_CHUNK_EXTENSIONS_BYTES = 16 * 1024
+MAX_CHUNK_LINE_BYTES = 2 * MAX_CHUNK_EXTENSIONS_BYTES + 64
 HEAD_MALFORMED = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _HEAD_END = re.compile(rb"\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-# A chunk-size line as Node reads it: at most 16 hex digits (no 64-bit overflow), no whitespace
-# before the CRLF; h11 allows both, and a size that overflows left the request hanging.
+# A chunk-size line as Node reads it: at most 16 significant hex digits (no 64-bit overflow), no
+# whitespace before the CRLF, extension names and values that may be empty, quoted values without
+# control bytes; h11 allows whitespace and overflow (a size that overflows left the request hanging).
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_VALUE = rb'=(?:' + _TOKEN + rb'*|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*")'
 _STRICT_CHUNK_HEADER = re.compile(
-    rb"(?P<chunk_size>[0-9A-Fa-f]{1,16})(?P<chunk_ext>(?:;[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-    rb"(?:=(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[^\"\\]|\\.)*\"))?)*)?\r\n")
+    rb"(?P<chunk_size>0*[0-9A-Fa-f]{1,16})(?P<chunk_ext>(?:;(?:" + _TOKEN + rb"+(?:" + _VALUE + rb")?|" + _VALUE + rb"))*)\r\n")
 
 
 def limit_request_bodies_only() -> None:
@@ -108,20 +115,45 @@ def skip_request_stages_of_head_answers() -> None:
     HttpStream.state_consume_request_body = state_consume_request_body  # type: ignore[method-assign]
 
 
-class _TrailerRefusingReader(ChunkedReader):
-    """mitmproxy 12 raises NotImplementedError on HTTP/1 trailers, logging a crash and leaving
-    the connection hanging; as a protocol error it closes the connection cleanly instead. The
-    sidecar refuses trailers anyway (corpus B6): nothing after the body may reach the gateway."""
+class _NodeChunkedReader(ChunkedReader):
+    """h11's chunked reader held to what Node reads.
+
+    - A chunk-size line is bounded as it arrives. h11 waits for a whole line without limit, so
+      `20;a=` and endless bytes after it were buffered (500 MB in a second, from a stranger whose
+      refusal had already been sent). Node answers an extension over 16 KiB with 413.
+    - Trailers are refused at their first byte (corpus B6: nothing after the body may reach the
+      gateway), a bare LF ending the body included, as Node refuses it. mitmproxy 12 raised
+      NotImplementedError on trailers, and h11 buffered them without limit too.
+    """
+
+    line_too_long = False
 
     def __call__(self, buf):  # type: ignore[no-untyped-def]
-        event = super().__call__(buf)
-        if isinstance(event, h11.EndOfMessage) and event.headers:
-            raise h11.RemoteProtocolError("trailers are not accepted")
-        return event
+        data = buf._data  # h11 offers no bounded look at its buffer; nothing here copies it
+        if self._reading_trailer:
+            if data and not b"\r\n".startswith(data[:2]):
+                raise h11.RemoteProtocolError("trailers are not accepted")
+        elif not self._bytes_in_chunk and self._extensions_too_long(data, len(self._bytes_to_discard)):
+            self.line_too_long = True
+            raise h11.RemoteProtocolError("chunk extensions too long")
+        return super().__call__(buf)
+
+    @staticmethod
+    def _extensions_too_long(data: bytearray, start: int) -> bool:
+        """Whether the size line at `start` (after the CRLF ending the previous chunk) carries
+        more extension bytes than Node takes, or has gone on too long to ever end in time."""
+        end = data.find(b"\r\n", start, start + MAX_CHUNK_LINE_BYTES)
+        if end < 0:
+            return len(data) - start >= MAX_CHUNK_LINE_BYTES
+        extensions = data.find(b";", start, end)
+        if extensions < 0:
+            return False
+        separators = data.count(b";", extensions, end) + data.count(b"=", extensions, end)  # Node counts names and values
+        return end - extensions - separators > MAX_CHUNK_EXTENSIONS_BYTES
 
 
 def refuse_trailers() -> None:
-    _http1.ChunkedReader = _TrailerRefusingReader  # type: ignore[misc]
+    _http1.ChunkedReader = _NodeChunkedReader  # type: ignore[misc]
 
 
 def strict_chunk_headers() -> None:
@@ -152,8 +184,9 @@ def answer_protocol_errors_as_node() -> None:
 
 
 def answer_malformed_bodies() -> None:
-    """A request body h11 cannot parse (a bad chunk-size line) gets Node's 400 before the close;
-    mitmproxy closed the connection without a word. Not after an answer we already sent."""
+    """A request body h11 cannot parse (a bad chunk-size line) gets Node's 400 before the close,
+    an over-long one its 413; mitmproxy closed the connection without a word. Not after an answer
+    we already sent."""
     original = _http1.Http1Server.read_body
     if getattr(original, "_sidecar_answers", False):
         return
@@ -168,7 +201,8 @@ def answer_malformed_bodies() -> None:
                 return done.value
             if (isinstance(command, commands.CloseConnection) and isinstance(event, events.DataReceived)
                     and self.conn.state & ConnectionState.CAN_WRITE):
-                yield commands.SendData(self.conn, HEAD_MALFORMED)
+                too_long = getattr(self.body_reader, "line_too_long", False)
+                yield commands.SendData(self.conn, CHUNK_LINE_TOO_LONG if too_long else HEAD_MALFORMED)
             sent = yield command
 
     read_body._sidecar_answers = True  # type: ignore[attr-defined]

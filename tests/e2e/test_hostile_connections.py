@@ -88,6 +88,23 @@ def test_expect_continue_on_an_answered_head_logs_no_crash(sidecar, backend, fra
     assert backend.requests() == []
 
 
+@pytest.mark.parametrize("start, fill", [(b"20;a=", b"b"), (b"2", b"0"), (b"0\r\nX-T: ", b"a")],
+                         ids=["chunk-extension", "chunk-size-digits", "trailer-line"])
+def test_an_endless_chunk_line_from_a_stranger_is_cut_off(sidecar, backend, start: bytes, fill: bytes) -> None:
+    """h11 waits for a whole chunk-size or trailer line without limit: these bytes were buffered
+    (500 MB in a second) after the 401 had been sent. The sidecar stops reading within Node's
+    16 KiB, so the sender's writes fail long before 16 MiB."""
+    head = b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    megabyte = fill * (1 << 20)
+    with _connect(sidecar) as sock:
+        sock.sendall(head + start)
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(16):
+                sock.sendall(megabyte)
+    assert backend.requests() == []
+    assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()
+
+
 def test_lower_case_method_is_refused_not_forwarded(sidecar, backend) -> None:
     with _connect(sidecar) as sock:
         sock.sendall(b"Post /tools/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer T\r\n"

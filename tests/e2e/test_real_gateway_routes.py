@@ -124,6 +124,25 @@ def test_malformed_capability_paths_get_the_gateways_own_401(http, gateway, side
 # ---- public routes: served as the gateway serves them, without credentials ---------------------------
 
 
+_INVOKE_JSON = json.dumps(AGENTS).encode()
+CHUNKED_BODIES = [
+    pytest.param(b"%x;a=" % len(_INVOKE_JSON) + b"b" * 17000 + b"\r\n" + _INVOKE_JSON + b"\r\n0\r\n\r\n", 413, id="extension-over-16KiB"),
+    pytest.param(b"%x;a=\"\x01\"\r\n" % len(_INVOKE_JSON) + _INVOKE_JSON + b"\r\n0\r\n\r\n", 400, id="control-byte-in-quoted-extension"),
+    pytest.param(b"%x\r\n" % len(_INVOKE_JSON) + _INVOKE_JSON + b"\r\n0\r\n\n", 400, id="bare-lf-after-last-chunk"),
+    pytest.param(b"0000000000000000%x;=\r\n" % len(_INVOKE_JSON) + _INVOKE_JSON + b"\r\n0\r\n\r\n", 200, id="leading-zeros-empty-extension"),
+]
+
+
+@pytest.mark.parametrize("chunks, status", CHUNKED_BODIES)
+def test_a_chunked_body_is_framed_as_the_gateway_frames_it(gateway, sidecar, chunks, status):
+    """Node's chunk-size rules (tests/unit/test_chunked_body.py has every byte): an extension
+    over 16 KiB is 413, a malformed line 400, and what Node reads the sidecar reads too."""
+    head = (f"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\n{AUTH_LINE}Content-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    for port in (gateway.port, sidecar.port):
+        assert until_closed(port, head + chunks).startswith(b"HTTP/1.1 %d " % status), port
+
+
 @pytest.mark.parametrize("target", ["/healthz", "/health", "/readyz"])
 def test_health_routes_are_public(http, gateway, sidecar, target):
     direct, proxied = both(http, gateway, sidecar, "GET", target)

@@ -36,6 +36,7 @@ from mitmproxy.proxy.layers.tls import ClientTLSLayer, ServerTLSLayer
 from mitmproxy.utils import asyncio_utils
 
 from sidecar import request_line
+from sidecar.body import MAX_BODY_BYTES
 from sidecar.metrics import HEAD_REFUSALS
 
 from .coroutines import resume
@@ -233,6 +234,30 @@ def plain_http_listener() -> None:
 
     setup_reverse_proxy._sidecar_plain = True  # type: ignore[attr-defined]
     next_layer.NextLayer._setup_reverse_proxy = staticmethod(setup_reverse_proxy)  # type: ignore[method-assign]
+
+
+def bound_pipelined_bytes(max_bytes: int) -> None:
+    """While a request waits for its answer, mitmproxy keeps appending what the client sends and
+    reads none of it (Http1Server.wait): bytes pipelined behind a slow or paced request grew the
+    process by 600 MB, from a stranger. Past `max_bytes` (one whole request: the head and body
+    limits) the connection is closed; Node stops reading instead, which mitmproxy's read loop
+    cannot do."""
+    original = _http1.Http1Server.wait
+    if getattr(original, "_sidecar_pipelined", None) == max_bytes:
+        return
+
+    def wait(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-untyped-def]
+        if isinstance(event, events.DataReceived) and len(self.buf) > max_bytes:
+            HEAD_REFUSALS.inc()
+            self.buf = ReceiveBuffer()
+            self.state = self.done
+            yield commands.CloseConnection(self.conn)
+            return
+        yield from original(self, event)
+
+    wait._sidecar_pipelined = max_bytes  # type: ignore[attr-defined]
+    wait.__wrapped__ = original  # type: ignore[attr-defined]
+    _http1.Http1Server.wait = wait  # type: ignore[method-assign]
 
 
 def limit_request_heads(max_bytes: int) -> None:
@@ -581,5 +606,6 @@ def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.H
     answer_protocol_errors_as_node()
     plain_http_listener()
     limit_request_heads(max_head_bytes)
+    bound_pipelined_bytes(max_head_bytes + MAX_BODY_BYTES)
     limit_websocket_messages(websocket_message_limit)
     choose_websocket_layer(websocket_layer)

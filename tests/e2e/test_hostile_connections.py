@@ -105,6 +105,21 @@ def test_an_endless_chunk_line_from_a_stranger_is_cut_off(sidecar, backend, star
     assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()
 
 
+def test_bytes_pipelined_behind_a_pending_request_are_bounded(sidecar, backend) -> None:
+    """mitmproxy appended them unread while the request waited (600 MB from one client); past one
+    whole request's worth the connection is closed."""
+    body = b'{"tool":"slow","args":{"seconds":3}}'
+    head = b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + \
+        b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+    megabyte = b"A" * (1 << 20)
+    with _connect(sidecar) as sock:
+        sock.sendall(head + body)
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(16):
+                sock.sendall(megabyte)
+    assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()
+
+
 def test_lower_case_method_is_refused_not_forwarded(sidecar, backend) -> None:
     with _connect(sidecar) as sock:
         sock.sendall(b"Post /tools/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer T\r\n"

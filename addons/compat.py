@@ -257,7 +257,7 @@ def bound_pipelined_bytes(max_bytes: int) -> None:
 
     wait._sidecar_pipelined = max_bytes  # type: ignore[attr-defined]
     wait.__wrapped__ = original  # type: ignore[attr-defined]
-    _http1.Http1Server.wait = wait  # type: ignore[method-assign]
+    _http1.Http1Server.wait = wait  # type: ignore[method-assign,assignment]
 
 
 def limit_request_heads(max_bytes: int) -> None:

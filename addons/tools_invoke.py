@@ -112,6 +112,12 @@ def response_of(envelope: Envelope, method: str | None) -> http.Response:
                          http.Headers(fields), b"" if method == "HEAD" else envelope.body, None, now, now)
 
 
+def open_ended(response: http.Response) -> bool:
+    """An answer whose end is not known from its head: an event stream, or no Content-Length."""
+    content_type = response.headers.get("content-type", "")
+    return content_type.lower().startswith("text/event-stream") or "content-length" not in response.headers
+
+
 def close_websocket(flow: http.HTTPFlow, code: int, reason: str, answer: bytes | None = None) -> bool:
     """Send `answer` (a text frame) and a close frame with `code` to the client, then end the
     connection; nothing the client sends after that is relayed. A relayed RPC flow is closed by
@@ -533,7 +539,19 @@ class ToolsInvokeGuard:
         self._timers.cancel(flow.id)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The upstream answered: no more upstream deadline. An answer whose end is not known (an
+        event stream, a chunked or close-delimited body) is relayed as it arrives: mitmproxy would
+        hold it whole, so a session's live history or a streamed completion never reached the
+        client. Not one the review may replace (that needs the whole answer)."""
         self._cancel_timer(flow)
+        response, admitted = flow.response, flow.metadata.get(ADMITTED)
+        if response is None or response.status_code == 101 or not isinstance(admitted, Admitted) or not open_ended(response):
+            return
+        try:
+            if self._live_runtime().pipeline.review_response(admitted, response.status_code) is None:
+                response.stream = True
+        except Exception:
+            self._fail_closed(flow, "responseheaders")
 
     # ---- the gateway's WebSocket RPC ----------------------------------------------------------
 

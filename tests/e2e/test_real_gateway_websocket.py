@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from wsproto.events import TextMessage
@@ -227,6 +228,27 @@ def test_a_write_scope_cannot_change_who_sees_a_session(token_gateway, capped_sc
     assert done["ok"] is True and visibility(direct) == "draft", done  # what the refusal kept out
     for ws in (direct, through, writer):
         ws.close()
+
+
+def test_a_sessions_live_history_streams_through_as_it_arrives(token_gateway, open_sc):
+    """The history route answers `Accept: text/event-stream` with a stream that never ends;
+    mitmproxy held answers whole, so nothing of it ever reached the client."""
+    direct, hello = session(token_gateway.port, ALL)
+    assert direct.call("chat.send", {"sessionKey": "streamed", "message": "hi", "idempotencyKey": "streamed"})["ok"] is True
+    deadline = time.monotonic() + 15  # chat.send records the session as its run starts
+    while not (keys := [s["key"] for s in direct.call("sessions.list", {"limit": 1000})["payload"]["sessions"]
+                        if s["key"].endswith(":streamed")]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    direct.close()
+    request = (f"GET /sessions/{quote(keys[0], safe='')}/history HTTP/1.1\r\nHost: localhost\r\n"
+               f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n").encode()
+    for port in (token_gateway.port, open_sc.port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request)
+            received = b""
+            while b"\nevent: " not in received and b"\ndata: " not in received:
+                received += sock.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in received, (port, received[:300])
 
 
 def test_tools_invoke_meets_the_sidecars_tool_policy(token_gateway, capped_sc):

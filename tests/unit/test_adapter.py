@@ -503,6 +503,26 @@ async def test_500_on_other_route_passes_through(guard: ToolsInvokeGuard) -> Non
     assert flow.response is upstream
 
 
+def _streaming_answer(status: int, headers: list[tuple[bytes, bytes]]) -> http.Response:
+    response = tutils.tresp(status_code=status, content=None)
+    response.headers = http.Headers(headers)
+    return response
+
+
+@pytest.mark.parametrize("status, headers, streamed", [
+    (200, [(b"content-type", b"text/event-stream"), (b"transfer-encoding", b"chunked")], True),
+    (200, [(b"content-type", b"text/event-stream; charset=utf-8"), (b"content-length", b"9")], True),
+    (200, [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")], True),
+    (200, [(b"content-type", b"application/json"), (b"content-length", b"11")], False),
+    (500, [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")], False),  # reviewed whole
+])
+async def test_an_answer_without_a_known_end_is_relayed_as_it_arrives(guard: ToolsInvokeGuard, status, headers, streamed) -> None:
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    flow.response = _streaming_answer(status, headers)
+    guard.responseheaders(flow)
+    assert bool(flow.response.stream) is streamed
+
+
 async def test_response_hook_ignores_flows_it_refused(guard: ToolsInvokeGuard) -> None:
     flow = make_flow(method="GET")
     await guard.requestheaders(flow)

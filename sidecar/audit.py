@@ -12,15 +12,18 @@ import atexit
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections import deque
 from functools import lru_cache
 from typing import BinaryIO, NamedTuple
+from urllib.parse import unquote_plus
 
 from .logging_limits import LOG_ONCE_PER_INTERVAL
 from .metrics import AUDIT_LINES_DROPPED, SHADOWED, decision_counter
+from .routes import CAPABILITY_PREFIX, QUERY_CREDENTIALS
 
 diagnostics = logging.getLogger("sidecar")
 # Lines waiting for the writer thread. A reader that stops reading (a full stdout pipe, a stuck
@@ -58,7 +61,7 @@ class AuditEntry(NamedTuple):
             "time": _second(int(now)) + f".{int(now % 1 * 1000):03d}Z",
             "event": "decision", "request_id": self.request_id, "route": self.route, "decision": self.decision,
             "reason": self.reason, "status": self.status, "upstream_status": self.upstream_status,
-            "duration_ms": self.duration_ms, "method": self.method[:64], "target": self.target[:512],
+            "duration_ms": self.duration_ms, "method": self.method[:64], "target": redacted(self.target)[:512],
             "client": self.client, "peer": self.peer, "auth": self.auth, "identity": self.identity,
             "previous_secret": self.previous_secret, "scopes": list(self.scopes) if self.scopes is not None else None,
             "tool": self.tool[:128] if self.tool else self.tool,
@@ -68,6 +71,27 @@ class AuditEntry(NamedTuple):
         if self.detail:
             entry["detail"] = self.detail[:256]
         return _encode(entry)
+
+
+_REDACTED = "[redacted]"
+_CAPABILITY = re.compile(re.escape(CAPABILITY_PREFIX) + r"[^/?#]*")
+_QUERY_PAIR = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
+
+
+def redacted(target: str) -> str:
+    """The target with the credentials it may carry masked: a node capability (in the path, or
+    `?oc_cap=`) and the query parameters the gateway reads as credentials (`token`, `bt`), under
+    any spelling URLSearchParams decodes to them. The refusal stands; the secret stays out of the log."""
+    if "?" not in target and CAPABILITY_PREFIX not in target:
+        return target
+    target = _CAPABILITY.sub(CAPABILITY_PREFIX + _REDACTED, target)
+
+    def mask(pair: re.Match[str]) -> str:
+        secret = unquote_plus(pair[2]).lower() in QUERY_CREDENTIALS
+        return f"{pair[1]}{pair[2]}={_REDACTED}" if secret else pair[0]
+
+    head, sep, query = target.partition("?")
+    return head + sep + _QUERY_PAIR.sub(mask, "?" + query)[1:] if sep else target
 
 
 # Bound once: json.dumps builds a new encoder for every call that passes options.

@@ -91,3 +91,18 @@ def test_a_destination_that_stops_reading_never_blocks_a_decision(tmp_path: Path
     audit.close()  # returns once the writer got every queued line out, then closes the pipe
     assert drained.wait(5)
     os.close(reader)
+
+
+@pytest.mark.parametrize("target, logged", [
+    ("/__openclaw__/assistant-media?source=/x.png&token=gw-secret", "/__openclaw__/assistant-media?source=/x.png&token=[redacted]"),
+    ("/share/session?%74oken=gw-secret&x=1", "/share/session?%74oken=[redacted]&x=1"),
+    ("/sessions/main/history?BT=ticket#frag", "/sessions/main/history?BT=[redacted]#frag"),
+    ("/?oc_cap=cap-secret", "/?oc_cap=[redacted]"),
+    ("/__openclaw__/cap/cap-secret/tools/invoke", "/__openclaw__/cap/[redacted]/tools/invoke"),
+    ("/tools/invoke?tokens=1&a=token", "/tools/invoke?tokens=1&a=token"),
+])
+def test_credentials_in_a_target_never_reach_the_audit_line(target: str, logged: str) -> None:
+    """The requests refused for carrying them are audited; the secrets are not."""
+    line = json.loads(entry(target=target).line(0))
+    assert line["target"] == logged
+    assert "-secret" not in json.dumps(line) and "ticket" not in json.dumps(line)

@@ -74,6 +74,11 @@ REQUIRED_OPTIONS = {
 }
 
 
+# Under `mitmdump -s`: mitmproxy's onboarding app answers requests for `mitm.it` itself (its CA
+# certificate, naming the proxy) after the guard admitted them; the embedded Master has no such addon.
+MITMDUMP_OPTIONS = {"onboarding": False}
+
+
 def raw_target(request: http.Request) -> str:
     """The request target as sent: mitmproxy splits an absolute-form target into scheme,
     authority and path, and the pipeline must judge the whole of it."""
@@ -282,6 +287,7 @@ class ToolsInvokeGuard:
 
     def running(self) -> None:
         ctx.options.update(**REQUIRED_OPTIONS)
+        ctx.options.update_known(**MITMDUMP_OPTIONS)
         if self.runtime is not None:
             self._max_connections = connection_cap(self.runtime.config.sidecar.max_connections, raise_fd_limit())
 

@@ -100,6 +100,14 @@ def test_a_tls_client_hello_gets_nodes_400_not_a_handshake(mitmdump: int, backen
     assert backend.requests() == []
 
 
+def test_mitmproxys_onboarding_app_never_answers_for_the_gateway(mitmdump: int, backend: DemoBackend) -> None:
+    """mitmdump's onboarding addon served its CA certificate for Host mitm.it on any route the
+    guard admitted; the request now reaches the backend like any other."""
+    reply = raw_exchange(("127.0.0.1", mitmdump), b"GET /healthz HTTP/1.1\r\nHost: mitm.it\r\n\r\n")
+    assert b"mitmproxy" not in reply.body.lower()
+    assert [seen["path"] for seen in backend.requests()] == ["/healthz"]
+
+
 def test_without_a_config_the_addon_refuses_to_start(tmp_path: Path, backend: DemoBackend) -> None:
     """Silently starting would answer every request 500; mitmdump exits naming the option instead."""
     done = subprocess.run(

@@ -54,6 +54,9 @@ MAX_CHUNK_LINE_BYTES = 2 * MAX_CHUNK_EXTENSIONS_BYTES + 64
 HEAD_MALFORMED = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _HEAD_END = re.compile(rb"\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# Control bytes Node refuses anywhere in a head (HTAB aside), a CR not ending a line among them;
+# mitmproxy strips them from the ends of a value (a VT, FF or CR there) and relayed the rest.
+_CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?=[^\n])")
 # A chunk-size line as Node reads it: at most 16 significant hex digits (no 64-bit overflow), no
 # whitespace before the CRLF, extension names and values that may be empty, quoted values without
 # control bytes; h11 allows whitespace and overflow (a size that overflows left the request hanging).
@@ -283,7 +286,8 @@ def limit_request_heads(max_bytes: int) -> None:
             head_end = end.end() if end else len(data)
             # Node refuses a bare LF as a line ending (mitmproxy accepts it), and a request line
             # it would not parse (sidecar/request_line.py): one head, one reading.
-            malformed = _BARE_LF.search(data, 0, head_end) or request_line.refused(data)
+            malformed = (_BARE_LF.search(data, 0, head_end) or _CONTROL_BYTE.search(data, 0, head_end)
+                         or request_line.refused(data))
             refusal = HEAD_TOO_LARGE if head_end > max_bytes else HEAD_MALFORMED if malformed else None
             if refusal is not None:
                 HEAD_REFUSALS.inc()

@@ -75,7 +75,7 @@ class AuditEntry(NamedTuple):
 
 _REDACTED = "[redacted]"
 _CAPABILITY = re.compile(re.escape(CAPABILITY_PREFIX) + r"[^/?#]*")
-_QUERY_PAIR = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
+_QUERY_PAIR = re.compile(r"(^|&)([^=&#]*)=([^&#]*)")
 
 
 def redacted(target: str) -> str:
@@ -91,7 +91,7 @@ def redacted(target: str) -> str:
         return f"{pair[1]}{pair[2]}={_REDACTED}" if secret else pair[0]
 
     head, sep, query = target.partition("?")
-    return head + sep + _QUERY_PAIR.sub(mask, "?" + query)[1:] if sep else target
+    return head + sep + _QUERY_PAIR.sub(mask, query)
 
 
 # Bound once: json.dumps builds a new encoder for every call that passes options.

@@ -8,39 +8,21 @@ wait exactly where Node does. Node is a hard requirement: the test fails when it
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import h11
 import pytest
 from h11._receivebuffer import ReceiveBuffer
 
 from addons import compat
-from tests.node import gateway_node
+from tests.node import node_http_parse
 
 HEAD = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 TAIL = b"\r\nx\r\n0\r\n\r\n"  # the rest of a one-byte chunk and the last chunk
-NODE_SCRIPT = r"""
-const { HTTPParser } = require("_http_common");
-const messages = JSON.parse(require("fs").readFileSync(0, "utf8"));
-process.stdout.write(JSON.stringify(messages.map((latin1) => {
-  const parser = new HTTPParser();
-  let complete = false;
-  parser.initialize(HTTPParser.REQUEST, {}, 0, 0);  // as Node's http server: no lenient flags
-  for (const k of ["kOnHeadersComplete", "kOnBody", "kOnExecute", "kOnHeaders"]) parser[HTTPParser[k]] = () => 0;
-  parser[HTTPParser.kOnMessageComplete] = () => { complete = true; };
-  const result = parser.execute(Buffer.from(latin1, "latin1"));
-  return result instanceof Error ? result.code : complete ? "complete" : "more";
-})));
-"""
 
 
 def node_verdicts(bodies: list[bytes]) -> list[str]:
-    messages = json.dumps([(HEAD + body).decode("latin-1") for body in bodies])
-    done = subprocess.run([gateway_node(), "-e", NODE_SCRIPT], input=messages, capture_output=True, text=True,
-                          timeout=120, check=True)
-    verdicts: list[str] = json.loads(done.stdout)
-    return verdicts
+    """For each body: Node's error code, "complete", or "more" (Node waits)."""
+    parsed, _ = node_http_parse([HEAD + body for body in bodies])
+    return [p["error"] or ("complete" if p["complete"] else "more") for p in parsed]
 
 
 def sidecar_verdict(body: bytes) -> str:

@@ -11,36 +11,18 @@ Node is a hard requirement: the test fails (never skips) when it is missing.
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 
 from sidecar.request_line import NODE_METHODS, blank_prefix, refused
-from tests.node import gateway_node
+from tests.node import node_http_parse
 
 TAIL = b"Host: x\r\n\r\n"
-NODE_SCRIPT = r"""
-const { HTTPParser, methods } = require("_http_common");
-const heads = JSON.parse(require("fs").readFileSync(0, "utf8"));
-const verdicts = heads.map((latin1) => {
-  const parser = new HTTPParser();
-  let version = null;
-  parser.initialize(HTTPParser.REQUEST, {}, 0, 0);  // as Node's http server: no lenient flags
-  parser[HTTPParser.kOnHeadersComplete] = (major, minor) => { version = `${major}.${minor}`; return 0; };
-  for (const k of ["kOnMessageComplete", "kOnBody", "kOnExecute", "kOnHeaders"]) parser[HTTPParser[k]] = () => 0;
-  const result = parser.execute(Buffer.from(latin1, "latin1"));
-  return result instanceof Error ? "error" : version ?? "more";
-});
-process.stdout.write(JSON.stringify({ verdicts, methods }));
-"""
 
 
 def node_verdicts(heads: list[bytes]) -> tuple[list[str], list[str]]:
     """For each head: "error", "more" (Node waits), or the version of a parsed head."""
-    done = subprocess.run([gateway_node(), "-e", NODE_SCRIPT], input=json.dumps([h.decode("latin-1") for h in heads]),
-                          capture_output=True, text=True, timeout=120, check=True)
-    answer = json.loads(done.stdout)
-    return answer["verdicts"], answer["methods"]
+    parsed, methods = node_http_parse(heads)
+    return ["error" if p["error"] else p["version"] or "more" for p in parsed], methods
 
 
 def sidecar_refuses(head: bytes) -> bool:

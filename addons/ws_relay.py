@@ -418,8 +418,9 @@ class RpcRelay(layer.Layer):
         elif verdict.verdict == "reply":
             assert verdict.payload is not None
             self._to_client.append(frame(TEXT, verdict.payload))  # the gateway answers in text, always
-        else:
+        elif verdict.verdict == "close":
             yield from self._close(verdict.close_code, verdict.close_reason or verdict.reason, verdict.payload)
+        # "drop": neither relayed nor answered
         self.judge.judged(self.flow, session, verdict)
 
     def _client_close(self, message: Message) -> layer.CommandGenerator[None]:

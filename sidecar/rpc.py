@@ -33,6 +33,7 @@ from .reasons import Reason, ReasonCode
 from .scopes import ADMIN, ResolvedScopes
 from .shadow import SHADOWABLE_REASONS
 from .toolchain import ToolChain, ToolDecision, ToolRequest
+from .toolpolicy import js_trim
 
 GATEWAY_VERSION = "2026.9.6"
 PREAUTH_MAX_BYTES = 64 * 1024  # the gateway's own pre-auth frame limit
@@ -46,13 +47,14 @@ TOOLS_INVOKE = "tools.invoke"
 _OPERATOR = "operator."
 _RESET_COMMAND = re.compile(r"^/(new|reset)(?:\s+([\s\S]*))?$", re.IGNORECASE)
 
-Verdict = Literal["forward", "reply", "close"]
+Verdict = Literal["forward", "reply", "drop", "close"]
 
 
 @dataclass(frozen=True)
 class FrameVerdict:
     """What to do with one client frame: forward it (rewritten when `payload` is set), answer it
-    ourselves and keep the connection, or answer (optionally) and close with a code."""
+    ourselves and keep the connection, drop it unanswered (what the gateway does with a frame it
+    cannot parse once connected), or answer (optionally) and close with a code."""
 
     verdict: Verdict
     reason: ReasonCode
@@ -277,31 +279,102 @@ class FrameError(ValueError):
         self.code, self.close_reason = code, close_reason
 
 
-_REQUEST_FRAME_KEYS = frozenset({"type", "id", "method", "params", "traceparent", "expectedProfileId"})
+_REQUIRED_ORDER = ("type", "id", "method")
+_REQUIRED_KEYS = frozenset(_REQUIRED_ORDER)
+# RequestFrameSchema's string properties, in the schema's order: (shortest, longest).
+_STRING_KEYS: dict[str, tuple[int, int | None]] = {
+    "id": (1, None), "method": (1, None), "traceparent": (0, 128), "expectedProfileId": (1, 128)}
+_REQUEST_FRAME_KEYS = frozenset({"type", "params", *_STRING_KEYS})
+_MAX_SCHEMA_ERRORS = 8  # TypeBox's maxErrors setting, which the gateway keeps
 
 
-def _string_of(value: Any, shortest: int, longest: int | None = None) -> bool:
-    return isinstance(value, str) and shortest <= len(value) and (longest is None or len(value) <= longest)
+def request_frame_errors(frame: Any) -> list[str]:
+    """The gateway's RequestFrameSchema check (a closed object: `req`, a non-empty id and method,
+    optionally params, a traceparent of at most 128 characters and a profile id of 1 to 128), in
+    the words and order of its formatValidationErrors over TypeBox's errors: the first missing
+    key; one error per unexpected key, then one naming the first that is not blank, which stands
+    for them; then each property in the schema's order; at most eight. Empty for a request frame."""
+    if not isinstance(frame, dict):
+        return ["must be object"]
+    errors: list[tuple[str, str]] = []  # (TypeBox keyword, the gateway's words)
+    if not frame.keys() >= _REQUIRED_KEYS:
+        missing = next(key for key in _REQUIRED_ORDER if key not in frame)
+        errors.append(("required", f"must have required property '{missing}'"))
+    if not frame.keys() <= _REQUEST_FRAME_KEYS:
+        unexpected = [key for key in frame if key not in _REQUEST_FRAME_KEYS]
+        errors += [("boolean", f"at /{key}: schema is false") for key in unexpected]
+        named = next((key for key in unexpected if js_trim(key)), None)
+        errors.append(("additionalProperties", "must not have additional properties" if named is None
+                       else f"at root: unexpected property '{named}'"))
+    if "type" in frame and frame["type"] != "req":
+        if not isinstance(frame["type"], str):
+            errors.append(("type", "at /type: must be string"))
+        errors.append(("const", "at /type: must be equal to constant"))
+    for key, (shortest, longest) in _STRING_KEYS.items():
+        if key not in frame:
+            continue
+        value = frame[key]
+        if not isinstance(value, str):
+            errors.append(("type", f"at /{key}: must be string"))
+        elif len(value) < shortest:
+            errors.append(("minLength", f"at /{key}: must not have fewer than {shortest} characters"))
+        elif longest is not None and len(value) > longest and typebox_length(value) > longest:
+            errors.append(("maxLength", f"at /{key}: must not have more than {longest} characters"))
+    if not errors:
+        return []
+    errors = errors[:_MAX_SCHEMA_ERRORS]
+    if any(keyword == "additionalProperties" for keyword, _ in errors):
+        errors = [error for error in errors if error[0] != "boolean"]
+    return [words for _, words in errors]
 
 
-def is_request_frame(frame: dict[str, Any]) -> bool:
-    """The gateway's RequestFrameSchema, a closed object: `req`, a non-empty id and method, and
-    optionally params, a traceparent of at most 128 characters and a profile id of 1 to 128."""
-    return (frame.keys() <= _REQUEST_FRAME_KEYS and frame.get("type") == "req"
-            and _string_of(frame.get("id"), 1) and _string_of(frame.get("method"), 1)
-            and ("traceparent" not in frame or _string_of(frame["traceparent"], 0, 128))
-            and ("expectedProfileId" not in frame or _string_of(frame["expectedProfileId"], 1, 128)))
+def typebox_length(value: str) -> int:
+    """A string's length as the gateway's schemas (TypeBox's GraphemeCount) measure it: over UTF-16
+    units, a character takes the combining marks, variation selectors and zero-width-joined
+    characters after it, and a flag's two regional indicators count once."""
+    units = memoryview(value.encode("utf-16-le", "surrogatepass")).cast("H")
+
+    def code_point(at: int) -> int:
+        high = units[at]
+        if 0xD800 <= high <= 0xDBFF and at + 1 < len(units) and 0xDC00 <= units[at + 1] <= 0xDFFF:
+            return 0x10000 + ((high - 0xD800) << 10) + (units[at + 1] - 0xDC00)
+        return high
+
+    def after_modifiers(at: int) -> int:
+        while at < len(units) and _is_modifier(point := code_point(at)):
+            at += 2 if point > 0xFFFF else 1
+        return at
+
+    count = at = 0
+    while at < len(units):
+        start = code_point(at)
+        at = after_modifiers(at + (2 if start > 0xFFFF else 1))
+        while at < len(units) - 1 and units[at] == 0x200D:  # zero-width joiner: the next one joins
+            joined = code_point(at + 1)
+            at = after_modifiers(at + 1 + (2 if joined > 0xFFFF else 1))
+        if _is_regional_indicator(start) and at < len(units) and _is_regional_indicator(flag := code_point(at)):
+            at += 2 if flag > 0xFFFF else 1
+        count += 1
+    return count
 
 
-def parse_frame(content: bytes) -> dict[str, Any]:
+def _is_modifier(point: int) -> bool:
+    """Combining marks and variation selectors, as TypeBox's ranges have them."""
+    return (0x0300 <= point <= 0x036F or 0x1AB0 <= point <= 0x1AFF or 0x1DC0 <= point <= 0x1DFF
+            or 0xFE20 <= point <= 0xFE2F or 0xFE00 <= point <= 0xFE0F)
+
+
+def _is_regional_indicator(point: int) -> bool:
+    return 0x1F1E6 <= point <= 0x1F1FF
+
+
+def parse_frame(content: bytes) -> Any:
+    """The frame's text as the gateway's JSON.parse reads it: UTF-8, no NaN, Infinity or
+    byte-order mark."""
     try:
-        # As the gateway's JSON.parse reads the frame's text: no NaN, Infinity or byte-order mark.
-        frame = strict_json(content.decode("utf-8"))
+        return strict_json(content.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise FrameError(1008, "malformed frame") from None
-    if not isinstance(frame, dict) or frame.get("type") != "req" or not isinstance(frame.get("method"), str):
-        raise FrameError(1008, "expected a req frame", close_reason=INVALID_REQUEST_FRAME)
-    return frame
 
 
 class RpcSession:
@@ -329,24 +402,34 @@ class RpcSession:
         return self.scopes is not None
 
     async def client_frame(self, content: bytes) -> FrameVerdict:
-        if not self.connected and len(content) > PREAUTH_MAX_BYTES:
-            return FrameVerdict("close", Reason.PREAUTH_FRAME_TOO_LARGE, close_code=1009)
+        if not self.connected:
+            return await self._first_frame(content)
         try:
             frame = parse_frame(content)
-            if not self.connected:
-                return await self._connect(frame)
-            verdict = await self._request(frame)
-        except FrameError as exc:
-            return FrameVerdict("close", Reason.MALFORMED_FRAME, close_code=exc.code,
-                                close_reason=None if self.connected else exc.close_reason)
+        except FrameError:  # the gateway logs it and reads on
+            return FrameVerdict("drop", Reason.MALFORMED_FRAME)
+        errors = request_frame_errors(frame)
+        if errors:  # answered by the gateway, the connection kept
+            request_id = frame.get("id") if isinstance(frame, dict) else None
+            return FrameVerdict("reply", Reason.MALFORMED_FRAME, error_frame(
+                "invalid" if request_id is None else request_id, "INVALID_REQUEST", f"{INVALID_REQUEST_FRAME}: {'; '.join(errors)}"))
+        verdict = await self._request(frame)
         if self.policy.shadow and verdict.verdict == "reply" and verdict.reason in SHADOWABLE_REASONS:
             return replace(verdict, verdict="forward", payload=None, shadowed=True)
         return verdict
 
-    async def _connect(self, frame: dict[str, Any]) -> FrameVerdict:
-        request_id, params = frame.get("id"), frame.get("params")
-        if not is_request_frame(frame):  # the gateway closes on it without an answer
+    async def _first_frame(self, content: bytes) -> FrameVerdict:
+        if len(content) > PREAUTH_MAX_BYTES:
+            return FrameVerdict("close", Reason.PREAUTH_FRAME_TOO_LARGE, close_code=1009)
+        try:
+            return await self._connect(parse_frame(content))
+        except FrameError as exc:
+            return FrameVerdict("close", Reason.MALFORMED_FRAME, close_code=exc.code, close_reason=exc.close_reason)
+
+    async def _connect(self, frame: Any) -> FrameVerdict:
+        if request_frame_errors(frame):  # the gateway closes on it without an answer
             raise FrameError(1008, "expected a req frame", close_reason=INVALID_REQUEST_FRAME)
+        request_id, params = frame.get("id"), frame.get("params")
         if frame["method"] != "connect":  # answered and closed as the gateway does
             return self._refuse_connect(request_id, Reason.MALFORMED_FRAME, "INVALID_REQUEST", NOT_CONNECT_FIRST,
                                         method=frame["method"], close_reason=NOT_CONNECT_FIRST)
@@ -400,9 +483,11 @@ class RpcSession:
     async def _request(self, frame: dict[str, Any]) -> FrameVerdict:
         method, request_id, params = frame["method"], frame.get("id"), frame.get("params")
         assert self.scopes is not None
-        if method == "connect":
-            return FrameVerdict("reply", Reason.CONNECT_REPEATED, error_frame(request_id, "INVALID_REQUEST", "already connected"), method=method)
         refused = judge_method(self.policy, method, request_id, params, self.scopes)
+        if method == "connect":  # never relayed; the gateway's answer after its scope check
+            answer = refused.payload if refused is not None else error_frame(
+                request_id, "INVALID_REQUEST", "connect is only valid as the first request")
+            return FrameVerdict("reply", Reason.CONNECT_REPEATED, answer, method=method)
         if refused is not None:
             return refused
         if method == TOOLS_INVOKE:

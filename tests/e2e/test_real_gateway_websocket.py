@@ -412,6 +412,45 @@ def test_a_first_frame_that_is_not_connect_is_answered_and_closed_as_the_gateway
     assert seen[1] == seen[0] and seen[0][1] == 1008, seen
 
 
+LATER_FRAMES = [json.dumps(frame) for frame in (
+    {"type": "event", "event": "tick"},
+    {"type": "res", "id": "x", "ok": True},
+    [1, 2],
+    "hello",
+    {"type": "req", "method": "health", "params": {}},  # no id
+    {"type": "req", "id": "x", "method": "health", "params": {}, "extra": 1},
+    {"type": "req", "id": "x", "method": ""},
+    {"type": "req", "id": 7, "method": "health", **dict.fromkeys("abcdefghi", 1)},  # past the eighth error
+    {"type": "req", "id": "x", "method": "health", "traceparent": "e\u0301" * 100},  # 200 code points, 100 characters
+    {"type": "req", "id": "c2", "method": "connect", "params": connect_params(["operator.read"])},
+)] + ["{not json", "\ufeff{}"]
+
+
+def test_later_frames_that_are_no_requests_get_the_gateways_answers_and_the_connection_stays(token_gateway, open_sc):
+    """Once connected, the gateway answers a frame its request schema refuses (INVALID_REQUEST, in
+    its own words), ignores one it cannot parse, answers a second connect after its scope check,
+    and keeps the connection: so does the sidecar, frame for frame."""
+    seen = []
+    for port in (token_gateway.port, open_sc.port):
+        ws, hello = session(port, ["operator.read"])
+        assert hello["ok"] is True
+        answers = []
+        for index, text in enumerate(LATER_FRAMES):
+            ws.send_text(text)
+            ws.send_json({"type": "req", "id": f"after-{index}", "method": "health", "params": {}})
+            while True:
+                frame = ws.recv_json()
+                if frame.get("type") != "res":
+                    continue  # events
+                if frame["id"] == f"after-{index}":
+                    break
+                answers.append((index, frame["id"], frame["ok"], frame.get("error")))
+        ws.close()
+        seen.append(answers)
+    assert seen[1] == seen[0]
+    assert sum(error is not None and error["code"] == "INVALID_REQUEST" for *_, error in seen[0]) == 8, seen[0]
+
+
 # ---- drain ----------------------------------------------------------------------------------------
 
 

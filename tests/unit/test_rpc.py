@@ -272,7 +272,7 @@ async def test_allowed_methods_are_forwarded_unchanged() -> None:
 
 
 @pytest.mark.parametrize("method, reason, code", [
-    ("connect", "connect_repeated", "INVALID_REQUEST"), ("no.such.method", "unknown_method", "INVALID_REQUEST"),
+    ("no.such.method", "unknown_method", "INVALID_REQUEST"),
     ("node.event", "node_method", "FORBIDDEN"), ("terminal.open", "method_denied", "FORBIDDEN"),
     ("config.patch", "method_denied", "FORBIDDEN"), ("device.pair.approve", "method_denied", "FORBIDDEN"),
 ])
@@ -350,23 +350,54 @@ async def test_tools_invoke_respects_the_request_limits() -> None:
     assert (verdict.verdict, verdict.reason) == ("reply", "request_rate_limited")
 
 
-async def test_a_malformed_later_frame_closes() -> None:
-    rpc = await connected()
-    assert (await rpc.client_frame(b"{oops")).close_code == 1008
-
-
 @pytest.mark.parametrize("frame", [
+    b"{oops",
     b'{"type":"req","id":"1","method":"tools.invoke","params":{"name":"agents_list","args":{"n":NaN}}}',
     b'{"type":"req","id":"1","method":"health","params":{"n":-Infinity}}',
     b'\xef\xbb\xbf{"type":"req","id":"1","method":"health","params":{}}',
     b'\x00{"type":"req","id":"1","method":"health","params":{}}',
 ])
-async def test_a_frame_javascripts_json_parse_refuses_closes(frame: bytes) -> None:
+async def test_a_later_frame_javascripts_json_parse_refuses_is_dropped_and_the_connection_kept(frame: bytes) -> None:
     """Frames are read as the gateway's JSON.parse reads their text: NaN, Infinity and a
-    byte-order mark are not JSON, and the bytes are UTF-8 (no encoding sniffing)."""
+    byte-order mark are not JSON, and the bytes are UTF-8 (no encoding sniffing). Once connected
+    the gateway logs such a frame and reads on: nothing is relayed and nothing answered."""
     rpc = await connected()
     verdict = await rpc.client_frame(frame)
-    assert (verdict.verdict, verdict.close_code) == ("close", 1008)
+    assert (verdict.verdict, verdict.reason, verdict.payload) == ("drop", "malformed_frame", None)
+    assert (await rpc.client_frame(req("health"))).verdict == "forward"
+
+
+@pytest.mark.parametrize("frame, request_id, errors", [
+    ({"type": "event", "event": "tick"}, "invalid",
+     "must have required property 'id'; at root: unexpected property 'event'; at /type: must be equal to constant"),
+    ([1, 2], "invalid", "must be object"),
+    ({"type": "req", "id": "x", "method": ""}, "x", "at /method: must not have fewer than 1 characters"),
+    ({"type": "res", "id": "x", "ok": True}, "x",
+     "must have required property 'method'; at root: unexpected property 'ok'; at /type: must be equal to constant"),
+    ({"type": None, "id": 7, "method": "health"}, 7, "at /type: must be string; at /type: must be equal to constant; at /id: must be string"),
+    ({"type": "req", "id": "x", "method": "health", "b": 1, "a": 2}, "x", "at root: unexpected property 'b'"),
+    ({"type": "req", "id": "x", "method": "health", "traceparent": "\U0001F600" * 129}, "x",
+     "at /traceparent: must not have more than 128 characters"),
+])
+async def test_a_later_frame_that_is_no_request_gets_the_gateways_answer_and_the_connection_stays(
+        frame: Any, request_id: Any, errors: str) -> None:
+    rpc = await connected()
+    verdict = await rpc.client_frame(json.dumps(frame).encode())
+    assert (verdict.verdict, verdict.reason) == ("reply", "malformed_frame")
+    assert answer(verdict) == {"type": "res", "id": request_id, "ok": False,
+                               "error": {"code": "INVALID_REQUEST", "message": f"invalid request frame: {errors}"}}
+
+
+@pytest.mark.parametrize("scopes, error", [
+    (["operator.read"], {"code": "FORBIDDEN", "message": "missing scope: operator.admin", "details": {
+        "code": "MISSING_SCOPE", "missingScope": "operator.admin", "requiredScopes": ["operator.admin"]}}),
+    (["operator.admin"], {"code": "INVALID_REQUEST", "message": "connect is only valid as the first request"}),
+])
+async def test_a_second_connect_is_answered_as_the_gateway_answers_it_and_never_relayed(scopes: list[str], error: dict) -> None:
+    rpc = await connected(scopes=scopes, shadow=True)
+    verdict = await rpc.client_frame(connect_frame())
+    assert (verdict.verdict, verdict.reason) == ("reply", "connect_repeated")
+    assert answer(verdict) == {"type": "res", "id": "c1", "ok": False, "error": error}
 
 
 def test_the_readme_lists_the_whole_deny_list() -> None:

@@ -1,0 +1,74 @@
+"""Once connected, a frame the gateway's RequestFrameSchema refuses is answered by the gateway
+with its own INVALID_REQUEST text and the connection kept; the sidecar answers it the same, in
+the same words, without relaying it. This runs a corpus of frames through the gateway's own
+validator (TypeBox, in its Node) and through sidecar.rpc.request_frame_errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from sidecar.rpc import request_frame_errors
+from tests.gateway.protocol import gateway_request_frame_checks
+from tests.gateway.real_gateway import unavailable_reason
+
+_reason = unavailable_reason()
+if _reason is not None:
+    pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {_reason}", allow_module_level=True)
+
+SCHEMA_KEYS = ["type", "id", "method", "params", "traceparent", "expectedProfileId"]
+EXTRA_KEYS = ["extra", "event", "ok", "__proto__", "constructor", "Type", "", " ", "\u3000", "a/b", "a~1", "k1", "k2", "k3"]
+FAMILY, FLAG = "\U0001F468\u200d\U0001F469\u200d\U0001F467", "\U0001F1FA\U0001F1F8"
+# Strings on both sides of the length bounds, counted in code points, UTF-16 units and the
+# schema's own characters (marks, variation selectors, joiners and flags) alike.
+VALUES: list[Any] = [
+    "req", "REQ", "req ", "res", "", " ", "a", "health", "a" * 128, "a" * 129, "\U0001F600" * 64, "\U0001F600" * 129,
+    "e\u0301" * 65, "e\u0301" * 129, FAMILY * 128, FAMILY * 129, FLAG * 128, FLAG * 129, FLAG * 64 + "\U0001F1FA",
+    "\u2764\ufe0f" * 128, "\u2764\ufe0f" * 129, "a\u200d" * 128, "a\u200d" * 65, "\u200d" * 129, "\ud800" * 128,
+    "\ud800" * 129, "\udc00a" * 65, "x" * 127 + "\u0301" * 3, None, 0, 1.5, True, False, [], ["req"], {}, {"id": "x"},
+]
+
+
+def corpus(size: int = 3000) -> list[str]:
+    """Request frames with none to a dozen changes each: a key dropped, a value swapped, a key added."""
+    rng = random.Random(6455)
+    texts = [json.dumps(v) for v in VALUES]  # no object at all
+    for extra in range(6, 11):  # around the eight errors the gateway's answer stops at
+        keys = rng.sample(EXTRA_KEYS, extra)
+        texts += [json.dumps({"id": "r1", **dict.fromkeys(keys, 1)}), json.dumps({"type": "req", "id": "r1", "method": "health", **dict.fromkeys(keys, 1)})]
+    for _ in range(size):
+        frame: dict[str, Any] = {"type": "req", "id": "r1", "method": "health", "params": {}}
+        for _ in range(rng.choice([0, 1, 1, 2, 3, 5, 12])):
+            change = rng.random()
+            if change < 0.2 and frame:
+                del frame[rng.choice(list(frame))]
+            elif change < 0.8:
+                frame[rng.choice(SCHEMA_KEYS)] = rng.choice(VALUES)
+            else:
+                frame[rng.choice(EXTRA_KEYS)] = rng.choice(VALUES)
+        items = list(frame.items())
+        if rng.random() < 0.5:
+            rng.shuffle(items)
+        texts.append(json.dumps(dict(items)))
+    return texts
+
+
+def sidecar_check(text: str) -> dict[str, Any] | None:
+    frame = json.loads(text)
+    errors = request_frame_errors(frame)
+    if not errors:
+        return None
+    request_id = frame.get("id") if isinstance(frame, dict) else None
+    return {"errors": "; ".join(errors), "id": "invalid" if request_id is None else request_id}
+
+
+def test_request_frames_are_checked_in_the_gateways_words() -> None:
+    texts = corpus()
+    gateway = gateway_request_frame_checks(texts)
+    differ = [(text, mine, theirs) for text, theirs in zip(texts, gateway) if (mine := sidecar_check(text)) != theirs]
+    assert differ == [], f"{len(differ)} of {len(texts)} differ, first: {differ[:3]}"
+    assert 500 < sum(answer is None for answer in gateway) < len(texts) - 1500  # both kinds well represented
+    assert any("schema is false" in answer["errors"] for answer in gateway if answer)  # past the eighth error

@@ -57,6 +57,9 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 # Control bytes Node refuses anywhere in a head (HTAB aside), a CR not ending a line among them;
 # mitmproxy strips them from the ends of a value (a VT, FF or CR there) and relayed the rest.
 _CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?=[^\n])")
+# Node takes a final `chunked` followed by spaces only: after a tab the coding is another token, not
+# chunked, and the request is refused. mitmproxy strips the tab and reads the body as chunked.
+_CHUNKED_THEN_TAB = re.compile(rb"\r\ntransfer-encoding:[^\r\n]*chunked *\t[ \t]*\r\n", re.IGNORECASE)
 # A chunk-size line as Node reads it: at most 16 significant hex digits (no 64-bit overflow), no
 # whitespace before the CRLF, extension names and values that may be empty, quoted values without
 # control bytes; h11 allows whitespace and overflow (a size that overflows left the request hanging).
@@ -287,7 +290,7 @@ def limit_request_heads(max_bytes: int) -> None:
             # Node refuses a bare LF as a line ending (mitmproxy accepts it), and a request line
             # it would not parse (sidecar/request_line.py): one head, one reading.
             malformed = (_BARE_LF.search(data, 0, head_end) or _CONTROL_BYTE.search(data, 0, head_end)
-                         or request_line.refused(data))
+                         or _CHUNKED_THEN_TAB.search(data, 0, head_end) or request_line.refused(data))
             refusal = HEAD_TOO_LARGE if head_end > max_bytes else HEAD_MALFORMED if malformed else None
             if refusal is not None:
                 HEAD_REFUSALS.inc()

@@ -3,12 +3,16 @@ close, the backend sees nothing, and the sidecar logs no crash."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import time
 
 import pytest
 
+from tests.node import node_http_parse
+
+from .assertions import header_values
 from .conftest import UPSTREAM_TOKEN
 from .harness import read_response
 from .ratelimit_helpers import scrape_metric, wait_until
@@ -255,3 +259,33 @@ def test_what_node_would_refuse_is_refused_with_400_and_never_forwarded(sidecar,
         assert read_response(sock, timeout=5).status == 400
     assert backend.requests() == []
     assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()
+
+
+def _transfer_encodings() -> list[bytes]:
+    """Every spelling of up to three of these parts, and the two-header forms."""
+    parts = [b"chunked", b"Chunked", b"gzip", b"identity", b" ", b"\t", b",", b"x"]
+    values = sorted({b"".join(c) for n in (1, 2, 3) for c in itertools.product(parts, repeat=n)})
+    return [b"Transfer-Encoding: " + v + b"\r\n" for v in values] + [
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"]
+
+
+def test_a_transfer_encoding_node_refuses_never_reaches_the_gateway(sidecar, backend) -> None:
+    """Each spelling through Node's own parser and through the sidecar: whatever Node refuses is
+    refused with 400 and never relayed (mitmproxy read `chunked<TAB>` as chunked and relayed
+    the request with a clean header)."""
+    body = b"%x\r\n" % len(_INVOKE) + _INVOKE + b"\r\n0\r\n\r\n"
+    heads = [b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH + b"X-Case: %d\r\n" % i + framing + b"\r\n"
+             for i, framing in enumerate(_transfer_encodings())]
+    node, _ = node_http_parse([head + body for head in heads])
+    answers = {}
+    for i, head in enumerate(heads):
+        with _connect(sidecar) as sock:
+            sock.sendall(head + body)
+            answers[i] = read_response(sock, timeout=5).status
+    relayed = {int(header_values(record, "x-case")[0]) for record in backend.requests()}
+    refused_by_node = {i for i, seen in enumerate(node) if seen["error"]}
+    assert sorted(relayed & refused_by_node) == []
+    assert {answers[i] for i in refused_by_node} == {400}
+    assert len(relayed) >= 20 and {answers[i] for i in relayed} == {200}  # the accepted spellings still work

@@ -32,6 +32,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .errors import ConfigError
 from .headers import HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
 from .ipaddrs import parse_network
+from .openclaw_env import (
+    KNOWN_WEAK_SECRETS, REDACTED_SECRET_VALUES, contains_reference, file_environment, secret_reference, substitute_all,
+)
+from .toolpolicy import js_trim
 from .storage_uri import async_storage_uri, carries_password, redact_uri
 
 # Keys are camelCase in files (OpenClaw's style); snake_case is accepted too, e.g. in env names.
@@ -597,19 +601,67 @@ class AuthSecrets:
     previous_passwords: tuple[str, ...] = field(default=(), repr=False)
 
 
-def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Mapping[str, str]) -> AuthSecrets:
+def _gateway_credential(value: str | SecretStr | None) -> str | None:
+    """The gateway's trimCredentialToUndefined: trimmed, and none while a `${NAME}` is left in it."""
+    secret = _present(value)
+    secret = js_trim(secret) if secret is not None else None
+    return None if secret is None or contains_reference(secret) else secret
+
+
+def resolve_credential_references(rules: dict[str, Any], environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """gateway.auth.token and .password written as SecretRefs (`$NAME`, `${NAME}`, an object),
+    resolved as the gateway resolves them where the sidecar can: env refs, from `environ`. One it
+    cannot (an unset variable; a file, exec or store ref) is dropped, so the sidecar's own
+    tokenFile / passwordFile or OPENCLAW_GATEWAY_* apply, and the reason is returned."""
+    gateway = rules.get("gateway")
+    if not isinstance(gateway, Mapping) or not isinstance(auth := gateway.get("auth"), Mapping):
+        return rules, {}
+    resolved, unresolved = dict(auth), {}
+    for kind in ("token", "password"):
+        reference = secret_reference(auth.get(kind))
+        if reference is None:
+            continue
+        source, name = reference
+        value = environ.get(name) if source == "env" else None
+        if value:
+            resolved[kind] = value
+        else:
+            del resolved[kind]
+            unresolved[kind] = f"gateway.auth.{kind} is {'the unset variable' if source == 'env' else f'a {source} SecretRef'} {name!r}"
+    return {**rules, "gateway": {**gateway, "auth": resolved}}, unresolved
+
+
+def _refuse_placeholder(mode: str, secret: str | None) -> None:
+    """As the gateway refuses to start (or reload) with them: a redaction marker or a published
+    example is not a credential, and taken literally it would be one everybody knows."""
+    if secret is not None and (secret in REDACTED_SECRET_VALUES or secret in KNOWN_WEAK_SECRETS[mode]):
+        raise ConfigError([(f"gateway.auth.{mode}", "is a redaction marker or a published example placeholder, not a "
+                            "credential (the gateway refuses it too): set a real secret")])
+
+
+def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Mapping[str, str],
+                    unresolved: Mapping[str, str] | None = None) -> AuthSecrets:
     auth = rules.gateway.auth
-    token = _secret(auth.token, auth.token_file, "gateway.auth.token") or _header_safe(
-        _present(environ.get("OPENCLAW_GATEWAY_TOKEN")), "OPENCLAW_GATEWAY_TOKEN")
-    password = _secret(auth.password, auth.password_file, "gateway.auth.password") or _header_safe(
-        _present(environ.get("OPENCLAW_GATEWAY_PASSWORD")), "OPENCLAW_GATEWAY_PASSWORD")
+    token = _header_safe(_gateway_credential(auth.token), "gateway.auth.token") or _secret(
+        None, auth.token_file, "gateway.auth.token") or _header_safe(
+        _gateway_credential(environ.get("OPENCLAW_GATEWAY_TOKEN")), "OPENCLAW_GATEWAY_TOKEN")
+    password = _header_safe(_gateway_credential(auth.password), "gateway.auth.password") or _secret(
+        None, auth.password_file, "gateway.auth.password") or _header_safe(
+        _gateway_credential(environ.get("OPENCLAW_GATEWAY_PASSWORD")), "OPENCLAW_GATEWAY_PASSWORD")
     mode = auth.mode or ("password" if password else "token")
+    if mode in ("token", "password"):
+        _refuse_placeholder(mode, token if mode == "token" else password)
+    elif password in REDACTED_SECRET_VALUES:
+        password = None  # trusted-proxy: the local password fallback is off, as at the gateway
 
     problems: list[str] = []
+    why = dict(unresolved or {})
     if mode == "token" and token is None:
-        problems.append("gateway.auth.mode is token but no token resolved (gateway.auth.token, tokenFile or OPENCLAW_GATEWAY_TOKEN)")
+        problems.append("gateway.auth.mode is token but no token resolved (gateway.auth.token, tokenFile or "
+                        "OPENCLAW_GATEWAY_TOKEN)" + (f": {why['token']}" if "token" in why else ""))
     if mode == "password" and password is None:
-        problems.append("gateway.auth.mode is password but no password resolved (gateway.auth.password, passwordFile or OPENCLAW_GATEWAY_PASSWORD)")
+        problems.append("gateway.auth.mode is password but no password resolved (gateway.auth.password, passwordFile or "
+                        "OPENCLAW_GATEWAY_PASSWORD)" + (f": {why['password']}" if "password" in why else ""))
     if mode == "trusted-proxy":
         if token is not None:
             raise ConfigError([("gateway.auth.token", "trusted-proxy mode and a token are mutually exclusive")])
@@ -763,13 +815,16 @@ def load_config(
     own_rules = {k: document[k] for k in RULE_KEYS if k in document}
     openclaw_path = openclaw_config_path(path, sidecar)
     if openclaw_path is not None:
+        # The gateway's file, read as its loader reads it: `${NAME}` from the environment.
         gateway_doc = read_structured_file(openclaw_path, "sidecar.openclawConfig")
-        own_rules = deep_merge({k: gateway_doc[k] for k in RULE_KEYS if k in gateway_doc}, own_rules)
+        environ = file_environment(gateway_doc, environ)
+        own_rules = deep_merge(substitute_all({k: gateway_doc[k] for k in RULE_KEYS if k in gateway_doc}, environ), own_rules)
+    own_rules, unresolved = resolve_credential_references(own_rules, environ)
     try:
         rules = OpenClawRules.model_validate(own_rules)
     except ValidationError as exc:
         raise ConfigError(_validation_problems(exc, "")) from None
-    return Config(sidecar, rules, resolve_secrets(rules, sidecar, environ))
+    return Config(sidecar, rules, resolve_secrets(rules, sidecar, environ, unresolved))
 
 
 def camel_keys(value: Any) -> Any:

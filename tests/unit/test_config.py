@@ -625,3 +625,69 @@ def test_redacted_view_hides_env_and_file_secrets(tmp_path: Path) -> None:
 
 def test_redacted_view_keeps_plain_storage_uri() -> None:
     assert redacted_view(load_config(None, environ={}))["sidecar"]["rate_limit"]["storage"] == "memory://"
+
+
+# ---- the gateway's own spellings of a credential ------------------------------------------------
+
+
+def load_with_gateway_file(tmp_path: Path, gateway_json5: str, environ: dict[str, str], sidecar_yaml: str = ""):
+    write(tmp_path, "openclaw.json5", gateway_json5)
+    return load_config(write(tmp_path, "c.yaml", "sidecar:\n  openclawConfig: openclaw.json5\n" + sidecar_yaml), environ=environ)
+
+
+@pytest.mark.parametrize("written", ["'${OPENCLAW_GATEWAY_TOKEN}'", "'$OPENCLAW_GATEWAY_TOKEN'",
+                                     "{source: 'env', provider: 'default', id: 'OPENCLAW_GATEWAY_TOKEN'}"])
+def test_an_env_reference_in_the_gateways_file_is_the_variables_value(tmp_path: Path, written: str) -> None:
+    config = load_with_gateway_file(tmp_path, f"{{gateway: {{auth: {{token: {written}}}}}}}",
+                                    {"OPENCLAW_GATEWAY_TOKEN": "real-secret"})
+    assert (config.secrets.token, config.secrets.problems) == ("real-secret", ())
+
+
+@pytest.mark.parametrize("written, why", [
+    ("'${GW_TOKEN}'", "the unset variable 'GW_TOKEN'"), ("'$GW_TOKEN'", "the unset variable 'GW_TOKEN'"),
+    ("{source: 'file', provider: 'filemain', id: '/gateway/token'}", "a file SecretRef '/gateway/token'"),
+    ("'$${GW_TOKEN}'", None), ("'prefix-${GW_TOKEN}'", None),  # a literal reference is no credential either
+])
+def test_a_reference_the_sidecar_cannot_resolve_is_never_taken_as_the_secret(tmp_path: Path, written: str, why: str | None) -> None:
+    """Taken literally, `${GW_TOKEN}` would be a token anyone can read in the docs (the gateway
+    refuses it as a credential); with none resolved every request is refused, and the log says why."""
+    config = load_with_gateway_file(tmp_path, f"{{gateway: {{auth: {{token: {written}}}}}}}", {})
+    assert config.secrets.token is None
+    (problem,) = config.secrets.problems
+    assert "no token resolved" in problem and (why is None or problem.endswith(why)), problem
+
+
+def test_an_unresolved_reference_leaves_the_sidecars_own_token_file(tmp_path: Path) -> None:
+    """The Kubernetes layout: the gateway's file names its variable, the sidecar mounts the Secret."""
+    token_file = write(tmp_path, "token", "mounted-secret\n")
+    config = load_with_gateway_file(tmp_path, "{gateway: {auth: {token: '${OPENCLAW_GATEWAY_TOKEN}'}}}", {},
+                                    f"gateway:\n  auth: {{tokenFile: '{token_file}'}}\n")
+    assert config.secrets.token == "mounted-secret"
+
+
+def test_the_gateways_env_block_and_substitution_reach_every_rule(tmp_path: Path) -> None:
+    gateway = "{env: {vars: {GW_TOKEN: 'from-block', DENIED: 'canvas'}}, gateway: {auth: {token: '${GW_TOKEN}'}, tools: {deny: ['${DENIED}']}}}"
+    config = load_with_gateway_file(tmp_path, gateway, {"DENIED": "browser"})  # the process environment wins
+    assert (config.secrets.token, config.rules.gateway.tools.deny) == ("from-block", ("browser",))
+
+
+@pytest.mark.parametrize("auth_yaml, key", [
+    ("{token: __OPENCLAW_REDACTED__}", "gateway.auth.token"), ("{token: ' change-me-now '}", "gateway.auth.token"),
+    ("{token: change-me-to-a-long-random-token}", "gateway.auth.token"), ("{mode: password, password: '***'}", "gateway.auth.password"),
+    ("{mode: password, password: change-me-to-a-strong-password}", "gateway.auth.password"),
+])
+def test_a_redaction_marker_or_published_placeholder_is_refused_as_the_gateway_refuses_it(
+        tmp_path: Path, auth_yaml: str, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", f"gateway:\n  auth: {auth_yaml}\n"), environ={})
+    assert list(problems_of(exc)) == [key]
+
+
+def test_a_redacted_password_in_trusted_proxy_mode_is_no_local_fallback(tmp_path: Path) -> None:
+    text = "gateway:\n  auth: {mode: trusted-proxy, password: __OPENCLAW_REDACTED__, trustedProxy: {userHeader: x-user}}\n  trustedProxies: [198.51.100.5]\n"
+    assert load_config(write(tmp_path, "c.yaml", text), environ={}).secrets.password is None
+
+
+def test_the_gateways_credential_is_trimmed_as_it_trims_it(tmp_path: Path) -> None:
+    config = load_with_gateway_file(tmp_path, "{gateway: {auth: {token: '  padded-secret\\u3000'}}}", {})
+    assert config.secrets.token == "padded-secret"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sidecar.rpc import request_frame_errors
-from tests.gateway.protocol import gateway_request_frame_checks
+from tests.gateway.oracle import gateway_request_frame_checks
 from tests.gateway.real_gateway import unavailable_reason
 
 _reason = unavailable_reason()

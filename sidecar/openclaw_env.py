@@ -1,0 +1,107 @@
+"""How the gateway's config loader reads strings and credentials (2026.9.6), so that the sidecar
+reading the same file takes the same values from it.
+
+* `${NAME}` (upper-case names) is replaced by the environment's value in every string; a variable
+  that is unset or empty stays visibly `${NAME}`, and `$${NAME}` is the literal `${NAME}`.
+* `env.vars` in the file fill in variables the process environment lacks.
+* A credential is an env SecretRef when written `$NAME`, `${NAME}` or `{source: "env", id}`;
+  file, exec and store SecretRefs are resolved by the gateway's providers, which the sidecar
+  does not run.
+* A credential that still holds a `${NAME}` reference is no credential at all, and a redaction
+  marker or a published example placeholder is refused outright: taken literally, each would be a
+  shared secret anyone can read in the docs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_ENV_SECRET_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]{0,127})\}|\$([A-Z][A-Z0-9_]{0,127})")
+_SECRET_SOURCES = frozenset({"env", "file", "exec", "store"})
+
+# Display markers (config.get shows these in place of secrets), never credential material.
+REDACTED_SECRET_VALUES = frozenset({
+    "__OPENCLAW_REDACTED__", "REDACTED", "xoxb-REDACTED", "xapp-REDACTED", "***", "[redacted]", "[REDACTED]",
+    "<redacted>", "[REDACTED_PRIVATE_KEY]", "[REDACTED CREDENTIAL]",
+})
+# Placeholders that shipped in .env.example or onboarding docs.
+KNOWN_WEAK_SECRETS = {
+    "token": frozenset({"change-me-to-a-long-random-token", "change-me-now"}),
+    "password": frozenset({"change-me-to-a-strong-password"}),
+}
+
+
+def _reference_at(text: str, at: int) -> tuple[str, str, int] | None:
+    """parseEnvTokenAt: ("escaped" | "substitution", name, index of the closing brace)."""
+    escaped = text.startswith("$${", at)
+    if not escaped and not text.startswith("${", at):
+        return None
+    start = at + (3 if escaped else 2)
+    end = text.find("}", start)
+    if end == -1 or not _NAME.fullmatch(text[start:end]):
+        return None
+    return ("escaped" if escaped else "substitution"), text[start:end], end
+
+
+def substitute(text: str, environ: Mapping[str, str]) -> str:
+    """One string as the gateway's loader substitutes it."""
+    if "$" not in text:
+        return text
+    out, at = [], 0
+    while at < len(text):
+        found = _reference_at(text, at) if text[at] == "$" else None
+        if found is None:
+            out.append(text[at])
+            at += 1
+            continue
+        kind, name, end = found
+        value = environ.get(name) if kind == "substitution" else None
+        out.append(value or f"${{{name}}}")  # unset, empty or escaped: the reference as written
+        at = end + 1
+    return "".join(out)
+
+
+def substitute_all(value: Any, environ: Mapping[str, str]) -> Any:
+    """Every string in a parsed config, at any depth."""
+    if isinstance(value, str):
+        return substitute(value, environ)
+    if isinstance(value, Mapping):
+        return {k: substitute_all(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_all(v, environ) for v in value]
+    return value
+
+
+def contains_reference(text: str) -> bool:
+    """An unescaped `${NAME}` left in the text."""
+    at = 0
+    while (at := text.find("$", at)) != -1:
+        found = _reference_at(text, at)
+        if found is not None and found[0] == "substitution":
+            return True
+        at = found[2] + 1 if found is not None else at + 1
+    return False
+
+
+def file_environment(document: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the file's strings are read in: `env.vars` under the process's own."""
+    env = document.get("env")
+    declared = env.get("vars") if isinstance(env, Mapping) else None
+    if not isinstance(declared, Mapping):
+        return dict(environ)
+    return {**{k: v for k, v in declared.items() if isinstance(k, str) and isinstance(v, str)}, **environ}
+
+
+def secret_reference(value: Any) -> tuple[str, str] | None:
+    """(source, id) when a credential is written as a SecretRef, else None. An env SecretRef of a
+    provider other than the default one is resolved by that provider: its source is "provider"."""
+    if isinstance(value, str):
+        match = _ENV_SECRET_REF.fullmatch(value.strip())
+        return ("env", match.group(1) or match.group(2)) if match else None
+    if isinstance(value, Mapping) and value.get("source") in _SECRET_SOURCES and isinstance(value.get("id"), str):
+        default = value.get("provider") in (None, "default")
+        return ("env" if default else "provider", value["id"]) if value["source"] == "env" else (value["source"], value["id"])
+    return None

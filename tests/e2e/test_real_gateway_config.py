@@ -1,0 +1,60 @@
+"""The gateway's own config file, read by the sidecar as the gateway reads it (the real gateway,
+2026.9.6, on loopback): a credential written as OpenClaw's docs write it is the variable's value,
+never the placeholder's letters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway.real_gateway import RealGateway, unavailable_reason
+
+from .harness import SidecarProcess
+
+_reason = unavailable_reason()
+if _reason is not None:
+    pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {_reason}", allow_module_level=True)
+
+SECRET = "config-differential-secret-7d1c"
+PLACEHOLDER = "${OPENCLAW_GATEWAY_TOKEN}"
+
+
+@pytest.fixture(scope="module")
+def env_token_gateway() -> Iterator[RealGateway]:
+    """`gateway.auth.token: "${OPENCLAW_GATEWAY_TOKEN}"` (docs/gateway/config-secrets-env.md), the
+    variable set in the gateway's environment only."""
+    gateway = RealGateway({"mode": "token", "token": PLACEHOLDER}, environ={"OPENCLAW_GATEWAY_TOKEN": SECRET})
+    yield gateway
+    gateway.stop()
+
+
+def invoke(url: str, token: str) -> int:
+    return httpx.post(f"{url}/tools/invoke", json={"tool": "agents_list", "args": {}},
+                      headers={"Authorization": f"Bearer {token}"}, timeout=15).status_code
+
+
+def test_in_the_kubernetes_layout_the_placeholder_is_no_password(env_token_gateway, module_sidecar: Callable[..., SidecarProcess],
+                                                                 tmp_path: Path) -> None:
+    """The sidecar's container mounts the Secret as a file and has no such variable: the
+    placeholder resolves to nothing there, so the sidecar's own tokenFile holds the secret. Before,
+    `Bearer ${OPENCLAW_GATEWAY_TOKEN}` was the sidecar's token, and the real one was refused."""
+    token_file = tmp_path / "token"
+    token_file.write_text(SECRET + "\n")
+    sidecar = module_sidecar({
+        "sidecar": {"upstream": env_token_gateway.url, "openclawConfig": str(env_token_gateway.config_path),
+                    "upstreamAuth": {"tokenFile": str(token_file)}, "rateLimit": {"loopbackDelayBaseMs": 0}},
+        "gateway": {"auth": {"tokenFile": str(token_file)}},
+    })
+    seen = {token: (invoke(env_token_gateway.url, token), invoke(sidecar.url, token)) for token in (SECRET, PLACEHOLDER)}
+    assert seen == {SECRET: (200, 200), PLACEHOLDER: (401, 401)}
+
+
+def test_with_the_variable_set_the_sidecar_reads_the_same_secret(env_token_gateway, module_sidecar: Callable[..., SidecarProcess]) -> None:
+    sidecar = module_sidecar({
+        "sidecar": {"upstream": env_token_gateway.url, "openclawConfig": str(env_token_gateway.config_path),
+                    "rateLimit": {"loopbackDelayBaseMs": 0}},
+    }, env={"OPENCLAW_GATEWAY_TOKEN": SECRET})
+    assert (invoke(sidecar.url, SECRET), invoke(sidecar.url, PLACEHOLDER)) == (200, 401)

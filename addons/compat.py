@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import types
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer, server
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import websocket
-from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, RequestEndOfMessage, _http1
+from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, ReceiveHttp, RequestData, RequestEndOfMessage, _http1
 from mitmproxy.proxy.layers.tls import ClientTLSLayer, ServerTLSLayer
 from mitmproxy.utils import asyncio_utils
 
@@ -51,6 +52,10 @@ CHUNK_LINE_TOO_LONG = b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nC
 # before it is refused unread (room for as many separators, and a size).
 MAX_CHUNK_EXTENSIONS_BYTES = 16 * 1024
 MAX_CHUNK_LINE_BYTES = 2 * MAX_CHUNK_EXTENSIONS_BYTES + 64
+# Body bytes read past the 2 MiB limit before the connection is closed: more than one read, so a
+# request the guard is not holding gets its 413 from the body-size check first.
+UNREAD_BODY_MARGIN = 1024 * 1024
+_BODY_READ: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()  # by body reader: one per request
 HEAD_MALFORMED = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _HEAD_END = re.compile(rb"\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -190,13 +195,16 @@ def answer_protocol_errors_as_node() -> None:
     _http1.make_error_response = make_error_response
 
 
-def answer_malformed_bodies() -> None:
+def answer_malformed_bodies(max_body_bytes: int) -> None:
     """A request body h11 cannot parse (a bad chunk-size line) gets Node's 400 before the close,
     an over-long one its 413; mitmproxy closed the connection without a word. Not after an answer
-    we already sent."""
-    original = _http1.Http1Server.read_body
-    if getattr(original, "_sidecar_answers", False):
-        return
+    we already sent.
+
+    And a body is bounded as it is read: while its request waits on a hook (a refusal the pacer
+    holds back), mitmproxy kept decoding chunks and queueing them on the paused stream, where the
+    2 MiB check could not see them (a stranger's endless chunked body grew the process by 150 MB
+    in 0.17 s). Past `max_body_bytes` the connection is closed, as in Http1Server.wait."""
+    original = getattr(_http1.Http1Server.read_body, "__wrapped__", _http1.Http1Server.read_body)
 
     def read_body(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-untyped-def]
         body = original(self, event)
@@ -210,9 +218,15 @@ def answer_malformed_bodies() -> None:
                     and self.conn.state & ConnectionState.CAN_WRITE):
                 too_long = getattr(self.body_reader, "line_too_long", False)
                 yield commands.SendData(self.conn, CHUNK_LINE_TOO_LONG if too_long else HEAD_MALFORMED)
+            elif isinstance(command, ReceiveHttp) and isinstance(command.event, RequestData):
+                read = _BODY_READ[self.body_reader] = _BODY_READ.get(self.body_reader, 0) + len(command.event.data)
+                if read > max_body_bytes:
+                    HEAD_REFUSALS.inc()
+                    self.state = self.done
+                    yield commands.CloseConnection(self.conn)
+                    return None
             sent = yield command
 
-    read_body._sidecar_answers = True  # type: ignore[attr-defined]
     read_body.__wrapped__ = original  # type: ignore[attr-defined]
     _http1.Http1Server.read_body = read_body  # type: ignore[method-assign,assignment]
 
@@ -609,7 +623,7 @@ def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.H
     limit_request_bodies_only()
     refuse_trailers()
     strict_chunk_headers()
-    answer_malformed_bodies()
+    answer_malformed_bodies(MAX_BODY_BYTES + UNREAD_BODY_MARGIN)
     answer_protocol_errors_as_node()
     plain_http_listener()
     limit_request_heads(max_head_bytes)

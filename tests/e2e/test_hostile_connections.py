@@ -7,6 +7,7 @@ import itertools
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,8 @@ from .ratelimit_helpers import scrape_metric, wait_until
 
 TOKEN = "T"
 CRASH_MARKERS = ("Traceback", "has crashed")
+_AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+_INVOKE = b'{"tool":"agents_list","args":{}}'
 
 
 @pytest.fixture
@@ -121,6 +124,31 @@ def test_bytes_pipelined_behind_a_pending_request_are_bounded(sidecar, backend) 
         with pytest.raises((BrokenPipeError, ConnectionResetError)):
             for _ in range(16):
                 sock.sendall(megabyte)
+    assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:", 1)[1].split()[0]) / 1024
+
+
+def test_a_body_behind_a_refusal_the_pacer_holds_is_bounded(sidecar, backend) -> None:
+    """While the pacer held a stranger's refusal, mitmproxy kept decoding the chunked body behind
+    it and queued every chunk on the paused request (150 MB in 0.17 s, red team). Past the body
+    limit and a margin the connection is closed, and the process does not grow."""
+    denied = b'{"tool":"exec","args":{}}'
+    for _ in range(16):  # a refusal streak: from the eleventh on, refusals are held back
+        with _connect(sidecar) as sock:
+            sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH + b"Content-Length: %d\r\n\r\n" % len(denied) + denied)
+            assert read_response(sock, timeout=10).status == 404
+    before = _rss_mb(sidecar.proc.pid)
+    chunk = b"100000\r\n" + b"A" * 0x100000 + b"\r\n"
+    with _connect(sidecar) as sock:
+        sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(64):
+                sock.sendall(chunk)
+    assert _rss_mb(sidecar.proc.pid) - before < 40
     assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()
 
 
@@ -237,10 +265,6 @@ def test_connections_beyond_the_cap_are_closed_at_accept(strict_sidecar, backend
     time.sleep(0.3)
     _authorised_request_works(strict_sidecar, backend)
     assert "connection cap (4) reached" in strict_sidecar.logs()
-
-
-_AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
-_INVOKE = b'{"tool":"agents_list","args":{}}'
 
 
 @pytest.mark.parametrize("raw", [

@@ -17,7 +17,7 @@ from limits.aio.storage import MemoryStorage
 from mitmproxy import exceptions, hooks
 from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
-from mitmproxy.proxy import layer, server
+from mitmproxy.proxy import commands, events, layer, server
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes, websocket
 from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1
@@ -332,6 +332,47 @@ def test_client_writer_reaches_the_transport_the_way_the_proxyserver_keeps_it() 
     handler_init = inspect.getsource(server.ConnectionHandler.__init__)
     assert "self.transports" in handler_init and "self.client" in handler_init
     assert {"reader", "writer"} <= set(inspect.signature(server.ConnectionIO).parameters)
+
+
+# ---- request heads, however they are cut into reads ---------------------------------------------
+
+_HEADS = [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\r\n",
+    b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",  # CR LF before a request line: skipped
+    b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:  chunked \r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x0b\r\n\r\n",  # a control byte at a value's end
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",  # a CR inside a value
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\nX-A: a\r\n\r\n",  # a bare LF ending a line
+    b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+    b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n",
+    b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\ntransfer-encoding: gzip, Chunked \t \r\n\r\n",
+    b"GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n",  # the request line as Node reads it
+    b"GET / HTTP/1.1 \r\nHost: x\r\n\r\n",
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS ClientHello
+]
+_MALFORMED = {3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
+
+
+def _answered_malformed(reads: list[bytes]) -> bool:
+    with taddons.context() as tctx:
+        context = Context(tflow.tclient_conn(), tctx.options)
+        reader = _http1.Http1Server(context)
+        commands_out = list(reader.handle_event(events.Start()))
+        for data in reads:
+            commands_out += reader.handle_event(events.DataReceived(context.client, data))
+    return any(isinstance(c, commands.SendData) and c.data == compat.HEAD_MALFORMED for c in commands_out)
+
+
+@pytest.mark.parametrize("index", range(len(_HEADS)))
+def test_a_head_is_judged_the_same_however_it_is_cut_into_reads(index: int) -> None:
+    """Each read judges only the bytes earlier reads left unjudged (a head dripped a byte at a time
+    rescanned whole on every read); whole, in two reads at every cut, or a byte at a time, the
+    verdict is the same."""
+    compat.limit_request_heads(16 * 1024)
+    head = _HEADS[index]
+    cuts = [[head], [head[i:i + 1] for i in range(len(head))]] + [[head[:i], head[i:]] for i in range(1, len(head))]
+    assert {_answered_malformed(reads) for reads in cuts} == {index in _MALFORMED}
 
 
 # ---- h11 ------------------------------------------------------------------------------------------

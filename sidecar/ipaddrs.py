@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from .caching import short_call_cache
+from .toolpolicy import js_trim
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -55,20 +56,20 @@ def is_loopback(text: str | None) -> bool:
 
 
 def parse_network(entry: str) -> IPNetwork:
-    """An IP or CIDR from config; a bare IP is a single-address network. Raises ValueError."""
-    text = entry.strip()
-    if "/" in text:
-        base, prefix = text.split("/", 1)
-        address = parse_ip(base)
-        if address is None:
-            raise ValueError(f"not an IP or CIDR: {entry!r}")
-        mapped = ipaddress.ip_address(base.strip()).version == 6 and address.version == 4
-        bits = int(prefix) - 96 if mapped else int(prefix)
-        return ipaddress.ip_network(f"{address}/{bits}", strict=False)
-    address = parse_ip(text)
-    if address is None:
+    """An IP or CIDR from config, as strictly as the gateway's parser (ipaddr.js) reads one: the
+    entry trimmed, then no space around the slash, a prefix of ASCII digits and no zone index.
+    Python's int() takes " 8", "+8", "-0" and "٨", where the gateway trusts nothing by such an
+    entry. A bare IP is a single-address network. Raises ValueError."""
+    text = js_trim(entry)
+    base, slash, prefix = text.partition("/")
+    address = parse_ip(base) if base == base.strip() and "%" not in base else None
+    if address is None or (slash and (base.startswith("[") or not (prefix.isascii() and prefix.isdigit()))):
         raise ValueError(f"not an IP or CIDR: {entry!r}")
-    return ipaddress.ip_network(address)
+    if not slash:
+        return ipaddress.ip_network(address)
+    mapped = ipaddress.ip_address(base).version == 6 and address.version == 4
+    bits = int(prefix) - 96 if mapped else int(prefix)
+    return ipaddress.ip_network(f"{address}/{bits}", strict=False)
 
 
 def in_networks(text: str | None, networks: Iterable[IPNetwork]) -> bool:

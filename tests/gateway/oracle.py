@@ -28,10 +28,11 @@ Promise.all(modules.map(([name, file, alias]) => import(file).then((m) => [name,
 
 
 @cache
-def _exported(name: str) -> tuple[str, str]:
-    """(file, alias) of the bundle module exporting `name`."""
+def _exported(name: str, module: str = "") -> tuple[str, str]:
+    """(file, alias) of the bundle module exporting `name` (the first, or the one whose file name
+    starts with `module` where several modules have a function of that name)."""
     pattern = re.compile(rf"(?:^|,)\s*{re.escape(name)} as ([\w$]+)\s*(?:,|$)")
-    for file in sorted((PACKAGE / "dist").glob("*.mjs")):
+    for file in sorted((PACKAGE / "dist").glob(f"{module}*.mjs")):
         for exports in _EXPORTS.findall(file.read_text(encoding="utf-8", errors="replace")):
             if match := pattern.search(exports):
                 return str(file), match.group(1)
@@ -39,8 +40,9 @@ def _exported(name: str) -> tuple[str, str]:
 
 
 def call_gateway(names: list[str], script: str, payload: Any) -> Any:
-    """Run `script` (a function body) in the gateway's Node with its functions `names`."""
-    modules = [(name, *_exported(name)) for name in names]
+    """Run `script` (a function body) in the gateway's Node with its functions `names`, each a
+    name or `module-prefix:name`."""
+    modules = [(name.rpartition(":")[2], *_exported(name.rpartition(":")[2], name.rpartition(":")[0])) for name in names]
     done = subprocess.run([gateway_node(), "-e", _RUNNER, json.dumps([modules, script])], input=json.dumps(payload),
                           capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout)

@@ -1,0 +1,39 @@
+"""sidecar.ipaddrs.parse_network against the gateway's own trusted-proxy check
+(isTrustedProxyAddress, in its Node): an entry the sidecar accepts trusts exactly the addresses
+the gateway trusts by it; one it cannot read the same way is a start-up error, never wider trust."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.ipaddrs import in_networks, parse_network
+from tests.gateway.oracle import call_gateway
+from tests.gateway.real_gateway import unavailable_reason
+
+ENTRIES = [
+    "10.0.0.0/8", "10.0.0.0/ 8", "10.0.0.0/+8", "10.0.0.0/\u0668", "10.0.0.0 /8", " 10.0.0.0/8 ", "10.0.0.1/8", "10.0.0.0/08",
+    "::ffff:10.0.0.0/104", "::ffff:10.0.0.0/8", "10.0.0.0/8\u00a0", "10.0.0.0/8\t", "10.0.0.0/1_0", "10.0.0.0/8\n",
+    "0:0:0:0:0:ffff:a00:0/104", "10.0.0.0/008", "10.0.0.5", "010.0.0.5", "10.0.0.5 ", "[::1]", "[::1]/128", "::1/128",
+    "fe80::1%eth0", "fe80::/10", "::ffff:10.0.0.5", "10.0.0.0/\uff18", "0.0.0.0/0", "::/0", "10.0.0.0/0x8", "10.0.0.0/8/9",
+    "10/8", "10.0.0.0/-0", "\ufeff10.0.0.5", "10.0.0.5\u2028", "10.0.0.0/33", "10.0.0.0/32", "::/129", "1.2.3.4/24",
+]
+ADDRESSES = ["10.1.2.3", "10.0.0.5", "::ffff:10.1.2.3", "127.0.0.1", "::1", "fe80::1", "8.8.8.8", "1.2.3.99"]
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
+def test_a_trusted_proxy_entry_trusts_what_the_gateway_trusts_or_fails_at_start() -> None:
+    theirs = call_gateway(["net-:isTrustedProxyAddress"], """
+        answer(input.entries.map((entry) => input.addresses.map((ip) => gateway.isTrustedProxyAddress(ip, [entry]))));""",
+                          {"entries": ENTRIES, "addresses": ADDRESSES})
+    refused, differ = [], []
+    for entry, trusted in zip(ENTRIES, theirs):
+        try:
+            network = parse_network(entry)
+        except ValueError:
+            refused.append(entry)
+            continue
+        mine = [in_networks(ip, [network]) for ip in ADDRESSES]
+        if mine != trusted:
+            differ.append((entry, mine, trusted))
+    assert differ == []
+    assert "10.0.0.0/8" not in refused and len(refused) < len(ENTRIES) / 2

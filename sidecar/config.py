@@ -31,7 +31,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .headers import HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
-from .ipaddrs import parse_network
+from .ipaddrs import is_loopback, parse_network
 from .openclaw_env import (
     KNOWN_WEAK_SECRETS, REDACTED_SECRET_VALUES, contains_reference, file_environment, secret_reference, substitute_all,
 )
@@ -824,7 +824,19 @@ def load_config(
         rules = OpenClawRules.model_validate(own_rules)
     except ValidationError as exc:
         raise ConfigError(_validation_problems(exc, "")) from None
-    return Config(sidecar, rules, resolve_secrets(rules, sidecar, environ, unresolved))
+    secrets = resolve_secrets(rules, sidecar, environ, unresolved)
+    _refuse_open_listener(sidecar, secrets)
+    return Config(sidecar, rules, secrets)
+
+
+def _refuse_open_listener(sidecar: SidecarSettings, secrets: AuthSecrets) -> None:
+    """As the gateway refuses to bind beyond loopback without a shared secret (trusted-proxy
+    aside): through a listener others can reach, auth mode none makes every caller gateway admin."""
+    host, _ = split_host_port(sidecar.listen)
+    if secrets.mode == "none" and host != "localhost" and not is_loopback(host):
+        raise ConfigError([("gateway.auth.mode", f"is none while sidecar.listen ({sidecar.listen}) is beyond loopback: "
+                            "every caller would be gateway admin, and the gateway refuses to bind so too; "
+                            "set a token or password, or listen on 127.0.0.1")])
 
 
 def camel_keys(value: Any) -> Any:

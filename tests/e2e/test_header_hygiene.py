@@ -22,7 +22,7 @@ from openclaw_demo.backend import DemoBackend
 from .assertions import assert_refused_raw, header_names, header_values, only_forwarded
 from .conftest import UPSTREAM_TOKEN
 from .expected import AGENTS, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED, not_available
-from .harness import RawResponse, SidecarProcess, TestNet
+from .harness import RawResponse, SidecarProcess, TestNet, raw_exchange
 
 TOKEN = "T-shared-secret-for-hygiene"
 PROXY, CLIENT, OTHER = "198.51.100.5", "203.0.113.7", "203.0.113.8"
@@ -73,7 +73,7 @@ def assert_owned_headers(record: dict, *, scopes: str, xff: str | None, user: st
 
 def sidecar_section(backend: DemoBackend, **more: Any) -> dict:
     return {"listen": LISTEN, "upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
-            "timeouts": {"bodyReadSeconds": 1}, **more}
+            "timeouts": {"bodyReadSeconds": 1}} | more
 
 
 def token_config(backend: DemoBackend, **sidecar: Any) -> dict:
@@ -458,18 +458,20 @@ def test_F1_absent_scopes_header_is_forwarded_as_one_explicit_header(testnet, tp
     assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=FORWARDED_CLIENT, user=BOB)
 
 
-def test_F1_F5_none_mode_scopes(testnet, module_sidecar, module_backend):
-    """F1/F5 in none mode: absent → one explicit default header; space-separated → 403;
-    comma list with unknown/duplicate entries → normalised."""
-    sidecar = module_sidecar({"sidecar": sidecar_section(module_backend), "gateway": {"auth": {"mode": "none"}}})
-    record = only_forwarded(module_backend, send(testnet, CLIENT, sidecar, invoke([])))
-    assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=CLIENT, user_header="")
+def test_F1_F5_none_mode_scopes(module_sidecar, module_backend):
+    """F1/F5 in none mode (on loopback: beyond it, none is a start-up error): absent → one
+    explicit default header; space-separated → 403; comma list with unknown/duplicate entries →
+    normalised."""
+    sidecar = module_sidecar({"sidecar": sidecar_section(module_backend, listen="127.0.0.1:0"), "gateway": {"auth": {"mode": "none"}}})
+    address = (sidecar.host, sidecar.port)
+    record = only_forwarded(module_backend, raw_exchange(address, invoke([])))
+    assert_owned_headers(record, scopes=DEFAULT_SCOPES, xff=None, user_header="")
     module_backend.clear_requests()
-    response = send(testnet, CLIENT, sidecar, invoke([("x-openclaw-scopes", "operator.read operator.write")]))
+    response = raw_exchange(address, invoke([("x-openclaw-scopes", "operator.read operator.write")]))
     assert_refused_raw(response, module_backend, 403, MISSING_SCOPE)
     messy = "operator.write,operator.bogus, operator.read ,operator.write,,OPERATOR.ADMIN"
-    record = only_forwarded(module_backend, send(testnet, CLIENT, sidecar, invoke([("x-openclaw-scopes", messy)])))
-    assert_owned_headers(record, scopes="operator.write,operator.read", xff=CLIENT, user_header="")
+    record = only_forwarded(module_backend, raw_exchange(address, invoke([("x-openclaw-scopes", messy)])))
+    assert_owned_headers(record, scopes="operator.write,operator.read", xff=None, user_header="")
 
 
 def test_F2_token_mode_ignores_declared_scopes(testnet, token_sc, module_backend):

@@ -691,3 +691,16 @@ def test_a_redacted_password_in_trusted_proxy_mode_is_no_local_fallback(tmp_path
 def test_the_gateways_credential_is_trimmed_as_it_trims_it(tmp_path: Path) -> None:
     config = load_with_gateway_file(tmp_path, "{gateway: {auth: {token: '  padded-secret\\u3000'}}}", {})
     assert config.secrets.token == "padded-secret"
+
+
+@pytest.mark.parametrize("listen, refused", [("0.0.0.0:18790", True), ("[::]:18790", True), ("203.0.113.1:0", True),
+                                             ("127.0.0.1:18790", False), ("127.0.0.2:0", False), ("[::1]:0", False),
+                                             ("localhost:0", False)])
+def test_auth_mode_none_is_refused_beyond_loopback_as_the_gateway_refuses_it(tmp_path: Path, listen: str, refused: bool) -> None:
+    text = f"sidecar:\n  listen: '{listen}'\ngateway:\n  auth: {{mode: none}}\n"
+    if not refused:
+        assert load_config(write(tmp_path, "c.yaml", text), environ={}).secrets.mode == "none"
+        return
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert list(problems_of(exc)) == ["gateway.auth.mode"]

@@ -423,24 +423,43 @@ class ToolsInvokeGuard:
 
     def _answer_error(self, flow: http.HTTPFlow) -> None:
         self._cancel_timer(flow)
-        if flow.metadata.get(ANSWERED) or flow.error is None:
-            return
-        forward: Forward | None = flow.metadata.get(FORWARDED)
-        if forward is not None and flow.response is None and not self._upstream_failed(flow):
-            self._audit_forward(flow, forward, None, None)  # e.g. the client went away first
+        if flow.error is None:
             return
         message = flow.error.msg.lower()
+        if flow.metadata.get(ANSWERED) or "client disconnected" in message or not flow.client_conn.state & ConnectionState.CAN_WRITE:
+            self._audit_unfinished(flow, "client_gone")  # a forwarded call its client left (else audited)
+            return
         if "request body exceeds" in message:
             reason = Reason.PAYLOAD_TOO_LARGE
         elif self._upstream_failed(flow):
             timed_out = "timeout" in message or "timed out" in message
             reason = Reason.UPSTREAM_TIMEOUT if timed_out else Reason.UPSTREAM_UNREACHABLE
             log.warning("upstream failure: %s", flow.error.msg)
-        else:
+        elif flow.response is not None and not flow.response.stream:
+            # Its answer broke off before any of it was relayed: ours, not mitmproxy's bare 502.
+            reason = Reason.UPSTREAM_UNREACHABLE
+            log.warning("upstream failure during its answer: %s", flow.error.msg)
+        else:  # a streamed answer broke off after its head reached the client
+            self._audit_unfinished(flow, "upstream_failed")
             return
         envelope = answer(reason)
-        if answer_directly(flow, envelope):
+        answered = answer_directly(flow, envelope)
+        if FORWARDED in flow.metadata:
+            ended = reason if flow.response is None else "upstream_failed"
+            self._audit_unfinished(flow, ended if answered else "client_gone", reason=reason)
+        elif answered:
             self._audit(flow, "refused", reason, envelope.status)
+
+    def _audit_unfinished(self, flow: http.HTTPFlow, outcome: str, *, reason: ReasonCode | None = None) -> None:
+        """A forwarded call whose client did not get the upstream's whole answer is audited too,
+        once: with what the client was sent (our 502 or 504, under its `reason`; the upstream's
+        status once its head was relayed; or none) and how it ended."""
+        forward: Forward | None = flow.metadata.get(FORWARDED)
+        if forward is None:
+            return
+        upstream_status = flow.response.status_code if flow.response is not None else None
+        self._audit_forward(flow, forward, flow.metadata.get(ANSWERED) or upstream_status, upstream_status,
+                            reason=reason, outcome=outcome)
 
     @staticmethod
     def _upstream_failed(flow: http.HTTPFlow) -> bool:
@@ -479,16 +498,18 @@ class ToolsInvokeGuard:
         self._live_runtime().refusal_pacer.let_through(admitted.client_ip or peer_ip(flow))
         self._start_upstream_timer(flow)
 
-    def _audit_forward(self, flow: http.HTTPFlow, forward: Forward, status: int | None, upstream_status: int | None) -> None:
+    def _audit_forward(self, flow: http.HTTPFlow, forward: Forward, status: int | None, upstream_status: int | None,
+                       *, reason: ReasonCode | None = None, outcome: str | None = None) -> None:
         if flow.metadata.pop(FORWARDED, None) is None:
             return  # audited already (a WebSocket upgrade's 101, then its end)
         decision = "shadowed" if forward.shadowed else "forwarded"
-        self._audit(flow, decision, forward.reason, status, tool=forward.tool, upstream_status=upstream_status,
-                    shadowed=forward.shadowed, detail=forward.detail)
+        self._audit(flow, decision, reason or forward.reason, status, tool=forward.tool, upstream_status=upstream_status,
+                    shadowed=forward.shadowed, detail=forward.detail, outcome=outcome)
 
     def _audit(self, flow: http.HTTPFlow, decision: str, reason: ReasonCode, status: int | None, *,
                refusal: Refuse | None = None, tool: str | None = None, method: str | None = None,
-               upstream_status: int | None = None, shadowed: tuple[str, ...] = (), detail: str | None = None) -> None:
+               upstream_status: int | None = None, shadowed: tuple[str, ...] = (), detail: str | None = None,
+               outcome: str | None = None) -> None:
         """Logged from the view the decision was made on, not from the flow we may have rewritten;
         `method` names a WebSocket RPC method instead of the HTTP one."""
         view: RequestView | None = flow.metadata.get(VIEW)
@@ -508,7 +529,7 @@ class ToolsInvokeGuard:
             scopes=tuple(scopes.scopes) if scopes is not None else None,
             tool=tool or (refusal.tool if refusal else None), upstream_status=upstream_status,
             duration_ms=round((time.time() - started) * 1000, 2) if started else None, shadowed=shadowed,
-            detail=detail or (refusal.detail if refusal else None),
+            detail=detail or (refusal.detail if refusal else None), outcome=outcome,
         ))
 
     def _fail_closed(self, flow: http.HTTPFlow, hook: str) -> None:
@@ -528,12 +549,13 @@ class ToolsInvokeGuard:
         def expire() -> None:
             if flow.response is None and flow.live:
                 log.warning("upstream did not answer within %ss", seconds)
-                answer_directly(flow, answer(Reason.UPSTREAM_TIMEOUT))
+                answered = answer_directly(flow, answer(Reason.UPSTREAM_TIMEOUT))
+                self._audit_unfinished(flow, Reason.UPSTREAM_TIMEOUT if answered else "client_gone", reason=Reason.UPSTREAM_TIMEOUT)
 
-        self._schedule(flow, seconds, expire, audit_as=Reason.UPSTREAM_TIMEOUT)
+        self._timers.arm(flow.id, seconds, expire)
 
     def _schedule(self, flow: http.HTTPFlow, seconds: float, action: Any, *, audit_as: Reason) -> None:
-        """Run `action` after `seconds` unless cancelled; a new refusal is audited as `audit_as`."""
+        """Run `action` after `seconds` unless cancelled; a refusal it made is audited as `audit_as`."""
 
         def fire() -> None:
             if action():

@@ -55,6 +55,7 @@ class AuditEntry(NamedTuple):
     duration_ms: float | None = None
     shadowed: tuple[str, ...] = ()
     detail: str | None = None  # why a policy layer refused (free text; `reason` is the metric label)
+    outcome: str | None = None  # a forwarded call that ended without the upstream's whole answer: why
 
     def line(self, now: float) -> str:
         entry = {
@@ -70,6 +71,8 @@ class AuditEntry(NamedTuple):
             entry["shadowed"] = list(self.shadowed)
         if self.detail:
             entry["detail"] = self.detail[:256]
+        if self.outcome:
+            entry["outcome"] = self.outcome
         return _encode(entry)
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 from typing import Any
 
@@ -326,6 +327,7 @@ def test_unreachable_upstream_is_502_json(http, start_sidecar):
     assert data["error"]["type"] == "bad_gateway"
     assert isinstance(data["error"]["message"], str) and data["error"]["message"]
     assert "<html" not in resp.text.lower()
+    assert audited_forward(sc_dead, "agents_list") == ("forwarded", "upstream_unreachable", 502, None, "upstream_unreachable")
 
 
 def test_slow_upstream_is_504_json(http, be, module_sidecar):
@@ -338,6 +340,49 @@ def test_slow_upstream_is_504_json(http, be, module_sidecar):
     assert data["error"]["type"] == "gateway_timeout"
     assert isinstance(data["error"]["message"], str) and data["error"]["message"]
     assert json.loads(only_forwarded(be)["body"])["tool"] == "slow"  # it was forwarded
+    # ... and audited as such: the gateway may have acted on it (no line at all, before)
+    assert audited_forward(sc_slow, "slow") == ("forwarded", "upstream_timeout", 504, None, "upstream_timeout")
+
+
+def audited_forward(sidecar: SidecarProcess, tool: str) -> tuple:
+    """The audit line of the forwarded call of `tool`, once written."""
+    deadline = time.monotonic() + 8
+    while not (lines := [line for line in sidecar.audit_lines() if line.get("tool") == tool]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (line,) = lines
+    return line["decision"], line["reason"], line["status"], line["upstream_status"], line.get("outcome")
+
+
+def test_a_forwarded_call_its_client_leaves_is_audited(be, module_sidecar):
+    """The client closed while the gateway worked: the call was forwarded and may have run; the
+    line says so, with no status (nothing reached the client)."""
+    sc_wait = module_sidecar(config(be.url))
+    body = json.dumps({"tool": "slow", "args": {"seconds": 1}}).encode()
+    with socket.create_connection((sc_wait.host, sc_wait.port)) as sock:
+        sock.sendall(http_request("POST", "/tools/invoke", [("Authorization", f"Bearer {TOKEN}"),
+                                                             ("Content-Type", "application/json")], body))
+        time.sleep(0.3)
+    assert audited_forward(sc_wait, "slow") == ("forwarded", "allowed", None, None, "client_gone")
+
+
+def test_an_upstream_that_dies_during_its_answer_gets_the_json_502_and_is_audited(start_sidecar):
+    """The upstream sent a head and part of the body, then went away: the client got mitmproxy's
+    bare 502 and the line said 200. Now the sidecar's own 502, and the line says what happened."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_half() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ok\":")
+
+    threading.Thread(target=answer_half, daemon=True).start()
+    with listener:
+        sc_half = start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        with httpx.Client(timeout=10) as client:
+            resp = invoke(client, sc_half, {"tool": "agents_list"})
+        assert (resp.status_code, resp.headers["content-type"], resp.json()["error"]["type"]) == (502, JSON_CT, "bad_gateway")
+        assert audited_forward(sc_half, "agents_list") == ("forwarded", "upstream_unreachable", 502, 200, "upstream_failed")
 
 
 def test_tool_crash_is_sanitised_500(http, be, sc):

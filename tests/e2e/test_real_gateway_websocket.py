@@ -249,6 +249,12 @@ def test_a_sessions_live_history_streams_through_as_it_arrives(token_gateway, op
             while b"\nevent: " not in received and b"\ndata: " not in received:
                 received += sock.recv(65536)
         assert received.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in received, (port, received[:300])
+    # The stream never ends: leaving it is how every read of it ends, and it is audited then.
+    deadline = time.monotonic() + 8
+    while not (lines := [line for line in open_sc.audit_lines() if line["target"].endswith("/history")]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [(line["decision"], line["status"], line.get("outcome")) for line in lines] == [("forwarded", 200, "client_gone")]
 
 
 def test_tools_invoke_meets_the_sidecars_tool_policy(token_gateway, capped_sc):

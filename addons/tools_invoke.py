@@ -71,6 +71,9 @@ REQUIRED_OPTIONS = {
     # mitmproxy reads no request body beyond this; the guard turns the overflow into the
     # gateway's JSON 413 (head refusals are answered before the limit applies).
     "body_size_limit": str(MAX_BODY_BYTES),
+    # A 101 without an upgrade the guard admitted made mitmproxy tunnel the connection's next
+    # bytes to the upstream unread; without a protocol to upgrade to, it closes instead.
+    "rawtcp": False,
 }
 
 

@@ -595,3 +595,39 @@ def test_password_mode_default_upstream_credential_is_the_password(http, start_s
         resp = invoke(http, sc_pw, {"tool": "agents_list"}, token="P")
         assert resp.status_code == 200
         assert header_values(only_forwarded(own), "authorization") == ["Bearer P"]
+
+
+def test_a_101_the_sidecar_did_not_ask_for_opens_no_tunnel(start_sidecar):
+    """A hostile upstream answering 101 without an upgrade made mitmproxy relay the client's next
+    bytes raw: a denied call reached it unjudged. Now the connection closes after the 101."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    after_101: list[bytes] = []
+
+    def switch() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            conn.settimeout(3)
+            try:
+                while data := conn.recv(65536):
+                    after_101.append(data)
+            except OSError:
+                pass
+
+    server = threading.Thread(target=switch, daemon=True)
+    server.start()
+    with listener:
+        sc_101 = start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        allowed, denied = (json.dumps({"tool": tool, "args": {}}).encode() for tool in ("agents_list", "exec"))
+        headers = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")]
+        with socket.create_connection((sc_101.host, sc_101.port), timeout=5) as sock:
+            sock.sendall(http_request("POST", "/tools/invoke", headers, allowed))
+            time.sleep(0.5)
+            try:
+                sock.sendall(http_request("POST", "/tools/invoke", headers, denied))
+            except OSError:
+                pass
+        server.join(5)
+    assert b"exec" not in b"".join(after_101)
+

@@ -77,6 +77,8 @@ REQUIRED_OPTIONS = {
 }
 
 
+STREAM_ABOVE_BYTES = 64 * 1024  # answers longer than this are relayed as they arrive
+
 # Under `mitmdump -s`: mitmproxy's onboarding app answers requests for `mitm.it` itself (its CA
 # certificate, naming the proxy) after the guard admitted them; the embedded Master has no such addon.
 MITMDUMP_OPTIONS = {"onboarding": False}
@@ -120,10 +122,16 @@ def response_of(envelope: Envelope, method: str | None) -> http.Response:
                          http.Headers(fields), b"" if method == "HEAD" else envelope.body, None, now, now)
 
 
-def open_ended(response: http.Response) -> bool:
-    """An answer whose end is not known from its head: an event stream, or no Content-Length."""
+def relayed_as_it_arrives(response: http.Response) -> bool:
+    """An answer mitmproxy should not hold whole: one whose end is not known from its head (an
+    event stream, no Content-Length), which would never reach the client, and a large one, which
+    a client reading slowly would make the sidecar hold (4.4 MB a connection for a public asset
+    of the Control UI, red team). Small answers, nearly every tool result, are read whole: that
+    costs less."""
     content_type = response.headers.get("content-type", "")
-    return content_type.lower().startswith("text/event-stream") or "content-length" not in response.headers
+    length = response.headers.get("content-length")
+    return (content_type.lower().startswith("text/event-stream") or length is None
+            or not length.isdigit() or int(length) > STREAM_ABOVE_BYTES)
 
 
 def close_websocket(flow: http.HTTPFlow, code: int, reason: str, answer: bytes | None = None) -> bool:
@@ -571,12 +579,11 @@ class ToolsInvokeGuard:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The upstream answered: no more upstream deadline. An answer whose end is not known (an
-        event stream, a chunked or close-delimited body) is relayed as it arrives: mitmproxy would
-        hold it whole, so a session's live history or a streamed completion never reached the
-        client. Not one the review may replace (that needs the whole answer)."""
+        event stream, a chunked or close-delimited body) or a large one is relayed as it arrives
+        (relayed_as_it_arrives); not one the review may replace (that needs the whole answer)."""
         self._cancel_timer(flow)
         response, admitted = flow.response, flow.metadata.get(ADMITTED)
-        if response is None or response.status_code == 101 or not isinstance(admitted, Admitted) or not open_ended(response):
+        if response is None or response.status_code == 101 or not isinstance(admitted, Admitted) or not relayed_as_it_arrives(response):
             return
         try:
             if self._live_runtime().pipeline.review_response(admitted, response.status_code) is None:

@@ -12,6 +12,7 @@ Runs real `openclaw-sidecar run` processes in front of the demo backend.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -630,4 +631,63 @@ def test_a_101_the_sidecar_did_not_ask_for_opens_no_tunnel(start_sidecar):
                 pass
         server.join(5)
     assert b"exec" not in b"".join(after_101)
+
+
+def _serve_forever(listener: socket.socket, head: bytes, body: bytes) -> None:
+    """Answer every request on every connection with `head` (a status line and headers) and `body`."""
+    def one(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # the sidecar drops the connection its client left
+            while conn.recv(65536):
+                conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+
+def _rss_mb(pid: int) -> float:
+    return int(open(f"/proc/{pid}/status").read().split("VmRSS:", 1)[1].split()[0]) / 1024
+
+
+def test_a_large_answer_is_relayed_as_it_arrives_not_held_for_a_slow_reader(start_sidecar):
+    """mitmproxy held every answer with a Content-Length whole: clients that asked for a large one
+    and did not read made the sidecar hold it for each of them (4.4 MB a connection, red team).
+    A large answer now streams, so a slow reader slows the upstream instead."""
+    body = os.urandom(4 * 1024 * 1024)
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=_serve_forever, args=(listener, b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n", body),
+                     daemon=True).start()
+    with listener:
+        sc_big = start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        request = http_request("POST", "/tools/invoke", [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")],
+                               json.dumps({"tool": "agents_list", "args": {}}).encode())
+        before = _rss_mb(sc_big.proc.pid)
+        idle = []
+        for _ in range(10):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((sc_big.host, sc_big.port))
+            sock.sendall(request)
+            idle.append(sock)
+        time.sleep(2)
+        grown = _rss_mb(sc_big.proc.pid) - before
+        for sock in idle:
+            sock.close()
+        with httpx.Client(timeout=15) as client:
+            whole = invoke(client, sc_big, {"tool": "agents_list"})
+    assert (whole.status_code, hashlib.sha256(whole.content).digest()) == (200, hashlib.sha256(body).digest())
+    assert grown < 20, f"{grown:.1f} MB held for 10 clients that do not read (40 MB when each answer is held whole)"
+
+
+def test_a_large_tools_route_500_is_still_read_whole_and_replaced(start_sidecar):
+    listener = socket.create_server(("127.0.0.1", 0))
+    trace = b'{"error":"Traceback: /srv/secret/' + b"x" * 200_000 + b'"}'
+    threading.Thread(target=_serve_forever, args=(listener, b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n", trace),
+                     daemon=True).start()
+    with listener, httpx.Client(timeout=15) as client:
+        resp = invoke(client, start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}")), {"tool": "agents_list"})
+    assert resp.status_code == 500 and b"/srv/secret" not in resp.content and len(resp.content) < 1000
 

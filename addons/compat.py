@@ -70,6 +70,7 @@ _CHUNKED_THEN_TAB = re.compile(rb"\r\ntransfer-encoding:[^\r\n]*chunked *\t[ \t]
 # control bytes; h11 allows whitespace and overflow (a size that overflows left the request hanging).
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _VALUE = rb'=(?:' + _TOKEN + rb'*|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*")'
+_QUOTED = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _STRICT_CHUNK_HEADER = re.compile(
     rb"(?P<chunk_size>0*[0-9A-Fa-f]{1,16})(?P<chunk_ext>(?:;(?:" + _TOKEN + rb"+(?:" + _VALUE + rb")?|" + _VALUE + rb"))*)\r\n")
 
@@ -160,7 +161,11 @@ class _NodeChunkedReader(ChunkedReader):
         extensions = data.find(b";", start, end)
         if extensions < 0:
             return False
-        separators = data.count(b";", extensions, end) + data.count(b"=", extensions, end)  # Node counts names and values
+        # Node counts names and values, a quoted value whole (quotes, `;` and `=` inside included).
+        separators = data.count(b";", extensions, end) + data.count(b"=", extensions, end)
+        if data.find(b'"', extensions, end) >= 0:
+            for quoted in _QUOTED.finditer(data, extensions, end):
+                separators -= quoted.group().count(b";") + quoted.group().count(b"=")
         return end - extensions - separators > MAX_CHUNK_EXTENSIONS_BYTES
 
 

@@ -1,7 +1,8 @@
 """Chunked request bodies against Node's own HTTP parser (the gateway's llhttp, in the gateway's Node).
 
 Every byte at each place of a chunk-size line, extension and trailer, sizes with leading zeros,
-and extensions around Node's 16 KiB limit go to Node's `HTTPParser` in one run; the sidecar's
+and extensions around Node's 16 KiB limit (quoted values with separators in them too) go to
+Node's `HTTPParser` in one run; the sidecar's
 reader (addons/compat: the strict size-line pattern and `_NodeChunkedReader`) must end, refuse or
 wait exactly where Node does. Node is a hard requirement: the test fails when it is missing.
 """
@@ -48,6 +49,10 @@ def corpus() -> list[bytes]:
                    b"1\r\nx" + byte + b"\r\n0\r\n\r\n"]
     bodies += [b"0" * n + b"1" + TAIL for n in (15, 16, 17, 40)] + [b"f" * n + b"\r\n" for n in (15, 16, 17)]
     bodies += [ext + b"b" * n + TAIL for ext in (b"1;", b"1;a=", b"1;abc=", b"1;x;y=") for n in range(16380, 16386)]
+    # a quoted value counts whole, its quotes and any `;` or `=` inside included
+    bodies += [b'1;a="' + (fill * n)[:n] + b'"' + after + TAIL for fill in (b";", b"=", b";=", b"b") for after in (b"", b';c="d"')
+               for n in range(16374, 16384)]
+    bodies += [b'1;a="";b=' + b"c" * n + TAIL for n in range(16378, 16384)]
     bodies += [b"1" + ext + TAIL for ext in (b" ;a=b", b"; a=b", b";a =b", b";a= b", b";a;b", b";", b";;", b";a=;", b";=")]
     bodies += [b"0\r\n\n", b"0\r\n\r\n", b"0\r\n\r", b"5\r\nhello\r\n0\r\n\r\n"]
     return bodies

@@ -342,6 +342,10 @@ class ToolsInvokeGuard:
             VANISHED_REQUESTS.inc()
             flow.kill()
             return
+        if flow.request.http_version == "HTTP/2.0":
+            # Node keeps a 2.0 line's connection as it keeps a 1.0 one (llhttp_should_keep_alive):
+            # closed after the answer unless asked otherwise. mitmproxy kept it open and read on.
+            flow.request.http_version = "HTTP/1.0"
         self._in_flight.setdefault(flow.client_conn.id, set()).add(flow.id)
         started = time.perf_counter()
         try:

@@ -313,3 +313,18 @@ def test_a_transfer_encoding_node_refuses_never_reaches_the_gateway(sidecar, bac
     assert sorted(relayed & refused_by_node) == []
     assert {answers[i] for i in refused_by_node} == {400}
     assert len(relayed) >= 20 and {answers[i] for i in relayed} == {200}  # the accepted spellings still work
+
+
+def test_an_http_2_0_request_line_is_not_kept_alive_as_node_does_not_keep_it(sidecar, backend) -> None:
+    """Node reads `HTTP/2.0` as it reads 1.0 for keep-alive: it answers, then closes, and never
+    reads what was pipelined behind; mitmproxy kept the connection and answered that too."""
+    first = b"GET /first HTTP/2.0\r\nHost: x\r\n\r\n"
+    second = b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH + b"Content-Length: %d\r\n\r\n" % len(_INVOKE) + _INVOKE
+    with _connect(sidecar) as sock:
+        sock.sendall(first + second)
+        reply = read_response(sock, timeout=5)
+        sock.settimeout(5)
+        rest = sock.recv(65536)
+    assert reply.status == 200 and rest == b""
+    assert [record["path"] for record in backend.requests()] == ["/first"]
+

@@ -422,8 +422,15 @@ def unread_request_prefix(client: connection.Client, length: int) -> bytes | Non
 
 
 def _request_reader(client: connection.Client) -> _http1.Http1Server | None:
-    """The client's Http1Server, found by walking the connection's layer stack (NextLayer → mode
-    layer → NextLayer → HttpLayer); mitmproxy has no API for it."""
+    """The client's Http1Server (see _http_layer)."""
+    found = _http_layer(client)
+    reader = found[1].connections.get(client) if found else None
+    return reader if isinstance(reader, _http1.Http1Server) else None
+
+
+def _http_layer(client: connection.Client) -> tuple[server.ConnectionHandler, HttpLayer] | None:
+    """The client's connection handler and HttpLayer, found by walking the connection's layer
+    stack (NextLayer → mode layer → NextLayer → HttpLayer); mitmproxy has no API for them."""
     proxyserver = ctx.master.addons.get("proxyserver")
     handler = proxyserver.connections.get(client.id) if proxyserver else None
     node = handler.layer if handler else None
@@ -431,8 +438,24 @@ def _request_reader(client: connection.Client) -> _http1.Http1Server | None:
         if node is None or isinstance(node, HttpLayer):
             break
         node = node.layer if isinstance(node, layer.NextLayer) else getattr(node, "child_layer", None)
-    reader = node.connections.get(client) if isinstance(node, HttpLayer) else None
-    return reader if isinstance(reader, _http1.Http1Server) else None
+    return (handler, node) if handler is not None and isinstance(node, HttpLayer) else None
+
+
+def close_idle_upstreams(client: connection.Client) -> None:
+    """Close the client's upstream connections that carry no request. The gateway closes a
+    keep-alive connection idle for 5 s (Node's keepAliveTimeout), and a request sent on it as it
+    closes was lost: a 502, where a client of the gateway sees its connection closed and retries.
+    Closed first (as the CloseConnection command does: at once, for the layers too), the next
+    request opens a fresh one."""
+    found = _http_layer(client)
+    if found is None:
+        return
+    handler, http_layer = found
+    for conn, peer in list(http_layer.connections.items()):
+        protocol = getattr(peer, "child_layer", None)  # an HttpClient, speaking through its child
+        if isinstance(conn, connection.Server) and conn.connected and isinstance(protocol, _http1.Http1Client) \
+                and protocol.stream_id is None:
+            handler.close_connection(conn)
 
 
 def skip_debug_typechecks() -> None:

@@ -78,6 +78,8 @@ REQUIRED_OPTIONS = {
 
 
 STREAM_ABOVE_BYTES = 64 * 1024  # answers longer than this are relayed as they arrive
+# An upstream connection idle this long is closed before the gateway closes it (Node: 5 s).
+UPSTREAM_IDLE_SECONDS = 4.0
 
 # Under `mitmdump -s`: mitmproxy's onboarding app answers requests for `mitm.it` itself (its CA
 # certificate, naming the proxy) after the guard admitted them; the embedded Master has no such addon.
@@ -229,6 +231,7 @@ class ToolsInvokeGuard:
         # Client connections, and the head deadline of those waiting for a request head.
         self._clients: set[str] = set()
         self._head_deadlines = Deadlines()
+        self._idle_upstreams = Deadlines()  # by client: its upstream connection, once idle
         self._max_connections = connection_cap(None, raise_fd_limit())
         # Exchanges not yet answered (client id → flow ids) and open WebSockets: what a drain waits for.
         self._in_flight: dict[str, set[str]] = {}
@@ -314,6 +317,7 @@ class ToolsInvokeGuard:
     def client_disconnected(self, client: connection.Client) -> None:
         self._clients.discard(client.id)
         self._disarm_head_deadline(client)
+        self._idle_upstreams.cancel(client.id)
         self._in_flight.pop(client.id, None)
 
     def _arm_head_deadline(self, client: connection.Client) -> None:
@@ -336,6 +340,7 @@ class ToolsInvokeGuard:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         self._disarm_head_deadline(flow.client_conn)
+        self._idle_upstreams.cancel(flow.client_conn.id)
         if flow.response or flow.error or not flow.live:
             return
         if flow.client_conn.peername is None:  # reset before its address was read: no one to judge or answer
@@ -412,6 +417,8 @@ class ToolsInvokeGuard:
         self._exchange_over(flow)
         if flow.websocket is None and flow.client_conn.id in self._clients:
             self._arm_head_deadline(flow.client_conn)  # the exchange is over: next head, or idle
+            client = flow.client_conn
+            self._idle_upstreams.arm(client.id, UPSTREAM_IDLE_SECONDS, lambda: compat.close_idle_upstreams(client))
         if self.draining and flow.websocket is None and flow.response is not None:
             flow.response.headers["Connection"] = "close"
         admitted = flow.metadata.get(ADMITTED)
@@ -484,6 +491,7 @@ class ToolsInvokeGuard:
     def done(self) -> None:
         self._timers.clear()
         self._head_deadlines.clear()
+        self._idle_upstreams.clear()
 
     # ---- helpers ----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -30,7 +31,7 @@ from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN
 from .assertions import BACKEND_SERVER, JSON_CT, assert_refused, header_names, header_values, only_forwarded
-from .harness import SidecarProcess, http_request, raw_exchange
+from .harness import SidecarProcess, http_request, raw_exchange, read_response
 from .harness import TestNet as _TestNet
 
 TOKEN = "T"
@@ -690,4 +691,40 @@ def test_a_large_tools_route_500_is_still_read_whole_and_replaced(start_sidecar)
     with listener, httpx.Client(timeout=15) as client:
         resp = invoke(client, start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}")), {"tool": "agents_list"})
     assert resp.status_code == 500 and b"/srv/secret" not in resp.content and len(resp.content) < 1000
+
+
+def test_an_idle_upstream_connection_is_closed_before_the_gateway_closes_it(start_sidecar):
+    """The gateway (Node) closes a keep-alive connection idle for 5 s; a request the sidecar sent
+    on it just then was lost, and its client got a 502 (red team: 2 of 48 tries around 6 s).
+    The sidecar closes an idle upstream connection first, and the next request opens another."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    events: list[tuple[str, int]] = []  # ("request" | "closed", upstream connection number)
+
+    def keep_alive(conn: socket.socket, number: int) -> None:
+        with conn, contextlib.suppress(OSError):
+            while conn.recv(65536):
+                events.append(("request", number))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+            events.append(("closed", number))
+
+    def accept() -> None:
+        for number in itertools.count(1):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=keep_alive, args=(conn, number), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    with listener:
+        sc_idle = start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        body = json.dumps({"tool": "agents_list", "args": {}}).encode()
+        request = (b"POST /tools/invoke HTTP/1.1\r\nHost: sidecar.test\r\nAuthorization: Bearer " + TOKEN.encode()
+                   + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        with socket.create_connection((sc_idle.host, sc_idle.port), timeout=10) as sock:
+            for pause in (0, 0.5, 4.6):  # the client's own connection stays open throughout (10 s idle limit)
+                time.sleep(pause)
+                sock.sendall(request)
+                assert read_response(sock, timeout=5).status == 200
+    assert events[:4] == [("request", 1), ("request", 1), ("closed", 1), ("request", 2)]
 

@@ -35,6 +35,7 @@ from .ipaddrs import is_loopback, parse_network
 from .openclaw_env import (
     KNOWN_WEAK_SECRETS, REDACTED_SECRET_VALUES, contains_reference, file_environment, secret_reference, substitute_all,
 )
+from .openclaw_include import IncludeError, resolve_includes
 from .toolpolicy import js_trim
 from .storage_uri import async_storage_uri, carries_password, redact_uri
 
@@ -695,6 +696,7 @@ class Config:
     sidecar: SidecarSettings
     rules: OpenClawRules
     secrets: AuthSecrets
+    included: tuple[Path, ...] = ()  # files the gateway's config read through `$include`
 
 
 def read_structured_file(path: Path, key: str) -> dict[str, Any]:
@@ -814,9 +816,14 @@ def load_config(
 
     own_rules = {k: document[k] for k in RULE_KEYS if k in document}
     openclaw_path = openclaw_config_path(path, sidecar)
+    included: tuple[Path, ...] = ()
     if openclaw_path is not None:
         # The gateway's file, read as its loader reads it: `${NAME}` from the environment.
-        gateway_doc = read_structured_file(openclaw_path, "sidecar.openclawConfig")
+        try:
+            gateway_doc, included = resolve_includes(read_structured_file(openclaw_path, "sidecar.openclawConfig"),
+                                                     openclaw_path, environ)
+        except IncludeError as exc:
+            raise ConfigError([("sidecar.openclawConfig", f"$include: {exc}")]) from None
         environ = file_environment(gateway_doc, environ)
         own_rules = deep_merge(substitute_all({k: gateway_doc[k] for k in RULE_KEYS if k in gateway_doc}, environ), own_rules)
     own_rules, unresolved = resolve_credential_references(own_rules, environ)
@@ -826,7 +833,7 @@ def load_config(
         raise ConfigError(_validation_problems(exc, "")) from None
     secrets = resolve_secrets(rules, sidecar, environ, unresolved)
     _refuse_open_listener(sidecar, secrets)
-    return Config(sidecar, rules, secrets)
+    return Config(sidecar, rules, secrets, included)
 
 
 def _refuse_open_listener(sidecar: SidecarSettings, secrets: AuthSecrets) -> None:

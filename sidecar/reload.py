@@ -25,7 +25,8 @@ def watched_files(config_path: Path | None, config: Config) -> tuple[Path, ...]:
     """Every file the configuration was read from, secrets included."""
     sidecar, auth = config.sidecar, config.rules.gateway.auth
     files = [config_path, openclaw_config_path(config_path, sidecar), auth.token_file, auth.password_file,
-             sidecar.upstream_auth.token_file, *sidecar.auth.previous_token_files, *sidecar.auth.previous_password_files]
+             sidecar.upstream_auth.token_file, *sidecar.auth.previous_token_files, *sidecar.auth.previous_password_files,
+             *config.included]
     return tuple(dict.fromkeys(f for f in files if f is not None))
 
 

@@ -116,3 +116,15 @@ def test_settings_a_running_process_cannot_take_over(tmp_path: Path) -> None:
     assert restart_needed(base, config(adminListen="127.0.0.1:1")) == "sidecar.adminListen"
     assert restart_needed(base, config(rateLimit={"maxEntries": 5})) == "sidecar.rateLimit"
     assert restart_needed(base, config(eventLoop="asyncio")) == "sidecar.eventLoop"
+
+
+def test_a_change_to_a_file_the_gateways_config_includes_is_reloaded(tmp_path: Path) -> None:
+    (tmp_path / "tools.json5").write_text("{deny: ['canvas']}")
+    (tmp_path / "openclaw.json5").write_text("{gateway: {auth: {token: 'T'}}, tools: {$include: './tools.json5'}}")
+    config_path = tmp_path / "sidecar.yaml"
+    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n")
+    applied: list[Runtime] = []
+    watcher = reloader(config_path, applied)
+    (tmp_path / "tools.json5").write_text("{deny: ['browser']}")
+    assert watcher.check() is True
+    assert applied[0].config.rules.tools["deny"] == ["browser"]

@@ -70,8 +70,6 @@ def restart_needed(old: Config, new: Config) -> str | None:
     for name in RESTART_SETTINGS:
         if getattr(old.sidecar, name) != getattr(new.sidecar, name):
             return f"sidecar.{to_camel(name)}"
-    if old.rules.gateway.auth.rate_limit != new.rules.gateway.auth.rate_limit:
-        return "gateway.auth.rateLimit"
     return None
 
 

@@ -128,3 +128,23 @@ def test_a_change_to_a_file_the_gateways_config_includes_is_reloaded(tmp_path: P
     (tmp_path / "tools.json5").write_text("{deny: ['browser']}")
     assert watcher.check() is True
     assert applied[0].config.rules.tools["deny"] == ["browser"]
+
+
+def test_a_change_of_the_gateways_auth_limits_applies_the_rest_and_keeps_the_running_limits(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway applies gateway.auth.rateLimit at once; the sidecar's limiter keeps its counts
+    under the limits it was built with. Rejecting the whole reload kept a token rotated in the same
+    edit out (red team: every caller locked out until a restart)."""
+    gateway_file = tmp_path / "openclaw.json5"
+    gateway_file.write_text("{gateway: {auth: {token: 'T1', rateLimit: {maxAttempts: 10}}}}")
+    config_path = tmp_path / "sidecar.yaml"
+    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n")
+    applied: list[Runtime] = []
+    watcher = reloader(config_path, applied)
+    gateway_file.write_text("{gateway: {auth: {token: 'T2', rateLimit: {maxAttempts: 3}}}}")
+    assert watcher.check() is True
+    (runtime,) = applied
+    assert runtime.config.secrets.token == "T2"
+    assert runtime.config.rules.gateway.auth.rate_limit.max_attempts == 10  # what the running limiter enforces
+    assert runtime.failure_limiter.max_attempts == 10
+    assert "the running limits stay until a restart" in caplog.text

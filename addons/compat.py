@@ -421,6 +421,12 @@ def unread_request_prefix(client: connection.Client, length: int) -> bytes | Non
     return bytes(reader.buf._data[:length])
 
 
+def head_begun(client: connection.Client) -> bool:
+    """Whether any byte of the client's next request has arrived (mitmproxy holds them unread)."""
+    reader = _request_reader(client)
+    return reader is not None and len(reader.buf) > 0
+
+
 def _request_reader(client: connection.Client) -> _http1.Http1Server | None:
     """The client's Http1Server (see _http_layer)."""
     found = _http_layer(client)

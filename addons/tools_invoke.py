@@ -330,11 +330,17 @@ class ToolsInvokeGuard:
         self._head_deadlines.cancel(client.id)
 
     def _head_deadline_passed(self, client: connection.Client) -> None:
+        """A head begun and not finished gets 408, as from Node's headersTimeout; a connection
+        idle since its last answer is closed without a word, as Node closes an idle keep-alive
+        one (a 408 there was an answer to a request nobody sent)."""
         HEAD_TIMEOUTS.inc()
         writer = compat.client_writer(client)
         if writer is None:
             return
-        write_final_answer(writer, envelopes.head_timeout(), None)
+        if compat.head_begun(client):
+            write_final_answer(writer, envelopes.head_timeout(), None)
+        else:
+            writer.close()
 
     # ---- hooks ----------------------------------------------------------------------------
 

@@ -86,13 +86,24 @@ def contains_reference(text: str) -> bool:
     return False
 
 
+# Names the gateway never takes from `env.vars` (besides its list of host-dangerous ones, such as
+# HOME, NODE_OPTIONS or LD_*, which it also refuses and which no rule the sidecar reads needs).
+_BLOCKED_FILE_VARIABLES = frozenset({"OPENCLAW_ALLOW_OLDER_BINARY_DESTRUCTIVE_ACTIONS", "OPENCLAW_INCLUDE_ROOTS",
+                                     "OPENCLAW_CONFIG_READONLY"})
+
+
 def file_environment(document: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment the file's strings are read in: `env.vars` under the process's own."""
+    """The environment the file's strings are read in: `env.vars` fill in what the process lacks
+    (an empty variable counts as missing), but not with a blank value, one holding a `${NAME}`
+    itself, or a name the gateway refuses there."""
     env = document.get("env")
     declared = env.get("vars") if isinstance(env, Mapping) else None
     if not isinstance(declared, Mapping):
         return dict(environ)
-    return {**{k: v for k, v in declared.items() if isinstance(k, str) and isinstance(v, str)}, **environ}
+    usable = {name: value for name, value in declared.items()
+              if isinstance(name, str) and _NAME.fullmatch(name) and name not in _BLOCKED_FILE_VARIABLES
+              and isinstance(value, str) and value.strip() and not contains_reference(value)}
+    return {**usable, **{name: value for name, value in environ.items() if value}}
 
 
 def secret_reference(value: Any) -> tuple[str, str] | None:

@@ -368,12 +368,20 @@ def _is_regional_indicator(point: int) -> bool:
     return 0x1F1E6 <= point <= 0x1F1FF
 
 
+class UnreadableFrame(FrameError):
+    """JSON nested deeper than Python's parser follows: the gateway would read it, the sidecar
+    cannot judge it, so the connection is closed (never dropped in silence, never relayed)."""
+
+
 def parse_frame(content: bytes) -> Any:
-    """The frame's text as the gateway's JSON.parse reads it: UTF-8, no NaN, Infinity or
-    byte-order mark."""
+    """The frame's text as the gateway reads it: decoded as Buffer.toString does (a byte that is
+    not UTF-8 replaced: the relay has refused such a text frame, a binary one is read so), then
+    JSON.parse (no NaN, Infinity or byte-order mark)."""
     try:
-        return strict_json(content.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return strict_json(content.decode("utf-8", errors="replace"))
+    except RecursionError:
+        raise UnreadableFrame(1008, "frame nested too deeply") from None
+    except ValueError:
         raise FrameError(1008, "malformed frame") from None
 
 
@@ -406,7 +414,9 @@ class RpcSession:
             return await self._first_frame(content)
         try:
             frame = parse_frame(content)
-        except FrameError:  # the gateway logs it and reads on
+        except UnreadableFrame as exc:
+            return FrameVerdict("close", Reason.MALFORMED_FRAME, close_code=exc.code)
+        except FrameError:  # not JSON: the gateway logs it and reads on
             return FrameVerdict("drop", Reason.MALFORMED_FRAME)
         errors = request_frame_errors(frame)
         if errors:  # answered by the gateway, the connection kept

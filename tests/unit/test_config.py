@@ -704,3 +704,16 @@ def test_auth_mode_none_is_refused_beyond_loopback_as_the_gateway_refuses_it(tmp
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, "c.yaml", text), environ={})
     assert list(problems_of(exc)) == ["gateway.auth.mode"]
+
+
+@pytest.mark.parametrize("declared, environ, token", [
+    ("{GW: 'from-block'}", {"GW": ""}, "from-block"),  # an empty process variable counts as missing
+    ("{GW: '${OTHER}'}", {"OTHER": "x"}, None),  # a value holding a reference is not applied
+    ("{GW: '  '}", {}, None),
+    ("{OPENCLAW_INCLUDE_ROOTS: '/'}", {}, None),  # a name the gateway refuses there
+])
+def test_env_vars_fill_in_only_what_the_gateway_applies(tmp_path: Path, declared: str, environ: dict[str, str],
+                                                        token: str | None) -> None:
+    name = "OPENCLAW_INCLUDE_ROOTS" if "INCLUDE" in declared else "GW"
+    config = load_with_gateway_file(tmp_path, f"{{env: {{vars: {declared}}}, gateway: {{auth: {{token: '${{{name}}}'}}}}}}", environ)
+    assert config.secrets.token == token

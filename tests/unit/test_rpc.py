@@ -367,6 +367,24 @@ async def test_a_later_frame_javascripts_json_parse_refuses_is_dropped_and_the_c
     assert (await rpc.client_frame(req("health"))).verdict == "forward"
 
 
+async def test_a_binary_frame_is_read_as_the_gateway_decodes_it() -> None:
+    """The gateway decodes a binary frame as Buffer.toString does, a byte that is not UTF-8
+    replaced, and runs the request; so is it judged here (it was dropped unanswered)."""
+    rpc = await connected()
+    allowed = await rpc.client_frame(b'{"type":"req","id":"b2","method":"health","params":{"probe":"\xff"}}')
+    assert (allowed.verdict, allowed.method) == ("forward", "health")
+    denied = await rpc.client_frame(b'{"type":"req","id":"b3","method":"terminal.open","params":{"p":"\xff"}}')
+    assert (denied.verdict, denied.reason) == ("reply", "method_denied")
+
+
+async def test_a_frame_nested_beyond_python_is_closed_never_dropped_in_silence() -> None:
+    """The gateway's JSON.parse follows the nesting and runs it; the sidecar cannot judge it."""
+    rpc = await connected()
+    deep = b'{"type":"req","id":"d","method":"health","params":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    verdict = await rpc.client_frame(deep)
+    assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "malformed_frame", 1008)
+
+
 @pytest.mark.parametrize("frame, request_id, errors", [
     ({"type": "event", "event": "tick"}, "invalid",
      "must have required property 'id'; at root: unexpected property 'event'; at /type: must be equal to constant"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from sidecar.rpc import request_frame_errors
 from tests.gateway.oracle import gateway_request_frame_checks
 from tests.gateway.real_gateway import unavailable_reason
+from tests.node import gateway_node
 
 _reason = unavailable_reason()
 if _reason is not None:
@@ -72,3 +74,16 @@ def test_request_frames_are_checked_in_the_gateways_words() -> None:
     assert differ == [], f"{len(differ)} of {len(texts)} differ, first: {differ[:3]}"
     assert 500 < sum(answer is None for answer in gateway) < len(texts) - 1500  # both kinds well represented
     assert any("schema is false" in answer["errors"] for answer in gateway if answer)  # past the eighth error
+
+
+def test_a_binary_frame_decodes_as_the_gateways_buffer_to_string() -> None:
+    """A binary frame is judged on its text with every byte that is not UTF-8 replaced and relayed
+    as sent: the gateway's Buffer.toString must make the same text of it."""
+    rng = random.Random(6455)
+    bytes_ = [0x41, 0x22, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC2, 0xE0, 0xE2, 0xED, 0xF0, 0xF4, 0xF5, 0xFF]
+    samples = [bytes(rng.choice(bytes_) for _ in range(rng.randint(1, 9))) for _ in range(20_000)]
+    decoded = json.loads(subprocess.run(
+        [gateway_node(), "-e", "const xs = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+                               "process.stdout.write(JSON.stringify(xs.map((h) => Buffer.from(h, 'hex').toString('utf8'))));"],
+        input=json.dumps([sample.hex() for sample in samples]), capture_output=True, text=True, timeout=120, check=True).stdout)
+    assert [s for s, theirs in zip(samples, decoded) if s.decode("utf-8", errors="replace") != theirs] == []

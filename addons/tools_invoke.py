@@ -320,27 +320,29 @@ class ToolsInvokeGuard:
         self._idle_upstreams.cancel(client.id)
         self._in_flight.pop(client.id, None)
 
-    def _arm_head_deadline(self, client: connection.Client) -> None:
+    def _arm_head_deadline(self, client: connection.Client, *, answered: bool = False) -> None:
         """The next request head must be complete within headReadSeconds (also closes idle
-        keep-alive connections: dripping bytes never extends it)."""
+        keep-alive connections: dripping bytes never extends it). `answered`: it follows an
+        answer on this connection, not its opening."""
         seconds = self.runtime.config.sidecar.timeouts.head_read_seconds if self.runtime else 10.0
-        self._head_deadlines.arm(client.id, seconds, lambda: self._head_deadline_passed(client))
+        self._head_deadlines.arm(client.id, seconds, lambda: self._head_deadline_passed(client, answered))
 
     def _disarm_head_deadline(self, client: connection.Client) -> None:
         self._head_deadlines.cancel(client.id)
 
-    def _head_deadline_passed(self, client: connection.Client) -> None:
-        """A head begun and not finished gets 408, as from Node's headersTimeout; a connection
-        idle since its last answer is closed without a word, as Node closes an idle keep-alive
-        one (a 408 there was an answer to a request nobody sent)."""
+    def _head_deadline_passed(self, client: connection.Client, answered: bool) -> None:
+        """408, as from Node's headersTimeout, for a head begun and not finished and for a new
+        connection that sent nothing; a connection idle since its last answer is closed without
+        a word, as Node closes an idle keep-alive one (a 408 there answered a request nobody
+        sent). Checked against the gateway: silent close at ~6 s, 408 at ~60-90 s."""
         HEAD_TIMEOUTS.inc()
         writer = compat.client_writer(client)
         if writer is None:
             return
-        if compat.head_begun(client):
-            write_final_answer(writer, envelopes.head_timeout(), None)
-        else:
+        if answered and not compat.head_begun(client):
             writer.close()
+        else:
+            write_final_answer(writer, envelopes.head_timeout(), None)
 
     # ---- hooks ----------------------------------------------------------------------------
 
@@ -422,7 +424,7 @@ class ToolsInvokeGuard:
         """Review what the upstream answered (the hook also fires for answers we set ourselves)."""
         self._exchange_over(flow)
         if flow.websocket is None and flow.client_conn.id in self._clients:
-            self._arm_head_deadline(flow.client_conn)  # the exchange is over: next head, or idle
+            self._arm_head_deadline(flow.client_conn, answered=True)  # the exchange is over: next head, or idle
             client = flow.client_conn
             self._idle_upstreams.arm(client.id, UPSTREAM_IDLE_SECONDS, lambda: compat.close_idle_upstreams(client))
         if self.draining and flow.websocket is None and flow.response is not None:

@@ -254,6 +254,13 @@ def test_an_idle_keep_alive_connection_is_closed_without_a_word(strict_sidecar, 
         assert sock.recv(65536) == b""  # nothing more sent: closed at the deadline, nothing said
 
 
+def test_a_new_connection_that_sends_nothing_gets_408_as_from_node(strict_sidecar, backend) -> None:
+    """Node's headersTimeout answers a connection that never sent a byte with 408 (unlike an idle
+    keep-alive one, which it closes in silence)."""
+    with _connect(strict_sidecar) as sock:
+        assert read_response(sock, timeout=10).status == 408
+
+
 def test_connections_beyond_the_cap_are_closed_at_accept(strict_sidecar, backend) -> None:
     held = [_connect(strict_sidecar) for _ in range(4)]
     try:

@@ -169,6 +169,25 @@ class _NodeChunkedReader(ChunkedReader):
         return end - extensions - separators > MAX_CHUNK_EXTENSIONS_BYTES
 
 
+_INTERIM_HEAD = re.compile(rb"HTTP/1\.[01] 1(?!01)[0-9]{2}[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n")
+
+
+def skip_interim_answers() -> None:
+    """An upstream's 1xx answer other than 101 is interim; mitmproxy took it for the final one, and
+    the real answer then went to the client's next request. Dropped, as Node's client drops them.
+    (The gateway sends one only for `Expect: 100-continue`, which mitmproxy answers itself.)"""
+    original = getattr(_http1.Http1Client.read_headers, "__wrapped__", _http1.Http1Client.read_headers)
+
+    def read_headers(self: _http1.Http1Client, event: events.ConnectionEvent):  # type: ignore[no-untyped-def]
+        if isinstance(event, events.DataReceived) and self.request:
+            while interim := _INTERIM_HEAD.match(bytes(self.buf)):
+                self.buf.maybe_extract_at_most(interim.end())
+        yield from original(self, event)
+
+    read_headers.__wrapped__ = original  # type: ignore[attr-defined]
+    _http1.Http1Client.read_headers = read_headers  # type: ignore[method-assign]
+
+
 def refuse_trailers() -> None:
     _http1.ChunkedReader = _NodeChunkedReader  # type: ignore[misc]
 
@@ -678,6 +697,7 @@ def apply_patches(max_head_bytes: int, websocket_message_limit: Callable[[http.H
     refuse_trailers()
     strict_chunk_headers()
     answer_malformed_bodies(MAX_BODY_BYTES + UNREAD_BODY_MARGIN)
+    skip_interim_answers()
     answer_protocol_errors_as_node()
     plain_http_listener()
     limit_request_heads(max_head_bytes)

@@ -728,3 +728,24 @@ def test_an_idle_upstream_connection_is_closed_before_the_gateway_closes_it(star
                 assert read_response(sock, timeout=5).status == 200
     assert events[:4] == [("request", 1), ("request", 1), ("closed", 1), ("request", 2)]
 
+
+def test_an_upstreams_interim_answer_is_not_taken_for_its_answer(start_sidecar):
+    """A 1xx other than 101 is interim: mitmproxy relayed a 103 as the answer, and the real one
+    then answered the client's next request. Each request now gets its own answer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    threading.Thread(target=_serve_forever, args=(listener, interim + b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n",
+                                                  b'{"ok":true}'), daemon=True).start()
+    with listener:
+        sc_hints = start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        body = json.dumps({"tool": "agents_list", "args": {}}).encode()
+        request = (b"POST /tools/invoke HTTP/1.1\r\nHost: sidecar.test\r\nAuthorization: Bearer " + TOKEN.encode()
+                   + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        with socket.create_connection((sc_hints.host, sc_hints.port), timeout=10) as sock:
+            answers = []
+            for _ in range(2):
+                sock.sendall(request)
+                reply = read_response(sock, timeout=5)
+                answers.append((reply.status, reply.body))
+    assert answers == [(200, b'{"ok":true}')] * 2
+

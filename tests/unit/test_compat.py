@@ -38,7 +38,7 @@ UPSTREAM_HOOK_ARGS = hooks.Hook.args  # before any test applies cache_hook_argum
 def test_the_patched_methods_exist_with_the_shapes_wrapped() -> None:
     assert list(inspect.signature(inspect.unwrap(HttpStream.check_body_size)).parameters) == ["self", "request"]
     for method in map(inspect.unwrap, (_http1.Http1Server.read_headers, _http1.Http1Server.read_body,
-                                       websocket.WebsocketLayer.start)):
+                                       _http1.Http1Client.read_headers, websocket.WebsocketLayer.start)):
         assert len(inspect.signature(method).parameters) == 2, method  # (self, event): generator hooks
     assert issubclass(_http1.ChunkedReader, h11_readers.ChunkedReader)
 

@@ -573,9 +573,11 @@ def read_storage_password(settings: RateLimitSettings) -> str | None:
 
 
 def _secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
-    """An inline secret, else its file's content (re-read at every reload, so a rotated
+    """An inline secret (trimmed as a file's content is: a Secret put in the environment often
+    ends with a newline), else its file's content (re-read at every reload, so a rotated
     Kubernetes Secret takes effect without a restart)."""
     secret = _present(value)
+    secret = secret.strip() if secret is not None else None
     if secret is None and file is not None:
         secret = _read_secret_file(file, f"{key}File")
     return _header_safe(secret, key)

@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from .config import Config, read_storage_password
 from .errors import ConfigError
+from .ipaddrs import parse_network
 from .pacing import RefusalPacer
 from .pipeline import Pipeline
 from .ratelimit import AuthFailureLimiter, RequestRateLimiter
@@ -43,6 +44,12 @@ def warn_about_config(config: Config) -> None:
             "TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a "
             "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
         )
+    if config.secrets.mode == "trusted-proxy":
+        ranges = [str(n) for n in map(parse_network, config.rules.gateway.trusted_proxies)
+                  if n.num_addresses > 1 and not n.is_loopback]
+        if ranges:
+            log.warning("TRUSTED-PROXY MODE TRUSTING RANGES %s: any host in them can name any allowed user "
+                        "(on Kubernetes a pod range includes the node's own address: k8s/README.md)", ", ".join(ranges))
     if not config.sidecar.enforce:
         log.warning("SHADOW MODE (sidecar.enforce: false): route, scope, tool and RPC-method refusals are "
                     "logged and counted (openclaw_sidecar_shadowed_total), then FORWARDED; authentication "

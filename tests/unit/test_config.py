@@ -717,3 +717,25 @@ def test_env_vars_fill_in_only_what_the_gateway_applies(tmp_path: Path, declared
     name = "OPENCLAW_INCLUDE_ROOTS" if "INCLUDE" in declared else "GW"
     config = load_with_gateway_file(tmp_path, f"{{env: {{vars: {declared}}}, gateway: {{auth: {{token: '${{{name}}}'}}}}}}", environ)
     assert config.secrets.token == token
+
+
+@pytest.mark.parametrize("proxies, warned", [(["10.42.0.0/16"], True), (["127.0.0.1", "::1"], False), (["198.51.100.5"], False)])
+def test_trusted_proxy_mode_trusting_a_range_is_announced(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                         proxies: list[str], warned: bool) -> None:
+    """Any host in a trusted range can name any allowed user; on Kubernetes a pod range holds the
+    node's own address, which NetworkPolicy never stops (red team)."""
+    from sidecar.runtime import warn_about_config
+
+    text = json.dumps({"gateway": {"auth": {"mode": "trusted-proxy", "trustedProxy": {"userHeader": "x-user", "allowUsers": ["a"]}},
+                                   "trustedProxies": proxies}})
+    with caplog.at_level("WARNING", logger="sidecar"):
+        warn_about_config(load_config(write(tmp_path, "c.json", text), environ={}))
+    assert any("TRUSTED-PROXY MODE TRUSTING RANGES" in r.getMessage() for r in caplog.records) is warned
+
+
+def test_an_inline_secret_is_trimmed_as_a_file_is(tmp_path: Path) -> None:
+    """A Secret put in the environment often ends with a newline; it made the sidecar refuse to
+    start ("contains control characters"), where the same Secret as a file was trimmed."""
+    config = load_config(write(tmp_path, "c.yaml", "gateway:\n  auth: {token: T}\nsidecar:\n  upstreamAuth: {token: \"up-secret\\n\"}\n"),
+                         environ={})
+    assert config.secrets.upstream_credential == "up-secret"

@@ -244,23 +244,35 @@ def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, s
     return None
 
 
-def judge_tool_frame(tools: ToolChain, request_id: Any, params: dict[str, Any], owner: bool,
+def judge_tool_frame(tools: ToolChain, request_id: Any, params: Any, owner: bool,
                      caps: frozenset[str]) -> FrameVerdict | str:
-    """A `tools.invoke` frame's tool policy: its refusal, or the normalised name it runs as. The
-    gateway passes no message channel or account on the RPC, but the connection's client caps."""
+    """A `tools.invoke` frame's params as the gateway's handler takes them (its closed schema, then
+    a name left after trimming), then its tool policy: a refusal, or the normalised name it runs
+    as. The gateway passes no message channel or account on the RPC, but the connection's caps."""
+    errors = schema_errors(params, TOOLS_INVOKE_SCHEMA)
+    if errors:
+        return FrameVerdict("reply", Reason.MALFORMED_FRAME, error_frame(
+            request_id, "INVALID_REQUEST", f"{INVALID_TOOLS_INVOKE_PARAMS}: {'; '.join(errors)}"), method=TOOLS_INVOKE)
     try:
         invoke = invoke_body_of(params)
     except BodyError:
-        return FrameVerdict("reply", Reason.MISSING_TOOL_NAME, error_frame(request_id, "INVALID_REQUEST", "tools.invoke requires name"),
-                            method=TOOLS_INVOKE)
+        return FrameVerdict("reply", Reason.MISSING_TOOL_NAME, error_frame(
+            request_id, "INVALID_REQUEST", f"{INVALID_TOOLS_INVOKE_PARAMS}: name required"), method=TOOLS_INVOKE)
     decision = tools.decide(ToolRequest(invoke, owner, client_caps=caps))
     return tool_refusal_frame(request_id, decision, invoke.tool.name) if decision.refused else invoke.tool.name
 
 
+INVALID_TOOLS_INVOKE_PARAMS = "invalid tools.invoke params"
+# The gateway's RPC codes for a refused tool call (resolveRpcErrorCode), by the HTTP status.
+_TOOL_ERROR_CODES = {400: "validation_error", 404: "not_found"}
+
+
 def tool_refusal_frame(request_id: Any, decision: ToolDecision, tool: str) -> FrameVerdict:
-    """The tool chain's refusal as an error `res`: the gateway's message under the RPC codes."""
-    code = "INVALID_REQUEST" if decision.status == 400 else "NOT_FOUND"
-    return FrameVerdict("reply", decision.reason, error_frame(request_id, code, decision.message or ""),
+    """The tool chain's refusal as the gateway's handler answers one: a successful `res` whose
+    payload is the failed call (`ok: false`, the tool's name, the RPC error code and message)."""
+    payload = {"ok": False, "toolName": tool,
+               "error": {"code": _TOOL_ERROR_CODES.get(decision.status or 0, "forbidden"), "message": decision.message or ""}}
+    return FrameVerdict("reply", decision.reason, compact_json({"type": "res", "id": request_id, "ok": True, "payload": payload}),
                         method=TOOLS_INVOKE, tool=tool, detail=decision.detail)
 
 
@@ -279,53 +291,85 @@ class FrameError(ValueError):
         self.code, self.close_reason = code, close_reason
 
 
-_REQUIRED_ORDER = ("type", "id", "method")
-_REQUIRED_KEYS = frozenset(_REQUIRED_ORDER)
-# RequestFrameSchema's string properties, in the schema's order: (shortest, longest).
-_STRING_KEYS: dict[str, tuple[int, int | None]] = {
-    "id": (1, None), "method": (1, None), "traceparent": (0, 128), "expectedProfileId": (1, 128)}
-_REQUEST_FRAME_KEYS = frozenset({"type", "params", *_STRING_KEYS})
+# A property of the gateway's closed-object schemas, as (name, kind, shortest, longest): kind is
+# "string" (a length range), "literal" (the one value, in `shortest`), "boolean", "record" (an
+# object) or "unknown" (anything).
+_Property = tuple[str, str, Any, int | None]
+
+
+@dataclass(frozen=True)
+class ClosedObject:
+    required: tuple[str, ...]  # in the schema's order
+    properties: tuple[_Property, ...]
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(name for name, *_ in self.properties)
+
+
+REQUEST_FRAME_SCHEMA = ClosedObject(("type", "id", "method"), (
+    ("type", "literal", "req", None), ("id", "string", 1, None), ("method", "string", 1, None), ("params", "unknown", None, None),
+    ("traceparent", "string", 0, 128), ("expectedProfileId", "string", 1, 128)))
+TOOLS_INVOKE_SCHEMA = ClosedObject(("name",), (
+    ("name", "string", 1, None), ("args", "record", None, None), ("sessionKey", "string", 1, None),
+    ("agentId", "string", 1, None), ("confirm", "boolean", None, None), ("idempotencyKey", "string", 1, None),
+    ("conversationReadOrigin", "literal", "direct-operator", None)))
 _MAX_SCHEMA_ERRORS = 8  # TypeBox's maxErrors setting, which the gateway keeps
 
 
 def request_frame_errors(frame: Any) -> list[str]:
-    """The gateway's RequestFrameSchema check (a closed object: `req`, a non-empty id and method,
-    optionally params, a traceparent of at most 128 characters and a profile id of 1 to 128), in
-    the words and order of its formatValidationErrors over TypeBox's errors: the first missing
-    key; one error per unexpected key, then one naming the first that is not blank, which stands
-    for them; then each property in the schema's order; at most eight. Empty for a request frame."""
-    if not isinstance(frame, dict):
+    """The gateway's RequestFrameSchema check: `req`, a non-empty id and method, optionally params,
+    a traceparent of at most 128 characters and a profile id of 1 to 128. Empty for a request frame."""
+    return schema_errors(frame, REQUEST_FRAME_SCHEMA)
+
+
+def schema_errors(value: Any, schema: ClosedObject) -> list[str]:
+    """A closed-object schema's check in the words and order of the gateway's formatValidationErrors
+    over TypeBox's errors: the first missing key; one error per unexpected key, then one naming the
+    first that is not blank, which stands for them; then each property in the schema's order; at
+    most eight. Empty when `value` passes."""
+    if not isinstance(value, dict):
         return ["must be object"]
+    known = schema.names
     errors: list[tuple[str, str]] = []  # (TypeBox keyword, the gateway's words)
-    if not frame.keys() >= _REQUIRED_KEYS:
-        missing = next(key for key in _REQUIRED_ORDER if key not in frame)
+    missing = next((key for key in schema.required if key not in value), None)
+    if missing is not None:
         errors.append(("required", f"must have required property '{missing}'"))
-    if not frame.keys() <= _REQUEST_FRAME_KEYS:
-        unexpected = [key for key in frame if key not in _REQUEST_FRAME_KEYS]
+    if not value.keys() <= known:
+        unexpected = [key for key in value if key not in known]
         errors += [("boolean", f"at /{key}: schema is false") for key in unexpected]
         named = next((key for key in unexpected if js_trim(key)), None)
         errors.append(("additionalProperties", "must not have additional properties" if named is None
                        else f"at root: unexpected property '{named}'"))
-    if "type" in frame and frame["type"] != "req":
-        if not isinstance(frame["type"], str):
-            errors.append(("type", "at /type: must be string"))
-        errors.append(("const", "at /type: must be equal to constant"))
-    for key, (shortest, longest) in _STRING_KEYS.items():
-        if key not in frame:
-            continue
-        value = frame[key]
-        if not isinstance(value, str):
-            errors.append(("type", f"at /{key}: must be string"))
-        elif len(value) < shortest:
-            errors.append(("minLength", f"at /{key}: must not have fewer than {shortest} characters"))
-        elif longest is not None and len(value) > longest and typebox_length(value) > longest:
-            errors.append(("maxLength", f"at /{key}: must not have more than {longest} characters"))
+    for name, kind, shortest, longest in schema.properties:
+        if name in value:
+            errors += [(keyword, f"at /{name}: {words}") for keyword, words in _property_errors(value[name], kind, shortest, longest)]
     if not errors:
         return []
     errors = errors[:_MAX_SCHEMA_ERRORS]
     if any(keyword == "additionalProperties" for keyword, _ in errors):
         errors = [error for error in errors if error[0] != "boolean"]
     return [words for _, words in errors]
+
+
+def _property_errors(value: Any, kind: str, shortest: Any, longest: int | None) -> list[tuple[str, str]]:
+    if kind == "unknown":
+        return []
+    if kind == "boolean":
+        return [] if isinstance(value, bool) else [("type", "must be boolean")]
+    if kind == "record":
+        return [] if isinstance(value, dict) else [("type", "must be object")]
+    if kind == "literal":
+        if value == shortest:
+            return []
+        return ([] if isinstance(value, str) else [("type", "must be string")]) + [("const", "must be equal to constant")]
+    if not isinstance(value, str):
+        return [("type", "must be string")]
+    if len(value) < shortest:
+        return [("minLength", f"must not have fewer than {shortest} characters")]
+    if longest is not None and len(value) > longest and typebox_length(value) > longest:
+        return [("maxLength", f"must not have more than {longest} characters")]
+    return []
 
 
 def typebox_length(value: str) -> int:
@@ -507,7 +551,6 @@ class RpcSession:
     async def _tools_invoke(self, frame: dict[str, Any], request_id: Any, params: Any) -> FrameVerdict:
         """The same tool policy and request limits as POST /tools/invoke."""
         assert self.scopes is not None
-        params = params if isinstance(params, dict) else {}
         judged = judge_tool_frame(self.policy.tools, request_id, params, ADMIN in self.scopes, self.caps)
         if isinstance(judged, FrameVerdict):
             return judged

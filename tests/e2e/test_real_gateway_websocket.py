@@ -258,14 +258,22 @@ def test_a_sessions_live_history_streams_through_as_it_arrives(token_gateway, op
 
 
 def test_tools_invoke_meets_the_sidecars_tool_policy(token_gateway, capped_sc):
+    """A refused call is answered as the gateway's handler answers one it cannot run (a successful
+    request whose call failed), and params its schema does not take are refused in its words: the
+    sidecar read `tool` as the name and relayed a call the gateway runs (red team)."""
     direct, _ = session(token_gateway.port, ["operator.write"])
     assert direct.call("tools.invoke", {"name": "agents_list", "args": {}})["ok"] is True
+    unknown = direct.call("tools.invoke", {"name": "no_such_tool", "args": {}})
+    spelled = direct.call("tools.invoke", {"name": "sessions_list", "tool": "agents_list", "args": {}})
     direct.close()
     ws, _ = session(capped_sc.port, ["operator.write"])
     refused = ws.call("tools.invoke", {"name": "agents_list", "args": {}})
-    assert refused["error"] == {"code": "NOT_FOUND", "message": "Tool not available: agents_list"}
-    refused = ws.call("tools.invoke", {"name": "sessions_list", "tool": "agents_list", "args": {}})
-    assert refused["ok"] is True  # judged and run as `name`; the `tool` spelling never reaches the gateway
+    assert (refused["ok"], refused["payload"]) == (True, {"ok": False, "toolName": "agents_list", "error": {
+        "code": "not_found", "message": "Tool not available: agents_list"}})
+    assert unknown["payload"] == {"ok": False, "toolName": "no_such_tool", "error": {
+        "code": "not_found", "message": "Tool not available: no_such_tool"}}  # the gateway's own shape
+    through = ws.call("tools.invoke", {"name": "sessions_list", "tool": "agents_list", "args": {}})
+    assert through == spelled and spelled["error"]["code"] == "INVALID_REQUEST", (through, spelled)
     ws.close()
 
 

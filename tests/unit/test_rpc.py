@@ -311,16 +311,37 @@ async def test_tools_invoke_goes_through_the_tool_policy() -> None:
     for name in ("exec", "agents_list", "ＥＸＥＣ", "Sessions_List"):
         verdict = await rpc.client_frame(req("tools.invoke", {"name": name, "args": {}}))
         assert (verdict.verdict, verdict.reason) == ("reply", "tool_denied"), name
-        assert answer(verdict)["error"] == {"code": "NOT_FOUND", "message": f"Tool not available: {name}"}
+        # the gateway's handler answers a refused call as a successful request whose call failed
+        assert {k: v for k, v in answer(verdict).items() if k != "payload"} == {"type": "res", "id": "r1", "ok": True}
+        assert answer(verdict)["payload"]["ok"] is False
+        assert answer(verdict)["payload"]["error"] == {"code": "not_found", "message": f"Tool not available: {name}"}
         assert verdict.detail  # the deciding layer reaches the audit line
-    assert (await rpc.client_frame(req("tools.invoke", {"args": {}}))).reason == "missing_tool_name"
+    assert (await rpc.client_frame(req("tools.invoke", {"name": "  "}))).reason == "missing_tool_name"
+
+
+@pytest.mark.parametrize("params, errors", [
+    ({"args": {}}, "must have required property 'name'"),
+    ({"tool": "sessions_list"}, "must have required property 'name'; at root: unexpected property 'tool'"),
+    ({"name": 5}, "at /name: must be string"),
+    ({"name": ""}, "at /name: must not have fewer than 1 characters"),
+    ({"name": "sessions_list", "args": [], "confirm": "yes"}, "at /args: must be object; at /confirm: must be boolean"),
+    (None, "must be object"),
+])
+async def test_tools_invoke_params_are_checked_against_the_gateways_schema(params: Any, errors: str) -> None:
+    """The gateway refuses params its closed schema does not take; the sidecar read `tool` as the
+    name and relayed a call the gateway then ran (red team)."""
+    rpc = await connected(scopes=["operator.write"])
+    frame = {"type": "req", "id": "p", "method": "tools.invoke", **({} if params is None else {"params": params})}
+    verdict = await rpc.client_frame(json.dumps(frame).encode())
+    assert verdict.verdict == "reply"
+    assert answer(verdict)["error"] == {"code": "INVALID_REQUEST", "message": f"invalid tools.invoke params: {errors}"}
 
 
 async def test_tools_invoke_session_errors_are_the_gateways_400_and_never_shadowed() -> None:
     rpc = await connected(scopes=["operator.write"], shadow=True)
     verdict = await rpc.client_frame(req("tools.invoke", {"name": "sessions_list", "sessionKey": "agent:main"}))
     assert (verdict.verdict, verdict.reason) == ("reply", "session_invalid")
-    assert answer(verdict)["error"] == {"code": "INVALID_REQUEST", "message": 'malformed session key "agent:main"'}
+    assert answer(verdict)["payload"]["error"] == {"code": "validation_error", "message": 'malformed session key "agent:main"'}
     shadowed = await rpc.client_frame(req("tools.invoke", {"name": "exec"}))
     assert (shadowed.verdict, shadowed.shadowed, shadowed.reason) == ("forward", True, "tool_denied")
     assert shadowed.detail and shadowed.detail.startswith("http-surface:")
@@ -335,10 +356,10 @@ async def test_tools_invoke_reads_the_connections_client_caps() -> None:
 
 
 async def test_tools_invoke_forwards_the_name_it_judged() -> None:
-    """`tool` is dropped and `name` normalised: what ran is what was checked (name/tool differential)."""
+    """`name` normalised: what ran is what was checked."""
     recorder = Recorder()
     rpc = await connected(scopes=["operator.write"], recorder=recorder)
-    verdict = await rpc.client_frame(req("tools.invoke", {"name": " sessions_list ", "tool": "exec", "args": {"x": 1}}))
+    verdict = await rpc.client_frame(req("tools.invoke", {"name": " sessions_list ", "args": {"x": 1}}))
     assert verdict.verdict == "forward" and verdict.tool == "sessions_list"
     assert answer(verdict)["params"] == {"name": "sessions_list", "args": {"x": 1}}
     assert recorder.limits == [(None, "sessions_list")]

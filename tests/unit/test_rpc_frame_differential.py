@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.rpc import request_frame_errors
-from tests.gateway.oracle import gateway_request_frame_checks
+from sidecar.rpc import TOOLS_INVOKE_SCHEMA, request_frame_errors, schema_errors
+from tests.gateway.oracle import call_gateway, gateway_request_frame_checks
 from tests.gateway.real_gateway import unavailable_reason
 from tests.node import gateway_node
 
@@ -87,3 +87,33 @@ def test_a_binary_frame_decodes_as_the_gateways_buffer_to_string() -> None:
                                "process.stdout.write(JSON.stringify(xs.map((h) => Buffer.from(h, 'hex').toString('utf8'))));"],
         input=json.dumps([sample.hex() for sample in samples]), capture_output=True, text=True, timeout=120, check=True).stdout)
     assert [s for s, theirs in zip(samples, decoded) if s.decode("utf-8", errors="replace") != theirs] == []
+
+
+TOOLS_INVOKE_KEYS = ["name", "args", "sessionKey", "agentId", "confirm", "idempotencyKey", "conversationReadOrigin"]
+TOOLS_INVOKE_VALUES: list[Any] = ["sessions_list", "", " ", "direct-operator", "x" * 300, None, 0, True, False, [], {}, {"a": 1}, ["a"]]
+
+
+def test_tools_invoke_params_are_checked_in_the_gateways_words() -> None:
+    """`tools.invoke` params through the gateway's own validateToolsInvokeParams and the sidecar's
+    TOOLS_INVOKE_SCHEMA: the same verdict and the same words."""
+    rng = random.Random(6455)
+    texts = [json.dumps(v) for v in TOOLS_INVOKE_VALUES]
+    for _ in range(2000):
+        params: dict[str, Any] = {"name": "sessions_list"}
+        for _ in range(rng.choice([0, 1, 1, 2, 3, 6])):
+            change = rng.random()
+            if change < 0.2 and params:
+                del params[rng.choice(list(params))]
+            elif change < 0.85:
+                params[rng.choice(TOOLS_INVOKE_KEYS)] = rng.choice(TOOLS_INVOKE_VALUES)
+            else:
+                params[rng.choice(["tool", "extra", "__proto__", ""])] = rng.choice(TOOLS_INVOKE_VALUES)
+        texts.append(json.dumps(params))
+    theirs = call_gateway(["validateToolsInvokeParams", "formatValidationErrors"], """
+        const { validateToolsInvokeParams: validate, formatValidationErrors: format } = gateway;
+        answer(input.map((text) => validate(JSON.parse(text)) ? null : format(validate.errors)));""", texts)
+    mine = ["; ".join(errors) or None for errors in (schema_errors(json.loads(text), TOOLS_INVOKE_SCHEMA) for text in texts)]
+    differ = [(text, m, t) for text, m, t in zip(texts, mine, theirs) if m != t]
+    assert differ == [], f"{len(differ)} of {len(texts)} differ, first: {differ[:3]}"
+    assert 300 < sum(answer is None for answer in theirs) < len(texts) - 300
+

@@ -123,7 +123,7 @@ def render_text(result: dict[str, Any]) -> str:
               f"{layer['rule']}" for layer in result["layers"]]
     lines.append("")
     if result["decision"] == "refuse":
-        status = f" {result['status']}" if result["status"] is not None else " (error res, connection kept)"
+        status = f" {result['status']}" if result["status"] is not None else " (answered in a res, connection kept)"
         lines.append(f"decision refuse{status} {json.dumps(result['body'], ensure_ascii=False, separators=(',', ':'))}")
         lines.append(f"reason   {result['reason']}" + (f" ({result['detail']})" if result["detail"] else ""))
     else:

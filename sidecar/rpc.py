@@ -559,7 +559,6 @@ class RpcSession:
         if limited is not None:
             return FrameVerdict("reply", limited, error_frame(request_id, "UNAVAILABLE", "Too many requests. Please try again later."),
                                 method=TOOLS_INVOKE, tool=name)
-        # One name for policy and execution: what was judged is what runs (`tool` is dropped).
-        rewritten = {k: v for k, v in params.items() if k != "tool"}
-        rewritten["name"] = name
-        return FrameVerdict("forward", Reason.ALLOWED, compact_json({**frame, "params": rewritten}), method=TOOLS_INVOKE, tool=name)
+        # One name for policy and execution: what was judged is what runs (the schema let no `tool` in).
+        return FrameVerdict("forward", Reason.ALLOWED, compact_json({**frame, "params": {**params, "name": name}}),
+                            method=TOOLS_INVOKE, tool=name)

@@ -90,6 +90,11 @@ class SidecarProcess:
     def logs(self) -> str:
         return "".join(self._stderr)
 
+    def rss_mb(self) -> float:
+        """The process's resident memory, for tests that bound what strangers can make it hold."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(status.split("VmRSS:", 1)[1].split()[0]) / 1024
+
     def audit_lines(self) -> list[dict[str, Any]]:
         """The audit log (stdout by default), one JSON object per line."""
         return [json.loads(line) for line in list(self._stdout) if line.startswith("{")]

@@ -649,8 +649,11 @@ def _serve_forever(listener: socket.socket, head: bytes, body: bytes) -> None:
         threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
-def _rss_mb(pid: int) -> float:
-    return int(open(f"/proc/{pid}/status").read().split("VmRSS:", 1)[1].split()[0]) / 1024
+def keep_alive_invoke() -> bytes:
+    """An allowed call that keeps its connection open (harness.http_request closes it)."""
+    body = json.dumps({"tool": "agents_list", "args": {}}).encode()
+    return (b"POST /tools/invoke HTTP/1.1\r\nHost: sidecar.test\r\nAuthorization: Bearer " + TOKEN.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 
 
 def test_a_large_answer_is_relayed_as_it_arrives_not_held_for_a_slow_reader(start_sidecar):
@@ -665,7 +668,7 @@ def test_a_large_answer_is_relayed_as_it_arrives_not_held_for_a_slow_reader(star
         sc_big = start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
         request = http_request("POST", "/tools/invoke", [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")],
                                json.dumps({"tool": "agents_list", "args": {}}).encode())
-        before = _rss_mb(sc_big.proc.pid)
+        before = sc_big.rss_mb()
         idle = []
         for _ in range(10):
             sock = socket.socket()
@@ -674,7 +677,7 @@ def test_a_large_answer_is_relayed_as_it_arrives_not_held_for_a_slow_reader(star
             sock.sendall(request)
             idle.append(sock)
         time.sleep(2)
-        grown = _rss_mb(sc_big.proc.pid) - before
+        grown = sc_big.rss_mb() - before
         for sock in idle:
             sock.close()
         with httpx.Client(timeout=15) as client:
@@ -718,9 +721,7 @@ def test_an_idle_upstream_connection_is_closed_before_the_gateway_closes_it(star
     threading.Thread(target=accept, daemon=True).start()
     with listener:
         sc_idle = start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
-        body = json.dumps({"tool": "agents_list", "args": {}}).encode()
-        request = (b"POST /tools/invoke HTTP/1.1\r\nHost: sidecar.test\r\nAuthorization: Bearer " + TOKEN.encode()
-                   + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        request = keep_alive_invoke()
         with socket.create_connection((sc_idle.host, sc_idle.port), timeout=10) as sock:
             for pause in (0, 0.5, 4.6):  # the client's own connection stays open throughout (10 s idle limit)
                 time.sleep(pause)
@@ -738,9 +739,7 @@ def test_an_upstreams_interim_answer_is_not_taken_for_its_answer(start_sidecar):
                                                   b'{"ok":true}'), daemon=True).start()
     with listener:
         sc_hints = start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
-        body = json.dumps({"tool": "agents_list", "args": {}}).encode()
-        request = (b"POST /tools/invoke HTTP/1.1\r\nHost: sidecar.test\r\nAuthorization: Bearer " + TOKEN.encode()
-                   + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        request = keep_alive_invoke()
         with socket.create_connection((sc_hints.host, sc_hints.port), timeout=10) as sock:
             answers = []
             for _ in range(2):

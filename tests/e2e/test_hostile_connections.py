@@ -7,7 +7,6 @@ import itertools
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 
@@ -127,11 +126,6 @@ def test_bytes_pipelined_behind_a_pending_request_are_bounded(sidecar, backend) 
     assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()
 
 
-def _rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:", 1)[1].split()[0]) / 1024
-
-
 def test_a_body_behind_a_refusal_the_pacer_holds_is_bounded(sidecar, backend) -> None:
     """While the pacer held a stranger's refusal, mitmproxy kept decoding the chunked body behind
     it and queued every chunk on the paused request (150 MB in 0.17 s, red team). Past the body
@@ -141,14 +135,14 @@ def test_a_body_behind_a_refusal_the_pacer_holds_is_bounded(sidecar, backend) ->
         with _connect(sidecar) as sock:
             sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH + b"Content-Length: %d\r\n\r\n" % len(denied) + denied)
             assert read_response(sock, timeout=10).status == 404
-    before = _rss_mb(sidecar.proc.pid)
+    before = sidecar.rss_mb()
     chunk = b"100000\r\n" + b"A" * 0x100000 + b"\r\n"
     with _connect(sidecar) as sock:
         sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         with pytest.raises((BrokenPipeError, ConnectionResetError)):
             for _ in range(64):
                 sock.sendall(chunk)
-    assert _rss_mb(sidecar.proc.pid) - before < 40
+    assert sidecar.rss_mb() - before < 40
     assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()
 
 

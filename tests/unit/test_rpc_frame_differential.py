@@ -42,20 +42,29 @@ def corpus(size: int = 3000) -> list[str]:
         keys = rng.sample(EXTRA_KEYS, extra)
         texts += [json.dumps({"id": "r1", **dict.fromkeys(keys, 1)}), json.dumps({"type": "req", "id": "r1", "method": "health", **dict.fromkeys(keys, 1)})]
     for _ in range(size):
-        frame: dict[str, Any] = {"type": "req", "id": "r1", "method": "health", "params": {}}
-        for _ in range(rng.choice([0, 1, 1, 2, 3, 5, 12])):
-            change = rng.random()
-            if change < 0.2 and frame:
-                del frame[rng.choice(list(frame))]
-            elif change < 0.8:
-                frame[rng.choice(SCHEMA_KEYS)] = rng.choice(VALUES)
-            else:
-                frame[rng.choice(EXTRA_KEYS)] = rng.choice(VALUES)
+        frame = mutated(rng, {"type": "req", "id": "r1", "method": "health", "params": {}}, [0, 1, 1, 2, 3, 5, 12],
+                        SCHEMA_KEYS, EXTRA_KEYS, VALUES, schema_share=0.8)
         items = list(frame.items())
         if rng.random() < 0.5:
             rng.shuffle(items)
         texts.append(json.dumps(dict(items)))
     return texts
+
+
+def mutated(rng: random.Random, start: dict[str, Any], steps: list[int], keys: list[str], extra_keys: list[str],
+            values: list[Any], *, schema_share: float) -> dict[str, Any]:
+    """`start` with a few changes: a key dropped (a fifth of them), a schema key set, or an extra
+    key added, each to one of `values`."""
+    changed = dict(start)
+    for _ in range(rng.choice(steps)):
+        change = rng.random()
+        if change < 0.2 and changed:
+            del changed[rng.choice(list(changed))]
+        elif change < schema_share:
+            changed[rng.choice(keys)] = rng.choice(values)
+        else:
+            changed[rng.choice(extra_keys)] = rng.choice(values)
+    return changed
 
 
 def sidecar_check(text: str) -> dict[str, Any] | None:
@@ -99,16 +108,8 @@ def test_tools_invoke_params_are_checked_in_the_gateways_words() -> None:
     rng = random.Random(6455)
     texts = [json.dumps(v) for v in TOOLS_INVOKE_VALUES]
     for _ in range(2000):
-        params: dict[str, Any] = {"name": "sessions_list"}
-        for _ in range(rng.choice([0, 1, 1, 2, 3, 6])):
-            change = rng.random()
-            if change < 0.2 and params:
-                del params[rng.choice(list(params))]
-            elif change < 0.85:
-                params[rng.choice(TOOLS_INVOKE_KEYS)] = rng.choice(TOOLS_INVOKE_VALUES)
-            else:
-                params[rng.choice(["tool", "extra", "__proto__", ""])] = rng.choice(TOOLS_INVOKE_VALUES)
-        texts.append(json.dumps(params))
+        texts.append(json.dumps(mutated(rng, {"name": "sessions_list"}, [0, 1, 1, 2, 3, 6], TOOLS_INVOKE_KEYS,
+                                        ["tool", "extra", "__proto__", ""], TOOLS_INVOKE_VALUES, schema_share=0.85)))
     theirs = call_gateway(["validateToolsInvokeParams", "formatValidationErrors"], """
         const { validateToolsInvokeParams: validate, formatValidationErrors: format } = gateway;
         answer(input.map((text) => validate(JSON.parse(text)) ? null : format(validate.errors)));""", texts)

@@ -3,7 +3,8 @@ reading the same file takes the same values from it.
 
 * `${NAME}` (upper-case names) is replaced by the environment's value in every string; a variable
   that is unset or empty stays visibly `${NAME}`, and `$${NAME}` is the literal `${NAME}`.
-* `env.vars` in the file fill in variables the process environment lacks.
+* The file's `env` (`env.vars`, and `env.NAME` strings) fills in variables the process
+  environment leaves unset or blank, except host-dangerous names such as `NODE_OPTIONS`.
 * A credential is an env SecretRef when written `$NAME`, `${NAME}` or `{source: "env", id}`;
   file, exec and store SecretRefs are resolved by the gateway's providers, which the sidecar
   does not run.
@@ -14,9 +15,14 @@ reading the same file takes the same values from it.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from functools import cache
+from importlib import resources
 from typing import Any
+
+from .toolpolicy import js_trim
 
 _NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _ENV_SECRET_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]{0,127})\}|\$([A-Z][A-Z0-9_]{0,127})")
@@ -86,24 +92,54 @@ def contains_reference(text: str) -> bool:
     return False
 
 
-# Names the gateway never takes from `env.vars` (besides its list of host-dangerous ones, such as
-# HOME, NODE_OPTIONS or LD_*, which it also refuses and which no rule the sidecar reads needs).
+# Names the gateway never takes from the file's `env` (config-env-vars.ts), in any case: its own
+# three, and its host policy's dangerous names (NODE_OPTIONS, LD_*, ...), kept as data.
 _BLOCKED_FILE_VARIABLES = frozenset({"OPENCLAW_ALLOW_OLDER_BINARY_DESTRUCTIVE_ACTIONS", "OPENCLAW_INCLUDE_ROOTS",
                                      "OPENCLAW_CONFIG_READONLY"})
+_PORTABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CARGO_TARGET_EXECUTABLE = re.compile(r"CARGO_TARGET_[A-Z0-9_]+_(?:LINKER|RUNNER)")
+
+
+@cache
+def _host_policy(version: str = "2026.9.6") -> tuple[frozenset[str], tuple[str, ...]]:
+    """(names, prefixes) of sidecar/data/gateway-env-policy-<version>.json, upper-case."""
+    policy = json.loads(resources.files("sidecar").joinpath(f"data/gateway-env-policy-{version}.json").read_text(encoding="utf-8"))
+    return (frozenset(policy["blockedKeys"]) | frozenset(policy["blockedOverrideKeys"]) | _BLOCKED_FILE_VARIABLES,
+            tuple(policy["blockedPrefixes"]) + tuple(policy["blockedOverridePrefixes"]))
+
+
+def _refused_name(name: str) -> bool:
+    names, prefixes = _host_policy()
+    upper = name.upper()
+    return upper in names or upper.startswith(prefixes) or bool(_CARGO_TARGET_EXECUTABLE.fullmatch(upper))
+
+
+def _declared_variables(env: Any) -> dict[str, str]:
+    """The variables the file's `env` section sets, as collectConfigEnvVarsByTarget reads them:
+    `env.vars`, then every other string entry but `shellEnv` (a later one wins); names trimmed and
+    portable, values not blank and holding no `${NAME}`, and no name the gateway refuses."""
+    if not isinstance(env, Mapping):
+        return {}
+    vars_ = env.get("vars")
+    entries = [*(vars_.items() if isinstance(vars_, Mapping) else ()),
+               *((k, v) for k, v in env.items() if k not in ("vars", "shellEnv"))]
+    declared: dict[str, str] = {}
+    for raw_name, value in entries:
+        name = js_trim(raw_name) if isinstance(raw_name, str) else ""
+        if (isinstance(value, str) and js_trim(value) and _PORTABLE_NAME.fullmatch(name)
+                and not _refused_name(name) and not contains_reference(value)):
+            declared[name] = value
+    return declared
 
 
 def file_environment(document: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment the file's strings are read in: `env.vars` fill in what the process lacks
-    (an empty variable counts as missing), but not with a blank value, one holding a `${NAME}`
-    itself, or a name the gateway refuses there."""
-    env = document.get("env")
-    declared = env.get("vars") if isinstance(env, Mapping) else None
-    if not isinstance(declared, Mapping):
-        return dict(environ)
-    usable = {name: value for name, value in declared.items()
-              if isinstance(name, str) and _NAME.fullmatch(name) and name not in _BLOCKED_FILE_VARIABLES
-              and isinstance(value, str) and value.strip() and not contains_reference(value)}
-    return {**usable, **{name: value for name, value in environ.items() if value}}
+    """The environment the file's strings are read in (applyConfigEnvVars): what the file's `env`
+    declares fills in each variable the process leaves unset or blank."""
+    merged = dict(environ)
+    for name, value in _declared_variables(document.get("env")).items():
+        if not js_trim(merged.get(name, "")):
+            merged[name] = value
+    return merged
 
 
 def secret_reference(value: Any) -> tuple[str, str] | None:

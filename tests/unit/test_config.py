@@ -706,16 +706,21 @@ def test_auth_mode_none_is_refused_beyond_loopback_as_the_gateway_refuses_it(tmp
     assert list(problems_of(exc)) == ["gateway.auth.mode"]
 
 
-@pytest.mark.parametrize("declared, environ, token", [
-    ("{GW: 'from-block'}", {"GW": ""}, "from-block"),  # an empty process variable counts as missing
-    ("{GW: '${OTHER}'}", {"OTHER": "x"}, None),  # a value holding a reference is not applied
-    ("{GW: '  '}", {}, None),
-    ("{OPENCLAW_INCLUDE_ROOTS: '/'}", {}, None),  # a name the gateway refuses there
+@pytest.mark.parametrize("env_section, environ, name, token", [
+    ("{vars: {GW: 'from-block'}}", {"GW": ""}, "GW", "from-block"),  # an empty process variable counts as missing
+    ("{vars: {GW: 'from-block'}}", {"GW": " \t"}, "GW", "from-block"),  # and so does a blank one
+    ("{vars: {GW: '${OTHER}'}}", {"OTHER": "x"}, "GW", None),  # a value holding a reference is not applied
+    ("{vars: {GW: '  '}}", {}, "GW", None),
+    ("{vars: {OPENCLAW_INCLUDE_ROOTS: '/'}}", {}, "OPENCLAW_INCLUDE_ROOTS", None),  # names the gateway refuses there
+    ("{vars: {LD_AUDIT: 'x'}}", {}, "LD_AUDIT", None),
+    ("{NODE_OPTIONS: 'x'}", {}, "NODE_OPTIONS", None),
+    ("{GW: 'top-level'}", {}, "GW", "top-level"),  # `env.NAME` strings are variables too
+    ("{vars: {GW: 'first'}, GW: 'second'}", {}, "GW", "second"),  # the later entry wins
+    ("{vars: {' GW ': 'trimmed-name'}}", {}, "GW", "trimmed-name"),
 ])
-def test_env_vars_fill_in_only_what_the_gateway_applies(tmp_path: Path, declared: str, environ: dict[str, str],
-                                                        token: str | None) -> None:
-    name = "OPENCLAW_INCLUDE_ROOTS" if "INCLUDE" in declared else "GW"
-    config = load_with_gateway_file(tmp_path, f"{{env: {{vars: {declared}}}, gateway: {{auth: {{token: '${{{name}}}'}}}}}}", environ)
+def test_the_env_section_fills_in_only_what_the_gateway_applies(tmp_path: Path, env_section: str, environ: dict[str, str],
+                                                                name: str, token: str | None) -> None:
+    config = load_with_gateway_file(tmp_path, f"{{env: {env_section}, gateway: {{auth: {{token: '${{{name}}}'}}}}}}", environ)
     assert config.secrets.token == token
 
 

@@ -31,7 +31,9 @@ from . import compat
 from .tools_invoke import REQUIRED_OPTIONS, ToolsInvokeGuard
 
 log = logging.getLogger("sidecar")
-RELOAD_CHECK_SECONDS = 1.0
+# Under the gateway's own delay before it applies a change to its file (a 200 ms settle, then a
+# 300 ms debounce), so a new identity header name is stripped before the gateway reads it.
+RELOAD_CHECK_SECONDS = 0.25
 
 
 class UpstreamTls(tlsconfig.TlsConfig):

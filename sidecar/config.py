@@ -72,7 +72,7 @@ def header_name(name: str) -> str:
 def identity_header_name(name: str | None) -> str | None:
     if name is None:
         return None
-    lowered = header_name(name)
+    lowered = header_name(js_trim(name))  # the gateway trims and lower-cases the name it reads
     if lowered in _SIDECAR_WRITTEN:
         raise ValueError(f"{name!r} is written by the sidecar itself and cannot carry an identity")
     return lowered
@@ -791,6 +791,31 @@ def openclaw_config_path(config_path: Path | None, sidecar: SidecarSettings) -> 
         return None
     base_dir = config_path.parent if config_path is not None else Path.cwd()
     return sidecar.openclaw_config if sidecar.openclaw_config.is_absolute() else base_dir / sidecar.openclaw_config
+
+
+def _nested(document: Any, *keys: str) -> Any:
+    for key in keys:
+        document = document.get(key) if isinstance(document, Mapping) else None
+    return document
+
+
+def identity_header_names(config_path: Path | None, openclaw_path: Path | None,
+                          environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """Every header the sidecar's file and the gateway's name as a trusted-proxy identity, read
+    leniently: a file the sidecar refuses whole may still be one the gateway applies, and then
+    reads its identity from a header the sidecar would not know to strip."""
+    environ = os.environ if environ is None else environ
+    names: list[Any] = []
+    try:
+        own = read_structured_file(config_path, "config") if config_path is not None else {}
+        names += [_nested(own, "gateway", "auth", "trustedProxy", "userHeader"), _nested(own, "sidecar", "upstreamAuth", "userHeader")]
+        if openclaw_path is not None:
+            gateway_doc, _ = resolve_includes(read_structured_file(openclaw_path, "sidecar.openclawConfig"), openclaw_path, environ)
+            names.append(_nested(substitute_all(gateway_doc, file_environment(gateway_doc, environ)),
+                                 "gateway", "auth", "trustedProxy", "userHeader"))
+    except (ConfigError, IncludeError):
+        pass  # what could be read is kept
+    return frozenset(js_trim(name).lower() for name in names if isinstance(name, str) and js_trim(name))
 
 
 def load_config(

@@ -209,6 +209,8 @@ class Pipeline:
     config: Config
     failure_limiter: FailureLimiter
     request_limiter: RequestLimiter | None = None
+    # Identity headers an earlier configuration named (a reload keeps stripping them).
+    earlier_identity_headers: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         gateway = self.config.rules.gateway
@@ -230,8 +232,9 @@ class Pipeline:
         self.ceilings = ceilings_from_config(sidecar.scope_ceilings.default, sidecar.scope_ceilings.identities)
         self.upstream_user_header = user_header
         # Identity headers, client-side and upstream-side: protected like the built-in ones, and
-        # never forwarded from the client.
-        self.identity_headers = frozenset(filter(None, (tp.user_header, user_header)))
+        # never forwarded from the client. Earlier ones too: the gateway applies its own file's
+        # changes on its own schedule, or not at all (an edit it refuses, `reload.mode: off`).
+        self.identity_headers = frozenset(filter(None, (tp.user_header, user_header))) | self.earlier_identity_headers
         # Required X-Forwarded-* headers the ingress sent are handed on: the gateway demands them
         # of the sidecar (the identity header and X-Forwarded-For the sidecar writes itself).
         self.relayed_required = tuple(name for name in tp.required_headers
@@ -256,6 +259,11 @@ class Pipeline:
         ceilings = self.ceilings.by_identity or {}
         self.secret_scopes = {identity: shared_secret_scopes(ceiling) for identity, ceiling in ceilings.items()}
         self.secret_scopes_default = shared_secret_scopes(self.ceilings.default)
+
+    def strip_identity_headers(self, names: frozenset[str]) -> None:
+        """Never forward a client's copy of these either: some version of the config names them
+        as an identity (one the sidecar refused, perhaps, but the gateway applied)."""
+        self.identity_headers |= names
 
     # ---- head ---------------------------------------------------------------------------
 

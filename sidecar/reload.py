@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config, openclaw_config_path
+from .config import Config, identity_header_names, load_config, openclaw_config_path
 from .errors import ConfigError
 from .metrics import CONFIG_RELOADS
 from .runtime import Runtime, build_runtime, restart_needed
@@ -66,6 +66,10 @@ class Reloader:
 
     def _reload(self, why: str, current: tuple[tuple[str, str | None], ...]) -> bool:
         self._seen = current  # a rejected file is not retried until it changes again
+        # First, and whether or not the rest is accepted: the gateway may apply a header name
+        # from this version of its file before the sidecar does, or when the sidecar refuses it.
+        self.runtime.pipeline.strip_identity_headers(identity_header_names(
+            self.config_path, openclaw_config_path(self.config_path, self.runtime.config.sidecar)))
         try:
             config = load_config(self.config_path, self.overrides)
             self._seen = fingerprint(watched_files(self.config_path, config))

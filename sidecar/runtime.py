@@ -85,7 +85,7 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse:
     those of `reuse` (a reload: counts and lockouts carry over)."""
     warn_about_config(config)
     if reuse is not None:
-        pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter)
+        pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter, reuse.pipeline.identity_headers)
         return Runtime(config, pipeline, reuse.failure_limiter, reuse.request_limiter, reuse.refusal_pacer)
     limit_rules = config.rules.gateway.auth.rate_limit
     settings = config.sidecar.rate_limit

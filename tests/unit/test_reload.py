@@ -148,3 +148,26 @@ def test_a_change_of_the_gateways_auth_limits_applies_the_rest_and_keeps_the_run
     assert runtime.config.rules.gateway.auth.rate_limit.max_attempts == 10  # what the running limiter enforces
     assert runtime.failure_limiter.max_attempts == 10
     assert "the running limits stay until a restart" in caplog.text
+
+
+def test_every_identity_header_any_version_named_stays_stripped(tmp_path: Path) -> None:
+    """The gateway applies its file on its own schedule, or not at all, and may apply one the
+    sidecar refuses: a header either side was ever told carries an identity never comes from the
+    client (red team: a caller named any allowed user through the header the sidecar forgot)."""
+    gateway_file = tmp_path / "openclaw.json5"
+    base = "{gateway: {trustedProxies: ['127.0.0.1'%s], auth: {mode: 'trusted-proxy', trustedProxy: {userHeader: '%s'}}}}"
+    gateway_file.write_text(base % ("", "X-Auth-User"))
+    config_path = tmp_path / "sidecar.yaml"
+    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n  upstreamAuth: {userHeader: x-upstream-user}\n")
+    applied: list[Runtime] = []
+    watcher = reloader(config_path, applied)
+    assert watcher.runtime.pipeline.identity_headers == {"x-auth-user", "x-upstream-user"}
+    gateway_file.write_text(base % ("", " x-forwarded-user "))
+    assert watcher.check() is True
+    assert applied[-1].pipeline.identity_headers == {"x-auth-user", "x-forwarded-user", "x-upstream-user"}
+    gateway_file.write_text(base % (", ''", "x-remote-user"))  # a blank entry: the gateway ignores it, the sidecar refuses
+    assert watcher.check() is False
+    assert watcher.runtime.pipeline.identity_headers == {"x-auth-user", "x-forwarded-user", "x-remote-user", "x-upstream-user"}
+    gateway_file.write_text("{gateway: {auth: {mode: 'trusted-proxy', trustedProxy: {userHeader: 'x-broken'")  # unparsable
+    assert watcher.check() is False
+    assert "x-broken" not in watcher.runtime.pipeline.identity_headers

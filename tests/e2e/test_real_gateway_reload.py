@@ -1,0 +1,104 @@
+"""Edits to the gateway's own file while the gateway and the sidecar both run (the real gateway,
+2026.9.6, on loopback). Each side applies an edit on its own schedule, or not at all: the gateway
+refuses an edit its schema rejects or ignores every edit under `gateway.reload.mode: off`, and the
+sidecar refuses one its stricter checks reject. Whatever header either side has been told carries a
+trusted-proxy identity never comes from the client (red team: a caller named any allowed user)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway.real_gateway import RealGateway, unavailable_reason
+
+from .harness import SidecarProcess
+
+_reason = unavailable_reason()
+if _reason is not None:
+    pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {_reason}", allow_module_level=True)
+
+CLIENT = "198.51.100.7"  # the caller, as the ingress in front of the sidecar names it
+
+
+def trusted_proxy(user_header: str, users: list[str]) -> dict[str, Any]:
+    return {"mode": "trusted-proxy", "trustedProxy": {"userHeader": user_header, "allowLoopback": True, "allowUsers": users}}
+
+
+def invoke(url: str, headers: dict[str, str]) -> int:
+    return httpx.post(f"{url}/tools/invoke", json={"tool": "agents_list", "args": {}}, timeout=15,
+                      headers={"x-openclaw-scopes": "operator.write", "X-Forwarded-For": CLIENT, **headers}).status_code
+
+
+def edit(gateway: RealGateway, change: Callable[[dict[str, Any]], None]) -> None:
+    """Replace the file by a rename, as an editor or a ConfigMap update does."""
+    config = json.loads(gateway.config_path.read_text())
+    change(config)
+    draft = gateway.config_path.with_name("openclaw.json.tmp")
+    draft.write_text(json.dumps(config))
+    os.replace(draft, gateway.config_path)
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting: {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def gateway_with(request: pytest.FixtureRequest) -> Iterator[Callable[..., RealGateway]]:
+    started: list[RealGateway] = []
+
+    def start(auth: dict[str, Any], extra: dict[str, Any] | None = None) -> RealGateway:
+        started.append(RealGateway(auth, {"gateway": {"trustedProxies": ["127.0.0.1"]}, **(extra or {})}))
+        return started[-1]
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+def sidecar_for(gateway: RealGateway, start_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    return start_sidecar({"sidecar": {"upstream": gateway.url, "openclawConfig": str(gateway.config_path),
+                                      "rateLimit": {"loopbackDelayBaseMs": 0}}})
+
+
+def test_the_header_a_gateway_keeps_after_the_sidecar_moved_on_is_still_stripped(
+        gateway_with: Callable[..., RealGateway], start_sidecar: Callable[..., SidecarProcess]) -> None:
+    """Under `reload.mode: off` the gateway reads x-auth-user until it restarts, while the sidecar
+    applies the rename to x-forwarded-user: a client's x-auth-user named alice to the gateway."""
+    gateway = gateway_with(trusted_proxy("x-auth-user", ["alice", "carol"]), {"gateway": {"trustedProxies": ["127.0.0.1"],
+                                                                                         "reload": {"mode": "off"}}})
+    sidecar = sidecar_for(gateway, start_sidecar)
+    assert invoke(sidecar.url, {"x-auth-user": "carol"}) == 200
+    edit(gateway, lambda c: c["gateway"]["auth"]["trustedProxy"].update(userHeader="x-forwarded-user"))
+    wait_for(lambda: "config reloaded" in sidecar.logs(), "the sidecar applies the edit")
+    assert invoke(gateway.url, {"x-auth-user": "alice"}) == 200  # the gateway still reads the old header
+    assert invoke(sidecar.url, {"x-forwarded-user": "carol", "x-auth-user": "alice"}) == 401
+    assert invoke(sidecar.url, {"x-forwarded-user": "carol"}) == 401  # fails closed until the two agree
+
+
+def test_the_header_of_an_edit_the_sidecar_refuses_is_stripped_when_the_gateway_applies_it(
+        gateway_with: Callable[..., RealGateway], start_sidecar: Callable[..., SidecarProcess]) -> None:
+    """A blank trustedProxies entry is ignored by the gateway and refused by the sidecar: the gateway
+    moved to x-remote-user, the sidecar kept x-forwarded-user and relayed the client's x-remote-user."""
+    gateway = gateway_with(trusted_proxy("x-forwarded-user", ["alice", "bob"]))
+    sidecar = sidecar_for(gateway, start_sidecar)
+    assert invoke(sidecar.url, {"x-forwarded-user": "bob"}) == 200
+
+    def rename(config: dict[str, Any]) -> None:
+        config["gateway"]["auth"]["trustedProxy"].update(userHeader="x-remote-user", allowUsers=["alice"])
+        config["gateway"]["trustedProxies"] = ["127.0.0.1", ""]
+
+    edit(gateway, rename)
+    wait_for(lambda: invoke(gateway.url, {"x-remote-user": "alice"}) == 200, "the gateway applies the edit")
+    wait_for(lambda: "rejected" in sidecar.logs(), "the sidecar refuses the edit")
+    assert invoke(sidecar.url, {"x-forwarded-user": "bob", "x-remote-user": "alice"}) == 401
+    assert sidecar.audit_lines()[-1]["reason"] == "allowed"  # the sidecar still judged bob, and sent no alice

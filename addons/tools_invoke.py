@@ -255,9 +255,13 @@ class ToolsInvokeGuard:
         return self.runtime
 
     def use_runtime(self, runtime: Runtime) -> None:
-        """Swap in a reloaded runtime: requests from here on are judged by it (open WebSockets
-        keep the session they were admitted with)."""
+        """Swap in a reloaded runtime: requests from here on are judged by it. Open WebSockets were
+        admitted, and are judged, under the old one (a secret since revoked, a ceiling since
+        lowered): closed as the gateway closes its own when its secret changes, so their clients
+        reconnect under the new rules."""
         self.runtime = runtime
+        for flow in list(self._websockets.values()):
+            close_websocket(flow, 4001, "gateway auth changed")
 
     def begin_drain(self) -> None:
         """Answers from now on close their connection; WebSockets are closed with 1001."""

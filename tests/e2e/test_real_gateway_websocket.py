@@ -483,6 +483,27 @@ def test_sigterm_closes_open_rpc_sessions_with_going_away_and_exits_zero(token_g
     assert "Traceback" not in sc.logs()
 
 
+def test_a_reload_closes_open_rpc_sessions_as_the_gateway_closes_its_own_when_its_secret_changes(token_gateway, start_sidecar):
+    """A session admitted with a secret since revoked (or under a ceiling since lowered) kept
+    running tools under the old rules (red team); the gateway answers its own secret change with
+    4001, and the new rules hold from the reconnect on."""
+    config = sidecar_config(token_gateway, auth={"previousTokens": ["retired-token"]})
+    sc = start_sidecar(config)
+    ws, hello = session(sc.port, ["operator.read"], token="retired-token")
+    assert granted(hello) == ["operator.read"]
+    del config["sidecar"]["auth"]
+    sc.config_path.write_text(json.dumps(config))
+    while True:  # gateway events (ticks, presence) may come first
+        try:
+            ws.recv()
+        except Closed as closed:
+            assert (closed.code, closed.reason) == (4001, "gateway auth changed")
+            break
+    ws, hello = session(sc.port, ["operator.read"], token="retired-token")
+    assert hello["ok"] is False and hello["error"]["details"]["code"] == "AUTH_TOKEN_MISMATCH", hello
+    assert granted(session(sc.port, ["operator.read"])[1]) == ["operator.read"]
+
+
 def test_an_unauthenticated_message_is_cut_off_while_it_grows(open_sc):
     """Before connect the gateway takes 64 KiB a message: a stranger's endless fragmented (or
     compressed) message is closed with 1009 as it passes that, never buffered whole."""

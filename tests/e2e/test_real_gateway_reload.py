@@ -10,7 +10,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -53,7 +52,7 @@ def wait_for(condition: Callable[[], bool], what: str, seconds: float = 20) -> N
 
 
 @pytest.fixture
-def gateway_with(request: pytest.FixtureRequest) -> Iterator[Callable[..., RealGateway]]:
+def gateway_with() -> Iterator[Callable[..., RealGateway]]:
     started: list[RealGateway] = []
 
     def start(auth: dict[str, Any], extra: dict[str, Any] | None = None) -> RealGateway:

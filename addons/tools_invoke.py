@@ -51,6 +51,7 @@ log = logging.getLogger("sidecar.adapter")
 
 VIEW = "openclaw_sidecar.view"
 ADMITTED = "openclaw_sidecar.admitted"
+ADMITTED_BY = "openclaw_sidecar.admitted_by"  # the pipeline that admitted the head
 FORWARDED = "openclaw_sidecar.forwarded"
 ANSWERED = "openclaw_sidecar.answered"
 JUDGED_BODY = "openclaw_sidecar.judged_body"  # (body, Forward): decided in requestheaders
@@ -373,7 +374,8 @@ class ToolsInvokeGuard:
             pending = view.declared_length()  # None: chunked or unknown
             # Usually the whole body came in with the head (None: not all of it, or chunked).
             body = b"" if pending == 0 else None if pending is None else compat.unread_request_prefix(flow.client_conn, pending)
-            decision = await self.runtime.pipeline.on_head(view)
+            pipeline = self.runtime.pipeline
+            decision = await pipeline.on_head(view)
             if isinstance(decision, Refuse):
                 # A refused head with a body still to come is answered at once and the connection
                 # closed: a stranger never makes us wait for a body or keep a flow open for one.
@@ -381,7 +383,7 @@ class ToolsInvokeGuard:
                 # a reconnect costs us far more than it costs the client.
                 await self._refuse(flow, decision, early=body is None)
                 return
-            flow.metadata[ADMITTED] = decision
+            flow.metadata[ADMITTED], flow.metadata[ADMITTED_BY] = decision, pipeline
             if body is None:
                 self._start_body_timer(flow)
                 return
@@ -411,8 +413,17 @@ class ToolsInvokeGuard:
                 raise RuntimeError("request reached the body stage without a head decision")
             body = flow.request.raw_content or b""
             judged = flow.metadata.pop(JUDGED_BODY, None)
+            pipeline = self._live_runtime().pipeline
+            if flow.metadata.get(ADMITTED_BY) is not pipeline:
+                # A reload came while the body did: a secret since revoked, a ceiling since
+                # lowered, admit nothing more. The whole request is judged again by today's rules.
+                judged, head = None, await pipeline.on_head(flow.metadata[VIEW])
+                if isinstance(head, Refuse):
+                    await self._refuse(flow, head, early=False)
+                    return
+                admitted = flow.metadata[ADMITTED] = head
             if judged is None:
-                decision = await self._live_runtime().pipeline.on_body(admitted, body, bool(flow.request.trailers))
+                decision = await pipeline.on_body(admitted, body, bool(flow.request.trailers))
             elif judged[0] == body and not flow.request.trailers:
                 decision = judged[1]
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import pytest
 from openclaw_demo.backend import DemoBackend
 
 from .conftest import UPSTREAM_TOKEN
-from .harness import SidecarProcess
+from .harness import SidecarProcess, http_request, read_response
 
 TOKEN = "T-current"
 OLD_TOKEN = "T-previous"
@@ -267,6 +268,25 @@ def test_previous_tokens_are_accepted_during_rotation_and_audited(backend, start
     assert {v for r in forwarded for k, v in r["headers"] if k.lower() == "authorization"} == {f"Bearer {UPSTREAM_TOKEN}"}
     lines = audit_lines(sc, 3)
     assert [line["previous_secret"] for line in lines] == [False, True, True]
+
+
+def test_a_head_admitted_before_a_reload_is_judged_again_when_its_body_comes(backend, start_sidecar) -> None:
+    """A secret revoked while a request's body was still coming admitted that request (red team):
+    the whole request is judged by the rules in force once its body is here."""
+    config = base(backend, auth={"previousTokens": [OLD_TOKEN]})
+    sc = start_sidecar(config)
+    body = json.dumps({"tool": "agents_list", "args": {}}).encode()
+    with socket.create_connection((sc.host, sc.port), timeout=10) as sock:
+        sock.sendall(http_request("POST", "/tools/invoke", [("Authorization", f"Bearer {OLD_TOKEN}"),
+                                                            ("Content-Type", "application/json")], body)[:-len(body)])
+        del config["sidecar"]["auth"]
+        sc.config_path.write_text(json.dumps(config))
+        wait_for(lambda: "config reloaded (file change)" in sc.logs())
+        sock.sendall(body)
+        answer = read_response(sock)
+    assert answer.status == 401 and answer.json()["error"]["type"] == "unauthorized", answer
+    assert [r for r in backend.requests() if r["path"] == "/tools/invoke"] == []
+    assert invoke(sc, TOKEN).status_code == 200
 
 
 # ---- shadow mode ---------------------------------------------------------------------------------

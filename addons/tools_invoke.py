@@ -403,7 +403,8 @@ class ToolsInvokeGuard:
     async def request(self, flow: http.HTTPFlow) -> None:
         self._cancel_timer(flow)
         if flow.metadata.get(ANSWERED):
-            flow.kill()  # already answered directly; nothing may go upstream
+            if flow.killable:
+                flow.kill()  # already answered directly; nothing may go upstream
             return
         if flow.response or flow.error or not flow.live:
             return
@@ -584,6 +585,11 @@ class ToolsInvokeGuard:
         envelope = envelopes.internal_error()
         if not answer_directly(flow, envelope):
             flow.response = response_of(envelope, flow.request.method)
+        elif flow.killable:
+            # Answered on the socket, which mitmproxy does not know: unless killed, a flow that
+            # failed in the request hook still went upstream, raw (red team: the client got 500,
+            # the gateway ran the unjudged call).
+            flow.kill()
 
     def _start_body_timer(self, flow: http.HTTPFlow) -> None:
         seconds = self._live_runtime().config.sidecar.timeouts.body_read_seconds

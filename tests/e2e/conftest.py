@@ -45,8 +45,8 @@ def _fresh_module_backend_record(request: pytest.FixtureRequest) -> None:
 def _sidecar_starter(workdir: Callable[[], Path]) -> Iterator[Callable[..., SidecarProcess]]:
     started: list[SidecarProcess] = []
 
-    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> SidecarProcess:
-        process = SidecarProcess(config, workdir(), env=env)
+    def start(config: dict[str, Any], env: dict[str, str] | None = None, module: str = "sidecar") -> SidecarProcess:
+        process = SidecarProcess(config, workdir(), env=env, module=module)
         started.append(process)
         return process
 

@@ -31,7 +31,7 @@ class SidecarProcess:
     """`openclaw-sidecar run --config FILE` as a child process; stderr (logs) is collected."""
 
     def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), module: str = "sidecar") -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         sidecar = config.setdefault("sidecar", {})
         sidecar.setdefault("listen", "127.0.0.1:0")
@@ -46,7 +46,7 @@ class SidecarProcess:
         base_env.update(env or {})
         base_env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", "--config", str(self.config_path), *extra_args],
+            [sys.executable, "-m", module, "run", "--config", str(self.config_path), *extra_args],
             cwd=REPO, env=base_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self._stderr: list[str] = []

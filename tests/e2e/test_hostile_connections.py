@@ -155,6 +155,27 @@ def test_lower_case_method_is_refused_not_forwarded(sidecar, backend) -> None:
     assert backend.requests() == []
 
 
+@pytest.mark.parametrize("pause", [0.0, 0.3], ids=["body-with-head", "body-later"])
+def test_an_internal_error_sends_nothing_upstream(start_sidecar, backend, pause: float) -> None:
+    """mitmproxy relays a request whose hook raised unless it is answered or killed: the 500 the
+    sidecar wrote to the socket itself went to the client and the raw request to the gateway,
+    client headers and unjudged body included (red team: the real gateway ran the call)."""
+    sidecar = start_sidecar({"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN}},
+                             "gateway": {"auth": {"mode": "token", "token": TOKEN}}}, module="tests.e2e.faulty_sidecar")
+    head = (b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH + b"x-openclaw-scopes: operator.admin\r\n"
+            b"Content-Type: application/json\r\nContent-Length: " + str(len(_INVOKE)).encode() + b"\r\n\r\n")
+    with _connect(sidecar) as sock:
+        sock.sendall(head if pause else head + _INVOKE)
+        if pause:
+            time.sleep(pause)
+            sock.sendall(_INVOKE)
+        reply = read_response(sock)
+    assert reply.status == 500 and reply.json() == {"error": {"message": "Internal Server Error", "type": "internal_error"}}
+    time.sleep(0.5)  # what mitmproxy would relay leaves right after the hook
+    assert backend.requests() == []
+    assert "internal error in " in sidecar.logs()
+
+
 # ---- bounded work before authentication (issue: hostile clients) ---------------------------------
 
 

@@ -7,6 +7,7 @@ live proxyserver connection; without one it returns False, so the fallback (sett
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -390,6 +391,29 @@ async def test_exception_in_on_body_is_a_sanitised_500(guard: ToolsInvokeGuard, 
     monkeypatch.setattr(guard.runtime.pipeline, "on_body", boom)
     flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
     assert_answer(flow, envelopes.internal_error())
+
+
+@pytest.mark.parametrize("with_head", [True, False], ids=["body-with-head", "body-later"])
+async def test_a_fault_answered_on_the_client_socket_leaves_nothing_to_send_upstream(
+        guard: ToolsInvokeGuard, body_arrived: Callable[[bytes], None], monkeypatch: pytest.MonkeyPatch, with_head: bool) -> None:
+    """Live, the 500 goes straight to the client's socket, of which mitmproxy knows nothing: after
+    the request hook it sends whatever flow is neither answered nor killed upstream, as it stands
+    (red team: the client got 500, the gateway ran the unjudged call)."""
+    import socket
+
+    ours, peer = socket.socketpair()
+    transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), ours)
+    monkeypatch.setattr(compat, "client_writer", lambda client: asyncio.StreamWriter(transport, protocol, None, asyncio.get_running_loop()))
+    monkeypatch.setattr(guard.runtime.pipeline, "on_body", boom)
+    if with_head:
+        body_arrived(BODY)
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    assert flow.metadata[tools_invoke.ANSWERED] == 500 and flow.response is None
+    assert not flow.live and flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
+    await asyncio.sleep(0)
+    assert peer.recv(4096).startswith(b"HTTP/1.1 500 ")
+    peer.close()
 
 
 async def test_the_sidecars_own_500_is_not_reviewed_as_an_upstream_answer(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:

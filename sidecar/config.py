@@ -551,6 +551,14 @@ def _header_safe(secret: str | None, key: str) -> str | None:
     return secret
 
 
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_secret_file(path: Path, key: str) -> str | None:
     try:
         return _present(path.read_text(encoding="utf-8").strip())
@@ -675,9 +683,13 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
 
     upstream = _secret(sidecar.upstream_auth.token, sidecar.upstream_auth.token_file, "sidecar.upstreamAuth.token")
     kind: Literal["token", "password"] | None = "token"
+    upstream_key = "sidecar.upstreamAuth.token"
     if upstream is None:
         upstream = token if mode == "token" else password if mode == "password" else None
         kind = "password" if mode == "password" else "token" if mode == "token" else None
+        upstream_key = f"gateway.auth.{kind}"
+    if upstream is not None and not _latin1(upstream):  # every forwarded request would fail to build its header
+        raise ConfigError([(upstream_key, "holds characters outside Latin-1: no HTTP header can carry it upstream")])
     rotation = sidecar.auth
     return AuthSecrets(
         mode, token, password, upstream, kind if upstream is not None else None, tuple(problems),

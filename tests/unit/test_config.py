@@ -744,3 +744,21 @@ def test_an_inline_secret_is_trimmed_as_a_file_is(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "c.yaml", "gateway:\n  auth: {token: T}\nsidecar:\n  upstreamAuth: {token: \"up-secret\\n\"}\n"),
                          environ={})
     assert config.secrets.upstream_credential == "up-secret"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("sidecar:\n  upstreamAuth: {token: токен}\ngateway:\n  auth: {token: caller}\n", "sidecar.upstreamAuth.token"),
+    ("gateway:\n  auth: {token: токен}\n", "gateway.auth.token"),
+    ("gateway:\n  auth: {mode: password, password: 'pässwörd✓'}\n", "gateway.auth.password"),
+])
+def test_an_upstream_credential_no_http_header_can_carry_is_a_start_up_error(tmp_path: Path, text: str, key: str) -> None:
+    """It passed, and every forwarded request failed building its header (red team: that fault
+    reached mitmproxy's hook error path, which relayed the raw request)."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert list(problems_of(exc)) == [key]
+
+
+def test_a_latin1_upstream_credential_is_accepted(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "c.yaml", "gateway:\n  auth: {token: tökén}\n"), environ={})
+    assert config.secrets.upstream_credential == "tökén"

@@ -12,5 +12,5 @@ async def _fault(*args: object, **kwargs: object) -> None:
     raise RuntimeError("fault injected by tests.e2e.faulty_sidecar")
 
 
-Pipeline.on_body = _fault  # type: ignore[method-assign]
+Pipeline.on_body = _fault  # type: ignore[method-assign, assignment]
 sys.exit(cli.main())

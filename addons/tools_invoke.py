@@ -644,11 +644,16 @@ class ToolsInvokeGuard:
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         self._websockets[flow.id] = flow
+        admitted = flow.metadata.get(ADMITTED)
+        if not isinstance(admitted, Admitted) or not admitted.websocket:
+            # A 101 to a request that was no upgrade the sidecar admitted (a hostile upstream):
+            # mitmproxy would relay what the client sends next as frames no one judged.
+            close_websocket(flow, 1002, "protocol error")
+            return
         if self.draining:
             close_websocket(flow, 1001, "going away")
             return
-        admitted = flow.metadata.get(ADMITTED)
-        if not isinstance(admitted, Admitted) or not admitted.rpc:
+        if not admitted.rpc:
             return
         try:
             runtime = self._live_runtime()

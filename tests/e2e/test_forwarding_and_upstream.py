@@ -599,9 +599,33 @@ def test_password_mode_default_upstream_credential_is_the_password(http, start_s
         assert header_values(only_forwarded(own), "authorization") == ["Bearer P"]
 
 
-def test_a_101_the_sidecar_did_not_ask_for_opens_no_tunnel(start_sidecar):
-    """A hostile upstream answering 101 without an upgrade made mitmproxy relay the client's next
-    bytes raw: a denied call reached it unjudged. Now the connection closes after the 101."""
+def _unmasked_payloads(data: bytes) -> bytes:
+    """The payloads of the client-to-server WebSocket frames in `data`, unmasked (what a gateway
+    reading them as frames would read)."""
+    payloads, at = [], 0
+    while at + 2 <= len(data):
+        masked, length, at = data[at + 1] & 0x80, data[at + 1] & 0x7F, at + 2
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            length, at = int.from_bytes(data[at:at + size], "big"), at + size
+        mask, at = (data[at:at + 4], at + 4) if masked else (b"\0\0\0\0", at)
+        payloads.append(bytes(b ^ mask[i % 4] for i, b in enumerate(data[at:at + length])))
+        at += length
+    return b"".join(payloads)
+
+
+DENIED_FRAME = json.dumps({"type": "req", "id": "1", "method": "config.patch", "params": {"raw": "{}"}}).encode()
+
+
+@pytest.mark.parametrize("ask, answer", [
+    ([], b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+    # no Upgrade, so no upgrade the sidecar admitted: mitmproxy took the 101 for a WebSocket anyway
+    ([("Sec-WebSocket-Version", "13")], b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+], ids=["no-protocol", "websocket"])
+def test_a_101_the_sidecar_did_not_ask_for_opens_no_tunnel(start_sidecar, ask: list[tuple[str, str]], answer: bytes):
+    """A hostile upstream answering 101 to a request that was no upgrade made mitmproxy relay the
+    client's next bytes (raw, or as WebSocket frames no one judged): a denied call reached it.
+    Now the connection closes after the 101."""
     listener = socket.create_server(("127.0.0.1", 0))
     after_101: list[bytes] = []
 
@@ -609,7 +633,7 @@ def test_a_101_the_sidecar_did_not_ask_for_opens_no_tunnel(start_sidecar):
         conn, _ = listener.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            conn.sendall(answer)
             conn.settimeout(3)
             try:
                 while data := conn.recv(65536):
@@ -622,16 +646,20 @@ def test_a_101_the_sidecar_did_not_ask_for_opens_no_tunnel(start_sidecar):
     with listener:
         sc_101 = start_sidecar(config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
         allowed, denied = (json.dumps({"tool": tool, "args": {}}).encode() for tool in ("agents_list", "exec"))
-        headers = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")]
+        headers = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json"), *ask]
+        mask = b"\x01\x02\x03\x04"
+        frame = bytes([0x81, 0x80 | len(DENIED_FRAME)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(DENIED_FRAME))
         with socket.create_connection((sc_101.host, sc_101.port), timeout=5) as sock:
             sock.sendall(http_request("POST", "/tools/invoke", headers, allowed))
             time.sleep(0.5)
             try:
-                sock.sendall(http_request("POST", "/tools/invoke", headers, denied))
+                sock.sendall(frame if ask else http_request("POST", "/tools/invoke", headers, denied))
             except OSError:
                 pass
+            time.sleep(0.5)
         server.join(5)
-    assert b"exec" not in b"".join(after_101)
+    relayed = b"".join(after_101)
+    assert b"exec" not in relayed and b"config.patch" not in _unmasked_payloads(relayed)
 
 
 def _serve_forever(listener: socket.socket, head: bytes, body: bytes) -> None:

@@ -258,11 +258,13 @@ class ToolsInvokeGuard:
     def use_runtime(self, runtime: Runtime) -> None:
         """Swap in a reloaded runtime: requests from here on are judged by it. Open WebSockets were
         admitted, and are judged, under the old one (a secret since revoked, a ceiling since
-        lowered): closed as the gateway closes its own when its secret changes, so their clients
-        reconnect under the new rules."""
+        lowered): if the configuration changed, they are closed as the gateway closes its own when
+        its secret changes, so their clients reconnect under the new rules."""
+        changed = self.runtime is None or self.runtime.config != runtime.config
         self.runtime = runtime
-        for flow in list(self._websockets.values()):
-            close_websocket(flow, 4001, "gateway auth changed")
+        for flow in list(self._websockets.values()) if changed else ():
+            if not flow.metadata.get(WS_CLOSING):
+                close_websocket(flow, 4001, "gateway auth changed")
 
     def begin_drain(self) -> None:
         """Answers from now on close their connection; WebSockets are closed with 1001."""
@@ -390,7 +392,7 @@ class ToolsInvokeGuard:
             # The body came with its head: judged now, so that a refusal is answered here, without
             # mitmproxy's request and emulated responseheaders stages (a 404 then costs what a 401
             # does). The request hook forwards it only if mitmproxy delivers these very bytes.
-            verdict = await self.runtime.pipeline.on_body(decision, body)
+            verdict = await pipeline.on_body(decision, body)
             if isinstance(verdict, Refuse):
                 await self._refuse(flow, verdict, early=False)
             else:
@@ -415,10 +417,11 @@ class ToolsInvokeGuard:
             body = flow.request.raw_content or b""
             judged = flow.metadata.pop(JUDGED_BODY, None)
             pipeline = self._live_runtime().pipeline
-            if flow.metadata.get(ADMITTED_BY) is not pipeline:
+            if judged is None and flow.metadata.get(ADMITTED_BY) is not pipeline:
                 # A reload came while the body did: a secret since revoked, a ceiling since
                 # lowered, admit nothing more. The whole request is judged again by today's rules.
-                judged, head = None, await pipeline.on_head(flow.metadata[VIEW])
+                del flow.metadata[ADMITTED]
+                head = await pipeline.on_head(flow.metadata[VIEW])
                 if isinstance(head, Refuse):
                     await self._refuse(flow, head, early=False)
                     return
@@ -580,16 +583,27 @@ class ToolsInvokeGuard:
         ))
 
     def _fail_closed(self, flow: http.HTTPFlow, hook: str) -> None:
+        """Answer 500 and make sure nothing goes upstream; raises nothing (mitmproxy would only log
+        it and relay the request)."""
         INTERNAL_ERRORS.inc()
         log.exception("internal error in %s; request refused with 500", hook)
         envelope = envelopes.internal_error()
-        if not answer_directly(flow, envelope):
+        try:
+            answered = answer_directly(flow, envelope)
+        except Exception:
+            log.exception("could not write the 500 to the client")
+            answered = False
+        if not answered:
             flow.response = response_of(envelope, flow.request.method)
         elif flow.killable:
             # Answered on the socket, which mitmproxy does not know: unless killed, a flow that
             # failed in the request hook still went upstream, raw (red team: the client got 500,
             # the gateway ran the unjudged call).
             flow.kill()
+        try:
+            self._audit_unfinished(flow, "internal_error")  # a call already forwarded: the gateway may have acted
+        except Exception:
+            log.exception("could not audit the call that failed")
 
     def _start_body_timer(self, flow: http.HTTPFlow) -> None:
         seconds = self._live_runtime().config.sidecar.timeouts.body_read_seconds
@@ -652,6 +666,9 @@ class ToolsInvokeGuard:
             return
         if self.draining:
             close_websocket(flow, 1001, "going away")
+            return
+        if flow.metadata.get(ADMITTED_BY) is not self._live_runtime().pipeline:
+            close_websocket(flow, 4001, "gateway auth changed")  # admitted before a reload: see use_runtime
             return
         if not admitted.rpc:
             return

@@ -286,6 +286,8 @@ def test_a_head_admitted_before_a_reload_is_judged_again_when_its_body_comes(bac
         answer = read_response(sock)
     assert answer.status == 401 and answer.json()["error"]["type"] == "unauthorized", answer
     assert [r for r in backend.requests() if r["path"] == "/tools/invoke"] == []
+    (refused,) = audit_lines(sc, 1)  # audited from the new judgment, not the admission it replaced
+    assert (refused["decision"], refused["previous_secret"], refused["scopes"]) == ("refused", False, None), refused
     assert invoke(sc, TOKEN).status_code == 200
 
 

@@ -19,7 +19,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons import compat, tools_invoke
-from addons.tools_invoke import ADMITTED, ToolsInvokeGuard, answer_directly, response_of, view_of
+from addons.tools_invoke import ADMITTED, ADMITTED_BY, ToolsInvokeGuard, answer_directly, response_of, view_of
 from sidecar import envelopes
 from sidecar.config import load_config
 from sidecar.envelopes import Envelope
@@ -425,11 +425,18 @@ async def test_the_sidecars_own_500_is_not_reviewed_as_an_upstream_answer(guard:
 
 
 async def test_exception_in_review_is_a_sanitised_500(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway has run the call: it is audited, with how it ended."""
+    from sidecar import audit
+
+    entries: list[audit.AuditEntry] = []
+    monkeypatch.setattr(audit, "record", entries.append)
     flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
     monkeypatch.setattr(guard.runtime.pipeline, "review_response", boom)
     flow.response = tutils.tresp(status_code=200, content=b'{"ok":true,"result":"secret"}')
     guard.response(flow)
     assert_answer(flow, envelopes.internal_error())
+    (entry,) = entries
+    assert (entry.decision, entry.tool, entry.outcome) == ("forwarded", "agents_list", "internal_error")
 
 
 @pytest.mark.parametrize(
@@ -607,7 +614,7 @@ async def rpc_flow(guard: ToolsInvokeGuard) -> http.HTTPFlow:
     upgrade = await run(guard, make_flow(method="GET", path="/", headers=WS_UPGRADE))
     assert isinstance(upgrade.metadata.get(ADMITTED), Admitted) and upgrade.metadata[ADMITTED].rpc
     flow = tflow.twebsocketflow()
-    flow.metadata[ADMITTED] = upgrade.metadata[ADMITTED]
+    flow.metadata.update({k: upgrade.metadata[k] for k in (ADMITTED, ADMITTED_BY)})
     flow.websocket.messages.clear()
     guard.websocket_start(flow)
     return flow
@@ -661,3 +668,22 @@ async def test_a_frame_judge_that_raises_fails_closed(guard: ToolsInvokeGuard, m
     later = await client_sends(guard, flow, {"type": "req", "id": "h", "method": "health", "params": {}})
     assert later.dropped  # nothing after the close is relayed
     guard.websocket_end(flow)
+
+
+async def test_a_reload_closes_open_websockets_only_when_the_configuration_changed(
+        guard: ToolsInvokeGuard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions were admitted, and are judged, under the old rules; an upgrade admitted before the
+    reload whose 101 comes after it too. A reload that changed nothing (a SIGHUP) keeps them."""
+    closed: list[tuple[str, int]] = []
+    monkeypatch.setattr(tools_invoke, "close_websocket", lambda flow, code, reason, answer=None: closed.append((flow.id, code)))
+    session = await rpc_flow(guard)
+    upgrade = await run(guard, make_flow(method="GET", path="/", headers=WS_UPGRADE))
+    guard.use_runtime(build_runtime(load_config(write_config(tmp_path / "same.yaml", BASE_CONFIG), environ={})))
+    assert closed == []
+    changed = {**BASE_CONFIG, "sidecar": {**BASE_CONFIG["sidecar"], "scopeCeilings": {"default": ["operator.read"]}}}
+    guard.use_runtime(build_runtime(load_config(write_config(tmp_path / "changed.yaml", changed), environ={})))
+    assert closed == [(session.id, 4001)]
+    late = tflow.twebsocketflow()
+    late.metadata.update({k: upgrade.metadata[k] for k in (ADMITTED, ADMITTED_BY)})
+    guard.websocket_start(late)
+    assert closed[-1] == (late.id, 4001)

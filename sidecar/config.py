@@ -825,9 +825,15 @@ def identity_header_names(config_path: Path | None, openclaw_path: Path | None,
             gateway_doc, _ = resolve_includes(read_structured_file(openclaw_path, "sidecar.openclawConfig"), openclaw_path, environ)
             names.append(_nested(substitute_all(gateway_doc, file_environment(gateway_doc, environ)),
                                  "gateway", "auth", "trustedProxy", "userHeader"))
-    except (ConfigError, IncludeError):
+    except (ConfigError, IncludeError, ValueError, RecursionError):  # a file caught half-written, say
         pass  # what could be read is kept
-    return frozenset(js_trim(name).lower() for name in names if isinstance(name, str) and js_trim(name))
+    found = set()
+    for name in names:
+        try:
+            found.add(identity_header_name(name) if isinstance(name, str) and js_trim(name) else None)
+        except ValueError:
+            continue  # a name the sidecar writes itself (Host, Authorization...) or no header name
+    return frozenset(name for name in found if name)
 
 
 def load_config(

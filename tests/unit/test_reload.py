@@ -171,3 +171,32 @@ def test_every_identity_header_any_version_named_stays_stripped(tmp_path: Path) 
     gateway_file.write_text("{gateway: {auth: {mode: 'trusted-proxy', trustedProxy: {userHeader: 'x-broken'")  # unparsable
     assert watcher.check() is False
     assert "x-broken" not in watcher.runtime.pipeline.identity_headers
+
+
+def test_a_half_written_file_is_refused_and_the_watch_goes_on(tmp_path: Path) -> None:
+    """A split multi-byte character, read between two writes: the lenient read of the identity
+    header names raised out of check(), and the file watcher died with it (review)."""
+    gateway_file = tmp_path / "openclaw.json5"
+    gateway_file.write_text("{gateway: {auth: {token: 'T1'}}}")
+    config_path = tmp_path / "sidecar.yaml"
+    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n")
+    applied: list[Runtime] = []
+    watcher = reloader(config_path, applied)
+    gateway_file.write_bytes("{gateway: {auth: {token: 'T2é".encode()[:-1])
+    assert watcher.check() is False
+    gateway_file.write_text("{gateway: {auth: {token: 'T2'}}}")
+    assert watcher.check() is True and applied[-1].config.secrets.token == "T2"
+
+
+def test_a_header_the_sidecar_writes_itself_is_never_taken_for_an_identity_header(tmp_path: Path) -> None:
+    """An edit naming Host as the identity is refused; had its name been kept, every forwarded
+    request would have lost its Host until a restart (review)."""
+    gateway_file = tmp_path / "openclaw.json5"
+    base = "{gateway: {trustedProxies: ['127.0.0.1'], auth: {mode: 'trusted-proxy', trustedProxy: {userHeader: '%s'}}}}"
+    gateway_file.write_text(base % "x-auth-user")
+    config_path = tmp_path / "sidecar.yaml"
+    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n")
+    watcher = reloader(config_path, [])
+    gateway_file.write_text(base % "Host")
+    assert watcher.check() is False
+    assert watcher.runtime.pipeline.identity_headers == {"x-auth-user"}

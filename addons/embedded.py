@@ -24,7 +24,7 @@ from sidecar import audit
 from sidecar.admin import AdminServer, Health
 from sidecar.config import Config, split_host_port
 from sidecar.logging_limits import limit_library_logs
-from sidecar.reload import Reloader
+from sidecar.reload import IdentityHeaderMemory, Reloader
 from sidecar.runtime import Runtime, build_runtime
 
 from . import compat
@@ -99,10 +99,14 @@ def _ignore_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> Non
         loop.default_exception_handler(context)
 
 
-async def _watch_files(reloader: Reloader) -> None:
+async def _watch_files(reloader: Reloader, memory: IdentityHeaderMemory) -> None:
     while True:
         await asyncio.sleep(RELOAD_CHECK_SECONDS)
-        reloader.check()
+        try:
+            reloader.check()
+            memory.keep(reloader.runtime.pipeline.identity_headers)
+        except Exception:  # the watcher must outlive any one bad look at the files
+            log.exception("internal error while checking the config files for changes")
 
 
 def settle_heap() -> None:
@@ -151,6 +155,9 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
         guard.use_runtime(new)
         settle_heap()
 
+    memory = IdentityHeaderMemory(config.sidecar.runtime_dir)
+    runtime.pipeline.strip_identity_headers(memory.recall())
+    memory.keep(runtime.pipeline.identity_headers)
     reloader = Reloader(config_path, overrides, runtime, apply=use_runtime)
     draining: list[asyncio.Task] = []
 
@@ -182,7 +189,7 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
         return 1
     health.listening = True
     settle_heap()
-    watcher = asyncio.create_task(_watch_files(reloader))
+    watcher = asyncio.create_task(_watch_files(reloader, memory))
     print(f"openclaw-sidecar admin on {admin.url} (/healthz, /readyz, /metrics)", flush=True)
     log.info("sidecar listening on %s, forwarding to %s (auth mode %s, %s event loop)", url, config.sidecar.upstream,
              config.secrets.mode, config.sidecar.event_loop)

@@ -8,13 +8,14 @@ Files are compared by content, so an in-place write, a rename over the file and 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import Config, identity_header_names, load_config, openclaw_config_path
+from .config import Config, identity_header_name, identity_header_names, load_config, openclaw_config_path
 from .errors import ConfigError
 from .metrics import CONFIG_RELOADS
 from .runtime import Runtime, build_runtime, restart_needed
@@ -105,3 +106,37 @@ class Reloader:
         CONFIG_RELOADS.labels(result="rejected").inc()
         log.error("config reload (%s) rejected, the previous configuration keeps serving: %s", why, problem)
         return False
+
+
+class IdentityHeaderMemory:
+    """Every identity header name the sidecar was told of, kept in its runtime directory. A
+    restarted sidecar container keeps that directory, and the gateway beside it may still read its
+    identity from a header of a file version the new process never saw (`reload.mode: off`, an
+    edit the gateway refused)."""
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self.path = runtime_dir / "identity-headers.json"
+        self._kept: frozenset[str] = frozenset()
+
+    def recall(self) -> frozenset[str]:
+        try:
+            names = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return frozenset()
+        recalled = set()
+        for name in names if isinstance(names, list) else ():
+            try:
+                recalled.add(identity_header_name(name) if isinstance(name, str) else None)
+            except ValueError:
+                continue  # no header name a config could give either
+        return frozenset(name for name in recalled if name)
+
+    def keep(self, names: frozenset[str]) -> None:
+        if names == self._kept:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.path.write_text(json.dumps(sorted(names)), encoding="utf-8")
+            self._kept = names
+        except OSError as exc:
+            log.warning("cannot keep the identity header names in %s: %s", self.path, exc)

@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -64,24 +65,29 @@ def gateway_with() -> Iterator[Callable[..., RealGateway]]:
         gateway.stop()
 
 
-def sidecar_for(gateway: RealGateway, start_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+def sidecar_for(gateway: RealGateway, start_sidecar: Callable[..., SidecarProcess], **sidecar: Any) -> SidecarProcess:
     return start_sidecar({"sidecar": {"upstream": gateway.url, "openclawConfig": str(gateway.config_path),
-                                      "rateLimit": {"loopbackDelayBaseMs": 0}}})
+                                      "rateLimit": {"loopbackDelayBaseMs": 0}, **sidecar}})
 
 
 def test_the_header_a_gateway_keeps_after_the_sidecar_moved_on_is_still_stripped(
-        gateway_with: Callable[..., RealGateway], start_sidecar: Callable[..., SidecarProcess]) -> None:
+        gateway_with: Callable[..., RealGateway], start_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
     """Under `reload.mode: off` the gateway reads x-auth-user until it restarts, while the sidecar
-    applies the rename to x-forwarded-user: a client's x-auth-user named alice to the gateway."""
+    applies the rename to x-forwarded-user: a client's x-auth-user named alice to the gateway. So
+    it does for a sidecar restarted in the same runtime directory (a container restart in its pod),
+    which never read the old name from the file."""
     gateway = gateway_with(trusted_proxy("x-auth-user", ["alice", "carol"]), {"gateway": {"trustedProxies": ["127.0.0.1"],
                                                                                          "reload": {"mode": "off"}}})
-    sidecar = sidecar_for(gateway, start_sidecar)
+    sidecar = sidecar_for(gateway, start_sidecar, runtimeDir=str(tmp_path / "run"))
     assert invoke(sidecar.url, {"x-auth-user": "carol"}) == 200
     edit(gateway, lambda c: c["gateway"]["auth"]["trustedProxy"].update(userHeader="x-forwarded-user"))
     wait_for(lambda: "config reloaded" in sidecar.logs(), "the sidecar applies the edit")
     assert invoke(gateway.url, {"x-auth-user": "alice"}) == 200  # the gateway still reads the old header
     assert invoke(sidecar.url, {"x-forwarded-user": "carol", "x-auth-user": "alice"}) == 401
     assert invoke(sidecar.url, {"x-forwarded-user": "carol"}) == 401  # fails closed until the two agree
+    sidecar.stop()
+    restarted = sidecar_for(gateway, start_sidecar, runtimeDir=str(tmp_path / "run"))
+    assert invoke(restarted.url, {"x-forwarded-user": "carol", "x-auth-user": "alice"}) == 401
 
 
 def test_the_header_of_an_edit_the_sidecar_refuses_is_stripped_when_the_gateway_applies_it(

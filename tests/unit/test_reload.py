@@ -200,3 +200,14 @@ def test_a_header_the_sidecar_writes_itself_is_never_taken_for_an_identity_heade
     gateway_file.write_text(base % "Host")
     assert watcher.check() is False
     assert watcher.runtime.pipeline.identity_headers == {"x-auth-user"}
+
+
+def test_identity_header_names_are_kept_across_restarts_in_the_runtime_directory(tmp_path: Path) -> None:
+    from sidecar.reload import IdentityHeaderMemory
+
+    memory = IdentityHeaderMemory(tmp_path / "run")
+    assert memory.recall() == frozenset()
+    memory.keep(frozenset({"x-auth-user", "x-forwarded-user"}))
+    assert IdentityHeaderMemory(tmp_path / "run").recall() == {"x-auth-user", "x-forwarded-user"}
+    memory.path.write_text(json.dumps(["X-Remote-User", "host", 5, "no spaces allowed", ""]))
+    assert IdentityHeaderMemory(tmp_path / "run").recall() == {"x-remote-user"}  # only what a config could name

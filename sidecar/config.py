@@ -24,6 +24,7 @@ import limits
 import yaml
 from pydantic import (
     AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
@@ -432,12 +433,22 @@ class GatewayToolsConfig(BaseModel):
     deny: tuple[str, ...] = ()
 
 
+def _resolved_path(path: str | None) -> str | None:
+    """A path the routes are laid out by must hold no `${NAME}` left unresolved: the variable may be
+    set in the gateway's environment, where it names a path the sidecar cannot know."""
+    if path is not None and contains_reference(path):
+        raise ValueError("holds a ${NAME} the sidecar's environment does not set; the gateway may read another path")
+    return path
+
+
 class ControlUiConfig(BaseModel):
     model_config = _LENIENT
     allowed_origins: tuple[str, ...] = ()
     dangerously_allow_host_header_origin_fallback: bool = False
     enabled: bool = True
     base_path: str | None = None
+
+    _resolved = field_validator("base_path")(lambda cls, v: _resolved_path(v))
 
 
 class EndpointSwitch(BaseModel):
@@ -457,11 +468,21 @@ class GatewayHttpConfig(BaseModel):
 
 
 class HooksConfig(BaseModel):
-    """Only where the gateway serves hooks; their token is the gateway's business."""
+    """Only whether and where the gateway serves hooks; their token is the gateway's business."""
 
     model_config = _LENIENT
     enabled: bool = False
     path: str | None = None
+
+    _resolved = field_validator("path")(lambda cls, v: _resolved_path(v))
+
+    @model_validator(mode="after")
+    def _not_the_root(self) -> "HooksConfig":
+        from .routes import normalize_hooks_path
+
+        if self.enabled and normalize_hooks_path(self.path) == "/":
+            raise ValueError("hooks.path may not be '/' (the gateway refuses it too)")
+        return self
 
 
 class GatewayConfig(BaseModel):

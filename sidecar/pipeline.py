@@ -226,7 +226,8 @@ class Pipeline:
         self.check_turns = ClientTurns()
         self.rpc_policy = RpcPolicy.from_config(self.config, self.tools)
         self.routes = RouteTable.for_deployment(
-            hooks_path=self.config.rules.hooks.path, base_path=gateway.control_ui.base_path,
+            hooks_path=self.config.rules.hooks.path, hooks_enabled=self.config.rules.hooks.enabled,
+            base_path=gateway.control_ui.base_path,
             control_ui_enabled=gateway.control_ui.enabled,
         )
         self.ceilings = ceilings_from_config(sidecar.scope_ceilings.default, sidecar.scope_ceilings.identities)

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from .caching import short_call_cache
 from .canonical import InvalidTarget, canonicalize_target
+from .toolpolicy import js_trim
 
 GATEWAY_VERSION = "2026.9.6"
 Power = Literal["liveness", "static", "read", "tools", "rpc", "acts", "pairing", "node", "worker", "ticket", "plugin"]
@@ -99,8 +100,10 @@ def _table_data(version: str) -> dict[str, Any]:
     return data
 
 
-def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
-    paths = tuple(hooks_path if p == "@hooks.path" else p for p in row.get("paths", ()))
+def _entry(row: dict[str, Any], hooks_path: str | None) -> RouteEntry:
+    """One row of the table; `hooks_path` None: the gateway serves no hooks, and the row no path."""
+    hooks = (hooks_path,) if hooks_path is not None else ()
+    paths = tuple(q for p in row.get("paths", ()) for q in (hooks if p == "@hooks.path" else (p,)))
     methods = row.get("methods")
     plugin = row["match"] in ("plugin", "plugin-prefix")
     return RouteEntry(
@@ -119,10 +122,12 @@ def route_names(version: str = GATEWAY_VERSION) -> frozenset[str]:
 
 
 def normalize_hooks_path(raw: str | None) -> str:
-    """`hooks.path` as the gateway resolves it (resolveHooksConfig)."""
-    path = (raw or "").strip() or "/hooks"
+    """`hooks.path` as the gateway resolves it (resolveHooksConfig): JavaScript's trim, every
+    trailing slash dropped. `//` leaves "", a base under which every path lies; `/` the gateway
+    refuses (and so does the sidecar's config)."""
+    path = js_trim(raw or "") or "/hooks"
     path = path if path.startswith("/") else f"/{path}"
-    return path.rstrip("/") or "/"
+    return path.rstrip("/") if len(path) > 1 else path
 
 
 def normalize_base_path(raw: str | None) -> str:
@@ -255,10 +260,11 @@ class RouteTable:
         object.__setattr__(self, "_cached_match", short_call_cache(ROUTE_CACHEABLE_LENGTH, ROUTE_CACHE_SIZE)(self._match))
 
     @classmethod
-    def for_deployment(cls, *, hooks_path: str | None = None, base_path: str | None = None,
+    def for_deployment(cls, *, hooks_path: str | None = None, base_path: str | None = None, hooks_enabled: bool = True,
                        control_ui_enabled: bool = True, version: str = GATEWAY_VERSION) -> "RouteTable":
         data = _table_data(version)
-        hooks = normalize_hooks_path(hooks_path)
+        # Disabled hooks serve no path: a path under `hooks.path` is then whatever comes next.
+        hooks = normalize_hooks_path(hooks_path) if hooks_enabled else None
         return cls(
             http=tuple(_entry(row, hooks) for row in data["http"]),
             websocket=tuple(_entry(row, hooks) for row in data["websocket"]),

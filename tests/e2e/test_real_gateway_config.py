@@ -4,6 +4,7 @@ never the placeholder's letters."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,3 +59,26 @@ def test_with_the_variable_set_the_sidecar_reads_the_same_secret(env_token_gatew
                     "rateLimit": {"loopbackDelayBaseMs": 0}},
     }, env={"OPENCLAW_GATEWAY_TOKEN": SECRET})
     assert (invoke(sidecar.url, SECRET), invoke(sidecar.url, PLACEHOLDER)) == (200, 401)
+
+
+def test_hooks_spelt_to_cover_every_path_are_laid_out_as_the_gateway_lays_them_out(
+        module_sidecar: Callable[..., SidecarProcess]) -> None:
+    """`hooks.path: "//"` leaves the gateway a hooks base of "", under which every path lies: its
+    hooks handler takes /tools/invoke. The sidecar read `/`, judged the call as /tools/invoke and
+    forwarded it with the gateway's token (red team: with a wake mapping, the hook ran)."""
+    gateway = RealGateway({"mode": "token", "token": SECRET}, {"hooks": {"enabled": True, "token": "hooks-only-secret", "path": "//"}})
+    try:
+        sidecar = module_sidecar({"sidecar": {"upstream": gateway.url, "openclawConfig": str(gateway.config_path),
+                                              "rateLimit": {"loopbackDelayBaseMs": 0}}})
+        direct = httpx.post(f"{gateway.url}/tools/invoke", json={"tool": "agents_list", "args": {}}, timeout=15,
+                            headers={"Authorization": f"Bearer {SECRET}"})
+        assert (direct.status_code, direct.text) == (401, "Unauthorized")  # the hooks handler's answer, not the tool's
+        through = httpx.post(f"{sidecar.url}/tools/invoke", json={"tool": "agents_list", "args": {}}, timeout=15,
+                             headers={"Authorization": f"Bearer {SECRET}"})
+        assert (through.status_code, through.text) == (404, "Not Found")  # refused as the hooks route, in the gateway's words
+        deadline = time.monotonic() + 10
+        while not sidecar.audit_lines() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the audit writer takes a batch every 50 ms
+        assert sidecar.audit_lines()[-1]["route"] == "hooks"
+    finally:
+        gateway.stop()

@@ -762,3 +762,16 @@ def test_an_upstream_credential_no_http_header_can_carry_is_a_start_up_error(tmp
 def test_a_latin1_upstream_credential_is_accepted(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "c.yaml", "gateway:\n  auth: {token: tökén}\n"), environ={})
     assert config.secrets.upstream_credential == "tökén"
+
+
+@pytest.mark.parametrize("gateway_file, key", [
+    ("{hooks: {enabled: true, token: 'h', path: '${OPENCLAW_HOOKS_PATH}'}}", "hooks.path"),
+    ("{gateway: {controlUi: {basePath: '${UI_BASE}'}}}", "gateway.controlUi.basePath"),
+    ("{hooks: {enabled: true, token: 'h', path: ' / '}}", "hooks"),
+])
+def test_a_routing_path_the_sidecar_cannot_know_is_a_start_up_error(tmp_path: Path, gateway_file: str, key: str) -> None:
+    """A variable set for the gateway alone (the Kubernetes layout) moved its hooks to a path the
+    sidecar judged as /tools/invoke (red team); `/` the gateway refuses as a hooks path."""
+    with pytest.raises(ConfigError) as exc:
+        load_with_gateway_file(tmp_path, gateway_file, {})
+    assert list(problems_of(exc)) == [key]

@@ -451,7 +451,8 @@ async def test_authenticated_read_is_forwarded_with_our_credential(make, target:
     # routes that act, pair, or take node, worker or URL-borne credentials
     ("POST", "/v1/chat/completions", "route_refused"), ("POST", "/v1/responses", "route_refused"),
     ("POST", "/v1/embeddings", "route_refused"), ("POST", "/sessions/x/kill", "route_refused"),
-    ("POST", "/hooks/agent", "route_refused"), ("GET", "/j/ABCDEF", "route_refused"), ("GET", "/x/y/j/ABCDEF", "route_refused"),
+    ("POST", "/hooks/agent", "unknown_route"),  # hooks are off by default: no route there
+    ("GET", "/j/ABCDEF", "route_refused"), ("GET", "/x/y/j/ABCDEF", "route_refused"),
     ("POST", "/api/nodes/watch/challenge", "route_refused"), ("GET", "/__openclaw__/worker-bundle/x", "route_refused"),
     ("POST", "/api/v1/admin/rpc", "route_refused"), ("POST", "/API/V1/Admin/RPC", "route_refused"),
     ("POST", "/x/..%2fapi/v1/admin/rpc", "route_refused"), ("GET", "/plugins/%2567eolocation", "route_refused"),
@@ -526,6 +527,21 @@ async def test_opened_route_with_its_own_credential_relays_it_unread(make) -> No
 async def test_hooks_path_comes_from_the_gateway_config(make) -> None:
     harness = make(extra={"hooks": {"enabled": True, "path": "/in"}})
     assert_refused(await harness.pipeline.on_head(view(target="/in/wake")), envelopes.route_not_found(), "route_refused")
+
+
+@pytest.mark.parametrize("hooks, hooks_route", [
+    ({"enabled": True, "path": "//"}, True),  # the gateway strips every trailing slash: a base of "", under which all lies
+    ({"enabled": True, "path": "\ufeff/tools"}, True),  # JavaScript's trim takes the byte-order mark
+    ({"enabled": False, "path": "/tools"}, False),  # hooks off: the path is the tools route's again
+])
+async def test_the_hooks_path_is_laid_out_as_the_gateway_lays_it_out(make, hooks: dict, hooks_route: bool) -> None:
+    """Spelt otherwise than the sidecar read it, the gateway's hooks handler took calls the sidecar
+    had judged as /tools/invoke (red team: a wake hook ran; with hooks off, the sidecar refused the tool)."""
+    result = await make(extra={"hooks": hooks}).pipeline.on_head(view(target="/tools/invoke"))
+    if hooks_route:
+        assert_refused(result, envelopes.route_not_found(), "route_refused")
+    else:
+        assert isinstance(result, Admitted) and result.route == "tools-invoke"
 
 
 async def test_control_ui_base_path_moves_the_ui(make) -> None:

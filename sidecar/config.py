@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from types import MappingProxyType
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -848,6 +848,11 @@ def identity_header_names(config_path: Path | None, openclaw_path: Path | None,
                                  "gateway", "auth", "trustedProxy", "userHeader"))
     except (ConfigError, IncludeError, ValueError, RecursionError):  # a file caught half-written, say
         pass  # what could be read is kept
+    return identity_headers_among(names)
+
+
+def identity_headers_among(names: Iterable[Any]) -> frozenset[str]:
+    """Those of `names` a config could give as an identity header, as the gateway reads them."""
     found = set()
     for name in names:
         try:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import Config, identity_header_name, identity_header_names, load_config, openclaw_config_path
+from .config import Config, identity_header_names, identity_headers_among, load_config, openclaw_config_path
 from .errors import ConfigError
 from .metrics import CONFIG_RELOADS
 from .runtime import Runtime, build_runtime, restart_needed
@@ -123,13 +123,7 @@ class IdentityHeaderMemory:
             names = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return frozenset()
-        recalled = set()
-        for name in names if isinstance(names, list) else ():
-            try:
-                recalled.add(identity_header_name(name) if isinstance(name, str) else None)
-            except ValueError:
-                continue  # no header name a config could give either
-        return frozenset(name for name in recalled if name)
+        return identity_headers_among(names if isinstance(names, list) else ())
 
     def keep(self, names: frozenset[str]) -> None:
         if names == self._kept:

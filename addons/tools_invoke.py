@@ -667,13 +667,13 @@ class ToolsInvokeGuard:
         if self.draining:
             close_websocket(flow, 1001, "going away")
             return
-        if flow.metadata.get(ADMITTED_BY) is not self._live_runtime().pipeline:
-            close_websocket(flow, 4001, "gateway auth changed")  # admitted before a reload: see use_runtime
-            return
-        if not admitted.rpc:
-            return
         try:
             runtime = self._live_runtime()
+            if flow.metadata.get(ADMITTED_BY) is not runtime.pipeline:
+                close_websocket(flow, 4001, "gateway auth changed")  # admitted before a reload: see use_runtime
+                return
+            if not admitted.rpc:
+                return
             flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(admitted)
             seconds = runtime.config.sidecar.websocket.connect_seconds
             self._schedule(flow, seconds, lambda: close_websocket(flow, 1008, "connect timeout"), audit_as=Reason.WEBSOCKET_CONNECT_TIMEOUT)

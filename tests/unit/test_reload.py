@@ -33,6 +33,17 @@ def reloader(config_path: Path, applied: list[Runtime], build=build_runtime) -> 
     return Reloader(config_path, {}, build_runtime(load_config(config_path, environ={})), applied.append, build)
 
 
+def watching_gateway_file(tmp_path: Path, text: str, sidecar_extra: str = "") -> tuple[Path, Reloader, list[Runtime]]:
+    """The gateway's file holding `text`, a sidecar config reading it, and that config's watcher
+    with the runtimes it applied."""
+    gateway_file = tmp_path / "openclaw.json5"
+    gateway_file.write_text(text)
+    config_path = tmp_path / "sidecar.yaml"
+    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n" + sidecar_extra)
+    applied: list[Runtime] = []
+    return gateway_file, reloader(config_path, applied), applied
+
+
 def counted(result: str) -> float:
     return CONFIG_RELOADS.labels(result=result)._value.get()
 
@@ -120,11 +131,7 @@ def test_settings_a_running_process_cannot_take_over(tmp_path: Path) -> None:
 
 def test_a_change_to_a_file_the_gateways_config_includes_is_reloaded(tmp_path: Path) -> None:
     (tmp_path / "tools.json5").write_text("{deny: ['canvas']}")
-    (tmp_path / "openclaw.json5").write_text("{gateway: {auth: {token: 'T'}}, tools: {$include: './tools.json5'}}")
-    config_path = tmp_path / "sidecar.yaml"
-    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n")
-    applied: list[Runtime] = []
-    watcher = reloader(config_path, applied)
+    _, watcher, applied = watching_gateway_file(tmp_path, "{gateway: {auth: {token: 'T'}}, tools: {$include: './tools.json5'}}")
     (tmp_path / "tools.json5").write_text("{deny: ['browser']}")
     assert watcher.check() is True
     assert applied[0].config.rules.tools["deny"] == ["browser"]
@@ -135,12 +142,7 @@ def test_a_change_of_the_gateways_auth_limits_applies_the_rest_and_keeps_the_run
     """The gateway applies gateway.auth.rateLimit at once; the sidecar's limiter keeps its counts
     under the limits it was built with. Rejecting the whole reload kept a token rotated in the same
     edit out (red team: every caller locked out until a restart)."""
-    gateway_file = tmp_path / "openclaw.json5"
-    gateway_file.write_text("{gateway: {auth: {token: 'T1', rateLimit: {maxAttempts: 10}}}}")
-    config_path = tmp_path / "sidecar.yaml"
-    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n")
-    applied: list[Runtime] = []
-    watcher = reloader(config_path, applied)
+    gateway_file, watcher, applied = watching_gateway_file(tmp_path, "{gateway: {auth: {token: 'T1', rateLimit: {maxAttempts: 10}}}}")
     gateway_file.write_text("{gateway: {auth: {token: 'T2', rateLimit: {maxAttempts: 3}}}}")
     assert watcher.check() is True
     (runtime,) = applied
@@ -154,13 +156,9 @@ def test_every_identity_header_any_version_named_stays_stripped(tmp_path: Path) 
     """The gateway applies its file on its own schedule, or not at all, and may apply one the
     sidecar refuses: a header either side was ever told carries an identity never comes from the
     client (red team: a caller named any allowed user through the header the sidecar forgot)."""
-    gateway_file = tmp_path / "openclaw.json5"
     base = "{gateway: {trustedProxies: ['127.0.0.1'%s], auth: {mode: 'trusted-proxy', trustedProxy: {userHeader: '%s'}}}}"
-    gateway_file.write_text(base % ("", "X-Auth-User"))
-    config_path = tmp_path / "sidecar.yaml"
-    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n  upstreamAuth: {userHeader: x-upstream-user}\n")
-    applied: list[Runtime] = []
-    watcher = reloader(config_path, applied)
+    gateway_file, watcher, applied = watching_gateway_file(tmp_path, base % ("", "X-Auth-User"),
+                                                           "  upstreamAuth: {userHeader: x-upstream-user}\n")
     assert watcher.runtime.pipeline.identity_headers == {"x-auth-user", "x-upstream-user"}
     gateway_file.write_text(base % ("", " x-forwarded-user "))
     assert watcher.check() is True
@@ -176,12 +174,7 @@ def test_every_identity_header_any_version_named_stays_stripped(tmp_path: Path) 
 def test_a_half_written_file_is_refused_and_the_watch_goes_on(tmp_path: Path) -> None:
     """A split multi-byte character, read between two writes: the lenient read of the identity
     header names raised out of check(), and the file watcher died with it (review)."""
-    gateway_file = tmp_path / "openclaw.json5"
-    gateway_file.write_text("{gateway: {auth: {token: 'T1'}}}")
-    config_path = tmp_path / "sidecar.yaml"
-    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n")
-    applied: list[Runtime] = []
-    watcher = reloader(config_path, applied)
+    gateway_file, watcher, applied = watching_gateway_file(tmp_path, "{gateway: {auth: {token: 'T1'}}}")
     gateway_file.write_bytes("{gateway: {auth: {token: 'T2é".encode()[:-1])
     assert watcher.check() is False
     gateway_file.write_text("{gateway: {auth: {token: 'T2'}}}")
@@ -191,12 +184,8 @@ def test_a_half_written_file_is_refused_and_the_watch_goes_on(tmp_path: Path) ->
 def test_a_header_the_sidecar_writes_itself_is_never_taken_for_an_identity_header(tmp_path: Path) -> None:
     """An edit naming Host as the identity is refused; had its name been kept, every forwarded
     request would have lost its Host until a restart (review)."""
-    gateway_file = tmp_path / "openclaw.json5"
     base = "{gateway: {trustedProxies: ['127.0.0.1'], auth: {mode: 'trusted-proxy', trustedProxy: {userHeader: '%s'}}}}"
-    gateway_file.write_text(base % "x-auth-user")
-    config_path = tmp_path / "sidecar.yaml"
-    config_path.write_text("sidecar:\n  openclawConfig: openclaw.json5\n")
-    watcher = reloader(config_path, [])
+    gateway_file, watcher, _ = watching_gateway_file(tmp_path, base % "x-auth-user")
     gateway_file.write_text(base % "Host")
     assert watcher.check() is False
     assert watcher.runtime.pipeline.identity_headers == {"x-auth-user"}

@@ -4,7 +4,6 @@ never the placeholder's letters."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 
 from .harness import SidecarProcess
+from .ratelimit_helpers import wait_until
 
 _reason = unavailable_reason()
 if _reason is not None:
@@ -76,9 +76,7 @@ def test_hooks_spelt_to_cover_every_path_are_laid_out_as_the_gateway_lays_them_o
         through = httpx.post(f"{sidecar.url}/tools/invoke", json={"tool": "agents_list", "args": {}}, timeout=15,
                              headers={"Authorization": f"Bearer {SECRET}"})
         assert (through.status_code, through.text) == (404, "Not Found")  # refused as the hooks route, in the gateway's words
-        deadline = time.monotonic() + 10
-        while not sidecar.audit_lines() and time.monotonic() < deadline:
-            time.sleep(0.05)  # the audit writer takes a batch every 50 ms
+        assert wait_until(lambda: bool(sidecar.audit_lines()), 10)  # the audit writer takes a batch every 50 ms
         assert sidecar.audit_lines()[-1]["route"] == "hooks"
     finally:
         gateway.stop()

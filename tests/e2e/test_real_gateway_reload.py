@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 
 from .harness import SidecarProcess
+from .ratelimit_helpers import wait_until
 
 _reason = unavailable_reason()
 if _reason is not None:
@@ -43,13 +43,6 @@ def edit(gateway: RealGateway, change: Callable[[dict[str, Any]], None]) -> None
     draft = gateway.config_path.with_name("openclaw.json.tmp")
     draft.write_text(json.dumps(config))
     os.replace(draft, gateway.config_path)
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -81,7 +74,7 @@ def test_the_header_a_gateway_keeps_after_the_sidecar_moved_on_is_still_stripped
     sidecar = sidecar_for(gateway, start_sidecar, runtimeDir=str(tmp_path / "run"))
     assert invoke(sidecar.url, {"x-auth-user": "carol"}) == 200
     edit(gateway, lambda c: c["gateway"]["auth"]["trustedProxy"].update(userHeader="x-forwarded-user"))
-    wait_for(lambda: "config reloaded" in sidecar.logs(), "the sidecar applies the edit")
+    assert wait_until(lambda: "config reloaded" in sidecar.logs(), 20), "the sidecar applies the edit"
     assert invoke(gateway.url, {"x-auth-user": "alice"}) == 200  # the gateway still reads the old header
     assert invoke(sidecar.url, {"x-forwarded-user": "carol", "x-auth-user": "alice"}) == 401
     assert invoke(sidecar.url, {"x-forwarded-user": "carol"}) == 401  # fails closed until the two agree
@@ -103,7 +96,7 @@ def test_the_header_of_an_edit_the_sidecar_refuses_is_stripped_when_the_gateway_
         config["gateway"]["trustedProxies"] = ["127.0.0.1", ""]
 
     edit(gateway, rename)
-    wait_for(lambda: invoke(gateway.url, {"x-remote-user": "alice"}) == 200, "the gateway applies the edit")
-    wait_for(lambda: "rejected" in sidecar.logs(), "the sidecar refuses the edit")
+    assert wait_until(lambda: invoke(gateway.url, {"x-remote-user": "alice"}) == 200, 20), "the gateway applies the edit"
+    assert wait_until(lambda: "rejected" in sidecar.logs(), 20), "the sidecar refuses the edit"
     assert invoke(sidecar.url, {"x-forwarded-user": "bob", "x-remote-user": "alice"}) == 401
     assert sidecar.audit_lines()[-1]["reason"] == "allowed"  # the sidecar still judged bob, and sent no alice

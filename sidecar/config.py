@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib.util
+import math
 import os
 import re
 import tempfile
@@ -17,14 +18,14 @@ from types import MappingProxyType
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import json5
 import limits
 import yaml
 from pydantic import (
-    AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
-    model_validator,
+    AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, StrictBool, ValidationError,
+    ValidationInfo, field_validator, model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
@@ -408,12 +409,38 @@ class TrustedProxyConfig(BaseModel):
     _relayable = field_validator("required_headers")(lambda cls, v: relayable_required_headers(v))
 
 
+# Node's timer ceiling, to which the gateway's resolveTimerTimeoutMs clamps a duration.
+_MAX_TIMER_MS = 2_147_000_000
+
+
+def _gateway_number(value: Any) -> float:
+    """What the gateway's schema takes for these keys (zod `number()`): a finite number, not a
+    string or a boolean, which would fail its whole file."""
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError("must be a number")
+    return float(value)
+
+
+def _gateway_attempts(value: Any) -> int:
+    """The gateway compares failures in the window (a whole count, 1 with the failure just
+    recorded) with `maxAttempts` as given: 2.5 locks at 3, and anything up to 1 at the first."""
+    return max(1, math.ceil(_gateway_number(value)))
+
+
+def _gateway_duration_ms(value: Any) -> int:
+    """As the gateway's resolveTimerTimeoutMs(value, default, 0): whole milliseconds, from 0
+    (no window, no lockout) up to Node's timer ceiling."""
+    return min(max(math.floor(_gateway_number(value)), 0), _MAX_TIMER_MS)
+
+
 class AuthRateLimitConfig(BaseModel):
+    """Read as the gateway reads it, so that every value its schema takes is taken here too: an
+    edit refused here alone would keep a token rotated in the same edit out."""
     model_config = _LENIENT
-    max_attempts: int = Field(10, ge=1)
-    window_ms: int = Field(60_000, ge=1)
-    lockout_ms: int = Field(300_000, ge=1)
-    exempt_loopback: bool = True
+    max_attempts: Annotated[int, BeforeValidator(_gateway_attempts)] = 10
+    window_ms: Annotated[int, BeforeValidator(_gateway_duration_ms)] = 60_000
+    lockout_ms: Annotated[int, BeforeValidator(_gateway_duration_ms)] = 300_000
+    exempt_loopback: StrictBool = True
 
 
 class GatewayAuthConfig(BaseModel):

@@ -18,6 +18,11 @@ OpenClaw 2026.9.6 enforces per real client (`AuthFailureLimiter`):
   request still gets its 401, the next one the 429.  Failures during a lockout are not
   recorded and never extend it;
 * ``reset()`` (successful auth) clears the key;
+* ``updateConfig()`` (a reload of ``gateway.auth.rateLimit``) changes the limits at once:
+  failures and lockouts on record stay and are judged by the new limits, and ``check()``
+  locks a key whose window already holds the (lowered) ``max_attempts``.  A lockout of 0
+  ends at once and takes the key's history with it (that one check is refused, with no
+  ``Retry-After``);
 * loopback clients (with ``exempt_loopback``) are never locked; each failure instead
   returns a delay for the 401: ``min(base * 2**(n-1), cap)`` with ``n`` the recent
   failures (history capped at 6): 0.25, 0.5, 1, 2, 4, 5, 5 ... seconds by default.
@@ -282,18 +287,24 @@ class _FailureLog:
         max_entries: int | None,
     ) -> None:
         self.storage = storage
-        self.max_attempts = max_attempts
-        self.window_ms = window_ms
-        self.lockout_ms = lockout_ms
-        self.ring = max(1, ring)
         self.max_entries = max_entries
-        self._t_ttl = math.ceil(window_ms / 1000) + 2
-        self._lock_ttl = math.ceil((lockout_ms + window_ms) / 1000) + 2
-        self._seq_ttl = max(_SEQ_TTL_MIN_S, 2 * self._lock_ttl)
+        self.set_limits(max_attempts, window_ms, lockout_ms, ring)
         # index (bounded mode only): unlocked clients in least-recently-failed order, locked ones apart
         self._open: OrderedDict[str, None] = OrderedDict()
         self._locked: dict[str, int] = {}
         self.overflow_until = 0
+
+    def set_limits(self, max_attempts: int, window_ms: int, lockout_ms: int, ring: int) -> None:
+        """Limits from now on. Failures and lockouts on record stay, judged by the new limits;
+        times recorded under a shorter window expire with it, and a larger max_attempts counts
+        only the failures the old ring kept."""
+        self.max_attempts = max_attempts
+        self.window_ms = window_ms
+        self.lockout_ms = lockout_ms
+        self.ring = max(1, ring)
+        self._t_ttl = math.ceil(window_ms / 1000) + 2
+        self._lock_ttl = math.ceil((lockout_ms + window_ms) / 1000) + 2
+        self._seq_ttl = max(_SEQ_TTL_MIN_S, 2 * self._lock_ttl)
 
     # keys: the {...} hash tag keeps one client's keys on one Redis Cluster slot
     @staticmethod
@@ -325,18 +336,21 @@ class _FailureLog:
 
     # -- queries -------------------------------------------------------------------------
 
-    async def blocked_for(self, key: str, now: int) -> tuple[int, bool]:
-        """Milliseconds the key is still refused (0 = allowed), and whether it has no failure
+    async def blocked_for(self, key: str, now: int) -> tuple[int | None, bool]:
+        """Milliseconds the key is still refused (None = allowed), and whether it has no failure
         on record; clears an expired lockout. One read: the lock and the sequence together."""
         if self.untracked(key):
-            return (self.overflow_until - now if now < self.overflow_until else 0), True
+            return (self.overflow_until - now if now < self.overflow_until else None), True
         until, seq = await get_many(self.storage, (self._lock(key), self._seq(key)))
         if until:
             if now < until:
                 return until - now, False
             await self.clear(key, seq, keep_tracked=True)  # lockout over: the history goes with it
-            return 0, True
-        return 0, not seq
+            return None, True
+        if seq >= self.max_attempts and await self._window_full(key, seq, now, recorded_now=False):
+            # max_attempts lowered since these failures: the gateway's check locks such a client at once
+            return await self._lock_out(key, now), False
+        return None, not seq
 
     # -- updates -------------------------------------------------------------------------
 
@@ -348,17 +362,28 @@ class _FailureLog:
                 return  # failures during a lockout are not recorded and never extend it
             await self.clear(key, keep_tracked=True)
         seq = await self._append(key, now)
-        if seq is None:
-            return
+        if seq is not None and await self._window_full(key, seq, now, recorded_now=True):
+            await self._lock_out(key, now)
+
+    async def _lock_out(self, key: str, now: int) -> int:
+        """Lock the key for lockout_ms; returns the milliseconds left. A lockout of 0 is over at
+        once and, as at the gateway's next look, takes the history with it."""
+        if self.lockout_ms > 0:
+            return await self._set_lock(key, now + self.lockout_ms, now) - now
+        await self.clear(key, keep_tracked=True)
+        return 0
+
+    async def _window_full(self, key: str, seq: int, now: int, *, recorded_now: bool) -> bool:
+        """The window holds max_attempts failures: failure `seq - max_attempts + 1` is in it.
+        One recorded now counts whatever the window (the gateway adds it after dropping the old
+        ones); at a check every failure must be younger than the window, none with a window of 0."""
         oldest = seq - self.max_attempts + 1
         if oldest < 1:
-            return
-        if oldest < seq:
-            stamp = await self.storage.get(self._t(key, oldest))
-            if not stamp or stamp - 1 <= now - self.window_ms:
-                return
-        if self.lockout_ms > 0:
-            await self._set_lock(key, now + self.lockout_ms, now)
+            return False
+        if oldest == seq and recorded_now:
+            return True
+        stamp = await self.storage.get(self._t(key, oldest))
+        return bool(stamp) and stamp - 1 > now - self.window_ms
 
     async def record_counting(self, key: str, now: int) -> int:
         """One failure for a never-locked key; returns the failures in the window (<= ring)."""
@@ -410,7 +435,8 @@ class _FailureLog:
             await self.storage.clear(self._t(key, seq - self.ring))
         return seq
 
-    async def _set_lock(self, key: str, until: int, now: int) -> None:
+    async def _set_lock(self, key: str, until: int, now: int) -> int:
+        """Lock until `until`, or keep another replica's lock; returns the lock's end."""
         value = await self.storage.incr(self._lock(key), self._lock_ttl, amount=until)
         if value != until:
             # another replica locked it a moment ago: undo our add, its lockout stands
@@ -423,6 +449,7 @@ class _FailureLog:
         if self.bounded:
             self._open.pop(key, None)
             self._locked[key] = until
+        return until
 
     # -- bounded index -------------------------------------------------------------------
 
@@ -527,6 +554,10 @@ class _Guard(Generic[_C]):
     def primary(self) -> _C:
         return self._primary
 
+    def cores(self) -> list[_C]:
+        """The shared core and, during an outage, the per-replica fallback."""
+        return [self._primary] + ([self._fallback[0]] if self._fallback is not None else [])
+
     @property
     def outage_verdict(self) -> "LimitVerdict":
         """What a request gets when no storage could answer (the shared one out with fail_closed,
@@ -602,6 +633,15 @@ class _Guard(Generic[_C]):
 # --------------------------------------------------------------------------- auth failures
 
 
+def _check_limits(max_attempts: int, window_ms: int, lockout_ms: int) -> None:
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be >= 1")
+    if window_ms < 0:
+        raise ValueError("window_ms must be >= 0")
+    if lockout_ms < 0:
+        raise ValueError("lockout_ms must be >= 0")
+
+
 class AuthFailureLimiter:
     """Upstream OpenClaw's auth-failure limiter (see the module docstring).
 
@@ -628,12 +668,7 @@ class AuthFailureLimiter:
         storage_timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
-        if window_ms < 1:
-            raise ValueError("window_ms must be >= 1")
-        if lockout_ms < 0:
-            raise ValueError("lockout_ms must be >= 0")
+        _check_limits(max_attempts, window_ms, lockout_ms)
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         if loopback_delay_base_ms < 0 or loopback_delay_max_ms < 0:
@@ -661,6 +696,17 @@ class AuthFailureLimiter:
             ring=LOOPBACK_HISTORY_CAP,
             max_entries=max_entries,
         )
+
+    def apply_limits(self, *, max_attempts: int, window_ms: int, lockout_ms: int, exempt_loopback: bool) -> None:
+        """gateway.auth.rateLimit as a reload gives it, applied at once as the gateway's limiter
+        takes its updateConfig: failures and lockouts on record carry over, judged by the new
+        limits (a client already past a lowered max_attempts is locked at its next check)."""
+        _check_limits(max_attempts, window_ms, lockout_ms)
+        self.max_attempts, self.window_ms, self.lockout_ms = max_attempts, window_ms, lockout_ms
+        self.exempt_loopback = exempt_loopback
+        for core in self._guard.cores():
+            core.set_limits(max_attempts, window_ms, lockout_ms, ring=max_attempts)
+        self._loopback.set_limits(max_attempts, window_ms, lockout_ms, ring=LOOPBACK_HISTORY_CAP)
 
     def _failure_log(self, storage: Storage, *, bounded: bool) -> _FailureLog:
         return _FailureLog(
@@ -699,15 +745,15 @@ class AuthFailureLimiter:
             return ALLOWED
         key, now = auth_key(ip), self._now_ms()
 
-        async def op(log_: _FailureLog) -> tuple[int, bool]:
+        async def op(log_: _FailureLog) -> tuple[int | None, bool]:
             return await log_.blocked_for(key, now)
 
         state = await self._guard.run(op)
         if isinstance(state, _Failed):
             return self._guard.outage_verdict
         blocked_ms, no_failures = state
-        if blocked_ms > 0:
-            return LimitVerdict(False, retry_after_s=_ceil_s(blocked_ms))
+        if blocked_ms is not None:  # 0: refused this once, nothing to wait for (no Retry-After)
+            return LimitVerdict(False, retry_after_s=math.ceil(blocked_ms / 1000))
         return ALLOWED_WITHOUT_FAILURES if no_failures else ALLOWED
 
     async def record_failure(self, ip: str | None) -> float:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,7 @@ class Reloader:
             blocker = restart_needed(self.runtime.config, config)
             if blocker is not None:
                 raise ConfigError([(blocker, "changed; this setting needs a restart")])
-            runtime = self.build(self._with_running_limits(config), reuse=self.runtime)
+            runtime = self.build(config, reuse=self.runtime)
         except ConfigError as exc:
             return self._rejected(why, "; ".join(f"{key}: {problem}" for key, problem in exc.problems))
         except Exception as exc:  # a bug in building must not take down the serving config
@@ -88,19 +87,6 @@ class Reloader:
         CONFIG_RELOADS.labels(result="applied").inc()
         log.warning("config reloaded (%s)", why)
         return True
-
-    def _with_running_limits(self, config: Config) -> Config:
-        """gateway.auth.rateLimit lives in the gateway's file, and the gateway applies a change to
-        it at once; the sidecar's failure limiter keeps its counts under the limits it was built
-        with. So the rest of such a change applies and the limits wait for a restart: rejecting it
-        whole kept, say, a token rotated in the same edit out, and every caller with it."""
-        running = self.runtime.config.rules.gateway.auth.rate_limit
-        if config.rules.gateway.auth.rate_limit == running:
-            return config
-        log.warning("gateway.auth.rateLimit changed: the running limits stay until a restart; the rest is applied")
-        auth = config.rules.gateway.auth.model_copy(update={"rate_limit": running})
-        gateway = config.rules.gateway.model_copy(update={"auth": auth})
-        return replace(config, rules=config.rules.model_copy(update={"gateway": gateway}))
 
     def _rejected(self, why: str, problem: str) -> bool:
         CONFIG_RELOADS.labels(result="rejected").inc()

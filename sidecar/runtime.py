@@ -82,20 +82,21 @@ def restart_needed(old: Config, new: Config) -> str | None:
 
 def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse: Runtime | None = None) -> Runtime:
     """Build limiters from their storage URI (a bad pairing fails here, at start-up), or keep
-    those of `reuse` (a reload: counts and lockouts carry over)."""
+    those of `reuse` (a reload: counts and lockouts carry over, under the gateway's limits as
+    its file now gives them)."""
     warn_about_config(config)
+    limit_rules = config.rules.gateway.auth.rate_limit
     if reuse is not None:
         pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter, reuse.pipeline.identity_headers)
+        reuse.failure_limiter.apply_limits(**limit_rules.model_dump())
         return Runtime(config, pipeline, reuse.failure_limiter, reuse.request_limiter, reuse.refusal_pacer)
-    limit_rules = config.rules.gateway.auth.rate_limit
     settings = config.sidecar.rate_limit
     password = read_storage_password(settings)
     storage_options = {"password": password} if password is not None else None
     try:  # each limiter builds its storage from the URI here
         failure_limiter = AuthFailureLimiter(
-            max_attempts=limit_rules.max_attempts, window_ms=limit_rules.window_ms,
-            lockout_ms=limit_rules.lockout_ms, exempt_loopback=limit_rules.exempt_loopback,
-            max_entries=settings.max_entries, loopback_delay_base_ms=settings.loopback_delay_base_ms,
+            **limit_rules.model_dump(), max_entries=settings.max_entries,
+            loopback_delay_base_ms=settings.loopback_delay_base_ms,
             loopback_delay_max_ms=settings.loopback_delay_max_ms, storage_uri=settings.storage,
             storage_options=storage_options, fail_closed=settings.fail_closed, clock=clock,
         )

@@ -100,3 +100,31 @@ def test_the_header_of_an_edit_the_sidecar_refuses_is_stripped_when_the_gateway_
     assert wait_until(lambda: "rejected" in sidecar.logs(), 20), "the sidecar refuses the edit"
     assert invoke(sidecar.url, {"x-forwarded-user": "bob", "x-remote-user": "alice"}) == 401
     assert sidecar.audit_lines()[-1]["reason"] == "allowed"  # the sidecar still judged bob, and sent no alice
+
+
+def test_a_lowered_max_attempts_locks_out_at_once_a_client_already_past_it(
+        gateway_with: Callable[..., RealGateway], start_sidecar: Callable[..., SidecarProcess]) -> None:
+    """The gateway applies gateway.auth.rateLimit live (its limiter's updateConfig), with the
+    failures on record: tightened during an attack, it holds at once. The sidecar kept its
+    start-up limits until a restart, so the guesses went on under the old budget."""
+    gateway = gateway_with({"mode": "token", "token": "good-token-1234"},
+                           {"gateway": {"trustedProxies": ["127.0.0.1"], "auth": {"rateLimit": {"maxAttempts": 100}}}})
+    sidecar = sidecar_for(gateway, start_sidecar)
+
+    def attempt(url: str, client: str, token: str) -> httpx.Response:
+        return httpx.post(f"{url}/tools/invoke", json={"tool": "agents_list", "args": {}}, timeout=15,
+                          headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": client})
+
+    for _ in range(4):
+        assert attempt(sidecar.url, "198.51.100.7", "wrong").status_code == 401
+        assert attempt(gateway.url, "198.51.100.8", "wrong").status_code == 401
+    edit(gateway, lambda c: c["gateway"]["auth"]["rateLimit"].update(maxAttempts=3, lockoutMs=120_000))
+    assert wait_until(lambda: "config reloaded" in sidecar.logs(), 20), "the sidecar applies the edit"
+    # 100 failures lock under the old limits: a 429 before then is the new ones at work
+    assert wait_until(lambda: attempt(gateway.url, "198.51.100.8", "wrong").status_code == 429, 20), "the gateway applies the edit"
+    direct, proxied = attempt(gateway.url, "198.51.100.8", "good-token-1234"), attempt(sidecar.url, "198.51.100.7", "good-token-1234")
+    assert proxied.status_code == direct.status_code == 429
+    assert proxied.json() == direct.json()
+    assert proxied.headers["retry-after"] == "120"  # locked at this check, for the new lockoutMs
+    assert direct.headers["retry-after"] in ("119", "120")  # locked at the last poll
+    assert attempt(sidecar.url, "198.51.100.9", "good-token-1234").status_code == 200  # a client with no failures

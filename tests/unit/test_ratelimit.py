@@ -589,7 +589,7 @@ def test_errors_and_logs_do_not_carry_the_password() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_attempts": 0}, {"window_ms": 0}, {"lockout_ms": -1}, {"max_entries": 0}, {"loopback_delay_base_ms": -1}],
+    [{"max_attempts": 0}, {"window_ms": -1}, {"lockout_ms": -1}, {"max_entries": 0}, {"loopback_delay_base_ms": -1}],
 )
 def test_invalid_parameters(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):

@@ -11,6 +11,7 @@ import pytest
 
 from sidecar.config import load_config
 from sidecar.metrics import CONFIG_RELOADS
+from sidecar.ratelimit import LimitVerdict
 from sidecar.reload import Reloader, fingerprint, watched_files
 from sidecar.runtime import Runtime, build_runtime, restart_needed
 
@@ -137,19 +138,23 @@ def test_a_change_to_a_file_the_gateways_config_includes_is_reloaded(tmp_path: P
     assert applied[0].config.rules.tools["deny"] == ["browser"]
 
 
-def test_a_change_of_the_gateways_auth_limits_applies_the_rest_and_keeps_the_running_limits(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The gateway applies gateway.auth.rateLimit at once; the sidecar's limiter keeps its counts
-    under the limits it was built with. Rejecting the whole reload kept a token rotated in the same
-    edit out (red team: every caller locked out until a restart)."""
-    gateway_file, watcher, applied = watching_gateway_file(tmp_path, "{gateway: {auth: {token: 'T1', rateLimit: {maxAttempts: 10}}}}")
-    gateway_file.write_text("{gateway: {auth: {token: 'T2', rateLimit: {maxAttempts: 3}}}}")
+async def test_a_change_of_the_gateways_auth_limits_applies_at_once_to_the_failures_on_record(tmp_path: Path) -> None:
+    """The gateway applies gateway.auth.rateLimit live, to the failures it holds; the sidecar kept
+    its start-up limits until a restart (live-state red team: the gateway locked a guesser out at
+    its 4th failure, the sidecar at its 21st). The rest of the edit (a rotated token) applies too."""
+    gateway_file, watcher, applied = watching_gateway_file(tmp_path, "{gateway: {auth: {token: 'T1', rateLimit: {maxAttempts: 20}}}}")
+    limiter = watcher.runtime.failure_limiter
+    for _ in range(4):
+        await limiter.record_failure("203.0.113.7")
+    assert (await limiter.check("203.0.113.7")).allowed
+    gateway_file.write_text("{gateway: {auth: {token: 'T2', rateLimit: {maxAttempts: 3.5, lockoutMs: 60000.9}}}}")
     assert watcher.check() is True
     (runtime,) = applied
     assert runtime.config.secrets.token == "T2"
-    assert runtime.config.rules.gateway.auth.rate_limit.max_attempts == 10  # what the running limiter enforces
-    assert runtime.failure_limiter.max_attempts == 10
-    assert "the running limits stay until a restart" in caplog.text
+    assert runtime.failure_limiter is limiter  # counts and lockouts carry over
+    assert (limiter.max_attempts, limiter.lockout_ms) == (4, 60_000)  # read as the gateway reads them
+    assert await limiter.check("203.0.113.7") == LimitVerdict(False, retry_after_s=60)
+    assert (await limiter.check("198.51.100.1")).allowed
 
 
 def test_every_identity_header_any_version_named_stays_stripped(tmp_path: Path) -> None:

@@ -84,13 +84,20 @@ def _lower_names(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(header_name(n.strip()) for n in names)
 
 
+# Owned headers the sidecar writes on every forwarded request: a gateway demanding one of its
+# proxy finds it there (it checks only that it is there).
+_ALWAYS_SENT_UPSTREAM = frozenset({"x-request-id"})
+
+
 def relayable_required_headers(names: tuple[str, ...]) -> tuple[str, ...]:
     """`trustedProxy.requiredHeaders` the sidecar can hand on: the gateway demands them of its
     own proxy (the sidecar) as the sidecar demands them of the ingress. X-Forwarded-* ones are
-    relayed as the ingress sent them; any other header the sidecar owns or deletes would never
-    arrive, and the gateway would refuse every request."""
+    relayed as the ingress sent them, X-Request-Id is the sidecar's own; any other header the
+    sidecar owns or deletes would never arrive, and the gateway would refuse every request."""
     lowered = _lower_names(names)
     for name in lowered:
+        if name in _ALWAYS_SENT_UPSTREAM:
+            continue
         if name in OWNED_NAMES or name in HOP_BY_HOP or (name.startswith(PROTECTED_PREFIXES) and not name.startswith("x-forwarded-")):
             raise ValueError(f"{name!r} is a header the sidecar deletes and never relays: the gateway behind it "
                              "would refuse every request")

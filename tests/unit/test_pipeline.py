@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,20 @@ async def test_trusted_proxy_admitted_headers(make) -> None:
         ("Authorization", f"Bearer {UPSTREAM}"), ("x-openclaw-scopes", "operator.write,operator.read"),
         ("x-forwarded-user", "alice"), ("X-Forwarded-For", XFF_CLIENT),
     )
+
+
+async def test_a_required_request_id_is_demanded_of_the_ingress_and_the_sidecars_own_handed_on(make) -> None:
+    """The gateway checks only that a required header is there, and the sidecar sends its own
+    X-Request-Id on every forwarded request: refusing `requiredHeaders: [X-Request-Id]` kept the
+    whole edit out (a token rotated in it too) where the gateway took it."""
+    pipeline = make(TRUSTED_PROXY_CONFIG, extra={"gateway": {"auth": {"trustedProxy": {"requiredHeaders": ["X-Request-Id"]}}}}).pipeline
+    sent = [("X-Forwarded-For", XFF_CLIENT), ("X-Forwarded-User", "alice")]
+    assert_refused(await pipeline.on_head(view(peer=PROXY, auth=None, headers=sent)), envelopes.unauthorized(),
+                   "trusted_proxy_missing_header_x-request-id")
+    admitted = await pipeline.on_head(replace(view(peer=PROXY, auth=None, headers=[*sent, ("X-Request-Id", "ingress-7")]),
+                                              request_id="sidecar-1"))
+    assert isinstance(admitted, Admitted) and admitted.auth.user == "alice"
+    assert [value for name, value in admitted.headers if name.lower() == "x-request-id"] == ["sidecar-1"]
 
 
 async def test_trusted_proxy_upstream_user_header_configurable(make) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .ipaddrs import IPNetwork, in_networks, is_loopback, normalize_ip
+from .toolpolicy import js_trim
 from .view import RequestView
 
 Kind = Literal["direct-local", "direct-remote", "trusted-proxy", "unattributable"]
@@ -33,7 +34,7 @@ def has_forwarding_evidence(view: RequestView) -> bool:
 
 def _xff_entry_ip(entry: str) -> str | None:
     """One X-Forwarded-For hop as an IP; `ip:port` and `[v6]:port` suffixes are stripped."""
-    text = entry.strip()
+    text = js_trim(entry)
     if text.startswith("["):
         text = text[1:].split("]", 1)[0]
     elif text.count(":") == 1:

@@ -47,10 +47,10 @@ def bearer_credential(view: RequestView) -> str | None:
     header = view.first("authorization")
     if header is None:
         return None
-    header = header.strip()
+    header = js_trim(header)
     if not header.lower().startswith("bearer "):
         return None
-    credential = header[7:].strip()
+    credential = js_trim(header[7:])
     return credential or None
 
 
@@ -70,7 +70,7 @@ def read_identity(value: str | None) -> str | None:
     (allowUsers, ceilings, pins) names such users in the same raw spelling."""
     if value is None:
         return None
-    text = value.strip()
+    text = js_trim(value)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):  # never from a parsed header; defence in depth
         return None
     return text or None
@@ -169,7 +169,7 @@ class OriginPolicy:
     from loopback with no forwarding headers."""
 
     def __init__(self, allowed: Sequence[str], host_header_fallback: bool = False) -> None:
-        self.allowed = {entry.strip().lower() for entry in allowed}
+        self.allowed = {js_trim(entry).lower() for entry in allowed}
         # gateway.controlUi.dangerouslyAllowHostHeaderOriginFallback: any Origin naming the Host
         self.host_header_fallback = host_header_fallback
 
@@ -283,9 +283,9 @@ class TrustedProxyAuth:
         elif peer in self.local_addresses:
             return fail(Reason.TRUSTED_PROXY_LOCAL_INTERFACE_SOURCE)
         for name in self.required_headers:
-            if not (view.first(name) or "").strip():
+            if not js_trim(view.first(name) or ""):
                 return fail(MissingHeader(name))
-        spelled = (view.first(self.user_header) or "").strip()
+        spelled = js_trim(view.first(self.user_header) or "")
         user = read_identity(spelled)
         if user is None:
             return fail(Reason.TRUSTED_PROXY_USER_MISSING)

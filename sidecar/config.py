@@ -81,7 +81,7 @@ def identity_header_name(name: str | None) -> str | None:
 
 
 def _lower_names(names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(header_name(n.strip()) for n in names)
+    return tuple(header_name(js_trim(n)) for n in names)
 
 
 # Owned headers the sidecar writes on every forwarded request: a gateway demanding one of its
@@ -594,7 +594,7 @@ def _present(value: str | SecretStr | None) -> str | None:
     """Blank, `undefined` and `null` count as missing, as upstream does."""
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
-    if value is None or value.strip().lower() in _MISSING_LITERALS:
+    if value is None or js_trim(value).lower() in _MISSING_LITERALS:
         return None
     return value
 

@@ -25,7 +25,7 @@ _CACHE_SIZE = 4096
 @short_call_cache(_CACHEABLE_LENGTH, _CACHE_SIZE)
 def parse_ip(text: str) -> IPAddress | None:
     """Parse an IP literal, folding IPv4-mapped IPv6 to IPv4; None when it is not one."""
-    candidate = text.strip()
+    candidate = js_trim(text)
     if candidate.startswith("[") and candidate.endswith("]"):
         candidate = candidate[1:-1]
     if "%" in candidate and ":" in candidate:  # IPv6 zone index: not part of the client's identity

@@ -143,12 +143,20 @@ def file_environment(document: Mapping[str, Any], environ: Mapping[str, str]) ->
 
 
 def secret_reference(value: Any) -> tuple[str, str] | None:
-    """(source, id) when a credential is written as a SecretRef, else None. An env SecretRef of a
-    provider other than the default one is resolved by that provider: its source is "provider"."""
+    """(source, id) when a credential is written as a SecretRef, as the gateway's coerceSecretRef
+    finds one (trimmed as JavaScript trims: a byte-order mark too), else None. An env SecretRef of
+    a provider other than the default one is resolved by that provider: its source is "provider"."""
     if isinstance(value, str):
-        match = _ENV_SECRET_REF.fullmatch(value.strip())
+        match = _ENV_SECRET_REF.fullmatch(js_trim(value))
         return ("env", match.group(1) or match.group(2)) if match else None
-    if isinstance(value, Mapping) and value.get("source") in _SECRET_SOURCES and isinstance(value.get("id"), str):
-        default = value.get("provider") in (None, "default")
-        return ("env" if default else "provider", value["id"]) if value["source"] == "env" else (value["source"], value["id"])
-    return None
+    if not (isinstance(value, Mapping) and value.get("source") in _SECRET_SOURCES
+            and isinstance(value.get("id"), str) and js_trim(value["id"])):
+        return None
+    if "provider" in value:  # a full SecretRef: exactly source, provider and id
+        provider = value["provider"]
+        if len(value) != 3 or not isinstance(provider, str) or not js_trim(provider):
+            return None
+    else:
+        provider = "default"
+    source, ref_id = value["source"], js_trim(value["id"])
+    return ("env" if provider == "default" else "provider", ref_id) if source == "env" else (source, ref_id)

@@ -131,12 +131,13 @@ def normalize_hooks_path(raw: str | None) -> str:
 
 
 def normalize_base_path(raw: str | None) -> str:
-    """`gateway.controlUi.basePath` as the gateway resolves it: "" or "/x" without a trailing slash."""
-    path = (raw or "").strip()
+    """`gateway.controlUi.basePath` as the gateway's normalizeControlUiBasePath resolves it: "" or
+    "/x", trimmed as JavaScript trims, one trailing slash dropped (`/ui//` is `/ui/` there)."""
+    path = js_trim(raw or "")
     if not path or path == "/":
         return ""
     path = path if path.startswith("/") else f"/{path}"
-    return path.rstrip("/")
+    return path[:-1] if path.endswith("/") else path
 
 
 # ---- the gateway's path helpers, in Python ----------------------------------------------------

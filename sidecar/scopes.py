@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .toolpolicy import js_trim
+
 ADMIN = "operator.admin"
 WRITE = "operator.write"
 
@@ -25,7 +27,7 @@ def parse_scope_header(value: str | None) -> tuple[str, ...]:
     """Upstream parsing: absent → defaults; present → comma split, trim, drop empties, case kept."""
     if value is None:
         return DEFAULT_SCOPES
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(part for part in (js_trim(piece) for piece in value.split(",")) if part)
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,17 @@ if _reason is not None:
     pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {_reason}", allow_module_level=True)
 
 SECRET = "config-differential-secret-7d1c"
-PLACEHOLDER = "${OPENCLAW_GATEWAY_TOKEN}"
 
 
-@pytest.fixture(scope="module")
-def env_token_gateway() -> Iterator[RealGateway]:
+@pytest.fixture(scope="module", params=["${OPENCLAW_GATEWAY_TOKEN}", "\ufeff$OPENCLAW_GATEWAY_TOKEN"],
+                ids=["template", "shorthand-behind-a-byte-order-mark"])
+def env_token_gateway(request: pytest.FixtureRequest) -> Iterator[tuple[RealGateway, str]]:
     """`gateway.auth.token: "${OPENCLAW_GATEWAY_TOKEN}"` (docs/gateway/config-secrets-env.md), the
-    variable set in the gateway's environment only."""
-    gateway = RealGateway({"mode": "token", "token": PLACEHOLDER}, environ={"OPENCLAW_GATEWAY_TOKEN": SECRET})
-    yield gateway
+    variable set in the gateway's environment only; and the `$NAME` shorthand after a byte-order
+    mark, which JavaScript's trim removes and Python's strip keeps. With the placeholder's letters,
+    as a client would send them."""
+    gateway = RealGateway({"mode": "token", "token": request.param}, environ={"OPENCLAW_GATEWAY_TOKEN": SECRET})
+    yield gateway, request.param.lstrip("\ufeff")
     gateway.stop()
 
 
@@ -41,24 +43,28 @@ def test_in_the_kubernetes_layout_the_placeholder_is_no_password(env_token_gatew
                                                                  tmp_path: Path) -> None:
     """The sidecar's container mounts the Secret as a file and has no such variable: the
     placeholder resolves to nothing there, so the sidecar's own tokenFile holds the secret. Before,
-    `Bearer ${OPENCLAW_GATEWAY_TOKEN}` was the sidecar's token, and the real one was refused."""
+    `Bearer ${OPENCLAW_GATEWAY_TOKEN}` was the sidecar's token, and the real one was refused; and
+    until the red team's round on values, `Bearer $OPENCLAW_GATEWAY_TOKEN` was, for the shorthand
+    behind a byte-order mark, while the sidecar's upstream credential let the call through."""
+    gateway, placeholder = env_token_gateway
     token_file = tmp_path / "token"
     token_file.write_text(SECRET + "\n")
     sidecar = module_sidecar({
-        "sidecar": {"upstream": env_token_gateway.url, "openclawConfig": str(env_token_gateway.config_path),
+        "sidecar": {"upstream": gateway.url, "openclawConfig": str(gateway.config_path),
                     "upstreamAuth": {"tokenFile": str(token_file)}, "rateLimit": {"loopbackDelayBaseMs": 0}},
         "gateway": {"auth": {"tokenFile": str(token_file)}},
     })
-    seen = {token: (invoke(env_token_gateway.url, token), invoke(sidecar.url, token)) for token in (SECRET, PLACEHOLDER)}
-    assert seen == {SECRET: (200, 200), PLACEHOLDER: (401, 401)}
+    seen = {token: (invoke(gateway.url, token), invoke(sidecar.url, token)) for token in (SECRET, placeholder)}
+    assert seen == {SECRET: (200, 200), placeholder: (401, 401)}
 
 
 def test_with_the_variable_set_the_sidecar_reads_the_same_secret(env_token_gateway, module_sidecar: Callable[..., SidecarProcess]) -> None:
+    gateway, placeholder = env_token_gateway
     sidecar = module_sidecar({
-        "sidecar": {"upstream": env_token_gateway.url, "openclawConfig": str(env_token_gateway.config_path),
+        "sidecar": {"upstream": gateway.url, "openclawConfig": str(gateway.config_path),
                     "rateLimit": {"loopbackDelayBaseMs": 0}},
     }, env={"OPENCLAW_GATEWAY_TOKEN": SECRET})
-    assert (invoke(sidecar.url, SECRET), invoke(sidecar.url, PLACEHOLDER)) == (200, 401)
+    assert (invoke(sidecar.url, SECRET), invoke(sidecar.url, placeholder)) == (200, 401)
 
 
 def test_hooks_spelt_to_cover_every_path_are_laid_out_as_the_gateway_lays_them_out(

@@ -93,6 +93,36 @@ def test_the_refused_names_are_the_gateways_host_policy() -> None:
         "blockedOverridePrefixes": upper(policy["blockedOverridePrefixes"])}
 
 
+def credential_values() -> list[object]:
+    """Credentials written as strings around `$NAME` and `${NAME}`, and as objects, with the
+    spaces, marks and keys the two languages read differently."""
+    edges = ["", " ", "\ufeff", "\u00a0", "\u0085", "\u200b", "\u3000", "\n"]
+    bodies = ["$GW_TOKEN", "${GW_TOKEN}", "$gw", "$$GW", "${GW", "GW", "$GW-X", "$_GW"]
+    texts: list[object] = [pre + body + post for pre in edges for body in bodies for post in edges]
+    ids = ["GW", " GW ", "\ufeffGW", "", " ", "\ufeff", 5, None]
+    providers = [{}, {"provider": "default"}, {"provider": "vault"}, {"provider": " "}, {"provider": "\ufeff"},
+                 {"provider": None}, {"provider": " default "}]
+    objects: list[object] = [{"source": source, "id": ref_id, **provider, **extra}
+                             for source in ("env", "file", "exec", "store", "vault", None) for ref_id in ids
+                             for provider in providers for extra in ({}, {"note": "x"})]
+    return texts + objects
+
+
+@GATEWAY
+def test_secret_references_are_found_as_the_gateways_coerce_secret_ref_finds_them() -> None:
+    values = credential_values()
+    theirs = call_gateway(["coerceSecretRef"], """
+        answer(input.map((value) => {
+          const ref = gateway.coerceSecretRef(value);
+          if (!ref) return null;
+          return [ref.source === "env" ? (ref.provider === "default" ? "env" : "provider") : ref.source, ref.id.trim()];
+        }));""", values)
+    mine = [list(ref) if (ref := secret_reference(value)) else None for value in values]
+    differ = [(value, m, t) for value, m, t in zip(values, mine, theirs) if m != t]
+    assert differ == [], f"{len(differ)} of {len(values)} differ, first: {differ[:5]}"
+    assert sum(t is not None for t in theirs) >= 100  # references, strings and objects, are represented
+
+
 @pytest.mark.parametrize("value, reference", [
     ("${OPENCLAW_GATEWAY_TOKEN}", ("env", "OPENCLAW_GATEWAY_TOKEN")),
     (" $GW_TOKEN ", ("env", "GW_TOKEN")),

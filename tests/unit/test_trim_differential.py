@@ -1,0 +1,87 @@
+"""Header values and config entries are trimmed as the gateway trims them: JavaScript's trim,
+which keeps characters Python's str.strip() takes (\\x85 and \\x1c-\\x1f, legal in a header value
+as Node reads it) and takes one it keeps (a byte-order mark). A token, a forwarded hop or an
+allowed origin followed by one of them is another value to the gateway, so it must be one to the
+sidecar (red team: `allowedOrigins: ["*\\x85"]` let any origin in here, none there): the gateway's
+own functions, in its Node, against the sidecar's."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sidecar.attribution import client_from_forwarded
+from sidecar.auth import OriginPolicy, bearer_credential
+from sidecar.ipaddrs import parse_network
+from sidecar.routes import normalize_base_path
+from tests import builders
+from tests.gateway.oracle import call_gateway
+from tests.gateway.real_gateway import unavailable_reason
+
+_reason = unavailable_reason()
+if _reason is not None:
+    pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {_reason}", allow_module_level=True)
+
+EDGES = ["", " ", "\t", "\xa0", "\x85", "\x1c", "\x1f", " \x85"]
+HOPS = ["203.0.113.9", "10.0.0.7", "127.0.0.1", "::ffff:203.0.113.9", "[2001:db8::1]:443", "203.0.113.9:80", "bogus", ""]
+TRUSTED = "10.0.0.0/8"
+
+
+def forwarded_chains() -> list[str]:
+    rng = random.Random(5)
+    return [",".join(rng.choice(EDGES) + rng.choice(HOPS) + rng.choice(EDGES) for _ in range(rng.randint(1, 3)))
+            for _ in range(2000)]
+
+
+def test_the_client_is_the_hop_the_gateway_takes_from_x_forwarded_for() -> None:
+    chains = forwarded_chains()
+    theirs = call_gateway(["net-:resolveClientIp"], f"""
+        answer(input.map((forwardedFor) => gateway.resolveClientIp(
+          {{ remoteAddr: "10.0.0.1", forwardedFor, trustedProxies: ["{TRUSTED}"] }}) ?? null));""", chains)
+    mine = [client_from_forwarded(chain, [parse_network(TRUSTED)]) for chain in chains]
+    differ = [(chain, m, t) for chain, m, t in zip(chains, mine, theirs) if m != t]
+    assert differ == [], f"{len(differ)} of {len(chains)} differ, first: {differ[:5]}"
+    assert sum(t is None for t in theirs) >= 100 and len(set(theirs)) >= 3  # hops taken, skipped, none at all
+
+
+def authorization_values() -> list[str]:
+    return [pre + scheme + gap + token + post for pre in EDGES for scheme in ("Bearer", "bearer", "BEARER", "Basic")
+            for gap in (" ", "  ", "\t") for token in ("tok", "t o k", "") for post in EDGES]
+
+
+def test_the_bearer_token_is_the_one_the_gateway_reads() -> None:
+    values = authorization_values()
+    theirs = call_gateway(["getBearerToken"], """
+        answer(input.map((authorization) => gateway.getBearerToken({ headers: { authorization } }) ?? null));""", values)
+    mine = [bearer_credential(builders.view(auth=value)) for value in values]
+    differ = [(value, m, t) for value, m, t in zip(values, mine, theirs) if m != t]
+    assert differ == [], f"{len(differ)} of {len(values)} differ, first: {differ[:5]}"
+    assert "tok\x85" in theirs and "tok" in theirs
+
+
+ORIGIN_ENTRIES = [pre + entry + post for pre in ("", " ", "\ufeff", "\x85") for entry in ("*", "https://a.example", "HTTPS://A.example")
+                  for post in ("", " ", "\x85", "\x1c", "\ufeff", "\u3000", "\u200b")]
+ORIGINS = ["https://a.example", "https://evil.example", "HTTPS://A.EXAMPLE", "https://a.example:443", "null"]
+
+
+def test_an_allowed_origin_admits_the_origins_the_gateway_admits() -> None:
+    cases = [(entry, origin) for entry in ORIGIN_ENTRIES for origin in ORIGINS]
+    theirs = call_gateway(["origin-check-:checkBrowserOrigin"], """
+        answer(input.map(([entry, origin]) => gateway.checkBrowserOrigin(
+          { origin, allowedOrigins: [entry], requestHost: "gw.internal:18789", isLocalClient: false }).ok));""", cases)
+    mine = [OriginPolicy([entry]).permits(builders.view(("Origin", origin), host="gw.internal:18789"), local_client=False)
+            for entry, origin in cases]
+    differ = [(case, m, t) for case, m, t in zip(cases, mine, theirs) if m != t]
+    assert differ == [], f"{len(differ)} of {len(cases)} differ, first: {differ[:5]}"
+    assert 50 <= sum(theirs) < len(cases)
+
+
+def test_the_control_ui_base_path_is_the_gateways() -> None:
+    values = [pre + path + post for pre in ("", " ", "\ufeff", "\x85") for path in ("", "/", "ui", "/ui", "/ui/", "/ui//", "//", "/a/b/")
+              for post in ("", " ", "\x85", "\ufeff", "\u2028")]
+    theirs = call_gateway(["control-ui-shared-:normalizeControlUiBasePath"], """
+        answer(input.map((value) => gateway.normalizeControlUiBasePath(value)));""", values)
+    mine = [normalize_base_path(value) for value in values]
+    differ = [(value, m, t) for value, m, t in zip(values, mine, theirs) if m != t]
+    assert differ == [], f"{len(differ)} of {len(values)} differ, first: {differ[:5]}"

@@ -77,23 +77,34 @@ class AuditEntry(NamedTuple):
 
 
 _REDACTED = "[redacted]"
-_CAPABILITY = re.compile(re.escape(CAPABILITY_PREFIX) + r"[^/?#]*")
+# Path segments that are bearer secrets: a node capability, an artifact download ticket (after the
+# connection id) and a device-pairing setup code (after the last `/j/`, under any prefix).
+_PATH_SECRETS = (
+    re.compile("(" + re.escape(CAPABILITY_PREFIX) + r")[^/?#]*", re.IGNORECASE),
+    re.compile(r"(/api/artifacts/download/[^/?#]*/)[^?#]*", re.IGNORECASE),
+    re.compile(r"(.*/j/)[^?#]*", re.IGNORECASE),
+)
+_PATH_SECRET_HINT = re.compile(r"/__openclaw__/cap/|/api/artifacts/download/|/j/", re.IGNORECASE)
+# The gateway's query credentials, the assistant-media ticket and an OAuth callback's code and state.
+_QUERY_SECRETS = QUERY_CREDENTIALS | {"mediaticket", "code", "state"}
 _QUERY_PAIR = re.compile(r"(^|&)([^=&#]*)=([^&#]*)")
 
 
 def redacted(target: str) -> str:
-    """The target with the credentials it may carry masked: a node capability (in the path, or
-    `?oc_cap=`) and the query parameters the gateway reads as credentials (`token`, `bt`), under
-    any spelling URLSearchParams decodes to them. The refusal stands; the secret stays out of the log."""
-    if "?" not in target and CAPABILITY_PREFIX not in target:
+    """The target with the bearer secrets it may carry masked (gateway-surface N8): a node
+    capability, an artifact ticket or a pairing setup code in the path, and the query parameters
+    that carry a credential, a media ticket or an OAuth code, under any spelling URLSearchParams
+    decodes to them. The refusal stands; the secret stays out of the log."""
+    if "?" not in target and not _PATH_SECRET_HINT.search(target):
         return target
-    target = _CAPABILITY.sub(CAPABILITY_PREFIX + _REDACTED, target)
+    head, sep, query = target.partition("?")
+    for path_secret in _PATH_SECRETS:
+        head = path_secret.sub(lambda found: found[1] + _REDACTED, head)
 
     def mask(pair: re.Match[str]) -> str:
-        secret = unquote_plus(pair[2]).lower() in QUERY_CREDENTIALS
+        secret = unquote_plus(pair[2]).lower() in _QUERY_SECRETS
         return f"{pair[1]}{pair[2]}={_REDACTED}" if secret else pair[0]
 
-    head, sep, query = target.partition("?")
     return head + sep + _QUERY_PAIR.sub(mask, query)
 
 

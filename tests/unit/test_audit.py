@@ -100,6 +100,14 @@ def test_a_destination_that_stops_reading_never_blocks_a_decision(tmp_path: Path
     ("/?oc_cap=cap-secret", "/?oc_cap=[redacted]"),
     ("/__openclaw__/cap/cap-secret/tools/invoke", "/__openclaw__/cap/[redacted]/tools/invoke"),
     ("/tools/invoke?tokens=1&a=token", "/tools/invoke?tokens=1&a=token"),
+    # bearer tickets and codes the red team found logged in clear (gateway-surface N8)
+    ("/__openclaw__/assistant-media?source=/x.png&mediaTicket=media-secret", "/__openclaw__/assistant-media?source=/x.png&mediaTicket=[redacted]"),
+    ("/ui/api/artifacts/download/conn-1/art-secret?x=1", "/ui/api/artifacts/download/conn-1/[redacted]?x=1"),
+    ("/j/setup-secret", "/j/[redacted]"),
+    ("/x/j/a/J/setup-secret", "/x/j/a/J/[redacted]"),
+    ("/oauth/mcp/callback?code=oauth-secret&state=state-secret", "/oauth/mcp/callback?code=[redacted]&state=[redacted]"),
+    ("/__OPENCLAW__/cap/cap-secret/x", "/__OPENCLAW__/cap/[redacted]/x"),
+    ("/jobs/j?x=1", "/jobs/j?x=1"),
 ])
 def test_credentials_in_a_target_never_reach_the_audit_line(target: str, logged: str) -> None:
     """The requests refused for carrying them are audited; the secrets are not."""

@@ -7,6 +7,8 @@ configured URI without importing the limiter; `sidecar.ratelimit` builds its sto
 
 from __future__ import annotations
 
+import re
+
 import urllib.parse
 from typing import Final
 
@@ -55,7 +57,10 @@ def async_storage_uri(uri: str) -> str:
     Raises ValueError naming the scheme when it is not one the sidecar supports.
     """
     if not isinstance(uri, str) or "://" not in uri:
-        raise ValueError(f"rate-limit storage URI must look like scheme://..., got {uri!r}")
+        # Echoed only up to the first `:/@?`: past it, where the URI is malformed, a password
+        # cannot be told apart to be masked (`redis:/:pw@host`).
+        shown = re.split(r"[:/@?]", uri, maxsplit=1)[0] if isinstance(uri, str) else uri
+        raise ValueError(f"rate-limit storage URI must look like scheme://..., got {shown!r}...")
     scheme, rest = uri.split("://", 1)
     scheme = scheme.strip().lower()
     if scheme not in SUPPORTED_STORAGE_SCHEMES:

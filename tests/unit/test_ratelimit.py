@@ -582,9 +582,10 @@ def test_bad_storage_uri_fails_at_construction(uri: str, named: str) -> None:
 def test_errors_and_logs_do_not_carry_the_password() -> None:
     assert redact_uri("redis://user:s3cret@h:6379/0") == "redis://user:***@h:6379/0"
     assert redact_uri("redis://:s3cret@h:6379") == "redis://:***@h:6379"
-    with pytest.raises(ValueError) as info:
-        AuthFailureLimiter(storage_uri="redis://user:s3cret@h:bad")
-    assert "s3cret" not in str(info.value) and info.value.__cause__ is None
+    for uri in ("redis://user:s3cret@h:bad", "redis:/:s3cret@h:6379", "redis:s3cret@h", "h?password=s3cret"):
+        with pytest.raises(ValueError) as info:  # the last three lack `scheme://` (admin/CLI red team)
+            AuthFailureLimiter(storage_uri=uri)
+        assert "s3cret" not in str(info.value) and info.value.__cause__ is None
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ import json
 import logging
 import socket
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,10 +20,16 @@ from .metrics import REGISTRY
 
 log = logging.getLogger("sidecar.admin")
 UPSTREAM_CHECK_SECONDS = 2.0
-# A probe or a scrape sends its request at once: a connection idle longer is dropped, and at most
-# this many are served at a time (each holds a thread), so half-sent heads cannot pile up threads.
+# A probe or a scrape sends its request at once and is answered in milliseconds: a connection idle
+# longer than ADMIN_IDLE_SECONDS is dropped, and none lives past ADMIN_CONNECTION_SECONDS (a head
+# dribbled a byte at a time never idles). At most ADMIN_MAX_CONNECTIONS are served at a time (each
+# holds a thread), ADMIN_MAX_PER_CLIENT of them from one address, so one client that dribbles
+# cannot take every slot and have the kubelet's probes refused and the pod restarted.
 ADMIN_IDLE_SECONDS = 5.0
+ADMIN_CONNECTION_SECONDS = 10.0
 ADMIN_MAX_CONNECTIONS = 64
+ADMIN_MAX_PER_CLIENT = 8
+_REAP_TICK_SECONDS = 0.25
 
 
 @dataclass
@@ -94,16 +102,29 @@ class AdminServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, host: str, port: int, health: Health, *, idle_seconds: float = ADMIN_IDLE_SECONDS,
-                 max_connections: int = ADMIN_MAX_CONNECTIONS) -> None:
+                 connection_seconds: float = ADMIN_CONNECTION_SECONDS, max_connections: int = ADMIN_MAX_CONNECTIONS,
+                 max_per_client: int = ADMIN_MAX_PER_CLIENT) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
         self.health = health
         self.idle_seconds = idle_seconds
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.connection_seconds = connection_seconds
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, tuple[str, float]] = {}  # connection -> (client address, deadline)
+        self._per_client: Counter[str] = Counter()
+        self._stopping = threading.Event()
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # every slot taken: closed at once, no thread started
+        client = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+        with self._lock:
+            admitted = len(self._open) < self.max_connections and self._per_client[client] < self.max_per_client
+            if admitted:
+                self._open[request] = (client, time.monotonic() + self.connection_seconds)
+                self._per_client[client] += 1
+        if not admitted:
+            self.shutdown_request(request)  # no slot for it: closed at once, no thread started
             return
         super().process_request(request, client_address)
 
@@ -111,7 +132,23 @@ class AdminServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            with self._lock:
+                client, _ = self._open.pop(request)
+                self._per_client[client] -= 1
+                if not self._per_client[client]:
+                    del self._per_client[client]
+
+    def _reap(self) -> None:
+        """Cut the connections past their deadline; their threads see the end of input and finish."""
+        while not self._stopping.wait(_REAP_TICK_SECONDS):
+            now = time.monotonic()
+            with self._lock:
+                late = [connection for connection, (_, deadline) in self._open.items() if deadline <= now]
+            for connection in late:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed meanwhile
 
     @property
     def url(self) -> str:
@@ -121,8 +158,10 @@ class AdminServer(ThreadingHTTPServer):
 
     def start(self) -> None:
         threading.Thread(target=self.serve_forever, name="sidecar-admin", daemon=True).start()
+        threading.Thread(target=self._reap, name="sidecar-admin-reaper", daemon=True).start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.shutdown()
         self.server_close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -77,3 +78,49 @@ def test_half_sent_heads_neither_pile_up_nor_outlast_the_idle_limit(backend: Dem
     finally:
         capped.stop()
         idle.stop()
+
+
+def test_a_client_dribbling_heads_can_neither_hold_a_connection_nor_take_every_slot(backend: DemoBackend) -> None:
+    """The admin/CLI red team: 80 clients sending a head a byte every 2 s held every slot (a read
+    timeout fires only on a silent socket), so every kubelet probe was refused and the pod would
+    be restarted. A connection now ends at its deadline however it dribbles, and one address gets
+    at most `max_per_client` of the slots: the probes, from another address, are answered."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, connection_seconds=1.0,
+                         max_connections=16, max_per_client=3)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+
+    def dribbler() -> socket.socket:
+        sock = socket.create_connection(address, timeout=10, source_address=("127.0.0.3", 0))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        return sock
+
+    try:
+        held = [dribbler() for _ in range(3)]
+        assert dribbler().recv(1) == b""  # past its share: closed at once, no thread
+        probe = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=5)
+        assert probe.get(f"{server.url}/healthz").status_code == 200
+        def cut_while_dribbling(sock: socket.socket) -> bool:
+            """A byte every 0.2 s, never idle long enough for the read timeout, until the server
+            ends the connection (False if it still stands after 20 s)."""
+            for _ in range(100):
+                try:
+                    sock.sendall(b"X")
+                    if sock.recv(1, socket.MSG_DONTWAIT) == b"":
+                        return True
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return True
+                threading.Event().wait(0.2)
+            return False
+
+        assert all(cut_while_dribbling(sock) for sock in held)
+        assert probe.get(f"{server.url}/healthz").status_code == 200
+        again = dribbler()  # the address has its share back
+        again.sendall(b"Host: x\r\n\r\n")
+        assert again.recv(64).startswith(b"HTTP/1.1 200")
+    finally:
+        server.stop()

@@ -16,6 +16,7 @@ import logging
 import resource
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from sidecar.errors import ConfigError
 from sidecar.ipaddrs import normalize_ip
 from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
 from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED, VANISHED_REQUESTS
+from sidecar.pacing import RefusalPacer
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
 from sidecar.rpc import PREAUTH_MAX_BYTES, FrameVerdict, RpcSession
@@ -559,13 +561,14 @@ class ToolsInvokeGuard:
     def _audit(self, flow: http.HTTPFlow, decision: str, reason: ReasonCode, status: int | None, *,
                refusal: Refuse | None = None, tool: str | None = None, method: str | None = None,
                upstream_status: int | None = None, shadowed: tuple[str, ...] = (), detail: str | None = None,
-               outcome: str | None = None) -> None:
+               outcome: str | None = None, granted: frozenset[str] | None = None) -> None:
         """Logged from the view the decision was made on, not from the flow we may have rewritten;
-        `method` names a WebSocket RPC method instead of the HTTP one."""
+        `method` names a WebSocket RPC method instead of the HTTP one, `granted` the scopes its
+        connection was granted at connect (the upgrade's are only a ceiling)."""
         view: RequestView | None = flow.metadata.get(VIEW)
         admitted: Admitted | None = flow.metadata.get(ADMITTED)
         auth = admitted.auth if admitted else refusal.auth if refusal else None
-        scopes = admitted.scopes if admitted else None
+        scopes = tuple(sorted(granted)) if granted is not None else tuple(admitted.scopes.scopes) if admitted and admitted.scopes else None
         started = flow.request.timestamp_start
         audit.record(audit.AuditEntry(
             request_id=flow.id, route=admitted.route if admitted else (refusal.route if refusal else None) or "head",
@@ -576,7 +579,7 @@ class ToolsInvokeGuard:
             peer=peer_ip(flow),
             auth=auth.method if auth else None, identity=auth.user if auth else None,
             previous_secret=auth.previous_secret if auth else False,
-            scopes=tuple(scopes.scopes) if scopes is not None else None,
+            scopes=scopes,
             tool=tool or (refusal.tool if refusal else None), upstream_status=upstream_status,
             duration_ms=round((time.time() - started) * 1000, 2) if started else None, shadowed=shadowed,
             detail=detail or (refusal.detail if refusal else None), outcome=outcome,
@@ -674,7 +677,8 @@ class ToolsInvokeGuard:
                 return
             if not admitted.rpc:
                 return
-            flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(admitted)
+            flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(
+                admitted, partial(self._paced, runtime.refusal_pacer, admitted.client_ip or peer_ip(flow)))
             seconds = runtime.config.sidecar.websocket.connect_seconds
             self._schedule(flow, seconds, lambda: close_websocket(flow, 1008, "connect timeout"), audit_as=Reason.WEBSOCKET_CONNECT_TIMEOUT)
         except Exception:
@@ -723,6 +727,18 @@ class ToolsInvokeGuard:
             message.drop()
             close_websocket(flow, 1011, "internal error")
 
+    @staticmethod
+    def _paced(pacer: RefusalPacer, client: str, refused: bool) -> float:
+        """A judged frame's place in its client's refusal streak, as for HTTP requests: the seconds
+        its answer waits (and, with it, every later frame of the connection)."""
+        if not refused:
+            pacer.let_through(client)
+            return 0.0
+        delay = pacer.refused(client)
+        if delay > 0:
+            REFUSALS_PACED.inc()
+        return delay
+
     def _frame_judged(self, flow: http.HTTPFlow, session: RpcSession, verdict: FrameVerdict) -> None:
         """After each verdict, on either layer: a connected session needs no connect timer; refusals,
         connects and shadowed frames are audited."""
@@ -731,7 +747,7 @@ class ToolsInvokeGuard:
         if verdict.verdict != "forward" or verdict.method == "connect" or verdict.shadowed:
             decision = "shadowed" if verdict.shadowed else "forwarded" if verdict.verdict == "forward" else "refused"
             self._audit(flow, decision, verdict.reason, None, tool=verdict.tool, method=verdict.method,
-                        shadowed=(verdict.reason,) if verdict.shadowed else (), detail=verdict.detail)
+                        shadowed=(verdict.reason,) if verdict.shadowed else (), detail=verdict.detail, granted=session.scopes)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._websockets.pop(flow.id, None)

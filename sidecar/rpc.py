@@ -17,6 +17,7 @@ Pure: the adapter hands in message bytes and applies the `FrameVerdict`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -435,17 +436,21 @@ class RpcSession:
     `caller` is the upgrade's own authentication, or None when the credential must come in the
     connect frame (token and password mode: browsers cannot set headers on an upgrade).
     `check_secret(presented)` checks such a credential, failure limiter included; `allowed` is
-    the most this caller may hold; `limit(tool)` applies the request limits to tools.invoke.
+    the most this caller may hold; `limit(tool)` applies the request limits to tools.invoke;
+    `pace(refused)` gives the seconds a connected frame's verdict waits: a client refused frame
+    after frame is slowed as its refused HTTP requests are, and its connection with it.
     """
 
     def __init__(self, policy: RpcPolicy, caller: AuthOutcome | None, allowed: ResolvedScopes,
                  check_secret: Callable[[str | None], Awaitable[AuthOutcome]],
-                 limit: Callable[[str | None, str], Awaitable[Reason | None]]) -> None:
+                 limit: Callable[[str | None, str], Awaitable[Reason | None]],
+                 pace: Callable[[bool], float]) -> None:
         self.policy = policy
         self.caller = caller
         self.allowed = frozenset(allowed.scopes)
         self.check_secret = check_secret
         self.limit = limit
+        self.pace = pace
         self.scopes: frozenset[str] | None = None  # granted at connect
         self.caps: frozenset[str] = frozenset()  # the connect frame's client capabilities (tools need some)
 
@@ -456,6 +461,14 @@ class RpcSession:
     async def client_frame(self, content: bytes) -> FrameVerdict:
         if not self.connected:
             return await self._first_frame(content)
+        verdict = await self._judged_frame(content)
+        if verdict.verdict != "close":
+            delay = self.pace(verdict.verdict != "forward")
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return verdict
+
+    async def _judged_frame(self, content: bytes) -> FrameVerdict:
         try:
             frame = parse_frame(content)
         except UnreadableFrame as exc:

@@ -24,7 +24,7 @@ from tests.wsclient import Closed, Rejected, WsClient
 
 from .conftest import REAL_GATEWAY_TOKEN as TOKEN
 from .harness import SidecarProcess, TestNet, http_request, raw_exchange
-from .ratelimit_helpers import avoid_minute_boundary
+from .ratelimit_helpers import avoid_minute_boundary, scrape_metric, wait_until
 
 _reason = unavailable_reason()
 if _reason is not None:
@@ -198,6 +198,33 @@ def test_methods_that_act_are_refused_and_the_connection_stays(open_sc, method, 
                                            f"node methods are not relayed: {method}", f"unknown method: {method}")
     assert ws.call("health")["ok"] is True  # still open
     ws.close()
+
+
+def test_a_client_refused_frame_after_frame_is_paced_and_audited_with_its_granted_scopes(token_gateway, start_sidecar):
+    """Admin/CLI red team: one read-only connection sent 20,000 denied frames in 1.2 s, 10.7 MB of
+    audit lines, unpaced (refusal pacing held HTTP requests only). Refused frames now count in the
+    client's refusal streak as its HTTP requests do: past `afterRefusals` their answers wait, and the
+    connection's later frames with them. The lines name the scopes the connection was granted."""
+    sc = start_sidecar(sidecar_config(token_gateway, rateLimit={"loopbackDelayBaseMs": 0, "refusalPacing": {
+        "afterRefusals": 3, "baseDelayMs": 20, "maxDelayMs": 40}}))
+    ws, hello = session(sc.port, ["operator.read"])
+    assert granted(hello) == ["operator.read"]
+    for n in range(6):
+        refused = ws.call("config.apply", {"raw": "{}"}, request_id=f"x-{n}")
+        assert refused["id"] == f"x-{n}" and refused["ok"] is False
+    assert scrape_metric(f"{sc.admin_url}/metrics", "openclaw_sidecar_refusals_paced_total") == 3  # the 4th to the 6th
+    assert ws.call("health")["ok"] is True  # let through: the streak starts again
+    assert ws.call("config.apply", {"raw": "{}"}, request_id="x-7")["ok"] is False
+    assert scrape_metric(f"{sc.admin_url}/metrics", "openclaw_sidecar_refusals_paced_total") == 3
+    ws.close()
+
+    def refused_lines() -> list[dict[str, Any]]:
+        return [line for line in sc.audit_lines() if line.get("method") == "config.apply"]
+
+    assert wait_until(lambda: len(refused_lines()) == 7, 10)  # the audit writer writes in batches
+    lines = refused_lines()
+    assert {line["decision"] for line in lines} == {"refused"}
+    assert all(line["scopes"] == ["operator.read"] for line in lines)  # not the upgrade's ceiling, every scope
 
 
 def test_a_write_scope_cannot_change_who_sees_a_session(token_gateway, capped_sc):

@@ -32,6 +32,8 @@ class Recorder:
         self.secrets: list[str | None] = []
         self.limits: list[tuple[str | None, str]] = []
         self.limited = limited
+        self.paced: list[bool] = []
+        self.delay = 0.0
 
     async def check_secret(self, presented: str | None) -> AuthOutcome:
         self.secrets.append(presented)
@@ -41,11 +43,16 @@ class Recorder:
         self.limits.append((user, tool))
         return self.limited
 
+    def pace(self, refused: bool) -> float:
+        self.paced.append(refused)
+        return self.delay if refused else 0.0
+
 
 def session(caller: AuthOutcome | None = None, scopes: tuple[str, ...] = DEFAULT_SCOPES, recorder: Recorder | None = None,
             **policy_overrides: Any) -> tuple[RpcSession, Recorder]:
     recorder = recorder or Recorder()
-    return RpcSession(policy(**policy_overrides), caller, ResolvedScopes(scopes), recorder.check_secret, recorder.limit), recorder
+    return RpcSession(policy(**policy_overrides), caller, ResolvedScopes(scopes), recorder.check_secret, recorder.limit,
+                      recorder.pace), recorder
 
 
 def connect_frame(*, auth: dict | None = None, scopes: list[str] | None = None, role: str = "operator",
@@ -282,6 +289,26 @@ async def test_refused_frames_get_an_error_with_the_same_id_and_keep_the_connect
     assert (verdict.verdict, verdict.reason) == ("reply", reason)
     frame = answer(verdict)
     assert (frame["type"], frame["id"], frame["ok"], frame["error"]["code"]) == ("res", "abc", False, code)
+
+
+async def test_each_connected_frame_takes_its_place_in_the_refusal_streak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused and dropped frames are refusals to pace, forwarded ones clear the streak; a frame
+    that closes the connection needs no pacing, nor does connect. The answer waits as told."""
+    recorder = Recorder()
+    rpc, _ = session(recorder=recorder)
+    assert (await rpc.client_frame(connect_frame())).verdict == "forward"
+    slept: list[float] = []
+
+    async def record_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("sidecar.rpc.asyncio.sleep", record_sleep)
+    recorder.delay = 0.5
+    verdicts = [(await rpc.client_frame(frame)).verdict for frame in (
+        req("config.patch"), b"not json", req("sessions.list"), req("terminal.open"), b"[" * 100_000)]
+    assert verdicts == ["reply", "drop", "forward", "reply", "close"]
+    assert recorder.paced == [True, True, False, True]
+    assert slept == [0.5, 0.5, 0.5]
 
 
 async def test_missing_scope_is_the_gateways_own_refusal() -> None:

@@ -559,12 +559,21 @@ def _subset(value: Any, shape: Any) -> Any:
     if shape is True:
         return value
     if isinstance(shape, list):
-        return [_subset(item, shape[0]) for item in value] if isinstance(value, list) else value
+        return [_subset(item, shape[0]) for item in value] if isinstance(value, list) else _hollow(value)
     if not isinstance(value, dict):
-        return value
+        return _hollow(value)
     if "*" in shape:
         return {key: _subset(item, shape["*"]) for key, item in value.items()}
     return {key: _subset(value[key], sub) for key, sub in shape.items() if key in value}
+
+
+def _hollow(value: Any) -> Any:
+    """A value not of the shape the policy reads: the policy reader tells only its type and that it
+    is set (a list where an object belongs is no object to it), so that is all that is kept. Its
+    content, a list of accounts with their tokens say, would otherwise reach check-config's dump."""
+    if isinstance(value, (dict, list)):
+        return type(value)()
+    return "[not read]" if isinstance(value, str) else value
 
 
 class OpenClawRules(BaseModel):

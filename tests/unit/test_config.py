@@ -606,12 +606,29 @@ def test_only_the_policy_parts_of_the_gateways_other_sections_are_kept(tmp_path:
     }
     rules = load_config(write(tmp_path, "c.json", json.dumps(document)), environ={}).rules
     assert rules.channels == {"irc": {"groups": {"9": {"tools": {"deny": ["theme"]}}},
-                                      "accounts": {"work": {"groups": {}}, "other": "x"}}}
+                                      "accounts": {"work": {"groups": {}}, "other": "[not read]"}}}
     assert rules.tools == {"profile": "coding", "web": {"search": {"enabled": False}}}
     assert rules.agents == {"list": [{"id": "main", "default": True, "tools": {"deny": ["x"]}, "sandbox": {"mode": "all"}}],
                             "defaults": {"subagents": {"maxSpawnDepth": 2}}}
     assert rules.session == {"scope": "global"}
     assert "SECRET" not in json.dumps(rules.model_dump())
+
+
+def test_a_section_not_of_the_shape_the_policy_reads_keeps_its_type_and_no_content(tmp_path: Path) -> None:
+    """Admin/CLI red team: accounts written as a list, agents.list as an object, were kept whole,
+    tokens and all, and printed by check-config. The tool policy reads such a value as empty (what
+    the gateway's Array.isArray and object tests make of it), so only its type is kept."""
+    document = {
+        "channels": {"telegram": {"botToken": "BOT-SECRET", "accounts": [{"token": "ACCOUNT-SECRET"}], "groups": {"g": {"x": 1}}},
+                     "irc": "CHANNEL-SECRET"},
+        "agents": {"list": {"a": "AGENTS-SECRET"}, "entries": [{"id": "x", "apiKey": "ENTRY-SECRET"}]},
+        "tools": {"web": ["WEB-SECRET"], "sandbox": 5},
+    }
+    config = load_config(write(tmp_path, "c.json", json.dumps(document)), environ={})
+    assert config.rules.channels == {"telegram": {"accounts": [], "groups": {"g": {"x": 1}}}, "irc": "[not read]"}
+    assert config.rules.agents == {"list": {}, "entries": []}
+    assert config.rules.tools == {"web": [], "sandbox": 5}
+    assert "SECRET" not in json.dumps(redacted_view(config))
 
 
 def test_redacted_view_hides_env_and_file_secrets(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ws-path", default="/", metavar="PATH",
                         help="path for the WebSocket cases (default %(default)s; the demo backend serves /ws)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="how long to wait for each answer (default %(default)s)")
+                        help="how long to wait for each answer (default %(default)s); a case ends at SECONDS per "
+                             "answer it waits for (a pipeline's requests; a WebSocket's upgrade, connect and frame), "
+                             "and an answer still trickling in then counts as timed out")
     parser.add_argument("--format", choices=FORMATS, default="table", help="report format (default table)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="write the report here instead of stdout")

@@ -126,9 +126,9 @@ def answer_text(answer: Answer) -> str:
         return head + ("\n\n" + printable(answer.body) if answer.body else "")
     if answer.kind in ("ws-res", "ws-echo"):
         return f"{answer.stage} answer: {visible(answer.body.decode('utf-8', 'replace'))}"
-    if answer.kind == "ws-closed":
-        return f"{answer.stage}: WebSocket closed with {answer.close_code} {answer.error}".rstrip()
-    return f"{answer.stage}: {answer.kind} {answer.error}".rstrip()
+    if answer.kind == "ws-closed":  # the close reason is the target's own text
+        return f"{answer.stage}: WebSocket closed with {answer.close_code} {visible(answer.error)}".rstrip()
+    return f"{answer.stage}: {answer.kind} {visible(answer.error)}".rstrip()
 
 
 class Redactor:

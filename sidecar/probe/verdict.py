@@ -35,7 +35,8 @@ class Answer:
 
     kind: `http` (a status line; for a WebSocket, the upgrade was refused), `closed` (no answer,
     the peer hung up), `timeout`, `error` (could not connect), `ws-res` (the RPC answer frame),
-    `ws-echo` (the backend sent our own frame back: it was relayed unread), `ws-closed`.
+    `ws-echo` (the backend sent our own frame back: it was relayed unread), `ws-closed`. An `error`
+    may also be a WebSocket message too long to read.
     stage: where a WebSocket exchange ended (`upgrade`, `connect`, `frame`).
     """
 
@@ -50,9 +51,10 @@ class Answer:
     rewritten: bool = False  # ws-echo: the frame came back different from what was sent
 
     def json(self) -> Any:
+        """The body as JSON; None when it is not JSON or is nested too deep to read."""
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
 
 
@@ -78,22 +80,23 @@ def _tool_refused(frame: Mapping[str, Any]) -> bool:
 
 
 def summary(answer: Answer) -> str:
-    """A few words on the answer, for reasons and tables."""
+    """A few words on the answer, for reasons and tables. What the target wrote is shown with
+    `visible`: a JSON string may decode to terminal escapes or line breaks."""
     if answer.kind == "http":
-        label = _error_label(answer.json())
+        label = visible(_error_label(answer.json()))
         text = label or visible(" ".join(answer.body[:80].decode("utf-8", "replace").split())[:60])
         return f"{answer.status} {text}".strip()
     if answer.kind == "ws-res":
         frame = answer.frame or {}
         if _tool_refused(frame):
-            return f"res ok, tool refused: {_error_label(frame['payload'])}"
+            return f"res ok, tool refused: {visible(_error_label(frame['payload']))}"
         if frame.get("ok"):
             return "res ok"
         error = _ws_error(frame)
         raw_details = error.get("details")
         details = raw_details if isinstance(raw_details, dict) else {}
-        code = details.get("code") or error.get("code") or ""
-        return f"res error {code}: {str(error.get('message', ''))[:80]}".strip()
+        code = visible(str(details.get("code") or error.get("code") or ""))
+        return f"res error {code}: {visible(str(error.get('message', ''))[:80])}".strip()
     if answer.kind == "ws-echo":
         if answer.rewritten:
             return "an echoing backend sent the frame back rewritten (relayed after the proxy changed it)"
@@ -101,7 +104,7 @@ def summary(answer: Answer) -> str:
     if answer.kind == "ws-closed":
         return f"closed with {answer.close_code}"
     if answer.kind == "closed":
-        return "connection closed without an answer" + (f" ({answer.error})" if answer.error else "")
+        return "connection closed without an answer" + (f" ({visible(answer.error)})" if answer.error else "")
     return answer.error or answer.kind
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -138,18 +139,44 @@ def render_request(request: HttpRequest, ctx: Context) -> bytes:
 # ---------------------------------------------------------------- reading
 
 
-class _Stream:
-    """Buffered reads from a socket; a closed peer or a timeout ends the stream."""
+class Deadline:
+    """One case's time: each read waits at most `timeout`, and the whole exchange at most `timeout`
+    per answer it waits for. A per-read timeout alone never ends a target that trickles its answer
+    (a byte a second, endless 1xx, chatter on a WebSocket); past the deadline a read times out."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, timeout: float, answers: int) -> None:
+        self.timeout = timeout
+        self.budget = timeout * answers
+        self.ends = time.monotonic() + self.budget
+
+    def arm(self, sock: socket.socket) -> socket.socket:
+        """`sock`, set to give up on its next read or write when either limit is reached."""
+        left = self.ends - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(min(self.timeout, left))
+        return sock
+
+    def missed(self) -> str:
+        """Why the exchange timed out: a silent target, or one too slow to finish in time."""
+        if time.monotonic() >= self.ends:
+            return f"no complete answer within {self.budget:g} s"
+        return f"no answer within {self.timeout:g} s"
+
+
+class _Stream:
+    """Buffered reads from a socket; a closed peer or the case's deadline ends the stream."""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
         self.sock = sock
+        self.deadline = deadline
         self.buffer = b""
         self.eof = False
 
     def fill(self) -> bool:
         if self.eof:
             return False
-        data = self.sock.recv(65536)
+        data = self.deadline.arm(self.sock).recv(65536)
         if not data:
             self.eof = True
         self.buffer += data
@@ -210,10 +237,11 @@ def read_answer(stream: _Stream, method: str) -> Answer:
                 while stream.line():  # trailers, then the blank line
                     pass
                 break
-            body += stream.exactly(size)
-            stream.line()
-            if len(body) > MAX_BODY_BYTES:
+            room = MAX_BODY_BYTES - len(body)
+            body += stream.exactly(min(size, room))
+            if size >= room:  # cut at the cap, whatever size the chunk claims
                 break
+            stream.line()
     elif length is not None and length.isdigit():
         body = stream.exactly(min(int(length), MAX_BODY_BYTES))
     else:
@@ -226,23 +254,25 @@ def read_answer(stream: _Stream, method: str) -> Answer:
 def exchange(endpoint: Endpoint, payload: bytes, methods: list[str], timeout: float) -> list[Answer]:
     """Send `payload` (one request, or several pipelined) and read one answer per method, in order.
 
-    An answer that never comes is `closed` (the peer hung up) or `timeout`; later ones are not read.
+    An answer that never comes, or is still incomplete at the deadline (`timeout` per answer), is
+    `closed` (the peer hung up) or `timeout`; later ones are not read.
     """
+    deadline = Deadline(timeout, len(methods))
     try:
         sock = endpoint.connect(timeout)
     except OSError as exc:
         return [Answer("error", error=f"cannot connect: {exc}")]
     answers: list[Answer] = []
     try:
-        sock.sendall(payload)
-        stream = _Stream(sock)
+        deadline.arm(sock).sendall(payload)
+        stream = _Stream(sock, deadline)
         for method in methods:
             answer = read_answer(stream, method)
             answers.append(answer)
             if answer.kind == "closed" or answer.status == 101:
                 break
     except TimeoutError:
-        answers.append(Answer("timeout", error=f"no answer within {timeout:g} s"))
+        answers.append(Answer("timeout", error=deadline.missed()))
     except (ConnectionError, OSError, ValueError) as exc:
         answers.append(Answer("closed", error=str(exc)))
     finally:

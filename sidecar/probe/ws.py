@@ -21,7 +21,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .corpus import CONNECT_ID, FRAME_ID, WsConnect, WsFrame, WsRequest
 from .verdict import Answer, Stage
-from .wire import Context, Endpoint
+from .wire import MAX_BODY_BYTES, Context, Deadline, Endpoint
 
 WRONG_SECRET = "openclaw-probe-not-the-secret"  # the same wrong secret the HTTP cases use
 PROTOCOL = 4  # the gateway's RPC protocol (2026.9.6)
@@ -48,19 +48,20 @@ def frame_text(frame: WsFrame, ctx: Context) -> str:
 
 
 class _Session:
-    """A wsproto client connection over a blocking socket, event by event."""
+    """A wsproto client connection over a blocking socket, event by event, within the case's deadline."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
         self.sock = sock
+        self.deadline = deadline
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.pending: list[Any] = []
 
     def send(self, event: Any) -> None:
-        self.sock.sendall(self.ws.send(event))
+        self.deadline.arm(self.sock).sendall(self.ws.send(event))
 
     def next_event(self) -> Any:
         while not self.pending:
-            data = self.sock.recv(65536)
+            data = self.deadline.arm(self.sock).recv(65536)
             self.ws.receive_data(data or None)
             self.pending = list(self.ws.events())
             if not data and not self.pending:
@@ -83,13 +84,16 @@ class _Session:
                                   headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers))
             elif isinstance(event, RejectData):
                 body += event.data
-                if event.body_finished:
-                    return Answer("http", stage="upgrade", status=status, body=body)
+                if event.body_finished or len(body) >= MAX_BODY_BYTES:
+                    return Answer("http", stage="upgrade", status=status, body=body[:MAX_BODY_BYTES])
 
     def answer_to(self, sent: str, stage: Stage) -> Answer:
-        """Read until the answer to the frame `sent`: its `res`, the frame echoed back, or a close."""
+        """Read until the answer to the frame `sent`: its `res`, the frame echoed back, or a close.
+        A message longer than MAX_BODY_BYTES is no RPC frame the probe judges: it ends the case
+        unjudged rather than be read on (a target may send one that never ends)."""
         request = json.loads(sent)
         text: list[str] = []
+        size = 0
         while True:
             event = self.next_event()
             if isinstance(event, Ping):
@@ -98,12 +102,16 @@ class _Session:
                 return Answer("ws-closed", stage=stage, close_code=int(event.code), error=event.reason or "")
             elif isinstance(event, Message):
                 text.append(event.data if isinstance(event, TextMessage) else event.data.decode("utf-8", "replace"))
+                size += len(text[-1])
+                if size > MAX_BODY_BYTES:
+                    return Answer("error", stage=stage, error=f"a message over {MAX_BODY_BYTES // 2**20} MiB came back: "
+                                                              "the probe reads no further")
                 if not event.message_finished:
                     continue
-                whole, text = "".join(text), []
+                whole, text, size = "".join(text), [], 0
                 try:
                     frame = json.loads(whole)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested too deep to read
                     continue
                 if isinstance(frame, dict) and frame.get("id") == request.get("id"):
                     if frame.get("type") == "res":
@@ -130,12 +138,13 @@ def exchange_ws(endpoint: Endpoint, request: WsRequest, ctx: Context, path: str,
     """Run one WebSocket case: the answer that decides it, and a transcript of what was sent
     (written with `<secret>`, like every request in a report)."""
     shown = ctx.shown()
+    deadline = Deadline(timeout, 1 + (request.connect is not None) + (request.frame is not None))
     sent = [f"GET {path} HTTP/1.1 (WebSocket upgrade)" + "".join(f"\n{n}: {v}" for n, v in upgrade_headers(request, shown))]
     try:
         sock = endpoint.connect(timeout)
     except OSError as exc:
         return Answer("error", stage="upgrade", error=f"cannot connect: {exc}"), "\n".join(sent)
-    session = _Session(sock)
+    session = _Session(sock, deadline)
     stage: Stage = "upgrade"
     try:
         refused = session.upgrade(ctx.host, path, upgrade_headers(request, ctx))
@@ -163,7 +172,7 @@ def exchange_ws(endpoint: Endpoint, request: WsRequest, ctx: Context, path: str,
         assert answer is not None  # the corpus guarantees a connect or a frame
         return answer, "\n".join(sent)
     except TimeoutError:
-        return Answer("timeout", stage=stage, error=f"no answer within {timeout:g} s"), "\n".join(sent)
+        return Answer("timeout", stage=stage, error=deadline.missed()), "\n".join(sent)
     except (ConnectionError, OSError, LocalProtocolError, RemoteProtocolError) as exc:
         # a peer that hangs up, or one whose handshake or frames wsproto refuses
         return Answer("closed", stage=stage, error=str(exc) or type(exc).__name__), "\n".join(sent)

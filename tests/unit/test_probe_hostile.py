@@ -1,0 +1,225 @@
+"""The probe against a hostile target: one that trickles its answers, sends endless or absurdly
+large ones, nests JSON past the parser's depth, or writes terminal escapes. Every case still ends
+within its deadline, reads a bounded amount, and reports what came back without letting the
+target write to the terminal. Each target is a tiny server in a thread on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, TextMessage
+
+from sidecar.cli import build_parser
+from sidecar.probe.command import run_probe
+from sidecar.probe.corpus import CONNECT_ID, WsRequest
+from sidecar.probe.wire import MAX_BODY_BYTES, Context, Endpoint, exchange
+from sidecar.probe.ws import exchange_ws
+
+# What a target sends, given the connection, the request's first bytes and the test's end.
+Behaviour = Callable[[socket.socket, bytes, threading.Event], None]
+
+CTX = Context(host="127.0.0.1", safe_tool="agents_list", marker="ocprobe00000000", secret="s3cret-token")
+OK = b'{"ok":true,"result":{}}'
+FORGED = "\x1b]0;PWNED\x07\x1b[2J\x1b[31m\nFAKE: result PASS"
+
+
+class Hostile:
+    """Serves every connection with `behave`, each in a thread of its own, until the test ends."""
+
+    def __init__(self, behave: Behaviour) -> None:
+        self.behave = behave
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.stop = threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint.parse(f"http://127.0.0.1:{self.listener.getsockname()[1]}")
+
+    def accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(10)
+                request = conn.recv(65536)
+                if request:  # not the probe's reachability check
+                    self.behave(conn, request, self.stop)
+            except OSError:
+                pass  # the probe hung up first, as it should
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[[Behaviour], Hostile]]:
+    servers: list[Hostile] = []
+
+    def start(behave: Behaviour) -> Hostile:
+        servers.append(Hostile(behave))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop.set()
+        server.listener.close()
+
+
+def upgraded(conn: socket.socket, request: bytes) -> WSConnection:
+    """The upgrade accepted: the server's side of the WebSocket, to write frames with."""
+    ws = WSConnection(ConnectionType.SERVER)
+    ws.receive_data(request)
+    list(ws.events())
+    conn.sendall(ws.send(AcceptConnection()))
+    return ws
+
+
+def http_or_ws(on_upgrade: Callable[[socket.socket, WSConnection, threading.Event], None]) -> Behaviour:
+    """HTTP calls answered 200 (the credential control passes); an upgrade accepted and, once the
+    connect frame is in, handed to `on_upgrade`."""
+    def behave(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        if b"sec-websocket-key" not in request.lower():
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(OK), OK))
+            return
+        ws = upgraded(conn, request)
+        conn.recv(65536)
+        on_upgrade(conn, ws, stop)
+        stop.wait(5)
+    return behave
+
+
+def probe_cli(target: Hostile, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The probe command run as a user runs it (one ordinary case and the controls): its exit
+    status and the table it printed."""
+    args = build_parser().parse_args(["probe", target.endpoint.url, "--token", "s3cret-token", "--timeout", "2",
+                                      "--cases", "A1.x-forwarded-uri"])
+    code = run_probe(args, "9.9.9")
+    return code, capsys.readouterr().out
+
+
+# ---- one deadline per case -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first,every", [
+    (b"H", b"x"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n", b"x"),
+    (b"", b"HTTP/1.1 100 Continue\r\n\r\n"),
+], ids=["head", "body", "interim-answers"])
+def test_an_answer_trickled_in_times_out_at_the_case_deadline(hostile, first, every):
+    """Something every 0.1 s keeps each read under its timeout: only the case's deadline ends it."""
+    def trickle(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        conn.sendall(first)
+        for _ in range(100):  # 10 s, then the connection closes: a probe without a deadline waits that long
+            if stop.wait(0.1):
+                return
+            conn.sendall(every)
+
+    [answer] = exchange(hostile(trickle).endpoint, b"GET / HTTP/1.1\r\n\r\n", ["GET"], 0.5)
+    assert (answer.kind, answer.error) == ("timeout", "no complete answer within 0.5 s")
+
+
+def test_websocket_chatter_that_answers_nothing_times_out_at_the_case_deadline(hostile):
+    def chatter(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
+        for _ in range(100):
+            conn.sendall(ws.send(TextMessage('{"type":"event","event":"tick"}')))
+            if stop.wait(0.1):
+                return
+
+    answer, _ = exchange_ws(hostile(http_or_ws(chatter)).endpoint, WsRequest(), CTX, "/", 0.5, "9.9.9")
+    assert (answer.kind, answer.stage, answer.error) == ("timeout", "connect", "no complete answer within 1 s")
+
+
+# ---- a cap on what is read -----------------------------------------------------------------------
+
+PAST_THE_CAP = MAX_BODY_BYTES + 1024 * 1024
+
+
+def test_a_chunk_claiming_a_huge_size_is_cut_at_the_body_cap(hostile):
+    def chunk_bomb(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFF\r\n" + b"A" * PAST_THE_CAP)
+        stop.wait(10)
+
+    [answer] = exchange(hostile(chunk_bomb).endpoint, b"GET / HTTP/1.1\r\n\r\n", ["GET"], 2.0)
+    assert (answer.kind, answer.status, len(answer.body)) == ("http", 200, MAX_BODY_BYTES)
+
+
+def test_a_refused_upgrade_with_a_huge_body_is_cut_at_the_body_cap(hostile):
+    def refusal(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 1000000000000\r\n\r\n" + b"A" * PAST_THE_CAP)
+        stop.wait(10)
+
+    answer, _ = exchange_ws(hostile(refusal).endpoint, WsRequest(), CTX, "/", 2.0, "9.9.9")
+    assert (answer.kind, answer.stage, answer.status, len(answer.body)) == ("http", "upgrade", 403, MAX_BODY_BYTES)
+
+
+def test_an_endless_websocket_message_is_cut_at_the_cap_and_judges_nothing(hostile):
+    def endless(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
+        part = "y" * 65536
+        for _ in range(PAST_THE_CAP // len(part)):
+            conn.sendall(ws.send(TextMessage(part, message_finished=False)))
+
+    answer, _ = exchange_ws(hostile(http_or_ws(endless)).endpoint, WsRequest(), CTX, "/", 2.0, "9.9.9")
+    assert (answer.kind, answer.stage) == ("error", "connect")
+    assert answer.error == "a message over 4 MiB came back: the probe reads no further"
+
+
+# ---- JSON nested too deep to parse ---------------------------------------------------------------
+
+
+def test_an_answer_nested_too_deep_is_an_unparsable_body_not_a_crash(hostile, capsys):
+    def deep(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        body = b"[" * 200_000
+        conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+
+    code, table = probe_cli(hostile(deep), capsys)
+    assert code == 1
+    assert "control.credential  control FAIL            refused: 401 [[[[" in table
+
+
+def test_a_websocket_frame_nested_too_deep_is_skipped_like_any_unparsable_frame(hostile):
+    def deep_then_answer(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
+        conn.sendall(ws.send(TextMessage("[" * 200_000)))
+        conn.sendall(ws.send(TextMessage(json.dumps({"type": "res", "id": CONNECT_ID, "ok": True, "payload": {}}))))
+
+    answer, _ = exchange_ws(hostile(http_or_ws(deep_then_answer)).endpoint, WsRequest(), CTX, "/", 2.0, "9.9.9")
+    assert (answer.kind, answer.stage, (answer.frame or {}).get("ok")) == ("ws-res", "connect", True)
+
+
+# ---- nothing the target writes reaches the terminal raw ------------------------------------------
+
+
+def close_with_escapes(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
+    conn.sendall(ws.send(CloseConnection(1008, FORGED)))
+
+
+def refuse_with_escapes(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
+    """The escapes JSON-encoded: parsing the frame decodes them."""
+    frame = {"type": "res", "id": CONNECT_ID, "ok": False, "error": {"code": "X", "message": FORGED}}
+    conn.sendall(ws.send(TextMessage(json.dumps(frame))))
+
+
+def http_refusal_with_escapes(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    body = json.dumps({"error": {"type": FORGED, "message": "x"}}).encode()
+    conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.mark.parametrize("behave", [
+    http_or_ws(close_with_escapes), http_or_ws(refuse_with_escapes), http_refusal_with_escapes,
+], ids=["ws-close-reason", "ws-error-message", "http-error-type"])
+def test_escapes_and_line_breaks_from_the_target_are_shown_escaped_in_the_table(hostile, capsys, behave):
+    code, table = probe_cli(hostile(behave), capsys)
+    assert code == 1
+    assert "\\x1b[2J" in table
+    assert "\x1b" not in table and "\x07" not in table
+    assert not [line for line in table.splitlines() if line.startswith("FAKE")]

@@ -7,6 +7,7 @@ are one client (attack corpus G4) and CIDR checks see the same form.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 
 from .caching import short_call_cache
@@ -31,12 +32,29 @@ def parse_ip(text: str) -> IPAddress | None:
     if "%" in candidate and ":" in candidate:  # IPv6 zone index: not part of the client's identity
         candidate = candidate.split("%", 1)[0]
     try:
-        address = ipaddress.ip_address(candidate)
+        address = ipaddress.ip_address(_embedded_ipv4(candidate))
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+# An IPv6 literal ending in a dotted quad, as ipaddr.js (the gateway's parser) reads one: each
+# octet as JavaScript's parseInt reads it (`01`, `0x1`), and `::a.b.c.d` as the IPv4-mapped address.
+_EMBEDDED_IPV4 = re.compile(r"(.*:)((?:0?\d+|0x[0-9a-f]+)(?:\.(?:0?\d+|0x[0-9a-f]+)){3})", re.IGNORECASE)
+
+
+def _embedded_ipv4(candidate: str) -> str:
+    """`candidate` spelt so that Python reads it as the gateway does (unchanged when not such a literal)."""
+    match = _EMBEDDED_IPV4.fullmatch(candidate)
+    if match is None:
+        return candidate
+    octets = [int(part, 16) if part.lower().startswith("0x") else int(part) for part in match[2].split(".")]
+    if max(octets) > 255:
+        return candidate  # refused on both sides
+    head = "::ffff:" if match[1] == "::" else match[1]
+    return f"{head}{octets[0] << 8 | octets[1]:x}:{octets[2] << 8 | octets[3]:x}"
 
 
 def normalize_ip(text: str | None) -> str | None:
@@ -67,7 +85,7 @@ def parse_network(entry: str) -> IPNetwork:
         raise ValueError(f"not an IP or CIDR: {entry!r}")
     if not slash:
         return ipaddress.ip_network(address)
-    mapped = ipaddress.ip_address(base).version == 6 and address.version == 4
+    mapped = ":" in base and address.version == 4  # an IPv6 spelling: its prefix counts 96 bits more
     bits = int(prefix) - 96 if mapped else int(prefix)
     return ipaddress.ip_network(f"{address}/{bits}", strict=False)
 

@@ -531,9 +531,12 @@ class GatewayConfig(BaseModel):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for entry in value:
+        """Each entry an IP or CIDR; blank ones are dropped, as the gateway skips them (refusing
+        them refused an edit the gateway took, with a token rotated in it)."""
+        entries = tuple(entry for entry in value if js_trim(entry))
+        for entry in entries:
             parse_network(entry)  # ValueError names the entry
-        return value
+        return entries
 
 
 # What the tool policy chain reads of `tools`, `agents`, `session` and `channels`: `True` keeps a

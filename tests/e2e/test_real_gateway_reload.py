@@ -85,15 +85,16 @@ def test_the_header_a_gateway_keeps_after_the_sidecar_moved_on_is_still_stripped
 
 def test_the_header_of_an_edit_the_sidecar_refuses_is_stripped_when_the_gateway_applies_it(
         gateway_with: Callable[..., RealGateway], start_sidecar: Callable[..., SidecarProcess]) -> None:
-    """A blank trustedProxies entry is ignored by the gateway and refused by the sidecar: the gateway
-    moved to x-remote-user, the sidecar kept x-forwarded-user and relayed the client's x-remote-user."""
+    """A trustedProxies entry with a zone index matches nothing at the gateway and is refused by the
+    sidecar: the gateway moved to x-remote-user, the sidecar kept x-forwarded-user and relayed the
+    client's x-remote-user."""
     gateway = gateway_with(trusted_proxy("x-forwarded-user", ["alice", "bob"]))
     sidecar = sidecar_for(gateway, start_sidecar)
     assert invoke(sidecar.url, {"x-forwarded-user": "bob"}) == 200
 
     def rename(config: dict[str, Any]) -> None:
         config["gateway"]["auth"]["trustedProxy"].update(userHeader="x-remote-user", allowUsers=["alice"])
-        config["gateway"]["trustedProxies"] = ["127.0.0.1", ""]
+        config["gateway"]["trustedProxies"] = ["127.0.0.1", "fe80::1%eth0"]
 
     edit(gateway, rename)
     assert wait_until(lambda: invoke(gateway.url, {"x-remote-user": "alice"}) == 200, 20), "the gateway applies the edit"

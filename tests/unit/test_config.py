@@ -792,3 +792,10 @@ def test_a_routing_path_the_sidecar_cannot_know_is_a_start_up_error(tmp_path: Pa
     with pytest.raises(ConfigError) as exc:
         load_with_gateway_file(tmp_path, gateway_file, {})
     assert list(problems_of(exc)) == [key]
+
+
+def test_blank_trusted_proxy_entries_are_skipped_as_the_gateway_skips_them(tmp_path: Path) -> None:
+    """Refusing them refused the whole edit where the gateway took it, a rotated token with it."""
+    config = load_config(write(tmp_path, "c.json", json.dumps({"gateway": {"trustedProxies": ["", " 10.0.0.1 ", "\u3000\ufeff"]}})),
+                         environ={})
+    assert config.rules.gateway.trusted_proxies == (" 10.0.0.1 ",)

@@ -168,7 +168,7 @@ def test_every_identity_header_any_version_named_stays_stripped(tmp_path: Path) 
     gateway_file.write_text(base % ("", " x-forwarded-user "))
     assert watcher.check() is True
     assert applied[-1].pipeline.identity_headers == {"x-auth-user", "x-forwarded-user", "x-upstream-user"}
-    gateway_file.write_text(base % (", ''", "x-remote-user"))  # a blank entry: the gateway ignores it, the sidecar refuses
+    gateway_file.write_text(base % (", 'fe80::1%eth0'", "x-remote-user"))  # a zone index: the gateway matches nothing by it, the sidecar refuses
     assert watcher.check() is False
     assert watcher.runtime.pipeline.identity_headers == {"x-auth-user", "x-forwarded-user", "x-remote-user", "x-upstream-user"}
     gateway_file.write_text("{gateway: {auth: {mode: 'trusted-proxy', trustedProxy: {userHeader: 'x-broken'")  # unparsable

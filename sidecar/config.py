@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 from .headers import HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
@@ -928,6 +928,8 @@ def load_config(
         except ValidationError as rules_exc:
             problems += _validation_problems(rules_exc, "")
         raise ConfigError(problems) from None
+    except SettingsError as exc:  # an OPENCLAW_SIDECAR_* value that is no JSON where one is needed
+        raise ConfigError([("sidecar", f"{exc} (a list or mapping in the environment is written as JSON)")]) from None
     finally:
         _FileSection.current.reset(token)
 

@@ -799,3 +799,12 @@ def test_blank_trusted_proxy_entries_are_skipped_as_the_gateway_skips_them(tmp_p
     config = load_config(write(tmp_path, "c.json", json.dumps({"gateway": {"trustedProxies": ["", " 10.0.0.1 ", "\u3000\ufeff"]}})),
                          environ={})
     assert config.rules.gateway.trusted_proxies == (" 10.0.0.1 ",)
+
+
+def test_an_environment_value_that_is_no_json_where_json_is_needed_is_a_config_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was a pydantic-settings traceback (admin/CLI red team); the value itself is not echoed."""
+    monkeypatch.setenv("OPENCLAW_SIDECAR_AUTH__PREVIOUS_TOKENS", "old-secret-1")
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", "sidecar: {}\n"), environ={})
+    assert "written as JSON" in str(exc.value) and "old-secret-1" not in str(exc.value)

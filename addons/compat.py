@@ -207,8 +207,10 @@ def answer_protocol_errors_as_node() -> None:
         return
 
     def make_error_response(status_code: int, message: str = "") -> bytes:
-        # Strangers choose these heads: counted, and logged at debug only (one line per request).
-        log.debug("answered %d at the HTTP layer: %s", status_code, message.splitlines()[0][:200] if message else "")
+        # Strangers choose these heads: counted, and logged at debug only (one line per request),
+        # without the bytes mitmproxy quotes after the colon: a request line may carry a password
+        # (`http://user:pw@host/`) or a `?token=`.
+        log.debug("answered %d at the HTTP layer: %s", status_code, message.split(":", 1)[0][:200] if message else "")
         if status_code == 400:
             HEAD_REFUSALS.inc()
             return HEAD_MALFORMED

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import logging
 import socket
 from collections.abc import Callable
 
@@ -70,6 +71,15 @@ def test_mitmproxys_own_error_answers_are_bare_and_counted() -> None:
     assert HEAD_REFUSALS._value.get() == before + 1
     assert _http1.make_error_response(502, "upstream failed") == (
         b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_a_refused_heads_bytes_stay_out_of_the_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    """mitmproxy quotes the request line it refused, which may carry a password or a token."""
+    compat.answer_protocol_errors_as_node()
+    with caplog.at_level(logging.DEBUG):
+        _http1.make_error_response(400, "Bad HTTP request line: b'GET http://u:pw-secret@h/?token=tok-secret HTTP/1.1'")
+    assert "answered 400 at the HTTP layer: Bad HTTP request line" in caplog.text
+    assert "secret" not in caplog.text
 
 
 def test_cached_hook_arguments_are_the_fields_in_order() -> None:

@@ -4,8 +4,10 @@ the proxy's event loop is busy, and a slow upstream check never stalls the proxy
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -21,12 +23,14 @@ from .metrics import REGISTRY
 log = logging.getLogger("sidecar.admin")
 UPSTREAM_CHECK_SECONDS = 2.0
 # A probe or a scrape sends its request at once and is answered in milliseconds: a connection idle
-# longer than ADMIN_IDLE_SECONDS is dropped, and none lives past ADMIN_CONNECTION_SECONDS (a head
-# dribbled a byte at a time never idles). At most ADMIN_MAX_CONNECTIONS are served at a time (each
-# holds a thread), ADMIN_MAX_PER_CLIENT of them from one address, so one client that dribbles
-# cannot take every slot and have the kubelet's probes refused and the pod restarted.
+# longer than ADMIN_IDLE_SECONDS is dropped, and one whose request head has not arrived within
+# ADMIN_HEAD_SECONDS is cut (a head dribbled a byte at a time never idles; a kept-alive scrape
+# connection is never cut while it is answered). At most ADMIN_MAX_CONNECTIONS are served at a
+# time (each holds a thread), ADMIN_MAX_PER_CLIENT of them from one address (one /64 for IPv6), so
+# one client that dribbles cannot take every slot and have the kubelet's probes refused and the
+# pod restarted.
 ADMIN_IDLE_SECONDS = 5.0
-ADMIN_CONNECTION_SECONDS = 10.0
+ADMIN_HEAD_SECONDS = 10.0
 ADMIN_MAX_CONNECTIONS = 64
 ADMIN_MAX_PER_CLIENT = 8
 _REAP_TICK_SECONDS = 0.25
@@ -69,6 +73,15 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.settimeout(self.server.idle_seconds)  # a half-sent head ends the connection
 
+    def handle_one_request(self) -> None:
+        self.server.await_head(self.connection)  # each head, the next one on a kept-alive connection too
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.server.head_arrived(self.connection)
+        return parsed
+
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
@@ -98,57 +111,83 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def _client_key(client_address: object) -> str:
+    """Whose share a connection counts against: its address, or for IPv6 its /64 (one host holds a
+    whole /64 as easily as one address)."""
+    host = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class AdminServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, host: str, port: int, health: Health, *, idle_seconds: float = ADMIN_IDLE_SECONDS,
-                 connection_seconds: float = ADMIN_CONNECTION_SECONDS, max_connections: int = ADMIN_MAX_CONNECTIONS,
+                 head_seconds: float = ADMIN_HEAD_SECONDS, max_connections: int = ADMIN_MAX_CONNECTIONS,
                  max_per_client: int = ADMIN_MAX_PER_CLIENT) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
         self.health = health
         self.idle_seconds = idle_seconds
-        self.connection_seconds = connection_seconds
+        self.head_seconds = head_seconds
         self.max_connections = max_connections
         self.max_per_client = max_per_client
         self._lock = threading.Lock()
-        self._open: dict[socket.socket, tuple[str, float]] = {}  # connection -> (client address, deadline)
+        # connection -> (client, deadline for the head it waits for; infinity while one is answered)
+        self._open: dict[socket.socket, tuple[str, float]] = {}
         self._per_client: Counter[str] = Counter()
         self._stopping = threading.Event()
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
-        client = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+        client = _client_key(client_address)
         with self._lock:
             admitted = len(self._open) < self.max_connections and self._per_client[client] < self.max_per_client
             if admitted:
-                self._open[request] = (client, time.monotonic() + self.connection_seconds)
+                self._open[request] = (client, time.monotonic() + self.head_seconds)
                 self._per_client[client] += 1
         if not admitted:
-            self.shutdown_request(request)  # no slot for it: closed at once, no thread started
+            super().shutdown_request(request)  # no slot for it: closed at once, no thread started
             return
         super().process_request(request, client_address)
 
-    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._lock:
-                client, _ = self._open.pop(request)
-                self._per_client[client] -= 1
-                if not self._per_client[client]:
-                    del self._per_client[client]
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        """The connection leaves the books before it is closed, so the reaper never touches it after."""
+        with self._lock:
+            client, _ = self._open.pop(request)
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
+        super().shutdown_request(request)
+
+    def await_head(self, connection: socket.socket) -> None:
+        self._set_deadline(connection, time.monotonic() + self.head_seconds)
+
+    def head_arrived(self, connection: socket.socket) -> None:
+        self._set_deadline(connection, math.inf)
+
+    def _set_deadline(self, connection: socket.socket, deadline: float) -> None:
+        with self._lock:
+            client, _ = self._open[connection]
+            self._open[connection] = (client, deadline)
 
     def _reap(self) -> None:
-        """Cut the connections past their deadline; their threads see the end of input and finish."""
+        """Cut the connections whose head is late; their threads see the end of input and finish."""
         while not self._stopping.wait(_REAP_TICK_SECONDS):
             now = time.monotonic()
-            with self._lock:
-                late = [connection for connection, (_, deadline) in self._open.items() if deadline <= now]
-            for connection in late:
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # closed meanwhile
+            with self._lock:  # under the lock: a connection in the books is not closed yet
+                for connection, (_, deadline) in self._open.items():
+                    if deadline <= now:
+                        try:
+                            connection.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
 
     @property
     def url(self) -> str:

@@ -62,7 +62,7 @@ class AuditEntry(NamedTuple):
             "time": _second(int(now)) + f".{int(now % 1 * 1000):03d}Z",
             "event": "decision", "request_id": self.request_id, "route": self.route, "decision": self.decision,
             "reason": self.reason, "status": self.status, "upstream_status": self.upstream_status,
-            "duration_ms": self.duration_ms, "method": self.method[:64], "target": redacted(self.target)[:512],
+            "duration_ms": self.duration_ms, "method": self.method[:64], "target": redacted(self.target),
             "client": self.client, "peer": self.peer, "auth": self.auth, "identity": self.identity,
             "previous_secret": self.previous_secret, "scopes": list(self.scopes) if self.scopes is not None else None,
             "tool": self.tool[:128] if self.tool else self.tool,
@@ -77,14 +77,12 @@ class AuditEntry(NamedTuple):
 
 
 _REDACTED = "[redacted]"
-# Path segments that are bearer secrets: a node capability, an artifact download ticket (after the
-# connection id) and a device-pairing setup code (after the last `/j/`, under any prefix).
-_PATH_SECRETS = (
-    re.compile("(" + re.escape(CAPABILITY_PREFIX) + r")[^/?#]*", re.IGNORECASE),
-    re.compile(r"(/api/artifacts/download/[^/?#]*/)[^?#]*", re.IGNORECASE),
-    re.compile(r"(.*/j/)[^?#]*", re.IGNORECASE),
-)
-_PATH_SECRET_HINT = re.compile(r"/__openclaw__/cap/|/api/artifacts/download/|/j/", re.IGNORECASE)
+TARGET_CHARS = 512  # what an audit line keeps of a target: cut before it is searched, so the work is bounded
+# Path segments that are bearer secrets: a node capability and an artifact download ticket (after
+# the connection id); a device-pairing setup code follows the last `/j/`, under any prefix.
+_CAPABILITY_SEGMENT = re.compile("(" + re.escape(CAPABILITY_PREFIX) + r")[^/?#]*", re.IGNORECASE)
+_ARTIFACT_TICKET = re.compile(r"(/api/artifacts/download/[^/?#]*/)[^?#]*", re.IGNORECASE)
+_JOIN_CODE = "/j/"
 # The gateway's query credentials, the assistant-media ticket and an OAuth callback's code and state.
 _QUERY_SECRETS = QUERY_CREDENTIALS | {"mediaticket", "code", "state"}
 _QUERY_PAIR = re.compile(r"(^|&)([^=&#]*)=([^&#]*)")
@@ -95,11 +93,18 @@ def redacted(target: str) -> str:
     capability, an artifact ticket or a pairing setup code in the path, and the query parameters
     that carry a credential, a media ticket or an OAuth code, under any spelling URLSearchParams
     decodes to them. The refusal stands; the secret stays out of the log."""
-    if "?" not in target and not _PATH_SECRET_HINT.search(target):
-        return target
+    target = target[:TARGET_CHARS]
     head, sep, query = target.partition("?")
-    for path_secret in _PATH_SECRETS:
-        head = path_secret.sub(lambda found: found[1] + _REDACTED, head)
+    lowered = head.lower()
+    if CAPABILITY_PREFIX in lowered:
+        head = _CAPABILITY_SEGMENT.sub(lambda found: found[1] + _REDACTED, head)
+    if "/api/artifacts/download/" in lowered:
+        head = _ARTIFACT_TICKET.sub(lambda found: found[1] + _REDACTED, head)
+    code = lowered.rfind(_JOIN_CODE)
+    if code >= 0:
+        head = head[:code + len(_JOIN_CODE)] + _REDACTED
+    if not sep:
+        return head
 
     def mask(pair: re.Match[str]) -> str:
         secret = unquote_plus(pair[2]).lower() in _QUERY_SECRETS

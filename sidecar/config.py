@@ -423,9 +423,13 @@ _MAX_TIMER_MS = 2_147_000_000
 def _gateway_number(value: Any) -> float:
     """What the gateway's schema takes for these keys (zod `number()`): a finite number, not a
     string or a boolean, which would fail its whole file."""
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise ValueError("must be a number")
-    return float(value)
+    try:
+        number = float(value) if type(value) in (int, float) else math.nan  # an int past a float's range overflows
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
 
 
 def _gateway_attempts(value: Any) -> int:

@@ -16,7 +16,6 @@ import logging
 import resource
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,6 @@ from sidecar.errors import ConfigError
 from sidecar.ipaddrs import normalize_ip
 from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
 from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED, VANISHED_REQUESTS
-from sidecar.pacing import RefusalPacer
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
 from sidecar.rpc import PREAUTH_MAX_BYTES, FrameVerdict, RpcSession
@@ -677,8 +675,7 @@ class ToolsInvokeGuard:
                 return
             if not admitted.rpc:
                 return
-            flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(
-                admitted, partial(self._paced, runtime.refusal_pacer, admitted.client_ip or peer_ip(flow)))
+            flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(admitted)
             seconds = runtime.config.sidecar.websocket.connect_seconds
             self._schedule(flow, seconds, lambda: close_websocket(flow, 1008, "connect timeout"), audit_as=Reason.WEBSOCKET_CONNECT_TIMEOUT)
         except Exception:
@@ -726,18 +723,6 @@ class ToolsInvokeGuard:
             log.exception("internal error judging a WebSocket frame; connection closed")
             message.drop()
             close_websocket(flow, 1011, "internal error")
-
-    @staticmethod
-    def _paced(pacer: RefusalPacer, client: str, refused: bool) -> float:
-        """A judged frame's place in its client's refusal streak, as for HTTP requests: the seconds
-        its answer waits (and, with it, every later frame of the connection)."""
-        if not refused:
-            pacer.let_through(client)
-            return 0.0
-        delay = pacer.refused(client)
-        if delay > 0:
-            REFUSALS_PACED.inc()
-        return delay
 
     def _frame_judged(self, flow: http.HTTPFlow, session: RpcSession, verdict: FrameVerdict) -> None:
         """After each verdict, on either layer: a connected session needs no connect timer; refusals,

@@ -48,3 +48,27 @@ class RefusalPacer:
 
     def __len__(self) -> int:
         return len(self._streaks)
+
+
+class RefusalBudget:
+    """The refused frames one RPC connection may collect: `burst` at once, given back at
+    `per_second`. Frames the gateway would act on never spend it, and never give it back either,
+    so allowed frames between refused ones do not reset it. A WebSocket client is not slowed by
+    making it wait (mitmproxy reads on, and queues what it reads): past the budget it is closed."""
+
+    def __init__(self, burst: float, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.per_second = per_second
+        self._clock = clock
+        self._tokens = burst
+        self._since = clock()
+
+    def spend(self) -> bool:
+        """One refusal; False when the budget is spent."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._since) * self.per_second)
+        self._since = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

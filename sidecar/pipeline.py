@@ -488,9 +488,8 @@ class Pipeline:
             return Refuse.because(Reason.INVALID_WEBSOCKET_UPGRADE)
         return None
 
-    def rpc_session(self, admitted: Admitted, pace: Callable[[bool], float]) -> RpcSession:
-        """The frame judge for one admitted RPC connection; `pace(refused)` is how long a judged
-        frame's answer waits (refusal pacing)."""
+    def rpc_session(self, admitted: Admitted) -> RpcSession:
+        """The frame judge for one admitted RPC connection."""
         caller = None if admitted.auth.method == CONNECT_FRAME_AUTH else admitted.auth
 
         async def check_secret(presented: str | None) -> AuthOutcome:
@@ -512,7 +511,7 @@ class Pipeline:
                 return Reason.LIMITER_UNAVAILABLE
             return None if verdict.allowed else Reason.REQUEST_RATE_LIMITED
 
-        return RpcSession(self.rpc_policy, caller, admitted.scopes or ResolvedScopes(()), check_secret, limit, pace)
+        return RpcSession(self.rpc_policy, caller, admitted.scopes or ResolvedScopes(()), check_secret, limit)
 
     def route_access(self, match: RouteMatch) -> "RouteAccess":
         """What the route table and `sidecar.routes` grant the route the gateway will run."""

@@ -94,6 +94,7 @@ class Reason(StrEnum):
     WEBSOCKET_CONNECT_TIMEOUT = "websocket_connect_timeout"
     PREAUTH_FRAME_TOO_LARGE = "preauth_frame_too_large"
     MALFORMED_FRAME = "malformed_frame"
+    REFUSED_FRAME_FLOOD = "refused_frame_flood"  # past the connection's budget of refused frames: closed 1008
     NODE_ROLE = "node_role"
     DEVICE_ABOVE_CEILING = "device_above_ceiling"
     CONNECT_REPEATED = "connect_repeated"
@@ -193,6 +194,7 @@ BUILT_ANSWERS: Final[Mapping[Reason, Callable[..., Envelope]]] = MappingProxyTyp
 FRAME_ONLY: Final = frozenset({
     Reason.WEBSOCKET_CONNECT_TIMEOUT, Reason.PREAUTH_FRAME_TOO_LARGE, Reason.MALFORMED_FRAME, Reason.NODE_ROLE,
     Reason.DEVICE_ABOVE_CEILING, Reason.CONNECT_REPEATED, Reason.UNKNOWN_METHOD, Reason.NODE_METHOD,
+    Reason.REFUSED_FRAME_FLOOD,
 })
 
 

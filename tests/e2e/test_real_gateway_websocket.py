@@ -24,7 +24,7 @@ from tests.wsclient import Closed, Rejected, WsClient
 
 from .conftest import REAL_GATEWAY_TOKEN as TOKEN
 from .harness import SidecarProcess, TestNet, http_request, raw_exchange
-from .ratelimit_helpers import avoid_minute_boundary, scrape_metric, wait_until
+from .ratelimit_helpers import avoid_minute_boundary, wait_until
 
 _reason = unavailable_reason()
 if _reason is not None:
@@ -200,30 +200,28 @@ def test_methods_that_act_are_refused_and_the_connection_stays(open_sc, method, 
     ws.close()
 
 
-def test_a_client_refused_frame_after_frame_is_paced_and_audited_with_its_granted_scopes(token_gateway, start_sidecar):
+def test_a_flood_of_refused_frames_closes_the_connection_and_is_audited_with_its_granted_scopes(token_gateway, open_sc):
     """Admin/CLI red team: one read-only connection sent 20,000 denied frames in 1.2 s, 10.7 MB of
-    audit lines, unpaced (refusal pacing held HTTP requests only). Refused frames now count in the
-    client's refusal streak as its HTTP requests do: past `afterRefusals` their answers wait, and the
-    connection's later frames with them. The lines name the scopes the connection was granted."""
-    sc = start_sidecar(sidecar_config(token_gateway, rateLimit={"loopbackDelayBaseMs": 0, "refusalPacing": {
-        "afterRefusals": 3, "baseDelayMs": 20, "maxDelayMs": 40}}))
-    ws, hello = session(sc.port, ["operator.read"])
+    audit lines. Its refused frames now spend a budget (40 at once, allowed frames between them
+    giving nothing back); past it the refusal is answered and the connection closed with 1008. The
+    lines name the scopes the connection was granted, not the upgrade's ceiling."""
+    ws, hello = session(open_sc.port, ["operator.read"])
     assert granted(hello) == ["operator.read"]
-    for n in range(6):
+    for n in range(40):
         refused = ws.call("config.apply", {"raw": "{}"}, request_id=f"x-{n}")
         assert refused["id"] == f"x-{n}" and refused["ok"] is False
-    assert scrape_metric(f"{sc.admin_url}/metrics", "openclaw_sidecar_refusals_paced_total") == 3  # the 4th to the 6th
-    assert ws.call("health")["ok"] is True  # let through: the streak starts again
-    assert ws.call("config.apply", {"raw": "{}"}, request_id="x-7")["ok"] is False
-    assert scrape_metric(f"{sc.admin_url}/metrics", "openclaw_sidecar_refusals_paced_total") == 3
-    ws.close()
+        if n == 20:
+            assert ws.call("health")["ok"] is True  # allowed, and no refill
+    last = ws.call("config.apply", {"raw": "{}"}, request_id="x-last")
+    assert last["ok"] is False
+    assert_closed_after(ws, 1008)
 
     def refused_lines() -> list[dict[str, Any]]:
-        return [line for line in sc.audit_lines() if line.get("method") == "config.apply"]
+        return [line for line in open_sc.audit_lines() if line.get("method") == "config.apply"]
 
-    assert wait_until(lambda: len(refused_lines()) == 7, 10)  # the audit writer writes in batches
-    lines = refused_lines()
-    assert {line["decision"] for line in lines} == {"refused"}
+    assert wait_until(lambda: any(line["reason"] == "refused_frame_flood" for line in refused_lines()), 10)  # written in batches
+    lines = refused_lines()[-41:]
+    assert [line["reason"] for line in lines] == ["method_denied"] * 40 + ["refused_frame_flood"]
     assert all(line["scopes"] == ["operator.read"] for line in lines)  # not the upgrade's ceiling, every scope
 
 

@@ -369,7 +369,7 @@ async def test_a_wrong_secret_in_the_connect_frame_gets_the_loopback_delay(make,
     connect = json.dumps({"type": "req", "id": "c1", "method": "connect", "params": {
         "minProtocol": 4, "maxProtocol": 4, "role": "operator", "auth": {"token": "wrong"},
         "client": {"id": "cli", "version": "1", "platform": "linux", "mode": "cli"}}}).encode()
-    verdict = await harness.pipeline.rpc_session(admitted, lambda refused: 0.0).client_frame(connect)
+    verdict = await harness.pipeline.rpc_session(admitted).client_frame(connect)
     assert verdict.verdict == "close" and slept == [0.25]
     assert ("record_failure", CLIENT) in harness.failures.calls
 

@@ -135,7 +135,7 @@ def test_rpc_frames_always_get_a_verdict_and_denied_methods_never_pass(frames) -
 
     async def run() -> None:
         session = RpcSession(PIPELINE.rpc_policy, AuthOutcome(True, "token", shared_secret=True),
-                             ResolvedScopes(DEFAULT_SCOPES), check_secret, limit, lambda refused: 0.0)
+                             ResolvedScopes(DEFAULT_SCOPES), check_secret, limit)
         for content in frames:
             verdict = await session.client_frame(content)
             assert verdict.verdict in ("forward", "reply", "drop", "close")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sidecar.auth import AuthOutcome, SharedSecretAuth
+from sidecar.pacing import RefusalBudget
 from sidecar.rpc import (
     GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
     scope_satisfied,
@@ -32,8 +33,6 @@ class Recorder:
         self.secrets: list[str | None] = []
         self.limits: list[tuple[str | None, str]] = []
         self.limited = limited
-        self.paced: list[bool] = []
-        self.delay = 0.0
 
     async def check_secret(self, presented: str | None) -> AuthOutcome:
         self.secrets.append(presented)
@@ -43,16 +42,11 @@ class Recorder:
         self.limits.append((user, tool))
         return self.limited
 
-    def pace(self, refused: bool) -> float:
-        self.paced.append(refused)
-        return self.delay if refused else 0.0
-
 
 def session(caller: AuthOutcome | None = None, scopes: tuple[str, ...] = DEFAULT_SCOPES, recorder: Recorder | None = None,
             **policy_overrides: Any) -> tuple[RpcSession, Recorder]:
     recorder = recorder or Recorder()
-    return RpcSession(policy(**policy_overrides), caller, ResolvedScopes(scopes), recorder.check_secret, recorder.limit,
-                      recorder.pace), recorder
+    return RpcSession(policy(**policy_overrides), caller, ResolvedScopes(scopes), recorder.check_secret, recorder.limit), recorder
 
 
 def connect_frame(*, auth: dict | None = None, scopes: list[str] | None = None, role: str = "operator",
@@ -291,24 +285,23 @@ async def test_refused_frames_get_an_error_with_the_same_id_and_keep_the_connect
     assert (frame["type"], frame["id"], frame["ok"], frame["error"]["code"]) == ("res", "abc", False, code)
 
 
-async def test_each_connected_frame_takes_its_place_in_the_refusal_streak(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Refused and dropped frames are refusals to pace, forwarded ones clear the streak; a frame
-    that closes the connection needs no pacing, nor does connect. The answer waits as told."""
-    recorder = Recorder()
-    rpc, _ = session(recorder=recorder)
+async def test_past_its_budget_of_refused_frames_a_connection_is_closed() -> None:
+    """Refused and dropped frames spend the budget, forwarded ones neither spend nor refill it (the
+    review: an allowed frame between refused ones reset a streak); past it the refusal is sent
+    and the connection closed with 1008. The budget refills with time."""
+    now = [0.0]
+    rpc, _ = session()
+    rpc.refusals = RefusalBudget(3, 1.0, clock=lambda: now[0])
     assert (await rpc.client_frame(connect_frame())).verdict == "forward"
-    slept: list[float] = []
-
-    async def record_sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    monkeypatch.setattr("sidecar.rpc.asyncio.sleep", record_sleep)
-    recorder.delay = 0.5
     verdicts = [(await rpc.client_frame(frame)).verdict for frame in (
-        req("config.patch"), b"not json", req("sessions.list"), req("terminal.open"), b"[" * 100_000)]
-    assert verdicts == ["reply", "drop", "forward", "reply", "close"]
-    assert recorder.paced == [True, True, False, True]
-    assert slept == [0.5, 0.5, 0.5]
+        req("config.patch"), b"not json", req("sessions.list"), req("terminal.open"))]
+    assert verdicts == ["reply", "drop", "forward", "reply"]
+    flood = await rpc.client_frame(req("config.patch", request_id="f"))
+    assert (flood.verdict, flood.reason, flood.close_code, flood.close_reason) == ("close", "refused_frame_flood", 1008,
+                                                                                     "too many refused requests")
+    assert answer(flood)["id"] == "f" and answer(flood)["ok"] is False  # the refusal itself is still answered
+    now[0] = 1.0
+    assert (await rpc.client_frame(req("config.patch"))).verdict == "reply"
 
 
 async def test_missing_scope_is_the_gateways_own_refusal() -> None:

@@ -35,6 +35,7 @@ PUBLIC_POWERS: frozenset[str] = frozenset({"liveness", "static"})
 AUTHENTICATED_POWERS: frozenset[str] = frozenset({"read", "tools", "rpc"})
 
 CAPABILITY_PREFIX = "/__openclaw__/cap/"
+PLUGIN_ROUTE_PREFIX = "plugin:"  # the rows of the gateway's plugin router
 CAPABILITY_QUERY = "oc_cap"
 NODE_CAPABILITY_ROUTE = "node-capability"
 # Query parameters the gateway reads as credentials (assistant media and public shares take
@@ -241,6 +242,12 @@ def capability_rewrite(path: str) -> tuple[str, bool, bool]:
 # ---- the table ----------------------------------------------------------------------------------
 
 
+def _in_plugin_router(entry: RouteEntry) -> bool:
+    """A route the gateway's plugin router matches on decoded path candidates (its WebSocket
+    upgrades are matched on the exact path)."""
+    return entry.name.startswith(PLUGIN_ROUTE_PREFIX) and entry.match in ("plugin", "plugin-prefix")
+
+
 ROUTE_CACHE_SIZE = 1024
 ROUTE_CACHEABLE_LENGTH = 256
 
@@ -286,15 +293,19 @@ class RouteTable:
         return RouteMatch(entry, routed, capability, malformed, credential, served)
 
     def _find(self, entries: tuple[RouteEntry, ...], method: str, path: str) -> RouteEntry | None:
-        candidates: list[str] | None = None
-        for entry in entries:
-            if entry.match in ("plugin", "plugin-prefix"):
-                if candidates is None:
-                    candidates, undecidable = plugin_path_candidates(path)
-                    if undecidable:
-                        # The gateway's plugin matcher fails closed on such paths too; which
-                        # handler would take one is not worth guessing: no route.
-                        return None
+        candidates, undecidable = plugin_path_candidates(path)
+        if undecidable:
+            # The gateway's plugin matcher fails closed on such paths; which handler would take
+            # one is not worth guessing: no route.
+            return None
+        for index, entry in enumerate(entries):
+            if _in_plugin_router(entry):
+                if entry is not self._plugin_stage_start(entries):
+                    continue  # the plugin router's rows are judged together, at its first
+                chosen = self._plugin_route(entries, candidates)
+                if chosen is not None:
+                    return chosen
+            elif entry.match in ("plugin", "plugin-prefix"):
                 if self._plugin_matches(entry, candidates):
                     return entry
             elif entry.match == "control-ui":
@@ -303,8 +314,35 @@ class RouteTable:
             elif self._core_matches(entry, path):
                 if entry.methods is not None and method not in entry.methods and self._method_split(entry, entries, method):
                     continue
+                # A core stage reads the path as it came; the plugin router, after it, reads every
+                # percent-decoding of it (`%252e%252e` climbs there). Where a decoding reaches a
+                # plugin route the two may not agree which handler runs: no route (red team: a
+                # /v1/models or /focus path ran a refused plugin, the admin RPC among them).
+                if any(self._plugin_matches(later, candidates) for later in entries[index + 1:]
+                       if later.match in ("plugin", "plugin-prefix")):
+                    return None
                 return entry
         return None
+
+    @staticmethod
+    def _plugin_stage_start(entries: tuple[RouteEntry, ...]) -> RouteEntry | None:
+        return next((e for e in entries if _in_plugin_router(e)), None)
+
+    @staticmethod
+    def _plugin_route(entries: tuple[RouteEntry, ...], candidates: list[str]) -> RouteEntry | None:
+        """findMatchingPluginHttpRoutes' first: exact routes before prefix ones, longer paths first."""
+        best: tuple[bool, int] | None = None
+        chosen = None
+        for entry in entries:
+            if not _in_plugin_router(entry):
+                continue
+            for route in entry.plugin_paths:
+                exact = entry.match == "plugin"
+                hit = any(c == route for c in candidates) if exact else any(_plugin_prefix_match(c, route) for c in candidates)
+                rank = (exact, len(route))
+                if hit and (best is None or rank > best):
+                    best, chosen = rank, entry
+        return chosen
 
     def _method_split(self, entry: RouteEntry, entries: tuple[RouteEntry, ...], method: str) -> bool:
         """One handler serving a path under two rows by method (assistant media GET vs POST)."""

@@ -235,6 +235,9 @@ def test_a_credential_in_the_query_string_is_refused(http, gateway, sidecar):
     ("GET", "/__openclaw__/board/s/n/index.html", AUTH, None, False),
     ("GET", "/__OPENCLAW__/A2UI/", {}, None, False),  # the canvas plugin's node-capability prefix, any case
     ("GET", "/__OPENCLAW__/A2UI/", AUTH, "x", False),
+    # a core path whose percent-decoding climbs into a plugin route, which the gateway runs (red team)
+    ("GET", "/v1/models/%252e%252e/%252e%252e/plugins/geolocation/lookup?ip=8.8.8.8", AUTH, None, True),
+    ("GET", "/focus/%252e%252e/plugins/geolocation/lookup?ip=8.8.8.8", AUTH, None, True),
 ])
 def test_routes_that_act_are_refused_with_the_gateways_404(http, gateway, sidecar, method, target, headers, body, acts):
     direct, proxied = both(http, gateway, sidecar, method, target, headers=headers, json=body)

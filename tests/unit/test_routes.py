@@ -159,6 +159,27 @@ def test_http_routes_in_router_order(method: str, path: str, route: str) -> None
     assert name_of(method, path) == route
 
 
+@pytest.mark.parametrize("method, path, route", [
+    # the plugin router takes its exact routes before its prefix ones, the longer first: opened
+    # plugin:channels carried the admin RPC (red team)
+    ("POST", "/api/channels/%252e%252e/%252e%252e/api/v1/admin/rpc", "plugin:admin-http-rpc"),
+    ("POST", "/api/channels/x", "plugin:channels"), ("POST", "/api/v1/admin/rpc", "plugin:admin-http-rpc"),
+    ("GET", "/plugins/geolocation/lookup", "plugin:geolocation"),
+    # a core stage matched the path as it came; a decoding of it reaches a plugin route: which runs
+    # is not the sidecar's to guess (they ran a refused plugin through /v1/models and /focus)
+    ("GET", "/v1/models/%252e%252e/%252e%252e/plugins/geolocation/lookup", "unknown"),
+    ("GET", "/focus/%252e%252e/plugins/geolocation/lookup", "unknown"),
+    ("GET", "/admin/focus/%252e%252e/%252e%252e/browser/extension", "plugin:browser-extension"),  # no base path here
+    ("GET", "/__openclaw__/plugins/control-ui/%252e%252e/%252e%252e/%252e%252e/plugins/geolocation/lookup", "unknown"),
+    ("GET", "/api/users/%2e%2e/%2e%2e/api/channels/x", "unknown"),
+    # ...and the same core paths, plainly spelt, are theirs
+    ("GET", "/v1/models", "openai-models"), ("GET", "/focus/abc", "control-ui-documents"),
+    ("GET", "/__openclaw__/plugins/control-ui/x.js", "control-ui-plugin-assets"),
+])
+def test_a_path_that_decodes_to_a_plugin_route_is_the_plugin_routers_or_nobodys(method: str, path: str, route: str) -> None:
+    assert name_of(method, path) == route
+
+
 @pytest.mark.parametrize("path, route", [
     ("/", "rpc-websocket"), ("/tools/invoke", "rpc-websocket"), ("/anything/x", "rpc-websocket"),
     ("/__openclaw__/worker", "worker-websocket"), ("/__openclaw__/worker/x", "worker-websocket"),

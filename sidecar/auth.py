@@ -174,18 +174,22 @@ class OriginPolicy:
         self.host_header_fallback = host_header_fallback
 
     def permits(self, view: RequestView, *, local_client: bool) -> bool:
+        return self.refusal(view, local_client=local_client) is None
+
+    def refusal(self, view: RequestView, *, local_client: bool) -> str | None:
+        """None when the Origin passes, else checkBrowserOrigin's reason for refusing it."""
         raw = view.first("origin")
         if raw is None:
-            return True
+            return None
         origin = parse_origin(raw)
         if origin is None:
-            return False
+            return "origin missing or invalid"
         if "*" in self.allowed or origin.origin in self.allowed:
-            return True
+            return None
         host = (view.first("host") or "").strip().lower()
         if host and origin.host == host and (self.host_header_fallback or _trusted_same_origin_host(host, local_client)):
-            return True
-        return local_client and _is_loopback_host(origin.hostname)
+            return None
+        return None if local_client and _is_loopback_host(origin.hostname) else "origin not allowed"
 
 
 class Authenticator(Protocol):
@@ -298,11 +302,16 @@ class TrustedProxyAuth:
         return AuthOutcome(True, "trusted-proxy", user=user, user_header_value=spelled)
 
 
+def origin_policy(config: Config) -> OriginPolicy:
+    control_ui = config.rules.gateway.control_ui
+    return OriginPolicy(control_ui.allowed_origins, control_ui.dangerously_allow_host_header_origin_fallback)
+
+
 def build_authenticator(config: Config, trusted: tuple[IPNetwork, ...] | None = None) -> Authenticator:
     """The authenticator for the configured mode; `trusted` is gateway.trustedProxies, parsed."""
     secrets = config.secrets
     gateway = config.rules.gateway
-    origins = OriginPolicy(gateway.control_ui.allowed_origins, gateway.control_ui.dangerously_allow_host_header_origin_fallback)
+    origins = origin_policy(config)
     if secrets.mode == "none":
         return NoneAuth(origins)
     if secrets.mode == "trusted-proxy":

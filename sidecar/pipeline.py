@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from . import envelopes
 from .attribution import Attribution, attribute
-from .auth import AuthOutcome, SharedSecretAuth, build_authenticator
+from .auth import AuthOutcome, SharedSecretAuth, build_authenticator, origin_policy
 from .body import MAX_BODY_BYTES, BodyError, parse_json_body, read_invoke_body
 from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
@@ -35,7 +35,7 @@ from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
-from .rpc import RpcPolicy, RpcSession
+from .rpc import BrowserOrigin, RpcPolicy, RpcSession
 from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolchain import ToolChain, ToolRequest
@@ -140,6 +140,7 @@ class Admitted:
     websocket: bool = False
     rpc: bool = False  # a gateway RPC WebSocket whose frames the sidecar judges
     shadowed: tuple[ReasonCode, ...] = ()  # refusals shadow mode let through (sidecar/shadow.py)
+    browser: BrowserOrigin | None = None  # an RPC upgrade with a non-blank Origin: checked at connect
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ class Pipeline:
         user_header = sidecar.upstream_auth.user_header or tp.user_header or "x-forwarded-user"
         self.trusted = tuple(parse_network(e) for e in gateway.trusted_proxies)
         self.authenticator = build_authenticator(self.config, self.trusted)
+        self.origins = origin_policy(self.config)
         self.context = sidecar.context_headers
         self.context_allow = frozenset(self.context.allow)
         self.tools = ToolChain(self.config.rules)
@@ -466,8 +468,11 @@ class Pipeline:
         plan = self._header_plan(view, attribution, outcome, scopes, head.websocket, head.access.passthrough,
                                  forward_client=not as_direct)
         headers = rebuild_headers(view, plan) + ((("X-Request-Id", view.request_id),) if view.request_id else ())
+        origin = view.first("origin") or ""
+        browser = BrowserOrigin.of(origin, self.origins.refusal(view, local_client=attribution.kind == "direct-local")) \
+            if head.rpc and js_trim(origin) else None
         return Admitted(head.route, head.target.origin_form, headers, attribution.client_ip, outcome, scopes,
-                        head.websocket, head.rpc, head.shadowed)
+                        head.websocket, head.rpc, head.shadowed, browser)
 
     def _enforced(self, refusal: Refuse, shadowed: ShadowNotes) -> Refuse | None:
         """The refusal, or (shadow mode, policy layers only) None with the reason noted."""
@@ -511,7 +516,8 @@ class Pipeline:
                 return Reason.LIMITER_UNAVAILABLE
             return None if verdict.allowed else Reason.REQUEST_RATE_LIMITED
 
-        return RpcSession(self.rpc_policy, caller, admitted.scopes or ResolvedScopes(()), check_secret, limit)
+        return RpcSession(self.rpc_policy, caller, admitted.scopes or ResolvedScopes(()), check_secret, limit,
+                          browser=admitted.browser)
 
     def route_access(self, match: RouteMatch) -> "RouteAccess":
         """What the route table and `sidecar.routes` grant the route the gateway will run."""

@@ -281,6 +281,30 @@ def tool_refusal_frame(request_id: Any, decision: ToolDecision, tool: str) -> Fr
                         method=TOOLS_INVOKE, tool=tool, detail=decision.detail)
 
 
+ORIGIN_NOT_ALLOWED = ("origin not allowed (open the Control UI from the gateway host or allow it in "
+                      "gateway.controlUi.allowedOrigins)")
+BROWSER_COPILOT_CLIENT = "openclaw-browser-copilot"
+_CHROME_EXTENSION_ORIGIN = re.compile(r"(?i:chrome-extension)://[a-p]{32}/?")
+
+
+@dataclass(frozen=True)
+class BrowserOrigin:
+    """A browser's RPC upgrade (a non-blank Origin), as the gateway's connect will check it."""
+
+    refusal: str | None  # checkBrowserOrigin's reason; None when the origin passes
+    extension: bool  # a Chrome extension's own origin, which the gateway leaves to its browser copilot
+
+    @classmethod
+    def of(cls, raw: str, refusal: str | None) -> "BrowserOrigin":
+        return cls(refusal, _CHROME_EXTENSION_ORIGIN.fullmatch(js_trim(raw)) is not None)
+
+    def refuses(self, client: Mapping[str, Any]) -> str | None:
+        """The reason the gateway refuses this client's connect on its origin, if it does."""
+        client_id = client.get("id")
+        copilot = isinstance(client_id, str) and js_trim(client_id).lower() == BROWSER_COPILOT_CLIENT
+        return None if copilot and self.extension else self.refusal
+
+
 # The gateway's words for a first frame that is no request, or a request other than connect.
 INVALID_REQUEST_FRAME = "invalid request frame"
 NOT_CONNECT_FIRST = "invalid handshake: first request must be connect"
@@ -448,13 +472,14 @@ class RpcSession:
     def __init__(self, policy: RpcPolicy, caller: AuthOutcome | None, allowed: ResolvedScopes,
                  check_secret: Callable[[str | None], Awaitable[AuthOutcome]],
                  limit: Callable[[str | None, str], Awaitable[Reason | None]],
-                 refusals: RefusalBudget | None = None) -> None:
+                 refusals: RefusalBudget | None = None, browser: BrowserOrigin | None = None) -> None:
         self.policy = policy
         self.caller = caller
         self.allowed = frozenset(allowed.scopes)
         self.check_secret = check_secret
         self.limit = limit
         self.refusals = refusals or RefusalBudget(REFUSED_FRAME_BURST, REFUSED_FRAMES_PER_SECOND)
+        self.browser = browser
         self.scopes: frozenset[str] | None = None  # granted at connect
         self.caps: frozenset[str] = frozenset()  # the connect frame's client capabilities (tools need some)
 
@@ -512,6 +537,13 @@ class RpcSession:
             return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST",
                                         "role not allowed through this proxy: only operator connections are relayed")
         auth = raw_auth if isinstance(raw_auth, dict) else {}
+        origin_refusal = self.browser.refuses(client) if self.browser is not None else None
+        if origin_refusal is not None:
+            # The gateway refuses a browser's origin before it reads any credential; answering the
+            # credential first told any web page whether its guess was right (red team).
+            return self._refuse_connect(request_id, Reason.ORIGIN_NOT_ALLOWED, "INVALID_REQUEST", ORIGIN_NOT_ALLOWED,
+                                        {"code": "CONTROL_UI_ORIGIN_NOT_ALLOWED", "reason": origin_refusal},
+                                        close_reason=ORIGIN_NOT_ALLOWED)
         if self.caller is None:
             presented = auth.get("token") if isinstance(auth.get("token"), str) else auth.get("password")
             outcome = await self.check_secret(presented if isinstance(presented, str) else None)

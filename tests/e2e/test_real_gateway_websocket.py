@@ -141,6 +141,20 @@ def test_a_wrong_or_missing_token_in_the_frame_gets_the_gateways_own_refusal(tok
     assert refusals[1] == refusals[0]
 
 
+def test_a_page_from_a_foreign_origin_learns_nothing_of_its_guess(token_gateway, open_sc):
+    """The gateway refuses a browser's origin before it reads the connect frame's credential; the
+    sidecar answered the credential first, so any web page could tell a right guess from a wrong
+    one (red team: 300 guesses in 96 s). Both now give the same answer to either."""
+    answers = []
+    for port in (token_gateway.port, open_sc.port):
+        for token in ("a-wrong-guess", TOKEN):
+            ws, refused = session(port, ["operator.read"], token=token, headers=[("Origin", "https://evil.example")])
+            assert_closed_after(ws, 1008)
+            answers.append(refused["error"])
+    assert answers[0]["details"]["code"] == "CONTROL_UI_ORIGIN_NOT_ALLOWED"
+    assert all(error == answers[0] for error in answers), answers
+
+
 def test_failed_frame_secrets_lock_the_client_out(token_gateway, start_sidecar):
     sc = start_sidecar({**sidecar_config(token_gateway),
                         "gateway": {"auth": {"rateLimit": {"maxAttempts": 2, "exemptLoopback": False}}}})

@@ -10,6 +10,7 @@ import pytest
 from sidecar.auth import AuthOutcome, SharedSecretAuth
 from sidecar.pacing import RefusalBudget
 from sidecar.rpc import (
+    BrowserOrigin,
     GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
     scope_satisfied,
 )
@@ -44,9 +45,10 @@ class Recorder:
 
 
 def session(caller: AuthOutcome | None = None, scopes: tuple[str, ...] = DEFAULT_SCOPES, recorder: Recorder | None = None,
-            **policy_overrides: Any) -> tuple[RpcSession, Recorder]:
+            browser: BrowserOrigin | None = None, **policy_overrides: Any) -> tuple[RpcSession, Recorder]:
     recorder = recorder or Recorder()
-    return RpcSession(policy(**policy_overrides), caller, ResolvedScopes(scopes), recorder.check_secret, recorder.limit), recorder
+    return RpcSession(policy(**policy_overrides), caller, ResolvedScopes(scopes), recorder.check_secret, recorder.limit,
+                      browser=browser), recorder
 
 
 def connect_frame(*, auth: dict | None = None, scopes: list[str] | None = None, role: str = "operator",
@@ -283,6 +285,27 @@ async def test_refused_frames_get_an_error_with_the_same_id_and_keep_the_connect
     assert (verdict.verdict, verdict.reason) == ("reply", reason)
     frame = answer(verdict)
     assert (frame["type"], frame["id"], frame["ok"], frame["error"]["code"]) == ("res", "abc", False, code)
+
+
+@pytest.mark.parametrize("browser, client_id, checked", [
+    (BrowserOrigin.of("https://evil.example", "origin not allowed"), "cli", False),
+    (BrowserOrigin.of("https://evil.example", "origin not allowed"), "openclaw-browser-copilot", False),
+    (BrowserOrigin.of("chrome-extension://" + "a" * 32, "origin not allowed"), "openclaw-browser-copilot", True),
+    (BrowserOrigin.of("https://gw.local", None), "cli", True),
+])
+async def test_a_browsers_origin_is_judged_before_its_credential(browser: BrowserOrigin, client_id: str, checked: bool) -> None:
+    """As the gateway's connect does: answering the credential first told any web page in the
+    user's browser whether its guess was right (red team: 300 guesses in 96 s, the right one
+    standing out). The browser copilot's own Chrome extension origin is left to the gateway."""
+    rpc, recorder = session(browser=browser)
+    verdict = await rpc.client_frame(connect_frame(auth={"token": "guess"}, client={"id": client_id, "version": "1",
+                                                                                     "platform": "linux", "mode": "ui"}))
+    assert (recorder.secrets == ["guess"]) is checked
+    if not checked:
+        assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "origin_not_allowed", 1008)
+        error = answer(verdict)["error"]
+        assert error["details"] == {"code": "CONTROL_UI_ORIGIN_NOT_ALLOWED", "reason": "origin not allowed"}
+        assert error["message"].startswith("origin not allowed (open the Control UI")
 
 
 async def test_past_its_budget_of_refused_frames_a_connection_is_closed() -> None:

@@ -497,10 +497,15 @@ class Pipeline:
         """The frame judge for one admitted RPC connection."""
         caller = None if admitted.auth.method == CONNECT_FRAME_AUTH else admitted.auth
 
+        # A browser on this host counts its failures against its origin, never exempt (the gateway's
+        # browser limiter): any page can open a loopback connection (red team: 106 guesses unlocked).
+        browser = admitted.browser
+        limited_as = browser.limit_key if browser is not None and is_loopback(admitted.client_ip) else admitted.client_ip
+
         async def check_secret(presented: str | None) -> AuthOutcome:
             authenticator = self.authenticator
             assert isinstance(authenticator, SharedSecretAuth)
-            result = await self._limited_check(admitted.client_ip, True, lambda: authenticator.check(presented))
+            result = await self._limited_check(limited_as, True, lambda: authenticator.check(presented))
             if not isinstance(result, Refuse):
                 return result
             if result.delay_s > 0:

@@ -116,6 +116,7 @@ Clock = Callable[[], float]
 REDIS_KEY_PREFIX: Final = "openclaw-sidecar"
 AUTH_SCOPE: Final = "shared-secret"
 LOOPBACK_HISTORY_CAP: Final = 6
+BROWSER_ORIGIN_SUBJECT: Final = "browser-origin:"
 DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
 DEFAULT_PROBE_INTERVAL_S: Final = 1.0
 _SEQ_TTL_MIN_S: Final = 86_400
@@ -221,7 +222,10 @@ async def _close_storage(storage: Storage) -> None:
 
 
 def auth_key(ip: str | None) -> str:
-    """The limiter key of a client address: ``shared-secret:<normalized ip or 'unknown'>``."""
+    """The limiter key of a client address: ``shared-secret:<normalized ip or 'unknown'>``; a
+    browser origin's subject (``browser-origin:...``) passes as it is, as upstream passes it."""
+    if ip is not None and ip.startswith(BROWSER_ORIGIN_SUBJECT):
+        return f"{AUTH_SCOPE}:{ip}"
     return f"{AUTH_SCOPE}:{normalize_ip(ip) or 'unknown'}"
 
 

@@ -25,11 +25,12 @@ from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal
 
-from .auth import AuthOutcome
+from .auth import AuthOutcome, parse_origin
 from .body import BodyError, invoke_body_of, strict_json
 from .config import Config
 from .envelopes import compact_json
 from .pacing import RefusalBudget
+from .ratelimit import BROWSER_ORIGIN_SUBJECT
 from .reasons import Reason, ReasonCode
 from .scopes import ADMIN, ResolvedScopes
 from .shadow import SHADOWABLE_REASONS
@@ -284,6 +285,7 @@ def tool_refusal_frame(request_id: Any, decision: ToolDecision, tool: str) -> Fr
 ORIGIN_NOT_ALLOWED = ("origin not allowed (open the Control UI from the gateway host or allow it in "
                       "gateway.controlUi.allowedOrigins)")
 BROWSER_COPILOT_CLIENT = "openclaw-browser-copilot"
+BROWSER_ORIGIN_UNPARSED = "198.18.0.1"  # the gateway's stand-in for an Origin URL cannot parse
 _CHROME_EXTENSION_ORIGIN = re.compile(r"(?i:chrome-extension)://[a-p]{32}/?")
 
 
@@ -293,10 +295,19 @@ class BrowserOrigin:
 
     refusal: str | None  # checkBrowserOrigin's reason; None when the origin passes
     extension: bool  # a Chrome extension's own origin, which the gateway leaves to its browser copilot
+    # What a loopback browser's failed secrets count against (resolveBrowserOriginRateLimitKey):
+    # its origin, never exempt from lockout as a loopback address is, since any page can open one.
+    limit_key: str = BROWSER_ORIGIN_UNPARSED
 
     @classmethod
     def of(cls, raw: str, refusal: str | None) -> "BrowserOrigin":
-        return cls(refusal, _CHROME_EXTENSION_ORIGIN.fullmatch(js_trim(raw)) is not None)
+        origin = parse_origin(raw)
+        if origin is None:
+            limit_key = BROWSER_ORIGIN_UNPARSED
+        else:  # URL.origin: "null" for a scheme without a network origin
+            special = origin.origin.split("://", 1)[0] in ("http", "https", "ws", "wss", "ftp")
+            limit_key = BROWSER_ORIGIN_SUBJECT + (origin.origin if special else "null")
+        return cls(refusal, _CHROME_EXTENSION_ORIGIN.fullmatch(js_trim(raw)) is not None, limit_key)
 
     def refuses(self, client: Mapping[str, Any]) -> str | None:
         """The reason the gateway refuses this client's connect on its origin, if it does."""

@@ -155,6 +155,29 @@ def test_a_page_from_a_foreign_origin_learns_nothing_of_its_guess(token_gateway,
     assert all(error == answers[0] for error in answers), answers
 
 
+def test_a_browser_on_the_gateways_host_is_locked_out_by_its_origin(start_sidecar):
+    """A loopback client is never locked out, only slowed; a browser on the same host is (the
+    gateway's browser limiter, keyed by origin): any page can open a loopback connection (red
+    team: 106 wrong guesses answered through the sidecar, then the right token accepted)."""
+    gateway = RealGateway({"mode": "token", "token": TOKEN}, {"gateway": {"auth": {"rateLimit": {"maxAttempts": 3}}}})
+    try:
+        sc = start_sidecar(sidecar_config(gateway))
+        for port in (gateway.port, sc.port):
+            origin = [("Origin", f"http://localhost:{port}")]  # a same-host page the gateway lets in
+            for _ in range(3):
+                ws, refused = session(port, ["operator.read"], token="a-wrong-guess", headers=origin)
+                assert refused["error"]["details"]["code"] == "AUTH_TOKEN_MISMATCH"
+                ws.close()
+            ws, locked = session(port, ["operator.read"], headers=origin)  # the right token, too late
+            assert locked["error"]["details"]["code"] == "AUTH_RATE_LIMITED", (port, locked)
+            ws.close()
+            ws, hello = session(port, ["operator.read"])  # the same host without a browser: its own budget
+            assert granted(hello) == ["operator.read"]
+            ws.close()
+    finally:
+        gateway.stop()
+
+
 def test_failed_frame_secrets_lock_the_client_out(token_gateway, start_sidecar):
     sc = start_sidecar({**sidecar_config(token_gateway),
                         "gateway": {"auth": {"rateLimit": {"maxAttempts": 2, "exemptLoopback": False}}}})

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.rpc import TOOLS_INVOKE_SCHEMA, request_frame_errors, schema_errors
+from sidecar.rpc import TOOLS_INVOKE_SCHEMA, BrowserOrigin, request_frame_errors, schema_errors
 from tests.gateway.oracle import call_gateway, gateway_request_frame_checks
 from tests.gateway.real_gateway import unavailable_reason
 from tests.node import gateway_node
@@ -118,3 +118,17 @@ def test_tools_invoke_params_are_checked_in_the_gateways_words() -> None:
     assert differ == [], f"{len(differ)} of {len(texts)} differ, first: {differ[:3]}"
     assert 300 < sum(answer is None for answer in theirs) < len(texts) - 300
 
+
+
+ORIGINS = ["HTTP://LocalHost:5173/", "https://a.example:443", "http://a.example:80", "https://A.Example.", "ws://h:1",
+           "chrome-extension://" + "a" * 32, "not an origin", "null", "http://[::1]:8080", " http://x ", "http://x:99999"]
+
+
+def test_a_loopback_browsers_failures_count_against_the_origin_the_gateway_keys_them_by() -> None:
+    """resolveBrowserOriginRateLimitKey: the URL's origin, lower-cased, or a stand-in address. An
+    Origin the sidecar cannot parse where URL can (a path, say) shares the stand-in: stricter."""
+    theirs = call_gateway([], """
+        answer(input.map((o) => { try { return "browser-origin:" + new URL(o.trim()).origin.toLowerCase(); }
+                                  catch { return "198.18.0.1"; } }));""", ORIGINS)
+    mine = [BrowserOrigin.of(origin, None).limit_key for origin in ORIGINS]
+    assert mine == theirs

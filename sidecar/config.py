@@ -446,8 +446,10 @@ def _gateway_duration_ms(value: Any) -> int:
 
 class AuthRateLimitConfig(BaseModel):
     """Read as the gateway reads it, so that every value its schema takes is taken here too: an
-    edit refused here alone would keep a token rotated in the same edit out."""
-    model_config = _LENIENT
+    edit refused here alone would keep a token rotated in the same edit out. Its keys are all
+    here, and an unknown one fails the gateway's whole file (a strict object), so it is refused
+    here too: applied here alone, it left the sidecar on limits the gateway never took."""
+    model_config = _STRICT
     max_attempts: Annotated[int, BeforeValidator(_gateway_attempts)] = 10
     window_ms: Annotated[int, BeforeValidator(_gateway_duration_ms)] = 60_000
     lockout_ms: Annotated[int, BeforeValidator(_gateway_duration_ms)] = 300_000

@@ -195,7 +195,7 @@ gateway:
   auth:
     token: T
     allowTailscale: true
-    rateLimit: {maxAttempts: 4, someFutureKnob: 1}
+    rateLimit: {maxAttempts: 4}  # a strict object at the gateway: an unknown key there fails its file
     trustedProxy: {userHeader: x-user, futureKey: 2}
   tools: {allow: [], futureField: 3}
   controlUi: {enabled: true, allowedOrigins: []}
@@ -217,6 +217,7 @@ session: {scope: per-sender}
         ("gateway:\n  trustedProxies: [10.0.0.0/33]\n", "gateway.trustedProxies"),
         ("gateway:\n  auth: {mode: magic}\n", "gateway.auth.mode"),
         ("gateway:\n  auth: {rateLimit: {maxAttempts: '3'}}\n", "gateway.auth.rateLimit.maxAttempts"),  # a string fails the gateway's file too
+        ("gateway:\n  auth: {rateLimit: {maxAttempts: 50, bogusKey: 1}}\n", "gateway.auth.rateLimit.bogusKey"),  # so does an unknown key
         ("gateway:\n  auth: {rateLimit: {windowMs: 1%s}}\n" % ("0" * 400), "gateway.auth.rateLimit.windowMs"),  # past a float: an overflow
         # required of the ingress, but a header the sidecar deletes: the gateway would refuse everything
         ("gateway:\n  auth: {trustedProxy: {requiredHeaders: [X-Real-IP]}}\n", "gateway.auth.trustedProxy.requiredHeaders"),

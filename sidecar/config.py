@@ -434,8 +434,9 @@ def _gateway_number(value: Any) -> float:
 
 def _gateway_attempts(value: Any) -> int:
     """The gateway compares failures in the window (a whole count, 1 with the failure just
-    recorded) with `maxAttempts` as given: 2.5 locks at 3, and anything up to 1 at the first."""
-    return max(1, math.ceil(_gateway_number(value)))
+    recorded) with `maxAttempts` as given: 2.5 locks at 3, anything up to 1 at the first, and
+    anything up to 0 also at every check while it holds the client (read as 0)."""
+    return max(0, math.ceil(_gateway_number(value)))
 
 
 def _gateway_duration_ms(value: Any) -> int:

@@ -22,7 +22,9 @@ OpenClaw 2026.9.6 enforces per real client (`AuthFailureLimiter`):
   failures and lockouts on record stay and are judged by the new limits, and ``check()``
   locks a key whose window already holds the (lowered) ``max_attempts``.  A lockout of 0
   ends at once and takes the key's history with it (that one check is refused, with no
-  ``Retry-After``);
+  ``Retry-After``). ``max_attempts`` 0 (upstream: anything up to 0) locks at the first failure
+  and locks again at each check within ``RELOCK_MS`` of the last lockout's end, where upstream's
+  check re-locks a client its minute's prune has not dropped yet;
 * loopback clients (with ``exempt_loopback``) are never locked; each failure instead
   returns a delay for the 401: ``min(base * 2**(n-1), cap)`` with ``n`` the recent
   failures (history capped at 6): 0.25, 0.5, 1, 2, 4, 5, 5 ... seconds by default.
@@ -117,6 +119,7 @@ REDIS_KEY_PREFIX: Final = "openclaw-sidecar"
 AUTH_SCOPE: Final = "shared-secret"
 LOOPBACK_HISTORY_CAP: Final = 6
 BROWSER_ORIGIN_SUBJECT: Final = "browser-origin:"
+RELOCK_MS: Final = 60_000  # the gateway's prune interval: how long after a lockout it may still hold a client
 DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
 DEFAULT_PROBE_INTERVAL_S: Final = 1.0
 _SEQ_TTL_MIN_S: Final = 86_400
@@ -303,11 +306,16 @@ class _FailureLog:
         times recorded under a shorter window expire with it, and a larger max_attempts counts
         only the failures the old ring kept."""
         self.max_attempts = max_attempts
+        # maxAttempts 0 (anything up to 0 at the gateway): the first failure locks, and the gateway's
+        # check locks again a client it still holds, which its minute's prune lets go of.
+        self.threshold = max(1, max_attempts)
+        self.relock = max_attempts < 1
         self.window_ms = window_ms
         self.lockout_ms = lockout_ms
         self.ring = max(1, ring)
         self._t_ttl = math.ceil(window_ms / 1000) + 2
-        self._lock_ttl = math.ceil((lockout_ms + window_ms) / 1000) + 2
+        held = max(window_ms, RELOCK_MS) if self.relock else window_ms
+        self._lock_ttl = math.ceil((lockout_ms + held) / 1000) + 2
         self._seq_ttl = max(_SEQ_TTL_MIN_S, 2 * self._lock_ttl)
 
     # keys: the {...} hash tag keeps one client's keys on one Redis Cluster slot
@@ -349,9 +357,11 @@ class _FailureLog:
         if until:
             if now < until:
                 return until - now, False
+            if self.relock and now - until < RELOCK_MS:
+                return await self._set_lock(key, now + self.lockout_ms, now) - now, False
             await self.clear(key, seq, keep_tracked=True)  # lockout over: the history goes with it
             return None, True
-        if seq >= self.max_attempts and await self._window_full(key, seq, now, recorded_now=False):
+        if seq >= self.threshold and await self._window_full(key, seq, now, recorded_now=False):
             # max_attempts lowered since these failures: the gateway's check locks such a client at once
             return await self._lock_out(key, now), False
         return None, not seq
@@ -372,7 +382,7 @@ class _FailureLog:
     async def _lock_out(self, key: str, now: int) -> int:
         """Lock the key for lockout_ms; returns the milliseconds left. A lockout of 0 is over at
         once and, as at the gateway's next look, takes the history with it."""
-        if self.lockout_ms > 0:
+        if self.lockout_ms > 0 or self.relock:  # (a lock over at once still marks a client to lock again)
             return await self._set_lock(key, now + self.lockout_ms, now) - now
         await self.clear(key, keep_tracked=True)
         return 0
@@ -381,7 +391,7 @@ class _FailureLog:
         """The window holds max_attempts failures: failure `seq - max_attempts + 1` is in it.
         One recorded now counts whatever the window (the gateway adds it after dropping the old
         ones); at a check every failure must be younger than the window, none with a window of 0."""
-        oldest = seq - self.max_attempts + 1
+        oldest = seq - self.threshold + 1
         if oldest < 1:
             return False
         if oldest == seq and recorded_now:
@@ -638,8 +648,8 @@ class _Guard(Generic[_C]):
 
 
 def _check_limits(max_attempts: int, window_ms: int, lockout_ms: int) -> None:
-    if max_attempts < 1:
-        raise ValueError("max_attempts must be >= 1")
+    if max_attempts < 0:
+        raise ValueError("max_attempts must be >= 0 (0: lock at the first failure, and again at each check for a minute)")
     if window_ms < 0:
         raise ValueError("window_ms must be >= 0")
     if lockout_ms < 0:

@@ -285,6 +285,22 @@ async def test_reset_while_locked_clears_the_lock(make_limiter: Callable[..., Au
     assert (await limiter.check(IP)).allowed
 
 
+async def test_max_attempts_0_locks_at_once_and_again_at_each_check_for_a_minute(
+        make_limiter: Callable[..., AuthFailureLimiter], clock: FakeClock) -> None:
+    """maxAttempts up to 0 at the gateway: the first failure locks, and its check locks again any
+    client it still holds (0 failures >= 0) until its minute's prune lets go. Read as 1 before,
+    a client got a guess per lockout, where the gateway gave one per pause of a minute (red team)."""
+    limiter = make_limiter(max_attempts=0, lockout_ms=1000)
+    assert await attempt(limiter, IP, good=False) == 401
+    assert await limiter.check(IP) == LimitVerdict(False, retry_after_s=1)
+    for _ in range(5):  # trying again as each lockout ends: locked again each time
+        clock.advance(1.5)
+        assert await attempt(limiter, IP, good=True) == 429
+    clock.advance(61)  # a minute's pause after the last lockout: let go
+    assert await attempt(limiter, IP, good=True) == 200
+    assert (await limiter.check(OTHER)).allowed
+
+
 async def test_zero_lockout_never_locks(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
     limiter = make_limiter(max_attempts=1, lockout_ms=0)
     for _ in range(3):
@@ -590,7 +606,7 @@ def test_errors_and_logs_do_not_carry_the_password() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_attempts": 0}, {"window_ms": -1}, {"lockout_ms": -1}, {"max_entries": 0}, {"loopback_delay_base_ms": -1}],
+    [{"max_attempts": -1}, {"window_ms": -1}, {"lockout_ms": -1}, {"max_entries": 0}, {"loopback_delay_base_ms": -1}],
 )
 def test_invalid_parameters(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):

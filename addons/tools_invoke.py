@@ -559,14 +559,14 @@ class ToolsInvokeGuard:
     def _audit(self, flow: http.HTTPFlow, decision: str, reason: ReasonCode, status: int | None, *,
                refusal: Refuse | None = None, tool: str | None = None, method: str | None = None,
                upstream_status: int | None = None, shadowed: tuple[str, ...] = (), detail: str | None = None,
-               outcome: str | None = None, granted: frozenset[str] | None = None) -> None:
+               outcome: str | None = None, granted: tuple[str, ...] | None = None) -> None:
         """Logged from the view the decision was made on, not from the flow we may have rewritten;
         `method` names a WebSocket RPC method instead of the HTTP one, `granted` the scopes its
         connection was granted at connect (the upgrade's are only a ceiling)."""
         view: RequestView | None = flow.metadata.get(VIEW)
         admitted: Admitted | None = flow.metadata.get(ADMITTED)
         auth = admitted.auth if admitted else refusal.auth if refusal else None
-        scopes = tuple(sorted(granted)) if granted is not None else tuple(admitted.scopes.scopes) if admitted and admitted.scopes else None
+        scopes = granted if granted is not None else tuple(admitted.scopes.scopes) if admitted and admitted.scopes else None
         started = flow.request.timestamp_start
         audit.record(audit.AuditEntry(
             request_id=flow.id, route=admitted.route if admitted else (refusal.route if refusal else None) or "head",
@@ -732,7 +732,7 @@ class ToolsInvokeGuard:
         if verdict.verdict != "forward" or verdict.method == "connect" or verdict.shadowed:
             decision = "shadowed" if verdict.shadowed else "forwarded" if verdict.verdict == "forward" else "refused"
             self._audit(flow, decision, verdict.reason, None, tool=verdict.tool, method=verdict.method,
-                        shadowed=(verdict.reason,) if verdict.shadowed else (), detail=verdict.detail, granted=session.scopes)
+                        shadowed=(verdict.reason,) if verdict.shadowed else (), detail=verdict.detail, granted=session.granted)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._websockets.pop(flow.id, None)

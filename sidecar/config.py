@@ -241,6 +241,15 @@ class RouteSettings(BaseModel):
         return value
 
 
+class RefusedFrames(BaseModel):
+    """The refused frames one RPC connection may collect before it is closed (sidecar/pacing.py
+    RefusalBudget): `burst` at once, given back at `perSecond`."""
+
+    model_config = _STRICT
+    burst: int = Field(40, ge=1)
+    per_second: float = Field(2.0, ge=0)
+
+
 class WebSocketSettings(BaseModel):
     """The gateway's WebSocket RPC: `enforce` judges every frame (sidecar/rpc.py), `off` refuses
     every upgrade, `passthrough` relays frames unread after authenticating the upgrade."""
@@ -251,6 +260,7 @@ class WebSocketSettings(BaseModel):
     # Methods opened past the deny list (they still need their scope).
     allow_methods: tuple[str, ...] = ()
     connect_seconds: float = Field(10.0, gt=0)  # the first frame must come by then
+    refused_frames: RefusedFrames = RefusedFrames()
 
     @field_validator("allow_methods")
     @classmethod

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from .auth import AuthOutcome, parse_origin
 from .body import BodyError, invoke_body_of, strict_json
-from .config import Config
+from .config import Config, RefusedFrames
 from .envelopes import compact_json
 from .pacing import RefusalBudget
 from .ratelimit import BROWSER_ORIGIN_SUBJECT
@@ -213,6 +213,7 @@ class RpcPolicy:
     upstream_auth: Mapping[str, str] | None  # what the gateway gets in connect.params.auth
     shadow: bool = False  # sidecar.enforce false: policy refusals are forwarded (sidecar/shadow.py)
     catalogue: Mapping[str, MethodSpec] = field(default_factory=method_catalogue)
+    refused_frames: RefusedFrames = RefusedFrames()  # sidecar.websocket.refusedFrames
 
     @classmethod
     def from_config(cls, config: Config, tools: ToolChain) -> "RpcPolicy":
@@ -220,7 +221,7 @@ class RpcPolicy:
         credential, kind = config.secrets.upstream_credential, config.secrets.upstream_kind
         return cls(tools=tools, allow_methods=frozenset(websocket.allow_methods), allow_nodes=websocket.allow_nodes,
                    upstream_auth={kind: credential} if credential is not None and kind is not None else None,
-                   shadow=not config.sidecar.enforce)
+                   shadow=not config.sidecar.enforce, refused_frames=websocket.refused_frames)
 
     @cached_property
     def denied(self) -> frozenset[str]:
@@ -265,10 +266,6 @@ def judge_tool_frame(tools: ToolChain, request_id: Any, params: Any, owner: bool
 
 
 INVALID_TOOLS_INVOKE_PARAMS = "invalid tools.invoke params"
-# A connected client's refused frames: a burst a page's worth of denied calls fits in, then two a
-# second; a flood past it closes the connection.
-REFUSED_FRAME_BURST = 40
-REFUSED_FRAMES_PER_SECOND = 2.0
 # The gateway's RPC codes for a refused tool call (resolveRpcErrorCode), by the HTTP status.
 _TOOL_ERROR_CODES = {400: "validation_error", 404: "not_found"}
 
@@ -489,9 +486,10 @@ class RpcSession:
         self.allowed = frozenset(allowed.scopes)
         self.check_secret = check_secret
         self.limit = limit
-        self.refusals = refusals or RefusalBudget(REFUSED_FRAME_BURST, REFUSED_FRAMES_PER_SECOND)
+        self.refusals = refusals or RefusalBudget(policy.refused_frames.burst, policy.refused_frames.per_second)
         self.browser = browser
         self.scopes: frozenset[str] | None = None  # granted at connect
+        self.granted: tuple[str, ...] | None = None  # the same, in the order asked (for the audit lines)
         self.caps: frozenset[str] = frozenset()  # the connect frame's client capabilities (tools need some)
 
     @property
@@ -581,7 +579,7 @@ class RpcSession:
         rewritten.pop("auth", None)
         if upstream:
             rewritten["auth"] = upstream
-        self.scopes = frozenset(kept)
+        self.scopes, self.granted = frozenset(kept), tuple(kept)
         caps = params.get("caps")
         self.caps = frozenset(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else frozenset()
         return FrameVerdict("forward", Reason.CONNECT, compact_json({**frame, "params": rewritten}), method="connect")

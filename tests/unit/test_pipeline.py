@@ -1109,3 +1109,15 @@ async def test_the_right_guess_inside_a_burst_of_wrong_ones_is_locked_out_too(
     reasons = [result.reason if isinstance(result, Refuse) else "admitted" for result in results]
     assert reasons[:3] == ["token_mismatch"] * 3 and reasons[3:] == ["rate_limited"] * 37, reasons
     assert len(pipeline.check_turns) == 0
+
+
+async def test_the_refused_frame_budget_is_the_configured_one(make) -> None:
+    harness = make(extra={"sidecar": {"websocket": {"refusedFrames": {"burst": 2, "perSecond": 0}}}})
+    admitted = await harness.pipeline.on_head(view(method="GET", target="/", auth=None, headers=UPGRADE))
+    session = harness.pipeline.rpc_session(admitted)
+    connect = json.dumps({"type": "req", "id": "c1", "method": "connect", "params": {
+        "minProtocol": 4, "maxProtocol": 4, "role": "operator", "auth": {"token": TOKEN},
+        "client": {"id": "cli", "version": "1", "platform": "linux", "mode": "cli"}}}).encode()
+    assert (await session.client_frame(connect)).verdict == "forward"
+    denied = json.dumps({"type": "req", "id": "x", "method": "config.patch", "params": {}}).encode()
+    assert [(await session.client_frame(denied)).verdict for _ in range(3)] == ["reply", "reply", "close"]

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -156,6 +157,13 @@ class AdminServer(ThreadingHTTPServer):
             super().shutdown_request(request)  # no slot for it: closed at once, no thread started
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """socketserver prints a traceback for any error in a handler; a client that hung up or was
+        cut (the reaper, a probe's timeout) is no error, anything else is logged once, quietly."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError)):
+            log.warning("admin request from %s failed: %r", client_address, error)
 
     def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
         """The connection leaves the books before it is closed, so the reaper never touches it after."""

@@ -149,3 +149,16 @@ def test_a_client_dribbling_heads_can_neither_hold_a_connection_nor_take_every_s
             raise AssertionError("the address never got its share back")
     finally:
         server.stop()
+
+
+def test_a_client_that_hangs_up_is_no_error(admin: AdminServer, capsys: pytest.CaptureFixture[str],
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """socketserver printed a traceback on stderr for every probe or dribbler that reset its
+    connection; anything else a handler raises is logged once, without one."""
+    for error in (ConnectionResetError(104, "reset"), ValueError("bug")):
+        try:
+            raise error
+        except Exception:
+            admin.handle_error(None, ("127.0.0.1", 1))
+    assert capsys.readouterr().err == ""
+    assert caplog.text.count("admin request from") == 1 and "ValueError" in caplog.text

@@ -94,6 +94,14 @@ class Origin:
     host: str  # host[:port]
     hostname: str
 
+    @property
+    def network(self) -> bool:
+        """A scheme URL.origin spells out; for any other it is "null"."""
+        return self.origin.split("://", 1)[0] in NETWORK_SCHEMES
+
+
+NETWORK_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
+
 
 def parse_origin(raw: str) -> Origin | None:
     """parseOrigin (origin-check.ts): scheme://authority and at most one `/`, no credentials;
@@ -105,7 +113,7 @@ def parse_origin(raw: str) -> Origin | None:
     userinfo, at, authority = authority.rpartition("@")
     if at and userinfo.strip(":"):  # `http://@x` and `http://:@x` carry no credentials
         return None
-    if scheme in ("http", "https", "ws", "wss", "ftp"):
+    if scheme in NETWORK_SCHEMES:
         try:
             host = canonicalize_target(f"{scheme}://{authority}").host
         except InvalidTarget:

@@ -34,7 +34,7 @@ from .ipaddrs import is_loopback, parse_network
 from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
-from .routes import NODE_CAPABILITY_ROUTE, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
+from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
 from .rpc import BrowserOrigin, RpcPolicy, RpcSession
 from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
@@ -373,7 +373,7 @@ class Pipeline:
             return None
         match = head.match
         if any(collapse_slashes(path).startswith(self.denied_prefixes) for path in (head.target.path, match.path)) or (
-                match.entry is not None and match.entry.match in ("plugin", "plugin-prefix")
+                match.entry is not None and match.entry.match in PLUGIN_MATCHES
                 and any((path + "/").startswith(self.denied_plugin_prefixes) for path in plugin_path_candidates(match.path)[0])):
             return self._enforced(Refuse.because(Reason.ROUTE_DENIED), head)
         return None

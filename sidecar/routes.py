@@ -36,6 +36,7 @@ AUTHENTICATED_POWERS: frozenset[str] = frozenset({"read", "tools", "rpc"})
 
 CAPABILITY_PREFIX = "/__openclaw__/cap/"
 PLUGIN_ROUTE_PREFIX = "plugin:"  # the rows of the gateway's plugin router
+PLUGIN_MATCHES = ("plugin", "plugin-prefix")  # rows matched on the decoded path candidates
 CAPABILITY_QUERY = "oc_cap"
 NODE_CAPABILITY_ROUTE = "node-capability"
 # Query parameters the gateway reads as credentials (assistant media and public shares take
@@ -106,7 +107,7 @@ def _entry(row: dict[str, Any], hooks_path: str | None) -> RouteEntry:
     hooks = (hooks_path,) if hooks_path is not None else ()
     paths = tuple(q for p in row.get("paths", ()) for q in (hooks if p == "@hooks.path" else (p,)))
     methods = row.get("methods")
-    plugin = row["match"] in ("plugin", "plugin-prefix")
+    plugin = row["match"] in PLUGIN_MATCHES
     return RouteEntry(
         name=row["name"], match=row["match"], paths=paths, methods=tuple(methods) if methods else None,
         credential=row["credential"], power=row["power"], base=row.get("base", False),
@@ -245,7 +246,7 @@ def capability_rewrite(path: str) -> tuple[str, bool, bool]:
 def _in_plugin_router(entry: RouteEntry) -> bool:
     """A route the gateway's plugin router matches on decoded path candidates (its WebSocket
     upgrades are matched on the exact path)."""
-    return entry.name.startswith(PLUGIN_ROUTE_PREFIX) and entry.match in ("plugin", "plugin-prefix")
+    return entry.name.startswith(PLUGIN_ROUTE_PREFIX) and entry.match in PLUGIN_MATCHES
 
 
 ROUTE_CACHE_SIZE = 1024
@@ -298,14 +299,16 @@ class RouteTable:
             # The gateway's plugin matcher fails closed on such paths; which handler would take
             # one is not worth guessing: no route.
             return None
+        router_judged = False
         for index, entry in enumerate(entries):
             if _in_plugin_router(entry):
-                if entry is not self._plugin_stage_start(entries):
+                if router_judged:
                     continue  # the plugin router's rows are judged together, at its first
+                router_judged = True
                 chosen = self._plugin_route(entries, candidates)
                 if chosen is not None:
                     return chosen
-            elif entry.match in ("plugin", "plugin-prefix"):
+            elif entry.match in PLUGIN_MATCHES:
                 if self._plugin_matches(entry, candidates):
                     return entry
             elif entry.match == "control-ui":
@@ -319,14 +322,10 @@ class RouteTable:
                 # plugin route the two may not agree which handler runs: no route (red team: a
                 # /v1/models or /focus path ran a refused plugin, the admin RPC among them).
                 if any(self._plugin_matches(later, candidates) for later in entries[index + 1:]
-                       if later.match in ("plugin", "plugin-prefix")):
+                       if later.match in PLUGIN_MATCHES):
                     return None
                 return entry
         return None
-
-    @staticmethod
-    def _plugin_stage_start(entries: tuple[RouteEntry, ...]) -> RouteEntry | None:
-        return next((e for e in entries if _in_plugin_router(e)), None)
 
     @staticmethod
     def _plugin_route(entries: tuple[RouteEntry, ...], candidates: list[str]) -> RouteEntry | None:

@@ -301,9 +301,8 @@ class BrowserOrigin:
         origin = parse_origin(raw)
         if origin is None:
             limit_key = BROWSER_ORIGIN_UNPARSED
-        else:  # URL.origin: "null" for a scheme without a network origin
-            special = origin.origin.split("://", 1)[0] in ("http", "https", "ws", "wss", "ftp")
-            limit_key = BROWSER_ORIGIN_SUBJECT + (origin.origin if special else "null")
+        else:
+            limit_key = BROWSER_ORIGIN_SUBJECT + (origin.origin if origin.network else "null")
         return cls(refusal, _CHROME_EXTENSION_ORIGIN.fullmatch(js_trim(raw)) is not None, limit_key)
 
     def refuses(self, client: Mapping[str, Any]) -> str | None:
@@ -473,20 +472,20 @@ class RpcSession:
     connect frame (token and password mode: browsers cannot set headers on an upgrade).
     `check_secret(presented)` checks such a credential, failure limiter included; `allowed` is
     the most this caller may hold; `limit(tool)` applies the request limits to tools.invoke.
-    Refused frames spend the connection's `refusals` budget; past it the connection is closed
-    (admin/CLI red team: one read-only connection had 20,000 refusals audited in 1.2 s).
+    Refused frames spend the connection's budget (`policy.refused_frames`); past it the connection
+    is closed (admin/CLI red team: one read-only connection had 20,000 refusals audited in 1.2 s).
     """
 
     def __init__(self, policy: RpcPolicy, caller: AuthOutcome | None, allowed: ResolvedScopes,
                  check_secret: Callable[[str | None], Awaitable[AuthOutcome]],
                  limit: Callable[[str | None, str], Awaitable[Reason | None]],
-                 refusals: RefusalBudget | None = None, browser: BrowserOrigin | None = None) -> None:
+                 browser: BrowserOrigin | None = None) -> None:
         self.policy = policy
         self.caller = caller
         self.allowed = frozenset(allowed.scopes)
         self.check_secret = check_secret
         self.limit = limit
-        self.refusals = refusals or RefusalBudget(policy.refused_frames.burst, policy.refused_frames.per_second)
+        self.refusals = RefusalBudget(policy.refused_frames.burst, policy.refused_frames.per_second)
         self.browser = browser
         self.scopes: frozenset[str] | None = None  # granted at connect
         self.granted: tuple[str, ...] | None = None  # the same, in the order asked (for the audit lines)

@@ -518,6 +518,18 @@ class GatewayHttpConfig(BaseModel):
     endpoints: HttpEndpoints = HttpEndpoints()
 
 
+class McpAppsConfig(BaseModel):
+    model_config = _LENIENT
+    enabled: bool = False
+
+
+class McpConfig(BaseModel):
+    """Only whether the gateway serves MCP app shells; the rest is the gateway's business."""
+
+    model_config = _LENIENT
+    apps: McpAppsConfig = McpAppsConfig()
+
+
 class HooksConfig(BaseModel):
     """Only whether and where the gateway serves hooks; their token is the gateway's business."""
 
@@ -600,6 +612,7 @@ class OpenClawRules(BaseModel):
     model_config = _LENIENT
     gateway: GatewayConfig = GatewayConfig()
     hooks: HooksConfig = HooksConfig()
+    mcp: McpConfig = McpConfig()
     # Read by the tool policy chain (sidecar/toolchain.py) as the gateway reads them: raw, with
     # JavaScript's own tests (`Array.isArray`, `??`), so a shape the gateway tolerates is read the same.
     tools: dict[str, Any] = {}
@@ -612,6 +625,21 @@ class OpenClawRules(BaseModel):
     def _policy_only(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         assert info.field_name is not None
         return _subset(value, _POLICY_SHAPES[info.field_name])
+
+    @property
+    def route_switches(self) -> dict[str, bool]:
+        """The settings that switch rows of the gateway's route table on (their `enabledBy`)."""
+        endpoints = self.gateway.http.endpoints
+        return {
+            "hooks.enabled": self.hooks.enabled,
+            "gateway.http.endpoints.chatCompletions.enabled": endpoints.chat_completions.enabled,
+            "gateway.http.endpoints.responses.enabled": endpoints.responses.enabled,
+            "mcp.apps.enabled": self.mcp.apps.enabled,
+        }
+
+    @property
+    def switched_off(self) -> frozenset[str]:
+        return frozenset(name for name, on in self.route_switches.items() if not on)
 
 
 # ---- secrets --------------------------------------------------------------------------------
@@ -786,7 +814,7 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
 
 
 # The top-level keys of the gateway's own config the sidecar reads (OpenClawRules).
-RULE_KEYS = ("gateway", "hooks", "tools", "agents", "session", "channels")
+RULE_KEYS = ("gateway", "hooks", "mcp", "tools", "agents", "session", "channels")
 
 
 @dataclass(frozen=True)

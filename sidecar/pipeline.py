@@ -227,10 +227,10 @@ class Pipeline:
         self.tools = ToolChain(self.config.rules)
         self.check_turns = ClientTurns()
         self.rpc_policy = RpcPolicy.from_config(self.config, self.tools)
+        rules = self.config.rules
         self.routes = RouteTable.for_deployment(
-            hooks_path=self.config.rules.hooks.path, hooks_enabled=self.config.rules.hooks.enabled,
-            base_path=gateway.control_ui.base_path,
-            control_ui_enabled=gateway.control_ui.enabled,
+            hooks_path=rules.hooks.path, base_path=gateway.control_ui.base_path, control_ui_enabled=gateway.control_ui.enabled,
+            switched_off=rules.switched_off,
         )
         self.ceilings = ceilings_from_config(sidecar.scope_ceilings.default, sidecar.scope_ceilings.identities)
         self.upstream_user_header = user_header

@@ -102,10 +102,8 @@ def _table_data(version: str) -> dict[str, Any]:
     return data
 
 
-def _entry(row: dict[str, Any], hooks_path: str | None) -> RouteEntry:
-    """One row of the table; `hooks_path` None: the gateway serves no hooks, and the row no path."""
-    hooks = (hooks_path,) if hooks_path is not None else ()
-    paths = tuple(q for p in row.get("paths", ()) for q in (hooks if p == "@hooks.path" else (p,)))
+def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
+    paths = tuple(hooks_path if p == "@hooks.path" else p for p in row.get("paths", ()))
     methods = row.get("methods")
     plugin = row["match"] in PLUGIN_MATCHES
     return RouteEntry(
@@ -269,16 +267,22 @@ class RouteTable:
         object.__setattr__(self, "_cached_match", short_call_cache(ROUTE_CACHEABLE_LENGTH, ROUTE_CACHE_SIZE)(self._match))
 
     @classmethod
-    def for_deployment(cls, *, hooks_path: str | None = None, base_path: str | None = None, hooks_enabled: bool = True,
-                       control_ui_enabled: bool = True, version: str = GATEWAY_VERSION) -> "RouteTable":
+    def for_deployment(cls, *, hooks_path: str | None = None, base_path: str | None = None,
+                       control_ui_enabled: bool = True, switched_off: frozenset[str] = frozenset(),
+                       version: str = GATEWAY_VERSION) -> "RouteTable":
+        """`switched_off`: the settings among the rows' `enabledBy` that are false
+        (OpenClawRules.route_switches). A row whose every switch is off is left out, as the gateway
+        skips its handler and the path goes on to the next one: with the OpenAI endpoints off (their
+        default), `/v1/models` is no route, not a read forwarded with the caller's credential."""
         data = _table_data(version)
-        # Disabled hooks serve no path: a path under `hooks.path` is then whatever comes next.
-        hooks = normalize_hooks_path(hooks_path) if hooks_enabled else None
-        return cls(
-            http=tuple(_entry(row, hooks) for row in data["http"]),
-            websocket=tuple(_entry(row, hooks) for row in data["websocket"]),
-            base_path=normalize_base_path(base_path), control_ui_enabled=control_ui_enabled,
-        )
+        hooks = normalize_hooks_path(hooks_path)
+
+        def served(rows: list[dict[str, Any]]) -> tuple[RouteEntry, ...]:
+            return tuple(_entry(row, hooks) for row in rows
+                         if not row.get("enabledBy") or not set(row["enabledBy"]) <= switched_off)
+
+        return cls(http=served(data["http"]), websocket=served(data["websocket"]),
+                   base_path=normalize_base_path(base_path), control_ui_enabled=control_ui_enabled)
 
     def match(self, method: str, path: str, query: str, *, websocket: bool) -> RouteMatch:
         """The handler the gateway dispatches to for a canonical (WHATWG) path and query."""

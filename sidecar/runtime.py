@@ -59,10 +59,15 @@ def warn_about_config(config: Config) -> None:
                     "caller is gateway admin there (terminals, config patches, tools past the sidecar's policy)")
     table = RouteTable.for_deployment()
     entries = {entry.name: entry for entry in table.http + table.websocket}
+    served = RouteTable.for_deployment(switched_off=config.rules.switched_off)
+    served_names = {entry.name for entry in served.http + served.websocket}
     for name in config.sidecar.routes.allow:
         entry = entries.get(name)
         what = f"{entry.power}, credential {entry.credential}" + (f": {entry.note}" if entry.note else "") if entry else "node capabilities"
         log.warning("route %s opened beyond the default policy (%s)", name, what)
+        if entry is not None and entry.name not in served_names:
+            log.warning("route %s is opened but switched off in the gateway's config: it is answered 404 "
+                        "as the gateway answers it", name)
 
 
 # Settings a running process cannot take over: where it listens and what it forwards to, the

@@ -129,3 +129,35 @@ def test_a_lowered_max_attempts_locks_out_at_once_a_client_already_past_it(
     assert proxied.headers["retry-after"] == "120"  # locked at this check, for the new lockoutMs
     assert direct.headers["retry-after"] in ("119", "120")  # locked at the last poll
     assert attempt(sidecar.url, "198.51.100.9", "good-token-1234").status_code == 200  # a client with no failures
+
+
+def test_the_openai_endpoints_are_routes_only_while_the_gateway_serves_them(
+        gateway_with: Callable[..., RealGateway], start_sidecar: Callable[..., SidecarProcess]) -> None:
+    """Off by default, `/v1/models` is no route at the gateway (404 whoever asks); the sidecar took
+    it for the OpenAI models read, answered 401 to a caller without a token where the gateway
+    answers 404, and forwarded the others with their credential. Switched on in the gateway's
+    file, it is a read behind the sidecar's authentication, at once on both sides."""
+    token = "good-token-1234"
+    gateway = gateway_with({"mode": "token", "token": token})
+    sidecar = sidecar_for(gateway, start_sidecar)
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def models(url: str, headers: dict[str, str]) -> httpx.Response:
+        return httpx.get(f"{url}/v1/models", headers=headers, timeout=15)
+
+    def audited(count: int) -> dict[str, Any]:
+        assert wait_until(lambda: len(sidecar.audit_lines()) == count, 10)  # the audit writer takes a batch every 50 ms
+        return sidecar.audit_lines()[-1]
+
+    for count, headers in enumerate(({}, auth), 1):
+        direct, proxied = models(gateway.url, headers), models(sidecar.url, headers)
+        assert (proxied.status_code, proxied.content) == (direct.status_code, direct.content) == (404, b"Not Found")
+        assert audited(count)["reason"] == "unknown_route"  # answered by the sidecar, nothing forwarded
+    edit(gateway, lambda c: c["gateway"].update(http={"endpoints": {"chatCompletions": {"enabled": True}}}))
+    assert wait_until(lambda: "config reloaded" in sidecar.logs(), 20), "the sidecar applies the edit"
+    assert wait_until(lambda: models(gateway.url, auth).status_code == 200, 20), "the gateway applies the edit"
+    direct, proxied = models(gateway.url, auth), models(sidecar.url, auth)
+    assert proxied.status_code == direct.status_code == 200
+    assert proxied.json() == direct.json()
+    assert (audited(3)["route"], audited(3)["decision"]) == ("openai-models", "forwarded")
+    assert models(sidecar.url, {}).status_code == models(gateway.url, {}).status_code == 401

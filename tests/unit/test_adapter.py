@@ -77,7 +77,8 @@ BASE_CONFIG: dict[str, Any] = {
     "sidecar": {"upstream": UPSTREAM_URL, "upstreamAuth": {"token": UPSTREAM},
                 "rateLimit": {"loopbackDelayBaseMs": 0},
                 "routes": {"allow": ["openai-embeddings"]}},  # a POST route other than /tools/invoke
-    "gateway": {"auth": {"token": TOKEN}, "trustedProxies": [PROXY]},
+    "gateway": {"auth": {"token": TOKEN}, "trustedProxies": [PROXY],
+                "http": {"endpoints": {"chatCompletions": {"enabled": True}}}},  # serves /v1/models and /v1/embeddings
 }
 
 

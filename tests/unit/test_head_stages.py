@@ -263,7 +263,7 @@ async def test_a_shadowed_stage_notes_the_refusal_and_lets_the_head_on(make) -> 
 
 async def test_route_access(make) -> None:
     pipeline = make()
-    head = await reach(pipeline, request("POST", "/v1/chat/completions"), "route_access")
+    head = await reach(pipeline, request("POST", "/sessions/main/kill"), "route_access")
     refused(await run(pipeline, "route_access", head), Reason.ROUTE_REFUSED)
     assert head.access.refusal is None and not head.access.public  # shadowed: in as an authenticated route
     head = await reach(pipeline, request(), "route_access")

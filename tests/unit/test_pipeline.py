@@ -77,7 +77,12 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-TOKEN_CONFIG: dict[str, Any] = {"sidecar": {"upstreamAuth": {"token": UPSTREAM}}, "gateway": {"auth": {"token": TOKEN}}}
+# The gateway's defaults: the OpenAI endpoints off, and so their rows.
+DEFAULT_ROUTES_CONFIG: dict[str, Any] = {"sidecar": {"upstreamAuth": {"token": UPSTREAM}}, "gateway": {"auth": {"token": TOKEN}}}
+OPENAI_ENDPOINTS_ON: dict[str, Any] = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True},
+                                                                          "responses": {"enabled": True}}}}}
+# Most tests: a gateway with the routes that act switched on, so that those doors exist to be judged.
+TOKEN_CONFIG: dict[str, Any] = deep_merge(DEFAULT_ROUTES_CONFIG, OPENAI_ENDPOINTS_ON)
 TRUSTED_PROXY_CONFIG: dict[str, Any] = {
     "sidecar": {"upstreamAuth": {"token": UPSTREAM}},
     "gateway": {
@@ -485,6 +490,37 @@ async def test_routes_outside_the_default_policy_get_the_gateways_404(make, meth
     harness = make()
     assert_refused(await harness.pipeline.on_head(view(method=method, target=target)), envelopes.route_not_found(), reason)
     assert harness.failures.calls == []
+
+
+CHAT_COMPLETIONS_ON = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}}}}}
+RESPONSES_ON = {"gateway": {"http": {"endpoints": {"responses": {"enabled": True}}}}}
+MCP_APPS_ON = {"mcp": {"apps": {"enabled": True}}}
+
+
+@pytest.mark.parametrize("switches, method, target, reason", [
+    # the gateway's defaults: no handler there, so no route, even for a caller without a token (never 401)
+    ({}, "GET", "/v1/models", "unknown_route"), ({}, "POST", "/v1/embeddings", "unknown_route"),
+    ({}, "POST", "/v1/chat/completions", "unknown_route"), ({}, "POST", "/v1/responses", "unknown_route"),
+    ({}, "GET", "/__openclaw__/mcp-app/shell", "unknown_route"),
+    # each switch serves its own rows; the models and embeddings rows follow either OpenAI switch
+    (CHAT_COMPLETIONS_ON, "GET", "/v1/models", "credential_missing"), (RESPONSES_ON, "GET", "/v1/models", "credential_missing"),
+    (CHAT_COMPLETIONS_ON, "POST", "/v1/embeddings", "route_refused"), (RESPONSES_ON, "POST", "/v1/embeddings", "route_refused"),
+    (CHAT_COMPLETIONS_ON, "POST", "/v1/chat/completions", "route_refused"), (CHAT_COMPLETIONS_ON, "POST", "/v1/responses", "unknown_route"),
+    (RESPONSES_ON, "POST", "/v1/responses", "route_refused"), (RESPONSES_ON, "POST", "/v1/chat/completions", "unknown_route"),
+    (MCP_APPS_ON, "GET", "/__openclaw__/mcp-app/shell", "route_refused"),
+])
+async def test_rows_follow_the_switches_in_the_gateways_config(make, switches, method, target, reason) -> None:
+    """A row the gateway's config switches off is no route, as the gateway skips its handler."""
+    harness = make(DEFAULT_ROUTES_CONFIG, extra=switches)
+    result = await harness.pipeline.on_head(view(method=method, target=target, auth=None))
+    expected = envelopes.unauthorized() if reason == "credential_missing" else envelopes.route_not_found()
+    assert_refused(result, expected, reason)
+
+
+async def test_a_route_opened_by_name_and_switched_off_at_the_gateway_is_no_route(make) -> None:
+    harness = make(DEFAULT_ROUTES_CONFIG, extra={"sidecar": {"routes": {"allow": ["openai-chat-completions"]}}})
+    result = await harness.pipeline.on_head(view(target="/v1/chat/completions"))
+    assert_refused(result, envelopes.route_not_found(), "unknown_route")
 
 
 @pytest.mark.parametrize("method, target, allow, opened", [

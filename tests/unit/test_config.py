@@ -233,6 +233,12 @@ session: {scope: per-sender}
         ("sidecar:\n  upstream: ftp://gw\n", "sidecar.upstream"),
         ("sidecar:\n  timeouts: {bodyReadSeconds: 0}\n", "sidecar.timeouts.bodyReadSeconds"),
         ("sidecar:\n  logLevel: LOUD\n", "sidecar.logLevel"),
+        # typos that would refuse every request (an empty prefix) or none (no leading slash)
+        ("sidecar:\n  routes: {deny: ['']}\n", "sidecar.routes.deny"),
+        ("sidecar:\n  routes: {deny: [/v1, api/v1]}\n", "sidecar.routes.deny"),
+        # a misspelt scope in a ceiling would silently take that scope from everyone under it
+        ("sidecar:\n  scopeCeilings: {default: [operator.wirte]}\n", "sidecar.scopeCeilings.default"),
+        ("sidecar:\n  scopeCeilings: {identities: {alice: [operator.read, Operator.Admin]}}\n", "sidecar.scopeCeilings.identities"),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -230,7 +230,7 @@ def capability_rewrite(path: str) -> tuple[str, bool, bool]:
     if slash <= 0:
         return path, True, True
     try:
-        capability = decode_uri_component(remainder[:slash]).strip()
+        capability = js_trim(decode_uri_component(remainder[:slash]))
     except _Malformed:
         return path, True, True
     if not capability:

@@ -172,7 +172,7 @@ _GATEWAY_AUTH_REASONS = {"token_not_configured": "token_missing_config", "passwo
 
 def _client_kind(client: Mapping[str, Any]) -> str:
     """isGatewayCliClient / isOperatorUiClient or isWebchatClient, from the connect's client."""
-    mode, client_id = (value.strip().lower() if isinstance(value := client.get(k), str) else "" for k in ("mode", "id"))
+    mode, client_id = (js_trim(value).lower() if isinstance(value := client.get(k), str) else "" for k in ("mode", "id"))
     if mode == "cli":
         return "cli"
     return "ui" if client_id in _UI_CLIENT_IDS or mode == "webchat" else "other"

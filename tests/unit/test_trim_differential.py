@@ -14,7 +14,8 @@ import pytest
 from sidecar.attribution import client_from_forwarded
 from sidecar.auth import OriginPolicy, bearer_credential
 from sidecar.ipaddrs import parse_network
-from sidecar.routes import normalize_base_path
+from sidecar.routes import capability_rewrite, normalize_base_path
+from sidecar.rpc import _client_kind
 from tests import builders
 from tests.gateway.oracle import call_gateway
 from tests.gateway.real_gateway import unavailable_reason
@@ -86,3 +87,34 @@ def test_the_control_ui_base_path_is_the_gateways() -> None:
     mine = [normalize_base_path(value) for value in values]
     differ = [(value, m, t) for value, m, t in zip(values, mine, theirs) if m != t]
     assert differ == [], f"{len(differ)} of {len(values)} differ, first: {differ[:5]}"
+
+
+def test_a_capability_in_the_path_is_the_one_the_gateway_reads() -> None:
+    """`/__openclaw__/cap/<capability>/<rest>`: the capability is trimmed (a `%1C` one is a
+    capability there, a byte-order mark none), and a blank one makes the path malformed (401)."""
+    segments = [pre + core + post for pre in ("", "%20", "%1C", "%EF%BB%BF", "%C2%85", "%E3%80%80") for core in ("cap", "")
+                for post in ("", "%20", "%1F", "%EF%BB%BF", "%C2%A0")]
+    paths = [f"/__openclaw__/cap/{segment}/tools/invoke" for segment in segments]
+    theirs = call_gateway(["plugin-node-capability-:normalizePluginNodeCapabilityScopedUrl"], """
+        answer(input.map((path) => {
+          const r = gateway.normalizePluginNodeCapabilityScopedUrl(path);
+          return [r.malformedScopedPath ? path : r.pathname, r.malformedScopedPath];
+        }));""", paths)
+    mine = [[routed, malformed] for routed, _, malformed in map(capability_rewrite, paths)]
+    differ = [(path, m, t) for path, m, t in zip(paths, mine, theirs) if m != t]
+    assert differ == [], f"{len(differ)} of {len(paths)} differ, first: {differ[:5]}"
+    assert 10 <= sum(malformed for _, malformed in theirs) < len(paths)
+
+
+def test_a_connects_client_kind_is_the_one_the_gateway_reads() -> None:
+    """The hints of a refused connect follow the client's mode and id, trimmed as the gateway trims them."""
+    clients = [{"mode": pre + mode + post, "id": pre + client_id + post} for pre in EDGES + ["\ufeff"] for post in EDGES + ["\ufeff"]
+               for mode in ("cli", "CLI", "webchat", "ui") for client_id in ("openclaw-control-ui", "openclaw-tui", "other")]
+    theirs = call_gateway(["message-channel-:isGatewayCliClient", "message-channel-:isOperatorUiClient",
+                           "message-channel-:isWebchatClient"], """
+        answer(input.map((client) => gateway.isGatewayCliClient(client) ? "cli"
+          : gateway.isOperatorUiClient(client) || gateway.isWebchatClient(client) ? "ui" : "other"));""", clients)
+    mine = [_client_kind(client) for client in clients]
+    differ = [(client, m, t) for client, m, t in zip(clients, mine, theirs) if m != t]
+    assert differ == [], f"{len(differ)} of {len(clients)} differ, first: {differ[:5]}"
+    assert set(theirs) == {"cli", "ui", "other"}

@@ -13,10 +13,10 @@ from typing import Any
 from .body import BodyError, read_invoke_body
 from .config import Config
 from .headers import HeaderPlan, rebuild_headers
-from .pipeline import ACCOUNT_HEADER, CHANNEL_HEADER
+from .pipeline import ACCOUNT_HEADER, CHANNEL_HEADER, tool_request
 from .reasons import Reason, ReasonCode, answer
-from .rpc import TOOLS_INVOKE, RpcPolicy, error_frame, judge_method, tool_refusal_frame
-from .scopes import ceilings_from_config, parse_scope_header, resolve_scopes
+from .rpc import TOOLS_INVOKE, FrameVerdict, RpcPolicy, judge_method, tool_frame_call, tool_refusal_frame
+from .scopes import ADMIN, ceilings_from_config, parse_scope_header, resolve_scopes
 from .toolchain import CATALOGUE_VERSION, Step, ToolChain, ToolDecision, ToolRequest, detail_of
 from .view import RequestView
 
@@ -50,7 +50,7 @@ def explain(config: Config, tool: str, *, scopes: str | None = None, user: str |
         invoke = read_invoke_body(json.dumps(body).encode())
     except BodyError:
         return _finish(result, [scope_step], 400, json.loads(answer(Reason.MISSING_TOOL_NAME).body), Reason.MISSING_TOOL_NAME)
-    decision = chain.decide(ToolRequest(invoke, granted.owner, context.get(CHANNEL_HEADER), context.get(ACCOUNT_HEADER)))
+    decision = chain.decide(tool_request(invoke, granted.owner, context.items()))
     envelope = json.loads(decision.envelope().body) if decision.refused else None
     return _finish(result, [scope_step, *decision.steps], decision.status, envelope, decision.reason, decision)
 
@@ -65,12 +65,10 @@ def _websocket(result: dict[str, Any], chain: ToolChain, policy: RpcPolicy, meth
     step = Step("websocket-method", "allow", f"{method}: known, not on the deny list, scope held")
     if method != TOOLS_INVOKE:
         return _finish(result, [step], None, None, Reason.ALLOWED)
-    try:
-        invoke = read_invoke_body(json.dumps(params).encode())
-    except BodyError:
-        refusal = error_frame(_FRAME_ID, "INVALID_REQUEST", "tools.invoke requires name")
-        return _finish(result, [step], None, json.loads(refusal), Reason.MISSING_TOOL_NAME)
-    decision = chain.decide(ToolRequest(invoke, "operator.admin" in scopes))
+    invoke = tool_frame_call(_FRAME_ID, params)
+    if isinstance(invoke, FrameVerdict):
+        return _finish(result, [step], None, _frame(invoke.payload), invoke.reason)
+    decision = chain.decide(ToolRequest(invoke, ADMIN in scopes))
     frame = _frame(tool_refusal_frame(_FRAME_ID, decision, invoke.tool.name).payload) if decision.refused else None
     return _finish(result, [step, *decision.steps], None, frame, decision.reason, decision)
 

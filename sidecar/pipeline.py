@@ -18,14 +18,14 @@ import contextlib
 import inspect
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
 
 from . import envelopes
 from .attribution import Attribution, attribute
 from .auth import AuthOutcome, SharedSecretAuth, build_authenticator, origin_policy
-from .body import MAX_BODY_BYTES, BodyError, parse_json_body, read_invoke_body
+from .body import MAX_BODY_BYTES, BodyError, InvokeBody, parse_json_body, read_invoke_body
 from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
@@ -669,9 +669,7 @@ class Pipeline:
         name = invoke.tool.name
         shadowed: list[ReasonCode] = list(admitted.shadowed)
         owner = admitted.scopes is not None and admitted.scopes.owner
-        # The context headers as the gateway will receive them (allow-listed or pinned).
-        context = {k.lower(): v for k, v in admitted.headers if k.lower() in _TOOL_CONTEXT}
-        decision = self.tools.decide(ToolRequest(invoke, owner, context.get(CHANNEL_HEADER), context.get(ACCOUNT_HEADER)))
+        decision = self.tools.decide(tool_request(invoke, owner, admitted.headers))
         detail = None
         if decision.refused:
             refused = Refuse.because(decision.reason, decision.answer_data, tool=name, detail=decision.detail)
@@ -696,6 +694,13 @@ class Pipeline:
         if admitted.route == TOOLS_ROUTE and status == 500:
             return envelopes.tool_execution_failed()
         return None
+
+
+def tool_request(invoke: InvokeBody, owner: bool, headers: Iterable[tuple[str, str]]) -> ToolRequest:
+    """The call as tool policy reads it, with the context headers the gateway will receive
+    (`headers`: rebuilt, so allow-listed or pinned)."""
+    context = {k.lower(): v for k, v in headers if k.lower() in _TOOL_CONTEXT}
+    return ToolRequest(invoke, owner, context.get(CHANNEL_HEADER), context.get(ACCOUNT_HEADER))
 
 
 def _websocket_key(key: str) -> bool:

@@ -55,3 +55,27 @@ def test_a_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[
     bad.write_text('{"gateway": {"trustedProxies": ["not-an-ip"]}}')
     assert main(["explain", "--config", str(bad), "--tool", "agents_list"]) == 1
     assert "gateway.trustedProxies" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool, session_key", [
+    ("agents_list", None), ("theme", "agent:main:subagent:a"), ("exec", None), ("  ", None), ("", None),
+    ("file_fetch", None), ("agents_list", "agent:zz:main"), ("agents_list", "bad key\x00"),
+])
+def test_an_rpc_call_is_explained_with_the_answer_the_proxy_gives(tool: str, session_key: str | None) -> None:
+    """explain's verdict on a tools.invoke frame is the running proxy's, word for word (it printed
+    `tools.invoke requires name` for a blank name, where the proxy says `... params: name required`)."""
+    from sidecar.config import load_config
+    from sidecar.explain import explain
+    from sidecar.rpc import FrameVerdict, judge_tool_frame
+    from sidecar.scopes import DEFAULT_SCOPES
+    from sidecar.toolchain import ToolChain
+
+    config = load_config(CONFIG, environ={})
+    explained = explain(config, tool, session_key=session_key, websocket_method="tools.invoke")
+    params = {"name": tool, **({"sessionKey": session_key} if session_key is not None else {})}
+    judged = judge_tool_frame(ToolChain(config.rules), "explain", params, "operator.admin" in DEFAULT_SCOPES, frozenset())
+    if isinstance(judged, FrameVerdict):
+        assert (explained["decision"], explained["reason"]) == ("refuse", judged.reason)
+        assert explained["body"] == json.loads(judged.payload or b"null")
+    else:
+        assert (explained["decision"], explained["body"]) == ("forward", None)

@@ -309,9 +309,15 @@ class RouteTable:
                 if router_judged:
                     continue  # the plugin router's rows are judged together, at its first
                 router_judged = True
-                chosen = self._plugin_route(entries, candidates)
-                if chosen is not None:
-                    return chosen
+                matched = self._plugin_routes(entries, candidates)
+                if len(matched) > 1:
+                    # Each matched route is tried in turn until a handler takes the request, and a
+                    # plugin that is not loaded takes none: which one runs is the gateway's runtime
+                    # state (red team: an opened, unloaded plugin's path decoded into the admin
+                    # RPC). No plain path matches two rows, only different decodings of one: no route.
+                    return None
+                if matched:
+                    return matched[0]
             elif entry.match in PLUGIN_MATCHES:
                 if self._plugin_matches(entry, candidates):
                     return entry
@@ -332,10 +338,10 @@ class RouteTable:
         return None
 
     @staticmethod
-    def _plugin_route(entries: tuple[RouteEntry, ...], candidates: list[str]) -> RouteEntry | None:
-        """findMatchingPluginHttpRoutes' first: exact routes before prefix ones, longer paths first."""
-        best: tuple[bool, int] | None = None
-        chosen = None
+    def _plugin_routes(entries: tuple[RouteEntry, ...], candidates: list[str]) -> list[RouteEntry]:
+        """findMatchingPluginHttpRoutes: the rows any candidate matches, in the order the gateway
+        tries them (exact routes before prefix ones, longer paths first)."""
+        ranked: dict[str, tuple[tuple[bool, int], RouteEntry]] = {}
         for entry in entries:
             if not _in_plugin_router(entry):
                 continue
@@ -343,9 +349,9 @@ class RouteTable:
                 exact = entry.match == "plugin"
                 hit = any(c == route for c in candidates) if exact else any(_plugin_prefix_match(c, route) for c in candidates)
                 rank = (exact, len(route))
-                if hit and (best is None or rank > best):
-                    best, chosen = rank, entry
-        return chosen
+                if hit and (entry.name not in ranked or rank > ranked[entry.name][0]):
+                    ranked[entry.name] = (rank, entry)
+        return [entry for _, entry in sorted(ranked.values(), key=lambda item: item[0], reverse=True)]
 
     def _method_split(self, entry: RouteEntry, entries: tuple[RouteEntry, ...], method: str) -> bool:
         """One handler serving a path under two rows by method (assistant media GET vs POST)."""

@@ -474,6 +474,23 @@ def test_an_admin_rpc_body_the_sidecar_cannot_read_is_refused_not_relayed(http, 
     assert refused.json() == {"ok": False, "error": {"type": "invalid_request", "message": "request body must be valid JSON"}}
 
 
+# decodings reach both the beam plugin's exact route and the admin RPC's; beam is not loaded here
+BEAM_TO_ADMIN_RPC = "/x%2f..%2fapi%2fv1%2fbeam%2fsessions%2fy%252f..%252f..%252f..%252fadmin%252frpc%252fz%2f.."
+
+
+def test_a_path_two_opened_plugin_routes_take_is_no_route(http, gateway, module_sidecar):
+    """The gateway tries every matched plugin route until a loaded plugin takes the call: beam, not
+    loaded, let the admin RPC take it, past the method deny list (red team: a config.patch rewrote
+    the gateway's file through a sidecar that had opened plugin:beam beside the admin RPC)."""
+    opened = module_sidecar(_sidecar_config(gateway, allow=["plugin:beam", "plugin:admin-http-rpc"]))
+    call = {"id": "g1", "method": "config.get", "params": {}}
+    direct, proxied = both(http, gateway, opened, "POST", BEAM_TO_ADMIN_RPC, headers=AUTH, json=call)
+    assert direct.status_code == 200 and direct.json()["ok"] is True  # the admin RPC ran
+    assert_gateway_404(proxied)
+    assert_gateway_404(http.post(opened.url + BEAM_TO_ADMIN_RPC, headers=AUTH,
+                                 json={"id": "p1", "method": "config.patch", "params": {"raw": "{}"}}))
+
+
 def test_the_opened_admin_rpc_route_still_answers_what_it_may(http, gateway, admin_rpc_sc):
     direct, proxied = both(http, gateway, admin_rpc_sc, "POST", "/api/v1/admin/rpc", headers=AUTH,
                            json={"id": "r2", "method": "cron.list", "params": {}})

@@ -169,10 +169,13 @@ def test_http_routes_in_router_order(method: str, path: str, route: str) -> None
 
 
 @pytest.mark.parametrize("method, path, route", [
-    # the plugin router takes its exact routes before its prefix ones, the longer first: opened
-    # plugin:channels carried the admin RPC (red team)
-    ("POST", "/api/channels/%252e%252e/%252e%252e/api/v1/admin/rpc", "plugin:admin-http-rpc"),
+    # decodings of one path that reach two plugin routes: the gateway tries them in turn (exact
+    # before prefix, the longer first) until a loaded plugin's handler takes it, so which runs is its
+    # runtime state. Opened plugin:channels carried the admin RPC; opened, unloaded plugin:beam did too.
+    ("POST", "/api/channels/%252e%252e/%252e%252e/api/v1/admin/rpc", "unknown"),
+    ("POST", "/x%2f..%2fapi%2fv1%2fbeam%2fsessions%2fy%252f..%252f..%252f..%252fadmin%252frpc%252fz%2f..", "unknown"),
     ("POST", "/api/channels/x", "plugin:channels"), ("POST", "/api/v1/admin/rpc", "plugin:admin-http-rpc"),
+    ("POST", "/api/v1/%62eam/sessions", "plugin:beam"),  # one route, however spelt
     ("GET", "/plugins/geolocation/lookup", "plugin:geolocation"),
     # a core stage matched the path as it came; a decoding of it reaches a plugin route: which runs
     # is not the sidecar's to guess (they ran a refused plugin through /v1/models and /focus)

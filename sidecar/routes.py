@@ -317,6 +317,12 @@ class RouteTable:
                     # RPC). No plain path matches two rows, only different decodings of one: no route.
                     return None
                 if matched:
+                    # Nor may a core route after the router take the path as it came: a plugin that
+                    # is not loaded, or declines, leaves it to that one (the Control UI catch-all
+                    # aside, which serves anyone static files).
+                    if any(self._core_matches(later, path) for later in entries[index + 1:]
+                           if later.match not in PLUGIN_MATCHES and later.match != "control-ui"):
+                        return None
                     return matched[0]
             elif entry.match in PLUGIN_MATCHES:
                 if self._plugin_matches(entry, candidates):

@@ -176,6 +176,9 @@ def test_http_routes_in_router_order(method: str, path: str, route: str) -> None
     ("POST", "/x%2f..%2fapi%2fv1%2fbeam%2fsessions%2fy%252f..%252f..%252f..%252fadmin%252frpc%252fz%2f..", "unknown"),
     ("POST", "/api/channels/x", "plugin:channels"), ("POST", "/api/v1/admin/rpc", "plugin:admin-http-rpc"),
     ("POST", "/api/v1/%62eam/sessions", "plugin:beam"),  # one route, however spelt
+    # ...or a plugin route and a core route after the router, which takes the path if the plugin does not
+    ("GET", "/avatar/%252e%252e/plugins/openai/realtime/calls", "unknown"),
+    ("GET", "/api/chat/media/outgoing/%252e%252e/%252e%252e/%252e%252e/%252e%252e/api/channels/x", "unknown"),
     ("GET", "/plugins/geolocation/lookup", "plugin:geolocation"),
     # a core stage matched the path as it came; a decoding of it reaches a plugin route: which runs
     # is not the sidecar's to guess (they ran a refused plugin through /v1/models and /focus)

@@ -559,10 +559,11 @@ class ToolsInvokeGuard:
     def _audit(self, flow: http.HTTPFlow, decision: str, reason: ReasonCode, status: int | None, *,
                refusal: Refuse | None = None, tool: str | None = None, method: str | None = None,
                upstream_status: int | None = None, shadowed: tuple[str, ...] = (), detail: str | None = None,
-               outcome: str | None = None, granted: tuple[str, ...] | None = None) -> None:
+               outcome: str | None = None, granted: tuple[str, ...] | None = None, line: bool = True) -> None:
         """Logged from the view the decision was made on, not from the flow we may have rewritten;
         `method` names a WebSocket RPC method instead of the HTTP one, `granted` the scopes its
-        connection was granted at connect (the upgrade's are only a ceiling)."""
+        connection was granted at connect (the upgrade's are only a ceiling); `line` False counts
+        the decision without writing its line."""
         view: RequestView | None = flow.metadata.get(VIEW)
         admitted: Admitted | None = flow.metadata.get(ADMITTED)
         auth = admitted.auth if admitted else refusal.auth if refusal else None
@@ -581,7 +582,7 @@ class ToolsInvokeGuard:
             tool=tool or (refusal.tool if refusal else None), upstream_status=upstream_status,
             duration_ms=round((time.time() - started) * 1000, 2) if started else None, shadowed=shadowed,
             detail=detail or (refusal.detail if refusal else None), outcome=outcome,
-        ))
+        ), line=line)
 
     def _fail_closed(self, flow: http.HTTPFlow, hook: str) -> None:
         """Answer 500 and make sure nothing goes upstream; raises nothing (mitmproxy would only log
@@ -732,7 +733,8 @@ class ToolsInvokeGuard:
         if verdict.verdict != "forward" or verdict.method == "connect" or verdict.shadowed:
             decision = "shadowed" if verdict.shadowed else "forwarded" if verdict.verdict == "forward" else "refused"
             self._audit(flow, decision, verdict.reason, None, tool=verdict.tool, method=verdict.method,
-                        shadowed=(verdict.reason,) if verdict.shadowed else (), detail=verdict.detail, granted=session.granted)
+                        shadowed=(verdict.reason,) if verdict.shadowed else (), detail=verdict.detail, granted=session.granted,
+                        line=verdict.audited)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._websockets.pop(flow.id, None)

@@ -196,11 +196,12 @@ def _same_file(opened: BinaryIO, path: str) -> bool:
 _writer: AuditWriter | None = None
 
 
-def record(entry: AuditEntry) -> None:
+def record(entry: AuditEntry, *, line: bool = True) -> None:
+    """Count the decision, and write its line unless `line` is False (a flood's, counted only)."""
     decision_counter(entry.route, entry.decision, entry.reason).inc()
     for reason in entry.shadowed:
         SHADOWED.labels(reason=reason).inc()
-    if _writer is not None:
+    if line and _writer is not None:
         _writer.put(entry.line(time.time()))
 
 

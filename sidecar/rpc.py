@@ -67,6 +67,7 @@ class FrameVerdict:
     shadowed: bool = False  # shadow mode forwarded what `reason` would have refused
     detail: str | None = None  # for the audit line: which tool-policy layer refused, by which rule
     close_reason: str | None = None  # the close frame's text where the gateway's own is known (else `reason`)
+    audited: bool = True  # False: a shadowed frame past the connection's budget, forwarded without its audit line
 
 
 @dataclass(frozen=True)
@@ -481,6 +482,7 @@ class RpcSession:
     the most this caller may hold; `limit(tool)` applies the request limits to tools.invoke.
     Refused frames spend the connection's budget (`policy.refused_frames`); past it the connection
     is closed (admin/CLI red team: one read-only connection had 20,000 refusals audited in 1.2 s).
+    In shadow mode the frames it would refuse spend it too, and past it go unaudited line by line.
     """
 
     def __init__(self, policy: RpcPolicy, caller: AuthOutcome | None, allowed: ResolvedScopes,
@@ -509,6 +511,10 @@ class RpcSession:
         if verdict.verdict in ("reply", "drop") and not self.refusals.spend():
             return replace(verdict, verdict="close", reason=Reason.REFUSED_FRAME_FLOOD, close_code=1008,
                            close_reason="too many refused requests")
+        if verdict.shadowed and not self.refusals.spend():
+            # Shadow mode forwards what enforcement would refuse, so it does not close; past the
+            # budget the frames are counted but not written one by one (red team: 200 lines in 0.6 s).
+            return replace(verdict, audited=False)
         return verdict
 
     async def _judged_frame(self, content: bytes) -> FrameVerdict:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 from wsproto.events import TextMessage
 
@@ -260,6 +261,31 @@ def test_a_flood_of_refused_frames_closes_the_connection_and_is_audited_with_its
     lines = refused_lines()[-41:]
     assert [line["reason"] for line in lines] == ["method_denied"] * 40 + ["refused_frame_flood"]
     assert all(line["scopes"] == ["operator.read"] for line in lines)  # not the upgrade's ceiling, every scope
+
+
+def test_in_shadow_mode_a_flood_is_forwarded_and_past_the_budget_counted_not_written(token_gateway, start_sidecar):
+    """Shadow mode forwards what enforcement would refuse, so a flood of such frames does not close
+    the connection; past the budget they are counted on /metrics but not written one by one (red
+    team: a read-only connection wrote 200 shadowed lines in 0.6 s)."""
+    sc = start_sidecar(sidecar_config(token_gateway, enforce=False))
+    ws, hello = session(sc.port, ["operator.read"])
+    assert granted(hello) == ["operator.read"]
+    for n in range(60):
+        answered = ws.call("config.apply", {"raw": "{}"}, request_id=f"s-{n}")
+        assert answered["id"] == f"s-{n}" and answered["ok"] is False  # the gateway's own refusal: forwarded
+        assert answered["error"]["message"] == "missing scope: operator.admin"
+    assert ws.call("health")["ok"] is True  # still open
+    ws.close()
+    assert sc.admin_url is not None
+    shadowed = 'openclaw_sidecar_shadowed_total{reason="method_denied"}'
+    assert wait_until(lambda: f"{shadowed} 60.0" in httpx.get(sc.admin_url + "/metrics", timeout=5, trust_env=False).text, 10)
+
+    def lines() -> list[dict[str, Any]]:
+        return [line for line in sc.audit_lines() if line.get("method") == "config.apply"]
+
+    assert wait_until(lambda: len(lines()) >= 40, 10)
+    time.sleep(0.3)  # every decision was counted: a line beyond the 40th would be out after a few 50 ms batches
+    assert [line["decision"] for line in lines()] == ["shadowed"] * 40
 
 
 def test_a_write_scope_cannot_change_who_sees_a_session(token_gateway, capped_sc):

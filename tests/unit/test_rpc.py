@@ -327,6 +327,20 @@ async def test_past_its_budget_of_refused_frames_a_connection_is_closed() -> Non
     assert (await rpc.client_frame(req("config.patch"))).verdict == "reply"
 
 
+async def test_in_shadow_mode_frames_past_the_budget_are_forwarded_without_their_audit_lines() -> None:
+    """Shadowed frames would be refused under enforcement: they spend the budget, but shadow mode
+    forwards them whatever, so past it they go unaudited line by line instead of closing the
+    connection (red team: a read-only connection wrote 200 shadowed lines in 0.6 s)."""
+    now = [0.0]
+    rpc = await connected(scopes=["operator.read"], shadow=True)
+    rpc.refusals = RefusalBudget(2, 1.0, clock=lambda: now[0])
+    verdicts = [await rpc.client_frame(req("config.patch")) for _ in range(4)]
+    assert [(v.verdict, v.shadowed, v.audited) for v in verdicts] == [("forward", True, True)] * 2 + [("forward", True, False)] * 2
+    assert (await rpc.client_frame(req("sessions.list"))).audited  # allowed frames are not shadowed ones
+    now[0] = 1.0
+    assert (await rpc.client_frame(req("config.patch"))).audited
+
+
 async def test_missing_scope_is_the_gateways_own_refusal() -> None:
     rpc = await connected(scopes=["operator.read"])
     frame = answer(await rpc.client_frame(req("terminal.list", request_id="t")))

@@ -58,13 +58,6 @@ UNREAD_BODY_MARGIN = 1024 * 1024
 _BODY_READ: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()  # by body reader: one per request
 HEAD_MALFORMED = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _HEAD_END = re.compile(rb"\n\r?\n")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-# Control bytes Node refuses anywhere in a head (HTAB aside), a CR not ending a line among them;
-# mitmproxy strips them from the ends of a value (a VT, FF or CR there) and relayed the rest.
-_CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?=[^\n])")
-# Node takes a final `chunked` followed by spaces only: after a tab the coding is another token, not
-# chunked, and the request is refused. mitmproxy strips the tab and reads the body as chunked.
-_CHUNKED_THEN_TAB = re.compile(rb"\r\ntransfer-encoding:[^\r\n]*chunked *\t[ \t]*\r\n", re.IGNORECASE)
 # A chunk-size line as Node reads it: at most 16 significant hex digits (no 64-bit overflow), no
 # whitespace before the CRLF, extension names and values that may be empty, quoted values without
 # control bytes; h11 allows whitespace and overflow (a size that overflows left the request hanging).
@@ -330,7 +323,7 @@ def limit_request_heads(max_bytes: int) -> None:
             judged = _JUDGED_HEAD.pop(self, 0)
             end = _HEAD_END.search(data, max(judged - 2, 0))
             head_end = end.end() if end else len(data)
-            refusal = HEAD_TOO_LARGE if head_end > max_bytes else HEAD_MALFORMED if _refused_head(data, judged, head_end) else None
+            refusal = HEAD_TOO_LARGE if head_end > max_bytes else HEAD_MALFORMED if request_line.head_refused(data, judged, head_end) else None
             if refusal is not None:
                 HEAD_REFUSALS.inc()
                 yield commands.SendData(self.conn, refusal)
@@ -348,21 +341,6 @@ def limit_request_heads(max_bytes: int) -> None:
 
 # By server: how many bytes of the head it is still reading were judged by earlier reads.
 _JUDGED_HEAD: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-
-
-def _refused_head(data: bytes, judged: int, head_end: int) -> bool:
-    """Whether Node answers 400 to the head `data[:head_end]` (complete or not), its first
-    `judged` bytes found clean already: a bare LF as a line ending (mitmproxy accepts it), a
-    control byte, `chunked<TAB>`, or a request line it would not parse (sidecar/request_line.py).
-    Line-wide checks read each line once, when it is complete."""
-    if _BARE_LF.search(data, judged, head_end) or _CONTROL_BYTE.search(data, judged, head_end):
-        return True
-    line_start = data.rfind(b"\n", 0, judged) + 1
-    if line_start == 0:  # the request line is not judged yet
-        if request_line.refused(data):
-            return True
-    complete = data.rfind(b"\n", line_start, head_end) + 1
-    return complete > line_start and _CHUNKED_THEN_TAB.search(data, max(line_start - 2, 0), complete) is not None
 
 
 class _BoundedWebsocketConnection(websocket.WebsocketConnection):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from sidecar.request_line import NODE_METHODS, blank_prefix, refused
+from sidecar.request_line import NODE_METHODS, blank_prefix, head_refused, refused
 from tests.node import node_http_parse
 
 TAIL = b"Host: x\r\n\r\n"
@@ -73,3 +73,37 @@ def test_a_tls_client_hello_is_refused_at_its_first_byte() -> None:
 def test_blank_lines_before_the_request_line_are_counted() -> None:
     assert blank_prefix(b"\r\n\n\rGET") == 4
     assert blank_prefix(b"GET /\r\n") == 0
+
+
+def head_corpus() -> list[bytes]:
+    """Whole heads with one odd byte or spelling in a header line (the request line is plain)."""
+    heads = []
+    for byte in map(lambda b: bytes([b]), [*range(0, 32), 127, 128, 255]):
+        heads += [b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nX-A: a" + byte + b"b\r\n\r\n",
+                  b"POST /tools/invoke HTTP/1.1\r\nHost: x" + byte + b"\r\n\r\n"]
+    heads += [b"POST / HTTP/1.1\nHost: x\r\n\r\n", b"POST / HTTP/1.1\r\nHost: x\n\r\n",
+              b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n",
+              b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked  \r\n\r\n",
+              b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked \t \r\n\r\n",
+              b"POST / HTTP/1.1\r\nHost: x\r\nX-A: a\tb\r\n\r\n"]
+    return heads
+
+
+def test_a_head_is_refused_exactly_where_node_refuses_it_however_it_arrives() -> None:
+    """`head_refused`, judged on the whole head and a byte at a time (each call told how much the
+    earlier ones found clean), against Node's parser."""
+    heads = head_corpus()
+    verdicts, _ = node_verdicts(heads)
+    differ = []
+    for head, node in zip(heads, verdicts):
+        whole = head_refused(head, 0, len(head))
+        judged, dribbled = 0, False
+        for end in range(1, len(head) + 1):
+            if head_refused(head, judged, end):
+                dribbled = True
+                break
+            judged = end - 1  # as compat.limit_request_heads leaves it: a last CR is judged by what follows
+        if (node == "error") != whole or whole != dribbled:
+            differ.append((head, node, whole, dribbled))
+    assert not differ, f"{len(differ)} of {len(heads)} differ, e.g. {differ[:5]}"
+    assert 20 < verdicts.count("error") < len(heads)

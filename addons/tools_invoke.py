@@ -34,16 +34,16 @@ from addons import compat, ws_relay
 from addons.deadlines import Deadlines
 
 from sidecar import audit, envelopes
-from sidecar.config import load_config
+from sidecar.config import Timeouts, load_config
 from sidecar.body import MAX_BODY_BYTES
 from sidecar.envelopes import Envelope
 from sidecar.errors import ConfigError
-from sidecar.ipaddrs import normalize_ip
+from sidecar.ipaddrs import ip_text
 from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
 from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED, VANISHED_REQUESTS
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
-from sidecar.rpc import PREAUTH_MAX_BYTES, FrameVerdict, RpcSession
+from sidecar.rpc import FrameVerdict, RpcSession, client_message_limit
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.view import RequestView
 
@@ -57,10 +57,6 @@ ANSWERED = "openclaw_sidecar.answered"
 JUDGED_BODY = "openclaw_sidecar.judged_body"  # (body, Forward): decided in requestheaders
 RPC_SESSION = "openclaw_sidecar.rpc"
 WS_CLOSING = "openclaw_sidecar.ws_closing"
-# The gateway's WebSocket maxPayload: its RPC (server-constants MAX_PAYLOAD_BYTES), and the
-# largest of its other sockets.
-RPC_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
-GATEWAY_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 WRITE_FLUSH_SECONDS = 0.2
 LINGER_SECONDS = 1.0
 
@@ -111,7 +107,7 @@ def view_of(flow: http.HTTPFlow) -> RequestView:
 def peer_ip(flow: http.HTTPFlow) -> str:
     """The connection's peer, in the one spelling every per-client table uses."""
     peer: str = flow.client_conn.peername[0]
-    return normalize_ip(peer) or peer
+    return ip_text(peer)
 
 
 def response_of(envelope: Envelope, method: str | None) -> http.Response:
@@ -189,15 +185,8 @@ def write_final_answer(writer: asyncio.StreamWriter, envelope: Envelope, method:
 
 
 def websocket_message_limit(flow: http.HTTPFlow) -> int:
-    """The most a client message may grow to, as the gateway's own limits: 64 KiB until the RPC
-    connect frame is accepted, 25 MiB after; other upgrades (opened routes) the gateway's largest."""
-    session = flow.metadata.get(RPC_SESSION)
-    if session is not None:
-        return RPC_MAX_MESSAGE_BYTES if session.connected else PREAUTH_MAX_BYTES
     admitted = flow.metadata.get(ADMITTED)
-    if isinstance(admitted, Admitted) and admitted.rpc:
-        return PREAUTH_MAX_BYTES  # the session is being built: nothing is trusted yet
-    return GATEWAY_MAX_MESSAGE_BYTES
+    return client_message_limit(flow.metadata.get(RPC_SESSION), isinstance(admitted, Admitted) and admitted.rpc)
 
 
 def raise_fd_limit() -> int:
@@ -331,7 +320,10 @@ class ToolsInvokeGuard:
         """The next request head must be complete within headReadSeconds (also closes idle
         keep-alive connections: dripping bytes never extends it). `answered`: it follows an
         answer on this connection, not its opening."""
-        seconds = self.runtime.config.sidecar.timeouts.head_read_seconds if self.runtime else 10.0
+        # Without a configuration (mitmdump -s before sidecar_config is set) requests are refused
+        # anyway; the connection still gets the default deadline.
+        timeouts = self.runtime.config.sidecar.timeouts if self.runtime else Timeouts()
+        seconds = timeouts.head_read_seconds
         self._head_deadlines.arm(client.id, seconds, lambda: self._head_deadline_passed(client, answered))
 
     def _disarm_head_deadline(self, client: connection.Client) -> None:
@@ -369,14 +361,12 @@ class ToolsInvokeGuard:
         self._in_flight.setdefault(flow.client_conn.id, set()).add(flow.id)
         started = time.perf_counter()
         try:
-            if self.runtime is None:
-                raise RuntimeError("no sidecar configuration loaded (set sidecar_config)")
+            pipeline = self._live_runtime().pipeline
             view = view_of(flow)
             flow.metadata[VIEW] = view
             pending = view.declared_length()  # None: chunked or unknown
             # Usually the whole body came in with the head (None: not all of it, or chunked).
             body = b"" if pending == 0 else None if pending is None else compat.unread_request_prefix(flow.client_conn, pending)
-            pipeline = self.runtime.pipeline
             decision = await pipeline.on_head(view)
             if isinstance(decision, Refuse):
                 # A refused head with a body still to come is answered at once and the connection
@@ -569,7 +559,7 @@ class ToolsInvokeGuard:
         auth = admitted.auth if admitted else refusal.auth if refusal else None
         scopes = granted if granted is not None else tuple(admitted.scopes.scopes) if admitted and admitted.scopes else None
         started = flow.request.timestamp_start
-        audit.record(audit.AuditEntry(
+        (audit.record if line else audit.count)(audit.AuditEntry(
             request_id=flow.id, route=admitted.route if admitted else (refusal.route if refusal else None) or "head",
             decision=decision, reason=reason, status=status,
             method=method or (view.method if view else flow.request.data.method.decode("latin-1")),
@@ -582,7 +572,7 @@ class ToolsInvokeGuard:
             tool=tool or (refusal.tool if refusal else None), upstream_status=upstream_status,
             duration_ms=round((time.time() - started) * 1000, 2) if started else None, shadowed=shadowed,
             detail=detail or (refusal.detail if refusal else None), outcome=outcome,
-        ), line=line)
+        ))
 
     def _fail_closed(self, flow: http.HTTPFlow, hook: str) -> None:
         """Answer 500 and make sure nothing goes upstream; raises nothing (mitmproxy would only log

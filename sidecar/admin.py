@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .ipaddrs import parse_ip
 from .metrics import REGISTRY
 
 log = logging.getLogger("sidecar.admin")
@@ -116,13 +117,10 @@ def _client_key(client_address: object) -> str:
     """Whose share a connection counts against: its address, or for IPv6 its /64 (one host holds a
     whole /64 as easily as one address)."""
     host = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = parse_ip(host)  # an IPv4-mapped address folded to IPv4
+    if address is None:
         return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
+    if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .ipaddrs import IPNetwork, in_networks, is_loopback, normalize_ip
+from .ipaddrs import IPNetwork, in_networks, ip_text, is_loopback, normalize_ip
 from .toolpolicy import js_trim
 from .view import RequestView
 
@@ -56,7 +56,7 @@ def client_from_forwarded(xff: str | None, trusted: Sequence[IPNetwork]) -> str 
 
 
 def attribute(view: RequestView, trusted: Sequence[IPNetwork], allow_real_ip_fallback: bool) -> Attribution:
-    peer = normalize_ip(view.peer_ip) or view.peer_ip
+    peer = ip_text(view.peer_ip)
     evidence = has_forwarding_evidence(view)
     if is_loopback(peer) and not evidence:
         return Attribution("direct-local", peer, peer)

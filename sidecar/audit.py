@@ -196,12 +196,16 @@ def _same_file(opened: BinaryIO, path: str) -> bool:
 _writer: AuditWriter | None = None
 
 
-def record(entry: AuditEntry, *, line: bool = True) -> None:
-    """Count the decision, and write its line unless `line` is False (a flood's, counted only)."""
+def count(entry: AuditEntry) -> None:
+    """The decision on /metrics only (a flood past its budget is counted, not written line by line)."""
     decision_counter(entry.route, entry.decision, entry.reason).inc()
     for reason in entry.shadowed:
         SHADOWED.labels(reason=reason).inc()
-    if line and _writer is not None:
+
+
+def record(entry: AuditEntry) -> None:
+    count(entry)
+    if _writer is not None:
         _writer.put(entry.line(time.time()))
 
 

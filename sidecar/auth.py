@@ -16,7 +16,7 @@ from typing import Protocol
 from .attribution import Attribution
 from .canonical import FORBIDDEN_HOST_CODE_POINTS, InvalidTarget, canonicalize_target
 from .config import Config
-from .ipaddrs import IPNetwork, in_networks, is_loopback, normalize_ip, parse_ip, parse_network
+from .ipaddrs import IPNetwork, in_networks, ip_text, is_loopback, parse_ip, parse_network
 from .localaddrs import local_interface_addresses
 from .reasons import MissingHeader, Reason, ReasonCode
 from .toolpolicy import js_trim
@@ -326,7 +326,7 @@ def build_authenticator(config: Config, trusted: tuple[IPNetwork, ...] | None = 
         tp = gateway.auth.trusted_proxy
         try:
             local_addresses: frozenset[str] | None = frozenset(
-                normalize_ip(a) or a for a in local_interface_addresses()
+                ip_text(a) for a in local_interface_addresses()
             )
         except OSError as exc:
             log.error("cannot read this host's interface addresses (%s): trusted-proxy requests from "

@@ -116,9 +116,20 @@ def proxy_attribution_required() -> Envelope:
     return _openai_style(403, KNOWN_ATTRIBUTION_MESSAGE, "proxy_attribution_required")
 
 
-def missing_scope(scope: str = "operator.write") -> Envelope:
-    details = {"code": "MISSING_SCOPE", "missingScope": scope, "requiredScopes": [scope]}
-    return _ok_false(403, "forbidden", f"missing scope: {scope}", details=details)
+def missing_scope_error(scope: str) -> tuple[str, dict[str, Any]]:
+    """The gateway's words for a missing scope, over HTTP and on the RPC alike: message, details."""
+    return f"missing scope: {scope}", {"code": "MISSING_SCOPE", "missingScope": scope, "requiredScopes": [scope]}
+
+
+def method_denied_error(method: str, markers: str) -> tuple[str, dict[str, Any]]:
+    """A gateway method refused through the sidecar, on the RPC and the admin HTTP RPC alike: message, details."""
+    return f"method not allowed through this proxy: {method}", {"code": "METHOD_DENIED", "markers": markers}
+
+
+def missing_scope() -> Envelope:
+    """POST /tools/invoke without operator.write (or operator.admin)."""
+    message, details = missing_scope_error("operator.write")
+    return _ok_false(403, "forbidden", message, details=details)
 
 
 def _retry_after(seconds: int) -> tuple[tuple[str, str], ...]:
@@ -169,8 +180,8 @@ def tool_not_available(name: str) -> Envelope:
 def rpc_method_denied(method: str, request_id: str, markers: str) -> Envelope:
     """A gateway method refused on the admin HTTP RPC route: the plugin's own response shape
     (`id`, `ok`, `error`), carrying the error the WebSocket refusal of that method carries."""
-    error = {"code": "FORBIDDEN", "message": f"method not allowed through this proxy: {method}",
-             "details": {"code": "METHOD_DENIED", "markers": markers}}
+    message, details = method_denied_error(method, markers)
+    error = {"code": "FORBIDDEN", "message": message, "details": details}
     return _json(403, {"id": request_id, "ok": False, "error": error}, ("Cache-Control", "no-store"))
 
 

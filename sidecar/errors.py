@@ -1,18 +1,10 @@
-"""The sidecar's exception tree.
-
-    SidecarError
-    └── ConfigError      bad configuration: names the key path and why; start-up fails
-"""
+"""Errors the sidecar raises on purpose (others are bugs: they fail closed with a 500)."""
 
 from __future__ import annotations
 
 
-class SidecarError(Exception):
-    """Base of every error the sidecar raises on purpose."""
-
-
-class ConfigError(SidecarError):
-    """A configuration problem, with the offending key path(s) in the message."""
+class ConfigError(Exception):
+    """A configuration problem, with the offending key path(s) in the message; start-up fails."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems

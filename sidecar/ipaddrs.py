@@ -62,6 +62,11 @@ def normalize_ip(text: str | None) -> str | None:
     return None if text is None else _canonical_text(text)
 
 
+def ip_text(text: str) -> str:
+    """normalize_ip's spelling of an address, or `text` as it is when it is no IP literal."""
+    return _canonical_text(text) or text
+
+
 @short_call_cache(_CACHEABLE_LENGTH, _CACHE_SIZE)
 def _canonical_text(text: str) -> str | None:
     address = parse_ip(text)

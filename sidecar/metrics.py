@@ -13,7 +13,7 @@ PlatformCollector(registry=REGISTRY)
 
 DECISIONS = Counter(
     "openclaw_sidecar_decisions_total",
-    "Requests decided by the sidecar, by route class, outcome and reason code.",
+    "Requests decided by the sidecar, by route name, outcome and reason code.",
     ["route", "outcome", "reason"],
     registry=REGISTRY,
 )

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from .auth import AuthOutcome, parse_origin
 from .body import BodyError, InvokeBody, invoke_body_of, strict_json
 from .config import Config, RefusedFrames
-from .envelopes import compact_json
+from .envelopes import compact_json, method_denied_error, missing_scope_error
 from .pacing import RefusalBudget
 from .ratelimit import BROWSER_ORIGIN_SUBJECT
 from .reasons import Reason, ReasonCode
@@ -39,6 +39,10 @@ from .toolpolicy import js_trim
 
 GATEWAY_VERSION = "2026.9.6"
 PREAUTH_MAX_BYTES = 64 * 1024  # the gateway's own pre-auth frame limit
+# The gateway's WebSocket maxPayload: its RPC (server-constants MAX_PAYLOAD_BYTES), and the
+# largest of its other sockets.
+RPC_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
+GATEWAY_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # Methods refused whatever the scopes unless `sidecar.websocket.allowMethods` names them: those
 # the catalogue marks as running programs or agent turns (X), writing files (F), changing config,
 # secrets or policy (C), pairing devices or minting tokens (P), or restarting (R), and those our
@@ -200,8 +204,7 @@ def connect_auth_refusal(request_id: Any, outcome: AuthOutcome, client: Mapping[
 
 
 def missing_scope_frame(request_id: Any, scope: str) -> bytes:
-    return error_frame(request_id, "FORBIDDEN", f"missing scope: {scope}",
-                       {"code": "MISSING_SCOPE", "missingScope": scope, "requiredScopes": [scope]})
+    return error_frame(request_id, "FORBIDDEN", *missing_scope_error(scope))
 
 
 @dataclass(frozen=True)
@@ -239,8 +242,7 @@ def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, s
         return FrameVerdict("reply", Reason.NODE_METHOD, error_frame(request_id, "FORBIDDEN", f"node methods are not relayed: {method}"), method=method)
     if method in policy.denied:
         return FrameVerdict("reply", Reason.METHOD_DENIED, error_frame(
-            request_id, "FORBIDDEN", f"method not allowed through this proxy: {method}",
-            {"code": "METHOD_DENIED", "markers": spec.markers}), method=method)
+            request_id, "FORBIDDEN", *method_denied_error(method, spec.markers)), method=method)
     required = dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)
     missing = next((s for s in required if not scope_satisfied(s, scopes)), None)
     if missing is not None:
@@ -631,3 +633,12 @@ class RpcSession:
         # One name for policy and execution: what was judged is what runs (the schema let no `tool` in).
         return FrameVerdict("forward", Reason.ALLOWED, compact_json({**frame, "params": {**params, "name": name}}),
                             method=TOOLS_INVOKE, tool=name)
+
+
+def client_message_limit(session: RpcSession | None, rpc_upgrade: bool) -> int:
+    """The most a client message may grow to, as the gateway's own limits: 64 KiB until the RPC
+    connect frame is accepted (or while its session is being built: nothing is trusted yet),
+    25 MiB after; other upgrades (opened routes) the gateway's largest."""
+    if session is not None:
+        return RPC_MAX_MESSAGE_BYTES if session.connected else PREAUTH_MAX_BYTES
+    return PREAUTH_MAX_BYTES if rpc_upgrade else GATEWAY_MAX_MESSAGE_BYTES

@@ -147,13 +147,16 @@ _TOPIC = re.compile(r"^(.+):topic:([^:]+)$", re.IGNORECASE)
 _SENDER = re.compile(r"^(.+):sender:([^:]+)$", re.IGNORECASE)
 
 
+def _canonical_id(trimmed: str) -> str:
+    """An agent or account id as the gateway canonicalises one: lower-cased, and when it is no
+    valid id, each run of other characters a `-`, outer dashes dropped, 64 characters kept."""
+    lowered = trimmed.lower()
+    return lowered if _VALID_ID.fullmatch(trimmed) else _INVALID_ID_CHARS.sub("-", lowered).strip("-")[:64]
+
+
 def agent_id_strict(value: Any) -> str | None:
     """normalizeAgentIdStrict: the canonical id, or None when nothing of it is representable."""
-    trimmed = _trim(value)
-    lowered = trimmed.lower()
-    if _VALID_ID.fullmatch(trimmed):
-        return lowered
-    return _INVALID_ID_CHARS.sub("-", lowered).strip("-")[:64] or None
+    return _canonical_id(_trim(value)) or None
 
 
 def agent_id(value: Any) -> str:
@@ -866,11 +869,7 @@ class ToolChain:
 
 def _account_id(value: str | None) -> str:
     """normalizeAccountId: absent or blank is `default`."""
-    trimmed = _trim(value)
-    if not trimmed:
-        return "default"
-    lowered = trimmed.lower()
-    canonical = lowered if _VALID_ID.fullmatch(trimmed) else _INVALID_ID_CHARS.sub("-", lowered).strip("-")[:64]
+    canonical = _canonical_id(_trim(value))
     return canonical if canonical and canonical not in ("__proto__", "constructor", "prototype") else "default"
 
 

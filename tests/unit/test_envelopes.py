@@ -109,11 +109,13 @@ def test_bad_request_message_is_json_escaped(message: str) -> None:
 
 
 def test_missing_scope_names_the_scope() -> None:
-    payload = json.loads(envelopes.missing_scope("operator.admin").body)
-    assert payload["error"]["message"] == "missing scope: operator.admin"
+    payload = json.loads(envelopes.missing_scope().body)
+    assert payload["error"]["message"] == "missing scope: operator.write"
     assert payload["error"]["details"] == {
-        "code": "MISSING_SCOPE", "missingScope": "operator.admin", "requiredScopes": ["operator.admin"],
+        "code": "MISSING_SCOPE", "missingScope": "operator.write", "requiredScopes": ["operator.write"],
     }
+    assert envelopes.missing_scope_error("operator.admin") == ("missing scope: operator.admin", {
+        "code": "MISSING_SCOPE", "missingScope": "operator.admin", "requiredScopes": ["operator.admin"]})
 
 
 @pytest.mark.parametrize("envelope", [c[1] for c in CASES], ids=[c[0] for c in CASES])

@@ -212,7 +212,9 @@ REASON_KEYWORDS = {
 }
 # What the envelopes module may be asked for directly: answers that are not a refusal's, and helpers.
 NOT_REFUSAL_ANSWERS = {"head_timeout", "internal_error", "tool_execution_failed"}
-ENVELOPE_HELPERS = {"Envelope", "compact_json", "JSON_CONTENT_TYPE", "SECURITY_HEADERS"}
+# Building blocks, not refusals: the RPC's frames share the gateway's words with the HTTP envelopes.
+ENVELOPE_HELPERS = {"Envelope", "compact_json", "JSON_CONTENT_TYPE", "SECURITY_HEADERS", "method_denied_error",
+                    "missing_scope_error"}
 
 
 def _called(node: ast.Call) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from openclaw_demo.backend import DemoBackend
+from sidecar.envelopes import SECURITY_HEADERS
 
 from .conftest import UPSTREAM_TOKEN
 from .harness import RawResponse
@@ -71,9 +72,11 @@ def body_of(resp: httpx.Response | RawResponse) -> bytes:
 
 def assert_refused(resp: httpx.Response | RawResponse, status: int, body: dict[str, Any],
                    backend: DemoBackend) -> None:
-    """A sidecar refusal: exact status, exact JSON body, JSON content type, nothing upstream."""
+    """A sidecar refusal: exact status, exact JSON body, JSON content type and the gateway's security
+    headers, nothing upstream."""
     assert status_of(resp) == status, body_of(resp)
     assert json.loads(body_of(resp)) == body
     assert header_of(resp, "content-type") == JSON_CT
+    assert [(name, header_of(resp, name)) for name, _ in SECURITY_HEADERS] == list(SECURITY_HEADERS)
     assert BACKEND_SERVER not in (header_of(resp, "server") or "")
     assert backend.requests() == []

@@ -19,6 +19,9 @@ from .netns import NamespaceError
 UPSTREAM_TOKEN = "upstream-secret-for-the-gateway"
 REAL_GATEWAY_TOKEN = "real-gateway-shared-token"
 REAL_GATEWAY_HOOKS_TOKEN = "real-gateway-hooks-token"
+# The gateway's HTTP endpoints switched on (off by default, and then no route): the demo backend
+# and the shared real gateway stand for a deployment that serves them.
+OPENAI_ENDPOINTS = {"endpoints": {"chatCompletions": {"enabled": True}, "responses": {"enabled": True}}}
 TESTNET_SKIP_REASON = pytest.StashKey[str | None]()
 
 
@@ -114,7 +117,7 @@ def token_gateway() -> Iterator[RealGateway]:
     if reason is not None:
         pytest.skip(f"REAL GATEWAY TESTS SKIPPED: {reason}")
     gateway = RealGateway({"mode": "token", "token": REAL_GATEWAY_TOKEN}, {
-        "gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}, "responses": {"enabled": True}}}},
+        "gateway": {"http": OPENAI_ENDPOINTS},
         "hooks": {"enabled": True, "token": REAL_GATEWAY_HOOKS_TOKEN},
         "plugins": {"entries": {"admin-http-rpc": {"enabled": True}}},
     })

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from .conftest import OPENAI_ENDPOINTS
 from .harness import (
     SidecarProcess,
     TestNet,
@@ -200,7 +201,7 @@ class ConfigBuilder:
             auth["token"] = TOKEN
         if self.rate_limit:
             auth["rateLimit"] = dict(self.rate_limit)
-        gateway: dict[str, Any] = {"auth": auth}
+        gateway: dict[str, Any] = {"auth": auth, "http": OPENAI_ENDPOINTS}  # /v1/models: a read route besides /tools/invoke
         if self.trusted_proxies:
             gateway["trustedProxies"] = list(self.trusted_proxies)
         sidecar = {

@@ -20,7 +20,7 @@ import pytest
 from openclaw_demo.backend import DemoBackend
 
 from .assertions import assert_refused_raw, header_names, header_values, only_forwarded
-from .conftest import UPSTREAM_TOKEN
+from .conftest import OPENAI_ENDPOINTS, UPSTREAM_TOKEN
 from .expected import AGENTS, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, MISSING_SCOPE, UNAUTHORIZED, not_available
 from .harness import RawResponse, SidecarProcess, TestNet, raw_exchange
 
@@ -78,7 +78,7 @@ def sidecar_section(backend: DemoBackend, **more: Any) -> dict:
 
 def token_config(backend: DemoBackend, **sidecar: Any) -> dict:
     return {"sidecar": sidecar_section(backend, **sidecar),
-            "gateway": {"auth": {"mode": "token", "token": TOKEN}, "trustedProxies": [PROXY]}}
+            "gateway": {"auth": {"mode": "token", "token": TOKEN}, "trustedProxies": [PROXY], "http": OPENAI_ENDPOINTS}}
 
 
 def tp_config(backend: DemoBackend, user_header: str = "Tailscale-User-Login", trusted_proxy: dict | None = None,

@@ -18,7 +18,7 @@ import pytest
 from openclaw_demo.backend import DemoBackend
 
 from .assertions import assert_not_found_raw, assert_refused_raw, header_values, only_forwarded
-from .conftest import UPSTREAM_TOKEN
+from .conftest import OPENAI_ENDPOINTS, UPSTREAM_TOKEN
 from .expected import AGENTS, AGENTS_RESULT, ATTRIBUTION_REQUIRED, DEFAULT_SCOPES, UNAUTHORIZED
 from .harness import RawResponse, SidecarProcess, TestNet, raw_exchange
 
@@ -53,7 +53,7 @@ def config(backend: DemoBackend, listen: str = "127.0.0.1:0", **sidecar: Any) ->
     return {
         "sidecar": {"listen": listen, "upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
                     "rateLimit": {"loopbackDelayBaseMs": 0, "loopbackDelayMaxMs": 0}, **sidecar},
-        "gateway": {"auth": {"mode": "token", "token": TOKEN}, "trustedProxies": ["198.51.100.5"]},
+        "gateway": {"auth": {"mode": "token", "token": TOKEN}, "trustedProxies": ["198.51.100.5"], "http": OPENAI_ENDPOINTS},
     }
 
 

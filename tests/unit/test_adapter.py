@@ -25,6 +25,7 @@ from sidecar.config import load_config
 from sidecar.envelopes import Envelope
 from sidecar.metrics import INTERNAL_ERRORS, VANISHED_REQUESTS
 from sidecar.pipeline import Admitted
+from sidecar.reasons import Reason, answer
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.scopes import DEFAULT_SCOPES
 
@@ -250,7 +251,7 @@ async def test_absolute_form_for_own_host_is_forwarded_in_origin_form(guard: Too
 
 async def test_absolute_form_naming_a_foreign_host_is_refused(guard: ToolsInvokeGuard) -> None:
     flow = await run(guard, make_flow(method="GET", path="/v1/models", authority="evil.example", headers=[AUTH]))
-    assert flow.response is not None and flow.response.status_code == 400
+    assert_answer(flow, answer(Reason.FOREIGN_HOST))
 
 
 async def test_other_route_path_is_canonicalised(guard: ToolsInvokeGuard) -> None:
@@ -352,8 +353,9 @@ async def test_a_tool_refusal_is_audited_with_its_layer(guard: ToolsInvokeGuard,
 
 async def test_invalid_json_is_400(guard: ToolsInvokeGuard) -> None:
     flow = await run(guard, make_flow(headers=[AUTH], body=b'{"tool":'))
-    assert flow.response is not None and flow.response.status_code == 400
-    assert json.loads(flow.response.raw_content)["error"]["type"] == "invalid_request_error"
+    with pytest.raises(json.JSONDecodeError) as parse_error:
+        json.loads(b'{"tool":')
+    assert_answer(flow, answer(Reason.INVALID_JSON, parse_error.value.msg))
 
 
 async def test_trailers_are_refused(guard: ToolsInvokeGuard) -> None:

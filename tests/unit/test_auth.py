@@ -166,10 +166,11 @@ def test_origin_policy(allowed: tuple[str, ...], headers: list[tuple[str, str]],
     ("foo://H:0080", "foo://h:80"), ("foo://h:", "foo://h"), ("foo://[::1]:5", "foo://[::1]:5"),
     ("file://localhost", None), ("foo://localhost:99999", None), ("foo://a b", None), ("http://h:65536", None),
     ("\ufeffhttp://h", "http://h"), ("http://h/ ", "http://h"),
+    ("https://App.XN--P1AI.:0443/", "https://app.xn--p1ai."), ("https://xn--p1ai:8443", "https://xn--p1ai:8443"), ("https://xn--zz.example", None), ("https://xn--p1ai%2f", None),
 ])
 def test_parse_origin_reads_as_new_url_does(raw: str, origin: str | None) -> None:
-    """The gateway's parseOrigin over Node's URL (checked against Node 24; IDN hosts and file
-    URLs are refused here, stricter)."""
+    """The gateway's parseOrigin over Node's URL (checked against Node 24; file URLs, and IDN hosts
+    other than valid IDNA 2008 A-labels, are refused here, stricter)."""
     parsed = parse_origin(raw)
     assert (parsed.origin if parsed else None) == origin
 

@@ -118,3 +118,27 @@ def test_a_connects_client_kind_is_the_one_the_gateway_reads() -> None:
     differ = [(client, m, t) for client, m, t in zip(clients, mine, theirs) if m != t]
     assert differ == [], f"{len(differ)} of {len(clients)} differ, first: {differ[:5]}"
     assert set(theirs) == {"cli", "ui", "other"}
+
+
+IDN_ORIGINS = ["https://app.xn--p1ai", "https://APP.XN--P1AI", "https://xn--bcher-kva.example:8443",
+               "wss://xn--d1acpjx3f.xn--p1ai", "https://app.xn--p1ai.", "http://xn--80ak6aa92e.com"]
+IDN_REFUSED_HERE = ["https://xn--i-7iq.ws"]  # an emoji name: UTS-46 takes it, IDNA 2008 (the idna package) does not
+IDN_INVALID = ["https://xn--zz.example", "https://xn--.example", "https://xn--a.example", "https://a.xn--ls8h-.example",
+               "https://xn--p1ai:99999", "https://xn--p1ai@x.example"]
+
+
+def test_an_internationalised_origin_is_allowed_where_the_gateway_allows_it() -> None:
+    """An allow-listed origin spelt with IDNA A-labels passes as at the gateway (red team: the
+    sidecar refused `https://app.xn--p1ai` outright); one the gateway cannot parse never passes,
+    and one only UTS-46 takes is refused here, the strict side."""
+    cases = IDN_ORIGINS + IDN_REFUSED_HERE + IDN_INVALID
+    theirs = call_gateway(["origin-check-:checkBrowserOrigin"], """
+        answer(input.map((origin) => gateway.checkBrowserOrigin(
+          { origin, allowedOrigins: [origin.toLowerCase()], requestHost: "gw.internal:18789", isLocalClient: false }).ok));""",
+                          cases)
+    mine = [OriginPolicy([origin.lower()]).permits(builders.view(("Origin", origin), host="gw.internal:18789"), local_client=False)
+            for origin in cases]
+    verdicts = dict(zip(cases, zip(mine, theirs)))
+    assert all(verdicts[origin] == (True, True) for origin in IDN_ORIGINS), verdicts
+    assert all(verdicts[origin] == (False, True) for origin in IDN_REFUSED_HERE), verdicts
+    assert all(not m for m, _ in (verdicts[origin] for origin in IDN_INVALID)), verdicts

@@ -69,6 +69,7 @@ class RouteEntry:
     method_not_allowed: bool = False  # its handler answers other methods 405 with Allow
     # Plugin rows: their paths as the gateway's matcher normalises them, computed once.
     plugin_paths: tuple[str, ...] = ()
+    handles_only: str | None = None  # the pathname suffix its handler takes; it declines the rest
 
     @property
     def default_policy(self) -> Literal["public", "authenticated", "refused"]:
@@ -112,6 +113,7 @@ def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
         pass_headers=tuple(row.get("passHeaders", ())), note=row.get("note", ""),
         method_not_allowed=row.get("methodNotAllowed", False),
         plugin_paths=tuple(_security_normalize(p) for p in paths) if plugin else (),
+        handles_only=row.get("handlesOnly"),
     )
 
 
@@ -316,6 +318,8 @@ class RouteTable:
                     # state (red team: an opened, unloaded plugin's path decoded into the admin
                     # RPC). No plain path matches two rows, only different decodings of one: no route.
                     return None
+                if matched and matched[0].handles_only is not None and not path.endswith(matched[0].handles_only):
+                    continue  # its handler declines the path: the stages after the router take it
                 if matched:
                     # Nor may a core route after the router take the path as it came: a plugin that
                     # is not loaded, or declines, leaves it to that one (the Control UI catch-all

@@ -474,7 +474,7 @@ async def test_authenticated_read_is_forwarded_with_our_credential(make, target:
     ("GET", "/j/ABCDEF", "route_refused"), ("GET", "/x/y/j/ABCDEF", "route_refused"),
     ("POST", "/api/nodes/watch/challenge", "route_refused"), ("GET", "/__openclaw__/worker-bundle/x", "route_refused"),
     ("POST", "/api/v1/admin/rpc", "route_refused"), ("POST", "/API/V1/Admin/RPC", "route_refused"),
-    ("POST", "/x/..%2fapi/v1/admin/rpc", "route_refused"), ("GET", "/plugins/%2567eolocation", "route_refused"),
+    ("POST", "/x/..%2fapi/v1/admin/rpc", "route_refused"), ("GET", "/plugins/%2567eolocation/lookup", "route_refused"),
     ("POST", "/__openclaw__/assistant-media?meta=1&allow=1", "route_refused"), ("GET", "/__openclaw__/board/s/n/index.html", "route_refused"),
     ("GET", "/share/session?token=t", "query_credential"), ("GET", "/oauth/provider/callback", "route_refused"),
     # credentials in the query string and node capabilities

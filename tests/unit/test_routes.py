@@ -145,7 +145,7 @@ def test_base_path_normalisation(raw: str | None, normalized: str) -> None:
     ("GET", "/api/channels", "plugin:channels"), ("POST", "/API/Channels/x", "plugin:channels"), ("GET", "/api/channels%2fx", "plugin:channels"),
     ("POST", "/api/v1/admin/rpc", "plugin:admin-http-rpc"), ("POST", "/API/V1/Admin/RPC/", "plugin:admin-http-rpc"),
     ("POST", "/api//v1/admin/rpc", "plugin:admin-http-rpc"), ("POST", "/api/v1/admin/%72pc", "plugin:admin-http-rpc"),
-    ("POST", "/api/v1/admin/rpc/x", "unknown"), ("GET", "/Plugins/GeoLocation/x", "plugin:geolocation"),
+    ("POST", "/api/v1/admin/rpc/x", "unknown"), ("GET", "/Plugins/GeoLocation/lookup", "plugin:geolocation"),
     ("GET", "/Browser/Extension", "plugin:browser-extension"), ("GET", "/browser/Screencast/", "plugin:browser-screencast"), ("POST", "/plugins/openai/realtime/calls", "plugin:openai-realtime"),
     ("GET", "/__openclaw_tg_miniapp/", "plugin:telegram-miniapp"),
     ("GET", "/api/chat/media/outgoing/a", "chat-media"), ("GET", "/avatar/main", "control-ui-images"),
@@ -180,6 +180,10 @@ def test_http_routes_in_router_order(method: str, path: str, route: str) -> None
     ("GET", "/avatar/%252e%252e/plugins/openai/realtime/calls", "unknown"),
     ("GET", "/api/chat/media/outgoing/%252e%252e/%252e%252e/%252e%252e/%252e%252e/api/channels/x", "unknown"),
     ("GET", "/plugins/geolocation/lookup", "plugin:geolocation"),
+    # its handler declines any other path, which the stages after the router then take (red team:
+    # an opened plugin:geolocation carried the Control UI past `routes.controlUi: off`)
+    ("GET", "/Plugins/Geolocation/chat", "control-ui"), ("GET", "/plugins/geolocation/%6cookup", "unknown"),
+    ("GET", "/plugins/geolocation/x/lookup", "plugin:geolocation"),
     # a core stage matched the path as it came; a decoding of it reaches a plugin route: which runs
     # is not the sidecar's to guess (they ran a refused plugin through /v1/models and /focus)
     ("GET", "/v1/models/%252e%252e/%252e%252e/plugins/geolocation/lookup", "unknown"),

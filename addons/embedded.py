@@ -22,7 +22,7 @@ from mitmproxy.master import Master
 
 from sidecar import audit
 from sidecar.admin import AdminServer, Health
-from sidecar.config import Config, split_host_port
+from sidecar.config import Config, http_url, split_host_port
 from sidecar.logging_limits import limit_library_logs
 from sidecar.reload import IdentityHeaderMemory, Reloader
 from sidecar.runtime import Runtime, build_runtime
@@ -74,8 +74,7 @@ def _listening_url(master: Master) -> str | None:
     if not addrs:
         return None
     host, port = addrs[0][:2]
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
+    return http_url(host, port)
 
 
 def _listen_error(master: Master) -> OSError | None:

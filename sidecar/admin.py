@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .config import http_url
 from .ipaddrs import parse_ip
 from .metrics import REGISTRY
 
@@ -197,9 +198,7 @@ class AdminServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = str(self.server_address[0]), self.server_address[1]
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}"
+        return http_url(str(self.server_address[0]), self.server_address[1])
 
     def start(self) -> None:
         threading.Thread(target=self.serve_forever, name="sidecar-admin", daemon=True).start()

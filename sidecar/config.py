@@ -431,6 +431,11 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def http_url(host: str, port: int) -> str:
+    """The URL of a listener, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _field_names(model: type[BaseModel]) -> set[str]:
     names = set(model.model_fields)
     for info in model.model_fields.values():

@@ -7,7 +7,6 @@ exact bytes it describes and sent as they are. Rendering is pure; `exchange` doe
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..envelopes import compact_json
 from .corpus import PLACEHOLDER, Body, HttpRequest
 from .verdict import Answer
 
@@ -95,10 +95,6 @@ class Context:
 
 
 # ---------------------------------------------------------------- rendering
-
-
-def compact_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _body_bytes(body: Body, ctx: Context, eol: str) -> tuple[bytes, tuple[str, str] | None]:

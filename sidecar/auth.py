@@ -351,8 +351,8 @@ def origin_policy(config: Config) -> OriginPolicy:
     return OriginPolicy(control_ui.allowed_origins, control_ui.dangerously_allow_host_header_origin_fallback)
 
 
-def build_authenticator(config: Config, trusted: tuple[IPNetwork, ...] | None = None) -> Authenticator:
-    """The authenticator for the configured mode; `trusted` is gateway.trustedProxies, parsed."""
+def build_authenticator(config: Config) -> Authenticator:
+    """The authenticator for the configured mode."""
     secrets = config.secrets
     gateway = config.rules.gateway
     origins = origin_policy(config)
@@ -369,7 +369,7 @@ def build_authenticator(config: Config, trusted: tuple[IPNetwork, ...] | None = 
                       "non-loopback peers will be refused", exc)
             local_addresses = None
         return TrustedProxyAuth(
-            trusted=trusted if trusted is not None else tuple(parse_network(e) for e in gateway.trusted_proxies),
+            trusted=gateway.trusted_networks,
             user_header=tp.user_header,  # lower-cased by the config validator
             required_headers=tp.required_headers,
             allow_users=frozenset(tp.allow_users),

@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .headers import HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
-from .ipaddrs import is_loopback, parse_network
+from .ipaddrs import IPNetwork, is_loopback, parse_network
 from .openclaw_env import (
     KNOWN_WEAK_SECRETS, REDACTED_SECRET_VALUES, contains_reference, file_environment, secret_reference, substitute_all,
 )
@@ -603,6 +603,10 @@ class GatewayConfig(BaseModel):
         for entry in entries:
             parse_network(entry)  # ValueError names the entry
         return entries
+
+    @property
+    def trusted_networks(self) -> tuple[IPNetwork, ...]:
+        return tuple(map(parse_network, self.trusted_proxies))
 
 
 # What the tool policy chain reads of `tools`, `agents`, `session` and `channels`: `True` keeps a

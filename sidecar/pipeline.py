@@ -30,7 +30,7 @@ from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
 from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_headers
-from .ipaddrs import is_loopback, parse_network
+from .ipaddrs import is_loopback
 from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
@@ -219,8 +219,8 @@ class Pipeline:
         tp = gateway.auth.trusted_proxy
         # Header names from config are lower-cased by its validators.
         user_header = sidecar.upstream_auth.user_header or tp.user_header or "x-forwarded-user"
-        self.trusted = tuple(parse_network(e) for e in gateway.trusted_proxies)
-        self.authenticator = build_authenticator(self.config, self.trusted)
+        self.trusted = gateway.trusted_networks
+        self.authenticator = build_authenticator(self.config)
         self.origins = origin_policy(self.config)
         self.context = sidecar.context_headers
         self.context_allow = frozenset(self.context.allow)

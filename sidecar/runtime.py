@@ -11,7 +11,6 @@ from pydantic.alias_generators import to_camel
 
 from .config import Config, read_storage_password
 from .errors import ConfigError
-from .ipaddrs import parse_network
 from .pacing import RefusalPacer
 from .pipeline import Pipeline
 from .ratelimit import AuthFailureLimiter, RequestRateLimiter
@@ -45,7 +44,7 @@ def warn_about_config(config: Config) -> None:
             "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
         )
     if config.secrets.mode == "trusted-proxy":
-        ranges = [str(n) for n in map(parse_network, config.rules.gateway.trusted_proxies)
+        ranges = [str(n) for n in config.rules.gateway.trusted_networks
                   if n.num_addresses > 1 and not n.is_loopback]
         if ranges:
             log.warning("TRUSTED-PROXY MODE TRUSTING RANGES %s: any host in them can name any allowed user "

@@ -484,7 +484,8 @@ class RpcSession:
     the most this caller may hold; `limit(tool)` applies the request limits to tools.invoke.
     Refused frames spend the connection's budget (`policy.refused_frames`); past it the connection
     is closed (admin/CLI red team: one read-only connection had 20,000 refusals audited in 1.2 s).
-    In shadow mode the frames it would refuse spend it too, and past it go unaudited line by line.
+    In shadow mode the frames it would refuse have a budget of their own, past which they go
+    unaudited line by line (counted only); they never close the connection.
     """
 
     def __init__(self, policy: RpcPolicy, caller: AuthOutcome | None, allowed: ResolvedScopes,
@@ -497,6 +498,9 @@ class RpcSession:
         self.check_secret = check_secret
         self.limit = limit
         self.refusals = RefusalBudget(policy.refused_frames.burst, policy.refused_frames.per_second)
+        # Shadow mode: the audit lines of frames enforcement would refuse. Its own budget, which
+        # only stops the lines: spending the one above would close the connection (red team).
+        self.shadow_lines = RefusalBudget(policy.refused_frames.burst, policy.refused_frames.per_second)
         self.browser = browser
         self.scopes: frozenset[str] | None = None  # granted at connect
         self.granted: tuple[str, ...] | None = None  # the same, in the order asked (for the audit lines)
@@ -513,7 +517,7 @@ class RpcSession:
         if verdict.verdict in ("reply", "drop") and not self.refusals.spend():
             return replace(verdict, verdict="close", reason=Reason.REFUSED_FRAME_FLOOD, close_code=1008,
                            close_reason="too many refused requests")
-        if verdict.shadowed and not self.refusals.spend():
+        if verdict.shadowed and not self.shadow_lines.spend():
             # Shadow mode forwards what enforcement would refuse, so it does not close; past the
             # budget the frames are counted but not written one by one (red team: 200 lines in 0.6 s).
             return replace(verdict, audited=False)

@@ -274,6 +274,7 @@ def test_in_shadow_mode_a_flood_is_forwarded_and_past_the_budget_counted_not_wri
         answered = ws.call("config.apply", {"raw": "{}"}, request_id=f"s-{n}")
         assert answered["id"] == f"s-{n}" and answered["ok"] is False  # the gateway's own refusal: forwarded
         assert answered["error"]["message"] == "missing scope: operator.admin"
+    assert ws.call("connect", {}, request_id="again")["ok"] is False  # answered by the sidecar: never a close
     assert ws.call("health")["ok"] is True  # still open
     ws.close()
     assert sc.admin_url is not None

@@ -328,15 +328,19 @@ async def test_past_its_budget_of_refused_frames_a_connection_is_closed() -> Non
 
 
 async def test_in_shadow_mode_frames_past_the_budget_are_forwarded_without_their_audit_lines() -> None:
-    """Shadowed frames would be refused under enforcement: they spend the budget, but shadow mode
-    forwards them whatever, so past it they go unaudited line by line instead of closing the
-    connection (red team: a read-only connection wrote 200 shadowed lines in 0.6 s)."""
+    """Shadowed frames would be refused under enforcement: shadow mode forwards them whatever, so
+    past a budget of their own they go unaudited line by line (red team: a read-only connection
+    wrote 200 shadowed lines in 0.6 s). That budget never closes the connection: spending the
+    refusal budget did, at the next frame the sidecar answers itself (the red team again)."""
     now = [0.0]
     rpc = await connected(scopes=["operator.read"], shadow=True)
+    rpc.shadow_lines = RefusalBudget(2, 1.0, clock=lambda: now[0])
     rpc.refusals = RefusalBudget(2, 1.0, clock=lambda: now[0])
     verdicts = [await rpc.client_frame(req("config.patch")) for _ in range(4)]
     assert [(v.verdict, v.shadowed, v.audited) for v in verdicts] == [("forward", True, True)] * 2 + [("forward", True, False)] * 2
     assert (await rpc.client_frame(req("sessions.list"))).audited  # allowed frames are not shadowed ones
+    answered = await rpc.client_frame(req("connect", request_id="again"))  # the sidecar's own answer
+    assert (answered.verdict, answered.shadowed) == ("reply", False)
     now[0] = 1.0
     assert (await rpc.client_frame(req("config.patch"))).audited
 

@@ -458,7 +458,7 @@ class TrustedProxyConfig(BaseModel):
 
     _identity_header = field_validator("user_header")(lambda cls, v: identity_header_name(v))
     allow_users: tuple[str, ...] = ()
-    allow_loopback: bool = False
+    allow_loopback: StrictBool = False
 
     _relayable = field_validator("required_headers")(lambda cls, v: relayable_required_headers(v))
 
@@ -532,8 +532,8 @@ def _resolved_path(path: str | None) -> str | None:
 class ControlUiConfig(BaseModel):
     model_config = _LENIENT
     allowed_origins: tuple[str, ...] = ()
-    dangerously_allow_host_header_origin_fallback: bool = False
-    enabled: bool = True
+    dangerously_allow_host_header_origin_fallback: StrictBool = False
+    enabled: StrictBool = True
     base_path: str | None = None
 
     _resolved = field_validator("base_path")(lambda cls, v: _resolved_path(v))
@@ -541,7 +541,7 @@ class ControlUiConfig(BaseModel):
 
 class EndpointSwitch(BaseModel):
     model_config = _LENIENT
-    enabled: bool = False
+    enabled: StrictBool = False
 
 
 class HttpEndpoints(BaseModel):
@@ -557,7 +557,7 @@ class GatewayHttpConfig(BaseModel):
 
 class McpAppsConfig(BaseModel):
     model_config = _LENIENT
-    enabled: bool = False
+    enabled: StrictBool = False
 
 
 class McpConfig(BaseModel):
@@ -571,7 +571,7 @@ class HooksConfig(BaseModel):
     """Only whether and where the gateway serves hooks; their token is the gateway's business."""
 
     model_config = _LENIENT
-    enabled: bool = False
+    enabled: StrictBool = False
     path: str | None = None
 
     _resolved = field_validator("path")(lambda cls, v: _resolved_path(v))
@@ -589,7 +589,7 @@ class GatewayConfig(BaseModel):
     model_config = _LENIENT
     auth: GatewayAuthConfig = GatewayAuthConfig()
     trusted_proxies: tuple[str, ...] = ()
-    allow_real_ip_fallback: bool = False
+    allow_real_ip_fallback: StrictBool = False
     tools: GatewayToolsConfig = GatewayToolsConfig()
     control_ui: ControlUiConfig = ControlUiConfig()
     http: GatewayHttpConfig = GatewayHttpConfig()

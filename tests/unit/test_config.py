@@ -236,6 +236,13 @@ session: {scope: per-sender}
         # typos that would refuse every request (an empty prefix) or none (no leading slash)
         ("sidecar:\n  routes: {deny: ['']}\n", "sidecar.routes.deny"),
         ("sidecar:\n  routes: {deny: [/v1, api/v1]}\n", "sidecar.routes.deny"),
+        # a switch the gateway's schema refuses unless boolean: read leniently, "false" switched a row off
+        # that the gateway, refusing the edit, kept serving (red team)
+        ("gateway:\n  http: {endpoints: {chatCompletions: {enabled: 'false'}}}\n", "gateway.http.endpoints.chatCompletions.enabled"),
+        ("mcp:\n  apps: {enabled: 1}\n", "mcp.apps.enabled"),
+        ("hooks:\n  enabled: 'yes'\n", "hooks.enabled"),
+        ("gateway:\n  controlUi: {enabled: 'false'}\n", "gateway.controlUi.enabled"),
+        ("gateway:\n  allowRealIpFallback: 'true'\n", "gateway.allowRealIpFallback"),
         # a misspelt scope in a ceiling would silently take that scope from everyone under it
         ("sidecar:\n  scopeCeilings: {default: [operator.wirte]}\n", "sidecar.scopeCeilings.default"),
         ("sidecar:\n  scopeCeilings: {identities: {alice: [operator.read, Operator.Admin]}}\n", "sidecar.scopeCeilings.identities"),

@@ -138,7 +138,8 @@ def _network_host(scheme: str, authority: str) -> str | None:
     name, colon, port = authority.rstrip("/").partition(":")
     labels = name.split(".")
     idn = {i: label for i, label in enumerate(labels) if label.startswith("xn--")}
-    if not name.isascii() or not idn or not all(map(_a_label, idn.values())):
+    # A percent-escape could make labels (`%2e`) while the host is parsed, moving the A-labels.
+    if not name.isascii() or "%" in name or not idn or not all(map(_a_label, idn.values())):
         return None
     # Each A-label stands in for a plain one while the rest of the host and the port are parsed.
     plain = ".".join(f"idn{i}" if i in idn else label for i, label in enumerate(labels))

@@ -167,6 +167,7 @@ def test_origin_policy(allowed: tuple[str, ...], headers: list[tuple[str, str]],
     ("file://localhost", None), ("foo://localhost:99999", None), ("foo://a b", None), ("http://h:65536", None),
     ("\ufeffhttp://h", "http://h"), ("http://h/ ", "http://h"),
     ("https://App.XN--P1AI.:0443/", "https://app.xn--p1ai."), ("https://xn--p1ai:8443", "https://xn--p1ai:8443"), ("https://xn--zz.example", None), ("https://xn--p1ai%2f", None),
+    ("https://a%2eb.xn--p1ai", None), ("https://a%2e%2eb.xn--p1ai", None),  # escapes in an IDN name: refused, the strict side
 ])
 def test_parse_origin_reads_as_new_url_does(raw: str, origin: str | None) -> None:
     """The gateway's parseOrigin over Node's URL (checked against Node 24; file URLs, and IDN hosts

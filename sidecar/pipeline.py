@@ -543,6 +543,10 @@ class Pipeline:
                 return RouteAccess(refusal=Reason.METHOD_NOT_ALLOWED, refusal_data=(", ".join(entry.methods or ()),))
             return RouteAccess(refusal=Reason.METHOD_NOT_SERVED)
         own = opened and entry.credential == "own"
+        if match.ui_fallback and (self.control_ui_policy == "refused" or own and self.control_ui_policy != "public"):
+            # A plugin not loaded leaves the path to the Control UI, which `routes.controlUi` keeps
+            # off or behind the sidecar's authentication (review: an opened plugin carried it past).
+            return RouteAccess(refusal=Reason.ROUTE_REFUSED)
         if match.query_credential is not None and not own:
             return RouteAccess(refusal=Reason.QUERY_CREDENTIAL)
         if policy == "refused" and not opened:

@@ -90,6 +90,9 @@ class RouteMatch:
     malformed_capability: bool = False  # a capability path the gateway answers 401
     query_credential: str | None = None  # a credential-bearing query parameter, by name
     method_served: bool = True  # False: the row's handler does not serve this method
+    # A plugin route whose path the Control UI's catch-all serves when the plugin is not loaded
+    # (or its handler declines): the gateway's answer there depends on its runtime state.
+    ui_fallback: bool = False
 
     @property
     def name(self) -> str:
@@ -297,7 +300,8 @@ class RouteTable:
         credential = next((n for n in sorted(names & QUERY_CREDENTIALS) if n != CAPABILITY_QUERY), None)
         entry = self._find(self.websocket if websocket else self.http, method, routed)
         served = entry is None or entry.methods is None or method in entry.methods
-        return RouteMatch(entry, routed, capability, malformed, credential, served)
+        ui_fallback = entry is not None and _in_plugin_router(entry) and self._control_ui_serves(method, routed)
+        return RouteMatch(entry, routed, capability, malformed, credential, served, ui_fallback)
 
     def _find(self, entries: tuple[RouteEntry, ...], method: str, path: str) -> RouteEntry | None:
         candidates, undecidable = plugin_path_candidates(path)
@@ -323,7 +327,7 @@ class RouteTable:
                 if matched:
                     # Nor may a core route after the router take the path as it came: a plugin that
                     # is not loaded, or declines, leaves it to that one (the Control UI catch-all
-                    # aside, which serves anyone static files).
+                    # aside: RouteMatch.ui_fallback, judged by `sidecar.routes.controlUi`).
                     if any(self._core_matches(later, path) for later in entries[index + 1:]
                            if later.match not in PLUGIN_MATCHES and later.match != "control-ui"):
                         return None

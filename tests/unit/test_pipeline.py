@@ -517,6 +517,28 @@ async def test_rows_follow_the_switches_in_the_gateways_config(make, switches, m
     assert_refused(result, expected, reason)
 
 
+@pytest.mark.parametrize("control_ui, plugin, method, target, admitted", [
+    # the Control UI serves these paths when the plugin is not loaded (the plugin router matched case-insensitively)
+    ("off", "plugin:geolocation", "GET", "/Plugins/Geolocation/lookup", False),
+    ("off", "plugin:geolocation", "GET", "/plugins/geolocation/lookup", True),  # a path the UI declines
+    ("authenticated", "plugin:geolocation", "GET", "/Plugins/Geolocation/lookup", True),  # authenticated either way
+    ("authenticated", "plugin:telegram-miniapp", "GET", "/__openclaw_tg_miniapp/app", False),  # its own credential: not ours
+    ("authenticated", "plugin:telegram-miniapp", "POST", "/__openclaw_tg_miniapp/app", True),  # the UI serves no POST
+    ("public", "plugin:telegram-miniapp", "GET", "/__openclaw_tg_miniapp/app", True),
+])
+async def test_an_opened_plugin_path_the_control_ui_would_serve_meets_its_policy(make, control_ui, plugin, method, target,
+                                                                                admitted) -> None:
+    """An opened plugin that is not loaded leaves its path to the Control UI catch-all: the path
+    takes the stricter of the two policies (review: `/Plugins/Geolocation/lookup` carried the UI
+    past `routes.controlUi: off`)."""
+    harness = make(extra={"sidecar": {"routes": {"allow": [plugin], "controlUi": control_ui}}})
+    result = await harness.pipeline.on_head(view(method=method, target=target, headers=[("Content-Length", "0")]))
+    if admitted:
+        assert isinstance(result, Admitted) and result.route == plugin, result
+    else:
+        assert_refused(result, envelopes.route_not_found(), "route_refused")
+
+
 async def test_a_route_opened_by_name_and_switched_off_at_the_gateway_is_no_route(make) -> None:
     harness = make(DEFAULT_ROUTES_CONFIG, extra={"sidecar": {"routes": {"allow": ["openai-chat-completions"]}}})
     result = await harness.pipeline.on_head(view(target="/v1/chat/completions"))

@@ -351,21 +351,10 @@ class RouteTable:
                 return entry
         return None
 
-    @staticmethod
-    def _plugin_routes(entries: tuple[RouteEntry, ...], candidates: list[str]) -> list[RouteEntry]:
-        """findMatchingPluginHttpRoutes: the rows any candidate matches, in the order the gateway
-        tries them (exact routes before prefix ones, longer paths first)."""
-        ranked: dict[str, tuple[tuple[bool, int], RouteEntry]] = {}
-        for entry in entries:
-            if not _in_plugin_router(entry):
-                continue
-            for route in entry.plugin_paths:
-                exact = entry.match == "plugin"
-                hit = any(c == route for c in candidates) if exact else any(_plugin_prefix_match(c, route) for c in candidates)
-                rank = (exact, len(route))
-                if hit and (entry.name not in ranked or rank > ranked[entry.name][0]):
-                    ranked[entry.name] = (rank, entry)
-        return [entry for _, entry in sorted(ranked.values(), key=lambda item: item[0], reverse=True)]
+    def _plugin_routes(self, entries: tuple[RouteEntry, ...], candidates: list[str]) -> list[RouteEntry]:
+        """findMatchingPluginHttpRoutes: the rows any candidate matches. Their order does not
+        matter here: where more than one matches, the path is no route."""
+        return [entry for entry in entries if _in_plugin_router(entry) and self._plugin_matches(entry, candidates)]
 
     def _method_split(self, entry: RouteEntry, entries: tuple[RouteEntry, ...], method: str) -> bool:
         """One handler serving a path under two rows by method (assistant media GET vs POST)."""

@@ -243,6 +243,10 @@ session: {scope: per-sender}
         ("hooks:\n  enabled: 'yes'\n", "hooks.enabled"),
         ("gateway:\n  controlUi: {enabled: 'false'}\n", "gateway.controlUi.enabled"),
         ("gateway:\n  allowRealIpFallback: 'true'\n", "gateway.allowRealIpFallback"),
+        ("gateway:\n  http: {endpoints: {responses: {enabled: 'true'}}}\n", "gateway.http.endpoints.responses.enabled"),
+        ("gateway:\n  controlUi: {dangerouslyAllowHostHeaderOriginFallback: 'false'}\n",
+         "gateway.controlUi.dangerouslyAllowHostHeaderOriginFallback"),
+        ("gateway:\n  auth: {trustedProxy: {allowLoopback: 'false'}}\n", "gateway.auth.trustedProxy.allowLoopback"),
         # a misspelt scope in a ceiling would silently take that scope from everyone under it
         ("sidecar:\n  scopeCeilings: {default: [operator.wirte]}\n", "sidecar.scopeCeilings.default"),
         ("sidecar:\n  scopeCeilings: {identities: {alice: [operator.read, Operator.Admin]}}\n", "sidecar.scopeCeilings.identities"),

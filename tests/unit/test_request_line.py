@@ -85,7 +85,9 @@ def head_corpus() -> list[bytes]:
               b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n",
               b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked  \r\n\r\n",
               b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked \t \r\n\r\n",
-              b"POST / HTTP/1.1\r\nHost: x\r\nX-A: a\tb\r\n\r\n"]
+              b"POST / HTTP/1.1\r\nHost: x\r\nX-A: a\tb\r\n\r\n",
+              b"POST  /\tHTTP/1.1\r\nHost: x\r\n\r\n", b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\r\n\r\n",
+              b"POST / HTTP/1.1 \r\nHost: x\r\n\r\n"]
     return heads
 
 
@@ -99,7 +101,7 @@ def test_a_head_is_refused_exactly_where_node_refuses_it_however_it_arrives() ->
         whole = head_refused(head, 0, len(head))
         judged, dribbled = 0, False
         for end in range(1, len(head) + 1):
-            if head_refused(head, judged, end):
+            if head_refused(head[:end], judged, end):  # what has arrived so far, the request line included
                 dribbled = True
                 break
             judged = end - 1  # as compat.limit_request_heads leaves it: a last CR is judged by what follows

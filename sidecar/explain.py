@@ -15,9 +15,9 @@ from .config import Config
 from .headers import HeaderPlan, rebuild_headers
 from .pipeline import ACCOUNT_HEADER, CHANNEL_HEADER, tool_request
 from .reasons import Reason, ReasonCode, answer
-from .rpc import TOOLS_INVOKE, FrameVerdict, RpcPolicy, judge_method, tool_frame_call, tool_refusal_frame
+from .rpc import TOOLS_INVOKE, FrameVerdict, RpcPolicy, judge_method, judge_tool_frame
 from .scopes import ADMIN, ceilings_from_config, parse_scope_header, resolve_scopes
-from .toolchain import CATALOGUE_VERSION, Step, ToolChain, ToolDecision, ToolRequest, detail_of
+from .toolchain import CATALOGUE_VERSION, Step, ToolChain, ToolDecision, detail_of
 from .view import RequestView
 
 _FRAME_ID = "explain"
@@ -65,11 +65,11 @@ def _websocket(result: dict[str, Any], chain: ToolChain, policy: RpcPolicy, meth
     step = Step("websocket-method", "allow", f"{method}: known, not on the deny list, scope held")
     if method != TOOLS_INVOKE:
         return _finish(result, [step], None, None, Reason.ALLOWED)
-    invoke = tool_frame_call(_FRAME_ID, params)
-    if isinstance(invoke, FrameVerdict):
-        return _finish(result, [step], None, _frame(invoke.payload), invoke.reason)
-    decision = chain.decide(ToolRequest(invoke, ADMIN in scopes))
-    frame = _frame(tool_refusal_frame(_FRAME_ID, decision, invoke.tool.name).payload) if decision.refused else None
+    judged, decision = judge_tool_frame(chain, _FRAME_ID, params, ADMIN in scopes, frozenset())
+    frame = _frame(judged.payload) if isinstance(judged, FrameVerdict) else None
+    if decision is None:
+        assert isinstance(judged, FrameVerdict)
+        return _finish(result, [step], None, frame, judged.reason)
     return _finish(result, [step, *decision.steps], None, frame, decision.reason, decision)
 
 

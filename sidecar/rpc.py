@@ -265,14 +265,15 @@ def tool_frame_call(request_id: Any, params: Any) -> FrameVerdict | InvokeBody:
 
 
 def judge_tool_frame(tools: ToolChain, request_id: Any, params: Any, owner: bool,
-                     caps: frozenset[str]) -> FrameVerdict | str:
+                     caps: frozenset[str]) -> tuple[FrameVerdict | str, ToolDecision | None]:
     """A `tools.invoke` frame (tool_frame_call), then its tool policy: a refusal, or the normalised
-    name it runs as. The gateway passes no message channel or account on the RPC, but the connection's caps."""
+    name it runs as; and the tool chain's decision, when it was asked. The gateway passes no message
+    channel or account on the RPC, but the connection's caps."""
     invoke = tool_frame_call(request_id, params)
     if isinstance(invoke, FrameVerdict):
-        return invoke
+        return invoke, None
     decision = tools.decide(ToolRequest(invoke, owner, client_caps=caps))
-    return tool_refusal_frame(request_id, decision, invoke.tool.name) if decision.refused else invoke.tool.name
+    return (tool_refusal_frame(request_id, decision, invoke.tool.name) if decision.refused else invoke.tool.name), decision
 
 
 INVALID_TOOLS_INVOKE_PARAMS = "invalid tools.invoke params"
@@ -626,7 +627,7 @@ class RpcSession:
     async def _tools_invoke(self, frame: dict[str, Any], request_id: Any, params: Any) -> FrameVerdict:
         """The same tool policy and request limits as POST /tools/invoke."""
         assert self.scopes is not None
-        judged = judge_tool_frame(self.policy.tools, request_id, params, ADMIN in self.scopes, self.caps)
+        judged, _ = judge_tool_frame(self.policy.tools, request_id, params, ADMIN in self.scopes, self.caps)
         if isinstance(judged, FrameVerdict):
             return judged
         name = judged

@@ -73,7 +73,7 @@ def test_an_rpc_call_is_explained_with_the_answer_the_proxy_gives(tool: str, ses
     config = load_config(CONFIG, environ={})
     explained = explain(config, tool, session_key=session_key, websocket_method="tools.invoke")
     params = {"name": tool, **({"sessionKey": session_key} if session_key is not None else {})}
-    judged = judge_tool_frame(ToolChain(config.rules), "explain", params, "operator.admin" in DEFAULT_SCOPES, frozenset())
+    judged, _ = judge_tool_frame(ToolChain(config.rules), "explain", params, "operator.admin" in DEFAULT_SCOPES, frozenset())
     if isinstance(judged, FrameVerdict):
         assert (explained["decision"], explained["reason"]) == ("refuse", judged.reason)
         assert explained["body"] == json.loads(judged.payload or b"null")

@@ -300,7 +300,7 @@ class RouteTable:
         credential = next((n for n in sorted(names & QUERY_CREDENTIALS) if n != CAPABILITY_QUERY), None)
         entry = self._find(self.websocket if websocket else self.http, method, routed)
         served = entry is None or entry.methods is None or method in entry.methods
-        ui_fallback = entry is not None and _in_plugin_router(entry) and self._control_ui_serves(method, routed)
+        ui_fallback = entry is not None and entry.match in PLUGIN_MATCHES and self._control_ui_may_serve(method, routed)
         return RouteMatch(entry, routed, capability, malformed, credential, served, ui_fallback)
 
     def _find(self, entries: tuple[RouteEntry, ...], method: str, path: str) -> RouteEntry | None:
@@ -392,7 +392,14 @@ class RouteTable:
         return any(c in entry.plugin_paths for c in candidates)
 
     def _control_ui_serves(self, method: str, path: str) -> bool:
-        if not self.control_ui_enabled or method not in ("GET", "HEAD") or not _PLAIN_UI_PATH.fullmatch(path):
+        """The catch-all's row: only plain paths, which every reader of the path spells alike."""
+        return _PLAIN_UI_PATH.fullmatch(path) is not None and self._control_ui_may_serve(method, path)
+
+    def _control_ui_may_serve(self, method: str, path: str) -> bool:
+        """Whether the gateway's catch-all (classifyControlUiRequest) would answer the path, however
+        spelt: what a plugin that is not loaded, or the canvas host without a node capability,
+        leaves to it."""
+        if not self.control_ui_enabled or method not in ("GET", "HEAD"):
             return False
         if self.base_path:
             return path == self.base_path or path.startswith(self.base_path + "/")

@@ -525,6 +525,14 @@ async def test_rows_follow_the_switches_in_the_gateways_config(make, switches, m
     ("authenticated", "plugin:telegram-miniapp", "GET", "/__openclaw_tg_miniapp/app", False),  # its own credential: not ours
     ("authenticated", "plugin:telegram-miniapp", "POST", "/__openclaw_tg_miniapp/app", True),  # the UI serves no POST
     ("public", "plugin:telegram-miniapp", "GET", "/__openclaw_tg_miniapp/app", True),
+    # however the path is spelt: the catch-all serves `//`, escapes and `;` alike (red team)
+    ("off", "plugin:browser-extension", "GET", "/browser//extension", False),
+    ("off", "plugin:browser-extension", "GET", "/browser/%65xtension", False),
+    ("off", "plugin:geolocation", "GET", "/Plugins/Geolocation/x;/lookup", False),
+    # the canvas host takes its paths only with a node capability: without one, the catch-all does
+    ("off", "canvas", "GET", "/__openclaw__/canvas/x", False),
+    ("authenticated", "canvas", "GET", "/__openclaw__/canvas/x", False),
+    ("public", "canvas", "GET", "/__openclaw__/canvas/x", True),
 ])
 async def test_an_opened_plugin_path_the_control_ui_would_serve_meets_its_policy(make, control_ui, plugin, method, target,
                                                                                 admitted) -> None:

@@ -43,7 +43,7 @@ from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
 from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED, VANISHED_REQUESTS
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
-from sidecar.rpc import FrameVerdict, RpcSession, client_message_limit
+from sidecar.rpc import FrameVerdict, RpcSession, client_message_limit, rpc_on_plugin_socket
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.view import RequestView
 
@@ -694,8 +694,13 @@ class ToolsInvokeGuard:
             return
         session = flow.metadata.get(RPC_SESSION)
         if session is None:
-            if isinstance(flow.metadata.get(ADMITTED), Admitted) and flow.metadata[ADMITTED].rpc:
+            admitted = flow.metadata.get(ADMITTED)
+            if not isinstance(admitted, Admitted):
+                return
+            if admitted.rpc:
                 message.drop()  # the session could not be built: nothing is relayed unread
+            else:
+                self._judge_plugin_frame(flow, admitted, message)
             return
         try:
             verdict = await session.client_frame(message.content)
@@ -709,6 +714,20 @@ class ToolsInvokeGuard:
                 message.drop()
                 close_websocket(flow, verdict.close_code, verdict.reason, verdict.payload)
             self._frame_judged(flow, session, verdict)
+        except Exception:
+            INTERNAL_ERRORS.inc()
+            log.exception("internal error judging a WebSocket frame; connection closed")
+            message.drop()
+            close_websocket(flow, 1011, "internal error")
+
+    def _judge_plugin_frame(self, flow: http.HTTPFlow, admitted: Admitted, message: Any) -> None:
+        """A frame of another upgrade the sidecar admitted: relayed unread unless it speaks the
+        gateway's RPC on an opened plugin's socket (sidecar/rpc.py rpc_on_plugin_socket)."""
+        try:
+            if rpc_on_plugin_socket(admitted.route, message.content):
+                message.drop()
+                close_websocket(flow, 1008, "not this route's protocol")
+                self._audit(flow, "refused", Reason.RPC_ON_PLUGIN_SOCKET, None)
         except Exception:
             INTERNAL_ERRORS.inc()
             log.exception("internal error judging a WebSocket frame; connection closed")

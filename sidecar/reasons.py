@@ -95,6 +95,7 @@ class Reason(StrEnum):
     PREAUTH_FRAME_TOO_LARGE = "preauth_frame_too_large"
     MALFORMED_FRAME = "malformed_frame"
     REFUSED_FRAME_FLOOD = "refused_frame_flood"  # past the connection's budget of refused frames: closed 1008
+    RPC_ON_PLUGIN_SOCKET = "rpc_on_plugin_socket"  # the gateway's RPC spoken on an opened plugin's socket: closed 1008
     NODE_ROLE = "node_role"
     DEVICE_ABOVE_CEILING = "device_above_ceiling"
     CONNECT_REPEATED = "connect_repeated"
@@ -194,7 +195,7 @@ BUILT_ANSWERS: Final[Mapping[Reason, Callable[..., Envelope]]] = MappingProxyTyp
 FRAME_ONLY: Final = frozenset({
     Reason.WEBSOCKET_CONNECT_TIMEOUT, Reason.PREAUTH_FRAME_TOO_LARGE, Reason.MALFORMED_FRAME, Reason.NODE_ROLE,
     Reason.DEVICE_ABOVE_CEILING, Reason.CONNECT_REPEATED, Reason.UNKNOWN_METHOD, Reason.NODE_METHOD,
-    Reason.REFUSED_FRAME_FLOOD,
+    Reason.REFUSED_FRAME_FLOOD, Reason.RPC_ON_PLUGIN_SOCKET,
 })
 
 

@@ -31,6 +31,7 @@ from .config import Config, RefusedFrames
 from .envelopes import compact_json, method_denied_error, missing_scope_error
 from .pacing import RefusalBudget
 from .ratelimit import BROWSER_ORIGIN_SUBJECT
+from .routes import PLUGIN_ROUTE_PREFIX
 from .reasons import Reason, ReasonCode
 from .scopes import ADMIN, ResolvedScopes
 from .shadow import SHADOWABLE_REASONS
@@ -474,6 +475,22 @@ def parse_frame(content: bytes) -> Any:
         raise UnreadableFrame(1008, "frame nested too deeply") from None
     except ValueError:
         raise FrameError(1008, "malformed frame") from None
+
+
+def rpc_on_plugin_socket(route: str, content: bytes) -> bool:
+    """Whether a client frame on an opened plugin's WebSocket (relayed unread otherwise) reads as a
+    request of the gateway's RPC. A plugin that is not loaded leaves its upgrade path to the RPC
+    WebSocket, whose frames would then go unjudged (red team: a node paired itself through an
+    opened browser relay). The relays' own protocols (CDP, a view-only screencast) send no such frame."""
+    if not route.startswith(PLUGIN_ROUTE_PREFIX):
+        return False
+    try:
+        frame = parse_frame(content)
+    except UnreadableFrame:
+        return True  # the gateway could read it; the sidecar cannot tell
+    except FrameError:
+        return False
+    return isinstance(frame, dict) and frame.get("type") == "req"
 
 
 class RpcSession:

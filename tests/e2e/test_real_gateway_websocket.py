@@ -396,6 +396,25 @@ def test_an_opened_browser_relay_spelled_otherwise_is_the_rpc_websocket_and_judg
     assert_closed_after(ws, 1008)
 
 
+def test_an_opened_relay_whose_plugin_is_not_loaded_never_carries_the_rpc(start_sidecar):
+    """A plugin not loaded leaves its upgrade path to the gateway's RPC WebSocket, and an opened
+    relay is relayed unread (red team: a token holder paired a node through /browser/extension with
+    the browser plugin off). A frame there that speaks the RPC closes the connection."""
+    gateway = RealGateway({"mode": "token", "token": TOKEN}, {"plugins": {"entries": {"browser": {"enabled": False}}}})
+    try:
+        direct, hello = session(gateway.port, ["operator.read"], path="/browser/extension")
+        assert hello["ok"] is True  # the gateway's RPC, on the relay's path
+        direct.close()
+        sc = start_sidecar(sidecar_config(gateway, routes={"allow": ["plugin:browser-extension"]}))
+        ws = WsClient("127.0.0.1", sc.port, path="/browser/extension")
+        assert ws.recv_json()["event"] == "connect.challenge"  # the gateway's frames are relayed as they come
+        ws.send_json({"type": "req", "id": "c1", "method": "connect", "params": connect_params(["operator.read"])})
+        assert_closed_after(ws, 1008)
+        assert wait_until(lambda: any(line["reason"] == "rpc_on_plugin_socket" for line in sc.audit_lines()), 10)
+    finally:
+        gateway.stop()
+
+
 def test_a_device_cannot_pair_above_the_ceiling(capped_sc):
     device = {"id": "0" * 64, "publicKey": "A" * 43, "signature": "B" * 86, "signedAt": 1, "nonce": "n"}
     ws, refused = session(capped_sc.port, ["operator.admin"], device=device)

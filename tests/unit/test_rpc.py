@@ -12,6 +12,7 @@ from sidecar.pacing import RefusalBudget
 from sidecar.rpc import (
     BrowserOrigin,
     GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
+    rpc_on_plugin_socket,
     scope_satisfied,
 )
 from sidecar.scopes import DEFAULT_SCOPES, ResolvedScopes
@@ -548,3 +549,15 @@ async def test_frames_the_sidecar_writes_are_written_as_json_stringify_writes_th
 def test_the_refusal_hint_is_the_one_the_gateway_gives_that_kind_of_client(client: dict, message: str) -> None:
     error = json.loads(connect_auth_refusal("c1", AuthOutcome(False, "token", "token_mismatch"), client, device=True))["error"]
     assert error["message"] == message
+
+
+@pytest.mark.parametrize("route, content, speaks_rpc", [
+    ("plugin:browser-extension", b'{"type":"req","id":"c1","method":"connect","params":{}}', True),
+    ("plugin:browser-extension", b'{"\\u0074ype":"\\u0072eq","id":"c1","method":"connect"}', True),  # as JSON.parse reads it
+    ("plugin:browser-extension", b"[" * 3000 + b"]" * 3000, True),  # unreadable here, maybe not there
+    ("plugin:browser-extension", b'{"id":1,"method":"Target.getTargets"}', False),  # the relay's own CDP
+    ("plugin:browser-screencast", b"not json", False),
+    ("worker-websocket", b'{"type":"req","id":"c1","method":"connect"}', False),  # a core handler: always there
+])
+def test_an_opened_plugin_socket_never_carries_the_gateways_rpc(route: str, content: bytes, speaks_rpc: bool) -> None:
+    assert rpc_on_plugin_socket(route, content) is speaks_rpc

@@ -70,6 +70,7 @@ class RouteEntry:
     # Plugin rows: their paths as the gateway's matcher normalises them, computed once.
     plugin_paths: tuple[str, ...] = ()
     handles_only: str | None = None  # the pathname suffix its handler takes; it declines the rest
+    always_taken: tuple[str, ...] = ()  # plugin-matched prefixes never left to the Control UI
 
     @property
     def default_policy(self) -> Literal["public", "authenticated", "refused"]:
@@ -117,6 +118,7 @@ def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
         method_not_allowed=row.get("methodNotAllowed", False),
         plugin_paths=tuple(_security_normalize(p) for p in paths) if plugin else (),
         handles_only=row.get("handlesOnly"),
+        always_taken=tuple(_security_normalize(p) for p in row.get("alwaysTaken", ())),
     )
 
 
@@ -300,7 +302,8 @@ class RouteTable:
         credential = next((n for n in sorted(names & QUERY_CREDENTIALS) if n != CAPABILITY_QUERY), None)
         entry = self._find(self.websocket if websocket else self.http, method, routed)
         served = entry is None or entry.methods is None or method in entry.methods
-        ui_fallback = entry is not None and entry.match in PLUGIN_MATCHES and self._control_ui_may_serve(method, routed)
+        ui_fallback = (entry is not None and entry.match in PLUGIN_MATCHES and self._control_ui_may_serve(method, routed)
+                       and not self._always_taken(entry, routed))
         return RouteMatch(entry, routed, capability, malformed, credential, served, ui_fallback)
 
     def _find(self, entries: tuple[RouteEntry, ...], method: str, path: str) -> RouteEntry | None:
@@ -390,6 +393,15 @@ class RouteTable:
         if entry.match == "plugin-prefix":
             return any(_plugin_prefix_match(c, r) for c in candidates for r in entry.plugin_paths)
         return any(c in entry.plugin_paths for c in candidates)
+
+    @staticmethod
+    def _always_taken(entry: RouteEntry, path: str) -> bool:
+        """Whether a handler answers the path whatever is loaded (review: the canvas plugin's A2UI
+        route was refused as a Control UI fallback under `controlUi: off`)."""
+        if not entry.always_taken:
+            return False
+        candidates, _ = plugin_path_candidates(path)
+        return any(_plugin_prefix_match(c, prefix) for c in candidates for prefix in entry.always_taken)
 
     def _control_ui_serves(self, method: str, path: str) -> bool:
         """The catch-all's row: only plain paths, which every reader of the path spells alike."""

@@ -533,6 +533,9 @@ async def test_rows_follow_the_switches_in_the_gateways_config(make, switches, m
     ("off", "canvas", "GET", "/__openclaw__/canvas/x", False),
     ("authenticated", "canvas", "GET", "/__openclaw__/canvas/x", False),
     ("public", "canvas", "GET", "/__openclaw__/canvas/x", True),
+    # ...but the canvas plugin always answers its A2UI route itself (review: a node's bundle was refused)
+    ("off", "canvas", "GET", "/__openclaw__/a2ui/a2ui.bundle.js", True),
+    ("authenticated", "canvas", "GET", "/__OPENCLAW__/A2UI/a2ui.bundle.js", True),
 ])
 async def test_an_opened_plugin_path_the_control_ui_would_serve_meets_its_policy(make, control_ui, plugin, method, target,
                                                                                 admitted) -> None:

@@ -693,16 +693,18 @@ class ToolsInvokeGuard:
             message.drop()
             return
         session = flow.metadata.get(RPC_SESSION)
-        if session is None:
-            admitted = flow.metadata.get(ADMITTED)
-            if not isinstance(admitted, Admitted):
-                return
-            if admitted.rpc:
-                message.drop()  # the session could not be built: nothing is relayed unread
-            else:
-                self._judge_plugin_frame(flow, admitted, message)
-            return
+        admitted = flow.metadata.get(ADMITTED)
         try:
+            if session is None:
+                if isinstance(admitted, Admitted) and admitted.rpc:
+                    message.drop()  # the session could not be built: nothing is relayed unread
+                elif isinstance(admitted, Admitted) and rpc_on_plugin_socket(admitted.route, message.content):
+                    # Another upgrade the sidecar admitted is relayed unread, unless a frame speaks
+                    # the gateway's RPC on an opened plugin's socket.
+                    message.drop()
+                    close_websocket(flow, 1008, "not this route's protocol")
+                    self._audit(flow, "refused", Reason.RPC_ON_PLUGIN_SOCKET, None)
+                return
             verdict = await session.client_frame(message.content)
             if verdict.verdict == "forward":
                 if verdict.payload is not None:
@@ -714,20 +716,6 @@ class ToolsInvokeGuard:
                 message.drop()
                 close_websocket(flow, verdict.close_code, verdict.reason, verdict.payload)
             self._frame_judged(flow, session, verdict)
-        except Exception:
-            INTERNAL_ERRORS.inc()
-            log.exception("internal error judging a WebSocket frame; connection closed")
-            message.drop()
-            close_websocket(flow, 1011, "internal error")
-
-    def _judge_plugin_frame(self, flow: http.HTTPFlow, admitted: Admitted, message: Any) -> None:
-        """A frame of another upgrade the sidecar admitted: relayed unread unless it speaks the
-        gateway's RPC on an opened plugin's socket (sidecar/rpc.py rpc_on_plugin_socket)."""
-        try:
-            if rpc_on_plugin_socket(admitted.route, message.content):
-                message.drop()
-                close_websocket(flow, 1008, "not this route's protocol")
-                self._audit(flow, "refused", Reason.RPC_ON_PLUGIN_SOCKET, None)
         except Exception:
             INTERNAL_ERRORS.inc()
             log.exception("internal error judging a WebSocket frame; connection closed")

@@ -539,15 +539,17 @@ class ControlUiConfig(BaseModel):
     _resolved = field_validator("base_path")(lambda cls, v: _resolved_path(v))
 
 
-class EndpointSwitch(BaseModel):
+class Switch(BaseModel):
+    """A gateway section the sidecar reads only `enabled` of: whether a route is served."""
+
     model_config = _LENIENT
     enabled: StrictBool = False
 
 
 class HttpEndpoints(BaseModel):
     model_config = _LENIENT
-    chat_completions: EndpointSwitch = EndpointSwitch()
-    responses: EndpointSwitch = EndpointSwitch()
+    chat_completions: Switch = Switch()
+    responses: Switch = Switch()
 
 
 class GatewayHttpConfig(BaseModel):
@@ -555,16 +557,11 @@ class GatewayHttpConfig(BaseModel):
     endpoints: HttpEndpoints = HttpEndpoints()
 
 
-class McpAppsConfig(BaseModel):
-    model_config = _LENIENT
-    enabled: StrictBool = False
-
-
 class McpConfig(BaseModel):
     """Only whether the gateway serves MCP app shells; the rest is the gateway's business."""
 
     model_config = _LENIENT
-    apps: McpAppsConfig = McpAppsConfig()
+    apps: Switch = Switch()
 
 
 class HooksConfig(BaseModel):

@@ -26,7 +26,7 @@ from importlib import resources
 from typing import Any, Literal
 
 from .auth import AuthOutcome, parse_origin
-from .body import BodyError, InvokeBody, invoke_body_of, strict_json
+from .body import BodyError, invoke_body_of, strict_json
 from .config import Config, RefusedFrames
 from .envelopes import compact_json, method_denied_error, missing_scope_error
 from .pacing import RefusalBudget
@@ -251,28 +251,21 @@ def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, s
     return None
 
 
-def tool_frame_call(request_id: Any, params: Any) -> FrameVerdict | InvokeBody:
-    """A `tools.invoke` frame's params as the gateway's handler takes them: its closed schema, then
-    a name left after trimming. The call, or the handler's refusal."""
+def judge_tool_frame(tools: ToolChain, request_id: Any, params: Any, owner: bool,
+                     caps: frozenset[str]) -> tuple[FrameVerdict | str, ToolDecision | None]:
+    """A `tools.invoke` frame's params as the gateway's handler takes them (its closed schema, then
+    a name left after trimming), then its tool policy: a refusal, or the normalised name it runs as;
+    and the tool chain's decision, when it was asked. The gateway passes no message channel or
+    account on the RPC, but the connection's caps."""
     errors = schema_errors(params, TOOLS_INVOKE_SCHEMA)
     if errors:
         return FrameVerdict("reply", Reason.MALFORMED_FRAME, error_frame(
-            request_id, "INVALID_REQUEST", f"{INVALID_TOOLS_INVOKE_PARAMS}: {'; '.join(errors)}"), method=TOOLS_INVOKE)
+            request_id, "INVALID_REQUEST", f"{INVALID_TOOLS_INVOKE_PARAMS}: {'; '.join(errors)}"), method=TOOLS_INVOKE), None
     try:
-        return invoke_body_of(params)
+        invoke = invoke_body_of(params)
     except BodyError:
         return FrameVerdict("reply", Reason.MISSING_TOOL_NAME, error_frame(
-            request_id, "INVALID_REQUEST", f"{INVALID_TOOLS_INVOKE_PARAMS}: name required"), method=TOOLS_INVOKE)
-
-
-def judge_tool_frame(tools: ToolChain, request_id: Any, params: Any, owner: bool,
-                     caps: frozenset[str]) -> tuple[FrameVerdict | str, ToolDecision | None]:
-    """A `tools.invoke` frame (tool_frame_call), then its tool policy: a refusal, or the normalised
-    name it runs as; and the tool chain's decision, when it was asked. The gateway passes no message
-    channel or account on the RPC, but the connection's caps."""
-    invoke = tool_frame_call(request_id, params)
-    if isinstance(invoke, FrameVerdict):
-        return invoke, None
+            request_id, "INVALID_REQUEST", f"{INVALID_TOOLS_INVOKE_PARAMS}: name required"), method=TOOLS_INVOKE), None
     decision = tools.decide(ToolRequest(invoke, owner, client_caps=caps))
     return (tool_refusal_frame(request_id, decision, invoke.tool.name) if decision.refused else invoke.tool.name), decision
 

@@ -16,9 +16,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import options
+from cryptography.hazmat.primitives.serialization import Encoding
+from mitmproxy import options, tls
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
+from OpenSSL import SSL, crypto
 
 from sidecar import audit
 from sidecar.admin import AdminServer, Health
@@ -26,6 +28,7 @@ from sidecar.config import Config, http_url, split_host_port
 from sidecar.logging_limits import limit_library_logs
 from sidecar.reload import IdentityHeaderMemory, Reloader
 from sidecar.runtime import Runtime, build_runtime
+from sidecar.upstream_tls import certificate_matches
 
 from . import compat
 from .tools_invoke import REQUIRED_OPTIONS, ToolsInvokeGuard
@@ -40,9 +43,28 @@ class UpstreamTls(tlsconfig.TlsConfig):
     """TLS towards an https:// upstream, and nothing else. The listening side never speaks TLS
     (compat.plain_http_listener), so mitmproxy's CRL route has nothing to serve: its `request`
     hook answered 200 with the CA's revocation list for any admitted path ending in
-    /mitmproxy-<CA serial>.crl, on the gateway's behalf, and looked at every request to find it."""
+    /mitmproxy-<CA serial>.crl, on the gateway's behalf, and looked at every request to find it.
+
+    With a pinned fingerprint (`sidecar.upstreamTls.fingerprint`) the upstream's certificate is
+    trusted when it is that one certificate, whatever its chain or names, and refused during the
+    handshake otherwise: no byte of a request reaches a server that is not the gateway."""
 
     request = None  # type: ignore[assignment]
+
+    def __init__(self, pin: str | None) -> None:
+        super().__init__()
+        self.pin = pin
+
+    def tls_start_server(self, tls_start: tls.TlsData) -> None:
+        super().tls_start_server(tls_start)
+        pin = self.pin
+        if pin is None or tls_start.ssl_conn is None:
+            return
+
+        def pinned(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+            return depth > 0 or certificate_matches(cert.to_cryptography().public_bytes(Encoding.DER), pin)
+
+        tls_start.ssl_conn.set_verify(SSL.VERIFY_PEER, pinned)
 
 
 def build_master(config: Config, guard: ToolsInvokeGuard) -> Master:
@@ -53,7 +75,7 @@ def build_master(config: Config, guard: ToolsInvokeGuard) -> Master:
     host, port = split_host_port(settings.listen)
     opts = options.Options()
     master = Master(opts, with_termlog=False)
-    upstream_tls = [UpstreamTls()] if settings.upstream.startswith("https://") else []
+    upstream_tls = [UpstreamTls(settings.upstream_tls.fingerprint)] if settings.upstream.startswith("https://") else []
     master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), *upstream_tls, guard)
     opts.update(
         confdir=str(confdir),
@@ -63,6 +85,7 @@ def build_master(config: Config, guard: ToolsInvokeGuard) -> Master:
         validate_inbound_headers=True,
         **REQUIRED_OPTIONS,  # also applied by the guard itself, but set before the first flow
         http2=False,  # the gateway speaks HTTP/1.1; one parser, one set of rules
+        ssl_verify_upstream_trusted_ca=str(settings.upstream_tls.ca_file) if settings.upstream_tls.ca_file else None,
         tcp_timeout=max(600, int(settings.timeouts.upstream_read_seconds) + 60),
     )
     return master
@@ -141,7 +164,7 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     master = build_master(config, guard)
     compat.dispatch_hooks_directly(master.addons)  # the chain is final from here on
     compat.skip_request_stages_of_head_answers()
-    health = Health(config.sidecar.upstream)
+    health = Health(config.sidecar.upstream, config.sidecar.upstream_tls)
     try:
         admin = AdminServer(*split_host_port(config.sidecar.admin_listen), health)
     except OSError as exc:

@@ -13,15 +13,16 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .config import http_url
+from .config import UpstreamTls, http_url
 from .ipaddrs import parse_ip
 from .metrics import REGISTRY
+from .upstream_tls import certificate_matches, peer_certificate, probe_context
 
 log = logging.getLogger("sidecar.admin")
 UPSTREAM_CHECK_SECONDS = 2.0
@@ -44,6 +45,7 @@ class Health:
     """What /readyz reports; flipped by the runner from the event loop, read by probe threads."""
 
     upstream: str
+    tls: UpstreamTls = field(default_factory=UpstreamTls)
     listening: bool = False
     draining: bool = False
 
@@ -52,19 +54,25 @@ class Health:
             return False, "not listening yet"
         if self.draining:
             return False, "draining"
-        return upstream_ready(self.upstream)
+        return upstream_ready(self.upstream, self.tls)
 
 
-def upstream_ready(upstream: str) -> tuple[bool, str]:
+def upstream_ready(upstream: str, tls: UpstreamTls) -> tuple[bool, str]:
     """Ready when the gateway answers `/startupz` below 500: the pod is Ready only once the gateway
     has started. Not its `/readyz`, which turns 503 when one messaging channel fails and would take
-    the tool API out of the Service with it; a backend without the route answers 404, still up."""
+    the tool API out of the Service with it; a backend without the route answers 404, still up.
+    Its certificate is trusted as the proxy trusts it, so a wrong pin shows here, not as 502s."""
+    verify = probe_context(tls.ca_file, tls.fingerprint)
     try:
-        response = httpx.get(f"{upstream}/startupz", timeout=UPSTREAM_CHECK_SECONDS)
+        with httpx.Client(verify=verify, trust_env=False, timeout=UPSTREAM_CHECK_SECONDS) as client:
+            with client.stream("GET", f"{upstream}/startupz") as response:
+                if tls.fingerprint is not None and not certificate_matches(peer_certificate(response) or b"", tls.fingerprint):
+                    return False, "upstream certificate does not match sidecar.upstreamTls.fingerprint"
+                status = response.status_code
     except httpx.HTTPError as exc:
         return False, f"upstream unreachable: {type(exc).__name__}"
-    if response.status_code >= 500:
-        return False, f"upstream not ready: {response.status_code}"
+    if status >= 500:
+        return False, f"upstream not ready: {status}"
     return True, "ok"
 
 
@@ -90,7 +98,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._send(200, "application/json", b'{"ok":true,"status":"live"}')
         elif path == "/readyz":
-            ready, why = self.server.health.readiness()
+            try:
+                ready, why = self.server.health.readiness()
+            except Exception:  # answered, not a dropped connection the kubelet would retry blind
+                log.exception("readiness check failed")
+                ready, why = False, "readiness check failed"
             body = json.dumps({"ready": ready, "reason": why}).encode()
             self._send(200 if ready else 503, "application/json", body)
         elif path == "/metrics":

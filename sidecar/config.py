@@ -40,6 +40,7 @@ from .openclaw_env import (
 from .openclaw_include import IncludeError, resolve_includes
 from .scopes import KNOWN_SCOPES
 from .toolpolicy import js_trim
+from .upstream_tls import check_ca_file, normalize_fingerprint
 from .storage_uri import async_storage_uri, carries_password, redact_uri
 
 # Keys are camelCase in files (OpenClaw's style); snake_case is accepted too, e.g. in env names.
@@ -317,6 +318,44 @@ class UpstreamAuth(BaseModel):
     _identity_header = field_validator("user_header")(lambda cls, v: identity_header_name(v))
 
 
+class UpstreamTls(BaseModel):
+    """How an https:// upstream is trusted (default: the system's CAs, with a hostname check). The
+    gateway's own TLS (`gateway.tls.enabled`) serves a self-signed certificate no hostname check
+    matches: pin it by `fingerprint` (SHA-256, as `gateway.remote.tlsFingerprint` takes it)."""
+
+    model_config = _STRICT
+    ca_file: Path | None = None
+    fingerprint: str | None = None
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        pin = normalize_fingerprint(value)
+        if pin is None:
+            raise ValueError("is not a SHA-256 certificate fingerprint: 64 hex digits, optionally in pairs "
+                             "separated by ':' and prefixed 'sha256:'")
+        return pin
+
+    @field_validator("ca_file")
+    @classmethod
+    def _trustable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            check_ca_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "UpstreamTls":
+        if self.ca_file is not None and self.fingerprint is not None:
+            raise ValueError("set caFile or fingerprint, not both: a pinned certificate is trusted alone")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.ca_file is not None or self.fingerprint is not None
+
+
 class SidecarAuth(BaseModel):
     """Secrets accepted beside the current one while clients move over (rotation); audited as
     `previous` so the last user of an old secret can be found before it is removed."""
@@ -392,6 +431,7 @@ class SidecarSettings(BaseSettings):
     routes: RouteSettings = RouteSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     upstream_auth: UpstreamAuth = UpstreamAuth()
+    upstream_tls: UpstreamTls = UpstreamTls()
     auth: SidecarAuth = SidecarAuth()
 
     @classmethod
@@ -540,7 +580,7 @@ class ControlUiConfig(BaseModel):
 
 
 class Switch(BaseModel):
-    """A gateway section the sidecar reads only `enabled` of: whether a route is served."""
+    """A gateway section the sidecar reads only `enabled` of: whether a route is served, or TLS spoken."""
 
     model_config = _LENIENT
     enabled: StrictBool = False
@@ -590,6 +630,7 @@ class GatewayConfig(BaseModel):
     tools: GatewayToolsConfig = GatewayToolsConfig()
     control_ui: ControlUiConfig = ControlUiConfig()
     http: GatewayHttpConfig = GatewayHttpConfig()
+    tls: Switch = Switch()
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -1035,6 +1076,7 @@ def load_config(
         raise ConfigError(_validation_problems(exc, "")) from None
     secrets = resolve_secrets(rules, sidecar, environ, unresolved)
     _refuse_open_listener(sidecar, secrets)
+    _refuse_upstream_scheme(sidecar, rules)
     return Config(sidecar, rules, secrets, included)
 
 
@@ -1046,6 +1088,17 @@ def _refuse_open_listener(sidecar: SidecarSettings, secrets: AuthSecrets) -> Non
         raise ConfigError([("gateway.auth.mode", f"is none while sidecar.listen ({sidecar.listen}) is beyond loopback: "
                             "every caller would be gateway admin, and the gateway refuses to bind so too; "
                             "set a token or password, or listen on 127.0.0.1")])
+
+
+def _refuse_upstream_scheme(sidecar: SidecarSettings, rules: OpenClawRules) -> None:
+    """Settings that would fail every forwarded request, at start-up rather than as 502s."""
+    plain = sidecar.upstream.startswith("http://")
+    if plain and rules.gateway.tls.enabled:
+        raise ConfigError([("sidecar.upstream", f"is {sidecar.upstream} while gateway.tls.enabled is true: the "
+                            "gateway's port speaks only TLS; use https:// and pin its certificate with "
+                            "sidecar.upstreamTls.fingerprint")])
+    if plain and sidecar.upstream_tls.configured:
+        raise ConfigError([("sidecar.upstreamTls", f"is set while sidecar.upstream ({sidecar.upstream}) is not https://")])
 
 
 def camel_keys(value: Any) -> Any:

@@ -56,6 +56,10 @@ def warn_about_config(config: Config) -> None:
     if config.sidecar.websocket.mode == "passthrough":
         log.warning("WEBSOCKET PASSTHROUGH: frames of the gateway's RPC are relayed unread; an authenticated "
                     "caller is gateway admin there (terminals, config patches, tools past the sidecar's policy)")
+    if config.rules.gateway.tls.enabled and not config.sidecar.upstream_tls.configured:
+        log.warning("gateway.tls.enabled and no sidecar.upstreamTls: the gateway's certificate must chain to a "
+                    "system CA and name the upstream's host, which the one it generates does not; pin that one "
+                    "by its SHA-256 with sidecar.upstreamTls.fingerprint")
     table = RouteTable.for_deployment()
     entries = {entry.name: entry for entry in table.http + table.websocket}
     served = RouteTable.for_deployment(switched_off=config.rules.switched_off)
@@ -72,7 +76,7 @@ def warn_about_config(config: Config) -> None:
 # Settings a running process cannot take over: where it listens and what it forwards to, the
 # limiters and the refusal pacer, whose state must survive a reload (a changed limit would need new
 # ones), and the event loop everything runs on.
-RESTART_SETTINGS = ("listen", "admin_listen", "upstream", "runtime_dir", "max_connections", "rate_limit", "audit_log",
+RESTART_SETTINGS = ("listen", "admin_listen", "upstream", "upstream_tls", "runtime_dir", "max_connections", "rate_limit", "audit_log",
                     "event_loop")
 
 

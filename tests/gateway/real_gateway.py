@@ -74,7 +74,9 @@ class RealGateway:
         self.config_path = self.home / "openclaw.json"
         self.config_path.write_text(json.dumps(self.config))
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # With `gateway.tls.enabled` its port speaks only TLS, with a certificate of its own making.
+        self.tls = self.config["gateway"].get("tls", {}).get("enabled") is True
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         env = {
             "PATH": f"{node / 'bin'}:/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8",
             "OPENCLAW_STATE_DIR": str(self.home / "state"), "OPENCLAW_CONFIG_PATH": str(self.config_path),
@@ -106,7 +108,7 @@ class RealGateway:
 
     def _await_started(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        with httpx.Client(trust_env=False, timeout=2.0) as http:
+        with httpx.Client(trust_env=False, timeout=2.0, verify=not self.tls) as http:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.output()[-4000:]}")

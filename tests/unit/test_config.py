@@ -8,9 +8,11 @@ process environment (SidecarSettings reads os.environ through pydantic-settings)
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 from pathlib import Path
 
+import certifi
 import pytest
 
 from sidecar.config import ConfigError, load_config, read_storage_password, redacted_view
@@ -23,6 +25,9 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
+
+
+CA_FILE = ssl.get_default_verify_paths().cafile or certifi.where()
 
 
 def problems_of(exc: pytest.ExceptionInfo[ConfigError]) -> dict[str, str]:
@@ -250,6 +255,17 @@ session: {scope: per-sender}
         # a misspelt scope in a ceiling would silently take that scope from everyone under it
         ("sidecar:\n  scopeCeilings: {default: [operator.wirte]}\n", "sidecar.scopeCeilings.default"),
         ("sidecar:\n  scopeCeilings: {identities: {alice: [operator.read, Operator.Admin]}}\n", "sidecar.scopeCeilings.identities"),
+        # an https:// upstream's trust: a pin that is no SHA-256, a CA file that is none, both at once
+        ("sidecar:\n  upstream: https://gw:1\n  upstreamTls: {fingerprint: 'sha1:ab:cd'}\n", "sidecar.upstreamTls.fingerprint"),
+        ("sidecar:\n  upstream: https://gw:1\n  upstreamTls: {caFile: /nonexistent/ca.pem}\n", "sidecar.upstreamTls.caFile"),
+        (f"sidecar:\n  upstream: https://gw:1\n  upstreamTls: {{fingerprint: '{'ab' * 32}', caFile: {sys.executable}}}\n",
+         "sidecar.upstreamTls.caFile"),
+        (f"sidecar:\n  upstream: https://gw:1\n  upstreamTls: {{fingerprint: '{'ab' * 32}', caFile: {CA_FILE}}}\n",
+         "sidecar.upstreamTls"),
+        # settings that would make every forwarded call a 502
+        (f"sidecar:\n  upstreamTls: {{fingerprint: '{'ab' * 32}'}}\n", "sidecar.upstreamTls"),
+        ("gateway:\n  tls: {enabled: true}\n", "sidecar.upstream"),
+        ("gateway:\n  tls: {enabled: 'true'}\n", "gateway.tls.enabled"),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -1,0 +1,27 @@
+"""Pinning an https:// upstream's certificate by the fingerprint spellings the gateway's own
+clients take (`gateway.remote.tlsFingerprint`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.upstream_tls import normalize_fingerprint
+from tests.gateway.oracle import call_gateway
+from tests.gateway.real_gateway import unavailable_reason
+
+HEX = "0123456789abcdef" * 4
+COLONS = ":".join(HEX[i:i + 2] for i in range(0, 64, 2))
+SPELLINGS = [
+    HEX, HEX.upper(), COLONS, COLONS.upper(), f"sha256:{HEX}", f"SHA256:{COLONS}", f"  {HEX}\n", f"\ufeff{HEX}\u3000",
+    f"sha256:sha256:{HEX}", f"sha-256:{HEX}", HEX[:-1], HEX + "0", COLONS + ":", COLONS.replace(":", "-"), f"{HEX[:2]}:{HEX[2:]}",
+    f"sha256: {HEX}", "", "sha256:", HEX.replace("a", "g"), f"{HEX}\u00a0", f"\x1c{HEX}",
+]
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
+def test_a_fingerprint_is_read_as_the_gateways_clients_read_it() -> None:
+    theirs = call_gateway(["client-address-utils-:normalizeTlsFingerprint"],
+                          "answer(input.map((text) => gateway.normalizeTlsFingerprint(text) || null));", SPELLINGS)
+    mine = [normalize_fingerprint(text) for text in SPELLINGS]
+    assert list(zip(SPELLINGS, mine)) == list(zip(SPELLINGS, theirs))
+    assert theirs.count(HEX) >= 6 and None in theirs

@@ -32,13 +32,16 @@ def has_forwarding_evidence(view: RequestView) -> bool:
     )
 
 
-def _xff_entry_ip(entry: str) -> str | None:
-    """One X-Forwarded-For hop as an IP; `ip:port` and `[v6]:port` suffixes are stripped."""
-    text = js_trim(entry)
-    if text.startswith("["):
-        text = text[1:].split("]", 1)[0]
-    elif text.count(":") == 1:
-        text = text.split(":", 1)[0]
+def ip_literal(raw: str | None) -> str | None:
+    """The gateway's parseIpLiteral, for an X-Forwarded-For hop or X-Real-IP: trimmed, a port
+    dropped (`[v6]:port` when the bracket closes, `v4:port`), then an IP or None. An unclosed
+    `[203.0.113.9` is no address there; read as one, it named the client (red team)."""
+    text = js_trim(raw or "")
+    if text.startswith("[") and (end := text.find("]")) != -1:
+        text = text[1:end]
+    elif normalize_ip(text) is None and text.count(":") == 1 and "." in text:
+        host = text.split(":", 1)[0]  # no colon left: an IPv4 address or nothing
+        text = host if normalize_ip(host) is not None else text
     return normalize_ip(text)
 
 
@@ -46,7 +49,7 @@ def client_from_forwarded(xff: str | None, trusted: Sequence[IPNetwork]) -> str 
     """Right-most hop that is neither loopback nor a trusted proxy (A3, A4, G1)."""
     if not xff:
         return None
-    hops = [ip for ip in map(_xff_entry_ip, xff.split(",")) if ip is not None]
+    hops = [ip for ip in map(ip_literal, xff.split(",")) if ip is not None]
     for ip in reversed(hops):
         if is_loopback(ip):
             continue
@@ -63,7 +66,7 @@ def attribute(view: RequestView, trusted: Sequence[IPNetwork], allow_real_ip_fal
     if in_networks(peer, trusted):
         client = client_from_forwarded(view.first("x-forwarded-for"), trusted)
         if client is None and allow_real_ip_fallback:
-            real = normalize_ip(view.first("x-real-ip") or "")
+            real = ip_literal(view.first("x-real-ip"))
             client = real if real and not is_loopback(real) else None
         if client is None:
             return Attribution("unattributable", None, peer)

@@ -8,6 +8,8 @@ from sidecar.attribution import Attribution, attribute, client_from_forwarded, h
 from sidecar.ipaddrs import parse_network
 
 from tests.builders import view
+from tests.gateway.oracle import call_gateway
+from tests.gateway.real_gateway import unavailable_reason
 
 PROXY = "198.51.100.5"
 PROXY2 = "198.51.100.6"
@@ -132,3 +134,31 @@ def test_only_first_xff_line_is_read() -> None:
     """A repeated X-Forwarded-For is refused by head_problem before attribution; attribution reads one line."""
     v = view(("X-Forwarded-For", CLIENT), ("X-Forwarded-For", "2.2.2.2"), peer=PROXY)
     assert attribute(v, TRUSTED, False).client_ip == CLIENT
+
+
+HOPS = ["203.0.113.9", "[203.0.113.9", "203.0.113.9]", "[203.0.113.9]", "[203.0.113.9]:80", "203.0.113.9:80", "203.0.113.9:",
+        "203.0.113.9:80:90", "::ffff:203.0.113.9", "[::ffff:203.0.113.9]:1", "2001:db8::1", "[2001:db8::1", "2001:db8::1]",
+        "[2001:db8::1]:443", "2001:DB8::0:1", " 203.0.113.9 ", "\t203.0.113.9", "203.0.113.9\u00a0", "10.1.1.1", "127.0.0.1",
+        "[::1]", "unknown", "", "[]", "[", "1.2.3.4/32", "::ffff:203.0.113.9:80", "[::ffff:203.0.113.9]x", "203.0.113.09"]
+FORWARDED = [(hop, None) for hop in HOPS] + [(f"198.51.100.1, {hop}, 10.2.2.2", None) for hop in HOPS] + \
+    [("10.1.1.1", hop) for hop in HOPS]
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
+def test_the_client_behind_a_trusted_proxy_is_the_one_the_gateway_names() -> None:
+    """X-Forwarded-For hops and X-Real-IP read as the gateway's parseIpLiteral reads them: an
+    unclosed `[203.0.113.9` named the client here and nothing there, and a port on X-Real-IP was
+    refused here where the gateway drops it (red team)."""
+    trusted = ("127.0.0.1", "10.0.0.0/8")
+    theirs = call_gateway(["net-:resolveClientIp"], """
+        answer(input.cases.map(([forwardedFor, realIp]) => gateway.resolveClientIp({remoteAddr: "127.0.0.1", forwardedFor,
+            realIp: realIp ?? undefined, trustedProxies: input.trusted, allowRealIpFallback: true}) ?? null));""",
+                          {"cases": FORWARDED, "trusted": trusted})
+    mine = []
+    for xff, real in FORWARDED:
+        headers = [("X-Forwarded-For", xff)] + ([("X-Real-IP", real)] if real is not None else [])
+        found = attribute(view(*headers, peer="127.0.0.1"), nets(*trusted), True)
+        mine.append(found.client_ip if found.attributable else None)
+    theirs = [None if ip in ("127.0.0.1", "::1") else ip for ip in theirs]  # a loopback client is none to either
+    assert [case for case, m, t in zip(FORWARDED, mine, theirs) if m != t] == []
+    assert theirs.count("203.0.113.9") > 20 and None in theirs

@@ -18,7 +18,7 @@ import contextlib
 import inspect
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
 
@@ -35,7 +35,7 @@ from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
-from .rpc import BrowserOrigin, RpcPolicy, RpcSession
+from .rpc import BrowserOrigin, RpcPolicy, RpcSession, connect_secret
 from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolchain import ToolChain, ToolRequest
@@ -502,9 +502,10 @@ class Pipeline:
         browser = admitted.browser
         limited_as = browser.limit_key if browser is not None and is_loopback(admitted.client_ip) else admitted.client_ip
 
-        async def check_secret(presented: str | None) -> AuthOutcome:
+        async def check_secret(auth: Mapping[str, Any]) -> AuthOutcome:
             authenticator = self.authenticator
             assert isinstance(authenticator, SharedSecretAuth)
+            presented = connect_secret(authenticator.method, auth)
             result = await self._limited_check(limited_as, True, lambda: authenticator.check(presented))
             if not isinstance(result, Refuse):
                 return result

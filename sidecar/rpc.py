@@ -234,6 +234,14 @@ class RpcPolicy:
         return default_denied() - self.allow_methods
 
 
+def connect_secret(mode: str, auth: Mapping[str, Any]) -> str | None:
+    """The gateway's resolveConnectSecret: the field its auth mode names, the other one only when
+    that one is absent (a password-mode sidecar read `token` first: red team). A field present but
+    not a string is none; the gateway's connect schema refuses it before reading any."""
+    value = auth[mode] if mode in auth else auth.get("password" if mode == "token" else "token")
+    return value if isinstance(value, str) else None
+
+
 def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, scopes: frozenset[str]) -> FrameVerdict | None:
     """A request frame's method against the table: its refusal, or None when it may proceed."""
     spec = policy.catalogue.get(method)
@@ -500,7 +508,7 @@ class RpcSession:
     """
 
     def __init__(self, policy: RpcPolicy, caller: AuthOutcome | None, allowed: ResolvedScopes,
-                 check_secret: Callable[[str | None], Awaitable[AuthOutcome]],
+                 check_secret: Callable[[Mapping[str, Any]], Awaitable[AuthOutcome]],
                  limit: Callable[[str | None, str], Awaitable[Reason | None]],
                  browser: BrowserOrigin | None = None) -> None:
         self.policy = policy
@@ -583,8 +591,7 @@ class RpcSession:
                                         {"code": "CONTROL_UI_ORIGIN_NOT_ALLOWED", "reason": origin_refusal},
                                         close_reason=ORIGIN_NOT_ALLOWED)
         if self.caller is None:
-            presented = auth.get("token") if isinstance(auth.get("token"), str) else auth.get("password")
-            outcome = await self.check_secret(presented if isinstance(presented, str) else None)
+            outcome = await self.check_secret(auth)
             if not outcome.ok:
                 refusal = connect_auth_refusal(request_id, outcome, client, device=bool(params.get("device")))
                 return FrameVerdict("close", outcome.reason, refusal, close_code=1008, method="connect")

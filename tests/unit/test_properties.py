@@ -127,7 +127,8 @@ def test_rpc_frames_always_get_a_verdict_and_denied_methods_never_pass(frames) -
     from sidecar.auth import AuthOutcome
     from sidecar.scopes import DEFAULT_SCOPES, ResolvedScopes
 
-    async def check_secret(presented: str | None) -> AuthOutcome:
+    async def check_secret(auth: dict) -> AuthOutcome:
+        presented = auth.get("token")
         return AuthOutcome(presented == TOKEN, "token", "ok" if presented == TOKEN else "token_mismatch", shared_secret=True)
 
     async def limit(user: str | None, tool: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from sidecar.auth import AuthOutcome, SharedSecretAuth
 from sidecar.pacing import RefusalBudget
 from sidecar.rpc import (
     BrowserOrigin,
+    connect_secret,
     GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
     rpc_on_plugin_socket,
     scope_satisfied,
@@ -36,7 +38,8 @@ class Recorder:
         self.limits: list[tuple[str | None, str]] = []
         self.limited = limited
 
-    async def check_secret(self, presented: str | None) -> AuthOutcome:
+    async def check_secret(self, auth: Mapping[str, Any]) -> AuthOutcome:
+        presented = connect_secret("token", auth)
         self.secrets.append(presented)
         return SharedSecretAuth("token", SECRET).check(presented)
 
@@ -561,3 +564,17 @@ def test_the_refusal_hint_is_the_one_the_gateway_gives_that_kind_of_client(clien
 ])
 def test_an_opened_plugin_socket_never_carries_the_gateways_rpc(route: str, content: bytes, speaks_rpc: bool) -> None:
     assert rpc_on_plugin_socket(route, content) is speaks_rpc
+
+
+@pytest.mark.parametrize("mode, auth, read", [
+    ("password", {"password": "p", "token": "t"}, "p"), ("password", {"token": "t"}, "t"),
+    ("password", {"password": None, "token": "t"}, None), ("password", {"password": 5, "token": "t"}, None),
+    ("token", {"password": "p", "token": "t"}, "t"), ("token", {"password": "p"}, "p"), ("token", {"token": None, "password": "p"}, None),
+    ("token", {}, None), ("password", {"password": ""}, ""),
+])
+def test_a_connect_credential_is_the_field_the_gateways_mode_names(mode: str, auth: dict, read: str | None) -> None:
+    """resolveConnectSecret (auth-*.mjs): `connectAuth[mode] ?? connectAuth[other]`, after a schema that
+    takes strings only. A password-mode sidecar read `token` first, so a caller holding the password
+    was refused by sending a stale token beside it, and the reverse let through what the gateway
+    refuses (red team)."""
+    assert connect_secret(mode, auth) == read

@@ -28,5 +28,12 @@ OWNER_ONLY_2026_9_6 = frozenset({
     "mobile_ui", "openclaw",
 })
 
+# Tools the gateway lets non-owners call whose actions are admin-only RPC methods on its WebSocket
+# (our own review of 2026.9.6, not the gateway's list): `skill_workshop` creates and applies the
+# skills every later turn loads (skills.proposals.*), `secrets` lists the secret store with the
+# values of its env entries (secrets.store.*), `browser` drives the browser-control service
+# (browser.request). Owner-only here too, so a scope ceiling without operator.admin holds on both.
+OWNER_ONLY_SIDECAR_REVIEW = frozenset({"skill_workshop", "secrets", "browser"})
+
 # normalizeToolPolicyName aliases in 2026.9.6 (applied after lower-casing).
 TOOL_ALIASES_2026_9_6 = {"bash": "exec", "apply-patch": "apply_patch", "cron": "automations"}

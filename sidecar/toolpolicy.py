@@ -7,11 +7,13 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .tool_lists import HTTP_DENY_2026_4_26, HTTP_DENY_2026_9_6, OWNER_ONLY_2026_9_6, TOOL_ALIASES_2026_9_6
+from .tool_lists import (
+    HTTP_DENY_2026_4_26, HTTP_DENY_2026_9_6, OWNER_ONLY_2026_9_6, OWNER_ONLY_SIDECAR_REVIEW, TOOL_ALIASES_2026_9_6,
+)
 
 # Every alias spelling is folded before lookup, so the union holds post-alias names only.
 HARD_DENY = frozenset(TOOL_ALIASES_2026_9_6.get(n, n) for n in HTTP_DENY_2026_9_6 | HTTP_DENY_2026_4_26)
-OWNER_ONLY = OWNER_ONLY_2026_9_6
+OWNER_ONLY = OWNER_ONLY_2026_9_6 | OWNER_ONLY_SIDECAR_REVIEW
 
 # Real core and plugin tool names are ASCII snake case, sometimes namespaced (`server__exec`,
 # `mcp.tool`, `ns:tool`); anything else is a look-alike or an injection attempt (corpus J1, J4).
@@ -69,5 +71,6 @@ class ToolGate:
         if tool.name in HARD_DENY and tool.name not in self.allow:
             return f"{tool.name!r} is on the HTTP hard deny list and gateway.tools.allow does not lift it"
         if not owner and tool.name in OWNER_ONLY:
-            return f"{tool.name!r} is owner-only and the caller lacks operator.admin"
+            whose = "" if tool.name in OWNER_ONLY_2026_9_6 else " (the sidecar's: its actions are admin-only methods)"
+            return f"{tool.name!r} is owner-only{whose} and the caller lacks operator.admin"
         return None

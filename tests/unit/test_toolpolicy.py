@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.tool_lists import HTTP_DENY_2026_4_26, HTTP_DENY_2026_9_6, OWNER_ONLY_2026_9_6
+from sidecar.tool_lists import HTTP_DENY_2026_4_26, HTTP_DENY_2026_9_6, OWNER_ONLY_2026_9_6, OWNER_ONLY_SIDECAR_REVIEW
 from sidecar.toolpolicy import HARD_DENY, OWNER_ONLY, ToolGate, ToolName, normalize_policy_name, normalize_tool_name
 
 # The union over 2026.9.6 (21) and 2026.4.26 (12 + whatsapp_login), aliases folded: 22 names.
@@ -14,10 +14,12 @@ EXPECTED_HARD_DENY = sorted({
     "sessions_spawn", "sessions_send", "conversations_list", "conversations_send", "conversations_turn",
     "automations", "gateway", "plugins", "nodes", "computer", "mobile_ui", "openclaw", "whatsapp_login",
 })
-EXPECTED_OWNER_ONLY = sorted({
+GATEWAY_OWNER_ONLY = sorted({
     "automations", "gateway", "plugins", "sessions", "screen", "terminal", "portal", "conversations_list",
     "conversations_send", "conversations_turn", "nodes", "computer", "mobile_ui", "openclaw",
 })
+# Ours: the gateway gives them to non-owners, and their actions are admin-only methods (red team).
+EXPECTED_OWNER_ONLY = sorted({*GATEWAY_OWNER_ONLY, "skill_workshop", "secrets", "browser"})
 
 
 def gate(allow=(), deny=()) -> ToolGate:
@@ -32,7 +34,8 @@ def test_tables() -> None:
     assert len(HTTP_DENY_2026_9_6) == 21
     assert len(HTTP_DENY_2026_4_26) == 13
     assert sorted(HARD_DENY) == EXPECTED_HARD_DENY and len(HARD_DENY) == 22
-    assert sorted(OWNER_ONLY) == EXPECTED_OWNER_ONLY == sorted(OWNER_ONLY_2026_9_6)
+    assert sorted(OWNER_ONLY_2026_9_6) == GATEWAY_OWNER_ONLY
+    assert sorted(OWNER_ONLY) == EXPECTED_OWNER_ONLY == sorted(OWNER_ONLY_2026_9_6 | OWNER_ONLY_SIDECAR_REVIEW)
 
 
 @pytest.mark.parametrize("name", EXPECTED_HARD_DENY)
@@ -57,7 +60,7 @@ def test_aliases_and_case_are_folded_then_blocked(spelling: str, canonical: str)
     assert blocked(spelling, owner=True)
 
 
-@pytest.mark.parametrize("name", ["agents_list", "session_status", "sessions_list", "browser", "echo", "server__exec", "mcp.search", "ns:tool", "web-fetch"])
+@pytest.mark.parametrize("name", ["agents_list", "session_status", "sessions_list", "theme", "echo", "server__exec", "mcp.search", "ns:tool", "web-fetch"])
 @pytest.mark.parametrize("owner", [True, False])
 def test_ordinary_tools_pass(name: str, owner: bool) -> None:
     assert not blocked(name, owner=owner)
@@ -116,7 +119,7 @@ def test_owner_only_blocks_non_owners(name: str) -> None:
     assert blocked(name, owner=False, allow=EXPECTED_HARD_DENY)
 
 
-@pytest.mark.parametrize("name", ["sessions", "screen"])
+@pytest.mark.parametrize("name", ["sessions", "screen", "skill_workshop", "secrets", "browser"])
 def test_owner_only_tools_available_to_owners(name: str) -> None:
     """Case 65: sessions/screen are owner-only but not hard-denied."""
     assert not blocked(name, owner=True)

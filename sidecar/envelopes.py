@@ -126,10 +126,31 @@ def method_denied_error(method: str, markers: str) -> tuple[str, dict[str, Any]]
     return f"method not allowed through this proxy: {method}", {"code": "METHOD_DENIED", "markers": markers}
 
 
-def missing_scope() -> Envelope:
-    """POST /tools/invoke without operator.write (or operator.admin)."""
-    message, details = missing_scope_error("operator.write")
+def missing_scope(scope: str = "operator.write", route_answer: str | None = None) -> Envelope:
+    """A route's handler refusing a caller without `scope` (buildMissingScopeForbiddenBody; POST
+    /tools/invoke needs operator.write), or with the answer of its own that ROUTE_ANSWERS names."""
+    if route_answer is not None:
+        return ROUTE_ANSWERS[route_answer]
+    message, details = missing_scope_error(scope)
     return _ok_false(403, "forbidden", message, details=details)
+
+
+# Routes that answer a missing scope or owner right in words of their own (the route table's
+# `scopeAnswer` and `owner`): key order as each handler writes its JSON.
+ROUTE_ANSWERS: dict[str, Envelope] = {
+    "owner-access": _json(403, {"ok": False, "error": {"message": "owner access required", "type": "forbidden"}}),
+    "owner-access-typed": _json(403, {"ok": False, "error": {"type": "forbidden", "message": "owner access required"}}),
+    "outside-image": _json(403, {"error": "Allowing an outside image requires operator.admin"}),
+    "write-required": _json(403, {"ok": False, "error": "operator.write is required"}),
+}
+
+
+def rpc_missing_scope(scope: str, request_id: str) -> Envelope:
+    """The admin HTTP RPC plugin's answer to a method its caller lacks the scope for: the
+    dispatcher's FORBIDDEN error, which its status mapping leaves at 500."""
+    message, details = missing_scope_error(scope)
+    error = {"code": "FORBIDDEN", "message": message, "details": details}
+    return _json(500, {"id": request_id, "ok": False, "error": error}, ("Cache-Control", "no-store"))
 
 
 def _retry_after(seconds: int) -> tuple[tuple[str, str], ...]:

@@ -35,7 +35,7 @@ from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
-from .rpc import BrowserOrigin, RpcPolicy, RpcSession, connect_secret
+from .rpc import BrowserOrigin, RpcPolicy, RpcSession, connect_secret, dynamic_scopes, scope_satisfied
 from .shadow import SHADOWABLE_REASONS
 from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolchain import ToolChain, ToolRequest
@@ -44,6 +44,9 @@ from .view import RequestView
 
 TOOLS_ROUTE = "tools-invoke"
 ADMIN_RPC_ROUTE = "plugin:admin-http-rpc"
+# Methods the admin HTTP RPC plugin answers without a scope check: `commands.list` itself, and
+# `health`, which its dispatcher exempts.
+ADMIN_RPC_UNSCOPED = frozenset({"commands.list", "health"})
 CHANNEL_HEADER = "x-openclaw-message-channel"
 ACCOUNT_HEADER = "x-openclaw-account-id"
 _TOOL_CONTEXT = frozenset({CHANNEL_HEADER, ACCOUNT_HEADER})  # the context headers tool policy reads
@@ -444,9 +447,24 @@ class Pipeline:
         outcome = head.outcome
         assert outcome is not None  # set by settled_route or auth
         head.scopes = scopes = self._scopes(head.view, outcome)
-        if head.route == TOOLS_ROUTE and (scopes is None or not scopes.allows_invoke):
-            return self._enforced(Refuse.because(Reason.MISSING_SCOPE, auth=outcome), head)
-        return None
+        entry = head.match.entry
+        if entry is None or entry.scope is None:
+            return None
+        answer_data = (entry.scope, entry.scope_answer) if entry.scope_answer else (entry.scope,)
+        if scopes is None:
+            # No caller whose scopes the sidecar knows (a route credential, a device token): the
+            # gateway reads them itself, except on a route only the sidecar's credential opens.
+            missing = Refuse.because(Reason.MISSING_SCOPE, *answer_data, auth=outcome) if entry.credential == "gateway" else None
+        elif not scope_satisfied(entry.scope, frozenset(scopes.scopes)):
+            # Behind the sidecar's shared secret the gateway grants every scope and reads no
+            # x-openclaw-scopes: a ceiling holds on this route only if checked here (red team: a
+            # caller capped at no scope read a session's transcript).
+            missing = Refuse.because(Reason.MISSING_SCOPE, *answer_data, auth=outcome)
+        elif entry.owner is not None and not scopes.owner:
+            missing = Refuse.because(Reason.OWNER_REQUIRED, entry.owner, auth=outcome)
+        else:
+            missing = None
+        return self._enforced(missing, head) if missing is not None else None
 
     def stage_declared_size(self, head: HeadState) -> Refuse | None:
         if head.route == TOOLS_ROUTE:
@@ -631,7 +649,7 @@ class Pipeline:
 
     # ---- body ---------------------------------------------------------------------------
 
-    def _admin_rpc_refusal(self, body: bytes) -> Refuse | None:
+    def _admin_rpc_refusal(self, body: bytes, scopes: ResolvedScopes | None) -> Refuse | None:
         """The admin HTTP RPC plugin, once opened, dispatches gateway methods by name
         (`config.patch`, `cron.run`, `device.pair.approve`...): the method deny list holds there
         as on the WebSocket, the method read as the plugin reads it (the trimmed body's JSON, its
@@ -643,12 +661,23 @@ class Pipeline:
             return Refuse.because(Reason.UNREADABLE_RPC_BODY, detail=exc.message or exc.kind)
         method = payload.get("method") if isinstance(payload, dict) else None
         method = js_trim(method) if isinstance(method, str) else None
-        if method not in self.rpc_policy.denied:
-            return None
+        spec = self.rpc_policy.catalogue.get(method) if method is not None else None
+        if method is None or spec is None:
+            return None  # the plugin's own allowlist answers a method it does not dispatch
         request_id = payload.get("id")
         request_id = (js_trim(request_id) if isinstance(request_id, str) else "") or str(uuid.uuid4())
-        markers = self.rpc_policy.catalogue[method].markers
-        return Refuse.because(Reason.METHOD_DENIED, method, request_id, markers, detail=f"admin HTTP RPC method {method}")
+        if method in self.rpc_policy.denied:
+            return Refuse.because(Reason.METHOD_DENIED, method, request_id, spec.markers, detail=f"admin HTTP RPC method {method}")
+        # The plugin runs each method with every scope behind the sidecar's shared secret: the
+        # caller's ceiling is checked here, as the WebSocket checks it (red team: config.get,
+        # cron.list and device.pair.list for a caller capped at none).
+        if scopes is None or method in ADMIN_RPC_UNSCOPED:
+            return None  # a device token's scopes are the gateway's to read
+        required = dynamic_scopes(method, payload.get("params")) if spec.scope == "dynamic" else (spec.scope,)
+        missing = next((scope for scope in required if not scope_satisfied(scope, frozenset(scopes.scopes))), None)
+        if missing is None:
+            return None
+        return Refuse.because(Reason.RPC_MISSING_SCOPE, missing, request_id, detail=f"admin HTTP RPC method {method}")
 
     async def on_body(self, admitted: Admitted, body: bytes, has_trailers: bool = False) -> Refuse | Forward:
         # The adapter already closes HTTP/1 connections that send trailers; this is the rule
@@ -657,7 +686,7 @@ class Pipeline:
             return Refuse.because(Reason.TRAILERS)
         if admitted.route != TOOLS_ROUTE:
             noted: list[ReasonCode] = list(admitted.shadowed)
-            if admitted.route == ADMIN_RPC_ROUTE and (refused := self._admin_rpc_refusal(body)) is not None \
+            if admitted.route == ADMIN_RPC_ROUTE and (refused := self._admin_rpc_refusal(body, admitted.scopes)) is not None \
                     and (refusal := self._enforced(refused, noted)):
                 return refusal
             passthrough = admitted.websocket and admitted.route == "rpc-websocket" and not admitted.rpc

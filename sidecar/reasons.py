@@ -56,6 +56,8 @@ class Reason(StrEnum):
     LIMITER_UNAVAILABLE = "limiter_unavailable"  # the auth-failure or the request limiter (fail-closed)
     RATE_LIMITED = "rate_limited"  # locked out after failed authentications
     MISSING_SCOPE = "missing_scope"
+    OWNER_REQUIRED = "owner_required"  # a route whose handler also requires operator.admin
+    RPC_MISSING_SCOPE = "rpc_missing_scope"  # an admin HTTP RPC method the caller lacks the scope for
     PAYLOAD_TOO_LARGE = "payload_too_large"
 
     # ---- authentication failures: upstream's own codes (sidecar/auth.py), all answered 401
@@ -167,7 +169,6 @@ FIXED_ANSWERS: Final[Mapping[Reason, Envelope]] = MappingProxyType({
     Reason.PROXY_ATTRIBUTION_REQUIRED: envelopes.proxy_attribution_required(),
     Reason.FUNNEL_REQUEST: _UNAUTHORIZED,
     Reason.LIMITER_UNAVAILABLE: envelopes.limiter_unavailable(),
-    Reason.MISSING_SCOPE: envelopes.missing_scope(),
     Reason.PAYLOAD_TOO_LARGE: envelopes.payload_too_large(),
     **{reason: _UNAUTHORIZED for reason in AUTH_FAILURES},
     Reason.TRAILERS: envelopes.bad_request("request trailers are not accepted"),
@@ -189,6 +190,9 @@ BUILT_ANSWERS: Final[Mapping[Reason, Callable[..., Envelope]]] = MappingProxyTyp
     Reason.REQUEST_RATE_LIMITED: envelopes.request_rate_limited,  # seconds until the budget refills
     Reason.METHOD_DENIED: envelopes.rpc_method_denied,  # on the admin HTTP RPC route: method, request id, markers
     Reason.METHOD_NOT_ALLOWED: envelopes.method_not_allowed,  # the methods the route serves (its Allow)
+    Reason.MISSING_SCOPE: envelopes.missing_scope,  # the route's scope, and its own answer if it has one
+    Reason.OWNER_REQUIRED: envelopes.ROUTE_ANSWERS.__getitem__,  # the route's own answer
+    Reason.RPC_MISSING_SCOPE: envelopes.rpc_missing_scope,  # on the admin HTTP RPC route: scope, request id
 })
 
 # Refusals made only on the RPC WebSocket: an error frame or a close code, never an HTTP answer.

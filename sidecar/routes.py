@@ -71,6 +71,12 @@ class RouteEntry:
     plugin_paths: tuple[str, ...] = ()
     handles_only: str | None = None  # the pathname suffix its handler takes; it declines the rest
     always_taken: tuple[str, ...] = ()  # plugin-matched prefixes never left to the Control UI
+    # The operator scope its handler requires (and its own answer without it), and whether it
+    # then requires operator.admin too (the answer it refuses others with): checked by the
+    # sidecar, since behind its shared secret the gateway grants every scope.
+    scope: str | None = None
+    scope_answer: str | None = None
+    owner: str | None = None
 
     @property
     def default_policy(self) -> Literal["public", "authenticated", "refused"]:
@@ -119,6 +125,7 @@ def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
         plugin_paths=tuple(_security_normalize(p) for p in paths) if plugin else (),
         handles_only=row.get("handlesOnly"),
         always_taken=tuple(_security_normalize(p) for p in row.get("alwaysTaken", ())),
+        scope=row.get("scope"), scope_answer=row.get("scopeAnswer"), owner=row.get("owner"),
     )
 
 

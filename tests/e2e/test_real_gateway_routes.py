@@ -498,6 +498,50 @@ def test_the_opened_admin_rpc_route_still_answers_what_it_may(http, gateway, adm
     assert proxied.json()["ok"] is True and proxied.json()["id"] == "r2"
 
 
+# ---- scope ceilings on the routes the gateway opens to the sidecar's shared secret -----------------
+
+
+def _capped(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess], *ceiling: str) -> SidecarProcess:
+    config = _sidecar_config(gateway, allow=["plugin:admin-http-rpc"])
+    config["sidecar"]["scopeCeilings"] = {"default": list(ceiling)}
+    return module_sidecar(config)
+
+
+HISTORY = "/sessions/agent%3Amain%3Amain/history"
+
+
+def test_a_ceiling_holds_on_routes_where_the_gateway_grants_the_shared_secret_every_scope(http, gateway, module_sidecar):
+    """With the token the gateway ignores x-openclaw-scopes and grants every scope: a token caller
+    capped at no scope read a session's transcript, and ran config.get and device.pair.list on the
+    admin RPC, through the sidecar (red team). Each route's scope is checked against the ceiling."""
+    nobody = _capped(gateway, module_sidecar)
+    direct, proxied = both(http, gateway, nobody, "GET", HISTORY, headers=AUTH)
+    assert direct.status_code != 403
+    assert (proxied.status_code, proxied.json()) == (403, {"ok": False, "error": {
+        "type": "forbidden", "message": "missing scope: operator.read",
+        "details": {"code": "MISSING_SCOPE", "missingScope": "operator.read", "requiredScopes": ["operator.read"]}}})
+    refused = http.post(nobody.url + "/api/v1/admin/rpc", headers=AUTH, json={"id": "g1", "method": "config.get", "params": {}})
+    assert (refused.status_code, refused.json()["id"], refused.json()["error"]["message"]) == \
+        (500, "g1", "missing scope: operator.read")
+
+
+def test_a_reader_gets_what_the_gateway_gives_a_reader_and_no_more(http, gateway, module_sidecar):
+    reader = _capped(gateway, module_sidecar, "operator.read")
+    direct, proxied = both(http, gateway, reader, "GET", HISTORY, headers=AUTH)
+    assert (proxied.status_code, proxied.content) == (direct.status_code, direct.content)
+    # chat media is for owners: the gateway's own words, where the token holder gets the file's answer
+    direct, proxied = both(http, gateway, reader, "GET", "/api/chat/media/outgoing/x.png", headers=AUTH)
+    assert direct.status_code != 403
+    assert (proxied.status_code, proxied.content) == (403, b'{"ok":false,"error":{"type":"forbidden","message":"owner access required"}}')
+    direct, proxied = both(http, gateway, reader, "POST", "/api/v1/admin/rpc", headers=AUTH,
+                           json={"id": "r1", "method": "cron.list", "params": {}})
+    assert (direct.status_code, proxied.status_code, proxied.json()["ok"]) == (200, 200, True)
+    refused = http.post(reader.url + "/api/v1/admin/rpc", headers=AUTH, json={"id": "p1", "method": "device.pair.list", "params": {}})
+    assert (refused.status_code, refused.json()["error"]["details"]["missingScope"]) == (500, "operator.pairing")
+    refused = http.post(reader.url + "/tools/invoke", headers=AUTH, json=AGENTS)
+    assert (refused.status_code, refused.json()["error"]["message"]) == (403, "missing scope: operator.write")
+
+
 # ---- trusted-proxy mode: a capped identity through the capability prefix -------------------------
 
 

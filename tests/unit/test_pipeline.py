@@ -341,6 +341,31 @@ async def test_scope_ceiling_without_write_refuses(make) -> None:
     assert_refused(await harness.pipeline.on_head(view()), envelopes.missing_scope(), "missing_scope")
 
 
+SCOPED_READS = [
+    ("GET", "/sessions/k/history", None), ("GET", "/v1/models", None), ("GET", "/control-ui-config.json", None),
+    ("GET", "/avatar/main", None), ("GET", "/api/users/u/avatar", None), ("GET", "/__openclaw__/assistant-media", None),
+    ("GET", "/api/chat/media/outgoing/a.png", "owner-access-typed"), ("GET", "/__openclaw__/workspace-icon/w", "owner-access"),
+    ("GET", "/__openclaw__/channel-avatar/c", "owner-access"),
+]
+
+
+@pytest.mark.parametrize("method, target, owner", SCOPED_READS)
+async def test_every_authenticated_read_needs_its_scope_and_owner_rows_admin(make, method: str, target: str,
+                                                                             owner: str | None) -> None:
+    """Behind the shared secret the gateway grants every scope: the ceiling is held here (red team)."""
+    def head(*ceiling: str) -> Any:
+        harness = make(extra={"sidecar": {"scopeCeilings": {"default": list(ceiling)}}})
+        return harness.pipeline.on_head(view(method, target))
+
+    assert_refused(await head(), envelopes.missing_scope("operator.read"), "missing_scope")
+    reader = await head("operator.read")
+    if owner is None:
+        assert isinstance(reader, Admitted)
+    else:
+        assert_refused(reader, envelopes.ROUTE_ANSWERS[owner], "owner_required")
+    assert isinstance(await head("operator.read", "operator.admin"), Admitted)
+
+
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 UPGRADE = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", WS_KEY)]
 

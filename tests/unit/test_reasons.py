@@ -31,7 +31,7 @@ LABELS = sorted([
     "foreign_host", "unsupported_upgrade", "non_canonical_target", "malformed_capability_path", "route_denied",
     "unknown_route", "node_capability", "method_not_served", "query_credential", "route_refused", "websocket_off",
     "invalid_websocket_upgrade", "proxy_attribution_required", "funnel_request", "method_not_allowed",
-    "limiter_unavailable", "rate_limited", "missing_scope", "payload_too_large",
+    "limiter_unavailable", "rate_limited", "missing_scope", "owner_required", "rpc_missing_scope", "payload_too_large",
     "credential_missing", "token_not_configured", "password_not_configured", "token_mismatch", "password_mismatch",
     "origin_not_allowed", "trusted_proxy_not_configured", "trusted_proxy_untrusted_source",
     "trusted_proxy_loopback_source", "trusted_proxy_local_interface_check_failed",
@@ -87,6 +87,21 @@ EXPECTED: list[tuple[Reason, tuple[str | int, ...], Envelope]] = [
     (Reason.MISSING_SCOPE, (), Envelope(403, b'{"ok":false,"error":{"type":"forbidden","message":"missing scope: '
                                              b'operator.write","details":{"code":"MISSING_SCOPE","missingScope":'
                                              b'"operator.write","requiredScopes":["operator.write"]}}}', (JSON_CT, *SECURITY))),
+    (Reason.MISSING_SCOPE, ("operator.read",), Envelope(403, b'{"ok":false,"error":{"type":"forbidden","message":"missing scope: '
+                                                         b'operator.read","details":{"code":"MISSING_SCOPE","missingScope":'
+                                                         b'"operator.read","requiredScopes":["operator.read"]}}}', (JSON_CT, *SECURITY))),
+    (Reason.MISSING_SCOPE, ("operator.write", "write-required"), Envelope(  # the beam plugin's own words
+        403, b'{"ok":false,"error":"operator.write is required"}', (JSON_CT, *SECURITY))),
+    (Reason.OWNER_REQUIRED, ("owner-access",), Envelope(
+        403, b'{"ok":false,"error":{"message":"owner access required","type":"forbidden"}}', (JSON_CT, *SECURITY))),
+    (Reason.OWNER_REQUIRED, ("owner-access-typed",), Envelope(  # chat media writes its keys the other way round
+        403, b'{"ok":false,"error":{"type":"forbidden","message":"owner access required"}}', (JSON_CT, *SECURITY))),
+    (Reason.OWNER_REQUIRED, ("outside-image",), Envelope(
+        403, b'{"error":"Allowing an outside image requires operator.admin"}', (JSON_CT, *SECURITY))),
+    (Reason.RPC_MISSING_SCOPE, ("operator.admin", "r1"), Envelope(
+        500, b'{"id":"r1","ok":false,"error":{"code":"FORBIDDEN","message":"missing scope: operator.admin","details":'
+             b'{"code":"MISSING_SCOPE","missingScope":"operator.admin","requiredScopes":["operator.admin"]}}}',
+        (JSON_CT, *SECURITY, ("Cache-Control", "no-store")))),
     (Reason.PAYLOAD_TOO_LARGE, (), _openai(413, "Payload too large", "invalid_request_error", CLOSE)),
     *[(reason, (), UNAUTHORIZED) for reason in sorted(AUTH_FAILURES)],
     (Reason.TRAILERS, (), _openai(400, "request trailers are not accepted", "invalid_request_error", CLOSE)),

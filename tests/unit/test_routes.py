@@ -50,7 +50,7 @@ def test_only_health_and_static_rows_are_public_and_only_reads_and_tools_authent
     authenticated = {e.name for e in TABLE.http if e.default_policy == "authenticated"}
     assert public == {"health", "readiness", "control-ui-documents", "control-ui-plugin-manager", "control-ui"}
     assert authenticated == {"openai-models", "tools-invoke", "session-history", "control-ui-plugin-assets", "user-avatar",
-                             "chat-media", "control-ui-images", "assistant-media", "control-ui-config"}
+                             "chat-media", "control-ui-avatar", "control-ui-images", "control-ui-session-images", "assistant-media", "control-ui-config"}
     assert all(e.power in PUBLIC_POWERS | AUTHENTICATED_POWERS or e.default_policy == "refused" for e in TABLE.http)
 
 
@@ -148,8 +148,8 @@ def test_base_path_normalisation(raw: str | None, normalized: str) -> None:
     ("POST", "/api/v1/admin/rpc/x", "unknown"), ("GET", "/Plugins/GeoLocation/lookup", "plugin:geolocation"),
     ("GET", "/Browser/Extension", "plugin:browser-extension"), ("GET", "/browser/Screencast/", "plugin:browser-screencast"), ("POST", "/plugins/openai/realtime/calls", "plugin:openai-realtime"),
     ("GET", "/__openclaw_tg_miniapp/", "plugin:telegram-miniapp"),
-    ("GET", "/api/chat/media/outgoing/a", "chat-media"), ("GET", "/avatar/main", "control-ui-images"),
-    ("GET", "/__openclaw__/workspace-icon/x", "control-ui-images"), ("GET", "/__openclaw__/assistant-media", "assistant-media"),
+    ("GET", "/api/chat/media/outgoing/a", "chat-media"), ("GET", "/avatar/main", "control-ui-avatar"),
+    ("GET", "/__openclaw__/workspace-icon/x", "control-ui-session-images"), ("GET", "/__openclaw__/assistant-media", "assistant-media"),
     ("POST", "/__openclaw__/assistant-media", "assistant-media-ticket"), ("GET", "/control-ui-config.json", "control-ui-config"),
     ("GET", "/__openclaw__/control-ui-config.json", "control-ui-config"),
     ("GET", "/", "control-ui"), ("HEAD", "/chat", "control-ui"), ("GET", "/assets/index-Ab_1.js", "control-ui"),
@@ -236,7 +236,7 @@ def test_deployment_settings_move_routes() -> None:
     assert name_of("GET", "/admin/", table=table) == "control-ui"
     assert name_of("GET", "/admin", table=table) == "control-ui"  # the gateway's 302 to /admin/
     assert name_of("GET", "/", table=table) == "unknown"
-    assert name_of("GET", "/admin/avatar/main", table=table) == "control-ui-images"
+    assert name_of("GET", "/admin/avatar/main", table=table) == "control-ui-avatar"
     assert name_of("GET", "/admin/control-ui-config.json", table=table) == "control-ui-config"
     off = RouteTable.for_deployment(control_ui_enabled=False)
     assert name_of("GET", "/", table=off) == "unknown"

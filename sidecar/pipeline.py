@@ -37,7 +37,7 @@ from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
 from .rpc import BrowserOrigin, RpcPolicy, RpcSession, connect_secret, dynamic_scopes, scope_satisfied
 from .shadow import SHADOWABLE_REASONS
-from .scopes import ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
+from .scopes import ADMIN, ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolchain import ToolChain, ToolRequest
 from .toolpolicy import js_trim
 from .view import RequestView
@@ -462,6 +462,10 @@ class Pipeline:
             missing = Refuse.because(Reason.MISSING_SCOPE, *answer_data, auth=outcome)
         elif entry.owner is not None and not scopes.owner:
             missing = Refuse.because(Reason.OWNER_REQUIRED, entry.owner, auth=outcome)
+        elif entry.owner_behind_secret and self.upstream_authorization is not None and not scopes.owner:
+            # The gateway makes any shared-secret caller owner, and this handler starts an agent
+            # turn with the owner's tools: a ceiling below admin cannot be kept there, so it is refused.
+            missing = Refuse.because(Reason.MISSING_SCOPE, ADMIN, auth=outcome)
         else:
             missing = None
         return self._enforced(missing, head) if missing is not None else None

@@ -366,6 +366,17 @@ async def test_every_authenticated_read_needs_its_scope_and_owner_rows_admin(mak
     assert isinstance(await head("operator.read", "operator.admin"), Admitted)
 
 
+@pytest.mark.parametrize("target", ["/v1/chat/completions", "/v1/responses"])
+async def test_an_agent_turn_behind_the_shared_secret_needs_admin(make, target: str) -> None:
+    """The gateway makes every shared-secret caller owner, and these start an agent turn with the
+    owner's tools: a writer capped below admin would run one as owner, so it is refused."""
+    opened = {"allow": ["openai-chat-completions", "openai-responses"]}
+    writer = make(extra={"sidecar": {"routes": opened, "scopeCeilings": {"default": ["operator.read", "operator.write"]}}})
+    assert_refused(await writer.pipeline.on_head(view("POST", target)), envelopes.missing_scope("operator.admin"), "missing_scope")
+    admin = make(extra={"sidecar": {"routes": opened, "scopeCeilings": {"default": ["operator.write", "operator.admin"]}}})
+    assert isinstance(await admin.pipeline.on_head(view("POST", target)), Admitted)
+
+
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 UPGRADE = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", WS_KEY)]
 

@@ -184,6 +184,13 @@ def write_final_answer(writer: asyncio.StreamWriter, envelope: Envelope, method:
     asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
 
 
+def preauth_over(flow: http.HTTPFlow) -> None:
+    """An RPC upgrade no longer waiting for its connect: its client's count goes down (once)."""
+    admitted = flow.metadata.get(ADMITTED)
+    if isinstance(admitted, Admitted) and admitted.preauth is not None:
+        admitted.preauth.release()
+
+
 def websocket_message_limit(flow: http.HTTPFlow) -> int:
     admitted = flow.metadata.get(ADMITTED)
     return client_message_limit(flow.metadata.get(RPC_SESSION), isinstance(admitted, Admitted) and admitted.rpc)
@@ -231,6 +238,8 @@ class ToolsInvokeGuard:
                                            message_limit=websocket_message_limit, judged=self._frame_judged)
 
     def _exchange_over(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None or flow.response.status_code != 101:
+            preauth_over(flow)  # no RPC socket came of it (refused, unreachable, gone)
         flows = self._in_flight.get(flow.client_conn.id)
         if flows is not None:
             flows.discard(flow.id)
@@ -727,6 +736,7 @@ class ToolsInvokeGuard:
         connects and shadowed frames are audited."""
         if session.connected:
             self._cancel_timer(flow)
+            preauth_over(flow)
         if verdict.verdict != "forward" or verdict.method == "connect" or verdict.shadowed:
             decision = "shadowed" if verdict.shadowed else "forwarded" if verdict.verdict == "forward" else "refused"
             self._audit(flow, decision, verdict.reason, None, tool=verdict.tool, method=verdict.method,
@@ -734,6 +744,7 @@ class ToolsInvokeGuard:
                         line=verdict.audited)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
+        preauth_over(flow)
         self._websockets.pop(flow.id, None)
         self._cancel_timer(flow)
         flow.metadata.pop(RPC_SESSION, None)

@@ -226,6 +226,12 @@ def websocket_upgrade_not_supported() -> Envelope:
     return _plain(400, "Bad Request", ("Connection", "close"))
 
 
+def too_many_unauthenticated_sockets() -> Envelope:
+    """The gateway's refusal of an RPC upgrade past its preauth budget (rejectWebSocketUpgrade:
+    written straight to the socket, so none of its usual headers)."""
+    return Envelope(503, b"Too many unauthenticated sockets", (("Connection", "close"), ("Content-Type", "text/plain; charset=utf-8")))
+
+
 def tool_execution_failed() -> Envelope:
     """The gateway's sanitised 500: the real error text never reaches the client."""
     return _ok_false(500, "tool_error", "tool execution failed")

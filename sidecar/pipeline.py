@@ -4,7 +4,8 @@
 `HEAD_STAGES` in order, each a named method of `Pipeline` that refuses or lets the head on:
 head size → method syntax → malformed head → Expect → Host → target → upgrade → route →
 denied routes → route access → RPC upgrade → attribution → Funnel → method → settled route →
-auth → scopes → declared size (auth: a locked-out client is refused whatever it presents).
+auth → scopes → declared size → preauth sockets (auth: a locked-out client is refused whatever
+it presents).
 `on_body` applies the body rules and tool policy. Forwarding is the one outcome every stage must
 grant; every other path ends in a `Refuse` carrying the gateway's own answer for its reason
 (sidecar/reasons.py).
@@ -37,6 +38,7 @@ from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
 from .rpc import BrowserOrigin, RpcPolicy, RpcSession, connect_secret, dynamic_scopes, scope_satisfied
 from .shadow import SHADOWABLE_REASONS
+from .preauth import PreauthHold, PreauthSockets
 from .scopes import ADMIN, ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolchain import ToolChain, ToolRequest
 from .toolpolicy import js_trim
@@ -144,6 +146,7 @@ class Admitted:
     rpc: bool = False  # a gateway RPC WebSocket whose frames the sidecar judges
     shadowed: tuple[ReasonCode, ...] = ()  # refusals shadow mode let through (sidecar/shadow.py)
     browser: BrowserOrigin | None = None  # an RPC upgrade with a non-blank Origin: checked at connect
+    preauth: PreauthHold | None = None  # an RPC upgrade counted until its connect is accepted (sidecar/preauth.py)
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ class HeadState:
     earlier stage wrote (the comments name the writer)."""
 
     __slots__ = ("view", "host", "target", "websocket", "match", "route", "attribution", "access", "rpc",
-                 "outcome", "limited", "scopes", "shadowed")
+                 "outcome", "limited", "scopes", "shadowed", "preauth")
 
     view: RequestView
     host: str  # host: the Host header, trimmed and lower-cased ("" when empty)
@@ -177,6 +180,7 @@ class HeadState:
     limited: bool  # settled_route: the credential check runs behind the auth-failure limiter
     scopes: ResolvedScopes | None  # scopes
     shadowed: tuple[ReasonCode, ...]  # refusals shadow mode let through (`Pipeline._enforced`)
+    preauth: PreauthHold | None  # preauth_sockets, the last stage
 
     def __init__(self, view: RequestView) -> None:
         self.view = view
@@ -184,6 +188,7 @@ class HeadState:
         self.outcome = None
         self.limited = False
         self.shadowed = ()
+        self.preauth = None
 
     def append(self, reason: ReasonCode, /) -> None:
         self.shadowed += (reason,)
@@ -215,10 +220,14 @@ class Pipeline:
     request_limiter: RequestLimiter | None = None
     # Identity headers an earlier configuration named (a reload keeps stripping them).
     earlier_identity_headers: frozenset[str] = frozenset()
+    # An earlier configuration's unauthenticated RPC upgrades (a reload keeps counting them).
+    earlier_preauth: PreauthSockets | None = None
 
     def __post_init__(self) -> None:
         gateway = self.config.rules.gateway
         sidecar = self.config.sidecar
+        self.preauth = self.earlier_preauth or PreauthSockets(sidecar.websocket.unauthenticated_per_client)
+        self.preauth.per_client = sidecar.websocket.unauthenticated_per_client
         tp = gateway.auth.trusted_proxy
         # Header names from config are lower-cased by its validators.
         user_header = sidecar.upstream_auth.user_header or tp.user_header or "x-forwarded-user"
@@ -470,6 +479,14 @@ class Pipeline:
             missing = None
         return self._enforced(missing, head) if missing is not None else None
 
+    def stage_preauth_sockets(self, head: HeadState) -> Refuse | None:
+        """Last, so that no later refusal leaves a count held: an RPC upgrade whose caller proves
+        itself only in its connect frame counts against its client until then."""
+        if not head.rpc or head.outcome is None or head.outcome.method != CONNECT_FRAME_AUTH:
+            return None
+        head.preauth = self.preauth.acquire(head.attribution.client_ip or head.attribution.peer_ip)
+        return Refuse.because(Reason.PREAUTH_SOCKETS) if head.preauth is None else None
+
     def stage_declared_size(self, head: HeadState) -> Refuse | None:
         if head.route == TOOLS_ROUTE:
             declared = head.view.declared_length()
@@ -494,7 +511,7 @@ class Pipeline:
         browser = BrowserOrigin.of(origin, self.origins.refusal(view, local_client=attribution.kind == "direct-local")) \
             if head.rpc and js_trim(origin) else None
         return Admitted(head.route, head.target.origin_form, headers, attribution.client_ip, outcome, scopes,
-                        head.websocket, head.rpc, head.shadowed, browser)
+                        head.websocket, head.rpc, head.shadowed, browser, head.preauth)
 
     def _enforced(self, refusal: Refuse, shadowed: ShadowNotes) -> Refuse | None:
         """The refusal, or (shadow mode, policy layers only) None with the reason noted."""
@@ -783,4 +800,5 @@ HEAD_STAGES: tuple[Stage, ...] = tuple(Stage.of(method) for method in (
     Pipeline.stage_auth,
     Pipeline.stage_scopes,
     Pipeline.stage_declared_size,
+    Pipeline.stage_preauth_sockets,
 ))

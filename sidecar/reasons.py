@@ -50,6 +50,7 @@ class Reason(StrEnum):
     ROUTE_REFUSED = "route_refused"
     WEBSOCKET_OFF = "websocket_off"
     INVALID_WEBSOCKET_UPGRADE = "invalid_websocket_upgrade"
+    PREAUTH_SOCKETS = "preauth_sockets"  # a client's unauthenticated RPC upgrades past its share (sidecar/preauth.py)
     PROXY_ATTRIBUTION_REQUIRED = "proxy_attribution_required"
     FUNNEL_REQUEST = "funnel_request"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -166,6 +167,7 @@ FIXED_ANSWERS: Final[Mapping[Reason, Envelope]] = MappingProxyType({
     Reason.ROUTE_REFUSED: _ROUTE_NOT_FOUND,
     Reason.WEBSOCKET_OFF: _ROUTE_NOT_FOUND,
     Reason.INVALID_WEBSOCKET_UPGRADE: envelopes.bad_request("not an RFC 6455 WebSocket upgrade"),
+    Reason.PREAUTH_SOCKETS: envelopes.too_many_unauthenticated_sockets(),
     Reason.PROXY_ATTRIBUTION_REQUIRED: envelopes.proxy_attribution_required(),
     Reason.FUNNEL_REQUEST: _UNAUTHORIZED,
     Reason.LIMITER_UNAVAILABLE: envelopes.limiter_unavailable(),

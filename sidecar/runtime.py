@@ -95,7 +95,8 @@ def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse:
     warn_about_config(config)
     limit_rules = config.rules.gateway.auth.rate_limit
     if reuse is not None:
-        pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter, reuse.pipeline.identity_headers)
+        pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter, reuse.pipeline.identity_headers,
+                            reuse.pipeline.preauth)
         reuse.failure_limiter.apply_limits(**limit_rules.model_dump())
         return Runtime(config, pipeline, reuse.failure_limiter, reuse.request_limiter, reuse.refusal_pacer)
     settings = config.sidecar.rate_limit

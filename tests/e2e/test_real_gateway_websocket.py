@@ -95,6 +95,41 @@ def assert_closed_after(ws: WsClient, code: int) -> dict[str, Any]:
     return {}
 
 
+# ---- unauthenticated upgrades --------------------------------------------------------------------------
+
+
+def _from(source: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(15)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def test_one_client_holding_unauthenticated_upgrades_leaves_the_rpc_to_everyone_else(open_sc):
+    """The gateway gives each address 32 sockets that have not sent connect, and behind the
+    sidecar's credential every client is the sidecar's address: 34 upgrades from one stranger
+    took the RPC from everyone (red team). Each client holds 8 at most; the 9th gets the gateway's
+    own 503, and another client still connects. A connected socket no longer counts."""
+    held = [WsClient("127.0.0.1", open_sc.port, sock=_from("127.0.0.2", open_sc.port)) for _ in range(8)]
+    try:
+        with pytest.raises(Rejected) as refused:
+            WsClient("127.0.0.1", open_sc.port, sock=_from("127.0.0.2", open_sc.port))
+        assert (refused.value.status, refused.value.body) == (503, b"Too many unauthenticated sockets")
+        ws, hello = session(open_sc.port, ["operator.read"])  # from 127.0.0.1
+        assert hello["ok"] is True
+        ws.close()
+        first = held.pop(0)
+        assert first.recv_json()["event"] == "connect.challenge"
+        first.send_json({"type": "req", "id": "c1", "method": "connect", "params": connect_params(["operator.read"])})
+        assert first.response("c1")["ok"] is True
+        held.append(WsClient("127.0.0.1", open_sc.port, sock=_from("127.0.0.2", open_sc.port)))  # its count was given back
+        first.close()
+    finally:
+        for ws in held:
+            ws.close()
+
+
 # ---- the gateway's own clients ------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ CLIENT = "203.0.113.7"
 ORDER = [
     "head_size", "method_syntax", "malformed_head", "expect", "host", "target", "upgrade", "route", "denied_routes",
     "route_access", "rpc_upgrade", "attribution", "funnel", "method", "settled_route", "auth", "scopes",
-    "declared_size",
+    "declared_size", "preauth_sockets",
 ]
 AWAITED = {"auth"}
 STAGES = {stage.name: stage for stage in HEAD_STAGES}
@@ -117,7 +117,7 @@ def test_each_stage_is_the_pipeline_method_of_its_name() -> None:
 def test_the_module_docstring_lists_the_same_order() -> None:
     """The docstring's `→` chain is what a reader sees first: it must name the stages that run."""
     doc = " ".join((pipeline_module.__doc__ or "").split())
-    chain = re.search(r"head size → .*? → declared size", doc)
+    chain = re.search(r"head size → .*? → preauth sockets", doc)
     assert chain is not None
     names = [re.sub(r"[ -]", "_", part.strip().lower()) for part in chain.group(0).split("→")]
     assert names == ORDER
@@ -131,8 +131,8 @@ async def test_on_head_is_the_stages_in_order(make) -> None:
     """Running the stages by hand gives what on_head gives (here: the admitted request)."""
     pipeline = make()
     head_view = request()
-    head = await reach(pipeline, head_view, "declared_size")
-    assert await run(pipeline, "declared_size", head) is None
+    head = await reach(pipeline, head_view, "preauth_sockets")
+    assert await run(pipeline, "preauth_sockets", head) is None
     assert pipeline._admit(head) == await pipeline.on_head(head_view)
 
 

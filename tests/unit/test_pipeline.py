@@ -398,6 +398,26 @@ async def test_rpc_upgrade_without_credentials_waits_for_the_connect_frame(make)
     assert harness.failures.calls == []
 
 
+async def test_a_client_holds_only_its_share_of_unauthenticated_rpc_upgrades(make) -> None:
+    """The gateway's preauth budget is per address, and behind the sidecar every client is one
+    address: each client may hold `unauthenticatedPerClient` upgrades before its connect."""
+    harness = make(extra={"sidecar": {"websocket": {"unauthenticatedPerClient": 2}}})
+
+    async def upgrade(peer: str = CLIENT, auth: str | None = None) -> Refuse | Admitted:
+        return await harness.pipeline.on_head(view(method="GET", target="/", auth=auth, headers=UPGRADE, peer=peer))
+
+    first, second = await upgrade(), await upgrade()
+    assert isinstance(first, Admitted) and isinstance(second, Admitted) and first.preauth is not None
+    assert_refused(await upgrade(), envelopes.too_many_unauthenticated_sockets(), "preauth_sockets")
+    assert isinstance(await upgrade(peer="203.0.113.99"), Admitted)  # another client's share
+    authenticated = await upgrade(auth=f"Bearer {TOKEN}")  # proved itself on the upgrade: not counted
+    assert isinstance(authenticated, Admitted) and authenticated.preauth is None
+    first.preauth.release()
+    first.preauth.release()  # once, whichever way the socket ends
+    assert isinstance(await upgrade(), Admitted)
+    assert_refused(await upgrade(), envelopes.too_many_unauthenticated_sockets(), "preauth_sockets")
+
+
 async def test_a_wrong_secret_in_the_connect_frame_gets_the_loopback_delay(make, monkeypatch) -> None:
     harness = make(failures=FakeFailureLimiter(delay_s=0.25))
     admitted = await harness.pipeline.on_head(view(method="GET", target="/", auth=None, headers=UPGRADE))

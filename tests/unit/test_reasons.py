@@ -31,7 +31,7 @@ LABELS = sorted([
     "foreign_host", "unsupported_upgrade", "non_canonical_target", "malformed_capability_path", "route_denied",
     "unknown_route", "node_capability", "method_not_served", "query_credential", "route_refused", "websocket_off",
     "invalid_websocket_upgrade", "proxy_attribution_required", "funnel_request", "method_not_allowed",
-    "limiter_unavailable", "rate_limited", "missing_scope", "owner_required", "rpc_missing_scope", "payload_too_large",
+    "limiter_unavailable", "rate_limited", "missing_scope", "owner_required", "rpc_missing_scope", "preauth_sockets", "payload_too_large",
     "credential_missing", "token_not_configured", "password_not_configured", "token_mismatch", "password_mismatch",
     "origin_not_allowed", "trusted_proxy_not_configured", "trusted_proxy_untrusted_source",
     "trusted_proxy_loopback_source", "trusted_proxy_local_interface_check_failed",
@@ -77,6 +77,8 @@ EXPECTED: list[tuple[Reason, tuple[str | int, ...], Envelope]] = [
     (Reason.WEBSOCKET_OFF, (), NOT_FOUND),
     (Reason.INVALID_WEBSOCKET_UPGRADE, (), _openai(400, "not an RFC 6455 WebSocket upgrade", "invalid_request_error", CLOSE)),
     (Reason.PROXY_ATTRIBUTION_REQUIRED, (), _openai(403, ATTRIBUTION_MESSAGE, "proxy_attribution_required")),
+    (Reason.PREAUTH_SOCKETS, (), Envelope(503, b"Too many unauthenticated sockets",  # written raw: no security headers
+                                          (("Connection", "close"), TEXT_CT))),
     (Reason.FUNNEL_REQUEST, (), UNAUTHORIZED),
     (Reason.METHOD_NOT_ALLOWED, ("POST",), Envelope(405, b"Method Not Allowed", (TEXT_CT, *SECURITY, ("Allow", "POST")))),
     (Reason.LIMITER_UNAVAILABLE, (), _openai(503, "Authentication rate limiter is unavailable; retry shortly.", "unavailable")),

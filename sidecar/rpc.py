@@ -235,11 +235,23 @@ class RpcPolicy:
 
 
 def connect_secret(mode: str, auth: Mapping[str, Any]) -> str | None:
-    """The gateway's resolveConnectSecret: the field its auth mode names, the other one only when
-    that one is absent (a password-mode sidecar read `token` first: red team). A field present but
-    not a string is none; the gateway's connect schema refuses it before reading any."""
-    value = auth[mode] if mode in auth else auth.get("password" if mode == "token" else "token")
-    return value if isinstance(value, str) else None
+    """The gateway's shared secret of a connect frame (resolveSharedConnectAuth, then
+    resolveConnectSecret): `token` and `password` trimmed, a blank one absent, then the field its
+    auth mode names, else the other (a password-mode sidecar read `token` first: red team)."""
+    token, password = (js_trim(value) or None if isinstance(value := auth.get(key), str) else None
+                       for key in ("token", "password"))
+    return (token or password) if mode == "token" else (password or token)
+
+
+def connect_auth_errors(params: Mapping[str, Any]) -> list[str]:
+    """The gateway's connect schema on `auth`, in its words: a closed object of strings. The sidecar
+    replaces `auth` before forwarding, so the gateway never sees one it would refuse."""
+    if "auth" not in params:
+        return []
+    if not isinstance(params["auth"], dict):
+        return ["at /auth: must be object"]
+    return [error.replace("at root:", "at /auth:", 1) if error.startswith("at root:") else error.replace("at /", "at /auth/", 1)
+            for error in schema_errors(params["auth"], CONNECT_AUTH_SCHEMA)]
 
 
 def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, scopes: frozenset[str]) -> FrameVerdict | None:
@@ -363,6 +375,9 @@ TOOLS_INVOKE_SCHEMA = ClosedObject(("name",), (
     ("name", "string", 1, None), ("args", "record", None, None), ("sessionKey", "string", 1, None),
     ("agentId", "string", 1, None), ("confirm", "boolean", None, None), ("idempotencyKey", "string", 1, None),
     ("conversationReadOrigin", "literal", "direct-operator", None)))
+CONNECT_AUTH_SCHEMA = ClosedObject((), tuple(
+    (name, "string", 0, None) for name in ("token", "bootstrapToken", "deviceToken", "password", "approvalRuntimeToken",
+                                           "agentRuntimeIdentityToken")))
 _MAX_SCHEMA_ERRORS = 8  # TypeBox's maxErrors setting, which the gateway keeps
 
 
@@ -577,6 +592,10 @@ class RpcSession:
         if not isinstance(params, dict):
             return self._refuse_connect(request_id, Reason.MALFORMED_FRAME, "INVALID_REQUEST", CONNECT_PARAMS_NOT_OBJECT,
                                         close_reason=CONNECT_PARAMS_NOT_OBJECT)
+        auth_errors = connect_auth_errors(params)
+        if auth_errors:  # the gateway checks its schema before anything else
+            message = f"invalid connect params: {'; '.join(auth_errors)}"
+            return self._refuse_connect(request_id, Reason.MALFORMED_FRAME, "INVALID_REQUEST", message, close_reason=message)
         raw_client, raw_auth = params.get("client"), params.get("auth")
         client = raw_client if isinstance(raw_client, dict) else {}
         if (params.get("role", "operator") != "operator" or client.get("mode") == "node") and not self.policy.allow_nodes:

@@ -145,8 +145,7 @@ async def test_connect_with_the_secret_in_the_frame_is_rewritten_for_the_gateway
 
 
 @pytest.mark.parametrize("auth, code", [({"token": "wrong"}, "AUTH_TOKEN_MISMATCH"), ({}, "DEVICE_IDENTITY_REQUIRED"),
-                                        ({"deviceToken": "dt"}, "DEVICE_IDENTITY_REQUIRED"),
-                                        ({"password": 5}, "DEVICE_IDENTITY_REQUIRED")])
+                                        ({"deviceToken": "dt"}, "DEVICE_IDENTITY_REQUIRED")])
 async def test_connect_without_the_secret_is_refused_and_closed(auth: dict, code: str) -> None:
     rpc, recorder = session()
     verdict = await rpc.client_frame(connect_frame(auth=auth))
@@ -568,13 +567,29 @@ def test_an_opened_plugin_socket_never_carries_the_gateways_rpc(route: str, cont
 
 @pytest.mark.parametrize("mode, auth, read", [
     ("password", {"password": "p", "token": "t"}, "p"), ("password", {"token": "t"}, "t"),
-    ("password", {"password": None, "token": "t"}, None), ("password", {"password": 5, "token": "t"}, None),
-    ("token", {"password": "p", "token": "t"}, "t"), ("token", {"password": "p"}, "p"), ("token", {"token": None, "password": "p"}, None),
-    ("token", {}, None), ("password", {"password": ""}, ""),
+    ("token", {"password": "p", "token": "t"}, "t"), ("token", {"password": "p"}, "p"), ("token", {}, None),
+    ("token", {"token": " t\u3000"}, "t"), ("token", {"token": "", "password": "p"}, "p"), ("password", {"password": " "}, None),
+    ("password", {"password": "  ", "token": "t"}, "t"),
 ])
 def test_a_connect_credential_is_the_field_the_gateways_mode_names(mode: str, auth: dict, read: str | None) -> None:
-    """resolveConnectSecret (auth-*.mjs): `connectAuth[mode] ?? connectAuth[other]`, after a schema that
-    takes strings only. A password-mode sidecar read `token` first, so a caller holding the password
-    was refused by sending a stale token beside it, and the reverse let through what the gateway
-    refuses (red team)."""
+    """resolveSharedConnectAuth then resolveConnectSecret: each field trimmed, a blank one absent,
+    then `[mode] ?? [other]`. A password-mode sidecar read `token` first, so a caller holding the
+    password was refused by sending a stale token beside it (red team); and a padded secret the
+    gateway takes was refused here."""
     assert connect_secret(mode, auth) == read
+
+
+@pytest.mark.parametrize("auth, message", [
+    ({"token": SECRET, "extra": 1}, "invalid connect params: at /auth: unexpected property 'extra'"),
+    ({"token": SECRET, "password": 5}, "invalid connect params: at /auth/password: must be string"),
+    ({"token": SECRET, "password": None}, "invalid connect params: at /auth/password: must be string"),
+    ("notadict", "invalid connect params: at /auth: must be object"),
+])
+async def test_an_auth_the_gateways_schema_refuses_is_refused_in_its_words(auth: Any, message: str) -> None:
+    """The sidecar replaces `auth` before forwarding, so a connect the gateway would refuse for it
+    was forwarded repaired, and accepted (red team). The gateway's answers, pinned against it."""
+    rpc, recorder = session()
+    verdict = await rpc.client_frame(connect_frame(auth=auth))
+    assert (verdict.verdict, verdict.close_code, verdict.close_reason) == ("close", 1008, message)
+    assert answer(verdict)["error"] == {"code": "INVALID_REQUEST", "message": message}
+    assert recorder.secrets == [] and not rpc.connected  # refused before any secret was compared

@@ -23,14 +23,22 @@ _CACHEABLE_LENGTH = 64
 _CACHE_SIZE = 4096
 
 
+_ZONE = re.compile(r"[0-9A-Za-z]+")
+
+
 @short_call_cache(_CACHEABLE_LENGTH, _CACHE_SIZE)
 def parse_ip(text: str) -> IPAddress | None:
     """Parse an IP literal, folding IPv4-mapped IPv6 to IPv4; None when it is not one."""
     candidate = js_trim(text)
     if candidate.startswith("[") and candidate.endswith("]"):
         candidate = candidate[1:-1]
-    if "%" in candidate and ":" in candidate:  # IPv6 zone index: not part of the client's identity
-        candidate = candidate.split("%", 1)[0]
+    if "%" in candidate and ":" in candidate:
+        # An IPv6 zone index: not part of the client's identity, and only letters and digits, as
+        # ipaddr.js reads one. `2001:db8::1%1:80` is no address to the gateway; cut at the `%`,
+        # it named a client the gateway drops (red team).
+        candidate, zone = candidate.split("%", 1)
+        if _ZONE.fullmatch(zone) is None:
+            return None
     try:
         address = ipaddress.ip_address(_embedded_ipv4(candidate))
     except ValueError:

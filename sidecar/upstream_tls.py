@@ -14,6 +14,7 @@ import re
 import ssl
 from pathlib import Path
 
+import certifi
 import httpx
 
 from .toolpolicy import js_trim
@@ -47,14 +48,16 @@ def check_ca_file(path: Path) -> None:
 
 
 def probe_context(ca_file: Path | None, pin: str | None) -> ssl.SSLContext:
-    """For the sidecar's own requests upstream (readiness): verified as the proxy verifies. With a
-    pin nothing is verified during the handshake; the caller compares the certificate after it."""
+    """For the sidecar's own requests upstream (readiness): verified as the proxy verifies, by the
+    same CAs (without a CA file, mitmproxy's certifi bundle, not the system store: each trusted a CA
+    the other did not, and /readyz said ready while every call got 502; red team). With a pin
+    nothing is verified during the handshake; the caller compares the certificate after it."""
     if pin is not None:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else certifi.where())
 
 
 def peer_certificate(response: httpx.Response) -> bytes | None:

@@ -4,7 +4,6 @@ the proxy's event loop is busy, and a slow upstream check never stalls the proxy
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -20,7 +19,7 @@ import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import UpstreamTls, http_url
-from .ipaddrs import parse_ip
+from .ipaddrs import share_key
 from .metrics import REGISTRY
 from .upstream_tls import certificate_matches, peer_certificate, probe_context
 
@@ -127,15 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _client_key(client_address: object) -> str:
-    """Whose share a connection counts against: its address, or for IPv6 its /64 (one host holds a
-    whole /64 as easily as one address)."""
-    host = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
-    address = parse_ip(host)  # an IPv4-mapped address folded to IPv4
-    if address is None:
-        return host
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
+    return share_key(str(client_address[0]) if isinstance(client_address, tuple) else str(client_address))
 
 
 class AdminServer(ThreadingHTTPServer):

@@ -81,6 +81,17 @@ def _canonical_text(text: str) -> str | None:
     return None if address is None else str(address)
 
 
+def share_key(host: str) -> str:
+    """Whose share of a per-client budget an address spends: the address, or for IPv6 its /64 (one
+    host holds a whole /64 as easily as one address)."""
+    address = parse_ip(host)  # an IPv4-mapped address folded to IPv4
+    if address is None:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def is_loopback(text: str | None) -> bool:
     address = parse_ip(text) if text else None
     return address is not None and address.is_loopback

@@ -31,7 +31,7 @@ from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
 from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_headers
-from .ipaddrs import is_loopback
+from .ipaddrs import is_loopback, share_key
 from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
@@ -484,7 +484,7 @@ class Pipeline:
         itself only in its connect frame counts against its client until then."""
         if not head.rpc or head.outcome is None or head.outcome.method != CONNECT_FRAME_AUTH:
             return None
-        head.preauth = self.preauth.acquire(head.attribution.client_ip or head.attribution.peer_ip)
+        head.preauth = self.preauth.acquire(share_key(head.attribution.client_ip or head.attribution.peer_ip))
         return Refuse.because(Reason.PREAUTH_SOCKETS) if head.preauth is None else None
 
     def stage_declared_size(self, head: HeadState) -> Refuse | None:

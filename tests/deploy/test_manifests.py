@@ -96,6 +96,13 @@ def env(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
+def test_the_gateways_unauthenticated_socket_budget_is_the_sidecars_to_share(rendered: Render) -> None:
+    """Every client reaches the gateway from the sidecar's address, whose 32 sockets before connect
+    four clients' shares of 8 would fill for everyone: the gateway's budget is raised far past them."""
+    share = rendered.sidecar_config["sidecar"].get("websocket", {}).get("unauthenticatedPerClient", 8)
+    assert int(env(rendered.gateway)["OPENCLAW_MAX_PREAUTH_CONNECTIONS_PER_IP"]) >= 100 * share
+
+
 def test_both_containers_read_one_config_map(rendered: Render) -> None:
     gateway_config = env(rendered.gateway)["OPENCLAW_CONFIG_PATH"]  # the gateway has no --config flag
     gateway_volume, gateway_key = rendered.mounted(rendered.gateway, gateway_config)

@@ -416,6 +416,10 @@ async def test_a_client_holds_only_its_share_of_unauthenticated_rpc_upgrades(mak
     first.preauth.release()  # once, whichever way the socket ends
     assert isinstance(await upgrade(), Admitted)
     assert_refused(await upgrade(), envelopes.too_many_unauthenticated_sockets(), "preauth_sockets")
+    # An IPv6 client holds a /64: its addresses share one share (red team: four addresses, 32 sockets)
+    assert isinstance(await upgrade(peer="2001:db8::1"), Admitted) and isinstance(await upgrade(peer="2001:db8::2"), Admitted)
+    assert_refused(await upgrade(peer="2001:db8::3"), envelopes.too_many_unauthenticated_sockets(), "preauth_sockets")
+    assert isinstance(await upgrade(peer="2001:db8:0:1::1"), Admitted)
 
 
 async def test_a_wrong_secret_in_the_connect_frame_gets_the_loopback_delay(make, monkeypatch) -> None:

@@ -258,9 +258,13 @@ def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, s
     """A request frame's method against the table: its refusal, or None when it may proceed."""
     spec = policy.catalogue.get(method)
     if spec is None:
-        return FrameVerdict("reply", Reason.UNKNOWN_METHOD, error_frame(request_id, "INVALID_REQUEST", f"unknown method: {method}"), method=method)
-    if spec.scope == "node":
-        return FrameVerdict("reply", Reason.NODE_METHOD, error_frame(request_id, "FORBIDDEN", f"node methods are not relayed: {method}"), method=method)
+        # The gateway's words (authorizeGatewayMethod): a method it has no scope for needs admin,
+        # and only an admin learns that no handler has that name.
+        answer = error_frame(request_id, "INVALID_REQUEST", f"unknown method: {method}") if ADMIN in scopes \
+            else missing_scope_frame(request_id, ADMIN)
+        return FrameVerdict("reply", Reason.UNKNOWN_METHOD, answer, method=method)
+    if spec.scope == "node":  # an operator connection's role does not run it
+        return FrameVerdict("reply", Reason.NODE_METHOD, error_frame(request_id, "INVALID_REQUEST", "unauthorized role: operator"), method=method)
     if method in policy.denied:
         return FrameVerdict("reply", Reason.METHOD_DENIED, error_frame(
             request_id, "FORBIDDEN", *method_denied_error(method, spec.markers)), method=method)

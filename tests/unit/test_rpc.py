@@ -279,7 +279,7 @@ async def test_allowed_methods_are_forwarded_unchanged() -> None:
 
 @pytest.mark.parametrize("method, reason, code", [
     ("no.such.method", "unknown_method", "INVALID_REQUEST"),
-    ("node.event", "node_method", "FORBIDDEN"), ("terminal.open", "method_denied", "FORBIDDEN"),
+    ("node.event", "node_method", "INVALID_REQUEST"), ("terminal.open", "method_denied", "FORBIDDEN"),
     ("config.patch", "method_denied", "FORBIDDEN"), ("device.pair.approve", "method_denied", "FORBIDDEN"),
 ])
 async def test_refused_frames_get_an_error_with_the_same_id_and_keep_the_connection(method: str, reason: str, code: str) -> None:
@@ -288,6 +288,20 @@ async def test_refused_frames_get_an_error_with_the_same_id_and_keep_the_connect
     assert (verdict.verdict, verdict.reason) == ("reply", reason)
     frame = answer(verdict)
     assert (frame["type"], frame["id"], frame["ok"], frame["error"]["code"]) == ("res", "abc", False, code)
+
+
+@pytest.mark.parametrize("scopes, method, error", [
+    (["operator.read", "operator.write"], "nope.method", {"code": "FORBIDDEN", "message": "missing scope: operator.admin", "details": {
+        "code": "MISSING_SCOPE", "missingScope": "operator.admin", "requiredScopes": ["operator.admin"]}}),
+    (["operator.admin"], "nope.method", {"code": "INVALID_REQUEST", "message": "unknown method: nope.method"}),
+    (["operator.read"], "skills.bins", {"code": "INVALID_REQUEST", "message": "unauthorized role: operator"}),
+])
+async def test_a_method_the_connection_cannot_run_is_refused_in_the_gateways_words(scopes: list[str], method: str,
+                                                                                  error: dict) -> None:
+    """authorizeGatewayMethod: a name it has no scope for needs admin, so only an admin hears that
+    no handler has it; a node method is the wrong role (red team: the sidecar's own words)."""
+    rpc = await connected(scopes)
+    assert answer(await rpc.client_frame(req(method, request_id="m1")))["error"] == error
 
 
 @pytest.mark.parametrize("browser, client_id, checked", [

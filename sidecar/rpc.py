@@ -243,15 +243,22 @@ def connect_secret(mode: str, auth: Mapping[str, Any]) -> str | None:
     return (token or password) if mode == "token" else (password or token)
 
 
-def connect_auth_errors(params: Mapping[str, Any]) -> list[str]:
-    """The gateway's connect schema on `auth`, in its words: a closed object of strings. The sidecar
-    replaces `auth` before forwarding, so the gateway never sees one it would refuse."""
+def connect_param_errors(params: Mapping[str, Any]) -> list[str]:
+    """The gateway's connect schema on the params the sidecar rewrites, in its words: `scopes` an
+    array of strings, `auth` a closed object of strings. Rewritten, a frame the gateway would
+    refuse for them reached it repaired (red team)."""
+    errors: list[str] = []
+    scopes = params.get("scopes", [])
+    if not isinstance(scopes, list):
+        errors.append("at /scopes: must be array")
+    else:
+        errors += [f"at /scopes/{index}: must be string" for index, scope in enumerate(scopes) if not isinstance(scope, str)]
     if "auth" not in params:
-        return []
+        return errors
     if not isinstance(params["auth"], dict):
-        return ["at /auth: must be object"]
-    return [error.replace("at root:", "at /auth:", 1) if error.startswith("at root:") else error.replace("at /", "at /auth/", 1)
-            for error in schema_errors(params["auth"], CONNECT_AUTH_SCHEMA)]
+        return [*errors, "at /auth: must be object"]
+    return errors + [error.replace("at root:", "at /auth:", 1) if error.startswith("at root:") else error.replace("at /", "at /auth/", 1)
+                     for error in schema_errors(params["auth"], CONNECT_AUTH_SCHEMA)]
 
 
 def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, scopes: frozenset[str]) -> FrameVerdict | None:
@@ -596,9 +603,9 @@ class RpcSession:
         if not isinstance(params, dict):
             return self._refuse_connect(request_id, Reason.MALFORMED_FRAME, "INVALID_REQUEST", CONNECT_PARAMS_NOT_OBJECT,
                                         close_reason=CONNECT_PARAMS_NOT_OBJECT)
-        auth_errors = connect_auth_errors(params)
-        if auth_errors:  # the gateway checks its schema before anything else
-            message = f"invalid connect params: {'; '.join(auth_errors)}"
+        param_errors = connect_param_errors(params)
+        if param_errors:  # the gateway checks its schema before anything else
+            message = f"invalid connect params: {'; '.join(param_errors)}"
             return self._refuse_connect(request_id, Reason.MALFORMED_FRAME, "INVALID_REQUEST", message, close_reason=message)
         raw_client, raw_auth = params.get("client"), params.get("auth")
         client = raw_client if isinstance(raw_client, dict) else {}
@@ -619,10 +626,7 @@ class RpcSession:
                 refusal = connect_auth_refusal(request_id, outcome, client, device=bool(params.get("device")))
                 return FrameVerdict("close", outcome.reason, refusal, close_code=1008, method="connect")
             self.caller = outcome
-        requested = params.get("scopes", [])
-        if not isinstance(requested, list) or not all(isinstance(s, str) for s in requested):
-            raise FrameError(1008, "connect.params.scopes must be a list of strings")
-        asked = list(dict.fromkeys(requested))
+        asked = list(dict.fromkeys(params.get("scopes", [])))  # a list of strings (connect_param_errors)
         kept = [s for s in asked if scope_satisfied(s, self.allowed)]
         upstream = dict(self.policy.upstream_auth or {})
         if params.get("device") is not None and (kept != asked or upstream != auth):

@@ -602,8 +602,21 @@ def test_a_connect_credential_is_the_field_the_gateways_mode_names(mode: str, au
 async def test_an_auth_the_gateways_schema_refuses_is_refused_in_its_words(auth: Any, message: str) -> None:
     """The sidecar replaces `auth` before forwarding, so a connect the gateway would refuse for it
     was forwarded repaired, and accepted (red team). The gateway's answers, pinned against it."""
+    await assert_schema_refusal(connect_frame(auth=auth), message)
+
+
+@pytest.mark.parametrize("scopes, message", [
+    ("x", "invalid connect params: at /scopes: must be array"), ([1], "invalid connect params: at /scopes/0: must be string"),
+    (["operator.read", 2], "invalid connect params: at /scopes/1: must be string"),
+])
+async def test_scopes_the_gateways_schema_refuses_are_refused_in_its_words(scopes: Any, message: str) -> None:
+    """Closed with 1008 and no answer before; the gateway answers first (its words, read from it)."""
+    await assert_schema_refusal(connect_frame(scopes=scopes), message)
+
+
+async def assert_schema_refusal(frame: bytes, message: str) -> None:
     rpc, recorder = session()
-    verdict = await rpc.client_frame(connect_frame(auth=auth))
+    verdict = await rpc.client_frame(frame)
     assert (verdict.verdict, verdict.close_code, verdict.close_reason) == ("close", 1008, message)
     assert answer(verdict)["error"] == {"code": "INVALID_REQUEST", "message": message}
     assert recorder.secrets == [] and not rpc.connected  # refused before any secret was compared

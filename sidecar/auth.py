@@ -224,8 +224,8 @@ class OriginPolicy:
     def refusal(self, view: RequestView, *, local_client: bool) -> str | None:
         """None when the Origin passes, else checkBrowserOrigin's reason for refusing it."""
         raw = view.first("origin")
-        if raw is None:
-            return None
+        if raw is None or not js_trim(raw):
+            return None  # blank is absent (authorizeHttpBrowserOrigin: `origin?.trim()`); refused, it was stricter (red team)
         origin = parse_origin(raw)
         if origin is None:
             return "origin missing or invalid"

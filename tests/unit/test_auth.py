@@ -128,6 +128,8 @@ LOCAL = Attribution("direct-local", "127.0.0.1", "127.0.0.1")
     "allowed, headers, attribution, permits",
     [
         ((), [], REMOTE, True),  # no Origin: nothing to check
+        ((), [("Origin", "")], REMOTE, True),  # blank is none to the gateway (`origin?.trim()`), and JS-trimmed:
+        ((), [("Origin", " \u00a0")], REMOTE, True),  # it was refused here (red team)
         ((), [("Origin", "https://evil.example")], REMOTE, False),  # case 44
         (("https://ui.example",), [("Origin", "https://ui.example")], REMOTE, True),
         (("https://ui.example",), [("Origin", "HTTPS://UI.EXAMPLE:443/")], REMOTE, True),  # URL.origin: default port dropped

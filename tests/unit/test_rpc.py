@@ -526,6 +526,12 @@ def test_the_readme_lists_the_whole_deny_list() -> None:
     assert not missing, missing
 
 
+def test_approving_what_an_agent_asked_for_is_denied_like_the_other_approvals() -> None:
+    """board.widget.grant approves a widget's tools and network origins, as approval.resolve does an
+    exec; sessions.github.confirm runs the publication whose sessions.github.publish is denied (red team)."""
+    assert {"board.widget.grant", "approval.resolve", "sessions.github.confirm", "sessions.github.publish"} <= default_denied()
+
+
 def test_a_write_scope_cannot_open_a_gateway_listener() -> None:
     """portal.open proxies a new gateway port to any local one: denied though only write-scoped."""
     assert {"portal.open", "push.web.subscribe", "push.test", "push.web.test"} <= default_denied()

@@ -480,9 +480,10 @@ class Pipeline:
         return self._enforced(missing, head) if missing is not None else None
 
     def stage_preauth_sockets(self, head: HeadState) -> Refuse | None:
-        """Last, so that no later refusal leaves a count held: an RPC upgrade whose caller proves
-        itself only in its connect frame counts against its client until then."""
-        if not head.rpc or head.outcome is None or head.outcome.method != CONNECT_FRAME_AUTH:
+        """Last, so that no later refusal leaves a count held: an RPC upgrade counts against its
+        client until its connect is accepted, as the gateway counts it, whatever the upgrade
+        carried (red team: a token holder's 32 upgrades with the token on them were not counted)."""
+        if not head.rpc:
             return None
         head.preauth = self.preauth.acquire(share_key(head.attribution.client_ip or head.attribution.peer_ip))
         return Refuse.because(Reason.PREAUTH_SOCKETS) if head.preauth is None else None

@@ -1,4 +1,4 @@
-"""RPC WebSocket upgrades whose caller has not authenticated yet, counted per client.
+"""RPC WebSocket upgrades whose connect has not been accepted yet, counted per client.
 
 The gateway lets each client address hold 32 such sockets (its preauth connection budget) and
 answers the next upgrade 503. Behind the sidecar's own credential it sees one client, the sidecar,

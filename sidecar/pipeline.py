@@ -464,7 +464,7 @@ class Pipeline:
             # No caller whose scopes the sidecar knows (a route credential, a device token): the
             # gateway reads them itself, except on a route only the sidecar's credential opens.
             missing = Refuse.because(Reason.MISSING_SCOPE, *answer_data, auth=outcome) if entry.credential == "gateway" else None
-        elif not scope_satisfied(entry.scope, frozenset(scopes.scopes)):
+        elif not scope_satisfied(entry.scope, scopes.granted):
             # Behind the sidecar's shared secret the gateway grants every scope and reads no
             # x-openclaw-scopes: a ceiling holds on this route only if checked here (red team: a
             # caller capped at no scope read a session's transcript).
@@ -696,7 +696,7 @@ class Pipeline:
         if scopes is None or method in ADMIN_RPC_UNSCOPED:
             return None  # a device token's scopes are the gateway's to read
         required = dynamic_scopes(method, payload.get("params")) if spec.scope == "dynamic" else (spec.scope,)
-        missing = next((scope for scope in required if not scope_satisfied(scope, frozenset(scopes.scopes))), None)
+        missing = next((scope for scope in required if not scope_satisfied(scope, scopes.granted)), None)
         if missing is None:
             return None
         return Refuse.because(Reason.RPC_MISSING_SCOPE, missing, request_id, detail=f"admin HTTP RPC method {method}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from .toolpolicy import js_trim
 
@@ -46,6 +47,11 @@ class ScopeCeilings:
 @dataclass(frozen=True)
 class ResolvedScopes:
     scopes: tuple[str, ...]
+
+    @cached_property
+    def granted(self) -> frozenset[str]:
+        """For scope checks; a shared-secret caller's are built once, so this is too."""
+        return frozenset(self.scopes)
 
     @property
     def allows_invoke(self) -> bool:

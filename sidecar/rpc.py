@@ -184,13 +184,15 @@ def _client_kind(client: Mapping[str, Any]) -> str:
     return "ui" if client_id in _UI_CLIENT_IDS or mode == "webchat" else "other"
 
 
-def connect_auth_refusal(request_id: Any, outcome: AuthOutcome, client: Mapping[str, Any], *, device: bool) -> bytes:
-    """The gateway's answer to a connect whose credential failed (or whose client is locked out);
-    a limiter outage, which the gateway cannot have, gets its generic `unauthorized`. With neither
-    a secret nor a device identity the gateway asks for a device (evaluateMissingDeviceIdentity).
-    `canRetryWithDeviceToken` is always false: device tokens never pass this proxy."""
+def connect_auth_refusal(request_id: Any, outcome: AuthOutcome, client: Mapping[str, Any], *, device: bool) -> tuple[bytes, str]:
+    """The gateway's answer to a connect whose credential failed (or whose client is locked out),
+    and its message, which the gateway also closes with; a limiter outage, which the gateway cannot
+    have, gets its generic `unauthorized`. With neither a secret nor a device identity the gateway
+    asks for a device (evaluateMissingDeviceIdentity). `canRetryWithDeviceToken` is always false:
+    device tokens never pass this proxy."""
     if outcome.reason == Reason.CREDENTIAL_MISSING and not device:
-        return error_frame(request_id, "NOT_PAIRED", "device identity required", {"code": "DEVICE_IDENTITY_REQUIRED"})
+        message = "device identity required"
+        return error_frame(request_id, "NOT_PAIRED", message, {"code": "DEVICE_IDENTITY_REQUIRED"}), message
     reason = f"{outcome.method}_missing" if outcome.reason == Reason.CREDENTIAL_MISSING else \
         _GATEWAY_AUTH_REASONS.get(str(outcome.reason), str(outcome.reason))
     text, code, next_step = _CONNECT_AUTH_FAILURES.get(reason, ("authentication unavailable (retry later)", "AUTH_UNAUTHORIZED",
@@ -201,7 +203,8 @@ def connect_auth_refusal(request_id: Any, outcome: AuthOutcome, client: Mapping[
     if outcome.reason == Reason.RATE_LIMITED:
         retry = {"retryable": True, **({"retryAfterMs": outcome.retry_after_s * 1000} if outcome.retry_after_s else {})}
     details = {"code": code, "authReason": reason, "canRetryWithDeviceToken": False, "recommendedNextStep": next_step}
-    return error_frame(request_id, "INVALID_REQUEST", f"unauthorized: {text}", details, **retry)
+    message = f"unauthorized: {text}"
+    return error_frame(request_id, "INVALID_REQUEST", message, details, **retry), message
 
 
 def missing_scope_frame(request_id: Any, scope: str) -> bytes:
@@ -252,13 +255,21 @@ def connect_param_errors(params: Mapping[str, Any]) -> list[str]:
     if not isinstance(scopes, list):
         errors.append("at /scopes: must be array")
     else:
-        errors += [f"at /scopes/{index}: must be string" for index, scope in enumerate(scopes) if not isinstance(scope, str)]
-    if "auth" not in params:
-        return errors
-    if not isinstance(params["auth"], dict):
-        return [*errors, "at /auth: must be object"]
-    return errors + [error.replace("at root:", "at /auth:", 1) if error.startswith("at root:") else error.replace("at /", "at /auth/", 1)
-                     for error in schema_errors(params["auth"], CONNECT_AUTH_SCHEMA)]
+        errors += [f"at /scopes/{index}: {'must be string' if not isinstance(scope, str) else 'must not have fewer than 1 characters'}"
+                   for index, scope in enumerate(scopes) if not isinstance(scope, str) or not scope]
+    auth = params.get("auth", {})
+    if not isinstance(auth, dict):
+        errors.append("at /auth: must be object")
+    else:
+        errors += [_under_auth(error) for error in schema_errors(auth, CONNECT_AUTH_SCHEMA)]
+    return errors[:_MAX_SCHEMA_ERRORS]
+
+
+def _under_auth(error: str) -> str:
+    """A schema error of `auth`'s own, at its path in the connect params."""
+    if error.startswith("at root:"):
+        return error.replace("at root:", "at /auth:", 1)
+    return error.replace("at /", "at /auth/", 1) if error.startswith("at /") else f"at /auth: {error}"
 
 
 def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, scopes: frozenset[str]) -> FrameVerdict | None:
@@ -272,13 +283,15 @@ def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, s
         return FrameVerdict("reply", Reason.UNKNOWN_METHOD, answer, method=method)
     if spec.scope == "node":  # an operator connection's role does not run it
         return FrameVerdict("reply", Reason.NODE_METHOD, error_frame(request_id, "INVALID_REQUEST", "unauthorized role: operator"), method=method)
-    if method in policy.denied:
-        return FrameVerdict("reply", Reason.METHOD_DENIED, error_frame(
-            request_id, "FORBIDDEN", *method_denied_error(method, spec.markers)), method=method)
-    required = dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)
+    # The scope first, as the gateway checks it (`health` needs none): a caller without it hears
+    # what the gateway would say, not which names the deny list holds (red team).
+    required = () if method == "health" else dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)
     missing = next((s for s in required if not scope_satisfied(s, scopes)), None)
     if missing is not None:
         return FrameVerdict("reply", Reason.MISSING_SCOPE, missing_scope_frame(request_id, missing), method=method)
+    if method in policy.denied:
+        return FrameVerdict("reply", Reason.METHOD_DENIED, error_frame(
+            request_id, "FORBIDDEN", *method_denied_error(method, spec.markers)), method=method)
     return None
 
 
@@ -623,8 +636,8 @@ class RpcSession:
         if self.caller is None:
             outcome = await self.check_secret(auth)
             if not outcome.ok:
-                refusal = connect_auth_refusal(request_id, outcome, client, device=bool(params.get("device")))
-                return FrameVerdict("close", outcome.reason, refusal, close_code=1008, method="connect")
+                refusal, message = connect_auth_refusal(request_id, outcome, client, device=bool(params.get("device")))
+                return FrameVerdict("close", outcome.reason, refusal, close_code=1008, method="connect", close_reason=message)
             self.caller = outcome
         asked = list(dict.fromkeys(params.get("scopes", [])))  # a list of strings (connect_param_errors)
         kept = [s for s in asked if scope_satisfied(s, self.allowed)]

@@ -294,7 +294,8 @@ def test_a_flood_of_refused_frames_closes_the_connection_and_is_audited_with_its
 
     assert wait_until(lambda: any(line["reason"] == "refused_frame_flood" for line in refused_lines()), 10)  # written in batches
     lines = refused_lines()[-41:]
-    assert [line["reason"] for line in lines] == ["method_denied"] * 40 + ["refused_frame_flood"]
+    # config.apply needs admin: refused for its scope before the deny list is read, as the gateway checks
+    assert [line["reason"] for line in lines] == ["missing_scope"] * 40 + ["refused_frame_flood"]
     assert all(line["scopes"] == ["operator.read"] for line in lines)  # not the upgrade's ceiling, every scope
 
 
@@ -314,7 +315,7 @@ def test_in_shadow_mode_a_flood_is_forwarded_and_past_the_budget_counted_not_wri
     assert ws.call("health")["ok"] is True  # still open
     ws.close()
     assert sc.admin_url is not None
-    shadowed = 'openclaw_sidecar_shadowed_total{reason="method_denied"}'
+    shadowed = 'openclaw_sidecar_shadowed_total{reason="missing_scope"}'
     assert wait_until(lambda: f"{shadowed} 60.0" in httpx.get(sc.admin_url + "/metrics", timeout=5, trust_env=False).text, 10)
 
     # The repeated connect's line comes after every config.apply line (one writer, in order).

@@ -170,7 +170,7 @@ async def test_connect_without_the_secret_is_refused_and_closed(auth: dict, code
 def test_a_refused_connect_credential_is_answered_as_the_gateway_answers_it(outcome, message, details, extra) -> None:
     """formatGatewayAuthFailureMessage, resolveAuthConnectErrorDetailCode and the handshake's next
     step: the gateway's own clients decide what to tell the user (wait, re-enter) from these."""
-    error = json.loads(connect_auth_refusal("c1", outcome, {"id": "gateway-client", "mode": "backend"}, device=True))["error"]
+    error = json.loads(connect_auth_refusal("c1", outcome, {"id": "gateway-client", "mode": "backend"}, device=True)[0])["error"]
     assert error == {"code": "INVALID_REQUEST", "message": message, **extra,
                      "details": {**details, "canRetryWithDeviceToken": False}}
 
@@ -291,6 +291,11 @@ async def test_refused_frames_get_an_error_with_the_same_id_and_keep_the_connect
 
 
 @pytest.mark.parametrize("scopes, method, error", [
+    # the scope before the deny list, as the gateway checks: a caller without it learns nothing of the list
+    (["operator.questions"], "config.patch", {"code": "FORBIDDEN", "message": "missing scope: operator.admin", "details": {
+        "code": "MISSING_SCOPE", "missingScope": "operator.admin", "requiredScopes": ["operator.admin"]}}),
+    (["operator.read"], "board.widget.grant", {"code": "FORBIDDEN", "message": "missing scope: operator.approvals", "details": {
+        "code": "MISSING_SCOPE", "missingScope": "operator.approvals", "requiredScopes": ["operator.approvals"]}}),
     (["operator.read", "operator.write"], "nope.method", {"code": "FORBIDDEN", "message": "missing scope: operator.admin", "details": {
         "code": "MISSING_SCOPE", "missingScope": "operator.admin", "requiredScopes": ["operator.admin"]}}),
     (["operator.admin"], "nope.method", {"code": "INVALID_REQUEST", "message": "unknown method: nope.method"}),
@@ -540,7 +545,7 @@ def test_a_write_scope_cannot_open_a_gateway_listener() -> None:
 
 async def test_shadow_mode_forwards_policy_refusals_unchanged_and_marks_them() -> None:
     rpc = await connected(scopes=["operator.read"], shadow=True)
-    for method, reason in (("terminal.open", "method_denied"), ("terminal.list", "missing_scope"), ("node.event", "node_method")):
+    for method, reason in (("sessions.companion.ask", "method_denied"), ("terminal.list", "missing_scope"), ("node.event", "node_method")):
         content = req(method)
         verdict = await rpc.client_frame(content)
         assert (verdict.verdict, verdict.reason, verdict.payload, verdict.shadowed) == ("forward", reason, None, True), method
@@ -569,7 +574,7 @@ async def test_frames_the_sidecar_writes_are_written_as_json_stringify_writes_th
     ({"id": 5, "mode": None}, "unauthorized: gateway token mismatch (provide gateway auth token)"),
 ])
 def test_the_refusal_hint_is_the_one_the_gateway_gives_that_kind_of_client(client: dict, message: str) -> None:
-    error = json.loads(connect_auth_refusal("c1", AuthOutcome(False, "token", "token_mismatch"), client, device=True))["error"]
+    error = json.loads(connect_auth_refusal("c1", AuthOutcome(False, "token", "token_mismatch"), client, device=True)[0])["error"]
     assert error["message"] == message
 
 
@@ -613,6 +618,8 @@ async def test_an_auth_the_gateways_schema_refuses_is_refused_in_its_words(auth:
 
 @pytest.mark.parametrize("scopes, message", [
     ("x", "invalid connect params: at /scopes: must be array"), ([1], "invalid connect params: at /scopes/0: must be string"),
+    (["operator.read", ""], "invalid connect params: at /scopes/1: must not have fewer than 1 characters"),
+    ([1] * 12, "invalid connect params: " + "; ".join(f"at /scopes/{n}: must be string" for n in range(8))),  # at most eight
     (["operator.read", 2], "invalid connect params: at /scopes/1: must be string"),
 ])
 async def test_scopes_the_gateways_schema_refuses_are_refused_in_its_words(scopes: Any, message: str) -> None:
@@ -626,3 +633,18 @@ async def assert_schema_refusal(frame: bytes, message: str) -> None:
     assert (verdict.verdict, verdict.close_code, verdict.close_reason) == ("close", 1008, message)
     assert answer(verdict)["error"] == {"code": "INVALID_REQUEST", "message": message}
     assert recorder.secrets == [] and not rpc.connected  # refused before any secret was compared
+
+
+async def test_health_needs_no_scope() -> None:
+    """authorizeGatewayMethod lets `health` through for any operator connection."""
+    rpc = await connected(scopes=["operator.questions"])
+    verdict = await rpc.client_frame(req("health"))
+    assert (verdict.verdict, verdict.payload) == ("forward", None)
+
+
+async def test_a_failed_secret_closes_with_the_gateways_words() -> None:
+    """The gateway closes with its answer's message; the sidecar closed with its reason code (red team)."""
+    rpc, _ = session()
+    verdict = await rpc.client_frame(connect_frame(auth={"token": "nope"}))
+    message = answer(verdict)["error"]["message"]
+    assert verdict.close_reason == message and message.startswith("unauthorized: gateway token mismatch")

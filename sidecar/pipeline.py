@@ -688,18 +688,18 @@ class Pipeline:
             return None  # the plugin's own allowlist answers a method it does not dispatch
         request_id = payload.get("id")
         request_id = (js_trim(request_id) if isinstance(request_id, str) else "") or str(uuid.uuid4())
+        # The plugin runs each method with every scope behind the sidecar's shared secret: the
+        # caller's ceiling is checked here, before the deny list, as the WebSocket checks it (red
+        # team: config.get, cron.list and device.pair.list for a caller capped at none). A device
+        # token's scopes are the gateway's to read.
+        if scopes is not None and method not in ADMIN_RPC_UNSCOPED:
+            required = dynamic_scopes(method, payload.get("params")) if spec.scope == "dynamic" else (spec.scope,)
+            missing = next((scope for scope in required if not scope_satisfied(scope, scopes.granted)), None)
+            if missing is not None:
+                return Refuse.because(Reason.RPC_MISSING_SCOPE, missing, request_id, detail=f"admin HTTP RPC method {method}")
         if method in self.rpc_policy.denied:
             return Refuse.because(Reason.METHOD_DENIED, method, request_id, spec.markers, detail=f"admin HTTP RPC method {method}")
-        # The plugin runs each method with every scope behind the sidecar's shared secret: the
-        # caller's ceiling is checked here, as the WebSocket checks it (red team: config.get,
-        # cron.list and device.pair.list for a caller capped at none).
-        if scopes is None or method in ADMIN_RPC_UNSCOPED:
-            return None  # a device token's scopes are the gateway's to read
-        required = dynamic_scopes(method, payload.get("params")) if spec.scope == "dynamic" else (spec.scope,)
-        missing = next((scope for scope in required if not scope_satisfied(scope, scopes.granted)), None)
-        if missing is None:
-            return None
-        return Refuse.because(Reason.RPC_MISSING_SCOPE, missing, request_id, detail=f"admin HTTP RPC method {method}")
+        return None
 
     async def on_body(self, admitted: Admitted, body: bytes, has_trailers: bool = False) -> Refuse | Forward:
         # The adapter already closes HTTP/1 connections that send trailers; this is the rule

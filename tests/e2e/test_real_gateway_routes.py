@@ -538,6 +538,9 @@ def test_a_reader_gets_what_the_gateway_gives_a_reader_and_no_more(http, gateway
     assert (direct.status_code, proxied.status_code, proxied.json()["ok"]) == (200, 200, True)
     refused = http.post(reader.url + "/api/v1/admin/rpc", headers=AUTH, json={"id": "p1", "method": "device.pair.list", "params": {}})
     assert (refused.status_code, refused.json()["error"]["details"]["missingScope"]) == (500, "operator.pairing")
+    # the scope before the deny list, as on the WebSocket: a reader learns nothing of the list
+    refused = http.post(reader.url + "/api/v1/admin/rpc", headers=AUTH, json={"id": "c1", "method": "config.patch", "params": {}})
+    assert (refused.status_code, refused.json()["error"]["message"]) == (500, "missing scope: operator.admin")
     refused = http.post(reader.url + "/tools/invoke", headers=AUTH, json=AGENTS)
     assert (refused.status_code, refused.json()["error"]["message"]) == (403, "missing scope: operator.write")
 

@@ -588,6 +588,7 @@ class ToolsInvokeGuard:
         it and relay the request)."""
         INTERNAL_ERRORS.inc()
         log.exception("internal error in %s; request refused with 500", hook)
+        preauth_over(flow)  # an upgrade answered 500 never becomes an RPC session
         envelope = envelopes.internal_error()
         try:
             answered = answer_directly(flow, envelope)

@@ -76,7 +76,10 @@ def unmask(payload: bytes, key: bytes) -> bytes:
 
 
 def close_payload(code: int, reason: str) -> bytes:
-    return code.to_bytes(2, "big") + reason.encode()[:120]
+    """A close frame's body: the reason cut to 120 bytes at a character boundary, as the gateway
+    cuts it (truncateUtf8Prefix); RFC 6455 wants UTF-8 there, and a reason can carry a client's
+    own text (an unexpected property's name)."""
+    return code.to_bytes(2, "big") + reason.encode()[:120].decode("utf-8", "ignore").encode()
 
 
 class ProtocolError(Exception):

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .config import UpstreamTls, http_url
+from .config import UpstreamTlsSettings, http_url
 from .ipaddrs import share_key
 from .metrics import REGISTRY
 from .upstream_tls import certificate_matches, peer_certificate, probe_context
@@ -44,7 +44,7 @@ class Health:
     """What /readyz reports; flipped by the runner from the event loop, read by probe threads."""
 
     upstream: str
-    tls: UpstreamTls = field(default_factory=UpstreamTls)
+    tls: UpstreamTlsSettings = field(default_factory=UpstreamTlsSettings)
     listening: bool = False
     draining: bool = False
 
@@ -56,7 +56,7 @@ class Health:
         return upstream_ready(self.upstream, self.tls)
 
 
-def upstream_ready(upstream: str, tls: UpstreamTls) -> tuple[bool, str]:
+def upstream_ready(upstream: str, tls: UpstreamTlsSettings) -> tuple[bool, str]:
     """Ready when the gateway answers `/startupz` below 500: the pod is Ready only once the gateway
     has started. Not its `/readyz`, which turns 503 when one messaging channel fails and would take
     the tool API out of the Service with it; a backend without the route answers 404, still up.

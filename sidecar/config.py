@@ -320,8 +320,8 @@ class UpstreamAuth(BaseModel):
     _identity_header = field_validator("user_header")(lambda cls, v: identity_header_name(v))
 
 
-class UpstreamTls(BaseModel):
-    """How an https:// upstream is trusted (default: the system's CAs, with a hostname check). The
+class UpstreamTlsSettings(BaseModel):
+    """How an https:// upstream is trusted (default: certifi's CAs, as mitmproxy's, with a hostname check). The
     gateway's own TLS (`gateway.tls.enabled`) serves a self-signed certificate no hostname check
     matches: pin it by `fingerprint` (SHA-256, as `gateway.remote.tlsFingerprint` takes it)."""
 
@@ -348,7 +348,7 @@ class UpstreamTls(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_way(self) -> "UpstreamTls":
+    def _one_way(self) -> "UpstreamTlsSettings":
         if self.ca_file is not None and self.fingerprint is not None:
             raise ValueError("set caFile or fingerprint, not both: a pinned certificate is trusted alone")
         return self
@@ -433,7 +433,7 @@ class SidecarSettings(BaseSettings):
     routes: RouteSettings = RouteSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     upstream_auth: UpstreamAuth = UpstreamAuth()
-    upstream_tls: UpstreamTls = UpstreamTls()
+    upstream_tls: UpstreamTlsSettings = UpstreamTlsSettings()
     auth: SidecarAuth = SidecarAuth()
 
     @classmethod

@@ -36,7 +36,7 @@ from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
-from .rpc import BrowserOrigin, RpcPolicy, RpcSession, connect_secret, dynamic_scopes, scope_satisfied
+from .rpc import BrowserOrigin, RpcPolicy, RpcSession, connect_secret, first_missing_scope, scope_satisfied
 from .shadow import SHADOWABLE_REASONS
 from .preauth import PreauthHold, PreauthSockets
 from .scopes import ADMIN, ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
@@ -46,9 +46,6 @@ from .view import RequestView
 
 TOOLS_ROUTE = "tools-invoke"
 ADMIN_RPC_ROUTE = "plugin:admin-http-rpc"
-# Methods the admin HTTP RPC plugin answers without a scope check: `commands.list` itself, and
-# `health`, which its dispatcher exempts.
-ADMIN_RPC_UNSCOPED = frozenset({"commands.list", "health"})
 CHANNEL_HEADER = "x-openclaw-message-channel"
 ACCOUNT_HEADER = "x-openclaw-account-id"
 _TOOL_CONTEXT = frozenset({CHANNEL_HEADER, ACCOUNT_HEADER})  # the context headers tool policy reads
@@ -244,6 +241,7 @@ class Pipeline:
             hooks_path=rules.hooks.path, base_path=gateway.control_ui.base_path, control_ui_enabled=gateway.control_ui.enabled,
             switched_off=rules.switched_off,
         )
+        self.admin_rpc_methods = next(entry.dispatches for entry in RouteTable.for_deployment().http if entry.name == ADMIN_RPC_ROUTE)
         self.ceilings = ceilings_from_config(sidecar.scope_ceilings.default, sidecar.scope_ceilings.identities)
         self.upstream_user_header = user_header
         # Identity headers, client-side and upstream-side: protected like the built-in ones, and
@@ -295,7 +293,12 @@ class Pipeline:
                     return refusal
                 # Audited and counted by the effective route, with the client as attributed.
                 return replace(refusal, route=head.route, client_ip=head.attribution.client_ip)
-        return self._admit(head)
+        try:
+            return self._admit(head)
+        except Exception:
+            if head.preauth is not None:
+                head.preauth.release()  # never admitted: its count must not outlive it
+            raise
 
     def stage_head_size(self, head: HeadState) -> Refuse | None:
         if head.view.head_size() > MAX_HEAD_BYTES:
@@ -683,18 +686,17 @@ class Pipeline:
             return Refuse.because(Reason.UNREADABLE_RPC_BODY, detail=exc.message or exc.kind)
         method = payload.get("method") if isinstance(payload, dict) else None
         method = js_trim(method) if isinstance(method, str) else None
-        spec = self.rpc_policy.catalogue.get(method) if method is not None else None
-        if method is None or spec is None:
-            return None  # the plugin's own allowlist answers a method it does not dispatch
+        if method not in self.admin_rpc_methods:
+            return None  # the plugin answers a method it does not dispatch itself (400)
+        spec = self.rpc_policy.catalogue[method]
         request_id = payload.get("id")
         request_id = (js_trim(request_id) if isinstance(request_id, str) else "") or str(uuid.uuid4())
         # The plugin runs each method with every scope behind the sidecar's shared secret: the
         # caller's ceiling is checked here, before the deny list, as the WebSocket checks it (red
         # team: config.get, cron.list and device.pair.list for a caller capped at none). A device
-        # token's scopes are the gateway's to read.
-        if scopes is not None and method not in ADMIN_RPC_UNSCOPED:
-            required = dynamic_scopes(method, payload.get("params")) if spec.scope == "dynamic" else (spec.scope,)
-            missing = next((scope for scope in required if not scope_satisfied(scope, scopes.granted)), None)
+        # token's scopes are the gateway's to read; `commands.list` the plugin answers itself.
+        if scopes is not None and method != "commands.list":
+            missing = first_missing_scope(method, spec, payload.get("params"), scopes.granted)
             if missing is not None:
                 return Refuse.because(Reason.RPC_MISSING_SCOPE, missing, request_id, detail=f"admin HTTP RPC method {method}")
         if method in self.rpc_policy.denied:

@@ -78,6 +78,7 @@ class RouteEntry:
     scope_answer: str | None = None
     owner: str | None = None
     owner_behind_secret: bool = False  # acts as owner for a shared-secret caller (an agent turn)
+    dispatches: frozenset[str] = frozenset()  # gateway methods its handler runs by name (the admin RPC)
 
     @property
     def default_policy(self) -> Literal["public", "authenticated", "refused"]:
@@ -127,7 +128,7 @@ def _entry(row: dict[str, Any], hooks_path: str) -> RouteEntry:
         handles_only=row.get("handlesOnly"),
         always_taken=tuple(_security_normalize(p) for p in row.get("alwaysTaken", ())),
         scope=row.get("scope"), scope_answer=row.get("scopeAnswer"), owner=row.get("owner"),
-        owner_behind_secret=row.get("ownerBehindSecret", False),
+        owner_behind_secret=row.get("ownerBehindSecret", False), dispatches=frozenset(row.get("dispatches", ())),
     )
 
 

@@ -272,6 +272,15 @@ def _under_auth(error: str) -> str:
     return error.replace("at /", "at /auth/", 1) if error.startswith("at /") else f"at /auth: {error}"
 
 
+def first_missing_scope(method: str, spec: MethodSpec, params: Any, granted: frozenset[str]) -> str | None:
+    """The first scope `method` needs that `granted` lacks (authorizeGatewayMethod: `health`
+    needs none, a dynamic method what its params ask for), or None."""
+    if method == "health":
+        return None
+    required = dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)
+    return next((scope for scope in required if not scope_satisfied(scope, granted)), None)
+
+
 def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, scopes: frozenset[str]) -> FrameVerdict | None:
     """A request frame's method against the table: its refusal, or None when it may proceed."""
     spec = policy.catalogue.get(method)
@@ -283,10 +292,9 @@ def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, s
         return FrameVerdict("reply", Reason.UNKNOWN_METHOD, answer, method=method)
     if spec.scope == "node":  # an operator connection's role does not run it
         return FrameVerdict("reply", Reason.NODE_METHOD, error_frame(request_id, "INVALID_REQUEST", "unauthorized role: operator"), method=method)
-    # The scope first, as the gateway checks it (`health` needs none): a caller without it hears
-    # what the gateway would say, not which names the deny list holds (red team).
-    required = () if method == "health" else dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)
-    missing = next((s for s in required if not scope_satisfied(s, scopes)), None)
+    # The scope first, as the gateway checks it: a caller without it hears what the gateway would
+    # say, not which names the deny list holds (red team).
+    missing = first_missing_scope(method, spec, params, scopes)
     if missing is not None:
         return FrameVerdict("reply", Reason.MISSING_SCOPE, missing_scope_frame(request_id, missing), method=method)
     if method in policy.denied:

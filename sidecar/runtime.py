@@ -58,8 +58,8 @@ def warn_about_config(config: Config) -> None:
                     "caller is gateway admin there (terminals, config patches, tools past the sidecar's policy)")
     if config.rules.gateway.tls.enabled and not config.sidecar.upstream_tls.configured:
         log.warning("gateway.tls.enabled and no sidecar.upstreamTls: the gateway's certificate must chain to a "
-                    "system CA and name the upstream's host, which the one it generates does not; pin that one "
-                    "by its SHA-256 with sidecar.upstreamTls.fingerprint")
+                    "CA in certifi's bundle and name the upstream's host, which the one it generates does not; pin "
+                    "that one by its SHA-256 with sidecar.upstreamTls.fingerprint")
     table = RouteTable.for_deployment()
     entries = {entry.name: entry for entry in table.http + table.websocket}
     served = RouteTable.for_deployment(switched_off=config.rules.switched_off)

@@ -1,5 +1,5 @@
-"""Trusting an https:// upstream: the system's CAs, a CA file of one's own, or one certificate
-pinned by its SHA-256 fingerprint.
+"""Trusting an https:// upstream: certifi's CAs (the bundle mitmproxy checks with), a CA file of
+one's own, or one certificate pinned by its SHA-256 fingerprint.
 
 The pin is for the gateway's own TLS (`gateway.tls.enabled`): the certificate it generates is
 self-signed for `CN=openclaw-gateway`, with no name a hostname check could match, and its own

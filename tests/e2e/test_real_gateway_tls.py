@@ -154,8 +154,8 @@ def test_a_certificate_issued_by_a_ca_file_is_trusted_by_it(module_sidecar: Call
         assert_unreachable(module_sidecar(sidecar_config(gateway, fingerprint="cd" * 32)))
         # Without a CA file the proxy trusts mitmproxy's CAs, not the system store's, and so does
         # /readyz: a CA only the system store held made it ready while every call got 502 (red team).
-        system_ca = module_sidecar(sidecar_config(gateway), env={"SSL_CERT_FILE": str(ca)})
-        assert_unreachable(system_ca)
-        assert readiness(system_ca) == {"ready": False, "reason": "upstream unreachable: ConnectError"}
+        system_store_only = module_sidecar(sidecar_config(gateway), env={"SSL_CERT_FILE": str(ca)})
+        assert_unreachable(system_store_only)
+        assert readiness(system_store_only) == {"ready": False, "reason": "upstream unreachable: ConnectError"}
     finally:
         gateway.stop()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.upstream_tls import normalize_fingerprint
+import hashlib
+
+from sidecar.upstream_tls import certificate_matches, normalize_fingerprint
 from tests.gateway.oracle import call_gateway
 from tests.gateway.real_gateway import unavailable_reason
 
@@ -25,3 +27,18 @@ def test_a_fingerprint_is_read_as_the_gateways_clients_read_it() -> None:
     mine = [normalize_fingerprint(text) for text in SPELLINGS]
     assert list(zip(SPELLINGS, mine)) == list(zip(SPELLINGS, theirs))
     assert theirs.count(HEX) >= 6 and None in theirs
+
+
+@pytest.mark.parametrize("text, pin", [
+    (HEX, HEX), (HEX.upper(), HEX), (COLONS, HEX), (f"SHA256:{COLONS.upper()}", HEX), (f" \ufeff{HEX}\n", HEX),
+    (f"sha-256:{HEX}", None), (HEX[:-1], None), (COLONS + ":", None), (f"{HEX[:2]}:{HEX[2:]}", None), ("", None),
+])
+def test_a_fingerprint_spelling_is_read_or_refused(text: str, pin: str | None) -> None:
+    """The same cases without the gateway installed (the differential above reads them from it)."""
+    assert normalize_fingerprint(text) == pin
+
+
+def test_only_the_pinned_certificate_matches() -> None:
+    der = b"0\x82certificate bytes"
+    assert certificate_matches(der, hashlib.sha256(der).hexdigest())
+    assert not certificate_matches(der + b"x", hashlib.sha256(der).hexdigest())

@@ -423,3 +423,13 @@ def test_a_negotiated_extension_keeps_mitmproxys_layer() -> None:
     assert ws_relay.extensions(flow) == ""
     flow.response.headers["Sec-WebSocket-Extensions"] = "permessage-deflate"
     assert ws_relay.extensions(flow) == "permessage-deflate"
+
+
+@pytest.mark.parametrize("reason", ["a" * 58 + "é" * 40, "x" * 200, "short", "€" * 41])
+def test_a_close_reason_is_cut_at_a_character_boundary(reason: str) -> None:
+    """RFC 6455 wants UTF-8 in a close reason, and the schema's words carry the client's own
+    property names: cut mid-character, browsers failed the connection (review)."""
+    payload = ws_relay.close_payload(1008, reason)
+    assert payload[:2] == (1008).to_bytes(2, "big") and len(payload) <= 122
+    text = payload[2:].decode("utf-8")  # raises if cut mid-character
+    assert reason.startswith(text) and (text == reason or len(payload[2:]) > 116)

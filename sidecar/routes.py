@@ -379,7 +379,8 @@ class RouteTable:
     def _spellings(self, entry: RouteEntry) -> tuple[str, ...]:
         if not entry.base or not self.base_path:
             return entry.paths
-        return entry.paths + tuple(self.base_path + p for p in entry.paths)
+        base = re.escape(self.base_path) if entry.match == "regex" else self.base_path
+        return entry.paths + tuple(base + p for p in entry.paths)
 
     def _core_matches(self, entry: RouteEntry, path: str) -> bool:
         """Core routes: exact, case-sensitive string rules on the WHATWG pathname."""

@@ -379,7 +379,7 @@ def _method_rows() -> list[dict]:
 
 
 def _sample_path(row: dict) -> str:
-    path = row["paths"][0].replace("[^/]+", "main")
+    path = re.sub(r"\(\?:([^|)]+)[^)]*\)", r"\1", row["paths"][0].replace("[^/]+", "main"))  # (?:a|b): a
     return path + "x" if row["match"] == "prefix" else path
 
 
@@ -530,9 +530,12 @@ def test_a_reader_gets_what_the_gateway_gives_a_reader_and_no_more(http, gateway
     direct, proxied = both(http, gateway, reader, "GET", HISTORY, headers=AUTH)
     assert (proxied.status_code, proxied.content) == (direct.status_code, direct.content)
     # chat media is for owners: the gateway's own words, where the token holder gets the file's answer
-    direct, proxied = both(http, gateway, reader, "GET", "/api/chat/media/outgoing/x.png", headers=AUTH)
+    direct, proxied = both(http, gateway, reader, "GET", "/api/chat/media/outgoing/main/a1/full", headers=AUTH)
     assert direct.status_code != 403
     assert (proxied.status_code, proxied.content) == (403, b'{"ok":false,"error":{"type":"forbidden","message":"owner access required"}}')
+    # a path of another shape its handler does not take: no route on both sides, not a refusal here (red team)
+    direct, proxied = both(http, gateway, reader, "GET", "/api/chat/media/outgoing/x.png", headers=AUTH)
+    assert (direct.status_code, proxied.status_code) == (404, 404)
     direct, proxied = both(http, gateway, reader, "POST", "/api/v1/admin/rpc", headers=AUTH,
                            json={"id": "r1", "method": "cron.list", "params": {}})
     assert (direct.status_code, proxied.status_code, proxied.json()["ok"]) == (200, 200, True)

@@ -344,7 +344,7 @@ async def test_scope_ceiling_without_write_refuses(make) -> None:
 SCOPED_READS = [
     ("GET", "/sessions/k/history", None), ("GET", "/v1/models", None), ("GET", "/control-ui-config.json", None),
     ("GET", "/avatar/main", None), ("GET", "/api/users/u/avatar", None), ("GET", "/__openclaw__/assistant-media", None),
-    ("GET", "/api/chat/media/outgoing/a.png", "owner-access-typed"), ("GET", "/__openclaw__/workspace-icon/w", "owner-access"),
+    ("GET", "/api/chat/media/outgoing/s/a/full", "owner-access-typed"), ("GET", "/__openclaw__/workspace-icon/w", "owner-access"),
     ("GET", "/__openclaw__/channel-avatar/c", "owner-access"),
 ]
 

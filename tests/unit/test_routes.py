@@ -148,7 +148,7 @@ def test_base_path_normalisation(raw: str | None, normalized: str) -> None:
     ("POST", "/api/v1/admin/rpc/x", "unknown"), ("GET", "/Plugins/GeoLocation/lookup", "plugin:geolocation"),
     ("GET", "/Browser/Extension", "plugin:browser-extension"), ("GET", "/browser/Screencast/", "plugin:browser-screencast"), ("POST", "/plugins/openai/realtime/calls", "plugin:openai-realtime"),
     ("GET", "/__openclaw_tg_miniapp/", "plugin:telegram-miniapp"),
-    ("GET", "/api/chat/media/outgoing/a", "chat-media"), ("GET", "/avatar/main", "control-ui-avatar"),
+    ("GET", "/api/chat/media/outgoing/s/a/full", "chat-media"), ("GET", "/api/chat/media/outgoing/a", "unknown"), ("GET", "/avatar/main", "control-ui-avatar"),
     ("GET", "/__openclaw__/workspace-icon/x", "control-ui-session-images"), ("GET", "/__openclaw__/assistant-media", "assistant-media"),
     ("POST", "/__openclaw__/assistant-media", "assistant-media-ticket"), ("GET", "/control-ui-config.json", "control-ui-config"),
     ("GET", "/__openclaw__/control-ui-config.json", "control-ui-config"),
@@ -178,7 +178,8 @@ def test_http_routes_in_router_order(method: str, path: str, route: str) -> None
     ("POST", "/api/v1/%62eam/sessions", "plugin:beam"),  # one route, however spelt
     # ...or a plugin route and a core route after the router, which takes the path if the plugin does not
     ("GET", "/avatar/%252e%252e/plugins/openai/realtime/calls", "unknown"),
-    ("GET", "/api/chat/media/outgoing/%252e%252e/%252e%252e/%252e%252e/%252e%252e/api/channels/x", "unknown"),
+    # (chat media's handler takes only <session>/<attachment>/(full|thumbnail): this one is the channels')
+    ("GET", "/api/chat/media/outgoing/%252e%252e/%252e%252e/%252e%252e/%252e%252e/api/channels/x", "plugin:channels"),
     ("GET", "/plugins/geolocation/lookup", "plugin:geolocation"),
     # its handler declines any other path, which the stages after the router then take (red team:
     # an opened plugin:geolocation carried the Control UI past `routes.controlUi: off`)

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -48,24 +49,27 @@ class Health:
     listening: bool = False
     draining: bool = False
 
+    def __post_init__(self) -> None:
+        # Built once: loading a CA bundle for every probe cost each one milliseconds of CPU.
+        self.verify = probe_context(self.tls.ca_file, self.tls.fingerprint)
+
     def readiness(self) -> tuple[bool, str]:
         if not self.listening:
             return False, "not listening yet"
         if self.draining:
             return False, "draining"
-        return upstream_ready(self.upstream, self.tls)
+        return upstream_ready(self.upstream, self.tls.fingerprint, self.verify)
 
 
-def upstream_ready(upstream: str, tls: UpstreamTlsSettings) -> tuple[bool, str]:
+def upstream_ready(upstream: str, pin: str | None, verify: ssl.SSLContext) -> tuple[bool, str]:
     """Ready when the gateway answers `/startupz` below 500: the pod is Ready only once the gateway
     has started. Not its `/readyz`, which turns 503 when one messaging channel fails and would take
     the tool API out of the Service with it; a backend without the route answers 404, still up.
     Its certificate is trusted as the proxy trusts it, so a wrong pin shows here, not as 502s."""
-    verify = probe_context(tls.ca_file, tls.fingerprint)
     try:
         with httpx.Client(verify=verify, trust_env=False, timeout=UPSTREAM_CHECK_SECONDS) as client:
             with client.stream("GET", f"{upstream}/startupz") as response:
-                if tls.fingerprint is not None and not certificate_matches(peer_certificate(response) or b"", tls.fingerprint):
+                if pin is not None and not certificate_matches(peer_certificate(response) or b"", pin):
                     return False, "upstream certificate does not match sidecar.upstreamTls.fingerprint"
                 status = response.status_code
     except httpx.HTTPError as exc:

@@ -35,7 +35,7 @@ from .ipaddrs import is_loopback, share_key
 from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
-from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
+from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteEntry, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
 from .rpc import BrowserOrigin, RpcPolicy, RpcSession, connect_secret, first_missing_scope, scope_satisfied
 from .shadow import SHADOWABLE_REASONS
 from .preauth import PreauthHold, PreauthSockets
@@ -241,7 +241,7 @@ class Pipeline:
             hooks_path=rules.hooks.path, base_path=gateway.control_ui.base_path, control_ui_enabled=gateway.control_ui.enabled,
             switched_off=rules.switched_off,
         )
-        self.admin_rpc_methods = next(entry.dispatches for entry in RouteTable.for_deployment().http if entry.name == ADMIN_RPC_ROUTE)
+        self.admin_rpc_methods = next(entry.dispatches for entry in self.routes.http if entry.name == ADMIN_RPC_ROUTE)
         self.ceilings = ceilings_from_config(sidecar.scope_ceilings.default, sidecar.scope_ceilings.identities)
         self.upstream_user_header = user_header
         # Identity headers, client-side and upstream-side: protected like the built-in ones, and
@@ -462,16 +462,15 @@ class Pipeline:
         entry = head.match.entry
         if entry is None or entry.scope is None:
             return None
-        answer_data = (entry.scope, entry.scope_answer) if entry.scope_answer else (entry.scope,)
         if scopes is None:
             # No caller whose scopes the sidecar knows (a route credential, a device token): the
             # gateway reads them itself, except on a route only the sidecar's credential opens.
-            missing = Refuse.because(Reason.MISSING_SCOPE, *answer_data, auth=outcome) if entry.credential == "gateway" else None
+            missing = self._route_scope_refusal(entry, outcome) if entry.credential == "gateway" else None
         elif not scope_satisfied(entry.scope, scopes.granted):
             # Behind the sidecar's shared secret the gateway grants every scope and reads no
             # x-openclaw-scopes: a ceiling holds on this route only if checked here (red team: a
             # caller capped at no scope read a session's transcript).
-            missing = Refuse.because(Reason.MISSING_SCOPE, *answer_data, auth=outcome)
+            missing = self._route_scope_refusal(entry, outcome)
         elif entry.owner is not None and not scopes.owner:
             missing = Refuse.because(Reason.OWNER_REQUIRED, entry.owner, auth=outcome)
         elif entry.owner_behind_secret and self.upstream_authorization is not None and not scopes.owner:
@@ -481,6 +480,13 @@ class Pipeline:
         else:
             missing = None
         return self._enforced(missing, head) if missing is not None else None
+
+    @staticmethod
+    def _route_scope_refusal(entry: RouteEntry, outcome: AuthOutcome) -> Refuse:
+        """The handler's answer to a caller without the row's scope (its own words, if it has them)."""
+        assert entry.scope is not None
+        answer_data = (entry.scope, entry.scope_answer) if entry.scope_answer else (entry.scope,)
+        return Refuse.because(Reason.MISSING_SCOPE, *answer_data, auth=outcome)
 
     def stage_preauth_sockets(self, head: HeadState) -> Refuse | None:
         """Last, so that no later refusal leaves a count held: an RPC upgrade counts against its

@@ -628,12 +628,12 @@ class RpcSession:
         if param_errors:  # the gateway checks its schema before anything else
             message = f"invalid connect params: {'; '.join(param_errors)}"
             return self._refuse_connect(request_id, Reason.MALFORMED_FRAME, "INVALID_REQUEST", message, close_reason=message)
-        raw_client, raw_auth = params.get("client"), params.get("auth")
+        raw_client = params.get("client")
         client = raw_client if isinstance(raw_client, dict) else {}
         if (params.get("role", "operator") != "operator" or client.get("mode") == "node") and not self.policy.allow_nodes:
             return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST",
                                         "role not allowed through this proxy: only operator connections are relayed")
-        auth = raw_auth if isinstance(raw_auth, dict) else {}
+        auth = params.get("auth", {})  # an object when present (connect_param_errors)
         origin_refusal = self.browser.refuses(client) if self.browser is not None else None
         if origin_refusal is not None:
             # The gateway refuses a browser's origin before it reads any credential; answering the

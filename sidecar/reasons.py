@@ -103,7 +103,8 @@ class Reason(StrEnum):
     DEVICE_ABOVE_CEILING = "device_above_ceiling"
     CONNECT_REPEATED = "connect_repeated"
     UNKNOWN_METHOD = "unknown_method"
-    NODE_METHOD = "node_method"
+    NODE_METHOD = "node_method"  # an operator connection called a node's method
+    OPERATOR_METHOD = "operator_method"  # a node connection called anything but a node's method or health
     METHOD_DENIED = "method_denied"
 
 
@@ -200,7 +201,7 @@ BUILT_ANSWERS: Final[Mapping[Reason, Callable[..., Envelope]]] = MappingProxyTyp
 # Refusals made only on the RPC WebSocket: an error frame or a close code, never an HTTP answer.
 FRAME_ONLY: Final = frozenset({
     Reason.WEBSOCKET_CONNECT_TIMEOUT, Reason.PREAUTH_FRAME_TOO_LARGE, Reason.MALFORMED_FRAME, Reason.NODE_ROLE,
-    Reason.DEVICE_ABOVE_CEILING, Reason.CONNECT_REPEATED, Reason.UNKNOWN_METHOD, Reason.NODE_METHOD,
+    Reason.DEVICE_ABOVE_CEILING, Reason.CONNECT_REPEATED, Reason.UNKNOWN_METHOD, Reason.NODE_METHOD, Reason.OPERATOR_METHOD,
     Reason.REFUSED_FRAME_FLOOD, Reason.RPC_ON_PLUGIN_SOCKET,
 })
 

@@ -303,6 +303,17 @@ def judge_method(policy: RpcPolicy, method: str, request_id: Any, params: Any, s
     return None
 
 
+def judge_node_method(policy: RpcPolicy, method: str, request_id: Any) -> FrameVerdict | None:
+    """A node connection's request as the gateway authorises it (isRoleAuthorizedForMethod): `health`
+    and the node methods run with no scope check, anything else, known or not, is refused by role.
+    The deny list does not hold them: allowNodes is the deployment's choice to have nodes."""
+    spec = policy.catalogue.get(method)
+    if method == "health" or (spec is not None and spec.scope == "node"):
+        return None
+    return FrameVerdict("reply", Reason.OPERATOR_METHOD, error_frame(request_id, "INVALID_REQUEST", "unauthorized role: node"),
+                        method=method)
+
+
 def judge_tool_frame(tools: ToolChain, request_id: Any, params: Any, owner: bool,
                      caps: frozenset[str]) -> tuple[FrameVerdict | str, ToolDecision | None]:
     """A `tools.invoke` frame's params as the gateway's handler takes them (its closed schema, then
@@ -372,6 +383,7 @@ class BrowserOrigin:
 # The gateway's words for a first frame that is no request, or a request other than connect.
 INVALID_REQUEST_FRAME = "invalid request frame"
 NOT_CONNECT_FIRST = "invalid handshake: first request must be connect"
+INVALID_ROLE = "invalid role"
 CONNECT_PARAMS_NOT_OBJECT = "invalid connect params: must be object"
 
 
@@ -571,6 +583,7 @@ class RpcSession:
         self.scopes: frozenset[str] | None = None  # granted at connect
         self.granted: tuple[str, ...] | None = None  # the same, in the order asked (for the audit lines)
         self.caps: frozenset[str] = frozenset()  # the connect frame's client capabilities (tools need some)
+        self.node = False  # connected with role node (sidecar.websocket.allowNodes)
 
     @property
     def connected(self) -> bool:
@@ -630,7 +643,10 @@ class RpcSession:
             return self._refuse_connect(request_id, Reason.MALFORMED_FRAME, "INVALID_REQUEST", message, close_reason=message)
         raw_client = params.get("client")
         client = raw_client if isinstance(raw_client, dict) else {}
-        if (params.get("role", "operator") != "operator" or client.get("mode") == "node") and not self.policy.allow_nodes:
+        role = params.get("role", "operator")
+        if role not in ("operator", "node"):  # parseGatewayRole
+            return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST", INVALID_ROLE, close_reason=INVALID_ROLE)
+        if (role == "node" or client.get("mode") == "node") and not self.policy.allow_nodes:
             return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST",
                                         "role not allowed through this proxy: only operator connections are relayed")
         auth = params.get("auth", {})  # an object when present (connect_param_errors)
@@ -647,6 +663,11 @@ class RpcSession:
                 refusal, message = connect_auth_refusal(request_id, outcome, client, device=bool(params.get("device")))
                 return FrameVerdict("close", outcome.reason, refusal, close_code=1008, method="connect", close_reason=message)
             self.caller = outcome
+        if role == "node" and ADMIN not in self.allowed:
+            # A node's methods pass no scope check at the gateway: node.event runs agent turns in
+            # any session, node.skills.update feeds skills to agents. Only an owner may be one.
+            return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST",
+                                        f"node connections need {ADMIN} in the caller's ceiling")
         asked = list(dict.fromkeys(params.get("scopes", [])))  # a list of strings (connect_param_errors)
         kept = [s for s in asked if scope_satisfied(s, self.allowed)]
         upstream = dict(self.policy.upstream_auth or {})
@@ -659,14 +680,17 @@ class RpcSession:
                 {"code": "DEVICE_SCOPES_ABOVE_CEILING", "allowedScopes": sorted(self.allowed)})
         # Identity in, token never out: the gateway gets the sidecar's credential, never the
         # caller's (device and bootstrap tokens, which the sidecar cannot check, are dropped).
-        rewritten = {**params, "role": "operator", "scopes": kept}
+        # A node's device signs its role, so it passes as it came (a node without one the
+        # gateway refuses: only operators may skip the device).
+        rewritten = {**params, "role": role, "scopes": kept}
         rewritten.pop("auth", None)
         if upstream:
             rewritten["auth"] = upstream
-        self.scopes, self.granted = frozenset(kept), tuple(kept)
+        self.scopes, self.granted, self.node = frozenset(kept), tuple(kept), role == "node"
         caps = params.get("caps")
         self.caps = frozenset(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else frozenset()
-        return FrameVerdict("forward", Reason.CONNECT, compact_json({**frame, "params": rewritten}), method="connect")
+        return FrameVerdict("forward", Reason.CONNECT, compact_json({**frame, "params": rewritten}), method="connect",
+                            detail="role node" if self.node else None)
 
     def _refuse_connect(self, request_id: Any, reason: ReasonCode, code: str, message: str,
                         details: Mapping[str, Any] | None = None, *, method: str = "connect",
@@ -678,7 +702,8 @@ class RpcSession:
     async def _request(self, frame: dict[str, Any]) -> FrameVerdict:
         method, request_id, params = frame["method"], frame.get("id"), frame.get("params")
         assert self.scopes is not None
-        refused = judge_method(self.policy, method, request_id, params, self.scopes)
+        refused = judge_node_method(self.policy, method, request_id) if self.node \
+            else judge_method(self.policy, method, request_id, params, self.scopes)
         if method == "connect":  # never relayed; the gateway's answer after its scope check
             answer = refused.payload if refused is not None else error_frame(
                 request_id, "INVALID_REQUEST", "connect is only valid as the first request")

@@ -18,8 +18,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from wsproto.events import TextMessage
 
+from tests.gateway.devices import NODE_CLIENT, device_id, node_connect
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 from tests.wsclient import Closed, Rejected, WsClient
 
@@ -58,9 +60,6 @@ def capped_sc(token_gateway: RealGateway, module_sidecar: Callable[..., SidecarP
 def relays_sc(token_gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
     """The browser relays opened: their exact paths carry their own credential, relayed unread."""
     return module_sidecar(sidecar_config(token_gateway, routes={"allow": ["plugin:browser-extension", "plugin:browser-screencast"]}))
-
-
-NODE_CLIENT = {"id": "node-host", "version": "1.0.0", "platform": "linux", "mode": "node"}
 
 
 def connect_params(scopes: list[str], token: str | None = TOKEN, **extra: Any) -> dict[str, Any]:
@@ -415,6 +414,52 @@ def test_a_node_role_connect_is_refused(open_sc):
     ws, refused = session(open_sc.port, [], role="node", client=NODE_CLIENT)
     assert refused["ok"] is False
     assert_closed_after(ws, 1008)
+
+
+@pytest.fixture(scope="module")
+def nodes_sc(token_gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
+    """Nodes allowed; operators may pair and invoke them."""
+    return module_sidecar(sidecar_config(token_gateway, websocket={"allowNodes": True, "allowMethods": ["node.invoke", "node.pair.approve"]}))
+
+
+def test_with_nodes_allowed_a_node_connects_and_answers_an_operators_invoke(token_gateway, nodes_sc):
+    """A node's device signs its role and credential: with allowNodes the sidecar relayed it
+    rewritten to an operator, which the gateway refused ('device signature invalid')."""
+    key = Ed25519PrivateKey.generate()
+    node = WsClient("127.0.0.1", nodes_sc.port)
+    hello = node_connect(node, TOKEN, key, commands=["system.which"])
+    assert hello["ok"] is True, hello
+    assert (hello["payload"]["auth"]["role"], hello["payload"]["auth"]["scopes"]) == ("node", [])
+    assert node.call("health")["ok"] is True
+    refused = node.call("chat.history", {"sessionKey": "main"}, "o1")  # the gateway's own answer to a node
+    assert refused["error"] == {"code": "INVALID_REQUEST", "message": "unauthorized role: node"}
+
+    operator, hello = session(nodes_sc.port, ALL)
+    assert hello["ok"] is True
+    pending = [p for p in operator.call("node.pair.list")["payload"]["pending"] if p["nodeId"] == device_id(key)]
+    assert operator.call("node.pair.approve", {"requestId": pending[0]["requestId"]})["ok"] is True
+    operator.send_json({"type": "req", "id": "inv", "method": "node.invoke", "params": {
+        "nodeId": device_id(key), "command": "system.which", "params": {"bins": ["ls"]}, "idempotencyKey": "k1"}})
+    request = node.recv_json()
+    while request.get("event") != "node.invoke.request":
+        request = node.recv_json()
+    answered = node.call("node.invoke.result", {"id": request["payload"]["id"], "nodeId": device_id(key), "ok": True,
+                                                "payload": {"bins": {"ls": "/bin/ls"}}})
+    assert answered["ok"] is True
+    assert operator.response("inv")["payload"]["payload"] == {"bins": {"ls": "/bin/ls"}}
+    node.close()
+    operator.close()
+    audited = {(line["method"], line["reason"], line.get("detail")) for line in nodes_sc.audit_lines()}
+    assert {("connect", "connect", "role node"), ("chat.history", "operator_method", None)} <= audited
+
+
+def test_with_nodes_allowed_a_caller_below_owner_cannot_be_one(token_gateway, start_sidecar):
+    config = sidecar_config(token_gateway, websocket={"allowNodes": True}, scopeCeilings={"default": ["operator.read", "operator.write"]})
+    sc = start_sidecar(config)
+    node = WsClient("127.0.0.1", sc.port)
+    refused = node_connect(node, TOKEN, Ed25519PrivateKey.generate())
+    assert refused["error"]["message"] == "node connections need operator.admin in the caller's ceiling"
+    assert_closed_after(node, 1008)
 
 
 @pytest.mark.parametrize("path", ["/Browser/Extension", "/browser/%65xtension", "/browser/extension/", "/Browser/Screencast",

@@ -41,7 +41,7 @@ LABELS = sorted([
     "body_timeout", "upstream_timeout", "upstream_unreachable",
     "websocket_connect_timeout", "preauth_frame_too_large", "malformed_frame", "refused_frame_flood", "rpc_on_plugin_socket", "node_role",
     "device_above_ceiling",
-    "connect_repeated", "unknown_method", "node_method", "method_denied", "unreadable_rpc_body",
+    "connect_repeated", "unknown_method", "node_method", "operator_method", "method_denied", "unreadable_rpc_body",
 ])
 
 

@@ -190,17 +190,68 @@ async def test_without_an_upstream_credential_the_frame_carries_none() -> None:
     assert "auth" not in params
 
 
-@pytest.mark.parametrize("role, mode", [("node", "node"), ("operator", "node"), ("admin", "cli")])
-async def test_node_and_other_roles_are_refused(role: str, mode: str) -> None:
+@pytest.mark.parametrize("role, mode", [("node", "node"), ("operator", "node")])
+async def test_node_roles_are_refused(role: str, mode: str) -> None:
     rpc, _ = session()
     verdict = await rpc.client_frame(connect_frame(role=role, mode=mode))
     assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "node_role", 1008)
 
 
-async def test_nodes_pass_when_allowed() -> None:
+@pytest.mark.parametrize("allow_nodes", [False, True])
+async def test_a_role_the_gateway_does_not_know_gets_its_answer(allow_nodes: bool) -> None:
+    rpc, _ = session(allow_nodes=allow_nodes)
+    verdict = await rpc.client_frame(connect_frame(role="admin"))
+    assert (verdict.verdict, verdict.reason, verdict.close_code, verdict.close_reason) == ("close", "node_role", 1008, "invalid role")
+    assert answer(verdict)["error"] == {"code": "INVALID_REQUEST", "message": "invalid role"}
+
+
+NODE_DEVICE = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
+
+
+async def node_session(scopes: tuple[str, ...] = DEFAULT_SCOPES) -> tuple[RpcSession, Any]:
+    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=scopes, allow_nodes=True)
+    return rpc, await rpc.client_frame(connect_frame(role="node", mode="node", scopes=[], device=NODE_DEVICE, auth=dict(UPSTREAM)))
+
+
+async def test_an_allowed_node_passes_as_it_signed_itself() -> None:
+    """Its device signs role, scopes and credential: a node rewritten to an operator no longer
+    verifies (every node connect failed so with allowNodes on)."""
+    rpc, verdict = await node_session()
+    assert (verdict.verdict, verdict.detail) == ("forward", "role node")
+    params = answer(verdict)["params"]
+    assert (params["role"], params["scopes"], params["auth"], params["device"]) == ("node", [], UPSTREAM, NODE_DEVICE)
+
+
+async def test_with_nodes_allowed_an_operator_from_a_node_client_stays_an_operator() -> None:
     rpc, _ = session(allow_nodes=True)
-    verdict = await rpc.client_frame(connect_frame(role="node", mode="node"))
-    assert verdict.verdict == "forward"
+    params = answer(await rpc.client_frame(connect_frame(mode="node")))["params"]
+    assert params["role"] == "operator"
+    assert (await rpc.client_frame(req("node.event"))).reason == "node_method"
+
+
+async def test_only_an_owner_may_connect_as_a_node() -> None:
+    """Node methods pass no scope check at the gateway, and node.event runs agent turns."""
+    rpc, verdict = await node_session(scopes=("operator.read", "operator.write", "operator.pairing"))
+    assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "node_role", 1008)
+    assert answer(verdict)["error"]["message"] == "node connections need operator.admin in the caller's ceiling"
+
+
+@pytest.mark.parametrize("method", ["health", "node.event", "node.invoke.result", "node.pending.drain", "skills.bins",
+                                    "node.runnerInventory.update"])
+async def test_a_node_runs_its_own_methods_past_the_deny_list(method: str) -> None:
+    rpc, _ = await node_session()
+    verdict = await rpc.client_frame(req(method, {"event": "agent.request"}))
+    assert (verdict.verdict, verdict.payload, verdict.method) == ("forward", None, method)
+
+
+@pytest.mark.parametrize("method", ["chat.history", "config.get", "tools.invoke", "no.such.method", "connect", "node.invoke"])
+async def test_a_node_calling_anything_else_gets_the_gateways_role_refusal(method: str) -> None:
+    rpc, _ = await node_session()
+    verdict = await rpc.client_frame(req(method, {"name": "exec", "args": {}}, request_id="n1"))
+    assert verdict.verdict == "reply"
+    assert verdict.reason == ("connect_repeated" if method == "connect" else "operator_method")
+    frame = answer(verdict)
+    assert (frame["id"], frame["ok"], frame["error"]) == ("n1", False, {"code": "INVALID_REQUEST", "message": "unauthorized role: node"})
 
 
 async def test_a_device_cannot_pair_above_the_ceiling() -> None:

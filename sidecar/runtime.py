@@ -56,6 +56,13 @@ def warn_about_config(config: Config) -> None:
     if config.sidecar.websocket.mode == "passthrough":
         log.warning("WEBSOCKET PASSTHROUGH: frames of the gateway's RPC are relayed unread; an authenticated "
                     "caller is gateway admin there (terminals, config patches, tools past the sidecar's policy)")
+    secrets = config.secrets
+    shared = {"token": secrets.token, "password": secrets.password}.get(secrets.mode)
+    if config.sidecar.websocket.allow_nodes and secrets.mode in ("token", "password") \
+            and (secrets.upstream_kind, secrets.upstream_credential) != (secrets.mode, shared):
+        log.warning("sidecar.websocket.allowNodes is on but no node can connect: a node's device signs the "
+                    "credential it presents, which must then be the one the gateway gets, and sidecar.upstreamAuth "
+                    "differs from gateway.auth")
     if config.rules.gateway.tls.enabled and not config.sidecar.upstream_tls.configured:
         log.warning("gateway.tls.enabled and no sidecar.upstreamTls: the gateway's certificate must chain to a "
                     "CA in certifi's bundle and name the upstream's host, which the one it generates does not; pin "

@@ -790,6 +790,20 @@ def test_trusted_proxy_mode_trusting_a_range_is_announced(tmp_path: Path, caplog
     assert any("TRUSTED-PROXY MODE TRUSTING RANGES" in r.getMessage() for r in caplog.records) is warned
 
 
+@pytest.mark.parametrize("upstream, warned", [({}, False), ({"upstreamAuth": {"token": "T"}}, False),
+                                              ({"upstreamAuth": {"token": "other"}}, True)])
+def test_nodes_allowed_that_no_node_could_sign_for_are_announced(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                 upstream: dict, warned: bool) -> None:
+    """A node signs the credential it presents; the sidecar relays its connect only when that is
+    the one the gateway gets, so another upstream credential leaves allowNodes doing nothing."""
+    from sidecar.runtime import warn_about_config
+
+    text = json.dumps({"gateway": {"auth": {"token": "T"}}, "sidecar": {"websocket": {"allowNodes": True}, **upstream}})
+    with caplog.at_level("WARNING", logger="sidecar"):
+        warn_about_config(load_config(write(tmp_path, "c.json", text), environ={}))
+    assert any("no node can connect" in r.getMessage() for r in caplog.records) is warned
+
+
 def test_an_inline_secret_is_trimmed_as_a_file_is(tmp_path: Path) -> None:
     """A Secret put in the environment often ends with a newline; it made the sidecar refuse to
     start ("contains control characters"), where the same Secret as a file was trimmed."""

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from .auth import AuthOutcome, parse_origin
 from .body import BodyError, invoke_body_of, strict_json
@@ -247,10 +247,16 @@ def connect_secret(mode: str, auth: Mapping[str, Any]) -> str | None:
 
 
 def connect_param_errors(params: Mapping[str, Any]) -> list[str]:
-    """The gateway's connect schema on the params the sidecar rewrites, in its words: `scopes` an
-    array of strings, `auth` a closed object of strings. Rewritten, a frame the gateway would
-    refuse for them reached it repaired (red team)."""
+    """The gateway's connect schema on the params the sidecar reads or rewrites, in its words and
+    order: `role` a non-empty string, `scopes` an array of them, `auth` a closed object of strings.
+    Rewritten, a frame the gateway would refuse for them reached it repaired (red team)."""
     errors: list[str] = []
+    if "role" in params:
+        role = params["role"]
+        if not isinstance(role, str):
+            errors.append("at /role: must be string")
+        elif not role:
+            errors.append("at /role: must not have fewer than 1 characters")
     scopes = params.get("scopes", [])
     if not isinstance(scopes, list):
         errors.append("at /scopes: must be array")
@@ -384,6 +390,29 @@ class BrowserOrigin:
 INVALID_REQUEST_FRAME = "invalid request frame"
 NOT_CONNECT_FIRST = "invalid handshake: first request must be connect"
 INVALID_ROLE = "invalid role"
+PROTOCOL_MISMATCH = "protocol mismatch"
+GATEWAY_PROTOCOL, PROBE_PROTOCOL = 4, 3  # the gateway's own, and the oldest a probe or a starting node may speak
+NODES_NOT_RELAYED = "role not allowed through this proxy: only operator connections are relayed"
+NODE_NEEDS_OWNER = f"node connections need {ADMIN} in the caller's ceiling"
+
+
+def _js_integer(value: Any) -> TypeGuard[int | float]:
+    """A JSON number JavaScript holds as an integer (`4.0` is one; `true` is no number)."""
+    return type(value) is int or (type(value) is float and value.is_integer())
+
+
+def protocol_mismatch(params: Mapping[str, Any], node: bool, probe: bool) -> dict[str, Any] | None:
+    """The details of the gateway's protocol refusal (admitGatewayConnect) when the client's range
+    holds no protocol it speaks with such a client, else None. Ranges its schema refuses (no
+    integers) are left to it."""
+    low, high = params.get("minProtocol"), params.get("maxProtocol")
+    if not (_js_integer(low) and _js_integer(high) and low >= 1 and high >= 1):
+        return None
+    if low <= GATEWAY_PROTOCOL <= high or (probe and high >= PROBE_PROTOCOL and low <= GATEWAY_PROTOCOL) \
+            or (node and high >= PROBE_PROTOCOL and low <= PROBE_PROTOCOL):
+        return None
+    return {"code": "PROTOCOL_MISMATCH", "clientMinProtocol": int(low), "clientMaxProtocol": int(high),
+            "expectedProtocol": GATEWAY_PROTOCOL, "minimumProbeProtocol": PROBE_PROTOCOL}
 CONNECT_PARAMS_NOT_OBJECT = "invalid connect params: must be object"
 
 
@@ -644,11 +673,14 @@ class RpcSession:
         raw_client = params.get("client")
         client = raw_client if isinstance(raw_client, dict) else {}
         role = params.get("role", "operator")
+        mismatch = protocol_mismatch(params, role == "node" and client.get("mode") == "node", client.get("mode") == "probe")
+        if mismatch is not None:  # the gateway checks it before the role
+            return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", PROTOCOL_MISMATCH, mismatch),
+                                close_code=1002, method="connect", close_reason=PROTOCOL_MISMATCH)
         if role not in ("operator", "node"):  # parseGatewayRole
             return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST", INVALID_ROLE, close_reason=INVALID_ROLE)
         if (role == "node" or client.get("mode") == "node") and not self.policy.allow_nodes:
-            return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST",
-                                        "role not allowed through this proxy: only operator connections are relayed")
+            return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST", NODES_NOT_RELAYED, close_reason=NODES_NOT_RELAYED)
         auth = params.get("auth", {})  # an object when present (connect_param_errors)
         origin_refusal = self.browser.refuses(client) if self.browser is not None else None
         if origin_refusal is not None:
@@ -666,8 +698,7 @@ class RpcSession:
         if role == "node" and ADMIN not in self.allowed:
             # A node's methods pass no scope check at the gateway: node.event runs agent turns in
             # any session, node.skills.update feeds skills to agents. Only an owner may be one.
-            return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST",
-                                        f"node connections need {ADMIN} in the caller's ceiling")
+            return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST", NODE_NEEDS_OWNER, close_reason=NODE_NEEDS_OWNER)
         asked = list(dict.fromkeys(params.get("scopes", [])))  # a list of strings (connect_param_errors)
         kept = [s for s in asked if scope_satisfied(s, self.allowed)]
         upstream = dict(self.policy.upstream_auth or {})

@@ -615,6 +615,27 @@ def test_a_first_frame_that_is_not_connect_is_answered_and_closed_as_the_gateway
     assert seen[1] == seen[0] and seen[0][1] == 1008, seen
 
 
+@pytest.mark.parametrize("overrides", [
+    {"role": 1}, {"role": None}, {"role": ""}, {"role": "admin"}, {"role": " node"},
+    {"role": "Node", "minProtocol": 9, "maxProtocol": 9},  # the protocol before the role
+    {"minProtocol": 1, "maxProtocol": 2}, {"minProtocol": 9.0, "maxProtocol": 9.0},
+    {"minProtocol": 3, "maxProtocol": 3},  # a probe's or a starting node's, not a backend's
+], ids=["role-number", "role-null", "role-empty", "role-unknown", "role-padded", "protocol-then-role", "protocol-old",
+        "protocol-float", "protocol-3"])
+def test_a_connect_with_a_bad_role_or_protocol_is_refused_as_the_gateway_refuses_it(token_gateway, open_sc, overrides):
+    seen = []
+    for port in (token_gateway.port, open_sc.port):
+        ws = WsClient("127.0.0.1", port)
+        ws.recv()
+        ws.send_json({"type": "req", "id": "c1", "method": "connect", "params": {**connect_params(["operator.read"]), **overrides}})
+        frames = []
+        with pytest.raises(Closed) as closed:
+            while True:
+                frames.append(ws.recv())
+        seen.append((frames, closed.value.code, closed.value.reason))
+    assert seen[1] == seen[0] and len(seen[0][0]) == 1, seen
+
+
 LATER_FRAMES = [json.dumps(frame) for frame in (
     {"type": "event", "event": "tick"},
     {"type": "res", "id": "x", "ok": True},

@@ -14,7 +14,7 @@ from sidecar.rpc import (
     BrowserOrigin,
     connect_secret,
     GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
-    rpc_on_plugin_socket,
+    protocol_mismatch, rpc_on_plugin_socket,
     scope_satisfied,
 )
 from sidecar.scopes import DEFAULT_SCOPES, ResolvedScopes
@@ -232,8 +232,25 @@ async def test_with_nodes_allowed_an_operator_from_a_node_client_stays_an_operat
 async def test_only_an_owner_may_connect_as_a_node() -> None:
     """Node methods pass no scope check at the gateway, and node.event runs agent turns."""
     rpc, verdict = await node_session(scopes=("operator.read", "operator.write", "operator.pairing"))
-    assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "node_role", 1008)
-    assert answer(verdict)["error"]["message"] == "node connections need operator.admin in the caller's ceiling"
+    message = "node connections need operator.admin in the caller's ceiling"
+    assert (verdict.verdict, verdict.reason, verdict.close_code, verdict.close_reason) == ("close", "node_role", 1008, message)
+    assert answer(verdict)["error"]["message"] == message
+
+
+@pytest.mark.parametrize("low, high, node, probe, refused", [
+    (4, 4, False, False, False), (1, 9, False, False, False), (3, 3, False, False, True), (5, 9, False, False, True),
+    (3, 3, True, False, False), (2, 3, True, False, False), (3, 3, False, True, False), (4, 4, True, False, False),
+    (1, 2, True, True, True), (3.0, 3.0, True, False, False), (9.0, 9.0, False, False, True),
+    ("4", 4, False, False, False), (True, 4, False, False, False), (0, 0, False, False, False),  # left to the gateway's schema
+])
+def test_the_protocol_range_is_read_as_the_gateway_admits_it(low: Any, high: Any, node: bool, probe: bool, refused: bool) -> None:
+    """Its own protocol for anyone, the previous one for a probe and for a node starting up."""
+    details = protocol_mismatch({"minProtocol": low, "maxProtocol": high}, node, probe)
+    assert (details is not None) is refused
+    if details is not None:
+        assert details == {"code": "PROTOCOL_MISMATCH", "clientMinProtocol": int(low), "clientMaxProtocol": int(high),
+                           "expectedProtocol": 4, "minimumProbeProtocol": 3}
+        assert json.dumps(details["clientMinProtocol"]) == str(int(low))  # 9, as JavaScript prints 9.0
 
 
 @pytest.mark.parametrize("method", ["health", "node.event", "node.invoke.result", "node.pending.drain", "skills.bins",

@@ -211,8 +211,7 @@ def test_redis_overlay_shares_one_limiter_between_two_replicas(renders: dict[str
     (spread,) = pods["spec"]["topologySpreadConstraints"]  # not both replicas on one node, where there are two
     assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
     assert spread["labelSelector"]["matchLabels"].items() <= pods["metadata"]["labels"].items()
-    storage = rendered.sidecar_config["sidecar"]["rateLimit"]["storage"]
-    assert storage == "redis://openclaw-redis:6379/0"
+    assert env(rendered.sidecar)["OPENCLAW_SIDECAR_RATE_LIMIT__STORAGE"] == "redis://openclaw-redis:6379/0"
     service = rendered.get("Service", "openclaw-redis")
     assert [p["port"] for p in service["spec"]["ports"]] == [6379]
     redis_pods = rendered.get("Deployment", "openclaw-redis")["spec"]["template"]["metadata"]["labels"]
@@ -227,7 +226,7 @@ def test_redis_requires_the_password_the_sidecar_reads(renders: dict[str, Render
     """Not the NetworkPolicy alone (a network plugin may not enforce it): redis requires a
     password, from the Secret whose file the sidecar reads, and its probe authenticates."""
     rendered = renders["redis"]
-    password_file = rendered.sidecar_config["sidecar"]["rateLimit"]["storagePasswordFile"]
+    password_file = env(rendered.sidecar)["OPENCLAW_SIDECAR_RATE_LIMIT__STORAGE_PASSWORD_FILE"]
     volume, key = rendered.mounted(rendered.sidecar, password_file)
     assert volume["secret"]["defaultMode"] == 0o440 and all("subPath" not in m for m in rendered.sidecar["volumeMounts"])
     same_key = {"secretKeyRef": {"name": volume["secret"]["secretName"], "key": key}}

@@ -75,28 +75,41 @@ def test_no_shipped_file_uses_the_removed_metrics_listen() -> None:
     assert not [p for p in files if "metricsListen" in p.read_text() or "METRICS_LISTEN" in p.read_text()]
 
 
-def test_redis_overlay_changes_only_the_limiter_storage() -> None:
-    base = yaml.safe_load((K8S / "base" / "sidecar.yaml").read_text())
-    redis = yaml.safe_load((K8S / "overlays" / "redis" / "sidecar.yaml").read_text())
-    assert redis["sidecar"]["rateLimit"].pop("storage").startswith("redis://")
-    assert redis["sidecar"]["rateLimit"].pop("storagePasswordFile").startswith("/var/run/secrets/")
-    assert base["sidecar"]["rateLimit"].pop("storage") == "memory://"
-    assert redis == base
+def test_every_overlay_runs_the_bases_sidecar_file(renders: dict[str, Render]) -> None:
+    """One file to edit (the pod CIDR, a rotation's previous token): the redis overlay once
+    shipped a copy of it, which no edit of the base reached (review). It changes the limiter
+    through the environment only."""
+    base = renders["base"]
+    for rendered in renders.values():
+        assert rendered.sidecar_config == base.sidecar_config, rendered.name
+        added = {e["name"] for e in rendered.sidecar.get("env", [])} - {e["name"] for e in base.sidecar.get("env", [])}
+        assert added == ({"OPENCLAW_SIDECAR_RATE_LIMIT__STORAGE", "OPENCLAW_SIDECAR_RATE_LIMIT__STORAGE_PASSWORD_FILE"}
+                         if rendered.name == "redis" else set()), rendered.name
 
 
-def container_environ(container: dict[str, Any]) -> dict[str, str]:
-    """The container's environment, with every Secret reference read as the shipped token."""
-    return {e["name"]: e.get("value", "shipped-config-token") for e in container.get("env", [])}
+def container_environ(container: dict[str, Any], tmp_path: Path) -> dict[str, str]:
+    """The container's environment, with every Secret reference read as `shipped-env-secret` and
+    a password file where the pod would mount one."""
+    environ = {e["name"]: e.get("value", "shipped-env-secret") for e in container.get("env", [])}
+    if "OPENCLAW_SIDECAR_RATE_LIMIT__STORAGE_PASSWORD_FILE" in environ:
+        password_file = tmp_path / "env-redis-password"
+        password_file.write_text("shipped-redis-password\n")
+        environ["OPENCLAW_SIDECAR_RATE_LIMIT__STORAGE_PASSWORD_FILE"] = str(password_file)
+    return environ
 
 
-def test_the_pod_runs_the_config_it_ships(rendered: Render, tmp_path: Path) -> None:
-    # The rendered ConfigMap's sidecar.yaml with the sidecar container's environment: what the
-    # pod will actually run (an environment name the settings do not know would be ignored).
+def test_the_pod_runs_the_config_it_ships(rendered: Render, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rendered ConfigMap's sidecar.yaml with the sidecar container's environment: what the
+    pod will actually run (an environment name the settings do not know would be ignored). The
+    settings read the process's environment, so the container's is put there."""
     path = tmp_path / "rendered" / "sidecar.yaml"
     path.parent.mkdir()
     path.write_text(yaml.safe_dump(rendered.sidecar_config))
-    config = load_shipped(path, tmp_path, container_environ(rendered.sidecar))
-    assert config.secrets.upstream_credential == "shipped-config-token"
+    environ = container_environ(rendered.sidecar, tmp_path)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    config = load_shipped(path, tmp_path, environ)
+    assert config.secrets.upstream_credential == "shipped-env-secret"
     assert str(config.sidecar.runtime_dir) == rendered.sidecar_config["sidecar"]["runtimeDir"]
     assert config.sidecar.admin_listen == "0.0.0.0:18791"
     expected = "redis://" if rendered.deployment["spec"]["replicas"] > 1 else "memory://"

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -212,10 +213,11 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     health.listening = True
     settle_heap()
     watcher = asyncio.create_task(_watch_files(reloader, memory))
-    print(f"openclaw-sidecar admin on {admin.url} (/healthz, /readyz, /metrics)", flush=True)
+    # On stderr with the diagnostic log: stdout may be the audit log, one JSON object per line.
+    print(f"openclaw-sidecar admin on {admin.url} (/healthz, /readyz, /metrics)", file=sys.stderr, flush=True)
     log.info("sidecar listening on %s, forwarding to %s (auth mode %s, %s event loop)", url, config.sidecar.upstream,
              config.secrets.mode, config.sidecar.event_loop)
-    print(f"openclaw-sidecar listening on {url}", flush=True)
+    print(f"openclaw-sidecar listening on {url}", file=sys.stderr, flush=True)
     if on_ready is not None:
         on_ready(url)
     try:

@@ -50,42 +50,40 @@ class SidecarProcess:
             cwd=REPO, env=base_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self._stderr: list[str] = []
+        self._stdout: list[str] = []
+        self.admin_url: str | None = None
+        self._listening = threading.Event()
+        self._found: list[str] = []
         threading.Thread(target=self._drain_stderr, daemon=True).start()
+        threading.Thread(target=self._drain_stdout, daemon=True).start()
         self.url = self._await_listening()
         host_port = self.url.removeprefix("http://")
         host, port = host_port.rsplit(":", 1)
         self.host, self.port = host.strip("[]"), int(port)
 
     def _drain_stderr(self) -> None:
+        """The diagnostic log, with the admin and listening announcements (stdout is the audit log's alone)."""
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
+            if line.startswith(ADMIN_PREFIX):
+                self.admin_url = line[len(ADMIN_PREFIX):].split()[0]
+            elif line.startswith(LISTENING_PREFIX):
+                self._found.append(line[len(LISTENING_PREFIX):].strip())
+                self._listening.set()
             self._stderr.append(line)
+        self._listening.set()
+
+    def _drain_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._stdout.append(line)
 
     def _await_listening(self, timeout: float = 20.0) -> str:
-        """Read stdout (the admin and listening announcements, then audit lines) from now on."""
-        assert self.proc.stdout is not None
-        self._stdout: list[str] = []
-        self.admin_url: str | None = None
-        listening = threading.Event()
-        found: list[str] = []
-
-        def read() -> None:
-            for line in self.proc.stdout:  # type: ignore[union-attr]
-                if line.startswith(ADMIN_PREFIX):
-                    self.admin_url = line[len(ADMIN_PREFIX):].split()[0]
-                elif line.startswith(LISTENING_PREFIX):
-                    found.append(line[len(LISTENING_PREFIX):].strip())
-                    listening.set()
-                else:
-                    self._stdout.append(line)
-            listening.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        listening.wait(timeout)
-        if not found:
+        self._listening.wait(timeout)
+        if not self._found:
             self.stop()
             raise RuntimeError(f"sidecar did not start; stderr:\n{self.logs()}")
-        return found[0]
+        return self._found[0]
 
     def logs(self) -> str:
         return "".join(self._stderr)

@@ -260,7 +260,8 @@ def test_check_config_fails_a_config_that_can_never_authenticate(tmp_path):
 
 
 def test_run_needs_no_config_file(tmp_path):
-    """Every setting has a default; flags and the environment are enough."""
+    """Every setting has a default; flags and the environment are enough. Stdout, where the audit
+    log goes by default, holds audit lines and nothing else (the announcements once went there)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "run", "--listen", f"127.0.0.1:{port}"], cwd=REPO,
@@ -269,11 +270,17 @@ def test_run_needs_no_config_file(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        lines = iter(proc.stdout.readline, "")  # type: ignore[union-attr]
+        deadline = threading.Timer(20, proc.kill)  # never announced: stderr ends, the assertion fails
+        deadline.start()
+        lines = iter(proc.stderr.readline, "")  # type: ignore[union-attr]
         assert any(line.startswith(f"openclaw-sidecar listening on http://127.0.0.1:{port}") for line in lines)
+        deadline.cancel()
+        assert httpx.get(f"http://127.0.0.1:{port}/tools/invoke").status_code == 405
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+    stdout = proc.stdout.read().splitlines()  # type: ignore[union-attr]
+    assert [json.loads(line)["status"] for line in stdout] == [405]
 
 
 def test_check_config_prints_effective_config_with_secrets_redacted(tmp_path):

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser("explain", help="show how the tool policy decides one tool call, layer by layer")
     explain.add_argument("--config", required=True, type=Path, help="YAML or JSON5 config file")
-    explain.add_argument("--tool", required=True, help="the tool name as the caller sends it")
+    explain.add_argument("--tool", help="the tool name as the caller sends it (for POST /tools/invoke and tools.invoke)")
     explain.add_argument("--scopes", help="the caller's x-openclaw-scopes (default: the gateway's default set)")
     explain.add_argument("--user", help="the caller's identity (scope ceilings and pinned headers)")
     explain.add_argument("--session-key", help="the body's sessionKey")
@@ -147,6 +147,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain, render_text
 
+    if args.tool is None and args.websocket_method in (None, "tools.invoke"):
+        print("openclaw-sidecar explain: --tool is required, unless --websocket-method names a method other than "
+              "tools.invoke", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
     except ConfigError as exc:

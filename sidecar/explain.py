@@ -23,7 +23,7 @@ from .view import RequestView
 _FRAME_ID = "explain"
 
 
-def explain(config: Config, tool: str, *, scopes: str | None = None, user: str | None = None,
+def explain(config: Config, tool: str | None, *, scopes: str | None = None, user: str | None = None,
             session_key: str | None = None, agent_id: str | None = None, channel: str | None = None,
             account: str | None = None, websocket_method: str | None = None) -> dict[str, Any]:
     """The decision as a JSON-able dict; `scopes` is an x-openclaw-scopes value (absent: the
@@ -31,7 +31,7 @@ def explain(config: Config, tool: str, *, scopes: str | None = None, user: str |
     chain = ToolChain(config.rules)
     ceilings = config.sidecar.scope_ceilings
     granted = resolve_scopes(parse_scope_header(scopes), ceilings_from_config(ceilings.default, ceilings.identities).ceiling_for(user))
-    body: dict[str, Any] = {"name": tool}
+    body: dict[str, Any] = {} if tool is None else {"name": tool}  # None: an RPC method that takes no tool
     body.update({k: v for k, v in (("sessionKey", session_key), ("agentId", agent_id)) if v is not None})
     result: dict[str, Any] = {
         "gatewayVersion": CATALOGUE_VERSION, "surface": "websocket" if websocket_method else "http",

@@ -25,7 +25,7 @@ CASES = {
     "agent-allow-list": ["--tool", "file_fetch", "--agent-id", "ops"],
     "missing-scope": ["--tool", "agents_list", "--scopes", "operator.read"],
     "rpc-subagent": ["--tool", "theme", "--websocket-method", "tools.invoke", "--session-key", "agent:main:subagent:a"],
-    "rpc-denied-method": ["--tool", "agents_list", "--websocket-method", "terminal.open"],
+    "rpc-denied-method": ["--websocket-method", "terminal.open"],  # no tool to name
 }
 
 
@@ -48,6 +48,12 @@ def test_json_and_text_tell_the_same_decision(capsys: pytest.CaptureFixture[str]
         text = capsys.readouterr().out
         assert f"decision {result['decision']}" in text, case
         assert all(layer["rule"] in text for layer in result["layers"]), case
+
+
+@pytest.mark.parametrize("argv", [[], ["--websocket-method", "tools.invoke"]])
+def test_a_tool_is_asked_for_where_one_is_judged(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "--config", str(CONFIG), *argv]) == 2
+    assert "--tool is required" in capsys.readouterr().err
 
 
 def test_a_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

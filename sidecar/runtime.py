@@ -44,7 +44,11 @@ def warn_about_config(config: Config) -> None:
             "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
         )
     if config.secrets.mode == "trusted-proxy":
-        ranges = [str(n) for n in config.rules.gateway.trusted_networks
+        networks = config.rules.gateway.trusted_networks
+        if networks and all(n.is_loopback for n in networks) and not trusted_proxy.allow_loopback:
+            log.warning("TRUSTED-PROXY MODE TRUSTING LOOPBACK ONLY, WITHOUT trustedProxy.allowLoopback: every request "
+                        "from the proxy on this host (tailscale serve) is refused 401 (trusted_proxy_loopback_source)")
+        ranges = [str(n) for n in networks
                   if n.num_addresses > 1 and not n.is_loopback]
         if ranges:
             log.warning("TRUSTED-PROXY MODE TRUSTING RANGES %s: any host in them can name any allowed user "

@@ -804,6 +804,22 @@ def test_nodes_allowed_that_no_node_could_sign_for_are_announced(tmp_path: Path,
     assert any("no node can connect" in r.getMessage() for r in caplog.records) is warned
 
 
+@pytest.mark.parametrize("proxies, allow_loopback, warned", [
+    (["127.0.0.1", "::1"], False, True), (["127.0.0.1/32"], True, False), (["127.0.0.1", "198.51.100.5"], False, False),
+])
+def test_trusted_proxy_mode_that_refuses_its_only_proxy_is_announced(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                     proxies: list[str], allow_loopback: bool, warned: bool) -> None:
+    """`tailscale serve` in the pod or on the host connects from loopback: without allowLoopback
+    the documented identity set-up refused every request, and nothing said why until one came (review)."""
+    from sidecar.runtime import warn_about_config
+
+    trusted_proxy = {"userHeader": "tailscale-user-login", "allowUsers": ["a"], "allowLoopback": allow_loopback}
+    text = json.dumps({"gateway": {"auth": {"mode": "trusted-proxy", "trustedProxy": trusted_proxy}, "trustedProxies": proxies}})
+    with caplog.at_level("WARNING", logger="sidecar"):
+        warn_about_config(load_config(write(tmp_path, "c.json", text), environ={}))
+    assert any("WITHOUT trustedProxy.allowLoopback" in r.getMessage() for r in caplog.records) is warned
+
+
 def test_an_inline_secret_is_trimmed_as_a_file_is(tmp_path: Path) -> None:
     """A Secret put in the environment often ends with a newline; it made the sidecar refuse to
     start ("contains control characters"), where the same Secret as a file was trimmed."""

@@ -5,6 +5,7 @@ leaves the serving runtime in place."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,18 @@ def test_settings_a_running_process_cannot_take_over(tmp_path: Path) -> None:
     assert restart_needed(base, config(adminListen="127.0.0.1:1")) == "sidecar.adminListen"
     assert restart_needed(base, config(rateLimit={"maxEntries": 5})) == "sidecar.rateLimit"
     assert restart_needed(base, config(eventLoop="asyncio")) == "sidecar.eventLoop"
+
+
+def test_the_readme_names_every_setting_a_reload_refuses() -> None:
+    """An operator rotating a pinned certificate read that a reload takes it (review)."""
+    from pydantic.alias_generators import to_camel
+
+    from sidecar.runtime import RESTART_SETTINGS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    listed = re.search(r"changes a setting a running process cannot take over \(([^)]*)\)", readme)
+    assert listed is not None
+    assert set(re.findall(r"`(\w+)`", listed[1])) == {to_camel(name) for name in RESTART_SETTINGS}
 
 
 def test_a_change_to_a_file_the_gateways_config_includes_is_reloaded(tmp_path: Path) -> None:

@@ -961,14 +961,27 @@ _PLAIN_WORDS = {
 }
 
 
-def _validation_problems(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
+def _validation_problems(exc: ValidationError, prefix: str, flags: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """Each error at its key as spelled in the file; for the sidecar's settings (`flags` given), also
+    the OPENCLAW_SIDECAR_* variable a bad value came from, which the key alone sent users to a
+    file that was right (review)."""
     problems = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        loc = [to_camel(p) if p in _SETTING_NAMES else p for p in loc]  # as spelled in the file
-        path = ".".join(loc)
-        problems.append((f"{prefix}{path}" if path else prefix.rstrip("."), _PLAIN_WORDS.get(err["type"], err["msg"])))
+        names = [str(p) for p in err["loc"]]
+        source = _environment_source(names, flags) if flags is not None else None
+        path = ".".join(to_camel(p) if p in _SETTING_NAMES else p for p in names)
+        words = _PLAIN_WORDS.get(err["type"], err["msg"])
+        problems.append((f"{prefix}{path}" if path else prefix.rstrip("."), f"{words} (from {source})" if source else words))
     return problems
+
+
+def _environment_source(names: list[str], flags: Mapping[str, Any]) -> str | None:
+    """The variable that set the setting at `names` (or an object holding it), unless a flag did."""
+    if not names or names[0] in flags:
+        return None
+    present = {name.upper(): name for name in os.environ}
+    return next((present[candidate] for end in range(len(names), 0, -1)
+                 if (candidate := ENV_PREFIX + "__".join(names[:end]).upper()) in present), None)
 
 
 ENV_PREFIX = "OPENCLAW_SIDECAR_"
@@ -1048,7 +1061,7 @@ def load_config(
     try:
         sidecar = SidecarSettings(**dict(overrides or {}))
     except ValidationError as exc:
-        problems = _validation_problems(exc, "sidecar.")
+        problems = _validation_problems(exc, "sidecar.", dict(overrides or {}))
         try:
             OpenClawRules.model_validate({k: document[k] for k in RULE_KEYS if k in document})
         except ValidationError as rules_exc:

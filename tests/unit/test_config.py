@@ -820,6 +820,23 @@ def test_trusted_proxy_mode_that_refuses_its_only_proxy_is_announced(tmp_path: P
     assert any("WITHOUT trustedProxy.allowLoopback" in r.getMessage() for r in caplog.records) is warned
 
 
+@pytest.mark.parametrize("variable, value, flags, expected", [
+    ("OPENCLAW_SIDECAR_LISTEN", "bad", {}, ("sidecar.listen", "expected HOST:PORT, got 'bad' (from OPENCLAW_SIDECAR_LISTEN)")),
+    ("OPENCLAW_SIDECAR_RATE_LIMIT__MAX_ENTRIES", "-5", {},
+     ("sidecar.rateLimit.maxEntries", "greater than or equal to 1 (from OPENCLAW_SIDECAR_RATE_LIMIT__MAX_ENTRIES)")),
+    ("OPENCLAW_SIDECAR_RATE_LIMIT", '{"max_entries": -5}', {}, ("sidecar.rateLimit.maxEntries", "(from OPENCLAW_SIDECAR_RATE_LIMIT)")),
+    ("OPENCLAW_SIDECAR_LISTEN", "bad", {"listen": "alsobad"}, ("sidecar.listen", "got 'alsobad'")),  # the flag's
+])
+def test_a_bad_value_from_the_environment_names_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str,
+                                                              value: str, flags: dict, expected: tuple[str, str]) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as failed:
+        load_config(write(tmp_path, "c.yaml", "sidecar:\n  rateLimit: {maxEntries: 7}\n"), flags, environ={})
+    [(key, message)] = failed.value.problems
+    assert key == expected[0] and message.endswith(expected[1]), message
+    assert flags or "(from " in message
+
+
 def test_an_inline_secret_is_trimmed_as_a_file_is(tmp_path: Path) -> None:
     """A Secret put in the environment often ends with a newline; it made the sidecar refuse to
     start ("contains control characters"), where the same Secret as a file was trimmed."""

@@ -36,7 +36,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="openclaw-sidecar",
-        description="Enforcing reverse proxy for the OpenClaw Gateway's POST /tools/invoke.",
+        description="Enforcing reverse proxy for the OpenClaw Gateway: POST /tools/invoke, its other routes and its RPC WebSocket.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -867,8 +867,11 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
         problems.append("gateway.auth.mode is password but no password resolved (gateway.auth.password, passwordFile or "
                         "OPENCLAW_GATEWAY_PASSWORD)" + (f": {why['password']}" if "password" in why else ""))
     if mode == "trusted-proxy":
-        if token is not None:
-            raise ConfigError([("gateway.auth.token", "trusted-proxy mode and a token are mutually exclusive")])
+        if token is not None:  # named where it came from: users removed tokenFile and met the same error (review)
+            source = ("gateway.auth.token", " (in this file, or in the gateway's read through sidecar.openclawConfig: "
+                      "`token: null` under gateway.auth here drops it)") if _gateway_credential(auth.token) else \
+                ("gateway.auth.tokenFile", "") if auth.token_file else ("OPENCLAW_GATEWAY_TOKEN", " (in the environment)")
+            raise ConfigError([(source[0], f"trusted-proxy mode and a token are mutually exclusive{source[1]}")])
         if not auth.trusted_proxy.user_header:
             problems.append("gateway.auth.trustedProxy.userHeader is required in trusted-proxy mode")
         if not rules.gateway.trusted_proxies:

@@ -559,12 +559,30 @@ def test_secret_file_that_is_a_directory_names_the_key(tmp_path: Path) -> None:
     assert list(problems_of(exc)) == ["gateway.auth.tokenFile"]
 
 
-def test_trusted_proxy_with_token_is_a_config_error(tmp_path: Path) -> None:
-    text = "gateway:\n  auth: {mode: trusted-proxy, token: T, trustedProxy: {userHeader: x-user}}\n  trustedProxies: [198.51.100.5]\n"
+@pytest.mark.parametrize("auth, environ, key", [
+    ("token: T", {}, "gateway.auth.token"), ("tokenFile: TOKEN_FILE", {}, "gateway.auth.tokenFile"),
+    ("", {"OPENCLAW_GATEWAY_TOKEN": "T"}, "OPENCLAW_GATEWAY_TOKEN"),
+])
+def test_trusted_proxy_with_token_is_a_config_error_naming_where_the_token_came_from(tmp_path: Path, auth: str,
+                                                                                     environ: dict[str, str], key: str) -> None:
+    (tmp_path / "token").write_text("T\n")
+    auth = auth.replace("TOKEN_FILE", str(tmp_path / "token"))
+    text = f"gateway:\n  auth: {{mode: trusted-proxy, {auth + ', ' if auth else ''}trustedProxy: {{userHeader: x-user}}}}\n  trustedProxies: [198.51.100.5]\n"
     with pytest.raises(ConfigError) as exc:
-        load_config(write(tmp_path, "c.yaml", text), environ={})
-    assert "gateway.auth.token" in problems_of(exc)
+        load_config(write(tmp_path, "c.yaml", text), environ=environ)
+    assert list(problems_of(exc)) == [key]
     assert "mutually exclusive" in str(exc.value)
+
+
+def test_a_token_in_the_gateways_file_is_dropped_beside_trusted_proxy_mode_by_null(tmp_path: Path) -> None:
+    """What the error tells users who run the gateway in token mode behind a trusted-proxy sidecar."""
+    gateway_file = write(tmp_path, "openclaw.json5", "{gateway: {auth: {mode: 'token', token: 'gateway-token-0123456789'}}}")
+    text = (f"sidecar: {{openclawConfig: '{gateway_file}', upstreamAuth: {{token: 'gateway-token-0123456789'}}}}\n"
+            "gateway:\n  auth: {mode: trusted-proxy, token: null, trustedProxy: {userHeader: x-user, allowUsers: [a]}}\n"
+            "  trustedProxies: [198.51.100.5]\n")
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert (config.secrets.mode, config.secrets.token, config.secrets.upstream_credential) == (
+        "trusted-proxy", None, "gateway-token-0123456789")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ bounds are asserted.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -51,6 +52,13 @@ FALLBACK_WARNING = r"WARNING sidecar\.ratelimit auth-failure limiter: rate-limit
 RECOVERED_LOG = "auth-failure limiter: rate-limit storage"
 RECOVERED_TAIL = "recovered; back on shared limits"
 FALLBACKS_METRIC = "openclaw_sidecar_ratelimit_storage_fallbacks_total"
+
+
+def assert_logged(sc: SidecarProcess, pattern: str, times: int) -> None:
+    """`pattern` in the diagnostic log exactly `times` times. The log is read from the process's
+    stderr by a thread: a line written before an answer may be read after the answer arrives."""
+    wait_until(lambda: count_matches(pattern, sc.logs()) >= times, 5)
+    assert count_matches(pattern, sc.logs()) == times, sc.logs()
 
 
 # --------------------------------------------------------------------------- fixtures / helpers
@@ -423,7 +431,7 @@ def test_a_redis_that_requires_a_password_gets_it_from_the_password_file(
         backend.clear_requests()
         reply = LoopbackCaller(client, wrong, xff=OTHER_CLIENT).invoke(TOKEN)
         assert reply.status == 503 and reply.json() == LIMITER_UNAVAILABLE_BODY, reply
-        assert count_matches(FALLBACK_WARNING, wrong.logs()) == 1, wrong.logs()
+        assert_logged(wrong, FALLBACK_WARNING, 1)
         assert_backend_saw_nothing(backend)
         for sidecar in (a, b, wrong):
             assert password not in sidecar.logs() and wrong_password not in sidecar.logs()
@@ -495,9 +503,8 @@ def test_redis_outage_falls_back_per_replica_then_recovers_to_one_budget(
         assert_ok(other_on_a.invoke(TOKEN))
         assert_unauthorized(other_on_a.invoke(WRONG))
         for sc in (a, b):
-            logs = sc.logs()
-            assert count_matches(FALLBACK_WARNING, logs) == 1, logs
-            assert "Traceback" not in logs, logs
+            assert_logged(sc, FALLBACK_WARNING, 1)
+            assert "Traceback" not in sc.logs(), sc.logs()
     finally:
         redis_server.start()
 
@@ -515,8 +522,8 @@ def test_redis_outage_falls_back_per_replica_then_recovers_to_one_budget(
     assert_locked(y_on_b.invoke(TOKEN))
     assert_backend_saw_nothing(backend)
     for sc in (a, b):
-        assert count_matches(FALLBACK_WARNING, sc.logs()) == 1, sc.logs()
-        assert sc.logs().count(RECOVERED_TAIL) == 1, sc.logs()
+        assert_logged(sc, FALLBACK_WARNING, 1)
+        assert_logged(sc, re.escape(RECOVERED_TAIL), 1)
 
 
 def test_redis_outage_fail_closed_answers_503(
@@ -542,7 +549,7 @@ def test_redis_outage_fail_closed_answers_503(
         reply = caller.request("GET", "/v1/models", token=TOKEN)
         assert reply.status == 503 and reply.json() == LIMITER_UNAVAILABLE_BODY, reply
         assert_backend_saw_nothing(backend)
-        assert count_matches(FALLBACK_WARNING, sc.logs()) == 1, sc.logs()
+        assert_logged(sc, FALLBACK_WARNING, 1)
         assert "answering 503 (fail_closed)" in sc.logs()
     finally:
         redis_server.start()
@@ -582,7 +589,7 @@ def test_storage_fallbacks_metric_counts_outages(
         assert scrape_metric(url, FALLBACKS_METRIC) == 2
     finally:
         redis_server.start()
-    assert count_matches(FALLBACK_WARNING, sc.logs()) == 2, sc.logs()
+    assert_logged(sc, FALLBACK_WARNING, 2)
 
 
 # --------------------------------------------------------------------------- request rate limit

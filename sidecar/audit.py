@@ -171,7 +171,9 @@ class AuditWriter:
             out.write(data)
             out.flush()
         except OSError as exc:
-            LOG_ONCE_PER_INTERVAL.warning(diagnostics, "cannot write the audit log: %s", exc)
+            AUDIT_LINES_DROPPED.inc(data.count(b"\n"))  # an alert must see them: the log line is rate-limited
+            LOG_ONCE_PER_INTERVAL.warning(diagnostics, "cannot write the audit log: %s (lines dropped: "
+                                          "openclaw_sidecar_audit_lines_dropped_total)", exc)
 
     def _output(self) -> BinaryIO:
         if self.destination in ("stdout", "stderr"):

@@ -458,6 +458,22 @@ class SidecarSettings(BaseSettings):
             raise ValueError("uvloop is not installed: `pip install uvloop`, or set `asyncio`")
         return value
 
+    @field_validator("audit_log")
+    @classmethod
+    def _writable(cls, value: str) -> str:
+        """A file the process can append to, checked before the first decision: the first line
+        written to a missing directory was lost with nothing but a log line (review)."""
+        if value in ("stdout", "stderr"):
+            return value
+        path = Path(value)
+        if path.is_dir():
+            raise ValueError(f"{value!r} is a directory: name a file in it")
+        if not path.parent.is_dir():
+            raise ValueError(f"directory {str(path.parent)!r} does not exist")
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            raise ValueError(f"{value!r} is not writable by this process")
+        return value
+
     @field_validator("upstream")
     @classmethod
     def _http_url(cls, value: str) -> str:

@@ -61,7 +61,7 @@ SHADOWED = Counter(
 )
 AUDIT_LINES_DROPPED = Counter(
     "openclaw_sidecar_audit_lines_dropped_total",
-    "Audit lines dropped because the audit destination did not keep up (the proxy never waits for it).",
+    "Audit lines dropped because the audit destination did not keep up (the proxy never waits for it) or could not be written.",
     registry=REGISTRY,
 )
 REFUSALS_PACED = Counter(
@@ -75,6 +75,10 @@ CONFIG_RELOADS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+# At zero from the start: a series born at 1 never shows an increase, so the first rejected reload
+# would pass an `increase(...) > 0` alert by (review).
+for _result in ("applied", "rejected"):
+    CONFIG_RELOADS.labels(result=_result)
 DECISION_SECONDS = Histogram(
     "openclaw_sidecar_decision_seconds",
     "Time spent deciding a request inside the sidecar (excluding upstream).",

@@ -8,6 +8,7 @@ relays a request two parsers could read differently.
 
 from __future__ import annotations
 
+from .metrics import SHADOWED
 from .reasons import Reason
 
 SHADOWABLE_REASONS: frozenset[Reason] = frozenset({
@@ -15,3 +16,6 @@ SHADOWABLE_REASONS: frozenset[Reason] = frozenset({
     Reason.QUERY_CREDENTIAL, Reason.ROUTE_REFUSED, Reason.MISSING_SCOPE, Reason.TOOL_DENIED,
     Reason.REQUEST_RATE_LIMITED, Reason.METHOD_DENIED, Reason.NODE_METHOD, Reason.OPERATOR_METHOD, Reason.OWNER_REQUIRED, Reason.RPC_MISSING_SCOPE,
 })
+
+for _reason in SHADOWABLE_REASONS:  # at zero from the start, so the first one shows as an increase
+    SHADOWED.labels(reason=_reason)

@@ -93,6 +93,18 @@ def test_a_destination_that_stops_reading_never_blocks_a_decision(tmp_path: Path
     os.close(reader)
 
 
+def test_lines_that_cannot_be_written_are_counted_as_dropped(tmp_path: Path) -> None:
+    """The warning is rate-limited, so only the counter tells an alert how many lines were lost."""
+    from sidecar.metrics import AUDIT_LINES_DROPPED
+
+    before = AUDIT_LINES_DROPPED._value.get()
+    audit.configure(str(tmp_path / "gone" / "audit.log"))  # a directory removed after start-up
+    for _ in range(3):
+        audit.record(entry())
+    audit.close()
+    assert AUDIT_LINES_DROPPED._value.get() == before + 3
+
+
 @pytest.mark.parametrize("target, logged", [
     ("/__openclaw__/assistant-media?source=/x.png&token=gw-secret", "/__openclaw__/assistant-media?source=/x.png&token=[redacted]"),
     ("/share/session?%74oken=gw-secret&x=1", "/share/session?%74oken=[redacted]&x=1"),

@@ -855,6 +855,20 @@ def test_a_bad_value_from_the_environment_names_its_variable(tmp_path: Path, mon
     assert flags or "(from " in message
 
 
+@pytest.mark.parametrize("where, problem", [("missing/audit.log", "does not exist"), (".", "is a directory")])
+def test_an_audit_log_the_process_cannot_write_is_refused_at_start_up(tmp_path: Path, where: str, problem: str) -> None:
+    """Its lines were dropped one batch after another, with a log line every ten seconds (review)."""
+    path = tmp_path / where
+    with pytest.raises(ConfigError) as failed:
+        load_config(write(tmp_path, "c.json", json.dumps({"sidecar": {"auditLog": str(path)}})), environ={})
+    assert problem in problems_of(failed)["sidecar.auditLog"]
+
+
+def test_a_writable_audit_log_is_taken(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "c.json", json.dumps({"sidecar": {"auditLog": str(tmp_path / "a.log")}})), environ={})
+    assert config.sidecar.audit_log == str(tmp_path / "a.log")
+
+
 def test_an_inline_secret_is_trimmed_as_a_file_is(tmp_path: Path) -> None:
     """A Secret put in the environment often ends with a newline; it made the sidecar refuse to
     start ("contains control characters"), where the same Secret as a file was trimmed."""

@@ -59,3 +59,17 @@ def test_importing_every_sidecar_module_never_imports_mitmproxy() -> None:
     assert result["final"] is False
     assert result["addons"] is False
     assert result["demo"] == []
+
+
+def test_the_counters_an_alert_watches_exist_at_zero_before_their_first_event() -> None:
+    """A series born at 1 shows no increase: the first rejected reload or shadowed refusal passed an
+    `increase(...) > 0` alert by (review). A fresh process, so no other test has touched them."""
+    script = ("from prometheus_client import generate_latest; import sidecar.pipeline, sidecar.metrics as m; "
+              "print(generate_latest(m.REGISTRY).decode())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    series = done.stdout.splitlines()
+    for line in ('openclaw_sidecar_config_reloads_total{result="applied"} 0.0',
+                 'openclaw_sidecar_config_reloads_total{result="rejected"} 0.0',
+                 'openclaw_sidecar_shadowed_total{reason="route_denied"} 0.0',
+                 'openclaw_sidecar_shadowed_total{reason="method_denied"} 0.0'):
+        assert line in series, line

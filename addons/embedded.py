@@ -25,7 +25,7 @@ from OpenSSL import SSL, crypto
 
 from sidecar import audit
 from sidecar.admin import AdminServer, Health
-from sidecar.config import Config, http_url, split_host_port
+from sidecar.config import Config, SidecarSettings, http_url, split_host_port
 from sidecar.logging_limits import limit_library_logs
 from sidecar.reload import IdentityHeaderMemory, Reloader
 from sidecar.runtime import Runtime, build_runtime
@@ -87,9 +87,23 @@ def build_master(config: Config, guard: ToolsInvokeGuard) -> Master:
         **REQUIRED_OPTIONS,  # also applied by the guard itself, but set before the first flow
         http2=False,  # the gateway speaks HTTP/1.1; one parser, one set of rules
         ssl_verify_upstream_trusted_ca=str(settings.upstream_tls.ca_file) if settings.upstream_tls.ca_file else None,
-        tcp_timeout=max(600, int(settings.timeouts.upstream_read_seconds) + 60),
+        tcp_timeout=connection_watchdog_seconds(settings),
     )
     return master
+
+
+def take_over(master: Master, guard: ToolsInvokeGuard, new: Runtime) -> None:
+    """A reloaded runtime, in whole: the guard's, and beyond it new connections' watchdog (a raised
+    upstream timeout was cut at the old one's 600 s, with no answer) and the log level (review)."""
+    guard.use_runtime(new)
+    master.options.update(tcp_timeout=connection_watchdog_seconds(new.config.sidecar))
+    logging.getLogger().setLevel(new.config.sidecar.log_level)
+
+
+def connection_watchdog_seconds(settings: SidecarSettings) -> int:
+    """mitmproxy's tcp_timeout, its idle watchdog over a whole connection: past the upstream read
+    timeout, so a slow answer gets the sidecar's 504 rather than a connection cut without one."""
+    return max(600, int(settings.timeouts.upstream_read_seconds) + 60)
 
 
 def _listening_url(master: Master) -> str | None:
@@ -150,7 +164,8 @@ async def _drain(master: Master, guard: ToolsInvokeGuard, health: Health, second
     guard.begin_drain()
     await master.addons.get("proxyserver").servers.update([])
     if not await guard.wait_idle(seconds):
-        log.warning("drain deadline passed with requests still in flight")
+        log.warning("drain deadline passed: %d request(s) still in flight cut off (audited with outcome shutdown)",
+                    guard.abandon_in_flight())
     master.shutdown()
 
 
@@ -175,7 +190,7 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     admin.start()
     loop = asyncio.get_running_loop()
     def use_runtime(new: Runtime) -> None:
-        guard.use_runtime(new)
+        take_over(master, guard, new)
         settle_heap()
 
     memory = IdentityHeaderMemory(config.sidecar.runtime_dir)
@@ -186,6 +201,8 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
 
     def on_stop_signal() -> None:
         if draining:  # a second signal: stop now
+            log.warning("second stop signal: stopping now, %d request(s) in flight cut off (audited with outcome shutdown)",
+                        guard.abandon_in_flight())
             master.shutdown()
             return
         draining.append(asyncio.create_task(_drain(master, guard, health, reloader.runtime.config.sidecar.drain_seconds)))

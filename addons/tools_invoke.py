@@ -230,8 +230,8 @@ class ToolsInvokeGuard:
         self._head_deadlines = Deadlines()
         self._idle_upstreams = Deadlines()  # by client: its upstream connection, once idle
         self._max_connections = connection_cap(None, raise_fd_limit())
-        # Exchanges not yet answered (client id → flow ids) and open WebSockets: what a drain waits for.
-        self._in_flight: dict[str, set[str]] = {}
+        # Exchanges not yet answered (client id → flows by id) and open WebSockets: what a drain waits for.
+        self._in_flight: dict[str, dict[str, http.HTTPFlow]] = {}
         self._websockets: dict[str, http.HTTPFlow] = {}
         self.draining = False
         self._relay_judge = ws_relay.Judge(session=lambda flow: flow.metadata.get(RPC_SESSION),
@@ -242,7 +242,7 @@ class ToolsInvokeGuard:
             preauth_over(flow)  # no RPC socket came of it (refused, unreachable, gone)
         flows = self._in_flight.get(flow.client_conn.id)
         if flows is not None:
-            flows.discard(flow.id)
+            flows.pop(flow.id, None)
             if not flows:
                 del self._in_flight[flow.client_conn.id]
 
@@ -269,6 +269,15 @@ class ToolsInvokeGuard:
         self.draining = True
         for flow in list(self._websockets.values()):
             close_websocket(flow, 1001, "going away")
+
+    def abandon_in_flight(self) -> int:
+        """The process stops with calls still in flight (the drain deadline, a second signal): each
+        forwarded one is audited now, `outcome: shutdown`, while the audit log is still open. The
+        upstream may have acted on it; after the stop, nothing would say so. Returns how many."""
+        flows = [flow for by_id in self._in_flight.values() for flow in by_id.values()]
+        for flow in flows:
+            self._audit_unfinished(flow, "shutdown")
+        return len(flows)
 
     async def wait_idle(self, seconds: float) -> bool:
         """Until no exchange is in flight (True) or `seconds` passed (False)."""
@@ -367,7 +376,7 @@ class ToolsInvokeGuard:
             # Node keeps a 2.0 line's connection as it keeps a 1.0 one (llhttp_should_keep_alive):
             # closed after the answer unless asked otherwise. mitmproxy kept it open and read on.
             flow.request.http_version = "HTTP/1.0"
-        self._in_flight.setdefault(flow.client_conn.id, set()).add(flow.id)
+        self._in_flight.setdefault(flow.client_conn.id, {})[flow.id] = flow
         started = time.perf_counter()
         try:
             pipeline = self._live_runtime().pipeline

@@ -73,6 +73,10 @@ class Reloader:
         try:
             config = load_config(self.config_path, self.overrides)
             self._seen = fingerprint(watched_files(self.config_path, config))
+            if config.secrets.problems:
+                # Every caller would get 401 and be counted toward a lockout that outlives the
+                # fix, while /readyz says ready: a Secret caught empty mid-swap did that (review).
+                raise ConfigError([("gateway.auth", problem) for problem in config.secrets.problems])
             blocker = restart_needed(self.runtime.config, config)
             if blocker is not None:
                 raise ConfigError([(blocker, "changed; this setting needs a restart")])

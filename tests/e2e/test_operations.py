@@ -174,14 +174,24 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(backend, start_side
     assert "Traceback" not in sc.logs()
 
 
-def test_drain_deadline_bounds_the_wait(backend, start_sidecar) -> None:
-    sc = start_sidecar(base(backend, drainSeconds=1))
+@pytest.mark.parametrize("second_signal", [False, True], ids=["deadline", "second-signal"])
+def test_drain_deadline_bounds_the_wait_and_audits_what_it_cut(backend, start_sidecar, second_signal) -> None:
+    """The backend ran the call the stop cut off: its audit line says so (there was none: the log
+    closed before mitmproxy's error hooks ran; review)."""
+    sc = start_sidecar(base(backend, drainSeconds=1 if not second_signal else 30))
     threading.Thread(target=lambda: _quietly(lambda: invoke(sc, TOKEN, "slow", {"seconds": 20}, timeout=30)),
                      daemon=True).start()
     wait_for(lambda: any(r["path"] == "/tools/invoke" for r in backend.requests()))
     sc.proc.send_signal(signal.SIGTERM)
+    if second_signal:
+        wait_for(lambda: "draining:" in sc.logs())
+        sc.proc.send_signal(signal.SIGTERM)
     assert sc.proc.wait(10) == 0  # the call it waited for takes 20 s
-    assert "drain deadline passed" in sc.logs()
+    wait_for(lambda: "sidecar stopped" in sc.logs())  # read by a thread: the whole log, then the audit lines
+    assert ("second stop signal: stopping now, 1 request(s) in flight cut off" if second_signal
+            else "drain deadline passed: 1 request(s) still in flight cut off") in sc.logs()
+    cut = wait_for(lambda: [line for line in sc.audit_lines() if line.get("tool") == "slow"])
+    assert [(line["decision"], line["outcome"], line["status"]) for line in cut] == [("forwarded", "shutdown", None)]
 
 
 def _quietly(call: Callable[[], Any]) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import re
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mitmproxy import http, options
@@ -15,8 +17,8 @@ from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from addons import compat
-from addons.embedded import UpstreamTls, build_master, settle_heap
-from sidecar.config import load_config
+from addons.embedded import UpstreamTls, build_master, settle_heap, take_over
+from sidecar.config import Config, load_config
 from tests.builders import write_config
 
 
@@ -128,3 +130,32 @@ async def test_in_the_embedded_chain_only_the_guard_has_the_skipped_hooks(tmp_pa
     assert acting == []  # and the guard, which here has none
     assert [type(addon) for addon in master.addons.chain if isinstance(addon, tlsconfig.TlsConfig)] == tls
     assert guard in master.addons.chain
+
+
+class ReloadedGuard(Guard):
+    def __init__(self) -> None:
+        self.runtimes: list[object] = []
+
+    def use_runtime(self, runtime: object) -> None:
+        self.runtimes.append(runtime)
+
+
+async def test_a_reload_takes_over_the_watchdog_and_the_log_level(tmp_path: Path) -> None:
+    """Both were set once at start-up: a reload raising the upstream timeout past 540 s still cut
+    slow answers at 600 s with no answer, and a new log level was reported applied and ignored (review)."""
+    def config(**sidecar: object) -> Config:
+        return load_config(write_config(tmp_path / "sidecar.json", {
+            "sidecar": {"listen": "127.0.0.1:0", "runtimeDir": str(tmp_path / "run"), **sidecar},
+            "gateway": {"auth": {"mode": "token", "token": "t"}}}), environ={})
+
+    guard = ReloadedGuard()
+    master = build_master(config(), guard)  # type: ignore[arg-type]
+    assert master.options.tcp_timeout == 600
+    root = logging.getLogger()
+    level = root.level
+    try:
+        new = SimpleNamespace(config=config(timeouts={"upstreamReadSeconds": 900}, logLevel="ERROR"))
+        take_over(master, guard, new)  # type: ignore[arg-type]
+        assert (master.options.tcp_timeout, root.level, guard.runtimes) == (960, logging.ERROR, [new])
+    finally:
+        root.setLevel(level)

@@ -90,7 +90,7 @@ def test_limiters_survive_a_reload(files: tuple[Path, Path]) -> None:
     assert applied[0].failure_limiter is old.failure_limiter
 
 
-@pytest.mark.parametrize("fault", ["bad file", "restart setting", "missing secret file", "build raises"])
+@pytest.mark.parametrize("fault", ["bad file", "restart setting", "missing secret file", "emptied secret file", "build raises"])
 def test_any_failure_keeps_the_serving_runtime(files: tuple[Path, Path], fault: str, caplog: pytest.LogCaptureFixture) -> None:
     config_path, token = files
     applied: list[Runtime] = []
@@ -106,6 +106,8 @@ def test_any_failure_keeps_the_serving_runtime(files: tuple[Path, Path], fault: 
         write_config(config_path, token, listen="127.0.0.1:1")
     elif fault == "missing secret file":
         token.unlink()
+    elif fault == "emptied secret file":  # a Secret caught mid-swap: no token, every caller 401 and locked out
+        token.write_text("\n")
     else:
         token.write_text("T2\n")
     before = counted("rejected")

@@ -156,6 +156,15 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def _stop_now(master: Master, guard: ToolsInvokeGuard, why: str) -> None:
+    """Stop with calls in flight: those forwarded are audited first, and the stop happens whatever that does."""
+    try:
+        log.warning("%s: stopping with forwarded call(s) in flight, %d cut off (audited with outcome shutdown)",
+                    why, guard.abandon_in_flight())
+    finally:
+        master.shutdown()
+
+
 async def _drain(master: Master, guard: ToolsInvokeGuard, health: Health, seconds: float) -> None:
     """Not ready, no new connections, WebSockets closed with 1001, in-flight requests finished
     (up to `seconds`), then stop."""
@@ -164,8 +173,8 @@ async def _drain(master: Master, guard: ToolsInvokeGuard, health: Health, second
     guard.begin_drain()
     await master.addons.get("proxyserver").servers.update([])
     if not await guard.wait_idle(seconds):
-        log.warning("drain deadline passed: %d request(s) still in flight cut off (audited with outcome shutdown)",
-                    guard.abandon_in_flight())
+        _stop_now(master, guard, "drain deadline passed")
+        return
     master.shutdown()
 
 
@@ -200,10 +209,8 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     draining: list[asyncio.Task] = []
 
     def on_stop_signal() -> None:
-        if draining:  # a second signal: stop now
-            log.warning("second stop signal: stopping now, %d request(s) in flight cut off (audited with outcome shutdown)",
-                        guard.abandon_in_flight())
-            master.shutdown()
+        if draining:  # a second signal
+            _stop_now(master, guard, "second stop signal")
             return
         draining.append(asyncio.create_task(_drain(master, guard, health, reloader.runtime.config.sidecar.drain_seconds)))
 

@@ -272,12 +272,13 @@ class ToolsInvokeGuard:
 
     def abandon_in_flight(self) -> int:
         """The process stops with calls still in flight (the drain deadline, a second signal): each
-        forwarded one is audited now, `outcome: shutdown`, while the audit log is still open. The
-        upstream may have acted on it; after the stop, nothing would say so. Returns how many."""
-        flows = [flow for by_id in self._in_flight.values() for flow in by_id.values()]
-        for flow in flows:
+        one already forwarded is audited now, `outcome: shutdown`, while the audit log is still
+        open. The upstream may have acted on it; after the stop, nothing would say so. Returns how
+        many were (a request still arriving reached no one and is not)."""
+        forwarded = [flow for by_id in self._in_flight.values() for flow in by_id.values() if FORWARDED in flow.metadata]
+        for flow in forwarded:
             self._audit_unfinished(flow, "shutdown")
-        return len(flows)
+        return len(forwarded)
 
     async def wait_idle(self, seconds: float) -> bool:
         """Until no exchange is in flight (True) or `seconds` passed (False)."""

@@ -397,14 +397,16 @@ NODE_NEEDS_OWNER = f"node connections need {ADMIN} in the caller's ceiling"
 
 
 def _js_integer(value: Any) -> TypeGuard[int | float]:
-    """A JSON number JavaScript holds as an integer (`4.0` is one; `true` is no number)."""
-    return type(value) is int or (type(value) is float and value.is_integer())
+    """A JSON number JavaScript holds as an integer (`4.0` is one; `true` is no number, and one past
+    2^53 may have lost its digits: left to the gateway's schema)."""
+    return (type(value) is int or (type(value) is float and value.is_integer())) and abs(value) <= 2 ** 53
 
 
 def protocol_mismatch(params: Mapping[str, Any], node: bool, probe: bool) -> dict[str, Any] | None:
     """The details of the gateway's protocol refusal (admitGatewayConnect) when the client's range
     holds no protocol it speaks with such a client, else None. Ranges its schema refuses (no
-    integers) are left to it."""
+    integers) are left to it. Asked only where the sidecar refuses the connect itself (an unknown
+    role): elsewhere the gateway answers a range it does not speak, after its whole schema."""
     low, high = params.get("minProtocol"), params.get("maxProtocol")
     if not (_js_integer(low) and _js_integer(high) and low >= 1 and high >= 1):
         return None
@@ -673,11 +675,12 @@ class RpcSession:
         raw_client = params.get("client")
         client = raw_client if isinstance(raw_client, dict) else {}
         role = params.get("role", "operator")
-        mismatch = protocol_mismatch(params, role == "node" and client.get("mode") == "node", client.get("mode") == "probe")
-        if mismatch is not None:  # the gateway checks it before the role
-            return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", PROTOCOL_MISMATCH, mismatch),
-                                close_code=1002, method="connect", close_reason=PROTOCOL_MISMATCH)
-        if role not in ("operator", "node"):  # parseGatewayRole
+        if role not in ("operator", "node"):  # parseGatewayRole; the gateway reads the protocol first
+            mismatch = protocol_mismatch(params, False, client.get("mode") == "probe")
+            if mismatch is not None:
+                return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", PROTOCOL_MISMATCH,
+                                                                                 mismatch),
+                                    close_code=1002, method="connect", close_reason=PROTOCOL_MISMATCH)
             return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST", INVALID_ROLE, close_reason=INVALID_ROLE)
         if (role == "node" or client.get("mode") == "node") and not self.policy.allow_nodes:
             return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST", NODES_NOT_RELAYED, close_reason=NODES_NOT_RELAYED)

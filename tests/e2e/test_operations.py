@@ -188,10 +188,24 @@ def test_drain_deadline_bounds_the_wait_and_audits_what_it_cut(backend, start_si
         sc.proc.send_signal(signal.SIGTERM)
     assert sc.proc.wait(10) == 0  # the call it waited for takes 20 s
     wait_for(lambda: "sidecar stopped" in sc.logs())  # read by a thread: the whole log, then the audit lines
-    assert ("second stop signal: stopping now, 1 request(s) in flight cut off" if second_signal
-            else "drain deadline passed: 1 request(s) still in flight cut off") in sc.logs()
+    why = "second stop signal" if second_signal else "drain deadline passed"
+    assert f"{why}: stopping with forwarded call(s) in flight, 1 cut off" in sc.logs()
     cut = wait_for(lambda: [line for line in sc.audit_lines() if line.get("tool") == "slow"])
     assert [(line["decision"], line["outcome"], line["status"]) for line in cut] == [("forwarded", "shutdown", None)]
+
+
+def test_a_request_still_arriving_at_the_deadline_reached_no_one_and_is_not_counted_as_cut(backend, start_sidecar) -> None:
+    sc = start_sidecar(base(backend, drainSeconds=1))
+    sock = socket.create_connection((sc.host, sc.port))
+    sock.sendall(f"POST /tools/invoke HTTP/1.1\r\nHost: sidecar.test\r\nAuthorization: Bearer {TOKEN}\r\n"
+                 "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tool\":".encode())  # the rest never comes
+    time.sleep(1)  # its head judged (milliseconds), its body awaited
+    sc.proc.send_signal(signal.SIGTERM)
+    assert sc.proc.wait(10) == 0
+    sock.close()
+    wait_for(lambda: "sidecar stopped" in sc.logs())
+    assert "drain deadline passed: stopping with forwarded call(s) in flight, 0 cut off" in sc.logs()
+    assert not backend.requests() and not [line for line in sc.audit_lines() if line.get("outcome") == "shutdown"]
 
 
 def _quietly(call: Callable[[], Any]) -> None:

@@ -147,9 +147,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain, render_text
 
-    if args.tool is None and args.websocket_method in (None, "tools.invoke"):
-        print("openclaw-sidecar explain: --tool is required, unless --websocket-method names a method other than "
-              "tools.invoke", file=sys.stderr)
+    judges_a_tool = args.websocket_method in (None, "tools.invoke")
+    if (args.tool is None) is judges_a_tool:
+        print("openclaw-sidecar explain: --tool names the tool of POST /tools/invoke or of --websocket-method tools.invoke, "
+              "and only there" if not judges_a_tool else "openclaw-sidecar explain: --tool is required, unless "
+              "--websocket-method names a method other than tools.invoke", file=sys.stderr)
         return 2
     try:
         config = load_config(args.config)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextvars
 import importlib.util
+import json
 import math
 import os
 import re
 import tempfile
 from types import MappingProxyType
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -859,12 +860,23 @@ def _refuse_placeholder(mode: str, secret: str | None) -> None:
                             "credential (the gateway refuses it too): set a real secret")])
 
 
+def _first_secret(sources: tuple[tuple[str, Callable[[], str | None]], ...]) -> tuple[str | None, str]:
+    """The first source that yields a secret, read in order (a later one is never read), and its key."""
+    for key, read in sources:
+        secret = read()
+        if secret is not None:
+            return secret, key
+    return None, sources[0][0]
+
+
 def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Mapping[str, str],
                     unresolved: Mapping[str, str] | None = None) -> AuthSecrets:
     auth = rules.gateway.auth
-    token = _header_safe(_gateway_credential(auth.token), "gateway.auth.token") or _secret(
-        None, auth.token_file, "gateway.auth.token") or _header_safe(
-        _gateway_credential(environ.get("OPENCLAW_GATEWAY_TOKEN")), "OPENCLAW_GATEWAY_TOKEN")
+    token, token_source = _first_secret((
+        ("gateway.auth.token", lambda: _header_safe(_gateway_credential(auth.token), "gateway.auth.token")),
+        ("gateway.auth.tokenFile", lambda: _secret(None, auth.token_file, "gateway.auth.token")),
+        ("OPENCLAW_GATEWAY_TOKEN", lambda: _header_safe(_gateway_credential(environ.get("OPENCLAW_GATEWAY_TOKEN")),
+                                                        "OPENCLAW_GATEWAY_TOKEN"))))
     password = _header_safe(_gateway_credential(auth.password), "gateway.auth.password") or _secret(
         None, auth.password_file, "gateway.auth.password") or _header_safe(
         _gateway_credential(environ.get("OPENCLAW_GATEWAY_PASSWORD")), "OPENCLAW_GATEWAY_PASSWORD")
@@ -884,10 +896,10 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
                         "OPENCLAW_GATEWAY_PASSWORD)" + (f": {why['password']}" if "password" in why else ""))
     if mode == "trusted-proxy":
         if token is not None:  # named where it came from: users removed tokenFile and met the same error (review)
-            source = ("gateway.auth.token", " (in this file, or in the gateway's read through sidecar.openclawConfig: "
-                      "`token: null` under gateway.auth here drops it)") if _gateway_credential(auth.token) else \
-                ("gateway.auth.tokenFile", "") if auth.token_file else ("OPENCLAW_GATEWAY_TOKEN", " (in the environment)")
-            raise ConfigError([(source[0], f"trusted-proxy mode and a token are mutually exclusive{source[1]}")])
+            where = {"gateway.auth.token": " (in this file, or in the gateway's read through sidecar.openclawConfig: "
+                                           "`token: null` under gateway.auth here drops it)",
+                     "OPENCLAW_GATEWAY_TOKEN": " (in the environment)"}.get(token_source, "")
+            raise ConfigError([(token_source, f"trusted-proxy mode and a token are mutually exclusive{where}")])
         if not auth.trusted_proxy.user_header:
             problems.append("gateway.auth.trustedProxy.userHeader is required in trusted-proxy mode")
         if not rules.gateway.trusted_proxies:
@@ -995,12 +1007,32 @@ def _validation_problems(exc: ValidationError, prefix: str, flags: Mapping[str, 
 
 
 def _environment_source(names: list[str], flags: Mapping[str, Any]) -> str | None:
-    """The variable that set the setting at `names` (or an object holding it), unless a flag did."""
+    """The variable that set the setting at `names`, or set an object holding it with that key in
+    its JSON, unless a flag did."""
     if not names or names[0] in flags:
         return None
     present = {name.upper(): name for name in os.environ}
-    return next((present[candidate] for end in range(len(names), 0, -1)
-                 if (candidate := ENV_PREFIX + "__".join(names[:end]).upper()) in present), None)
+    for end in range(len(names), 0, -1):
+        variable = present.get(ENV_PREFIX + "__".join(names[:end]).upper())
+        if variable is not None and (end == len(names) or _holds(os.environ[variable], names[end:])):
+            return variable
+    return None
+
+
+def _holds(text: str, names: list[str]) -> bool:
+    """Whether a JSON object holds the key path `names` (each key snake_case or camelCase)."""
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        return False
+    for name in names:
+        if not isinstance(value, Mapping):
+            return False
+        key = next((k for k in (name, to_camel(name)) if k in value), None)
+        if key is None:
+            return False
+        value = value[key]
+    return True
 
 
 ENV_PREFIX = "OPENCLAW_SIDECAR_"

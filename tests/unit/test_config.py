@@ -562,11 +562,13 @@ def test_secret_file_that_is_a_directory_names_the_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize("auth, environ, key", [
     ("token: T", {}, "gateway.auth.token"), ("tokenFile: TOKEN_FILE", {}, "gateway.auth.tokenFile"),
     ("", {"OPENCLAW_GATEWAY_TOKEN": "T"}, "OPENCLAW_GATEWAY_TOKEN"),
+    ("tokenFile: EMPTY_FILE", {"OPENCLAW_GATEWAY_TOKEN": "T"}, "OPENCLAW_GATEWAY_TOKEN"),  # the file set, the variable read
 ])
 def test_trusted_proxy_with_token_is_a_config_error_naming_where_the_token_came_from(tmp_path: Path, auth: str,
                                                                                      environ: dict[str, str], key: str) -> None:
     (tmp_path / "token").write_text("T\n")
-    auth = auth.replace("TOKEN_FILE", str(tmp_path / "token"))
+    (tmp_path / "empty").write_text("\n")
+    auth = auth.replace("TOKEN_FILE", str(tmp_path / "token")).replace("EMPTY_FILE", str(tmp_path / "empty"))
     text = f"gateway:\n  auth: {{mode: trusted-proxy, {auth + ', ' if auth else ''}trustedProxy: {{userHeader: x-user}}}}\n  trustedProxies: [198.51.100.5]\n"
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, "c.yaml", text), environ=environ)
@@ -844,15 +846,18 @@ def test_trusted_proxy_mode_that_refuses_its_only_proxy_is_announced(tmp_path: P
      ("sidecar.rateLimit.maxEntries", "greater than or equal to 1 (from OPENCLAW_SIDECAR_RATE_LIMIT__MAX_ENTRIES)")),
     ("OPENCLAW_SIDECAR_RATE_LIMIT", '{"max_entries": -5}', {}, ("sidecar.rateLimit.maxEntries", "(from OPENCLAW_SIDECAR_RATE_LIMIT)")),
     ("OPENCLAW_SIDECAR_LISTEN", "bad", {"listen": "alsobad"}, ("sidecar.listen", "got 'alsobad'")),  # the flag's
+    # the variable sets the object, but not the bad key: the file's value is named as the file's
+    ("OPENCLAW_SIDECAR_RATE_LIMIT", '{"storage": "memory://"}', {}, ("sidecar.rateLimit.maxEntries", "greater than or equal to 1")),
 ])
 def test_a_bad_value_from_the_environment_names_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str,
                                                               value: str, flags: dict, expected: tuple[str, str]) -> None:
     monkeypatch.setenv(variable, value)
+    in_file = -5 if "storage" in value else 7
     with pytest.raises(ConfigError) as failed:
-        load_config(write(tmp_path, "c.yaml", "sidecar:\n  rateLimit: {maxEntries: 7}\n"), flags, environ={})
+        load_config(write(tmp_path, "c.yaml", f"sidecar:\n  rateLimit: {{maxEntries: {in_file}}}\n"), flags, environ={})
     [(key, message)] = failed.value.problems
     assert key == expected[0] and message.endswith(expected[1]), message
-    assert flags or "(from " in message
+    assert ("(from " in message) is (not flags and in_file > 0)
 
 
 @pytest.mark.parametrize("where, problem", [("missing/audit.log", "does not exist"), (".", "is a directory")])

@@ -50,10 +50,13 @@ def test_json_and_text_tell_the_same_decision(capsys: pytest.CaptureFixture[str]
         assert all(layer["rule"] in text for layer in result["layers"]), case
 
 
-@pytest.mark.parametrize("argv", [[], ["--websocket-method", "tools.invoke"]])
-def test_a_tool_is_asked_for_where_one_is_judged(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("argv, error", [
+    ([], "--tool is required"), (["--websocket-method", "tools.invoke"], "--tool is required"),
+    (["--websocket-method", "chat.history", "--tool", "agents_list"], "and only there"),  # it showed invented params
+])
+def test_a_tool_is_named_where_one_is_judged_and_only_there(argv: list[str], error: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", "--config", str(CONFIG), *argv]) == 2
-    assert "--tool is required" in capsys.readouterr().err
+    assert error in capsys.readouterr().err
 
 
 def test_a_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,8 +55,8 @@ def sidecar(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess])
 
 @pytest.fixture(scope="module")
 def opened(gateway: RealGateway, module_sidecar: Callable[..., SidecarProcess]) -> SidecarProcess:
-    """A platform team that opened two routes by name."""
-    return module_sidecar(_sidecar_config(gateway, allow=["openai-chat-completions", "hooks"]))
+    """A platform team that opened three routes by name."""
+    return module_sidecar(_sidecar_config(gateway, allow=["openai-chat-completions", "hooks", "node-watch"]))
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_a_credential_in_the_query_string_is_refused(http, gateway, sidecar):
     ("POST", "/sessions/main/kill", AUTH, None, False),
     ("GET", "/j/ABCDEF", {}, None, False),
     ("GET", "/x/y/j/ABCDEF", {}, None, False),
-    ("POST", "/api/nodes/watch/challenge", AUTH, {}, False),
+    ("GET", "/api/nodes/watch/challenge", {}, None, True),  # issues a challenge to anyone: node ingress
     ("POST", "/__openclaw__/assistant-media?meta=1&allow=1&source=favicon.svg", AUTH, None, False),
     ("GET", "/__openclaw__/board/s/n/index.html", AUTH, None, False),
     ("GET", "/__OPENCLAW__/A2UI/", {}, None, False),  # the canvas plugin's node-capability prefix, any case
@@ -415,6 +415,16 @@ def test_an_opened_route_reaches_the_gateway_behind_the_sidecars_auth(http, gate
     direct, proxied = both(http, gateway, opened, "POST", "/v1/chat/completions", headers=AUTH, json=body)
     assert (proxied.status_code, proxied.json()) == (direct.status_code, direct.json()) == (400, direct.json())
     assert http.post(opened.url + "/v1/chat/completions", json=body).status_code == 401
+
+
+def test_opened_http_nodes_get_their_challenge_and_their_handlers_answers(http, gateway, opened):
+    """The challenge is a GET: the row served POST alone, so an opened node-watch refused every
+    node's first step with 404 (review)."""
+    challenge = http.get(opened.url + "/api/nodes/watch/challenge")
+    assert challenge.status_code == 200 and challenge.json()["ok"] is True and challenge.json()["nonce"]
+    for method, target in (("GET", "/api/nodes/watch/poll"), ("POST", "/api/nodes/watch/challenge")):
+        direct, proxied = both(http, gateway, opened, method, target)
+        assert proxied.status_code == direct.status_code == 405 and proxied.headers["allow"] == direct.headers["allow"]
 
 
 def test_an_opened_route_with_its_own_credential_gets_it_relayed_unread(http, gateway, opened):

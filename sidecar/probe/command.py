@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import TextIO
 
@@ -33,8 +34,8 @@ def options_from(args: argparse.Namespace) -> Options:
         identity.append((name.strip(), value))
     if not args.ws_path.startswith("/"):
         raise ProbeSetupError(f"--ws-path {args.ws_path!r} must start with /")
-    if args.timeout <= 0:
-        raise ProbeSetupError("--timeout must be positive")
+    if not 0 < args.timeout < math.inf:  # also refuses nan, which every comparison fails
+        raise ProbeSetupError(f"--timeout {args.timeout!r} must be a positive, finite number of seconds")
     return Options(target=args.url, baseline=args.baseline, backend_record=args.backend_record,
                    secret=args.token or args.password, secret_field="password" if args.password else "token",
                    identity=tuple(identity), cases=args.cases, safe_tool=args.safe_tool, unsafe=args.unsafe,

@@ -63,6 +63,14 @@ class HttpRequest:
     line_ending: str = "\r\n"
     version: str = "HTTP/1.1"
 
+    @property
+    def bends_framing(self) -> bool:
+        """Where a request ends is for parsers to disagree on: the case writes its own Content-Length
+        or Transfer-Encoding, sends chunks or a bare declared length, bare LF lines, or another version."""
+        own = {n.strip().lower() for n, _ in self.headers} & {"content-length", "transfer-encoding"}
+        framed = self.body is not None and self.body.kind in ("chunked", "declared")
+        return bool(own) or framed or self.line_ending != "\r\n" or self.version != "HTTP/1.1"
+
 
 @dataclass(frozen=True)
 class WsConnect:
@@ -102,14 +110,27 @@ class Absent:
 
 
 @dataclass(frozen=True)
+class Reached:
+    """An answer that proves the route's own handler ran: its status and, when a proxy could give the
+    same status, text only the handler's body has."""
+
+    status: int
+    body: str | None = None
+
+    def matches(self, status: int, body: bytes) -> bool:
+        return status == self.status and (self.body is None or self.body.encode() in body)
+
+
+@dataclass(frozen=True)
 class Expectation:
     outcome: Literal["refused", "stripped", "accepted", "answered"]
     status: tuple[int, ...] = ()  # the reference answer, reported when a refusal differs
-    reached: tuple[int, ...] = ()  # 4xx answers that prove the route's handler ran
+    reached: tuple[Reached, ...] = ()  # 4xx answers that prove the route's handler ran
     absent: tuple[Absent, ...] = ()
     single: tuple[str, ...] = ()  # headers that must arrive exactly once
     may_arrive: bool = False  # refused: reaching the backend is no failure (the backend refuses)
     leak: tuple[str, ...] = ()  # text the answer must never contain
+    keeps: bool = False  # what the proxy sent upstream on control.credential must survive this request
 
 
 @dataclass(frozen=True)
@@ -135,6 +156,15 @@ class Case:
     def judges_frame(self) -> bool:
         """A WebSocket case about a request frame: a refused connect decides nothing about it."""
         return isinstance(self.request, WsRequest) and self.request.frame is not None
+
+    @property
+    def may_smuggle(self) -> bool:
+        """The bytes could hold one request more than the probe counts (a pipeline, or framing that
+        bends): the connection is read a little longer, for an answer to that request."""
+        if isinstance(self.request, WsRequest):
+            return False
+        members = self.request if isinstance(self.request, tuple) else (self.request,)
+        return len(members) > 1 or any(m.bends_framing for m in members)
 
     @property
     def lead_ins(self) -> int:
@@ -311,7 +341,7 @@ def _websocket(raw: Any, where: str) -> WsRequest:
     return WsRequest(_headers(data.get("headers", []), where), _flag(data, "credential", False, where), connect, frame)
 
 
-_EXPECT_KEYS = frozenset({"outcome", "status", "reached", "absent", "single", "mayArrive", "leak"})
+_EXPECT_KEYS = frozenset({"outcome", "status", "reached", "absent", "single", "mayArrive", "leak", "keeps"})
 
 
 def _expectation(raw: Any, where: str) -> Expectation:
@@ -326,9 +356,10 @@ def _expectation(raw: Any, where: str) -> Expectation:
         if not isinstance(item.get("header"), str) or not isinstance(item.get("contains", ""), str):
             raise CorpusError(f"{where}: expect.absent entries are {{header, contains?}}")
         absent.append(Absent(item["header"].lower(), item.get("contains")))
-    return Expectation(outcome, _statuses(data.get("status", []), where), _statuses(data.get("reached", []), where),
+    return Expectation(outcome, _statuses(data.get("status", []), where), _reached(data.get("reached", []), where),
                        tuple(absent), tuple(h.lower() for h in _strings(data.get("single", []), where)),
-                       _flag(data, "mayArrive", False, where), tuple(_strings(data.get("leak", []), where)))
+                       _flag(data, "mayArrive", False, where), tuple(_strings(data.get("leak", []), where)),
+                       _flag(data, "keeps", False, where))
 
 
 # ---------------------------------------------------------------- small validators
@@ -356,6 +387,18 @@ def _statuses(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(v, int) and 100 <= v <= 599 for v in value):
         raise CorpusError(f"{where}: statuses must be a list of HTTP status codes")
     return tuple(value)
+
+
+def _reached(value: Any, where: str) -> tuple[Reached, ...]:
+    """`reached` entries: a status, or {status, body} when the status alone could be a proxy's."""
+    found = []
+    for entry in _sequence(value, f"{where}: expect.reached"):
+        item: Mapping[str, Any] = {"status": entry} if isinstance(entry, int) else _mapping(entry, f"{where}: expect.reached")
+        body = item.get("body")
+        if not isinstance(body, (str, type(None))) or set(item) - {"status", "body"}:
+            raise CorpusError(f"{where}: expect.reached entries are a status or {{status, body}}")
+        found.append(Reached(_statuses([item.get("status")], where)[0], body))
+    return tuple(found)
 
 
 def _flag(data: Mapping[str, Any], key: str, default: bool, where: str) -> bool:

@@ -23,6 +23,7 @@ from .record import BackendRecord
 from .text import printable, visible
 from .verdict import (
     FAIL, INCONCLUSIVE, LOOSER, NOT_APPLICABLE, PASS, Admission, Answer, Verdict, admission, differential, judge,
+    kept_headers,
 )
 from .wire import Context, Endpoint, ProbeSetupError, exchange, render_request
 from .ws import exchange_ws
@@ -32,6 +33,12 @@ CONTROL_WEBSOCKET = "control.websocket"
 # A sidecar paces a client refused many times in a row (sidecar.rateLimit.refusalPacing, from the
 # 11th refusal by default): a good call every few refusals keeps the probe's own run short of it.
 REFUSALS_BETWEEN_GOOD_CALLS = 5
+# How long a case that could smuggle a request keeps reading after its last answer (capped by --timeout):
+# a hop behind the target answers the smuggled request right after the one it was hidden in.
+LINGER_SECONDS = 0.5
+# Cases that present the probe's own secret or credential: when control.credential shows the target
+# refuses it, their refusals prove nothing (a wrong --token makes every such case look refused).
+CREDENTIALED = frozenset({"credential", "secret"})
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,8 @@ _SECRET_FIELDS = re.compile(r'("(?:token|password|deviceToken|bootstrapToken)"\s
 def answer_text(answer: Answer) -> str:
     if answer.kind == "http":
         head = f"HTTP {answer.status}" + "".join(f"\n{visible(k)}: {visible(v)}" for k, v in answer.headers)
-        return head + ("\n\n" + printable(answer.body) if answer.body else "")
+        unasked = f"\n\n(then, unasked)\n{printable(answer.unasked)}" if answer.unasked else ""
+        return head + ("\n\n" + printable(answer.body) if answer.body else "") + unasked
     if answer.kind in ("ws-res", "ws-echo"):
         return f"{answer.stage} answer: {visible(answer.body.decode('utf-8', 'replace'))}"
     if answer.kind == "ws-closed":  # the close reason is the target's own text
@@ -181,7 +189,8 @@ class Side:
             return exchange_ws(self.endpoint, request, self.ctx, self.options.ws_path, self.options.timeout, self.version)
         members = request if isinstance(request, tuple) else (request,)
         payload = b"".join(render_request(m, self.ctx) for m in members)
-        answers = exchange(self.endpoint, payload, [m.method for m in members], self.options.timeout)
+        linger = min(LINGER_SECONDS, self.options.timeout) if case.may_smuggle else 0.0
+        answers = exchange(self.endpoint, payload, [m.method for m in members], self.options.timeout, linger)
         if len(answers) < len(members) and answers[-1].kind not in ("timeout", "error"):
             answers.append(Answer("closed", error="no answer to this request: the connection ended first"))
         shown = self.ctx.shown()
@@ -201,6 +210,7 @@ class Probe:
         self.credential_refusal: str | None = None  # why the target refused the probe's credential
         self.baseline_credential_refusal: str | None = None  # why the baseline did
         self.websocket_refusal: str | None = None  # why the target serves no RPC WebSocket
+        self.kept: frozenset[str] = frozenset()  # header names that reached the backend on control.credential
         self.refused_in_a_row = 0  # the target's refusals since the probe's last good call
 
     def run(self, progress: Callable[[int, int, CaseResult], None] = lambda i, n, r: None) -> Report:
@@ -229,7 +239,7 @@ class Probe:
             return CaseResult(case, NOT_APPLICABLE, reason)
         if case.websocket and self.websocket_refusal:
             return CaseResult(case, NOT_APPLICABLE, self.websocket_refusal)
-        if "credential" in case.needs and self.credential_refusal:
+        if case.needs & CREDENTIALED and self.credential_refusal:
             return CaseResult(case, INCONCLUSIVE, f"not sent: the target refused the probe's own credential "
                                                   f"({self.credential_refusal})")
         started = time.monotonic()
@@ -240,7 +250,7 @@ class Probe:
         verdict, why = self.learn_from_control(case, answer, arrivals, *self.verdict_for(case, answer, arrivals))
         target = self.observe(case, answer, sent, verdict, why)
         baseline = self.run_on_baseline(case) if self.baseline else None
-        comparable = baseline is not None and not ("credential" in case.needs and self.baseline_credential_refusal)
+        comparable = baseline is not None and not (case.needs & CREDENTIALED and self.baseline_credential_refusal)
         self.refused_in_a_row = self.refused_in_a_row + 1 if target.admission == "refused" else 0
         if case.fails_auth or self.refused_in_a_row >= REFUSALS_BETWEEN_GOOD_CALLS:
             self.good_call()
@@ -260,7 +270,8 @@ class Probe:
         return observation
 
     def verdict_for(self, case: Case, answer: Answer, arrivals: list[dict[str, Any]] | None) -> tuple[Verdict, str]:
-        return judge(case.expect, answer, arrivals, self.marker, lead_ins=case.lead_ins, frame_judged=case.judges_frame)
+        return judge(case.expect, answer, arrivals, self.marker, lead_ins=case.lead_ins, frame_judged=case.judges_frame,
+                     kept=self.kept)
 
     def observe(self, case: Case, answer: Answer, sent: str, verdict: Verdict, why: str) -> Observation:
         admitted, _ = admission(answer, case.expect)
@@ -282,6 +293,8 @@ class Probe:
         if case.id == CONTROL_CREDENTIAL and verdict == PASS and arrivals == []:
             raise ProbeSetupError(f"the backend record at {self.options.backend_record} saw nothing of the control "
                                   "call the target accepted: it is not the backend behind this target")
+        if case.id == CONTROL_CREDENTIAL and verdict == PASS and arrivals:
+            self.kept = kept_headers(arrivals)
         return verdict, why
 
     def good_call(self) -> None:

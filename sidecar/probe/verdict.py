@@ -49,6 +49,7 @@ class Answer:
     close_code: int | None = None
     error: str = ""
     rewritten: bool = False  # ws-echo: the frame came back different from what was sent
+    unasked: bytes = b""  # what followed the last answer the probe waited for (a smuggled request's answer)
 
     def json(self) -> Any:
         """The body as JSON; None when it is not JSON or is nested too deep to read."""
@@ -73,10 +74,18 @@ def _ws_error(frame: Mapping[str, Any]) -> Mapping[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
+# A `tools.invoke` payload error the tool itself raised (2026.9.6: its missing arguments): it ran.
+_TOOL_RAN = frozenset({"internal_error", "tool_error"})
+
+
 def _tool_refused(frame: Mapping[str, Any]) -> bool:
-    """`tools.invoke` answers ok with a payload of its own saying the tool is not available."""
+    """`tools.invoke` answers ok with a payload of its own saying the tool is not available (and
+    not that the tool ran and failed)."""
     payload = frame.get("payload")
-    return bool(frame.get("ok")) and isinstance(payload, dict) and payload.get("ok") is False
+    if not (frame.get("ok") and isinstance(payload, dict) and payload.get("ok") is False):
+        return False
+    error = payload.get("error")
+    return not (isinstance(error, dict) and error.get("code") in _TOOL_RAN)
 
 
 def summary(answer: Answer) -> str:
@@ -90,6 +99,8 @@ def summary(answer: Answer) -> str:
         frame = answer.frame or {}
         if _tool_refused(frame):
             return f"res ok, tool refused: {visible(_error_label(frame['payload']))}"
+        if isinstance(frame.get("payload"), dict) and frame["payload"].get("ok") is False:
+            return f"res ok, the tool ran and failed: {visible(_error_label(frame['payload']))}"
         if frame.get("ok"):
             return "res ok"
         error = _ws_error(frame)
@@ -130,7 +141,7 @@ def admission(answer: Answer, expect: Expectation) -> tuple[Admission | None, st
         and payload["error"].get("type") == "tool_error"
     if tool_error:
         return "let_through", f"{said} (the tool itself answered: it was reached)"
-    if status in expect.reached:
+    if any(r.matches(status, answer.body) for r in expect.reached):
         return "let_through", f"{said} (the route's handler answered: it was reached)"
     if status < 400:
         return "let_through", said
@@ -139,10 +150,26 @@ def admission(answer: Answer, expect: Expectation) -> tuple[Admission | None, st
     return None, f"{said} (an upstream or internal error, neither a refusal nor a pass)"
 
 
-def arrival_problem(expect: Expectation, arrivals: Sequence[Mapping[str, Any]], marker: str) -> str | None:
-    """What reached the backend that must not have, or None."""
+# Headers whose presence depends on the request (its framing, its hops), not on the proxy's policy.
+_PER_REQUEST = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                          "upgrade", "content-length", "content-type", "expect"})
+
+
+def kept_headers(arrivals: Sequence[Mapping[str, Any]]) -> frozenset[str]:
+    """The header names that reached the backend on a good call (control.credential): what the
+    proxy presents upstream (its credential, its X-Forwarded-*, its identity headers)."""
+    return frozenset(str(k).lower() for r in arrivals for k, _ in r.get("headers", [])) - _PER_REQUEST
+
+
+def arrival_problem(expect: Expectation, arrivals: Sequence[Mapping[str, Any]], marker: str,
+                    kept: frozenset[str] = frozenset()) -> str | None:
+    """What reached the backend that must not have (or, for `keeps`, failed to reach it), or None."""
     for record in arrivals:
         headers = [(str(k), str(v)) for k, v in record.get("headers", [])]
+        lost = sorted(kept - {k.lower() for k, _ in headers}) if expect.keeps else []
+        if lost:
+            return (f"{', '.join(lost)} reached the backend on control.credential but not here: a hop deleted what "
+                    "the proxy presents upstream because the client's Connection header named it")
         for name, value in headers:
             if marker.lower() in name.lower() or marker.lower() in value.lower():
                 return f"the forged value arrived at the backend: {visible(name)}: {visible(value, 120)}"
@@ -161,22 +188,30 @@ def describe_arrival(record: Mapping[str, Any]) -> str:
 
 
 def judge(expect: Expectation, answer: Answer, arrivals: Sequence[Mapping[str, Any]] | None, marker: str, *,
-          lead_ins: int = 0, frame_judged: bool = False) -> tuple[Verdict, str]:
+          lead_ins: int = 0, frame_judged: bool = False, kept: frozenset[str] = frozenset()) -> tuple[Verdict, str]:
     """The verdict and the reason for it.
 
     `arrivals` is what the backend recorded for this case (None: no --backend-record). `lead_ins`
     is how many arrivals are expected anyway (the legitimate first requests of a pipeline).
     `frame_judged`: the case is about a WebSocket frame, so a refused connect decides nothing.
+    `kept`: for a `keeps` case, the header names that reached the backend on control.credential.
     """
     if frame_judged and answer.stage in ("upgrade", "connect"):
         return INCONCLUSIVE, f"the {answer.stage} was refused ({summary(answer)}), so the frame was never judged"
+    if answer.unasked:
+        return FAIL, (f"{summary(answer)}, then more than one answer per request: the target (or a hop behind it) "
+                      f"read a second request out of the bytes (smuggled) and answered it: "
+                      f"{visible(answer.unasked[:80].decode('latin-1'))}")
     leaked = next((s for s in expect.leak if s.encode() in answer.body), None)
     if leaked is not None:
         return FAIL, f"the answer exposes {leaked!r}: {summary(answer)}"
     admitted, said = admission(answer, expect)
     if admitted is None:
         return INCONCLUSIVE, said
-    problem = arrival_problem(expect, arrivals, marker) if arrivals is not None else None
+    if expect.keeps and answer.kind == "http" and answer.status == 401:
+        return FAIL, (f"the credential control.credential passed with was refused here ({said}): a hop deleted it "
+                      "because the client's Connection header named it")
+    problem = arrival_problem(expect, arrivals, marker, kept) if arrivals is not None else None
     if expect.outcome == "answered":
         return (FAIL, problem) if problem else (PASS, f"answered without exposing it: {said}")
     if expect.outcome == "refused":

@@ -247,11 +247,25 @@ def read_answer(stream: _Stream, method: str) -> Answer:
     return Answer("http", status=status, headers=headers, body=body)
 
 
-def exchange(endpoint: Endpoint, payload: bytes, methods: list[str], timeout: float) -> list[Answer]:
+def _unasked(stream: _Stream, linger: float) -> bytes:
+    """What the target sends within `linger` seconds after the last answer it owed: an answer to a
+    request it found inside the bytes (smuggled), or nothing."""
+    stream.deadline = Deadline(linger, 1)
+    try:
+        while len(stream.buffer) < MAX_HEAD_BYTES and stream.fill():
+            pass
+    except OSError:  # TimeoutError included: the target stayed quiet
+        pass
+    return stream.buffer
+
+
+def exchange(endpoint: Endpoint, payload: bytes, methods: list[str], timeout: float,
+             linger: float = 0.0) -> list[Answer]:
     """Send `payload` (one request, or several pipelined) and read one answer per method, in order.
 
     An answer that never comes, or is still incomplete at the deadline (`timeout` per answer), is
-    `closed` (the peer hung up) or `timeout`; later ones are not read.
+    `closed` (the peer hung up) or `timeout`; later ones are not read. With `linger`, the connection
+    is read that much longer once every answer came: bytes then are the last answer's `unasked`.
     """
     deadline = Deadline(timeout, len(methods))
     try:
@@ -267,6 +281,9 @@ def exchange(endpoint: Endpoint, payload: bytes, methods: list[str], timeout: fl
             answers.append(answer)
             if answer.kind == "closed" or answer.status == 101:
                 break
+        else:
+            if linger > 0:
+                answers[-1] = replace(answers[-1], unasked=_unasked(stream, linger))
     except TimeoutError:
         answers.append(Answer("timeout", error=deadline.missed()))
     except (ConnectionError, OSError, ValueError) as exc:

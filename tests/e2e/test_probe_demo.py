@@ -14,6 +14,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -178,28 +179,66 @@ def test_setup_errors_exit_2(token_sc, tmp_path):
 # ---- a naive set-up: plain mitmdump, no addon ----------------------------------------------------
 
 
+@contextmanager
+def mitmdump_in_front(backend: DemoBackend, *options: str) -> Iterator[str]:
+    """`mitmdump --mode reverse:<demo backend>` (plus `options`, e.g. an add-on), listening at the URL yielded."""
+    port = free_port()
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    proc = subprocess.Popen([str(mitmdump), "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1",
+                             "--listen-port", str(port), "-q", *options],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # it even crashes on trailers
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mitmdump did not start"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()  # a throwaway relay with nothing to flush
+        proc.wait(10)
+
+
 @pytest.fixture(scope="module")
 def naive_proxy() -> Iterator[tuple[str, DemoBackend]]:
-    """`mitmdump --mode reverse:<demo backend>`: forwards whatever it parses, no policy at all."""
-    with DemoBackend(token=TOKEN) as backend:
-        port = free_port()
-        mitmdump = Path(sys.executable).parent / "mitmdump"
-        proc = subprocess.Popen([str(mitmdump), "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1",
-                                 "--listen-port", str(port), "-q"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # it even crashes on trailers
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None and time.monotonic() < deadline, "mitmdump did not start"
-                    time.sleep(0.1)
-            yield f"http://127.0.0.1:{port}", backend
-        finally:
-            proc.kill()  # a throwaway relay with nothing to flush
-            proc.wait(10)
+    """A plain mitmdump reverse proxy: forwards whatever it parses, no policy at all."""
+    with DemoBackend(token=TOKEN) as backend, mitmdump_in_front(backend) as url:
+        yield url, backend
+
+
+# Traefik CVE-2021-32813: the proxy sets its own headers, then deletes every header the client's
+# Connection names (its own included), then drops Connection itself.
+CONNECTION_BUG_ADDON = """
+from mitmproxy import http
+def request(flow: http.HTTPFlow) -> None:
+    h = flow.request.headers
+    for name in list(h.keys()):
+        if name.lower().startswith(("x-openclaw", "x-forwarded", "tailscale", "forwarded", "x-real-ip")):
+            del h[name]
+    h["x-openclaw-scopes"] = "operator.read"
+    h["X-Forwarded-For"] = flow.client_conn.peername[0]
+    for token in [t.strip() for v in h.get_all("connection") for t in v.split(",") if t.strip()]:
+        if token.lower() not in ("keep-alive", "close", "upgrade"):
+            h.pop(token, None)
+    h.pop("connection", None)
+"""
+
+
+def test_a_proxy_that_lets_connection_delete_its_own_headers_fails_the_c_cases(tmp_path):
+    addon = tmp_path / "connection_bug.py"
+    addon.write_text(CONNECTION_BUG_ADDON)
+    with DemoBackend(token=TOKEN) as backend, mitmdump_in_front(backend, "-s", str(addon)) as url:
+        run = run_probe(url, "--token", TOKEN, "--backend-record", backend.url, "--cases", "C*", *FAST,
+                        tmp_path=tmp_path)
+    why = {i: run.cases[i]["why"] for i in run.ids("fail")}
+    assert run.cases["control.credential"]["verdict"] == "pass"
+    assert why["C1.connection-nominates-scopes"].startswith("x-openclaw-scopes reached the backend on control.credential")
+    assert why["C2.connection-nominates-forwarded"].startswith("x-forwarded-for reached the backend on control.credential")
+    for case_id in ("C3.connection-nominates-authorization", "C4.two-connection-lines"):  # the backend's own 401
+        assert why[case_id].startswith("the credential control.credential passed with was refused here (401"), why
 
 
 def test_a_naive_mitmdump_fails_in_classes_a_b_e_f_and_j(naive_proxy, tmp_path):

@@ -67,6 +67,14 @@ def test_the_baseline_shows_no_case_looser_than_the_gateway_alone(with_baseline)
     ("ws.denied.terminal.open", "let through: res error INVALID_REQUEST: invalid terminal.open params"),
     ("ws.node-client-mode", "let through: res ok"),
     ("door.worker-upgrade", "let through: 101"),
+    # the handlers' own answers: the hooks want their token, the watch hands out a nonce, the pairing
+    # and worker-bundle handlers answer a JSON 404 (a path with no route gets the UI's 200), session
+    # kill wants operator.admin
+    ("door.hooks-agent", "let through: 401 Unauthorized"),
+    ("door.node-watch", "let through: 200"),
+    ("door.pairing-code-redeem", "let through: 404 not_found"),
+    ("door.worker-bundle", "let through: 404 not_found"),
+    ("E9.session-kill", "let through: 403 forbidden"),
 ])
 def test_doors_the_gateway_leaves_open_are_stricter_through_the_sidecar(with_baseline, case_id, gateway_alone):
     case = with_baseline.cases[case_id]
@@ -84,3 +92,23 @@ def test_the_unsafe_cases_are_refused_by_the_sidecar(sidecar, tmp_path: Path):
         case = run.cases[case_id]
         assert case["unsafe"] is True and case["verdict"] == "pass", case
         assert case["why"].startswith("refused: res error METHOD_DENIED"), case["why"]
+
+
+# Tools 2026.9.6 has and denies over HTTP by default; re-enabled, each answers a tool_error for its
+# missing arguments (and acts on nothing).
+REENABLED = ["cron", "automations", "sessions_spawn"]
+
+
+def test_a_tool_spelling_the_gateway_resolves_is_seen_when_nothing_in_front_refuses_it(tmp_path: Path):
+    """The gateway alone, with the tools the J cases spell re-enabled: every spelling it resolves
+    reaches the tool, so the probe must see it; the ones it does not resolve reach nothing."""
+    gateway = RealGateway({"mode": "token", "token": TOKEN}, {"gateway": {"tools": {"allow": REENABLED}}})
+    try:
+        run = run_probe(gateway.url, "--token", TOKEN, "--cases", "J*,ws.tools-invoke-*", "--timeout", "3",
+                        tmp_path=tmp_path)
+    finally:
+        gateway.stop()
+    resolved = {"J1.padded", "J1.trailing-tab", "J1.alias-cron", "J3.name-beats-tool", "J3.null-name-falls-back-to-tool",
+                "J3.duplicate-key", "J3.json-unicode-escape", "ws.tools-invoke-denied-tool", "ws.tools-invoke-alias"}
+    assert run.ids("fail") == resolved, {i: run.cases[i]["why"] for i in run.ids("fail") ^ resolved}
+    assert all(run.cases[i]["admission"] == "let_through" for i in resolved)

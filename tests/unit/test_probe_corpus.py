@@ -10,8 +10,9 @@ import unicodedata
 import pytest
 
 from sidecar.probe.corpus import (
-    CORPUS_SCHEMA, Body, CorpusError, HttpRequest, WsRequest, load_corpus, parse_corpus,
+    CORPUS_SCHEMA, Body, CorpusError, HttpRequest, Reached, WsRequest, load_corpus, parse_corpus,
 )
+from sidecar.probe.verdict import FAIL, PASS, Answer, judge
 from sidecar.tool_lists import HTTP_DENY_2026_4_26, HTTP_DENY_2026_9_6, OWNER_ONLY_2026_9_6, TOOL_ALIASES_2026_9_6
 
 CORPUS = load_corpus()
@@ -95,6 +96,62 @@ def test_cases_a_client_library_would_normalise_are_written_raw():
     assert names.count("x-openclaw-scopes") == 2
 
 
+# ---- judged against what a correct proxy sends upstream ------------------------------------------
+
+MARKER = "ocprobe12345678"
+SERVED = Answer("http", status=200, body=b'{"ok":true}')
+
+
+def arrived(*headers):
+    return [{"method": "POST", "path": "/tools/invoke", "headers": [list(h) for h in headers]}]
+
+
+@pytest.mark.parametrize("case_id,own,forged", [
+    # a proxy that drops the client's forwarding headers and sets its own (the reviewer's goodproxy.py)
+    ("A5.forwarded-for-claims-loopback", ("X-Forwarded-For", "127.0.0.1"), ("X-Forwarded-For", "127.0.0.66")),
+    ("A7.x-real-ip", ("X-Real-IP", "127.0.0.1"), ("X-Real-IP", "192.0.2.66")),
+    ("A7.forwarded-proto-and-host", ("X-Forwarded-Proto", "http"), ("X-Forwarded-Proto", f"https, {MARKER}")),
+    # a proxy that drops the upgrade (or the expectation) and serves the call as plain HTTP/1.1
+    ("H1.h2c-upgrade", ("Connection", "close"), ("Upgrade", "h2c")),
+    ("H1.expect-unknown", ("Connection", "close"), ("Expect", "200-ok")),
+])
+def test_only_the_forged_values_fail_a_stripped_case(case_id, own, forged):
+    case = BY_ID[case_id]
+    assert case.expect.outcome == "stripped"
+    assert judge(case.expect, SERVED, arrived(("Host", "gw"), own), MARKER)[0] == PASS
+    assert judge(case.expect, SERVED, arrived(("Host", "gw"), own, forged), MARKER)[0] == FAIL
+
+
+def test_the_connection_cases_keep_what_the_proxy_presents_upstream():
+    assert {c.id for c in CORPUS.cases if c.expect.keeps} == {
+        "C1.connection-nominates-scopes", "C1.connection-nominates-identity", "C2.connection-nominates-forwarded",
+        "C3.connection-nominates-authorization", "C4.two-connection-lines"}
+
+
+def test_the_smuggling_cases_read_on_after_their_answer():
+    smuggling = {c.id for c in CORPUS.cases if c.may_smuggle}
+    assert {"H1.content-length-and-chunked", "H1.chunked-and-content-length", "H1.pipelined-denied-tool",
+            "H1.transfer-encoding-unknown", "H1.chunk-size-whitespace"} <= smuggling
+    assert "A1.x-forwarded-uri" not in smuggling and "ws.node-role" not in smuggling
+
+
+def test_tool_spellings_are_built_on_tools_the_gateway_has():
+    """2026.9.6 answers exec, bash and apply-patch 404 even when allowed: a spelling of them that got
+    through would look refused. cron and sessions_spawn answer a tool_error when reached."""
+    for case in CORPUS.cases:
+        if case.klass == "J" and case.id not in ("J1.alias-bash", "J1.alias-apply-patch", "J2.namespaced-look-alike"):
+            assert {_skeleton(n) for n in tool_names(case)} - {"${safe_tool}"} <= {"automations", "sessions_spawn"}, case.id
+    assert BY_ID["ws.tools-invoke-denied-tool"].request.frame.params["name"] == "sessions_spawn"
+
+
+def test_side_doors_are_probed_with_a_method_their_handler_serves():
+    assert BY_ID["door.node-watch"].request.method == "GET"  # POST gets the handler's 405
+
+
+def test_the_limiter_case_says_what_it_does_not_test():
+    assert "not tested" in BY_ID["G1.forged-forwarded-for-on-a-failed-login"].title
+
+
 # ---- safe by default ----------------------------------------------------------------------------
 
 
@@ -140,7 +197,7 @@ def test_side_door_bodies_are_empty_so_a_reached_handler_only_complains():
     for case_id in ("door.openai-chat-completions", "door.openai-responses", "door.hooks-agent"):
         request = BY_ID[case_id].request
         assert request.body == Body("json", {})
-        assert 400 in BY_ID[case_id].expect.reached
+        assert Reached(400) in BY_ID[case_id].expect.reached
 
 
 # ---- selection ----------------------------------------------------------------------------------

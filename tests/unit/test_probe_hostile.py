@@ -98,11 +98,11 @@ def http_or_ws(on_upgrade: Callable[[socket.socket, WSConnection, threading.Even
     return behave
 
 
-def probe_cli(target: Hostile, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def probe_cli(target: Hostile, capsys: pytest.CaptureFixture[str], cases: str = "A1.x-forwarded-uri") -> tuple[int, str]:
     """The probe command run as a user runs it (one ordinary case and the controls): its exit
     status and the table it printed."""
     args = build_parser().parse_args(["probe", target.endpoint.url, "--token", "s3cret-token", "--timeout", "2",
-                                      "--cases", "A1.x-forwarded-uri"])
+                                      "--cases", cases])
     code = run_probe(args, "9.9.9")
     return code, capsys.readouterr().out
 
@@ -223,3 +223,21 @@ def test_escapes_and_line_breaks_from_the_target_are_shown_escaped_in_the_table(
     assert "\\x1b[2J" in table
     assert "\x1b" not in table and "\x07" not in table
     assert not [line for line in table.splitlines() if line.startswith("FAKE")]
+
+
+def desync(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    """A hop that frames by Content-Length where the next one frames by chunks (CL.TE, the
+    reviewer's desync.py): the request hidden in the body is answered too, right after the first."""
+    if b"0\r\n\r\nPOST" not in request:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK), OK))
+        return
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK), OK))
+    stop.wait(5)
+
+
+def test_an_answer_to_a_smuggled_request_fails_the_case(hostile, capsys):
+    code, table = probe_cli(hostile(desync), capsys, cases="H1.content-length-and-chunked")
+    assert code == 1
+    row = next(line for line in table.splitlines() if line.startswith("H1.content-length-and-chunked"))
+    assert "FAIL" in row and "smuggled" in table

@@ -204,7 +204,7 @@ def test_token_and_password_are_exclusive():
 
 @pytest.mark.parametrize("argv,complaint", [
     (["--identity-header", "no-equals-sign"], "NAME=VALUE"), (["--ws-path", "ws"], "start with /"),
-    (["--timeout", "0"], "positive"),
+    (["--timeout", "0"], "positive"), (["--timeout", "nan"], "finite"), (["--timeout", "inf"], "finite"),
 ])
 def test_bad_option_values_are_setup_errors(argv, complaint):
     with pytest.raises(ProbeSetupError, match=complaint):
@@ -282,3 +282,15 @@ def test_a_control_that_decides_nothing_fails_the_run_and_a_missing_websocket_is
     verdict, why = probe.learn_from_control(controls["control.websocket"], no_upgrade, None, FAIL, "refused: 404")
     assert verdict == NOT_APPLICABLE and "no RPC WebSocket on /" in why
     assert probe.websocket_refusal == why
+
+
+def test_a_refused_credential_makes_the_cases_that_need_the_secret_inconclusive_too():
+    """A wrong --token: D1's two Authorization headers are refused whatever the target does."""
+    packaged = load_corpus()
+    controls = {c.id: c for c in packaged.cases if c.klass == "control"}
+    probe = Probe(packaged, Options("http://127.0.0.1:1", secret="not-the-token"), "9.9.9")
+    probe.learn_from_control(controls["control.credential"], Answer("http", status=401), None, FAIL, "refused: 401")
+    needs_secret = next(c for c in packaged.cases if c.needs == {"secret"})
+    result = probe.run_case(needs_secret)  # nothing listens on port 1: the case must not be sent at all
+    assert result.verdict == INCONCLUSIVE and result.target is None
+    assert "refused the probe's own credential" in result.why

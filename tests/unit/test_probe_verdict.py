@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from sidecar.probe.corpus import Absent, Expectation
+from sidecar.probe.corpus import Absent, Expectation, Reached
 from sidecar.probe.verdict import (
-    FAIL, INCONCLUSIVE, LOOSER, PASS, SAME, STRICTER, Answer, admission, differential, judge,
+    FAIL, INCONCLUSIVE, LOOSER, PASS, SAME, STRICTER, Answer, admission, differential, judge, kept_headers,
 )
 
 MARKER = "ocprobe12345678"
@@ -38,8 +38,8 @@ def arrival(*headers: tuple[str, str]) -> dict:
     (http(403, {"error": {"type": "proxy_attribution_required"}}), REFUSED, "refused"),
     (http(400, {"ok": False, "error": {"type": "tool_error", "message": "action required"}}), REFUSED, "let_through"),
     (http(500, {"ok": False, "error": {"type": "tool_error", "message": "tool execution failed"}}), REFUSED, "let_through"),
-    (http(400, {"error": {"type": "invalid_request_error"}}), Expectation("refused", reached=(400,)), "let_through"),
-    (http(404, body=b"Not Found"), Expectation("refused", reached=(400,)), "refused"),
+    (http(400, {"error": {"type": "invalid_request_error"}}), Expectation("refused", reached=(Reached(400),)), "let_through"),
+    (http(404, body=b"Not Found"), Expectation("refused", reached=(Reached(400),)), "refused"),
     (http(502, {"error": {"type": "bad_gateway"}}), REFUSED, None),
     (Answer("closed"), REFUSED, "refused"),
     (Answer("timeout", error="no answer within 3 s"), REFUSED, None),
@@ -48,6 +48,8 @@ def arrival(*headers: tuple[str, str]) -> dict:
     (Answer("ws-echo", frame={"type": "req"}), REFUSED, "let_through"),
     (res({"type": "res", "ok": True, "payload": {}}), REFUSED, "let_through"),
     (res({"type": "res", "ok": True, "payload": {"ok": False, "error": {"code": "not_found"}}}), REFUSED, "refused"),
+    (res({"type": "res", "ok": True, "payload": {"ok": False, "error": {"code": "internal_error", "message": "task required"}}}),
+     REFUSED, "let_through"),
     (res({"type": "res", "ok": False, "error": {"code": "FORBIDDEN", "details": {"code": "METHOD_DENIED"}}}), REFUSED, "refused"),
     (res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST", "message": "unknown method: x"}}), REFUSED, "refused"),
     (res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST",
@@ -56,6 +58,14 @@ def arrival(*headers: tuple[str, str]) -> dict:
 ])
 def test_admission(answer, expect, admitted):
     assert admission(answer, expect)[0] == admitted
+
+
+def test_a_reached_entry_with_a_body_tells_the_handler_from_a_proxy_with_the_same_status():
+    handler = Expectation("refused", reached=(Reached(404, '{"error":"not_found"}'), Reached(403, "missing scope")))
+    assert admission(http(404, body=b'{"error":"not_found"}'), handler)[0] == "let_through"
+    assert admission(http(404, body=b"Not Found"), handler)[0] == "refused"
+    assert admission(http(403, {"ok": False, "error": {"message": "missing scope: operator.admin"}}), handler)[0] == "let_through"
+    assert admission(http(403, {"error": {"type": "forbidden"}}), handler)[0] == "refused"
 
 
 def test_the_reason_says_what_proves_the_handler_ran():
@@ -146,6 +156,46 @@ def test_absent_rules_match_by_name_and_value():
 def test_an_answer_from_the_front_that_reached_nothing_passes():
     verdict, why = judge(STRIPPED, http(200, {"ok": True}), [], MARKER)
     assert verdict == PASS and "without reaching the backend" in why
+
+
+# ---- keeps: Connection must not delete what the proxy presents upstream --------------------------
+
+KEEPS = Expectation("stripped", absent=(Absent("connection", "x-openclaw-scopes"),), keeps=True)
+CONTROL = [arrival(("Host", "gw"), ("Authorization", "Bearer up"), ("x-openclaw-scopes", "operator.read"),
+                   ("X-Forwarded-For", "127.0.0.1"), ("Content-Length", "30"), ("Connection", "close"))]
+
+
+def test_kept_headers_are_the_control_calls_arrivals_less_the_per_request_ones():
+    assert kept_headers(CONTROL) == {"host", "authorization", "x-openclaw-scopes", "x-forwarded-for"}
+
+
+def test_a_proxy_that_deletes_its_own_headers_when_the_client_names_them_fails():
+    """Traefik CVE-2021-32813, as the reviewer's mitmdump add-on does it: Connection itself never
+    arrives, but neither does the scopes header the proxy set."""
+    kept = kept_headers(CONTROL)
+    answer = http(200, {"ok": True})
+    lost = [arrival(("Host", "gw"), ("Authorization", "Bearer up"), ("X-Forwarded-For", "127.0.0.1"))]
+    verdict, why = judge(KEEPS, answer, lost, MARKER, kept=kept)
+    assert verdict == FAIL and why.startswith("x-openclaw-scopes reached the backend on control.credential but not here")
+    assert judge(KEEPS, answer, CONTROL, MARKER, kept=kept)[0] == PASS
+    assert judge(STRIPPED, answer, lost, MARKER, kept=kept)[0] == PASS  # only `keeps` cases compare
+
+
+def test_a_401_after_the_control_call_was_accepted_fails_a_keeps_case():
+    answer = http(401, {"error": {"message": "Unauthorized", "type": "unauthorized"}})
+    verdict, why = judge(KEEPS, answer, None, MARKER)
+    assert verdict == FAIL and "a hop deleted it" in why
+    assert judge(STRIPPED, answer, None, MARKER)[0] == PASS
+
+
+# ---- smuggling -----------------------------------------------------------------------------------
+
+
+def test_an_unasked_answer_fails_whatever_the_outcome():
+    smuggled = Answer("http", status=400, unasked=b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+    for expect in (REFUSED, STRIPPED, ACCEPTED):
+        verdict, why = judge(expect, smuggled, None, MARKER)
+        assert verdict == FAIL and "smuggled" in why and "HTTP/1.1 200 OK" in why
 
 
 # ---- accepted and answered -----------------------------------------------------------------------

@@ -129,10 +129,10 @@ def served() -> Iterator[list[CannedServer]]:
         server.done.set()
 
 
-def answer_from(served: list[CannedServer], reply: bytes, methods=("POST",), hang=False, timeout=2.0):
+def answer_from(served: list[CannedServer], reply: bytes, methods=("POST",), hang=False, timeout=2.0, linger=0.0):
     server = CannedServer(reply, hang)
     served.append(server)
-    return exchange(server.endpoint, b"POST / HTTP/1.1\r\n\r\n", list(methods), timeout)
+    return exchange(server.endpoint, b"POST / HTTP/1.1\r\n\r\n", list(methods), timeout, linger)
 
 
 def test_a_content_length_answer(served):
@@ -191,3 +191,17 @@ def test_what_was_written_is_exactly_the_rendered_request(served):
     served.append(server)
     exchange(server.endpoint, payload, ["POST"], 2.0)
     assert server.received == payload
+
+
+SMUGGLED = (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+
+
+def test_lingering_catches_an_answer_to_a_request_the_probe_never_counted(served):
+    """A CL.TE desync: the hop answers the request hidden in the body too (the reviewer's desync.py)."""
+    [answer] = answer_from(served, SMUGGLED, hang=True, linger=0.3)
+    assert answer.status == 400 and answer.unasked.startswith(b"HTTP/1.1 200 OK")
+    [quiet] = answer_from(served, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", hang=True, linger=0.3)
+    assert (quiet.status, quiet.unasked) == (400, b"")
+    [unread] = answer_from(served, SMUGGLED, hang=True)  # without linger the extra answer is never read
+    assert unread.unasked == b""

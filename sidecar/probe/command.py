@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import TextIO
 
@@ -25,6 +24,9 @@ WRITERS = {
 }
 
 
+MAX_TIMEOUT_SECONDS = 3600  # a deadline past what the clock can represent crashed the run (1e300)
+
+
 def options_from(args: argparse.Namespace) -> Options:
     identity = []
     for item in args.identity_header:
@@ -34,8 +36,8 @@ def options_from(args: argparse.Namespace) -> Options:
         identity.append((name.strip(), value))
     if not args.ws_path.startswith("/"):
         raise ProbeSetupError(f"--ws-path {args.ws_path!r} must start with /")
-    if not 0 < args.timeout < math.inf:  # also refuses nan, which every comparison fails
-        raise ProbeSetupError(f"--timeout {args.timeout!r} must be a positive, finite number of seconds")
+    if not 0 < args.timeout <= MAX_TIMEOUT_SECONDS:  # also refuses nan, which every comparison fails
+        raise ProbeSetupError(f"--timeout {args.timeout!r} must be more than 0 and at most {MAX_TIMEOUT_SECONDS} seconds")
     return Options(target=args.url, baseline=args.baseline, backend_record=args.backend_record,
                    secret=args.token or args.password, secret_field="password" if args.password else "token",
                    identity=tuple(identity), cases=args.cases, safe_tool=args.safe_tool, unsafe=args.unsafe,

@@ -112,13 +112,14 @@ class Absent:
 @dataclass(frozen=True)
 class Reached:
     """An answer that proves the route's own handler ran: its status and, when a proxy could give the
-    same status, text only the handler's body has."""
+    same status, the handler's whole body (a part of it, such as `Unauthorized`, is in the gateway's
+    and the sidecar's own refusals too)."""
 
     status: int
     body: str | None = None
 
     def matches(self, status: int, body: bytes) -> bool:
-        return status == self.status and (self.body is None or self.body.encode() in body)
+        return status == self.status and (self.body is None or body.strip() == self.body.encode())
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .corpus import Case, Corpus, WsRequest
+from .corpus import Case, Corpus, HttpRequest, WsRequest
 from .record import BackendRecord
 from .text import printable, visible
 from .verdict import (
     FAIL, INCONCLUSIVE, LOOSER, NOT_APPLICABLE, PASS, Admission, Answer, Verdict, admission, differential, judge,
     kept_headers,
 )
-from .wire import Context, Endpoint, ProbeSetupError, exchange, render_request
+from .wire import Context, Endpoint, ProbeSetupError, exchange, render_request, sent_headers
 from .ws import exchange_ws
 
 CONTROL_CREDENTIAL = "control.credential"
@@ -294,7 +294,8 @@ class Probe:
             raise ProbeSetupError(f"the backend record at {self.options.backend_record} saw nothing of the control "
                                   "call the target accepted: it is not the backend behind this target")
         if case.id == CONTROL_CREDENTIAL and verdict == PASS and arrivals:
-            self.kept = kept_headers(arrivals)
+            assert isinstance(case.request, HttpRequest)
+            self.kept = kept_headers(arrivals, sent_headers(render_request(case.request, self.target.ctx)))
         return verdict, why
 
     def good_call(self) -> None:

@@ -155,10 +155,13 @@ _PER_REQUEST = frozenset({"connection", "keep-alive", "proxy-connection", "te", 
                           "upgrade", "content-length", "content-type", "expect"})
 
 
-def kept_headers(arrivals: Sequence[Mapping[str, Any]]) -> frozenset[str]:
-    """The header names that reached the backend on a good call (control.credential): what the
-    proxy presents upstream (its credential, its X-Forwarded-*, its identity headers)."""
-    return frozenset(str(k).lower() for r in arrivals for k, _ in r.get("headers", [])) - _PER_REQUEST
+def kept_headers(arrivals: Sequence[Mapping[str, Any]], sent: frozenset[tuple[str, str]]) -> frozenset[str]:
+    """The header names the proxy presented upstream on a good call (control.credential): those that
+    arrived other than the probe sent them (its credential, its X-Forwarded-*, its identity headers).
+    A header the probe sent and a proxy passed through is the client's, which a hop may drop when the
+    client's Connection header names it (RFC 9110 asks it to)."""
+    return frozenset(str(k).lower() for r in arrivals for k, v in r.get("headers", [])
+                     if (str(k).lower(), str(v)) not in sent) - _PER_REQUEST
 
 
 def arrival_problem(expect: Expectation, arrivals: Sequence[Mapping[str, Any]], marker: str,
@@ -208,9 +211,13 @@ def judge(expect: Expectation, answer: Answer, arrivals: Sequence[Mapping[str, A
     admitted, said = admission(answer, expect)
     if admitted is None:
         return INCONCLUSIVE, said
-    if expect.keeps and answer.kind == "http" and answer.status == 401:
-        return FAIL, (f"the credential control.credential passed with was refused here ({said}): a hop deleted it "
-                      "because the client's Connection header named it")
+    if expect.keeps and answer.kind == "http" and answer.status == 401 and arrivals is None:
+        # A hop may have deleted the credential the proxy presents upstream because the client's
+        # Connection header named it, or a pass-through proxy removed the client's own, as RFC 9110 asks.
+        return INCONCLUSIVE, (f"{said}: a hop deleting the proxy's own credential and a proxy dropping the client's "
+                              "(as RFC 9110 asks) look alike here; --backend-record tells them apart")
+    if expect.outcome == "stripped" and answer.kind == "http" and answer.status == 101:
+        return FAIL, f"{said}: the upgrade went through"
     problem = arrival_problem(expect, arrivals, marker, kept) if arrivals is not None else None
     if expect.outcome == "answered":
         return (FAIL, problem) if problem else (PASS, f"answered without exposing it: {said}")

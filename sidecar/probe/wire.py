@@ -247,16 +247,22 @@ def read_answer(stream: _Stream, method: str) -> Answer:
     return Answer("http", status=status, headers=headers, body=body)
 
 
+def sent_headers(request: bytes) -> frozenset[tuple[str, str]]:
+    """The (lower-case name, value) pairs of a rendered request's head."""
+    head = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return frozenset((name.strip().lower(), value.strip()) for name, sep, value in (line.partition(":") for line in head) if sep)
+
+
 def _unasked(stream: _Stream, linger: float) -> bytes:
-    """What the target sends within `linger` seconds after the last answer it owed: an answer to a
-    request it found inside the bytes (smuggled), or nothing."""
+    """An answer the target sends within `linger` seconds after the last one it owed: to a request
+    it found inside the bytes (smuggled). Other bytes (a stray CRLF after a body) are no answer."""
     stream.deadline = Deadline(linger, 1)
     try:
         while len(stream.buffer) < MAX_HEAD_BYTES and stream.fill():
             pass
     except OSError:  # TimeoutError included: the target stayed quiet
         pass
-    return stream.buffer
+    return stream.buffer if stream.buffer.lstrip().startswith(b"HTTP/") else b""
 
 
 def exchange(endpoint: Endpoint, payload: bytes, methods: list[str], timeout: float,
@@ -282,7 +288,8 @@ def exchange(endpoint: Endpoint, payload: bytes, methods: list[str], timeout: fl
             if answer.kind == "closed" or answer.status == 101:
                 break
         else:
-            if linger > 0:
+            # A body cut at the cap leaves its rest unread: that is no second answer.
+            if linger > 0 and len(answers[-1].body) < MAX_BODY_BYTES:
                 answers[-1] = replace(answers[-1], unasked=_unasked(stream, linger))
     except TimeoutError:
         answers.append(Answer("timeout", error=deadline.missed()))

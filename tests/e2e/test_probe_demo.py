@@ -209,10 +209,11 @@ def naive_proxy() -> Iterator[tuple[str, DemoBackend]]:
         yield url, backend
 
 
-# Traefik CVE-2021-32813: the proxy sets its own headers, then deletes every header the client's
-# Connection names (its own included), then drops Connection itself.
+# Traefik CVE-2021-32813: the proxy sets its own headers (with UPSTREAM, its own credential too),
+# then deletes every header the client's Connection names (its own included), then drops Connection.
 CONNECTION_BUG_ADDON = """
 from mitmproxy import http
+UPSTREAM = {upstream!r}
 def request(flow: http.HTTPFlow) -> None:
     h = flow.request.headers
     for name in list(h.keys()):
@@ -220,25 +221,38 @@ def request(flow: http.HTTPFlow) -> None:
             del h[name]
     h["x-openclaw-scopes"] = "operator.read"
     h["X-Forwarded-For"] = flow.client_conn.peername[0]
+    if UPSTREAM:
+        h["Authorization"] = "Bearer " + UPSTREAM
     for token in [t.strip() for v in h.get_all("connection") for t in v.split(",") if t.strip()]:
         if token.lower() not in ("keep-alive", "close", "upgrade"):
             h.pop(token, None)
     h.pop("connection", None)
 """
+UPSTREAM_SECRET = "the-proxys-own-upstream-secret"
 
 
-def test_a_proxy_that_lets_connection_delete_its_own_headers_fails_the_c_cases(tmp_path):
+@pytest.mark.parametrize("swaps_credential", [True, False], ids=["own-credential", "passes-the-clients"])
+def test_a_proxy_that_lets_connection_delete_its_own_headers_fails_the_c_cases(tmp_path, swaps_credential):
+    """A proxy that presents its own credential loses it to `Connection: authorization` (C3, C4
+    fail); one that passes the client's through drops the client's own there, as RFC 9110 asks, and
+    the backend's 401 is a refusal (a blanket FAIL on that 401 failed Go's and Caddy's proxies; review)."""
     addon = tmp_path / "connection_bug.py"
-    addon.write_text(CONNECTION_BUG_ADDON)
-    with DemoBackend(token=TOKEN) as backend, mitmdump_in_front(backend, "-s", str(addon)) as url:
+    addon.write_text(CONNECTION_BUG_ADDON.format(upstream=UPSTREAM_SECRET if swaps_credential else ""))
+    with DemoBackend(token=UPSTREAM_SECRET if swaps_credential else TOKEN) as backend, \
+            mitmdump_in_front(backend, "-s", str(addon)) as url:
         run = run_probe(url, "--token", TOKEN, "--backend-record", backend.url, "--cases", "C*", *FAST,
                         tmp_path=tmp_path)
     why = {i: run.cases[i]["why"] for i in run.ids("fail")}
     assert run.cases["control.credential"]["verdict"] == "pass"
     assert why["C1.connection-nominates-scopes"].startswith("x-openclaw-scopes reached the backend on control.credential")
     assert why["C2.connection-nominates-forwarded"].startswith("x-forwarded-for reached the backend on control.credential")
-    for case_id in ("C3.connection-nominates-authorization", "C4.two-connection-lines"):  # the backend's own 401
-        assert why[case_id].startswith("the credential control.credential passed with was refused here (401"), why
+    lost_in_c4 = "authorization, x-openclaw-scopes" if swaps_credential else "x-openclaw-scopes"
+    assert why["C4.two-connection-lines"].startswith(f"{lost_in_c4} reached the backend on control.credential"), why
+    if swaps_credential:  # the backend's own 401, to the proxy's credential it lost
+        assert why["C3.connection-nominates-authorization"].startswith(
+            "authorization reached the backend on control.credential but not here"), why
+    else:
+        assert run.cases["C3.connection-nominates-authorization"]["verdict"] == "pass", run.cases["C3.connection-nominates-authorization"]
 
 
 def test_a_naive_mitmdump_fails_in_classes_a_b_e_f_and_j(naive_proxy, tmp_path):

@@ -67,14 +67,14 @@ def test_the_baseline_shows_no_case_looser_than_the_gateway_alone(with_baseline)
     ("ws.denied.terminal.open", "let through: res error INVALID_REQUEST: invalid terminal.open params"),
     ("ws.node-client-mode", "let through: res ok"),
     ("door.worker-upgrade", "let through: 101"),
-    # the handlers' own answers: the hooks want their token, the watch hands out a nonce, the pairing
-    # and worker-bundle handlers answer a JSON 404 (a path with no route gets the UI's 200), session
-    # kill wants operator.admin
+    # the handlers' own answers: the hooks want their token (a plain-text 401, not the gateway's JSON
+    # one), the watch hands out a nonce, the pairing and worker-bundle handlers answer a JSON 404 (a
+    # path with no route gets the UI's 200). Session kill's 403 is not among them: the sidecar answers
+    # a capped caller in the same words, so only a record could tell the two apart (review)
     ("door.hooks-agent", "let through: 401 Unauthorized"),
     ("door.node-watch", "let through: 200"),
     ("door.pairing-code-redeem", "let through: 404 not_found"),
     ("door.worker-bundle", "let through: 404 not_found"),
-    ("E9.session-kill", "let through: 403 forbidden"),
 ])
 def test_doors_the_gateway_leaves_open_are_stricter_through_the_sidecar(with_baseline, case_id, gateway_alone):
     case = with_baseline.cases[case_id]

@@ -204,7 +204,8 @@ def test_token_and_password_are_exclusive():
 
 @pytest.mark.parametrize("argv,complaint", [
     (["--identity-header", "no-equals-sign"], "NAME=VALUE"), (["--ws-path", "ws"], "start with /"),
-    (["--timeout", "0"], "positive"), (["--timeout", "nan"], "finite"), (["--timeout", "inf"], "finite"),
+    (["--timeout", "0"], "more than 0"), (["--timeout", "nan"], "more than 0"), (["--timeout", "inf"], "at most 3600"),
+    (["--timeout", "1e300"], "at most 3600"),  # a deadline past the clock's range crashed the run (exit 1)
 ])
 def test_bad_option_values_are_setup_errors(argv, complaint):
     with pytest.raises(ProbeSetupError, match=complaint):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from sidecar.probe.corpus import PLACEHOLDERS, Body, Chunk, HttpRequest
-from sidecar.probe.wire import Context, Endpoint, ProbeSetupError, exchange, render_request
+from sidecar.probe.wire import MAX_BODY_BYTES, Context, Endpoint, ProbeSetupError, exchange, render_request
 
 from tests.ports import free_port
 
@@ -205,3 +205,13 @@ def test_lingering_catches_an_answer_to_a_request_the_probe_never_counted(served
     assert (quiet.status, quiet.unasked) == (400, b"")
     [unread] = answer_from(served, SMUGGLED, hang=True)  # without linger the extra answer is never read
     assert unread.unasked == b""
+
+
+def test_lingering_takes_only_an_answer_for_an_unasked_one(served):
+    """A stray CRLF after a body, or the rest of a body cut at the cap, is no second answer (both
+    failed a correct target as smuggling; review)."""
+    [stray] = answer_from(served, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n\r\n", hang=True, linger=0.3)
+    assert (stray.status, stray.unasked) == (400, b"")
+    big = b"x" * (MAX_BODY_BYTES + 1000)
+    [cut] = answer_from(served, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big, hang=True, linger=0.3)
+    assert (len(cut.body), cut.unasked) == (MAX_BODY_BYTES, b"")

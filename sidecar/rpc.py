@@ -389,9 +389,10 @@ class BrowserOrigin:
 # The gateway's words for a first frame that is no request, or a request other than connect.
 INVALID_REQUEST_FRAME = "invalid request frame"
 NOT_CONNECT_FIRST = "invalid handshake: first request must be connect"
+CONNECT_PARAMS_NOT_OBJECT = "invalid connect params: must be object"
 INVALID_ROLE = "invalid role"
 PROTOCOL_MISMATCH = "protocol mismatch"
-GATEWAY_PROTOCOL, PROBE_PROTOCOL = 4, 3  # the gateway's own, and the oldest a probe or a starting node may speak
+GATEWAY_PROTOCOL, PROBE_PROTOCOL = 4, 3  # the gateway's own, and the oldest a probe may speak
 NODES_NOT_RELAYED = "role not allowed through this proxy: only operator connections are relayed"
 NODE_NEEDS_OWNER = f"node connections need {ADMIN} in the caller's ceiling"
 
@@ -402,20 +403,19 @@ def _js_integer(value: Any) -> TypeGuard[int | float]:
     return (type(value) is int or (type(value) is float and value.is_integer())) and abs(value) <= 2 ** 53
 
 
-def protocol_mismatch(params: Mapping[str, Any], node: bool, probe: bool) -> dict[str, Any] | None:
+def protocol_mismatch(params: Mapping[str, Any], probe: bool) -> dict[str, Any] | None:
     """The details of the gateway's protocol refusal (admitGatewayConnect) when the client's range
     holds no protocol it speaks with such a client, else None. Ranges its schema refuses (no
     integers) are left to it. Asked only where the sidecar refuses the connect itself (an unknown
-    role): elsewhere the gateway answers a range it does not speak, after its whole schema."""
+    role, so never a node's, which may also speak the previous protocol): elsewhere the gateway
+    answers a range it does not speak, after its whole schema."""
     low, high = params.get("minProtocol"), params.get("maxProtocol")
     if not (_js_integer(low) and _js_integer(high) and low >= 1 and high >= 1):
         return None
-    if low <= GATEWAY_PROTOCOL <= high or (probe and high >= PROBE_PROTOCOL and low <= GATEWAY_PROTOCOL) \
-            or (node and high >= PROBE_PROTOCOL and low <= PROBE_PROTOCOL):
+    if low <= GATEWAY_PROTOCOL <= high or (probe and high >= PROBE_PROTOCOL and low <= GATEWAY_PROTOCOL):
         return None
     return {"code": "PROTOCOL_MISMATCH", "clientMinProtocol": int(low), "clientMaxProtocol": int(high),
             "expectedProtocol": GATEWAY_PROTOCOL, "minimumProbeProtocol": PROBE_PROTOCOL}
-CONNECT_PARAMS_NOT_OBJECT = "invalid connect params: must be object"
 
 
 class FrameError(ValueError):
@@ -676,7 +676,7 @@ class RpcSession:
         client = raw_client if isinstance(raw_client, dict) else {}
         role = params.get("role", "operator")
         if role not in ("operator", "node"):  # parseGatewayRole; the gateway reads the protocol first
-            mismatch = protocol_mismatch(params, False, client.get("mode") == "probe")
+            mismatch = protocol_mismatch(params, client.get("mode") == "probe")
             if mismatch is not None:
                 return FrameVerdict("close", Reason.MALFORMED_FRAME, error_frame(request_id, "INVALID_REQUEST", PROTOCOL_MISMATCH,
                                                                                  mismatch),

@@ -860,26 +860,27 @@ def _refuse_placeholder(mode: str, secret: str | None) -> None:
                             "credential (the gateway refuses it too): set a real secret")])
 
 
-def _first_secret(sources: tuple[tuple[str, Callable[[], str | None]], ...]) -> tuple[str | None, str]:
-    """The first source that yields a secret, read in order (a later one is never read), and its key."""
-    for key, read in sources:
+def _gateway_secret(kind: str, inline: str | SecretStr | None, file: Path | None,
+                    environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """The gateway's token or password, config first (inline, then its file), then the environment,
+    a later source never read; and the key of the one it came from, for errors to name."""
+    key, variable = f"gateway.auth.{kind}", f"OPENCLAW_GATEWAY_{kind.upper()}"
+    sources: tuple[tuple[str, Callable[[], str | None]], ...] = (
+        (key, lambda: _header_safe(_gateway_credential(inline), key)),
+        (f"{key}File", lambda: _secret(None, file, key)),
+        (variable, lambda: _header_safe(_gateway_credential(environ.get(variable)), variable)))
+    for source, read in sources:
         secret = read()
         if secret is not None:
-            return secret, key
-    return None, sources[0][0]
+            return secret, source
+    return None, key
 
 
 def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Mapping[str, str],
                     unresolved: Mapping[str, str] | None = None) -> AuthSecrets:
     auth = rules.gateway.auth
-    token, token_source = _first_secret((
-        ("gateway.auth.token", lambda: _header_safe(_gateway_credential(auth.token), "gateway.auth.token")),
-        ("gateway.auth.tokenFile", lambda: _secret(None, auth.token_file, "gateway.auth.token")),
-        ("OPENCLAW_GATEWAY_TOKEN", lambda: _header_safe(_gateway_credential(environ.get("OPENCLAW_GATEWAY_TOKEN")),
-                                                        "OPENCLAW_GATEWAY_TOKEN"))))
-    password = _header_safe(_gateway_credential(auth.password), "gateway.auth.password") or _secret(
-        None, auth.password_file, "gateway.auth.password") or _header_safe(
-        _gateway_credential(environ.get("OPENCLAW_GATEWAY_PASSWORD")), "OPENCLAW_GATEWAY_PASSWORD")
+    token, token_source = _gateway_secret("token", auth.token, auth.token_file, environ)
+    password, _ = _gateway_secret("password", auth.password, auth.password_file, environ)
     mode = auth.mode or ("password" if password else "token")
     if mode in ("token", "password"):
         _refuse_placeholder(mode, token if mode == "token" else password)

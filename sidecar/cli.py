@@ -149,9 +149,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     judges_a_tool = args.websocket_method in (None, "tools.invoke")
     if (args.tool is None) is judges_a_tool:
-        print("openclaw-sidecar explain: --tool names the tool of POST /tools/invoke or of --websocket-method tools.invoke, "
-              "and only there" if not judges_a_tool else "openclaw-sidecar explain: --tool is required, unless "
-              "--websocket-method names a method other than tools.invoke", file=sys.stderr)
+        why = ("--tool is required, unless --websocket-method names a method other than tools.invoke" if judges_a_tool
+               else "--tool names the tool of POST /tools/invoke or of --websocket-method tools.invoke, and only there")
+        print(f"openclaw-sidecar explain: {why}", file=sys.stderr)
         return 2
     try:
         config = load_config(args.config)

@@ -159,18 +159,23 @@ class Case:
         return isinstance(self.request, WsRequest) and self.request.frame is not None
 
     @property
+    def http_requests(self) -> tuple[HttpRequest, ...]:
+        """The HTTP requests the case sends on one connection (several: a pipeline); none for a WebSocket case."""
+        if isinstance(self.request, WsRequest):
+            return ()
+        return self.request if isinstance(self.request, tuple) else (self.request,)
+
+    @property
     def may_smuggle(self) -> bool:
         """The bytes could hold one request more than the probe counts (a pipeline, or framing that
         bends): the connection is read a little longer, for an answer to that request."""
-        if isinstance(self.request, WsRequest):
-            return False
-        members = self.request if isinstance(self.request, tuple) else (self.request,)
+        members = self.http_requests
         return len(members) > 1 or any(m.bends_framing for m in members)
 
     @property
     def lead_ins(self) -> int:
         """Requests sent before the judged one (a pipeline's legitimate first requests)."""
-        return len(self.request) - 1 if isinstance(self.request, tuple) else 0
+        return max(len(self.http_requests) - 1, 0)
 
 
 @dataclass(frozen=True)

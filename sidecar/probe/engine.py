@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .corpus import Case, Corpus, HttpRequest, WsRequest
+from .corpus import Case, Corpus, WsRequest
 from .record import BackendRecord
 from .text import printable, visible
 from .verdict import (
@@ -187,7 +187,7 @@ class Side:
         request = case.request
         if isinstance(request, WsRequest):
             return exchange_ws(self.endpoint, request, self.ctx, self.options.ws_path, self.options.timeout, self.version)
-        members = request if isinstance(request, tuple) else (request,)
+        members = case.http_requests
         payload = b"".join(render_request(m, self.ctx) for m in members)
         linger = min(LINGER_SECONDS, self.options.timeout) if case.may_smuggle else 0.0
         answers = exchange(self.endpoint, payload, [m.method for m in members], self.options.timeout, linger)
@@ -294,8 +294,7 @@ class Probe:
             raise ProbeSetupError(f"the backend record at {self.options.backend_record} saw nothing of the control "
                                   "call the target accepted: it is not the backend behind this target")
         if case.id == CONTROL_CREDENTIAL and verdict == PASS and arrivals:
-            assert isinstance(case.request, HttpRequest)
-            self.kept = kept_headers(arrivals, sent_headers(render_request(case.request, self.target.ctx)))
+            self.kept = kept_headers(arrivals, sent_headers(render_request(case.http_requests[-1], self.target.ctx)))
         return verdict, why
 
     def good_call(self) -> None:

@@ -710,6 +710,13 @@ class Pipeline:
         return None
 
     async def on_body(self, admitted: Admitted, body: bytes, has_trailers: bool = False) -> Refuse | Forward:
+        verdict = await self._judge_body(admitted, body, has_trailers)
+        if isinstance(verdict, Refuse):
+            # Paced and counted by the client as attributed at the head, as head refusals are.
+            return replace(verdict, route=admitted.route, client_ip=admitted.client_ip)
+        return verdict
+
+    async def _judge_body(self, admitted: Admitted, body: bytes, has_trailers: bool) -> Refuse | Forward:
         # The adapter already closes HTTP/1 connections that send trailers; this is the rule
         # for any engine that delivers them.
         if has_trailers:

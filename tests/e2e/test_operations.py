@@ -351,3 +351,20 @@ def test_a_client_refused_again_and_again_is_paced_until_a_call_goes_through(bac
     assert invoke(sc, TOKEN).status_code == 200  # let through: the streak is over
     assert invoke(sc, TOKEN, tool="exec").status_code == 404
     assert metric(sc, "openclaw_sidecar_refusals_paced_total") == 3
+
+
+def test_refusals_behind_a_trusted_proxy_are_paced_per_forwarded_client(backend, start_sidecar) -> None:
+    """Body-stage refusals (a denied tool) count toward the forwarded client's streak, not the
+    ingress's: one client's streak must not slow the others behind the same proxy."""
+    config = base(backend, rateLimit={"refusalPacing": {"afterRefusals": 2, "baseDelayMs": 1, "maxDelayMs": 4}})
+    config["gateway"]["trustedProxies"] = ["127.0.0.1"]
+    sc = start_sidecar(config)
+    first, second = {"X-Forwarded-For": "198.51.100.9"}, {"X-Forwarded-For": "198.51.100.10"}
+    for _ in range(3):
+        assert invoke(sc, TOKEN, tool="exec", headers=first).status_code == 404
+    assert metric(sc, "openclaw_sidecar_refusals_paced_total") == 1  # the first client's 3rd
+    assert invoke(sc, TOKEN, tool="exec", headers=second).status_code == 404
+    assert metric(sc, "openclaw_sidecar_refusals_paced_total") == 1  # the second client's 1st
+    assert invoke(sc, TOKEN, headers=first).status_code == 200  # ends the first client's streak
+    assert invoke(sc, TOKEN, tool="exec", headers=first).status_code == 404
+    assert metric(sc, "openclaw_sidecar_refusals_paced_total") == 1

@@ -59,12 +59,15 @@ def _default_runtime_dir() -> Path:
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Owned headers the sidecar writes on every forwarded request: a gateway demanding one of its
+# proxy finds it there (it checks only that it is there).
+_ALWAYS_SENT_UPSTREAM = frozenset({"x-request-id"})
 # Headers the sidecar itself writes upstream (or that frame the message): a configured identity
 # header may not be one of them, or the identity would overwrite or duplicate them.
-_SIDECAR_WRITTEN = frozenset({
+_SIDECAR_WRITTEN = _ALWAYS_SENT_UPSTREAM | {
     "authorization", "x-openclaw-scopes", "x-forwarded-for", "host", "content-length",
     "transfer-encoding", "connection",
-})
+}
 
 
 def header_name(name: str) -> str:
@@ -85,11 +88,6 @@ def identity_header_name(name: str | None) -> str | None:
 
 def _lower_names(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(header_name(js_trim(n)) for n in names)
-
-
-# Owned headers the sidecar writes on every forwarded request: a gateway demanding one of its
-# proxy finds it there (it checks only that it is there).
-_ALWAYS_SENT_UPSTREAM = frozenset({"x-request-id"})
 
 
 def relayable_required_headers(names: tuple[str, ...]) -> tuple[str, ...]:

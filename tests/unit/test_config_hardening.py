@@ -25,6 +25,8 @@ def _load(tmp_path: Path, document: dict) -> object:
     ({"sidecar": {"upstreamAuth": {"userHeader": "x-openclaw-scopes"}}}, "sidecar.upstreamAuth.userHeader"),
     ({"sidecar": {"upstreamAuth": {"userHeader": "Authorization"}}}, "sidecar.upstreamAuth.userHeader"),
     ({"gateway": {"auth": {"trustedProxy": {"userHeader": "x-forwarded-for"}}}}, "gateway.auth.trustedProxy.userHeader"),
+    ({"gateway": {"auth": {"trustedProxy": {"userHeader": "X-Request-Id"}}}}, "gateway.auth.trustedProxy.userHeader"),
+    ({"sidecar": {"upstreamAuth": {"userHeader": "x-request-id"}}}, "sidecar.upstreamAuth.userHeader"),
     ({"gateway": {"auth": {"trustedProxy": {"requiredHeaders": ["x-proto:\r\nx"]}}}}, "gateway.auth.trustedProxy.requiredHeaders"),
     ({"sidecar": {"contextHeaders": {"pinned": {"alice": {"x-openclaw-foo: a\r\nx-injected": "v"}}}}}, "sidecar.contextHeaders.pinned"),
     ({"sidecar": {"contextHeaders": {"pinned": {"alice": {"x-openclaw-scopes ": "v"}}}}}, "sidecar.contextHeaders.pinned"),

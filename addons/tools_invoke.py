@@ -732,9 +732,11 @@ class ToolsInvokeGuard:
             elif verdict.verdict == "reply":
                 message.drop()
                 ctx.master.commands.call("inject.websocket", flow, True, verdict.payload, True)  # text, as the gateway
-            else:
+            elif verdict.verdict == "close":
                 message.drop()
-                close_websocket(flow, verdict.close_code, verdict.reason, verdict.payload)
+                close_websocket(flow, verdict.close_code, verdict.close_text, verdict.payload)
+            else:  # "drop": neither relayed nor answered, and the connection stays
+                message.drop()
             self._frame_judged(flow, session, verdict)
         except Exception:
             INTERNAL_ERRORS.inc()

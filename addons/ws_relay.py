@@ -422,7 +422,7 @@ class RpcRelay(layer.Layer):
             assert verdict.payload is not None
             self._to_client.append(frame(TEXT, verdict.payload))  # the gateway answers in text, always
         elif verdict.verdict == "close":
-            yield from self._close(verdict.close_code, verdict.close_reason or verdict.reason, verdict.payload)
+            yield from self._close(verdict.close_code, verdict.close_text, verdict.payload)
         # "drop": neither relayed nor answered
         self.judge.judged(self.flow, session, verdict)
 

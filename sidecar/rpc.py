@@ -74,6 +74,11 @@ class FrameVerdict:
     close_reason: str | None = None  # the close frame's text where the gateway's own is known (else `reason`)
     audited: bool = True  # False: a shadowed frame past the connection's budget, forwarded without its audit line
 
+    @property
+    def close_text(self) -> str:
+        """The close frame's text: the gateway's words where known, else the reason code."""
+        return self.close_reason or self.reason
+
 
 @dataclass(frozen=True)
 class MethodSpec:

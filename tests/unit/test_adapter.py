@@ -646,6 +646,31 @@ async def test_connect_frame_is_rewritten_before_the_gateway_reads_it(ws_guard: 
     guard.websocket_end(flow)
 
 
+async def test_mitmproxys_layer_drops_an_unreadable_frame_and_closes_in_the_gateways_words(
+        ws_guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer an upgrade with a negotiated extension gets acts on a verdict as the sidecar's own
+    relay does: a frame the gateway would ignore once connected is dropped and the connection
+    stays; a close carries the gateway's text."""
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    closed: list[tuple[int, str]] = []
+    monkeypatch.setattr("addons.tools_invoke.close_websocket", lambda flow, code, reason, answer=None: closed.append((code, reason)))
+    flow = await rpc_flow(ws_guard)
+    await client_sends(ws_guard, flow, {"type": "req", "id": "c1", "method": "connect", "params": {
+        "role": "operator", "scopes": ["operator.read"], "client": {"mode": "cli"}, "auth": {"token": "ignored"}}})
+    unreadable = WebSocketMessage(Opcode.TEXT, True, b"not json")
+    flow.websocket.messages.append(unreadable)
+    await ws_guard.websocket_message(flow)
+    assert unreadable.dropped and closed == []
+    ws_guard.websocket_end(flow)
+
+    fresh = await rpc_flow(ws_guard)
+    first = await client_sends(ws_guard, fresh, {"type": "req", "id": "h", "method": "health", "params": {}})
+    assert first.dropped and closed == [(1008, "invalid handshake: first request must be connect")]
+    ws_guard.websocket_end(fresh)
+
+
 async def test_a_long_session_keeps_only_the_message_being_judged(ws_guard: ToolsInvokeGuard) -> None:
     """mitmproxy appends every message of both directions to the flow; the guard trims the list."""
     flow = await rpc_flow(ws_guard)

@@ -15,12 +15,20 @@ from .config import Config
 from .headers import HeaderPlan, rebuild_headers
 from .pipeline import ACCOUNT_HEADER, CHANNEL_HEADER, tool_request
 from .reasons import Reason, ReasonCode, answer
-from .rpc import TOOLS_INVOKE, FrameVerdict, RpcPolicy, judge_method, judge_tool_frame
+from .routes import RouteTable
+from .rpc import TOOLS_INVOKE, FrameVerdict, RpcPolicy, judge_method, judge_tool_frame, scope_satisfied
 from .scopes import ADMIN, ceilings_from_config, parse_scope_header, resolve_scopes
 from .toolchain import CATALOGUE_VERSION, Step, ToolChain, ToolDecision, detail_of
 from .view import RequestView
 
 _FRAME_ID = "explain"
+
+
+def _tools_route_scope() -> str:
+    """The scope the route table gives the tools route, checked as the pipeline checks it."""
+    entry = RouteTable.for_deployment().match("POST", "/tools/invoke", "", websocket=False).entry
+    assert entry is not None and entry.scope is not None
+    return entry.scope
 
 
 def explain(config: Config, tool: str | None, *, scopes: str | None = None, user: str | None = None,
@@ -40,10 +48,11 @@ def explain(config: Config, tool: str | None, *, scopes: str | None = None, user
     }
     if websocket_method:
         return _websocket(result, chain, RpcPolicy.from_config(config, chain), websocket_method, body, frozenset(granted.scopes))
-    if not granted.allows_invoke:
-        step = Step("scopes", "deny", "POST /tools/invoke needs operator.write or operator.admin")
+    needed = _tools_route_scope()
+    if not scope_satisfied(needed, granted.granted):
+        step = Step("scopes", "deny", f"POST /tools/invoke needs {needed} or {ADMIN}")
         return _finish(result, [step], 403, json.loads(answer(Reason.MISSING_SCOPE).body), Reason.MISSING_SCOPE)
-    scope_step = Step("scopes", "allow", "operator.write or operator.admin: may invoke tools")
+    scope_step = Step("scopes", "allow", f"{needed} or {ADMIN}: may invoke tools")
     context = _upstream_context(config, user, channel, account)
     result["upstreamContext"] = {"channel": context.get(CHANNEL_HEADER), "account": context.get(ACCOUNT_HEADER)}
     try:

@@ -9,7 +9,6 @@ from functools import cached_property
 from .toolpolicy import js_trim
 
 ADMIN = "operator.admin"
-WRITE = "operator.write"
 
 # KNOWN_OPERATOR_SCOPES in 2026.9.6.
 KNOWN_SCOPES = (
@@ -52,10 +51,6 @@ class ResolvedScopes:
     def granted(self) -> frozenset[str]:
         """For scope checks; a shared-secret caller's are built once, so this is too."""
         return frozenset(self.scopes)
-
-    @property
-    def allows_invoke(self) -> bool:
-        return ADMIN in self.scopes or WRITE in self.scopes
 
     @property
     def owner(self) -> bool:

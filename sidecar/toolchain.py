@@ -35,8 +35,7 @@ from .caching import short_call_cache, text_length
 from .config import OpenClawRules
 from .envelopes import Envelope
 from .reasons import Reason, answer
-from .tool_lists import TOOL_ALIASES_2026_9_6
-from .toolpolicy import ToolGate, ToolName, js_trim
+from .toolpolicy import ToolGate, ToolName, js_trim, normalize_policy_name
 
 CATALOGUE_VERSION = "2026.9.6"
 DECISIONS_KEPT = 4096
@@ -291,7 +290,7 @@ def _atoms(entry: str) -> tuple[Atom, ...]:
     """What one configured entry matches: normalised, shipped renames, plugin ids and `group:*`
     expanded, `*` anchored at both ends and every other character literal."""
     cat = catalogue()
-    normalized = TOOL_ALIASES_2026_9_6.get(_lower(entry), _lower(entry))
+    normalized = normalize_policy_name(entry)
     atoms: list[Atom] = []
     for name in cat.renames.get(normalized, (normalized,)) if normalized else ():
         if name == "group:plugins":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sidecar.rpc import scope_satisfied
 from sidecar.scopes import (
     DEFAULT_SCOPES,
     KNOWN_SCOPES,
@@ -64,7 +65,7 @@ def test_parse_scope_header(header: str | None, parsed: tuple[str, ...]) -> None
 )
 def test_resolved_scopes(header: str | None, allows: bool, owner: bool, forwarded: str) -> None:
     resolved = resolve_scopes(parse_scope_header(header), None)
-    assert resolved.allows_invoke is allows
+    assert scope_satisfied("operator.write", resolved.granted) is allows
     assert resolved.owner is owner
     assert resolved.header_value == forwarded
 
@@ -95,7 +96,7 @@ def test_shared_secret_gets_defaults_capped_by_ceiling(ceiling: frozenset[str] |
     """Case 10: declared scopes are ignored for shared-secret callers; only the sidecar ceiling caps them."""
     resolved = shared_secret_scopes(ceiling)
     assert resolved.owner is expected_owner
-    assert resolved.allows_invoke is expected_allows
+    assert scope_satisfied("operator.write", resolved.granted) is expected_allows
     expected = DEFAULTS_L if ceiling is None else tuple(s for s in DEFAULTS_L if s in ceiling)
     assert resolved.scopes == expected
 

@@ -40,8 +40,6 @@ FLOODS = [
     ("forged", "forged X-Forwarded-For", ALLOWED_BODY, {**AUTH, "X-Forwarded-For": "203.0.113.9"}),
 ]
 FLOOD_CONNECTIONS = 32
-# The gateway alone moved ±15% between windows a minute apart here: the unloaded arms take turns.
-ALONE_ROUNDS = 4
 TARGET_ALONE, TARGET_FLOOD = 0.9, 0.6
 
 
@@ -59,7 +57,9 @@ def phase(port: int, seconds: float, flood: Path | None) -> dict[str, Any]:
     return {**result, **load.end()}
 
 
-def run(report: Report, workdir: Path, seconds: float) -> None:
+def run(report: Report, workdir: Path, seconds: float, alone_rounds: int) -> None:
+    """The gateway alone moved ±15% between windows a minute apart here: the unloaded arms take
+    `alone_rounds` turns, every other one in reverse order."""
     try:
         from tests.gateway.real_gateway import RealGateway, unavailable_reason
     except ImportError as exc:
@@ -85,7 +85,7 @@ def run(report: Report, workdir: Path, seconds: float) -> None:
         for port in ports.values():
             phase(port, 2, None)  # warm-up: the gateway's first calls are slow
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
-        for number in range(ALONE_ROUNDS):
+        for number in range(alone_rounds):
             for name in ports if number % 2 == 0 else reversed(ports):
                 rounds[name].append(phase(ports[name], seconds, None))
         alone = {name: _median(samples) for name, samples in rounds.items()}

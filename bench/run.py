@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds over the HTTP proxies, median taken (default 4, quick 1)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections for rows 1 (default 16)")
     parser.add_argument("--gateway-seconds", type=float, help="seconds per real-gateway phase (default 10, quick 4)")
+    parser.add_argument("--gateway-rounds", type=int, default=4,
+                        help="rounds over the unloaded real-gateway arms, median taken (default 4)")
     parser.add_argument("--soak-seconds", type=float, help="soak length (default 600, quick 60)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json")
     args = parser.parse_args(argv)
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = {
         "http": lambda wd: http_rows.run(report, wd, args.seconds, args.rounds, args.connections),
         "ws": lambda wd: ws_rows.run(report, wd, args.seconds),
-        "gateway": lambda wd: gateway_rows.run(report, wd, args.gateway_seconds),
+        "gateway": lambda wd: gateway_rows.run(report, wd, args.gateway_seconds, args.gateway_rounds),
         "soak": lambda wd: soak.run(report, wd, args.soak_seconds),
     }
     with tempfile.TemporaryDirectory(prefix="openclaw-bench-") as tmp:

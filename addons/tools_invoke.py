@@ -6,7 +6,8 @@ request upstream anyway.
 
 Also usable on its own: `mitmdump -s addons/tools_invoke.py --mode reverse:URL
 --set sidecar_config=FILE`; the guard applies the proxy options it depends on itself
-(REQUIRED_OPTIONS: lazy upstream connections, the client's Host, the 2 MiB request limit).
+(REQUIRED_OPTIONS: lazy upstream connections, the client's Host, the 2 MiB request limit, no
+raw TCP after an unasked 101).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
-from .headers import HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
+from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
 from .ipaddrs import IPNetwork, is_loopback, parse_network
 from .openclaw_env import (
     KNOWN_WEAK_SECRETS, REDACTED_SECRET_VALUES, contains_reference, file_environment, secret_reference, substitute_all,
@@ -49,9 +49,7 @@ _ALIASES = AliasGenerator(validation_alias=lambda name: AliasChoices(to_camel(na
 _STRICT = ConfigDict(extra="forbid", frozen=True, alias_generator=_ALIASES)
 _LENIENT = ConfigDict(extra="ignore", frozen=True, alias_generator=_ALIASES)
 
-DEFAULT_CONTEXT_HEADERS = (
-    "x-openclaw-message-channel", "x-openclaw-account-id", "x-openclaw-message-to", "x-openclaw-thread-id",
-)
+DEFAULT_CONTEXT_HEADERS = (CHANNEL_HEADER, ACCOUNT_HEADER, "x-openclaw-message-to", "x-openclaw-thread-id")
 
 
 def _default_runtime_dir() -> Path:

@@ -12,8 +12,8 @@ from typing import Any
 
 from .body import BodyError, read_invoke_body
 from .config import Config
-from .headers import HeaderPlan, rebuild_headers
-from .pipeline import ACCOUNT_HEADER, CHANNEL_HEADER, tool_request
+from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HeaderPlan, rebuild_headers
+from .pipeline import tool_request
 from .reasons import Reason, ReasonCode, answer
 from .routes import RouteTable
 from .rpc import TOOLS_INVOKE, FrameVerdict, RpcPolicy, judge_method, judge_tool_frame, scope_satisfied

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from .view import RequestView
 
+# The context headers tool policy reads (the channel and account a call comes from).
+CHANNEL_HEADER = "x-openclaw-message-channel"
+ACCOUNT_HEADER = "x-openclaw-account-id"
 # Headers that must appear at most once: a repeat is a parser differential (Node keeps the first
 # Authorization/Host and joins the rest with ", "), so it is refused (corpus D1, D2). The two
 # context headers tool policy reads are among them: the gateway would judge "a, b".
@@ -21,7 +24,7 @@ SINGLETON_HEADERS = frozenset({
     "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded", "content-length",
     "transfer-encoding", "tailscale-user-login", "tailscale-user-name", "tailscale-user-profile-pic",
     "tailscale-funnel-request", "tailscale-headers-info", "x-openclaw-sender-is-owner", "x-session-key",
-    "x-openclaw-message-channel", "x-openclaw-account-id",
+    CHANNEL_HEADER, ACCOUNT_HEADER,
 })
 # Every header whose name falls in these namespaces is the sidecar's to decide: protected from
 # aliasing, and deleted from what the upstream gets (but allow-listed context headers). By pattern,

@@ -30,7 +30,7 @@ from .body import MAX_BODY_BYTES, BodyError, InvokeBody, parse_json_body, read_i
 from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
-from .headers import HeaderPlan, connection_tokens, head_problem, rebuild_headers
+from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HeaderPlan, connection_tokens, head_problem, rebuild_headers
 from .ipaddrs import is_loopback, share_key
 from .ratelimit import ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
@@ -46,8 +46,6 @@ from .view import RequestView
 
 TOOLS_ROUTE = "tools-invoke"
 ADMIN_RPC_ROUTE = "plugin:admin-http-rpc"
-CHANNEL_HEADER = "x-openclaw-message-channel"
-ACCOUNT_HEADER = "x-openclaw-account-id"
 _TOOL_CONTEXT = frozenset({CHANNEL_HEADER, ACCOUNT_HEADER})  # the context headers tool policy reads
 MAX_HEAD_BYTES = 16 * 1024  # Node's default --max-http-header-size, which the gateway runs with
 # Auth outcomes of requests the sidecar did not authenticate: they get no scopes and never

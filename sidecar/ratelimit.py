@@ -523,7 +523,7 @@ def _build_guard(
     storage, shared = _make_storage(storage_uri, storage_timeout_s, storage_options)
     return _Guard(
         what=what, uri=storage_uri, primary=make_primary(storage, shared), primary_storage=storage,
-        shared=shared, make_fallback=make_fallback, fail_closed=fail_closed, clock=clock,
+        make_fallback=make_fallback, fail_closed=fail_closed, clock=clock,
         probe_interval_s=probe_interval_s, probe_timeout_s=max(storage_timeout_s, 0.05),
     )
 
@@ -539,7 +539,6 @@ class _Guard(Generic[_C]):
         uri: str,
         primary: _C,
         primary_storage: Storage,
-        shared: bool,
         make_fallback: Callable[[], tuple[_C, Storage]],
         fail_closed: bool,
         clock: Clock,
@@ -550,7 +549,6 @@ class _Guard(Generic[_C]):
         self._uri = redact_uri(uri)
         self._primary = primary
         self._primary_storage = primary_storage
-        self._shared = shared
         self._make_fallback = make_fallback
         self._fail_closed = fail_closed
         self._clock = clock

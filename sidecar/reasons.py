@@ -31,7 +31,7 @@ class Reason(StrEnum):
     WEBSOCKET_PASSTHROUGH = "websocket_passthrough"  # an RPC upgrade relayed unread (websocket.mode passthrough)
     CONNECT = "connect"  # an RPC connect frame, rewritten and forwarded
 
-    # ---- the request head (sidecar/pipeline.py HEAD_STAGES, in order)
+    # ---- the request head (sidecar/pipeline.py HEAD_STAGES, in order), then the admin RPC body
     REQUEST_HEAD_TOO_LARGE = "request_head_too_large"
     INVALID_METHOD = "invalid_method"
     MALFORMED_HEAD = "malformed_head"
@@ -50,7 +50,6 @@ class Reason(StrEnum):
     ROUTE_REFUSED = "route_refused"
     WEBSOCKET_OFF = "websocket_off"
     INVALID_WEBSOCKET_UPGRADE = "invalid_websocket_upgrade"
-    PREAUTH_SOCKETS = "preauth_sockets"  # a client's unauthenticated RPC upgrades past its share (sidecar/preauth.py)
     PROXY_ATTRIBUTION_REQUIRED = "proxy_attribution_required"
     FUNNEL_REQUEST = "funnel_request"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -58,8 +57,9 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"  # locked out after failed authentications
     MISSING_SCOPE = "missing_scope"
     OWNER_REQUIRED = "owner_required"  # a route whose handler also requires operator.admin
-    RPC_MISSING_SCOPE = "rpc_missing_scope"  # an admin HTTP RPC method the caller lacks the scope for
-    PAYLOAD_TOO_LARGE = "payload_too_large"
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # declared at the head; a chunked body past the limit at the body
+    PREAUTH_SOCKETS = "preauth_sockets"  # a client's unauthenticated RPC upgrades past its share (sidecar/preauth.py)
+    RPC_MISSING_SCOPE = "rpc_missing_scope"  # the body: an admin HTTP RPC method the caller lacks the scope for
 
     # ---- authentication failures: upstream's own codes (sidecar/auth.py), all answered 401
     CREDENTIAL_MISSING = "credential_missing"

@@ -44,7 +44,9 @@ from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
 from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED, VANISHED_REQUESTS
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
-from sidecar.rpc import FrameVerdict, RpcSession, client_message_limit, rpc_on_plugin_socket
+from sidecar.rpc import (
+    CONNECT_TIMEOUT, NOT_THIS_PROTOCOL, RULES_CHANGED, FrameVerdict, RpcSession, client_message_limit, rpc_on_plugin_socket,
+)
 from sidecar.runtime import Runtime, build_runtime
 from sidecar.view import RequestView
 
@@ -263,7 +265,7 @@ class ToolsInvokeGuard:
         self.runtime = runtime
         for flow in list(self._websockets.values()) if changed else ():
             if not flow.metadata.get(WS_CLOSING):
-                close_websocket(flow, 4001, "gateway auth changed")
+                close_websocket(flow, *RULES_CHANGED)
 
     def begin_drain(self) -> None:
         """Answers from now on close their connection; WebSockets are closed with 1001."""
@@ -683,13 +685,13 @@ class ToolsInvokeGuard:
         try:
             runtime = self._live_runtime()
             if flow.metadata.get(ADMITTED_BY) is not runtime.pipeline:
-                close_websocket(flow, 4001, "gateway auth changed")  # admitted before a reload: see use_runtime
+                close_websocket(flow, *RULES_CHANGED)  # admitted before a reload: see use_runtime
                 return
             if not admitted.rpc:
                 return
             flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(admitted)
             seconds = runtime.config.sidecar.websocket.connect_seconds
-            self._schedule(flow, seconds, lambda: close_websocket(flow, 1008, "connect timeout"), audit_as=Reason.WEBSOCKET_CONNECT_TIMEOUT)
+            self._schedule(flow, seconds, lambda: close_websocket(flow, *CONNECT_TIMEOUT), audit_as=Reason.WEBSOCKET_CONNECT_TIMEOUT)
         except Exception:
             INTERNAL_ERRORS.inc()
             log.exception("internal error in websocket_start; connection closed")
@@ -723,7 +725,7 @@ class ToolsInvokeGuard:
                     # Another upgrade the sidecar admitted is relayed unread, unless a frame speaks
                     # the gateway's RPC on an opened plugin's socket.
                     message.drop()
-                    close_websocket(flow, 1008, "not this route's protocol")
+                    close_websocket(flow, *NOT_THIS_PROTOCOL)
                     self._audit(flow, "refused", Reason.RPC_ON_PLUGIN_SOCKET, None)
                 return
             verdict = await session.client_frame(message.content)

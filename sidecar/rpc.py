@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from importlib import resources
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, NamedTuple, TypeGuard
 
 from .auth import AuthOutcome, parse_origin
 from .body import BodyError, invoke_body_of, strict_json
@@ -55,6 +55,19 @@ _OPERATOR = "operator."
 _RESET_COMMAND = re.compile(r"^/(new|reset)(?:\s+([\s\S]*))?$", re.IGNORECASE)
 
 Verdict = Literal["forward", "reply", "drop", "close"]
+
+
+class SessionClose(NamedTuple):
+    """A close the sidecar decides outside any frame's verdict (in the gateway's words where it
+    has them): the adapter sends it, this module chooses it."""
+
+    code: int
+    text: str
+
+
+RULES_CHANGED = SessionClose(4001, "gateway auth changed")  # the gateway's, when its secret changes
+CONNECT_TIMEOUT = SessionClose(1008, "connect timeout")  # the gateway's, no connect in time
+NOT_THIS_PROTOCOL = SessionClose(1008, "not this route's protocol")  # RPC spoken on a plugin's socket
 
 
 @dataclass(frozen=True)

@@ -723,13 +723,16 @@ class RpcSession:
         asked = list(dict.fromkeys(params.get("scopes", [])))  # a list of strings (connect_param_errors)
         kept = [s for s in asked if scope_satisfied(s, self.allowed)]
         upstream = dict(self.policy.upstream_auth or {})
-        if params.get("device") is not None and (kept != asked or upstream != auth):
+        if params.get("device") is not None:
             # A device signs its scopes and credential: a rewritten connect would not verify, and
             # an unrewritten one would pair a device above the ceiling (gateway-surface N2).
-            return self._refuse_connect(
-                request_id, Reason.DEVICE_ABOVE_CEILING, "INVALID_REQUEST",
-                "device identities pass this proxy only with its own credential and within the caller's scopes",
-                {"code": "DEVICE_SCOPES_ABOVE_CEILING", "allowedScopes": sorted(self.allowed)})
+            signed = device_connect_auth(auth, upstream) if kept == asked else None
+            if signed is None:
+                return self._refuse_connect(
+                    request_id, Reason.DEVICE_ABOVE_CEILING, "INVALID_REQUEST",
+                    "device identities pass this proxy only with its own credential and within the caller's scopes",
+                    {"code": "DEVICE_SCOPES_ABOVE_CEILING", "allowedScopes": sorted(self.allowed)})
+            upstream = signed
         # Identity in, token never out: the gateway gets the sidecar's credential, never the
         # caller's (device and bootstrap tokens, which the sidecar cannot check, are dropped).
         # A node's device signs its role, so it passes as it came (a node without one the
@@ -780,6 +783,28 @@ class RpcSession:
         # One name for policy and execution: what was judged is what runs (the schema let no `tool` in).
         return FrameVerdict("forward", Reason.ALLOWED, compact_json({**frame, "params": {**params, "name": name}}),
                             method=TOOLS_INVOKE, tool=name)
+
+
+_SIGNED_CREDENTIALS = ("token", "deviceToken", "bootstrapToken")
+
+
+def signature_token(auth: Mapping[str, Any]) -> Any:
+    """The credential a device signs, as the gateway reads it (resolveSignatureToken: the first of
+    these that is neither null nor absent)."""
+    return next((auth[key] for key in _SIGNED_CREDENTIALS if auth.get(key) is not None), None)
+
+
+def device_connect_auth(auth: Mapping[str, Any], upstream: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a connect with a device carries upstream: the sidecar's own credential, and in password
+    mode the caller's copy of that password as the signed `token` (the Control UI sends its secret
+    as both `token` and `password`, and signs the token). Fields no signature covers (a `password`
+    beside the token) are dropped like any caller's. None when the device signed anything else: its
+    signature would not verify over the sidecar's credential, and the sidecar cannot sign for it."""
+    signed = signature_token(auth)
+    forwarded = dict(upstream)
+    if "token" not in forwarded and signed is not None and signed == forwarded.get("password"):
+        forwarded["token"] = signed
+    return forwarded if signature_token(forwarded) == signed else None
 
 
 def client_message_limit(session: RpcSession | None, rpc_upgrade: bool) -> int:

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from wsproto.events import TextMessage
 
-from tests.gateway.devices import NODE_CLIENT, device_id, node_connect
+from tests.gateway.devices import NODE_CLIENT, control_ui_connect, device_id, node_connect
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 from tests.wsclient import Closed, Rejected, WsClient
 
@@ -501,6 +501,39 @@ def test_a_device_cannot_pair_above_the_ceiling(capped_sc):
     ws, refused = session(capped_sc.port, ["operator.admin"], device=device)
     assert refused["error"]["details"]["code"] == "DEVICE_SCOPES_ABOVE_CEILING"
     assert_closed_after(ws, 1008)
+
+
+# What the Control UI asks for (2026.9.6): the owner's set but for talk secrets.
+CONTROL_UI_SCOPES = ["operator.admin", "operator.read", "operator.write", "operator.approvals", "operator.questions",
+                     "operator.pairing"]
+
+
+def control_ui_session(port: int, secret: str) -> tuple[WsClient, dict[str, Any]]:
+    """A browser's socket (an Origin naming its page's loopback host), then the UI's signed connect."""
+    ws = WsClient("127.0.0.1", port, headers=[("Origin", "http://localhost")])
+    return ws, control_ui_connect(ws, secret, Ed25519PrivateKey.generate(), CONTROL_UI_SCOPES)
+
+
+def test_the_control_ui_connects_through_the_sidecar_as_it_connects_direct(token_gateway, open_sc):
+    """Its device signs the token it sends beside an unsigned copy as `password`: every browser
+    was refused 'device identities pass this proxy only with its own credential' (a real-browser
+    review), and the UI showed 'Gateway unreachable'."""
+    for port in (token_gateway.port, open_sc.port):
+        ws, hello = control_ui_session(port, TOKEN)
+        assert granted(hello) == sorted(CONTROL_UI_SCOPES)
+        ws.close()
+
+
+def test_the_control_ui_connects_through_the_sidecar_to_a_password_gateway(start_sidecar):
+    gateway = RealGateway({"mode": "password", "password": "browser-password-0123456789"})
+    try:
+        sc = start_sidecar(sidecar_config(gateway))
+        for port in (gateway.port, sc.port):
+            ws, hello = control_ui_session(port, "browser-password-0123456789")
+            assert granted(hello) == sorted(CONTROL_UI_SCOPES)
+            ws.close()
+    finally:
+        gateway.stop()
 
 
 # ---- upgrades: RFC 6455 or nothing ---------------------------------------------------------------------

@@ -288,6 +288,41 @@ async def test_a_device_within_the_ceiling_with_the_proxys_credential_passes_unc
     assert params["scopes"] == ["operator.read"] and params["auth"] == UPSTREAM and params["device"] == device
 
 
+PASSWORD_UPSTREAM = {"password": "upstream-password"}
+
+
+@pytest.mark.parametrize("upstream, auth, forwarded", [
+    # The Control UI sends its secret as token and password (authPassword ??= authToken) and signs
+    # the token: every browser connect was refused with a scope ceiling's words.
+    (UPSTREAM, {**UPSTREAM, "password": UPSTREAM["token"]}, UPSTREAM),
+    (UPSTREAM, {**UPSTREAM, "password": "unsigned, unread in token mode"}, UPSTREAM),
+    (UPSTREAM, {**UPSTREAM, "deviceToken": "d"}, UPSTREAM),  # the token is what is signed; a device token never goes up
+    (PASSWORD_UPSTREAM, {"token": "upstream-password", "password": "upstream-password"},
+     {"password": "upstream-password", "token": "upstream-password"}),
+    (PASSWORD_UPSTREAM, dict(PASSWORD_UPSTREAM), PASSWORD_UPSTREAM),  # signed over no token
+])
+async def test_a_device_connect_goes_up_with_the_proxys_credential_and_what_the_device_signed(
+        upstream: dict, auth: dict, forwarded: dict) -> None:
+    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=("operator.read",), upstream_auth=upstream)
+    device = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
+    verdict = await rpc.client_frame(connect_frame(scopes=["operator.read"], device=device, auth=auth))
+    assert verdict.verdict == "forward", answer(verdict)
+    assert answer(verdict)["params"]["auth"] == forwarded
+
+
+@pytest.mark.parametrize("upstream, auth", [
+    (UPSTREAM, {"token": "a previous or other secret", "password": UPSTREAM["token"]}),  # signed over another token
+    (UPSTREAM, {"password": UPSTREAM["token"]}),  # signed over no token: would not verify over the proxy's
+    (PASSWORD_UPSTREAM, {"token": "anything else", "password": "upstream-password"}),
+    ({}, {"token": "a caller's guess"}),  # no upstream credential to sign for
+])
+async def test_a_device_that_signed_another_credential_is_refused(upstream: dict, auth: dict) -> None:
+    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=("operator.read",), upstream_auth=upstream)
+    device = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
+    verdict = await rpc.client_frame(connect_frame(scopes=["operator.read"], device=device, auth=auth))
+    assert (verdict.verdict, verdict.reason) == ("close", "device_above_ceiling")
+
+
 @pytest.mark.parametrize("content, code", [
     (b"not json", 1008), (b"[]", 1008), (req("health"), 1008), (b'{"type":"event","method":"connect"}', 1008),
     (b'{"type":"req","id":"c","method":"connect","params":[]}', 1008), (b"{" * 100_000, 1009),

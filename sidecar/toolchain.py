@@ -173,7 +173,9 @@ def normalize_session_key(raw: str) -> str:
     room = _MATRIX_ROOM.match(raw)
     if room and room.end() < len(raw):
         start = room.end()
-        marker = raw[start:].lower().rfind(":thread:")
+        # Found in the trimmed tail and applied to the untrimmed one, as the gateway does: leading
+        # blanks shift which letters keep their case.
+        marker = _lower(raw[start:]).rfind(":thread:")
         if marker == -1:
             spans.append((start, len(raw), False))
         else:

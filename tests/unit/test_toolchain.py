@@ -8,6 +8,7 @@ which it alone refuses.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from sidecar.toolchain import (
     Policy, SessionError, ToolChain, ToolDecision, ToolRequest, agent_id_strict, catalogue, first_match,
     normalize_session_key,
 )
+from tests.gateway.oracle import call_gateway
+from tests.gateway.real_gateway import unavailable_reason
+
+GATEWAY = pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
 
 VERIFIED = [json.loads(line) for line in (Path(__file__).parents[1] / "data/toolchain/verified-2026.9.6.jsonl").open()]
 
@@ -251,6 +256,27 @@ def test_agent_ids_normalise_as_upstream() -> None:
     assert [agent_id_strict(v) for v in ("Main", " ops ", "Foo Bar", "!!!", "a" * 70, "ſ")] == \
         ["main", "ops", "foo-bar", None, "a" * 64, None]
     assert normalize_session_key(" AGENT:Main:matrix:group:!Room:Srv:thread:T1 ") == "agent:main:matrix:group:!Room:Srv:thread:T1"
+
+
+SESSION_KEY_PARTS = (
+    ("", "agent:main:", "AGENT:Main:", " agent:ops:"),
+    ("matrix:group:", "Matrix:Channel:", "signal:group:", "SIGNAL:Group:", "discord:group:"),
+    ("!AbC", " !AbC", "!AbC:Srv", " ABC:thread:XY", "!R:thread: T1 ", "AbC:THREAD:x", "\tAb", "Ab \u00a0", "\ufeffAb:Thread:C"),
+    ("", " ", ":thread:Q", "\ufeff"),
+)
+
+
+@GATEWAY
+def test_session_keys_keep_the_case_of_opaque_ids_as_the_gateway_keeps_it() -> None:
+    """Matrix room tails and Signal group ids keep their case, the rest folds; where the gateway
+    looks for a thread marker (in the trimmed tail) decides which letters keep theirs."""
+    keys = ["".join(parts) for parts in itertools.product(*SESSION_KEY_PARTS)]
+    theirs = call_gateway(["session-key:normalizeSessionKeyPreservingOpaquePeerIds"], """
+        const normalize = gateway.normalizeSessionKeyPreservingOpaquePeerIds;
+        answer(input.map((key) => normalize(key)));""", keys)
+    differ = [(key, normalize_session_key(key), gateway) for key, gateway in zip(keys, theirs, strict=True)
+              if normalize_session_key(key) != gateway]
+    assert differ == [], f"{len(differ)} of {len(keys)} differ, first: {differ[:5]}"
 
 
 # ---- the 159 verified cases --------------------------------------------------------------------------

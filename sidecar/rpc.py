@@ -36,7 +36,7 @@ from .reasons import Reason, ReasonCode
 from .scopes import ADMIN, ResolvedScopes
 from .shadow import SHADOWABLE_REASONS
 from .toolchain import ToolChain, ToolDecision, ToolRequest
-from .toolpolicy import js_trim
+from .toolpolicy import JS_WHITESPACE, js_trim
 
 GATEWAY_VERSION = "2026.9.6"
 PREAUTH_MAX_BYTES = 64 * 1024  # the gateway's own pre-auth frame limit
@@ -52,7 +52,9 @@ GATEWAY_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DENY_MARKERS = frozenset("XFCPRL")
 TOOLS_INVOKE = "tools.invoke"
 _OPERATOR = "operator."
-_RESET_COMMAND = re.compile(r"^/(new|reset)(?:\s+([\s\S]*))?$", re.IGNORECASE)
+# AGENT_SESSION_RESET_COMMAND_RE as JavaScript reads it: its \s (the blanks js_trim strips), `$` at
+# the very end, and /i folding ASCII letters only (no long s for an s).
+_RESET_COMMAND = re.compile(rf"/(new|reset)(?:[{re.escape(JS_WHITESPACE)}]+[\s\S]*)?\Z", re.IGNORECASE | re.ASCII)
 
 Verdict = Literal["forward", "reply", "drop", "close"]
 

@@ -20,12 +20,12 @@ OWNER_ONLY = OWNER_ONLY_2026_9_6 | OWNER_ONLY_SIDECAR_REVIEW
 _STRICT_NAME = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,127}")
 # What JavaScript's String.prototype.trim removes: Python's str.strip() also strips \x1c-\x1f and
 # \x85 but keeps U+FEFF, so a name padded with those would be read differently by the two.
-_JS_WHITESPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+JS_WHITESPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 
 
 def js_trim(value: str) -> str:
     """`value.trim()` as the gateway (JavaScript) computes it."""
-    return value.strip(_JS_WHITESPACE)
+    return value.strip(JS_WHITESPACE)
 
 
 def normalize_policy_name(name: str) -> str:

@@ -10,8 +10,13 @@ import subprocess
 from functools import cache
 from typing import Any
 
-from tests.gateway.real_gateway import PACKAGE
+import pytest
+
+from tests.gateway.real_gateway import PACKAGE, unavailable_reason
 from tests.node import gateway_node
+
+# For tests that ask the gateway's own functions: skipped, with the installer's reason, without it.
+needs_gateway = pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
 
 _EXPORTS = re.compile(r"^export \{(.*)\};?$", re.MULTILINE)
 

@@ -8,8 +8,7 @@ from sidecar.attribution import Attribution, attribute, client_from_forwarded, h
 from sidecar.ipaddrs import parse_network
 
 from tests.builders import view
-from tests.gateway.oracle import call_gateway
-from tests.gateway.real_gateway import unavailable_reason
+from tests.gateway.oracle import call_gateway, needs_gateway
 
 PROXY = "198.51.100.5"
 PROXY2 = "198.51.100.6"
@@ -146,7 +145,7 @@ FORWARDED = [(hop, None) for hop in HOPS] + [(f"198.51.100.1, {hop}, 10.2.2.2", 
     [("10.1.1.1", hop) for hop in HOPS]
 
 
-@pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
+@needs_gateway
 def test_the_client_behind_a_trusted_proxy_is_the_one_the_gateway_names() -> None:
     """X-Forwarded-For hops and X-Real-IP read as the gateway's parseIpLiteral reads them: an
     unclosed `[203.0.113.9` named the client here and nothing there, a port on X-Real-IP was

@@ -4,11 +4,9 @@ the gateway trusts by it; one it cannot read the same way is a start-up error, n
 
 from __future__ import annotations
 
-import pytest
 
 from sidecar.ipaddrs import in_networks, normalize_ip, parse_network
-from tests.gateway.oracle import call_gateway
-from tests.gateway.real_gateway import unavailable_reason
+from tests.gateway.oracle import call_gateway, needs_gateway
 
 ENTRIES = [
     "10.0.0.0/8", "10.0.0.0/ 8", "10.0.0.0/+8", "10.0.0.0/\u0668", "10.0.0.0 /8", " 10.0.0.0/8 ", "10.0.0.1/8", "10.0.0.0/08",
@@ -22,7 +20,7 @@ ENTRIES = [
 ADDRESSES = ["10.1.2.3", "10.0.0.5", "::ffff:10.1.2.3", "127.0.0.1", "::1", "fe80::1", "8.8.8.8", "1.2.3.99"]
 
 
-@pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
+@needs_gateway
 def test_a_trusted_proxy_entry_trusts_what_the_gateway_trusts_or_fails_at_start() -> None:
     theirs = call_gateway(["net-:isTrustedProxyAddress"], """
         answer(input.entries.map((entry) => input.addresses.map((ip) => gateway.isTrustedProxyAddress(ip, [entry]))));""",
@@ -46,7 +44,7 @@ EMBEDDED_QUADS = ["1.2.3.4", "01.2.3.4", "0001.2.3.4", "1.2.3.256", "127.0.0.1",
                   "0X1.2.3.4", "0xg.2.3.4"]
 
 
-@pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
+@needs_gateway
 def test_an_ipv6_literal_ending_in_a_dotted_quad_is_the_address_the_gateway_reads() -> None:
     """ipaddr.js reads the octets as JavaScript's parseInt does (`01`, `0x1`) and `::1.2.3.4` as
     the IPv4-mapped address: the gateway trusted 10.0.0.0/8 by `::10.0.0.0/104`, and took the hop

@@ -13,11 +13,10 @@ from importlib import resources
 import pytest
 
 from sidecar.openclaw_env import contains_reference, file_environment, secret_reference, substitute
-from tests.gateway.oracle import call_gateway
-from tests.gateway.real_gateway import PACKAGE, unavailable_reason
+from tests.gateway.oracle import call_gateway, needs_gateway
+from tests.gateway.real_gateway import PACKAGE
 from tests.node import gateway_node
 
-GATEWAY = pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
 ENV = {"A": "value-a", "B_1": "b", "EMPTY": "", "_X": "x", "lower": "never"}
 PARTS = ["$", "$$", "${", "$${", "{", "}", "A", "B_1", "EMPTY", "_X", "lower", "a-", "1"]
 
@@ -26,7 +25,7 @@ def corpus() -> list[str]:
     return sorted({"".join(c) for n in range(1, 5) for c in itertools.product(PARTS, repeat=n)})
 
 
-@GATEWAY
+@needs_gateway
 def test_strings_are_substituted_and_references_found_as_the_gateway_does() -> None:
     texts = corpus()
     theirs = call_gateway(["resolveConfigEnvVars", "containsEnvVarReference"], """
@@ -57,7 +56,7 @@ def env_sections() -> list[dict]:
     return cases
 
 
-@GATEWAY
+@needs_gateway
 def test_the_env_section_fills_in_the_environment_as_the_gateway_applies_it() -> None:
     """Compared on the names `${NAME}` can reach, an empty value counting as unset on both sides."""
     cases = env_sections()
@@ -75,7 +74,7 @@ def test_the_env_section_fills_in_the_environment_as_the_gateway_applies_it() ->
     assert applied >= 300  # sections the gateway took variables from are represented
 
 
-@GATEWAY
+@needs_gateway
 def test_the_refused_names_are_the_gateways_host_policy() -> None:
     """sidecar/data/gateway-env-policy-2026.9.6.json against the policy literal in the gateway's bundle."""
     (bundle,) = [f for f in (PACKAGE / "dist").glob("host-env-security-*.mjs") if "var host_env_security_policy_default" in f.read_text()]
@@ -108,7 +107,7 @@ def credential_values() -> list[object]:
     return texts + objects
 
 
-@GATEWAY
+@needs_gateway
 def test_secret_references_are_found_as_the_gateways_coerce_secret_ref_finds_them() -> None:
     values = credential_values()
     theirs = call_gateway(["coerceSecretRef"], """

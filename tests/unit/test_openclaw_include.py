@@ -10,8 +10,7 @@ import pytest
 
 from sidecar.config import ConfigError, load_config
 from sidecar.openclaw_include import IncludeError, resolve_includes
-from tests.gateway.oracle import call_gateway
-from tests.gateway.real_gateway import unavailable_reason
+from tests.gateway.oracle import call_gateway, needs_gateway
 
 pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
 
@@ -57,7 +56,7 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
+@needs_gateway
 def test_includes_resolve_as_the_gateway_resolves_them(tree: Path) -> None:
     config_path = tree / "openclaw.json"
     theirs = call_gateway(["resolveConfigIncludes"], """

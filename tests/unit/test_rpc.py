@@ -20,6 +20,7 @@ from sidecar.rpc import (
 from sidecar.scopes import DEFAULT_SCOPES, ResolvedScopes
 from sidecar.config import OpenClawRules
 from sidecar.toolchain import ToolChain
+from tests.gateway.oracle import call_gateway, needs_gateway
 
 SECRET = "frame-secret"
 UPSTREAM = {"token": "upstream-credential"}
@@ -126,6 +127,22 @@ def test_scope_satisfied_as_the_gateway(required: str, granted: set[str], ok: bo
 ])
 def test_params_decide_dynamic_scopes(method: str, params: Any, scopes: tuple[str, ...]) -> None:
     assert dynamic_scopes(method, params) == scopes
+
+
+RESET_MESSAGES = [head + gap + tail for head in ("/new", "/reset", "/NEW", "/Reſet", "/neW", "x/new", " /new")
+                  for gap in ("", " ", "\t", "\ufeff", "\u00a0", "\u2028", "\x1c", "\x85", "\u200b", "\n")
+                  for tail in ("", "hi", "hi\n", "\n")]
+
+
+@needs_gateway
+def test_an_agent_reset_needs_admin_exactly_where_the_gateway_says() -> None:
+    """The gateway's AGENT_SESSION_RESET_COMMAND_RE: JavaScript's \\s, ASCII-only case folding."""
+    theirs = call_gateway(["method-scopes:AGENT_SESSION_RESET_COMMAND_RE"], """
+        answer(input.map((message) => gateway.AGENT_SESSION_RESET_COMMAND_RE.test(message)));""", RESET_MESSAGES)
+    mine = [dynamic_scopes("agent", {"message": message}) == ("operator.admin",) for message in RESET_MESSAGES]
+    differ = [(message, m, t) for message, m, t in zip(RESET_MESSAGES, mine, theirs, strict=True) if m != t]
+    assert differ == [], differ
+    assert 40 < sum(theirs) < len(theirs)
 
 
 # ---- connect --------------------------------------------------------------------------------------

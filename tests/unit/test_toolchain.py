@@ -23,10 +23,7 @@ from sidecar.toolchain import (
     Policy, SessionError, ToolChain, ToolDecision, ToolRequest, agent_id_strict, catalogue, first_match,
     normalize_session_key,
 )
-from tests.gateway.oracle import call_gateway
-from tests.gateway.real_gateway import unavailable_reason
-
-GATEWAY = pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
+from tests.gateway.oracle import call_gateway, needs_gateway
 
 VERIFIED = [json.loads(line) for line in (Path(__file__).parents[1] / "data/toolchain/verified-2026.9.6.jsonl").open()]
 
@@ -266,7 +263,7 @@ SESSION_KEY_PARTS = (
 )
 
 
-@GATEWAY
+@needs_gateway
 def test_session_keys_keep_the_case_of_opaque_ids_as_the_gateway_keeps_it() -> None:
     """Matrix room tails and Signal group ids keep their case, the rest folds; where the gateway
     looks for a thread marker (in the trimmed tail) decides which letters keep theirs."""

@@ -8,8 +8,7 @@ import pytest
 import hashlib
 
 from sidecar.upstream_tls import certificate_matches, normalize_fingerprint
-from tests.gateway.oracle import call_gateway
-from tests.gateway.real_gateway import unavailable_reason
+from tests.gateway.oracle import call_gateway, needs_gateway
 
 HEX = "0123456789abcdef" * 4
 COLONS = ":".join(HEX[i:i + 2] for i in range(0, 64, 2))
@@ -20,7 +19,7 @@ SPELLINGS = [
 ]
 
 
-@pytest.mark.skipif(unavailable_reason() is not None, reason=f"REAL GATEWAY TESTS SKIPPED: {unavailable_reason()}")
+@needs_gateway
 def test_a_fingerprint_is_read_as_the_gateways_clients_read_it() -> None:
     theirs = call_gateway(["client-address-utils-:normalizeTlsFingerprint"],
                           "answer(input.map((text) => gateway.normalizeTlsFingerprint(text) || null));", SPELLINGS)

@@ -21,7 +21,7 @@ from .config import Config
 from .ipaddrs import IPNetwork, in_networks, ip_text, is_loopback, parse_ip, parse_network
 from .localaddrs import local_interface_addresses
 from .reasons import MissingHeader, Reason, ReasonCode
-from .toolpolicy import js_trim
+from .toolpolicy import js_trim, well_formed
 from .view import RequestView
 
 log = logging.getLogger("sidecar.auth")
@@ -57,8 +57,9 @@ def bearer_credential(view: RequestView) -> str | None:
 
 
 def safe_equal(presented: str, expected: str) -> bool:
-    """safeEqualSecret: pad to the longer length, compare in constant time, then compare lengths."""
-    a, b = presented.encode(), expected.encode()
+    """safeEqualSecret: pad to the longer length, compare in constant time, then compare lengths.
+    Both sides as Node's UTF-8 sees them: a connect frame's JSON may carry a lone surrogate."""
+    a, b = well_formed(presented).encode(), well_formed(expected).encode()
     width = max(len(a), len(b))
     same = hmac.compare_digest(a.ljust(width, b"\0"), b.ljust(width, b"\0"))
     return same and len(a) == len(b)

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 
 from .caching import short_call_cache
+from .toolpolicy import well_formed
 
 __all__ = ["CanonicalTarget", "InvalidTarget", "UnsupportedTarget", "canonicalize_target"]
 
@@ -313,8 +314,7 @@ class _Parser:
     """
 
     def __init__(self, text: str, base: _URL | None):
-        # JS strings are UTF-16: lone surrogates become U+FFFD (USVString).
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        text = well_formed(text)  # JS strings are UTF-16; the URL parser takes a USVString
         # Strip leading/trailing C0-control-or-space, drop every tab/newline.
         text = text.strip("".join(chr(c) for c in range(0x21)))
         self.s = text.replace("\t", "").replace("\n", "").replace("\r", "")

@@ -28,6 +28,12 @@ def js_trim(value: str) -> str:
     return value.strip(JS_WHITESPACE)
 
 
+def well_formed(text: str) -> str:
+    """A JavaScript string as UTF-8 sees it (USVString, `Buffer.from(text, "utf8")`): each lone
+    surrogate becomes U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def normalize_policy_name(name: str) -> str:
     """Lower-case and alias, as upstream's normalizeToolPolicyName does for config entries."""
     lowered = js_trim(name).lower()

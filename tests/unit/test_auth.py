@@ -65,6 +65,8 @@ def test_bearer_credential(header: str | None, expected: str | None) -> None:
         ("T", "T\0", False),  # zero padding must not make a prefix equal
         ("T\0", "T", False), ("", "T", False), ("sécret", "sécret", True), ("secret", "sécret", False),
         ("a" * 1000, "a" * 1000, True), ("a" * 1000, "a" * 999 + "b", False),
+        # A connect frame's JSON may hold a lone surrogate: Node's UTF-8 makes it U+FFFD.
+        ("\ud800", "T", False), ("T\udfff", "T\ufffd", True), ("\ud800\ud800", "\ufffd", False),
     ],
 )
 def test_safe_equal(presented: str, expected: str, equal: bool) -> None:

@@ -305,6 +305,14 @@ async def test_a_device_within_the_ceiling_with_the_proxys_credential_passes_unc
     assert params["scopes"] == ["operator.read"] and params["auth"] == UPSTREAM and params["device"] == device
 
 
+async def test_a_credential_with_a_lone_surrogate_is_a_wrong_credential() -> None:
+    """As at the gateway (token_mismatch), not an internal error that closes 1011 uncounted."""
+    rpc, recorder = session()
+    verdict = await rpc.client_frame(connect_frame(auth={"token": "\ud800"}))
+    assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "token_mismatch", 1008)
+    assert recorder.secrets == ["\ud800"]
+
+
 PASSWORD_UPSTREAM = {"password": "upstream-password"}
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from .caching import short_call_cache
-from .canonical import InvalidTarget, canonicalize_target
+from .canonical import InvalidTarget, UnsupportedTarget, canonicalize_target
 from .toolpolicy import js_trim
 
 GATEWAY_VERSION = "2026.9.6"
@@ -190,8 +190,13 @@ def decode_uri_component(text: str) -> str:
 
 
 def _resolve_dot_segments(path: str) -> str:
+    """`new URL(path, "http://localhost").pathname`, or the path where Node's URL throws. A path
+    Node parses and the sidecar's parser does not (an internationalised host after `//`) raises
+    UnsupportedTarget: which path the gateway reads then is not known here."""
     try:
         return canonicalize_target(path, "localhost").path
+    except UnsupportedTarget:
+        raise
     except InvalidTarget:
         return path
 
@@ -202,8 +207,9 @@ def collapse_slashes(path: str) -> str:
 
 
 def _security_normalize(path: str) -> str:
-    """normalizePathForSecurity: WHATWG dot segments, lower case, `//` collapsed, no trailing `/`."""
-    collapsed = collapse_slashes(_resolve_dot_segments(path).lower())
+    """normalizePathForSecurity: WHATWG dot segments, trimmed, lower case, `//` collapsed, no
+    trailing `/`."""
+    collapsed = collapse_slashes(js_trim(_resolve_dot_segments(path)).lower())
     if len(collapsed) > 1:
         collapsed = collapsed.rstrip("/")
     return collapsed or "/"
@@ -212,20 +218,24 @@ def _security_normalize(path: str) -> str:
 def plugin_path_candidates(path: str) -> tuple[list[str], bool]:
     """buildCanonicalPathCandidates: the path and each percent-decoding pass of it, normalised.
     The flag says whether the gateway's own protected-prefix rule would fail closed (malformed
-    encoding or the decode-pass limit reached)."""
-    candidates = [_security_normalize(path)]
+    encoding or the decode-pass limit reached), or the sidecar cannot tell what the gateway reads."""
+    candidates: list[str] = []
     decoded = path
-    for _ in range(_MAX_DECODE_PASSES):
-        try:
-            following = decode_uri_component(decoded)
-        except _Malformed:
-            return candidates, True
-        if following == decoded:
-            return candidates, False
-        decoded = following
-        normalized = _security_normalize(decoded)
-        if normalized not in candidates:
-            candidates.append(normalized)
+    try:
+        candidates.append(_security_normalize(path))
+        for _ in range(_MAX_DECODE_PASSES):
+            try:
+                following = decode_uri_component(decoded)
+            except _Malformed:
+                return candidates, True
+            if following == decoded:
+                return candidates, False
+            decoded = following
+            normalized = _security_normalize(decoded)
+            if normalized not in candidates:
+                candidates.append(normalized)
+    except UnsupportedTarget:
+        return candidates, True
     return candidates, True
 
 

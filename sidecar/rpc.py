@@ -299,8 +299,10 @@ def _under_auth(error: str) -> str:
 
 
 def first_missing_scope(method: str, spec: MethodSpec, params: Any, granted: frozenset[str]) -> str | None:
-    """The first scope `method` needs that `granted` lacks (authorizeGatewayMethod: `health`
-    needs none, a dynamic method what its params ask for), or None."""
+    """The first scope `method` needs that `granted` lacks (after authorizeGatewayMethod: `health`
+    needs none, a dynamic method what its params ask for), or None. Stricter than the gateway in
+    two places: `device.scopes.requestUpgrade`/`waitUpgrade` (on the deny list anyway) keep their
+    scope, and an `operator.sessions.*` scope never stands in for read or write."""
     if method == "health":
         return None
     required = dynamic_scopes(method, params) if spec.scope == "dynamic" else (spec.scope,)

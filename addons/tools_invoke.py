@@ -703,14 +703,19 @@ class ToolsInvokeGuard:
 
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
         """On mitmproxy's own layer: judge each client frame before the gateway reads it; server
-        frames pass unchanged."""
+        frames pass unchanged, but for the connect's answer (`RpcSession.server_message`)."""
         assert flow.websocket is not None
         messages = flow.websocket.messages
         message = messages[-1]
         # mitmproxy keeps every message of a connection for its UI; a long RPC session would grow
         # without bound. Only the one being judged is needed (the layer holds it by reference).
         del messages[:-1]
-        if not message.from_client or message.injected:
+        if message.injected:
+            return
+        if not message.from_client:
+            session = flow.metadata.get(RPC_SESSION)
+            if session is not None and session.answer_pending and message.is_text:
+                message.content = session.server_message(message.content) or message.content
             return
         if flow.metadata.get(WS_CLOSING):
             message.drop()

@@ -26,7 +26,7 @@ from mitmproxy.proxy.layers.websocket import WebsocketEndHook, WebsocketStartHoo
 from mitmproxy.proxy.utils import expect
 
 from sidecar.metrics import INTERNAL_ERRORS
-from sidecar.rpc import FrameVerdict, RpcSession
+from sidecar.rpc import RPC_MAX_MESSAGE_BYTES, FrameVerdict, RpcSession
 
 from .coroutines import resume
 
@@ -38,6 +38,7 @@ CLOSE_DEADLINE_SECONDS = 1.0  # the longest our close frame waits for a gateway 
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _DATA = (TEXT, BINARY)
+_MOST_HELD = RPC_MAX_MESSAGE_BYTES + 14  # a whole gateway message and its frame header
 _CONTROL = (CLOSE, PING, PONG)
 _ZERO_MASK = b"\0\0\0\0"
 # Close codes a peer may send (RFC 6455 §7.4; 1004-1006 and 1015 never go on the wire).
@@ -255,6 +256,26 @@ class ServerFrames:
             self._fragmented = not self._fin
 
 
+def whole_server_frame(data: bytes) -> tuple[int, bool, bytes, int] | None:
+    """The gateway frame `data` starts with (opcode, final, payload, its size in `data`), or None
+    while it has not all arrived."""
+    if len(data) < 2:
+        return None
+    length, masked = data[1] & 0x7F, bool(data[1] & 0x80)  # the gateway never masks; read past a key all the same
+    extended = {126: 2, 127: 8}.get(length, 0)
+    head = 2 + extended + 4 * masked
+    if len(data) < head:
+        return None
+    if extended:
+        length = int.from_bytes(data[2:2 + extended], "big")
+    if len(data) < head + length:
+        return None
+    payload = data[head:head + length]
+    if masked:
+        payload = unmask(payload, data[head - 4:head])
+    return data[0] & 0x0F, bool(data[0] & 0x80), payload, head + length
+
+
 class PendingVerdict:
     """A judgement that had to wait, finished by the `rpc_verdict` hook while the relay pauses."""
 
@@ -320,6 +341,7 @@ class RpcRelay(layer.Layer):
         self.session: RpcSession | None = None
         self._to_client: list[bytes] = []  # our frames, waiting for a gateway message to end
         self._to_server: list[bytes] = []  # forwarded frames, sent once per read
+        self._held = b""  # the gateway's bytes while the connect's answer is awaited
         self._closing = False  # client input is no longer read
         self._close_sent = False  # our close frame is out: nothing of the gateway's follows it
         self._linger = CLOSE_LINGER_SECONDS
@@ -455,6 +477,14 @@ class RpcRelay(layer.Layer):
     def _from_server(self, data: bytes) -> layer.CommandGenerator[None]:
         if self._close_sent:
             return  # after our close frame the client hears nothing more
+        if self.session is not None and self.session.answer_pending:
+            if not self._held and not self.server_frames.at_boundary:  # hold from a message's start
+                cut = self.server_frames.advance(data, stop_at_boundary=True)
+                yield commands.SendData(self.context.client, data[:cut])
+                data = data[cut:]
+            data = self._connect_answer(data) if self.server_frames.at_boundary else data
+            if not data:
+                return
         if self._to_client:  # pass up to the first point between messages, speak there
             cut = self.server_frames.advance(data, stop_at_boundary=True)
             if cut:
@@ -470,6 +500,31 @@ class RpcRelay(layer.Layer):
             # The gateway closed: its close frame reached the client; it gets our reply.
             self._closing = True
             yield from self._finish()
+
+    def _connect_answer(self, data: bytes) -> bytes:
+        """While the connect's answer is awaited the gateway's bytes are held until whole messages
+        stand; returned as they came but for that answer, which the session rewrites. A fragmented
+        message, or more held than the gateway could send, ends the wait: relayed unread."""
+        session = self.session
+        assert session is not None
+        held, out = self._held + data, list[bytes]()
+        while session.answer_pending:
+            found = whole_server_frame(held)
+            if found is None:
+                if len(held) <= _MOST_HELD:
+                    self._held = held
+                    return b"".join(out)
+                session.answer_pending = False
+                break
+            opcode, fin, payload, size = found
+            if not fin:
+                session.answer_pending = False
+                break
+            rewritten = session.server_message(payload) if opcode == TEXT else None
+            out.append(held[:size] if rewritten is None else frame(TEXT, rewritten))
+            held = held[size:]
+        self._held = b""
+        return b"".join(out) + held
 
     def _flush_to_client(self) -> layer.CommandGenerator[None]:
         if not self._to_client or not self.server_frames.at_boundary:

@@ -637,6 +637,8 @@ class RpcSession:
         self.granted: tuple[str, ...] | None = None  # the same, in the order asked (for the audit lines)
         self.caps: frozenset[str] = frozenset()  # the connect frame's client capabilities (tools need some)
         self.node = False  # connected with role node (sidecar.websocket.allowNodes)
+        self.answer_pending = False  # the connect went up; its answer has not come back yet
+        self._connect_id: Any = None
 
     @property
     def connected(self) -> bool:
@@ -746,10 +748,31 @@ class RpcSession:
         if upstream:
             rewritten["auth"] = upstream
         self.scopes, self.granted, self.node = frozenset(kept), tuple(kept), role == "node"
+        self._connect_id, self.answer_pending = request_id, True
         caps = params.get("caps")
         self.caps = frozenset(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else frozenset()
         return FrameVerdict("forward", Reason.CONNECT, compact_json({**frame, "params": rewritten}), method="connect",
                             detail="role node" if self.node else None)
+
+    def server_message(self, content: bytes) -> bytes | None:
+        """A gateway message while the connect's answer is awaited: that answer without the device
+        token the gateway minted, or None to relay the message as it came. The sidecar honours no
+        device token (it authenticates every connect and request itself), so the token would be a
+        gateway credential outside its reach, and the Control UI would present it first on every
+        HTTP read, each a 401 counted as a failed authentication."""
+        try:
+            message = json.loads(content)
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or message.get("type") != "res" or message.get("id") != self._connect_id:
+            return None
+        self.answer_pending = False
+        payload = message.get("payload")
+        if not isinstance(payload, dict) or not isinstance(auth := payload.get("auth"), dict) \
+                or _MINTED_DEVICE_AUTH.isdisjoint(auth):
+            return None
+        kept = {key: value for key, value in auth.items() if key not in _MINTED_DEVICE_AUTH}
+        return compact_json({**message, "payload": {**payload, "auth": kept}})
 
     def _refuse_connect(self, request_id: Any, reason: ReasonCode, code: str, message: str,
                         details: Mapping[str, Any] | None = None, *, method: str = "connect",
@@ -790,6 +813,8 @@ class RpcSession:
 
 
 _SIGNED_CREDENTIALS = ("token", "deviceToken", "bootstrapToken")
+# What hello-ok's `auth` carries of a device token the gateway minted or rotated at connect.
+_MINTED_DEVICE_AUTH = frozenset({"deviceToken", "deviceTokens", "issuedAtMs"})
 
 
 def signature_token(auth: Mapping[str, Any]) -> Any:

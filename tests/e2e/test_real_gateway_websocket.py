@@ -518,10 +518,15 @@ def test_the_control_ui_connects_through_the_sidecar_as_it_connects_direct(token
     """Its device signs the token it sends beside an unsigned copy as `password`: every browser
     was refused 'device identities pass this proxy only with its own credential' (a real-browser
     review), and the UI showed 'Gateway unreachable'."""
+    minted = {}
     for port in (token_gateway.port, open_sc.port):
         ws, hello = control_ui_session(port, TOKEN)
         assert granted(hello) == sorted(CONTROL_UI_SCOPES)
+        minted[port] = hello["payload"]["auth"].get("deviceToken")
         ws.close()
+    # The gateway mints the browser a device token; the sidecar, which honours none, keeps it: the
+    # UI then reads over HTTP with the secret it was given, not with a token answered 401 each time.
+    assert minted[token_gateway.port] and minted[open_sc.port] is None
 
 
 def test_the_control_ui_connects_through_the_sidecar_to_a_password_gateway(start_sidecar):

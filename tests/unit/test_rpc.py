@@ -313,6 +313,29 @@ async def test_a_credential_with_a_lone_surrogate_is_a_wrong_credential() -> Non
     assert recorder.secrets == ["\ud800"]
 
 
+async def test_the_connects_answer_loses_the_device_token_the_gateway_minted() -> None:
+    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True))
+    assert not rpc.answer_pending
+    await rpc.client_frame(connect_frame(scopes=["operator.read"]))
+    assert rpc.answer_pending
+    assert rpc.server_message(b'{"type":"event","event":"tick","payload":{}}') is None  # relayed as it came
+    assert rpc.server_message(b'{"type":"res","id":"other","ok":true}') is None and rpc.answer_pending
+    hello = {"type": "hello-ok", "server": {"version": "2026.9.6"}, "auth": {
+        "method": "token", "role": "operator", "scopes": ["operator.read"], "deviceToken": "minted", "issuedAtMs": 1,
+        "deviceTokens": [{"token": "more"}]}}
+    rewritten = rpc.server_message(json.dumps({"type": "res", "id": "c1", "ok": True, "payload": hello}).encode())
+    assert rewritten is not None and not rpc.answer_pending
+    assert json.loads(rewritten) == {"type": "res", "id": "c1", "ok": True, "payload": {
+        "type": "hello-ok", "server": {"version": "2026.9.6"}, "auth": {"method": "token", "role": "operator", "scopes": ["operator.read"]}}}
+
+
+async def test_a_connect_answer_without_a_device_token_is_relayed_as_it_came() -> None:
+    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True))
+    await rpc.client_frame(connect_frame(scopes=["operator.read"]))
+    assert rpc.server_message(b'{"type":"res","id":"c1","ok":false,"error":{"code":"NOT_PAIRED"}}') is None
+    assert not rpc.answer_pending
+
+
 PASSWORD_UPSTREAM = {"password": "upstream-password"}
 
 

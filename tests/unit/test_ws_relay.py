@@ -54,6 +54,16 @@ class FakeSession:
     def __init__(self) -> None:
         self.seen: list[bytes] = []
         self.gate: asyncio.Future[None] | None = None
+        self.answer_pending = False
+        self.answers: list[bytes] = []  # gateway messages shown while the connect's answer was awaited
+
+    def server_message(self, content: bytes) -> bytes | None:
+        """The connect's answer is the message that says `answer`; it comes back rewritten."""
+        self.answers.append(content)
+        if content.startswith(b"answer"):
+            self.answer_pending = False
+            return b"rewritten " + content
+        return None
 
     @property
     def connected(self) -> bool:
@@ -236,6 +246,36 @@ def test_gateway_bytes_pass_raw_whatever_they_are() -> None:
     data = server_frame(TEXT, b"a", fin=False) + server_frame(PING, b"") + b"\x00\x05hel"
     [out] = relay.from_server(data)
     assert isinstance(out, commands.SendData) and (out.connection, out.data) == (relay.client, data)
+
+
+def test_the_connects_answer_is_held_whole_and_rewritten_and_the_rest_passes_as_it_came() -> None:
+    relay = Relay()
+    relay.session.answer_pending = True
+    event, answer, later = server_frame(TEXT, b"event"), server_frame(TEXT, b"answer" + b"x" * 70_000), server_frame(TEXT, b"later")
+    stream = event + answer + later
+    assert sent(relay.from_server(stream[:3]), relay.client) == b""  # not yet a whole message
+    assert sent(relay.from_server(stream[3:len(event) + 5]), relay.client) == event  # whole messages as they stand
+    rewritten = server_frame(TEXT, b"rewritten answer" + b"x" * 70_000)
+    assert sent(relay.from_server(stream[len(event) + 5:-3]), relay.client) == rewritten + later[:-3]
+    assert sent(relay.from_server(stream[-3:]), relay.client) == stream[-3:]  # raw again, mid-frame or not
+    assert relay.session.answers == [b"event", b"answer" + b"x" * 70_000]
+
+
+def test_waiting_for_the_connects_answer_starts_at_the_end_of_a_message_in_flight() -> None:
+    relay = Relay()
+    passing = server_frame(TEXT, b"y" * 300)
+    assert sent(relay.from_server(passing[:10]), relay.client) == passing[:10]
+    relay.session.answer_pending = True
+    out = relay.from_server(passing[10:] + server_frame(TEXT, b"answer"))
+    assert sent(out, relay.client) == passing[10:] + server_frame(TEXT, b"rewritten answer")
+
+
+def test_a_fragmented_message_ends_the_wait_for_the_connects_answer_unread() -> None:
+    relay = Relay()
+    relay.session.answer_pending = True
+    data = server_frame(TEXT, b"answer part", fin=False) + server_frame(CONTINUATION, b" two")
+    assert sent(relay.from_server(data), relay.client) == data
+    assert not relay.session.answer_pending and relay.session.answers == []
 
 
 def test_a_reply_waits_for_the_end_of_a_fragmented_gateway_message_split_across_reads() -> None:

@@ -480,7 +480,8 @@ class RpcRelay(layer.Layer):
         if self.session is not None and self.session.answer_pending:
             if not self._held and not self.server_frames.at_boundary:  # hold from a message's start
                 cut = self.server_frames.advance(data, stop_at_boundary=True)
-                yield commands.SendData(self.context.client, data[:cut])
+                if cut:
+                    yield commands.SendData(self.context.client, data[:cut])
                 data = data[cut:]
             data = self._connect_answer(data) if self.server_frames.at_boundary else data
             if not data:

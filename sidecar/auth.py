@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import quote
 
 import idna
 
@@ -118,7 +119,7 @@ def parse_origin(raw: str) -> Origin | None:
         return None
     if scheme in NETWORK_SCHEMES:
         host = _network_host(scheme, authority)
-    elif scheme == "file":  # a file URL's host is empty or dropped (`localhost`): no origin
+    elif scheme == "file":  # refused, stricter: the gateway spells `file://host` for a named host
         return None
     else:  # an opaque host; URL.origin is "null", the gateway spells it scheme://host itself
         host = _opaque_host(authority.rstrip("/"))
@@ -167,15 +168,27 @@ _OPAQUE_AUTHORITY = re.compile(r"(\[[0-9a-f:.]+\]|[^\[\]:]*)(?::([0-9]*))?")
 
 
 def _opaque_host(authority: str) -> str | None:
-    """A non-special URL's host[:port] as URL.host serialises it: a port in range (leading
-    zeros dropped, none when empty), no forbidden host code point."""
+    """A non-special URL's host[:port] as URL.host serialises it: an IPv6 literal in its canonical
+    form, any other host with no forbidden host code point and everything past `~` percent-encoded
+    (lower-cased, as the gateway lowers the origin), a port in range (leading zeros dropped, none
+    when empty); None where the URL parser throws or finds no host. Control characters, which it
+    strips or encodes by rules of their own, are refused (stricter)."""
     match = _OPAQUE_AUTHORITY.fullmatch(authority)
     if match is None:
         return None
     host, port = match.group(1), match.group(2)
-    if not host.startswith("[") and any(c in FORBIDDEN_HOST_CODE_POINTS for c in host):
-        return None
     if port and int(port) > 65535:
+        return None
+    if host.startswith("["):
+        try:
+            host = canonicalize_target(f"http://{host}").host or ""
+        except InvalidTarget:
+            return None
+    elif any(c in FORBIDDEN_HOST_CODE_POINTS or c < "!" for c in host):
+        return None
+    else:
+        host = "".join(c if c < "\x7f" else quote(c, safe="").lower() for c in well_formed(host))
+    if not host:
         return None
     return f"{host}:{int(port)}" if port else host
 

@@ -172,6 +172,10 @@ def test_origin_policy(allowed: tuple[str, ...], headers: list[tuple[str, str]],
     ("\ufeffhttp://h", "http://h"), ("http://h/ ", "http://h"),
     ("https://App.XN--P1AI.:0443/", "https://app.xn--p1ai."), ("https://xn--p1ai:8443", "https://xn--p1ai:8443"), ("https://xn--zz.example", None), ("https://xn--p1ai%2f", None),
     ("https://a%2eb.xn--p1ai", None), ("https://a%2e%2eb.xn--p1ai", None),  # escapes in an IDN name: refused, the strict side
+    # opaque hosts as Node's URL serialises them (code review: these were passed through unparsed)
+    ("foo://[1:2]", None), ("foo://[::1::2]", None), ("foo://[1.2.3.4]", None), ("foo://:80", None),
+    ("foo://[::ffff:1.2.3.4]", "foo://[::ffff:102:304]"), ("foo://[0:0:0:0:0:0:0:1]", "foo://[::1]"),
+    ("foo://\u00a0x", "foo://%c2%a0x"), ("foo://é.X", "foo://%c3%a9.x"), ("foo://a%41", "foo://a%41"),
 ])
 def test_parse_origin_reads_as_new_url_does(raw: str, origin: str | None) -> None:
     """The gateway's parseOrigin over Node's URL (checked against Node 24; file URLs, and IDN hosts

@@ -245,7 +245,7 @@ class OriginPolicy:
             return "origin missing or invalid"
         if "*" in self.allowed or origin.origin in self.allowed:
             return None
-        host = (view.first("host") or "").strip().lower()
+        host = view.host
         if host and origin.host == host and (self.host_header_fallback or _trusted_same_origin_host(host, local_client)):
             return None
         return None if local_client and _is_loopback_host(origin.hostname) else "origin not allowed"

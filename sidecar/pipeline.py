@@ -329,7 +329,7 @@ class Pipeline:
             # RFC 9112 §3.2, and the gateway answers 400 without one: forwarding it would leave
             # the gateway to guess the authority it resolves the target against.
             return Refuse.because(Reason.INVALID_HOST, HOST_REQUIRED)
-        host = (view.first("host") or "").strip().lower()
+        host = view.host
         if host and not _PLAIN_HOST.fullmatch(host):
             # The gateway builds `new URL(target, "http://" + Host)`: a Host with a path would
             # move the route it computes, so only host[:port] is accepted.

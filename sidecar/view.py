@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .toolpolicy import js_trim
+
 
 @dataclass(frozen=True)
 class RequestView:
@@ -32,6 +34,12 @@ class RequestView:
         """The first value as text (latin-1, as Node reads header bytes); None when absent."""
         values = self._index.get(name.lower())
         return None if not values else values[0].decode("latin-1")
+
+    @property
+    def host(self) -> str:
+        """normalizeHostHeader: the Host header trimmed (JavaScript's trim) and lower-cased; ""
+        when absent."""
+        return js_trim(self.first("host") or "").lower()
 
     @property
     def names(self) -> list[str]:

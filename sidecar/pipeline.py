@@ -21,6 +21,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 from . import envelopes
@@ -550,16 +551,23 @@ class Pipeline:
         limited_as = browser.limit_key if browser is not None and is_loopback(admitted.client_ip) else admitted.client_ip
 
         async def check_secret(auth: Mapping[str, Any]) -> AuthOutcome:
+            """A secret in a connect frame, behind the failure limiter. Where callers hold no
+            secret (trusted-proxy mode) every one presented is wrong: a device's guess at the
+            upstream secret (RpcSession), counted all the same."""
             authenticator = self.authenticator
-            assert isinstance(authenticator, SharedSecretAuth)
-            presented = connect_secret(authenticator.method, auth)
-            result = await self._limited_check(limited_as, True, lambda: authenticator.check(presented))
+            if isinstance(authenticator, SharedSecretAuth):
+                method = authenticator.method
+                check = partial(authenticator.check, connect_secret(method, auth))
+            else:
+                method = "token"
+                check = partial(AuthOutcome, False, method, Reason.TOKEN_MISMATCH, presented=True, shared_secret=True)
+            result = await self._limited_check(limited_as, True, check)
             if not isinstance(result, Refuse):
                 return result
             if result.delay_s > 0:
                 await asyncio.sleep(result.delay_s)  # the same loopback delay as a refused HTTP request
             retry = next((int(v) for k, v in result.envelope.headers if k.lower() == "retry-after"), None)
-            return AuthOutcome(False, authenticator.method, result.reason, retry_after_s=retry)
+            return AuthOutcome(False, method, result.reason, retry_after_s=retry)
 
         async def limit(user: str | None, tool: str) -> Reason | None:
             if self.request_limiter is None:

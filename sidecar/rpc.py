@@ -25,7 +25,7 @@ from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal, NamedTuple, TypeGuard
 
-from .auth import AuthOutcome, parse_origin
+from .auth import AuthOutcome, parse_origin, safe_equal
 from .body import BodyError, invoke_body_of, strict_json
 from .config import Config, RefusedFrames
 from .envelopes import compact_json, method_denied_error, missing_scope_error
@@ -639,6 +639,7 @@ class RpcSession:
         self.node = False  # connected with role node (sidecar.websocket.allowNodes)
         self.answer_pending = False  # the connect went up; its answer has not come back yet
         self._connect_id: Any = None
+        self._proved_upstream = False  # the connect frame carried the upstream secret itself
 
     @property
     def connected(self) -> bool:
@@ -716,29 +717,42 @@ class RpcSession:
             return self._refuse_connect(request_id, Reason.ORIGIN_NOT_ALLOWED, "INVALID_REQUEST", ORIGIN_NOT_ALLOWED,
                                         {"code": "CONTROL_UI_ORIGIN_NOT_ALLOWED", "reason": origin_refusal},
                                         close_reason=ORIGIN_NOT_ALLOWED)
+        asked = list(dict.fromkeys(params.get("scopes", [])))  # a list of strings (connect_param_errors)
+        kept = [s for s in asked if scope_satisfied(s, self.allowed)]
+        upstream = dict(self.policy.upstream_auth or {})
+        device = params.get("device") is not None
+        # A device signs its scopes and credential: a rewritten connect would not verify, and an
+        # unrewritten one would pair a device above the ceiling (gateway-surface N2).
+        signed = device_connect_auth(auth, upstream) if device and kept == asked else None
+        if device and kept == asked and signed is None and (guess := signature_token(auth)) is not None:
+            # It signed a credential that is not the sidecar's upstream one: that credential is
+            # what this frame is judged by, not the secret beside it, whose match would clear the
+            # count. One of the sidecar's own secrets (a previous one mid-rotation) is refused as
+            # a device the sidecar cannot pass; anything else is a wrong secret, answered and
+            # counted as one (red team: a caller that never held the upstream secret could try
+            # guesses at it here, unlimited).
+            checked = await self.check_secret({"token": guess})
+            if not checked.ok:
+                refusal, message = connect_auth_refusal(request_id, checked, client, device=True)
+                return FrameVerdict("close", checked.reason, refusal, close_code=1008, method="connect", close_reason=message)
+            return self._refuse_device(request_id)
         if self.caller is None:
             outcome = await self.check_secret(auth)
             if not outcome.ok:
-                refusal, message = connect_auth_refusal(request_id, outcome, client, device=bool(params.get("device")))
+                refusal, message = connect_auth_refusal(request_id, outcome, client, device=device)
                 return FrameVerdict("close", outcome.reason, refusal, close_code=1008, method="connect", close_reason=message)
             self.caller = outcome
         if role == "node" and ADMIN not in self.allowed:
             # A node's methods pass no scope check at the gateway: node.event runs agent turns in
             # any session, node.skills.update feeds skills to agents. Only an owner may be one.
             return self._refuse_connect(request_id, Reason.NODE_ROLE, "INVALID_REQUEST", NODE_NEEDS_OWNER, close_reason=NODE_NEEDS_OWNER)
-        asked = list(dict.fromkeys(params.get("scopes", [])))  # a list of strings (connect_param_errors)
-        kept = [s for s in asked if scope_satisfied(s, self.allowed)]
-        upstream = dict(self.policy.upstream_auth or {})
-        if params.get("device") is not None:
-            # A device signs its scopes and credential: a rewritten connect would not verify, and
-            # an unrewritten one would pair a device above the ceiling (gateway-surface N2).
-            signed = device_connect_auth(auth, upstream) if kept == asked else None
+        if device:
             if signed is None:
-                return self._refuse_connect(
-                    request_id, Reason.DEVICE_ABOVE_CEILING, "INVALID_REQUEST",
-                    "device identities pass this proxy only with its own credential and within the caller's scopes",
-                    {"code": "DEVICE_SCOPES_ABOVE_CEILING", "allowedScopes": sorted(self.allowed)})
+                return self._refuse_device(request_id)
             upstream = signed
+        # The caller proved the upstream secret itself: what the gateway derives from it (the
+        # answer's recoveryScope) tells it nothing it does not hold. Anyone else must not get it.
+        self._proved_upstream = _proves(auth, upstream)
         # Identity in, token never out: the gateway gets the sidecar's credential, never the
         # caller's (device and bootstrap tokens, which the sidecar cannot check, are dropped).
         # A node's device signs its role, so it passes as it came (a node without one the
@@ -759,7 +773,8 @@ class RpcSession:
         token the gateway minted, or None to relay the message as it came. The sidecar honours no
         device token (it authenticates every connect and request itself), so the token would be a
         gateway credential outside its reach, and the Control UI would present it first on every
-        HTTP read, each a 401 counted as a failed authentication."""
+        HTTP read, each a 401 counted as a failed authentication. A caller that did not present the
+        upstream secret also loses `recoveryScope`, a hash of it anyone could test guesses against."""
         try:
             message = json.loads(content)
         except ValueError:
@@ -768,11 +783,19 @@ class RpcSession:
             return None
         self.answer_pending = False
         payload = message.get("payload")
-        if not isinstance(payload, dict) or not isinstance(auth := payload.get("auth"), dict) \
-                or _MINTED_DEVICE_AUTH.isdisjoint(auth):
+        withheld = _MINTED_DEVICE_AUTH if self._proved_upstream else _MINTED_DEVICE_AUTH | _DERIVED_FROM_SECRET
+        if not isinstance(payload, dict) or not isinstance(auth := payload.get("auth"), dict) or withheld.isdisjoint(auth):
             return None
-        kept = {key: value for key, value in auth.items() if key not in _MINTED_DEVICE_AUTH}
+        kept = {key: value for key, value in auth.items() if key not in withheld}
         return compact_json({**message, "payload": {**payload, "auth": kept}})
+
+    def _refuse_device(self, request_id: Any) -> FrameVerdict:
+        """A device connect the sidecar cannot pass: scopes above the ceiling, or a credential
+        signed that is not the sidecar's upstream one."""
+        return self._refuse_connect(
+            request_id, Reason.DEVICE_ABOVE_CEILING, "INVALID_REQUEST",
+            "device identities pass this proxy only with its own credential and within the caller's scopes",
+            {"code": "DEVICE_SCOPES_ABOVE_CEILING", "allowedScopes": sorted(self.allowed)})
 
     def _refuse_connect(self, request_id: Any, reason: ReasonCode, code: str, message: str,
                         details: Mapping[str, Any] | None = None, *, method: str = "connect",
@@ -813,8 +836,11 @@ class RpcSession:
 
 
 _SIGNED_CREDENTIALS = ("token", "deviceToken", "bootstrapToken")
-# What hello-ok's `auth` carries of a device token the gateway minted or rotated at connect.
-_MINTED_DEVICE_AUTH = frozenset({"deviceToken", "deviceTokens", "issuedAtMs"})
+# What hello-ok's `auth` carries of a device token the gateway minted or rotated at connect
+# (the recovery migration it offers goes with the token).
+_MINTED_DEVICE_AUTH = frozenset({"deviceToken", "deviceTokens", "issuedAtMs", "recoveryMigrationAllowed"})
+# hello-ok's hash of the shared secret (a storage scope for the Control UI's drafts).
+_DERIVED_FROM_SECRET = frozenset({"recoveryScope"})
 
 
 def signature_token(auth: Mapping[str, Any]) -> Any:
@@ -831,9 +857,21 @@ def device_connect_auth(auth: Mapping[str, Any], upstream: Mapping[str, Any]) ->
     signature would not verify over the sidecar's credential, and the sidecar cannot sign for it."""
     signed = signature_token(auth)
     forwarded = dict(upstream)
-    if "token" not in forwarded and signed is not None and signed == forwarded.get("password"):
+    if "token" not in forwarded and _same_secret(signed, forwarded.get("password")):
         forwarded["token"] = signed
-    return forwarded if signature_token(forwarded) == signed else None
+    carried = signature_token(forwarded)
+    matches = carried is None if signed is None else _same_secret(carried, signed)
+    return forwarded if matches else None
+
+
+def _proves(auth: Mapping[str, Any], upstream: Mapping[str, Any]) -> bool:
+    """Whether the connect frame's `auth` carried the upstream secret itself."""
+    return any(_same_secret(auth.get(key), value) for key, value in upstream.items())
+
+
+def _same_secret(presented: Any, expected: Any) -> bool:
+    """Two credentials compared in constant time; nothing equals an absent one."""
+    return isinstance(presented, str) and isinstance(expected, str) and safe_equal(presented, expected)
 
 
 def client_message_limit(session: RpcSession | None, rpc_upgrade: bool) -> int:

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from wsproto.events import TextMessage
 
-from tests.gateway.devices import NODE_CLIENT, control_ui_connect, device_id, node_connect
+from tests.gateway.devices import NODE_CLIENT, control_ui_connect, device_id, node_connect, signed_connect
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 from tests.wsclient import Closed, Rejected, WsClient
 
@@ -539,6 +539,31 @@ def test_the_control_ui_connects_through_the_sidecar_to_a_password_gateway(start
             ws.close()
     finally:
         gateway.stop()
+
+
+def test_a_caller_without_the_gateways_secret_can_neither_guess_it_nor_hash_it(token_gateway, start_sidecar):
+    """Callers hold the sidecar's own secret; the gateway's is the sidecar's upstream credential.
+    A device signing a guess at it was refused uncounted, an unlimited oracle; and the connect's
+    answer carried recoveryScope, a hash of it to test guesses against offline (red team)."""
+    own = "sidecar-own-secret-0123456789"
+    config = sidecar_config(token_gateway, upstreamAuth={"token": TOKEN})
+    config["gateway"] = {"auth": {"mode": "token", "token": own, "rateLimit": {"maxAttempts": 3, "exemptLoopback": False}}}
+    sc = start_sidecar(config)
+    ws, hello = session(sc.port, ["operator.read"], token=own)
+    assert granted(hello) == ["operator.read"] and "recoveryScope" not in hello["payload"]["auth"]
+    ws.close()
+    direct, hello = session(token_gateway.port, ["operator.read"])
+    assert hello["payload"]["auth"]["recoveryScope"]  # what the gateway hands a caller holding its secret
+    direct.close()
+    answers = []
+    for guess in ("guess-1", "guess-2", "guess-3", TOKEN):
+        ws = WsClient("127.0.0.1", sc.port)
+        answers.append(signed_connect(ws, Ed25519PrivateKey.generate(), NODE_CLIENT | {"mode": "cli"}, "operator",
+                                      ["operator.read"], {"password": own, "deviceToken": guess}))
+        ws.close()
+    assert [a["error"]["details"]["code"] for a in answers] == ["AUTH_TOKEN_MISMATCH"] * 3 + ["AUTH_RATE_LIMITED"]
+    assert wait_until(lambda: [x["reason"] for x in sc.audit_lines() if x.get("method") == "connect"][-4:]
+                      == ["token_mismatch"] * 3 + ["rate_limited"], 10)
 
 
 # ---- upgrades: RFC 6455 or nothing ---------------------------------------------------------------------

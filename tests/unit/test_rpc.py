@@ -313,6 +313,11 @@ async def test_a_credential_with_a_lone_surrogate_is_a_wrong_credential() -> Non
     assert recorder.secrets == ["\ud800"]
 
 
+HELLO = {"type": "hello-ok", "server": {"version": "2026.9.6"}, "auth": {
+    "method": "token", "role": "operator", "scopes": ["operator.read"], "recoveryScope": "hash",
+    "recoveryMigrationAllowed": True, "deviceToken": "minted", "issuedAtMs": 1, "deviceTokens": [{"token": "more"}]}}
+
+
 async def test_the_connects_answer_loses_the_device_token_the_gateway_minted() -> None:
     rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True))
     assert not rpc.answer_pending
@@ -320,13 +325,22 @@ async def test_the_connects_answer_loses_the_device_token_the_gateway_minted() -
     assert rpc.answer_pending
     assert rpc.server_message(b'{"type":"event","event":"tick","payload":{}}') is None  # relayed as it came
     assert rpc.server_message(b'{"type":"res","id":"other","ok":true}') is None and rpc.answer_pending
-    hello = {"type": "hello-ok", "server": {"version": "2026.9.6"}, "auth": {
-        "method": "token", "role": "operator", "scopes": ["operator.read"], "deviceToken": "minted", "issuedAtMs": 1,
-        "deviceTokens": [{"token": "more"}]}}
-    rewritten = rpc.server_message(json.dumps({"type": "res", "id": "c1", "ok": True, "payload": hello}).encode())
+    rewritten = rpc.server_message(json.dumps({"type": "res", "id": "c1", "ok": True, "payload": HELLO}).encode())
     assert rewritten is not None and not rpc.answer_pending
+    # ...and its recoveryScope, a hash of the upstream secret this caller never presented (red team)
     assert json.loads(rewritten) == {"type": "res", "id": "c1", "ok": True, "payload": {
         "type": "hello-ok", "server": {"version": "2026.9.6"}, "auth": {"method": "token", "role": "operator", "scopes": ["operator.read"]}}}
+
+
+async def test_a_caller_that_presented_the_upstream_secret_keeps_the_recovery_scope_derived_from_it() -> None:
+    rpc, _ = session()
+    await rpc.client_frame(connect_frame(scopes=["operator.read"], auth={"token": SECRET}))
+    own, _ = session(upstream_auth={"token": SECRET})
+    await own.client_frame(connect_frame(scopes=["operator.read"], auth={"token": SECRET}))
+    for caller, kept in ((rpc, {}), (own, {"recoveryScope": "hash"})):
+        rewritten = caller.server_message(json.dumps({"type": "res", "id": "c1", "ok": True, "payload": HELLO}).encode())
+        assert rewritten is not None
+        assert json.loads(rewritten)["payload"]["auth"] == {"method": "token", "role": "operator", "scopes": ["operator.read"], **kept}
 
 
 async def test_a_connect_answer_without_a_device_token_is_relayed_as_it_came() -> None:
@@ -358,17 +372,24 @@ async def test_a_device_connect_goes_up_with_the_proxys_credential_and_what_the_
     assert answer(verdict)["params"]["auth"] == forwarded
 
 
-@pytest.mark.parametrize("upstream, auth", [
-    (UPSTREAM, {"token": "a previous or other secret", "password": UPSTREAM["token"]}),  # signed over another token
-    (UPSTREAM, {"password": UPSTREAM["token"]}),  # signed over no token: would not verify over the proxy's
-    (PASSWORD_UPSTREAM, {"token": "anything else", "password": "upstream-password"}),
-    ({}, {"token": "a caller's guess"}),  # no upstream credential to sign for
+@pytest.mark.parametrize("upstream, auth, reason, checked", [
+    # the caller's own secret, split from the upstream one: refused, not counted (it proved it)
+    (UPSTREAM, {"token": SECRET, "password": UPSTREAM["token"]}, "device_above_ceiling", [SECRET]),
+    (UPSTREAM, {"password": UPSTREAM["token"]}, "device_above_ceiling", []),  # signed over no token: no guess
+    # anything else is a guess at the upstream secret, counted as a wrong secret (red team: unlimited)
+    (UPSTREAM, {"token": "a guess", "password": SECRET}, "token_mismatch", ["a guess"]),
+    (UPSTREAM, {"deviceToken": "a guess"}, "token_mismatch", ["a guess"]),
+    (PASSWORD_UPSTREAM, {"token": "anything else", "password": "upstream-password"}, "token_mismatch", ["anything else"]),
+    ({}, {"token": "a caller's guess"}, "token_mismatch", ["a caller's guess"]),
 ])
-async def test_a_device_that_signed_another_credential_is_refused(upstream: dict, auth: dict) -> None:
-    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=("operator.read",), upstream_auth=upstream)
+async def test_a_device_that_signed_another_credential_is_refused(upstream: dict, auth: dict, reason: str,
+                                                                   checked: list[str]) -> None:
+    rpc, recorder = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=("operator.read",), upstream_auth=upstream)
     device = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
     verdict = await rpc.client_frame(connect_frame(scopes=["operator.read"], device=device, auth=auth))
-    assert (verdict.verdict, verdict.reason) == ("close", "device_above_ceiling")
+    assert (verdict.verdict, verdict.reason, recorder.secrets) == ("close", reason, checked)
+    code = "DEVICE_SCOPES_ABOVE_CEILING" if reason == "device_above_ceiling" else "AUTH_TOKEN_MISMATCH"  # a wrong secret's words
+    assert answer(verdict)["error"]["details"]["code"] == code
 
 
 @pytest.mark.parametrize("content, code", [

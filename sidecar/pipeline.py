@@ -32,8 +32,8 @@ from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
 from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HeaderPlan, connection_tokens, head_problem, rebuild_headers
-from .ipaddrs import is_loopback, share_key
-from .ratelimit import ClientTurns
+from .ipaddrs import is_loopback, normalize_ip, share_key
+from .ratelimit import UPSTREAM_GUESS_SUBJECT, ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteEntry, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
@@ -551,21 +551,35 @@ class Pipeline:
         limited_as = browser.limit_key if browser is not None and is_loopback(admitted.client_ip) else admitted.client_ip
 
         async def check_secret(auth: Mapping[str, Any]) -> AuthOutcome:
-            """A secret in a connect frame, behind the failure limiter. Where callers hold no
-            secret (trusted-proxy mode) every one presented is wrong: a device's guess at the
-            upstream secret (RpcSession), counted all the same."""
+            """A secret in a connect frame (token and password mode), behind the failure limiter."""
             authenticator = self.authenticator
-            if isinstance(authenticator, SharedSecretAuth):
-                method = authenticator.method
-                check = partial(authenticator.check, connect_secret(method, auth))
-            else:
-                method = "token"
-                check = partial(AuthOutcome, False, method, Reason.TOKEN_MISMATCH, presented=True, shared_secret=True)
-            result = await self._limited_check(limited_as, True, check)
+            assert isinstance(authenticator, SharedSecretAuth)
+            method = authenticator.method
+            check = partial(authenticator.check, connect_secret(method, auth))
+            return await outcome_of(await self._limited_check(limited_as, True, check), method)
+
+        guesses_as = UPSTREAM_GUESS_SUBJECT + (normalize_ip(limited_as) or limited_as or "unknown")
+
+        async def judge_signed(signed: str, is_upstream: bool) -> AuthOutcome:
+            """A device's signed credential where the sidecar presents one upstream: that one
+            passes, one of the sidecar's own secrets is no guess (refused as a device, uncounted),
+            anything else is a guess at the upstream secret. Guesses have a count of their own,
+            which no success with the sidecar's own secret clears, and a client locked out of it
+            is refused whatever it signed, the right one too (red team)."""
+            authenticator = self.authenticator
+            if not is_upstream and isinstance(authenticator, SharedSecretAuth) and authenticator.check(signed).ok:
+                return AuthOutcome(True, authenticator.method)
+            reason = Reason.OK if is_upstream else Reason.TOKEN_MISMATCH
+            judged = partial(AuthOutcome, is_upstream, "token", reason, presented=True, shared_secret=True)
+            return await outcome_of(await self._limited_check(guesses_as, True, judged), "token")
+
+        async def outcome_of(result: Refuse | AuthOutcome, method: str) -> AuthOutcome:
+            """A limited check's refusal as the frame's outcome, after the loopback delay an HTTP
+            request gets."""
             if not isinstance(result, Refuse):
                 return result
             if result.delay_s > 0:
-                await asyncio.sleep(result.delay_s)  # the same loopback delay as a refused HTTP request
+                await asyncio.sleep(result.delay_s)
             retry = next((int(v) for k, v in result.envelope.headers if k.lower() == "retry-after"), None)
             return AuthOutcome(False, method, result.reason, retry_after_s=retry)
 
@@ -578,7 +592,7 @@ class Pipeline:
             return None if verdict.allowed else Reason.REQUEST_RATE_LIMITED
 
         return RpcSession(self.rpc_policy, caller, admitted.scopes or ResolvedScopes(()), check_secret, limit,
-                          browser=admitted.browser)
+                          judge_signed, browser=admitted.browser)
 
     def route_access(self, match: RouteMatch) -> "RouteAccess":
         """What the route table and `sidecar.routes` grant the route the gateway will run."""

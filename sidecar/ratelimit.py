@@ -119,6 +119,9 @@ REDIS_KEY_PREFIX: Final = "openclaw-sidecar"
 AUTH_SCOPE: Final = "shared-secret"
 LOOPBACK_HISTORY_CAP: Final = 6
 BROWSER_ORIGIN_SUBJECT: Final = "browser-origin:"
+# A client's guesses at the sidecar's upstream secret, signed by a device in a connect frame: a
+# count of their own, which no success with the sidecar's own secret clears, never exempt.
+UPSTREAM_GUESS_SUBJECT: Final = "upstream-guess:"
 RELOCK_MS: Final = 60_000  # the gateway's prune interval: how long after a lockout it may still hold a client
 DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
 DEFAULT_PROBE_INTERVAL_S: Final = 1.0
@@ -226,8 +229,9 @@ async def _close_storage(storage: Storage) -> None:
 
 def auth_key(ip: str | None) -> str:
     """The limiter key of a client address: ``shared-secret:<normalized ip or 'unknown'>``; a
-    browser origin's subject (``browser-origin:...``) passes as it is, as upstream passes it."""
-    if ip is not None and ip.startswith(BROWSER_ORIGIN_SUBJECT):
+    browser origin's subject (``browser-origin:...``) passes as it is, as upstream passes it, and
+    so does a client's upstream-guess subject."""
+    if ip is not None and ip.startswith((BROWSER_ORIGIN_SUBJECT, UPSTREAM_GUESS_SUBJECT)):
         return f"{AUTH_SCOPE}:{ip}"
     return f"{AUTH_SCOPE}:{normalize_ip(ip) or 'unknown'}"
 

@@ -239,6 +239,8 @@ class RpcPolicy:
     allow_methods: frozenset[str]
     allow_nodes: bool
     upstream_auth: Mapping[str, str] | None  # what the gateway gets in connect.params.auth
+    # "token" or "password" when that secret of the sidecar's callers is the upstream credential
+    callers_hold_upstream: str | None = None
     shadow: bool = False  # sidecar.enforce false: policy refusals are forwarded (sidecar/shadow.py)
     catalogue: Mapping[str, MethodSpec] = field(default_factory=method_catalogue)
     refused_frames: RefusedFrames = RefusedFrames()  # sidecar.websocket.refusedFrames
@@ -246,10 +248,13 @@ class RpcPolicy:
     @classmethod
     def from_config(cls, config: Config, tools: ToolChain) -> "RpcPolicy":
         websocket = config.sidecar.websocket
-        credential, kind = config.secrets.upstream_credential, config.secrets.upstream_kind
+        secrets = config.secrets
+        credential, kind = secrets.upstream_credential, secrets.upstream_kind
+        held = next((method for method, secret in (("token", secrets.token), ("password", secrets.password))
+                     if method == secrets.mode and _same_secret(secret, credential)), None)
         return cls(tools=tools, allow_methods=frozenset(websocket.allow_methods), allow_nodes=websocket.allow_nodes,
                    upstream_auth={kind: credential} if credential is not None and kind is not None else None,
-                   shadow=not config.sidecar.enforce, refused_frames=websocket.refused_frames)
+                   callers_hold_upstream=held, shadow=not config.sidecar.enforce, refused_frames=websocket.refused_frames)
 
     @cached_property
     def denied(self) -> frozenset[str]:
@@ -622,11 +627,13 @@ class RpcSession:
     def __init__(self, policy: RpcPolicy, caller: AuthOutcome | None, allowed: ResolvedScopes,
                  check_secret: Callable[[Mapping[str, Any]], Awaitable[AuthOutcome]],
                  limit: Callable[[str | None, str], Awaitable[Reason | None]],
+                 judge_signed: Callable[[str, bool], Awaitable[AuthOutcome]],
                  browser: BrowserOrigin | None = None) -> None:
         self.policy = policy
         self.caller = caller
         self.allowed = frozenset(allowed.scopes)
         self.check_secret = check_secret
+        self.judge_signed = judge_signed
         self.limit = limit
         self.refusals = RefusalBudget(policy.refused_frames.burst, policy.refused_frames.per_second)
         # Shadow mode: the audit lines of frames enforcement would refuse. Its own budget, which
@@ -639,7 +646,7 @@ class RpcSession:
         self.node = False  # connected with role node (sidecar.websocket.allowNodes)
         self.answer_pending = False  # the connect went up; its answer has not come back yet
         self._connect_id: Any = None
-        self._proved_upstream = False  # the connect frame carried the upstream secret itself
+        self._holds_upstream = False  # the caller proved a secret that is the upstream one
 
     @property
     def connected(self) -> bool:
@@ -724,18 +731,15 @@ class RpcSession:
         # A device signs its scopes and credential: a rewritten connect would not verify, and an
         # unrewritten one would pair a device above the ceiling (gateway-surface N2).
         signed = device_connect_auth(auth, upstream) if device and kept == asked else None
-        if device and kept == asked and signed is None and (guess := signature_token(auth)) is not None:
-            # It signed a credential that is not the sidecar's upstream one: that credential is
-            # what this frame is judged by, not the secret beside it, whose match would clear the
-            # count. One of the sidecar's own secrets (a previous one mid-rotation) is refused as
-            # a device the sidecar cannot pass; anything else is a wrong secret, answered and
-            # counted as one (red team: a caller that never held the upstream secret could try
-            # guesses at it here, unlimited).
-            checked = await self.check_secret({"token": guess})
-            if not checked.ok:
-                refusal, message = connect_auth_refusal(request_id, checked, client, device=True)
-                return FrameVerdict("close", checked.reason, refusal, close_code=1008, method="connect", close_reason=message)
-            return self._refuse_device(request_id)
+        if device and kept == asked and upstream and isinstance(credential := signature_token(auth), str):
+            # What it signed is judged before the secret beside it (whose match would clear a
+            # count): the upstream credential passes on, one of the sidecar's own secrets is
+            # refused as a device, anything else is a wrong secret, answered and counted as one
+            # (red team: a caller that never held the upstream secret could test guesses at it).
+            judged = await self.judge_signed(credential, signed is not None)
+            if not judged.ok:
+                refusal, message = connect_auth_refusal(request_id, judged, client, device=True)
+                return FrameVerdict("close", judged.reason, refusal, close_code=1008, method="connect", close_reason=message)
         if self.caller is None:
             outcome = await self.check_secret(auth)
             if not outcome.ok:
@@ -750,9 +754,12 @@ class RpcSession:
             if signed is None:
                 return self._refuse_device(request_id)
             upstream = signed
-        # The caller proved the upstream secret itself: what the gateway derives from it (the
-        # answer's recoveryScope) tells it nothing it does not hold. Anyone else must not get it.
-        self._proved_upstream = _proves(auth, upstream)
+        # A caller holding the upstream secret (the sidecar's own is the same, and it proved the
+        # current one) learns nothing from what the gateway derives from it (the answer's
+        # recoveryScope); anyone else must not get it. Decided by the deployment and the
+        # caller's proof, never by what the frame carries, which would make it an oracle.
+        self._holds_upstream = self.caller.method == self.policy.callers_hold_upstream \
+            and self.caller.shared_secret and not self.caller.previous_secret
         # Identity in, token never out: the gateway gets the sidecar's credential, never the
         # caller's (device and bootstrap tokens, which the sidecar cannot check, are dropped).
         # A node's device signs its role, so it passes as it came (a node without one the
@@ -783,7 +790,7 @@ class RpcSession:
             return None
         self.answer_pending = False
         payload = message.get("payload")
-        withheld = _MINTED_DEVICE_AUTH if self._proved_upstream else _MINTED_DEVICE_AUTH | _DERIVED_FROM_SECRET
+        withheld = _MINTED_DEVICE_AUTH if self._holds_upstream else _MINTED_DEVICE_AUTH | _DERIVED_FROM_SECRET
         if not isinstance(payload, dict) or not isinstance(auth := payload.get("auth"), dict) or withheld.isdisjoint(auth):
             return None
         kept = {key: value for key, value in auth.items() if key not in withheld}
@@ -862,11 +869,6 @@ def device_connect_auth(auth: Mapping[str, Any], upstream: Mapping[str, Any]) ->
     carried = signature_token(forwarded)
     matches = carried is None if signed is None else _same_secret(carried, signed)
     return forwarded if matches else None
-
-
-def _proves(auth: Mapping[str, Any], upstream: Mapping[str, Any]) -> bool:
-    """Whether the connect frame's `auth` carried the upstream secret itself."""
-    return any(_same_secret(auth.get(key), value) for key, value in upstream.items())
 
 
 def _same_secret(presented: Any, expected: Any) -> bool:

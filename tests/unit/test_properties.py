@@ -134,9 +134,12 @@ def test_rpc_frames_always_get_a_verdict_and_denied_methods_never_pass(frames) -
     async def limit(user: str | None, tool: str) -> str | None:
         return None
 
+    async def judge_signed(signed: str, is_upstream: bool) -> AuthOutcome:
+        return AuthOutcome(is_upstream, "token", "ok" if is_upstream else "token_mismatch", shared_secret=True)
+
     async def run() -> None:
         session = RpcSession(PIPELINE.rpc_policy, AuthOutcome(True, "token", shared_secret=True),
-                             ResolvedScopes(DEFAULT_SCOPES), check_secret, limit)
+                             ResolvedScopes(DEFAULT_SCOPES), check_secret, limit, judge_signed)
         for content in frames:
             verdict = await session.client_frame(content)
             assert verdict.verdict in ("forward", "reply", "drop", "close")

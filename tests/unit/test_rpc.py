@@ -36,6 +36,7 @@ def policy(**overrides: Any) -> RpcPolicy:
 class Recorder:
     def __init__(self, limited: str | None = None) -> None:
         self.secrets: list[str | None] = []
+        self.signed: list[str] = []  # credentials devices signed, as judged
         self.limits: list[tuple[str | None, str]] = []
         self.limited = limited
 
@@ -48,12 +49,20 @@ class Recorder:
         self.limits.append((user, tool))
         return self.limited
 
+    async def judge_signed(self, signed: str, is_upstream: bool) -> AuthOutcome:
+        """The pipeline's rule: the upstream credential passes, the sidecar's own secret is no
+        guess, anything else is a wrong secret (counted by the pipeline's limiter)."""
+        self.signed.append(signed)
+        if is_upstream or signed == SECRET:
+            return AuthOutcome(True, "token", shared_secret=True)
+        return AuthOutcome(False, "token", "token_mismatch", presented=True, shared_secret=True)
+
 
 def session(caller: AuthOutcome | None = None, scopes: tuple[str, ...] = DEFAULT_SCOPES, recorder: Recorder | None = None,
             browser: BrowserOrigin | None = None, **policy_overrides: Any) -> tuple[RpcSession, Recorder]:
     recorder = recorder or Recorder()
     return RpcSession(policy(**policy_overrides), caller, ResolvedScopes(scopes), recorder.check_secret, recorder.limit,
-                      browser=browser), recorder
+                      recorder.judge_signed, browser=browser), recorder
 
 
 def connect_frame(*, auth: dict | None = None, scopes: list[str] | None = None, role: str = "operator",
@@ -332,12 +341,20 @@ async def test_the_connects_answer_loses_the_device_token_the_gateway_minted() -
         "type": "hello-ok", "server": {"version": "2026.9.6"}, "auth": {"method": "token", "role": "operator", "scopes": ["operator.read"]}}}
 
 
-async def test_a_caller_that_presented_the_upstream_secret_keeps_the_recovery_scope_derived_from_it() -> None:
+async def test_only_a_caller_holding_the_upstream_secret_keeps_the_recovery_scope_derived_from_it() -> None:
+    """Decided by the deployment (the callers' secret is the upstream one) and the caller's proof,
+    never by what the frame carries: a frame naming the upstream secret beside another proof got
+    the hash only when its guess was right (review)."""
     rpc, _ = session()
     await rpc.client_frame(connect_frame(scopes=["operator.read"], auth={"token": SECRET}))
-    own, _ = session(upstream_auth={"token": SECRET})
+    guessing, _ = session(caller=AuthOutcome(True, "token", shared_secret=True))
+    await guessing.client_frame(connect_frame(scopes=["operator.read"], auth=dict(UPSTREAM)))
+    previous, _ = session(caller=AuthOutcome(True, "token", shared_secret=True, previous_secret=True),
+                          upstream_auth={"token": SECRET}, callers_hold_upstream="token")
+    await previous.client_frame(connect_frame(scopes=["operator.read"]))
+    own, _ = session(upstream_auth={"token": SECRET}, callers_hold_upstream="token")
     await own.client_frame(connect_frame(scopes=["operator.read"], auth={"token": SECRET}))
-    for caller, kept in ((rpc, {}), (own, {"recoveryScope": "hash"})):
+    for caller, kept in ((rpc, {}), (guessing, {}), (previous, {}), (own, {"recoveryScope": "hash"})):
         rewritten = caller.server_message(json.dumps({"type": "res", "id": "c1", "ok": True, "payload": HELLO}).encode())
         assert rewritten is not None
         assert json.loads(rewritten)["payload"]["auth"] == {"method": "token", "role": "operator", "scopes": ["operator.read"], **kept}
@@ -380,14 +397,14 @@ async def test_a_device_connect_goes_up_with_the_proxys_credential_and_what_the_
     (UPSTREAM, {"token": "a guess", "password": SECRET}, "token_mismatch", ["a guess"]),
     (UPSTREAM, {"deviceToken": "a guess"}, "token_mismatch", ["a guess"]),
     (PASSWORD_UPSTREAM, {"token": "anything else", "password": "upstream-password"}, "token_mismatch", ["anything else"]),
-    ({}, {"token": "a caller's guess"}, "token_mismatch", ["a caller's guess"]),
+    ({}, {"token": "a stale token"}, "device_above_ceiling", []),  # no upstream secret to guess at: nothing counted
 ])
 async def test_a_device_that_signed_another_credential_is_refused(upstream: dict, auth: dict, reason: str,
                                                                    checked: list[str]) -> None:
     rpc, recorder = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=("operator.read",), upstream_auth=upstream)
     device = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
     verdict = await rpc.client_frame(connect_frame(scopes=["operator.read"], device=device, auth=auth))
-    assert (verdict.verdict, verdict.reason, recorder.secrets) == ("close", reason, checked)
+    assert (verdict.verdict, verdict.reason, recorder.signed) == ("close", reason, checked)
     code = "DEVICE_SCOPES_ABOVE_CEILING" if reason == "device_above_ceiling" else "AUTH_TOKEN_MISMATCH"  # a wrong secret's words
     assert answer(verdict)["error"]["details"]["code"] == code
 

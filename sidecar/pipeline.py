@@ -32,7 +32,7 @@ from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
 from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HeaderPlan, connection_tokens, head_problem, rebuild_headers
-from .ipaddrs import is_loopback, normalize_ip, share_key
+from .ipaddrs import is_loopback, share_key
 from .ratelimit import UPSTREAM_GUESS_SUBJECT, ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
@@ -558,7 +558,9 @@ class Pipeline:
             check = partial(authenticator.check, connect_secret(method, auth))
             return await outcome_of(await self._limited_check(limited_as, True, check), method)
 
-        guesses_as = UPSTREAM_GUESS_SUBJECT + (normalize_ip(limited_as) or limited_as or "unknown")
+        # By address (an IPv6 /64 as one), never by a browser's origin: a local process chooses its
+        # Origin freely, and each one would be a fresh count (review).
+        guesses_as = UPSTREAM_GUESS_SUBJECT + (share_key(admitted.client_ip) if admitted.client_ip else "unknown")
 
         async def judge_signed(signed: str, is_upstream: bool) -> AuthOutcome:
             """A device's signed credential where the sidecar presents one upstream: that one

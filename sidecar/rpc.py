@@ -736,7 +736,11 @@ class RpcSession:
             # count): the upstream credential passes on, one of the sidecar's own secrets is
             # refused as a device, anything else is a wrong secret, answered and counted as one
             # (red team: a caller that never held the upstream secret could test guesses at it).
-            judged = await self.judge_signed(credential, signed is not None)
+            # Where the callers' secret is the upstream one there is nothing else to guess at: a
+            # wrong one is judged as any wrong secret, with the loopback rules (review: a stale
+            # local node locked every local device connect out).
+            judged = await (self.check_secret({"token": credential}) if self.policy.callers_hold_upstream
+                            else self.judge_signed(credential, signed is not None))
             if not judged.ok:
                 refusal, message = connect_auth_refusal(request_id, judged, client, device=True)
                 return FrameVerdict("close", judged.reason, refusal, close_code=1008, method="connect", close_reason=message)

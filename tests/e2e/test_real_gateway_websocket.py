@@ -563,7 +563,8 @@ def test_a_caller_without_the_gateways_secret_can_neither_guess_it_nor_hash_it(t
             assert hello["ok"] is True
             ws.close()
             continue
-        ws = WsClient("127.0.0.1", sc.port)
+        # a fresh Origin each time: a local process sets any it likes (review: each was a fresh count)
+        ws = WsClient("127.0.0.1", sc.port, headers=[("Origin", f"http://localhost:{3000 + len(answers)}")])
         answers.append(signed_connect(ws, Ed25519PrivateKey.generate(), NODE_CLIENT | {"mode": "cli"}, "operator",
                                       ["operator.read"], {"password": own, "deviceToken": guess}))
         ws.close()
@@ -571,6 +572,23 @@ def test_a_caller_without_the_gateways_secret_can_neither_guess_it_nor_hash_it(t
     assert [a["error"]["details"]["code"] for a in answers] == ["AUTH_TOKEN_MISMATCH"] * 3 + ["AUTH_RATE_LIMITED"]
     assert wait_until(lambda: [x["reason"] for x in sc.audit_lines() if x.get("method") == "connect"
                                and x["decision"] == "refused"][-4:] == ["token_mismatch"] * 3 + ["rate_limited"], 10)
+
+
+def test_a_stale_local_device_client_locks_no_one_out_where_callers_hold_the_gateways_secret(token_gateway, start_sidecar):
+    """The sidecar's secret is the gateway's (the usual deployment): a device signing a wrong one
+    is a wrong secret like any other, under the loopback rules (delayed, never locked), not an
+    upstream guess that locked every local device connect out (review)."""
+    sc = start_sidecar({**sidecar_config(token_gateway), "gateway": {"auth": {"rateLimit": {"maxAttempts": 2}}}})
+    cli = NODE_CLIENT | {"mode": "cli"}
+    for _ in range(3):
+        ws = WsClient("127.0.0.1", sc.port)
+        stale = signed_connect(ws, Ed25519PrivateKey.generate(), cli, "operator", ["operator.read"], {"token": "an old token"})
+        assert stale["error"]["details"]["code"] == "AUTH_TOKEN_MISMATCH"
+        ws.close()
+    ws = WsClient("127.0.0.1", sc.port)
+    hello = signed_connect(ws, Ed25519PrivateKey.generate(), cli, "operator", ["operator.read"], {"token": TOKEN})
+    assert granted(hello) == ["operator.read"]
+    ws.close()
 
 
 # ---- upgrades: RFC 6455 or nothing ---------------------------------------------------------------------

@@ -322,6 +322,15 @@ async def test_a_credential_with_a_lone_surrogate_is_a_wrong_credential() -> Non
     assert recorder.secrets == ["\ud800"]
 
 
+async def test_where_callers_hold_the_upstream_secret_a_signed_one_is_checked_as_their_secret() -> None:
+    """Nothing else to guess at: a wrong one is counted as any wrong secret, by the usual rules."""
+    rpc, recorder = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=("operator.read",),
+                            upstream_auth={"token": SECRET}, callers_hold_upstream="token")
+    device = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
+    verdict = await rpc.client_frame(connect_frame(scopes=["operator.read"], device=device, auth={"token": "stale"}))
+    assert (verdict.verdict, verdict.reason, recorder.secrets, recorder.signed) == ("close", "token_mismatch", ["stale"], [])
+
+
 HELLO = {"type": "hello-ok", "server": {"version": "2026.9.6"}, "auth": {
     "method": "token", "role": "operator", "scopes": ["operator.read"], "recoveryScope": "hash",
     "recoveryMigrationAllowed": True, "deviceToken": "minted", "issuedAtMs": 1, "deviceTokens": [{"token": "more"}]}}

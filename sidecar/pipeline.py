@@ -569,10 +569,12 @@ class Pipeline:
             which no success with the sidecar's own secret clears, and a client locked out of it
             is refused whatever it signed, the right one too (red team)."""
             authenticator = self.authenticator
-            if not is_upstream and isinstance(authenticator, SharedSecretAuth) and authenticator.check(signed).ok:
-                return AuthOutcome(True, authenticator.method)
-            reason = Reason.OK if is_upstream else Reason.TOKEN_MISMATCH
-            judged = partial(AuthOutcome, is_upstream, "token", reason, presented=True, shared_secret=True)
+            own = not is_upstream and isinstance(authenticator, SharedSecretAuth) and authenticator.check(signed).ok
+            # One of the sidecar's own passes the check but clears nothing, and waits behind the
+            # lock like the rest: else a locked-out client could still tell its guesses at the
+            # sidecar's secret apart, uncounted (third review).
+            judged = partial(AuthOutcome, is_upstream or own, "token", Reason.OK if is_upstream or own else Reason.TOKEN_MISMATCH,
+                             presented=True, shared_secret=not own)
             return await outcome_of(await self._limited_check(guesses_as, True, judged), "token")
 
         async def outcome_of(result: Refuse | AuthOutcome, method: str) -> AuthOutcome:

@@ -462,6 +462,30 @@ async def test_a_wrong_secret_in_the_connect_frame_gets_the_loopback_delay(make,
     assert ("record_failure", CLIENT) in harness.failures.calls
 
 
+async def test_a_client_locked_out_of_upstream_guesses_learns_nothing_more_from_device_connects(tmp_path: Path) -> None:
+    """The sidecar's secret is not the upstream one here. Wrong signed credentials lock the
+    client's upstream-guess count; after that every device connect is refused alike, the
+    sidecar's own secret and the upstream one too (third review: its own still answered apart)."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TOKEN_CONFIG))
+    pipeline = Pipeline(load_config(path, environ={}), AuthFailureLimiter(storage_uri="memory://", max_attempts=3))
+
+    async def device_connect(auth: dict[str, str]) -> str:
+        admitted = await pipeline.on_head(view(method="GET", target="/", auth=None, headers=UPGRADE))
+        assert isinstance(admitted, Admitted) and admitted.preauth is not None
+        admitted.preauth.release()
+        connect = json.dumps({"type": "req", "id": "c1", "method": "connect", "params": {
+            "minProtocol": 4, "maxProtocol": 4, "role": "operator", "scopes": ["operator.read"], "auth": auth,
+            "client": {"id": "cli", "version": "1", "platform": "linux", "mode": "cli"},
+            "device": {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}}}).encode()
+        return (await pipeline.rpc_session(admitted).client_frame(connect)).reason
+
+    assert await device_connect({"token": TOKEN}) == "device_above_ceiling"  # its own secret: no guess, not counted
+    assert [await device_connect({"token": guess}) for guess in ("g1", "g2", "g3")] == ["token_mismatch"] * 3
+    assert [await device_connect({"token": secret}) for secret in (TOKEN, UPSTREAM, "g4")] == ["rate_limited"] * 3
+    assert (await pipeline.failure_limiter.check(CLIENT)).allowed  # its ordinary count is untouched
+
+
 async def test_rpc_upgrade_with_a_wrong_bearer_is_refused_and_counted(make) -> None:
     harness = make()
     result = await harness.pipeline.on_head(view(method="GET", target="/", auth="Bearer wrong", headers=UPGRADE))

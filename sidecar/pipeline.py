@@ -575,7 +575,12 @@ class Pipeline:
             # sidecar's secret apart, uncounted (third review).
             judged = partial(AuthOutcome, is_upstream or own, "token", Reason.OK if is_upstream or own else Reason.TOKEN_MISMATCH,
                              presented=True, shared_secret=not own)
-            return await outcome_of(await self._limited_check(guesses_as, True, judged), "token")
+            checked = await self._limited_check(guesses_as, True, judged)
+            if isinstance(checked, Refuse) and checked.reason == Reason.TOKEN_MISMATCH:
+                # A wrong one may be a guess at the sidecar's own secret as well: it spends that
+                # count too, so the two counts are no double budget (third review).
+                checked = await self._limited_check(limited_as, True, judged)
+            return await outcome_of(checked, "token")
 
         async def outcome_of(result: Refuse | AuthOutcome, method: str) -> AuthOutcome:
             """A limited check's refusal as the frame's outcome, after the loopback delay an HTTP

@@ -464,8 +464,9 @@ async def test_a_wrong_secret_in_the_connect_frame_gets_the_loopback_delay(make,
 
 async def test_a_client_locked_out_of_upstream_guesses_learns_nothing_more_from_device_connects(tmp_path: Path) -> None:
     """The sidecar's secret is not the upstream one here. Wrong signed credentials lock the
-    client's upstream-guess count; after that every device connect is refused alike, the
-    sidecar's own secret and the upstream one too (third review: its own still answered apart)."""
+    client's upstream-guess count, and its ordinary one (no double budget); after that every
+    device connect is refused alike, the sidecar's own secret and the upstream one too (third
+    review: its own still answered apart)."""
     path = tmp_path / "config.json"
     path.write_text(json.dumps(TOKEN_CONFIG))
     pipeline = Pipeline(load_config(path, environ={}), AuthFailureLimiter(storage_uri="memory://", max_attempts=3))
@@ -483,7 +484,8 @@ async def test_a_client_locked_out_of_upstream_guesses_learns_nothing_more_from_
     assert await device_connect({"token": TOKEN}) == "device_above_ceiling"  # its own secret: no guess, not counted
     assert [await device_connect({"token": guess}) for guess in ("g1", "g2", "g3")] == ["token_mismatch"] * 3
     assert [await device_connect({"token": secret}) for secret in (TOKEN, UPSTREAM, "g4")] == ["rate_limited"] * 3
-    assert (await pipeline.failure_limiter.check(CLIENT)).allowed  # its ordinary count is untouched
+    # each wrong one may have been a guess at the sidecar's own secret too: that count is spent as well
+    assert not (await pipeline.failure_limiter.check(CLIENT)).allowed
 
 
 async def test_rpc_upgrade_with_a_wrong_bearer_is_refused_and_counted(make) -> None:

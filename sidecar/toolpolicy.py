@@ -30,7 +30,10 @@ def js_trim(value: str) -> str:
 
 def well_formed(text: str) -> str:
     """A JavaScript string as UTF-8 sees it (USVString, `Buffer.from(text, "utf8")`): each lone
-    surrogate becomes U+FFFD."""
+    surrogate becomes U+FFFD. ASCII text, every credential and nearly every target, has none and
+    is returned as it is: this runs on every secret compared and every target parsed."""
+    if text.isascii():
+        return text
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 

@@ -3,6 +3,7 @@ security properties the deployment relies on (k8s/README.md says why each one ma
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -168,6 +169,45 @@ def test_network_policy_admits_the_ingress_proxies_and_monitoring_only(rendered:
     }
     (monitoring,) = admitted[ADMIN_PORT]
     assert monitoring == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+# Where a tool the gateway runs might be talked into connecting: every cloud's metadata service
+# (AWS over IPv4 and IPv6, Alibaba), a pod, a Service, the node networks, loopback, a tailnet
+# address, the same again behind IPv4-mapped IPv6; and, for contrast, public addresses, one of
+# them behind the NAT64 prefix IPv6-only clusters reach IPv4 with.
+UNREACHABLE = ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "10.42.0.7", "10.43.0.1", "172.20.0.1",
+               "192.168.1.1", "127.0.0.1", "100.101.102.103", "fd7a:115c:a1e0::1", "fe80::1", "::1",
+               "::ffff:169.254.169.254", "64:ff9b:1::a9fe:a9fe", "224.0.0.1", "0.0.0.0")
+REACHABLE = ("1.1.1.1", "8.8.8.8", "2606:4700:4700::1111", "64:ff9b::808:808")
+
+
+def test_gateway_pods_reach_dns_and_public_addresses_only(rendered: Render) -> None:
+    pod_labels = rendered.deployment["spec"]["template"]["metadata"]["labels"]
+    policies = [p for p in rendered.of_kind("NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]
+                and p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+    assert "openclaw-gateway-egress" in {p["metadata"]["name"] for p in policies}
+    blocks, peers = [], set()
+    for rule in (rule for p in policies for rule in p["spec"]["egress"]):
+        assert rule.get("to"), f"a rule without `to` admits every address: {rule}"
+        ports = tuple(sorted((p["port"], p["protocol"]) for p in rule.get("ports", [])))
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                blocks.append(peer["ipBlock"])
+            else:
+                assert ports, f"every port of {peer}"
+                namespace = peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                peers.add((namespace, tuple(sorted(peer["podSelector"]["matchLabels"].items())), ports))
+
+    def admitted(address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(ip in ipaddress.ip_network(b["cidr"]) and not any(ip in ipaddress.ip_network(e) for e in b["except"])
+                   for b in blocks)
+
+    assert [a for a in UNREACHABLE if admitted(a)] == []
+    assert [a for a in REACHABLE if not admitted(a)] == []
+    dns = ("kube-system", (("k8s-app", "kube-dns"),), ((53, "TCP"), (53, "UDP")))
+    redis = (None, (("app", "openclaw-redis"),), ((6379, "TCP"),))
+    assert peers == ({dns, redis} if rendered.name == "redis" else {dns})
 
 
 def test_disruption_budget_covers_the_pods(rendered: Render) -> None:

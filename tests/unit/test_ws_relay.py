@@ -215,6 +215,23 @@ def test_a_fragmented_message_is_refused_as_it_grows_past_the_limit() -> None:
     assert close_of(sent(out, relay.client))[0] == 1009 and not sent(out, relay.server)
 
 
+def test_empty_continuation_frames_count_toward_the_limit() -> None:
+    """They add nothing to a message's size, yet each is held: uncounted, a client sending them
+    forever grew the sidecar by a gigabyte in 20 s (red team)."""
+    relay = Relay(limit=ws_relay.FRAGMENT_CHARGE * 100)
+    assert relay.from_client(client_frame(TEXT, b"x", fin=False) + client_frame(CONTINUATION, b"", fin=False) * 99) == []
+    out = relay.from_client(client_frame(CONTINUATION, b"", fin=False))
+    assert close_of(sent(out, relay.client)) == (1009, b"message too big") and not sent(out, relay.server)
+
+
+def test_a_message_in_fragments_within_the_limit_goes_on_whole() -> None:
+    relay = Relay(limit=ws_relay.FRAGMENT_CHARGE * 100)
+    message = req("forward")
+    raw = client_frame(TEXT, message[:1], fin=False) + b"".join(
+        client_frame(CONTINUATION, message[at:at + 1], fin=at == len(message) - 1) for at in range(1, len(message)))
+    assert sent(relay.from_client(raw), relay.server) == raw and relay.session.seen == [message]
+
+
 def test_a_large_frame_arriving_in_pieces_is_read_whole() -> None:
     relay = Relay(limit=1 << 22)
     message = json.dumps({"verdict": "forward", "pad": "x" * 300_000}).encode()

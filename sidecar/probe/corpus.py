@@ -132,6 +132,7 @@ class Expectation:
     may_arrive: bool = False  # refused: reaching the backend is no failure (the backend refuses)
     leak: tuple[str, ...] = ()  # text the answer must never contain
     keeps: bool = False  # what the proxy sent upstream on control.credential must survive this request
+    same_as_control: tuple[str, ...] = ()  # headers that must arrive just as they did on control.credential
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,8 @@ def _websocket(raw: Any, where: str) -> WsRequest:
     return WsRequest(_headers(data.get("headers", []), where), _flag(data, "credential", False, where), connect, frame)
 
 
-_EXPECT_KEYS = frozenset({"outcome", "status", "reached", "absent", "single", "mayArrive", "leak", "keeps"})
+_EXPECT_KEYS = frozenset({"outcome", "status", "reached", "absent", "single", "mayArrive", "leak", "keeps",
+                          "sameAsControl"})
 
 
 def _expectation(raw: Any, where: str) -> Expectation:
@@ -365,7 +367,8 @@ def _expectation(raw: Any, where: str) -> Expectation:
     return Expectation(outcome, _statuses(data.get("status", []), where), _reached(data.get("reached", []), where),
                        tuple(absent), tuple(h.lower() for h in _strings(data.get("single", []), where)),
                        _flag(data, "mayArrive", False, where), tuple(_strings(data.get("leak", []), where)),
-                       _flag(data, "keeps", False, where))
+                       _flag(data, "keeps", False, where),
+                       tuple(h.lower() for h in _strings(data.get("sameAsControl", []), where)))
 
 
 # ---------------------------------------------------------------- small validators

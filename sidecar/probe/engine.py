@@ -5,7 +5,8 @@ Two control cases run first and every other case is judged against them: `contro
 and `control.websocket` (the target serves the RPC WebSocket at all). A case that would count as
 a failed login is followed by one good call, so the probe never walks its own address into a
 lockout on a production gateway; so is every fifth refusal in a row, so a sidecar's refusal
-pacing never delays its answers.
+pacing never delays its answers, and every 429. A good call the target refuses means it has
+locked the probe out anyway: every later refusal would be the lockout's, so the run stops there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +23,8 @@ from .corpus import Case, Corpus, WsRequest
 from .record import BackendRecord
 from .text import printable, visible
 from .verdict import (
-    FAIL, INCONCLUSIVE, LOOSER, NOT_APPLICABLE, PASS, Admission, Answer, Verdict, admission, differential, judge,
-    kept_headers,
+    FAIL, INCONCLUSIVE, LOOSER, NOT_APPLICABLE, PASS, Admission, Answer, Verdict, admission, arrived_values,
+    differential, judge, kept_headers, summary,
 )
 from .wire import Context, Endpoint, ProbeSetupError, exchange, render_request, sent_headers
 from .ws import exchange_ws
@@ -97,10 +98,14 @@ class Report:
     started: datetime
     results: list[CaseResult] = field(default_factory=list)
     duration_s: float = 0.0
+    cut_short: str | None = None  # why the run stopped sending cases (the target locked the probe out)
 
     def exit_code(self) -> int:
-        """1 when any case fails or, against a baseline, lets through what the baseline refused."""
-        return int(any(r.verdict == FAIL or r.differential == LOOSER for r in self.results))
+        """1 when any case fails or, against a baseline, lets through what the baseline refused;
+        else 2 when the run was cut short, since its later cases tested nothing."""
+        if any(r.verdict == FAIL or r.differential == LOOSER for r in self.results):
+            return 1
+        return 2 if self.cut_short else 0
 
 
 def applicability(case: Case, options: Options) -> str | None:
@@ -211,7 +216,9 @@ class Probe:
         self.baseline_credential_refusal: str | None = None  # why the baseline did
         self.websocket_refusal: str | None = None  # why the target serves no RPC WebSocket
         self.kept: frozenset[str] = frozenset()  # header names that reached the backend on control.credential
+        self.control_arrival: dict[str, tuple[str, ...]] | None = None  # and each header's values
         self.refused_in_a_row = 0  # the target's refusals since the probe's last good call
+        self.cut_short: str | None = None  # the target refused a good call: the rest is not sent
 
     def run(self, progress: Callable[[int, int, CaseResult], None] = lambda i, n, r: None) -> Report:
         cases = self.corpus.select(self.options.cases)
@@ -231,29 +238,37 @@ class Probe:
             if self.record:
                 self.record.close()
         report.duration_s = time.monotonic() - start
+        report.cut_short = self.cut_short
         return report
 
     def run_case(self, case: Case) -> CaseResult:
         reason = applicability(case, self.options)
         if reason is not None:
             return CaseResult(case, NOT_APPLICABLE, reason)
+        if self.cut_short:
+            return CaseResult(case, INCONCLUSIVE, f"not sent: {self.cut_short}")
         if case.websocket and self.websocket_refusal:
             return CaseResult(case, NOT_APPLICABLE, self.websocket_refusal)
         if case.needs & CREDENTIALED and self.credential_refusal:
-            return CaseResult(case, INCONCLUSIVE, f"not sent: the target refused the probe's own credential "
-                                                  f"({self.credential_refusal})")
+            return CaseResult(case, INCONCLUSIVE, f"not sent: a refusal would prove nothing, since "
+                                                  f"{self.credential_refusal}")
         started = time.monotonic()
         if self.record:
             self.record.clear()
-        answer, sent = self.target.send(case)
+        answer, sent = self.send_on(self.target, case)
         arrivals = self.record.fetch() if self.record else None
         verdict, why = self.learn_from_control(case, answer, arrivals, *self.verdict_for(case, answer, arrivals))
-        target = self.observe(case, answer, sent, verdict, why)
         baseline = self.run_on_baseline(case) if self.baseline else None
         comparable = baseline is not None and not (case.needs & CREDENTIALED and self.baseline_credential_refusal)
-        self.refused_in_a_row = self.refused_in_a_row + 1 if target.admission == "refused" else 0
-        if case.fails_auth or self.refused_in_a_row >= REFUSALS_BETWEEN_GOOD_CALLS:
-            self.good_call()
+        self.refused_in_a_row = self.refused_in_a_row + 1 if admission(answer, case.expect)[0] == "refused" else 0
+        if case.fails_auth or answer.status == 429 or self.refused_in_a_row >= REFUSALS_BETWEEN_GOOD_CALLS:
+            refusal = self.good_call()
+            if refusal is not None:
+                self.cut_short = (f"after {case.id} the target refused the probe's own good call ({refusal}): it has "
+                                  "locked the probe out, so any later case would be refused by the lockout alone")
+                if answer.status == 429:
+                    verdict, why = INCONCLUSIVE, f"{summary(answer)}: the lockout refused it, not the attack"
+        target = self.observe(case, answer, sent, verdict, why)
         return CaseResult(case, target.verdict, target.why, target,
                           self.redact.arrivals(arrivals) if arrivals is not None else None, baseline,
                           differential(target.admission, baseline.admission) if baseline is not None and comparable else None,
@@ -263,15 +278,29 @@ class Probe:
         """The same case against the gateway alone, judged without a record. If the gateway refuses
         the probe's credential (its own secret differs), credentialed cases cannot be compared."""
         assert self.baseline is not None
-        answer, sent = self.baseline.send(case)
+        answer, sent = self.send_on(self.baseline, case)
         observation = self.observe(case, answer, sent, *self.verdict_for(case, answer, None))
         if case.id == CONTROL_CREDENTIAL and observation.verdict != PASS:
             self.baseline_credential_refusal = observation.why
         return observation
 
+    def send_on(self, side: Side, case: Case) -> tuple[Answer, str]:
+        """Send a case; for control.websocket, a second time with the Bearer on the upgrade if the
+        target refused the upgrade itself: a proxy that authenticates upgrades (as the gateway never
+        does) is no target without a WebSocket, and its frames are still to be judged."""
+        answer, sent = side.send(case)
+        if (case.id == CONTROL_WEBSOCKET and answer.stage == "upgrade" and answer.status in (401, 403)
+                and side.ctx.secret and not side.ctx.bearer_upgrade):
+            side.ctx = replace(side.ctx, bearer_upgrade=True)
+            retried, sent_again = side.send(case)
+            if not (retried.stage == "upgrade" and retried.kind == "http"):
+                return retried, sent_again
+            side.ctx = replace(side.ctx, bearer_upgrade=False)
+        return answer, sent
+
     def verdict_for(self, case: Case, answer: Answer, arrivals: list[dict[str, Any]] | None) -> tuple[Verdict, str]:
         return judge(case.expect, answer, arrivals, self.marker, lead_ins=case.lead_ins, frame_judged=case.judges_frame,
-                     kept=self.kept)
+                     kept=self.kept, control=self.control_arrival)
 
     def observe(self, case: Case, answer: Answer, sent: str, verdict: Verdict, why: str) -> Observation:
         admitted, _ = admission(answer, case.expect)
@@ -284,24 +313,46 @@ class Probe:
         case depends on it); a target without the RPC WebSocket makes its control (and every
         WebSocket case) not applicable rather than failed."""
         if case.id == CONTROL_WEBSOCKET and answer.stage == "upgrade" and answer.kind == "http":
-            self.websocket_refusal = f"the target serves no RPC WebSocket on {self.options.ws_path} ({why}; see --ws-path)"
+            if answer.status in (401, 403) and self.options.secret:
+                self.websocket_refusal = (f"the target refused the WebSocket upgrade on {self.options.ws_path} ({why}) "
+                                          "with the probe's secret in the connect frame and as a Bearer on the "
+                                          "upgrade: if it serves the RPC WebSocket to callers it authenticates some "
+                                          "other way, these cases cannot run here")
+            else:
+                self.websocket_refusal = (f"the target serves no RPC WebSocket on {self.options.ws_path} ({why}; "
+                                          "see --ws-path)")
             return NOT_APPLICABLE, self.websocket_refusal
+        if case.id == CONTROL_CREDENTIAL and answer.kind in ("timeout", "error"):
+            raise ProbeSetupError(f"the target took the connection but did not answer {CONTROL_CREDENTIAL}: "
+                                  f"{summary(answer)}")
         if case.klass == "control" and verdict == INCONCLUSIVE:
             verdict, why = FAIL, f"the control decided nothing, so neither can the cases judged against it: {why}"
         if case.id == CONTROL_CREDENTIAL and verdict != PASS:
-            self.credential_refusal = f"{CONTROL_CREDENTIAL}: {why}"
+            self.credential_refusal = f"{CONTROL_CREDENTIAL} did not pass ({why})"
         if case.id == CONTROL_CREDENTIAL and verdict == PASS and arrivals == []:
             raise ProbeSetupError(f"the backend record at {self.options.backend_record} saw nothing of the control "
                                   "call the target accepted: it is not the backend behind this target")
         if case.id == CONTROL_CREDENTIAL and verdict == PASS and arrivals:
             self.kept = kept_headers(arrivals, sent_headers(render_request(case.http_requests[-1], self.target.ctx)))
+            if not self.options.identity:  # behind a trusted proxy a caller's declared scopes are the contract's input
+                self.control_arrival = arrived_values(arrivals[-1])
         return verdict, why
 
-    def good_call(self) -> None:
+    def good_call(self) -> str | None:
         """One good call: a success resets the gateway's failure count and the sidecar's refusal
-        pacing (which would otherwise delay the probe's answers past its timeout)."""
+        pacing (which would otherwise delay the probe's answers past its timeout). Returns why the
+        target refused it, where control.credential had passed: the probe is locked out."""
         self.refused_in_a_row = 0
+        if not (self.options.secret or self.options.identity):
+            return None
         control = next(c for c in self.corpus.cases if c.id == CONTROL_CREDENTIAL)
-        if self.options.secret or self.options.identity:
-            for side in filter(None, (self.target, self.baseline)):
-                side.send(control)
+        refusal = None
+        for side in filter(None, (self.target, self.baseline)):
+            verdict, why = self.verdict_for(control, side.send(control)[0], None)
+            if verdict == PASS:
+                continue
+            if side is self.target and self.credential_refusal is None:
+                refusal = why
+            elif side is self.baseline:
+                self.baseline_credential_refusal = self.baseline_credential_refusal or why
+        return refusal

@@ -80,6 +80,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "summary": {**totals(report), "total": len(report.results),
                     "byClass": {k: {"title": report.corpus.classes[k], **v} for k, v in class_counts(report).items()}},
         "exitCode": report.exit_code(),
+        "cutShort": report.cut_short,
         "cases": [_case_json(r) for r in report.results],
     }
 
@@ -134,8 +135,9 @@ def render_table(report: Report) -> str:
         lines.append(_summary_row(klass, _row_values(counts), diff_col, report.corpus.classes[klass], counts))
     total = totals(report)
     lines.append(_summary_row("total", _row_values(total), diff_col, f"{len(report.results)} cases", total))
-    outcome = "FAIL" if report.exit_code() else "PASS"
-    lines += ["", f"result: {outcome}: {total[FAIL]} failed, {total[PASS]} passed, {total[INCONCLUSIVE]} inconclusive, "
+    outcome = ("PASS", "FAIL", "CUT SHORT")[report.exit_code()]
+    lines += [""] + ([f"cut short: {report.cut_short}"] if report.cut_short else [])
+    lines += [f"result: {outcome}: {total[FAIL]} failed, {total[PASS]} passed, {total[INCONCLUSIVE]} inconclusive, "
               f"{total[NOT_APPLICABLE]} not applicable" + (f", {total[LOOSER]} LOOSER than the baseline" if diff_col else "")]
     return "\n".join(lines) + "\n"
 

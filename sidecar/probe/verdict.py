@@ -164,11 +164,28 @@ def kept_headers(arrivals: Sequence[Mapping[str, Any]], sent: frozenset[tuple[st
                      if (str(k).lower(), str(v)) not in sent) - _PER_REQUEST
 
 
+def arrived_values(record: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Each header name (lower case) that arrived in one recorded request, with its values in order."""
+    values: dict[str, list[str]] = {}
+    for name, value in record.get("headers", []):
+        values.setdefault(str(name).lower(), []).append(str(value))
+    return {name: tuple(found) for name, found in values.items()}
+
+
 def arrival_problem(expect: Expectation, arrivals: Sequence[Mapping[str, Any]], marker: str,
-                    kept: frozenset[str] = frozenset()) -> str | None:
-    """What reached the backend that must not have (or, for `keeps`, failed to reach it), or None."""
+                    kept: frozenset[str] = frozenset(),
+                    control: Mapping[str, tuple[str, ...]] | None = None) -> str | None:
+    """What reached the backend that must not have (or, for `keeps`, failed to reach it), or None.
+    `control`: the headers that reached it on control.credential, for `sameAsControl`."""
     for record in arrivals:
         headers = [(str(k), str(v)) for k, v in record.get("headers", [])]
+        if control is not None:
+            found = arrived_values(record)
+            for name in expect.same_as_control:
+                if found.get(name, ()) != control.get(name, ()):
+                    return (f"{name} arrived as {visible(', '.join(found.get(name, ())) or '(none)', 120)}, not as on "
+                            f"control.credential ({visible(', '.join(control.get(name, ())) or '(none)', 120)}): "
+                            "the client's forged value changed what the proxy presents upstream")
         lost = sorted(kept - {k.lower() for k, _ in headers}) if expect.keeps else []
         if lost:
             return (f"{', '.join(lost)} reached the backend on control.credential but not here: a hop deleted what "
@@ -191,13 +208,15 @@ def describe_arrival(record: Mapping[str, Any]) -> str:
 
 
 def judge(expect: Expectation, answer: Answer, arrivals: Sequence[Mapping[str, Any]] | None, marker: str, *,
-          lead_ins: int = 0, frame_judged: bool = False, kept: frozenset[str] = frozenset()) -> tuple[Verdict, str]:
+          lead_ins: int = 0, frame_judged: bool = False, kept: frozenset[str] = frozenset(),
+          control: Mapping[str, tuple[str, ...]] | None = None) -> tuple[Verdict, str]:
     """The verdict and the reason for it.
 
     `arrivals` is what the backend recorded for this case (None: no --backend-record). `lead_ins`
     is how many arrivals are expected anyway (the legitimate first requests of a pipeline).
     `frame_judged`: the case is about a WebSocket frame, so a refused connect decides nothing.
-    `kept`: for a `keeps` case, the header names that reached the backend on control.credential.
+    `kept` and `control`: what reached the backend on control.credential (the header names the
+    proxy presented, for `keeps`; every header with its values, for `sameAsControl`).
     """
     if frame_judged and answer.stage in ("upgrade", "connect"):
         return INCONCLUSIVE, f"the {answer.stage} was refused ({summary(answer)}), so the frame was never judged"
@@ -209,7 +228,17 @@ def judge(expect: Expectation, answer: Answer, arrivals: Sequence[Mapping[str, A
     if leaked is not None:
         return FAIL, f"the answer exposes {leaked!r}: {summary(answer)}"
     admitted, said = admission(answer, expect)
+    problem = arrival_problem(expect, arrivals, marker, kept, control) if arrivals is not None else None
+    # An HTTP request (or upgrade) the backend saw beyond a pipeline's legitimate first ones.
+    arrived = (arrivals is not None and answer.stage in ("http", "upgrade") and not expect.may_arrive
+               and len(arrivals) > lead_ins)
     if admitted is None:
+        # A 5xx or a timeout says nothing of its own; what the backend recorded still does.
+        if problem:
+            return FAIL, f"{problem} ({said})"
+        if expect.outcome == "refused" and arrived:
+            assert arrivals is not None
+            return FAIL, f"it reached the backend: {describe_arrival(arrivals[-1])} ({said})"
         return INCONCLUSIVE, said
     if expect.keeps and answer.kind == "http" and answer.status == 401 and arrivals is None:
         # A hop may have deleted the credential the proxy presents upstream because the client's
@@ -218,14 +247,13 @@ def judge(expect: Expectation, answer: Answer, arrivals: Sequence[Mapping[str, A
                               "(as RFC 9110 asks) look alike here; --backend-record tells them apart")
     if expect.outcome == "stripped" and answer.kind == "http" and answer.status == 101:
         return FAIL, f"{said}: the upgrade went through"
-    problem = arrival_problem(expect, arrivals, marker, kept) if arrivals is not None else None
     if expect.outcome == "answered":
         return (FAIL, problem) if problem else (PASS, f"answered without exposing it: {said}")
     if expect.outcome == "refused":
         if admitted == "let_through":
             return FAIL, f"let through: {said}"
-        http_refusal = answer.stage in ("http", "upgrade")
-        if arrivals is not None and http_refusal and not expect.may_arrive and len(arrivals) > lead_ins:
+        if arrived:
+            assert arrivals is not None
             return FAIL, f"refused ({said}), but only after it reached the backend: {describe_arrival(arrivals[-1])}"
         if problem:
             return FAIL, problem

@@ -69,6 +69,7 @@ class Context:
     secret: str | None = None
     identity: tuple[tuple[str, str], ...] = ()
     secret_field: str = "token"  # how a connect frame names the secret: token or password
+    bearer_upgrade: bool = False  # the target authenticates WebSocket upgrades: the secret goes on them too
 
     def expand(self, text: str) -> str:
         values = {"host": self.host, "safe_tool": self.safe_tool, "marker": self.marker, "secret": self.secret or ""}

@@ -129,8 +129,12 @@ class _Session:
 
 
 def upgrade_headers(request: WsRequest, ctx: Context) -> list[tuple[str, str]]:
-    headers = [(n, ctx.expand(v)) for n, v in request.headers]
-    return list(ctx.identity) + headers if request.credential else headers
+    """The case's headers, after the identity headers where it presents a credential, and the
+    Bearer where the target authenticates upgrades and the case connects with the secret."""
+    credential = list(ctx.identity) if request.credential else []
+    if ctx.bearer_upgrade and ctx.secret and (request.connect is None or request.connect.auth == "secret"):
+        credential.insert(0, ("Authorization", f"Bearer {ctx.secret}"))
+    return credential + [(n, ctx.expand(v)) for n, v in request.headers]
 
 
 def exchange_ws(endpoint: Endpoint, request: WsRequest, ctx: Context, path: str, timeout: float,

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from openclaw_demo.backend import DemoBackend
+from tests.ports import free_port
 
 from .harness import REPO
 
 # The console script of this venv: the command the README tells a user to run.
 PROBE = [str(Path(sys.executable).parent / "openclaw-sidecar"), "probe"]
-
-# Cases the sidecar itself fails today (reported, not fixed here: the probe's job is to find them).
-# mitmproxy's HTTP/1 parser is more lenient than Node's: it accepts a head with bare LF line
-# endings, a chunk-size line with trailing whitespace, and an HTTP/1.1 request without Host, all of
-# which Node answers with 400, and the sidecar relays them (re-framed, so the hidden-header variant
-# H1.bare-lf-hides-header still passes: the smuggled header never arrives). Each entry must keep
-# failing: once the sidecar refuses one of them, delete it here.
 
 
 @dataclass
@@ -54,3 +54,28 @@ def run_probe(url: str, *args: str, tmp_path: Path, timeout: float = 120) -> Pro
                           capture_output=True, text=True, timeout=timeout, check=False)
     assert out.exists(), f"no report (exit {done.returncode}): {done.stderr[-3000:]}"
     return ProbeRun(done.returncode, json.loads(out.read_text()), done.stderr)
+
+
+@contextmanager
+def mitmdump_in_front(backend: DemoBackend, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`mitmdump --mode reverse:<demo backend>` (plus `options`, e.g. an add-on, and `env` for it),
+    listening at the URL yielded."""
+    port = free_port()
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    proc = subprocess.Popen([str(mitmdump), "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1",
+                             "--listen-port", str(port), "-q", *options],
+                            env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # it even crashes on trailers
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mitmdump did not start"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()  # a throwaway relay with nothing to flush
+        proc.wait(10)

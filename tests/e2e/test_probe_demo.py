@@ -8,14 +8,9 @@ Real processes and sockets throughout: the probe is the console script, the side
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +19,7 @@ from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN
 from .harness import REPO, SidecarProcess
-from .probe_helpers import PROBE, ProbeRun, probe_env, run_probe
+from .probe_helpers import PROBE, ProbeRun, mitmdump_in_front, probe_env, run_probe
 
 TOKEN = "probe-shared-token-Hx41"
 FAST = ("--timeout", "3")
@@ -177,29 +172,6 @@ def test_setup_errors_exit_2(token_sc, tmp_path):
 
 
 # ---- a naive set-up: plain mitmdump, no addon ----------------------------------------------------
-
-
-@contextmanager
-def mitmdump_in_front(backend: DemoBackend, *options: str) -> Iterator[str]:
-    """`mitmdump --mode reverse:<demo backend>` (plus `options`, e.g. an add-on), listening at the URL yielded."""
-    port = free_port()
-    mitmdump = Path(sys.executable).parent / "mitmdump"
-    proc = subprocess.Popen([str(mitmdump), "--mode", f"reverse:{backend.url}", "--listen-host", "127.0.0.1",
-                             "--listen-port", str(port), "-q", *options],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # it even crashes on trailers
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "mitmdump did not start"
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()  # a throwaway relay with nothing to flush
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

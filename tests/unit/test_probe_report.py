@@ -68,7 +68,7 @@ def test_json_carries_its_schema_version_and_every_documented_field():
     assert data["schema"] == REPORT_SCHEMA == "openclaw-sidecar-probe-report/1"
     assert data["corpus"] == {"schema": CORPUS_SCHEMA, "gatewayVersion": "2026.9.6", "cases": 4, "selected": 4}
     assert set(data) == {"schema", "tool", "corpus", "target", "baseline", "backendRecord", "options", "marker",
-                         "startedAt", "durationSeconds", "summary", "exitCode", "cases"}
+                         "startedAt", "durationSeconds", "summary", "exitCode", "cutShort", "cases"}
     assert set(data["cases"][0]) == {"id", "class", "source", "title", "expect", "unsafe", "needs", "verdict", "why",
                                      "sent", "received", "status", "admission", "arrived", "baseline", "differential",
                                      "durationMs"}
@@ -275,10 +275,14 @@ def test_a_control_that_decides_nothing_fails_the_run_and_a_missing_websocket_is
     packaged = load_corpus()
     controls = {c.id: c for c in packaged.cases if c.klass == "control"}
     probe = Probe(packaged, Options("http://127.0.0.1:1", secret="s3cret-token"), "9.9.9")
-    verdict, why = probe.learn_from_control(controls["control.credential"], Answer("timeout"), None, INCONCLUSIVE,
-                                            "no answer within 3 s")
+    verdict, why = probe.learn_from_control(controls["control.credential"], Answer("http", status=502), None,
+                                            INCONCLUSIVE, "502 (an upstream or internal error)")
     assert verdict == FAIL and "decided nothing" in why
     assert probe.credential_refusal is not None
+    with pytest.raises(ProbeSetupError, match="did not answer control.credential: no answer within 3 s"):
+        # a target that takes connections and answers nothing is one the probe cannot run against
+        probe.learn_from_control(controls["control.credential"], Answer("timeout", error="no answer within 3 s"), None,
+                                 INCONCLUSIVE, "no answer within 3 s")
     no_upgrade = Answer("http", stage="upgrade", status=404, body=b"Not Found")
     verdict, why = probe.learn_from_control(controls["control.websocket"], no_upgrade, None, FAIL, "refused: 404")
     assert verdict == NOT_APPLICABLE and "no RPC WebSocket on /" in why
@@ -294,4 +298,4 @@ def test_a_refused_credential_makes_the_cases_that_need_the_secret_inconclusive_
     needs_secret = next(c for c in packaged.cases if c.needs == {"secret"})
     result = probe.run_case(needs_secret)  # nothing listens on port 1: the case must not be sent at all
     assert result.verdict == INCONCLUSIVE and result.target is None
-    assert "refused the probe's own credential" in result.why
+    assert result.why == "not sent: a refusal would prove nothing, since control.credential did not pass (refused: 401)"

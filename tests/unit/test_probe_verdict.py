@@ -123,7 +123,36 @@ def test_no_usable_answer_is_inconclusive():
     assert judge(ACCEPTED, http(503, body=b"down"), None, MARKER)[0] == INCONCLUSIVE
 
 
+def test_with_a_record_an_answer_that_says_nothing_is_judged_by_what_arrived():
+    """A proxy that turns the backend's 404 into a 502, or answers too late: the record still shows
+    the denied call reached the backend, or the forged value did (an evaluator's false passes)."""
+    for answer in (http(502, {"error": {"type": "bad_gateway"}}), Answer("timeout", error="no answer within 3 s")):
+        verdict, why = judge(REFUSED, answer, [arrival(("Host", "gw"))], MARKER)
+        assert verdict == FAIL and why.startswith("it reached the backend: POST /tools/invoke"), why
+        verdict, why = judge(STRIPPED, answer, [arrival(("X-Forwarded-User", MARKER))], MARKER)
+        assert verdict == FAIL and why.startswith("the forged value arrived"), why
+        assert judge(REFUSED, answer, [], MARKER)[0] == INCONCLUSIVE  # nothing arrived: still nothing decided
+        assert judge(REFUSED, answer, [arrival(("Host", "gw"))], MARKER, lead_ins=1)[0] == INCONCLUSIVE
+
+
 # ---- stripped ------------------------------------------------------------------------------------
+
+
+def test_a_header_the_proxy_sets_must_arrive_as_it_did_on_the_control_call():
+    """A proxy that filters the client's scopes (drops the unknown one, keeps operator.admin)
+    removes the marker: only a comparison with the control call shows the forged scope arrived."""
+    rule = Expectation("stripped", same_as_control=("x-openclaw-scopes",))
+    answer = http(200, {"ok": True})
+    control = {"x-openclaw-scopes": ("operator.read,operator.write",), "host": ("gw",)}
+    same = arrival(("X-OpenClaw-Scopes", "operator.read,operator.write"), ("Host", "gw"))
+    assert judge(rule, answer, [same], MARKER, control=control)[0] == PASS
+    verdict, why = judge(rule, answer, [arrival(("x-openclaw-scopes", "operator.admin"))], MARKER, control=control)
+    assert verdict == FAIL and why.startswith("x-openclaw-scopes arrived as operator.admin, not as on control.credential"), why
+    added = arrival(("x-openclaw-scopes", "operator.read"))  # a default a proxy adds only where the client sent one
+    assert judge(rule, answer, [added], MARKER, control={})[0] == FAIL
+    assert judge(rule, answer, [added], MARKER)[0] == PASS  # no control call recorded: nothing to compare with
+
+
 
 
 def test_stripped_without_a_record_cannot_see_past_a_forward():

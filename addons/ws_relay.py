@@ -356,6 +356,21 @@ class RpcRelay(layer.Layer):
         self._deadline = 0.0
         self._closed_by_client = False  # who began the close, for the flow's record
         self._reply_to_server = True  # the gateway gets a close frame from us at the end
+        self._queued = 0  # client bytes mitmproxy queued while a verdict waits
+        self._overflowed = False  # more than a message's limit arrived while one waited: dropped
+
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        """While a verdict waits, mitmproxy keeps reading the client and queues what it reads, with
+        no bound (a loopback client's failure delay lasts seconds). Past a message's limit what the
+        client sends meanwhile is dropped, and the session closes with 1009 once the verdict is in."""
+        if not self._paused:
+            self._queued = 0
+        elif isinstance(event, events.DataReceived) and event.connection == self.context.client:
+            self._queued += len(event.data)
+            if self._overflowed or self._queued > self.client_frames.limit():
+                self._overflowed = True
+                return
+        yield from super().handle_event(event)
 
     @expect(events.Start)
     def start(self, _: events.Event) -> layer.CommandGenerator[None]:
@@ -402,6 +417,9 @@ class RpcRelay(layer.Layer):
     def _from_client(self, data: bytes) -> layer.CommandGenerator[None]:
         if self._closing:
             return  # nothing the client sends after a close is relayed
+        if self._overflowed:
+            yield from self._close(1009, "message too big")
+            return
         refused: ProtocolError | None = None
         try:
             messages = self.client_frames.feed(data)

@@ -428,6 +428,22 @@ async def test_a_judgement_that_waits_holds_every_later_frame_behind_it_in_order
     assert [json.loads(s)["n"] for s in relay.session.seen] == [0, 1, 2, 3]
 
 
+async def test_what_arrives_while_a_judgement_waits_is_bounded_by_a_messages_limit() -> None:
+    """mitmproxy queues it unread, without bound, for as long as the verdict takes (review)."""
+    relay = Relay(limit=1000)
+    relay.session.gate = asyncio.get_running_loop().create_future()
+    waiting = client_frame(TEXT, req("forward", wait=True))
+    [hook] = [c for c in relay.from_client(waiting) if isinstance(c, ws_relay.RpcVerdictHook)]
+    within = client_frame(TEXT, req("forward", pad="x" * 500))
+    assert relay.from_client(within) == [] and relay.from_client(within) == []  # 1,100 bytes: the second is dropped
+    assert len(relay.layer._paused_event_queue) == 1
+    relay.session.gate.set_result(None)
+    await hook.pending.finish()
+    out = relay.events(events.HookCompleted(hook))
+    assert sent(out, relay.server) == waiting  # the verdict decided before goes on; nothing queued after it
+    assert close_of(sent(out, relay.client)) == (1009, b"message too big")
+
+
 async def test_a_failed_judgement_closes_with_1011_and_relays_nothing_unread() -> None:
     relay = Relay()
     errors = INTERNAL_ERRORS._value.get()

@@ -172,13 +172,19 @@ def test_network_policy_admits_the_ingress_proxies_and_monitoring_only(rendered:
 
 
 # Where a tool the gateway runs might be talked into connecting: every cloud's metadata service
-# (AWS over IPv4 and IPv6, Alibaba), a pod, a Service, the node networks, loopback, a tailnet
-# address, the same again behind IPv4-mapped IPv6; and, for contrast, public addresses, one of
-# them behind the NAT64 prefix IPv6-only clusters reach IPv4 with.
-UNREACHABLE = ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "10.42.0.7", "10.43.0.1", "172.20.0.1",
-               "192.168.1.1", "127.0.0.1", "100.101.102.103", "fd7a:115c:a1e0::1", "fe80::1", "::1",
-               "::ffff:169.254.169.254", "64:ff9b:1::a9fe:a9fe", "224.0.0.1", "0.0.0.0")
+# (AWS over IPv4 and IPv6, Alibaba), Azure's WireServer, a pod, a Service, the node networks,
+# loopback, a tailnet address, one behind IPv4-mapped IPv6; each IPv4 one is also tried behind the
+# NAT64 prefix. For contrast, public addresses, one of them behind NAT64.
+UNREACHABLE = ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "168.63.129.16", "10.42.0.7", "10.43.0.1",
+               "172.20.0.1", "192.168.1.1", "127.0.0.1", "100.101.102.103", "fd7a:115c:a1e0::1", "fe80::1", "::1",
+               "::ffff:169.254.169.254", "64:ff9b:1::a9fe:a9fe", "224.0.0.1", "0.0.0.0", "198.18.0.1", "192.0.0.8")
 REACHABLE = ("1.1.1.1", "8.8.8.8", "2606:4700:4700::1111", "64:ff9b::808:808")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def behind_nat64(address: str) -> list[str]:
+    ip = ipaddress.ip_address(address)
+    return [str(ipaddress.IPv6Address(int(NAT64.network_address) + int(ip)))] if ip.version == 4 else []
 
 
 def test_gateway_pods_reach_dns_and_public_addresses_only(rendered: Render) -> None:
@@ -189,22 +195,26 @@ def test_gateway_pods_reach_dns_and_public_addresses_only(rendered: Render) -> N
     blocks, peers = [], set()
     for rule in (rule for p in policies for rule in p["spec"]["egress"]):
         assert rule.get("to"), f"a rule without `to` admits every address: {rule}"
-        ports = tuple(sorted((p["port"], p["protocol"]) for p in rule.get("ports", [])))
+        ports = frozenset((p["port"], p["protocol"]) for p in rule.get("ports", []))  # none: every port
         for peer in rule["to"]:
             if "ipBlock" in peer:
-                blocks.append(peer["ipBlock"])
+                blocks.append((peer["ipBlock"], ports))
             else:
                 assert ports, f"every port of {peer}"
                 namespace = peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
-                peers.add((namespace, tuple(sorted(peer["podSelector"]["matchLabels"].items())), ports))
+                peers.add((namespace, tuple(sorted(peer["podSelector"]["matchLabels"].items())), tuple(sorted(ports))))
 
-    def admitted(address: str) -> bool:
+    def admitted(address: str, port: int, protocol: str = "TCP") -> bool:
         ip = ipaddress.ip_address(address)
-        return any(ip in ipaddress.ip_network(b["cidr"]) and not any(ip in ipaddress.ip_network(e) for e in b["except"])
-                   for b in blocks)
+        return any(ip in ipaddress.ip_network(b["cidr"])
+                   and not any(ip in ipaddress.ip_network(e) for e in b.get("except", []))
+                   and (not ports or (port, protocol) in ports) for b, ports in blocks)
 
-    assert [a for a in UNREACHABLE if admitted(a)] == []
-    assert [a for a in REACHABLE if not admitted(a)] == []
+    for address in (a for found in UNREACHABLE for a in (found, *behind_nat64(found))):
+        assert not [port for port in (80, 443, 8080) if admitted(address, port)], address
+    assert [a for a in REACHABLE if not admitted(a, 443)] == []
+    # GKE's Cloud DNS answers on the metadata address: its port 53, nothing else.
+    assert admitted("169.254.169.254", 53, "UDP") and admitted("169.254.169.254", 53, "TCP")
     dns = ("kube-system", (("k8s-app", "kube-dns"),), ((53, "TCP"), (53, "UDP")))
     redis = (None, (("app", "openclaw-redis"),), ((6379, "TCP"),))
     assert peers == ({dns, redis} if rendered.name == "redis" else {dns})

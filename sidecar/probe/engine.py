@@ -99,13 +99,25 @@ class Report:
     results: list[CaseResult] = field(default_factory=list)
     duration_s: float = 0.0
     cut_short: str | None = None  # why the run stopped sending cases (the target locked the probe out)
+    baseline_cut_short: str | None = None  # why it stopped comparing with the baseline
 
     def exit_code(self) -> int:
         """1 when any case fails or, against a baseline, lets through what the baseline refused;
-        else 2 when the run was cut short, since its later cases tested nothing."""
+        else 2 when the run was cut short, since its later cases tested (or compared) nothing."""
         if any(r.verdict == FAIL or r.differential == LOOSER for r in self.results):
             return 1
-        return 2 if self.cut_short else 0
+        return 2 if self.cut_short or self.baseline_cut_short else 0
+
+
+def lockout_may_have_answered(results: list[CaseResult], since: Sequence[int]) -> None:
+    """The target locked the probe out: every refusal since its last passing good call may be the
+    lockout's, not the case's, so it proves nothing either way."""
+    for index in since:
+        result = results[index]
+        if result.target is not None and result.target.admission == "refused" and result.verdict in (PASS, FAIL):
+            results[index] = replace(result, verdict=INCONCLUSIVE, why=(
+                f"{result.why}; but the target locked the probe out before its next good call passed, so the "
+                "lockout may have answered"))
 
 
 def applicability(case: Case, options: Options) -> str | None:
@@ -217,8 +229,11 @@ class Probe:
         self.websocket_refusal: str | None = None  # why the target serves no RPC WebSocket
         self.kept: frozenset[str] = frozenset()  # header names that reached the backend on control.credential
         self.control_arrival: dict[str, tuple[str, ...]] | None = None  # and each header's values
-        self.refused_in_a_row = 0  # the target's refusals since the probe's last good call
-        self.cut_short: str | None = None  # the target refused a good call: the rest is not sent
+        self.control_upgrade_arrival: dict[str, tuple[str, ...]] | None = None  # those of control.websocket's upgrade
+        self.refused_in_a_row = 0  # refusals (on either side) since the probe's last good call
+        self.cut_short: str | None = None  # the target failed a good call: the rest is not sent
+        self.baseline_cut_short: str | None = None  # the baseline did: nothing later is compared
+        self.confirmed = False  # the last case's good call passed on the target
 
     def run(self, progress: Callable[[int, int, CaseResult], None] = lambda i, n, r: None) -> Report:
         cases = self.corpus.select(self.options.cases)
@@ -229,16 +244,24 @@ class Probe:
             side.reachable()
         start = time.monotonic()
         ordered = sorted(cases, key=lambda c: c.klass != "control")  # controls first, order kept otherwise
+        unconfirmed: list[int] = []  # results sent since the target last passed a good call
         try:
             for index, case in enumerate(ordered, 1):
+                cut_before = self.cut_short
                 result = self.run_case(case)
                 report.results.append(result)
-                progress(index, len(ordered), result)
+                if result.target is not None:
+                    unconfirmed.append(len(report.results) - 1)
+                if self.confirmed:
+                    unconfirmed.clear()
+                if self.cut_short and not cut_before:
+                    lockout_may_have_answered(report.results, unconfirmed)
+                progress(index, len(ordered), report.results[-1])
         finally:
             if self.record:
                 self.record.close()
         report.duration_s = time.monotonic() - start
-        report.cut_short = self.cut_short
+        report.cut_short, report.baseline_cut_short = self.cut_short, self.baseline_cut_short
         return report
 
     def run_case(self, case: Case) -> CaseResult:
@@ -253,21 +276,22 @@ class Probe:
             return CaseResult(case, INCONCLUSIVE, f"not sent: a refusal would prove nothing, since "
                                                   f"{self.credential_refusal}")
         started = time.monotonic()
+        self.confirmed = False
         if self.record:
             self.record.clear()
         answer, sent = self.send_on(self.target, case)
         arrivals = self.record.fetch() if self.record else None
         verdict, why = self.learn_from_control(case, answer, arrivals, *self.verdict_for(case, answer, arrivals))
-        baseline = self.run_on_baseline(case) if self.baseline else None
+        if answer.status == 429 and not self.can_call_good:
+            verdict, why = INCONCLUSIVE, (f"{summary(answer)}: a rate limit answered, and without a credential the "
+                                          "probe cannot tell a lockout from a refusal")
+        baseline = self.run_on_baseline(case) if self.baseline and not self.baseline_cut_short else None
         comparable = baseline is not None and not (case.needs & CREDENTIALED and self.baseline_credential_refusal)
-        self.refused_in_a_row = self.refused_in_a_row + 1 if admission(answer, case.expect)[0] == "refused" else 0
-        if case.fails_auth or answer.status == 429 or self.refused_in_a_row >= REFUSALS_BETWEEN_GOOD_CALLS:
-            refusal = self.good_call()
-            if refusal is not None:
-                self.cut_short = (f"after {case.id} the target refused the probe's own good call ({refusal}): it has "
-                                  "locked the probe out, so any later case would be refused by the lockout alone")
-                if answer.status == 429:
-                    verdict, why = INCONCLUSIVE, f"{summary(answer)}: the lockout refused it, not the attack"
+        statuses = {answer.status, baseline.status if baseline else None}
+        refused = admission(answer, case.expect)[0] == "refused" or (baseline is not None and baseline.admission == "refused")
+        self.refused_in_a_row = self.refused_in_a_row + 1 if refused else 0
+        if case.fails_auth or 429 in statuses or self.refused_in_a_row >= REFUSALS_BETWEEN_GOOD_CALLS:
+            self.good_call(case)
         target = self.observe(case, answer, sent, verdict, why)
         return CaseResult(case, target.verdict, target.why, target,
                           self.redact.arrivals(arrivals) if arrivals is not None else None, baseline,
@@ -299,8 +323,9 @@ class Probe:
         return answer, sent
 
     def verdict_for(self, case: Case, answer: Answer, arrivals: list[dict[str, Any]] | None) -> tuple[Verdict, str]:
+        control = self.control_upgrade_arrival if case.websocket else self.control_arrival
         return judge(case.expect, answer, arrivals, self.marker, lead_ins=case.lead_ins, frame_judged=case.judges_frame,
-                     kept=self.kept, control=self.control_arrival)
+                     kept=self.kept, control=control)
 
     def observe(self, case: Case, answer: Answer, sent: str, verdict: Verdict, why: str) -> Observation:
         admitted, _ = admission(answer, case.expect)
@@ -322,7 +347,7 @@ class Probe:
                 self.websocket_refusal = (f"the target serves no RPC WebSocket on {self.options.ws_path} ({why}; "
                                           "see --ws-path)")
             return NOT_APPLICABLE, self.websocket_refusal
-        if case.id == CONTROL_CREDENTIAL and answer.kind in ("timeout", "error"):
+        if case.id == CONTROL_CREDENTIAL and answer.kind in ("timeout", "error", "closed"):
             raise ProbeSetupError(f"the target took the connection but did not answer {CONTROL_CREDENTIAL}: "
                                   f"{summary(answer)}")
         if case.klass == "control" and verdict == INCONCLUSIVE:
@@ -336,23 +361,42 @@ class Probe:
             self.kept = kept_headers(arrivals, sent_headers(render_request(case.http_requests[-1], self.target.ctx)))
             if not self.options.identity:  # behind a trusted proxy a caller's declared scopes are the contract's input
                 self.control_arrival = arrived_values(arrivals[-1])
+        if case.id == CONTROL_WEBSOCKET and verdict == PASS and arrivals and not self.options.identity:
+            self.control_upgrade_arrival = arrived_values(arrivals[0])
         return verdict, why
 
-    def good_call(self) -> str | None:
-        """One good call: a success resets the gateway's failure count and the sidecar's refusal
-        pacing (which would otherwise delay the probe's answers past its timeout). Returns why the
-        target refused it, where control.credential had passed: the probe is locked out."""
+    @property
+    def can_call_good(self) -> bool:
+        return bool(self.options.secret or self.options.identity)
+
+    def good_call(self, after: Case) -> None:
+        """One good call on each side: a success resets the gateway's failure count and the
+        sidecar's refusal pacing (which would otherwise delay the probe's answers past its timeout).
+        A side that refuses it, where control.credential had passed, has locked the probe out; one
+        that does not answer it twice running has stopped answering. The target's cuts the run
+        short; the baseline's ends the comparison."""
         self.refused_in_a_row = 0
-        if not (self.options.secret or self.options.identity):
-            return None
+        if not self.can_call_good:
+            return
+        if self.credential_refusal is None:
+            failed = self.failed_good_call(self.target, "target")
+            self.confirmed = failed is None
+            if failed is not None:
+                self.cut_short = f"after {after.id} {failed}"
+        if self.baseline and not self.baseline_credential_refusal and not self.baseline_cut_short:
+            failed = self.failed_good_call(self.baseline, "baseline")
+            if failed is not None:
+                self.baseline_cut_short = f"after {after.id} {failed}; no later case is compared"
+
+    def failed_good_call(self, side: Side, name: str) -> str | None:
+        """None when the good call passes on `side`; else why not."""
         control = next(c for c in self.corpus.cases if c.id == CONTROL_CREDENTIAL)
-        refusal = None
-        for side in filter(None, (self.target, self.baseline)):
-            verdict, why = self.verdict_for(control, side.send(control)[0], None)
+        for _ in range(2):
+            answer = side.send(control)[0]
+            verdict, why = self.verdict_for(control, answer, None)
             if verdict == PASS:
-                continue
-            if side is self.target and self.credential_refusal is None:
-                refusal = why
-            elif side is self.baseline:
-                self.baseline_credential_refusal = self.baseline_credential_refusal or why
-        return refusal
+                return None
+            if admission(answer, control.expect)[0] == "refused":
+                return (f"the {name} refused the probe's own good call ({why}): it has locked the probe out, so any "
+                        "later case would be refused by the lockout alone")
+        return f"the {name} stopped answering the probe's own good call ({why})"

@@ -80,7 +80,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "summary": {**totals(report), "total": len(report.results),
                     "byClass": {k: {"title": report.corpus.classes[k], **v} for k, v in class_counts(report).items()}},
         "exitCode": report.exit_code(),
-        "cutShort": report.cut_short,
+        "cutShort": report.cut_short, "baselineCutShort": report.baseline_cut_short,
         "cases": [_case_json(r) for r in report.results],
     }
 
@@ -136,7 +136,7 @@ def render_table(report: Report) -> str:
     total = totals(report)
     lines.append(_summary_row("total", _row_values(total), diff_col, f"{len(report.results)} cases", total))
     outcome = ("PASS", "FAIL", "CUT SHORT")[report.exit_code()]
-    lines += [""] + ([f"cut short: {report.cut_short}"] if report.cut_short else [])
+    lines += [""] + [f"cut short: {why}" for why in (report.cut_short, report.baseline_cut_short) if why]
     lines += [f"result: {outcome}: {total[FAIL]} failed, {total[PASS]} passed, {total[INCONCLUSIVE]} inconclusive, "
               f"{total[NOT_APPLICABLE]} not applicable" + (f", {total[LOOSER]} LOOSER than the baseline" if diff_col else "")]
     return "\n".join(lines) + "\n"

@@ -68,7 +68,8 @@ def test_json_carries_its_schema_version_and_every_documented_field():
     assert data["schema"] == REPORT_SCHEMA == "openclaw-sidecar-probe-report/1"
     assert data["corpus"] == {"schema": CORPUS_SCHEMA, "gatewayVersion": "2026.9.6", "cases": 4, "selected": 4}
     assert set(data) == {"schema", "tool", "corpus", "target", "baseline", "backendRecord", "options", "marker",
-                         "startedAt", "durationSeconds", "summary", "exitCode", "cutShort", "cases"}
+                         "startedAt", "durationSeconds", "summary", "exitCode", "cutShort",
+                         "baselineCutShort", "cases"}
     assert set(data["cases"][0]) == {"id", "class", "source", "title", "expect", "unsafe", "needs", "verdict", "why",
                                      "sent", "received", "status", "admission", "arrived", "baseline", "differential",
                                      "durationMs"}

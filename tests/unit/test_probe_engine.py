@@ -1,0 +1,135 @@
+"""The probe's run loop against scripted targets (no sockets): good calls after failed logins,
+a lockout that cuts the run short, a baseline that locks out, and a rate limit the probe cannot
+tell apart from a refusal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from sidecar.probe.corpus import CORPUS_SCHEMA, Case, load_corpus, parse_corpus
+from sidecar.probe.engine import Options, Probe
+from sidecar.probe.verdict import INCONCLUSIVE, PASS, Answer
+
+OK = Answer("http", status=200, body=json.dumps({"ok": True, "result": {}}).encode())
+UNAUTHORIZED = Answer("http", status=401, body=b'{"error":{"type":"unauthorized"}}')
+RATE_LIMITED = Answer("http", status=429, body=b'{"error":{"type":"rate_limited"}}')
+NOT_FOUND = Answer("http", status=404, body=b'{"error":{"type":"not_found"}}')
+TIMEOUT = Answer("timeout", error="no answer within 3 s")
+
+CORPUS = parse_corpus({
+    "schema": CORPUS_SCHEMA, "gatewayVersion": "2026.9.6",
+    "classes": {"control": "Controls", "auth": "Authentication", "J": "Tool names"},
+    "cases": [
+        {"id": "control.credential", "class": "control", "source": "s", "title": "t", "needs": ["credential"],
+         "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": "${safe_tool}"},
+         "expect": {"outcome": "accepted"}},
+        {"id": "J1.denied", "class": "J", "source": "s", "title": "t", "needs": ["credential"],
+         "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": "exec"},
+         "expect": {"outcome": "refused"}},
+        {"id": "auth.wrong", "class": "auth", "source": "s", "title": "t",
+         "http": {"method": "POST", "target": "/tools/invoke", "headers": [["Authorization", "Bearer wrong"]],
+                  "call": "${safe_tool}"},
+         "expect": {"outcome": "refused"}, "failsAuth": True},
+        {"id": "J1.after", "class": "J", "source": "s", "title": "t", "needs": ["credential"],
+         "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": "exec"},
+         "expect": {"outcome": "refused"}},
+    ],
+})
+
+
+class ScriptedSide:
+    """Answers each case id from a script, in turn, then repeats the last answer."""
+
+    def __init__(self, script: dict[str, Iterable[Answer]]) -> None:
+        self.script = {case_id: list(answers) for case_id, answers in script.items()}
+        self.sent: list[str] = []
+
+    def send(self, case: Case) -> tuple[Answer, str]:
+        self.sent.append(case.id)
+        answers = self.script[case.id]
+        return (answers.pop(0) if len(answers) > 1 else answers[0]), f"POST /tools/invoke ({case.id})"
+
+    def reachable(self) -> None:
+        pass
+
+
+def run(target: ScriptedSide, baseline: ScriptedSide | None = None, **options: object):
+    probe = Probe(CORPUS, Options("http://127.0.0.1:1", baseline="http://127.0.0.1:2" if baseline else None,
+                                  **options), "9.9.9")  # type: ignore[arg-type]
+    probe.target = target  # type: ignore[assignment]
+    if baseline:
+        probe.baseline = baseline  # type: ignore[assignment]
+    report = probe.run()
+    return report, {r.case.id: r for r in report.results}
+
+
+def test_a_refused_good_call_cuts_the_run_short_and_every_refusal_since_the_last_good_one_proves_nothing():
+    """A limiter that a success never resets: the 404 and the 401 before the refused good call may
+    be its answers too (an evaluator saw 112 cases turn from fail to pass on such 429s)."""
+    target = ScriptedSide({"control.credential": [OK, RATE_LIMITED], "J1.denied": [NOT_FOUND],
+                           "auth.wrong": [UNAUTHORIZED], "J1.after": [NOT_FOUND]})
+    report, results = run(target, secret="s3cret-token")
+    assert report.cut_short == ("after auth.wrong the target refused the probe's own good call (refused: 429 rate_limited "
+                                "(the contract accepts this request)): it has locked the probe out, so any later case "
+                                "would be refused by the lockout alone")
+    assert results["control.credential"].verdict == PASS
+    for case_id in ("J1.denied", "auth.wrong"):
+        assert results[case_id].verdict == INCONCLUSIVE, results[case_id]
+        assert results[case_id].why.endswith("so the lockout may have answered")
+    assert results["J1.after"].verdict == INCONCLUSIVE and results["J1.after"].target is None
+    assert "J1.after" not in target.sent and report.exit_code() == 2
+
+
+def test_refusals_a_passing_good_call_followed_stand():
+    target = ScriptedSide({"control.credential": [OK], "J1.denied": [NOT_FOUND], "auth.wrong": [UNAUTHORIZED],
+                           "J1.after": [NOT_FOUND]})
+    report, results = run(target, secret="s3cret-token")
+    assert report.cut_short is None and report.exit_code() == 0
+    assert [results[i].verdict for i in ("J1.denied", "auth.wrong", "J1.after")] == [PASS, PASS, PASS]
+    assert target.sent == ["control.credential", "J1.denied", "auth.wrong", "control.credential", "J1.after"]
+
+
+def test_a_good_call_that_goes_unanswered_twice_is_no_lockout_and_says_so():
+    target = ScriptedSide({"control.credential": [OK, TIMEOUT], "J1.denied": [NOT_FOUND], "auth.wrong": [UNAUTHORIZED],
+                           "J1.after": [NOT_FOUND]})
+    report, _ = run(target, secret="s3cret-token")
+    assert report.cut_short == "after auth.wrong the target stopped answering the probe's own good call (no answer within 3 s)"
+    assert target.sent.count("control.credential") == 3  # the control, then the good call and its one retry
+
+
+def test_a_baseline_that_locks_out_ends_the_comparison_not_the_run():
+    target = ScriptedSide({"control.credential": [OK], "J1.denied": [NOT_FOUND], "auth.wrong": [UNAUTHORIZED],
+                           "J1.after": [NOT_FOUND]})
+    baseline = ScriptedSide({"control.credential": [OK, RATE_LIMITED], "J1.denied": [NOT_FOUND],
+                             "auth.wrong": [UNAUTHORIZED], "J1.after": [OK]})
+    report, results = run(target, baseline, secret="s3cret-token")
+    assert report.baseline_cut_short is not None and report.baseline_cut_short.startswith(
+        "after auth.wrong the baseline refused the probe's own good call")
+    assert report.cut_short is None and results["J1.after"].verdict == PASS
+    assert results["J1.after"].baseline is None and results["J1.after"].differential is None
+    assert "J1.after" not in baseline.sent and report.exit_code() == 2
+
+
+def test_without_a_credential_a_429_proves_nothing():
+    target = ScriptedSide({"auth.wrong": [RATE_LIMITED]})
+    report, results = run(target, cases="auth.*")
+    assert results["auth.wrong"].verdict == INCONCLUSIVE
+    assert results["auth.wrong"].why.endswith("without a credential the probe cannot tell a lockout from a refusal")
+
+
+def test_websocket_cases_compare_what_arrives_with_the_control_upgrade_not_the_http_control():
+    """The sidecar gives an upgrade the default scopes and a tools call the caller's: comparing the
+    two made ws.upgrade-forged-scopes fail on a sound target (review)."""
+    packaged = load_corpus()
+    cases = {c.id: c for c in packaged.cases}
+    probe = Probe(packaged, Options("http://127.0.0.1:1", secret="s3cret-token", backend_record="http://127.0.0.1:3"),
+                  "9.9.9")
+    probe.control_arrival = {"x-openclaw-scopes": ("operator.read",)}
+    upgrade = {"method": "GET", "path": "/ws", "headers": [["x-openclaw-scopes", "operator.read,operator.write"]]}
+    echoed = Answer("ws-echo", stage="connect", frame={"type": "req"})
+    probe.learn_from_control(cases["control.websocket"], echoed, [upgrade], PASS, "accepted")
+    verdict, why = probe.verdict_for(cases["ws.upgrade-forged-scopes"], Answer("ws-closed", stage="connect", close_code=1008), [upgrade])
+    assert verdict == PASS, why
+    forged = {**upgrade, "headers": [["x-openclaw-scopes", "operator.admin"]]}
+    assert probe.verdict_for(cases["ws.upgrade-forged-scopes"], Answer("ws-closed", stage="connect", close_code=1008), [forged])[0] == "fail"

@@ -26,6 +26,7 @@ WS_AUTH = ("secret", "none", "wrong")
 # The judged WebSocket frame must answer to this id, so that a raw frame can be matched too.
 FRAME_ID = "probe-frame"
 CONNECT_ID = "probe-connect"
+LEAD_IN_ID = "probe-lead-in"
 
 PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")  # ${name}, filled by wire.Context
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
@@ -96,6 +97,7 @@ class WsRequest:
     credential: bool = False  # identity headers on the upgrade (a secret goes in the connect frame)
     connect: WsConnect | None = WsConnect()
     frame: WsFrame | None = None  # judged when present; otherwise the connect is judged
+    lead_in: WsFrame | None = None  # an allowed frame sent and answered first: the judged one is the second
 
 
 @dataclass(frozen=True)
@@ -314,7 +316,7 @@ def _chunk(raw: Any, where: str) -> Chunk:
     return Chunk(data["data"], data.get("sizeSuffix", ""))
 
 
-_WS_KEYS = frozenset({"headers", "credential", "connect", "frame"})
+_WS_KEYS = frozenset({"headers", "credential", "connect", "frame", "leadIn"})
 _CONNECT_KEYS = frozenset({"auth", "role", "scopes", "clientId", "clientMode"})
 _FRAME_KEYS = frozenset({"method", "params", "raw", "binary", "fragments"})
 
@@ -345,7 +347,15 @@ def _websocket(raw: Any, where: str) -> WsRequest:
         frame = WsFrame(f.get("method"), f.get("params", {}), f.get("raw"), _flag(f, "binary", False, where), fragments)
     if connect is None and frame is None:
         raise CorpusError(f"{where}: a websocket case sends a connect, a frame, or both")
-    return WsRequest(_headers(data.get("headers", []), where), _flag(data, "credential", False, where), connect, frame)
+    lead_in = None
+    if "leadIn" in data:
+        lead = _mapping(data["leadIn"], f"{where}: leadIn")
+        _known_keys(lead, frozenset({"method", "params"}), f"{where}: leadIn")
+        if not isinstance(lead.get("method"), str) or connect is None or frame is None:
+            raise CorpusError(f"{where}: a leadIn is a {{method, params?}} sent between a connect and a frame")
+        lead_in = WsFrame(lead["method"], lead.get("params", {}))
+    return WsRequest(_headers(data.get("headers", []), where), _flag(data, "credential", False, where), connect, frame,
+                     lead_in)
 
 
 _EXPECT_KEYS = frozenset({"outcome", "status", "reached", "absent", "single", "mayArrive", "leak", "keeps",

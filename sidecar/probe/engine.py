@@ -317,7 +317,7 @@ class Probe:
                 and side.ctx.secret and not side.ctx.bearer_upgrade):
             side.ctx = replace(side.ctx, bearer_upgrade=True)
             retried, sent_again = side.send(case)
-            if not (retried.stage == "upgrade" and retried.kind == "http"):
+            if retried.status not in (401, 403):  # past authentication: whatever it met, it decides
                 return retried, sent_again
             side.ctx = replace(side.ctx, bearer_upgrade=False)
         return answer, sent

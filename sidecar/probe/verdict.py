@@ -17,7 +17,7 @@ from .corpus import Expectation
 from .text import visible
 
 Verdict = Literal["pass", "fail", "not_applicable", "inconclusive"]
-Stage = Literal["http", "upgrade", "connect", "frame"]
+Stage = Literal["http", "upgrade", "connect", "lead-in", "frame"]
 PASS: Final = "pass"
 FAIL: Final = "fail"
 NOT_APPLICABLE: Final = "not_applicable"
@@ -218,7 +218,7 @@ def judge(expect: Expectation, answer: Answer, arrivals: Sequence[Mapping[str, A
     `kept` and `control`: what reached the backend on control.credential (the header names the
     proxy presented, for `keeps`; every header with its values, for `sameAsControl`).
     """
-    if frame_judged and answer.stage in ("upgrade", "connect"):
+    if frame_judged and answer.stage in ("upgrade", "connect", "lead-in"):
         return INCONCLUSIVE, f"the {answer.stage} was refused ({summary(answer)}), so the frame was never judged"
     if answer.unasked:
         return FAIL, (f"{summary(answer)}, then more than one answer per request: the target (or a hop behind it) "

@@ -1,7 +1,8 @@
 """The gateway's RPC WebSocket, spoken over a raw socket with wsproto.
 
 One exchange per case: the RFC 6455 upgrade, the `connect` frame (the secret in it, as browsers
-send it), then at most one request frame, which is judged. The connect is sent at once: the
+send it), then at most one request frame, which is judged (after an allowed lead-in frame, where
+the case has one: a proxy that judges only a connection's first frame). The connect is sent at once: the
 gateway's `connect.challenge` nonce only matters to device signatures, and an echoing backend
 never sends one.
 """
@@ -19,7 +20,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .corpus import CONNECT_ID, FRAME_ID, WsConnect, WsFrame, WsRequest
+from .corpus import CONNECT_ID, FRAME_ID, LEAD_IN_ID, WsConnect, WsFrame, WsRequest
 from .verdict import Answer, Stage
 from .wire import MAX_BODY_BYTES, Context, Deadline, Endpoint
 
@@ -40,11 +41,16 @@ def connect_frame(connect: WsConnect, ctx: Context, version: str) -> dict[str, A
     return {"type": "req", "id": CONNECT_ID, "method": "connect", "params": params}
 
 
-def frame_text(frame: WsFrame, ctx: Context) -> str:
+def frame_text(frame: WsFrame, ctx: Context, frame_id: str = FRAME_ID) -> str:
     if frame.raw is not None:
         return ctx.expand(frame.raw)
-    return json.dumps({"type": "req", "id": FRAME_ID, "method": frame.method, "params": ctx.expand_value(frame.params)},
+    return json.dumps({"type": "req", "id": frame_id, "method": frame.method, "params": ctx.expand_value(frame.params)},
                       separators=(",", ":"))
+
+
+def went_through(answer: Answer) -> bool:
+    """The connect or lead-in frame was accepted (or relayed to an echoing backend)."""
+    return answer.kind == "ws-echo" or (answer.kind == "ws-res" and (answer.frame or {}).get("ok") is True)
 
 
 class _Session:
@@ -161,8 +167,15 @@ def exchange_ws(endpoint: Endpoint, request: WsRequest, ctx: Context, path: str,
             sent.append("text frame: " + json.dumps(connect_frame(request.connect, shown, version), separators=(",", ":")))
             session.send(TextMessage(connect))
             answer = session.answer_to(connect, stage)
-            connected = answer.kind == "ws-echo" or (answer.kind == "ws-res" and (answer.frame or {}).get("ok") is True)
-            if not connected:
+            if not went_through(answer):
+                return answer, "\n".join(sent)
+        if request.lead_in is not None:
+            stage = "lead-in"
+            lead = frame_text(request.lead_in, ctx, LEAD_IN_ID)
+            sent.append(f"text frame (lead-in): {frame_text(request.lead_in, shown, LEAD_IN_ID)}")
+            session.send(TextMessage(lead))
+            answer = session.answer_to(lead, stage)
+            if not went_through(answer):
                 return answer, "\n".join(sent)
         if request.frame is not None:
             stage = "frame"

@@ -148,7 +148,9 @@ def test_a_baseline_that_refuses_the_credential_compares_only_what_needs_none(to
                     *FAST, tmp_path=tmp_path)
     assert run.cases["control.credential"]["baseline"]["why"].startswith("refused: 401")
     e3 = [c for c in run.report["cases"] if c["id"].startswith("E3.")]
-    assert e3 and all(c["differential"] is None and c["baseline"] is not None for c in e3)
+    credentialed = [c for c in e3 if "credential" in c["needs"]]
+    assert credentialed and all(c["differential"] is None and c["baseline"] is not None for c in credentialed)
+    assert {c["differential"] for c in e3 if c not in credentialed} == {"SAME"}
     assert run.cases["auth.no-credential"]["differential"] == "SAME"
     assert run.ids(differential="LOOSER") == set() and run.returncode == 0
 

@@ -45,6 +45,36 @@ def test_a_proxy_that_trusts_a_clients_forwarded_address_fails_class_a(tmp_path)
     run = probe("forwarded-address-allowlist", tmp_path, "--cases", "A*")
     assert run.returncode == 1
     assert failing(run)["A7.forwarded-private-address-without-credential"].startswith("let through: 200")
+    assert failing(run)["A7.x-real-ip-private-address-without-credential"].startswith("let through: 200")
+
+
+def test_a_proxy_that_strips_forged_headers_by_their_case_fails_class_b(tmp_path):
+    run = probe("case-sensitive-strip", tmp_path, "--cases", "B*")
+    assert run.returncode == 1
+    assert {"B1.upper-case-scopes", "B1.lower-case-forwarded-user", "B1.mixed-case-tailscale-login"} <= run.ids("fail")
+    assert failing(run)["B1.lower-case-forwarded-user"].startswith("the forged value arrived at the backend: x-forwarded-user")
+
+
+def test_a_proxy_with_a_public_prefix_on_the_raw_path_fails_class_e(tmp_path):
+    run = probe("public-prefix", tmp_path, "--cases", "E*")
+    assert run.returncode == 1
+    assert failing(run)["E3.traversal-from-a-public-path-without-credential"].startswith("let through: 200")
+    assert "E3.encoded-traversal-from-a-public-path-without-credential" in run.ids("fail")
+
+
+def test_a_deny_list_that_trims_ascii_blanks_only_fails_class_j(tmp_path):
+    run = probe("ascii-trim-deny", tmp_path, "--cases", "J1*")
+    assert run.returncode == 1
+    assert {"J1.line-separator", "J1.byte-order-mark", "J1.ogham-space"} <= run.ids("fail"), failing(run)
+    assert run.cases["J1.padded"]["verdict"] == "pass"  # the ASCII blanks it does trim
+
+
+def test_a_proxy_that_judges_only_a_connections_first_frame_fails_the_second_frame_cases(tmp_path):
+    run = probe("judges-only-the-first-frame", tmp_path, "--cases", "ws.denied*")
+    assert run.returncode == 1
+    assert failing(run)["ws.denied-after-an-allowed-frame.terminal.open"].startswith(
+        "let through: an echoing backend sent the frame back")
+    assert "ws.denied-after-an-allowed-frame.config.patch" in run.ids("fail")
 
 
 def test_a_proxy_that_filters_the_clients_scopes_instead_of_setting_its_own_fails_class_f(tmp_path):

@@ -15,6 +15,9 @@ TOKEN = os.environ["WEAK_PROXY_TOKEN"]
 WEAKNESS = os.environ["WEAK_PROXY"]
 REWRITE_HEADERS = ("x-forwarded-uri", "x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-path")
 KNOWN_SCOPES = {"operator.read", "operator.write", "operator.admin", "operator.approvals", "operator.pairing"}
+FORGED_NAMES = ("X-OpenClaw-Scopes", "X-Forwarded-User", "Tailscale-User-Login")  # as documented, one spelling
+DENIED_TOOLS = {"cron", "sessions_spawn", "exec", "shell", "gateway"}
+DENIED_METHODS = {"terminal.open", "config.patch"}
 failures: dict[str, int] = {}
 
 
@@ -48,6 +51,24 @@ def request(flow: http.HTTPFlow) -> None:
         asked = [s for v in headers.get_all("x-openclaw-scopes")[:1] for s in re.split(r"[,\s]+", v) if s in KNOWN_SCOPES]
         headers.pop("x-openclaw-scopes", None)
         headers["x-openclaw-scopes"] = ",".join(asked) or "operator.read"
+    elif WEAKNESS == "case-sensitive-strip":  # compares names by case, where HTTP does not
+        if not authenticated(flow):
+            return refuse(flow, 401, "unauthorized")
+        for name in [n for n in headers.keys() if n in FORGED_NAMES]:
+            del headers[name]
+    elif WEAKNESS == "public-prefix":  # /healthz* is public, matched on the raw path
+        if not flow.request.path.startswith("/healthz") and not authenticated(flow):
+            return refuse(flow, 401, "unauthorized")
+        headers["authorization"] = f"Bearer {TOKEN}"
+    elif WEAKNESS == "ascii-trim-deny":  # folds case and NFKC, but trims ASCII blanks only
+        if not authenticated(flow):
+            return refuse(flow, 401, "unauthorized")
+        try:
+            name = json.loads(flow.request.get_content() or b"{}").get("name", "")
+        except ValueError:
+            name = ""
+        if isinstance(name, str) and name.strip(" \t\r\n").lower() in DENIED_TOOLS:
+            refuse(flow, 404, "not_found")
     elif WEAKNESS == "locks-out-for-good" and failures.get(peer, 0) >= 3:  # a success never clears the count
         refuse(flow, 429, "rate_limited")
     elif WEAKNESS == "authenticates-only-the-upgrade" and not authenticated(flow):  # frames then pass unread
@@ -61,3 +82,15 @@ def response(flow: http.HTTPFlow) -> None:
         failures[peer] = failures.get(peer, 0) + 1
     elif WEAKNESS == "hides-refusals-as-502" and 400 <= flow.response.status_code < 500:
         flow.response.status_code = 502
+
+
+def websocket_message(flow: http.HTTPFlow) -> None:
+    """judges-only-the-first-frame: the connect, then the first request frame; the rest go unread."""
+    assert flow.websocket is not None
+    message = flow.websocket.messages[-1]
+    if WEAKNESS != "judges-only-the-first-frame" or not message.from_client:
+        return
+    judged = flow.metadata.setdefault("judged", 0)
+    flow.metadata["judged"] = judged + 1
+    if judged == 1 and json.loads(message.text).get("method") in DENIED_METHODS:
+        message.drop()

@@ -158,6 +158,7 @@ def test_the_limiter_case_says_what_it_does_not_test():
 def _skeleton(name: str) -> str:
     """A look-alike's plain spelling: NFKC, case, blanks, zero-width space, the Cyrillic e."""
     folded = unicodedata.normalize("NFKC", name).strip().lower().replace("\u200b", "").replace("\u0435", "e")
+    folded = folded.replace("\ufeff", "")  # JavaScript's trim takes a byte-order mark; Python's strip does not
     return TOOL_ALIASES_2026_9_6.get(folded, folded)
 
 
@@ -174,6 +175,8 @@ def test_safe_rpc_frames_cannot_act(case):
     frame = case.request.frame
     if frame is None:
         return
+    # a lead-in must be allowed and act on nothing: only the judged frame after it is the attack
+    assert case.request.lead_in is None or (case.request.lead_in.method, case.request.lead_in.params) == ("health", {})
     text = frame.raw if frame.raw is not None else json.dumps({"method": frame.method, "params": frame.params})
     sent = json.loads(text)
     method, params = sent["method"], sent["params"]  # json.loads keeps the last of duplicate keys

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 
 from sidecar.probe.corpus import CORPUS_SCHEMA, Case, load_corpus, parse_corpus
 from sidecar.probe.engine import Options, Probe
-from sidecar.probe.verdict import INCONCLUSIVE, PASS, Answer
+from sidecar.probe.verdict import INCONCLUSIVE, NOT_APPLICABLE, PASS, Answer
+from sidecar.probe.wire import Context
 
 OK = Answer("http", status=200, body=json.dumps({"ok": True, "result": {}}).encode())
 UNAUTHORIZED = Answer("http", status=401, body=b'{"error":{"type":"unauthorized"}}')
@@ -44,6 +45,7 @@ class ScriptedSide:
     def __init__(self, script: dict[str, Iterable[Answer]]) -> None:
         self.script = {case_id: list(answers) for case_id, answers in script.items()}
         self.sent: list[str] = []
+        self.ctx = Context("gw", "agents_list", "ocprobe0", "s3cret-token")
 
     def send(self, case: Case) -> tuple[Answer, str]:
         self.sent.append(case.id)
@@ -133,3 +135,15 @@ def test_websocket_cases_compare_what_arrives_with_the_control_upgrade_not_the_h
     assert verdict == PASS, why
     forged = {**upgrade, "headers": [["x-openclaw-scopes", "operator.admin"]]}
     assert probe.verdict_for(cases["ws.upgrade-forged-scopes"], Answer("ws-closed", stage="connect", close_code=1008), [forged])[0] == "fail"
+
+
+def test_an_upgrade_that_passes_authentication_with_the_bearer_is_judged_by_what_it_met():
+    """A 404 to the retried upgrade is a missing route, not the Bearer refused (second evaluation)."""
+    packaged = load_corpus()
+    side = ScriptedSide({"control.websocket": [Answer("http", stage="upgrade", status=401),
+                                               Answer("http", stage="upgrade", status=404, body=b"Not Found")]})
+    probe = Probe(packaged, Options("http://127.0.0.1:1", secret="s3cret-token"), "9.9.9")
+    probe.target = side  # type: ignore[assignment]
+    result = probe.run_case(next(c for c in packaged.cases if c.id == "control.websocket"))
+    assert result.verdict == NOT_APPLICABLE and result.why.startswith("the target serves no RPC WebSocket on / (refused: 404")
+    assert side.ctx.bearer_upgrade and side.sent == ["control.websocket", "control.websocket"]

@@ -351,8 +351,10 @@ def _websocket(raw: Any, where: str) -> WsRequest:
     if "leadIn" in data:
         lead = _mapping(data["leadIn"], f"{where}: leadIn")
         _known_keys(lead, frozenset({"method", "params"}), f"{where}: leadIn")
-        if not isinstance(lead.get("method"), str) or connect is None or frame is None:
-            raise CorpusError(f"{where}: a leadIn is a {{method, params?}} sent between a connect and a frame")
+        if not isinstance(lead.get("method"), str) or not isinstance(lead.get("params", {}), dict) or connect is None \
+                or frame is None:
+            raise CorpusError(f"{where}: a leadIn is a {{method, params?}} (params an object) sent between a connect "
+                              "and a frame")
         lead_in = WsFrame(lead["method"], lead.get("params", {}))
     return WsRequest(_headers(data.get("headers", []), where), _flag(data, "credential", False, where), connect, frame,
                      lead_in)

@@ -37,6 +37,9 @@ REFUSALS_BETWEEN_GOOD_CALLS = 5
 # How long a case that could smuggle a request keeps reading after its last answer (capped by --timeout):
 # a hop behind the target answers the smuggled request right after the one it was hidden in.
 LINGER_SECONDS = 0.5
+# A good call that got no answer is tried once more after this long (capped by --timeout): one
+# dropped connection or a 502 while the gateway restarts is no reason to stop the run.
+GOOD_CALL_RETRY_SECONDS = 1.0
 # Cases that present the probe's own secret or credential: when control.credential shows the target
 # refuses it, their refusals prove nothing (a wrong --token makes every such case look refused).
 CREDENTIALED = frozenset({"credential", "secret"})
@@ -109,15 +112,26 @@ class Report:
         return 2 if self.cut_short or self.baseline_cut_short else 0
 
 
-def lockout_may_have_answered(results: list[CaseResult], since: Sequence[int]) -> None:
-    """The target locked the probe out: every refusal since its last passing good call may be the
-    lockout's, not the case's, so it proves nothing either way."""
+def refusal_decides(case: Case, admitted: Admission | None, verdict: Verdict) -> bool:
+    """The verdict rests on the target's refusal alone: a pass for a case it must refuse, a fail for
+    one the contract accepts. Not a fail the backend record or a leak proved."""
+    return admitted == "refused" and (verdict == PASS or (verdict == FAIL and case.expect.outcome == "accepted"))
+
+
+def discount_refusals(results: list[CaseResult], since: Sequence[int], why: str) -> None:
+    """The target stopped passing good calls: the refusals since its last passing one may not be the
+    cases' own, so they prove nothing either way."""
     for index in since:
         result = results[index]
-        if result.target is not None and result.target.admission == "refused" and result.verdict in (PASS, FAIL):
-            results[index] = replace(result, verdict=INCONCLUSIVE, why=(
-                f"{result.why}; but the target locked the probe out before its next good call passed, so the "
-                "lockout may have answered"))
+        if result.target is not None and refusal_decides(result.case, result.target.admission, result.verdict):
+            results[index] = replace(result, verdict=INCONCLUSIVE, differential=None, why=f"{result.why}; but {why}")
+
+
+def uncompare(results: list[CaseResult], since: Sequence[int]) -> None:
+    """The baseline stopped passing good calls: its answers since its last passing one may be a
+    lockout's, so those cases are not compared."""
+    for index in since:
+        results[index] = replace(results[index], differential=None)
 
 
 def applicability(case: Case, options: Options) -> str | None:
@@ -232,8 +246,10 @@ class Probe:
         self.control_upgrade_arrival: dict[str, tuple[str, ...]] | None = None  # those of control.websocket's upgrade
         self.refused_in_a_row = 0  # refusals (on either side) since the probe's last good call
         self.cut_short: str | None = None  # the target failed a good call: the rest is not sent
+        self.discounted_because = ""  # what that makes of the refusals before it
         self.baseline_cut_short: str | None = None  # the baseline did: nothing later is compared
-        self.confirmed = False  # the last case's good call passed on the target
+        self.confirmed: set[str] = set()  # the sides whose good call after the last case passed
+        self.websocket_checked = False  # control.websocket ran and passed
 
     def run(self, progress: Callable[[int, int, CaseResult], None] = lambda i, n, r: None) -> Report:
         cases = self.corpus.select(self.options.cases)
@@ -244,18 +260,21 @@ class Probe:
             side.reachable()
         start = time.monotonic()
         ordered = sorted(cases, key=lambda c: c.klass != "control")  # controls first, order kept otherwise
-        unconfirmed: list[int] = []  # results sent since the target last passed a good call
+        unconfirmed: dict[str, list[int]] = {"target": [], "baseline": []}  # sent since each side's last good call
         try:
             for index, case in enumerate(ordered, 1):
-                cut_before = self.cut_short
+                cut_before = (self.cut_short, self.baseline_cut_short)
                 result = self.run_case(case)
                 report.results.append(result)
-                if result.target is not None:
-                    unconfirmed.append(len(report.results) - 1)
-                if self.confirmed:
-                    unconfirmed.clear()
-                if self.cut_short and not cut_before:
-                    lockout_may_have_answered(report.results, unconfirmed)
+                for name, observation in (("target", result.target), ("baseline", result.baseline)):
+                    if observation is not None:
+                        unconfirmed[name].append(len(report.results) - 1)
+                    if name in self.confirmed:
+                        unconfirmed[name].clear()
+                if self.cut_short and not cut_before[0]:
+                    discount_refusals(report.results, unconfirmed["target"], self.discounted_because)
+                if self.baseline_cut_short and not cut_before[1]:
+                    uncompare(report.results, unconfirmed["baseline"])
                 progress(index, len(ordered), report.results[-1])
         finally:
             if self.record:
@@ -276,16 +295,25 @@ class Probe:
             return CaseResult(case, INCONCLUSIVE, f"not sent: a refusal would prove nothing, since "
                                                   f"{self.credential_refusal}")
         started = time.monotonic()
-        self.confirmed = False
+        self.confirmed = set()
         if self.record:
             self.record.clear()
         answer, sent = self.send_on(self.target, case)
         arrivals = self.record.fetch() if self.record else None
         verdict, why = self.learn_from_control(case, answer, arrivals, *self.verdict_for(case, answer, arrivals))
-        if answer.status == 429 and not self.can_call_good:
+        refusal_decided = refusal_decides(case, admission(answer, case.expect)[0], verdict)
+        if answer.status == 429 and not self.can_call_good and refusal_decided:
             verdict, why = INCONCLUSIVE, (f"{summary(answer)}: a rate limit answered, and without a credential the "
                                           "probe cannot tell a lockout from a refusal")
-        baseline = self.run_on_baseline(case) if self.baseline and not self.baseline_cut_short else None
+        if (case.websocket and case.klass != "control" and not self.websocket_checked and answer.stage == "upgrade"
+                and answer.kind == "http" and refusal_decided):
+            verdict, why = INCONCLUSIVE, (f"the upgrade was refused ({summary(answer)}), and control.websocket (it "
+                                          "needs a credential) did not run: this case refused and a target without "
+                                          "the RPC WebSocket look alike")
+        compared = self.baseline and not self.baseline_cut_short and not (
+            case.needs & CREDENTIALED and self.baseline_credential_refusal)
+        baseline = self.run_on_baseline(case) if compared else None
+        # control.credential itself: a baseline that refused it is no measure of the target's answer
         comparable = baseline is not None and not (case.needs & CREDENTIALED and self.baseline_credential_refusal)
         statuses = {answer.status, baseline.status if baseline else None}
         refused = admission(answer, case.expect)[0] == "refused" or (baseline is not None and baseline.admission == "refused")
@@ -361,6 +389,8 @@ class Probe:
             self.kept = kept_headers(arrivals, sent_headers(render_request(case.http_requests[-1], self.target.ctx)))
             if not self.options.identity:  # behind a trusted proxy a caller's declared scopes are the contract's input
                 self.control_arrival = arrived_values(arrivals[-1])
+        if case.id == CONTROL_WEBSOCKET and verdict == PASS:
+            self.websocket_checked = True
         if case.id == CONTROL_WEBSOCKET and verdict == PASS and arrivals and not self.options.identity:
             self.control_upgrade_arrival = arrived_values(arrivals[0])
         return verdict, why
@@ -380,23 +410,35 @@ class Probe:
             return
         if self.credential_refusal is None:
             failed = self.failed_good_call(self.target, "target")
-            self.confirmed = failed is None
-            if failed is not None:
-                self.cut_short = f"after {after.id} {failed}"
+            if failed is None:
+                self.confirmed.add("target")
+            else:
+                self.cut_short = f"after {after.id} {failed[0]}"
+                self.discounted_because = failed[1]
         if self.baseline and not self.baseline_credential_refusal and not self.baseline_cut_short:
             failed = self.failed_good_call(self.baseline, "baseline")
-            if failed is not None:
-                self.baseline_cut_short = f"after {after.id} {failed}; no later case is compared"
+            if failed is None:
+                self.confirmed.add("baseline")
+            else:
+                self.baseline_cut_short = f"after {after.id} {failed[0]}; no case since its last good call is compared"
 
-    def failed_good_call(self, side: Side, name: str) -> str | None:
-        """None when the good call passes on `side`; else why not."""
+    def failed_good_call(self, side: Side, name: str) -> tuple[str, str] | None:
+        """None when the good call passes on `side`; else why not, and what that makes of the
+        refusals since its last good call. Only a 4xx is a refusal: a closed connection, a timeout
+        or a 5xx is tried once more, a moment later."""
         control = next(c for c in self.corpus.cases if c.id == CONTROL_CREDENTIAL)
-        for _ in range(2):
+        for attempt in range(2):
+            if attempt:
+                time.sleep(min(GOOD_CALL_RETRY_SECONDS, self.options.timeout))
             answer = side.send(control)[0]
             verdict, why = self.verdict_for(control, answer, None)
             if verdict == PASS:
                 return None
-            if admission(answer, control.expect)[0] == "refused":
+            if answer.kind == "http" and 400 <= (answer.status or 0) < 500:
                 return (f"the {name} refused the probe's own good call ({why}): it has locked the probe out, so any "
-                        "later case would be refused by the lockout alone")
-        return f"the {name} stopped answering the probe's own good call ({why})"
+                        "later case would be refused by the lockout alone",
+                        f"the {name} locked the probe out before its next good call passed, so the lockout may have "
+                        "answered")
+        return (f"the {name} stopped answering the probe's own good call ({why})",
+                f"the {name} stopped answering the probe's good calls before its next one passed, so the refusal "
+                "may not be the case's")

@@ -167,7 +167,7 @@ def _xml(text: str) -> str:
 
 def render_junit(report: Report) -> str:
     """JUnit XML: one testsuite per class; a failure per failed or LOOSER case, a skip (with the
-    reason) per case that was not applicable or inconclusive."""
+    reason) per case that was not applicable or inconclusive; an error per cut the run was cut short by."""
     total = totals(report)
     flagged = sum(1 for r in report.results if r.verdict == FAIL or r.differential == LOOSER)
     root = ET.Element("testsuites", name="openclaw-sidecar probe", tests=str(len(report.results)),
@@ -194,5 +194,14 @@ def render_junit(report: Report) -> str:
             elif r.verdict in (NOT_APPLICABLE, INCONCLUSIVE):
                 ET.SubElement(case, "skipped", message=_xml(f"{LABELS[r.verdict]}: {r.why}"))
             ET.SubElement(case, "system-out").text = detail
+    cuts = [(name, why) for name, why in (("cut-short", report.cut_short), ("baseline-cut-short", report.baseline_cut_short))
+            if why]
+    if cuts:  # the run did not finish (exit status 2): an error CI shows, not only skips
+        root.set("errors", str(len(cuts)))
+        suite = ET.SubElement(root, "testsuite", name="run: the probe's own run", tests=str(len(cuts)), failures="0",
+                              skipped="0", errors=str(len(cuts)), time="0.000")
+        for name, why in cuts:
+            case = ET.SubElement(suite, "testcase", classname="openclaw-sidecar.probe.run", name=name, time="0.000")
+            ET.SubElement(case, "error", message=_xml(why), type=name)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

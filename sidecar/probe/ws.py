@@ -148,7 +148,7 @@ def exchange_ws(endpoint: Endpoint, request: WsRequest, ctx: Context, path: str,
     """Run one WebSocket case: the answer that decides it, and a transcript of what was sent
     (written with `<secret>`, like every request in a report)."""
     shown = ctx.shown()
-    deadline = Deadline(timeout, 1 + (request.connect is not None) + (request.frame is not None))
+    deadline = Deadline(timeout, 1 + (request.connect is not None) + (request.lead_in is not None) + (request.frame is not None))
     sent = [f"GET {path} HTTP/1.1 (WebSocket upgrade)" + "".join(f"\n{n}: {v}" for n, v in upgrade_headers(request, shown))]
     try:
         sock = endpoint.connect(timeout)

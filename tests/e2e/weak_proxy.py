@@ -60,7 +60,7 @@ def request(flow: http.HTTPFlow) -> None:
         if not flow.request.path.startswith("/healthz") and not authenticated(flow):
             return refuse(flow, 401, "unauthorized")
         headers["authorization"] = f"Bearer {TOKEN}"
-    elif WEAKNESS == "ascii-trim-deny":  # folds case and NFKC, but trims ASCII blanks only
+    elif WEAKNESS == "ascii-trim-deny":  # folds case, but trims ASCII blanks only
         if not authenticated(flow):
             return refuse(flow, 401, "unauthorized")
         try:

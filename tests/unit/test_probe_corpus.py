@@ -269,6 +269,10 @@ def test_a_good_case_parses():
     (dict(with_change(["http"], KeyError), websocket={"connect": None}), "a connect, a frame, or both"),
     (dict(with_change(["http"], KeyError), websocket={"frame": {"raw": '{"id":"x","method":"m"}'}}), "probe-frame"),
     (dict(with_change(["http"], KeyError), websocket={"connect": {"auth": "maybe"}}), "connect.auth"),
+    (dict(with_change(["http"], KeyError), websocket={"leadIn": {"method": "health"}}), "sent between a connect and a frame"),
+    (dict(with_change(["http"], KeyError), websocket={"leadIn": {"method": "health", "params": []},
+                                                      "frame": {"method": "m"}}), "params an object"),
+    (dict(with_change(["http"], KeyError), websocket={"leadIn": {"raw": "{}"}, "frame": {"method": "m"}}), "unknown keys"),
     (dict(GOOD_CASE, websocket={"connect": {}}), "exactly one of http, pipeline or websocket"),
     (dict(with_change(["http"], KeyError), pipeline=[GOOD_CASE["http"]]), "at least two"),
 ])

@@ -5,11 +5,17 @@ tell apart from a refusal."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable
+from typing import Any
+
+import pytest
 
 from sidecar.probe.corpus import CORPUS_SCHEMA, Case, load_corpus, parse_corpus
+from sidecar.probe import engine
 from sidecar.probe.engine import Options, Probe
-from sidecar.probe.verdict import INCONCLUSIVE, NOT_APPLICABLE, PASS, Answer
+from sidecar.probe.report import render_junit
+from sidecar.probe.verdict import FAIL, INCONCLUSIVE, NOT_APPLICABLE, PASS, Answer
 from sidecar.probe.wire import Context
 
 OK = Answer("http", status=200, body=json.dumps({"ok": True, "result": {}}).encode())
@@ -17,6 +23,12 @@ UNAUTHORIZED = Answer("http", status=401, body=b'{"error":{"type":"unauthorized"
 RATE_LIMITED = Answer("http", status=429, body=b'{"error":{"type":"rate_limited"}}')
 NOT_FOUND = Answer("http", status=404, body=b'{"error":{"type":"not_found"}}')
 TIMEOUT = Answer("timeout", error="no answer within 3 s")
+CLOSED = Answer("closed", error="connection reset")
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "GOOD_CALL_RETRY_SECONDS", 0.0)
 
 CORPUS = parse_corpus({
     "schema": CORPUS_SCHEMA, "gatewayVersion": "2026.9.6",
@@ -35,6 +47,9 @@ CORPUS = parse_corpus({
         {"id": "J1.after", "class": "J", "source": "s", "title": "t", "needs": ["credential"],
          "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": "exec"},
          "expect": {"outcome": "refused"}},
+        {"id": "auth.accepted", "class": "auth", "source": "s", "title": "t", "needs": ["credential"],
+         "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": "${safe_tool}"},
+         "expect": {"outcome": "accepted"}},
     ],
 })
 
@@ -56,12 +71,31 @@ class ScriptedSide:
         pass
 
 
-def run(target: ScriptedSide, baseline: ScriptedSide | None = None, **options: object):
+class ScriptedRecord:
+    """A backend record that saw each case id's arrivals as scripted (none otherwise)."""
+
+    def __init__(self, target: ScriptedSide, arrived: dict[str, list[dict[str, Any]]]) -> None:
+        self.target, self.arrived = target, arrived
+
+    def clear(self) -> None:
+        pass
+
+    def fetch(self) -> list[dict[str, Any]]:
+        return self.arrived.get(self.target.sent[-1], [])
+
+    def close(self) -> None:
+        pass
+
+
+def run(target: ScriptedSide, baseline: ScriptedSide | None = None, record: dict[str, list[dict[str, Any]]] | None = None,
+        **options: object):
     probe = Probe(CORPUS, Options("http://127.0.0.1:1", baseline="http://127.0.0.1:2" if baseline else None,
                                   **options), "9.9.9")  # type: ignore[arg-type]
     probe.target = target  # type: ignore[assignment]
     if baseline:
         probe.baseline = baseline  # type: ignore[assignment]
+    if record is not None:
+        probe.record = ScriptedRecord(target, record)  # type: ignore[assignment]
     report = probe.run()
     return report, {r.case.id: r for r in report.results}
 
@@ -71,7 +105,7 @@ def test_a_refused_good_call_cuts_the_run_short_and_every_refusal_since_the_last
     be its answers too (an evaluator saw 112 cases turn from fail to pass on such 429s)."""
     target = ScriptedSide({"control.credential": [OK, RATE_LIMITED], "J1.denied": [NOT_FOUND],
                            "auth.wrong": [UNAUTHORIZED], "J1.after": [NOT_FOUND]})
-    report, results = run(target, secret="s3cret-token")
+    report, results = run(target, secret="s3cret-token", cases="J1.*,auth.wrong")
     assert report.cut_short == ("after auth.wrong the target refused the probe's own good call (refused: 429 rate_limited "
                                 "(the contract accepts this request)): it has locked the probe out, so any later case "
                                 "would be refused by the lockout alone")
@@ -86,7 +120,7 @@ def test_a_refused_good_call_cuts_the_run_short_and_every_refusal_since_the_last
 def test_refusals_a_passing_good_call_followed_stand():
     target = ScriptedSide({"control.credential": [OK], "J1.denied": [NOT_FOUND], "auth.wrong": [UNAUTHORIZED],
                            "J1.after": [NOT_FOUND]})
-    report, results = run(target, secret="s3cret-token")
+    report, results = run(target, secret="s3cret-token", cases="J1.*,auth.wrong")
     assert report.cut_short is None and report.exit_code() == 0
     assert [results[i].verdict for i in ("J1.denied", "auth.wrong", "J1.after")] == [PASS, PASS, PASS]
     assert target.sent == ["control.credential", "J1.denied", "auth.wrong", "control.credential", "J1.after"]
@@ -95,22 +129,68 @@ def test_refusals_a_passing_good_call_followed_stand():
 def test_a_good_call_that_goes_unanswered_twice_is_no_lockout_and_says_so():
     target = ScriptedSide({"control.credential": [OK, TIMEOUT], "J1.denied": [NOT_FOUND], "auth.wrong": [UNAUTHORIZED],
                            "J1.after": [NOT_FOUND]})
-    report, _ = run(target, secret="s3cret-token")
+    report, results = run(target, secret="s3cret-token", cases="J1.*,auth.wrong")
     assert report.cut_short == "after auth.wrong the target stopped answering the probe's own good call (no answer within 3 s)"
     assert target.sent.count("control.credential") == 3  # the control, then the good call and its one retry
+    assert results["J1.denied"].why.endswith("the target stopped answering the probe's good calls before its next one "
+                                             "passed, so the refusal may not be the case's")
+
+
+def test_one_dropped_connection_on_a_good_call_is_tried_again_not_taken_for_a_lockout():
+    target = ScriptedSide({"control.credential": [OK, CLOSED, OK], "J1.denied": [NOT_FOUND],
+                           "auth.wrong": [UNAUTHORIZED], "J1.after": [NOT_FOUND]})
+    report, results = run(target, secret="s3cret-token", cases="J1.*,auth.wrong")
+    assert report.cut_short is None and results["J1.after"].verdict == PASS
+
+
+def test_a_fail_the_record_proved_stands_through_a_lockout():
+    """A lockout explains a refusal, never a denied call that reached the backend (review)."""
+    target = ScriptedSide({"control.credential": [OK, RATE_LIMITED], "J1.denied": [NOT_FOUND],
+                           "auth.wrong": [UNAUTHORIZED], "J1.after": [NOT_FOUND]})
+    arrived = {"control.credential": [{"method": "POST", "path": "/tools/invoke", "headers": [["Host", "gw"]]}],
+               "J1.denied": [{"method": "POST", "path": "/tools/invoke", "headers": [["Host", "gw"]]}]}
+    report, results = run(target, record=arrived, secret="s3cret-token", backend_record="http://127.0.0.1:3",
+                          cases="J1.*,auth.wrong")
+    assert results["J1.denied"].verdict == FAIL and "reached the backend" in results["J1.denied"].why
+    assert results["auth.wrong"].verdict == INCONCLUSIVE and report.exit_code() == 1
 
 
 def test_a_baseline_that_locks_out_ends_the_comparison_not_the_run():
-    target = ScriptedSide({"control.credential": [OK], "J1.denied": [NOT_FOUND], "auth.wrong": [UNAUTHORIZED],
-                           "J1.after": [NOT_FOUND]})
+    """Its refusals since its last good call are the lockout's too: compared, the call the target
+    rightly accepts was LOOSER (review)."""
+    target = ScriptedSide({"control.credential": [OK], "J1.denied": [NOT_FOUND], "auth.accepted": [OK],
+                           "auth.wrong": [UNAUTHORIZED], "J1.after": [NOT_FOUND]})
     baseline = ScriptedSide({"control.credential": [OK, RATE_LIMITED], "J1.denied": [NOT_FOUND],
-                             "auth.wrong": [UNAUTHORIZED], "J1.after": [OK]})
-    report, results = run(target, baseline, secret="s3cret-token")
+                             "auth.accepted": [UNAUTHORIZED], "auth.wrong": [UNAUTHORIZED], "J1.after": [OK]})
+    report, results = run(target, baseline, secret="s3cret-token", cases="J1.denied,auth.*,J1.after")
     assert report.baseline_cut_short is not None and report.baseline_cut_short.startswith(
         "after auth.wrong the baseline refused the probe's own good call")
+    assert results["auth.accepted"].verdict == PASS and results["auth.accepted"].differential is None
     assert report.cut_short is None and results["J1.after"].verdict == PASS
     assert results["J1.after"].baseline is None and results["J1.after"].differential is None
     assert "J1.after" not in baseline.sent and report.exit_code() == 2
+    errors = ET.fromstring(render_junit(report)).findall(".//testcase[@name='baseline-cut-short']/error")
+    assert [e.get("message") for e in errors] == [report.baseline_cut_short]  # CI sees the run did not finish
+
+
+def test_a_baseline_that_refuses_the_credential_gets_no_credentialed_case():
+    """Each would be one more failed login there, walking the probe into its lockout (review)."""
+    target = ScriptedSide({"control.credential": [OK], "J1.denied": [NOT_FOUND], "auth.wrong": [UNAUTHORIZED]})
+    baseline = ScriptedSide({"control.credential": [UNAUTHORIZED], "auth.wrong": [UNAUTHORIZED]})
+    _, results = run(target, baseline, secret="s3cret-token", cases="J1.denied,auth.wrong")
+    assert baseline.sent == ["control.credential", "auth.wrong"]
+    assert results["J1.denied"].baseline is None and results["auth.wrong"].differential == "SAME"
+
+
+def test_without_the_websocket_control_a_refused_upgrade_proves_nothing():
+    """control.websocket needs a credential: without one a target with no RPC WebSocket (404 on
+    the upgrade) passed the WebSocket cases (review)."""
+    packaged = load_corpus()
+    side = ScriptedSide({"ws.connect-without-secret": [Answer("http", stage="upgrade", status=404, body=b"Not Found")]})
+    probe = Probe(packaged, Options("http://127.0.0.1:1"), "9.9.9")
+    probe.target = side  # type: ignore[assignment]
+    result = probe.run_case(next(c for c in packaged.cases if c.id == "ws.connect-without-secret"))
+    assert result.verdict == INCONCLUSIVE and "control.websocket (it needs a credential) did not run" in result.why
 
 
 def test_without_a_credential_a_429_proves_nothing():

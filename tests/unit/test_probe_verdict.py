@@ -118,6 +118,14 @@ def test_a_frame_case_whose_connect_was_refused_decides_nothing():
     assert judge(REFUSED, answer, None, MARKER, frame_judged=False)[0] == PASS
 
 
+def test_a_frame_case_whose_lead_in_was_not_let_through_decides_nothing():
+    """Without it a refused lead-in would pass the case, its denied frame never sent."""
+    for answer in (res({"type": "res", "ok": False, "error": {"code": "FORBIDDEN"}}, stage="lead-in"),
+                   Answer("ws-closed", stage="lead-in", close_code=1008), Answer("timeout", stage="lead-in")):
+        verdict, why = judge(REFUSED, answer, None, MARKER, frame_judged=True)
+        assert verdict == INCONCLUSIVE and why.startswith("the lead-in was refused"), why
+
+
 def test_no_usable_answer_is_inconclusive():
     assert judge(REFUSED, Answer("timeout", error="no answer within 3 s"), None, MARKER) == (INCONCLUSIVE, "no answer within 3 s")
     assert judge(ACCEPTED, http(503, body=b"down"), None, MARKER)[0] == INCONCLUSIVE

@@ -535,6 +535,8 @@ class ToolsInvokeGuard:
     # ---- helpers ----------------------------------------------------------------------------
 
     async def _refuse(self, flow: http.HTTPFlow, decision: Refuse, *, early: bool) -> None:
+        if early:
+            compat.drop_request_body(flow.client_conn)  # nothing will read it: not even while the pacer waits
         pace = self._live_runtime().refusal_pacer.refused(decision.client_ip or peer_ip(flow))
         if pace > 0:
             REFUSALS_PACED.inc()
@@ -544,6 +546,8 @@ class ToolsInvokeGuard:
         self._audit(flow, "refused", decision.reason, decision.envelope.status, refusal=decision)
         if early and answer_directly(flow, decision.envelope):
             return
+        if early:
+            compat.drop_request_body(flow.client_conn, dropped=False)  # mitmproxy answers once the body is in
         flow.response = response_of(decision.envelope, flow.request.method)
 
     def _forward(self, flow: http.HTTPFlow, decision: Forward) -> None:

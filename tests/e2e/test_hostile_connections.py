@@ -145,6 +145,28 @@ def test_a_body_behind_a_refusal_the_pacer_holds_is_bounded(sidecar, backend) ->
     assert not any(marker in sidecar.logs() for marker in CRASH_MARKERS), sidecar.logs()
 
 
+def test_the_bodies_of_requests_refused_at_their_heads_are_not_held(sidecar, backend) -> None:
+    """They were read whole and held (2 MB a connection while it lingered), and the process kept
+    the freed buffers: a stranger grew it by 600 MB with 1.6 GB of refused bodies (red team). Each
+    is answered, and what follows is dropped as it arrives."""
+    body = b"A" * (2 * 1024 * 1024 - 1)
+    before = sidecar.rss_mb()
+    sockets = []
+    try:
+        for _ in range(30):
+            sock = _connect(sidecar)
+            sockets.append(sock)
+            sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+            assert read_response(sock, timeout=10).status == 401
+            sock.sendall(body)
+        time.sleep(0.3)  # all of it read while the connections linger
+        assert sidecar.rss_mb() - before < 20  # 30 bodies held were 60 MB
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert backend.requests() == []
+
+
 def test_lower_case_method_is_refused_not_forwarded(sidecar, backend) -> None:
     with _connect(sidecar) as sock:
         sock.sendall(b"Post /tools/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer T\r\n"

@@ -21,7 +21,7 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import commands, events, layer, server
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes, websocket
-from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1
+from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, ReceiveHttp, RequestData, RequestEndOfMessage, _http1
 from mitmproxy.proxy.layers.tls import ServerTLSLayer
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
@@ -383,6 +383,51 @@ def test_a_head_is_judged_the_same_however_it_is_cut_into_reads(index: int) -> N
     head = _HEADS[index]
     cuts = [[head], [head[i:i + 1] for i in range(len(head))]] + [[head[:i], head[i:]] for i in range(1, len(head))]
     assert {_answered_malformed(reads) for reads in cuts} == {index in _MALFORMED}
+
+
+def _body_commands(head: bytes, body: bytes, *, refused: bool = False) -> tuple[list[commands.Command], int]:
+    """What the patched Http1Server gives for a request whose body arrives in one read after its
+    head, and how many bytes it left in its buffer."""
+    compat.answer_malformed_bodies(compat.MAX_BODY_BYTES + compat.UNREAD_BODY_MARGIN)
+    with taddons.context() as tctx:
+        context = Context(tflow.tclient_conn(), tctx.options)
+        reader = _http1.Http1Server(context)
+        list(reader.handle_event(events.Start()))
+        list(reader.handle_event(events.DataReceived(context.client, head)))
+        if refused:
+            compat.drop_request_body(context.client)
+        out = list(reader.handle_event(events.DataReceived(context.client, body)))
+        return out, len(reader.buf)
+
+
+_CHUNKED = b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _body_data(out: list[commands.Command]) -> list[bytes]:
+    return [c.event.data for c in out if isinstance(c, ReceiveHttp) and isinstance(c.event, RequestData)]
+
+
+def test_the_pieces_one_read_decodes_go_on_as_one() -> None:
+    """Each 1-byte chunk walked mitmproxy's HTTP layers and our hooks on its own: 12 MB of them
+    held the event loop 26 s (red team)."""
+    out, _ = _body_commands(_CHUNKED, b"1\r\nx\r\n" * 500 + b"0\r\n\r\n")
+    assert _body_data(out) == [b"x" * 500]
+    assert any(isinstance(c, ReceiveHttp) and isinstance(c.event, RequestEndOfMessage) for c in out)
+
+
+def test_each_piece_of_a_body_counts_toward_its_limit() -> None:
+    """50,000 one-byte chunks are 300 KB on the wire and cost what 50,000 requests' parsing does."""
+    out, _ = _body_commands(_CHUNKED, b"1\r\nx\r\n" * 50_000)
+    assert any(isinstance(c, commands.CloseConnection) for c in out) and _body_data(out) == []
+
+
+def test_the_body_of_a_request_refused_at_its_head_is_dropped_unparsed() -> None:
+    """It was parsed and held (2 MB a connection, and the freed buffers stayed with the process)."""
+    head = b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+    out, left = _body_commands(head, b"A" * 500_000, refused=True)
+    assert _body_data(out) == [] and left == 0 and not any(isinstance(c, commands.CloseConnection) for c in out)
+    out, left = _body_commands(head, b"A" * 500_000)
+    assert _body_data(out) == [b"A" * 500_000]
 
 
 # ---- h11 ------------------------------------------------------------------------------------------

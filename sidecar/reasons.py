@@ -96,6 +96,7 @@ class Reason(StrEnum):
     # ---- the RPC WebSocket's frames (sidecar/rpc.py)
     WEBSOCKET_CONNECT_TIMEOUT = "websocket_connect_timeout"
     PREAUTH_FRAME_TOO_LARGE = "preauth_frame_too_large"
+    FRAME_TOO_COMPLEX = "frame_too_complex"  # a large frame holding more values than the sidecar builds: closed 1009
     MALFORMED_FRAME = "malformed_frame"
     REFUSED_FRAME_FLOOD = "refused_frame_flood"  # past the connection's budget of refused frames: closed 1008
     RPC_ON_PLUGIN_SOCKET = "rpc_on_plugin_socket"  # the gateway's RPC spoken on an opened plugin's socket: closed 1008
@@ -200,7 +201,8 @@ BUILT_ANSWERS: Final[Mapping[Reason, Callable[..., Envelope]]] = MappingProxyTyp
 
 # Refusals made only on the RPC WebSocket: an error frame or a close code, never an HTTP answer.
 FRAME_ONLY: Final = frozenset({
-    Reason.WEBSOCKET_CONNECT_TIMEOUT, Reason.PREAUTH_FRAME_TOO_LARGE, Reason.MALFORMED_FRAME, Reason.NODE_ROLE,
+    Reason.WEBSOCKET_CONNECT_TIMEOUT, Reason.PREAUTH_FRAME_TOO_LARGE, Reason.FRAME_TOO_COMPLEX, Reason.MALFORMED_FRAME,
+    Reason.NODE_ROLE,
     Reason.DEVICE_ABOVE_CEILING, Reason.CONNECT_REPEATED, Reason.UNKNOWN_METHOD, Reason.NODE_METHOD, Reason.OPERATOR_METHOD,
     Reason.REFUSED_FRAME_FLOOD, Reason.RPC_ON_PLUGIN_SOCKET,
 })

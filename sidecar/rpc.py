@@ -583,10 +583,35 @@ class UnreadableFrame(FrameError):
     cannot judge it, so the connection is closed (never dropped in silence, never relayed)."""
 
 
+class FrameTooComplex(UnreadableFrame):
+    """A frame whose arrays and objects hold more values than the sidecar builds to judge one."""
+
+
+# A frame past SCANNED_FRAME_BYTES is counted before it is parsed: one of 25 MiB that was all
+# `[{},{},...]` built 680 MB of objects and held the event loop 3 s (red team). The gateway's large
+# frames carry strings (uploads, attachments), which hold no values of their own.
+SCANNED_FRAME_BYTES = 1024 * 1024
+MOST_FRAME_VALUES = 200_000
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def frame_values(content: bytes) -> int:
+    """At most how many values the JSON text's arrays and objects hold: their brackets and commas,
+    counted outside strings only where counting them everywhere finds too many."""
+    def count(text: bytes) -> int:
+        return text.count(b",") + text.count(b"[") + text.count(b"{")
+    anywhere = count(content)
+    return anywhere if anywhere <= MOST_FRAME_VALUES else count(_JSON_STRING.sub(b"", content))
+
+
 def parse_frame(content: bytes) -> Any:
     """The frame's text as the gateway reads it: decoded as Buffer.toString does (a byte that is
     not UTF-8 replaced: the relay has refused such a text frame, a binary one is read so), then
-    JSON.parse (no NaN, Infinity or byte-order mark)."""
+    JSON.parse (no NaN, Infinity or byte-order mark). A large frame holding more values than
+    MOST_FRAME_VALUES is closed with 1009 unparsed: the gateway would read it, the sidecar will not
+    build it."""
+    if len(content) > SCANNED_FRAME_BYTES and frame_values(content) > MOST_FRAME_VALUES:
+        raise FrameTooComplex(1009, "frame too complex")
     try:
         return strict_json(content.decode("utf-8", errors="replace"))
     except RecursionError:
@@ -668,6 +693,8 @@ class RpcSession:
     async def _judged_frame(self, content: bytes) -> FrameVerdict:
         try:
             frame = parse_frame(content)
+        except FrameTooComplex as exc:
+            return FrameVerdict("close", Reason.FRAME_TOO_COMPLEX, close_code=exc.code, close_reason="message too big")
         except UnreadableFrame as exc:
             return FrameVerdict("close", Reason.MALFORMED_FRAME, close_code=exc.code)
         except FrameError:  # not JSON: the gateway logs it and reads on

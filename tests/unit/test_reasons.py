@@ -39,7 +39,7 @@ LABELS = sorted([
     "trusted_proxy_user_not_allowed", "trusted_proxy_attribution_required", "trusted_proxy_origin_not_allowed",
     "trailers", "invalid_json", "missing_tool_name", "session_invalid", "tool_denied", "request_rate_limited",
     "body_timeout", "upstream_timeout", "upstream_unreachable",
-    "websocket_connect_timeout", "preauth_frame_too_large", "malformed_frame", "refused_frame_flood", "rpc_on_plugin_socket", "node_role",
+    "websocket_connect_timeout", "preauth_frame_too_large", "frame_too_complex", "malformed_frame", "refused_frame_flood", "rpc_on_plugin_socket", "node_role",
     "device_above_ceiling",
     "connect_repeated", "unknown_method", "node_method", "operator_method", "method_denied", "unreadable_rpc_body",
 ])

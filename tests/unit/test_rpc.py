@@ -11,6 +11,7 @@ import pytest
 from sidecar.auth import AuthOutcome, SharedSecretAuth
 from sidecar.pacing import RefusalBudget
 from sidecar.rpc import (
+    SCANNED_FRAME_BYTES,
     BrowserOrigin,
     connect_secret,
     GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
@@ -685,6 +686,23 @@ async def test_a_frame_nested_beyond_python_is_closed_never_dropped_in_silence()
     deep = b'{"type":"req","id":"d","method":"health","params":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"
     verdict = await rpc.client_frame(deep)
     assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "malformed_frame", 1008)
+
+
+async def test_a_large_frame_of_too_many_values_is_closed_unparsed() -> None:
+    """One 25 MiB frame of `[{},{},...]` from a read-only caller built 680 MB of objects and held
+    the event loop 3 s (red team). Large frames the gateway's clients send are strings: they pass,
+    commas and brackets inside them included."""
+    rpc = await connected()
+    many = b'{"type":"req","id":"m","method":"health","params":{"a":[' + b"{}," * 400_000 + b'{}]}}'
+    verdict = await rpc.client_frame(many)
+    assert (verdict.verdict, verdict.reason, verdict.close_code, verdict.close_text) == (
+        "close", "frame_too_complex", 1009, "message too big")
+    for text in ("A" * (2 << 20), '[{},{}], \\" ,' * 200_000):  # an upload; a text of brackets and commas
+        large = json.dumps({"type": "req", "id": "u", "method": "health", "params": {"text": text}}).encode()
+        assert len(large) > SCANNED_FRAME_BYTES
+        assert (await rpc.client_frame(large)).verdict == "forward"
+    small = b'{"type":"req","id":"s","method":"health","params":{"a":[' + b"0," * 300_000 + b'0]}}'  # under 1 MiB
+    assert (await rpc.client_frame(small)).verdict == "forward"
 
 
 @pytest.mark.parametrize("frame, request_id, errors", [

@@ -561,7 +561,8 @@ class ToolsInvokeGuard:
             if "transfer-encoding" not in request.headers:
                 request.headers["content-length"] = str(len(decision.body))
         flow.metadata[FORWARDED] = decision  # audited once the upstream has answered (or failed)
-        self._live_runtime().refusal_pacer.let_through(admitted.client_ip or peer_ip(flow))
+        if admitted.authenticated:  # a public call anyone makes would wipe a stranger's streak (red team)
+            self._live_runtime().refusal_pacer.let_through(admitted.client_ip or peer_ip(flow))
         self._start_upstream_timer(flow)
 
     def _audit_forward(self, flow: http.HTTPFlow, forward: Forward, status: int | None, upstream_status: int | None,

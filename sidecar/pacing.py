@@ -5,7 +5,8 @@ dominates), so a flood of refused requests on keep-alive connections would take 
 loop from everyone else's allowed calls. After `after_refusals` refusals in a row, a client's
 refusals are answered after a delay that doubles from `base_delay_ms` up to `max_delay_ms`: its
 connection waits idle, costing nothing, while other clients are served. Any call of the client's
-that is let through clears its streak, and a streak fades after a quiet minute.
+the sidecar authenticated and let through clears its streak (a public one, which anyone may make
+between refusals, does not), and a streak fades after a quiet minute.
 """
 
 from __future__ import annotations

@@ -144,6 +144,12 @@ class Admitted:
     browser: BrowserOrigin | None = None  # an RPC upgrade with a non-blank Origin: checked at connect
     preauth: PreauthHold | None = None  # an RPC upgrade counted until its connect is accepted (sidecar/preauth.py)
 
+    @property
+    def authenticated(self) -> bool:
+        """The sidecar checked a credential for it (not a public route, nor one whose credential
+        the gateway checks, nor an upgrade whose caller shows its credential in the connect frame)."""
+        return self.auth.method not in UNAUTHENTICATED_METHODS
+
 
 @dataclass(frozen=True)
 class Forward:

@@ -353,6 +353,15 @@ def test_a_client_refused_again_and_again_is_paced_until_a_call_goes_through(bac
     assert metric(sc, "openclaw_sidecar_refusals_paced_total") == 3
 
 
+def test_a_public_call_between_refusals_does_not_end_the_streak(backend, start_sidecar) -> None:
+    """A stranger who sent /healthz after every few refusals was never paced (red team)."""
+    sc = start_sidecar(base(backend, rateLimit={"refusalPacing": {"afterRefusals": 2, "baseDelayMs": 1, "maxDelayMs": 4}}))
+    for _ in range(3):
+        assert invoke(sc, "wrong").status_code == 401
+        assert httpx.get(f"{sc.url}/healthz", timeout=10).status_code == 200
+    assert metric(sc, "openclaw_sidecar_refusals_paced_total") == 1  # the 3rd refusal
+
+
 def test_refusals_behind_a_trusted_proxy_are_paced_per_forwarded_client(backend, start_sidecar) -> None:
     """Body-stage refusals (a denied tool) count toward the forwarded client's streak, not the
     ingress's: one client's streak must not slow the others behind the same proxy."""

@@ -95,7 +95,7 @@ from limits.aio.storage import Storage
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
-from sidecar.ipaddrs import is_loopback, normalize_ip
+from sidecar.ipaddrs import is_loopback, normalize_ip, share_key
 from sidecar.limits_compat import SweepThrottledMemoryStorage, get_many
 from sidecar.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_FALLBACKS
 from sidecar.storage_uri import SUPPORTED_STORAGE_SCHEMES, async_storage_uri, redact_uri  # re-exported
@@ -227,13 +227,21 @@ async def _close_storage(storage: Storage) -> None:
         log.debug("error while closing rate-limit storage", exc_info=True)
 
 
+def client_share(ip: str | None) -> str:
+    """Whose count a client address spends: the normalized address, an IPv6 one's /64 (the gateway
+    counts each address: one IPv6 host holds a whole /64, and filled the limiter's table alone,
+    locking every new client out; red team), or 'unknown'."""
+    normalized = normalize_ip(ip)
+    return share_key(normalized) if normalized else "unknown"
+
+
 def auth_key(ip: str | None) -> str:
-    """The limiter key of a client address: ``shared-secret:<normalized ip or 'unknown'>``; a
-    browser origin's subject (``browser-origin:...``) passes as it is, as upstream passes it, and
-    so does a client's upstream-guess subject."""
+    """The limiter key of a client address: ``shared-secret:<client_share>``; a browser origin's
+    subject (``browser-origin:...``) passes as it is, as upstream passes it, and so does a client's
+    upstream-guess subject."""
     if ip is not None and ip.startswith((BROWSER_ORIGIN_SUBJECT, UPSTREAM_GUESS_SUBJECT)):
         return f"{AUTH_SCOPE}:{ip}"
-    return f"{AUTH_SCOPE}:{normalize_ip(ip) or 'unknown'}"
+    return f"{AUTH_SCOPE}:{client_share(ip)}"
 
 
 class ClientTurns:
@@ -900,11 +908,11 @@ class RequestRateLimiter:
 
     def key_for(self, identity: str | None, tool: str | None = None, *, client_ip: str | None = None) -> str:
         """Storage key: the identity (when limiting per identity and there is one), else
-        ``ip:<normalized client ip>``; plus the tool if per_tool."""
+        ``ip:<client_share>``; plus the tool if per_tool."""
         if identity and self.per_identity:
             who = f"id:{identity}"
         else:
-            who = f"ip:{normalize_ip(client_ip) or 'unknown'}"
+            who = f"ip:{client_share(client_ip)}"
         parts = [who, f"tool:{tool or ''}"] if self.per_tool else [who]
         return "req/" + self.item.key_for(*parts)
 

@@ -189,6 +189,17 @@ async def test_case20_loopback_limited_when_not_exempt(make_limiter: Callable[..
     assert not (await limiter.check("::ffff:127.0.0.1")).allowed
 
 
+async def test_an_ipv6_slash_64_is_one_client(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    """Counted per address, one IPv6 host filled the table with identities of its own /64 and
+    every new client was refused, the right token included (red team)."""
+    limiter = make_limiter(max_attempts=2)
+    for ip in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"):
+        assert await attempt(limiter, ip, good=False) == 401
+    assert not (await limiter.check("2001:db8:1:2::77")).allowed
+    assert (await limiter.check("2001:db8:1:3::1")).allowed  # the next /64 is another client
+    assert auth_key("2001:db8:1:2::1") == "shared-secret:2001:db8:1:2::/64"
+
+
 async def test_case21_ipv4_mapped_ipv6_shares_the_bucket(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
     limiter = make_limiter(max_attempts=4)
     for ip in ("1.2.3.4", "::ffff:1.2.3.4", "[::ffff:1.2.3.4]", " 1.2.3.4 "):

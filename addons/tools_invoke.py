@@ -48,6 +48,7 @@ from sidecar.rpc import (
     CONNECT_TIMEOUT, NOT_THIS_PROTOCOL, RULES_CHANGED, FrameVerdict, RpcSession, client_message_limit, rpc_on_plugin_socket,
 )
 from sidecar.runtime import Runtime, build_runtime
+from sidecar.shares import ClientShare, ClientShares, connections_per_client
 from sidecar.view import RequestView
 
 log = logging.getLogger("sidecar.adapter")
@@ -228,11 +229,13 @@ class ToolsInvokeGuard:
         self.runtime = runtime
         # One per flow at a time (body, upstream answer, WebSocket connect frame), by flow id.
         self._timers = Deadlines()
-        # Client connections, and the head deadline of those waiting for a request head.
-        self._clients: set[str] = set()
+        # Client connections (each with its share of the cap, where its client has one), and the
+        # head deadline of those waiting for a request head.
+        self._clients: dict[str, ClientShare | None] = {}
         self._head_deadlines = Deadlines()
         self._idle_upstreams = Deadlines()  # by client: its upstream connection, once idle
         self._max_connections = connection_cap(None, raise_fd_limit())
+        self._connection_shares = ClientShares(connections_per_client(self._max_connections))
         # Exchanges not yet answered (client id → flows by id) and open WebSockets: what a drain waits for.
         self._in_flight: dict[str, dict[str, http.HTTPFlow]] = {}
         self._websockets: dict[str, http.HTTPFlow] = {}
@@ -322,6 +325,7 @@ class ToolsInvokeGuard:
         ctx.options.update_known(**MITMDUMP_OPTIONS)
         if self.runtime is not None:
             self._max_connections = connection_cap(self.runtime.config.sidecar.max_connections, raise_fd_limit())
+            self._connection_shares.per_client = connections_per_client(self._max_connections)
 
     def client_connected(self, client: connection.Client) -> None:
         if len(self._clients) >= self._max_connections:
@@ -329,11 +333,21 @@ class ToolsInvokeGuard:
             LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: closing new connections at accept", self._max_connections)
             client.error = "connection limit reached"
             return
-        self._clients.add(client.id)
+        who = self.runtime.pipeline.connection_client(client.peername[0]) if self.runtime else None
+        share = self._connection_shares.acquire(who) if who is not None else None
+        if who is not None and share is None:
+            CONNECTIONS_REFUSED.inc()
+            LOG_ONCE_PER_INTERVAL.warning(log, "one client holds its share (%d) of the connection cap: closing its new "
+                                          "connections at accept", self._connection_shares.per_client)
+            client.error = "per-client connection limit reached"
+            return
+        self._clients[client.id] = share
         self._arm_head_deadline(client)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self._clients.discard(client.id)
+        share = self._clients.pop(client.id, None)
+        if share is not None:
+            share.release()
         self._disarm_head_deadline(client)
         self._idle_upstreams.cancel(client.id)
         self._in_flight.pop(client.id, None)

@@ -290,7 +290,7 @@ class WebSocketSettings(BaseModel):
     # Methods opened past the deny list (they still need their scope).
     allow_methods: tuple[str, ...] = ()
     connect_seconds: float = Field(10.0, gt=0)  # the first frame must come by then
-    # RPC upgrades one client may hold before its connect frame is accepted (sidecar/preauth.py).
+    # RPC upgrades one client may hold before its connect frame is accepted (sidecar/shares.py).
     unauthenticated_per_client: int = Field(8, ge=1)
     refused_frames: RefusedFrames = RefusedFrames()
 

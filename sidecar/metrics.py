@@ -45,7 +45,7 @@ VANISHED_REQUESTS = Counter(
 )
 CONNECTIONS_REFUSED = Counter(
     "openclaw_sidecar_connections_refused_total",
-    "Client connections closed at accept because the open-connection cap was reached.",
+    "Client connections closed at accept: the open-connection cap, or one client's share of it, was reached.",
     registry=REGISTRY,
 )
 HEAD_TIMEOUTS = Counter(

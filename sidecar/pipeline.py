@@ -32,14 +32,14 @@ from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
 from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HeaderPlan, connection_tokens, head_problem, rebuild_headers
-from .ipaddrs import is_loopback, share_key
+from .ipaddrs import in_networks, is_loopback, share_key
 from .ratelimit import UPSTREAM_GUESS_SUBJECT, ClientTurns
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteEntry, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
 from .rpc import BrowserOrigin, RpcPolicy, RpcSession, connect_secret, first_missing_scope, scope_satisfied
 from .shadow import SHADOWABLE_REASONS
-from .preauth import PreauthHold, PreauthSockets
+from .shares import ClientShare, ClientShares
 from .scopes import ADMIN, ResolvedScopes, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .toolchain import ToolChain, ToolRequest
 from .toolpolicy import js_trim
@@ -142,7 +142,7 @@ class Admitted:
     rpc: bool = False  # a gateway RPC WebSocket whose frames the sidecar judges
     shadowed: tuple[ReasonCode, ...] = ()  # refusals shadow mode let through (sidecar/shadow.py)
     browser: BrowserOrigin | None = None  # an RPC upgrade with a non-blank Origin: checked at connect
-    preauth: PreauthHold | None = None  # an RPC upgrade counted until its connect is accepted (sidecar/preauth.py)
+    preauth: ClientShare | None = None  # an RPC upgrade counted until its connect is accepted (sidecar/shares.py)
 
     @property
     def authenticated(self) -> bool:
@@ -182,7 +182,7 @@ class HeadState:
     limited: bool  # settled_route: the credential check runs behind the auth-failure limiter
     scopes: ResolvedScopes | None  # scopes
     shadowed: tuple[ReasonCode, ...]  # refusals shadow mode let through (`Pipeline._enforced`)
-    preauth: PreauthHold | None  # preauth_sockets, the last stage
+    preauth: ClientShare | None  # preauth_sockets, the last stage
 
     def __init__(self, view: RequestView) -> None:
         self.view = view
@@ -223,12 +223,12 @@ class Pipeline:
     # Identity headers an earlier configuration named (a reload keeps stripping them).
     earlier_identity_headers: frozenset[str] = frozenset()
     # An earlier configuration's unauthenticated RPC upgrades (a reload keeps counting them).
-    earlier_preauth: PreauthSockets | None = None
+    earlier_preauth: ClientShares | None = None
 
     def __post_init__(self) -> None:
         gateway = self.config.rules.gateway
         sidecar = self.config.sidecar
-        self.preauth = self.earlier_preauth or PreauthSockets(sidecar.websocket.unauthenticated_per_client)
+        self.preauth = self.earlier_preauth or ClientShares(sidecar.websocket.unauthenticated_per_client)
         self.preauth.per_client = sidecar.websocket.unauthenticated_per_client
         tp = gateway.auth.trusted_proxy
         # Header names from config are lower-cased by its validators.
@@ -277,6 +277,12 @@ class Pipeline:
         ceilings = self.ceilings.by_identity or {}
         self.secret_scopes = {identity: shared_secret_scopes(ceiling) for identity, ceiling in ceilings.items()}
         self.secret_scopes_default = shared_secret_scopes(self.ceilings.default)
+
+    def connection_client(self, peer: str) -> str | None:
+        """Whose share of the connection cap a new connection spends (sidecar/shares.py): its
+        address, an IPv6 one's /64; None for a trusted proxy, whose connections carry many clients
+        (behind an ingress every connection is the ingress's)."""
+        return None if in_networks(peer, self.trusted) else share_key(peer)
 
     def strip_identity_headers(self, names: frozenset[str]) -> None:
         """Never forward a client's copy of these either: some version of the config names them

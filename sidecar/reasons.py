@@ -58,7 +58,7 @@ class Reason(StrEnum):
     MISSING_SCOPE = "missing_scope"
     OWNER_REQUIRED = "owner_required"  # a route whose handler also requires operator.admin
     PAYLOAD_TOO_LARGE = "payload_too_large"  # declared at the head; a chunked body past the limit at the body
-    PREAUTH_SOCKETS = "preauth_sockets"  # a client's unauthenticated RPC upgrades past its share (sidecar/preauth.py)
+    PREAUTH_SOCKETS = "preauth_sockets"  # a client's unauthenticated RPC upgrades past its share (sidecar/shares.py)
     RPC_MISSING_SCOPE = "rpc_missing_scope"  # the body: an admin HTTP RPC method the caller lacks the scope for
 
     # ---- authentication failures: upstream's own codes (sidecar/auth.py), all answered 401

@@ -228,6 +228,38 @@ def strict_sidecar(start_sidecar, backend):
     })
 
 
+def test_one_client_holds_only_its_share_of_the_connection_cap(start_sidecar, backend) -> None:
+    """One address held every slot with idle sockets, reopened as the head deadline closed them,
+    and authenticated clients were refused at accept (red team). A sixteenth of the cap each, at
+    least 8: the ninth from one address is closed at once, and another address is served."""
+    sidecar = start_sidecar({"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
+                                         "maxConnections": 64},
+                             "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
+
+    def from_address(address: str) -> socket.socket:
+        sock = socket.socket()
+        sock.settimeout(5)
+        sock.bind((address, 0))
+        sock.connect((sidecar.host, sidecar.port))
+        return sock
+
+    held = [from_address("127.0.0.3") for _ in range(8)]
+    try:
+        with from_address("127.0.0.3") as ninth:
+            ninth.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                if ninth.recv(100) == b"":
+                    raise ConnectionResetError("closed at accept")
+        with from_address("127.0.0.2") as other:
+            other.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH +
+                          b"Content-Type: application/json\r\nContent-Length: 22\r\n\r\n{\"tool\":\"agents_list\"}")
+            assert read_response(other, timeout=10).status == 200
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_until(lambda: scrape_metric(f"{sidecar.admin_url}/metrics", "openclaw_sidecar_connections_refused_total") == 1, 5)
+
+
 def _authorised_request_works(sidecar, backend) -> None:
     with _connect(sidecar) as sock:
         sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer T\r\n"

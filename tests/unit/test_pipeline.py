@@ -1299,3 +1299,10 @@ async def test_the_refused_frame_budget_is_the_configured_one(make) -> None:
     assert (await session.client_frame(connect)).verdict == "forward"
     denied = json.dumps({"type": "req", "id": "x", "method": "config.patch", "params": {}}).encode()
     assert [(await session.client_frame(denied)).verdict for _ in range(3)] == ["reply", "reply", "close"]
+
+
+def test_a_connection_spends_its_clients_share_of_the_cap_unless_a_trusted_proxy_opened_it(make) -> None:
+    pipeline = make(TRUSTED_PROXY_CONFIG).pipeline
+    assert pipeline.connection_client(PROXY) is None  # its connections carry many clients
+    assert pipeline.connection_client("198.51.100.4") == "198.51.100.4"
+    assert pipeline.connection_client("2001:db8:0:1::5") == pipeline.connection_client("2001:db8:0:1::6") == "2001:db8:0:1::/64"

@@ -32,6 +32,8 @@ QUEUE_LINES = 20_000
 # How often the writer looks for queued lines: the delay before a line is written, and the
 # writer's wake-ups per second when idle.
 BATCH_SECONDS = 0.05
+# How long stopping waits for the writer to empty the queue into a destination that takes nothing.
+CLOSE_SECONDS = 5.0
 
 
 class AuditEntry(NamedTuple):
@@ -135,6 +137,8 @@ class AuditWriter:
         self.destination = destination
         self.capacity = capacity
         self._pending: deque[str] = deque()
+        self._writing = 0  # lines in the batch being written
+        self._abandoned = False  # stop gave up on it: its lines are counted dropped already
         self._stopping = threading.Event()
         self._file: BinaryIO | None = None
         self._thread = threading.Thread(target=self._run, name="sidecar-audit", daemon=True)
@@ -149,17 +153,28 @@ class AuditWriter:
         self._pending.append(line)
 
     def close(self) -> None:
-        """Returns once every queued line is written."""
+        """Returns once every queued line is written, or after CLOSE_SECONDS with the writer stuck
+        on a destination nobody reads (a full pipe): then what is left is counted as dropped, and
+        the process stops anyway (it waited for the pipe for ever, and a rolling restart ended in
+        SIGKILL; red team)."""
         self._stopping.set()
-        self._thread.join()
+        self._thread.join(CLOSE_SECONDS)
+        if self._thread.is_alive():
+            lost = len(self._pending) + self._writing
+            self._abandoned = True
+            AUDIT_LINES_DROPPED.inc(lost)
+            diagnostics.warning("the audit log destination takes nothing: %d lines dropped at stop "
+                                "(openclaw_sidecar_audit_lines_dropped_total)", lost)
 
     def _run(self) -> None:
         while True:
             stopping = self._stopping.wait(BATCH_SECONDS)
             lines = [self._pending.popleft() for _ in range(len(self._pending))]
             if lines:
+                self._writing = len(lines)
                 lines.append("")
                 self._write("\n".join(lines).encode())
+                self._writing = 0
             if stopping:
                 if self._file is not None:
                     self._file.close()
@@ -171,6 +186,8 @@ class AuditWriter:
             out.write(data)
             out.flush()
         except OSError as exc:
+            if self._abandoned:
+                return
             AUDIT_LINES_DROPPED.inc(data.count(b"\n"))  # an alert must see them: the log line is rate-limited
             LOG_ONCE_PER_INTERVAL.warning(diagnostics, "cannot write the audit log: %s (lines dropped: "
                                           "openclaw_sidecar_audit_lines_dropped_total)", exc)

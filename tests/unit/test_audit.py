@@ -93,6 +93,26 @@ def test_a_destination_that_stops_reading_never_blocks_a_decision(tmp_path: Path
     os.close(reader)
 
 
+def test_stopping_does_not_wait_for_ever_on_a_destination_that_takes_nothing(tmp_path: Path, monkeypatch) -> None:
+    """A stop waited on a full pipe for ever: a rolling restart ended in SIGKILL (red team). It
+    gives up after CLOSE_SECONDS and counts what it could not write."""
+    import os
+
+    from sidecar.metrics import AUDIT_LINES_DROPPED
+
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # held open, never read
+    monkeypatch.setattr(audit, "CLOSE_SECONDS", 0.5)
+    audit.configure(str(fifo))
+    for _ in range(2_000):  # ~400 KB: the pipe's 64 KiB fill, the writer blocks in write()
+        audit.record(entry(target="/" + "x" * 200))
+    before = AUDIT_LINES_DROPPED._value.get()
+    audit.close()  # returns
+    assert AUDIT_LINES_DROPPED._value.get() > before
+    os.close(reader)  # the writer's write fails, and its thread ends
+
+
 def test_lines_that_cannot_be_written_are_counted_as_dropped(tmp_path: Path) -> None:
     """The warning is rate-limited, so only the counter tells an alert how many lines were lost."""
     from sidecar.metrics import AUDIT_LINES_DROPPED

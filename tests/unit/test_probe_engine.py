@@ -30,26 +30,25 @@ CLOSED = Answer("closed", error="connection reset")
 def _no_retry_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "GOOD_CALL_RETRY_SECONDS", 0.0)
 
+
+def credentialed(case_id: str, klass: str, call: str, outcome: str) -> dict[str, Any]:
+    return {"id": case_id, "class": klass, "source": "s", "title": "t", "needs": ["credential"],
+            "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": call},
+            "expect": {"outcome": outcome}}
+
+
 CORPUS = parse_corpus({
     "schema": CORPUS_SCHEMA, "gatewayVersion": "2026.9.6",
     "classes": {"control": "Controls", "auth": "Authentication", "J": "Tool names"},
     "cases": [
-        {"id": "control.credential", "class": "control", "source": "s", "title": "t", "needs": ["credential"],
-         "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": "${safe_tool}"},
-         "expect": {"outcome": "accepted"}},
-        {"id": "J1.denied", "class": "J", "source": "s", "title": "t", "needs": ["credential"],
-         "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": "exec"},
-         "expect": {"outcome": "refused"}},
+        credentialed("control.credential", "control", "${safe_tool}", "accepted"),
+        credentialed("J1.denied", "J", "exec", "refused"),
         {"id": "auth.wrong", "class": "auth", "source": "s", "title": "t",
          "http": {"method": "POST", "target": "/tools/invoke", "headers": [["Authorization", "Bearer wrong"]],
                   "call": "${safe_tool}"},
          "expect": {"outcome": "refused"}, "failsAuth": True},
-        {"id": "J1.after", "class": "J", "source": "s", "title": "t", "needs": ["credential"],
-         "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": "exec"},
-         "expect": {"outcome": "refused"}},
-        {"id": "auth.accepted", "class": "auth", "source": "s", "title": "t", "needs": ["credential"],
-         "http": {"method": "POST", "target": "/tools/invoke", "credential": True, "call": "${safe_tool}"},
-         "expect": {"outcome": "accepted"}},
+        credentialed("J1.after", "J", "exec", "refused"),
+        credentialed("auth.accepted", "auth", "${safe_tool}", "accepted"),
     ],
 })
 

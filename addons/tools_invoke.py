@@ -333,7 +333,8 @@ class ToolsInvokeGuard:
             LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: closing new connections at accept", self._max_connections)
             client.error = "connection limit reached"
             return
-        who = self.runtime.pipeline.connection_client(client.peername[0]) if self.runtime else None
+        peer = client.peername[0] if client.peername else None  # uvloop has none once the client reset
+        who = self.runtime.pipeline.connection_client(peer) if self.runtime and peer else None
         share = self._connection_shares.acquire(who) if who is not None else None
         if who is not None and share is None:
             CONNECTIONS_REFUSED.inc()

@@ -248,13 +248,17 @@ def answer_malformed_bodies(max_body_bytes: int) -> None:
     +600 MB after 1.6 GB of refused bodies)."""
     original = getattr(_http1.Http1Server.read_body, "__wrapped__", _http1.Http1Server.read_body)
 
+    def over_the_limit(self: _http1.Http1Server, read: int) -> bool:
+        """Counts `read` more bytes of the request's body; whether it is now past the limit."""
+        total = _BODY_READ[self.body_reader] = _BODY_READ.get(self.body_reader, 0) + read
+        return total > max_body_bytes
+
     def read_body(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-untyped-def]
         if isinstance(event, events.DataReceived) and (
                 self.conn in _BODY_REFUSED or not self.conn.state & ConnectionState.CAN_WRITE):
             dropped = len(self.buf)
             self.buf.maybe_extract_at_most(dropped)
-            read = _BODY_READ[self.body_reader] = _BODY_READ.get(self.body_reader, 0) + dropped
-            if read > max_body_bytes:
+            if over_the_limit(self, dropped):
                 self.state = self.done
                 yield commands.CloseConnection(self.conn)
             return None
@@ -270,9 +274,7 @@ def answer_malformed_bodies(max_body_bytes: int) -> None:
                     yield ReceiveHttp(RequestData(stream_id, b"".join(pieces)))
                 return done.value
             if isinstance(command, ReceiveHttp) and isinstance(command.event, RequestData):
-                read = _BODY_READ[self.body_reader] = (_BODY_READ.get(self.body_reader, 0) + len(command.event.data)
-                                                       + BODY_PIECE_CHARGE)
-                if read > max_body_bytes:
+                if over_the_limit(self, len(command.event.data) + BODY_PIECE_CHARGE):
                     HEAD_REFUSALS.inc()
                     self.state = self.done
                     yield commands.CloseConnection(self.conn)

@@ -33,7 +33,7 @@ from .config import Config
 from .envelopes import Envelope
 from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HeaderPlan, connection_tokens, head_problem, rebuild_headers
 from .ipaddrs import in_networks, is_loopback, share_key
-from .ratelimit import UPSTREAM_GUESS_SUBJECT, ClientTurns
+from .ratelimit import UPSTREAM_GUESS_SUBJECT, ClientTurns, client_share
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
 from .request_line import NODE_METHODS
 from .routes import NODE_CAPABILITY_ROUTE, PLUGIN_MATCHES, RouteEntry, RouteMatch, RouteTable, collapse_slashes, plugin_path_candidates
@@ -572,7 +572,7 @@ class Pipeline:
 
         # By address (an IPv6 /64 as one), never by a browser's origin: a local process chooses its
         # Origin freely, and each one would be a fresh count (review).
-        guesses_as = UPSTREAM_GUESS_SUBJECT + (share_key(admitted.client_ip) if admitted.client_ip else "unknown")
+        guesses_as = UPSTREAM_GUESS_SUBJECT + client_share(admitted.client_ip)
 
         async def judge_signed(signed: str, is_upstream: bool) -> AuthOutcome:
             """A device's signed credential where the sidecar presents one upstream: that one

@@ -301,7 +301,8 @@ class Probe:
         answer, sent = self.send_on(self.target, case)
         arrivals = self.record.fetch() if self.record else None
         verdict, why = self.learn_from_control(case, answer, arrivals, *self.verdict_for(case, answer, arrivals))
-        refusal_decided = refusal_decides(case, admission(answer, case.expect)[0], verdict)
+        admitted = admission(answer, case.expect)[0]
+        refusal_decided = refusal_decides(case, admitted, verdict)
         if answer.status == 429 and not self.can_call_good and refusal_decided:
             verdict, why = INCONCLUSIVE, (f"{summary(answer)}: a rate limit answered, and without a credential the "
                                           "probe cannot tell a lockout from a refusal")
@@ -310,13 +311,12 @@ class Probe:
             verdict, why = INCONCLUSIVE, (f"the upgrade was refused ({summary(answer)}), and control.websocket (it "
                                           "needs a credential) did not run: this case refused and a target without "
                                           "the RPC WebSocket look alike")
-        compared = self.baseline and not self.baseline_cut_short and not (
-            case.needs & CREDENTIALED and self.baseline_credential_refusal)
-        baseline = self.run_on_baseline(case) if compared else None
-        # control.credential itself: a baseline that refused it is no measure of the target's answer
-        comparable = baseline is not None and not (case.needs & CREDENTIALED and self.baseline_credential_refusal)
+        baseline = self.run_on_baseline(case) if self.baseline and not self.baseline_cut_short \
+            and self.baseline_measures(case) else None
+        # Asked again: control.credential itself is what shows the baseline refuses the credential.
+        comparable = baseline is not None and self.baseline_measures(case)
         statuses = {answer.status, baseline.status if baseline else None}
-        refused = admission(answer, case.expect)[0] == "refused" or (baseline is not None and baseline.admission == "refused")
+        refused = admitted == "refused" or (baseline is not None and baseline.admission == "refused")
         self.refused_in_a_row = self.refused_in_a_row + 1 if refused else 0
         if case.fails_auth or 429 in statuses or self.refused_in_a_row >= REFUSALS_BETWEEN_GOOD_CALLS:
             self.good_call(case)
@@ -325,6 +325,11 @@ class Probe:
                           self.redact.arrivals(arrivals) if arrivals is not None else None, baseline,
                           differential(target.admission, baseline.admission) if baseline is not None and comparable else None,
                           int((time.monotonic() - started) * 1000))
+
+    def baseline_measures(self, case: Case) -> bool:
+        """Whether the baseline's answer to the case says anything: not where it refused the
+        probe's credential and the case presents it."""
+        return not (case.needs & CREDENTIALED and self.baseline_credential_refusal)
 
     def run_on_baseline(self, case: Case) -> Observation:
         """The same case against the gateway alone, judged without a record. If the gateway refuses
@@ -391,8 +396,8 @@ class Probe:
                 self.control_arrival = arrived_values(arrivals[-1])
         if case.id == CONTROL_WEBSOCKET and verdict == PASS:
             self.websocket_checked = True
-        if case.id == CONTROL_WEBSOCKET and verdict == PASS and arrivals and not self.options.identity:
-            self.control_upgrade_arrival = arrived_values(arrivals[0])
+            if arrivals and not self.options.identity:
+                self.control_upgrade_arrival = arrived_values(arrivals[0])
         return verdict, why
 
     @property

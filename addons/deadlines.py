@@ -48,11 +48,31 @@ class Deadlines:
         for queue in self._by_duration.values():
             queue.pop(key, None)
 
+    def fire_earliest(self) -> Hashable | None:
+        """Run, now, the action whose deadline is nearest; returns its key (None: none armed).
+        Making room under a cap: that one would be gone soonest anyway."""
+        queue = min((queue for queue in self._by_duration.values() if queue),
+                    key=lambda queue: next(iter(queue.values()))[0], default=None)
+        if queue is None:
+            return None
+        key = next(iter(queue))
+        _, action = queue.pop(key)
+        self._run(action)
+        return key
+
     def clear(self) -> None:
         self._by_duration.clear()
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
+
+    @staticmethod
+    def _run(action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception:
+            INTERNAL_ERRORS.inc()
+            log.exception("internal error in a deadline action")
 
     def _sweep(self) -> None:
         self._sweep_handle = None
@@ -69,10 +89,6 @@ class Deadlines:
             for key in expired:
                 del queue[key]
         for action in due:  # after the sweep: an action may arm or cancel deadlines
-            try:
-                action()
-            except Exception:
-                INTERNAL_ERRORS.inc()
-                log.exception("internal error in a deadline action")
+            self._run(action)
         if self._sweep_handle is None and any(self._by_duration.values()):
             self._sweep_handle = loop.call_later(self.tick, self._sweep)

@@ -61,3 +61,18 @@ async def test_clear_drops_everything() -> None:
     deadlines.clear()
     await asyncio.sleep(0.05)
     assert fired == [] and len(deadlines) == 0 and deadlines._sweep_handle is None
+
+
+async def test_fire_earliest_runs_the_nearest_deadline_now_whatever_its_duration() -> None:
+    """What makes room under the connection cap: the one that would be gone soonest anyway."""
+    deadlines = Deadlines(tick=TICK)
+    fired: list[str] = []
+    deadlines.arm("long, armed first", 5.0, lambda: fired.append("long"))
+    deadlines.arm("short, armed second", 1.0, lambda: fired.append("short"))
+    deadlines.arm("short, armed third", 1.0, lambda: fired.append("short, later"))
+    assert deadlines.fire_earliest() == "short, armed second"
+    assert deadlines.fire_earliest() == "short, armed third"
+    assert deadlines.fire_earliest() == "long, armed first"
+    assert fired == ["short", "short, later", "long"]
+    assert deadlines.fire_earliest() is None and len(deadlines) == 0
+    deadlines.clear()

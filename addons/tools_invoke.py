@@ -17,6 +17,7 @@ import logging
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,10 @@ from sidecar.envelopes import Envelope
 from sidecar.errors import ConfigError
 from sidecar.ipaddrs import ip_text
 from sidecar.logging_limits import LOG_ONCE_PER_INTERVAL
-from sidecar.metrics import CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED, VANISHED_REQUESTS
+from sidecar.metrics import (
+    CLIENT_CONNECTIONS, CONNECTIONS_EVICTED, CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED,
+    VANISHED_REQUESTS,
+)
 from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
 from sidecar.rpc import (
@@ -63,6 +67,10 @@ RPC_SESSION = "openclaw_sidecar.rpc"
 WS_CLOSING = "openclaw_sidecar.ws_closing"
 WRITE_FLUSH_SECONDS = 0.2
 LINGER_SECONDS = 1.0
+# Connections allowed past the cap while the ones evicted for them are still closing (each
+# lingers up to LINGER_SECONDS after its answer): the derived cap keeps 256 descriptors spare, so
+# this many more connections of two descriptors each stay inside the limit.
+EVICTION_SLACK = 64
 
 
 # Proxy settings the guard's guarantees depend on, applied whichever way it is loaded.
@@ -177,15 +185,19 @@ def answer_directly(flow: http.HTTPFlow, envelope: Envelope) -> bool:
     return True
 
 
-def write_final_answer(writer: asyncio.StreamWriter, envelope: Envelope, method: str | None) -> None:
+def write_final_answer(writer: asyncio.StreamWriter, envelope: Envelope, method: str | None, *, linger: bool = True) -> None:
     """The last thing said on a connection: the answer with `Connection: close`, our EOF, then the
-    socket closed after a linger (so the client reads the answer before any reset)."""
+    socket closed. After a linger, where the client's bytes may still be arriving: closing on
+    unread bytes sends a reset, which can destroy the answer before the client reads it."""
     response = response_of(envelope, method)
     response.headers["Connection"] = "close"
     writer.write(http1.assemble_response(response))
     if writer.can_write_eof():
         writer.write_eof()
-    asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
+    if linger:
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
+    else:
+        writer.close()  # what is written is still sent first
 
 
 def preauth_over(flow: http.HTTPFlow) -> None:
@@ -229,10 +241,15 @@ class ToolsInvokeGuard:
         self.runtime = runtime
         # One per flow at a time (body, upstream answer, WebSocket connect frame), by flow id.
         self._timers = Deadlines()
-        # Client connections (each with its share of the cap, where its client has one), and the
-        # head deadline of those waiting for a request head.
+        # Client connections (each with its share of the cap, where its client has one).
         self._clients: dict[str, ClientShare | None] = {}
-        self._head_deadlines = Deadlines()
+        # By client: the deadline of a connection that holds nothing admitted, one waiting for a
+        # request head (new, or idle since its last answer) or an RPC socket whose connect is not
+        # accepted yet. When the cap is full, the one nearest its deadline makes room (_make_room);
+        # one idle since an authenticated call only when no other is left.
+        self._evictable = Deadlines()
+        self._idle_callers = Deadlines()
+        self._evicted: set[str] = set()  # made room, and still closing
         self._idle_upstreams = Deadlines()  # by client: its upstream connection, once idle
         self._max_connections = connection_cap(None, raise_fd_limit())
         self._connection_shares = ClientShares(connections_per_client(self._max_connections))
@@ -326,13 +343,9 @@ class ToolsInvokeGuard:
         if self.runtime is not None:
             self._max_connections = connection_cap(self.runtime.config.sidecar.max_connections, raise_fd_limit())
             self._connection_shares.per_client = connections_per_client(self._max_connections)
+        CLIENT_CONNECTIONS.set_function(lambda: len(self._clients))
 
     def client_connected(self, client: connection.Client) -> None:
-        if len(self._clients) >= self._max_connections:
-            CONNECTIONS_REFUSED.inc()
-            LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: closing new connections at accept", self._max_connections)
-            client.error = "connection limit reached"
-            return
         peer = client.peername[0] if client.peername else None  # uvloop has none once the client reset
         who = self.runtime.pipeline.connection_client(peer) if self.runtime and peer else None
         share = self._connection_shares.acquire(who) if who is not None else None
@@ -342,43 +355,76 @@ class ToolsInvokeGuard:
                                           "connections at accept", self._connection_shares.per_client)
             client.error = "per-client connection limit reached"
             return
+        if len(self._clients) - len(self._evicted) >= self._max_connections and not self._make_room():
+            if share is not None:
+                share.release()
+            CONNECTIONS_REFUSED.inc()
+            LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: closing new connections at accept", self._max_connections)
+            client.error = "connection limit reached"
+            return
         self._clients[client.id] = share
         self._arm_head_deadline(client)
+
+    def _make_room(self) -> bool:
+        """The cap is full: the connection nearest its deadline gets, now, what that deadline would
+        give it (408, a silent close for an idle keep-alive one, 1008 for an RPC socket), and a new
+        one takes its slot; a connection idle since an authenticated call goes only when no other
+        is left. Many addresses, each within its share, filled the cap with sockets that never
+        sent a head, and every other client was closed at accept. False when every connection
+        holds admitted work, or too many made room and are still closing."""
+        if len(self._evicted) >= EVICTION_SLACK:
+            return False
+        evicted = self._evictable.fire_earliest()
+        if evicted is None:
+            evicted = self._idle_callers.fire_earliest()
+        if evicted is None:
+            return False
+        self._evicted.add(str(evicted))
+        CONNECTIONS_EVICTED.inc()
+        LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: answering the connection nearest its head or "
+                                      "connect deadline early to make room", self._max_connections)
+        return True
 
     def client_disconnected(self, client: connection.Client) -> None:
         share = self._clients.pop(client.id, None)
         if share is not None:
             share.release()
+        self._evicted.discard(client.id)
         self._disarm_head_deadline(client)
         self._idle_upstreams.cancel(client.id)
         self._in_flight.pop(client.id, None)
 
-    def _arm_head_deadline(self, client: connection.Client, *, answered: bool = False) -> None:
+    def _arm_head_deadline(self, client: connection.Client, *, answered: bool = False, caller: bool = False) -> None:
         """The next request head must be complete within headReadSeconds (also closes idle
         keep-alive connections: dripping bytes never extends it). `answered`: it follows an
-        answer on this connection, not its opening."""
+        answer on this connection, not its opening; `caller`: to an authenticated call."""
         # Without a configuration (mitmdump -s before sidecar_config is set) requests are refused
         # anyway; the connection still gets the default deadline.
         timeouts = self.runtime.config.sidecar.timeouts if self.runtime else Timeouts()
         seconds = timeouts.head_read_seconds
-        self._head_deadlines.arm(client.id, seconds, lambda: self._head_deadline_passed(client, answered))
+        deadlines = self._idle_callers if caller else self._evictable
+        deadlines.arm(client.id, seconds, lambda: self._head_deadline_passed(client, answered))
 
     def _disarm_head_deadline(self, client: connection.Client) -> None:
-        self._head_deadlines.cancel(client.id)
+        self._evictable.cancel(client.id)
+        self._idle_callers.cancel(client.id)
 
     def _head_deadline_passed(self, client: connection.Client, answered: bool) -> None:
         """408, as from Node's headersTimeout, for a head begun and not finished and for a new
         connection that sent nothing; a connection idle since its last answer is closed without
         a word, as Node closes an idle keep-alive one (a 408 there answered a request nobody
-        sent). Checked against the gateway: silent close at ~6 s, 408 at ~60-90 s."""
+        sent). Checked against the gateway: silent close at ~6 s, 408 at ~60-90 s. A connection
+        that sent nothing is closed at once, with no linger: a flood of them made room for others
+        (_make_room) only as fast as their lingers ended."""
         HEAD_TIMEOUTS.inc()
         writer = compat.client_writer(client)
         if writer is None:
             return
-        if answered and not compat.head_begun(client):
+        begun = compat.head_begun(client)
+        if answered and not begun:
             writer.close()
         else:
-            write_final_answer(writer, envelopes.head_timeout(), None)
+            write_final_answer(writer, envelopes.head_timeout(), None, linger=begun)
 
     # ---- hooks ----------------------------------------------------------------------------
 
@@ -431,6 +477,7 @@ class ToolsInvokeGuard:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         self._cancel_timer(flow)
+        self._evictable.cancel(flow.client_conn.id)  # the body of an unauthenticated call is here
         if flow.metadata.get(ANSWERED):
             if flow.killable:
                 flow.kill()  # already answered directly; nothing may go upstream
@@ -470,7 +517,8 @@ class ToolsInvokeGuard:
         """Review what the upstream answered (the hook also fires for answers we set ourselves)."""
         self._exchange_over(flow)
         if flow.websocket is None and flow.client_conn.id in self._clients:
-            self._arm_head_deadline(flow.client_conn, answered=True)  # the exchange is over: next head, or idle
+            admitted = flow.metadata.get(ADMITTED)  # the exchange is over: next head, or idle
+            self._arm_head_deadline(flow.client_conn, answered=True, caller=isinstance(admitted, Admitted) and admitted.authenticated)
             client = flow.client_conn
             self._idle_upstreams.arm(client.id, UPSTREAM_IDLE_SECONDS, lambda: compat.close_idle_upstreams(client))
         if self.draining and flow.websocket is None and flow.response is not None:
@@ -544,7 +592,8 @@ class ToolsInvokeGuard:
 
     def done(self) -> None:
         self._timers.clear()
-        self._head_deadlines.clear()
+        self._evictable.clear()
+        self._idle_callers.clear()
         self._idle_upstreams.clear()
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -641,8 +690,14 @@ class ToolsInvokeGuard:
             log.exception("could not audit the call that failed")
 
     def _start_body_timer(self, flow: http.HTTPFlow) -> None:
+        """A body nobody authenticated (a route that checks its own credential) holds a slot that
+        can be made room with, as a head would."""
         seconds = self._live_runtime().config.sidecar.timeouts.body_read_seconds
-        self._schedule(flow, seconds, lambda: answer_directly(flow, answer(Reason.BODY_TIMEOUT)), audit_as=Reason.BODY_TIMEOUT)
+        fire = self._audited(flow, lambda: answer_directly(flow, answer(Reason.BODY_TIMEOUT)), Reason.BODY_TIMEOUT)
+        if flow.metadata[ADMITTED].authenticated:
+            self._timers.arm(flow.id, seconds, fire)
+        else:
+            self._evictable.arm(flow.client_conn.id, seconds, fire)
 
     def _start_upstream_timer(self, flow: http.HTTPFlow) -> None:
         seconds = self._live_runtime().config.sidecar.timeouts.upstream_read_seconds
@@ -655,14 +710,14 @@ class ToolsInvokeGuard:
 
         self._timers.arm(flow.id, seconds, expire)
 
-    def _schedule(self, flow: http.HTTPFlow, seconds: float, action: Any, *, audit_as: Reason) -> None:
-        """Run `action` after `seconds` unless cancelled; a refusal it made is audited as `audit_as`."""
+    def _audited(self, flow: http.HTTPFlow, action: Any, audit_as: Reason) -> Callable[[], None]:
+        """`action`, with a refusal it made audited as `audit_as`."""
 
         def fire() -> None:
             if action():
                 self._audit(flow, "refused", audit_as, flow.metadata.get(ANSWERED))
 
-        self._timers.arm(flow.id, seconds, fire)
+        return fire
 
     def _cancel_timer(self, flow: http.HTTPFlow) -> None:
         self._timers.cancel(flow.id)
@@ -711,7 +766,8 @@ class ToolsInvokeGuard:
                 return
             flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(admitted)
             seconds = runtime.config.sidecar.websocket.connect_seconds
-            self._schedule(flow, seconds, lambda: close_websocket(flow, *CONNECT_TIMEOUT), audit_as=Reason.WEBSOCKET_CONNECT_TIMEOUT)
+            self._evictable.arm(flow.client_conn.id, seconds, self._audited(flow, lambda: close_websocket(flow, *CONNECT_TIMEOUT),
+                                                                            Reason.WEBSOCKET_CONNECT_TIMEOUT))
         except Exception:
             INTERNAL_ERRORS.inc()
             log.exception("internal error in websocket_start; connection closed")
@@ -776,7 +832,7 @@ class ToolsInvokeGuard:
         """After each verdict, on either layer: a connected session needs no connect timer; refusals,
         connects and shadowed frames are audited."""
         if session.connected:
-            self._cancel_timer(flow)
+            self._evictable.cancel(flow.client_conn.id)
             preauth_over(flow)
         if verdict.verdict != "forward" or verdict.method == "connect" or verdict.shadowed:
             decision = "shadowed" if verdict.shadowed else "forwarded" if verdict.verdict == "forward" else "refused"
@@ -787,7 +843,7 @@ class ToolsInvokeGuard:
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         preauth_over(flow)
         self._websockets.pop(flow.id, None)
-        self._cancel_timer(flow)
+        self._evictable.cancel(flow.client_conn.id)
         flow.metadata.pop(RPC_SESSION, None)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)  # CPU, RSS, open descriptors: what a flood shows first
@@ -46,6 +46,17 @@ VANISHED_REQUESTS = Counter(
 CONNECTIONS_REFUSED = Counter(
     "openclaw_sidecar_connections_refused_total",
     "Client connections closed at accept: the open-connection cap, or one client's share of it, was reached.",
+    registry=REGISTRY,
+)
+CONNECTIONS_EVICTED = Counter(
+    "openclaw_sidecar_connections_evicted_total",
+    "Connections answered before their head or connect deadline to make room for a new one while "
+    "the open-connection cap was full (each also counts as the timeout it was brought forward from).",
+    registry=REGISTRY,
+)
+CLIENT_CONNECTIONS = Gauge(
+    "openclaw_sidecar_client_connections",
+    "Client connections open now, against the cap of maxConnections (or the one derived from the descriptor limit).",
     registry=REGISTRY,
 )
 HEAD_TIMEOUTS = Counter(

@@ -228,36 +228,117 @@ def strict_sidecar(start_sidecar, backend):
     })
 
 
-def test_one_client_holds_only_its_share_of_the_connection_cap(start_sidecar, backend) -> None:
+@pytest.fixture
+def capped_sidecar(start_sidecar, backend):
+    """A cap of 64: each address may hold 8 of it."""
+    return start_sidecar({"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
+                                      "maxConnections": 64},
+                          "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
+
+
+def _from_address(sidecar, address: str) -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.bind((address, 0))
+    sock.connect((sidecar.host, sidecar.port))
+    return sock
+
+
+def _metric(sidecar, name: str) -> float:
+    return scrape_metric(f"{sidecar.admin_url}/metrics", f"openclaw_sidecar_{name}")
+
+
+def _authorised_request_is_served_on(sock: socket.socket) -> None:
+    sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH +
+                 b"Content-Type: application/json\r\nContent-Length: 22\r\n\r\n{\"tool\":\"agents_list\"}")
+    assert read_response(sock, timeout=10).status == 200
+
+
+def test_one_client_holds_only_its_share_of_the_connection_cap(capped_sidecar) -> None:
     """One address held every slot with idle sockets, reopened as the head deadline closed them,
     and authenticated clients were refused at accept (red team). A sixteenth of the cap each, at
     least 8: the ninth from one address is closed at once, and another address is served."""
-    sidecar = start_sidecar({"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
-                                         "maxConnections": 64},
-                             "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
-
-    def from_address(address: str) -> socket.socket:
-        sock = socket.socket()
-        sock.settimeout(5)
-        sock.bind((address, 0))
-        sock.connect((sidecar.host, sidecar.port))
-        return sock
-
-    held = [from_address("127.0.0.3") for _ in range(8)]
+    held = [_from_address(capped_sidecar, "127.0.0.3") for _ in range(8)]
     try:
-        with from_address("127.0.0.3") as ninth:
+        with _from_address(capped_sidecar, "127.0.0.3") as ninth:
             ninth.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             with pytest.raises((ConnectionResetError, BrokenPipeError)):
                 if ninth.recv(100) == b"":
                     raise ConnectionResetError("closed at accept")
-        with from_address("127.0.0.2") as other:
-            other.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH +
-                          b"Content-Type: application/json\r\nContent-Length: 22\r\n\r\n{\"tool\":\"agents_list\"}")
-            assert read_response(other, timeout=10).status == 200
+        with _from_address(capped_sidecar, "127.0.0.2") as other:
+            _authorised_request_is_served_on(other)
     finally:
         for sock in held:
             sock.close()
-    assert wait_until(lambda: scrape_metric(f"{sidecar.admin_url}/metrics", "openclaw_sidecar_connections_refused_total") == 1, 5)
+    assert wait_until(lambda: _metric(capped_sidecar, "connections_refused_total") == 1, 5)
+
+
+def test_a_full_cap_makes_room_by_answering_the_stranger_nearest_its_deadline(capped_sidecar) -> None:
+    """Eight addresses, each within its share, filled the cap with sockets that sent nothing, and
+    every other client was closed at accept until their head deadlines passed. Now the oldest of
+    them gets its 408 at once and the newcomer is served; the others keep their slots, and so does
+    an older connection idle since an authenticated call."""
+    caller = _from_address(capped_sidecar, "127.0.0.10")
+    _authorised_request_is_served_on(caller)
+    held = [caller] + [_from_address(capped_sidecar, f"127.0.0.{10 + i // 8}") for i in range(1, 64)]
+    try:
+        assert wait_until(lambda: _metric(capped_sidecar, "client_connections") == 64, 5)
+        with _from_address(capped_sidecar, "127.0.0.30") as newcomer:
+            _authorised_request_is_served_on(newcomer)
+        reply = read_response(held[1], timeout=5)
+        assert reply.status == 408 and reply.header("connection") == "close"
+        for sock in held[2:]:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # nothing said to the rest
+        _authorised_request_is_served_on(caller)
+    finally:
+        for sock in held:
+            sock.close()
+    assert _metric(capped_sidecar, "connections_evicted_total") == 1
+    assert _metric(capped_sidecar, "connections_refused_total") == 0
+
+
+def test_a_socket_that_sent_nothing_frees_its_slot_at_once_when_it_makes_room(start_sidecar, backend) -> None:
+    """Each eviction answered with a linger (1 s) held the slot meanwhile, so a flood whose clients
+    kept their ends open outran it, and newcomers were closed at accept again. 100 newcomers,
+    each making room and then holding its own socket open, while the cap is 16."""
+    sidecar = start_sidecar({"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
+                                         "maxConnections": 16},
+                             "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
+    held = [_from_address(sidecar, f"127.0.0.{40 + i // 8}") for i in range(16)]
+    try:
+        assert wait_until(lambda: _metric(sidecar, "client_connections") == 16, 5)
+        held += [_from_address(sidecar, f"127.0.2.{i}") for i in range(1, 101)]
+        assert wait_until(lambda: _metric(sidecar, "connections_evicted_total") == 100, 5)
+        assert _metric(sidecar, "connections_refused_total") == 0
+        assert read_response(held[0], timeout=5).status == 408
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_body_nobody_authenticated_makes_room_too(start_sidecar, backend) -> None:
+    """A route that checks its own credential (hooks, opened here) admits a stranger's head: its
+    body, never sent, held a slot no eviction could reach for the whole body deadline."""
+    sidecar = start_sidecar({"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
+                                         "maxConnections": 4, "routes": {"allow": ["hooks"]}},
+                             "gateway": {"auth": {"mode": "token", "token": TOKEN}}, "hooks": {"enabled": True}})
+    held = [_connect(sidecar) for _ in range(4)]
+    try:
+        for sock in held:
+            sock.sendall(b"POST /hooks/wake HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{")
+        assert wait_until(lambda: _metric(sidecar, "client_connections") == 4, 5)
+        time.sleep(0.2)  # their heads judged
+        with _connect(sidecar) as newcomer:
+            _authorised_request_is_served_on(newcomer)
+        reply = read_response(held[0], timeout=5)
+        assert reply.status == 408 and reply.json()["error"]["message"] == "Request body timeout"
+    finally:
+        for sock in held:
+            sock.close()
+    assert [request["path"] for request in backend.requests()] == ["/tools/invoke"]
 
 
 def _authorised_request_works(sidecar, backend) -> None:
@@ -329,9 +410,12 @@ def test_a_new_connection_that_sends_nothing_gets_408_as_from_node(strict_sideca
         assert read_response(sock, timeout=10).status == 408
 
 
-def test_connections_beyond_the_cap_are_closed_at_accept(strict_sidecar, backend) -> None:
+def test_connections_beyond_the_cap_are_closed_at_accept_when_each_holds_an_admitted_call(strict_sidecar, backend) -> None:
+    """Nothing to make room with: every slot holds a request whose body is still coming."""
     held = [_connect(strict_sidecar) for _ in range(4)]
     try:
+        for sock in held:
+            sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\n" + _AUTH + b"Content-Length: 100\r\n\r\n{")
         time.sleep(0.2)
         with _connect(strict_sidecar) as extra:
             extra.settimeout(5)

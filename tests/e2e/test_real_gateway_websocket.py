@@ -681,6 +681,23 @@ def test_a_silent_client_is_closed_at_the_connect_deadline(token_gateway, start_
     assert (closed.value.code, closed.value.reason) == (1008, "connect timeout")
 
 
+def test_under_a_full_cap_the_socket_nearest_its_connect_deadline_makes_room(token_gateway, start_sidecar):
+    """Sockets still waiting for their connect hold nothing admitted: the oldest is closed as its
+    deadline would close it, the newcomer is served, and a younger one still connects."""
+    sc = start_sidecar(sidecar_config(token_gateway, maxConnections=3))
+    waiting = [WsClient("127.0.0.1", sc.port) for _ in range(3)]
+    for ws in waiting:
+        assert ws.recv_json()["event"] == "connect.challenge"
+    assert httpx.get(f"{sc.url}/healthz", timeout=10).status_code == 200
+    with pytest.raises(Closed) as closed:
+        waiting[0].recv()
+    assert (closed.value.code, closed.value.reason) == (1008, "connect timeout")
+    waiting[1].send_json({"type": "req", "id": "c1", "method": "connect", "params": connect_params(["operator.read"])})
+    assert granted(waiting[1].response("c1")) == ["operator.read"]
+    for ws in waiting[1:]:
+        ws.close()
+
+
 @pytest.mark.parametrize("first", [
     {"type": "req", "id": "h", "method": "health", "params": {}},  # answered, then closed
     {"type": "req", "method": "health", "params": {}},  # no id: not a request frame to the gateway

@@ -64,7 +64,6 @@ FORWARDED = "openclaw_sidecar.forwarded"
 ANSWERED = "openclaw_sidecar.answered"
 JUDGED_BODY = "openclaw_sidecar.judged_body"  # (body, Forward): decided in requestheaders
 RPC_SESSION = "openclaw_sidecar.rpc"
-WS_CLOSING = "openclaw_sidecar.ws_closing"
 WRITE_FLUSH_SECONDS = 0.2
 LINGER_SECONDS = 1.0
 # Connections allowed past the cap while the ones evicted for them are still closing (each
@@ -151,7 +150,7 @@ def close_websocket(flow: http.HTTPFlow, code: int, reason: str, answer: bytes |
     its relay (between gateway messages). On mitmproxy's own layer, which has no API to close one
     side with a code, the frames are written to the client transport directly, between whole
     frames (that layer writes whole frames only, and asyncio runs one writer at a time)."""
-    flow.metadata[WS_CLOSING] = True
+    flow.metadata[ws_relay.WS_CLOSING] = True
     if ws_relay.request_close(flow, code, reason, answer):
         return True
     writer = compat.client_writer(flow.client_conn)
@@ -284,7 +283,7 @@ class ToolsInvokeGuard:
         changed = self.runtime is None or self.runtime.config != runtime.config
         self.runtime = runtime
         for flow in list(self._websockets.values()) if changed else ():
-            if not flow.metadata.get(WS_CLOSING):
+            if not flow.metadata.get(ws_relay.WS_CLOSING):
                 close_websocket(flow, *RULES_CHANGED)
 
     def begin_drain(self) -> None:
@@ -485,31 +484,32 @@ class ToolsInvokeGuard:
         if flow.response or flow.error or not flow.live:
             return
         try:
-            admitted = flow.metadata.get(ADMITTED)
-            if not isinstance(admitted, Admitted):
+            if not isinstance(flow.metadata.get(ADMITTED), Admitted):
                 raise RuntimeError("request reached the body stage without a head decision")
             body = flow.request.raw_content or b""
             judged = flow.metadata.pop(JUDGED_BODY, None)
-            pipeline = self._live_runtime().pipeline
-            if judged is None and flow.metadata.get(ADMITTED_BY) is not pipeline:
-                # A reload came while the body did: a secret since revoked, a ceiling since
-                # lowered, admit nothing more. The whole request is judged again by today's rules.
-                del flow.metadata[ADMITTED]
-                head = await pipeline.on_head(flow.metadata[VIEW])
-                if isinstance(head, Refuse):
-                    await self._refuse(flow, head, early=False)
-                    return
-                admitted = flow.metadata[ADMITTED] = head
-            if judged is None:
-                decision = await pipeline.on_body(admitted, body, bool(flow.request.trailers))
-            elif judged[0] == body and not flow.request.trailers:
-                decision = judged[1]
-            else:
+            if judged is not None and (judged[0] != body or flow.request.trailers):
                 raise RuntimeError("the body mitmproxy delivered is not the one judged with the head")
-            if isinstance(decision, Refuse):
-                await self._refuse(flow, decision, early=False)
-            else:
-                self._forward(flow, decision)
+            while True:
+                pipeline = self._live_runtime().pipeline
+                if flow.metadata.get(ADMITTED_BY) is not pipeline:
+                    # A reload came while the request was judged or its body arrived: a secret since
+                    # revoked, a ceiling since lowered, admit nothing more. The whole request is
+                    # judged again by today's rules.
+                    judged = None
+                    preauth_over(flow)  # the earlier decision's count; the new one takes its own
+                    head = await pipeline.on_head(flow.metadata[VIEW])
+                    if isinstance(head, Refuse):
+                        await self._refuse(flow, head, early=False)
+                        return
+                    flow.metadata[ADMITTED], flow.metadata[ADMITTED_BY] = head, pipeline
+                decision = judged[1] if judged is not None else await pipeline.on_body(flow.metadata[ADMITTED], body, bool(flow.request.trailers))
+                if isinstance(decision, Refuse):
+                    await self._refuse(flow, decision, early=False)
+                    return
+                if self._live_runtime().pipeline is pipeline:  # no reload landed while the judgement waited
+                    self._forward(flow, decision)
+                    return
         except Exception:
             self._fail_closed(flow, "request")
 
@@ -793,7 +793,7 @@ class ToolsInvokeGuard:
             if session is not None and session.answer_pending and message.is_text:
                 message.content = session.server_message(message.content) or message.content
             return
-        if flow.metadata.get(WS_CLOSING):
+        if flow.metadata.get(ws_relay.WS_CLOSING):
             message.drop()
             return
         session = flow.metadata.get(RPC_SESSION)
@@ -810,6 +810,9 @@ class ToolsInvokeGuard:
                     self._audit(flow, "refused", Reason.RPC_ON_PLUGIN_SOCKET, None)
                 return
             verdict = await session.client_frame(message.content)
+            if flow.metadata.get(ws_relay.WS_CLOSING):
+                message.drop()  # closed while the judgement waited (a reload): its rules are gone
+                return
             if verdict.verdict == "forward":
                 if verdict.payload is not None:
                     message.content = verdict.payload

@@ -33,6 +33,9 @@ from .coroutines import resume
 log = logging.getLogger("sidecar.adapter")
 
 RELAYED = "openclaw_sidecar.ws_relayed"
+# Set when a close is asked for (timer, reload, drain): a relay paused on a verdict reads it before
+# its CloseRequest, queued behind the pause, arrives.
+WS_CLOSING = "openclaw_sidecar.ws_closing"
 CLOSE_LINGER_SECONDS = 0.25  # after our close frame, before the socket closes: the client reads it first
 CLOSE_DEADLINE_SECONDS = 1.0  # the longest our close frame waits for a gateway message to end
 
@@ -414,8 +417,12 @@ class RpcRelay(layer.Layer):
 
     # ---- client → gateway ---------------------------------------------------------------------
 
+    @property
+    def _closing_or_asked(self) -> bool:
+        return self._closing or bool(self.flow.metadata.get(WS_CLOSING))
+
     def _from_client(self, data: bytes) -> layer.CommandGenerator[None]:
-        if self._closing:
+        if self._closing_or_asked:
             return  # nothing the client sends after a close is relayed
         if self._overflowed:
             yield from self._close(1009, "message too big")
@@ -426,7 +433,7 @@ class RpcRelay(layer.Layer):
         except ProtocolError as error:
             messages, refused = [], error
         for message in messages:
-            if self._closing:
+            if self._closing_or_asked:
                 break
             if message.opcode in _DATA:
                 yield from self._judge(message)
@@ -462,8 +469,8 @@ class RpcRelay(layer.Layer):
             if pending.error is not None or pending.verdict is None:
                 raise RuntimeError("a suspended frame judgement failed") from pending.error
             verdict = pending.verdict
-            if self._closing:
-                return  # closed while it waited (timer, drain): dropped unrelayed
+            if self._closing_or_asked:
+                return  # closed while it waited (timer, reload, drain): dropped unrelayed
         if verdict.verdict == "forward":
             self._to_server += message.raw if verdict.payload is None else [frame(message.opcode, verdict.payload, masked=True)]
         elif verdict.verdict == "reply":

@@ -715,3 +715,34 @@ async def test_a_reload_closes_open_websockets_only_when_the_configuration_chang
     late.metadata.update({k: upgrade.metadata[k] for k in (ADMITTED, ADMITTED_BY)})
     guard.websocket_start(late)
     assert closed[-1] == (late.id, 4001)
+
+
+@pytest.mark.parametrize("body_with_head", [True, False], ids=["body-with-head", "body-later"])
+@pytest.mark.parametrize("stage", ["on_head", "on_body"])
+async def test_a_reload_that_lands_while_a_judgement_waits_voids_it(
+        guard: ToolsInvokeGuard, runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str,
+        body_with_head: bool) -> None:
+    """A Redis-backed limiter makes a judgement wait; a reload revoking the caller's token landed
+    meanwhile, and the request was forwarded on the old rules' decision after the reload was
+    logged done (red team). Whatever stage was waiting, the request is judged again by the new rules."""
+    if body_with_head:  # as the reader holds it when the body came in the head's read
+        monkeypatch.setattr(compat, "unread_request_prefix", lambda client, length: BODY)
+    waiting, release = asyncio.Event(), asyncio.Event()
+    judge = getattr(runtime.pipeline, stage)
+
+    async def slow(*args: Any) -> Any:
+        waiting.set()
+        await release.wait()
+        return await judge(*args)
+
+    monkeypatch.setattr(runtime.pipeline, stage, slow)
+    judged = asyncio.create_task(run(guard, make_flow(headers=[AUTH], body=BODY)))
+    await waiting.wait()
+    revoked = {**BASE_CONFIG, "gateway": {**BASE_CONFIG["gateway"], "auth": {"token": "NEW"}}}
+    reloaded = build_runtime(load_config(write_config(tmp_path / "revoked.yaml", revoked), environ={}))
+    guard.use_runtime(reloaded)
+    release.set()
+    flow = await asyncio.wait_for(judged, 10)
+    assert_answer(flow, envelopes.unauthorized())
+    assert tools_invoke.FORWARDED not in flow.metadata
+    await reloaded.aclose()

@@ -428,6 +428,24 @@ async def test_a_judgement_that_waits_holds_every_later_frame_behind_it_in_order
     assert [json.loads(s)["n"] for s in relay.session.seen] == [0, 1, 2, 3]
 
 
+async def test_a_close_asked_for_while_a_judgement_waits_relays_nothing_more() -> None:
+    """A reload closes the sessions the old rules judge (4001), but its close request queued behind
+    the paused verdict, and the old session's verdicts on the waiting frame and on those read with
+    it went to the gateway first (red team)."""
+    relay = Relay()
+    relay.session.gate = asyncio.get_running_loop().create_future()
+    waiting, behind = (client_frame(TEXT, req("forward", n=n, wait=n == 0)) for n in range(2))
+    [hook] = [c for c in relay.from_client(waiting + behind) if isinstance(c, ws_relay.RpcVerdictHook)]
+    relay.flow.metadata[ws_relay.WS_CLOSING] = True  # as close_websocket marks it, before it asks
+    assert relay.events(ws_relay.CloseRequest(relay.flow, (4001, "rules changed", None))) == []  # queued
+    relay.session.gate.set_result(None)
+    await hook.pending.finish()
+    out = relay.events(events.HookCompleted(hook))
+    assert not sent(out, relay.server)
+    assert close_of(sent(out, relay.client)) == (4001, b"rules changed")
+    assert [json.loads(s)["n"] for s in relay.session.seen] == [0]
+
+
 async def test_what_arrives_while_a_judgement_waits_is_bounded_by_a_messages_limit() -> None:
     """mitmproxy queues it unread, without bound, for as long as the verdict takes (review)."""
     relay = Relay(limit=1000)

@@ -446,14 +446,24 @@ def choose_websocket_layer(factory: Callable[[Context, http.HTTPFlow], layer.Lay
 
 def client_writer(client: connection.Client) -> asyncio.StreamWriter | None:
     """The client's socket writer, for answers written outside mitmproxy's hook sequence (it has
-    no API for that): the proxyserver's connection handler and its transports are internals."""
+    no API for that): the proxyserver's connection handler and its transports are internals.
+    None once it is closing."""
+    writer = _client_stream(client)
+    return None if writer is None or writer.is_closing() else writer
+
+
+def client_transport(client: connection.Client) -> asyncio.WriteTransport | None:
+    """The client's socket, kept from its connection's start to let go of it for good at its end
+    (mitmproxy's own close waits for a client that may never read)."""
+    writer = _client_stream(client)
+    return writer.transport if isinstance(writer, asyncio.StreamWriter) else None
+
+
+def _client_stream(client: connection.Client) -> asyncio.StreamWriter | None:
     proxyserver = ctx.master.addons.get("proxyserver")
     handler = proxyserver.connections.get(client.id) if proxyserver else None
     transport = handler.transports.get(handler.client) if handler else None
-    writer = transport.writer if transport else None
-    if writer is None or writer.is_closing():
-        return None
-    return writer
+    return transport.writer if transport else None
 
 
 def unread_request_prefix(client: connection.Client, length: int) -> bytes | None:

@@ -18,6 +18,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,9 @@ JUDGED_BODY = "openclaw_sidecar.judged_body"  # (body, Forward): decided in requ
 RPC_SESSION = "openclaw_sidecar.rpc"
 WRITE_FLUSH_SECONDS = 0.2
 LINGER_SECONDS = 1.0
-# Connections allowed past the cap while the ones evicted for them are still closing (each
-# lingers up to LINGER_SECONDS after its answer): the derived cap keeps 256 descriptors spare, so
-# this many more connections of two descriptors each stay inside the limit.
+# Connections made room with that may still linger while their answer leaves: past this many,
+# the oldest is dropped at once. The derived cap keeps 256 descriptors spare, so this many more
+# connections of two descriptors each stay inside the limit.
 EVICTION_SLACK = 64
 
 
@@ -159,7 +160,7 @@ def close_websocket(flow: http.HTTPFlow, code: int, reason: str, answer: bytes |
             writer.write(ws_relay.frame(ws_relay.TEXT, answer))
         writer.write(ws_relay.frame(ws_relay.CLOSE, ws_relay.close_payload(code, reason)))
         # The client's EOF makes mitmproxy close the gateway side too.
-        asyncio.get_running_loop().call_later(ws_relay.CLOSE_LINGER_SECONDS, writer.close)
+        asyncio.get_running_loop().call_later(ws_relay.CLOSE_LINGER_SECONDS, let_go, writer.transport)
     return True
 
 
@@ -194,9 +195,20 @@ def write_final_answer(writer: asyncio.StreamWriter, envelope: Envelope, method:
     if writer.can_write_eof():
         writer.write_eof()
     if linger:
-        asyncio.get_running_loop().call_later(LINGER_SECONDS, writer.close)
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, let_go, writer.transport, 0)
     else:
-        writer.close()  # what is written is still sent first
+        let_go(writer.transport)  # what is written is still sent first
+
+
+def let_go(transport: asyncio.WriteTransport | None, grace: float = LINGER_SECONDS) -> None:
+    """Close a client socket for good. asyncio's close waits until the client has read what is
+    still queued for it: a client that never reads kept its socket, and its slot, past every
+    deadline (red team). What is still queued `grace` seconds later is dropped."""
+    if transport is None:
+        return
+    transport.close()
+    if transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(grace, transport.abort)
 
 
 def preauth_over(flow: http.HTTPFlow) -> None:
@@ -231,6 +243,14 @@ def connection_cap(configured: int | None, fd_limit: int) -> int:
     return min(configured, derived) if configured is not None else derived
 
 
+@dataclass(slots=True)
+class OpenClient:
+    """A client connection: its share of the cap (where its client has one), and its socket."""
+
+    share: ClientShare | None
+    transport: asyncio.WriteTransport | None
+
+
 class ToolsInvokeGuard:
     """Enforces the /tools/invoke contract (and hygiene on every other route) in front of a gateway."""
 
@@ -240,15 +260,15 @@ class ToolsInvokeGuard:
         self.runtime = runtime
         # One per flow at a time (body, upstream answer, WebSocket connect frame), by flow id.
         self._timers = Deadlines()
-        # Client connections (each with its share of the cap, where its client has one).
-        self._clients: dict[str, ClientShare | None] = {}
+        self._clients: dict[str, OpenClient] = {}
         # By client: the deadline of a connection that holds nothing admitted, one waiting for a
         # request head (new, or idle since its last answer) or an RPC socket whose connect is not
         # accepted yet. When the cap is full, the one nearest its deadline makes room (_make_room);
         # one idle since an authenticated call only when no other is left.
         self._evictable = Deadlines()
         self._idle_callers = Deadlines()
-        self._evicted: set[str] = set()  # made room, and still closing
+        self._leaving: set[str] = set()  # made room with, and not gone yet
+        self._lingering: dict[str, None] = {}  # of those, the ones still closing (oldest first)
         self._idle_upstreams = Deadlines()  # by client: its upstream connection, once idle
         self._max_connections = connection_cap(None, raise_fd_limit())
         self._connection_shares = ClientShares(connections_per_client(self._max_connections))
@@ -354,14 +374,14 @@ class ToolsInvokeGuard:
                                           "connections at accept", self._connection_shares.per_client)
             client.error = "per-client connection limit reached"
             return
-        if len(self._clients) - len(self._evicted) >= self._max_connections and not self._make_room():
+        if len(self._clients) - len(self._leaving) >= self._max_connections and not self._make_room():
             if share is not None:
                 share.release()
             CONNECTIONS_REFUSED.inc()
             LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: closing new connections at accept", self._max_connections)
             client.error = "connection limit reached"
             return
-        self._clients[client.id] = share
+        self._clients[client.id] = OpenClient(share, compat.client_transport(client))
         self._arm_head_deadline(client)
 
     def _make_room(self) -> bool:
@@ -370,25 +390,34 @@ class ToolsInvokeGuard:
         one takes its slot; a connection idle since an authenticated call goes only when no other
         is left. Many addresses, each within its share, filled the cap with sockets that never
         sent a head, and every other client was closed at accept. False when every connection
-        holds admitted work, or too many made room and are still closing."""
-        if len(self._evicted) >= EVICTION_SLACK:
-            return False
+        holds admitted work."""
         evicted = self._evictable.fire_earliest()
         if evicted is None:
             evicted = self._idle_callers.fire_earliest()
         if evicted is None:
             return False
-        self._evicted.add(str(evicted))
+        self._leaving.add(str(evicted))
+        self._lingering[str(evicted)] = None
+        while len(self._lingering) > EVICTION_SLACK:  # a flood outran their lingers
+            oldest = next(iter(self._lingering))
+            del self._lingering[oldest]
+            if (transport := self._clients[oldest].transport) is not None:
+                transport.abort()
         CONNECTIONS_EVICTED.inc()
         LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: answering the connection nearest its head or "
                                       "connect deadline early to make room", self._max_connections)
         return True
 
     def client_disconnected(self, client: connection.Client) -> None:
-        share = self._clients.pop(client.id, None)
-        if share is not None:
-            share.release()
-        self._evicted.discard(client.id)
+        """mitmproxy has closed the socket, and waits for the client to read what is left: the
+        sidecar lets go of it, and its slot, now (finished by let_go)."""
+        gone = self._clients.pop(client.id, None)
+        if gone is not None:
+            if gone.share is not None:
+                gone.share.release()
+            let_go(gone.transport)
+        self._leaving.discard(client.id)
+        self._lingering.pop(client.id, None)
         self._disarm_head_deadline(client)
         self._idle_upstreams.cancel(client.id)
         self._in_flight.pop(client.id, None)
@@ -421,7 +450,7 @@ class ToolsInvokeGuard:
             return
         begun = compat.head_begun(client)
         if answered and not begun:
-            writer.close()
+            let_go(writer.transport)
         else:
             write_final_answer(writer, envelopes.head_timeout(), None, linger=begun)
 

@@ -299,9 +299,11 @@ def test_a_full_cap_makes_room_by_answering_the_stranger_nearest_its_deadline(ca
     assert _metric(capped_sidecar, "connections_refused_total") == 0
 
 
-def test_a_socket_that_sent_nothing_frees_its_slot_at_once_when_it_makes_room(start_sidecar, backend) -> None:
+@pytest.mark.parametrize("sent", [b"", b"G"], ids=["nothing", "a head begun"])
+def test_a_flood_that_keeps_its_ends_open_cannot_outrun_the_room_made(start_sidecar, backend, sent: bytes) -> None:
     """Each eviction answered with a linger (1 s) held the slot meanwhile, so a flood whose clients
-    kept their ends open outran it, and newcomers were closed at accept again. 100 newcomers,
+    kept their ends open outran it, and newcomers were closed at accept again (red team). A socket
+    that sent nothing needs no linger; past 64 lingering, the oldest is dropped. 100 newcomers,
     each making room and then holding its own socket open, while the cap is 16."""
     sidecar = start_sidecar({"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
                                          "maxConnections": 16},
@@ -309,10 +311,40 @@ def test_a_socket_that_sent_nothing_frees_its_slot_at_once_when_it_makes_room(st
     held = [_from_address(sidecar, f"127.0.0.{40 + i // 8}") for i in range(16)]
     try:
         assert wait_until(lambda: _metric(sidecar, "client_connections") == 16, 5)
-        held += [_from_address(sidecar, f"127.0.2.{i}") for i in range(1, 101)]
+        for i in range(1, 101):
+            held.append(_from_address(sidecar, f"127.0.2.{i}"))
+            held[-1].sendall(sent)
         assert wait_until(lambda: _metric(sidecar, "connections_evicted_total") == 100, 5)
         assert _metric(sidecar, "connections_refused_total") == 0
         assert read_response(held[0], timeout=5).status == 408
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _never_reading(sidecar, address: str) -> socket.socket:
+    """A client with a tiny window that asks for ~80 KB of answers and never reads them."""
+    sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.bind((address, 0))
+    sock.connect((sidecar.host, sidecar.port))
+    sock.sendall((b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n") * 10)
+    return sock
+
+
+def test_a_client_that_never_reads_is_let_go_at_its_deadline(start_sidecar, backend) -> None:
+    """asyncio's close waits until the client has read what is queued for it: sockets that never
+    read kept their slots past every deadline (mitmproxy's watchdog, 600 s), filled the cap, and
+    every newcomer was closed at accept (red team). Past the linger, what is queued is dropped."""
+    sidecar = start_sidecar({"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
+                                         "maxConnections": 16, "timeouts": {"headReadSeconds": 1}},
+                             "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
+    held = [_never_reading(sidecar, f"127.0.0.{50 + i // 8}") for i in range(16)]
+    try:
+        assert wait_until(lambda: _metric(sidecar, "client_connections") == 0, 15)
+        with _connect(sidecar) as newcomer:
+            _authorised_request_is_served_on(newcomer)
     finally:
         for sock in held:
             sock.close()

@@ -401,8 +401,7 @@ class ToolsInvokeGuard:
         while len(self._lingering) > EVICTION_SLACK:  # a flood outran their lingers
             oldest = next(iter(self._lingering))
             del self._lingering[oldest]
-            if (transport := self._clients[oldest].transport) is not None:
-                transport.abort()
+            self._drop_client(oldest)
         CONNECTIONS_EVICTED.inc()
         LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: answering the connection nearest its head or "
                                       "connect deadline early to make room", self._max_connections)
@@ -634,14 +633,33 @@ class ToolsInvokeGuard:
         if pace > 0:
             REFUSALS_PACED.inc()
         delay = max(decision.delay_s, pace)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        made_room = delay > 0 and await self._paced(flow, delay)
         self._audit(flow, "refused", decision.reason, decision.envelope.status, refusal=decision)
+        if made_room:
+            answer_directly(flow, decision.envelope)  # now, and the connection closed
+            if flow.killable:
+                flow.kill()
+            return
         if early and answer_directly(flow, decision.envelope):
             return
         if early:
             compat.drop_request_body(flow.client_conn, dropped=False)  # mitmproxy answers once the body is in
         flow.response = response_of(decision.envelope, flow.request.method)
+
+    async def _paced(self, flow: http.HTTPFlow, delay: float) -> bool:
+        """Wait out a refusal's pace; True when its connection was made room with meanwhile. A
+        paced connection holds nothing admitted, and a flood of paced refusals, cheap by design,
+        held every slot (red team)."""
+        client = flow.client_conn.id
+        over = asyncio.Event()
+        # Not asyncio.wait_for: hooks run inline in the connection's task (compat), and a timeout
+        # would cancel that task, the connection with it.
+        paced = asyncio.get_running_loop().call_later(delay, over.set)
+        self._evictable.arm(client, delay, over.set)
+        await over.wait()
+        paced.cancel()
+        self._evictable.cancel(client)
+        return client in self._leaving
 
     def _forward(self, flow: http.HTTPFlow, decision: Forward) -> None:
         admitted = decision.admitted
@@ -760,10 +778,24 @@ class ToolsInvokeGuard:
         if response is None or response.status_code == 101 or not isinstance(admitted, Admitted) or not relayed_as_it_arrives(response):
             return
         try:
-            if self._live_runtime().pipeline.review_response(admitted, response.status_code) is None:
+            runtime = self._live_runtime()
+            if runtime.pipeline.review_response(admitted, response.status_code) is None:
                 response.stream = True
+                if not admitted.authenticated:
+                    # A stranger's download holds its slot for as long as the client takes to read
+                    # it (a public Control UI asset, never read, held one with no deadline at all:
+                    # red team): it can make room, and it ends at the upstream deadline.
+                    client = flow.client_conn.id
+                    self._evictable.arm(client, runtime.config.sidecar.timeouts.upstream_read_seconds,
+                                        lambda: self._drop_client(client))
         except Exception:
             self._fail_closed(flow, "responseheaders")
+
+    def _drop_client(self, client_id: str) -> None:
+        """Abort a client's connection now, whatever is still queued for it."""
+        record = self._clients.get(client_id)
+        if record is not None and record.transport is not None:
+            record.transport.abort()
 
     # ---- the gateway's WebSocket RPC ----------------------------------------------------------
 

@@ -350,6 +350,31 @@ def test_a_client_that_never_reads_is_let_go_at_its_deadline(start_sidecar, back
             sock.close()
 
 
+def test_a_refusal_being_paced_makes_room(start_sidecar, backend) -> None:
+    """The pacer answers a flood of refusals late, by design; while it waited, the connection was in
+    no deadline's table, and such floods held every slot (red team). A paced refusal is answered at
+    once when its connection makes room, and that connection is closed."""
+    sidecar = start_sidecar({"sidecar": {"upstream": backend.url, "upstreamAuth": {"token": UPSTREAM_TOKEN},
+                                         "maxConnections": 16,
+                                         "rateLimit": {"refusalPacing": {"afterRefusals": 0, "baseDelayMs": 5000,
+                                                                         "maxDelayMs": 5000}}},
+                             "gateway": {"auth": {"mode": "token", "token": TOKEN}}})
+    held = [_from_address(sidecar, f"127.0.0.{60 + i // 8}") for i in range(16)]
+    try:
+        for sock in held:
+            sock.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 32\r\n\r\n" + _INVOKE)
+        assert wait_until(lambda: _metric(sidecar, "refusals_paced_total") == 16, 5)
+        with _connect(sidecar) as newcomer:
+            _authorised_request_is_served_on(newcomer)
+        reply = read_response(held[0], timeout=2)  # well before its pace ends
+        assert reply.status == 401 and reply.header("connection") == "close"
+    finally:
+        for sock in held:
+            sock.close()
+    assert backend.requests()[0]["path"] == "/tools/invoke" and len(backend.requests()) == 1
+
+
 def test_a_body_nobody_authenticated_makes_room_too(start_sidecar, backend) -> None:
     """A route that checks its own credential (hooks, opened here) admits a stranger's head: its
     body, never sent, held a slot no eviction could reach for the whole body deadline."""

@@ -179,6 +179,34 @@ def test_tools_invoke_is_authenticated_and_runs(http, gateway, sidecar):
     assert http.post(sidecar.url + "/tools/invoke", json=AGENTS).status_code == 401
 
 
+def test_a_strangers_download_never_read_can_make_room(http, gateway, start_sidecar):
+    """A public Control UI asset over 64 KiB is relayed as it arrives; a client that never read it
+    held its slot with no deadline at all, and a cap's worth of them refused every newcomer: RPC
+    upgrades and authenticated calls alike (red team)."""
+    page = http.get(gateway.url + "/", headers={"Accept": "text/html"})
+    assets = re.findall(r'(?:src|href)="(/assets/[^"]+)"', page.text)
+    asset = max(assets, key=lambda target: len(http.get(gateway.url + target).content))
+    assert len(http.get(gateway.url + asset).content) > 256 * 1024
+    sc = start_sidecar({"sidecar": {"upstream": gateway.url, "openclawConfig": str(gateway.config_path),
+                                    "rateLimit": {"loopbackDelayBaseMs": 0}, "maxConnections": 8}})
+    held = []
+    try:
+        for _ in range(8):
+            sock = socket.socket()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.connect(("127.0.0.1", sc.port))
+            sock.sendall(f"GET {asset} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            held.append(sock)
+        for sock in held:  # each answer has begun: it is relayed as it arrives
+            sock.settimeout(10)
+            assert sock.recv(1, socket.MSG_PEEK) == b"H"
+        assert http.post(sc.url + "/tools/invoke", headers=AUTH, json=AGENTS).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
 BODY_TEXTS = [
     pytest.param('\ufeff{"tool":"agents_list"}'.encode(), id="byte-order-mark"),
     pytest.param('\u00a0{"tool":"agents_list"}\u2028\u3000'.encode(), id="unicode-spaces"),

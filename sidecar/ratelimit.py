@@ -534,7 +534,7 @@ def _build_guard(
     """The storage named by the URI, wrapped in the outage policy both limiters share."""
     storage, shared = _make_storage(storage_uri, storage_timeout_s, storage_options)
     return _Guard(
-        what=what, uri=storage_uri, primary=make_primary(storage, shared), primary_storage=storage,
+        what=what, uri=storage_uri, primary=make_primary(storage, shared), primary_storage=storage, shared=shared,
         make_fallback=make_fallback, fail_closed=fail_closed, clock=clock,
         probe_interval_s=probe_interval_s, probe_timeout_s=max(storage_timeout_s, 0.05),
     )
@@ -551,6 +551,7 @@ class _Guard(Generic[_C]):
         uri: str,
         primary: _C,
         primary_storage: Storage,
+        shared: bool,
         make_fallback: Callable[[], tuple[_C, Storage]],
         fail_closed: bool,
         clock: Clock,
@@ -561,6 +562,7 @@ class _Guard(Generic[_C]):
         self._uri = redact_uri(uri)
         self._primary = primary
         self._primary_storage = primary_storage
+        self._shared = shared
         self._make_fallback = make_fallback
         self._fail_closed = fail_closed
         self._clock = clock
@@ -589,6 +591,15 @@ class _Guard(Generic[_C]):
         return UNAVAILABLE
 
     async def run(self, op: Callable[[_C], Awaitable[_T]]) -> _T | _Failed:
+        """`op` on the core in force. A shared storage's operation runs in a task of its own: the
+        Redis client's read timeout cancels the task it was entered in, and the proxy runs hooks
+        inline in a connection's task (addons/compat.py), so a stalled Redis cancelled the
+        connection, its request unanswered and unaudited, never the read (red team)."""
+        if self._shared:
+            return await asyncio.ensure_future(self._run(op))
+        return await self._run(op)
+
+    async def _run(self, op: Callable[[_C], Awaitable[_T]]) -> _T | _Failed:
         if self._degraded:
             now = self._clock()
             if now - self._last_probe >= self._probe_interval_s or now < self._last_probe:

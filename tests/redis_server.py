@@ -158,6 +158,15 @@ class RedisServer:
         while _ping(self.host, self.port, self.password, timeout=0.1) and time.monotonic() < deadline:
             time.sleep(0.02)
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing is answered (a hung primary, a partition)."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     def restart(self, timeout: float = 10.0) -> RedisServer:
         self.stop(timeout)
         return self.start(timeout)

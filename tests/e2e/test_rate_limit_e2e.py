@@ -558,6 +558,28 @@ def test_redis_outage_fail_closed_answers_503(
     assert_ok(caller.invoke(TOKEN))
 
 
+@pytest.mark.parametrize("fail_closed", [True, False], ids=["fail-closed", "fallback"])
+def test_a_frozen_redis_times_out_and_every_request_is_answered(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
+    redis_server: Any, redis_url: str, fail_closed: bool,
+) -> None:
+    """A Redis that never answers: its client's read timeout cancelled the task it was entered in,
+    the connection's (the proxy runs hooks inline in it), not the read. The first request was
+    dropped unanswered and unaudited, and its client's next ones waited behind it for the whole
+    stall (red team). Each is answered now, as the outage policy says."""
+    config = cfg(backend, redis_url, trusted_proxies=["127.0.0.1"], sidecar_rate_limit={"failClosed": fail_closed})
+    sc = start_sidecar(config.build())
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+    assert_ok(caller.invoke(TOKEN))
+    redis_server.freeze()
+    try:
+        replies = [caller.invoke(TOKEN) for _ in range(3)]
+    finally:
+        redis_server.thaw()
+    assert [reply.status for reply in replies] == [503 if fail_closed else 200] * 3, replies
+    assert wait_until(lambda: len(sc.audit_lines()) == 4, 5), sc.audit_lines()
+
+
 def test_storage_fallbacks_metric_counts_outages(
     backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
     redis_server: Any, redis_url: str,

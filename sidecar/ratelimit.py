@@ -73,9 +73,11 @@ Storage errors never escape ``check``/``record_failure``/``reset``/``hit``.  On 
 increments ``RATELIMIT_STORAGE_FALLBACKS`` once per outage and ``RATELIMIT_STORAGE_ERRORS``
 for every failed operation, and serves from a fresh per-replica in-memory limiter with the
 same semantics; or, with ``fail_closed=True``, answers ``LimitVerdict.unavailable`` (the
-caller sends 503).  While degraded the shared storage is probed with ``storage.check()``
-at most every ``probe_interval_s`` (on the injected clock); on success the limiter logs the
-recovery once and goes back to the shared storage (the fallback state is dropped).
+caller sends 503).  While degraded the shared storage is probed with a write (``incr`` of a
+key of its own: a replica left behind by a failover, or a full ``noeviction`` Redis, answers
+PING and reads and refuses every write) at most every ``probe_interval_s`` (on the injected
+clock); on success the limiter logs the recovery once and goes back to the shared storage (the
+fallback state is dropped).
 """
 
 from __future__ import annotations
@@ -125,6 +127,9 @@ UPSTREAM_GUESS_SUBJECT: Final = "upstream-guess:"
 RELOCK_MS: Final = 60_000  # the gateway's prune interval: how long after a lockout it may still hold a client
 DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
 DEFAULT_PROBE_INTERVAL_S: Final = 1.0
+# A storage is back when it takes a write: PING and reads succeed on a read-only one (red team).
+PROBE_KEY: Final = "openclaw-sidecar/probe"
+PROBE_EXPIRY_S: Final = 10
 _SEQ_TTL_MIN_S: Final = 86_400
 _MEMORY_SWEEP_INTERVAL_S: Final = 10.0
 
@@ -647,10 +652,8 @@ class _Guard(Generic[_C]):
 
     async def _probe(self) -> None:
         try:
-            healthy = await asyncio.wait_for(self._primary_storage.check(), self._probe_timeout_s)
+            await asyncio.wait_for(self._primary_storage.incr(PROBE_KEY, PROBE_EXPIRY_S), self._probe_timeout_s)
         except Exception:
-            healthy = False
-        if not healthy:
             return
         self._degraded = False
         fallback, self._fallback = self._fallback, None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -578,6 +579,29 @@ def test_a_frozen_redis_times_out_and_every_request_is_answered(
         redis_server.thaw()
     assert [reply.status for reply in replies] == [503 if fail_closed else 200] * 3, replies
     assert wait_until(lambda: len(sc.audit_lines()) == 4, 5), sc.audit_lines()
+
+
+def test_a_redis_that_refuses_writes_stays_an_outage_until_it_takes_one(
+    backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
+    redis_server: Any, redis_url: str,
+) -> None:
+    """A replica left behind by a failover (or a full noeviction Redis) answers PING and reads and
+    refuses every write. The recovery probe took PING for health: each second the limiter went
+    back to Redis, dropped its fallback's count, and a guesser got maxAttempts more answers (red
+    team: 24 in 8 s against a budget of 3 in 5 minutes). Now it stays locked out."""
+    config = cfg(backend, redis_url, rate_limit={"maxAttempts": 3}, trusted_proxies=["127.0.0.1"])
+    sc = start_sidecar(config.build())
+    guesser = LoopbackCaller(client, sc, xff="198.51.100.41")
+    redis_server.command("REPLICAOF", "127.0.0.1", "1")  # read-only, its master unreachable
+    try:
+        statuses = []
+        for _ in range(40):  # past four probe intervals
+            statuses.append(guesser.invoke(WRONG).status)
+            time.sleep(0.1)
+    finally:
+        redis_server.command("REPLICAOF", "NO", "ONE")
+    assert statuses[:3] == [401] * 3 and set(statuses[3:]) == {429}, statuses
+    assert_logged(sc, FALLBACK_WARNING, 1)
 
 
 def test_storage_fallbacks_metric_counts_outages(

@@ -526,6 +526,7 @@ class ToolsInvokeGuard:
                     # judged again by today's rules.
                     judged = None
                     preauth_over(flow)  # the earlier decision's count; the new one takes its own
+                    del flow.metadata[ADMITTED]  # a refusal now is audited as the new rules' alone
                     head = await pipeline.on_head(flow.metadata[VIEW])
                     if isinstance(head, Refuse):
                         await self._refuse(flow, head, early=False)

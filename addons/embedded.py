@@ -216,7 +216,7 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_stop_signal)
-    loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+    loop.add_signal_handler(signal.SIGHUP, reloader.ask, "SIGHUP")
     task = asyncio.create_task(master.run())
     url, error = None, None
     for _ in range(500):

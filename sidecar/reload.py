@@ -7,6 +7,7 @@ Files are compared by content, so an in-place write, a rename over the file and 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -53,6 +54,7 @@ class Reloader:
         self.apply = apply
         self.build = build
         self._seen = fingerprint(watched_files(config_path, runtime.config))
+        self._asked = False
 
     def check(self) -> bool | None:
         """Reload if a watched file changed; None when nothing did."""
@@ -63,6 +65,18 @@ class Reloader:
 
     def reload(self, why: str) -> bool:
         return self._reload(why, fingerprint(watched_files(self.config_path, self.runtime.config)))
+
+    def ask(self, why: str) -> None:
+        """Reload at the loop's next turn; every request made before it runs shares it. A reload
+        holds the loop for about 0.1 s, and a burst of 30 SIGHUPs ran 30 of them: 2.6 s with no
+        request answered (red team)."""
+        if not self._asked:
+            self._asked = True
+            asyncio.get_running_loop().call_soon(self._asked_reload, why)
+
+    def _asked_reload(self, why: str) -> None:
+        self._asked = False
+        self.reload(why)
 
     def _reload(self, why: str, current: tuple[tuple[str, str | None], ...]) -> bool:
         self._seen = current  # a rejected file is not retried until it changes again

@@ -4,6 +4,7 @@ leaves the serving runtime in place."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -88,6 +89,19 @@ def test_limiters_survive_a_reload(files: tuple[Path, Path]) -> None:
     old = watcher.runtime
     assert watcher.reload("SIGHUP") is True
     assert applied[0].failure_limiter is old.failure_limiter
+
+
+async def test_reloads_asked_for_before_one_runs_share_it(files: tuple[Path, Path]) -> None:
+    config_path, _ = files
+    applied: list[Runtime] = []
+    watcher = reloader(config_path, applied)
+    for _ in range(30):  # a burst of SIGHUPs
+        watcher.ask("SIGHUP")
+    await asyncio.sleep(0)
+    assert len(applied) == 1
+    watcher.ask("SIGHUP")  # one asked for after it ran gets its own
+    await asyncio.sleep(0)
+    assert len(applied) == 2
 
 
 @pytest.mark.parametrize("fault", ["bad file", "restart setting", "missing secret file", "emptied secret file", "build raises"])

@@ -307,10 +307,16 @@ class ToolsInvokeGuard:
                 close_websocket(flow, *RULES_CHANGED)
 
     def begin_drain(self) -> None:
-        """Answers from now on close their connection; WebSockets are closed with 1001."""
+        """Answers from now on close their connection; WebSockets are closed with 1001, and
+        connections with no exchange in flight are closed now, as Node's server.close() closes idle
+        ones: a call sent on one as the process stopped was forwarded and cut off (red team)."""
         self.draining = True
+        relaying = {flow.client_conn.id for flow in self._websockets.values()}
         for flow in list(self._websockets.values()):
             close_websocket(flow, 1001, "going away")
+        for client_id, record in list(self._clients.items()):
+            if client_id not in self._in_flight and client_id not in relaying:
+                let_go(record.transport)
 
     def abandon_in_flight(self) -> int:
         """The process stops with calls still in flight (the drain deadline, a second signal): each
@@ -326,12 +332,14 @@ class ToolsInvokeGuard:
         """Until no exchange is in flight (True) or `seconds` passed (False)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while self._in_flight or self._websockets:
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(WRITE_FLUSH_SECONDS)  # the last answers leave the socket buffers
-        return True
+        while True:
+            while self._in_flight or self._websockets:
+                if loop.time() >= deadline:
+                    return False
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(WRITE_FLUSH_SECONDS)  # the last answers leave the socket buffers
+            if not (self._in_flight or self._websockets):  # nothing came in meanwhile
+                return True
 
     # ---- options (only for `mitmdump -s`; the embedded runner passes a runtime) -----------
 

@@ -746,3 +746,38 @@ async def test_a_reload_that_lands_while_a_judgement_waits_voids_it(
     assert_answer(flow, envelopes.unauthorized())
     assert tools_invoke.FORWARDED not in flow.metadata
     await reloaded.aclose()
+
+
+class FakeTransport:
+    """What let_go needs of a client socket."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_a_drain_closes_connections_with_no_exchange_in_flight(guard: ToolsInvokeGuard) -> None:
+    """As Node's server.close() closes idle ones: a call sent on one in the drain's last moments
+    was forwarded, then cut off by the stop, and nothing audited it (red team)."""
+    idle, busy = FakeTransport(), FakeTransport()
+    guard._clients = {"idle": tools_invoke.OpenClient(None, idle), "busy": tools_invoke.OpenClient(None, busy)}  # type: ignore[dict-item]
+    guard._in_flight["busy"] = {"flow": make_flow()}
+    guard.begin_drain()
+    assert (idle.closed, busy.closed) == (True, False)
+
+
+async def test_the_drain_waits_for_an_exchange_that_began_while_the_last_answers_left(
+        guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tools_invoke, "WRITE_FLUSH_SECONDS", 0.5)
+    waiting = asyncio.create_task(guard.wait_idle(5))
+    await asyncio.sleep(0.01)  # inside the flush pause: a request arrives
+    guard._in_flight["late"] = {"flow": make_flow()}
+    await asyncio.sleep(0.6)  # past the pause: it saw the exchange
+    assert not waiting.done()
+    del guard._in_flight["late"]
+    assert await waiting is True

@@ -18,9 +18,8 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.connection import ConnectionState
@@ -47,7 +46,7 @@ from sidecar.metrics import (
     CLIENT_CONNECTIONS, CONNECTIONS_EVICTED, CONNECTIONS_REFUSED, DECISION_SECONDS, HEAD_TIMEOUTS, INTERNAL_ERRORS, REFUSALS_PACED,
     VANISHED_REQUESTS,
 )
-from sidecar.pipeline import MAX_HEAD_BYTES, Admitted, Forward, Refuse
+from sidecar.pipeline import MAX_HEAD_BYTES, PUBLIC_READ_METHOD, Admitted, Forward, Refuse
 from sidecar.reasons import Reason, ReasonCode, answer
 from sidecar.rpc import (
     CONNECT_TIMEOUT, NOT_THIS_PROTOCOL, RULES_CHANGED, FrameVerdict, RpcSession, client_message_limit, rpc_on_plugin_socket,
@@ -67,6 +66,7 @@ JUDGED_BODY = "openclaw_sidecar.judged_body"  # (body, Forward): decided in requ
 RPC_SESSION = "openclaw_sidecar.rpc"
 WRITE_FLUSH_SECONDS = 0.2
 LINGER_SECONDS = 1.0
+MIN_DRAIN_BYTES = 4096  # a client closed on that reads less per linger loses what is left (let_go)
 # Connections made room with that may still linger while their answer leaves: past this many,
 # the oldest is dropped at once. The derived cap keeps 256 descriptors spare, so this many more
 # connections of two descriptors each stay inside the limit.
@@ -195,20 +195,29 @@ def write_final_answer(writer: asyncio.StreamWriter, envelope: Envelope, method:
     if writer.can_write_eof():
         writer.write_eof()
     if linger:
-        asyncio.get_running_loop().call_later(LINGER_SECONDS, let_go, writer.transport, 0)
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, let_go, writer.transport)
     else:
         let_go(writer.transport)  # what is written is still sent first
 
 
-def let_go(transport: asyncio.WriteTransport | None, grace: float = LINGER_SECONDS) -> None:
+def let_go(transport: asyncio.WriteTransport | None) -> None:
     """Close a client socket for good. asyncio's close waits until the client has read what is
     still queued for it: a client that never reads kept its socket, and its slot, past every
-    deadline (red team). What is still queued `grace` seconds later is dropped."""
+    deadline (red team). What is still queued is dropped once the client reads less than
+    MIN_DRAIN_BYTES in a linger (a slow reader still gets the end of its answer)."""
     if transport is None:
         return
     transport.close()
-    if transport.get_write_buffer_size():
-        asyncio.get_running_loop().call_later(grace, transport.abort)
+    if queued := transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, _drop_if_unread, transport, queued)
+
+
+def _drop_if_unread(transport: asyncio.WriteTransport, queued: float) -> None:
+    left = transport.get_write_buffer_size()  # 0 once closed
+    if left and queued - left < MIN_DRAIN_BYTES:
+        transport.abort()
+    elif left:
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, _drop_if_unread, transport, left)
 
 
 def preauth_over(flow: http.HTTPFlow) -> None:
@@ -243,10 +252,11 @@ def connection_cap(configured: int | None, fd_limit: int) -> int:
     return min(configured, derived) if configured is not None else derived
 
 
-@dataclass(slots=True)
-class OpenClient:
-    """A client connection: its share of the cap (where its client has one), and its socket."""
+class OpenClient(NamedTuple):
+    """A client connection: its share of the cap (where its client has one), and its socket. (Not
+    a dataclass: `mitmdump -s` loads this file outside sys.modules, where dataclasses fail.)"""
 
+    client: connection.Client
     share: ClientShare | None
     transport: asyncio.WriteTransport | None
 
@@ -315,7 +325,7 @@ class ToolsInvokeGuard:
         for flow in list(self._websockets.values()):
             close_websocket(flow, 1001, "going away")
         for client_id, record in list(self._clients.items()):
-            if client_id not in self._in_flight and client_id not in relaying:
+            if client_id not in self._in_flight and client_id not in relaying and not compat.head_begun(record.client):
                 let_go(record.transport)
 
     def abandon_in_flight(self) -> int:
@@ -389,7 +399,7 @@ class ToolsInvokeGuard:
             LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: closing new connections at accept", self._max_connections)
             client.error = "connection limit reached"
             return
-        self._clients[client.id] = OpenClient(share, compat.client_transport(client))
+        self._clients[client.id] = OpenClient(client, share, compat.client_transport(client))
         self._arm_head_deadline(client)
 
     def _make_room(self) -> bool:
@@ -399,13 +409,11 @@ class ToolsInvokeGuard:
         is left. Many addresses, each within its share, filled the cap with sockets that never
         sent a head, and every other client was closed at accept. False when every connection
         holds admitted work."""
-        evicted = self._evictable.fire_earliest()
-        if evicted is None:
-            evicted = self._idle_callers.fire_earliest()
+        evicted = self._room_from(self._evictable) or self._room_from(self._idle_callers)
         if evicted is None:
             return False
-        self._leaving.add(str(evicted))
-        self._lingering[str(evicted)] = None
+        self._leaving.add(evicted)
+        self._lingering[evicted] = None
         while len(self._lingering) > EVICTION_SLACK:  # a flood outran their lingers
             oldest = next(iter(self._lingering))
             del self._lingering[oldest]
@@ -414,6 +422,20 @@ class ToolsInvokeGuard:
         LOG_ONCE_PER_INTERVAL.warning(log, "connection cap (%d) reached: answering the connection nearest its head or "
                                       "connect deadline early to make room", self._max_connections)
         return True
+
+    def _room_from(self, table: Deadlines) -> str | None:
+        """The connection whose deadline in `table` is nearest, answered now; None: none left."""
+        while (key := table.fire_earliest()) is not None:
+            if key in self._clients and key not in self._leaving:
+                return str(key)
+        return None
+
+    def _arm_evictable(self, client_id: str, seconds: float, action: Callable[[], object]) -> None:
+        """A deadline that may make room, for a connection that is still here and not leaving: a
+        hook that waited (the limiter's Redis) resumes after its client is gone, and an entry
+        armed then would have counted as room made while none was (review)."""
+        if client_id in self._clients and client_id not in self._leaving:
+            self._evictable.arm(client_id, seconds, action)
 
     def client_disconnected(self, client: connection.Client) -> None:
         """mitmproxy has closed the socket, and waits for the client to read what is left: the
@@ -664,10 +686,12 @@ class ToolsInvokeGuard:
         # Not asyncio.wait_for: hooks run inline in the connection's task (compat), and a timeout
         # would cancel that task, the connection with it.
         paced = asyncio.get_running_loop().call_later(delay, over.set)
-        self._evictable.arm(client, delay, over.set)
-        await over.wait()
-        paced.cancel()
-        self._evictable.cancel(client)
+        self._arm_evictable(client, delay, over.set)
+        try:
+            await over.wait()
+        finally:
+            paced.cancel()
+            self._evictable.cancel(client)
         return client in self._leaving
 
     def _forward(self, flow: http.HTTPFlow, decision: Forward) -> None:
@@ -753,7 +777,7 @@ class ToolsInvokeGuard:
         if flow.metadata[ADMITTED].authenticated:
             self._timers.arm(flow.id, seconds, fire)
         else:
-            self._evictable.arm(flow.client_conn.id, seconds, fire)
+            self._arm_evictable(flow.client_conn.id, seconds, fire)
 
     def _start_upstream_timer(self, flow: http.HTTPFlow) -> None:
         seconds = self._live_runtime().config.sidecar.timeouts.upstream_read_seconds
@@ -770,6 +794,8 @@ class ToolsInvokeGuard:
         """`action`, with a refusal it made audited as `audit_as`."""
 
         def fire() -> None:
+            if flow.metadata.get(ANSWERED):
+                return  # answered meanwhile (an oversized body, an upstream failure): nothing more to say
             if action():
                 self._audit(flow, "refused", audit_as, flow.metadata.get(ANSWERED))
 
@@ -790,12 +816,12 @@ class ToolsInvokeGuard:
             runtime = self._live_runtime()
             if runtime.pipeline.review_response(admitted, response.status_code) is None:
                 response.stream = True
-                if not admitted.authenticated:
-                    # A stranger's download holds its slot for as long as the client takes to read
-                    # it (a public Control UI asset, never read, held one with no deadline at all:
-                    # red team): it can make room, and it ends at the upstream deadline.
+                if admitted.auth.method == PUBLIC_READ_METHOD:
+                    # A public download holds its slot for as long as the client takes to read it
+                    # (a Control UI asset, never read, held one with no deadline at all: red
+                    # team): it can make room, and it ends at the upstream deadline.
                     client = flow.client_conn.id
-                    self._evictable.arm(client, runtime.config.sidecar.timeouts.upstream_read_seconds,
+                    self._arm_evictable(client, runtime.config.sidecar.timeouts.upstream_read_seconds,
                                         lambda: self._drop_client(client))
         except Exception:
             self._fail_closed(flow, "responseheaders")
@@ -836,7 +862,7 @@ class ToolsInvokeGuard:
                 return
             flow.metadata[RPC_SESSION] = runtime.pipeline.rpc_session(admitted)
             seconds = runtime.config.sidecar.websocket.connect_seconds
-            self._evictable.arm(flow.client_conn.id, seconds, self._audited(flow, lambda: close_websocket(flow, *CONNECT_TIMEOUT),
+            self._arm_evictable(flow.client_conn.id, seconds, self._audited(flow, lambda: close_websocket(flow, *CONNECT_TIMEOUT),
                                                                             Reason.WEBSOCKET_CONNECT_TIMEOUT))
         except Exception:
             INTERNAL_ERRORS.inc()

@@ -52,12 +52,13 @@ MAX_HEAD_BYTES = 16 * 1024  # Node's default --max-http-header-size, which the g
 # Auth outcomes of requests the sidecar did not authenticate: they get no scopes and never
 # carry the sidecar's upstream credential.
 CONNECT_FRAME_AUTH = "websocket-connect"  # checked later, in the RPC connect frame
-UNAUTHENTICATED_METHODS = frozenset({"unauthenticated-route", "route-credential", CONNECT_FRAME_AUTH})
+PUBLIC_READ_METHOD = "unauthenticated-route"  # a read anyone may make (a public route, the Control UI)
+UNAUTHENTICATED_METHODS = frozenset({PUBLIC_READ_METHOD, "route-credential", CONNECT_FRAME_AUTH})
 _UNSCOPED_METHODS = UNAUTHENTICATED_METHODS - {CONNECT_FRAME_AUTH}  # a connect frame's caller gets scopes
 # The outcomes of routes that need no credential check here (immutable, so shared by all requests).
 _ROUTE_CREDENTIAL = AuthOutcome(True, "route-credential")
 _CONNECT_FRAME = AuthOutcome(True, CONNECT_FRAME_AUTH, shared_secret=True)
-_PUBLIC_READ = AuthOutcome(True, "unauthenticated-route")
+_PUBLIC_READ = AuthOutcome(True, PUBLIC_READ_METHOD)
 _PLAIN_HOST = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
 

@@ -765,7 +765,8 @@ async def test_a_drain_closes_connections_with_no_exchange_in_flight(guard: Tool
     """As Node's server.close() closes idle ones: a call sent on one in the drain's last moments
     was forwarded, then cut off by the stop, and nothing audited it (red team)."""
     idle, busy = FakeTransport(), FakeTransport()
-    guard._clients = {"idle": tools_invoke.OpenClient(None, idle), "busy": tools_invoke.OpenClient(None, busy)}  # type: ignore[dict-item]
+    guard._clients = {name: tools_invoke.OpenClient(make_flow().client_conn, None, transport)  # type: ignore[arg-type]
+                      for name, transport in (("idle", idle), ("busy", busy))}
     guard._in_flight["busy"] = {"flow": make_flow()}
     guard.begin_drain()
     assert (idle.closed, busy.closed) == (True, False)
@@ -781,3 +782,14 @@ async def test_the_drain_waits_for_an_exchange_that_began_while_the_last_answers
     assert not waiting.done()
     del guard._in_flight["late"]
     assert await waiting is True
+
+
+async def test_room_is_made_only_by_connections_still_here(guard: ToolsInvokeGuard) -> None:
+    """A hook that waited on Redis resumed after its client was gone and armed a pace for it: making
+    room with that entry counted a slot as freed that never was, and the cap grew by one each time
+    (review)."""
+    fired: list[str] = []
+    guard._evictable.arm("gone", 0.25, lambda: fired.append("gone"))
+    guard._arm_evictable("also gone", 0.25, lambda: fired.append("also gone"))
+    assert guard._make_room() is False
+    assert fired == ["gone"] and guard._leaving == set() and len(guard._evictable) == 0

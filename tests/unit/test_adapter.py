@@ -749,16 +749,36 @@ async def test_a_reload_that_lands_while_a_judgement_waits_voids_it(
 
 
 class FakeTransport:
-    """What let_go needs of a client socket."""
+    """What let_go needs of a client socket: `queued` is what the client has not read yet."""
 
-    def __init__(self) -> None:
-        self.closed = False
+    def __init__(self, queued: int = 0) -> None:
+        self.closed = self.aborted = False
+        self.queued = queued
 
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.aborted = True
+
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.queued
+
+
+async def test_let_go_drops_what_a_client_does_not_read_but_waits_for_a_slow_reader() -> None:
+    """asyncio's close waits until everything queued is read: a client that never read kept its
+    socket and its slot for good (red team); one that reads slowly still gets the end (review).
+    Each linger after the close, what is left is dropped unless the client read enough of it."""
+    stuck, slow, read = FakeTransport(100_000), FakeTransport(100_000), FakeTransport(0)
+    for transport in (stuck, slow, read):
+        tools_invoke.let_go(transport)  # type: ignore[arg-type]
+    assert stuck.closed and slow.closed and read.closed
+    slow.queued -= tools_invoke.MIN_DRAIN_BYTES  # what it read during the linger
+    tools_invoke._drop_if_unread(stuck, 100_000)  # type: ignore[arg-type]
+    tools_invoke._drop_if_unread(slow, 100_000)  # type: ignore[arg-type]
+    assert (stuck.aborted, slow.aborted, read.aborted) == (True, False, False)
+    tools_invoke._drop_if_unread(slow, slow.queued + 1)  # type: ignore[arg-type]  # then it nearly stopped
+    assert slow.aborted
 
 
 async def test_a_drain_closes_connections_with_no_exchange_in_flight(guard: ToolsInvokeGuard) -> None:
@@ -793,3 +813,15 @@ async def test_room_is_made_only_by_connections_still_here(guard: ToolsInvokeGua
     guard._arm_evictable("also gone", 0.25, lambda: fired.append("also gone"))
     assert guard._make_room() is False
     assert fired == ["gone"] and guard._leaving == set() and len(guard._evictable) == 0
+
+
+async def test_a_timer_whose_flow_was_answered_meanwhile_does_nothing(
+        guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unauthenticated body's timer outlived a 413 answered directly, and firing it (at its time,
+    or to make room) wrote a second audit line for the request (review)."""
+    audited: list[object] = []
+    monkeypatch.setattr(guard, "_audit", lambda *args, **kwargs: audited.append(args))
+    flow = make_flow()
+    flow.metadata[tools_invoke.ANSWERED] = 413
+    guard._audited(flow, lambda: True, Reason.BODY_TIMEOUT)()
+    assert audited == []

@@ -601,7 +601,7 @@ class _Guard(Generic[_C]):
         inline in a connection's task (addons/compat.py), so a stalled Redis cancelled the
         connection, its request unanswered and unaudited, never the read (red team)."""
         if self._shared:  # started at once (no extra turn of the loop), current in its first step
-            return await asyncio.Task(self._run(op), eager_start=True)
+            return await asyncio.Task(self._run(op), loop=asyncio.get_running_loop(), eager_start=True)
         return await self._run(op)
 
     async def _run(self, op: Callable[[_C], Awaitable[_T]]) -> _T | _Failed:

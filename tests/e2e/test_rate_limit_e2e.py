@@ -527,6 +527,16 @@ def test_redis_outage_falls_back_per_replica_then_recovers_to_one_budget(
         assert_logged(sc, re.escape(RECOVERED_TAIL), 1)
 
 
+def _serving_on_redis(backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
+                      redis_url: str, *, fail_closed: bool) -> tuple[SidecarProcess, LoopbackCaller]:
+    """A sidecar limiting on Redis behind a trusted proxy, and a client it has already served."""
+    config = cfg(backend, redis_url, trusted_proxies=["127.0.0.1"], sidecar_rate_limit={"failClosed": fail_closed})
+    sc = start_sidecar(config.build())
+    caller = LoopbackCaller(client, sc, xff=CLIENT)
+    assert_ok(caller.invoke(TOKEN))
+    return sc, caller
+
+
 def test_redis_outage_fail_closed_answers_503(
     backend: DemoBackend, start_sidecar: Callable[..., SidecarProcess], client: httpx.Client,
     redis_server: Any, redis_url: str,
@@ -534,10 +544,7 @@ def test_redis_outage_fail_closed_answers_503(
     """failClosed: true: while Redis is down every limited request gets 503 `unavailable`
     (good token, bad token, no token) and nothing reaches the backend; back to normal after
     Redis returns."""
-    config = cfg(backend, redis_url, trusted_proxies=["127.0.0.1"], sidecar_rate_limit={"failClosed": True})
-    sc = start_sidecar(config.build())
-    caller = LoopbackCaller(client, sc, xff=CLIENT)
-    assert_ok(caller.invoke(TOKEN))
+    sc, caller = _serving_on_redis(backend, start_sidecar, client, redis_url, fail_closed=True)
 
     redis_server.stop()
     try:
@@ -568,10 +575,7 @@ def test_a_frozen_redis_times_out_and_every_request_is_answered(
     the connection's (the proxy runs hooks inline in it), not the read. The first request was
     dropped unanswered and unaudited, and its client's next ones waited behind it for the whole
     stall (red team). Each is answered now, as the outage policy says."""
-    config = cfg(backend, redis_url, trusted_proxies=["127.0.0.1"], sidecar_rate_limit={"failClosed": fail_closed})
-    sc = start_sidecar(config.build())
-    caller = LoopbackCaller(client, sc, xff=CLIENT)
-    assert_ok(caller.invoke(TOKEN))
+    sc, caller = _serving_on_redis(backend, start_sidecar, client, redis_url, fail_closed=fail_closed)
     redis_server.freeze()
     try:
         replies = [caller.invoke(TOKEN) for _ in range(3)]

@@ -78,6 +78,13 @@ key of its own: a replica left behind by a failover, or a full ``noeviction`` Re
 PING and reads and refuses every write) at most every ``probe_interval_s`` (on the injected
 clock); on success the limiter logs the recovery once and goes back to the shared storage (the
 fallback state is dropped).
+
+An outage never ends a lockout early. The auth-failure limiter notes the lockouts it sees on the
+shared storage (bounded by ``max_entries``); on the fallback a client noted as locked stays
+refused until its lockout's end, and on recovery the lockouts still running, noted before the
+outage or set on the fallback during it, are written to the shared storage before the fallback is
+dropped (a Redis that came back empty has lost its own). The request limiter's windows are not
+carried: an outage may give a client a fresh window of allowed calls, never a fresh run of guesses.
 """
 
 from __future__ import annotations
@@ -131,6 +138,7 @@ DEFAULT_PROBE_INTERVAL_S: Final = 1.0
 PROBE_KEY: Final = "openclaw-sidecar/probe"
 PROBE_EXPIRY_S: Final = 10
 _SEQ_TTL_MIN_S: Final = 86_400
+CARRY_BACK_BATCH: Final = 100  # lockouts written back to a recovered storage at once
 _MEMORY_SWEEP_INTERVAL_S: Final = 10.0
 
 
@@ -358,6 +366,10 @@ class _FailureLog:
     def __len__(self) -> int:
         return len(self._open) + len(self._locked)
 
+    def live_locks(self, now: int) -> dict[str, int]:
+        """The lockouts running at `now` (bounded mode: the index knows them), key -> end."""
+        return {key: until for key, until in self._locked.items() if until > now}
+
     def untracked(self, key: str) -> bool:
         """Known without a storage read to have no failures and no lock: in bounded (in-memory)
         mode every key with stored state is in the index, and almost every client is clean."""
@@ -375,7 +387,7 @@ class _FailureLog:
             if now < until:
                 return until - now, False
             if self.relock and now - until < RELOCK_MS:
-                return await self._set_lock(key, now + self.lockout_ms, now) - now, False
+                return await self.set_lock(key, now + self.lockout_ms, now) - now, False
             await self.clear(key, seq, keep_tracked=True)  # lockout over: the history goes with it
             return None, True
         if seq >= self.threshold and await self._window_full(key, seq, now, recorded_now=False):
@@ -385,22 +397,24 @@ class _FailureLog:
 
     # -- updates -------------------------------------------------------------------------
 
-    async def record_locking(self, key: str, now: int) -> None:
-        """One failure for a lockable key; locks it when the window holds max_attempts."""
+    async def record_locking(self, key: str, now: int) -> int | None:
+        """One failure for a lockable key; locks it when the window holds max_attempts and then
+        returns the lockout's end."""
         until = await self.storage.get(self._lock(key))
         if until:
             if now < until:
-                return  # failures during a lockout are not recorded and never extend it
+                return None  # failures during a lockout are not recorded and never extend it
             await self.clear(key, keep_tracked=True)
         seq = await self._append(key, now)
         if seq is not None and await self._window_full(key, seq, now, recorded_now=True):
-            await self._lock_out(key, now)
+            return now + await self._lock_out(key, now)
+        return None
 
     async def _lock_out(self, key: str, now: int) -> int:
         """Lock the key for lockout_ms; returns the milliseconds left. A lockout of 0 is over at
         once and, as at the gateway's next look, takes the history with it."""
         if self.lockout_ms > 0 or self.relock:  # (a lock over at once still marks a client to lock again)
-            return await self._set_lock(key, now + self.lockout_ms, now) - now
+            return await self.set_lock(key, now + self.lockout_ms, now) - now
         await self.clear(key, keep_tracked=True)
         return 0
 
@@ -466,7 +480,7 @@ class _FailureLog:
             await self.storage.clear(self._t(key, seq - self.ring))
         return seq
 
-    async def _set_lock(self, key: str, until: int, now: int) -> int:
+    async def set_lock(self, key: str, until: int, now: int) -> int:
         """Lock until `until`, or keep another replica's lock; returns the lock's end."""
         value = await self.storage.incr(self._lock(key), self._lock_ttl, amount=until)
         if value != until:
@@ -535,13 +549,14 @@ def _build_guard(
     what: str, storage_uri: str, storage_timeout_s: float, storage_options: Mapping[str, Any] | None,
     make_primary: Callable[[Storage, bool], _C], make_fallback: Callable[[], tuple[_C, Storage]],
     fail_closed: bool, clock: Clock, probe_interval_s: float,
+    carry_back: Callable[[_C | None, _C], Awaitable[None]] | None = None,
 ) -> "_Guard[_C]":
     """The storage named by the URI, wrapped in the outage policy both limiters share."""
     storage, shared = _make_storage(storage_uri, storage_timeout_s, storage_options)
     return _Guard(
         what=what, uri=storage_uri, primary=make_primary(storage, shared), primary_storage=storage, shared=shared,
         make_fallback=make_fallback, fail_closed=fail_closed, clock=clock,
-        probe_interval_s=probe_interval_s, probe_timeout_s=max(storage_timeout_s, 0.05),
+        probe_interval_s=probe_interval_s, probe_timeout_s=max(storage_timeout_s, 0.05), carry_back=carry_back,
     )
 
 
@@ -562,6 +577,7 @@ class _Guard(Generic[_C]):
         clock: Clock,
         probe_interval_s: float,
         probe_timeout_s: float,
+        carry_back: Callable[[_C | None, _C], Awaitable[None]] | None = None,
     ) -> None:
         self._what = what
         self._uri = redact_uri(uri)
@@ -573,6 +589,7 @@ class _Guard(Generic[_C]):
         self._clock = clock
         self._probe_interval_s = probe_interval_s
         self._probe_timeout_s = probe_timeout_s
+        self._carry_back = carry_back
         self._fallback: tuple[_C, Storage] | None = None
         self._degraded = False
         self._last_probe = 0.0
@@ -651,8 +668,12 @@ class _Guard(Generic[_C]):
         )
 
     async def _probe(self) -> None:
+        """Back on the shared storage once it takes a write, and (`carry_back`) what the outage
+        must not lose has been written to it; the fallback is dropped then, not before."""
         try:
             await asyncio.wait_for(self._primary_storage.incr(PROBE_KEY, PROBE_EXPIRY_S), self._probe_timeout_s)
+            if self._carry_back is not None:
+                await self._carry_back(None if self._fallback is None else self._fallback[0], self._primary)
         except Exception:
             return
         self._degraded = False
@@ -724,8 +745,12 @@ class AuthFailureLimiter:
         self._guard: _Guard[_FailureLog] = _build_guard(
             "auth-failure limiter", storage_uri, storage_timeout_s, storage_options,
             lambda storage, shared: self._failure_log(storage, bounded=not shared),
-            self._make_fallback, fail_closed, clock, probe_interval_s,
+            self._make_fallback, fail_closed, clock, probe_interval_s, carry_back=self._carry_locks_back,
         )
+        # The shared storage's lockouts this replica has seen, key -> end (ms): a storage outage
+        # must not hand a locked client a fresh budget on the per-replica fallback, nor the
+        # storage's return one locked on the fallback (or lost by a Redis that came back empty).
+        self._locks_seen: OrderedDict[str, int] = OrderedDict()
         self._loopback = _FailureLog(
             _memory_storage(),
             max_attempts=max_attempts,
@@ -760,6 +785,33 @@ class AuthFailureLimiter:
         storage = _memory_storage()
         return self._failure_log(storage, bounded=True), storage
 
+    def _saw_lock(self, log_: _FailureLog, key: str, until: int) -> None:
+        """Note a lockout the shared storage holds (bounded: the oldest noted goes first)."""
+        if log_ is not self._guard.primary:
+            return
+        self._locks_seen[key] = until
+        self._locks_seen.move_to_end(key)
+        if len(self._locks_seen) > self.max_entries:
+            self._locks_seen.popitem(last=False)
+
+    def _lock_seen(self, key: str, now: int) -> int | None:
+        """Milliseconds left of a lockout seen on the shared storage, None when there is none."""
+        until = self._locks_seen.get(key, 0)
+        return until - now if until > now else None
+
+    async def _carry_locks_back(self, fallback: _FailureLog | None, primary: _FailureLog) -> None:
+        """The storage is back: lockouts set during the outage, and those seen before it, are
+        written to it (another replica's lock on the same client stands), at most
+        CARRY_BACK_BATCH at a time."""
+        now = self._now_ms()
+        locks = {key: until for key, until in self._locks_seen.items() if until > now}
+        if fallback is not None:
+            locks.update(fallback.live_locks(now))
+        pending = list(locks.items())
+        for start in range(0, len(pending), CARRY_BACK_BATCH):
+            batch = pending[start:start + CARRY_BACK_BATCH]
+            await asyncio.gather(*(primary.set_lock(key, until, now) for key, until in batch))
+
     @property
     def degraded(self) -> bool:
         """True while the shared storage is out and the per-replica fallback (or 503) applies."""
@@ -784,7 +836,12 @@ class AuthFailureLimiter:
         key, now = auth_key(ip), self._now_ms()
 
         async def op(log_: _FailureLog) -> tuple[int | None, bool]:
-            return await log_.blocked_for(key, now)
+            blocked_ms, no_failures = await log_.blocked_for(key, now)
+            if blocked_ms is None and log_ is not self._guard.primary:
+                blocked_ms = self._lock_seen(key, now)  # on the fallback: a lockout from before the outage
+            elif blocked_ms:
+                self._saw_lock(log_, key, now + blocked_ms)
+            return blocked_ms, no_failures and blocked_ms is None
 
         state = await self._guard.run(op)
         if isinstance(state, _Failed):
@@ -806,7 +863,9 @@ class AuthFailureLimiter:
             return self.loopback_delay_s(recent)
 
         async def op(log_: _FailureLog) -> None:
-            await log_.record_locking(key, now)
+            until = await log_.record_locking(key, now)
+            if until is not None and until > now:
+                self._saw_lock(log_, key, until)
 
         await self._guard.run(op)
         return 0.0

@@ -479,15 +479,20 @@ def test_redis_outage_falls_back_per_replica_then_recovers_to_one_budget(
 ) -> None:
     """Redis stops mid-test: both replicas keep serving (200 / 401, never 500) from a
     per-replica in-memory fallback that still locks after maxAttempts, and each logs ONE
-    warning. Redis back: after the recovery probe they share one budget again."""
+    warning. A lockout survives the outage both ways. Redis back: after the recovery probe they
+    share one budget again."""
     config = cfg(backend, redis_url, rate_limit={"maxAttempts": 4}, trusted_proxies=["127.0.0.1"])
     a = start_sidecar(config.build())
     b = start_sidecar(config.build())
     assert_ok(LoopbackCaller(client, a, xff=CLIENT).invoke(TOKEN))
     assert_ok(LoopbackCaller(client, b, xff=CLIENT).invoke(TOKEN))
+    locked_before = LoopbackCaller(client, a, xff="198.51.100.30")
+    for _ in range(4):
+        assert_unauthorized(locked_before.invoke(WRONG))
 
     redis_server.stop()
     try:
+        assert_locked(locked_before.invoke(TOKEN))  # no fresh run of guesses on the fallback
         x_on_a = LoopbackCaller(client, a, xff="198.51.100.31")
         x_on_b = LoopbackCaller(client, b, xff="198.51.100.31")
         assert_ok(x_on_a.invoke(TOKEN))
@@ -511,6 +516,8 @@ def test_redis_outage_falls_back_per_replica_then_recovers_to_one_budget(
 
     _wait_recovered(a, lambda: LoopbackCaller(client, a, xff="198.51.100.40").invoke(TOKEN))
     _wait_recovered(b, lambda: LoopbackCaller(client, b, xff="198.51.100.40").invoke(TOKEN))
+    assert_locked(x_on_b.invoke(TOKEN))  # a wrote its fallback's lockout back to Redis
+    assert_locked(LoopbackCaller(client, b, xff="198.51.100.30").invoke(TOKEN))  # and the one from before
 
     y_on_a = LoopbackCaller(client, a, xff="198.51.100.33")
     y_on_b = LoopbackCaller(client, b, xff="198.51.100.33")

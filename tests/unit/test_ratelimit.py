@@ -499,8 +499,10 @@ async def test_redis_outage_falls_back_then_recovers(
         assert not (await a.check(IP)).allowed  # no probe before the interval: still on memory
         assert a.degraded
         clock.advance(1.0)
-        assert (await a.check(IP)).allowed  # probed, recovered: Redis has no lock for IP
+        # probed, recovered: the lockout set on the fallback was written to Redis
+        assert await a.check(IP) == LimitVerdict(False, retry_after_s=299)
         assert not a.degraded
+        assert await b.check(IP) == LimitVerdict(False, retry_after_s=299)
         recovery_logs = [r for r in caplog.records if "recovered" in r.getMessage()]
         assert len(recovery_logs) == 1
         assert metric(FALLBACKS) - fallbacks == 1
@@ -514,6 +516,58 @@ async def test_redis_outage_falls_back_then_recovers(
         redis_server.start()
         await a.aclose()
         await b.aclose()
+
+
+@pytest.mark.redis
+async def test_a_lockout_on_the_shared_storage_outlives_its_outage(
+    redis_server: RedisServer, redis_url: str, clock: FakeClock
+) -> None:
+    """A locked client gets no fresh run of guesses on the fallback, up to its lockout's end."""
+    limiter = AuthFailureLimiter(max_attempts=3, storage_uri=redis_url, clock=clock)
+    try:
+        assert [await attempt(limiter, IP, good=False) for _ in range(4)] == [401, 401, 401, 429]
+        redis_server.stop()
+        clock.advance(100)
+        assert await limiter.check(IP) == LimitVerdict(False, retry_after_s=200)
+        assert limiter.degraded
+        assert await attempt(limiter, IP, good=True) == 429  # the right secret too, as on Redis
+        assert await attempt(limiter, OTHER, good=True) == 200
+        clock.advance(200)
+        assert await attempt(limiter, IP, good=True) == 200  # the lockout's end, not the outage's
+    finally:
+        redis_server.start()
+        await limiter.aclose()
+
+
+@pytest.mark.redis
+async def test_lockouts_are_written_back_to_a_storage_that_returns_empty(
+    redis_server: RedisServer, redis_url: str, clock: FakeClock
+) -> None:
+    """Recovery writes back the lockouts seen before the outage (lost by a Redis restarted
+    without its data) and those set on the fallback during it, so every replica holds them."""
+    a = AuthFailureLimiter(max_attempts=3, storage_uri=redis_url, clock=clock)
+    try:
+        for _ in range(3):
+            await a.record_failure(IP)
+        redis_server.stop()
+        clock.advance(10)
+        for _ in range(3):
+            await a.record_failure(OTHER)  # locked on the fallback
+        assert a.degraded
+        redis_server.start()  # same port, empty data set
+        clock.advance(1.0)
+        assert await a.check(IP) == LimitVerdict(False, retry_after_s=289)
+        assert not a.degraded
+        b = AuthFailureLimiter(max_attempts=3, storage_uri=redis_url, clock=clock)  # a replica that saw nothing
+        try:
+            assert await b.check(IP) == LimitVerdict(False, retry_after_s=289)
+            assert await b.check(OTHER) == LimitVerdict(False, retry_after_s=299)
+            assert await b.check("192.0.2.1") == LimitVerdict(True)
+        finally:
+            await b.aclose()
+    finally:
+        redis_server.start()
+        await a.aclose()
 
 
 @pytest.mark.redis

@@ -85,7 +85,7 @@ def read_identity(value: str | None) -> str | None:
 _PRIVATE_NETWORKS = tuple(parse_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10",
 ))
-_ORIGIN_SHAPE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\\]+/?", re.IGNORECASE)
+_ORIGIN_SHAPE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\\]+/?", re.IGNORECASE | re.ASCII)
 # Host names a browser reaches only on the local network or the tailnet (`tailscale serve`).
 _PRIVATE_NAME_SUFFIXES = (".local", ".ts.net")
 

@@ -50,7 +50,7 @@ def parse_ip(text: str) -> IPAddress | None:
 
 # An IPv6 literal ending in a dotted quad, as ipaddr.js (the gateway's parser) reads one: each
 # octet as JavaScript's parseInt reads it (`01`, `0x1`), and `::a.b.c.d` as the IPv4-mapped address.
-_EMBEDDED_IPV4 = re.compile(r"(.*:)((?:0?\d+|0x[0-9a-f]+)(?:\.(?:0?\d+|0x[0-9a-f]+)){3})", re.IGNORECASE)
+_EMBEDDED_IPV4 = re.compile(r"(.*:)((?:0?\d+|0x[0-9a-f]+)(?:\.(?:0?\d+|0x[0-9a-f]+)){3})", re.IGNORECASE | re.ASCII)
 
 
 def _embedded_ipv4(candidate: str) -> str:

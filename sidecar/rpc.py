@@ -384,7 +384,7 @@ ORIGIN_NOT_ALLOWED = ("origin not allowed (open the Control UI from the gateway 
                       "gateway.controlUi.allowedOrigins)")
 BROWSER_COPILOT_CLIENT = "openclaw-browser-copilot"
 BROWSER_ORIGIN_UNPARSED = "198.18.0.1"  # the gateway's stand-in for an Origin URL cannot parse
-_CHROME_EXTENSION_ORIGIN = re.compile(r"(?i:chrome-extension)://[a-p]{32}/?")
+_CHROME_EXTENSION_ORIGIN = re.compile(r"(?i:chrome-extension)://[a-p]{32}/?", re.ASCII)
 
 
 @dataclass(frozen=True)

@@ -141,9 +141,11 @@ _INVALID_ID_CHARS = re.compile(r"[^a-z0-9_-]+")
 _SIGNAL_GROUP = re.compile(r"(^|:)signal:group:([^:]+)", re.IGNORECASE | re.ASCII)
 _MATRIX_ROOM = re.compile(r"^(?:(?:agent:[^:]*:)+:*)?matrix:(?:channel|group):", re.IGNORECASE | re.ASCII)
 _SUBAGENT_MARK = re.compile(r"(^|:)subagent:")
-_TOPIC_SENDER = re.compile(r"^(.+):topic:([^:]+):sender:([^:]+)$", re.IGNORECASE)
-_TOPIC = re.compile(r"^(.+):topic:([^:]+)$", re.IGNORECASE)
-_SENDER = re.compile(r"^(.+):sender:([^:]+)$", re.IGNORECASE)
+# re.ASCII as JavaScript's /i without /u: Python's IGNORECASE alone reads `topıc` and `ſender` as
+# the markers, and would pick a group the gateway does not (red team).
+_TOPIC_SENDER = re.compile(r"^(.+):topic:([^:]+):sender:([^:]+)$", re.IGNORECASE | re.ASCII)
+_TOPIC = re.compile(r"^(.+):topic:([^:]+)$", re.IGNORECASE | re.ASCII)
+_SENDER = re.compile(r"^(.+):sender:([^:]+)$", re.IGNORECASE | re.ASCII)
 
 
 def _canonical_id(trimmed: str) -> str:

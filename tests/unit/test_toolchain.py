@@ -1,6 +1,6 @@
 """sidecar.toolchain: the gateway's tool policy chain from config (issue 12).
 
-Ground truth: the 159 cases run against the real 2026.9.6 modules (tests/data/toolchain/
+Ground truth: the 163 cases run against the real 2026.9.6 modules (tests/data/toolchain/
 verified-2026.9.6.jsonl: config, request, the gateway's answer), the reference's conformance
 cases 58-75 that config decides, and the reference's catalogue lists. Every layer gets a test in
 which it alone refuses.
@@ -276,7 +276,7 @@ def test_session_keys_keep_the_case_of_opaque_ids_as_the_gateway_keeps_it() -> N
     assert differ == [], f"{len(differ)} of {len(keys)} differ, first: {differ[:5]}"
 
 
-# ---- the 159 verified cases --------------------------------------------------------------------------
+# ---- the 163 verified cases --------------------------------------------------------------------------
 
 # Where the sidecar is stricter than 2026.9.6 on purpose (module docstring).
 STRICTER = {

@@ -81,13 +81,20 @@ def _canonical_text(text: str) -> str | None:
     return None if address is None else str(address)
 
 
+# Tailscale's IPv6 range (tsaddr.TailscaleULARange; Headscale's default too). Every node of a
+# tailnet has one address in it, all in one /64, and WireGuard's cryptokey routing lets a node send
+# from its own address only.
+TAILNET_IPV6 = ipaddress.IPv6Network("fd7a:115c:a1e0::/48")
+
+
 def share_key(host: str) -> str:
     """Whose share of a per-client budget an address spends: the address, or for IPv6 its /64 (one
-    host holds a whole /64 as easily as one address)."""
+    host holds a whole /64 as easily as one address), but for a tailnet address, which is one node
+    (its /64 is every user of the tailnet: one of them locked out all the others, red team)."""
     address = parse_ip(host)  # an IPv4-mapped address folded to IPv4
     if address is None:
         return host
-    if address.version == 6:
+    if address.version == 6 and address not in TAILNET_IPV6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
 

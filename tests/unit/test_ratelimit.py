@@ -200,6 +200,17 @@ async def test_an_ipv6_slash_64_is_one_client(make_limiter: Callable[..., AuthFa
     assert auth_key("2001:db8:1:2::1") == "shared-secret:2001:db8:1:2::/64"
 
 
+async def test_each_tailnet_ipv6_address_is_a_client_of_its_own(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    """Every node of a tailnet has one address in Tailscale's fd7a:115c:a1e0::/48, all in one /64:
+    counted by /64, one user's wrong tokens locked out every other user (red team)."""
+    limiter = make_limiter(max_attempts=2)
+    mallory, alice = "fd7a:115c:a1e0:ab12:4843:cd96:6258:b240", "fd7a:115c:a1e0:ab12:4843:cd96:626b:430b"
+    assert [await attempt(limiter, mallory, good=False) for _ in range(3)] == [401, 401, 429]
+    assert await attempt(limiter, alice, good=True) == 200
+    assert auth_key(alice) == f"shared-secret:{alice}"
+    assert auth_key("fd7a:115c:a1e1::1") == "shared-secret:fd7a:115c:a1e1::/64"  # outside the tailnet range
+
+
 async def test_case21_ipv4_mapped_ipv6_shares_the_bucket(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
     limiter = make_limiter(max_attempts=4)
     for ip in ("1.2.3.4", "::ffff:1.2.3.4", "[::ffff:1.2.3.4]", " 1.2.3.4 "):

@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
+from .identities import for_identity
 from .ipaddrs import IPNetwork, is_loopback, parse_network
 from .openclaw_env import (
     KNOWN_WEAK_SECRETS, REDACTED_SECRET_VALUES, contains_reference, file_environment, secret_reference, substitute_all,
@@ -195,7 +196,7 @@ class ContextHeaders(BaseModel):
 
     def pinned_for(self, identity: str | None) -> dict[str, str]:
         """"*" pins apply to everyone; an identity's own pins add to them and win per header."""
-        return {**self.pinned.get("*", {}), **self.pinned.get(identity or "", {})}
+        return {**self.pinned.get("*", {}), **for_identity(self.pinned, identity, {})}
 
     @field_validator("pinned")
     @classmethod

@@ -32,6 +32,7 @@ from .canonical import CanonicalTarget, InvalidTarget, canonicalize_target
 from .config import Config
 from .envelopes import Envelope
 from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HeaderPlan, connection_tokens, head_problem, rebuild_headers
+from .identities import for_identity
 from .ipaddrs import in_networks, is_loopback, share_key
 from .ratelimit import UPSTREAM_GUESS_SUBJECT, ClientTurns, client_share
 from .reasons import HOST_NOT_PLAIN, HOST_REQUIRED, Reason, ReasonCode, answer
@@ -692,7 +693,7 @@ class Pipeline:
             return None
         user = outcome.user
         if outcome.shared_secret:  # the scopes of ceilings.ceiling_for(user), computed once
-            return self.secret_scopes.get(user, self.secret_scopes_default) if user is not None else self.secret_scopes_default
+            return for_identity(self.secret_scopes, user, self.secret_scopes_default)
         return resolve_scopes(parse_scope_header(view.first("x-openclaw-scopes")), self.ceilings.ceiling_for(user))
 
     def _header_plan(
@@ -716,7 +717,7 @@ class Pipeline:
         if forward_client and attribution.client_ip is not None and not is_loopback(attribution.client_ip):
             owned.append(("X-Forwarded-For", attribution.client_ip))
         return HeaderPlan(
-            owned=tuple(owned), context_allow=self.context_allow, pinned=self.pins.get(outcome.user or "", self.pins_default),
+            owned=tuple(owned), context_allow=self.context_allow, pinned=for_identity(self.pins, outcome.user, self.pins_default),
             drop=self.identity_headers, websocket=websocket, passthrough=passthrough,
         )
 

@@ -104,6 +104,7 @@ from limits.aio.storage import Storage
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
+from sidecar.identities import person_key
 from sidecar.ipaddrs import is_loopback, normalize_ip, share_key
 from sidecar.limits_compat import SweepThrottledMemoryStorage, get_many
 from sidecar.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_FALLBACKS
@@ -983,7 +984,7 @@ class RequestRateLimiter:
         """Storage key: the identity (when limiting per identity and there is one), else
         ``ip:<client_share>``; plus the tool if per_tool."""
         if identity and self.per_identity:
-            who = f"id:{identity}"
+            who = f"id:{person_key(identity)}"
         else:
             who = f"ip:{client_share(client_ip)}"
         parts = [who, f"tool:{tool or ''}"] if self.per_tool else [who]

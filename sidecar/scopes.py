@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from .identities import for_identity
 from .toolpolicy import js_trim
 
 ADMIN = "operator.admin"
@@ -38,9 +39,7 @@ class ScopeCeilings:
     by_identity: Mapping[str, frozenset[str]] | None = None
 
     def ceiling_for(self, identity: str | None) -> frozenset[str] | None:
-        if identity is not None and self.by_identity and identity in self.by_identity:
-            return self.by_identity[identity]
-        return self.default
+        return for_identity(self.by_identity or {}, identity, self.default)
 
 
 @dataclass(frozen=True)

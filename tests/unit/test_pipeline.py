@@ -328,6 +328,26 @@ async def test_context_pins_apply_per_identity(make) -> None:
         assert channel == [pinned]
 
 
+async def test_an_e_mail_identity_in_another_case_gets_its_ceiling_and_pins(make) -> None:
+    """The gateway serves ALICE@x.com as alice@x.com (identityScopes, its profile): her ceiling and
+    pins held for her one spelling only, and another lifted her to operator.write (red team)."""
+    config = deep_merge(TRUSTED_PROXY_CONFIG, {"sidecar": {
+        "scopeCeilings": {"default": ["operator.read", "operator.write"], "identities": {"alice@x.com": ["operator.read"]}},
+        "contextHeaders": {"pinned": {"alice@x.com": {"x-openclaw-message-channel": "webchat"}}},
+    }})
+    harness = make(config)
+    for user in ("alice@x.com", "ALICE@x.com", "Alice@X.COM"):
+        v = view(peer=PROXY, auth=None, headers=[("X-Forwarded-For", XFF_CLIENT), ("X-Forwarded-User", user),
+                                                 ("x-openclaw-message-channel", "discord")])
+        assert_refused(await harness.pipeline.on_head(v), envelopes.missing_scope(), "missing_scope")
+        v = view(peer=PROXY, auth=None, method="GET", target="/sessions/k/history", headers=[
+            ("X-Forwarded-For", XFF_CLIENT), ("X-Forwarded-User", user), ("x-openclaw-message-channel", "discord")])
+        result = await harness.pipeline.on_head(v)
+        assert isinstance(result, Admitted), user
+        assert ("x-openclaw-scopes", "operator.read") in result.headers
+        assert [v for n, v in result.headers if n.lower() == "x-openclaw-message-channel"] == ["webchat"]
+
+
 async def test_scope_ceiling_caps_shared_secret(make) -> None:
     harness = make(extra={"sidecar": {"scopeCeilings": {"default": ["operator.write", "operator.read"]}}})
     result = await harness.pipeline.on_head(view())

@@ -722,6 +722,15 @@ async def test_request_limiter_per_tool(make_request_limiter: Callable[..., Requ
     assert (await limiter.hit("alice", "read")).allowed
 
 
+async def test_an_e_mail_in_any_case_is_one_budget(make_request_limiter: Callable[..., RequestRateLimiter]) -> None:
+    """The gateway serves ALICE@x.com as alice@x.com; a login that is no e-mail keeps its case."""
+    limiter = make_request_limiter("2/minute")
+    assert (await limiter.hit("alice@x.com")).allowed
+    assert (await limiter.hit("ALICE@x.com")).allowed
+    assert not (await limiter.hit("Alice@X.com")).allowed
+    assert (await limiter.hit("bob")).allowed and (await limiter.hit("Bob")).allowed and (await limiter.hit("BOB")).allowed
+
+
 async def test_request_limiter_invalid_settings() -> None:
     with pytest.raises(ValueError, match="often"):
         RequestRateLimiter("often")

@@ -109,6 +109,12 @@ def test_shared_secret_gets_defaults_capped_by_ceiling(ceiling: frozenset[str] |
         (["operator.write"], None, "alice", frozenset({"operator.write"})),
         (["operator.write"], {"root": ["operator.admin"]}, "root", frozenset({"operator.admin"})),
         (["operator.write"], {"root": ["operator.admin"]}, "Root", frozenset({"operator.write"})),  # exact match
+        # an e-mail in another case is the same person at the gateway (identityScopes, profiles)
+        (None, {"alice@x.com": ["operator.read"]}, "ALICE@X.com", frozenset({"operator.read"})),
+        (None, {"Alice@x.com": ["operator.read"], "alice@x.com": []}, "alice@x.com", frozenset()),  # exact first
+        (None, {"Alice@x.com": ["operator.read"], "ALICE@x.com": []}, "alice@x.com", frozenset({"operator.read"})),  # then the first
+        (None, {"alice": ["operator.read"]}, "ALICE", None),  # not an e-mail: exact only, as the gateway
+        (None, {"alice": ["operator.read"]}, "ALICE@x.com", None),
         (["operator.write"], {"root": ["operator.admin"]}, None, frozenset({"operator.write"})),
         (None, {"root": ["operator.admin"]}, "alice", None),
         ([], None, "alice", frozenset()),  # an empty default ceiling is "nothing", not "no ceiling"

@@ -211,6 +211,17 @@ async def test_each_tailnet_ipv6_address_is_a_client_of_its_own(make_limiter: Ca
     assert auth_key("fd7a:115c:a1e1::1") == "shared-secret:fd7a:115c:a1e1::/64"  # outside the tailnet range
 
 
+async def test_subjects_that_are_no_address_keep_their_client_apart(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
+    """A browser origin's subject and a client's upstream-guess subject are keys as they are: read
+    as addresses they were all 'unknown', one guesser locking out every client's device connects."""
+    limiter = make_limiter(max_attempts=2)
+    for subject in (f"upstream-guess:{IP}", f"browser-origin:{IP}"):
+        assert auth_key(subject) == f"shared-secret:{subject}"
+        assert [await attempt(limiter, subject, good=False) for _ in range(3)] == [401, 401, 429]
+    assert (await limiter.check(f"upstream-guess:{OTHER}")).allowed
+    assert (await limiter.check(None)).allowed  # 'unknown' is nobody's guesses
+
+
 async def test_case21_ipv4_mapped_ipv6_shares_the_bucket(make_limiter: Callable[..., AuthFailureLimiter]) -> None:
     limiter = make_limiter(max_attempts=4)
     for ip in ("1.2.3.4", "::ffff:1.2.3.4", "[::ffff:1.2.3.4]", " 1.2.3.4 "):

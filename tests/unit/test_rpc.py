@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +19,7 @@ from sidecar.rpc import (
     protocol_mismatch, rpc_on_plugin_socket,
     scope_satisfied,
 )
-from sidecar.scopes import DEFAULT_SCOPES, ResolvedScopes
+from sidecar.scopes import DEFAULT_SCOPES, KNOWN_SCOPES, ResolvedScopes
 from sidecar.config import OpenClawRules
 from sidecar.toolchain import ToolChain
 from tests.gateway.oracle import call_gateway, needs_gateway
@@ -126,6 +127,21 @@ def test_default_deny_list_holds_what_runs_writes_configures_pairs_or_restarts()
 ])
 def test_scope_satisfied_as_the_gateway(required: str, granted: set[str], ok: bool) -> None:
     assert scope_satisfied(required, frozenset(granted)) is ok
+
+
+@needs_gateway
+def test_scope_satisfied_is_the_gateways_for_every_scope_and_every_grant_of_up_to_three() -> None:
+    """operatorScopeSatisfied itself: every known scope (and two that are not) against every grant
+    of up to three known scopes. An implication too many lifts a ceiling (mutation testing: read
+    satisfying sessions.write, write satisfying approvals, survived the table above)."""
+    required = [*KNOWN_SCOPES, "node", "operator.unknown"]
+    grants = [sorted(g) for n in range(4) for g in itertools.combinations(KNOWN_SCOPES, n)]
+    cases = [(r, g) for r in required for g in grants]
+    theirs = call_gateway(["operator-scope-compat:operatorScopeSatisfied"], """
+        answer(input.map(([required, granted]) => gateway.operatorScopeSatisfied(required, granted)));""", cases)
+    differ = [(r, g, t) for (r, g), t in zip(cases, theirs, strict=True) if scope_satisfied(r, frozenset(g)) is not t]
+    assert differ == [], differ[:5]
+    assert 0 < sum(theirs) < len(cases)
 
 
 @pytest.mark.parametrize("method, params, scopes", [

@@ -265,6 +265,17 @@ def test_plugin_candidates_match_the_gateways_own_function() -> None:
             assert plugin_path_candidates(path) == (candidates, undecidable), path
 
 
+@pytest.mark.parametrize("path, route", [
+    ("/api/channels/x", "plugin:channels"), ("/avatar/x", "control-ui-avatar"), ("/__openclaw__/a2ui/x", "canvas"),
+])
+def test_a_path_the_gateway_cannot_decode_is_no_route(path: str, route: str) -> None:
+    """The same path with a malformed escape is undecidable, and no route: which handler would take
+    it is not guessed (mutation testing: the flag alone was tested, not that it refuses)."""
+    assert name_of("GET", path) == route
+    assert plugin_path_candidates(path.replace("/x", "/%zz"))[1] is True
+    assert name_of("GET", path.replace("/x", "/%zz")) == "unknown"
+
+
 def test_the_readme_documents_every_route_name() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = sorted(name for name in route_names() if f"`{name}`" not in readme)

@@ -825,3 +825,13 @@ async def test_a_timer_whose_flow_was_answered_meanwhile_does_nothing(
     flow.metadata[tools_invoke.ANSWERED] = 413
     guard._audited(flow, lambda: True, Reason.BODY_TIMEOUT)()
     assert audited == []
+
+
+async def test_a_request_answered_at_its_head_is_killed_when_its_body_hook_runs(guard: ToolsInvokeGuard) -> None:
+    """Answered on the socket, a request must never go on to mitmproxy's upstream hop when its body
+    hook runs: killed, not merely left alone (a mutation that only returned survived)."""
+    flow = make_flow(body=b'{"tool":"agents_list"}')
+    flow.metadata[tools_invoke.ANSWERED] = 401
+    assert flow.killable
+    await guard.request(flow)
+    assert not flow.killable and flow.error is not None and flow.response is None

@@ -252,6 +252,11 @@ TP_CASES = [
      [XFF, ("X-Forwarded-User", "=?utf-8?q?J=C3=B6rg?=")], "trusted_proxy_user_not_allowed"),
     ("attribution-required-no-xff", {}, PROXY, [USER], "trusted_proxy_attribution_required"),
     ("attribution-required-loopback-xff", {}, PROXY, [USER, ("X-Forwarded-For", "127.0.0.1")], "trusted_proxy_attribution_required"),
+    # a loopback proxy allowed and a user header that is no forwarding evidence: its request without
+    # XFF is attributable (direct-local), yet names no client behind the proxy
+    ("attribution-required-loopback-no-xff", {"trusted": (parse_network("127.0.0.1/32"),), "allow_loopback": True,
+                                              "user_header": "x-auth-user"},
+     "127.0.0.1", [("X-Auth-User", "carol")], "trusted_proxy_attribution_required"),
     ("origin-not-allowed", {}, PROXY, [XFF, USER, ("Origin", "https://evil.example")], "trusted_proxy_origin_not_allowed"),
     ("origin-allowed", {"origins": OriginPolicy(("https://ui.example",))}, PROXY, [XFF, USER, ("Origin", "https://ui.example")], "user:alice"),
     ("custom-user-header", {"user_header": "x-auth-user"}, PROXY, [XFF, ("X-Auth-User", "carol"), USER], "user:carol"),

@@ -446,6 +446,16 @@ async def test_a_close_asked_for_while_a_judgement_waits_relays_nothing_more() -
     assert [json.loads(s)["n"] for s in relay.session.seen] == [0]
 
 
+def test_once_a_close_is_asked_for_nothing_the_client_sends_is_judged_or_relayed() -> None:
+    """close_websocket marks the flow before its close request reaches the layer (a reload, a drain,
+    a connect timeout): frames read meanwhile must not be judged by rules already gone, nor relayed
+    (mutation testing: no test read the mark on a plain read, only behind a waiting verdict)."""
+    relay = Relay()
+    relay.flow.metadata[ws_relay.WS_CLOSING] = True
+    out = relay.from_client(client_frame(TEXT, req("forward")))
+    assert not sent(out, relay.server) and relay.session.seen == []
+
+
 async def test_what_arrives_while_a_judgement_waits_is_bounded_by_a_messages_limit() -> None:
     """mitmproxy queues it unread, without bound, for as long as the verdict takes (review)."""
     relay = Relay(limit=1000)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -52,11 +51,10 @@ class ToolName:
 
 
 def normalize_tool_name(raw: str) -> ToolName:
-    """Lower-case, trim, alias, then NFKC; a name NFKC changes or outside the charset is unusable."""
+    """Lower-case, trim, alias; a name sent with any non-ASCII character (a look-alike, one NFKC or
+    lower() would map onto ASCII, as K onto k) or outside the charset is unusable."""
     aliased = normalize_policy_name(raw)
-    folded = unicodedata.normalize("NFKC", aliased)
-    # Checked on the name as sent too: lower() maps some non-ASCII letters onto ASCII (K → k).
-    acceptable = raw.isascii() and folded == aliased and _STRICT_NAME.fullmatch(folded) is not None
+    acceptable = raw.isascii() and _STRICT_NAME.fullmatch(aliased) is not None
     return ToolName(aliased, acceptable)
 
 
@@ -74,7 +72,7 @@ class ToolGate:
     def refusal(self, tool: ToolName, *, owner: bool) -> str | None:
         """Why this filter removes the tool (for the audit line and `explain`), or None."""
         if not tool.acceptable:
-            return "a look-alike name (not ASCII snake case, or changed by NFKC)"
+            return "a look-alike name (not ASCII snake case)"
         if tool.name in self.deny:
             return f"gateway.tools.deny lists {tool.name!r}"
         if tool.name in HARD_DENY and tool.name not in self.allow:

@@ -20,11 +20,12 @@ def for_identity(table: Mapping[str, V], identity: str | None, default: V) -> V:
     case (resolveIdentityOperatorScopes); else `default`."""
     if identity is None:
         return default
-    found = table.get(identity)
-    if found is not None or "@" not in identity:
-        return default if found is None else found
-    folded = identity.lower()
-    return next((value for key, value in table.items() if "@" in key and key.lower() == folded), default)
+    if identity in table:
+        return table[identity]
+    if "@" not in identity:
+        return default
+    person = person_key(identity)
+    return next((value for key, value in table.items() if "@" in key and person_key(key) == person), default)
 
 
 def person_key(identity: str) -> str:

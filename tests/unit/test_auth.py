@@ -199,6 +199,18 @@ def test_none_auth_checks_origin(origin: str | None, ok: bool) -> None:
     assert not outcome.counts_as_failure  # case 24: none mode never touches the limiter
 
 
+@pytest.mark.parametrize("attribution, ok", [
+    (LOCAL, True),
+    (REMOTE, False),
+    (Attribution("trusted-proxy", "203.0.113.7", "127.0.0.1"), False),  # a page elsewhere, relayed by a local proxy
+    (Attribution("unattributable", None, "127.0.0.1"), False),  # loopback, but forwarded: not direct
+])
+def test_none_auth_lets_a_loopback_origin_in_from_a_direct_local_client_only(attribution: Attribution, ok: bool) -> None:
+    """The gateway's isLocalDirectRequest: a loopback socket with no forwarding header."""
+    v = view(("Origin", "http://localhost:3000"), host="gw.example")
+    assert NoneAuth(OriginPolicy(())).authenticate(v, attribution).ok is ok
+
+
 def test_token_mode_ignores_origin() -> None:
     """Open question 8: Origin is checked only in none and trusted-proxy modes."""
     v = view(("Authorization", "Bearer T"), ("Origin", "https://evil.example"))
@@ -259,6 +271,11 @@ TP_CASES = [
      "127.0.0.1", [("X-Auth-User", "carol")], "trusted_proxy_attribution_required"),
     ("origin-not-allowed", {}, PROXY, [XFF, USER, ("Origin", "https://evil.example")], "trusted_proxy_origin_not_allowed"),
     ("origin-allowed", {"origins": OriginPolicy(("https://ui.example",))}, PROXY, [XFF, USER, ("Origin", "https://ui.example")], "user:alice"),
+    # a request through the proxy is never a local client: a loopback Origin, even on a loopback
+    # Host, is a page elsewhere (checkBrowserOrigin with isLocalClient false)
+    ("loopback-origin-through-a-loopback-proxy", {"trusted": (parse_network("127.0.0.1/32"),), "allow_loopback": True},
+     "127.0.0.1", [XFF, USER, ("Host", "localhost:18790"), ("Origin", "http://localhost:18790")], "trusted_proxy_origin_not_allowed"),
+    ("loopback-origin-through-the-proxy", {}, PROXY, [XFF, USER, ("Origin", "http://127.0.0.1:3000")], "trusted_proxy_origin_not_allowed"),
     ("custom-user-header", {"user_header": "x-auth-user"}, PROXY, [XFF, ("X-Auth-User", "carol"), USER], "user:carol"),
     # order: each earlier failure masks the later ones
     ("order-source-before-user", {}, "10.0.0.9", [XFF], "trusted_proxy_untrusted_source"),

@@ -524,6 +524,22 @@ async def test_rpc_upgrade_never_forwards_the_client_address(make) -> None:
     assert not any(n.lower() == "x-forwarded-for" for n, _ in result.headers)
 
 
+@pytest.mark.parametrize("peer, forwarded, refusal", [
+    ("127.0.0.1", [], None),  # a page on this host, straight to the port: a local client
+    (PROXY, [("X-Forwarded-For", XFF_CLIENT)], "origin not allowed"),  # a page elsewhere, relayed
+    ("127.0.0.1", [("X-Forwarded-For", XFF_CLIENT)], "origin not allowed"),  # a local proxy relaying: not direct
+    (CLIENT, [], "origin not allowed"),
+])
+async def test_a_browsers_rpc_upgrade_is_judged_local_as_the_gateway_judges_it(make, peer: str, forwarded: list, refusal) -> None:
+    """A loopback Origin passes the connect's origin check for a direct-local client only (the
+    gateway's `ingressAttribution.kind === "direct-local"`); the sidecar judges it on the frame."""
+    config = deep_merge(TOKEN_CONFIG, {"gateway": {"trustedProxies": [PROXY, "127.0.0.1"]}})
+    result = await make(config).pipeline.on_head(
+        view(method="GET", target="/", peer=peer, auth=None, headers=[*forwarded, ("Origin", "http://localhost:3000"), *UPGRADE]))
+    assert isinstance(result, Admitted) and result.browser is not None
+    assert result.browser.refusal == refusal
+
+
 @pytest.mark.parametrize("change", [
     {"method": "POST"}, {"Sec-WebSocket-Version": "8"}, {"Sec-WebSocket-Key": "short"}, {"Sec-WebSocket-Key": None},
     {"Connection": "keep-alive"}, {"Content-Length": "5"},

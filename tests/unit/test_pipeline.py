@@ -19,7 +19,7 @@ from sidecar import envelopes
 from sidecar.body import MAX_BODY_BYTES
 from sidecar.config import load_config
 from sidecar.envelopes import Envelope
-from sidecar.pipeline import Admitted, Forward, Pipeline, Refuse
+from sidecar.pipeline import PUBLIC_READ_METHOD, Admitted, Forward, Pipeline, Refuse
 from sidecar.ratelimit import AuthFailureLimiter
 from sidecar.scopes import DEFAULT_SCOPES
 from sidecar.view import RequestView
@@ -693,6 +693,24 @@ async def test_an_opened_plugin_path_the_control_ui_would_serve_meets_its_policy
         assert isinstance(result, Admitted) and result.route == plugin, result
     else:
         assert_refused(result, envelopes.route_not_found(), "route_refused")
+
+
+@pytest.mark.parametrize("route, target, public", [
+    ("device-pairing-join", "/j/ABC", True),  # the gateway serves it to anyone: so, opened, does the sidecar
+    ("plugin:channels", "/api/channels/x", False),  # behind the gateway's credential: opened, still behind ours
+    ("plugin:geolocation", "/plugins/geolocation/lookup", False),
+    ("plugin:admin-http-rpc", "/api/v1/admin/rpc", False),
+])
+async def test_a_route_opened_by_name_is_as_public_as_the_gateway_makes_it(make, route: str, target: str, public: bool) -> None:
+    """Opening a route refused by default lets callers in as the gateway lets them in: a read of
+    a row behind the gateway's credential must still bring one, or a gateway left without auth
+    behind the sidecar would serve it to anyone."""
+    harness = make(extra={"sidecar": {"routes": {"allow": [route], "controlUi": "authenticated"}}})
+    result = await harness.pipeline.on_head(view(method="GET", target=target, auth=None))
+    if public:
+        assert isinstance(result, Admitted) and result.route == route and result.auth.method == PUBLIC_READ_METHOD
+    else:
+        assert_refused(result, envelopes.unauthorized(), "credential_missing")
 
 
 async def test_a_route_opened_by_name_and_switched_off_at_the_gateway_is_no_route(make) -> None:

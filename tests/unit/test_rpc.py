@@ -14,8 +14,10 @@ from sidecar.pacing import RefusalBudget
 from sidecar.rpc import (
     SCANNED_FRAME_BYTES,
     BrowserOrigin,
+    client_message_limit,
     connect_secret,
-    GATEWAY_VERSION, PREAUTH_MAX_BYTES, RpcPolicy, RpcSession, connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
+    GATEWAY_MAX_MESSAGE_BYTES, GATEWAY_VERSION, PREAUTH_MAX_BYTES, RPC_MAX_MESSAGE_BYTES, RpcPolicy, RpcSession,
+    connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
     protocol_mismatch, rpc_on_plugin_socket,
     scope_satisfied,
 )
@@ -153,6 +155,40 @@ def test_scope_satisfied_is_the_gateways_for_every_scope_and_every_grant_of_up_t
 ])
 def test_params_decide_dynamic_scopes(method: str, params: Any, scopes: tuple[str, ...]) -> None:
     assert dynamic_scopes(method, params) == scopes
+
+
+DYNAMIC_PARAMS: list[Any] = [
+    None, [], "x", {}, {"key": "k"}, {"message": "hi"}, {"message": "/new"}, {"includeSecrets": True}, {"includeSecrets": "true"},
+    {"runtimeId": "r"}, {"runtimeId": ""}, {"runtimeId": 1}, {"bootstrapCommandOwner": True}, {"bootstrapCommandOwner": "true"},
+    {"code": "c", "bootstrapCommandOwner": False}, {"nodeId": "n"}, {"nodeId": None}, {"path": "/"},
+    {"key": "k", "archivedOnly": True}, {"key": "k", "archivedOnly": True, "deleteTranscript": True, "agentId": "a",
+                                         "expectedSessionId": "s"},
+    {"key": "k", "archivedOnly": True, "label": "x"}, {"key": "k", "archivedOnly": "true"}, {"archivedOnly": True},
+    {"command": "system.run"}, {"command": "canvas.snapshot"}, {"key": "k", "model": "m"}, {"target": {"kind": "profile"}},
+]
+GRANTS = [frozenset(g) for n in range(3) for g in itertools.combinations(KNOWN_SCOPES, n)]
+
+
+@needs_gateway
+def test_a_dynamic_methods_scopes_are_never_looser_than_the_gateways() -> None:
+    """resolveLeastPrivilegeOperatorScopesForMethod for every dynamic method and a spread of
+    params: whatever grant satisfies the sidecar's scopes satisfies the gateway's, and where the
+    sidecar reads the params itself it asks exactly what the gateway asks (mutation testing:
+    `bootstrapCommandOwner` and `sessions.delete`'s extra fields went unread, untested)."""
+    methods = sorted(name for name, spec in method_catalogue().items() if spec.scope == "dynamic")
+    cases = [(method, params) for method in methods for params in DYNAMIC_PARAMS]
+    theirs = call_gateway(["method-scopes:resolveLeastPrivilegeOperatorScopesForMethod"], """
+        answer(input.map(([method, params]) => gateway.resolveLeastPrivilegeOperatorScopesForMethod(method, params ?? undefined)));""",
+                          cases)
+    looser = [(case, mine, t, sorted(grant)) for case, t in zip(cases, theirs, strict=True)
+              for mine in [dynamic_scopes(*case)] for grant in GRANTS
+              if all(scope_satisfied(r, grant) for r in mine) and not all(scope_satisfied(r, grant) for r in t)]
+    assert looser == [], looser[:5]
+    mirrored = {"agent", "talk.config", "environments.list", "channels.pairing.approve", "fs.listDir", "sessions.delete"}
+    differ = [(case, dynamic_scopes(*case), t) for case, t in zip(cases, theirs, strict=True)
+              if case[0] in mirrored and list(dynamic_scopes(*case)) != t]
+    assert differ == [], differ[:5]
+    assert {tuple(t) for t in theirs} >= {("operator.write",), ("operator.admin",), ("operator.pairing", "operator.admin")}
 
 
 RESET_MESSAGES = [head + gap + tail for head in ("/new", "/reset", "/NEW", "/Reſet", "/neW", "x/new", " /new")
@@ -474,6 +510,17 @@ async def test_preauth_frames_are_bounded() -> None:
     big = connect_frame(padding="x" * PREAUTH_MAX_BYTES)
     verdict = await rpc.client_frame(big)
     assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "preauth_frame_too_large", 1009)
+
+
+async def test_a_client_may_grow_a_message_to_the_gateways_own_limit_for_its_state() -> None:
+    """What the relay may buffer of one message before judging it: 64 KiB until the connect is
+    accepted (mutation testing: 25 MiB per socket went unnoticed, the frame refused only once
+    whole), 25 MiB after; the gateway's largest on an opened non-RPC upgrade."""
+    waiting, _ = session()
+    assert client_message_limit(waiting, rpc_upgrade=True) == PREAUTH_MAX_BYTES
+    assert client_message_limit(None, rpc_upgrade=True) == PREAUTH_MAX_BYTES  # its session still being built
+    assert client_message_limit(await connected(), rpc_upgrade=True) == RPC_MAX_MESSAGE_BYTES == 25 * 1024 * 1024
+    assert client_message_limit(None, rpc_upgrade=False) == GATEWAY_MAX_MESSAGE_BYTES
 
 
 async def test_duplicate_keys_resolve_last_wins_as_the_gateway() -> None:

@@ -383,3 +383,25 @@ def test_previous_secrets_are_accepted_and_marked(method: str) -> None:
     assert (previous.ok, previous.previous_secret, previous.shared_secret) == (True, True, True)
     assert (wrong.ok, wrong.reason, wrong.counts_as_failure) == (False, f"{method}_mismatch", True)
     assert "new" not in repr(auth) and "old" not in repr(auth)
+
+
+@pytest.mark.parametrize(
+    ("auth_yaml", "kept", "other"),
+    [
+        ("{mode: token, token: T, password: P}", "OLD-T", "OLD-P"),
+        ("{mode: password, token: T, password: P}", "OLD-P", "OLD-T"),
+        ("{mode: trusted-proxy, password: P, trustedProxy: {userHeader: x-user}}", "OLD-P", "OLD-T"),
+    ],
+    ids=["token", "password", "trusted-proxy-fallback"],
+)
+def test_each_mode_keeps_the_rotated_secrets_of_its_own_kind_only(tmp_path: Path, auth_yaml: str, kept: str, other: str) -> None:
+    """A rotated password must keep working in password mode (and for trusted-proxy's local fallback),
+    and a rotated token must not open password mode, nor the other way round."""
+    text = (f"sidecar:\n  auth: {{previousTokens: [OLD-T], previousPasswords: [OLD-P]}}\n"
+            f"gateway:\n  auth: {auth_yaml}\n  trustedProxies: [{PROXY}]\n")
+    authenticator = build_authenticator(load_config(write_config(tmp_path / "c.yaml", text), environ={}))
+    checker = authenticator.fallback if isinstance(authenticator, TrustedProxyAuth) else authenticator
+    assert isinstance(checker, SharedSecretAuth)
+    accepted, refused = checker.check(kept), checker.check(other)
+    assert (accepted.ok, accepted.previous_secret) == (True, True)
+    assert (refused.ok, refused.reason) == (False, f"{checker.method}_mismatch")

@@ -273,6 +273,40 @@ def test_random_targets_match_node() -> None:
     assert len(sneaky) >= 5, sneaky
 
 
+IPV4_NUMBERS = ["0", "00", "08", "09", "010", "0377", "0400", "07", "1", "127", "255", "256", "65535", "65536",
+                "16777215", "16777216", "4294967295", "4294967296", "0x", "0X", "0x7f", "0xff", "0x100", "0xffffff",
+                "0x1000000", "0xffffffff", "0x100000000"]
+IPV4_OTHERS = ["0xg", "1e1", "a", "x", ""]
+IPV6_PIECES = ["", "0", "1", "ffff", "FFFF", "10000", "::", ":", "1.2.3.4", "01.2.3.4", "1.2.3", "256.1.1.1",
+               "1.2.3.4.5", "0.0.0.0", "1.02.3.4", "g"]
+
+
+def random_hosts(rng: random.Random, count: int) -> list[str]:
+    """Dotted numbers in every radix and size around each limit, and bracketed IPv6 with IPv4 tails."""
+    hosts: set[str] = set()
+    while len(hosts) < count:
+        if rng.random() < 0.7:
+            pieces = IPV4_NUMBERS if rng.random() < 0.8 else IPV4_NUMBERS + IPV4_OTHERS
+            host = ".".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+            host += rng.choice(["", "", "", "."])
+        else:
+            host = "[" + ":".join(rng.choice(IPV6_PIECES) for _ in range(rng.randint(2, 9))) + "]"
+        hosts.add(host)
+    return sorted(hosts)
+
+
+def test_random_hosts_match_node() -> None:
+    """The host decides same-origin and loopback checks: it is read as URL reads it, radix, range
+    and IPv4 tail included, or refused where URL refuses it."""
+    edges = ["[1:2:3:4:5:6:7:1.2.3.4]", "[1:2:3:4:5:6:1.2.3.4]", "[::1:2:3:4:5:6:1.2.3.4]", "[1:2:3:4:5:6:1.2.3.4:1]",
+             "[::1.2.3.4]", "[::ffff:1.2.3]", "[1::1.2.3.4.5]"]
+    cases = [(f"http://{host}/x", "localhost") for host in edges + random_hosts(random.Random(20261204), 1500)]
+    mismatches, _ = diff_against_node(cases)
+    assert not mismatches, "\n".join(mismatches[:50])
+    parsed = [t for t, _ in cases if canonicalize_target_or_none(t) is not None]
+    assert len(parsed) >= 150 and len(cases) - len(parsed) >= 300, len(parsed)
+
+
 def canonicalize_target_or_none(raw: str) -> str | None:
     try:
         return canonicalize_target(raw).path

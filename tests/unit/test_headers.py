@@ -329,3 +329,16 @@ def test_connection_nomination_cannot_remove_message_framing(framing: tuple[str,
     of the request we forward: the upstream would read the body bytes as a second request (H1)."""
     out = rebuild_headers(view(("Host", "gw"), ("Connection", framing[0]), framing), plan(owned=()))
     assert framing in out
+
+
+def test_connection_nomination_cannot_remove_the_host() -> None:
+    """The gateway decides same-origin and its route base on Host: a client's `Connection: host`
+    must not make the hop drop it, so the gateway reads a Host the sidecar never judged."""
+    out = rebuild_headers(view(("Host", "gw"), ("Connection", "host")), plan(owned=()))
+    assert ("Host", "gw") in out
+
+
+@pytest.mark.parametrize("spelling", ["Trailer", "trailer", "TRAILER"])
+def test_a_request_announcing_trailers_is_refused_at_its_head(spelling: str) -> None:
+    """Trailers arrive after the body, past every header check (corpus B6): announcing them is enough."""
+    assert head_problem(view((spelling, "x-openclaw-scopes"))) == "request trailers are not accepted"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from sidecar.rpc import scope_satisfied
@@ -15,6 +17,7 @@ from sidecar.scopes import (
     resolve_scopes,
     shared_secret_scopes,
 )
+from tests.gateway.oracle import call_gateway, needs_gateway
 
 DEFAULTS_L = (
     "operator.admin", "operator.read", "operator.write", "operator.approvals",
@@ -135,3 +138,29 @@ def test_no_ceiling_by_default() -> None:
 def test_header_value_is_comma_joined_and_explicit(scopes: tuple[str, ...], value: str) -> None:
     """F1: always one explicit header; an empty resolution is an empty value, never an absent header."""
     assert ResolvedScopes(scopes).header_value == value
+
+
+# Every latin-1 character JavaScript's trim and Python's strip disagree on, and some both trim.
+BLANKS = [" ", "\t", "\x0b", "\x0c", "\xa0", "\x85", "\x1c", "\x1d", "\x1e", "\x1f", "\r", "\n", "\x00", "\xc2"]
+NAMES = ["operator.read", "operator.write", "operator.admin", "OPERATOR.READ", ""]
+
+
+def scope_header_values(rng: random.Random, count: int) -> list[str]:
+    def item() -> str:
+        pad = lambda: "".join(rng.choice(BLANKS) for _ in range(rng.randint(0, 2)))  # noqa: E731
+        return pad() + rng.choice(NAMES) + pad()
+    return sorted({",".join(item() for _ in range(rng.randint(1, 3))) for _ in range(count)})
+
+
+@needs_gateway
+def test_a_declared_scope_header_splits_and_trims_as_the_gateways() -> None:
+    """The gateway's resolveTrustedHttpOperatorScopes, in its Node, over header values (latin-1, as
+    both read the bytes): a scope Python's strip would free from `\x85` or `\x1c` is no scope there."""
+    values = scope_header_values(random.Random(20261204), 600)
+    theirs = call_gateway(["http-auth-utils-:resolveTrustedHttpOperatorScopes"], """
+        answer(input.map((value) => gateway.resolveTrustedHttpOperatorScopes(
+            {headers: value === null ? {} : {"x-openclaw-scopes": value}}, {trustDeclaredOperatorScopes: true})));""",
+                          [None, *values])
+    mine = [list(parse_scope_header(value)) for value in [None, *values]]
+    assert [(value, m, t) for value, m, t in zip([None, *values], mine, theirs, strict=True) if m != t] == []
+    assert sum(1 for scopes in theirs if "operator.write" in scopes) > 50

@@ -4,6 +4,7 @@ and the local-direct password fallback (case 45)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from sidecar.config import load_config
 from sidecar.ipaddrs import parse_network
 
 from tests.builders import view, write_config
+from tests.gateway.oracle import call_gateway, needs_gateway
 
 PROXY = "198.51.100.5"
 CLIENT = "198.51.100.9"
@@ -57,6 +59,31 @@ def test_bearer_credential(header: str | None, expected: str | None) -> None:
     v = view() if header is None else view(("Authorization", header))
     assert bearer_credential(v) == expected
 
+
+
+# Scheme spellings, and the latin-1 blanks JavaScript's trim and Python's strip disagree on.
+SCHEMES = ["Bearer", "bearer", "BEARER", "bEaReR", "Bearer:", "Basic", "Bearerx", ""]
+BLANKS = ["", " ", "  ", "\t", "\xa0", "\x85", "\x1c", "\x0b", "\x0c"]
+CREDENTIALS = ["T", "tok en", "T,U", "", "\xe9"]
+
+
+def authorization_values(rng: random.Random, count: int) -> list[str]:
+    def pad() -> str:
+        return "".join(rng.choice(BLANKS) for _ in range(rng.randint(0, 2)))
+    return sorted({pad() + rng.choice(SCHEMES) + rng.choice([" ", " ", "\t", "\xa0", ""]) + pad() + rng.choice(CREDENTIALS) + pad()
+                   for _ in range(count)})
+
+
+@needs_gateway
+def test_the_bearer_credential_is_read_as_the_gateways_get_bearer_token() -> None:
+    """The gateway's getBearerToken, in its Node, over Authorization values (latin-1, as both read
+    the bytes): a credential the sidecar read differently would be checked against another string."""
+    values = authorization_values(random.Random(20261204), 800)
+    theirs = call_gateway(["http-header-value-:getBearerToken"], """
+        answer(input.map((value) => gateway.getBearerToken({headers: {authorization: value}}) ?? null));""", values)
+    mine = [bearer_credential(view(("Authorization", value))) for value in values]
+    assert [(v, m, t) for v, m, t in zip(values, mine, theirs, strict=True) if m != t] == []
+    assert sum(1 for found in theirs if found) >= 80
 
 @pytest.mark.parametrize(
     "presented, expected, equal",

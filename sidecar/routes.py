@@ -236,7 +236,11 @@ def plugin_path_candidates(path: str) -> tuple[list[str], bool]:
                 candidates.append(normalized)
     except UnsupportedTarget:
         return candidates, True
-    return candidates, True
+    # Every pass changed it: the gateway looks once more, and a path still changing is past its limit.
+    try:
+        return candidates, decode_uri_component(decoded) != decoded
+    except _Malformed:
+        return candidates, True
 
 
 def _plugin_prefix_match(candidate: str, prefix: str) -> bool:

@@ -306,3 +306,129 @@ def test_an_unknown_route_name_fails_at_start_up_naming_the_key(tmp_path: Path) 
     with pytest.raises(ConfigError) as caught:
         load_config(config_file, environ={})
     assert "sidecar.routes.allow" in str(caught.value) and "'openai-chat'" in str(caught.value)
+
+
+# ---- mutation survivors: decode passes, plugin matching and the Control UI, as the gateway reads them
+
+
+def _nested(path_before: str, encoded_char: str, depth: int, path_after: str) -> str:
+    """`encoded_char` (two hex digits) percent-encoded `depth` + 1 times: it takes that many decode passes."""
+    return f"{path_before}%{'25' * depth}{encoded_char}{path_after}"
+
+
+DEEP_PATHS = [_nested("/", "41", depth, "") for depth in (2, 3, 29, 30, 31, 32, 33, 40)] + \
+    [_nested("/api/", "63", depth, "hannels/x") for depth in (3, 30, 31, 32)]
+
+
+@needs_gateway
+def test_the_decode_pass_limit_is_the_gateways() -> None:
+    """32 passes, then one more look, as buildCanonicalPathCandidates: a path that still changes is
+    past the limit (fail closed), one that took exactly 32 passes is not. The sidecar counted the
+    32nd pass itself as past the limit, and neither a depth of 3 nor 31 was tested (a loop of 3
+    passes survived)."""
+    theirs = call_gateway(["security-path:canonicalizePathForSecurity"], """
+        answer(input.map((path) => {
+          const found = gateway.canonicalizePathForSecurity(path);
+          return [found.candidates, found.malformedEncoding || found.decodePassLimitReached];
+        }));""", DEEP_PATHS)
+    assert [plugin_path_candidates(path) for path in DEEP_PATHS] == [(c, u) for c, u in theirs]
+    assert [u for _, u in theirs].count(True) == 4, "depths 32, 33 and 40 past the limit, and the channels path at 32"
+
+
+PLUGIN_ROWS = [entry for entry in TABLE.http if entry.match in ("plugin", "plugin-prefix")]
+PLUGIN_PROBES = sorted({
+    spelling.replace("/", sep, 1) if sep else spelling
+    for entry in PLUGIN_ROWS for base in entry.paths
+    for spelling in (base, base.upper(), base + "/", base + "/x", base + "x", base + "%2fx", base + "%20", base + "%",
+                     base + "%2541", base[:-1], "/a/%2e%2e" + base, "/a/%252e%252e" + base, base.replace("/", "//"))
+    for sep in ("", "%2f")
+})
+
+
+@needs_gateway
+def test_plugin_rows_match_the_paths_the_gateways_router_matches() -> None:
+    """findMatchingPluginHttpRoutes over the table's own plugin rows: a prefix row takes its path,
+    `<prefix>/…` and `<prefix>%…` (a separator still encoded), never `<prefix>x` (mutation testing:
+    the `%` boundary and a bare startswith survived)."""
+    registry = [{"name": e.name, "path": path, "match": "prefix" if e.match == "plugin-prefix" else "exact"}
+                for e in PLUGIN_ROWS for path in e.paths]
+    theirs = call_gateway(["route-match:findMatchingPluginHttpRoutes", "route-match:resolvePluginRoutePathContext"], """
+        const { findMatchingPluginHttpRoutes: find, resolvePluginRoutePathContext: context } = gateway;
+        answer(input.paths.map((path) => [...new Set(find({ httpRoutes: input.registry }, context(path)).map((r) => r.name))].sort()));
+        """, {"paths": PLUGIN_PROBES, "registry": registry})
+    mine = []
+    for path in PLUGIN_PROBES:
+        candidates, _ = plugin_path_candidates(path)
+        mine.append(sorted(e.name for e in PLUGIN_ROWS if RouteTable._plugin_matches(e, candidates)))
+    assert [(p, m, t) for p, m, t in zip(PLUGIN_PROBES, mine, theirs, strict=True) if m != t] == []
+    assert sum(bool(t) for t in theirs) > len(theirs) // 3 and ["plugin:channels"] in theirs
+
+
+UI_ROOTS = ["/", "/api", "/v1", "/j", "/ui", "/health", "/healthz", "/ready", "/readyz", "/startup", "/startupz",
+            "/__openclaw__/mcp-app", "/__openclaw__/worker", "/__openclaw__/worker-transfer", "/__openclaw__/worker-bundle",
+            "/plugins", "/settings/plugins", "/chat", "/apix", "/v1x", "/jx", "/admin", "/adminx", "/admin/x", "/Admin/x",
+            "/control", "/control/api", "/control/chat"]
+UI_PATHS = sorted({root.rstrip("/") + suffix or "/" for root in UI_ROOTS for suffix in ("", "/", "/x")})
+
+
+@needs_gateway
+@pytest.mark.parametrize("base_path", ["", "/admin", "/control"])
+def test_the_control_ui_catch_all_serves_what_the_gateways_classifier_serves(base_path: str) -> None:
+    """classifyControlUiRequest (a browser asking for HTML): served or redirected there, served
+    here; the namespaces it declines, exact and below, declined here, and a base path is a whole
+    segment (mutation testing: `/api` itself, `/startupz`, `/__openclaw__/worker-transfer` and
+    `/adminx` under base `/admin` were not tested). `/plugins/<id>` is the one difference: the
+    gateway serves it for a plugin its catalogue knows, the sidecar declines every one."""
+    cases = [(method, path) for method in ("GET", "HEAD", "POST", "OPTIONS") for path in UI_PATHS]
+    theirs = call_gateway(["control-ui-share:classifyControlUiRequest"], """
+        answer(input.cases.map(([method, pathname]) => gateway.classifyControlUiRequest(
+          { basePath: input.basePath, pathname, search: "", method, accept: "text/html" }).kind));""",
+                          {"cases": cases, "basePath": base_path})
+    table = RouteTable.for_deployment(base_path=base_path)
+    mine = [table._control_ui_may_serve(method, path) for method, path in cases]
+    expected = [kind in ("serve", "redirect") and not (not base_path and path.startswith("/plugins/") and path != "/plugins/")
+                for (_, path), kind in zip(cases, theirs, strict=True)]
+    assert [(case, m) for case, m, e in zip(cases, mine, expected, strict=True) if m != e] == []
+    assert 0 < sum(mine) < len(mine) // 2
+
+
+def test_query_credentials_are_names_even_without_a_value_and_a_capability_is_none() -> None:
+    """`?token` and `?bt=` name a credential as much as `?token=t`; `oc_cap` makes the request a
+    node capability's, never a refused query credential (mutation testing)."""
+    assert TABLE.match("GET", "/share/session", "?token", websocket=False).query_credential == "token"
+    assert TABLE.match("GET", "/x", "?bt=", websocket=False).query_credential == "bt"
+    capability = TABLE.match("GET", "/sessions/main/history", "?oc_cap=c", websocket=False)
+    assert capability.capability and capability.query_credential is None
+    both = TABLE.match("GET", "/x", "?oc_cap=c&token=t", websocket=False)
+    assert both.capability and both.query_credential == "token"
+
+
+def test_a_method_no_row_of_a_split_path_serves_stays_with_the_first_row() -> None:
+    """Assistant media splits one path by method (GET/HEAD, POST); a PUT is neither's, and is
+    reported unserved by the first row, not passed on to the Control UI or nobody."""
+    match = TABLE.match("PUT", "/__openclaw__/assistant-media", "", websocket=False)
+    assert (match.name, match.method_served) == ("assistant-media", False)
+
+
+def test_core_routes_are_no_control_ui_fallback_and_plugin_routes_may_be() -> None:
+    assert not TABLE.match("GET", "/avatar/main", "", websocket=False).ui_fallback
+    assert TABLE.match("GET", "/browser/extension", "", websocket=False).ui_fallback
+    assert not TABLE.match("POST", "/browser/extension", "", websocket=False).ui_fallback
+
+
+def test_a_base_path_adds_spellings_to_base_rows_only() -> None:
+    """Rows the gateway serves under the Control UI's base path keep their plain spelling too;
+    other rows get no base spelling; a base path is literal text even in a regex row."""
+    table = RouteTable.for_deployment(base_path="/ui.v2")
+    assert name_of("GET", "/avatar/main", table=table) == "control-ui-avatar"
+    assert name_of("GET", "/ui.v2/avatar/main", table=table) == "control-ui-avatar"
+    assert name_of("GET", "/ui.v2/api/chat/media/outgoing/s/a/full", table=table) == "chat-media"
+    assert name_of("GET", "/uixv2/api/chat/media/outgoing/s/a/full", table=table) == "unknown"
+    assert name_of("GET", "/ui.v2/healthz", table=table) == "control-ui"
+    assert name_of("POST", "/ui.v2/tools/invoke", table=table) == "unknown"
+
+
+def test_regex_rows_match_the_whole_path() -> None:
+    assert name_of("POST", "/sessions/main/kill") == "session-kill"
+    assert name_of("POST", "/sessions/main/killall") == "unknown"
+    assert name_of("GET", "/sessions/main/history/x") != "session-history"

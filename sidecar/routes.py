@@ -361,7 +361,11 @@ class RouteTable:
                     return matched[0]
             elif entry.match in PLUGIN_MATCHES:
                 if self._plugin_matches(entry, candidates):
-                    return entry
+                    # The canvas row: its documents are a core stage, its A2UI prefix one route of
+                    # the plugin router, where a longer prefix is tried first. A decoding that
+                    # reaches a plugin route too may run that plugin instead: no route (mutation
+                    # testing: an opened canvas carried a path decoding to a refused plugin).
+                    return None if self._plugin_routes(entries, candidates) else entry
             elif entry.match == "control-ui":
                 if self._control_ui_serves(method, path):
                     return entry

@@ -191,6 +191,12 @@ def test_http_routes_in_router_order(method: str, path: str, route: str) -> None
     ("GET", "/admin/focus/%252e%252e/%252e%252e/browser/extension", "plugin:browser-extension"),  # no base path here
     ("GET", "/__openclaw__/plugins/control-ui/%252e%252e/%252e%252e/%252e%252e/plugins/geolocation/lookup", "unknown"),
     ("GET", "/api/users/%2e%2e/%2e%2e/api/channels/x", "unknown"),
+    # the canvas row too: its A2UI prefix is a plugin route of the router (geolocation's, longer,
+    # is tried first), a path outside its documents goes on to the router, and a documents path
+    # that decodes to a plugin route is not one a node loads: refused rather than guessed
+    ("GET", "/__openclaw__/a2ui/%252e%252e/%252e%252e/plugins/geolocation/lookup", "unknown"),
+    ("POST", "/__openclaw__/canvas/%252e%252e/%252e%252e/api/v1/beam/sessions", "unknown"),
+    ("GET", "/__openclaw__/canvas/documents/%252e%252e/%252e%252e/%252e%252e/api/channels/x", "unknown"),
     # ...and the same core paths, plainly spelt, are theirs
     ("GET", "/v1/models", "openai-models"), ("GET", "/focus/abc", "control-ui-documents"),
     ("GET", "/__openclaw__/plugins/control-ui/x.js", "control-ui-plugin-assets"),

@@ -32,7 +32,9 @@ UPSTREAM_CHECK_SECONDS = 2.0
 # connection is never cut while it is answered). At most ADMIN_MAX_CONNECTIONS are served at a
 # time (each holds a thread), ADMIN_MAX_PER_CLIENT of them from one address (one /64 for IPv6), so
 # one client that dribbles cannot take every slot and have the kubelet's probes refused and the
-# pod restarted.
+# pod restarted. Nor can many: while every slot is held, a new connection takes the slot of the
+# one waiting longest for a head (as on the proxied port), and is refused only while every slot
+# is being answered.
 ADMIN_IDLE_SECONDS = 5.0
 ADMIN_HEAD_SECONDS = 10.0
 ADMIN_MAX_CONNECTIONS = 64
@@ -150,12 +152,15 @@ class AdminServer(ThreadingHTTPServer):
         # connection -> (client, deadline for the head it waits for; infinity while one is answered)
         self._open: dict[socket.socket, tuple[str, float]] = {}
         self._per_client: Counter[str] = Counter()
+        # Connections cut to make room, in the books until their thread has seen the end of input.
+        self._leaving: set[socket.socket] = set()
         self._stopping = threading.Event()
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         client = _client_key(client_address)
         with self._lock:
-            admitted = len(self._open) < self.max_connections and self._per_client[client] < self.max_per_client
+            admitted = self._per_client[client] < self.max_per_client and (
+                len(self._open) - len(self._leaving) < self.max_connections or self._make_room())
             if admitted:
                 self._open[request] = (client, time.monotonic() + self.head_seconds)
                 self._per_client[client] += 1
@@ -171,9 +176,30 @@ class AdminServer(ThreadingHTTPServer):
         if not isinstance(error, (ConnectionError, TimeoutError)):
             log.warning("admin request from %s failed: %r", client_address, error)
 
+    def _make_room(self) -> bool:
+        """Every slot is held (under the lock): the connection waiting longest for a head is cut
+        now, as its deadline would cut it later, and the new one takes its slot. Many addresses,
+        each within its share, held every slot with heads never finished, and the kubelet's
+        probes were closed at accept (red team). False when every slot is being answered, or
+        when as many cut connections are still finishing (a flood outran their threads)."""
+        if len(self._leaving) >= self.max_connections:
+            return False
+        waiting = [(deadline, connection) for connection, (_, deadline) in self._open.items()
+                   if deadline != math.inf and connection not in self._leaving]
+        if not waiting:
+            return False
+        _, oldest = min(waiting, key=lambda item: item[0])
+        self._leaving.add(oldest)
+        try:
+            oldest.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return True
+
     def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
         """The connection leaves the books before it is closed, so the reaper never touches it after."""
         with self._lock:
+            self._leaving.discard(request)
             client, _ = self._open.pop(request)
             self._per_client[client] -= 1
             if not self._per_client[client]:

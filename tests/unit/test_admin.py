@@ -55,8 +55,9 @@ def test_only_three_paths(admin: AdminServer, path: str, status: int) -> None:
 
 def test_half_sent_heads_neither_pile_up_nor_outlast_the_idle_limit(backend: DemoBackend) -> None:
     """A client that opens connections and never finishes a head holds at most `max_connections`
-    threads (beyond that a connection is closed at once, not after a wait), each for at most
-    `idle_seconds` (the client's 5 s socket timeout would fire first otherwise)."""
+    threads (beyond that a new one takes the oldest one's slot, which is closed at once, not
+    after a wait), each for at most `idle_seconds` (the client's 5 s socket timeout would fire
+    first otherwise)."""
     import socket
 
     def half_sent(server: AdminServer) -> socket.socket:
@@ -70,7 +71,8 @@ def test_half_sent_heads_neither_pile_up_nor_outlast_the_idle_limit(backend: Dem
         server.start()
     try:
         held = [half_sent(capped) for _ in range(4)]
-        assert half_sent(capped).recv(1) == b""  # every slot taken: closed at once, no thread
+        held.append(half_sent(capped))  # every slot taken: the oldest one is closed at once
+        assert held[0].recv(1) == b""
         assert half_sent(idle).recv(1) == b""  # dropped after the idle limit
         for sock in held:
             sock.close()
@@ -147,6 +149,66 @@ def test_a_client_dribbling_heads_can_neither_hold_a_connection_nor_take_every_s
             threading.Event().wait(0.1)
         else:
             raise AssertionError("the address never got its share back")
+    finally:
+        server.stop()
+
+
+def test_many_addresses_holding_every_slot_with_unfinished_heads_never_keep_a_probe_out(backend: DemoBackend) -> None:
+    """The admin red team: 8 addresses, each within its share of 8, held all 64 slots with heads
+    never finished, reconnecting as the head deadline cut them, and the kubelet's probes were
+    closed at accept: the pod would be restarted. A new connection now takes the slot of the one
+    waiting longest for a head (an unfinished one, or a kept-alive one's next)."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60,
+                         max_connections=4, max_per_client=2)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+
+    def connect(source: str) -> socket.socket:
+        return socket.create_connection(address, timeout=5, source_address=(source, 0))
+
+    def answered(sock: socket.socket) -> bytes:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while not data.endswith(b'{"ok":true,"status":"live"}'):
+            more = sock.recv(4096)
+            if not more:
+                break
+            data += more
+        return data.split(b"\r\n")[0]
+
+    try:
+        held = []
+        for source in ("127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4"):
+            sock = connect(source)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+            held.append(sock)
+            threading.Event().wait(0.05)  # its thread has read it: their deadlines come in this order
+        for _ in range(3):  # the cap full: a probe takes the slot of the oldest unfinished head
+            probe = connect("127.0.0.2")
+            assert answered(probe) == b"HTTP/1.1 200 OK"
+            cut = held.pop(0)
+            assert cut.recv(1) == b""
+            probe.close()
+            for _ in range(50):  # the holder takes its slot back, with a head it never finishes
+                threading.Event().wait(0.05)
+                sock = connect(cut.getsockname()[0])
+                sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+                sock.settimeout(0.05)
+                try:
+                    sock.recv(1)  # closed at once: its address's share still held
+                except TimeoutError:
+                    sock.settimeout(5)
+                    held.append(sock)
+                    break
+            else:
+                raise AssertionError("the holder never got its slot back")
+            threading.Event().wait(0.05)  # its thread has read it
+        for sock in held:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # the others still open
     finally:
         server.stop()
 

@@ -29,7 +29,8 @@ UPSTREAM_CHECK_SECONDS = 2.0
 # A probe or a scrape sends its request at once and is answered in milliseconds: a connection idle
 # longer than ADMIN_IDLE_SECONDS is dropped, and one whose request head has not arrived within
 # ADMIN_HEAD_SECONDS is cut (a head dribbled a byte at a time never idles; a kept-alive scrape
-# connection is never cut while it is answered). At most ADMIN_MAX_CONNECTIONS are served at a
+# connection is never cut while its answer is made), as is one whose answer, once made, has not
+# been taken within ADMIN_HEAD_SECONDS. At most ADMIN_MAX_CONNECTIONS are served at a
 # time (each holds a thread), ADMIN_MAX_PER_CLIENT of them from one address (one /64 for IPv6), so
 # one client that dribbles cannot take every slot and have the kubelet's probes refused and the
 # pod restarted. Nor can many: while every slot is held, a new connection takes the slot of the
@@ -123,6 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.server.answer_ready(self.connection)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -211,6 +213,13 @@ class AdminServer(ThreadingHTTPServer):
 
     def head_arrived(self, connection: socket.socket) -> None:
         self._set_deadline(connection, math.inf)
+
+    def answer_ready(self, connection: socket.socket) -> None:
+        """The answer is made: it must be taken as a head must come, in time, and while the client
+        has not taken it the slot may be made room from. Clients that pipelined requests and read
+        their answers a little at a time held every slot mid-write, never waiting for a head, and
+        the kubelet's probes were closed at accept (red team)."""
+        self._set_deadline(connection, time.monotonic() + self.head_seconds)
 
     def _set_deadline(self, connection: socket.socket, deadline: float) -> None:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -209,6 +210,59 @@ def test_many_addresses_holding_every_slot_with_unfinished_heads_never_keep_a_pr
             sock.setblocking(False)
             with pytest.raises(BlockingIOError):
                 sock.recv(1)  # the others still open
+    finally:
+        server.stop()
+
+
+def test_clients_that_never_take_their_answers_never_keep_a_probe_out(backend: DemoBackend) -> None:
+    """The admin red team, after the slots of unfinished heads were made room from: 8 addresses,
+    each within its share, pipelined requests on a small receive window and read a little every
+    few seconds, so each slot's thread was always in the middle of writing an answer, never
+    waiting for a head, and most kubelet probes were still closed at accept. An answer the client
+    does not take is no work of ours: its connection gives its slot as one waiting for a head does."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60,
+                         max_connections=2, max_per_client=1)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+
+    def slow_reader(source: str) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.bind((source, 0))
+        sock.connect(address)
+        sock.setblocking(False)
+        try:
+            for _ in range(20_000):
+                sock.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        except BlockingIOError:
+            pass  # its requests fill every buffer, its answers too: the server is mid-write
+        sock.settimeout(5)
+        return sock
+
+    try:
+        readers = [slow_reader("127.0.0.3"), slow_reader("127.0.0.4")]
+        threading.Event().wait(0.5)  # both threads blocked writing answers nobody reads
+        probe = socket.create_connection(address, timeout=5, source_address=("127.0.0.2", 0))
+        probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert probe.recv(64).startswith(b"HTTP/1.1 200 OK")
+        probe.close()
+        def cut(sock: socket.socket) -> bool:
+            """Whether the connection ends within a second (the other one is still answered)."""
+            sock.settimeout(1)
+            end = time.monotonic() + 1
+            try:
+                while time.monotonic() < end:
+                    if not sock.recv(65536):
+                        return True
+            except ConnectionResetError:  # closed with its requests unread
+                return True
+            except TimeoutError:
+                pass
+            return False
+
+        assert sorted(cut(sock) for sock in readers) == [False, True]  # one of them gave its slot
     finally:
         server.stop()
 

@@ -4,6 +4,8 @@ the proxy's event loop is busy, and a slow upstream check never stalls the proxy
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import logging
 import math
@@ -40,6 +42,10 @@ ADMIN_IDLE_SECONDS = 5.0
 ADMIN_HEAD_SECONDS = 10.0
 ADMIN_MAX_CONNECTIONS = 64
 ADMIN_MAX_PER_CLIENT = 8
+# A probe's or a scrape's head is a few hundred bytes; the stdlib bounds one only at 100 lines of
+# 64 KiB each, and 40 connections holding such heads unfinished took the sidecar past its memory
+# limit (red team). Past this a head is refused with 431, as on the proxied port (Node's limit).
+ADMIN_MAX_HEAD_BYTES = 16 * 1024
 _REAP_TICK_SECONDS = 0.25
 
 
@@ -82,20 +88,58 @@ def upstream_ready(upstream: str, pin: str | None, verify: ssl.SSLContext) -> tu
     return True, "ok"
 
 
+class _HeadReader(io.BufferedIOBase):
+    """A connection's input, whose lines stop at `left` bytes while one is set: the header lines
+    `http.client.parse_headers` reads end in a 431 at the budget, not at 100 lines of 64 KiB."""
+
+    def __init__(self, file: io.BufferedIOBase) -> None:
+        super().__init__()
+        self._file = file
+        self.left: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        return self._file.read(size)
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        if self.left is None:
+            return self._file.readline(size)
+        if self.left >= 0:
+            limit = self.left + 1  # one byte past the budget tells it was passed
+            line = self._file.readline(limit if size is None or size < 0 else min(size, limit))
+            self.left -= len(line)
+            if self.left >= 0:
+                return line
+        raise http.client.HTTPException(f"request head over {ADMIN_MAX_HEAD_BYTES} bytes")
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "AdminServer"
+    raw_requestline: bytes  # the stdlib's, not in its stubs
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.idle_seconds)  # a half-sent head ends the connection
+        self.rfile = self._head = _HeadReader(self.rfile)
 
     def handle_one_request(self) -> None:
         self.server.await_head(self.connection)  # each head, the next one on a kept-alive connection too
+        self._head.left = None  # the request line: the stdlib's 64 KiB bound, then a 414
         super().handle_one_request()
 
     def parse_request(self) -> bool:
-        parsed = super().parse_request()
+        self._head.left = ADMIN_MAX_HEAD_BYTES - len(self.raw_requestline)
+        try:
+            parsed = super().parse_request()
+        finally:
+            self._head.left = None
         self.server.head_arrived(self.connection)
         return parsed
 

@@ -267,6 +267,26 @@ def test_clients_that_never_take_their_answers_never_keep_a_probe_out(backend: D
         server.stop()
 
 
+def test_a_head_is_refused_past_16_kib_not_held_in_memory(admin: AdminServer) -> None:
+    """The admin red team: the stdlib bounds a head only at 100 lines of 64 KiB each, and 40
+    connections, each holding 99 such lines of a head never finished, took the sidecar from 51 to
+    305 MB (its limit is 256 Mi: the proxy would be OOM-killed with it). A head is now refused
+    past 16 KiB, Node's limit the proxied port has too, without waiting for its end."""
+    import socket
+
+    address = (str(admin.server_address[0]), int(admin.server_address[1]))
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + (b"X-Pad: " + b"a" * 1000 + b"\r\n") * 17)  # never finished
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        while more := sock.recv(4096):
+            answer += more
+        assert b"Connection: close" in answer
+    with socket.create_connection(address, timeout=5) as sock:  # a head just under the limit is answered
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + (b"X-Pad: " + b"a" * 1000 + b"\r\n") * 15 + b"\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 200 OK")
+
+
 def test_a_client_that_hangs_up_is_no_error(admin: AdminServer, capsys: pytest.CaptureFixture[str],
                                             caplog: pytest.LogCaptureFixture) -> None:
     """socketserver printed a traceback on stderr for every probe or dribbler that reset its

@@ -183,6 +183,10 @@ def _client_key(client_address: object) -> str:
 
 class AdminServer(ThreadingHTTPServer):
     daemon_threads = True
+    # Connections not yet accepted wait in the kernel: the stdlib's 5 overflowed while the accept
+    # thread waited for the GIL under a reconnecting flood, and the kubelet's SYN was dropped
+    # (its connect took 1, 3, 7 s against a 2 s probe timeout; red team).
+    request_queue_size = 2 * ADMIN_MAX_CONNECTIONS
 
     def __init__(self, host: str, port: int, health: Health, *, idle_seconds: float = ADMIN_IDLE_SECONDS,
                  head_seconds: float = ADMIN_HEAD_SECONDS, max_connections: int = ADMIN_MAX_CONNECTIONS,

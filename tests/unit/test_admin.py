@@ -287,6 +287,25 @@ def test_a_head_is_refused_past_16_kib_not_held_in_memory(admin: AdminServer) ->
         assert sock.recv(64).startswith(b"HTTP/1.1 200 OK")
 
 
+def test_a_burst_of_connections_waits_for_accept_instead_of_being_dropped(backend: DemoBackend) -> None:
+    """The admin red team: attackers reconnecting as fast as their connections were closed or
+    made room from filled the stdlib's listen backlog of 5 while the accept thread waited for the
+    GIL, and the kernel dropped the kubelet's SYN: its connect took 1, 3, 7 s (the probe's
+    timeout is 2 s). The backlog now holds twice the connection cap."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(backend.url))  # not started: nothing is accepted
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+    waiting = []
+    try:
+        for _ in range(100):
+            waiting.append(socket.create_connection(address, timeout=0.5))  # a dropped SYN times out
+    finally:
+        for sock in waiting:
+            sock.close()
+        server.server_close()
+
+
 def test_a_client_that_hangs_up_is_no_error(admin: AdminServer, capsys: pytest.CaptureFixture[str],
                                             caplog: pytest.LogCaptureFixture) -> None:
     """socketserver printed a traceback on stderr for every probe or dribbler that reset its

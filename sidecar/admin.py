@@ -257,7 +257,13 @@ class AdminServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def await_head(self, connection: socket.socket) -> None:
-        self._set_deadline(connection, time.monotonic() + self.head_seconds)
+        """A deadline already running (from the accept, or from the last answer being made)
+        stands: a thread the scheduler started late gives its connection no extra time, and the
+        connection waiting longest for a head is the one accepted first."""
+        with self._lock:
+            client, deadline = self._open[connection]
+            if deadline == math.inf:
+                self._open[connection] = (client, time.monotonic() + self.head_seconds)
 
     def head_arrived(self, connection: socket.socket) -> None:
         self._set_deadline(connection, math.inf)

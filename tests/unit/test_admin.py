@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -243,7 +244,16 @@ def test_clients_that_never_take_their_answers_never_keep_a_probe_out(backend: D
 
     try:
         readers = [slow_reader("127.0.0.3"), slow_reader("127.0.0.4")]
-        threading.Event().wait(0.5)  # both threads blocked writing answers nobody reads
+        steady = 0
+        for _ in range(400):  # until both threads are blocked writing answers nobody reads
+            threading.Event().wait(0.025)
+            with server._lock:
+                answered_only = all(deadline != math.inf for _, deadline in server._open.values())
+            steady = steady + 1 if answered_only else 0
+            if steady == 8:
+                break
+        else:
+            raise AssertionError("the two readers' threads never settled mid-write")
         probe = socket.create_connection(address, timeout=5, source_address=("127.0.0.2", 0))
         probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert probe.recv(64).startswith(b"HTTP/1.1 200 OK")

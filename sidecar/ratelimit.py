@@ -23,8 +23,9 @@ OpenClaw 2026.9.6 enforces per real client (`AuthFailureLimiter`):
   locks a key whose window already holds the (lowered) ``max_attempts``.  A lockout of 0
   ends at once and takes the key's history with it (that one check is refused, with no
   ``Retry-After``). ``max_attempts`` 0 (upstream: anything up to 0) locks at the first failure
-  and locks again at each check within ``RELOCK_MS`` of the last lockout's end, where upstream's
-  check re-locks a client its minute's prune has not dropped yet;
+  and locks again at each check within ``RELOCK_MS`` of the last lockout's end or of the last
+  failure leaving the window, where upstream's check locks any client its minute's prune has
+  not dropped yet (so an ended lockout's end is kept, and every key lives that minute longer);
 * loopback clients (with ``exempt_loopback``) are never locked; each failure instead
   returns a delay for the 401: ``min(base * 2**(n-1), cap)`` with ``n`` the recent
   failures (history capped at 6): 0.25, 0.5, 1, 2, 4, 5, 5 ... seconds by default.
@@ -339,8 +340,11 @@ class _FailureLog:
         self.window_ms = window_ms
         self.lockout_ms = lockout_ms
         self.ring = max(1, ring)
-        self._t_ttl = math.ceil(window_ms / 1000) + 2
-        held = max(window_ms, RELOCK_MS) if self.relock else window_ms
+        # The gateway may hold a client until its prune, a minute after its last failure left the
+        # window or its lockout ended: what the sidecar knows of it stays that long, for a
+        # max_attempts lowered to 0 (which locks any client it holds) to find.
+        held = window_ms + RELOCK_MS
+        self._t_ttl = math.ceil(held / 1000) + 2
         self._lock_ttl = math.ceil((lockout_ms + held) / 1000) + 2
         self._seq_ttl = max(_SEQ_TTL_MIN_S, 2 * self._lock_ttl)
 
@@ -389,10 +393,12 @@ class _FailureLog:
                 return until - now, False
             if self.relock and now - until < RELOCK_MS:
                 return await self.set_lock(key, now + self.lockout_ms, now) - now, False
-            await self.clear(key, seq, keep_tracked=True)  # lockout over: the history goes with it
+            if seq:  # lockout over: the history goes with it, its end stays (see set_limits)
+                await self.clear(key, seq, keep_tracked=True, keep_lock=True)
             return None, True
         if seq >= self.threshold and await self._window_full(key, seq, now, recorded_now=False):
-            # max_attempts lowered since these failures: the gateway's check locks such a client at once
+            # max_attempts lowered since these failures (to 0: any client the gateway may still
+            # hold): the gateway's check locks such a client at once
             return await self._lock_out(key, now), False
         return None, not seq
 
@@ -413,23 +419,24 @@ class _FailureLog:
 
     async def _lock_out(self, key: str, now: int) -> int:
         """Lock the key for lockout_ms; returns the milliseconds left. A lockout of 0 is over at
-        once and, as at the gateway's next look, takes the history with it."""
-        if self.lockout_ms > 0 or self.relock:  # (a lock over at once still marks a client to lock again)
-            return await self.set_lock(key, now + self.lockout_ms, now) - now
-        await self.clear(key, keep_tracked=True)
-        return 0
+        once (the gateway's next look takes the history with it), but its lock still marks the
+        client as one the gateway holds, which a max_attempts lowered to 0 locks again."""
+        return await self.set_lock(key, now + self.lockout_ms, now) - now
 
     async def _window_full(self, key: str, seq: int, now: int, *, recorded_now: bool) -> bool:
         """The window holds max_attempts failures: failure `seq - max_attempts + 1` is in it.
         One recorded now counts whatever the window (the gateway adds it after dropping the old
-        ones); at a check every failure must be younger than the window, none with a window of 0."""
+        ones); at a check every failure must be younger than the window, none with a window of 0.
+        With max_attempts 0 a client counts while the gateway may still hold it: up to its prune
+        a minute after the last failure left the window (its check then locks on no failure)."""
         oldest = seq - self.threshold + 1
         if oldest < 1:
             return False
         if oldest == seq and recorded_now:
             return True
         stamp = await self.storage.get(self._t(key, oldest))
-        return bool(stamp) and stamp - 1 > now - self.window_ms
+        held = self.window_ms + RELOCK_MS if self.relock else self.window_ms
+        return bool(stamp) and stamp - 1 > now - held
 
     async def record_counting(self, key: str, now: int) -> int:
         """One failure for a never-locked key; returns the failures in the window (<= ring)."""
@@ -450,17 +457,18 @@ class _FailureLog:
         else:
             self._forget(key)
 
-    async def clear(self, key: str, seq: int | None = None, *, keep_tracked: bool = False) -> None:
+    async def clear(self, key: str, seq: int | None = None, *, keep_tracked: bool = False, keep_lock: bool = False) -> None:
         """Drop the key's failure history and lock.
 
         ``keep_tracked``: an expired lockout keeps the client in the table as an unlocked,
         empty entry (upstream keeps the map entry), so an overflow lock does not treat it
-        as a new client.
+        as a new client. ``keep_lock``: and the expired lock's end stays with it.
         """
         if seq is None:
             seq = await self.storage.get(self._seq(key))
         stale = [self._t(key, n) for n in range(max(1, seq - self.ring + 1), seq + 1)]
-        await asyncio.gather(*(self.storage.clear(k) for k in (self._lock(key), self._seq(key), *stale)))
+        lock = () if keep_lock else (self._lock(key),)
+        await asyncio.gather(*(self.storage.clear(k) for k in (*lock, self._seq(key), *stale)))
         was_tracked = self.tracked(key)
         self._forget(key)
         if keep_tracked and was_tracked:

@@ -487,7 +487,7 @@ async def test_redis_keys_are_prefixed_and_expire(redis_server: RedisServer, red
         assert lock.encode() in keys
         for key in (lock, f"openclaw-sidecar:authfail/{{shared-secret:{IP}}}/t/1"):
             ttl = int(redis_server.command("TTL", key).strip().lstrip(b":"))
-            assert 0 < ttl <= 400  # garbage collection only: lockout + window (+slack)
+            assert 0 < ttl <= 430  # garbage collection only: lockout + window + the prune minute (+slack)
         await limiter.reset(IP)
         assert b"authfail" not in redis_server.command("KEYS", "*")
     finally:
@@ -839,3 +839,122 @@ async def test_client_turns_run_one_check_per_client_at_a_time_and_keep_nothing_
     await asyncio.gather(check(IP, "a"), check(f"::ffff:{IP}", "b"), check("198.51.100.1", "c"))
     assert trace.index("a-") < trace.index("b+") and trace.index("c+") < trace.index("a-")
     assert len(turns) == 0
+
+
+# --------------------------------------------------------------------------- bookkeeping (mutation survivors)
+
+
+def _ttl(redis_server: RedisServer, key: str) -> int:
+    return int(redis_server.command("TTL", f"openclaw-sidecar:{key}").strip().lstrip(b":"))
+
+
+@pytest.mark.redis
+async def test_a_lockouts_record_outlives_its_window_and_the_relock_minute(redis_server: RedisServer, redis_url: str,
+                                                                           clock: FakeClock) -> None:
+    """A lock key that expired with its lockout would leave the failures still in the window to
+    lock the client again at its next check, where the gateway drops them with the lockout; with
+    maxAttempts 0 the gateway locks again for a minute after a lockout ends (RELOCK_MS)."""
+    limiter = AuthFailureLimiter(max_attempts=2, storage_uri=redis_url, clock=clock)
+    relocking = AuthFailureLimiter(max_attempts=0, window_ms=1_000, lockout_ms=1_000, storage_uri=redis_url, clock=clock)
+    try:
+        await limiter.record_failure(IP)
+        await limiter.record_failure(IP)
+        assert 420 < _ttl(redis_server, f"authfail/{{shared-secret:{IP}}}/lock") <= 422  # lockout + window + a minute + 2 s
+        await relocking.record_failure(OTHER)
+        assert 62 < _ttl(redis_server, f"authfail/{{shared-secret:{OTHER}}}/lock") <= 64  # lockout + window + a minute + 2 s
+    finally:
+        await limiter.aclose()
+        await relocking.aclose()
+
+
+@pytest.mark.redis
+async def test_a_clients_failure_times_are_kept_for_its_last_max_attempts_only(redis_server: RedisServer, redis_url: str,
+                                                                               clock: FakeClock) -> None:
+    limiter = AuthFailureLimiter(max_attempts=3, window_ms=1_000, storage_uri=redis_url, clock=clock)
+    try:
+        for _ in range(12):  # each alone in its window: never locked, the sequence grows
+            await limiter.record_failure(IP)
+            clock.advance(2)
+        times = [key for key in redis_server.command("KEYS", "*").split(b"\r\n") if b"/t/" in key]
+        assert sorted(times) == [f"openclaw-sidecar:authfail/{{shared-secret:{IP}}}/t/{n}".encode() for n in (10, 11, 12)]
+    finally:
+        await limiter.aclose()
+
+
+@pytest.mark.redis
+async def test_a_lock_two_replicas_set_at_once_is_the_first_ones_and_a_stale_one_is_replaced(redis_url: str,
+                                                                                           clock: FakeClock) -> None:
+    """Both replicas read no lock and lock the client: the lockout that began first stands, as
+    the gateway's single process would have it; a lock key whose end has passed but which has
+    not expired yet is replaced, not taken for a running lockout."""
+    a = AuthFailureLimiter(storage_uri=redis_url, clock=clock)
+    b = AuthFailureLimiter(storage_uri=redis_url, clock=clock)
+    key, now = auth_key(IP), round(clock() * 1000)
+    try:
+        assert await a._guard.primary.set_lock(key, now + 300_000, now) == now + 300_000
+        assert await b._guard.primary.set_lock(key, now + 310_000, now + 10_000) == now + 300_000
+        clock.advance(10)
+        assert await b.check(IP) == LimitVerdict(False, retry_after_s=290)
+        ended = now + 300_000
+        assert await b._guard.primary.set_lock(key, ended + 300_000, ended) == ended + 300_000
+        clock.advance(290)
+        assert await a.check(IP) == LimitVerdict(False, retry_after_s=300)
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_loopback_failures_leave_the_delay_count_with_the_window(clock: FakeClock) -> None:
+    limiter = AuthFailureLimiter(window_ms=60_000, loopback_delay_base_ms=250, clock=clock)
+    try:
+        assert await limiter.record_failure("127.0.0.1") == 0.25
+        clock.advance(60)  # exactly one window later: the first failure has left it
+        assert await limiter.record_failure("127.0.0.1") == 0.25
+        clock.advance(59.999)
+        assert await limiter.record_failure("127.0.0.1") == 0.5
+    finally:
+        await limiter.aclose()
+
+
+async def test_eviction_takes_the_client_that_failed_least_recently(clock: FakeClock) -> None:
+    """Not the one that failed first: a client still guessing keeps its count."""
+    limiter = AuthFailureLimiter(max_attempts=3, max_entries=2, clock=clock)
+    try:
+        for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.3"):  # 10.0.0.2 goes
+            await limiter.record_failure(ip)
+        await limiter.record_failure("10.0.0.1")  # its third
+        assert await limiter.check("10.0.0.1") == LimitVerdict(False, retry_after_s=300)
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_full_table_of_lockouts_refuses_new_clients_for_one_lockout_not_longer(clock: FakeClock) -> None:
+    """Each new client's failure while the table is full finds the overflow running, and does
+    not extend it: it ends one lockout after it began."""
+    limiter = AuthFailureLimiter(max_attempts=1, max_entries=2, lockout_ms=300_000, clock=clock)
+    try:
+        await limiter.record_failure("10.0.0.1")
+        await limiter.record_failure("10.0.0.2")
+        clock.advance(10)
+        await limiter.record_failure("10.0.0.3")  # the overflow begins
+        clock.advance(100)
+        await limiter.record_failure("10.0.0.4")
+        assert await limiter.check("10.0.0.99") == LimitVerdict(False, retry_after_s=200)
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_client_whose_lockout_ended_stays_in_the_table_until_it_succeeds(clock: FakeClock) -> None:
+    """As the gateway keeps its map entry: the ended lockout's client is no new client when the
+    table is full; its success forgets it."""
+    limiter = AuthFailureLimiter(max_attempts=1, lockout_ms=10_000, clock=clock)
+    try:
+        await limiter.record_failure(IP)
+        assert limiter.tracked_clients == 1
+        clock.advance(11)
+        assert await limiter.check(IP) == LimitVerdict(True)
+        assert limiter.tracked_clients == 1
+        await limiter.reset(IP)
+        assert limiter.tracked_clients == 0
+    finally:
+        await limiter.aclose()

@@ -25,14 +25,16 @@ if _reason is not None:
 START_MS = 1_700_000_040_000
 CLIENTS = ["203.0.113.7", "198.51.100.23", "::ffff:203.0.113.7", "127.0.0.1"]
 MAX_ATTEMPTS = [1, 2, 2.5, 3, 4, 10]
+NO_ATTEMPTS = [0, -1, 0.5, 1]  # the first failure locks (0 and less: and the gateway locks again)
+PRUNE_INTERVAL_MS = 60_000  # the gateway limiter's prune timer
 DURATIONS_MS = [0, 1.5, 999.9, 1000, 5000, 60_000, 300_000, -5]
 STEPS_MS = [0, 1, 400, 999, 1000, 4000, 60_000, 300_000]
 
 
-def limits(rng: random.Random, window: dict[str, float] | None) -> dict[str, Any]:
+def limits(rng: random.Random, window: dict[str, float] | None, attempts: list[float]) -> dict[str, Any]:
     """Some of gateway.auth.rateLimit's numbers, as an operator may write them; `window`, when
     given, is the sequence's fixed `windowMs` (or its absence)."""
-    written = {"maxAttempts": rng.choice(MAX_ATTEMPTS), "windowMs": rng.choice(DURATIONS_MS),
+    written = {"maxAttempts": rng.choice(attempts), "windowMs": rng.choice(DURATIONS_MS),
                "lockoutMs": rng.choice(DURATIONS_MS)}
     chosen = {key: value for key, value in written.items() if rng.random() < 0.85}
     if window is not None:
@@ -41,7 +43,8 @@ def limits(rng: random.Random, window: dict[str, float] | None) -> dict[str, Any
     return chosen
 
 
-def sequences(*, fixed_window: bool, count: int = 250, length: int = 40) -> list[dict[str, Any]]:
+def sequences(*, fixed_window: bool, count: int = 250, length: int = 40,
+              attempts: list[float] = MAX_ATTEMPTS) -> list[dict[str, Any]]:
     """Each with its own starting limits; `exemptLoopback` is fixed per sequence (flipping it is
     the one change the sidecar applies to new failures only: see README)."""
     rng = random.Random(13 + fixed_window)
@@ -57,18 +60,20 @@ def sequences(*, fixed_window: bool, count: int = 250, length: int = 40) -> list
             elif kind == "wait":
                 ops.append([kind, rng.choice(STEPS_MS)])
             else:
-                ops.append([kind, {**limits(rng, window), "exemptLoopback": exempt}])
-        cases.append({"initial": {**limits(rng, window), "exemptLoopback": exempt}, "ops": ops})
+                ops.append([kind, {**limits(rng, window, attempts), "exemptLoopback": exempt}])
+        cases.append({"initial": {**limits(rng, window, attempts), "exemptLoopback": exempt}, "ops": ops})
     return cases
 
 
 def gateway_verdicts(cases: list[dict[str, Any]]) -> list[list[list[Any]]]:
-    """[allowed, Retry-After seconds] for each check, as the gateway's HTTP answer gives them."""
+    """[allowed, Retry-After seconds] for each check, as the gateway's HTTP answer gives them. Its
+    prune timer fires as the clock passes each minute from the limiter's creation."""
     return call_gateway(["createAuthRateLimiter"], f"""
         let now = 0;
         Date.now = () => now;
         answer(input.map(({{ initial, ops }}) => {{
           now = {START_MS};
+          let prune = now + {PRUNE_INTERVAL_MS};
           const limiter = gateway.createAuthRateLimiter(initial);
           const verdicts = [];
           for (const [kind, arg] of ops) {{
@@ -77,7 +82,11 @@ def gateway_verdicts(cases: list[dict[str, Any]]) -> list[list[list[Any]]]:
               verdicts.push([v.allowed, v.allowed || v.retryAfterMs <= 0 ? 0 : Math.ceil(v.retryAfterMs / 1000)]);
             }} else if (kind === "fail") limiter.recordFailure(arg, "shared-secret");
             else if (kind === "reset") limiter.reset(arg, "shared-secret");
-            else if (kind === "wait") now += arg;
+            else if (kind === "wait") {{
+              const until = now + arg;
+              for (; prune <= until; prune += {PRUNE_INTERVAL_MS}) {{ now = prune; limiter.prune(); }}
+              now = until;
+            }}
             else limiter.updateConfig(arg);
           }}
           limiter.dispose();
@@ -152,3 +161,17 @@ async def test_a_changed_window_counts_nearly_as_the_gateway_does(empty_storage:
     laxer = [pair for pair in pairs if pair[0][0] and not pair[1][0]]
     assert len(laxer) <= 0.001 * len(pairs), f"{len(laxer)} of {len(pairs)} checks let through (sidecar, gateway): {laxer[:5]}"
     assert sum(1 for mine, theirs in pairs if mine == theirs) >= 0.99 * len(pairs)
+
+
+async def test_no_attempts_allowed_never_lets_through_what_the_gateway_refuses(empty_storage: Callable[[], str]) -> None:
+    """maxAttempts 0 or less: the first failure locks, and the gateway locks the client again at
+    every check while it holds it, which its minute's prune lets go of once a lockout has ended
+    unchecked. The sidecar holds it a whole minute after each lockout's end (RELOCK_MS): it may
+    refuse a check the gateway would have let through after an early prune, never the other way
+    (mutation testing: a lockout of 0 that did not mark the client to lock again survived)."""
+    cases = sequences(fixed_window=True, attempts=NO_ATTEMPTS)
+    pairs = await compared(cases, empty_storage)
+    laxer = [pair for pair in pairs if pair[0][0] and not pair[1][0]]
+    assert laxer == [], f"{len(laxer)} of {len(pairs)} checks let through (sidecar, gateway): {laxer[:5]}"
+    assert sum(1 for mine, theirs in pairs if mine == theirs) >= 0.95 * len(pairs)
+    assert sum(1 for _, theirs in pairs if not theirs[0]) >= 500

@@ -210,11 +210,17 @@ def _header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
 
 
 def read_answer(stream: _Stream, method: str) -> Answer:
-    """One HTTP answer: a 101 is final, other 1xx are skipped; the body by length, chunks or close."""
+    """One HTTP answer: a 101 is final, other 1xx are skipped; the body by length, chunks or close.
+    An answer whose status line came but whose head or body is broken (cut short, too long, badly
+    framed) keeps its status: a 200 the target started is no refusal. Nothing after it is read."""
     while True:
         while b"\r\n\r\n" not in stream.buffer and b"\n\n" not in stream.buffer:
             if len(stream.buffer) > MAX_HEAD_BYTES or not stream.fill():
                 if stream.buffer.strip():
+                    status = _final_status(stream.buffer)
+                    if status is not None:
+                        stream.eof, stream.buffer = True, b""
+                        return Answer("http", status=status)
                     raise ConnectionError(f"the answer ended inside its head: {stream.buffer[:80]!r}")
                 return Answer("closed")
         cut = min(i for i in (stream.buffer.find(b"\r\n\r\n"), stream.buffer.find(b"\n\n")) if i >= 0)
@@ -225,27 +231,46 @@ def read_answer(stream: _Stream, method: str) -> Answer:
             break
     if status in (101, 204, 304) or method == "HEAD":
         return Answer("http", status=status, headers=headers)
+    body = bytearray()
+    try:
+        _read_body(stream, headers, body)
+    except (ConnectionError, ValueError):
+        stream.eof, stream.buffer = True, b""
+    return Answer("http", status=status, headers=headers, body=bytes(body))
+
+
+def _final_status(head: bytes) -> int | None:
+    """The status of a head cut short, when its status line came whole and is a final one."""
+    if b"\n" not in head:
+        return None
+    try:
+        status, _ = _parse_head(head.split(b"\n", 1)[0])
+    except ConnectionError:
+        return None
+    return status if status == 101 or not 100 <= status < 200 else None
+
+
+def _read_body(stream: _Stream, headers: tuple[tuple[str, str], ...], body: bytearray) -> None:
+    """The body into `body`, by length, chunks or close: what came stays there if the rest is broken."""
     length = _header(headers, "content-length")
     if (_header(headers, "transfer-encoding") or "").lower() == "chunked":
-        body = b""
         while True:
             size = int(stream.line().split(b";")[0].strip() or b"0", 16)
             if size == 0:
                 while stream.line():  # trailers, then the blank line
                     pass
-                break
+                return
             room = MAX_BODY_BYTES - len(body)
             body += stream.exactly(min(size, room))
             if size >= room:  # cut at the cap, whatever size the chunk claims
-                break
+                return
             stream.line()
     elif length is not None and length.isdigit():
-        body = stream.exactly(min(int(length), MAX_BODY_BYTES))
+        body += stream.exactly(min(int(length), MAX_BODY_BYTES))
     else:
         while len(stream.buffer) < MAX_BODY_BYTES and stream.fill():
             pass
-        body = stream.take(MAX_BODY_BYTES)
-    return Answer("http", status=status, headers=headers, body=body)
+        body += stream.take(MAX_BODY_BYTES)
 
 
 def sent_headers(request: bytes) -> frozenset[tuple[str, str]]:

@@ -241,3 +241,40 @@ def test_an_answer_to_a_smuggled_request_fails_the_case(hostile, capsys):
     assert code == 1
     row = next(line for line in table.splitlines() if line.startswith("H1.content-length-and-chunked"))
     assert "FAIL" in row and "smuggled" in table
+
+
+# ---- an answer that started is no refusal --------------------------------------------------------
+
+BROKEN_200 = {
+    "chunks-cut-short": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n17\r\n" + OK,
+    "chunk-size-not-hex": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n" + OK,
+    "length-not-ascii": b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n" + OK,
+    "head-past-the-cap": b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 2**20 + b"\r\n\r\n" + OK,
+    "head-cut-short": b"HTTP/1.1 200 OK\r\nContent-Type: appl",
+}
+
+
+def broken_200(answer: bytes) -> Behaviour:
+    """The credential control answered properly; every other request with a 200 whose head or body
+    then breaks off, as a vulnerable proxy relaying a backend that died mid-answer does."""
+    def behave(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        if b"Bearer s3cret-token" in request and b"ocprobe" not in request and b"sec-websocket-key" not in request.lower():
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK), OK))
+            return
+        conn.sendall(answer)
+    return behave
+
+
+@pytest.mark.parametrize("answer", BROKEN_200.values(), ids=BROKEN_200.keys())
+def test_a_200_whose_rest_is_broken_keeps_its_status(hostile, answer):
+    [read] = exchange(hostile(broken_200(answer)).endpoint, b"GET / HTTP/1.1\r\n\r\n", ["GET"], 2.0)
+    assert (read.kind, read.status) == ("http", 200)
+
+
+@pytest.mark.parametrize("answer", BROKEN_200.values(), ids=BROKEN_200.keys())
+def test_a_200_whose_rest_is_broken_lets_through_a_case_that_must_be_refused(hostile, capsys, answer):
+    """Read as a connection closed without an answer, it passed as refused: exit 0."""
+    code, table = probe_cli(hostile(broken_200(answer)), capsys, cases="A1.x-forwarded-uri-without-credential")
+    row = next(line for line in table.splitlines() if line.startswith("A1.x-forwarded-uri-without-credential"))
+    assert code == 1
+    assert "FAIL" in row and "let through: 200" in row

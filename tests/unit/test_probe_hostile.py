@@ -225,6 +225,39 @@ def test_escapes_and_line_breaks_from_the_target_are_shown_escaped_in_the_table(
     assert not [line for line in table.splitlines() if line.startswith("FAKE")]
 
 
+WORKFLOW_BODY = b'{"error":"no"}\r\n::error title=x::PWNED\r\n  ::add-mask::hide\r\nx ##[warning]legacy\r\n'
+
+
+def http_refusal_with_workflow_commands(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    """Lines a GitHub Actions runner would run: `::name::` at a line's start (it skips leading blanks)
+    and the legacy `##[name]` anywhere in a line."""
+    conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nX-A: ##[error]header\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(WORKFLOW_BODY), WORKFLOW_BODY))
+
+
+def ws_refusal_with_workflow_commands(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
+    """A line separator (str.splitlines breaks there) and a right-to-left override, JSON-decoded."""
+    message = "a\u2028::error::PWNED \u202e ##[error]ws"
+    frame = {"type": "res", "id": CONNECT_ID, "ok": False, "error": {"code": "X", "message": message}}
+    conn.sendall(ws.send(TextMessage(json.dumps(frame))))
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "junit"])
+@pytest.mark.parametrize("behave", [
+    http_refusal_with_workflow_commands, http_or_ws(ws_refusal_with_workflow_commands),
+], ids=["http-answer", "ws-error-message"])
+def test_no_line_of_the_report_is_a_ci_workflow_command(hostile, capsys, behave, fmt):
+    args = build_parser().parse_args(["probe", hostile(behave).endpoint.url, "--token", "s3cret-token", "--timeout", "2",
+                                      "--cases", "A1.x-forwarded-uri", "--format", fmt])
+    assert run_probe(args, "9.9.9") == 1
+    report = capsys.readouterr().out
+    assert "PWNED" in report
+    assert "\u2028" not in report and "\u202e" not in report
+    for line in report.splitlines():
+        assert not line.lstrip().startswith("::"), line
+        assert "##[" not in line, line
+
+
 def desync(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
     """A hop that frames by Content-Length where the next one frames by chunks (CL.TE, the
     reviewer's desync.py): the request hidden in the body is answered too, right after the first."""

@@ -186,7 +186,7 @@ class Redactor:
         return _SECRET_FIELDS.sub(r"\1<redacted>\2", text)
 
     def arrivals(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [{"method": r.get("method"), "path": visible(str(r.get("path"))),
+        return [{"method": visible(str(r.get("method"))), "path": visible(str(r.get("path"))),
                  "headers": [self.header(str(k), str(v)) for k, v in r.get("headers", [])]} for r in records]
 
     def header(self, name: str, value: str) -> list[str]:

@@ -204,7 +204,7 @@ def arrival_problem(expect: Expectation, arrivals: Sequence[Mapping[str, Any]], 
 
 
 def describe_arrival(record: Mapping[str, Any]) -> str:
-    return f"{record.get('method', '?')} {visible(str(record.get('path', '?')), 100)}"
+    return f"{visible(str(record.get('method', '?')), 40)} {visible(str(record.get('path', '?')), 100)}"
 
 
 def judge(expect: Expectation, answer: Answer, arrivals: Sequence[Mapping[str, Any]] | None, marker: str, *,

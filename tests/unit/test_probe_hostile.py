@@ -14,6 +14,7 @@ import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, TextMessage
 
+from openclaw_demo.backend import DemoBackend
 from sidecar.cli import build_parser
 from sidecar.probe.command import run_probe
 from sidecar.probe.corpus import CONNECT_ID, WsRequest
@@ -256,6 +257,29 @@ def test_no_line_of_the_report_is_a_ci_workflow_command(hostile, capsys, behave,
     for line in report.splitlines():
         assert not line.lstrip().startswith("::"), line
         assert "##[" not in line, line
+
+
+def test_a_method_the_target_had_the_backend_record_is_shown_escaped(hostile, capsys):
+    """The demo backend records any request line's first word as its method: a target sends one of
+    its own with escapes for a method, then refuses the case (which reached the backend: the why
+    names the method, and so do the details)."""
+    with DemoBackend() as backend:
+        def forward_forged(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+            with socket.create_connection((backend.host, backend.port), timeout=5) as upstream:
+                upstream.sendall(b"\x1b]0;PWNED\x07\x1b[2J /tools/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                upstream.recv(65536)
+            refused = b"Bearer s3cret-token" not in request
+            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n" if refused else
+                         b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK), OK))
+
+        args = build_parser().parse_args(["probe", hostile(forward_forged).endpoint.url, "--token", "s3cret-token",
+                                          "--timeout", "2", "--backend-record", backend.url,
+                                          "--cases", "A1.x-forwarded-uri-without-credential"])
+        assert run_probe(args, "9.9.9") == 1
+    table = capsys.readouterr().out
+    assert "only after it reached the backend: \\x1b]0;PWNED\\x07\\x1b[2J /tools/invoke" in table
+    assert "arrived at the backend: \\x1b]0;PWNED" in table
+    assert "\x1b" not in table and "\x07" not in table
 
 
 def desync(conn: socket.socket, request: bytes, stop: threading.Event) -> None:

@@ -36,7 +36,8 @@ class Answer:
     kind: `http` (a status line; for a WebSocket, the upgrade was refused), `closed` (no answer,
     the peer hung up), `timeout`, `error` (could not connect), `ws-res` (the RPC answer frame),
     `ws-echo` (the backend sent our own frame back: it was relayed unread), `ws-closed`. An `error`
-    may also be a WebSocket message too long to read.
+    may also be a WebSocket message too long to read, or frames wsproto cannot parse (it reports a close
+    the target never sent).
     stage: where a WebSocket exchange ended (`upgrade`, `connect`, `frame`).
     """
 

@@ -15,12 +15,14 @@ import socket
 from typing import Any
 
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection, BytesMessage, CloseConnection, Message, Ping, RejectConnection, RejectData, Request, TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .corpus import CONNECT_ID, FRAME_ID, LEAD_IN_ID, WsConnect, WsFrame, WsRequest
+from .text import visible
 from .verdict import Answer, Stage
 from .wire import MAX_BODY_BYTES, Context, Deadline, Endpoint
 
@@ -105,6 +107,9 @@ class _Session:
             if isinstance(event, Ping):
                 self.send(event.response())
             elif isinstance(event, CloseConnection):
+                if self.ws.state is ConnectionState.OPEN:  # no close frame: wsproto could not parse the target's
+                    return Answer("error", stage=stage, error=f"the probe cannot read the target's frames "
+                                                              f"({visible(event.reason or str(event.code))}): no answer")
                 return Answer("ws-closed", stage=stage, close_code=int(event.code), error=event.reason or "")
             elif isinstance(event, Message):
                 text.append(event.data if isinstance(event, TextMessage) else event.data.decode("utf-8", "replace"))

@@ -174,6 +174,39 @@ def test_an_endless_websocket_message_is_cut_at_the_cap_and_judges_nothing(hosti
     assert answer.error == "a message over 4 MiB came back: the probe reads no further"
 
 
+def answers_ok_but_garbles(method: str) -> Behaviour:
+    """Every frame answered `res ok`, but `method`'s with a frame of a reserved opcode: wsproto
+    cannot parse it and reports a close the target never sent."""
+    def on_upgrade(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
+        ws.receive_data(b"")  # the connect frame was read by http_or_ws: answer it first
+        conn.sendall(ws.send(TextMessage(json.dumps({"type": "res", "id": CONNECT_ID, "ok": True, "payload": {}}))))
+        while not stop.is_set():
+            data = conn.recv(65536)
+            if not data:
+                return
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, TextMessage):
+                    frame = json.loads(event.data)
+                    if frame.get("method") == method:
+                        conn.sendall(b"\x83\x00")
+                    else:
+                        conn.sendall(ws.send(TextMessage(json.dumps({"type": "res", "id": frame["id"], "ok": True}))))
+    return http_or_ws(on_upgrade)
+
+
+def test_a_frame_the_probe_cannot_parse_is_no_close_from_the_target(hostile, capsys):
+    """wsproto answers an unparsable frame with a CloseConnection of its own: read as the target
+    closing, a denied method whose answer was garbled passed as refused."""
+    target = hostile(answers_ok_but_garbles("agent"))
+    args = build_parser().parse_args(["probe", target.endpoint.url, "--token", "s3cret-token", "--timeout", "2",
+                                      "--cases", "ws.denied.agent"])
+    assert run_probe(args, "9.9.9") == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("ws.denied.agent"))
+    assert "inconclusive" in row and "cannot read" in row, row
+
+
 # ---- JSON nested too deep to parse ---------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """`openclaw-sidecar probe`: options in, report out, exit status.
 
 Exit status: 0 when no case failed, 1 when any case failed (or, with --baseline, let through
-what the baseline refused), 2 when the probe could not run as asked (or write its report), 130 on
-Ctrl-C.
+what the baseline refused), 2 when the probe could not run as asked (or write its report), was cut
+short or judged no case but the controls, 130 on Ctrl-C.
 """
 
 from __future__ import annotations

@@ -106,10 +106,15 @@ class Report:
 
     def exit_code(self) -> int:
         """1 when any case fails or, against a baseline, lets through what the baseline refused;
-        else 2 when the run was cut short, since its later cases tested (or compared) nothing."""
+        else 2 when the run was cut short, since its later cases tested (or compared) nothing, or
+        when no case but the controls was judged (a target that answers nothing else, say)."""
         if any(r.verdict == FAIL or r.differential == LOOSER for r in self.results):
             return 1
-        return 2 if self.cut_short or self.baseline_cut_short else 0
+        return 2 if self.cut_short or self.baseline_cut_short or self.judged_nothing() else 0
+
+    def judged_nothing(self) -> bool:
+        """No case but the controls passed or failed: each was inconclusive or not applicable."""
+        return not any(r.verdict in (PASS, FAIL) for r in self.results if r.case.klass != "control")
 
 
 def refusal_decides(case: Case, admitted: Admission | None, verdict: Verdict) -> bool:

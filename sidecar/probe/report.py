@@ -135,7 +135,9 @@ def render_table(report: Report) -> str:
         lines.append(_summary_row(klass, _row_values(counts), diff_col, report.corpus.classes[klass], counts))
     total = totals(report)
     lines.append(_summary_row("total", _row_values(total), diff_col, f"{len(report.results)} cases", total))
-    outcome = ("PASS", "FAIL", "CUT SHORT")[report.exit_code()]
+    code = report.exit_code()
+    outcome = "CUT SHORT" if code == 2 and (report.cut_short or report.baseline_cut_short) else (
+        "PASS", "FAIL", "NOTHING JUDGED")[code]
     lines += [""] + [f"cut short: {why}" for why in (report.cut_short, report.baseline_cut_short) if why]
     lines += [f"result: {outcome}: {total[FAIL]} failed, {total[PASS]} passed, {total[INCONCLUSIVE]} inconclusive, "
               f"{total[NOT_APPLICABLE]} not applicable" + (f", {total[LOOSER]} LOOSER than the baseline" if diff_col else "")]
@@ -196,7 +198,9 @@ def render_junit(report: Report) -> str:
             ET.SubElement(case, "system-out").text = detail
     cuts = [(name, why) for name, why in (("cut-short", report.cut_short), ("baseline-cut-short", report.baseline_cut_short))
             if why]
-    if cuts:  # the run did not finish (exit status 2): an error CI shows, not only skips
+    if report.exit_code() == 2 and report.judged_nothing():
+        cuts.append(("nothing-judged", "no case but the controls was judged: each was inconclusive or not applicable"))
+    if cuts:  # the run did not finish, or judged nothing (exit status 2): an error CI shows, not only skips
         root.set("errors", str(len(cuts)))
         suite = ET.SubElement(root, "testsuite", name="run: the probe's own run", tests=str(len(cuts)), failures="0",
                               skipped="0", errors=str(len(cuts)), time="0.000")

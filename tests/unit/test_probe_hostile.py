@@ -201,7 +201,7 @@ def test_a_frame_the_probe_cannot_parse_is_no_close_from_the_target(hostile, cap
     target = hostile(answers_ok_but_garbles("agent"))
     args = build_parser().parse_args(["probe", target.endpoint.url, "--token", "s3cret-token", "--timeout", "2",
                                       "--cases", "ws.denied.agent"])
-    assert run_probe(args, "9.9.9") == 0
+    assert run_probe(args, "9.9.9") == 2  # the one case selected was not judged
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("ws.denied.agent"))
     assert "inconclusive" in row and "cannot read" in row, row
@@ -368,3 +368,28 @@ def test_a_200_whose_rest_is_broken_lets_through_a_case_that_must_be_refused(hos
     row = next(line for line in table.splitlines() if line.startswith("A1.x-forwarded-uri-without-credential"))
     assert code == 1
     assert "FAIL" in row and "let through: 200" in row
+
+
+# ---- a run that judged nothing is no pass --------------------------------------------------------
+
+
+def unavailable_but_for_the_control(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    """A broken target: the probe's good call works, everything else is a 503 (or a gateway that
+    answers nothing else): no case can be judged."""
+    if b"Bearer s3cret-token" in request and b"ocprobe" not in request and b"sec-websocket-key" not in request.lower():
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK), OK))
+        return
+    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("fmt", ["table", "junit"])
+def test_a_run_in_which_no_case_was_judged_does_not_exit_0(hostile, capsys, fmt):
+    """Every case inconclusive (or not applicable) but the controls: it said 'result: PASS', exit 0."""
+    args = build_parser().parse_args(["probe", hostile(unavailable_but_for_the_control).endpoint.url, "--token",
+                                      "s3cret-token", "--timeout", "2", "--cases", "A1.*", "--format", fmt])
+    assert run_probe(args, "9.9.9") == 2
+    report = capsys.readouterr().out
+    if fmt == "table":
+        assert "result: NOTHING JUDGED: 0 failed, 1 passed, 6 inconclusive, 1 not applicable" in report
+    else:
+        assert '<error message="no case but the controls was judged' in report

@@ -11,6 +11,8 @@ locked the probe out anyway: every later refusal would be the lockout's, so the 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import secrets
 import time
@@ -175,20 +177,62 @@ def answer_text(answer: Answer) -> str:
     return f"{answer.stage}: {answer.kind} {visible(answer.error)}".rstrip()
 
 
+def _shown_forms(secret: str) -> set[str]:
+    """The secret as a report may show it, wherever a target echoed it."""
+    forms: set[str] = set()
+    for written in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        forms |= {written, visible(written), written.encode("utf-8").decode("latin-1")}  # its UTF-8 read as Latin-1
+        for encoding in ("utf-8", "latin-1"):
+            try:
+                forms.add(printable(written.encode(encoding)))
+            except UnicodeEncodeError:
+                pass
+    return forms
+
+
 class Redactor:
     """Keeps secrets out of what came back (an echo, a reflected header). What was sent is rendered
     with `<secret>` in the first place (Context.shown); here a secret too short to find safely in
-    free text (under MIN_SECRET characters) is caught only in credential fields."""
+    free text (under MIN_SECRET characters) is caught only in credential fields. A secret is looked
+    for in every form a report shows it in: as written, JSON-escaped (an echo in a JSON string), and
+    escaped by `visible` or `printable` (its Latin-1 or UTF-8 bytes past ASCII as \\xNN)."""
 
     MIN_SECRET = 6
 
     def __init__(self, secret: str | None) -> None:
         self.secret = secret if secret and len(secret) >= self.MIN_SECRET else None
+        self.forms = sorted(_shown_forms(self.secret), key=len, reverse=True) if self.secret else []
 
     def text(self, text: str) -> str:
-        if self.secret:
-            text = text.replace(self.secret, "<secret>")
+        for form in self.forms:
+            text = text.replace(form, "<secret>")
         return _SECRET_FIELDS.sub(r"\1<redacted>\2", text)
+
+    def answer(self, answer: Answer) -> Answer:
+        """The answer with the secret replaced wherever the target echoed it, before any of it is
+        read into a reason: a reason cuts what it quotes (a body's first 60 characters), and a
+        secret cut in two is no longer found (the first 60 characters of a 64-character token)."""
+        if not self.secret:
+            return answer
+        return replace(answer, body=self.raw(answer.body), unasked=self.raw(answer.unasked), error=self.text(answer.error),
+                       headers=tuple((self.text(k), self.text(v)) for k, v in answer.headers),
+                       frame=self.value(answer.frame))
+
+    def raw(self, data: bytes) -> bytes:
+        for form in self.forms:
+            for encoding in ("utf-8", "latin-1"):
+                with contextlib.suppress(UnicodeEncodeError):
+                    data = data.replace(form.encode(encoding), b"<secret>")
+        return data
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {self.value(k): self.value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        return value
 
     def arrivals(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return [{"method": visible(str(r.get("method"))), "path": visible(str(r.get("path"))),
@@ -208,6 +252,7 @@ class Side:
     def __init__(self, url: str, options: Options, marker: str, version: str) -> None:
         self.endpoint = Endpoint.parse(url)
         self.options = options
+        self.redact = Redactor(options.secret)
         self.version = version
         self.ctx = Context(self.endpoint.authority, options.safe_tool, marker, options.secret, options.identity,
                            options.secret_field)
@@ -222,7 +267,9 @@ class Side:
         """The answer that decides the case (a pipeline's last) and a transcript of what was sent."""
         request = case.request
         if isinstance(request, WsRequest):
-            return exchange_ws(self.endpoint, request, self.ctx, self.options.ws_path, self.options.timeout, self.version)
+            answer, sent = exchange_ws(self.endpoint, request, self.ctx, self.options.ws_path, self.options.timeout,
+                                       self.version)
+            return self.redact.answer(answer), sent
         members = case.http_requests
         payload = b"".join(render_request(m, self.ctx) for m in members)
         linger = min(LINGER_SECONDS, self.options.timeout) if case.may_smuggle else 0.0
@@ -230,7 +277,7 @@ class Side:
         if len(answers) < len(members) and answers[-1].kind not in ("timeout", "error"):
             answers.append(Answer("closed", error="no answer to this request: the connection ended first"))
         shown = self.ctx.shown()
-        return answers[-1], printable(b"".join(render_request(m, shown) for m in members))
+        return self.redact.answer(answers[-1]), printable(b"".join(render_request(m, shown) for m in members))
 
 
 class Probe:

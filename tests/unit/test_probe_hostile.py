@@ -393,3 +393,50 @@ def test_a_run_in_which_no_case_was_judged_does_not_exit_0(hostile, capsys, fmt)
         assert "result: NOTHING JUDGED: 0 failed, 1 passed, 6 inconclusive, 1 not applicable" in report
     else:
         assert '<error message="no case but the controls was judged' in report
+
+
+# ---- the secret stays out of the report, however the target echoes it ----------------------------
+
+
+def echo_everything(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    """The request echoed: raw, JSON-escaped (ASCII and not) and in a header, all with a 200."""
+    text = request.decode("latin-1")
+    body = request + json.dumps({"echo": text}).encode() + json.dumps({"echo": text}, ensure_ascii=False).encode()
+    authorization = next((line for line in request.split(b"\r\n") if line.startswith(b"Authorization")), b"X: -")
+    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Echo: %s\r\nContent-Length: %d\r\n\r\n%s" % (authorization, len(body), body))
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+@pytest.mark.parametrize("secret", ['tok"en\\ABCDEF', "Gr\u00fc\u00dfe-2026!"], ids=["json-escaped", "latin-1"])
+def test_a_secret_the_target_echoes_escaped_is_redacted_too(hostile, capsys, secret, fmt):
+    """Redaction looked for the secret as written; the report shows what came back escaped (\\xNN for
+    a byte past ASCII) and a JSON echo escapes quotes and backslashes: those forms went through."""
+    args = build_parser().parse_args(["probe", hostile(echo_everything).endpoint.url, "--password", secret,
+                                      "--timeout", "2", "--cases", "D1.authorization-repeated-wrong-first", "--format", fmt])
+    run_probe(args, "9.9.9")
+    report = capsys.readouterr().out
+    assert "<secret>" in report
+    for core in ("ABCDEF", "e-2026"):  # the part of each secret no escaping changes
+        if core in secret:
+            assert core not in report
+
+
+LONG_TOKEN = "a1b2c3d4e5f6a7b8c9d0" * 3 + "ffee"  # 64 characters, as `openssl rand -hex 32` makes them
+
+
+def refuse_quoting_the_token(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    """A 401 whose body (and close reason, and frame) is the token the request carried."""
+    token = request.split(b"Bearer ", 1)[1].split(b"\r\n", 1)[0] if b"Bearer " in request else b"-"
+    conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(token), token))
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "junit"])
+def test_a_long_secret_quoted_in_a_reason_is_not_shown_cut_in_two(hostile, capsys, fmt):
+    """A reason quotes a body's first 60 characters: the first 60 of a 64-character token were not
+    the token, so redaction missed them (and then the run's every later reason quoted them too)."""
+    args = build_parser().parse_args(["probe", hostile(refuse_quoting_the_token).endpoint.url, "--token", LONG_TOKEN,
+                                      "--timeout", "2", "--cases", "A1.x-forwarded-uri", "--format", fmt])
+    assert run_probe(args, "9.9.9") == 1
+    report = capsys.readouterr().out
+    assert "401 <secret>" in report or "401 &lt;secret&gt;" in report
+    assert LONG_TOKEN[:12] not in report

@@ -48,7 +48,12 @@ class Endpoint:
             raise ProbeSetupError(f"{url!r} is not an http:// or https:// URL")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ProbeSetupError(f"{url!r}: give the root of the gateway or proxy (no path or query)")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if "@" in parts.netloc:  # it would go out in Host and into the report: the secret has its own options
+            raise ProbeSetupError("the URL takes no user or password: give the secret with --token or --password")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise ProbeSetupError(f"{url!r}: {exc}") from None
         return cls(url.rstrip("/"), parts.hostname, port, parts.scheme == "https")
 
     def connect(self, timeout: float) -> socket.socket:

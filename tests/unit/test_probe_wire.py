@@ -79,6 +79,9 @@ def test_placeholders_are_filled_in_targets_and_json_keys_and_values():
 
 @pytest.mark.parametrize("url,complaint", [
     ("ftp://gw", "not an http"), ("http://gw/openclaw", "root"), ("http://gw/?a=1", "root"), ("gw:80", "not an http"),
+    # credentials in the URL went out in the Host header and into the report, which prints the URL
+    ("http://admin:hunter2@gw", "no user or password"), ("http://token@gw:80", "no user or password"),
+    ("http://gw:99999", "Port"), ("http://gw:x", "Port"),  # a traceback and exit status 1, as if a case failed
 ])
 def test_only_root_http_urls_are_targets(url, complaint):
     with pytest.raises(ProbeSetupError, match=complaint):

@@ -440,3 +440,20 @@ def test_a_long_secret_quoted_in_a_reason_is_not_shown_cut_in_two(hostile, capsy
     report = capsys.readouterr().out
     assert "401 <secret>" in report or "401 &lt;secret&gt;" in report
     assert LONG_TOKEN[:12] not in report
+
+
+def refuse_with_lone_surrogates(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
+    """JSON escapes that decode to lone surrogates, which no UTF-8 writer accepts."""
+    conn.sendall(ws.send(TextMessage('{"type":"res","id":"%s","ok":false,"error":{"code":"\\ud800",'
+                                     '"message":"\\udfff x"}}' % CONNECT_ID)))
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "junit"])
+def test_a_lone_surrogate_from_the_target_is_written_escaped_not_a_crash(hostile, capsys, tmp_path, fmt):
+    """It reached the report as is: writing it raised UnicodeEncodeError, no report, exit status 1."""
+    out = tmp_path / "report"
+    args = build_parser().parse_args(["probe", hostile(http_or_ws(refuse_with_lone_surrogates)).endpoint.url,
+                                      "--token", "s3cret-token", "--timeout", "2", "--cases", "A1.x-forwarded-uri",
+                                      "--format", fmt, "--out", str(out)])
+    assert run_probe(args, "9.9.9") == 1
+    assert "\\ud800" in out.read_text(encoding="utf-8")

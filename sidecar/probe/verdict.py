@@ -189,7 +189,7 @@ def arrival_problem(expect: Expectation, arrivals: Sequence[Mapping[str, Any]], 
                             "the client's forged value changed what the proxy presents upstream")
         lost = sorted(kept - {k.lower() for k, _ in headers}) if expect.keeps else []
         if lost:
-            return (f"{', '.join(lost)} reached the backend on control.credential but not here: a hop deleted what "
+            return (f"{visible(', '.join(lost))} reached the backend on control.credential but not here: a hop deleted what "
                     "the proxy presents upstream because the client's Connection header named it")
         for name, value in headers:
             if marker.lower() in name.lower() or marker.lower() in value.lower():

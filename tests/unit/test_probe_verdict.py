@@ -227,6 +227,15 @@ def test_a_proxy_that_deletes_its_own_headers_when_the_client_names_them_fails()
     assert judge(STRIPPED, answer, lost, MARKER, kept=kept)[0] == PASS  # only `keeps` cases compare
 
 
+def test_a_lost_header_name_the_target_chose_is_shown_escaped():
+    """The kept names are whatever reached the backend on the control call: a target can have a
+    header named with terminal escapes arrive there, then not on a `keeps` case."""
+    control = [arrival(("Host", "gw"), ("X-\x1b]0;PWNED\x07", "1"))]
+    kept = kept_headers(control, SENT)
+    verdict, why = judge(KEEPS, http(200, {"ok": True}), [arrival(("Host", "gw"))], MARKER, kept=kept)
+    assert verdict == FAIL and why.startswith("x-\\x1b]0;pwned\\x07 reached the backend on control.credential")
+
+
 def test_a_401_on_a_keeps_case_is_judged_by_what_reached_the_backend():
     """A hop deleting the proxy's own credential and an RFC 9110 proxy dropping the client's look
     alike without a record (a blanket FAIL failed Go's, Caddy's and Apache's proxies; review)."""

@@ -204,9 +204,13 @@ class Redactor:
         self.forms = sorted(_shown_forms(self.secret), key=len, reverse=True) if self.secret else []
 
     def text(self, text: str) -> str:
+        return _SECRET_FIELDS.sub(r"\1<redacted>\2", self.secret_out(text))
+
+    def secret_out(self, text: str) -> str:
+        """The secret alone replaced: what is still to be judged keeps its other values as they came."""
         for form in self.forms:
             text = text.replace(form, "<secret>")
-        return _SECRET_FIELDS.sub(r"\1<redacted>\2", text)
+        return text
 
     def answer(self, answer: Answer) -> Answer:
         """The answer with the secret replaced wherever the target echoed it, before any of it is
@@ -214,8 +218,8 @@ class Redactor:
         secret cut in two is no longer found (the first 60 characters of a 64-character token)."""
         if not self.secret:
             return answer
-        return replace(answer, body=self.raw(answer.body), unasked=self.raw(answer.unasked), error=self.text(answer.error),
-                       headers=tuple((self.text(k), self.text(v)) for k, v in answer.headers),
+        return replace(answer, body=self.raw(answer.body), unasked=self.raw(answer.unasked), error=self.secret_out(answer.error),
+                       headers=tuple((self.secret_out(k), self.secret_out(v)) for k, v in answer.headers),
                        frame=self.value(answer.frame))
 
     def raw(self, data: bytes) -> bytes:
@@ -227,7 +231,7 @@ class Redactor:
 
     def value(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self.text(value)
+            return self.secret_out(value)
         if isinstance(value, Mapping):
             return {self.value(k): self.value(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -351,7 +355,8 @@ class Probe:
         if self.record:
             self.record.clear()
         answer, sent = self.send_on(self.target, case)
-        arrivals = self.record.fetch() if self.record else None
+        # The secret replaced before any reason quotes a recorded value (cut at 120 characters).
+        arrivals = self.redact.value(self.record.fetch()) if self.record else None
         verdict, why = self.learn_from_control(case, answer, arrivals, *self.verdict_for(case, answer, arrivals))
         admitted = admission(answer, case.expect)[0]
         refusal_decided = refusal_decides(case, admitted, verdict)
@@ -443,7 +448,8 @@ class Probe:
             raise ProbeSetupError(f"the backend record at {self.options.backend_record} saw nothing of the control "
                                   "call the target accepted: it is not the backend behind this target")
         if case.id == CONTROL_CREDENTIAL and verdict == PASS and arrivals:
-            self.kept = kept_headers(arrivals, sent_headers(render_request(case.http_requests[-1], self.target.ctx)))
+            ctx = self.target.ctx.shown() if self.redact.secret else self.target.ctx  # as the record now shows it
+            self.kept = kept_headers(arrivals, sent_headers(render_request(case.http_requests[-1], ctx)))
             if not self.options.identity:  # behind a trusted proxy a caller's declared scopes are the contract's input
                 self.control_arrival = arrived_values(arrivals[-1])
         if case.id == CONTROL_WEBSOCKET and verdict == PASS:

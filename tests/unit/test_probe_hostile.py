@@ -6,6 +6,7 @@ target write to the terminal. Each target is a tiny server in a thread on 127.0.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -457,3 +458,26 @@ def test_a_lone_surrogate_from_the_target_is_written_escaped_not_a_crash(hostile
                                       "--format", fmt, "--out", str(out)])
     assert run_probe(args, "9.9.9") == 1
     assert "\\ud800" in out.read_text(encoding="utf-8")
+
+
+def test_a_long_secret_in_what_reached_the_backend_is_not_shown_cut_in_two(hostile, capsys):
+    """A reason quotes a recorded value's first 120 characters: a target forwards the case's marker,
+    then the token placed to straddle that cut."""
+    with DemoBackend() as backend:
+        def forward_token(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+            marker = re.search(rb"ocprobe[0-9a-f]{8}", request)
+            value = (marker.group() + b"-" * 50 + LONG_TOKEN.encode()) if marker else b"-"
+            with socket.create_connection((backend.host, backend.port), timeout=5) as upstream:
+                upstream.sendall(b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nX-Evil: %s\r\nContent-Length: 0\r\n\r\n"
+                                 % value)
+                upstream.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK), OK))
+
+        args = build_parser().parse_args(["probe", hostile(forward_token).endpoint.url, "--token", LONG_TOKEN,
+                                          "--timeout", "2", "--backend-record", backend.url, "--format", "json",
+                                          "--cases", "A1.x-forwarded-uri"])
+        assert run_probe(args, "9.9.9") == 1
+    report = json.loads(capsys.readouterr().out)
+    case = next(c for c in report["cases"] if c["id"] == "A1.x-forwarded-uri")
+    assert case["verdict"] == "fail" and "the forged value arrived at the backend: X-Evil: ocprobe" in case["why"]
+    assert LONG_TOKEN[:12] not in json.dumps(report)

@@ -481,3 +481,37 @@ def test_a_long_secret_in_what_reached_the_backend_is_not_shown_cut_in_two(hosti
     case = next(c for c in report["cases"] if c["id"] == "A1.x-forwarded-uri")
     assert case["verdict"] == "fail" and "the forged value arrived at the backend: X-Evil: ocprobe" in case["why"]
     assert LONG_TOKEN[:12] not in json.dumps(report)
+
+
+# ---- a target an attack brought down -------------------------------------------------------------
+
+
+def dies_on(trigger: bytes) -> Behaviour:
+    """Refuses every case with a 403 and answers the probe's good call, until a request holding
+    `trigger` brings it down: from then on every connection closes unanswered."""
+    down = threading.Event()
+
+    def behave(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        if trigger in request:
+            down.set()
+        if down.is_set():
+            return
+        control = b"Bearer s3cret-token" in request and b"ocprobe" not in request and b"agents_list" in request
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK), OK) if control else
+                     b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    return behave
+
+
+@pytest.mark.parametrize("cases", ["A1.x-forwarded-uri,A5.forwarded-for-claims-loopback",
+                                   "A1.x-forwarded-uri,A5.forwarded-for-claims-loopback,A7.x-real-ip"],
+                         ids=["last-case", "then-unreachable"])
+def test_a_case_that_brings_the_target_down_does_not_pass_as_refused(hostile, capsys, cases):
+    """Its connection closed unanswered, which reads as refused: with no good call after it, the
+    run said 'result: PASS' and exited 0 about a target an attack had just killed."""
+    args = build_parser().parse_args(["probe", hostile(dies_on(b"127.0.0.66")).endpoint.url, "--token", "s3cret-token", "--timeout", "1",
+                                      "--cases", cases])
+    assert run_probe(args, "9.9.9") == 2
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("A5.forwarded-for-claims-loopback"))
+    assert "inconclusive" in row, row
+    assert "cut short: after A5.forwarded-for-claims-loopback the target stopped answering" in table

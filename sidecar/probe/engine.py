@@ -6,7 +6,7 @@ and `control.websocket` (the target serves the RPC WebSocket at all). A case tha
 a failed login is followed by one good call, so the probe never walks its own address into a
 lockout on a production gateway; so is every fifth refusal in a row, so a sidecar's refusal
 pacing never delays its answers, every 429, and every case that got no answer (a connection closed
-or refused: the case may have brought the target down, which is no refusal). A good call the target refuses means it has
+or refused, or a timeout: the case may have brought the target down, which is no refusal). A good call the target refuses means it has
 locked the probe out anyway: every later refusal would be the lockout's, so the run stops there.
 """
 
@@ -376,9 +376,9 @@ class Probe:
         statuses = {answer.status, baseline.status if baseline else None}
         refused = admitted == "refused" or (baseline is not None and baseline.admission == "refused")
         self.refused_in_a_row = self.refused_in_a_row + 1 if refused else 0
-        # No answer at all (a connection closed or refused) may be the case bringing the target down,
-        # which must not pass as a refusal: a good call shows whether it still answers.
-        unanswered = answer.kind in ("closed", "error")
+        # No answer at all (a connection closed or refused, or none in time) may be the case bringing
+        # the target down, which must not pass as a refusal: a good call shows whether it still answers.
+        unanswered = answer.kind in ("closed", "error", "timeout")
         if case.fails_auth or 429 in statuses or self.refused_in_a_row >= REFUSALS_BETWEEN_GOOD_CALLS or unanswered:
             self.good_call(case)
         target = self.observe(case, answer, sent, verdict, why)

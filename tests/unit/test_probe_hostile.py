@@ -515,3 +515,24 @@ def test_a_case_that_brings_the_target_down_does_not_pass_as_refused(hostile, ca
     row = next(line for line in table.splitlines() if line.startswith("A5.forwarded-for-claims-loopback"))
     assert "inconclusive" in row, row
     assert "cut short: after A5.forwarded-for-claims-loopback the target stopped answering" in table
+
+
+def test_a_case_after_which_the_target_hangs_does_not_end_in_a_pass(hostile, capsys):
+    """The target takes every connection from then on and never answers: each case is inconclusive,
+    and the run said 'result: PASS' (exit 0) about a target an attack had hung."""
+    down = threading.Event()
+
+    def hangs_after_the_trigger(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        if b"127.0.0.66" in request:
+            down.set()
+        if down.is_set():
+            stop.wait(10)
+            return
+        dies_on(b"never")(conn, request, stop)
+
+    args = build_parser().parse_args(["probe", hostile(hangs_after_the_trigger).endpoint.url, "--token",
+                                      "s3cret-token", "--timeout", "0.5", "--cases",
+                                      "A1.x-forwarded-uri,A5.forwarded-for-claims-loopback,A7.x-real-ip"])
+    assert run_probe(args, "9.9.9") == 2
+    table = capsys.readouterr().out
+    assert "cut short: after A5.forwarded-for-claims-loopback the target stopped answering" in table

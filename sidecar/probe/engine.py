@@ -230,13 +230,19 @@ class Redactor:
                     data = data.replace(form.encode(encoding), b"<secret>")
         return data
 
-    def value(self, value: Any) -> Any:
+    # Deeper than this a frame or a record is never quoted (the report shows a frame's redacted body):
+    # a target's frame nested near the parser's own limit would exhaust the stack here.
+    MAX_DEPTH = 16
+
+    def value(self, value: Any, depth: int = 0) -> Any:
         if isinstance(value, str):
             return self.secret_out(value)
+        if depth >= self.MAX_DEPTH:
+            return value
         if isinstance(value, Mapping):
-            return {self.value(k): self.value(v) for k, v in value.items()}
+            return {self.value(k, depth + 1): self.value(v, depth + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.value(v) for v in value]
+            return [self.value(v, depth + 1) for v in value]
         return value
 
     def arrivals(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -222,6 +222,18 @@ def test_an_answer_nested_too_deep_is_an_unparsable_body_not_a_crash(hostile, ca
     assert "control.credential  control FAIL            refused: 401 [[[[" in table
 
 
+def test_a_websocket_answer_nested_just_short_of_the_parser_limit_is_no_crash(hostile, capsys):
+    """Parsed, then walked again to take the secret out of it: that walk ran out of stack."""
+    def deep_refusal(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
+        nested = "[" * 990 + "]" * 990
+        conn.sendall(ws.send(TextMessage('{"type":"res","id":"%s","ok":false,"error":{"code":"X","message":"m"},'
+                                         '"payload":%s}' % (CONNECT_ID, nested))))
+
+    code, table = probe_cli(hostile(http_or_ws(deep_refusal)), capsys)
+    assert code == 1
+    assert "control.websocket   control FAIL            refused: res error X: m" in table
+
+
 def test_a_websocket_frame_nested_too_deep_is_skipped_like_any_unparsable_frame(hostile):
     def deep_then_answer(conn: socket.socket, ws: WSConnection, stop: threading.Event) -> None:
         conn.sendall(ws.send(TextMessage("[" * 200_000)))

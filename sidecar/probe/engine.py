@@ -116,8 +116,10 @@ class Report:
         return 2 if self.cut_short or self.baseline_cut_short or self.judged_nothing() else 0
 
     def judged_nothing(self) -> bool:
-        """No case but the controls passed or failed: each was inconclusive or not applicable."""
-        return not any(r.verdict in (PASS, FAIL) for r in self.results if r.case.klass != "control")
+        """Cases besides the controls ran and none passed or failed: each was inconclusive or not
+        applicable (a run of the controls alone, as `--cases` may ask, judged what it was asked)."""
+        others = [r.verdict for r in self.results if r.case.klass != "control"]
+        return bool(others) and not any(verdict in (PASS, FAIL) for verdict in others)
 
 
 def refusal_decides(case: Case, admitted: Admission | None, verdict: Verdict) -> bool:

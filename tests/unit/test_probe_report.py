@@ -103,6 +103,14 @@ def test_exit_status_is_1_for_a_failure_or_a_looser_case_only():
     assert report_of(ok, looser, baseline="http://gw").exit_code() == 1
 
 
+def test_exit_status_is_2_when_no_case_was_judged_and_0_for_no_case_at_all():
+    """Every case inconclusive or not applicable tested nothing (a target that answers only the
+    controls); no case besides the controls is what `--cases` asked for."""
+    assert report_of(CaseResult(CASES["J1.three"], NOT_APPLICABLE, "x"),
+                     CaseResult(CASES["J1.four"], INCONCLUSIVE, "y")).exit_code() == 2
+    assert report_of().exit_code() == 0
+
+
 # ---- JUnit ---------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ exact bytes it describes and sent as they are. Rendering is pure; `exchange` doe
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -21,6 +22,7 @@ from .verdict import Answer
 
 MAX_HEAD_BYTES = 256 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024  # answers are evidence, not payloads: longer bodies are cut
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 
 
 class ProbeSetupError(Exception):
@@ -260,7 +262,10 @@ def _read_body(stream: _Stream, headers: tuple[tuple[str, str], ...], body: byte
     length = _header(headers, "content-length")
     if (_header(headers, "transfer-encoding") or "").lower() == "chunked":
         while True:
-            size = int(stream.line().split(b";")[0].strip() or b"0", 16)
+            size_text = stream.line().split(b";")[0].strip() or b"0"
+            if not _HEX.fullmatch(size_text):  # Python's int() takes "-1", "0x1f" and "1_0" too
+                raise ValueError(f"a chunk size that is no hex number: {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 while stream.line():  # trailers, then the blank line
                     pass

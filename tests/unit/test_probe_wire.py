@@ -148,6 +148,15 @@ def test_a_chunked_answer(served):
     assert answer.body == b"abcde"
 
 
+@pytest.mark.parametrize("size", [b"-1", b"0x5", b"+5", b"5_0"])
+def test_a_chunk_size_that_is_no_hex_number_ends_the_body_and_keeps_the_status(served, size):
+    """The probe red team: `-1` passed Python's int(), and a negative size let a hostile target
+    send past the body cap."""
+    [answer] = answer_from(served, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n" + size +
+                           b"\r\n" + b"x" * 64 + b"\r\n0\r\n\r\n")
+    assert (answer.kind, answer.status, answer.body) == ("http", 200, b"abc")
+
+
 def test_a_close_delimited_answer(served):
     [answer] = answer_from(served, b"HTTP/1.0 200 OK\r\n\r\nuntil close")
     assert answer.body == b"until close"

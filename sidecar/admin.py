@@ -124,6 +124,10 @@ class _Handler(BaseHTTPRequestHandler):
     raw_requestline: bytes  # the stdlib's, not in its stubs
     protocol_version = "HTTP/1.1"
 
+    def version_string(self) -> str:
+        """The Server header: the stdlib's names the exact Python release (the admin red team)."""
+        return "openclaw-sidecar"
+
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.idle_seconds)  # a half-sent head ends the connection

@@ -51,8 +51,15 @@ def test_only_three_paths(admin: AdminServer, path: str, status: int) -> None:
     response = httpx.get(f"{admin.url}{path}", timeout=5)
     assert response.status_code == status
     assert response.headers["cache-control"] == "no-store"
+    assert response.headers["server"] == "openclaw-sidecar"  # no Python release named
     if path == "/metrics":
         assert "process_open_fds" in response.text and "openclaw_sidecar_decisions_total" in response.text
+
+
+def test_a_method_it_does_not_serve_names_no_python_release(admin: AdminServer) -> None:
+    response = httpx.post(f"{admin.url}/healthz", timeout=5)
+    assert response.status_code == 501 and response.headers["server"] == "openclaw-sidecar"
+    assert "Python" not in response.text
 
 
 def test_half_sent_heads_neither_pile_up_nor_outlast_the_idle_limit(backend: DemoBackend) -> None:

@@ -958,3 +958,32 @@ async def test_a_client_whose_lockout_ended_stays_in_the_table_until_it_succeeds
         assert limiter.tracked_clients == 0
     finally:
         await limiter.aclose()
+
+
+@pytest.mark.redis
+async def test_an_outage_probes_the_storage_once_an_interval_not_at_every_request(redis_server: RedisServer, redis_url: str,
+                                                                                  clock: FakeClock) -> None:
+    """A probe of a stalled Redis waits out its timeout: probed at each request, every request
+    during an outage would (mutation testing: an outage that began with no probe time, and a
+    probe that did not note its time, survived)."""
+    limiter = AuthFailureLimiter(storage_uri=redis_url, clock=clock, probe_interval_s=1.0)
+    probes, probe = 0, limiter._guard._probe
+
+    async def counted() -> None:
+        nonlocal probes
+        probes += 1
+        await probe()
+
+    limiter._guard._probe = counted  # type: ignore[method-assign]
+    try:
+        redis_server.stop()
+        for _ in range(5):
+            await limiter.record_failure(IP)  # the first one finds the outage
+        assert limiter.degraded and probes == 0
+        clock.advance(1.0)
+        for _ in range(5):
+            await limiter.check(IP)
+        assert limiter.degraded and probes == 1
+    finally:
+        redis_server.start()
+        await limiter.aclose()

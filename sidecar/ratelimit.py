@@ -395,7 +395,7 @@ class _FailureLog:
                 return await self.set_lock(key, now + self.lockout_ms, now) - now, False
             if seq:  # lockout over: the history goes with it, its end stays (see set_limits)
                 await self.clear(key, seq, keep_tracked=True, keep_lock=True)
-            return None, True
+            return None, False  # until a success clears it, as the gateway's reset drops its entry
         if seq >= self.threshold and await self._window_full(key, seq, now, recorded_now=False):
             # max_attempts lowered since these failures (to 0: any client the gateway may still
             # hold): the gateway's check locks such a client at once
@@ -451,11 +451,7 @@ class _FailureLog:
     async def reset(self, key: str) -> None:
         if self.untracked(key):
             return
-        seq = await self.storage.get(self._seq(key))
-        if seq:
-            await self.clear(key, seq)
-        else:
-            self._forget(key)
+        await self.clear(key)  # (an ended lockout's end too)
 
     async def clear(self, key: str, seq: int | None = None, *, keep_tracked: bool = False, keep_lock: bool = False) -> None:
         """Drop the key's failure history and lock.

@@ -944,6 +944,22 @@ async def test_a_full_table_of_lockouts_refuses_new_clients_for_one_lockout_not_
         await limiter.aclose()
 
 
+async def test_a_success_after_a_lockout_leaves_nothing_for_max_attempts_0_to_find(make_limiter: Callable[..., AuthFailureLimiter],
+                                                                               clock: FakeClock) -> None:
+    """An ended lockout's end is kept (the gateway holds the client until its prune, and a
+    maxAttempts lowered to 0 locks whoever it holds); a success drops it, as the gateway's reset
+    drops its entry."""
+    limiter = make_limiter(max_attempts=1, lockout_ms=10_000)
+    await limiter.record_failure(IP)
+    await limiter.record_failure(OTHER)
+    clock.advance(11)
+    assert await attempt(limiter, IP, good=True) == 200
+    assert await limiter.check(OTHER) == LimitVerdict(True)
+    limiter.apply_limits(max_attempts=0, window_ms=60_000, lockout_ms=10_000, exempt_loopback=True)
+    assert await limiter.check(IP) == LimitVerdict(True)
+    assert await limiter.check(OTHER) == LimitVerdict(False, retry_after_s=10)
+
+
 async def test_a_client_whose_lockout_ended_stays_in_the_table_until_it_succeeds(clock: FakeClock) -> None:
     """As the gateway keeps its map entry: the ended lockout's client is no new client when the
     table is full; its success forgets it."""

@@ -1,0 +1,45 @@
+"""sidecar.identities: a login's entry in a per-identity table, found as the gateway finds it."""
+
+from __future__ import annotations
+
+import random
+
+from sidecar.identities import for_identity, person_key
+from tests.gateway.oracle import call_gateway, needs_gateway
+
+# Letters whose case mappings are not one ASCII letter to another: dotted and dotless i, the Kelvin
+# sign, long s, sharp s and its capital, final sigma, ligatures and Cherokee.
+ODD_LETTERS = ["İ", "ı", "K", "ſ", "ß", "ẞ", "Σ", "ς", "σ", "ﬀ", "Ꭰ", "ꭰ", "Ǆ", "ǅ", "ǆ", "Ω", "Å"]
+
+
+def logins(rng: random.Random, count: int) -> list[str]:
+    """E-mails and plain logins in every case, some with letters whose case differs between
+    alphabets, a few that are spelt only by their case."""
+    def word() -> str:
+        letters = [rng.choice("abcdefgksiz") for _ in range(rng.randint(1, 5))]
+        letters += rng.sample(ODD_LETTERS, rng.randint(0, 2))
+        rng.shuffle(letters)
+        return "".join(c.upper() if rng.random() < 0.4 else c for c in letters)
+    return [f"{word()}@{word()}.example" if rng.random() < 0.8 else word() for _ in range(count)]
+
+
+@needs_gateway
+def test_a_login_finds_the_entry_the_gateways_resolve_identity_operator_scopes_finds() -> None:
+    """Exact first; for an e-mail, then the first e-mail key equal but for case (JavaScript's
+    toLowerCase); a plain login by its spelling only. Each entry's value names its key."""
+    rng = random.Random(20261204)
+    keys = list(dict.fromkeys(logins(rng, 40)))
+    table = {key: [key] for key in keys}
+    probes = keys + [key.swapcase() for key in keys] + [key.upper() for key in keys] + [key.lower() for key in keys] \
+        + logins(rng, 200)
+    theirs = call_gateway(["operator-identity-scopes-:resolveIdentityOperatorScopes"], """
+        answer(input.probes.map((login) => gateway.resolveIdentityOperatorScopes(login, input.table)));""",
+                          {"probes": probes, "table": table})
+    mine = [for_identity(table, login, []) for login in probes]
+    assert [(login, m, t) for login, m, t in zip(probes, mine, theirs, strict=True) if m != t] == []
+    assert sum(1 for login, found in zip(probes, theirs) if found and found[0] != login) > 50  # found but for case
+
+
+def test_a_budget_is_one_per_person_for_an_e_mail_and_per_spelling_for_a_plain_login() -> None:
+    assert person_key("Alice@X.example") == person_key("alice@x.EXAMPLE") == "alice@x.example"
+    assert person_key("Alice") != person_key("alice")

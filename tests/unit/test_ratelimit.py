@@ -1004,3 +1004,34 @@ async def test_an_outage_probes_the_storage_once_an_interval_not_at_every_reques
     finally:
         redis_server.start()
         await limiter.aclose()
+
+
+async def test_a_failure_time_left_from_an_older_sequence_is_overwritten(make_limiter: Callable[..., AuthFailureLimiter],
+                                                                         clock: FakeClock) -> None:
+    """A maxAttempts lowered from 10 to 2 clears only the last two failure times with the lockout;
+    the others stay until they expire, where the next sequence's failures are stored. Added to
+    instead of overwritten, a time would lie in the future and never leave the window (mutation
+    testing)."""
+    limiter = make_limiter(max_attempts=10, window_ms=60_000, lockout_ms=10_000)
+    for _ in range(8):
+        await limiter.record_failure(IP)
+    limiter.apply_limits(max_attempts=2, window_ms=60_000, lockout_ms=10_000, exempt_loopback=True)
+    assert await limiter.check(IP) == LimitVerdict(False, retry_after_s=10)  # 8 in the window: locked at once
+    clock.advance(11)
+    assert (await limiter.check(IP)).allowed
+    await limiter.record_failure(IP)  # stored where failure 1 of the older sequence still is
+    clock.advance(61)
+    await limiter.record_failure(IP)  # the one before has left the window: no lockout
+    assert (await limiter.check(IP)).allowed
+
+
+async def test_a_lockout_ending_now_makes_room_in_a_full_table(clock: FakeClock) -> None:
+    limiter = AuthFailureLimiter(max_attempts=1, max_entries=1, lockout_ms=10_000, clock=clock)
+    try:
+        await limiter.record_failure("10.0.0.1")
+        clock.advance(10)  # its lockout ends this very millisecond
+        await limiter.record_failure("10.0.0.2")  # takes its place: no overflow
+        assert await limiter.check("10.0.0.2") == LimitVerdict(False, retry_after_s=10)
+        assert (await limiter.check("10.0.0.3")).allowed
+    finally:
+        await limiter.aclose()

@@ -1035,3 +1035,23 @@ async def test_a_lockout_ending_now_makes_room_in_a_full_table(clock: FakeClock)
         assert (await limiter.check("10.0.0.3")).allowed
     finally:
         await limiter.aclose()
+
+
+@pytest.mark.redis
+async def test_each_outage_starts_a_fresh_fallback(redis_server: RedisServer, redis_url: str, clock: FakeClock) -> None:
+    """The per-replica fallback is dropped when the storage recovers (what must not be lost, the
+    lockouts, was written back): a later outage counts afresh, as the first did (mutation testing)."""
+    limiter = AuthFailureLimiter(max_attempts=3, storage_uri=redis_url, clock=clock)
+    try:
+        redis_server.stop()
+        await limiter.record_failure(IP)
+        await limiter.record_failure(IP)
+        redis_server.start()
+        clock.advance(1.0)
+        assert (await limiter.check(IP)).allowed and not limiter.degraded
+        redis_server.stop()
+        await limiter.record_failure(IP)  # the second outage: its fallback's first failure
+        assert (await limiter.check(IP)).allowed and limiter.degraded
+    finally:
+        redis_server.start()
+        await limiter.aclose()

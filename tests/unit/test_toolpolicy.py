@@ -150,6 +150,10 @@ UNACCEPTABLE = [
     pytest.param("x" * 10_000, id="10k-chars"),
     pytest.param("exec\x00", id="nul"),
     pytest.param("agents_list;", id="semicolon"),
+    # ASCII separators JavaScript's trim keeps (the gateway reads no such tool) and Python's
+    # strip() removes (mutation testing: strip() for js_trim survived)
+    pytest.param("\x1cagents_list", id="file-separator"),
+    pytest.param("agents_list\x1f", id="unit-separator"),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.pacing import QUIET_SECONDS, RefusalPacer
+from sidecar.pacing import QUIET_SECONDS, RefusalBudget, RefusalPacer
 
 
 class Clock:
@@ -48,6 +48,27 @@ def test_a_streak_fades_after_a_quiet_spell() -> None:
         p.refused("a")
     clock.now += QUIET_SECONDS + 1
     assert p.refused("a") == 0
+
+
+def test_a_streak_lasts_through_a_pause_of_exactly_the_quiet_spell() -> None:
+    clock = Clock()
+    p = pacer(clock)
+    for _ in range(3):
+        p.refused("a")
+    clock.now += QUIET_SECONDS
+    assert p.refused("a") == 0.05
+
+
+def test_a_refusal_budget_refills_at_its_rate_up_to_its_burst_and_no_more() -> None:
+    """Mutation testing: a budget that kept filling while idle, or that counted the refill from
+    its creation at every spend, survived."""
+    clock = Clock()
+    budget = RefusalBudget(burst=2, per_second=1, clock=clock)
+    assert [budget.spend() for _ in range(3)] == [True, True, False]
+    clock.now += 1
+    assert [budget.spend() for _ in range(2)] == [True, False]
+    clock.now += 100  # idle: full again, but only to its burst
+    assert [budget.spend() for _ in range(3)] == [True, True, False]
 
 
 @pytest.mark.parametrize("overrides", [{"base_delay_ms": 0}, {"max_delay_ms": 0}])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +18,14 @@ from sidecar.rpc import (
     client_message_limit,
     connect_secret,
     GATEWAY_MAX_MESSAGE_BYTES, GATEWAY_VERSION, PREAUTH_MAX_BYTES, RPC_MAX_MESSAGE_BYTES, RpcPolicy, RpcSession,
-    connect_auth_refusal, default_denied, dynamic_scopes, method_catalogue,
+    connect_auth_refusal, connect_param_errors, default_denied, dynamic_scopes, first_missing_scope, method_catalogue,
     protocol_mismatch, rpc_on_plugin_socket,
     scope_satisfied,
 )
 from sidecar.scopes import DEFAULT_SCOPES, KNOWN_SCOPES, ResolvedScopes
-from sidecar.config import OpenClawRules
+from sidecar.config import OpenClawRules, load_config
 from sidecar.toolchain import ToolChain
+from tests.builders import write_config
 from tests.gateway.oracle import call_gateway, needs_gateway
 
 SECRET = "frame-secret"
@@ -167,6 +169,8 @@ DYNAMIC_PARAMS: list[Any] = [
     {"command": "system.run"}, {"command": "canvas.snapshot"}, {"key": "k", "model": "m"}, {"target": {"kind": "profile"}},
 ]
 GRANTS = [frozenset(g) for n in range(3) for g in itertools.combinations(KNOWN_SCOPES, n)]
+# The dynamic methods whose params the sidecar reads as the gateway does (the rest ask admin).
+MIRRORED_DYNAMIC = frozenset({"agent", "talk.config", "environments.list", "channels.pairing.approve", "fs.listDir", "sessions.delete"})
 
 
 @needs_gateway
@@ -184,11 +188,60 @@ def test_a_dynamic_methods_scopes_are_never_looser_than_the_gateways() -> None:
               for mine in [dynamic_scopes(*case)] for grant in GRANTS
               if all(scope_satisfied(r, grant) for r in mine) and not all(scope_satisfied(r, grant) for r in t)]
     assert looser == [], looser[:5]
-    mirrored = {"agent", "talk.config", "environments.list", "channels.pairing.approve", "fs.listDir", "sessions.delete"}
     differ = [(case, dynamic_scopes(*case), t) for case, t in zip(cases, theirs, strict=True)
-              if case[0] in mirrored and list(dynamic_scopes(*case)) != t]
+              if case[0] in MIRRORED_DYNAMIC and list(dynamic_scopes(*case)) != t]
     assert differ == [], differ[:5]
     assert {tuple(t) for t in theirs} >= {("operator.write",), ("operator.admin",), ("operator.pairing", "operator.admin")}
+
+
+@needs_gateway
+def test_a_methods_missing_scope_is_never_looser_than_the_gateways_authorization() -> None:
+    """authorizeOperatorScopesForMethod for every operator method of the gateway's core table (the
+    dynamic ones with each params shape) and every grant of up to two scopes: what the sidecar
+    passes the gateway passes, and where both refuse they name the same missing scope (mutation
+    testing: only the first of two required scopes checked, which gave `talk.config`'s secrets to a
+    read-only caller, survived). Plugin methods, scoped by their registration, and `health`,
+    which authorizeGatewayMethod lets through before it, are not the core function's to judge."""
+    catalogue = method_catalogue()
+    cases = [(method, params) for method, spec in sorted(catalogue.items()) if spec.scope != "node" and method != "health"
+             for params in (DYNAMIC_PARAMS if spec.scope == "dynamic" else [{}])]
+    grants = [sorted(grant) for grant in GRANTS]
+    theirs = call_gateway(["method-scopes:authorizeOperatorScopesForMethod", "method-scopes:resolveLeastPrivilegeOperatorScopesForMethod"], """
+        const [cases, grants] = input;
+        answer(cases.map(([method, params]) => gateway.resolveLeastPrivilegeOperatorScopesForMethod(method, params ?? undefined).length === 0
+          ? null : grants.map((grant) => {
+            const verdict = gateway.authorizeOperatorScopesForMethod(method, grant, params ?? undefined);
+            return verdict.allowed ? null : verdict.missingScope; })));""", [cases, grants])
+    judged = [(case, answers) for case, answers in zip(cases, theirs, strict=True) if answers is not None]
+    # Exact where the sidecar reads the gateway's rule; its other dynamic methods ask admin outright.
+    exact = {method for method, spec in catalogue.items() if spec.scope != "dynamic"} | MIRRORED_DYNAMIC
+    looser, differ = [], []
+    for (method, params), answers in judged:
+        for grant, their_missing in zip(grants, answers, strict=True):
+            mine = first_missing_scope(method, catalogue[method], params, frozenset(grant))
+            if mine is None and their_missing is not None:
+                looser.append((method, params, grant, their_missing))
+            elif mine is not None and their_missing is not None and mine != their_missing and method in exact:
+                differ.append((method, params, grant, mine, their_missing))
+    assert looser == [], looser[:5]
+    assert differ == [], differ[:5]
+    assert len({method for (method, _), _ in judged}) > 300
+    assert 1000 < sum(a is None for _, answers in judged for a in answers) < len(judged) * len(grants) - 1000
+
+
+@needs_gateway
+def test_a_sessions_delete_field_outside_the_gateways_write_set_needs_admin() -> None:
+    """Each field of the gateway's SessionsDeleteParamsSchema beside `archivedOnly: true`: the
+    sidecar asks exactly the scopes the gateway's resolver asks (mutation testing: a field the
+    gateway reserves for admin, such as `emitLifecycleHooks`, taken into the write set survived)."""
+    theirs = call_gateway(["SessionsDeleteParamsSchema", "method-scopes:resolveLeastPrivilegeOperatorScopesForMethod"], """
+        const fields = Object.keys(gateway.SessionsDeleteParamsSchema.properties);
+        answer(fields.map((field) => {
+          const params = { key: "k", archivedOnly: true, [field]: field === "archivedOnly" ? true : "x" };
+          return [params, gateway.resolveLeastPrivilegeOperatorScopesForMethod("sessions.delete", params)]; }));""", None)
+    differ = [(params, t) for params, t in theirs if list(dynamic_scopes("sessions.delete", params)) != t]
+    assert differ == [], differ
+    assert {tuple(t) for _, t in theirs} == {("operator.write",), ("operator.admin",)}
 
 
 RESET_MESSAGES = [head + gap + tail for head in ("/new", "/reset", "/NEW", "/Reſet", "/neW", "x/new", " /new")
@@ -221,6 +274,17 @@ async def test_connect_with_the_secret_in_the_frame_is_rewritten_for_the_gateway
     assert params["scopes"] == ["operator.read", "operator.write"]  # cut to the ceiling, in order
     assert params["role"] == "operator" and params["client"]["id"] == "cli"
     assert recorder.secrets == [SECRET] and rpc.connected and rpc.scopes == frozenset({"operator.read", "operator.write"})
+
+
+async def test_connect_keeps_the_scopes_the_ceiling_implies() -> None:
+    """The ceiling is cut as the gateway's operatorScopeSatisfied reads it: write brings read, talk
+    and the session scopes, never pairing (mutation testing: a cut to the literal names, which
+    took read from a write caller, survived)."""
+    rpc, _ = session(scopes=("operator.write",))
+    asked = ["operator.read", "operator.talk", "operator.sessions.read", "operator.sessions.write", "operator.pairing",
+             "operator.talk.secrets", "operator.write"]
+    params = answer(await rpc.client_frame(connect_frame(scopes=asked)))["params"]
+    assert params["scopes"] == ["operator.read", "operator.talk", "operator.sessions.read", "operator.sessions.write", "operator.write"]
 
 
 @pytest.mark.parametrize("auth, code", [({"token": "wrong"}, "AUTH_TOKEN_MISMATCH"), ({}, "DEVICE_IDENTITY_REQUIRED"),
@@ -284,6 +348,16 @@ async def test_a_role_the_gateway_does_not_know_gets_its_answer(allow_nodes: boo
     assert answer(verdict)["error"] == {"code": "INVALID_REQUEST", "message": "invalid role"}
 
 
+async def test_a_role_the_gateway_does_not_know_with_a_protocol_it_does_not_speak_gets_the_protocol_answer() -> None:
+    """admitGatewayConnect reads the protocol range before the role: its mismatch, closed 1002
+    (mutation testing: the range left unread beside an unknown role survived)."""
+    rpc, _ = session()
+    verdict = await rpc.client_frame(connect_frame(role="admin", minProtocol=5, maxProtocol=6))
+    assert (verdict.verdict, verdict.close_code, verdict.close_reason) == ("close", 1002, "protocol mismatch")
+    assert answer(verdict)["error"] == {"code": "INVALID_REQUEST", "message": "protocol mismatch", "details": {
+        "code": "PROTOCOL_MISMATCH", "clientMinProtocol": 5, "clientMaxProtocol": 6, "expectedProtocol": 4, "minimumProbeProtocol": 3}}
+
+
 NODE_DEVICE = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
 
 
@@ -319,6 +393,7 @@ async def test_only_an_owner_may_connect_as_a_node() -> None:
 @pytest.mark.parametrize("low, high, probe, refused", [
     (4, 4, False, False), (1, 9, False, False), (3, 3, False, True), (5, 9, False, True),
     (3, 3, True, False), (2, 3, True, False), (1, 2, True, True), (3.0, 3.0, True, False), (9.0, 9.0, False, True),
+    (4, 9, True, False), (5, 9, True, True),  # a probe too speaks nothing past the gateway's own (minProtocol <= 4)
     ("4", 4, False, False), (True, 4, False, False), (0, 0, False, False),  # left to the gateway's schema
 ])
 def test_the_protocol_range_is_read_as_the_gateway_admits_it(low: Any, high: Any, probe: bool, refused: bool) -> None:
@@ -403,6 +478,20 @@ async def test_the_connects_answer_loses_the_device_token_the_gateway_minted() -
         "type": "hello-ok", "server": {"version": "2026.9.6"}, "auth": {"method": "token", "role": "operator", "scopes": ["operator.read"]}}}
 
 
+@pytest.mark.parametrize("auth, upstream, held", [
+    ({"token": "gw-token-7f3a9c"}, None, "token"),
+    ({"mode": "password", "password": "gw-password-7f3a9c"}, None, "password"),
+    ({"token": "gw-token-7f3a9c"}, "another-upstream-7f3a9c", None),
+    # a token its mode does not read is no caller's secret (mutation testing: survived)
+    ({"mode": "password", "password": "gw-password-7f3a9c", "token": "gw-token-7f3a9c"}, "gw-token-7f3a9c", None),
+])
+def test_callers_hold_the_upstream_secret_only_through_the_secret_their_mode_reads(
+        tmp_path: Path, auth: dict, upstream: str | None, held: str | None) -> None:
+    sidecar: dict[str, Any] = {"upstream": "http://127.0.0.1:18789", **({"upstreamAuth": {"token": upstream}} if upstream else {})}
+    config = load_config(write_config(tmp_path / "sidecar.yaml", {"sidecar": sidecar, "gateway": {"auth": auth}}), environ={})
+    assert RpcPolicy.from_config(config, ToolChain(OpenClawRules())).callers_hold_upstream == held
+
+
 async def test_only_a_caller_holding_the_upstream_secret_keeps_the_recovery_scope_derived_from_it() -> None:
     """Decided by the deployment (the callers' secret is the upstream one) and the caller's proof,
     never by what the frame carries: a frame naming the upstream secret beside another proof got
@@ -416,7 +505,11 @@ async def test_only_a_caller_holding_the_upstream_secret_keeps_the_recovery_scop
     await previous.client_frame(connect_frame(scopes=["operator.read"]))
     own, _ = session(upstream_auth={"token": SECRET}, callers_hold_upstream="token")
     await own.client_frame(connect_frame(scopes=["operator.read"], auth={"token": SECRET}))
-    for caller, kept in ((rpc, {}), (guessing, {}), (previous, {}), (own, {"recoveryScope": "hash"})):
+    # a secret of the other kind proves nothing of the upstream token (mutation testing: survived)
+    other_kind, _ = session(caller=AuthOutcome(True, "password", shared_secret=True), upstream_auth={"token": SECRET},
+                            callers_hold_upstream="token")
+    await other_kind.client_frame(connect_frame(scopes=["operator.read"]))
+    for caller, kept in ((rpc, {}), (guessing, {}), (previous, {}), (other_kind, {}), (own, {"recoveryScope": "hash"})):
         rewritten = caller.server_message(json.dumps({"type": "res", "id": "c1", "ok": True, "payload": HELLO}).encode())
         assert rewritten is not None
         assert json.loads(rewritten)["payload"]["auth"] == {"method": "token", "role": "operator", "scopes": ["operator.read"], **kept}
@@ -441,6 +534,7 @@ PASSWORD_UPSTREAM = {"password": "upstream-password"}
     (PASSWORD_UPSTREAM, {"token": "upstream-password", "password": "upstream-password"},
      {"password": "upstream-password", "token": "upstream-password"}),
     (PASSWORD_UPSTREAM, dict(PASSWORD_UPSTREAM), PASSWORD_UPSTREAM),  # signed over no token
+    (UPSTREAM, {"bootstrapToken": UPSTREAM["token"]}, UPSTREAM),  # resolveSignatureToken reads it after the other two
 ])
 async def test_a_device_connect_goes_up_with_the_proxys_credential_and_what_the_device_signed(
         upstream: dict, auth: dict, forwarded: dict) -> None:
@@ -458,6 +552,8 @@ async def test_a_device_connect_goes_up_with_the_proxys_credential_and_what_the_
     # anything else is a guess at the upstream secret, counted as a wrong secret (red team: unlimited)
     (UPSTREAM, {"token": "a guess", "password": SECRET}, "token_mismatch", ["a guess"]),
     (UPSTREAM, {"deviceToken": "a guess"}, "token_mismatch", ["a guess"]),
+    # resolveSignatureToken's third field (mutation testing: a bootstrap token went unjudged)
+    (UPSTREAM, {"bootstrapToken": "a guess"}, "token_mismatch", ["a guess"]),
     (PASSWORD_UPSTREAM, {"token": "anything else", "password": "upstream-password"}, "token_mismatch", ["anything else"]),
     ({}, {"token": "a stale token"}, "device_above_ceiling", []),  # no upstream secret to guess at: nothing counted
 ])
@@ -509,6 +605,20 @@ async def test_preauth_frames_are_bounded() -> None:
     rpc, _ = session()
     big = connect_frame(padding="x" * PREAUTH_MAX_BYTES)
     verdict = await rpc.client_frame(big)
+    assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "preauth_frame_too_large", 1009)
+
+
+async def test_the_preauth_bound_is_the_gateways_to_the_byte() -> None:
+    """rejectOversizedPreauthFrame: 65,536 bytes are read, one more closes 1009 (mutation testing:
+    a bound one byte looser survived)."""
+    def frame_of(size: int) -> bytes:
+        padding = size - len(connect_frame(padding=""))
+        return connect_frame(padding="x" * padding)
+    assert len(frame_of(PREAUTH_MAX_BYTES)) == PREAUTH_MAX_BYTES == 65536
+    at_limit, _ = session()
+    assert (await at_limit.client_frame(frame_of(PREAUTH_MAX_BYTES))).verdict == "forward"
+    past, _ = session()
+    verdict = await past.client_frame(frame_of(PREAUTH_MAX_BYTES + 1))
     assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "preauth_frame_too_large", 1009)
 
 
@@ -698,6 +808,18 @@ async def test_tools_invoke_reads_the_connections_client_caps() -> None:
     assert (await without.client_frame(req("tools.invoke", {"name": "screen"}))).reason == "tool_denied"
     with_caps = await connected(scopes=["operator.admin"], caps=["ui-commands"])
     assert (await with_caps.client_frame(req("tools.invoke", {"name": "screen"}))).verdict == "forward"
+
+
+@pytest.mark.parametrize("tool", ["sessions", "secrets", "browser"])
+async def test_tools_invoke_keeps_owner_only_tools_for_admin_connections(tool: str) -> None:
+    """The gateway's owner is the connection holding operator.admin: a write-scoped one is refused
+    an owner-only tool (mutation testing: every connection judged as the owner survived)."""
+    writer = await connected(scopes=["operator.write"])
+    verdict = await writer.client_frame(req("tools.invoke", {"name": tool}))
+    assert (verdict.verdict, verdict.reason) == ("reply", "tool_denied")
+    assert verdict.detail is not None and "owner-only" in verdict.detail
+    admin = await connected(scopes=["operator.admin"])
+    assert (await admin.client_frame(req("tools.invoke", {"name": tool}))).verdict == "forward"
 
 
 async def test_tools_invoke_forwards_the_name_it_judged() -> None:
@@ -904,6 +1026,23 @@ async def test_an_auth_the_gateways_schema_refuses_is_refused_in_its_words(auth:
 async def test_scopes_the_gateways_schema_refuses_are_refused_in_its_words(scopes: Any, message: str) -> None:
     """Closed with 1008 and no answer before; the gateway answers first (its words, read from it)."""
     await assert_schema_refusal(connect_frame(scopes=scopes), message)
+
+
+@needs_gateway
+def test_the_connect_fields_the_sidecar_reads_are_checked_as_the_gateways_schema() -> None:
+    """validateConnectParams over a good connect whose `role`, `scopes` or `auth` is changed: the
+    sidecar's errors are the gateway's, in its words (mutation testing: an empty role, which the
+    gateway refuses by its schema, answered as an unknown role, survived)."""
+    base = json.loads(connect_frame())["params"]
+    values: list[Any] = [5, "", None, True, [], {}, "operator", "node", "x", ["operator.read"], [""], [3], {"token": 1}, {"x": "y"}]
+    cases = [{**base, field: value} for field in ("role", "scopes", "auth") for value in values]
+    theirs = call_gateway(["validateConnectParams", "formatValidationErrors"], """
+        const { validateConnectParams: validate, formatValidationErrors: format } = gateway;
+        answer(input.map((params) => validate(params) ? null : format(validate.errors)));""", cases)
+    mine = ["; ".join(connect_param_errors(params)) or None for params in cases]
+    differ = [(params, m, t) for params, m, t in zip(cases, mine, theirs, strict=True) if m != t]
+    assert differ == [], differ[:5]
+    assert 4 < sum(t is None for t in theirs) < len(cases) - 10
 
 
 async def assert_schema_refusal(frame: bytes, message: str) -> None:

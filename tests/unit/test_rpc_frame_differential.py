@@ -85,6 +85,30 @@ def test_request_frames_are_checked_in_the_gateways_words() -> None:
     assert any("schema is false" in answer["errors"] for answer in gateway if answer)  # past the eighth error
 
 
+# The first and last code point of each range the schema's character count joins onto the one
+# before (combining marks, variation selectors) or pairs (regional indicators), and their neighbours.
+_RANGES = [(0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0xFE20, 0xFE2F), (0xFE00, 0xFE0F)]
+_FLAGS = (0x1F1E6, 0x1F1FF)
+
+
+def test_string_bounds_count_characters_as_the_gateways_schema_at_every_range_edge() -> None:
+    """A traceparent (at most 128) of a letter and a mark, and of a pair of regional indicators,
+    for each edge of TypeBox's ranges: within the bound exactly where the gateway counts it so
+    (mutation testing: U+1F1FF, the last regional indicator, counted alone survived the corpus)."""
+    edges = [point for low, high in _RANGES for point in (low - 1, low, high, high + 1)]
+    texts = [json.dumps({"type": "req", "id": "r1", "method": "health", "traceparent": ("a" + chr(point)) * count})
+             for point in edges for count in (64, 65, 128, 129)]
+    flags = [chr(first) + chr(second) for first in (_FLAGS[0] - 1, *_FLAGS, _FLAGS[1] + 1)
+             for second in (_FLAGS[0] - 1, *_FLAGS, _FLAGS[1] + 1)]
+    texts += [json.dumps({"type": "req", "id": "r1", "method": "health", "traceparent": flag * count})
+              for flag in flags for count in (64, 65, 128, 129)]
+    gateway = gateway_request_frame_checks(texts)
+    differ = [(json.loads(text)["traceparent"][:4], mine, theirs) for text, theirs in zip(texts, gateway)
+              if (mine := sidecar_check(text)) != theirs]
+    assert differ == [], f"{len(differ)} of {len(texts)} differ, first: {differ[:3]}"
+    assert 50 < sum(answer is None for answer in gateway) < len(texts) - 50
+
+
 def test_a_binary_frame_decodes_as_the_gateways_buffer_to_string() -> None:
     """A binary frame is judged on its text with every byte that is not UTF-8 replaced and relayed
     as sent: the gateway's Buffer.toString must make the same text of it."""
@@ -132,3 +156,30 @@ def test_a_loopback_browsers_failures_count_against_the_origin_the_gateway_keys_
                                   catch { return "198.18.0.1"; } }));""", ORIGINS)
     mine = [BrowserOrigin.of(origin, None).limit_key for origin in ORIGINS]
     assert mine == theirs
+
+
+EXTENSION_ID = "abcdefghijklmnopabcdefghijklmnop"
+EXTENSION_ORIGINS = [f"chrome-extension://{EXTENSION_ID}", f"chrome-extension://{EXTENSION_ID}/", f"CHROME-EXTENSION://{EXTENSION_ID}",
+                     f"chrome-extension://{EXTENSION_ID.upper()}", f" chrome-extension://{EXTENSION_ID}/\t",
+                     "chrome-extension://" + "z" * 32, "chrome-extension://" + "q" * 32, "chrome-extension://" + "a" * 31,
+                     "chrome-extension://" + "a" * 33, f"chrome-extension://{EXTENSION_ID}/x", f"chrome-extension://{EXTENSION_ID}.evil.example",
+                     f"chrome-extension://{EXTENSION_ID}:443", f"chrome-extension://u@{EXTENSION_ID}", f"moz-extension://{EXTENSION_ID}",
+                     f"https://{EXTENSION_ID}", "null", ""]
+COPILOT_IDS: list[Any] = ["openclaw-browser-copilot", "OpenClaw-Browser-Copilot", " openclaw-browser-copilot\u00a0",
+                          "x-openclaw-browser-copilot", "openclaw-browser-copilot-2", "openclaw-control-ui", "", None, 7]
+
+
+def test_only_the_gateways_browser_copilot_from_its_extension_skips_the_origin_check() -> None:
+    """resolveGatewayWsBrowserOrigin lets a browser copilot client through from a canonical Chrome
+    extension origin: the sidecar exempts no other (mutation testing: an id of any letters, an
+    origin only starting like one, and a client id only containing the copilot's, each survived).
+    Stricter in two spellings URL would canonicalise (an upper-case id, a port): those browsers
+    get the ordinary origin check."""
+    cases = [(origin, client_id) for origin in EXTENSION_ORIGINS for client_id in COPILOT_IDS]
+    theirs = call_gateway(["message-channel:isBrowserCopilotClient", "origin-check:normalizeChromeExtensionOrigin"], """
+        answer(input.map(([origin, id]) =>
+          gateway.isBrowserCopilotClient({ id }) && gateway.normalizeChromeExtensionOrigin(origin) !== undefined));""", cases)
+    mine = [BrowserOrigin.of(origin, "origin not allowed").refuses({"id": client_id}) is None for origin, client_id in cases]
+    looser = [case for case, m, t in zip(cases, mine, theirs, strict=True) if m and not t]
+    assert looser == [], looser
+    assert sum(mine) >= 6 and sum(theirs) < len(cases) // 2

@@ -21,7 +21,7 @@ from sidecar.config import RULE_KEYS, OpenClawRules
 from sidecar.tool_lists import HTTP_DENY_2026_9_6, OWNER_ONLY_2026_9_6
 from sidecar.toolchain import (
     Policy, SessionError, ToolChain, ToolDecision, ToolRequest, agent_id_strict, catalogue, first_match,
-    normalize_session_key,
+    _account_id, normalize_session_key, pick_policy,
 )
 from tests.gateway.oracle import call_gateway, needs_gateway
 
@@ -106,6 +106,8 @@ def test_catalogue_filters_and_fixed_lists() -> None:
     (["group:plugins"], "agents_list", None),
     (["", "  ", 5, None], "agents_list", None),
     (["unknown_plugin_id"], "some_mcp_tool", None),  # unknown ids match nothing
+    (["sessions_*", "sessions_list"], "sessions_list", "sessions_*"),  # the first entry that matches is named
+    (["*", " * "], "theme", "*"),
 ])
 def test_entries_match_as_upstream(entries: list[Any], name: str, expected: str | None) -> None:
     assert first_match(entries, name) == expected
@@ -122,6 +124,7 @@ def test_entries_match_as_upstream(entries: list[Any], name: str, expected: str 
     (Policy("p", ("write",), ()), "apply_patch", True),  # write allows apply_patch
     (Policy("p", ("wr*",), ()), "apply_patch", True),
     (Policy("p", ("edit",), ()), "apply_patch", False),
+    (Policy("p", ("write",), ()), "exec", False),  # write covers apply_patch alone
 ])
 def test_layer_judgement(policy: Policy, name: str, allowed: bool) -> None:
     assert policy.judge(name)[0] is allowed
@@ -140,7 +143,13 @@ ALONE = [
      {"name": "skill_workshop"}, {}),
     ("message-provider", {}, {"name": "agents_list"}, {"channel": " NODE "}),
     ("message-provider", {}, {"name": "tts"}, {"channel": "voice"}),
+    ("message-provider", {}, {"name": "some_plugin_tool"}, {"channel": "node"}),  # allowOnly drops plugin names too
+    ("http-surface", {"agents": {"list": [{"id": "openclaw"}]}, "gateway": {"tools": {"allow": ["openclaw"]}}},
+     {"name": "openclaw", "sessionKey": "agent:openclaw:main"}, {}),
     ("profile", {"tools": {"profile": "minimal"}}, {"name": "agents_list"}, {}),
+    # The agent's alsoAllow replaces the global one even when empty.
+    ("profile", {"tools": {"profile": "minimal", "alsoAllow": ["agents_list"]},
+                 "agents": {"list": [{"id": "main", "tools": {"alsoAllow": []}}]}}, {"name": "agents_list"}, {}),
     ("profile", {"tools": {"profile": "minimal", "alsoAllow": ["agents_list"]},
                  "agents": {"list": [{"id": "main", "tools": {"alsoAllow": ["theme"]}}]}}, {"name": "agents_list"}, {}),
     ("tools", {"tools": {"deny": ["agents_*"]}}, {"name": "agents_list"}, {}),
@@ -152,7 +161,17 @@ ALONE = [
     ("group", {"channels": {"irc": {"accounts": {"work": {"groups": {"*": {"toolsBySender": {"*": {"deny": ["agents_list"]}}}}}}}}},
      {"name": "agents_list", "sessionKey": "agent:main:irc:channel:7:thread:9"}, {"account": "Work"}),
     ("sandbox", {"agents": {"defaults": {"sandbox": {"mode": "non-main"}}}}, {"name": "agents_list", "sessionKey": "side"}, {}),
+    # An explicit sandbox `group:plugins` re-allows no default-denied name (upstream expands no plugin groups there).
+    ("sandbox", {"agents": {"defaults": {"sandbox": {"mode": "all"}}}, "tools": {"sandbox": {"tools": {"allow": ["group:plugins"]}}}},
+     {"name": "feishu"}, {}),
+    ("group", {"channels": {"irc": {"groups": {"123:topic:9": None, "123": {"tools": {"deny": ["agents_list"]}}}}}},
+     {"name": "agents_list", "sessionKey": "irc:group:123:topic:9"}, {}),  # a falsy candidate is passed over
+    # An agent's sandbox mode, even "", wins over the defaults' (upstream `agentSandbox?.mode ?? agent?.mode`).
+    ("sandbox", {"agents": {"defaults": {"sandbox": {"mode": "off"}}, "list": [{"id": "main", "sandbox": {"mode": ""}}]}},
+     {"name": "agents_list", "sessionKey": "side"}, {}),
     ("subagent", {}, {"name": "session_status", "sessionKey": "subagent:x"}, {}),
+    ("subagent", {"agents": {"defaults": {"subagents": {"maxSpawnDepth": 1.5}}}},  # floored: depth 1 is the leaf
+     {"name": "sessions_list", "sessionKey": "agent:main:subagent:a"}, {}),
     ("subagent", {"agents": {"defaults": {"subagents": {"maxSpawnDepth": 2}}}},
      {"name": "sessions_list", "sessionKey": "agent:main:subagent:a:subagent:b"}, {}),
     ("subagent", {"tools": {"subagents": {"tools": {"deny": ["theme"]}}}}, {"name": "theme", "sessionKey": "subagent:x"}, {}),
@@ -183,6 +202,61 @@ def test_by_provider_and_sender_policies_never_apply_on_http() -> None:
     decision = decide(config, {"name": "agents_list"}, channel="webchat")
     assert not decision.refused
     assert {s.layer: s.verdict for s in decision.steps}["byProvider"] == "n/a"
+
+
+def test_agent_by_provider_policy_is_reported_as_not_applying() -> None:
+    config = {"agents": {"list": [{"id": "main", "tools": {"byProvider": {"openai": {"deny": ["agents_list"]}}}}]}}
+    decision = decide(config, {"name": "agents_list"})
+    assert not decision.refused and {s.layer: s.verdict for s in decision.steps}["byProvider"] == "n/a"
+
+
+def test_pick_policy_unions_also_allow_as_upstream() -> None:
+    """unionAllow: alsoAllow widens a non-empty allow list; with `allow: []` it means '*' too."""
+    narrow = pick_policy("t", {"allow": ["session_status"], "alsoAllow": ["theme"]})
+    assert narrow is not None and narrow.judge("theme")[0] and not narrow.judge("agents_list")[0]
+    wide = pick_policy("t", {"allow": [], "alsoAllow": ["theme"]})
+    assert wide is not None and wide.judge("agents_list")[0]
+
+
+@pytest.mark.parametrize("sandbox_tools, name, allowed", [
+    ({"allow": [], "alsoAllow": ["theme"]}, "agents_list", True),  # mergeAllowlist: `allow: []` stays empty
+    ({"allow": ["group:automation"]}, "automations", True),  # an explicit group lifts the default deny
+])
+def test_sandbox_policy_explicit_lists(sandbox_tools: dict[str, Any], name: str, allowed: bool) -> None:
+    policy = chain({"tools": {"sandbox": {"tools": sandbox_tools}}})._sandbox("main")
+    assert policy.judge(name)[0] is allowed, policy
+
+
+def test_an_empty_account_groups_replaces_the_channels_when_several_accounts_exist() -> None:
+    groups = {"123": {"tools": {"deny": ["agents_list"]}}}
+    body = {"name": "agents_list", "sessionKey": "irc:group:123"}
+    several = {"channels": {"irc": {"groups": groups, "accounts": {"work": {"groups": {}}, "home": {}}}}}
+    assert not decide(several, body, account="work").refused
+    sole = {"channels": {"irc": {"groups": groups, "accounts": {"work": {"groups": {}}}}}}
+    assert refusing_layers(decide(sole, body, account="work")) == ["group"]
+
+
+@needs_gateway
+def test_account_groups_replace_the_channels_as_the_gateway_resolves_them() -> None:
+    groups = {"123": {"tools": {"deny": ["agents_list"]}}}
+    cases = [({"channels": {"irc": {"groups": groups, "accounts": {"work": {"groups": {}}, "home": {}}}}}, "work"),
+             ({"channels": {"irc": {"groups": groups, "accounts": {"work": {"groups": {}}}}}}, "work"),
+             ({"channels": {"irc": {"groups": groups, "accounts": {"Work": {"groups": {"9": {}}}}}}}, " WORK ")]
+    theirs = call_gateway(["group-policy:resolveChannelGroups"], """
+        answer(input.map(([cfg, account]) => gateway.resolveChannelGroups(cfg, "irc", account) ?? null));""", cases)
+    ours = [chain(config)._channel_groups("irc", _account_id(account))[0] for config, account in cases]
+    assert ours == theirs
+
+
+def test_sandbox_agent_list_replaces_the_global_one_even_when_empty() -> None:
+    config = {"tools": {"sandbox": {"tools": {"allow": ["theme"]}}},
+              "agents": {"list": [{"id": "main", "tools": {"sandbox": {"tools": {"allow": []}}}}]}}
+    assert chain(config)._sandbox("main").judge("agents_list")[0]
+
+
+def test_subagent_depth_counts_whole_subagent_segments() -> None:
+    policy = chain({"agents": {"defaults": {"subagents": {"maxSpawnDepth": 2}}}})._subagent("agent:main:subagent:a:xsubagent:b")
+    assert policy is not None and "orchestrator" in policy.source
 
 
 def test_what_needs_gateway_state_is_left_to_the_gateway() -> None:

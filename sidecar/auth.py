@@ -237,7 +237,11 @@ class OriginPolicy:
 
     def refusal(self, view: RequestView, *, local_client: bool) -> str | None:
         """None when the Origin passes, else checkBrowserOrigin's reason for refusing it."""
-        raw = view.first("origin")
+        # Node joins a repeated Origin with ", " (not a header it keeps the first of): the gateway
+        # judges the joined value, which no allow-list entry matches (mutation review: the first was
+        # judged alone, so an allowed Origin followed by any other passed here and not upstream).
+        values = view.values("origin")
+        raw = ", ".join(value.decode("latin-1") for value in values) if values else None
         if raw is None or not js_trim(raw):
             return None  # blank is absent (authorizeHttpBrowserOrigin: `origin?.trim()`); refused, it was stricter (red team)
         origin = parse_origin(raw)

@@ -60,6 +60,11 @@ def test_bearer_credential(header: str | None, expected: str | None) -> None:
     assert bearer_credential(v) == expected
 
 
+def test_a_repeated_authorization_is_read_by_its_first_value_as_node_does() -> None:
+    """Node keeps the first Authorization (the pipeline refuses a repeat anyway, D1)."""
+    assert bearer_credential(view(("Authorization", "Bearer wrong"), ("Authorization", "Bearer T"))) == "wrong"
+
+
 
 # Scheme spellings, and the latin-1 blanks JavaScript's trim and Python's strip disagree on.
 SCHEMES = ["Bearer", "bearer", "BEARER", "bEaReR", "Bearer:", "Basic", "Bearerx", ""]
@@ -141,6 +146,7 @@ def test_shared_secret_auth(method: str, secret: str | None, header: str | None,
         ("=?bogus-charset?q?alice?=", "=?bogus-charset?q?alice?="),
         ("=?\xc3\xa9?q?alice?=", "=?\xc3\xa9?q?alice?="),  # once a CharsetError: now just a name
         ("a\x00b", None),
+        ("a\x1fb", None), ("a\x7fb", None),  # every C0 control and DEL (defence in depth)
     ],
 )
 def test_read_identity(raw: str | None, expected: str | None) -> None:
@@ -159,6 +165,11 @@ LOCAL = Attribution("direct-local", "127.0.0.1", "127.0.0.1")
         ((), [], REMOTE, True),  # no Origin: nothing to check
         ((), [("Origin", "")], REMOTE, True),  # blank is none to the gateway (`origin?.trim()`), and JS-trimmed:
         ((), [("Origin", " \u00a0")], REMOTE, True),  # it was refused here (red team)
+        ((), [("Origin", "\x1c")], REMOTE, False),  # ... but only JavaScript's blanks: Python's strip()
+        ((), [("Origin", "\x85")], REMOTE, False),  # also drops these, which JavaScript's trim keeps
+        # Node joins a repeated Origin with ", ": the gateway judges "a, b", no origin at all
+        (("https://ui.example",), [("Origin", "https://ui.example"), ("Origin", "https://evil.example")], REMOTE, False),
+        (("https://ui.example",), [("Origin", "https://ui.example"), ("Origin", "")], REMOTE, False),
         ((), [("Origin", "https://evil.example")], REMOTE, False),  # case 44
         (("https://ui.example",), [("Origin", "https://ui.example")], REMOTE, True),
         (("https://ui.example",), [("Origin", "HTTPS://UI.EXAMPLE:443/")], REMOTE, True),  # URL.origin: default port dropped
@@ -194,6 +205,8 @@ def test_origin_policy(allowed: tuple[str, ...], headers: list[tuple[str, str]],
 
 @pytest.mark.parametrize("raw, origin", [
     ("http://@localhost", "http://localhost"), ("http://:@localhost", "http://localhost"),  # empty credentials
+    ("http://@@localhost", None), ("http://:@:@localhost", None),  # the username is "%40": credentials
+    ("foo://h:65535", "foo://h:65535"), ("foo://h:65536", None), ("foo://a\x01b", None),  # controls refused, stricter
     ("foo://H:0080", "foo://h:80"), ("foo://h:", "foo://h"), ("foo://[::1]:5", "foo://[::1]:5"),
     ("file://localhost", None), ("foo://localhost:99999", None), ("foo://a b", None), ("http://h:65536", None),
     ("\ufeffhttp://h", "http://h"), ("http://h/ ", "http://h"),
@@ -281,6 +294,7 @@ TP_CASES = [
     ("user-empty", {}, PROXY, [XFF, ("X-Forwarded-User", "")], "trusted_proxy_user_missing"),
     ("user-blank", {}, PROXY, [XFF, ("X-Forwarded-User", "   ")], "trusted_proxy_user_missing"),
     ("user-trimmed", {}, PROXY, [XFF, ("X-Forwarded-User", "  alice ")], "user:alice"),
+    ("user-trimmed-js", {}, PROXY, [XFF, ("X-Forwarded-User", "\xa0alice\t")], "user:alice"),
     ("user-rfc2047-as-spelled", {}, PROXY, [XFF, ("X-Forwarded-User", "=?utf-8?q?J=C3=B6rg?=")], "user:=?utf-8?q?J=C3=B6rg?="),
     ("37-user-not-allowed", {"allow_users": frozenset({"alice"})}, PROXY, [XFF, ("X-Forwarded-User", "bob")], "trusted_proxy_user_not_allowed"),
     ("37-user-case-sensitive", {"allow_users": frozenset({"alice"})}, PROXY, [XFF, ("X-Forwarded-User", "Alice")], "trusted_proxy_user_not_allowed"),
@@ -321,6 +335,7 @@ def test_trusted_proxy_checks_in_order(overrides: dict, peer: str, headers: list
     assert not outcome.shared_secret and not outcome.counts_as_failure  # never touches the limiter
     if expected.startswith("user:"):
         assert (outcome.ok, outcome.user, outcome.reason) == (True, expected[5:], "ok")
+        assert outcome.user_header_value == expected[5:]  # as forwarded upstream: trimmed, as the gateway reads it
     else:
         assert (outcome.ok, outcome.user, outcome.reason) == (False, None, expected)
 
@@ -378,6 +393,17 @@ def test_build_authenticator(tmp_path: Path, auth_yaml: str, kind: type, method:
         assert authenticator.user_header == "x-auth-user"
         assert authenticator.required_headers == ("x-proto",)
         assert authenticator.fallback is None
+
+
+def test_build_authenticator_unreadable_interfaces_refuse_non_loopback_proxies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: without this host's addresses, a trusted proxy's request may be one of its own."""
+    def unreadable() -> set[str]:
+        raise OSError("no /proc")
+    monkeypatch.setattr("sidecar.auth.local_interface_addresses", unreadable)
+    text = f"gateway:\n  auth: {{mode: trusted-proxy, trustedProxy: {{userHeader: x-forwarded-user}}}}\n  trustedProxies: [{PROXY}]\n"
+    authenticator = build_authenticator(load_config(write_config(tmp_path / "c.yaml", text), environ={}))
+    assert isinstance(authenticator, TrustedProxyAuth) and authenticator.local_addresses is None
+    assert tp_check(authenticator, PROXY, XFF, USER).reason == "trusted_proxy_local_interface_check_failed"
 
 
 def test_build_authenticator_password_mode_secret(tmp_path: Path) -> None:

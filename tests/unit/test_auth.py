@@ -206,6 +206,7 @@ def test_origin_policy(allowed: tuple[str, ...], headers: list[tuple[str, str]],
 @pytest.mark.parametrize("raw, origin", [
     ("http://@localhost", "http://localhost"), ("http://:@localhost", "http://localhost"),  # empty credentials
     ("http://@@localhost", None), ("http://:@:@localhost", None),  # the username is "%40": credentials
+    ("http://h\\x", None), ("foo://h\\x", None),  # a backslash: a path to the URL parser, refused by the shape
     ("foo://h:65535", "foo://h:65535"), ("foo://h:65536", None), ("foo://a\x01b", None),  # controls refused, stricter
     ("foo://H:0080", "foo://h:80"), ("foo://h:", "foo://h"), ("foo://[::1]:5", "foo://[::1]:5"),
     ("file://localhost", None), ("foo://localhost:99999", None), ("foo://a b", None), ("http://h:65536", None),
@@ -289,6 +290,7 @@ TP_CASES = [
     ("38-loopback-allowed", {"trusted": (parse_network("127.0.0.1/32"),), "allow_loopback": True}, "127.0.0.1", [XFF, USER], "user:alice"),
     ("36-required-header-missing", {"required_headers": ("x-forwarded-proto",)}, PROXY, [XFF, USER], "trusted_proxy_missing_header_x-forwarded-proto"),
     ("36-required-header-blank", {"required_headers": ("x-forwarded-proto",)}, PROXY, [XFF, USER, ("X-Forwarded-Proto", "  ")], "trusted_proxy_missing_header_x-forwarded-proto"),
+    ("36-required-header-js-nonblank", {"required_headers": ("x-forwarded-proto",)}, PROXY, [XFF, USER, ("X-Forwarded-Proto", "\x85")], "user:alice"),
     ("36-required-header-present", {"required_headers": ("x-forwarded-proto",)}, PROXY, [XFF, USER, ("X-Forwarded-Proto", "https")], "user:alice"),
     ("35-user-missing", {}, PROXY, [XFF], "trusted_proxy_user_missing"),
     ("user-empty", {}, PROXY, [XFF, ("X-Forwarded-User", "")], "trusted_proxy_user_missing"),

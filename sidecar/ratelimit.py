@@ -344,6 +344,8 @@ class _FailureLog:
         # window or its lockout ended: what the sidecar knows of it stays that long, for a
         # max_attempts lowered to 0 (which locks any client it holds) to find.
         held = window_ms + RELOCK_MS
+        # How long a failure counts at a check: its window, and with max_attempts 0 as long as it is held.
+        self._counted_ms = held if self.relock else window_ms
         self._t_ttl = math.ceil(held / 1000) + 2
         self._lock_ttl = math.ceil((lockout_ms + held) / 1000) + 2
         self._seq_ttl = max(_SEQ_TTL_MIN_S, 2 * self._lock_ttl)
@@ -435,8 +437,7 @@ class _FailureLog:
         if oldest == seq and recorded_now:
             return True
         stamp = await self.storage.get(self._t(key, oldest))
-        held = self.window_ms + RELOCK_MS if self.relock else self.window_ms
-        return bool(stamp) and stamp - 1 > now - held
+        return bool(stamp) and stamp - 1 > now - self._counted_ms
 
     async def record_counting(self, key: str, now: int) -> int:
         """One failure for a never-locked key; returns the failures in the window (<= ring)."""

@@ -262,10 +262,10 @@ class Redactor:
 class Side:
     """One endpoint the corpus is sent to: the target, or the baseline."""
 
-    def __init__(self, url: str, options: Options, marker: str, version: str) -> None:
+    def __init__(self, url: str, options: Options, marker: str, version: str, redact: Redactor) -> None:
         self.endpoint = Endpoint.parse(url)
         self.options = options
-        self.redact = Redactor(options.secret)
+        self.redact = redact  # the probe's: the secret's forms are worked out once
         self.version = version
         self.ctx = Context(self.endpoint.authority, options.safe_tool, marker, options.secret, options.identity,
                            options.secret_field)
@@ -300,8 +300,8 @@ class Probe:
         self.version = version
         self.marker = f"ocprobe{secrets.token_hex(4)}"
         self.redact = Redactor(options.secret)
-        self.target = Side(options.target, options, self.marker, version)
-        self.baseline = Side(options.baseline, options, self.marker, version) if options.baseline else None
+        self.target = Side(options.target, options, self.marker, version, self.redact)
+        self.baseline = Side(options.baseline, options, self.marker, version, self.redact) if options.baseline else None
         self.record = BackendRecord(options.backend_record, options.timeout) if options.backend_record else None
         self.credential_refusal: str | None = None  # why the target refused the probe's credential
         self.baseline_credential_refusal: str | None = None  # why the baseline did

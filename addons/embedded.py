@@ -228,8 +228,11 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
         await asyncio.sleep(0.01)
     if url is None:
         master.shutdown()
-        await asyncio.gather(task, return_exceptions=True)
+        (outcome,) = await asyncio.gather(task, return_exceptions=True)
         admin.stop()
+        if isinstance(outcome, Exception):
+            log.error("the proxy failed to start", exc_info=outcome)
+            return 1
         why = os.strerror(error.errno) if error is not None and error.errno else "no listener came up"
         log.error("cannot listen on sidecar.listen %s: %s (choose a free HOST:PORT with --listen or sidecar.listen)",
                   config.sidecar.listen, why)
@@ -258,12 +261,26 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
     return 0
 
 
+def _eager_task_factory(loop: asyncio.AbstractEventLoop, coro: Any, *, eager_start: bool | None = None,
+                        **kwargs: Any) -> asyncio.Task:
+    """asyncio's eager task factory, also when called as uvloop >= 0.23 calls it on Python 3.13+:
+    with `eager_start=None`, which 3.13's own factory refuses (TypeError: the master never starts)
+    and 3.14's reads as "not eager" (mitmproxy's hooks would no longer run at once)."""
+    return asyncio.Task(coro, loop=loop, eager_start=eager_start is not False, **kwargs)
+
+
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    """`sidecar.eventLoop`: uvloop's libuv loop, or the standard library's."""
-    if name == "uvloop":
-        import uvloop
-        return uvloop.new_event_loop
-    return asyncio.new_event_loop
+    """`sidecar.eventLoop`: uvloop's libuv loop, or the standard library's. mitmproxy's master
+    installs asyncio's eager task factory; on uvloop it gets one that takes uvloop's call."""
+    if name != "uvloop":
+        return asyncio.new_event_loop
+    import uvloop
+
+    class Loop(uvloop.Loop):  # type: ignore[misc]
+        def set_task_factory(self, factory: Any) -> None:
+            super().set_task_factory(_eager_task_factory if factory is asyncio.eager_task_factory else factory)
+
+    return Loop
 
 
 def serve(config: Config, on_ready: Callable[[str], None] | None = None, config_path: Path | None = None,

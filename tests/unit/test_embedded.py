@@ -15,9 +15,10 @@ import pytest
 from mitmproxy import http, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
+from mitmproxy.utils import asyncio_utils
 
 from addons import compat
-from addons.embedded import UpstreamTls, build_master, settle_heap, take_over
+from addons.embedded import UpstreamTls, build_master, event_loop_factory, serve, settle_heap, take_over
 from sidecar.config import Config, load_config
 from tests.builders import write_config
 
@@ -159,3 +160,51 @@ async def test_a_reload_takes_over_the_watchdog_and_the_log_level(tmp_path: Path
         assert (master.options.tcp_timeout, root.level, guard.runtimes) == (960, logging.ERROR, [new])
     finally:
         root.setLevel(level)
+
+
+def test_on_uvloop_the_masters_eager_task_factory_takes_the_loops_call() -> None:
+    """uvloop >= 0.23 on Python 3.13+ calls the task factory with `eager_start=None`: asyncio's
+    factory refused it on 3.13 (the master's first task raised TypeError and the sidecar never
+    listened) and on 3.14 reads it as "not eager"."""
+    loop = event_loop_factory("uvloop")()
+    ran: list[str] = []
+
+    async def hook(name: str) -> None:
+        ran.append(name)
+
+    async def main() -> None:
+        with asyncio_utils.set_eager_task_factory():  # as the master runs
+            factory = loop.get_task_factory()
+            assert factory is not None
+            for name, keywords in (("3.12", {"context": None}), ("3.13", {"context": None, "eager_start": None})):
+                task = factory(loop, hook(name), **keywords)
+                assert task.done(), name  # ran at once, as mitmproxy's hook dispatch expects
+            lazy = factory(loop, hook("asked not to be eager"), eager_start=False)
+            assert not lazy.done()
+            await lazy
+            task = asyncio.create_task(hook("asyncio.create_task"))
+            assert task.done()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert ran == ["3.12", "3.13", "asked not to be eager", "asyncio.create_task"]
+
+
+def test_a_master_that_fails_to_start_is_logged_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """It was reported as "no listener came up", its exception dropped."""
+    async def failing_run(self: Master) -> None:
+        raise RuntimeError("the master's own fault")
+
+    monkeypatch.setattr(Master, "run", failing_run)
+    config = load_config(write_config(tmp_path / "sidecar.json", {
+        "sidecar": {"listen": "127.0.0.1:0", "adminListen": "127.0.0.1:0", "runtimeDir": str(tmp_path / "run")},
+        "gateway": {"auth": {"mode": "token", "token": "t"}}}), environ={})
+    with caplog.at_level(logging.ERROR):
+        assert serve(config) == 1
+    failures = [r for r in caplog.records if r.getMessage() == "the proxy failed to start"]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert str(failures[0].exc_info[1]) == "the master's own fault"
+    assert not any("cannot listen" in r.getMessage() for r in caplog.records)

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -61,13 +62,32 @@ class Health:
     def __post_init__(self) -> None:
         # Built once: loading a CA bundle for every probe cost each one milliseconds of CPU.
         self.verify = probe_context(self.tls.ca_file, self.tls.fingerprint)
+        self._lock = threading.Lock()
+        self._check_in_flight: Future[tuple[bool, str]] | None = None
 
     def readiness(self) -> tuple[bool, str]:
         if not self.listening:
             return False, "not listening yet"
         if self.draining:
             return False, "draining"
-        return upstream_ready(self.upstream, self.tls.fingerprint, self.verify)
+        return self._upstream_readiness()
+
+    def _upstream_readiness(self) -> tuple[bool, str]:
+        """One upstream check at a time: a probe arriving while one is in flight takes its answer,
+        so a flood of /readyz (64 slots) costs the gateway one request at a time, not 64."""
+        with self._lock:
+            check, leading = self._check_in_flight, self._check_in_flight is None
+            if check is None:
+                check = self._check_in_flight = Future()
+        if leading:
+            try:
+                check.set_result(upstream_ready(self.upstream, self.tls.fingerprint, self.verify))
+            except BaseException as exc:  # every probe waiting on it is answered, each logs it
+                check.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._check_in_flight = None
+        return check.result()
 
 
 def upstream_ready(upstream: str, pin: str | None, verify: ssl.SSLContext) -> tuple[bool, str]:

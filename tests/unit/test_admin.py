@@ -334,3 +334,46 @@ def test_a_client_that_hangs_up_is_no_error(admin: AdminServer, capsys: pytest.C
             admin.handle_error(None, ("127.0.0.1", 1))
     assert capsys.readouterr().err == ""
     assert caplog.text.count("admin request from") == 1 and "ValueError" in caplog.text
+
+
+def test_probes_arriving_during_an_upstream_check_share_it() -> None:
+    """Each /readyz made its own request upstream: a flood of probes was a flood on the gateway.
+    Those arriving while a check is in flight now take its answer; the next one checks anew."""
+    import socket
+
+    release = threading.Event()
+    connections: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def slow_upstream() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(connection)
+            connection.recv(4096)
+            release.wait(10)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            connection.close()
+
+    threading.Thread(target=slow_upstream, daemon=True).start()
+    health = Health(f"http://127.0.0.1:{listener.getsockname()[1]}", listening=True)
+    answers: list[tuple[bool, str]] = []
+    probes = [threading.Thread(target=lambda: answers.append(health.readiness())) for _ in range(8)]
+    try:
+        for probe in probes:
+            probe.start()
+        deadline = time.monotonic() + 5
+        while not connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # the other seven, all started, have long joined the check in flight
+        release.set()
+        for probe in probes:
+            probe.join(10)
+        assert answers == [(True, "ok")] * 8
+        assert len(connections) == 1
+        assert health.readiness() == (True, "ok") and len(connections) == 2  # none in flight: a new check
+    finally:
+        release.set()
+        listener.close()

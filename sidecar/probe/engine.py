@@ -276,20 +276,22 @@ class Side:
         except OSError as exc:
             raise ProbeSetupError(f"cannot reach {self.endpoint.url}: {exc}") from None
 
-    def send(self, case: Case) -> tuple[Answer, str]:
-        """The answer that decides the case (a pipeline's last) and a transcript of what was sent."""
+    def send(self, case: Case, ctx: Context | None = None) -> tuple[Answer, str]:
+        """The answer that decides the case (a pipeline's last) and a transcript of what was sent;
+        `ctx` in place of the side's own, for a call sent without its credentials."""
+        ctx = ctx or self.ctx
         request = case.request
         if isinstance(request, WsRequest):
-            answer, sent = exchange_ws(self.endpoint, request, self.ctx, self.options.ws_path, self.options.timeout,
+            answer, sent = exchange_ws(self.endpoint, request, ctx, self.options.ws_path, self.options.timeout,
                                        self.version)
             return self.redact.answer(answer), sent
         members = case.http_requests
-        payload = b"".join(render_request(m, self.ctx) for m in members)
+        payload = b"".join(render_request(m, ctx) for m in members)
         linger = min(LINGER_SECONDS, self.options.timeout) if case.may_smuggle else 0.0
         answers = exchange(self.endpoint, payload, [m.method for m in members], self.options.timeout, linger)
         if len(answers) < len(members) and answers[-1].kind not in ("timeout", "error"):
             answers.append(Answer("closed", error="no answer to this request: the connection ended first"))
-        shown = self.ctx.shown()
+        shown = ctx.shown()
         return self.redact.answer(answers[-1]), printable(b"".join(render_request(m, shown) for m in members))
 
 
@@ -388,7 +390,7 @@ class Probe:
         # the target down, which must not pass as a refusal: a good call shows whether it still answers.
         unanswered = answer.kind in ("closed", "error", "timeout")
         if case.fails_auth or 429 in statuses or self.refused_in_a_row >= REFUSALS_BETWEEN_GOOD_CALLS or unanswered:
-            self.good_call(case)
+            self.good_call(case, unanswered)
         target = self.observe(case, answer, sent, verdict, why)
         return CaseResult(case, target.verdict, target.why, target,
                           self.redact.arrivals(arrivals) if arrivals is not None else None, baseline,
@@ -474,38 +476,47 @@ class Probe:
     def can_call_good(self) -> bool:
         return bool(self.options.secret or self.options.identity)
 
-    def good_call(self, after: Case) -> None:
+    def good_call(self, after: Case, unanswered: bool) -> None:
         """One good call on each side: a success resets the gateway's failure count and the
         sidecar's refusal pacing (which would otherwise delay the probe's answers past its timeout).
         A side that refuses it, where control.credential had passed, has locked the probe out; one
         that does not answer it twice running has stopped answering. The target's cuts the run
-        short; the baseline's ends the comparison."""
+        short; the baseline's ends the comparison. A target whose good call cannot pass (no
+        credential, or one it refused) still gets a call after a case it left `unanswered`, without
+        credentials: answered at all, it is still up (a run without a credential passed as refused
+        every case after one that had killed the target)."""
         self.refused_in_a_row = 0
-        if not self.can_call_good:
-            return
-        if self.credential_refusal is None:
-            failed = self.failed_good_call(self.target, "target")
+        credentialed = self.can_call_good and self.credential_refusal is None
+        if credentialed or unanswered:
+            failed = self.failed_good_call(self.target, "target", credentialed)
             if failed is None:
                 self.confirmed.add("target")
             else:
                 self.cut_short = f"after {after.id} {failed[0]}"
                 self.discounted_because = failed[1]
-        if self.baseline and not self.baseline_credential_refusal and not self.baseline_cut_short:
+        if self.baseline and self.can_call_good and not self.baseline_credential_refusal and not self.baseline_cut_short:
             failed = self.failed_good_call(self.baseline, "baseline")
             if failed is None:
                 self.confirmed.add("baseline")
             else:
                 self.baseline_cut_short = f"after {after.id} {failed[0]}; no case since its last good call is compared"
 
-    def failed_good_call(self, side: Side, name: str) -> tuple[str, str] | None:
-        """None when the good call passes on `side`; else why not, and what that makes of the
-        refusals since its last good call. Only a 4xx is a refusal: a closed connection, a timeout
-        or a 5xx is tried once more, a moment later."""
+    def failed_good_call(self, side: Side, name: str, credentialed: bool = True) -> tuple[str, str] | None:
+        """None when the good call passes on `side` (not `credentialed`: sent without credentials,
+        when it is answered below 500); else why not, and what that makes of the refusals since its
+        last good call. Only a 4xx is a refusal: a closed connection, a timeout or a 5xx is tried
+        once more, a moment later."""
         control = next(c for c in self.corpus.cases if c.id == CONTROL_CREDENTIAL)
+        ctx = None if credentialed else replace(side.ctx, secret=None, identity=(), bearer_upgrade=False)
         for attempt in range(2):
             if attempt:
                 time.sleep(min(GOOD_CALL_RETRY_SECONDS, self.options.timeout))
-            answer = side.send(control)[0]
+            answer = side.send(control, ctx)[0]
+            if not credentialed:
+                if answer.kind == "http" and (answer.status or 500) < 500:
+                    return None
+                why = summary(answer)
+                continue
             verdict, why = self.verdict_for(control, answer, None)
             if verdict == PASS:
                 return None
@@ -514,6 +525,7 @@ class Probe:
                         "later case would be refused by the lockout alone",
                         f"the {name} locked the probe out before its next good call passed, so the lockout may have "
                         "answered")
-        return (f"the {name} stopped answering the probe's own good call ({why})",
-                f"the {name} stopped answering the probe's good calls before its next one passed, so the refusal "
+        call, calls = ("the probe's own good call", "good calls") if credentialed else ("a call without credentials", "calls")
+        return (f"the {name} stopped answering {call} ({why})",
+                f"the {name} stopped answering the probe's {calls} before its next one passed, so the refusal "
                 "may not be the case's")

@@ -61,8 +61,8 @@ class ScriptedSide:
         self.sent: list[str] = []
         self.ctx = Context("gw", "agents_list", "ocprobe0", "s3cret-token")
 
-    def send(self, case: Case) -> tuple[Answer, str]:
-        self.sent.append(case.id)
+    def send(self, case: Case, ctx: Context | None = None) -> tuple[Answer, str]:
+        self.sent.append(case.id if ctx is None or ctx.secret else f"{case.id} without credentials")
         answers = self.script[case.id]
         return (answers.pop(0) if len(answers) > 1 else answers[0]), f"POST /tools/invoke ({case.id})"
 
@@ -226,3 +226,20 @@ def test_an_upgrade_that_passes_authentication_with_the_bearer_is_judged_by_what
     result = probe.run_case(next(c for c in packaged.cases if c.id == "control.websocket"))
     assert result.verdict == NOT_APPLICABLE and result.why.startswith("the target serves no RPC WebSocket on / (refused: 404")
     assert side.ctx.bearer_upgrade and side.sent == ["control.websocket", "control.websocket"]
+
+
+BAD_GATEWAY = Answer("http", status=502, body=b"Bad Gateway")
+
+
+@pytest.mark.parametrize("after, cut_short", [
+    (BAD_GATEWAY, "after auth.wrong the target stopped answering a call without credentials (502 Bad Gateway)"),
+    (UNAUTHORIZED, None),
+])
+def test_without_a_credential_a_case_left_unanswered_is_followed_by_a_call_answered_at_all(after, cut_short):
+    """No good call can pass, so any answer below 500 shows the target still up; a 5xx or none,
+    twice running, is a target a case may have brought down (and the run ends there)."""
+    target = ScriptedSide({"control.credential": [after], "auth.wrong": [CLOSED]})
+    report, _ = run(target, cases="auth.*")
+    liveness = "control.credential without credentials"
+    assert target.sent == ["auth.wrong", liveness, *([liveness] if cut_short else [])]  # a 5xx is tried again
+    assert report.cut_short == cut_short

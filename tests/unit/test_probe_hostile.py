@@ -548,3 +548,47 @@ def test_a_case_after_which_the_target_hangs_does_not_end_in_a_pass(hostile, cap
     assert run_probe(args, "9.9.9") == 2
     table = capsys.readouterr().out
     assert "cut short: after A5.forwarded-for-claims-loopback the target stopped answering" in table
+
+
+STRANGER_CASES = ("A1.x-forwarded-uri-without-credential,A5.forwarded-for-loopback-without-credential,"
+                  "A7.x-real-ip-loopback-without-credential")
+
+
+@pytest.mark.parametrize("credential", [[], ["--token", "wrong-token"]], ids=["none", "refused"])
+def test_a_run_whose_good_call_cannot_pass_still_sees_the_target_go_down(hostile, capsys, credential):
+    """With no credential, or one the target refuses, there is no good call to make: a case that
+    killed the target read as refused, and so did every case after it ('result: PASS', exit 0).
+    A call without credentials now follows each case left unanswered; never one with the refused
+    credential in it, which would count as a failed login."""
+    seen: list[bytes] = []
+    dies = dies_on(b"X-Forwarded-For: 127.0.0.1")
+
+    def behave(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        seen.append(request)
+        dies(conn, request, stop)
+
+    args = build_parser().parse_args(["probe", hostile(behave).endpoint.url, *credential, "--timeout", "1", "--cases",
+                                      STRANGER_CASES])
+    assert run_probe(args, "9.9.9") == 2
+    table = capsys.readouterr().out
+    assert ("cut short: after A5.forwarded-for-loopback-without-credential the target stopped answering a call "
+            "without credentials (connection closed") in table
+    row = next(line for line in table.splitlines() if line.startswith("A5.forwarded-for-loopback-without-credential"))
+    assert "inconclusive" in row, row
+    after_the_kill = seen[next(i for i, r in enumerate(seen) if b"X-Forwarded-For: 127.0.0.1" in r) + 1:]
+    assert after_the_kill and not any(b"Authorization" in r for r in after_the_kill)
+
+
+def test_a_run_without_a_credential_goes_on_when_the_target_only_closed_one_connection(hostile, capsys):
+    """A refusal by hanging up is still a refusal when the target answers the call after it."""
+    def closes_on_trigger(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        if b"X-Forwarded-For: 127.0.0.1" not in request:
+            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+
+    args = build_parser().parse_args(["probe", hostile(closes_on_trigger).endpoint.url, "--timeout", "1", "--cases",
+                                      STRANGER_CASES])
+    run_probe(args, "9.9.9")
+    table = capsys.readouterr().out
+    assert "cut short" not in table
+    row = next(line for line in table.splitlines() if line.startswith("A7.x-real-ip-loopback-without-credential"))
+    assert "not sent" not in row and "pass" in row, row

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from tests.builders import nested_beyond_python
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 
 from .conftest import REAL_GATEWAY_HOOKS_TOKEN as HOOKS_TOKEN
@@ -503,7 +504,7 @@ def test_the_opened_admin_rpc_route_keeps_the_method_deny_list(http, gateway, ad
 
 
 def test_an_admin_rpc_body_the_sidecar_cannot_read_is_refused_not_relayed(http, admin_rpc_sc):
-    """V8 parses nesting far deeper than Python: padding a denied call with 3,000 nested arrays
+    """V8 parses nesting far deeper than Python: padding a denied call with nested arrays
     must not carry it past the method check (the params are invalid, so nothing changes if it did)."""
     body = b'{"id":"r3","method":"config.patch","params":{"raw":12345},"pad":' + b"[" * 3000 + b"]" * 3000 + b"}"
     refused = http.post(admin_rpc_sc.url + "/api/v1/admin/rpc", headers={**AUTH, "Content-Type": "application/json"},

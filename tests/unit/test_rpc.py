@@ -25,7 +25,7 @@ from sidecar.rpc import (
 from sidecar.scopes import DEFAULT_SCOPES, KNOWN_SCOPES, ResolvedScopes
 from sidecar.config import OpenClawRules, load_config
 from sidecar.toolchain import ToolChain
-from tests.builders import write_config
+from tests.builders import nested_beyond_python, write_config
 from tests.gateway.oracle import call_gateway, needs_gateway
 
 SECRET = "frame-secret"
@@ -868,7 +868,7 @@ async def test_a_binary_frame_is_read_as_the_gateway_decodes_it() -> None:
 async def test_a_frame_nested_beyond_python_is_closed_never_dropped_in_silence() -> None:
     """The gateway's JSON.parse follows the nesting and runs it; the sidecar cannot judge it."""
     rpc = await connected()
-    deep = b'{"type":"req","id":"d","method":"health","params":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    deep = b'{"type":"req","id":"d","method":"health","params":{"a":' + nested_beyond_python() + b"}}"
     verdict = await rpc.client_frame(deep)
     assert (verdict.verdict, verdict.reason, verdict.close_code) == ("close", "malformed_frame", 1008)
 
@@ -982,7 +982,7 @@ def test_the_refusal_hint_is_the_one_the_gateway_gives_that_kind_of_client(clien
 @pytest.mark.parametrize("route, content, speaks_rpc", [
     ("plugin:browser-extension", b'{"type":"req","id":"c1","method":"connect","params":{}}', True),
     ("plugin:browser-extension", b'{"\\u0074ype":"\\u0072eq","id":"c1","method":"connect"}', True),  # as JSON.parse reads it
-    ("plugin:browser-extension", b"[" * 3000 + b"]" * 3000, True),  # unreadable here, maybe not there
+    ("plugin:browser-extension", nested_beyond_python(), True),  # unreadable here, maybe not there
     ("plugin:browser-extension", b'{"id":1,"method":"Target.getTargets"}', False),  # the relay's own CDP
     ("plugin:browser-screencast", b"not json", False),
     ("worker-websocket", b'{"type":"req","id":"c1","method":"connect"}', False),  # a core handler: always there

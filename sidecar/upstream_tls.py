@@ -57,7 +57,12 @@ def probe_context(ca_file: Path | None, pin: str | None) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else certifi.where())
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else certifi.where())
+    # Python 3.13 turns on X.509 strict checks and partial chains; mitmproxy's OpenSSL context has
+    # neither: a CA the proxy trusts (an issued certificate without an authority key id) made
+    # /readyz fail, and an intermediate in the CA file would make it ready where every call fails.
+    context.verify_flags &= ~(ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN)
+    return context
 
 
 def peer_certificate(response: httpx.Response) -> bytes | None:

@@ -8,9 +8,7 @@ before a byte of the request (and the sidecar's credential in it) goes out.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from sidecar import envelopes
+from tests.builders import issue_certificate
 from tests.gateway.real_gateway import RealGateway, unavailable_reason
 from tests.wsclient import WsClient
 
@@ -119,30 +116,8 @@ def test_without_a_pin_its_self_signed_certificate_is_not_trusted(tls_gateway, m
     assert "sidecar.upstreamTls.fingerprint" in sidecar.logs()
 
 
-def _issue(tmp: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a certificate it issues for 127.0.0.1 (an IP SAN: what a hostname check reads)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sidecar test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
-
-
 def test_a_certificate_issued_by_a_ca_file_is_trusted_by_it(module_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
-    ca, cert, key = _issue(tmp_path)
+    ca, cert, key = issue_certificate(tmp_path)
     gateway = RealGateway({"mode": "token", "token": TOKEN},
                           {"gateway": {"tls": {"enabled": True, "certPath": str(cert), "keyPath": str(key)}}})
     try:

@@ -3,11 +3,18 @@ clients take (`gateway.remote.tlsFingerprint`)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import socket
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-import hashlib
-
-from sidecar.upstream_tls import certificate_matches, normalize_fingerprint
+from sidecar.upstream_tls import certificate_matches, normalize_fingerprint, probe_context
+from tests.builders import issue_certificate
 from tests.gateway.oracle import call_gateway, needs_gateway
 
 HEX = "0123456789abcdef" * 4
@@ -41,3 +48,33 @@ def test_only_the_pinned_certificate_matches() -> None:
     der = b"0\x82certificate bytes"
     assert certificate_matches(der, hashlib.sha256(der).hexdigest())
     assert not certificate_matches(der + b"x", hashlib.sha256(der).hexdigest())
+
+
+def test_readiness_trusts_a_ca_file_as_the_proxy_does_whatever_pythons_defaults(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.13's default context turns on X.509 strict checks and partial chains; mitmproxy's
+    OpenSSL context has neither. With those defaults (as 3.13 sets them, on any Python here), a
+    certificate the proxy accepts, issued without an authority key id, failed /readyz's handshake."""
+    ca, cert, key = issue_certificate(tmp_path)
+    defaults = ssl.create_default_context
+
+    def as_python_3_13(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        context = defaults(*args, **kwargs)
+        context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        return context
+
+    monkeypatch.setattr(ssl, "create_default_context", as_python_3_13)
+    client = probe_context(ca, None)
+    assert not client.verify_flags & (ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with contextlib.suppress(ssl.SSLError, OSError), server.wrap_socket(connection, server_side=True) as tls:
+                tls.recv(1)
+
+        threading.Thread(target=serve, daemon=True).start()
+        with socket.create_connection(listener.getsockname(), timeout=5) as raw:
+            with client.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.getpeercert(True) == ssl.PEM_cert_to_DER_cert(cert.read_text())

@@ -506,7 +506,7 @@ def test_the_opened_admin_rpc_route_keeps_the_method_deny_list(http, gateway, ad
 def test_an_admin_rpc_body_the_sidecar_cannot_read_is_refused_not_relayed(http, admin_rpc_sc):
     """V8 parses nesting far deeper than Python: padding a denied call with nested arrays
     must not carry it past the method check (the params are invalid, so nothing changes if it did)."""
-    body = b'{"id":"r3","method":"config.patch","params":{"raw":12345},"pad":' + b"[" * 3000 + b"]" * 3000 + b"}"
+    body = b'{"id":"r3","method":"config.patch","params":{"raw":12345},"pad":' + nested_beyond_python() + b"}"
     refused = http.post(admin_rpc_sc.url + "/api/v1/admin/rpc", headers={**AUTH, "Content-Type": "application/json"},
                         content=body)
     assert refused.status_code == 400

@@ -78,6 +78,9 @@ CASES = [
      b'{"error":{"message":"Internal Server Error","type":"internal_error"}}', (JSON_CT, *SECURITY)),
     ("502", envelopes.upstream_unreachable(), 502,
      b'{"error":{"message":"Upstream gateway is unreachable","type":"bad_gateway"}}', (JSON_CT, *SECURITY)),
+    ("408-head", envelopes.head_timeout(), 408,
+     b'{"error":{"message":"Request header timeout","type":"invalid_request_error"}}',
+     (JSON_CT, *SECURITY, ("Connection", "close"))),
     ("504", envelopes.upstream_timeout(), 504,
      b'{"error":{"message":"Upstream gateway timed out","type":"gateway_timeout"}}', (JSON_CT, *SECURITY)),
 ]
@@ -106,6 +109,20 @@ def test_tool_name_is_json_escaped_in_404(name: str) -> None:
 @pytest.mark.parametrize("message", ['a"b', "x\ny", "\x00"])
 def test_bad_request_message_is_json_escaped(message: str) -> None:
     assert json.loads(envelopes.bad_request(message).body)["error"]["message"] == message
+
+
+def test_a_non_ascii_tool_name_is_written_as_utf8_as_json_stringify_writes_it() -> None:
+    assert envelopes.tool_not_available("ｅｘｅｃ").body == '{"ok":false,"error":{"type":"not_found","message":"Tool not available: ｅｘｅｃ"}}'.encode()
+
+
+def test_non_finite_numbers_are_written_as_null_however_deeply_nested() -> None:
+    """JSON.stringify writes Infinity and NaN as null, in arrays and objects alike."""
+    assert envelopes.compact_json({"a": [1.5, float("inf")], "b": {"c": float("nan")}}) == b'{"a":[1.5,null],"b":{"c":null}}'
+
+
+def test_a_lone_surrogate_is_escaped_rather_than_written_as_invalid_utf8() -> None:
+    body = envelopes.compact_json({"name": "x\ud800"})
+    assert body == b'{"name":"x\\ud800"}'
 
 
 def test_missing_scope_names_the_scope() -> None:

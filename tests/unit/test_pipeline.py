@@ -1360,3 +1360,130 @@ def test_a_connection_spends_its_clients_share_of_the_cap_unless_a_trusted_proxy
     assert pipeline.connection_client(PROXY) is None  # its connections carry many clients
     assert pipeline.connection_client("198.51.100.4") == "198.51.100.4"
     assert pipeline.connection_client("2001:db8:0:1::5") == pipeline.connection_client("2001:db8:0:1::6") == "2001:db8:0:1::/64"
+
+
+# ---- edges a mutation sweep of the stages found unpinned ----------------------------------------
+
+HEAD_BASE = view(headers=[("X-Pad", "")]).head_size()
+
+
+@pytest.mark.parametrize("over, admitted", [(0, True), (1, False)])
+async def test_a_head_of_exactly_16_kib_is_read_and_one_byte_more_is_refused(make, over: int, admitted: bool) -> None:
+    """Node's --max-http-header-size is inclusive: 16,384 bytes of head pass, 16,385 do not."""
+    padded = view(headers=[("X-Pad", "a" * (16 * 1024 - HEAD_BASE + over))])
+    assert padded.head_size() == 16 * 1024 + over
+    result = await make().pipeline.on_head(padded)
+    if admitted:
+        assert isinstance(result, Admitted)
+    else:
+        assert_refused(result, envelopes.head_too_large(), "request_head_too_large")
+
+
+async def test_an_empty_expect_gets_417_as_node_answers_any_expect_but_100_continue(make) -> None:
+    assert_refused(await make().pipeline.on_head(view(headers=[("Expect", "")])), envelopes.expectation_failed(), "expectation_failed")
+
+
+async def test_an_empty_host_is_admitted_and_the_target_read_against_localhost(make) -> None:
+    result = await make().pipeline.on_head(view(host=""))
+    assert isinstance(result, Admitted) and result.route == "tools-invoke"
+
+
+@pytest.mark.parametrize("host", ["gw.example:123456", "gw_example"])
+async def test_a_host_no_hostname_and_port_can_spell_is_refused(make, host: str) -> None:
+    assert_refused(await make().pipeline.on_head(view(host=host)), BAD_HEAD("Host must be host[:port]"), "invalid_host")
+
+
+@pytest.mark.parametrize("target, host", [
+    ("HTTP://gw.example/healthz", "gw.example"),  # a scheme is case-insensitive
+    ("http://gw.example/healthz", "gw.example:80"),  # the Host names the default port the URL drops
+    ("https://gw.example/healthz", "gw.example:443"),
+])
+async def test_an_absolute_target_naming_the_hosts_own_authority_is_admitted(make, target: str, host: str) -> None:
+    result = await make().pipeline.on_head(view("GET", target, host=host, auth=None))
+    assert isinstance(result, Admitted) and result.route == "health" and result.target == "/healthz"
+
+
+async def test_a_denied_prefix_holds_on_the_path_as_sent_when_the_gateway_routes_another(make) -> None:
+    """A capability path is routed by what follows the token; the prefix denied is the one sent."""
+    harness = make(extra={"sidecar": {"routes": {"deny": ["/__openclaw__/cap/"]}}})
+    result = await harness.pipeline.on_head(view("GET", "/__openclaw__/cap/abc/healthz", auth=None))
+    assert_refused(result, envelopes.route_not_found(), "route_denied")
+
+
+async def test_a_denied_plugin_prefix_covers_the_plugin_path_without_its_trailing_slash(make) -> None:
+    harness = make(extra={"sidecar": {"routes": {"deny": ["/api/v1/beam/sessions/"], "allow": ["plugin:beam"]}}})
+    assert_refused(await harness.pipeline.on_head(view("POST", "/api/v1/beam/sessions")), envelopes.route_not_found(), "route_denied")
+
+
+@pytest.mark.parametrize("method, key", [
+    ("HEAD", WS_KEY),
+    ("GET", WS_KEY + "!"),  # base64 with a stray byte, which a lenient decoder would skip
+    ("GET", "AAAAAAAAAAAAAAAAAAAAAAA="),  # 17 bytes
+])
+async def test_an_upgrade_with_another_method_or_a_key_not_of_16_bytes_never_reaches_the_rpc(make, method: str, key: str) -> None:
+    headers = [*UPGRADE[:3], ("Sec-WebSocket-Key", key)]
+    result = await make().pipeline.on_head(view(method=method, target="/", headers=headers))
+    assert_refused(result, BAD_HEAD("not an RFC 6455 WebSocket upgrade"), "invalid_websocket_upgrade")
+
+
+async def test_in_trusted_proxy_mode_an_rpc_upgrade_without_an_identity_is_refused_not_left_to_a_connect_frame(make) -> None:
+    """Only a shared secret can come in the connect frame: a trusted-proxy caller is known by its
+    header or not at all."""
+    result = await make(TRUSTED_PROXY_CONFIG).pipeline.on_head(
+        view(method="GET", target="/", peer=PROXY, auth=None, headers=[("X-Forwarded-For", XFF_CLIENT), *UPGRADE]))
+    assert_refused(result, envelopes.unauthorized(), "trusted_proxy_user_missing")
+
+
+async def test_an_rpc_upgrade_behind_the_upstream_credential_carries_neither_identity_nor_client(make) -> None:
+    result = await make(TRUSTED_PROXY_CONFIG).pipeline.on_head(view(
+        method="GET", target="/", peer=PROXY, auth=None, headers=[("X-Forwarded-For", XFF_CLIENT), ("X-Forwarded-User", "alice"), *UPGRADE]))
+    assert isinstance(result, Admitted) and result.auth.user == "alice"
+    upstream = {n.lower() for n, _ in result.headers}
+    assert "authorization" in upstream and not upstream & {"x-forwarded-user", "x-forwarded-for"}
+
+
+async def test_without_an_upstream_credential_an_rpc_upgrade_carries_the_identity_and_one_attributed_client(make) -> None:
+    """The gateway then knows the caller only by the identity header and the client it names;
+    a required X-Forwarded-For is the sidecar's own, never the chain the ingress sent."""
+    config = {"gateway": {"auth": {"mode": "trusted-proxy", "trustedProxy": {
+        "userHeader": "x-forwarded-user", "requiredHeaders": ["x-forwarded-for"]}}, "trustedProxies": [PROXY]}}
+    result = await make(config).pipeline.on_head(view(method="GET", target="/", peer=PROXY, auth=None, headers=[
+        ("X-Forwarded-For", f"192.0.2.1, {XFF_CLIENT}"), ("X-Forwarded-User", "alice"), *UPGRADE]))
+    assert isinstance(result, Admitted) and result.rpc
+    upstream = [(n.lower(), v) for n, v in result.headers if n.lower() in ("authorization", "x-forwarded-user", "x-forwarded-for")]
+    assert upstream == [("x-forwarded-user", "alice"), ("x-forwarded-for", XFF_CLIENT)]
+
+
+async def test_without_an_upstream_credential_an_agent_turn_is_the_gateways_to_scope(make) -> None:
+    """Only behind the sidecar's shared secret does the gateway make every caller owner."""
+    config = deep_merge(OPENAI_ENDPOINTS_ON, {"sidecar": {"routes": {"allow": ["openai-chat-completions"]}},
+                                              "gateway": {"auth": {"mode": "trusted-proxy", "trustedProxy": {"userHeader": "x-forwarded-user"}},
+                                                          "trustedProxies": [PROXY]}})
+    result = await make(config).pipeline.on_head(view("POST", "/v1/chat/completions", peer=PROXY, auth=None, headers=[
+        ("X-Forwarded-For", XFF_CLIENT), ("X-Forwarded-User", "alice"), ("x-openclaw-scopes", "operator.write")]))
+    assert isinstance(result, Admitted) and ("x-openclaw-scopes", "operator.write") in result.headers
+
+
+async def test_shadow_mode_lets_a_route_scope_refusal_through_and_names_it(make) -> None:
+    harness = make(extra={"sidecar": {"enforce": False, "scopeCeilings": {"default": ["operator.read"]}}})
+    result = await harness.pipeline.on_head(view())
+    assert isinstance(result, Admitted) and result.shadowed == ("missing_scope",)
+
+
+async def test_a_route_with_words_of_its_own_for_a_missing_scope_answers_with_them(make) -> None:
+    harness = make(extra={"sidecar": {"routes": {"allow": ["plugin:beam"]}, "scopeCeilings": {"default": ["operator.read"]}}})
+    result = await harness.pipeline.on_head(view("POST", "/api/v1/beam/sessions"))
+    assert_refused(result, envelopes.missing_scope("operator.write", "write-required"), "missing_scope")
+    assert isinstance(result, Refuse) and result.envelope.body == b'{"ok":false,"error":"operator.write is required"}'
+
+
+async def test_a_blank_origin_on_an_rpc_upgrade_is_no_browser(make) -> None:
+    result = await make().pipeline.on_head(view(method="GET", target="/", auth=None, headers=[("Origin", " \t"), *UPGRADE]))
+    assert isinstance(result, Admitted) and result.rpc and result.browser is None
+
+
+async def test_a_body_refusal_is_audited_with_the_route_and_the_client_of_its_head(make) -> None:
+    harness = make(extra={"gateway": {"tools": {"deny": ["agents_list"]}}})
+    result = await harness.pipeline.on_body(await admitted(harness), BODY)
+    assert_refused(result, envelopes.tool_not_available("agents_list"), "tool_denied")
+    assert isinstance(result, Refuse) and (result.route, result.client_ip) == ("tools-invoke", CLIENT)

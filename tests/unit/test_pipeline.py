@@ -20,7 +20,7 @@ from sidecar.body import MAX_BODY_BYTES
 from sidecar.config import load_config
 from sidecar.envelopes import Envelope
 from sidecar.pipeline import PUBLIC_READ_METHOD, Admitted, Forward, Pipeline, Refuse
-from sidecar.ratelimit import AuthFailureLimiter
+from sidecar.ratelimit import UPSTREAM_GUESS_SUBJECT, AuthFailureLimiter
 from sidecar.scopes import DEFAULT_SCOPES
 from sidecar.view import RequestView
 
@@ -1293,6 +1293,7 @@ async def test_a_policy_refusal_names_its_layer_for_the_audit_line(make) -> None
 @pytest.mark.parametrize("extra, headers, refused", [
     ({}, [("x-openclaw-message-channel", "node")], True),  # keeps only canvas, pdf, tts, ... for node
     ({}, [("x-openclaw-message-channel", "webchat")], False),
+    ({}, [("X-OpenClaw-Message-Channel", "node")], True),  # a header name in any case
     # Not allow-listed: stripped before the gateway, so it cannot filter there either.
     ({"sidecar": {"contextHeaders": {"allow": []}}}, [("x-openclaw-message-channel", "node")], False),
     # Pinned: the gateway sees the pinned value whatever the caller sent.
@@ -1487,3 +1488,63 @@ async def test_a_body_refusal_is_audited_with_the_route_and_the_client_of_its_he
     result = await harness.pipeline.on_body(await admitted(harness), BODY)
     assert_refused(result, envelopes.tool_not_available("agents_list"), "tool_denied")
     assert isinstance(result, Refuse) and (result.route, result.client_ip) == ("tools-invoke", CLIENT)
+
+
+async def test_a_read_carrying_a_blank_upgrade_header_is_no_plain_read_and_needs_credentials(make) -> None:
+    result = await make().pipeline.on_head(view("GET", "/healthz", [("Upgrade", " ")], auth=None))
+    assert_refused(result, envelopes.unauthorized(), "credential_missing")
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_holds_its_own_share_of_rpc_upgrades(make) -> None:
+    config = deep_merge(TOKEN_CONFIG, {"gateway": {"trustedProxies": [PROXY]}, "sidecar": {"websocket": {"unauthenticatedPerClient": 1}}})
+    pipeline = make(config).pipeline
+
+    async def upgrade(client: str) -> Refuse | Admitted:
+        return await pipeline.on_head(view(method="GET", target="/", peer=PROXY, auth=None, headers=[("X-Forwarded-For", client), *UPGRADE]))
+
+    assert isinstance(await upgrade(XFF_CLIENT), Admitted) and isinstance(await upgrade("198.51.100.10"), Admitted)
+    assert_refused(await upgrade(XFF_CLIENT), envelopes.too_many_unauthenticated_sockets(), "preauth_sockets")
+
+
+@pytest.mark.parametrize("request_id, answered", [(" r1 ", "r1"), ("r2", "r2")])
+async def test_the_admin_rpc_refusal_answers_the_request_id_as_the_plugin_trims_it(make, request_id: str, answered: str) -> None:
+    harness = make(extra={"sidecar": {"routes": {"allow": ["plugin:admin-http-rpc"]}, "scopeCeilings": {"default": ["operator.read"]}}})
+    head = await harness.pipeline.on_head(view("POST", "/api/v1/admin/rpc"))
+    assert isinstance(head, Admitted)
+    result = await harness.pipeline.on_body(head, json.dumps({"id": request_id, "method": "config.patch", "params": {}}).encode())
+    assert_refused(result, envelopes.rpc_missing_scope("operator.admin", answered), "rpc_missing_scope")
+
+
+CONNECT = {"type": "req", "id": "c1", "method": "connect", "params": {
+    "minProtocol": 4, "maxProtocol": 4, "role": "operator", "client": {"id": "cli", "version": "1", "platform": "linux", "mode": "cli"}}}
+GUESSES = UPSTREAM_GUESS_SUBJECT + CLIENT  # the count of guesses at the upstream secret
+DEVICE = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
+
+
+def connect_frame(auth: dict[str, str], **params: Any) -> bytes:
+    return json.dumps({**CONNECT, "params": {**CONNECT["params"], "auth": auth, **params}}).encode()
+
+
+async def test_a_loopback_browsers_wrong_secret_counts_against_its_origin_not_the_loopback_address(make) -> None:
+    """Any page can open a loopback connection: its failures count where the gateway's browser
+    limiter counts them, by origin."""
+    harness = make(extra={"gateway": {"trustedProxies": []}})
+    admitted = await harness.pipeline.on_head(
+        view(method="GET", target="/", peer="127.0.0.1", auth=None, headers=[("Origin", "http://localhost:3000"), *UPGRADE]))
+    assert isinstance(admitted, Admitted) and admitted.browser is not None and admitted.browser.refusal is None
+    verdict = await harness.pipeline.rpc_session(admitted).client_frame(connect_frame({"token": "wrong"}))
+    assert verdict.verdict == "close"
+    recorded = [key for call, key in harness.failures.calls if call == "record_failure"]
+    assert recorded == [admitted.browser.limit_key] and "127.0.0.1" not in recorded
+
+
+async def test_a_device_signed_with_the_sidecars_own_secret_clears_no_upstream_guesses(make) -> None:
+    """Else a client could wipe its count of guesses at the upstream secret with the one it holds."""
+    harness = make()
+    admitted = await harness.pipeline.on_head(view(method="GET", target="/", auth=None, headers=UPGRADE))
+    assert isinstance(admitted, Admitted)
+    verdict = await harness.pipeline.rpc_session(admitted).client_frame(
+        connect_frame({"token": TOKEN}, device=DEVICE, scopes=["operator.read"]))
+    assert verdict.reason == "device_above_ceiling"
+    assert ("check", GUESSES) in harness.failures.calls and ("reset", GUESSES) not in harness.failures.calls
+

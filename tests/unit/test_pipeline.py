@@ -1548,3 +1548,29 @@ async def test_a_device_signed_with_the_sidecars_own_secret_clears_no_upstream_g
     assert verdict.reason == "device_above_ceiling"
     assert ("check", GUESSES) in harness.failures.calls and ("reset", GUESSES) not in harness.failures.calls
 
+
+
+@pytest.mark.parametrize("mode, target, extra, reason", [
+    ("passthrough", "/", {}, "websocket_passthrough"),  # the RPC, its frames unread
+    ("enforce", "/", {}, "allowed"),  # the RPC, its frames judged
+    ("enforce", "/__openclaw__/worker", {"routes": {"allow": ["worker-websocket"]}}, "allowed"),  # no RPC to read
+])
+async def test_only_an_rpc_upgrade_whose_frames_go_unread_is_audited_as_a_passthrough(make, mode, target, extra, reason) -> None:
+    harness = make(extra={"sidecar": {"websocket": {"mode": mode}, **extra}})
+    head = await harness.pipeline.on_head(view(method="GET", target=target, headers=UPGRADE))
+    assert isinstance(head, Admitted) and head.websocket
+    forward = await harness.pipeline.on_body(head, b"")
+    assert isinstance(forward, Forward) and forward.reason == reason
+
+
+async def test_an_rpc_upgrade_that_fails_to_be_admitted_gives_back_its_preauth_share(make, monkeypatch) -> None:
+    harness = make(extra={"sidecar": {"websocket": {"unauthenticatedPerClient": 1}}})
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("rebuild failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("sidecar.pipeline.rebuild_headers", broken)
+        with pytest.raises(RuntimeError):
+            await harness.pipeline.on_head(view(method="GET", target="/", auth=None, headers=UPGRADE))
+    assert isinstance(await harness.pipeline.on_head(view(method="GET", target="/", auth=None, headers=UPGRADE)), Admitted)

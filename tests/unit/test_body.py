@@ -81,6 +81,18 @@ def test_invalid_json(raw: bytes) -> None:
     assert exc.value.message and "\n" not in exc.value.message
 
 
+@pytest.mark.parametrize("raw, message", [
+    pytest.param(b'{"tool":', "Expecting value", id="python-fault"),
+    pytest.param(b'{"tool":"agents_list","n":NaN}', "Unexpected token NaN in JSON", id="constant"),
+])
+def test_an_invalid_body_is_answered_with_the_fault_alone(raw: bytes, message: str) -> None:
+    """The 400 carries the parser's words for the fault: no Python line and column, and a NaN or
+    Infinity named as JSON.parse would name it."""
+    with pytest.raises(BodyError) as exc:
+        read_invoke_body(raw)
+    assert exc.value.message == message
+
+
 @pytest.mark.parametrize("raw, expected", [(b"", {}), (b" \n ", {}), (b"null", None), (b"[1]", [1]), (b'{"a":1}', {"a": 1})])
 def test_parse_json_body(raw: bytes, expected) -> None:
     assert parse_json_body(raw) == expected
@@ -136,6 +148,10 @@ NAMES = [
     pytest.param(b'{"name":"exec","name":"agents_list"}', "agents_list", id="duplicate-name-last-wins"),
     pytest.param(b'{"tool":"agents_list","args":[1,2]}', "agents_list", id="55-array-args"),
     pytest.param(b'{"tool":"agents_list","dryRun":true}', "agents_list", id="57-dryRun"),
+    # JavaScript's trim keeps U+001C-U+001F and U+0085, which Python's strip() drops: the gateway
+    # looks up (and cannot find) these names; it does not find the name missing, nor run `exec`.
+    pytest.param(b'{"tool":"\\u001c"}', "\x1c", id="info-separator-alone-is-a-name"),
+    pytest.param('{"tool":"\\u001fexec\x85"}'.encode(), "\x1fexec\x85", id="separator-and-next-line-kept"),
 ]
 
 
@@ -180,6 +196,8 @@ REWRITTEN = [
     pytest.param(b'{"name":" agents_list"}', b'{"name":"agents_list"}', id="name-only"),
     pytest.param(b'{"name":"agents_list","tool":"exec"}', b'{"name":"agents_list","tool":"agents_list"}', id="name-tool-differential"),
     pytest.param(b'{"name":"agents_list","tool":5}', b'{"name":"agents_list","tool":"agents_list"}', id="non-string-tool"),
+    pytest.param(b'{"name":"agents_list","tool":""}', b'{"name":"agents_list","tool":"agents_list"}', id="blank-tool"),
+    pytest.param(b'{"name":"agents_list","tool":false}', b'{"name":"agents_list","tool":"agents_list"}', id="false-tool"),
     pytest.param(b'{"name":null,"tool":" agents_list"}', b'{"name":null,"tool":"agents_list"}', id="null-name"),
     pytest.param(b'{"tool":"agents_list","name":"  agents_list"}', b'{"tool":"agents_list","name":"agents_list"}', id="padded-name"),
     pytest.param('{"tool":"BASH","args":{"s":"é"}}'.encode(), '{"tool":"exec","args":{"s":"é"}}'.encode(), id="non-ascii-kept-raw"),
@@ -219,6 +237,16 @@ def test_name_tool_differential_never_forwards_the_other_name(raw: bytes) -> Non
     payload = strict_loads(body.forward_bytes)
     assert payload.get("tool") == body.tool.name == "agents_list"
     assert payload.get("name", body.tool.name) == body.tool.name
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(b'{"tool":"sessions_list","sessionKey":"agent:ops:x","agentId":"ops"}', id="forwarded-as-sent"),
+    pytest.param(b'{"tool":" Sessions_List","sessionKey":"agent:ops:x","agentId":"ops"}', id="rewritten"),
+])
+def test_the_session_fields_are_read_as_sent_whether_or_not_the_body_is_rewritten(raw: bytes) -> None:
+    """The gateway resolves the agent, and so the tool policy, from these two fields."""
+    body = read_invoke_body(raw)
+    assert (body.session_key, body.agent_id) == ("agent:ops:x", "ops")
 
 
 @pytest.mark.parametrize("raw", [b'{"tool":"x"}', b'{"name":"y","tool":"z"}'])
@@ -273,6 +301,13 @@ def test_the_prebound_decoder_answers_as_json_loads(text: str) -> None:
     except ValueError as exc:
         got = (type(exc), str(exc))
     assert got == expected
+
+
+@pytest.mark.parametrize("payload", [{"name": "agents_list"}, {"name": " Exec "}, {"name": "exec", "tool": "agents_list"}])
+def test_a_frames_params_are_judged_without_being_encoded(payload: dict[str, object]) -> None:
+    """The WebSocket session re-encodes a frame itself: no bytes are made here, even where a body
+    would be rewritten."""
+    assert invoke_body_of(payload).forward_bytes == b""
 
 
 @pytest.mark.parametrize("payload", [

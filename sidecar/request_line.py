@@ -19,8 +19,9 @@ NODE_METHODS = frozenset({
     "PROPFIND", "PROPPATCH", "PURGE", "PUT", "QUERY", "REBIND", "REPORT", "SEARCH", "SOURCE",
     "SUBSCRIBE", "TRACE", "UNBIND", "UNLINK", "UNLOCK", "UNSUBSCRIBE",
 })
-# Method, one or more spaces, a target of visible ASCII, one or more spaces, the version, CRLF.
-_LINE = re.compile(rb"(?P<method>[A-Z-]+) +[\x21-\x7e]+ +HTTP/[0-9]\.[0-9]\r\n")
+# Method, one or more spaces, a target of visible ASCII, one or more spaces, a version llhttp knows
+# (mitmproxy takes any digit.digit: HTTP/1.2 or 9.9 went on to be judged, where Node answers 400), CRLF.
+_LINE = re.compile(rb"(?P<method>[A-Z-]+) +[\x21-\x7e]+ +HTTP/(?:0\.9|1\.[01]|2\.0)\r\n")
 _BLANK = b"\r\n"
 # The first letters of the methods llhttp knows (Node's, and RTSP's FLUSH, which it also waits on).
 _METHOD_INITIALS = frozenset(b"ABCDFGHLMNOPQRSTU")

@@ -40,6 +40,10 @@ def corpus() -> list[bytes]:
     heads += [m + b" / HTTP/1.1\r\n" for m in (b"get", b"Post", b"FOO", b"GETX", b"GE", b"PRI", b"M_SEARCH", b"-")]
     heads += [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"\x80\x2e\x01\x00\x02", b"\r\n\r\nGET / HTTP/1.1\r\n",
               b"\rGET / HTTP/1.1\r\n", b"GET   /  HTTP/1.1\r\n", b"GET / HTTP/1.1 \r\n", b"GET / HTTP/1.1\r\r\n"]
+    # llhttp knows four versions, spelled exactly (0.9 spelled out has its own test: the rule above
+    # is for a line with no version).
+    heads += [b"GET / HTTP/%d.%d\r\n" % (major, minor) for major in range(10) for minor in range(10) if (major, minor) != (0, 9)]
+    heads += [b"GET / http/1.1\r\n", b"GET / HTTp/1.1\r\n", b"GET / HTTP/1x1\r\n", b"GET / HTTP/11\r\n", b"GET / HTTP/1.10\r\n"]
     rng = random.Random(20261201)
     pieces = [b"GET", b"POST", b"get", b" ", b"  ", b"\t", b"\r", b"\x00", b"\x7f", b"\xff", b"/", b"/tools/invoke",
               b"?", b"#", b"%", b"*", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/9.9", b"http/1.1", b"X"]

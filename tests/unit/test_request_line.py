@@ -89,6 +89,7 @@ def head_corpus() -> list[bytes]:
               b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n",
               b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked  \r\n\r\n",
               b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked \t \r\n\r\n",
+              b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\tfoo, chunked\r\n\r\n",  # chunked after all
               b"POST / HTTP/1.1\r\nHost: x\r\nX-A: a\tb\r\n\r\n",
               b"POST  /\tHTTP/1.1\r\nHost: x\r\n\r\n", b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\r\n\r\n",
               b"POST / HTTP/1.1 \r\nHost: x\r\n\r\n"]
@@ -113,3 +114,19 @@ def test_a_head_is_refused_exactly_where_node_refuses_it_however_it_arrives() ->
             differ.append((head, node, whole, dribbled))
     assert not differ, f"{len(differ)} of {len(heads)} differ, e.g. {differ[:5]}"
     assert 20 < verdicts.count("error") < len(heads)
+
+
+def test_the_bytes_after_the_head_are_left_to_the_body() -> None:
+    """The buffer judged may hold the start of the body, where a bare LF or a control byte is no
+    fault in the head; the same bytes in the head are."""
+    head = b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n"
+    data = head + b"a\nb\x00c\x0b\rd"
+    assert not head_refused(data, 0, len(head))
+    assert head_refused(data, 0, len(data))
+
+
+def test_a_version_spelled_0_9_is_read_as_node_reads_it() -> None:
+    """Node parses `HTTP/0.9` spelled out as it does 1.0, headers and Content-Length included; only
+    a line with no version at all is refused (the module docstring)."""
+    assert not refused(b"POST / HTTP/0.9\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    assert refused(b"POST /\r\nHost: x\r\n\r\n")

@@ -1272,6 +1272,44 @@ async def test_shadow_mode_still_enforces_authentication_and_hygiene(make, reque
     assert isinstance(result, Refuse) and result.reason == reason, result
 
 
+@pytest.mark.parametrize("method, target, extra, reason", [
+    ("POST", "/nope", {}, "unknown_route"),
+    ("GET", "/share/session?token=t", {}, "query_credential"),
+    ("GET", "/?oc_cap=abc", {}, "node_capability"),
+    ("GET", "/v1/chat/completions", {}, "method_not_served"),
+    ("GET", "/__openclaw__/workspace-icon/w", {"sidecar": {"scopeCeilings": {"default": ["operator.read"]}}}, "owner_required"),
+])
+async def test_shadow_mode_forwards_each_policy_refusal_of_a_head_and_names_it(make, method: str, target: str,
+                                                                              extra: dict, reason: str) -> None:
+    result = await make(extra=deep_merge({"sidecar": {"enforce": False}}, extra)).pipeline.on_head(view(method=method, target=target))
+    assert isinstance(result, Admitted) and result.shadowed == (reason,), result
+
+
+async def test_shadow_mode_forwards_a_rate_limited_request_and_names_it(make) -> None:
+    harness = make(extra={"sidecar": {"enforce": False}}, requests=FakeRequestLimiter(Verdict(allowed=False, retry_after_s=7)))
+    result = await harness.pipeline.on_body(await admitted(harness), BODY)
+    assert isinstance(result, Forward) and result.shadowed == ("request_rate_limited",), result
+
+
+@pytest.mark.parametrize("method, target, allow", [("GET", "/tools/invoke", "POST"), ("POST", "/healthz", "GET, HEAD")])
+async def test_shadow_mode_still_answers_a_method_the_route_does_not_take(make, method: str, target: str, allow: str) -> None:
+    """The gateway's 405 comes before any credential: no policy of the sidecar's."""
+    result = await make(extra=SHADOW).pipeline.on_head(view(method=method, target=target))
+    assert_refused(result, envelopes.method_not_allowed(allow), "method_not_allowed")
+
+
+async def test_shadow_mode_still_refuses_an_admin_rpc_body_it_cannot_read(make) -> None:
+    """V8 reads nesting Python cannot: such a body may carry any method, so it is never relayed;
+    a method the caller lacks the scope for is policy, and goes on."""
+    harness = make(extra={"sidecar": {"enforce": False, "routes": {"allow": ["plugin:admin-http-rpc"]}, "scopeCeilings": {"default": []}}})
+    head = await harness.pipeline.on_head(view("POST", "/api/v1/admin/rpc"))
+    assert isinstance(head, Admitted)
+    result = await harness.pipeline.on_body(head, b'{"method":')
+    assert isinstance(result, Refuse) and result.reason == "unreadable_rpc_body", result
+    lacking = await harness.pipeline.on_body(head, b'{"id":"r1","method":"config.get","params":{}}')
+    assert isinstance(lacking, Forward) and lacking.shadowed == ("rpc_missing_scope",), lacking  # a scope is policy
+
+
 async def test_shadow_mode_enforces_the_gateways_session_errors(make) -> None:
     """A malformed key is not policy: the gateway would refuse it too, so it is never shadowed."""
     h = make(extra=SHADOW)

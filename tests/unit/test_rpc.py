@@ -361,8 +361,8 @@ async def test_a_role_the_gateway_does_not_know_with_a_protocol_it_does_not_spea
 NODE_DEVICE = {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"}
 
 
-async def node_session(scopes: tuple[str, ...] = DEFAULT_SCOPES) -> tuple[RpcSession, Any]:
-    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=scopes, allow_nodes=True)
+async def node_session(scopes: tuple[str, ...] = DEFAULT_SCOPES, **policy_overrides: Any) -> tuple[RpcSession, Any]:
+    rpc, _ = session(caller=AuthOutcome(True, "token", shared_secret=True), scopes=scopes, allow_nodes=True, **policy_overrides)
     return rpc, await rpc.client_frame(connect_frame(role="node", mode="node", scopes=[], device=NODE_DEVICE, auth=dict(UPSTREAM)))
 
 
@@ -952,6 +952,24 @@ async def test_shadow_mode_forwards_policy_refusals_unchanged_and_marks_them() -
         assert (verdict.verdict, verdict.reason, verdict.payload, verdict.shadowed) == ("forward", reason, None, True), method
     unknown = await rpc.client_frame(req("no.such.method"))  # not understood: refused even in shadow mode
     assert (unknown.verdict, unknown.shadowed) == ("reply", False)
+
+
+async def test_in_shadow_mode_a_node_calling_an_operators_method_is_forwarded_and_marked() -> None:
+    rpc, _ = await node_session(shadow=True)
+    verdict = await rpc.client_frame(req("chat.history"))
+    assert (verdict.verdict, verdict.reason, verdict.payload, verdict.shadowed) == ("forward", "operator_method", None, True)
+
+
+@pytest.mark.parametrize("params, limited, reason", [
+    ({"name": 5}, None, "malformed_frame"),
+    ({"name": "  "}, None, "missing_tool_name"),
+    ({"name": "sessions_list"}, "limiter_unavailable", "limiter_unavailable"),
+])
+async def test_shadow_mode_still_answers_what_no_policy_refused(params: dict, limited: str | None, reason: str) -> None:
+    """Frames the gateway cannot take, and a limiter that cannot count, are no rule being rolled out."""
+    rpc = await connected(scopes=["operator.write"], shadow=True, recorder=Recorder(limited=limited))
+    verdict = await rpc.client_frame(req("tools.invoke", params))
+    assert (verdict.verdict, verdict.reason, verdict.shadowed) == ("reply", reason, False)
 
 
 async def test_frames_the_sidecar_writes_are_written_as_json_stringify_writes_them() -> None:

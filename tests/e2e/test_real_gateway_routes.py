@@ -332,6 +332,7 @@ UNPARSEABLE_HEADS = [
     pytest.param(b"GET /sessions/m\xc3\xa4in/history HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="utf8-in-target"),
     pytest.param(b"FOO /tools/invoke HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="unknown-method"),
     pytest.param(b"PRI /tools/invoke HTTP/1.1\r\nHost: localhost\r\n" + _TAIL, id="pri-method"),
+    pytest.param(b"POST /tools/invoke HTTP/1.2\r\nHost: localhost\r\n" + _TAIL, id="unknown-version"),
     # Control bytes at the ends of a value, which mitmproxy stripped and relayed.
     pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nX-Foo: \x0bbar\r\n" + _TAIL, id="vertical-tab-before-value"),
     pytest.param(b"POST /tools/invoke HTTP/1.1\r\nHost: localhost\r\nX-Foo:\rbar\r\n" + _TAIL, id="bare-cr-before-value"),

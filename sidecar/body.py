@@ -21,9 +21,13 @@ class BodyError(Exception):
         self.message = message
 
 
+class NotJavaScriptJson(ValueError):
+    """A constant JSON.parse does not know (NaN, Infinity, -Infinity), which Python's parser takes."""
+
+
 def _reject_constant(token: str) -> Any:
     # JSON.parse has no NaN/Infinity; accepting them here would let the two parsers disagree.
-    raise ValueError(f"Unexpected token {token} in JSON")
+    raise NotJavaScriptJson(f"Unexpected token {token} in JSON")
 
 
 def _js_integer(digits: str) -> int | float:
@@ -60,9 +64,8 @@ def parse_json_body(raw: bytes) -> Any:
         raise BodyError("invalid_json", exc.msg) from exc
     except RecursionError as exc:
         raise BodyError("invalid_json", "JSON nested too deeply") from exc
-    except ValueError as exc:  # our constant guard, or Python's int-digits bound: no internals
-        message = str(exc) if str(exc).startswith("Unexpected token") else "Number too long"
-        raise BodyError("invalid_json", message) from exc
+    except NotJavaScriptJson as exc:  # any other ValueError is no fault of the body: an internal error
+        raise BodyError("invalid_json", str(exc)) from exc
 
 
 @dataclass(frozen=True)

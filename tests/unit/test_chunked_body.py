@@ -53,6 +53,8 @@ def corpus() -> list[bytes]:
     bodies += [b'1;a="' + (fill * n)[:n] + b'"' + after + TAIL for fill in (b";", b"=", b";=", b"b") for after in (b"", b';c="d"')
                for n in range(16374, 16384)]
     bodies += [b'1;a="";b=' + b"c" * n + TAIL for n in range(16378, 16384)]
+    # a line longer than 16 KiB whose names and values are not: separators are not counted
+    bodies += [b"1" + b";a" * 9000 + TAIL, b"1" + b";a=b" * 6000 + TAIL]
     bodies += [b"1" + ext + TAIL for ext in (b" ;a=b", b"; a=b", b";a =b", b";a= b", b";a;b", b";", b";;", b";a=;", b";=")]
     bodies += [b"0\r\n\n", b"0\r\n\r\n", b"0\r\n\r", b"5\r\nhello\r\n0\r\n\r\n"]
     return bodies
@@ -73,6 +75,7 @@ def test_trailers_are_refused_at_their_first_byte_although_node_reads_them() -> 
     assert node_verdicts([b"0\r\nX-Trailer: 1\r\n\r\n"]) == ["complete"]
     for byte in (bytes([b]) for b in range(256)):
         assert sidecar_verdict(b"0\r\n" + byte) == ("more" if byte == b"\r" else "error"), byte
+        assert sidecar_verdict(b"0\r\n\r" + byte) == ("complete" if byte == b"\n" else "error"), byte
 
 
 @pytest.mark.parametrize("start, fill", [(b"20;a=", b"b"), (b"2", b"0"), (b"0\r\nX-T: ", b"a")])
@@ -87,3 +90,25 @@ def test_a_line_that_never_ends_is_refused_within_nodes_limit(start: bytes, fill
             assert reader(buf) is None
             buf += fill * 1024
     assert len(buf) < compat.MAX_CHUNK_LINE_BYTES + 2048
+
+
+def test_a_size_line_past_its_bound_is_refused_whether_it_ends_in_the_same_read_or_not() -> None:
+    """The bound is on the line, not on how it arrives: ending it in the read that crosses the
+    bound must not let it through (Node would read the leading zeros; the sidecar stops at the bound)."""
+    bound = compat.MAX_CHUNK_LINE_BYTES
+    assert sidecar_verdict(b"0" * (bound - 1)) == "more"
+    assert sidecar_verdict(b"0" * bound) == "HPE_CHUNK_EXTENSIONS_OVERFLOW"
+    assert sidecar_verdict(b"0" * bound + b"1" + TAIL) == "HPE_CHUNK_EXTENSIONS_OVERFLOW"
+
+
+def test_a_chunks_data_arriving_in_pieces_is_never_read_as_a_size_line() -> None:
+    """A chunk larger than a size line's bound, its data in two reads, is data to its end."""
+    compat.refuse_trailers()
+    compat.strict_chunk_headers()
+    reader, buf = compat._http1.ChunkedReader(), ReceiveBuffer()
+    buf += b"10000\r\na"
+    data = bytes(reader(buf).data)
+    buf += b"a" * 0xFFFF + b"\r\n0\r\n\r\n"
+    while not isinstance(event := reader(buf), h11.EndOfMessage):
+        data += bytes(event.data)
+    assert data == b"a" * 0x10000

@@ -15,13 +15,15 @@ import h11
 import pytest
 from h11 import _readers as h11_readers
 from limits.aio.storage import MemoryStorage
-from mitmproxy import exceptions, hooks
+from mitmproxy import exceptions, hooks, http
+from mitmproxy.connection import ConnectionState
 from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import commands, events, layer, server
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes, websocket
-from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, ReceiveHttp, RequestData, RequestEndOfMessage, _http1
+from mitmproxy.proxy.layers.http import (HttpLayer, HttpStream, ReceiveHttp, RequestData, RequestEndOfMessage, ResponseEndOfMessage,
+                                         ResponseHeaders, _http1)
 from mitmproxy.proxy.layers.tls import ServerTLSLayer
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
@@ -360,6 +362,7 @@ _HEADS = [
     b"GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n",  # the request line as Node reads it
     b"GET / HTTP/1.1 \r\nHost: x\r\n\r\n",
     b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS ClientHello
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\na\nb",  # a body is not judged as a head
 ]
 _MALFORMED = {3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
 
@@ -385,7 +388,25 @@ def test_a_head_is_judged_the_same_however_it_is_cut_into_reads(index: int) -> N
     assert {_answered_malformed(reads) for reads in cuts} == {index in _MALFORMED}
 
 
-def _body_commands(head: bytes, body: bytes, *, refused: bool = False) -> tuple[list[commands.Command], int]:
+def test_the_next_request_on_a_connection_is_judged_from_its_first_byte() -> None:
+    """What earlier reads judged of one head says nothing about the next one's bytes."""
+    compat.limit_request_heads(16 * 1024)
+    first = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\r\n"
+    with taddons.context() as tctx:
+        context = Context(tflow.tclient_conn(), tctx.options)
+        reader = _http1.Http1Server(context)
+        list(reader.handle_event(events.Start()))
+        list(reader.handle_event(events.DataReceived(context.client, first[:30])))
+        list(reader.handle_event(events.DataReceived(context.client, first[30:])))
+        list(reader.handle_event(ResponseHeaders(1, http.Response.make(204), True)))
+        list(reader.handle_event(ResponseEndOfMessage(1)))
+        out = list(reader.handle_event(events.DataReceived(context.client, b"GET / HTTP/1.1\nHost: x\r\n\r\n")))
+    assert [c.data for c in out if isinstance(c, commands.SendData)] == [compat.HEAD_MALFORMED]
+    assert not any(isinstance(c, ReceiveHttp) for c in out)
+
+
+def _body_commands(head: bytes, body: bytes, *, refused: bool = False,
+                   writable: bool = True) -> tuple[list[commands.Command], int]:
     """What the patched Http1Server gives for a request whose body arrives in one read after its
     head, and how many bytes it left in its buffer."""
     compat.answer_malformed_bodies(compat.MAX_BODY_BYTES + compat.UNREAD_BODY_MARGIN)
@@ -396,6 +417,8 @@ def _body_commands(head: bytes, body: bytes, *, refused: bool = False) -> tuple[
         list(reader.handle_event(events.DataReceived(context.client, head)))
         if refused:
             compat.drop_request_body(context.client)
+        if not writable:
+            context.client.state = ConnectionState.CAN_READ
         out = list(reader.handle_event(events.DataReceived(context.client, body)))
         return out, len(reader.buf)
 
@@ -428,6 +451,22 @@ def test_the_body_of_a_request_refused_at_its_head_is_dropped_unparsed() -> None
     assert _body_data(out) == [] and left == 0 and not any(isinstance(c, commands.CloseConnection) for c in out)
     out, left = _body_commands(head, b"A" * 500_000)
     assert _body_data(out) == [b"A" * 500_000]
+
+
+def test_the_body_of_a_request_that_can_no_longer_be_answered_is_dropped_unparsed() -> None:
+    head = b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    out, left = _body_commands(head, b"A" * 500, writable=False)
+    assert _body_data(out) == [] and left == 0
+
+
+def test_a_dropped_body_still_counts_toward_the_limit() -> None:
+    """Dropped unparsed, a refused request's body is still bounded: past the limit the connection closes."""
+    limit = compat.MAX_BODY_BYTES + compat.UNREAD_BODY_MARGIN
+    head = b"POST /tools/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 * limit)
+    out, _ = _body_commands(head, b"A" * limit, refused=True)
+    assert not any(isinstance(c, commands.CloseConnection) for c in out)
+    out, _ = _body_commands(head, b"A" * (limit + 1), refused=True)
+    assert any(isinstance(c, commands.CloseConnection) for c in out)
 
 
 # ---- h11 ------------------------------------------------------------------------------------------

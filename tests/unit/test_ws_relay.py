@@ -190,8 +190,12 @@ def test_pongs_go_on_and_a_reply_verdict_answers_the_client_in_text_as_the_gatew
     (client_frame(TEXT, b"{\xff}"), 1007),
     (client_frame(TEXT, b"x", fin=False) + client_frame(TEXT, b"y"), 1002),
     (b"\x81\xfe\x00\x05" + MASK + b"hello", 1002),  # a 2-byte length for 5 bytes
+    (b"\x81\xfe\x00\x7d" + MASK + b"x" * 125, 1002),  # a 2-byte length for the most a 7-bit one holds
+    (b"\x81\xff" + ((1 << 63) | 70_000).to_bytes(8, "big") + MASK, 1002),  # a 64-bit length with its top bit set
     (client_frame(CLOSE, b"\x03"), 1002),
     (client_frame(CLOSE, (1005).to_bytes(2, "big")), 1002),
+    (client_frame(CLOSE, (2999).to_bytes(2, "big")), 1002),
+    (client_frame(CLOSE, (5000).to_bytes(2, "big")), 1002),
     (client_frame(CLOSE, (1000).to_bytes(2, "big") + b"\xff"), 1007),
 ])
 def test_frames_rfc6455_forbids_close_the_connection_and_nothing_is_relayed(frame: bytes, code: int) -> None:
@@ -200,6 +204,12 @@ def test_frames_rfc6455_forbids_close_the_connection_and_nothing_is_relayed(fram
     assert sent(out, relay.server) == b"" and relay.session.seen == []
     assert close_of(sent(out, relay.client))[0] == code
     assert relay.from_client(client_frame(TEXT, req("forward"))) == []  # nothing after that is read
+
+
+def test_a_forbidden_frame_is_refused_at_its_first_two_bytes() -> None:
+    relay = Relay()
+    out = relay.from_client(client_frame(TEXT, req("forward"), masked=False)[:2])
+    assert close_of(sent(out, relay.client))[0] == 1002
 
 
 def test_a_message_over_the_limit_is_refused_as_its_header_announces_it() -> None:
@@ -242,6 +252,15 @@ def test_a_large_frame_arriving_in_pieces_is_read_whole() -> None:
     assert sent(out, relay.server) == raw and relay.session.seen == [message]
 
 
+@pytest.mark.parametrize("cut", range(1, 14))
+def test_a_frame_with_a_64_bit_length_is_read_whole_wherever_its_header_is_cut(cut: int) -> None:
+    relay = Relay(limit=1 << 22)
+    message = json.dumps({"verdict": "forward", "pad": "x" * 70_000}).encode()
+    raw = client_frame(TEXT, message)
+    out = relay.from_client(raw[:cut]) + relay.from_client(raw[cut:])
+    assert sent(out, relay.server) == raw and relay.session.seen == [message]
+
+
 def test_a_frame_dripped_byte_by_byte_is_read_whole_and_never_rebuffered() -> None:
     """A client dripping a frame gets its payload collected in chunks, joined once: only a
     split header waits in the re-joined buffer, so the copying stays linear."""
@@ -253,6 +272,30 @@ def test_a_frame_dripped_byte_by_byte_is_read_whole_and_never_rebuffered() -> No
         out += relay.from_client(raw[at:at + 1])
         assert len(relay.layer.client_frames._buf) < 14
     assert sent(out, relay.server) == raw and relay.session.seen == [message]
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 127, 65535, 65536])
+def test_the_sidecars_own_frames_carry_their_length_in_the_form_it_needs(length: int) -> None:
+    """A rewritten message goes to the gateway, a reply to the client, in frames of our making."""
+    payload = b"x" * length
+    unmasked = ws_relay.frame(TEXT, payload)
+    assert ws_relay.whole_server_frame(unmasked) == (TEXT, True, payload, len(unmasked))
+    assert read_server_bound(ws_relay.frame(BINARY, payload, masked=True)) == [(BINARY, payload)]
+
+
+def test_a_close_inside_a_fragmented_message_goes_on_without_the_unjudged_fragments() -> None:
+    relay = Relay()
+    close = client_frame(CLOSE, (1000).to_bytes(2, "big"))
+    out = relay.from_client(client_frame(TEXT, req("forward")[:5], fin=False) + close)
+    assert sent(out, relay.server) == close and relay.session.seen == []
+
+
+def test_a_frame_missing_only_its_last_byte_waits_for_it() -> None:
+    relay = Relay()
+    raw, after = client_frame(TEXT, req("forward")), client_frame(TEXT, req("forward", n=2))
+    assert relay.from_client(raw[:-1]) == []
+    assert sent(relay.from_client(raw[-1:] + after), relay.server) == raw + after
+    assert relay.session.seen == [req("forward"), req("forward", n=2)]
 
 
 # ---- gateway → client ---------------------------------------------------------------------------
@@ -287,6 +330,22 @@ def test_waiting_for_the_connects_answer_starts_at_the_end_of_a_message_in_fligh
     assert sent(out, relay.client) == passing[10:] + server_frame(TEXT, b"rewritten answer")
 
 
+def test_more_than_a_whole_gateway_message_ends_the_wait_for_the_connects_answer_unread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ws_relay, "_MOST_HELD", 100)
+    relay = Relay()
+    relay.session.answer_pending = True
+    big = server_frame(TEXT, b"y" * 200)
+    assert sent(relay.from_server(big[:150]), relay.client) == big[:150]
+    assert not relay.session.answer_pending
+
+
+def test_only_a_text_message_can_be_the_connects_answer() -> None:
+    relay = Relay()
+    relay.session.answer_pending = True
+    other = server_frame(BINARY, b"answer") + server_frame(PING, b"answer")
+    assert sent(relay.from_server(other), relay.client) == other and relay.session.answers == []
+
+
 def test_a_fragmented_message_ends_the_wait_for_the_connects_answer_unread() -> None:
     relay = Relay()
     relay.session.answer_pending = True
@@ -308,6 +367,36 @@ def test_a_reply_waits_for_the_end_of_a_fragmented_gateway_message_split_across_
     assert sent(relay.from_server(last[3:100]), relay.client) == last[3:100]
     out = relay.from_server(last[100:] + after)
     assert sent(out, relay.client) == last[100:] + server_frame(TEXT, b'{"refused":1}') + after
+
+
+def test_a_reply_waits_between_the_fragments_of_a_gateway_message_and_past_control_frames_there() -> None:
+    relay = Relay()
+    first, ping = server_frame(TEXT, b"part one ", fin=False), server_frame(PING, b"")
+    last = server_frame(CONTINUATION, b"part two")
+    assert sent(relay.from_server(first + ping), relay.client) == first + ping
+    assert sent(relay.from_client(client_frame(TEXT, req("reply"))), relay.client) == b""
+    assert sent(relay.from_server(last), relay.client) == last + server_frame(TEXT, b'{"refused":1}')
+
+
+def test_a_reply_waits_for_a_gateway_frame_header_split_across_reads() -> None:
+    relay = Relay()
+    message = server_frame(TEXT, b"next")
+    assert sent(relay.from_server(message[:1]), relay.client) == message[:1]
+    assert sent(relay.from_client(client_frame(TEXT, req("reply"))), relay.client) == b""
+    assert sent(relay.from_server(message[1:]), relay.client) == message[1:] + server_frame(TEXT, b'{"refused":1}')
+
+
+def test_a_masked_gateway_frame_is_read_past_its_key_all_the_same() -> None:
+    """The gateway never masks; were it to, its frames' ends must still be where they are."""
+    relay = Relay()
+    masked = ws_relay.frame(TEXT, b"x" * 40, masked=True)
+    assert sent(relay.from_server(masked[:-1]), relay.client) == masked[:-1]
+    assert sent(relay.from_client(client_frame(TEXT, req("reply"))), relay.client) == b""
+    assert sent(relay.from_server(masked[-1:]), relay.client) == masked[-1:] + server_frame(TEXT, b'{"refused":1}')
+    relay = Relay()
+    relay.session.answer_pending = True
+    out = relay.from_server(ws_relay.frame(TEXT, b"answer", masked=True))
+    assert sent(out, relay.client) == server_frame(TEXT, b"rewritten answer")
 
 
 def test_a_reply_goes_out_at_once_between_whole_gateway_messages() -> None:
@@ -456,6 +545,20 @@ def test_once_a_close_is_asked_for_nothing_the_client_sends_is_judged_or_relayed
     assert not sent(out, relay.server) and relay.session.seen == []
 
 
+def test_once_a_close_is_asked_for_a_forbidden_frame_does_not_close_in_its_place() -> None:
+    """The close asked for (its code and words) is the one the client gets."""
+    relay = Relay()
+    relay.flow.metadata[ws_relay.WS_CLOSING] = True
+    assert relay.from_client(client_frame(TEXT, req("forward"), masked=False)) == []
+
+
+def test_a_close_already_begun_is_not_begun_again() -> None:
+    relay = Relay()
+    relay.from_client(client_frame(TEXT, req("close")))
+    assert not sent(relay.events(ws_relay.CloseRequest(relay.flow, (4000, "later", None))), relay.client)
+    assert not sent(relay.events(events.ConnectionClosed(relay.server)), relay.client)
+
+
 async def test_what_arrives_while_a_judgement_waits_is_bounded_by_a_messages_limit() -> None:
     """mitmproxy queues it unread, without bound, for as long as the verdict takes (review)."""
     relay = Relay(limit=1000)
@@ -470,6 +573,20 @@ async def test_what_arrives_while_a_judgement_waits_is_bounded_by_a_messages_lim
     out = relay.events(events.HookCompleted(hook))
     assert sent(out, relay.server) == waiting  # the verdict decided before goes on; nothing queued after it
     assert close_of(sent(out, relay.client)) == (1009, b"message too big")
+
+
+async def test_what_arrives_while_one_judgement_waits_is_not_counted_against_the_next() -> None:
+    relay = Relay(limit=1000)
+    within = client_frame(TEXT, req("forward", pad="x" * 600))  # twice that is over the limit
+    waiting = client_frame(TEXT, req("forward", wait=True))
+    for _ in range(2):
+        relay.session.gate = asyncio.get_running_loop().create_future()
+        [hook] = [c for c in relay.from_client(waiting) if isinstance(c, ws_relay.RpcVerdictHook)]
+        assert relay.from_client(within) == []  # queued behind the verdict
+        relay.session.gate.set_result(None)
+        await hook.pending.finish()
+        out = relay.events(events.HookCompleted(hook))
+        assert sent(out, relay.server) == waiting + within and not sent(out, relay.client)
 
 
 async def test_a_failed_judgement_closes_with_1011_and_relays_nothing_unread() -> None:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import h11
 import pytest
+import wsproto
+import wsproto.events
 from h11 import _readers as h11_readers
 from limits.aio.storage import MemoryStorage
 from mitmproxy import exceptions, hooks, http
@@ -29,8 +31,10 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
 from addons import compat
+from sidecar.body import MAX_BODY_BYTES
 from sidecar.limits_compat import SweepThrottledMemoryStorage
 from sidecar.metrics import HEAD_REFUSALS
+from sidecar.pipeline import MAX_HEAD_BYTES
 
 UPSTREAM_HOOK_ARGS = hooks.Hook.args  # before any test applies cache_hook_arguments
 
@@ -332,6 +336,25 @@ def test_the_websocket_layer_builds_its_connections_through_the_module_name() ->
     assert issubclass(compat._BoundedWebsocketConnection, websocket.WebsocketConnection)
 
 
+def _bounded_websocket_events(*frames: tuple[str, bool]) -> list[wsproto.events.Event]:
+    """What mitmproxy's own layer reads of a client's frames with a 100-byte message limit."""
+    flow = tflow.twebsocketflow()
+    server = compat._BoundedWebsocketConnection(wsproto.ConnectionType.SERVER, conn=flow.client_conn)
+    server.flow, server.message_limit = flow, lambda _: 100  # type: ignore[method-assign,assignment]
+    client = wsproto.Connection(wsproto.ConnectionType.CLIENT)
+    for data, finished in frames:
+        server.receive_data(client.send(wsproto.events.TextMessage(data, message_finished=finished)))
+    return list(server.events())
+
+
+def test_mitmproxys_websocket_layer_bounds_each_client_message_as_it_grows() -> None:
+    """For upgrades the relay does not take (a negotiated extension): each message on its own."""
+    read = _bounded_websocket_events(("x" * 60, False), ("x" * 40, True), ("x" * 100, True))
+    assert [len(event.data) for event in read] == [60, 40, 100]
+    *_, last = _bounded_websocket_events(("x" * 60, False), ("x" * 41, False))
+    assert isinstance(last, wsproto.events.CloseConnection) and last.code == 1009
+
+
 def test_upgraded_flows_build_their_layer_through_the_websocket_layer_class() -> None:
     """choose_websocket_layer redirects `websocket.WebsocketLayer(...)`, which flow_done calls by
     that name; the relay replaces it whole (tests/unit/test_ws_relay.py drives both)."""
@@ -388,6 +411,30 @@ def test_a_head_is_judged_the_same_however_it_is_cut_into_reads(index: int) -> N
     assert {_answered_malformed(reads) for reads in cuts} == {index in _MALFORMED}
 
 
+def _head_answer(reads: list[bytes]) -> list[bytes]:
+    compat.limit_request_heads(MAX_HEAD_BYTES)
+    with taddons.context() as tctx:
+        context = Context(tflow.tclient_conn(), tctx.options)
+        reader = _http1.Http1Server(context)
+        out = list(reader.handle_event(events.Start()))
+        for data in reads:
+            out += reader.handle_event(events.DataReceived(context.client, data))
+    return [c.data for c in out if isinstance(c, commands.SendData)]
+
+
+def test_a_head_up_to_the_limit_is_read_and_one_byte_more_gets_431() -> None:
+    """The limit counts the whole head; Node's count leaves a few bytes of it out (a head of
+    16,408 bytes passed it), so nothing Node refuses is read here."""
+    start, end = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"\r\n\r\n"
+    exact = start + b"b" * (MAX_HEAD_BYTES - len(start) - len(end)) + end
+    assert _head_answer([exact]) == []
+    assert _head_answer([exact[:-4] + b"b" + end]) == [compat.HEAD_TOO_LARGE]
+
+
+def test_a_head_node_cannot_parse_gets_400_even_with_a_large_body_behind_it() -> None:
+    assert _head_answer([b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\n\n" + b"a" * 20_000]) == [compat.HEAD_MALFORMED]
+
+
 def test_the_next_request_on_a_connection_is_judged_from_its_first_byte() -> None:
     """What earlier reads judged of one head says nothing about the next one's bytes."""
     compat.limit_request_heads(16 * 1024)
@@ -436,6 +483,28 @@ def test_the_pieces_one_read_decodes_go_on_as_one() -> None:
     out, _ = _body_commands(_CHUNKED, b"1\r\nx\r\n" * 500 + b"0\r\n\r\n")
     assert _body_data(out) == [b"x" * 500]
     assert any(isinstance(c, ReceiveHttp) and isinstance(c.event, RequestEndOfMessage) for c in out)
+
+
+@pytest.mark.parametrize("line, answer", [(b"1;a=" + b"b" * 20_000 + b"\r\n", compat.CHUNK_LINE_TOO_LONG), (b"1 x\r\n", compat.HEAD_MALFORMED)])
+def test_a_chunk_size_line_is_answered_as_node_answers_it(line: bytes, answer: bytes) -> None:
+    compat.refuse_trailers()
+    compat.strict_chunk_headers()
+    out, _ = _body_commands(_CHUNKED, line)
+    assert [c.data for c in out if isinstance(c, commands.SendData)] == [answer]
+
+
+def test_bytes_pipelined_behind_a_request_are_bounded_by_one_whole_requests_worth() -> None:
+    """Past a head's and a body's limit of unread bytes the connection is closed."""
+    bound = MAX_HEAD_BYTES + MAX_BODY_BYTES
+    compat.bound_pipelined_bytes(bound)
+    for pipelined, closes in ((bound, False), (bound + 1, True)):
+        with taddons.context() as tctx:
+            context = Context(tflow.tclient_conn(), tctx.options)
+            reader = _http1.Http1Server(context)
+            list(reader.handle_event(events.Start()))
+            list(reader.handle_event(events.DataReceived(context.client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")))
+            out = list(reader.handle_event(events.DataReceived(context.client, b"A" * pipelined)))
+        assert any(isinstance(c, commands.CloseConnection) for c in out) is closes
 
 
 def test_each_piece_of_a_body_counts_toward_its_limit() -> None:

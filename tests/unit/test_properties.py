@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -32,12 +33,13 @@ TOKEN = "property-token"
 
 
 def _pipeline() -> Pipeline:
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"openclaw-sidecar-properties-{os.getpid()}.json"
-    path.write_text(json.dumps({
-        "gateway": {"auth": {"token": TOKEN}, "tools": {"deny": ["agents_list"]}},
-        "sidecar": {"runtimeDir": str(path.with_suffix(".run"))},
-    }))
-    return Pipeline(load_config(path, environ={}), NeverLimits())
+    with tempfile.TemporaryDirectory(prefix="openclaw-sidecar-properties-") as tmp:
+        path = Path(tmp) / "config.json"
+        path.write_text(json.dumps({
+            "gateway": {"auth": {"token": TOKEN}, "tools": {"deny": ["agents_list"]}},
+            "sidecar": {"runtimeDir": str(Path(tmp) / "run")},
+        }))
+        return Pipeline(load_config(path, environ={}), NeverLimits())
 
 
 PIPELINE = _pipeline()

@@ -3,7 +3,8 @@
 An allowed `agents_list` call in a closed loop at 2 connections (a Python client from
 127.0.0.2), first alone: direct (3a), through the sidecar (3b), through reference (a'), the
 sidecar's own tuned Master without enforcement (3b-bare: the sidecar minus what it judges) and through
-nginx (3b-native, what a proxy hop written in C costs here), taking turns,
+nginx (3b-native, what a proxy hop written in C costs here) and through a Python relay without
+mitmproxy (3b-python, reference (c): what a hop in Python costs, mitmproxy's layers aside), taking turns,
 every other round in reverse order; figures are medians, ratios medians of per-round ratios.
 Then while wrk floods 32 connections from 127.0.0.1 with denied `exec` calls, bad tokens, or
 forged X-Forwarded-For; each directly against the gateway and through the sidecar. Nothing is
@@ -27,7 +28,7 @@ from typing import Any
 
 from .plumbing import (
     TOKEN, LoadWindow, Service, Wrk, client_loop, http_request, invoke_body, start_bare_master, start_nginx_proxy,
-    start_sidecar, wrk_script,
+    start_python_hop, start_sidecar, wrk_script,
 )
 from .report import Report, Row, paired_ratio
 
@@ -43,12 +44,17 @@ FLOOD_CONNECTIONS = 32
 TARGET_ALONE, TARGET_FLOOD = 0.9, 0.6
 
 
-def phase(port: int, seconds: float, flood: Path | None) -> dict[str, Any]:
+def phase(port: int, seconds: float, flood: Path | None, proxy: Service | None = None) -> dict[str, Any]:
+    """One window; with `proxy`, also its CPU per allowed call (the clearest figure where the
+    throughput of a window moves with the machine)."""
     load = LoadWindow()
+    cpu_before = proxy.cpu() if proxy is not None else 0.0
     wrk = Wrk(f"http://127.0.0.1:{port}/tools/invoke", flood, FLOOD_CONNECTIONS, seconds, cpus=None) if flood else None
     allowed = client_loop(port, http_request("/tools/invoke", ALLOWED_BODY, AUTH), 2, seconds, source=ALLOWED_SOURCE)
     result: dict[str, Any] = {"allowed_per_s": allowed.rps, "allowed_p50_ms": allowed.p50_ms,
                               "allowed_statuses": dict(allowed.statuses)}
+    if proxy is not None and wrk is None:
+        result["proxy_cpu_us_per_call"] = (proxy.cpu() - cpu_before) / max(allowed.requests, 1) * 1e6
     if wrk is not None:
         flooded = wrk.result()
         result.update(flood_per_s=flooded.rps, flood_statuses=flooded.statuses, flood_p50_ms=flooded.p50_ms,
@@ -80,14 +86,19 @@ def run(report: Report, workdir: Path, seconds: float, alone_rounds: int) -> Non
         proxies.append(bare)
         native = start_nginx_proxy(workdir, gateway.port)
         proxies.append(native)
-        ports = {"direct": gateway.port, "sidecar": sidecar.port, "bare": bare.port, "native": native.port}
+        python_hop = start_python_hop(workdir, gateway.port)
+        proxies.append(python_hop)
+        ports = {"direct": gateway.port, "sidecar": sidecar.port, "bare": bare.port, "native": native.port,
+                 "python": python_hop.port}
+        # Whose CPU each arm's calls cost: nginx's is spent in a worker, a child this reading misses.
+        cpu_of: dict[str, Service] = {"sidecar": sidecar, "bare": bare, "python": python_hop}
         floods = {key: wrk_script(workdir, f"flood-{key}", body, headers) for key, _, body, headers in FLOODS}
         for port in ports.values():
             phase(port, 2, None)  # warm-up: the gateway's first calls are slow
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
         for number in range(alone_rounds):
             for name in ports if number % 2 == 0 else reversed(ports):
-                rounds[name].append(phase(ports[name], seconds, None))
+                rounds[name].append(phase(ports[name], seconds, None, cpu_of.get(name)))
         alone = {name: _median(samples) for name, samples in rounds.items()}
         report.add(Row("3a", "gateway direct, allowed agents_list at 2 connections", _allowed(alone["direct"]),
                        data=alone["direct"], error=_check(alone["direct"])))
@@ -97,6 +108,8 @@ def run(report: Report, workdir: Path, seconds: float, alone_rounds: int) -> Non
              "at 2 connections", "vs gateway direct", None),
             ("3b-native", "native", "through nginx (keep-alive both sides), nothing judged, at 2 connections",
              "vs gateway direct", None),
+            ("3b-python", "python", "through reference (c), a Python relay without mitmproxy, nothing judged, "
+             "at 2 connections", "vs gateway direct", None),
         ):
             ratio = paired_ratio(rounds[name], rounds["direct"], "allowed_per_s")
             report.add(Row(row_id, title, _allowed(alone[name]), target, ratio, threshold, alone[name], _check(alone[name])))
@@ -119,13 +132,15 @@ def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:
     statuses: Counter = Counter()
     for sample in samples:
         statuses.update(sample["allowed_statuses"])
-    figures = {key: statistics.median(sample[key] for sample in samples)
-               for key in ("allowed_per_s", "allowed_p50_ms", "foreign_cores", "steal_cores")}
+    figures: dict[str, Any] = {key: statistics.median(sample[key] for sample in samples)
+                               for key in ("allowed_per_s", "allowed_p50_ms", "proxy_cpu_us_per_call", "foreign_cores", "steal_cores")
+                               if key in samples[0]}
     return {**figures, "allowed_statuses": dict(statuses), "rounds": samples}
 
 
 def _allowed(result: dict[str, Any]) -> str:
-    return (f"{result['allowed_per_s']:,.0f} allowed/s · p50 {result['allowed_p50_ms']:.1f} ms · "
+    proxy_cpu = f" · proxy CPU {result['proxy_cpu_us_per_call']:,.0f} µs/call" if "proxy_cpu_us_per_call" in result else ""
+    return (f"{result['allowed_per_s']:,.0f} allowed/s · p50 {result['allowed_p50_ms']:.1f} ms{proxy_cpu} · "
             f"foreign {result['foreign_cores']:.2f} cores")
 
 

@@ -173,6 +173,13 @@ def start_nginx_proxy(workdir: Path, upstream_port: int) -> Service:
                   f"upstream upstream {{ server 127.0.0.1:{upstream_port}; keepalive 16; }}", cpus=None)
 
 
+def start_python_hop(workdir: Path, upstream_port: int) -> Service:
+    """Reference (c), `bench/python_hop.py`: a Python relay without mitmproxy, nothing judged."""
+    port = free_port()
+    return Service("python-hop", [str(VENV_BIN / "python"), "-m", "bench.python_hop", str(port), str(upstream_port)],
+                   workdir, cpus=None, port=port)
+
+
 def _nginx(name: str, workdir: Path, location: str, http_extra: str = "", *, cpus: str | None) -> Service:
     port, tmp = free_port(), workdir / name
     tmp.mkdir(exist_ok=True)

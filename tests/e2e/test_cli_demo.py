@@ -52,11 +52,12 @@ def sidecar_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 
 class Demo:
     """`python -m sidecar demo --listen 127.0.0.1:<port>` with its output collected."""
 
-    def __init__(self) -> None:
+    def __init__(self, tmpdir: Path | None = None) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "demo", "--listen", f"127.0.0.1:{self.port}"],
-            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO, env=_env({"TMPDIR": str(tmpdir)} if tmpdir else None), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stdout: list[str] = []
@@ -103,20 +104,35 @@ class Demo:
         return code
 
     def kill(self) -> None:
+        """Stopped as a user stops it, so it removes its temporary directory (a SIGKILL left one
+        behind per test); killed only if it does not stop."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
 
 
 @pytest.fixture
-def demo() -> Iterator[Demo]:
-    running = Demo()
+def demo_tmp(tmp_path: Path) -> Path:
+    """The demo's TMPDIR, where it keeps its config and runtime directory while it runs."""
+    (tmp_path / "demo-tmp").mkdir()
+    return tmp_path / "demo-tmp"
+
+
+@pytest.fixture
+def demo(demo_tmp: Path) -> Iterator[Demo]:
+    running = Demo(demo_tmp)
     yield running
     running.kill()
 
 
-def test_demo_prints_a_working_curl_command_and_stops_cleanly_on_sigint(demo):
+def test_demo_prints_a_working_curl_command_and_stops_cleanly_on_sigint(demo, demo_tmp):
     curl_line = demo.curl_line()
+    [workdir] = demo_tmp.iterdir()  # its config and runtime directory, removed when it stops
+    assert (workdir / "demo.yaml").is_file()
     assert f"127.0.0.1:{demo.port}" in curl_line
     argv = shlex.split(curl_line)
     argv[0] = CURL
@@ -135,6 +151,7 @@ def test_demo_prints_a_working_curl_command_and_stops_cleanly_on_sigint(demo):
 
     assert demo.interrupt() == 0
     assert "Traceback" not in demo.stderr, demo.stderr
+    assert not workdir.exists()
     # The demo shows what it decided: one audit line per request, on stdout.
     while (line := demo.lines.get(timeout=5)) is not None:
         demo.stdout.append(line)

@@ -4,7 +4,8 @@ An allowed `agents_list` call in a closed loop at 2 connections (a Python client
 127.0.0.2), first alone: direct (3a), through the sidecar (3b), through reference (a'), the
 sidecar's own tuned Master without enforcement (3b-bare: the sidecar minus what it judges) and through
 nginx (3b-native, what a proxy hop written in C costs here) and through a Python relay without
-mitmproxy (3b-python, reference (c): what a hop in Python costs, mitmproxy's layers aside), taking turns,
+mitmproxy (3b-python, reference (c): what a hop in Python costs, mitmproxy's layers aside) and through
+that relay judging each call with the sidecar's own pipeline (3b-python-judged), taking turns,
 every other round in reverse order; figures are medians, ratios medians of per-round ratios.
 Then while wrk floods 32 connections from 127.0.0.1 with denied `exec` calls, bad tokens, or
 forged X-Forwarded-For; each directly against the gateway and through the sidecar. Nothing is
@@ -88,10 +89,12 @@ def run(report: Report, workdir: Path, seconds: float, alone_rounds: int) -> Non
         proxies.append(native)
         python_hop = start_python_hop(workdir, gateway.port)
         proxies.append(python_hop)
+        python_judged = start_python_hop(workdir, gateway.port, judged_by="gw-sidecar")
+        proxies.append(python_judged)
         ports = {"direct": gateway.port, "sidecar": sidecar.port, "bare": bare.port, "native": native.port,
-                 "python": python_hop.port}
+                 "python": python_hop.port, "python-judged": python_judged.port}
         # Whose CPU each arm's calls cost: nginx's is spent in a worker, a child this reading misses.
-        cpu_of: dict[str, Service] = {"sidecar": sidecar, "bare": bare, "python": python_hop}
+        cpu_of: dict[str, Service] = {"sidecar": sidecar, "bare": bare, "python": python_hop, "python-judged": python_judged}
         floods = {key: wrk_script(workdir, f"flood-{key}", body, headers) for key, _, body, headers in FLOODS}
         for port in ports.values():
             phase(port, 2, None)  # warm-up: the gateway's first calls are slow
@@ -110,6 +113,8 @@ def run(report: Report, workdir: Path, seconds: float, alone_rounds: int) -> Non
              "vs gateway direct", None),
             ("3b-python", "python", "through reference (c), a Python relay without mitmproxy, nothing judged, "
              "at 2 connections", "vs gateway direct", None),
+            ("3b-python-judged", "python-judged", "through reference (c) judging each call with the sidecar's pipeline "
+             "(nothing audited), at 2 connections", "vs gateway direct", None),
         ):
             ratio = paired_ratio(rounds[name], rounds["direct"], "allowed_per_s")
             report.add(Row(row_id, title, _allowed(alone[name]), target, ratio, threshold, alone[name], _check(alone[name])))

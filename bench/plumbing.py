@@ -173,10 +173,13 @@ def start_nginx_proxy(workdir: Path, upstream_port: int) -> Service:
                   f"upstream upstream {{ server 127.0.0.1:{upstream_port}; keepalive 16; }}", cpus=None)
 
 
-def start_python_hop(workdir: Path, upstream_port: int) -> Service:
-    """Reference (c), `bench/python_hop.py`: a Python relay without mitmproxy, nothing judged."""
+def start_python_hop(workdir: Path, upstream_port: int, judged_by: str | None = None) -> Service:
+    """Reference (c), `bench/python_hop.py`: a Python relay without mitmproxy; with `judged_by`,
+    each call judged by the pipeline of that sidecar's config file."""
     port = free_port()
-    return Service("python-hop", [str(VENV_BIN / "python"), "-m", "bench.python_hop", str(port), str(upstream_port)],
+    judge = ["--judge", str(workdir / f"{judged_by}.json")] if judged_by else []
+    return Service(f"python-hop{'-judged' if judged_by else ''}",
+                   [str(VENV_BIN / "python"), "-m", "bench.python_hop", *judge, str(port), str(upstream_port)],
                    workdir, cpus=None, port=port)
 
 

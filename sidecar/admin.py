@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import re
 import socket
 import ssl
 import sys
@@ -18,17 +19,23 @@ from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import UpstreamTlsSettings, http_url
 from .ipaddrs import share_key
-from .metrics import REGISTRY
+from .metrics import REGISTRY, UPSTREAM_RELEASE, UPSTREAM_RELEASE_MISMATCH
+from .routes import GATEWAY_VERSION
 from .upstream_tls import certificate_matches, peer_certificate, probe_context
 
 log = logging.getLogger("sidecar.admin")
 UPSTREAM_CHECK_SECONDS = 2.0
+# The gateway's /startupz answer is ~70 bytes; a backend's longer page is not read past this.
+STARTUP_ANSWER_MAX_BYTES = 4096
+# What a release may look like to be logged and exported as a label (2026.9.6, 2026.10.0-beta.1).
+RELEASE_SHAPE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 # A probe or a scrape sends its request at once and is answered in milliseconds: a connection idle
 # longer than ADMIN_IDLE_SECONDS is dropped, and one whose request head has not arrived within
 # ADMIN_HEAD_SECONDS is cut (a head dribbled a byte at a time never idles; a kept-alive scrape
@@ -50,6 +57,12 @@ ADMIN_MAX_HEAD_BYTES = 16 * 1024
 _REAP_TICK_SECONDS = 0.25
 
 
+class UpstreamCheck(NamedTuple):
+    ready: bool
+    reason: str
+    release: str | None = None  # the gateway release the upstream reported, when it reports one
+
+
 @dataclass
 class Health:
     """What /readyz reports; flipped by the runner from the event loop, read by probe threads."""
@@ -63,16 +76,17 @@ class Health:
         # Built once: loading a CA bundle for every probe cost each one milliseconds of CPU.
         self.verify = probe_context(self.tls.ca_file, self.tls.fingerprint)
         self._lock = threading.Lock()
-        self._check_in_flight: Future[tuple[bool, str]] | None = None
+        self._check_in_flight: Future[UpstreamCheck] | None = None
+        self.upstream_release: str | None = None  # the last one the upstream reported
 
-    def readiness(self) -> tuple[bool, str]:
+    def readiness(self) -> UpstreamCheck:
         if not self.listening:
-            return False, "not listening yet"
+            return UpstreamCheck(False, "not listening yet")
         if self.draining:
-            return False, "draining"
+            return UpstreamCheck(False, "draining")
         return self._upstream_readiness()
 
-    def _upstream_readiness(self) -> tuple[bool, str]:
+    def _upstream_readiness(self) -> UpstreamCheck:
         """One upstream check at a time: a probe arriving while one is in flight takes its answer,
         so a flood of /readyz (64 slots) costs the gateway one request at a time, not 64."""
         with self._lock:
@@ -81,7 +95,9 @@ class Health:
                 check = self._check_in_flight = Future()
         if leading:
             try:
-                check.set_result(upstream_ready(self.upstream, self.tls.fingerprint, self.verify))
+                answer = upstream_ready(self.upstream, self.tls.fingerprint, self.verify)
+                self._note_release(answer.release)
+                check.set_result(answer)
             except BaseException as exc:  # every probe waiting on it is answered, each logs it
                 check.set_exception(exc)
             finally:
@@ -89,8 +105,21 @@ class Health:
                     self._check_in_flight = None
         return check.result()
 
+    def _note_release(self, release: str | None) -> None:
+        """The sidecar's routes, RPC methods and refusals are the described release's: a gateway
+        upgraded under it is said once, when its release first shows, and exported for alerts."""
+        if release is None or release == self.upstream_release:
+            return
+        self.upstream_release = release
+        UPSTREAM_RELEASE.info({"release": release, "described": GATEWAY_VERSION})
+        UPSTREAM_RELEASE_MISMATCH.set(release != GATEWAY_VERSION)
+        if release != GATEWAY_VERSION:
+            log.warning("the upstream gateway reports release %s, and this sidecar describes %s: routes and RPC "
+                        "methods added since are refused, and ones changed since are judged as %s judged them",
+                        release, GATEWAY_VERSION, GATEWAY_VERSION)
 
-def upstream_ready(upstream: str, pin: str | None, verify: ssl.SSLContext) -> tuple[bool, str]:
+
+def upstream_ready(upstream: str, pin: str | None, verify: ssl.SSLContext) -> UpstreamCheck:
     """Ready when the gateway answers `/startupz` below 500: the pod is Ready only once the gateway
     has started. Not its `/readyz`, which turns 503 when one messaging channel fails and would take
     the tool API out of the Service with it; a backend without the route answers 404, still up.
@@ -99,13 +128,29 @@ def upstream_ready(upstream: str, pin: str | None, verify: ssl.SSLContext) -> tu
         with httpx.Client(verify=verify, trust_env=False, timeout=UPSTREAM_CHECK_SECONDS) as client:
             with client.stream("GET", f"{upstream}/startupz") as response:
                 if pin is not None and not certificate_matches(peer_certificate(response) or b"", pin):
-                    return False, "upstream certificate does not match sidecar.upstreamTls.fingerprint"
+                    return UpstreamCheck(False, "upstream certificate does not match sidecar.upstreamTls.fingerprint")
                 status = response.status_code
+                release = _reported_release(response)
     except httpx.HTTPError as exc:
-        return False, f"upstream unreachable: {type(exc).__name__}"
+        return UpstreamCheck(False, f"upstream unreachable: {type(exc).__name__}")
     if status >= 500:
-        return False, f"upstream not ready: {status}"
-    return True, "ok"
+        return UpstreamCheck(False, f"upstream not ready: {status}")
+    return UpstreamCheck(True, "ok", release)
+
+
+def _reported_release(response: httpx.Response) -> str | None:
+    """The `version` of the gateway's `/startupz` answer, which it gives a direct local caller
+    (the sidecar is one); None from a backend that says nothing of the kind."""
+    answer = b""
+    try:
+        for chunk in response.iter_bytes():
+            answer += chunk
+            if len(answer) > STARTUP_ANSWER_MAX_BYTES:
+                return None
+        release = json.loads(answer).get("version")
+    except (httpx.HTTPError, ValueError, AttributeError, RecursionError):
+        return None
+    return release if isinstance(release, str) and RELEASE_SHAPE.fullmatch(release) else None
 
 
 class _HeadReader(io.BufferedIOBase):
@@ -173,12 +218,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "application/json", b'{"ok":true,"status":"live"}')
         elif path == "/readyz":
             try:
-                ready, why = self.server.health.readiness()
+                check = self.server.health.readiness()
             except Exception:  # answered, not a dropped connection the kubelet would retry blind
                 log.exception("readiness check failed")
-                ready, why = False, "readiness check failed"
-            body = json.dumps({"ready": ready, "reason": why}).encode()
-            self._send(200 if ready else 503, "application/json", body)
+                check = UpstreamCheck(False, "readiness check failed")
+            answer: dict[str, object] = {"ready": check.ready, "reason": check.reason}
+            if check.release is not None:
+                answer.update(upstreamRelease=check.release, describedRelease=GATEWAY_VERSION)
+            self._send(200 if check.ready else 503, "application/json", json.dumps(answer).encode())
         elif path == "/metrics":
             self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
         else:

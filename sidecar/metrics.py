@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)  # CPU, RSS, open descriptors: what a flood shows first
@@ -90,6 +90,18 @@ CONFIG_RELOADS = Counter(
 # would pass an `increase(...) > 0` alert by (review).
 for _result in ("applied", "rejected"):
     CONFIG_RELOADS.labels(result=_result)
+UPSTREAM_RELEASE = Info(
+    "openclaw_sidecar_upstream_release",
+    "The gateway release the upstream reported at its last check (`/startupz`), beside the one this "
+    "sidecar's routes, RPC methods and refusals describe.",
+    registry=REGISTRY,
+)
+UPSTREAM_RELEASE_MISMATCH = Gauge(
+    "openclaw_sidecar_upstream_release_mismatch",
+    "1 while the upstream reports a gateway release other than the one this sidecar describes: routes and "
+    "methods it added are refused, and ones it changed are judged as the described release judged them.",
+    registry=REGISTRY,
+)
 DECISION_SECONDS = Histogram(
     "openclaw_sidecar_decision_seconds",
     "Time spent deciding a request inside the sidecar (excluding upstream).",

@@ -23,6 +23,8 @@ from .caching import short_call_cache
 from .canonical import InvalidTarget, UnsupportedTarget, canonicalize_target
 from .toolpolicy import js_trim
 
+# The gateway release whose routes, RPC methods and refusals this sidecar describes; the admin
+# listener's upstream check compares the release the gateway reports with it (admin.py).
 GATEWAY_VERSION = "2026.9.6"
 Power = Literal["liveness", "static", "read", "tools", "rpc", "acts", "pairing", "node", "worker", "ticket", "plugin"]
 Credential = Literal["none", "gateway", "gateway-or-device", "own"]

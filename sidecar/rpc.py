@@ -31,14 +31,13 @@ from .config import Config, RefusedFrames
 from .envelopes import compact_json, method_denied_error, missing_scope_error
 from .pacing import RefusalBudget
 from .ratelimit import BROWSER_ORIGIN_SUBJECT
-from .routes import PLUGIN_ROUTE_PREFIX
+from .routes import GATEWAY_VERSION, PLUGIN_ROUTE_PREFIX
 from .reasons import Reason, ReasonCode
 from .scopes import ADMIN, ResolvedScopes
 from .shadow import SHADOWABLE_REASONS
 from .toolchain import ToolChain, ToolDecision, ToolRequest
 from .toolpolicy import JS_WHITESPACE, js_trim
 
-GATEWAY_VERSION = "2026.9.6"
 PREAUTH_MAX_BYTES = 64 * 1024  # the gateway's own pre-auth frame limit
 # The gateway's WebSocket maxPayload: its RPC (server-constants MAX_PAYLOAD_BYTES), and the
 # largest of its other sockets.

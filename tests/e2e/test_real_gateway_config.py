@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.real_gateway import RealGateway, unavailable_reason
+from sidecar.routes import GATEWAY_VERSION as DESCRIBED
+from tests.gateway.real_gateway import GATEWAY_VERSION, RealGateway, unavailable_reason
 
 from .harness import SidecarProcess
 from .ratelimit_helpers import wait_until
@@ -65,6 +66,9 @@ def test_with_the_variable_set_the_sidecar_reads_the_same_secret(env_token_gatew
                     "rateLimit": {"loopbackDelayBaseMs": 0}},
     }, env={"OPENCLAW_GATEWAY_TOKEN": SECRET})
     assert (invoke(sidecar.url, SECRET), invoke(sidecar.url, placeholder)) == (200, 401)
+    # The gateway tells the sidecar, a direct local caller, its release; the sidecar's /readyz passes it on.
+    assert httpx.get(f"{sidecar.admin_url}/readyz", timeout=10).json() == {
+        "ready": True, "reason": "ok", "upstreamRelease": GATEWAY_VERSION, "describedRelease": DESCRIBED}
 
 
 def test_hooks_spelt_to_cover_every_path_are_laid_out_as_the_gateway_lays_them_out(

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 
 from sidecar import envelopes
 from tests.builders import issue_certificate
-from tests.gateway.real_gateway import RealGateway, unavailable_reason
+from sidecar.routes import GATEWAY_VERSION as DESCRIBED
+from tests.gateway.real_gateway import GATEWAY_VERSION, RealGateway, unavailable_reason
 from tests.wsclient import WsClient
 
 from .conftest import REAL_GATEWAY_TOKEN as TOKEN
@@ -63,6 +64,10 @@ def invoke(sidecar: SidecarProcess) -> httpx.Response:
     return httpx.post(f"{sidecar.url}/tools/invoke", json=CALL, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=15)
 
 
+# What /readyz says of a gateway that answered: the release it reports, against the one described.
+READY = {"ready": True, "reason": "ok", "upstreamRelease": GATEWAY_VERSION, "describedRelease": DESCRIBED}
+
+
 def readiness(sidecar: SidecarProcess) -> dict[str, Any]:
     body: dict[str, Any] = httpx.get(f"{sidecar.admin_url}/readyz", timeout=10).json()
     return body
@@ -89,7 +94,7 @@ def test_the_gateways_own_certificate_pinned_carries_calls_and_sockets(tls_gatew
     response = invoke(sidecar)
     assert response.status_code == 200, response.text
     assert response.json()["ok"] is True
-    assert readiness(sidecar) == {"ready": True, "reason": "ok"}
+    assert readiness(sidecar) == READY
     ws = WsClient("127.0.0.1", sidecar.port)
     try:
         assert ws.recv_json()["event"] == "connect.challenge"
@@ -124,7 +129,7 @@ def test_a_certificate_issued_by_a_ca_file_is_trusted_by_it(module_sidecar: Call
         trusted = module_sidecar(sidecar_config(gateway, caFile=str(ca)))
         response = invoke(trusted)
         assert (response.status_code, response.json()["ok"]) == (200, True)
-        assert readiness(trusted) == {"ready": True, "reason": "ok"}
+        assert readiness(trusted) == READY
         # The same certificate pinned by someone else's fingerprint is not trusted by its CA.
         assert_unreachable(module_sidecar(sidecar_config(gateway, fingerprint="cd" * 32)))
         # Without a CA file the proxy trusts mitmproxy's CAs, not the system store's, and so does

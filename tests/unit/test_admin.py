@@ -7,10 +7,13 @@ import threading
 import time
 from collections.abc import Iterator
 
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import httpx
 import pytest
 
-from sidecar.admin import AdminServer, Health
+from sidecar.admin import AdminServer, Health, UpstreamCheck
+from sidecar.routes import GATEWAY_VERSION
 from openclaw_demo.backend import DemoBackend
 
 
@@ -359,7 +362,7 @@ def test_probes_arriving_during_an_upstream_check_share_it() -> None:
 
     threading.Thread(target=slow_upstream, daemon=True).start()
     health = Health(f"http://127.0.0.1:{listener.getsockname()[1]}", listening=True)
-    answers: list[tuple[bool, str]] = []
+    answers: list[UpstreamCheck] = []
     probes = [threading.Thread(target=lambda: answers.append(health.readiness())) for _ in range(8)]
     try:
         for probe in probes:
@@ -371,9 +374,104 @@ def test_probes_arriving_during_an_upstream_check_share_it() -> None:
         release.set()
         for probe in probes:
             probe.join(10)
-        assert answers == [(True, "ok")] * 8
+        assert answers == [UpstreamCheck(True, "ok")] * 8
         assert len(connections) == 1
-        assert health.readiness() == (True, "ok") and len(connections) == 2  # none in flight: a new check
+        assert health.readiness() == UpstreamCheck(True, "ok") and len(connections) == 2  # none in flight: a new check
     finally:
         release.set()
         listener.close()
+
+
+class StartupAnswers:
+    """An upstream whose `/startupz` says what the test sets: (status, body)."""
+
+    def __init__(self) -> None:
+        self.answer = (200, b'{"ok":true,"status":"started","version":"2026.9.6","uptimeMs":1}')
+        answers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                status, body = answers.answer
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def gateway_startup() -> Iterator[StartupAnswers]:
+    answers = StartupAnswers()
+    yield answers
+    answers.server.shutdown()
+    answers.server.server_close()
+
+
+@pytest.fixture
+def admin_of_gateway(gateway_startup: StartupAnswers) -> Iterator[AdminServer]:
+    server = AdminServer("127.0.0.1", 0, Health(gateway_startup.url, listening=True))
+    server.start()
+    yield server
+    server.stop()
+
+
+def _metric(admin: AdminServer, line_start: str) -> list[str]:
+    metrics = httpx.get(f"{admin.url}/metrics", timeout=5).text
+    return [line for line in metrics.splitlines() if line.startswith(line_start)]
+
+
+def test_readyz_says_which_gateway_release_is_upstream_and_warns_once_when_it_is_not_the_described_one(
+        admin_of_gateway: AdminServer, gateway_startup: StartupAnswers, caplog: pytest.LogCaptureFixture) -> None:
+    """The sidecar's routes, RPC methods and refusals are 2026.9.6's. A gateway upgraded under it
+    went unnoticed: now /readyz names both releases, a mismatch is exported and logged once, and
+    the pod stays Ready (what the newer gateway added is refused, not let through)."""
+    def readyz() -> dict:
+        response = httpx.get(f"{admin_of_gateway.url}/readyz", timeout=5)
+        assert response.status_code == 200
+        return response.json()
+
+    assert readyz() == {"ready": True, "reason": "ok", "upstreamRelease": "2026.9.6", "describedRelease": GATEWAY_VERSION}
+    assert _metric(admin_of_gateway, "openclaw_sidecar_upstream_release_mismatch ") == ["openclaw_sidecar_upstream_release_mismatch 0.0"]
+    assert "upstream gateway reports release" not in caplog.text
+
+    gateway_startup.answer = (200, b'{"ok":true,"status":"started","version":"2026.10.1"}')
+    for _ in range(3):
+        assert readyz() == {"ready": True, "reason": "ok", "upstreamRelease": "2026.10.1", "describedRelease": "2026.9.6"}
+    assert _metric(admin_of_gateway, "openclaw_sidecar_upstream_release_mismatch ") == ["openclaw_sidecar_upstream_release_mismatch 1.0"]
+    assert _metric(admin_of_gateway, "openclaw_sidecar_upstream_release_info") == [
+        'openclaw_sidecar_upstream_release_info{described="2026.9.6",release="2026.10.1"} 1.0']
+    warnings = [r.getMessage() for r in caplog.records if "upstream gateway reports release" in r.getMessage()]
+    assert warnings == ["the upstream gateway reports release 2026.10.1, and this sidecar describes 2026.9.6: routes and "
+                        "RPC methods added since are refused, and ones changed since are judged as 2026.9.6 judged them"]
+
+    gateway_startup.answer = (200, b'{"ok":true,"status":"started","version":"2026.9.6"}')  # rolled back
+    assert readyz()["upstreamRelease"] == "2026.9.6"
+    assert _metric(admin_of_gateway, "openclaw_sidecar_upstream_release_mismatch ") == ["openclaw_sidecar_upstream_release_mismatch 0.0"]
+    assert len([r for r in caplog.records if "upstream gateway reports release" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("status, body", [
+    (404, b"Not Found"),  # a backend without the route: ready, no release
+    (200, b'{"ok":true,"status":"started"}'),  # what the gateway tells a caller that is not direct-local
+    (200, b"not json"),
+    (200, b'["2026.9.6"]'),
+    (200, b'{"version": 2026}'),
+    (200, b'{"version": ""}'),
+    (200, b'{"version": "2026.9.6\\n[FAKE] log line"}'),  # never a forged log line or label
+    (200, b'{"version": "' + b"9" * 65 + b'"}'),
+    (200, b'{"version": "2026.9.6", "pad": "' + b"x" * 4096 + b'"}'),  # past what a /startupz answer is
+    (200, b"[" * 2040 + b"]" * 2040),  # within the read, and nested past 3.12's parser (3.13 reads it: a list)
+    (200, b'{"version": "2026.9.6"' + b"\xff" + b"}"),  # not UTF-8
+], ids=["404", "no-version", "not-json", "list", "number", "empty", "newline", "too-long", "too-large", "deep", "not-utf8"])
+def test_an_upstream_that_reports_no_usable_release_is_ready_and_names_none(
+        admin_of_gateway: AdminServer, gateway_startup: StartupAnswers, status: int, body: bytes) -> None:
+    gateway_startup.answer = (status, body)
+    response = httpx.get(f"{admin_of_gateway.url}/readyz", timeout=5)
+    assert (response.status_code, response.json()) == (200, {"ready": True, "reason": "ok"})
+    assert admin_of_gateway.health.upstream_release is None

@@ -141,11 +141,11 @@ def upstream_ready(upstream: str, pin: str | None, verify: ssl.SSLContext) -> Up
 def _reported_release(response: httpx.Response) -> str | None:
     """The `version` of the gateway's `/startupz` answer, which it gives a direct local caller
     (the sidecar is one); None from a backend that says nothing of the kind."""
-    answer = b""
+    answer, deadline = b"", time.monotonic() + UPSTREAM_CHECK_SECONDS  # each read has its own timeout too
     try:
         for chunk in response.iter_bytes():
             answer += chunk
-            if len(answer) > STARTUP_ANSWER_MAX_BYTES:
+            if len(answer) > STARTUP_ANSWER_MAX_BYTES or time.monotonic() > deadline:
                 return None
         release = json.loads(answer).get("version")
     except (httpx.HTTPError, ValueError, AttributeError, RecursionError):

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from sidecar.admin import AdminServer, Health, UpstreamCheck
+from sidecar.admin import UPSTREAM_CHECK_SECONDS, AdminServer, Health, UpstreamCheck
 from sidecar.routes import GATEWAY_VERSION
 from openclaw_demo.backend import DemoBackend
 
@@ -475,3 +475,32 @@ def test_an_upstream_that_reports_no_usable_release_is_ready_and_names_none(
     response = httpx.get(f"{admin_of_gateway.url}/readyz", timeout=5)
     assert (response.status_code, response.json()) == (200, {"ready": True, "reason": "ok"})
     assert admin_of_gateway.health.upstream_release is None
+
+
+def test_an_answer_dribbled_a_byte_at_a_time_holds_the_check_no_longer_than_a_slow_head_would() -> None:
+    """Each read has the check's timeout; a body sent a byte at a time never let one run out, and
+    held every probe of the pod (they share the check in flight) for as long as it dribbled."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def dribbling_upstream() -> None:
+        connection, _ = listener.accept()
+        connection.recv(4096)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4000\r\n\r\n")
+        while not stop.wait(0.2):
+            connection.sendall(b" ")
+        connection.close()
+
+    threading.Thread(target=dribbling_upstream, daemon=True).start()
+    health = Health(f"http://127.0.0.1:{listener.getsockname()[1]}", listening=True)
+    outcome: list[UpstreamCheck] = []
+    checking = threading.Thread(target=lambda: outcome.append(health.readiness()), daemon=True)
+    try:
+        checking.start()
+        checking.join(4 * UPSTREAM_CHECK_SECONDS)
+        assert outcome == [UpstreamCheck(True, "ok")]  # up, as its status says; no release read
+    finally:
+        stop.set()
+        listener.close()

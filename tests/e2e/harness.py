@@ -98,14 +98,7 @@ class SidecarProcess:
         return [json.loads(line) for line in list(self._stdout) if line.startswith("{")]
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc, signal.SIGTERM)
 
 
 @dataclass
@@ -273,3 +266,15 @@ class TestNet:
 
     def exchange(self, source_ip: str, address: tuple[str, int], data: bytes, timeout: float = 10.0) -> RawResponse:
         return raw_exchange(address, data, sock=self.socket_from(source_ip), timeout=timeout)
+
+
+def stop_process(proc: subprocess.Popen, sig: signal.Signals) -> int:
+    """Stops `proc` as its user would (`sig`), killed only if it has not exited within 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode

@@ -28,7 +28,7 @@ from tests.builders import write_config
 from tests.ports import free_port
 
 from .conftest import UPSTREAM_TOKEN
-from .harness import REPO, SidecarProcess
+from .harness import REPO, SidecarProcess, stop_process
 
 CURL = "/usr/bin/curl"
 TOKEN = "cli-test-token-Zq81"
@@ -104,15 +104,9 @@ class Demo:
         return code
 
     def kill(self) -> None:
-        """Stopped as a user stops it, so it removes its temporary directory (a SIGKILL left one
-        behind per test); killed only if it does not stop."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        """Stopped with Ctrl-C, so it removes its temporary directory (a SIGKILL left one behind
+        per test)."""
+        stop_process(self.proc, signal.SIGINT)
 
 
 @pytest.fixture

@@ -798,9 +798,13 @@ def _secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
     return _header_safe(secret, key)
 
 
-def _previous(values: tuple[SecretStr, ...], files: tuple[Path, ...], key: str) -> tuple[str, ...]:
-    secrets = [_secret(v, None, f"sidecar.auth.{key}[{i}]") for i, v in enumerate(values)]
-    secrets += [_header_safe(_read_secret_file(f, f"sidecar.auth.{key}Files[{i}]"), key) for i, f in enumerate(files)]
+def _previous(values: tuple[SecretStr, ...], files: tuple[Path, ...], kind: str) -> tuple[str, ...]:
+    """`sidecar.auth.previous<Kind>s` and `previous<Kind>Files`, each error at its entry's own key: a
+    file's was spelt `previousTokensFiles[i]`, a key no file has, and a control character in it named none."""
+    secrets = [_secret(v, None, f"sidecar.auth.previous{kind}s[{i}]") for i, v in enumerate(values)]
+    for i, file in enumerate(files):
+        key = f"sidecar.auth.previous{kind}Files[{i}]"
+        secrets.append(_header_safe(_read_secret_file(file, key), key))
     return tuple(s for s in secrets if s is not None)
 
 
@@ -915,8 +919,8 @@ def resolve_secrets(rules: OpenClawRules, sidecar: SidecarSettings, environ: Map
     rotation = sidecar.auth
     return AuthSecrets(
         mode, token, password, upstream, kind if upstream is not None else None, tuple(problems),
-        previous_tokens=_previous(rotation.previous_tokens, rotation.previous_token_files, "previousTokens"),
-        previous_passwords=_previous(rotation.previous_passwords, rotation.previous_password_files, "previousPasswords"),
+        previous_tokens=_previous(rotation.previous_tokens, rotation.previous_token_files, "Token"),
+        previous_passwords=_previous(rotation.previous_passwords, rotation.previous_password_files, "Password"),
     )
 
 

@@ -927,3 +927,20 @@ def test_an_environment_value_that_is_no_json_where_json_is_needed_is_a_config_e
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, "c.yaml", "sidecar: {}\n"), environ={})
     assert "written as JSON" in str(exc.value) and "old-secret-1" not in str(exc.value)
+
+
+@pytest.mark.parametrize("setting, content, key", [
+    ("previousTokenFiles", None, "sidecar.auth.previousTokenFiles[1]"),
+    ("previousPasswordFiles", None, "sidecar.auth.previousPasswordFiles[1]"),
+    ("previousTokenFiles", "old\x01token", "sidecar.auth.previousTokenFiles[1]"),
+])
+def test_a_previous_secret_file_that_cannot_be_used_names_its_own_key(tmp_path: Path, setting: str, content: str | None,
+                                                                       key: str) -> None:
+    """The key was misspelt `previousTokensFiles[1]`, and a control character named none."""
+    good, bad = write(tmp_path, "good", "old\n"), tmp_path / "bad"
+    if content is not None:
+        bad.write_text(content)
+    text = f"sidecar:\n  auth: {{{setting}: ['{good}', '{bad}']}}\ngateway:\n  auth: {{token: T}}\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert list(problems_of(exc)) == [key]

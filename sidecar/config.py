@@ -382,6 +382,22 @@ class _FileSection(PydanticBaseSettingsSource):
         return _snake_keys(self.settings_cls, self.current.get())
 
 
+class _SnakeKeyed(PydanticBaseSettingsSource):
+    """Another source (the environment's), its keys mapped as the file's are: a JSON object in a
+    variable may spell them camelCase too, and beside the file's snake-cased key for the same
+    setting the two spellings were taken for an unknown key."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ hands over the source's whole result
+
+    def __call__(self) -> dict[str, Any]:
+        return _snake_keys(self.settings_cls, self.source())
+
+
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
     """The settings model a field holds (directly or as `Model | None`), if any."""
     return next((t for t in (annotation, *getattr(annotation, "__args__", ()))
@@ -441,7 +457,7 @@ class SidecarSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # First wins: flags (passed as init kwargs) > environment > the config file > defaults.
-        return init_settings, env_settings, _FileSection(settings_cls)
+        return init_settings, _SnakeKeyed(settings_cls, env_settings), _FileSection(settings_cls)
 
     @field_validator("listen", "admin_listen")
     @classmethod

@@ -428,6 +428,13 @@ def test_nested_env_override_of_rate_limit_storage(tmp_path: Path, monkeypatch: 
     assert config.sidecar.rate_limit.max_entries == 5
 
 
+def test_a_json_variable_spelling_keys_as_the_file_does_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside the file's `maxEntries`, the variable's `maxEntries` was refused as an unknown key."""
+    monkeypatch.setenv("OPENCLAW_SIDECAR_RATE_LIMIT", '{"maxEntries": 5}')
+    config = load_config(write(tmp_path, "c.yaml", "sidecar:\n  rateLimit: {maxEntries: 7}\n"), environ={})
+    assert config.sidecar.rate_limit.max_entries == 5
+
+
 def test_env_list_value_is_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENCLAW_SIDECAR_ROUTES__DENY", '["/v1", "/sessions"]')
     assert load_config(None, environ={}).sidecar.routes.deny == ("/v1", "/sessions")

@@ -8,6 +8,7 @@ process environment (SidecarSettings reads os.environ through pydantic-settings)
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import certifi
 import pytest
 
-from sidecar.config import ConfigError, load_config, read_storage_password, redacted_view
+from sidecar.config import (
+    ConfigError, camel_keys, http_url, identity_header_names, load_config, openclaw_config_path, read_storage_password, redacted_view, unknown_environment,
+)
 
 
 pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
@@ -102,6 +105,7 @@ def test_yaml_and_json5_files_load_the_same_config(tmp_path: Path, name: str, te
     assert sidecar.rate_limit.requests is not None
     assert sidecar.rate_limit.requests.limit == "10/minute"
     assert sidecar.rate_limit.requests.per_tool is True
+    assert sidecar.rate_limit.requests.per == "identity"  # default: one budget a caller, not one an address
     assert sidecar.context_headers.allow == ("x-openclaw-message-to",)  # lower-cased
     assert gateway.auth.mode == "token"
     assert gateway.auth.rate_limit.max_attempts == 3
@@ -131,9 +135,22 @@ def test_no_file_gives_defaults() -> None:
     assert config.rules.gateway.auth.rate_limit.exempt_loopback is True
     assert config.rules.gateway.trusted_proxies == ()
     assert config.rules.gateway.allow_real_ip_fallback is False
+    sidecar, gateway = config.sidecar, config.rules.gateway
+    assert (sidecar.admin_listen, sidecar.enforce, sidecar.rate_limit.fail_closed) == ("127.0.0.1:18791", True, False)
+    assert (sidecar.websocket.mode, sidecar.websocket.allow_nodes) == ("enforce", False)
+    # the gateway's own defaults: loopback proxies refused, the Control UI served, no Host-header origin
+    assert gateway.auth.trusted_proxy.allow_loopback is False
+    assert (gateway.control_ui.enabled, gateway.control_ui.dangerously_allow_host_header_origin_fallback) == (True, False)
+    assert config.rules.switched_off == frozenset(config.rules.route_switches)  # every optional route off
 
 
-@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_route_switches_follow_the_gateways_settings(tmp_path: Path) -> None:
+    text = "hooks: {enabled: true, token: h}\nmcp: {apps: {enabled: true}}\ngateway:\n  http: {endpoints: {responses: {enabled: true}}}\n"
+    rules = load_config(write(tmp_path, "c.yaml", text), environ={}).rules
+    assert rules.switched_off == {"gateway.http.endpoints.chatCompletions.enabled"}
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "sidecar:\n  # listen: 0.0.0.0:1\n"])
 def test_empty_file_gives_defaults(tmp_path: Path, text: str) -> None:
     config = load_config(write(tmp_path, "c.yaml", text), environ={})
     assert config.sidecar.listen == "127.0.0.1:18790"
@@ -186,6 +203,7 @@ def test_unknown_sidecar_key_is_a_config_error_naming_the_key(tmp_path: Path, se
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, "c.yaml", f"sidecar:\n  {section}"), environ={})
     assert key in problems_of(exc), exc.value.problems
+    assert problems_of(exc)[key] == "is not a setting the sidecar knows (check the spelling)"
     assert key in str(exc.value)
 
 
@@ -266,6 +284,25 @@ session: {scope: per-sender}
         (f"sidecar:\n  upstreamTls: {{fingerprint: '{'ab' * 32}'}}\n", "sidecar.upstreamTls"),
         ("gateway:\n  tls: {enabled: true}\n", "sidecar.upstream"),
         ("gateway:\n  tls: {enabled: 'true'}\n", "gateway.tls.enabled"),
+        # bounds: a zero timeout would time out everything, a negative count or delay means nothing
+        ("sidecar:\n  timeouts: {headReadSeconds: 0}\n", "sidecar.timeouts.headReadSeconds"),
+        ("sidecar:\n  timeouts: {upstreamReadSeconds: 0}\n", "sidecar.timeouts.upstreamReadSeconds"),
+        ("sidecar:\n  rateLimit: {refusalPacing: {afterRefusals: -1}}\n", "sidecar.rateLimit.refusalPacing.afterRefusals"),
+        ("sidecar:\n  rateLimit: {refusalPacing: {maxDelayMs: -1}}\n", "sidecar.rateLimit.refusalPacing.maxDelayMs"),
+        ("sidecar:\n  websocket: {refusedFrames: {burst: 0}}\n", "sidecar.websocket.refusedFrames.burst"),
+        ("sidecar:\n  websocket: {unauthenticatedPerClient: 0}\n", "sidecar.websocket.unauthenticatedPerClient"),
+        ("sidecar:\n  drainSeconds: -1\n", "sidecar.drainSeconds"),
+        ("sidecar:\n  maxConnections: 0\n", "sidecar.maxConnections"),
+        ("sidecar:\n  listen: '127.0.0.1:65536'\n", "sidecar.listen"),
+        ("sidecar:\n  upstream: ws://gw:1\n", "sidecar.upstream"),
+        # names that open nothing: a misspelt route or method would leave the opening it meant undone
+        ("sidecar:\n  routes: {allow: [no-such-route]}\n", "sidecar.routes.allow"),
+        ("sidecar:\n  websocket: {allowMethods: [no.such.method]}\n", "sidecar.websocket.allowMethods"),
+        # context headers: only x-openclaw-* ones, pinned to printable ASCII
+        ("sidecar:\n  contextHeaders: {allow: [Authorization]}\n", "sidecar.contextHeaders.allow"),
+        ("sidecar:\n  contextHeaders: {pinned: {alice: {x-forwarded-for: 10.0.0.1}}}\n", "sidecar.contextHeaders.pinned"),
+        ("sidecar:\n  contextHeaders: {pinned: {alice: {x-openclaw-account-id: 'café'}}}\n", "sidecar.contextHeaders.pinned"),
+        ("sidecar:\n  contextHeaders: {pinned: {alice: {x-openclaw-account-id: \"a\\tb\"}}}\n", "sidecar.contextHeaders.pinned"),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -633,24 +670,24 @@ def test_redacted_view_and_repr_hide_every_secret(tmp_path: Path) -> None:
 sidecar:
   upstreamAuth: {token: UPSTREAM-SECRET}
   rateLimit: {storage: 'redis://user:REDIS-SECRET@redis.internal:6379/0'}
-  auth: {previousTokens: [OLD-SECRET]}
+  auth: {previousTokens: [OLD-SECRET], previousPasswords: [OLD-PASSWORD]}
 gateway:
   auth: {mode: token, token: TOKEN-SECRET, password: PASSWORD-SECRET}
 """
     config = load_config(write(tmp_path, "c.yaml", text), environ={})
     view = redacted_view(config)
-    secrets = ("UPSTREAM-SECRET", "REDIS-SECRET", "TOKEN-SECRET", "PASSWORD-SECRET", "OLD-SECRET")
+    secrets = ("UPSTREAM-SECRET", "REDIS-SECRET", "TOKEN-SECRET", "PASSWORD-SECRET", "OLD-SECRET", "OLD-PASSWORD")
     for shown in (json.dumps(view), repr(config), str(config)):
         for secret in secrets:
             assert secret not in shown
-    assert config.secrets.previous_tokens == ("OLD-SECRET",)
+    assert (config.secrets.previous_tokens, config.secrets.previous_passwords) == (("OLD-SECRET",), ("OLD-PASSWORD",))
     assert view["gateway"]["auth"]["token"] == "**********"
     assert view["gateway"]["auth"]["password"] == "**********"
     assert view["sidecar"]["upstream_auth"]["token"] == "**********"
     assert view["sidecar"]["rate_limit"]["storage"] == "redis://user:***@redis.internal:6379/0"
     assert view["effective"] == {
         "authMode": "token", "tokenConfigured": True, "passwordConfigured": True,
-        "upstreamCredentialConfigured": True, "previousSecrets": 1, "problems": [],
+        "upstreamCredentialConfigured": True, "previousSecrets": 2, "problems": [],
     }
 
 
@@ -660,19 +697,20 @@ def test_only_the_policy_parts_of_the_gateways_other_sections_are_kept(tmp_path:
         "channels": {"irc": {"token": "BOT-SECRET", "groups": {"9": {"tools": {"deny": ["theme"]}}},
                              "accounts": {"work": {"password": "ACCOUNT-SECRET", "groups": {}}, "other": "x"}}},
         "tools": {"profile": "coding", "web": {"search": {"enabled": False, "apiKey": "SEARCH-SECRET"}},
-                  "exec": {"env": {"K": "EXEC-SECRET"}}},
+                  "exec": {"env": {"K": "EXEC-SECRET"}}, "alsoAllow": ["canvas"], "subagents": {"tools": {"deny": ["exec"]}}},
         "agents": {"list": [{"id": "main", "default": True, "tools": {"deny": ["x"]},
                              "sandbox": {"mode": "all", "docker": {"env": {"K": "SANDBOX-SECRET"}}}}],
                    "defaults": {"model": {"apiKey": "MODEL-SECRET"}, "subagents": {"maxSpawnDepth": 2}}},
-        "session": {"scope": "global", "reset": {"token": "SESSION-SECRET"}},
+        "session": {"scope": "global", "mainKey": "work", "reset": {"token": "SESSION-SECRET"}},
     }
     rules = load_config(write(tmp_path, "c.json", json.dumps(document)), environ={}).rules
     assert rules.channels == {"irc": {"groups": {"9": {"tools": {"deny": ["theme"]}}},
                                       "accounts": {"work": {"groups": {}}, "other": "[not read]"}}}
-    assert rules.tools == {"profile": "coding", "web": {"search": {"enabled": False}}}
+    assert rules.tools == {"profile": "coding", "web": {"search": {"enabled": False}}, "alsoAllow": ["canvas"],
+                           "subagents": {"tools": {"deny": ["exec"]}}}
     assert rules.agents == {"list": [{"id": "main", "default": True, "tools": {"deny": ["x"]}, "sandbox": {"mode": "all"}}],
                             "defaults": {"subagents": {"maxSpawnDepth": 2}}}
-    assert rules.session == {"scope": "global"}
+    assert rules.session == {"scope": "global", "mainKey": "work"}
     assert "SECRET" not in json.dumps(rules.model_dump())
 
 
@@ -774,7 +812,7 @@ def test_the_gateways_credential_is_trimmed_as_it_trims_it(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("listen, refused", [("0.0.0.0:18790", True), ("[::]:18790", True), ("203.0.113.1:0", True),
                                              ("127.0.0.1:18790", False), ("127.0.0.2:0", False), ("[::1]:0", False),
-                                             ("localhost:0", False)])
+                                             ("localhost:0", False), (":18790", True)])  # no host: every address
 def test_auth_mode_none_is_refused_beyond_loopback_as_the_gateway_refuses_it(tmp_path: Path, listen: str, refused: bool) -> None:
     text = f"sidecar:\n  listen: '{listen}'\ngateway:\n  auth: {{mode: none}}\n"
     if not refused:
@@ -852,6 +890,7 @@ def test_trusted_proxy_mode_that_refuses_its_only_proxy_is_announced(tmp_path: P
     ("OPENCLAW_SIDECAR_RATE_LIMIT__MAX_ENTRIES", "-5", {},
      ("sidecar.rateLimit.maxEntries", "greater than or equal to 1 (from OPENCLAW_SIDECAR_RATE_LIMIT__MAX_ENTRIES)")),
     ("OPENCLAW_SIDECAR_RATE_LIMIT", '{"max_entries": -5}', {}, ("sidecar.rateLimit.maxEntries", "(from OPENCLAW_SIDECAR_RATE_LIMIT)")),
+    ("OPENCLAW_SIDECAR_RATE_LIMIT", '{"maxEntries": -5}', {}, ("sidecar.rateLimit.maxEntries", "(from OPENCLAW_SIDECAR_RATE_LIMIT)")),
     ("OPENCLAW_SIDECAR_LISTEN", "bad", {"listen": "alsobad"}, ("sidecar.listen", "got 'alsobad'")),  # the flag's
     # the variable sets the object, but not the bad key: the file's value is named as the file's
     ("OPENCLAW_SIDECAR_RATE_LIMIT", '{"storage": "memory://"}', {}, ("sidecar.rateLimit.maxEntries", "greater than or equal to 1")),
@@ -936,6 +975,96 @@ def test_an_environment_value_that_is_no_json_where_json_is_needed_is_a_config_e
     assert "written as JSON" in str(exc.value) and "old-secret-1" not in str(exc.value)
 
 
+# ---- what mutation testing found unpinned -----------------------------------------------------
+
+
+def test_required_headers_are_read_as_the_gateway_reads_them(tmp_path: Path) -> None:
+    """Trimmed and lower-cased (its normalizeLowercaseStringOrEmpty); X-Request-Id the sidecar writes itself."""
+    text = "gateway:\n  auth: {trustedProxy: {requiredHeaders: [' X-Forwarded-Proto ', X-Request-Id]}}\n"
+    config = load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert config.rules.gateway.auth.trusted_proxy.required_headers == ("x-forwarded-proto", "x-request-id")
+
+
+def test_an_identitys_own_pins_win_over_everyones(tmp_path: Path) -> None:
+    text = "sidecar:\n  contextHeaders: {pinned: {'*': {x-openclaw-account-id: all}, alice: {x-openclaw-account-id: mine}}}\n"
+    headers = load_config(write(tmp_path, "c.yaml", text), environ={}).sidecar.context_headers
+    assert (headers.pinned_for("alice"), headers.pinned_for("bob")) == ({"x-openclaw-account-id": "mine"}, {"x-openclaw-account-id": "all"})
+
+
+def test_a_bad_storage_uri_beside_a_password_file_names_the_uri_alone(tmp_path: Path) -> None:
+    text = f"sidecar:\n  rateLimit: {{storage: 'mongodb://db', storagePasswordFile: {tmp_path / 'pw'}}}\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    assert list(problems_of(exc)) == ["sidecar.rateLimit.storage"]
+
+
+def test_an_audit_log_the_process_may_not_write_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root every mode bit is writable, so the permission check is what is replaced here."""
+    denied = tmp_path / "ro"
+    denied.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == denied else real_access(path, mode))
+    with pytest.raises(ConfigError) as failed:
+        load_config(write(tmp_path, "c.json", json.dumps({"sidecar": {"auditLog": str(denied / "a.log")}})), environ={})
+    assert "is not writable" in problems_of(failed)["sidecar.auditLog"]
+
+
+def test_disabled_hooks_may_keep_the_root_path(tmp_path: Path) -> None:
+    """The gateway's resolveHooksConfig returns before its `/` check when hooks are off."""
+    config = load_with_gateway_file(tmp_path, "{hooks: {enabled: false, path: '/'}}", {})
+    assert "hooks.enabled" in config.rules.switched_off
+
+
+def test_a_listener_url_brackets_an_ipv6_host() -> None:
+    assert (http_url("::1", 80), http_url("127.0.0.1", 80)) == ("http://[::1]:80", "http://127.0.0.1:80")
+
+
+@pytest.mark.parametrize("written", [
+    "{source: 'exec', provider: 'vault', id: 'GW_TOKEN'}",  # the gateway runs the provider, not reads GW_TOKEN
+    "{source: 'env', provider: 'other', id: 'GW_TOKEN'}",  # an env provider of its own, with its own allowlist
+])
+def test_a_secret_ref_of_another_provider_is_not_read_from_the_environment(tmp_path: Path, written: str) -> None:
+    config = load_with_gateway_file(tmp_path, f"{{gateway: {{auth: {{token: {written}}}}}}}", {"GW_TOKEN": "not-the-token"})
+    assert config.secrets.token is None
+
+
+def test_an_env_reference_to_an_empty_variable_says_why_no_token_resolved(tmp_path: Path) -> None:
+    config = load_with_gateway_file(tmp_path, "{gateway: {auth: {token: '$GW_TOKEN'}}}", {"GW_TOKEN": ""})
+    (problem,) = config.secrets.problems
+    assert problem.endswith("the unset variable 'GW_TOKEN'"), problem
+
+
+@pytest.mark.parametrize("control", ["\x1f", "\x7f"])
+def test_a_control_character_in_the_environments_token_is_refused_naming_the_variable(tmp_path: Path, control: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, environ={"OPENCLAW_GATEWAY_TOKEN": f"to{control}ken"})
+    assert list(problems_of(exc)) == ["OPENCLAW_GATEWAY_TOKEN"]
+
+
+def test_the_upstream_tokens_inline_value_beats_its_file(tmp_path: Path) -> None:
+    up = write(tmp_path, "up", "UPFILE\n")
+    text = f"sidecar:\n  upstreamAuth: {{token: UPINLINE, tokenFile: '{up}'}}\ngateway:\n  auth: {{token: T}}\n"
+    assert load_config(write(tmp_path, "c.yaml", text), environ={}).secrets.upstream_credential == "UPINLINE"
+
+
+@pytest.mark.parametrize("auth, environ", [
+    ("{mode: trusted-proxy, password: P, trustedProxy: {userHeader: x-user}}", {}),
+    ("{mode: none}", {"OPENCLAW_GATEWAY_PASSWORD": "P"}),
+])
+def test_no_shared_secret_goes_upstream_in_a_mode_without_one(tmp_path: Path, auth: str, environ: dict[str, str]) -> None:
+    text = f"gateway:\n  auth: {auth}\n  trustedProxies: [198.51.100.5]\n"
+    secrets = load_config(write(tmp_path, "c.yaml", text), environ=environ).secrets
+    assert (secrets.password, secrets.upstream_credential, secrets.upstream_kind) == ("P", None, None)
+
+
+def test_previous_secrets_come_from_their_own_files_and_blank_ones_are_dropped(tmp_path: Path) -> None:
+    old_token, old_password = write(tmp_path, "t", "OLD-T\n"), write(tmp_path, "p", "OLD-P\n")
+    text = (f"sidecar:\n  auth: {{previousTokens: ['', undefined], previousTokenFiles: ['{old_token}'],"
+            f" previousPasswordFiles: ['{old_password}']}}\ngateway:\n  auth: {{token: T}}\n")
+    secrets = load_config(write(tmp_path, "c.yaml", text), environ={}).secrets
+    assert (secrets.previous_tokens, secrets.previous_passwords) == (("OLD-T",), ("OLD-P",))
+
+
 @pytest.mark.parametrize("setting, content, key", [
     ("previousTokenFiles", None, "sidecar.auth.previousTokenFiles[1]"),
     ("previousPasswordFiles", None, "sidecar.auth.previousPasswordFiles[1]"),
@@ -951,3 +1080,46 @@ def test_a_previous_secret_file_that_cannot_be_used_names_its_own_key(tmp_path: 
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, "c.yaml", text), environ={})
     assert list(problems_of(exc)) == [key]
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.json5"])
+def test_a_json_file_is_never_read_as_yaml(tmp_path: Path, name: str) -> None:
+    """The gateway reads its file as JSON5 alone: a YAML one it fails on must not give the sidecar rules."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, name, "gateway:\n  auth: {token: T}\n"), environ={})
+    assert list(problems_of(exc)) == ["config"]
+
+
+def test_a_yaml_error_says_where(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "c.yaml", "sidecar:\n  listen: [1, 2\n"), environ={})
+    assert "line 3, column 1" in problems_of(exc)["config"]
+
+
+@pytest.mark.parametrize("environ, unknown", [
+    ({"OPENCLAW_SIDECAR_TIMEOUTS__BOGUS": "1", "OPENCLAW_SIDECAR_TIMEOUTS__HEAD_READ_SECONDS": "1"}, ["OPENCLAW_SIDECAR_TIMEOUTS__BOGUS"]),
+    ({"openclaw_sidecar_bogus": "1", "openclaw_sidecar_listen": "127.0.0.1:1"}, ["openclaw_sidecar_bogus"]),  # read in any case
+    ({"OPENCLAW_SIDECAR_LISTEN__PORT": "1"}, ["OPENCLAW_SIDECAR_LISTEN__PORT"]),
+])
+def test_a_variable_that_names_no_setting_is_reported(environ: dict[str, str], unknown: list[str]) -> None:
+    assert unknown_environment(environ) == unknown
+
+
+def test_an_absolute_gateway_config_path_is_kept(tmp_path: Path) -> None:
+    write(tmp_path, "openclaw.json", "{}")
+    settings = load_config(None, {"openclaw_config": str(tmp_path / "openclaw.json")}, environ={}).sidecar
+    assert openclaw_config_path(tmp_path / "sub" / "c.yaml", settings) == tmp_path / "openclaw.json"
+    assert openclaw_config_path(Path("/etc/sidecar/c.yaml"), settings.model_copy(update={"openclaw_config": Path("o.json")})) == Path("/etc/sidecar/o.json")
+
+
+def test_check_config_spells_setting_names_as_files_do_and_data_as_written(tmp_path: Path) -> None:
+    text = "sidecar:\n  contextHeaders: {pinned: {ops_team: {x-openclaw-account-id: a}}}\ngateway:\n  auth: {token: T}\n"
+    view = camel_keys(redacted_view(load_config(write(tmp_path, "c.yaml", text), environ={})))
+    assert view["sidecar"]["contextHeaders"]["pinned"] == {"ops_team": {"x-openclaw-account-id": "a"}}
+    assert view["sidecar"]["rateLimit"]["maxEntries"] == 10_000
+
+
+def test_identity_headers_are_gathered_from_both_files_as_the_gateway_reads_its_own(tmp_path: Path) -> None:
+    gateway = write(tmp_path, "openclaw.json5", "{env: {vars: {USER_HEADER: 'X-Gw-User'}}, gateway: {auth: {trustedProxy: {userHeader: '${USER_HEADER}'}}}}")
+    own = write(tmp_path, "c.yaml", "sidecar:\n  upstreamAuth: {userHeader: X-Up-User}\ngateway:\n  auth: {trustedProxy: {userHeader: x-own-user}}\n")
+    assert identity_header_names(own, gateway, environ={}) == {"x-gw-user", "x-up-user", "x-own-user"}

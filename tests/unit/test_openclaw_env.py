@@ -96,7 +96,8 @@ def credential_values() -> list[object]:
     """Credentials written as strings around `$NAME` and `${NAME}`, and as objects, with the
     spaces, marks and keys the two languages read differently."""
     edges = ["", " ", "\ufeff", "\u00a0", "\u0085", "\u200b", "\u3000", "\n"]
-    bodies = ["$GW_TOKEN", "${GW_TOKEN}", "$gw", "$$GW", "${GW", "GW", "$GW-X", "$_GW"]
+    bodies = ["$GW_TOKEN", "${GW_TOKEN}", "$gw", "$$GW", "${GW", "GW", "$GW-X", "$_GW",
+              "$" + "G" * 128, "${" + "G" * 128 + "}", "$" + "G" * 129, "${" + "G" * 129 + "}"]  # 128 characters at most
     texts: list[object] = [pre + body + post for pre in edges for body in bodies for post in edges]
     ids = ["GW", " GW ", "\ufeffGW", "", " ", "\ufeff", 5, None]
     providers = [{}, {"provider": "default"}, {"provider": "vault"}, {"provider": " "}, {"provider": "\ufeff"},

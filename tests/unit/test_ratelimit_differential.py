@@ -175,3 +175,12 @@ async def test_no_attempts_allowed_never_lets_through_what_the_gateway_refuses(e
     assert laxer == [], f"{len(laxer)} of {len(pairs)} checks let through (sidecar, gateway): {laxer[:5]}"
     assert sum(1 for mine, theirs in pairs if mine == theirs) >= 0.95 * len(pairs)
     assert sum(1 for _, theirs in pairs if not theirs[0]) >= 500
+
+
+def test_durations_are_read_as_the_gateways_timer_clamps_them() -> None:
+    """resolveTimerTimeoutMs(value, default, 0): floored, from 0 to its timer ceiling (2147e6, not 2**31 - 1)."""
+    values = [-5, 0, 1.5, 2_146_999_999.9, 2_147_000_000, 2_147_000_001, 2_147_483_647, 1e12, 1e300]
+    theirs = call_gateway(["number-coercion-:resolveTimerTimeoutMs"],
+                          "answer(input.map((value) => gateway.resolveTimerTimeoutMs(value, 60000, 0)));", values)
+    assert [AuthRateLimitConfig(windowMs=value).window_ms for value in values] == theirs
+    assert [AuthRateLimitConfig(lockoutMs=value).lockout_ms for value in values] == theirs

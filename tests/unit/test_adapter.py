@@ -835,3 +835,682 @@ async def test_a_request_answered_at_its_head_is_killed_when_its_body_hook_runs(
     assert flow.killable
     await guard.request(flow)
     assert not flow.killable and flow.error is not None and flow.response is None
+
+
+# ---- edges a mutation sweep of the adapter found unpinned ----------------------------------------
+
+
+def test_an_absolute_form_target_is_judged_with_the_scheme_it_was_sent_with() -> None:
+    flow = make_flow(authority="gw.example", path="/v1/models")
+    flow.request.data.scheme = b"https"
+    assert tools_invoke.raw_target(flow.request) == "https://gw.example/v1/models"
+
+
+async def test_a_lower_case_method_is_judged_as_sent_not_as_mitmproxy_upper_cases_it(guard: ToolsInvokeGuard) -> None:
+    """Node answers `post` with 400; mitmproxy's `.method` would have made it a POST the sidecar admits."""
+    flow = make_flow(method="post", headers=[AUTH], body=BODY)
+    assert view_of(flow).method == "post"
+    await run(guard, flow)
+    assert flow.response is not None and flow.response.status_code == 400
+    assert tools_invoke.FORWARDED not in flow.metadata
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"content-type", b"application/json"), (b"content-length", b"12x")],  # no length mitmproxy can trust
+    [(b"content-type", b"Text/Event-Stream"), (b"content-length", b"9")],  # media types are case-insensitive
+])
+def test_answers_whose_end_is_not_known_by_their_head_are_relayed_as_they_arrive(headers: list[tuple[bytes, bytes]]) -> None:
+    assert tools_invoke.relayed_as_it_arrives(_streaming_answer(200, headers)) is True
+
+
+def test_the_connection_cap_keeps_descriptors_spare_whatever_is_configured() -> None:
+    assert tools_invoke.connection_cap(None, 1024) == (1024 - 256) // 2
+    assert tools_invoke.connection_cap(10_000, 1024) == (1024 - 256) // 2
+    assert tools_invoke.connection_cap(10, 1024) == 10
+    assert tools_invoke.connection_cap(None, 100) == 16
+
+
+@pytest.fixture
+async def client_socket(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    """compat.client_writer answers with a real socket's writer; yields the client's end."""
+    import socket
+
+    ours, peer = socket.socketpair()
+    transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), ours)
+    writer = asyncio.StreamWriter(transport, protocol, None, asyncio.get_running_loop())
+    monkeypatch.setattr(compat, "client_writer", lambda client: None if writer.is_closing() else writer)
+    peer.settimeout(2)
+    yield peer
+    transport.abort()
+    peer.close()
+
+
+def read_all(peer: Any) -> bytes:
+    data = b""
+    while chunk := peer.recv(65536):
+        data += chunk
+    return data
+
+
+async def test_an_answer_written_directly_is_the_connections_last_word(guard: ToolsInvokeGuard, client_socket: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One answer, `Connection: close`, then EOF; mitmproxy can no longer write to it (its error
+    page, its `100 Continue` for an Expect it would still see)."""
+    from mitmproxy.connection import ConnectionState
+
+    monkeypatch.setattr(tools_invoke, "LINGER_SECONDS", 30)  # the EOF comes before the linger's close
+    flow = make_flow(headers=[("Expect", "100-continue")], body=BODY)
+    assert answer_directly(flow, envelopes.unauthorized()) is True
+    assert answer_directly(flow, envelopes.internal_error()) is True  # answered already: nothing more is written
+    assert "expect" not in flow.request.headers
+    assert not flow.client_conn.state & ConnectionState.CAN_WRITE
+    assert flow.metadata[tools_invoke.ANSWERED] == 401
+    await asyncio.sleep(0.05)
+    data = read_all(client_socket)  # ends: our EOF
+    assert data.count(b"HTTP/1.1 ") == 1 and data.startswith(b"HTTP/1.1 401 ")
+    assert b"\r\nConnection: close\r\n" in data
+    assert data.endswith(envelopes.unauthorized().body)
+
+
+async def test_a_slow_reader_is_checked_again_each_linger_until_it_stops_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tools_invoke, "LINGER_SECONDS", 0.01)
+    slow = FakeTransport(100_000)
+    tools_invoke._drop_if_unread(slow, 100_000 + 2 * tools_invoke.MIN_DRAIN_BYTES)  # type: ignore[arg-type]  # it read enough
+    assert not slow.aborted
+    await asyncio.sleep(0.1)  # and then nothing more: the next check drops the rest
+    assert slow.aborted
+
+
+async def test_an_answered_exchange_leaves_nothing_in_flight(guard: ToolsInvokeGuard) -> None:
+    """A drain waits while anything is in flight: an exchange left there kept it waiting to its deadline."""
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    assert flow.client_conn.id in guard._in_flight
+    flow.response = tutils.tresp(status_code=200, content=b'{"ok":true}')
+    guard.response(flow)
+    assert guard._in_flight == {}
+
+
+async def test_a_stop_audits_only_the_calls_already_forwarded(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar import audit
+
+    entries: list[audit.AuditEntry] = []
+    monkeypatch.setattr(audit, "record", entries.append)
+    forwarded = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    arriving = make_flow(headers=[AUTH, ("Content-Length", "100")])
+    await guard.requestheaders(arriving)  # its body is still on its way: it reached no one
+    assert guard.abandon_in_flight() == 1
+    (entry,) = entries
+    assert (entry.request_id, entry.decision, entry.outcome) == (forwarded.id, "forwarded", "shutdown")
+
+
+async def test_a_drain_waits_for_open_websockets_too(guard: ToolsInvokeGuard) -> None:
+    guard._websockets["ws"] = make_flow()
+    assert await asyncio.wait_for(guard.wait_idle(0.2), 2) is False
+    del guard._websockets["ws"]
+    assert await guard.wait_idle(1) is True
+
+
+async def test_a_drain_closes_websockets_going_away_and_spares_connections_still_in_use(
+        guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open WebSockets get 1001; their connections, and one whose next head has begun, are not cut."""
+    closed: list[tuple[str, int]] = []
+    monkeypatch.setattr(tools_invoke, "close_websocket", lambda flow, code, reason, answer=None: closed.append((flow.id, code)))
+    socket_flow = make_flow()
+    idle, relaying, begun = FakeTransport(), FakeTransport(), FakeTransport()
+    begun_client = make_flow().client_conn
+    guard._clients = {"idle": tools_invoke.OpenClient(make_flow().client_conn, None, idle),  # type: ignore[arg-type]
+                      socket_flow.client_conn.id: tools_invoke.OpenClient(socket_flow.client_conn, None, relaying),  # type: ignore[arg-type]
+                      "begun": tools_invoke.OpenClient(begun_client, None, begun)}  # type: ignore[arg-type]
+    guard._websockets[socket_flow.id] = socket_flow
+    monkeypatch.setattr(compat, "head_begun", lambda client: client is begun_client)
+    guard.begin_drain()
+    assert closed == [(socket_flow.id, 1001)]
+    assert (idle.closed, relaying.closed, begun.closed) == (True, False, False)
+
+
+async def test_a_reload_does_not_close_again_a_websocket_already_closing(guard: ToolsInvokeGuard, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[str] = []
+    monkeypatch.setattr(tools_invoke, "close_websocket", lambda flow, code, reason, answer=None: closed.append(flow.id))
+    closing, open_ = make_flow(), make_flow()
+    closing.metadata["openclaw_sidecar.ws_closing"] = True
+    guard._websockets = {closing.id: closing, open_.id: open_}
+    changed = {**BASE_CONFIG, "sidecar": {**BASE_CONFIG["sidecar"], "scopeCeilings": {"default": ["operator.read"]}}}
+    reloaded = build_runtime(load_config(write_config(tmp_path / "changed.yaml", changed), environ={}))
+    guard.use_runtime(reloaded)
+    assert closed == [open_.id]
+    await reloaded.aclose()
+
+
+async def test_running_applies_the_proxy_options_the_guard_depends_on(runtime: Runtime) -> None:
+    from mitmproxy.addons.onboarding import Onboarding
+    from mitmproxy.addons.proxyserver import Proxyserver
+
+    addon = ToolsInvokeGuard(runtime)
+    with taddons.context(Proxyserver(), Onboarding(), addon, loadcore=False) as tctx:
+        tctx.options.update(connection_strategy="eager", keep_host_header=False, rawtcp=True, onboarding=True)
+        addon.running()
+        options = tctx.options
+        assert (options.connection_strategy, options.keep_host_header, options.rawtcp, options.onboarding) == ("lazy", True, False, False)
+        assert options.body_size_limit == str(2 * 1024 * 1024)
+        addon.done()
+
+
+def armed(deadlines: Any, key: str) -> bool:
+    return any(key in queue for queue in deadlines._by_duration.values())
+
+
+def new_client(peer: str) -> Any:
+    client = tflow.tclient_conn()
+    client.peername = (peer, 40_000)
+    return client
+
+
+async def test_a_client_over_its_share_of_the_cap_is_closed_at_accept(guard: ToolsInvokeGuard) -> None:
+    guard._connection_shares.per_client = 1
+    first, second, other = new_client(CLIENT), new_client(CLIENT), new_client("203.0.113.8")
+    for client in (first, second, other):
+        guard.client_connected(client)
+    assert (first.error, second.error, other.error) == (None, "per-client connection limit reached", None)
+    assert armed(guard._evictable, first.id)  # its head deadline runs from the accept
+    guard.client_disconnected(first)  # its share goes with it
+    again = new_client(CLIENT)
+    guard.client_connected(again)
+    assert again.error is None
+
+
+async def test_a_connection_refused_at_a_full_cap_spends_none_of_its_clients_share(guard: ToolsInvokeGuard) -> None:
+    guard._max_connections, guard._connection_shares.per_client = 1, 1
+    busy, refused = new_client(CLIENT), new_client("203.0.113.8")
+    guard.client_connected(busy)
+    guard._evictable.cancel(busy.id)  # it holds admitted work: no room to make
+    guard.client_connected(refused)
+    assert refused.error == "connection limit reached"
+    guard.client_disconnected(busy)
+    later = new_client("203.0.113.8")
+    guard.client_connected(later)
+    assert later.error is None
+
+
+async def test_connections_made_room_with_no_longer_count_against_the_cap(guard: ToolsInvokeGuard) -> None:
+    guard._max_connections = 1
+    stranger, newcomer, another = new_client(CLIENT), new_client("203.0.113.8"), new_client("203.0.113.9")
+    guard.client_connected(stranger)
+    guard.client_connected(newcomer)  # the stranger is answered to make room
+    assert newcomer.error is None and guard._leaving == {stranger.id}
+    guard._evictable.cancel(newcomer.id)
+    guard.client_connected(another)  # the newcomer holds work, the stranger is leaving already
+    assert another.error == "connection limit reached"
+
+
+async def test_room_is_made_with_the_nearest_deadline_not_already_leaving(guard: ToolsInvokeGuard) -> None:
+    fired: list[str] = []
+    for name in ("leaving", "next"):
+        guard._clients[name] = tools_invoke.OpenClient(new_client(CLIENT), None, None)
+        guard._evictable.arm(name, 5, lambda name=name: fired.append(name))
+    guard._leaving.add("leaving")
+    assert guard._make_room() is True
+    assert fired == ["leaving", "next"] and guard._leaving == {"leaving", "next"}
+
+
+async def test_connections_lingering_past_the_slack_are_dropped_oldest_first(guard: ToolsInvokeGuard,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tools_invoke, "EVICTION_SLACK", 1)
+    transports = {name: FakeTransport() for name in ("old", "new")}
+    for name, transport in transports.items():
+        guard._clients[name] = tools_invoke.OpenClient(new_client(CLIENT), None, transport)  # type: ignore[arg-type]
+        guard._evictable.arm(name, 5, lambda: None)
+        assert guard._make_room() is True
+    assert (transports["old"].aborted, transports["new"].aborted) == (True, False)
+    assert list(guard._lingering) == ["new"]
+
+
+async def test_a_disconnected_client_lets_go_of_its_socket_and_everything_it_held(guard: ToolsInvokeGuard,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = FakeTransport()
+    monkeypatch.setattr(compat, "client_transport", lambda client: transport)
+    flow = make_flow(headers=[AUTH, ("Content-Length", "100")])
+    guard.client_connected(flow.client_conn)
+    await guard.requestheaders(flow)  # its body never comes
+    assert flow.client_conn.id in guard._in_flight
+    guard.client_disconnected(flow.client_conn)
+    assert transport.closed and guard._in_flight == {} and guard._clients == {}
+
+
+async def test_after_an_authenticated_call_the_connection_waits_as_a_caller_and_its_upstream_is_closed_when_idle(
+        guard: ToolsInvokeGuard) -> None:
+    """An idle caller is made room with only when no stranger is left (_make_room)."""
+    flow = make_flow(headers=[AUTH], body=BODY)
+    guard.client_connected(flow.client_conn)
+    await run(guard, flow)
+    flow.response = tutils.tresp(status_code=200, content=b'{"ok":true}')
+    guard.response(flow)
+    client = flow.client_conn.id
+    assert armed(guard._idle_callers, client) and not armed(guard._evictable, client)
+    assert armed(guard._idle_upstreams, client)
+    refused = make_flow(method="GET")
+    guard.client_connected(refused.client_conn)
+    await guard.requestheaders(refused)
+    guard.response(refused)
+    assert armed(guard._evictable, refused.client_conn.id) and not armed(guard._idle_callers, refused.client_conn.id)
+
+
+async def test_a_new_connection_that_sent_nothing_is_closed_at_once_with_its_408(guard: ToolsInvokeGuard, client_socket: Any,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No linger: a flood of silent connections made room only as fast as their lingers ended."""
+    monkeypatch.setattr(compat, "head_begun", lambda client: False)
+    client = new_client(CLIENT)
+    writer = compat.client_writer(client)
+    guard._head_deadline_passed(client, answered=False)
+    assert writer is not None and writer.transport.is_closing()
+    assert read_all(client_socket).startswith(b"HTTP/1.1 408 ")
+
+
+async def test_a_head_stops_its_deadline_and_a_body_that_arrives_stops_its_own(guard: ToolsInvokeGuard) -> None:
+    flow = make_flow(headers=[AUTH, ("Content-Length", str(len(BODY)))])
+    guard.client_connected(flow.client_conn)
+    await guard.requestheaders(flow)
+    assert not armed(guard._evictable, flow.client_conn.id)
+    assert armed(guard._timers, flow.id)  # the body's deadline
+    guard._evictable.arm(flow.client_conn.id, 5, lambda: None)
+    flow.request.content = BODY
+    await guard.request(flow)
+    assert not armed(guard._evictable, flow.client_conn.id)
+    assert armed(guard._timers, flow.id)  # now the upstream's
+
+
+async def test_a_reload_voids_a_body_verdict_reached_under_the_old_rules(guard: ToolsInvokeGuard, body_arrived: Callable[[bytes], None],
+                                                                         tmp_path: Path) -> None:
+    """The body judged with its head is judged again too: the new rules deny its tool."""
+    body_arrived(BODY)
+    flow = make_flow(headers=[AUTH], body=BODY)
+    await guard.requestheaders(flow)
+    assert tools_invoke.JUDGED_BODY in flow.metadata
+    denied = {**BASE_CONFIG, "gateway": {**BASE_CONFIG["gateway"], "tools": {"deny": ["agents_list"]}}}
+    reloaded = build_runtime(load_config(write_config(tmp_path / "denied.yaml", denied), environ={}))
+    guard.use_runtime(reloaded)
+    await guard.request(flow)
+    assert flow.response is not None and flow.response.status_code == 404
+    assert tools_invoke.FORWARDED not in flow.metadata
+    await reloaded.aclose()
+
+
+async def test_answers_during_a_drain_close_their_connection(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    guard.draining = True
+    flow.response = tutils.tresp(status_code=200, content=b'{"ok":true}')
+    guard.response(flow)
+    assert flow.response.headers["Connection"] == "close"
+
+
+async def test_a_forwarded_call_is_audited_once_when_the_upstream_answers(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitmproxy.flow import Error
+    from sidecar import audit
+
+    entries: list[audit.AuditEntry] = []
+    monkeypatch.setattr(audit, "record", entries.append)
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    flow.response = tutils.tresp(status_code=200, content=b'{"ok":true}')
+    guard.response(flow)
+    flow.error = Error("client disconnected")  # then the client left
+    guard.error(flow)
+    (entry,) = entries
+    assert (entry.decision, entry.status, entry.upstream_status, entry.tool, entry.outcome) == ("forwarded", 200, 200, "agents_list", None)
+    assert (entry.target, entry.method, entry.client, entry.auth) == ("/tools/invoke", "POST", CLIENT, "token")
+
+
+@pytest.fixture
+def audited(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    from sidecar import audit
+
+    entries: list[audit.AuditEntry] = []
+    monkeypatch.setattr(audit, "record", entries.append)
+    return entries
+
+
+@pytest.mark.parametrize("message, status, reason", [
+    ("Connection timed out", 504, "upstream_timeout"),
+    ("TcpTimeout: read timeout", 504, "upstream_timeout"),
+    ("[Errno 111] Connect call failed", 502, "upstream_unreachable"),
+])
+async def test_an_upstream_that_never_answered_gets_the_gateways_json_and_the_call_is_audited(
+        guard: ToolsInvokeGuard, client_socket: Any, audited: list[Any], message: str, status: int, reason: str) -> None:
+    from mitmproxy.flow import Error
+
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    flow.error = Error(message)
+    guard.error(flow)
+    assert client_socket.recv(4096).startswith(f"HTTP/1.1 {status} ".encode())
+    (entry,) = audited
+    assert (entry.decision, entry.reason, entry.status, entry.upstream_status, entry.outcome) == ("forwarded", reason, status, None, reason)
+
+
+async def test_an_upstream_failure_nobody_can_be_told_of_is_audited_as_the_client_gone(guard: ToolsInvokeGuard, audited: list[Any]) -> None:
+    from mitmproxy.flow import Error
+
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))  # no client socket to write to
+    flow.error = Error("[Errno 111] Connect call failed")
+    guard.error(flow)
+    (entry,) = audited
+    assert (entry.status, entry.outcome) == (None, "client_gone")
+
+
+async def test_an_answer_that_broke_off_before_any_of_it_was_relayed_gets_our_502(
+        guard: ToolsInvokeGuard, client_socket: Any, audited: list[Any]) -> None:
+    from mitmproxy.flow import Error
+
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    flow.response = tutils.tresp(status_code=200, content=b"")
+    flow.error = Error("peer closed connection")
+    guard.error(flow)
+    assert client_socket.recv(4096).startswith(b"HTTP/1.1 502 ")
+    (entry,) = audited
+    assert (entry.status, entry.upstream_status, entry.outcome) == (502, 200, "upstream_failed")
+
+
+async def test_a_streamed_answer_that_broke_off_gets_nothing_written_after_its_head(
+        guard: ToolsInvokeGuard, client_socket: Any, audited: list[Any]) -> None:
+    """Its head went to the client already: a 502 now would be read as part of its body."""
+    from mitmproxy.flow import Error
+
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    flow.response = tutils.tresp(status_code=200, content=b"")
+    flow.response.stream = True
+    flow.error = Error("peer closed connection")
+    guard.error(flow)
+    assert tools_invoke.ANSWERED not in flow.metadata
+    client_socket.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client_socket.recv(4096)
+    (entry,) = audited
+    assert (entry.status, entry.outcome) == (200, "upstream_failed")
+
+
+async def test_a_body_over_the_limit_is_refused_with_the_gateways_413_and_audited(
+        guard: ToolsInvokeGuard, client_socket: Any, audited: list[Any]) -> None:
+    from mitmproxy.flow import Error
+
+    flow = make_flow(headers=[AUTH, ("Content-Length", "2000000")])
+    await guard.requestheaders(flow)
+    flow.error = Error("Request body exceeds mitmproxy's body_size_limit.")
+    guard.error(flow)
+    assert client_socket.recv(4096).startswith(b"HTTP/1.1 413 ")
+    (entry,) = audited
+    assert (entry.decision, entry.reason, entry.status) == ("refused", "payload_too_large", 413)
+    guard.error(flow)  # mitmproxy reports it again: answered already, nothing more is said
+    assert len(audited) == 1
+
+
+async def test_a_request_answered_at_its_head_that_then_errs_is_not_audited_twice(guard: ToolsInvokeGuard, client_socket: Any,
+                                                                                    audited: list[Any]) -> None:
+    from mitmproxy.flow import Error
+
+    flow = make_flow(headers=[AUTH, ("Content-Length", "2000000")])
+    await guard.requestheaders(flow)
+    answer_directly(flow, envelopes.payload_too_large())
+    flow.error = Error("Request body exceeds mitmproxy's body_size_limit.")
+    guard.error(flow)
+    assert audited == []
+
+
+def capture_timers(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[[], None]]:
+    actions: dict[str, Callable[[], None]] = {}
+    monkeypatch.setattr(guard._timers, "arm", lambda key, seconds, action: actions.__setitem__(key, action))
+    return actions
+
+
+async def test_the_upstream_deadline_answers_504_only_while_no_answer_came(
+        guard: ToolsInvokeGuard, client_socket: Any, audited: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    actions = capture_timers(guard, monkeypatch)
+    answered = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    answered.response = tutils.tresp(status_code=200, content=None)  # its head came; the body is streaming
+    actions[answered.id]()
+    assert tools_invoke.ANSWERED not in answered.metadata and audited == []
+    silent = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    actions[silent.id]()
+    assert client_socket.recv(4096).startswith(b"HTTP/1.1 504 ")
+    (entry,) = audited
+    assert (entry.request_id, entry.status, entry.outcome) == (silent.id, 504, "upstream_timeout")
+
+
+async def test_the_upstream_deadline_ends_with_the_upstreams_answer_head(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    assert armed(guard._timers, flow.id)
+    flow.response = tutils.tresp(status_code=200, content=b'{"ok":true}')
+    guard.responseheaders(flow)
+    assert not armed(guard._timers, flow.id)
+
+
+async def test_a_deadline_action_that_answered_nothing_is_not_audited(guard: ToolsInvokeGuard, audited: list[Any]) -> None:
+    flow = make_flow()
+    guard._audited(flow, lambda: False, Reason.BODY_TIMEOUT)()
+    assert audited == []
+
+
+async def test_a_rewritten_chunked_body_is_not_given_a_content_length(guard: ToolsInvokeGuard) -> None:
+    """Both framings on one request: the upstream would read it one way, a proxy in between the other."""
+    flow = await run(guard, make_flow(headers=[AUTH, ("Transfer-Encoding", "chunked")], body=b'{"name":"agents_list","tool":"exec"}'))
+    assert flow.response is None and flow.request.raw_content == b'{"name":"agents_list","tool":"agents_list"}'
+    assert "content-length" not in flow.request.headers
+
+
+async def test_only_an_authenticated_call_ends_a_clients_refusal_streak(guard: ToolsInvokeGuard, runtime: Runtime) -> None:
+    pacer = runtime.refusal_pacer
+    pacer._streaks[CLIENT] = (5, 0.0)
+    public = await run(guard, make_flow(method="GET", path="/healthz"))
+    assert public.response is None and tools_invoke.FORWARDED in public.metadata
+    assert CLIENT in pacer._streaks
+    await run(guard, make_flow(headers=[AUTH], body=BODY))
+    assert CLIENT not in pacer._streaks
+
+
+async def test_a_refused_head_whose_body_is_still_coming_is_answered_now_and_its_body_dropped(
+        guard: ToolsInvokeGuard, client_socket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    dropped: list[bool] = []
+    monkeypatch.setattr(compat, "drop_request_body", lambda client, dropped_=True, **kw: dropped.append(kw.get("dropped", dropped_)))
+    flow = make_flow(headers=[("Content-Length", "100")])
+    await guard.requestheaders(flow)
+    assert dropped == [True] and flow.response is None
+    assert client_socket.recv(4096).startswith(b"HTTP/1.1 401 ")
+
+
+async def test_a_refused_head_that_cannot_be_answered_now_waits_for_its_body(guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    dropped: list[bool] = []
+    monkeypatch.setattr(compat, "drop_request_body", lambda client, dropped_=True, **kw: dropped.append(kw.get("dropped", dropped_)))
+    flow = make_flow(headers=[("Content-Length", "100")])
+    await guard.requestheaders(flow)
+    assert dropped == [True, False]
+    assert_answer(flow, envelopes.unauthorized())
+
+
+async def test_a_refusal_is_held_as_long_as_its_pace_says(guard: ToolsInvokeGuard, runtime: Runtime,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+
+    async def paced(flow: http.HTTPFlow, delay: float) -> bool:
+        delays.append(delay)
+        return False
+
+    monkeypatch.setattr(runtime.refusal_pacer, "refused", lambda client: 0.75)
+    monkeypatch.setattr(guard, "_paced", paced)
+    flow = await run(guard, make_flow(method="GET"))
+    assert delays == [0.75]
+    assert_answer(flow, envelopes.method_not_allowed("POST"))
+
+
+async def test_a_paced_refusal_made_room_with_is_answered_on_its_socket_and_killed(
+        guard: ToolsInvokeGuard, runtime: Runtime, client_socket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def made_room(flow: http.HTTPFlow, delay: float) -> bool:
+        return True
+
+    monkeypatch.setattr(runtime.refusal_pacer, "refused", lambda client: 0.75)
+    monkeypatch.setattr(guard, "_paced", made_room)
+    flow = make_flow(headers=[("Authorization", "Bearer wrong")], body=BODY)
+    await guard.requestheaders(flow)
+    assert flow.response is None and not flow.live and flow.error is not None
+    assert client_socket.recv(4096).startswith(b"HTTP/1.1 401 ")
+
+
+CONNECT = {"type": "req", "id": "c1", "method": "connect", "params": {
+    "role": "operator", "scopes": ["operator.read"], "client": {"mode": "cli"}, "auth": {"token": "ignored"}}}
+
+
+async def upgraded(guard: ToolsInvokeGuard, headers: list[tuple[str | bytes, str | bytes]] = WS_UPGRADE, **kwargs: Any) -> http.HTTPFlow:
+    """A flow the guard admitted (or not) whose upstream then answered 101; not started yet."""
+    request = await run(guard, make_flow(method="GET", path="/", headers=headers, **kwargs))
+    flow = tflow.twebsocketflow()
+    flow.metadata.update({k: request.metadata[k] for k in (ADMITTED, ADMITTED_BY) if k in request.metadata})
+    flow.websocket.messages.clear()
+    guard._clients[flow.client_conn.id] = tools_invoke.OpenClient(flow.client_conn, None, None)
+    return flow
+
+
+@pytest.fixture
+def ws_closed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    closed: list[tuple[int, str]] = []
+
+    def close(flow: http.HTTPFlow, code: int, reason: str, answer: bytes | None = None) -> bool:
+        flow.metadata["openclaw_sidecar.ws_closing"] = True
+        closed.append((code, reason))
+        return True
+
+    monkeypatch.setattr(tools_invoke, "close_websocket", close)
+    return closed
+
+
+async def test_a_101_to_a_request_admitted_as_no_upgrade_is_closed_as_a_protocol_error(
+        guard: ToolsInvokeGuard, ws_closed: list[tuple[int, str]]) -> None:
+    flow = await upgraded(guard, headers=[AUTH], body=BODY)  # an ordinary call the upstream answered with 101
+    assert isinstance(flow.metadata[ADMITTED], Admitted)
+    guard.websocket_start(flow)
+    assert ws_closed == [(1002, "protocol error")]
+
+
+async def test_a_websocket_opened_during_a_drain_is_closed_going_away(guard: ToolsInvokeGuard, ws_closed: list[tuple[int, str]]) -> None:
+    flow = await upgraded(guard)
+    guard.draining = True
+    guard.websocket_start(flow)
+    assert ws_closed == [(1001, "going away")]
+
+
+async def test_an_rpc_session_that_cannot_be_built_is_closed_and_relays_nothing(
+        guard: ToolsInvokeGuard, ws_closed: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard.runtime.pipeline, "rpc_session", boom)
+    flow = await upgraded(guard)
+    guard.websocket_start(flow)
+    assert ws_closed == [(1011, "internal error")]
+    message = await client_sends(guard, flow, CONNECT)
+    assert message.dropped
+
+
+async def test_a_session_without_its_judge_relays_no_frame(ws_guard: ToolsInvokeGuard) -> None:
+    flow = await upgraded(ws_guard)
+    ws_guard.websocket_start(flow)
+    del flow.metadata["openclaw_sidecar.rpc"]
+    message = await client_sends(ws_guard, flow, CONNECT)
+    assert message.dropped
+
+
+async def test_the_connect_deadline_runs_until_the_connect_is_accepted_and_the_connect_is_audited(
+        ws_guard: ToolsInvokeGuard, audited: list[Any]) -> None:
+    flow = await upgraded(ws_guard)
+    ws_guard.websocket_start(flow)
+    assert armed(ws_guard._evictable, flow.client_conn.id) and ws_guard._websockets == {flow.id: flow}
+    await client_sends(ws_guard, flow, CONNECT)
+    assert not armed(ws_guard._evictable, flow.client_conn.id)
+    (entry,) = [e for e in audited if e.method == "connect"]
+    assert (entry.decision, entry.scopes) == ("forwarded", ("operator.read",))  # granted, not the upgrade's ceiling
+    ws_guard.websocket_end(flow)
+    assert ws_guard._websockets == {}
+
+
+async def test_frames_after_the_close_began_are_dropped_unjudged(ws_guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = await upgraded(ws_guard)
+    ws_guard.websocket_start(flow)
+    await client_sends(ws_guard, flow, CONNECT)
+    flow.metadata["openclaw_sidecar.ws_closing"] = True
+    message = await client_sends(ws_guard, flow, {"type": "req", "id": "h", "method": "health", "params": {}})
+    assert message.dropped
+
+
+async def test_a_frame_whose_connection_closed_while_it_was_judged_is_dropped(ws_guard: ToolsInvokeGuard,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = await upgraded(ws_guard)
+    ws_guard.websocket_start(flow)
+    session = flow.metadata["openclaw_sidecar.rpc"]
+    judge = session.client_frame
+
+    async def closed_meanwhile(content: bytes) -> Any:
+        verdict = await judge(content)
+        flow.metadata["openclaw_sidecar.ws_closing"] = True  # a reload closed it while the judge waited
+        return verdict
+
+    monkeypatch.setattr(session, "client_frame", closed_meanwhile)
+    message = await client_sends(ws_guard, flow, CONNECT)
+    assert message.dropped
+
+
+async def test_a_message_the_sidecar_injected_is_not_judged_again(ws_guard: ToolsInvokeGuard) -> None:
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    flow = await upgraded(ws_guard)
+    ws_guard.websocket_start(flow)
+    injected = WebSocketMessage(Opcode.TEXT, True, b'{"type":"res","id":"x","ok":false}', injected=True)
+    flow.websocket.messages.append(injected)
+    await ws_guard.websocket_message(flow)
+    assert not injected.dropped
+
+
+async def test_a_websocket_on_mitmproxys_layer_is_closed_with_the_answer_then_the_close_then_eof(
+        client_socket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from addons import ws_relay
+
+    monkeypatch.setattr(ws_relay, "CLOSE_LINGER_SECONDS", 0.01)
+    flow = tflow.twebsocketflow()
+    assert tools_invoke.close_websocket(flow, 1008, "policy", b'{"type":"res"}') is True
+    await asyncio.sleep(0.1)
+    expected = ws_relay.frame(ws_relay.TEXT, b'{"type":"res"}') + ws_relay.frame(ws_relay.CLOSE, ws_relay.close_payload(1008, "policy"))
+    assert read_all(client_socket) == expected  # and then the socket closed
+    assert flow.metadata["openclaw_sidecar.ws_closing"]
+
+
+async def test_sidecar_config_option_opens_the_configured_audit_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar import audit
+
+    opened: list[object] = []
+    monkeypatch.setattr(audit, "configure", opened.append)
+    addon = ToolsInvokeGuard()
+    with taddons.context(addon, loadcore=False) as tctx:
+        config = {**BASE_CONFIG, "sidecar": {**BASE_CONFIG["sidecar"], "auditLog": str(tmp_path / "audit.jsonl")}}
+        tctx.configure(addon, sidecar_config=str(write_config(tmp_path / "sidecar.yaml", config)))
+        assert addon.runtime is not None
+        assert opened == [addon.runtime.config.sidecar.audit_log] and opened[0] is not None
+        await addon.runtime.aclose()
+
+
+async def test_an_rpc_upgrade_counts_against_its_clients_preauth_sockets_until_it_is_no_socket(guard: ToolsInvokeGuard,
+                                                                                                runtime: Runtime) -> None:
+    """The count of unauthenticated RPC sockets goes down when the upgrade got no 101; a 101 keeps it
+    until the connect is accepted."""
+    held = runtime.pipeline.preauth._held
+    socket_flow = await run(guard, make_flow(method="GET", path="/", headers=WS_UPGRADE))
+    assert sum(held.values()) == 1
+    socket_flow.response = tutils.tresp(status_code=101, content=b"")
+    guard.response(socket_flow)
+    assert sum(held.values()) == 1
+    refused = await run(guard, make_flow(method="GET", path="/", headers=WS_UPGRADE))
+    assert sum(held.values()) == 2
+    refused.response = tutils.tresp(status_code=403, content=b"")
+    guard.response(refused)
+    assert sum(held.values()) == 1
+
+
+async def test_a_websocket_message_may_grow_as_the_gateway_lets_it_for_what_was_admitted(guard: ToolsInvokeGuard) -> None:
+    from sidecar import rpc
+
+    upgrade = await run(guard, make_flow(method="GET", path="/", headers=WS_UPGRADE))
+    assert tools_invoke.websocket_message_limit(upgrade) == rpc.PREAUTH_MAX_BYTES
+    other = await run(guard, make_flow(headers=[AUTH], body=BODY))  # admitted, no RPC upgrade
+    assert tools_invoke.websocket_message_limit(other) == rpc.GATEWAY_MAX_MESSAGE_BYTES

@@ -1034,14 +1034,15 @@ async def test_a_connection_refused_at_a_full_cap_spends_none_of_its_clients_sha
 
 
 async def test_connections_made_room_with_no_longer_count_against_the_cap(guard: ToolsInvokeGuard) -> None:
-    guard._max_connections = 1
-    stranger, newcomer, another = new_client(CLIENT), new_client("203.0.113.8"), new_client("203.0.113.9")
+    """A stranger answered to make room for a connection that has gone since holds no slot while it closes."""
+    guard._max_connections = 2
+    stranger, caller, newcomer = new_client(CLIENT), new_client("203.0.113.8"), new_client("203.0.113.9")
     guard.client_connected(stranger)
-    guard.client_connected(newcomer)  # the stranger is answered to make room
-    assert newcomer.error is None and guard._leaving == {stranger.id}
-    guard._evictable.cancel(newcomer.id)
-    guard.client_connected(another)  # the newcomer holds work, the stranger is leaving already
-    assert another.error == "connection limit reached"
+    guard.client_connected(caller)
+    guard._evictable.cancel(caller.id)  # it holds admitted work
+    assert guard._make_room() is True and guard._leaving == {stranger.id}
+    guard.client_connected(newcomer)
+    assert newcomer.error is None
 
 
 async def test_room_is_made_with_the_nearest_deadline_not_already_leaving(guard: ToolsInvokeGuard) -> None:
@@ -1514,3 +1515,68 @@ async def test_a_websocket_message_may_grow_as_the_gateway_lets_it_for_what_was_
     assert tools_invoke.websocket_message_limit(upgrade) == rpc.PREAUTH_MAX_BYTES
     other = await run(guard, make_flow(headers=[AUTH], body=BODY))  # admitted, no RPC upgrade
     assert tools_invoke.websocket_message_limit(other) == rpc.GATEWAY_MAX_MESSAGE_BYTES
+
+
+async def test_a_refusal_after_authentication_is_audited_with_who_was_refused(guard: ToolsInvokeGuard, tmp_path: Path,
+                                                                               audited: list[Any]) -> None:
+    """A head refused past its auth stage (a scope its ceiling leaves out) names its caller, the
+    secret it used and, behind a trusted proxy, the forwarded client: the refusal's, as no call was admitted."""
+    rotating = {**BASE_CONFIG, "sidecar": {**BASE_CONFIG["sidecar"], "auth": {"previousTokens": ["OLD"]},
+                                           "scopeCeilings": {"default": ["operator.read"]}}}
+    reloaded = build_runtime(load_config(write_config(tmp_path / "rotating.yaml", rotating), environ={}))
+    guard.use_runtime(reloaded)
+    flow = make_flow(peer=PROXY, headers=[("Authorization", "Bearer OLD"), ("X-Forwarded-For", "198.51.100.9")], body=BODY)
+    await guard.requestheaders(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    (entry,) = audited
+    assert (entry.decision, entry.reason, entry.auth, entry.previous_secret, entry.client, entry.peer) == (
+        "refused", "missing_scope", "token", True, "198.51.100.9", PROXY)
+    await reloaded.aclose()
+
+
+async def test_a_forwarded_call_is_audited_as_the_client_sent_it_not_as_rewritten(guard: ToolsInvokeGuard, audited: list[Any]) -> None:
+    flow = await run(guard, make_flow(method="GET", path="/x/../v1/models", headers=[AUTH]))
+    assert flow.request.path == "/v1/models"
+    flow.response = tutils.tresp(status_code=200, content=b"{}")
+    guard.response(flow)
+    (entry,) = audited
+    assert (entry.decision, entry.target, entry.status) == ("forwarded", "/x/../v1/models", 200)
+
+
+async def test_a_policy_refusal_in_shadow_mode_is_forwarded_and_audited_as_shadowed(guard: ToolsInvokeGuard, tmp_path: Path,
+                                                                                     audited: list[Any]) -> None:
+    shadow = {**BASE_CONFIG, "sidecar": {**BASE_CONFIG["sidecar"], "enforce": False}}
+    reloaded = build_runtime(load_config(write_config(tmp_path / "shadow.yaml", shadow), environ={}))
+    guard.use_runtime(reloaded)
+    flow = await run(guard, make_flow(headers=[AUTH], body=b'{"tool":"exec"}'))
+    assert flow.response is None
+    flow.response = tutils.tresp(status_code=404, content=b"{}")
+    guard.response(flow)
+    (entry,) = audited
+    assert entry.decision == "shadowed" and entry.shadowed
+    await reloaded.aclose()
+
+
+async def test_room_is_made_with_a_stranger_before_a_caller_idle_since_its_call(guard: ToolsInvokeGuard) -> None:
+    fired: list[str] = []
+    for name, table in (("caller", guard._idle_callers), ("stranger", guard._evictable)):
+        guard._clients[name] = tools_invoke.OpenClient(new_client(CLIENT), None, None)
+        table.arm(name, 5, lambda name=name: fired.append(name))
+    assert guard._make_room() is True
+    assert fired == ["stranger"]
+
+
+async def test_a_client_body_that_broke_off_is_not_blamed_on_the_upstream(guard: ToolsInvokeGuard, client_socket: Any,
+                                                                           audited: list[Any]) -> None:
+    """No answer came because the request never went whole: no 502 naming the upstream unreachable."""
+    from mitmproxy.flow import Error
+
+    flow = make_flow(headers=[AUTH, ("Transfer-Encoding", "chunked")])
+    await guard.requestheaders(flow)
+    flow.request.timestamp_end = None  # its body is still arriving
+    flow.error = Error("HTTP/1 protocol error: Invalid chunked encoding length")
+    guard.error(flow)
+    assert tools_invoke.ANSWERED not in flow.metadata and audited == []
+    client_socket.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client_socket.recv(4096)

@@ -1580,3 +1580,44 @@ async def test_a_client_body_that_broke_off_is_not_blamed_on_the_upstream(guard:
     client_socket.setblocking(False)
     with pytest.raises(BlockingIOError):
         client_socket.recv(4096)
+
+
+async def test_a_connect_authority_is_not_read_as_an_absolute_url(guard: ToolsInvokeGuard) -> None:
+    """mitmproxy keeps a CONNECT's authority-form target as its authority; made into `http://host:port`
+    it would be judged as an absolute-form request naming a host. Refused either way, never forwarded;
+    the answer is the one for a target that is no URL path."""
+    flow = await run(guard, make_flow(method="CONNECT", path="", authority="gw.example:443", headers=[AUTH]))
+    assert_answer(flow, envelopes.invalid_request_url())
+    assert tools_invoke.FORWARDED not in flow.metadata
+
+
+async def test_an_idle_keep_alive_connection_is_closed_without_a_408(guard: ToolsInvokeGuard, client_socket: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Node closes one: a 408 there answers a request nobody sent."""
+    monkeypatch.setattr(compat, "head_begun", lambda client: False)
+    guard._head_deadline_passed(new_client(CLIENT), answered=True)
+    await asyncio.sleep(0.05)
+    assert read_all(client_socket) == b""
+
+
+async def test_an_http_2_0_request_line_is_answered_as_node_answers_1_0(guard: ToolsInvokeGuard) -> None:
+    flow = make_flow(headers=[AUTH], body=BODY)
+    flow.request.http_version = "HTTP/2.0"
+    await run(guard, flow)
+    assert flow.request.http_version == "HTTP/1.0"
+
+
+async def test_a_public_download_relayed_as_it_arrives_can_make_room_and_ends_at_the_upstream_deadline(
+        guard: ToolsInvokeGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = make_flow(method="GET", path="/healthz")
+    guard.client_connected(flow.client_conn)
+    await run(guard, flow)
+    assert flow.metadata[ADMITTED].auth.method == "unauthenticated-route"
+    transport = FakeTransport()
+    guard._clients[flow.client_conn.id] = guard._clients[flow.client_conn.id]._replace(transport=transport)
+    flow.response = _streaming_answer(200, [(b"content-type", b"text/plain")])  # no length: relayed as it arrives
+    guard.responseheaders(flow)
+    assert flow.response.stream
+    assert armed(guard._evictable, flow.client_conn.id)
+    guard._evictable.fire_earliest()
+    assert transport.aborted

@@ -1621,3 +1621,41 @@ async def test_a_public_download_relayed_as_it_arrives_can_make_room_and_ends_at
     assert armed(guard._evictable, flow.client_conn.id)
     guard._evictable.fire_earliest()
     assert transport.aborted
+
+
+async def test_trailers_delivered_after_a_body_judged_with_its_head_fail_closed(guard: ToolsInvokeGuard,
+                                                                                 body_arrived: Callable[[bytes], None]) -> None:
+    """A body judged at its head has a Content-Length and so no trailers; should mitmproxy deliver
+    some anyway, what arrives is not what was judged: 500, nothing forwarded."""
+    body_arrived(BODY)
+    flow = make_flow(headers=[AUTH], body=BODY)
+    await guard.requestheaders(flow)
+    assert tools_invoke.JUDGED_BODY in flow.metadata
+    flow.request.trailers = http.Headers([(b"x-openclaw-scopes", b"operator.admin")])
+    await guard.request(flow)
+    assert_answer(flow, envelopes.internal_error())
+    assert tools_invoke.FORWARDED not in flow.metadata
+
+
+async def test_an_upgrade_judged_again_after_a_reload_gives_back_its_first_preauth_count(
+        guard: ToolsInvokeGuard, runtime: Runtime, tmp_path: Path) -> None:
+    flow = make_flow(method="GET", path="/", headers=WS_UPGRADE)
+    await guard.requestheaders(flow)
+    assert sum(runtime.pipeline.preauth._held.values()) == 1
+    reloaded = build_runtime(load_config(write_config(tmp_path / "same.yaml", BASE_CONFIG), environ={}))
+    guard.use_runtime(reloaded)
+    await guard.request(flow)
+    assert flow.metadata[ADMITTED_BY] is reloaded.pipeline
+    assert sum(runtime.pipeline.preauth._held.values()) == 0
+    assert sum(reloaded.pipeline.preauth._held.values()) == 1  # the new rules' own
+    await reloaded.aclose()
+
+
+async def test_an_upgrade_whose_101_failed_review_gives_back_its_preauth_count(guard: ToolsInvokeGuard, runtime: Runtime,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = await run(guard, make_flow(method="GET", path="/", headers=WS_UPGRADE))
+    monkeypatch.setattr(runtime.pipeline, "review_response", boom)
+    flow.response = tutils.tresp(status_code=101, content=b"")
+    guard.response(flow)
+    assert_answer(flow, envelopes.internal_error())
+    assert sum(runtime.pipeline.preauth._held.values()) == 0

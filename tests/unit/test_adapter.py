@@ -1659,3 +1659,29 @@ async def test_an_upgrade_whose_101_failed_review_gives_back_its_preauth_count(g
     guard.response(flow)
     assert_answer(flow, envelopes.internal_error())
     assert sum(runtime.pipeline.preauth._held.values()) == 0
+
+
+async def test_the_connects_answer_on_mitmproxys_layer_loses_the_device_token_the_gateway_minted(ws_guard: ToolsInvokeGuard) -> None:
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    flow = await upgraded(ws_guard)
+    ws_guard.websocket_start(flow)
+    await client_sends(ws_guard, flow, CONNECT)
+    answer_ = {"type": "res", "id": "c1", "ok": True, "payload": {"auth": {"deviceToken": "minted", "role": "operator"}}}
+    message = WebSocketMessage(Opcode.TEXT, False, json.dumps(answer_).encode())
+    flow.websocket.messages.append(message)
+    await ws_guard.websocket_message(flow)
+    assert json.loads(message.content)["payload"]["auth"] == {"role": "operator"}
+
+
+async def test_an_upgrade_whose_101_negotiated_an_extension_keeps_mitmproxys_layer(guard: ToolsInvokeGuard) -> None:
+    """The sidecar's relay reads frames raw: a compressed one it would misjudge."""
+    from mitmproxy.proxy.context import Context
+    from mitmproxy import ctx
+
+    flow = await upgraded(guard)
+    context = Context(flow.client_conn, ctx.options)
+    assert isinstance(guard._websocket_layer(context, flow), tools_invoke.ws_relay.RpcRelay)
+    flow.response.headers["Sec-WebSocket-Extensions"] = "permessage-deflate"
+    assert guard._websocket_layer(context, flow) is None

@@ -1685,3 +1685,24 @@ async def test_an_upgrade_whose_101_negotiated_an_extension_keeps_mitmproxys_lay
     assert isinstance(guard._websocket_layer(context, flow), tools_invoke.ws_relay.RpcRelay)
     flow.response.headers["Sec-WebSocket-Extensions"] = "permessage-deflate"
     assert guard._websocket_layer(context, flow) is None
+
+
+async def test_shadowed_frames_past_their_budget_are_counted_not_written(ws_guard: ToolsInvokeGuard, tmp_path: Path,
+                                                                         audited: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar import audit
+
+    counted: list[Any] = []
+    monkeypatch.setattr(audit, "count", counted.append)
+    shadow = {**BASE_CONFIG, "sidecar": {**BASE_CONFIG["sidecar"], "enforce": False,
+                                         "websocket": {"refusedFrames": {"burst": 1, "perSecond": 0.001}}}}
+    reloaded = build_runtime(load_config(write_config(tmp_path / "shadow.yaml", shadow), environ={}))
+    ws_guard.use_runtime(reloaded)
+    flow = await upgraded(ws_guard)
+    ws_guard.websocket_start(flow)
+    await client_sends(ws_guard, flow, CONNECT)
+    for n in range(3):
+        await client_sends(ws_guard, flow, {"type": "req", "id": f"t{n}", "method": "terminal.open", "params": {}})
+    written = [e for e in audited if e.method == "terminal.open"]
+    assert len(written) == 1 and written[0].decision == "shadowed"
+    assert [e.decision for e in counted] == ["shadowed", "shadowed"]
+    await reloaded.aclose()

@@ -1357,9 +1357,10 @@ CONNECT = {"type": "req", "id": "c1", "method": "connect", "params": {
     "role": "operator", "scopes": ["operator.read"], "client": {"mode": "cli"}, "auth": {"token": "ignored"}}}
 
 
-async def upgraded(guard: ToolsInvokeGuard, headers: list[tuple[str | bytes, str | bytes]] = WS_UPGRADE, **kwargs: Any) -> http.HTTPFlow:
+async def upgraded(guard: ToolsInvokeGuard, headers: list[tuple[str | bytes, str | bytes]] = WS_UPGRADE, path: str = "/",
+                   **kwargs: Any) -> http.HTTPFlow:
     """A flow the guard admitted (or not) whose upstream then answered 101; not started yet."""
-    request = await run(guard, make_flow(method="GET", path="/", headers=headers, **kwargs))
+    request = await run(guard, make_flow(method="GET", path=path, headers=headers, **kwargs))
     flow = tflow.twebsocketflow()
     flow.metadata.update({k: request.metadata[k] for k in (ADMITTED, ADMITTED_BY) if k in request.metadata})
     flow.websocket.messages.clear()
@@ -1705,4 +1706,21 @@ async def test_shadowed_frames_past_their_budget_are_counted_not_written(ws_guar
     written = [e for e in audited if e.method == "terminal.open"]
     assert len(written) == 1 and written[0].decision == "shadowed"
     assert [e.decision for e in counted] == ["shadowed", "shadowed"]
+    await reloaded.aclose()
+
+
+async def test_a_frame_speaking_the_rpc_on_an_opened_plugin_socket_is_dropped_closed_and_audited(
+        guard: ToolsInvokeGuard, tmp_path: Path, ws_closed: list[tuple[int, str]], audited: list[Any]) -> None:
+    from sidecar.rpc import NOT_THIS_PROTOCOL
+
+    opened = {**BASE_CONFIG, "sidecar": {**BASE_CONFIG["sidecar"], "routes": {"allow": ["plugin:browser-extension"]}}}
+    reloaded = build_runtime(load_config(write_config(tmp_path / "plugin.yaml", opened), environ={}))
+    guard.use_runtime(reloaded)
+    flow = await upgraded(guard, path="/browser/extension")
+    admitted = flow.metadata[ADMITTED]
+    assert admitted.websocket and not admitted.rpc
+    guard.websocket_start(flow)
+    message = await client_sends(guard, flow, CONNECT)
+    assert message.dropped and ws_closed == [NOT_THIS_PROTOCOL]
+    assert [(e.decision, e.reason) for e in audited] == [("refused", "rpc_on_plugin_socket")]
     await reloaded.aclose()

@@ -1653,13 +1653,15 @@ async def test_an_upgrade_judged_again_after_a_reload_gives_back_its_first_preau
 
 
 async def test_an_upgrade_whose_101_failed_review_gives_back_its_preauth_count(guard: ToolsInvokeGuard, runtime: Runtime,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                                monkeypatch: pytest.MonkeyPatch, audited: list[Any]) -> None:
     flow = await run(guard, make_flow(method="GET", path="/", headers=WS_UPGRADE))
     monkeypatch.setattr(runtime.pipeline, "review_response", boom)
     flow.response = tutils.tresp(status_code=101, content=b"")
     guard.response(flow)
     assert_answer(flow, envelopes.internal_error())
     assert sum(runtime.pipeline.preauth._held.values()) == 0
+    (entry,) = audited
+    assert (entry.route, entry.outcome) == ("rpc-websocket", "internal_error")
 
 
 async def test_the_connects_answer_on_mitmproxys_layer_loses_the_device_token_the_gateway_minted(ws_guard: ToolsInvokeGuard) -> None:

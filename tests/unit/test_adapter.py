@@ -1726,3 +1726,10 @@ async def test_a_frame_speaking_the_rpc_on_an_opened_plugin_socket_is_dropped_cl
     assert message.dropped and ws_closed == [NOT_THIS_PROTOCOL]
     assert [(e.decision, e.reason) for e in audited] == [("refused", "rpc_on_plugin_socket")]
     await reloaded.aclose()
+
+
+async def test_a_101_is_left_to_the_websocket_layer_not_relayed_as_a_body(guard: ToolsInvokeGuard) -> None:
+    flow = await run(guard, make_flow(method="GET", path="/", headers=WS_UPGRADE))
+    flow.response = _streaming_answer(101, [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")])
+    guard.responseheaders(flow)
+    assert not flow.response.stream

@@ -1733,3 +1733,18 @@ async def test_a_101_is_left_to_the_websocket_layer_not_relayed_as_a_body(guard:
     flow.response = _streaming_answer(101, [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")])
     guard.responseheaders(flow)
     assert not flow.response.stream
+
+
+async def test_an_opened_plugin_socket_relays_nothing_once_its_close_began(guard: ToolsInvokeGuard, tmp_path: Path) -> None:
+    """Its frames are relayed unread, so the closing flag alone stops them (an RPC session's judge
+    would stop them too)."""
+    opened = {**BASE_CONFIG, "sidecar": {**BASE_CONFIG["sidecar"], "routes": {"allow": ["plugin:browser-extension"]}}}
+    reloaded = build_runtime(load_config(write_config(tmp_path / "plugin.yaml", opened), environ={}))
+    guard.use_runtime(reloaded)
+    flow = await upgraded(guard, path="/browser/extension")
+    guard.websocket_start(flow)
+    cdp = {"id": 1, "method": "Page.navigate", "params": {"url": "about:blank"}}
+    assert not (await client_sends(guard, flow, cdp)).dropped  # relayed unread while open
+    flow.metadata["openclaw_sidecar.ws_closing"] = True
+    assert (await client_sends(guard, flow, cdp)).dropped
+    await reloaded.aclose()

@@ -1748,3 +1748,15 @@ async def test_an_opened_plugin_socket_relays_nothing_once_its_close_began(guard
     flow.metadata["openclaw_sidecar.ws_closing"] = True
     assert (await client_sends(guard, flow, cdp)).dropped
     await reloaded.aclose()
+
+
+async def test_a_paced_refusal_made_room_with_ends_its_wait_at_once(guard: ToolsInvokeGuard) -> None:
+    flow = make_flow(method="GET")
+    guard._clients[flow.client_conn.id] = tools_invoke.OpenClient(flow.client_conn, None, None)
+    paced = asyncio.create_task(guard._paced(flow, 30))
+    await asyncio.sleep(0.01)
+    assert guard._make_room() is True
+    assert await asyncio.wait_for(paced, 2) is True
+    unpaced = make_flow(method="GET")
+    guard._clients[unpaced.client_conn.id] = tools_invoke.OpenClient(unpaced.client_conn, None, None)
+    assert await asyncio.wait_for(guard._paced(unpaced, 0.01), 2) is False

@@ -1760,3 +1760,21 @@ async def test_a_paced_refusal_made_room_with_ends_its_wait_at_once(guard: Tools
     unpaced = make_flow(method="GET")
     guard._clients[unpaced.client_conn.id] = tools_invoke.OpenClient(unpaced.client_conn, None, None)
     assert await asyncio.wait_for(guard._paced(unpaced, 0.01), 2) is False
+
+
+async def test_a_body_nobody_authenticated_waits_on_a_deadline_that_can_make_room(guard: ToolsInvokeGuard, tmp_path: Path) -> None:
+    """A route that checks its own credential (hooks) admits a stranger's head; its body's deadline
+    is one room can be made with, an authenticated call's is not."""
+    hooks = {**BASE_CONFIG, "sidecar": {**BASE_CONFIG["sidecar"], "routes": {"allow": ["hooks"]}}, "hooks": {"enabled": True}}
+    reloaded = build_runtime(load_config(write_config(tmp_path / "hooks.yaml", hooks), environ={}))
+    guard.use_runtime(reloaded)
+    stranger = make_flow(path="/hooks/wake", headers=[("Content-Type", "application/json"), ("Content-Length", "100")])
+    caller = make_flow(headers=[AUTH, ("Content-Length", "100")], peer="203.0.113.8")
+    for flow in (stranger, caller):
+        guard.client_connected(flow.client_conn)
+        await guard.requestheaders(flow)
+        assert isinstance(flow.metadata.get(ADMITTED), Admitted) and flow.response is None
+    assert not stranger.metadata[ADMITTED].authenticated
+    assert armed(guard._evictable, stranger.client_conn.id) and not armed(guard._timers, stranger.id)
+    assert armed(guard._timers, caller.id) and not armed(guard._evictable, caller.client_conn.id)
+    await reloaded.aclose()

@@ -1778,3 +1778,17 @@ async def test_a_body_nobody_authenticated_waits_on_a_deadline_that_can_make_roo
     assert armed(guard._evictable, stranger.client_conn.id) and not armed(guard._timers, stranger.id)
     assert armed(guard._timers, caller.id) and not armed(guard._evictable, caller.client_conn.id)
     await reloaded.aclose()
+
+
+async def test_an_upstream_failure_after_the_client_stopped_reading_is_audited_under_the_calls_own_reason(
+        guard: ToolsInvokeGuard, client_socket: Any, audited: list[Any]) -> None:
+    """The client was sent nothing: the line says the client went, not that it was told 502."""
+    from mitmproxy.connection import ConnectionState
+    from mitmproxy.flow import Error
+
+    flow = await run(guard, make_flow(headers=[AUTH], body=BODY))
+    flow.client_conn.state &= ~ConnectionState.CAN_WRITE
+    flow.error = Error("[Errno 111] Connect call failed")
+    guard.error(flow)
+    (entry,) = audited
+    assert (entry.decision, entry.reason, entry.status, entry.outcome) == ("forwarded", "allowed", None, "client_gone")

@@ -30,5 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long to wait for each answer (default %(default)s); a case ends at SECONDS per "
                              "answer it waits for (a pipeline's requests; a WebSocket's upgrade, connect and frame), "
                              "and an answer still trickling in then counts as timed out")
+    parser.add_argument("--max-seconds", type=float, metavar="SECONDS",
+                        help="send no further case once the run has taken this long (a case under way ends within "
+                             "its --timeout): the cases not sent are inconclusive and the exit status is 2")
     parser.add_argument("--format", choices=FORMATS, default="table", help="report format (default table)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="write the report here instead of stdout")

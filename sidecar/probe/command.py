@@ -25,6 +25,7 @@ WRITERS = {
 
 
 MAX_TIMEOUT_SECONDS = 3600  # a deadline past what the clock can represent crashed the run (1e300)
+MAX_RUN_SECONDS = 7 * 24 * 3600
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -38,10 +39,12 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ProbeSetupError(f"--ws-path {args.ws_path!r} must start with /")
     if not 0 < args.timeout <= MAX_TIMEOUT_SECONDS:  # also refuses nan, which every comparison fails
         raise ProbeSetupError(f"--timeout {args.timeout!r} must be more than 0 and at most {MAX_TIMEOUT_SECONDS} seconds")
+    if args.max_seconds is not None and not 0 < args.max_seconds <= MAX_RUN_SECONDS:
+        raise ProbeSetupError(f"--max-seconds {args.max_seconds!r} must be more than 0 and at most {MAX_RUN_SECONDS} seconds")
     return Options(target=args.url, baseline=args.baseline, backend_record=args.backend_record,
                    secret=args.token or args.password, secret_field="password" if args.password else "token",
                    identity=tuple(identity), cases=args.cases, safe_tool=args.safe_tool, unsafe=args.unsafe,
-                   ws_path=args.ws_path, timeout=args.timeout)
+                   ws_path=args.ws_path, timeout=args.timeout, max_seconds=args.max_seconds)
 
 
 class Progress:

@@ -61,6 +61,7 @@ class Options:
     unsafe: bool = False
     ws_path: str = "/"
     timeout: float = 10.0
+    max_seconds: float | None = None  # the whole run's: past it no further case is sent
 
     @property
     def credential_kind(self) -> str:
@@ -330,6 +331,7 @@ class Probe:
         unconfirmed: dict[str, list[int]] = {"target": [], "baseline": []}  # sent since each side's last good call
         try:
             for index, case in enumerate(ordered, 1):
+                self.check_run_time(start)
                 cut_before = (self.cut_short, self.baseline_cut_short)
                 result = self.run_case(case)
                 report.results.append(result)
@@ -349,6 +351,13 @@ class Probe:
         report.duration_s = time.monotonic() - start
         report.cut_short, report.baseline_cut_short = self.cut_short, self.baseline_cut_short
         return report
+
+    def check_run_time(self, start: float) -> None:
+        """Past --max-seconds the run ends as a lockout ends it, but the refusals before stand: the
+        target failed nothing."""
+        limit = self.options.max_seconds
+        if limit is not None and not self.cut_short and time.monotonic() - start >= limit:
+            self.cut_short = f"the run reached --max-seconds {limit:g}"
 
     def run_case(self, case: Case) -> CaseResult:
         reason = applicability(case, self.options)

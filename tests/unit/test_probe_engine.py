@@ -14,7 +14,7 @@ import pytest
 from sidecar.probe.corpus import CORPUS_SCHEMA, Case, load_corpus, parse_corpus
 from sidecar.probe import engine
 from sidecar.probe.engine import Options, Probe
-from sidecar.probe.report import render_junit
+from sidecar.probe.report import render_junit, to_json
 from sidecar.probe.verdict import FAIL, INCONCLUSIVE, NOT_APPLICABLE, PASS, Answer
 from sidecar.probe.wire import Context
 
@@ -152,6 +152,54 @@ def test_a_fail_the_record_proved_stands_through_a_lockout():
                           cases="J1.*,auth.wrong")
     assert results["J1.denied"].verdict == FAIL and "reached the backend" in results["J1.denied"].why
     assert results["auth.wrong"].verdict == INCONCLUSIVE and report.exit_code() == 1
+
+
+class Clock:
+    """The engine's time, passing only as a scripted target takes its time to answer."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class SlowSide(ScriptedSide):
+    def __init__(self, script: dict[str, Iterable[Answer]], clock: Clock, seconds_per_answer: float) -> None:
+        super().__init__(script)
+        self.clock, self.seconds_per_answer = clock, seconds_per_answer
+
+    def send(self, case: Case, ctx: Context | None = None) -> tuple[Answer, str]:
+        self.clock.now += self.seconds_per_answer
+        return super().send(case, ctx)
+
+
+@pytest.mark.parametrize("max_seconds", [None, 8.0])
+def test_once_max_seconds_has_passed_no_further_case_is_sent_and_the_refusals_before_stand(monkeypatch, max_seconds):
+    """A run in CI must end in its slot: once --max-seconds has passed (8 s in, at the second
+    answer) the rest is inconclusive, not sent, and the run exits 2; the target failed nothing,
+    so what it refused before stands (a lockout's cut discounts it)."""
+    clock = Clock()
+    monkeypatch.setattr(engine, "time", clock)
+    target = SlowSide({"control.credential": [OK], "J1.denied": [NOT_FOUND], "auth.wrong": [UNAUTHORIZED],
+                       "J1.after": [NOT_FOUND]}, clock, 4.0)
+    report, results = run(target, secret="s3cret-token", cases="J1.*,auth.wrong", max_seconds=max_seconds)
+    assert [results[i].verdict for i in ("control.credential", "J1.denied")] == [PASS, PASS]
+    if max_seconds is None:
+        assert report.cut_short is None and report.exit_code() == 0
+        assert [results[i].verdict for i in ("auth.wrong", "J1.after")] == [PASS, PASS]
+        return
+    assert report.cut_short == "the run reached --max-seconds 8"
+    for case_id in ("auth.wrong", "J1.after"):
+        assert results[case_id].verdict == INCONCLUSIVE
+        assert results[case_id].why == "not sent: the run reached --max-seconds 8"
+    assert target.sent == ["control.credential", "J1.denied"]
+    assert report.duration_s == 8.0 and report.exit_code() == 2
+    reported = to_json(report)
+    assert reported["options"]["maxSeconds"] == 8.0 and reported["cutShort"] == report.cut_short
 
 
 def test_a_baseline_that_locks_out_ends_the_comparison_not_the_run():

@@ -196,12 +196,13 @@ def test_the_probe_subcommand_takes_every_documented_option():
     args = parse("https://gw.example", "--password", "pw", "--identity-header", "X-Forwarded-User=alice",
                  "--identity-header", "X-Forwarded-For=203.0.113.9", "--cases", "A*,E3.*", "--safe-tool", "sessions_list",
                  "--baseline", "http://127.0.0.1:18789", "--backend-record", "http://127.0.0.1:18788", "--unsafe",
-                 "--format", "junit", "--out", "r.xml", "--ws-path", "/ws", "--timeout", "3")
+                 "--format", "junit", "--out", "r.xml", "--ws-path", "/ws", "--timeout", "3", "--max-seconds", "600")
     options = options_from(args)
     assert options == Options(target="https://gw.example", baseline="http://127.0.0.1:18789",
                               backend_record="http://127.0.0.1:18788", secret="pw", secret_field="password",
                               identity=(("X-Forwarded-User", "alice"), ("X-Forwarded-For", "203.0.113.9")),
-                              cases="A*,E3.*", safe_tool="sessions_list", unsafe=True, ws_path="/ws", timeout=3.0)
+                              cases="A*,E3.*", safe_tool="sessions_list", unsafe=True, ws_path="/ws", timeout=3.0,
+                              max_seconds=600.0)
     assert args.format == "junit" and args.out == Path("r.xml")
     assert set(FORMATS) == set(WRITERS)
 
@@ -215,6 +216,8 @@ def test_token_and_password_are_exclusive():
     (["--identity-header", "no-equals-sign"], "NAME=VALUE"), (["--ws-path", "ws"], "start with /"),
     (["--timeout", "0"], "more than 0"), (["--timeout", "nan"], "more than 0"), (["--timeout", "inf"], "at most 3600"),
     (["--timeout", "1e300"], "at most 3600"),  # a deadline past the clock's range crashed the run (exit 1)
+    (["--max-seconds", "0"], "more than 0"), (["--max-seconds", "nan"], "more than 0"),
+    (["--max-seconds", "1e300"], "at most 604800"),
 ])
 def test_bad_option_values_are_setup_errors(argv, complaint):
     with pytest.raises(ProbeSetupError, match=complaint):

@@ -5,6 +5,7 @@ target write to the terminal. Each target is a tiny server in a thread on 127.0.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import socket
@@ -19,7 +20,8 @@ from openclaw_demo.backend import DemoBackend
 from sidecar.cli import build_parser
 from sidecar.probe.command import run_probe
 from sidecar.probe.corpus import CONNECT_ID, WsRequest
-from sidecar.probe.wire import MAX_BODY_BYTES, Context, Endpoint, exchange
+from sidecar.probe.record import MAX_RECORD_BYTES, BackendRecord
+from sidecar.probe.wire import MAX_BODY_BYTES, Context, Endpoint, ProbeSetupError, exchange
 from sidecar.probe.ws import exchange_ws
 
 # What a target sends, given the connection, the request's first bytes and the test's end.
@@ -592,3 +594,48 @@ def test_a_run_without_a_credential_goes_on_when_the_target_only_closed_one_conn
     assert "cut short" not in table
     row = next(line for line in table.splitlines() if line.startswith("A7.x-real-ip-loopback-without-credential"))
     assert "not sent" not in row and "pass" in row, row
+
+
+def endless_record(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"10\r\n{\"requests\": [  \r\n")
+    chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+    while not stop.is_set():
+        conn.sendall(chunk)
+
+
+def dribbled_record(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while not stop.wait(0.1):
+        conn.sendall(b"1\r\n \r\n")
+
+
+@pytest.mark.parametrize("behave, complaint", [
+    (endless_record, f"answered more than {MAX_RECORD_BYTES:,} bytes: is it the demo backend?"),
+    (dribbled_record, "no whole answer within 1 s"),
+])
+def test_a_backend_record_url_that_never_ends_its_answer_ends_the_run(hostile, behave, complaint):
+    """--backend-record names a URL the probe trusts to be the demo backend: one that streams or
+    dribbles forever is not read without bound, in memory or in time."""
+    record = BackendRecord(hostile(behave).endpoint.url, timeout=1.0)
+    try:
+        with pytest.raises(ProbeSetupError, match=re.escape(complaint)):
+            record.fetch()
+    finally:
+        record.close()
+
+
+def test_a_compressed_backend_record_is_not_inflated(hostile):
+    """The record is read as sent: a small gzip answer may inflate past any bound, and the demo
+    backend never compresses."""
+    packed = gzip.compress(json.dumps({"requests": []}).encode())
+
+    def compressed(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(packed), packed))
+
+    record = BackendRecord(hostile(compressed).endpoint.url, timeout=2.0)
+    try:
+        with pytest.raises(ProbeSetupError, match="did not answer with a request record"):
+            record.fetch()
+    finally:
+        record.close()

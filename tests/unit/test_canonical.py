@@ -148,6 +148,27 @@ CASES = [
     ("http://0x7f.1/", "/", "", "127.0.0.1"),
     ("http://[0:0:0:0:0:ffff:1.2.3.4]/", "/", "", "[::ffff:102:304]"),
     ("http://ev%69l/", "/", "", "evil"),
+    # Every special scheme is read with its own default port (ws 80, wss 443, ftp 21).
+    ("ws://evil/tools/invoke", TOOLS, "", "evil"),
+    ("wss://evil/tools/invoke", TOOLS, "", "evil"),
+    ("ftp://evil/tools/invoke", TOOLS, "", "evil"),
+    ("ws://evil:80/x", "/x", "", "evil"),
+    ("ws://evil:443/x", "/x", "", "evil:443"),
+    ("wss://evil:443/x", "/x", "", "evil"),
+    ("wss://evil:80/x", "/x", "", "evil:80"),
+    ("ftp://evil:21/x", "/x", "", "evil"),
+    ("ftp://evil:80/x", "/x", "", "evil:80"),
+    ("http://evil:21/x", "/x", "", "evil:21"),
+    # A scheme-relative target takes the base's scheme, and so its default port.
+    ("//evil:8080/x", "/x", "", "evil:8080"),
+    ("//evil:80/x", "/x", "", "evil"),
+    ("\\\\evil:8080\\x", "/x", "", "evil:8080"),
+    # Hex digits of either case, in IPv4 parts, IPv6 pieces and host escapes.
+    ("http://0xa.0xB.0xc.0xD/", "/", "", "10.11.12.13"),
+    ("http://0xA.0xb.0xC.0xd/", "/", "", "10.11.12.13"),
+    ("http://[a:b:c:d:A:B:C:D]/", "/", "", "[a:b:c:d:a:b:c:d]"),
+    ("http://%4A%4b%4C%4d%6a%6B%6c%6D/", "/", "", "jklmjklm"),
+    ("http://[1:2:3:4:5:6:7::]/", "/", "", "[1:2:3:4:5:6:7:0]"),
 ]
 
 
@@ -175,6 +196,11 @@ def test_table(raw: str, path: str, query: str, host: str | None) -> None:
         "http://ev%2fil/",
         "http://a^b/",
         "http://a%zzb/",
+        "http://[1:2:3:4:5:6:7:8::]/",  # a ninth piece, even an empty one
+        "http://[1:2:3:4:5:6:7::8]/",  # `::` must stand for at least one piece
+        "http://[1:2:3:4:5:6::7:8]/",
+        "http://a\x7fb/",
+        "http://a%7Fb/",
     ],
 )
 def test_invalid_like_node(raw: str) -> None:
@@ -189,6 +215,27 @@ def test_invalid_like_node(raw: str) -> None:
 def test_deliberately_unsupported(raw: str) -> None:
     with pytest.raises(UnsupportedTarget):
         canonicalize_target(raw)
+
+
+@pytest.mark.parametrize("char", sorted(set(" #%/:<>?@[\\]^|")))
+def test_host_refuses_a_forbidden_code_point_even_percent_encoded(char: str) -> None:
+    """The host is percent-decoded before Node checks it: `a%3Ab` (`a:b`) is no host, not `a:b`."""
+    with pytest.raises(InvalidTarget) as info:
+        canonicalize_target(f"http://a%{ord(char):02X}b/")
+    assert not isinstance(info.value, UnsupportedTarget)
+
+
+@pytest.mark.parametrize("scheme", ["a+b", "a-b", "a.b", *"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"])
+def test_any_scheme_spelling_is_read_as_a_scheme(scheme: str) -> None:
+    """`<scheme>:x` is an opaque URL to Node (pathname `x`), never the relative path `/<scheme>:x`:
+    every letter starts a scheme and `+ - .` continue one, and a non-special scheme is refused."""
+    with pytest.raises(UnsupportedTarget):
+        canonicalize_target(f"{scheme}:x")
+
+
+def test_bytes_are_refused_with_how_to_decode_them() -> None:
+    with pytest.raises(TypeError, match="latin-1"):
+        canonicalize_target(b"/tools/invoke")  # type: ignore[arg-type]
 
 
 def test_raw_is_canonical_and_frozen() -> None:

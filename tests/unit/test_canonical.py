@@ -169,6 +169,14 @@ CASES = [
     ("http://[a:b:c:d:A:B:C:D]/", "/", "", "[a:b:c:d:a:b:c:d]"),
     ("http://%4A%4b%4C%4d%6a%6B%6c%6D/", "/", "", "jklmjklm"),
     ("http://[1:2:3:4:5:6:7::]/", "/", "", "[1:2:3:4:5:6:7:0]"),
+    # IPv6 serialisation: only a run of two or more zero pieces becomes `::`, the first longest one.
+    ("http://[1:0:0:2:3:4:5:6]/", "/", "", "[1::2:3:4:5:6]"),
+    ("http://[1:0:2:3:4:5:6:7]/", "/", "", "[1:0:2:3:4:5:6:7]"),
+    ("http://[1:0:0:2:0:0:3:4]/", "/", "", "[1::2:0:0:3:4]"),
+    # After a special scheme other than the base's, slashes are optional before the host.
+    ("https:x/y", "/y", "", "x"),
+    ("https:/x", "/", "", "x"),
+    ("http:x/y", "/x/y", "", None),
 ]
 
 
@@ -201,6 +209,8 @@ def test_table(raw: str, path: str, query: str, host: str | None) -> None:
         "http://[1:2:3:4:5:6::7:8]/",
         "http://a\x7fb/",
         "http://a%7Fb/",
+        "http://[1:2:3:4:5:6:7:8:]/",  # a trailing single `:`
+        "http://[1::2:]/",
     ],
 )
 def test_invalid_like_node(raw: str) -> None:
@@ -254,6 +264,10 @@ def test_base_host_is_concatenated_like_the_gateway() -> None:
     assert canonicalize_target("http:invoke", "x/tools/").path == TOOLS
     assert canonicalize_target("", "x/tools/invoke").path == TOOLS
     assert canonicalize_target("/a", "x/tools/").path == "/a"
+    # ... and a Host header carrying a query gives it to the targets that keep the base's query.
+    assert canonicalize_target("", "h?q").query == "?q"
+    assert canonicalize_target("#f", "h?q").query == "?q"
+    assert canonicalize_target("?a", "h?q").query == "?a"
     with pytest.raises(InvalidTarget):
         canonicalize_target("/a", "")
 

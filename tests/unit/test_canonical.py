@@ -173,10 +173,17 @@ CASES = [
     ("http://[1:0:0:2:3:4:5:6]/", "/", "", "[1::2:3:4:5:6]"),
     ("http://[1:0:2:3:4:5:6:7]/", "/", "", "[1:0:2:3:4:5:6:7]"),
     ("http://[1:0:0:2:0:0:3:4]/", "/", "", "[1::2:0:0:3:4]"),
+    ("http://[1::2]/", "/", "", "[1::2]"),
+    ("http://[::1:2:3:4:5:6:7]/", "/", "", "[0:1:2:3:4:5:6:7]"),  # `::` may stand for one piece
+    ("http://[1::3:4:5:6:7:8]/", "/", "", "[1:0:3:4:5:6:7:8]"),
+    ("http://0XA.0Xb/", "/", "", "10.0.0.11"),
     # After a special scheme other than the base's, slashes are optional before the host.
     ("https:x/y", "/y", "", "x"),
     ("https:/x", "/", "", "x"),
     ("http:x/y", "/x/y", "", None),
+    # Any mix of `/` and `\` before the authority is skipped.
+    ("https:\\\\evil\\x", "/x", "", "evil"),
+    ("//\\evil/x", "/x", "", "evil"),
 ]
 
 
@@ -220,7 +227,7 @@ def test_invalid_like_node(raw: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["a:b", "file:///tools/invoke", "javascript:alert(1)", "http://\u00e9vil/", "http://xn--abc/"]
+    "raw", ["a:b", "file:///tools/invoke", "javascript:alert(1)", "http://\u00e9vil/", "http://xn--abc/", "http://a%FFb/"]
 )
 def test_deliberately_unsupported(raw: str) -> None:
     with pytest.raises(UnsupportedTarget):

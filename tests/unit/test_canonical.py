@@ -177,6 +177,8 @@ CASES = [
     ("http://[::1:2:3:4:5:6:7]/", "/", "", "[0:1:2:3:4:5:6:7]"),  # `::` may stand for one piece
     ("http://[1::3:4:5:6:7:8]/", "/", "", "[1:0:3:4:5:6:7:8]"),
     ("http://0XA.0Xb/", "/", "", "10.0.0.11"),
+    ("http://012.05.06.0/", "/", "", "10.5.6.0"),  # octal parts
+    ("http://[1:2:3:4:5:6:0:0]/", "/", "", "[1:2:3:4:5:6::]"),  # a zero run ending the address
     # After a special scheme other than the base's, slashes are optional before the host.
     ("https:x/y", "/y", "", "x"),
     ("https:/x", "/", "", "x"),
@@ -218,6 +220,7 @@ def test_table(raw: str, path: str, query: str, host: str | None) -> None:
         "http://a%7Fb/",
         "http://[1:2:3:4:5:6:7:8:]/",  # a trailing single `:`
         "http://[1::2:]/",
+        "http://[::1.2.3.]/",  # an IPv4 tail ending in a dot
     ],
 )
 def test_invalid_like_node(raw: str) -> None:

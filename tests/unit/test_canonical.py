@@ -182,6 +182,8 @@ CASES = [
     # After a special scheme other than the base's, slashes are optional before the host.
     ("https:x/y", "/y", "", "x"),
     ("https:/x", "/", "", "x"),
+    ("https:/a/b", "/b", "", "a"),
+    ("http:/a/b", "/a/b", "", None),
     ("http:x/y", "/x/y", "", None),
     # Any mix of `/` and `\` before the authority is skipped.
     ("https:\\\\evil\\x", "/x", "", "evil"),
@@ -278,6 +280,7 @@ def test_base_host_is_concatenated_like_the_gateway() -> None:
     assert canonicalize_target("", "h?q").query == "?q"
     assert canonicalize_target("#f", "h?q").query == "?q"
     assert canonicalize_target("?a", "h?q").query == "?a"
+    assert canonicalize_target("x", "h?q").query == ""
     with pytest.raises(InvalidTarget):
         canonicalize_target("/a", "")
 

@@ -188,6 +188,18 @@ CASES = [
     # Any mix of `/` and `\` before the authority is skipped.
     ("https:\\\\evil\\x", "/x", "", "evil"),
     ("//\\evil/x", "/x", "", "evil"),
+    # The authority ends at the first `/`, `\`, `?` or `#`: an `@` after it names no host.
+    ("http://a\\b@c/x", "/b@c/x", "", "a"),
+    ("http://a?b@c/x", "/", "?b@c/x", "a"),
+    ("http://a#b@c/x", "/", "", "a"),
+    ("http://u@x/", "/", "", "x"),
+    # ... and so does the port.
+    ("http://evil:8080\\x", "/x", "", "evil:8080"),
+    ("http://evil:8080?q", "/", "?q", "evil:8080"),
+    ("http://evil:8080#f", "/", "", "evil:8080"),
+    # The largest port and IPv4-tail part are still in range.
+    ("http://evil:65535/x", "/x", "", "evil:65535"),
+    ("http://[::1.2.3.255]/", "/", "", "[::102:3ff]"),
 ]
 
 
@@ -223,6 +235,9 @@ def test_table(raw: str, path: str, query: str, host: str | None) -> None:
         "http://[1:2:3:4:5:6:7:8:]/",  # a trailing single `:`
         "http://[1::2:]/",
         "http://[::1.2.3.]/",  # an IPv4 tail ending in a dot
+        "http://[::1.2x3.4]/",
+        "http://[1:2:3:4:5:6:1.2.3.4.5]/",  # a fifth IPv4 part past the last piece
+        "http://a%1Fb/",
     ],
 )
 def test_invalid_like_node(raw: str) -> None:

@@ -135,6 +135,10 @@ CASES = [
     ("/q?'\"<>`{}", "/q", "?%27%22%3C%3E`{}", None),
     ("/\"<>`{}^|", "/%22%3C%3E%60%7B%7D%5E|", "", None),  # `^` escaped since Node 24
     ("/\u00e9/\u2603", "/%C3%A9/%E2%98%83", "", None),
+    ("/a^b", "/a%5Eb", "", None),  # alone, each escaped path character still gets escaped
+    ("/a`b", "/a%60b", "", None),
+    ("/a{b", "/a%7Bb", "", None),
+    ("/a}b", "/a%7Db", "", None),
     ("/%zz", "/%zz", "", None),
     ("/a/b/../../..", "/", "", None),
     ("/..", "/", "", None),

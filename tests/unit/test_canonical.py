@@ -167,12 +167,13 @@ CASES = [
     ("//evil:8080/x", "/x", "", "evil:8080"),
     ("//evil:80/x", "/x", "", "evil"),
     ("\\\\evil:8080\\x", "/x", "", "evil:8080"),
-    # Hex digits of either case, in IPv4 parts, IPv6 pieces and host escapes.
+    # Hex digits of either case, in IPv4 parts, IPv6 pieces and host escapes; octal IPv4 parts.
     ("http://0xa.0xB.0xc.0xD/", "/", "", "10.11.12.13"),
     ("http://0xA.0xb.0xC.0xd/", "/", "", "10.11.12.13"),
     ("http://[a:b:c:d:A:B:C:D]/", "/", "", "[a:b:c:d:a:b:c:d]"),
     ("http://%4A%4b%4C%4d%6a%6B%6c%6D/", "/", "", "jklmjklm"),
-    ("http://[1:2:3:4:5:6:7::]/", "/", "", "[1:2:3:4:5:6:7:0]"),
+    ("http://0XA.0Xb/", "/", "", "10.0.0.11"),
+    ("http://012.05.06.0/", "/", "", "10.5.6.0"),  # octal parts
     # IPv6 serialisation: only a run of two or more zero pieces becomes `::`, the first longest one.
     ("http://[1:0:0:2:3:4:5:6]/", "/", "", "[1::2:3:4:5:6]"),
     ("http://[1:0:2:3:4:5:6:7]/", "/", "", "[1:0:2:3:4:5:6:7]"),
@@ -180,9 +181,8 @@ CASES = [
     ("http://[1::2]/", "/", "", "[1::2]"),
     ("http://[::1:2:3:4:5:6:7]/", "/", "", "[0:1:2:3:4:5:6:7]"),  # `::` may stand for one piece
     ("http://[1::3:4:5:6:7:8]/", "/", "", "[1:0:3:4:5:6:7:8]"),
-    ("http://0XA.0Xb/", "/", "", "10.0.0.11"),
-    ("http://012.05.06.0/", "/", "", "10.5.6.0"),  # octal parts
     ("http://[1:2:3:4:5:6:0:0]/", "/", "", "[1:2:3:4:5:6::]"),  # a zero run ending the address
+    ("http://[1:2:3:4:5:6:7::]/", "/", "", "[1:2:3:4:5:6:7:0]"),
     # After a special scheme other than the base's, slashes are optional before the host.
     ("https:x/y", "/y", "", "x"),
     ("https:/x", "/", "", "x"),

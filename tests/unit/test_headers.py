@@ -104,6 +104,7 @@ def test_repeated_configured_user_header_is_refused() -> None:
 CONTROL_VALUES = [
     pytest.param(b"alice\x00", id="nul"),
     pytest.param(b"al\x01ice", id="soh"),
+    pytest.param(b"al\x08ice", id="bs"),  # the last byte below the tab, which is allowed
     pytest.param(b"alice\nx-openclaw-scopes: operator.admin", id="lf"),
     pytest.param(b"alice\rx", id="cr"),
     pytest.param(b"alice\r\n bob", id="obs-fold"),
@@ -182,7 +183,7 @@ CLIENT_OWNED_COPIES = [
     ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil"), ("X-Forwarded-Prefix", "/admin"),
     ("X-Forwarded-Uri", "/healthz"), ("Tailscale-User-Login", "admin@x"), ("Tailscale-Funnel-Request", "?1"),
     ("X-Clawdbot-Scopes", "operator.admin"), ("X-Original-URL", "/x"), ("X-Rewrite-URL", "/x"),
-    ("X-OpenClaw-Unknown-Context", "x"),
+    ("X-OpenClaw-Unknown-Context", "x"), ("X-Request-Id", "client-chosen"),
 ]
 
 
@@ -271,6 +272,20 @@ def test_websocket_upgrade_dropped_when_not_a_websocket() -> None:
     assert out == ()
 
 
+@pytest.mark.parametrize("hop", ["Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Expect"])
+def test_websocket_keeps_upgrade_but_no_other_hop_by_hop_header(hop: str) -> None:
+    """A WebSocket handshake relays `Upgrade` only: the other hop-by-hop headers stop here as for any request."""
+    v = view(("Connection", "Upgrade"), ("Upgrade", "websocket"), (hop, "x"))
+    out = rebuild_headers(v, plan(owned=(), websocket=True))
+    assert out == (("Upgrade", "websocket"), ("Connection", "upgrade"))
+
+
+def test_a_plan_is_not_for_a_websocket_unless_it_says_so() -> None:
+    """The default plan (explain builds one) relays no client `Upgrade`: upgrading is opted into."""
+    v = view(("Connection", "Upgrade"), ("Upgrade", "websocket"))
+    assert rebuild_headers(v, HeaderPlan(owned=(), context_allow=frozenset(), pinned={})) == ()
+
+
 @pytest.mark.parametrize("name", sorted(CONTEXT))
 def test_allow_listed_context_header_is_forwarded(name: str) -> None:
     out = rebuild_headers(view((name, "channel:24514")), plan(owned=()))
@@ -299,6 +314,14 @@ def test_pinned_header_is_set_even_when_not_allow_listed() -> None:
 def test_pinned_header_cannot_be_removed_by_connection() -> None:
     out = rebuild_headers(view(("Connection", "x-openclaw-message-channel")), plan(owned=(), pinned={"x-openclaw-message-channel": "webchat"}))
     assert out == (("x-openclaw-message-channel", "webchat"),)
+
+
+def test_passthrough_header_is_relayed_once_as_sent_in_its_place() -> None:
+    """A route's own credential (a hooks token, a ticket Bearer) goes on unread, where the client put
+    it and exactly once, though the sidecar owns the name elsewhere; the sidecar's headers still follow."""
+    v = view(("Authorization", "Bearer hooks-secret"), ("X-Hook-Signature", b"caf\xe9"), ("Accept", "a"))
+    out = rebuild_headers(v, plan(owned=(("x-openclaw-scopes", ""),), passthrough=frozenset({"authorization", "x-hook-signature"})))
+    assert out == (("Authorization", "Bearer hooks-secret"), ("X-Hook-Signature", "café"), ("Accept", "a"), ("x-openclaw-scopes", ""))
 
 
 def test_drop_removes_configured_user_header() -> None:

@@ -4,6 +4,8 @@ same tree of files gives the same config, and what the gateway refuses the sidec
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,11 @@ FILES = {
     "bad.json5": "{nope",
     "sub/inner.json5": "{$include: '../gateway.json5'}",
     "sub/deep.json5": "{$include: './inner.json5', k: [1]}",
+    # eleven files, each including the next: the gateway reads ten deep, no deeper
+    **{f"chain/c{i}.json5": f"{{$include: './c{i + 1}.json5'}}" for i in range(10)}, "chain/c10.json5": "{deep: true}",
 }
+# Spelt with `x/../` so that only the name, not the path it resolves to, is 4095 or 4096 long.
+LONG_NAMES = ["./" + "x/../" * 816 + "gateway.json5", "./" + "./" * 3 + "x/../" * 815 + "gateway.json5"]
 DOCUMENTS = [
     {"gateway": {"$include": "./gateway.json5"}},
     {"gateway": {"$include": "./gateway.json5", "tools": {"deny": ["browser"]}}},  # siblings merge over it
@@ -43,6 +49,17 @@ DOCUMENTS = [
     {"gateway": {"$include": "/etc/hostname"}},
     {"gateway": {"$include": 5}},
     {"gateway": {"$include": ["./gateway.json5", 5]}},
+    {"$include": "./gateway.json5", "controlUi": {"basePath": "/other"}, "tools": {"deny": "exec"}},  # a sibling's value wins
+    {"gateway": {"$include": ["./deny-a.json5", "./list.json5"]}},  # an object, then a list: the list
+    {"gateway": {"$include": ["./list.json5", "./deny-a.json5"]}},
+    {"gateway": {"$include": "./chain/c1.json5"}},  # ten deep
+    {"gateway": {"$include": "./chain/c0.json5"}},  # eleven
+    {"gateway": {"$include": "./alias.json5"}},  # a symlink to a file inside
+    {"gateway": {"$include": "./escape.json5"}},  # a symlink to a file outside
+    {"gateway": {"$include": "../elsewhere/link.json5"}},  # outside by name, inside once resolved
+    {"gateway": {"$include": "./gateway\u0000.json5"}},
+    {"gateway": {"$include": LONG_NAMES[0]}},
+    {"gateway": {"$include": LONG_NAMES[1]}},
 ]
 
 
@@ -53,6 +70,10 @@ def tree(tmp_path: Path) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     (tmp_path / "outside.json5").write_text("{secret: 1}")
+    (root / "alias.json5").symlink_to(root / "gateway.json5")
+    (root / "escape.json5").symlink_to(tmp_path / "outside.json5")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "link.json5").symlink_to(root / "gateway.json5")
     return root
 
 
@@ -70,7 +91,8 @@ def test_includes_resolve_as_the_gateway_resolves_them(tree: Path) -> None:
         except IncludeError:
             mine.append({"error": True})
     assert mine == theirs
-    assert sum("error" in answer for answer in theirs) == 8  # the corpus holds both kinds
+    assert sum("error" in answer for answer in theirs) == 13  # the corpus holds both kinds
+    assert [len(name) for name in LONG_NAMES] == [4095, 4096]
 
 
 def test_a_route_prefix_kept_in_an_included_file_moves_the_sidecars_routes_too(tree: Path) -> None:
@@ -91,3 +113,57 @@ def test_a_broken_include_fails_at_start_naming_the_key(tree: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(sidecar, environ={})
     assert [key for key, _ in exc.value.problems] == ["sidecar.openclawConfig"]
+
+
+@pytest.mark.parametrize("document, why", [
+    ({"$include": 5}, "invalid $include value: 5"),
+    ({"$include": ["./gateway.json5", 5]}, "invalid $include array item: 5"),
+    ({"$include": "./scalar.json5", "x": 1}, "sibling keys require included content to be an object"),
+    ({"$include": "./loop-a.json5"}, "circular include: "),
+    ({"$include": "./chain/c0.json5"}, "maximum include depth (10) exceeded at './c10.json5'"),
+    ({"$include": "../outside.json5"}, "include path escapes the config directory: '../outside.json5'"),
+    ({"$include": "./escape.json5"}, "include path resolves outside the config directory (symlink): './escape.json5'"),
+    ({"$include": "./missing.json5"}, "cannot read include file './missing.json5'"),
+    ({"$include": "./bad.json5"}, "cannot parse include file './bad.json5'"),
+    ({"$include": "./gateway\u0000.json5"}, "invalid include path './gateway\\x00.json5'"),
+], ids=["value", "item", "siblings", "cycle", "depth", "escape", "symlink", "missing", "parse", "nul"])
+def test_a_refused_include_says_why(tree: Path, document: dict, why: str) -> None:
+    """The start-up error an operator reads names the rule and the include it broke."""
+    with pytest.raises(IncludeError, match=re.escape(why)):
+        resolve_includes(document, tree / "openclaw.json", {})
+
+
+def test_an_include_file_may_hold_two_megabytes_and_not_a_byte_more(tree: Path) -> None:
+    """The gateway's limit (MAX_INCLUDE_FILE_BYTES): a file of exactly 2 MiB is read (this one then
+    fails to parse, at its first byte), one byte more is refused unread."""
+    (tree / "full.json5").write_text("}" + " " * (2 * 1024 * 1024 - 1))
+    (tree / "over.json5").write_text("}" + " " * (2 * 1024 * 1024))
+    with pytest.raises(IncludeError, match="cannot parse include file"):
+        resolve_includes({"$include": "./full.json5"}, tree / "openclaw.json", {})
+    with pytest.raises(IncludeError, match="include file over 2097152 bytes"):
+        resolve_includes({"$include": "./over.json5"}, tree / "openclaw.json", {})
+
+
+def test_an_absolute_root_in_openclaw_include_roots_lets_includes_out_of_the_config_directory(tree: Path) -> None:
+    """OPENCLAW_INCLUDE_ROOTS (a path list) widens where includes may live, for the gateway and so
+    for the sidecar; without it the same include is an escape."""
+    shared = tree.parent / "shared"
+    shared.mkdir()
+    (shared / "tools.json5").write_text("{deny: ['exec']}")
+    document = {"tools": {"$include": str(shared / "tools.json5")}}
+    with pytest.raises(IncludeError, match="escapes the config directory"):
+        resolve_includes(document, tree / "openclaw.json", {})
+    environ = {"OPENCLAW_INCLUDE_ROOTS": f"{tree.parent / 'other'}{os.pathsep}{shared}"}
+    assert resolve_includes(document, tree / "openclaw.json", environ) == ({"tools": {"deny": ["exec"]}}, (shared / "tools.json5",))
+
+
+def test_a_symlink_out_of_the_config_directory_is_refused_wherever_the_sidecar_runs(
+    tree: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run from the directory the symlink points into, with no OPENCLAW_INCLUDE_ROOTS set: that
+    directory is still no include root (the gateway has none but the config's)."""
+    monkeypatch.chdir(tree.parent)
+    with pytest.raises(IncludeError, match="symlink"):
+        resolve_includes({"$include": "./escape.json5"}, tree / "openclaw.json", {"OPENCLAW_INCLUDE_ROOTS": ""})
+    with pytest.raises(IncludeError, match="symlink"):
+        resolve_includes({"$include": "./escape.json5"}, tree / "openclaw.json", {})

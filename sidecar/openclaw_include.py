@@ -6,12 +6,13 @@ An object with `$include` is replaced by the named file's content (a list of fil
 in order, lists concatenated), and its other keys are merged over that. Paths are relative to the
 including file and must stay inside the top directory of the config (or an absolute root in
 OPENCLAW_INCLUDE_ROOTS), by name and once symlinks are resolved; at most ten deep, no cycles, 2 MB a
-file. Anything else is an error, as at the gateway.
+file, a regular file with one link. Anything else is an error, as at the gateway.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ INCLUDE_KEY = "$include"
 MAX_DEPTH = 10
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_PATH_LENGTH = 4096
+# Keys the gateway's mergeDeep drops wherever it merges (they could reach an object's prototype).
+BLOCKED_KEYS = frozenset({"__proto__", "prototype", "constructor"})
 
 
 class IncludeError(ValueError):
@@ -29,15 +32,28 @@ class IncludeError(ValueError):
 
 
 def deep_merge(target: Any, source: Any) -> Any:
-    """mergeDeep(target, source, {arrays: "concat"}): objects merge, lists concatenate, else source."""
-    if isinstance(target, Mapping) and isinstance(source, Mapping):
-        merged = dict(target)
-        for key, value in source.items():
-            merged[key] = deep_merge(merged[key], value) if key in merged else value
-        return merged
+    """mergeDeep(target, source, {arrays: "concat"}): objects merge, lists concatenate, else source.
+    Two objects merged lose their BLOCKED_KEYS, at any depth of either; so does an object merged
+    over something else."""
     if isinstance(target, list) and isinstance(source, list):
         return target + source
-    return source
+    if not (isinstance(target, Mapping) and isinstance(source, Mapping)):
+        return source
+    merged = _without_blocked_keys(target)
+    for key, value in source.items():
+        if key in BLOCKED_KEYS:
+            continue
+        if isinstance(value, Mapping):
+            merged[key] = deep_merge(merged[key], value) if isinstance(merged.get(key), Mapping) else _without_blocked_keys(value)
+        else:
+            merged[key] = deep_merge(merged.get(key), value)
+    return merged
+
+
+def _without_blocked_keys(value: Mapping[str, Any]) -> dict[str, Any]:
+    """sanitizePlainObject: the keys dropped from nested objects too (not from lists' items)."""
+    return {key: _without_blocked_keys(item) if isinstance(item, Mapping) else item
+            for key, item in value.items() if key not in BLOCKED_KEYS}
 
 
 def resolve_includes(document: Any, config_path: Path, environ: Mapping[str, str]) -> tuple[Any, tuple[Path, ...]]:
@@ -95,8 +111,12 @@ class _Includes:
             raise IncludeError(f"maximum include depth ({MAX_DEPTH}) exceeded at {name!r}")
         self.read.append(resolved)
         try:
-            if os.path.getsize(resolved) > MAX_FILE_BYTES:
+            found = os.stat(resolved)
+            if found.st_size > MAX_FILE_BYTES:
                 raise IncludeError(f"include file over {MAX_FILE_BYTES} bytes: {name!r}")
+            if not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
+                # The gateway's openRootFileSync: a FIFO would also hold the sidecar's start forever.
+                raise IncludeError(f"include file failed security checks (regular file, no hardlinks): {name!r}")
             text = Path(resolved).read_text(encoding="utf-8")
         except OSError as exc:
             raise IncludeError(f"cannot read include file {name!r}: {exc.strerror}") from None

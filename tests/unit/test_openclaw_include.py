@@ -26,6 +26,8 @@ FILES = {
     "loop-a.json5": "{$include: './loop-b.json5'}",
     "loop-b.json5": "{$include: './loop-a.json5'}",
     "bad.json5": "{nope",
+    "blocked.json5": "{tools: {deny: ['canvas'], constructor: {x: 1}, prototype: 2}, agents: [{constructor: 1}]}",
+    "linked.json5": "{tools: {deny: ['exec']}}",
     "sub/inner.json5": "{$include: '../gateway.json5'}",
     "sub/deep.json5": "{$include: './inner.json5', k: [1]}",
     # eleven files, each including the next: the gateway reads ten deep, no deeper
@@ -60,6 +62,12 @@ DOCUMENTS = [
     {"gateway": {"$include": "./gateway\u0000.json5"}},
     {"gateway": {"$include": LONG_NAMES[0]}},
     {"gateway": {"$include": LONG_NAMES[1]}},
+    # Keys that could reach a prototype: kept where nothing merges, dropped wherever objects merge.
+    {"gateway": {"$include": "./blocked.json5"}},
+    {"gateway": {"$include": "./blocked.json5", "constructor": 1, "__proto__": {"x": 1}, "tools": {"prototype": [1]}}},
+    {"gateway": {"$include": ["./deny-a.json5", "./blocked.json5"]}},
+    {"gateway": {"$include": ["./list.json5", "./blocked.json5"]}},
+    {"gateway": {"$include": "./hardlink.json5"}},  # a second name for linked.json5
 ]
 
 
@@ -74,6 +82,7 @@ def tree(tmp_path: Path) -> Path:
     (root / "escape.json5").symlink_to(tmp_path / "outside.json5")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "link.json5").symlink_to(root / "gateway.json5")
+    os.link(root / "linked.json5", root / "hardlink.json5")
     return root
 
 
@@ -91,7 +100,7 @@ def test_includes_resolve_as_the_gateway_resolves_them(tree: Path) -> None:
         except IncludeError:
             mine.append({"error": True})
     assert mine == theirs
-    assert sum("error" in answer for answer in theirs) == 13  # the corpus holds both kinds
+    assert sum("error" in answer for answer in theirs) == 14  # the corpus holds both kinds
     assert [len(name) for name in LONG_NAMES] == [4095, 4096]
 
 
@@ -142,6 +151,14 @@ def test_an_include_file_may_hold_two_megabytes_and_not_a_byte_more(tree: Path) 
         resolve_includes({"$include": "./full.json5"}, tree / "openclaw.json", {})
     with pytest.raises(IncludeError, match="include file over 2097152 bytes"):
         resolve_includes({"$include": "./over.json5"}, tree / "openclaw.json", {})
+
+
+def test_an_include_that_is_no_regular_file_is_refused_not_waited_on(tree: Path) -> None:
+    """A FIFO named as an include held the sidecar's start forever (its size reads 0, then the
+    read blocks); the gateway opens only regular files."""
+    os.mkfifo(tree / "pipe.json5")
+    with pytest.raises(IncludeError, match="failed security checks"):
+        resolve_includes({"$include": "./pipe.json5"}, tree / "openclaw.json", {})
 
 
 def test_an_absolute_root_in_openclaw_include_roots_lets_includes_out_of_the_config_directory(tree: Path) -> None:

@@ -12,12 +12,16 @@ file, a regular file with one link. Anything else is an error, as at the gateway
 from __future__ import annotations
 
 import os
+import pwd
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import json5
+
+from .toolpolicy import js_trim
 
 INCLUDE_KEY = "$include"
 MAX_DEPTH = 10
@@ -58,11 +62,50 @@ def _without_blocked_keys(value: Mapping[str, Any]) -> dict[str, Any]:
 
 def resolve_includes(document: Any, config_path: Path, environ: Mapping[str, str]) -> tuple[Any, tuple[Path, ...]]:
     """`document` (parsed from `config_path`) with every `$include` resolved, and the files read."""
-    roots = [os.path.normpath(config_path.parent)]
-    roots += [os.path.normpath(r) for r in environ.get("OPENCLAW_INCLUDE_ROOTS", "").split(os.pathsep) if os.path.isabs(r)]
+    roots = [os.path.normpath(config_path.parent), *include_roots(environ)]
     includes = _Includes(roots, [os.path.realpath(r) for r in roots])
     base = os.path.normpath(config_path)
     return includes.process(document, base, 0, (base,)), tuple(Path(f) for f in dict.fromkeys(includes.read))
+
+
+def include_roots(environ: Mapping[str, str]) -> list[str]:
+    """resolveIncludeRoots: OPENCLAW_INCLUDE_ROOTS split on the path separator, each entry trimmed,
+    a leading `~` made the OpenClaw home, made absolute, each once. A relative entry is taken from
+    the sidecar's working directory, which the gateway's may not be: name roots absolutely."""
+    roots: dict[str, None] = {}
+    for entry in js_trim(environ.get("OPENCLAW_INCLUDE_ROOTS", "")).split(os.pathsep):
+        entry = js_trim(entry)
+        if entry.startswith("~"):
+            entry = _TILDE.sub(lambda _: _openclaw_home(environ), entry)
+        if entry:
+            roots[os.path.abspath(entry)] = None
+    return list(roots)
+
+
+_TILDE = re.compile(r"\A~(?=\Z|[\\/])")
+
+
+def _openclaw_home(environ: Mapping[str, str]) -> str:
+    """resolveRequiredHomeDir: OPENCLAW_HOME (itself `~`-relative to the OS home), else the OS home
+    (HOME, USERPROFILE, the user's entry), else the working directory."""
+    os_home = _home_value(environ.get("HOME")) or _home_value(environ.get("USERPROFILE")) or _home_value(_user_home())
+    explicit = _home_value(environ.get("OPENCLAW_HOME"))
+    if explicit and _TILDE.match(explicit):
+        return os.path.abspath(_TILDE.sub(lambda _: os_home, explicit)) if os_home else os.getcwd()
+    return os.path.abspath(explicit or os_home or os.getcwd())
+
+
+def _home_value(value: str | None) -> str | None:
+    """normalizeHomeDirValue: blank, "undefined" and "null" name no home."""
+    trimmed = js_trim(value or "")
+    return trimmed if trimmed not in ("", "undefined", "null") else None
+
+
+def _user_home() -> str | None:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return None
 
 
 class _Includes:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import ConfigError, load_config
-from sidecar.openclaw_include import IncludeError, resolve_includes
+from sidecar.openclaw_include import IncludeError, include_roots, resolve_includes
 from tests.gateway.oracle import call_gateway, needs_gateway
 
 pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
@@ -172,6 +172,29 @@ def test_an_absolute_root_in_openclaw_include_roots_lets_includes_out_of_the_con
         resolve_includes(document, tree / "openclaw.json", {})
     environ = {"OPENCLAW_INCLUDE_ROOTS": f"{tree.parent / 'other'}{os.pathsep}{shared}"}
     assert resolve_includes(document, tree / "openclaw.json", environ) == ({"tools": {"deny": ["exec"]}}, (shared / "tools.json5",))
+
+
+ROOTS_ENVIRONMENTS = [
+    {},
+    {"OPENCLAW_INCLUDE_ROOTS": "  "},
+    {"OPENCLAW_INCLUDE_ROOTS": " /a : /b/ :: /a ", "HOME": "/home/u"},  # trimmed, each once
+    {"OPENCLAW_INCLUDE_ROOTS": "\u00a0/a/../b/./c\ufeff", "HOME": "/home/u"},
+    {"OPENCLAW_INCLUDE_ROOTS": "~/shared:~:~x/y:rel/dir", "HOME": "/home/u"},
+    {"OPENCLAW_INCLUDE_ROOTS": "~/s", "OPENCLAW_HOME": "~/oc", "HOME": "/home/u"},
+    {"OPENCLAW_INCLUDE_ROOTS": "~/s", "OPENCLAW_HOME": " /srv/oc ", "HOME": "/home/u"},
+    {"OPENCLAW_INCLUDE_ROOTS": "~/s", "OPENCLAW_HOME": "undefined", "HOME": " null", "USERPROFILE": "/u2"},
+    {"OPENCLAW_INCLUDE_ROOTS": "~\\s", "HOME": "/home/u"},
+]
+
+
+@needs_gateway
+def test_include_roots_are_read_as_the_gateway_reads_them() -> None:
+    """OPENCLAW_INCLUDE_ROOTS=" ~/shared" let the gateway include from the home's shared/ while the
+    sidecar, taking only entries already absolute, refused to start."""
+    theirs = call_gateway(["resolveIncludeRoots"], "answer(input.map((env) => gateway.resolveIncludeRoots(env)));",
+                          ROOTS_ENVIRONMENTS)
+    assert [include_roots(environ) for environ in ROOTS_ENVIRONMENTS] == theirs
+    assert theirs[4][0] == "/home/u/shared" and theirs[5] == ["/home/u/oc/s"]  # the cases are the ones meant
 
 
 def test_a_symlink_out_of_the_config_directory_is_refused_wherever_the_sidecar_runs(

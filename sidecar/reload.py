@@ -53,18 +53,22 @@ class Reloader:
         self.runtime = runtime
         self.apply = apply
         self.build = build
-        self._seen = fingerprint(watched_files(config_path, runtime.config))
+        # The files of the last config that loaded, accepted or not: watching the serving one's
+        # instead, an edit refused that named another file differed from them at every check and
+        # was refused again at every poll (mutation testing).
+        self._files = watched_files(config_path, runtime.config)
+        self._seen = fingerprint(self._files)
         self._asked = False
 
     def check(self) -> bool | None:
         """Reload if a watched file changed; None when nothing did."""
-        current = fingerprint(watched_files(self.config_path, self.runtime.config))
+        current = fingerprint(self._files)
         if current == self._seen:
             return None
         return self._reload("file change", current)
 
     def reload(self, why: str) -> bool:
-        return self._reload(why, fingerprint(watched_files(self.config_path, self.runtime.config)))
+        return self._reload(why, fingerprint(self._files))
 
     def ask(self, why: str) -> None:
         """Reload at the loop's next turn; every request made before it runs shares it. A reload
@@ -86,7 +90,8 @@ class Reloader:
             self.config_path, openclaw_config_path(self.config_path, self.runtime.config.sidecar)))
         try:
             config = load_config(self.config_path, self.overrides)
-            self._seen = fingerprint(watched_files(self.config_path, config))
+            self._files = watched_files(self.config_path, config)
+            self._seen = fingerprint(self._files)
             if config.secrets.problems:
                 # Every caller would get 401 and be counted toward a lockout that outlives the
                 # fix, while /readyz says ready: a Secret caught empty mid-swap did that (review).

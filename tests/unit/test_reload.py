@@ -234,3 +234,23 @@ def test_identity_header_names_are_kept_across_restarts_in_the_runtime_directory
     assert IdentityHeaderMemory(tmp_path / "run").recall() == {"x-auth-user", "x-forwarded-user"}
     memory.path.write_text(json.dumps(["X-Remote-User", "host", 5, "no spaces allowed", ""]))
     assert IdentityHeaderMemory(tmp_path / "run").recall() == {"x-remote-user"}  # only what a config could name
+
+
+def test_a_refused_edit_naming_another_file_is_not_refused_again_until_a_file_changes(files: tuple[Path, Path]) -> None:
+    """Watching the serving config's files, an edit refused that named another token file differed
+    from them at every check: refused, logged and counted again at every poll (mutation testing)."""
+    config_path, token = files
+    applied: list[Runtime] = []
+    watcher = reloader(config_path, applied)
+    rotated = token.with_name("token.new")
+    rotated.write_text("T2\n")
+    rotated.with_name("token.new.old").write_text("T1\n")
+    write_config(config_path, rotated, listen="127.0.0.1:1")
+    before = counted("rejected")
+    assert [watcher.check() for _ in range(3)] == [False, None, None]
+    assert counted("rejected") == before + 1
+    rotated.write_text("T3\n")  # a file of the refused edit is watched: it is tried again
+    assert watcher.check() is False
+    write_config(config_path, rotated)
+    assert watcher.check() is True and applied[-1].config.secrets.token == "T3"
+    assert watcher.check() is None

@@ -89,6 +89,16 @@ def test_limiters_survive_a_reload(files: tuple[Path, Path]) -> None:
     old = watcher.runtime
     assert watcher.reload("SIGHUP") is True
     assert applied[0].failure_limiter is old.failure_limiter
+    assert watcher.runtime is applied[0]  # the next reload builds on it and compares with it
+
+
+def test_an_applied_reload_is_logged_with_its_cause(files: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    config_path, token = files
+    watcher = reloader(config_path, [])
+    token.write_text("T2\n")
+    assert watcher.check() is True
+    assert watcher.reload("SIGHUP") is True
+    assert "config reloaded (file change)" in caplog.text and "config reloaded (SIGHUP)" in caplog.text
 
 
 async def test_reloads_asked_for_before_one_runs_share_it(files: tuple[Path, Path]) -> None:
@@ -128,7 +138,13 @@ def test_any_failure_keeps_the_serving_runtime(files: tuple[Path, Path], fault: 
     assert watcher.check() is False
     assert counted("rejected") == before + 1
     assert applied == [] and watcher.runtime is serving
-    assert "the previous configuration keeps serving" in caplog.text
+    assert "config reload (file change) rejected, the previous configuration keeps serving" in caplog.text
+    assert {r.name for r in caplog.records if "keeps serving" in r.getMessage()} == {"sidecar.reload"}
+    reason = {"restart setting": "sidecar.listen: changed; this setting needs a restart", "emptied secret file": "gateway.auth: ",
+              "build raises": "config reload (file change) failed"}.get(fault, "")
+    assert reason in caplog.text
+    if fault == "build raises":  # the bug is logged with its traceback, the refusal names only its type
+        assert "RuntimeError: injected" in caplog.text and "keeps serving: internal error (RuntimeError)" in caplog.text
     assert "T1" not in caplog.text and "T2" not in caplog.text
     assert watcher.check() is None  # not retried until the files change again
 
@@ -254,3 +270,41 @@ def test_a_refused_edit_naming_another_file_is_not_refused_again_until_a_file_ch
     write_config(config_path, rotated)
     assert watcher.check() is True and applied[-1].config.secrets.token == "T3"
     assert watcher.check() is None
+
+
+def test_identity_header_names_are_written_once_per_change_into_a_private_directory(tmp_path: Path) -> None:
+    """Kept at every reload: the same names are not written again; a runtime directory not there
+    yet is made, readable by the sidecar alone, and the file is found there after a restart."""
+    from sidecar.reload import IdentityHeaderMemory
+
+    memory = IdentityHeaderMemory(tmp_path / "var" / "run")
+    memory.keep(frozenset({"x-auth-user"}))
+    assert json.loads((tmp_path / "var" / "run" / "identity-headers.json").read_text()) == ["x-auth-user"]
+    assert (tmp_path / "var" / "run").stat().st_mode & 0o777 == 0o700
+    memory.path.unlink()
+    memory.keep(frozenset({"x-auth-user"}))
+    assert not memory.path.exists()
+    memory.keep(frozenset({"x-auth-user", "x-remote-user"}))  # the directory is there now
+    assert IdentityHeaderMemory(tmp_path / "var" / "run").recall() == {"x-auth-user", "x-remote-user"}
+
+
+def test_identity_header_names_that_cannot_be_kept_are_said_and_tried_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from sidecar.reload import IdentityHeaderMemory
+
+    (tmp_path / "run").write_text("a file where the directory should be")
+    memory = IdentityHeaderMemory(tmp_path / "run")
+    memory.keep(frozenset({"x-auth-user"}))
+    assert "cannot keep the identity header names in" in caplog.text
+    (tmp_path / "run").unlink()
+    memory.keep(frozenset({"x-auth-user"}))
+    assert memory.recall() == {"x-auth-user"}
+
+
+@pytest.mark.parametrize("kept", ['"x-remote-user"', '{"x-remote-user": 1}', "null"])
+def test_identity_header_names_are_recalled_only_from_a_list(tmp_path: Path, kept: str) -> None:
+    """A string would have been read as one-letter header names, an object as its keys."""
+    from sidecar.reload import IdentityHeaderMemory
+
+    memory = IdentityHeaderMemory(tmp_path)
+    memory.path.write_text(kept)
+    assert memory.recall() == frozenset()

@@ -308,3 +308,13 @@ def test_identity_header_names_are_recalled_only_from_a_list(tmp_path: Path, kep
     memory = IdentityHeaderMemory(tmp_path)
     memory.path.write_text(kept)
     assert memory.recall() == frozenset()
+
+
+def test_a_refusal_for_several_reasons_names_each_apart(files: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """An operator reading the log finds every key the edit got wrong, one after another."""
+    config_path, _ = files
+    watcher = reloader(config_path, [])
+    config_path.write_text(json.dumps({"sidecar": {"enforce": "maybe", "shadowLines": "many"}}))
+    assert watcher.check() is False
+    refusal = next(r.getMessage() for r in caplog.records if "keeps serving" in r.getMessage())
+    assert re.search(r"keeps serving: sidecar\.enforce: [^;]+; sidecar\.shadowLines: ", refusal), refusal

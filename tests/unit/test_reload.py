@@ -14,7 +14,7 @@ import pytest
 from sidecar.config import load_config
 from sidecar.metrics import CONFIG_RELOADS
 from sidecar.ratelimit import LimitVerdict
-from sidecar.reload import Reloader, fingerprint, watched_files
+from sidecar.reload import IdentityHeaderMemory, Reloader, fingerprint, watched_files
 from sidecar.runtime import Runtime, build_runtime, restart_needed
 
 
@@ -242,8 +242,6 @@ def test_a_header_the_sidecar_writes_itself_is_never_taken_for_an_identity_heade
 
 
 def test_identity_header_names_are_kept_across_restarts_in_the_runtime_directory(tmp_path: Path) -> None:
-    from sidecar.reload import IdentityHeaderMemory
-
     memory = IdentityHeaderMemory(tmp_path / "run")
     assert memory.recall() == frozenset()
     memory.keep(frozenset({"x-auth-user", "x-forwarded-user"}))
@@ -275,8 +273,6 @@ def test_a_refused_edit_naming_another_file_is_not_refused_again_until_a_file_ch
 def test_identity_header_names_are_written_once_per_change_into_a_private_directory(tmp_path: Path) -> None:
     """Kept at every reload: the same names are not written again; a runtime directory not there
     yet is made, readable by the sidecar alone, and the file is found there after a restart."""
-    from sidecar.reload import IdentityHeaderMemory
-
     memory = IdentityHeaderMemory(tmp_path / "var" / "run")
     memory.keep(frozenset({"x-auth-user"}))
     assert json.loads((tmp_path / "var" / "run" / "identity-headers.json").read_text()) == ["x-auth-user"]
@@ -289,8 +285,6 @@ def test_identity_header_names_are_written_once_per_change_into_a_private_direct
 
 
 def test_identity_header_names_that_cannot_be_kept_are_said_and_tried_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from sidecar.reload import IdentityHeaderMemory
-
     (tmp_path / "run").write_text("a file where the directory should be")
     memory = IdentityHeaderMemory(tmp_path / "run")
     memory.keep(frozenset({"x-auth-user"}))
@@ -303,8 +297,6 @@ def test_identity_header_names_that_cannot_be_kept_are_said_and_tried_again(tmp_
 @pytest.mark.parametrize("kept", ['"x-remote-user"', '{"x-remote-user": 1}', "null"])
 def test_identity_header_names_are_recalled_only_from_a_list(tmp_path: Path, kept: str) -> None:
     """A string would have been read as one-letter header names, an object as its keys."""
-    from sidecar.reload import IdentityHeaderMemory
-
     memory = IdentityHeaderMemory(tmp_path)
     memory.path.write_text(kept)
     assert memory.recall() == frozenset()

@@ -37,14 +37,18 @@ def options_from(args: argparse.Namespace) -> Options:
         identity.append((name.strip(), value))
     if not args.ws_path.startswith("/"):
         raise ProbeSetupError(f"--ws-path {args.ws_path!r} must start with /")
-    if not 0 < args.timeout <= MAX_TIMEOUT_SECONDS:  # also refuses nan, which every comparison fails
-        raise ProbeSetupError(f"--timeout {args.timeout!r} must be more than 0 and at most {MAX_TIMEOUT_SECONDS} seconds")
-    if args.max_seconds is not None and not 0 < args.max_seconds <= MAX_RUN_SECONDS:
-        raise ProbeSetupError(f"--max-seconds {args.max_seconds!r} must be more than 0 and at most {MAX_RUN_SECONDS} seconds")
+    _check_seconds("--timeout", args.timeout, MAX_TIMEOUT_SECONDS)
+    if args.max_seconds is not None:
+        _check_seconds("--max-seconds", args.max_seconds, MAX_RUN_SECONDS)
     return Options(target=args.url, baseline=args.baseline, backend_record=args.backend_record,
                    secret=args.token or args.password, secret_field="password" if args.password else "token",
                    identity=tuple(identity), cases=args.cases, safe_tool=args.safe_tool, unsafe=args.unsafe,
                    ws_path=args.ws_path, timeout=args.timeout, max_seconds=args.max_seconds)
+
+
+def _check_seconds(option: str, seconds: float, most: float) -> None:
+    if not 0 < seconds <= most:  # also refuses nan, which every comparison fails
+        raise ProbeSetupError(f"{option} {seconds!r} must be more than 0 and at most {most} seconds")
 
 
 class Progress:

@@ -29,6 +29,7 @@ MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_PATH_LENGTH = 4096
 # Keys the gateway's mergeDeep drops wherever it merges (they could reach an object's prototype).
 BLOCKED_KEYS = frozenset({"__proto__", "prototype", "constructor"})
+_TILDE = re.compile(r"\A~(?=\Z|[\\/])")  # a leading `~` alone or before a separator: the home
 
 
 class IncludeError(ValueError):
@@ -80,9 +81,6 @@ def include_roots(environ: Mapping[str, str]) -> list[str]:
         if entry:
             roots[os.path.abspath(entry)] = None
     return list(roots)
-
-
-_TILDE = re.compile(r"\A~(?=\Z|[\\/])")
 
 
 def _openclaw_home(environ: Mapping[str, str]) -> str:

@@ -38,6 +38,7 @@ from mitmproxy.utils import asyncio_utils
 
 from sidecar import request_line
 from sidecar.body import MAX_BODY_BYTES
+from sidecar.headers import TOKEN_CHAR
 from sidecar.metrics import HEAD_REFUSALS
 
 from .coroutines import resume
@@ -71,7 +72,7 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 # A chunk-size line as Node reads it: at most 16 significant hex digits (no 64-bit overflow), no
 # whitespace before the CRLF, extension names and values that may be empty, quoted values without
 # control bytes; h11 allows whitespace and overflow (a size that overflows left the request hanging).
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TOKEN = TOKEN_CHAR.encode()
 _VALUE = rb'=(?:' + _TOKEN + rb'*|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*")'
 _QUOTED = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _STRICT_CHUNK_HEADER = re.compile(

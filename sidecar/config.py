@@ -33,7 +33,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
-from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES
+from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HOP_BY_HOP, OWNED_NAMES, PROTECTED_PREFIXES, TOKEN_CHAR
 from .identities import for_identity
 from .ipaddrs import IPNetwork, is_loopback, parse_network
 from .openclaw_env import (
@@ -57,7 +57,7 @@ def _default_runtime_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"openclaw-sidecar-{os.getuid()}"
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN = re.compile(TOKEN_CHAR + "+")
 # Owned headers the sidecar writes on every forwarded request: a gateway demanding one of its
 # proxy finds it there (it checks only that it is there).
 _ALWAYS_SENT_UPSTREAM = frozenset({"x-request-id"})

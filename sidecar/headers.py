@@ -53,6 +53,9 @@ def is_context_header(name: str) -> bool:
 
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9110's tchar: what a header name may hold (Node's parser answers 400 to anything else).
+TOKEN_CHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_HEADER_NAME = re.compile(TOKEN_CHAR.encode() + b"+")
 
 
 def fold(name: str) -> str:
@@ -88,6 +91,8 @@ def head_problem(view: RequestView, extra_protected: frozenset[str] = frozenset(
     """Why this request head must be refused with 400, or None. Checked before anything else."""
     for raw_name, raw_value in view.headers:
         name = raw_name.decode("latin-1")
+        if not _HEADER_NAME.fullmatch(raw_name):
+            return f"header name {name!r} is not a token"
         if aliases_protected(name, extra_protected):
             return f"header name {name!r} aliases a protected header"
         if _CONTROL.search(raw_value):  # includes obs-fold, which arrives as CR LF in the value

@@ -365,3 +365,26 @@ def test_connection_nomination_cannot_remove_the_host() -> None:
 def test_a_request_announcing_trailers_is_refused_at_its_head(spelling: str) -> None:
     """Trailers arrive after the body, past every header check (corpus B6): announcing them is enough."""
     assert head_problem(view((spelling, "x-openclaw-scopes"))) == "request trailers are not accepted"
+
+
+# ---- Header names ------------------------------------------------------------------------------
+
+
+def test_header_names_are_refused_exactly_where_nodes_parser_refuses_them() -> None:
+    """Every byte inside a header name, judged by head_problem and by the gateway's own parser
+    (Node's llhttp, no lenient flags): a name Node refuses never reaches the policy as if it were
+    a header, even where a layer in front did not already answer 400. `:` ends a name; CR and LF
+    end a line."""
+    from tests.node import node_http_parse
+
+    spellings = [b"X" + bytes([c]) + b"Y" for c in range(256) if c not in b":\r\n"]
+    parsed, _ = node_http_parse([b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": v\r\n\r\n" for name in spellings])
+    refused_by_node = {name for name, seen in zip(spellings, parsed) if seen["error"] is not None}
+    refused_here = {name for name in spellings if head_problem(view((name.decode("latin-1"), "v"))) is not None}
+    assert refused_here == refused_by_node
+    assert b"X Y" in refused_here and b"X~Y" not in refused_here  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("name", ["Foo Bar", "Foo@", "F\xe9o", "X(Y)", "{x}", "", "X\x00"])
+def test_a_name_that_is_no_token_is_refused(name: str) -> None:
+    assert head_problem(view((name, "v"))) == f"header name {name!r} is not a token"

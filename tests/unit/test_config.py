@@ -885,6 +885,48 @@ def test_trusted_proxy_mode_that_refuses_its_only_proxy_is_announced(tmp_path: P
     assert any("WITHOUT trustedProxy.allowLoopback" in r.getMessage() for r in caplog.records) is warned
 
 
+def trusted_proxy(proxies: tuple[str, ...] = ("198.51.100.5",), **settings: object) -> dict:
+    return {"auth": {"mode": "trusted-proxy", "trustedProxy": {"userHeader": "x-user", **settings}}, "trustedProxies": list(proxies)}
+
+
+TOKEN_GATEWAY = {"auth": {"token": "T"}}
+TLS_GATEWAY = {**TOKEN_GATEWAY, "tls": {"enabled": True}}
+PASSWORD_GATEWAY = {"auth": {"mode": "password", "password": "P"}}
+
+
+@pytest.mark.parametrize("config, warnings", [
+    ({"gateway": TOKEN_GATEWAY}, ()),
+    ({"gateway": {"auth": {"mode": "token"}}}, ("auth misconfigured, every authenticated request will get 401: gateway.auth.mode is token",)),
+    ({"gateway": trusted_proxy()}, ("TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders",)),
+    ({"gateway": trusted_proxy(requiredHeaders=["x-proto"])}, ()),
+    ({"gateway": trusted_proxy(("10.42.0.0/16", "198.51.100.4/31"), allowUsers=["a"])},
+     ("TRUSTED-PROXY MODE TRUSTING RANGES 10.42.0.0/16, 198.51.100.4/31: any host in them can name any allowed user",)),
+    ({"gateway": {**TOKEN_GATEWAY, "trustedProxies": ["127.0.0.1", "10.42.0.0/16"]}}, ()),  # trusted for attribution alone
+    ({"gateway": TOKEN_GATEWAY, "sidecar": {"enforce": False}}, ("SHADOW MODE",)),
+    ({"gateway": TOKEN_GATEWAY, "sidecar": {"websocket": {"mode": "passthrough"}}}, ("WEBSOCKET PASSTHROUGH",)),
+    ({"gateway": TLS_GATEWAY, "sidecar": {"upstream": "https://127.0.0.1:1"}}, ("gateway.tls.enabled and no sidecar.upstreamTls",)),
+    ({"gateway": TLS_GATEWAY, "sidecar": {"upstream": "https://127.0.0.1:1", "upstreamTls": {"fingerprint": "ab" * 32}}}, ()),
+    ({"gateway": {**TOKEN_GATEWAY, "http": {"endpoints": {"chatCompletions": {"enabled": True}}}},  # opened, and switched on
+      "sidecar": {"routes": {"allow": ["openai-chat-completions", "node-capability"]}}},
+     ("route openai-chat-completions opened beyond the default policy (acts, credential gateway: agent turn as owner, "
+      "scopes header ignored for the token)", "route node-capability opened beyond the default policy (node capabilities)")),
+    ({"gateway": PASSWORD_GATEWAY, "sidecar": {"websocket": {"allowNodes": True}}}, ()),
+    ({"gateway": PASSWORD_GATEWAY, "sidecar": {"websocket": {"allowNodes": True}, "upstreamAuth": {"token": "other"}}},
+     ("sidecar.websocket.allowNodes is on but no node can connect",)),
+])
+async def test_building_the_runtime_says_what_will_refuse_every_call_or_let_calls_past_the_policy(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, config: dict, warnings: tuple[str, ...]) -> None:
+    """Said at start-up and at each reload, whichever way the sidecar is loaded (run, mitmdump,
+    check-config): they all build the runtime. Nothing is said of a configuration that earns nothing."""
+    from sidecar.runtime import build_runtime
+
+    with caplog.at_level("WARNING", logger="sidecar"):
+        runtime = build_runtime(load_config(write(tmp_path, "c.json", json.dumps(config)), environ={}))
+    await runtime.aclose()
+    said = [r.getMessage() for r in caplog.records if r.name == "sidecar"]
+    assert len(said) == len(caplog.records) == len(warnings) and all(message.startswith(warning) for message, warning in zip(said, warnings)), said
+
+
 @pytest.mark.parametrize("variable, value, flags, expected", [
     ("OPENCLAW_SIDECAR_LISTEN", "bad", {}, ("sidecar.listen", "expected HOST:PORT, got 'bad' (from OPENCLAW_SIDECAR_LISTEN)")),
     ("OPENCLAW_SIDECAR_RATE_LIMIT__MAX_ENTRIES", "-5", {},
@@ -996,6 +1038,19 @@ def test_a_bad_storage_uri_beside_a_password_file_names_the_uri_alone(tmp_path: 
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, "c.yaml", text), environ={})
     assert list(problems_of(exc)) == ["sidecar.rateLimit.storage"]
+
+
+def test_a_storage_uri_only_the_storage_itself_refuses_fails_the_start_naming_the_key(tmp_path: Path) -> None:
+    """A sentinel URI without its service name reads well and fails only when the limiter builds
+    its storage: still a configuration error naming the key, with the password masked."""
+    from sidecar.runtime import build_runtime
+
+    config = load_config(write(tmp_path, "c.yaml", "sidecar:\n  rateLimit: {storage: 'redis+sentinel://:s3cret@sentinel:26379'}\n"), environ={})
+    with pytest.raises(ConfigError) as exc:
+        build_runtime(config)
+    [(key, message)] = exc.value.problems
+    assert key == "sidecar.rateLimit.storage" and "s3cret" not in message, message
+    assert message.startswith("invalid rate-limit storage URI 'redis+sentinel://:***@sentinel:26379'"), message
 
 
 def test_an_audit_log_the_process_may_not_write_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from pathlib import Path
 
@@ -200,6 +201,65 @@ async def test_a_change_of_the_gateways_auth_limits_applies_at_once_to_the_failu
     assert (limiter.max_attempts, limiter.lockout_ms) == (4, 60_000)  # read as the gateway reads them
     assert await limiter.check("203.0.113.7") == LimitVerdict(False, retry_after_s=60)
     assert (await limiter.check("198.51.100.1")).allowed
+
+
+def open_sockets() -> int:
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("socket:") for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+async def test_closing_a_runtime_hangs_up_on_the_shared_redis(tmp_path: Path, redis_url: str) -> None:
+    """check-config builds the runtime to try its storage, then closes it, as a shutdown does:
+    each limiter holds its own connections, and none is left open."""
+    config_path = tmp_path / "sidecar.json"
+    config_path.write_text(json.dumps({"gateway": {"auth": {"token": "T"}},
+                                       "sidecar": {"rateLimit": {"storage": redis_url, "requests": {"limit": "10/minute"}}}}))
+    before = open_sockets()
+    runtime = build_runtime(load_config(config_path, environ={}))
+    assert runtime.request_limiter is not None
+    await runtime.failure_limiter.record_failure("203.0.113.7")
+    failures_connected = open_sockets()
+    assert (await runtime.request_limiter.hit("caller")).allowed
+    assert open_sockets() > failures_connected > before
+    await runtime.aclose()
+    assert open_sockets() == before
+
+
+async def test_the_rate_limit_settings_reach_the_limiters_on_the_runtimes_clock(tmp_path: Path) -> None:
+    """Building the runtime is where each setting meets its limiter: every one below changes what
+    a caller gets (loopback delays, the per-address and per-tool counts, the clock a lockout ends by)."""
+    config_path = tmp_path / "sidecar.json"
+    config_path.write_text(json.dumps({
+        "gateway": {"auth": {"token": "T", "rateLimit": {"maxAttempts": 1, "windowMs": 60_000, "lockoutMs": 60_000}}},
+        "sidecar": {"rateLimit": {"loopbackDelayBaseMs": 100, "loopbackDelayMaxMs": 150,
+                                  "requests": {"limit": "1/minute", "per": "ip", "perTool": True}}}}))
+    now = [1_000_000.0]
+    runtime = build_runtime(load_config(config_path, environ={}), clock=lambda: now[0])
+    failures, requests = runtime.failure_limiter, runtime.request_limiter
+    assert requests is not None
+    assert [await failures.record_failure("127.0.0.1") for _ in range(3)] == [0.1, 0.15, 0.15]
+    await failures.record_failure("203.0.113.7")
+    assert not (await failures.check("203.0.113.7")).allowed
+    assert (await requests.hit("alice", "read", client_ip="203.0.113.7")).allowed
+    assert not (await requests.hit("bob", "read", client_ip="203.0.113.7")).allowed  # one address, one count
+    assert (await requests.hit("bob", "write", client_ip="203.0.113.7")).allowed  # another tool, another count
+    now[0] += 61
+    assert (await failures.check("203.0.113.7")).allowed
+    assert (await requests.hit("alice", "read", client_ip="203.0.113.7")).allowed
+    await runtime.aclose()
+
+
+async def test_fail_closed_reaches_both_limiters(tmp_path: Path) -> None:
+    """Nothing listens on the storage's port: with failClosed each limiter answers `unavailable`
+    (503) rather than counting on a memory of its own."""
+    config_path = tmp_path / "sidecar.json"
+    config_path.write_text(json.dumps({"gateway": {"auth": {"token": "T"}}, "sidecar": {"rateLimit": {
+        "storage": "redis://127.0.0.1:1", "failClosed": True, "requests": {"limit": "10/minute"}}}}))
+    runtime = build_runtime(load_config(config_path, environ={}))
+    assert runtime.request_limiter is not None
+    assert (await runtime.failure_limiter.check("203.0.113.7")).unavailable
+    assert (await runtime.request_limiter.hit("alice", "read", client_ip="203.0.113.7")).unavailable
+    await runtime.aclose()
 
 
 def test_every_identity_header_any_version_named_stays_stripped(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from sidecar.ratelimit import LimitVerdict
 from sidecar.reload import IdentityHeaderMemory, Reloader, fingerprint, watched_files
 from sidecar.runtime import Runtime, build_runtime, restart_needed
 
+from tests.redis_server import RedisServer
+
 
 def write_config(path: Path, token_file: Path, **sidecar: object) -> Path:
     path.write_text(json.dumps({"sidecar": {"auth": {"previousTokenFiles": [str(token_file) + ".old"]}, **sidecar},
@@ -231,7 +233,7 @@ async def test_the_rate_limit_settings_reach_the_limiters_on_the_runtimes_clock(
     config_path = tmp_path / "sidecar.json"
     config_path.write_text(json.dumps({
         "gateway": {"auth": {"token": "T", "rateLimit": {"maxAttempts": 1, "windowMs": 60_000, "lockoutMs": 60_000}}},
-        "sidecar": {"rateLimit": {"loopbackDelayBaseMs": 100, "loopbackDelayMaxMs": 150,
+        "sidecar": {"rateLimit": {"loopbackDelayBaseMs": 100, "loopbackDelayMaxMs": 150, "maxEntries": 1,
                                   "requests": {"limit": "1/minute", "per": "ip", "perTool": True}}}}))
     now = [1_000_000.0]
     runtime = build_runtime(load_config(config_path, environ={}), clock=lambda: now[0])
@@ -240,13 +242,36 @@ async def test_the_rate_limit_settings_reach_the_limiters_on_the_runtimes_clock(
     assert [await failures.record_failure("127.0.0.1") for _ in range(3)] == [0.1, 0.15, 0.15]
     await failures.record_failure("203.0.113.7")
     assert not (await failures.check("203.0.113.7")).allowed
+    await failures.record_failure("203.0.113.8")  # no room beside a live lockout (maxEntries 1):
+    assert not (await failures.check("198.51.100.9")).allowed  # every client not tracked is refused
     assert (await requests.hit("alice", "read", client_ip="203.0.113.7")).allowed
     assert not (await requests.hit("bob", "read", client_ip="203.0.113.7")).allowed  # one address, one count
     assert (await requests.hit("bob", "write", client_ip="203.0.113.7")).allowed  # another tool, another count
     now[0] += 61
     assert (await failures.check("203.0.113.7")).allowed
+    assert (await failures.check("198.51.100.9")).allowed
     assert (await requests.hit("alice", "read", client_ip="203.0.113.7")).allowed
     await runtime.aclose()
+
+
+async def test_the_storage_password_reaches_both_limiters(tmp_path: Path) -> None:
+    """A Redis with requirepass and the password in `storagePasswordFile`, failClosed: each
+    limiter counts in that Redis (a limiter without the password would answer `unavailable`)."""
+    (tmp_path / "redis-password").write_text("redis-pw\n")
+    with RedisServer(password="redis-pw") as server:
+        config_path = tmp_path / "sidecar.json"
+        config_path.write_text(json.dumps({"gateway": {"auth": {"token": "T", "rateLimit": {"maxAttempts": 1}}},
+                                           "sidecar": {"rateLimit": {
+                                               "storage": server.url, "storagePasswordFile": str(tmp_path / "redis-password"),
+                                               "failClosed": True, "requests": {"limit": "1/minute", "per": "ip"}}}}))
+        runtime = build_runtime(load_config(config_path, environ={}))
+        assert runtime.request_limiter is not None
+        await runtime.failure_limiter.record_failure("203.0.113.7")
+        locked = await runtime.failure_limiter.check("203.0.113.7")
+        assert not locked.allowed and not locked.unavailable
+        first, second = [await runtime.request_limiter.hit("alice", "read", client_ip="203.0.113.7") for _ in range(2)]
+        assert first.allowed and not second.allowed and not second.unavailable
+        await runtime.aclose()
 
 
 async def test_fail_closed_reaches_both_limiters(tmp_path: Path) -> None:

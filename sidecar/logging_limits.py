@@ -65,6 +65,9 @@ LOG_ONCE_PER_INTERVAL = OncePerInterval()
 
 def limit_library_logs() -> None:
     """asyncio logs every failed accept with a traceback; once per interval is enough. httpx logs
-    every request at INFO: the readiness check's, every few seconds."""
-    logging.getLogger("asyncio").addFilter(RepeatFilter(LOG_ONCE_PER_INTERVAL))
+    every request at INFO: the readiness check's, every few seconds. Called at every start: a second
+    filter, finding each line just admitted by the first, dropped the first line of every burst."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(installed, RepeatFilter) for installed in asyncio_log.filters):
+        asyncio_log.addFilter(RepeatFilter(LOG_ONCE_PER_INTERVAL))
     logging.getLogger("httpx").setLevel(logging.WARNING)

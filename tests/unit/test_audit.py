@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from sidecar import audit
-from sidecar.metrics import DECISIONS, SHADOWED
+from sidecar.logging_limits import OncePerInterval
+from sidecar.metrics import AUDIT_LINES_DROPPED, DECISIONS, SHADOWED
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -19,10 +25,36 @@ def audit_file(tmp_path: Path):
     audit.configure("stderr")
 
 
+@pytest.fixture
+def held_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer looks for lines only when it is stopped: what the test records stays queued until then."""
+    monkeypatch.setattr(audit, "BATCH_SECONDS", 3600)
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rate limit of the test's own: an earlier test's warning must not silence this one's."""
+    monkeypatch.setattr(audit, "LOG_ONCE_PER_INTERVAL", OncePerInterval())
+
+
 def entry(**overrides) -> audit.AuditEntry:
     fields = dict(request_id="r1", route="tools-invoke", decision="refused", reason="tool_denied", status=404,
                   method="POST", target="/tools/invoke", client="203.0.113.7", peer="203.0.113.7")
     return audit.AuditEntry(**{**fields, **overrides})
+
+
+def request_ids(path: Path) -> list[str]:
+    return [json.loads(line)["request_id"] for line in path.read_text().splitlines()]
+
+
+def written(path: Path, request_id: str) -> bool:
+    """Whether the running writer has written that line (within a batch or two; gives up after 5 s)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if path.exists() and request_id in request_ids(path):
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_client_values_cannot_forge_a_log_line(audit_file: Path) -> None:
@@ -42,19 +74,33 @@ def test_a_line_is_one_json_object_with_every_field(audit_file: Path) -> None:
     line = json.loads(audit_file.read_text())
     assert line.keys() >= {"time", "request_id", "client", "peer", "auth", "identity", "scopes", "route", "tool",
                            "method", "decision", "reason", "status", "upstream_status", "duration_ms"}
-    assert line["time"].endswith("Z") and line["previous_secret"] is True and line["scopes"] == ["operator.write"]
+    assert line["event"] == "decision" and line["previous_secret"] is True and line["scopes"] == ["operator.write"]
 
 
-def test_a_refusal_carries_its_detail_and_others_omit_it(audit_file: Path) -> None:
-    audit.record(entry(detail="group: channels.irc.groups['9'].tools: deny 'agents_list'"))
-    audit.record(entry(decision="forwarded", reason="allowed", status=200))
-    audit.close()
-    refused, forwarded = map(json.loads, audit_file.read_text().splitlines())
-    assert refused["reason"] == "tool_denied" and refused["detail"] == "group: channels.irc.groups['9'].tools: deny 'agents_list'"
-    assert "detail" not in forwarded
+def test_the_time_is_utc_to_the_millisecond_never_rounded_into_the_next_second() -> None:
+    assert json.loads(entry().line(1_780_000_001.9995))["time"] == "2026-05-28T20:26:41.999Z"
+
+
+@pytest.mark.parametrize("field, value, logged", [
+    ("detail", "group: channels.irc.groups['9'].tools: deny 'agents_list'",
+     "group: channels.irc.groups['9'].tools: deny 'agents_list'"),
+    ("shadowed", ("route_refused", "tool_denied"), ["route_refused", "tool_denied"]),
+    ("outcome", "client_gone", "client_gone"),
+])
+def test_a_line_carries_what_only_some_decisions_have_and_others_omit_it(field: str, value: object, logged: object) -> None:
+    """Why a layer refused, what shadow mode let through, how a forwarded call ended."""
+    assert json.loads(entry(**{field: value}).line(0))[field] == logged
+    assert field not in json.loads(entry().line(0))
+
+
+@pytest.mark.parametrize("field, kept", [("method", 64), ("tool", 128), ("detail", 256)])
+def test_free_text_a_client_can_lengthen_is_cut(field: str, kept: int) -> None:
+    """An RPC method and a tool name are the client's, and a detail quotes them: a line stays bounded."""
+    assert json.loads(entry(**{field: "x" * 1000}).line(0))[field] == "x" * kept
 
 
 def test_every_decision_is_counted_and_shadowed_ones_by_reason() -> None:
+    audit.close()  # also once the log has closed, at stop: the last connections still end in decisions
     counter = DECISIONS.labels(route="other", outcome="shadowed", reason="allowed")
     shadowed = SHADOWED.labels(reason="route_refused")
     before, shadowed_before = counter._value.get(), shadowed._value.get()
@@ -63,12 +109,82 @@ def test_every_decision_is_counted_and_shadowed_ones_by_reason() -> None:
     assert shadowed._value.get() == shadowed_before + 1
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a stop without a traceback
+@pytest.mark.parametrize("destination", ["stdout", "stderr"])
+def test_the_log_can_be_the_process_s_stdout_or_stderr(destination: str, capsys: pytest.CaptureFixture[str]) -> None:
+    audit.configure(destination)
+    audit.record(entry(request_id="r-stream"))
+    audit.close()
+    out, err = capsys.readouterr()
+    chosen, other = (out, err) if destination == "stdout" else (err, out)
+    assert json.loads(chosen)["request_id"] == "r-stream" and "r-stream" not in other
+
+
+def test_past_the_queue_the_newest_lines_are_dropped_counted_and_said(
+        tmp_path: Path, held_lines: None, fresh_warnings: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "audit.jsonl"
+    monkeypatch.setattr(audit, "QUEUE_LINES", 5)
+    audit.configure(str(path))
+    before = AUDIT_LINES_DROPPED._value.get()
+    for n in range(7):
+        audit.record(entry(request_id=f"r{n}"))
+    assert AUDIT_LINES_DROPPED._value.get() == before + 2
+    assert [(record.name, record.getMessage()) for record in caplog.records] == [
+        ("sidecar", "audit log writer is behind: lines dropped (openclaw_sidecar_audit_lines_dropped_total)")]
+    audit.close()
+    assert request_ids(path) == ["r0", "r1", "r2", "r3", "r4"]
+
+
+def test_a_new_destination_takes_over_once_the_old_one_has_every_line(
+        tmp_path: Path, held_lines: None, caplog: pytest.LogCaptureFixture) -> None:
+    """A reload that moves the log: nothing queued for the old destination is lost or goes to the new one."""
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    audit.configure(str(old))
+    audit.record(entry(request_id="r-old"))
+    audit.configure(str(new))
+    assert request_ids(old) == ["r-old"]
+    audit.record(entry(request_id="r-new"))
+    audit.close()
+    assert request_ids(new) == ["r-new"]
+    assert "dropped" not in caplog.text
+
+
+@pytest.mark.parametrize("recreated", [False, True], ids=["moved", "moved-and-created"])
+def test_a_file_logrotate_moved_away_is_reopened(tmp_path: Path, recreated: bool) -> None:
+    """logrotate renames the file (and with `create` makes a new one): the next lines go to the
+    path, not on into the renamed file."""
+    path, rotated = tmp_path / "audit.log", tmp_path / "audit.log.1"
+    audit.configure(str(path))
+    audit.record(entry(request_id="r-before"))
+    assert written(path, "r-before")
+    path.rename(rotated)
+    if recreated:
+        path.touch()
+    audit.record(entry(request_id="r-after"))
+    assert written(path, "r-after")
+    audit.close()
+    assert request_ids(rotated) == ["r-before"] and request_ids(path) == ["r-after"]
+
+
+def test_lines_still_queued_when_the_process_exits_are_written(tmp_path: Path) -> None:
+    """Under mitmdump nothing stops the writer but the exit: it writes what is queued first."""
+    path = tmp_path / "audit.jsonl"
+    code = (
+        "from sidecar import audit\n"
+        "audit.BATCH_SECONDS = 3600\n"  # nothing written before the exit
+        f"audit.configure({str(path)!r})\n"
+        "audit.record(audit.AuditEntry('r-exit', 'tools-invoke', 'refused', 'tool_denied', 404, 'POST',"
+        " '/tools/invoke', None, '203.0.113.7'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=30)
+    assert request_ids(path) == ["r-exit"]
+
+
 def test_a_destination_that_stops_reading_never_blocks_a_decision(tmp_path: Path, monkeypatch) -> None:
     """A FIFO nobody reads (as a stuck log pipe): lines beyond the queue are dropped and counted."""
     import os
     import threading
-
-    from sidecar.metrics import AUDIT_LINES_DROPPED
 
     fifo = tmp_path / "audit.fifo"
     os.mkfifo(fifo)
@@ -93,36 +209,41 @@ def test_a_destination_that_stops_reading_never_blocks_a_decision(tmp_path: Path
     os.close(reader)
 
 
-def test_stopping_does_not_wait_for_ever_on_a_destination_that_takes_nothing(tmp_path: Path, monkeypatch) -> None:
+def test_stopping_does_not_wait_for_ever_on_a_destination_that_takes_nothing(
+        tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
     """A stop waited on a full pipe for ever: a rolling restart ended in SIGKILL (red team). It
-    gives up after CLOSE_SECONDS and counts what it could not write."""
+    gives up after CLOSE_SECONDS and counts what it could not write, once."""
     import os
-
-    from sidecar.metrics import AUDIT_LINES_DROPPED
+    import threading
 
     fifo = tmp_path / "audit.fifo"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # held open, never read
     monkeypatch.setattr(audit, "CLOSE_SECONDS", 0.5)
+    threads = set(threading.enumerate())
     audit.configure(str(fifo))
+    (writer,) = set(threading.enumerate()) - threads
     for _ in range(2_000):  # ~400 KB: the pipe's 64 KiB fill, the writer blocks in write()
         audit.record(entry(target="/" + "x" * 200))
     before = AUDIT_LINES_DROPPED._value.get()
     audit.close()  # returns
-    assert AUDIT_LINES_DROPPED._value.get() > before
+    dropped = AUDIT_LINES_DROPPED._value.get()
+    assert dropped > before and "lines dropped at stop" in caplog.text
     os.close(reader)  # the writer's write fails, and its thread ends
+    writer.join(5)
+    assert not writer.is_alive() and AUDIT_LINES_DROPPED._value.get() == dropped  # not counted again
 
 
-def test_lines_that_cannot_be_written_are_counted_as_dropped(tmp_path: Path) -> None:
+def test_lines_that_cannot_be_written_are_counted_as_dropped(
+        tmp_path: Path, fresh_warnings: None, caplog: pytest.LogCaptureFixture) -> None:
     """The warning is rate-limited, so only the counter tells an alert how many lines were lost."""
-    from sidecar.metrics import AUDIT_LINES_DROPPED
-
     before = AUDIT_LINES_DROPPED._value.get()
     audit.configure(str(tmp_path / "gone" / "audit.log"))  # a directory removed after start-up
     for _ in range(3):
         audit.record(entry())
     audit.close()
     assert AUDIT_LINES_DROPPED._value.get() == before + 3
+    assert "cannot write the audit log" in caplog.text
 
 
 @pytest.mark.parametrize("target, logged", [

@@ -504,3 +504,27 @@ def test_an_answer_dribbled_a_byte_at_a_time_holds_the_check_no_longer_than_a_sl
     finally:
         stop.set()
         listener.close()
+
+
+# The families alerts and dashboards are written against (README, Operating it).
+SIDECAR_FAMILIES = {
+    "openclaw_sidecar_decisions_total", "openclaw_sidecar_ratelimit_storage_fallbacks_total",
+    "openclaw_sidecar_ratelimit_storage_errors_total", "openclaw_sidecar_internal_errors_total",
+    "openclaw_sidecar_head_refusals_total", "openclaw_sidecar_vanished_requests_total",
+    "openclaw_sidecar_connections_refused_total", "openclaw_sidecar_connections_evicted_total",
+    "openclaw_sidecar_client_connections", "openclaw_sidecar_head_timeouts_total", "openclaw_sidecar_shadowed_total",
+    "openclaw_sidecar_audit_lines_dropped_total", "openclaw_sidecar_refusals_paced_total",
+    "openclaw_sidecar_config_reloads_total", "openclaw_sidecar_upstream_release_info",
+    "openclaw_sidecar_upstream_release_mismatch", "openclaw_sidecar_decision_seconds",
+}
+
+
+def test_metrics_has_every_sidecar_family_and_both_reload_results(admin: AdminServer) -> None:
+    """A family registered anywhere but the sidecar's registry would be missing without an error;
+    the reload results exist before any reload (a series born at 1 never shows an increase, so the
+    first rejected reload would pass an `increase(...) > 0` alert by)."""
+    lines = httpx.get(f"{admin.url}/metrics", timeout=5).text.splitlines()
+    assert SIDECAR_FAMILIES <= {line.split()[2] for line in lines if line.startswith("# TYPE ")}
+    series = {line.rsplit(" ", 1)[0] for line in lines}
+    assert {'openclaw_sidecar_config_reloads_total{result="applied"}',
+            'openclaw_sidecar_config_reloads_total{result="rejected"}'} <= series

@@ -22,6 +22,7 @@ from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote_plus
 
 from .logging_limits import LOG_ONCE_PER_INTERVAL
+from .canonical import InvalidTarget, canonicalize_target
 from .metrics import AUDIT_LINES_DROPPED, SHADOWED, decision_counter
 from .routes import CAPABILITY_PREFIX, QUERY_CREDENTIALS
 
@@ -88,23 +89,24 @@ _JOIN_CODE = "/j/"
 # The gateway's query credentials, the assistant-media ticket and an OAuth callback's code and state.
 _QUERY_SECRETS = QUERY_CREDENTIALS | {"mediaticket", "code", "state"}
 _QUERY_PAIR = re.compile(r"(^|&)([^=&#]*)=([^&#]*)")
+# What makes the gateway's WHATWG pathname cut segments where the raw path has no `/`: a backslash,
+# a dot segment (also percent-encoded), a tab or newline it removes.
+_RESEGMENTED = re.compile(r"[\\\t\n\r]|%2e|(?:^|/)\.\.?(?:/|$)", re.IGNORECASE | re.ASCII)
 
 
 def redacted(target: str) -> str:
     """The target with the bearer secrets it may carry masked (gateway-surface N8): a node
     capability, an artifact ticket or a pairing setup code in the path, and the query parameters
     that carry a credential, a media ticket or an OAuth code, under any spelling URLSearchParams
-    decodes to them. The refusal stands; the secret stays out of the log."""
+    decodes to them. The refusal stands; the secret stays out of the log.
+
+    The gateway reads the path secrets from the WHATWG pathname, where `/j\\CODE` or
+    `/x/../j/CODE` is `/j/CODE`: when the raw path is spelled so and the pathname carries a secret,
+    the line has the pathname, masked, instead (the raw spelling would show the secret)."""
     target = target[:TARGET_CHARS]
     head, sep, query = target.partition("?")
-    lowered = head.lower()
-    if CAPABILITY_PREFIX in lowered:
-        head = _CAPABILITY_SEGMENT.sub(lambda found: found[1] + _REDACTED, head)
-    if "/api/artifacts/download/" in lowered:
-        head = _ARTIFACT_TICKET.sub(lambda found: found[1] + _REDACTED, head)
-    code = lowered.rfind(_JOIN_CODE)
-    if code >= 0:
-        head = head[:code + len(_JOIN_CODE)] + _REDACTED
+    routed = _routed_path(head) if _RESEGMENTED.search(head) else None
+    head = _masked_path(routed if routed is not None and _masked_path(routed) != routed else head)
     if not sep:
         return head
 
@@ -113,6 +115,26 @@ def redacted(target: str) -> str:
         return f"{pair[1]}{pair[2]}={_REDACTED}" if secret else pair[0]
 
     return head + sep + _QUERY_PAIR.sub(mask, query)
+
+
+def _routed_path(head: str) -> str | None:
+    """The pathname the gateway routes on; None for a target the sidecar refuses unread."""
+    try:
+        return canonicalize_target(head).path
+    except InvalidTarget:
+        return None
+
+
+def _masked_path(head: str) -> str:
+    lowered = head.lower()
+    if CAPABILITY_PREFIX in lowered:
+        head = _CAPABILITY_SEGMENT.sub(lambda found: found[1] + _REDACTED, head)
+    if "/api/artifacts/download/" in lowered:
+        head = _ARTIFACT_TICKET.sub(lambda found: found[1] + _REDACTED, head)
+    code = lowered.rfind(_JOIN_CODE)
+    if code >= 0:
+        head = head[:code + len(_JOIN_CODE)] + _REDACTED
+    return head
 
 
 # Bound once: json.dumps builds a new encoder for every call that passes options.

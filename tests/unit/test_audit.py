@@ -261,6 +261,15 @@ def test_lines_that_cannot_be_written_are_counted_as_dropped(
     ("/oauth/mcp/callback?code=oauth-secret&state=state-secret", "/oauth/mcp/callback?code=[redacted]&state=[redacted]"),
     ("/__OPENCLAW__/cap/cap-secret/x", "/__OPENCLAW__/cap/[redacted]/x"),
     ("/jobs/j?x=1", "/jobs/j?x=1"),
+    # spellings the gateway's WHATWG pathname reads as the same secret-bearing path (a backslash is
+    # a slash, dot segments resolve); a spelling that carries no secret stays as sent
+    ("/j\\setup-secret", "/j/[redacted]"),
+    ("/x/..\\j\\setup-secret?token=gw-secret", "/j/[redacted]?token=[redacted]"),
+    ("/ui/api/artifacts/download/conn-1\\art-secret", "/ui/api/artifacts/download/conn-1/[redacted]"),
+    ("/__openclaw__/cap\\cap-secret/tools/invoke", "/__openclaw__/cap/[redacted]/tools/invoke"),
+    ("/__openclaw__/cap/%2E%2E/cap/cap-secret/x", "/__openclaw__/cap/[redacted]/x"),
+    ("/tools\\invoke", "/tools\\invoke"),
+    ("http://[zz]/x\\y", "http://[zz]/x\\y"),  # no pathname at all: refused unread, logged as sent
 ])
 def test_credentials_in_a_target_never_reach_the_audit_line(target: str, logged: str) -> None:
     """The requests refused for carrying them are audited; the secrets are not."""

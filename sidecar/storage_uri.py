@@ -18,37 +18,62 @@ SUPPORTED_STORAGE_SCHEMES: Final = ("memory", "redis", "rediss", "redis+sentinel
 
 
 def _is_password(name: str) -> bool:
-    """redis-py reads a `?password=` query argument as a password (any case is masked)."""
-    return name.lower() == "password"
+    """redis-py reads a `?password=` query argument as a password (its name percent-decoded;
+    any case is masked)."""
+    return urllib.parse.unquote_plus(name).lower() == "password"
 
 
-def _split(uri: str) -> tuple[str, str | None, str, list[tuple[str, str]]]:
-    """`scheme://`, the user part (None without `@`), the rest, and the query's pairs; read on
-    the raw text, as a URL parser would not: a '/', '?' or '#' in a password ends its netloc
-    early, and the password would then be read as the host or the port."""
-    scheme, sep, rest = uri.partition("://")
-    userinfo, at, rest = rest.rpartition("@")
-    query = rest.partition("?")[2]
-    return scheme + sep, userinfo if at else None, rest, urllib.parse.parse_qsl(query, keep_blank_values=True)
+def _password_spans(uri: str) -> tuple[list[tuple[int, int]], bool]:
+    """Where `uri` may hold a password, as (start, end) offsets of the text to mask, and whether
+    it holds one (a user part without ':' is masked too, but redis-py reads it as a user name).
+
+    Read both ways, each masked. On the raw text, the user part runs to the last '@': a '/', '?'
+    or '#' in a password ends a URL parser's netloc early, and the password would then be read as
+    the host or the port. As redis-py's URL parser reads it, the query runs from the first '?' to
+    the first '#': an '@' in a query's password is the password's, where the raw reading ends
+    the user part after it and would show the rest."""
+    start = uri.find("://") + 3 if "://" in uri else 0
+    spans: list[tuple[int, int]] = []
+    at = uri.rfind("@", start)
+    colon = uri.find(":", start, at) if at >= 0 else -1
+    if at >= 0:
+        spans.append((colon + 1 if colon >= 0 else start, at))
+    found = colon >= 0
+    raw_query = uri.find("?", max(at, start))  # past the user part, to the end
+    parsed_query = uri.find("?", start)  # past the netloc, which holds no '?', to the fragment
+    fragment = uri.find("#", start)
+    for mark, end in ((raw_query, len(uri)), (parsed_query, fragment if fragment >= 0 else len(uri))):
+        if mark < 0 or end < mark:
+            continue
+        offset = mark + 1
+        for field in uri[offset:end].split("&"):
+            name, equals, _ = field.partition("=")
+            if equals and _is_password(name):
+                found = True
+                spans.append((offset + len(name) + 1, offset + len(field)))
+            offset += len(field) + 1
+    return spans, found
 
 
 def redact_uri(uri: str) -> str:
     """The URI with any password (in its user part or its query) replaced, fit for logs and
     error messages."""
-    scheme, userinfo, rest, query = _split(uri)
-    if userinfo is not None:
-        user, colon, _ = userinfo.partition(":")
-        rest = f"{user}:***@{rest}" if colon else f"***@{rest}"
-    if any(_is_password(name) for name, _ in query):
-        head = rest.partition("?")[0]
-        rest = head + "?" + "&".join(f"{name}=***" if _is_password(name) else f"{name}={value}" for name, value in query)
-    return scheme + rest
+    masked: list[list[int]] = []
+    for begin, end in sorted(_password_spans(uri)[0]):
+        if masked and begin <= masked[-1][1]:
+            masked[-1][1] = max(masked[-1][1], end)
+        else:
+            masked.append([begin, end])
+    shown, kept = "", 0
+    for begin, end in masked:
+        shown += uri[kept:begin] + "***"
+        kept = end
+    return shown + uri[kept:]
 
 
 def carries_password(uri: str) -> bool:
     """Whether the URI holds a password: `redis://:pw@host`, `redis://user:pw@host`, `?password=`."""
-    _, userinfo, _, query = _split(uri)
-    return (userinfo is not None and ":" in userinfo) or any(_is_password(name) for name, _ in query)
+    return _password_spans(uri)[1]
 
 
 def async_storage_uri(uri: str) -> str:

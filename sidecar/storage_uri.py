@@ -27,11 +27,12 @@ def _password_spans(uri: str) -> tuple[list[tuple[int, int]], bool]:
     """Where `uri` may hold a password, as (start, end) offsets of the text to mask, and whether
     it holds one (a user part without ':' is masked too, but redis-py reads it as a user name).
 
-    Read both ways, each masked. On the raw text, the user part runs to the last '@': a '/', '?'
+    Read both ways, each masked. On the raw text, the user part runs to the last '@' (a '/', '?'
     or '#' in a password ends a URL parser's netloc early, and the password would then be read as
-    the host or the port. As redis-py's URL parser reads it, the query runs from the first '?' to
-    the first '#': an '@' in a query's password is the password's, where the raw reading ends
-    the user part after it and would show the rest."""
+    the host or the port) and the query starts past it. As redis-py's URL parser reads it, the
+    query starts at the first '?' (the netloc holds none): an '@' in a query's password is the
+    password's, where the raw reading ends the user part after it and would show the rest. Either
+    query runs to the end (a password-named field in a fragment is masked too)."""
     start = uri.find("://") + 3 if "://" in uri else 0
     spans: list[tuple[int, int]] = []
     at = uri.rfind("@", start)
@@ -39,14 +40,11 @@ def _password_spans(uri: str) -> tuple[list[tuple[int, int]], bool]:
     if at >= 0:
         spans.append((colon + 1 if colon >= 0 else start, at))
     found = colon >= 0
-    raw_query = uri.find("?", max(at, start))  # past the user part, to the end
-    parsed_query = uri.find("?", start)  # past the netloc, which holds no '?', to the fragment
-    fragment = uri.find("#", start)
-    for mark, end in ((raw_query, len(uri)), (parsed_query, fragment if fragment >= 0 else len(uri))):
-        if mark < 0 or end < mark:
+    for mark in {uri.find("?", max(at, start)), uri.find("?", start)}:
+        if mark < 0:
             continue
         offset = mark + 1
-        for field in uri[offset:end].split("&"):
+        for field in uri[offset:].split("&"):
             name, equals, _ = field.partition("=")
             if equals and _is_password(name):
                 found = True

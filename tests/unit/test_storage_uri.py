@@ -87,6 +87,11 @@ def test_redaction() -> None:
     assert redact_uri("redis://:p@s3cret@h:6379/0") == "redis://:***@h:6379/0"
     # a user part without ':' is redis-py's user name, but some clients read it as the password
     assert redact_uri("redis://s3cret@h:6379") == "redis://***@h:6379"
+    # a query past a password holding '?' is a query to the raw reading: its password is masked
+    assert redact_uri("redis://:pa?ss@h:6379/0?password=s3cret") == "redis://:***@h:6379/0?password=***"
+    # an '@' in a query's password is the password's: the masks of both readings are one
+    assert redact_uri("redis://h:6379/0?password=s3@cret&db=1") == "redis://h:***&db=1"
+    assert redact_uri("redis://h:6379/0?password=") == "redis://h:6379/0?password=***"
 
 
 PASSWORD = "Pw1@Pw2"  # an '@' in a query's password is the password's, to redis-py's URL parser

@@ -6,7 +6,9 @@ loop from everyone else's allowed calls. After `after_refusals` refusals in a ro
 refusals are answered after a delay that doubles from `base_delay_ms` up to `max_delay_ms`: its
 connection waits idle, costing nothing, while other clients are served. Any call of the client's
 the sidecar authenticated and let through clears its streak (a public one, which anyone may make
-between refusals, does not), and a streak fades after a quiet minute.
+between refusals, does not), and a streak fades after a quiet minute. A client is an address, an
+IPv6 one's /64 as one, as in every per-client count (sidecar/ipaddrs.py share_key): one host holds
+a whole /64, and by address each fresh source started a fresh streak, never paced.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+from .ipaddrs import share_key
 
 QUIET_SECONDS = 60.0
 
@@ -34,6 +38,7 @@ class RefusalPacer:
         if self.base_delay_ms <= 0:
             return 0.0
         now = self._clock()
+        client = share_key(client)
         count, last = self._streaks.pop(client, (0, now))
         count = 1 if now - last > QUIET_SECONDS else count + 1
         self._streaks[client] = (count, now)
@@ -45,7 +50,7 @@ class RefusalPacer:
         return min(self.base_delay_ms * 2 ** min(excess - 1, 32), self.max_delay_ms) / 1000
 
     def let_through(self, client: str) -> None:
-        self._streaks.pop(client, None)
+        self._streaks.pop(share_key(client), None)
 
     def __len__(self) -> int:
         return len(self._streaks)

@@ -59,6 +59,23 @@ def test_a_streak_lasts_through_a_pause_of_exactly_the_quiet_spell() -> None:
     assert p.refused("a") == 0.05
 
 
+@pytest.mark.parametrize(("first", "second", "one_client"), [
+    ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", True),
+    ("2001:db8:1:2::1", "2001:db8:1:3::1", False),
+    ("fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2", False),  # tailnet nodes, each one address
+    ("192.0.2.1", "192.0.2.2", False),
+])
+def test_an_ipv6_64_is_one_client(first: str, second: str, one_client: bool) -> None:
+    """One IPv6 host holds a whole /64, as every other per-client count has it: keyed by address,
+    a fresh source address for each refusal was never paced."""
+    p = pacer(Clock())
+    for _ in range(3):
+        p.refused(first)
+    assert p.refused(second) == (0.05 if one_client else 0)
+    p.let_through(second)
+    assert p.refused(first) == (0 if one_client else 0.05)
+
+
 def test_a_refusal_budget_refills_at_its_rate_up_to_its_burst_and_no_more() -> None:
     """Mutation testing: a budget that kept filling while idle, or that counted the refill from
     its creation at every spend, survived."""

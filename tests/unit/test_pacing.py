@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.pacing import QUIET_SECONDS, RefusalBudget, RefusalPacer
+from sidecar.pacing import RefusalBudget, RefusalPacer
 
 
 class Clock:
@@ -41,21 +41,21 @@ def test_a_call_let_through_clears_the_streak() -> None:
     assert p.refused("a") == 0
 
 
-def test_a_streak_fades_after_a_quiet_spell() -> None:
+def test_a_streak_fades_after_a_quiet_minute_and_starts_over() -> None:
     clock = Clock()
     p = pacer(clock)
     for _ in range(5):
         p.refused("a")
-    clock.now += QUIET_SECONDS + 1
-    assert p.refused("a") == 0
+    clock.now += 60.5
+    assert [p.refused("a") for _ in range(4)] == [0, 0, 0, 0.05]
 
 
-def test_a_streak_lasts_through_a_pause_of_exactly_the_quiet_spell() -> None:
+def test_a_streak_lasts_through_a_pause_of_exactly_a_minute() -> None:
     clock = Clock()
     p = pacer(clock)
     for _ in range(3):
         p.refused("a")
-    clock.now += QUIET_SECONDS
+    clock.now += 60
     assert p.refused("a") == 0.05
 
 
@@ -80,9 +80,9 @@ def test_a_refusal_budget_refills_at_its_rate_up_to_its_burst_and_no_more() -> N
     """Mutation testing: a budget that kept filling while idle, or that counted the refill from
     its creation at every spend, survived."""
     clock = Clock()
-    budget = RefusalBudget(burst=2, per_second=1, clock=clock)
+    budget = RefusalBudget(burst=2, per_second=2, clock=clock)
     assert [budget.spend() for _ in range(3)] == [True, True, False]
-    clock.now += 1
+    clock.now += 0.5
     assert [budget.spend() for _ in range(2)] == [True, False]
     clock.now += 100  # idle: full again, but only to its burst
     assert [budget.spend() for _ in range(3)] == [True, True, False]
@@ -92,6 +92,13 @@ def test_a_refusal_budget_refills_at_its_rate_up_to_its_burst_and_no_more() -> N
 def test_zero_turns_pacing_off(overrides: dict[str, int]) -> None:
     p = pacer(Clock(), **overrides)
     assert max(p.refused("a") for _ in range(20)) == 0
+
+
+def test_pacing_turned_off_keeps_no_streaks_and_one_millisecond_is_on() -> None:
+    """`baseDelayMs: 0` is off: the table would hold `max_clients` streaks for nothing."""
+    off, on = pacer(Clock(), base_delay_ms=0), pacer(Clock(), base_delay_ms=1)
+    assert [off.refused("a") for _ in range(5)] == [0] * 5 and len(off) == 0
+    assert [on.refused("a") for _ in range(5)] == [0, 0, 0, 0.001, 0.002]
 
 
 def test_the_table_is_bounded_oldest_first() -> None:

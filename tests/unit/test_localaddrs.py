@@ -50,8 +50,21 @@ def test_discovery_reads_both_files(tmp_path: Path) -> None:
     assert local_interface_addresses(tmp_path) == {"10.0.0.7", "10.0.0.9", "127.0.0.1", "::1", "fd00::2"}
 
 
+def test_discovery_without_ipv6_reads_ipv4_alone(tmp_path: Path) -> None:
+    """/proc/net/if_inet6 is absent when IPv6 is disabled: that is no failure to read."""
+    (tmp_path / "fib_trie").write_text(FIB_TRIE)
+    assert local_interface_addresses(tmp_path) == {"10.0.0.7", "10.0.0.9", "127.0.0.1"}
+
+
 def test_discovery_failure_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(OSError):
+        local_interface_addresses(tmp_path)
+
+
+def test_discovering_no_address_is_an_error(tmp_path: Path) -> None:
+    """An empty answer would refuse no trusted peer as this host's own: it is a failure to read."""
+    (tmp_path / "fib_trie").write_text("Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n")
+    with pytest.raises(OSError, match="no local interface addresses found"):
         local_interface_addresses(tmp_path)
 
 

@@ -40,6 +40,26 @@ def test_a_login_finds_the_entry_the_gateways_resolve_identity_operator_scopes_f
     assert sum(1 for login, found in zip(probes, theirs) if found and found[0] != login) > 50  # found but for case
 
 
+@needs_gateway
+def test_an_e_mail_finds_its_entry_for_every_letter_the_gateway_lower_cases() -> None:
+    """Every letter below U+20000 that JavaScript lower-cases, in the gateway's own Node: its
+    Unicode is newer than this Python's (17 to 15 for Node 24 and Python 3.12), and `ɤ@x.example`'s
+    entry stayed unknown to `Ɤ@x.example` (U+A7CB, Unicode 16), whom the gateway served as one."""
+    seen = call_gateway(["operator-identity-scopes-:resolveIdentityOperatorScopes"], """
+        const letters = [];
+        for (let c = 0; c < 0x20000; c++) {
+          const letter = String.fromCodePoint(c);
+          if ((c < 0xd800 || c > 0xdfff) && letter.toLowerCase() !== letter) letters.push(letter);
+        }
+        const table = Object.fromEntries(letters.map((letter) => [`${letter.toLowerCase()}@x.example`, [letter]]));
+        const probes = letters.map((letter) => `${letter}@x.example`);
+        answer({ table, probes, theirs: probes.map((login) => gateway.resolveIdentityOperatorScopes(login, table)) });""",
+                        None)
+    mine = [for_identity(seen["table"], login, []) for login in seen["probes"]]
+    assert [(login, m, t) for login, m, t in zip(seen["probes"], mine, seen["theirs"], strict=True) if m != t] == []
+    assert all(seen["theirs"]) and "\ua7cb@x.example" in seen["probes"]
+
+
 def test_a_budget_is_one_per_person_for_an_e_mail_and_per_spelling_for_a_plain_login() -> None:
     assert person_key("Alice@X.example") == person_key("alice@x.EXAMPLE") == "alice@x.example"
     assert person_key("Alice") != person_key("alice")

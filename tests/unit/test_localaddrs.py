@@ -64,7 +64,7 @@ def test_discovery_failure_is_an_error(tmp_path: Path) -> None:
 def test_discovering_no_address_is_an_error(tmp_path: Path) -> None:
     """An empty answer would refuse no trusted peer as this host's own: it is a failure to read."""
     (tmp_path / "fib_trie").write_text("Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n")
-    with pytest.raises(OSError, match="no local interface addresses found"):
+    with pytest.raises(OSError, match="^no local interface addresses found$"):
         local_interface_addresses(tmp_path)
 
 

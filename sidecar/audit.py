@@ -207,7 +207,9 @@ class AuditWriter:
             out = self._output()
             out.write(data)
             out.flush()
-        except OSError as exc:
+        except Exception as exc:  # the writer must outlive any failure of its destination
+            # A closed or detached stdout raises ValueError or AttributeError, not OSError: this
+            # thread dying would have lost every later line unsaid until the queue filled.
             if self._abandoned:
                 return
             AUDIT_LINES_DROPPED.inc(data.count(b"\n"))  # an alert must see them: the log line is rate-limited

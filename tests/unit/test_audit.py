@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -244,6 +245,29 @@ def test_lines_that_cannot_be_written_are_counted_as_dropped(
     audit.close()
     assert AUDIT_LINES_DROPPED._value.get() == before + 3
     assert "cannot write the audit log" in caplog.text
+
+
+def test_a_destination_failing_other_than_by_oserror_loses_only_its_own_lines(
+        monkeypatch: pytest.MonkeyPatch, fresh_warnings: None, caplog: pytest.LogCaptureFixture) -> None:
+    """A closed stdout raises ValueError: those lines are counted dropped and said, and the writer
+    goes on to write the lines after it (its thread died there before, and every later line was lost)."""
+    closed = io.TextIOWrapper(io.BytesIO())
+    closed.close()
+    monkeypatch.setattr(sys, "stdout", closed)
+    before = AUDIT_LINES_DROPPED._value.get()
+    audit.configure("stdout")
+    for _ in range(2):
+        audit.record(entry())
+    gives_up = time.monotonic() + 5
+    while AUDIT_LINES_DROPPED._value.get() < before + 2 and time.monotonic() < gives_up:  # its next batch
+        time.sleep(0.01)
+    reopened = io.TextIOWrapper(io.BytesIO())
+    monkeypatch.setattr(sys, "stdout", reopened)
+    audit.record(entry(request_id="after-the-failure"))
+    audit.close()
+    assert AUDIT_LINES_DROPPED._value.get() == before + 2
+    assert "cannot write the audit log" in caplog.text
+    assert [json.loads(line)["request_id"] for line in reopened.buffer.getvalue().splitlines()] == ["after-the-failure"]
 
 
 @pytest.mark.parametrize("target, logged", [

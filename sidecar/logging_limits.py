@@ -13,6 +13,9 @@ import time
 from typing import Any
 
 INTERVAL_SECONDS = 10.0
+# Messages remembered at once. asyncio's lines carry object reprs (`<Task ... at 0x7f...>`), so
+# its messages need not repeat: past this many, those not written within an interval are forgotten.
+MAX_MESSAGES = 1024
 
 
 class OncePerInterval:
@@ -34,8 +37,25 @@ class OncePerInterval:
             if last is not None and now - last < self.interval_s:
                 self._suppressed[key] = self._suppressed.get(key, 0) + 1
                 return None
+            if last is None and len(self._last) >= MAX_MESSAGES:
+                self._forget_before(now - self.interval_s)
             self._last[key] = now
             return self._suppressed.pop(key, 0)
+
+    def _forget_before(self, moment: float) -> None:
+        """Drop messages last written before `moment`, and the count of lines left out after them:
+        a message quiet for a whole interval is written again anyway when it comes back. Should
+        more than MAX_MESSAGES be that recent, all are forgotten (each may be written once more)."""
+        for key in [key for key, last in self._last.items() if last < moment]:
+            del self._last[key]
+            self._suppressed.pop(key, None)
+        if len(self._last) >= MAX_MESSAGES:
+            self._last.clear()
+            self._suppressed.clear()
+
+    def __len__(self) -> int:
+        """The messages remembered."""
+        return len(self._last)
 
     def warning(self, logger: logging.Logger, template: str, *args: Any) -> None:
         left_out = self.admit(logger.name, template)

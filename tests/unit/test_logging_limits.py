@@ -49,6 +49,34 @@ def test_lines_are_limited_by_logger_and_template_not_by_their_arguments(caplog:
     assert messages(caplog) == ["writer behind", "writer behind", "destination gone: x"]
 
 
+def test_messages_that_never_repeat_are_forgotten_once_an_interval_old(caplog: pytest.LogCaptureFixture) -> None:
+    """asyncio's messages carry object addresses: each new one was remembered for ever before."""
+    clock = Clock()
+    limiter = OncePerInterval(clock=clock)
+    log = logging.getLogger("tests.limits")
+    limiter.warning(log, "steady")
+    limiter.warning(log, "steady")  # left out: counted against the next "steady" line
+    for n in range(3 * logging_limits.MAX_MESSAGES):
+        clock.now = n * 0.01
+        limiter.warning(log, f"Task exception was never retrieved: <Task at 0x{n:x}>")
+        assert len(limiter) <= logging_limits.MAX_MESSAGES
+    assert len(messages(caplog)) == 1 + 3 * logging_limits.MAX_MESSAGES  # every unique line still written once
+    clock.now += 1
+    limiter.warning(log, "steady")
+    assert messages(caplog)[-1] == "steady"  # forgotten with its count, a whole interval quiet
+
+
+def test_more_new_messages_in_one_interval_than_it_remembers_start_it_afresh(caplog: pytest.LogCaptureFixture) -> None:
+    limiter = OncePerInterval(clock=Clock())
+    log = logging.getLogger("tests.limits")
+    for n in range(logging_limits.MAX_MESSAGES + 1):
+        limiter.warning(log, f"line {n}")
+        assert len(limiter) <= logging_limits.MAX_MESSAGES
+    assert len(limiter) == 1
+    limiter.warning(log, "line 0")  # remembered no more: written again
+    assert messages(caplog)[-1] == "line 0"
+
+
 @pytest.fixture
 def library_loggers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
     """limit_library_logs changes process-wide loggers: each test starts from untouched ones and

@@ -19,7 +19,7 @@ from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,6 +32,9 @@ from .upstream_tls import certificate_matches, peer_certificate, probe_context
 
 log = logging.getLogger("sidecar.admin")
 UPSTREAM_CHECK_SECONDS = 2.0
+# httpx's timeouts bound each connect and read, not the exchange: the whole check, connect, TLS
+# handshake, head and body, ends this long after it starts however slowly the upstream sends.
+UPSTREAM_CHECK_DEADLINE_SECONDS = 2 * UPSTREAM_CHECK_SECONDS
 # The gateway's /startupz answer is ~70 bytes; a backend's longer page is not read past this.
 STARTUP_ANSWER_MAX_BYTES = 4096
 # What a release may look like to be logged and exported as a label (2026.9.6, 2026.10.0-beta.1).
@@ -124,15 +127,18 @@ def upstream_ready(upstream: str, pin: str | None, verify: ssl.SSLContext) -> Up
     has started. Not its `/readyz`, which turns 503 when one messaging channel fails and would take
     the tool API out of the Service with it; a backend without the route answers 404, still up.
     Its certificate is trusted as the proxy trusts it, so a wrong pin shows here, not as 502s."""
-    try:
-        with httpx.Client(verify=verify, trust_env=False, timeout=UPSTREAM_CHECK_SECONDS) as client:
-            with client.stream("GET", f"{upstream}/startupz") as response:
-                if pin is not None and not certificate_matches(peer_certificate(response) or b"", pin):
-                    return UpstreamCheck(False, "upstream certificate does not match sidecar.upstreamTls.fingerprint")
-                status = response.status_code
-                release = _reported_release(response)
-    except httpx.HTTPError as exc:
-        return UpstreamCheck(False, f"upstream unreachable: {type(exc).__name__}")
+    with _Deadline(UPSTREAM_CHECK_DEADLINE_SECONDS) as deadline:
+        try:
+            with httpx.Client(verify=verify, trust_env=False, timeout=UPSTREAM_CHECK_SECONDS) as client:
+                with client.stream("GET", f"{upstream}/startupz", extensions={"trace": deadline.trace}) as response:
+                    if pin is not None and not certificate_matches(peer_certificate(response) or b"", pin):
+                        return UpstreamCheck(False, "upstream certificate does not match sidecar.upstreamTls.fingerprint")
+                    status = response.status_code
+                    release = _reported_release(response)
+        except httpx.HTTPError as exc:
+            if deadline.passed:
+                return UpstreamCheck(False, f"upstream unreachable: no answer within {UPSTREAM_CHECK_DEADLINE_SECONDS:g} s")
+            return UpstreamCheck(False, f"upstream unreachable: {type(exc).__name__}")
     if status >= 500:
         return UpstreamCheck(False, f"upstream not ready: {status}")
     return UpstreamCheck(True, "ok", release)
@@ -140,17 +146,62 @@ def upstream_ready(upstream: str, pin: str | None, verify: ssl.SSLContext) -> Up
 
 def _reported_release(response: httpx.Response) -> str | None:
     """The `version` of the gateway's `/startupz` answer, which it gives a direct local caller
-    (the sidecar is one); None from a backend that says nothing of the kind."""
-    answer, deadline = b"", time.monotonic() + UPSTREAM_CHECK_SECONDS  # each read has its own timeout too
+    (the sidecar is one); None from a backend that says nothing of the kind, or not by the check's
+    deadline."""
+    answer = b""
     try:
         for chunk in response.iter_bytes():
             answer += chunk
-            if len(answer) > STARTUP_ANSWER_MAX_BYTES or time.monotonic() > deadline:
+            if len(answer) > STARTUP_ANSWER_MAX_BYTES:
                 return None
         release = json.loads(answer).get("version")
     except (httpx.HTTPError, ValueError, AttributeError, RecursionError):
         return None
     return release if isinstance(release, str) and RELEASE_SHAPE.fullmatch(release) else None
+
+
+class _Deadline:
+    """Cuts an upstream check's connection at its deadline: a head sent a byte a second never let
+    a read time out, and held the check, and every probe waiting on it with its admin slot, for as
+    long as it went on (the kubelet's probes filled their address's share of the admin port, its
+    /healthz was closed at accept, and the sidecar would be restarted). The connection is cut
+    through a duplicate of its socket, which the check cannot close under it (a TLS socket
+    replaces the one it wraps)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self.passed = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's `trace` extension: the connection, as soon as it is made."""
+        if event == "connection.connect_tcp.complete":
+            with self._lock:
+                self._socket = info["return_value"].get_extra_info("socket").dup()
+            if self.passed:
+                self._cut()
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.passed = True
+            if self._socket is not None:
+                try:
+                    self._socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
 
 
 class _HeadReader(io.BufferedIOBase):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import math
 import threading
 import time
@@ -387,13 +388,18 @@ class StartupAnswers:
 
     def __init__(self) -> None:
         self.answer = (200, b'{"ok":true,"status":"started","version":"2026.9.6","uptimeMs":1}')
+        self.content_encoding: str | None = None
+        self.accept_encoding: str | None = None  # what the last check asked for
         answers = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 status, body = answers.answer
+                answers.accept_encoding = self.headers["Accept-Encoding"]
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
+                if answers.content_encoding is not None:
+                    self.send_header("Content-Encoding", answers.content_encoding)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -475,6 +481,18 @@ def test_an_upstream_that_reports_no_usable_release_is_ready_and_names_none(
     response = httpx.get(f"{admin_of_gateway.url}/readyz", timeout=5)
     assert (response.status_code, response.json()) == (200, {"ready": True, "reason": "ok"})
     assert admin_of_gateway.health.upstream_release is None
+
+
+def test_an_answer_the_upstream_compressed_is_not_decompressed(
+        admin_of_gateway: AdminServer, gateway_startup: StartupAnswers) -> None:
+    """A /startupz answer of 2 KB in brotli decoded to 1 GiB in the admin thread, past the sidecar's
+    memory limit: its proxy would be OOM-killed with it. The check asks for the answer as it is and
+    reads it so; one compressed all the same names no release."""
+    gateway_startup.answer = (200, gzip.compress(b'{"ok":true,"status":"started","version":"2026.9.6"}'))
+    gateway_startup.content_encoding = "gzip"
+    response = httpx.get(f"{admin_of_gateway.url}/readyz", timeout=5)
+    assert (response.status_code, response.json()) == (200, {"ready": True, "reason": "ok"})
+    assert gateway_startup.accept_encoding == "identity"
 
 
 @pytest.mark.parametrize("sent_at_once, outcome", [

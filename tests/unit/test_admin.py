@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.admin import UPSTREAM_CHECK_DEADLINE_SECONDS, AdminServer, Health, UpstreamCheck
 from sidecar.routes import GATEWAY_VERSION
@@ -49,15 +50,47 @@ def test_ready_only_when_listening_not_draining_and_upstream_up(admin: AdminServ
     assert httpx.get(f"{admin.url}/healthz", timeout=5).status_code == 200
 
 
-@pytest.mark.parametrize("path, status", [("/healthz", 200), ("/metrics", 200), ("/", 404), ("/metrics/x", 404),
-                                          ("/tools/invoke", 404)])
-def test_only_three_paths(admin: AdminServer, path: str, status: int) -> None:
+@pytest.mark.parametrize("path, status, content_type", [
+    ("/healthz", 200, "application/json"), ("/metrics", 200, CONTENT_TYPE_LATEST),
+    ("/", 404, "text/plain; charset=utf-8"), ("/metrics/x", 404, "text/plain; charset=utf-8"),
+    ("/tools/invoke", 404, "text/plain; charset=utf-8")])
+def test_only_three_paths(admin: AdminServer, path: str, status: int, content_type: str) -> None:
     response = httpx.get(f"{admin.url}{path}", timeout=5)
-    assert response.status_code == status
+    assert (response.status_code, response.headers["content-type"]) == (status, content_type)
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["server"] == "openclaw-sidecar"  # no Python release named
+    if path == "/healthz":
+        assert response.json() == {"ok": True, "status": "live"}
     if path == "/metrics":
         assert "process_open_fds" in response.text and "openclaw_sidecar_decisions_total" in response.text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/tools/invoke"])
+def test_head_is_answered_as_get_is_without_the_body(admin: AdminServer, path: str) -> None:
+    """The three paths are GET and HEAD, as the gateway's own probes are: a probe sending HEAD gets
+    the status and the length of what GET would send, and nothing after the head."""
+    import socket
+
+    get = httpx.get(f"{admin.url}{path}", timeout=5)
+    with socket.create_connection((str(admin.server_address[0]), int(admin.server_address[1])), timeout=5) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while more := sock.recv(4096):
+            answer += more
+    head, _, after = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {get.status_code} ".encode())
+    assert f"Content-Length: {get.headers['content-length']}".encode() in head.split(b"\r\n") and after == b""
+
+
+def test_an_ipv6_listen_address_is_served(backend: DemoBackend) -> None:
+    """`sidecar.adminListen: "[::1]:18791"`: the listener is made for the address's family."""
+    server = AdminServer("::1", 0, Health(backend.url))
+    server.start()
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_a_method_it_does_not_serve_names_no_python_release(admin: AdminServer) -> None:
@@ -452,9 +485,10 @@ def test_readyz_says_which_gateway_release_is_upstream_and_warns_once_when_it_is
     assert _metric(admin_of_gateway, "openclaw_sidecar_upstream_release_mismatch ") == ["openclaw_sidecar_upstream_release_mismatch 1.0"]
     assert _metric(admin_of_gateway, "openclaw_sidecar_upstream_release_info") == [
         'openclaw_sidecar_upstream_release_info{described="2026.9.6",release="2026.10.1"} 1.0']
-    warnings = [r.getMessage() for r in caplog.records if "upstream gateway reports release" in r.getMessage()]
-    assert warnings == ["the upstream gateway reports release 2026.10.1, and this sidecar describes 2026.9.6: routes and "
-                        "RPC methods added since are refused, and ones changed since are judged as 2026.9.6 judged them"]
+    warnings = [(r.name, r.getMessage()) for r in caplog.records if "upstream gateway reports release" in r.getMessage()]
+    assert warnings == [("sidecar.admin", "the upstream gateway reports release 2026.10.1, and this sidecar describes "
+                         "2026.9.6: routes and RPC methods added since are refused, and ones changed since are judged as "
+                         "2026.9.6 judged them")]
 
     gateway_startup.answer = (200, b'{"ok":true,"status":"started","version":"2026.9.6"}')  # rolled back
     assert readyz()["upstreamRelease"] == "2026.9.6"

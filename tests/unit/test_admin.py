@@ -321,24 +321,166 @@ def test_clients_that_never_take_their_answers_never_keep_a_probe_out(backend: D
         server.stop()
 
 
-def test_a_head_is_refused_past_16_kib_not_held_in_memory(admin: AdminServer) -> None:
+class HeldUpstream:
+    """An upstream that holds its first `/startupz` answer (a 200) until `release` is set; `asked`
+    is set once it has the request."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.asked, self.release = threading.Event(), threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._answer, daemon=True).start()
+
+    def _answer(self) -> None:
+        connection, _ = self.listener.accept()
+        connection.recv(4096)
+        self.asked.set()
+        self.release.wait(10)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        connection.close()
+
+
+@pytest.fixture
+def held_upstream() -> Iterator[HeldUpstream]:
+    upstream = HeldUpstream()
+    yield upstream
+    upstream.release.set()
+    upstream.listener.close()
+
+
+def test_a_connection_being_answered_is_never_the_one_cut_to_make_room(held_upstream: HeldUpstream) -> None:
+    """Room is made from connections waiting for a head, whichever was accepted first: a probe whose
+    /readyz waits on the upstream check is being answered, and is answered (README: a kept-alive
+    scrape connection is never cut while its answer is made)."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(held_upstream.url, listening=True), idle_seconds=60, head_seconds=60,
+                         max_connections=2)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+    try:
+        with socket.create_connection(address, timeout=5) as answered, \
+                socket.create_connection(address, timeout=5) as waiting:
+            answered.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert held_upstream.asked.wait(5)
+            waiting.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+            with socket.create_connection(address, timeout=5) as probe:
+                probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert probe.recv(64).startswith(b"HTTP/1.1 200 OK")
+            assert waiting.recv(1) == b""
+            held_upstream.release.set()
+            assert answered.recv(64).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        server.stop()
+
+
+def test_while_every_slot_is_being_answered_a_new_connection_is_closed_and_the_port_serves_on(
+        held_upstream: HeldUpstream) -> None:
+    """No slot to make room from: the newcomer is closed at once, no thread started, and once the
+    answer is made the port serves the next one."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(held_upstream.url, listening=True), max_connections=1)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+    try:
+        with socket.create_connection(address, timeout=5) as answered:
+            answered.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert held_upstream.asked.wait(5)
+            with socket.create_connection(address, timeout=5) as newcomer:
+                assert newcomer.recv(1) == b""
+            held_upstream.release.set()
+            assert answered.recv(64).startswith(b"HTTP/1.1 200 OK")
+            while answered.recv(4096):
+                pass  # its slot is free once its connection ends
+        assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("unfinished", [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + (b"X-Pad: " + b"a" * 1000 + b"\r\n") * 17,
+    b"GET /healthz?" + b"a" * 16 * 1024 + b" HTTP/1.1\r\nX-Pad: a",  # the request line past it, then a line never ended
+], ids=["header-lines", "request-line"])
+def test_a_head_is_refused_past_16_kib_not_held_in_memory(admin: AdminServer, unfinished: bytes) -> None:
     """The admin red team: the stdlib bounds a head only at 100 lines of 64 KiB each, and 40
     connections, each holding 99 such lines of a head never finished, took the sidecar from 51 to
     305 MB (its limit is 256 Mi: the proxy would be OOM-killed with it). A head is now refused
     past 16 KiB, Node's limit the proxied port has too, without waiting for its end."""
     import socket
 
-    address = (str(admin.server_address[0]), int(admin.server_address[1]))
-    with socket.create_connection(address, timeout=5) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + (b"X-Pad: " + b"a" * 1000 + b"\r\n") * 17)  # never finished
+    with socket.create_connection((str(admin.server_address[0]), int(admin.server_address[1])), timeout=5) as sock:
+        sock.sendall(unfinished)
         answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 431 ")
         while more := sock.recv(4096):
             answer += more
         assert b"Connection: close" in answer
-    with socket.create_connection(address, timeout=5) as sock:  # a head just under the limit is answered
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + (b"X-Pad: " + b"a" * 1000 + b"\r\n") * 15 + b"\r\n")
-        assert sock.recv(64).startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("size, status", [(16 * 1024, b"200 OK"), (16 * 1024 + 1, b"431 ")])
+def test_a_head_of_16_kib_is_answered_and_one_byte_more_refused(admin: AdminServer, size: int, status: bytes) -> None:
+    import socket
+
+    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    with socket.create_connection((str(admin.server_address[0]), int(admin.server_address[1])), timeout=5) as sock:
+        sock.sendall(start + b"a" * (size - len(start) - 4) + b"\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 " + status)
+
+
+def test_the_documented_caps_hold_by_default(backend: DemoBackend) -> None:
+    """64 connections at once, 8 from one address (README, Operating it): an address's ninth is
+    closed at once, and while all 64 wait for heads, a 65th takes the slot of the one waiting longest."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+
+    def half_sent(source: str) -> socket.socket:
+        sock = socket.create_connection(address, timeout=5, source_address=(source, 0))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+        return sock
+
+    held = [half_sent(f"127.0.0.{10 + n // 8}") for n in range(64)]
+    try:
+        assert half_sent("127.0.0.10").recv(1) == b""  # past its address's share
+        for sock in held:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # all 64 still open
+        newcomer = half_sent("127.0.0.20")
+        held.append(newcomer)
+        held[0].settimeout(5)
+        assert held[0].recv(1) == b""
+        newcomer.sendall(b"Host: x\r\n\r\n")
+        assert newcomer.recv(64).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
+def test_stopping_closes_the_port_without_waiting_for_an_open_connection(backend: DemoBackend) -> None:
+    """The sidecar's exit (a drain's end, a second signal) stops the admin port at once: a
+    connection's thread, a scraper's or a dribbler's, does not hold it until its deadline."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 200 OK")  # its thread runs
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and waits for the rest of a head
+        stopping = threading.Thread(target=server.stop, daemon=True)
+        stopping.start()
+        stopping.join(5)
+        assert not stopping.is_alive()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5)
 
 
 def test_a_burst_of_connections_waits_for_accept_instead_of_being_dropped(backend: DemoBackend) -> None:

@@ -638,6 +638,27 @@ def test_readyz_says_which_gateway_release_is_upstream_and_warns_once_when_it_is
     assert len([r for r in caplog.records if "upstream gateway reports release" in r.getMessage()]) == 1
 
 
+def _startup_answer(size: int) -> bytes:
+    """The gateway's answer naming 2026.9.6, padded to `size` bytes."""
+    start, end = b'{"version": "2026.9.6", "pad": "', b'"}'
+    return start + b"x" * (size - len(start) - len(end)) + end
+
+
+def test_a_startup_answer_of_4_kib_is_read_whole(admin_of_gateway: AdminServer, gateway_startup: StartupAnswers) -> None:
+    gateway_startup.answer = (200, _startup_answer(4 * 1024))
+    assert httpx.get(f"{admin_of_gateway.url}/readyz", timeout=5).json()["upstreamRelease"] == "2026.9.6"
+
+
+@pytest.mark.parametrize("status, readyz", [(499, (200, "ok")), (500, (503, "upstream not ready: 500"))])
+def test_an_upstream_is_ready_while_its_startupz_answers_below_500(
+        admin_of_gateway: AdminServer, gateway_startup: StartupAnswers, status: int, readyz: tuple[int, str]) -> None:
+    """The gateway answers /startupz 503 until it has started; any answer below 500 is up (a backend
+    without the route answers 404)."""
+    gateway_startup.answer = (status, b"{}")
+    response = httpx.get(f"{admin_of_gateway.url}/readyz", timeout=5)
+    assert (response.status_code, response.json()["reason"]) == readyz
+
+
 @pytest.mark.parametrize("status, body", [
     (404, b"Not Found"),  # a backend without the route: ready, no release
     (200, b'{"ok":true,"status":"started"}'),  # what the gateway tells a caller that is not direct-local
@@ -647,7 +668,7 @@ def test_readyz_says_which_gateway_release_is_upstream_and_warns_once_when_it_is
     (200, b'{"version": ""}'),
     (200, b'{"version": "2026.9.6\\n[FAKE] log line"}'),  # never a forged log line or label
     (200, b'{"version": "' + b"9" * 65 + b'"}'),
-    (200, b'{"version": "2026.9.6", "pad": "' + b"x" * 4096 + b'"}'),  # past what a /startupz answer is
+    (200, _startup_answer(4 * 1024 + 1)),  # past what a /startupz answer is
     (200, b"[" * 2040 + b"]" * 2040),  # within the read, and nested past 3.12's parser (3.13 reads it: a list)
     (200, b'{"version": "2026.9.6"' + b"\xff" + b"}"),  # not UTF-8
 ], ids=["404", "no-version", "not-json", "list", "number", "empty", "newline", "too-long", "too-large", "deep", "not-utf8"])

@@ -350,6 +350,39 @@ def held_upstream() -> Iterator[HeldUpstream]:
     upstream.listener.close()
 
 
+def test_an_address_share_counts_exactly_its_open_connections(backend: DemoBackend) -> None:
+    """A connection refused past the share holds none of it (or one refusal would lock its
+    address out of the port for good), and one ending gives back its own part only (or the
+    address could hold more than its share)."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60, max_per_client=2)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+
+    def connect() -> socket.socket:
+        return socket.create_connection(address, timeout=5)
+
+    opened = [connect(), connect()]
+    try:
+        for sock in opened:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        with connect() as refused:
+            assert refused.recv(1) == b""
+        opened[0].sendall(b"Host: x\r\nConnection: close\r\n\r\n")
+        while opened[0].recv(4096):
+            pass  # its part of the share is given back once its connection ends
+        opened.append(connect())
+        opened[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert opened[-1].recv(64).startswith(b"HTTP/1.1 200 OK")
+        with connect() as refused:
+            assert refused.recv(1) == b""  # the share held again: the first one's end gave back one, not all
+    finally:
+        for sock in opened:
+            sock.close()
+        server.stop()
+
+
 def test_a_connection_being_answered_is_never_the_one_cut_to_make_room(held_upstream: HeldUpstream) -> None:
     """Room is made from connections waiting for a head, whichever was accepted first: a probe whose
     /readyz waits on the upstream check is being answered, and is answered (README: a kept-alive

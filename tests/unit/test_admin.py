@@ -548,6 +548,20 @@ def test_a_client_that_hangs_up_is_no_error(admin: AdminServer, capsys: pytest.C
     assert caplog.text.count("admin request from") == 1 and "ValueError" in caplog.text
 
 
+def test_a_readiness_check_that_raises_answers_each_probe_503(caplog: pytest.LogCaptureFixture) -> None:
+    """A check failing unexpectedly (here on an upstream URL httpx cannot parse) is answered, for
+    this probe and the next, not left hanging or dropped for the kubelet to retry blind."""
+    server = AdminServer("127.0.0.1", 0, Health("http://[::1", listening=True))
+    server.start()
+    try:
+        for _ in range(2):
+            response = httpx.get(f"{server.url}/readyz", timeout=5)
+            assert (response.status_code, response.json()) == (503, {"ready": False, "reason": "readiness check failed"})
+        assert caplog.text.count("readiness check failed") == 2
+    finally:
+        server.stop()
+
+
 def test_probes_arriving_during_an_upstream_check_share_it() -> None:
     """Each /readyz made its own request upstream: a flood of probes was a flood on the gateway.
     Those arriving while a check is in flight now take its answer; the next one checks anew."""
@@ -711,6 +725,15 @@ def test_an_upstream_that_reports_no_usable_release_is_ready_and_names_none(
     response = httpx.get(f"{admin_of_gateway.url}/readyz", timeout=5)
     assert (response.status_code, response.json()) == (200, {"ready": True, "reason": "ok"})
     assert admin_of_gateway.health.upstream_release is None
+
+
+def test_the_upstream_check_takes_no_proxy_from_the_environment(
+        admin_of_gateway: AdminServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway is the pod's own loopback: an HTTP_PROXY set for the pod's outbound calls must
+    not carry the check (through a proxy that is not there, /readyz would say unreachable)."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    response = httpx.get(f"{admin_of_gateway.url}/readyz", timeout=5, trust_env=False)  # this probe's own call too
+    assert (response.status_code, response.json()["reason"]) == (200, "ok")
 
 
 def test_an_answer_the_upstream_compressed_is_not_decompressed(

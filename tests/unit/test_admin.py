@@ -736,6 +736,16 @@ def test_the_upstream_check_takes_no_proxy_from_the_environment(
     assert (response.status_code, response.json()["reason"]) == (200, "ok")
 
 
+def test_a_flood_of_checks_leaves_no_thread_behind(gateway_startup: StartupAnswers) -> None:
+    """Each check arms a timer for its deadline: one left running past its check, 4 s each, would
+    let a flood of /readyz pile up a thread (and a socket) per check."""
+    health = Health(gateway_startup.url, listening=True)
+    before = threading.active_count()
+    for _ in range(50):
+        assert health.readiness().ready
+    assert threading.active_count() < before + 10
+
+
 def test_an_answer_the_upstream_compressed_is_not_decompressed(
         admin_of_gateway: AdminServer, gateway_startup: StartupAnswers) -> None:
     """A /startupz answer of 2 KB in brotli decoded to 1 GiB in the admin thread, past the sidecar's

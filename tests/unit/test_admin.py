@@ -610,13 +610,14 @@ class StartupAnswers:
     def __init__(self) -> None:
         self.answer = (200, b'{"ok":true,"status":"started","version":"2026.9.6","uptimeMs":1}')
         self.content_encoding: str | None = None
-        self.accept_encoding: str | None = None  # what the last check asked for
+        self.accept_encoding: str | None = None  # what the last check asked for, and where
+        self.asked_path: str | None = None
         answers = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 status, body = answers.answer
-                answers.accept_encoding = self.headers["Accept-Encoding"]
+                answers.accept_encoding, answers.asked_path = self.headers["Accept-Encoding"], self.path
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 if answers.content_encoding is not None:
@@ -664,6 +665,7 @@ def test_readyz_says_which_gateway_release_is_upstream_and_warns_once_when_it_is
         return response.json()
 
     assert readyz() == {"ready": True, "reason": "ok", "upstreamRelease": "2026.9.6", "describedRelease": GATEWAY_VERSION}
+    assert gateway_startup.asked_path == "/startupz"  # not its /readyz, 503 when one messaging channel fails
     assert _metric(admin_of_gateway, "openclaw_sidecar_upstream_release_mismatch ") == ["openclaw_sidecar_upstream_release_mismatch 0.0"]
     assert "upstream gateway reports release" not in caplog.text
 

@@ -137,11 +137,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(json.dumps(camel_keys(redacted_view(config)), indent=2, sort_keys=True))
     for name in unknown_environment(os.environ):
         print(f"warning: {name} names no setting and is ignored", file=sys.stderr)
-    if config.secrets.problems:  # every request would be refused: not a usable config
-        for problem in config.secrets.problems:
-            print(f"configuration error: {problem}", file=sys.stderr)
-        return 1
-    return 0
+    return _report_auth_problems(config)
+
+
+def _report_auth_problems(config: Config) -> int:
+    """1, saying why, when every request would be refused (no credential resolved, no one trusted):
+    not a usable config."""
+    for problem in config.secrets.problems:
+        print(f"configuration error: {problem}", file=sys.stderr)
+    return 1 if config.secrets.problems else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -157,6 +161,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _report_config_error(exc)
+    if _report_auth_problems(config):  # the running sidecar answers every request 401
+        return 1
+    if args.user is not None and config.secrets.mode != "trusted-proxy":
+        print(f"openclaw-sidecar explain: --user is a trusted-proxy identity; a {config.secrets.mode} caller has none",
+              file=sys.stderr)
+        return 2
     result = explain(config, args.tool, scopes=args.scopes, user=args.user, session_key=args.session_key,
                      agent_id=args.agent_id, channel=args.channel, account=args.account,
                      websocket_method=args.websocket_method)

@@ -17,11 +17,13 @@ from .pipeline import tool_request
 from .reasons import Reason, ReasonCode, answer
 from .routes import RouteTable
 from .rpc import TOOLS_INVOKE, FrameVerdict, RpcPolicy, judge_method, judge_tool_frame, scope_satisfied
-from .scopes import ADMIN, ceilings_from_config, parse_scope_header, resolve_scopes
+from .scopes import ADMIN, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
+from .shadow import SHADOWABLE_REASONS
 from .toolchain import CATALOGUE_VERSION, Step, ToolChain, ToolDecision, detail_of
 from .view import RequestView
 
 _FRAME_ID = "explain"
+SHARED_SECRET_MODES = ("token", "password")  # callers without an identity; HTTP ignores their scopes header
 
 
 def _tools_route_scope() -> str:
@@ -31,14 +33,28 @@ def _tools_route_scope() -> str:
     return entry.scope
 
 
-def explain(config: Config, tool: str | None, *, scopes: str | None = None, user: str | None = None,
+def explain(config: Config, tool: str | None, **request: str | None) -> dict[str, Any]:
+    """The decision as a JSON-able dict (`request`: `_decide`'s keywords). In shadow mode
+    (`sidecar.enforce: false`) what the policy layers refuse is forwarded: `shadowed` says so, and
+    `status` and `body` are then the answer enforcement would give."""
+    result = _decide(config, tool, **request)
+    result["shadowed"] = not config.sidecar.enforce and result["decision"] == "refuse" and result["reason"] in SHADOWABLE_REASONS
+    if result["shadowed"]:
+        result["decision"] = "forward"
+    return result
+
+
+def _decide(config: Config, tool: str | None, *, scopes: str | None = None, user: str | None = None,
             session_key: str | None = None, agent_id: str | None = None, channel: str | None = None,
             account: str | None = None, websocket_method: str | None = None) -> dict[str, Any]:
-    """The decision as a JSON-able dict; `scopes` is an x-openclaw-scopes value (absent: the
-    gateway's default set, as a shared-secret caller holds), capped by the user's ceiling."""
+    """`scopes` is an x-openclaw-scopes value (absent: the gateway's default set), capped by the
+    user's ceiling. A token or password caller's header is read on the WebSocket only: on HTTP the
+    gateway, and so the sidecar, gives it the default set."""
     chain = ToolChain(config.rules)
     ceilings = config.sidecar.scope_ceilings
-    granted = resolve_scopes(parse_scope_header(scopes), ceilings_from_config(ceilings.default, ceilings.identities).ceiling_for(user))
+    ceiling = ceilings_from_config(ceilings.default, ceilings.identities).ceiling_for(user)
+    shared_secret = config.secrets.mode in SHARED_SECRET_MODES and not websocket_method
+    granted = shared_secret_scopes(ceiling) if shared_secret else resolve_scopes(parse_scope_header(scopes), ceiling)
     body: dict[str, Any] = {} if tool is None else {"name": tool}  # None: an RPC method that takes no tool
     body.update({k: v for k, v in (("sessionKey", session_key), ("agentId", agent_id)) if v is not None})
     result: dict[str, Any] = {
@@ -52,7 +68,8 @@ def explain(config: Config, tool: str | None, *, scopes: str | None = None, user
     if not scope_satisfied(needed, granted.granted):
         step = Step("scopes", "deny", f"POST /tools/invoke needs {needed} or {ADMIN}")
         return _finish(result, [step], 403, json.loads(answer(Reason.MISSING_SCOPE).body), Reason.MISSING_SCOPE)
-    scope_step = Step("scopes", "allow", f"{needed} or {ADMIN}: may invoke tools")
+    ignored = f" ({config.secrets.mode} caller: x-openclaw-scopes ignored)" if shared_secret and scopes is not None else ""
+    scope_step = Step("scopes", "allow", f"{needed} or {ADMIN}: may invoke tools{ignored}")
     context = _upstream_context(config, user, channel, account)
     result["upstreamContext"] = {"channel": context.get(CHANNEL_HEADER), "account": context.get(ACCOUNT_HEADER)}
     try:
@@ -129,9 +146,11 @@ def render_text(result: dict[str, Any]) -> str:
     lines += [f"  {layer['layer'].ljust(width)}  {layer['verdict'].upper() if layer['verdict'] == 'deny' else layer['verdict']:<7}  "
               f"{layer['rule']}" for layer in result["layers"]]
     lines.append("")
-    if result["decision"] == "refuse":
+    if result["body"] is not None:  # refused, or forwarded in shadow mode where enforcing would refuse
         status = f" {result['status']}" if result["status"] is not None else " (answered in a res, connection kept)"
-        lines.append(f"decision refuse{status} {json.dumps(result['body'], ensure_ascii=False, separators=(',', ':'))}")
+        verdict = "forward (shadow mode: sidecar.enforce false; enforcing would refuse" if result["shadowed"] else "refuse"
+        lines.append(f"decision {verdict}{status} {json.dumps(result['body'], ensure_ascii=False, separators=(',', ':'))}"
+                     + (")" if result["shadowed"] else ""))
         lines.append(f"reason   {result['reason']}" + (f" ({result['detail']})" if result["detail"] else ""))
     else:
         left = [layer["layer"] for layer in result["layers"] if layer["verdict"] == "gateway"]

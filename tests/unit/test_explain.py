@@ -8,13 +8,24 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sidecar.cli import main
+from sidecar.config import load_config
+from sidecar.explain import explain
+from sidecar.pipeline import Admitted, Pipeline, Refuse
+
+from tests import builders
+from tests.unit.fakes import NeverLimits
 
 DATA = Path(__file__).parents[1] / "data" / "explain"
 CONFIG = DATA / "policy.json5"
+PROXY = "10.0.0.5"  # policy.json5's trusted proxy
+TOKEN_CONFIG: dict[str, Any] = {"gateway": {"auth": {"mode": "token", "token": "T"}}}
+READ_CEILING: dict[str, Any] = {**TOKEN_CONFIG, "sidecar": {"scopeCeilings": {"default": ["operator.read"]}}}
+SHADOW_READ_CEILING: dict[str, Any] = {**TOKEN_CONFIG, "sidecar": {**READ_CEILING["sidecar"], "enforce": False}}
 
 CASES = {
     "group-deny": ["--tool", "theme", "--session-key", "irc:group:123", "--scopes", "operator.write"],
@@ -59,11 +70,17 @@ def test_a_tool_is_named_where_one_is_judged_and_only_there(argv: list[str], err
     assert error in capsys.readouterr().err
 
 
-def test_a_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"gateway": {"trustedProxies": ["not-an-ip"]}}')
+@pytest.mark.parametrize("document, error", [
+    ({"gateway": {"trustedProxies": ["not-an-ip"]}}, "gateway.trustedProxies"),
+    # It loads, and the sidecar answers every request 401: explain once said "forward", exit 0.
+    ({"gateway": {"auth": {"mode": "token"}}}, "no token resolved"),
+])
+@pytest.mark.usefixtures("clean_env")
+def test_a_bad_config_is_reported(tmp_path: Path, document: dict[str, Any], error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = builders.write_config(tmp_path / "bad.json", document)
     assert main(["explain", "--config", str(bad), "--tool", "agents_list"]) == 1
-    assert "gateway.trustedProxies" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert error in err and out == ""
 
 
 @pytest.mark.parametrize("tool, session_key", [
@@ -73,8 +90,6 @@ def test_a_bad_config_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_an_rpc_call_is_explained_with_the_answer_the_proxy_gives(tool: str, session_key: str | None) -> None:
     """explain's verdict on a tools.invoke frame is the running proxy's, word for word (it printed
     `tools.invoke requires name` for a blank name, where the proxy says `... params: name required`)."""
-    from sidecar.config import load_config
-    from sidecar.explain import explain
     from sidecar.rpc import FrameVerdict, judge_tool_frame
     from sidecar.scopes import DEFAULT_SCOPES
     from sidecar.toolchain import ToolChain
@@ -88,3 +103,56 @@ def test_an_rpc_call_is_explained_with_the_answer_the_proxy_gives(tool: str, ses
         assert explained["body"] == json.loads(judged.payload or b"null")
     else:
         assert (explained["decision"], explained["body"]) == ("forward", None)
+
+
+async def _proxy_answer(config_path: Path, tool: str, scopes: str | None, user: str | None) -> tuple[str, str, int | None, Any]:
+    """What the running pipeline does with the same POST /tools/invoke (a token caller, or one
+    that `user` names through policy.json5's trusted proxy): the decision, why (a shadowed
+    refusal's reason), and a refusal's status and body."""
+    headers = [("x-openclaw-scopes", scopes)] if scopes is not None else []
+    if user is not None:
+        headers += [("x-forwarded-user", user), ("X-Forwarded-For", "198.51.100.9")]
+    view = builders.view(*headers, host="gw.example", peer=PROXY if user else "203.0.113.7",
+                         auth=None if user else "Bearer T")
+    pipeline = Pipeline(load_config(config_path, environ={}), NeverLimits(), None)
+    verdict = await pipeline.on_head(view)
+    if isinstance(verdict, Admitted):
+        verdict = await pipeline.on_body(verdict, json.dumps({"name": tool}).encode())
+    if isinstance(verdict, Refuse):
+        return "refuse", verdict.reason, verdict.envelope.status, json.loads(verdict.envelope.body)
+    return "forward", verdict.shadowed[0] if verdict.shadowed else verdict.reason, None, None
+
+
+@pytest.mark.parametrize("document, tool, scopes, user, expected", [
+    # A token caller's x-openclaw-scopes is ignored on HTTP (explain once answered 403 here).
+    (TOKEN_CONFIG, "agents_list", "operator.read", None, ("forward", "allowed")),
+    (TOKEN_CONFIG, "  ", None, None, ("refuse", "missing_tool_name")),
+    (READ_CEILING, "agents_list", None, None, ("refuse", "missing_scope")),  # the ceiling still holds
+    (SHADOW_READ_CEILING, "agents_list", None, None, ("forward", "missing_scope")),  # explain once said refuse
+    (None, "agents_list", "operator.read", "alice", ("refuse", "missing_scope")),  # an identity's scopes are its own
+    (None, "agents_list", "operator.write", "alice", ("forward", "allowed")),
+    (None, "sessions_history", None, "alice", ("refuse", "tool_denied")),
+])
+async def test_explain_answers_as_the_running_pipeline(tmp_path: Path, document: dict[str, Any] | None, tool: str,
+                                                       scopes: str | None, user: str | None, expected: tuple[str, str]) -> None:
+    config_path = CONFIG if document is None else builders.write_config(tmp_path / "c.json", document)
+    explained = explain(load_config(config_path, environ={}), tool, scopes=scopes, user=user)
+    refused = explained["decision"] == "refuse"
+    answer = explained["decision"], explained["reason"], explained["status"] if refused else None, explained["body"] if refused else None
+    assert answer[:2] == expected
+    assert answer == await _proxy_answer(config_path, tool, scopes, user)
+
+
+def test_a_user_is_refused_where_no_caller_has_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A token caller has no identity: its ceiling and pins are the defaults, whatever --user says."""
+    config = builders.write_config(tmp_path / "c.json", TOKEN_CONFIG)
+    assert main(["explain", "--config", str(config), "--tool", "tts", "--user", "voice-bot"]) == 2
+    assert "--user is a trusted-proxy identity; a token caller has none" in capsys.readouterr().err
+
+
+def test_shadow_mode_forwards_and_says_what_enforcing_would_answer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = builders.write_config(tmp_path / "c.json", SHADOW_READ_CEILING)
+    assert main(["explain", "--config", str(config), "--tool", "agents_list"]) == 0
+    text = capsys.readouterr().out
+    assert "decision forward (shadow mode: sidecar.enforce false; enforcing would refuse 403 {" in text
+    assert text.splitlines()[-2] == "reason   missing_scope (scopes: POST /tools/invoke needs operator.write or operator.admin)"

@@ -37,6 +37,11 @@ CASES = {
     "missing-scope": ["--tool", "agents_list", "--scopes", "operator.read"],
     "rpc-subagent": ["--tool", "theme", "--websocket-method", "tools.invoke", "--session-key", "agent:main:subagent:a"],
     "rpc-denied-method": ["--websocket-method", "terminal.open"],  # no tool to name
+    "rpc-allowed-method": ["--websocket-method", "chat.history"],
+    "blank-tool": ["--tool", "  "],
+    "no-scopes": ["--tool", "agents_list", "--scopes", ""],
+    "non-ascii-tool": ["--tool", "thème"],  # printed as sent, in the request and in the answer
+    "gateway-decides-twice": ["--tool", "file_fetch", "--session-key", "agent:main:subagent:a"],
 }
 
 
@@ -84,7 +89,7 @@ def test_a_bad_config_is_reported(tmp_path: Path, document: dict[str, Any], erro
 
 
 @pytest.mark.parametrize("tool, session_key", [
-    ("agents_list", None), ("theme", "agent:main:subagent:a"), ("exec", None), ("  ", None), ("", None),
+    ("agents_list", None), ("theme", "agent:main:subagent:a"), ("exec", None), ("  ", None), ("", None), ("sessions", None),
     ("file_fetch", None), ("agents_list", "agent:zz:main"), ("agents_list", "bad key\x00"),
 ])
 def test_an_rpc_call_is_explained_with_the_answer_the_proxy_gives(tool: str, session_key: str | None) -> None:

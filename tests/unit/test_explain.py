@@ -148,6 +148,18 @@ async def test_explain_answers_as_the_running_pipeline(tmp_path: Path, document:
     assert answer == await _proxy_answer(config_path, tool, scopes, user)
 
 
+@pytest.mark.parametrize("mode", ["token", "password"])
+def test_a_shared_secret_callers_scopes_header_is_ignored_on_http(mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As the gateway (resolveSharedSecretHttpOperatorScopes) and the sidecar read it: the default set."""
+    config = builders.write_config(tmp_path / "c.json", {"gateway": {"auth": {"mode": mode, mode: "T"}}})
+    assert main(["explain", "--config", str(config), "--tool", "agents_list", "--scopes", "operator.read"]) == 0
+    text = capsys.readouterr().out
+    assert f"may invoke tools ({mode} caller: x-openclaw-scopes ignored)\n" in text
+    assert "\ndecision forward\n" in text
+    assert main(["explain", "--config", str(config), "--tool", "agents_list"]) == 0
+    assert "may invoke tools\n" in capsys.readouterr().out  # no header sent, none ignored
+
+
 def test_a_user_is_refused_where_no_caller_has_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A token caller has no identity: its ceiling and pins are the defaults, whatever --user says."""
     config = builders.write_config(tmp_path / "c.json", TOKEN_CONFIG)
@@ -159,5 +171,7 @@ def test_shadow_mode_forwards_and_says_what_enforcing_would_answer(tmp_path: Pat
     config = builders.write_config(tmp_path / "c.json", SHADOW_READ_CEILING)
     assert main(["explain", "--config", str(config), "--tool", "agents_list"]) == 0
     text = capsys.readouterr().out
-    assert "decision forward (shadow mode: sidecar.enforce false; enforcing would refuse 403 {" in text
+    [decision] = (line for line in text.splitlines() if line.startswith("decision "))
+    assert decision.startswith("decision forward (shadow mode: sidecar.enforce false; enforcing would refuse 403 {")
+    assert decision.endswith("})")
     assert text.splitlines()[-2] == "reason   missing_scope (scopes: POST /tools/invoke needs operator.write or operator.admin)"

@@ -197,6 +197,8 @@ def test_help_exits_0_for_every_subcommand(command):
     if command == ["run"]:
         for flag in ("--config", "--listen", "--upstream"):
             assert flag in done.stdout
+    if command == ["demo"]:  # `make run` starts it without --listen
+        assert "(default 127.0.0.1:18790)" in done.stdout
 
 
 def test_no_subcommand_is_a_usage_error():
@@ -266,26 +268,33 @@ def test_check_config_fails_a_config_that_can_never_authenticate(tmp_path):
     config = write_config(tmp_path / "c.yaml", {"gateway": {"auth": {"mode": "token"}}})
     done = sidecar_cli("check-config", str(config))
     assert done.returncode == 1
-    assert "no token resolved" in done.stderr
+    assert "configuration error: gateway.auth.mode is token but no token resolved" in done.stderr
     assert json.loads(done.stdout)["effective"]["problems"]  # the view is still printed
 
 
 def test_run_needs_no_config_file(tmp_path):
     """Every setting has a default; flags and the environment are enough. Stdout, where the audit
-    log goes by default, holds audit lines and nothing else (the announcements once went there)."""
+    log goes by default, holds audit lines and nothing else (the announcements once went there).
+    A misspelt variable is named on stderr, in the log's format, as check-config names it."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "run", "--listen", f"127.0.0.1:{port}"], cwd=REPO,
         env=_env({"OPENCLAW_SIDECAR_ADMIN_LISTEN": "127.0.0.1:0", "OPENCLAW_SIDECAR_RUNTIME_DIR": str(tmp_path / "run"),
-                  "OPENCLAW_GATEWAY_TOKEN": "t"}),
+                  "OPENCLAW_GATEWAY_TOKEN": "t", "OPENCLAW_SIDECAR_LISTN": "127.0.0.1:1"}),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = threading.Timer(20, proc.kill)  # never announced: stderr ends, the assertion fails
         deadline.start()
-        lines = iter(proc.stderr.readline, "")  # type: ignore[union-attr]
-        assert any(line.startswith(f"openclaw-sidecar listening on http://127.0.0.1:{port}") for line in lines)
+        seen: list[str] = []
+        for line in iter(proc.stderr.readline, ""):  # type: ignore[union-attr]
+            seen.append(line)
+            if line.startswith(f"openclaw-sidecar listening on http://127.0.0.1:{port}"):
+                break
+        else:
+            pytest.fail(f"never announced; stderr: {seen}")
         deadline.cancel()
+        assert any(" WARNING sidecar OPENCLAW_SIDECAR_LISTN names no setting and is ignored" in line for line in seen), seen
         assert httpx.get(f"http://127.0.0.1:{port}/tools/invoke").status_code == 405
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,8 @@ import pytest
 
 from sidecar.probe.corpus import Absent, Expectation, Reached
 from sidecar.probe.verdict import (
-    FAIL, INCONCLUSIVE, LOOSER, PASS, SAME, STRICTER, Answer, admission, differential, judge, kept_headers,
+    FAIL, INCONCLUSIVE, LOOSER, PASS, SAME, STRICTER, Answer, admission, arrived_values, differential, judge,
+    kept_headers, summary,
 )
 
 MARKER = "ocprobe12345678"
@@ -41,6 +42,11 @@ def arrival(*headers: tuple[str, str]) -> dict:
     (http(400, {"error": {"type": "invalid_request_error"}}), Expectation("refused", reached=(Reached(400),)), "let_through"),
     (http(404, body=b"Not Found"), Expectation("refused", reached=(Reached(400),)), "refused"),
     (http(502, {"error": {"type": "bad_gateway"}}), REFUSED, None),
+    # the edges of the status bands: under 400 let through, 4xx refused, 5xx neither
+    (http(399, body=b"odd"), REFUSED, "let_through"),
+    (http(400, body=b"Bad Request"), REFUSED, "refused"),
+    (http(499, body=b"client closed"), REFUSED, "refused"),
+    (http(500, body=b"Internal Server Error"), REFUSED, None),
     (Answer("closed"), REFUSED, "refused"),
     (Answer("timeout", error="no answer within 3 s"), REFUSED, None),
     (Answer("error", error="cannot connect"), REFUSED, None),
@@ -50,6 +56,13 @@ def arrival(*headers: tuple[str, str]) -> dict:
     (res({"type": "res", "ok": True, "payload": {"ok": False, "error": {"code": "not_found"}}}), REFUSED, "refused"),
     (res({"type": "res", "ok": True, "payload": {"ok": False, "error": {"code": "internal_error", "message": "task required"}}}),
      REFUSED, "let_through"),
+    # the tool ran and failed: reached, however it failed
+    (res({"type": "res", "ok": True, "payload": {"ok": False, "error": {"code": "tool_error", "message": "exit 1"}}}),
+     REFUSED, "let_through"),
+    # shapes a target may send that the gateway does not: judged, never a crash of the probe
+    (res({"type": "res", "ok": True, "payload": {"ok": False, "error": "Tool not available: exec"}}), REFUSED, "refused"),
+    (res({"type": "res", "ok": True, "payload": ["not", "an", "object"]}), REFUSED, "let_through"),
+    (res({"type": "res", "ok": False, "error": "denied"}), REFUSED, "refused"),
     (res({"type": "res", "ok": False, "error": {"code": "FORBIDDEN", "details": {"code": "METHOD_DENIED"}}}), REFUSED, "refused"),
     (res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST", "message": "unknown method: x"}}), REFUSED, "refused"),
     (res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST",
@@ -73,8 +86,48 @@ def test_a_reached_entry_with_a_body_tells_the_handler_from_a_proxy_with_the_sam
 def test_the_reason_says_what_proves_the_handler_ran():
     _, why = admission(http(400, {"ok": False, "error": {"type": "tool_error"}}), REFUSED)
     assert "the tool itself answered" in why
+    _, why = admission(http(400, body=b"bad"), Expectation("refused", reached=(Reached(400),)))
+    assert why == "400 bad (the route's handler answered: it was reached)"
     _, why = admission(res({"type": "res", "ok": False, "error": {"message": "invalid agent params: x"}}), REFUSED)
     assert "validation answered" in why
+
+
+@pytest.mark.parametrize("answer,said", [
+    (http(400, {"error": "bad_request"}), "400 bad_request"),
+    (http(403, {"message": "Forbidden"}), "403 Forbidden"),
+    (http(401, {"error": {"code": "UNAUTHORIZED"}}), "401 UNAUTHORIZED"),
+    (http(404, {"error": {"message": "no such tool"}}), "404 no such tool"),
+    (http(404, body=b"Not   Found\r\n"), "404 Not Found"),
+    (http(400, {"error": {}}), '400 {"error": {}}'),
+    (http(400, {"detail": "x"}), '400 {"detail": "x"}'),
+    (http(400, body=b"\xff\xfe bad"), "400 \ufffd\ufffd bad"),
+    (http(400, body=b" " * 70 + b"abcdefghijklmnop"), "400 abcdefghij"),  # the first 80 bytes, spaces folded
+    (http(400, body=b"y" * 70), f"400 {'y' * 60}"),
+    (res({"type": "res", "ok": True, "payload": {"ok": False, "error": {"code": "not_found"}}}),
+     "res ok, tool refused: not_found"),
+    (res({"type": "res", "ok": True, "payload": {"ok": False, "error": {"code": "internal_error"}}}),
+     "res ok, the tool ran and failed: internal_error"),
+    (res({"type": "res", "ok": True, "payload": {}}), "res ok"),
+    (res({"type": "res", "ok": True, "payload": {"ok": True}}), "res ok"),
+    (res({"type": "res", "ok": False, "error": {"code": "FORBIDDEN", "message": "denied", "details": {"code": "METHOD_DENIED"}}}),
+     "res error METHOD_DENIED: denied"),
+    (res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST", "message": "x\x1b[2J"}}),
+     "res error INVALID_REQUEST: x\\x1b[2J"),
+    (res({"type": "res", "ok": False, "error": {"code": "X", "message": "m" * 90}}), f"res error X: {'m' * 80}"),
+    (res({"type": "res", "ok": False, "error": {"code": "X"}}), "res error X:"),
+    (res({"type": "res", "ok": False, "error": {"message": "m"}}), "res error : m"),
+    (Answer("ws-echo", rewritten=True), "an echoing backend sent the frame back rewritten (relayed after the proxy changed it)"),
+    (Answer("ws-echo"), "an echoing backend sent the frame back unchanged (relayed as sent)"),
+    (Answer("ws-closed", close_code=1008), "closed with 1008"),
+    (Answer("closed"), "connection closed without an answer"),
+    (Answer("closed", error="reset\n"), "connection closed without an answer (reset\\x0a)"),
+    (Answer("timeout", error="no answer within 3 s"), "no answer within 3 s"),
+    (Answer("timeout"), "timeout"),
+])
+def test_the_summary_says_what_came_back(answer, said):
+    """Every reason and table row quotes it: the gateway's error label whichever shape it has, and
+    what the target wrote with its control characters shown, never sent to the terminal."""
+    assert summary(answer) == said
 
 
 # ---- refused -------------------------------------------------------------------------------------
@@ -106,15 +159,47 @@ def test_a_websocket_refusal_after_an_accepted_upgrade_is_not_an_arrival():
     assert judge(REFUSED, answer, [arrival()], MARKER, frame_judged=True)[0] == PASS
 
 
+def test_a_websocket_upgrade_refused_after_reaching_the_backend_fails():
+    answer = Answer("http", stage="upgrade", status=401, body=b"Unauthorized")
+    assert judge(REFUSED, answer, [], MARKER)[0] == PASS
+    verdict, why = judge(REFUSED, answer, [arrival()], MARKER)
+    assert verdict == FAIL and "only after it reached the backend" in why
+
+
 def test_a_refusal_with_another_status_passes_and_says_so():
     verdict, why = judge(Expectation("refused", status=(400,)), http(404, body=b"Not Found"), None, MARKER)
     assert verdict == PASS and "the reference answer is 400" in why
 
 
-def test_a_frame_case_whose_connect_was_refused_decides_nothing():
-    answer = res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST"}}, stage="connect")
+@pytest.mark.parametrize("answer", [http(400, body=b"Bad Request"), Answer("closed")])
+def test_a_refusal_as_the_reference_gives_or_without_a_status_adds_no_note(answer):
+    assert judge(Expectation("refused", status=(400,)), answer, None, MARKER) == (PASS, f"refused: {summary(answer)}")
+    assert judge(REFUSED, answer, None, MARKER) == (PASS, f"refused: {summary(answer)}")
+
+
+def test_a_refused_case_that_may_reach_the_backend_still_fails_when_the_forged_value_arrives():
+    """`mayArrive` excuses the arrival (the backend refuses it), not what arrived with it."""
+    rule = Expectation("refused", may_arrive=True)
+    answer = http(401, {"error": {"type": "unauthorized"}})
+    assert judge(rule, answer, [arrival(("Host", "gw"))], MARKER)[0] == PASS
+    verdict, why = judge(rule, answer, [arrival(("X-Forwarded-User", MARKER))], MARKER)
+    assert verdict == FAIL and why.startswith("the forged value arrived"), why
+
+
+def test_a_long_arrival_is_cut_in_the_reason():
+    path = "/tools/invoke?" + "a" * 300
+    record = {"method": "P" * 60, "path": path, "headers": []}
+    _, why = judge(REFUSED, http(404, body=b"Not Found"), [record], MARKER)
+    assert why.endswith(f"{'P' * 40}... (20 more characters) {path[:100]}... (214 more characters)"), why
+
+
+@pytest.mark.parametrize("answer", [
+    Answer("http", stage="upgrade", status=403, body=b"Forbidden"),
+    res({"type": "res", "ok": False, "error": {"code": "INVALID_REQUEST"}}, stage="connect"),
+])
+def test_a_frame_case_whose_upgrade_or_connect_was_refused_decides_nothing(answer):
     verdict, why = judge(REFUSED, answer, None, MARKER, frame_judged=True)
-    assert verdict == INCONCLUSIVE and "never judged" in why
+    assert verdict == INCONCLUSIVE and why.startswith(f"the {answer.stage} was refused") and "never judged" in why
     assert judge(REFUSED, answer, None, MARKER, frame_judged=False)[0] == PASS
 
 
@@ -128,7 +213,10 @@ def test_a_frame_case_whose_lead_in_was_not_let_through_decides_nothing():
 
 def test_no_usable_answer_is_inconclusive():
     assert judge(REFUSED, Answer("timeout", error="no answer within 3 s"), None, MARKER) == (INCONCLUSIVE, "no answer within 3 s")
-    assert judge(ACCEPTED, http(503, body=b"down"), None, MARKER)[0] == INCONCLUSIVE
+    assert judge(ACCEPTED, http(503, body=b"down"), None, MARKER) == (
+        INCONCLUSIVE, "503 down (an upstream or internal error, neither a refusal nor a pass)")
+    # Only a case that must be refused fails by reaching the backend: a stripped one may reach it.
+    assert judge(STRIPPED, http(502, body=b"bad gateway"), [arrival(("Host", "gw"))], MARKER)[0] == INCONCLUSIVE
 
 
 def test_with_a_record_an_answer_that_says_nothing_is_judged_by_what_arrived():
@@ -141,6 +229,48 @@ def test_with_a_record_an_answer_that_says_nothing_is_judged_by_what_arrived():
         assert verdict == FAIL and why.startswith("the forged value arrived"), why
         assert judge(REFUSED, answer, [], MARKER)[0] == INCONCLUSIVE  # nothing arrived: still nothing decided
         assert judge(REFUSED, answer, [arrival(("Host", "gw"))], MARKER, lead_ins=1)[0] == INCONCLUSIVE
+
+
+LONG = "v" * 130  # a recorded value is quoted up to 120 characters
+CUT = f"{'v' * 120}... (10 more characters)"
+TWO = [{"method": "GET", "path": "/first", "headers": []}, arrival(("Host", "gw"))]
+
+
+@pytest.mark.parametrize("expect,answer,arrivals,control,reason", [
+    (REFUSED, http(404, body=b"Not Found"), TWO, None,
+     (FAIL, "refused (404 Not Found), but only after it reached the backend: POST /tools/invoke")),
+    (REFUSED, http(502, body=b"bad gateway"), TWO, None,
+     (FAIL, "it reached the backend: POST /tools/invoke (502 bad gateway (an upstream or internal error, neither a "
+            "refusal nor a pass))")),
+    (STRIPPED, http(502, body=b"bad gateway"), [arrival(("X-Forwarded-User", MARKER + LONG))], None,
+     (FAIL, f"the forged value arrived at the backend: X-Forwarded-User: {MARKER}{'v' * 105}... (25 more characters) "
+            "(502 bad gateway (an upstream or internal error, neither a refusal nor a pass))")),
+    (Expectation("stripped", absent=(Absent("x-real-ip"),)), http(200, body=b"ok"), [arrival(("X-Real-IP", LONG))], None,
+     (FAIL, f"X-Real-IP: {CUT} arrived at the backend")),
+    (ACCEPTED, http(200, body=b"ok"), None, None, (PASS, "accepted: 200 ok")),
+    (STRIPPED, http(200, body=b"ok"), None, None,
+     (INCONCLUSIVE, "let through (200 ok); only --backend-record can show whether the forged part arrived")),
+    (Expectation("refused", status=(400, 401)), http(404, body=b"Not Found"), None, None,
+     (PASS, "refused: 404 Not Found (the reference answer is 400/401)")),
+    (Expectation("stripped", same_as_control=("x-openclaw-scopes",)), http(200, body=b"ok"),
+     [arrival(("x-openclaw-scopes", "a"), ("x-openclaw-scopes", "b"))], {},
+     (FAIL, "x-openclaw-scopes arrived as a, b, not as on control.credential ((none)): the client's forged value "
+            "changed what the proxy presents upstream")),
+    (Expectation("stripped", same_as_control=("x-openclaw-scopes",)), http(200, body=b"ok"), [arrival()],
+     {"x-openclaw-scopes": (LONG,)},
+     (FAIL, f"x-openclaw-scopes arrived as (none), not as on control.credential ({CUT}): the client's forged value "
+            "changed what the proxy presents upstream")),
+    (Expectation("stripped", same_as_control=("x-openclaw-scopes",)), http(200, body=b"ok"),
+     [arrival(("x-openclaw-scopes", LONG))], {},
+     (FAIL, f"x-openclaw-scopes arrived as {CUT}, not as on control.credential ((none)): the client's forged value "
+            "changed what the proxy presents upstream")),
+    (Expectation("stripped", same_as_control=("x-openclaw-scopes",)), http(200, body=b"ok"), [arrival()], {},
+     (PASS, "let through, and the forged part never arrived: 200 ok")),  # absent on both: the same
+])
+def test_the_reason_quotes_what_decided_the_verdict(expect, answer, arrivals, control, reason):
+    """The reason is the evidence a report shows: the last request that arrived, the recorded
+    values (cut, escaped), the answer."""
+    assert judge(expect, answer, arrivals, MARKER, control=control) == reason
 
 
 # ---- stripped ------------------------------------------------------------------------------------
@@ -192,9 +322,11 @@ def test_absent_rules_match_by_name_and_value():
     assert judge(anywhere, answer, [arrival(("X_Forwarded_For", "192.0.2.66"))], MARKER)[0] == FAIL
 
 
-def test_an_answer_from_the_front_that_reached_nothing_passes():
+def test_a_stripped_case_let_through_passes_saying_whether_it_reached_the_backend():
     verdict, why = judge(STRIPPED, http(200, {"ok": True}), [], MARKER)
     assert verdict == PASS and "without reaching the backend" in why
+    verdict, why = judge(STRIPPED, http(200, {"ok": True}), [arrival(("Host", "gw"))], MARKER)
+    assert verdict == PASS and why.startswith("let through, and the forged part never arrived")
 
 
 # ---- keeps: Connection must not delete what the proxy presents upstream --------------------------
@@ -213,6 +345,17 @@ def test_kept_headers_are_what_the_proxy_presented_on_the_control_call():
     assert kept_headers(CONTROL, SENT) == {"authorization", "x-openclaw-scopes", "x-forwarded-for"}
     passed_through = [arrival(("Host", "gw"), ("Authorization", "Bearer client-secret"))]
     assert kept_headers(passed_through, SENT) == frozenset()
+    framing = ("Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+               "Content-Length", "Content-Type", "Expect")
+    assert kept_headers([arrival(*((name, "x") for name in framing))], SENT) == frozenset()
+
+
+def test_a_record_without_headers_reads_as_none_arrived():
+    record = {"method": "GET", "path": "/"}
+    assert arrived_values(record) == {} and kept_headers([record], SENT) == frozenset()
+    assert judge(STRIPPED, http(200, {"ok": True}), [record], MARKER)[0] == PASS
+    assert judge(REFUSED, http(404, body=b"Not Found"), [{}], MARKER) == (
+        FAIL, "refused (404 Not Found), but only after it reached the backend: ? ?")
 
 
 def test_a_proxy_that_deletes_its_own_headers_when_the_client_names_them_fails():
@@ -224,6 +367,8 @@ def test_a_proxy_that_deletes_its_own_headers_when_the_client_names_them_fails()
     verdict, why = judge(KEEPS, answer, lost, MARKER, kept=kept)
     assert verdict == FAIL and why.startswith("x-openclaw-scopes reached the backend on control.credential but not here")
     assert judge(KEEPS, answer, CONTROL, MARKER, kept=kept)[0] == PASS
+    verdict, why = judge(KEEPS, answer, [arrival(("Host", "gw"))], MARKER, kept=kept)
+    assert why.startswith("authorization, x-forwarded-for, x-openclaw-scopes reached the backend on control.credential")
     assert judge(STRIPPED, answer, lost, MARKER, kept=kept)[0] == PASS  # only `keeps` cases compare
 
 
@@ -248,12 +393,15 @@ def test_a_401_on_a_keeps_case_is_judged_by_what_reached_the_backend():
     verdict, why = judge(KEEPS, answer, lost, MARKER, kept=kept)
     assert verdict == FAIL and why.startswith("authorization reached the backend on control.credential but not here")
     assert judge(STRIPPED, answer, None, MARKER)[0] == PASS
+    # Only a 401 looks like a lost credential: another refusal is the target's own.
+    assert judge(KEEPS, http(400, body=b"Bad Request"), None, MARKER) == (PASS, "refused: 400 Bad Request")
 
 
 def test_a_stripped_case_fails_when_the_upgrade_went_through():
     """h2c tunnelled: a 101 is no stripped request served (it passed once the case was `stripped`; review)."""
     verdict, why = judge(STRIPPED, http(101), None, MARKER)
     assert verdict == FAIL and "the upgrade went through" in why
+    assert judge(ACCEPTED, http(101), None, MARKER)[0] == PASS  # an upgrade the contract accepts
 
 
 # ---- smuggling -----------------------------------------------------------------------------------
@@ -264,6 +412,8 @@ def test_an_unasked_answer_fails_whatever_the_outcome():
     for expect in (REFUSED, STRIPPED, ACCEPTED):
         verdict, why = judge(expect, smuggled, None, MARKER)
         assert verdict == FAIL and "smuggled" in why and "HTTP/1.1 200 OK" in why
+    long = Answer("http", status=400, unasked=b"HTTP/1.1 200 OK\r\n" + b"X" * 100)
+    assert judge(REFUSED, long, None, MARKER)[1].endswith("HTTP/1.1 200 OK\\x0d\\x0a" + "X" * 63)
 
 
 # ---- accepted and answered -----------------------------------------------------------------------
@@ -283,8 +433,10 @@ def test_accepted_fails_on_a_refusal_and_checks_single_headers():
 def test_answered_only_cares_about_leaks():
     rule = Expectation("answered", leak=("openclaw_sidecar_",))
     assert judge(rule, http(404, body=b"Not Found"), None, MARKER)[0] == PASS
-    verdict, why = judge(rule, http(200, body=b"openclaw_sidecar_decisions_total 3"), None, MARKER)
-    assert verdict == FAIL and "exposes" in why
+    assert judge(rule, http(200, body=b"ok"), None, MARKER) == (PASS, "answered without exposing it: 200 ok")
+    assert judge(rule, http(200, body=b"ok"), [arrival(("X-Forwarded-User", MARKER))], MARKER)[0] == FAIL
+    assert judge(rule, http(200, body=b"openclaw_sidecar_decisions_total 3"), None, MARKER) == (
+        FAIL, "the answer exposes 'openclaw_sidecar_': 200 openclaw_sidecar_decisions_total 3")
 
 
 # ---- differential --------------------------------------------------------------------------------

@@ -125,10 +125,12 @@ async def _build_and_close(config: Config) -> None:
     """Build the runtime `run` would start with (no connection is opened), then release it."""
     from .runtime import build_runtime
 
-    await build_runtime(config).aclose()
+    await build_runtime(config, warn=False).aclose()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .runtime import config_warnings
+
     try:
         config = load_config(args.file)
         asyncio.run(_build_and_close(config))  # as `run` starts: the storage and its password file
@@ -137,6 +139,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(json.dumps(camel_keys(redacted_view(config)), indent=2, sort_keys=True))
     for name in unknown_environment(os.environ):
         print(f"warning: {name} names no setting and is ignored", file=sys.stderr)
+    for level, message in config_warnings(config):
+        if level < logging.ERROR:  # the errors are the auth problems, said next in check-config's words
+            print(f"warning: {message}", file=sys.stderr)
     return _report_auth_problems(config)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pydantic.alias_generators import to_camel
@@ -33,42 +33,43 @@ class Runtime:
             await self.request_limiter.aclose()
 
 
-def warn_about_config(config: Config) -> None:
-    """Say at start-up what will make requests fail, whichever way the sidecar is loaded."""
+def config_warnings(config: Config) -> Iterator[tuple[int, str]]:
+    """What will make requests fail or widens what the port lets through, as (log level, message):
+    logged at start-up whichever way the sidecar is loaded, and printed by check-config."""
     for problem in config.secrets.problems:
-        log.error("auth misconfigured, every authenticated request will get 401: %s", problem)
+        yield logging.ERROR, f"auth misconfigured, every authenticated request will get 401: {problem}"
     trusted_proxy = config.rules.gateway.auth.trusted_proxy
     if config.secrets.mode == "trusted-proxy" and not (trusted_proxy.allow_users or trusted_proxy.required_headers):
-        log.warning(
+        yield logging.WARNING, (
             "TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a "
             "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
         )
     if config.secrets.mode == "trusted-proxy":
         networks = config.rules.gateway.trusted_networks
         if networks and all(n.is_loopback for n in networks) and not trusted_proxy.allow_loopback:
-            log.warning("TRUSTED-PROXY MODE TRUSTING LOOPBACK ONLY, WITHOUT trustedProxy.allowLoopback: every request "
+            yield logging.WARNING, ("TRUSTED-PROXY MODE TRUSTING LOOPBACK ONLY, WITHOUT trustedProxy.allowLoopback: every request "
                         "from the proxy on this host (tailscale serve) is refused 401 (trusted_proxy_loopback_source)")
         ranges = [str(n) for n in networks
                   if n.num_addresses > 1 and not n.is_loopback]
         if ranges:
-            log.warning("TRUSTED-PROXY MODE TRUSTING RANGES %s: any host in them can name any allowed user "
-                        "(on Kubernetes a pod range includes the node's own address: k8s/README.md)", ", ".join(ranges))
+            yield logging.WARNING, (f"TRUSTED-PROXY MODE TRUSTING RANGES {', '.join(ranges)}: any host in them can name any "
+                               "allowed user (on Kubernetes a pod range includes the node's own address: k8s/README.md)")
     if not config.sidecar.enforce:
-        log.warning("SHADOW MODE (sidecar.enforce: false): route, scope, tool and RPC-method refusals are "
+        yield logging.WARNING, ("SHADOW MODE (sidecar.enforce: false): route, scope, tool and RPC-method refusals are "
                     "logged and counted (openclaw_sidecar_shadowed_total), then FORWARDED; authentication "
                     "and request hygiene are still enforced")
     if config.sidecar.websocket.mode == "passthrough":
-        log.warning("WEBSOCKET PASSTHROUGH: frames of the gateway's RPC are relayed unread; an authenticated "
+        yield logging.WARNING, ("WEBSOCKET PASSTHROUGH: frames of the gateway's RPC are relayed unread; an authenticated "
                     "caller is gateway admin there (terminals, config patches, tools past the sidecar's policy)")
     secrets = config.secrets
     shared = {"token": secrets.token, "password": secrets.password}.get(secrets.mode)
     if config.sidecar.websocket.allow_nodes and secrets.mode in ("token", "password") \
             and (secrets.upstream_kind, secrets.upstream_credential) != (secrets.mode, shared):
-        log.warning("sidecar.websocket.allowNodes is on but no node can connect: a node's device signs the "
+        yield logging.WARNING, ("sidecar.websocket.allowNodes is on but no node can connect: a node's device signs the "
                     "credential it presents, which must then be the one the gateway gets, and sidecar.upstreamAuth "
                     "differs from gateway.auth")
     if config.rules.gateway.tls.enabled and not config.sidecar.upstream_tls.configured:
-        log.warning("gateway.tls.enabled and no sidecar.upstreamTls: the gateway's certificate must chain to a "
+        yield logging.WARNING, ("gateway.tls.enabled and no sidecar.upstreamTls: the gateway's certificate must chain to a "
                     "CA in certifi's bundle and name the upstream's host, which the one it generates does not; pin "
                     "that one by its SHA-256 with sidecar.upstreamTls.fingerprint")
     table = RouteTable.for_deployment()
@@ -78,10 +79,15 @@ def warn_about_config(config: Config) -> None:
     for name in config.sidecar.routes.allow:
         entry = entries.get(name)
         what = f"{entry.power}, credential {entry.credential}" + (f": {entry.note}" if entry.note else "") if entry else "node capabilities"
-        log.warning("route %s opened beyond the default policy (%s)", name, what)
+        yield logging.WARNING, f"route {name} opened beyond the default policy ({what})"
         if entry is not None and entry.name not in served_names:
-            log.warning("route %s is opened but switched off in the gateway's config: it is answered 404 "
-                        "as the gateway answers it", name)
+            yield logging.WARNING, (f"route {name} is opened but switched off in the gateway's config: it is answered 404 "
+                                   "as the gateway answers it")
+
+
+def warn_about_config(config: Config) -> None:
+    for level, message in config_warnings(config):
+        log.log(level, message)
 
 
 # Settings a running process cannot take over: where it listens and what it forwards to, the
@@ -99,11 +105,13 @@ def restart_needed(old: Config, new: Config) -> str | None:
     return None
 
 
-def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse: Runtime | None = None) -> Runtime:
+def build_runtime(config: Config, clock: Callable[[], float] = time.time, reuse: Runtime | None = None,
+                  *, warn: bool = True) -> Runtime:
     """Build limiters from their storage URI (a bad pairing fails here, at start-up), or keep
     those of `reuse` (a reload: counts and lockouts carry over, under the gateway's limits as
-    its file now gives them)."""
-    warn_about_config(config)
+    its file now gives them). `warn`: log `config_warnings` (check-config prints them itself)."""
+    if warn:
+        warn_about_config(config)
     limit_rules = config.rules.gateway.auth.rate_limit
     if reuse is not None:
         pipeline = Pipeline(config, reuse.failure_limiter, reuse.request_limiter, reuse.pipeline.identity_headers,

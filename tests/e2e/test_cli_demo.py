@@ -269,7 +269,23 @@ def test_check_config_fails_a_config_that_can_never_authenticate(tmp_path):
     done = sidecar_cli("check-config", str(config))
     assert done.returncode == 1
     assert "configuration error: gateway.auth.mode is token but no token resolved" in done.stderr
+    assert done.stderr.count("no token resolved") == 1, done.stderr  # said once, not also as a log line
     assert json.loads(done.stdout)["effective"]["problems"]  # the view is still printed
+
+
+def test_check_config_prints_what_the_sidecar_would_warn_about_at_start(tmp_path):
+    """The same warnings `run` logs (here a trusted-proxy config anyone in a range can speak for),
+    in check-config's words, and exit 0: the config works, only too widely."""
+    config = write_config(tmp_path / "c.yaml", {"gateway": {"trustedProxies": ["10.0.0.0/8"], "auth": {
+        "mode": "trusted-proxy", "trustedProxy": {"userHeader": "x-user"}}}})
+    done = sidecar_cli("check-config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "warning: TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a trusted "
+        "proxy address is accepted as whatever user it names (attack corpus A11)",
+        "warning: TRUSTED-PROXY MODE TRUSTING RANGES 10.0.0.0/8: any host in them can name any allowed user (on "
+        "Kubernetes a pod range includes the node's own address: k8s/README.md)",
+    ]
 
 
 def test_run_needs_no_config_file(tmp_path):

@@ -66,7 +66,8 @@ class AuditEntry(NamedTuple):
             "event": "decision", "request_id": self.request_id, "route": self.route, "decision": self.decision,
             "reason": self.reason, "status": self.status, "upstream_status": self.upstream_status,
             "duration_ms": self.duration_ms, "method": self.method[:64], "target": redacted(self.target),
-            "client": self.client, "peer": self.peer, "auth": self.auth, "identity": self.identity,
+            "client": self.client, "peer": self.peer, "auth": self.auth,
+            "identity": self.identity[:256] if self.identity else self.identity,
             "previous_secret": self.previous_secret, "scopes": list(self.scopes) if self.scopes is not None else None,
             "tool": self.tool[:128] if self.tool else self.tool,
         }

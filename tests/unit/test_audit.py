@@ -94,9 +94,10 @@ def test_a_line_carries_what_only_some_decisions_have_and_others_omit_it(field: 
     assert field not in json.loads(entry().line(0))
 
 
-@pytest.mark.parametrize("field, kept", [("method", 64), ("tool", 128), ("detail", 256)])
+@pytest.mark.parametrize("field, kept", [("method", 64), ("tool", 128), ("detail", 256), ("identity", 256)])
 def test_free_text_a_client_can_lengthen_is_cut(field: str, kept: int) -> None:
-    """An RPC method and a tool name are the client's, and a detail quotes them: a line stays bounded."""
+    """An RPC method and a tool name are the client's, and a detail quotes them; an identity is what a
+    trusted proxy wrote, up to the head's size (an e-mail address has at most 254): a line stays bounded."""
     assert json.loads(entry(**{field: "x" * 1000}).line(0))[field] == "x" * kept
 
 

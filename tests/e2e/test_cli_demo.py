@@ -201,6 +201,30 @@ def test_help_exits_0_for_every_subcommand(command):
         assert "(default 127.0.0.1:18790)" in done.stdout
 
 
+def test_demo_backend_serves_the_demo_tools_behind_its_token_until_sigterm():
+    """`demo-backend` alone (what a developer points a sidecar of their own at): it announces its
+    address, answers /tools/invoke only with the bearer token it was given, and exits 0 on SIGTERM."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "demo-backend", "--listen", f"127.0.0.1:{port}",
+                             "--token", "tok-1"], cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = threading.Timer(20, proc.kill)  # never announced: stdout ends, the assertion fails
+        deadline.start()
+        announced = proc.stdout.readline()  # type: ignore[union-attr]
+        deadline.cancel()
+        assert announced == f"demo backend listening on http://127.0.0.1:{port}\n"
+        url = f"http://127.0.0.1:{port}/tools/invoke"
+        call = {"tool": "agents_list", "args": {}}
+        refused = httpx.post(url, json=call, headers={"Authorization": "Bearer tok-2"})
+        assert (refused.status_code, refused.json()) == (401, {"error": {"message": "Unauthorized", "type": "unauthorized"}})
+        served = httpx.post(url, json=call, headers={"Authorization": "Bearer tok-1"})
+        assert served.status_code == 200 and served.json()["ok"] is True, served.text
+    finally:
+        code = stop_process(proc, signal.SIGTERM)
+    assert code == 0, proc.stderr.read()  # type: ignore[union-attr]
+
+
 def test_no_subcommand_is_a_usage_error():
     done = sidecar_cli()
     assert done.returncode == 2

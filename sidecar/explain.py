@@ -15,7 +15,7 @@ from .config import Config
 from .headers import ACCOUNT_HEADER, CHANNEL_HEADER, HeaderPlan, rebuild_headers
 from .pipeline import tool_request
 from .reasons import Reason, ReasonCode, answer
-from .routes import RouteTable
+from .routes import RouteTable, collapse_slashes
 from .rpc import TOOLS_INVOKE, FrameVerdict, RpcPolicy, judge_method, judge_tool_frame, scope_satisfied
 from .scopes import ADMIN, ceilings_from_config, parse_scope_header, resolve_scopes, shared_secret_scopes
 from .shadow import SHADOWABLE_REASONS
@@ -23,6 +23,7 @@ from .toolchain import CATALOGUE_VERSION, Step, ToolChain, ToolDecision, detail_
 from .view import RequestView
 
 _FRAME_ID = "explain"
+RPC_PATH = "/"  # where a client opens the RPC socket (the gateway serves it at any path)
 SHARED_SECRET_MODES = ("token", "password")  # callers without an identity; HTTP ignores their scopes header
 
 
@@ -62,12 +63,18 @@ def _decide(config: Config, tool: str | None, *, scopes: str | None = None, user
         "request": {"body": body, "channel": channel, "account": account, "user": user, "websocketMethod": websocket_method},
         "scopes": list(granted.scopes), "owner": granted.owner,
     }
+    path = RPC_PATH if websocket_method else "/tools/invoke"
+    denied = next((prefix for prefix in config.sidecar.routes.deny if collapse_slashes(path).startswith(collapse_slashes(prefix))), None)
+    if denied is not None:  # the route stage runs before authentication: nothing else is asked
+        where = f"the RPC socket's upgrade at {path}" if websocket_method else path
+        step = Step("route", "deny", f"{where} is under sidecar.routes.deny {denied}")
+        return _refused(result, [step], Reason.ROUTE_DENIED)
     if websocket_method:
         return _websocket(result, chain, RpcPolicy.from_config(config, chain), websocket_method, body, frozenset(granted.scopes))
     needed = _tools_route_scope()
     if not scope_satisfied(needed, granted.granted):
         step = Step("scopes", "deny", f"POST /tools/invoke needs {needed} or {ADMIN}")
-        return _finish(result, [step], 403, json.loads(answer(Reason.MISSING_SCOPE).body), Reason.MISSING_SCOPE)
+        return _refused(result, [step], Reason.MISSING_SCOPE)
     ignored = f" ({config.secrets.mode} caller: x-openclaw-scopes ignored)" if shared_secret and scopes is not None else ""
     scope_step = Step("scopes", "allow", f"{needed} or {ADMIN}: may invoke tools{ignored}")
     context = _upstream_context(config, user, channel, account)
@@ -75,7 +82,7 @@ def _decide(config: Config, tool: str | None, *, scopes: str | None = None, user
     try:
         invoke = read_invoke_body(json.dumps(body).encode())
     except BodyError:
-        return _finish(result, [scope_step], 400, json.loads(answer(Reason.MISSING_TOOL_NAME).body), Reason.MISSING_TOOL_NAME)
+        return _refused(result, [scope_step], Reason.MISSING_TOOL_NAME)
     decision = chain.decide(tool_request(invoke, granted.owner, context.items()))
     envelope = json.loads(decision.envelope().body) if decision.refused else None
     return _finish(result, [scope_step, *decision.steps], decision.status, envelope, decision.reason, decision)
@@ -97,6 +104,14 @@ def _websocket(result: dict[str, Any], chain: ToolChain, policy: RpcPolicy, meth
         assert isinstance(judged, FrameVerdict)
         return _finish(result, [step], None, frame, judged.reason)
     return _finish(result, [step, *decision.steps], None, frame, decision.reason, decision)
+
+
+def _refused(result: dict[str, Any], steps: list[Step], reason: Reason) -> dict[str, Any]:
+    """Refused over HTTP with the sidecar's answer for `reason`: its status, and its JSON body or
+    its text (a denied route is answered as the gateway answers an unknown path, `Not Found`)."""
+    envelope = answer(reason)
+    json_body = dict(envelope.headers).get("Content-Type", "").startswith("application/json")
+    return _finish(result, steps, envelope.status, json.loads(envelope.body) if json_body else envelope.body.decode(), reason)
 
 
 def _frame(payload: bytes | None) -> Any:

@@ -26,6 +26,7 @@ PROXY = "10.0.0.5"  # policy.json5's trusted proxy
 TOKEN_CONFIG: dict[str, Any] = {"gateway": {"auth": {"mode": "token", "token": "T"}}}
 READ_CEILING: dict[str, Any] = {**TOKEN_CONFIG, "sidecar": {"scopeCeilings": {"default": ["operator.read"]}}}
 SHADOW_READ_CEILING: dict[str, Any] = {**TOKEN_CONFIG, "sidecar": {**READ_CEILING["sidecar"], "enforce": False}}
+TOOLS_DENIED: dict[str, Any] = {**TOKEN_CONFIG, "sidecar": {"routes": {"deny": ["/tools"]}}}
 
 CASES = {
     "group-deny": ["--tool", "theme", "--session-key", "irc:group:123", "--scopes", "operator.write"],
@@ -124,7 +125,9 @@ async def _proxy_answer(config_path: Path, tool: str, scopes: str | None, user: 
     if isinstance(verdict, Admitted):
         verdict = await pipeline.on_body(verdict, json.dumps({"name": tool}).encode())
     if isinstance(verdict, Refuse):
-        return "refuse", verdict.reason, verdict.envelope.status, json.loads(verdict.envelope.body)
+        body = verdict.envelope.body
+        text = dict(verdict.envelope.headers)["Content-Type"].startswith("text/plain")
+        return "refuse", verdict.reason, verdict.envelope.status, body.decode() if text else json.loads(body)
     return "forward", verdict.shadowed[0] if verdict.shadowed else verdict.reason, None, None
 
 
@@ -137,6 +140,12 @@ async def _proxy_answer(config_path: Path, tool: str, scopes: str | None, user: 
     (None, "agents_list", "operator.read", "alice", ("refuse", "missing_scope")),  # an identity's scopes are its own
     (None, "agents_list", "operator.write", "alice", ("forward", "allowed")),
     (None, "sessions_history", None, "alice", ("refuse", "tool_denied")),
+    # sidecar.routes.deny answers 404 before anything else is asked (explain once said forward)
+    (TOOLS_DENIED, "agents_list", None, None, ("refuse", "route_denied")),
+    ({**TOOLS_DENIED, "sidecar": {"routes": {"deny": ["/tools//"]}}}, "agents_list", None, None, ("refuse", "route_denied")),
+    ({**TOOLS_DENIED, "sidecar": {"routes": {"deny": ["/tools/invoke/"]}}}, "agents_list", None, None, ("forward", "allowed")),
+    ({**TOOLS_DENIED, "sidecar": {"routes": {"deny": ["/tools"], "allow": []}, "enforce": False}}, "agents_list", None, None,
+     ("forward", "route_denied")),
 ])
 async def test_explain_answers_as_the_running_pipeline(tmp_path: Path, document: dict[str, Any] | None, tool: str,
                                                        scopes: str | None, user: str | None, expected: tuple[str, str]) -> None:
@@ -146,6 +155,28 @@ async def test_explain_answers_as_the_running_pipeline(tmp_path: Path, document:
     answer = explained["decision"], explained["reason"], explained["status"] if refused else None, explained["body"] if refused else None
     assert answer[:2] == expected
     assert answer == await _proxy_answer(config_path, tool, scopes, user)
+
+
+@pytest.mark.parametrize("deny, refused", [(["/"], True), (["//"], True), (["/ws"], False)])
+async def test_a_denied_route_refuses_the_rpc_socket_as_the_running_pipeline_does(
+        tmp_path: Path, deny: list[str], refused: bool) -> None:
+    """The RPC socket is served at any path: explain asks about `/`, where a client opens it."""
+    config = load_config(builders.write_config(tmp_path / "c.json", {**TOKEN_CONFIG, "sidecar": {"routes": {"deny": deny}}}),
+                         environ={})
+    explained = explain(config, None, websocket_method="chat.history")
+    upgrade = builders.view(("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+                            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), method="GET", target="/", host="gw.example",
+                            auth="Bearer T")
+    verdict = await Pipeline(config, NeverLimits(), None).on_head(upgrade)
+    if refused:
+        assert isinstance(verdict, Refuse) and (verdict.reason, verdict.envelope.status) == ("route_denied", 404)
+        assert (explained["decision"], explained["reason"], explained["status"], explained["body"]) == (
+            "refuse", "route_denied", 404, "Not Found")
+        assert explained["layers"] == [{"layer": "route", "verdict": "deny",
+                                        "rule": f"the RPC socket's upgrade at / is under sidecar.routes.deny {deny[0]}"}]
+    else:
+        assert isinstance(verdict, Admitted)
+        assert (explained["decision"], explained["reason"]) == ("forward", "allowed")
 
 
 @pytest.mark.parametrize("mode", ["token", "password"])

@@ -197,10 +197,11 @@ def test_the_expectations_are_test_envelopes_own_cases() -> None:
 
 
 def test_fixed_answers_take_no_data_and_frames_have_no_http_answer() -> None:
-    with pytest.raises(TypeError):
+    """A programming error, named: the log line of the 500 it becomes says which reason and why."""
+    with pytest.raises(TypeError, match=r"^invalid_target is always answered the same way; got \('x',\)$"):
         answer(Reason.INVALID_TARGET, "x")
     for reason in FRAME_ONLY | NOT_REFUSALS:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^{reason} has no HTTP answer$"):
             answer(reason)
     with pytest.raises(KeyError):
         answer(Reason.INVALID_HOST, "some other message")  # its two answers only

@@ -46,8 +46,10 @@ class RequestView:
         return list(self._index)
 
     def head_size(self) -> int:
-        """Bytes of the head as sent on HTTP/1.1 (request line, header lines, blank line)."""
-        size = len(self.method) + len(self.target) + len(" HTTP/1.1\r\n") + 2
+        """Bytes of the head as sent on HTTP/1.1 (request line, `name: value` lines, blank line):
+        what the proxy's reader bounds as it buffers (Node's own count, URL and header names and
+        values only, is smaller: the sidecar is the stricter of the two)."""
+        size = len(self.method) + 1 + len(self.target) + len(" HTTP/1.1\r\n") + 2
         return size + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def declared_length(self) -> int | None:

@@ -135,7 +135,8 @@ def render_table(report: Report) -> str:
     for klass, counts in class_counts(report).items():
         lines.append(_summary_row(klass, _row_values(counts), diff_col, report.corpus.classes[klass], counts))
     total = totals(report)
-    lines.append(_summary_row("total", _row_values(total), diff_col, f"{len(report.results)} cases", total))
+    cases = len(report.results)
+    lines.append(_summary_row("total", _row_values(total), diff_col, f"{cases} case{'' if cases == 1 else 's'}", total))
     code = report.exit_code()
     outcome = "CUT SHORT" if code == 2 and (report.cut_short or report.baseline_cut_short) else (
         "PASS", "FAIL", "NOTHING JUDGED")[code]
@@ -203,6 +204,7 @@ def render_junit(report: Report) -> str:
         cuts.append(("nothing-judged", "no case but the controls was judged: each was inconclusive or not applicable"))
     if cuts:  # the run did not finish, or judged nothing (exit status 2): an error CI shows, not only skips
         root.set("errors", str(len(cuts)))
+        root.set("tests", str(len(report.results) + len(cuts)))  # every testcase, these too
         suite = ET.SubElement(root, "testsuite", name="run: the probe's own run", tests=str(len(cuts)), failures="0",
                               skipped="0", errors=str(len(cuts)), time="0.000")
         for name, why in cuts:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,10 +21,11 @@ from sidecar.probe.corpus import CORPUS_SCHEMA, Case, HttpRequest, load_corpus, 
 from sidecar.probe.engine import CaseResult, Observation, Options, Probe, Redactor, Report, applicability
 from sidecar.probe.report import REPORT_SCHEMA, render_junit, render_table, to_json
 from sidecar.probe.text import printable, visible
-from sidecar.probe.verdict import FAIL, INCONCLUSIVE, NOT_APPLICABLE, PASS, Answer
+from sidecar.probe.verdict import FAIL, INCONCLUSIVE, LOOSER, NOT_APPLICABLE, PASS, SAME, STRICTER, Answer
 from sidecar.probe.wire import Context, ProbeSetupError, render_request
 
 ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "data" / "probe-report"
 
 
 def corpus_of(*cases: tuple[str, str]):
@@ -58,6 +60,100 @@ MIXED = report_of(
     CaseResult(CASES["J1.three"], NOT_APPLICABLE, "needs --identity-header"),
     CaseResult(CASES["J1.four"], INCONCLUSIVE, "no answer within 3 s", observed(INCONCLUSIVE, "no answer", None, None)),
 )
+
+
+def rich_report() -> Report:
+    """Every part a report can have: a baseline and a backend record, each differential, a case cut
+    in the table, a failure with what arrived, an inconclusive case, and both cuts of the run."""
+    corpus = corpus_of(("A1.one", "A"), ("A1.two-with-a-rather-long-identifier-that-is-cut-in-the-table", "A"),
+                       ("J1.three", "J"), ("J1.four", "J"), ("J1.five", "J"), ("J1.six", "J"))
+    one, two, three, four, five, six = corpus.cases
+    options = Options("https://gw.example:8443", baseline="http://127.0.0.1:18789", backend_record="http://127.0.0.1:9/record",
+                      secret="s3cret-token-value", identity=(("x-forwarded-user", "alice"),), cases="A*,J1.*",
+                      safe_tool="sessions_list", unsafe=True, ws_path="/ws", timeout=3.5, max_seconds=120.0)
+    report = Report(options, corpus, 6, "ocprobe1234", "1.2.3", datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=UTC))
+    refused_by_baseline = observed(PASS, "refused: 403 forbidden")
+    report.results.extend([
+        CaseResult(one, PASS, "refused: 404 Not Found", observed(PASS, "refused: 404 Not Found"), arrivals=[],
+                   baseline=observed(PASS, "refused: 404"), differential=SAME, duration_ms=12),
+        CaseResult(two, PASS, "refused:   400\n  Bad   Request " + "x" * 130, observed(PASS, "refused: 400"),
+                   baseline=observed(FAIL, "let through: 200", "let_through", 200), differential=STRICTER, duration_ms=1234),
+        CaseResult(three, FAIL, "let through: 200 \\x1b[2J", observed(FAIL, "let through", "let_through", 200),
+                   arrivals=[{"method": "POST", "path": "/tools/invoke", "headers": [["X-Evil", "ocprobe1234"], ["Host", "gw"]]}],
+                   baseline=refused_by_baseline, differential=LOOSER, duration_ms=7),
+        CaseResult(four, PASS, "refused: connection closed", Observation("POST /tools/invoke HTTP/1.1", "", None, "refused",
+                                                                           PASS, "closed"),
+                   baseline=refused_by_baseline, duration_ms=0),
+        CaseResult(five, INCONCLUSIVE, "no answer within 3.5 s", observed(INCONCLUSIVE, "no answer", None, None),
+                   duration_ms=3500),
+        # passed on its own terms, but let through what the baseline refused
+        CaseResult(six, PASS, "let through, stripped: 200", observed(PASS, "let through", "let_through", 200),
+                   baseline=refused_by_baseline, differential=LOOSER, duration_ms=3),
+    ])
+    report.duration_s = 4.75061
+    report.cut_short = "the target locked the probe out (429 twice running)"
+    report.baseline_cut_short = "the baseline stopped answering"
+    return report
+
+
+def quiet_report() -> Report:
+    """A run that passed: no baseline, safe cases only, an answer longer than the 40 lines kept."""
+    long_answer = Observation("GET /x HTTP/1.1", "\n".join(f"line {n}" for n in range(45)), 404, "refused", PASS, "refused")
+    return report_of(CaseResult(CASES["A1.one"], PASS, "refused: 404", long_answer, duration_ms=5),
+                     CaseResult(CASES["J1.three"], NOT_APPLICABLE, "needs --identity-header"))
+
+
+def nothing_judged_report() -> Report:
+    return report_of(CaseResult(CASES["A1.one"], INCONCLUSIVE, "no answer within 3 s"),
+                     CaseResult(CASES["J1.three"], NOT_APPLICABLE, "needs --identity-header"))
+
+
+def cut_short_report() -> Report:
+    report = report_of(CaseResult(CASES["A1.one"], PASS, "refused: 404", observed(PASS, "refused: 404")))
+    report.cut_short = "the target locked the probe out"
+    return report
+
+
+def baseline_cut_short_report() -> Report:
+    report = report_of(CaseResult(CASES["A1.one"], PASS, "refused: 404", observed(PASS, "refused: 404"),
+                                  baseline=observed(PASS, "refused: 404"), differential=SAME), baseline="http://127.0.0.1:2")
+    report.baseline_cut_short = "the baseline stopped answering"
+    return report
+
+
+def failing_report() -> Report:
+    """MIXED without its NUL (the engine escapes what a target sends; the files stay text)."""
+    return report_of(*(replace(result, why=result.why.rstrip("\x00")) for result in MIXED.results))
+
+
+REPORTS = {"rich": rich_report, "failing": failing_report, "quiet": quiet_report, "nothing-judged": nothing_judged_report,
+           "cut-short": cut_short_report, "baseline-cut-short": baseline_cut_short_report, "empty": report_of}
+
+
+@pytest.mark.parametrize("form", ["txt", "xml", "json"])
+@pytest.mark.parametrize("name", list(REPORTS))
+def test_each_report_matches_its_golden_file(name: str, form: str) -> None:
+    """Every line, column and field as a reader or a CI parser gets them, for each way a run ends
+    (the writers' formats and words were unpinned: a mutation sweep left 276 of 557 mutants
+    alive). Regenerate a file only after reading its diff."""
+    text = {"txt": render_table, "xml": render_junit, "json": WRITERS["json"]}[form](REPORTS[name]())
+    assert text == (GOLDEN / f"{name}.{form}").read_text(encoding="utf-8")
+
+
+def test_junit_counts_agree_with_the_testcases_they_sum() -> None:
+    """CI tools check the totals against the cases: the run's own errors are testcases too."""
+    root = ET.fromstring(render_junit(rich_report()))
+    cases = list(root.iter("testcase"))
+    assert root.get("tests") == str(len(cases)) == "8"
+    for kind in ("failure", "skipped", "error"):
+        counted = sum(1 for case in cases if case.find(kind) is not None)
+        assert root.get({"failure": "failures", "skipped": "skipped", "error": "errors"}[kind]) == str(counted)
+    for suite in root.findall("testsuite"):
+        suite_cases = suite.findall("testcase")
+        assert suite.get("tests") == str(len(suite_cases))
+        assert suite.get("failures") == str(sum(1 for case in suite_cases if case.find("failure") is not None))
+        assert suite.get("skipped") == str(sum(1 for case in suite_cases if case.find("skipped") is not None))
+        assert suite.get("errors") == str(sum(1 for case in suite_cases if case.find("error") is not None))
 
 
 # ---- JSON ----------------------------------------------------------------------------------------
@@ -121,7 +217,7 @@ def test_junit_is_parseable_with_one_suite_per_class_and_the_right_counts():
     suites = {s.get("name"): s for s in root.findall("testsuite")}
     assert set(suites) == {"A: Forwarded headers", "J: Tool names"}
     failure = suites["A: Forwarded headers"].find("testcase[@name='A1.two']/failure")
-    assert failure is not None and failure.get("message").startswith("let through: 200")
+    assert failure is not None and failure.get("message") == "let through: 200\ufffd"  # no XML 1.0 parser takes a NUL
     assert "X-Evil: ocprobe0" in failure.text  # what reached the backend is in the evidence
     skipped = [s.get("message") for s in suites["J: Tool names"].iter("skipped")]
     assert skipped == ["not applicable: needs --identity-header", "inconclusive: no answer within 3 s"]

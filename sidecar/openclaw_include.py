@@ -76,21 +76,33 @@ def include_roots(environ: Mapping[str, str]) -> list[str]:
     roots: dict[str, None] = {}
     for entry in js_trim(environ.get("OPENCLAW_INCLUDE_ROOTS", "")).split(os.pathsep):
         entry = js_trim(entry)
-        if entry.startswith("~"):
-            entry = _TILDE.sub(lambda _: _openclaw_home(environ), entry)
+        if _TILDE.match(entry):
+            entry = _expand_tilde(entry, _openclaw_home(environ))
         if entry:
             roots[os.path.abspath(entry)] = None
     return list(roots)
 
 
 def _openclaw_home(environ: Mapping[str, str]) -> str:
-    """resolveRequiredHomeDir: OPENCLAW_HOME (itself `~`-relative to the OS home), else the OS home
-    (HOME, USERPROFILE, the user's entry), else the working directory."""
-    os_home = _home_value(environ.get("HOME")) or _home_value(environ.get("USERPROFILE")) or _home_value(_user_home())
+    """resolveRequiredHomeDir as resolveIncludeRoots calls it: OPENCLAW_HOME (itself `~`-relative
+    to the OS home), else the OS home (HOME, USERPROFILE, the user's entry), else the working
+    directory. Where neither HOME nor USERPROFILE names the OS home, the gateway asks its own
+    OpenClaw-home resolver for it (envHomedir), so a `~` in OPENCLAW_HOME is expanded three times
+    over (`~/oc` is ~/oc/oc/oc), twice over the working directory when the user has no home."""
+    env_home = _home_value(environ.get("HOME")) or _home_value(environ.get("USERPROFILE"))
     explicit = _home_value(environ.get("OPENCLAW_HOME"))
-    if explicit and _TILDE.match(explicit):
-        return os.path.abspath(_TILDE.sub(lambda _: os_home, explicit)) if os_home else os.getcwd()
-    return os.path.abspath(explicit or os_home or os.getcwd())
+    if not (explicit and _TILDE.match(explicit)):
+        return os.path.abspath(explicit or env_home or _home_value(_user_home()) or os.getcwd())
+    home, expansions = (env_home, 1) if env_home else (_home_value(_user_home()), 3)
+    if home is None:
+        home, expansions = os.getcwd(), 2
+    for _ in range(expansions):
+        home = _expand_tilde(explicit, home)
+    return home
+
+
+def _expand_tilde(path: str, home: str) -> str:
+    return os.path.abspath(_TILDE.sub(lambda _: home, path))
 
 
 def _home_value(value: str | None) -> str | None:

@@ -28,6 +28,7 @@ FILES = {
     "bad.json5": "{nope",
     "blocked.json5": "{tools: {deny: ['canvas'], constructor: {x: 1}, prototype: 2}, agents: [{constructor: 1}]}",
     "linked.json5": "{tools: {deny: ['exec']}}",
+    "scalar-key.json5": "{x: 1, w: 2}",
     "sub/inner.json5": "{$include: '../gateway.json5'}",
     "sub/deep.json5": "{$include: './inner.json5', k: [1]}",
     # eleven files, each including the next: the gateway reads ten deep, no deeper
@@ -68,6 +69,9 @@ DOCUMENTS = [
     {"gateway": {"$include": ["./deny-a.json5", "./blocked.json5"]}},
     {"gateway": {"$include": ["./list.json5", "./blocked.json5"]}},
     {"gateway": {"$include": "./hardlink.json5"}},  # a second name for linked.json5
+    # An object merged over a scalar loses its blocked keys at every depth.
+    {"gateway": {"$include": "./scalar-key.json5", "x": {"constructor": 1, "y": {"prototype": 2, "z": 3}}}},
+    {"gateway": {"$include": "../config-evil/x.json5"}},  # a sibling directory whose name starts with the config's
 ]
 
 
@@ -78,6 +82,8 @@ def tree(tmp_path: Path) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     (tmp_path / "outside.json5").write_text("{secret: 1}")
+    (tmp_path / "config-evil").mkdir()
+    (tmp_path / "config-evil" / "x.json5").write_text("{secret: 2}")
     (root / "alias.json5").symlink_to(root / "gateway.json5")
     (root / "escape.json5").symlink_to(tmp_path / "outside.json5")
     (tmp_path / "elsewhere").mkdir()
@@ -100,7 +106,7 @@ def test_includes_resolve_as_the_gateway_resolves_them(tree: Path) -> None:
         except IncludeError:
             mine.append({"error": True})
     assert mine == theirs
-    assert sum("error" in answer for answer in theirs) == 14  # the corpus holds both kinds
+    assert sum("error" in answer for answer in theirs) == 15  # the corpus holds both kinds
     assert [len(name) for name in LONG_NAMES] == [4095, 4096]
 
 
@@ -125,20 +131,22 @@ def test_a_broken_include_fails_at_start_naming_the_key(tree: Path) -> None:
 
 
 @pytest.mark.parametrize("document, why", [
-    ({"$include": 5}, "invalid $include value: 5"),
+    ({"$include": 5}, "invalid $include value: 5 (a path or a list of paths)"),
     ({"$include": ["./gateway.json5", 5]}, "invalid $include array item: 5"),
     ({"$include": "./scalar.json5", "x": 1}, "sibling keys require included content to be an object"),
-    ({"$include": "./loop-a.json5"}, "circular include: "),
+    ({"$include": "./loop-a.json5"}, "circular include: {config}/openclaw.json -> {config}/loop-a.json5 -> "
+                                      "{config}/loop-b.json5 -> {config}/loop-a.json5"),
     ({"$include": "./chain/c0.json5"}, "maximum include depth (10) exceeded at './c10.json5'"),
     ({"$include": "../outside.json5"}, "include path escapes the config directory: '../outside.json5'"),
     ({"$include": "./escape.json5"}, "include path resolves outside the config directory (symlink): './escape.json5'"),
-    ({"$include": "./missing.json5"}, "cannot read include file './missing.json5'"),
-    ({"$include": "./bad.json5"}, "cannot parse include file './bad.json5'"),
+    ({"$include": "./missing.json5"}, "cannot read include file './missing.json5': No such file or directory"),
+    ({"$include": "./bad.json5"}, "cannot parse include file './bad.json5': "),
+    ({"$include": "../config-evil/x.json5"}, "include path escapes the config directory: '../config-evil/x.json5'"),
     ({"$include": "./gateway\u0000.json5"}, "invalid include path './gateway\\x00.json5'"),
-], ids=["value", "item", "siblings", "cycle", "depth", "escape", "symlink", "missing", "parse", "nul"])
+], ids=["value", "item", "siblings", "cycle", "depth", "escape", "symlink", "missing", "parse", "sibling-dir", "nul"])
 def test_a_refused_include_says_why(tree: Path, document: dict, why: str) -> None:
     """The start-up error an operator reads names the rule and the include it broke."""
-    with pytest.raises(IncludeError, match=re.escape(why)):
+    with pytest.raises(IncludeError, match=re.escape(why.replace("{config}", str(tree)))):
         resolve_includes(document, tree / "openclaw.json", {})
 
 
@@ -184,6 +192,9 @@ ROOTS_ENVIRONMENTS = [
     {"OPENCLAW_INCLUDE_ROOTS": "~/s", "OPENCLAW_HOME": " /srv/oc ", "HOME": "/home/u"},
     {"OPENCLAW_INCLUDE_ROOTS": "~/s", "OPENCLAW_HOME": "undefined", "HOME": " null", "USERPROFILE": "/u2"},
     {"OPENCLAW_INCLUDE_ROOTS": "~\\s", "HOME": "/home/u"},
+    # No HOME nor USERPROFILE: the user's own home directory (os.homedir(), the passwd entry).
+    {"OPENCLAW_INCLUDE_ROOTS": "~/s"},
+    {"OPENCLAW_INCLUDE_ROOTS": "~/s", "OPENCLAW_HOME": "~/oc"},
 ]
 
 
@@ -195,6 +206,18 @@ def test_include_roots_are_read_as_the_gateway_reads_them() -> None:
                           ROOTS_ENVIRONMENTS)
     assert [include_roots(environ) for environ in ROOTS_ENVIRONMENTS] == theirs
     assert theirs[4][0] == "/home/u/shared" and theirs[5] == ["/home/u/oc/s"]  # the cases are the ones meant
+    home = os.path.expanduser("~")
+    assert theirs[-2:] == [[f"{home}/s"], [f"{home}/oc/oc/oc/s"]]  # no HOME: the gateway nests OPENCLAW_HOME's ~
+
+
+def test_a_tilde_in_openclaw_home_without_any_home_nests_over_the_working_directory(monkeypatch: pytest.MonkeyPatch,
+                                                                                      tmp_path: Path) -> None:
+    """No HOME, no USERPROFILE, no passwd entry: the gateway's resolvers fall back to the working
+    directory and expand `~` twice over it (the entry-point case next to it is checked in its Node)."""
+    monkeypatch.setattr("sidecar.openclaw_include._user_home", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    assert include_roots({"OPENCLAW_INCLUDE_ROOTS": "~/s", "OPENCLAW_HOME": "~/oc"}) == [f"{tmp_path}/oc/oc/s"]
+    assert include_roots({"OPENCLAW_INCLUDE_ROOTS": "~/s"}) == [f"{tmp_path}/s"]
 
 
 def test_a_symlink_out_of_the_config_directory_is_refused_wherever_the_sidecar_runs(

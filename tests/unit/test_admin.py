@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gzip
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -17,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sidecar.admin import UPSTREAM_CHECK_DEADLINE_SECONDS, AdminServer, Health, UpstreamCheck
 from sidecar.routes import GATEWAY_VERSION
 from openclaw_demo.backend import DemoBackend
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -513,6 +518,44 @@ def test_stopping_closes_the_port_without_waiting_for_an_open_connection(backend
         assert not stopping.is_alive()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(address, timeout=5)
+
+
+def test_stopping_leaves_no_thread_behind(backend: DemoBackend) -> None:
+    """Nothing of the port runs on after `stop()`: the accept loop, the reaper (which ticks until
+    told to stop) and each connection's thread end with it."""
+    import socket
+
+    before = set(threading.enumerate())
+    server = AdminServer("127.0.0.1", 0, Health(backend.url))
+    server.start()
+    with socket.create_connection((str(server.server_address[0]), int(server.server_address[1])), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while sock.recv(4096):
+            pass
+    server.stop()
+    started = set(threading.enumerate()) - before
+    for thread in started:
+        thread.join(5)
+    assert [thread for thread in started if thread.is_alive()] == []
+
+
+def test_the_admin_port_never_keeps_a_failing_process_alive() -> None:
+    """The sidecar opens the admin port before the proxy: when it fails after that, the process
+    exits and the pod is restarted, not kept alive by the port's threads (the accept loop, the
+    reaper, a connection's) answering /healthz 200 for a proxy that is gone."""
+    code = (
+        "import socket\n"
+        "from sidecar.admin import AdminServer, Health\n"
+        "server = AdminServer('127.0.0.1', 0, Health('http://127.0.0.1:9'), idle_seconds=600, head_seconds=600)\n"
+        "server.start()\n"
+        "waiting = socket.create_connection(server.server_address[:2])\n"
+        "waiting.sendall(b'GET /healthz HTTP/1.1\\r\\n')\n"  # its thread waits for the rest of the head
+        "answered = socket.create_connection(server.server_address[:2])\n"  # accepted after it
+        "answered.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+        "assert answered.recv(64).startswith(b'HTTP/1.1 200')\n"
+        "raise SystemExit(3)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=30).returncode == 3
 
 
 def test_a_burst_of_connections_waits_for_accept_instead_of_being_dropped(backend: DemoBackend) -> None:

@@ -500,6 +500,45 @@ def test_the_documented_caps_hold_by_default(backend: DemoBackend) -> None:
         server.stop()
 
 
+def test_a_burst_of_unfinished_heads_never_holds_more_than_the_cap(backend: DemoBackend) -> None:
+    """Each newcomer of a burst takes the slot of one waiting for a head, and the one cut gives its
+    slot up at once, though its thread has not yet seen the end of its input: counted until then,
+    it let the next newcomers in past the cap, each one a thread and a connection held."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60,
+                         max_connections=4, max_per_client=200)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+    burst = []
+    try:
+        for _ in range(100):
+            burst.append(socket.create_connection(address, timeout=5))
+            burst[-1].sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+        for _ in range(50):  # accepted after the burst; closed at accept while as many cut are finishing
+            probe = socket.create_connection(address, timeout=5)
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            if probe.recv(64).startswith(b"HTTP/1.1 200 OK"):
+                break
+            probe.close()
+            threading.Event().wait(0.1)
+        else:
+            raise AssertionError("the probe was never answered")
+        still_open = 0
+        for sock in burst:
+            sock.setblocking(False)
+            try:
+                sock.recv(1)
+            except BlockingIOError:
+                still_open += 1
+        probe.close()
+        assert still_open == 3  # the cap of 4, the probe's slot one of them
+    finally:
+        for sock in burst:
+            sock.close()
+        server.stop()
+
+
 def test_stopping_closes_the_port_without_waiting_for_an_open_connection(backend: DemoBackend) -> None:
     """The sidecar's exit (a drain's end, a second signal) stops the admin port at once: a
     connection's thread, a scraper's or a dribbler's, does not hold it until its deadline."""

@@ -56,6 +56,7 @@ def test_ready_only_when_listening_not_draining_and_upstream_up(admin: AdminServ
 
 @pytest.mark.parametrize("path, status, content_type", [
     ("/healthz", 200, "application/json"), ("/metrics", 200, CONTENT_TYPE_LATEST),
+    ("/healthz?probe=1", 200, "application/json"),  # a query names no other path
     ("/", 404, "text/plain; charset=utf-8"), ("/metrics/x", 404, "text/plain; charset=utf-8"),
     ("/tools/invoke", 404, "text/plain; charset=utf-8")])
 def test_only_three_paths(admin: AdminServer, path: str, status: int, content_type: str) -> None:
@@ -63,7 +64,7 @@ def test_only_three_paths(admin: AdminServer, path: str, status: int, content_ty
     assert (response.status_code, response.headers["content-type"]) == (status, content_type)
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["server"] == "openclaw-sidecar"  # no Python release named
-    if path == "/healthz":
+    if path.startswith("/healthz"):
         assert response.json() == {"ok": True, "status": "live"}
     if path == "/metrics":
         assert "process_open_fds" in response.text and "openclaw_sidecar_decisions_total" in response.text

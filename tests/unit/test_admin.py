@@ -388,6 +388,50 @@ def test_an_address_share_counts_exactly_its_open_connections(backend: DemoBacke
         server.stop()
 
 
+def test_an_address_is_forgotten_once_its_last_connection_ends(backend: DemoBackend) -> None:
+    """The share books keep the addresses with a connection open, no more: an entry left for every
+    address ever seen would grow without end under a client cycling through its IPv6 /64s."""
+    import socket
+
+    server = AdminServer("127.0.0.1", 0, Health(backend.url))
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+    try:
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            with socket.create_connection(address, timeout=5, source_address=(source, 0)) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                while sock.recv(4096):
+                    pass  # the end of input comes once the connection has left the books
+        assert not server._per_client
+    finally:
+        server.stop()
+
+
+def test_a_connection_refused_at_accept_is_closed_and_nothing_more(
+        backend: DemoBackend, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Closed at once, no thread started for it: a thread per refused connection would fail on its
+    closed socket and log an error for each one a flood sends."""
+    import socket
+
+    before = set(threading.enumerate())
+    server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60, max_per_client=1)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+    try:
+        with socket.create_connection(address, timeout=5) as held:
+            held.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished: the address's share is held
+            with socket.create_connection(address, timeout=5) as refused:
+                assert refused.recv(1) == b""
+            held.sendall(b"Host: x\r\nConnection: close\r\n\r\n")  # answered after the refusal was made
+            while held.recv(4096):
+                pass
+    finally:
+        server.stop()
+    for thread in set(threading.enumerate()) - before:
+        thread.join(5)
+    assert capsys.readouterr().err == "" and "admin request from" not in caplog.text
+
+
 def test_a_connection_being_answered_is_never_the_one_cut_to_make_room(held_upstream: HeldUpstream) -> None:
     """Room is made from connections waiting for a head, whichever was accepted first: a probe whose
     /readyz waits on the upstream check is being answered, and is answered (README: a kept-alive

@@ -139,9 +139,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(json.dumps(camel_keys(redacted_view(config)), indent=2, sort_keys=True))
     for name in unknown_environment(os.environ):
         print(f"warning: {name} names no setting and is ignored", file=sys.stderr)
-    for level, message in config_warnings(config):
-        if level < logging.ERROR:  # the errors are the auth problems, said next in check-config's words
-            print(f"warning: {message}", file=sys.stderr)
+    for message in config_warnings(config):
+        print(f"warning: {message}", file=sys.stderr)
     return _report_auth_problems(config)
 
 

@@ -33,45 +33,44 @@ class Runtime:
             await self.request_limiter.aclose()
 
 
-def config_warnings(config: Config) -> Iterator[tuple[int, str]]:
-    """What will make requests fail or widens what the port lets through, as (log level, message):
-    logged at start-up whichever way the sidecar is loaded, and printed by check-config."""
-    for problem in config.secrets.problems:
-        yield logging.ERROR, f"auth misconfigured, every authenticated request will get 401: {problem}"
+def config_warnings(config: Config) -> Iterator[str]:
+    """What will make some requests fail or widens what the port lets through: logged at start-up
+    whichever way the sidecar is loaded, and printed by check-config (the auth problems, which make
+    every request fail, are `config.secrets.problems`)."""
     trusted_proxy = config.rules.gateway.auth.trusted_proxy
     if config.secrets.mode == "trusted-proxy" and not (trusted_proxy.allow_users or trusted_proxy.required_headers):
-        yield logging.WARNING, (
+        yield (
             "TRUSTED-PROXY MODE WITH NEITHER allowUsers NOR requiredHeaders: anyone who can reach a "
             "trusted proxy address is accepted as whatever user it names (attack corpus A11)"
         )
     if config.secrets.mode == "trusted-proxy":
         networks = config.rules.gateway.trusted_networks
         if networks and all(n.is_loopback for n in networks) and not trusted_proxy.allow_loopback:
-            yield logging.WARNING, ("TRUSTED-PROXY MODE TRUSTING LOOPBACK ONLY, WITHOUT trustedProxy.allowLoopback: every request "
-                        "from the proxy on this host (tailscale serve) is refused 401 (trusted_proxy_loopback_source)")
+            yield ("TRUSTED-PROXY MODE TRUSTING LOOPBACK ONLY, WITHOUT trustedProxy.allowLoopback: every request "
+                   "from the proxy on this host (tailscale serve) is refused 401 (trusted_proxy_loopback_source)")
         ranges = [str(n) for n in networks
                   if n.num_addresses > 1 and not n.is_loopback]
         if ranges:
-            yield logging.WARNING, (f"TRUSTED-PROXY MODE TRUSTING RANGES {', '.join(ranges)}: any host in them can name any "
-                               "allowed user (on Kubernetes a pod range includes the node's own address: k8s/README.md)")
+            yield (f"TRUSTED-PROXY MODE TRUSTING RANGES {', '.join(ranges)}: any host in them can name any "
+                   "allowed user (on Kubernetes a pod range includes the node's own address: k8s/README.md)")
     if not config.sidecar.enforce:
-        yield logging.WARNING, ("SHADOW MODE (sidecar.enforce: false): route, scope, tool and RPC-method refusals are "
-                    "logged and counted (openclaw_sidecar_shadowed_total), then FORWARDED; authentication "
-                    "and request hygiene are still enforced")
+        yield ("SHADOW MODE (sidecar.enforce: false): route, scope, tool and RPC-method refusals are "
+               "logged and counted (openclaw_sidecar_shadowed_total), then FORWARDED; authentication "
+               "and request hygiene are still enforced")
     if config.sidecar.websocket.mode == "passthrough":
-        yield logging.WARNING, ("WEBSOCKET PASSTHROUGH: frames of the gateway's RPC are relayed unread; an authenticated "
-                    "caller is gateway admin there (terminals, config patches, tools past the sidecar's policy)")
+        yield ("WEBSOCKET PASSTHROUGH: frames of the gateway's RPC are relayed unread; an authenticated "
+               "caller is gateway admin there (terminals, config patches, tools past the sidecar's policy)")
     secrets = config.secrets
     shared = {"token": secrets.token, "password": secrets.password}.get(secrets.mode)
     if config.sidecar.websocket.allow_nodes and secrets.mode in ("token", "password") \
             and (secrets.upstream_kind, secrets.upstream_credential) != (secrets.mode, shared):
-        yield logging.WARNING, ("sidecar.websocket.allowNodes is on but no node can connect: a node's device signs the "
-                    "credential it presents, which must then be the one the gateway gets, and sidecar.upstreamAuth "
-                    "differs from gateway.auth")
+        yield ("sidecar.websocket.allowNodes is on but no node can connect: a node's device signs the "
+               "credential it presents, which must then be the one the gateway gets, and sidecar.upstreamAuth "
+               "differs from gateway.auth")
     if config.rules.gateway.tls.enabled and not config.sidecar.upstream_tls.configured:
-        yield logging.WARNING, ("gateway.tls.enabled and no sidecar.upstreamTls: the gateway's certificate must chain to a "
-                    "CA in certifi's bundle and name the upstream's host, which the one it generates does not; pin "
-                    "that one by its SHA-256 with sidecar.upstreamTls.fingerprint")
+        yield ("gateway.tls.enabled and no sidecar.upstreamTls: the gateway's certificate must chain to a "
+               "CA in certifi's bundle and name the upstream's host, which the one it generates does not; pin "
+               "that one by its SHA-256 with sidecar.upstreamTls.fingerprint")
     table = RouteTable.for_deployment()
     entries = {entry.name: entry for entry in table.http + table.websocket}
     served = RouteTable.for_deployment(switched_off=config.rules.switched_off)
@@ -79,15 +78,17 @@ def config_warnings(config: Config) -> Iterator[tuple[int, str]]:
     for name in config.sidecar.routes.allow:
         entry = entries.get(name)
         what = f"{entry.power}, credential {entry.credential}" + (f": {entry.note}" if entry.note else "") if entry else "node capabilities"
-        yield logging.WARNING, f"route {name} opened beyond the default policy ({what})"
+        yield f"route {name} opened beyond the default policy ({what})"
         if entry is not None and entry.name not in served_names:
-            yield logging.WARNING, (f"route {name} is opened but switched off in the gateway's config: it is answered 404 "
-                                   "as the gateway answers it")
+            yield (f"route {name} is opened but switched off in the gateway's config: it is answered 404 "
+                   "as the gateway answers it")
 
 
 def warn_about_config(config: Config) -> None:
-    for level, message in config_warnings(config):
-        log.log(level, message)
+    for problem in config.secrets.problems:
+        log.error("auth misconfigured, every authenticated request will get 401: %s", problem)
+    for message in config_warnings(config):
+        log.warning("%s", message)
 
 
 # Settings a running process cannot take over: where it listens and what it forwards to, the

@@ -29,6 +29,7 @@ FILES = {
     "blocked.json5": "{tools: {deny: ['canvas'], constructor: {x: 1}, prototype: 2}, agents: [{constructor: 1}]}",
     "linked.json5": "{tools: {deny: ['exec']}}",
     "scalar-key.json5": "{x: 1, w: 2}",
+    "nested-blocked.json5": "{a: {b: {constructor: 1, c: 2}}}",
     "sub/inner.json5": "{$include: '../gateway.json5'}",
     "sub/deep.json5": "{$include: './inner.json5', k: [1]}",
     # eleven files, each including the next: the gateway reads ten deep, no deeper
@@ -68,6 +69,8 @@ DOCUMENTS = [
     {"gateway": {"$include": "./blocked.json5", "constructor": 1, "__proto__": {"x": 1}, "tools": {"prototype": [1]}}},
     {"gateway": {"$include": ["./deny-a.json5", "./blocked.json5"]}},
     {"gateway": {"$include": ["./list.json5", "./blocked.json5"]}},
+    {"gateway": {"$include": "./nested-blocked.json5", "x": 1}},  # dropped however deep in what a sibling merges over
+    {"gateway": {"$include": "./deny-b.json5", "extra": {"constructor": 1, "x": 2}}},  # an object over a number
     {"gateway": {"$include": "./hardlink.json5"}},  # a second name for linked.json5
     # An object merged over a scalar loses its blocked keys at every depth.
     {"gateway": {"$include": "./scalar-key.json5", "x": {"constructor": 1, "y": {"prototype": 2, "z": 3}}}},
@@ -140,7 +143,7 @@ def test_a_broken_include_fails_at_start_naming_the_key(tree: Path) -> None:
     ({"$include": "../outside.json5"}, "include path escapes the config directory: '../outside.json5'"),
     ({"$include": "./escape.json5"}, "include path resolves outside the config directory (symlink): './escape.json5'"),
     ({"$include": "./missing.json5"}, "cannot read include file './missing.json5': No such file or directory"),
-    ({"$include": "./bad.json5"}, "cannot parse include file './bad.json5': "),
+    ({"$include": "./bad.json5"}, "cannot parse include file './bad.json5': <string>:1 Unexpected end of input"),
     ({"$include": "../config-evil/x.json5"}, "include path escapes the config directory: '../config-evil/x.json5'"),
     ({"$include": "./gateway\u0000.json5"}, "invalid include path './gateway\\x00.json5'"),
 ], ids=["value", "item", "siblings", "cycle", "depth", "escape", "symlink", "missing", "parse", "sibling-dir", "nul"])

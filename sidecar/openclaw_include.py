@@ -62,10 +62,13 @@ def _without_blocked_keys(value: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve_includes(document: Any, config_path: Path, environ: Mapping[str, str]) -> tuple[Any, tuple[Path, ...]]:
-    """`document` (parsed from `config_path`) with every `$include` resolved, and the files read."""
-    roots = [os.path.normpath(config_path.parent), *include_roots(environ)]
+    """`document` (parsed from `config_path`) with every `$include` resolved, and the files read.
+    A relative `config_path` is taken from the working directory, as the gateway's path.resolve
+    takes it (compared as written, a file in the working directory had `.` for its root, and every
+    include in it escaped)."""
+    base = os.path.abspath(config_path)
+    roots = [os.path.dirname(base), *include_roots(environ)]
     includes = _Includes(roots, [os.path.realpath(r) for r in roots])
-    base = os.path.normpath(config_path)
     return includes.process(document, base, 0, (base,)), tuple(Path(f) for f in dict.fromkeys(includes.read))
 
 

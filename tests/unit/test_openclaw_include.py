@@ -124,6 +124,19 @@ def test_a_route_prefix_kept_in_an_included_file_moves_the_sidecars_routes_too(t
     assert config.included == (tree / "gateway.json5",)  # watched for reloads with the rest
 
 
+def test_a_gateway_file_named_from_the_working_directory_has_its_includes_read(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`openclaw-sidecar run --config sidecar.yaml` beside the gateway's file: its directory was
+    compared as `.`, no include was inside that, and the sidecar refused to start on a file the
+    gateway loads. The directory still bounds what may be included."""
+    monkeypatch.chdir(tree)
+    Path("openclaw.json").write_text(json.dumps({"gateway": {"$include": "./gateway.json5"}}))
+    Path("sidecar.yaml").write_text("sidecar:\n  openclawConfig: openclaw.json\n")
+    config = load_config(Path("sidecar.yaml"), environ={})
+    assert (config.rules.gateway.control_ui.base_path, config.included) == ("/admin", (tree / "gateway.json5",))
+    with pytest.raises(IncludeError, match="escapes the config directory"):
+        resolve_includes({"$include": "../outside.json5"}, Path("openclaw.json"), {})
+
+
 def test_a_broken_include_fails_at_start_naming_the_key(tree: Path) -> None:
     (tree / "openclaw.json").write_text(json.dumps({"gateway": {"$include": "../outside.json5"}}))
     sidecar = tree / "sidecar.yaml"

@@ -156,7 +156,7 @@ class _Includes:
     def _load(self, name: str, base: str, depth: int, visited: tuple[str, ...]) -> Any:
         if "\0" in name or len(name) >= MAX_PATH_LENGTH:
             raise IncludeError(f"invalid include path {name[:80]!r}")
-        resolved = os.path.normpath(os.path.join(os.path.dirname(base), name))
+        resolved = _node_normalize(name) if os.path.isabs(name) else os.path.normpath(os.path.join(os.path.dirname(base), name))
         if len(resolved) >= MAX_PATH_LENGTH or not _inside(resolved, self.roots):
             raise IncludeError(f"include path escapes the config directory: {name!r}")
         if os.path.exists(resolved) and not _inside(os.path.realpath(resolved), self.real_roots):
@@ -181,6 +181,14 @@ class _Includes:
         except ValueError as exc:
             raise IncludeError(f"cannot parse include file {name!r}: {exc}") from None
         return self.process(parsed, resolved, depth + 1, (*visited, resolved))
+
+
+def _node_normalize(path: str) -> str:
+    """Node's path.normalize, which the gateway applies to an absolute include as written: one
+    leading `/` however many there are (normpath keeps two), and a trailing `/` kept (the name of
+    no file; normpath drops it, and the sidecar read a file the gateway refused)."""
+    normalized = "/" + os.path.normpath(path).lstrip("/")
+    return normalized + "/" if path.endswith("/") and normalized != "/" else normalized
 
 
 def _inside(path: str, roots: Sequence[str]) -> bool:

@@ -95,22 +95,39 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
-@needs_gateway
-def test_includes_resolve_as_the_gateway_resolves_them(tree: Path) -> None:
-    config_path = tree / "openclaw.json"
+def resolved_by_both(documents: list, config_path: Path) -> tuple[list, list]:
+    """Each document resolved by the sidecar and by the gateway: its value, or that it failed."""
     theirs = call_gateway(["resolveConfigIncludes"], """
         answer(input.documents.map((doc) => {
           try { return { value: gateway.resolveConfigIncludes(doc, input.path) }; } catch (err) { return { error: true }; }
-        }));""", {"documents": DOCUMENTS, "path": str(config_path)})
+        }));""", {"documents": documents, "path": str(config_path)})
     mine = []
-    for document in DOCUMENTS:
+    for document in documents:
         try:
             mine.append({"value": resolve_includes(document, config_path, {})[0]})
         except IncludeError:
             mine.append({"error": True})
+    return mine, theirs
+
+
+@needs_gateway
+def test_includes_resolve_as_the_gateway_resolves_them(tree: Path) -> None:
+    mine, theirs = resolved_by_both(DOCUMENTS, tree / "openclaw.json")
     assert mine == theirs
     assert sum("error" in answer for answer in theirs) == 15  # the corpus holds both kinds
     assert [len(name) for name in LONG_NAMES] == [4095, 4096]
+
+
+@needs_gateway
+def test_an_absolute_include_is_spelt_out_as_the_gateway_spells_it(tree: Path) -> None:
+    """Node's path.normalize, not normpath: a trailing `/` stays, naming no file (the sidecar read
+    the file the gateway refused), and a leading `//` is `/` (the sidecar took it for a path
+    outside every root)."""
+    names = [f"{tree}/gateway.json5/", f"/{tree}/gateway.json5", f"{tree}//gateway.json5", f"{tree}/gateway.json5/.",
+             f"//{tree}/sub/", f"{tree}/sub/..", f"{tree}/sub/../"]
+    mine, theirs = resolved_by_both([{"$include": name} for name in names], tree / "openclaw.json")
+    assert mine == theirs
+    assert [answer.get("error", False) for answer in theirs] == [True, False, False, False, True, True, True]
 
 
 def test_a_route_prefix_kept_in_an_included_file_moves_the_sidecars_routes_too(tree: Path) -> None:

@@ -176,7 +176,8 @@ def test_a_broken_include_fails_at_start_naming_the_key(tree: Path) -> None:
     ({"$include": "./bad.json5"}, "cannot parse include file './bad.json5': <string>:1 Unexpected end of input"),
     ({"$include": "../config-evil/x.json5"}, "include path escapes the config directory: '../config-evil/x.json5'"),
     ({"$include": "./gateway\u0000.json5"}, "invalid include path './gateway\\x00.json5'"),
-], ids=["value", "item", "siblings", "cycle", "depth", "escape", "symlink", "missing", "parse", "sibling-dir", "nul"])
+    ({"$include": LONG_NAMES[1]}, f"invalid include path {LONG_NAMES[1][:80]!r}"),  # its first 80 characters
+], ids=["value", "item", "siblings", "cycle", "depth", "escape", "symlink", "missing", "parse", "sibling-dir", "nul", "long"])
 def test_a_refused_include_says_why(tree: Path, document: dict, why: str) -> None:
     """The start-up error an operator reads names the rule and the include it broke."""
     with pytest.raises(IncludeError, match=re.escape(why.replace("{config}", str(tree)))):

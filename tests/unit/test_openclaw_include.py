@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 from pathlib import Path
 
@@ -235,12 +236,15 @@ ROOTS_ENVIRONMENTS = [
 @needs_gateway
 def test_include_roots_are_read_as_the_gateway_reads_them() -> None:
     """OPENCLAW_INCLUDE_ROOTS=" ~/shared" let the gateway include from the home's shared/ while the
-    sidecar, taking only entries already absolute, refused to start."""
-    theirs = call_gateway(["resolveIncludeRoots"], "answer(input.map((env) => gateway.resolveIncludeRoots(env)));",
-                          ROOTS_ENVIRONMENTS)
+    sidecar, taking only entries already absolute, refused to start. (os.homedir() reads the Node
+    process's own HOME before the user's entry: the script removes it, as the environments lack it;
+    a CI runner's HOME need not be its passwd entry's.)"""
+    theirs = call_gateway(["resolveIncludeRoots"], """
+        delete process.env.HOME; delete process.env.USERPROFILE;
+        answer(input.map((env) => gateway.resolveIncludeRoots(env)));""", ROOTS_ENVIRONMENTS)
     assert [include_roots(environ) for environ in ROOTS_ENVIRONMENTS] == theirs
     assert theirs[4][0] == "/home/u/shared" and theirs[5] == ["/home/u/oc/s"]  # the cases are the ones meant
-    home = os.path.expanduser("~")
+    home = pwd.getpwuid(os.getuid()).pw_dir
     assert theirs[-2:] == [[f"{home}/s"], [f"{home}/oc/oc/oc/s"]]  # no HOME: the gateway nests OPENCLAW_HOME's ~
 
 

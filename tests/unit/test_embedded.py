@@ -1,16 +1,25 @@
 """addons/embedded.py: the heap settling (what lives on is frozen, what a reload replaced is
-freed) and the hook stages the embedded Master skips."""
+freed), the hook stages the embedded Master skips, and `serve` itself: where it listens, the
+drain on SIGTERM, and a refusal to start (exit 1) when a port it needs is taken."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
+import os
 import re
+import signal
+import socket
+import threading
+import time
 import weakref
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from mitmproxy import http, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
@@ -21,6 +30,7 @@ from addons import compat
 from addons.embedded import UpstreamTls, build_master, event_loop_factory, serve, settle_heap, take_over
 from sidecar.config import Config, load_config
 from tests.builders import write_config
+from tests.ports import free_port
 
 
 class Runtime:
@@ -208,3 +218,179 @@ def test_a_master_that_fails_to_start_is_logged_with_its_error(tmp_path: Path, m
     assert len(failures) == 1 and failures[0].exc_info is not None
     assert str(failures[0].exc_info[1]) == "the master's own fault"
     assert not any("cannot listen" in r.getMessage() for r in caplog.records)
+
+
+class HeldUpstream(ThreadingHTTPServer):
+    """An upstream that answers GETs (the readiness check) at once and holds each POST until
+    `release` is set: a call in flight for as long as a test needs, with no clock involved."""
+
+    def __init__(self) -> None:
+        self.received, self.release = threading.Event(), threading.Event()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._answer()
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                upstream.received.set()
+                upstream.release.wait()
+                self._answer()
+
+            def _answer(self) -> None:
+                body = b'{"ok":true,"result":{}}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """The sidecar may have cut the call this upstream held: nothing to write it to."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def upstream() -> Iterator[HeldUpstream]:
+    server = HeldUpstream()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+class Sidecar:
+    """`serve` in this process, as `openclaw-sidecar run` calls it: a scenario runs in a thread once
+    it announces its address, and signals are real signals to this process."""
+
+    def __init__(self, tmp_path: Path, upstream: HeldUpstream, **sidecar: object) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.config_path = write_config(tmp_path / "sidecar.json", {
+            "sidecar": {"listen": f"127.0.0.1:{self.port}", "adminListen": f"127.0.0.1:{self.admin_port}",
+                        "upstream": upstream.url, "runtimeDir": str(tmp_path / "run"), **sidecar},
+            "gateway": {"auth": {"mode": "token", "token": "t"}}})
+        self.upstream = upstream
+        self.announced: list[str] = []
+
+    def serve(self, scenario: Callable[[], None]) -> int:
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                scenario()
+            except BaseException as exc:  # stop, so that serve returns and the failure is raised
+                failure.append(exc)
+                self.upstream.release.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_ready(url: str) -> None:
+            self.announced.append(url)
+            threading.Thread(target=run, daemon=True).start()
+
+        code = serve(load_config(self.config_path, environ={}), on_ready=on_ready, config_path=self.config_path)
+        if failure:
+            raise failure[0]
+        return code
+
+    def invoke(self, timeout: float = 10) -> httpx.Response:
+        return httpx.post(f"http://127.0.0.1:{self.port}/tools/invoke", json={"tool": "agents_list"},
+                          headers={"Authorization": "Bearer t"}, timeout=timeout)
+
+    def readyz(self) -> tuple[int, str]:
+        response = httpx.get(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=5)
+        return response.status_code, response.json()["reason"]
+
+
+def _until(predicate: Callable[[], object]) -> None:
+    while not predicate():
+        time.sleep(0.02)
+
+
+def test_sigterm_drains_the_call_in_flight_then_returns_zero(tmp_path: Path, upstream: HeldUpstream) -> None:
+    """Kubernetes stops a pod with SIGTERM: the sidecar reports itself not ready, takes no new
+    connection, and finishes the call it forwarded before it stops; it listened where it was told."""
+    sidecar = Sidecar(tmp_path, upstream, drainSeconds=30)
+    answers: list[httpx.Response] = []
+
+    def scenario() -> None:
+        call = threading.Thread(target=lambda: answers.append(sidecar.invoke()))
+        call.start()
+        upstream.received.wait()
+        assert sidecar.readyz() == (200, "ok")
+        os.kill(os.getpid(), signal.SIGTERM)
+        _until(lambda: sidecar.readyz() == (503, "draining"))
+        with pytest.raises(httpx.ConnectError):
+            sidecar.invoke()
+        upstream.release.set()
+        call.join()
+
+    assert sidecar.serve(scenario) == 0
+    assert sidecar.announced == [f"http://127.0.0.1:{sidecar.port}"]
+    (answer,) = answers
+    assert answer.status_code == 200 and answer.json() == {"ok": True, "result": {}}
+    assert answer.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("second_signal", [False, True], ids=["deadline", "second-signal"])
+def test_a_drain_ends_at_its_deadline_or_a_second_signal_and_says_what_it_cut(
+        tmp_path: Path, upstream: HeldUpstream, caplog: pytest.LogCaptureFixture, second_signal: bool) -> None:
+    """The call held upstream is never finished here: only the deadline (0 s) or the second signal stops the drain."""
+    sidecar = Sidecar(tmp_path, upstream, drainSeconds=3600 if second_signal else 0)
+
+    def scenario() -> None:
+        threading.Thread(target=lambda: _quietly(sidecar.invoke), daemon=True).start()
+        upstream.received.wait()
+        os.kill(os.getpid(), signal.SIGTERM)
+        if second_signal:
+            _until(lambda: sidecar.readyz() == (503, "draining"))
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with caplog.at_level(logging.INFO):
+        assert sidecar.serve(scenario) == 0
+    why = "second stop signal" if second_signal else "drain deadline passed"
+    assert f"{why}: stopping with forwarded call(s) in flight, 1 cut off (audited with outcome shutdown)" in caplog.messages
+    assert "sidecar stopped" in caplog.messages
+
+
+def _never() -> None:
+    raise AssertionError("it served")
+
+
+def _quietly(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except httpx.HTTPError:
+        pass
+
+
+@pytest.mark.parametrize("busy", ["listen", "adminListen"])
+def test_a_taken_port_fails_closed_with_exit_1_and_frees_the_other(tmp_path: Path, upstream: HeldUpstream,
+                                                                    caplog: pytest.LogCaptureFixture, busy: str) -> None:
+    """Nothing is served, the reason is said in the sidecar's own terms, and the port it did take is
+    given back (the admin listener was left bound)."""
+    sidecar = Sidecar(tmp_path, upstream)
+    ports = {"listen": sidecar.port, "adminListen": sidecar.admin_port}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports[busy]))
+        taken.listen()
+        with caplog.at_level(logging.ERROR):
+            assert sidecar.serve(_never) == 1
+    assert sidecar.announced == []
+    assert caplog.messages == [f"cannot listen on sidecar.{busy} 127.0.0.1:{ports[busy]}: Address already in use"
+                               + (" (choose a free HOST:PORT with --listen or sidecar.listen)" if busy == "listen" else "")]
+    for port in ports.values():
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", port))

@@ -21,7 +21,8 @@ from .toolpolicy import js_trim
 
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 _COLONS = re.compile(r"(?:[0-9a-fA-F]{2}:){31}[0-9a-fA-F]{2}")
-_PREFIX = re.compile(r"^sha256:", re.IGNORECASE | re.ASCII)
+# Case-insensitive as the gateway's /^sha256:/iu is, Unicode folding included: `ſha256:` is the prefix.
+_PREFIX = re.compile(r"^sha256:", re.IGNORECASE)
 
 
 def normalize_fingerprint(text: str) -> str | None:

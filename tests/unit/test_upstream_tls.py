@@ -26,6 +26,7 @@ SPELLINGS = [
     HEX, HEX.upper(), COLONS, COLONS.upper(), f"sha256:{HEX}", f"SHA256:{COLONS}", f"  {HEX}\n", f"\ufeff{HEX}\u3000",
     f"sha256:sha256:{HEX}", f"sha-256:{HEX}", HEX[:-1], HEX + "0", COLONS + ":", COLONS.replace(":", "-"), f"{HEX[:2]}:{HEX[2:]}",
     f"sha256: {HEX}", "", "sha256:", HEX.replace("a", "g"), f"{HEX}\u00a0", f"\x1c{HEX}",
+    f"\u017fha256:{HEX}", f"\u017fHA256:{COLONS}",  # the long s: the gateway's /^sha256:/iu folds it to s
 ]
 
 
@@ -40,6 +41,7 @@ def test_a_fingerprint_is_read_as_the_gateways_clients_read_it() -> None:
 
 @pytest.mark.parametrize("text, pin", [
     (HEX, HEX), (HEX.upper(), HEX), (COLONS, HEX), (f"SHA256:{COLONS.upper()}", HEX), (f" \ufeff{HEX}\n", HEX),
+    (f"\u017fha256:{HEX}", HEX), (f"sha256:sha256:{HEX}", None),
     (f"sha-256:{HEX}", None), (HEX[:-1], None), (COLONS + ":", None), (f"{HEX[:2]}:{HEX[2:]}", None), ("", None),
 ])
 def test_a_fingerprint_spelling_is_read_or_refused(text: str, pin: str | None) -> None:

@@ -297,6 +297,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's error answers (501 for a method not served, 400, 414, 431) are answers too:
+        made, they must be taken in time like any other. A 501 echoes the method, ~16 KiB of it,
+        twice; written with no deadline, a client that did not read it held its slot unreclaimable."""
+        self.server.answer_ready(self.connection)
+        super().send_error(code, message, explain)
+
     def log_message(self, format: str, *args: object) -> None:  # probes every few seconds: not logged
         pass
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import math
+import socket
+import struct
+import termios
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -74,7 +80,6 @@ def test_only_three_paths(admin: AdminServer, path: str, status: int, content_ty
 def test_head_is_answered_as_get_is_without_the_body(admin: AdminServer, path: str) -> None:
     """The three paths are GET and HEAD, as the gateway's own probes are: a probe sending HEAD gets
     the status and the length of what GET would send, and nothing after the head."""
-    import socket
 
     get = httpx.get(f"{admin.url}{path}", timeout=5)
     with socket.create_connection((str(admin.server_address[0]), int(admin.server_address[1])), timeout=5) as sock:
@@ -109,7 +114,6 @@ def test_half_sent_heads_neither_pile_up_nor_outlast_the_idle_limit(backend: Dem
     threads (beyond that a new one takes the oldest one's slot, which is closed at once, not
     after a wait), each for at most `idle_seconds` (the client's 5 s socket timeout would fire
     first otherwise)."""
-    import socket
 
     def half_sent(server: AdminServer) -> socket.socket:
         sock = socket.create_connection((str(server.server_address[0]), int(server.server_address[1])), timeout=5)
@@ -139,7 +143,6 @@ def test_a_client_dribbling_heads_can_neither_hold_a_connection_nor_take_every_s
     be restarted. A head now has a deadline however it dribbles, and one address gets at most
     `max_per_client` of the slots: the probes, from another address, are answered; a kept-alive
     connection whose heads come in time is never cut, however long it lives (a scraper's)."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=1.0,
                          max_connections=16, max_per_client=3)
@@ -209,7 +212,6 @@ def test_many_addresses_holding_every_slot_with_unfinished_heads_never_keep_a_pr
     never finished, reconnecting as the head deadline cut them, and the kubelet's probes were
     closed at accept: the pod would be restarted. A new connection now takes the slot of the one
     waiting longest for a head (an unfinished one, or a kept-alive one's next)."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60,
                          max_connections=4, max_per_client=2)
@@ -270,7 +272,6 @@ def test_clients_that_never_take_their_answers_never_keep_a_probe_out(backend: D
     few seconds, so each slot's thread was always in the middle of writing an answer, never
     waiting for a head, and most kubelet probes were still closed at accept. An answer the client
     does not take is no work of ours: its connection gives its slot as one waiting for a head does."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60,
                          max_connections=2, max_per_client=1)
@@ -326,6 +327,49 @@ def test_clients_that_never_take_their_answers_never_keep_a_probe_out(backend: D
         server.stop()
 
 
+class SmallSendBuffers(AdminServer):
+    """The admin server on a kernel that buffers little: each accepted connection's send buffer is
+    fixed small, so an answer of a few KiB nobody reads leaves its thread mid-write."""
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return connection, address
+
+
+def test_an_error_answer_nobody_takes_gives_its_slot_as_any_answer_does(backend: DemoBackend) -> None:
+    """The stdlib's 501 for a method not served echoes the method (here 16,000 bytes of it) in its
+    status line and its body; it was written with no deadline, so a client that sent such a request
+    and never read held its slot where no new connection could take it: the probe after it was
+    closed at accept (helper mut40d's finding)."""
+    server = SmallSendBuffers("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60,
+                              max_connections=1)
+    server.start()
+    address = (str(server.server_address[0]), int(server.server_address[1]))
+    try:
+        with socket.socket() as silent:
+            silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            silent.connect(address)
+            silent.sendall(b"A" * 16_000 + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(400):  # until the answer's first bytes arrive: its thread is mid-write
+                if struct.unpack("i", fcntl.ioctl(silent, termios.FIONREAD, b"\0" * 4))[0]:
+                    break
+                threading.Event().wait(0.025)
+            else:
+                raise AssertionError("the 501 was never written")
+            with socket.create_connection(address, timeout=5) as probe:
+                probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert probe.recv(64).startswith(b"HTTP/1.1 200 OK")
+            silent.settimeout(5)
+            received = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := silent.recv(65536):
+                    received += chunk
+            assert received.startswith(b"HTTP/1.1 501 Unsupported method ('AAAA") and len(received) < 32_000  # cut
+    finally:
+        server.stop()
+
+
 class HeldUpstream:
     """An upstream that holds its first `/startupz` answer (a 200) until `release` is set; `asked`
     is set once it has the request."""
@@ -359,7 +403,6 @@ def test_an_address_share_counts_exactly_its_open_connections(backend: DemoBacke
     """A connection refused past the share holds none of it (or one refusal would lock its
     address out of the port for good), and one ending gives back its own part only (or the
     address could hold more than its share)."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60, max_per_client=2)
     server.start()
@@ -391,7 +434,6 @@ def test_an_address_share_counts_exactly_its_open_connections(backend: DemoBacke
 def test_an_address_is_forgotten_once_its_last_connection_ends(backend: DemoBackend) -> None:
     """The share books keep the addresses with a connection open, no more: an entry left for every
     address ever seen would grow without end under a client cycling through its IPv6 /64s."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(backend.url))
     server.start()
@@ -411,7 +453,6 @@ def test_a_connection_refused_at_accept_is_closed_and_nothing_more(
         backend: DemoBackend, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     """Closed at once, no thread started for it: a thread per refused connection would fail on its
     closed socket and log an error for each one a flood sends."""
-    import socket
 
     before = set(threading.enumerate())
     server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60, max_per_client=1)
@@ -436,7 +477,6 @@ def test_a_connection_being_answered_is_never_the_one_cut_to_make_room(held_upst
     """Room is made from connections waiting for a head, whichever was accepted first: a probe whose
     /readyz waits on the upstream check is being answered, and is answered (README: a kept-alive
     scrape connection is never cut while its answer is made)."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(held_upstream.url, listening=True), idle_seconds=60, head_seconds=60,
                          max_connections=2)
@@ -462,7 +502,6 @@ def test_while_every_slot_is_being_answered_a_new_connection_is_closed_and_the_p
         held_upstream: HeldUpstream) -> None:
     """No slot to make room from: the newcomer is closed at once, no thread started, and once the
     answer is made the port serves the next one."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(held_upstream.url, listening=True), max_connections=1)
     server.start()
@@ -491,7 +530,6 @@ def test_a_head_is_refused_past_16_kib_not_held_in_memory(admin: AdminServer, un
     connections, each holding 99 such lines of a head never finished, took the sidecar from 51 to
     305 MB (its limit is 256 Mi: the proxy would be OOM-killed with it). A head is now refused
     past 16 KiB, Node's limit the proxied port has too, without waiting for its end."""
-    import socket
 
     with socket.create_connection((str(admin.server_address[0]), int(admin.server_address[1])), timeout=5) as sock:
         sock.sendall(unfinished)
@@ -504,7 +542,6 @@ def test_a_head_is_refused_past_16_kib_not_held_in_memory(admin: AdminServer, un
 
 @pytest.mark.parametrize("size, status", [(16 * 1024, b"200 OK"), (16 * 1024 + 1, b"431 ")])
 def test_a_head_of_16_kib_is_answered_and_one_byte_more_refused(admin: AdminServer, size: int, status: bytes) -> None:
-    import socket
 
     start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
     with socket.create_connection((str(admin.server_address[0]), int(admin.server_address[1])), timeout=5) as sock:
@@ -515,7 +552,6 @@ def test_a_head_of_16_kib_is_answered_and_one_byte_more_refused(admin: AdminServ
 def test_the_documented_caps_hold_by_default(backend: DemoBackend) -> None:
     """64 connections at once, 8 from one address (README, Operating it): an address's ninth is
     closed at once, and while all 64 wait for heads, a 65th takes the slot of the one waiting longest."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60)
     server.start()
@@ -549,7 +585,6 @@ def test_a_burst_of_unfinished_heads_never_holds_more_than_the_cap(backend: Demo
     """Each newcomer of a burst takes the slot of one waiting for a head, and the one cut gives its
     slot up at once, though its thread has not yet seen the end of its input: counted until then,
     it let the next newcomers in past the cap, each one a thread and a connection held."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60,
                          max_connections=4, max_per_client=200)
@@ -587,7 +622,6 @@ def test_a_burst_of_unfinished_heads_never_holds_more_than_the_cap(backend: Demo
 def test_stopping_closes_the_port_without_waiting_for_an_open_connection(backend: DemoBackend) -> None:
     """The sidecar's exit (a drain's end, a second signal) stops the admin port at once: a
     connection's thread, a scraper's or a dribbler's, does not hold it until its deadline."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(backend.url), idle_seconds=60, head_seconds=60)
     server.start()
@@ -607,7 +641,6 @@ def test_stopping_closes_the_port_without_waiting_for_an_open_connection(backend
 def test_stopping_leaves_no_thread_behind(backend: DemoBackend) -> None:
     """Nothing of the port runs on after `stop()`: the accept loop, the reaper (which ticks until
     told to stop) and each connection's thread end with it."""
-    import socket
 
     before = set(threading.enumerate())
     server = AdminServer("127.0.0.1", 0, Health(backend.url))
@@ -647,7 +680,6 @@ def test_a_burst_of_connections_waits_for_accept_instead_of_being_dropped(backen
     made room from filled the stdlib's listen backlog of 5 while the accept thread waited for the
     GIL, and the kernel dropped the kubelet's SYN: its connect took 1, 3, 7 s (the probe's
     timeout is 2 s). The backlog now holds twice the connection cap."""
-    import socket
 
     server = AdminServer("127.0.0.1", 0, Health(backend.url))  # not started: nothing is accepted
     address = (str(server.server_address[0]), int(server.server_address[1]))
@@ -691,7 +723,6 @@ def test_a_readiness_check_that_raises_answers_each_probe_503(caplog: pytest.Log
 def test_probes_arriving_during_an_upstream_check_share_it() -> None:
     """Each /readyz made its own request upstream: a flood of probes was a flood on the gateway.
     Those arriving while a check is in flight now take its answer; the next one checks anew."""
-    import socket
 
     release = threading.Event()
     connections: list[socket.socket] = []
@@ -897,7 +928,6 @@ def test_an_answer_dribbled_a_byte_at_a_time_holds_the_check_no_longer_than_its_
     held every probe of the pod (they share the check in flight) for as long as it dribbled. A head
     never finished kept them all from an answer: the kubelet's probes filled their address's share
     of the admin port, its /healthz was closed at accept and the sidecar would be restarted."""
-    import socket
 
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()

@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 import h11
@@ -598,6 +599,41 @@ async def test_get_many_fails_as_get_fails() -> None:
         await get_many(storage, ["a", "b"])
 
 
+@pytest.mark.redis
+async def test_get_many_asks_redis_once_for_every_key(redis_url: str) -> None:
+    """One MGET, not a GET per key: the limiter reads an address's counters on every request."""
+    import redis
+
+    from sidecar.limits_compat import get_many
+    from sidecar.ratelimit import async_storage_uri
+
+    from limits.storage import storage_from_string
+
+    storage = storage_from_string(async_storage_uri(redis_url), implementation="redispy", key_prefix="compat-test")
+    await storage.incr("a", 60, amount=2)
+    observer = redis.Redis.from_url(redis_url)
+    observer.config_resetstat()
+    assert await get_many(storage, ["a", "b", "c"]) == [2, 0, 0]
+    stats = observer.info("commandstats")
+    assert stats["cmdstat_mget"]["calls"] == 1 and "cmdstat_get" not in stats
+    observer.close()
+
+
+async def test_get_many_fails_as_get_fails_when_the_storage_does_not_wrap_its_errors() -> None:
+    """Unwrapped, both raise redis-py's own ConnectionError (not a NameError of ours)."""
+    import redis.exceptions
+    from limits.storage import storage_from_string
+
+    from sidecar.limits_compat import get_many
+    from tests.ports import free_port
+
+    storage = storage_from_string(f"async+redis://127.0.0.1:{free_port()}/0", implementation="redispy",
+                                  socket_connect_timeout=1)
+    for read in (storage.get("a"), get_many(storage, ["a", "b"])):
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await read
+
+
 def test_limits_memory_storage_keeps_the_mappings_the_sweep_clears() -> None:
     storage = MemoryStorage()
     for name in ("storage", "expirations", "locks"):
@@ -612,6 +648,52 @@ async def test_the_throttled_sweep_expires_keys_when_read_and_counts_as_upstream
     assert await storage.get("k") == 0  # upstream `get` drops the expired key
     assert await storage.incr("k", expiry=60) == 1
     assert "k" in storage.expirations and "k" in storage.storage
+
+
+class FrozenClock:
+    """time.time for `limits`' memory storage and the sweep alike, moved by hand: expiry and the
+    sweep's interval without sleeping."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1_000_000.0
+        monkeypatch.setattr(time, "time", lambda: self.now)
+
+
+async def test_an_expired_counter_starts_again_at_its_next_increment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No read in between: the increment itself drops the expired count (a failure window that
+    never ended would lock a client out for good)."""
+    clock = FrozenClock(monkeypatch)
+    storage = SweepThrottledMemoryStorage(sweep_interval_s=3600)
+    assert [await storage.incr("k", expiry=60) for _ in range(3)] == [1, 2, 3]
+    clock.now += 30
+    assert await storage.incr("k", expiry=60) == 4
+    assert storage.expirations["k"] == clock.now + 30  # a fixed window: counted from its first failure
+    clock.now += 30
+    assert await storage.incr("k", expiry=60) == 1
+    assert storage.expirations["k"] == clock.now + 60
+
+
+async def test_the_sweep_clears_expired_keys_once_per_interval_never_sooner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every expired key leaves all three mappings at a sweep; between sweeps an expired key is
+    left to be read lazily (a sweep per increment scanned every key per failed login)."""
+    clock = FrozenClock(monkeypatch)
+    storage = SweepThrottledMemoryStorage(sweep_interval_s=10)  # the first sweep is due 10 s from now
+    clock.now += 5
+    await storage.incr("old", expiry=1)
+    clock.now += 4.5  # "old" has expired; the first interval has not passed
+    await storage.incr("live", expiry=100)
+    assert "old" in storage.storage
+    clock.now += 0.5  # the interval to the byte
+    await storage.incr("live", expiry=100)
+    assert all("old" not in mapping for mapping in (storage.storage, storage.expirations, storage.locks))
+    await storage.incr("brief", expiry=1)
+    await storage.incr("exact", expiry=10)  # expires at the next sweep to the byte, and goes with it
+    clock.now += 9  # "brief" has expired; the next sweep is due 10 s after the last
+    await storage.incr("live", expiry=100)
+    assert "brief" in storage.storage and storage.storage["live"] == 3
+    clock.now += 1
+    await storage.incr("live", expiry=100)
+    assert list(storage.storage) == ["live"] and list(storage.expirations) == ["live"]
 
 
 class RecordingWriter(asyncio.StreamWriter):

@@ -9,6 +9,7 @@ before a byte of the request (and the sidecar's credential in it) goes out.
 from __future__ import annotations
 
 import hashlib
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,8 @@ def test_without_a_pin_its_self_signed_certificate_is_not_trusted(tls_gateway, m
 
 def test_a_certificate_issued_by_a_ca_file_is_trusted_by_it(module_sidecar: Callable[..., SidecarProcess], tmp_path: Path) -> None:
     ca, cert, key = issue_certificate(tmp_path)
+    leaf_pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+    cert.write_text(cert.read_text() + ca.read_text())  # the gateway sends its chain: leaf, then its CA
     gateway = RealGateway({"mode": "token", "token": TOKEN},
                           {"gateway": {"tls": {"enabled": True, "certPath": str(cert), "keyPath": str(key)}}})
     try:
@@ -130,6 +133,9 @@ def test_a_certificate_issued_by_a_ca_file_is_trusted_by_it(module_sidecar: Call
         response = invoke(trusted)
         assert (response.status_code, response.json()["ok"]) == (200, True)
         assert readiness(trusted) == READY
+        # Pinned, the leaf is the one certificate compared, whatever the chain above it.
+        pinned = module_sidecar(sidecar_config(gateway, fingerprint=leaf_pin))
+        assert (invoke(pinned).status_code, readiness(pinned)) == (200, READY)
         # The same certificate pinned by someone else's fingerprint is not trusted by its CA.
         assert_unreachable(module_sidecar(sidecar_config(gateway, fingerprint="cd" * 32)))
         # Without a CA file the proxy trusts mitmproxy's CAs, not the system store's, and so does

@@ -4,14 +4,17 @@ correctly off a real socket (lengths, chunks, close-delimited, 101, pipelined, h
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from sidecar.probe.corpus import PLACEHOLDERS, Body, Chunk, HttpRequest
-from sidecar.probe.wire import MAX_BODY_BYTES, Context, Endpoint, ProbeSetupError, exchange, render_request
+from sidecar.probe.wire import MAX_BODY_BYTES, Context, Deadline, Endpoint, ProbeSetupError, exchange, render_request
 
+from tests.builders import issue_certificate
 from tests.ports import free_port
 
 CTX = Context(host="gw.test:8080", safe_tool="agents_list", marker="ocprobe00000000", secret="s3cret",
@@ -98,27 +101,37 @@ def test_an_endpoint_keeps_the_authority_as_written():
 
 
 class CannedServer:
-    """Accepts one connection, reads what arrives, writes `reply` (then closes unless told to hang)."""
+    """Accepts one connection, reads what arrives, writes `reply`, and `later` once `pause` seconds
+    have passed (then closes unless told to hang); over TLS with `tls`."""
 
-    def __init__(self, reply: bytes, hang: bool = False) -> None:
+    def __init__(self, reply: bytes, hang: bool = False, later: bytes = b"", pause: float = 0.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.reply, self.hang = reply, hang
+        self.reply, self.hang, self.later, self.pause, self.tls = reply, hang, later, pause, tls
         self.received = b""
         self.done = threading.Event()
         threading.Thread(target=self.serve, daemon=True).start()
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint.parse(f"http://127.0.0.1:{self.listener.getsockname()[1]}")
+        scheme = "https" if self.tls else "http"
+        return Endpoint.parse(f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}")
 
     def serve(self) -> None:
         conn, _ = self.listener.accept()
         conn.settimeout(2)
         try:
+            if self.tls:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             self.received = conn.recv(65536)
             conn.sendall(self.reply)
+            if self.later:
+                self.done.wait(self.pause)
+                conn.sendall(self.later)
             if self.hang:
                 self.done.wait(5)
+        except OSError:
+            pass  # the client refused the handshake
         finally:
             conn.close()
             self.listener.close()
@@ -132,8 +145,9 @@ def served() -> Iterator[list[CannedServer]]:
         server.done.set()
 
 
-def answer_from(served: list[CannedServer], reply: bytes, methods=("POST",), hang=False, timeout=2.0, linger=0.0):
-    server = CannedServer(reply, hang)
+def answer_from(served: list[CannedServer], reply: bytes, methods=("POST",), hang=False, timeout=2.0, linger=0.0,
+                **server_options):
+    server = CannedServer(reply, hang, **server_options)
     served.append(server)
     return exchange(server.endpoint, b"POST / HTTP/1.1\r\n\r\n", list(methods), timeout, linger)
 
@@ -176,9 +190,38 @@ def test_pipelined_answers_are_read_in_order(served):
     assert [(a.status, a.body) for a in answers] == [(200, b"ok"), (404, b"")]
 
 
-def test_a_head_answer_has_no_body(served):
-    [answer] = answer_from(served, b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", methods=("HEAD",))
-    assert (answer.status, answer.body) == (200, b"")
+@pytest.mark.parametrize("method,head", [
+    ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+    ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+    ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
+])
+def test_an_answer_that_carries_no_body_ends_at_its_head_whatever_its_framing_says(served, method, head):
+    """A HEAD's answer, a 204 and a 304 have no body: reading one (by length, or to the close) would
+    take the next pipelined answer's bytes for it."""
+    answers = answer_from(served, head + b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", methods=(method, "GET"))
+    assert [(a.status, a.body) for a in answers] == [(int(head[9:12]), b""), (404, b"")]
+
+
+@pytest.mark.parametrize("reply,error", [
+    (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "not an HTTP answer: 'SSH-2.0-OpenSSH_9.6'"),
+    (b"HTTP/1.1 OK\r\n\r\n", "not an HTTP answer: 'HTTP/1.1 OK'"),
+    (b"HTTP/1.1 200 OK", "the answer ended inside its head: b'HTTP/1.1 200 OK'"),
+])
+def test_an_answer_without_a_whole_status_line_is_closed_with_what_came(served, reply, error):
+    """No status can be read off another protocol's greeting or a status line cut short: the
+    answer is `closed`, and its error shows the bytes, not a traceback."""
+    [answer] = answer_from(served, reply)
+    assert (answer.kind, answer.status, answer.error) == ("closed", None, error)
+
+
+def test_an_answer_longer_than_one_read_is_read_whole(served):
+    """One read takes at most 64 KiB: a head, a chunk-size line (a long chunk extension) and a body
+    past that are read on, and the head is cut only past its own 256 KiB cap."""
+    pad = [(f"X-Pad-{i}", "p" * 100) for i in range(1000)]
+    head = b"HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in pad).encode() + b"Transfer-Encoding: chunked\r\n\r\n"
+    body = b"b" * 100_000
+    [answer] = answer_from(served, head + b"%x;ext=" % len(body) + b"e" * 100_000 + b"\r\n" + body + b"\r\n0\r\n\r\n")
+    assert (answer.status, answer.headers, answer.body) == (200, (*pad, ("Transfer-Encoding", "chunked")), body)
 
 
 def test_a_hang_up_without_an_answer_is_closed(served):
@@ -188,8 +231,43 @@ def test_a_hang_up_without_an_answer_is_closed(served):
 
 
 def test_silence_is_a_timeout(served):
-    [answer] = answer_from(served, b"", hang=True, timeout=0.3)
-    assert answer.kind == "timeout"
+    """Silence for one read's timeout, with time left for the answers still owed, is told apart
+    from an answer too slow to finish."""
+    [answer] = answer_from(served, b"", methods=("POST", "POST"), hang=True, timeout=0.3)
+    assert (answer.kind, answer.error) == ("timeout", "no answer within 0.3 s")
+
+
+def test_a_spent_deadline_times_out_the_next_read_before_it_starts():
+    """A socket's timeout cannot be set to no time left (0 makes it non-blocking, less is an
+    error): a case past its deadline times out as a silent one does."""
+    deadline = Deadline(0.0, 1)
+    with socket.socket() as sock, pytest.raises(TimeoutError):
+        deadline.arm(sock)
+    assert deadline.missed() == "no complete answer within 0 s"
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a certificate for 127.0.0.1, and the CA that issued it."""
+    ca, cert, key = issue_certificate(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, ca
+
+
+def test_an_https_target_is_spoken_to_over_tls_with_its_certificate_checked(served, tls_server, monkeypatch):
+    """https:// means TLS, verified against the trust store (here, one holding only the test CA)."""
+    context, ca = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    [answer] = answer_from(served, b"HTTP/1.1 204 No Content\r\n\r\n", tls=context)
+    assert (answer.kind, answer.status) == ("http", 204)
+    assert served[-1].received == b"POST / HTTP/1.1\r\n\r\n"
+
+
+def test_an_https_target_whose_certificate_is_not_trusted_cannot_be_connected_to(served, tls_server):
+    context, _ = tls_server
+    [answer] = answer_from(served, b"HTTP/1.1 204 No Content\r\n\r\n", tls=context)
+    assert answer.kind == "error" and answer.error.startswith("cannot connect: [SSL: CERTIFICATE_VERIFY_FAILED]")
 
 
 def test_a_refused_connection_is_an_error():
@@ -217,6 +295,14 @@ def test_lingering_catches_an_answer_to_a_request_the_probe_never_counted(served
     assert (quiet.status, quiet.unasked) == (400, b"")
     [unread] = answer_from(served, SMUGGLED, hang=True)  # without linger the extra answer is never read
     assert unread.unasked == b""
+
+
+def test_lingering_waits_its_own_time_for_an_answer_that_comes_after_the_case_timeout(served):
+    """The linger, not the case's timeout, bounds the wait for an unasked answer: a hop that answers
+    the smuggled request a second later is still caught with a 0.2 s timeout."""
+    refused, smuggled = SMUGGLED.split(b"0\r\n\r\n", 1)
+    [answer] = answer_from(served, refused + b"0\r\n\r\n", later=smuggled, pause=1.0, timeout=0.2, linger=5.0)
+    assert (answer.status, answer.unasked) == (400, smuggled)
 
 
 def test_lingering_takes_only_an_answer_for_an_unasked_one(served):

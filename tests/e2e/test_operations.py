@@ -268,6 +268,8 @@ def test_sighup_reloads_and_limiter_state_survives(backend, start_sidecar) -> No
                                               "exemptLoopback": False}
     config["sidecar"]["rateLimit"] = {"loopbackDelayBaseMs": 0}
     sc = start_sidecar(config)
+    sc.proc.send_signal(signal.SIGHUP)  # nothing changed: reloaded on the signal alone, not by the file watch
+    wait_for(lambda: "config reloaded (SIGHUP)" in sc.logs())
     for _ in range(2):
         assert invoke(sc, "wrong").status_code == 401
     assert invoke(sc, TOKEN).status_code == 429  # locked out

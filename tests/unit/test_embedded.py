@@ -333,12 +333,12 @@ class Sidecar:
     """`serve` in this process, as `openclaw-sidecar run` calls it: a scenario runs in a thread once
     it announces its address, and signals are real signals to this process."""
 
-    def __init__(self, tmp_path: Path, upstream: HeldUpstream, **sidecar: object) -> None:
+    def __init__(self, tmp_path: Path, upstream: HeldUpstream, gateway: dict | None = None, **sidecar: object) -> None:
         self.port, self.admin_port = free_port(), free_port()
         self.config_path = write_config(tmp_path / "sidecar.json", {
             "sidecar": {"listen": f"127.0.0.1:{self.port}", "adminListen": f"127.0.0.1:{self.admin_port}",
                         "upstream": upstream.url, "runtimeDir": str(tmp_path / "run"), **sidecar},
-            "gateway": {"auth": {"mode": "token", "token": "t"}}})
+            "gateway": gateway or {"auth": {"mode": "token", "token": "t"}}})
         self.upstream = upstream
         self.announced: list[str] = []
         self.loops: list[asyncio.AbstractEventLoop] = []  # the loop it served on
@@ -468,3 +468,14 @@ def test_a_taken_port_fails_closed_with_exit_1_and_frees_the_other(tmp_path: Pat
     for port in ports.values():
         with socket.socket() as again:
             again.bind(("127.0.0.1", port))
+
+
+def test_the_identity_header_names_are_kept_in_the_runtime_dir_from_the_start(tmp_path: Path, upstream: HeldUpstream) -> None:
+    """Those recalled from an earlier run and the config's own, written once serving: a restarted
+    sidecar strips both, whichever the gateway beside it still reads."""
+    (tmp_path / "run").mkdir(mode=0o700)
+    (tmp_path / "run" / "identity-headers.json").write_text('["x-earlier-user"]')
+    sidecar = Sidecar(tmp_path, upstream, gateway={"trustedProxies": ["127.0.0.1"], "auth": {
+        "mode": "trusted-proxy", "trustedProxy": {"userHeader": "x-user"}}})
+    assert sidecar.serve(lambda: os.kill(os.getpid(), signal.SIGTERM)) == 0
+    assert json.loads((tmp_path / "run" / "identity-headers.json").read_text()) == ["x-earlier-user", "x-user"]

@@ -192,14 +192,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging("WARNING")
     token = secrets.token_urlsafe(24)
     with DemoBackend(token=token) as backend, tempfile.TemporaryDirectory(prefix="openclaw-sidecar-demo-") as tmp:
+        # Given as flags are, so that no OPENCLAW_SIDECAR_* the shell exports moves the demo off
+        # --listen or points it at another upstream (`environ` governs the gateway's keys only).
+        wiring = {"listen": args.listen, "upstream": backend.url, "runtime_dir": str(Path(tmp) / "run"),
+                  "admin_listen": "127.0.0.1:0"}
         config_file = Path(tmp) / "demo.yaml"
-        config_file.write_text(json.dumps({
-            "sidecar": {"listen": args.listen, "upstream": backend.url, "runtimeDir": str(Path(tmp) / "run"),
-                        "adminListen": "127.0.0.1:0"},
-            "gateway": {"auth": {"mode": "token", "token": token}},
-        }))
+        config_file.write_text(json.dumps({"gateway": {"auth": {"mode": "token", "token": token}}}))
         try:
-            config = load_config(config_file, environ={})
+            config = load_config(config_file, wiring, environ={})
         except ConfigError as exc:
             return _report_config_error(exc)
 
@@ -214,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             print("press Ctrl-C to stop", flush=True)
 
-        return _serve(config, config_file, on_ready=announce)
+        return _serve(config, config_file, wiring, on_ready=announce)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

@@ -52,11 +52,11 @@ def sidecar_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 
 class Demo:
     """`python -m sidecar demo --listen 127.0.0.1:<port>` with its output collected."""
 
-    def __init__(self, tmpdir: Path | None = None) -> None:
+    def __init__(self, tmpdir: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "demo", "--listen", f"127.0.0.1:{self.port}"],
-            cwd=REPO, env=_env({"TMPDIR": str(tmpdir)} if tmpdir else None), stdout=subprocess.PIPE,
+            cwd=REPO, env=_env({**({"TMPDIR": str(tmpdir)} if tmpdir else {}), **(env or {})}), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -151,6 +151,31 @@ def test_demo_prints_a_working_curl_command_and_stops_cleanly_on_sigint(demo, de
         demo.stdout.append(line)
     decisions = [json.loads(line) for line in demo.stdout if line.startswith("{")]
     assert [(d["decision"], d["status"]) for d in decisions] == [("forwarded", 200), ("refused", 401)]
+
+
+def test_demo_announces_itself_whole_through_a_pipe_whatever_the_shell_exports(demo_tmp):
+    """Its stdout is a block-buffered pipe here (PYTHONUNBUFFERED empty), so the announcement is
+    flushed, not left in the buffer while it serves; the shell's OPENCLAW_SIDECAR_LISTEN and _UPSTREAM
+    neither move it off --listen nor send its calls elsewhere: the printed command is the working one."""
+    elsewhere = free_port()
+    running = Demo(demo_tmp, env={"PYTHONUNBUFFERED": "", "OPENCLAW_SIDECAR_LISTEN": f"127.0.0.1:{elsewhere}",
+                                  "OPENCLAW_SIDECAR_UPSTREAM": f"http://127.0.0.1:{free_port()}"})
+    try:
+        running.curl_line()
+        running.stdout.append(running.lines.get(timeout=20) or "")
+        url, token = f"http://127.0.0.1:{running.port}", running.token
+        assert running.stdout[0].startswith(f"openclaw-sidecar demo: sidecar {url} -> demo backend http://127.0.0.1:")
+        assert running.stdout[1:] == [
+            f"token: {token}\n", "try:\n",
+            f"  curl -sS -X POST {url}/tools/invoke -H 'Authorization: Bearer {token}' "
+            "-H 'Content-Type: application/json' -d '{\"tool\":\"agents_list\"}'\n",
+            "press Ctrl-C to stop\n",
+        ]
+        served = httpx.post(f"{url}/tools/invoke", json={"tool": "agents_list"},
+                            headers={"Authorization": f"Bearer {token}"}, trust_env=False, timeout=15)
+        assert served.status_code == 200, served.text
+    finally:
+        running.kill()
 
 
 def test_a_busy_port_fails_at_once_with_our_own_message(tmp_path):

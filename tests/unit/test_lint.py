@@ -31,8 +31,9 @@ def test_mypy_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-# Redaction may match more than the gateway would act on: hiding a look-alike costs nothing.
-BROAD_ON_PURPOSE = {"sidecar.audit._CAPABILITY_SEGMENT", "sidecar.audit._ARTIFACT_TICKET"}
+# Redaction may match more than the gateway would act on: hiding a look-alike costs nothing. The
+# pin's prefix mirrors the gateway's /^sha256:/iu, whose /u folds Unicode as IGNORECASE alone does.
+BROAD_ON_PURPOSE = {"sidecar.audit._CAPABILITY_SEGMENT", "sidecar.audit._ARTIFACT_TICKET", "sidecar.upstream_tls._PREFIX"}
 
 
 def test_case_insensitive_patterns_fold_ascii_only() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from openclaw_demo.backend import DemoBackend
+from addons import embedded
 from sidecar import cli
 from sidecar.cli import build_parser, main
 
@@ -108,9 +109,14 @@ def test_check_config_fails_a_config_no_one_can_pass_but_still_shows_it(tmp_path
      f"sidecar.upstream: Value error, must be an http:// or https:// URL\n  {BAD_PROXY_PROBLEM}"),
 ], ids=["check-config", "run", "check-config-storage", "run-storage", "run-listen-flag", "run-upstream-flag"])
 def test_a_bad_config_exits_1_naming_the_key_and_nothing_else(
-        tmp_path: Path, argv: list[str], document: dict[str, Any], problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, argv: list[str], document: dict[str, Any], problem: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The flags are checked as the file is, and a storage that cannot be built fails before
-    anything listens: a heading, one indented line per problem, nothing on stdout."""
+    anything listens: a heading, one indented line per problem, nothing on stdout. A run that
+    got past its checks would serve for ever: here it fails the test instead of hanging it."""
+    def listening(*_args: Any, **_kwargs: Any) -> Any:
+        pytest.fail("run got past its checks and would have served")
+    monkeypatch.setattr(embedded, "build_master", listening)
     assert main([*argv, str(write_config(tmp_path / "c.json", document))]) == 1
     assert capsys.readouterr() == ("", f"configuration error:\n  {problem}\n")
 

@@ -152,6 +152,7 @@ class Deadline:
         self.timeout = timeout
         self.budget = timeout * answers
         self.ends = time.monotonic() + self.budget
+        self.heard = False
 
     def arm(self, sock: socket.socket) -> socket.socket:
         """`sock`, set to give up on its next read or write when either limit is reached."""
@@ -161,8 +162,17 @@ class Deadline:
         sock.settimeout(min(self.timeout, left))
         return sock
 
+    def recv(self, sock: socket.socket) -> bytes:
+        """The next bytes from `sock` within both limits (b"" once the peer closed)."""
+        data = self.arm(sock).recv(65536)
+        self.heard = self.heard or bool(data)
+        return data
+
     def missed(self) -> str:
-        """Why the exchange timed out: a silent target, or one too slow to finish in time."""
+        """Why the exchange timed out: a silent target, or one too slow to finish in time. A target
+        that never sent a byte had one read's time, however many answers it owed."""
+        if not self.heard:
+            return f"no answer within {min(self.timeout, self.budget):g} s"
         if time.monotonic() >= self.ends:
             return f"no complete answer within {self.budget:g} s"
         return f"no answer within {self.timeout:g} s"
@@ -180,7 +190,7 @@ class _Stream:
     def fill(self) -> bool:
         if self.eof:
             return False
-        data = self.deadline.arm(self.sock).recv(65536)
+        data = self.deadline.recv(self.sock)
         if not data:
             self.eof = True
         self.buffer += data

@@ -69,7 +69,7 @@ class _Session:
 
     def next_event(self) -> Any:
         while not self.pending:
-            data = self.deadline.arm(self.sock).recv(65536)
+            data = self.deadline.recv(self.sock)
             self.ws.receive_data(data or None)
             self.pending = list(self.ws.events())
             if not data and not self.pending:

@@ -230,11 +230,18 @@ def test_a_hang_up_without_an_answer_is_closed(served):
     assert [a.kind for a in answers] == ["http", "closed"]
 
 
-def test_silence_is_a_timeout(served):
-    """Silence for one read's timeout, with time left for the answers still owed, is told apart
-    from an answer too slow to finish."""
-    [answer] = answer_from(served, b"", methods=("POST", "POST"), hang=True, timeout=0.3)
+@pytest.mark.parametrize("methods", [("POST",), ("POST", "POST")], ids=["one-owed", "two-owed"])
+def test_silence_is_a_timeout_with_no_answer(served, methods):
+    """A target that sends nothing is told apart from an answer too slow to finish, however many
+    answers it owed: with one, its read ends exactly at the case's deadline."""
+    [answer] = answer_from(served, b"", methods=methods, hang=True, timeout=0.3)
     assert (answer.kind, answer.error) == ("timeout", "no answer within 0.3 s")
+
+
+def test_silence_after_an_answer_is_no_answer_to_the_next(served):
+    [first, second] = answer_from(served, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", methods=("POST", "POST"),
+                                  hang=True, timeout=0.3)
+    assert (first.status, second.kind, second.error) == (200, "timeout", "no answer within 0.3 s")
 
 
 def test_a_spent_deadline_times_out_the_next_read_before_it_starts():
@@ -243,7 +250,7 @@ def test_a_spent_deadline_times_out_the_next_read_before_it_starts():
     deadline = Deadline(0.0, 1)
     with socket.socket() as sock, pytest.raises(TimeoutError):
         deadline.arm(sock)
-    assert deadline.missed() == "no complete answer within 0 s"
+    assert deadline.missed() == "no answer within 0 s"
 
 
 @pytest.fixture

@@ -238,6 +238,7 @@ def _same_file(opened: BinaryIO, path: str) -> bool:
 
 
 _writer: AuditWriter | None = None
+_closed = False  # a writer was stopped and none has replaced it: lines from now on are lost
 
 
 def count(entry: AuditEntry) -> None:
@@ -251,21 +252,23 @@ def record(entry: AuditEntry) -> None:
     count(entry)
     if _writer is not None:
         _writer.put(entry.line(time.time()))
+    elif _closed:  # a decision made as the process stops, after its log: said on /metrics
+        AUDIT_LINES_DROPPED.inc()
 
 
 def configure(destination: str) -> None:
     """`stdout`, `stderr`, or a file (reopened when logrotate moves it)."""
-    global _writer
+    global _writer, _closed
     close()
-    _writer = AuditWriter(destination, QUEUE_LINES)
+    _writer, _closed = AuditWriter(destination, QUEUE_LINES), False
 
 
 def close() -> None:
     """Write what is queued and stop the writer (also at exit)."""
-    global _writer
+    global _writer, _closed
     if _writer is not None:
         _writer.close()
-        _writer = None
+        _writer, _closed = None, True
 
 
 atexit.register(close)

@@ -111,6 +111,21 @@ def test_every_decision_is_counted_and_shadowed_ones_by_reason() -> None:
     assert shadowed._value.get() == shadowed_before + 1
 
 
+def test_a_line_after_the_log_closed_is_counted_dropped_until_a_new_log_opens(audit_file: Path) -> None:
+    """A decision made as the process stops, once its log is closed, has nowhere to go: an alert on
+    the dropped-lines counter sees it instead of nothing."""
+    audit.record(entry(request_id="r-before"))
+    audit.close()
+    before = AUDIT_LINES_DROPPED._value.get()
+    audit.record(entry(request_id="r-after"))
+    assert AUDIT_LINES_DROPPED._value.get() == before + 1
+    audit.configure(str(audit_file))
+    audit.record(entry(request_id="r-reopened"))
+    audit.close()
+    assert AUDIT_LINES_DROPPED._value.get() == before + 1
+    assert [json.loads(line)["request_id"] for line in audit_file.read_text().splitlines()] == ["r-before", "r-reopened"]
+
+
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a stop without a traceback
 @pytest.mark.parametrize("destination", ["stdout", "stderr"])
 def test_the_log_can_be_the_process_s_stdout_or_stderr(destination: str, capsys: pytest.CaptureFixture[str]) -> None:

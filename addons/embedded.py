@@ -256,7 +256,6 @@ async def _run(config: Config, config_path: Path | None, overrides: Mapping[str,
         watcher.cancel()
         admin.stop()
         await reloader.runtime.aclose()
-        audit.close()
     log.info("sidecar stopped")
     return 0
 
@@ -287,5 +286,8 @@ def serve(config: Config, on_ready: Callable[[str], None] | None = None, config_
           overrides: Mapping[str, Any] | None = None) -> int:
     """Run until SIGINT/SIGTERM (then drain); SIGHUP or a changed file reloads `config_path`.
     Returns the process exit code."""
-    return asyncio.run(_run(config, config_path, overrides or {}, on_ready),
-                       loop_factory=event_loop_factory(config.sidecar.event_loop))
+    try:
+        return asyncio.run(_run(config, config_path, overrides or {}, on_ready),
+                           loop_factory=event_loop_factory(config.sidecar.event_loop))
+    finally:  # after asyncio.run: connections it cancels as it ends are still decided and audited
+        audit.close()

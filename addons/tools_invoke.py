@@ -62,6 +62,7 @@ ADMITTED = "openclaw_sidecar.admitted"
 ADMITTED_BY = "openclaw_sidecar.admitted_by"  # the pipeline that admitted the head
 FORWARDED = "openclaw_sidecar.forwarded"
 ANSWERED = "openclaw_sidecar.answered"
+CUT_OFF = "openclaw_sidecar.cut_off"  # audited at a stop (outcome shutdown): its end says nothing more
 JUDGED_BODY = "openclaw_sidecar.judged_body"  # (body, Forward): decided in requestheaders
 RPC_SESSION = "openclaw_sidecar.rpc"
 WRITE_FLUSH_SECONDS = 0.2
@@ -336,6 +337,7 @@ class ToolsInvokeGuard:
         forwarded = [flow for by_id in self._in_flight.values() for flow in by_id.values() if FORWARDED in flow.metadata]
         for flow in forwarded:
             self._audit_unfinished(flow, "shutdown")
+            flow.metadata[CUT_OFF] = True
         return len(forwarded)
 
     async def wait_idle(self, seconds: float) -> bool:
@@ -630,7 +632,7 @@ class ToolsInvokeGuard:
         if FORWARDED in flow.metadata:
             ended = reason if flow.response is None else "upstream_failed"
             self._audit_unfinished(flow, ended if answered else "client_gone", reason=reason)
-        elif answered:
+        elif answered and CUT_OFF not in flow.metadata:
             self._audit(flow, "refused", reason, envelope.status)
 
     def _audit_unfinished(self, flow: http.HTTPFlow, outcome: str, *, reason: ReasonCode | None = None) -> None:

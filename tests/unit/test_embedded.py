@@ -35,6 +35,7 @@ from addons.embedded import (UpstreamTls, _ignore_cancellations, _OwnListenError
                              settle_heap, take_over)
 from addons.tools_invoke import REQUIRED_OPTIONS
 from sidecar.config import Config, load_config
+from sidecar.metrics import AUDIT_LINES_DROPPED
 from tests.builders import write_config
 from tests.ports import free_port
 
@@ -421,8 +422,12 @@ def test_sigterm_drains_the_call_in_flight_then_returns_zero(tmp_path: Path, ups
 @pytest.mark.parametrize("second_signal", [False, True], ids=["deadline", "second-signal"])
 def test_a_drain_ends_at_its_deadline_or_a_second_signal_and_says_what_it_cut(
         tmp_path: Path, upstream: HeldUpstream, caplog: pytest.LogCaptureFixture, second_signal: bool) -> None:
-    """The call held upstream is never finished here: only the deadline (0 s) or the second signal stops the drain."""
-    sidecar = Sidecar(tmp_path, upstream, drainSeconds=3600 if second_signal else 0)
+    """The call held upstream is never finished here: only the deadline (0 s) or the second signal
+    stops the drain. The call is audited once, as cut off: its client's 502 as the stop cancels
+    its connection is no second decision (it was logged as an upstream failure, or lost unsaid)."""
+    audit_log = tmp_path / "audit.jsonl"
+    sidecar = Sidecar(tmp_path, upstream, drainSeconds=3600 if second_signal else 0, auditLog=str(audit_log))
+    dropped = AUDIT_LINES_DROPPED._value.get()
 
     def scenario() -> None:
         threading.Thread(target=lambda: _quietly(sidecar.invoke), daemon=True).start()
@@ -437,6 +442,9 @@ def test_a_drain_ends_at_its_deadline_or_a_second_signal_and_says_what_it_cut(
     why = "second stop signal" if second_signal else "drain deadline passed"
     assert f"{why}: stopping with forwarded call(s) in flight, 1 cut off (audited with outcome shutdown)" in caplog.messages
     assert "sidecar stopped" in caplog.messages
+    (line,) = map(json.loads, audit_log.read_text().splitlines())
+    assert (line["decision"], line["tool"], line["status"], line["outcome"]) == ("forwarded", "agents_list", None, "shutdown")
+    assert AUDIT_LINES_DROPPED._value.get() == dropped
 
 
 def _never() -> None:

@@ -30,6 +30,23 @@ def test_default_and_known_sets_are_the_2026_9_6_lists() -> None:
     assert len(KNOWN_SCOPES) == 10 and set(DEFAULT_SCOPES) <= set(KNOWN_SCOPES)
 
 
+GATEWAY_SCOPE_CONSTANTS = ["ADMIN_SCOPE", "READ_SCOPE", "WRITE_SCOPE", "SESSION_READ_SCOPE", "SESSION_WRITE_SCOPE",
+                           "APPROVALS_SCOPE", "QUESTIONS_SCOPE", "PAIRING_SCOPE", "TALK_SCOPE", "TALK_SECRETS_SCOPE"]
+
+
+@needs_gateway
+def test_the_known_scopes_are_the_gateways_to_the_letter() -> None:
+    """Its scope constants, and its isOperatorScope over them and their near misses: a scope the
+    sidecar drops as unknown the gateway would grant, and the reverse."""
+    near = [variant for scope in KNOWN_SCOPES for variant in (scope.upper(), scope + " ", scope + "s", scope[:-1])]
+    candidates = [*KNOWN_SCOPES, *near, "", "operator", "operator.sessions", "operator.talk.secret"]
+    constants, known = call_gateway(["isOperatorScope", *GATEWAY_SCOPE_CONSTANTS], """
+        const { isOperatorScope, ...constants } = gateway;
+        answer([Object.values(constants), input.map((scope) => isOperatorScope(scope))]);""", candidates)
+    assert sorted(constants) == sorted(KNOWN_SCOPES)
+    assert [scope for scope, theirs in zip(candidates, known, strict=True) if theirs != (scope in KNOWN_SCOPES)] == []
+
+
 @pytest.mark.parametrize(
     "header, parsed",
     [

@@ -177,3 +177,16 @@ def test_strict_charset_accepts_real_names(name: str) -> None:
 )
 def test_normalize_policy_name(raw: str, normalized: str) -> None:
     assert normalize_policy_name(raw) == normalized
+
+
+@pytest.mark.parametrize("name, owner, why", [
+    ("agents_list", False, "gateway.tools.deny lists 'agents_list'"),
+    ("bash", True, "'exec' is on the HTTP hard deny list and gateway.tools.allow does not lift it"),
+    ("sessions", False, "'sessions' is owner-only and the caller lacks operator.admin"),
+    ("secrets", False, "'secrets' is owner-only (the sidecar's: its actions are admin-only methods) and the caller "
+                       "lacks operator.admin"),
+])
+def test_a_refusal_says_which_layer_removed_the_tool(name: str, owner: bool, why: str) -> None:
+    """The words `explain` and the audit line show: which list, and whether the gateway's owner-only
+    list or the sidecar's own review put a tool there."""
+    assert gate(deny=["agents_list"]).refusal(normalize_tool_name(name), owner=owner) == why

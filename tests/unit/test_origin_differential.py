@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from sidecar.auth import OriginPolicy
+from sidecar.auth import OriginPolicy, parse_origin
 from tests import builders
 from tests.gateway.oracle import call_gateway
 from tests.gateway.real_gateway import unavailable_reason
@@ -51,3 +51,35 @@ def test_the_origin_verdict_is_the_gateways_for_every_host_and_client() -> None:
     assert ("https://gw.example", "gw.example", False, False) not in admitted
     assert ("http://localhost:3000", "gw.example", True, False) in admitted
     assert ("http://localhost:3000", "gw.example", False, False) not in admitted
+
+
+SCHEMES = ["http", "HTTPS", "ws", "wss", "ftp", "foo", "git+ssh", "chrome-extension", "file"]
+AUTHORITIES = [
+    "h", "H.Example", "h.", "a..b", ".", "localhost", "LOCALHOST.", "127.1", "1.2.3.4", "0x7f.1", "1.2.3.256", "4294967295",
+    "h:", "h:0", "h:080", "h:65535", "h:65536", "h:+1", "h:1a", "h:-1", "h:99999999999999999999", "a:b:c",
+    "[", "]", "a]", "[::1", "[::1]", "[::1]:8", "[::1]x", "[1.2.3.4]", "[fe80::1%25eth0]",
+    "@h", "u@h", ":@h", "u:p@h", "@@h", "a%41", "a%2f", "a%zz", "a b", "é", "\u00a0x", "xn--p1ai", "xn--zz",
+    "*", "a,b", "a;b", "a!b", "a'b", "a$b", "a&b", "a=b", "a(b)", "a~b", "a|b", "a^b", "a<b", "a`b", "a{b}",
+]
+RAW_ORIGINS = [f"{scheme}://{authority}{slash}" for scheme, authority, slash in itertools.product(SCHEMES, AUTHORITIES, ("", "/"))]
+
+
+def test_an_origin_is_parsed_as_the_gateways_parseorigin_parses_it() -> None:
+    """parseOrigin (Node's URL under a shape check) is not exported: checkBrowserOrigin, which starts
+    with it, tells its result. An Origin the sidecar reads is allowed there by the sidecar's origin
+    as the allow-list, and by the sidecar's host as the Host header; one the sidecar refuses is
+    unparseable there too, but for the stricter cases (`file:`, a special host not in ASCII)."""
+    mine = [parse_origin(raw) for raw in RAW_ORIGINS]
+    cases = [[raw, ["*"] if parsed is None else [parsed.origin], parsed.host if parsed else ""]
+             for raw, parsed in zip(RAW_ORIGINS, mine)]
+    theirs = call_gateway(["origin-check-:checkBrowserOrigin"], """
+        const check = (origin, allowedOrigins, requestHost) => gateway.checkBrowserOrigin(
+          { origin, allowedOrigins, requestHost, isLocalClient: false, allowHostHeaderOriginFallback: true }).ok;
+        answer(input.map(([origin, allowed, host]) => [check(origin, allowed, ""), host ? check(origin, [], host) : null]));""",
+                          cases)
+    differ = [raw for raw, parsed, (by_origin, by_host) in zip(RAW_ORIGINS, mine, theirs)
+              if (parsed is None and by_origin) or (parsed is not None and not (by_origin and by_host))]
+    # the stricter cases: every file: origin the gateway reads, and a Unicode host of a special scheme
+    assert [raw for raw in differ if not raw.startswith("file:")] == [
+        f"{scheme}://é{slash}" for scheme in SCHEMES[:5] for slash in ("", "/")]
+    assert sum(parsed is not None for parsed in mine) > len(RAW_ORIGINS) // 3

@@ -84,6 +84,7 @@ def test_invalid_json(raw: bytes) -> None:
 @pytest.mark.parametrize("raw, message", [
     pytest.param(b'{"tool":', "Expecting value", id="python-fault"),
     pytest.param(b'{"tool":"agents_list","n":NaN}', "Unexpected token NaN in JSON", id="constant"),
+    pytest.param(b"[" * 100_000, "JSON nested too deeply", id="beyond-the-parser"),
 ])
 def test_an_invalid_body_is_answered_with_the_fault_alone(raw: bytes, message: str) -> None:
     """The 400 carries the parser's words for the fault: no Python line and column, and a NaN or
@@ -91,6 +92,20 @@ def test_an_invalid_body_is_answered_with_the_fault_alone(raw: bytes, message: s
     with pytest.raises(BodyError) as exc:
         read_invoke_body(raw)
     assert exc.value.message == message
+
+
+def test_a_payload_too_deep_to_rewrite_is_invalid_json_not_an_internal_error() -> None:
+    """The rewrite walks the payload again; nesting it cannot walk is the body's fault (400), said so.
+    (Python's parser stops first for any body read off the wire, so the payload is built here.)"""
+    payload: dict[str, object] = {"tool": " agents_list "}
+    inner: list[object] = []
+    payload["args"] = inner
+    for _ in range(100_000):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    with pytest.raises(BodyError) as exc:
+        invoke_body_of(payload, b"{}")
+    assert (exc.value.kind, exc.value.message) == ("invalid_json", "JSON nested too deeply to rewrite")
 
 
 @pytest.mark.parametrize("raw, expected", [(b"", {}), (b" \n ", {}), (b"null", None), (b"[1]", [1]), (b'{"a":1}', {"a": 1})])

@@ -158,8 +158,17 @@ def test_a_content_length_answer(served):
 
 
 def test_a_chunked_answer(served):
-    [answer] = answer_from(served, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n")
-    assert answer.body == b"abcde"
+    """Chunks of any size (one byte too), extensions, and trailers read to their blank line, so the
+    next pipelined answer starts where it should."""
+    answers = answer_from(served, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1\r\nd\r\n2;x=y\r\nef\r\n"
+                                  b"0\r\nT: 1\r\nU: 2\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", methods=("POST", "POST"))
+    assert [(a.kind, a.status, a.body) for a in answers] == [("http", 200, b"abcdef"), ("http", 404, b"")]
+
+
+def test_chunks_that_together_pass_the_cap_are_cut_at_it(served):
+    [answer] = answer_from(served, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (MAX_BODY_BYTES - 10)
+                           + b"a" * (MAX_BODY_BYTES - 10) + b"\r\n64\r\n" + b"b" * 100 + b"\r\n0\r\n\r\n")
+    assert (answer.status, answer.body) == (200, b"a" * (MAX_BODY_BYTES - 10) + b"b" * 10)
 
 
 @pytest.mark.parametrize("size", [b"-1", b"0x5", b"+5", b"5_0"])
@@ -181,7 +190,27 @@ def test_interim_answers_are_skipped_but_101_is_final(served):
     assert answer.status == 201
     [upgraded] = answer_from(served, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x00",
                              methods=("GET", "GET"))
-    assert upgraded.status == 101
+    # what follows a 101 is the other protocol: no body of the answer, and no second answer
+    assert (upgraded.status, upgraded.headers, upgraded.body) == (101, (("Upgrade", "websocket"),), b"")
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % MAX_BODY_BYTES + b"c" * MAX_BODY_BYTES,
+                 id="one-chunk-exactly-the-cap"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n" + b"l" * (MAX_BODY_BYTES + 10), id="length-past-the-cap"),
+    pytest.param(b"HTTP/1.0 200 OK\r\n\r\n" + b"u" * MAX_BODY_BYTES, id="close-delimited-to-the-cap"),
+])
+def test_a_body_that_reaches_the_cap_ends_there_without_waiting_for_more(served, reply):
+    """The target sends the cap's worth (or more) and keeps the connection open: the answer is the
+    capped body, read without waiting for a chunk's end, the rest of a length, or the close."""
+    [answer] = answer_from(served, reply, hang=True)
+    assert (answer.kind, answer.status, answer.body) == ("http", 200, reply[-1:] * MAX_BODY_BYTES)
+
+
+@pytest.mark.parametrize("length", [b"-1", b"5x", b"+3", b""])
+def test_a_length_that_is_no_number_reads_the_body_to_the_close(served, length):
+    [answer] = answer_from(served, b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nuntil close")
+    assert (answer.kind, answer.status, answer.body) == ("http", 200, b"until close")
 
 
 def test_pipelined_answers_are_read_in_order(served):
@@ -226,6 +255,7 @@ def test_an_answer_longer_than_one_read_is_read_whole(served):
 
 def test_a_hang_up_without_an_answer_is_closed(served):
     assert [a.kind for a in answer_from(served, b"")] == ["closed"]
+    assert [a.kind for a in answer_from(served, b"", methods=("POST", "POST"))] == ["closed"]  # said once
     answers = answer_from(served, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", methods=("POST", "POST"))
     assert [a.kind for a in answers] == ["http", "closed"]
 

@@ -21,7 +21,7 @@ if _reason is not None:
 HOSTS = ["gw.example", "gw.example:8443", "10.0.0.2:18789", "10.0.0.2", "localhost:18790", "127.0.0.1:18790",
          "[::1]:18790", "gw.tail1234.ts.net", "gw.local:18789", "GW.Local:18789", " gw.local:18789 ", "93.184.216.34", "",
          # the edges of the private ranges and names (mutation review: widened, they went unnoticed)
-         "172.31.0.1", "172.32.0.1", "100.64.0.1", "100.128.0.1", "evilts.net", "evillocal", "gw"]
+         "172.31.0.1", "172.32.0.1", "100.64.0.1", "100.128.0.1", "evilts.net", "evillocal", "gw", "::1", "[::1]"]
 ORIGINS = ["https://gw.example", "https://gw.example:8443", "http://gw.example:8443", "http://10.0.0.2:18789",
            "http://10.0.0.2:9999", "http://10.0.0.2", "http://localhost:18790", "http://localhost:3000",
            "http://127.0.0.1:18790", "http://[::1]:18790", "https://gw.tail1234.ts.net", "https://gw.tail1234.ts.net:444",
@@ -60,6 +60,8 @@ AUTHORITIES = [
     "[", "]", "a]", "[::1", "[::1]", "[::1]:8", "[::1]x", "[1.2.3.4]", "[fe80::1%25eth0]",
     "@h", "u@h", ":@h", "u:p@h", "@@h", "a%41", "a%2f", "a%zz", "a b", "é", "\u00a0x", "xn--p1ai", "xn--zz",
     "*", "a,b", "a;b", "a!b", "a'b", "a$b", "a&b", "a=b", "a(b)", "a~b", "a|b", "a^b", "a<b", "a`b", "a{b}",
+    # DEL, encoded in an opaque host; A-labels beside a Unicode label (mutation review: both unpinned)
+    "a\x7fb", "xn--p1ai.é", "é.xn--p1ai",
 ]
 RAW_ORIGINS = [f"{scheme}://{authority}{slash}" for scheme, authority, slash in itertools.product(SCHEMES, AUTHORITIES, ("", "/"))]
 
@@ -81,5 +83,6 @@ def test_an_origin_is_parsed_as_the_gateways_parseorigin_parses_it() -> None:
               if (parsed is None and by_origin) or (parsed is not None and not (by_origin and by_host))]
     # the stricter cases: every file: origin the gateway reads, and a Unicode host of a special scheme
     assert [raw for raw in differ if not raw.startswith("file:")] == [
-        f"{scheme}://é{slash}" for scheme in SCHEMES[:5] for slash in ("", "/")]
+        f"{scheme}://{authority}{slash}" for scheme in SCHEMES[:5] for authority in ("é", "xn--p1ai.é", "é.xn--p1ai")
+        for slash in ("", "/")]
     assert sum(parsed is not None for parsed in mine) > len(RAW_ORIGINS) // 3

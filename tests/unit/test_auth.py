@@ -139,6 +139,7 @@ def test_shared_secret_auth(method: str, secret: str | None, header: str | None,
         ("   ", None),
         ("alice", "alice"),
         ("  alice  ", "alice"),
+        ("Alice Smith", "Alice Smith"),  # an inner space is part of the name, not a control character
         # RFC 2047 words stay as spelled: the gateway compares them undecoded
         ("=?utf-8?q?J=C3=B6rg?=", "=?utf-8?q?J=C3=B6rg?="),
         ("=?utf-8?q?alice?=", "=?utf-8?q?alice?="),

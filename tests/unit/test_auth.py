@@ -117,6 +117,7 @@ def test_safe_equal(presented: str, expected: str, equal: bool) -> None:
         ("password", "P", "Bearer T", False, "password_mismatch", True),  # case 11
         ("token", None, "Bearer anything", False, "token_not_configured", True),  # case 14
         ("token", None, "Bearer undefined", False, "token_not_configured", True),
+        ("password", None, "Bearer anything", False, "password_not_configured", True),  # no config builds it: pinned here
     ],
 )
 def test_shared_secret_auth(method: str, secret: str | None, header: str | None, ok: bool, reason: str, presented: bool) -> None:
@@ -398,8 +399,10 @@ def test_build_authenticator(tmp_path: Path, auth_yaml: str, kind: type, method:
         assert authenticator.fallback is None
 
 
-def test_build_authenticator_unreadable_interfaces_refuse_non_loopback_proxies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail closed: without this host's addresses, a trusted proxy's request may be one of its own."""
+def test_build_authenticator_unreadable_interfaces_refuse_non_loopback_proxies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Fail closed, and say so at start-up: without this host's addresses, a trusted proxy's
+    request may be one of its own."""
     def unreadable() -> set[str]:
         raise OSError("no /proc")
     monkeypatch.setattr("sidecar.auth.local_interface_addresses", unreadable)
@@ -407,6 +410,9 @@ def test_build_authenticator_unreadable_interfaces_refuse_non_loopback_proxies(t
     authenticator = build_authenticator(load_config(write_config(tmp_path / "c.yaml", text), environ={}))
     assert isinstance(authenticator, TrustedProxyAuth) and authenticator.local_addresses is None
     assert tp_check(authenticator, PROXY, XFF, USER).reason == "trusted_proxy_local_interface_check_failed"
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name == "sidecar.auth"] == [
+        ("sidecar.auth", "ERROR", "cannot read this host's interface addresses (no /proc): trusted-proxy requests "
+                                  "from non-loopback peers will be refused")]
 
 
 def test_build_authenticator_password_mode_secret(tmp_path: Path) -> None:

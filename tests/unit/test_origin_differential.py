@@ -21,7 +21,8 @@ if _reason is not None:
 HOSTS = ["gw.example", "gw.example:8443", "10.0.0.2:18789", "10.0.0.2", "localhost:18790", "127.0.0.1:18790",
          "[::1]:18790", "gw.tail1234.ts.net", "gw.local:18789", "GW.Local:18789", " gw.local:18789 ", "93.184.216.34", "",
          # the edges of the private ranges and names (mutation review: widened, they went unnoticed)
-         "172.31.0.1", "172.32.0.1", "100.64.0.1", "100.128.0.1", "evilts.net", "evillocal", "gw", "::1", "[::1]"]
+         "172.31.0.1", "172.32.0.1", "100.64.0.1", "100.128.0.1", "evilts.net", "evillocal", "gw", "::1", "[::1]",
+         "LOCALHOST:18790", "localhostX:18790", "localhost.:18790"]
 ORIGINS = ["https://gw.example", "https://gw.example:8443", "http://gw.example:8443", "http://10.0.0.2:18789",
            "http://10.0.0.2:9999", "http://10.0.0.2", "http://localhost:18790", "http://localhost:3000",
            "http://127.0.0.1:18790", "http://[::1]:18790", "https://gw.tail1234.ts.net", "https://gw.tail1234.ts.net:444",

@@ -629,6 +629,9 @@ async def test_authenticated_read_is_forwarded_with_our_credential(make, target:
     # a method the row's handler does not serve, where it answers 404 (or its route is refused)
     ("DELETE", "/oauth/mcp/callback", "method_not_served"), ("GET", "/v1/chat/completions", "method_not_served"),
     ("GET", "/sessions/main/kill", "method_not_served"),
+    # ... on routes the default policy lets in, whose handlers answer other methods 404, not 405
+    ("POST", "/control-ui-config.json", "method_not_served"), ("DELETE", "/avatar/x", "method_not_served"),
+    ("PUT", "/approve", "method_not_served"),
 ])
 async def test_routes_outside_the_default_policy_get_the_gateways_404(make, method: str, target: str, reason: str) -> None:
     """With credentials and all: refused before anything reaches the gateway."""
@@ -640,6 +643,7 @@ async def test_routes_outside_the_default_policy_get_the_gateways_404(make, meth
 CHAT_COMPLETIONS_ON = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": True}}}}}
 RESPONSES_ON = {"gateway": {"http": {"endpoints": {"responses": {"enabled": True}}}}}
 MCP_APPS_ON = {"mcp": {"apps": {"enabled": True}}}
+ALL_ON_BUT_CHAT_COMPLETIONS = deep_merge(deep_merge(RESPONSES_ON, MCP_APPS_ON), {"hooks": {"enabled": True}})
 
 
 @pytest.mark.parametrize("switches, method, target, reason", [
@@ -653,6 +657,9 @@ MCP_APPS_ON = {"mcp": {"apps": {"enabled": True}}}
     (CHAT_COMPLETIONS_ON, "POST", "/v1/chat/completions", "route_refused"), (CHAT_COMPLETIONS_ON, "POST", "/v1/responses", "unknown_route"),
     (RESPONSES_ON, "POST", "/v1/responses", "route_refused"), (RESPONSES_ON, "POST", "/v1/chat/completions", "unknown_route"),
     (MCP_APPS_ON, "GET", "/__openclaw__/mcp-app/shell", "route_refused"),
+    # a row's switch the only one off: still no route (every switch off, not more than its own)
+    (ALL_ON_BUT_CHAT_COMPLETIONS, "POST", "/v1/chat/completions", "unknown_route"),
+    (ALL_ON_BUT_CHAT_COMPLETIONS, "POST", "/v1/responses", "route_refused"),
 ])
 async def test_rows_follow_the_switches_in_the_gateways_config(make, switches, method, target, reason) -> None:
     """A row the gateway's config switches off is no route, as the gateway skips its handler."""

@@ -111,7 +111,8 @@ def test_capability_rewrite(path: str, routed: str, malformed: bool) -> None:
     assert result[1] == path.startswith("/__openclaw__/cap/")
 
 
-@pytest.mark.parametrize("raw, normalized", [(None, "/hooks"), ("", "/hooks"), ("in/", "/in"), ("/a/b//", "/a/b")])
+@pytest.mark.parametrize("raw, normalized", [(None, "/hooks"), ("", "/hooks"), ("in/", "/in"), ("/a/b//", "/a/b"),
+                                             ("/", "/"), ("//", ""), ("/InboX/", "/InboX")])
 def test_hooks_path_normalisation(raw: str | None, normalized: str) -> None:
     assert normalize_hooks_path(raw) == normalized
 
@@ -151,6 +152,7 @@ def test_base_path_normalisation(raw: str | None, normalized: str) -> None:
     ("GET", "/__openclaw__/workspace-icon/x", "control-ui-session-images"), ("GET", "/__openclaw__/assistant-media", "assistant-media"),
     ("POST", "/__openclaw__/assistant-media", "assistant-media-ticket"), ("GET", "/control-ui-config.json", "control-ui-config"),
     ("GET", "/__openclaw__/control-ui-config.json", "control-ui-config"),
+    ("GET", "/control-ui-configxjson", "control-ui"),  # an exact row's `.` is no wildcard (only regex rows are patterns)
     ("GET", "/", "control-ui"), ("HEAD", "/chat", "control-ui"), ("GET", "/assets/index-Ab_1.js", "control-ui"),
     ("GET", "/fonts/a.woff2", "control-ui"), ("GET", "/__openclaw__/favicon.svg", "control-ui"),
     # the Control UI catch-all takes plain paths only, and nothing a plugin or core route could own
@@ -323,7 +325,8 @@ def _nested(path_before: str, encoded_char: str, depth: int, path_after: str) ->
 
 
 DEEP_PATHS = [_nested("/", "41", depth, "") for depth in (2, 3, 29, 30, 31, 32, 33, 40)] + \
-    [_nested("/api/", "63", depth, "hannels/x") for depth in (3, 30, 31, 32)]
+    [_nested("/api/", "63", depth, "hannels/x") for depth in (3, 30, 31, 32)] + \
+    [_nested("/", "zz", depth, "") for depth in (31, 32)]  # malformed at the last pass, or at the look after it
 
 
 @needs_gateway
@@ -338,7 +341,7 @@ def test_the_decode_pass_limit_is_the_gateways() -> None:
           return [found.candidates, found.malformedEncoding || found.decodePassLimitReached];
         }));""", DEEP_PATHS)
     assert [plugin_path_candidates(path) for path in DEEP_PATHS] == [(c, u) for c, u in theirs]
-    assert [u for _, u in theirs].count(True) == 4, "depths 32, 33 and 40 past the limit, and the channels path at 32"
+    assert [u for _, u in theirs].count(True) == 6, "depths 32, 33 and 40 past the limit, the channels path at 32, both malformed"
 
 
 PLUGIN_ROWS = [entry for entry in TABLE.http if entry.match in ("plugin", "plugin-prefix")]

@@ -80,7 +80,8 @@ class _Session:
         """None once upgraded; otherwise the refusal."""
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         self.send(Request(host=host, target=path, extra_headers=extra))
-        status, headers, body = 0, (), b""
+        status, body = 0, b""
+        answered: tuple[tuple[str, str], ...] = ()
         while True:
             event = self.next_event()
             if isinstance(event, AcceptConnection):
@@ -89,13 +90,13 @@ class _Session:
                 # wsproto says nearly every refusal has a body, so its headers (WWW-Authenticate,
                 # Location) are kept here for the answer the body completes
                 status = event.status_code
-                headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
+                answered = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
                 if not event.has_body:
-                    return Answer("http", stage="upgrade", status=status, headers=headers)
+                    return Answer("http", stage="upgrade", status=status, headers=answered)
             elif isinstance(event, RejectData):
                 body += event.data
                 if event.body_finished or len(body) >= MAX_BODY_BYTES:
-                    return Answer("http", stage="upgrade", status=status, headers=headers,
+                    return Answer("http", stage="upgrade", status=status, headers=answered,
                                   body=body[:MAX_BODY_BYTES])
 
     def answer_to(self, sent: str, stage: Stage) -> Answer:

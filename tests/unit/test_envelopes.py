@@ -46,6 +46,9 @@ CASES = [
     ("429-no-retry-after", envelopes.rate_limited(0), 429,
      b'{"error":{"message":"Too many failed authentication attempts. Please try again later.","type":"rate_limited"}}',
      (JSON_CT, *SECURITY)),
+    ("429-one-second", envelopes.rate_limited(1), 429,  # the shortest wait is still said
+     b'{"error":{"message":"Too many failed authentication attempts. Please try again later.","type":"rate_limited"}}',
+     (JSON_CT, *SECURITY, ("Retry-After", "1"))),
     ("429-requests", envelopes.request_rate_limited(7), 429,
      b'{"error":{"message":"Too many requests. Please try again later.","type":"rate_limited"}}',
      (JSON_CT, *SECURITY, ("Retry-After", "7"))),
@@ -123,6 +126,9 @@ def test_non_finite_numbers_are_written_as_null_however_deeply_nested() -> None:
 def test_a_lone_surrogate_is_escaped_rather_than_written_as_invalid_utf8() -> None:
     body = envelopes.compact_json({"name": "x\ud800"})
     assert body == b'{"name":"x\\ud800"}'
+    # still compact where the surrogate sits among other values (the fallback escapes all non-ASCII)
+    body = envelopes.compact_json({"a": ["\ud800", 1, "é"], "b": {"c": float("nan")}})
+    assert body == b'{"a":["\\ud800",1,"\\u00e9"],"b":{"c":null}}'
 
 
 def test_missing_scope_names_the_scope() -> None:

@@ -97,14 +97,11 @@ def test_an_invalid_body_is_answered_with_the_fault_alone(raw: bytes, message: s
 def test_a_payload_too_deep_to_rewrite_is_invalid_json_not_an_internal_error() -> None:
     """The rewrite walks the payload again; nesting it cannot walk is the body's fault (400), said so.
     (Python's parser stops first for any body read off the wire, so the payload is built here.)"""
-    payload: dict[str, object] = {"tool": " agents_list "}
-    inner: list[object] = []
-    payload["args"] = inner
+    nested: list[object] = []
     for _ in range(100_000):
-        inner.append([])
-        inner = inner[0]  # type: ignore[assignment]
+        nested = [nested]
     with pytest.raises(BodyError) as exc:
-        invoke_body_of(payload, b"{}")
+        invoke_body_of({"tool": " agents_list ", "args": nested}, b"{}")
     assert (exc.value.kind, exc.value.message) == ("invalid_json", "JSON nested too deeply to rewrite")
 
 

@@ -166,22 +166,21 @@ def test_a_refused_upgrade_with_a_huge_body_is_cut_at_the_body_cap(hostile):
     assert (answer.kind, answer.stage, answer.status, len(answer.body)) == ("http", "upgrade", 403, MAX_BODY_BYTES)
 
 
-@pytest.mark.parametrize(("head", "body"), [
-    (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=gw\r\nContent-Length: 12\r\n\r\n", b"Unauthorized"),
-    (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=gw\r\nContent-Length: 0\r\n\r\n", b""),
-    (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=gw\r\nTransfer-Encoding: chunked\r\n\r\n",
-     b"5\r\nnope!\r\n0\r\n\r\n"),
+@pytest.mark.parametrize(("framing", "sent", "body"), [
+    (b"Content-Length: 12", b"Unauthorized", b"Unauthorized"),
+    (b"Content-Length: 0", b"", b""),
+    (b"Transfer-Encoding: chunked", b"5\r\nnope!\r\n0\r\n\r\n", b"nope!"),
 ])
-def test_a_refused_upgrade_keeps_its_headers_with_or_without_a_body(hostile, head, body):
+def test_a_refused_upgrade_keeps_its_headers_with_or_without_a_body(hostile, framing, sent, body):
     """wsproto flags nearly every refusal as having a body: the headers must outlive the wait for it."""
     def refusal(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
-        conn.sendall(head + body)
+        conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=gw\r\n" + framing + b"\r\n\r\n" + sent)
         stop.wait(10)
 
     answer, _ = exchange_ws(hostile(refusal).endpoint, WsRequest(), CTX, "/", 2.0, "9.9.9")
     assert (answer.kind, answer.stage, answer.status) == ("http", "upgrade", 401)
     assert ("www-authenticate", "Bearer realm=gw") in answer.headers  # wsproto (h11) lowercases names
-    assert answer.body == body.replace(b"5\r\n", b"").replace(b"\r\n0\r\n\r\n", b"")
+    assert answer.body == body
 
 
 def test_an_endless_websocket_message_is_cut_at_the_cap_and_judges_nothing(hostile):
